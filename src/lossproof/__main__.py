@@ -1,0 +1,3 @@
+from lossproof.cli import main
+
+main()

@@ -1,0 +1,185 @@
+"""``lossproof bench ingest``: drive a running pipeline on loopback and measure it.
+
+K agents each post reports of N points as fast as they are acknowledged (phase 1, the maximum),
+then at half that rate (phase 2, the latency target). Numbers come from the client (acks and
+their latency) and from the pipeline's own ``/metrics`` (worker points stored, end-to-end delay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from lossproof.bench.disk import write_fsync_mib_s
+from lossproof.bench.scrape import histogram_quantile, scrape, total
+from lossproof.protocol.compression import compress
+
+T_MARK = b"@T@"
+
+
+def points_template(agent: int, n: int) -> bytes:
+    """A JSON array of ``n`` points of distinct series, with ``@T@`` where the timestamp goes."""
+    items = [
+        b'{"metric":"bench.m%d","labels":{"host":"h%d","core":"c%d"},"v":%d.5,"t":@T@}'
+        % (i % 50, agent, i, i)
+        for i in range(n)
+    ]
+    return b"[" + b",".join(items) + b"]"
+
+
+@dataclass
+class Phase:
+    name: str
+    seconds: float = 0.0
+    acked_points: int = 0
+    acked_bytes: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)
+
+    def quantile(self, q: float) -> float:
+        if not self.latencies:
+            return math.nan
+        s = sorted(self.latencies)
+        return s[min(len(s) - 1, int(q * len(s)))]
+
+
+class Load:
+    def __init__(self, url: str, key: str, agents: int, points: int, encoding: str, run_id: str) -> None:
+        self.url = url.rstrip("/") + "/v1/reports"
+        self.key = key
+        self.agents = agents
+        self.points = points
+        self.encoding = encoding
+        self.run_id = run_id
+        self.templates = [points_template(a, points) for a in range(agents)]
+        self.seqs = [0] * agents
+        self.t0 = int(time.time() * 1000)
+
+    def body(self, agent: int) -> bytes:
+        self.seqs[agent] += 1
+        seq = self.seqs[agent]
+        t = str(self.t0 + seq).encode()
+        points = self.templates[agent].replace(T_MARK, t)
+        raw = b'{"agent":"bench-%s-%d","reports":[{"seq":%d,"points":%s}]}' % (
+            self.run_id.encode(),
+            agent,
+            seq,
+            points,
+        )
+        return compress(raw, self.encoding)
+
+    async def run(
+        self, phase: Phase, seconds: float, rate: float | None, progress: Callable[[str], None]
+    ) -> None:
+        headers = {"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"}
+        if self.encoding != "identity":
+            headers["Content-Encoding"] = self.encoding
+        deadline = time.monotonic() + seconds
+        interval = self.agents / rate if rate else 0.0
+        conn = aiohttp.TCPConnector(limit=self.agents + 4)
+        async with aiohttp.ClientSession(connector=conn) as session:
+
+            async def agent_loop(a: int) -> None:
+                next_at = time.monotonic() + (interval * a / self.agents if interval else 0)
+                body = self.body(a)
+                while time.monotonic() < deadline:
+                    if interval:
+                        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+                        next_at += interval
+                    start = time.perf_counter()
+                    try:
+                        async with session.post(self.url, data=body, headers=headers) as r:
+                            await r.read()
+                            status = r.status
+                    except aiohttp.ClientError as e:
+                        phase.errors[type(e).__name__] = phase.errors.get(type(e).__name__, 0) + 1
+                        await asyncio.sleep(0.1)
+                        continue
+                    if status == 200:
+                        phase.latencies.append(time.perf_counter() - start)
+                        phase.acked_points += self.points
+                        phase.acked_bytes += len(body)
+                        body = self.body(a)
+                    else:
+                        phase.errors[str(status)] = phase.errors.get(str(status), 0) + 1
+                        await asyncio.sleep(0.05)
+
+            async def ticker() -> None:
+                started = time.monotonic()
+                while time.monotonic() < deadline:
+                    await asyncio.sleep(1)
+                    el = time.monotonic() - started
+                    progress(f"{phase.name}: {el:4.0f}s  {phase.acked_points / el:,.0f} acked points/s")
+
+            started = time.monotonic()
+            tick = asyncio.create_task(ticker())
+            await asyncio.gather(*(agent_loop(a) for a in range(self.agents)))
+            tick.cancel()
+            phase.seconds = time.monotonic() - started
+
+
+def _wait_drained(url: str, target_points: float, timeout: float) -> float:
+    """Seconds until the worker has stored ``target_points`` in total (inf on timeout)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if total(scrape(url), "lossproof_worker_points_total") >= target_points:
+            return time.monotonic() - start
+        time.sleep(0.2)
+    return math.inf
+
+
+def run_bench(
+    url: str,
+    key: str,
+    agents: int,
+    points: int,
+    duration: float,
+    encoding: str,
+    disk_dir: Path,
+    progress: Callable[[str], None],
+) -> list[str]:
+    run_id = f"{int(time.time())}"
+    progress("measuring the disk: sequential write + fsync …")
+    disk = write_fsync_mib_s(disk_dir)
+    load = Load(url, key, agents, points, encoding, run_id)
+    lines = [f"disk sequential write+fsync (1 MiB chunks): {disk:,.1f} MiB/s"]
+
+    before = scrape(url)
+    stored_before = total(before, "lossproof_worker_points_total")
+    full = Phase("max load")
+    asyncio.run(load.run(full, duration, None, progress))
+    after_full = scrape(url)
+    stored_during = total(after_full, "lossproof_worker_points_total") - stored_before
+    progress("waiting for the worker to store everything …")
+    drain = _wait_drained(url, stored_before + full.acked_points, timeout=max(60.0, duration * 10))
+    after_drain = scrape(url)
+    stored_total = total(after_drain, "lossproof_worker_points_total") - stored_before
+    rate = full.acked_points / full.seconds
+    mib = full.acked_bytes / full.seconds / 2**20
+    worker_rate = stored_total / (full.seconds + (drain if math.isfinite(drain) else 0))
+    lines += [
+        f"agents {agents}, {points} points/report, encoding {encoding}, {full.seconds:.1f}s at max load",
+        f"acked: {rate:,.0f} points/s, {mib:,.1f} MiB/s on the wire (ratio to disk {mib / disk:.2f})",
+        f"ack latency: p50 {full.quantile(0.5) * 1e3:.1f} ms, p99 {full.quantile(0.99) * 1e3:.1f} ms, "
+        f"p99.9 {full.quantile(0.999) * 1e3:.1f} ms",
+        f"errors: {full.errors or 'none'}",
+        f"worker stored during load: {stored_during / full.seconds:,.0f} points/s; "
+        f"overall incl. drain: {worker_rate:,.0f} points/s; drained {drain:.1f}s after load stopped",
+        "end-to-end (ingest → stored) p50 ≤ "
+        f"{histogram_quantile(before, after_drain, 'lossproof_worker_end_to_end_seconds', 0.5):g}s, p99 ≤ "
+        f"{histogram_quantile(before, after_drain, 'lossproof_worker_end_to_end_seconds', 0.99):g}s",
+    ]
+    half = Phase("half load")
+    asyncio.run(load.run(half, max(5.0, duration / 2), rate / points / 2, progress))
+    lines += [
+        f"at half load ({half.acked_points / half.seconds:,.0f} points/s): ack latency p50 "
+        f"{half.quantile(0.5) * 1e3:.1f} ms, p99 {half.quantile(0.99) * 1e3:.1f} ms, "
+        f"p99.9 {half.quantile(0.999) * 1e3:.1f} ms, errors {half.errors or 'none'}",
+    ]
+    return lines

@@ -1,0 +1,248 @@
+"""The ``lossproof`` command. Errors are one line on stderr and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from lossproof import config as config_mod
+from lossproof.config import Config, ConfigError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def data_dir_option(f: F) -> F:
+    return click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path("lossproof-data"),
+        show_default=True,
+        envvar="LOSSPROOF_DATA_DIR",
+        help="Directory holding lossproof.toml, the log and the store.",
+    )(f)
+
+
+def _load(data_dir: Path) -> Config:
+    try:
+        return config_mod.load(data_dir)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _run_async(main: Any) -> None:
+    import asyncio
+
+    try:
+        import uvloop
+
+        uvloop.run(main)
+    except ImportError:
+        asyncio.run(main)
+
+
+@click.group()
+@click.version_option(package_name="lossproof")
+def cli() -> None:
+    """lossproof: a telemetry pipeline that never loses a point, and proves it."""
+
+
+@cli.command()
+@data_dir_option
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=None, help="HTTP port (default from config, 8080)."
+)
+@click.option("--api-key", envvar="LOSSPROOF_API_KEY", default=None, help="Key for the default tenant.")
+def up(data_dir: Path, port: int | None, api_key: str | None) -> None:
+    """Run the whole pipeline (ingest + query API, log, worker, store) on embedded defaults."""
+    from lossproof import up as up_mod
+    from lossproof.obs.logging import setup
+
+    setup("up")
+    try:
+        cfg, new_key = config_mod.init_data_dir(data_dir, api_key, port)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    if port is not None:
+        cfg.server.port = port
+    if new_key:
+        click.echo(f"created {data_dir / config_mod.CONFIG_NAME}; API key for tenant 'default': {new_key}")
+        click.echo("(stored hashed; it is not shown again — create more with `lossproof keys create`)")
+    sys.exit(up_mod.run(cfg, data_dir))
+
+
+@cli.command()
+@data_dir_option
+@click.option("--port", type=click.IntRange(0, 65535), default=None)
+@click.option("--host", default=None)
+def ingest(data_dir: Path, port: int | None, host: str | None) -> None:
+    """Run the ingest + query HTTP API alone."""
+    from lossproof.ingest.server import serve
+    from lossproof.log.base import LogError
+    from lossproof.obs.logging import setup
+
+    setup("ingest")
+    cfg = _load(data_dir)
+    if port is not None:
+        cfg.server.port = port
+    if host is not None:
+        cfg.server.host = host
+    try:
+        _run_async(serve(cfg))
+    except LogError as e:
+        raise click.ClickException(f"log: {e}") from None
+    except OSError as e:
+        raise click.ClickException(f"cannot serve on {cfg.server.host}:{cfg.server.port}: {e}") from None
+
+
+@cli.command()
+@data_dir_option
+def worker(data_dir: Path) -> None:
+    """Run a worker alone: log → store."""
+    from lossproof.log.base import LogError
+    from lossproof.obs.logging import setup
+    from lossproof.worker.main import run
+
+    setup("worker")
+    cfg = _load(data_dir)
+    try:
+        run(cfg)
+    except LogError as e:
+        raise click.ClickException(f"log: {e}") from None
+
+
+@cli.command()
+@click.option("--url", default="http://127.0.0.1:8080", show_default=True, envvar="LOSSPROOF_URL")
+@click.option("--api-key", envvar="LOSSPROOF_API_KEY", required=True, help="API key (or LOSSPROOF_API_KEY).")
+@click.option("--agent", default=f"send-{socket.gethostname()}", show_default=True)
+@click.option("--points-per-report", type=click.IntRange(1, 100_000), default=1000, show_default=True)
+@click.option(
+    "--encoding", type=click.Choice(["identity", "gzip", "zstd"]), default="zstd", show_default=True
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path.home() / ".local/state/lossproof",
+    show_default=True,
+    help="Where the agent's last used seq is kept, so seqs never repeat.",
+)
+@click.argument("file", type=click.File("r"), default="-")
+def send(
+    url: str, api_key: str, agent: str, points_per_report: int, encoding: str, state_dir: Path, file: Any
+) -> None:
+    """Post points, one JSON object a line ({"metric","labels","t","v"}), from FILE or stdin."""
+    import urllib3
+
+    from lossproof.send import SendError, chunks, parse_lines, post, reserve_seqs
+
+    http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5, read=60))
+    sent = reports = 0
+    try:
+        for group in chunks(parse_lines(file), points_per_report):
+            seq = reserve_seqs(state_dir, agent, 1)
+            body = {"agent": agent, "reports": [{"seq": seq, "points": group}]}
+            post(http, url, api_key, body, encoding, attempts=8)
+            sent += len(group)
+            reports += 1
+            if sys.stderr.isatty() and reports % 10 == 0:
+                click.echo(f"\r{sent} points acknowledged", nl=False, err=True)
+    except SendError as e:
+        raise click.ClickException(f"{e} ({sent} points acknowledged before this)") from None
+    click.echo(f"{sent} points in {reports} reports acknowledged durable by {url}")
+
+
+@cli.group()
+def keys() -> None:
+    """Manage tenant API keys."""
+
+
+@keys.command("create")
+@data_dir_option
+@click.option("--tenant", required=True)
+def keys_create(data_dir: Path, tenant: str) -> None:
+    """Add a key for TENANT (created if new). Prints the key once; only its hash is stored."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", tenant):
+        raise click.ClickException("tenant must be 1-64 characters of letters, digits, '_', '.', '-'")
+    try:
+        # Without environment overrides: they must not be written into the file.
+        cfg = config_mod.load(data_dir, env={})
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    key = config_mod.new_key()
+    cfg.tenants.setdefault(tenant, config_mod.TenantConfig()).key_hashes.append(config_mod.hash_key(key))
+    config_mod.save(cfg)
+    click.echo(key)
+    click.echo(f"key added for tenant {tenant!r}; restart running services to use it", err=True)
+
+
+@cli.group()
+def bench() -> None:
+    """Benchmarks that print numbers."""
+
+
+@bench.command("ingest")
+@click.option("--url", default="http://127.0.0.1:8080", show_default=True, envvar="LOSSPROOF_URL")
+@click.option("--api-key", envvar="LOSSPROOF_API_KEY", default=None, help="Required unless --spawn.")
+@click.option("--agents", type=click.IntRange(1, 10_000), default=64, show_default=True)
+@click.option("--points-per-report", type=click.IntRange(1, 100_000), default=1000, show_default=True)
+@click.option("--duration", type=click.FloatRange(1, 3600), default=20, show_default=True)
+@click.option(
+    "--encoding", type=click.Choice(["identity", "gzip", "zstd"]), default="zstd", show_default=True
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The pipeline's data dir: the disk speed is measured there (default: a temp dir).",
+)
+@click.option("--spawn", is_flag=True, help="Start a fresh `lossproof up` in a temp dir and benchmark it.")
+def bench_ingest(
+    url: str,
+    api_key: str | None,
+    agents: int,
+    points_per_report: int,
+    duration: float,
+    encoding: str,
+    data_dir: Path | None,
+    spawn: bool,
+) -> None:
+    """Acked points/s, ack latency, worker points/s, end-to-end delay, vs the disk's own speed."""
+    import tempfile
+
+    from lossproof.bench.ingest import run_bench
+    from lossproof.bench.spawn import spawned_pipeline
+
+    def progress(msg: str) -> None:
+        click.echo(f"  {msg}", err=True)
+
+    with tempfile.TemporaryDirectory(prefix="lossproof-bench-") as tmp:
+        disk_dir = data_dir or Path(tmp)
+        if spawn:
+            with spawned_pipeline(Path(tmp) / "data") as (url, api_key):
+                lines = run_bench(
+                    url, api_key, agents, points_per_report, duration, encoding, Path(tmp) / "data", progress
+                )
+        else:
+            if not api_key:
+                raise click.ClickException("--api-key (or LOSSPROOF_API_KEY) is required without --spawn")
+            try:
+                lines = run_bench(
+                    url, api_key, agents, points_per_report, duration, encoding, disk_dir, progress
+                )
+            except OSError as e:
+                raise click.ClickException(f"cannot reach the pipeline at {url}: {e}") from None
+    for line in lines:
+        click.echo(line)
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,204 @@
+"""One typed configuration, loaded from ``DIR/lossproof.toml`` plus ``LOSSPROOF_*`` environment variables.
+
+Every component gets the :class:`Config` object passed down explicitly; nothing reads globals.
+Environment variables override the file: ``LOSSPROOF_<SECTION>_<FIELD>`` (e.g.
+``LOSSPROOF_SERVER_PORT=9000``), and ``LOSSPROOF_API_KEY`` sets the default tenant's key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+CONFIG_NAME = "lossproof.toml"
+MiB = 2**20
+
+
+class ConfigError(Exception):
+    """A configuration problem, with a one-line message naming the key and the file."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    # Compressed body limit, checked against Content-Length before reading.
+    max_body_bytes: int = Field(default=16 * MiB, ge=1024)
+    # Decompressed limit, so a zip bomb is refused after at most this much work.
+    max_decoded_bytes: int = Field(default=64 * MiB, ge=1024)
+    # How long a request may wait for the log to confirm durability before answering 503.
+    append_timeout_seconds: float = Field(default=10.0, gt=0)
+    retry_after_seconds: int = Field(default=1, ge=1)
+
+
+class LogConfig(_Section):
+    backend: Literal["embedded"] = "embedded"
+    dir: str = "log"
+    segment_bytes: int = Field(default=64 * MiB, ge=4096)
+    retention_seconds: float = Field(default=3600.0, ge=0)
+
+
+class StoreConfig(_Section):
+    backend: Literal["embedded"] = "embedded"
+    path: str = "store.db"
+
+
+class WorkerConfig(_Section):
+    batch_records: int = Field(default=128, ge=1)
+    batch_wait_seconds: float = Field(default=0.05, ge=0)
+    http_host: str = "127.0.0.1"
+    # 0 picks a free port; the address is written to DIR/run/worker.addr for `up` to find.
+    http_port: int = Field(default=0, ge=0, le=65535)
+
+
+class LedgerConfig(_Section):
+    # A hole must have been seen this long before agents are asked to replay it, so reports that
+    # are merely reordered in flight are not requested twice.
+    replay_grace_seconds: float = Field(default=10.0, ge=0)
+
+
+class TenantConfig(_Section):
+    key_hashes: list[str] = Field(default_factory=list)
+
+
+class Config(_Section):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    tenants: dict[str, TenantConfig] = Field(default_factory=dict)
+
+    # Not in the file: where it was loaded from.
+    data_dir: Path = Field(default=Path("."), exclude=True)
+
+    def path(self, relative: str) -> Path:
+        p = Path(relative)
+        return p if p.is_absolute() else self.data_dir / p
+
+    @property
+    def log_dir(self) -> Path:
+        return self.path(self.log.dir)
+
+    @property
+    def store_path(self) -> Path:
+        return self.path(self.store.path)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.data_dir / "run"
+
+    def tenant_for_key(self, key: str) -> str | None:
+        h = hash_key(key)
+        for name, t in self.tenants.items():
+            if any(secrets.compare_digest(h, k) for k in t.key_hashes):
+                return name
+        return None
+
+    def key_index(self) -> dict[str, str]:
+        """key hash -> tenant, for O(1) lookups on the hot path."""
+        return {h: name for name, t in self.tenants.items() for h in t.key_hashes}
+
+
+def hash_key(key: str) -> str:
+    # API keys are 256-bit random tokens, so a plain SHA-256 is enough (no password stretching).
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return "lp_" + secrets.token_urlsafe(32)
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for section, model in Config.model_fields.items():
+        ann = model.annotation
+        if not (isinstance(ann, type) and issubclass(ann, _Section)):
+            continue
+        for field in ann.model_fields:
+            var = f"LOSSPROOF_{section}_{field}".upper()
+            if var in env:
+                out.setdefault(section, {})[field] = env[var]
+    return out
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(merged.get(k), dict):
+            merged[k] = _merge(merged[k], v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"{source}: {where}: {first['msg']}"
+
+
+def load(data_dir: Path, env: Mapping[str, str] | None = None) -> Config:
+    """Load ``data_dir/lossproof.toml`` (which must exist) with environment overrides applied."""
+    env = os.environ if env is None else env
+    path = data_dir / CONFIG_NAME
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        msg = f"{path}: not found (run `lossproof up --data-dir {data_dir}` once to create it)"
+        raise ConfigError(msg) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {e}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from e
+    raw = _merge(raw, _env_overrides(env))
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, str(path))) from e
+    cfg.data_dir = data_dir
+    env_key = env.get("LOSSPROOF_API_KEY")
+    if env_key:
+        default = cfg.tenants.setdefault("default", TenantConfig())
+        if hash_key(env_key) not in default.key_hashes:
+            default.key_hashes.append(hash_key(env_key))
+    return cfg
+
+
+def save(cfg: Config) -> None:
+    """Write the config back atomically (used when creating it and by `keys create`)."""
+    path = cfg.data_dir / CONFIG_NAME
+    text = "# lossproof configuration. Keys are stored as SHA-256 hashes only.\n"
+    text += tomli_w.dumps(cfg.model_dump(mode="json", exclude={"data_dir"}))
+    tmp = path.with_suffix(".toml.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def init_data_dir(data_dir: Path, api_key: str | None, port: int | None = None) -> tuple[Config, str | None]:
+    """Create the data dir and its config on first start. Returns the config and a new key, if any."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if (data_dir / CONFIG_NAME).exists():
+        return load(data_dir), None
+    key = api_key or new_key()
+    cfg = Config(tenants={"default": TenantConfig(key_hashes=[hash_key(key)])})
+    if port is not None:
+        cfg.server.port = port
+    cfg.data_dir = data_dir
+    save(cfg)
+    # Only report a key we generated; a key the user gave is theirs already.
+    return load(data_dir), (None if api_key else key)

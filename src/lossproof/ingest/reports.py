@@ -1,0 +1,134 @@
+"""``POST /v1/reports``: the native protocol. Answers 200 only once the log has the data durably.
+
+The hot path authenticates, bounds sizes, checks the body decodes into the protocol's types (in
+msgspec's C code), and appends the body *as received* to the log. Points are never touched one by
+one in Python here: the worker decodes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+
+from lossproof.config import Config
+from lossproof.ingest.auth import KeyRing
+from lossproof.ingest.http import ApiError, json_response, read_body
+from lossproof.ingest.metrics import IngestMetrics
+from lossproof.log.base import LogUnavailable, LogWriter, Position
+from lossproof.obs.logging import get
+from lossproof.protocol import native
+from lossproof.protocol.compression import BadEncoding, TooLarge, decompress
+from lossproof.query.access import StoreAccess
+
+log = get(__name__)
+
+
+class ReportsHandler:
+    def __init__(
+        self,
+        cfg: Config,
+        keys: KeyRing,
+        writer: LogWriter,
+        store: StoreAccess,
+        metrics: IngestMetrics,
+    ) -> None:
+        self.cfg = cfg
+        self.keys = keys
+        self.writer = writer
+        self.store = store
+        self.metrics = metrics
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        status = 500
+        try:
+            resp = await self._handle(request)
+            status = resp.status
+            return resp
+        except ApiError as e:
+            status = e.status
+            self.metrics.rejected.labels(e.reason).inc()
+            raise
+        finally:
+            self.metrics.requests.labels("native", str(status)).inc()
+            self.metrics.latency.labels("native").observe(time.perf_counter() - started)
+
+    def unavailable(self, reason: str) -> ApiError:
+        retry = str(self.cfg.server.retry_after_seconds)
+        return ApiError(
+            503, f"log cannot accept data durably: {reason}", "unavailable", {"Retry-After": retry}
+        )
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        srv = self.cfg.server
+        tenant = self.keys.tenant(request)
+        if tenant is None:
+            raise ApiError(
+                401,
+                "missing or unknown API key (Authorization: Bearer <key>)",
+                "unauthorized",
+                {"WWW-Authenticate": "Bearer"},
+            )
+        ctype = native.CONTENT_TYPES.get(request.content_type)
+        if ctype is None:
+            raise ApiError(
+                415,
+                f"unsupported Content-Type {request.content_type!r}: use application/json or "
+                "application/msgpack",
+                "bad_request",
+            )
+        encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        raw = await read_body(request, srv.max_body_bytes)
+        try:
+            body = decompress(raw, encoding, srv.max_decoded_bytes)
+            req = native.decode(body, ctype)
+        except TooLarge as e:
+            raise ApiError(413, str(e), "too_large") from None
+        except (BadEncoding, native.BadRequest) as e:
+            raise ApiError(400, str(e), "bad_request") from None
+
+        ok, why = self.writer.healthy()
+        if not ok:
+            # Fail fast: the agent should back off or fail over now, not after a timeout.
+            raise self.unavailable(why)
+        seqs = native.seq_ranges(req)
+        record = native.encode_envelope(
+            native.Envelope(
+                version=1,
+                tenant=tenant,
+                protocol="native",
+                content_type=ctype,
+                encoding="" if encoding == "identity" else encoding,
+                received_ms=int(time.time() * 1000),
+                agent=req.agent,
+                seqs=seqs,
+                body=raw,
+            )
+        )
+        # shield: on timeout the append goes on; if it lands, the agent's retry is a harmless replay.
+        append = asyncio.ensure_future(self.writer.append(native.log_key(tenant, req.agent), record))
+        append.add_done_callback(_retrieve)
+        try:
+            await asyncio.wait_for(asyncio.shield(append), srv.append_timeout_seconds)
+        except LogUnavailable as e:
+            raise self.unavailable(e.reason) from None
+        except TimeoutError:
+            raise self.unavailable(f"no durable confirmation within {srv.append_timeout_seconds}s") from None
+
+        npoints = sum(len(r.points) for r in req.reports)
+        self.metrics.reports.labels(tenant).inc(len(req.reports))
+        self.metrics.points.labels(tenant).inc(npoints)
+        self.metrics.bytes.labels(tenant).inc(len(raw))
+        grace_ms = int(self.cfg.ledger.replay_grace_seconds * 1000)
+        replay = await self.store.replay_wanted(tenant, req.agent, int(time.time() * 1000) - grace_ms)
+        if replay:
+            self.metrics.replay_requested.inc(sum(b - a + 1 for a, b in replay))
+        return json_response({"acked": seqs, "replay": replay})
+
+
+def _retrieve(f: asyncio.Future[Position]) -> None:
+    # An append that outlived its request may still fail; its error was already answered as 503.
+    if not f.cancelled():
+        f.exception()

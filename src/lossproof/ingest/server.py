@@ -1,0 +1,110 @@
+"""The HTTP process: ingest API, query API, ``/healthz`` and ``/metrics`` on one port."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+
+from lossproof.config import Config
+from lossproof.ingest.auth import KeyRing
+from lossproof.ingest.http import errors_as_json, json_response
+from lossproof.ingest.metrics import IngestMetrics
+from lossproof.ingest.reports import ReportsHandler
+from lossproof.log.base import LogWriter
+from lossproof.log.factory import open_writer
+from lossproof.obs.logging import get
+from lossproof.query.access import StoreAccess
+from lossproof.query.api import QueryApi
+from lossproof.store.factory import open_store
+
+log = get(__name__)
+
+
+def worker_addr_file(cfg: Config) -> Path:
+    return cfg.run_dir / "worker.addr"
+
+
+async def _worker_metrics(cfg: Config, session: aiohttp.ClientSession) -> bytes:
+    """The co-located worker's metrics, so one scrape of ``up``'s port sees the whole pipeline."""
+    try:
+        addr = worker_addr_file(cfg).read_text().strip()
+    except OSError:
+        return b""
+    try:
+        async with session.get(f"http://{addr}/metrics", timeout=aiohttp.ClientTimeout(total=2)) as r:
+            return await r.read() if r.status == 200 else b""
+    except (aiohttp.ClientError, TimeoutError):
+        return b""
+
+
+def build_app(
+    cfg: Config, writer: LogWriter, store: StoreAccess, registry: CollectorRegistry
+) -> web.Application:
+    keys = KeyRing(cfg)
+    metrics = IngestMetrics(registry)
+    app = web.Application(middlewares=[errors_as_json], client_max_size=cfg.server.max_body_bytes)
+    reports = ReportsHandler(cfg, keys, writer, store, metrics)
+    session_holder: dict[str, aiohttp.ClientSession] = {}
+
+    async def healthz(request: web.Request) -> web.Response:
+        ok, why = writer.healthy()
+        return json_response(
+            {"status": "ok" if ok else "unavailable", "log": why or "ok"}, 200 if ok else 503
+        )
+
+    async def metrics_route(request: web.Request) -> web.Response:
+        session = session_holder.get("s")
+        if session is None:
+            session = session_holder["s"] = aiohttp.ClientSession()
+        body = generate_latest(registry) + await _worker_metrics(cfg, session)
+        return web.Response(
+            body=body,
+            content_type="text/plain",
+            charset="utf-8",
+            headers={"X-Content-Type-Options": "nosniff"},
+        )
+
+    async def close_session(app: web.Application) -> None:
+        if "s" in session_holder:
+            await session_holder["s"].close()
+
+    app.on_cleanup.append(close_session)
+    app.add_routes(
+        [
+            web.post("/v1/reports", reports),
+            web.get("/healthz", healthz),
+            web.get("/metrics", metrics_route),
+            *QueryApi(keys, store).routes(),
+        ]
+    )
+    return app
+
+
+async def serve(cfg: Config) -> None:
+    registry = CollectorRegistry()
+    writer = open_writer(cfg, registry)
+    await writer.start()
+    store = StoreAccess(lambda: open_store(cfg, readonly=True))
+    app = build_app(cfg, writer, store, registry)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.server.host, cfg.server.port, reuse_address=True)
+    await site.start()
+    log.info("ingest.listening", host=cfg.server.host, port=cfg.server.port, data_dir=str(cfg.data_dir))
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("ingest.stopping")
+    # Stop accepting, let in-flight requests get their durable answer, then close the log.
+    await runner.cleanup()
+    await writer.close()
+    store.close()
+    log.info("ingest.stopped")

@@ -1,0 +1,67 @@
+"""Bounded decompression: a body may never expand past a limit, so a zip bomb costs at most
+``limit`` bytes of work before it is refused."""
+
+from __future__ import annotations
+
+import zlib
+
+import zstandard
+
+
+class TooLarge(Exception):
+    pass
+
+
+class BadEncoding(Exception):
+    pass
+
+
+ENCODINGS = ("identity", "gzip", "zstd", "deflate")
+
+
+def decompress(data: bytes, encoding: str, limit: int) -> bytes:
+    """Decode ``data`` per its Content-Encoding, refusing output beyond ``limit`` bytes."""
+    enc = encoding.strip().lower()
+    if enc in ("", "identity"):
+        if len(data) > limit:
+            raise TooLarge(f"body is {len(data)} bytes, limit {limit}")
+        return data
+    if enc in ("gzip", "x-gzip", "deflate"):
+        # wbits 47 = auto-detect zlib or gzip header; "deflate" in HTTP means zlib-wrapped.
+        d = zlib.decompressobj(47)
+        try:
+            out = d.decompress(data, limit + 1)
+        except zlib.error as e:
+            raise BadEncoding(f"invalid {enc} data: {e}") from None
+        if len(out) > limit:
+            raise TooLarge(f"decompressed body exceeds {limit} bytes")
+        if not d.eof:
+            raise BadEncoding(f"truncated {enc} data")
+        if d.unused_data:
+            raise BadEncoding(f"trailing bytes after {enc} data")
+        return out
+    if enc == "zstd":
+        try:
+            # stream_reader bounds the work; it cannot tell a truncated frame from a short one, so a
+            # second pass (now known to stay under the limit) checks the frame is whole.
+            out = zstandard.ZstdDecompressor().stream_reader(data).read(limit + 1)
+            if len(out) > limit:
+                raise TooLarge(f"decompressed body exceeds {limit} bytes")
+            z = zstandard.ZstdDecompressor().decompressobj()
+            out = z.decompress(data)
+        except zstandard.ZstdError as e:
+            raise BadEncoding(f"invalid zstd data: {e}") from None
+        if not z.eof:
+            raise BadEncoding("truncated zstd data")
+        if z.unused_data:
+            raise BadEncoding("trailing bytes after zstd frame")
+        return out
+    raise BadEncoding(f"unsupported Content-Encoding {encoding!r} (use gzip, zstd or identity)")
+
+
+def compress(data: bytes, encoding: str) -> bytes:
+    if encoding == "gzip":
+        return zlib.compress(data, 6, wbits=31)
+    if encoding == "zstd":
+        return zstandard.ZstdCompressor(level=3).compress(data)
+    return data

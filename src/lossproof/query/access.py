@@ -1,0 +1,68 @@
+"""Read access to the store from the asyncio HTTP process.
+
+Store reads are blocking (a database driver), so they run on one dedicated thread; the event
+loop that waits for log durability is never blocked by a query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from lossproof.obs.logging import get
+from lossproof.store.base import SeqRange, Store
+
+T = TypeVar("T")
+log = get(__name__)
+
+
+class StoreUnavailable(Exception):
+    pass
+
+
+class StoreAccess:
+    def __init__(self, open_store: Callable[[], Store], replay_cache_seconds: float = 1.0) -> None:
+        self._open = open_store
+        self._store: Store | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read")
+        self._replay: dict[tuple[str, str], tuple[float, list[SeqRange]]] = {}
+        self._replay_ttl = replay_cache_seconds
+
+    def _get(self) -> Store:
+        if self._store is None:
+            try:
+                self._store = self._open()
+            except Exception as e:  # the worker may not have created it yet
+                raise StoreUnavailable(f"store not available: {e}") from e
+        return self._store
+
+    async def run(self, fn: Callable[[Store], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(self._get()))
+
+    async def replay_wanted(self, tenant: str, agent: str, seen_before_ms: int) -> list[SeqRange]:
+        """Missing ranges to ask the agent for; cached briefly since it is asked on every request.
+
+        A failure here never fails the request: the data is already durable, and the next
+        request asks again."""
+        key = (tenant, agent)
+        now = time.monotonic()
+        hit = self._replay.get(key)
+        if hit is not None and now - hit[0] < self._replay_ttl:
+            return hit[1]
+        try:
+            ranges = await self.run(lambda s: s.replay_wanted(tenant, agent, seen_before_ms))
+        except Exception as e:
+            log.warning("ledger.lookup_failed", error=str(e))
+            return []
+        if len(self._replay) > 100_000:
+            self._replay.clear()
+        self._replay[key] = (now, ranges)
+        return ranges
+
+    def close(self) -> None:
+        self._pool.submit(lambda: self._store.close() if self._store else None).result()
+        self._pool.shutdown(wait=True)

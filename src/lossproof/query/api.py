@@ -1,0 +1,124 @@
+"""Query API: series, agents and their ledgers. A key only ever sees its own tenant's data."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from aiohttp import web
+
+from lossproof.ingest.auth import KeyRing
+from lossproof.ingest.http import ApiError, json_response
+from lossproof.query.access import StoreAccess, StoreUnavailable
+from lossproof.store.base import Store
+
+T = TypeVar("T")
+
+
+class QueryApi:
+    def __init__(self, keys: KeyRing, store: StoreAccess) -> None:
+        self.keys = keys
+        self.store = store
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/v1/query", self.query),
+            web.get("/v1/agents", self.agents),
+            web.get("/v1/agents/{agent}/ledger", self.ledger),
+        ]
+
+    def _tenant(self, request: web.Request) -> str:
+        tenant = self.keys.tenant(request)
+        if tenant is None:
+            raise ApiError(401, "missing or unknown API key (Authorization: Bearer <key>)", "unauthorized")
+        asked = request.query.get("tenant")
+        if asked is not None and asked != tenant:
+            raise ApiError(403, f"this key belongs to another tenant than {asked!r}", "forbidden")
+        return tenant
+
+    async def query(self, request: web.Request) -> web.Response:
+        tenant = self._tenant(request)
+        q = request.query
+        metric = q.get("metric", "")
+        if not metric:
+            raise ApiError(400, "query parameter 'metric' is required", "bad_request")
+        now = int(time.time() * 1000)
+        from_ms = _int_param(q.get("from"), "from", now - 3_600_000)
+        to_ms = _int_param(q.get("to"), "to", now)
+        if from_ms > to_ms:
+            raise ApiError(400, "'from' is after 'to'", "bad_request")
+        labels: dict[str, str] = {}
+        for f in q.getall("label", []):
+            k, sep, v = f.partition(":")
+            if not sep or not k:
+                raise ApiError(400, f"label filter {f!r} is not of the form key:value", "bad_request")
+            labels[k] = v
+        series = await self._run(lambda s: s.query(tenant, metric, from_ms, to_ms, labels))
+        return json_response(
+            {
+                "series": [
+                    {"metric": s.metric, "labels": s.labels, "points": [[t, _num(v)] for t, v in s.points]}
+                    for s in series
+                ]
+            }
+        )
+
+    async def agents(self, request: web.Request) -> web.Response:
+        tenant = self._tenant(request)
+        agents = await self._run(lambda s: s.agents(tenant))
+        return json_response(
+            {
+                "agents": [
+                    {
+                        "agent": a.agent,
+                        "max_seq": a.max_seq,
+                        "stored": a.stored_reports,
+                        "missing": a.missing_reports,
+                        "lost": a.lost_reports,
+                        "last_stored_ms": a.last_stored_ms,
+                    }
+                    for a in agents
+                ]
+            }
+        )
+
+    async def ledger(self, request: web.Request) -> web.Response:
+        tenant = self._tenant(request)
+        agent = request.match_info["agent"]
+        ledger = await self._run(lambda s: s.ledger(tenant, agent))
+        if ledger is None:
+            raise ApiError(404, f"no agent {agent!r} in this tenant", "not_found")
+        return json_response(
+            {
+                "stored": [list(r) for r in ledger.stored],
+                "missing": [[a, b] for a, b, _ in ledger.missing],
+                "missing_since_ms": [since for _, _, since in ledger.missing],
+                "lost": [{"range": [a, b], "reason": why} for a, b, why in ledger.lost],
+            }
+        )
+
+    async def _run(self, fn: Callable[[Store], T]) -> T:
+        try:
+            return await self.store.run(fn)
+        except StoreUnavailable as e:
+            raise ApiError(503, str(e), "unavailable", {"Retry-After": "1"}) from None
+
+
+def _int_param(raw: str | None, name: str, default: int) -> int:
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ApiError(
+            400, f"query parameter {name!r} must be an integer (unix ms), got {raw!r}", "bad_request"
+        ) from None
+
+
+def _num(v: float) -> float | str:
+    # JSON has no NaN/Inf; spell them the way Prometheus' API does.
+    if math.isfinite(v):
+        return v
+    return "NaN" if math.isnan(v) else ("+Inf" if v > 0 else "-Inf")

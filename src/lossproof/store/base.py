@@ -1,0 +1,161 @@
+"""The store boundary: where workers write points and the ledger, and what the query API reads.
+
+Every store implementation (embedded SQLite, PostgreSQL) provides :class:`Store` with the
+guarantees below, and passes ``tests/contract/test_store_contract.py``.
+
+Atomicity
+    ``write_batch`` applies a whole :class:`WriteBatch` in one transaction: the points, the ledger
+    update, dead letters and log gaps become visible together or not at all. A crash at any instant
+    leaves either the state before or the state after. Only after it returns may the worker commit
+    its log position.
+
+Idempotency (the contract's third rule)
+    A native report is stored at most once per ``(tenant, agent, seq)``: a report whose seq is already
+    stored is skipped whole and counted as a duplicate delivery, never written twice. A sample is
+    stored at most once per ``(tenant, series, timestamp)``, the first write winning, so a retried
+    third-party batch never doubles a point. Replaying any batch any number of times has the effect
+    of applying it once.
+
+Ledger
+    Per ``(tenant, agent)`` the store keeps three disjoint sets of seq ranges: *stored*; *missing*
+    (below the highest stored seq, neither stored nor lost: recoverable by asking the agent to send
+    them again, each with the time the hole was first seen); and *lost* (given up, with a reason).
+    Storing a missing seq moves it to stored; lost is final unless the report itself arrives.
+
+Tenancy
+    Every read takes a tenant and returns only that tenant's data.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+import msgspec
+
+from lossproof.log.base import LogGap
+
+SeqRange = tuple[int, int]
+
+
+class StoreError(Exception):
+    """Base class of store failures."""
+
+
+class StoreSchemaError(StoreError):
+    """The database was written by a newer lossproof (or is not a lossproof store): refuse to touch it."""
+
+
+class Point(msgspec.Struct, gc=False):
+    """One sample. A msgspec Struct so workers decode request bodies straight into it, in C."""
+
+    metric: str
+    labels: dict[str, str]
+    t: int  # unix ms
+    v: float  # may be NaN or +-Inf (Prometheus staleness markers); stores must round-trip them
+
+
+@dataclass(slots=True)
+class ReportWrite:
+    """One agent report: stored whole, once, per (tenant, agent, seq)."""
+
+    tenant: str
+    agent: str
+    seq: int
+    points: list[Point]
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A log record that could not be decoded, kept with the reason instead of stopping the worker."""
+
+    partition: int
+    offset: int
+    tenant: str
+    reason: str
+    payload: bytes
+
+
+@dataclass(slots=True)
+class LostRange:
+    tenant: str
+    agent: str
+    first: int
+    last: int
+    reason: str
+
+
+@dataclass(slots=True)
+class WriteBatch:
+    reports: list[ReportWrite] = field(default_factory=list)
+    # Points without an agent seq (third-party protocols): idempotent by (tenant, series, t) only.
+    samples: list[tuple[str, Point]] = field(default_factory=list)
+    lost: list[LostRange] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    gaps: list[LogGap] = field(default_factory=list)
+    now_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    points_written: int
+    reports_stored: int
+    reports_duplicate: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ledger:
+    stored: list[SeqRange]
+    missing: list[tuple[int, int, int]]  # (first, last, first seen unix ms)
+    lost: list[tuple[int, int, str]]  # (first, last, reason)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSummary:
+    agent: str
+    max_seq: int
+    stored_reports: int
+    missing_reports: int
+    lost_reports: int
+    last_stored_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    metric: str
+    labels: dict[str, str]
+    points: list[tuple[int, float]]
+
+
+class Store(abc.ABC):
+    """Points, the ledger, dead letters and log gaps. One instance per process; not thread-safe."""
+
+    @abc.abstractmethod
+    def write_batch(self, batch: WriteBatch) -> WriteResult:
+        """Apply the batch atomically and idempotently (see module docstring)."""
+
+    @abc.abstractmethod
+    def query(
+        self, tenant: str, metric: str, from_ms: int, to_ms: int, labels: dict[str, str]
+    ) -> list[Series]:
+        """Series of ``metric`` whose labels include ``labels``, points with from_ms <= t <= to_ms."""
+
+    @abc.abstractmethod
+    def agents(self, tenant: str) -> list[AgentSummary]: ...
+
+    @abc.abstractmethod
+    def ledger(self, tenant: str, agent: str) -> Ledger | None:
+        """The agent's ledger, or None if the store has never seen the agent."""
+
+    @abc.abstractmethod
+    def replay_wanted(self, tenant: str, agent: str, seen_before_ms: int) -> list[SeqRange]:
+        """Missing ranges first seen before ``seen_before_ms``: the ones to ask the agent for."""
+
+    @abc.abstractmethod
+    def dead_letter_count(self) -> int: ...
+
+    @abc.abstractmethod
+    def log_gaps(self) -> list[LogGap]: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...

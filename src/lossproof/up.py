@@ -1,0 +1,112 @@
+"""``lossproof up``: run the ingest/query process and a worker as child processes, and keep them up.
+
+Children die with the supervisor (PR_SET_PDEATHSIG), so a kill -9 of ``up`` leaves no orphan
+holding the port or the log; the next ``up`` recovers the log and carries on.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lossproof.config import Config
+from lossproof.obs.logging import get
+
+log = get(__name__)
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: children are still stopped on clean exits
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started: float = 0.0
+    backoff: float = field(default=0.5)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.argv, preexec_fn=_die_with_parent)
+        self.started = time.monotonic()
+        log.info("up.child_started", child=self.name, pid=self.proc.pid)
+
+
+def run(cfg: Config, data_dir: Path) -> int:
+    exe = [sys.executable, "-m", "lossproof"]
+    children = [
+        Child("ingest", [*exe, "ingest", "--data-dir", str(data_dir), "--port", str(cfg.server.port)]),
+        Child("worker", [*exe, "worker", "--data-dir", str(data_dir)]),
+    ]
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    for c in children:
+        c.start()
+    url = f"http://{cfg.server.host}:{cfg.server.port}"
+    if wait_ready(url, stop=lambda: stopping):
+        print(f"lossproof is up: {url} (data dir {data_dir}); Ctrl-C stops it", flush=True)
+    while not stopping:
+        time.sleep(0.2)
+        for c in children:
+            assert c.proc is not None
+            code = c.proc.poll()
+            if code is None or stopping:
+                continue
+            # A child that died is restarted with backoff; it never takes the others down.
+            if time.monotonic() - c.started > 30:
+                c.backoff = 0.5
+            log.error("up.child_exited", child=c.name, code=code, restart_in=c.backoff)
+            time.sleep(c.backoff)
+            c.backoff = min(c.backoff * 2, 10.0)
+            c.restarts += 1
+            c.start()
+    log.info("up.stopping")
+    for c in children:
+        if c.proc and c.proc.poll() is None:
+            c.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    for c in children:
+        if c.proc is None:
+            continue
+        try:
+            c.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.error("up.child_kill", child=c.name)
+            c.proc.kill()
+            c.proc.wait()
+    log.info("up.stopped")
+    return 0
+
+
+def wait_ready(url: str, timeout: float = 30.0, stop: Callable[[], bool] = lambda: False) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not stop():
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=1) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.1)
+    return False

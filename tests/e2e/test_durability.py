@@ -1,0 +1,128 @@
+"""OK means durable: fsync faults, kill -9 mid-stream, and a simulated power loss."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+
+import urllib3
+
+from pipeline import HTTP, Pipeline, expand, report
+
+
+class Sender(threading.Thread):
+    """An agent in miniature: numbered reports, retried with the same seq until acknowledged."""
+
+    def __init__(self, p: Pipeline, agent: str, stop: threading.Event, points: int = 20) -> None:
+        super().__init__(daemon=True)
+        self.p, self.agent, self.stop_evt, self.points = p, agent, stop, points
+        self.acked: set[int] = set()
+        self.statuses: dict[int, int] = {}
+        self.next_seq = 1
+
+    def run(self) -> None:
+        while not self.stop_evt.is_set():
+            seqs = [self.next_seq, self.next_seq + 1]
+            try:
+                r = self.p.post_reports(
+                    self.agent, [report(s, self.points, host=self.agent) for s in seqs], timeout=15
+                )
+                status = r.status
+            except urllib3.exceptions.HTTPError:
+                status = 0
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+            if status == 200:
+                assert expand(json.loads(r.data)["acked"]) == set(seqs)
+                self.acked.update(seqs)
+                self.next_seq += 2
+            else:
+                time.sleep(0.05)
+
+
+def test_fsync_failure_answers_503_never_200(pipeline: Pipeline) -> None:
+    p = pipeline
+    assert p.post_reports("f", [report(1)]).status == 200
+    p.faults({"log.fsync": {"mode": "fail"}})
+    time.sleep(0.2)
+    statuses = []
+    for seq in range(2, 8):
+        r = p.post_reports("f", [report(seq)])
+        statuses.append(r.status)
+        if r.status == 503:
+            assert r.headers.get("Retry-After"), r.headers
+            assert "durabl" in json.loads(r.data)["error"]
+    assert set(statuses) == {503}, statuses
+    assert HTTP.request("GET", p.url + "/healthz").status == 503
+    assert "lossproof_log_append_errors_total" in p.metrics()
+
+    p.faults({})
+    deadline = time.monotonic() + 10
+    while HTTP.request("GET", p.url + "/healthz").status != 200 and time.monotonic() < deadline:
+        p.post_reports("f", [report(2)])  # a write is what proves the log healthy again
+        time.sleep(0.1)
+    for seq in range(2, 8):
+        assert p.post_reports("f", [report(seq)]).status == 200
+    p.wait_stored("f", set(range(1, 8)))
+
+
+def test_ok_waits_for_a_slow_fsync(pipeline: Pipeline) -> None:
+    p = pipeline
+    p.faults({"log.fsync": {"mode": "delay", "seconds": 1.5}})
+    time.sleep(0.2)
+    start = time.monotonic()
+    r = p.post_reports("slow", [report(1)])
+    elapsed = time.monotonic() - start
+    assert r.status == 200
+    assert elapsed >= 1.4, elapsed
+    p.faults({})
+
+
+def test_fsync_that_never_returns_is_a_503_not_a_200(pipeline_factory) -> None:  # type: ignore[no-untyped-def]
+    p: Pipeline = pipeline_factory()
+    p.start(extra_env={"LOSSPROOF_SERVER_APPEND_TIMEOUT_SECONDS": "1"})
+    p.faults({"log.fsync": {"mode": "delay", "seconds": 4}})
+    time.sleep(0.2)
+    r = p.post_reports("stuck", [report(1)])
+    assert r.status == 503, r.data
+    p.faults({})
+    # the append may have landed after all: the retry is harmless and the report is stored once
+    time.sleep(4)
+    assert p.post_reports("stuck", [report(1)]).status == 200
+    ledger = p.wait_stored("stuck", {1})
+    assert ledger["stored"] == [[1, 1]]
+
+
+def test_kill9_mid_stream_loses_nothing_acknowledged(pipeline: Pipeline) -> None:
+    p = pipeline
+    rng = random.Random(7)
+    stop = threading.Event()
+    senders = [Sender(p, f"agent-{i}", stop) for i in range(6)]
+    for s in senders:
+        s.start()
+    for _ in range(3):
+        time.sleep(rng.uniform(1.0, 2.0))
+        p.kill9()
+        time.sleep(rng.uniform(0.0, 0.5))
+        p.start()
+    time.sleep(1.0)
+    stop.set()
+    for s in senders:
+        s.join(30)
+    total_acked = 0
+    for s in senders:
+        assert s.acked, f"{s.agent} got nothing acknowledged: {s.statuses}"
+        total_acked += len(s.acked)
+        ledger = p.wait_stored(s.agent, s.acked, timeout=60)
+        stored = expand(ledger["stored"])
+        assert ledger["missing"] == [], ledger
+        # exactly once: every stored report's points are there, once each, and nothing else
+        for i in (0, s.points - 1):
+            status, q = p.get(
+                f"/v1/query?metric=cpu.user&from=0&to=9999999999999&label=host:{s.agent}&label=i:{i}"
+            )
+            assert status == 200 and len(q["series"]) == 1
+            ts = [pt[0] for pt in q["series"][0]["points"]]
+            assert ts == sorted(1_767_225_600_000 + seq * 1000 for seq in stored)
+    assert total_acked > 50

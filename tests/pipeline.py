@@ -1,0 +1,196 @@
+"""Test helpers: run `lossproof up` as a real process and talk to it over real sockets."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import urllib3
+
+from lossproof.faults import write_faults
+
+HTTP = urllib3.PoolManager(maxsize=64, timeout=urllib3.Timeout(connect=2, read=30), retries=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Pipeline:
+    data_dir: Path
+    port: int
+    key: str
+    proc: subprocess.Popen[bytes] | None = None
+    faults_file: Path = field(init=False)
+    starts: int = 0
+
+    def __post_init__(self) -> None:
+        self.faults_file = self.data_dir.parent / f"{self.data_dir.name}-faults.json"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True, extra_env: dict[str, str] | None = None) -> None:
+        env = {
+            **os.environ,
+            "LOSSPROOF_API_KEY": self.key,
+            "LOSSPROOF_FAULTS_FILE": str(self.faults_file),
+            # tests check replay requests promptly
+            "LOSSPROOF_LEDGER_REPLAY_GRACE_SECONDS": "1",
+            **(extra_env or {}),
+        }
+        self.starts += 1
+        log_path = self.data_dir.parent / f"{self.data_dir.name}-up-{self.starts}.log"
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "lossproof",
+                "up",
+                "--data-dir",
+                str(self.data_dir),
+                "--port",
+                str(self.port),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"lossproof up exited with {self.proc.returncode}: {self.logs()[-3000:]}"
+                )
+            try:
+                r = HTTP.request("GET", self.url + "/healthz", timeout=1)
+                if r.status == 200:
+                    return
+            except urllib3.exceptions.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"not ready after {timeout}s: {self.logs()[-3000:]}")
+
+    def logs(self) -> str:
+        out = []
+        for p in sorted(self.data_dir.parent.glob(f"{self.data_dir.name}-up-*.log")):
+            out.append(p.read_text(errors="replace"))
+        return "\n".join(out)
+
+    def kill9(self) -> None:
+        """kill -9 the supervisor; its children die with it (PDEATHSIG). Wait until they are gone."""
+        assert self.proc is not None
+        children = _children(self.proc.pid)
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        for pid in children:  # belt and braces: a test must not leave processes behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(p) for p in children):
+            time.sleep(0.02)
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+    def faults(self, faults: dict[str, Any]) -> None:
+        write_faults(str(self.faults_file), faults)
+
+    # -- HTTP -------------------------------------------------------------------------------------
+
+    def headers(self, key: str | None = None, **extra: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.key}", "Content-Type": "application/json", **extra}
+
+    def post_reports(
+        self, agent: str, reports: list[dict[str, Any]], key: str | None = None, timeout: float = 30
+    ) -> urllib3.BaseHTTPResponse:
+        body = json.dumps({"agent": agent, "reports": reports}).encode()
+        return HTTP.request(
+            "POST", self.url + "/v1/reports", body=body, headers=self.headers(key), timeout=timeout
+        )
+
+    def get(self, path: str, key: str | None = None) -> tuple[int, Any]:
+        r = HTTP.request("GET", self.url + path, headers=self.headers(key))
+        return r.status, json.loads(r.data) if r.data else None
+
+    def ledger(self, agent: str) -> dict[str, Any]:
+        status, body = self.get(f"/v1/agents/{agent}/ledger")
+        assert status == 200, body
+        return body  # type: ignore[no-any-return]
+
+    def metrics(self) -> str:
+        return HTTP.request("GET", self.url + "/metrics").data.decode()
+
+    def wait_stored(self, agent: str, seqs: set[int], timeout: float = 30) -> dict[str, Any]:
+        """Wait until the ledger's stored ranges cover ``seqs``; returns the ledger."""
+        deadline = time.monotonic() + timeout
+        ledger: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            status, body = self.get(f"/v1/agents/{agent}/ledger")
+            if status == 200:
+                ledger = body
+                stored = expand(ledger["stored"])
+                if seqs <= stored:
+                    return ledger
+            time.sleep(0.1)
+        raise AssertionError(f"agent {agent}: not all stored after {timeout}s; ledger {ledger}")
+
+
+def expand(ranges: list[list[int]]) -> set[int]:
+    return {s for a, b in ranges for s in range(a, b + 1)}
+
+
+def report(
+    seq: int, n: int = 3, t0: int = 1_767_225_600_000, metric: str = "cpu.user", host: str = "h"
+) -> dict[str, Any]:
+    return {
+        "seq": seq,
+        "time": t0 + seq,
+        "points": [
+            {"metric": metric, "labels": {"host": host, "i": str(i)}, "t": t0 + seq * 1000, "v": seq + i / 10}
+            for i in range(n)
+        ],
+    }
+
+
+def _children(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead for our purposes
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lossproof import config
+
+
+def test_first_start_creates_config_with_a_hashed_key(tmp_path: Path) -> None:
+    cfg, key = config.init_data_dir(tmp_path / "d", None)
+    assert key is not None
+    text = (tmp_path / "d" / "lossproof.toml").read_text()
+    assert key not in text and config.hash_key(key) in text
+    assert cfg.tenant_for_key(key) == "default"
+    again, key2 = config.init_data_dir(tmp_path / "d", None)
+    assert key2 is None and again.tenant_for_key(key) == "default"
+
+
+def test_explicit_key_is_not_printed_and_env_key_works(tmp_path: Path) -> None:
+    _, key = config.init_data_dir(tmp_path, "lp_mine")
+    assert key is None
+    cfg = config.load(tmp_path, env={"LOSSPROOF_API_KEY": "lp_other"})
+    assert cfg.tenant_for_key("lp_mine") == "default"
+    assert cfg.tenant_for_key("lp_other") == "default"
+    assert cfg.tenant_for_key("lp_nope") is None
+
+
+def test_env_overrides(tmp_path: Path) -> None:
+    config.init_data_dir(tmp_path, "k")
+    cfg = config.load(tmp_path, env={"LOSSPROOF_SERVER_PORT": "9123", "LOSSPROOF_LOG_DIR": "/x/log"})
+    assert cfg.server.port == 9123
+    assert cfg.log_dir == Path("/x/log")
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("[server]\nport = 'many'\n", "server.port"),
+        ("[server]\nport = 70000\n", "server.port"),
+        ("[server]\nbogus = 1\n", "server.bogus"),
+        ("[server\n", "invalid TOML"),
+    ],
+)
+def test_bad_config_names_the_key_and_file(tmp_path: Path, text: str, needle: str) -> None:
+    (tmp_path / "lossproof.toml").write_text(text)
+    with pytest.raises(config.ConfigError) as e:
+        config.load(tmp_path, env={})
+    msg = str(e.value)
+    assert needle in msg and "lossproof.toml" in msg and "\n" not in msg
+
+
+def test_missing_config(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError, match="not found"):
+        config.load(tmp_path / "none", env={})
