@@ -56,20 +56,20 @@ class Pipeline:
         log_path = self.data_dir.parent / f"{self.data_dir.name}-up-{self.starts}.log"
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "lossproof",
-                "up",
-                "--data-dir",
-                str(self.data_dir),
-                "--port",
-                str(self.port),
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+                [
+                    sys.executable,
+                    "-m",
+                    "lossproof",
+                    "up",
+                    "--data-dir",
+                    str(self.data_dir),
+                    "--port",
+                    str(self.port),
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         if wait:
             self.wait_ready()
 

@@ -126,3 +126,46 @@ def test_kill9_mid_stream_loses_nothing_acknowledged(pipeline: Pipeline) -> None
             ts = [pt[0] for pt in q["series"][0]["points"]]
             assert ts == sorted(1_767_225_600_000 + seq * 1000 for seq in stored)
     assert total_acked > 50
+
+
+def test_disk_full_answers_503_then_recovers(pipeline_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+
+    import pytest
+
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)]).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root): disk-full test not run")
+    try:
+        # leave about 1 MiB free for the log; deleting the filler later makes room again
+        with open(mnt / "filler", "wb") as f:
+            f.write(b"\0" * (3 * 2**20))
+        p: Pipeline = pipeline_factory()
+        p.start(extra_env={"LOSSPROOF_LOG_DIR": str(mnt / "log"), "LOSSPROOF_LOG_SEGMENT_BYTES": "262144"})
+        acked: set[int] = set()
+        statuses: list[int] = []
+        seq = 1
+        while len(statuses) < 400 and 503 not in statuses:
+            r = p.post_reports("full", [report(seq, 200, host="full")])
+            statuses.append(r.status)
+            if r.status == 200:
+                acked.add(seq)
+                seq += 1
+        assert 503 in statuses, "the disk never filled"
+        assert set(statuses) <= {200, 503}, statuses
+        assert "lossproof_log_append_errors_total" in p.metrics()
+        # the worker cannot commit its position on a full log disk either: it retries, loses nothing
+        (mnt / "filler").unlink()
+        deadline = time.monotonic() + 30
+        status = 0
+        while time.monotonic() < deadline and status != 200:
+            r = p.post_reports("full", [report(seq, 10, host="full")])
+            status = r.status
+            time.sleep(0.2)
+        assert status == 200, "did not recover once the disk had room"
+        acked.add(seq)
+        p.wait_stored("full", acked, timeout=60)
+        p.kill9()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])

@@ -89,10 +89,6 @@ class ReportsHandler:
         except (BadEncoding, native.BadRequest) as e:
             raise ApiError(400, str(e), "bad_request") from None
 
-        ok, why = self.writer.healthy()
-        if not ok:
-            # Fail fast: the agent should back off or fail over now, not after a timeout.
-            raise self.unavailable(why)
         seqs = native.seq_ranges(req)
         record = native.encode_envelope(
             native.Envelope(

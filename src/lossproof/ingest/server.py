@@ -91,7 +91,8 @@ async def serve(cfg: Config) -> None:
     await writer.start()
     store = StoreAccess(lambda: open_store(cfg, readonly=True))
     app = build_app(cfg, writer, store, registry)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    # auto_decompress off: we decompress ourselves, bounded, and keep the compressed bytes for the log.
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, auto_decompress=False)
     await runner.setup()
     site = web.TCPSite(runner, cfg.server.host, cfg.server.port, reuse_address=True)
     await site.start()

@@ -58,6 +58,8 @@ def decode(body: bytes, content_type: str) -> RequestIn:
         raise BadRequest(str(e)) from None
     except msgspec.DecodeError as e:
         raise BadRequest(f"malformed {content_type.split('/')[-1]}: {e}") from None
+    except UnicodeDecodeError as e:
+        raise BadRequest(f"invalid UTF-8 in a string at byte {e.start}") from None
 
 
 def seq_ranges(req: RequestIn) -> list[tuple[int, int]]:
