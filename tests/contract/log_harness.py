@@ -1,0 +1,250 @@
+"""Backend harnesses for the log contract suite (``test_log_contract.py``).
+
+Everything backend-specific lives here: how to build a writer/reader, how to run a writer in a
+separate process that can be killed with SIGKILL, how to damage the stored data, and which
+metrics to read. A Kafka harness implements the same class; operations a backend cannot do
+(e.g. tearing a file's tail) raise ``pytest.skip``.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import lossproof
+from lossproof.log.base import LogGap, LogReader, LogRecord, LogWriter
+
+HELPERS = Path(__file__).resolve().parent.parent / "log" / "helpers"
+
+
+def make_value(tag: str, size: int) -> bytes:
+    """A deterministic value of ``size`` bytes derived from ``tag`` (so content can be checked)."""
+    unit = f"<{tag}>".encode()
+    return (unit * (size // len(unit) + 1))[:size] if size else b""
+
+
+def subprocess_env() -> dict[str, str]:
+    src = str(Path(lossproof.__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.pop("LOSSPROOF_FAULTS_FILE", None)
+    return env
+
+
+@dataclass
+class Acked:
+    offset: int
+    key: bytes
+    value: bytes
+
+
+class AppenderProcess:
+    """A writer in its own process appending forever; stdout has one line per acknowledged append."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], value_size: int) -> None:
+        self.proc = proc
+        self.value_size = value_size
+        self._buf = b""
+        self.acked: list[Acked] = []
+        os.set_blocking(proc.stdout.fileno(), False)  # type: ignore[union-attr]
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        while True:
+            try:
+                chunk = os.read(self.proc.stdout.fileno(), 1 << 16)
+            except BlockingIOError:
+                return
+            if not chunk:
+                return
+            self._buf += chunk
+            *lines, self._buf = self._buf.split(b"\n")
+            for line in lines:
+                self._parse(line)
+
+    def wait_acks(self, n: int, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.acked) < n:
+            if self.proc.poll() is not None:
+                self._pump()
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                raise AssertionError(f"appender exited with {self.proc.returncode}: {err}")
+            assert time.monotonic() < deadline, f"only {len(self.acked)} acks after {timeout}s"
+            time.sleep(0.01)
+            self._pump()
+
+    def kill9(self) -> list[Acked]:
+        """SIGKILL the process; returns every append it acknowledged (printed) before dying."""
+        self.proc.kill()
+        self.proc.wait(10)
+        os.set_blocking(self.proc.stdout.fileno(), True)  # type: ignore[union-attr]
+        assert self.proc.stdout is not None
+        self._buf += self.proc.stdout.read()
+        *lines, _torn = self._buf.split(b"\n")  # a torn last line is simply not counted as an ack
+        self._buf = b""
+        for line in lines:
+            self._parse(line)
+        return self.acked
+
+    def _parse(self, line: bytes) -> None:
+        if line.startswith(b"ACK "):
+            _, off, key, tag = line.decode().split(" ")
+            self.acked.append(Acked(int(off), key.encode(), make_value(tag, self.value_size)))
+
+
+class LogHarness(abc.ABC):
+    name: str
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+
+    # -- construction --
+    @abc.abstractmethod
+    def writer(self, *, small_segments: bool = False, retention: bool = False) -> LogWriter:
+        """A writer (not started). ``small_segments``: roll every few records; ``retention``: delete
+        committed data promptly (retention time 0, checked often)."""
+
+    @abc.abstractmethod
+    def reader(self, group: str = "workers") -> LogReader: ...
+
+    @abc.abstractmethod
+    def spawn_appender(self, *, concurrency: int, value_size: int) -> AppenderProcess:
+        """A writer in a subprocess appending continuously from ``concurrency`` tasks."""
+
+    # -- observation --
+    def fsync_count(self, writer: LogWriter) -> float | None:
+        """How many durability round-trips (fsyncs) the writer did; None if not measurable."""
+        return None
+
+    def earliest_offset(self) -> int | None:
+        """The lowest offset still stored (None if unknown)."""
+        return None
+
+    def recovery_truncated_bytes(self, writer: LogWriter) -> float | None:
+        return None
+
+    # -- damage (call with no writer/reader open) --
+    def tear_tail(self) -> None:
+        pytest.skip(f"{self.name}: cannot tear the tail of the log")
+
+    def corrupt(self, offset: int) -> str:
+        """Damage the stored bytes of record ``offset``; returns a name the error should mention."""
+        pytest.skip(f"{self.name}: cannot corrupt stored records")
+
+    def lose(self, first: int, last: int) -> None:
+        """Make records [first, last] vanish as a data-losing log would."""
+        pytest.skip(f"{self.name}: cannot make records vanish")
+
+
+class EmbeddedHarness(LogHarness):
+    name = "embedded"
+
+    def __init__(self, tmp_path: Path) -> None:
+        super().__init__(tmp_path)
+        self.dir = tmp_path / "log"
+
+    def writer(self, *, small_segments: bool = False, retention: bool = False) -> LogWriter:
+        from lossproof.log.embedded import EmbeddedLogWriter
+
+        return EmbeddedLogWriter(
+            self.dir,
+            segment_bytes=2048 if small_segments else 64 * 2**20,
+            retention_seconds=0.0,
+            retention_check_seconds=0.05 if retention else 3600.0,
+        )
+
+    def reader(self, group: str = "workers") -> LogReader:
+        from lossproof.log.embedded import EmbeddedLogReader
+
+        return EmbeddedLogReader(self.dir, group, poll_interval=0.002)
+
+    def spawn_appender(self, *, concurrency: int, value_size: int) -> AppenderProcess:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(HELPERS / "embedded_appender.py"),
+                str(self.dir),
+                "--concurrency",
+                str(concurrency),
+                "--value-size",
+                str(value_size),
+                "--segment-bytes",
+                str(256 * 1024),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=subprocess_env(),
+        )
+        return AppenderProcess(proc, value_size)
+
+    def fsync_count(self, writer: LogWriter) -> float | None:
+        reg: Any = getattr(writer, "registry", None)
+        return None if reg is None else reg.get_sample_value("lossproof_log_fsync_seconds_count")
+
+    def recovery_truncated_bytes(self, writer: LogWriter) -> float | None:
+        reg: Any = getattr(writer, "registry", None)
+        return None if reg is None else reg.get_sample_value("lossproof_log_recovery_truncated_bytes_total")
+
+    def earliest_offset(self) -> int | None:
+        from lossproof.log.embedded.damage import record_locations
+
+        locs = record_locations(self.dir)
+        return locs[0].offset if locs else None
+
+    def tear_tail(self) -> None:
+        from lossproof.log.embedded.damage import tear_tail
+
+        tear_tail(self.dir, keep=0.6)
+
+    def corrupt(self, offset: int) -> str:
+        from lossproof.log.embedded.damage import corrupt_record
+
+        return corrupt_record(self.dir, offset, where="value").path.name
+
+    def lose(self, first: int, last: int) -> None:
+        from lossproof.log.embedded.damage import lose_records
+
+        lose_records(self.dir, first, last)
+
+
+HARNESSES: dict[str, type[LogHarness]] = {"embedded": EmbeddedHarness}
+
+
+# --- helpers shared by the contract tests ------------------------------------------------------------
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def read_all(
+    reader: LogReader, *, batch: int = 100, idle: float = 0.15, timeout: float = 20.0
+) -> tuple[list[LogRecord], list[LogGap]]:
+    """Poll until nothing new arrives for ``idle`` seconds."""
+    records: list[LogRecord] = []
+    gaps: list[LogGap] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        res = reader.poll(batch, idle)
+        if not res.records and not res.gaps:
+            break
+        records += res.records
+        gaps += res.gaps
+    return records, gaps
+
+
+def gap_offsets(gaps: Iterable[LogGap]) -> set[int]:
+    out: set[int] = set()
+    for g in gaps:
+        out.update(range(g.first, g.last + 1))
+    return out
