@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 import zlib
 
 import zstandard
@@ -59,9 +60,16 @@ def decompress(data: bytes, encoding: str, limit: int) -> bytes:
     raise BadEncoding(f"unsupported Content-Encoding {encoding!r} (use gzip, zstd or identity)")
 
 
+_local = threading.local()
+
+
 def compress(data: bytes, encoding: str) -> bytes:
     if encoding == "gzip":
         return zlib.compress(data, 6, wbits=31)
     if encoding == "zstd":
-        return zstandard.ZstdCompressor(level=3).compress(data)
+        cctx = getattr(_local, "zstd", None)
+        if cctx is None:
+            # a compression context is costly to set up and not thread-safe: one per thread
+            cctx = _local.zstd = zstandard.ZstdCompressor(level=3)
+        return cctx.compress(data)
     return data
