@@ -42,6 +42,12 @@ class StoreError(Exception):
     """Base class of store failures."""
 
 
+class StoreUnavailable(StoreError):
+    """A transient failure (connection lost, disk full, database locked or down): nothing was
+    written; the same batch may be retried later. Any other exception from ``write_batch`` means
+    the batch itself cannot be stored."""
+
+
 class StoreSchemaError(StoreError):
     """The database was written by a newer lossproof (or is not a lossproof store): refuse to touch it."""
 
@@ -113,11 +119,11 @@ class Ledger:
 @dataclass(frozen=True, slots=True)
 class AgentSummary:
     agent: str
-    max_seq: int
+    max_seq: int  # highest seq stored or lost
     stored_reports: int
     missing_reports: int
     lost_reports: int
-    last_stored_ms: int
+    last_stored_ms: int  # ``now_ms`` of the last batch that stored one of its reports (0: never)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from lossproof.log.base import LogReader, PollResult
 from lossproof.obs.logging import get
-from lossproof.store.base import Store, WriteBatch
+from lossproof.store.base import DeadLetter, Store, StoreUnavailable, WriteBatch, WriteResult
 from lossproof.worker.decode import add_record
 
 log = get(__name__)
@@ -116,7 +116,15 @@ class Worker:
             )
         for record in polled.records:
             add_record(batch, record)
-        result = self.store.write_batch(batch)
+        try:
+            result = self.store.write_batch(batch)
+        except StoreUnavailable:
+            raise
+        except Exception as e:
+            # The store refused the data itself (not an outage): find the record(s) responsible and
+            # dead-letter them, so one poison record never blocks the partition.
+            log.error("worker.batch_rejected", error=f"{type(e).__name__}: {e}", records=len(polled.records))
+            batch.dead_letters, result = self._isolate(polled, batch.now_ms)
         self.reader.commit(polled.next_offsets())
 
         now = time.time()
@@ -134,6 +142,36 @@ class Worker:
         self.last_error = ""
         for dl in batch.dead_letters:
             log.warning("worker.dead_letter", partition=dl.partition, offset=dl.offset, reason=dl.reason)
+
+    def _isolate(self, polled: PollResult, now_ms: int) -> tuple[list[DeadLetter], WriteResult]:
+        """Write the records one by one; returns every dead letter written and the totals."""
+        points = stored = duplicate = 0
+        rejected = WriteBatch(gaps=list(polled.gaps), now_ms=now_ms)
+        dead: list[DeadLetter] = []
+        for record in polled.records:
+            one = WriteBatch(now_ms=now_ms)
+            add_record(one, record)
+            try:
+                r = self.store.write_batch(one)
+            except StoreUnavailable:
+                raise
+            except Exception as e:
+                rejected.dead_letters.append(
+                    DeadLetter(
+                        record.partition,
+                        record.offset,
+                        "",
+                        f"store rejected: {type(e).__name__}: {e}",
+                        record.value,
+                    )
+                )
+                continue
+            dead.extend(one.dead_letters)
+            points += r.points_written
+            stored += r.reports_stored
+            duplicate += r.reports_duplicate
+        self.store.write_batch(rejected)
+        return dead + rejected.dead_letters, WriteResult(points, stored, duplicate)
 
     def _update_lag(self) -> None:
         now = time.monotonic()

@@ -1,0 +1,142 @@
+"""Store benchmark: ``write_batch`` throughput the way the worker drives it.
+
+Each batch carries one report per agent; each agent owns ``series_per_agent`` series (by default one
+point per series per report, like a host agent scraping every ``interval_ms``). Building the batches
+is not timed, only ``write_batch``. Numbers are reported for the whole run and for its last quarter
+(a store whose inserts slow down as it grows shows it there).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from lossproof.store.base import Point, ReportWrite, Store, WriteBatch
+
+TENANT = "bench"
+START_MS = 1_700_000_000_000
+
+
+def _series(agent: int, i: int) -> tuple[str, dict[str, str]]:
+    return f"bench_metric_{i % 25}", {"host": f"host-{agent:04d}", "dim": str(i // 25), "dc": "eu-1"}
+
+
+def _batches(
+    points_total: int, points_per_report: int, agents: int, series_per_agent: int, interval_ms: int
+) -> Iterator[WriteBatch]:
+    per_series = max(1, points_per_report // series_per_agent)
+    step = max(1, interval_ms // per_series)
+    made = 0
+    seq = 0
+    while made < points_total:
+        seq += 1
+        base = START_MS + (seq - 1) * interval_ms
+        reports = []
+        for a in range(agents):
+            n = min(points_per_report, points_total - made)
+            if n <= 0:
+                break
+            pts = []
+            for j in range(n):
+                metric, labels = _series(a, j % series_per_agent)
+                pts.append(Point(metric, labels, base + (j // series_per_agent) * step, float(j)))
+            reports.append(ReportWrite(TENANT, f"agent-{a:04d}", seq, pts))
+            made += n
+        yield WriteBatch(reports=reports, now_ms=base)
+
+
+def bench_store(
+    store_factory: Callable[[], Store],
+    points_total: int,
+    points_per_report: int,
+    agents: int,
+    *,
+    series_per_agent: int | None = None,
+    interval_ms: int = 10_000,
+    replay_batches: int = 3,
+) -> dict[str, Any]:
+    """Write ``points_total`` points and return throughput figures (points/s stored, batch latency).
+
+    ``replay_batches`` of the batches are applied again at the end to time duplicate delivery."""
+    spa = series_per_agent or points_per_report
+    store = store_factory()
+    try:
+        times: list[float] = []
+        counts: list[int] = []
+        written = 0
+        kept: list[WriteBatch] = []
+        for batch in _batches(points_total, points_per_report, agents, spa, interval_ms):
+            t0 = time.perf_counter()
+            res = store.write_batch(batch)
+            times.append(time.perf_counter() - t0)
+            counts.append(sum(len(r.points) for r in batch.reports))
+            written += res.points_written
+            if len(kept) < replay_batches:
+                kept.append(batch)
+        replay_s = 0.0
+        replay_pts = 0
+        for batch in kept:
+            t0 = time.perf_counter()
+            res = store.write_batch(batch)
+            replay_s += time.perf_counter() - t0
+            replay_pts += sum(len(r.points) for r in batch.reports)
+            if res.points_written:
+                raise AssertionError("replayed batch wrote points again")
+    finally:
+        store.close()
+    total_s = sum(times)
+    q = max(1, len(times) // 4)
+    tail_s, tail_pts = sum(times[-q:]), sum(counts[-q:])
+    ms = sorted(t * 1000 for t in times)
+    return {
+        "points": sum(counts),
+        "points_written": written,
+        "batches": len(times),
+        "points_per_batch": points_per_report * agents,
+        "series": spa * agents,
+        "seconds": round(total_s, 3),
+        "points_per_s": round(sum(counts) / total_s) if total_s else 0,
+        "points_per_s_last_quarter": round(tail_pts / tail_s) if tail_s else 0,
+        "batch_ms_p50": round(statistics.median(ms), 1) if ms else 0.0,
+        "batch_ms_max": round(ms[-1], 1) if ms else 0.0,
+        "replay_points_per_s": round(replay_pts / replay_s) if replay_s else 0,
+    }
+
+
+def bench_query(
+    store_factory: Callable[[], Store], series: int = 100, hours: int = 24, interval_ms: int = 10_000
+) -> dict[str, Any]:
+    """Time a dashboard read: one metric, ``series`` series, ``hours`` of points every ``interval_ms``.
+
+    The data is written first (one agent, one point per series per report), then read back with
+    one ``query`` call over the whole range; the read is timed (cold and warm)."""
+    store = store_factory()
+    try:
+        reports_total = hours * 3_600_000 // interval_ms
+        seq = 0
+        while seq < reports_total:
+            reports = []
+            for _ in range(min(64, reports_total - seq)):
+                seq += 1
+                t = START_MS + (seq - 1) * interval_ms
+                pts = [
+                    Point("bench_query", {"host": f"host-{i:04d}", "dc": "eu-1"}, t, float(i))
+                    for i in range(series)
+                ]
+                reports.append(ReportWrite(TENANT, "query-agent", seq, pts))
+            store.write_batch(WriteBatch(reports=reports, now_ms=START_MS))
+        took = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            out = store.query(TENANT, "bench_query", START_MS, START_MS + hours * 3_600_000, {})
+            took.append(time.perf_counter() - t0)
+    finally:
+        store.close()
+    return {
+        "series": len(out),
+        "points": sum(len(s.points) for s in out),
+        "seconds_first": round(took[0], 3),
+        "seconds_again": round(took[1], 3),
+    }

@@ -1,0 +1,410 @@
+"""The store contract (see ``lossproof/store/base.py``), run against every backend.
+
+Everything backend-specific is behind ``store_backends``; these tests only use the ``Store``
+interface, opened through the ``store_factory`` fixture.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from store_backends import BACKENDS, StoreBackend
+
+from lossproof.log.base import LogGap
+from lossproof.store.base import (
+    DeadLetter,
+    Ledger,
+    LostRange,
+    Point,
+    ReportWrite,
+    Store,
+    WriteBatch,
+    WriteResult,
+)
+
+T0 = 1_700_000_000_000
+ALL = (0, 2**62)
+StoreFactory = Callable[..., Store]
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """``store_factory(readonly=False)`` opens a handle on this test's (initially empty) store."""
+    backend: StoreBackend = BACKENDS[request.param](tmp_path)
+    yield backend.open
+    backend.close_all()
+
+
+@pytest.fixture
+def store(store_factory: StoreFactory) -> Store:
+    return store_factory()
+
+
+def pt(t: int, v: float = 1.0, metric: str = "cpu", **labels: str) -> Point:
+    return Point(metric, labels or {"host": "h1"}, t, v)
+
+
+def report(seq: int, n: int = 3, agent: str = "a1", tenant: str = "t1", metric: str = "cpu") -> ReportWrite:
+    """A report whose points are unique to (agent, seq): t = T0 + seq * 1000 + i."""
+    return ReportWrite(
+        tenant, agent, seq, [pt(T0 + seq * 1000 + i, float(seq), metric, agent=agent) for i in range(n)]
+    )
+
+
+def count_points(store: Store, tenant: str = "t1", metric: str = "cpu", **labels: str) -> int:
+    return sum(len(s.points) for s in store.query(tenant, metric, *ALL, labels))
+
+
+def batch(*reports: ReportWrite, now: int = 1000, **kw: object) -> WriteBatch:
+    return WriteBatch(reports=list(reports), now_ms=now, **kw)  # type: ignore[arg-type]
+
+
+# --- idempotency ---------------------------------------------------------------------------------
+
+
+def test_same_batch_three_times_equals_once(store: Store) -> None:
+    b = batch(
+        report(1),
+        report(3, agent="a2"),
+        report(4),
+        samples=[("t1", pt(T0, 5.0, "temp", room="r1")), ("t2", pt(T0, 6.0, "temp", room="r1"))],
+        lost=[LostRange("t1", "a1", 7, 8, "spool full")],
+        dead_letters=[DeadLetter(0, 17, "t1", "undecodable", b"\xff")],
+        gaps=[LogGap(0, 3, 9, "segment missing", 500)],
+    )
+    first = store.write_batch(b)
+    assert first == WriteResult(points_written=11, reports_stored=3, reports_duplicate=0)
+    snapshot = (
+        store.query("t1", "cpu", *ALL, {}),
+        store.query("t1", "temp", *ALL, {}),
+        store.query("t2", "temp", *ALL, {}),
+        store.ledger("t1", "a1"),
+        store.ledger("t1", "a2"),
+        store.agents("t1"),
+        store.dead_letter_count(),
+        store.log_gaps(),
+    )
+    for _ in range(2):
+        again = store.write_batch(b)
+        assert again == WriteResult(points_written=0, reports_stored=0, reports_duplicate=3)
+        assert (
+            store.query("t1", "cpu", *ALL, {}),
+            store.query("t1", "temp", *ALL, {}),
+            store.query("t2", "temp", *ALL, {}),
+            store.ledger("t1", "a1"),
+            store.ledger("t1", "a2"),
+            store.agents("t1"),
+            store.dead_letter_count(),
+            store.log_gaps(),
+        ) == snapshot
+    assert count_points(store) == 9
+    assert store.dead_letter_count() == 1
+    assert store.log_gaps() == [LogGap(0, 3, 9, "segment missing", 500)]
+
+
+def test_duplicate_report_skipped_whole_even_if_points_differ(store: Store) -> None:
+    store.write_batch(batch(report(1, n=2)))
+    different = ReportWrite("t1", "a1", 1, [pt(T0 + 1000, 99.0, agent="a1"), pt(T0 + 5, 1.0, agent="a1")])
+    res = store.write_batch(batch(different))
+    assert res == WriteResult(points_written=0, reports_stored=0, reports_duplicate=1)
+    [series] = store.query("t1", "cpu", *ALL, {})
+    assert series.points == [(T0 + 1000, 1.0), (T0 + 1001, 1.0)]
+
+
+def test_same_seq_twice_in_one_batch_stored_once(store: Store) -> None:
+    res = store.write_batch(batch(report(1, n=2), ReportWrite("t1", "a1", 1, [pt(T0 + 7, agent="a1")])))
+    assert res == WriteResult(points_written=2, reports_stored=1, reports_duplicate=1)
+    assert count_points(store) == 2
+
+
+def test_same_seq_different_agents_or_tenants_are_different_reports(store: Store) -> None:
+    res = store.write_batch(batch(report(1), report(1, agent="a2"), report(1, tenant="t2")))
+    assert res.reports_stored == 3
+    assert count_points(store) == 6 and count_points(store, "t2") == 3
+
+
+def test_samples_first_write_wins(store: Store) -> None:
+    res = store.write_batch(WriteBatch(samples=[("t1", pt(T0, 1.0, a="1", b="2"))], now_ms=1))
+    assert res.points_written == 1
+    # same series (labels in another order), same t, another value: ignored
+    res = store.write_batch(
+        WriteBatch(
+            samples=[
+                ("t1", Point("cpu", {"b": "2", "a": "1"}, T0, 2.0)),
+                ("t1", pt(T0 + 1, 3.0, a="1", b="2")),
+                ("t1", pt(T0 + 1, 4.0, a="1", b="2")),  # first in the batch wins too
+            ],
+            now_ms=2,
+        )
+    )
+    assert res.points_written == 1
+    [series] = store.query("t1", "cpu", *ALL, {})
+    assert series.labels == {"a": "1", "b": "2"}
+    assert series.points == [(T0, 1.0), (T0 + 1, 3.0)]
+    assert store.agents("t1") == []  # samples have no agent ledger
+
+
+def test_point_of_a_new_report_colliding_with_a_stored_point_keeps_the_first(store: Store) -> None:
+    store.write_batch(WriteBatch(samples=[("t1", pt(T0 + 2000, 7.0, agent="a1"))], now_ms=1))
+    res = store.write_batch(batch(report(2, n=2)))
+    assert res == WriteResult(points_written=1, reports_stored=1, reports_duplicate=0)
+    [series] = store.query("t1", "cpu", *ALL, {})
+    assert series.points == [(T0 + 2000, 7.0), (T0 + 2001, 2.0)]
+
+
+# --- ledger --------------------------------------------------------------------------------------
+
+
+def test_ledger_unknown_agent_is_none(store: Store) -> None:
+    assert store.ledger("t1", "nobody") is None
+    assert store.replay_wanted("t1", "nobody", 10**15) == []
+
+
+def test_ledger_holes_from_the_start_fill_in_and_keep_since(store: Store) -> None:
+    store.write_batch(batch(report(3), report(4), now=100))
+    assert store.ledger("t1", "a1") == Ledger(stored=[(3, 4)], missing=[(1, 2, 100)], lost=[])
+    store.write_batch(batch(report(8), now=200))
+    assert store.ledger("t1", "a1") == Ledger(
+        stored=[(3, 4), (8, 8)], missing=[(1, 2, 100), (5, 7, 200)], lost=[]
+    )
+    store.write_batch(batch(report(1), report(6), now=300))
+    assert store.ledger("t1", "a1") == Ledger(
+        stored=[(1, 1), (3, 4), (6, 6), (8, 8)], missing=[(2, 2, 100), (5, 5, 200), (7, 7, 200)], lost=[]
+    )
+    store.write_batch(batch(report(2), report(5), report(7), now=400))
+    assert store.ledger("t1", "a1") == Ledger(stored=[(1, 8)], missing=[], lost=[])
+    [a] = store.agents("t1")
+    assert (a.agent, a.max_seq, a.stored_reports, a.missing_reports, a.lost_reports, a.last_stored_ms) == (
+        "a1",
+        8,
+        8,
+        0,
+        0,
+        400,
+    )
+
+
+def test_ledger_lost_ranges(store: Store) -> None:
+    store.write_batch(batch(report(1), report(5), now=100))
+    store.write_batch(batch(lost=[LostRange("t1", "a1", 2, 3, "spool over limit")], now=200))
+    led = store.ledger("t1", "a1")
+    assert led == Ledger(stored=[(1, 1), (5, 5)], missing=[(4, 4, 100)], lost=[(2, 3, "spool over limit")])
+    # a lost range overlapping stored seqs only marks the rest; beyond the top it adds no holes
+    store.write_batch(batch(lost=[LostRange("t1", "a1", 5, 9, "disk")], now=300))
+    led = store.ledger("t1", "a1")
+    assert led is not None
+    assert led.lost == [(2, 3, "spool over limit"), (6, 9, "disk")]
+    assert led.missing == [(4, 4, 100)]
+    # an already lost seq keeps its first reason
+    store.write_batch(batch(lost=[LostRange("t1", "a1", 3, 3, "other")], now=400))
+    assert store.ledger("t1", "a1") == led
+    # the report itself arriving after all moves it from lost to stored
+    res = store.write_batch(batch(report(3), report(7), now=500))
+    assert res.reports_stored == 2
+    assert store.ledger("t1", "a1") == Ledger(
+        stored=[(1, 1), (3, 3), (5, 5), (7, 7)],
+        missing=[(4, 4, 100)],
+        lost=[(2, 2, "spool over limit"), (6, 6, "disk"), (8, 9, "disk")],
+    )
+    [a] = store.agents("t1")
+    assert (a.max_seq, a.stored_reports, a.missing_reports, a.lost_reports, a.last_stored_ms) == (
+        9,
+        4,
+        1,
+        4,
+        500,
+    )
+
+
+def test_lost_only_agent_is_known(store: Store) -> None:
+    store.write_batch(batch(lost=[LostRange("t1", "a9", 1, 4, "gone")], now=5))
+    assert store.ledger("t1", "a9") == Ledger(stored=[], missing=[], lost=[(1, 4, "gone")])
+    [a] = store.agents("t1")
+    assert (a.agent, a.max_seq, a.lost_reports, a.last_stored_ms) == ("a9", 4, 4, 0)
+
+
+def test_lost_and_stored_in_the_same_batch_stored_wins(store: Store) -> None:
+    store.write_batch(batch(report(2), lost=[LostRange("t1", "a1", 1, 3, "x")], now=5))
+    assert store.ledger("t1", "a1") == Ledger(stored=[(2, 2)], missing=[], lost=[(1, 1, "x"), (3, 3, "x")])
+
+
+def test_replay_wanted_respects_the_time_threshold(store: Store) -> None:
+    store.write_batch(batch(report(3), now=1000))  # hole 1-2 seen at 1000
+    store.write_batch(batch(report(6), now=5000))  # hole 4-5 seen at 5000
+    assert store.replay_wanted("t1", "a1", 1000) == []
+    assert store.replay_wanted("t1", "a1", 1001) == [(1, 2)]
+    assert store.replay_wanted("t1", "a1", 5001) == [(1, 2), (4, 5)]
+    store.write_batch(batch(report(1), now=6000))
+    assert store.replay_wanted("t1", "a1", 10_000) == [(2, 2), (4, 5)]
+    store.write_batch(batch(lost=[LostRange("t1", "a1", 4, 5, "gone")], now=7000))
+    assert store.replay_wanted("t1", "a1", 10_000) == [(2, 2)]
+
+
+def test_replay_wanted_merges_adjacent_holes_seen_at_different_times(store: Store) -> None:
+    store.write_batch(batch(report(3), now=1000))
+    store.write_batch(batch(report(2), lost=[LostRange("t1", "a1", 3, 3, "x")], now=1500))
+    store.write_batch(batch(report(6), now=2000))
+    # missing: 1 (since 1000), 4-5 (since 2000)
+    assert store.replay_wanted("t1", "a1", 3000) == [(1, 1), (4, 5)]
+
+
+# --- tenancy, queries ----------------------------------------------------------------------------
+
+
+def test_tenant_isolation(store: Store) -> None:
+    store.write_batch(
+        batch(report(2, agent="shared", tenant="t1"), report(5, agent="shared", tenant="t2"), now=10)
+    )
+    assert [a.max_seq for a in store.agents("t1")] == [2]
+    assert [a.max_seq for a in store.agents("t2")] == [5]
+    assert store.agents("t3") == []
+    assert store.ledger("t1", "shared") == Ledger(stored=[(2, 2)], missing=[(1, 1, 10)], lost=[])
+    assert store.ledger("t2", "shared") == Ledger(stored=[(5, 5)], missing=[(1, 4, 10)], lost=[])
+    assert store.ledger("t3", "shared") is None
+    assert store.replay_wanted("t1", "shared", 11) == [(1, 1)]
+    assert store.replay_wanted("t3", "shared", 11) == []
+    [s1] = store.query("t1", "cpu", *ALL, {})
+    [s2] = store.query("t2", "cpu", *ALL, {})
+    assert {t for t, _ in s1.points} == {T0 + 2000 + i for i in range(3)}
+    assert {t for t, _ in s2.points} == {T0 + 5000 + i for i in range(3)}
+    assert store.query("t3", "cpu", *ALL, {}) == []
+
+
+def test_label_filter_is_an_equality_subset(store: Store) -> None:
+    store.write_batch(
+        WriteBatch(
+            samples=[
+                ("t1", pt(T0, 1.0, host="a", dc="x")),
+                ("t1", pt(T0, 2.0, host="b", dc="x")),
+                ("t1", pt(T0, 3.0, host="c", dc="y")),
+                ("t1", pt(T0, 4.0, metric="mem", host="a", dc="x")),
+            ],
+            now_ms=1,
+        )
+    )
+
+    def hosts(labels: dict[str, str]) -> list[str]:
+        return sorted(s.labels["host"] for s in store.query("t1", "cpu", *ALL, labels))
+
+    assert hosts({}) == ["a", "b", "c"]
+    assert hosts({"dc": "x"}) == ["a", "b"]
+    assert hosts({"dc": "x", "host": "b"}) == ["b"]
+    assert hosts({"dc": "z"}) == []
+    assert hosts({"nope": ""}) == []
+    [s] = store.query("t1", "cpu", *ALL, {"host": "c"})
+    assert (s.metric, s.labels, s.points) == ("cpu", {"host": "c", "dc": "y"}, [(T0, 3.0)])
+
+
+def test_time_range_bounds_inclusive_and_sorted(store: Store) -> None:
+    ts = [T0 + 200_000, T0, T0 + 1, T0 + 99_999, T0 + 100_000, T0 - 1, T0 + 3_600_000]
+    store.write_batch(WriteBatch(samples=[("t1", pt(t, float(t - T0))) for t in ts], now_ms=1))
+
+    def times(a: int, b: int) -> list[int]:
+        out = store.query("t1", "cpu", a, b, {})
+        return [t for s in out for t, _ in s.points]
+
+    assert times(T0, T0 + 100_000) == [T0, T0 + 1, T0 + 99_999, T0 + 100_000]
+    assert times(T0 + 1, T0 + 1) == [T0 + 1]
+    assert times(T0 + 2, T0 + 99_998) == []
+    assert times(*ALL) == sorted(ts)
+    assert times(T0 + 10, T0) == []
+    assert store.query("t1", "cpu", T0 + 2, T0 + 99_998, {}) == []  # no empty series
+
+
+def test_special_values_round_trip(store: Store) -> None:
+    vals = [math.nan, math.inf, -math.inf, 0.0, -0.0, 1e308, 5e-324]
+    store.write_batch(WriteBatch(samples=[("t1", pt(T0 + i, v)) for i, v in enumerate(vals)], now_ms=1))
+    [s] = store.query("t1", "cpu", *ALL, {})
+    got = [v for _, v in s.points]
+    assert math.isnan(got[0])
+    assert got[1:] == vals[1:]
+
+
+def test_empty_batch(store: Store) -> None:
+    assert store.write_batch(WriteBatch(now_ms=1)) == WriteResult(0, 0, 0)
+    assert store.agents("t1") == [] and store.dead_letter_count() == 0 and store.log_gaps() == []
+
+
+# --- dead letters, gaps --------------------------------------------------------------------------
+
+
+def test_dead_letters_and_gaps_recorded_idempotently(store: Store) -> None:
+    store.write_batch(
+        WriteBatch(
+            dead_letters=[
+                DeadLetter(0, 5, "t1", "bad zstd frame", b"\x00" * 10),
+                DeadLetter(1, 5, "", "no tenant", b""),
+            ],
+            gaps=[LogGap(1, 10, 19, "segment 3 missing", 77), LogGap(0, 0, 4, "truncated", 78)],
+            now_ms=9,
+        )
+    )
+    store.write_batch(
+        WriteBatch(
+            dead_letters=[
+                DeadLetter(0, 5, "t1", "bad zstd frame", b"\x00" * 10),
+                DeadLetter(0, 6, "t1", "x", b"1"),
+            ],
+            gaps=[LogGap(1, 10, 19, "segment 3 missing", 80), LogGap(1, 20, 29, "later", 81)],
+            now_ms=10,
+        )
+    )
+    assert store.dead_letter_count() == 3
+    assert store.log_gaps() == [
+        LogGap(0, 0, 4, "truncated", 78),
+        LogGap(1, 10, 19, "segment 3 missing", 77),
+        LogGap(1, 20, 29, "later", 81),
+    ]
+
+
+# --- atomicity -----------------------------------------------------------------------------------
+
+
+def test_failing_batch_leaves_nothing_and_store_stays_usable(store: Store) -> None:
+    store.write_batch(batch(report(1), now=10))
+    before = (store.query("t1", "cpu", *ALL, {}), store.ledger("t1", "a1"), store.agents("t1"))
+    bad = ReportWrite("t1", "a1", 9, [pt(T0 + 9000, 1.0, agent="a1"), pt(T0 + 9001, "oops", agent="a1")])  # type: ignore[arg-type]
+    failing = batch(
+        report(2),  # points that would be inserted before the bad one
+        ReportWrite("t1", "new-agent", 1, [pt(T0, 1.0, metric="fresh", k="v")]),  # a brand-new series
+        bad,
+        samples=[("t1", pt(T0 + 50, 1.0, metric="fresh2"))],
+        lost=[LostRange("t1", "a1", 3, 4, "x")],
+        dead_letters=[DeadLetter(0, 1, "t1", "r", b"p")],
+        gaps=[LogGap(0, 2, 3, "g", 1)],
+        now=20,
+    )
+    with pytest.raises(Exception):  # noqa: B017 - any error the backend raises for a bad value
+        store.write_batch(failing)
+    assert (store.query("t1", "cpu", *ALL, {}), store.ledger("t1", "a1"), store.agents("t1")) == before
+    assert store.ledger("t1", "new-agent") is None
+    assert store.query("t1", "fresh", *ALL, {}) == [] and store.query("t1", "fresh2", *ALL, {}) == []
+    assert store.dead_letter_count() == 0 and store.log_gaps() == []
+    # the same batch without the bad report goes through, including the series created (and
+    # rolled back) by the failed attempt
+    failing.reports.remove(bad)
+    res = store.write_batch(failing)
+    assert res == WriteResult(points_written=5, reports_stored=2, reports_duplicate=0)
+    [fresh] = store.query("t1", "fresh", *ALL, {})
+    assert fresh.labels == {"k": "v"} and fresh.points == [(T0, 1.0)]
+    assert count_points(store, "t1", "fresh2") == 1
+    assert store.dead_letter_count() == 1 and len(store.log_gaps()) == 1
+
+
+# --- readers -------------------------------------------------------------------------------------
+
+
+def test_readonly_handle_sees_committed_writes(store_factory: StoreFactory) -> None:
+    writer = store_factory()
+    reader = store_factory(readonly=True)
+    assert reader.agents("t1") == []
+    writer.write_batch(batch(report(2), now=10))
+    assert reader.ledger("t1", "a1") == Ledger(stored=[(2, 2)], missing=[(1, 1, 10)], lost=[])
+    assert count_points(reader) == 3
+    assert reader.replay_wanted("t1", "a1", 11) == [(1, 1)]
+    with pytest.raises(Exception):  # noqa: B017
+        reader.write_batch(batch(report(3)))
+    assert count_points(writer) == 3

@@ -1,0 +1,220 @@
+"""SQLite-specific behaviour: durability settings, schema versioning, multi-process access."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import lossproof
+from lossproof.store.base import Point, ReportWrite, StoreError, StoreSchemaError, WriteBatch
+from lossproof.store.sqlite import SCHEMA_VERSION, SqliteStore
+
+T0 = 1_700_000_000_000
+ALL = (0, 2**62)
+SRC = str(Path(lossproof.__file__).resolve().parent.parent)
+
+
+def report(seq: int, agent: str = "a1", n: int = 3) -> ReportWrite:
+    return ReportWrite(
+        "t1", agent, seq, [Point("cpu", {"agent": agent}, T0 + seq * 1000 + i, 1.0) for i in range(n)]
+    )
+
+
+def spawn(code: str, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_line(proc: subprocess.Popen[str], expected: str) -> None:
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    assert line == expected, f"child said {line!r}"
+
+
+def test_durability_settings(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "s.db")
+    con = s._con
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert con.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: the WAL is fsync'd per commit
+    assert con.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
+    s.close()
+    raw = sqlite3.connect(tmp_path / "s.db")
+    assert raw.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(
+        SCHEMA_VERSION
+    )
+    raw.close()
+
+
+def test_newer_schema_is_refused_clearly(tmp_path: Path) -> None:
+    SqliteStore(tmp_path / "s.db").close()
+    raw = sqlite3.connect(tmp_path / "s.db")
+    raw.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    raw.commit()
+    raw.close()
+    for readonly in (False, True):
+        with pytest.raises(StoreSchemaError, match="newer than this lossproof supports"):
+            SqliteStore(tmp_path / "s.db", readonly=readonly)
+
+
+def test_foreign_files_are_refused(tmp_path: Path) -> None:
+    raw = sqlite3.connect(tmp_path / "other.db")
+    raw.execute("CREATE TABLE stuff (x)")
+    raw.commit()
+    raw.close()
+    with pytest.raises(StoreSchemaError, match="not a lossproof store"):
+        SqliteStore(tmp_path / "other.db")
+    (tmp_path / "junk.db").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError):
+        SqliteStore(tmp_path / "junk.db")
+
+
+def test_reopen_keeps_data_and_uses_the_files_bucket_size(tmp_path: Path) -> None:
+    SqliteStore(tmp_path / "s.db").close()
+    raw = sqlite3.connect(tmp_path / "s.db")
+    raw.execute("UPDATE meta SET value = '10' WHERE key = 'bucket_shift'")
+    raw.commit()
+    raw.close()
+    s = SqliteStore(tmp_path / "s.db")
+    s.write_batch(WriteBatch(reports=[report(1), report(500)], now_ms=1))
+    s.close()
+    s = SqliteStore(tmp_path / "s.db")
+    assert s._con.execute("SELECT count(*) FROM points WHERE bucket != t >> 10").fetchone()[0] == 0
+    [series] = s.query("t1", "cpu", *ALL, {})
+    assert len(series.points) == 6
+    assert [t for t, _ in s.query("t1", "cpu", T0 + 500_000, T0 + 500_001, {})[0].points] == [
+        T0 + 500_000,
+        T0 + 500_001,
+    ]
+    s.close()
+
+
+def test_sparse_data_over_decades_queries_fast(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "s.db")
+    s.write_batch(
+        WriteBatch(
+            samples=[("t1", Point("m", {}, t, 1.0)) for t in (0, 1, T0, T0 + 10**11, 4 * 10**12)], now_ms=1
+        )
+    )
+    t = time.perf_counter()
+    [series] = s.query("t1", "m", *ALL, {})
+    assert time.perf_counter() - t < 1.0
+    assert [p[0] for p in series.points] == [0, 1, T0, T0 + 10**11, 4 * 10**12]
+    s.close()
+
+
+def test_readonly_on_a_missing_file_creates_an_empty_store(tmp_path: Path) -> None:
+    r = SqliteStore(tmp_path / "sub" / "s.db", readonly=True)
+    assert r.agents("t1") == [] and r.dead_letter_count() == 0
+    with pytest.raises(StoreError, match="readonly"):
+        r.write_batch(WriteBatch(reports=[report(1)]))
+    w = SqliteStore(tmp_path / "sub" / "s.db")
+    w.write_batch(WriteBatch(reports=[report(1)], now_ms=1))
+    assert [a.agent for a in r.agents("t1")] == ["a1"]
+    r.close()
+    w.close()
+
+
+def test_series_ids_cached_across_label_orders(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "s.db")
+    s.write_batch(WriteBatch(samples=[("t1", Point("m", {"a": "1", "b": "2"}, 1, 1.0))], now_ms=1))
+    s.write_batch(WriteBatch(samples=[("t1", Point("m", {"b": "2", "a": "1"}, 2, 1.0))], now_ms=1))
+    s.write_batch(WriteBatch(samples=[("t2", Point("m", {"a": "1", "b": "2"}, 2, 1.0))], now_ms=1))
+    assert s._con.execute("SELECT tenant, labels_json FROM series ORDER BY id").fetchall() == [
+        ("t1", '{"a":"1","b":"2"}'),
+        ("t2", '{"a":"1","b":"2"}'),
+    ]
+    s.close()
+
+
+# --- multi-process ------------------------------------------------------------------------------
+
+HOLD_WRITE_LOCK = """
+    import sqlite3, sys, time
+    con = sqlite3.connect(sys.argv[1], isolation_level=None)
+    con.execute("BEGIN IMMEDIATE")
+    con.execute("INSERT INTO meta VALUES ('uncommitted', 'x')")
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+    con.execute("COMMIT")
+"""
+
+HOLD_READ_SNAPSHOT = """
+    import sys, time
+    from lossproof.store.sqlite import SqliteStore
+    r = SqliteStore(sys.argv[1], readonly=True)
+    r._con.execute("BEGIN")
+    n = r._con.execute("SELECT count(*) FROM points").fetchone()[0]
+    print("reading", n, flush=True)
+    time.sleep(float(sys.argv[2]))
+    print("still", r._con.execute("SELECT count(*) FROM points").fetchone()[0], flush=True)
+    r._con.execute("COMMIT")
+    print("after", len(r.query("t1", "cpu", 0, 2**62, {})[0].points), flush=True)
+"""
+
+
+def test_reader_not_blocked_by_a_writer_in_another_process(tmp_path: Path) -> None:
+    w = SqliteStore(tmp_path / "s.db")
+    w.write_batch(WriteBatch(reports=[report(1)], now_ms=1))
+    r = SqliteStore(tmp_path / "s.db", readonly=True)
+    child = spawn(HOLD_WRITE_LOCK, str(tmp_path / "s.db"), "2")
+    try:
+        wait_line(child, "locked")
+        t = time.perf_counter()
+        assert len(r.query("t1", "cpu", *ALL, {})[0].points) == 3
+        assert r.ledger("t1", "a1") is not None
+        assert time.perf_counter() - t < 0.5
+        # a second writer waits for the lock (busy timeout) instead of failing at once ...
+        w.write_batch(WriteBatch(reports=[report(2)], now_ms=2))
+        assert time.perf_counter() - t > 1.0
+        assert len(r.query("t1", "cpu", *ALL, {})[0].points) == 6
+    finally:
+        child.wait(10)
+    assert child.returncode == 0
+    r.close()
+    w.close()
+
+
+def test_busy_timeout_expires_with_an_error(tmp_path: Path) -> None:
+    SqliteStore(tmp_path / "s.db").close()
+    w = SqliteStore(tmp_path / "s.db", busy_timeout_ms=100)
+    child = spawn(HOLD_WRITE_LOCK, str(tmp_path / "s.db"), "2")
+    try:
+        wait_line(child, "locked")
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            w.write_batch(WriteBatch(reports=[report(1)], now_ms=1))
+    finally:
+        child.wait(10)
+    w.write_batch(WriteBatch(reports=[report(1)], now_ms=1))  # usable afterwards
+    assert w.ledger("t1", "a1") is not None
+    w.close()
+
+
+def test_writer_not_blocked_by_a_reader_in_another_process(tmp_path: Path) -> None:
+    w = SqliteStore(tmp_path / "s.db")
+    w.write_batch(WriteBatch(reports=[report(1)], now_ms=1))
+    child = spawn(HOLD_READ_SNAPSHOT, str(tmp_path / "s.db"), "1.5")
+    assert child.stdout is not None
+    try:
+        wait_line(child, "reading 3")
+        t = time.perf_counter()
+        for seq in range(2, 12):
+            w.write_batch(WriteBatch(reports=[report(seq)], now_ms=seq))
+        assert time.perf_counter() - t < 1.0
+        assert child.stdout.readline().strip() == "still 3"  # its snapshot is stable ...
+        assert child.stdout.readline().strip() == "after 33"  # ... and the next read sees all
+    finally:
+        child.wait(10)
+    assert child.returncode == 0
+    w.close()
