@@ -162,12 +162,15 @@ def keys() -> None:
 
 @keys.command("create")
 @data_dir_option
-@click.option("--tenant", required=True)
-def keys_create(data_dir: Path, tenant: str) -> None:
-    """Add a key for TENANT (created if new). Prints the key once; only its hash is stored."""
+@click.option("--tenant", default=None, help="The tenant the key belongs to (created if new).")
+@click.option("--replay", is_flag=True, help="A replay key: writes for any tenant, reads nothing.")
+def keys_create(data_dir: Path, tenant: str | None, replay: bool) -> None:
+    """Add a key. Prints the key once; only its hash is stored."""
     import re
 
-    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", tenant):
+    if replay == (tenant is not None):
+        raise click.ClickException("give exactly one of --tenant NAME or --replay")
+    if tenant is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", tenant):
         raise click.ClickException("tenant must be 1-64 characters of letters, digits, '_', '.', '-'")
     try:
         # Without environment overrides: they must not be written into the file.
@@ -175,10 +178,14 @@ def keys_create(data_dir: Path, tenant: str) -> None:
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
     key = config_mod.new_key()
-    cfg.tenants.setdefault(tenant, config_mod.TenantConfig()).key_hashes.append(config_mod.hash_key(key))
+    if tenant is None:
+        cfg.replay.key_hashes.append(config_mod.hash_key(key))
+    else:
+        cfg.tenants.setdefault(tenant, config_mod.TenantConfig()).key_hashes.append(config_mod.hash_key(key))
     config_mod.save(cfg)
     click.echo(key)
-    click.echo(f"key added for tenant {tenant!r}; restart running services to use it", err=True)
+    what = "replay key added" if tenant is None else f"key added for tenant {tenant!r}"
+    click.echo(f"{what}; restart running services to use it", err=True)
 
 
 @cli.group()

@@ -72,6 +72,12 @@ class TenantConfig(_Section):
     key_hashes: list[str] = Field(default_factory=list)
 
 
+class ReplayConfig(_Section):
+    # Service keys that may write on behalf of any tenant (header X-Lossproof-Tenant): used by
+    # `lossproof replay` to drain a fallback receiver. They cannot read.
+    key_hashes: list[str] = Field(default_factory=list)
+
+
 class Config(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     log: LogConfig = Field(default_factory=LogConfig)
@@ -79,6 +85,7 @@ class Config(_Section):
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     tenants: dict[str, TenantConfig] = Field(default_factory=dict)
+    replay: ReplayConfig = Field(default_factory=ReplayConfig)
 
     # Not in the file: where it was loaded from.
     data_dir: Path = Field(default=Path("."), exclude=True)

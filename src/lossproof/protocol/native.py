@@ -32,9 +32,32 @@ class ReportIn(msgspec.Struct):
     time: TimeMs = 0
 
 
+class DroppedIn(msgspec.Struct):
+    """Seqs the agent gave up on without an acknowledgement, and why (e.g. ``spool_full``)."""
+
+    first: Seq
+    last: Seq
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+
+
+Count = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class SpoolIn(msgspec.Struct):
+    """The agent's spool when it built the request: what is still pending is delayed, not lost."""
+
+    pending_reports: Count
+    pending_bytes: Count
+    oldest_pending_ms: Annotated[int, msgspec.Meta(ge=0, le=MAX_TIME_MS)]
+    first_pending_seq: Count
+    last_seq: Count
+
+
 class RequestIn(msgspec.Struct):
     agent: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-    reports: Annotated[list[ReportIn], msgspec.Meta(min_length=1)]
+    reports: list[ReportIn]
+    dropped: list[DroppedIn] = []
+    spool: SpoolIn | None = None
 
 
 _json = msgspec.json.Decoder(RequestIn)
@@ -51,15 +74,21 @@ class BadRequest(Exception):
 
 def decode(body: bytes, content_type: str) -> RequestIn:
     try:
-        if content_type == MSGPACK:
-            return _msgpack.decode(body)
-        return _json.decode(body)
+        req = _msgpack.decode(body) if content_type == MSGPACK else _json.decode(body)
     except msgspec.ValidationError as e:
         raise BadRequest(str(e)) from None
     except msgspec.DecodeError as e:
         raise BadRequest(f"malformed {content_type.split('/')[-1]}: {e}") from None
     except UnicodeDecodeError as e:
         raise BadRequest(f"invalid UTF-8 in a string at byte {e.start}") from None
+    if not req.reports and not req.dropped and req.spool is None:
+        raise BadRequest(
+            "nothing to do: `reports` is empty and there is no `dropped` or `spool` - at `$.reports`"
+        )
+    for i, d in enumerate(req.dropped):
+        if d.first > d.last:
+            raise BadRequest(f"first > last - at `$.dropped[{i}]`")
+    return req
 
 
 def seq_ranges(req: RequestIn) -> list[tuple[int, int]]:

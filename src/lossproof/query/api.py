@@ -9,10 +9,10 @@ from typing import TypeVar
 
 from aiohttp import web
 
-from lossproof.ingest.auth import KeyRing
+from lossproof.ingest.auth import UNAUTHORIZED, KeyRing
 from lossproof.ingest.http import ApiError, json_response
 from lossproof.query.access import StoreAccess, StoreUnavailable
-from lossproof.store.base import Store
+from lossproof.store.base import SpoolState, Store
 
 T = TypeVar("T")
 
@@ -32,7 +32,7 @@ class QueryApi:
     def _tenant(self, request: web.Request) -> str:
         tenant = self.keys.tenant(request)
         if tenant is None:
-            raise ApiError(401, "missing or unknown API key (Authorization: Bearer <key>)", "unauthorized")
+            raise ApiError(401, UNAUTHORIZED, "unauthorized", {"WWW-Authenticate": "Bearer"})
         asked = request.query.get("tenant")
         if asked is not None and asked != tenant:
             raise ApiError(403, f"this key belongs to another tenant than {asked!r}", "forbidden")
@@ -78,6 +78,8 @@ class QueryApi:
                         "missing": a.missing_reports,
                         "lost": a.lost_reports,
                         "last_stored_ms": a.last_stored_ms,
+                        "delayed": a.delayed_reports,
+                        "last_seen_ms": a.last_seen_ms,
                     }
                     for a in agents
                 ]
@@ -96,6 +98,8 @@ class QueryApi:
                 "missing": [[a, b] for a, b, _ in ledger.missing],
                 "missing_since_ms": [since for _, _, since in ledger.missing],
                 "lost": [{"range": [a, b], "reason": why} for a, b, why in ledger.lost],
+                "delayed": [{"range": [a, b], "pending_since_ms": since} for a, b, since in ledger.delayed],
+                "spool": None if ledger.spool is None else _spool(ledger.spool),
             }
         )
 
@@ -104,6 +108,17 @@ class QueryApi:
             return await self.store.run(fn)
         except StoreUnavailable as e:
             raise ApiError(503, str(e), "unavailable", {"Retry-After": "1"}) from None
+
+
+def _spool(s: SpoolState) -> dict[str, int]:
+    return {
+        "pending_reports": s.pending_reports,
+        "pending_bytes": s.pending_bytes,
+        "oldest_pending_ms": s.oldest_pending_ms,
+        "first_pending_seq": s.first_pending_seq,
+        "last_seq": s.last_seq,
+        "reported_ms": s.reported_ms,
+    }
 
 
 def _int_param(raw: str | None, name: str, default: int) -> int:

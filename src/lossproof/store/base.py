@@ -17,10 +17,11 @@ Idempotency (the contract's third rule)
     of applying it once.
 
 Ledger
-    Per ``(tenant, agent)`` the store keeps three disjoint sets of seq ranges: *stored*; *missing*
-    (below the highest stored seq, neither stored nor lost: recoverable by asking the agent to send
-    them again, each with the time the hole was first seen); and *lost* (given up, with a reason).
-    Storing a missing seq moves it to stored; lost is final unless the report itself arrives.
+    Per ``(tenant, agent)`` the store keeps four disjoint sets of seq ranges: *stored*; *delayed*
+    (still in the agent's spool by its last :class:`SpoolState`); *missing* (up to the highest seq
+    known, neither stored, delayed nor lost: recoverable by asking the agent to send them again,
+    each with the time the hole was first seen); and *lost* (given up, with a reason). Storing a
+    missing, delayed or lost seq moves it to stored; lost is final unless the report arrives.
 
 Tenancy
     Every read takes a tenant and returns only that tenant's data.
@@ -29,7 +30,9 @@ Tenancy
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import msgspec
 
@@ -52,6 +55,20 @@ class StoreSchemaError(StoreError):
     """The database was written by a newer lossproof (or is not a lossproof store): refuse to touch it."""
 
 
+class PointLike(Protocol):
+    """Anything with a point's four attributes: a store reads nothing else, so decoders can hand
+    over their own structs without a copy."""
+
+    @property
+    def metric(self) -> str: ...
+    @property
+    def labels(self) -> dict[str, str]: ...
+    @property
+    def t(self) -> int: ...
+    @property
+    def v(self) -> float: ...
+
+
 class Point(msgspec.Struct, gc=False):
     """One sample. A msgspec Struct so workers decode request bodies straight into it, in C."""
 
@@ -68,7 +85,7 @@ class ReportWrite:
     tenant: str
     agent: str
     seq: int
-    points: list[Point]
+    points: Sequence[PointLike]
 
 
 @dataclass(slots=True)
@@ -91,6 +108,24 @@ class LostRange:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class SpoolState:
+    """What an agent said about its own spool when it built a request (see docs/protocol.md).
+
+    Seqs in ``[first_pending_seq, last_seq]`` are still in the agent's spool, not yet acknowledged:
+    *delayed*, not missing. Seqs up to ``last_seq`` outside that range were acknowledged, so if the
+    store does not have them they are *missing* (lost inside the pipeline) and can be replayed."""
+
+    tenant: str
+    agent: str
+    pending_reports: int
+    pending_bytes: int
+    oldest_pending_ms: int
+    first_pending_seq: int  # 0: nothing pending
+    last_seq: int
+    reported_ms: int
+
+
 @dataclass(slots=True)
 class WriteBatch:
     reports: list[ReportWrite] = field(default_factory=list)
@@ -100,6 +135,7 @@ class WriteBatch:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     gaps: list[LogGap] = field(default_factory=list)
     now_ms: int = 0
+    spool: list[SpoolState] = field(default_factory=list)  # per agent, the last one wins
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +150,8 @@ class Ledger:
     stored: list[SeqRange]
     missing: list[tuple[int, int, int]]  # (first, last, first seen unix ms)
     lost: list[tuple[int, int, str]]  # (first, last, reason)
+    delayed: list[tuple[int, int, int]] = field(default_factory=list)  # (first, last, pending since ms)
+    spool: SpoolState | None = None  # the agent's last report of its spool
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +162,8 @@ class AgentSummary:
     missing_reports: int
     lost_reports: int
     last_stored_ms: int  # ``now_ms`` of the last batch that stored one of its reports (0: never)
+    delayed_reports: int = 0
+    last_seen_ms: int = 0  # when the agent last reported its spool state (0: never)
 
 
 @dataclass(frozen=True, slots=True)

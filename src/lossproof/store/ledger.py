@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TypeVar
 
-from lossproof.store.base import Ledger
+from lossproof.store.base import Ledger, SpoolState
 
 SeqRange = tuple[int, int]
 T = TypeVar("T")
@@ -162,15 +162,21 @@ EMPTY = Ledger(stored=[], missing=[], lost=[])
 
 
 def advance(
-    old: Ledger, stored: Iterable[SeqRange], lost: Iterable[tuple[int, int, str]], now_ms: int
+    old: Ledger,
+    stored: Iterable[SeqRange],
+    lost: Iterable[tuple[int, int, str]],
+    now_ms: int,
+    spool: SpoolState | None = None,
 ) -> Ledger:
     """The agent's ledger after storing the ``stored`` seqs and giving up on the ``lost`` ranges.
 
     - stored only grows; a stored seq is never missing or lost;
     - a lost range is recorded with its reason for the seqs not stored (an already lost seq keeps
       its first reason); storing a lost seq moves it to stored;
-    - missing = holes between 1 and the highest stored-or-lost seq; a hole that was already missing
-      keeps its ``since_ms``, a new hole gets ``now_ms``.
+    - delayed = the agent's pending range (from its last spool state) not stored or lost;
+    - missing = holes between 1 and the highest seq known (stored, lost, or the agent's last seq)
+      that are not delayed; a hole that was already missing keeps its ``since_ms``, a new hole
+      gets ``now_ms``.
     """
     new_stored = normalize([*old.stored, *stored])
     clean_lost = [(max(a, 1), b, why) for a, b, why in lost if b >= max(a, 1)]
@@ -178,6 +184,12 @@ def advance(
         subtract_tagged(old.lost, new_stored),
         subtract_tagged(clean_lost, new_stored),
     )
-    gaps = holes(new_stored, untag(new_lost))
+    done = normalize([*new_stored, *untag(new_lost)])
+    top = max(done[-1][1] if done else 0, spool.last_seq if spool else 0)
+    pending: list[SeqRange] = []
+    if spool and spool.first_pending_seq > 0 and spool.last_seq >= spool.first_pending_seq:
+        pending = subtract([(spool.first_pending_seq, spool.last_seq)], done)
+    gaps = subtract(subtract([(1, top)], done), pending) if top else []
     new_missing = retag(gaps, old.missing, now_ms)
-    return Ledger(stored=new_stored, missing=new_missing, lost=new_lost)
+    delayed = [(a, b, spool.oldest_pending_ms) for a, b in pending] if spool else []
+    return Ledger(stored=new_stored, missing=new_missing, lost=new_lost, delayed=delayed, spool=spool)

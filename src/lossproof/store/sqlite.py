@@ -42,10 +42,11 @@ from lossproof.store import ledger as lg
 from lossproof.store.base import (
     AgentSummary,
     Ledger,
-    Point,
+    PointLike,
     ReportWrite,
     SeqRange,
     Series,
+    SpoolState,
     Store,
     StoreError,
     StoreSchemaError,
@@ -82,16 +83,24 @@ CREATE TABLE agents (
     missing_reports INTEGER NOT NULL,
     lost_reports    INTEGER NOT NULL,
     last_stored_ms  INTEGER NOT NULL,
+    delayed_reports INTEGER NOT NULL DEFAULT 0,
+    -- the last SpoolState the agent reported, spool_reported_ms 0 = never
+    spool_pending_reports INTEGER NOT NULL DEFAULT 0,
+    spool_pending_bytes   INTEGER NOT NULL DEFAULT 0,
+    spool_oldest_ms       INTEGER NOT NULL DEFAULT 0,
+    spool_first_pending   INTEGER NOT NULL DEFAULT 0,
+    spool_last_seq        INTEGER NOT NULL DEFAULT 0,
+    spool_reported_ms     INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (tenant, agent)
 ) STRICT, WITHOUT ROWID;
 
 CREATE TABLE ledger (
     tenant   TEXT NOT NULL,
     agent    TEXT NOT NULL,
-    kind     TEXT NOT NULL CHECK (kind IN ('stored', 'missing', 'lost')),
+    kind     TEXT NOT NULL CHECK (kind IN ('stored', 'missing', 'lost', 'delayed')),
     first    INTEGER NOT NULL,
     last     INTEGER NOT NULL,
-    since_ms INTEGER,  -- missing: when the hole was first seen
+    since_ms INTEGER,  -- missing: when the hole was first seen, delayed: oldest pending in the agent
     reason   TEXT,     -- lost: why
     PRIMARY KEY (tenant, agent, kind, first)
 ) STRICT, WITHOUT ROWID;
@@ -290,14 +299,21 @@ class SqliteStore(Store):
         lost: dict[tuple[str, str], list[tuple[int, int, str]]] = {}
         for lr in batch.lost:
             lost.setdefault((lr.tenant, lr.agent), []).append((lr.first, lr.last, lr.reason))
+        spools = {(s.tenant, s.agent): s for s in batch.spool}
 
         rows: list[tuple[int, int, int, float]] = []
         stored_count = duplicates = 0
-        for key in dict.fromkeys([*reports, *lost]):  # batch order: first write wins deterministically
+        for key in dict.fromkeys([*reports, *lost, *spools]):  # batch order: first write wins
             tenant, agent = key
             summary = con.execute(
-                "SELECT last_stored_ms FROM agents WHERE tenant = ? AND agent = ?", key
+                "SELECT last_stored_ms, spool_pending_reports, spool_pending_bytes, spool_oldest_ms,"
+                " spool_first_pending, spool_last_seq, spool_reported_ms"
+                " FROM agents WHERE tenant = ? AND agent = ?",
+                key,
             ).fetchone()
+            spool = spools.get(key)
+            if spool is None and summary and summary[6]:
+                spool = SpoolState(tenant, agent, *summary[1:])
             old_rows = self._ledger_rows(tenant, agent) if summary else []
             old = _ledger_from_rows(old_rows)
             new_seqs: set[int] = set()
@@ -308,12 +324,17 @@ class SqliteStore(Store):
                 new_seqs.add(r.seq)
                 self._point_rows(tenant, r.points, rows, pending)
             stored_count += len(new_seqs)
-            new = lg.advance(old, lg.from_seqs(new_seqs), lost.get(key, ()), now)
+            new = lg.advance(old, lg.from_seqs(new_seqs), lost.get(key, ()), now, spool)
             self._save_ledger(tenant, agent, old_rows, _rows_from_ledger(new))
             last_stored = now if new_seqs else (summary[0] if summary else 0)
-            max_seq = max(new.stored[-1][1] if new.stored else 0, new.lost[-1][1] if new.lost else 0)
+            max_seq = max(
+                new.stored[-1][1] if new.stored else 0,
+                new.lost[-1][1] if new.lost else 0,
+                spool.last_seq if spool else 0,
+            )
+            sp = spool or SpoolState(tenant, agent, 0, 0, 0, 0, 0, 0)
             con.execute(
-                "INSERT OR REPLACE INTO agents VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO agents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     tenant,
                     agent,
@@ -322,6 +343,13 @@ class SqliteStore(Store):
                     lg.count(new.missing),
                     lg.count(new.lost),
                     last_stored,
+                    lg.count(new.delayed),
+                    sp.pending_reports,
+                    sp.pending_bytes,
+                    sp.oldest_pending_ms,
+                    sp.first_pending_seq,
+                    sp.last_seq,
+                    sp.reported_ms,
                 ),
             )
         for tenant, p in batch.samples:
@@ -344,7 +372,7 @@ class SqliteStore(Store):
     def _point_rows(
         self,
         tenant: str,
-        points: Iterable[Point],
+        points: Iterable[PointLike],
         out: list[tuple[int, int, int, float]],
         pending: dict[_SeriesKey, int],
     ) -> None:
@@ -443,8 +471,8 @@ class SqliteStore(Store):
     def agents(self, tenant: str) -> list[AgentSummary]:
         with self._lock:
             rows = self._read(
-                "SELECT agent, max_seq, stored_reports, missing_reports, lost_reports, last_stored_ms"
-                " FROM agents WHERE tenant = ? ORDER BY agent",
+                "SELECT agent, max_seq, stored_reports, missing_reports, lost_reports, last_stored_ms,"
+                " delayed_reports, spool_reported_ms FROM agents WHERE tenant = ? ORDER BY agent",
                 (tenant,),
             )
         return [AgentSummary(*r) for r in rows]
@@ -453,11 +481,18 @@ class SqliteStore(Store):
         with self._lock:
             self._con.execute("BEGIN")
             try:
-                known = self._read("SELECT 1 FROM agents WHERE tenant = ? AND agent = ?", (tenant, agent))
+                known = self._read(
+                    "SELECT spool_pending_reports, spool_pending_bytes, spool_oldest_ms, spool_first_pending,"
+                    " spool_last_seq, spool_reported_ms FROM agents WHERE tenant = ? AND agent = ?",
+                    (tenant, agent),
+                )
                 rows = self._ledger_rows(tenant, agent) if known else []
             finally:
                 self._con.execute("COMMIT")
-        return _ledger_from_rows(rows) if known else None
+        if not known:
+            return None
+        spool = SpoolState(tenant, agent, *known[0]) if known[0][5] else None
+        return _ledger_from_rows(rows, spool)
 
     def replay_wanted(self, tenant: str, agent: str, seen_before_ms: int) -> list[SeqRange]:
         with self._lock:
@@ -507,22 +542,26 @@ def _finish(pts: list[tuple[int, Any]]) -> list[tuple[int, float]]:
     return pts
 
 
-def _ledger_from_rows(rows: list[_LedgerRow]) -> Ledger:
+def _ledger_from_rows(rows: list[_LedgerRow], spool: SpoolState | None = None) -> Ledger:
     stored: list[SeqRange] = []
     missing: list[tuple[int, int, int]] = []
     lost: list[tuple[int, int, str]] = []
+    delayed: list[tuple[int, int, int]] = []
     for kind, first, last, since, reason in rows:
         if kind == "stored":
             stored.append((first, last))
         elif kind == "missing":
             missing.append((first, last, since or 0))
+        elif kind == "delayed":
+            delayed.append((first, last, since or 0))
         else:
             lost.append((first, last, reason or ""))
-    return Ledger(stored=stored, missing=missing, lost=lost)
+    return Ledger(stored=stored, missing=missing, lost=lost, delayed=delayed, spool=spool)
 
 
 def _rows_from_ledger(ledger: Ledger) -> list[_LedgerRow]:
     rows: list[_LedgerRow] = [("stored", a, b, None, None) for a, b in ledger.stored]
     rows += [("missing", a, b, since, None) for a, b, since in ledger.missing]
     rows += [("lost", a, b, None, why) for a, b, why in ledger.lost]
+    rows += [("delayed", a, b, since, None) for a, b, since in ledger.delayed]
     return rows

@@ -7,50 +7,38 @@ import msgspec
 from lossproof.log.base import LogRecord
 from lossproof.protocol import native
 from lossproof.protocol.compression import decompress
-from lossproof.store.base import DeadLetter, Point, ReportWrite, WriteBatch
+from lossproof.store.base import DeadLetter, LostRange, ReportWrite, SpoolState, WriteBatch
 
-# Ingest validated the body with the protocol's constrained types; here we decode straight into
-# the store's Point structs without re-checking constraints.
-
-
-class _Report(msgspec.Struct):
-    seq: int
-    points: list[Point]
+# Ingest already validated the body against the protocol's constrained types; here it is decoded
+# once more, without the constraints, straight into structs the store reads (no per-point copy).
 
 
-class _Request(msgspec.Struct):
-    agent: str
-    reports: list[_Report]
-
-
-class _PointIn(msgspec.Struct):
+class _Point(msgspec.Struct, gc=False):
     metric: str
     t: int
     v: float
     labels: dict[str, str] = {}
 
 
-class _ReportIn(msgspec.Struct):
+class _Report(msgspec.Struct):
     seq: int
-    points: list[_PointIn]
+    points: list[_Point]
 
 
-class _RequestIn(msgspec.Struct):
+class _Request(msgspec.Struct):
     agent: str
-    reports: list[_ReportIn]
+    reports: list[_Report]
+    dropped: list[native.DroppedIn] = []
+    spool: native.SpoolIn | None = None
 
 
-# Point has no defaults (labels is required in the store type) but labels is optional on the wire,
-# so decode via a wire type when the fast path fails on a missing field.
-_fast: dict[str, msgspec.json.Decoder[_Request] | msgspec.msgpack.Decoder[_Request]] = {
+_decoders: dict[str, msgspec.json.Decoder[_Request] | msgspec.msgpack.Decoder[_Request]] = {
     native.JSON: msgspec.json.Decoder(_Request),
     native.MSGPACK: msgspec.msgpack.Decoder(_Request),
 }
-_slow: dict[str, msgspec.json.Decoder[_RequestIn] | msgspec.msgpack.Decoder[_RequestIn]] = {
-    native.JSON: msgspec.json.Decoder(_RequestIn),
-    native.MSGPACK: msgspec.msgpack.Decoder(_RequestIn),
-}
 
+# Ingest bounded the decompressed size already; this only stops a record that was damaged into
+# something enormous.
 MAX_DECODED = 1 << 30
 
 
@@ -58,13 +46,11 @@ class DecodeError(Exception):
     pass
 
 
-def _decode_native(env: native.Envelope) -> list[_Report]:
-    body = decompress(env.body, env.encoding, MAX_DECODED)
-    try:
-        return _fast[env.content_type].decode(body).reports
-    except msgspec.ValidationError:
-        req = _slow[env.content_type].decode(body)
-        return [_Report(r.seq, [Point(p.metric, p.labels, p.t, p.v) for p in r.points]) for r in req.reports]
+def _decode_native(env: native.Envelope) -> _Request:
+    decoder = _decoders.get(env.content_type)
+    if decoder is None:
+        raise DecodeError(f"unknown content type {env.content_type!r}")
+    return decoder.decode(decompress(env.body, env.encoding, MAX_DECODED))
 
 
 def add_record(batch: WriteBatch, record: LogRecord) -> int:
@@ -75,14 +61,30 @@ def add_record(batch: WriteBatch, record: LogRecord) -> int:
         tenant = env.tenant
         if env.protocol != "native":
             raise DecodeError(f"unknown protocol {env.protocol!r}")
-        reports = _decode_native(env)
+        req = _decode_native(env)
     except Exception as e:  # any failure to decode is poison data, never a reason to stop
         batch.dead_letters.append(
             DeadLetter(record.partition, record.offset, tenant, f"{type(e).__name__}: {e}", record.value)
         )
         return 0
     n = 0
-    for r in reports:
+    for r in req.reports:
         batch.reports.append(ReportWrite(env.tenant, env.agent, r.seq, r.points))
         n += len(r.points)
+    for d in req.dropped:
+        batch.lost.append(LostRange(env.tenant, env.agent, d.first, d.last, d.reason))
+    if req.spool is not None:
+        s = req.spool
+        batch.spool.append(
+            SpoolState(
+                env.tenant,
+                env.agent,
+                s.pending_reports,
+                s.pending_bytes,
+                s.oldest_pending_ms,
+                s.first_pending_seq,
+                s.last_seq,
+                env.received_ms,
+            )
+        )
     return n
