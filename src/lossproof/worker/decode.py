@@ -20,7 +20,7 @@ class _Point(msgspec.Struct, gc=False):
     labels: dict[str, str] = {}
 
 
-class _Report(msgspec.Struct):
+class _Report(msgspec.Struct, gc=False):
     seq: int
     points: list[_Point]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -47,6 +48,8 @@ def _status_server(cfg: Config, registry: CollectorRegistry, worker: Worker) -> 
 
 
 def run(cfg: Config) -> None:
+    gc.freeze()  # see ingest.server: the same allocation pattern
+    gc.set_threshold(50_000, 20, 20)
     registry = CollectorRegistry()
     store = open_store(cfg)
     reader = open_reader(cfg, registry)
