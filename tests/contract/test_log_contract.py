@@ -252,7 +252,10 @@ def test_torn_tail_is_truncated_on_recovery(harness: LogHarness) -> None:
     records, gaps = read_all(r)
     r.close()
     assert not gaps
-    assert {x.offset: (x.key, x.value) for x in records} == {**written, pos.offset: (b"new", b"after-torn-tail")}
+    assert {x.offset: (x.key, x.value) for x in records} == {
+        **written,
+        pos.offset: (b"new", b"after-torn-tail"),
+    }
 
 
 @pytest.mark.parametrize("which", ["early", "late"])

@@ -49,7 +49,9 @@ def test_failed_fsync_or_full_disk_never_acks_and_recovers(tmp_path: Path, fault
 
         write_faults(str(ff), fault)
         await asyncio.sleep(FAULT_RELOAD)
-        results = await asyncio.gather(*(w.append(b"k", b"bad-%d" % i) for i in range(20)), return_exceptions=True)
+        results = await asyncio.gather(
+            *(w.append(b"k", b"bad-%d" % i) for i in range(20)), return_exceptions=True
+        )
         assert all(isinstance(r, LogUnavailable) for r in results), results
         assert "failed" in results[0].reason  # type: ignore[union-attr]
         ok, reason = w.healthy()
@@ -187,7 +189,9 @@ def test_second_writer_is_refused_with_the_holder_pid(tmp_path: Path) -> None:
         w = EmbeddedLogWriter(d)
         await w.start()
         w2 = EmbeddedLogWriter(d)
-        with pytest.raises(LogError, match=rf"another process is writing the log at .* \(pid {os.getpid()}\)"):
+        with pytest.raises(
+            LogError, match=rf"another process is writing the log at .* \(pid {os.getpid()}\)"
+        ):
             await w2.start()
         await w.close()
         w3 = EmbeddedLogWriter(d)  # released on close
@@ -206,5 +210,58 @@ def test_append_after_close_is_unavailable(tmp_path: Path) -> None:
         with pytest.raises(LogUnavailable):
             await w.append(b"k", b"v")
         assert not w.healthy()[0]
+
+    asyncio.run(main())
+
+
+def test_writer_becomes_healthy_again_without_traffic(tmp_path: Path) -> None:
+    d = tmp_path / "log"
+    ff = tmp_path / "faults.json"
+
+    async def main() -> None:
+        w = EmbeddedLogWriter(d, faults=Faults(str(ff)))
+        await w.start()
+        write_faults(str(ff), {"log.fsync": {"mode": "fail"}})
+        await asyncio.sleep(FAULT_RELOAD)
+        with pytest.raises(LogUnavailable):
+            await w.append(b"k", b"v")
+        await asyncio.sleep(0.2)
+        assert not w.healthy()[0]
+        write_faults(str(ff), {})
+        deadline = time.monotonic() + 5
+        while not w.healthy()[0]:  # a probe (seal + new segment + fsync) clears it, no append needed
+            assert time.monotonic() < deadline, w.healthy()
+            await asyncio.sleep(0.02)
+        assert (await w.append(b"k", b"v2")).offset >= 1
+        await w.close()
+
+    asyncio.run(main())
+
+
+def test_open_reader_never_returns_the_untrusted_tail_of_a_failed_segment(tmp_path: Path) -> None:
+    """A reader positioned in the segment when its fsync failed must skip what was written but
+    never acknowledged (the write reached the page cache, the fsync failed)."""
+    d = tmp_path / "log"
+    ff = tmp_path / "faults.json"
+
+    async def main() -> None:
+        w = EmbeddedLogWriter(d, faults=Faults(str(ff)))
+        await w.start()
+        for i in range(5):
+            await w.append(b"k", b"ok-%d" % i)
+        r = EmbeddedLogReader(d, "tail")
+        assert [x.offset for x in r.poll(100, 1.0).records] == [0, 1, 2, 3, 4]
+        write_faults(str(ff), {"log.fsync": {"mode": "fail"}})
+        await asyncio.sleep(FAULT_RELOAD)
+        failed = await asyncio.gather(*(w.append(b"k", b"failed") for _ in range(3)), return_exceptions=True)
+        assert all(isinstance(x, LogUnavailable) for x in failed)
+        write_faults(str(ff), {})
+        await asyncio.sleep(FAULT_RELOAD)
+        pos = await w.append(b"k", b"after")
+        res = await asyncio.to_thread(r.poll, 100, 0.3)
+        assert [(x.offset, x.value) for x in res.records] == [(pos.offset, b"after")]
+        assert res.gaps == []
+        r.close()
+        await w.close()
 
     asyncio.run(main())

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 import lossproof
-from lossproof.log.base import LogCorrupt, LogGap, LogRecord
-from lossproof.log.embedded import EmbeddedLogReader, EmbeddedLogWriter
-from lossproof.log.embedded import damage
+from lossproof.log.base import LogCorrupt, LogError, LogGap, LogRecord
+from lossproof.log.embedded import EmbeddedLogReader, EmbeddedLogWriter, damage
 from lossproof.log.embedded import segment as seg
 
 HELPERS = Path(__file__).resolve().parent / "helpers"
@@ -90,7 +89,7 @@ def test_broken_header_in_sealed_segment_is_refused(tmp_path: Path) -> None:
     loc = damage.corrupt_record(d, 3, where="magic")
     with pytest.raises(LogCorrupt, match=rf"{loc.path.name}: bad record at byte {loc.pos}"):
         asyncio.run(start_and_close(d))
-    recs, gaps = read_all(d)
+    _recs, gaps = read_all(d)
     assert covered(gaps) == {3}
 
 
@@ -101,7 +100,7 @@ def test_short_sealed_segment_is_refused(tmp_path: Path) -> None:
     os.truncate(first, first.stat().st_size - 10)
     with pytest.raises(LogCorrupt, match=first.name):
         asyncio.run(start_and_close(d))
-    recs, gaps = read_all(d)
+    _recs, gaps = read_all(d)
     assert gaps and all(first.name in g.reason for g in gaps)
 
 
@@ -200,12 +199,33 @@ def test_reader_tails_a_live_writer_process_across_rolls(tmp_path: Path) -> None
     offsets = [x.offset for x in seen]
     assert len(offsets) > 200 and offsets == list(range(len(offsets))), "live reading skipped or repeated"
     assert seg.list_segments(d / "p0")[-1] > 0  # it rolled (and retention removed committed segments)
-    acked = {int(line.split()[1]): line.split()[3].decode() for line in out.splitlines() if line.startswith(b"ACK")}
+    acked = {
+        int(line.split()[1]): line.split()[3].decode() for line in out.splitlines() if line.startswith(b"ACK")
+    }
     for x in seen:
         if x.offset in acked:
             tag = acked[x.offset]
             unit = f"<{tag}>".encode()
             assert x.value == (unit * (300 // len(unit) + 1))[:300]
+
+
+def test_second_writer_in_another_process_is_refused(tmp_path: Path) -> None:
+    d = tmp_path / "log"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(lossproof.__file__).resolve().parent.parent)
+    proc = subprocess.Popen(
+        [sys.executable, str(HELPERS / "embedded_appender.py"), str(d), "--concurrency", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith(b"READY")
+        with pytest.raises(LogError, match=rf"another process is writing the log at {d} \(pid {proc.pid}\)"):
+            asyncio.run(start_and_close(d))
+    finally:
+        proc.kill()
+        proc.wait()
+    asyncio.run(start_and_close(d))  # the lock died with the process
 
 
 def test_lag_counts_records_and_age(tmp_path: Path) -> None:

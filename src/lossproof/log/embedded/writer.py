@@ -1,0 +1,643 @@
+"""The embedded log writer: segment files, group-commit fsync in a dedicated thread.
+
+How an append becomes durable
+    ``append`` queues the record and awaits a future. One writer thread takes *everything* queued
+    (a group), assigns consecutive offsets, writes the group with ``os.writev`` and makes it durable
+    with one ``fdatasync`` (both release the GIL), then publishes the durable watermark and resolves
+    the group's futures on the event loop (``call_soon_threadsafe``). While one group is being
+    fsync'd the next one accumulates, so concurrent appends share fsyncs.
+
+Failure
+    If a write or fsync fails, every append of that group raises :class:`LogUnavailable`, ``healthy()``
+    turns false, and the file is never written again: the writer seals it at the last fsync'd byte
+    (recording that the offsets handed to the failed group are void, not lost) and continues in a
+    new segment whose base is past every offset ever handed out. A probe retries the roll in the
+    background (with backoff), so the writer becomes healthy again once the disk accepts a write and
+    an fsync, even without traffic.
+
+Recovery (``start``)
+    Non-last segments get a header walk (``full_verify=True``: a CRC check too); any damage there is
+    :class:`LogCorrupt`. The last segment is CRC-checked: a bad tail with no valid record after it is
+    a torn write and is truncated (logged, counted); a bad record with a valid one after it is
+    :class:`LogCorrupt`. The next offset is max(recovered end, durable watermark, reserved offsets
+    of a seal), so an offset a reader may have seen is never reused; if the watermark is ahead of
+    what was recovered, the missing offsets are logged as lost and readers report them as a
+    :class:`LogGap`. If the last segment is sealed (the writer died between sealing and creating the
+    next one) a damaged or short tail is cut and re-sealed the same way (the seal keeps its
+    ``next_offset``, so the loss shows as a gap), and writing continues in a new segment.
+    Payload bit flips inside sealed segments are not looked for at start-up unless ``full_verify``;
+    readers find them (CRC) and report them as gaps naming the file and byte.
+
+Threads and processes
+    ``append`` must be called from the event loop ``start`` ran on. Readers live in other processes
+    (or threads) and see only what the durable watermark covers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from lossproof.faults import Faults
+from lossproof.log.base import LogCorrupt, LogError, LogUnavailable, LogWriter, Position
+from lossproof.log.embedded import segment as seg
+from lossproof.log.embedded.metrics import WriterMetrics
+from lossproof.log.embedded.offsets import acquire_lock, consumers_dir, min_committed, release_lock
+
+log = logging.getLogger("lossproof.log.embedded")
+
+IOV_MAX = 1024
+MAX_BATCH_RECORDS = 8192
+
+
+@dataclass(slots=True)
+class _Append:
+    key: bytes
+    value: bytes
+    fut: asyncio.Future[Position]
+    t0: float
+    ts_ms: int
+
+
+class _Injected(OSError):
+    """An OSError raised by a fault hook (so logs can say it was injected)."""
+
+
+def _errname(e: OSError) -> str:
+    return errno.errorcode.get(e.errno or 0, "error").lower()
+
+
+def _write_all(fd: int, bufs: list[bytes]) -> int:
+    views = [memoryview(b) for b in bufs if b]
+    total = sum(len(v) for v in views)
+    i = 0
+    while i < len(views):
+        n = os.writev(fd, views[i : i + IOV_MAX])
+        if n <= 0:
+            raise OSError(errno.EIO, "writev wrote nothing")
+        while n > 0:
+            length = len(views[i])
+            if n >= length:
+                n -= length
+                i += 1
+            else:
+                views[i] = views[i][n:]
+                n = 0
+    return total
+
+
+class EmbeddedLogWriter(LogWriter):
+    """Append-only segment files in ``directory/p0`` with group-commit fsync. One per directory."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        segment_bytes: int = 64 * 2**20,
+        retention_seconds: float = 0.0,
+        faults: Faults | None = None,
+        registry: CollectorRegistry | None = None,
+        retention_check_seconds: float = 5.0,
+        max_batch_bytes: int = 32 * 2**20,
+        full_verify: bool = False,
+    ) -> None:
+        self.directory = Path(directory)
+        self._pdir = seg.partition_dir(self.directory, 0)
+        self._segment_bytes = max(1, segment_bytes)
+        self._retention_seconds = retention_seconds
+        self._retention_check = retention_check_seconds
+        self._max_batch_bytes = max_batch_bytes
+        self._full_verify = full_verify
+        self._faults = faults if faults is not None else Faults()
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._m = WriterMetrics(self.registry)
+
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._cond = threading.Condition()
+        self._pending: list[_Append] = []
+        self._closing = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._lock_fd: int | None = None
+        self._unhealthy: str | None = "not started"
+        self._dead: str | None = None
+
+        # Owned by the writer thread after start().
+        self._fd: int | None = None
+        self._wm_fd: int | None = None
+        self._base = 0
+        self._seg_size = 0
+        self._next_offset = 0  # next offset to hand out
+        self._durable_next = 0  # every offset below it is fsync'd
+        self._durable_pos = 0  # bytes of the active segment that are fsync'd
+        self._sealed_bytes = 0
+        self._needs_roll = False
+        self._probe_at = 0.0
+        self._probe_backoff = 0.1
+        self._retention_at = 0.0
+
+    # --- public API ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._loop is not None:
+            raise LogError("writer already started")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = acquire_lock(
+            self.directory / "writer.lock", f"another process is writing the log at {self.directory}"
+        )
+        try:
+            await asyncio.to_thread(self._recover)
+        except BaseException:
+            release_lock(self._lock_fd)
+            self._lock_fd = None
+            self._close_files()
+            raise
+        self._loop = asyncio.get_running_loop()
+        self._set_healthy()
+        self._retention_at = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="lossproof-log-writer", daemon=True)
+        self._thread.start()
+
+    async def append(self, key: bytes, value: bytes) -> Position:
+        if self._loop is None:
+            raise LogError("EmbeddedLogWriter.append before start()")
+        key, value = bytes(key), bytes(value)
+        if len(key) + len(value) > seg.MAX_PAYLOAD:
+            raise ValueError(f"record of {len(key) + len(value)} bytes exceeds {seg.MAX_PAYLOAD}")
+        fut: asyncio.Future[Position] = self._loop.create_future()
+        req = _Append(key, value, fut, time.perf_counter(), seg.now_ms())
+        with self._cond:
+            # checked under the lock: the writer thread only exits with the lock held and nothing queued
+            if self._closing:
+                raise LogUnavailable("log writer is closed")
+            if self._dead is not None:
+                raise LogUnavailable(self._dead)
+            self._pending.append(req)
+            self._cond.notify()
+        return await fut
+
+    def healthy(self) -> tuple[bool, str]:
+        reason = self._dead or self._unhealthy
+        if reason is None:
+            return True, ""
+        return False, reason
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+        self._close_files()
+        if self._lock_fd is not None:
+            release_lock(self._lock_fd)
+            self._lock_fd = None
+        self._unhealthy = "closed"
+        self._m.healthy.set(0)
+
+    async def __aenter__(self) -> EmbeddedLogWriter:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def end_offset(self) -> int:
+        """The next durable offset (what readers may read up to)."""
+        return self._durable_next
+
+    # --- health ----------------------------------------------------------------------------------
+
+    def _set_healthy(self) -> None:
+        if self._unhealthy is not None:
+            if self._unhealthy not in ("not started",):
+                log.info("log.recovered", extra={"directory": str(self.directory)})
+            self._unhealthy = None
+        self._m.healthy.set(1)
+
+    def _set_unhealthy(self, reason: str) -> None:
+        self._unhealthy = reason
+        self._m.healthy.set(0)
+
+    # --- writer thread ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    if not self._pending and not self._closing:
+                        self._cond.wait(self._idle_timeout())
+                    batch = self._take_batch()
+                    done = self._closing and not self._pending and not batch
+                if batch:
+                    try:
+                        self._commit(batch)
+                    except Exception as e:  # a bug: fail the group, never ack it
+                        log.exception("log.writer_error", extra={"directory": str(self.directory)})
+                        self._needs_roll = True
+                        self._set_unhealthy(f"internal error: {e!r}")
+                        self._fail(batch, f"internal error: {e!r}", "internal")
+                self._housekeeping()
+                if done:
+                    if self._needs_roll:
+                        # Closing right after a failure: seal the failed segment now, so the next
+                        # start never trusts what the failed write left behind.
+                        try:
+                            self._seal_active(self._fault("log.write"), self._fault("log.fsync"))
+                        except Exception as e:
+                            log.warning("log.seal_on_close_failed", extra={"error": str(e)})
+                    return
+        except BaseException as e:  # pragma: no cover - last resort: never leave appends hanging
+            log.exception("log.writer_died", extra={"directory": str(self.directory)})
+            with self._cond:
+                self._dead = f"log writer thread died: {e!r}"
+                rest, self._pending = self._pending, []
+            self._fail(rest, self._dead, "internal")
+
+    def _idle_timeout(self) -> float:
+        now = time.monotonic()
+        deadline = self._retention_at + self._retention_check
+        if self._needs_roll:
+            deadline = min(deadline, self._probe_at)
+        return min(max(deadline - now, 0.005), 1.0)
+
+    def _take_batch(self) -> list[_Append]:
+        if not self._pending:
+            return []
+        size = 0
+        n = 0
+        for r in self._pending:
+            if n >= MAX_BATCH_RECORDS or (n and size + len(r.value) > self._max_batch_bytes):
+                break
+            size += len(r.value) + len(r.key) + seg.HEADER_SIZE
+            n += 1
+        batch = self._pending[:n]
+        del self._pending[:n]
+        return batch
+
+    def _fault(self, name: str) -> dict[str, Any] | None:
+        try:
+            return self._faults.get(name)
+        except Exception:  # a broken fault file must never break the log
+            return None
+
+    def _inject(self, stage: str, write_f: dict[str, Any] | None, fsync_f: dict[str, Any] | None) -> None:
+        """Raise/sleep as the fault hooks say for ``stage`` ("write" or "fsync")."""
+        if stage == "write" and write_f:
+            mode = write_f.get("mode")
+            if mode == "enospc":
+                raise _Injected(errno.ENOSPC, "No space left on device (injected)")
+            if mode == "fail":
+                raise _Injected(errno.EIO, "Input/output error (injected write)")
+        if stage == "fsync" and fsync_f:
+            mode = fsync_f.get("mode")
+            if mode == "delay":
+                time.sleep(float(fsync_f.get("seconds", 1.0)))
+            elif mode == "fail":
+                raise _Injected(errno.EIO, "Input/output error (injected fsync)")
+
+    def _commit(self, batch: list[_Append]) -> None:
+        write_f = self._fault("log.write")
+        fsync_f = self._fault("log.fsync")
+        if self._needs_roll or self._seg_size >= self._segment_bytes:
+            try:
+                self._roll(write_f, fsync_f)
+            except OSError as e:
+                self._io_failed("roll", e, batch)
+                return
+        assert self._fd is not None
+        first = self._next_offset
+        bufs: list[bytes] = []
+        for i, r in enumerate(batch):
+            bufs.append(seg.encode_header(first + i, r.ts_ms, r.key, r.value))
+            bufs.append(r.key)
+            bufs.append(r.value)
+        self._next_offset = first + len(batch)  # handed out from here on, even if the write fails
+        stage = "write"
+        try:
+            self._inject("write", write_f, fsync_f)
+            written = _write_all(self._fd, bufs)
+            self._seg_size += written
+            stage = "fsync"
+            self._inject("fsync", write_f, fsync_f)
+            t = time.perf_counter()
+            os.fdatasync(self._fd)
+            self._m.fsync_seconds.observe(time.perf_counter() - t)
+        except OSError as e:
+            self._io_failed(stage, e, batch, first)
+            return
+        self._durable_next = self._next_offset
+        self._durable_pos = self._seg_size
+        self._publish_watermark()
+        self._set_healthy()
+        self._probe_backoff = 0.1
+        now = time.perf_counter()
+        for r in batch:
+            self._m.append_seconds.observe(now - r.t0)
+        self._m.fsync_batch_records.observe(len(batch))
+        self._m.end_offset.set(self._durable_next)
+        self._m.bytes.set(self._sealed_bytes + self._seg_size)
+        self._resolve(batch, first)
+
+    def _io_failed(self, stage: str, e: OSError, batch: list[_Append], first: int | None = None) -> None:
+        path = seg.segment_path(self._pdir, self._base)
+        reason = f"log {stage} failed on {path}: {e.strerror or e}"
+        label = f"{stage}_{_errname(e)}"
+        self._set_unhealthy(reason)
+        self._needs_roll = True
+        self._probe_at = time.monotonic() + self._probe_backoff
+        self._m.append_errors.labels(reason=label).inc(len(batch))
+        log.error(
+            f"log.{stage}_failed",
+            extra={
+                "path": str(path),
+                "error": str(e),
+                "errno": _errname(e),
+                "injected": isinstance(e, _Injected),
+                "records": len(batch),
+                "first_offset": first,
+                "durable_next": self._durable_next,
+            },
+        )
+        self._fail(batch, reason, label)
+
+    def _fail(self, batch: list[_Append], reason: str, label: str) -> None:
+        if not batch:
+            return
+
+        def fail() -> None:
+            for r in batch:
+                if not r.fut.done():
+                    r.fut.set_exception(LogUnavailable(reason))
+
+        self._call_in_loop(fail)
+
+    def _resolve(self, batch: list[_Append], first: int) -> None:
+        def resolve() -> None:
+            for i, r in enumerate(batch):
+                if not r.fut.done():
+                    r.fut.set_result(Position(0, first + i))
+
+        self._call_in_loop(resolve)
+
+    def _call_in_loop(self, fn: Callable[[], None]) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            self._loop.call_soon_threadsafe(fn)
+
+    def _publish_watermark(self) -> None:
+        assert self._wm_fd is not None
+        try:
+            os.pwrite(self._wm_fd, seg.encode_watermark(self._durable_next), 0)
+        except OSError as e:  # readers lag until the next success; the data itself is durable
+            log.warning("log.watermark_write_failed", extra={"error": str(e)})
+
+    def _roll(self, write_f: dict[str, Any] | None, fsync_f: dict[str, Any] | None) -> None:
+        """Seal the active segment at its last fsync'd byte and start a new one past every offset."""
+        self._seal_active(write_f, fsync_f)
+        self._open_new_segment(self._next_offset)
+        self._needs_roll = False
+        self._retention_at = 0.0  # run retention after every roll
+
+    def _seal_active(self, write_f: dict[str, Any] | None, fsync_f: dict[str, Any] | None) -> None:
+        self._inject("write", write_f, fsync_f)
+        if fsync_f and fsync_f.get("mode") == "fail":
+            self._inject("fsync", write_f, fsync_f)
+        if self._fd is not None:
+            seal = seg.Seal(self._durable_pos, self._durable_next, self._next_offset, seg.now_ms())
+            seg.write_seal(self._pdir, self._base, seal)
+            os.close(self._fd)
+            self._fd = None
+            self._sealed_bytes += self._seg_size
+            if self._needs_roll:
+                log.warning(
+                    "log.segment_sealed_after_failure",
+                    extra={
+                        "path": str(seg.segment_path(self._pdir, self._base)),
+                        "end_pos": self._durable_pos,
+                        "void_offsets": [self._durable_next, self._next_offset - 1],
+                    },
+                )
+
+    def _open_new_segment(self, base: int) -> None:
+        path = seg.segment_path(self._pdir, base)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        try:
+            if os.fstat(fd).st_size != 0:
+                raise LogCorrupt(f"{path}: new segment file already exists and is not empty")
+            os.fdatasync(fd)
+            seg.fsync_dir(self._pdir)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self._base = base
+        self._seg_size = 0
+        self._durable_pos = 0
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if self._needs_roll and now >= self._probe_at:
+            try:
+                self._roll(self._fault("log.write"), self._fault("log.fsync"))
+            except Exception as e:
+                self._probe_backoff = min(self._probe_backoff * 2, 5.0)
+                self._probe_at = now + self._probe_backoff
+                why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                self._set_unhealthy(f"log roll after failure failed: {why}")
+            else:
+                self._probe_backoff = 0.1
+                self._set_healthy()
+        if now >= self._retention_at + self._retention_check:
+            self._retention_at = now
+            try:
+                self._apply_retention()
+            except Exception as e:
+                log.warning("log.retention_failed", extra={"error": str(e)})
+
+    def _apply_retention(self) -> None:
+        committed = min_committed(self.directory, 0)
+        if committed is None:
+            return
+        bases = seg.list_segments(self._pdir)
+        deleted = 0
+        freed = 0
+        cutoff = time.time() - self._retention_seconds
+        for i in range(len(bases) - 1):
+            base, next_base = bases[i], bases[i + 1]
+            if base == self._base or next_base > committed:
+                break
+            path = seg.segment_path(self._pdir, base)
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue
+            if st.st_mtime > cutoff:
+                break
+            os.unlink(path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(seg.seal_path(self._pdir, base))
+            deleted += 1
+            freed += st.st_size
+            log.info(
+                "log.segment_deleted",
+                extra={"path": str(path), "last_offset": next_base - 1, "min_committed": committed},
+            )
+        if deleted:
+            seg.fsync_dir(self._pdir)
+            self._sealed_bytes = max(0, self._sealed_bytes - freed)
+            self._m.segments_deleted.inc(deleted)
+            self._m.bytes.set(self._sealed_bytes + self._seg_size)
+
+    # --- recovery --------------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        for d in (self._pdir, consumers_dir(self.directory)):
+            if not d.exists():
+                d.mkdir(parents=True, exist_ok=True)
+                seg.fsync_dir(d.parent)
+        for name in os.listdir(self._pdir):
+            if name.endswith(".tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._pdir / name)
+        wm_path = self._pdir / seg.WATERMARK_FILE
+        created = not wm_path.exists()
+        self._wm_fd = os.open(wm_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        if created:
+            seg.fsync_dir(self._pdir)
+        watermark = seg.read_watermark_fd(self._wm_fd)
+        if watermark is None and not created:
+            log.warning("log.watermark_unreadable", extra={"path": str(wm_path)})
+        wm = watermark or 0
+
+        bases = seg.list_segments(self._pdir)
+        sealed_bytes = 0
+        for i, base in enumerate(bases[:-1]):
+            sealed_bytes += self._check_sealed(base, bases[i + 1])
+
+        if not bases:
+            self._next_offset = wm
+            self._open_new_segment(wm)
+        else:
+            last = bases[-1]
+            path = seg.segment_path(self._pdir, last)
+            seal = self._read_seal_or_none(last)
+            res = seg.scan_segment(path, last, verify_crc=True, limit=seal.end_pos if seal else None)
+            if res.bad_pos is not None and res.valid_after is not None:
+                raise LogCorrupt(
+                    f"{path}: bad record at byte {res.bad_pos} ({res.bad_reason}); a valid record "
+                    f"(offset {res.valid_after.offset}) follows at byte {res.valid_after.pos}"
+                )
+            if seal is not None:
+                if res.bad_pos is not None or res.file_size < seal.end_pos:
+                    # The tail of a sealed segment is gone (it was fsync'd: this is lost data). Keep
+                    # the valid prefix and re-seal it so it stays consistent; the seal keeps
+                    # next_offset, so readers report the missing records as a gap.
+                    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+                    try:
+                        os.ftruncate(fd, res.end_pos)
+                        os.fdatasync(fd)
+                    finally:
+                        os.close(fd)
+                    seg.write_seal(
+                        self._pdir,
+                        last,
+                        seg.Seal(res.end_pos, seal.next_offset, seal.reserved_next, seg.now_ms()),
+                    )
+                    lost = max(0, seal.next_offset - res.next_offset)
+                    self._m.recovery_lost_records.inc(lost)
+                    self._m.recovery_truncated_bytes.inc(max(0, res.file_size - res.end_pos))
+                    log.error(
+                        "log.recovery_lost_records",
+                        extra={"path": str(path), "first": res.next_offset, "last": seal.next_offset - 1,
+                               "records": lost, "why": res.bad_reason or "file shorter than its seal"},
+                    )  # fmt: skip
+                sealed_bytes += res.end_pos
+                nxt = max(seal.reserved_next, res.next_offset, wm)
+                self._next_offset = nxt
+                self._open_new_segment(nxt)
+            else:
+                if res.bad_pos is not None:
+                    cut = res.file_size - res.bad_pos
+                    os.truncate(path, res.bad_pos)
+                    self._m.recovery_truncated_bytes.inc(cut)
+                    log.warning(
+                        "log.recovery_truncated",
+                        extra={
+                            "path": str(path),
+                            "at_byte": res.bad_pos,
+                            "bytes": cut,
+                            "why": res.bad_reason,
+                        },
+                    )
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+                try:
+                    os.fdatasync(fd)  # whatever a killed writer left in the page cache is durable now
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self._fd = fd
+                self._base = last
+                self._seg_size = res.end_pos
+                self._durable_pos = res.end_pos
+                self._next_offset = max(res.next_offset, wm)
+                if wm > res.next_offset:
+                    lost = wm - res.next_offset
+                    self._m.recovery_lost_records.inc(lost)
+                    log.error(
+                        "log.recovery_lost_records",
+                        extra={"path": str(path), "first": res.next_offset, "last": wm - 1, "records": lost},
+                    )
+        self._durable_next = self._next_offset
+        self._sealed_bytes = sealed_bytes
+        os.pwrite(self._wm_fd, seg.encode_watermark(self._durable_next), 0)
+        os.fsync(self._wm_fd)
+        self._m.end_offset.set(self._durable_next)
+        self._m.bytes.set(self._sealed_bytes + self._seg_size)
+        log.info(
+            "log.opened",
+            extra={"directory": str(self.directory), "next_offset": self._next_offset, "segment": self._base},
+        )
+
+    def _read_seal_or_none(self, base: int) -> seg.Seal | None:
+        try:
+            return seg.read_seal(self._pdir, base)
+        except seg.BadSeal as e:
+            log.warning("log.seal_damaged", extra={"error": str(e)})
+            return None
+
+    def _check_sealed(self, base: int, next_base: int) -> int:
+        """Check a non-last segment; returns its size. Raises LogCorrupt on any damage."""
+        path = seg.segment_path(self._pdir, base)
+        seal = self._read_seal_or_none(base)
+        res = seg.scan_segment(path, base, verify_crc=self._full_verify, limit=seal.end_pos if seal else None)
+        if seal is not None and res.file_size < seal.end_pos:
+            raise LogCorrupt(f"{path}: file is {res.file_size} bytes but its seal says {seal.end_pos}")
+        if res.bad_pos is not None:
+            raise LogCorrupt(f"{path}: bad record at byte {res.bad_pos} ({res.bad_reason})")
+        if res.last_offset is not None and res.last_offset >= next_base:
+            raise LogCorrupt(f"{path}: offset {res.last_offset} overlaps the next segment (base {next_base})")
+        return res.file_size
+
+    def _close_files(self) -> None:
+        for attr in ("_fd", "_wm_fd"):
+            fd = getattr(self, attr)
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                setattr(self, attr, None)
