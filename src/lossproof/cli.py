@@ -101,7 +101,10 @@ def ingest(data_dir: Path, port: int | None, host: str | None) -> None:
 
 @cli.command()
 @data_dir_option
-def worker(data_dir: Path) -> None:
+@click.option(
+    "--http-port", type=click.IntRange(0, 65535), default=None, help="Port of /metrics and /healthz."
+)
+def worker(data_dir: Path, http_port: int | None) -> None:
     """Run a worker alone: log → store."""
     from lossproof.log.base import LogError
     from lossproof.obs.logging import setup
@@ -109,6 +112,8 @@ def worker(data_dir: Path) -> None:
 
     setup("worker")
     cfg = _load(data_dir)
+    if http_port is not None:
+        cfg.worker.http_port = http_port
     try:
         run(cfg)
     except LogError as e:

@@ -200,3 +200,23 @@ def test_power_loss_keeps_every_acknowledged_report(pipeline: Pipeline) -> None:
     for s in senders:
         assert s.acked, f"{s.agent}: {s.statuses}"
         p.wait_stored(s.agent, s.acked, timeout=60)
+
+
+def test_a_crashed_worker_is_restarted_and_ctrl_c_stops_cleanly(pipeline: Pipeline) -> None:
+    import psutil
+
+    p = pipeline
+    assert p.post_reports("w", [report(1)]).status == 200
+    p.wait_stored("w", {1})
+    assert p.proc is not None
+    workers = [c for c in psutil.Process(p.proc.pid).children() if c.cmdline()[3:4] == ["worker"]]
+    assert len(workers) == 1
+    workers[0].kill()
+    # ingest keeps acknowledging while the worker is down; the restarted worker stores it all
+    for seq in range(2, 6):
+        assert p.post_reports("w", [report(seq)]).status == 200
+    p.wait_stored("w", set(range(1, 6)))
+    assert p.stop() == 0
+    logs = p.logs()
+    assert '"up.child_exited"' in logs and '"ingest.stopped"' in logs and '"worker.stopped"' in logs
+    assert "Traceback" not in logs

@@ -61,7 +61,7 @@ def test_spool_state_separates_delayed_from_missing(pipeline: Pipeline) -> None:
         "first_pending_seq": 11,
         "last_seq": 20,
     }
-    status, body = _post(
+    status, _body = _post(
         pipeline, {"agent": "s", "reports": [report(s) for s in range(1, 5)], "spool": spool}
     )
     assert status == 200
