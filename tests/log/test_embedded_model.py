@@ -292,7 +292,7 @@ def _check_outcome(written: dict[int, bytes], got: dict[int, bytes], gaps: set[i
     assert len(missing) <= 1, f"one flipped bit cost {len(missing)} records"
 
 
-@settings(max_examples=int(__import__("os").environ.get("FLIPS", "150")), deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(file_index=st.integers(0, 100), where=st.floats(0, 1, exclude_max=True), bit=st.integers(0, 7))
 def test_bit_flip_is_detected_never_returned(
     template: tuple[Path, dict[int, bytes]], file_index: int, where: float, bit: int
