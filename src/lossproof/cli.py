@@ -45,7 +45,34 @@ def _run_async(main: Any) -> None:
         asyncio.run(main)
 
 
-@click.group()
+class LazyGroup(click.Group):
+    """Subcommands that live with their component are imported only when used, so that
+    ``lossproof send`` does not pay for loading the Kafka client (click's documented pattern)."""
+
+    LAZY = {
+        "agent": "lossproof.agent.main:agent_command",
+        "fallback": "lossproof.fallback.main:fallback_command",
+        "replay": "lossproof.fallback.main:replay_command",
+        "store": "lossproof.store.cli:store_group",
+        "kafka": "lossproof.log.kafka.cli:kafka_group",
+        "dev": "lossproof.dev.kafka:dev_group",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.LAZY])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.LAZY:
+            import importlib
+
+            module, attr = self.LAZY[cmd_name].split(":")
+            cmd = getattr(importlib.import_module(module), attr)
+            assert isinstance(cmd, click.Command)
+            return cmd
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup)
 @click.version_option(package_name="lossproof")
 def cli() -> None:
     """lossproof: a telemetry pipeline that never loses a point, and proves it."""
