@@ -111,6 +111,7 @@ def ingest(data_dir: Path, port: int | None, host: str | None) -> None:
     from lossproof.ingest.server import serve
     from lossproof.log.base import LogError
     from lossproof.obs.logging import setup
+    from lossproof.store.base import StoreError
 
     setup("ingest")
     cfg = _load(data_dir)
@@ -122,6 +123,8 @@ def ingest(data_dir: Path, port: int | None, host: str | None) -> None:
         _run_async(serve(cfg))
     except LogError as e:
         raise click.ClickException(f"log: {e}") from None
+    except StoreError as e:
+        raise click.ClickException(f"store: {e}") from None
     except OSError as e:
         raise click.ClickException(f"cannot serve on {cfg.server.host}:{cfg.server.port}: {e}") from None
 
@@ -135,6 +138,7 @@ def worker(data_dir: Path, http_port: int | None) -> None:
     """Run a worker alone: log → store."""
     from lossproof.log.base import LogError
     from lossproof.obs.logging import setup
+    from lossproof.store.base import StoreError
     from lossproof.worker.main import run
 
     setup("worker")
@@ -145,6 +149,8 @@ def worker(data_dir: Path, http_port: int | None) -> None:
         run(cfg)
     except LogError as e:
         raise click.ClickException(f"log: {e}") from None
+    except StoreError as e:
+        raise click.ClickException(f"store: {e}") from None
 
 
 @cli.command()
