@@ -1,6 +1,15 @@
-"""API key authentication: ``Authorization: Bearer <key>`` to a tenant."""
+"""API key authentication: the key of a tenant, in any form the clients we speak send it.
+
+``Authorization: Bearer <key>`` (native, OTLP, remote write ``authorization``), ``Token <key>``
+(InfluxDB 2.x; ``Token user:<key>`` too), ``Basic`` (the password is the key, or the user name when
+the password is empty: remote write ``basic_auth``, InfluxDB 1.x clients), and, only where a
+handler allows it (InfluxDB ``/write``), the query parameters ``p`` (with ``u``) and ``token``.
+"""
 
 from __future__ import annotations
+
+import base64
+import binascii
 
 from aiohttp import web
 
@@ -18,21 +27,20 @@ class KeyRing:
         self._replay = set(cfg.replay.key_hashes)
         self._tenants = set(cfg.tenants)
 
-    def _hash(self, request: web.Request) -> str | None:
-        scheme, _, key = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            return None
-        return hash_key(key.strip())
+    def _hash(self, request: web.Request, query: bool = False) -> str | None:
+        key = presented_key(request, query)
+        return None if not key else hash_key(key)
 
     def tenant(self, request: web.Request) -> str | None:
         """The tenant of a tenant key, for reads and writes; None for anything else."""
         h = self._hash(request)
         return None if h is None else self._by_hash.get(h)
 
-    def writer(self, request: web.Request) -> str:
+    def writer(self, request: web.Request, query: bool = False) -> str:
         """The tenant to write as: a tenant key's own, or, for a replay key, the one named by
-        ``X-Lossproof-Tenant``. Raises the 401/403 to answer otherwise."""
-        h = self._hash(request)
+        ``X-Lossproof-Tenant``. Raises the 401/403 to answer otherwise. ``query``: a key may also
+        come in the query string (``p=`` or ``token=``, as InfluxDB 1.x clients send it)."""
+        h = self._hash(request, query)
         named = request.headers.get(TENANT_HEADER)
         if h is not None and h in self._replay:
             if named is None or named not in self._tenants:
@@ -46,3 +54,22 @@ class KeyRing:
         if named is not None and named != tenant:
             raise ApiError(403, f"this key cannot write as tenant {named!r}", "forbidden")
         return tenant
+
+
+def presented_key(request: web.Request, query: bool = False) -> str | None:
+    scheme, _, cred = request.headers.get("Authorization", "").partition(" ")
+    scheme, cred = scheme.lower(), cred.strip()
+    if cred:
+        if scheme == "bearer":
+            return cred
+        if scheme == "token":  # InfluxDB: "Token <token>" or, 1.x compatible, "Token user:password"
+            return cred.rpartition(":")[2] or None
+        if scheme == "basic":
+            try:
+                user, _, password = base64.b64decode(cred, validate=True).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                return None
+            return password or user or None
+    if query:
+        return request.query.get("p") or request.query.get("token") or None
+    return None

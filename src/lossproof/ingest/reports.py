@@ -25,7 +25,41 @@ from lossproof.query.access import StoreAccess
 log = get(__name__)
 
 
-class ReportsHandler:
+class Ingest:
+    """The part of every ingest endpoint that makes "acknowledged means durable" true: a bounded
+    body read, and an append to the log that is awaited until durable (or answered 503). The native
+    handler and the third-party protocols (``ingest/protocols.py``) share it."""
+
+    def __init__(self, cfg: Config, keys: KeyRing, writer: LogWriter, metrics: IngestMetrics) -> None:
+        self.cfg = cfg
+        self.keys = keys
+        self.writer = writer
+        self.metrics = metrics
+
+    def unavailable(self, reason: str) -> ApiError:
+        retry = str(self.cfg.server.retry_after_seconds)
+        return ApiError(
+            503, f"log cannot accept data durably: {reason}", "unavailable", {"Retry-After": retry}
+        )
+
+    async def read(self, request: web.Request) -> bytes:
+        return await read_body(request, self.cfg.server.max_body_bytes)
+
+    async def append_durable(self, key: bytes, record: bytes) -> None:
+        """Append ``record`` and return once the log holds it durably; raise the 503 otherwise."""
+        timeout = self.cfg.server.append_timeout_seconds
+        # shield: on timeout the append goes on; if it lands, the client's retry is a harmless replay.
+        append = asyncio.ensure_future(self.writer.append(key, record))
+        append.add_done_callback(_retrieve)
+        try:
+            await asyncio.wait_for(asyncio.shield(append), timeout)
+        except LogUnavailable as e:
+            raise self.unavailable(e.reason) from None
+        except TimeoutError:
+            raise self.unavailable(f"no durable confirmation within {timeout}s") from None
+
+
+class ReportsHandler(Ingest):
     def __init__(
         self,
         cfg: Config,
@@ -34,11 +68,8 @@ class ReportsHandler:
         store: StoreAccess,
         metrics: IngestMetrics,
     ) -> None:
-        self.cfg = cfg
-        self.keys = keys
-        self.writer = writer
+        super().__init__(cfg, keys, writer, metrics)
         self.store = store
-        self.metrics = metrics
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
@@ -55,12 +86,6 @@ class ReportsHandler:
             self.metrics.requests.labels("native", str(status)).inc()
             self.metrics.latency.labels("native").observe(time.perf_counter() - started)
 
-    def unavailable(self, reason: str) -> ApiError:
-        retry = str(self.cfg.server.retry_after_seconds)
-        return ApiError(
-            503, f"log cannot accept data durably: {reason}", "unavailable", {"Retry-After": retry}
-        )
-
     async def _handle(self, request: web.Request) -> web.Response:
         srv = self.cfg.server
         tenant = self.keys.writer(request)
@@ -73,7 +98,7 @@ class ReportsHandler:
                 "bad_request",
             )
         encoding = request.headers.get("Content-Encoding", "").strip().lower()
-        raw = await read_body(request, srv.max_body_bytes)
+        raw = await self.read(request)
         try:
             body = decompress(raw, encoding, srv.max_decoded_bytes)
             req = native.decode(body, ctype)
@@ -96,15 +121,7 @@ class ReportsHandler:
                 body=raw,
             )
         )
-        # shield: on timeout the append goes on; if it lands, the agent's retry is a harmless replay.
-        append = asyncio.ensure_future(self.writer.append(native.log_key(tenant, req.agent), record))
-        append.add_done_callback(_retrieve)
-        try:
-            await asyncio.wait_for(asyncio.shield(append), srv.append_timeout_seconds)
-        except LogUnavailable as e:
-            raise self.unavailable(e.reason) from None
-        except TimeoutError:
-            raise self.unavailable(f"no durable confirmation within {srv.append_timeout_seconds}s") from None
+        await self.append_durable(native.log_key(tenant, req.agent), record)
 
         npoints = sum(len(r.points) for r in req.reports)
         self.metrics.reports.labels(tenant).inc(len(req.reports))

@@ -12,6 +12,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
 from lossproof.config import Config
+from lossproof.ingest import protocols
 from lossproof.ingest.auth import KeyRing
 from lossproof.ingest.http import errors_as_json, json_response
 from lossproof.ingest.metrics import IngestMetrics
@@ -21,6 +22,7 @@ from lossproof.log.factory import open_writer
 from lossproof.obs.logging import get
 from lossproof.query.access import StoreAccess
 from lossproof.query.api import QueryApi
+from lossproof.query.dashboard import register as register_dashboard
 from lossproof.store.factory import open_store
 
 log = get(__name__)
@@ -78,11 +80,14 @@ def build_app(
     app.add_routes(
         [
             web.post("/v1/reports", reports),
+            # Prometheus remote write, OTLP/HTTP, InfluxDB line protocol (docs/protocols.md)
+            *protocols.routes(cfg, keys, writer, metrics),
             web.get("/healthz", healthz),
             web.get("/metrics", metrics_route),
             *QueryApi(keys, store).routes(),
         ]
     )
+    register_dashboard(app, cfg, keys, store, registry)  # UI at /, Prometheus API /api/v1
     return app
 
 

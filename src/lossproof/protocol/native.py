@@ -116,6 +116,9 @@ class Envelope(msgspec.Struct, array_like=True):
     agent: str
     seqs: list[tuple[int, int]]
     body: bytes
+    # Request parameters a third-party decoder needs (Influx precision, db/bucket; remote-write
+    # message type). Last, with a default: records written before it existed still decode.
+    params: dict[str, str] = {}
 
 
 _env_enc = msgspec.msgpack.Encoder()

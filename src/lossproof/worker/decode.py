@@ -5,9 +5,9 @@ from __future__ import annotations
 import msgspec
 
 from lossproof.log.base import LogRecord
-from lossproof.protocol import native
+from lossproof.protocol import influx, native, otlp, promrw
 from lossproof.protocol.compression import decompress
-from lossproof.store.base import DeadLetter, LostRange, ReportWrite, SpoolState, WriteBatch
+from lossproof.store.base import DeadLetter, LostRange, Point, ReportWrite, SpoolState, WriteBatch
 
 # Ingest already validated the body against the protocol's constrained types; here it is decoded
 # once more, without the constraints, straight into structs the store reads (no per-point copy).
@@ -53,6 +53,25 @@ def _decode_native(env: native.Envelope) -> _Request:
     return decoder.decode(decompress(env.body, env.encoding, MAX_DECODED))
 
 
+def _decode_promrw(env: native.Envelope) -> list[Point]:
+    return promrw.to_points(promrw.snappy_decompress(env.body, MAX_DECODED), env.content_type)
+
+
+def _decode_otlp(env: native.Envelope) -> list[Point]:
+    return otlp.to_points(decompress(env.body, env.encoding, MAX_DECODED), env.content_type)
+
+
+def _decode_influx(env: native.Envelope) -> list[Point]:
+    p = env.params
+    labels = {k: p[k] for k in ("db", "rp", "bucket") if p.get(k)}
+    body = decompress(env.body, env.encoding, MAX_DECODED)
+    return influx.to_points(body, p.get("precision", "ns"), env.received_ms, labels)
+
+
+# Third-party protocols: samples without an agent seq, idempotent by (tenant, series, t).
+_THIRD_PARTY = {"prom-rw": _decode_promrw, "otlp": _decode_otlp, "influx": _decode_influx}
+
+
 def add_record(batch: WriteBatch, record: LogRecord) -> int:
     """Decode ``record`` into ``batch``; returns the number of points added (0 for a dead letter)."""
     tenant = ""
@@ -60,7 +79,12 @@ def add_record(batch: WriteBatch, record: LogRecord) -> int:
         env = native.decode_envelope(record.value)
         tenant = env.tenant
         if env.protocol != "native":
-            raise DecodeError(f"unknown protocol {env.protocol!r}")
+            decoder = _THIRD_PARTY.get(env.protocol)
+            if decoder is None:
+                raise DecodeError(f"unknown protocol {env.protocol!r}")
+            points = decoder(env)
+            batch.samples.extend([(tenant, p) for p in points])
+            return len(points)
         req = _decode_native(env)
     except Exception as e:  # any failure to decode is poison data, never a reason to stop
         batch.dead_letters.append(

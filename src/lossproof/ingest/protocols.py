@@ -1,0 +1,315 @@
+"""The protocols agents already speak: Prometheus remote write (``POST /api/v1/write``), OTLP/HTTP
+metrics (``POST /v1/metrics``) and InfluxDB line protocol (``POST /write``, ``POST /api/v2/write``,
+``GET /ping``). See docs/protocols.md.
+
+Every request takes the native flow: authenticate, read the body bounded, decompress it bounded,
+check it decodes and is within bounds (in C where possible: no loop over samples in Python), append
+the body as received to the log in an :class:`~lossproof.protocol.native.Envelope`, wait until it is
+durable, and only then answer 2xx. The worker decodes the samples. Status codes are chosen per
+protocol so real clients retry what can succeed later and drop only what never can:
+
+- remote write: 204; 400 malformed (Prometheus drops it); 503 when the log cannot take it durably
+  (Prometheus retries 5xx; never 429, which Prometheus drops by default).
+- OTLP: 200 with an ExportMetricsServiceResponse (partial success when points were refused); 400
+  malformed; 503 + Retry-After for log trouble (the SDKs retry it; never 500, which they drop).
+- InfluxDB: 204; 400 malformed; 503 + Retry-After for log trouble.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from lossproof.config import Config
+from lossproof.ingest.auth import KeyRing
+from lossproof.ingest.http import ApiError, json_response
+from lossproof.ingest.metrics import IngestMetrics
+from lossproof.ingest.reports import Ingest
+from lossproof.log.base import LogWriter
+from lossproof.protocol import influx, native, otlp, promrw
+from lossproof.protocol.compression import BadEncoding, TooLarge, decompress
+from lossproof.protocol.thirdparty import BadBody, Checked, UnsupportedBody
+
+# A body larger than this is checked in a thread, so the event loop keeps serving other requests
+# while a big one is validated.
+THREAD_CHECK_BYTES = 256 * 1024
+
+INFLUX_VERSION = "1.8.10"
+INFLUX_HEADERS = {"X-Influxdb-Version": INFLUX_VERSION, "X-Influxdb-Build": "OSS"}
+
+
+@dataclass
+class Decoded:
+    """What a protocol learned from a request before the append."""
+
+    content_type: str
+    encoding: str
+    body: bytes  # decompressed
+    check: Callable[[bytes], Checked]
+    params: dict[str, str] = field(default_factory=dict)
+
+
+class ThirdParty(Ingest):
+    """The flow shared by the three protocols; subclasses say how to decode and how to answer."""
+
+    protocol = ""
+    query_auth = False  # may the key come in the query string (InfluxDB 1.x)?
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        m = self.metrics
+        state = _State()
+        try:
+            resp = await self._handle(request, state)
+        except ApiError as e:
+            m.rejected.labels(e.reason).inc()
+            if state.tenant == "-":  # refused before authentication: received all the same
+                m.proto_requests.labels(state.tenant, self.protocol, "received").inc()
+            m.proto_requests.labels(state.tenant, self.protocol, "rejected").inc()
+            if state.checked is not None:
+                n = state.checked.points + state.checked.histograms
+                m.proto_points.labels(state.tenant, self.protocol, "rejected").inc(n)
+                self.count_sender(request, state, "rejected", n)
+            resp = self.error(state, e)
+        m.requests.labels(self.protocol, str(resp.status)).inc()
+        m.latency.labels(self.protocol).observe(time.perf_counter() - started)
+        return resp
+
+    def count_sender(self, request: web.Request, state: _State, outcome: str, n: int) -> None:
+        pass
+
+    async def _handle(self, request: web.Request, state: _State) -> web.StreamResponse:
+        self.early(request, state)
+        tenant = self.keys.writer(request, query=self.query_auth)
+        state.tenant = tenant
+        self.metrics.proto_requests.labels(tenant, self.protocol, "received").inc()
+        try:
+            decoded = await self.decode(request, state)
+            checked = await _run_check(decoded.check, decoded.body)
+        except UnsupportedBody as e:
+            raise ApiError(415, str(e), "bad_request") from None
+        except (TooLarge, promrw.TooLarge) as e:
+            raise ApiError(413, str(e), "too_large") from None
+        except (BadEncoding, BadBody) as e:
+            raise ApiError(400, str(e), "bad_request") from None
+        state.checked = checked
+        m = self.metrics
+        n = checked.points + checked.histograms
+        m.proto_points.labels(tenant, self.protocol, "received").inc(n + checked.rejected)
+        if n:  # nothing storable (e.g. remote-write metadata alone): nothing to make durable
+            env = native.Envelope(
+                version=1,
+                tenant=tenant,
+                protocol=self.protocol,
+                content_type=decoded.content_type,
+                encoding=decoded.encoding,
+                received_ms=int(time.time() * 1000),
+                agent="",
+                seqs=[],
+                body=state.raw,
+                params=decoded.params,
+            )
+            sender = f"{self.protocol}/{request.remote or '-'}"
+            await self.append_durable(native.log_key(tenant, sender), native.encode_envelope(env))
+        m.proto_requests.labels(tenant, self.protocol, "acked").inc()
+        m.proto_points.labels(tenant, self.protocol, "acked").inc(n)
+        if checked.rejected:
+            m.proto_points.labels(tenant, self.protocol, "rejected").inc(checked.rejected)
+        self.count_sender(request, state, "acked", n)
+        return self.ok(state, decoded, checked)
+
+    # -- per protocol ------------------------------------------------------------------------------
+
+    def early(self, request: web.Request, state: _State) -> None:
+        """Before authentication: note what an error answer needs to know."""
+
+    async def decode(self, request: web.Request, state: _State) -> Decoded:
+        raise NotImplementedError
+
+    def ok(self, state: _State, decoded: Decoded, checked: Checked) -> web.StreamResponse:
+        raise NotImplementedError
+
+    def error(self, state: _State, e: ApiError) -> web.StreamResponse:
+        return json_response({"error": e.message}, e.status, e.headers)
+
+
+@dataclass
+class _State:
+    """One request, as far as it got."""
+
+    tenant: str = "-"
+    raw: bytes = b""  # the body as received
+    ctype: str = ""
+    checked: Checked | None = None
+
+
+async def _run_check(check: Callable[[bytes], Checked], body: bytes) -> Checked:
+    if len(body) > THREAD_CHECK_BYTES:
+        return await asyncio.to_thread(check, body)
+    return check(body)
+
+
+def _encoding(request: web.Request) -> str:
+    enc = request.headers.get("Content-Encoding", "").strip().lower()
+    return "" if enc == "identity" else enc
+
+
+class RemoteWrite(ThirdParty):
+    """``POST /api/v1/write``: remote write 1.0, and 2.0 by Content-Type."""
+
+    protocol = "prom-rw"
+
+    async def decode(self, request: web.Request, state: _State) -> Decoded:
+        proto = promrw.proto_of(request.headers.get("Content-Type", ""))
+        encoding = _encoding(request)
+        promrw.check_encoding(encoding)
+        raw = state.raw = await self.read(request)
+        body = promrw.snappy_decompress(raw, self.cfg.server.max_decoded_bytes)
+        return Decoded(proto, "snappy", body, lambda b: promrw.check(b, proto))
+
+    def ok(self, state: _State, decoded: Decoded, checked: Checked) -> web.StreamResponse:
+        headers = {"X-Prometheus-Remote-Write-Version": promrw.VERSION_HEADER[decoded.content_type]}
+        if decoded.content_type == promrw.V2:
+            headers.update(promrw.samples_written(checked))
+        if checked.exemplars:
+            self.metrics.proto_skipped.labels(state.tenant, self.protocol, "exemplar").inc(checked.exemplars)
+        return web.Response(status=204, headers=headers)
+
+    def error(self, state: _State, e: ApiError) -> web.StreamResponse:
+        if e.status == 429:  # never produced here; Prometheus would drop the batch
+            e = ApiError(503, e.message, e.reason, e.headers)
+        return super().error(state, e)
+
+    def count_sender(self, request: web.Request, state: _State, outcome: str, n: int) -> None:
+        sender = self.metrics.sender(request.headers.get("User-Agent", ""), request.remote)
+        self.metrics.senders.labels(state.tenant, sender, outcome).inc(n)
+
+
+class OtlpMetrics(ThirdParty):
+    """``POST /v1/metrics``: OTLP/HTTP, protobuf or JSON, identity or gzip."""
+
+    protocol = "otlp"
+
+    def early(self, request: web.Request, state: _State) -> None:
+        # errors are encoded like the request, also a 401 that comes before the body is looked at
+        state.ctype = otlp.CONTENT_TYPES.get(request.content_type, "")
+
+    async def decode(self, request: web.Request, state: _State) -> Decoded:
+        ctype = state.ctype = otlp.content_type_of(request.headers.get("Content-Type", ""))
+        encoding = _encoding(request)
+        raw = state.raw = await self.read(request)
+        body = decompress(raw, encoding, self.cfg.server.max_decoded_bytes)
+        return Decoded(ctype, encoding, body, lambda b: otlp.check(b, ctype))
+
+    def ok(self, state: _State, decoded: Decoded, checked: Checked) -> web.StreamResponse:
+        return web.Response(
+            status=200, body=otlp.response(checked, decoded.content_type), content_type=decoded.content_type
+        )
+
+    def error(self, state: _State, e: ApiError) -> web.StreamResponse:
+        # OTLP/HTTP: the body of a failure is a google.rpc.Status in the request's encoding
+        ctype = state.ctype or otlp.JSON
+        return web.Response(
+            status=e.status,
+            body=otlp.status(e.status, e.message, ctype),
+            content_type=ctype,
+            headers=e.headers,
+        )
+
+
+class InfluxWrite(ThirdParty):
+    """``POST /write`` (1.x: ``db``, ``rp``, ``precision``) and ``POST /api/v2/write`` (2.x: ``bucket``,
+    ``org``, ``precision``)."""
+
+    protocol = "influx"
+    query_auth = True
+
+    def __init__(
+        self, cfg: Config, keys: KeyRing, writer: LogWriter, metrics: IngestMetrics, v2: bool
+    ) -> None:
+        super().__init__(cfg, keys, writer, metrics)
+        self.v2 = v2
+
+    async def decode(self, request: web.Request, state: _State) -> Decoded:
+        q = request.query
+        params: dict[str, str]
+        if self.v2:
+            bucket = q.get("bucket", "")
+            if not bucket:
+                raise BadBody("bucket is required (query parameter bucket=)")
+            params = {"bucket": bucket}
+            if q.get("precision") not in (None, "", "ns", "us", "ms", "s"):
+                raise BadBody(f"invalid precision {q.get('precision')!r}: use ns, us, ms or s")
+        else:
+            db = q.get("db", "")
+            if not db:
+                raise BadBody("database is required (query parameter db=)")
+            params = {"db": db}
+            if q.get("rp"):
+                params["rp"] = q["rp"]
+        precision = influx.precision_of(q.get("precision"))
+        encoding = _encoding(request)
+        raw = state.raw = await self.read(request)
+        body = decompress(raw, encoding, self.cfg.server.max_decoded_bytes)
+        params["precision"] = precision
+        return Decoded("text/plain", encoding, body, lambda b: influx.check(b, precision), params)
+
+    def ok(self, state: _State, decoded: Decoded, checked: Checked) -> web.StreamResponse:
+        if checked.skipped:
+            self.metrics.proto_skipped.labels(state.tenant, self.protocol, "string_field").inc(
+                checked.skipped
+            )
+        return web.Response(status=204, headers=INFLUX_HEADERS)
+
+    def error(self, state: _State, e: ApiError) -> web.StreamResponse:
+        headers = {**INFLUX_HEADERS, **e.headers}
+        if self.v2:
+            code = _INFLUX_V2_CODES.get(e.status, "internal error")
+            return json_response({"code": code, "message": e.message, "error": e.message}, e.status, headers)
+        return json_response({"error": e.message}, e.status, headers)
+
+
+_INFLUX_V2_CODES = {
+    400: "invalid",
+    401: "unauthorized",
+    403: "forbidden",
+    413: "request too large",
+    415: "unsupported media type",
+    503: "unavailable",
+}
+
+
+async def ping(request: web.Request) -> web.Response:
+    """``GET|HEAD /ping`` as InfluxDB answers it: 204 with its version headers (200 + JSON verbose)."""
+    if request.query.get("verbose", "").lower() in ("true", "1") and request.method == "GET":
+        return json_response({"version": INFLUX_VERSION}, 200, INFLUX_HEADERS)
+    return web.Response(status=204, headers=INFLUX_HEADERS)
+
+
+async def health(request: web.Request) -> web.Response:
+    """``GET /health`` as InfluxDB 2.x answers it (its clients probe it)."""
+    return json_response(
+        {
+            "name": "influxdb",
+            "message": "ready for queries and writes",
+            "status": "pass",
+            "version": INFLUX_VERSION,
+        },
+        200,
+        INFLUX_HEADERS,
+    )
+
+
+def routes(cfg: Config, keys: KeyRing, writer: LogWriter, metrics: IngestMetrics) -> list[web.RouteDef]:
+    return [
+        web.post("/api/v1/write", RemoteWrite(cfg, keys, writer, metrics)),
+        web.post("/v1/metrics", OtlpMetrics(cfg, keys, writer, metrics)),
+        web.post("/write", InfluxWrite(cfg, keys, writer, metrics, v2=False)),
+        web.post("/api/v2/write", InfluxWrite(cfg, keys, writer, metrics, v2=True)),
+        web.get("/ping", ping),  # also answers HEAD
+        web.get("/health", health),
+    ]

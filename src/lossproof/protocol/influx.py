@@ -1,0 +1,234 @@
+"""InfluxDB line protocol (``/write`` of 1.x, ``/api/v2/write`` of 2.x).
+
+``measurement[,tag=value...] field=value[,field=value...] [timestamp]``, one point per line; blank
+lines and ``#`` comments are skipped; ``\\`` escapes the next character (``\\,``, ``\\=``,
+``\\ `` in names, ``\\"`` and ``\\\\`` in strings).
+
+The ingest check matches every line against one regular expression, with ``map`` so the loop over
+lines runs in C, then takes min/max of the timestamps, also in C. The worker walks the same matches.
+
+Mapping (docs/protocols.md): each numeric field is a point of metric ``<measurement>_<field>``
+(just ``<measurement>`` for a field named ``value``, as influxdb_exporter does), with the tags as
+labels plus ``db`` (and ``rp``) for 1.x or ``bucket`` for 2.x (a tag of the same name wins).
+Floats, integers (``1i``), unsigned (``1u``) become floats; booleans 1.0/0.0. String fields cannot
+be stored in a numeric series: they are accepted, counted as skipped, not stored. NaN and Inf are
+not line protocol (InfluxDB refuses them too). A line without a timestamp gets the time the server
+received it, truncated to the precision.
+"""
+
+from __future__ import annotations
+
+import re
+from itertools import repeat
+
+from lossproof.protocol.thirdparty import MAX_LABEL_VALUE, MAX_LABELS, MAX_NAME, MAX_TIME_MS, BadBody, Checked
+from lossproof.store.base import Point
+
+# precision -> (multiplier, divisor) to unix ms
+PRECISIONS: dict[str, tuple[int, int]] = {
+    "n": (1, 1_000_000),
+    "ns": (1, 1_000_000),
+    "u": (1, 1_000),
+    "us": (1, 1_000),
+    "µ": (1, 1_000),
+    "ms": (1, 1),
+    "s": (1_000, 1),
+    "m": (60_000, 1),
+    "h": (3_600_000, 1),
+}
+
+
+def precision_of(p: str | None) -> str:
+    p = (p or "ns").strip()
+    if p == "":
+        p = "ns"
+    if p not in PRECISIONS:
+        raise BadBody(f"invalid precision {p!r}: use ns, us, ms, s (or n, u, m, h on /write)")
+    return p
+
+
+# Possessive runs: a name, once read, is never re-read (names cannot contain their own delimiter).
+_ESC = r"\\[^\n]"
+_MEAS = rf"(?:[^ \t,\\\n#]|{_ESC})(?:[^ ,\\\n]++|{_ESC})*+"
+_KEY = rf"(?:[^ ,=\\\n]++|{_ESC})++"
+_STRING = r'"(?:[^"\\\n]++|\\[^\n])*+"'
+_NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+_BOOL = r"(?:true|True|TRUE|t|T|false|False|FALSE|f|F)"
+_VALUE = rf"(?:-?\d+i|\d+u|{_NUMBER}|{_BOOL}|{_STRING})"
+_MAX_TAGS = MAX_LABELS - 1  # one label is db or bucket
+_FIELD = rf"{_KEY}={_VALUE}"
+_TAG = rf",{_KEY}={_KEY}"
+_TIMESTAMP = r"-?\d{1,19}"
+
+
+def _line(cap: str) -> str:
+    """One data line; ``cap``: which groups capture ("", "ts": only the timestamp, "all")."""
+
+    def g(name: str, pattern: str) -> str:
+        if cap == "all" or cap == name:
+            return f"(?P<{name}>{pattern})"
+        return f"(?:{pattern})"
+
+    measurement = g("m", _MEAS)
+    tags = g("tags", f"(?:{_TAG}){{0,{_MAX_TAGS}}}")
+    fields = g("fields", f"{_FIELD}(?:,{_FIELD})*")
+    ts = g("ts", _TIMESTAMP)
+    return rf"[ \t]*{measurement}{tags} +{fields}(?: +{ts})?[ \t]*\r?"
+
+
+_OTHER = r"[ \t]*(?:#[^\n]*)?\r?"  # a blank line or a comment
+# Any one line: a data line (groups m, tags, fields, ts) or a blank/comment line (no groups set).
+_ANY = re.compile(rf"{_line('all')}|{_OTHER}")
+_TAG_RE = re.compile(rf",({_KEY})=({_KEY})")
+_FIELD_RE = re.compile(rf"({_KEY})=({_VALUE})")
+_UNESCAPE = re.compile(r"\\(.)")
+_TRUE = frozenset(("true", "True", "TRUE", "t", "T"))
+_group = re.Match.group
+
+
+def decode_text(body: bytes) -> str:
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadBody(f"line protocol must be UTF-8: invalid byte at offset {e.start}") from None
+
+
+def _match(text: str) -> tuple[list[str], list[re.Match[str]]]:
+    lines = text.split("\n")
+    # map() over a compiled pattern's method: the loop over lines runs in C
+    ms = list(map(_ANY.fullmatch, lines))
+    if None in ms:
+        n = ms.index(None)
+        line = lines[n]
+        snippet = line[:120] + ("…" if len(line) > 120 else "")
+        raise BadBody(f"line {n + 1}: {_why(line)}: {snippet!r}")
+    return lines, ms  # type: ignore[return-value]
+
+
+def check(body: bytes, precision: str) -> Checked:
+    """Check the (decompressed) body is line protocol within bounds. Raises BadBody."""
+    text = decode_text(body)
+    lines, ms = _match(text)
+    # a line of at most MAX_NAME characters cannot hold a longer name or value
+    if max(map(len, lines)) > MAX_NAME:
+        _check_lengths(lines, ms)
+    stamps = list(map(_group, ms, repeat("ts")))
+    given = list(map(int, filter(None, stamps)))
+    if given:
+        mul, div = PRECISIONS[precision]
+        lo, hi = min(given), max(given)
+        if lo < 0 or hi * mul // div > MAX_TIME_MS:
+            bad = lo if lo < 0 else hi
+            raise BadBody(
+                f"line {stamps.index(str(bad)) + 1}: timestamp {bad} (precision {precision}) is outside "
+                "1970-01-01 .. 2100-01-01; check the precision parameter"
+            )
+    points = len(ms) - list(map(_group, ms, repeat("m"))).count(None)
+    skipped = _count_strings(ms) if '"' in text else 0
+    return Checked(points=points, skipped=skipped)
+
+
+def _count_strings(ms: list[re.Match[str]]) -> int:
+    return sum(
+        1
+        for m in ms
+        if m.group("fields") and '"' in m.group("fields")
+        for _, v in _FIELD_RE.findall(m.group("fields"))
+        if v.startswith('"')
+    )
+
+
+def _check_lengths(lines: list[str], ms: list[re.Match[str]]) -> None:
+    for n, (line, m) in enumerate(zip(lines, ms, strict=True), 1):
+        if len(line) <= MAX_NAME or m.group("m") is None:
+            continue
+        names = [_unescape(m.group("m"), ", ")]
+        for k, v in _TAG_RE.findall(m.group("tags")):
+            names.append(_unescape(k, ",= "))
+            if len(_unescape(v, ",= ")) > MAX_LABEL_VALUE:
+                raise BadBody(f"line {n}: tag {k[:64]!r} has a value over {MAX_LABEL_VALUE} characters")
+        names.extend(_unescape(k, ",= ") for k, _ in _FIELD_RE.findall(m.group("fields")))
+        for name in names:
+            if len(name) > MAX_NAME:
+                raise BadBody(f"line {n}: name {name[:64]!r}... is over {MAX_NAME} characters")
+
+
+def _why(line: str) -> str:
+    if re.search(r"=[-+]?(?:nan|inf(?:inity)?)\b", line, re.IGNORECASE):
+        return "NaN and Inf are not valid line protocol field values"
+    head = re.match(rf"[ \t]*((?:[^ \\\n]|{_ESC})*)", line)
+    series = head.group(1) if head else ""
+    if len(re.findall(r"(?<!\\),", series)) > _MAX_TAGS:
+        return f"more than {_MAX_TAGS} tags"
+    if not re.search(r"(?<!\\) +\S", line.strip()):
+        return "missing field set (expected: measurement[,tag=value...] field=value[,...] [timestamp])"
+    if line.count('"') % 2:
+        return "unterminated string field value"
+    if re.search(rf"(?<!\\),(?:{_KEY})=(?:,| |$)", series):
+        return "tag with an empty value"
+    tags = re.split(r"(?<!\\),", series)[1:]
+    if any(not re.fullmatch(rf"{_KEY}={_KEY}", t) for t in tags):
+        return "a tag is not key=value (escape , = and space in names with a backslash)"
+    return (
+        "not valid line protocol (expected: measurement[,tag=value...] field=value[,field=value...] "
+        '[timestamp], values: 1.5, 1i, 1u, true, "string")'
+    )
+
+
+def _unescape(s: str, chars: str) -> str:
+    if "\\" not in s:
+        return s
+    return _UNESCAPE.sub(lambda m: m.group(1) if m.group(1) in chars else m.group(0), s)
+
+
+def _unescape_string(s: str) -> str:
+    inner = s[1:-1]
+    if "\\" not in inner:
+        return inner
+    return _UNESCAPE.sub(lambda m: m.group(1) if m.group(1) in '"\\' else m.group(0), inner)
+
+
+def to_points(body: bytes, precision: str, received_ms: int, labels: dict[str, str]) -> list[Point]:
+    """The stored points of a body that :func:`check` accepted."""
+    text = decode_text(body)
+    mul, div = PRECISIONS[precision]
+    # InfluxDB stamps a line without a timestamp with the server's time, truncated to the precision.
+    unit_ms = max(1, mul // div)
+    now = received_ms - received_ms % unit_ms
+    out: list[Point] = []
+    append = out.append
+    for m in _match(text)[1]:
+        mm = m.group("m")
+        if mm is None:
+            continue  # blank or comment
+        measurement = _unescape(mm, ", ")
+        tags = dict(labels)
+        for k, v in _TAG_RE.findall(m.group("tags")):
+            tags[_unescape(k, ",= ")] = _unescape(v, ",= ")
+        ts = m.group("ts")
+        t = int(ts) * mul // div if ts else now
+        for k, v in _FIELD_RE.findall(m.group("fields")):
+            c = v[0]
+            if c == '"':
+                continue  # a string: not storable as a number (counted as skipped at ingest)
+            last = v[-1]
+            if last == "i" or last == "u":
+                x = float(int(v[:-1]))
+            elif c in "tTfF":
+                x = 1.0 if v in _TRUE else 0.0
+            else:
+                x = float(v)
+            field = _unescape(k, ",= ")
+            append(Point(measurement if field == "value" else f"{measurement}_{field}", tags, t, x))
+    return out
+
+
+def string_fields(body: bytes) -> list[str]:
+    """String field values in a body (tests)."""
+    return [
+        _unescape_string(v)
+        for m in _match(decode_text(body))[1]
+        if m.group("fields")
+        for _, v in _FIELD_RE.findall(m.group("fields"))
+        if v.startswith('"')
+    ]

@@ -1,0 +1,356 @@
+"""OTLP/HTTP metrics (``ExportMetricsServiceRequest``), protobuf and JSON, with the official message
+classes from ``opentelemetry-proto``.
+
+Mapping to stored series (docs/protocols.md has the full rule):
+
+- labels: resource attributes, then ``otel.scope.name`` and the scope's attributes, then the data
+  point's attributes, a later one winning on the same key. Resource attributes ``telemetry.*``
+  (the SDK's name, language and version) are left out: they describe the exporter, and would split
+  every series at an SDK upgrade. Values become strings (bool ``true``/``false``, numbers in
+  decimal, bytes base64, arrays and maps as JSON); an empty value is no label.
+- gauge and sum points: one series ``<name>``; delta-temporality sums get ``otel.temporality=delta``.
+- histogram points: ``<name>_bucket{le=...}`` (cumulative, ``le="+Inf"`` is the count),
+  ``<name>_count``, ``<name>_sum``, ``<name>_min``, ``<name>_max`` (the last three when present);
+  exponential histograms the same, their buckets turned into cumulative ``le`` bounds.
+- summary points: ``<name>{quantile=...}``, ``<name>_count``, ``<name>_sum``.
+- time: ``time_unix_nano`` truncated to milliseconds. A point flagged "no recorded value" stores NaN
+  in ``<name>`` (or ``<name>_count``/``<name>_sum``).
+
+Data points that cannot be stored (no value, no timestamp, a malformed histogram, a metric without a
+name or data) are refused inside an accepted request, as OTLP's partial success: counted in
+``rejected_data_points`` with a message. Bounds (timestamps, label counts and sizes, bucket counts)
+refuse the whole request with 400.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+from google.protobuf import json_format, message
+from google.rpc import status_pb2  # type: ignore[import-untyped]
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
+
+from lossproof.protocol.thirdparty import (
+    MAX_BUCKETS,
+    MAX_LABEL_VALUE,
+    MAX_LABELS,
+    MAX_NAME,
+    MAX_TIME_MS,
+    BadBody,
+    Checked,
+    UnsupportedBody,
+    exp_buckets,
+    fmt_float,
+    time_error,
+)
+from lossproof.store.base import Point
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+CONTENT_TYPES = {PROTOBUF: PROTOBUF, "application/protobuf": PROTOBUF, JSON: JSON}
+NS_PER_MS = 1_000_000
+DELTA = 1  # AGGREGATION_TEMPORALITY_DELTA
+NO_RECORDED_VALUE = 1  # DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
+NAN = float("nan")
+
+
+def content_type_of(header: str) -> str:
+    ctype = CONTENT_TYPES.get(header.partition(";")[0].strip().lower())
+    if ctype is None:
+        raise UnsupportedBody(
+            f"unsupported Content-Type {header!r}: OTLP/HTTP sends application/x-protobuf or application/json"
+        )
+    return ctype
+
+
+def parse(body: bytes, ctype: str) -> Any:
+    req = ExportMetricsServiceRequest()
+    if ctype == JSON:
+        try:
+            # OTLP/JSON writes trace and span ids in hex; json_format reads bytes as base64. Ids of
+            # 16 and 32 hex digits are valid base64 too, and exemplars are not stored: no harm.
+            json_format.Parse(body, req, ignore_unknown_fields=True)
+        except json_format.ParseError as e:
+            raise BadBody(f"body is not a valid OTLP/JSON ExportMetricsServiceRequest: {e}") from None
+        except (ValueError, RecursionError, TypeError) as e:
+            raise BadBody(f"body is not valid JSON: {type(e).__name__}: {e}") from None
+        return req
+    try:
+        req.ParseFromString(body)
+    except message.DecodeError as e:
+        raise BadBody(f"body is not a valid ExportMetricsServiceRequest protobuf message: {e}") from None
+    return req
+
+
+def check(body: bytes, ctype: str) -> Checked:
+    """Decode the (decompressed) body and check its bounds. Raises BadBody."""
+    return _walk(parse(body, ctype), None)
+
+
+def to_points(body: bytes, ctype: str) -> list[Point]:
+    out: list[Point] = []
+    _walk(parse(body, ctype), out)
+    return out
+
+
+def response(checked: Checked, ctype: str) -> bytes:
+    """The 200 answer: an ExportMetricsServiceResponse, with partial success when points were refused."""
+    resp = ExportMetricsServiceResponse()
+    if checked.rejected or checked.reject_reason:
+        resp.partial_success.rejected_data_points = checked.rejected
+        resp.partial_success.error_message = checked.reject_reason
+    if ctype == JSON:
+        return json_format.MessageToJson(resp, indent=None).encode()
+    return bytes(resp.SerializeToString())
+
+
+# google.rpc.Code for the HTTP statuses we answer
+_RPC_CODE = {400: 3, 401: 16, 403: 7, 404: 5, 413: 8, 415: 3, 503: 14}
+
+
+def status(http_status: int, msg: str, ctype: str) -> bytes:
+    """An error answer: a google.rpc.Status, as the OTLP/HTTP spec asks, in the request's encoding."""
+    st = status_pb2.Status(code=_RPC_CODE.get(http_status, 2), message=msg)
+    if ctype == JSON:
+        return json_format.MessageToJson(st, indent=None).encode()
+    return bytes(st.SerializeToString())
+
+
+# -- the walk shared by check (out=None) and to_points --------------------------------------------
+
+_json = msgspec.json.Encoder()
+
+
+def _value(v: Any) -> Any:
+    k = v.WhichOneof("value")
+    if k == "string_value":
+        return v.string_value
+    if k == "bool_value":
+        return v.bool_value
+    if k == "int_value":
+        return v.int_value
+    if k == "double_value":
+        return v.double_value
+    if k == "bytes_value":
+        return base64.b64encode(v.bytes_value).decode()
+    if k == "array_value":
+        return [_value(x) for x in v.array_value.values]
+    if k == "kvlist_value":
+        return {kv.key: _value(kv.value) for kv in v.kvlist_value.values}
+    if k == "string_value_strindex":
+        return v.string_value_strindex
+    return ""
+
+
+def _label(v: Any) -> str:
+    k = v.WhichOneof("value")
+    if k == "string_value":
+        return str(v.string_value)
+    x = _value(v)
+    if isinstance(x, bool):
+        return "true" if x else "false"
+    if isinstance(x, float):
+        return fmt_float(x)
+    if isinstance(x, int | str):
+        return str(x)
+    try:
+        return _json.encode(x).decode()
+    except (TypeError, ValueError, OverflowError):  # NaN in an array: not JSON
+        return repr(x)
+
+
+def _attrs(attrs: Iterable[Any], where: str, skip_telemetry: bool = False) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for kv in attrs:
+        key = kv.key
+        if skip_telemetry and key.startswith("telemetry."):
+            continue
+        v = kv.value
+        val = v.string_value if v.WhichOneof("value") == "string_value" else _label(v)
+        if not key or len(key) > MAX_NAME:
+            raise BadBody(f"{where}: attribute key {key[:64]!r} must be 1..{MAX_NAME} characters")
+        if len(val) > MAX_LABEL_VALUE:
+            raise BadBody(
+                f"{where}: attribute {key!r} has a value of {len(val)} characters, at most {MAX_LABEL_VALUE}"
+            )
+        if val:
+            out[key] = val
+        else:
+            out.pop(key, None)
+    return out
+
+
+class _Refused(Exception):
+    """One data point cannot be stored: counted in the partial success."""
+
+
+def _walk(req: Any, out: list[Point] | None) -> Checked:
+    accepted = refused = 0
+    reason = ""
+    for r, rm in enumerate(req.resource_metrics):
+        resource = _attrs(rm.resource.attributes, f"resourceMetrics[{r}].resource", skip_telemetry=True)
+        for s, sm in enumerate(rm.scope_metrics):
+            scope = dict(resource)
+            if sm.scope.name:
+                scope["otel.scope.name"] = sm.scope.name
+            scope.update(_attrs(sm.scope.attributes, f"resourceMetrics[{r}].scopeMetrics[{s}].scope"))
+            for m, metric in enumerate(sm.metrics):
+                where = f"resourceMetrics[{r}].scopeMetrics[{s}].metrics[{m}]"
+                kind = metric.WhichOneof("data")
+                name = metric.name
+                if kind is None or not name or len(name) > MAX_NAME:
+                    refused += _count_points(metric, kind)
+                    reason = reason or f"{where}: metric without a name (or name over {MAX_NAME}) or data"
+                    continue
+                data = getattr(metric, kind)
+                extra = {}
+                if kind in ("sum", "histogram", "exponential_histogram") and (
+                    data.aggregation_temporality == DELTA
+                ):
+                    extra = {"otel.temporality": "delta"}
+                build = _POINT[kind] if out is not None else _CHECK.get(kind, _POINT[kind])
+                for i, p in enumerate(data.data_points):
+                    pwhere = f"{where}.{kind}.dataPoints[{i}]"
+                    labels = (
+                        {**scope, **_attrs(p.attributes, pwhere), **extra} if p.attributes or extra else scope
+                    )
+                    if len(labels) > MAX_LABELS:
+                        raise BadBody(
+                            f"{pwhere}: {len(labels)} labels from resource, scope and point attributes, "
+                            f"at most {MAX_LABELS}"
+                        )
+                    ns = p.time_unix_nano
+                    if ns == 0:
+                        refused += 1
+                        reason = reason or f"{pwhere}: data point without time_unix_nano"
+                        continue
+                    t = ns // NS_PER_MS
+                    if t > MAX_TIME_MS:
+                        raise time_error(pwhere, t)
+                    try:
+                        points = build(name, labels, t, p)
+                    except _Refused as e:
+                        refused += 1
+                        reason = reason or f"{pwhere}: {e}"
+                        continue
+                    except BadBody as e:
+                        raise BadBody(f"{pwhere}: {e}") from None
+                    accepted += 1
+                    if out is not None:
+                        out.extend(points)
+    return Checked(points=accepted, rejected=refused, reject_reason=_reason(refused, reason))
+
+
+def _reason(refused: int, first: str) -> str:
+    if not refused:
+        return ""
+    return f"{refused} data point(s) not stored; first: {first}"
+
+
+def _count_points(metric: Any, kind: str | None) -> int:
+    return 0 if kind is None else len(getattr(metric, kind).data_points)
+
+
+def _number(name: str, labels: dict[str, str], t: int, p: Any) -> list[Point]:
+    if p.flags & NO_RECORDED_VALUE:
+        return [Point(name, labels, t, NAN)]
+    k = p.WhichOneof("value")
+    if k == "as_double":
+        return [Point(name, labels, t, p.as_double)]
+    if k == "as_int":
+        return [Point(name, labels, t, float(p.as_int))]
+    raise _Refused("number data point without a value")
+
+
+def _stats(name: str, labels: dict[str, str], t: int, p: Any) -> list[Point]:
+    out = [Point(f"{name}_count", labels, t, float(p.count))]
+    if p.HasField("sum"):
+        out.append(Point(f"{name}_sum", labels, t, p.sum))
+    if p.HasField("min"):
+        out.append(Point(f"{name}_min", labels, t, p.min))
+    if p.HasField("max"):
+        out.append(Point(f"{name}_max", labels, t, p.max))
+    return out
+
+
+def _buckets(name: str, labels: dict[str, str], t: int, pairs: list[tuple[str, float]]) -> list[Point]:
+    bucket = f"{name}_bucket"
+    return [Point(bucket, {**labels, "le": le}, t, v) for le, v in pairs]
+
+
+def _no_value(name: str, labels: dict[str, str], t: int) -> list[Point]:
+    return [Point(f"{name}_count", labels, t, NAN), Point(f"{name}_sum", labels, t, NAN)]
+
+
+def _histogram(name: str, labels: dict[str, str], t: int, p: Any) -> list[Point]:
+    if p.flags & NO_RECORDED_VALUE:
+        return _no_value(name, labels, t)
+    bounds, counts = p.explicit_bounds, p.bucket_counts
+    if len(bounds) > MAX_BUCKETS:
+        raise BadBody(f"histogram with {len(bounds)} bucket bounds, at most {MAX_BUCKETS}")
+    if counts and len(counts) != len(bounds) + 1:
+        raise _Refused(f"histogram with {len(bounds)} bounds needs {len(bounds) + 1} bucket counts")
+    pairs: list[tuple[str, float]] = []
+    acc = 0
+    for b, c in zip(bounds, counts, strict=False):
+        acc += c
+        pairs.append((fmt_float(b), float(acc)))
+    pairs.append(("+Inf", float(p.count)))
+    return _stats(name, labels, t, p) + _buckets(name, labels, t, pairs)
+
+
+def _exponential(name: str, labels: dict[str, str], t: int, p: Any) -> list[Point]:
+    if p.flags & NO_RECORDED_VALUE:
+        return _no_value(name, labels, t)
+    if not -10 <= p.scale <= 20:
+        raise _Refused(f"exponential histogram scale {p.scale} outside -10..20")
+    pos, neg = p.positive, p.negative
+    if len(pos.bucket_counts) > MAX_BUCKETS or len(neg.bucket_counts) > MAX_BUCKETS:
+        raise BadBody(f"exponential histogram with more than {MAX_BUCKETS} buckets on a side")
+    pairs = exp_buckets(
+        p.scale,
+        p.zero_threshold,
+        float(p.zero_count),
+        [(pos.offset + i, float(c)) for i, c in enumerate(pos.bucket_counts)],
+        [(neg.offset + i, float(c)) for i, c in enumerate(neg.bucket_counts)],
+    )
+    pairs.append(("+Inf", float(p.count)))
+    return _stats(name, labels, t, p) + _buckets(name, labels, t, pairs)
+
+
+def _summary(name: str, labels: dict[str, str], t: int, p: Any) -> list[Point]:
+    if p.flags & NO_RECORDED_VALUE:
+        return _no_value(name, labels, t)
+    if len(p.quantile_values) > MAX_BUCKETS:
+        raise BadBody(f"summary with {len(p.quantile_values)} quantiles, at most {MAX_BUCKETS}")
+    out = [
+        Point(f"{name}_count", labels, t, float(p.count)),
+        Point(f"{name}_sum", labels, t, p.sum),
+    ]
+    out.extend(
+        Point(name, {**labels, "quantile": fmt_float(q.quantile)}, t, q.value) for q in p.quantile_values
+    )
+    return out
+
+
+def _check_number(name: str, labels: dict[str, str], t: int, p: Any) -> list[Point]:
+    """_number without building the point (the ingest check)."""
+    if not p.flags & NO_RECORDED_VALUE and p.WhichOneof("value") is None:
+        raise _Refused("number data point without a value")
+    return []
+
+
+_CHECK = {"gauge": _check_number, "sum": _check_number}
+_POINT = {
+    "gauge": _number,
+    "sum": _number,
+    "histogram": _histogram,
+    "exponential_histogram": _exponential,
+    "summary": _summary,
+}

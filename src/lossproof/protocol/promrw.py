@@ -1,0 +1,580 @@
+"""Prometheus remote write 1.0 (``prometheus.WriteRequest``) and 2.0 (``io.prometheus.write.v2.Request``).
+
+No maintained PyPI package carries the remote-write protobuf classes, so the message descriptors are
+built here with the protobuf runtime's descriptor API from the schema in ``proto/*.proto`` (shipped
+in the package; a test compiles those files with protoc and checks the descriptors match). The
+message classes come from the runtime's message factory, so parsing runs in protobuf's C code (upb).
+
+Mapping (see docs/protocols.md): a series' ``__name__`` label is the metric; its other labels,
+without empty-valued ones (an empty label is no label in Prometheus), are the labels. Samples keep
+their millisecond timestamps and values (NaN staleness markers and +-Inf included). A native
+histogram sample becomes ``<name>_count``, ``<name>_sum`` and cumulative ``<name>_bucket{le=...}``
+series. Exemplars and metadata are accepted and counted, not stored.
+"""
+
+from __future__ import annotations
+
+from itertools import repeat
+from operator import attrgetter, contains, getitem
+from typing import Any
+
+import cramjam
+from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory
+
+from lossproof.protocol.thirdparty import (
+    MAX_BUCKETS,
+    MAX_LABEL_VALUE,
+    MAX_LABELS,
+    MAX_NAME,
+    MAX_TIME_MS,
+    BadBody,
+    Checked,
+    UnsupportedBody,
+    exp_buckets,
+    fmt_float,
+    time_error,
+)
+from lossproof.store.base import Point
+
+# -- the schema, as descriptors --------------------------------------------------------------------
+
+_F = descriptor_pb2.FieldDescriptorProto
+_SCALAR = {
+    "double": _F.TYPE_DOUBLE,
+    "int64": _F.TYPE_INT64,
+    "uint64": _F.TYPE_UINT64,
+    "uint32": _F.TYPE_UINT32,
+    "sint32": _F.TYPE_SINT32,
+    "sint64": _F.TYPE_SINT64,
+    "string": _F.TYPE_STRING,
+    "bytes": _F.TYPE_BYTES,
+}
+
+# field: (name, number, type, "repeated" | "" | "oneof:<name>")
+# type: a scalar name, a message of the same file, or "enum:<nested enum>"
+_Fields = list[tuple[str, int, str, str]]
+
+_HISTOGRAM: _Fields = [
+    ("count_int", 1, "uint64", "oneof:count"),
+    ("count_float", 2, "double", "oneof:count"),
+    ("sum", 3, "double", ""),
+    ("schema", 4, "sint32", ""),
+    ("zero_threshold", 5, "double", ""),
+    ("zero_count_int", 6, "uint64", "oneof:zero_count"),
+    ("zero_count_float", 7, "double", "oneof:zero_count"),
+    ("negative_spans", 8, "BucketSpan", "repeated"),
+    ("negative_deltas", 9, "sint64", "repeated"),
+    ("negative_counts", 10, "double", "repeated"),
+    ("positive_spans", 11, "BucketSpan", "repeated"),
+    ("positive_deltas", 12, "sint64", "repeated"),
+    ("positive_counts", 13, "double", "repeated"),
+    ("reset_hint", 14, "enum:ResetHint", ""),
+    ("timestamp", 15, "int64", ""),
+    ("custom_values", 16, "double", "repeated"),
+]
+_BUCKET_SPAN: _Fields = [("offset", 1, "sint32", ""), ("length", 2, "uint32", "")]
+_SAMPLE: _Fields = [("value", 1, "double", ""), ("timestamp", 2, "int64", "")]
+
+V1_SCHEMA: dict[str, tuple[_Fields, dict[str, list[str]]]] = {
+    "WriteRequest": (
+        [("timeseries", 1, "TimeSeries", "repeated"), ("metadata", 3, "MetricMetadata", "repeated")],
+        {},
+    ),
+    "MetricMetadata": (
+        [
+            ("type", 1, "enum:MetricType", ""),
+            ("metric_family_name", 2, "string", ""),
+            ("help", 4, "string", ""),
+            ("unit", 5, "string", ""),
+        ],
+        {
+            "MetricType": [
+                "UNKNOWN",
+                "COUNTER",
+                "GAUGE",
+                "HISTOGRAM",
+                "GAUGEHISTOGRAM",
+                "SUMMARY",
+                "INFO",
+                "STATESET",
+            ]
+        },
+    ),
+    "Sample": (_SAMPLE, {}),
+    "Exemplar": (
+        [("labels", 1, "Label", "repeated"), ("value", 2, "double", ""), ("timestamp", 3, "int64", "")],
+        {},
+    ),
+    "Histogram": (_HISTOGRAM, {"ResetHint": ["UNKNOWN", "YES", "NO", "GAUGE"]}),
+    "BucketSpan": (_BUCKET_SPAN, {}),
+    "TimeSeries": (
+        [
+            ("labels", 1, "Label", "repeated"),
+            ("samples", 2, "Sample", "repeated"),
+            ("exemplars", 3, "Exemplar", "repeated"),
+            ("histograms", 4, "Histogram", "repeated"),
+        ],
+        {},
+    ),
+    "Label": ([("name", 1, "string", ""), ("value", 2, "string", "")], {}),
+}
+
+V2_SCHEMA: dict[str, tuple[_Fields, dict[str, list[str]]]] = {
+    "Request": ([("symbols", 4, "string", "repeated"), ("timeseries", 5, "TimeSeries", "repeated")], {}),
+    "TimeSeries": (
+        [
+            ("labels_refs", 1, "uint32", "repeated"),
+            ("samples", 2, "Sample", "repeated"),
+            ("histograms", 3, "Histogram", "repeated"),
+            ("exemplars", 4, "Exemplar", "repeated"),
+            ("metadata", 5, "Metadata", ""),
+            ("created_timestamp", 6, "int64", ""),
+        ],
+        {},
+    ),
+    "Exemplar": (
+        [
+            ("labels_refs", 1, "uint32", "repeated"),
+            ("value", 2, "double", ""),
+            ("timestamp", 3, "int64", ""),
+        ],
+        {},
+    ),
+    "Sample": (_SAMPLE, {}),
+    "Metadata": (
+        [("type", 1, "enum:MetricType", ""), ("help_ref", 3, "uint32", ""), ("unit_ref", 4, "uint32", "")],
+        {
+            "MetricType": [
+                f"METRIC_TYPE_{t}"
+                for t in (
+                    "UNSPECIFIED",
+                    "COUNTER",
+                    "GAUGE",
+                    "HISTOGRAM",
+                    "GAUGEHISTOGRAM",
+                    "SUMMARY",
+                    "INFO",
+                    "STATESET",
+                )
+            ]
+        },
+    ),
+    "Histogram": (
+        _HISTOGRAM,
+        {"ResetHint": [f"RESET_HINT_{h}" for h in ("UNSPECIFIED", "YES", "NO", "GAUGE")]},
+    ),
+    "BucketSpan": (_BUCKET_SPAN, {}),
+}
+
+
+def file_descriptor(
+    name: str,
+    package: str,
+    schema: dict[str, tuple[_Fields, dict[str, list[str]]]],
+    syntax: str = "proto3",
+) -> descriptor_pb2.FileDescriptorProto:
+    fd = descriptor_pb2.FileDescriptorProto(name=name, package=package, syntax=syntax)
+    for msg_name, (fields, enums) in schema.items():
+        m = fd.message_type.add(name=msg_name)
+        for enum_name, values in enums.items():
+            e = m.enum_type.add(name=enum_name)
+            for number, value in enumerate(values):
+                e.value.add(name=value, number=number)
+        oneofs: dict[str, int] = {}
+        for fname, number, ftype, kind in fields:
+            f = m.field.add(name=fname, number=number)
+            f.label = _F.LABEL_REPEATED if kind == "repeated" else _F.LABEL_OPTIONAL
+            if ftype == "map":  # map<string, string>
+                entry = m.nested_type.add(name=f"{fname.title()}Entry")
+                entry.options.map_entry = True
+                entry.field.add(name="key", number=1, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL)
+                entry.field.add(name="value", number=2, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL)
+                f.type = _F.TYPE_MESSAGE
+                f.type_name = f".{package}.{msg_name}.{entry.name}"
+            elif ftype in _SCALAR:
+                f.type = _SCALAR[ftype]
+            elif ftype.startswith("enum:"):
+                f.type = _F.TYPE_ENUM
+                f.type_name = f".{package}.{msg_name}.{ftype[5:]}"
+            else:
+                f.type = _F.TYPE_MESSAGE
+                f.type_name = f".{package}.{ftype}"
+            if kind.startswith("oneof:"):
+                oneof = kind[6:]
+                if oneof not in oneofs:
+                    oneofs[oneof] = len(m.oneof_decl)
+                    m.oneof_decl.add(name=oneof)
+                f.oneof_index = oneofs[oneof]
+    return fd
+
+
+_pool = descriptor_pool.DescriptorPool()
+_pool.Add(file_descriptor("prometheus_remote_write.proto", "prometheus", V1_SCHEMA))
+_pool.Add(file_descriptor("prometheus_write_v2.proto", "io.prometheus.write.v2", V2_SCHEMA))
+
+
+def _message(full_name: str) -> Any:
+    return message_factory.GetMessageClass(_pool.FindMessageTypeByName(full_name))
+
+
+WriteRequest = _message("prometheus.WriteRequest")
+RequestV2 = _message("io.prometheus.write.v2.Request")
+
+# -- content negotiation ---------------------------------------------------------------------------
+
+V1 = "prometheus.WriteRequest"
+V2 = "io.prometheus.write.v2.Request"
+VERSION_HEADER = {V1: "0.1.0", V2: "2.0.0"}
+
+
+def proto_of(content_type: str) -> str:
+    """Which message a ``Content-Type`` announces (the spec's negotiation); UnsupportedBody if none.
+
+    ``application/x-protobuf`` alone (and an absent header, as old senders do) means 1.0."""
+    media, _, params = content_type.partition(";")
+    media = media.strip().lower()
+    if media not in ("", "application/x-protobuf"):
+        raise UnsupportedBody(
+            f"unsupported Content-Type {content_type!r}: remote write sends application/x-protobuf"
+        )
+    proto = V1
+    for p in params.split(";"):
+        k, _, v = p.partition("=")
+        if k.strip().lower() == "proto":
+            proto = v.strip().strip('"')
+    if proto not in (V1, V2):
+        raise UnsupportedBody(f"unsupported remote-write message proto={proto!r}: use {V1} or {V2}")
+    return proto
+
+
+def check_encoding(encoding: str) -> None:
+    if encoding.strip().lower() not in ("", "snappy"):
+        raise UnsupportedBody(
+            f"unsupported Content-Encoding {encoding!r}: remote write bodies are snappy (block format)"
+        )
+
+
+class TooLarge(Exception):
+    pass
+
+
+def snappy_decompress(data: bytes, limit: int) -> bytes:
+    """Snappy block format, refused before any work if it announces more than ``limit`` bytes."""
+    try:
+        n = cramjam.snappy.decompress_raw_len(data)
+    except Exception as e:  # cramjam raises its own error types
+        raise BadBody(f"invalid snappy data: {e}") from None
+    if n > limit:
+        raise TooLarge(f"snappy body decompresses to {n} bytes, limit {limit}")
+    try:
+        return bytes(cramjam.snappy.decompress_raw(data))
+    except Exception as e:
+        raise BadBody(f"invalid snappy data: {e}") from None
+
+
+def parse(body: bytes, proto: str) -> Any:
+    cls = RequestV2 if proto == V2 else WriteRequest
+    try:
+        return cls.FromString(body)
+    except message.DecodeError as e:
+        raise BadBody(f"body is not a valid {proto} protobuf message: {e}") from None
+
+
+# -- validation (ingest) ---------------------------------------------------------------------------
+#
+# Checking series one by one through the message objects costs ~8 us a series in Python. After the
+# exact parse, the checks below read *views* of the same bytes, so the per-series and per-sample work
+# stays in upb's C code and C builtins (map, min, max): the body is parsed again as messages whose
+# nested fields are declared ``bytes``; joining those and parsing the result as one message merges
+# every series' labels, or every sample, into one repeated field (protobuf's rule for concatenated
+# messages), so one min()/max() sees every timestamp. The exact parse already proved each part valid.
+
+_VIEWS: dict[str, tuple[_Fields, dict[str, list[str]]]] = {
+    # the request with each series as bytes (1.0: field 1, 2.0: field 5)
+    "SeriesBlobs": ([("v1", 1, "bytes", "repeated"), ("v2", 5, "bytes", "repeated")], {}),
+    # every 1.0 series merged into one: its parts as bytes
+    "Merged": (
+        [
+            ("labels", 1, "bytes", "repeated"),
+            ("samples", 2, "bytes", "repeated"),
+            ("exemplars", 3, "bytes", "repeated"),
+            ("histograms", 4, "bytes", "repeated"),
+        ],
+        {},
+    ),
+    "MergedV2": (
+        [
+            ("samples", 2, "bytes", "repeated"),
+            ("histograms", 3, "bytes", "repeated"),
+            ("exemplars", 4, "bytes", "repeated"),
+        ],
+        {},
+    ),
+    # every label merged: all names, all values (empty strings are not on the wire)
+    "LabelsFlat": ([("name", 1, "string", "repeated"), ("value", 2, "string", "repeated")], {}),
+    # every sample merged: all timestamps (a zero timestamp is not on the wire: it is in range anyway)
+    "SamplesFlat": ([("value", 1, "double", "repeated"), ("timestamp", 2, "int64", "repeated")], {}),
+    # a 1.0 request whose series' labels are a map: duplicate names collapse, the last one winning
+    # (as in to_points)
+    "Maps": ([("timeseries", 1, "SeriesMap", "repeated")], {}),
+    "SeriesMap": ([("labels", 1, "map", "repeated")], {}),
+}
+_pool.Add(file_descriptor("lossproof_promrw_views.proto", "lossproof.promrw", _VIEWS))
+# A Sample field sent with the wrong wire type is, to protobuf, an unknown field: the sample would
+# be stored at time 0 or with value 0. These proto2 views (singular fields have presence, and do not
+# take the packed form) each read one wrong wire type of Sample's two fields.
+_WRONG_WIRE: dict[str, tuple[_Fields, dict[str, list[str]]]] = {
+    "SampleVarint": ([("value", 1, "uint64", ""), ("timestamp", 2, "fixed64", "")], {}),
+    "SampleBytes": ([("value", 1, "bytes", ""), ("timestamp", 2, "bytes", "")], {}),
+    "SampleFixed32": ([("value", 1, "fixed32", ""), ("timestamp", 2, "fixed32", "")], {}),
+}
+_SCALAR["fixed64"] = _F.TYPE_FIXED64
+_SCALAR["fixed32"] = _F.TYPE_FIXED32
+_pool.Add(file_descriptor("lossproof_promrw_wire.proto", "lossproof.promrw.wire", _WRONG_WIRE, "proto2"))
+
+
+_SeriesBlobs, _Merged, _MergedV2, _LabelsFlat, _SamplesFlat, _Maps = (
+    _message(f"lossproof.promrw.{v}")
+    for v in ("SeriesBlobs", "Merged", "MergedV2", "LabelsFlat", "SamplesFlat", "Maps")
+)
+_WRONG_WIRE_VIEWS = [_message(f"lossproof.promrw.wire.{v}") for v in _WRONG_WIRE]
+_labels_of = attrgetter("labels")
+_NAME = "__name__"
+
+
+def check(body: bytes, proto: str) -> Checked:
+    """Decode the (decompressed) body and check its bounds. Raises BadBody."""
+    req = parse(body, proto)  # exact: every part of the message is valid
+    if proto == V2:
+        return _check_v2(body, req)
+    maps = list(map(_labels_of, _Maps.FromString(body).timeseries))
+    if maps:
+        if (
+            not all(map(contains, maps, repeat(_NAME)))
+            or max(map(len, maps)) > MAX_LABELS + 1
+            or any(map(contains, maps, repeat("")))
+        ):
+            _explain_v1(req)
+        metrics = list(map(getitem, maps, repeat(_NAME)))
+        if not all(metrics) or max(map(len, metrics)) > MAX_NAME:
+            _explain_v1(req)
+    merged = _Merged.FromString(b"".join(_SeriesBlobs.FromString(body).v1))
+    # A label whose encoding is at most MAX_NAME bytes is within both bounds; longer ones are rare
+    # enough to check name by name.
+    if merged.labels and max(map(len, merged.labels)) > MAX_NAME:
+        flat = _LabelsFlat.FromString(b"".join(merged.labels))
+        if max(map(len, flat.name)) > MAX_NAME or max(map(len, flat.value), default=0) > MAX_LABEL_VALUE:
+            _explain_v1(req)
+    samples = _check_samples(merged.samples, req.timeseries)
+    histograms = _check_histograms(merged.histograms, req.timeseries)
+    return Checked(points=samples, histograms=histograms, exemplars=len(merged.exemplars))
+
+
+def _check_samples(blobs: Any, series: Any) -> int:
+    if blobs:
+        joined = b"".join(blobs)
+        for view in _WRONG_WIRE_VIEWS:
+            wrong = view.FromString(joined)
+            for f in ("value", "timestamp"):
+                if wrong.HasField(f):
+                    raise BadBody(f"a sample's {f} field has the wrong protobuf wire type")
+        times = _SamplesFlat.FromString(joined).timestamp
+        # a zero timestamp is not on the wire: fewer timestamps than samples means one is missing
+        if len(times) != len(blobs) or min(times) < 0 or max(times) > MAX_TIME_MS:
+            for i, ts in enumerate(series):
+                for s in ts.samples:
+                    if s.timestamp == 0:
+                        raise BadBody(f"timeseries[{i}]: a sample without a timestamp (or timestamp 0)")
+                    _check_times(s.timestamp, s.timestamp, f"timeseries[{i}]")
+            raise BadBody("a sample carries a malformed timestamp field")
+    return len(blobs)
+
+
+def _check_histograms(blobs: Any, series: Any) -> int:
+    if blobs:  # native histograms are rare: checked one by one
+        for i, ts in enumerate(series):
+            for j, h in enumerate(ts.histograms):
+                _check_histogram(h, f"timeseries[{i}].histograms[{j}]")
+    return len(blobs)
+
+
+def _explain_v1(req: Any) -> None:
+    """The slow path for a body that failed a bound: find the series and say what is wrong."""
+    for i, ts in enumerate(req.timeseries):
+        where = f"timeseries[{i}]"
+        for lb in ts.labels:  # every label, also a duplicate name's earlier ones
+            _check_label(lb.name, lb.value, where)
+        labels = {lb.name: lb.value for lb in ts.labels}
+        _check_labels(list(labels), list(labels.values()), where)
+    raise BadBody("a series breaks a label bound")  # not reached: one of the checks above raises
+
+
+def _check_v2(body: bytes, req: Any) -> Checked:
+    # 2.0 is rarer (Prometheus sends it only when configured to): labels are checked series by series.
+    symbols = list(req.symbols)
+    nsym = len(symbols)
+    exemplars = 0
+    for i, ts in enumerate(req.timeseries):
+        where = f"timeseries[{i}]"
+        refs = list(ts.labels_refs)
+        if len(refs) % 2 or (refs and max(refs) >= nsym):
+            raise BadBody(f"{where}: labels_refs must be pairs of indexes into the {nsym} symbols")
+        labels = {symbols[k]: symbols[v] for k, v in zip(refs[0::2], refs[1::2], strict=True)}
+        _check_labels(list(labels), list(labels.values()), where)
+        for e in ts.exemplars:
+            if len(e.labels_refs) % 2 or (e.labels_refs and max(e.labels_refs) >= nsym):
+                raise BadBody(f"{where}: exemplar labels_refs point outside the {nsym} symbols")
+            exemplars += 1
+    merged = _MergedV2.FromString(b"".join(_SeriesBlobs.FromString(body).v2))
+    samples = _check_samples(merged.samples, req.timeseries)
+    histograms = _check_histograms(merged.histograms, req.timeseries)
+    return Checked(points=samples, histograms=histograms, exemplars=exemplars)
+
+
+def _check_labels(names: list[str], values: list[str], where: str) -> None:
+    if len(names) > MAX_LABELS + 1:
+        raise BadBody(f"{where}: {len(names)} labels, at most {MAX_LABELS} besides __name__")
+    if _NAME not in names:
+        raise BadBody(f"{where}: no __name__ label (every series needs a metric name)")
+    for n, v in zip(names, values, strict=True):
+        _check_label(n, v, where)
+
+
+def _check_label(n: str, v: str, where: str) -> None:
+    if not n or len(n) > MAX_NAME:
+        raise BadBody(f"{where}: label name {n[:64]!r} must be 1..{MAX_NAME} characters")
+    if len(v) > MAX_LABEL_VALUE or (n == _NAME and not 0 < len(v) <= MAX_NAME):
+        raise BadBody(f"{where}: label {n!r} has a value of {len(v)} characters (empty or too long)")
+
+
+def _check_times(lo: int, hi: int, where: str) -> None:
+    if lo < 0:
+        raise time_error(where, lo)
+    if hi > MAX_TIME_MS:
+        raise time_error(where, hi)
+
+
+def _check_histogram(h: Any, where: str) -> None:
+    schema = h.schema
+    if not (-4 <= schema <= 8 or schema == -53):
+        raise BadBody(f"{where}: native histogram schema {schema} (valid: -4..8, -53 for custom buckets)")
+    for sign in ("positive", "negative"):
+        length = sum(s.length for s in getattr(h, f"{sign}_spans"))
+        if length > MAX_BUCKETS:
+            raise BadBody(f"{where}: {length} {sign} buckets, at most {MAX_BUCKETS}")
+        n = len(getattr(h, f"{sign}_deltas")) or len(getattr(h, f"{sign}_counts"))
+        if n != length:
+            raise BadBody(f"{where}: {sign} spans cover {length} buckets but {n} counts are given")
+    if schema == -53:
+        bounds = h.custom_values
+        if len(bounds) > MAX_BUCKETS or h.negative_spans:
+            raise BadBody(f"{where}: custom-bucket histogram with too many bounds or negative buckets")
+        top = -1
+        for s in h.positive_spans:
+            top += s.offset + s.length
+        if top > len(bounds):
+            raise BadBody(f"{where}: buckets reach past the {len(bounds)} custom bounds")
+    _check_times(h.timestamp, h.timestamp, where)
+
+
+# -- conversion (worker) ---------------------------------------------------------------------------
+
+
+def to_points(body: bytes, proto: str) -> list[Point]:
+    """The stored points of a (decompressed) body that :func:`check` accepted."""
+    req = parse(body, proto)
+    out: list[Point] = []
+    append = out.append
+    if proto == V2:
+        symbols = list(req.symbols)
+        series = []
+        for ts in req.timeseries:
+            refs = list(ts.labels_refs)
+            series.append(({symbols[k]: symbols[v] for k, v in zip(refs[0::2], refs[1::2], strict=True)}, ts))
+    else:
+        series = [({lb.name: lb.value for lb in ts.labels}, ts) for ts in req.timeseries]
+    for labels, ts in series:
+        name = labels.pop("__name__")
+        if "" in labels.values():
+            labels = {k: v for k, v in labels.items() if v}
+        for s in ts.samples:
+            append(Point(name, labels, s.timestamp, s.value))
+        for h in ts.histograms:
+            out.extend(_histogram_points(name, labels, h))
+    return out
+
+
+def _absolute(spans: Any, deltas: Any, counts: Any, shift: int) -> list[tuple[int, float]]:
+    """(bucket index, count) from spans plus deltas (integer histogram) or counts (float histogram)."""
+    idx: list[int] = []
+    i = 0
+    for s in spans:
+        i += s.offset  # the first span's offset is its start, later ones the gap since the last
+        for _ in range(s.length):
+            idx.append(i + shift)
+            i += 1
+    if deltas:
+        vals: list[float] = []
+        c = 0
+        for d in deltas:
+            c += d
+            vals.append(float(c))
+    else:
+        vals = list(counts)
+    return list(zip(idx, vals, strict=True))
+
+
+def _histogram_points(name: str, labels: dict[str, str], h: Any) -> list[Point]:
+    t = h.timestamp
+    count = float(h.count_float if h.WhichOneof("count") == "count_float" else h.count_int)
+    out = [Point(f"{name}_count", labels, t, count), Point(f"{name}_sum", labels, t, h.sum)]
+    if h.schema == -53:
+        bounds = list(h.custom_values)
+        acc = 0.0
+        pairs: list[tuple[str, float]] = []
+        for i, c in _absolute(h.positive_spans, h.positive_deltas, h.positive_counts, 0):
+            acc += c
+            if i < len(bounds):
+                pairs.append((fmt_float(bounds[i]), acc))
+    else:
+        zero = float(
+            h.zero_count_float if h.WhichOneof("zero_count") == "zero_count_float" else h.zero_count_int
+        )
+        # Prometheus bucket i is (base**(i-1), base**i]: OTLP's numbering shifted by one.
+        pairs = exp_buckets(
+            h.schema,
+            h.zero_threshold,
+            zero,
+            _absolute(h.positive_spans, h.positive_deltas, h.positive_counts, -1),
+            _absolute(h.negative_spans, h.negative_deltas, h.negative_counts, -1),
+        )
+    pairs.append(("+Inf", count))
+    bucket = f"{name}_bucket"
+    out.extend(Point(bucket, {**labels, "le": le}, t, v) for le, v in pairs)
+    return out
+
+
+def samples_written(checked: Checked) -> dict[str, str]:
+    """The 2.0 response headers: what was written (exemplars are accepted but not stored)."""
+    return {
+        "X-Prometheus-Remote-Write-Samples-Written": str(checked.points),
+        "X-Prometheus-Remote-Write-Histograms-Written": str(checked.histograms),
+        "X-Prometheus-Remote-Write-Exemplars-Written": "0",
+    }
+
+
+__all__ = [
+    "V1",
+    "V2",
+    "VERSION_HEADER",
+    "RequestV2",
+    "TooLarge",
+    "WriteRequest",
+    "check",
+    "check_encoding",
+    "parse",
+    "proto_of",
+    "samples_written",
+    "snappy_decompress",
+    "to_points",
+]

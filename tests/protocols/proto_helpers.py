@@ -1,0 +1,44 @@
+"""Helpers for the third-party protocol tests against a real `lossproof up`."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import urlencode
+
+from pipeline import HTTP, Pipeline
+
+
+def query(p: Pipeline, metric: str, **labels: str) -> list[dict[str, Any]]:
+    params = [("metric", metric), ("from", "0"), ("to", "4102444800000")]
+    params += [("label", f"{k}:{v}") for k, v in labels.items()]
+    status, body = p.get(f"/v1/query?{urlencode(params)}")
+    assert status == 200, body
+    return body["series"]  # type: ignore[no-any-return]
+
+
+def wait_points(p: Pipeline, metric: str, n: int, timeout: float = 30, **labels: str) -> list[dict[str, Any]]:
+    """Wait until the series of ``metric`` hold at least ``n`` points in all; returns the series."""
+    deadline = time.monotonic() + timeout
+    series: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        series = query(p, metric, **labels)
+        if sum(len(s["points"]) for s in series) >= n:
+            return series
+        time.sleep(0.1)
+    raise AssertionError(f"{metric}: fewer than {n} points after {timeout}s: {series}")
+
+
+def post(p: Pipeline, path: str, body: bytes, headers: dict[str, str]) -> Any:
+    return HTTP.request("POST", p.url + path, body=body, headers=headers)
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples whose labels include ``labels`` in Prometheus text format."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
