@@ -247,6 +247,13 @@ def bench() -> None:
     help="The pipeline's data dir: the disk speed is measured there (default: a temp dir).",
 )
 @click.option("--spawn", is_flag=True, help="Start a fresh `lossproof up` in a temp dir and benchmark it.")
+@click.option(
+    "--protocol",
+    type=click.Choice(["native", "prom-rw", "otlp", "influx"]),
+    default="native",
+    show_default=True,
+    help="Endpoint to drive; third-party protocols use --agents clients of --points-per-report samples.",
+)
 def bench_ingest(
     url: str,
     api_key: str | None,
@@ -256,30 +263,31 @@ def bench_ingest(
     encoding: str,
     data_dir: Path | None,
     spawn: bool,
+    protocol: str,
 ) -> None:
     """Acked points/s, ack latency, worker points/s, end-to-end delay, vs the disk's own speed."""
     import tempfile
 
-    from lossproof.bench.ingest import run_bench
+    from lossproof.bench.ingest import run_bench, run_protocol_bench
     from lossproof.bench.spawn import spawned_pipeline
 
     def progress(msg: str) -> None:
         click.echo(f"  {msg}", err=True)
 
+    def go(url: str, key: str, disk_dir: Path) -> list[str]:
+        if protocol != "native":
+            return run_protocol_bench(url, key, protocol, agents, points_per_report, duration, progress)
+        return run_bench(url, key, agents, points_per_report, duration, encoding, disk_dir, progress)
+
     with tempfile.TemporaryDirectory(prefix="lossproof-bench-") as tmp:
-        disk_dir = data_dir or Path(tmp)
         if spawn:
             with spawned_pipeline(Path(tmp) / "data") as (url, api_key):
-                lines = run_bench(
-                    url, api_key, agents, points_per_report, duration, encoding, Path(tmp) / "data", progress
-                )
+                lines = go(url, api_key, Path(tmp) / "data")
         else:
             if not api_key:
                 raise click.ClickException("--api-key (or LOSSPROOF_API_KEY) is required without --spawn")
             try:
-                lines = run_bench(
-                    url, api_key, agents, points_per_report, duration, encoding, disk_dir, progress
-                )
+                lines = go(url, api_key, data_dir or Path(tmp))
             except OSError as e:
                 raise click.ClickException(f"cannot reach the pipeline at {url}: {e}") from None
     for line in lines:

@@ -135,6 +135,34 @@ def _wait_drained(url: str, target_points: float, timeout: float) -> float:
     return math.inf
 
 
+def run_protocol_bench(
+    url: str,
+    key: str,
+    protocol: str,
+    clients: int,
+    samples: int,
+    duration: float,
+    progress: Callable[[str], None],
+) -> list[str]:
+    """Acked samples/s through a third-party endpoint, and what the worker stored meanwhile."""
+    from lossproof.bench.protocols import drive
+
+    before = scrape(url)
+    stored_before = total(before, "lossproof_worker_points_total")
+    progress(f"{protocol}: {clients} clients, {samples} samples/request, {duration:.0f}s …")
+    res = asyncio.run(drive(url, key, protocol, clients, samples, duration))
+    drain = _wait_drained(url, stored_before + res.acked_samples, timeout=max(60.0, duration * 10))
+    stored = total(scrape(url), "lossproof_worker_points_total") - stored_before
+    busy = res.seconds + (drain if math.isfinite(drain) else 0)
+    return [
+        f"{protocol}: {clients} clients, {samples} samples/request, {res.seconds:.1f}s",
+        f"acked: {res.acked_samples / res.seconds:,.0f} samples/s; ack latency p50 "
+        f"{res.quantile(0.5) * 1e3:.1f} ms, p99 {res.quantile(0.99) * 1e3:.1f} ms",
+        f"errors: {res.errors or 'none'}",
+        f"worker decode+store: {stored / busy:,.0f} samples/s (drained {drain:.1f}s after load stopped)",
+    ]
+
+
 def run_bench(
     url: str,
     key: str,
