@@ -1,0 +1,1 @@
+"""Collectors: where the agent's points come from (host metrics, StatsD; ``Agent.record`` in-process)."""

@@ -1,0 +1,141 @@
+"""The agent's typed configuration, loaded from a TOML file (``lossproof agent --config agent.toml``).
+
+A bad file is a :class:`~lossproof.config.ConfigError` whose message is one line naming the file and
+the key, e.g. ``agent.toml: max_in_flight: Input should be greater than or equal to 1``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lossproof.config import ConfigError
+
+MiB = 2**20
+GiB = 2**30
+
+
+def _check_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    return url.rstrip("/")
+
+
+class AgentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    agent_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=256)
+    # The key itself, or the name of an environment variable holding it (keeps secrets out of files).
+    api_key: str | None = Field(default=None, min_length=1)
+    api_key_env: str | None = Field(default=None, min_length=1)
+    primary_url: str
+    fallback_urls: list[str] = Field(default_factory=list)
+    spool_dir: Path = Path("lossproof-agent-spool")
+
+    interval_seconds: float = Field(default=10.0, gt=0, le=3600)
+    # Upper bound on a single report; a busier interval is cut into several reports.
+    max_points_per_report: int = Field(default=10_000, ge=1, le=1_000_000)
+
+    # Unacknowledged data kept on disk; beyond it the oldest unacked reports are dropped (and reported).
+    max_spool_bytes: int = Field(default=256 * MiB, ge=4096)
+    # Acknowledged reports stay this long / this much for replays the server asks for.
+    replay_window_seconds: float = Field(default=6 * 3600.0, ge=0)
+    replay_window_bytes: int = Field(default=1 * GiB, ge=0)
+    spool_segment_bytes: int = Field(default=8 * MiB, ge=4096)
+
+    max_batch_bytes: int = Field(default=4 * MiB, ge=1024)
+    max_batch_reports: int = Field(default=500, ge=1)
+    max_in_flight: int = Field(default=2, ge=1, le=64)
+    compression: Literal["zstd", "gzip", "identity"] = "zstd"
+    request_timeout_seconds: float = Field(default=30.0, gt=0)
+    backoff_initial_seconds: float = Field(default=0.5, gt=0)
+    backoff_max_seconds: float = Field(default=30.0, gt=0)
+
+    fallback_after_seconds: float = Field(default=30.0, ge=0)
+    probe_interval_seconds: float = Field(default=10.0, gt=0)
+
+    statsd_port: int = Field(default=8125, ge=0, le=65535)
+    metrics_port: int = Field(default=9431, ge=0, le=65535)
+    labels: dict[str, str] = Field(default_factory=lambda: {"host": socket.gethostname()})
+    collect_host: bool = True
+    # How long `stop()` keeps sending what is pending before it exits (it stays in the spool anyway).
+    shutdown_drain_seconds: float = Field(default=5.0, ge=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    _primary = field_validator("primary_url")(_check_url)
+
+    @field_validator("fallback_urls")
+    @classmethod
+    def _fallbacks(cls, v: list[str]) -> list[str]:
+        return [_check_url(u) for u in v]
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        if len(v) > 32:
+            raise ValueError("at most 32 agent labels (a point may carry 64 in all)")
+        for k, val in v.items():
+            if not k or len(k) > 1024 or len(val) > 4096:
+                raise ValueError(f"label {k!r}: name must be 1-1024 characters, value at most 4096")
+        return v
+
+    @model_validator(mode="after")
+    def _key_source(self) -> AgentConfig:
+        if (self.api_key is None) == (self.api_key_env is None):
+            raise ValueError("set exactly one of api_key and api_key_env")
+        return self
+
+    def key(self, env: Mapping[str, str] | None = None) -> str:
+        """The API key, from the file or the environment variable it names."""
+        if self.api_key is not None:
+            return self.api_key
+        env = os.environ if env is None else env
+        assert self.api_key_env is not None
+        value = env.get(self.api_key_env, "")
+        if not value:
+            raise ConfigError(f"api_key_env: environment variable {self.api_key_env} is not set")
+        return value
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif first["type"] == "missing":
+        msg = "required key is missing"
+    msg = msg.removeprefix("Value error, ")
+    # whole-file checks (e.g. "set exactly one of api_key and api_key_env") name their keys themselves
+    return f"{source}: {where}: {msg}" if where else f"{source}: {msg}"
+
+
+def load_config(path: Path, env: Mapping[str, str] | None = None) -> AgentConfig:
+    """Load and validate an agent config file; relative ``spool_dir`` is relative to the file."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    try:
+        cfg = AgentConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, str(path))) from None
+    if not cfg.spool_dir.is_absolute():
+        cfg.spool_dir = path.parent / cfg.spool_dir
+    try:
+        cfg.key(env)  # a missing key is a config error now, not a 401 loop later
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return cfg

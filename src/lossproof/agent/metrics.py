@@ -1,0 +1,158 @@
+"""The agent's own metrics (Prometheus text on ``/metrics``) and ``/healthz``, on 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from lossproof.agent.spool import SpoolStats
+
+
+def reason_kind(reason: str) -> str:
+    """Drop reasons as a metric label: ``rejected: <server message>`` would have unbounded values."""
+    return reason.split(":", 1)[0]
+
+
+class AgentMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.reports_created = Counter(
+            "lossproof_agent_reports_created", "Reports written to the spool.", registry=r
+        )
+        self.points = Counter("lossproof_agent_points", "Points put into reports.", registry=r)
+        self.acked = Counter(
+            "lossproof_agent_reports_acked",
+            "Pending reports acknowledged durable, by where they went.",
+            ["destination"],
+            registry=r,
+        )
+        self.replayed = Counter(
+            "lossproof_agent_reports_replayed",
+            "Reports sent again from the replay window because the server asked.",
+            registry=r,
+        )
+        self.dropped = Counter(
+            "lossproof_agent_reports_dropped",
+            "Reports given up on (and reported to the server as dropped), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.requests = Counter(
+            "lossproof_agent_requests",
+            "Requests sent, by destination and HTTP status (0: no answer).",
+            ["destination", "status"],
+            registry=r,
+        )
+        self.send_errors = Counter(
+            "lossproof_agent_send_errors",
+            "Requests not answered 200, by status ('connection' when there was no answer).",
+            ["status"],
+            registry=r,
+        )
+        self.destination = Gauge(
+            "lossproof_agent_destination",
+            "1 for where requests go now (primary or fallback), else 0.",
+            ["destination"],
+            registry=r,
+        )
+        self.spool_errors = Counter(
+            "lossproof_agent_spool_errors", "Reports that could not be written to the spool.", registry=r
+        )
+        self.points_dropped = Counter(
+            "lossproof_agent_points_dropped",
+            "Points that never got into a report because the spool could not be written for long.",
+            registry=r,
+        )
+        self.statsd_lines = Counter("lossproof_agent_statsd_lines", "StatsD lines accepted.", registry=r)
+        self.statsd_malformed = Counter(
+            "lossproof_agent_statsd_malformed", "StatsD lines ignored because they are malformed.", registry=r
+        )
+        self.record_errors = Counter(
+            "lossproof_agent_collect_errors", "Collector failures, by collector.", ["collector"], registry=r
+        )
+        self.destination.labels("primary").set(1)
+        self.destination.labels("fallback").set(0)
+
+    def watch_spool(self, stats: Callable[[], SpoolStats]) -> None:
+        self.registry.register(_SpoolCollector(stats))
+
+    def set_destination(self, kind: str) -> None:
+        self.destination.labels("primary").set(1 if kind == "primary" else 0)
+        self.destination.labels("fallback").set(1 if kind == "fallback" else 0)
+
+
+class _SpoolCollector(Collector):
+    """Spool gauges computed at scrape time from the spool itself, so they can never drift."""
+
+    def __init__(self, stats: Callable[[], SpoolStats]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._stats()
+        b = GaugeMetricFamily("lossproof_agent_spool_bytes", "Spool bytes on disk.", labels=["state"])
+        b.add_metric(["pending"], s.pending_bytes)
+        b.add_metric(["window"], s.window_bytes)
+        yield b
+        n = GaugeMetricFamily("lossproof_agent_spool_reports", "Reports in the spool.", labels=["state"])
+        n.add_metric(["pending"], s.pending_reports)
+        n.add_metric(["window"], s.window_reports)
+        yield n
+        age = time.time() - s.oldest_pending_ms / 1000 if s.oldest_pending_ms else 0.0
+        yield GaugeMetricFamily(
+            "lossproof_agent_oldest_pending_age_seconds",
+            "Age of the oldest unacknowledged report (0 when none).",
+            value=max(0.0, age),
+        )
+        yield GaugeMetricFamily("lossproof_agent_last_seq", "Highest seq handed out.", value=s.last_seq)
+        yield GaugeMetricFamily("lossproof_agent_spool_segments", "Spool segment files.", value=s.segments)
+
+
+class MetricsServer:
+    """``GET /metrics`` and ``GET /healthz`` in a background thread."""
+
+    def __init__(
+        self, port: int, registry: CollectorRegistry, health: Callable[[], tuple[bool, dict[str, Any]]]
+    ) -> None:
+        registry_ = registry
+        health_ = health
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, generate_latest(registry_), "text/plain; version=0.0.4; charset=utf-8")
+                elif path == "/healthz":
+                    ok, body = health_()
+                    self._send(200 if ok else 503, json.dumps(body).encode(), "application/json")
+                else:
+                    self._send(404, b'{"error": "not found: use /metrics or /healthz"}', "application/json")
+
+            def _send(self, status: int, body: bytes, ctype: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # one line per scrape is noise
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self._server.daemon_threads = True
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, name="agent-metrics", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

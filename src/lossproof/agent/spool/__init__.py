@@ -1,0 +1,23 @@
+"""The agent's durable on-disk spool (format in :mod:`.format`)."""
+
+from lossproof.agent.spool.spool import (
+    DAMAGED,
+    SPOOL_FULL,
+    WINDOW_EXPIRED,
+    Recovery,
+    Spool,
+    SpoolError,
+    SpoolLimits,
+    SpoolStats,
+)
+
+__all__ = [
+    "DAMAGED",
+    "SPOOL_FULL",
+    "WINDOW_EXPIRED",
+    "Recovery",
+    "Spool",
+    "SpoolError",
+    "SpoolLimits",
+    "SpoolStats",
+]

@@ -1,0 +1,84 @@
+"""The spool's small durable state: what was acknowledged, what was given up on, and the floor.
+
+File ``state``: ``b"LPST"``, crc32 of the body (u32), body length (u32), then the body (msgpack).
+It is replaced atomically (write a temp file, fsync, rename, fsync the directory), so a crash leaves
+the old or the new state, never a mix.
+
+Losing an acknowledgement costs only a harmless resend (the server stores a seq once), so acks could
+be written lazily; losing a *drop* would be a silent loss, so a drop is always written before the
+data it covers may be deleted.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import msgspec
+
+from lossproof.agent.ranges import SeqRange, Tagged
+from lossproof.agent.spool.format import fsync_dir
+
+MAGIC = b"LPST"
+NAME = "state"
+# The dropped history only serves replay requests for old seqs; past this many ranges the oldest go.
+MAX_DROPPED_RANGES = 10_000
+
+
+class StateError(Exception):
+    pass
+
+
+class SpoolState(msgspec.Struct):
+    version: int = 1
+    # Every seq below ``floor`` is resolved (acknowledged or dropped) and may be gone from disk.
+    floor: int = 1
+    # Acknowledged seqs at or above the floor.
+    acked: list[SeqRange] = msgspec.field(default_factory=list)
+    # Every seq given up on, with why (answers later replay requests with the original reason).
+    dropped: list[Tagged] = msgspec.field(default_factory=list)
+    # Dropped ranges not yet carried by a request that a 200 answered.
+    unreported: list[Tagged] = msgspec.field(default_factory=list)
+    # Segment id -> unix ms when its last pending report was acknowledged: the replay window's start.
+    acked_at: dict[int, int] = msgspec.field(default_factory=dict)
+
+
+_enc = msgspec.msgpack.Encoder()
+_dec = msgspec.msgpack.Decoder(SpoolState)
+
+
+def load(directory: Path) -> SpoolState | None:
+    """The stored state, or None if there is none yet. A damaged file is a :class:`StateError`."""
+    try:
+        data = (directory / NAME).read_bytes()
+    except FileNotFoundError:
+        return None
+    if len(data) < 12 or data[:4] != MAGIC:
+        raise StateError(f"{directory / NAME}: not a spool state file")
+    crc, length = struct.unpack_from("<II", data, 4)
+    body = data[12 : 12 + length]
+    if len(body) != length or zlib.crc32(body) != crc:
+        raise StateError(f"{directory / NAME}: checksum mismatch")
+    try:
+        return _dec.decode(body)
+    except msgspec.DecodeError as e:
+        raise StateError(f"{directory / NAME}: {e}") from None
+
+
+def save(directory: Path, st: SpoolState) -> None:
+    if len(st.dropped) > MAX_DROPPED_RANGES:
+        st.dropped = st.dropped[-MAX_DROPPED_RANGES:]
+    body = _enc.encode(st)
+    tmp = directory / (NAME + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        data = memoryview(MAGIC + struct.pack("<II", zlib.crc32(body), len(body)) + body)
+        while data:
+            data = data[os.write(fd, data) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, directory / NAME)
+    fsync_dir(directory)

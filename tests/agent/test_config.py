@@ -1,0 +1,74 @@
+"""A bad agent config is one line naming the file and the key, a non-zero exit, and no traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent.agent_harness import agent_argv
+from lossproof.agent.config import load_config
+from lossproof.config import ConfigError
+
+GOOD = 'api_key = "k"\nprimary_url = "http://127.0.0.1:8080"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (GOOD + "max_in_flight = 'two'\n", "max_in_flight"),
+        (GOOD + "max_in_flight = 0\n", "max_in_flight"),
+        (GOOD + "fallback_url = 'http://x'\n", "fallback_url: unknown key"),
+        (GOOD + "fallback_urls = ['ftp://x']\n", "fallback_urls"),
+        (GOOD + "statsd_port = 70000\n", "statsd_port"),
+        (GOOD + "compression = 'lz4'\n", "compression"),
+        (GOOD + "[labels]\nhost = 3\n", "labels.host"),
+        ('api_key = "k"\n', "primary_url: required key is missing"),
+        ('api_key = "k"\nprimary_url = "localhost:8080"\n', "primary_url"),
+        ('primary_url = "http://a"\n', "api_key"),
+        ('primary_url = "http://a"\napi_key_env = "LOSSPROOF_TEST_SURELY_UNSET"\n', "api_key_env"),
+        (GOOD + "interval_seconds = \n", "invalid TOML"),
+    ],
+)
+def test_bad_config_cli(tmp_path: Path, text: str, needle: str) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    env = {k: v for k, v in os.environ.items() if k != "LOSSPROOF_TEST_SURELY_UNSET"}
+    r = subprocess.run(agent_argv(path), capture_output=True, text=True, timeout=30, env=env)
+    assert r.returncode != 0
+    err = r.stderr.strip()
+    assert "Traceback" not in err, err
+    assert len(err.splitlines()) == 1, err
+    assert needle in err and str(path) in err, err
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    r = subprocess.run(agent_argv(tmp_path / "nope.toml"), capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "nope.toml: not found" in r.stderr
+
+
+def test_good_config_and_relative_spool_dir(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(GOOD + 'agent_id = "X"\nspool_dir = "sp"\n')
+    cfg = load_config(path)
+    assert cfg.spool_dir == tmp_path / "sp"
+    assert cfg.agent_id == "X"
+    path.write_text('api_key_env = "MY_KEY"\nprimary_url = "http://a/"\n')
+    assert load_config(path, env={"MY_KEY": "secret"}).key({"MY_KEY": "secret"}) == "secret"
+    assert load_config(path, env={"MY_KEY": "secret"}).primary_url == "http://a"
+    with pytest.raises(ConfigError, match="MY_KEY is not set"):
+        load_config(path, env={})
+
+
+def test_spool_in_use_is_a_one_line_error(tmp_path: Path) -> None:
+    from lossproof.agent.spool import Spool
+
+    path = tmp_path / "agent.toml"
+    path.write_text(GOOD + "spool_dir = 'sp'\nstatsd_port = 0\nmetrics_port = 0\n")
+    with Spool(tmp_path / "sp"):
+        r = subprocess.run(agent_argv(path), capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "in use by another agent" in r.stderr.strip().splitlines()[-1]

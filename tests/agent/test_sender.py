@@ -1,0 +1,175 @@
+"""The sender against a scripted server: 413 splits, 400 drops only the culprit (with the server's
+reason), 401 keeps everything spooled, Retry-After is honoured, at most max_in_flight requests, and
+the agent's /metrics and /healthz say what is going on."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.agent_harness import HTTP, Received, StandIn, free_port, scrape, wait_for
+from lossproof.agent import Agent, AgentConfig
+
+Answer = tuple[int, dict[str, Any], dict[str, str]]
+
+
+def ok(req: Received) -> Answer:
+    return 200, {"acked": [[s, s] for s in req.seqs], "replay": []}, {}
+
+
+def _config(tmp_path: Path, url: str, **over: Any) -> AgentConfig:
+    values: dict[str, Any] = {
+        "agent_id": "sender-test",
+        "api_key": "k",
+        "primary_url": url,
+        "spool_dir": tmp_path / "spool",
+        "interval_seconds": 3600,
+        "statsd_port": 0,
+        "metrics_port": 0,
+        "collect_host": False,
+        "backoff_initial_seconds": 0.05,
+        "backoff_max_seconds": 0.5,
+    }
+    values.update(over)
+    return AgentConfig(**values)
+
+
+def _reports(agent: Agent, n: int) -> list[int]:
+    out = []
+    for i in range(n):
+        agent.record("s.v", float(i))
+        out += agent.flush()
+    return out
+
+
+def _drained(agent: Agent) -> bool:
+    s = agent.spool
+    return s is not None and s.stats().pending_reports == 0 and not s.unreported_drops()
+
+
+def test_413_splits_the_batch_until_it_fits(tmp_path: Path) -> None:
+    state = {"up": False}
+
+    def policy(srv: StandIn, req: Received) -> Answer:
+        if not state["up"]:
+            return 503, {"error": "down"}, {}
+        if len(req.seqs) > 2:
+            return 413, {"error": "body larger than server.max_body_bytes"}, {}
+        return ok(req)
+
+    srv = StandIn(policy).start()
+    try:
+        with Agent(_config(tmp_path, srv.url)) as agent:
+            seqs = _reports(agent, 12)
+            state["up"] = True
+            wait_for(lambda: _drained(agent), 20, "all acknowledged")
+            assert agent.spool is not None and agent.spool.dropped() == []
+    finally:
+        srv.stop()
+    statuses = [r.status for r in srv.snapshot()]
+    assert 413 in statuses and srv.acked_seqs() == set(seqs)
+
+
+def test_400_drops_only_the_refused_report_with_the_reason(tmp_path: Path) -> None:
+    state = {"up": False}
+
+    def policy(srv: StandIn, req: Received) -> Answer:
+        if not state["up"]:
+            return 503, {"error": "wait"}, {}
+        if 7 in req.seqs:
+            return 400, {"error": "Expected `float`, got `str` - at `$.reports[0].points[0].v`"}, {}
+        return ok(req)
+
+    srv = StandIn(policy).start()
+    try:
+        with Agent(_config(tmp_path, srv.url)) as agent:
+            seqs = _reports(agent, 10)
+            state["up"] = True  # one batch of 10, split until seq 7 is alone
+            wait_for(lambda: _drained(agent), 20, "all resolved")
+            assert agent.spool is not None
+            (a, b, why), *rest = agent.spool.dropped()
+            assert (a, b) == (7, 7) and not rest
+            assert why.startswith("rejected: 400 ") and "$.reports[0].points[0].v" in why
+    finally:
+        srv.stop()
+    assert srv.acked_seqs() == set(seqs) - {7}
+    assert [(a, b) for a, b, _ in srv.reported_drops()] == [(7, 7)]
+
+
+def test_401_keeps_reports_spooled_and_retries(tmp_path: Path) -> None:
+    start = time.monotonic()
+
+    def policy(srv: StandIn, req: Received) -> Answer:
+        if time.monotonic() - start < 1.5:
+            return 401, {"error": "missing or unknown API key"}, {"WWW-Authenticate": "Bearer"}
+        return ok(req)
+
+    srv = StandIn(policy).start()
+    try:
+        with Agent(_config(tmp_path, srv.url, metrics_port=free_port())) as agent:
+            seqs = _reports(agent, 3)
+            wait_for(lambda: any(r.status == 401 for r in srv.snapshot()), 5, "a 401")
+            assert agent.spool is not None and agent.spool.stats().pending_reports == 3
+            assert agent.metrics_port is not None
+            m = scrape(agent.metrics_port)
+            assert m['lossproof_agent_send_errors_total{status="401"}'] >= 1
+            wait_for(lambda: _drained(agent), 20, "delivery once the key works")
+    finally:
+        srv.stop()
+    assert srv.acked_seqs() == set(seqs)
+    # slow retries: not a tight loop of 401s
+    assert sum(r.status == 401 for r in srv.snapshot()) <= 6
+
+
+def test_retry_after_is_honoured(tmp_path: Path) -> None:
+    def policy(srv: StandIn, req: Received) -> Answer:
+        if len(srv.requests) == 0:
+            return 503, {"error": "busy"}, {"Retry-After": "2"}
+        return ok(req)
+
+    srv = StandIn(policy).start()
+    try:
+        with Agent(_config(tmp_path, srv.url)) as agent:
+            _reports(agent, 1)
+            wait_for(lambda: _drained(agent), 10, "delivery")
+    finally:
+        srv.stop()
+    first, second = srv.snapshot()[:2]
+    assert first.status == 503 and second.status == 200
+    assert second.at - first.at >= 1.9
+
+
+def test_at_most_max_in_flight_requests(tmp_path: Path) -> None:
+    srv = StandIn(lambda s, r: ok(r), delay=0.3).start()
+    try:
+        with Agent(_config(tmp_path, srv.url, max_in_flight=2, max_batch_reports=1)) as agent:
+            _reports(agent, 10)
+            wait_for(lambda: _drained(agent), 20, "delivery")
+    finally:
+        srv.stop()
+    assert srv.max_concurrent == 2
+
+
+def test_metrics_and_healthz(tmp_path: Path) -> None:
+    srv = StandIn(lambda s, r: ok(r)).start()
+    try:
+        with Agent(_config(tmp_path, srv.url, metrics_port=free_port())) as agent:
+            _reports(agent, 3)
+            wait_for(lambda: _drained(agent), 10, "delivery")
+            port = agent.metrics_port
+            assert port is not None
+            m = scrape(port)
+            assert m['lossproof_agent_destination{destination="primary"}'] == 1
+            assert m['lossproof_agent_destination{destination="fallback"}'] == 0
+            assert m['lossproof_agent_reports_acked_total{destination="primary"}'] == 3
+            assert m['lossproof_agent_spool_reports{state="pending"}'] == 0
+            assert m['lossproof_agent_spool_reports{state="window"}'] == 3
+            assert m["lossproof_agent_oldest_pending_age_seconds"] == 0
+            assert m["lossproof_agent_last_seq"] == 3
+            r = HTTP.request("GET", f"http://127.0.0.1:{port}/healthz")
+            body = json.loads(r.data)
+            assert r.status == 200 and body["destination"] == "primary" and body["last_seq"] == 3
+    finally:
+        srv.stop()
