@@ -16,7 +16,10 @@ from lossproof.worker.loop import Worker
 
 def _record(agent: str, seq: int, t: int) -> bytes:
     body = json.dumps(
-        {"agent": agent, "reports": [{"seq": seq, "points": [{"metric": "m", "labels": {}, "t": t, "v": 1.0}]}]}
+        {
+            "agent": agent,
+            "reports": [{"seq": seq, "points": [{"metric": "m", "labels": {}, "t": t, "v": 1.0}]}],
+        }
     ).encode()
     env = native.Envelope(1, "default", "native", native.JSON, "", 0, agent, [(seq, seq)], body)
     return native.encode_envelope(env)
