@@ -30,8 +30,10 @@ Tenancy
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Protocol
 
 import msgspec
@@ -173,6 +175,54 @@ class Series:
     points: list[tuple[int, float]]
 
 
+MATCH_OPS = ("=", "!=", "=~", "!~")
+
+
+@lru_cache(maxsize=1024)
+def _anchored(pattern: str) -> re.Pattern[str]:
+    return re.compile(f"(?:{pattern})", re.DOTALL)
+
+
+@dataclass(frozen=True, slots=True)
+class Matcher:
+    """A label matcher as in PromQL: ``name`` is a label name or ``__name__`` (the metric name); ``op``
+    one of ``=``, ``!=``, ``=~``, ``!~``; regexes are anchored at both ends. A series without the label
+    has the empty string for it (``{dc=""}`` matches series without ``dc``), as in Prometheus."""
+
+    name: str
+    op: str
+    value: str
+
+    def __post_init__(self) -> None:
+        if self.op not in MATCH_OPS:
+            raise ValueError(f"matcher operator {self.op!r} is not one of {', '.join(MATCH_OPS)}")
+        if self.op in ("=~", "!~"):
+            _anchored(self.value)  # raises re.error on a bad pattern
+
+    def matches(self, value: str) -> bool:
+        if self.op == "=":
+            return value == self.value
+        if self.op == "!=":
+            return value != self.value
+        hit = _anchored(self.value).fullmatch(value) is not None
+        return hit if self.op == "=~" else not hit
+
+
+def matches_all(matchers: Sequence[Matcher], metric: str, labels: dict[str, str]) -> bool:
+    """Whether the series ``metric{labels}`` satisfies every matcher."""
+    return all(m.matches(metric if m.name == "__name__" else labels.get(m.name, "")) for m in matchers)
+
+
+@dataclass(frozen=True, slots=True)
+class SteppedSeries:
+    """One series sampled on a grid: ``samples[k]`` is the latest point ``(t, v)`` with
+    ``T - window < t <= T`` for ``T = start + k * step``, or None when there is none."""
+
+    metric: str
+    labels: dict[str, str]
+    samples: list[tuple[int, float] | None]
+
+
 class Store(abc.ABC):
     """Points, the ledger, dead letters and log gaps. One instance per process; not thread-safe."""
 
@@ -202,6 +252,66 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def log_gaps(self) -> list[LogGap]: ...
+
+    # --- reads for the query API and the dashboard (PromQL selectors) ----------------------------
+
+    @abc.abstractmethod
+    def series(self, tenant: str, matchers: Sequence[Matcher]) -> list[tuple[str, dict[str, str]]]:
+        """``(metric, labels)`` of every series of ``tenant`` matching all ``matchers`` (see
+        :class:`Matcher`), whatever the time of its points, sorted by metric then labels. No matchers:
+        every series of the tenant."""
+
+    def metric_names(self, tenant: str) -> list[str]:
+        """The distinct metric names of the tenant's series, sorted. This default goes through
+        :meth:`series`; a backend may read an index instead."""
+        return sorted({metric for metric, _ in self.series(tenant, [])})
+
+    def select(self, tenant: str, matchers: Sequence[Matcher], from_ms: int, to_ms: int) -> list[Series]:
+        """The points with ``from_ms <= t <= to_ms`` of every series matching all ``matchers``, in t
+        order; series without a point in the range are left out. Sorted like :meth:`series`.
+
+        This default answers through :meth:`series` and :meth:`query`; a backend may do better."""
+        out: list[Series] = []
+        for metric, labels in self.series(tenant, matchers):
+            for s in self.query(tenant, metric, from_ms, to_ms, labels):
+                if s.labels == labels and s.points:
+                    out.append(s)
+        return out
+
+    def select_last(
+        self,
+        tenant: str,
+        matchers: Sequence[Matcher],
+        start_ms: int,
+        end_ms: int,
+        step_ms: int,
+        window_ms: int,
+    ) -> list[SteppedSeries]:
+        """Each matching series sampled at ``T = start_ms + k * step_ms`` for every ``T <= end_ms``:
+        the latest point with ``T - window_ms < t <= T`` (PromQL's instant-vector lookup with a
+        lookback of ``window_ms``; a chart at one step per pixel uses ``window_ms = step_ms``, so
+        that a pixel without any point is a hole). Series without any sample are left out.
+
+        It reads about one point per step and series rather than every point, so a chart's cost
+        follows its width, not the data's density. This default reads every point via
+        :meth:`select`; a backend should answer with one index seek per step and series."""
+        if step_ms <= 0 or window_ms <= 0:
+            raise ValueError("step_ms and window_ms must be positive")
+        n = (end_ms - start_ms) // step_ms + 1 if end_ms >= start_ms else 0
+        out: list[SteppedSeries] = []
+        for s in self.select(tenant, matchers, start_ms - window_ms + 1, start_ms + (n - 1) * step_ms):
+            samples: list[tuple[int, float] | None] = [None] * n
+            pts = s.points
+            j = 0
+            for k in range(n):
+                at = start_ms + k * step_ms
+                while j < len(pts) and pts[j][0] <= at:
+                    j += 1
+                if j and pts[j - 1][0] > at - window_ms:
+                    samples[k] = pts[j - 1]
+            if any(x is not None for x in samples):
+                out.append(SteppedSeries(s.metric, s.labels, samples))
+        return out
 
     @abc.abstractmethod
     def close(self) -> None: ...

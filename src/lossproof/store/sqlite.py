@@ -31,7 +31,8 @@ from __future__ import annotations
 import math
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +43,20 @@ from lossproof.store import ledger as lg
 from lossproof.store.base import (
     AgentSummary,
     Ledger,
+    Matcher,
     PointLike,
     ReportWrite,
     SeqRange,
     Series,
     SpoolState,
+    SteppedSeries,
     Store,
     StoreError,
     StoreSchemaError,
     StoreUnavailable,
     WriteBatch,
     WriteResult,
+    matches_all,
 )
 
 SCHEMA_VERSION = 1
@@ -514,6 +518,124 @@ class SqliteStore(Store):
                 (),
             )
         return [LogGap(*r) for r in rows]
+
+    # --- reads for PromQL selectors and the dashboard ----------------------------------------------
+
+    def _matching(self, tenant: str, matchers: Sequence[Matcher]) -> list[tuple[int, str, dict[str, str]]]:
+        """(id, metric, labels) of the tenant's series matching all matchers, sorted; call under the lock.
+        An equality matcher on the metric name narrows the scan to that metric (an index prefix);
+        every other matcher is applied here, on the cached labels."""
+        names = {m.value for m in matchers if m.name == "__name__" and m.op == "="}
+        if len(names) > 1:
+            return []
+        if names:
+            rows = self._read(
+                "SELECT id, metric, labels_json FROM series WHERE tenant = ? AND metric = ?",
+                (tenant, next(iter(names))),
+            )
+        else:
+            rows = self._read("SELECT id, metric, labels_json FROM series WHERE tenant = ?", (tenant,))
+        out: list[tuple[int, str, dict[str, str]]] = []
+        for sid, metric, labels_json in rows:
+            lab = self._labels.get(sid)
+            if lab is None:
+                lab = _LABELS_DECODER.decode(labels_json)
+                if len(self._labels) > _SERIES_CACHE_MAX:
+                    self._labels.clear()
+                self._labels[sid] = lab
+            if matches_all(matchers, metric, lab):
+                out.append((sid, metric, lab))
+        out.sort(key=lambda r: (r[1], sorted(r[2].items())))
+        return out
+
+    def series(self, tenant: str, matchers: Sequence[Matcher]) -> list[tuple[str, dict[str, str]]]:
+        with self._lock:
+            return [(metric, dict(lab)) for _, metric, lab in self._matching(tenant, matchers)]
+
+    def metric_names(self, tenant: str) -> list[str]:
+        with self._lock:
+            rows = self._read(
+                "SELECT DISTINCT metric FROM series WHERE tenant = ? ORDER BY metric", (tenant,)
+            )
+        return [m for (m,) in rows]
+
+    def select(self, tenant: str, matchers: Sequence[Matcher], from_ms: int, to_ms: int) -> list[Series]:
+        out: list[Series] = []
+        with self._lock:
+            self._con.execute("BEGIN")  # one snapshot for the whole answer
+            try:
+                found = self._matching(tenant, matchers)
+                runs = _runs(
+                    x for (x,) in self._read(_SELECT_BUCKETS, (from_ms >> self._shift, to_ms >> self._shift))
+                )
+                for sid, metric, lab in found if runs else ():
+                    pts: list[tuple[int, Any]] = []
+                    for first, last in runs:
+                        pts += self._read(_SELECT_POINTS, (first, last, sid, from_ms, to_ms))
+                    if pts:
+                        out.append(Series(metric=metric, labels=dict(lab), points=_finish(pts)))
+            finally:
+                self._con.execute("COMMIT")
+        return out
+
+    def select_last(
+        self,
+        tenant: str,
+        matchers: Sequence[Matcher],
+        start_ms: int,
+        end_ms: int,
+        step_ms: int,
+        window_ms: int,
+    ) -> list[SteppedSeries]:
+        if step_ms <= 0 or window_ms <= 0:
+            raise ValueError("step_ms and window_ms must be positive")
+        # A window spans at most this many buckets; past that, one seek per bucket costs more than
+        # reading the points.
+        spanned = ((window_ms - 1) >> self._shift) + 2
+        if spanned > _MAX_LAST_SEEKS:
+            return super().select_last(tenant, matchers, start_ms, end_ms, step_ms, window_ms)
+        if end_ms < start_ms:
+            return []
+        sql = _select_last_sql(self._shift, spanned)
+        out: list[SteppedSeries] = []
+        with self._lock:
+            self._con.execute("BEGIN")
+            try:
+                for sid, metric, lab in self._matching(tenant, matchers):
+                    rows = self._read(sql, (start_ms, step_ms, sid, end_ms, window_ms))
+                    samples = [None if r is None else _sample(r) for (r,) in rows]
+                    if any(x is not None for x in samples):
+                        out.append(SteppedSeries(metric, dict(lab), samples))
+            finally:
+                self._con.execute("COMMIT")
+        return out
+
+
+_MAX_LAST_SEEKS = 48
+
+
+@lru_cache(maxsize=64)
+def _select_last_sql(shift: int, spanned: int) -> str:
+    """For each step end e (?1, ?1 + ?2, ... <= ?4): the latest point of series ?3 with
+    e - ?5 < t <= e, as text "t v" (v printed so that it reads back bit for bit; NaN for NULL).
+    coalesce() stops at the first bucket (newest first) holding one: usually one index seek."""
+    subs = ", ".join(
+        f"(SELECT t || ' ' || ifnull(printf('%!.17g', v), 'NaN') FROM points"
+        f" WHERE bucket = (s.e >> {shift}) - {k} AND series_id = ?3 AND t > s.e - ?5 AND t <= s.e"
+        " ORDER BY t DESC LIMIT 1)"
+        for k in range(spanned)
+    )
+    # (the CTE column must not be called t or T: SQLite names are case-insensitive and an inner
+    # reference would silently bind to points.t)
+    return (
+        "WITH RECURSIVE s(e) AS (SELECT ?1 UNION ALL SELECT e + ?2 FROM s WHERE e + ?2 <= ?4)"
+        f" SELECT coalesce({subs}) FROM s"
+    )
+
+
+def _sample(text: str) -> tuple[int, float]:
+    t, _, v = text.partition(" ")
+    return int(t), float(v)
 
 
 def _runs(buckets: Iterable[int]) -> list[tuple[int, int]]:

@@ -1,0 +1,634 @@
+"""The web UI at ``/`` and the JSON it reads (``/ui/api/...``), plus the Prometheus API's routes.
+
+Pages (one static page, ``static/index.html`` + ``app.js``): series browser and charts, completeness per
+agent and per tenant, pipeline health. The UI asks for an API key, keeps it in sessionStorage and sends
+it as ``Authorization: Bearer``; every ``/ui/api`` answer is scoped to that key's tenant.
+
+Also here: a background sampler of the pipeline's own metrics (the health page's rates and history)
+and ledger gauges on ``/metrics`` (``lossproof_ledger_reports{tenant,state}``, agents silent, dead
+letters, log gaps) that ``deploy/alerts.yml`` alerts on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import promql_parser as pp
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+from lossproof.config import Config
+from lossproof.ingest.auth import KeyRing
+from lossproof.ingest.http import ApiError, json_response
+from lossproof.obs.logging import get
+from lossproof.query import holes, promql, uplot
+from lossproof.query.access import StoreAccess, StoreUnavailable
+from lossproof.query.promapi import PromApi
+from lossproof.store.base import AgentSummary, Ledger, Store
+
+T = TypeVar("T")
+log = get(__name__)
+
+STATIC = Path(__file__).parent / "static"
+SILENT_AFTER_S = 300  # an agent not heard from for this long counts as silent
+MAX_CHART_SERIES = 200
+MAX_WIDTH = 4000
+SAMPLE_EVERY_S = 5.0
+LEDGER_EVERY_S = 15.0
+HISTORY = 180  # samples kept: 15 minutes at 5 s
+
+
+def register(
+    app: web.Application, cfg: Config, keys: KeyRing, store: StoreAccess, registry: CollectorRegistry
+) -> None:
+    """Add the UI, its JSON API and the Prometheus API to the HTTP process."""
+    dash = Dashboard(cfg, keys, store, registry)
+    app.add_routes([*dash.routes(), *PromApi(keys, store).routes()])
+    app.on_startup.append(dash.start)
+    app.on_cleanup.append(dash.stop)
+
+
+# --- metrics sampling --------------------------------------------------------------------------------
+
+Sample = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse_metrics(text: str) -> Sample:
+    out: Sample = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = float(s.value)
+    return out
+
+
+@dataclass
+class LedgerSnapshot:
+    at: float = 0.0
+    per_tenant: dict[str, dict[str, int]] = field(default_factory=dict)
+    silent: dict[str, int] = field(default_factory=dict)
+    agents: dict[str, int] = field(default_factory=dict)
+    last_seen: dict[tuple[str, str], float] = field(default_factory=dict)
+    dead_letters: int = 0
+    log_gaps: int = 0
+    log_gap_records: int = 0
+
+
+class LedgerCollector(Collector):
+    """Gauges from the store, refreshed in the background (a scrape never waits for the store)."""
+
+    def __init__(self) -> None:
+        self.snap = LedgerSnapshot()
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.snap
+        if not s.at:
+            return
+        reports = GaugeMetricFamily(
+            "lossproof_ledger_reports",
+            "Reports per tenant by ledger state: stored, delayed (in an agent's spool), missing "
+            "(acknowledged, not stored: unaccounted loss until replayed), lost (given up, with a reason).",
+            labels=["tenant", "state"],
+        )
+        for tenant, counts in sorted(s.per_tenant.items()):
+            for state in ("stored", "delayed", "missing", "lost"):
+                reports.add_metric([tenant, state], counts.get(state, 0))
+        yield reports
+        agents = GaugeMetricFamily("lossproof_agents", "Agents known to the ledger.", labels=["tenant"])
+        silent = GaugeMetricFamily(
+            "lossproof_agents_silent",
+            f"Agents not heard from for more than {SILENT_AFTER_S} s.",
+            labels=["tenant"],
+        )
+        for tenant in sorted(s.agents):
+            agents.add_metric([tenant], s.agents[tenant])
+            silent.add_metric([tenant], s.silent.get(tenant, 0))
+        yield agents
+        yield silent
+        seen = GaugeMetricFamily(
+            "lossproof_agent_last_seen_timestamp_seconds",
+            "When the agent last reported (its last request the worker stored).",
+            labels=["tenant", "agent"],
+        )
+        for (tenant, agent), ts in sorted(s.last_seen.items()):
+            seen.add_metric([tenant, agent], ts)
+        yield seen
+        yield GaugeMetricFamily(
+            "lossproof_store_dead_letters", "Log records kept in the dead-letter table.", value=s.dead_letters
+        )
+        yield GaugeMetricFamily("lossproof_store_log_gaps", "Missing log ranges recorded.", value=s.log_gaps)
+        yield GaugeMetricFamily(
+            "lossproof_store_log_gap_records", "Log records inside missing ranges.", value=s.log_gap_records
+        )
+        yield GaugeMetricFamily(
+            "lossproof_ledger_refreshed_timestamp_seconds", "When these ledger gauges were read.", value=s.at
+        )
+
+
+def _ledger_snapshot(store: Store, tenants: list[str]) -> LedgerSnapshot:
+    snap = LedgerSnapshot(at=time.time())
+    now_ms = time.time() * 1000
+    for tenant in tenants:
+        counts = {"stored": 0, "delayed": 0, "missing": 0, "lost": 0}
+        silent = 0
+        agents = store.agents(tenant)
+        for a in agents:
+            counts["stored"] += a.stored_reports
+            counts["delayed"] += a.delayed_reports
+            counts["missing"] += a.missing_reports
+            counts["lost"] += a.lost_reports
+            seen = max(a.last_seen_ms, a.last_stored_ms)
+            if now_ms - seen > SILENT_AFTER_S * 1000:
+                silent += 1
+            snap.last_seen[(tenant, a.agent)] = seen / 1000
+        snap.per_tenant[tenant] = counts
+        snap.agents[tenant] = len(agents)
+        snap.silent[tenant] = silent
+    snap.dead_letters = store.dead_letter_count()
+    gaps = store.log_gaps()
+    snap.log_gaps = len(gaps)
+    snap.log_gap_records = sum(g.last - g.first + 1 for g in gaps)
+    return snap
+
+
+# --- the dashboard -----------------------------------------------------------------------------------
+
+
+class Dashboard:
+    def __init__(self, cfg: Config, keys: KeyRing, store: StoreAccess, registry: CollectorRegistry) -> None:
+        self.cfg = cfg
+        self.keys = keys
+        self.store = store
+        self.registry = registry
+        self.history: deque[tuple[float, Sample]] = deque(maxlen=HISTORY)
+        self.ledger = LedgerCollector()
+        registry.register(self.ledger)
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/", self.index),
+            web.get("/ui/static/{name}", self.static),
+            web.get("/ui/vendor/{name}", self.vendor),
+            web.get("/ui/api/status", self.status),
+            web.get("/ui/api/series", self.series),
+            web.get("/ui/api/chart", self.chart),
+            web.get("/ui/api/completeness", self.completeness),
+            web.get("/ui/api/health", self.health),
+        ]
+
+    # lifecycle
+
+    async def start(self, app: web.Application) -> None:
+        uplot.ensure_in_background()
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self, app: web.Application) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._session is not None:
+            await self._session.close()
+
+    async def _loop(self) -> None:
+        last_ledger = 0.0
+        while True:
+            try:
+                await self.sample()
+                if time.monotonic() - last_ledger >= LEDGER_EVERY_S:
+                    last_ledger = time.monotonic()
+                    self.ledger.snap = await self.store.run(self._snapshot)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the UI's sampler must never take the process down
+                log.warning("dashboard.sample_failed", error=f"{type(e).__name__}: {e}")
+            await asyncio.sleep(SAMPLE_EVERY_S)
+
+    def _snapshot(self, store: Store) -> LedgerSnapshot:
+        return _ledger_snapshot(store, sorted(self.cfg.tenants))
+
+    async def sample(self) -> Sample:
+        text = generate_latest(self.registry).decode() + await self._worker_metrics()
+        snap = parse_metrics(text)
+        self.history.append((time.time(), snap))
+        return snap
+
+    async def _worker_metrics(self) -> str:
+        try:
+            addr = (self.cfg.run_dir / "worker.addr").read_text().strip()
+        except OSError:
+            return ""
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        try:
+            async with self._session.get(
+                f"http://{addr}/metrics", timeout=aiohttp.ClientTimeout(total=2)
+            ) as r:
+                return (await r.read()).decode() if r.status == 200 else ""
+        except (aiohttp.ClientError, TimeoutError):
+            return ""
+
+    # helpers
+
+    def _tenant(self, request: web.Request) -> str:
+        tenant = self.keys.tenant(request)
+        if tenant is None:
+            raise _fail(401, "missing or unknown API key (Authorization: Bearer <key>)")
+        return tenant
+
+    async def _run(self, fn: Callable[[Store], T]) -> T:
+        try:
+            return await self.store.run(fn)
+        except StoreUnavailable as e:
+            raise _fail(503, str(e)) from None
+
+    # static files
+
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def static(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        path = STATIC / name
+        if "/" in name or name.startswith(".") or not path.is_file():
+            raise _fail(404, f"no such file: {name}")
+        return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+    async def vendor(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        d = uplot.find()
+        if d is None or name not in uplot.FILES.values():
+            raise _fail(404, f"charting library not installed: run {uplot.HINT}")
+        return web.FileResponse(d / name, headers={"Cache-Control": "public, max-age=86400"})
+
+    async def status(self, request: web.Request) -> web.Response:
+        tenant = self.keys.tenant(request)
+        return json_response({"tenant": tenant, "uplot": uplot.status(), "now": _now_ms()})
+
+    # series browser and charts
+
+    def _selector(self, raw: str) -> pp.VectorSelector:
+        try:
+            e = promql.parse(raw)
+        except promql.PromQLError as err:
+            raise _fail(400, str(err)) from None
+        while isinstance(e, pp.ParenExpr):
+            e = e.expr
+        if not isinstance(e, pp.VectorSelector):
+            raise _fail(400, 'expected a series selector such as cpu_user{host="a"}')
+        return e
+
+    async def series(self, request: web.Request) -> web.Response:
+        tenant = self._tenant(request)
+        raw = request.query.get("match", "").strip()
+        limit = min(int(request.query.get("limit", "500") or 500), 5000)
+        sel = self._selector(raw) if raw else None
+
+        def run(s: Store) -> dict[str, Any]:
+            if sel is None:
+                found = s.series(tenant, [])
+            else:
+                ms = promql.Evaluator(s, tenant, promql.Grid(0, 0, 1)).matchers(sel)
+                found = [] if ms is None else s.series(tenant, ms)
+            labels: dict[str, set[str]] = {}
+            for m, lab in found:
+                labels.setdefault("__name__", set()).add(m)
+                for k, v in lab.items():
+                    labels.setdefault(k, set()).add(v)
+            return {
+                "total": len(found),
+                "series": [
+                    {"metric": m, "labels": lab, "selector": _selector_text(m, lab)}
+                    for m, lab in found[:limit]
+                ],
+                "labels": {k: sorted(v)[:200] for k, v in sorted(labels.items())},
+                "metrics": s.metric_names(tenant)[:2000],
+            }
+
+        return json_response(await self._run(run))
+
+    async def chart(self, request: web.Request) -> web.Response:
+        t0 = time.perf_counter()
+        tenant = self._tenant(request)
+        q = request.query
+        sel = self._selector(q.get("match", ""))
+        now = _now_ms()
+        try:
+            to_ms = int(q.get("to") or now)
+            from_ms = int(q.get("from") or to_ms - 3_600_000)
+            width = max(10, min(int(q.get("width") or 1000), MAX_WIDTH))
+        except ValueError:
+            raise _fail(400, "from/to must be unix ms and width an integer") from None
+        if from_ms >= to_ms:
+            raise _fail(400, "'from' must be before 'to'")
+        step = max(1, -(-(to_ms - from_ms) // width))
+        n = (to_ms - from_ms) // step + 1
+
+        def run(s: Store) -> dict[str, Any]:
+            cpu0 = time.thread_time()
+            ev = promql.Evaluator(s, tenant, promql.Grid(from_ms, from_ms, 1))
+            ms = ev.matchers(sel)
+            found = [] if ms is None else s.select_last(tenant, ms, from_ms, to_ms, step, step)
+            truncated = len(found) > MAX_CHART_SERIES
+            found = found[:MAX_CHART_SERIES]
+            agents = {a.agent: a for a in s.agents(tenant)}
+            ledgers: dict[str, Ledger | None] = {}
+            out = []
+            for st in found:
+                agent = holes.agent_of(st.labels, set(agents))
+                if agent is not None and agent not in ledgers:
+                    ledgers[agent] = s.ledger(tenant, agent)
+                times = [None if x is None else x[0] for x in st.samples]
+                gaps, threshold = holes.gaps(times, from_ms, step, min(to_ms, now))
+                summary: AgentSummary | None = agents.get(agent) if agent else None
+                found_holes = holes.classify(
+                    gaps,
+                    summary,
+                    ledgers.get(agent) if agent else None,
+                    now,
+                    to_ms >= now - 2 * step,
+                    threshold,
+                )
+                out.append(
+                    {
+                        "metric": st.metric,
+                        "labels": st.labels,
+                        "selector": _selector_text(st.metric, st.labels),
+                        "agent": agent,
+                        "values": [None if x is None else _num(x[1]) for x in st.samples],
+                        "holes": [h.as_json() for h in found_holes],
+                    }
+                )
+            # CPU time of the store thread: what the answer costs without other load on the machine
+            cpu_ms = round((time.thread_time() - cpu0) * 1000, 1)
+            return {"series": out, "truncated": truncated, "store_cpu_ms": cpu_ms}
+
+        body = await self._run(run)
+        body.update(
+            start=from_ms, step=step, n=n, now=now, took_ms=round((time.perf_counter() - t0) * 1000, 1)
+        )
+        return json_response(body)
+
+    # completeness
+
+    async def completeness(self, request: web.Request) -> web.Response:
+        tenant = self._tenant(request)
+        now = _now_ms()
+
+        def run(s: Store) -> dict[str, Any]:
+            agents = s.agents(tenant)
+            rows = []
+            totals = {"stored": 0, "delayed": 0, "missing": 0, "lost": 0}
+            # the most troubled first; ledgers for the first 300
+            agents.sort(key=lambda a: (-(a.lost_reports + a.missing_reports + a.delayed_reports), a.agent))
+            for i, a in enumerate(agents):
+                totals["stored"] += a.stored_reports
+                totals["delayed"] += a.delayed_reports
+                totals["missing"] += a.missing_reports
+                totals["lost"] += a.lost_reports
+                row: dict[str, Any] = {
+                    "agent": a.agent,
+                    "max_seq": a.max_seq,
+                    "stored": a.stored_reports,
+                    "delayed": a.delayed_reports,
+                    "missing": a.missing_reports,
+                    "lost": a.lost_reports,
+                    "last_stored_ms": a.last_stored_ms,
+                    "last_seen_ms": a.last_seen_ms,
+                    "silent": now - max(a.last_seen_ms, a.last_stored_ms) > SILENT_AFTER_S * 1000,
+                }
+                if i < 300:
+                    led = s.ledger(tenant, a.agent)
+                    if led is not None:
+                        row["ranges"] = _ranges(led)
+                        row["spool"] = (
+                            None
+                            if led.spool is None
+                            else {
+                                "pending_reports": led.spool.pending_reports,
+                                "pending_bytes": led.spool.pending_bytes,
+                                "oldest_pending_ms": led.spool.oldest_pending_ms,
+                                "first_pending_seq": led.spool.first_pending_seq,
+                                "last_seq": led.spool.last_seq,
+                                "reported_ms": led.spool.reported_ms,
+                            }
+                        )
+                rows.append(row)
+            return {"agents": rows, "totals": totals}
+
+        body = await self._run(run)
+        latest = self.history[-1][1] if self.history else {}
+        body.update(
+            tenant=tenant,
+            now=now,
+            worker={
+                "lag_records": _get(latest, "lossproof_worker_lag_records"),
+                "lag_seconds": _get(latest, "lossproof_worker_lag_seconds"),
+            },
+        )
+        return json_response(body)
+
+    # pipeline health
+
+    async def health(self, request: web.Request) -> web.Response:
+        tenant = self._tenant(request)
+        now = _now_ms()
+        if not self.history or time.time() - self.history[-1][0] > SAMPLE_EVERY_S:
+            await self.sample()
+        hist = list(self.history)
+        latest = hist[-1][1]
+        # rates over about the last minute (or whatever history there is)
+        base_t, base = hist[0]
+        for t, snap in hist:
+            if hist[-1][0] - t <= 65:
+                base_t, base = t, snap
+                break
+        dt = max(hist[-1][0] - base_t, 1e-9)
+
+        def rate(name: str, **match: str) -> float | None:
+            if len(hist) < 2:
+                return None
+            return max(0.0, (_sum(latest, name, **match) - _sum(base, name, **match)) / dt)
+
+        statuses: dict[str, float] = {}
+        for (name, labels), _ in latest.items():
+            if name == "lossproof_ingest_requests_total":
+                code = dict(labels).get("status", "?")
+                statuses[code] = rate("lossproof_ingest_requests_total", status=code) or 0.0
+
+        def series(fn: Callable[[Sample, Sample, float], float | None]) -> list[list[float | None]]:
+            out: list[list[float | None]] = []
+            for (t1, a), (t2, b) in itertools.pairwise(hist):
+                out.append([round(t2 * 1000), fn(a, b, t2 - t1)])
+            return out
+
+        def counter_rate(name: str) -> Callable[[Sample, Sample, float], float | None]:
+            return lambda a, b, d: max(0.0, (_sum(b, name) - _sum(a, name)) / d) if d > 0 else None
+
+        def gauge(name: str) -> Callable[[Sample, Sample, float], float | None]:
+            return lambda a, b, d: _get(b, name)
+
+        def quant(name: str, q: float) -> Callable[[Sample, Sample, float], float | None]:
+            return lambda a, b, d: _hist_quantile(a, b, name, q)
+
+        def run(s: Store) -> dict[str, Any]:
+            agents = s.agents(tenant)
+            silent = [
+                {"agent": a.agent, "last_seen_ms": max(a.last_seen_ms, a.last_stored_ms)}
+                for a in agents
+                if now - max(a.last_seen_ms, a.last_stored_ms) > SILENT_AFTER_S * 1000
+            ]
+            gaps = [
+                {
+                    "partition": g.partition,
+                    "first": g.first,
+                    "last": g.last,
+                    "reason": g.reason,
+                    "detected_ms": g.detected_ms,
+                }
+                for g in s.log_gaps()
+            ]
+            return {
+                "dead_letters": s.dead_letter_count(),
+                "log_gaps": gaps,
+                "silent_agents": silent,
+                "agents": len(agents),
+            }
+
+        store_part = await self._run(run)
+        fallback = _get(latest, "lossproof_fallback_pending_replay_bytes")
+        body = {
+            "now": now,
+            "window_s": round(dt, 1),
+            "ingest": {
+                "requests_per_s": rate("lossproof_ingest_requests_total"),
+                "points_per_s": rate("lossproof_ingest_points_total"),
+                "by_status": statuses,
+                "p99_s": _hist_quantile(base, latest, "lossproof_ingest_request_seconds", 0.99),
+                "history": series(counter_rate("lossproof_ingest_points_total")),
+            },
+            "log": {
+                "healthy": _get(latest, "lossproof_log_healthy"),
+                "append_p50_s": _hist_quantile(base, latest, "lossproof_log_append_seconds", 0.5),
+                "append_p99_s": _hist_quantile(base, latest, "lossproof_log_append_seconds", 0.99),
+                "fsync_p50_s": _hist_quantile(base, latest, "lossproof_log_fsync_seconds", 0.5),
+                "fsync_p99_s": _hist_quantile(base, latest, "lossproof_log_fsync_seconds", 0.99),
+                "append_errors": _sum(latest, "lossproof_log_append_errors_total"),
+                "history_fsync_p99": series(quant("lossproof_log_fsync_seconds", 0.99)),
+            },
+            "worker": {
+                "healthy": _get(latest, "lossproof_worker_healthy"),
+                "lag_records": _get(latest, "lossproof_worker_lag_records"),
+                "lag_seconds": _get(latest, "lossproof_worker_lag_seconds"),
+                "points_per_s": rate("lossproof_worker_points_total"),
+                "store_errors": _sum(latest, "lossproof_worker_store_errors_total"),
+                "history_lag_seconds": series(gauge("lossproof_worker_lag_seconds")),
+            },
+            "fallback": {
+                "pending_replay_bytes": fallback,
+                "known": fallback is not None,
+                "note": ""
+                if fallback is not None
+                else (
+                    "the fallback receiver is a separate process: its backlog is on its own /metrics "
+                    "(lossproof_fallback_pending_replay_bytes)"
+                ),
+            },
+            **store_part,
+        }
+        return json_response(body)
+
+
+# --- small helpers -----------------------------------------------------------------------------------
+
+
+def _fail(status: int, message: str) -> ApiError:
+    """Answered as ``{"error": message}`` by the app's error middleware."""
+    return ApiError(status, message, "dashboard")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _num(v: float) -> float | str:
+    if math.isfinite(v):
+        return v
+    return "NaN" if math.isnan(v) else ("+Inf" if v > 0 else "-Inf")
+
+
+def _selector_text(metric: str, labels: dict[str, str]) -> str:
+    name = promql.promql_name(metric)
+    inner = ",".join(f'{k}="{_esc(v)}"' for k, v in sorted(labels.items()))
+    if name != metric:
+        inner = f'__name__="{_esc(metric)}"' + ("," + inner if inner else "")
+        return "{" + inner + "}"
+    return f"{name}{{{inner}}}" if inner else name
+
+
+def _esc(v: str) -> str:
+    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _ranges(led: Ledger) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = [{"kind": "stored", "first": a, "last": b} for a, b in led.stored]
+    out += [{"kind": "missing", "first": a, "last": b, "since_ms": since} for a, b, since in led.missing]
+    out += [{"kind": "lost", "first": a, "last": b, "reason": why} for a, b, why in led.lost]
+    out += [{"kind": "delayed", "first": a, "last": b, "since_ms": since} for a, b, since in led.delayed]
+    out.sort(key=lambda r: int(r["first"]))
+    return out
+
+
+def _get(snap: Sample, name: str) -> float | None:
+    vals = [v for (n, _), v in snap.items() if n == name]
+    return sum(vals) if vals else None
+
+
+def _sum(snap: Sample, name: str, **match: str) -> float:
+    total = 0.0
+    for (n, labels), v in snap.items():
+        if n == name and all(dict(labels).get(k) == want for k, want in match.items()):
+            total += v
+    return total
+
+
+def _hist_quantile(a: Sample, b: Sample, name: str, q: float) -> float | None:
+    """Quantile of a histogram's observations between two samples (like histogram_quantile)."""
+    buckets: dict[float, float] = {}
+    for (n, labels), v in b.items():
+        if n == name + "_bucket":
+            le = dict(labels).get("le", "+Inf")
+            bound = math.inf if le == "+Inf" else float(le)
+            buckets[bound] = buckets.get(bound, 0.0) + v - a.get((n, labels), 0.0)
+    if not buckets:
+        return None
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]]
+    if total <= 0:
+        return None
+    rank = q * total
+    prev_bound, prev_count = 0.0, 0.0
+    for bound in bounds:
+        count = buckets[bound]
+        if count >= rank:
+            if math.isinf(bound):
+                return prev_bound
+            if count == prev_count:
+                return bound
+            return prev_bound + (bound - prev_bound) * (rank - prev_count) / (count - prev_count)
+        prev_bound, prev_count = bound, count
+    return prev_bound

@@ -1,0 +1,291 @@
+"""Prometheus HTTP API (read side), so Grafana and other Prometheus tools can use lossproof as a
+Prometheus data source: ``/api/v1/query``, ``/api/v1/query_range``, ``/api/v1/series``,
+``/api/v1/labels``, ``/api/v1/label/<name>/values`` (GET, or POST with a form body, as Prometheus).
+
+Answers use Prometheus' envelope: ``{"status": "success", "data": ...}`` or
+``{"status": "error", "errorType": "bad_data", "error": "..."}``. A key sees only its tenant.
+The PromQL subset and the metric-name mapping are described in :mod:`lossproof.query.promql`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+import promql_parser as pp
+from aiohttp import web
+from multidict import MultiDict, MultiDictProxy
+
+from lossproof.ingest.auth import KeyRing
+from lossproof.ingest.http import json_response
+from lossproof.query import promql
+from lossproof.query.access import StoreAccess, StoreUnavailable
+from lossproof.store.base import Matcher, Store
+
+T = TypeVar("T")
+
+_DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
+
+
+class ApiFailure(Exception):
+    def __init__(self, status: int, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+
+
+def _error(status: int, error_type: str, message: str) -> web.Response:
+    return json_response({"status": "error", "errorType": error_type, "error": message}, status)
+
+
+def _success(data: Any) -> web.Response:
+    return json_response({"status": "success", "data": data})
+
+
+def parse_time(raw: str, name: str) -> int:
+    """Unix seconds (float) or RFC 3339, to unix ms."""
+    try:
+        return round(float(raw) * 1000)
+    except ValueError:
+        pass
+    try:
+        return round(datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        msg = f"invalid parameter {name!r}: cannot parse {raw!r} to a valid timestamp"
+        raise ApiFailure(400, "bad_data", msg) from None
+
+
+def parse_step(raw: str) -> int:
+    """Seconds (float) or a PromQL duration (``15s``, ``1m``), to ms."""
+    try:
+        ms = round(float(raw) * 1000)
+    except ValueError:
+        if not _DURATION.match(raw):
+            msg = f"invalid parameter 'step': cannot parse {raw!r} to a duration"
+            raise ApiFailure(400, "bad_data", msg) from None
+        ms = round(pp.parse_duration(raw).total_seconds() * 1000)
+    if ms <= 0:
+        raise ApiFailure(
+            400,
+            "bad_data",
+            "invalid parameter 'step': zero or negative query resolution step widths are not accepted. "
+            "Try a positive integer",
+        )
+    return ms
+
+
+def _ts(ms: int) -> float | int:
+    return ms // 1000 if ms % 1000 == 0 else ms / 1000
+
+
+class PromApi:
+    def __init__(self, keys: KeyRing, store: StoreAccess) -> None:
+        self.keys = keys
+        self.store = store
+
+    def routes(self) -> list[web.RouteDef]:
+        out: list[web.RouteDef] = []
+        for path, handler in (
+            ("/api/v1/query", self.query),
+            ("/api/v1/query_range", self.query_range),
+            ("/api/v1/series", self.series),
+            ("/api/v1/labels", self.labels),
+            ("/api/v1/label/{name}/values", self.label_values),
+            ("/api/v1/metadata", self.metadata),
+            ("/api/v1/status/buildinfo", self.buildinfo),
+        ):
+            wrapped = self._wrap(handler)
+            out += [web.get(path, wrapped, allow_head=False), web.post(path, wrapped)]
+        return out
+
+    def _wrap(
+        self, handler: Callable[[web.Request, str, MultiDictProxy[str]], Any]
+    ) -> Callable[[web.Request], Any]:
+        async def run(request: web.Request) -> web.Response:
+            tenant = self.keys.tenant(request)
+            if tenant is None:
+                return _error(401, "unauthorized", "missing or unknown API key (Authorization: Bearer <key>)")
+            params: MultiDict[str] = MultiDict(request.query)
+            if request.method == "POST":
+                form = await request.post()
+                for k, v in form.items():
+                    if isinstance(v, str):
+                        params.add(k, v)
+            try:
+                result: web.Response = await handler(request, tenant, MultiDictProxy(params))
+                return result
+            except ApiFailure as e:
+                return _error(e.status, e.error_type, e.message)
+            except promql.PromQLError as e:
+                return _error(e.status, e.error_type, str(e))
+            except StoreUnavailable as e:
+                return _error(503, "unavailable", str(e))
+
+        return run
+
+    async def _run(self, fn: Callable[[Store], T]) -> T:
+        return await self.store.run(fn)
+
+    # --- queries -----------------------------------------------------------------------------------
+
+    async def query(self, request: web.Request, tenant: str, q: MultiDictProxy[str]) -> web.Response:
+        expr = promql.parse(q.get("query", ""))
+        at = parse_time(q["time"], "time") if q.get("time") else int(time.time() * 1000)
+        lookback = _lookback(q)
+        inner = _unparen(expr)
+        if isinstance(inner, pp.MatrixSelector):
+            raw = await self._run(lambda s: promql.instant_raw(s, tenant, inner, at))
+            return _success(
+                {
+                    "resultType": "matrix",
+                    "result": [
+                        {"metric": labels, "values": [[_ts(t), promql.format_value(v)] for t, v in pts]}
+                        for labels, pts in raw.series
+                    ],
+                }
+            )
+        grid = promql.Grid(at, at, 1)
+        value = await self._run(lambda s: promql.Evaluator(s, tenant, grid, lookback).eval(expr))
+        if isinstance(value, promql.Scalar):
+            return _success(
+                {"resultType": "scalar", "result": [_ts(at), promql.format_value(value.values[0])]}
+            )
+        result = [
+            {"metric": labels, "value": [_ts(at), promql.format_value(values[0])]}
+            for labels, values in _sorted(value)
+            if values[0] is not None
+        ]
+        return _success({"resultType": "vector", "result": result})
+
+    async def query_range(self, request: web.Request, tenant: str, q: MultiDictProxy[str]) -> web.Response:
+        for name in ("start", "end", "step"):
+            if not q.get(name):
+                raise ApiFailure(400, "bad_data", f"invalid parameter {name!r}: missing")
+        start = parse_time(q["start"], "start")
+        end = parse_time(q["end"], "end")
+        if end < start:
+            raise ApiFailure(
+                400, "bad_data", "invalid parameter 'end': end timestamp must not be before start time"
+            )
+        step = parse_step(q["step"])
+        if (end - start) // step + 1 > promql.MAX_POINTS:
+            raise ApiFailure(
+                400,
+                "bad_data",
+                "exceeded maximum resolution of 11,000 points per timeseries. "
+                "Try decreasing the query resolution (?step=XX)",
+            )
+        expr = promql.parse(q.get("query", ""))
+        if isinstance(_unparen(expr), pp.MatrixSelector):
+            raise ApiFailure(
+                400,
+                "bad_data",
+                'invalid expression type "range vector" for range query, must be Scalar or instant Vector',
+            )
+        grid = promql.Grid(start, end, step)
+        lookback = _lookback(q)
+        value = await self._run(lambda s: promql.Evaluator(s, tenant, grid, lookback).eval(expr))
+        times = grid.times()
+        if isinstance(value, promql.Scalar):
+            rows: list[tuple[dict[str, str], list[float | None]]] = [({}, list(value.values))]
+        else:
+            rows = _sorted(value)
+        result = []
+        for labels, values in rows:
+            pts = [
+                [_ts(t), promql.format_value(v)] for t, v in zip(times, values, strict=True) if v is not None
+            ]
+            if pts:
+                result.append({"metric": labels, "values": pts})
+        return _success({"resultType": "matrix", "result": result})
+
+    # --- metadata ----------------------------------------------------------------------------------
+
+    async def _series(self, tenant: str, q: MultiDictProxy[str], required: bool) -> list[dict[str, str]]:
+        selectors = q.getall("match[]", [])
+        if not selectors:
+            if required:
+                raise ApiFailure(400, "bad_data", "no match[] parameter provided")
+            found = await self._run(lambda s: s.series(tenant, []))
+            return [{**labels, promql.NAME: promql.promql_name(m)} for m, labels in found]
+        parsed: list[pp.VectorSelector] = []
+        for sel in selectors:
+            e = _unparen(promql.parse(sel))
+            if not isinstance(e, pp.VectorSelector):
+                raise ApiFailure(400, "bad_data", f"match[] must be a series selector, got {sel!r}")
+            parsed.append(e)
+
+        def run(s: Store) -> list[dict[str, str]]:
+            ev = promql.Evaluator(s, tenant, promql.Grid(0, 0, 1))
+            seen: dict[promql.Key, dict[str, str]] = {}
+            for vs in parsed:
+                ms: list[Matcher] | None = ev.matchers(vs)
+                if ms is None:
+                    continue
+                for metric, labels in s.series(tenant, ms):
+                    full = {**labels, promql.NAME: promql.promql_name(metric)}
+                    seen.setdefault(promql.key_of(full), full)
+            return [seen[k] for k in sorted(seen)]
+
+        return await self._run(run)
+
+    async def series(self, request: web.Request, tenant: str, q: MultiDictProxy[str]) -> web.Response:
+        _check_range(q)
+        return _success(await self._series(tenant, q, required=True))
+
+    async def labels(self, request: web.Request, tenant: str, q: MultiDictProxy[str]) -> web.Response:
+        _check_range(q)
+        names: set[str] = set()
+        for labels in await self._series(tenant, q, required=False):
+            names.update(labels)
+        return _success(sorted(names))
+
+    async def label_values(self, request: web.Request, tenant: str, q: MultiDictProxy[str]) -> web.Response:
+        _check_range(q)
+        name = request.match_info["name"]
+        if name == promql.NAME and not q.getall("match[]", []):
+            metrics = await self._run(lambda s: s.metric_names(tenant))
+            return _success(sorted({promql.promql_name(m) for m in metrics}))
+        values = {labels[name] for labels in await self._series(tenant, q, required=False) if name in labels}
+        return _success(sorted(values))
+
+    async def metadata(self, request: web.Request, tenant: str, q: MultiDictProxy[str]) -> web.Response:
+        return _success({})  # lossproof keeps no metric metadata (type, help, unit)
+
+    async def buildinfo(self, request: web.Request, tenant: str, q: MultiDictProxy[str]) -> web.Response:
+        return _success(
+            {
+                "version": "2.45.0",
+                "revision": "lossproof",
+                "branch": "",
+                "buildUser": "",
+                "buildDate": "",
+                "goVersion": "",
+            }
+        )
+
+
+def _check_range(q: MultiDictProxy[str]) -> None:
+    # start/end are accepted and validated; series and labels are answered over all time.
+    for name in ("start", "end"):
+        if q.get(name):
+            parse_time(q[name], name)
+
+
+def _lookback(q: MultiDictProxy[str]) -> int:
+    raw = q.get("lookback_delta")
+    return parse_step(raw) if raw else promql.LOOKBACK_MS
+
+
+def _unparen(e: pp.Expr) -> pp.Expr:
+    while isinstance(e, pp.ParenExpr):
+        e = e.expr
+    return e
+
+
+def _sorted(v: promql.Vector) -> list[tuple[dict[str, str], list[float | None]]]:
+    return [v.series[k] for k in sorted(v.series)]

@@ -1,0 +1,511 @@
+// lossproof dashboard: series browser + charts with holes, completeness, pipeline health.
+// Plain JS, no build step; uPlot (fetched from the npm registry at install time) draws the charts.
+"use strict";
+
+const KEY = "lossproof.key";
+const $ = (sel) => document.querySelector(sel);
+const state = { page: "series", timer: null, chart: null, sparks: {}, filters: [], metric: "", selector: "", loading: false };
+const HOLE_COLORS = {
+  delayed: ["#f9a825", true], pending: ["#fdd835", true], missing: ["#ef6c00", true],
+  lost: ["#c62828", false], silent: ["#757575", true], nodata: ["#bdbdbd", false], unknown: ["#8e24aa", true],
+};
+window.lossproof = state; // for tests and the console: state.chart is the uPlot instance
+const PALETTE = ["#1f77b4", "#2ca02c", "#9467bd", "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#393b79", "#637939"];
+
+// --- plumbing ---------------------------------------------------------------------------------------
+
+function key() { return sessionStorage.getItem(KEY) || ""; }
+
+async function api(path) {
+  const r = await fetch(path, { headers: { Authorization: "Bearer " + key() } });
+  let body = null;
+  try { body = await r.json(); } catch (e) { body = null; }
+  if (!r.ok) {
+    const msg = (body && (body.error || body.message)) || r.statusText;
+    const err = new Error(msg);
+    err.status = r.status;
+    throw err;
+  }
+  return body;
+}
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") e.className = v;
+    else if (k === "dataset") Object.assign(e.dataset, v);
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else if (v !== undefined && v !== null) e.setAttribute(k, v);
+  }
+  for (const c of children.flat()) if (c !== null && c !== undefined) e.append(c instanceof Node ? c : String(c));
+  return e;
+}
+
+function fmtTime(ms) {
+  if (!ms) return "never";
+  const d = new Date(ms);
+  return d.toLocaleString(undefined, { hour12: false });
+}
+function ago(ms) {
+  if (!ms) return "never";
+  const s = Math.max(0, Math.round((Date.now() - ms) / 1000));
+  if (s < 120) return s + " s ago";
+  if (s < 7200) return Math.round(s / 60) + " min ago";
+  if (s < 172800) return Math.round(s / 3600) + " h ago";
+  return Math.round(s / 86400) + " d ago";
+}
+function num(v, digits) {
+  if (v === null || v === undefined) return "–";
+  if (typeof v === "string") return v;
+  if (Math.abs(v) >= 1000) return Math.round(v).toLocaleString();
+  return Number(v.toFixed(digits === undefined ? 3 : digits)).toString();
+}
+function secs(v) {
+  if (v === null || v === undefined) return "–";
+  if (v < 0.001) return (v * 1e6).toFixed(0) + " µs";
+  if (v < 1) return (v * 1000).toFixed(2) + " ms";
+  return v.toFixed(2) + " s";
+}
+function banner(text) {
+  const b = $("#banner");
+  b.hidden = !text;
+  b.textContent = text || "";
+}
+function seriesName(s) {
+  const labels = Object.entries(s.labels).map(([k, v]) => `${k}="${v}"`).join(", ");
+  return `${s.metric}{${labels}}`;
+}
+
+// --- time range and refresh -------------------------------------------------------------------------
+
+function timeRange() {
+  const v = $("#range").value;
+  if (v === "custom") {
+    const from = Date.parse($("#from").value);
+    const to = Date.parse($("#to").value);
+    if (!isNaN(from) && !isNaN(to) && from < to) return { from, to };
+  }
+  const to = Date.now();
+  return { from: to - Number(v === "custom" ? 3600000 : v), to };
+}
+
+function schedule() {
+  clearInterval(state.timer);
+  const every = Number($("#refresh").value);
+  if (every > 0) state.timer = setInterval(() => { if (!document.hidden) load(); }, every);
+}
+
+// --- routing ----------------------------------------------------------------------------------------
+
+function route() {
+  const hash = location.hash.replace(/^#\/?/, "");
+  const [page, query] = hash.split("?");
+  state.page = ["series", "completeness", "health"].includes(page) ? page : "series";
+  const params = new URLSearchParams(query || "");
+  if (state.page === "series" && params.has("match")) {
+    state.selector = params.get("match");
+    $("#selector").value = state.selector;
+  }
+  for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.page === state.page);
+  for (const p of document.querySelectorAll(".page")) p.hidden = p.id !== "page-" + state.page || !key();
+  load();
+}
+
+async function load() {
+  if (!key() || state.loading) return;
+  state.loading = true;
+  try {
+    if (state.page === "series") await loadSeries();
+    else if (state.page === "completeness") await loadCompleteness();
+    else await loadHealth();
+    document.body.dataset.loaded = state.page;
+  } catch (e) {
+    if (e.status === 401) { logout("That key is not valid any more."); return; }
+    banner("Error: " + e.message);
+    document.body.dataset.loaded = state.page;
+  } finally {
+    state.loading = false;
+  }
+}
+
+// --- login ------------------------------------------------------------------------------------------
+
+async function login(k) {
+  const r = await fetch("/ui/api/status", { headers: { Authorization: "Bearer " + k } });
+  const body = await r.json();
+  if (!body.tenant) throw new Error("unknown API key");
+  sessionStorage.setItem(KEY, k);
+  return body;
+}
+
+function logout(msg) {
+  sessionStorage.removeItem(KEY);
+  showLogin(msg || "");
+}
+
+function showLogin(msg) {
+  $("#login").hidden = false;
+  $("#logout").hidden = true;
+  $("#tenant").textContent = "";
+  for (const p of document.querySelectorAll(".page")) p.hidden = true;
+  $("#login-error").textContent = msg || "";
+  document.body.dataset.loaded = "login";
+}
+
+async function start() {
+  const r = await fetch("/ui/api/status", { headers: key() ? { Authorization: "Bearer " + key() } : {} });
+  const status = await r.json();
+  if (status.uplot.state !== "installed" || window.uPlotMissing || typeof window.uPlot === "undefined") {
+    banner(status.uplot.state === "fetching"
+      ? "The charting library (uPlot) is being downloaded from the npm registry; reload in a few seconds."
+      : "Charting library not installed: run " + status.uplot.hint + (status.uplot.error ? " (" + status.uplot.error + ")" : ""));
+  }
+  if (!status.tenant) { showLogin(key() ? "That key is not valid any more." : ""); return; }
+  $("#tenant").textContent = "tenant: " + status.tenant;
+  $("#logout").hidden = false;
+  $("#login").hidden = true;
+  route();
+}
+
+// --- series page ------------------------------------------------------------------------------------
+
+function selectorFromBrowser() {
+  const parts = state.filters.filter((f) => f.name && f.op).map((f) => `${f.name}${f.op}"${f.value.replace(/\\/g, "\\\\").replace(/"/g, '\\"')}"`);
+  if (!state.metric) return parts.length ? `{${parts.join(",")}}` : "";
+  const plain = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/.test(state.metric);
+  if (plain) return parts.length ? `${state.metric}{${parts.join(",")}}` : state.metric;
+  return `{__name__="${state.metric}"${parts.length ? "," + parts.join(",") : ""}}`;
+}
+
+function renderMetrics() {
+  // the metric list, filtered by the text box (no request per keystroke)
+  const filter = $("#metric-filter").value.toLowerCase();
+  const ul = $("#metrics");
+  ul.textContent = "";
+  for (const m of (state.metrics || []).filter((m) => m.toLowerCase().includes(filter)).slice(0, 300)) {
+    ul.append(el("li", { class: m === state.metric ? "active" : "", onclick: () => { state.metric = m; applyBrowser(); } }, m));
+  }
+}
+
+function renderFilters(labelValues) {
+  const box = $("#filters");
+  box.textContent = "";
+  const names = Object.keys(labelValues || {}).filter((n) => n !== "__name__");
+  state.filters.forEach((f, i) => {
+    const dl = "dl-" + i;
+    const row = el("div", { class: "filter", dataset: { index: String(i) } },
+      el("select", { class: "f-name", onchange: (e) => { f.name = e.target.value; } },
+        el("option", { value: "" }, "label…"),
+        ...[...new Set([...names, f.name].filter(Boolean))].map((n) => {
+          const o = el("option", { value: n }, n);
+          if (n === f.name) o.selected = true;
+          return o;
+        })),
+      el("select", { class: "f-op", onchange: (e) => { f.op = e.target.value; } },
+        ...["=", "!=", "=~", "!~"].map((op) => { const o = el("option", { value: op }, op); if (op === f.op) o.selected = true; return o; })),
+      el("input", { class: "f-value", list: dl, value: f.value, oninput: (e) => { f.value = e.target.value; },
+        onkeydown: (e) => { if (e.key === "Enter") { applyBrowser(); } } }),
+      el("button", { type: "button", title: "remove", onclick: () => { state.filters.splice(i, 1); applyBrowser(); } }, "×"),
+      el("datalist", { id: dl }, ...((labelValues || {})[f.name] || []).map((v) => el("option", { value: v }))));
+    box.append(row);
+  });
+  const apply = el("button", { type: "button", id: "apply-filters", onclick: applyBrowser }, "Apply filters");
+  if (state.filters.length) box.append(apply);
+}
+
+function applyBrowser() {
+  state.selector = selectorFromBrowser();
+  $("#selector").value = state.selector;
+  history.replaceState(null, "", "#/series?match=" + encodeURIComponent(state.selector));
+  load();
+}
+
+async function loadSeries() {
+  banner("");
+  const sel = state.selector;
+  const browse = await api("/ui/api/series?limit=500" + (sel ? "&match=" + encodeURIComponent(sel) : ""));
+  state.metrics = browse.metrics;
+  renderMetrics();
+  renderFilters(browse.labels);
+  $("#series-count").textContent = sel ? `${browse.total} series match ${sel}` : `${browse.total} series stored; pick a metric or type a selector`;
+  $("#series-count").dataset.count = String(browse.total);
+  const tbody = $("#series-list tbody");
+  tbody.textContent = "";
+  for (const s of browse.series.slice(0, 200)) {
+    tbody.append(el("tr", { class: "series-row" },
+      el("td", { class: "mono" }, el("a", { href: "#/series?match=" + encodeURIComponent(s.selector) }, seriesName(s))),
+      el("td", {}, s.labels.agent || s.labels.host || s.labels.instance || "")));
+  }
+  if (!sel) { drawChart(null); $("#holes tbody").textContent = ""; return; }
+  const { from, to } = timeRange();
+  const width = Math.max(200, Math.floor($("#chart").clientWidth || 1000));
+  const t0 = performance.now();
+  const data = await api(`/ui/api/chart?match=${encodeURIComponent(sel)}&from=${from}&to=${to}&width=${width}`);
+  drawChart(data);
+  renderHoles(data);
+  const ms = Math.round(performance.now() - t0);
+  $("#series-count").textContent += ` · chart: ${data.series.length} series, ${data.n} points each, ${ms} ms` + (data.truncated ? " (first 200 shown)" : "");
+  $("#chart").dataset.ms = String(ms);
+}
+
+function renderHoles(data) {
+  const tbody = $("#holes tbody");
+  tbody.textContent = "";
+  let rows = 0;
+  for (const s of data.series) {
+    for (const h of s.holes) {
+      if (rows++ > 500) return;
+      tbody.append(el("tr", { class: "hole-row", dataset: { kind: h.kind } },
+        el("td", { class: "mono" }, seriesName(s)), el("td", {}, fmtTime(h.from)), el("td", {}, fmtTime(h.to)),
+        el("td", { class: "kind " + h.kind }, h.kind), el("td", {}, h.text)));
+    }
+  }
+  if (!rows) tbody.append(el("tr", {}, el("td", { colspan: "5", class: "muted" }, "no holes: every step of every series has data")));
+}
+
+function hatch(ctx, color, dense) {
+  const c = document.createElement("canvas");
+  c.width = c.height = 8;
+  const g = c.getContext("2d");
+  g.fillStyle = color + "33";
+  g.fillRect(0, 0, 8, 8);
+  if (dense) {
+    g.strokeStyle = color;
+    g.lineWidth = 2;
+    g.beginPath(); g.moveTo(0, 8); g.lineTo(8, 0); g.stroke();
+  }
+  return ctx.createPattern(c, "repeat");
+}
+
+function holesPlugin(holes) {
+  // holes: [{from, to, kind, text}] deduplicated across series
+  return {
+    hooks: {
+      drawClear: [(u) => {
+        const ctx = u.ctx;
+        const { top, height } = u.bbox;
+        ctx.save();
+        for (const h of holes) {
+          const [color, hatched] = HOLE_COLORS[h.kind] || HOLE_COLORS.unknown;
+          let x0 = u.valToPos(h.from / 1000, "x", true);
+          let x1 = u.valToPos(h.to / 1000, "x", true);
+          x0 = Math.max(x0, u.bbox.left); x1 = Math.min(x1, u.bbox.left + u.bbox.width);
+          if (x1 - x0 < 2) { x1 = x0 + 2; }
+          ctx.fillStyle = hatched ? hatch(ctx, color, true) : color + "55";
+          ctx.fillRect(x0, top, x1 - x0, height);
+          if (h.kind === "lost") { ctx.fillStyle = color; ctx.fillRect(x0, top, x1 - x0, 4); }
+        }
+        ctx.restore();
+      }],
+      setCursor: [(u) => {
+        const i = u.cursor.idx;
+        const out = $("#hover");
+        if (i === null || i === undefined) { out.textContent = ""; return; }
+        const x = u.data[0][i] * 1000;
+        const hit = holes.filter((h) => h.from <= x && x <= h.to);
+        out.textContent = fmtTime(x) + (hit.length ? " — " + hit.map((h) => h.kind + ": " + h.text).join(" | ") : "");
+      }],
+    },
+  };
+}
+
+function drawChart(data) {
+  const box = $("#chart");
+  if (state.chart) { state.chart.destroy(); state.chart = null; }
+  box.textContent = "";
+  box.dataset.series = "0";
+  if (!data) return;
+  if (typeof window.uPlot === "undefined") { box.append(el("p", { class: "error" }, "charting library not installed")); return; }
+  const n = data.n;
+  const xs = new Array(n);
+  for (let i = 0; i < n; i++) xs[i] = (data.start + i * data.step) / 1000;
+  const seen = new Map();
+  for (const s of data.series) for (const h of s.holes) seen.set(h.from + ":" + h.to + ":" + h.kind, h);
+  const holes = [...seen.values()];
+  const series = [{}];
+  const cols = [xs];
+  data.series.forEach((s, i) => {
+    series.push({ label: seriesName(s), stroke: PALETTE[i % PALETTE.length], width: 1.25, spanGaps: false, points: { show: false } });
+    // A step without a point is a break in the line (null) only inside one of the series' holes;
+    // elsewhere it is just finer than the data (undefined: uPlot draws across it).
+    const hs = s.holes;
+    cols.push(s.values.map((v, j) => {
+      if (v !== null && typeof v !== "string") return v;
+      const x = data.start + j * data.step;
+      return hs.some((h) => h.from < x && x < h.to) || typeof v === "string" ? null : undefined;
+    }));
+  });
+  const opts = {
+    width: Math.max(300, box.clientWidth), height: 360,
+    series, legend: { show: data.series.length <= 8 },
+    scales: { x: { time: true, min: xs[0], max: xs[n - 1] } },
+    cursor: { drag: { x: true, y: false } },
+    plugins: [holesPlugin(holes)],
+  };
+  state.chart = new window.uPlot(opts, cols, box);
+  box.dataset.series = String(data.series.length);
+  box.dataset.holes = holes.map((h) => h.kind).join(",");
+}
+
+// --- completeness page ------------------------------------------------------------------------------
+
+function segments(ranges, top) {
+  const bar = el("div", { class: "bar" });
+  if (!top) return bar;
+  let pos = 1;
+  const add = (kind, first, last, title) => {
+    const w = ((last - first + 1) / top) * 100;
+    bar.append(el("div", { class: "seg " + kind, style: `width:${w}%`, title, dataset: { kind } }));
+  };
+  for (const r of ranges) {
+    if (r.first > pos) add("unknown-gap", pos, r.first - 1, `${pos}-${r.first - 1}: not known to the ledger`);
+    let title = `${r.kind} ${r.first}-${r.last}`;
+    if (r.reason) title += `: ${r.reason}`;
+    if (r.since_ms) title += r.kind === "delayed" ? `, pending since ${fmtTime(r.since_ms)} (${ago(r.since_ms)})` : `, first seen ${fmtTime(r.since_ms)}`;
+    add(r.kind, r.first, r.last, title);
+    pos = r.last + 1;
+  }
+  return bar;
+}
+
+async function loadCompleteness() {
+  banner("");
+  const d = await api("/ui/api/completeness");
+  $("#c-tenant").textContent = d.tenant;
+  const t = d.totals;
+  const all = t.stored + t.delayed + t.missing + t.lost;
+  const pct = (x) => (all ? ((x / all) * 100).toFixed(x && x < all / 1000 ? 3 : 1) : "0") + "%";
+  const totals = $("#c-totals");
+  totals.textContent = "";
+  for (const k of ["stored", "delayed", "missing", "lost"]) {
+    totals.append(el("div", { class: "total " + k, dataset: { kind: k, count: String(t[k]) } },
+      el("span", { class: "sw " + k }), " ", k, ": ", el("b", {}, t[k].toLocaleString()), " ", el("span", { class: "muted" }, pct(t[k]))));
+  }
+  const bar = $("#c-bar");
+  bar.textContent = "";
+  for (const k of ["stored", "delayed", "missing", "lost"]) {
+    if (t[k]) bar.append(el("div", { class: "seg " + k, style: `width:${(t[k] / all) * 100}%`, title: `${k}: ${t[k]}` }));
+  }
+  const w = d.worker || {};
+  $("#c-worker").textContent = w.lag_records === null || w.lag_records === undefined
+    ? "Worker lag unknown (no worker metrics yet)."
+    : `Reports acknowledged in the last ${num(w.lag_seconds, 1)} s may still be in the log: the worker is ${num(w.lag_records, 0)} records behind.`;
+  const tbody = $("#agents tbody");
+  tbody.textContent = "";
+  for (const a of d.agents) {
+    const top = Math.max(a.max_seq, a.spool ? a.spool.last_seq : 0);
+    const notes = [];
+    for (const r of a.ranges || []) {
+      if (r.kind === "lost") notes.push(el("div", { class: "kind lost note" }, `lost ${r.first}-${r.last}: ${r.reason}`));
+      if (r.kind === "delayed") notes.push(el("div", { class: "kind delayed note" }, `delayed ${r.first}-${r.last}: in the agent's spool since ${fmtTime(r.since_ms)} (${ago(r.since_ms)})`));
+      if (r.kind === "missing") notes.push(el("div", { class: "kind missing note" }, `missing ${r.first}-${r.last}: replay asked, first seen ${fmtTime(r.since_ms)}`));
+    }
+    const heard = Math.max(a.last_seen_ms, a.last_stored_ms);
+    tbody.append(el("tr", { class: "agent-row", dataset: { agent: a.agent } },
+      el("td", { class: "mono" }, a.agent),
+      el("td", { class: a.silent ? "bad" : "" }, ago(heard)),
+      el("td", {}, a.stored.toLocaleString()), el("td", {}, a.delayed.toLocaleString()),
+      el("td", {}, a.missing.toLocaleString()), el("td", {}, a.lost.toLocaleString()),
+      el("td", {}, segments(a.ranges || [], top), el("div", { class: "notes" }, notes))));
+  }
+  if (!d.agents.length) tbody.append(el("tr", {}, el("td", { colspan: "7", class: "muted" }, "no agent has reported in this tenant")));
+}
+
+// --- health page ------------------------------------------------------------------------------------
+
+function kv(title, pairs) {
+  return [el("h3", {}, title), el("div", { class: "kv" }, ...pairs.flatMap(([k, v, cls]) => [el("span", {}, k), el("span", { class: cls || "" }, v)]))];
+}
+
+function spark(id, points) {
+  const box = document.getElementById(id);
+  if (state.sparks[id]) { state.sparks[id].destroy(); delete state.sparks[id]; }
+  box.textContent = "";
+  if (typeof window.uPlot === "undefined") return;
+  if (!points || points.length < 2) { box.append(el("p", { class: "muted" }, "collecting samples…")); return; }
+  const xs = points.map((p) => p[0] / 1000);
+  const ys = points.map((p) => p[1]);
+  state.sparks[id] = new window.uPlot({
+    width: Math.max(200, box.clientWidth), height: 120, legend: { show: false },
+    series: [{}, { stroke: "#1f77b4", fill: "#1f77b422", width: 1 }],
+    axes: [{ size: 30 }, { size: 50 }], scales: { x: { time: true } },
+  }, [xs, ys], box);
+}
+
+function workerState(w) {
+  if (w.healthy === null || w.healthy === undefined) return ["state", "unknown (no worker metrics)", "bad"];
+  if (w.healthy === 1) return ["state", "healthy", "ok"];
+  if (!w.store_errors && !w.lag_records) return ["state", "idle (nothing stored since it started)", "ok"];
+  return ["state", "store writes failing", "bad"];
+}
+
+async function loadHealth() {
+  banner("");
+  const d = await api("/ui/api/health");
+  const codes = Object.entries(d.ingest.by_status).sort().map(([c, r]) => `${c}: ${num(r, 2)}/s`).join(", ") || "–";
+  $("#h-ingest").replaceChildren(...kv("Ingest", [
+    ["requests/s", num(d.ingest.requests_per_s, 2)], ["points/s", num(d.ingest.points_per_s, 1)],
+    ["by status", codes], ["p99 latency", secs(d.ingest.p99_s)], ["window", d.window_s + " s"],
+  ]));
+  $("#h-log").replaceChildren(...kv("Log", [
+    ["durable writes", d.log.healthy === 1 ? "healthy" : d.log.healthy === 0 ? "FAILING" : "–", d.log.healthy === 0 ? "bad" : "ok"],
+    ["append p50 / p99", secs(d.log.append_p50_s) + " / " + secs(d.log.append_p99_s)],
+    ["fsync p50 / p99", secs(d.log.fsync_p50_s) + " / " + secs(d.log.fsync_p99_s)],
+    ["append errors", num(d.log.append_errors, 0)],
+  ]));
+  $("#h-worker").replaceChildren(...kv("Worker", [
+    workerState(d.worker),
+    ["lag (records)", num(d.worker.lag_records, 0)], ["lag (seconds)", num(d.worker.lag_seconds, 2)],
+    ["points/s stored", num(d.worker.points_per_s, 1)], ["store errors", num(d.worker.store_errors, 0)],
+  ]));
+  $("#h-store").replaceChildren(...kv("Losses and backlog", [
+    ["dead letters", num(d.dead_letters, 0), d.dead_letters ? "bad" : "ok"],
+    ["log gaps", String(d.log_gaps.length), d.log_gaps.length ? "bad" : "ok"],
+    ["fallback backlog", d.fallback.known ? num(d.fallback.pending_replay_bytes, 0) + " bytes" : "unknown"],
+    ["agents not heard from", `${d.silent_agents.length} of ${d.agents}`, d.silent_agents.length ? "bad" : "ok"],
+  ]), d.fallback.note ? el("p", { class: "notes" }, d.fallback.note) : null);
+  spark("spark-ingest", d.ingest.history);
+  spark("spark-lag", d.worker.history_lag_seconds);
+  spark("spark-fsync", d.log.history_fsync_p99);
+  const st = $("#silent tbody");
+  st.textContent = "";
+  for (const a of d.silent_agents) st.append(el("tr", { class: "silent-row" }, el("td", { class: "mono" }, a.agent), el("td", {}, ago(a.last_seen_ms))));
+  if (!d.silent_agents.length) st.append(el("tr", {}, el("td", { colspan: "2", class: "muted" }, "every agent reported in the last 5 minutes")));
+  const gt = $("#gaps tbody");
+  gt.textContent = "";
+  for (const g of d.log_gaps) gt.append(el("tr", {}, el("td", {}, g.partition), el("td", {}, `${g.first}-${g.last}`), el("td", {}, g.reason), el("td", {}, fmtTime(g.detected_ms))));
+  if (!d.log_gaps.length) gt.append(el("tr", {}, el("td", { colspan: "4", class: "muted" }, "none")));
+}
+
+// --- wiring -----------------------------------------------------------------------------------------
+
+$("#login-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  try {
+    await login($("#key").value.trim());
+    $("#key").value = "";
+    await start();
+  } catch (err) {
+    $("#login-error").textContent = err.message;
+  }
+});
+$("#logout").addEventListener("click", () => logout(""));
+$("#range").addEventListener("change", () => {
+  const custom = $("#range").value === "custom";
+  $("#custom-range").hidden = !custom;
+  if (!custom) load();
+});
+$("#apply-range").addEventListener("click", () => load());
+$("#refresh").addEventListener("change", schedule);
+$("#selector-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  state.selector = $("#selector").value.trim();
+  history.replaceState(null, "", "#/series?match=" + encodeURIComponent(state.selector));
+  load();
+});
+$("#metric-filter").addEventListener("input", renderMetrics);
+$("#add-filter").addEventListener("click", () => { state.filters.push({ name: "", op: "=", value: "" }); load(); });
+window.addEventListener("hashchange", route);
+window.addEventListener("resize", () => { if (state.chart) state.chart.setSize({ width: $("#chart").clientWidth, height: 360 }); });
+schedule();
+start();

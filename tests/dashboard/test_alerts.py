@@ -1,0 +1,46 @@
+"""deploy/alerts.yml is valid for promtool and its unit tests (alerts_test.yml) pass."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from lossproof.query import dashboard
+
+HERE = Path(__file__).parent
+RULES = HERE.parent.parent / "deploy" / "alerts.yml"
+promtool = shutil.which("promtool")
+pytestmark = pytest.mark.skipif(promtool is None, reason="needs promtool (scripts/deps/dashboard.sh)")
+
+
+def test_check_rules() -> None:
+    out = subprocess.run([str(promtool), "check", "rules", str(RULES)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_rule_unit_tests() -> None:
+    out = subprocess.run(
+        [str(promtool), "test", "rules", "alerts_test.yml"], cwd=HERE, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_rules_use_metrics_lossproof_exports() -> None:
+    """Every lossproof_* name the rules use is one the code defines (a typo would never fire)."""
+    import re
+
+    src = HERE.parent.parent / "src" / "lossproof"
+    code = "\n".join(p.read_text() for p in src.rglob("*.py"))
+    used = set(re.findall(r"\b(lossproof_[a-z0-9_]+)", RULES.read_text())) - {"lossproof_kind"}
+    # agents must export the spool limit for LossproofAgentSpoolNearFull (not yet: see docs/dashboard.md)
+    pending = {"lossproof_agent_spool_limit_bytes"}
+    missing = []
+    for name in sorted(used - pending):
+        base = re.sub(r"_(total|bucket|count|sum)$", "", name)
+        if f'"{name}"' not in code and f'"{base}"' not in code:
+            missing.append(name)
+    assert missing == [], missing
+    assert dashboard.SILENT_AFTER_S == 300  # LossproofAgentsSilent's text says 5 minutes

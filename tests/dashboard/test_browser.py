@@ -1,0 +1,198 @@
+"""The UI in a real browser: Debian's chromium, headless, driven by Selenium through chromium-driver.
+
+Every page must load without console errors; the chart must draw; a lost range and a delayed range
+must show as such (in the holes table and as coloured bands on the canvas); a label filter must narrow
+the series. Screenshots of each page go to the artifacts directory (see conftest.py).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import Dash
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import Select  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1400,1000",
+]
+
+pytestmark = pytest.mark.skipif(
+    not (Path(CHROMIUM).exists() and Path(DRIVER).exists()),
+    reason="needs Debian's chromium and chromium-driver (scripts/deps/dashboard.sh installs them)",
+)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    profile = tempfile.mkdtemp(prefix="lossproof-chromium-")
+    for f in [*FLAGS, f"--user-data-dir={profile}"]:
+        opts.add_argument(f)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    d = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    d.set_page_load_timeout(30)
+    try:
+        yield d
+    finally:
+        d.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def errors(d: Any) -> list[str]:
+    return [e["message"] for e in d.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def wait(d: Any, script: str, timeout: float = 20) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = d.execute_script(script)
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for: {script}")
+
+
+def loaded(d: Any, page: str) -> None:
+    wait(d, f"return document.body.dataset.loaded === {page!r}")
+
+
+def logged_in(d: Any, dash: Dash, hash_: str = "") -> None:
+    d.get(dash.p.url + "/")
+    d.execute_script("sessionStorage.setItem('lossproof.key', arguments[0])", dash.p.key)
+    d.get(dash.p.url + "/" + hash_)
+    d.refresh()
+
+
+def test_login_first_paint_and_key_in_session(browser: Any, dash: Dash, artifacts: Path) -> None:
+    d = browser
+    d.get(dash.p.url + "/")
+    d.execute_script("sessionStorage.clear()")
+    d.refresh()
+    loaded(d, "login")
+    paint = d.execute_script(
+        "const e = performance.getEntriesByType('paint').find(p => p.name === 'first-contentful-paint');"
+        "return e ? e.startTime : null"
+    )
+    assert paint is not None and paint < 1000, f"first contentful paint {paint} ms"
+    d.save_screenshot(str(artifacts / "login.png"))
+    d.find_element(By.ID, "key").send_keys("lp_wrong_key")
+    d.find_element(By.CSS_SELECTOR, "#login-form button").click()
+    wait(d, "return document.getElementById('login-error').textContent")
+    assert "unknown API key" in d.find_element(By.ID, "login-error").text
+    d.find_element(By.ID, "key").clear()
+    d.find_element(By.ID, "key").send_keys(dash.p.key)
+    d.find_element(By.CSS_SELECTOR, "#login-form button").click()
+    loaded(d, "series")
+    assert "tenant: default" in d.find_element(By.ID, "tenant").text
+    assert d.execute_script("return sessionStorage.getItem('lossproof.key')") == dash.p.key
+    assert errors(d) == []
+
+
+def _pixel(d: Any, t_ms: int) -> list[int]:
+    """The chart canvas' colour at time t, near the top of the plot (where no line runs)."""
+    return d.execute_script(  # type: ignore[no-any-return]
+        "const u = window.lossproof.chart; const x = Math.round(u.valToPos(arguments[0] / 1000, 'x', true));"
+        "return Array.from(u.ctx.getImageData(x, u.bbox.top + 20, 1, 1).data);",
+        t_ms,
+    )
+
+
+def test_chart_draws_lost_and_delayed_ranges(browser: Any, dash: Dash, artifacts: Path) -> None:
+    d = browser
+    logged_in(d, dash, '#/series?match=cpu_user{host="web-01"}')
+    loaded(d, "series")
+    wait(d, "return document.querySelector('#chart canvas')")
+    assert d.find_element(By.ID, "chart").get_attribute("data-series") == "1"
+    rows = {
+        r.get_attribute("data-kind"): r.text for r in d.find_elements(By.CSS_SELECTOR, "#holes tr.hole-row")
+    }
+    assert "spool_full" in rows["lost"]
+    assert "still in its spool" in rows["delayed"]
+    assert "replay" in rows["missing"]
+    import dash_data as dd
+
+    lost = _pixel(d, dd.t0_of(dash.t0, 50))
+    delayed_band = [_pixel(d, dd.t0_of(dash.t0, 171) + dt) for dt in range(2000, 60000, 1500)]
+    stored = _pixel(d, dd.t0_of(dash.t0, 20))
+    r, g, b, a = lost
+    assert a > 0 and r > 150 and g < 150 and b < 150, f"lost band not red: {lost}"
+    # the delayed band is hatched amber: some of its pixels are clearly amber (red+green high, blue low)
+    assert any(p[3] > 0 and p[0] > 200 and p[1] > 120 and p[2] < 120 for p in delayed_band), delayed_band
+    assert stored[3] == 0 or stored[:3] == [255, 255, 255], f"stored time has a band: {stored}"
+    d.save_screenshot(str(artifacts / "series.png"))
+    assert errors(d) == []
+
+
+def test_label_filter_narrows_series(browser: Any, dash: Dash) -> None:
+    d = browser
+    logged_in(d, dash, "#/series")
+    loaded(d, "series")
+    wait(d, "return document.querySelectorAll('#metrics li').length")
+    next(li for li in d.find_elements(By.CSS_SELECTOR, "#metrics li") if li.text == "cpu.user").click()
+    wait(d, "return document.getElementById('series-count').dataset.count === '2'")
+    wait(d, "return document.getElementById('chart').dataset.series === '2'")
+    d.find_element(By.ID, "add-filter").click()
+    wait(d, "return document.querySelector('#filters .filter select.f-name option[value=host]')")
+    Select(d.find_element(By.CSS_SELECTOR, "#filters .f-name")).select_by_value("host")
+    Select(d.find_element(By.CSS_SELECTOR, "#filters .f-op")).select_by_value("=~")
+    d.find_element(By.CSS_SELECTOR, "#filters .f-value").send_keys("web.*")
+    d.find_element(By.ID, "apply-filters").click()
+    wait(d, "return document.getElementById('series-count').dataset.count === '1'")
+    wait(d, "return document.getElementById('chart').dataset.series === '1'")
+    assert d.find_element(By.ID, "selector").get_attribute("value") == '{__name__="cpu.user",host=~"web.*"}'
+    assert [
+        r.text.split("\n")[0] for r in d.find_elements(By.CSS_SELECTOR, "#series-list tr.series-row")
+    ] == ['cpu.user{dc="eu", host="web-01"} web-01']
+    assert errors(d) == []
+
+
+def test_completeness_page(browser: Any, dash: Dash, artifacts: Path) -> None:
+    d = browser
+    logged_in(d, dash, "#/completeness")
+    loaded(d, "completeness")
+    row = d.find_element(By.CSS_SELECTOR, "tr.agent-row[data-agent='web-01']")
+    kinds = [s.get_attribute("data-kind") for s in row.find_elements(By.CSS_SELECTOR, ".seg")]
+    assert kinds == ["stored", "lost", "stored", "missing", "stored", "delayed"]
+    lost = row.find_element(By.CSS_SELECTOR, ".seg.lost")
+    assert "spool_full" in lost.get_attribute("title")
+    assert "lost 41-60: spool_full" in row.text and "delayed 171-180" in row.text
+    totals = {
+        e.get_attribute("data-kind"): e.get_attribute("data-count")
+        for e in d.find_elements(By.CSS_SELECTOR, ".total")
+    }
+    assert totals == {"stored": "320", "delayed": "10", "missing": "10", "lost": "20"}
+    d.save_screenshot(str(artifacts / "completeness.png"))
+    assert errors(d) == []
+
+
+def test_health_page(browser: Any, dash: Dash, artifacts: Path) -> None:
+    d = browser
+    logged_in(d, dash, "#/health")
+    loaded(d, "health")
+    assert "healthy" in d.find_element(By.ID, "h-log").text
+    assert "dead letters" in d.find_element(By.ID, "h-store").text
+    assert "lag (records)" in d.find_element(By.ID, "h-worker").text
+    d.save_screenshot(str(artifacts / "health.png"))
+    assert errors(d) == []
