@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 CONFIG_NAME = "lossproof.toml"
 MiB = 2**20
@@ -42,16 +42,61 @@ class ServerConfig(_Section):
     retry_after_seconds: int = Field(default=1, ge=1)
 
 
+class KafkaLogConfig(_Section):
+    """``[log.kafka]``: the Kafka backend (see docs/kafka.md)."""
+
+    bootstrap_servers: str = "127.0.0.1:19092"
+    topic: str = Field(default="lossproof-reports", pattern=r"^[A-Za-z0-9._-]{1,200}$")
+    # Used by `lossproof kafka init` when it creates the topic, and checked by the writer at start.
+    partitions: int = Field(default=6, ge=1)
+    replication_factor: int = Field(default=3, ge=1)
+    min_insync_replicas: int = Field(default=2, ge=1)
+    # Accept a topic weaker than RF 3 / min.insync.replicas 2 / no unclean election / no
+    # time- or size-based deletion (e.g. a 1-node dev cluster). Acknowledged then means less.
+    unsafe: bool = False
+    # How long the producer may try to deliver a record; must be below server.append_timeout_seconds
+    # (0: 80% of it) so a request gets the delivery report's verdict, never just a timeout.
+    delivery_timeout_seconds: float = Field(default=0.0, ge=0)
+    max_message_bytes: int = Field(default=20 * MiB, ge=1024)
+    # Consumer group session: how soon a dead worker's partitions move to another worker.
+    session_timeout_seconds: float = Field(default=10.0, ge=1)
+    # How often the writer deletes records every lossproof consumer group has committed past.
+    retention_check_seconds: float = Field(default=60.0, gt=0)
+    # Passed through to librdkafka (producer, consumer and admin client): security.protocol,
+    # sasl.*, ssl.*, linger.ms, compression.type, ... Settings lossproof's guarantees rest on
+    # (acks, enable.idempotence, auto commit, offset reset, ...) are refused.
+    client: dict[str, str] = Field(default_factory=dict)
+
+
 class LogConfig(_Section):
-    backend: Literal["embedded"] = "embedded"
+    backend: Literal["embedded", "kafka"] = "embedded"
     dir: str = "log"
     segment_bytes: int = Field(default=64 * MiB, ge=4096)
     retention_seconds: float = Field(default=3600.0, ge=0)
+    # embedded: partitions of the log directory = how many ingest processes can write it at once
+    # (one per partition); worker processes share the partitions (see docs/log.md).
+    partitions: int = Field(default=1, ge=1, le=1024)
+    kafka: KafkaLogConfig = Field(default_factory=KafkaLogConfig)
 
 
 class StoreConfig(_Section):
-    backend: Literal["embedded"] = "embedded"
+    backend: Literal["embedded", "postgres"] = "embedded"
+    # embedded: the SQLite file
     path: str = "store.db"
+    # postgres: a libpq connection string or URI (or LOSSPROOF_STORE_DSN), e.g.
+    # "postgresql://lossproof:secret@db.example:5432/lossproof"
+    dsn: str = ""
+    pg_schema: str = Field(default="lossproof", min_length=1, max_length=63)
+    pool_size: int = Field(default=4, ge=1, le=100)  # connections per process
+    # Point partitions (one per UTC day) older than this are dropped; 0 keeps everything.
+    retention_days: float = Field(default=0.0, ge=0)
+    connect_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _dsn_for_postgres(self) -> StoreConfig:
+        if self.backend == "postgres" and not self.dsn.strip():
+            raise ValueError("store.dsn (or LOSSPROOF_STORE_DSN) is required with backend = 'postgres'")
+        return self
 
 
 class WorkerConfig(_Section):

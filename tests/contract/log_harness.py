@@ -25,6 +25,9 @@ import lossproof
 from lossproof.log.base import LogGap, LogReader, LogRecord, LogWriter
 
 HELPERS = Path(__file__).resolve().parent.parent / "log" / "helpers"
+KAFKA_TESTS = Path(__file__).resolve().parent.parent / "kafka"
+if str(KAFKA_TESTS) not in sys.path:  # kafka_support: the session's shared Kafka cluster
+    sys.path.insert(0, str(KAFKA_TESTS))
 
 
 def make_value(tag: str, size: int) -> bytes:
@@ -133,6 +136,9 @@ class LogHarness(abc.ABC):
     def recovery_truncated_bytes(self, writer: LogWriter) -> float | None:
         return None
 
+    def close(self) -> None:  # noqa: B027 - optional hook, most harnesses hold nothing
+        """Release whatever the harness holds (called after each test)."""
+
     # -- damage (call with no writer/reader open) --
     def tear_tail(self) -> None:
         pytest.skip(f"{self.name}: cannot tear the tail of the log")
@@ -148,6 +154,9 @@ class LogHarness(abc.ABC):
 
 class EmbeddedHarness(LogHarness):
     name = "embedded"
+    partitions = 1
+    part = 0  # the partition the writers under test land in
+    claim_grace = 0.2  # readers of one group: how soon a free partition is taken over
 
     def __init__(self, tmp_path: Path) -> None:
         super().__init__(tmp_path)
@@ -158,6 +167,7 @@ class EmbeddedHarness(LogHarness):
 
         return EmbeddedLogWriter(
             self.dir,
+            partitions=self.partitions,
             segment_bytes=2048 if small_segments else 64 * 2**20,
             retention_seconds=0.0,
             retention_check_seconds=0.05 if retention else 3600.0,
@@ -166,7 +176,14 @@ class EmbeddedHarness(LogHarness):
     def reader(self, group: str = "workers") -> LogReader:
         from lossproof.log.embedded import EmbeddedLogReader
 
-        return EmbeddedLogReader(self.dir, group, poll_interval=0.002)
+        return EmbeddedLogReader(
+            self.dir,
+            group,
+            partitions=self.partitions,
+            poll_interval=0.002,
+            claim_grace=self.claim_grace,
+            claim_interval=0.02,
+        )
 
     def spawn_appender(self, *, concurrency: int, value_size: int) -> AppenderProcess:
         proc = subprocess.Popen(
@@ -180,6 +197,8 @@ class EmbeddedHarness(LogHarness):
                 str(value_size),
                 "--segment-bytes",
                 str(256 * 1024),
+                "--partitions",
+                str(self.partitions),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -198,26 +217,139 @@ class EmbeddedHarness(LogHarness):
     def earliest_offset(self) -> int | None:
         from lossproof.log.embedded.damage import record_locations
 
-        locs = record_locations(self.dir)
+        locs = record_locations(self.dir, self.part)
         return locs[0].offset if locs else None
 
     def tear_tail(self) -> None:
         from lossproof.log.embedded.damage import tear_tail
 
-        tear_tail(self.dir, keep=0.6)
+        tear_tail(self.dir, keep=0.6, partition=self.part)
 
     def corrupt(self, offset: int) -> str:
         from lossproof.log.embedded.damage import corrupt_record
 
-        return corrupt_record(self.dir, offset, where="value").path.name
+        return corrupt_record(self.dir, offset, where="value", partition=self.part).path.name
 
     def lose(self, first: int, last: int) -> None:
         from lossproof.log.embedded.damage import lose_records
 
-        lose_records(self.dir, first, last)
+        lose_records(self.dir, first, last, self.part)
 
 
-HARNESSES: dict[str, type[LogHarness]] = {"embedded": EmbeddedHarness}
+class EmbeddedSecondPartitionHarness(EmbeddedHarness):
+    """The embedded log with 2 partitions, partition 0 held by another (idle) writer, so the writers
+    under test write partition 1; readers take every free partition at once (claim grace 0)."""
+
+    name = "embedded-p1of2"
+    partitions = 2
+    part = 1
+    claim_grace = 0.0
+
+    def __init__(self, tmp_path: Path) -> None:
+        super().__init__(tmp_path)
+        from lossproof.log.embedded import segment as seg
+        from lossproof.log.embedded.offsets import acquire_lock
+
+        self.dir.mkdir(parents=True)
+        self._p0_lock: int | None = acquire_lock(seg.writer_lock_path(self.dir, 0), "p0 stand-in")
+
+    def close(self) -> None:
+        from lossproof.log.embedded.offsets import release_lock
+
+        if self._p0_lock is not None:
+            release_lock(self._p0_lock)
+            self._p0_lock = None
+
+
+class KafkaHarness(LogHarness):
+    """A fresh 1-partition topic (RF 3, min.insync.replicas 2) on the session's 3-node dev cluster.
+
+    One partition, so offsets form one sequence as the contract tests expect; readers of one group
+    share it through Kafka's group protocol (cooperative-sticky). What Kafka cannot do is skipped:
+    tearing or corrupting segment files, and losing records in the middle of a partition (Kafka can
+    only lose a prefix: ``delete_records``; see tests/kafka/test_gaps.py).
+    """
+
+    name = "kafka"
+
+    def __init__(self, tmp_path: Path) -> None:
+        super().__init__(tmp_path)
+        from kafka_support import new_topic, session_cluster
+
+        self.cluster = session_cluster()
+        self.cfg = new_topic(self.cluster, prefix="contract", partitions=1)
+        self._readers: list[LogReader] = []
+
+    def writer(self, *, small_segments: bool = False, retention: bool = False) -> LogWriter:
+        from lossproof.log.kafka import KafkaLogWriter
+
+        return KafkaLogWriter(
+            self.cfg,
+            append_timeout=10.0,
+            retention_seconds=0.0,
+            retention_check_seconds=0.1 if retention else 3600.0,
+        )
+
+    def reader(self, group: str = "workers") -> LogReader:
+        from lossproof.log.kafka import KafkaLogReader
+
+        r = KafkaLogReader(self.cfg, group)
+        self._readers.append(r)
+        return r
+
+    def close(self) -> None:
+        for r in self._readers:  # a reader a failed test left open would stay in its group
+            r.close()
+        self._readers.clear()
+
+    def spawn_appender(self, *, concurrency: int, value_size: int) -> AppenderProcess:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(KAFKA_TESTS / "kafka_appender.py"),
+                "--bootstrap",
+                self.cfg.bootstrap_servers,
+                "--topic",
+                self.cfg.topic,
+                "--concurrency",
+                str(concurrency),
+                "--value-size",
+                str(value_size),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=subprocess_env(),
+        )
+        return AppenderProcess(proc, value_size)
+
+    def _watermarks(self) -> tuple[int, int]:
+        from confluent_kafka import TopicPartition
+        from confluent_kafka.admin import AdminClient, OffsetSpec
+
+        admin = AdminClient({"bootstrap.servers": self.cfg.bootstrap_servers})
+        tp = TopicPartition(self.cfg.topic, 0)
+        lo = admin.list_offsets({tp: OffsetSpec.earliest()})[tp].result().offset
+        hi = admin.list_offsets({tp: OffsetSpec.latest()})[tp].result().offset
+        return int(lo), int(hi)
+
+    def earliest_offset(self) -> int | None:
+        lo, hi = self._watermarks()
+        return lo if hi > lo else None
+
+    def lose(self, first: int, last: int) -> None:
+        from confluent_kafka import TopicPartition
+        from confluent_kafka.admin import AdminClient
+
+        lo, _ = self._watermarks()
+        if first > lo:
+            pytest.skip("kafka: records can only vanish from the start of a partition (delete_records)")
+        admin = AdminClient({"bootstrap.servers": self.cfg.bootstrap_servers})
+        for f in admin.delete_records([TopicPartition(self.cfg.topic, 0, last + 1)]).values():
+            f.result()
+
+
+HARNESSES: dict[str, type[LogHarness]] = {"embedded": EmbeddedHarness, "kafka": KafkaHarness}
+HARNESSES["embedded-p1of2"] = EmbeddedSecondPartitionHarness
 
 
 # --- helpers shared by the contract tests ------------------------------------------------------------

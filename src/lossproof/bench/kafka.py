@@ -1,0 +1,175 @@
+"""Raw librdkafka producer throughput with KafkaLogWriter's settings: the ceiling for ingest on Kafka.
+
+``raw_producer`` drives a bare ``confluent_kafka.Producer`` configured exactly like the writer
+(idempotent, ``acks=all``, same linger, partitioner and delivery timeout) with ``concurrency``
+records outstanding at any time (like ``concurrency`` agents each waiting for its OK), and counts
+only records whose delivery report succeeded. ``writer`` does the same through
+:class:`KafkaLogWriter` (asyncio futures resolved from the delivery callbacks), so the cost of the
+wrapper is visible on its own. ``lossproof bench ingest --log kafka`` divides its acked MB/s by the
+raw number measured in the same run (the ratio; target >= 0.8).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+import time
+from dataclasses import dataclass, field
+
+import click
+
+from lossproof.config import KafkaLogConfig
+from lossproof.log.base import LogUnavailable
+from lossproof.log.kafka.common import producer_conf
+
+
+@dataclass
+class ProducerRun:
+    name: str
+    records: int = 0
+    bytes: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def records_per_s(self) -> float:
+        return self.records / self.seconds if self.seconds else 0.0
+
+    @property
+    def mib_per_s(self) -> float:
+        return self.bytes / self.seconds / 2**20 if self.seconds else 0.0
+
+    def quantile(self, q: float) -> float:
+        if not self.latencies:
+            return math.nan
+        s = sorted(self.latencies)
+        return s[min(len(s) - 1, int(q * len(s)))]
+
+    def line(self) -> str:
+        return (
+            f"{self.name}: {self.records_per_s:,.0f} acked records/s, {self.mib_per_s:,.1f} MiB/s, "
+            f"ack p50 {self.quantile(0.5) * 1e3:.1f} ms, p99 {self.quantile(0.99) * 1e3:.1f} ms, "
+            f"errors {self.errors}"
+        )
+
+
+def _value(size: int, i: int) -> bytes:
+    unit = f"<report {i}>".encode()
+    return (unit * (size // len(unit) + 1))[:size]
+
+
+def raw_producer(
+    cfg: KafkaLogConfig,
+    *,
+    record_bytes: int = 50_000,
+    seconds: float = 10.0,
+    concurrency: int = 64,
+    delivery_timeout: float = 8.0,
+) -> ProducerRun:
+    from confluent_kafka import KafkaError, Message, Producer
+
+    run = ProducerRun(f"raw librdkafka producer ({concurrency} in flight, {record_bytes // 1000} KB records)")
+    producer = Producer(producer_conf(cfg, delivery_timeout))
+    values = [_value(record_bytes, i) for i in range(16)]
+    outstanding = 0
+
+    def on_delivery(err: KafkaError | None, msg: Message, *, started: float) -> None:
+        nonlocal outstanding
+        outstanding -= 1
+        if err is None:
+            run.records += 1
+            run.bytes += record_bytes
+            run.latencies.append(time.perf_counter() - started)
+        else:
+            run.errors += 1
+
+    # One thread, the canonical librdkafka loop: keep ``concurrency`` records outstanding, serve
+    # delivery reports with poll().
+    begin = time.monotonic()
+    deadline = begin + seconds
+    i = 0
+    while time.monotonic() < deadline:
+        while outstanding < concurrency:
+            try:
+                producer.produce(
+                    cfg.topic,
+                    value=values[i % len(values)],
+                    key=f"bench-agent-{i % concurrency}".encode(),
+                    on_delivery=functools.partial(on_delivery, started=time.perf_counter()),
+                )
+            except BufferError:
+                break
+            outstanding += 1
+            i += 1
+        producer.poll(0.005)
+    producer.flush(delivery_timeout + 1)
+    run.seconds = time.monotonic() - begin
+    return run
+
+
+def writer(
+    cfg: KafkaLogConfig,
+    *,
+    record_bytes: int = 50_000,
+    seconds: float = 10.0,
+    concurrency: int = 64,
+    delivery_timeout: float = 8.0,
+) -> ProducerRun:
+    from lossproof.log.kafka import KafkaLogWriter
+
+    run = ProducerRun(f"KafkaLogWriter.append ({concurrency} concurrent, {record_bytes // 1000} KB records)")
+    values = [_value(record_bytes, i) for i in range(16)]
+
+    async def main() -> None:
+        w = KafkaLogWriter(
+            cfg.model_copy(update={"delivery_timeout_seconds": delivery_timeout}),
+            append_timeout=delivery_timeout + 2,
+            retention_check_seconds=3600,
+        )
+        await w.start()
+        begin = time.monotonic()
+        deadline = begin + seconds
+
+        async def task(a: int) -> None:
+            i = a
+            while time.monotonic() < deadline:
+                started = time.perf_counter()
+                try:
+                    await w.append(f"bench-agent-{a}".encode(), values[i % len(values)])
+                except LogUnavailable:
+                    run.errors += 1
+                    await asyncio.sleep(0.05)
+                    continue
+                run.latencies.append(time.perf_counter() - started)
+                run.records += 1
+                run.bytes += record_bytes
+                i += concurrency
+
+        await asyncio.gather(*(task(a) for a in range(concurrency)))
+        run.seconds = time.monotonic() - begin
+        await w.close()
+
+    asyncio.run(main())
+    return run
+
+
+@click.command("kafka")
+@click.option("--bootstrap-servers", required=True, envvar="LOSSPROOF_KAFKA_BOOTSTRAP")
+@click.option("--topic", required=True, help="An existing topic (its records are kept: use a bench topic).")
+@click.option("--record-bytes", type=click.IntRange(1, 16 * 2**20), default=50_000, show_default=True)
+@click.option("--seconds", type=click.FloatRange(1, 600), default=10.0, show_default=True)
+@click.option("--concurrency", type=click.IntRange(1, 10_000), default=64, show_default=True)
+@click.option("--unsafe", is_flag=True, help="The topic is a 1-node/RF 1 dev topic.")
+def kafka_bench_cmd(
+    bootstrap_servers: str, topic: str, record_bytes: int, seconds: float, concurrency: int, unsafe: bool
+) -> None:
+    """Acked records/s and MiB/s of the raw librdkafka producer and of KafkaLogWriter, same settings."""
+    cfg = KafkaLogConfig(bootstrap_servers=bootstrap_servers, topic=topic, unsafe=unsafe)
+    raw = raw_producer(cfg, record_bytes=record_bytes, seconds=seconds, concurrency=concurrency)
+    click.echo(raw.line())
+    w = writer(cfg, record_bytes=record_bytes, seconds=seconds, concurrency=concurrency)
+    click.echo(w.line())
+    ratio = w.mib_per_s / raw.mib_per_s if raw.mib_per_s else math.nan
+    click.echo(f"KafkaLogWriter / raw producer: {ratio:.2f}")

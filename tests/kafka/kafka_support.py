@@ -1,0 +1,234 @@
+"""A real 3-node Kafka cluster shared by every test of the session, plus helpers.
+
+The cluster is started on first use (about 15-20 s) in a temp dir and killed when the test process
+exits. Tests that kill brokers restore every node before they return (``ensure_all_up``). Each
+test uses its own topic, so tests never see each other's records.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lossproof
+from lossproof.config import KafkaLogConfig
+from lossproof.dev.kafka import DevCluster
+
+HERE = Path(__file__).resolve().parent
+_lock = threading.Lock()
+_cluster: DevCluster | None = None
+
+
+def session_cluster() -> DevCluster:
+    """The shared 3-node cluster, started (or repaired) on demand."""
+    global _cluster
+    with _lock:
+        if _cluster is None:
+            keep = os.environ.get("LOSSPROOF_TEST_KAFKA_DIR")
+            if keep:  # reuse (and leave running) a cluster there: fast iterations while developing
+                c = DevCluster(Path(keep), detach=True)
+                c.up(3, port=0, heap="384m", timeout=180)
+                _cluster = c
+                return c
+            d = Path(tempfile.mkdtemp(prefix="lossproof-test-kafka-"))
+            c = DevCluster(d, detach=False)
+            atexit.register(_stop, c, d)
+            c.up(3, port=0, heap="384m", timeout=180)
+            _cluster = c
+        return _cluster
+
+
+def ensure_all_up(c: DevCluster) -> None:
+    c.up(3, port=0, heap="384m", timeout=180)
+
+
+def _stop(c: DevCluster, d: Path) -> None:
+    with contextlib.suppress(Exception):
+        for n in c.nodes():
+            c.kill(n.id)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def admin(c: DevCluster):  # type: ignore[no-untyped-def]
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient({"bootstrap.servers": c.bootstrap})
+
+
+def new_topic(
+    c: DevCluster,
+    *,
+    prefix: str = "t",
+    partitions: int = 1,
+    replication_factor: int = 3,
+    min_isr: int = 2,
+    **cfg_extra: object,
+) -> KafkaLogConfig:
+    """A fresh topic created with lossproof's settings; returns a config naming it."""
+    from lossproof.log.kafka.admin import create_topic
+
+    cfg = KafkaLogConfig(
+        bootstrap_servers=c.bootstrap,
+        topic=f"{prefix}-{uuid.uuid4().hex[:12]}",
+        partitions=partitions,
+        replication_factor=replication_factor,
+        min_insync_replicas=min_isr,
+        delivery_timeout_seconds=8.0,
+        session_timeout_seconds=6.0,
+        unsafe=replication_factor < 3 or min_isr < 2,
+        **cfg_extra,  # type: ignore[arg-type]
+    )
+    create_topic(admin(c), cfg)
+    return cfg
+
+
+def subprocess_env() -> dict[str, str]:
+    src = str(Path(lossproof.__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def make_value(tag: str, size: int) -> bytes:
+    unit = f"<{tag}>".encode()
+    return (unit * (size // len(unit) + 1))[:size] if size else b""
+
+
+# --- an appender process with timestamps --------------------------------------------------------------
+
+
+@dataclass
+class Ack:
+    partition: int
+    offset: int
+    key: bytes
+    tag: str
+    t: float  # time.time() when acknowledged
+
+
+@dataclass
+class Fail:
+    tag: str
+    t: float
+    reason: str
+
+
+@dataclass
+class Appender:
+    """tests/kafka/kafka_appender.py in verbose mode: ACK/FAIL lines with partition and time."""
+
+    proc: subprocess.Popen[bytes]
+    value_size: int
+    acks: list[Ack] = field(default_factory=list)
+    fails: list[Fail] = field(default_factory=list)
+    _buf: bytes = b""
+
+    @classmethod
+    def spawn(cls, cfg: KafkaLogConfig, *, concurrency: int = 8, value_size: int = 1000) -> Appender:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(HERE / "kafka_appender.py"),
+                "--bootstrap",
+                cfg.bootstrap_servers,
+                "--topic",
+                cfg.topic,
+                "--concurrency",
+                str(concurrency),
+                "--value-size",
+                str(value_size),
+                "--verbose",
+                *(["--unsafe"] if cfg.unsafe else []),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=subprocess_env(),
+        )
+        assert proc.stdout is not None
+        os.set_blocking(proc.stdout.fileno(), False)
+        return cls(proc, value_size)
+
+    def pump(self) -> None:
+        assert self.proc.stdout is not None
+        while True:
+            try:
+                chunk = os.read(self.proc.stdout.fileno(), 1 << 16)
+            except BlockingIOError:
+                return
+            if not chunk:
+                return
+            self._buf += chunk
+            *lines, self._buf = self._buf.split(b"\n")
+            for line in lines:
+                self._parse(line.decode())
+
+    def _parse(self, line: str) -> None:
+        parts = line.split(" ", 6)
+        if parts[0] == "ACK" and len(parts) >= 6:
+            _, off, key, tag, p, t = parts[:6]
+            self.acks.append(Ack(int(p), int(off), key.encode(), tag, float(t)))
+        elif parts[0] == "FAIL" and len(parts) >= 3:
+            self.fails.append(Fail(parts[1], float(parts[2]), parts[3] if len(parts) > 3 else ""))
+
+    def wait_acks(self, n: int, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.acks) < n:
+            self.pump()
+            if self.proc.poll() is not None:
+                self.pump()
+                raise AssertionError(f"appender exited with {self.proc.returncode}")
+            assert time.monotonic() < deadline, f"only {len(self.acks)} acks after {timeout}s"
+            time.sleep(0.02)
+
+    def run_for(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.pump()
+            time.sleep(0.05)
+
+    def acks_between(self, t0: float, t1: float) -> list[Ack]:
+        return [a for a in self.acks if t0 <= a.t < t1]
+
+    def fails_between(self, t0: float, t1: float) -> list[Fail]:
+        return [f for f in self.fails if t0 <= f.t < t1]
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        assert self.proc.stdout is not None
+        os.set_blocking(self.proc.stdout.fileno(), True)
+        self._buf += self.proc.stdout.read()
+        *lines, _torn = self._buf.split(b"\n")
+        self._buf = b""
+        for line in lines:
+            self._parse(line.decode())
+
+
+def read_everything(cfg: KafkaLogConfig, group: str, *, idle: float = 1.0, timeout: float = 120.0):  # type: ignore[no-untyped-def]
+    """All records (and gaps) of the topic, read by a fresh group until ``idle`` seconds without data."""
+    from lossproof.log.kafka import KafkaLogReader
+
+    r = KafkaLogReader(cfg, group)
+    records, gaps = [], []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            res = r.poll(1000, idle)
+            if not res.records and not res.gaps:
+                break
+            records += res.records
+            gaps += res.gaps
+    finally:
+        r.close()
+    return records, gaps
