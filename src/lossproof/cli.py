@@ -254,6 +254,14 @@ def bench() -> None:
     show_default=True,
     help="Endpoint to drive; third-party protocols use --agents clients of --points-per-report samples.",
 )
+@click.option(
+    "--log",
+    "log_backend",
+    type=click.Choice(["embedded", "kafka"]),
+    default="embedded",
+    show_default=True,
+    help="kafka: also measure the raw librdkafka producer with the pipeline's settings (from --data-dir).",
+)
 def bench_ingest(
     url: str,
     api_key: str | None,
@@ -264,6 +272,7 @@ def bench_ingest(
     data_dir: Path | None,
     spawn: bool,
     protocol: str,
+    log_backend: str,
 ) -> None:
     """Acked points/s, ack latency, worker points/s, end-to-end delay, vs the disk's own speed."""
     import tempfile
@@ -277,7 +286,10 @@ def bench_ingest(
     def go(url: str, key: str, disk_dir: Path) -> list[str]:
         if protocol != "native":
             return run_protocol_bench(url, key, protocol, agents, points_per_report, duration, progress)
-        return run_bench(url, key, agents, points_per_report, duration, encoding, disk_dir, progress)
+        lines = run_bench(url, key, agents, points_per_report, duration, encoding, disk_dir, progress)
+        if log_backend == "kafka":
+            lines += _kafka_ratio(lines, data_dir, agents, duration, progress)
+        return lines
 
     with tempfile.TemporaryDirectory(prefix="lossproof-bench-") as tmp:
         if spawn:
@@ -292,6 +304,24 @@ def bench_ingest(
                 raise click.ClickException(f"cannot reach the pipeline at {url}: {e}") from None
     for line in lines:
         click.echo(line)
+
+
+def _kafka_ratio(
+    lines: list[str], data_dir: Path | None, agents: int, duration: float, progress: Callable[[str], None]
+) -> list[str]:
+    """The raw librdkafka producer with the pipeline's own Kafka settings, beside the ingest numbers."""
+    from lossproof.bench.ingest import LAST_RUN
+    from lossproof.bench.kafka import raw_producer
+
+    if data_dir is None:
+        raise click.ClickException("--log kafka needs --data-dir of the pipeline (for its Kafka settings)")
+    cfg = _load(data_dir)
+    record_bytes = max(1, int(LAST_RUN.get("bytes_per_request", 50_000)))
+    progress(f"raw librdkafka producer, {agents} in flight, {record_bytes} B records …")
+    raw = raw_producer(cfg.log.kafka, record_bytes=record_bytes, seconds=duration, concurrency=agents)
+    ingest_rps = LAST_RUN.get("requests_per_s", 0.0)
+    ratio = ingest_rps / raw.records_per_s if raw.records_per_s else float("nan")
+    return [raw.line(), f"ingest acked requests/s vs raw producer records/s: {ratio:.2f} (target >= 0.8)"]
 
 
 def main() -> None:

@@ -21,6 +21,8 @@ from lossproof.bench.scrape import histogram_quantile, scrape, total
 from lossproof.protocol.compression import compress
 
 T_MARK = b"@T@"
+# Figures of the last max-load phase, for benchmarks that compare against it (bench kafka ratio).
+LAST_RUN: dict[str, float] = {}
 
 
 def points_template(agent: int, n: int) -> bytes:
@@ -191,6 +193,10 @@ def run_bench(
     stored_total = total(after_drain, "lossproof_worker_points_total") - stored_before
     rate = full.acked_points / full.seconds
     mib = full.acked_bytes / full.seconds / 2**20
+    requests = full.acked_points / points
+    LAST_RUN.update(
+        requests_per_s=requests / full.seconds, bytes_per_request=full.acked_bytes / max(requests, 1)
+    )
     worker_rate = stored_total / (full.seconds + (drain if math.isfinite(drain) else 0))
     lines += [
         f"agents {agents}, {points} points/report, encoding {encoding}, {full.seconds:.1f}s at max load",
