@@ -172,16 +172,20 @@ def new_key() -> str:
     return "lp_" + secrets.token_urlsafe(32)
 
 
-def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
-    out: dict[str, dict[str, str]] = {}
-    for section, model in Config.model_fields.items():
-        ann = model.annotation
-        if not (isinstance(ann, type) and issubclass(ann, _Section)):
-            continue
-        for field in ann.model_fields:
-            var = f"LOSSPROOF_{section}_{field}".upper()
-            if var in env:
-                out.setdefault(section, {})[field] = env[var]
+def _env_overrides(
+    env: Mapping[str, str], model: type[BaseModel] = Config, prefix: str = "LOSSPROOF"
+) -> dict[str, Any]:
+    """``LOSSPROOF_<SECTION>_<FIELD>`` (and ``LOSSPROOF_LOG_KAFKA_<FIELD>`` for nested tables)."""
+    out: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        ann = info.annotation
+        var = f"{prefix}_{name}".upper()
+        if isinstance(ann, type) and issubclass(ann, _Section):
+            nested = _env_overrides(env, ann, var)
+            if nested:
+                out[name] = nested
+        elif model is not Config and var in env:
+            out[name] = env[var]
     return out
 
 
