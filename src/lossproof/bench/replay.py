@@ -1,0 +1,275 @@
+"""Catch-up benchmark for ``lossproof replay``: drain a fallback journal into a running pipeline.
+
+The journal is what a fallback receiver holds after an outage: N agents x M reports of P points,
+one report per request (agents at 1 report/s send them one by one), compressed as agents send
+them. It is written directly with the journal writer (the receiver's own format and code path
+for disk), then replayed with the real replay code. Two times are measured: until the main ingest
+acknowledged every request (replay done), and until the worker stored every point (caught up).
+
+    python -m lossproof.bench.replay --spawn --agents 100 --reports 600 --points 500
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import psutil  # type: ignore[import-untyped]  # no stubs installed; calls are plain
+
+from lossproof.bench.ingest import T_MARK, points_template
+from lossproof.bench.scrape import scrape, total
+from lossproof.fallback import journal as jn
+from lossproof.fallback.replay import Replay, ReplayOptions
+from lossproof.protocol.compression import compress
+
+
+@dataclass
+class ReplayBenchResult:
+    agents: int
+    reports: int
+    points: int
+    requests: int
+    journal_bytes: int
+    build_seconds: float
+    replay_seconds: float  # until every request was acknowledged by the main ingest
+    stored_seconds: float  # until the worker stored every point (from the start of the replay)
+    retries: int
+    rejected: int
+    cpu_seconds: dict[str, float] | None = None  # per process, over replay + drain
+
+    @property
+    def total_reports(self) -> int:
+        return self.agents * self.reports
+
+    @property
+    def total_points(self) -> int:
+        return self.total_reports * self.points
+
+    def lines(self) -> list[str]:
+        rs = self.stored_seconds
+        out = [
+            f"journal: {self.agents} agents x {self.reports} reports x {self.points} points = "
+            f"{self.total_reports:,} reports, {self.total_points:,} points, "
+            f"{self.journal_bytes / 2**20:,.1f} MiB (built in {self.build_seconds:.1f} s)",
+            f"replay acknowledged by ingest: {self.replay_seconds:.1f} s = "
+            f"{self.requests / self.replay_seconds:,.0f} requests/s, "
+            f"{self.total_points / self.replay_seconds:,.0f} points/s "
+            f"(retries {self.retries}, rejected {self.rejected})",
+            f"all stored by the worker: {rs:.1f} s after the replay started = "
+            f"{self.total_reports / rs:,.0f} reports/s, {self.total_points / rs:,.0f} points/s stored",
+        ]
+        if self.cpu_seconds:
+            per = ", ".join(
+                f"{k} {v:.1f} s ({v / self.total_reports * 1e3:.2f} ms/report)"
+                for k, v in self.cpu_seconds.items()
+            )
+            out.append(
+                f"CPU time: {per}; host load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+            )
+        return out
+
+
+async def build_journal(
+    journal: Path,
+    agents: int,
+    reports: int,
+    points: int,
+    encoding: str = "zstd",
+    tenant: str = "default",
+    run_id: str = "",
+    t0_ms: int | None = None,
+) -> tuple[int, int]:
+    """Write the journal a fallback would hold; returns (requests, journal bytes)."""
+    run_id = run_id or str(int(time.time()))
+    t0 = t0_ms if t0_ms is not None else int(time.time() * 1000) - reports * 1000
+    templates = [points_template(a, points).split(T_MARK) for a in range(agents)]
+    writer = jn.JournalWriter(journal)
+    await writer.start()
+    try:
+        for seq in range(1, reports + 1):  # in time order, all agents each second, as received
+            t = str(t0 + seq * 1000).encode()
+            batch = []
+            for a in range(agents):
+                agent = f"replay-{run_id}-{a}"
+                raw = b'{"agent":"%s","reports":[{"seq":%d,"time":%s,"points":%s}]}' % (
+                    agent.encode(),
+                    seq,
+                    t,
+                    t.join(templates[a]),
+                )
+                entry = jn.Entry(
+                    tenant=tenant,
+                    agent=agent,
+                    content_type="application/json",
+                    encoding=encoding if encoding != "identity" else "",
+                    seqs=[(seq, seq)],
+                    reports=1,
+                    points=points,
+                    body=compress(raw, encoding),
+                )
+                batch.append(writer.append(entry, t0 + seq * 1000))
+            await asyncio.gather(*batch)
+    finally:
+        await writer.close()
+    return agents * reports, jn.journal_bytes(journal)[1]
+
+
+class _Lines(io.StringIO):
+    """A text stream that hands each complete line to ``progress`` (replay's progress output)."""
+
+    def __init__(self, progress: Callable[[str], None]) -> None:
+        super().__init__()
+        self._progress = progress
+        self._buf = ""
+
+    def write(self, s: str) -> int:
+        self._buf += s
+        *lines, self._buf = self._buf.split("\n")
+        for line in lines:
+            if line.strip():
+                self._progress(line)
+        return len(s)
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _processes(data_dir: Path) -> dict[str, psutil.Process]:
+    """The pipeline's ingest and worker processes (found by their --data-dir)."""
+    out = {}
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if str(data_dir) in cmd and "lossproof" in cmd:
+            for role in ("ingest", "worker"):
+                if role in cmd:
+                    out[role] = p
+    return out
+
+
+def _cpu(p: psutil.Process) -> float:
+    try:
+        t = p.cpu_times()
+        return float(t.user + t.system)
+    except psutil.Error:
+        return math.nan
+
+
+def _wait_stored(url: str, target: float, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if total(scrape(url), "lossproof_worker_points_total") >= target:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def run_replay_bench(
+    url: str,
+    key: str,
+    work_dir: Path,
+    agents: int = 100,
+    reports: int = 600,
+    points: int = 500,
+    concurrency: int = 16,
+    rate: float | None = None,
+    encoding: str = "zstd",
+    progress: Callable[[str], None] = lambda _m: None,
+    timeout: float = 1800,
+    pipeline_dir: Path | None = None,
+) -> ReplayBenchResult:
+    """Build a journal in ``work_dir`` and replay it into the pipeline at ``url`` with ``key``
+    (a replay key, or the default tenant's key)."""
+    progress(f"building the journal: {agents} agents x {reports} reports x {points} points ...")
+    t = time.monotonic()
+    requests, nbytes = asyncio.run(build_journal(jn.journal_dir(work_dir), agents, reports, points, encoding))
+    build = time.monotonic() - t
+    procs = _processes(pipeline_dir) if pipeline_dir is not None else {}
+    procs["replay"] = psutil.Process()
+    cpu0 = {k: _cpu(p) for k, p in procs.items()}
+    before = total(scrape(url), "lossproof_worker_points_total")
+    progress(f"replaying {requests:,} requests ({nbytes / 2**20:,.1f} MiB) into {url} ...")
+    opts = ReplayOptions(
+        data_dir=work_dir,
+        url=url,
+        api_key=key,
+        rate=rate,
+        concurrency=concurrency,
+        progress_interval=5.0,
+    )
+    started = time.monotonic()
+    summary = asyncio.run(Replay(opts, _Lines(progress)).run())
+    replay_s = time.monotonic() - started
+    if summary.error:
+        raise RuntimeError(f"replay failed: {summary.error}")
+    progress("waiting for the worker to store everything ...")
+    ok = _wait_stored(url, before + agents * reports * points, timeout)
+    stored_s = time.monotonic() - started if ok else math.inf
+    cpu = {k: _cpu(p) - cpu0[k] for k, p in procs.items()}
+    return ReplayBenchResult(
+        agents,
+        reports,
+        points,
+        summary.requests,
+        nbytes,
+        build,
+        replay_s,
+        stored_s,
+        summary.retries,
+        summary.rejected,
+        cpu,
+    )
+
+
+@click.command()
+@click.option("--url", default=None, help="A running pipeline (default: --spawn one).")
+@click.option("--api-key", envvar="LOSSPROOF_API_KEY", default=None)
+@click.option("--spawn", is_flag=True, help="Start a fresh `lossproof up` in a temp dir.")
+@click.option("--agents", type=click.IntRange(1, 100_000), default=100, show_default=True)
+@click.option("--reports", type=click.IntRange(1, 10_000_000), default=600, show_default=True)
+@click.option("--points", type=click.IntRange(0, 100_000), default=500, show_default=True)
+@click.option("--concurrency", type=click.IntRange(1, 256), default=16, show_default=True)
+@click.option("--rate", type=float, default=None, help="Replay --rate (requests/s).")
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+def main(
+    url: str | None,
+    api_key: str | None,
+    spawn: bool,
+    agents: int,
+    reports: int,
+    points: int,
+    concurrency: int,
+    rate: float | None,
+    work_dir: Path | None,
+) -> None:
+    """Replay catch-up: reports/s and points/s stored from a fallback journal."""
+    from lossproof.bench.spawn import spawned_pipeline
+
+    def say(m: str) -> None:
+        click.echo(f"  {m}", err=True)
+
+    with tempfile.TemporaryDirectory(prefix="lossproof-bench-replay-", dir=work_dir) as tmp:
+        fb = Path(tmp) / "fallback"
+        if spawn or url is None:
+            data = Path(tmp) / "data"
+            with spawned_pipeline(data) as (u, k):
+                res = run_replay_bench(
+                    u, k, fb, agents, reports, points, concurrency, rate, progress=say, pipeline_dir=data
+                )
+        else:
+            if not api_key:
+                raise click.ClickException("--api-key (or LOSSPROOF_API_KEY) is required with --url")
+            res = run_replay_bench(url, api_key, fb, agents, reports, points, concurrency, rate, progress=say)
+    for line in res.lines():
+        click.echo(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Test helpers: run `lossproof fallback` and `lossproof replay` as real processes."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import urllib3
+import zstandard
+
+from lossproof.fallback import journal as jn
+from lossproof.faults import write_faults
+from lossproof.protocol import native
+from lossproof.protocol.compression import decompress
+
+HTTP = urllib3.PoolManager(maxsize=64, timeout=urllib3.Timeout(connect=2, read=30), retries=False)
+
+
+def lossproof(*args: str) -> list[str]:
+    """argv for a lossproof subcommand; the fallback commands work before cli.py registers them."""
+    from lossproof.cli import cli
+
+    if args[0] in ("fallback", "replay") and args[0] not in cli.commands:  # type: ignore[attr-defined]
+        return [sys.executable, "-m", "lossproof.fallback", *args]
+    return [sys.executable, "-m", "lossproof", *args]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Fallback:
+    data_dir: Path
+    key: str
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def faults_file(self) -> Path:
+        return self.data_dir.parent / f"{self.data_dir.name}-faults.json"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def journal(self) -> Path:
+        return jn.journal_dir(self.data_dir)
+
+    def start(self, wait: bool = True, extra_env: dict[str, str] | None = None) -> None:
+        env = {
+            **os.environ,
+            "LOSSPROOF_API_KEY": self.key,
+            "LOSSPROOF_FAULTS_FILE": str(self.faults_file),
+            **(extra_env or {}),
+        }
+        self.starts += 1
+        log_path = self.data_dir.parent / f"{self.data_dir.name}-fallback-{self.starts}.log"
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                lossproof(
+                    "fallback", "--data-dir", str(self.data_dir), "--port", str(self.port), *self.extra_args
+                ),
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"fallback exited with {self.proc.returncode}: {self.logs()[-3000:]}")
+            try:
+                if HTTP.request("GET", self.url + "/healthz", timeout=1).status == 200:
+                    return
+            except urllib3.exceptions.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"fallback not ready after {timeout}s: {self.logs()[-3000:]}")
+
+    def logs(self) -> str:
+        return "\n".join(
+            p.read_text(errors="replace")
+            for p in sorted(self.data_dir.parent.glob(f"{self.data_dir.name}-fallback-*.log"))
+        )
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+    def faults(self, faults: dict[str, Any]) -> None:
+        write_faults(str(self.faults_file), faults)
+        time.sleep(0.12)  # the process re-reads the file at most every 50 ms
+
+    def headers(self, key: str | None = None, **extra: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.key}", "Content-Type": "application/json", **extra}
+
+    def post(
+        self, agent: str, reports: list[dict[str, Any]], encoding: str = "identity", key: str | None = None
+    ) -> urllib3.BaseHTTPResponse:
+        body, enc = encode_body({"agent": agent, "reports": reports}, encoding)
+        return post_raw(self.url, body, enc, key or self.key)
+
+    def metrics(self) -> str:
+        return HTTP.request("GET", self.url + "/metrics").data.decode()
+
+
+def encode_body(body: dict[str, Any], encoding: str) -> tuple[bytes, str]:
+    raw = json.dumps(body).encode()
+    if encoding == "gzip":
+        return gzip.compress(raw), encoding
+    if encoding == "zstd":
+        return zstandard.ZstdCompressor().compress(raw), encoding
+    return raw, encoding
+
+
+def post_raw(url: str, body: bytes, encoding: str, key: str, timeout: float = 30) -> urllib3.BaseHTTPResponse:
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    if encoding != "identity":
+        headers["Content-Encoding"] = encoding
+    return HTTP.request("POST", url + "/v1/reports", body=body, headers=headers, timeout=timeout)
+
+
+def journal_seqs(journal: Path) -> list[tuple[str, str, int]]:
+    """(tenant, agent, seq) of every report in the journal, in journal order, decoding each body."""
+    out = []
+    for rec in jn.read_all(journal):
+        e = rec.entry
+        req = native.decode(decompress(e.body, e.encoding, 2**30), e.content_type)
+        out += [(e.tenant, req.agent, r.seq) for r in req.reports]
+    return out
+
+
+def run_replay(
+    data_dir: Path, url: str, key: str, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        lossproof("replay", "--from", str(data_dir), "--to", url, "--api-key", key, *args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={k: v for k, v in os.environ.items() if not k.startswith("LOSSPROOF_")},
+    )
+
+
+def kill_quietly(proc: subprocess.Popen[Any] | None) -> None:
+    if proc is not None and proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()

@@ -1,0 +1,431 @@
+"""`lossproof replay` end to end: real fallback, real pipeline, replay killed -9 midway, run again."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fallback_helpers import Fallback, encode_body, lossproof, post_raw, run_replay
+
+from lossproof import config as config_mod
+from lossproof.fallback import journal as jn
+from lossproof.fallback import progress as pg
+from pipeline import Pipeline, expand, report
+
+T0 = 1_767_225_600_000
+
+
+def create_key(data_dir: Path, *args: str) -> str:
+    out = subprocess.run(
+        lossproof("keys", "create", "--data-dir", str(data_dir), *args),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[0]
+
+
+def numbered(seq: int, agent: str, n: int = 5) -> dict[str, Any]:
+    """A report whose points name their agent and seq, so the query shows each one exactly."""
+    return {
+        "seq": seq,
+        "points": [
+            {"metric": "replay.m", "labels": {"agent": agent, "i": str(i)}, "t": T0 + seq * 1000, "v": seq}
+            for i in range(n)
+        ],
+    }
+
+
+def fill(fb: Fallback, keys: dict[str, str], agents: dict[str, str], reports: int) -> None:
+    """Each agent posts ``reports`` numbered reports in batches of 1-3, in mixed encodings."""
+    rnd = random.Random(7)
+
+    def one(agent: str, tenant: str) -> None:
+        seq = 1
+        while seq <= reports:
+            k = min(rnd.randint(1, 3), reports - seq + 1)
+            body, enc = encode_body(
+                {"agent": agent, "reports": [numbered(s, agent) for s in range(seq, seq + k)]},
+                rnd.choice(["identity", "gzip", "zstd"]),
+            )
+            r = post_raw(fb.url, body, enc, keys[tenant])
+            assert r.status == 200, r.data
+            seq += k
+
+    threads = [threading.Thread(target=one, args=(a, t)) for a, t in agents.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+
+
+def check_stored_once(p: Pipeline, keys: dict[str, str], agents: dict[str, str], reports: int) -> None:
+    for agent, tenant in agents.items():
+        deadline = time.monotonic() + 30
+        while True:
+            status, ledger = p.get(f"/v1/agents/{agent}/ledger", key=keys[tenant])
+            if status == 200 and expand(ledger["stored"]) == set(range(1, reports + 1)):
+                break
+            assert time.monotonic() < deadline, (agent, status, ledger)
+            time.sleep(0.2)
+        assert ledger["stored"] == [[1, reports]] and ledger["missing"] == [] and ledger["lost"] == []
+        status, q = p.get(
+            f"/v1/query?metric=replay.m&from=0&to=9999999999999&label=agent:{agent}&label=i:0",
+            key=keys[tenant],
+        )
+        assert status == 200
+        assert len(q["series"]) == 1
+        assert [pt[1] for pt in q["series"][0]["points"]] == [float(s) for s in range(1, reports + 1)]
+    # tenants are kept apart: the replay key wrote each record as the tenant the fallback recorded
+    for agent, tenant in agents.items():
+        other = next(t for t in keys if t != tenant)
+        status, _ = p.get(f"/v1/agents/{agent}/ledger", key=keys[other])
+        assert status == 404, (agent, tenant, other)
+
+
+@pytest.fixture
+def setup(
+    tmp_path: Path, pipeline_factory: Callable[[str], Pipeline], fallback_factory: Callable[..., Fallback]
+) -> Iterator[tuple[Pipeline, Fallback, dict[str, str], str]]:
+    """A pipeline and a fallback sharing tenants `default` and `acme`, plus a replay key."""
+    p = pipeline_factory("main")
+    config_mod.init_data_dir(p.data_dir, p.key)
+    acme = create_key(p.data_dir, "--tenant", "acme")
+    replay_key = create_key(p.data_dir, "--replay")
+    fb = fallback_factory(key=p.key, extra_args=["--segment-bytes", "32K"])
+    config_mod.init_data_dir(fb.data_dir, p.key)
+    fb_acme = create_key(fb.data_dir, "--tenant", "acme")
+    fb.start()
+    keys = {"default": p.key, "acme": acme}
+    fb_keys = {"default": p.key, "acme": fb_acme}
+    fb.fb_keys = fb_keys  # type: ignore[attr-defined]
+    yield p, fb, keys, replay_key
+
+
+def test_replay_killed_midway_then_resumed_stores_every_report_once(
+    setup: tuple[Pipeline, Fallback, dict[str, str], str],
+) -> None:
+    p, fb, keys, replay_key = setup
+    agents = {"web-1": "default", "web-2": "default", "db-1": "default", "acme-1": "acme", "acme-2": "acme"}
+    reports = 120
+    fill(fb, fb.fb_keys, agents, reports)  # type: ignore[attr-defined]
+    records = jn.read_all(fb.journal)
+    assert len(jn.list_segments(fb.journal)) > 3
+    p.start()
+
+    # first run: slow (rate-limited), killed -9 after a while
+    args = lossproof("replay", "--from", str(fb.data_dir), "--to", p.url, "--api-key", replay_key)
+    proc = subprocess.Popen([*args, "--rate", "80"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while True:
+        progress = pg.load_progress(fb.data_dir)
+        if progress is not None and progress.requests >= 40:
+            break
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no progress"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = pg.load_progress(fb.data_dir)
+    assert first is not None and first.requests < len(records)
+    assert first.target == p.url
+
+    # second run, with the main log refusing writes for a moment: 503s are retried, never skipped
+    p.faults({"log.fsync": {"mode": "fail"}})
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while 'lossproof_ingest_requests_total{protocol="native",status="503"}' not in p.metrics():
+        assert time.monotonic() < deadline and proc.poll() is None, "no 503 seen"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    p.faults({})
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, (stdout, stderr)
+    summary = stdout.strip().splitlines()[-1]
+    assert summary.startswith("replayed ") and " requests/s" in summary, summary
+    assert "retries" in summary, summary
+    assert "503" in stderr
+    done = pg.load_progress(fb.data_dir)
+    assert done is not None and done.requests >= len(records)
+    assert done.position == records[-1].next_position
+
+    check_stored_once(p, keys, agents, reports)
+
+    # a third run has nothing to do
+    out = run_replay(fb.data_dir, p.url, replay_key)
+    assert out.returncode == 0 and out.stdout.startswith("replayed 0 requests"), out
+
+
+def test_replay_while_receiving_then_follow(setup: tuple[Pipeline, Fallback, dict[str, str], str]) -> None:
+    """Without --follow a replay takes what is durable and stops; --follow keeps draining."""
+    p, fb, keys, replay_key = setup
+    p.start()
+    agents = {"f-1": "default", "f-2": "acme"}
+    fill(fb, fb.fb_keys, agents, 30)  # type: ignore[attr-defined]
+    stop = threading.Event()
+
+    def more() -> None:
+        seq = 31
+        while not stop.is_set() and seq <= 200:
+            for agent, tenant in agents.items():
+                assert fb.post(agent, [numbered(seq, agent)], key=fb.fb_keys[tenant]).status == 200  # type: ignore[attr-defined]
+            seq += 1
+            time.sleep(0.005)
+
+    t = threading.Thread(target=more)
+    t.start()
+    try:
+        out = run_replay(fb.data_dir, p.url, replay_key)
+        assert out.returncode == 0, out.stderr
+        assert not stop.is_set()
+    finally:
+        t.join(60)
+    args = lossproof("replay", "--from", str(fb.data_dir), "--to", p.url, "--api-key", replay_key, "--follow")
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)
+        for seq in range(201, 221):  # sent while the replay follows
+            for agent, tenant in agents.items():
+                assert fb.post(agent, [numbered(seq, agent)], key=fb.fb_keys[tenant]).status == 200  # type: ignore[attr-defined]
+        check_stored_once(p, keys, agents, 220)
+        assert proc.poll() is None  # still following
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, (stdout, stderr)
+    assert "interrupted" in stdout
+
+
+def test_prune_deletes_only_replayed_segments(setup: tuple[Pipeline, Fallback, dict[str, str], str]) -> None:
+    p, fb, keys, replay_key = setup
+    p.start()
+    agents = {"p-1": "default"}
+    fill(fb, fb.fb_keys, agents, 400)  # type: ignore[attr-defined]
+    before = jn.list_segments(fb.journal)
+    assert len(before) > 3
+    out = run_replay(fb.data_dir, p.url, replay_key, "--prune", "--retention", "1h")
+    assert out.returncode == 0, out.stderr
+    assert jn.list_segments(fb.journal) == before  # replayed, but retention has not passed
+    out = run_replay(fb.data_dir, p.url, replay_key, "--prune", "--retention", "0")
+    assert out.returncode == 0, out.stderr
+    after = jn.list_segments(fb.journal)
+    assert after == before[-1:], (before, after)  # everything but the newest
+    assert "pruned" in out.stdout
+    # new data after pruning is replayed as usual
+    assert fb.post("p-1", [numbered(401, "p-1")]).status == 200
+    out = run_replay(fb.data_dir, p.url, replay_key)
+    assert out.returncode == 0 and out.stdout.startswith("replayed 1 requests"), out.stdout
+    check_stored_once(p, keys, agents, 401)
+
+    # the receiver prunes by itself too (retention 0, checked every 0.2 s)
+    fb.stop()
+    fb.extra_args = ["--segment-bytes", "32K", "--retention", "0", "--prune-interval", "0.2"]
+    fb.start()
+    fill(fb, fb.fb_keys, {"p-2": "default"}, 300)  # type: ignore[attr-defined]
+    assert len(jn.list_segments(fb.journal)) > 3
+    out = run_replay(fb.data_dir, p.url, replay_key)
+    assert out.returncode == 0
+    deadline = time.monotonic() + 5
+    while len(jn.list_segments(fb.journal)) > 1:
+        assert time.monotonic() < deadline, jn.list_segments(fb.journal)
+        time.sleep(0.1)
+    assert "lossproof_fallback_pruned_segments_total" in fb.metrics()
+    check_stored_once(p, keys, {"p-2": "default"}, 300)
+
+
+# --- against a scripted target: headers, retries, rejections -------------------------------------
+
+
+class Target:
+    """A tiny real HTTP server that answers as scripted and records every request."""
+
+    def __init__(self, script: Callable[[int, dict[str, str], bytes], tuple[int, dict[str, str], bytes]]):
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.lock = threading.Lock()
+        target = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self._answer(200, {}, b'{"status":"ok"}')
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                headers = {k: v for k, v in self.headers.items()}
+                with target.lock:
+                    n = len(target.requests)
+                    target.requests.append((headers, body))
+                status, extra, answer = script(n, headers, body)
+                if status == 0:  # drop the connection without answering
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                self._answer(status, extra, answer)
+
+            def _answer(self, status: int, extra: dict[str, str], body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in extra.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_headers_retries_and_rejections_against_a_scripted_target(fallback: Fallback) -> None:
+    fb = fallback
+    sent = []
+    for i in range(1, 21):
+        body, enc = encode_body(
+            {"agent": "bad" if i == 7 else f"s{i % 3}", "reports": [report(i)]},
+            ("identity", "gzip", "zstd")[i % 3],
+        )
+        assert post_raw(fb.url, body, enc, fb.key).status == 200
+        sent.append((body, enc))
+    attempts: dict[bytes, int] = {}
+
+    def script(n: int, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+        attempts[body] = attempts.get(body, 0) + 1
+        if body == sent[6][0]:  # the request of agent "bad"
+            return 400, {}, b'{"error": "malformed: something - at `$.reports[0]`"}'
+        if n < 3:
+            return 503, {"Retry-After": "0"}, b'{"error": "log cannot accept data durably"}'
+        if n == 5:
+            return 0, {}, b""  # connection dropped
+        if n == 8:
+            return 429, {"Retry-After": "0"}, b'{"error": "slow down"}'
+        return 200, {}, b'{"acked": [], "replay": []}'
+
+    target = Target(script)
+    try:
+        out = run_replay(fb.data_dir, target.url, "lp_replay_key", "--concurrency", "2")
+    finally:
+        target.close()
+    assert out.returncode == 3, (out.stdout, out.stderr)
+    assert "1 REJECTED" in out.stdout and "retries" in out.stdout, out.stdout
+    assert "REJECTED 400" in out.stderr
+    records = jn.read_all(fb.journal)
+    for headers, _body in target.requests:
+        assert headers["Authorization"] == "Bearer lp_replay_key"
+        assert headers["X-Lossproof-Tenant"] == "default"
+        assert headers["Content-Type"] == "application/json"
+    by_body = {b: h for h, b in target.requests}
+    for (body, enc), rec in zip(sent, records, strict=True):
+        assert rec.entry.body == body
+        assert body in by_body, "a request was skipped"
+        assert by_body[body].get("Content-Encoding", "identity") == enc
+    assert sum(attempts.values()) >= len(sent) + 4  # the 503s, the dropped connection, the 429
+
+    rejected = (fb.data_dir / "replay" / "rejected.jsonl").read_text().splitlines()
+    assert len(rejected) == 1
+    rej = json.loads(rejected[0])
+    assert rej["status"] == 400 and "malformed" in rej["error"] and rej["agent"] == "bad"
+    assert base64.b64decode(rej["body_base64"]) == sent[6][0]
+    progress = pg.load_progress(fb.data_dir)
+    assert progress is not None and progress.position == records[-1].next_position
+
+
+def test_wrong_key_stops_without_skipping_anything(fallback: Fallback) -> None:
+    for i in range(1, 6):
+        assert fallback.post("w", [report(i)]).status == 200
+
+    def script(n: int, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+        if n < 2:
+            return 200, {}, b"{}"
+        return 401, {}, b'{"error": "missing or unknown API key (Authorization: Bearer <key>)"}'
+
+    target = Target(script)
+    try:
+        out = run_replay(fallback.data_dir, target.url, "lp_wrong", "--concurrency", "1")
+    finally:
+        target.close()
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: ") and "401" in last and "nothing was skipped" in last, last
+    records = jn.read_all(fallback.journal)
+    progress = pg.load_progress(fallback.data_dir)
+    assert progress is not None and progress.position == records[1].next_position
+    assert not (fallback.data_dir / "replay" / "rejected.jsonl").exists()
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path: Path, fallback: Fallback) -> None:
+    def err(*args: str) -> str:
+        out = subprocess.run(lossproof("replay", *args), capture_output=True, text=True, timeout=30)
+        assert out.returncode != 0, out
+        lines = out.stderr.strip().splitlines()
+        assert lines and "Traceback" not in out.stderr, out.stderr
+        return lines[-1]
+
+    url = "http://127.0.0.1:9"
+    assert "no such directory" in err("--from", str(tmp_path / "nope"), "--to", url, "--api-key", "k")
+    assert "not a fallback data dir" in err("--from", str(tmp_path), "--to", url, "--api-key", "k")
+    assert "cannot reach http://127.0.0.1:9" in err(
+        "--from", str(fallback.data_dir), "--to", url, "--api-key", "k"
+    )
+    fb_dir = str(fallback.data_dir)
+    assert "expected http://" in err("--from", fb_dir, "--to", "localhost:1", "--api-key", "k")
+    assert "--api-key" in err("--from", str(fallback.data_dir), "--to", url)
+    assert "--rate" in err("--from", str(fallback.data_dir), "--to", url, "--api-key", "k", "--rate", "-1")
+    # progress made towards one pipeline is not silently applied to another
+    progress = pg.Progress("http://127.0.0.1:1", 1, jn.HEADER_SIZE)
+    pg.save_progress(fallback.data_dir, progress)
+    assert "--from-start" in err("--from", str(fallback.data_dir), "--to", url, "--api-key", "k")
+    os.unlink(pg.progress_path(fallback.data_dir))
+
+
+def test_corrupt_record_stops_replay_after_everything_before_it(
+    fallback_factory: Callable[..., Fallback],
+) -> None:
+    fb = fallback_factory(extra_args=["--segment-bytes", "4K"])
+    fb.start()
+    for i in range(1, 41):
+        assert fb.post("c", [report(i)]).status == 200
+    records = jn.read_all(fb.journal)
+    first = [r for r in records if r.segment == records[0].segment]
+    assert len(first) < len(records)  # the damage is in an older segment, not the one being written
+    victim = first[len(first) // 2]
+    path = jn.segment_path(fb.journal, victim.segment)
+    with open(path, "r+b") as f:
+        f.seek(victim.pos + jn.HEADER_SIZE + 3)
+        b = f.read(1)
+        f.seek(victim.pos + jn.HEADER_SIZE + 3)
+        f.write(bytes([b[0] ^ 0x40]))
+    target = Target(lambda n, h, b: (200, {}, b"{}"))
+    try:
+        out = run_replay(fb.data_dir, target.url, "k")
+    finally:
+        target.close()
+    assert out.returncode == 1, out
+    last = out.stderr.strip().splitlines()[-1]
+    assert last == f"Error: journal corrupt: {path} at byte {victim.pos}: CRC mismatch", last
+    got = {body for _h, body in target.requests}
+    assert got == {r.entry.body for r in records[: records.index(victim)]}
+    progress = pg.load_progress(fb.data_dir)
+    assert progress is not None and progress.position == victim.position
