@@ -9,8 +9,12 @@ on a server named by an environment variable, skipping when none is configured) 
 from __future__ import annotations
 
 import abc
+import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from lossproof.store.base import Store
 
@@ -42,6 +46,44 @@ class SqliteBackend(StoreBackend):
         return SqliteStore(self.tmp_path / "store.db", readonly=readonly)
 
 
+def postgres_dsn() -> str:
+    """``LOSSPROOF_TEST_PG_DSN`` if set, else a throwaway local cluster (skips if PostgreSQL is not
+    installed: ``scripts/deps/postgres.sh`` installs it)."""
+    dsn = os.environ.get("LOSSPROOF_TEST_PG_DSN")
+    if dsn:
+        return dsn
+    from postgres.pg_cluster import available, shared_cluster
+
+    if not available():
+        pytest.skip(
+            "PostgreSQL is not installed (scripts/deps/postgres.sh) and LOSSPROOF_TEST_PG_DSN is unset"
+        )
+    return shared_cluster().dsn()
+
+
+class PostgresBackend(StoreBackend):
+    """A fresh schema per test, dropped afterwards."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        super().__init__(tmp_path)
+        self.dsn = postgres_dsn()
+        self.schema = "contract_" + uuid.uuid4().hex[:12]
+
+    def _open(self, readonly: bool) -> Store:
+        from lossproof.store.postgres import PostgresStore
+
+        return PostgresStore(self.dsn, readonly=readonly, schema=self.schema, pool_size=2)
+
+    def close_all(self) -> None:
+        super().close_all()
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.schema)))
+
+
 BACKENDS: dict[str, Callable[[Path], StoreBackend]] = {
     "sqlite": SqliteBackend,
+    "postgres": PostgresBackend,
 }

@@ -9,29 +9,39 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from log_harness import HARNESSES, LogHarness, gap_offsets, make_value, read_all, run
 
-from lossproof.log.base import LogCorrupt, LogError, Position
+from lossproof.log.base import LogCorrupt, Position
 
 
 @pytest.fixture(params=sorted(HARNESSES))
-def harness(request: pytest.FixtureRequest, tmp_path: Path) -> LogHarness:
-    return HARNESSES[request.param](tmp_path)
+def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LogHarness]:
+    h = HARNESSES[request.param](tmp_path)
+    yield h
+    h.close()
 
 
-async def append_seq(h: LogHarness, n: int, *, start_tag: str = "", size: int = 100, **opts: bool) -> dict:
+class Written(dict[int, tuple[bytes, bytes]]):
+    """{offset: (key, value)} of records appended by one writer, all in partition ``partition``."""
+
+    partition: int = 0
+
+
+async def append_seq(h: LogHarness, n: int, *, start_tag: str = "", size: int = 100, **opts: bool) -> Written:
     """Append ``n`` records one after the other; returns {offset: (key, value)}."""
     w = h.writer(**opts)
     await w.start()
-    out = {}
+    out = Written()
     try:
         for i in range(n):
             key, value = f"k{i % 7}".encode(), make_value(f"{start_tag}{i}", size)
             pos = await w.append(key, value)
             out[pos.offset] = (key, value)
+            out.partition = pos.partition
     finally:
         await w.close()
     return out
@@ -82,7 +92,7 @@ def test_commit_and_resume_without_skip_or_reread(harness: LogHarness) -> None:
     assert not gaps
     assert [x.offset for x in records] == offsets[len(first.records) :]
     assert all((x.key, x.value) == written[x.offset] for x in records)
-    r2.commit({0: offsets[-1] + 1})
+    r2.commit({written.partition: offsets[-1] + 1})
     assert r2.lag().records == 0
     r2.close()
 
@@ -96,13 +106,25 @@ def test_commit_and_resume_without_skip_or_reread(harness: LogHarness) -> None:
     assert [x.offset for x in records] == offsets
 
 
-def test_one_reader_per_group(harness: LogHarness) -> None:
-    run(append_seq(harness, 1))
-    r = harness.reader("solo")
-    with pytest.raises(LogError):
-        harness.reader("solo")
-    r.close()
-    harness.reader("solo").close()
+def test_readers_of_one_group_never_read_a_record_twice(harness: LogHarness) -> None:
+    """Two readers of one group share its partitions (or one stands by); once one closes, the other
+    carries on from its last commit: every record read exactly once, as each batch was committed."""
+    written = run(append_seq(harness, 30))
+    r1 = harness.reader("solo")
+    r2 = harness.reader("solo")
+    seen: list[tuple[int, int]] = []
+    for r in (r1, r2, r1, r2):
+        res = r.poll(10, 0.5)
+        seen += [(x.partition, x.offset) for x in res.records]
+        r.commit(res.next_offsets())
+    r1.close()
+    deadline = time.monotonic() + 20
+    while len(seen) < len(written) and time.monotonic() < deadline:
+        res = r2.poll(100, 0.2)
+        seen += [(x.partition, x.offset) for x in res.records]
+        r2.commit(res.next_offsets())
+    r2.close()
+    assert sorted(seen) == [(written.partition, o) for o in sorted(written)]
 
 
 def test_acknowledged_appends_survive_kill9(harness: LogHarness) -> None:
@@ -169,14 +191,15 @@ def test_retention_never_deletes_uncommitted_data(harness: LogHarness) -> None:
         written = {}
         for i in range(60):
             value = make_value(str(i), 200)
-            written[(await w.append(b"k", value)).offset] = value
+            pos = await w.append(b"k", value)
+            written[pos.offset] = value
         offsets = sorted(written)
         r = harness.reader("ret")
         res = r.poll(40, 2.0)
         assert len(res.records) == 40
         r.poll(10, 1.0)  # read further without committing
         commit_at = offsets[25]
-        r.commit({0: commit_at})
+        r.commit({pos.partition: commit_at})
         r.close()
         # keep appending (segments roll, retention runs) until committed segments are gone
         deadline = time.monotonic() + 10
@@ -202,9 +225,10 @@ def test_retention_never_deletes_uncommitted_data(harness: LogHarness) -> None:
 
 def test_missing_data_is_reported_as_gap_not_raised(harness: LogHarness) -> None:
     written = run(append_seq(harness, 40, small_segments=True))
+    part = written.partition
     offsets = sorted(written)
     r = harness.reader("g")
-    r.commit({0: offsets[3]})
+    r.commit({part: offsets[3]})
     r.close()
     lost = set(offsets[10:25])
     harness.lose(offsets[10], offsets[24])
@@ -218,11 +242,11 @@ def test_missing_data_is_reported_as_gap_not_raised(harness: LogHarness) -> None
     assert got == [o for o in offsets[3:] if o not in lost] + sorted(later)
     assert lost <= gap_offsets(gaps), "lost records were skipped silently"
     assert not gap_offsets(gaps) & set(got)
-    assert all(g.reason and g.partition == 0 and g.detected_ms > 0 for g in gaps)
+    assert all(g.reason and g.partition == part and g.detected_ms > 0 for g in gaps)
 
     # committed position below the earliest record that still exists
     r = harness.reader("h")
-    r.commit({0: offsets[2]})
+    r.commit({part: offsets[2]})
     r.close()
     harness.lose(0, offsets[8])
     r = harness.reader("h")

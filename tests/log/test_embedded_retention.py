@@ -35,10 +35,11 @@ def test_group_that_never_committed_holds_back_retention_until_forgotten(tmp_pat
         await w.start()
         assert await first_segment_after(d, w, 0.1) == 0  # no group at all: nothing is deleted
         await fill(w, 30)
+        # exists (before anyone commits: retention runs concurrently), never commits
+        idle = EmbeddedLogReader(d, "idle")
         a = EmbeddedLogReader(d, "a")
         a.commit({0: 25})
         a.close()
-        idle = EmbeddedLogReader(d, "idle")  # exists, never commits
         assert await first_segment_after(d, w, 0.3) == 0
         with pytest.raises(LogError):
             forget_group(d, "idle")  # its reader is still open

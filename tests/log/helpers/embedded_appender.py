@@ -1,5 +1,7 @@
 """Append to an embedded log forever; print ``ACK offset key tag`` for every durable append.
 
+The first line is ``READY pid partition`` (the partition this writer process got).
+
 Run as a subprocess by the log tests, which SIGKILL it at a random moment and then check that
 every printed offset is readable with the right content. The value of each record is
 ``make_value(tag, value_size)`` (see tests/contract/log_harness.py).
@@ -28,11 +30,12 @@ async def main() -> None:
     ap.add_argument("--value-size", type=int, default=200)
     ap.add_argument("--segment-bytes", type=int, default=256 * 1024)
     ap.add_argument("--count", type=int, default=0, help="stop after this many appends per task (0: never)")
+    ap.add_argument("--partitions", type=int, default=1)
     args = ap.parse_args()
-    writer = EmbeddedLogWriter(args.directory, segment_bytes=args.segment_bytes)
+    writer = EmbeddedLogWriter(args.directory, segment_bytes=args.segment_bytes, partitions=args.partitions)
     await writer.start()
     out = sys.stdout.buffer
-    out.write(f"READY {os.getpid()}\n".encode())
+    out.write(f"READY {os.getpid()} {writer.partition}\n".encode())
     out.flush()
 
     async def task(t: int) -> None:

@@ -71,9 +71,11 @@ def corrupt_byte(path: Path, pos: int, xor: int = 0xFF) -> None:
         os.close(fd)
 
 
-def corrupt_record(directory: Path, offset: int, *, where: str = "value") -> RecordLocation:
+def corrupt_record(
+    directory: Path, offset: int, *, where: str = "value", partition: int = 0
+) -> RecordLocation:
     """Flip a byte inside record ``offset``: ``where`` is "value" (last byte), "header" or "magic"."""
-    loc = locate_record(directory, offset)
+    loc = locate_record(directory, offset, partition)
     at = {"value": loc.pos + loc.size - 1, "header": loc.pos + 20, "magic": loc.pos}[where]
     corrupt_byte(loc.path, at)
     return loc
@@ -87,23 +89,25 @@ def last_segment(directory: Path, partition: int = 0) -> Path:
     return seg.segment_path(pdir, bases[-1])
 
 
-def tear_tail(directory: Path, *, offset: int = 2**40, value_size: int = 1000, keep: float = 0.5) -> int:
+def tear_tail(
+    directory: Path, *, offset: int = 2**40, value_size: int = 1000, keep: float = 0.5, partition: int = 0
+) -> int:
     """Append the first ``keep`` fraction of an encoded record to the last segment (a torn write).
 
     Returns the number of bytes appended.
     """
     rec = seg.encode_record(offset, seg.now_ms(), b"torn", b"\xab" * value_size)
     part = rec[: max(1, int(len(rec) * keep))]
-    with open(last_segment(directory), "ab") as f:
+    with open(last_segment(directory, partition), "ab") as f:
         f.write(part)
         f.flush()
         os.fsync(f.fileno())
     return len(part)
 
 
-def truncate_last_segment(directory: Path, size: int) -> None:
+def truncate_last_segment(directory: Path, size: int, partition: int = 0) -> None:
     """Cut the last segment to ``size`` bytes (a power loss that kept only part of the file)."""
-    path = last_segment(directory)
+    path = last_segment(directory, partition)
     os.truncate(path, min(size, path.stat().st_size))
 
 

@@ -57,6 +57,9 @@ class WriterMetrics:
             "Offsets below the durable watermark that were missing at start-up (data loss).",
             registry=registry,
         )
+        self.partition = Gauge(
+            "lossproof_log_partition", "The log partition this writer process appends to.", registry=registry
+        )
         self.segments_deleted = Counter(
             "lossproof_log_segments_deleted",
             "Segments deleted by retention after every consumer group committed past them.",
@@ -74,6 +77,12 @@ class ReaderMetrics:
         ).labels(group=group)
         self.gaps = Counter(
             "lossproof_log_read_gaps", "Missing ranges reported by poll.", ["group"], registry=registry
+        ).labels(group=group)
+        self.partitions = Gauge(
+            "lossproof_log_read_partitions",
+            "Log partitions this reader owns for its group (0: standby, waiting for one to free up).",
+            ["group"],
+            registry=registry,
         ).labels(group=group)
         self.gap_offsets = Counter(
             "lossproof_log_read_gap_offsets",

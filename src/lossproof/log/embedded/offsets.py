@@ -1,13 +1,21 @@
 """Consumer-group committed offsets and the process locks of the embedded log.
 
-``DIR/consumers/{group}.offset`` holds JSON ``{"offsets": {"0": 123}, "crc32": N}`` where the CRC is
-over the canonical JSON of ``offsets``. It is replaced atomically and durably: write a temp file,
-fsync it, rename it over the old one, fsync the directory. A damaged file reads as "nothing
-committed" (the group re-reads from the earliest record: at-least-once, never a skip).
+``DIR/consumers/{group}.offset`` holds JSON ``{"offsets": {"0": 123, "1": 45}, "crc32": N}`` where the
+CRC is over the canonical JSON of ``offsets``: one file per group, all partitions (the format of the
+single-partition layout, unchanged). It is replaced atomically and durably: write a temp file, fsync
+it, rename it over the old one, fsync the directory. Several reader processes of one group (each
+owning other partitions) update it with :func:`update_committed`, a read-modify-write under the
+group's ``@commit.lock`` flock, so no commit is lost to a concurrent one. A damaged file reads as
+"nothing committed" (the group re-reads from the earliest record: at-least-once, never a skip).
+
+Partition ownership: the reader of a group that owns partition ``i`` holds the flock of
+:func:`reader_lock_path` (``{group}.lock`` for partition 0, as in the single-partition layout;
+``{group}@p{i}.lock`` otherwise). ``@`` is not allowed in group names, so these never collide.
 
 Retention treats every group that has a ``.lock`` or ``.offset`` file as a consumer; a group that
-never committed counts as committed offset 0, so it holds back deletion of everything (unconsumed
-data is never deleted). Remove a group that is no longer used with :func:`forget_group`.
+never committed a partition counts as committed offset 0 there, so it holds back deletion of
+everything in it (unconsumed data is never deleted). Remove a group that is no longer used with
+:func:`forget_group`.
 """
 
 from __future__ import annotations
@@ -68,6 +76,48 @@ def read_committed(directory: Path, group: str) -> dict[int, int] | None:
     return offsets
 
 
+def reader_lock_path(directory: Path, group: str, partition: int) -> Path:
+    """The flock that makes a reader of ``group`` the owner of ``partition``."""
+    cdir = consumers_dir(directory)
+    return cdir / f"{group}.lock" if partition == 0 else cdir / f"{group}@p{partition}.lock"
+
+
+def commit_lock_path(directory: Path, group: str) -> Path:
+    return consumers_dir(directory) / f"{group}@commit.lock"
+
+
+def member_lock_path(directory: Path, group: str, token: str) -> Path:
+    """Held by every open reader of ``group`` (owner or standby); its mtime is the reader's heartbeat."""
+    return consumers_dir(directory) / f"{group}@m{token}.lock"
+
+
+def member_lock_files(directory: Path, group: str) -> list[Path]:
+    cdir = consumers_dir(directory)
+    try:
+        names = os.listdir(cdir)
+    except FileNotFoundError:
+        return []
+    prefix = f"{group}@m"
+    return [cdir / n for n in names if n.startswith(prefix) and n.endswith(".lock")]
+
+
+def update_committed(directory: Path, group: str, offsets: Mapping[int, int]) -> dict[int, int]:
+    """Durably set the given partitions' committed offsets, keeping every other partition's.
+
+    Serialized with the group's other readers by a (blocking, short) flock, so two readers
+    committing different partitions at once never undo each other. Returns the whole new map.
+    """
+    fd = os.open(commit_lock_path(directory, group), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        merged = read_committed(directory, group) or {}
+        merged.update({int(p): int(o) for p, o in offsets.items()})
+        write_committed(directory, group, merged)
+        return merged
+    finally:
+        os.close(fd)  # releases the flock
+
+
 def write_committed(directory: Path, group: str, offsets: Mapping[int, int]) -> None:
     """Atomically and durably replace the group's committed offsets."""
     cdir = consumers_dir(directory)
@@ -96,10 +146,22 @@ def list_groups(directory: Path) -> list[str]:
     for name in names:
         for suffix in (".offset", ".lock"):
             if name.endswith(suffix):
-                g = name[: -len(suffix)]
+                g = name[: -len(suffix)].split("@", 1)[0]
                 if _GROUP_RE.match(g):
                     groups.add(g)
     return sorted(groups)
+
+
+def group_lock_files(directory: Path, group: str) -> list[Path]:
+    """The group's lock files that exist (partition ownership and commit locks)."""
+    cdir = consumers_dir(directory)
+    try:
+        names = os.listdir(cdir)
+    except FileNotFoundError:
+        return []
+    return sorted(
+        cdir / n for n in names if n == f"{group}.lock" or (n.startswith(f"{group}@") and n.endswith(".lock"))
+    )
 
 
 def min_committed(directory: Path, partition: int = 0) -> int | None:
@@ -123,22 +185,52 @@ def min_committed(directory: Path, partition: int = 0) -> int | None:
 
 
 def forget_group(directory: Path, group: str) -> None:
-    """Remove a consumer group (its offsets and lock file) so it no longer holds back retention.
+    """Remove a consumer group (its offsets and lock files) so it no longer holds back retention.
 
-    Raises LogError if a reader of the group is open.
+    Raises LogError if a reader of the group is open (owns a partition or is committing).
+    Run it with no reader of the group starting up.
     """
     check_group(group)
-    lock = consumers_dir(directory) / f"{group}.lock"
-    fd = acquire_lock(lock, f"a reader of consumer group {group!r} is open at {directory}")
+    held: list[int] = []
     try:
+        for lock in group_lock_files(directory, group):
+            held.append(acquire_lock(lock, f"a reader of consumer group {group!r} is open at {directory}"))
         offset_path(directory, group).unlink(missing_ok=True)
-        lock.unlink(missing_ok=True)
+        for lock in group_lock_files(directory, group):
+            lock.unlink(missing_ok=True)
         fsync_dir(consumers_dir(directory))
     finally:
-        release_lock(fd)
+        for fd in held:
+            release_lock(fd)
 
 
 # --- locks ---------------------------------------------------------------------------------------
+
+
+def try_lock(path: Path, content: str | None = None) -> tuple[int | None, str]:
+    """flock ``path`` exclusively without waiting; write ``content`` (default: our pid) into it.
+
+    Returns (fd, "") when we got it, (None, holder) when another process (or another open file in
+    this process) holds it; ``holder`` is the holder's pid ("unknown" if it wrote none yet).
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        pid = "unknown"
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pid = os.pread(fd, 128, 0).decode("ascii", "replace").split()[0]
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return None, pid
+        raise LogError(f"cannot lock {path}: {e}") from e
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (content if content is not None else f"{os.getpid()}\n").encode(), 0)
+    except OSError:
+        release_lock(fd)
+        raise
+    return fd, ""
 
 
 def acquire_lock(path: Path, what: str) -> int:
@@ -147,21 +239,34 @@ def acquire_lock(path: Path, what: str) -> int:
     Raises LogError naming the holder's pid if another process (or another open in this process)
     holds it.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        pid = "unknown"
-        with contextlib.suppress(OSError, ValueError):
-            text = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
-            pid = text or "unknown"
-        os.close(fd)
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise LogError(f"{what} (pid {pid})") from None
-        raise LogError(f"cannot lock {path}: {e}") from e
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    fd, holder = try_lock(path)
+    if fd is None:
+        raise LogError(f"{what} (pid {holder})")
     return fd
+
+
+def probe_lock(path: Path) -> str | None:
+    """None if nobody holds ``path``'s flock, else what the holder wrote into it ("" if nothing).
+
+    Takes a *shared* lock for a moment, so probes never collide with each other; a probe can make a
+    concurrent non-blocking exclusive attempt fail, which callers treat as "taken, try later".
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                with contextlib.suppress(OSError):
+                    return os.pread(fd, 128, 0).decode("ascii", "replace").strip()
+                return ""
+            raise
+        return None
+    finally:
+        os.close(fd)  # also drops the shared lock
 
 
 def release_lock(fd: int) -> None:

@@ -1,9 +1,9 @@
-"""The embedded log reader: one consumer group, reading segment files another process writes.
+"""The embedded log reader: one consumer group, reading segment files other processes write.
 
 What a reader may see
-    Only records with offset below the *durable watermark* (``p0/durable``, published by the writer
-    after each successful fsync), so it never sees a record that a power loss could take back.
-    The reader shares nothing with the writer but files.
+    Only records with offset below a partition's *durable watermark* (``p{i}/durable``, published
+    by the partition's writer after each successful fsync), so it never sees a record that a power
+    loss could take back. The reader shares nothing with writers but files.
 
 Missing data
     Whatever should be readable but is not becomes a :class:`LogGap` naming the file and byte
@@ -12,6 +12,37 @@ Missing data
     magic), offsets that jump inside a segment, a segment cut short. Offsets a segment's seal marks
     as void (handed to appends that failed and were never acknowledged) are skipped silently.
     ``poll`` never raises for damaged data and never loops on it.
+
+Partitions and several readers of one group
+    Each partition of the log is read by at most one reader of a group at a time: the *owner*,
+    which holds the partition's per-group flock (see ``offsets.reader_lock_path``) until it gives
+    the partition back, closes or dies (the kernel drops the flocks of a killed process). Every open
+    reader is also a *member* of the group: it holds a member lock whose mtime it refreshes while it
+    polls (a heartbeat), so readers see each other, standbys included.
+
+    A reader claims one free partition when it opens. Then, every ``claim_interval`` while it
+    polls, it looks at the group and does at most one of:
+
+    * give back one partition, if it owns more than ``1 +`` the load of some live member (heartbeat
+      younger than ``member_timeout``), and only a partition with nothing outstanding: every record
+      or gap ``poll`` returned from it is committed, so the next owner (which starts at the
+      committed offset) re-reads nothing and skips nothing, and a later ``commit`` never names it;
+    * claim one partition it has seen free for ``claim_grace`` seconds, if no other member or
+      owner owns fewer partitions than it does (the least loaded take first), or if the partition
+      stayed free for ``member_timeout + claim_grace`` (whoever should have taken it is not
+      polling). With ``claim_grace == 0`` it claims every free partition at once.
+
+    So one reader ends up owning every partition, readers of a group converge to an even split
+    (loads differ by at most one) however they were started, a reader added later gets its share
+    within a few seconds, and when a reader dies the others take over its partitions, from their
+    last commit, ``claim_grace`` (+ ``claim_interval``) after they see them free (hot standby). A
+    reader that owns nothing is a standby: ``poll`` returns nothing until it gets a partition.
+    A reader that stops polling keeps its partitions (nothing takes a flock away from a live
+    process): a stuck worker stalls its partitions; kill it and the others take over.
+
+    Committed offsets of all partitions live in one file per group, updated under a lock (see
+    ``offsets.update_committed``); a reader commits only partitions it owns, and reads a
+    partition's committed offset afresh from the file when it claims it.
 """
 
 from __future__ import annotations
@@ -21,6 +52,7 @@ import collections
 import contextlib
 import logging
 import os
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,17 +64,25 @@ from lossproof.log.base import LogError, LogGap, LogLag, LogReader, LogRecord, P
 from lossproof.log.embedded import segment as seg
 from lossproof.log.embedded.metrics import ReaderMetrics
 from lossproof.log.embedded.offsets import (
-    acquire_lock,
     check_group,
     consumers_dir,
+    member_lock_files,
+    member_lock_path,
+    probe_lock,
     read_committed,
+    reader_lock_path,
     release_lock,
-    write_committed,
+    try_lock,
+    update_committed,
 )
 
 log = logging.getLogger("lossproof.log.embedded")
 
 POLL_INTERVAL = 0.002
+CLAIM_GRACE = 2.0
+CLAIM_INTERVAL = 0.2
+MEMBER_TIMEOUT = 6.0  # a reader whose heartbeat is older does not count for sharing partitions
+MEMBER_CLEANUP = 60.0  # member lock files of dead readers are deleted once this old
 MAX_POLL_BYTES = 64 * 2**20
 _MAX_TRACKED = 1 << 16
 
@@ -63,48 +103,393 @@ class _Cursor:
             os.close(self.fd)
 
 
+@dataclass(frozen=True, slots=True)
+class _SeekHint:
+    """Where a record was found by a timestamp lookup, so the next lookup resumes from there."""
+
+    base: int
+    pos: int
+    offset: int
+
+
+class _Partition:
+    """Reading state of one partition the reader owns (holding ``lock_fd``)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        partition: int,
+        group: str,
+        lock_fd: int,
+        committed: int | None,
+        metrics: ReaderMetrics,
+    ) -> None:
+        self.partition = partition
+        self.pdir = seg.partition_dir(directory, partition)
+        self.group = group
+        self.lock_fd: int | None = lock_fd
+        self.committed = committed
+        self.m = metrics
+        self.pos: int | None = None  # next offset to look at (None before the first poll)
+        self.cur: _Cursor | None = None
+        self.wm_fd: int | None = None
+        self.wm = 0
+        # (offset, timestamp_ms) of records returned but not yet committed, oldest first, for lag()
+        self.uncommitted: collections.deque[tuple[int, int]] = collections.deque()
+        self.returned: int | None = None  # the offset after the last record or gap poll returned
+
+    @property
+    def outstanding(self) -> bool:
+        """Whether poll returned records or gaps of this partition that are not committed yet."""
+        if self.returned is None:
+            return False
+        return self.committed is None or self.committed < self.returned
+
+    def set_committed(self, c: int) -> None:
+        self.committed = c
+        while self.uncommitted and self.uncommitted[0][0] < c:
+            self.uncommitted.popleft()
+        if self.pos is None or self.pos < c:
+            self.pos = c
+            self.close_cursor()
+
+    def close(self) -> None:
+        self.close_cursor()
+        if self.wm_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.wm_fd)
+            self.wm_fd = None
+        if self.lock_fd is not None:
+            release_lock(self.lock_fd)
+            self.lock_fd = None
+
+    def watermark(self) -> int:
+        if self.wm_fd is None:
+            try:
+                self.wm_fd = os.open(self.pdir / seg.WATERMARK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return self.wm
+        for _ in range(3):  # a read racing the writer's pwrite may be torn; the CRC tells
+            v = seg.read_watermark_fd(self.wm_fd)
+            if v is not None:
+                self.wm = max(self.wm, v)
+                break
+        return self.wm
+
+    def start_position(self) -> int | None:
+        if self.committed is not None:
+            return self.committed
+        bases = seg.list_segments(self.pdir)
+        return bases[0] if bases else None
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def fill(self, res: PollResult, want: int, byte_budget: int) -> int:
+        """Add up to ``want`` records (and any gaps met) to ``res``; returns the payload bytes added."""
+        w = self.watermark()
+        if self.pos is None:
+            self.pos = self.start_position()
+        if self.pos is None or self.pos >= w:
+            return 0
+        nbytes = 0
+        added = 0
+        stalls = 0
+        last_key: tuple[int, int, int] | None = None
+        while added < want and nbytes < byte_budget:
+            assert self.pos is not None
+            if self.pos >= w:
+                return nbytes
+            key = (self.pos, self.cur.base if self.cur else -1, self.cur.pos if self.cur else -1)
+            stalls = stalls + 1 if key == last_key else 0
+            if stalls > 3:  # defensive: never spin on the same spot (e.g. a file vanishing under us)
+                return nbytes
+            last_key = key
+            if self.cur is None:
+                if not self._open_cursor(res, w):
+                    return nbytes
+                continue
+            cur = self.cur
+            if cur.seal is not None and cur.pos >= cur.seal.end_pos:
+                if not self._end_of_segment(res, w):
+                    return nbytes
+                continue
+            r = seg.read_record(cur.win, cur.pos, limit=cur.seal.end_pos if cur.seal else None)
+            h = r.header
+            if r.status is seg.Status.OK and h is not None:
+                if h.offset < self.pos:  # before our position (already returned or committed)
+                    cur.pos = h.end
+                    continue
+                if cur.seal is None and h.offset >= cur.seal_checked_w:
+                    # New since we last looked: the writer may have sealed this segment before this
+                    # record (after a failed fsync), which makes the record untrusted. A seal is
+                    # always written before the watermark passes the sealed segment.
+                    cur.seal = self._read_seal(cur.base)
+                    cur.seal_checked_w = w
+                    if cur.seal is not None:
+                        continue
+                if h.offset >= w:  # not durable yet
+                    if h.offset > self.pos:
+                        # ... but the durable offsets before it should be here and are not.
+                        reason = cur.pending_reason or (
+                            f"offsets {self.pos}..{w - 1} missing in {cur.path} before byte {cur.pos}"
+                        )
+                        self._gap(res, self.pos, w - 1, reason)
+                        self.pos = w
+                    return nbytes
+                if h.offset > self.pos:
+                    reason = cur.pending_reason or (
+                        f"offsets {self.pos}..{h.offset - 1} missing in {cur.path} before byte {cur.pos}"
+                    )
+                    self._gap(res, self.pos, h.offset - 1, reason)
+                cur.pending_reason = None
+                res.records.append(LogRecord(self.partition, h.offset, r.key, r.value, h.timestamp_ms))
+                self.returned = h.offset + 1
+                added += 1
+                if len(self.uncommitted) < _MAX_TRACKED:
+                    self.uncommitted.append((h.offset, h.timestamp_ms))
+                nbytes += h.length
+                self.pos = h.offset + 1
+                cur.pos = h.end
+                continue
+            # No header at all: the segment's data ends here. A header whose record runs past the
+            # end of the file (or of the seal) while offsets below ``w`` remain cannot be a record
+            # still being written: treat it as damage and look for valid records after it.
+            progressed = (
+                self._end_of_segment(res, w)
+                if r.status is seg.Status.INCOMPLETE and h is None
+                else self._bad_record(res, w, r.reason)
+            )
+            if not progressed:
+                return nbytes
+        return nbytes
+
+    def _open_cursor(self, res: PollResult, w: int) -> bool:
+        """Open the segment holding ``self.pos`` and position on it. False: nothing to read now."""
+        assert self.pos is not None
+        bases = seg.list_segments(self.pdir)
+        if not bases:
+            self._gap(res, self.pos, w - 1, f"no segment files in {self.pdir} (durable end {w})")
+            self.pos = w
+            return False
+        idx = bisect.bisect_right(bases, self.pos) - 1
+        if idx < 0:
+            first = bases[0]
+            self._gap(
+                res,
+                self.pos,
+                min(first, w) - 1,
+                f"offsets below {first} are gone: the earliest segment is "
+                f"{seg.segment_path(self.pdir, first)}",
+            )
+            self.pos = min(first, w)
+            if self.pos < first:
+                return False
+            idx = 0
+        base = bases[idx]
+        path = seg.segment_path(self.pdir, base)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:  # deleted between listing and opening: list again next round
+            return True
+        cur = _Cursor(base, path, fd, seg.FileWindow(fd), seal=self._read_seal(base), seal_checked_w=w)
+        # Walk headers (no CRC) to the first record at or after our position.
+        p = 0
+        end = cur.seal.end_pos if cur.seal else None
+        while end is None or p < end:
+            hr = seg.read_header(cur.win, p)
+            if hr.status is not seg.Status.OK or hr.header is None or hr.header.offset >= self.pos:
+                break
+            if end is not None and hr.header.end > end:
+                break
+            p = hr.header.end
+        cur.pos = p
+        self.cur = cur
+        return True
+
+    def _read_seal(self, base: int) -> seg.Seal | None:
+        try:
+            return seg.read_seal(self.pdir, base)
+        except seg.BadSeal as e:
+            log.warning("log.seal_damaged", extra={"error": str(e)})
+            return None
+
+    def _end_of_segment(self, res: PollResult, w: int, reason: str | None = None) -> bool:
+        """No more records at the cursor although offsets below ``w`` remain. Returns progress."""
+        cur = self.cur
+        assert cur is not None and self.pos is not None
+        if cur.seal is None:
+            cur.seal = self._read_seal(cur.base)
+        bases = seg.list_segments(self.pdir)
+        later = [b for b in bases if b > cur.base]
+        nxt = later[0] if later else None
+        if cur.seal is None and nxt is None:
+            # The last segment, still being written, ends although [pos, w) is durable: lost data.
+            self._gap(
+                res,
+                self.pos,
+                w - 1,
+                reason or f"{cur.path} ends at byte {cur.pos} but offsets up to {w - 1} are durable",
+            )
+            self.pos = w
+            return True
+        seg_next = cur.seal.next_offset if cur.seal else nxt
+        reserved = cur.seal.reserved_next if cur.seal else nxt
+        assert seg_next is not None and reserved is not None
+        if reason is None and cur.seal is not None and cur.pos < cur.seal.end_pos:
+            reason = f"{cur.path} is cut at byte {cur.pos} but its seal says {cur.seal.end_pos} bytes"
+        if self.pos < seg_next:
+            last = min(seg_next, w) - 1
+            self._gap(
+                res, self.pos, last, reason or f"records missing at the end of {cur.path} (byte {cur.pos})"
+            )
+            self.pos = last + 1
+            if self.pos >= w:
+                return True
+        if self.pos < reserved:  # void offsets of a failed append: never acknowledged, not a gap
+            self.pos = min(reserved, w)
+            if self.pos >= w:
+                return True
+        if nxt is None:
+            # Sealed, the next segment not visible: only normal while the writer is rolling, and then
+            # nothing past the seal is durable yet. Otherwise the next segment is gone.
+            self._gap(res, self.pos, w - 1, f"segment after {cur.path} is missing (durable end {w})")
+            self.pos = w
+            return True
+        if self.pos < nxt:
+            last = min(nxt, w) - 1
+            self._gap(
+                res,
+                self.pos,
+                last,
+                f"offsets {self.pos}..{nxt - 1} missing between {cur.path} and "
+                f"{seg.segment_path(self.pdir, nxt)}",
+            )
+            self.pos = last + 1
+        self.close_cursor()
+        return True
+
+    def _bad_record(self, res: PollResult, w: int, why: str) -> bool:
+        """The bytes at the cursor are not a valid record: report the unreadable range as a gap."""
+        cur = self.cur
+        assert cur is not None and self.pos is not None
+        if cur.seal is None:
+            cur.seal = self._read_seal(cur.base)
+        if cur.seal is not None and cur.pos >= cur.seal.end_pos:
+            return self._end_of_segment(res, w)  # the untrusted tail of a segment sealed after a failure
+        reason = f"unreadable record in {cur.path} at byte {cur.pos}: {why}"
+        end = cur.seal.end_pos if cur.seal else cur.win.size()
+        found, _ = seg.find_valid_after(cur.win, cur.pos + 1, end, min_offset=self.pos)
+        if found is not None:
+            if found.offset >= w:
+                self._gap(res, self.pos, w - 1, reason)
+                self.pos = w
+            cur.pos = found.pos
+            cur.pending_reason = reason
+            return True
+        finished = cur.seal is not None or any(b > cur.base for b in seg.list_segments(self.pdir))
+        if finished:
+            cur.pos = end
+            return self._end_of_segment(res, w, reason)
+        # The last segment, nothing valid after the damage yet: the durable rest is unreadable.
+        # Stay at the damaged byte; records appended later are found by the search next time.
+        self._gap(res, self.pos, w - 1, reason)
+        self.pos = w
+        return True
+
+    def _gap(self, res: PollResult, first: int, last: int, reason: str) -> None:
+        if last < first:
+            return
+        res.gaps.append(LogGap(self.partition, first, last, reason, seg.now_ms()))
+        self.returned = max(self.returned or 0, last + 1)
+        self.m.gaps.inc()
+        self.m.gap_offsets.inc(last - first + 1)
+        log.warning(
+            "log.gap",
+            extra={
+                "group": self.group,
+                "partition": self.partition,
+                "first": first,
+                "last": last,
+                "reason": reason,
+            },
+        )
+
+    def close_cursor(self) -> None:
+        if self.cur is not None:
+            self.cur.close()
+            self.cur = None
+
+
 class EmbeddedLogReader(LogReader):
-    """Reads partition 0 of the embedded log at ``directory`` for consumer ``group``."""
+    """Reads the embedded log at ``directory`` for consumer ``group``: the partitions it owns.
+
+    ``partitions`` is the number of partitions the log is configured with; partition directories
+    found beyond it (the setting was lowered) are read too. See the module docstring for how
+    several readers of one group share the partitions.
+    """
 
     def __init__(
         self,
         directory: Path,
         group: str = "workers",
         *,
+        partitions: int = 1,
         registry: CollectorRegistry | None = None,
         poll_interval: float = POLL_INTERVAL,
+        claim_grace: float = CLAIM_GRACE,
+        claim_interval: float = CLAIM_INTERVAL,
+        member_timeout: float = MEMBER_TIMEOUT,
     ) -> None:
+        if partitions < 1:
+            raise ValueError(f"partitions must be >= 1, not {partitions}")
         self.directory = Path(directory)
         self.group = check_group(group)
-        self._pdir = seg.partition_dir(self.directory, 0)
+        self.partitions = partitions
         self._poll_interval = poll_interval
+        self._grace = max(0.0, claim_grace)
+        self._claim_interval = claim_interval
+        self._member_timeout = max(member_timeout, 2 * claim_interval)
         self.registry = registry if registry is not None else CollectorRegistry()
         self._m = ReaderMetrics(self.registry, group)
-        cdir = consumers_dir(self.directory)
-        cdir.mkdir(parents=True, exist_ok=True)
-        self._lock_fd: int | None = acquire_lock(
-            cdir / f"{group}.lock", f"another reader of consumer group {group!r} is open at {self.directory}"
-        )
-        self._committed_map: dict[int, int] = read_committed(self.directory, group) or {}
-        self._pos: int | None = None
-        self._cur: _Cursor | None = None
-        self._wm_fd: int | None = None
-        self._wm = 0
+        consumers_dir(self.directory).mkdir(parents=True, exist_ok=True)
+        self._token = secrets.token_hex(6)  # tells our locks from other readers' (even in-process)
+        self._owned: dict[int, _Partition] = {}
+        self._free_since: dict[int, float] = {}  # partitions seen free, since when (monotonic)
+        self._next_check = 0.0
+        self._rr = 0  # which owned partition poll serves first (rotates)
         self._closed = False
-        # (offset, timestamp_ms) of records returned but not yet committed, oldest first, for lag()
-        self._uncommitted: collections.deque[tuple[int, int]] = collections.deque()
-        self._lag_cache: tuple[int, int | None] | None = None
+        self._lag_cache: dict[int, tuple[int, int | None]] = {}
+        self._seek_hints: dict[int, _SeekHint] = {}
+        self._member_fd: int | None = None
+        try:
+            self._join()
+            self._claim_at_start()
+        except BaseException:
+            self.close()
+            raise
 
     # --- public API ------------------------------------------------------------------------------
 
     @property
+    def owned(self) -> list[int]:
+        """The partitions this reader owns now (reads and may commit)."""
+        return sorted(self._owned)
+
+    @property
     def committed(self) -> int | None:
-        return self._committed_map.get(0)
+        """Partition 0's committed offset, if this reader owns it (single-partition convenience)."""
+        p = self._owned.get(0)
+        return None if p is None else p.committed
 
     @property
     def position(self) -> int | None:
-        """The next offset ``poll`` will look at (None before the first poll)."""
-        return self._pos
+        """The next offset ``poll`` will look at in partition 0 (None before the first poll)."""
+        p = self._owned.get(0)
+        return None if p is None else p.pos
+
+    def committed_offsets(self) -> dict[int, int]:
+        """Committed offsets of the partitions this reader owns (those that have one)."""
+        return {n: p.committed for n, p in sorted(self._owned.items()) if p.committed is not None}
 
     def poll(self, max_records: int, timeout: float) -> PollResult:
         if self._closed:
@@ -114,11 +499,8 @@ class EmbeddedLogReader(LogReader):
             return res
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
-            w = self._watermark()
-            if self._pos is None:
-                self._pos = self._start_position()
-            if self._pos is not None and self._pos < w:
-                self._fill(res, max_records, w)
+            self._maybe_claim(time.monotonic())
+            self._fill(res, max_records)
             if res.records or res.gaps:
                 break
             remaining = deadline - time.monotonic()
@@ -133,53 +515,73 @@ class EmbeddedLogReader(LogReader):
     def commit(self, offsets: Mapping[int, int]) -> None:
         if self._closed:
             raise LogError("reader is closed")
-        new = dict(self._committed_map)
+        new: dict[int, int] = {}
         for p, o in offsets.items():
             if int(o) < 0:
                 raise ValueError(f"negative offset {o} for partition {p}")
+            if int(p) not in self._owned:
+                raise LogError(
+                    f"partition {p} of the log at {self.directory} is not owned by this reader of "
+                    f"group {self.group!r} (it owns {self.owned or 'none'})"
+                )
             new[int(p)] = int(o)
-        write_committed(self.directory, self.group, new)
-        self._committed_map = new
-        c = new.get(0)
-        if c is None:
+        if not new:
             return
-        while self._uncommitted and self._uncommitted[0][0] < c:
-            self._uncommitted.popleft()
-        if self._pos is None or self._pos < c:
-            self._pos = c
-            self._close_cursor()
+        update_committed(self.directory, self.group, new)
+        for p, o in new.items():
+            self._owned[p].set_committed(o)
 
     def lag(self) -> LogLag:
-        w = self._watermark()
-        committed = self.committed
-        if committed is None:
-            bases = seg.list_segments(self._pdir)
-            committed = bases[0] if bases else w
-        records = max(0, w - committed)
-        if records == 0:
+        """Of the whole group over every partition, not only those this reader owns."""
+        stored = read_committed(self.directory, self.group) or {}
+        total = 0
+        oldest: int | None = None
+        for n in self._known_partitions():
+            part = self._owned.get(n)
+            pdir = seg.partition_dir(self.directory, n)
+            if part is not None:
+                w = part.watermark()
+                committed = part.committed
+            else:
+                w = seg.read_watermark(pdir) or 0
+                committed = stored.get(n)
+            if committed is None:
+                bases = seg.list_segments(pdir)
+                committed = bases[0] if bases else w
+            if w <= committed:
+                continue
+            total += w - committed
+            ts: int | None
+            if part is not None and part.uncommitted and part.uncommitted[0][0] >= committed:
+                ts = part.uncommitted[0][1]
+            else:
+                cached = self._lag_cache.get(n)
+                if cached is None or cached[0] != committed:
+                    cached = (committed, self._timestamp_at(n, committed, w))
+                    self._lag_cache[n] = cached
+                ts = cached[1]
+            if ts is not None and (oldest is None or ts < oldest):
+                oldest = ts
+        if total == 0:
             return LogLag(0, 0.0)
-        ts: int | None = None
-        if self._uncommitted and self._uncommitted[0][0] >= committed:
-            ts = self._uncommitted[0][1]
-        else:
-            if self._lag_cache is None or self._lag_cache[0] != committed:
-                self._lag_cache = (committed, self._timestamp_at(committed, w))
-            ts = self._lag_cache[1]
-        seconds = 0.0 if ts is None else max(0.0, (seg.now_ms() - ts) / 1000.0)
-        return LogLag(records, seconds)
+        seconds = 0.0 if oldest is None else max(0.0, (seg.now_ms() - oldest) / 1000.0)
+        return LogLag(total, seconds)
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self._close_cursor()
-        if self._wm_fd is not None:
+        for part in self._owned.values():
+            part.close()
+        if self._owned:
+            log.info("log.partitions_released", extra={"group": self.group, "partitions": self.owned})
+        self._owned.clear()
+        self._m.partitions.set(0)
+        if self._member_fd is not None:
             with contextlib.suppress(OSError):
-                os.close(self._wm_fd)
-            self._wm_fd = None
-        if self._lock_fd is not None:
-            release_lock(self._lock_fd)
-            self._lock_fd = None
+                member_lock_path(self.directory, self.group, self._token).unlink()
+            release_lock(self._member_fd)
+            self._member_fd = None
 
     def __enter__(self) -> EmbeddedLogReader:
         return self
@@ -187,260 +589,176 @@ class EmbeddedLogReader(LogReader):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # --- watermark and start position ------------------------------------------------------------
+    # --- partition ownership ---------------------------------------------------------------------
 
-    def _watermark(self) -> int:
-        if self._wm_fd is None:
+    def _known_partitions(self) -> range:
+        on_disk = seg.list_partitions(self.directory)
+        return range(max(self.partitions, on_disk[-1] + 1 if on_disk else 0))
+
+    def _claim(self, n: int) -> bool:
+        fd, _holder = try_lock(
+            reader_lock_path(self.directory, self.group, n), f"{os.getpid()} {self._token}\n"
+        )
+        if fd is None:
+            return False
+        try:
+            # Read afresh: the previous owner may have committed right before it closed or died.
+            committed = (read_committed(self.directory, self.group) or {}).get(n)
+        except BaseException:
+            release_lock(fd)
+            raise
+        self._owned[n] = _Partition(self.directory, n, self.group, fd, committed, self._m)
+        self._free_since.pop(n, None)
+        self._m.partitions.set(len(self._owned))
+        log.info(
+            "log.partition_claimed",
+            extra={"group": self.group, "partition": n, "committed": committed, "owned": self.owned},
+        )
+        return True
+
+    def _claim_at_start(self) -> None:
+        """Claim the first free partition (all free ones when the grace is 0)."""
+        now = time.monotonic()
+        for n in self._known_partitions():
+            if (not self._owned or self._grace == 0) and self._claim(n):
+                continue
+            if probe_lock(reader_lock_path(self.directory, self.group, n)) is None:
+                self._free_since.setdefault(n, now)
+        if not self._owned:
+            log.info("log.reader_standby", extra={"group": self.group, "directory": str(self.directory)})
+        self._next_check = now + self._claim_interval
+
+    def _join(self) -> None:
+        """Become a member of the group: hold a member lock (see the module docstring)."""
+        for _ in range(5):
+            path = member_lock_path(self.directory, self.group, self._token)
+            fd, _holder = try_lock(path, f"{os.getpid()} {self._token}\n")
+            if fd is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    if os.stat(path).st_ino == os.fstat(fd).st_ino:  # not removed by a cleanup
+                        self._member_fd = fd
+                        return
+                release_lock(fd)
+            self._token = secrets.token_hex(6)
+        raise LogError(f"cannot register a reader of group {self.group!r} at {self.directory}")
+
+    def _members(self, wall: float) -> dict[str, bool]:
+        """Other members of the group: token -> whether its heartbeat is fresh. Removes the files
+        of readers that died long ago."""
+        out: dict[str, bool] = {}
+        for path in member_lock_files(self.directory, self.group):
+            token = path.name[len(self.group) + 2 : -len(".lock")]
+            if token == self._token:
+                continue
             try:
-                self._wm_fd = os.open(self._pdir / seg.WATERMARK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+                age = wall - path.stat().st_mtime
             except FileNotFoundError:
-                return self._wm
-        for _ in range(3):  # a read racing the writer's pwrite may be torn; the CRC tells
-            v = seg.read_watermark_fd(self._wm_fd)
-            if v is not None:
-                self._wm = max(self._wm, v)
-                break
-        return self._wm
+                continue
+            if probe_lock(path) is not None:
+                out[token] = age < self._member_timeout
+            elif age > MEMBER_CLEANUP:
+                fd, _ = try_lock(path)  # a reader that just created it holds it within microseconds
+                if fd is not None:
+                    with contextlib.suppress(OSError):
+                        if wall - os.fstat(fd).st_mtime > MEMBER_CLEANUP:
+                            path.unlink()
+                    release_lock(fd)
+        return out
 
-    def _start_position(self) -> int | None:
-        c = self.committed
-        if c is not None:
-            return c
-        bases = seg.list_segments(self._pdir)
-        return bases[0] if bases else None
+    def _maybe_claim(self, now: float) -> None:
+        """Give back or claim (at most) one partition, as the module docstring describes."""
+        if now < self._next_check:
+            return
+        self._next_check = now + self._claim_interval
+        wall = time.time()
+        if self._member_fd is not None:
+            with contextlib.suppress(OSError):
+                os.utime(self._member_fd)  # heartbeat
+        members = self._members(wall)
+        owners: collections.Counter[str] = collections.Counter()
+        free: list[int] = []
+        for n in self._known_partitions():
+            if n in self._owned:
+                continue
+            holder = probe_lock(reader_lock_path(self.directory, self.group, n))
+            if holder is None:
+                free.append(n)
+                self._free_since.setdefault(n, now)
+            else:
+                self._free_since.pop(n, None)
+                owners[holder.split()[-1] if holder else "?"] += 1
+        mine = len(self._owned)
+        live = {t: owners.get(t, 0) for t, fresh in members.items() if fresh}
+        if live and mine > min(live.values()) + 1 and self._release_one():
+            return
+        ripe = [n for n in free if now - self._free_since[n] >= self._grace]
+        if not ripe:
+            return
+        loads = {**owners, **live}  # owners without a fresh heartbeat still own what they own
+        if loads and mine > min(loads.values()):  # a less loaded reader takes it, unless it does not
+            ripe = [n for n in ripe if now - self._free_since[n] >= self._member_timeout + self._grace]
+        for n in ripe:
+            if self._claim(n) and self._grace > 0:
+                break  # one at a time, so the others get their turn
+
+    def _release_one(self) -> bool:
+        """Give back the highest owned partition with nothing outstanding; False if there is none."""
+        for n in sorted(self._owned, reverse=True):
+            part = self._owned[n]
+            if part.outstanding:
+                continue
+            part.close()
+            del self._owned[n]
+            self._lag_cache.pop(n, None)
+            self._m.partitions.set(len(self._owned))
+            log.info(
+                "log.partition_released",
+                extra={"group": self.group, "partition": n, "committed": part.committed, "owned": self.owned},
+            )
+            return True
+        return False
 
     # --- reading ---------------------------------------------------------------------------------
 
-    def _fill(self, res: PollResult, max_records: int, w: int) -> None:
-        nbytes = 0
-        stalls = 0
-        last_key: tuple[int, int, int] | None = None
-        while len(res.records) < max_records and nbytes < MAX_POLL_BYTES:
-            assert self._pos is not None
-            if self._pos >= w:
-                return
-            key = (self._pos, self._cur.base if self._cur else -1, self._cur.pos if self._cur else -1)
-            stalls = stalls + 1 if key == last_key else 0
-            if stalls > 3:  # defensive: never spin on the same spot (e.g. a file vanishing under us)
-                return
-            last_key = key
-            if self._cur is None:
-                if not self._open_cursor(res, w):
-                    return
-                continue
-            cur = self._cur
-            if cur.seal is not None and cur.pos >= cur.seal.end_pos:
-                if not self._end_of_segment(res, w):
-                    return
-                continue
-            r = seg.read_record(cur.win, cur.pos, limit=cur.seal.end_pos if cur.seal else None)
-            h = r.header
-            if r.status is seg.Status.OK and h is not None:
-                if h.offset < self._pos:  # before our position (already returned or committed)
-                    cur.pos = h.end
-                    continue
-                if cur.seal is None and h.offset >= cur.seal_checked_w:
-                    # New since we last looked: the writer may have sealed this segment before this
-                    # record (after a failed fsync), which makes the record untrusted. A seal is
-                    # always written before the watermark passes the sealed segment.
-                    cur.seal = self._read_seal(cur.base)
-                    cur.seal_checked_w = w
-                    if cur.seal is not None:
-                        continue
-                if h.offset >= w:  # not durable yet
-                    if h.offset > self._pos:
-                        # ... but the durable offsets before it should be here and are not.
-                        reason = cur.pending_reason or (
-                            f"offsets {self._pos}..{w - 1} missing in {cur.path} before byte {cur.pos}"
-                        )
-                        self._gap(res, self._pos, w - 1, reason)
-                        self._pos = w
-                    return
-                if h.offset > self._pos:
-                    reason = cur.pending_reason or (
-                        f"offsets {self._pos}..{h.offset - 1} missing in {cur.path} before byte {cur.pos}"
-                    )
-                    self._gap(res, self._pos, h.offset - 1, reason)
-                cur.pending_reason = None
-                res.records.append(LogRecord(0, h.offset, r.key, r.value, h.timestamp_ms))
-                if len(self._uncommitted) < _MAX_TRACKED:
-                    self._uncommitted.append((h.offset, h.timestamp_ms))
-                nbytes += h.length
-                self._pos = h.offset + 1
-                cur.pos = h.end
-                continue
-            # No header at all: the segment's data ends here. A header whose record runs past the
-            # end of the file (or of the seal) while offsets below ``w`` remain cannot be a record
-            # still being written: treat it as damage and look for valid records after it.
-            progressed = (
-                self._end_of_segment(res, w)
-                if r.status is seg.Status.INCOMPLETE and h is None
-                else self._bad_record(res, w, r.reason)
-            )
-            if not progressed:
-                return
-
-    def _open_cursor(self, res: PollResult, w: int) -> bool:
-        """Open the segment holding ``self._pos`` and position on it. False: nothing to read now."""
-        assert self._pos is not None
-        bases = seg.list_segments(self._pdir)
-        if not bases:
-            self._gap(res, self._pos, w - 1, f"no segment files in {self._pdir} (durable end {w})")
-            self._pos = w
-            return False
-        idx = bisect.bisect_right(bases, self._pos) - 1
-        if idx < 0:
-            first = bases[0]
-            self._gap(
-                res,
-                self._pos,
-                min(first, w) - 1,
-                f"offsets below {first} are gone: the earliest segment is "
-                f"{seg.segment_path(self._pdir, first)}",
-            )
-            self._pos = min(first, w)
-            if self._pos < first:
-                return False
-            idx = 0
-        base = bases[idx]
-        path = seg.segment_path(self._pdir, base)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:  # deleted between listing and opening: list again next round
-            return True
-        cur = _Cursor(base, path, fd, seg.FileWindow(fd), seal=self._read_seal(base), seal_checked_w=w)
-        # Walk headers (no CRC) to the first record at or after our position.
-        p = 0
-        end = cur.seal.end_pos if cur.seal else None
-        while end is None or p < end:
-            hr = seg.read_header(cur.win, p)
-            if hr.status is not seg.Status.OK or hr.header is None or hr.header.offset >= self._pos:
-                break
-            if end is not None and hr.header.end > end:
-                break
-            p = hr.header.end
-        cur.pos = p
-        self._cur = cur
-        return True
-
-    def _read_seal(self, base: int) -> seg.Seal | None:
-        try:
-            return seg.read_seal(self._pdir, base)
-        except seg.BadSeal as e:
-            log.warning("log.seal_damaged", extra={"error": str(e)})
-            return None
-
-    def _end_of_segment(self, res: PollResult, w: int, reason: str | None = None) -> bool:
-        """No more records at the cursor although offsets below ``w`` remain. Returns progress."""
-        cur = self._cur
-        assert cur is not None and self._pos is not None
-        if cur.seal is None:
-            cur.seal = self._read_seal(cur.base)
-        bases = seg.list_segments(self._pdir)
-        later = [b for b in bases if b > cur.base]
-        nxt = later[0] if later else None
-        if cur.seal is None and nxt is None:
-            # The last segment, still being written, ends although [pos, w) is durable: lost data.
-            self._gap(
-                res,
-                self._pos,
-                w - 1,
-                reason or f"{cur.path} ends at byte {cur.pos} but offsets up to {w - 1} are durable",
-            )
-            self._pos = w
-            return True
-        seg_next = cur.seal.next_offset if cur.seal else nxt
-        reserved = cur.seal.reserved_next if cur.seal else nxt
-        assert seg_next is not None and reserved is not None
-        if reason is None and cur.seal is not None and cur.pos < cur.seal.end_pos:
-            reason = f"{cur.path} is cut at byte {cur.pos} but its seal says {cur.seal.end_pos} bytes"
-        if self._pos < seg_next:
-            last = min(seg_next, w) - 1
-            self._gap(
-                res, self._pos, last, reason or f"records missing at the end of {cur.path} (byte {cur.pos})"
-            )
-            self._pos = last + 1
-            if self._pos >= w:
-                return True
-        if self._pos < reserved:  # void offsets of a failed append: never acknowledged, not a gap
-            self._pos = min(reserved, w)
-            if self._pos >= w:
-                return True
-        if nxt is None:
-            # Sealed, the next segment not visible: only normal while the writer is rolling, and then
-            # nothing past the seal is durable yet. Otherwise the next segment is gone.
-            self._gap(res, self._pos, w - 1, f"segment after {cur.path} is missing (durable end {w})")
-            self._pos = w
-            return True
-        if self._pos < nxt:
-            last = min(nxt, w) - 1
-            self._gap(
-                res,
-                self._pos,
-                last,
-                f"offsets {self._pos}..{nxt - 1} missing between {cur.path} and "
-                f"{seg.segment_path(self._pdir, nxt)}",
-            )
-            self._pos = last + 1
-        self._close_cursor()
-        return True
-
-    def _bad_record(self, res: PollResult, w: int, why: str) -> bool:
-        """The bytes at the cursor are not a valid record: report the unreadable range as a gap."""
-        cur = self._cur
-        assert cur is not None and self._pos is not None
-        if cur.seal is None:
-            cur.seal = self._read_seal(cur.base)
-        if cur.seal is not None and cur.pos >= cur.seal.end_pos:
-            return self._end_of_segment(res, w)  # the untrusted tail of a segment sealed after a failure
-        reason = f"unreadable record in {cur.path} at byte {cur.pos}: {why}"
-        end = cur.seal.end_pos if cur.seal else cur.win.size()
-        found, _ = seg.find_valid_after(cur.win, cur.pos + 1, end, min_offset=self._pos)
-        if found is not None:
-            if found.offset >= w:
-                self._gap(res, self._pos, w - 1, reason)
-                self._pos = w
-            cur.pos = found.pos
-            cur.pending_reason = reason
-            return True
-        finished = cur.seal is not None or any(b > cur.base for b in seg.list_segments(self._pdir))
-        if finished:
-            cur.pos = end
-            return self._end_of_segment(res, w, reason)
-        # The last segment, nothing valid after the damage yet: the durable rest is unreadable.
-        # Stay at the damaged byte; records appended later are found by the search next time.
-        self._gap(res, self._pos, w - 1, reason)
-        self._pos = w
-        return True
-
-    def _gap(self, res: PollResult, first: int, last: int, reason: str) -> None:
-        if last < first:
+    def _fill(self, res: PollResult, max_records: int) -> None:
+        """Read from every owned partition: an even share each first, then whatever room is left."""
+        if not self._owned:
             return
-        res.gaps.append(LogGap(0, first, last, reason, seg.now_ms()))
-        self._m.gaps.inc()
-        self._m.gap_offsets.inc(last - first + 1)
-        log.warning(
-            "log.gap",
-            extra={"group": self.group, "partition": 0, "first": first, "last": last, "reason": reason},
-        )
+        order = sorted(self._owned)
+        k = self._rr % len(order)
+        self._rr += 1
+        parts = [self._owned[n] for n in order[k:] + order[:k]]
+        budget = MAX_POLL_BYTES
+        share = max(1, -(-max_records // len(parts)))
+        for rnd in (0, 1):
+            for part in parts:
+                room = max_records - len(res.records)
+                if room <= 0 or budget <= 0:
+                    return
+                budget -= part.fill(res, min(room, share) if rnd == 0 else room, budget)
 
-    def _close_cursor(self) -> None:
-        if self._cur is not None:
-            self._cur.close()
-            self._cur = None
-
-    def _timestamp_at(self, offset: int, w: int) -> int | None:
-        """Append time of the first record at or after ``offset`` (below ``w``), None if none."""
-        bases = seg.list_segments(self._pdir)
+    def _timestamp_at(self, n: int, offset: int, w: int) -> int | None:
+        """Append time of the first record of partition ``n`` at or after ``offset`` (below ``w``)."""
+        pdir = seg.partition_dir(self.directory, n)
+        hint = self._seek_hints.get(n)
+        bases = seg.list_segments(pdir)
         idx = max(0, bisect.bisect_right(bases, offset) - 1)
         for base in bases[idx:]:
             try:
-                fd = os.open(seg.segment_path(self._pdir, base), os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(seg.segment_path(pdir, base), os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 continue
             try:
                 win = seg.FileWindow(fd)
                 p = 0
+                if hint is not None and hint.base == base and hint.offset <= offset:
+                    hr = seg.read_header(win, hint.pos)
+                    if (
+                        hr.status is seg.Status.OK
+                        and hr.header is not None
+                        and hr.header.offset == hint.offset
+                    ):
+                        p = hint.pos  # resume the walk where the last lookup found its record
                 while True:
                     hr = seg.read_header(win, p)
                     if hr.status is not seg.Status.OK or hr.header is None:
@@ -448,6 +766,7 @@ class EmbeddedLogReader(LogReader):
                     if hr.header.offset >= w:
                         return None
                     if hr.header.offset >= offset:
+                        self._seek_hints[n] = _SeekHint(base, p, hr.header.offset)
                         return hr.header.timestamp_ms
                     p = hr.header.end
             finally:

@@ -1,13 +1,21 @@
 """On-disk format of the embedded log: segment files, records, seals, and scanning them.
 
-Directory layout (one directory per partition, only ``p0`` for now)::
+Directory layout (one directory per partition ``p0`` .. ``p{N-1}``, see docs/log.md)::
 
-    DIR/writer.lock                 flock'd by the one writer process (holds its pid)
-    DIR/p0/{base:020d}.seg          segment: records with offsets >= base, strictly increasing
-    DIR/p0/{base:020d}.seal         written (durably) when the writer leaves that segment
-    DIR/p0/durable                  the durable watermark: every offset below it is fsync'd
-    DIR/consumers/{group}.lock      flock'd by the one reader of a consumer group
-    DIR/consumers/{group}.offset    the group's committed offsets (atomic, durable)
+    DIR/writer.lock                 partition 0's writer lock: flock'd by the process writing p0
+                                    (the single-partition layout's lock, kept so old dirs still work)
+    DIR/p{i}/writer.lock            partition i's writer lock (i >= 1)
+    DIR/p{i}/{base:020d}.seg        segment: records with offsets >= base, strictly increasing
+    DIR/p{i}/{base:020d}.seal       written (durably) when the writer leaves that segment
+    DIR/p{i}/durable                the durable watermark: every offset below it is fsync'd
+    DIR/consumers/{group}.lock      flock'd by the reader of the group that owns partition 0
+    DIR/consumers/{group}@p{i}.lock flock'd by the reader of the group that owns partition i (i >= 1)
+    DIR/consumers/{group}@commit.lock  held (blocking, briefly) around each update of the offsets file
+    DIR/consumers/{group}@m{token}.lock  held by each open reader of the group; mtime = its heartbeat
+    DIR/consumers/{group}.offset    the group's committed offsets, all partitions (atomic, durable)
+
+Lock files hold ``pid`` (writer) or ``pid token`` (reader) of the holder; only the flock counts.
+``@`` cannot appear in a group name, so these names never collide with another group's files.
 
 Record (all integers little-endian, 32-byte header then key then value)::
 
@@ -73,8 +81,34 @@ WATERMARK_FILE = "durable"
 _SEGMENT_RE = re.compile(r"^(\d{20})\.seg$")
 
 
+WRITER_LOCK = "writer.lock"
+_PARTITION_RE = re.compile(r"^p(\d{1,6})$")
+
+
 def partition_dir(directory: Path, partition: int = 0) -> Path:
     return directory / f"p{partition}"
+
+
+def writer_lock_path(directory: Path, partition: int) -> Path:
+    """Partition 0 keeps the single-partition layout's ``DIR/writer.lock``; others lock in their dir."""
+    if partition == 0:
+        return directory / WRITER_LOCK
+    return partition_dir(directory, partition) / WRITER_LOCK
+
+
+def list_partitions(directory: Path) -> list[int]:
+    """Numbers of the partition directories that exist under ``directory``, ascending."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        m = _PARTITION_RE.match(name)
+        if m and (directory / name).is_dir():
+            out.append(int(m.group(1)))
+    out.sort()
+    return out
 
 
 def segment_path(pdir: Path, base: int) -> Path:
@@ -423,3 +457,19 @@ def decode_watermark(data: bytes) -> int | None:
 
 def read_watermark_fd(fd: int) -> int | None:
     return decode_watermark(os.pread(fd, WATERMARK.size, 0))
+
+
+def read_watermark(pdir: Path) -> int | None:
+    """The partition's durable watermark (None if missing or unreadable right now)."""
+    try:
+        fd = os.open(pdir / WATERMARK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        for _ in range(3):  # a read racing the writer's pwrite may be torn; the CRC tells
+            v = read_watermark_fd(fd)
+            if v is not None:
+                return v
+        return None
+    finally:
+        os.close(fd)

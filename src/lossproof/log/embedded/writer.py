@@ -31,6 +31,16 @@ Recovery (``start``)
 Threads and processes
     ``append`` must be called from the event loop ``start`` ran on. Readers live in other processes
     (or threads) and see only what the durable watermark covers.
+
+Partitions
+    A log directory has ``partitions`` partitions (``p0`` .. ``p{N-1}``); each has at most one writer
+    process, which holds the partition's writer lock (flock) for as long as it is open. ``start``
+    takes the first partition whose lock is free and writes only there, so N ingest processes can
+    share one log directory; a writer that finds every partition taken fails with :class:`LogError`.
+    Every record of one writer goes to its one partition, so records of one key keep their order
+    as long as they come through one writer process. Across processes there is no order (see
+    docs/log.md for why the pipeline does not need it). Partitions beyond ``partitions`` that exist
+    on disk (the setting was lowered) are not written, but readers still read them.
 """
 
 from __future__ import annotations
@@ -53,7 +63,7 @@ from lossproof.faults import Faults
 from lossproof.log.base import LogCorrupt, LogError, LogUnavailable, LogWriter, Position
 from lossproof.log.embedded import segment as seg
 from lossproof.log.embedded.metrics import WriterMetrics
-from lossproof.log.embedded.offsets import acquire_lock, consumers_dir, min_committed, release_lock
+from lossproof.log.embedded.offsets import consumers_dir, min_committed, release_lock, try_lock
 
 log = logging.getLogger("lossproof.log.embedded")
 
@@ -98,12 +108,14 @@ def _write_all(fd: int, bufs: list[bytes]) -> int:
 
 
 class EmbeddedLogWriter(LogWriter):
-    """Append-only segment files in ``directory/p0`` with group-commit fsync. One per directory."""
+    """Append-only segment files in ``directory/p{i}`` with group-commit fsync, for the first
+    partition ``i < partitions`` no other writer holds. One writer per partition."""
 
     def __init__(
         self,
         directory: Path,
         *,
+        partitions: int = 1,
         segment_bytes: int = 64 * 2**20,
         retention_seconds: float = 0.0,
         faults: Faults | None = None,
@@ -112,7 +124,11 @@ class EmbeddedLogWriter(LogWriter):
         max_batch_bytes: int = 32 * 2**20,
         full_verify: bool = False,
     ) -> None:
+        if partitions < 1:
+            raise ValueError(f"partitions must be >= 1, not {partitions}")
         self.directory = Path(directory)
+        self.partitions = partitions
+        self.partition = 0  # the partition this writer holds (known after start)
         self._pdir = seg.partition_dir(self.directory, 0)
         self._segment_bytes = max(1, segment_bytes)
         self._retention_seconds = retention_seconds
@@ -153,9 +169,9 @@ class EmbeddedLogWriter(LogWriter):
         if self._loop is not None:
             raise LogError("writer already started")
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = acquire_lock(
-            self.directory / "writer.lock", f"another process is writing the log at {self.directory}"
-        )
+        self._lock_fd, self.partition = self._lock_partition()
+        self._pdir = seg.partition_dir(self.directory, self.partition)
+        self._m.partition.set(self.partition)
         try:
             await asyncio.to_thread(self._recover)
         except BaseException:
@@ -216,6 +232,30 @@ class EmbeddedLogWriter(LogWriter):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def _lock_partition(self) -> tuple[int, int]:
+        """flock the writer lock of the first free partition; returns (fd, partition)."""
+        holders: list[str] = []
+        for p in range(self.partitions):
+            lock = seg.writer_lock_path(self.directory, p)
+            if not lock.parent.exists():
+                lock.parent.mkdir(parents=True, exist_ok=True)
+                seg.fsync_dir(lock.parent.parent)
+            fd, holder = try_lock(lock)
+            if fd is not None:
+                return fd, p
+            holders.append(holder)
+        if self.partitions == 1:
+            msg = (
+                f"another process is writing the log at {self.directory} (pid {holders[0]}); "
+                "to run several ingest processes on one log, raise log.partitions"
+            )
+        else:
+            msg = (
+                f"all {self.partitions} partitions of the log at {self.directory} have a writer "
+                f"(pids {', '.join(holders)}): raise log.partitions to run more ingest processes"
+            )
+        raise LogError(msg)
+
     @property
     def end_offset(self) -> int:
         """The next durable offset (what readers may read up to)."""
@@ -226,7 +266,9 @@ class EmbeddedLogWriter(LogWriter):
     def _set_healthy(self) -> None:
         if self._unhealthy is not None:
             if self._unhealthy not in ("not started",):
-                log.info("log.recovered", extra={"directory": str(self.directory)})
+                log.info(
+                    "log.recovered", extra={"directory": str(self.directory), "partition": self.partition}
+                )
             self._unhealthy = None
         self._m.healthy.set(1)
 
@@ -248,7 +290,10 @@ class EmbeddedLogWriter(LogWriter):
                     try:
                         self._commit(batch)
                     except Exception as e:  # a bug: fail the group, never ack it
-                        log.exception("log.writer_error", extra={"directory": str(self.directory)})
+                        log.exception(
+                            "log.writer_error",
+                            extra={"directory": str(self.directory), "partition": self.partition},
+                        )
                         self._needs_roll = True
                         self._set_unhealthy(f"internal error: {e!r}")
                         self._fail(batch, f"internal error: {e!r}", "internal")
@@ -263,7 +308,9 @@ class EmbeddedLogWriter(LogWriter):
                             log.warning("log.seal_on_close_failed", extra={"error": str(e)})
                     return
         except BaseException as e:  # pragma: no cover - last resort: never leave appends hanging
-            log.exception("log.writer_died", extra={"directory": str(self.directory)})
+            log.exception(
+                "log.writer_died", extra={"directory": str(self.directory), "partition": self.partition}
+            )
             with self._cond:
                 self._dead = f"log writer thread died: {e!r}"
                 rest, self._pending = self._pending, []
@@ -388,10 +435,12 @@ class EmbeddedLogWriter(LogWriter):
         self._call_in_loop(fail)
 
     def _resolve(self, batch: list[_Append], first: int) -> None:
+        part = self.partition
+
         def resolve() -> None:
             for i, r in enumerate(batch):
                 if not r.fut.done():
-                    r.fut.set_result(Position(0, first + i))
+                    r.fut.set_result(Position(part, first + i))
 
         self._call_in_loop(resolve)
 
@@ -471,7 +520,7 @@ class EmbeddedLogWriter(LogWriter):
                 log.warning("log.retention_failed", extra={"error": str(e)})
 
     def _apply_retention(self) -> None:
-        committed = min_committed(self.directory, 0)
+        committed = min_committed(self.directory, self.partition)
         if committed is None:
             return
         bases = seg.list_segments(self._pdir)
@@ -611,7 +660,12 @@ class EmbeddedLogWriter(LogWriter):
         self._m.bytes.set(self._sealed_bytes + self._seg_size)
         log.info(
             "log.opened",
-            extra={"directory": str(self.directory), "next_offset": self._next_offset, "segment": self._base},
+            extra={
+                "directory": str(self.directory),
+                "partition": self.partition,
+                "next_offset": self._next_offset,
+                "segment": self._base,
+            },
         )
 
     def _read_seal_or_none(self, base: int) -> seg.Seal | None:
