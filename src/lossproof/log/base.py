@@ -121,7 +121,9 @@ class LogWriter(abc.ABC):
     async def append(self, key: bytes, value: bytes) -> Position:
         """Append one record and return once it is durable. Raises LogUnavailable otherwise.
 
-        Records with the same key keep their relative order (same partition)."""
+        Records with the same key appended through one writer keep their relative order (same
+        partition). Across writer processes (several ingest processes) there is no order; the
+        store's idempotency and the ledger's replay grace make that harmless."""
 
     @abc.abstractmethod
     def healthy(self) -> tuple[bool, str]:
