@@ -24,7 +24,12 @@ def _series(agent: int, i: int) -> tuple[str, dict[str, str]]:
 
 
 def _batches(
-    points_total: int, points_per_report: int, agents: int, series_per_agent: int, interval_ms: int
+    points_total: int,
+    points_per_report: int,
+    agents: int,
+    series_per_agent: int,
+    interval_ms: int,
+    first_agent: int = 0,
 ) -> Iterator[WriteBatch]:
     per_series = max(1, points_per_report // series_per_agent)
     step = max(1, interval_ms // per_series)
@@ -40,9 +45,9 @@ def _batches(
                 break
             pts = []
             for j in range(n):
-                metric, labels = _series(a, j % series_per_agent)
+                metric, labels = _series(first_agent + a, j % series_per_agent)
                 pts.append(Point(metric, labels, base + (j // series_per_agent) * step, float(j)))
-            reports.append(ReportWrite(TENANT, f"agent-{a:04d}", seq, pts))
+            reports.append(ReportWrite(TENANT, f"agent-{first_agent + a:04d}", seq, pts))
             made += n
         yield WriteBatch(reports=reports, now_ms=base)
 
@@ -139,4 +144,117 @@ def bench_query(
         "points": sum(len(s.points) for s in out),
         "seconds_first": round(took[0], 3),
         "seconds_again": round(took[1], 3),
+    }
+
+
+# --- several writer processes ---------------------------------------------------------------------
+
+# A store to open in a child process: ("sqlite", path) or ("postgres", dsn, schema).
+StoreSpec = tuple[str, ...]
+
+
+def open_spec(spec: StoreSpec) -> Store:
+    if spec[0] == "sqlite":
+        from pathlib import Path
+
+        from lossproof.store.sqlite import SqliteStore
+
+        return SqliteStore(Path(spec[1]))
+    if spec[0] == "postgres":
+        from lossproof.store.postgres import PostgresStore
+
+        return PostgresStore(spec[1], schema=spec[2], pool_size=2)
+    raise ValueError(f"unknown store kind {spec[0]!r}")
+
+
+def _writer(
+    spec: StoreSpec,
+    index: int,
+    points: int,
+    points_per_report: int,
+    agents: int,
+    series_per_agent: int,
+    interval_ms: int,
+    barrier: Any,
+    results: Any,
+) -> None:
+    store = open_spec(spec)
+    try:
+        # Built before the start line: only writing is timed.
+        batches = list(
+            _batches(points, points_per_report, agents, series_per_agent, interval_ms, index * agents)
+        )
+        # warm-up outside the timing: series ids for every series this writer uses
+        store.write_batch(batches[0])
+        barrier.wait()
+        t0 = time.perf_counter()
+        written = 0
+        for b in batches[1:]:
+            written += store.write_batch(b).points_written
+        took = time.perf_counter() - t0
+        results.put((index, sum(len(r.points) for b in batches[1:] for r in b.reports), written, took))
+    finally:
+        store.close()
+
+
+def bench_store_processes(
+    spec: StoreSpec,
+    writers: int,
+    points_total: int,
+    points_per_report: int,
+    agents: int,
+    *,
+    series_per_agent: int | None = None,
+    interval_ms: int = 10_000,
+) -> dict[str, Any]:
+    """``writers`` processes write at once, each its own ``agents`` agents (like workers consuming
+    different log partitions) and ``points_total / writers`` points. Each writer's first batch
+    (creating its series) is not timed; then the wall time from a common start to the last
+    writer's end is. Returns total points/s."""
+    import multiprocessing as mp
+
+    spa = series_per_agent or points_per_report
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(writers + 1)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=_writer,
+            args=(
+                spec,
+                i,
+                points_total // writers,
+                points_per_report,
+                agents,
+                spa,
+                interval_ms,
+                barrier,
+                results,
+            ),
+        )
+        for i in range(writers)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        barrier.wait(timeout=600)
+        t0 = time.perf_counter()
+        got = [results.get(timeout=3600) for _ in procs]
+        wall = time.perf_counter() - t0
+    finally:
+        for p in procs:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+    points = sum(g[1] for g in got)
+    written = sum(g[2] for g in got)
+    return {
+        "writers": writers,
+        "points": points,
+        "points_written": written,
+        "points_per_batch": points_per_report * agents,
+        "series": spa * agents * writers,
+        "seconds": round(wall, 3),
+        "points_per_s": round(points / wall) if wall else 0,
+        "per_writer_points_per_s": [round(g[1] / g[3]) for g in sorted(got)],
     }

@@ -13,14 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from lossproof.obs.logging import get
-from lossproof.store.base import SeqRange, Store
+from lossproof.store.base import SeqRange, Store, StoreUnavailable
 
 T = TypeVar("T")
+REPLAY_LOOKUP_TIMEOUT = 0.5
 log = get(__name__)
-
-
-class StoreUnavailable(Exception):
-    pass
 
 
 class StoreAccess:
@@ -30,6 +27,7 @@ class StoreAccess:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read")
         self._replay: dict[tuple[str, str], tuple[float, list[SeqRange]]] = {}
         self._replay_ttl = replay_cache_seconds
+        self._skip_until = 0.0
 
     def _get(self) -> Store:
         if self._store is None:
@@ -53,10 +51,16 @@ class StoreAccess:
         hit = self._replay.get(key)
         if hit is not None and now - hit[0] < self._replay_ttl:
             return hit[1]
+        if now < self._skip_until:
+            return []
         try:
-            ranges = await self.run(lambda s: s.replay_wanted(tenant, agent, seen_before_ms))
+            # Bounded: a store that is down must not slow down acknowledging durable data.
+            ranges = await asyncio.wait_for(
+                self.run(lambda s: s.replay_wanted(tenant, agent, seen_before_ms)), REPLAY_LOOKUP_TIMEOUT
+            )
         except Exception as e:
-            log.warning("ledger.lookup_failed", error=str(e))
+            self._skip_until = now + 1.0
+            log.warning("ledger.lookup_failed", error=str(e) or type(e).__name__)
             return []
         if len(self._replay) > 100_000:
             self._replay.clear()

@@ -7,6 +7,21 @@ from lossproof.store.base import Store
 
 
 def open_store(cfg: Config, readonly: bool = False) -> Store:
+    """Open the configured store. Start-up failures (bad DSN, wrong password, missing database,
+    server down, schema too new or not migrated) raise :class:`~lossproof.store.base.StoreError`
+    with a one-line message."""
+    if cfg.store.backend == "postgres":
+        from lossproof.store.postgres import PostgresStore
+
+        s = cfg.store
+        return PostgresStore(
+            s.dsn,
+            readonly=readonly,
+            schema=s.pg_schema,
+            pool_size=s.pool_size,
+            retention_days=s.retention_days,
+            connect_timeout=s.connect_timeout_seconds,
+        )
     from lossproof.store.sqlite import SqliteStore
 
     return SqliteStore(cfg.store_path, readonly=readonly)

@@ -100,6 +100,7 @@ class Worker:
                     self.metrics.healthy.set(0)
                     self.last_error = f"{type(e).__name__}: {e}"
                     log.error("worker.store_failed", error=self.last_error, retry_in=backoff)
+                    self._update_lag()  # lag must keep showing while the store is down
                     self.stop.wait(backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue

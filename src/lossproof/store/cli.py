@@ -1,0 +1,131 @@
+"""``lossproof store ...``: schema migrations, partition maintenance and a store benchmark.
+
+Registered in ``lossproof.cli`` with ``cli.add_command(store_group)``. Errors are one line on stderr
+and a non-zero exit, like every other command.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import uuid
+from pathlib import Path
+
+import click
+
+from lossproof import config as config_mod
+from lossproof.config import Config, ConfigError
+from lossproof.store.base import StoreError
+
+
+def _load(data_dir: Path) -> Config:
+    try:
+        return config_mod.load(data_dir)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+
+
+_data_dir = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("lossproof-data"),
+    show_default=True,
+    envvar="LOSSPROOF_DATA_DIR",
+    help="Directory holding lossproof.toml.",
+)
+
+
+@click.group("store")
+def store_group() -> None:
+    """Manage the store (schema migrations, partitions, benchmark)."""
+
+
+@store_group.command("migrate")
+@_data_dir
+def migrate_cmd(data_dir: Path) -> None:
+    """Bring the store's schema to the version this lossproof needs (idempotent)."""
+    cfg = _load(data_dir)
+    if cfg.store.backend != "postgres":
+        from lossproof.store.sqlite import SqliteStore
+
+        try:
+            SqliteStore(cfg.store_path).close()  # creates or checks the file
+        except StoreError as e:
+            raise click.ClickException(str(e)) from None
+        click.echo(f"embedded store {cfg.store_path}: up to date (it migrates itself when opened)")
+        return
+    from lossproof.store import postgres as pg
+
+    try:
+        before, after = pg.migrate(cfg.store.dsn, cfg.store.pg_schema, cfg.store.connect_timeout_seconds)
+    except StoreError as e:
+        raise click.ClickException(str(e)) from None
+    where = f'PostgreSQL {pg.describe_dsn(cfg.store.dsn)} schema "{cfg.store.pg_schema}"'
+    if before == after:
+        click.echo(f"{where}: already at version {after}")
+    else:
+        click.echo(f"{where}: migrated from version {before} to {after}")
+
+
+@store_group.command("maintain")
+@_data_dir
+def maintain_cmd(data_dir: Path) -> None:
+    """Create today's and tomorrow's point partitions and drop those past store.retention_days
+    (workers also do this every few minutes)."""
+    cfg = _load(data_dir)
+    if cfg.store.backend != "postgres":
+        raise click.ClickException("store maintain is for store.backend = 'postgres'")
+    from lossproof.store.factory import open_store
+    from lossproof.store.postgres import PostgresStore
+
+    try:
+        store = open_store(cfg)
+        assert isinstance(store, PostgresStore)
+        try:
+            created, dropped = store.maintain()
+        finally:
+            store.close()
+    except StoreError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"partitions created: {', '.join(created) or 'none'}; dropped: {', '.join(dropped) or 'none'}")
+
+
+@store_group.command("bench")
+@click.option("--dsn", envvar="LOSSPROOF_STORE_DSN", default=None, help="PostgreSQL to measure (optional).")
+@click.option("--points", type=click.IntRange(10_000), default=2_000_000, show_default=True)
+@click.option("--points-per-report", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("--agents", type=click.IntRange(1), default=32, show_default=True, help="Per writer.")
+@click.option("--writers", default="1,2", show_default=True, help="Writer process counts to run.")
+def bench_cmd(dsn: str | None, points: int, points_per_report: int, agents: int, writers: str) -> None:
+    """Store write throughput: the embedded store, and PostgreSQL with 1 and 2 writer processes.
+
+    Each PostgreSQL run writes into a fresh schema, dropped afterwards."""
+    from lossproof.bench.store import bench_store_processes
+
+    counts = [int(w) for w in writers.split(",") if w.strip()]
+    lines = []
+    with tempfile.TemporaryDirectory(prefix="lossproof-bench-") as tmp:
+        for n in counts:
+            r = bench_store_processes(
+                ("sqlite", str(Path(tmp) / f"s{n}.db")), n, points, points_per_report, agents
+            )
+            lines.append({"store": "embedded", **r})
+            click.echo(json.dumps(lines[-1]), err=True)
+    if dsn:
+        import psycopg
+        from psycopg import sql
+
+        for n in counts:
+            schema = "bench_" + uuid.uuid4().hex[:8]
+            try:
+                r = bench_store_processes(("postgres", dsn, schema), n, points, points_per_report, agents)
+            finally:
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+            lines.append({"store": "postgres", **r})
+            click.echo(json.dumps(lines[-1]), err=True)
+    click.echo(f"{'store':10} {'writers':>7} {'points':>10} {'seconds':>8} {'points/s':>10}")
+    for r in lines:
+        click.echo(
+            f"{r['store']:10} {r['writers']:>7} {r['points']:>10} {r['seconds']:>8} {r['points_per_s']:>10}"
+        )

@@ -1,0 +1,134 @@
+"""Schema migrations of the PostgreSQL store: versioned, idempotent, race-free; a newer schema is
+refused with one line; an older one is refused until ``lossproof store migrate`` ran."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from lossproof import config as config_mod
+from lossproof.store import pg_migrations as mig
+from lossproof.store import postgres as pg
+from lossproof.store.base import StoreSchemaError
+
+# `lossproof store ...` (the group is registered in lossproof.cli; called directly here so these
+# tests do not depend on that registration)
+STORE_CLI = [
+    sys.executable,
+    "-c",
+    "from lossproof.store.cli import store_group; store_group(prog_name='store')",
+]
+
+
+def _data_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "data"
+    config_mod.init_data_dir(d, "lp_test_key")
+    return d
+
+
+def _store_cli(data_dir: Path, dsn: str, schema: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "LOSSPROOF_STORE_BACKEND": "postgres",
+        "LOSSPROOF_STORE_DSN": dsn,
+        "LOSSPROOF_STORE_PG_SCHEMA": schema,
+    }
+    return subprocess.run(
+        [*STORE_CLI, *args, "--data-dir", str(data_dir)], capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+def _version_rows(dsn: str, schema: str) -> list[int]:
+    with psycopg.connect(dsn) as conn:
+        q = sql.SQL("SELECT version FROM {}.schema_migrations ORDER BY version")
+        q = q.format(sql.Identifier(schema))
+        return [r[0] for r in conn.execute(q)]
+
+
+def test_migrate_cli_is_idempotent(tmp_path: Path, pg_dsn: str, pg_schema: str) -> None:
+    d = _data_dir(tmp_path)
+    first = _store_cli(d, pg_dsn, pg_schema, "migrate")
+    assert first.returncode == 0, first.stderr
+    assert f"migrated from version 0 to {mig.LATEST}" in first.stdout
+    again = _store_cli(d, pg_dsn, pg_schema, "migrate")
+    assert again.returncode == 0, again.stderr
+    assert f"already at version {mig.LATEST}" in again.stdout
+    assert _version_rows(pg_dsn, pg_schema) == [m.version for m in mig.MIGRATIONS]
+    # the partitions for today and tomorrow exist already
+    store = pg.PostgresStore(pg_dsn, schema=pg_schema)
+    try:
+        assert len(store._partitions) >= 2
+    finally:
+        store.close()
+
+
+def test_newer_schema_is_refused_in_one_line(tmp_path: Path, pg_dsn: str, pg_schema: str) -> None:
+    pg.migrate(pg_dsn, pg_schema)
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute(
+            sql.SQL("INSERT INTO {}.schema_migrations (version, description) VALUES (99, 'future')").format(
+                sql.Identifier(pg_schema)
+            )
+        )
+    r = _store_cli(_data_dir(tmp_path), pg_dsn, pg_schema, "migrate")
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "version 99, newer than this lossproof knows" in lines[0]
+    for readonly in (False, True):
+        with pytest.raises(StoreSchemaError, match="newer than this lossproof knows"):
+            pg.PostgresStore(pg_dsn, schema=pg_schema, readonly=readonly)
+
+
+def test_empty_database_reader_refused_writer_installs(pg_dsn: str, pg_schema: str) -> None:
+    with pytest.raises(StoreSchemaError, match="run `lossproof store migrate`"):
+        pg.PostgresStore(pg_dsn, schema=pg_schema, readonly=True)
+    pg.PostgresStore(pg_dsn, schema=pg_schema).close()  # a writer installs an empty database
+    pg.PostgresStore(pg_dsn, schema=pg_schema, readonly=True).close()
+    assert _version_rows(pg_dsn, pg_schema) == [mig.LATEST]
+
+
+def test_schema_with_foreign_tables_is_refused(pg_dsn: str, pg_schema: str) -> None:
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(pg_schema)))
+        conn.execute(sql.SQL("CREATE TABLE {}.users (id int)").format(sql.Identifier(pg_schema)))
+    with pytest.raises(StoreSchemaError, match="not a lossproof store"):
+        pg.PostgresStore(pg_dsn, schema=pg_schema)
+
+
+def test_older_schema_needs_migrate(monkeypatch: pytest.MonkeyPatch, pg_dsn: str, pg_schema: str) -> None:
+    pg.migrate(pg_dsn, pg_schema)
+    v2 = mig.Migration(mig.LATEST + 1, "test: an extra column", "ALTER TABLE agents ADD COLUMN note text")
+    monkeypatch.setattr(mig, "MIGRATIONS", (*mig.MIGRATIONS, v2))
+    monkeypatch.setattr(mig, "LATEST", v2.version)
+    with pytest.raises(StoreSchemaError, match="run `lossproof store migrate`"):
+        pg.PostgresStore(pg_dsn, schema=pg_schema)
+    assert pg.migrate(pg_dsn, pg_schema) == (v2.version - 1, v2.version)
+    assert pg.migrate(pg_dsn, pg_schema) == (v2.version, v2.version)
+    pg.PostgresStore(pg_dsn, schema=pg_schema).close()
+
+
+def test_concurrent_migrations_do_the_work_once(pg_dsn: str, pg_schema: str) -> None:
+    results: list[tuple[int, int]] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(pg.migrate(pg_dsn, pg_schema))
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(results) == [(0, mig.LATEST)] + [(mig.LATEST, mig.LATEST)] * 3
+    assert _version_rows(pg_dsn, pg_schema) == [mig.LATEST]
