@@ -15,6 +15,8 @@ from typing import TypeVar
 from lossproof.obs.logging import get
 from lossproof.store.base import SeqRange, Store, StoreUnavailable
 
+__all__ = ["StoreAccess", "StoreUnavailable"]
+
 T = TypeVar("T")
 REPLAY_LOOKUP_TIMEOUT = 0.5
 log = get(__name__)
