@@ -7,38 +7,7 @@ import random
 import threading
 import time
 
-import urllib3
-
-from pipeline import HTTP, Pipeline, expand, report
-
-
-class Sender(threading.Thread):
-    """An agent in miniature: numbered reports, retried with the same seq until acknowledged."""
-
-    def __init__(self, p: Pipeline, agent: str, stop: threading.Event, points: int = 20) -> None:
-        super().__init__(daemon=True)
-        self.p, self.agent, self.stop_evt, self.points = p, agent, stop, points
-        self.acked: set[int] = set()
-        self.statuses: dict[int, int] = {}
-        self.next_seq = 1
-
-    def run(self) -> None:
-        while not self.stop_evt.is_set():
-            seqs = [self.next_seq, self.next_seq + 1]
-            try:
-                r = self.p.post_reports(
-                    self.agent, [report(s, self.points, host=self.agent) for s in seqs], timeout=15
-                )
-                status = r.status
-            except urllib3.exceptions.HTTPError:
-                status = 0
-            self.statuses[status] = self.statuses.get(status, 0) + 1
-            if status == 200:
-                assert expand(json.loads(r.data)["acked"]) == set(seqs)
-                self.acked.update(seqs)
-                self.next_seq += 2
-            else:
-                time.sleep(0.05)
+from pipeline import HTTP, Pipeline, Sender, expand, report
 
 
 def test_fsync_failure_answers_503_never_200(pipeline: Pipeline) -> None:
