@@ -56,6 +56,8 @@ class LazyGroup(click.Group):
         "store": "lossproof.store.cli:store_group",
         "kafka": "lossproof.log.kafka.cli:kafka_group",
         "dev": "lossproof.dev.kafka:dev_group",
+        "chaos": "lossproof.chaos.cli:chaos_group",
+        "audit": "lossproof.chaos.cli:audit_command",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -43,3 +43,14 @@ def test_seqs_outside_what_the_agent_created_do_not_count() -> None:
     counts = marker_counts([*range(1, 6), 99, 99])
     a = audit_agent(AgentTruth("a", [(1, 5)]), PipelineView([(1, 5)], [], counts))
     assert a.ok and a.created == 5 and a.duplicated == 0
+
+
+def test_every_ack_durable_is_no_when_an_acknowledged_seq_vanished() -> None:
+    counts = marker_counts(s for s in range(1, 11) if s != 3)
+    lost = audit_agent(AgentTruth("a", [(1, 10)]), PipelineView([(1, 10)], [], counts))
+    clean = audit_agent(AgentTruth("b", [(1, 2)], pending=[(2, 2)]), PipelineView([], [], marker_counts([1])))
+    assert AuditReport([clean]).every_ack_durable
+    report = AuditReport([clean, lost])
+    assert not report.every_ack_durable
+    assert report.as_json()["every_ack_durable"] is False
+    assert report.table()[-2].startswith("every 2xx durable: NO")

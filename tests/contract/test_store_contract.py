@@ -18,6 +18,7 @@ from lossproof.store.base import (
     DeadLetter,
     Ledger,
     LostRange,
+    MetricMetadata,
     Point,
     ReportWrite,
     Store,
@@ -394,6 +395,60 @@ def test_failing_batch_leaves_nothing_and_store_stays_usable(store: Store) -> No
     assert store.dead_letter_count() == 1 and len(store.log_gaps()) == 1
 
 
+# --- metric metadata -----------------------------------------------------------------------------
+
+
+def md(
+    metric: str, type_: str = "counter", help_: str = "", unit: str = "", tenant: str = "t1"
+) -> MetricMetadata:
+    return MetricMetadata(tenant, metric, type_, help_, unit)
+
+
+def test_metadata_last_write_wins_per_tenant_and_metric(store: Store) -> None:
+    assert store.metadata("t1") == []
+    first = [md("reqs_total", help_="Requests."), md("temp", "gauge", "Temperature.", "celsius")]
+    store.write_batch(batch(metadata=first, now=1))
+    store.write_batch(batch(metadata=first, now=2))  # a replay changes nothing
+    assert store.metadata("t1") == sorted(first, key=lambda m: m.metric)
+    # a later batch replaces; inside one batch the later entry wins
+    store.write_batch(
+        batch(
+            metadata=[
+                md("temp", "gauge", "Old.", "kelvin"),
+                md("temp", "gauge", "Room temperature.", "celsius"),
+                md("other", "unknown", "Other."),
+            ],
+            now=3,
+        )
+    )
+    assert store.metadata("t1") == [
+        md("other", "unknown", "Other."),
+        md("reqs_total", help_="Requests."),
+        md("temp", "gauge", "Room temperature.", "celsius"),
+    ]
+    assert store.metadata("t1", "temp") == [md("temp", "gauge", "Room temperature.", "celsius")]
+    assert store.metadata("t1", "nope") == []
+    assert [m.metric for m in store.metadata("t1", limit=2)] == ["other", "reqs_total"]
+    assert store.metadata("t1", limit=0) == []
+
+
+def test_metadata_tenant_isolation_and_atomic_with_the_batch(store: Store) -> None:
+    store.write_batch(
+        batch(
+            report(1),
+            metadata=[md("cpu", "gauge", "CPU of t1."), md("cpu", "counter", "CPU of t2.", tenant="t2")],
+        )
+    )
+    assert store.metadata("t1") == [md("cpu", "gauge", "CPU of t1.")]
+    assert store.metadata("t2") == [md("cpu", "counter", "CPU of t2.", tenant="t2")]
+    assert store.metadata("t3") == [] and store.metadata("t2", "mem") == []
+    # metadata of a batch that fails is not written either
+    bad = ReportWrite("t1", "a1", 9, [pt(T0 + 9000, "oops", agent="a1")])  # type: ignore[arg-type]
+    with pytest.raises(Exception):  # noqa: B017
+        store.write_batch(batch(bad, metadata=[md("cpu", "gauge", "Changed."), md("new")], now=2))
+    assert store.metadata("t1") == [md("cpu", "gauge", "CPU of t1.")]
+
+
 # --- readers -------------------------------------------------------------------------------------
 
 
@@ -405,6 +460,8 @@ def test_readonly_handle_sees_committed_writes(store_factory: StoreFactory) -> N
     assert reader.ledger("t1", "a1") == Ledger(stored=[(2, 2)], missing=[(1, 1, 10)], lost=[])
     assert count_points(reader) == 3
     assert reader.replay_wanted("t1", "a1", 11) == [(1, 1)]
+    writer.write_batch(batch(metadata=[md("cpu", "gauge", "CPU.")], now=11))
+    assert reader.metadata("t1") == [md("cpu", "gauge", "CPU.")]
     with pytest.raises(Exception):  # noqa: B017
         reader.write_batch(batch(report(3)))
     assert count_points(writer) == 3

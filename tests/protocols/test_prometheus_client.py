@@ -47,7 +47,7 @@ def prometheus(tmp_path: Path, pipeline: Pipeline) -> Iterator[tuple[Pipeline, s
                             "max_backoff": "1s",
                             "max_shards": 2,
                         },
-                        "metadata_config": {"send_interval": "5s"},
+                        "metadata_config": {"send_interval": "1s"},
                     }
                 ],
             }
@@ -95,6 +95,18 @@ def test_prometheus_remote_write_with_a_lossproof_restart(
     info = wait_points(p, "prometheus_build_info", 1, timeout=30, **labels)
     assert info[0]["labels"]["version"].startswith("2.")
     assert info[0]["labels"]["goversion"]
+    # and the metric metadata Prometheus sends every metadata_config.send_interval
+    deadline = time.monotonic() + 30
+    meta: dict[str, list[dict[str, str]]] = {}
+    while time.monotonic() < deadline:
+        status, body = p.get("/api/v1/metadata?metric=prometheus_http_requests_total")
+        assert status == 200, body
+        meta = body["data"]
+        if meta:
+            break
+        time.sleep(0.2)
+    [entry] = meta["prometheus_http_requests_total"]
+    assert entry["type"] == "counter" and entry["help"], meta
 
     # lossproof goes away for 15 s; Prometheus keeps scraping and retries the sends
     p.stop()

@@ -84,13 +84,54 @@ def test_mapping_name_labels_nan_inf_and_empty_labels() -> None:
     assert pts[0].v == 1.0 and math.isnan(pts[1].v) and pts[2].v == math.inf and pts[3].v == -math.inf
 
 
-def test_metadata_only_request_is_accepted_with_nothing_to_store() -> None:
+def test_metadata_only_request_is_accepted_with_metadata_and_no_points() -> None:
     req = promrw.WriteRequest()
-    md = req.metadata.add()
-    md.type, md.metric_family_name, md.help = 1, "http_requests_total", "Requests."
+    for type_, name, help_, unit in [
+        (1, "http_requests_total", "Requests.", ""),
+        (3, "latency_seconds", "Latency.", "seconds"),
+        (0, "says_nothing", "", ""),  # left out
+        (2, "", "No name.", ""),  # left out
+        (2, "nul", "a\0b", ""),  # left out: no store keeps a NUL
+        (2, "temp", "Old.", ""),
+        (2, "temp", "Temperature.", "celsius"),  # the last one wins
+        (99, "future_type", "A type this code does not know.", ""),
+    ]:
+        md = req.metadata.add()
+        md.type, md.metric_family_name, md.help, md.unit = type_, name, help_, unit
     body = bytes(req.SerializeToString())
-    assert promrw.check(body, promrw.V1).points == 0
+    checked = promrw.check(body, promrw.V1)
+    assert (checked.points, checked.metadata) == (0, 8)
     assert promrw.to_points(body, promrw.V1) == []
+    assert promrw.to_metadata(body, promrw.V1) == [
+        ("http_requests_total", "counter", "Requests.", ""),
+        ("latency_seconds", "histogram", "Latency.", "seconds"),
+        ("temp", "gauge", "Temperature.", "celsius"),
+        ("future_type", "unknown", "A type this code does not know.", ""),
+    ]
+
+
+def test_v2_metadata_resolves_through_the_symbols_keyed_by_the_series_name() -> None:
+    req = promrw.RequestV2()
+    req.symbols.extend(["", "__name__", "reqs_total", "job", "a", "b", "Requests.", "requests", "up"])
+    for job in (4, 5):  # two series of one metric: one metadata entry
+        ts = req.timeseries.add()
+        ts.labels_refs.extend([1, 2, 3, job])
+        ts.metadata.type, ts.metadata.help_ref, ts.metadata.unit_ref = 1, 6, 7
+        s = ts.samples.add()
+        s.timestamp, s.value = T0, 1.0
+    ts = req.timeseries.add()  # unspecified type, no help, no unit: nothing to keep
+    ts.labels_refs.extend([1, 8])
+    ts.metadata.type = 0
+    body = bytes(req.SerializeToString())
+    checked = promrw.check(body, promrw.V2)
+    assert (checked.points, checked.metadata) == (2, 3)
+    points, meta = promrw.decode(body, promrw.V2)
+    assert len(points) == 2
+    assert meta == [promrw.Metadata("reqs_total", "counter", "Requests.", "requests")]
+    # a reference outside the symbols is refused
+    req.timeseries[0].metadata.help_ref = 9
+    with pytest.raises(BadBody, match="metadata help_ref/unit_ref"):
+        promrw.check(bytes(req.SerializeToString()), promrw.V2)
 
 
 def test_native_histogram_becomes_count_sum_and_cumulative_buckets() -> None:

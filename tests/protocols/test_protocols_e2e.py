@@ -6,13 +6,17 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import subprocess
+import sys
 import time
+from urllib.parse import urlencode
 
 import cramjam
 from google.rpc import status_pb2  # type: ignore[import-untyped]
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from proto_helpers import metric_value, post, query, wait_points
 
+from lossproof import config as config_mod
 from lossproof.bench.protocols import request as bench_request
 from lossproof.protocol import promrw
 from pipeline import HTTP, Pipeline
@@ -302,6 +306,93 @@ def test_remote_write_2_answers_the_written_headers(pipeline: Pipeline) -> None:
     assert r.headers["X-Prometheus-Remote-Write-Exemplars-Written"] == "0"
     [series] = wait_points(p, "rw2_metric", 3)
     assert series["labels"] == {"job": "j"}
+
+
+def rw_metadata(entries: list[tuple[int, str, str, str]], body: bytes = b"") -> bytes:
+    """A remote write 1.0 body with these (type, family, help, unit) metadata entries, added to
+    ``body`` (an uncompressed WriteRequest) if given."""
+    req = promrw.WriteRequest.FromString(body)
+    for type_, name, help_, unit in entries:
+        md = req.metadata.add()
+        md.type, md.metric_family_name, md.help, md.unit = type_, name, help_, unit
+    return bytes(cramjam.snappy.compress_raw(req.SerializeToString()))
+
+
+def wait_metadata(
+    p: Pipeline, want: dict[str, object], timeout: float = 30, key: str | None = None, **params: str
+) -> dict[str, object]:
+    """Wait until ``/api/v1/metadata`` with ``params`` answers ``want``."""
+    deadline = time.monotonic() + timeout
+    data: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        status, body = p.get(f"/api/v1/metadata?{urlencode(params)}", key=key)
+        assert status == 200 and body["status"] == "success", body
+        data = body["data"]
+        if data == want:
+            return data
+        time.sleep(0.1)
+    raise AssertionError(f"metadata {params}: {data} after {timeout}s, want {want}")
+
+
+def test_remote_write_metadata_is_kept_and_served(pipeline_factory: type[Pipeline]) -> None:
+    p = pipeline_factory()
+    config_mod.init_data_dir(p.data_dir, p.key, p.port)
+    other = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lossproof",
+            "keys",
+            "create",
+            "--tenant",
+            "other",
+            "--data-dir",
+            str(p.data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    p.start()
+    status, body = p.get("/api/v1/metadata")
+    assert (status, body) == (200, {"status": "success", "data": {}})
+    # metadata next to samples
+    samples = bytes(cramjam.snappy.decompress_raw(rw_body([({"__name__": "md_reqs_total"}, [(NOW, 1.0)])])))
+    body_ = rw_metadata([(1, "md_reqs_total", "Requests served.", "")], samples)
+    assert post(p, "/api/v1/write", body_, rw_headers(p)).status == 204
+    wait_points(p, "md_reqs_total", 1)
+    counter = {"md_reqs_total": [{"type": "counter", "help": "Requests served.", "unit": ""}]}
+    wait_metadata(p, counter)
+    # metadata alone, as Prometheus sends it every metadata_config.send_interval: durable like
+    # samples, and the last write wins
+    for help_ in ("Old help.", "Request latency."):
+        body_ = rw_metadata([(3, "md_latency_seconds", help_, "seconds")])
+        r = post(p, "/api/v1/write", body_, rw_headers(p))
+        assert r.status == 204, r.data
+    latency = {"md_latency_seconds": [{"type": "histogram", "help": "Request latency.", "unit": "seconds"}]}
+    wait_metadata(p, {**latency, **counter})
+    wait_metadata(p, latency, metric="md_latency_seconds")
+    wait_metadata(p, latency, limit="1")  # sorted by metric: md_latency_seconds first
+    wait_metadata(p, {**latency, **counter}, limit="-1")
+    wait_metadata(p, {}, metric="md_nope")
+    status, body = p.get("/api/v1/metadata?limit=x")
+    assert status == 400 and body["errorType"] == "bad_data", body
+    # tenant-scoped: another tenant's metadata of the same metric is its own
+    body_ = rw_metadata([(2, "md_reqs_total", "Other tenant.", "")])
+    assert post(p, "/api/v1/write", body_, rw_headers(p, Authorization=f"Bearer {other}")).status == 204
+    wait_metadata(p, {"md_reqs_total": [{"type": "gauge", "help": "Other tenant.", "unit": ""}]}, key=other)
+    wait_metadata(p, {**latency, **counter})
+    status, body = p.get("/api/v1/metadata", key="lp_nobody")
+    assert status == 401, body
+    text = p.metrics()
+    acked = metric_value(
+        text,
+        "lossproof_ingest_protocol_requests_total",
+        tenant="default",
+        protocol="prom-rw",
+        outcome="acked",
+    )
+    assert acked == 3
 
 
 def test_log_trouble_is_a_retryable_503_per_protocol(pipeline: Pipeline) -> None:

@@ -105,9 +105,16 @@ class AuditReport:
             "unaccounted": sum(a.unaccounted_count for a in self.agents),
         }
 
+    @property
+    def every_ack_durable(self) -> bool:
+        """Every seq the agents consider acknowledged (not pending, not dropped by themselves) is
+        stored or accounted for by the pipeline: no 2xx was a lie."""
+        return all(not a.unaccounted for a in self.agents)
+
     def as_json(self) -> dict[str, object]:
         return {
             "ok": self.ok,
+            "every_ack_durable": self.every_ack_durable,
             "totals": self.totals(),
             "agents": [
                 {
@@ -138,6 +145,10 @@ class AuditReport:
         lines.append(
             f"{'TOTAL':<24} {t['created']:>8} {t['stored_once']:>8} {t['duplicated']:>5} "
             f"{t['lost_accounted']:>10} {t['delayed']:>8} {t['unaccounted']:>7}"
+        )
+        lines.append(
+            "every 2xx durable: "
+            + ("yes" if self.every_ack_durable else "NO (acknowledged, then lost silently)")
         )
         lines.append("audit: " + ("PASS" if self.ok else "FAIL (duplicates or silent loss)"))
         return lines

@@ -100,7 +100,9 @@ class ThirdParty(Ingest):
         m = self.metrics
         n = checked.points + checked.histograms
         m.proto_points.labels(tenant, self.protocol, "received").inc(n + checked.rejected)
-        if n:  # nothing storable (e.g. remote-write metadata alone): nothing to make durable
+        # Points or remote-write metadata (also alone: the worker stores it) are made durable; a
+        # request with neither has nothing to keep.
+        if n or checked.metadata:
             env = native.Envelope(
                 version=1,
                 tenant=tenant,

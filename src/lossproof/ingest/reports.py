@@ -13,6 +13,7 @@ import time
 from aiohttp import web
 
 from lossproof.config import Config
+from lossproof.faults import Faults
 from lossproof.ingest.auth import KeyRing
 from lossproof.ingest.http import ApiError, json_response, read_body
 from lossproof.ingest.metrics import IngestMetrics
@@ -35,6 +36,7 @@ class Ingest:
         self.keys = keys
         self.writer = writer
         self.metrics = metrics
+        self._faults = Faults()
 
     def unavailable(self, reason: str) -> ApiError:
         retry = str(self.cfg.server.retry_after_seconds)
@@ -47,6 +49,10 @@ class Ingest:
 
     async def append_durable(self, key: bytes, record: bytes) -> None:
         """Append ``record`` and return once the log holds it durably; raise the 503 otherwise."""
+        if self._faults.get("ingest.ack_before_durable") is not None:
+            # Chaos scenario 5 only (fault file): the first post-mortem's bug, acknowledging without
+            # the log's confirmation. The append is dropped entirely, so the loss is unrecoverable.
+            return
         timeout = self.cfg.server.append_timeout_seconds
         # shield: on timeout the append goes on; if it lands, the client's retry is a harmless replay.
         append = asyncio.ensure_future(self.writer.append(key, record))

@@ -9,14 +9,20 @@ Mapping (see docs/protocols.md): a series' ``__name__`` label is the metric; its
 without empty-valued ones (an empty label is no label in Prometheus), are the labels. Samples keep
 their millisecond timestamps and values (NaN staleness markers and +-Inf included). A native
 histogram sample becomes ``<name>_count``, ``<name>_sum`` and cumulative ``<name>_bucket{le=...}``
-series. Exemplars and metadata are accepted and counted, not stored.
+series. Exemplars are accepted and counted, not stored.
+
+Metadata (type, help, unit of a metric family) is kept: 1.0 sends it in ``WriteRequest.metadata``
+(keyed by ``metric_family_name``), 2.0 per series (``Metadata`` with ``help_ref`` / ``unit_ref``
+into the symbols, keyed by the series' ``__name__``). :func:`decode` returns it as
+:class:`Metadata` with Prometheus' lower-case type names; an entry that says nothing (type unknown,
+no help, no unit), or whose name is empty, too long or holds a NUL, is left out.
 """
 
 from __future__ import annotations
 
 from itertools import repeat
 from operator import attrgetter, contains, getitem
-from typing import Any
+from typing import Any, NamedTuple
 
 import cramjam
 from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory
@@ -367,7 +373,9 @@ def check(body: bytes, proto: str) -> Checked:
             _explain_v1(req)
     samples = _check_samples(merged.samples, req.timeseries)
     histograms = _check_histograms(merged.histograms, req.timeseries)
-    return Checked(points=samples, histograms=histograms, exemplars=len(merged.exemplars))
+    return Checked(
+        points=samples, histograms=histograms, exemplars=len(merged.exemplars), metadata=len(req.metadata)
+    )
 
 
 def _check_samples(blobs: Any, series: Any) -> int:
@@ -413,12 +421,17 @@ def _check_v2(body: bytes, req: Any) -> Checked:
     # 2.0 is rarer (Prometheus sends it only when configured to): labels are checked series by series.
     symbols = list(req.symbols)
     nsym = len(symbols)
-    exemplars = 0
+    exemplars = metadata = 0
     for i, ts in enumerate(req.timeseries):
         where = f"timeseries[{i}]"
         refs = list(ts.labels_refs)
         if len(refs) % 2 or (refs and max(refs) >= nsym):
             raise BadBody(f"{where}: labels_refs must be pairs of indexes into the {nsym} symbols")
+        if ts.HasField("metadata"):
+            md = ts.metadata
+            if max(md.help_ref, md.unit_ref) >= max(nsym, 1):  # 0 (absent) is fine without symbols
+                raise BadBody(f"{where}: metadata help_ref/unit_ref point outside the {nsym} symbols")
+            metadata += 1
         labels = {symbols[k]: symbols[v] for k, v in zip(refs[0::2], refs[1::2], strict=True)}
         _check_labels(list(labels), list(labels.values()), where)
         for e in ts.exemplars:
@@ -428,7 +441,7 @@ def _check_v2(body: bytes, req: Any) -> Checked:
     merged = _MergedV2.FromString(b"".join(_SeriesBlobs.FromString(body).v2))
     samples = _check_samples(merged.samples, req.timeseries)
     histograms = _check_histograms(merged.histograms, req.timeseries)
-    return Checked(points=samples, histograms=histograms, exemplars=exemplars)
+    return Checked(points=samples, histograms=histograms, exemplars=exemplars, metadata=metadata)
 
 
 def _check_labels(names: list[str], values: list[str], where: str) -> None:
@@ -480,19 +493,65 @@ def _check_histogram(h: Any, where: str) -> None:
 # -- conversion (worker) ---------------------------------------------------------------------------
 
 
+class Metadata(NamedTuple):
+    """A metric family's metadata, as Prometheus' ``/api/v1/metadata`` shows it."""
+
+    metric: str
+    type: str  # counter, gauge, histogram, gaugehistogram, summary, info, stateset, unknown
+    help: str
+    unit: str
+
+
+# enum number -> Prometheus' name (the same numbering in 1.0 and 2.0; 2.0's 0 is UNSPECIFIED)
+_TYPES = ("unknown", "counter", "gauge", "histogram", "gaugehistogram", "summary", "info", "stateset")
+
+
+def _metadata(name: str, type_: int, help_: str, unit: str) -> Metadata | None:
+    kind = _TYPES[type_] if 0 <= type_ < len(_TYPES) else "unknown"
+    if not name or len(name) > MAX_NAME or (kind == "unknown" and not help_ and not unit):
+        return None
+    if "\0" in name or "\0" in help_ or "\0" in unit:  # no store keeps a NUL in text
+        return None
+    return Metadata(name, kind, help_, unit)
+
+
 def to_points(body: bytes, proto: str) -> list[Point]:
     """The stored points of a (decompressed) body that :func:`check` accepted."""
+    return decode(body, proto)[0]
+
+
+def to_metadata(body: bytes, proto: str) -> list[Metadata]:
+    """The metric metadata of a (decompressed) body that :func:`check` accepted."""
+    return decode(body, proto)[1]
+
+
+def decode(body: bytes, proto: str) -> tuple[list[Point], list[Metadata]]:
+    """The stored points and the metric metadata (one per metric, the last one given winning) of a
+    (decompressed) body that :func:`check` accepted."""
     req = parse(body, proto)
     out: list[Point] = []
     append = out.append
+    meta: dict[str, Metadata] = {}
     if proto == V2:
         symbols = list(req.symbols)
         series = []
         for ts in req.timeseries:
             refs = list(ts.labels_refs)
-            series.append(({symbols[k]: symbols[v] for k, v in zip(refs[0::2], refs[1::2], strict=True)}, ts))
+            labels = {symbols[k]: symbols[v] for k, v in zip(refs[0::2], refs[1::2], strict=True)}
+            series.append((labels, ts))
+            if ts.HasField("metadata"):
+                md = ts.metadata
+                help_ = symbols[md.help_ref] if md.help_ref else ""
+                unit = symbols[md.unit_ref] if md.unit_ref else ""
+                m = _metadata(labels.get(_NAME, ""), md.type, help_, unit)
+                if m is not None:
+                    meta[m.metric] = m
     else:
         series = [({lb.name: lb.value for lb in ts.labels}, ts) for ts in req.timeseries]
+        for md in req.metadata:
+            m = _metadata(md.metric_family_name, md.type, md.help, md.unit)
+            if m is not None:
+                meta[m.metric] = m
     for labels, ts in series:
         name = labels.pop("__name__")
         if "" in labels.values():
@@ -501,7 +560,7 @@ def to_points(body: bytes, proto: str) -> list[Point]:
             append(Point(name, labels, s.timestamp, s.value))
         for h in ts.histograms:
             out.extend(_histogram_points(name, labels, h))
-    return out
+    return out, list(meta.values())
 
 
 def _absolute(spans: Any, deltas: Any, counts: Any, shift: int) -> list[tuple[int, float]]:
@@ -567,14 +626,17 @@ __all__ = [
     "V1",
     "V2",
     "VERSION_HEADER",
+    "Metadata",
     "RequestV2",
     "TooLarge",
     "WriteRequest",
     "check",
     "check_encoding",
+    "decode",
     "parse",
     "proto_of",
     "samples_written",
     "snappy_decompress",
+    "to_metadata",
     "to_points",
 ]

@@ -50,6 +50,7 @@ class Checked:
     points: int  # the protocol's own unit: remote-write samples, OTLP data points, Influx lines
     histograms: int = 0  # remote write: native histogram samples
     exemplars: int = 0  # remote write: exemplars (accepted, not stored)
+    metadata: int = 0  # remote write: metric metadata entries (stored, but not points)
     skipped: int = 0  # values that are accepted but cannot be stored (e.g. Influx string fields)
     rejected: int = 0  # OTLP: data points refused inside an accepted request (partial success)
     reject_reason: str = ""

@@ -1,6 +1,7 @@
 """Prometheus HTTP API (read side), so Grafana and other Prometheus tools can use lossproof as a
 Prometheus data source: ``/api/v1/query``, ``/api/v1/query_range``, ``/api/v1/series``,
-``/api/v1/labels``, ``/api/v1/label/<name>/values`` (GET, or POST with a form body, as Prometheus).
+``/api/v1/labels``, ``/api/v1/label/<name>/values``, ``/api/v1/metadata`` (GET, or POST with a form
+body, as Prometheus).
 
 Answers use Prometheus' envelope: ``{"status": "success", "data": ...}`` or
 ``{"status": "error", "errorType": "bad_data", "error": "..."}``. A key sees only its tenant.
@@ -254,7 +255,22 @@ class PromApi:
         return _success(sorted(values))
 
     async def metadata(self, request: web.Request, tenant: str, q: MultiDictProxy[str]) -> web.Response:
-        return _success({})  # lossproof keeps no metric metadata (type, help, unit)
+        """Metric metadata sent by remote write: ``{"<metric>": [{"type", "help", "unit"}]}``.
+        ``metric=`` narrows to one metric, ``limit=`` caps the number of metrics (negative: all)."""
+        limit: int | None = None
+        if q.get("limit"):
+            try:
+                limit = int(q["limit"])
+            except ValueError:
+                raise ApiFailure(400, "bad_data", "limit must be a number") from None
+            if limit < 0:
+                limit = None
+        metric = q.get("metric") or None
+        found = await self._run(lambda s: s.metadata(tenant, metric, limit))
+        data: dict[str, list[dict[str, str]]] = {}
+        for m in found:
+            data.setdefault(m.metric, []).append({"type": m.type, "help": m.help, "unit": m.unit})
+        return _success(data)
 
     async def buildinfo(self, request: web.Request, tenant: str, q: MultiDictProxy[str]) -> web.Response:
         return _success(

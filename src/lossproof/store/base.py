@@ -23,6 +23,11 @@ Ledger
     each with the time the hole was first seen); and *lost* (given up, with a reason). Storing a
     missing, delayed or lost seq moves it to stored; lost is final unless the report arrives.
 
+Metric metadata
+    Per ``(tenant, metric)`` the store keeps one :class:`MetricMetadata` (type, help, unit), written
+    in the same transaction as the rest of the batch. The last write wins: a later batch, or a later
+    entry of the same batch, replaces it. Rewriting the same metadata is idempotent.
+
 Tenancy
     Every read takes a tenant and returns only that tenant's data.
 """
@@ -128,6 +133,22 @@ class SpoolState:
     reported_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class MetricMetadata:
+    """What a sender says about a metric family (Prometheus remote-write metadata)."""
+
+    tenant: str
+    metric: str  # the metric family name, e.g. ``http_requests_total``, ``request_seconds``
+    type: str  # Prometheus' lower-case name: counter, gauge, histogram, summary, ..., unknown
+    help: str
+    unit: str
+
+
+def latest_metadata(entries: Sequence[MetricMetadata]) -> list[MetricMetadata]:
+    """One entry per (tenant, metric), the last one given winning (in order of first appearance)."""
+    return list({(m.tenant, m.metric): m for m in entries}.values())
+
+
 @dataclass(slots=True)
 class WriteBatch:
     reports: list[ReportWrite] = field(default_factory=list)
@@ -138,6 +159,7 @@ class WriteBatch:
     gaps: list[LogGap] = field(default_factory=list)
     now_ms: int = 0
     spool: list[SpoolState] = field(default_factory=list)  # per agent, the last one wins
+    metadata: list[MetricMetadata] = field(default_factory=list)  # per (tenant, metric), the last wins
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +274,13 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def log_gaps(self) -> list[LogGap]: ...
+
+    @abc.abstractmethod
+    def metadata(
+        self, tenant: str, metric: str | None = None, limit: int | None = None
+    ) -> list[MetricMetadata]:
+        """The tenant's metric metadata sorted by metric: only ``metric``'s when given, at most
+        ``limit`` entries when given."""
 
     # --- reads for the query API and the dashboard (PromQL selectors) ----------------------------
 

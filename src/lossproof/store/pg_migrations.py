@@ -110,7 +110,22 @@ CREATE TABLE log_gaps (
 );
 """
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema", V1),)
+# Metric metadata (Prometheus remote write): one row per (tenant, metric), the last write winning.
+V2 = """
+CREATE TABLE metadata (
+    tenant text NOT NULL,
+    metric text NOT NULL,
+    type   text NOT NULL,
+    help   text NOT NULL,
+    unit   text NOT NULL,
+    PRIMARY KEY (tenant, metric)
+);
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial schema", V1),
+    Migration(2, "metric metadata", V2),
+)
 LATEST = MIGRATIONS[-1].version
 
 

@@ -9,11 +9,12 @@ Writes
     else can change them until we commit); decide which reports are new; resolve series ids; COPY
     the new points (binary) into a per-connection temp staging table; ``INSERT INTO points SELECT
     ... ORDER BY series_id, t, ctid ON CONFLICT DO NOTHING`` (first write wins, also inside the
-    batch); write ledger rows, agent summaries, dead letters and log gaps; commit. So with any
-    number of writers in any number of processes and machines, a report is stored once: the
-    second writer of the same seq waits on the lock, then sees it stored and skips it. Rows are
-    inserted in key order everywhere, so writers do not deadlock on each other's rows; a deadlock
-    or serialization failure anyway is retried as a fresh transaction.
+    batch); write ledger rows, agent summaries, dead letters, log gaps and metric metadata
+    (upserted, the last write winning); commit. So with any number of writers in any number of
+    processes and machines, a report is stored once: the second writer of the same seq waits on the
+    lock, then sees it stored and skips it. Rows are inserted in key order everywhere, so writers do
+    not deadlock on each other's rows; a deadlock or serialization failure anyway is retried as a
+    fresh transaction.
 
 Series ids
     ``series`` is unique on (tenant, metric, SHA-256 of the canonical labels JSON). Ids unknown to
@@ -70,6 +71,7 @@ from lossproof.store.base import (
     AgentSummary,
     Ledger,
     Matcher,
+    MetricMetadata,
     PointLike,
     ReportWrite,
     SeqRange,
@@ -82,6 +84,7 @@ from lossproof.store.base import (
     StoreUnavailable,
     WriteBatch,
     WriteResult,
+    latest_metadata,
     matches_all,
 )
 
@@ -117,6 +120,13 @@ _STAGING = (
 _MERGE = (
     "INSERT INTO points (series_id, t, v) SELECT series_id, t, v FROM lp_staging"
     " ORDER BY series_id, t, ctid ON CONFLICT DO NOTHING"
+)
+# The last write wins; an unchanged row is not rewritten (senders repeat their metadata every minute).
+_UPSERT_METADATA = (
+    "INSERT INTO metadata VALUES (%s, %s, %s, %s, %s) ON CONFLICT (tenant, metric) DO UPDATE"
+    " SET type = excluded.type, help = excluded.help, unit = excluded.unit"
+    " WHERE (metadata.type, metadata.help, metadata.unit)"
+    " IS DISTINCT FROM (excluded.type, excluded.help, excluded.unit)"
 )
 
 
@@ -587,6 +597,10 @@ class PostgresStore(Store):
                 "INSERT INTO log_gaps VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                 [(g.partition, g.first, g.last, g.reason, g.detected_ms) for g in batch.gaps],
             )
+        if batch.metadata:
+            # in key order, like every other row (writers do not deadlock on each other's)
+            meta = sorted(latest_metadata(batch.metadata), key=lambda m: (m.tenant, m.metric))
+            cur.executemany(_UPSERT_METADATA, [(m.tenant, m.metric, m.type, m.help, m.unit) for m in meta])
         return WriteResult(points_written=written, reports_stored=stored_count, reports_duplicate=duplicates)
 
     def _point_rows(
@@ -897,6 +911,20 @@ class PostgresStore(Store):
 
     def dead_letter_count(self) -> int:
         return int(self._fetch("SELECT count(*) FROM dead_letters", ())[0][0])
+
+    def metadata(
+        self, tenant: str, metric: str | None = None, limit: int | None = None
+    ) -> list[MetricMetadata]:
+        query = "SELECT tenant, metric, type, help, unit FROM metadata WHERE tenant = %s"
+        params: list[Any] = [tenant]
+        if metric is not None:
+            query += " AND metric = %s"
+            params.append(metric)
+        query += ' ORDER BY metric COLLATE "C"'  # code point order, as the embedded store
+        if limit is not None:
+            query += " LIMIT %s"
+            params.append(max(limit, 0))
+        return [MetricMetadata(*r) for r in self._fetch(query, tuple(params))]
 
     def log_gaps(self) -> list[LogGap]:
         rows = self._fetch(

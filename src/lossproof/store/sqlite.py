@@ -23,7 +23,8 @@ Layout (schema version 1)
     seeks once per bucket per series. The key is still unique per (series_id, t) (bucket is a
     function of t), inserts are ``ON CONFLICT DO NOTHING``: first write wins. ``ledger`` holds one
     row per stored / missing / lost range per agent, ``agents`` a summary row per agent. NaN values
-    are stored as NULL (SQLite turns a bound NaN into NULL) and read back as NaN.
+    are stored as NULL (SQLite turns a bound NaN into NULL) and read back as NaN. ``metadata``
+    holds one row per (tenant, metric): type, help, unit, the last write winning.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from lossproof.store.base import (
     AgentSummary,
     Ledger,
     Matcher,
+    MetricMetadata,
     PointLike,
     ReportWrite,
     SeqRange,
@@ -56,11 +58,31 @@ from lossproof.store.base import (
     StoreUnavailable,
     WriteBatch,
     WriteResult,
+    latest_metadata,
     matches_all,
 )
 
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x4C505346  # "LPSF": marks the file as a lossproof store
+
+# Metric metadata, one row per (tenant, metric); the last write wins. Also created in a store written
+# before it existed (same schema version: an added table, nothing else changes).
+METADATA_TABLE = """
+CREATE TABLE IF NOT EXISTS metadata (
+    tenant TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    type   TEXT NOT NULL,
+    help   TEXT NOT NULL,
+    unit   TEXT NOT NULL,
+    PRIMARY KEY (tenant, metric)
+) STRICT, WITHOUT ROWID
+"""
+# An unchanged row is not rewritten (senders repeat their metadata every minute or so).
+_UPSERT_METADATA = (
+    "INSERT INTO metadata VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant, metric) DO UPDATE"
+    " SET type = excluded.type, help = excluded.help, unit = excluded.unit"
+    " WHERE type != excluded.type OR help != excluded.help OR unit != excluded.unit"
+)
 
 SCHEMA_V1 = """
 CREATE TABLE series (
@@ -237,6 +259,7 @@ class SqliteStore(Store):
             else:
                 self._refuse_newer(version)
                 # (future) migrations from older versions go here, inside this transaction
+            con.execute(METADATA_TABLE)
             con.execute("COMMIT")
         except BaseException:
             self._rollback()
@@ -370,6 +393,11 @@ class SqliteStore(Store):
             con.executemany(
                 "INSERT INTO log_gaps VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 [(g.partition, g.first, g.last, g.reason, g.detected_ms) for g in batch.gaps],
+            )
+        if batch.metadata:
+            con.executemany(
+                _UPSERT_METADATA,
+                [(m.tenant, m.metric, m.type, m.help, m.unit) for m in latest_metadata(batch.metadata)],
             )
         return WriteResult(points_written=written, reports_stored=stored_count, reports_duplicate=duplicates)
 
@@ -518,6 +546,22 @@ class SqliteStore(Store):
                 (),
             )
         return [LogGap(*r) for r in rows]
+
+    def metadata(
+        self, tenant: str, metric: str | None = None, limit: int | None = None
+    ) -> list[MetricMetadata]:
+        sql = "SELECT tenant, metric, type, help, unit FROM metadata WHERE tenant = ?"
+        params: list[Any] = [tenant]
+        if metric is not None:
+            sql += " AND metric = ?"
+            params.append(metric)
+        sql += " ORDER BY metric"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(max(limit, 0))
+        with self._lock:
+            rows = self._read(sql, params)
+        return [MetricMetadata(*r) for r in rows]
 
     # --- reads for PromQL selectors and the dashboard ----------------------------------------------
 

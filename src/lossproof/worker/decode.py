@@ -7,7 +7,15 @@ import msgspec
 from lossproof.log.base import LogRecord
 from lossproof.protocol import influx, native, otlp, promrw
 from lossproof.protocol.compression import decompress
-from lossproof.store.base import DeadLetter, LostRange, Point, ReportWrite, SpoolState, WriteBatch
+from lossproof.store.base import (
+    DeadLetter,
+    LostRange,
+    MetricMetadata,
+    Point,
+    ReportWrite,
+    SpoolState,
+    WriteBatch,
+)
 
 # Ingest already validated the body against the protocol's constrained types; here it is decoded
 # once more, without the constraints, straight into structs the store reads (no per-point copy).
@@ -53,22 +61,26 @@ def _decode_native(env: native.Envelope) -> _Request:
     return decoder.decode(decompress(env.body, env.encoding, MAX_DECODED))
 
 
-def _decode_promrw(env: native.Envelope) -> list[Point]:
-    return promrw.to_points(promrw.snappy_decompress(env.body, MAX_DECODED), env.content_type)
+_Decoded = tuple[list[Point], list[promrw.Metadata]]
 
 
-def _decode_otlp(env: native.Envelope) -> list[Point]:
-    return otlp.to_points(decompress(env.body, env.encoding, MAX_DECODED), env.content_type)
+def _decode_promrw(env: native.Envelope) -> _Decoded:
+    return promrw.decode(promrw.snappy_decompress(env.body, MAX_DECODED), env.content_type)
 
 
-def _decode_influx(env: native.Envelope) -> list[Point]:
+def _decode_otlp(env: native.Envelope) -> _Decoded:
+    return otlp.to_points(decompress(env.body, env.encoding, MAX_DECODED), env.content_type), []
+
+
+def _decode_influx(env: native.Envelope) -> _Decoded:
     p = env.params
     labels = {k: p[k] for k in ("db", "rp", "bucket") if p.get(k)}
     body = decompress(env.body, env.encoding, MAX_DECODED)
-    return influx.to_points(body, p.get("precision", "ns"), env.received_ms, labels)
+    return influx.to_points(body, p.get("precision", "ns"), env.received_ms, labels), []
 
 
-# Third-party protocols: samples without an agent seq, idempotent by (tenant, series, t).
+# Third-party protocols: samples without an agent seq, idempotent by (tenant, series, t), and
+# metric metadata (remote write), the last write winning.
 _THIRD_PARTY = {"prom-rw": _decode_promrw, "otlp": _decode_otlp, "influx": _decode_influx}
 
 
@@ -82,8 +94,10 @@ def add_record(batch: WriteBatch, record: LogRecord) -> int:
             decoder = _THIRD_PARTY.get(env.protocol)
             if decoder is None:
                 raise DecodeError(f"unknown protocol {env.protocol!r}")
-            points = decoder(env)
+            points, metadata = decoder(env)
             batch.samples.extend([(tenant, p) for p in points])
+            if metadata:
+                batch.metadata.extend([MetricMetadata(tenant, *m) for m in metadata])
             return len(points)
         req = _decode_native(env)
     except Exception as e:  # any failure to decode is poison data, never a reason to stop

@@ -1,0 +1,96 @@
+"""A chaos agent: the real :class:`lossproof.agent.Agent` (real spool, real sender, real fallback),
+run in-process by a loop that makes one report per tick with a deterministic marker point.
+
+``python -m lossproof.chaos.driver --config agent.toml --tick 0.1 --status FILE``
+
+The agent's own interval is set very long by the harness, so only this loop makes reports: before
+each flush it knows the next seq (the spool's last seq + 1) and records the marker ``chaos.seq``
+(``t = MARKER_EPOCH_MS + seq``, ``v = seq``) plus a few ordinary points. SIGUSR1 stops producing
+(the agent keeps sending what is pending); SIGTERM stops the agent cleanly. The status file (JSON,
+replaced atomically every tick) says last seq, pending reports and the destination.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+
+from lossproof.agent import Agent, load_config
+from lossproof.chaos.remote import MARKER_LABEL, MARKER_METRIC, marker_time
+
+
+def _write_status(path: Path, status: dict[str, object]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(status), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@click.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--tick", type=float, default=0.1, show_default=True)
+@click.option("--status", "status_path", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--points", type=int, default=5, show_default=True, help="Ordinary points per report.")
+def main(config_path: Path, tick: float, status_path: Path, points: int) -> None:
+    cfg = load_config(config_path)
+    cfg.spool_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.spool_dir.parent / f"{cfg.spool_dir.name}.agent_id").write_text(cfg.agent_id, encoding="utf-8")
+    stop = threading.Event()
+    producing = threading.Event()
+    producing.set()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGUSR1, lambda *_: producing.clear())
+    signal.signal(signal.SIGUSR2, lambda *_: producing.set())
+    agent = Agent(cfg)
+    agent.start()
+    spool = agent.spool
+    assert spool is not None
+    mismatches = 0
+    next_at = time.monotonic()
+    try:
+        while not stop.is_set():
+            if producing.is_set():
+                seq = spool.stats().last_seq + 1
+                agent.record(MARKER_METRIC, float(seq), {MARKER_LABEL: cfg.agent_id}, t_ms=marker_time(seq))
+                for i in range(points):
+                    agent.record("chaos.load", float(seq % 1000), {"i": str(i)}, t_ms=marker_time(seq))
+                made = agent.flush()
+                if not made:
+                    # the spool could not take it: these points never got a seq, forget them
+                    agent.buffer.drain()
+                elif made != [seq]:
+                    mismatches += 1
+                    print(f"chaos driver: expected seq {seq}, made {made}", file=sys.stderr, flush=True)
+            s = spool.stats()
+            _write_status(
+                status_path,
+                {
+                    "agent": cfg.agent_id,
+                    "pid": os.getpid(),
+                    "last_seq": s.last_seq,
+                    "pending": s.pending_reports,
+                    "producing": producing.is_set(),
+                    "destination": agent.destination,
+                    "mismatches": mismatches,
+                    "t": time.time(),
+                },
+            )
+            next_at += tick
+            stop.wait(max(0.0, next_at - time.monotonic()))
+            if next_at < time.monotonic() - 1:
+                next_at = time.monotonic()
+    finally:
+        agent.stop()
+        s_final = {"agent": cfg.agent_id, "pid": os.getpid(), "stopped": True, "mismatches": mismatches}
+        _write_status(status_path, s_final)
+
+
+if __name__ == "__main__":
+    main()

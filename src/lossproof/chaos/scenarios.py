@@ -1,0 +1,254 @@
+"""The chaos scenarios: each a small description (what it does, topology tweaks, what must hold)
+plus the step that injects its faults, called again and again on a seeded schedule while the load
+runs. After ``duration`` the faults stop, the topology drains and the audit runs.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lossproof.chaos import damage, netns
+from lossproof.chaos.topology import Proc, Topology
+
+
+@dataclass
+class Ctx:
+    topo: Topology
+    rng: random.Random
+    deadline: float
+    say: Callable[[str], None]
+    notes: list[str] = field(default_factory=list)
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def sleep(self, lo: float, hi: float) -> None:
+        time.sleep(max(0.0, min(self.rng.uniform(lo, hi), self.left())))
+
+    def fault(self, what: str) -> None:
+        self.topo.faults_injected += 1
+        self.say(f"fault #{self.topo.faults_injected}: {what}")
+
+
+Step = Callable[[Ctx], None]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    number: int
+    name: str
+    title: str
+    step: Step
+    spec: dict[str, Any] = field(default_factory=dict)  # TopologySpec overrides
+    expect_silent_loss: bool = False  # the audit must FAIL (scenario 5)
+    stop_agents_before_drain: bool = False
+    skip: Callable[[], str | None] = lambda: None  # a reason to skip, or None
+
+
+def _kill_restart(ctx: Ctx, p: Proc, what: str) -> None:
+    ctx.fault(f"kill -9 {p.name} ({what})")
+    p.kill9()
+    ctx.sleep(0.1, 1.0)
+    p.start(wait=False)
+
+
+def kill_ingest(ctx: Ctx) -> None:
+    ctx.sleep(0.5, 2.0)
+    _kill_restart(ctx, ctx.rng.choice(ctx.topo.ingests), "random moment")
+    ctx.topo.ingests[0].wait_healthy(30)
+
+
+def kill_worker(ctx: Ctx) -> None:
+    ctx.sleep(0.3, 1.5)
+    _kill_restart(ctx, ctx.rng.choice(ctx.topo.workers), "while it writes batches")
+
+
+def kill_everything(ctx: Ctx) -> None:
+    ctx.sleep(1.5, 3.0)
+    topo = ctx.topo
+    procs = [*topo.ingests, *topo.workers]
+    ctx.fault(f"kill -9 all {len(procs)} pipeline processes at once + power loss of the log")
+    # a slow fsync first, so the log holds written-but-not-yet-durable records when the power goes
+    topo.set_faults({"log.fsync": {"mode": "delay", "seconds": 1.0}})
+    ctx.sleep(0.3, 0.8)
+    for p in procs:
+        p.signal(signal.SIGKILL)
+    for p in procs:
+        p.kill9()
+    log_dir = topo.log_path
+    cut = sum(damage.simulate_power_loss(log_dir, part) for part in damage.partitions(log_dir))
+    ctx.say(f"power loss dropped {cut} un-fsync'd log records")
+    topo.set_faults({})
+    ctx.sleep(0.2, 1.0)
+    for p in procs:
+        p.start(wait=False)
+    for p in topo.ingests:
+        p.wait_healthy(30)
+
+
+def log_loses_data(ctx: Ctx) -> None:
+    ctx.sleep(0.5, 1.5)
+    topo = ctx.topo
+    for w in topo.workers:
+        w.stop()
+    ctx.sleep(1.0, 2.0)  # ingest acknowledges; nothing consumes
+    for p in topo.ingests:
+        p.kill9()
+    log_dir = topo.log_path
+    lost = sum(damage.lose_unconsumed(log_dir, part) for part in damage.partitions(log_dir))
+    ctx.fault(f"the log lost {lost} acknowledged, unconsumed records (past the committed offsets)")
+    for p in [*topo.ingests, *topo.workers]:
+        p.start(wait=False)
+    for p in topo.ingests:
+        p.wait_healthy(30)
+    ctx.sleep(1.0, 2.0)
+
+
+def ack_before_durable(ctx: Ctx) -> None:
+    topo = ctx.topo
+    if topo.faults_injected:
+        time.sleep(max(0.0, ctx.left()))
+        return
+    topo.wait_stored()  # some reports stored normally first
+    ctx.fault("ingest acknowledges before (without) the log write while the log's fsync fails")
+    topo.set_faults({"ingest.ack_before_durable": {}, "log.fsync": {"mode": "fail"}})
+    time.sleep(max(1.5, min(3.0, ctx.left())))
+    # The agents go away with everything "acknowledged": nobody will ever ask them for it again.
+    topo.stop_agents()
+    topo.set_faults({})
+
+
+def primary_down(ctx: Ctx) -> None:
+    topo = ctx.topo
+    if topo.faults_injected:
+        time.sleep(max(0.0, ctx.left()))
+        return
+    ctx.sleep(0.5, 1.0)
+    ctx.fault(f"all {len(topo.ingests)} ingest processes unreachable for the rest of the run")
+    for p in topo.ingests:
+        p.kill9()
+    # until every agent has failed over (bounded), then for the rest of the run
+    until = time.monotonic() + max(30.0, ctx.left())
+    while time.monotonic() < until:
+        if all(topo.status(i).get("destination") == "fallback" for i in range(len(topo.agents))):
+            break
+        time.sleep(0.2)
+    time.sleep(max(1.0, ctx.left()))
+    on_fallback = sum(1 for i in range(len(topo.agents)) if topo.status(i).get("destination") == "fallback")
+    ctx.notes.append(f"{on_fallback}/{len(topo.agents)} agents on the fallback")
+    ctx.say(ctx.notes[-1])
+
+
+def spool_full(ctx: Ctx) -> None:
+    topo = ctx.topo
+    if topo.faults_injected:
+        time.sleep(max(0.0, ctx.left()))
+        return
+    ctx.sleep(0.5, 1.0)
+    assert topo.fallback is not None
+    ctx.fault("outage of primary and fallback while agents' spools are tiny (max_spool_bytes 4096)")
+    for p in [*topo.ingests, topo.fallback]:
+        p.kill9()
+    time.sleep(max(3.0, ctx.left()))
+
+
+def pauses(ctx: Ctx) -> None:
+    ctx.sleep(0.3, 1.0)
+    p = ctx.rng.choice([*ctx.topo.ingests, *ctx.topo.workers])
+    ctx.fault(f"SIGSTOP {p.name}")
+    p.pause()
+    ctx.sleep(0.5, 2.5)
+    p.resume()
+
+
+def slow_disk(ctx: Ctx) -> None:
+    ctx.sleep(0.3, 1.0)
+    # short stalls show as latency; one longer than server.append_timeout_seconds (3 s) as 503s
+    delay = ctx.rng.choice([0.3, 1.0, 4.0])
+    ctx.fault(f"log fsync delayed {delay}s")
+    ctx.topo.set_faults({"log.fsync": {"mode": "delay", "seconds": delay}})
+    ctx.sleep(1.0, 3.0)
+    ctx.topo.set_faults({})
+    answers = ctx.topo.ingest_answers()
+    ctx.notes[:] = [f"ingest answers so far: {dict(sorted(answers.items()))}"]
+    ctx.say(ctx.notes[0])
+
+
+def network(ctx: Ctx) -> None:
+    net = ctx.topo.net
+    assert net is not None
+    ctx.sleep(0.5, 1.5)
+    ms = ctx.rng.randint(100, 600)
+    if ctx.rng.random() < 0.4 and net.delay(ms, ms // 2):
+        ctx.fault(f"network delay agents <-> pipeline {ms} ms ± {ms // 2} ms (netem)")
+    else:
+        ctx.fault("network partition agents <-> pipeline (veth link down)")
+        net.partition()
+    ctx.sleep(1.0, 4.0)
+    held = sum(int(ctx.topo.status(i).get("pending", 0)) for i in range(len(ctx.topo.agents)))
+    ctx.say(f"agents hold {held} pending reports; healing the network")
+    ctx.notes.append(f"pending at heal: {held}")
+    net.heal()
+
+
+SCENARIOS: list[Scenario] = [
+    Scenario(1, "kill-ingest", "kill -9 an ingest process at random moments", kill_ingest),
+    Scenario(2, "kill-worker", "kill -9 a worker mid-batch (random moments under load)", kill_worker),
+    Scenario(
+        3,
+        "kill-all",
+        "kill -9 every ingest and worker at once + drop the log's un-fsync'd tail (power loss)",
+        kill_everything,
+    ),
+    Scenario(
+        4,
+        "log-loses-data",
+        "the log loses acknowledged records past the committed offsets; must end complete via agent replay",
+        log_loses_data,
+    ),
+    Scenario(
+        5,
+        "ack-before-durable",
+        "BUG ON PURPOSE: ingest acks without the log while fsync fails; the audit must see the silent loss",
+        ack_before_durable,
+        expect_silent_loss=True,
+        stop_agents_before_drain=True,
+    ),
+    Scenario(
+        6,
+        "primary-down",
+        "every ingest unreachable → agents fail over to the fallback → `lossproof replay` drains it",
+        primary_down,
+    ),
+    Scenario(
+        7,
+        "spool-full",
+        "outage with a tiny agent spool limit: drops are accounted (spool_full), nothing unaccounted",
+        spool_full,
+        spec={"max_spool_bytes": 4096},
+    ),
+    Scenario(8, "pauses", "SIGSTOP/SIGCONT stalls of ingest and worker processes", pauses),
+    Scenario(
+        9,
+        "net-partition",
+        "network partition agents↔ingest with ip netns/veth/tc (skipped where not allowed)",
+        network,
+        spec={"netns": True},
+        skip=netns.unavailable,
+    ),
+    Scenario(10, "slow-disk", "log fsync latency raised: back-pressure (503/latency), not loss", slow_disk),
+]
+
+
+def by_name(name: str) -> list[Scenario]:
+    if name == "all":
+        return list(SCENARIOS)
+    for s in SCENARIOS:
+        if name in (s.name, str(s.number)):
+            return [s]
+    raise KeyError(name)
