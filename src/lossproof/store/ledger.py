@@ -193,3 +193,32 @@ def advance(
     new_missing = retag(gaps, old.missing, now_ms)
     delayed = [(a, b, spool.oldest_pending_ms) for a, b in pending] if spool else []
     return Ledger(stored=new_stored, missing=new_missing, lost=new_lost, delayed=delayed, spool=spool)
+
+
+# The ledger as table rows (kind, first, last, since_ms, reason): the same shape in every store.
+LedgerRow = tuple[str, int, int, int | None, str | None]
+
+
+def from_rows(rows: list[LedgerRow], spool: SpoolState | None = None) -> Ledger:
+    stored: list[SeqRange] = []
+    missing: list[tuple[int, int, int]] = []
+    lost: list[tuple[int, int, str]] = []
+    delayed: list[tuple[int, int, int]] = []
+    for kind, first, last, since, reason in rows:
+        if kind == "stored":
+            stored.append((first, last))
+        elif kind == "missing":
+            missing.append((first, last, since or 0))
+        elif kind == "delayed":
+            delayed.append((first, last, since or 0))
+        else:
+            lost.append((first, last, reason or ""))
+    return Ledger(stored=stored, missing=missing, lost=lost, delayed=delayed, spool=spool)
+
+
+def to_rows(ledger: Ledger) -> list[LedgerRow]:
+    rows: list[LedgerRow] = [("stored", a, b, None, None) for a, b in ledger.stored]
+    rows += [("missing", a, b, since, None) for a, b, since in ledger.missing]
+    rows += [("lost", a, b, None, why) for a, b, why in ledger.lost]
+    rows += [("delayed", a, b, since, None) for a, b, since in ledger.delayed]
+    return rows

@@ -104,7 +104,7 @@ _LABELS_DECODER = msgspec.json.Decoder(dict[str, str])
 _SERIES_CACHE_MAX = 2_000_000
 
 _SeriesKey = tuple[Any, ...]  # (tenant, metric, *labels.items()) in the caller's label order
-_LedgerRow = tuple[str, int, int, int | None, str | None]
+_LedgerRow = lg.LedgerRow
 _Conn = psycopg.Connection[Any]
 
 # SQLSTATE classes that mean "the data itself is refused": data exceptions, integrity
@@ -509,7 +509,7 @@ class PostgresStore(Store):
             if spool is None and summary and summary[6]:
                 spool = SpoolState(tenant, agent, *summary[1:])
             old_list = old_rows.get(key, [])
-            old = _ledger_from_rows(old_list)
+            old = lg.from_rows(old_list)
             new_seqs: set[int] = set()
             for r in reports.get(key, ()):
                 if r.seq in new_seqs or lg.contains(old.stored, r.seq):
@@ -519,7 +519,7 @@ class PostgresStore(Store):
                 self._point_rows(tenant, r.points, rows, pending, unresolved)
             stored_count += len(new_seqs)
             new = lg.advance(old, lg.from_seqs(new_seqs), lost.get(key, ()), now, spool)
-            new_list = _rows_from_ledger(new)
+            new_list = lg.to_rows(new)
             old_set, new_set = set(old_list), set(new_list)
             gone += [(tenant, agent, r[0], r[1]) for r in old_list if r not in new_set]
             added += [(tenant, agent, *r) for r in new_list if r not in old_set]
@@ -899,7 +899,7 @@ class PostgresStore(Store):
         head = rows[0]
         spool = SpoolState(tenant, agent, *head[:6]) if head[5] else None
         ledger_rows: list[_LedgerRow] = [tuple(r[6:]) for r in rows if r[6] is not None]
-        return _ledger_from_rows(ledger_rows, spool)
+        return lg.from_rows(ledger_rows, spool)
 
     def replay_wanted(self, tenant: str, agent: str, seen_before_ms: int) -> list[SeqRange]:
         rows = self._fetch(
@@ -936,28 +936,3 @@ class PostgresStore(Store):
 def _lock_key(schema: str, tenant: str, agent: str) -> int:
     digest = hashlib.blake2b(f"{schema}\0{tenant}\0{agent}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
-
-
-def _ledger_from_rows(rows: list[_LedgerRow], spool: SpoolState | None = None) -> Ledger:
-    stored: list[SeqRange] = []
-    missing: list[tuple[int, int, int]] = []
-    lost: list[tuple[int, int, str]] = []
-    delayed: list[tuple[int, int, int]] = []
-    for kind, first, last, since, reason in rows:
-        if kind == "stored":
-            stored.append((first, last))
-        elif kind == "missing":
-            missing.append((first, last, since or 0))
-        elif kind == "delayed":
-            delayed.append((first, last, since or 0))
-        else:
-            lost.append((first, last, reason or ""))
-    return Ledger(stored=stored, missing=missing, lost=lost, delayed=delayed, spool=spool)
-
-
-def _rows_from_ledger(ledger: Ledger) -> list[_LedgerRow]:
-    rows: list[_LedgerRow] = [("stored", a, b, None, None) for a, b in ledger.stored]
-    rows += [("missing", a, b, since, None) for a, b, since in ledger.missing]
-    rows += [("lost", a, b, None, why) for a, b, why in ledger.lost]
-    rows += [("delayed", a, b, since, None) for a, b, since in ledger.delayed]
-    return rows

@@ -177,7 +177,7 @@ _SERIES_CACHE_MAX = 2_000_000
 
 # in-memory key of a series: (tenant, metric, label items in the order the caller gave them)
 _SeriesKey = tuple[Any, ...]  # (tenant, metric, *labels.items())
-_LedgerRow = tuple[str, int, int, int | None, str | None]
+_LedgerRow = lg.LedgerRow
 
 
 class SqliteStore(Store):
@@ -342,7 +342,7 @@ class SqliteStore(Store):
             if spool is None and summary and summary[6]:
                 spool = SpoolState(tenant, agent, *summary[1:])
             old_rows = self._ledger_rows(tenant, agent) if summary else []
-            old = _ledger_from_rows(old_rows)
+            old = lg.from_rows(old_rows)
             new_seqs: set[int] = set()
             for r in reports.get(key, ()):
                 if r.seq in new_seqs or lg.contains(old.stored, r.seq):
@@ -352,7 +352,7 @@ class SqliteStore(Store):
                 self._point_rows(tenant, r.points, rows, pending)
             stored_count += len(new_seqs)
             new = lg.advance(old, lg.from_seqs(new_seqs), lost.get(key, ()), now, spool)
-            self._save_ledger(tenant, agent, old_rows, _rows_from_ledger(new))
+            self._save_ledger(tenant, agent, old_rows, lg.to_rows(new))
             last_stored = now if new_seqs else (summary[0] if summary else 0)
             max_seq = max(
                 new.stored[-1][1] if new.stored else 0,
@@ -524,7 +524,7 @@ class SqliteStore(Store):
         if not known:
             return None
         spool = SpoolState(tenant, agent, *known[0]) if known[0][5] else None
-        return _ledger_from_rows(rows, spool)
+        return lg.from_rows(rows, spool)
 
     def replay_wanted(self, tenant: str, agent: str, seen_before_ms: int) -> list[SeqRange]:
         with self._lock:
@@ -706,28 +706,3 @@ def _finish(pts: list[tuple[int, Any]]) -> list[tuple[int, float]]:
     if not ordered:
         pts.sort(key=lambda r: r[0])
     return pts
-
-
-def _ledger_from_rows(rows: list[_LedgerRow], spool: SpoolState | None = None) -> Ledger:
-    stored: list[SeqRange] = []
-    missing: list[tuple[int, int, int]] = []
-    lost: list[tuple[int, int, str]] = []
-    delayed: list[tuple[int, int, int]] = []
-    for kind, first, last, since, reason in rows:
-        if kind == "stored":
-            stored.append((first, last))
-        elif kind == "missing":
-            missing.append((first, last, since or 0))
-        elif kind == "delayed":
-            delayed.append((first, last, since or 0))
-        else:
-            lost.append((first, last, reason or ""))
-    return Ledger(stored=stored, missing=missing, lost=lost, delayed=delayed, spool=spool)
-
-
-def _rows_from_ledger(ledger: Ledger) -> list[_LedgerRow]:
-    rows: list[_LedgerRow] = [("stored", a, b, None, None) for a, b in ledger.stored]
-    rows += [("missing", a, b, since, None) for a, b, since in ledger.missing]
-    rows += [("lost", a, b, None, why) for a, b, why in ledger.lost]
-    rows += [("delayed", a, b, since, None) for a, b, since in ledger.delayed]
-    return rows
