@@ -8,15 +8,18 @@ Environment variables override the file: ``LOSSPROOF_<SECTION>_<FIELD>`` (e.g.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 CONFIG_NAME = "lossproof.toml"
 MiB = 2**20
@@ -123,6 +126,38 @@ class ReplayConfig(_Section):
     key_hashes: list[str] = Field(default_factory=list)
 
 
+class HealthConfig(_Section):
+    """``[health]``: what the dashboard's pipeline health page scrapes besides the pipeline itself."""
+
+    # Base URLs of the fallback receivers (`lossproof fallback`), like Prometheus static targets:
+    # their ``<url>/metrics`` is scraped for the backlog (lossproof_fallback_pending_replay_bytes).
+    fallback_urls: list[str] = Field(default_factory=list)
+
+    @field_validator("fallback_urls")
+    @classmethod
+    def _http_urls(cls, urls: list[str]) -> list[str]:
+        out = []
+        for raw in urls:
+            url = raw.strip().rstrip("/")
+            try:
+                parts = urlsplit(url)
+                _ = parts.port  # raises ValueError on a bad port
+            except ValueError:
+                parts = None
+            if (
+                parts is None
+                or parts.scheme not in ("http", "https")
+                or not parts.hostname
+                or parts.query
+                or parts.fragment
+            ):
+                raise ValueError(
+                    f"{raw!r} is not an http(s) base URL of a fallback receiver (e.g. http://10.0.0.5:8081)"
+                )
+            out.append(url)
+        return out
+
+
 class Config(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     log: LogConfig = Field(default_factory=LogConfig)
@@ -131,6 +166,7 @@ class Config(_Section):
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     tenants: dict[str, TenantConfig] = Field(default_factory=dict)
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
 
     # Not in the file: where it was loaded from.
     data_dir: Path = Field(default=Path("."), exclude=True)
@@ -175,7 +211,10 @@ def new_key() -> str:
 def _env_overrides(
     env: Mapping[str, str], model: type[BaseModel] = Config, prefix: str = "LOSSPROOF"
 ) -> dict[str, Any]:
-    """``LOSSPROOF_<SECTION>_<FIELD>`` (and ``LOSSPROOF_LOG_KAFKA_<FIELD>`` for nested tables)."""
+    """``LOSSPROOF_<SECTION>_<FIELD>`` (and ``LOSSPROOF_LOG_KAFKA_<FIELD>`` for nested tables).
+
+    A list field takes a JSON list (``["a", "b"]``) or comma-separated values (``a,b``; empty: ``[]``).
+    """
     out: dict[str, Any] = {}
     for name, info in model.model_fields.items():
         ann = info.annotation
@@ -185,8 +224,20 @@ def _env_overrides(
             if nested:
                 out[name] = nested
         elif model is not Config and var in env:
-            out[name] = env[var]
+            out[name] = _env_list(var, env[var]) if typing.get_origin(ann) is list else env[var]
     return out
+
+
+def _env_list(var: str, value: str) -> list[Any]:
+    if value.strip().startswith("["):
+        try:
+            parsed = json.loads(value)
+        except ValueError as e:
+            raise ConfigError(f"{var}: not a JSON list: {e}") from None
+        if not isinstance(parsed, list):
+            raise ConfigError(f"{var}: not a JSON list")
+        return parsed
+    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

@@ -81,12 +81,18 @@ class PipelineClient:
             counts[s] = counts.get(s, 0) + 1
         return PipelineView(stored, lost, counts)
 
-    def unsettled(self, agent: str) -> int:
-        """Reports the ledger still calls missing or delayed (0 once everything has settled)."""
+    def unsettled(self, agent: str, created_last: int = 0) -> int:
+        """Reports the ledger still calls missing or delayed, plus those up to ``created_last`` (the
+        agent's last seq) it has not heard of at all: 0 once everything has settled. A report whose
+        record the log lost after acknowledging it is unknown to the pipeline until the agent's next
+        request names its last seq, so an agent that fell silent right after it needs one more word."""
         led = self.ledger(agent)
         n = sum(int(b) - int(a) + 1 for a, b in led.get("missing", []))
         n += sum(int(d["range"][1]) - int(d["range"][0]) + 1 for d in led.get("delayed", []))
-        return n
+        ends = [int(r[1]) for r in [*led.get("stored", []), *led.get("missing", [])]]
+        ends += [int(d["range"][1]) for d in [*led.get("lost", []), *led.get("delayed", [])]]
+        ends.append(int((led.get("spool") or {}).get("last_seq", 0)))
+        return n + max(0, created_last - max(ends))
 
 
 def run_audit(client: PipelineClient, truths: list[AgentTruth]) -> AuditReport:

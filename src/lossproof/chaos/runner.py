@@ -25,6 +25,7 @@ class Result:
     totals: dict[str, int] = field(default_factory=dict)
     lost_reasons: dict[str, int] = field(default_factory=dict)
     peak_rss: dict[str, int] = field(default_factory=dict)
+    rss_growth: dict[str, int] = field(default_factory=dict)  # per role, for processes living >= 60 s
     audit: AuditReport | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -48,11 +49,11 @@ def run_scenario(
     def tagged(msg: str) -> None:
         say(f"[{scn.number}:{scn.name} {time.monotonic() - started:6.1f}s] {msg}")
 
-    reason = scn.skip()
+    base = spec or TopologySpec()
+    reason = scn.skip_reason(base.log)
     if reason:
         tagged(f"SKIP: {reason}")
         return Result(scn, "SKIP", reason)
-    base = spec or TopologySpec()
     topo_spec = replace(base, agents=agents, **scn.spec)
     root = Path(tempfile.mkdtemp(prefix=f"lossproof-chaos-{scn.number}-"))
     topo = Topology(root, topo_spec, progress=tagged)
@@ -111,6 +112,7 @@ def run_scenario(
         result.seconds = time.monotonic() - started
         result.faults = topo.faults_injected
         result.peak_rss = dict(topo.peak_rss)
+        result.rss_growth = topo.rss_growth()
         if result.ok and not keep:
             shutil.rmtree(root, ignore_errors=True)
         else:
@@ -124,14 +126,18 @@ def _mb(n: int) -> str:
 
 
 def table(results: list[Result]) -> list[str]:
+    roles = ["ingest", "worker", "fallback", "agent"]
+    if any("broker" in r.peak_rss for r in results):
+        roles.append("broker")
+    rss_head = f"max RSS MB ({'/'.join(roles)})"
     head = (
         f"{'scenario':<22} {'result':<6} {'faults':>6} {'created':>8} {'stored':>8} {'dup':>4} "
-        f"{'lost-acct':>9} {'UNACCT':>6}  {'max RSS MB (ingest/worker/fallback/agent)':<40} {'secs':>5}"
+        f"{'lost-acct':>9} {'UNACCT':>6}  {rss_head:<40} {'secs':>5}"
     )
     lines = [head, "-" * len(head)]
     for r in results:
         t = r.totals
-        rss = "/".join(_mb(r.peak_rss.get(k, 0)) for k in ("ingest", "worker", "fallback", "agent"))
+        rss = "/".join(_mb(r.peak_rss.get(k, 0)) for k in roles)
         name = f"{r.scenario.number}. {r.scenario.name}"
         if r.verdict == "SKIP":
             lines.append(f"{name:<22} {'SKIP':<6}  {r.why}")
@@ -143,6 +149,9 @@ def table(results: list[Result]) -> list[str]:
         )
         if r.lost_reasons:
             lines.append(f"{'':<22}        lost with reasons: {r.lost_reasons}")
+        if r.rss_growth:
+            grew = ", ".join(f"{k} {v / 2**20:+.1f}" for k, v in sorted(r.rss_growth.items()))
+            lines.append(f"{'':<22}        RSS growth MB (first to last quarter of a life): {grew}")
         for n in r.notes[-2:]:
             lines.append(f"{'':<22}        {n}")
         if r.verdict == "FAIL" or r.scenario.expect_silent_loss:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lossproof.chaos import damage, netns
+from lossproof.chaos.brokers import Broker
 from lossproof.chaos.topology import Proc, Topology
 
 
@@ -48,6 +49,14 @@ class Scenario:
     expect_silent_loss: bool = False  # the audit must FAIL (scenario 5)
     stop_agents_before_drain: bool = False
     skip: Callable[[], str | None] = lambda: None  # a reason to skip, or None
+    # the logs it applies to, and why not the others
+    backends: tuple[str, ...] = ("embedded", "kafka")
+    why_not: str = ""
+
+    def skip_reason(self, log: str) -> str | None:
+        if log not in self.backends:
+            return self.why_not or f"does not apply to the {log} log"
+        return self.skip()
 
 
 def _kill_restart(ctx: Ctx, p: Proc, what: str) -> None:
@@ -71,6 +80,9 @@ def kill_worker(ctx: Ctx) -> None:
 def kill_everything(ctx: Ctx) -> None:
     ctx.sleep(1.5, 3.0)
     topo = ctx.topo
+    if topo.kafka is not None:
+        _kill_everything_kafka(ctx)
+        return
     procs = [*topo.ingests, *topo.workers]
     ctx.fault(f"kill -9 all {len(procs)} pipeline processes at once + power loss of the log")
     # a slow fsync first, so the log holds written-but-not-yet-durable records when the power goes
@@ -91,12 +103,40 @@ def kill_everything(ctx: Ctx) -> None:
         p.wait_healthy(30)
 
 
+def _kill_everything_kafka(ctx: Ctx) -> None:
+    """The second post-mortem: every server at once, brokers included. A broker acknowledges from
+    its page cache, which a process kill does not lose, so this is kill -9 rather than power loss."""
+    topo = ctx.topo
+    procs: list[Proc | Broker] = [*topo.ingests, *topo.workers, *topo.brokers]
+    ctx.fault(f"kill -9 all {len(procs)} pipeline processes and Kafka brokers at once")
+    for p in procs:
+        p.signal(signal.SIGKILL)  # all at once, then wait for each
+    for p in procs:
+        p.kill9()
+    ctx.sleep(0.5, 2.0)
+    for b in topo.brokers:
+        b.start(wait=False)
+    for p in [*topo.ingests, *topo.workers]:
+        p.start(wait=False)
+    topo.brokers[0].wait_healthy(120)
+    for i in topo.ingests:
+        i.wait_healthy(60)
+
+
 def log_loses_data(ctx: Ctx) -> None:
     ctx.sleep(0.5, 1.5)
     topo = ctx.topo
     for w in topo.workers:
         w.stop()
     ctx.sleep(1.0, 2.0)  # ingest acknowledges; nothing consumes
+    if topo.kafka is not None:
+        ctx.say("workers stopped; deleting the topic's records up to its end")
+        lost = topo.kafka.delete_past_committed()
+        ctx.fault(f"Kafka lost {lost} acknowledged, unconsumed records (delete_records past the commits)")
+        for w in topo.workers:
+            w.start(wait=False)
+        ctx.sleep(1.0, 2.0)
+        return
     for p in topo.ingests:
         p.kill9()
     log_dir = topo.log_path
@@ -115,8 +155,15 @@ def ack_before_durable(ctx: Ctx) -> None:
         time.sleep(max(0.0, ctx.left()))
         return
     topo.wait_stored()  # some reports stored normally first
-    ctx.fault("ingest acknowledges before (without) the log write while the log's fsync fails")
-    topo.set_faults({"ingest.ack_before_durable": {}, "log.fsync": {"mode": "fail"}})
+    if topo.kafka is not None:
+        down = topo.brokers[:2]
+        ctx.fault("ingest acknowledges before (without) the log write while 2 of 3 brokers are down")
+        for b in down:
+            b.kill9()
+        topo.set_faults({"ingest.ack_before_durable": {}})
+    else:
+        ctx.fault("ingest acknowledges before (without) the log write while the log's fsync fails")
+        topo.set_faults({"ingest.ack_before_durable": {}, "log.fsync": {"mode": "fail"}})
     time.sleep(max(1.5, min(3.0, ctx.left())))
     # The agents go away with everything "acknowledged": nobody will ever ask them for it again.
     topo.stop_agents()
@@ -159,7 +206,8 @@ def spool_full(ctx: Ctx) -> None:
 
 def pauses(ctx: Ctx) -> None:
     ctx.sleep(0.3, 1.0)
-    p = ctx.rng.choice([*ctx.topo.ingests, *ctx.topo.workers])
+    targets: list[Proc | Broker] = [*ctx.topo.ingests, *ctx.topo.workers, *ctx.topo.brokers]
+    p = ctx.rng.choice(targets)
     ctx.fault(f"SIGSTOP {p.name}")
     p.pause()
     ctx.sleep(0.5, 2.5)
@@ -232,7 +280,7 @@ SCENARIOS: list[Scenario] = [
         spool_full,
         spec={"max_spool_bytes": 4096},
     ),
-    Scenario(8, "pauses", "SIGSTOP/SIGCONT stalls of ingest and worker processes", pauses),
+    Scenario(8, "pauses", "SIGSTOP/SIGCONT stalls of ingest, worker processes and Kafka brokers", pauses),
     Scenario(
         9,
         "net-partition",
@@ -241,7 +289,14 @@ SCENARIOS: list[Scenario] = [
         spec={"netns": True},
         skip=netns.unavailable,
     ),
-    Scenario(10, "slow-disk", "log fsync latency raised: back-pressure (503/latency), not loss", slow_disk),
+    Scenario(
+        10,
+        "slow-disk",
+        "log fsync latency raised: back-pressure (503/latency), not loss",
+        slow_disk,
+        backends=("embedded",),
+        why_not="the fsync fault hook is in the embedded log; Kafka broker stalls are scenario 8",
+    ),
 ]
 
 

@@ -3,7 +3,9 @@
 ``Topology`` starts, in ``root``: N ``lossproof ingest`` processes (each owns one partition of the
 embedded log: N = ``log.partitions``), M ``lossproof worker`` processes, one ``lossproof fallback``,
 and K chaos agents (:mod:`lossproof.chaos.driver`: the real agent with its real spool), all with
-``LOSSPROOF_FAULTS_FILE`` set. Every process can be killed -9, stopped, paused and restarted; a
+``LOSSPROOF_FAULTS_FILE`` set. With ``log = "kafka"`` the log is a 3-node local Kafka cluster
+instead (:mod:`lossproof.chaos.brokers`) and both ingest processes write to one 2-partition topic.
+Every process, brokers included, can be killed -9, stopped, paused and restarted; a
 sampler thread records each process's peak RSS. :meth:`drain` lets everything settle and
 :meth:`audit` compares the agents' spools with the ledger and the store.
 """
@@ -31,6 +33,7 @@ import urllib3
 import lossproof
 from lossproof import config as config_mod
 from lossproof.chaos.audit import AuditReport
+from lossproof.chaos.brokers import Broker, KafkaSide
 from lossproof.chaos.netns import AgentNet
 from lossproof.chaos.remote import PipelineClient, RemoteError, run_audit
 from lossproof.chaos.truth import read_truth
@@ -148,6 +151,11 @@ class TopologySpec:
     append_timeout_seconds: float = 3.0
     # agents in their own network namespace, linked to the pipeline by a veth pair (scenario 9)
     netns: bool = False
+    # "embedded", or "kafka": a 3-node local cluster (its brokers are faultable processes too)
+    log: str = "embedded"
+    # kafka: an existing `lossproof dev kafka` cluster directory to share (a fresh topic per
+    # topology); empty: the topology starts its own cluster and removes it afterwards
+    kafka_dir: str = ""
 
 
 @dataclass
@@ -160,11 +168,13 @@ class Topology:
     agents: list[Proc] = field(default_factory=list)
     fallback: Proc | None = None
     peak_rss: dict[str, int] = field(default_factory=dict)
+    rss_samples: dict[tuple[str, int], list[tuple[float, int]]] = field(default_factory=dict)
     faults_injected: int = 0
     _sampler: threading.Thread | None = None
     _sampling: threading.Event = field(default_factory=threading.Event)
     _last_seq: dict[int, int] = field(default_factory=dict)
     net: AgentNet | None = None
+    kafka: KafkaSide | None = None
 
     def __post_init__(self) -> None:
         self.data_dir = self.root / "pipeline"
@@ -173,9 +183,15 @@ class Topology:
         self.faults_file = self.root / "faults.json"
         self.key = config_mod.new_key()
         self.replay_key = config_mod.new_key()
-        if not embedded_partitions_supported():
+        if self.spec.log == "kafka":
+            self.kafka = KafkaSide(self.root, self.spec.kafka_dir)
+        elif not embedded_partitions_supported():
             self.spec.ingests = 1
         self.partitions = self.spec.ingests
+
+    @property
+    def brokers(self) -> list[Broker]:
+        return self.kafka.brokers if self.kafka is not None else []
 
     # -- setup ----------------------------------------------------------------------------------------
 
@@ -210,6 +226,10 @@ class Topology:
         self.set_faults({})
         cfg, _ = config_mod.init_data_dir(self.data_dir, self.key)
         cfg.replay.key_hashes.append(config_mod.hash_key(self.replay_key))
+        if self.kafka is not None:
+            self.progress("starting the 3-node Kafka cluster" if self.kafka.owned else "Kafka: a fresh topic")
+            cfg.log.backend = "kafka"
+            cfg.log.kafka = self.kafka.start()
         config_mod.save(cfg)
         env = self.env()
         exe = [sys.executable, "-m", "lossproof"]
@@ -249,9 +269,14 @@ class Topology:
         self.wait_agents_started()
         self._sampler = threading.Thread(target=self._sample, name="rss-sampler", daemon=True)
         self._sampler.start()
+        log = (
+            f"Kafka topic {self.kafka.topic} on {len(self.brokers)} brokers"
+            if self.kafka is not None
+            else f"embedded log, {self.partitions} partitions"
+        )
         self.progress(
             f"topology up: {self.spec.ingests} ingest, {self.spec.workers} worker, 1 fallback, "
-            f"{self.spec.agents} agents, log partitions {self.partitions} in {self.root}"
+            f"{self.spec.agents} agents, {log} in {self.root}"
         )
 
     def _agent(self, i: int, env: dict[str, str]) -> Proc:
@@ -337,7 +362,9 @@ class Topology:
 
     def _sample(self) -> None:
         while not self._sampling.wait(0.5):
-            for p in self.processes():
+            now = time.monotonic()
+            targets: list[Proc | Broker] = [*self.processes(), *self.brokers]
+            for p in targets:
                 pid = p.pid
                 if pid is None or not p.alive():
                     continue
@@ -347,6 +374,20 @@ class Topology:
                     continue
                 role = p.name.rstrip("0123456789")
                 self.peak_rss[role] = max(self.peak_rss.get(role, 0), rss)
+                self.rss_samples.setdefault((role, pid), []).append((now, rss))
+
+    def rss_growth(self) -> dict[str, int]:
+        """Per role, the largest growth of one process's RSS from the first to the last quarter of its
+        life (peak against peak): how a soak shows memory that keeps growing. A restarted process is a
+        new process (a new pid); one that lived less than a minute tells nothing and is left out."""
+        out: dict[str, int] = {}
+        for (role, _pid), samples in list(self.rss_samples.items()):
+            if len(samples) < 8 or samples[-1][0] - samples[0][0] < 60:
+                continue
+            q = len(samples) // 4
+            growth = max(r for _, r in samples[-q:]) - max(r for _, r in samples[:q])
+            out[role] = max(out.get(role, growth), growth)
+        return out
 
     # -- settling -------------------------------------------------------------------------------------
 
@@ -355,6 +396,8 @@ class Topology:
         self.set_faults({})
         if self.net is not None:
             self.net.heal()
+        if self.kafka is not None:
+            self.kafka.heal()
         for p in self.processes():
             if p.paused:
                 p.resume()
@@ -414,7 +457,7 @@ class Topology:
                 p = int(st.get("pending", 0)) if a.alive() else 0
                 pending += p
                 try:
-                    u = client.unsettled(f"chaos-{i}")
+                    u = client.unsettled(f"chaos-{i}", int(st.get("last_seq", 0)) if a.alive() else 0)
                 except RemoteError as e:
                     u = 1
                     remote_error = str(e)
@@ -464,6 +507,8 @@ class Topology:
             self._sampler.join(2)
         for p in reversed(self.processes()):
             p.stop(10)
+        if self.kafka is not None:
+            self.kafka.close()
         if self.net is not None:
             self.net.destroy()
 

@@ -49,6 +49,13 @@ MAX_WIDTH = 4000
 SAMPLE_EVERY_S = 5.0
 LEDGER_EVERY_S = 15.0
 HISTORY = 180  # samples kept: 15 minutes at 5 s
+SCRAPE_TIMEOUT_S = 2.0  # per /metrics scrape of another process (worker, fallback receivers)
+# what the health page shows of each fallback receiver: JSON key -> its gauge (no labels)
+FALLBACK_GAUGES = {
+    "pending_replay_bytes": "lossproof_fallback_pending_replay_bytes",
+    "journal_bytes": "lossproof_fallback_journal_bytes",
+    "healthy": "lossproof_fallback_healthy",
+}
 
 
 def register(
@@ -177,6 +184,8 @@ class Dashboard:
         registry.register(self.ledger)
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
+        # the fallback receivers at the last sample (see _fallback), in config order
+        self.fallbacks: list[dict[str, Any]] = []
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -222,25 +231,68 @@ class Dashboard:
         return _ledger_snapshot(store, sorted(self.cfg.tenants))
 
     async def sample(self) -> Sample:
-        text = generate_latest(self.registry).decode() + await self._worker_metrics()
-        snap = parse_metrics(text)
+        """Scrape the ingest's registry, the worker's /metrics and every configured fallback receiver's
+        (concurrently, each within SCRAPE_TIMEOUT_S). The fallbacks' numbers are kept apart from
+        ``history``: they are other processes, and some of their metric names would mix with ours."""
+        worker, *fallbacks = await asyncio.gather(
+            self._worker_metrics(), *(self._fallback(url) for url in self.cfg.health.fallback_urls)
+        )
+        snap = parse_metrics(generate_latest(self.registry).decode() + worker)
         self.history.append((time.time(), snap))
+        self.fallbacks = list(fallbacks)
         return snap
+
+    async def _fetch(self, url: str) -> tuple[str | None, str]:
+        """GET ``url`` within SCRAPE_TIMEOUT_S: (body, "") or (None, why not). Never raises."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        try:
+            async with (
+                asyncio.timeout(SCRAPE_TIMEOUT_S),
+                self._session.get(url, timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_S)) as r,
+            ):
+                if r.status != 200:
+                    return None, f"HTTP {r.status}"
+                return (await r.read()).decode(errors="replace"), ""
+        except TimeoutError:
+            return None, f"no answer within {SCRAPE_TIMEOUT_S:g} s"
+        except aiohttp.ClientError as e:
+            return None, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        except Exception as e:  # a scrape of another process must never fail the page
+            return None, f"{type(e).__name__}: {e}"
 
     async def _worker_metrics(self) -> str:
         try:
             addr = (self.cfg.run_dir / "worker.addr").read_text().strip()
         except OSError:
             return ""
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
+        text, _ = await self._fetch(f"http://{addr}/metrics")
+        return text or ""
+
+    async def _fallback(self, url: str) -> dict[str, Any]:
+        """One fallback receiver's state. Only its unlabelled, pipeline-wide gauges are read: its
+        per-tenant counters must not reach another tenant's health page."""
+        out: dict[str, Any] = {"url": url, "reachable": False, "error": ""}
+        out.update(dict.fromkeys(FALLBACK_GAUGES))
+        text, error = await self._fetch(url + "/metrics")
+        if text is None:
+            out["error"] = error
+            return out
         try:
-            async with self._session.get(
-                f"http://{addr}/metrics", timeout=aiohttp.ClientTimeout(total=2)
-            ) as r:
-                return (await r.read()).decode() if r.status == 200 else ""
-        except (aiohttp.ClientError, TimeoutError):
-            return ""
+            snap = parse_metrics(text)
+        except Exception as e:  # whatever answered is not Prometheus text
+            out["error"] = f"cannot parse its /metrics: {e}"
+            return out
+        out["reachable"] = True
+        for key, name in FALLBACK_GAUGES.items():
+            v = snap.get((name, ()))
+            out[key] = v if v is not None and math.isfinite(v) else None
+        if out["pending_replay_bytes"] is None:
+            out["error"] = (
+                "no lossproof_fallback_pending_replay_bytes in its /metrics "
+                "(not a lossproof fallback receiver, or its journal is unreadable)"
+            )
+        return out
 
     # helpers
 
@@ -510,7 +562,6 @@ class Dashboard:
             }
 
         store_part = await self._run(run)
-        fallback = _get(latest, "lossproof_fallback_pending_replay_bytes")
         body = {
             "now": now,
             "window_s": round(dt, 1),
@@ -538,19 +589,36 @@ class Dashboard:
                 "store_errors": _sum(latest, "lossproof_worker_store_errors_total"),
                 "history_lag_seconds": series(gauge("lossproof_worker_lag_seconds")),
             },
-            "fallback": {
-                "pending_replay_bytes": fallback,
-                "known": fallback is not None,
-                "note": ""
-                if fallback is not None
-                else (
-                    "the fallback receiver is a separate process: its backlog is on its own /metrics "
-                    "(lossproof_fallback_pending_replay_bytes)"
-                ),
-            },
+            "fallback": self._fallback_health(),
             **store_part,
         }
         return json_response(body)
+
+    def _fallback_health(self) -> dict[str, Any]:
+        urls = list(self.cfg.health.fallback_urls)
+        receivers = [dict(r) for r in self.fallbacks]
+        reachable = [r["pending_replay_bytes"] for r in receivers if r["pending_replay_bytes"] is not None]
+        pending = sum(reachable) if reachable else None
+        if not urls:
+            note = (
+                "no fallback receiver configured: set [health] fallback_urls in lossproof.toml "
+                '(e.g. ["http://10.0.0.5:8081"]) or LOSSPROOF_HEALTH_FALLBACK_URLS to show their backlog'
+            )
+        elif len(reachable) < len(urls):
+            note = (
+                f"{len(urls) - len(reachable)} of {len(urls)} fallback receivers not read: "
+                "the backlog shown is that of the others only"
+            )
+        else:
+            note = ""
+        return {
+            "configured": urls,
+            "pending_replay_bytes": pending,
+            "receivers": receivers,
+            # every configured receiver answered: the total is the whole backlog
+            "known": bool(urls) and len(reachable) == len(urls),
+            "note": note,
+        }
 
 
 # --- small helpers -----------------------------------------------------------------------------------

@@ -221,10 +221,7 @@ def delete_committed(
             admin, {TopicPartition(topic, p): OffsetSpec.for_timestamp(cutoff_ms) for p in floor}, timeout
         )
     }
-    latest = {
-        tp.partition: f.result(timeout=timeout).offset
-        for tp, f in _list_offsets(admin, {TopicPartition(topic, p): _latest() for p in floor}, timeout)
-    }
+    latest = end_offsets(admin, topic, list(floor), timeout)
     targets: list[TopicPartition] = []
     for p, committed in floor.items():
         # for_timestamp: the first offset whose timestamp >= cutoff (-1: every record is older).
@@ -238,6 +235,16 @@ def delete_committed(
     for tp, f in admin.delete_records(targets, request_timeout=timeout).items():
         out[tp.partition] = f.result(timeout=timeout).low_watermark
     return out
+
+
+def end_offsets(
+    admin: AdminClient, topic: str, partitions: list[int], timeout: float = 10.0
+) -> dict[int, int]:
+    """Per partition, the offset the next record will get (the high watermark)."""
+    return {
+        tp.partition: f.result(timeout=timeout).offset
+        for tp, f in _list_offsets(admin, {TopicPartition(topic, p): _latest() for p in partitions}, timeout)
+    }
 
 
 def _list_offsets(

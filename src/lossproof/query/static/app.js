@@ -439,6 +439,34 @@ function workerState(w) {
   return ["state", "store writes failing", "bad"];
 }
 
+function bytes(v) {
+  if (v === null || v === undefined) return "–";
+  const units = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (Math.abs(v) >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+  return (i ? v.toFixed(1) : String(Math.round(v))) + " " + units[i];
+}
+
+// the fallback receivers' backlog (journal bytes `lossproof replay` has not delivered yet)
+function fallbackTotal(f) {
+  if (!f.configured.length) return ["fallback backlog", "not configured", "muted"];
+  const total = f.pending_replay_bytes;
+  const text = total === null ? "unknown" : bytes(total) + (f.known ? "" : " (partial)");
+  return ["fallback backlog", text, total === null || !f.known ? "warn" : total > 0 ? "warn" : "ok"];
+}
+function fallbackReceivers(f) {
+  const byUrl = new Map(f.receivers.map((r) => [r.url, r]));
+  return f.configured.map((url) => {
+    const r = byUrl.get(url);
+    const label = el("span", { class: "mono fallback-url" }, "  " + url);
+    if (!r) return [label, "not scraped yet", "muted"];
+    if (!r.reachable) return [label, "unreachable: " + r.error, "warn fallback-unreachable"];
+    if (r.pending_replay_bytes === null) return [label, r.error || "unknown", "warn"];
+    const extra = r.healthy === 0 ? ", journal FAILING" : "";
+    return [label, `${bytes(r.pending_replay_bytes)} to replay (journal ${bytes(r.journal_bytes)}${extra})`, r.healthy === 0 ? "bad" : r.pending_replay_bytes > 0 ? "warn" : "ok"];
+  });
+}
+
 async function loadHealth() {
   banner("");
   const d = await api("/ui/api/health");
@@ -461,9 +489,10 @@ async function loadHealth() {
   $("#h-store").replaceChildren(...kv("Losses and backlog", [
     ["dead letters", num(d.dead_letters, 0), d.dead_letters ? "bad" : "ok"],
     ["log gaps", String(d.log_gaps.length), d.log_gaps.length ? "bad" : "ok"],
-    ["fallback backlog", d.fallback.known ? num(d.fallback.pending_replay_bytes, 0) + " bytes" : "unknown"],
+    fallbackTotal(d.fallback),
+    ...fallbackReceivers(d.fallback),
     ["agents not heard from", `${d.silent_agents.length} of ${d.agents}`, d.silent_agents.length ? "bad" : "ok"],
-  ]), d.fallback.note ? el("p", { class: "notes" }, d.fallback.note) : null);
+  ]), d.fallback.note ? el("p", { class: "notes fallback-note" }, d.fallback.note) : null);
   spark("spark-ingest", d.ingest.history);
   spark("spark-lag", d.worker.history_lag_seconds);
   spark("spark-fsync", d.log.history_fsync_p99);
