@@ -9,8 +9,6 @@ either way every broker is running again when a scenario ends (:meth:`KafkaSide.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
 import signal
 import uuid
@@ -18,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lossproof.chaos.faultable import Faultable
 from lossproof.config import KafkaLogConfig
 from lossproof.dev.kafka import DevCluster
 
@@ -27,17 +26,17 @@ PARTITIONS = 2
 
 
 @dataclass
-class Broker:
+class Broker(Faultable):
     """One broker with the same handles as :class:`~lossproof.chaos.topology.Proc`, so a scenario can
     kill, pause or restart it without caring what it is."""
 
     cluster: DevCluster
     node: int
     paused: bool = False
+    name: str = ""
 
-    @property
-    def name(self) -> str:
-        return f"broker{self.node}"
+    def __post_init__(self) -> None:
+        self.name = f"broker{self.node}"
 
     @property
     def pid(self) -> int | None:
@@ -56,25 +55,10 @@ class Broker:
         self.cluster.wait_healthy(timeout)
         return True
 
-    def signal(self, sig: int) -> None:
-        """Send ``sig`` and return at once (:meth:`kill9` also waits for the death)."""
-        pid = self.pid
-        if pid is not None and self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-
     def kill9(self) -> None:
         if self.paused:
             self.signal(signal.SIGCONT)  # a stopped JVM dies on SIGKILL too; this keeps the state honest
         self.cluster.kill(self.node, signal.SIGKILL)
-        self.paused = False
-
-    def pause(self) -> None:
-        self.signal(signal.SIGSTOP)
-        self.paused = True
-
-    def resume(self) -> None:
-        self.signal(signal.SIGCONT)
         self.paused = False
 
     def stop(self, timeout: float = 20.0) -> None:

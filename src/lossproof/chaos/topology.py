@@ -12,7 +12,6 @@ sampler thread records each process's peak RSS. :meth:`drain` lets everything se
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -34,6 +33,7 @@ import lossproof
 from lossproof import config as config_mod
 from lossproof.chaos.audit import AuditReport
 from lossproof.chaos.brokers import Broker, KafkaSide
+from lossproof.chaos.faultable import Faultable
 from lossproof.chaos.netns import AgentNet
 from lossproof.chaos.remote import PipelineClient, RemoteError, run_audit
 from lossproof.chaos.truth import read_truth
@@ -55,7 +55,7 @@ def embedded_partitions_supported() -> bool:
 
 
 @dataclass
-class Proc:
+class Proc(Faultable):
     """One child process, restartable; its output goes to ``logs/NAME-N.log``."""
 
     name: str
@@ -105,25 +105,11 @@ class Proc:
         p = self.log_dir / f"{self.name}-{self.starts}.log"
         return p.read_text(errors="replace")[-n:] if p.exists() else ""
 
-    def signal(self, sig: int) -> None:
-        if self.alive():
-            assert self.proc is not None
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, sig)
-
     def kill9(self) -> None:
         if self.proc is None:
             return
         self.signal(signal.SIGKILL)
         self.proc.wait()
-        self.paused = False
-
-    def pause(self) -> None:
-        self.signal(signal.SIGSTOP)
-        self.paused = True
-
-    def resume(self) -> None:
-        self.signal(signal.SIGCONT)
         self.paused = False
 
     def stop(self, timeout: float = 20.0) -> None:
