@@ -228,9 +228,19 @@ def keys_create(data_dir: Path, tenant: str | None, replay: bool) -> None:
     click.echo(f"{what}; restart running services to use it", err=True)
 
 
-@cli.group()
+class BenchGroup(LazyGroup):
+    LAZY = {
+        "kafka": "lossproof.bench.kafka:kafka_bench_cmd",
+        "replay": "lossproof.bench.replay:main",
+        "agent": "lossproof.bench.agent:run_command",
+        "store": "lossproof.store.cli:bench_cmd",
+        "dashboard": "lossproof.bench.dashboard:dashboard_bench_cmd",
+    }
+
+
+@cli.group(cls=BenchGroup)
 def bench() -> None:
-    """Benchmarks that print numbers."""
+    """Benchmarks that print numbers (the machine's load is printed with them)."""
 
 
 @bench.command("ingest")

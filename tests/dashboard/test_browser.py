@@ -91,7 +91,7 @@ def test_login_and_key_in_session(browser: Any, dash: Dash, artifacts: Path) -> 
     d.execute_script("sessionStorage.clear()")
     d.refresh()
     loaded(d, "login")
-    # first paint is a speed goal: measured by tests/dashboard/bench_dashboard.py, not asserted here
+    # first paint is a speed goal: measured by `lossproof bench dashboard`, not asserted here
     d.save_screenshot(str(artifacts / "login.png"))
     d.find_element(By.ID, "key").send_keys("lp_wrong_key")
     d.find_element(By.CSS_SELECTOR, "#login-form button").click()

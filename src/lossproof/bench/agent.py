@@ -5,7 +5,7 @@ given), with host collection on. Points come either from ``Agent.record`` inside
 (``via="record"``: the library use; the cost of the calls is part of the agent's) or from StatsD UDP
 packets sent by this process (``via="statsd"``: the daemon use; parsing is part of the agent's).
 
-``python -m lossproof.bench.agent --seconds 60 [--via statsd]`` prints the numbers. Target from
+``lossproof bench agent --seconds 60 [--via statsd]`` prints the numbers. Target from
 issue 3: < 2% of one core and < 60 MB RSS at 1 report/s of 1,000 points.
 """
 

@@ -6,7 +6,7 @@ them. It is written directly with the journal writer (the receiver's own format 
 for disk), then replayed with the real replay code. Two times are measured: until the main ingest
 acknowledged every request (replay done), and until the worker stored every point (caught up).
 
-    python -m lossproof.bench.replay --spawn --agents 100 --reports 600 --points 500
+    lossproof bench replay --spawn --agents 100 --reports 600 --points 500
 """
 
 from __future__ import annotations

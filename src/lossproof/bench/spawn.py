@@ -22,10 +22,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def spawned_pipeline(data_dir: Path, port: int | None = None) -> Iterator[tuple[str, str]]:
-    """Yields (url, api key) of a running pipeline; stops it (SIGTERM) on exit."""
+def spawned_pipeline(
+    data_dir: Path, port: int | None = None, key: str | None = None
+) -> Iterator[tuple[str, str]]:
+    """Yields (url, api key) of a running pipeline; stops it (SIGTERM) on exit. ``key``: the default
+    tenant's key of an existing data dir (a fresh one gets a new key)."""
     port = port or free_port()
-    key = new_key()
+    key = key or new_key()
     env = {**os.environ, "LOSSPROOF_API_KEY": key}
     proc = subprocess.Popen(
         [sys.executable, "-m", "lossproof", "up", "--data-dir", str(data_dir), "--port", str(port)],
