@@ -102,6 +102,8 @@ def run_scenario(
             result.why = "did not drain: reports still delayed"
         elif topo.faults_injected == 0:
             result.why = "no fault was injected"
+        elif grown := memory_grown(topo.rss_growth()):
+            result.why = f"memory keeps growing: {grown}"
         else:
             result.verdict = "PASS"
     except Exception as e:  # a harness failure is a failed scenario, with the reason
@@ -119,6 +121,16 @@ def run_scenario(
             tagged(f"kept {root} for inspection")
     tagged(f"{result.verdict} {result.why}".rstrip())
     return result
+
+
+# A lossproof process whose RSS grows by more than this from the first to the last quarter of its
+# life fails the scenario. Brokers are left out: a JVM's heap grows towards -Xmx by design.
+MAX_RSS_GROWTH = 64 * 2**20
+
+
+def memory_grown(growth: dict[str, int]) -> str:
+    grown = {role: g for role, g in growth.items() if role != "broker" and g > MAX_RSS_GROWTH}
+    return ", ".join(f"{role} +{g / 2**20:.0f} MB" for role, g in sorted(grown.items()))
 
 
 def _mb(n: int) -> str:
