@@ -1,6 +1,7 @@
 """Fault injection for tests and the chaos harness, off unless LOSSPROOF_FAULTS_FILE is set.
 
 The file is JSON: ``{"log.fsync": {"mode": "fail"}, "log.fsync": {"mode": "delay", "seconds": 2}}``.
+Crash points (:func:`crash_point`) kill the process at a named place: ``{"store.before_commit": {}}``.
 It is re-read when its mtime changes (checked at most every 50 ms), so a running process can be
 steered from outside. Production processes never set the variable and never pay for a check.
 """
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import signal
 import time
 from typing import Any
 
@@ -55,3 +58,18 @@ def write_faults(path: str, faults: dict[str, Any]) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(faults, f)
     os.replace(tmp, path)
+
+
+_process_faults: Faults | None = None
+
+
+def crash_point(name: str) -> None:
+    """Die by SIGKILL right here when the fault file holds ``{name: {"probability": p}}`` (default 1):
+    a kill -9 at an exact point, e.g. inside a store transaction, which a kill from outside only hits
+    by luck. Costs nothing when LOSSPROOF_FAULTS_FILE is not set."""
+    global _process_faults
+    if _process_faults is None:
+        _process_faults = Faults()
+    spec = _process_faults.get(name)
+    if spec is not None and random.random() < float(spec.get("probability", 1.0)):
+        os.kill(os.getpid(), signal.SIGKILL)

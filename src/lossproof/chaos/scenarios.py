@@ -74,7 +74,22 @@ def kill_ingest(ctx: Ctx) -> None:
 
 def kill_worker(ctx: Ctx) -> None:
     ctx.sleep(0.3, 1.5)
-    _kill_restart(ctx, ctx.rng.choice(ctx.topo.workers), "while it writes batches")
+    topo = ctx.topo
+    if ctx.rng.random() < 0.5:
+        _kill_restart(ctx, ctx.rng.choice(topo.workers), "while it writes batches")
+        return
+    # The exact moment: the batch's points, ledger and commits are written, COMMIT not yet run.
+    topo.set_faults({"store.before_commit": {}})
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and all(w.alive() for w in topo.workers):
+        time.sleep(0.02)
+    topo.set_faults({})
+    for w in topo.workers:
+        if not w.alive():
+            ctx.fault(f"kill -9 {w.name} inside its store transaction, before COMMIT")
+            w.kill9()  # reap it
+            ctx.sleep(0.1, 1.0)
+            w.start(wait=False)
 
 
 def kill_everything(ctx: Ctx) -> None:
@@ -246,7 +261,12 @@ def network(ctx: Ctx) -> None:
 
 SCENARIOS: list[Scenario] = [
     Scenario(1, "kill-ingest", "kill -9 an ingest process at random moments", kill_ingest),
-    Scenario(2, "kill-worker", "kill -9 a worker mid-batch (random moments under load)", kill_worker),
+    Scenario(
+        2,
+        "kill-worker",
+        "kill -9 a worker mid-batch: at random moments, and inside the store transaction before COMMIT",
+        kill_worker,
+    ),
     Scenario(
         3,
         "kill-all",

@@ -63,6 +63,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
+from lossproof.faults import crash_point
 from lossproof.log.base import LogGap
 from lossproof.obs.logging import get
 from lossproof.store import ledger as lg
@@ -414,6 +415,7 @@ class PostgresStore(Store):
                 try:
                     with conn.transaction():
                         result = self._apply(conn, batch, pending)
+                        crash_point("store.before_commit")  # chaos scenario 2: kill -9 in the transaction
                 except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as e:
                     if attempt == TX_ATTEMPTS:
                         raise

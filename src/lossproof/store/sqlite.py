@@ -39,6 +39,7 @@ from typing import Any
 
 import msgspec
 
+from lossproof.faults import crash_point
 from lossproof.log.base import LogGap
 from lossproof.store import ledger as lg
 from lossproof.store.base import (
@@ -304,6 +305,7 @@ class SqliteStore(Store):
             self._con.execute("BEGIN IMMEDIATE")
             try:
                 result = self._apply(batch, pending)
+                crash_point("store.before_commit")  # chaos scenario 2: kill -9 inside the transaction
                 self._con.execute("COMMIT")
             except (sqlite3.OperationalError, OSError) as e:
                 self._rollback()
