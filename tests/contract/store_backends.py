@@ -33,6 +33,10 @@ class StoreBackend(abc.ABC):
     @abc.abstractmethod
     def _open(self, readonly: bool) -> Store: ...
 
+    @abc.abstractmethod
+    def child_args(self) -> list[str]:
+        """How another process opens the same store: ``store_in_child`` below takes these."""
+
     def close_all(self) -> None:
         for s in self.opened:
             s.close()
@@ -44,6 +48,9 @@ class SqliteBackend(StoreBackend):
         from lossproof.store.sqlite import SqliteStore
 
         return SqliteStore(self.tmp_path / "store.db", readonly=readonly)
+
+    def child_args(self) -> list[str]:
+        return ["sqlite", str(self.tmp_path / "store.db")]
 
 
 def postgres_dsn() -> str:
@@ -74,6 +81,9 @@ class PostgresBackend(StoreBackend):
 
         return PostgresStore(self.dsn, readonly=readonly, schema=self.schema, pool_size=2)
 
+    def child_args(self) -> list[str]:
+        return ["postgres", self.dsn, self.schema]
+
     def close_all(self) -> None:
         super().close_all()
         import psycopg
@@ -87,3 +97,14 @@ BACKENDS: dict[str, Callable[[Path], StoreBackend]] = {
     "sqlite": SqliteBackend,
     "postgres": PostgresBackend,
 }
+
+
+def store_in_child(args: list[str]) -> Store:
+    """Open the store named by :meth:`StoreBackend.child_args` (in a child process)."""
+    if args[0] == "sqlite":
+        from lossproof.store.sqlite import SqliteStore
+
+        return SqliteStore(Path(args[1]))
+    from lossproof.store.postgres import PostgresStore
+
+    return PostgresStore(args[1], schema=args[2], pool_size=1)
