@@ -1,8 +1,10 @@
 """The fallback receiver: ``POST /v1/reports`` into a local journal, 200 only after fsync.
 
 Deliberately simple and separate from the ingest API: it shares only parsing and validation
-(``lossproof.protocol``) and key lookup (``lossproof.config``). No log, no store, no worker: every
-accepted request is one journal record, which ``lossproof replay`` later drains into the main ingest.
+(``lossproof.protocol``), key lookup (``lossproof.config``) and pure HTTP helpers
+(``lossproof.httputil``: JSON errors, bounded body read, request accounting). No log, no store, no
+worker: every accepted request is one journal record, which ``lossproof replay`` later drains into
+the main ingest.
 
 Answers are those of the ingest API: 400/401/413/415 with ``{"error": ...}`` for bad input, 503 +
 ``Retry-After`` whenever the journal cannot durably accept (write or fsync failed, disk full, no
@@ -16,12 +18,10 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import msgspec
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -29,6 +29,7 @@ from lossproof.config import Config, hash_key
 from lossproof.fallback import journal as jn
 from lossproof.fallback import progress as pg
 from lossproof.faults import Faults
+from lossproof.httputil import ApiError, accounted, errors_as_json, json_response, read_body
 from lossproof.obs.logging import get
 from lossproof.protocol import native
 from lossproof.protocol.compression import BadEncoding, TooLarge, decompress
@@ -105,52 +106,6 @@ class FallbackMetrics:
         self.commit_requests.observe(requests)
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, reason: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.reason = reason
-        self.headers = headers or {}
-
-
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=msgspec.json.encode(data), status=status, content_type="application/json", headers=headers
-    )
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@web.middleware
-async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as e:
-        return json_response({"error": e.message}, e.status, e.headers)
-    except web.HTTPException as e:
-        if e.status < 400:
-            raise
-        text = e.text or e.reason
-        if e.status == 413:
-            text = f"request body too large ({text})"
-        return json_response({"error": text}, e.status, dict(e.headers) if e.status == 405 else None)
-
-
-async def read_body(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, f"body of {request.content_length} bytes exceeds limit of {limit}", "too_large")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"body exceeds limit of {limit} bytes", "too_large")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 @dataclass(frozen=True, slots=True)
 class Checked:
     agent: str
@@ -182,19 +137,10 @@ class ReportsHandler:
         return self.keys.get(hash_key(key.strip()))
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
-        started = time.perf_counter()
-        status = 500
-        try:
-            resp = await self._handle(request)
-            status = resp.status
-            return resp
-        except ApiError as e:
-            status = e.status
-            self.metrics.rejected.labels(e.reason).inc()
-            raise
-        finally:
-            self.metrics.requests.labels(str(status)).inc()
-            self.metrics.latency.observe(time.perf_counter() - started)
+        m = self.metrics
+        return await accounted(
+            self._handle, request, requests=m.requests, latency=m.latency, rejected=m.rejected
+        )
 
     def unavailable(self, reason: str) -> ApiError:
         return ApiError(

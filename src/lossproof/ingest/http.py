@@ -1,61 +1,11 @@
-"""HTTP plumbing shared by every route: JSON errors, body limits, request accounting."""
+"""HTTP plumbing shared by every route: JSON errors, body limits, request accounting.
+
+The helpers live in :mod:`lossproof.httputil` (also used by the fallback receiver, which shares
+nothing else with ingest); re-exported here for the ingest and query routes.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+from lossproof.httputil import ApiError, Handler, accounted, errors_as_json, json_response, read_body
 
-import msgspec
-from aiohttp import web
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=msgspec.json.encode(data),
-        status=status,
-        content_type="application/json",
-        headers=headers,
-    )
-
-
-class ApiError(Exception):
-    """Answered as ``{"error": message}`` with the given status."""
-
-    def __init__(self, status: int, message: str, reason: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.reason = reason
-        self.headers = headers or {}
-
-
-@web.middleware
-async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure is a JSON body with a clear message; aiohttp's own 4xx (413, 405, 404) too."""
-    try:
-        return await handler(request)
-    except ApiError as e:
-        return json_response({"error": e.message}, e.status, e.headers)
-    except web.HTTPException as e:
-        if e.status < 400:
-            raise
-        text = e.text or e.reason
-        if e.status == 413:
-            text = f"request body too large ({text})"
-        return json_response({"error": text}, e.status, dict(e.headers) if e.status == 405 else None)
-
-
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The raw body, refusing more than ``limit`` bytes before reading them when possible."""
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, f"body of {request.content_length} bytes exceeds limit of {limit}", "too_large")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"body exceeds limit of {limit} bytes", "too_large")
-        chunks.append(chunk)
-    return b"".join(chunks)
+__all__ = ["ApiError", "Handler", "accounted", "errors_as_json", "json_response", "read_body"]

@@ -15,7 +15,7 @@ from aiohttp import web
 from lossproof.config import Config
 from lossproof.faults import Faults
 from lossproof.ingest.auth import KeyRing
-from lossproof.ingest.http import ApiError, json_response, read_body
+from lossproof.ingest.http import ApiError, accounted, json_response, read_body
 from lossproof.ingest.metrics import IngestMetrics
 from lossproof.log.base import LogUnavailable, LogWriter, Position
 from lossproof.obs.logging import get
@@ -78,19 +78,15 @@ class ReportsHandler(Ingest):
         self.store = store
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
-        started = time.perf_counter()
-        status = 500
-        try:
-            resp = await self._handle(request)
-            status = resp.status
-            return resp
-        except ApiError as e:
-            status = e.status
-            self.metrics.rejected.labels(e.reason).inc()
-            raise
-        finally:
-            self.metrics.requests.labels("native", str(status)).inc()
-            self.metrics.latency.labels("native").observe(time.perf_counter() - started)
+        m = self.metrics
+        return await accounted(
+            self._handle,
+            request,
+            requests=m.requests,
+            latency=m.latency,
+            rejected=m.rejected,
+            labels=("native",),
+        )
 
     async def _handle(self, request: web.Request) -> web.Response:
         srv = self.cfg.server

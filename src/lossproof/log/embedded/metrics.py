@@ -1,24 +1,21 @@
-"""Prometheus metrics of the embedded log (one set per writer / reader, on the given registry)."""
+"""Prometheus metrics of the embedded log (one set per writer / reader, on the given registry).
+
+The metrics every backend has are in :mod:`lossproof.log.metrics`; these add the embedded log's own
+(fsync, segments on disk, recovery, retention, partitions owned)."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-# Latency buckets from 0.25 ms to 10 s: fsync on a good SSD is ~0.1-2 ms, a sick disk takes seconds.
-LATENCY_BUCKETS = (
-    0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0,
-)  # fmt: skip
+from lossproof.log.metrics import LATENCY_BUCKETS, LogReaderMetrics, LogWriterMetrics
+
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 
-class WriterMetrics:
+class WriterMetrics(LogWriterMetrics):
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.append_seconds = Histogram(
-            "lossproof_log_append_seconds",
-            "Time from an append call until the record is durable (written and fsync'd).",
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+        super().__init__(
+            registry, "Time from an append call until the record is durable (written and fsync'd)."
         )
         self.fsync_seconds = Histogram(
             "lossproof_log_fsync_seconds",
@@ -37,15 +34,6 @@ class WriterMetrics:
             "lossproof_log_end_offset",
             "Next durable offset (every offset below it is fsync'd).",
             registry=registry,
-        )
-        self.append_errors = Counter(
-            "lossproof_log_append_errors",
-            "Appends answered with LogUnavailable, by reason.",
-            ["reason"],
-            registry=registry,
-        )
-        self.healthy = Gauge(
-            "lossproof_log_healthy", "1 if appends are expected to succeed, 0 otherwise.", registry=registry
         )
         self.recovery_truncated_bytes = Counter(
             "lossproof_log_recovery_truncated_bytes",
@@ -67,26 +55,12 @@ class WriterMetrics:
         )
 
 
-class ReaderMetrics:
+class ReaderMetrics(LogReaderMetrics):
     def __init__(self, registry: CollectorRegistry, group: str) -> None:
-        self.records = Counter(
-            "lossproof_log_read_records", "Records returned by poll.", ["group"], registry=registry
-        ).labels(group=group)
-        self.bytes = Counter(
-            "lossproof_log_read_bytes", "Key+value bytes returned by poll.", ["group"], registry=registry
-        ).labels(group=group)
-        self.gaps = Counter(
-            "lossproof_log_read_gaps", "Missing ranges reported by poll.", ["group"], registry=registry
-        ).labels(group=group)
+        super().__init__(registry, group)
         self.partitions = Gauge(
             "lossproof_log_read_partitions",
             "Log partitions this reader owns for its group (0: standby, waiting for one to free up).",
-            ["group"],
-            registry=registry,
-        ).labels(group=group)
-        self.gap_offsets = Counter(
-            "lossproof_log_read_gap_offsets",
-            "Offsets inside missing ranges reported by poll.",
             ["group"],
             registry=registry,
         ).labels(group=group)

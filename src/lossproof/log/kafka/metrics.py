@@ -1,28 +1,20 @@
-"""Prometheus metrics of the Kafka log backend (one set per writer / reader, on the given registry)."""
+"""Prometheus metrics of the Kafka log backend (one set per writer / reader, on the given registry).
+
+The metrics every backend has are in :mod:`lossproof.log.metrics`; these add Kafka's own
+(``lossproof_log_kafka_*``)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from lossproof.log.embedded.metrics import LATENCY_BUCKETS
+from lossproof.log.metrics import LogReaderMetrics, LogWriterMetrics
 
 
-class KafkaWriterMetrics:
+class KafkaWriterMetrics(LogWriterMetrics):
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.append_seconds = Histogram(
-            "lossproof_log_append_seconds",
+        super().__init__(
+            registry,
             "Time from an append call until Kafka acknowledged it (acks=all, min.insync.replicas met).",
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.append_errors = Counter(
-            "lossproof_log_append_errors",
-            "Appends answered with LogUnavailable, by reason.",
-            ["reason"],
-            registry=registry,
-        )
-        self.healthy = Gauge(
-            "lossproof_log_healthy", "1 if appends are expected to succeed, 0 otherwise.", registry=registry
         )
         self.in_flight = Gauge(
             "lossproof_log_kafka_in_flight",
@@ -46,17 +38,13 @@ class KafkaWriterMetrics:
         )
 
 
-class KafkaReaderMetrics:
+class KafkaReaderMetrics(LogReaderMetrics):
     def __init__(self, registry: CollectorRegistry, group: str) -> None:
-        def c(name: str, doc: str) -> Counter:
-            return Counter(name, doc, ["group"], registry=registry).labels(group=group)
+        super().__init__(registry, group)
 
-        self.records = c("lossproof_log_read_records", "Records returned by poll.")
-        self.bytes = c("lossproof_log_read_bytes", "Key+value bytes returned by poll.")
-        self.gaps = c("lossproof_log_read_gaps", "Missing ranges reported by poll.")
-        self.gap_offsets = c(
-            "lossproof_log_read_gap_offsets", "Offsets inside missing ranges reported by poll."
-        )
+        def c(name: str, doc: str) -> Counter:
+            return self.group_counter(registry, group, name, doc)
+
         self.truncations = c(
             "lossproof_log_kafka_truncations",
             "Times a partition's end was found below the committed position (log truncated after data "
