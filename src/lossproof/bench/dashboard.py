@@ -1,7 +1,7 @@
 """``lossproof bench dashboard``: how fast the dashboard and the Prometheus API answer on the embedded store.
 
 Stores 10,000 series of ``bench.cpu`` (``host`` h0000..h9999) over the last 24 h: the 100 charted
-ones (h0000..h0099) every 10 s (864,000 points), the 9,900 others every 60 s (14.3 M points), once per
+ones (``group="charted"``) every 10 s (864,000 points), the 9,900 others every 60 s (14.3 M points), once per
 ``--dir`` (kept for the next run); starts ``lossproof up`` on it and measures, with the machine's load:
 
 - the chart endpoint for a 24 h chart of the 100 series, 1,000 px wide (HTTP round trip, server time);
@@ -31,9 +31,10 @@ from lossproof.store.base import Point, WriteBatch
 from lossproof.store.sqlite import SqliteStore
 
 DAY = 86_400_000
-MATCH = 'bench_cpu{host=~"h00.."}'
+MATCH = 'bench_cpu{group="charted"}'
 KEY_FILE = "bench.key"
-MADE_FILE = "made.json"  # what the data dir holds: {"end_ms", "series", "charted"}
+MADE_FILE = "made.json"  # what the data dir holds: {"end_ms", "series", "charted", "layout"}
+LAYOUT = 2  # bump when generate() changes: the kept data is then made anew
 _HTTP = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5, read=120), retries=False)
 
 Say = Callable[[str], None]
@@ -51,12 +52,12 @@ def generate(cfg: config_mod.Config, series: int, charted: int, end: int, say: S
         t = start + k * 10_000
         for h in range(charted):
             batch.samples.append(
-                ("default", Point("bench.cpu", {"host": f"h{h:04d}", "dc": "eu"}, t, (k + h) % 97))
+                ("default", Point("bench.cpu", {"host": f"h{h:04d}", "group": "charted"}, t, (k + h) % 97))
             )
         if k % 6 == 0:
             for h in range(charted, series):
                 batch.samples.append(
-                    ("default", Point("bench.cpu", {"host": f"h{h:04d}", "dc": "eu"}, t, h % 13))
+                    ("default", Point("bench.cpu", {"host": f"h{h:04d}", "group": "rest"}, t, h % 13))
                 )
         if len(batch.samples) >= 50_000:
             made += len(batch.samples)
@@ -160,7 +161,8 @@ def run_dashboard_bench(work: Path, series: int, charted: int, use_browser: bool
         made_before = json.loads(made_file.read_text())
     except (OSError, ValueError):
         made_before = {}
-    if (made_before.get("series"), made_before.get("charted")) != (series, charted):
+    wanted = {"series": series, "charted": charted, "layout": LAYOUT}
+    if {k: made_before.get(k) for k in wanted} != wanted:
         shutil.rmtree(data, ignore_errors=True)
         key = config_mod.new_key()
         cfg, _ = config_mod.init_data_dir(data, key)
@@ -169,7 +171,7 @@ def run_dashboard_bench(work: Path, series: int, charted: int, use_browser: bool
         made = generate(cfg, series, charted, end, say)
         say(f"stored {made:,} points of {series:,} series in {time.monotonic() - t0:.0f} s")
         key_file.write_text(key)
-        made_file.write_text(json.dumps({"end_ms": end, "series": series, "charted": charted}))
+        made_file.write_text(json.dumps({**wanted, "end_ms": end}))
     key, end = key_file.read_text().strip(), int(json.loads(made_file.read_text())["end_ms"])
     lines = []
     with spawned_pipeline(data, key=key) as (url, _):
