@@ -56,13 +56,9 @@ class Broker(Faultable):
         return True
 
     def kill9(self) -> None:
-        if self.paused:
-            self.signal(signal.SIGCONT)  # a stopped JVM dies on SIGKILL too; this keeps the state honest
+        """SIGKILL (a paused broker dies too) and wait for its death."""
         self.cluster.kill(self.node, signal.SIGKILL)
         self.paused = False
-
-    def stop(self, timeout: float = 20.0) -> None:
-        self.kill9()
 
 
 @dataclass
@@ -83,7 +79,7 @@ class KafkaSide:
         from lossproof.log.kafka.admin import create_topic
 
         directory = Path(self.shared_dir) if self.shared_dir else self.root / "kafka"
-        # detach=False: brokers this run starts are in its process group and die with it
+        # detach=False: brokers this run starts stay in its process group (a Ctrl-C stops them too)
         self.cluster = DevCluster(directory, detach=False)
         self.cluster.up(NODES, port=0, heap=HEAP, timeout=180)
         self.brokers = [Broker(self.cluster, n.id) for n in self.cluster.nodes()]
