@@ -215,20 +215,47 @@ class Appender:
             self._parse(line.decode())
 
 
-def read_everything(cfg: KafkaLogConfig, group: str, *, idle: float = 1.0, timeout: float = 120.0):  # type: ignore[no-untyped-def]
-    """All records (and gaps) of the topic, read by a fresh group until ``idle`` seconds without data."""
+def read_everything(cfg: KafkaLogConfig, group: str, *, timeout: float = 120.0):  # type: ignore[no-untyped-def]
+    """All records (and gaps) of the topic as it is now, read by a fresh group: up to each partition's
+    end offset (or until nothing is left there), so a slow first fetch (a broker just restarted, a
+    group still joining) cannot end the read early."""
+    from confluent_kafka import KafkaException, TopicPartition
+    from confluent_kafka.admin import AdminClient, OffsetSpec
+
     from lossproof.log.kafka import KafkaLogReader
 
+    parts = [TopicPartition(cfg.topic, p) for p in range(cfg.partitions)]
+
+    def offsets(spec: object) -> dict[int, int]:
+        # Right after brokers come back, leaders move (FENCED_LEADER_EPOCH and the like). A fresh
+        # client each time: librdkafka's admin client does not refresh its metadata on that error.
+        until = time.monotonic() + 60
+        while True:
+            try:
+                a = AdminClient({"bootstrap.servers": cfg.bootstrap_servers})
+                fs = a.list_offsets({tp: spec for tp in parts}, request_timeout=30)
+                return {tp.partition: f.result(timeout=30).offset for tp, f in fs.items()}
+            except KafkaException:
+                if time.monotonic() > until:
+                    raise
+                time.sleep(0.5)
+
+    ends = offsets(OffsetSpec.latest())
+    starts = offsets(OffsetSpec.earliest())
+    pos = dict(starts)  # a partition is read when pos >= end
     r = KafkaLogReader(cfg, group)
     records, gaps = [], []
     deadline = time.monotonic() + timeout
     try:
-        while time.monotonic() < deadline:
-            res = r.poll(1000, idle)
-            if not res.records and not res.gaps:
-                break
+        while any(pos[p] < ends[p] for p in ends):
+            if time.monotonic() > deadline:
+                short = {p: (pos[p], ends[p]) for p in ends if pos[p] < ends[p]}
+                raise AssertionError(f"read_everything: partitions not read to their end: {short}")
+            res = r.poll(1000, 1.0)
             records += res.records
             gaps += res.gaps
+            for p, nxt in res.next_offsets().items():
+                pos[p] = max(pos[p], nxt)
     finally:
         r.close()
     return records, gaps

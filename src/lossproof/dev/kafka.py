@@ -185,6 +185,15 @@ def _pid_alive(pid: int, marker: str) -> bool:
     return state != "Z" and marker in cmdline
 
 
+def new_cluster_id() -> str:
+    """A KRaft cluster id: a random UUID in URL-safe base64, never starting with "-", which the
+    storage tool's command line would take for an option (Kafka's own Uuid.randomUuid avoids it too)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
 class DevCluster:
     """A local KRaft cluster of 1 or 3 combined nodes, living entirely in ``directory``."""
 
@@ -281,7 +290,7 @@ class DevCluster:
                             f"port {p} is in use (choose another --port, or 0 for free ports)"
                         )
             specs.append(NodeSpec(i, bp, cp))
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = new_cluster_id()
         voters = ",".join(f"{n.id}@127.0.0.1:{n.controller_port}" for n in specs)
         rf = min(3, nodes)
         (self.directory / "log4j2.properties").write_text(_LOG4J2, encoding="utf-8")

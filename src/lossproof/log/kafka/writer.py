@@ -333,6 +333,9 @@ class KafkaLogWriter(LogWriter):
             deleted = kadmin.delete_committed(self._admin, self.topic, self.retention_seconds)
         except (KafkaException, TimeoutError, OSError) as e:
             log.warning("log.kafka.retention_failed", topic=self.topic, error=str(e))
+            # A fresh client next time: after leader changes librdkafka's admin client can keep
+            # answering FENCED_LEADER_EPOCH from stale metadata for minutes.
+            self._admin = AdminClient(self._admin_conf)
             return
         except Exception as e:  # never let retention take the writer down
             log.warning("log.kafka.retention_failed", topic=self.topic, error=f"{type(e).__name__}: {e}")
