@@ -1,22 +1,27 @@
 """HTTP plumbing shared by the ingest API, the query API and the fallback receiver.
 
 JSON answers, :class:`ApiError` and the middleware that turns it (and aiohttp's own 4xx) into
-``{"error": ...}``, a bounded body read, and per-request accounting. Pure helpers on top of aiohttp,
+``{"error": ...}``, a bounded body read, the native Content-Type check, per-request accounting, and
+the shielded wait for a durable append that ends in 200 or 503. Pure helpers on top of aiohttp,
 msgspec and prometheus_client: nothing here touches the log or the store, so the fallback receiver
 can use them and still work when ingest's code paths fail.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
+from lossproof.protocol import native
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -94,3 +99,38 @@ async def accounted(
     finally:
         requests.labels(*labels, str(status)).inc()
         (latency.labels(*labels) if labels else latency).observe(time.perf_counter() - started)
+
+
+def unavailable(what: str, reason: str, retry_after: int) -> ApiError:
+    """The 503 for "cannot accept data durably": the client keeps the data and retries."""
+    return ApiError(
+        503, f"{what} cannot accept data durably: {reason}", "unavailable", {"Retry-After": str(retry_after)}
+    )
+
+
+async def await_durable(
+    append: Awaitable[T], timeout: float, refused: type[Exception], fail: Callable[[str], ApiError]
+) -> T:
+    """Wait for a durable append; ``fail(reason)`` (a 503) when it is ``refused`` or takes over
+    ``timeout``. Shielded: on timeout the append goes on, and if it lands the client's retry is a
+    duplicate the ledger drops. Its late error is retrieved, so it is never logged as unhandled."""
+    fut = asyncio.ensure_future(append)
+    fut.add_done_callback(lambda f: None if f.cancelled() else f.exception())
+    try:
+        return await asyncio.wait_for(asyncio.shield(fut), timeout)
+    except TimeoutError:
+        raise fail(f"no durable confirmation within {timeout:g}s") from None
+    except refused as e:
+        raise fail(str(getattr(e, "reason", e))) from None
+
+
+def native_content_type(request: web.Request) -> str:
+    """The native protocol's content type of ``request``, or a 415 naming the accepted ones."""
+    ctype = native.CONTENT_TYPES.get(request.content_type)
+    if ctype is None:
+        raise ApiError(
+            415,
+            f"unsupported Content-Type {request.content_type!r}: use application/json or application/msgpack",
+            "bad_request",
+        )
+    return ctype

@@ -200,7 +200,7 @@ def test_fsync_slower_than_the_timeout_is_a_503(fallback_factory: Callable[..., 
     fb.start(extra_env={"LOSSPROOF_SERVER_APPEND_TIMEOUT_SECONDS": "0.5"})
     fb.faults({"fallback.fsync": {"mode": "delay", "seconds": 1.5}})
     r = fb.post("slow", [report(1)])
-    assert r.status == 503 and "no fsync within 0.5s" in json.loads(r.data)["error"], r.data
+    assert r.status == 503 and "no durable confirmation within 0.5s" in json.loads(r.data)["error"], r.data
     fb.faults({})
     time.sleep(1.6)
     assert fb.post("slow", [report(2)]).status == 200

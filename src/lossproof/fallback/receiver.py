@@ -29,7 +29,16 @@ from lossproof.config import Config, hash_key
 from lossproof.fallback import journal as jn
 from lossproof.fallback import progress as pg
 from lossproof.faults import Faults
-from lossproof.httputil import ApiError, accounted, errors_as_json, json_response, read_body
+from lossproof.httputil import (
+    ApiError,
+    accounted,
+    await_durable,
+    errors_as_json,
+    json_response,
+    native_content_type,
+    read_body,
+    unavailable,
+)
 from lossproof.obs.logging import get
 from lossproof.protocol import native
 from lossproof.protocol.compression import BadEncoding, TooLarge, decompress
@@ -143,12 +152,7 @@ class ReportsHandler:
         )
 
     def unavailable(self, reason: str) -> ApiError:
-        return ApiError(
-            503,
-            f"fallback journal cannot accept data durably: {reason}",
-            "unavailable",
-            {"Retry-After": str(self.cfg.server.retry_after_seconds)},
-        )
+        return unavailable("fallback journal", reason, self.cfg.server.retry_after_seconds)
 
     async def _handle(self, request: web.Request) -> web.Response:
         srv = self.cfg.server
@@ -160,14 +164,7 @@ class ReportsHandler:
                 "unauthorized",
                 {"WWW-Authenticate": "Bearer"},
             )
-        ctype = native.CONTENT_TYPES.get(request.content_type)
-        if ctype is None:
-            raise ApiError(
-                415,
-                f"unsupported Content-Type {request.content_type!r}: use application/json or "
-                "application/msgpack",
-                "bad_request",
-            )
+        ctype = native_content_type(request)
         encoding = request.headers.get("Content-Encoding", "").strip().lower()
         raw = await read_body(request, srv.max_body_bytes)
         try:
@@ -187,24 +184,12 @@ class ReportsHandler:
             points=checked.points,
             body=raw,
         )
-        append = asyncio.ensure_future(self.writer.append(entry, int(time.time() * 1000)))
-        append.add_done_callback(_retrieve)
-        try:
-            # shield: on timeout the append goes on; if it lands, the resend is a harmless duplicate
-            await asyncio.wait_for(asyncio.shield(append), srv.append_timeout_seconds)
-        except jn.JournalUnavailable as e:
-            raise self.unavailable(e.reason) from None
-        except TimeoutError:
-            raise self.unavailable(f"no fsync within {srv.append_timeout_seconds}s") from None
+        append = self.writer.append(entry, int(time.time() * 1000))
+        await await_durable(append, srv.append_timeout_seconds, jn.JournalUnavailable, self.unavailable)
         self.metrics.bytes.labels(tenant).inc(len(raw))
         self.metrics.reports.labels(tenant).inc(checked.reports)
         self.metrics.points.labels(tenant).inc(checked.points)
         return json_response({"acked": checked.seqs, "replay": []})
-
-
-def _retrieve(f: asyncio.Future[jn.Position]) -> None:
-    if not f.cancelled():
-        f.exception()
 
 
 def build_app(

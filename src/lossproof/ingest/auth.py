@@ -14,7 +14,7 @@ import binascii
 from aiohttp import web
 
 from lossproof.config import Config, hash_key
-from lossproof.ingest.http import ApiError
+from lossproof.httputil import ApiError
 
 TENANT_HEADER = "X-Lossproof-Tenant"
 UNAUTHORIZED = "missing or unknown API key (Authorization: Bearer <key>)"

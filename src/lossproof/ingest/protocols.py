@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from lossproof.config import Config
+from lossproof.httputil import ApiError, json_response
 from lossproof.ingest.auth import KeyRing
-from lossproof.ingest.http import ApiError, json_response
 from lossproof.ingest.metrics import IngestMetrics
 from lossproof.ingest.reports import Ingest
 from lossproof.log.base import LogWriter

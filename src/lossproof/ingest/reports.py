@@ -7,17 +7,24 @@ one in Python here: the worker decodes them.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from aiohttp import web
 
 from lossproof.config import Config
 from lossproof.faults import Faults
+from lossproof.httputil import (
+    ApiError,
+    accounted,
+    await_durable,
+    json_response,
+    native_content_type,
+    read_body,
+    unavailable,
+)
 from lossproof.ingest.auth import KeyRing
-from lossproof.ingest.http import ApiError, accounted, json_response, read_body
 from lossproof.ingest.metrics import IngestMetrics
-from lossproof.log.base import LogUnavailable, LogWriter, Position
+from lossproof.log.base import LogUnavailable, LogWriter
 from lossproof.obs.logging import get
 from lossproof.protocol import native
 from lossproof.protocol.compression import BadEncoding, TooLarge, decompress
@@ -39,10 +46,7 @@ class Ingest:
         self._faults = Faults()
 
     def unavailable(self, reason: str) -> ApiError:
-        retry = str(self.cfg.server.retry_after_seconds)
-        return ApiError(
-            503, f"log cannot accept data durably: {reason}", "unavailable", {"Retry-After": retry}
-        )
+        return unavailable("log", reason, self.cfg.server.retry_after_seconds)
 
     async def read(self, request: web.Request) -> bytes:
         return await read_body(request, self.cfg.server.max_body_bytes)
@@ -54,15 +58,7 @@ class Ingest:
             # the log's confirmation. The append is dropped entirely, so the loss is unrecoverable.
             return
         timeout = self.cfg.server.append_timeout_seconds
-        # shield: on timeout the append goes on; if it lands, the client's retry is a harmless replay.
-        append = asyncio.ensure_future(self.writer.append(key, record))
-        append.add_done_callback(_retrieve)
-        try:
-            await asyncio.wait_for(asyncio.shield(append), timeout)
-        except LogUnavailable as e:
-            raise self.unavailable(e.reason) from None
-        except TimeoutError:
-            raise self.unavailable(f"no durable confirmation within {timeout}s") from None
+        await await_durable(self.writer.append(key, record), timeout, LogUnavailable, self.unavailable)
 
 
 class ReportsHandler(Ingest):
@@ -91,14 +87,7 @@ class ReportsHandler(Ingest):
     async def _handle(self, request: web.Request) -> web.Response:
         srv = self.cfg.server
         tenant = self.keys.writer(request)
-        ctype = native.CONTENT_TYPES.get(request.content_type)
-        if ctype is None:
-            raise ApiError(
-                415,
-                f"unsupported Content-Type {request.content_type!r}: use application/json or "
-                "application/msgpack",
-                "bad_request",
-            )
+        ctype = native_content_type(request)
         encoding = request.headers.get("Content-Encoding", "").strip().lower()
         raw = await self.read(request)
         try:
@@ -134,9 +123,3 @@ class ReportsHandler(Ingest):
         if replay:
             self.metrics.replay_requested.inc(sum(b - a + 1 for a, b in replay))
         return json_response({"acked": seqs, "replay": replay})
-
-
-def _retrieve(f: asyncio.Future[Position]) -> None:
-    # An append that outlived its request may still fail; its error was already answered as 503.
-    if not f.cancelled():
-        f.exception()

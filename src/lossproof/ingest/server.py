@@ -12,9 +12,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
 from lossproof.config import Config
+from lossproof.httputil import errors_as_json, json_response
 from lossproof.ingest import protocols
 from lossproof.ingest.auth import KeyRing
-from lossproof.ingest.http import errors_as_json, json_response
 from lossproof.ingest.metrics import IngestMetrics
 from lossproof.ingest.reports import ReportsHandler
 from lossproof.log.base import LogWriter

@@ -9,8 +9,8 @@ from typing import TypeVar
 
 from aiohttp import web
 
+from lossproof.httputil import ApiError, json_response
 from lossproof.ingest.auth import UNAUTHORIZED, KeyRing
-from lossproof.ingest.http import ApiError, json_response
 from lossproof.query.access import StoreAccess, StoreUnavailable
 from lossproof.store.base import SpoolState, Store
 

@@ -31,8 +31,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from lossproof.config import Config
+from lossproof.httputil import ApiError, json_response
 from lossproof.ingest.auth import KeyRing
-from lossproof.ingest.http import ApiError, json_response
 from lossproof.obs.logging import get
 from lossproof.query import holes, promql, uplot
 from lossproof.query.access import StoreAccess, StoreUnavailable

@@ -20,8 +20,8 @@ import promql_parser as pp
 from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
 
+from lossproof.httputil import json_response
 from lossproof.ingest.auth import KeyRing
-from lossproof.ingest.http import json_response
 from lossproof.query import promql
 from lossproof.query.access import StoreAccess, StoreUnavailable
 from lossproof.store.base import Matcher, Store
