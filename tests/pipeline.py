@@ -44,6 +44,14 @@ class Pipeline:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def add_key(self, tenant: str) -> str:
+        """A new key for ``tenant`` (created if new), by the real ``lossproof keys create``; call it
+        before :meth:`start` (running services read keys at start)."""
+        argv = [sys.executable, "-m", "lossproof", "keys", "create", "--tenant", tenant, "--data-dir"]
+        return subprocess.run(
+            [*argv, str(self.data_dir)], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
     def start(self, wait: bool = True, extra_env: dict[str, str] | None = None) -> None:
         env = {
             **os.environ,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,22 +32,7 @@ def dash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dash]:
     base = tmp_path_factory.mktemp("dash")
     p = Pipeline(base / "data", free_port(), "lp_test_" + secrets.token_hex(16))
     config_mod.init_data_dir(p.data_dir, p.key, p.port)
-    other = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lossproof",
-            "keys",
-            "create",
-            "--tenant",
-            "other",
-            "--data-dir",
-            str(p.data_dir),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    other = p.add_key("other")
     p.start()
     try:
         t0 = dash_data.load(p)

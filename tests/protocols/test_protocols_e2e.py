@@ -6,8 +6,6 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-import subprocess
-import sys
 import time
 from urllib.parse import urlencode
 
@@ -337,22 +335,7 @@ def wait_metadata(
 def test_remote_write_metadata_is_kept_and_served(pipeline_factory: type[Pipeline]) -> None:
     p = pipeline_factory()
     config_mod.init_data_dir(p.data_dir, p.key, p.port)
-    other = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lossproof",
-            "keys",
-            "create",
-            "--tenant",
-            "other",
-            "--data-dir",
-            str(p.data_dir),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    other = p.add_key("other")
     p.start()
     status, body = p.get("/api/v1/metadata")
     assert (status, body) == (200, {"status": "success", "data": {}})
