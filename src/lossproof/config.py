@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lossproof.durable import make_dirs, write_atomic
+
 CONFIG_NAME = "lossproof.toml"
 MiB = 2**20
 
@@ -288,17 +290,12 @@ def save(cfg: Config) -> None:
     path = cfg.data_dir / CONFIG_NAME
     text = "# lossproof configuration. Keys are stored as SHA-256 hashes only.\n"
     text += tomli_w.dumps(cfg.model_dump(mode="json", exclude={"data_dir"}))
-    tmp = path.with_suffix(".toml.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, text.encode())
 
 
 def init_data_dir(data_dir: Path, api_key: str | None, port: int | None = None) -> tuple[Config, str | None]:
     """Create the data dir and its config on first start. Returns the config and a new key, if any."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(data_dir)
     if (data_dir / CONFIG_NAME).exists():
         return load(data_dir), None
     key = api_key or new_key()

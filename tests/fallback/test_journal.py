@@ -175,6 +175,51 @@ def test_power_loss_tail_with_valid_records_after_a_tear_is_not_corruption(tmp_p
     assert bodies(tmp_path) == [entry(i, 200).body for i in (0, 1, 2, 3, 4, 6)]
 
 
+def test_restart_makes_the_inherited_tail_durable_before_vouching_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A killed receiver can leave written but never fsynced records, still in the page cache. The
+    restart's new segment header vouches for them (prev_end), so the old segment must be synced
+    before that header exists: else a power loss after the restart leaves a hole mid-journal."""
+
+    async def write() -> jn.JournalWriter:
+        w = jn.JournalWriter(tmp_path)
+        await w.start()
+        await w.append(entry(0, 200), 0)
+        return w
+
+    crash(run(write()))
+    base = jn.list_segments(tmp_path)[-1]
+    last = jn.segment_path(tmp_path, base)
+    p = jn.encode_entry(entry(1, 200))
+    with open(last, "ab") as f:  # written by the dead receiver, never fsynced, never acknowledged
+        f.write(jn.encode_record(base + 1, 0, p) + p)
+
+    events: list[str] = []
+    real_fdatasync, real_replace = os.fdatasync, os.replace
+
+    def fdatasync(fd: int) -> None:
+        if os.path.realpath(f"/proc/self/fd/{fd}") == str(last.resolve()):
+            events.append("old segment synced")
+        real_fdatasync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        events.append(f"new segment {Path(dst).name}")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(jn.os, "fdatasync", fdatasync)
+    monkeypatch.setattr(jn.os, "replace", replace)
+
+    async def restart() -> None:
+        w = jn.JournalWriter(tmp_path)
+        await w.start()
+        await w.close()
+
+    run(restart())
+    assert events and events[0] == "old segment synced", events
+    assert bodies(tmp_path) == [entry(0, 200).body, entry(1, 200).body]
+
+
 def _flip(path: Path, pos: int) -> None:
     with open(path, "r+b") as f:
         f.seek(pos)

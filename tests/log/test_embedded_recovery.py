@@ -70,6 +70,29 @@ def test_bad_record_followed_by_valid_ones_in_last_segment_is_refused(tmp_path: 
     assert {r.offset: r.value for r in recs} == {o: v for o, v in written.items() if o != 4}
 
 
+def test_out_of_order_power_loss_tail_past_the_watermark_is_a_torn_tail(tmp_path: Path) -> None:
+    """A power cut during a group's write can persist its pages out of order: a torn record followed
+    by an intact one, all past the durable watermark (never acknowledged). That must not stop the
+    log from starting; damage below the watermark still does (test above)."""
+    d = tmp_path / "log"
+    written = build(d, 8, segment_bytes=2**20)
+    # as if the group 5..7 was written but its fsync never returned: the watermark stayed at 5
+    (d / "p0" / seg.WATERMARK_FILE).write_bytes(seg.encode_watermark(5))
+    damage.corrupt_record(d, 5)
+
+    async def main() -> int:
+        w = EmbeddedLogWriter(d)
+        await w.start()
+        off = (await w.append(b"n", b"new")).offset
+        await w.close()
+        return off
+
+    assert asyncio.run(main()) == 5
+    recs, gaps = read_all(d)
+    assert gaps == []
+    assert {r.offset: r.value for r in recs} == {**{o: written[o] for o in range(5)}, 5: b"new"}
+
+
 def test_damage_in_sealed_segment_is_a_gap_or_refused_with_full_verify(tmp_path: Path) -> None:
     d = tmp_path / "log"
     written = build(d, 40)

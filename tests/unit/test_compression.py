@@ -20,11 +20,22 @@ def test_deflate_means_zlib_wrapped() -> None:
     assert decompress(zlib.compress(b"abc"), "deflate", 100) == b"abc"
 
 
-@pytest.mark.parametrize("enc", ["gzip", "zstd"])
+def _zstd_streamed(data: bytes) -> bytes:
+    """A frame without a declared content size, as streaming compressors write it."""
+    c = zstandard.ZstdCompressor().compressobj()
+    return c.compress(data) + c.flush()
+
+
+@pytest.mark.parametrize("enc", ["gzip", "zstd", "zstd-streamed"])
 def test_bomb_is_refused_at_the_limit(enc: str) -> None:
-    bomb = compress(b"\0" * (50 * 2**20), enc)
+    data = b"\0" * (50 * 2**20)
+    bomb = _zstd_streamed(data) if enc == "zstd-streamed" else compress(data, enc)
     with pytest.raises(TooLarge):
-        decompress(bomb, enc, 2**20)
+        decompress(bomb, enc.split("-")[0], 2**20)
+
+
+def test_zstd_streamed_frame_round_trips() -> None:
+    assert decompress(_zstd_streamed(b"abc" * 1000), "zstd", 10_000) == b"abc" * 1000
 
 
 def test_identity_limit() -> None:
@@ -40,6 +51,11 @@ def test_identity_limit() -> None:
         ("gzip", gzip.compress(b"a") + b"trailing"),
         ("zstd", b"not zstd at all"),
         ("zstd", zstandard.ZstdCompressor().compress(b"hello world" * 100)[:-5]),
+        ("zstd", zstandard.ZstdCompressor().compress(b"a") + b"trailing"),
+        ("zstd", zstandard.ZstdCompressor().compress(b"a") * 2),
+        ("zstd", _zstd_streamed(b"hello world" * 100)[:-5]),
+        ("zstd", _zstd_streamed(b"a") + b"trailing"),
+        ("zstd", b""),
         ("br", b"x"),
     ],
 )

@@ -75,6 +75,7 @@ from typing import Any
 
 import msgspec
 
+from lossproof.durable import fdatasync_path, fsync_dir, make_dirs, writev_all
 from lossproof.faults import Faults
 from lossproof.obs.logging import get
 
@@ -92,7 +93,6 @@ WATERMARK = struct.Struct("<4sIQQ")
 NO_PREV = 2**64 - 1
 MAX_PAYLOAD = 256 * 2**20
 READ_CHUNK = 4 * 2**20
-IOV_MAX = 1024
 
 JOURNAL_DIR = "journal"
 LOCK_FILE = "writer.lock"
@@ -208,14 +208,6 @@ def list_segments(directory: Path) -> list[int]:
     except FileNotFoundError:
         return []
     return sorted(int(m.group(1)) for n in names if (m := _SEGMENT_RE.match(n)))
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def encode_segment_header(base: int, prev_end: int) -> bytes:
@@ -637,24 +629,6 @@ class _Injected(OSError):
     pass
 
 
-def _write_all(fd: int, bufs: list[bytes]) -> int:
-    views = [memoryview(b) for b in bufs if b]
-    total = sum(len(v) for v in views)
-    i = 0
-    while i < len(views):
-        n = os.writev(fd, views[i : i + IOV_MAX])
-        if n <= 0:
-            raise OSError(errno.EIO, "writev wrote nothing")
-        while n > 0:
-            if n >= len(views[i]):
-                n -= len(views[i])
-                i += 1
-            else:
-                views[i] = views[i][n:]
-                n = 0
-    return total
-
-
 @dataclass(slots=True)
 class _Append:
     payload: bytes
@@ -712,7 +686,7 @@ class JournalWriter:
         return self._base if self._fd is not None else None
 
     async def start(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.directory)
         self._lock_fd = await asyncio.to_thread(acquire_writer_lock, self.directory)
         try:
             await asyncio.to_thread(self._recover)
@@ -859,7 +833,7 @@ class JournalWriter:
         self._next_index = first + len(batch)  # handed out even if the write fails: never reused
         try:
             self._inject("write")
-            self._seg_size += _write_all(self._fd, bufs)
+            self._seg_size += writev_all(self._fd, bufs)
             self._inject("fsync")
             t = time.perf_counter()
             os.fdatasync(self._fd)
@@ -887,7 +861,7 @@ class JournalWriter:
         prev_end = self._durable_pos if self._has_prev else NO_PREV
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
-            _write_all(fd, [encode_segment_header(base, prev_end)])
+            writev_all(fd, [encode_segment_header(base, prev_end)])
             self._inject("fsync")
             os.fsync(fd)
             os.replace(tmp, path)
@@ -942,6 +916,11 @@ class JournalWriter:
                 # after a power loss pages of an unacknowledged batch may survive out of order
                 valid_records_after=scan.valid_after is not None,
             )
+        # The tail may be bytes a killed receiver wrote but never fsynced (never acknowledged): they
+        # sit in the page cache and read back valid. The next segment's header will vouch for them
+        # (prev_end), so they must be durable before it exists, or a power loss after this restart
+        # leaves a hole in the middle of the journal that stops every replay.
+        fdatasync_path(segment_path(self.directory, last))
         self._base = last
         self._durable_pos = scan.valid_end
         self._has_prev = True

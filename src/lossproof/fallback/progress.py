@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lossproof.durable import fsync_dir, make_dirs, write_atomic
 from lossproof.fallback import journal as jn
 
 REPLAY_DIR = "replay"
@@ -80,7 +81,7 @@ def load_progress(data_dir: Path) -> Progress | None:
 
 def save_progress(data_dir: Path, p: Progress) -> None:
     d = replay_dir(data_dir)
-    d.mkdir(parents=True, exist_ok=True)
+    make_dirs(d)
     p.updated_ms = int(time.time() * 1000)
     data = json.dumps(
         {
@@ -94,16 +95,9 @@ def save_progress(data_dir: Path, p: Progress) -> None:
         },
         indent=1,
     ).encode()
-    final = d / PROGRESS_FILE
+    # a tmp name of its own: replays of two targets may save at once
     tmp = d / f"{PROGRESS_FILE}.{os.getpid()}.{threading.get_ident()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, final)
-    jn.fsync_dir(d)
+    write_atomic(d / PROGRESS_FILE, data, tmp=tmp)
 
 
 def pending_bytes(journal: Path, progress: Progress | None) -> int:
@@ -144,5 +138,5 @@ def prune(journal: Path, progress: Progress | None, retention_seconds: float) ->
             path.unlink()
             deleted.append(path)
     if deleted:
-        jn.fsync_dir(journal)
+        fsync_dir(journal)
     return deleted

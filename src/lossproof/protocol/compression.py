@@ -42,25 +42,41 @@ def decompress(data: bytes, encoding: str, limit: int) -> bytes:
             raise BadEncoding(f"trailing bytes after {enc} data")
         return out
     if enc == "zstd":
-        try:
-            # stream_reader bounds the work; it cannot tell a truncated frame from a short one, so a
-            # second pass (now known to stay under the limit) checks the frame is whole.
-            out = zstandard.ZstdDecompressor().stream_reader(data).read(limit + 1)
-            if len(out) > limit:
-                raise TooLarge(f"decompressed body exceeds {limit} bytes")
-            z = zstandard.ZstdDecompressor().decompressobj()
-            out = z.decompress(data)
-        except zstandard.ZstdError as e:
-            raise BadEncoding(f"invalid zstd data: {e}") from None
-        if not z.eof:
-            raise BadEncoding("truncated zstd data")
-        if z.unused_data:
-            raise BadEncoding("trailing bytes after zstd frame")
-        return out
+        return _zstd(data, limit)
     raise BadEncoding(f"unsupported Content-Encoding {encoding!r} (use gzip, zstd or identity)")
 
 
 _local = threading.local()
+
+
+def _zstd(data: bytes, limit: int) -> bytes:
+    # A context is costly to set up and not thread-safe: one per thread.
+    dctx = getattr(_local, "zstd_d", None)
+    if dctx is None:
+        dctx = _local.zstd_d = zstandard.ZstdDecompressor()
+    try:
+        declared = zstandard.frame_content_size(data)
+        if declared > limit:
+            raise TooLarge(f"decompressed body would be {declared} bytes, limit {limit}")
+        if declared >= 0:
+            # One pass: zstd itself refuses a frame whose output differs from the size its header
+            # declares, and allow_extra_data=False refuses trailing bytes or a second frame.
+            return dctx.decompress(data, allow_extra_data=False)
+        # No declared size (a streamed frame): stream_reader bounds the work; it cannot tell a
+        # truncated frame from a short one, so a second pass (now known to stay under the limit)
+        # checks the frame is whole.
+        out = dctx.stream_reader(data).read(limit + 1)
+        if len(out) > limit:
+            raise TooLarge(f"decompressed body exceeds {limit} bytes")
+        z = dctx.decompressobj()
+        out = z.decompress(data)
+    except zstandard.ZstdError as e:
+        raise BadEncoding(f"invalid zstd data: {e}") from None
+    if not z.eof:
+        raise BadEncoding("truncated zstd data")
+    if z.unused_data:
+        raise BadEncoding("trailing bytes after zstd frame")
+    return out
 
 
 def compress(data: bytes, encoding: str) -> bytes:

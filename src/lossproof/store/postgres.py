@@ -272,6 +272,8 @@ class PostgresStore(Store):
         conn = open_connection(dsn, connect_timeout)
         try:
             self._check_schema(conn)
+            if not readonly:
+                self._warn_if_not_durable(conn)
             with conn.transaction():
                 conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
                 self._partitions = set(_existing_partitions(conn))
@@ -296,7 +298,23 @@ class PostgresStore(Store):
             conn.execute("SET default_transaction_read_only = on")
         else:
             conn.execute(_STAGING)
+            # A commit must be on disk before the worker commits its log offsets past the batch:
+            # with synchronous_commit=off (a common server, role or PGOPTIONS tweak) a power loss
+            # drops recent commits whose log records may already be gone. "local" and the
+            # remote_* levels all flush locally, so only "off" is raised.
+            row = conn.execute("SHOW synchronous_commit").fetchone()
+            if row is not None and row[0] == "off":
+                conn.execute("SET synchronous_commit = on")
         conn.autocommit = False
+
+    def _warn_if_not_durable(self, conn: _Conn) -> None:
+        row = conn.execute("SHOW fsync").fetchone()
+        if row is not None and row[0] == "off":
+            log.error(
+                "store.server_fsync_off",
+                db=self._where,
+                why="the server runs with fsync=off: a power loss can drop committed batches",
+            )
 
     def _check_schema(self, conn: _Conn) -> None:
         version = mig.schema_state(conn, self.schema)

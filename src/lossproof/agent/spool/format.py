@@ -144,11 +144,3 @@ def read_all(directory: Path) -> list[tuple[int, RecordInfo, bytes]]:
         for rec in scan_segment(path).records:
             out.append((seg_id, rec, codec.decode_payload(data[rec.pos : rec.pos + rec.size])))
     return out
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

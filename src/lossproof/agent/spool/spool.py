@@ -36,11 +36,11 @@ from lossproof.agent.spool.format import (
     SEGMENT_DIR,
     Codec,
     check_record,
-    fsync_dir,
     list_segments,
     scan_segment,
     segment_path,
 )
+from lossproof.durable import fdatasync_path, fsync_dir
 from lossproof.obs.logging import get
 
 log = get(__name__)
@@ -220,6 +220,9 @@ class Spool:
                 # Nothing unresolved (a file whose deletion a crash interrupted, or an empty one).
                 path.unlink()
                 continue
+            # Records a killed agent wrote but never synced read back valid from the page cache;
+            # they are adopted (and the seq counter moves past them), so make them durable now.
+            fdatasync_path(path)
             seg = _Segment(seg_id, path, -1, recs[0].seq)
             for r in recs:
                 seg.positions.append(r.pos)

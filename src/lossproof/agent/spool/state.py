@@ -11,7 +11,6 @@ data it covers may be deleted.
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import msgspec
 
 from lossproof.agent.ranges import SeqRange, Tagged
-from lossproof.agent.spool.format import fsync_dir
+from lossproof.durable import write_atomic
 
 MAGIC = b"LPST"
 NAME = "state"
@@ -71,14 +70,4 @@ def save(directory: Path, st: SpoolState) -> None:
     if len(st.dropped) > MAX_DROPPED_RANGES:
         st.dropped = st.dropped[-MAX_DROPPED_RANGES:]
     body = _enc.encode(st)
-    tmp = directory / (NAME + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        data = memoryview(MAGIC + struct.pack("<II", zlib.crc32(body), len(body)) + body)
-        while data:
-            data = data[os.write(fd, data) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, directory / NAME)
-    fsync_dir(directory)
+    write_atomic(directory / NAME, MAGIC + struct.pack("<II", zlib.crc32(body), len(body)) + body)

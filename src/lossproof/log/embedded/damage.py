@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from lossproof.durable import fsync_dir, write_atomic
 from lossproof.log.embedded import segment as seg
 
 
@@ -154,16 +155,11 @@ def lose_records(directory: Path, first: int, last: int, partition: int = 0) -> 
             seg.seal_path(pdir, base).unlink(missing_ok=True)
             continue
         body = b"".join(keep)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, body)
         if seal is not None:
             seg.write_seal(
                 pdir, base, seg.Seal(len(body), seal.next_offset, seal.reserved_next, seal.sealed_ms)
             )
     if changed:
-        seg.fsync_dir(pdir)
+        fsync_dir(pdir)
     return removed

@@ -31,8 +31,8 @@ import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
+from lossproof.durable import fsync_dir, write_atomic
 from lossproof.log.base import LogError
-from lossproof.log.embedded.segment import fsync_dir
 
 log = logging.getLogger("lossproof.log.embedded")
 
@@ -120,21 +120,10 @@ def update_committed(directory: Path, group: str, offsets: Mapping[int, int]) ->
 
 def write_committed(directory: Path, group: str, offsets: Mapping[int, int]) -> None:
     """Atomically and durably replace the group's committed offsets."""
-    cdir = consumers_dir(directory)
     path = offset_path(directory, group)
-    tmp = path.with_name(path.name + ".tmp")
     body = _canonical(offsets)
     data = b'{"offsets": ' + body + b', "crc32": ' + str(zlib.crc32(body)).encode() + b"}\n"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(cdir)
+    write_atomic(path, data)
 
 
 def list_groups(directory: Path) -> list[str]:

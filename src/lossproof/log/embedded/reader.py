@@ -60,6 +60,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from lossproof.durable import fsync_dir, make_dirs
 from lossproof.log.base import LogError, LogGap, LogLag, LogReader, LogRecord, PollResult
 from lossproof.log.embedded import segment as seg
 from lossproof.log.embedded.metrics import ReaderMetrics
@@ -451,7 +452,7 @@ class EmbeddedLogReader(LogReader):
         self._member_timeout = max(member_timeout, 2 * claim_interval)
         self.registry = registry if registry is not None else CollectorRegistry()
         self._m = ReaderMetrics(self.registry, group)
-        consumers_dir(self.directory).mkdir(parents=True, exist_ok=True)
+        make_dirs(consumers_dir(self.directory))
         self._token = secrets.token_hex(6)  # tells our locks from other readers' (even in-process)
         self._owned: dict[int, _Partition] = {}
         self._free_since: dict[int, float] = {}  # partitions seen free, since when (monotonic)
@@ -637,6 +638,9 @@ class EmbeddedLogReader(LogReader):
                 with contextlib.suppress(FileNotFoundError):
                     if os.stat(path).st_ino == os.fstat(fd).st_ino:  # not removed by a cleanup
                         self._member_fd = fd
+                        # Until its first commit the group is known by this file alone, and a
+                        # known group holds back retention: its name must survive a power loss.
+                        fsync_dir(path.parent)
                         return
                 release_lock(fd)
             self._token = secrets.token_hex(6)

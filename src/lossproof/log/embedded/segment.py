@@ -53,7 +53,6 @@ Durable watermark (``durable``, 16 bytes, rewritten in place with pwrite)::
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import os
 import re
@@ -62,6 +61,8 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+
+from lossproof.durable import write_atomic
 
 MAGIC = b"LPR1"
 HEADER = struct.Struct("<4sIIIQq")
@@ -132,14 +133,6 @@ def list_segments(pdir: Path) -> list[int]:
             bases.append(int(m.group(1)))
     bases.sort()
     return bases
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def now_ms() -> int:
@@ -418,24 +411,7 @@ def read_seal(pdir: Path, base: int) -> Seal | None:
 
 def write_seal(pdir: Path, base: int, seal: Seal, *, fsync: bool = True) -> None:
     """Durably write a seal: tmp file, fsync, rename, fsync the directory."""
-    final = seal_path(pdir, base)
-    tmp = final.with_name(final.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        data = encode_seal(seal)
-        if os.write(fd, data) != len(data):
-            raise OSError("short write of seal")
-        if fsync:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.replace(tmp, final)
-    if fsync:
-        fsync_dir(pdir)
+    write_atomic(seal_path(pdir, base), encode_seal(seal), fsync=fsync)
 
 
 # --- durable watermark ---------------------------------------------------------------------------

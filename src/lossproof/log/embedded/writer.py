@@ -59,6 +59,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from lossproof.durable import fsync_dir, make_dirs, writev_all
 from lossproof.faults import Faults
 from lossproof.log.base import LogCorrupt, LogError, LogUnavailable, LogWriter, Position
 from lossproof.log.embedded import segment as seg
@@ -67,7 +68,6 @@ from lossproof.log.embedded.offsets import consumers_dir, min_committed, release
 
 log = logging.getLogger("lossproof.log.embedded")
 
-IOV_MAX = 1024
 MAX_BATCH_RECORDS = 8192
 
 
@@ -86,25 +86,6 @@ class _Injected(OSError):
 
 def _errname(e: OSError) -> str:
     return errno.errorcode.get(e.errno or 0, "error").lower()
-
-
-def _write_all(fd: int, bufs: list[bytes]) -> int:
-    views = [memoryview(b) for b in bufs if b]
-    total = sum(len(v) for v in views)
-    i = 0
-    while i < len(views):
-        n = os.writev(fd, views[i : i + IOV_MAX])
-        if n <= 0:
-            raise OSError(errno.EIO, "writev wrote nothing")
-        while n > 0:
-            length = len(views[i])
-            if n >= length:
-                n -= length
-                i += 1
-            else:
-                views[i] = views[i][n:]
-                n = 0
-    return total
 
 
 class EmbeddedLogWriter(LogWriter):
@@ -168,7 +149,7 @@ class EmbeddedLogWriter(LogWriter):
     async def start(self) -> None:
         if self._loop is not None:
             raise LogError("writer already started")
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.directory)
         self._lock_fd, self.partition = self._lock_partition()
         self._pdir = seg.partition_dir(self.directory, self.partition)
         self._m.partition.set(self.partition)
@@ -239,7 +220,7 @@ class EmbeddedLogWriter(LogWriter):
             lock = seg.writer_lock_path(self.directory, p)
             if not lock.parent.exists():
                 lock.parent.mkdir(parents=True, exist_ok=True)
-                seg.fsync_dir(lock.parent.parent)
+                fsync_dir(lock.parent.parent)
             fd, holder = try_lock(lock)
             if fd is not None:
                 return fd, p
@@ -378,7 +359,7 @@ class EmbeddedLogWriter(LogWriter):
         stage = "write"
         try:
             self._inject("write", write_f, fsync_f)
-            written = _write_all(self._fd, bufs)
+            written = writev_all(self._fd, bufs)
             self._seg_size += written
             stage = "fsync"
             self._inject("fsync", write_f, fsync_f)
@@ -490,7 +471,7 @@ class EmbeddedLogWriter(LogWriter):
             if os.fstat(fd).st_size != 0:
                 raise LogCorrupt(f"{path}: new segment file already exists and is not empty")
             os.fdatasync(fd)
-            seg.fsync_dir(self._pdir)
+            fsync_dir(self._pdir)
         except BaseException:
             os.close(fd)
             raise
@@ -548,7 +529,7 @@ class EmbeddedLogWriter(LogWriter):
                 extra={"path": str(path), "last_offset": next_base - 1, "min_committed": committed},
             )
         if deleted:
-            seg.fsync_dir(self._pdir)
+            fsync_dir(self._pdir)
             self._sealed_bytes = max(0, self._sealed_bytes - freed)
             self._m.segments_deleted.inc(deleted)
             self._m.bytes.set(self._sealed_bytes + self._seg_size)
@@ -559,7 +540,7 @@ class EmbeddedLogWriter(LogWriter):
         for d in (self._pdir, consumers_dir(self.directory)):
             if not d.exists():
                 d.mkdir(parents=True, exist_ok=True)
-                seg.fsync_dir(d.parent)
+                fsync_dir(d.parent)
         for name in os.listdir(self._pdir):
             if name.endswith(".tmp"):
                 with contextlib.suppress(FileNotFoundError):
@@ -568,7 +549,7 @@ class EmbeddedLogWriter(LogWriter):
         created = not wm_path.exists()
         self._wm_fd = os.open(wm_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         if created:
-            seg.fsync_dir(self._pdir)
+            fsync_dir(self._pdir)
         watermark = seg.read_watermark_fd(self._wm_fd)
         if watermark is None and not created:
             log.warning("log.watermark_unreadable", extra={"path": str(wm_path)})
@@ -587,7 +568,13 @@ class EmbeddedLogWriter(LogWriter):
             path = seg.segment_path(self._pdir, last)
             seal = self._read_seal_or_none(last)
             res = seg.scan_segment(path, last, verify_crc=True, limit=seal.end_pos if seal else None)
-            if res.bad_pos is not None and res.valid_after is not None:
+            # A valid record after a bad one is damage inside fsync'd data only if the bad record
+            # is below the durable watermark (or in a sealed segment, fsync'd whole). Past it, the
+            # bytes are an unacknowledged group whose pages a power cut persisted out of order: a
+            # torn tail, cut below like any other (the watermark is written only after the data's
+            # fsync, so an old one errs towards "acknowledged").
+            torn_beyond_watermark = seal is None and res.next_offset >= wm
+            if res.bad_pos is not None and res.valid_after is not None and not torn_beyond_watermark:
                 raise LogCorrupt(
                     f"{path}: bad record at byte {res.bad_pos} ({res.bad_reason}); a valid record "
                     f"(offset {res.valid_after.offset}) follows at byte {res.valid_after.pos}"
@@ -632,6 +619,7 @@ class EmbeddedLogWriter(LogWriter):
                             "at_byte": res.bad_pos,
                             "bytes": cut,
                             "why": res.bad_reason,
+                            "valid_records_after": res.valid_after is not None,
                         },
                     )
                 fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
