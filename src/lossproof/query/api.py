@@ -11,6 +11,7 @@ from aiohttp import web
 
 from lossproof.httputil import ApiError, json_response
 from lossproof.ingest.auth import UNAUTHORIZED, KeyRing
+from lossproof.query import params
 from lossproof.query.access import StoreAccess, StoreUnavailable
 from lossproof.store.base import SpoolState, Store
 
@@ -45,8 +46,11 @@ class QueryApi:
         if not metric:
             raise ApiError(400, "query parameter 'metric' is required", "bad_request")
         now = int(time.time() * 1000)
-        from_ms = _int_param(q.get("from"), "from", now - 3_600_000)
-        to_ms = _int_param(q.get("to"), "to", now)
+        try:
+            from_ms = params.parse_ms(q.get("from"), "from", now - 3_600_000)
+            to_ms = params.parse_ms(q.get("to"), "to", now)
+        except params.ParamError as e:
+            raise ApiError(400, str(e), "bad_request") from None
         if from_ms > to_ms:
             raise ApiError(400, "'from' is after 'to'", "bad_request")
         labels: dict[str, str] = {}
@@ -119,17 +123,6 @@ def _spool(s: SpoolState) -> dict[str, int]:
         "last_seq": s.last_seq,
         "reported_ms": s.reported_ms,
     }
-
-
-def _int_param(raw: str | None, name: str, default: int) -> int:
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ApiError(
-            400, f"query parameter {name!r} must be an integer (unix ms), got {raw!r}", "bad_request"
-        ) from None
 
 
 def _num(v: float) -> float | str:

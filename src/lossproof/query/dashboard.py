@@ -34,7 +34,7 @@ from lossproof.config import Config
 from lossproof.httputil import ApiError, json_response
 from lossproof.ingest.auth import KeyRing
 from lossproof.obs.logging import get
-from lossproof.query import holes, promql, uplot
+from lossproof.query import holes, params, promql, uplot
 from lossproof.query.access import StoreAccess, StoreUnavailable
 from lossproof.query.promapi import PromApi
 from lossproof.store.base import AgentSummary, Ledger, Store
@@ -323,7 +323,9 @@ class Dashboard:
     async def vendor(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         d = uplot.find()
-        if d is None or name not in uplot.FILES.values():
+        if name not in uplot.FILES.values():
+            raise _fail(404, f"not found: {name}")
+        if d is None:
             raise _fail(404, f"charting library not installed: run {uplot.HINT}")
         return web.FileResponse(d / name, headers={"Cache-Control": "public, max-age=86400"})
 
@@ -347,7 +349,10 @@ class Dashboard:
     async def series(self, request: web.Request) -> web.Response:
         tenant = self._tenant(request)
         raw = request.query.get("match", "").strip()
-        limit = min(int(request.query.get("limit", "500") or 500), 5000)
+        try:
+            limit = min(params.parse_int(request.query.get("limit") or "500", "limit", lo=0), 5000)
+        except params.ParamError as e:
+            raise _fail(400, str(e)) from None
         sel = self._selector(raw) if raw else None
 
         def run(s: Store) -> dict[str, Any]:
@@ -380,11 +385,12 @@ class Dashboard:
         sel = self._selector(q.get("match", ""))
         now = _now_ms()
         try:
-            to_ms = int(q.get("to") or now)
-            from_ms = int(q.get("from") or to_ms - 3_600_000)
-            width = max(10, min(int(q.get("width") or 1000), MAX_WIDTH))
-        except ValueError:
-            raise _fail(400, "from/to must be unix ms and width an integer") from None
+            to_ms = params.check_time_ms(params.parse_int(q.get("to") or str(now), "to"), "to")
+            from_raw = q.get("from") or str(to_ms - 3_600_000)
+            from_ms = params.check_time_ms(params.parse_int(from_raw, "from"), "from")
+            width = max(10, min(params.parse_int(q.get("width") or "1000", "width"), MAX_WIDTH))
+        except params.ParamError as e:
+            raise _fail(400, f"{e} (from/to are unix ms, width an integer)") from None
         if from_ms >= to_ms:
             raise _fail(400, "'from' must be before 'to'")
         step = max(1, -(-(to_ms - from_ms) // width))

@@ -10,10 +10,8 @@ The PromQL subset and the metric-name mapping are described in :mod:`lossproof.q
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any, TypeVar
 
 import promql_parser as pp
@@ -22,13 +20,11 @@ from multidict import MultiDict, MultiDictProxy
 
 from lossproof.httputil import json_response
 from lossproof.ingest.auth import KeyRing
-from lossproof.query import promql
+from lossproof.query import params, promql
 from lossproof.query.access import StoreAccess, StoreUnavailable
 from lossproof.store.base import Matcher, Store
 
 T = TypeVar("T")
-
-_DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
 
 
 class ApiFailure(Exception):
@@ -48,35 +44,13 @@ def _success(data: Any) -> web.Response:
 
 
 def parse_time(raw: str, name: str) -> int:
-    """Unix seconds (float) or RFC 3339, to unix ms."""
-    try:
-        return round(float(raw) * 1000)
-    except ValueError:
-        pass
-    try:
-        return round(datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp() * 1000)
-    except ValueError:
-        msg = f"invalid parameter {name!r}: cannot parse {raw!r} to a valid timestamp"
-        raise ApiFailure(400, "bad_data", msg) from None
+    """Unix seconds (float) or RFC 3339, to unix ms (bounded: see :mod:`lossproof.query.params`)."""
+    return params.parse_time(raw, name)
 
 
-def parse_step(raw: str) -> int:
+def parse_step(raw: str, name: str = "step") -> int:
     """Seconds (float) or a PromQL duration (``15s``, ``1m``), to ms."""
-    try:
-        ms = round(float(raw) * 1000)
-    except ValueError:
-        if not _DURATION.match(raw):
-            msg = f"invalid parameter 'step': cannot parse {raw!r} to a duration"
-            raise ApiFailure(400, "bad_data", msg) from None
-        ms = round(pp.parse_duration(raw).total_seconds() * 1000)
-    if ms <= 0:
-        raise ApiFailure(
-            400,
-            "bad_data",
-            "invalid parameter 'step': zero or negative query resolution step widths are not accepted. "
-            "Try a positive integer",
-        )
-    return ms
+    return params.parse_duration(raw, name)
 
 
 def _ts(ms: int) -> float | int:
@@ -110,17 +84,25 @@ class PromApi:
             tenant = self.keys.tenant(request)
             if tenant is None:
                 return _error(401, "unauthorized", "missing or unknown API key (Authorization: Bearer <key>)")
-            params: MultiDict[str] = MultiDict(request.query)
+            q: MultiDict[str] = MultiDict(request.query)
             if request.method == "POST":
-                form = await request.post()
+                try:
+                    form = await request.post()
+                except web.HTTPException:
+                    raise  # e.g. 413, body too large: already a clear 4xx
+                except Exception as e:  # malformed multipart, bad charset, undecodable bytes, ...
+                    why = str(e) or type(e).__name__
+                    return _error(400, "bad_data", f"cannot parse the form body: {why}")
                 for k, v in form.items():
                     if isinstance(v, str):
-                        params.add(k, v)
+                        q.add(k, v)
             try:
-                result: web.Response = await handler(request, tenant, MultiDictProxy(params))
+                result: web.Response = await handler(request, tenant, MultiDictProxy(q))
                 return result
             except ApiFailure as e:
                 return _error(e.status, e.error_type, e.message)
+            except params.ParamError as e:
+                return _error(400, "bad_data", str(e))
             except promql.PromQLError as e:
                 return _error(e.status, e.error_type, str(e))
             except StoreUnavailable as e:
@@ -259,10 +241,7 @@ class PromApi:
         ``metric=`` narrows to one metric, ``limit=`` caps the number of metrics (negative: all)."""
         limit: int | None = None
         if q.get("limit"):
-            try:
-                limit = int(q["limit"])
-            except ValueError:
-                raise ApiFailure(400, "bad_data", "limit must be a number") from None
+            limit = params.parse_int(q["limit"], "limit")
             if limit < 0:
                 limit = None
         metric = q.get("metric") or None
@@ -294,7 +273,7 @@ def _check_range(q: MultiDictProxy[str]) -> None:
 
 def _lookback(q: MultiDictProxy[str]) -> int:
     raw = q.get("lookback_delta")
-    return parse_step(raw) if raw else promql.LOOKBACK_MS
+    return parse_step(raw, "lookback_delta") if raw else promql.LOOKBACK_MS
 
 
 def _unparen(e: pp.Expr) -> pp.Expr:

@@ -33,8 +33,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import promql_parser as pp
+import re2
 
-from lossproof.store.base import Matcher, Store
+from lossproof.query import params
+from lossproof.store.base import InvalidMatcher, Matcher, Store
 
 LOOKBACK_MS = 300_000
 MAX_POINTS = 11_000  # per series in a range query, like Prometheus
@@ -140,7 +142,14 @@ def parse(query: str) -> pp.Expr:
         raise PromQLError("empty query")
     try:
         expr = pp.parse(query)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, OverflowError) as e:
+        # the parser reports a duration that overflows as "must be greater than 0"
+        big = params.too_large_duration(query)
+        if big is not None:
+            raise PromQLError(
+                f"invalid PromQL: duration {big!r} is too large (at most {params.MAX_DURATION_MS} ms, "
+                "about 292 years)"
+            ) from None
         raise PromQLError(f"invalid PromQL: {e}") from None
     check_supported(expr)
     return expr
@@ -158,6 +167,7 @@ def check_supported(expr: pp.Expr) -> None:
         _check_selector(expr)
     elif isinstance(expr, pp.MatrixSelector):
         _check_selector(expr.vector_selector)
+        _check_duration(expr.range, "range")
     elif isinstance(expr, pp.SubqueryExpr):
         raise Unsupported("a subquery ([range:step])")
     elif isinstance(expr, pp.Call):
@@ -198,6 +208,14 @@ def _check_selector(vs: pp.VectorSelector) -> None:
         raise Unsupported("the @ modifier")
     if vs.matchers.or_matchers:
         raise Unsupported("'or' inside a selector's braces")
+    _check_duration(vs.offset, "offset")
+
+
+def _check_duration(d: timedelta | None, what: str) -> None:
+    try:
+        params.check_duration(d, what)
+    except params.ParamError as e:
+        raise PromQLError(f"invalid PromQL: {e}") from None
 
 
 def _unparen(e: pp.Expr) -> pp.Expr:
@@ -258,12 +276,15 @@ class Evaluator:
             if m.name != NAME:
                 try:
                     out.append(Matcher(m.name, _op(m.op), m.value))
-                except re.error as e:
-                    raise PromQLError(f"invalid regex {m.value!r}: {e}") from None
+                except InvalidMatcher as e:
+                    raise PromQLError(str(e)) from None
         if names is not None:
             if not names:
                 return None
-            out.append(Matcher(NAME, "=~", "|".join(re.escape(n) for n in sorted(names))))
+            if len(names) == 1:  # an equality: the stores narrow their read to that metric
+                out.append(Matcher(NAME, "=", next(iter(names))))
+            else:
+                out.append(Matcher(NAME, "=~", "|".join(re2.escape(n) for n in sorted(names))))
         return out
 
     def _names_matching(self, op: str, value: str) -> list[str]:
@@ -272,8 +293,8 @@ class Evaluator:
             self._names = self.store.metric_names(self.tenant)
         try:
             m = Matcher(NAME, op, value)
-        except re.error as e:
-            raise PromQLError(f"invalid regex {value!r}: {e}") from None
+        except InvalidMatcher as e:
+            raise PromQLError(str(e)) from None
         if op == "=":
             return [n for n in self._names if n == value or promql_name(n) == value]
         return [n for n in self._names if m.matches(promql_name(n))]

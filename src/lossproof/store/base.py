@@ -35,13 +35,13 @@ Tenancy
 from __future__ import annotations
 
 import abc
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
+import re2
 
 from lossproof.log.base import LogGap
 
@@ -200,16 +200,49 @@ class Series:
 MATCH_OPS = ("=", "!=", "=~", "!~")
 
 
+class InvalidMatcher(ValueError):
+    """A matcher that cannot be built: an unknown operator, or a regex RE2 does not accept."""
+
+
+def _re2_options() -> re2.Options:
+    opts = re2.Options()
+    opts.never_capture = True  # only "does it match" is asked
+    opts.log_errors = False  # a bad pattern is the caller's error, answered to it, not logged by RE2
+    return opts
+
+
+_RE2_OPTIONS = _re2_options()
+
+
 @lru_cache(maxsize=1024)
-def _anchored(pattern: str) -> re.Pattern[str]:
-    return re.compile(f"(?:{pattern})", re.DOTALL)
+def _anchored(pattern: str) -> Any:  # a compiled re2 regex
+    """The compiled matcher regex. RE2 (linear time, as Prometheus' Go regexp: no backreferences or
+    lookarounds, so no catastrophic backtracking); anchored at both ends by ``fullmatch``, with
+    ``.`` matching newlines, as Prometheus' ``^(?s:pattern)$``. The pattern is checked on its own
+    first, so that one like ``a)|(b`` is refused rather than spliced into the wrapper."""
+    try:
+        re2.compile(pattern, _RE2_OPTIONS)
+        return re2.compile(f"(?s:{pattern})", _RE2_OPTIONS)
+    except re2.error as e:
+        why = e.args[0] if e.args else ""
+        if isinstance(why, bytes):
+            why = why.decode(errors="replace")
+        raise InvalidMatcher(f"invalid regex {pattern!r}: {why or 'not a valid RE2 pattern'}") from None
+
+
+@lru_cache(maxsize=16384)
+def _fullmatch(pattern: str, value: str) -> bool:
+    # Memoized: the same few metric names and label values are asked about for every series, and a
+    # call into RE2 from Python costs a few microseconds.
+    return _anchored(pattern).fullmatch(value) is not None
 
 
 @dataclass(frozen=True, slots=True)
 class Matcher:
     """A label matcher as in PromQL: ``name`` is a label name or ``__name__`` (the metric name); ``op``
-    one of ``=``, ``!=``, ``=~``, ``!~``; regexes are anchored at both ends. A series without the label
-    has the empty string for it (``{dc=""}`` matches series without ``dc``), as in Prometheus."""
+    one of ``=``, ``!=``, ``=~``, ``!~``; regexes use RE2 syntax, as Prometheus, and are anchored at
+    both ends. A series without the label has the empty string for it (``{dc=""}`` matches series
+    without ``dc``), as in Prometheus. A bad operator or regex raises :class:`InvalidMatcher`."""
 
     name: str
     op: str
@@ -217,16 +250,16 @@ class Matcher:
 
     def __post_init__(self) -> None:
         if self.op not in MATCH_OPS:
-            raise ValueError(f"matcher operator {self.op!r} is not one of {', '.join(MATCH_OPS)}")
+            raise InvalidMatcher(f"matcher operator {self.op!r} is not one of {', '.join(MATCH_OPS)}")
         if self.op in ("=~", "!~"):
-            _anchored(self.value)  # raises re.error on a bad pattern
+            _anchored(self.value)  # raises InvalidMatcher on a bad pattern
 
     def matches(self, value: str) -> bool:
         if self.op == "=":
             return value == self.value
         if self.op == "!=":
             return value != self.value
-        hit = _anchored(self.value).fullmatch(value) is not None
+        hit = _fullmatch(self.value, value)
         return hit if self.op == "=~" else not hit
 
 

@@ -799,7 +799,7 @@ class PostgresStore(Store):
     ) -> list[tuple[int, str, dict[str, str]]]:
         """(id, metric, labels) of the tenant's series matching all matchers, sorted by metric then
         labels. An equality matcher on the metric name narrows the read to that metric (an index
-        prefix); every matcher is applied here, with Python's regexes, like the embedded store."""
+        prefix); every matcher is applied here, in Python with RE2 (never in SQL), like the embedded store."""
         names = {m.value for m in matchers if m.name == "__name__" and m.op == "="}
         if len(names) > 1:
             return []

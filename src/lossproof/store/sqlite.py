@@ -663,10 +663,11 @@ _MAX_LAST_SEEKS = 48
 @lru_cache(maxsize=64)
 def _select_last_sql(shift: int, spanned: int) -> str:
     """For each step end e (?1, ?1 + ?2, ... <= ?4): the latest point of series ?3 with
-    e - ?5 < t <= e, as text "t v" (v printed so that it reads back bit for bit; NaN for NULL).
+    e - ?5 < t <= e, as text "t v" (v printed so that it reads back bit for bit; NaN for NULL: not
+    with ifnull(), as printf() of NULL gives '0.0', not NULL).
     coalesce() stops at the first bucket (newest first) holding one: usually one index seek."""
     subs = ", ".join(
-        f"(SELECT t || ' ' || ifnull(printf('%!.17g', v), 'NaN') FROM points"
+        f"(SELECT t || ' ' || CASE WHEN v IS NULL THEN 'NaN' ELSE printf('%!.17g', v) END FROM points"
         f" WHERE bucket = (s.e >> {shift}) - {k} AND series_id = ?3 AND t > s.e - ?5 AND t <= s.e"
         " ORDER BY t DESC LIMIT 1)"
         for k in range(spanned)

@@ -1,0 +1,165 @@
+"""The one place that decides which times, durations and counts the read APIs accept.
+
+Every read endpoint (``/v1/query``, the Prometheus API, the dashboard's JSON) parses its times and
+durations here, so that a value that cannot be evaluated (``inf``, ``1e400``, a timestamp past what
+the stores can hold, a duration that overflows) is refused up front with a :class:`ParamError`,
+which each API answers as a 400 in its own error shape, instead of failing deep in a store.
+
+Bounds:
+
+- evaluated times (the Prometheus API, the dashboard's charts): within ``±MAX_TIME_MS`` of the epoch
+  (about 31.7 million years), so that a time plus or minus any accepted duration, and the span
+  between two accepted times, still fits a signed 64-bit integer (SQLite's and PostgreSQL's);
+- raw timestamps of ``/v1/query`` (unix ms, no arithmetic on them): any signed 64-bit integer;
+- durations (``step``, ``lookback_delta``, ``offset``, ranges): positive and at most
+  ``MAX_DURATION_MS``, what Prometheus accepts (a Go ``time.Duration``: 2^63 - 1 ns, about 292 years).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime, timedelta
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_TIME_S = 10**15
+MAX_TIME_MS = MAX_TIME_S * 1000
+MIN_TIME_MS = -MAX_TIME_MS
+MAX_DURATION_MS = (2**63 - 1) // 1_000_000  # 9,223,372,036,854 ms
+
+# Prometheus' own spellings of its minimum and maximum times (clients send them for "all time").
+_PROM_MIN_TIME = "-292273086-05-16T16:47:06Z"
+_PROM_MAX_TIME = "292277025-08-18T07:12:54.999999999Z"
+
+_DURATION = re.compile(r"(?:\d+(?:ms|s|m|h|d|w|y))+")
+_DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
+_UNIT_MS = {
+    "ms": 1,
+    "s": 1000,
+    "m": 60_000,
+    "h": 3_600_000,
+    "d": 86_400_000,
+    "w": 7 * 86_400_000,
+    "y": 365 * 86_400_000,
+}
+
+
+class ParamError(ValueError):
+    """A value the read APIs refuse; ``str()`` is the whole message, naming the parameter (when
+    ``name`` is given)."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"invalid parameter {name!r}: {message}" if name else message)
+        self.name = name
+
+
+def parse_time(raw: str, name: str) -> int:
+    """Unix seconds (a float) or RFC 3339, to unix ms within ``[MIN_TIME_MS, MAX_TIME_MS]``."""
+    if raw == _PROM_MIN_TIME:
+        return MIN_TIME_MS
+    if raw == _PROM_MAX_TIME:
+        return MAX_TIME_MS
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = _rfc3339_seconds(raw, name)
+    if not math.isfinite(seconds):
+        raise ParamError(name, f"cannot parse {raw!r} to a valid timestamp")
+    if not -MAX_TIME_S <= seconds <= MAX_TIME_S:
+        raise ParamError(name, f"timestamp {raw!r} is out of range {_time_range()}")
+    return check_time_ms(round(seconds * 1000), name)
+
+
+def _rfc3339_seconds(raw: str, name: str) -> float:
+    try:
+        return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+    except (ValueError, OverflowError, OSError):
+        raise ParamError(name, f"cannot parse {raw!r} to a valid timestamp") from None
+
+
+def check_time_ms(ms: int, name: str) -> int:
+    """An evaluated time in unix ms, refused outside ``[MIN_TIME_MS, MAX_TIME_MS]``."""
+    if not MIN_TIME_MS <= ms <= MAX_TIME_MS:
+        raise ParamError(name, f"timestamp {ms} ms is out of range {_time_range()}")
+    return ms
+
+
+def _time_range() -> str:
+    return f"(between -{MAX_TIME_S:.0e} and {MAX_TIME_S:.0e} unix seconds)".replace("e+", "e")
+
+
+def parse_ms(raw: str | None, name: str, default: int) -> int:
+    """A raw unix-ms timestamp (an integer) that a store can hold: any signed 64-bit integer."""
+    if raw is None or raw == "":
+        return default
+    try:
+        ms = int(raw)
+    except ValueError:
+        raise ParamError(name, f"must be an integer (unix ms), got {raw!r}") from None
+    if not INT64_MIN <= ms <= INT64_MAX:
+        raise ParamError(name, f"{raw!r} is out of range (a unix ms timestamp must fit in 64 bits)")
+    return ms
+
+
+def parse_duration(raw: str, name: str) -> int:
+    """Seconds (a float) or a PromQL duration (``15s``, ``1m30s``), to ms: positive, at most
+    ``MAX_DURATION_MS``."""
+    try:
+        seconds = float(raw)
+    except ValueError:
+        if not _DURATION.fullmatch(raw):
+            raise ParamError(name, f"cannot parse {raw!r} to a valid duration") from None
+        ms = sum(int(n) * _UNIT_MS[unit] for n, unit in _DURATION_PART.findall(raw))
+    else:
+        if math.isnan(seconds):
+            raise ParamError(name, f"cannot parse {raw!r} to a valid duration")
+        if seconds > MAX_DURATION_MS / 1000:
+            raise ParamError(name, f"duration {raw!r} is too large (at most {_max_duration()})")
+        ms = round(seconds * 1000) if seconds > 0 else 0
+    if ms > MAX_DURATION_MS:
+        raise ParamError(name, f"duration {raw!r} is too large (at most {_max_duration()})")
+    if ms <= 0:
+        if name == "step":  # Prometheus' words
+            raise ParamError(
+                name,
+                "zero or negative query resolution step widths are not accepted. Try a positive integer",
+            )
+        raise ParamError(name, "zero or negative durations are not accepted; try a positive number")
+    return ms
+
+
+def check_duration(d: timedelta | None, what: str) -> int:
+    """A PromQL duration (``what``: an offset, which may be negative, or a range) in ms, refused
+    when its size exceeds ``MAX_DURATION_MS``."""
+    if d is None:
+        return 0
+    ms = round(d.total_seconds() * 1000)
+    if abs(ms) > MAX_DURATION_MS:
+        raise ParamError("", f"{what} {d} is too large (at most {_max_duration()})")
+    return ms
+
+
+def _max_duration() -> str:
+    return f"{MAX_DURATION_MS} ms, about 292 years"
+
+
+def parse_int(raw: str, name: str, lo: int = INT64_MIN, hi: int = INT64_MAX) -> int:
+    """A plain integer within ``[lo, hi]``."""
+    try:
+        n = int(raw)
+    except ValueError:
+        raise ParamError(name, f"must be an integer, got {raw!r}") from None
+    if not lo <= n <= hi:
+        raise ParamError(name, f"{raw!r} is out of range (between {lo} and {hi})")
+    return n
+
+
+def too_large_duration(text: str) -> str | None:
+    """The first duration literal in a PromQL text (outside quoted strings) larger than
+    ``MAX_DURATION_MS``, if any: the parser reports those with a misleading message."""
+    unquoted = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`', '""', text)
+    for m in re.finditer(r"(?<![\w.])(?:\d+(?:ms|s|m|h|d|w|y))+(?![\w.])", unquoted):
+        lit = m.group(0)
+        if sum(int(n) * _UNIT_MS[u] for n, u in _DURATION_PART.findall(lit)) > MAX_DURATION_MS:
+            return lit
+    return None

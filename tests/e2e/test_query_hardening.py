@@ -1,0 +1,348 @@
+"""The read side against bad input, on a real `lossproof up`: every bad parameter of the Prometheus API,
+``/v1/query`` and the dashboard's JSON is a 400 with a JSON error (never a 500 or a hang), NaN samples
+come back as NaN, and a pathological regex neither takes long nor holds up another tenant's reads."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import pytest
+
+from lossproof import config as config_mod
+from pipeline import HTTP, Pipeline, free_port
+
+EVIL_VALUE = "a" * 29 + "!"  # with Python's backtracking re, (a+)+ takes ~20 s on this
+
+
+@dataclass
+class Env:
+    p: Pipeline
+    other_key: str
+    t: int  # unix ms of the newest point of every series
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    base = tmp_path_factory.mktemp("hardening")
+    p = Pipeline(base / "data", free_port(), "lp_test_" + secrets.token_hex(16))
+    config_mod.init_data_dir(p.data_dir, p.key, p.port)
+    other = p.add_key("other")
+    p.start()
+    try:
+        t = (int(time.time() * 1000) - 60_000) // 1000 * 1000
+        points = [
+            {"metric": "nanm", "labels": {"k": "v"}, "t": t - 20_000, "v": 1.5},
+            {"metric": "nanm", "labels": {"k": "v"}, "t": t, "v": float("nan")},
+            {"metric": "rx", "labels": {"k": EVIL_VALUE}, "t": t, "v": 1.0},
+            {"metric": "rx", "labels": {"k": "b"}, "t": t, "v": 2.0},
+        ]
+        body = msgspec.msgpack.encode({"agent": "h1", "reports": [{"seq": 1, "points": points}]})
+        r = HTTP.request(
+            "POST",
+            p.url + "/v1/reports",
+            body=body,
+            headers=p.headers(**{"Content-Type": "application/msgpack"}),
+        )
+        assert r.status == 200, r.data
+        p.wait_stored("h1", {1})
+        other_points = [{"metric": "o", "labels": {}, "t": t, "v": 7.0}]
+        r = p.post_reports("o1", [{"seq": 1, "points": other_points}], key=other)
+        assert r.status == 200, r.data
+        _wait_other(p, other)
+        yield Env(p, other, t)
+    finally:
+        if p.proc is not None and p.proc.poll() is None:
+            p.kill9()
+
+
+def _wait_other(p: Pipeline, key: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status, body = p.get("/v1/agents", key=key)
+        if status == 200 and body["agents"] and body["agents"][0]["stored"] == 1:
+            return
+        time.sleep(0.1)
+    raise AssertionError("tenant other's report was never stored")
+
+
+def _get(p: Pipeline, path: str, key: str | None = None, timeout: float = 30) -> tuple[int, Any, bytes]:
+    r = HTTP.request("GET", p.url + path, headers=p.headers(key), timeout=timeout)
+    try:
+        body = json.loads(r.data)
+    except ValueError:
+        body = None
+    return r.status, body, r.data
+
+
+def _q(query: str) -> str:
+    return urllib.parse.quote(query)
+
+
+def _bad_data(status: int, body: Any, raw: bytes) -> None:
+    assert status == 400, (status, raw[:500])
+    assert body is not None and body["status"] == "error" and body["errorType"] == "bad_data", raw[:500]
+    assert "Traceback" not in body["error"]
+
+
+# --- NaN ------------------------------------------------------------------------------------------
+
+
+def test_nan_samples_are_served_as_nan(env: Env) -> None:
+    p, t = env.p, env.t
+    at = t / 1000
+    status, body, raw = _get(p, f"/api/v1/query?query=nanm&time={at}")
+    assert status == 200, raw
+    [series] = body["data"]["result"]
+    assert series["value"] == [at if at % 1 else int(at), "NaN"], body
+
+    status, body, raw = _get(p, f"/api/v1/query_range?query=nanm&start={at - 20}&end={at}&step=10")
+    assert status == 200, raw
+    [series] = body["data"]["result"]
+    assert [v for _, v in series["values"]] == ["1.5", "1.5", "NaN"], body
+
+    # an arithmetic on it stays NaN too
+    status, body, raw = _get(p, f"/api/v1/query?query={_q('nanm + 1')}&time={at}")
+    assert status == 200 and body["data"]["result"][0]["value"][1] == "NaN", raw
+
+    # the dashboard's chart reads the same way
+    status, body, raw = _get(p, f"/ui/api/chart?match=nanm&from={t - 20_000}&to={t}&width=10")
+    assert status == 200, raw
+    values = [v for v in body["series"][0]["values"] if v is not None]
+    assert values[0] == 1.5 and values[-1] == "NaN", body
+
+    # (and the native API, which already did)
+    status, body, raw = _get(p, f"/v1/query?metric=nanm&from={t - 60_000}&to={t}")
+    assert status == 200 and [v for _, v in body["series"][0]["points"]] == [1.5, "NaN"], raw
+
+
+# --- regexes --------------------------------------------------------------------------------------
+
+
+def test_pathological_regex_is_fast_and_does_not_block_another_tenant(env: Env) -> None:
+    p = env.p
+    at = env.t / 1000
+    evil = "/api/v1/query?query=" + _q('rx{k=~"(a+)+"}') + f"&time={at}"
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        t0 = time.monotonic()
+        result["answer"] = _get(p, evil, timeout=60)
+        result["took"] = time.monotonic() - t0
+
+    th = threading.Thread(target=run)
+    th.start()
+    time.sleep(0.05)
+    t0 = time.monotonic()
+    status, body, raw = _get(p, "/v1/agents", key=env.other_key, timeout=60)
+    other_took = time.monotonic() - t0
+    status2, body2, raw2 = _get(p, f"/api/v1/query?query=o&time={at}", key=env.other_key, timeout=60)
+    other_took2 = time.monotonic() - t0
+    th.join(60)
+    assert status == 200 and status2 == 200, (raw, raw2)
+    assert body2["data"]["result"][0]["value"][1] == "7"
+    assert other_took < 2 and other_took2 < 2, (other_took, other_took2)
+    status, body, raw = result["answer"]
+    assert status == 200, raw
+    assert body["data"]["result"] == []  # "aaa…!" is not all a's
+    assert result["took"] < 2, result["took"]
+
+
+def test_regexes_are_re2_and_fully_anchored(env: Env) -> None:
+    p = env.p
+    at = env.t / 1000
+
+    def values(sel: str) -> list[str]:
+        status, body, raw = _get(p, f"/api/v1/query?query={_q(sel)}&time={at}")
+        assert status == 200, raw
+        return sorted(r["metric"]["k"] for r in body["data"]["result"])
+
+    assert values('rx{k=~"a+!"}') == [EVIL_VALUE]
+    assert values('rx{k=~"a+"}') == []  # anchored at the end
+    assert values('rx{k=~"!"}') == []  # and at the start
+    assert values('rx{k=~"b|a+"}') == ["b"]  # an alternation is anchored as a whole
+    assert values('rx{k!~"b"}') == [EVIL_VALUE]
+    assert values('rx{k=~"\\\\pL+!"}') == [EVIL_VALUE]  # RE2's Unicode classes (Python's re has none)
+    assert values('{__name__=~"rx|nothing", k="b"}') == ["b"]
+
+    for bad in ('rx{k=~"("}', 'rx{k=~"(?=a)"}', 'rx{k=~"a{1001}"}', '{__name__=~"("}', 'rx{k=~"a)|(b"}'):
+        status, body, raw = _get(p, f"/api/v1/query?query={_q(bad)}&time={at}")
+        _bad_data(status, body, raw)
+        assert "regex" in body["error"], body
+        assert ": b'" not in body["error"], body  # RE2's message decoded, not a bytes repr
+    bad = _q('rx{k=~"("}')
+    status, body, raw = _get(p, "/api/v1/series?match[]=" + bad)
+    _bad_data(status, body, raw)
+    status, body, raw = _get(p, "/ui/api/series?match=" + bad)
+    assert status == 400 and "regex" in body["error"], raw
+
+
+# --- times, durations and counts -----------------------------------------------------------------
+
+BAD_PROM_PARAMS = [
+    "/api/v1/query?query=nanm&time=inf",
+    "/api/v1/query?query=nanm&time=-inf",
+    "/api/v1/query?query=nanm&time=nan",
+    "/api/v1/query?query=nanm&time=1e400",
+    "/api/v1/query?query=nanm&time=1e30",
+    "/api/v1/query?query=nanm&time=-1e30",
+    "/api/v1/query?query=nanm&time=99999999999999999999999",
+    "/api/v1/query?query=nanm&time=10000-01-01T00:00:00Z",
+    "/api/v1/query?query=nanm&lookback_delta=1e400",
+    "/api/v1/query?query=nanm&lookback_delta=1e20",
+    "/api/v1/query?query=nanm&lookback_delta=99999999999y",
+    "/api/v1/query?query=nanm&lookback_delta=inf",
+    "/api/v1/query?query=nanm&lookback_delta=0",
+    "/api/v1/query_range?query=nanm&start=0&end=100&step=inf",
+    "/api/v1/query_range?query=nanm&start=0&end=100&step=nan",
+    "/api/v1/query_range?query=nanm&start=0&end=100&step=1e400",
+    "/api/v1/query_range?query=nanm&start=0&end=100&step=99999999999999y",
+    "/api/v1/query_range?query=nanm&start=inf&end=inf&step=1",
+    "/api/v1/query_range?query=nanm&start=0&end=1e30&step=1e27",
+    "/api/v1/query_range?query=nanm&start=-1e15&end=1e15&step=1e12",
+    "/api/v1/series?match[]=nanm&start=inf",
+    "/api/v1/series?match[]=nanm&end=1e400",
+    "/api/v1/labels?start=-inf",
+    "/api/v1/label/k/values?end=1e30",
+    "/api/v1/metadata?limit=99999999999999999999999",
+    "/api/v1/metadata?limit=1e3",
+    "/api/v1/query?query=" + _q("nanm offset 99999999999y"),
+    "/api/v1/query?query=" + _q("nanm offset 1000000y"),
+    "/api/v1/query?query=" + _q("nanm[1000000y]"),
+    "/api/v1/query?query=" + _q("rate(nanm[99999999999y])"),
+]
+
+
+@pytest.mark.parametrize("path", BAD_PROM_PARAMS)
+def test_bad_prometheus_parameters_are_bad_data(env: Env, path: str) -> None:
+    status, body, raw = _get(env.p, path)
+    _bad_data(status, body, raw)
+
+
+def test_parameter_errors_name_the_parameter_and_the_problem(env: Env) -> None:
+    p = env.p
+    status, body, raw = _get(p, "/api/v1/query?query=nanm&lookback_delta=x")
+    _bad_data(status, body, raw)
+    assert "lookback_delta" in body["error"] and "step" not in body["error"], body
+    status, body, raw = _get(p, "/api/v1/query_range?query=nanm&start=0&end=100&step=99999999999999y")
+    _bad_data(status, body, raw)
+    assert "'step'" in body["error"] and "too large" in body["error"], body
+    status, body, raw = _get(p, "/api/v1/query?query=" + _q("nanm offset 99999999999y"))
+    _bad_data(status, body, raw)
+    assert "too large" in body["error"] and "greater than 0" not in body["error"], body
+    status, body, raw = _get(p, "/api/v1/query?query=nanm&time=1e30")
+    _bad_data(status, body, raw)
+    assert "'time'" in body["error"] and "out of range" in body["error"], body
+
+
+def test_wide_but_valid_parameters_still_work(env: Env) -> None:
+    p = env.p
+    # Prometheus' own spellings of its min and max times, as clients send them for "all time"
+    lo, hi = _q("-292273086-05-16T16:47:06Z"), _q("292277025-08-18T07:12:54.999999999Z")
+    status, body, raw = _get(p, f"/api/v1/series?match[]=nanm&start={lo}&end={hi}")
+    assert status == 200 and body["data"] == [{"__name__": "nanm", "k": "v"}], raw
+    at = env.t / 1000
+    for path in (
+        f"/api/v1/query?query=nanm&time={at}&lookback_delta=292y",
+        f"/api/v1/query?query=nanm&time={at}&lookback_delta=1h",
+        "/api/v1/query?query=nanm&time=1e15",
+        "/api/v1/query?query=nanm&time=-1e15",
+        "/api/v1/query?query=" + _q("nanm offset 290y"),
+        "/api/v1/query?query=" + _q("count_over_time(nanm[290y])"),
+        "/api/v1/query_range?query=nanm&start=999999999999000&end=1e15&step=1",
+        "/api/v1/query_range?query=nanm&start=-1e15&end=-999999999999000&step=1",
+        "/api/v1/metadata?limit=9223372036854775807",
+        "/api/v1/metadata?limit=-1",
+    ):
+        status, body, raw = _get(p, path)
+        assert status == 200 and body["status"] == "success", (path, raw)
+    status, body, raw = _get(p, "/api/v1/query?query=" + _q("count_over_time(nanm[290y])") + f"&time={at}")
+    assert body["data"]["result"][0]["value"][1] == "2", raw
+
+
+def test_native_query_bounds(env: Env) -> None:
+    p = env.p
+    for path in (
+        "/v1/query?metric=nanm&from=0&to=99999999999999999999999",
+        "/v1/query?metric=nanm&from=-99999999999999999999999&to=0",
+        "/v1/query?metric=nanm&from=1e3",
+    ):
+        status, body, raw = _get(p, path)
+        assert status == 400 and body is not None and "error" in body, (path, raw)
+    status, body, raw = _get(p, "/v1/query?metric=nanm&from=-9223372036854775808&to=9223372036854775807")
+    assert status == 200 and len(body["series"][0]["points"]) == 2, raw
+
+
+# --- form bodies ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("multipart/form-data; boundary=xyz", b"garbage"),
+        ("multipart/form-data", b"--xyz\r\n\r\nquery=up\r\n--xyz--\r\n"),
+        ("application/x-www-form-urlencoded", b"query=up\xff&time=1"),
+        ("application/x-www-form-urlencoded; charset=bogus", b"query=up"),
+    ],
+)
+def test_bad_form_bodies_are_bad_data(env: Env, content_type: str, body: bytes) -> None:
+    p = env.p
+    for path in ("/api/v1/query", "/api/v1/query_range", "/api/v1/series", "/api/v1/labels"):
+        r = HTTP.request(
+            "POST", p.url + path, body=body, headers={**p.headers(), "Content-Type": content_type}
+        )
+        _bad_data(r.status, json.loads(r.data) if r.data else None, r.data)
+
+
+def test_good_form_body_still_works(env: Env) -> None:
+    p = env.p
+    form = urllib.parse.urlencode({"query": "nanm", "time": str(env.t / 1000)}).encode()
+    r = HTTP.request(
+        "POST",
+        p.url + "/api/v1/query",
+        body=form,
+        headers={**p.headers(), "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert r.status == 200 and json.loads(r.data)["data"]["result"][0]["value"][1] == "NaN", r.data
+
+
+# --- the dashboard's JSON -------------------------------------------------------------------------
+
+
+def test_dashboard_bad_parameters_are_400(env: Env) -> None:
+    p = env.p
+    for path in (
+        "/ui/api/series?limit=abc",
+        "/ui/api/series?limit=1e3",
+        "/ui/api/series?limit=-1",
+        "/ui/api/chart?match=nanm&from=0&to=99999999999999999999999",
+        "/ui/api/chart?match=nanm&from=-99999999999999999999999&to=0",
+        "/ui/api/chart?match=nanm&from=-1000000000000000001&to=0",
+        "/ui/api/chart?match=nanm&from=0&to=1000&width=99999999999999999999999999",
+        "/ui/api/chart?match=nanm&from=0&to=1000&width=x",
+    ):
+        status, body, raw = _get(p, path)
+        assert status == 400 and body is not None and body.get("error"), (path, raw)
+    status, body, raw = _get(p, "/ui/api/series?limit=1")
+    assert status == 200 and len(body["series"]) == 1, raw
+    status, body, raw = _get(p, "/ui/api/chart?match=nanm&from=-1000000000000000000&to=1000000000000000000")
+    assert status == 200, raw
+
+
+def test_unknown_vendor_file_is_a_plain_404(env: Env) -> None:
+    r = HTTP.request("GET", env.p.url + "/ui/vendor/x")
+    assert r.status == 404
+    assert "not installed" not in r.data.decode(), r.data
+    assert "not found" in r.data.decode(), r.data
+
+
+def test_still_serving(env: Env) -> None:
+    assert HTTP.request("GET", env.p.url + "/healthz").status == 200
+    assert "Traceback" not in env.p.logs()
