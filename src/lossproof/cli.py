@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from collections.abc import Callable
@@ -98,6 +99,10 @@ def up(data_dir: Path, port: int | None, api_key: str | None) -> None:
         raise click.ClickException(str(e)) from None
     if port is not None:
         cfg.server.port = port
+    try:
+        up_mod.check_port_free(cfg.server.host, cfg.server.port)
+    except up_mod.PortInUse as e:
+        raise click.ClickException(str(e)) from None
     if new_key:
         click.echo(f"created {data_dir / config_mod.CONFIG_NAME}; API key for tenant 'default': {new_key}")
         click.echo("(stored hashed; it is not shown again — create more with `lossproof keys create`)")
@@ -170,27 +175,35 @@ def worker(data_dir: Path, http_port: int | None) -> None:
     show_default=True,
     help="Where the agent's last used seq is kept, so seqs never repeat.",
 )
-@click.argument("file", type=click.File("r"), default="-")
+@click.argument("file", type=click.File("r", encoding="utf-8"), default="-")
 def send(
     url: str, api_key: str, agent: str, points_per_report: int, encoding: str, state_dir: Path, file: Any
 ) -> None:
     """Post points, one JSON object a line ({"metric","labels","t","v"}), from FILE or stdin."""
     import urllib3
 
-    from lossproof.send import SendError, chunks, parse_lines, post, reserve_seqs
+    from lossproof import send as snd
 
     http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5, read=60))
     sent = reports = 0
     try:
-        for group in chunks(parse_lines(file), points_per_report):
-            seq = reserve_seqs(state_dir, agent, 1)
-            body = {"agent": agent, "reports": [{"seq": seq, "points": group}]}
-            post(http, url, api_key, body, encoding, attempts=8)
+        url = snd.check_url(url)
+        snd.check_agent(agent)
+        for group in snd.chunks(snd.parse_lines(file), points_per_report):
+            seq, dropped = snd.reserve_seqs(state_dir, agent, 1)
+            body = snd.request_body(agent, seq, group, dropped)
+            try:
+                snd.post(http, url, api_key, body, encoding, attempts=8)
+            except snd.SendError as e:
+                # the next run tells the server this seq was given up on, and why
+                snd.give_up(state_dir, agent, seq, seq, f"lossproof send gave up: {e}")
+                raise
+            snd.reported(state_dir, agent, dropped)
             sent += len(group)
             reports += 1
             if sys.stderr.isatty() and reports % 10 == 0:
                 click.echo(f"\r{sent} points acknowledged", nl=False, err=True)
-    except SendError as e:
+    except snd.SendError as e:
         raise click.ClickException(f"{e} ({sent} points acknowledged before this)") from None
     click.echo(f"{sent} points in {reports} reports acknowledged durable by {url}")
 
@@ -341,3 +354,10 @@ def main() -> None:
         cli(standalone_mode=True)
     except KeyboardInterrupt:
         sys.exit(130)
+    except (OSError, UnicodeError) as e:
+        # The environment refused something (a path, a permission, a name): one line, as for any
+        # other bad input. LOSSPROOF_DEBUG=1 shows where.
+        if os.environ.get("LOSSPROOF_DEBUG"):
+            raise
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(1)

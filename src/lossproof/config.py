@@ -31,20 +31,33 @@ class ConfigError(Exception):
     """A configuration problem, with a one-line message naming the key and the file."""
 
 
+# Durations are bounded so every derived value (milliseconds, deadlines) stays a sane int64.
+MAX_SECONDS = 10 * 365 * 86400
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ServerConfig(_Section):
-    host: str = "127.0.0.1"
+    host: str = Field(default="127.0.0.1", min_length=1, max_length=253)
     port: int = Field(default=8080, ge=0, le=65535)
     # Compressed body limit, checked against Content-Length before reading.
     max_body_bytes: int = Field(default=16 * MiB, ge=1024)
     # Decompressed limit, so a zip bomb is refused after at most this much work.
     max_decoded_bytes: int = Field(default=64 * MiB, ge=1024)
     # How long a request may wait for the log to confirm durability before answering 503.
-    append_timeout_seconds: float = Field(default=10.0, gt=0)
-    retry_after_seconds: int = Field(default=1, ge=1)
+    append_timeout_seconds: float = Field(default=10.0, gt=0, le=MAX_SECONDS)
+    retry_after_seconds: int = Field(default=1, ge=1, le=3600)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, host: str) -> str:
+        try:
+            host.encode("idna")
+        except UnicodeError:
+            raise ValueError(f"{host!r} is not a host name or IP address") from None
+        return host
 
 
 class KafkaLogConfig(_Section):
@@ -61,12 +74,12 @@ class KafkaLogConfig(_Section):
     unsafe: bool = False
     # How long the producer may try to deliver a record; must be below server.append_timeout_seconds
     # (0: 80% of it) so a request gets the delivery report's verdict, never just a timeout.
-    delivery_timeout_seconds: float = Field(default=0.0, ge=0)
+    delivery_timeout_seconds: float = Field(default=0.0, ge=0, le=MAX_SECONDS)
     max_message_bytes: int = Field(default=20 * MiB, ge=1024)
     # Consumer group session: how soon a dead worker's partitions move to another worker.
-    session_timeout_seconds: float = Field(default=10.0, ge=1)
+    session_timeout_seconds: float = Field(default=10.0, ge=1, le=MAX_SECONDS)
     # How often the writer deletes records every lossproof consumer group has committed past.
-    retention_check_seconds: float = Field(default=60.0, gt=0)
+    retention_check_seconds: float = Field(default=60.0, gt=0, le=MAX_SECONDS)
     # Passed through to librdkafka (producer, consumer and admin client): security.protocol,
     # sasl.*, ssl.*, linger.ms, compression.type, ... Settings lossproof's guarantees rest on
     # (acks, enable.idempotence, auto commit, offset reset, ...) are refused.
@@ -77,7 +90,7 @@ class LogConfig(_Section):
     backend: Literal["embedded", "kafka"] = "embedded"
     dir: str = "log"
     segment_bytes: int = Field(default=64 * MiB, ge=4096)
-    retention_seconds: float = Field(default=3600.0, ge=0)
+    retention_seconds: float = Field(default=3600.0, ge=0, le=MAX_SECONDS)
     # embedded: partitions of the log directory = how many ingest processes can write it at once
     # (one per partition); worker processes share the partitions (see docs/log.md).
     partitions: int = Field(default=1, ge=1, le=1024)
@@ -94,8 +107,8 @@ class StoreConfig(_Section):
     pg_schema: str = Field(default="lossproof", min_length=1, max_length=63)
     pool_size: int = Field(default=4, ge=1, le=100)  # connections per process
     # Point partitions (one per UTC day) older than this are dropped; 0 keeps everything.
-    retention_days: float = Field(default=0.0, ge=0)
-    connect_timeout_seconds: float = Field(default=10.0, gt=0)
+    retention_days: float = Field(default=0.0, ge=0, le=MAX_SECONDS / 86400)
+    connect_timeout_seconds: float = Field(default=10.0, gt=0, le=MAX_SECONDS)
 
     @model_validator(mode="after")
     def _dsn_for_postgres(self) -> StoreConfig:
@@ -106,7 +119,7 @@ class StoreConfig(_Section):
 
 class WorkerConfig(_Section):
     batch_records: int = Field(default=128, ge=1)
-    batch_wait_seconds: float = Field(default=0.05, ge=0)
+    batch_wait_seconds: float = Field(default=0.05, ge=0, le=MAX_SECONDS)
     http_host: str = "127.0.0.1"
     # 0 picks a free port; the address is written to DIR/run/worker.addr for `up` to find.
     http_port: int = Field(default=0, ge=0, le=65535)
@@ -115,7 +128,7 @@ class WorkerConfig(_Section):
 class LedgerConfig(_Section):
     # A hole must have been seen this long before agents are asked to replay it, so reports that
     # are merely reordered in flight are not requested twice.
-    replay_grace_seconds: float = Field(default=10.0, ge=0)
+    replay_grace_seconds: float = Field(default=10.0, ge=0, le=MAX_SECONDS)
 
 
 class TenantConfig(_Section):
@@ -203,7 +216,9 @@ class Config(_Section):
 
 def hash_key(key: str) -> str:
     # API keys are 256-bit random tokens, so a plain SHA-256 is enough (no password stretching).
-    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+    # surrogatepass: a header that is not UTF-8 arrives with lone surrogates; it hashes to
+    # something no key matches (a 401), never an encoding error.
+    return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def new_key() -> str:

@@ -2,63 +2,152 @@
 
 Seqs must never repeat for an agent, so ``send`` reserves them in a small state file (under a
 lock, fsync'd) before posting. A report the server did not acknowledge is retried, with the same
-seq, until it is, or the command fails loudly.
+seq, until it is, or the command fails loudly. The seq of a report given up on that way is kept in
+the state file and reported as ``dropped`` (with the reason) by the next ``send`` of the agent, so
+the ledger counts it as lost, with why, instead of as missing in the pipeline.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import msgspec
 import urllib3
 
+from lossproof.durable import make_dirs
 from lossproof.protocol.compression import compress
+
+MAX_AGENT = 256  # the protocol's limit on agent ids
+MAX_REASON = 512
 
 
 class SendError(Exception):
     pass
 
 
+def check_url(url: str) -> str:
+    """The pipeline's base URL, or a SendError saying what is wrong with it."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises on a bad port
+    except ValueError as e:
+        raise SendError(f"--url {url!r}: {e}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SendError(f"--url {url!r}: expected http(s)://host[:port]")
+    return url.rstrip("/")
+
+
+def check_agent(agent: str) -> str:
+    if not 1 <= len(agent) <= MAX_AGENT:
+        raise SendError(f"--agent must be 1-{MAX_AGENT} characters")
+    return agent
+
+
 def parse_lines(stream: IO[str]) -> Iterator[dict[str, Any]]:
     now = int(time.time() * 1000)
-    for lineno, line in enumerate(stream, 1):
-        line = line.strip()
-        if not line:
-            continue
+    lineno = 0
+    try:
+        for lineno, line in enumerate(stream, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as e:
+                raise SendError(f"line {lineno}: not JSON: {e}") from None
+            if not isinstance(obj, dict) or not isinstance(obj.get("metric"), str):
+                raise SendError(f"line {lineno}: expected an object with a string 'metric'")
+            if "v" not in obj and "value" in obj:
+                obj["v"] = obj.pop("value")
+            obj.setdefault("t", now)
+            obj.setdefault("labels", {})
+            yield obj
+    except UnicodeDecodeError as e:
+        raise SendError(f"line {lineno + 1}: not UTF-8 ({e.reason} at byte {e.start})") from None
+
+
+@dataclass
+class SeqState:
+    """What ``send`` keeps per agent: the last seq handed out, and seqs given up on, not yet reported."""
+
+    last: int = 0
+    dropped: list[tuple[int, int, str]] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, text: str) -> SeqState:
+        text = text.strip()
+        if not text:
+            return cls()
+        if text.isdigit():  # the format before dropped seqs were kept
+            return cls(int(text))
         try:
-            obj = json.loads(line)
-        except ValueError as e:
-            raise SendError(f"line {lineno}: not JSON: {e}") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("metric"), str):
-            raise SendError(f"line {lineno}: expected an object with a string 'metric'")
-        if "v" not in obj and "value" in obj:
-            obj["v"] = obj.pop("value")
-        obj.setdefault("t", now)
-        obj.setdefault("labels", {})
-        yield obj
+            obj = json.loads(text)
+            return cls(int(obj["last"]), [(int(a), int(b), str(r)) for a, b, r in obj.get("dropped", [])])
+        except (ValueError, KeyError, TypeError) as e:
+            # never start again from 0: a reused seq would be taken for a duplicate and dropped
+            raise SendError(f"unreadable seq state ({e}); fix it by hand, seqs must never go back") from None
+
+    def dump(self) -> str:
+        return json.dumps({"last": self.last, "dropped": self.dropped})
 
 
-def reserve_seqs(state_dir: Path, agent: str, n: int) -> int:
-    """Reserve ``n`` consecutive seqs for ``agent``; returns the first."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / f"{agent.replace('/', '_')}.seq"
+def state_path(state_dir: Path, agent: str) -> Path:
+    if re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", agent.replace("/", "_")):
+        return state_dir / f"{agent.replace('/', '_')}.seq"
+    # any other id (long, or characters a file name cannot hold) gets a stable name of its own
+    return state_dir / f"agent-{hashlib.sha256(agent.encode('utf-8', 'surrogatepass')).hexdigest()[:32]}.seq"
+
+
+@contextmanager
+def seq_state(state_dir: Path, agent: str) -> Iterator[SeqState]:
+    """The agent's state, locked against other ``send`` runs; written back (fsync'd) on exit."""
+    make_dirs(state_dir)
+    path = state_path(state_dir, agent)
     with open(path, "a+", encoding="utf-8") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         f.seek(0)
-        text = f.read().strip()
-        last = int(text) if text else 0
+        try:
+            st = SeqState.parse(f.read())
+        except SendError as e:
+            raise SendError(f"{path}: {e}") from None
+        yield st
         f.seek(0)
         f.truncate()
-        f.write(str(last + n))
+        f.write(st.dump())
         f.flush()
         os.fsync(f.fileno())
-    return last + 1
+
+
+def reserve_seqs(state_dir: Path, agent: str, n: int) -> tuple[int, list[tuple[int, int, str]]]:
+    """Reserve ``n`` consecutive seqs for ``agent``; returns the first, and the seqs given up on by
+    earlier runs that the server has not been told about yet."""
+    with seq_state(state_dir, agent) as st:
+        first = st.last + 1
+        st.last += n
+        return first, list(st.dropped)
+
+
+def give_up(state_dir: Path, agent: str, first: int, last: int, reason: str) -> None:
+    with seq_state(state_dir, agent) as st:
+        st.dropped.append((first, last, reason[:MAX_REASON]))
+
+
+def reported(state_dir: Path, agent: str, dropped: list[tuple[int, int, str]]) -> None:
+    """The server acknowledged a request carrying ``dropped``: stop reporting them."""
+    if dropped:
+        with seq_state(state_dir, agent) as st:
+            st.dropped = [d for d in st.dropped if d not in dropped]
 
 
 def chunks(points: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
@@ -72,20 +161,28 @@ def chunks(points: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[st
         yield buf
 
 
+def request_body(
+    agent: str, seq: int, points: list[dict[str, Any]], dropped: list[tuple[int, int, str]]
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"agent": agent, "reports": [{"seq": seq, "points": points}]}
+    if dropped:
+        body["dropped"] = [{"first": a, "last": b, "reason": r} for a, b, r in dropped]
+    return body
+
+
 def post(
     http: urllib3.PoolManager, url: str, key: str, body: dict[str, Any], encoding: str, attempts: int
 ) -> dict[str, Any]:
-    data = compress(msgspec.json.encode(body), encoding)
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    # msgpack, not JSON: it carries NaN and infinities (e.g. Prometheus staleness markers) as they are.
+    data = compress(msgspec.msgpack.encode(body), encoding)
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/msgpack"}
     if encoding != "identity":
         headers["Content-Encoding"] = encoding
     delay = 0.2
     last = ""
     for _ in range(attempts):
         try:
-            r = http.request(
-                "POST", url.rstrip("/") + "/v1/reports", body=data, headers=headers, retries=False
-            )
+            r = http.request("POST", url + "/v1/reports", body=data, headers=headers, retries=False)
         except urllib3.exceptions.HTTPError as e:
             last = f"cannot reach {url}: {e}"
         else:

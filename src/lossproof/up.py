@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -45,6 +46,34 @@ class Child:
         self.proc = subprocess.Popen(self.argv, preexec_fn=_die_with_parent)
         self.started = time.monotonic()
         log.info("up.child_started", child=self.name, pid=self.proc.pid)
+
+
+class PortInUse(Exception):
+    pass
+
+
+def check_port_free(host: str, port: int, wait: float = 5.0) -> None:
+    """Refuse to start when something already listens on the port: otherwise ``up`` would take the
+    other process's /healthz for its own and then restart its ingest child forever. Waits up to
+    ``wait`` seconds first: the children of an ``up`` killed a moment ago are still dying."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise PortInUse(f"cannot resolve {host}: {e.strerror}") from None
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            for family, kind, proto, _name, addr in infos:
+                with socket.socket(family, kind, proto) as s:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+                    s.bind(addr)
+            return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise PortInUse(f"cannot listen on {host}:{port}: {e.strerror}") from None
+        time.sleep(0.1)
 
 
 def run(cfg: Config, data_dir: Path) -> int:

@@ -40,6 +40,10 @@ def test_env_overrides(tmp_path: Path) -> None:
         ("[server]\nport = 70000\n", "server.port"),
         ("[server]\nbogus = 1\n", "server.bogus"),
         ("[server\n", "invalid TOML"),
+        ("[ledger]\nreplay_grace_seconds = inf\n", "ledger.replay_grace_seconds"),
+        ("[ledger]\nreplay_grace_seconds = 1e300\n", "ledger.replay_grace_seconds"),
+        ("[server]\nappend_timeout_seconds = nan\n", "server.append_timeout_seconds"),
+        ("[server]\nhost = 'a..b'\n", "server.host"),
     ],
 )
 def test_bad_config_names_the_key_and_file(tmp_path: Path, text: str, needle: str) -> None:
@@ -53,3 +57,17 @@ def test_bad_config_names_the_key_and_file(tmp_path: Path, text: str, needle: st
 def test_missing_config(tmp_path: Path) -> None:
     with pytest.raises(config.ConfigError, match="not found"):
         config.load(tmp_path / "none", env={})
+
+
+def test_env_values_are_bounded_too(tmp_path: Path) -> None:
+    config.init_data_dir(tmp_path, "k")
+    with pytest.raises(config.ConfigError, match="replay_grace_seconds"):
+        config.load(tmp_path, env={"LOSSPROOF_LEDGER_REPLAY_GRACE_SECONDS": "inf"})
+    with pytest.raises(config.ConfigError, match=r"server\.host"):
+        config.load(tmp_path, env={"LOSSPROOF_SERVER_HOST": "\udcff"})  # a non-UTF-8 byte
+
+
+def test_a_key_that_is_not_utf8_hashes_to_no_tenant(tmp_path: Path) -> None:
+    config.init_data_dir(tmp_path, "k")
+    cfg = config.load(tmp_path, env={})
+    assert cfg.tenant_for_key("\udcff\udcfe") is None  # how a non-UTF-8 header arrives

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from lossproof import config as config_mod
+from lossproof.config import MAX_SECONDS
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
@@ -22,11 +23,14 @@ class Duration(click.ParamType):  # type: ignore[type-arg]
 
     def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
         if isinstance(value, int | float):
-            return float(value)
+            value = f"{value}s"
         m = _DURATION.match(str(value))
         if not m:
             self.fail(f"{value!r} is not a duration (e.g. 30s, 10m, 6h, 7d)", param, ctx)
-        return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+        seconds = float(m.group(1)) * _UNITS[m.group(2) or "s"]
+        if seconds > MAX_SECONDS:
+            self.fail(f"{value!r}: at most {MAX_SECONDS // 86400}d", param, ctx)
+        return seconds
 
 
 class ByteSize(click.ParamType):  # type: ignore[type-arg]
@@ -34,15 +38,22 @@ class ByteSize(click.ParamType):  # type: ignore[type-arg]
 
     name = "size"
 
+    def __init__(self, minimum: int = 1) -> None:
+        self.minimum = minimum
+
     def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
-            return value
-        m = _SIZE.match(str(value))
-        if not m:
-            self.fail(f"{value!r} is not a size (e.g. 512K, 64M, 1G)", param, ctx)
-        unit = (m.group(2) or "b")[0].lower()
-        mult = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[unit]
-        return int(float(m.group(1)) * mult)
+            n = value
+        else:
+            m = _SIZE.match(str(value))
+            if not m:
+                self.fail(f"{value!r} is not a size (e.g. 512K, 64M, 1G)", param, ctx)
+            unit = (m.group(2) or "b")[0].lower()
+            mult = {"b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[unit]
+            n = int(float(m.group(1)) * mult)
+        if not self.minimum <= n <= 2**50:
+            self.fail(f"{value!r}: must be between {self.minimum} bytes and 1P", param, ctx)
+        return n
 
 
 @click.command("fallback")
@@ -63,7 +74,7 @@ class ByteSize(click.ParamType):  # type: ignore[type-arg]
 )
 @click.option(
     "--segment-bytes",
-    type=ByteSize(),
+    type=ByteSize(minimum=4096),
     default="64M",
     show_default=True,
     envvar="LOSSPROOF_FALLBACK_SEGMENT_BYTES",

@@ -1,0 +1,95 @@
+"""`lossproof send` and `lossproof up` from the command line: what they do with bad input, refused
+reports and a port already taken (one line and a non-zero exit, never a traceback)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pipeline import Pipeline
+
+LOSSPROOF = [sys.executable, "-m", "lossproof"]
+
+
+def send(p: Pipeline, state: Path, data: bytes, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*LOSSPROOF, "send", "--url", p.url, "--api-key", p.key, "--state-dir", str(state), *args],
+        input=data.decode("utf-8", "surrogateescape"),
+        capture_output=True,
+        text=True,
+        errors="surrogateescape",
+        timeout=60,
+    )
+
+
+def one_line_error(r: subprocess.CompletedProcess[str]) -> str:
+    assert r.returncode != 0, r
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), r.stderr
+    return lines[0]
+
+
+def test_a_refused_report_is_accounted_as_lost_by_the_next_send(pipeline: Pipeline, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    good = b'{"metric": "m", "v": 1, "labels": {"host": "x"}}\n'
+    msg = one_line_error(send(pipeline, state, b'{"metric": "m", "v": "not a number"}\n', "--agent", "cli1"))
+    assert "400" in msg
+    r = send(pipeline, state, good, "--agent", "cli1")
+    assert r.returncode == 0, r.stderr
+    ledger = pipeline.wait_stored("cli1", {2})
+    # seq 1 was given up on: lost, with why; not "missing", which would mean lost in the pipeline
+    assert ledger["missing"] == []
+    assert [lr["range"] for lr in ledger["lost"]] == [[1, 1]], ledger
+    assert "gave up" in ledger["lost"][0]["reason"] and "400" in ledger["lost"][0]["reason"]
+    r = send(pipeline, state, good, "--agent", "cli1")  # reported once, not again
+    assert r.returncode == 0, r.stderr
+    assert pipeline.wait_stored("cli1", {3})["lost"] == ledger["lost"]
+
+
+def test_nan_is_sent_as_nan(pipeline: Pipeline, tmp_path: Path) -> None:
+    r = send(
+        pipeline, tmp_path / "s", b'{"metric": "nan_m", "v": NaN, "t": 1700000000000}\n', "--agent", "cli2"
+    )
+    assert r.returncode == 0, r.stderr
+    pipeline.wait_stored("cli2", {1})
+    status, q = pipeline.get("/v1/query?metric=nan_m&from=0&to=9999999999999")
+    assert status == 200
+    assert [p[1] for p in q["series"][0]["points"]] == ["NaN"], q
+
+
+def test_bad_arguments_are_one_line_errors(pipeline: Pipeline, tmp_path: Path) -> None:
+    good = b'{"metric": "m", "v": 1}\n'
+    started = time.monotonic()
+    assert "--url" in one_line_error(
+        subprocess.run(
+            [*LOSSPROOF, "send", "--url", "ftp://x", "--api-key", "k", "--state-dir", str(tmp_path)],
+            input="",
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    )
+    assert time.monotonic() - started < 10  # refused at once, not after retries
+    assert "--agent" in one_line_error(send(pipeline, tmp_path / "s", good, "--agent", "a" * 300))
+    assert "UTF-8" in one_line_error(send(pipeline, tmp_path / "s", b'{"metric": "\xff"}\n', "--agent", "x"))
+    one_line_error(send(pipeline, Path("/proc/nope"), good, "--agent", "x"))
+    # a long agent id within the protocol's limit gets a state file of its own
+    assert send(pipeline, tmp_path / "s", good, "--agent", "b" * 256).returncode == 0
+
+
+def test_up_refuses_a_port_that_is_taken(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = subprocess.run(
+            [*LOSSPROOF, "up", "--data-dir", str(tmp_path / "d"), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert f"127.0.0.1:{port}" in one_line_error(r)
