@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import msgspec
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from prometheus_client import Counter, Histogram
 
 from lossproof.protocol import native
@@ -44,34 +44,122 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+# Headers of aiohttp's own HTTPException that describe its text body, not ours (a JSON one).
+_BODY_HEADERS = frozenset(("content-type", "content-length", "content-encoding", "transfer-encoding"))
+# Answers after which the rest of the request body is not worth reading: the connection is closed.
+CLOSE_STATUSES = frozenset((408, 413))
+
+
 @web.middleware
 async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure is a JSON body with a clear message; aiohttp's own 4xx (413, 405, 404) too."""
+    """Every failure is a JSON body with a clear message; aiohttp's own 4xx (413, 405, 404...) too,
+    keeping their headers (``Allow`` of a 405) except those about aiohttp's text body."""
     try:
         return await handler(request)
     except ApiError as e:
-        return json_response({"error": e.message}, e.status, e.headers)
+        resp = json_response({"error": e.message}, e.status, e.headers)
     except web.HTTPException as e:
         if e.status < 400:
             raise
         text = e.text or e.reason
         if e.status == 413:
             text = f"request body too large ({text})"
-        return json_response({"error": text}, e.status, dict(e.headers) if e.status == 405 else None)
+        headers = {k: v for k, v in e.headers.items() if k.lower() not in _BODY_HEADERS}
+        resp = json_response({"error": text}, e.status, headers)
+    if resp.status in CLOSE_STATUSES:
+        await close_after(request, resp)
+    return resp
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The raw body, refusing more than ``limit`` bytes before reading them when possible."""
+async def close_after(request: web.Request, resp: web.StreamResponse) -> None:
+    """Send ``resp`` with ``Connection: close`` and close the connection once it is written, even if
+    the request body was not read (a 413 before the body, a 408 for a stalled one): aiohttp would
+    otherwise keep reading and discarding the unread body ("lingering") for up to 10 s."""
+    resp.force_close()
+    if request.content.is_eof():
+        return  # nothing unread: aiohttp closes the connection after the answer on its own
+    await resp.prepare(request)
+    await resp.write_eof()
+    request.protocol.force_close()
+
+
+async def continue_or(request: web.Request, refusal: web.StreamResponse | None) -> web.StreamResponse | None:
+    """An ``expect_handler`` answer to ``Expect: 100-continue``: ``refusal`` (e.g. the 401 of a
+    request whose key is wrong; the client never sent the body, so the connection is closed after
+    it), else ``100 Continue`` and the request goes on (aiohttp's own behaviour)."""
+    if refusal is not None:
+        await close_after(request, refusal)
+        return refusal
+    if request.version != HttpVersion11:
+        return None
+    expect = request.headers.get("Expect", "")
+    if expect.lower() != "100-continue":
+        resp = json_response({"error": f"unsupported Expect: {header_text(expect)!r}"}, 417)
+        await close_after(request, resp)
+        return resp
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the 100 is not part of the response
+    return None
+
+
+# A sender that stops sending its body gets a 408 (and the connection is closed) after this many
+# seconds without a byte, or when the whole body takes longer than BODY_READ_MAX_SECONDS: a stalled
+# client must not hold a connection (and its buffers) forever. Nothing was acknowledged, so the
+# client still owns the data and retries.
+BODY_IDLE_SECONDS = 30.0
+BODY_READ_MAX_SECONDS = 300.0
+
+
+async def read_body(request: web.Request, limit: int, idle_timeout: float | None = None) -> bytes:
+    """The raw body, refusing more than ``limit`` bytes before reading them when possible, and a
+    408 for a body that stalls for ``idle_timeout`` (default BODY_IDLE_SECONDS) seconds or takes
+    over BODY_READ_MAX_SECONDS in all."""
+    if idle_timeout is None:
+        idle_timeout = BODY_IDLE_SECONDS
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, f"body of {request.content_length} bytes exceeds limit of {limit}", "too_large")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + BODY_READ_MAX_SECONDS
+    while True:
+        wait = min(idle_timeout, deadline - loop.time())
+        try:
+            async with asyncio.timeout(max(wait, 0.0)):
+                chunk = await request.content.readany()
+        except TimeoutError:
+            expected = "?" if request.content_length is None else str(request.content_length)
+            raise ApiError(
+                408,
+                f"request body incomplete: got {size} of {expected} bytes, then nothing for "
+                f"{min(idle_timeout, max(wait, 0.0)):g}s (whole body within {BODY_READ_MAX_SECONDS:g}s)",
+                "timeout",
+            ) from None
+        if not chunk:
+            break
         size += len(chunk)
         if size > limit:
             raise ApiError(413, f"body exceeds limit of {limit} bytes", "too_large")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def header_text(value: str, limit: int = 64) -> str:
+    """A request header's value made safe for a metric label or a message: at most ``limit``
+    characters of valid UTF-8 (aiohttp keeps undecodable bytes as lone surrogates, which no encoder
+    accepts: they become U+FFFD) without control characters."""
+    value = value[:limit]
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            raw = value.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raw = value.encode("utf-8", "replace")
+        value = raw.decode("utf-8", "replace")[:limit]
+    if not value.isprintable():
+        value = "".join(c if c.isprintable() else "\ufffd" for c in value)
+    return value
 
 
 async def accounted(

@@ -33,6 +33,7 @@ from lossproof.httputil import (
     ApiError,
     accounted,
     await_durable,
+    continue_or,
     errors_as_json,
     json_response,
     native_content_type,
@@ -44,6 +45,8 @@ from lossproof.protocol import native
 from lossproof.protocol.compression import BadEncoding, TooLarge, decompress
 
 log = get(__name__)
+
+TENANT_HEADER = "X-Lossproof-Tenant"  # the same header and rule as ingest/auth.py
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 FSYNC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -141,9 +144,14 @@ class ReportsHandler:
 
     def tenant(self, request: web.Request) -> str | None:
         scheme, _, key = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
             return None
-        return self.keys.get(hash_key(key.strip()))
+        try:
+            key.encode("utf-8")  # undecodable header bytes (lone surrogates) are no key: a 401
+        except UnicodeEncodeError:
+            return None
+        return self.keys.get(hash_key(key))
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         m = self.metrics
@@ -154,8 +162,8 @@ class ReportsHandler:
     def unavailable(self, reason: str) -> ApiError:
         return unavailable("fallback journal", reason, self.cfg.server.retry_after_seconds)
 
-    async def _handle(self, request: web.Request) -> web.Response:
-        srv = self.cfg.server
+    def authorize(self, request: web.Request) -> str:
+        """The tenant to write as, or the 401/403 to answer (the ingest API's rules for a tenant key)."""
         tenant = self.tenant(request)
         if tenant is None:
             raise ApiError(
@@ -164,6 +172,24 @@ class ReportsHandler:
                 "unauthorized",
                 {"WWW-Authenticate": "Bearer"},
             )
+        named = request.headers.get(TENANT_HEADER)
+        if named is not None and named != tenant:  # as the ingest API answers it (ingest/auth.py)
+            raise ApiError(403, f"this key cannot write as tenant {named!r}", "forbidden")
+        return tenant
+
+    async def expect(self, request: web.Request) -> web.StreamResponse | None:
+        """``Expect: 100-continue``: a wrong key is answered before the client sends the body."""
+        try:
+            self.authorize(request)
+        except ApiError as e:
+            self.metrics.rejected.labels(e.reason).inc()
+            self.metrics.requests.labels(str(e.status)).inc()
+            return await continue_or(request, json_response({"error": e.message}, e.status, e.headers))
+        return await continue_or(request, None)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        srv = self.cfg.server
+        tenant = self.authorize(request)
         ctype = native_content_type(request)
         encoding = request.headers.get("Content-Encoding", "").strip().lower()
         raw = await read_body(request, srv.max_body_bytes)
@@ -201,6 +227,7 @@ def build_app(
 ) -> web.Application:
     app = web.Application(middlewares=[errors_as_json], client_max_size=cfg.server.max_body_bytes)
     journal = jn.journal_dir(data_dir)
+    reports = ReportsHandler(cfg, writer, metrics)
 
     async def healthz(request: web.Request) -> web.Response:
         ok, why = writer.healthy()
@@ -222,7 +249,7 @@ def build_app(
 
     app.add_routes(
         [
-            web.post("/v1/reports", ReportsHandler(cfg, writer, metrics)),
+            web.post("/v1/reports", reports, expect_handler=reports.expect),
             web.get("/healthz", healthz),
             web.get("/metrics", metrics_route),
         ]

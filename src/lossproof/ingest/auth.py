@@ -29,7 +29,7 @@ class KeyRing:
 
     def _hash(self, request: web.Request, query: bool = False) -> str | None:
         key = presented_key(request, query)
-        return None if not key else hash_key(key)
+        return None if not key else hash_key(key)  # presented_key: only keys that encode as UTF-8
 
     def tenant(self, request: web.Request) -> str | None:
         """The tenant of a tenant key, for reads and writes; None for anything else."""
@@ -57,6 +57,19 @@ class KeyRing:
 
 
 def presented_key(request: web.Request, query: bool = False) -> str | None:
+    """The key a request presents, or None. A key that is not valid UTF-8 (aiohttp keeps such
+    header bytes as lone surrogates) cannot be any configured key: None, so a 401, never a 500."""
+    key = _presented_key(request, query)
+    if key is None:
+        return None
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return key
+
+
+def _presented_key(request: web.Request, query: bool) -> str | None:
     scheme, _, cred = request.headers.get("Authorization", "").partition(" ")
     scheme, cred = scheme.lower(), cred.strip()
     if cred:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from lossproof.httputil import header_text
+
 MAX_SENDERS = 100  # distinct sender label values per process: bounds the label cardinality
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -77,8 +79,10 @@ class IngestMetrics:
         )
 
     def sender(self, user_agent: str, remote: str | None) -> str:
-        """The sender label for a request: ``<User-Agent> <address>``, or ``other`` past MAX_SENDERS."""
-        label = f"{user_agent[:64] or '-'} {remote or '-'}"
+        """The sender label for a request: ``<User-Agent> <address>``, or ``other`` past MAX_SENDERS.
+        The User-Agent is made safe text first (:func:`lossproof.httputil.header_text`): a label that
+        is not valid UTF-8 would break every later scrape of /metrics."""
+        label = f"{header_text(user_agent) or '-'} {remote or '-'}"
         if label in self._senders:
             return label
         if len(self._senders) >= MAX_SENDERS:

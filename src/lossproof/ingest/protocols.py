@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from lossproof.config import Config
-from lossproof.httputil import ApiError, json_response
+from lossproof.httputil import CLOSE_STATUSES, ApiError, close_after, json_response
 from lossproof.ingest.auth import KeyRing
 from lossproof.ingest.metrics import IngestMetrics
 from lossproof.ingest.reports import Ingest
@@ -57,7 +57,6 @@ class ThirdParty(Ingest):
     """The flow shared by the three protocols; subclasses say how to decode and how to answer."""
 
     protocol = ""
-    query_auth = False  # may the key come in the query string (InfluxDB 1.x)?
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
@@ -77,7 +76,15 @@ class ThirdParty(Ingest):
             resp = self.error(state, e)
         m.requests.labels(self.protocol, str(resp.status)).inc()
         m.latency.labels(self.protocol).observe(time.perf_counter() - started)
+        if resp.status in CLOSE_STATUSES:  # answered by self.error, not errors_as_json
+            await close_after(request, resp)
         return resp
+
+    def refusal(self, request: web.Request, e: ApiError) -> web.StreamResponse:
+        state = _State()
+        self.early(request, state)
+        self.metrics.requests.labels(self.protocol, str(e.status)).inc()
+        return self.error(state, e)
 
     def count_sender(self, request: web.Request, state: _State, outcome: str, n: int) -> None:
         pass
@@ -307,11 +314,14 @@ async def health(request: web.Request) -> web.Response:
 
 
 def routes(cfg: Config, keys: KeyRing, writer: LogWriter, metrics: IngestMetrics) -> list[web.RouteDef]:
+    handlers: list[tuple[str, ThirdParty]] = [
+        ("/api/v1/write", RemoteWrite(cfg, keys, writer, metrics)),
+        ("/v1/metrics", OtlpMetrics(cfg, keys, writer, metrics)),
+        ("/write", InfluxWrite(cfg, keys, writer, metrics, v2=False)),
+        ("/api/v2/write", InfluxWrite(cfg, keys, writer, metrics, v2=True)),
+    ]
     return [
-        web.post("/api/v1/write", RemoteWrite(cfg, keys, writer, metrics)),
-        web.post("/v1/metrics", OtlpMetrics(cfg, keys, writer, metrics)),
-        web.post("/write", InfluxWrite(cfg, keys, writer, metrics, v2=False)),
-        web.post("/api/v2/write", InfluxWrite(cfg, keys, writer, metrics, v2=True)),
+        *(web.post(path, h, expect_handler=h.expect) for path, h in handlers),
         web.get("/ping", ping),  # also answers HEAD
         web.get("/health", health),
     ]

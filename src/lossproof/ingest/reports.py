@@ -17,6 +17,7 @@ from lossproof.httputil import (
     ApiError,
     accounted,
     await_durable,
+    continue_or,
     json_response,
     native_content_type,
     read_body,
@@ -38,6 +39,8 @@ class Ingest:
     body read, and an append to the log that is awaited until durable (or answered 503). The native
     handler and the third-party protocols (``ingest/protocols.py``) share it."""
 
+    query_auth = False  # may the key come in the query string (InfluxDB 1.x)?
+
     def __init__(self, cfg: Config, keys: KeyRing, writer: LogWriter, metrics: IngestMetrics) -> None:
         self.cfg = cfg
         self.keys = keys
@@ -47,6 +50,21 @@ class Ingest:
 
     def unavailable(self, reason: str) -> ApiError:
         return unavailable("log", reason, self.cfg.server.retry_after_seconds)
+
+    async def expect(self, request: web.Request) -> web.StreamResponse | None:
+        """``Expect: 100-continue``: the key is checked first, so a client with a wrong key gets its
+        401/403 without sending the body; aiohttp's default would ask for the body unconditionally."""
+        try:
+            self.keys.writer(request, query=self.query_auth)
+        except ApiError as e:
+            self.metrics.rejected.labels(e.reason).inc()
+            return await continue_or(request, self.refusal(request, e))
+        return await continue_or(request, None)
+
+    def refusal(self, request: web.Request, e: ApiError) -> web.StreamResponse:
+        """The answer to a request refused before its body is read (native; protocols override)."""
+        self.metrics.requests.labels("native", str(e.status)).inc()
+        return json_response({"error": e.message}, e.status, e.headers)
 
     async def read(self, request: web.Request) -> bytes:
         return await read_body(request, self.cfg.server.max_body_bytes)

@@ -79,7 +79,7 @@ def build_app(
     app.on_cleanup.append(close_session)
     app.add_routes(
         [
-            web.post("/v1/reports", reports),
+            web.post("/v1/reports", reports, expect_handler=reports.expect),
             # Prometheus remote write, OTLP/HTTP, InfluxDB line protocol (docs/protocols.md)
             *protocols.routes(cfg, keys, writer, metrics),
             web.get("/healthz", healthz),

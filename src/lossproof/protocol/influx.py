@@ -18,6 +18,7 @@ received it, truncated to the precision.
 
 from __future__ import annotations
 
+import math
 import re
 from itertools import repeat
 
@@ -119,13 +120,56 @@ def check(body: bytes, precision: str) -> Checked:
         lo, hi = min(given), max(given)
         if lo < 0 or hi * mul // div > MAX_TIME_MS:
             bad = lo if lo < 0 else hi
+            # by value: the text may differ ("-01", "0999...")
+            n = next(i for i, ts in enumerate(stamps) if ts and int(ts) == bad)
             raise BadBody(
-                f"line {stamps.index(str(bad)) + 1}: timestamp {bad} (precision {precision}) is outside "
+                f"line {n + 1}: timestamp {stamps[n]} (precision {precision}) is outside "
                 "1970-01-01 .. 2100-01-01; check the precision parameter"
             )
+    if _MAYBE_OUT_OF_RANGE.search(text):
+        _check_values(lines, ms)
     points = len(ms) - list(map(_group, ms, repeat("m"))).count(None)
     skipped = _count_strings(ms) if '"' in text else 0
     return Checked(points=points, skipped=skipped)
+
+
+# A field value that may not fit what is stored (a finite float64; InfluxDB's own int64 and uint64
+# ranges): an integer of 19 or more digits, a float with a 3-digit exponent or over 300 digits. Only
+# bodies that hold such a text (in a field or not) are checked value by value.
+_MAYBE_OUT_OF_RANGE = re.compile(r"=[-+]?(?:\d{19,}[iu]|[\d.]*[eE][-+]?\d{3,}|[\d.]{300,})")
+_INT_RANGE = {"i": (-(2**63), 2**63 - 1), "u": (0, 2**64 - 1)}
+
+
+def _int(text: str) -> int:
+    """An integer field's value (without its ``i``/``u``), also with thousands of leading zeros,
+    which int() refuses (its digit limit); a longer number is out of range anyway: 2**64 is returned."""
+    digits = text.lstrip("-").lstrip("0")
+    if len(digits) > 20:
+        return 2**64 if text[0] != "-" else -(2**64)
+    return -int(digits or "0") if text[0] == "-" else int(digits or "0")
+
+
+def _check_values(lines: list[str], ms: list[re.Match[str]]) -> None:
+    for n, (line, m) in enumerate(zip(lines, ms, strict=True), 1):
+        fields = m.group("fields")
+        if not fields or not _MAYBE_OUT_OF_RANGE.search(line):
+            continue
+        for k, v in _FIELD_RE.findall(fields):
+            c, last = v[0], v[-1]
+            if c == '"' or c in "tTfF":
+                continue
+            if last in _INT_RANGE:
+                lo, hi = _INT_RANGE[last]
+                if not lo <= _int(v[:-1]) <= hi:
+                    kind = "integer" if last == "i" else "unsigned integer"
+                    raise BadBody(
+                        f"line {n}: field {k[:64]!r}: {kind} {v[:40]} is outside {lo}..{hi}: {line[:120]!r}"
+                    )
+            elif not math.isfinite(float(v)):
+                raise BadBody(
+                    f"line {n}: field {k[:64]!r}: {v[:40]} is beyond the float64 range "
+                    f"(NaN and Inf are not valid line protocol field values): {line[:120]!r}"
+                )
 
 
 def _count_strings(ms: list[re.Match[str]]) -> int:
@@ -213,7 +257,7 @@ def to_points(body: bytes, precision: str, received_ms: int, labels: dict[str, s
                 continue  # a string: not storable as a number (counted as skipped at ingest)
             last = v[-1]
             if last == "i" or last == "u":
-                x = float(int(v[:-1]))
+                x = float(_int(v[:-1]))
             elif c in "tTfF":
                 x = 1.0 if v in _TRUE else 0.0
             else:

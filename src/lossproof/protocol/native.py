@@ -13,7 +13,7 @@ import msgspec
 # 1970 .. 2100 in unix ms: anything outside is a unit mistake (seconds, ns), not telemetry.
 MAX_TIME_MS = 4_102_444_800_000
 TimeMs = Annotated[int, msgspec.Meta(ge=0, le=MAX_TIME_MS)]
-Seq = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+Seq = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]  # = MAX_INT
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 
 
@@ -42,7 +42,10 @@ class DroppedIn(msgspec.Struct):
     reason: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 
 
-Count = Annotated[int, msgspec.Meta(ge=0)]
+# Every integer is bounded by what the stores hold (SQLite INTEGER, PostgreSQL bigint: int64): a
+# larger one would be acknowledged, then refused by the store and dead-lettered.
+MAX_INT = 2**63 - 1
+Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
 
 
 class SpoolIn(msgspec.Struct):
@@ -83,14 +86,44 @@ def decode(body: bytes, content_type: str) -> RequestIn:
         raise BadRequest(f"malformed {content_type.split('/')[-1]}: {e}") from None
     except UnicodeDecodeError as e:
         raise BadRequest(f"invalid UTF-8 in a string at byte {e.start}") from None
+    except RecursionError:
+        # msgspec decodes nested arrays/objects (also in an unknown field) recursively
+        raise BadRequest(f"malformed {content_type.split('/')[-1]}: nested too deeply") from None
     if not req.reports and not req.dropped and req.spool is None:
         raise BadRequest(
             "nothing to do: `reports` is empty and there is no `dropped` or `spool` - at `$.reports`"
         )
+    seqs = [r.seq for r in req.reports]
+    if len(set(seqs)) != len(seqs):
+        _check_duplicates(req.reports, seqs)
     for i, d in enumerate(req.dropped):
         if d.first > d.last:
             raise BadRequest(f"first > last - at `$.dropped[{i}]`")
+    sp = req.spool
+    if sp is not None and sp.last_seq and sp.first_pending_seq > sp.last_seq:
+        # The lowest pending seq cannot be above the highest seq the agent ever created.
+        raise BadRequest(
+            f"first_pending_seq {sp.first_pending_seq} > last_seq {sp.last_seq} - at "
+            "`$.spool.first_pending_seq`"
+        )
     return req
+
+
+_report_enc = msgspec.msgpack.Encoder()
+
+
+def _check_duplicates(reports: list[ReportIn], seqs: list[int]) -> None:
+    """Reports are stored once per seq: of two different reports with one seq, one would be
+    dropped after the 200. The same report twice (a resend; compared encoded, so NaN equals NaN) is
+    harmless and accepted."""
+    first: dict[int, int] = {}
+    for i, seq in enumerate(seqs):
+        j = first.setdefault(seq, i)
+        if j != i and _report_enc.encode(reports[j]) != _report_enc.encode(reports[i]):
+            raise BadRequest(
+                f"duplicate seq {seq} (also at `$.reports[{j}]`) with a different report: each report "
+                f"needs its own seq - at `$.reports[{i}].seq`"
+            )
 
 
 def seq_ranges(req: RequestIn) -> list[tuple[int, int]]:

@@ -351,6 +351,14 @@ _NAME = "__name__"
 def check(body: bytes, proto: str) -> Checked:
     """Decode the (decompressed) body and check its bounds. Raises BadBody."""
     req = parse(body, proto)  # exact: every part of the message is valid
+    if body and not req.ListFields():
+        # Only fields unknown to the announced message, which protobuf skips: most likely the other
+        # version's message under a wrong Content-Type. Answering 2xx would drop it silently.
+        other = V1 if proto == V2 else V2
+        raise BadBody(
+            f"body has none of the fields of {proto} (the Content-Type says proto={proto}); it looks "
+            f"like a {other} message: send it with Content-Type application/x-protobuf;proto={other}"
+        )
     if proto == V2:
         return _check_v2(body, req)
     maps = list(map(_labels_of, _Maps.FromString(body).timeseries))
@@ -407,14 +415,14 @@ def _check_histograms(blobs: Any, series: Any) -> int:
 
 
 def _explain_v1(req: Any) -> None:
-    """The slow path for a body that failed a bound: find the series and say what is wrong."""
+    """The slow path for a body that may break a bound (the fast checks over-approximate: they
+    count empty-valued labels): find the series and say what is wrong, or return if nothing is."""
     for i, ts in enumerate(req.timeseries):
         where = f"timeseries[{i}]"
         for lb in ts.labels:  # every label, also a duplicate name's earlier ones
             _check_label(lb.name, lb.value, where)
         labels = {lb.name: lb.value for lb in ts.labels}
         _check_labels(list(labels), list(labels.values()), where)
-    raise BadBody("a series breaks a label bound")  # not reached: one of the checks above raises
 
 
 def _check_v2(body: bytes, req: Any) -> Checked:
@@ -445,8 +453,10 @@ def _check_v2(body: bytes, req: Any) -> Checked:
 
 
 def _check_labels(names: list[str], values: list[str], where: str) -> None:
-    if len(names) > MAX_LABELS + 1:
-        raise BadBody(f"{where}: {len(names)} labels, at most {MAX_LABELS} besides __name__")
+    # an empty-valued label is no label (it is not stored)
+    count = sum(1 for k, v in zip(names, values, strict=True) if v and k != _NAME)
+    if count > MAX_LABELS:
+        raise BadBody(f"{where}: {count} labels besides __name__ (with a value), at most {MAX_LABELS}")
     if _NAME not in names:
         raise BadBody(f"{where}: no __name__ label (every series needs a metric name)")
     for n, v in zip(names, values, strict=True):
