@@ -118,23 +118,6 @@ class FallbackMetrics:
         self.commit_requests.observe(requests)
 
 
-@dataclass(frozen=True, slots=True)
-class Checked:
-    agent: str
-    seqs: list[tuple[int, int]]
-    reports: int
-    points: int
-
-
-def check_body(body: bytes, content_type: str) -> Checked:
-    """Validate a decompressed body exactly as ingest does (the shared protocol decoder);
-    raises ``native.BadRequest``. A request may carry only ``dropped``/``spool`` and no reports."""
-    req = native.decode(body, content_type)
-    return Checked(
-        req.agent, native.seq_ranges(req), len(req.reports), sum(len(r.points) for r in req.reports)
-    )
-
-
 class ReportsHandler:
     def __init__(self, cfg: Config, writer: jn.JournalWriter, metrics: FallbackMetrics) -> None:
         self.cfg = cfg
@@ -194,7 +177,7 @@ class ReportsHandler:
         encoding = request.headers.get("Content-Encoding", "").strip().lower()
         raw = await read_body(request, srv.max_body_bytes)
         try:
-            checked = check_body(decompress(raw, encoding, srv.max_decoded_bytes), ctype)
+            checked = native.check(decompress(raw, encoding, srv.max_decoded_bytes), ctype)
         except TooLarge as e:
             raise ApiError(413, str(e), "too_large") from None
         except (BadEncoding, native.BadRequest) as e:

@@ -109,14 +109,13 @@ class ReportsHandler(Ingest):
         encoding = request.headers.get("Content-Encoding", "").strip().lower()
         raw = await self.read(request)
         try:
-            body = decompress(raw, encoding, srv.max_decoded_bytes)
-            req = native.decode(body, ctype)
+            checked = native.check(decompress(raw, encoding, srv.max_decoded_bytes), ctype)
         except TooLarge as e:
             raise ApiError(413, str(e), "too_large") from None
         except (BadEncoding, native.BadRequest) as e:
             raise ApiError(400, str(e), "bad_request") from None
 
-        seqs = native.seq_ranges(req)
+        seqs, agent = checked.seqs, checked.agent
         record = native.encode_envelope(
             native.Envelope(
                 version=1,
@@ -125,19 +124,18 @@ class ReportsHandler(Ingest):
                 content_type=ctype,
                 encoding="" if encoding == "identity" else encoding,
                 received_ms=int(time.time() * 1000),
-                agent=req.agent,
+                agent=agent,
                 seqs=seqs,
                 body=raw,
             )
         )
-        await self.append_durable(native.log_key(tenant, req.agent), record)
+        await self.append_durable(native.log_key(tenant, agent), record)
 
-        npoints = sum(len(r.points) for r in req.reports)
-        self.metrics.reports.labels(tenant).inc(len(req.reports))
-        self.metrics.points.labels(tenant).inc(npoints)
+        self.metrics.reports.labels(tenant).inc(checked.reports)
+        self.metrics.points.labels(tenant).inc(checked.points)
         self.metrics.bytes.labels(tenant).inc(len(raw))
         grace_ms = int(self.cfg.ledger.replay_grace_seconds * 1000)
-        replay = await self.store.replay_wanted(tenant, req.agent, int(time.time() * 1000) - grace_ms)
+        replay = await self.store.replay_wanted(tenant, agent, int(time.time() * 1000) - grace_ms)
         if replay:
             self.metrics.replay_requested.inc(sum(b - a + 1 for a, b in replay))
         return json_response({"acked": seqs, "replay": replay})

@@ -136,6 +136,23 @@ def seq_ranges(req: RequestIn) -> list[tuple[int, int]]:
     return out
 
 
+class Checked(msgspec.Struct, frozen=True):
+    """What the ingest side keeps of a request it validated: enough to answer and to count."""
+
+    agent: str
+    seqs: list[tuple[int, int]]
+    reports: int
+    points: int
+
+
+def check(body: bytes, content_type: str) -> Checked:
+    """Validate a decompressed body (see :func:`decode`) and keep only its summary. The decoded
+    points are freed here, before the caller waits for the log: a request in flight that held its
+    thousands of objects made every request 20-70% costlier (64 in flight, measured)."""
+    req = decode(body, content_type)
+    return Checked(req.agent, seq_ranges(req), len(req.reports), sum(len(r.points) for r in req.reports))
+
+
 class Envelope(msgspec.Struct, array_like=True):
     """What ingest appends to the log for one request: the body exactly as it arrived (still
     compressed) plus who sent it. Workers decode; ingest only checked that it decodes."""
