@@ -197,15 +197,18 @@ def run_bench(
     LAST_RUN.update(
         requests_per_s=requests / full.seconds, bytes_per_request=full.acked_bytes / max(requests, 1)
     )
-    worker_rate = stored_total / (full.seconds + (drain if math.isfinite(drain) else 0))
+    if math.isfinite(drain):
+        worker_rate = stored_total / (full.seconds + drain)
+        drained = f"overall incl. drain: {worker_rate:,.0f} points/s; drained {drain:.1f}s after load stopped"
+    else:
+        drained = f"NOT drained: {stored_total:,.0f} of {full.acked_points:,} points stored by the deadline"
     lines += [
         f"agents {agents}, {points} points/report, encoding {encoding}, {full.seconds:.1f}s at max load",
         f"acked: {rate:,.0f} points/s, {mib:,.1f} MiB/s on the wire (ratio to disk {mib / disk:.2f})",
         f"ack latency: p50 {full.quantile(0.5) * 1e3:.1f} ms, p99 {full.quantile(0.99) * 1e3:.1f} ms, "
         f"p99.9 {full.quantile(0.999) * 1e3:.1f} ms",
         f"errors: {full.errors or 'none'}",
-        f"worker stored during load: {stored_during / full.seconds:,.0f} points/s; "
-        f"overall incl. drain: {worker_rate:,.0f} points/s; drained {drain:.1f}s after load stopped",
+        f"worker stored during load: {stored_during / full.seconds:,.0f} points/s; {drained}",
         "end-to-end (ingest → stored) p50 ≤ "
         f"{histogram_quantile(before, after_drain, 'lossproof_worker_end_to_end_seconds', 0.5):g}s, p99 ≤ "
         f"{histogram_quantile(before, after_drain, 'lossproof_worker_end_to_end_seconds', 0.99):g}s",
