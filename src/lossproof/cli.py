@@ -225,17 +225,17 @@ def keys_create(data_dir: Path, tenant: str | None, replay: bool) -> None:
         raise click.ClickException("give exactly one of --tenant NAME or --replay")
     if tenant is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", tenant):
         raise click.ClickException("tenant must be 1-64 characters of letters, digits, '_', '.', '-'")
+    key = config_mod.new_key()
     try:
-        # Without environment overrides: they must not be written into the file.
-        cfg = config_mod.load(data_dir, env={})
+        # As in the file, without environment overrides: they must not be written into it.
+        with config_mod.editing(data_dir) as cfg:
+            if tenant is None:
+                cfg.replay.key_hashes.append(config_mod.hash_key(key))
+            else:
+                tc = cfg.tenants.setdefault(tenant, config_mod.TenantConfig())
+                tc.key_hashes.append(config_mod.hash_key(key))
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
-    key = config_mod.new_key()
-    if tenant is None:
-        cfg.replay.key_hashes.append(config_mod.hash_key(key))
-    else:
-        cfg.tenants.setdefault(tenant, config_mod.TenantConfig()).key_hashes.append(config_mod.hash_key(key))
-    config_mod.save(cfg)
     click.echo(key)
     what = "replay key added" if tenant is None else f"key added for tenant {tenant!r}"
     click.echo(f"{what}; restart running services to use it", err=True)

@@ -7,13 +7,15 @@ Environment variables override the file: ``LOSSPROOF_<SECTION>_<FIELD>`` (e.g.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import secrets
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -301,11 +303,27 @@ def load(data_dir: Path, env: Mapping[str, str] | None = None) -> Config:
 
 
 def save(cfg: Config) -> None:
-    """Write the config back atomically (used when creating it and by `keys create`)."""
+    """Write the config back atomically (used when creating it and by `keys create`); writers that
+    read it first hold :func:`editing`."""
     path = cfg.data_dir / CONFIG_NAME
     text = "# lossproof configuration. Keys are stored as SHA-256 hashes only.\n"
     text += tomli_w.dumps(cfg.model_dump(mode="json", exclude={"data_dir"}))
-    write_atomic(path, text.encode())
+    write_atomic(path, text.encode(), tmp=path.with_name(f"{CONFIG_NAME}.{os.getpid()}.tmp"))
+
+
+@contextlib.contextmanager
+def editing(data_dir: Path) -> Iterator[Config]:
+    """The config as in the file (no environment overrides), saved on exit; concurrent editors (two
+    `keys create` at once) wait for each other, so neither's change is lost."""
+    load(data_dir, env={})  # a missing or bad config is refused before anything is created
+    fd = os.open(data_dir / f"{CONFIG_NAME}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        cfg = load(data_dir, env={})  # again: another editor may have saved while we waited
+        yield cfg
+        save(cfg)
+    finally:
+        os.close(fd)
 
 
 def init_data_dir(data_dir: Path, api_key: str | None, port: int | None = None) -> tuple[Config, str | None]:

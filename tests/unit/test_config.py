@@ -71,3 +71,36 @@ def test_a_key_that_is_not_utf8_hashes_to_no_tenant(tmp_path: Path) -> None:
     config.init_data_dir(tmp_path, "k")
     cfg = config.load(tmp_path, env={})
     assert cfg.tenant_for_key("\udcff\udcfe") is None  # how a non-UTF-8 header arrives
+
+
+def test_concurrent_key_creation_keeps_every_key(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    config.init_data_dir(tmp_path, "k")
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "lossproof",
+                "keys",
+                "create",
+                "--data-dir",
+                str(tmp_path),
+                "--tenant",
+                f"t{i}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(8)
+    ]
+    keys = {}
+    for i, p in enumerate(procs):
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        keys[f"t{i}"] = out.strip()
+    cfg = config.load(tmp_path, env={})
+    assert {t: cfg.tenant_for_key(k) for t, k in keys.items()} == {t: t for t in keys}
