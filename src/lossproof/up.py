@@ -23,6 +23,8 @@ from lossproof.obs.logging import get
 log = get(__name__)
 
 PR_SET_PDEATHSIG = 1
+STARTUP_SECONDS = 10.0
+STARTUP_ATTEMPTS = 3
 
 
 def _die_with_parent() -> None:
@@ -39,6 +41,7 @@ class Child:
     argv: list[str]
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
+    startup_failures: int = 0  # error exits in a row, each within STARTUP_SECONDS of its start
     started: float = 0.0
     backoff: float = field(default=0.5)
 
@@ -93,16 +96,30 @@ def run(cfg: Config, data_dir: Path) -> int:
     for c in children:
         c.start()
     url = f"http://{cfg.server.host}:{cfg.server.port}"
-    if wait_ready(url, stop=lambda: stopping):
-        print(f"lossproof is up: {url} (data dir {data_dir}); Ctrl-C stops it", flush=True)
+    ready = False
+    failed: str | None = None
     while not stopping:
+        if not ready and _healthy(url):
+            ready = True
+            print(f"lossproof is up: {url} (data dir {data_dir}); Ctrl-C stops it", flush=True)
         time.sleep(0.2)
         for c in children:
             assert c.proc is not None
             code = c.proc.poll()
             if code is None or stopping:
                 continue
-            # A child that died is restarted with backoff; it never takes the others down.
+            # A child that died is restarted with backoff; it never takes the others down. One that
+            # cannot even start (it exits with an error within seconds, again and again: a lock
+            # held by another pipeline, a read-only data dir) is a setup problem: say so and stop.
+            quick = time.monotonic() - c.started < STARTUP_SECONDS
+            c.startup_failures = c.startup_failures + 1 if quick and code > 0 else 0
+            if c.startup_failures >= STARTUP_ATTEMPTS:
+                failed = (
+                    f"the {c.name} process exited with code {code} {c.startup_failures} times "
+                    "while starting (its error is above)"
+                )
+                stopping = True
+                break
             if time.monotonic() - c.started > 30:
                 c.backoff = 0.5
             log.error("up.child_exited", child=c.name, code=code, restart_in=c.backoff)
@@ -125,17 +142,25 @@ def run(cfg: Config, data_dir: Path) -> int:
             c.proc.kill()
             c.proc.wait()
     log.info("up.stopped")
+    if failed is not None:
+        log.error("up.gave_up", why=failed)
+        print(f"Error: {failed}", file=sys.stderr, flush=True)
+        return 1
     return 0
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/healthz", timeout=0.5) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
 
 
 def wait_ready(url: str, timeout: float = 30.0, stop: Callable[[], bool] = lambda: False) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not stop():
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=1) as r:
-                if r.status == 200:
-                    return True
-        except OSError:
-            pass
+        if _healthy(url):
+            return True
         time.sleep(0.1)
     return False

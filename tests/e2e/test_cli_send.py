@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline import Pipeline
+from pipeline import Pipeline, report
 
 LOSSPROOF = [sys.executable, "-m", "lossproof"]
 
@@ -93,3 +93,22 @@ def test_up_refuses_a_port_that_is_taken(tmp_path: Path) -> None:
             timeout=60,
         )
     assert f"127.0.0.1:{port}" in one_line_error(r)
+
+
+def test_up_stops_when_a_child_cannot_start(pipeline: Pipeline) -> None:
+    """A second pipeline on a data dir in use: its ingest cannot take the log, so `up` says why and
+    exits, instead of restarting it forever; the first pipeline is untouched."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = subprocess.run(
+        [*LOSSPROOF, "up", "--data-dir", str(pipeline.data_dir), "--port", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    assert "another process is writing the log" in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("Error: the ingest process exited")
+    assert pipeline.post_reports("still-up", [report(1)]).status == 200
