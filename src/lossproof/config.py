@@ -18,12 +18,12 @@ import typing
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lossproof.durable import make_dirs, write_atomic
+from lossproof.urls import check_base_url
 
 CONFIG_NAME = "lossproof.toml"
 MiB = 2**20
@@ -153,26 +153,7 @@ class HealthConfig(_Section):
     @field_validator("fallback_urls")
     @classmethod
     def _http_urls(cls, urls: list[str]) -> list[str]:
-        out = []
-        for raw in urls:
-            url = raw.strip().rstrip("/")
-            try:
-                parts = urlsplit(url)
-                _ = parts.port  # raises ValueError on a bad port
-            except ValueError:
-                parts = None
-            if (
-                parts is None
-                or parts.scheme not in ("http", "https")
-                or not parts.hostname
-                or parts.query
-                or parts.fragment
-            ):
-                raise ValueError(
-                    f"{raw!r} is not an http(s) base URL of a fallback receiver (e.g. http://10.0.0.5:8081)"
-                )
-            out.append(url)
-        return out
+        return [check_base_url(u) for u in urls]
 
 
 class Config(_Section):

@@ -20,13 +20,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urlsplit
 
 import msgspec
 import urllib3
 
 from lossproof.durable import make_dirs
 from lossproof.protocol.compression import compress
+from lossproof.urls import check_base_url
 
 MAX_AGENT = 256  # the protocol's limit on agent ids
 MAX_REASON = 512
@@ -39,13 +39,9 @@ class SendError(Exception):
 def check_url(url: str) -> str:
     """The pipeline's base URL, or a SendError saying what is wrong with it."""
     try:
-        parts = urlsplit(url)
-        _ = parts.port  # raises on a bad port
+        return check_base_url(url)
     except ValueError as e:
-        raise SendError(f"--url {url!r}: {e}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SendError(f"--url {url!r}: expected http(s)://host[:port]")
-    return url.rstrip("/")
+        raise SendError(f"--url: {e}") from None
 
 
 def check_agent(agent: str) -> str:

@@ -12,25 +12,22 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lossproof.config import ConfigError
+from lossproof.urls import check_base_url
 
 MiB = 2**20
 GiB = 2**30
 
 
 def _check_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an http(s) URL: {url!r}")
-    return url.rstrip("/")
+    return check_base_url(url)
 
 
 class AgentConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     agent_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=256)
     # The key itself, or the name of an environment variable holding it (keeps secrets out of files).

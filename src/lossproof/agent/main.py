@@ -41,8 +41,10 @@ def agent_command(config_path: Path) -> None:
     agent = Agent(cfg)
     try:
         agent.start()
-    except (SpoolError, OSError) as e:
+    except SpoolError as e:
         raise click.ClickException(str(e)) from None
+    except OSError as e:  # almost always the spool: say which, and where it is configured
+        raise click.ClickException(f"spool_dir {cfg.spool_dir} ({config_path}): {e}") from None
     click.echo(
         f"lossproof agent {cfg.agent_id}: spool {cfg.spool_dir}, sending to {cfg.primary_url}", err=True
     )

@@ -270,11 +270,12 @@ class Sender:
 
     def _handle(self, batch: Batch, out: Outcome) -> None:
         target, kind = batch.target, batch.target.kind
-        self.metrics.requests.labels(kind, str(out.status)).inc()
+        status = str(out.status) if out.status else "connection"  # 0: no answer at all
+        self.metrics.requests.labels(kind, status).inc()
         if out.status == 200:
             self._succeeded(batch, out)
             return
-        self.metrics.send_errors.labels(str(out.status) if out.status else "connection").inc()
+        self.metrics.send_errors.labels(status).inc()
         msg = _error_message(out.body) if out.body else out.error
         self.last_error = f"{target.url}: {out.status or 'no answer'} {msg}"
         if out.status in (400, 413) and batch.reports:
