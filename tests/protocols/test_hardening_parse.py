@@ -37,6 +37,16 @@ def test_native_integers_are_bounded_to_int64() -> None:
     native.decode(_native(spool={**sp, "pending_bytes": 2**63 - 1}), native.JSON)
 
 
+def test_native_nul_in_agent_or_reason_is_refused() -> None:
+    """They become text columns, which PostgreSQL refuses to hold a NUL in (labels keep theirs)."""
+    with pytest.raises(native.BadRequest, match=r"\$\.agent"):
+        native.decode(_native(agent="a\x00b"), native.JSON)
+    bad = [{"first": 1, "last": 2, "reason": "x\x00"}]
+    with pytest.raises(native.BadRequest, match=r"\$\.dropped\[0\]\.reason"):
+        native.decode(_native(dropped=bad), native.JSON)
+    native.decode(_native(reports=[{"seq": 1, "points": [{"metric": "m\x00", "t": 1, "v": 1}]}]), native.JSON)
+
+
 def test_native_duplicate_seq_and_inconsistent_spool() -> None:
     pt = {"metric": "m", "t": 1, "v": 1.0}
     dup = _native(reports=[{"seq": 3, "points": [pt]}, {"seq": 4, "points": []}, {"seq": 3, "points": []}])

@@ -87,3 +87,22 @@ def test_bad_regex_is_invalid_matcher(pattern: str, why: str) -> None:
         Matcher("k", "=~", pattern)
     assert why in str(e.value) and ": b'" not in str(e.value)
     assert isinstance(e.value, ValueError)
+
+
+def test_nul_in_metric_label_and_metadata_is_stored_not_refused(store: Store) -> None:
+    """Every protocol may carry a NUL in a string; PostgreSQL text cannot hold one. The point must be
+    stored all the same (a refused record would be acknowledged data never stored): labels keep it
+    (escaped in their JSON), a metric name or metadata text gets U+FFFD there."""
+    from lossproof.store.base import MetricMetadata
+
+    res = store.write_batch(
+        WriteBatch(
+            samples=[("t", Point("nul\x00m", {"k\x00": "v\x00"}, T, 7.0))],
+            metadata=[MetricMetadata("t", "nul\x00m", "gauge", "help\x00", "")],
+            now_ms=T,
+        )
+    )
+    assert res.points_written == 1
+    found = [(m, labels) for m, labels in store.series("t", [Matcher("__name__", "=~", "nul.m")])]
+    assert len(found) == 1 and found[0][1] == {"k\x00": "v\x00"}
+    assert found[0][0] in ("nul\x00m", "nul\ufffdm")

@@ -96,9 +96,14 @@ def decode(body: bytes, content_type: str) -> RequestIn:
     seqs = [r.seq for r in req.reports]
     if len(set(seqs)) != len(seqs):
         _check_duplicates(req.reports, seqs)
+    # Identifiers and reasons become text columns, and PostgreSQL text cannot hold NUL.
+    if "\x00" in req.agent:
+        raise BadRequest("NUL character in the agent id - at `$.agent`")
     for i, d in enumerate(req.dropped):
         if d.first > d.last:
             raise BadRequest(f"first > last - at `$.dropped[{i}]`")
+        if "\x00" in d.reason:
+            raise BadRequest(f"NUL character in the reason - at `$.dropped[{i}].reason`")
     sp = req.spool
     if sp is not None and sp.last_seq and sp.first_pending_seq > sp.last_seq:
         # The lowest pending seq cannot be above the highest seq the agent ever created.

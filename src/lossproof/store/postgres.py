@@ -104,6 +104,13 @@ _LABELS_ENCODER = msgspec.json.Encoder(order="sorted")
 _LABELS_DECODER = msgspec.json.Decoder(dict[str, str])
 _SERIES_CACHE_MAX = 2_000_000
 
+
+def pg_text(s: str) -> str:
+    """PostgreSQL text cannot hold NUL (SQLite can): it is stored as U+FFFD rather than refused, as a
+    refused record would be acknowledged data never stored. Only new series and metadata pay."""
+    return s.replace("\x00", "\ufffd") if "\x00" in s else s
+
+
 _SeriesKey = tuple[Any, ...]  # (tenant, metric, *labels.items()) in the caller's label order
 _LedgerRow = lg.LedgerRow
 _Conn = psycopg.Connection[Any]
@@ -620,7 +627,13 @@ class PostgresStore(Store):
         if batch.metadata:
             # in key order, like every other row (writers do not deadlock on each other's)
             meta = sorted(latest_metadata(batch.metadata), key=lambda m: (m.tenant, m.metric))
-            cur.executemany(_UPSERT_METADATA, [(m.tenant, m.metric, m.type, m.help, m.unit) for m in meta])
+            cur.executemany(
+                _UPSERT_METADATA,
+                [
+                    (m.tenant, pg_text(m.metric), pg_text(m.type), pg_text(m.help), pg_text(m.unit))
+                    for m in meta
+                ],
+            )
         return WriteResult(points_written=written, reports_stored=stored_count, reports_duplicate=duplicates)
 
     def _point_rows(
@@ -655,8 +668,8 @@ class PostgresStore(Store):
         for _, skey, tenant, metric, labels in unresolved:
             if skey in pending:
                 continue
-            labels_json = _LABELS_ENCODER.encode(labels)
-            ident = (tenant, metric, hashlib.sha256(labels_json).digest())
+            labels_json = _LABELS_ENCODER.encode(labels)  # NUL is escaped in JSON: kept as is
+            ident = (tenant, pg_text(metric), hashlib.sha256(labels_json).digest())
             keys = by_ident.setdefault(ident, [])
             if not keys:
                 labels_of[ident] = labels_json.decode()
