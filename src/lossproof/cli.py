@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from lossproof import config as config_mod
+from lossproof.cliutil import finite_float
 from lossproof.config import Config, ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -261,7 +262,7 @@ def bench() -> None:
 @click.option("--api-key", envvar="LOSSPROOF_API_KEY", default=None, help="Required unless --spawn.")
 @click.option("--agents", type=click.IntRange(1, 10_000), default=64, show_default=True)
 @click.option("--points-per-report", type=click.IntRange(1, 100_000), default=1000, show_default=True)
-@click.option("--duration", type=click.FloatRange(1, 3600), default=20, show_default=True)
+@click.option("--duration", type=finite_float(1, 3600), default=20, show_default=True)
 @click.option(
     "--encoding", type=click.Choice(["identity", "gzip", "zstd"]), default="zstd", show_default=True
 )
@@ -302,8 +303,28 @@ def bench_ingest(
     """Acked points/s, ack latency, worker points/s, end-to-end delay, vs the disk's own speed."""
     import tempfile
 
-    from lossproof.bench.ingest import run_bench, run_protocol_bench
+    from lossproof.bench.ingest import BenchFailed, run_bench, run_protocol_bench
     from lossproof.bench.spawn import spawned_pipeline
+
+    # Every argument is checked before anything runs.
+    kafka_cfg = None
+    if log_backend == "kafka":
+        if protocol != "native":
+            raise click.ClickException("--log kafka measures the native endpoint: drop --protocol")
+        if data_dir is None:
+            raise click.ClickException(
+                "--log kafka needs --data-dir of the pipeline (for its Kafka settings)"
+            )
+        kafka_cfg = _load(data_dir).log.kafka
+    if not spawn:
+        if not api_key:
+            raise click.ClickException("--api-key (or LOSSPROOF_API_KEY) is required without --spawn")
+        from lossproof.send import SendError, check_url
+
+        try:
+            url = check_url(url)
+        except SendError as e:
+            raise click.ClickException(str(e)) from None
 
     def progress(msg: str) -> None:
         click.echo(f"  {msg}", err=True)
@@ -312,38 +333,38 @@ def bench_ingest(
         if protocol != "native":
             return run_protocol_bench(url, key, protocol, agents, points_per_report, duration, progress)
         lines = run_bench(url, key, agents, points_per_report, duration, encoding, disk_dir, progress)
-        if log_backend == "kafka":
-            lines += _kafka_ratio(lines, data_dir, agents, duration, progress)
+        if kafka_cfg is not None:
+            lines += _kafka_ratio(kafka_cfg, agents, duration, progress)
         return lines
 
     with tempfile.TemporaryDirectory(prefix="lossproof-bench-") as tmp:
-        if spawn:
-            with spawned_pipeline(Path(tmp) / "data") as (url, api_key):
-                lines = go(url, api_key, Path(tmp) / "data")
-        else:
-            if not api_key:
-                raise click.ClickException("--api-key (or LOSSPROOF_API_KEY) is required without --spawn")
-            try:
-                lines = go(url, api_key, data_dir or Path(tmp))
-            except OSError as e:
-                raise click.ClickException(f"cannot reach the pipeline at {url}: {e}") from None
+        try:
+            if spawn:
+                with spawned_pipeline(Path(tmp) / "data") as (url, api_key):
+                    lines = go(url, api_key, Path(tmp) / "data")
+            else:
+                assert api_key is not None
+                try:
+                    lines = go(url, api_key, data_dir or Path(tmp))
+                except OSError as e:
+                    raise click.ClickException(f"cannot reach the pipeline at {url}: {e}") from None
+        except BenchFailed as e:
+            raise click.ClickException(str(e)) from None
     for line in lines:
         click.echo(line)
 
 
 def _kafka_ratio(
-    lines: list[str], data_dir: Path | None, agents: int, duration: float, progress: Callable[[str], None]
+    cfg: config_mod.KafkaLogConfig, agents: int, duration: float, progress: Callable[[str], None]
 ) -> list[str]:
     """The raw librdkafka producer with the pipeline's own Kafka settings, beside the ingest numbers."""
     from lossproof.bench.ingest import LAST_RUN
-    from lossproof.bench.kafka import raw_producer
+    from lossproof.bench.kafka import quiet_librdkafka, raw_producer
 
-    if data_dir is None:
-        raise click.ClickException("--log kafka needs --data-dir of the pipeline (for its Kafka settings)")
-    cfg = _load(data_dir)
     record_bytes = max(1, int(LAST_RUN.get("bytes_per_request", 50_000)))
     progress(f"raw librdkafka producer, {agents} in flight, {record_bytes} B records …")
-    raw = raw_producer(cfg.log.kafka, record_bytes=record_bytes, seconds=duration, concurrency=agents)
+    with quiet_librdkafka():
+        raw = raw_producer(cfg, record_bytes=record_bytes, seconds=duration, concurrency=agents)
     ingest_rps = LAST_RUN.get("requests_per_s", 0.0)
     ratio = ingest_rps / raw.records_per_s if raw.records_per_s else float("nan")
     return [raw.line(), f"ingest acked requests/s vs raw producer records/s: {ratio:.2f} (target >= 0.8)"]

@@ -27,7 +27,8 @@ import psutil  # type: ignore[import-untyped]  # no stubs installed; calls are p
 import tomli_w
 
 from lossproof.bench.scrape import scrape, total
-from lossproof.bench.spawn import free_port, spawned_pipeline
+from lossproof.bench.spawn import check_pipeline, free_port, spawned_pipeline
+from lossproof.cliutil import finite_float
 
 
 @dataclass
@@ -172,18 +173,28 @@ def main() -> None:
 
 
 @main.command("run")
-@click.option("--seconds", type=click.FloatRange(5, 3600), default=60, show_default=True)
+@click.option("--seconds", type=finite_float(5, 3600), default=60, show_default=True)
 @click.option("--points", type=click.IntRange(1, 100_000), default=1000, show_default=True)
 @click.option("--via", type=click.Choice(["record", "statsd"]), default="record", show_default=True)
 @click.option("--url", default=None, help="A running pipeline (default: spawn one).")
 @click.option("--api-key", envvar="LOSSPROOF_API_KEY", default=None)
 def run_command(seconds: float, points: int, via: str, url: str | None, api_key: str | None) -> None:
     """Measure and print the agent's CPU and RSS."""
-    res = run_agent_bench(
-        seconds, points, via, url, api_key, progress=lambda m: click.echo(f"  {m}", err=True)
-    )
+    if url is not None:
+        url = check_pipeline(url, api_key)
+    try:
+        res = run_agent_bench(
+            seconds, points, via, url, api_key, progress=lambda m: click.echo(f"  {m}", err=True)
+        )
+    except RuntimeError as e:  # the agent or the spawned pipeline did not run
+        raise click.ClickException(str(e)) from None
     for line in res.lines():
         click.echo(line)
+    if not res.reports_acked:
+        raise click.ClickException(
+            f"the agent got no report acknowledged ({res.reports_created:.0f} created): "
+            "check --url and --api-key"
+        )
 
 
 @main.command("drive", hidden=True)

@@ -21,6 +21,14 @@ from lossproof.bench.scrape import histogram_quantile, scrape, total
 from lossproof.protocol.compression import compress
 
 T_MARK = b"@T@"
+# Answers that no retry can change: a load phase stops at once when nothing was acknowledged yet.
+REFUSED = frozenset({401, 403, 404})
+
+
+class BenchFailed(Exception):
+    """Nothing was acknowledged: there are no numbers to print (one line, for the CLI)."""
+
+
 # Figures of the last max-load phase, for benchmarks that compare against it (bench kafka ratio).
 LAST_RUN: dict[str, float] = {}
 
@@ -43,6 +51,7 @@ class Phase:
     acked_bytes: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
+    refused: str = ""  # set when the pipeline refused the load outright (e.g. HTTP 401)
 
     def quantile(self, q: float) -> float:
         if not self.latencies:
@@ -91,14 +100,14 @@ class Load:
             async def agent_loop(a: int) -> None:
                 next_at = time.monotonic() + (interval * a / self.agents if interval else 0)
                 body = self.body(a)
-                while time.monotonic() < deadline:
+                while time.monotonic() < deadline and not phase.refused:
                     if interval:
                         await asyncio.sleep(max(0.0, next_at - time.monotonic()))
                         next_at += interval
                     start = time.perf_counter()
                     try:
                         async with session.post(self.url, data=body, headers=headers) as r:
-                            await r.read()
+                            answer = await r.read()
                             status = r.status
                     except aiohttp.ClientError as e:
                         phase.errors[type(e).__name__] = phase.errors.get(type(e).__name__, 0) + 1
@@ -111,11 +120,14 @@ class Load:
                         body = self.body(a)
                     else:
                         phase.errors[str(status)] = phase.errors.get(str(status), 0) + 1
+                        if status in REFUSED and not phase.acked_points:
+                            text = answer[:200].decode(errors="replace").strip()
+                            phase.refused = f"HTTP {status} from {self.url}: {text}"
                         await asyncio.sleep(0.05)
 
             async def ticker() -> None:
                 started = time.monotonic()
-                while time.monotonic() < deadline:
+                while time.monotonic() < deadline and not phase.refused:
                     await asyncio.sleep(1)
                     el = time.monotonic() - started
                     progress(f"{phase.name}: {el:4.0f}s  {phase.acked_points / el:,.0f} acked points/s")
@@ -153,6 +165,10 @@ def run_protocol_bench(
     stored_before = total(before, "lossproof_worker_points_total")
     progress(f"{protocol}: {clients} clients, {samples} samples/request, {duration:.0f}s …")
     res = asyncio.run(drive(url, key, protocol, clients, samples, duration))
+    if res.refused:
+        raise BenchFailed(f"nothing acknowledged: {res.refused}")
+    if not res.acked_samples:
+        raise BenchFailed(f"nothing acknowledged in {res.seconds:.1f}s; errors {res.errors or 'none'}")
     drain = _wait_drained(url, stored_before + res.acked_samples, timeout=max(60.0, duration * 10))
     stored = total(scrape(url), "lossproof_worker_points_total") - stored_before
     busy = res.seconds + (drain if math.isfinite(drain) else 0)
@@ -176,6 +192,7 @@ def run_bench(
     progress: Callable[[str], None],
 ) -> list[str]:
     run_id = f"{int(time.time())}"
+    scrape(url)  # reachable? (before the disk is measured)
     progress("measuring the disk: sequential write + fsync …")
     disk = write_fsync_mib_s(disk_dir)
     load = Load(url, key, agents, points, encoding, run_id)
@@ -185,6 +202,10 @@ def run_bench(
     stored_before = total(before, "lossproof_worker_points_total")
     full = Phase("max load")
     asyncio.run(load.run(full, duration, None, progress))
+    if full.refused:
+        raise BenchFailed(f"nothing acknowledged: {full.refused}")
+    if not full.acked_points:
+        raise BenchFailed(f"nothing acknowledged in {full.seconds:.1f}s; errors {full.errors or 'none'}")
     after_full = scrape(url)
     stored_during = total(after_full, "lossproof_worker_points_total") - stored_before
     progress("waiting for the worker to store everything …")

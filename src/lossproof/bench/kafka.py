@@ -12,13 +12,18 @@ raw number measured in the same run (the ratio; target >= 0.8).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import click
+from pydantic import ValidationError
 
+from lossproof.cliutil import finite_float
 from lossproof.config import KafkaLogConfig
 from lossproof.log.base import LogUnavailable
 from lossproof.log.kafka.common import producer_conf
@@ -155,21 +160,106 @@ def writer(
     return run
 
 
+class _LogSummary(logging.Handler):
+    """Counts librdkafka's log lines instead of printing them (an unreachable cluster logs one
+    FAIL line per connection attempt); the CLI prints one summary line."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+        self.last = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        lines = record.getMessage().strip().splitlines()
+        self.last = lines[0][:300] if lines else ""
+
+    def line(self) -> str | None:
+        if not self.count:
+            return None
+        return f"librdkafka logged {self.count} warnings/errors (last: {self.last})"
+
+
+@contextlib.contextmanager
+def quiet_librdkafka() -> Iterator[_LogSummary]:
+    """librdkafka's warnings are counted, not printed, while inside."""
+    from lossproof.log.kafka.common import librdkafka_logger
+
+    lg = librdkafka_logger()
+    handler = _LogSummary()
+    saved = lg.propagate
+    lg.addHandler(handler)
+    lg.propagate = False
+    try:
+        yield handler
+    finally:
+        lg.removeHandler(handler)
+        lg.propagate = saved
+
+
+def check_topic(cfg: KafkaLogConfig, timeout: float = 5.0) -> None:
+    """A one-line error unless the cluster answers and the topic exists (before measuring anything)."""
+    from confluent_kafka.admin import AdminClient
+
+    from lossproof.log.base import LogError
+    from lossproof.log.kafka import admin as kadmin
+    from lossproof.log.kafka.common import admin_conf
+
+    try:
+        info = kadmin.describe_topic(AdminClient(admin_conf(cfg)), cfg.topic, timeout)
+    except LogUnavailable as e:
+        raise click.ClickException(f"Kafka at {cfg.bootstrap_servers}: {e.reason}") from None
+    except LogError as e:
+        raise click.ClickException(str(e)) from None
+    if info is None:
+        raise click.ClickException(
+            f"topic {cfg.topic!r} does not exist at {cfg.bootstrap_servers} (create it: lossproof kafka init)"
+        )
+
+
 @click.command("kafka")
 @click.option("--bootstrap-servers", required=True, envvar="LOSSPROOF_KAFKA_BOOTSTRAP")
 @click.option("--topic", required=True, help="An existing topic (its records are kept: use a bench topic).")
 @click.option("--record-bytes", type=click.IntRange(1, 16 * 2**20), default=50_000, show_default=True)
-@click.option("--seconds", type=click.FloatRange(1, 600), default=10.0, show_default=True)
+@click.option("--seconds", type=finite_float(1, 600), default=10.0, show_default=True)
 @click.option("--concurrency", type=click.IntRange(1, 10_000), default=64, show_default=True)
 @click.option("--unsafe", is_flag=True, help="The topic is a 1-node/RF 1 dev topic.")
 def kafka_bench_cmd(
     bootstrap_servers: str, topic: str, record_bytes: int, seconds: float, concurrency: int, unsafe: bool
 ) -> None:
     """Acked records/s and MiB/s of the raw librdkafka producer and of KafkaLogWriter, same settings."""
-    cfg = KafkaLogConfig(bootstrap_servers=bootstrap_servers, topic=topic, unsafe=unsafe)
-    raw = raw_producer(cfg, record_bytes=record_bytes, seconds=seconds, concurrency=concurrency)
-    click.echo(raw.line())
-    w = writer(cfg, record_bytes=record_bytes, seconds=seconds, concurrency=concurrency)
-    click.echo(w.line())
-    ratio = w.mib_per_s / raw.mib_per_s if raw.mib_per_s else math.nan
-    click.echo(f"KafkaLogWriter / raw producer: {ratio:.2f}")
+    from lossproof.log.base import LogError
+
+    if not bootstrap_servers.strip():
+        raise click.ClickException("--bootstrap-servers is empty")
+    try:
+        cfg = KafkaLogConfig(bootstrap_servers=bootstrap_servers, topic=topic, unsafe=unsafe)
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = "--" + ".".join(str(p) for p in first["loc"]).replace("_", "-")
+        raise click.ClickException(f"{field}: {first['msg']} (got {first.get('input')!r})") from None
+    with quiet_librdkafka() as logs:
+        try:
+            check_topic(cfg)
+            raw = raw_producer(cfg, record_bytes=record_bytes, seconds=seconds, concurrency=concurrency)
+            click.echo(raw.line())
+            if not raw.records:
+                raise click.ClickException(
+                    f"the raw producer got no record acknowledged in {raw.seconds:.0f}s "
+                    f"({raw.errors} delivery errors)"
+                )
+            w = writer(cfg, record_bytes=record_bytes, seconds=seconds, concurrency=concurrency)
+            click.echo(w.line())
+            if not w.records:
+                raise click.ClickException(
+                    f"KafkaLogWriter got no record acknowledged in {w.seconds:.0f}s ({w.errors} errors)"
+                )
+        except LogError as e:
+            raise click.ClickException(f"Kafka at {cfg.bootstrap_servers}: {e}") from None
+        except click.ClickException as e:
+            if logs.count:  # still one line
+                e.message += f" [{logs.line()}]"
+            raise
+    if logs.count:
+        click.echo(logs.line(), err=True)
+    click.echo(f"KafkaLogWriter / raw producer: {w.mib_per_s / raw.mib_per_s:.2f}")

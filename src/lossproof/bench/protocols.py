@@ -147,6 +147,7 @@ class LoadResult:
     acked_samples: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
+    refused: str = ""  # the endpoint refused the load outright (e.g. HTTP 401) before any ack
 
     def quantile(self, q: float) -> float:
         s = sorted(self.latencies)
@@ -172,7 +173,7 @@ async def drive(url: str, key: str, protocol: str, clients: int, n: int, seconds
         async def client(k: int) -> None:
             tpl, seq = templates[k], 0
             body = tpl.body(t0 + seq)
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not result.refused:
                 start = time.perf_counter()
                 try:
                     async with session.post(url + tpl.path, data=body, headers=tpl.headers) as r:
@@ -189,6 +190,8 @@ async def drive(url: str, key: str, protocol: str, clients: int, n: int, seconds
                     body = tpl.body(t0 + seq)
                 else:
                     result.errors[str(status)] = result.errors.get(str(status), 0) + 1
+                    if status in (401, 403, 404) and not result.acked_samples:
+                        result.refused = f"HTTP {status} from {url + tpl.path}"  # no retry helps
                     await asyncio.sleep(0.05)
 
         started = time.monotonic()

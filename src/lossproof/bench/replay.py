@@ -26,6 +26,7 @@ import psutil  # type: ignore[import-untyped]  # no stubs installed; calls are p
 
 from lossproof.bench.ingest import T_MARK, points_template
 from lossproof.bench.scrape import scrape, total
+from lossproof.cliutil import finite_float
 from lossproof.fallback import journal as jn
 from lossproof.fallback.replay import Replay, ReplayOptions
 from lossproof.protocol.compression import compress
@@ -209,6 +210,8 @@ def run_replay_bench(
     replay_s = time.monotonic() - started
     if summary.error:
         raise RuntimeError(f"replay failed: {summary.error}")
+    if summary.requests <= summary.rejected:
+        raise RuntimeError(f"replay failed: nothing acknowledged ({summary.rejected} requests rejected)")
     progress("waiting for the worker to store everything ...")
     ok = _wait_stored(url, before + agents * reports * points, timeout)
     stored_s = time.monotonic() - started if ok else math.inf
@@ -236,7 +239,7 @@ def run_replay_bench(
 @click.option("--reports", type=click.IntRange(1, 10_000_000), default=600, show_default=True)
 @click.option("--points", type=click.IntRange(0, 100_000), default=500, show_default=True)
 @click.option("--concurrency", type=click.IntRange(1, 256), default=16, show_default=True)
-@click.option("--rate", type=float, default=None, help="Replay --rate (requests/s).")
+@click.option("--rate", type=finite_float(0, min_open=True), default=None, help="Replay --rate (requests/s).")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
 def main(
     url: str | None,
@@ -250,23 +253,32 @@ def main(
     work_dir: Path | None,
 ) -> None:
     """Replay catch-up: reports/s and points/s stored from a fallback journal."""
-    from lossproof.bench.spawn import spawned_pipeline
+    from lossproof.bench.spawn import check_pipeline, spawned_pipeline
+
+    if spawn and url is not None:
+        raise click.ClickException("give --spawn or --url, not both")
+    if url is not None:
+        url = check_pipeline(url, api_key)
 
     def say(m: str) -> None:
         click.echo(f"  {m}", err=True)
 
     with tempfile.TemporaryDirectory(prefix="lossproof-bench-replay-", dir=work_dir) as tmp:
         fb = Path(tmp) / "fallback"
-        if spawn or url is None:
-            data = Path(tmp) / "data"
-            with spawned_pipeline(data) as (u, k):
+        try:
+            if url is None:
+                data = Path(tmp) / "data"
+                with spawned_pipeline(data) as (u, k):
+                    res = run_replay_bench(
+                        u, k, fb, agents, reports, points, concurrency, rate, progress=say, pipeline_dir=data
+                    )
+            else:
+                assert api_key is not None
                 res = run_replay_bench(
-                    u, k, fb, agents, reports, points, concurrency, rate, progress=say, pipeline_dir=data
+                    url, api_key, fb, agents, reports, points, concurrency, rate, progress=say
                 )
-        else:
-            if not api_key:
-                raise click.ClickException("--api-key (or LOSSPROOF_API_KEY) is required with --url")
-            res = run_replay_bench(url, api_key, fb, agents, reports, points, concurrency, rate, progress=say)
+        except RuntimeError as e:
+            raise click.ClickException(str(e)) from None
     for line in res.lines():
         click.echo(line)
 

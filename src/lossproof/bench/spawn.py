@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import click
+
 from lossproof.config import new_key
 from lossproof.up import wait_ready
 
@@ -38,8 +40,9 @@ def spawned_pipeline(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        if not wait_ready(url, 60):
-            raise RuntimeError(f"lossproof up did not become ready on {url}")
+        if not wait_ready(url, 60, stop=lambda: proc.poll() is not None):
+            why = f"exited with {proc.returncode}" if proc.poll() is not None else "is not ready after 60 s"
+            raise click.ClickException(f"the benchmark's own `lossproof up` on {url} {why}")
         yield url, key
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -47,3 +50,23 @@ def spawned_pipeline(
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def check_pipeline(url: str, api_key: str | None) -> str:
+    """``url`` normalized, once its /healthz answers; a one-line error otherwise (before any run)."""
+    import urllib.request
+
+    from lossproof.send import SendError, check_url
+
+    if not api_key:
+        raise click.ClickException("--api-key (or LOSSPROOF_API_KEY) is required with --url")
+    try:
+        url = check_url(url)
+    except SendError as e:
+        raise click.ClickException(str(e)) from None
+    try:
+        with urllib.request.urlopen(url + "/healthz", timeout=5):
+            pass
+    except OSError as e:
+        raise click.ClickException(f"cannot reach the pipeline at {url}: {e}") from None
+    return url

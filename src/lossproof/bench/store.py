@@ -9,6 +9,7 @@ is not timed, only ``write_batch``. Numbers are reported for the whole run and f
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -178,23 +179,60 @@ def _writer(
     barrier: Any,
     results: Any,
 ) -> None:
-    store = open_spec(spec)
+    """One writer process. Puts ``(index, points, written, seconds)`` on ``results``, or
+    ``(index, "error", message)`` and breaks the barrier: the parent never waits for a dead writer."""
     try:
-        # Built before the start line: only writing is timed.
-        batches = list(
-            _batches(points, points_per_report, agents, series_per_agent, interval_ms, index * agents)
-        )
-        # warm-up outside the timing: series ids for every series this writer uses
-        store.write_batch(batches[0])
-        barrier.wait()
-        t0 = time.perf_counter()
-        written = 0
-        for b in batches[1:]:
-            written += store.write_batch(b).points_written
-        took = time.perf_counter() - t0
-        results.put((index, sum(len(r.points) for b in batches[1:] for r in b.reports), written, took))
-    finally:
-        store.close()
+        store = open_spec(spec)
+        try:
+            # Built before the start line: only writing is timed.
+            batches = list(
+                _batches(points, points_per_report, agents, series_per_agent, interval_ms, index * agents)
+            )
+            # warm-up outside the timing: series ids for every series this writer uses
+            store.write_batch(batches[0])
+            barrier.wait()
+            t0 = time.perf_counter()
+            written = 0
+            for b in batches[1:]:
+                written += store.write_batch(b).points_written
+            took = time.perf_counter() - t0
+            results.put((index, sum(len(r.points) for b in batches[1:] for r in b.reports), written, took))
+        finally:
+            store.close()
+    except threading.BrokenBarrierError:
+        pass  # another writer failed and said why
+    except BaseException as e:
+        results.put((index, "error", f"{type(e).__name__}: {e}".splitlines()[0]))
+        barrier.abort()
+
+
+class BenchError(Exception):
+    """A writer failed (one line, for the CLI)."""
+
+
+def _wait_results(procs: list[Any], results: Any, barrier: Any, timeout: float) -> list[tuple[Any, ...]]:
+    """One result per writer; a writer's error, or its death without a word, ends the wait at once."""
+    import queue
+
+    got: list[tuple[Any, ...]] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < len(procs):
+        try:
+            item = results.get(timeout=0.2)
+        except queue.Empty:
+            dead = [p for p in procs if p.exitcode not in (None, 0)]
+            if dead:
+                barrier.abort()
+                raise BenchError(f"a writer process died (exit code {dead[0].exitcode})") from None
+            if time.monotonic() > deadline:
+                barrier.abort()
+                raise BenchError(f"the writers did not finish within {timeout:.0f} s") from None
+            continue
+        if item[1] == "error":
+            barrier.abort()
+            raise BenchError(f"writer {item[0]}: {item[2]}")
+        got.append(item)
+    return got
 
 
 def bench_store_processes(
@@ -236,16 +274,32 @@ def bench_store_processes(
     ]
     for p in procs:
         p.start()
+    # The parent's share of the start line, in a thread: a failing writer breaks the barrier, and
+    # the parent sees that writer's error on the queue rather than waiting on the barrier.
+    started: list[float] = []
+
+    def start_line() -> None:
+        try:
+            barrier.wait(timeout=600)
+            started.append(time.perf_counter())
+        except threading.BrokenBarrierError:
+            pass
+
+    starter = threading.Thread(target=start_line, daemon=True)
+    starter.start()
+    ok = False
     try:
-        barrier.wait(timeout=600)
-        t0 = time.perf_counter()
-        got = [results.get(timeout=3600) for _ in procs]
-        wall = time.perf_counter() - t0
+        got = _wait_results(procs, results, barrier, timeout=4200)
+        wall = time.perf_counter()
+        starter.join(10)  # past the barrier: every writer was
+        wall -= started[0]
+        ok = True
     finally:
         for p in procs:
-            p.join(30)
+            p.join(30 if ok else 0.5)  # after a failure nothing is waited for
             if p.is_alive():
                 p.kill()
+                p.join(5)
     points = sum(g[1] for g in got)
     written = sum(g[2] for g in got)
     return {

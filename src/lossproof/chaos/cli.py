@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -11,6 +12,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
+
+from lossproof.cliutil import finite_float
 
 
 @click.group("chaos")
@@ -34,7 +37,7 @@ def chaos_list() -> None:
 )
 @click.option(
     "--duration",
-    type=click.FloatRange(1, 86_400),
+    type=finite_float(1, 86_400),
     default=20.0,
     show_default=True,
     help="Seconds of load + faults per scenario.",
@@ -61,6 +64,8 @@ def chaos_run(
         scenarios = by_name(scenario)
     except KeyError:
         raise click.ClickException(f"unknown scenario {scenario!r} (see `lossproof chaos list`)") from None
+    if as_json is not None:
+        _check_writable(as_json)
 
     def say(msg: str) -> None:
         click.echo(f"{time.strftime('%H:%M:%S')} {msg}", err=True)
@@ -95,6 +100,17 @@ def chaos_run(
             )
         )
     sys.exit(0 if all(r.ok for r in results) else 1)
+
+
+def _check_writable(path: Path) -> None:
+    """A one-line error now, rather than after the scenarios ran, if ``path`` cannot be written."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise click.ClickException(f"--json {path}: directory {parent} does not exist")
+    if path.is_dir():
+        raise click.ClickException(f"--json {path}: is a directory")
+    if not os.access(path if path.exists() else parent, os.W_OK):
+        raise click.ClickException(f"--json {path}: not writable")
 
 
 @contextlib.contextmanager

@@ -534,6 +534,30 @@ def _fail(e: DevKafkaError) -> click.ClickException:
     return click.ClickException(str(e))
 
 
+def _existing(directory: Path) -> DevCluster:
+    """The cluster in ``directory``, or a one-line error: there is none, or its cluster.json is
+    damaged (checked here so that no command goes on with nonsense)."""
+    cluster = DevCluster(directory)
+    path = cluster.state_path
+    if not path.is_file():
+        raise click.ClickException(f"no cluster in {cluster.directory} (no {STATE_FILE}; see `dev kafka up`)")
+    damaged = f"{path} is damaged: stop its java processes, remove {cluster.directory} and run `up`"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        nodes = doc["nodes"]
+        specs = [NodeSpec(**n) for n in nodes]
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as e:
+        raise click.ClickException(f"{damaged} ({type(e).__name__}: {e})".splitlines()[0]) from None
+    if (
+        not isinstance(doc.get("libs"), str)
+        or not isinstance(doc.get("version"), str)
+        or not specs
+        or not all(type(x) is int and x >= 0 for n in specs for x in (n.id, n.broker_port, n.controller_port))
+    ):
+        raise click.ClickException(damaged)
+    return cluster
+
+
 @kafka_dev.command("fetch")
 def fetch_cmd() -> None:
     """Download the broker jars into the cache (Maven Central) so `up` needs no network."""
@@ -557,7 +581,7 @@ def fetch_cmd() -> None:
 @_dir_option
 def up_cmd(nodes: str, port: int, heap: str, directory: Path) -> None:
     """Create (first time) and start the cluster; prints the bootstrap servers once healthy."""
-    cluster = DevCluster(directory)
+    cluster = _existing(directory) if (directory / STATE_FILE).exists() else DevCluster(directory)
     try:
         click.echo(cluster.up(int(nodes), port=port, heap=heap))
     except DevKafkaError as e:
@@ -568,7 +592,10 @@ def up_cmd(nodes: str, port: int, heap: str, directory: Path) -> None:
 @_dir_option
 def down_cmd(directory: Path) -> None:
     """Stop every node (SIGTERM, then SIGKILL after 30 s). Data stays; `up` starts it again."""
-    DevCluster(directory).down()
+    try:
+        _existing(directory).down()
+    except DevKafkaError as e:
+        raise _fail(e) from None
 
 
 @kafka_dev.command("kill")
@@ -576,8 +603,12 @@ def down_cmd(directory: Path) -> None:
 @_dir_option
 def kill_cmd(node: int, directory: Path) -> None:
     """kill -9 node NODE (1-based). `up` restarts it."""
+    cluster = _existing(directory)
     try:
-        if not DevCluster(directory).kill(node):
+        if node not in {n.id for n in cluster.nodes()}:
+            ids = ", ".join(str(n.id) for n in cluster.nodes())
+            raise click.ClickException(f"no node {node} in {cluster.directory} (nodes: {ids})")
+        if not cluster.kill(node):
             click.echo(f"node {node} was not running", err=True)
     except DevKafkaError as e:
         raise _fail(e) from None
@@ -587,7 +618,7 @@ def kill_cmd(node: int, directory: Path) -> None:
 @_dir_option
 def status_cmd(directory: Path) -> None:
     """One line per node: id, broker address, pid, running or stopped."""
-    cluster = DevCluster(directory)
+    cluster = _existing(directory)
     try:
         for s in cluster.status():
             state = "running" if s.running else "stopped"

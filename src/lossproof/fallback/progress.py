@@ -2,8 +2,9 @@
 
 ``D/replay/progress.json`` is written atomically (temporary file, fsync, rename, fsync of the
 directory) by ``lossproof replay``. It holds the journal position of the first request *not yet*
-acknowledged by the main ingest (everything before it was acknowledged, or rejected with a 4xx and
-recorded in ``D/replay/rejected.jsonl``), the URL it was replayed to, and when each segment was
+acknowledged by the main ingest (everything before it was acknowledged, or rejected with a 4xx,
+its seqs reported to the main ingest's ledger as lost, and recorded in ``D/replay/rejected.jsonl``;
+see ``lossproof.fallback.replay``), the URL it was replayed to, and when each segment was
 completely replayed. The receiver reads it for its pending-bytes metric and for pruning.
 
 Pruning deletes a segment only when all of these hold: it is not the newest segment (the newest
@@ -41,7 +42,7 @@ class Progress:
     target: str
     segment: int
     pos: int
-    requests: int = 0  # acknowledged (or rejected) requests so far, for humans
+    requests: int = 0  # acknowledged (or rejected and recorded) requests so far, for humans
     completed: dict[int, int] = field(default_factory=dict)  # segment base -> ms it was fully replayed
     updated_ms: int = 0
 

@@ -7,10 +7,21 @@ sending a record twice is harmless; skipping one is not, so:
 
 - 2xx: acknowledged durable by the main ingest.
 - 408, 425, 429, 5xx, connection errors, timeouts: transient. Retried with exponential backoff
-  (full jitter, honouring ``Retry-After``) until it succeeds or the replay is stopped. Never skipped.
+  (full jitter, 0.1 s doubling up to 10 s) until it succeeds or the replay is stopped. Never
+  skipped. ``Retry-After`` may only lengthen a wait (capped at 60 s), never shorten it: a server
+  answering ``503`` with ``Retry-After: 0`` still gets the exponential backoff.
 - 401, 403, 404, 405: the replay itself is misconfigured (wrong key, wrong URL): stop, skip nothing.
-- any other 4xx (400, 413, 415, ...): this request can never be accepted. It is appended (with its
-  body, base64) to ``D/replay/rejected.jsonl`` and fsync'd, then counted as done.
+- any other 4xx (400, 413, 415, ...): this request can never be accepted. Its agent had it
+  acknowledged (by the fallback) and will never send it again, so the main ingest's ledger must
+  hear of it: for a native request, a small request for the same tenant and agent carrying only
+  ``dropped`` ranges (its seqs, reason ``replay rejected: <status> <error>``, plus any ``dropped``
+  ranges the agent had put in the rejected body, with their own reasons) is sent, with the same
+  retries; the ledger records those seqs as lost with that reason (a seq that is, or later gets,
+  stored stays stored: the ledger's "stored wins"). Then the request is appended (with its body,
+  base64, and the outcome of that report under ``ledger``) to ``D/replay/rejected.jsonl`` and
+  fsync'd, and only then counted as done. If the ledger report itself is refused with a 4xx, the
+  line says so (``ledger.reported: false`` with the answer): the record of the loss is kept
+  either way. A replay stopped before that point sends the request again next time.
 
 Progress is the journal position of the first request not yet done; everything before it is done.
 It is saved atomically about once a second and at the end, so an interrupted replay resumes where
@@ -25,6 +36,7 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import math
 import os
 import random
 import signal
@@ -37,14 +49,22 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import aiohttp
+import msgspec
 
+from lossproof.durable import fsync_dir, make_dirs
 from lossproof.fallback import journal as jn
 from lossproof.fallback import progress as pg
+from lossproof.protocol import native
+from lossproof.protocol.compression import decompress
 
 FATAL = frozenset({401, 403, 404, 405})
 BACKOFF_BASE = 0.1
 BACKOFF_CAP = 10.0
+RETRY_AFTER_CAP = 60.0  # a Retry-After longer than this is taken as this
 MAX_REJECTED_SHOWN = 20
+REASON_MAX = 300  # characters of a lost range's reason (the protocol allows 1024)
+LOST_RANGES_PER_REQUEST = 500  # dropped ranges per ledger report (split further on a 413)
+MAX_DECODED = 1 << 30  # to find a rejected body's own `dropped` ranges (the fallback bounded it)
 
 
 class ReplayError(Exception):
@@ -78,6 +98,7 @@ class Summary:
     journal_bytes: int = 0
     seconds: float = 0.0
     rejected: int = 0
+    unreported: int = 0  # rejected native requests whose seqs the ledger could not be told about
     retries: int = 0
     pruned: int = 0
     interrupted: bool = False
@@ -95,6 +116,11 @@ class Summary:
             text += f"; {self.retries:,} retries"
         if self.rejected:
             text += f"; {self.rejected:,} REJECTED (see {self.rejected_path})"
+            if self.unreported:
+                text += (
+                    f"; {self.unreported:,} of them could NOT be recorded as lost in the ledger "
+                    "(ledger.reported false)"
+                )
         if self.pruned:
             text += f"; pruned {self.pruned} segments"
         if self.interrupted:
@@ -162,12 +188,68 @@ class Tracker:
 
 
 def _retry_after(value: str | None) -> float | None:
+    """Seconds a ``Retry-After`` asks for, at most ``RETRY_AFTER_CAP``; None if absent or a date."""
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         return None  # an HTTP date: use our own backoff
+    if math.isnan(seconds):
+        return None
+    return min(RETRY_AFTER_CAP, max(0.0, seconds))
+
+
+def backoff_delay(attempt: int, retry_after: float | None) -> float:
+    """Seconds to wait before retry number ``attempt + 1``: exponential backoff with full jitter
+    (0.1 s doubling up to 10 s), lengthened, never shortened, by the server's ``Retry-After``
+    (already capped by :func:`_retry_after`). ``Retry-After: 0`` is not "retry at once": a server
+    saying that on every 503 would otherwise be hammered."""
+    delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(attempt, 30)))
+    if retry_after is not None:
+        delay = max(delay, retry_after + random.uniform(0, min(1.0, retry_after / 10 + 0.05)))
+    return delay
+
+
+class _DroppedOnly(msgspec.Struct):
+    """The only part of a native body a rejected request's ledger report needs."""
+
+    dropped: list[native.DroppedIn] = []
+
+
+_dropped_decoders: dict[str, msgspec.json.Decoder[_DroppedOnly] | msgspec.msgpack.Decoder[_DroppedOnly]] = {
+    native.JSON: msgspec.json.Decoder(_DroppedOnly),
+    native.MSGPACK: msgspec.msgpack.Decoder(_DroppedOnly),
+}
+
+
+def body_dropped(entry: jn.Entry) -> list[tuple[int, int, str]]:
+    """The ``dropped`` ranges the agent put in this request (empty if it cannot be decoded)."""
+    decoder = _dropped_decoders.get(entry.content_type)
+    if decoder is None:
+        return []
+    try:
+        req = decoder.decode(decompress(entry.body, entry.encoding, MAX_DECODED))
+    except Exception:  # a body the main ingest refused may well be undecodable: nothing to add
+        return []
+    return [(d.first, d.last, d.reason) for d in req.dropped if d.first <= d.last]
+
+
+def rejected_reason(status: int, error: str) -> str:
+    """The reason recorded in the ledger for the seqs of a request the main ingest refused."""
+    text = " ".join(f"replay rejected: {status} {error}".split())
+    return text if len(text) <= REASON_MAX else text[: REASON_MAX - 3] + "..."
+
+
+def lost_ranges(entry: jn.Entry, status: int, error: str) -> list[tuple[int, int, str]]:
+    """What the ledger must record as lost when ``entry`` was refused with ``status``: its seqs,
+    and the ranges its agent had already given up on. Empty for a request without an agent."""
+    if not entry.agent or entry.content_type not in _dropped_decoders:
+        return []
+    why = rejected_reason(status, error)
+    out = [(a, b, why) for a, b in entry.seqs if 1 <= a <= b]
+    out += [(a, b, r) for a, b, r in body_dropped(entry) if (a, b, r) not in out]
+    return out
 
 
 def _acquire_lock(path: Path) -> int:
@@ -352,25 +434,40 @@ class Replay:
             self.tracker.done(slot)
 
     async def send(self, session: aiohttp.ClientSession, rec: jn.Record) -> bool:
-        """True once the request is acknowledged or recorded as rejected; False on a fatal answer."""
+        """True once the request is acknowledged or its rejection recorded (ledger report and
+        ``rejected.jsonl``); False when stopped (fatal answer, signal) before that."""
         e = rec.entry
+        answer = await self.post(session, e.tenant, e.body, e.content_type, e.encoding)
+        if answer is None:
+            return False
+        status, reason = answer
+        if 200 <= status < 300:
+            return True
+        return await self.reject(session, rec, status, reason)
+
+    async def post(
+        self, session: aiohttp.ClientSession, tenant: str, body: bytes, content_type: str, encoding: str
+    ) -> tuple[int, str] | None:
+        """POST ``body`` for ``tenant`` until a final answer: ``(status, error)`` for a 2xx or a
+        4xx that will never change; None when stopped (a fatal answer sets ``self.fatal``).
+        Transient failures are retried, never given up on."""
         headers = {
             "Authorization": f"Bearer {self.opts.api_key}",
-            "X-Lossproof-Tenant": e.tenant,
-            "Content-Type": e.content_type,
+            "X-Lossproof-Tenant": tenant,
+            "Content-Type": content_type,
         }
-        if e.encoding:
-            headers["Content-Encoding"] = e.encoding
+        if encoding:
+            headers["Content-Encoding"] = encoding
         attempt = 0
         timeout = aiohttp.ClientTimeout(total=self.opts.request_timeout)
         while not self.stop.is_set():
             if self._req_bucket is not None:
                 await self._req_bucket.take(1)
             if self._byte_bucket is not None:
-                await self._byte_bucket.take(len(e.body))
+                await self._byte_bucket.take(len(body))
             retry_after: float | None = None
             try:
-                async with session.post(self.endpoint, data=e.body, headers=headers, timeout=timeout) as r:
+                async with session.post(self.endpoint, data=body, headers=headers, timeout=timeout) as r:
                     answer = await r.read()
                     status = r.status
                     retry_after = _retry_after(r.headers.get("Retry-After"))
@@ -379,30 +476,98 @@ class Replay:
                 self.transient(f"cannot reach {self.url} ({why})")
             else:
                 if 200 <= status < 300:
-                    return True
+                    return status, ""
                 reason = _error_text(answer)
                 if status in FATAL:
                     self.fatal = (
-                        f"{self.endpoint} answered {status} ({reason}) for tenant {e.tenant!r}: "
+                        f"{self.endpoint} answered {status} ({reason}) for tenant {tenant!r}: "
                         "check --to and --api-key (a replay key is needed for other tenants); "
                         "nothing was skipped"
                     )
                     self.stop.set()
-                    return False
+                    return None
                 if status in (408, 425, 429) or status >= 500:
                     self.transient(f"{status} from {self.url} ({reason})")
                 else:
-                    await asyncio.to_thread(self.reject, rec, status, reason)
-                    return True
-            delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
-            if retry_after is not None:
-                delay = retry_after + random.uniform(0, min(1.0, retry_after / 10 + 0.05))
+                    return status, reason
+            delay = backoff_delay(attempt, retry_after)
             attempt += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), delay)
-        return False
+        return None
 
-    def reject(self, rec: jn.Record, status: int, reason: str) -> None:
+    async def report_lost(
+        self, session: aiohttp.ClientSession, tenant: str, agent: str, ranges: list[tuple[int, int, str]]
+    ) -> dict[str, Any] | None:
+        """Tell the main ingest's ledger that ``ranges`` of ``agent`` are lost (a native request
+        with no reports, only ``dropped``). Returns the outcome for ``rejected.jsonl``, or None
+        when stopped before every part had a final answer."""
+        reported: list[tuple[int, int]] = []
+        refused: list[tuple[int, int]] = []
+        errors: list[str] = []
+        todo = [
+            ranges[i : i + LOST_RANGES_PER_REQUEST] for i in range(0, len(ranges), LOST_RANGES_PER_REQUEST)
+        ]
+        while todo:
+            part = todo.pop(0)
+            body = msgspec.json.encode(
+                {
+                    "agent": agent,
+                    "reports": [],
+                    "dropped": [{"first": a, "last": b, "reason": why} for a, b, why in part],
+                }
+            )
+            answer = await self.post(session, tenant, body, native.JSON, "")
+            if answer is None:
+                return None
+            status, error = answer
+            if 200 <= status < 300:
+                reported += [(a, b) for a, b, _ in part]
+            elif status == 413 and len(part) > 1:  # too big for the main ingest's limits: halve it
+                half = len(part) // 2
+                todo[:0] = [part[:half], part[half:]]
+            else:
+                refused += [(a, b) for a, b, _ in part]
+                errors.append(f"{status} {error}")
+        out: dict[str, Any] = {"reported": not refused, "lost": [[a, b] for a, b in reported]}
+        if refused:
+            out["not_reported"] = [[a, b] for a, b in refused]
+            out["error"] = "could not report these seqs as lost: " + "; ".join(dict.fromkeys(errors))
+        return out
+
+    async def reject(self, session: aiohttp.ClientSession, rec: jn.Record, status: int, reason: str) -> bool:
+        """Record a request the main ingest will never accept: its seqs as lost in the ledger,
+        then the request in ``rejected.jsonl``. True once both are done (or the ledger report was
+        refused and that is written down too); False when stopped before: not done, sent again."""
+        e = rec.entry
+        ranges = await asyncio.to_thread(lost_ranges, e, status, reason)  # may decompress
+        if ranges:
+            ledger = await self.report_lost(session, e.tenant, e.agent, ranges)
+            if ledger is None:
+                return False
+        else:
+            ledger = {"reported": False, "error": "not a native request with seqs: nothing to record"}
+        await asyncio.to_thread(self._write_rejected, rec, status, reason, ledger)
+        self.summary.rejected += 1
+        if ranges and not ledger["reported"]:
+            self.summary.unreported += 1
+        path = self.summary.rejected_path
+        if self.summary.rejected <= MAX_REJECTED_SHOWN:
+            if not ranges:
+                told = "no seqs to record as lost"
+            elif ledger["reported"]:
+                told = "its seqs are recorded as lost in the ledger"
+            else:
+                told = f"ledger NOT told: {ledger['error']}"
+            self.warn(
+                f"REJECTED {status} for tenant {e.tenant!r} agent {e.agent!r} seqs {e.seqs}: {reason} "
+                f"({told}; kept in {path})"
+            )
+        elif self.summary.rejected == MAX_REJECTED_SHOWN + 1:
+            self.warn(f"more requests REJECTED; not shown one by one (all are in {path})")
+        return True
+
+    def _write_rejected(self, rec: jn.Record, status: int, reason: str, ledger: dict[str, Any]) -> None:
         e = rec.entry
         line = json.dumps(
             {
@@ -415,6 +580,7 @@ class Replay:
                 "tenant": e.tenant,
                 "agent": e.agent,
                 "seqs": e.seqs,
+                "ledger": ledger,
                 "received_ms": rec.received_ms,
                 "content_type": e.content_type,
                 "encoding": e.encoding,
@@ -423,21 +589,18 @@ class Replay:
         )
         path = self.summary.rejected_path
         assert path is not None
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)
+        created = not path.exists()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         try:
-            os.write(fd, (line + "\n").encode())
+            data = (line + "\n").encode()
+            while data:  # one write in practice; a short write must not leave half a line
+                data = data[os.write(fd, data) :]
             os.fsync(fd)
         finally:
             os.close(fd)
-        self.summary.rejected += 1
-        if self.summary.rejected <= MAX_REJECTED_SHOWN:
-            self.warn(
-                f"REJECTED {status} for tenant {e.tenant!r} agent {e.agent!r} seqs {e.seqs}: {reason} "
-                f"(kept in {path})"
-            )
-        elif self.summary.rejected == MAX_REJECTED_SHOWN + 1:
-            self.warn(f"more requests REJECTED; not shown one by one (all are in {path})")
+        if created:
+            fsync_dir(path.parent)
 
     async def saver(self) -> None:
         while True:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
+from pydantic import ValidationError
 
-from lossproof.config import CONFIG_NAME, ConfigError, KafkaLogConfig, load
+from lossproof.cliutil import finite_float
+from lossproof.config import CONFIG_NAME, ConfigError, KafkaLogConfig, _env_overrides, load
 
 
 @click.group("kafka")
@@ -15,12 +20,30 @@ def kafka_group() -> None:
 
 
 def _kafka_config(data_dir: Path) -> KafkaLogConfig:
+    """[log.kafka] of lossproof.toml, or the defaults when there is none; LOSSPROOF_LOG_KAFKA_*
+    environment overrides apply either way."""
     if not (data_dir / CONFIG_NAME).exists():
-        return KafkaLogConfig()
+        try:
+            env = _env_overrides(os.environ).get("log", {}).get("kafka", {})
+        except ConfigError as e:
+            raise click.ClickException(str(e)) from None
+        return _validated({}, env, lambda f: f"LOSSPROOF_LOG_KAFKA_{f.upper()}")
     try:
         return load(data_dir).log.kafka
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
+
+
+def _validated(base: dict[str, Any], updates: dict[str, Any], label: Callable[[str], str]) -> KafkaLogConfig:
+    """``base`` with ``updates`` as a KafkaLogConfig, or a one-line error naming the bad setting
+    (``label(field)`` when it came from ``updates``)."""
+    try:
+        return KafkaLogConfig.model_validate({**base, **updates})
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        where = label(field) if field in updates else f"log.kafka.{field}"
+        raise click.ClickException(f"{where}: {first['msg']} (got {first.get('input')!r})") from None
 
 
 @kafka_group.command("init")
@@ -43,7 +66,7 @@ def _kafka_config(data_dir: Path) -> KafkaLogConfig:
     help="Accept settings weaker than RF 3 / min.insync.replicas 2 / no unclean election / no "
     "Kafka-side deletion (e.g. a 1-node dev cluster). The writer then also needs log.kafka.unsafe = true.",
 )
-@click.option("--timeout", type=click.FloatRange(1, 600), default=30.0, show_default=True)
+@click.option("--timeout", type=finite_float(1, 600), default=30.0, show_default=True)
 def init_cmd(
     data_dir: Path,
     bootstrap_servers: str | None,
@@ -74,7 +97,14 @@ def init_cmd(
     ):
         if value is not None:
             updates[key] = value
-    cfg = KafkaLogConfig.model_validate({**base.model_dump(), **updates})
+    cfg = _validated(base.model_dump(), updates, lambda f: "--" + f.replace("_", "-"))
+    if not cfg.bootstrap_servers.strip():
+        raise click.ClickException("--bootstrap-servers (or log.kafka.bootstrap_servers) is empty")
+    if cfg.min_insync_replicas > cfg.replication_factor:
+        raise click.ClickException(
+            f"min.insync.replicas {cfg.min_insync_replicas} is above the replication factor "
+            f"{cfg.replication_factor}: no append could ever be acknowledged"
+        )
     wanted = kadmin.TopicInfo(
         cfg.topic, cfg.partitions, cfg.replication_factor, kadmin.topic_configs(cfg, cfg.min_insync_replicas)
     )
