@@ -24,6 +24,7 @@ import click
 
 from lossproof.agent import Agent, load_config
 from lossproof.chaos.remote import MARKER_LABEL, MARKER_METRIC, marker_time
+from lossproof.cliutil import finite_float
 
 
 def _write_status(path: Path, status: dict[str, object]) -> None:
@@ -34,7 +35,7 @@ def _write_status(path: Path, status: dict[str, object]) -> None:
 
 @click.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), required=True)
-@click.option("--tick", type=float, default=0.1, show_default=True)
+@click.option("--tick", type=finite_float(0, min_open=True), default=0.1, show_default=True)
 @click.option("--status", "status_path", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--points", type=int, default=5, show_default=True, help="Ordinary points per report.")
 def main(config_path: Path, tick: float, status_path: Path, points: int) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from lossproof import config as config_mod
+from lossproof.cliutil import finite_float
 from lossproof.config import MAX_SECONDS
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -161,7 +162,7 @@ def fallback_command(
 )
 @click.option(
     "--rate",
-    type=click.FloatRange(min=0, min_open=True),
+    type=finite_float(0, min_open=True),
     default=None,
     help="At most this many requests/s (token bucket). Default: no limit but --concurrency.",
 )

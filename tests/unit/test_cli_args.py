@@ -1,0 +1,322 @@
+"""Bad arguments to the CLI: a one-line error and a non-zero exit, never a traceback, a hang or a run
+that goes on with nonsense. Each case runs the real command (``python -m lossproof``) against
+unreachable addresses, so each finishes in seconds."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+UNREACHABLE_KAFKA = "127.0.0.1:1"
+UNREACHABLE_URL = "http://127.0.0.1:1"
+
+
+def fails(
+    cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60, rc: int | None = None
+) -> str:
+    """Run ``lossproof ARGS``; assert a non-zero exit, no traceback, exactly one error line (click's
+    usage errors add their "Usage:"/"Try" lines); return that line."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LOSSPROOF_")}
+    full_env.update(env or {})
+    proc = subprocess.run(
+        [sys.executable, "-m", "lossproof", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert proc.returncode != 0, f"exit 0 for {args}: {proc.stdout!r} {proc.stderr!r}"
+    if rc is not None:
+        assert proc.returncode == rc, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+# --- B4: nan and inf are refused by every float option ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["chaos", "run", "kill-ingest", "--duration", "nan"],
+        ["chaos", "run", "kill-ingest", "--duration", "inf"],
+        ["bench", "ingest", "--api-key", "x", "--duration", "nan"],
+        ["bench", "kafka", "--bootstrap-servers", UNREACHABLE_KAFKA, "--topic", "t", "--seconds", "nan"],
+        ["bench", "agent", "--seconds", "nan"],
+        ["bench", "replay", "--rate", "nan"],
+        ["bench", "replay", "--rate", "inf"],
+        ["bench", "replay", "--rate", "-5"],
+        ["bench", "replay", "--rate", "0"],
+        ["kafka", "init", "--bootstrap-servers", UNREACHABLE_KAFKA, "--timeout", "nan"],
+    ],
+)
+def test_non_finite_and_out_of_range_floats_refused(tmp_path: Path, args: list[str]) -> None:
+    line = fails(tmp_path, *args, rc=2)
+    assert "Invalid value" in line
+
+
+def test_finite_float_type() -> None:
+    import click
+
+    from lossproof.cliutil import finite_float
+
+    t = finite_float(0, min_open=True)
+    assert t.convert("2.5", None, None) == 2.5
+    for bad in ("nan", "inf", "-inf", "0", "-1", "x"):
+        with pytest.raises(click.BadParameter):
+            t.convert(bad, None, None)
+
+
+# --- B3 / C7: kafka init ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("topic", ["bad topic!", ""])
+def test_kafka_init_bad_topic(tmp_path: Path, topic: str) -> None:
+    line = fails(tmp_path, "kafka", "init", "--bootstrap-servers", UNREACHABLE_KAFKA, "--topic", topic)
+    assert "--topic" in line
+
+
+def test_kafka_init_empty_bootstrap(tmp_path: Path) -> None:
+    line = fails(tmp_path, "kafka", "init", "--bootstrap-servers", "")
+    assert "--bootstrap-servers" in line and "empty" in line
+
+
+def test_kafka_init_min_isr_above_rf_refused_before_connecting(tmp_path: Path) -> None:
+    line = fails(
+        tmp_path,
+        "kafka",
+        "init",
+        "--bootstrap-servers",
+        UNREACHABLE_KAFKA,
+        "--unsafe",
+        "--replication-factor",
+        "1",
+        "--min-insync-replicas",
+        "2",
+        timeout=10,
+    )
+    assert "min.insync.replicas 2" in line and "Kafka at" not in line
+
+
+def test_kafka_init_env_overrides_apply_without_config(tmp_path: Path) -> None:
+    data = str(tmp_path / "no-config")
+    line = fails(
+        tmp_path, "kafka", "init", "--data-dir", data, env={"LOSSPROOF_LOG_KAFKA_TOPIC": "bad topic"}
+    )
+    assert "LOSSPROOF_LOG_KAFKA_TOPIC" in line
+    line = fails(
+        tmp_path,
+        "kafka",
+        "init",
+        "--data-dir",
+        data,
+        "--timeout",
+        "1",
+        env={"LOSSPROOF_LOG_KAFKA_BOOTSTRAP_SERVERS": UNREACHABLE_KAFKA},
+    )
+    assert f"Kafka at {UNREACHABLE_KAFKA}:" in line
+
+
+# --- bench kafka ------------------------------------------------------------------------------------
+
+
+def test_bench_kafka_bad_topic(tmp_path: Path) -> None:
+    args = ["--bootstrap-servers", UNREACHABLE_KAFKA, "--topic", "bad topic", "--seconds", "1"]
+    line = fails(tmp_path, "bench", "kafka", *args)
+    assert "--topic" in line
+
+
+def test_bench_kafka_unreachable_fails_before_measuring(tmp_path: Path) -> None:
+    args = ["--bootstrap-servers", UNREACHABLE_KAFKA, "--topic", "t", "--seconds", "1"]
+    line = fails(tmp_path, "bench", "kafka", *args, timeout=30)
+    assert f"Kafka at {UNREACHABLE_KAFKA}" in line
+
+
+# --- bench ingest -----------------------------------------------------------------------------------
+
+
+def test_bench_ingest_bad_url(tmp_path: Path) -> None:
+    line = fails(tmp_path, "bench", "ingest", "--url", "notaurl", "--api-key", "x", timeout=10)
+    assert "notaurl" in line
+
+
+def test_bench_ingest_log_kafka_checked_before_running(tmp_path: Path) -> None:
+    line = fails(tmp_path, "bench", "ingest", "--spawn", "--log", "kafka", timeout=10)
+    assert "--data-dir" in line
+
+
+def test_bench_ingest_unreachable(tmp_path: Path) -> None:
+    args = ["--url", UNREACHABLE_URL, "--api-key", "x", "--duration", "1"]
+    line = fails(tmp_path, "bench", "ingest", *args, timeout=30)
+    assert "cannot reach" in line
+
+
+class _Refusing(http.server.BaseHTTPRequestHandler):
+    """A pipeline that refuses every key: GETs (/metrics, /healthz) answer, POSTs get 401."""
+
+    def do_GET(self) -> None:
+        body = b"# nothing\n"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = b'{"error":"unknown API key"}'
+        self.send_response(401)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def refusing_url() -> Iterator[str]:
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.mark.parametrize("protocol", ["native", "prom-rw"])
+def test_bench_ingest_nothing_acknowledged_fails(tmp_path: Path, refusing_url: str, protocol: str) -> None:
+    args = ["--url", refusing_url, "--api-key", "wrong", "--duration", "1", "--agents", "2"]
+    args += ["--points-per-report", "10", "--protocol", protocol]
+    line = fails(tmp_path, "bench", "ingest", *args, timeout=60)
+    assert "nothing acknowledged" in line and "401" in line
+
+
+# --- bench agent / replay ---------------------------------------------------------------------------
+
+
+def test_bench_agent_unreachable(tmp_path: Path) -> None:
+    line = fails(tmp_path, "bench", "agent", "--url", UNREACHABLE_URL, "--api-key", "x", timeout=15)
+    assert "cannot reach" in line
+
+
+def test_bench_agent_url_needs_key(tmp_path: Path) -> None:
+    line = fails(tmp_path, "bench", "agent", "--url", UNREACHABLE_URL, timeout=10)
+    assert "--api-key" in line
+
+
+def test_bench_replay_unreachable(tmp_path: Path) -> None:
+    line = fails(tmp_path, "bench", "replay", "--url", UNREACHABLE_URL, "--api-key", "x", timeout=15)
+    assert "cannot reach" in line
+
+
+# --- store bench (B2, B3, B6) -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cmd", [["store", "bench"], ["bench", "store"]])
+@pytest.mark.parametrize("writers", ["abc", "0", "", "1,x", "-1"])
+def test_store_bench_bad_writers(tmp_path: Path, cmd: list[str], writers: str) -> None:
+    line = fails(tmp_path, *cmd, "--writers", writers, "--points", "10000", timeout=10)
+    assert "--writers" in line
+
+
+def test_store_bench_points_smaller_than_two_batches(tmp_path: Path) -> None:
+    line = fails(tmp_path, "store", "bench", "--points", "10000", "--writers", "1", timeout=10)
+    assert "two batches" in line
+
+
+def test_store_bench_unreachable_postgres_fails_at_once(tmp_path: Path) -> None:
+    dsn = "postgresql://nobody@127.0.0.1:1/x"
+    args = ["--dsn", dsn, "--points", "10000", "--writers", "1", "--agents", "2"]
+    line = fails(tmp_path, "store", "bench", *args, "--points-per-report", "100", timeout=20)
+    assert "PostgreSQL" in line
+    # the reported command line: also one line at once (the batch size is checked first)
+    fails(tmp_path, "store", "bench", "--dsn", dsn, "--points", "10000", "--writers", "1", timeout=20)
+
+
+def test_store_bench_failing_writer_does_not_hang(tmp_path: Path) -> None:
+    """A writer process that cannot open its store ends the run at once with its error."""
+    code = (
+        "from lossproof.bench.store import BenchError, bench_store_processes\n"
+        "try:\n"
+        "    spec = ('postgres', 'postgresql://nobody@127.0.0.1:1/x', 's')\n"
+        "    bench_store_processes(spec, 2, 10000, 100, 2)\n"
+        "except BenchError as e:\n"
+        "    print('BenchError', e)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert proc.stdout.startswith("BenchError writer "), proc.stdout + proc.stderr
+
+
+def test_store_bench_small_run_works(tmp_path: Path) -> None:
+    """The sizes fit: every run of a small bench stores timed points."""
+    args = ["--points", "10000", "--agents", "2", "--points-per-report", "100", "--writers", "1"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "lossproof", "store", "bench", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    row = proc.stdout.splitlines()[-1].split()
+    assert row[0] == "embedded" and int(row[2]) > 0
+
+
+# --- chaos (B4, B5) ---------------------------------------------------------------------------------
+
+
+def test_chaos_json_checked_before_running(tmp_path: Path) -> None:
+    line = fails(tmp_path, "chaos", "run", "kill-ingest", "--json", "/nonexistent/dir/x.json", timeout=10)
+    assert "/nonexistent/dir" in line
+
+
+# --- dev kafka (B3, C6) -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["status"], ["down"], ["kill", "1"]])
+@pytest.mark.parametrize("content", ["{bad", "[1, 2]", '{"nodes": [1]}', '{"nodes": []}', ""])
+def test_dev_kafka_damaged_state(tmp_path: Path, command: list[str], content: str) -> None:
+    d = tmp_path / "cluster"
+    d.mkdir()
+    (d / "cluster.json").write_text(content)
+    line = fails(tmp_path, "dev", "kafka", *command, "--dir", str(d), timeout=10)
+    assert "damaged" in line
+
+
+@pytest.mark.parametrize("command", [["status"], ["down"], ["kill", "1"]])
+def test_dev_kafka_no_cluster(tmp_path: Path, command: list[str]) -> None:
+    d = tmp_path / "empty"
+    d.mkdir()
+    line = fails(tmp_path, "dev", "kafka", *command, "--dir", str(d), timeout=10)
+    assert "no cluster in" in line
+
+
+def test_dev_kafka_kill_unknown_node(tmp_path: Path) -> None:
+    d = tmp_path / "cluster"
+    d.mkdir()
+    state = {
+        "version": "4.1.1",
+        "cluster_id": "x",
+        "libs": str(tmp_path / "libs"),
+        "nodes": [{"id": 1, "broker_port": 1, "controller_port": 2}],
+    }
+    (d / "cluster.json").write_text(json.dumps(state))
+    line = fails(tmp_path, "dev", "kafka", "kill", "5", "--dir", str(d), timeout=10)
+    assert "no node 5" in line
