@@ -304,7 +304,7 @@ def bench_ingest(
     import tempfile
 
     from lossproof.bench.ingest import BenchFailed, run_bench, run_protocol_bench
-    from lossproof.bench.spawn import spawned_pipeline
+    from lossproof.bench.spawn import check_pipeline, spawned_pipeline
 
     # Every argument is checked before anything runs.
     kafka_cfg = None
@@ -317,14 +317,7 @@ def bench_ingest(
             )
         kafka_cfg = _load(data_dir).log.kafka
     if not spawn:
-        if not api_key:
-            raise click.ClickException("--api-key (or LOSSPROOF_API_KEY) is required without --spawn")
-        from lossproof.send import SendError, check_url
-
-        try:
-            url = check_url(url)
-        except SendError as e:
-            raise click.ClickException(str(e)) from None
+        url = check_pipeline(url, api_key)
 
     def progress(msg: str) -> None:
         click.echo(f"  {msg}", err=True)
