@@ -93,6 +93,42 @@ def test_out_of_order_power_loss_tail_past_the_watermark_is_a_torn_tail(tmp_path
     assert {r.offset: r.value for r in recs} == {**{o: written[o] for o in range(5)}, 5: b"new"}
 
 
+def test_damage_below_what_a_group_committed_is_refused_even_past_a_stale_watermark(tmp_path: Path) -> None:
+    """The watermark file may lag after a power cut; what a consumer group committed was read, hence
+    durable: damage there is corruption, not a torn tail."""
+    from lossproof.log.embedded.offsets import write_committed
+
+    d = tmp_path / "log"
+    build(d, 8, segment_bytes=2**20)
+    (d / "p0" / seg.WATERMARK_FILE).write_bytes(seg.encode_watermark(5))
+    write_committed(d, "workers", {0: 7})
+    damage.corrupt_record(d, 5)
+    with pytest.raises(LogCorrupt, match="bad record"):
+        asyncio.run(start_and_close(d))
+
+
+def test_a_lost_tail_below_a_committed_offset_is_never_reused(tmp_path: Path) -> None:
+    """Records a group read, then lost with the tail (a stale watermark cannot tell): new appends
+    start past the commit, and the loss is counted, so no reader skips new data at reused offsets."""
+    from lossproof.log.embedded.offsets import write_committed
+
+    d = tmp_path / "log"
+    build(d, 8, segment_bytes=2**20)
+    (d / "p0" / seg.WATERMARK_FILE).write_bytes(seg.encode_watermark(4))
+    write_committed(d, "workers", {0: 7})
+    damage.truncate_last_segment(d, damage.locate_record(d, 5).pos)
+
+    async def main() -> int:
+        w = EmbeddedLogWriter(d)
+        await w.start()
+        assert w.registry.get_sample_value("lossproof_log_recovery_lost_records_total") == 2
+        off = (await w.append(b"n", b"new")).offset
+        await w.close()
+        return off
+
+    assert asyncio.run(main()) == 7
+
+
 def test_damage_in_sealed_segment_is_a_gap_or_refused_with_full_verify(tmp_path: Path) -> None:
     d = tmp_path / "log"
     written = build(d, 40)

@@ -173,6 +173,17 @@ def min_committed(directory: Path, partition: int = 0) -> int | None:
     return min(values)
 
 
+def max_committed(directory: Path, partition: int = 0) -> int:
+    """Highest committed offset of ``partition`` over all groups (0 if none): every offset below it
+    was read, so it was durable, whatever a stale watermark says."""
+    best = 0
+    for g in list_groups(directory):
+        c = read_committed(directory, g)
+        if c is not None:
+            best = max(best, c.get(partition, 0))
+    return best
+
+
 def forget_group(directory: Path, group: str) -> None:
     """Remove a consumer group (its offsets and lock files) so it no longer holds back retention.
 

@@ -64,7 +64,13 @@ from lossproof.faults import Faults
 from lossproof.log.base import LogCorrupt, LogError, LogUnavailable, LogWriter, Position
 from lossproof.log.embedded import segment as seg
 from lossproof.log.embedded.metrics import WriterMetrics
-from lossproof.log.embedded.offsets import consumers_dir, min_committed, release_lock, try_lock
+from lossproof.log.embedded.offsets import (
+    consumers_dir,
+    max_committed,
+    min_committed,
+    release_lock,
+    try_lock,
+)
 
 log = logging.getLogger("lossproof.log.embedded")
 
@@ -553,7 +559,10 @@ class EmbeddedLogWriter(LogWriter):
         watermark = seg.read_watermark_fd(self._wm_fd)
         if watermark is None and not created:
             log.warning("log.watermark_unreadable", extra={"path": str(wm_path)})
-        wm = watermark or 0
+        # The durable floor: the watermark file is rewritten after each group's fsync without a sync
+        # of its own, so after a power cut it may lag; offsets a consumer group committed were read,
+        # hence durable. Below the floor damage is corruption, and offsets are never handed out again.
+        wm = max(watermark or 0, max_committed(self.directory, self.partition))
 
         bases = seg.list_segments(self._pdir)
         sealed_bytes = 0
