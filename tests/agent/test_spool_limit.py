@@ -69,7 +69,10 @@ def test_spool_full_reports_exactly_the_dropped_seqs(tmp_path: Path) -> None:
     assert {why for _, _, why in dropped} == {"spool_full"}
     assert expand(dropped) == set(range(1, k + 1))
     acked = srv.acked_seqs()
-    assert acked == set(range(k + 1, 41))
+    # Every kept report is acknowledged. A batch built just before its reports were dropped may still
+    # go out (its bytes were read already) and be acknowledged too: harmless, the ledger's "stored
+    # wins" rule keeps such a report stored although it was also reported dropped.
+    assert set(range(k + 1, 41)) <= acked <= set(range(1, 41)), (k, acked)
     # every request carried the agent's spool state; the first answered one knew about the backlog
     answered = [r for r in srv.snapshot() if r.status == 200]
     assert all(r.spool is not None and r.spool["last_seq"] == 40 for r in answered)
@@ -93,14 +96,18 @@ def test_spool_full_is_lost_with_reason_in_the_ledger(pipeline: Pipeline, tmp_pa
         p.start()
         wait_for(lambda: spool.stats().pending_reports == 0 and not spool.unreported_drops(), 30, "drain")
         last = during[-1]
-        ledger = wait_for(
-            lambda: (
-                (lg := p.ledger("limited-real"))["lost"]
-                and lg["stored"] == [[1, 5], [dropped[-1] + 1, last]]
-                and lg
-            ),
-            30,
-            "the ledger to show the drop",
-        )
-    assert ledger["lost"] == [{"range": [dropped[0], dropped[-1]], "reason": "spool_full"}], ledger
+        everything = set(range(1, last + 1))
+
+        def settled() -> dict[str, Any] | None:
+            lg = p.ledger("limited-real")
+            stored = expand(lg["stored"])
+            lost = expand([x["range"] for x in lg["lost"]])
+            return lg if lg["lost"] and stored | lost == everything else None
+
+        ledger = wait_for(settled, 30, "the ledger to show the drop")
+    stored = expand(ledger["stored"])
+    assert set(before) | set(kept) <= stored, ledger
+    # the dropped seqs are lost with the reason, except any a batch built before the drop delivered
+    assert all(x["reason"] == "spool_full" for x in ledger["lost"]), ledger
+    assert expand([x["range"] for x in ledger["lost"]]) == set(dropped) - stored, ledger
     assert ledger["missing"] == [], ledger
