@@ -260,3 +260,19 @@ class Sender(threading.Thread):
                 self.next_seq += 2
             else:
                 time.sleep(0.05)
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 10) -> tuple[bytes, float]:
+    """Send ``data`` on a new connection to 127.0.0.1:``port``; everything the server sends until it
+    closes (or ``<<TIMEOUT>>``), and how long that took."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.settimeout(timeout)
+        s.sendall(data)
+        started = time.monotonic()
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except TimeoutError:
+            out += b"<<TIMEOUT>>"
+        return out, time.monotonic() - started

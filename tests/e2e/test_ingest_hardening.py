@@ -14,7 +14,7 @@ import cramjam
 import pytest
 
 from lossproof.protocol import promrw
-from pipeline import HTTP, Pipeline, free_port
+from pipeline import HTTP, Pipeline, free_port, raw_exchange
 
 NOW = int(time.time() * 1000) // 1000 * 1000
 INT64_MAX = 2**63 - 1
@@ -29,22 +29,6 @@ def p(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     yield pl
     if pl.proc is not None and pl.proc.poll() is None:
         pl.kill9()
-
-
-def raw(p: Pipeline, data: bytes, timeout: float = 10) -> tuple[bytes, float]:
-    """Send ``data`` on a new connection; everything the server sends until it closes (or
-    ``<<TIMEOUT>>``), and how long that took."""
-    with socket.create_connection(("127.0.0.1", p.port)) as s:
-        s.settimeout(timeout)
-        s.sendall(data)
-        started = time.monotonic()
-        out = b""
-        try:
-            while chunk := s.recv(65536):
-                out += chunk
-        except TimeoutError:
-            out += b"<<TIMEOUT>>"
-        return out, time.monotonic() - started
 
 
 def head(method: str, path: str, headers: dict[str, str | bytes], body: bytes = b"") -> bytes:
@@ -173,7 +157,7 @@ def test_non_utf8_authorization_is_401(p: Pipeline, method: str, path: str) -> N
         "Content-Length": "2",
         "Authorization": b"Bearer \xff\xfe",
     }
-    resp, _ = raw(p, head(method, path, hdrs, b"{}"))
+    resp, _ = raw_exchange(p.port, head(method, path, hdrs, b"{}"))
     assert status_of(resp) == 401, resp[:300]
 
 
@@ -187,7 +171,7 @@ def test_non_utf8_user_agent_does_not_break_metrics(p: Pipeline) -> None:
         "User-Agent": b"bad\xff\xfeagent" + b"x" * 500,
         "Content-Length": str(len(body)),
     }
-    resp, _ = raw(p, head("POST", "/api/v1/write", hdrs, bytes(body)))
+    resp, _ = raw_exchange(p.port, head("POST", "/api/v1/write", hdrs, bytes(body)))
     assert status_of(resp) == 204, resp[:300]
     for _ in range(2):  # and it stays scrapable
         r = HTTP.request("GET", p.url + "/metrics")
@@ -320,7 +304,7 @@ def test_stalled_body_gets_408_and_the_connection_is_closed(p: Pipeline) -> None
         "Content-Type": "application/json",
         "Content-Length": "100",
     }
-    resp, took = raw(p, head("POST", "/v1/reports", hdrs, b'{"agent":'), timeout=60)
+    resp, took = raw_exchange(p.port, head("POST", "/v1/reports", hdrs, b'{"agent":'), timeout=60)
     assert status_of(resp) == 408, resp[:300]
     assert not resp.endswith(b"<<TIMEOUT>>")  # closed by the server
     assert "request body incomplete" in json_body(resp)["error"]
@@ -335,7 +319,7 @@ def test_oversized_content_length_gets_413_and_the_connection_is_closed(p: Pipel
             "Content-Length": "1000000000",
             **hdr,
         }
-        resp, took = raw(p, head("POST", path, hdrs, b"x" * 1000), timeout=8)
+        resp, took = raw_exchange(p.port, head("POST", path, hdrs, b"x" * 1000), timeout=8)
         assert status_of(resp) == 413, resp[:300]
         assert not resp.endswith(b"<<TIMEOUT>>"), (path, resp)
         assert b"Connection: close" in resp
@@ -350,7 +334,7 @@ def test_expect_100_continue_checks_the_key_first(p: Pipeline) -> None:
             "Content-Length": "100",
             "Expect": "100-continue",
         }
-        resp, took = raw(p, head("POST", path, hdrs), timeout=8)
+        resp, took = raw_exchange(p.port, head("POST", path, hdrs), timeout=8)
         assert status_of(resp) == 401, (path, resp[:300])
         assert b"100 Continue" not in resp
         assert not resp.endswith(b"<<TIMEOUT>>") and took < 5

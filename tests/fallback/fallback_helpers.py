@@ -174,3 +174,14 @@ def kill_quietly(proc: subprocess.Popen[Any] | None) -> None:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         proc.wait()
+
+
+def create_key(data_dir: Path, *args: str) -> str:
+    out = subprocess.run(
+        lossproof("keys", "create", "--data-dir", str(data_dir), *args),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[0]

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -18,20 +16,7 @@ from lossproof import httputil
 from lossproof.config import init_data_dir
 from lossproof.fallback import journal as jn
 from lossproof.fallback.receiver import FallbackMetrics, build_app
-
-
-def raw(port: int, data: bytes, timeout: float = 10) -> tuple[bytes, float]:
-    with socket.create_connection(("127.0.0.1", port)) as s:
-        s.settimeout(timeout)
-        s.sendall(data)
-        started = time.monotonic()
-        out = b""
-        try:
-            while chunk := s.recv(65536):
-                out += chunk
-        except TimeoutError:
-            out += b"<<TIMEOUT>>"
-        return out, time.monotonic() - started
+from pipeline import raw_exchange
 
 
 def request(method: str, path: str, headers: dict[str, bytes], body: bytes = b"") -> bytes:
@@ -51,7 +36,7 @@ def test_non_utf8_authorization_is_401(fallback: Fallback) -> None:
         "Content-Length": b"2",
         "Authorization": b"Bearer \xff\xfe",
     }
-    resp, _ = raw(fallback.port, request("POST", "/v1/reports", hdrs, b"{}"))
+    resp, _ = raw_exchange(fallback.port, request("POST", "/v1/reports", hdrs, b"{}"))
     assert status_of(resp) == 401, resp[:300]
     assert b'"error"' in resp
 
@@ -99,7 +84,7 @@ def test_expect_100_continue_checks_the_key_first(fallback: Fallback) -> None:
         "Content-Length": b"100",
         "Expect": b"100-continue",
     }
-    resp, took = raw(fallback.port, request("POST", "/v1/reports", hdrs), timeout=8)
+    resp, took = raw_exchange(fallback.port, request("POST", "/v1/reports", hdrs), timeout=8)
     assert status_of(resp) == 401, resp[:300]
     assert b"100 Continue" not in resp
     assert not resp.endswith(b"<<TIMEOUT>>") and took < 5
@@ -111,7 +96,7 @@ def test_oversized_content_length_gets_413_and_the_connection_is_closed(fallback
         "Content-Type": b"application/json",
         "Content-Length": b"1000000000",
     }
-    resp, took = raw(fallback.port, request("POST", "/v1/reports", hdrs, b"{"), timeout=8)
+    resp, took = raw_exchange(fallback.port, request("POST", "/v1/reports", hdrs, b"{"), timeout=8)
     assert status_of(resp) == 413, resp[:300]
     assert not resp.endswith(b"<<TIMEOUT>>") and took < 5
 
@@ -141,7 +126,8 @@ def test_stalled_body_gets_408_and_the_connection_is_closed(
             "Content-Length": b"100",
         }
         try:
-            return await asyncio.to_thread(raw, port, request("POST", "/v1/reports", hdrs, b'{"agent":'), 10)
+            stalled = request("POST", "/v1/reports", hdrs, b'{"agent":')
+            return await asyncio.to_thread(raw_exchange, port, stalled, 10)
         finally:
             await runner.cleanup()
             await writer.close()

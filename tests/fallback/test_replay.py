@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fallback_helpers import Fallback, encode_body, lossproof, post_raw, run_replay
+from fallback_helpers import Fallback, create_key, encode_body, lossproof, post_raw, run_replay
 
 from lossproof import config as config_mod
 from lossproof.fallback import journal as jn
@@ -24,17 +24,6 @@ from lossproof.fallback import progress as pg
 from pipeline import Pipeline, expand, report
 
 T0 = 1_767_225_600_000
-
-
-def create_key(data_dir: Path, *args: str) -> str:
-    out = subprocess.run(
-        lossproof("keys", "create", "--data-dir", str(data_dir), *args),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip().splitlines()[0]
 
 
 def numbered(seq: int, agent: str, n: int = 5) -> dict[str, Any]:

@@ -14,12 +14,11 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
-from fallback_helpers import Fallback, encode_body, lossproof, post_raw, run_replay
+from fallback_helpers import Fallback, create_key, encode_body, lossproof, post_raw, run_replay
 
 from lossproof import config as config_mod
 from lossproof.fallback import journal as jn
@@ -30,17 +29,6 @@ from pipeline import Pipeline, expand
 T0 = 1_767_225_600_000
 MAX_DECODED = 8192  # the main ingest's limit: a report of BIG points decodes to more than this
 BIG = 120
-
-
-def create_key(data_dir: Path, *args: str) -> str:
-    out = subprocess.run(
-        lossproof("keys", "create", "--data-dir", str(data_dir), *args),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip().splitlines()[0]
 
 
 def rep(seq: int, agent: str, n: int = 1) -> dict[str, Any]:
