@@ -1,15 +1,44 @@
+"""Markers for the test tiers (see DEVELOPING.md) and the ``pipeline`` fixtures.
+
+``./scripts/test fast`` runs what carries none of the markers below: every package, in this process.
+A test is marked by where it lives (``kafka/``, ``postgres/``), by the backend it is
+parametrized with (``kafka``, ``postgres``), by a fixture that starts processes, or explicitly
+(``pytestmark = pytest.mark.process`` in a module that starts its own).
+"""
+
 from __future__ import annotations
 
 import secrets
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+from lptest import TESTS
+from lptest.pipeline import Pipeline, free_port
 
-from pipeline import Pipeline, free_port
+DIRECTORY_MARKS = {"kafka": "kafka", "postgres": "postgres"}
+BACKEND_MARKS = {"kafka", "postgres"}
+# Fixtures that start processes: lossproof up, the fallback receiver, the shared dashboard pipeline.
+PROCESS_FIXTURES = {"pipeline", "pipeline_factory", "fallback", "fallback_factory", "dash"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        top = Path(item.path).resolve().relative_to(TESTS).parts[0]
+        marks = {DIRECTORY_MARKS[top]} if top in DIRECTORY_MARKS else set()
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None:
+            marks |= {v for v in callspec.params.values() if isinstance(v, str) and v in BACKEND_MARKS}
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            marks.add("process")
+        for m in marks:
+            item.add_marker(m)
+        if item.get_closest_marker("kafka"):
+            # One worker runs every Kafka test: they share one 3-node cluster per worker process, and
+            # two clusters at once would starve a 2-core machine.
+            item.add_marker(pytest.mark.xdist_group("kafka"))
 
 
 @pytest.fixture

@@ -51,6 +51,11 @@ class ServerConfig(_Section):
     # How long a request may wait for the log to confirm durability before answering 503.
     append_timeout_seconds: float = Field(default=10.0, gt=0, le=MAX_SECONDS)
     retry_after_seconds: int = Field(default=1, ge=1, le=3600)
+    # A sender whose body stalls this long without a byte, or takes longer than body_read_max_seconds
+    # in all, gets a 408 and the connection is closed: a stalled client must not hold a connection
+    # (and its buffers) forever. Nothing was acknowledged, so the client still owns the data.
+    body_idle_seconds: float = Field(default=30.0, gt=0, le=MAX_SECONDS)
+    body_read_max_seconds: float = Field(default=300.0, gt=0, le=MAX_SECONDS)
 
     @field_validator("host")
     @classmethod

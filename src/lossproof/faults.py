@@ -2,8 +2,9 @@
 
 The file is JSON: ``{"log.fsync": {"mode": "fail"}, "log.fsync": {"mode": "delay", "seconds": 2}}``.
 Crash points (:func:`crash_point`) kill the process at a named place: ``{"store.before_commit": {}}``.
-It is re-read when its mtime changes (checked at most every 50 ms), so a running process can be
-steered from outside. Production processes never set the variable and never pay for a check.
+It is re-read on every look-up, so a running process can be steered from outside, and a fault written
+with :func:`write_faults` applies to every operation that starts after it returns (tests need not
+sleep). Production processes never set the variable and never pay for a check.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import json
 import os
 import random
 import signal
-import time
 from typing import Any
 
 _ENV = "LOSSPROOF_FAULTS_FILE"
@@ -21,34 +21,34 @@ _ENV = "LOSSPROOF_FAULTS_FILE"
 class Faults:
     def __init__(self, path: str | None = None) -> None:
         self.path = path if path is not None else os.environ.get(_ENV)
-        self._mtime = -1
-        self._checked = 0.0
+        self._raw = b""
         self._faults: dict[str, dict[str, Any]] = {}
 
     def get(self, name: str) -> dict[str, Any] | None:
         if not self.path:
             return None
-        now = time.monotonic()
-        if now - self._checked >= 0.05:
-            self._checked = now
-            self._reload()
+        # Read whole on every look-up (they come per fsync or per request, never per point): an mtime
+        # check would miss a second change within the file system's timestamp granularity.
+        self._reload()
         return self._faults.get(name)
 
     def _reload(self) -> None:
         assert self.path
         try:
-            mtime = os.stat(self.path).st_mtime_ns
+            with open(self.path, "rb") as f:
+                raw = f.read()
         except FileNotFoundError:
-            self._faults, self._mtime = {}, -1
+            self._faults, self._raw = {}, b""
             return
-        if mtime == self._mtime:
+        except OSError:
+            return
+        if raw == self._raw:
             return
         try:
-            with open(self.path, encoding="utf-8") as f:
-                data = json.load(f)
-        except (OSError, ValueError):
-            return  # half-written by the test: keep the previous faults, re-read next time
-        self._mtime = mtime
+            data = json.loads(raw)
+        except ValueError:
+            return  # not written by write_faults (which replaces atomically): keep the previous faults
+        self._raw = raw
         self._faults = data if isinstance(data, dict) else {}
 
 

@@ -102,28 +102,17 @@ async def continue_or(request: web.Request, refusal: web.StreamResponse | None) 
     return None
 
 
-# A sender that stops sending its body gets a 408 (and the connection is closed) after this many
-# seconds without a byte, or when the whole body takes longer than BODY_READ_MAX_SECONDS: a stalled
-# client must not hold a connection (and its buffers) forever. Nothing was acknowledged, so the
-# client still owns the data and retries.
-BODY_IDLE_SECONDS = 30.0
-BODY_READ_MAX_SECONDS = 300.0
-
-
-async def read_body(request: web.Request, limit: int, idle_timeout: float | None = None) -> bytes:
+async def read_body(request: web.Request, limit: int, idle_seconds: float, max_seconds: float) -> bytes:
     """The raw body, refusing more than ``limit`` bytes before reading them when possible, and a
-    408 for a body that stalls for ``idle_timeout`` (default BODY_IDLE_SECONDS) seconds or takes
-    over BODY_READ_MAX_SECONDS in all."""
-    if idle_timeout is None:
-        idle_timeout = BODY_IDLE_SECONDS
+    408 for a body that stalls for ``idle_seconds`` or takes over ``max_seconds`` in all."""
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, f"body of {request.content_length} bytes exceeds limit of {limit}", "too_large")
     chunks: list[bytes] = []
     size = 0
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + BODY_READ_MAX_SECONDS
+    deadline = loop.time() + max_seconds
     while True:
-        wait = min(idle_timeout, deadline - loop.time())
+        wait = min(idle_seconds, deadline - loop.time())
         try:
             async with asyncio.timeout(max(wait, 0.0)):
                 chunk = await request.content.readany()
@@ -132,7 +121,7 @@ async def read_body(request: web.Request, limit: int, idle_timeout: float | None
             raise ApiError(
                 408,
                 f"request body incomplete: got {size} of {expected} bytes, then nothing for "
-                f"{min(idle_timeout, max(wait, 0.0)):g}s (whole body within {BODY_READ_MAX_SECONDS:g}s)",
+                f"{min(idle_seconds, max(wait, 0.0)):g}s (whole body within {max_seconds:g}s)",
                 "timeout",
             ) from None
         if not chunk:

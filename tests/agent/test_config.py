@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
+from pytest import CaptureFixture
 
-from agent.agent_harness import agent_argv
 from lossproof.agent.config import load_config
 from lossproof.config import ConfigError
+from lptest.agent import agent_argv
+from lptest.cli import run_cli
 
 GOOD = 'api_key = "k"\nprimary_url = "http://127.0.0.1:8080"\n'
 
@@ -36,22 +37,25 @@ GOOD = 'api_key = "k"\nprimary_url = "http://127.0.0.1:8080"\n'
         (GOOD + "interval_seconds = \n", "invalid TOML"),
     ],
 )
-def test_bad_config_cli(tmp_path: Path, text: str, needle: str) -> None:
+def test_bad_config_cli(
+    tmp_path: Path, text: str, needle: str, monkeypatch: pytest.MonkeyPatch, capsys: CaptureFixture[str]
+) -> None:
     path = tmp_path / "agent.toml"
     path.write_text(text)
-    env = {k: v for k, v in os.environ.items() if k != "LOSSPROOF_TEST_SURELY_UNSET"}
-    r = subprocess.run(agent_argv(path), capture_output=True, text=True, timeout=30, env=env)
-    assert r.returncode != 0
-    err = r.stderr.strip()
+    r = run_cli(monkeypatch, capsys, "agent", "--config", str(path))
+    assert r.code != 0
+    err = r.err.strip()
     assert "Traceback" not in err, err
     assert len(err.splitlines()) == 1, err
     assert needle in err and str(path) in err, err
 
 
-def test_missing_config_file(tmp_path: Path) -> None:
-    r = subprocess.run(agent_argv(tmp_path / "nope.toml"), capture_output=True, text=True, timeout=30)
-    assert r.returncode != 0 and "Traceback" not in r.stderr
-    assert "nope.toml: not found" in r.stderr
+def test_missing_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: CaptureFixture[str]
+) -> None:
+    r = run_cli(monkeypatch, capsys, "agent", "--config", str(tmp_path / "nope.toml"))
+    assert r.code != 0
+    assert "nope.toml: not found" in r.err
 
 
 def test_good_config_and_relative_spool_dir(tmp_path: Path) -> None:
@@ -67,7 +71,9 @@ def test_good_config_and_relative_spool_dir(tmp_path: Path) -> None:
         load_config(path, env={})
 
 
+@pytest.mark.process
 def test_spool_in_use_is_a_one_line_error(tmp_path: Path) -> None:
+    """As a process: the spool's lock is held by another process, as when two agents share a dir."""
     from lossproof.agent.spool import Spool
 
     path = tmp_path / "agent.toml"

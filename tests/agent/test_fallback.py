@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.agent_harness import (
+from lptest.agent import (
     HTTP,
     AgentProc,
     StandIn,
@@ -29,7 +29,7 @@ from agent.agent_harness import (
     wait_for,
     write_config,
 )
-from pipeline import Pipeline
+from lptest.pipeline import Pipeline
 
 
 def _real_fallback_argv() -> list[str] | None:
@@ -80,8 +80,7 @@ def fallback(request: pytest.FixtureRequest, tmp_path: Path, pipeline: Pipeline)
         fb.stop()
         return
     argv = _real_fallback_argv()
-    if argv is None:
-        pytest.skip("`lossproof fallback` is not available yet")
+    assert argv is not None, "`lossproof fallback` is not available"
     real = RealFallback(argv, tmp_path / "fallback-data", pipeline.key)
     yield real
     real.stop()

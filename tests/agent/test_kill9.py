@@ -15,8 +15,8 @@ import threading
 import time
 from pathlib import Path
 
-from agent.agent_harness import AgentProc, base_config, free_port, spool_records, wait_for, write_config
-from pipeline import Pipeline
+from lptest.agent import AgentProc, base_config, free_port, spool_records, wait_for, write_config
+from lptest.pipeline import Pipeline
 
 
 def test_kill9_agent_while_streaming(pipeline: Pipeline, tmp_path: Path) -> None:

@@ -18,7 +18,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.agent_harness import (
+from lossproof import config as config_mod
+from lossproof.agent import Agent, AgentConfig
+from lossproof.log.embedded.damage import lose_records, record_locations
+from lptest.agent import (
     HTTP,
     AgentProc,
     Received,
@@ -28,10 +31,7 @@ from agent.agent_harness import (
     wait_for,
     write_config,
 )
-from lossproof import config as config_mod
-from lossproof.agent import Agent, AgentConfig
-from lossproof.log.embedded.damage import lose_records, record_locations
-from pipeline import Pipeline
+from lptest.pipeline import Pipeline
 
 
 def test_log_loses_acknowledged_range_and_agent_replays_it(pipeline_factory: Any, tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.agent_harness import HTTP, Received, StandIn, free_port, scrape, wait_for
 from lossproof.agent import Agent, AgentConfig
+from lptest.agent import HTTP, Received, StandIn, free_port, scrape, wait_for
 
 Answer = tuple[int, dict[str, Any], dict[str, str]]
 

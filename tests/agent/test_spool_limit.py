@@ -8,9 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from agent.agent_harness import Received, StandIn, expand, wait_for
 from lossproof.agent import Agent, AgentConfig
-from pipeline import Pipeline
+from lptest.agent import Received, StandIn, expand, wait_for
+from lptest.pipeline import Pipeline
 
 
 def _config(tmp_path: Path, url: str, key: str, agent_id: str) -> AgentConfig:

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from agent.agent_harness import free_port, scrape, wait_for
 from lossproof.agent import Agent, AgentConfig
 from lossproof.agent.collect.statsd import Aggregator, Malformed, parse_line
-from pipeline import Pipeline
+from lptest.agent import free_port, scrape, wait_for
+from lptest.pipeline import Pipeline
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ import os
 import time
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from lossproof.agent.spool import Spool
@@ -14,6 +15,7 @@ from lossproof.chaos.cli import audit_command
 from lossproof.chaos.topology import Topology, TopologySpec
 
 
+@pytest.mark.process
 def test_audit_command_passes_a_clean_run_and_fails_on_a_silent_loss(tmp_path: Path) -> None:
     topo = Topology(tmp_path / "t", TopologySpec(agents=2, ingests=1, workers=1))
     try:

@@ -7,19 +7,15 @@ Scenario 10 (the embedded log's fsync hook) does not apply to Kafka and must say
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kafka"))
-
-from kafka_support import ensure_all_up, session_cluster
-
-from chaos.verdict import assert_passed
 from lossproof.chaos.runner import run_scenario
 from lossproof.chaos.scenarios import SCENARIOS, Scenario
 from lossproof.chaos.topology import TopologySpec
+from lptest.kafka import ensure_all_up, session_cluster
+from lptest.verdict import assert_passed
+
+pytestmark = [pytest.mark.chaos, pytest.mark.kafka]
 
 DURATION = 5.0
 KAFKA_SCENARIOS = [s for s in SCENARIOS if "kafka" in s.backends]

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import pytest
 
-from chaos.verdict import assert_passed
 from lossproof.chaos.runner import run_scenario
 from lossproof.chaos.scenarios import SCENARIOS, Scenario
+from lptest.verdict import assert_passed
+
+pytestmark = pytest.mark.chaos
 
 DURATION = 4.0
 

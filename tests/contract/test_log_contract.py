@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from log_harness import HARNESSES, LogHarness, gap_offsets, make_value, read_all, run
 
 from lossproof.log.base import LogCorrupt, Position
+from lptest.log_harness import HARNESSES, LogHarness, gap_offsets, make_value, read_all, run
 
 
 @pytest.fixture(params=sorted(HARNESSES))
@@ -127,6 +127,7 @@ def test_readers_of_one_group_never_read_a_record_twice(harness: LogHarness) -> 
     assert sorted(seen) == [(written.partition, o) for o in sorted(written)]
 
 
+@pytest.mark.process
 def test_acknowledged_appends_survive_kill9(harness: LogHarness) -> None:
     acked = []
     for round_ in range(2):

@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from store_backends import BACKENDS, StoreBackend
 
 from lossproof.log.base import LogGap
 from lossproof.store.base import (
@@ -25,6 +24,7 @@ from lossproof.store.base import (
     WriteBatch,
     WriteResult,
 )
+from lptest.store_backends import BACKENDS, StoreBackend
 
 T0 = 1_700_000_000_000
 ALL = (0, 2**62)

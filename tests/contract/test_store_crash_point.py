@@ -8,7 +8,6 @@ must be stored exactly once.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,17 +15,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from store_backends import BACKENDS, StoreBackend
 
-import lossproof
+from lptest import subprocess_env
+from lptest.store_backends import BACKENDS, StoreBackend
 
-SRC = str(Path(lossproof.__file__).resolve().parent.parent)
-HERE = str(Path(__file__).resolve().parent)
 T0 = 1_767_225_600_000
 
 CHILD = """
 import sys
-from store_backends import store_in_child
+from lptest.store_backends import store_in_child
 from lossproof.store.base import LostRange, Point, ReportWrite, WriteBatch
 
 store = store_in_child(sys.argv[1:])
@@ -50,8 +47,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreBac
 def write_in_child(
     backend: StoreBackend, faults: dict[str, object] | None, tmp_path: Path
 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, HERE])}
-    env.pop("LOSSPROOF_FAULTS_FILE", None)
+    env = subprocess_env()
     if faults is not None:
         f = tmp_path / "faults.json"
         f.write_text(json.dumps(faults))
@@ -60,6 +56,7 @@ def write_in_child(
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.process
 def test_kill_inside_the_transaction_leaves_nothing_then_one_write_stores_once(
     backend: StoreBackend, tmp_path: Path
 ) -> None:

@@ -5,26 +5,15 @@ from __future__ import annotations
 
 import os
 import secrets
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-import dash_data
-
 from lossproof import config as config_mod
-from pipeline import Pipeline, free_port
-
-
-@dataclass
-class Dash:
-    p: Pipeline
-    other_key: str
-    t0: int
+from lptest import dash as dash_data
+from lptest.dash import Dash
+from lptest.pipeline import Pipeline, free_port
 
 
 @pytest.fixture(scope="session")

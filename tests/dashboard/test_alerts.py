@@ -9,18 +9,26 @@ from pathlib import Path
 import pytest
 
 from lossproof.query import dashboard
+from lptest import require
 
 HERE = Path(__file__).parent
 RULES = HERE.parent.parent / "deploy" / "alerts.yml"
 promtool = shutil.which("promtool")
-pytestmark = pytest.mark.skipif(promtool is None, reason="needs promtool (scripts/deps/dashboard.sh)")
 
 
+@pytest.fixture(autouse=True)
+def _needs_promtool() -> None:
+    require(promtool, "promtool (Debian's prometheus)")
+
+
+
+@pytest.mark.process
 def test_check_rules() -> None:
     out = subprocess.run([str(promtool), "check", "rules", str(RULES)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+@pytest.mark.process
 def test_rule_unit_tests() -> None:
     out = subprocess.run(
         [str(promtool), "test", "rules", "alerts_test.yml"], cwd=HERE, capture_output=True, text=True

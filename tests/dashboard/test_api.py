@@ -7,10 +7,9 @@ import time
 import urllib.parse
 from typing import Any
 
-import dash_data as dd
-
-from conftest import Dash
-from pipeline import HTTP
+from lptest import dash as dd
+from lptest.dash import Dash
+from lptest.pipeline import HTTP
 
 
 def get(d: Dash, path: str, key: str | None = None, **params: Any) -> tuple[int, Any]:

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select
 
-from conftest import Dash
-
-webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import Select  # noqa: E402
+from lptest import require
+from lptest.dash import Dash
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -37,10 +37,13 @@ FLAGS = [
     "--window-size=1400,1000",
 ]
 
-pytestmark = pytest.mark.skipif(
-    not (Path(CHROMIUM).exists() and Path(DRIVER).exists()),
-    reason="needs Debian's chromium and chromium-driver (scripts/deps/dashboard.sh installs them)",
-)
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(autouse=True)
+def _needs_browser() -> None:
+    require(Path(CHROMIUM).exists() and Path(DRIVER).exists(), "Debian's chromium and chromium-driver")
+
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import secrets
 import socket
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,12 +13,9 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent.parent / "fallback"))
-
-from fallback_helpers import Fallback, kill_quietly
-
 from lossproof import config
-from pipeline import HTTP, Pipeline, free_port, report
+from lptest.fallback import Fallback, kill_quietly
+from lptest.pipeline import HTTP, Pipeline, free_port, report
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import time
 
 import zstandard
 
-from pipeline import HTTP, Pipeline, expand, report
+from lptest.pipeline import HTTP, Pipeline, expand, report
 
 
 def test_round_trip_query_and_ledger(pipeline: Pipeline) -> None:

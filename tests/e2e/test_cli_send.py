@@ -9,7 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline import Pipeline, report
+import pytest
+
+from lptest.pipeline import Pipeline, report
 
 LOSSPROOF = [sys.executable, "-m", "lossproof"]
 
@@ -81,6 +83,7 @@ def test_bad_arguments_are_one_line_errors(pipeline: Pipeline, tmp_path: Path) -
     assert send(pipeline, tmp_path / "s", good, "--agent", "b" * 256).returncode == 0
 
 
+@pytest.mark.process
 def test_up_refuses_a_port_that_is_taken(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

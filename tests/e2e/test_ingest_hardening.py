@@ -1,5 +1,6 @@
-"""Hostile and broken requests against a real `lossproof up`: every one gets a clear 4xx (JSON body
-naming what is wrong), never a 500, a hang, or a 2xx for data that would then not be stored."""
+"""Hostile and broken requests against the real ingest app, log, worker and store (in this process, on a
+real socket): every one gets a clear 4xx (JSON body naming what is wrong), never a 500, a hang, or a 2xx
+for data that would then not be stored."""
 
 from __future__ import annotations
 
@@ -14,21 +15,24 @@ import cramjam
 import pytest
 
 from lossproof.protocol import promrw
-from pipeline import HTTP, Pipeline, free_port, raw_exchange
+from lptest.inproc import InProcess
+from lptest.pipeline import HTTP, raw_exchange
 
 NOW = int(time.time() * 1000) // 1000 * 1000
 INT64_MAX = 2**63 - 1
+IDLE_SECONDS = 0.5  # server.body_idle_seconds: a stalled body's 408 comes after this
 
 
 @pytest.fixture(scope="module")
-def p(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
-    pl = Pipeline(
-        tmp_path_factory.mktemp("hardening") / "data", free_port(), "lp_test_" + secrets.token_hex(16)
+def p(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
+    pl = InProcess(
+        tmp_path_factory.mktemp("hardening") / "data",
+        "lp_test_" + secrets.token_hex(16),
+        env={"LOSSPROOF_SERVER_BODY_IDLE_SECONDS": str(IDLE_SECONDS)},
     )
     pl.start()
     yield pl
-    if pl.proc is not None and pl.proc.poll() is None:
-        pl.kill9()
+    pl.stop()
 
 
 def head(method: str, path: str, headers: dict[str, str | bytes], body: bytes = b"") -> bytes:
@@ -46,7 +50,7 @@ def json_body(resp: bytes) -> Any:
     return json.loads(resp.split(b"\r\n\r\n", 1)[1])
 
 
-def post_native(p: Pipeline, body: dict[str, Any] | bytes, ctype: str = "application/json") -> Any:
+def post_native(p: InProcess, body: dict[str, Any] | bytes, ctype: str = "application/json") -> Any:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     return HTTP.request(
         "POST", p.url + "/v1/reports", body=data, headers={**p.headers(), "Content-Type": ctype}
@@ -72,7 +76,7 @@ def spool(**over: int) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("field", ["pending_reports", "pending_bytes", "first_pending_seq", "last_seq"])
-def test_spool_counts_beyond_int64_are_400_naming_the_field(p: Pipeline, field: str) -> None:
+def test_spool_counts_beyond_int64_are_400_naming_the_field(p: InProcess, field: str) -> None:
     r = post_native(
         p, {"agent": "big", "reports": [point("big", 1)], "spool": spool(**{field: INT64_MAX + 1})}
     )
@@ -80,7 +84,7 @@ def test_spool_counts_beyond_int64_are_400_naming_the_field(p: Pipeline, field: 
     assert f"$.spool.{field}" in json.loads(r.data)["error"]
 
 
-def test_spool_at_int64_max_is_stored(p: Pipeline) -> None:
+def test_spool_at_int64_max_is_stored(p: InProcess) -> None:
     body = {
         "agent": "max",
         "reports": [point("max", 1)],
@@ -92,7 +96,7 @@ def test_spool_at_int64_max_is_stored(p: Pipeline) -> None:
     assert ledger["spool"]["pending_bytes"] == INT64_MAX
 
 
-def test_spool_first_pending_above_last_seq_is_400(p: Pipeline) -> None:
+def test_spool_first_pending_above_last_seq_is_400(p: InProcess) -> None:
     r = post_native(
         p, {"agent": "sp", "reports": [point("sp", 1)], "spool": spool(first_pending_seq=9, last_seq=5)}
     )
@@ -103,7 +107,7 @@ def test_spool_first_pending_above_last_seq_is_400(p: Pipeline) -> None:
         assert post_native(p, {"agent": "sp", "reports": [], "spool": sp}).status == 200
 
 
-def test_duplicate_seq_in_one_request_is_400(p: Pipeline) -> None:
+def test_duplicate_seq_in_one_request_is_400(p: InProcess) -> None:
     body = {"agent": "dup", "reports": [point("dup", 7, 1.0), point("dup", 8), point("dup", 7, 2.0)]}
     r = post_native(p, body)
     assert r.status == 400, r.data
@@ -118,7 +122,7 @@ def test_duplicate_seq_in_one_request_is_400(p: Pipeline) -> None:
     p.wait_stored("dup", {7})
 
 
-def test_deeply_nested_bodies_are_400(p: Pipeline) -> None:
+def test_deeply_nested_bodies_are_400(p: InProcess) -> None:
     deep_json = b'{"agent":"n","reports":[],"zz":' + b"[" * 10000 + b"]" * 10000 + b"}"
     deep_msgpack = b"\x83\xa5agent\xa1n\xa7reports\x90\xa2zz" + b"\x91" * 10000 + b"\x90"
     for body, ctype in ((deep_json, "application/json"), (deep_msgpack, "application/msgpack")):
@@ -150,7 +154,7 @@ def test_deeply_nested_bodies_are_400(p: Pipeline) -> None:
         ("GET", "/api/v1/query?query=up"),
     ],
 )
-def test_non_utf8_authorization_is_401(p: Pipeline, method: str, path: str) -> None:
+def test_non_utf8_authorization_is_401(p: InProcess, method: str, path: str) -> None:
     hdrs: dict[str, str | bytes] = {
         "Connection": "close",
         "Content-Type": "application/json",
@@ -161,7 +165,7 @@ def test_non_utf8_authorization_is_401(p: Pipeline, method: str, path: str) -> N
     assert status_of(resp) == 401, resp[:300]
 
 
-def test_non_utf8_user_agent_does_not_break_metrics(p: Pipeline) -> None:
+def test_non_utf8_user_agent_does_not_break_metrics(p: InProcess) -> None:
     body = cramjam.snappy.compress_raw(_rw_v1([({"__name__": "ua_metric"}, NOW, 1.0)]))
     hdrs: dict[str, str | bytes] = {
         "Connection": "close",
@@ -191,7 +195,7 @@ def test_non_utf8_user_agent_does_not_break_metrics(p: Pipeline) -> None:
         ("GET", "/api/v1/write", "POST"),
     ],
 )
-def test_wrong_method_is_a_json_405_with_allow(p: Pipeline, method: str, path: str, allow: str) -> None:
+def test_wrong_method_is_a_json_405_with_allow(p: InProcess, method: str, path: str, allow: str) -> None:
     r = HTTP.request(method, p.url + path)
     assert r.status == 405, r.data
     assert r.headers["Content-Type"].startswith("application/json")
@@ -199,7 +203,7 @@ def test_wrong_method_is_a_json_405_with_allow(p: Pipeline, method: str, path: s
     assert "error" in json.loads(r.data)
 
 
-def test_unknown_path_is_a_json_404(p: Pipeline) -> None:
+def test_unknown_path_is_a_json_404(p: InProcess) -> None:
     r = HTTP.request("GET", p.url + "/no/such/thing")
     assert r.status == 404
     assert r.headers["Content-Type"].startswith("application/json")
@@ -229,7 +233,7 @@ def _rw_v2(name: str, t: int, v: float) -> bytes:
     return bytes(req.SerializeToString())
 
 
-def _rw(p: Pipeline, body: bytes, proto: str | None) -> Any:
+def _rw(p: InProcess, body: bytes, proto: str | None) -> Any:
     ctype = "application/x-protobuf" + (f";proto={proto}" if proto else "")
     return HTTP.request(
         "POST",
@@ -239,7 +243,7 @@ def _rw(p: Pipeline, body: bytes, proto: str | None) -> Any:
     )
 
 
-def test_remote_write_body_of_the_other_version_is_400(p: Pipeline) -> None:
+def test_remote_write_body_of_the_other_version_is_400(p: InProcess) -> None:
     r = _rw(p, _rw_v1([({"__name__": "rw_swapped"}, NOW, 1.0)]), promrw.V2)
     assert r.status == 400, r.data
     assert "looks like a prometheus.WriteRequest" in json.loads(r.data)["error"]
@@ -252,7 +256,7 @@ def test_remote_write_body_of_the_other_version_is_400(p: Pipeline) -> None:
     assert _rw(p, b"", None).status == 204
 
 
-def test_remote_write_empty_labels_do_not_count(p: Pipeline) -> None:
+def test_remote_write_empty_labels_do_not_count(p: InProcess) -> None:
     labels = {"__name__": "rw_empty_labels", "job": "j", **{f"e{i}": "" for i in range(100)}}
     r = _rw(p, _rw_v1([(labels, NOW, 3.0)]), None)
     assert r.status == 204, r.data
@@ -284,7 +288,7 @@ def test_remote_write_empty_labels_do_not_count(p: Pipeline) -> None:
         (b"m v=18446744073709551616u", "unsigned integer 18446744073709551616u"),
     ],
 )
-def test_influx_values_out_of_range_are_400(p: Pipeline, line: bytes, says: str) -> None:
+def test_influx_values_out_of_range_are_400(p: InProcess, line: bytes, says: str) -> None:
     r = HTTP.request(
         "POST",
         p.url + "/api/v2/write?bucket=b&precision=s",
@@ -298,20 +302,20 @@ def test_influx_values_out_of_range_are_400(p: Pipeline, line: bytes, says: str)
 # -- connections: stalled bodies, oversized ones, Expect: 100-continue ---------------------------
 
 
-def test_stalled_body_gets_408_and_the_connection_is_closed(p: Pipeline) -> None:
+def test_stalled_body_gets_408_and_the_connection_is_closed(p: InProcess) -> None:
     hdrs: dict[str, str | bytes] = {
         "Authorization": f"Bearer {p.key}",
         "Content-Type": "application/json",
         "Content-Length": "100",
     }
-    resp, took = raw_exchange(p.port, head("POST", "/v1/reports", hdrs, b'{"agent":'), timeout=60)
+    resp, took = raw_exchange(p.port, head("POST", "/v1/reports", hdrs, b'{"agent":'), timeout=30)
     assert status_of(resp) == 408, resp[:300]
     assert not resp.endswith(b"<<TIMEOUT>>")  # closed by the server
     assert "request body incomplete" in json_body(resp)["error"]
-    assert took < 45
+    assert IDLE_SECONDS <= took < 20
 
 
-def test_oversized_content_length_gets_413_and_the_connection_is_closed(p: Pipeline) -> None:
+def test_oversized_content_length_gets_413_and_the_connection_is_closed(p: InProcess) -> None:
     for path, hdr in (("/v1/reports", {}), ("/api/v1/write", {"Content-Encoding": "snappy"})):
         hdrs: dict[str, str | bytes] = {
             "Authorization": f"Bearer {p.key}",
@@ -326,7 +330,7 @@ def test_oversized_content_length_gets_413_and_the_connection_is_closed(p: Pipel
         assert took < 5
 
 
-def test_expect_100_continue_checks_the_key_first(p: Pipeline) -> None:
+def test_expect_100_continue_checks_the_key_first(p: InProcess) -> None:
     for path in ("/v1/reports", "/api/v1/write", "/write?db=d"):
         hdrs: dict[str, str | bytes] = {
             "Authorization": "Bearer wrong",
@@ -359,7 +363,7 @@ def test_expect_100_continue_checks_the_key_first(p: Pipeline) -> None:
     assert json_body(out)["acked"] == [[1, 1]]
 
 
-def test_tenant_key_naming_another_tenant_is_403(p: Pipeline) -> None:
+def test_tenant_key_naming_another_tenant_is_403(p: InProcess) -> None:
     r = HTTP.request(
         "POST",
         p.url + "/v1/reports",

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from pipeline import HTTP, Pipeline, report
+from lptest.pipeline import HTTP, Pipeline, report
 
 
 def _post(p: Pipeline, body: dict[str, Any], key: str | None = None, **headers: str) -> tuple[int, Any]:

@@ -16,15 +16,15 @@ from typing import Any
 import msgspec
 import pytest
 
-from lossproof import config as config_mod
-from pipeline import HTTP, Pipeline, free_port
+from lptest.inproc import InProcess
+from lptest.pipeline import HTTP
 
 EVIL_VALUE = "a" * 29 + "!"  # with Python's backtracking re, (a+)+ takes ~20 s on this
 
 
 @dataclass
 class Env:
-    p: Pipeline
+    p: InProcess
     other_key: str
     t: int  # unix ms of the newest point of every series
 
@@ -32,8 +32,7 @@ class Env:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     base = tmp_path_factory.mktemp("hardening")
-    p = Pipeline(base / "data", free_port(), "lp_test_" + secrets.token_hex(16))
-    config_mod.init_data_dir(p.data_dir, p.key, p.port)
+    p = InProcess(base / "data", "lp_test_" + secrets.token_hex(16))
     other = p.add_key("other")
     p.start()
     try:
@@ -59,11 +58,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         _wait_other(p, other)
         yield Env(p, other, t)
     finally:
-        if p.proc is not None and p.proc.poll() is None:
-            p.kill9()
+        p.stop()
 
 
-def _wait_other(p: Pipeline, key: str) -> None:
+def _wait_other(p: InProcess, key: str) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         status, body = p.get("/v1/agents", key=key)
@@ -73,7 +71,7 @@ def _wait_other(p: Pipeline, key: str) -> None:
     raise AssertionError("tenant other's report was never stored")
 
 
-def _get(p: Pipeline, path: str, key: str | None = None, timeout: float = 30) -> tuple[int, Any, bytes]:
+def _get(p: InProcess, path: str, key: str | None = None, timeout: float = 30) -> tuple[int, Any, bytes]:
     r = HTTP.request("GET", p.url + path, headers=p.headers(key), timeout=timeout)
     try:
         body = json.loads(r.data)

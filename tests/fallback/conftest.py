@@ -1,15 +1,12 @@
 from __future__ import annotations
 
 import secrets
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from fallback_helpers import Fallback, kill_quietly
+from lptest.fallback import Fallback, kill_quietly
 
 
 @pytest.fixture

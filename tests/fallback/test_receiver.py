@@ -12,10 +12,10 @@ from collections.abc import Callable
 
 import urllib3
 import zstandard
-from fallback_helpers import HTTP, Fallback, journal_seqs, lossproof, post_raw
 
 from lossproof.fallback import journal as jn
-from pipeline import Pipeline, report
+from lptest.fallback import HTTP, Fallback, journal_seqs, lossproof, post_raw
+from lptest.pipeline import Pipeline, report
 
 
 def test_ack_and_journal_round_trip(fallback: Fallback) -> None:

@@ -7,16 +7,14 @@ import asyncio
 import json
 from pathlib import Path
 
-import pytest
 from aiohttp import web
-from fallback_helpers import HTTP, Fallback, post_raw
 from prometheus_client import CollectorRegistry
 
-from lossproof import httputil
 from lossproof.config import init_data_dir
 from lossproof.fallback import journal as jn
 from lossproof.fallback.receiver import FallbackMetrics, build_app
-from pipeline import raw_exchange
+from lptest.fallback import HTTP, Fallback, post_raw
+from lptest.pipeline import raw_exchange
 
 
 def request(method: str, path: str, headers: dict[str, bytes], body: bytes = b"") -> bytes:
@@ -101,13 +99,11 @@ def test_oversized_content_length_gets_413_and_the_connection_is_closed(fallback
     assert not resp.endswith(b"<<TIMEOUT>>") and took < 5
 
 
-def test_stalled_body_gets_408_and_the_connection_is_closed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """In process, to shorten the idle timeout; the real receiver app on a real socket."""
-    monkeypatch.setattr(httputil, "BODY_IDLE_SECONDS", 0.5)
+def test_stalled_body_gets_408_and_the_connection_is_closed(tmp_path: Path) -> None:
+    """In process, with a short idle limit; the real receiver app on a real socket."""
     cfg, key = init_data_dir(tmp_path / "fb", None)
     assert key is not None
+    cfg.server.body_idle_seconds = 0.5
 
     async def run() -> tuple[bytes, float]:
         registry = CollectorRegistry()

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fallback_helpers import Fallback, create_key, encode_body, lossproof, post_raw, run_replay
 
 from lossproof import config as config_mod
 from lossproof.fallback import journal as jn
 from lossproof.fallback import progress as pg
-from pipeline import Pipeline, expand, report
+from lptest.fallback import Fallback, create_key, encode_body, lossproof, post_raw, run_replay
+from lptest.pipeline import Pipeline, expand, report
 
 T0 = 1_767_225_600_000
 

@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from fallback_helpers import Fallback, create_key, encode_body, lossproof, post_raw, run_replay
 
 from lossproof import config as config_mod
 from lossproof.fallback import journal as jn
 from lossproof.fallback import progress as pg
 from lossproof.fallback import replay as rp
-from pipeline import Pipeline, expand
+from lptest.fallback import Fallback, create_key, encode_body, lossproof, post_raw, run_replay
+from lptest.pipeline import Pipeline, expand
 
 T0 = 1_767_225_600_000
 MAX_DECODED = 8192  # the main ingest's limit: a report of BIG points decodes to more than this

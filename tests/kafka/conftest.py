@@ -1,16 +1,11 @@
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from kafka_support import ensure_all_up, session_cluster
-
 from lossproof.dev.kafka import DevCluster
+from lptest.kafka import ensure_all_up, session_cluster
 
 
 @pytest.fixture

@@ -10,9 +10,8 @@ from __future__ import annotations
 import signal
 import time
 
-from kafka_support import Appender, make_value, new_topic, read_everything
-
 from lossproof.dev.kafka import DevCluster
+from lptest.kafka import Appender, make_value, new_topic, read_everything
 
 VALUE_SIZE = 1000
 
@@ -31,7 +30,7 @@ def check_all_readable(cfg, appender: Appender) -> None:  # type: ignore[no-unty
 
 
 def leader_of(cluster: DevCluster, topic: str, partition: int) -> int:
-    from kafka_support import admin
+    from lptest.kafka import admin
 
     md = admin(cluster).list_topics(topic=topic, timeout=10)
     return int(md.topics[topic].partitions[partition].leader)

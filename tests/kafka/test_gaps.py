@@ -12,11 +12,11 @@ import asyncio
 import time
 
 from confluent_kafka import TopicPartition
-from kafka_support import admin, make_value, new_topic
 
 from lossproof.config import KafkaLogConfig
 from lossproof.dev.kafka import DevCluster
 from lossproof.log.kafka import KafkaLogReader, KafkaLogWriter
+from lptest.kafka import admin, make_value, new_topic
 
 
 def append(cfg: KafkaLogConfig, n: int, tag: str = "", partitions: int = 1) -> dict[tuple[int, int], bytes]:

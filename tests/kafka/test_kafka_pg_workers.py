@@ -16,12 +16,12 @@ import time
 import uuid
 
 import pytest
-from kafka_support import new_topic
 
 from lossproof import config as config_mod
 from lossproof.dev.kafka import DevCluster
-from pipeline import Pipeline, Sender, expand
-from postgres.pg_cluster import available, shared_cluster
+from lptest.kafka import new_topic
+from lptest.pg_cluster import available, shared_cluster
+from lptest.pipeline import Pipeline, Sender, expand
 
 
 def _worker(p: Pipeline) -> subprocess.Popen[bytes]:

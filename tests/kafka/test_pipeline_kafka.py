@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import time
 
-from kafka_support import new_topic
-
 from lossproof import config as config_mod
 from lossproof.dev.kafka import DevCluster
-from pipeline import Pipeline, expand, report
+from lptest.kafka import new_topic
+from lptest.pipeline import Pipeline, expand, report
 
 
 def test_up_with_kafka_log(cluster: DevCluster, pipeline_factory) -> None:  # type: ignore[no-untyped-def]

@@ -14,18 +14,18 @@ import sys
 import time
 from pathlib import Path
 
-from kafka_support import HERE, new_topic, subprocess_env
-
 from lossproof.config import KafkaLogConfig
 from lossproof.dev.kafka import DevCluster
 from lossproof.log.kafka import KafkaLogWriter
+from lptest import PROCS, subprocess_env
+from lptest.kafka import new_topic
 
 
 def spawn(cfg: KafkaLogConfig, out: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
             sys.executable,
-            str(HERE / "reader_proc.py"),
+            str(PROCS / "kafka_reader.py"),
             "--bootstrap",
             cfg.bootstrap_servers,
             "--topic",

@@ -19,14 +19,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from log_harness import make_value, subprocess_env
 
 from lossproof.log.base import LogError, LogRecord
 from lossproof.log.embedded import EmbeddedLogReader, EmbeddedLogWriter
 from lossproof.log.embedded import segment as seg
 from lossproof.log.embedded.offsets import forget_group, read_committed
-
-HELPERS = Path(__file__).resolve().parent / "helpers"
+from lptest import PROCS, subprocess_env
+from lptest.log_harness import make_value
 
 
 class LineProc:
@@ -37,7 +36,7 @@ class LineProc:
         self.err_path = tmp / f"{name}.stderr"
         with open(self.err_path, "wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, str(HELPERS / script), *args],
+                [sys.executable, str(PROCS / script), *args],
                 stdout=subprocess.PIPE,
                 stderr=err,
                 env=subprocess_env(),
@@ -157,6 +156,7 @@ def drain(r: EmbeddedLogReader) -> list[LogRecord]:
 # --- processes -------------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_two_writer_processes_append_to_one_log_at_once(tmp_path: Path) -> None:
     d = tmp_path / "log"
     procs = [
@@ -200,6 +200,7 @@ def test_two_writer_processes_append_to_one_log_at_once(tmp_path: Path) -> None:
         assert all(seq == sorted(seq) for seq in by_key.values()), "one writer keeps a key's order"
 
 
+@pytest.mark.process
 def test_third_writer_gets_a_clear_error_and_a_free_partition_later(tmp_path: Path) -> None:
     d = tmp_path / "log"
     procs = [appender(tmp_path, f"w{i}", d, "--partitions", "2", "--concurrency", "1") for i in range(2)]
@@ -227,6 +228,7 @@ def test_third_writer_gets_a_clear_error_and_a_free_partition_later(tmp_path: Pa
             p.stop(signal.SIGKILL)
 
 
+@pytest.mark.process
 def test_two_reader_processes_split_the_partitions_and_read_everything_once(tmp_path: Path) -> None:
     d = tmp_path / "log"
     written = asyncio.run(fill_partitions(d, 4, 150, "a"))
@@ -255,6 +257,7 @@ def test_two_reader_processes_split_the_partitions_and_read_everything_once(tmp_
     assert final == {p: 1 + max(o for q, o in written if q == p) for p in range(4)}
 
 
+@pytest.mark.process
 def test_a_reader_started_later_gets_its_share(tmp_path: Path) -> None:
     """Scale out: the first reader owns every partition; a second one joins, the first gives back
     partitions it has fully committed, and they end up with 2 each, nothing read twice."""
@@ -283,6 +286,7 @@ def test_a_reader_started_later_gets_its_share(tmp_path: Path) -> None:
     assert second.records(), "the second reader got nothing to do"
 
 
+@pytest.mark.process
 def test_killed_reader_partitions_are_taken_over_from_its_last_commit(tmp_path: Path) -> None:
     d = tmp_path / "log"
     written = asyncio.run(fill_partitions(d, 2, 400, "a"))

@@ -11,12 +11,10 @@ from pathlib import Path
 
 import pytest
 
-import lossproof
 from lossproof.log.base import LogCorrupt, LogError, LogGap, LogRecord
 from lossproof.log.embedded import EmbeddedLogReader, EmbeddedLogWriter, damage
 from lossproof.log.embedded import segment as seg
-
-HELPERS = Path(__file__).resolve().parent / "helpers"
+from lptest import PROCS, subprocess_env
 
 
 def build(d: Path, n: int, *, segment_bytes: int = 2048, size: int = 100) -> dict[int, bytes]:
@@ -229,12 +227,12 @@ def test_untrusted_tail_of_a_segment_sealed_after_failure_is_never_read(tmp_path
     assert {r.offset: r.value for r in recs} == {**written, 7: b"new"}
 
 
+@pytest.mark.process
 def test_reader_tails_a_live_writer_process_across_rolls(tmp_path: Path) -> None:
     d = tmp_path / "log"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(Path(lossproof.__file__).resolve().parent.parent)
+    env = subprocess_env()
     proc = subprocess.Popen(
-        [sys.executable, str(HELPERS / "embedded_appender.py"), str(d), "--concurrency", "8",
+        [sys.executable, str(PROCS / "embedded_appender.py"), str(d), "--concurrency", "8",
          "--value-size", "300", "--segment-bytes", "8192"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
     )  # fmt: skip
@@ -268,12 +266,12 @@ def test_reader_tails_a_live_writer_process_across_rolls(tmp_path: Path) -> None
             assert x.value == (unit * (300 // len(unit) + 1))[:300]
 
 
+@pytest.mark.process
 def test_second_writer_in_another_process_is_refused(tmp_path: Path) -> None:
     d = tmp_path / "log"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(Path(lossproof.__file__).resolve().parent.parent)
+    env = subprocess_env()
     proc = subprocess.Popen(
-        [sys.executable, str(HELPERS / "embedded_appender.py"), str(d), "--concurrency", "1"],
+        [sys.executable, str(PROCS / "embedded_appender.py"), str(d), "--concurrency", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
     )  # fmt: skip
     try:

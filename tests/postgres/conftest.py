@@ -10,13 +10,13 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from postgres.pg_cluster import PgCluster, available, new_cluster, shared_cluster
+from lptest import require
+from lptest.pg_cluster import PgCluster, available, new_cluster, shared_cluster
 
 
 @pytest.fixture(scope="session")
 def pg_cluster() -> PgCluster:
-    if not available():
-        pytest.skip("PostgreSQL is not installed (scripts/deps/postgres.sh)")
+    require(available(), "PostgreSQL")
     return shared_cluster()
 
 
@@ -37,8 +37,7 @@ def pg_schema(pg_dsn: str) -> Iterator[str]:
 @pytest.fixture
 def own_cluster() -> Iterator[PgCluster]:
     """A cluster of this test's own, for tests that stop or restart it."""
-    if not available():
-        pytest.skip("PostgreSQL is not installed (scripts/deps/postgres.sh)")
+    require(available(), "PostgreSQL")
     c = new_cluster()
     try:
         yield c

@@ -9,7 +9,7 @@ import random
 import time
 
 from lossproof.store.postgres import PostgresStore
-from postgres.pg_harness import Writer, check_store, parse_ok
+from lptest.pg_harness import Writer, check_store, parse_ok
 
 
 def test_two_writer_processes_with_kill9_store_each_report_once(pg_dsn: str, pg_schema: str) -> None:

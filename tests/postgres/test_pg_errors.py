@@ -21,7 +21,7 @@ from lossproof.protocol import native
 from lossproof.store.base import Point, ReportWrite, StoreError, StoreUnavailable, WriteBatch
 from lossproof.store.postgres import PostgresStore
 from lossproof.worker.loop import Worker
-from postgres.pg_cluster import PgCluster, free_port
+from lptest.pg_cluster import PgCluster, free_port
 
 T0 = 1_767_225_600_000
 

@@ -11,8 +11,8 @@ from typing import Any
 import urllib3
 
 from lossproof.store.postgres import PostgresStore
-from pipeline import Pipeline, expand, report
-from postgres.pg_cluster import PgCluster
+from lptest.pg_cluster import PgCluster
+from lptest.pipeline import Pipeline, expand, report
 
 HTTP = urllib3.PoolManager(timeout=urllib3.Timeout(connect=2, read=10), retries=False)
 

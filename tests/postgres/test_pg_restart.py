@@ -7,8 +7,8 @@ from __future__ import annotations
 import time
 
 from lossproof.store.postgres import PostgresStore
-from postgres.pg_cluster import PgCluster
-from postgres.pg_harness import Writer, check_store, parse_ok
+from lptest.pg_cluster import PgCluster
+from lptest.pg_harness import Writer, check_store, parse_ok
 
 
 def _progress(writers: list[Writer], more: int, timeout: float = 60) -> None:

@@ -9,14 +9,19 @@ import time
 from pathlib import Path
 
 import pytest
-from proto_helpers import metric_value, query, wait_points
 
-from pipeline import Pipeline
+from lptest import require
+from lptest.pipeline import Pipeline
+from lptest.proto import metric_value, query, wait_points
 
 INFLUX = shutil.which("influx")
-pytestmark = pytest.mark.skipif(
-    INFLUX is None, reason="influx is not installed: run scripts/deps/protocols.sh"
-)
+
+
+@pytest.fixture(autouse=True)
+def _needs_influx() -> None:
+    require(INFLUX, "the influx CLI (Debian's influxdb-client)")
+
+
 
 T0_S = 1_767_225_600  # 2026-01-01
 LINES = 1500

@@ -10,13 +10,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import pytest
-from proto_helpers import metric_value, query
-
-from pipeline import Pipeline
-
-pytest.importorskip("opentelemetry.sdk.metrics", reason="opentelemetry-sdk is a dev dependency")
-
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
@@ -26,6 +19,9 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 from opentelemetry.sdk.resources import Resource
+
+from lptest.pipeline import Pipeline
+from lptest.proto import metric_value, query
 
 
 class RecordingExporter(OTLPMetricExporter):

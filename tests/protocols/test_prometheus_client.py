@@ -16,14 +16,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from proto_helpers import query, wait_points
 
-from pipeline import HTTP, Pipeline, free_port
+from lptest import require
+from lptest.pipeline import HTTP, Pipeline, free_port
+from lptest.proto import query, wait_points
 
 PROMETHEUS = shutil.which("prometheus")
-pytestmark = pytest.mark.skipif(
-    PROMETHEUS is None, reason="prometheus is not installed: run scripts/deps/protocols.sh"
-)
+
+
+@pytest.fixture(autouse=True)
+def _needs_prometheus() -> None:
+    require(PROMETHEUS, "Prometheus (Debian's prometheus)")
+
+
 SCRAPE_MS = 1000
 
 

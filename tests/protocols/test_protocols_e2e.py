@@ -12,12 +12,12 @@ from urllib.parse import urlencode
 import cramjam
 from google.rpc import status_pb2  # type: ignore[import-untyped]
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
-from proto_helpers import metric_value, post, query, wait_points
 
 from lossproof import config as config_mod
 from lossproof.bench.protocols import request as bench_request
 from lossproof.protocol import promrw
-from pipeline import HTTP, Pipeline
+from lptest.pipeline import HTTP, Pipeline
+from lptest.proto import metric_value, post, query, wait_points
 
 NOW = int(time.time() * 1000) // 1000 * 1000
 
@@ -381,7 +381,6 @@ def test_remote_write_metadata_is_kept_and_served(pipeline_factory: type[Pipelin
 def test_log_trouble_is_a_retryable_503_per_protocol(pipeline: Pipeline) -> None:
     p = pipeline
     p.faults({"log.fsync": {"mode": "fail"}})
-    time.sleep(0.2)
     rw = post(p, "/api/v1/write", rw_body([({"__name__": "trouble_rw"}, [(NOW, 1.0)])]), rw_headers(p))
     otlp_r = post(
         p,

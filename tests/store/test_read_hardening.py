@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from store_backends import BACKENDS
 
 from lossproof.store.base import InvalidMatcher, Matcher, Point, Store, WriteBatch
+from lptest.store_backends import BACKENDS
 
 T = 1_767_225_600_000
 EVIL = "a" * 40 + "!"

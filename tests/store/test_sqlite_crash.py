@@ -17,11 +17,12 @@ import textwrap
 import time
 from pathlib import Path
 
-import lossproof
+import pytest
+
 from lossproof.store import ledger as lg
 from lossproof.store.sqlite import SqliteStore
+from lptest import subprocess_env
 
-SRC = str(Path(lossproof.__file__).resolve().parent.parent)
 AGENTS = ["a0", "a1", "a2", "a3"]
 ALL = (0, 2**62)
 
@@ -113,9 +114,10 @@ def check_invariants(path: Path, committed: set[tuple[str, int]]) -> int:
         store.close()
 
 
+@pytest.mark.process
 def test_kill_9_while_writing_leaves_all_or_nothing(tmp_path: Path) -> None:
     path = tmp_path / "crash.db"
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = subprocess_env()
     rng = random.Random()
     committed: set[tuple[str, int]] = set()
     progress = []

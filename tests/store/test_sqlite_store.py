@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 import sys
@@ -12,13 +11,12 @@ from pathlib import Path
 
 import pytest
 
-import lossproof
 from lossproof.store.base import Point, ReportWrite, StoreError, StoreSchemaError, WriteBatch
 from lossproof.store.sqlite import SCHEMA_VERSION, SqliteStore
+from lptest import subprocess_env
 
 T0 = 1_700_000_000_000
 ALL = (0, 2**62)
-SRC = str(Path(lossproof.__file__).resolve().parent.parent)
 
 
 def report(seq: int, agent: str = "a1", n: int = 3) -> ReportWrite:
@@ -28,7 +26,7 @@ def report(seq: int, agent: str = "a1", n: int = 3) -> ReportWrite:
 
 
 def spawn(code: str, *args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = subprocess_env()
     return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code), *args],
         env=env,
@@ -164,6 +162,7 @@ HOLD_READ_SNAPSHOT = """
 """
 
 
+@pytest.mark.process
 def test_reader_not_blocked_by_a_writer_in_another_process(tmp_path: Path) -> None:
     w = SqliteStore(tmp_path / "s.db")
     w.write_batch(WriteBatch(reports=[report(1)], now_ms=1))
@@ -186,6 +185,7 @@ def test_reader_not_blocked_by_a_writer_in_another_process(tmp_path: Path) -> No
     w.close()
 
 
+@pytest.mark.process
 def test_busy_timeout_expires_with_an_error(tmp_path: Path) -> None:
     SqliteStore(tmp_path / "s.db").close()
     w = SqliteStore(tmp_path / "s.db", busy_timeout_ms=100)
@@ -201,6 +201,7 @@ def test_busy_timeout_expires_with_an_error(tmp_path: Path) -> None:
     w.close()
 
 
+@pytest.mark.process
 def test_writer_not_blocked_by_a_reader_in_another_process(tmp_path: Path) -> None:
     w = SqliteStore(tmp_path / "s.db")
     w.write_batch(WriteBatch(reports=[report(1)], now_ms=1))

@@ -1,6 +1,7 @@
 """Bad arguments to the CLI: a one-line error and a non-zero exit, never a traceback, a hang or a run
-that goes on with nonsense. Each case runs the real command (``python -m lossproof``) against
-unreachable addresses, so each finishes in seconds."""
+that goes on with nonsense. Each case runs the real entry point (``lossproof.cli.main``, in this
+process, so a bad argument costs milliseconds) against unreachable addresses; the cases that run a
+real benchmark or a real connection timeout run ``python -m lossproof`` as a process."""
 
 from __future__ import annotations
 
@@ -10,20 +11,46 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from lptest.cli import run_cli
+
 UNREACHABLE_KAFKA = "127.0.0.1:1"
 UNREACHABLE_URL = "http://127.0.0.1:1"
 
+Fails = Callable[..., str]
 
-def fails(
+
+def _one_error(returncode: int, stderr: str, args: tuple[str, ...], rc: int | None) -> str:
+    """Assert a non-zero exit, no traceback, exactly one error line (click's usage errors add their
+    "Usage:"/"Try" lines); return that line."""
+    assert returncode != 0, f"exit 0 for {args}: {stderr!r}"
+    if rc is not None:
+        assert returncode == rc, stderr
+    assert "Traceback" not in stderr, stderr
+    errors = [ln for ln in stderr.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1, stderr
+    return errors[0]
+
+
+@pytest.fixture
+def fails(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Fails:
+    """Run ``lossproof ARGS`` through the real entry point in this process (:func:`run_cli`)."""
+
+    def run(cwd: Path, *args: str, env: dict[str, str] | None = None, rc: int | None = None) -> str:
+        ran = run_cli(monkeypatch, capsys, *args, cwd=cwd, env=env)
+        return _one_error(ran.code, ran.err, args, rc)
+
+    return run
+
+
+def fails_process(
     cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60, rc: int | None = None
 ) -> str:
-    """Run ``lossproof ARGS``; assert a non-zero exit, no traceback, exactly one error line (click's
-    usage errors add their "Usage:"/"Try" lines); return that line."""
+    """As :func:`fails`, as a process of its own: for commands that measure or wait for real."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("LOSSPROOF_")}
     full_env.update(env or {})
     proc = subprocess.run(
@@ -35,13 +62,7 @@ def fails(
         timeout=timeout,
         check=False,
     )
-    assert proc.returncode != 0, f"exit 0 for {args}: {proc.stdout!r} {proc.stderr!r}"
-    if rc is not None:
-        assert proc.returncode == rc, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error:")]
-    assert len(errors) == 1, proc.stderr
-    return errors[0]
+    return _one_error(proc.returncode, proc.stderr, args, rc)
 
 
 # --- B4: nan and inf are refused by every float option ----------------------------------------------
@@ -62,7 +83,7 @@ def fails(
         ["kafka", "init", "--bootstrap-servers", UNREACHABLE_KAFKA, "--timeout", "nan"],
     ],
 )
-def test_non_finite_and_out_of_range_floats_refused(tmp_path: Path, args: list[str]) -> None:
+def test_non_finite_and_out_of_range_floats_refused(fails: Fails, tmp_path: Path, args: list[str]) -> None:
     line = fails(tmp_path, *args, rc=2)
     assert "Invalid value" in line
 
@@ -83,17 +104,17 @@ def test_finite_float_type() -> None:
 
 
 @pytest.mark.parametrize("topic", ["bad topic!", ""])
-def test_kafka_init_bad_topic(tmp_path: Path, topic: str) -> None:
+def test_kafka_init_bad_topic(fails: Fails, tmp_path: Path, topic: str) -> None:
     line = fails(tmp_path, "kafka", "init", "--bootstrap-servers", UNREACHABLE_KAFKA, "--topic", topic)
     assert "--topic" in line
 
 
-def test_kafka_init_empty_bootstrap(tmp_path: Path) -> None:
+def test_kafka_init_empty_bootstrap(fails: Fails, tmp_path: Path) -> None:
     line = fails(tmp_path, "kafka", "init", "--bootstrap-servers", "")
     assert "--bootstrap-servers" in line and "empty" in line
 
 
-def test_kafka_init_min_isr_above_rf_refused_before_connecting(tmp_path: Path) -> None:
+def test_kafka_init_min_isr_above_rf_refused_before_connecting(fails: Fails, tmp_path: Path) -> None:
     line = fails(
         tmp_path,
         "kafka",
@@ -105,12 +126,11 @@ def test_kafka_init_min_isr_above_rf_refused_before_connecting(tmp_path: Path) -
         "1",
         "--min-insync-replicas",
         "2",
-        timeout=10,
     )
     assert "min.insync.replicas 2" in line and "Kafka at" not in line
 
 
-def test_kafka_init_env_overrides_apply_without_config(tmp_path: Path) -> None:
+def test_kafka_init_env_overrides_apply_without_config(fails: Fails, tmp_path: Path) -> None:
     data = str(tmp_path / "no-config")
     line = fails(
         tmp_path, "kafka", "init", "--data-dir", data, env={"LOSSPROOF_LOG_KAFKA_TOPIC": "bad topic"}
@@ -132,34 +152,35 @@ def test_kafka_init_env_overrides_apply_without_config(tmp_path: Path) -> None:
 # --- bench kafka ------------------------------------------------------------------------------------
 
 
-def test_bench_kafka_bad_topic(tmp_path: Path) -> None:
+def test_bench_kafka_bad_topic(fails: Fails, tmp_path: Path) -> None:
     args = ["--bootstrap-servers", UNREACHABLE_KAFKA, "--topic", "bad topic", "--seconds", "1"]
     line = fails(tmp_path, "bench", "kafka", *args)
     assert "--topic" in line
 
 
+@pytest.mark.process  # waits for the Kafka client's own connection timeout
 def test_bench_kafka_unreachable_fails_before_measuring(tmp_path: Path) -> None:
     args = ["--bootstrap-servers", UNREACHABLE_KAFKA, "--topic", "t", "--seconds", "1"]
-    line = fails(tmp_path, "bench", "kafka", *args, timeout=30)
+    line = fails_process(tmp_path, "bench", "kafka", *args, timeout=30)
     assert f"Kafka at {UNREACHABLE_KAFKA}" in line
 
 
 # --- bench ingest -----------------------------------------------------------------------------------
 
 
-def test_bench_ingest_bad_url(tmp_path: Path) -> None:
-    line = fails(tmp_path, "bench", "ingest", "--url", "notaurl", "--api-key", "x", timeout=10)
+def test_bench_ingest_bad_url(fails: Fails, tmp_path: Path) -> None:
+    line = fails(tmp_path, "bench", "ingest", "--url", "notaurl", "--api-key", "x")
     assert "notaurl" in line
 
 
-def test_bench_ingest_log_kafka_checked_before_running(tmp_path: Path) -> None:
-    line = fails(tmp_path, "bench", "ingest", "--spawn", "--log", "kafka", timeout=10)
+def test_bench_ingest_log_kafka_checked_before_running(fails: Fails, tmp_path: Path) -> None:
+    line = fails(tmp_path, "bench", "ingest", "--spawn", "--log", "kafka")
     assert "--data-dir" in line
 
 
-def test_bench_ingest_unreachable(tmp_path: Path) -> None:
+def test_bench_ingest_unreachable(fails: Fails, tmp_path: Path) -> None:
     args = ["--url", UNREACHABLE_URL, "--api-key", "x", "--duration", "1"]
-    line = fails(tmp_path, "bench", "ingest", *args, timeout=30)
+    line = fails(tmp_path, "bench", "ingest", *args)
     assert "cannot reach" in line
 
 
@@ -197,29 +218,30 @@ def refusing_url() -> Iterator[str]:
         srv.server_close()
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("protocol", ["native", "prom-rw"])
 def test_bench_ingest_nothing_acknowledged_fails(tmp_path: Path, refusing_url: str, protocol: str) -> None:
     args = ["--url", refusing_url, "--api-key", "wrong", "--duration", "1", "--agents", "2"]
     args += ["--points-per-report", "10", "--protocol", protocol]
-    line = fails(tmp_path, "bench", "ingest", *args, timeout=60)
+    line = fails_process(tmp_path, "bench", "ingest", *args)
     assert "nothing acknowledged" in line and "401" in line
 
 
 # --- bench agent / replay ---------------------------------------------------------------------------
 
 
-def test_bench_agent_unreachable(tmp_path: Path) -> None:
-    line = fails(tmp_path, "bench", "agent", "--url", UNREACHABLE_URL, "--api-key", "x", timeout=15)
+def test_bench_agent_unreachable(fails: Fails, tmp_path: Path) -> None:
+    line = fails(tmp_path, "bench", "agent", "--url", UNREACHABLE_URL, "--api-key", "x")
     assert "cannot reach" in line
 
 
-def test_bench_agent_url_needs_key(tmp_path: Path) -> None:
-    line = fails(tmp_path, "bench", "agent", "--url", UNREACHABLE_URL, timeout=10)
+def test_bench_agent_url_needs_key(fails: Fails, tmp_path: Path) -> None:
+    line = fails(tmp_path, "bench", "agent", "--url", UNREACHABLE_URL)
     assert "--api-key" in line
 
 
-def test_bench_replay_unreachable(tmp_path: Path) -> None:
-    line = fails(tmp_path, "bench", "replay", "--url", UNREACHABLE_URL, "--api-key", "x", timeout=15)
+def test_bench_replay_unreachable(fails: Fails, tmp_path: Path) -> None:
+    line = fails(tmp_path, "bench", "replay", "--url", UNREACHABLE_URL, "--api-key", "x")
     assert "cannot reach" in line
 
 
@@ -228,26 +250,27 @@ def test_bench_replay_unreachable(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("cmd", [["store", "bench"], ["bench", "store"]])
 @pytest.mark.parametrize("writers", ["abc", "0", "", "1,x", "-1"])
-def test_store_bench_bad_writers(tmp_path: Path, cmd: list[str], writers: str) -> None:
-    line = fails(tmp_path, *cmd, "--writers", writers, "--points", "10000", timeout=10)
+def test_store_bench_bad_writers(fails: Fails, tmp_path: Path, cmd: list[str], writers: str) -> None:
+    line = fails(tmp_path, *cmd, "--writers", writers, "--points", "10000")
     assert "--writers" in line
 
 
-def test_store_bench_points_smaller_than_two_batches(tmp_path: Path) -> None:
-    line = fails(tmp_path, "store", "bench", "--points", "10000", "--writers", "1", timeout=10)
+def test_store_bench_points_smaller_than_two_batches(fails: Fails, tmp_path: Path) -> None:
+    line = fails(tmp_path, "store", "bench", "--points", "10000", "--writers", "1")
     assert "two batches" in line
 
 
-def test_store_bench_unreachable_postgres_fails_at_once(tmp_path: Path) -> None:
+def test_store_bench_unreachable_postgres_fails_at_once(fails: Fails, tmp_path: Path) -> None:
     dsn = "postgresql://nobody@127.0.0.1:1/x"
     args = ["--dsn", dsn, "--points", "10000", "--writers", "1", "--agents", "2"]
-    line = fails(tmp_path, "store", "bench", *args, "--points-per-report", "100", timeout=20)
+    line = fails(tmp_path, "store", "bench", *args, "--points-per-report", "100")
     assert "PostgreSQL" in line
     # the reported command line: also one line at once (the batch size is checked first)
-    fails(tmp_path, "store", "bench", "--dsn", dsn, "--points", "10000", "--writers", "1", timeout=20)
+    fails(tmp_path, "store", "bench", "--dsn", dsn, "--points", "10000", "--writers", "1")
 
 
-def test_store_bench_failing_writer_does_not_hang(tmp_path: Path) -> None:
+@pytest.mark.process
+def test_store_bench_failing_writer_does_not_hang(fails: Fails, tmp_path: Path) -> None:
     """A writer process that cannot open its store ends the run at once with its error."""
     code = (
         "from lossproof.bench.store import BenchError, bench_store_processes\n"
@@ -263,7 +286,8 @@ def test_store_bench_failing_writer_does_not_hang(tmp_path: Path) -> None:
     assert proc.stdout.startswith("BenchError writer "), proc.stdout + proc.stderr
 
 
-def test_store_bench_small_run_works(tmp_path: Path) -> None:
+@pytest.mark.process
+def test_store_bench_small_run_works(fails: Fails, tmp_path: Path) -> None:
     """The sizes fit: every run of a small bench stores timed points."""
     args = ["--points", "10000", "--agents", "2", "--points-per-report", "100", "--writers", "1"]
     proc = subprocess.run(
@@ -282,8 +306,8 @@ def test_store_bench_small_run_works(tmp_path: Path) -> None:
 # --- chaos (B4, B5) ---------------------------------------------------------------------------------
 
 
-def test_chaos_json_checked_before_running(tmp_path: Path) -> None:
-    line = fails(tmp_path, "chaos", "run", "kill-ingest", "--json", "/nonexistent/dir/x.json", timeout=10)
+def test_chaos_json_checked_before_running(fails: Fails, tmp_path: Path) -> None:
+    line = fails(tmp_path, "chaos", "run", "kill-ingest", "--json", "/nonexistent/dir/x.json")
     assert "/nonexistent/dir" in line
 
 
@@ -292,23 +316,23 @@ def test_chaos_json_checked_before_running(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("command", [["status"], ["down"], ["kill", "1"]])
 @pytest.mark.parametrize("content", ["{bad", "[1, 2]", '{"nodes": [1]}', '{"nodes": []}', ""])
-def test_dev_kafka_damaged_state(tmp_path: Path, command: list[str], content: str) -> None:
+def test_dev_kafka_damaged_state(fails: Fails, tmp_path: Path, command: list[str], content: str) -> None:
     d = tmp_path / "cluster"
     d.mkdir()
     (d / "cluster.json").write_text(content)
-    line = fails(tmp_path, "dev", "kafka", *command, "--dir", str(d), timeout=10)
+    line = fails(tmp_path, "dev", "kafka", *command, "--dir", str(d))
     assert "damaged" in line
 
 
 @pytest.mark.parametrize("command", [["status"], ["down"], ["kill", "1"]])
-def test_dev_kafka_no_cluster(tmp_path: Path, command: list[str]) -> None:
+def test_dev_kafka_no_cluster(fails: Fails, tmp_path: Path, command: list[str]) -> None:
     d = tmp_path / "empty"
     d.mkdir()
-    line = fails(tmp_path, "dev", "kafka", *command, "--dir", str(d), timeout=10)
+    line = fails(tmp_path, "dev", "kafka", *command, "--dir", str(d))
     assert "no cluster in" in line
 
 
-def test_dev_kafka_kill_unknown_node(tmp_path: Path) -> None:
+def test_dev_kafka_kill_unknown_node(fails: Fails, tmp_path: Path) -> None:
     d = tmp_path / "cluster"
     d.mkdir()
     state = {
@@ -318,5 +342,5 @@ def test_dev_kafka_kill_unknown_node(tmp_path: Path) -> None:
         "nodes": [{"id": 1, "broker_port": 1, "controller_port": 2}],
     }
     (d / "cluster.json").write_text(json.dumps(state))
-    line = fails(tmp_path, "dev", "kafka", "kill", "5", "--dir", str(d), timeout=10)
+    line = fails(tmp_path, "dev", "kafka", "kill", "5", "--dir", str(d))
     assert "no node 5" in line

@@ -73,6 +73,7 @@ def test_a_key_that_is_not_utf8_hashes_to_no_tenant(tmp_path: Path) -> None:
     assert cfg.tenant_for_key("\udcff\udcfe") is None  # how a non-UTF-8 header arrives
 
 
+@pytest.mark.process
 def test_concurrent_key_creation_keeps_every_key(tmp_path: Path) -> None:
     import subprocess
     import sys

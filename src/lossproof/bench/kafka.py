@@ -258,7 +258,7 @@ def kafka_bench_cmd(
             raise click.ClickException(f"Kafka at {cfg.bootstrap_servers}: {e}") from None
         except click.ClickException as e:
             if logs.count:  # still one line
-                e.message += f" [{logs.line()}]"
+                raise click.ClickException(f"{e.message} [{logs.line()}]") from None
             raise
     if logs.count:
         click.echo(logs.line(), err=True)

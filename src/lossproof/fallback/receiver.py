@@ -175,7 +175,7 @@ class ReportsHandler:
         tenant = self.authorize(request)
         ctype = native_content_type(request)
         encoding = request.headers.get("Content-Encoding", "").strip().lower()
-        raw = await read_body(request, srv.max_body_bytes)
+        raw = await read_body(request, srv.max_body_bytes, srv.body_idle_seconds, srv.body_read_max_seconds)
         try:
             checked = native.check(decompress(raw, encoding, srv.max_decoded_bytes), ctype)
         except TooLarge as e:

@@ -67,7 +67,8 @@ class Ingest:
         return json_response({"error": e.message}, e.status, e.headers)
 
     async def read(self, request: web.Request) -> bytes:
-        return await read_body(request, self.cfg.server.max_body_bytes)
+        srv = self.cfg.server
+        return await read_body(request, srv.max_body_bytes, srv.body_idle_seconds, srv.body_read_max_seconds)
 
     async def append_durable(self, key: bytes, record: bytes) -> None:
         """Append ``record`` and return once the log holds it durably; raise the 503 otherwise."""

@@ -1,4 +1,4 @@
-"""Test helpers: run `lossproof up` as a real process and talk to it over real sockets."""
+"""Run `lossproof up` as a real process and talk to it over real sockets."""
 
 from __future__ import annotations
 
@@ -28,8 +28,59 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class Endpoint:
+    """A running lossproof HTTP API and its default tenant's key: what tests say to it over HTTP.
+    :class:`Pipeline` runs it as ``lossproof up``; :class:`lptest.inproc.InProcess` in this process."""
+
+    port: int
+    key: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def headers(self, key: str | None = None, **extra: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.key}", "Content-Type": "application/json", **extra}
+
+    def post_reports(
+        self, agent: str, reports: list[dict[str, Any]], key: str | None = None, timeout: float = 30
+    ) -> urllib3.BaseHTTPResponse:
+        body = json.dumps({"agent": agent, "reports": reports}).encode()
+        return HTTP.request(
+            "POST", self.url + "/v1/reports", body=body, headers=self.headers(key), timeout=timeout
+        )
+
+    def get(self, path: str, key: str | None = None) -> tuple[int, Any]:
+        r = HTTP.request("GET", self.url + path, headers=self.headers(key))
+        return r.status, json.loads(r.data) if r.data else None
+
+    def ledger(self, agent: str) -> dict[str, Any]:
+        status, body = self.get(f"/v1/agents/{agent}/ledger")
+        assert status == 200, body
+        return body  # type: ignore[no-any-return]
+
+    def metrics(self) -> str:
+        return HTTP.request("GET", self.url + "/metrics").data.decode()
+
+    def wait_stored(self, agent: str, seqs: set[int], timeout: float = 30) -> dict[str, Any]:
+        """Wait until the ledger's stored ranges cover ``seqs``; returns the ledger."""
+        deadline = time.monotonic() + timeout
+        ledger: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            status, body = self.get(f"/v1/agents/{agent}/ledger")
+            if status == 200:
+                ledger = body
+                stored = expand(ledger["stored"])
+                if seqs <= stored:
+                    return ledger
+            time.sleep(0.1)
+        raise AssertionError(f"agent {agent}: not all stored after {timeout}s; ledger {ledger}")
+
+
+
+
 @dataclass
-class Pipeline:
+class Pipeline(Endpoint):
     data_dir: Path
     port: int
     key: str
@@ -39,10 +90,6 @@ class Pipeline:
 
     def __post_init__(self) -> None:
         self.faults_file = self.data_dir.parent / f"{self.data_dir.name}-faults.json"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def add_key(self, tenant: str) -> str:
         """A new key for ``tenant`` (created if new), by the real ``lossproof keys create``; call it
@@ -125,46 +172,6 @@ class Pipeline:
 
     def faults(self, faults: dict[str, Any]) -> None:
         write_faults(str(self.faults_file), faults)
-
-    # -- HTTP -------------------------------------------------------------------------------------
-
-    def headers(self, key: str | None = None, **extra: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {key or self.key}", "Content-Type": "application/json", **extra}
-
-    def post_reports(
-        self, agent: str, reports: list[dict[str, Any]], key: str | None = None, timeout: float = 30
-    ) -> urllib3.BaseHTTPResponse:
-        body = json.dumps({"agent": agent, "reports": reports}).encode()
-        return HTTP.request(
-            "POST", self.url + "/v1/reports", body=body, headers=self.headers(key), timeout=timeout
-        )
-
-    def get(self, path: str, key: str | None = None) -> tuple[int, Any]:
-        r = HTTP.request("GET", self.url + path, headers=self.headers(key))
-        return r.status, json.loads(r.data) if r.data else None
-
-    def ledger(self, agent: str) -> dict[str, Any]:
-        status, body = self.get(f"/v1/agents/{agent}/ledger")
-        assert status == 200, body
-        return body  # type: ignore[no-any-return]
-
-    def metrics(self) -> str:
-        return HTTP.request("GET", self.url + "/metrics").data.decode()
-
-    def wait_stored(self, agent: str, seqs: set[int], timeout: float = 30) -> dict[str, Any]:
-        """Wait until the ledger's stored ranges cover ``seqs``; returns the ledger."""
-        deadline = time.monotonic() + timeout
-        ledger: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            status, body = self.get(f"/v1/agents/{agent}/ledger")
-            if status == 200:
-                ledger = body
-                stored = expand(ledger["stored"])
-                if seqs <= stored:
-                    return ledger
-            time.sleep(0.1)
-        raise AssertionError(f"agent {agent}: not all stored after {timeout}s; ledger {ledger}")
-
 
 def expand(ranges: list[list[int]]) -> set[int]:
     return {s for a, b in ranges for s in range(a, b + 1)}

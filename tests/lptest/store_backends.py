@@ -14,9 +14,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from lossproof.store.base import Store
+from lptest import require
 
 
 class StoreBackend(abc.ABC):
@@ -59,12 +58,9 @@ def postgres_dsn() -> str:
     dsn = os.environ.get("LOSSPROOF_TEST_PG_DSN")
     if dsn:
         return dsn
-    from postgres.pg_cluster import available, shared_cluster
+    from lptest.pg_cluster import available, shared_cluster
 
-    if not available():
-        pytest.skip(
-            "PostgreSQL is not installed (scripts/deps/postgres.sh) and LOSSPROOF_TEST_PG_DSN is unset"
-        )
+    require(available(), "PostgreSQL (or LOSSPROOF_TEST_PG_DSN)")
     return shared_cluster().dsn()
 
 

@@ -116,7 +116,6 @@ class Fallback:
 
     def faults(self, faults: dict[str, Any]) -> None:
         write_faults(str(self.faults_file), faults)
-        time.sleep(0.12)  # the process re-reads the file at most every 50 ms
 
     def headers(self, key: str | None = None, **extra: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {key or self.key}", "Content-Type": "application/json", **extra}

@@ -21,11 +21,10 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import lossproof
 from lossproof.config import KafkaLogConfig
 from lossproof.dev.kafka import DevCluster
+from lptest import PROCS, subprocess_env
 
-HERE = Path(__file__).resolve().parent
 _lock = threading.Lock()
 _cluster: DevCluster | None = None
 
@@ -93,12 +92,6 @@ def new_topic(
     return cfg
 
 
-def subprocess_env() -> dict[str, str]:
-    src = str(Path(lossproof.__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
-
 
 def make_value(tag: str, size: int) -> bytes:
     unit = f"<{tag}>".encode()
@@ -139,7 +132,7 @@ class Appender:
         proc = subprocess.Popen(
             [
                 sys.executable,
-                str(HERE / "kafka_appender.py"),
+                str(PROCS / "kafka_appender.py"),
                 "--bootstrap",
                 cfg.bootstrap_servers,
                 "--topic",

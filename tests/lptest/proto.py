@@ -6,7 +6,7 @@ import time
 from typing import Any
 from urllib.parse import urlencode
 
-from pipeline import HTTP, Pipeline
+from lptest.pipeline import HTTP, Pipeline
 
 
 def query(p: Pipeline, metric: str, **labels: str) -> list[dict[str, Any]]:

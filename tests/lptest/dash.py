@@ -14,9 +14,20 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from pipeline import HTTP, Pipeline
+from lptest.pipeline import HTTP, Pipeline
+
+
+@dataclass
+class Dash:
+    """The dashboard tests' shared pipeline (the ``dash`` fixture), its other tenant's key and T0."""
+
+    p: Pipeline
+    other_key: str
+    t0: int
+
 
 STEP_MS = 10_000
 N = 180

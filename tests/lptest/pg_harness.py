@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 from lossproof.store import ledger as lg
 from lossproof.store.base import Store
-from postgres.pg_writer import AGENTS, MAX_SEQ, npoints, point_time
+from lptest import PROCS, subprocess_env
+from lptest.procs.pg_writer import AGENTS, MAX_SEQ, npoints, point_time
 
 ALL = (0, 2**62)
-HERE = Path(__file__).parent
 
 
 class Writer:
     def __init__(self, dsn: str, schema: str, seed: int) -> None:
-        env = {**os.environ, "PYTHONPATH": str(HERE)}
         self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "pg_writer.py"), dsn, schema, str(seed)],
+            [sys.executable, str(PROCS / "pg_writer.py"), dsn, schema, str(seed)],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
-            env=env,
+            env=subprocess_env(),
         )
         self.lines: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)

@@ -21,13 +21,8 @@ from typing import Any
 
 import pytest
 
-import lossproof
 from lossproof.log.base import LogGap, LogReader, LogRecord, LogWriter
-
-HELPERS = Path(__file__).resolve().parent.parent / "log" / "helpers"
-KAFKA_TESTS = Path(__file__).resolve().parent.parent / "kafka"
-if str(KAFKA_TESTS) not in sys.path:  # kafka_support: the session's shared Kafka cluster
-    sys.path.insert(0, str(KAFKA_TESTS))
+from lptest import PROCS, subprocess_env
 
 
 def make_value(tag: str, size: int) -> bytes:
@@ -36,12 +31,6 @@ def make_value(tag: str, size: int) -> bytes:
     return (unit * (size // len(unit) + 1))[:size] if size else b""
 
 
-def subprocess_env() -> dict[str, str]:
-    src = str(Path(lossproof.__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env.pop("LOSSPROOF_FAULTS_FILE", None)
-    return env
 
 
 @dataclass
@@ -189,7 +178,7 @@ class EmbeddedHarness(LogHarness):
         proc = subprocess.Popen(
             [
                 sys.executable,
-                str(HELPERS / "embedded_appender.py"),
+                str(PROCS / "embedded_appender.py"),
                 str(self.dir),
                 "--concurrency",
                 str(concurrency),
@@ -274,7 +263,7 @@ class KafkaHarness(LogHarness):
 
     def __init__(self, tmp_path: Path) -> None:
         super().__init__(tmp_path)
-        from kafka_support import new_topic, session_cluster
+        from lptest.kafka import new_topic, session_cluster
 
         self.cluster = session_cluster()
         self.cfg = new_topic(self.cluster, prefix="contract", partitions=1)
@@ -306,7 +295,7 @@ class KafkaHarness(LogHarness):
         proc = subprocess.Popen(
             [
                 sys.executable,
-                str(KAFKA_TESTS / "kafka_appender.py"),
+                str(PROCS / "kafka_appender.py"),
                 "--bootstrap",
                 self.cfg.bootstrap_servers,
                 "--topic",
