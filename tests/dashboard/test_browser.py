@@ -130,7 +130,7 @@ def test_chart_draws_lost_and_delayed_ranges(browser: Any, dash: Dash, artifacts
     assert "spool_full" in rows["lost"]
     assert "still in its spool" in rows["delayed"]
     assert "replay" in rows["missing"]
-    import dash_data as dd
+    from lptest import dash as dd
 
     lost = _pixel(d, dd.t0_of(dash.t0, 50))
     delayed_band = [_pixel(d, dd.t0_of(dash.t0, 171) + dt) for dt in range(2000, 60000, 1500)]
