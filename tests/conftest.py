@@ -39,6 +39,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             # One worker runs every Kafka test: they share one 3-node cluster per worker process, and
             # two clusters at once would starve a 2-core machine.
             item.add_marker(pytest.mark.xdist_group("kafka"))
+        elif item.get_closest_marker("chaos"):
+            # Whole topologies under timed faults, one at a time (and the network namespaces' subnets
+            # are picked at random per run).
+            item.add_marker(pytest.mark.xdist_group("chaos"))
 
 
 @pytest.fixture

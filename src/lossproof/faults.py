@@ -21,8 +21,9 @@ _ENV = "LOSSPROOF_FAULTS_FILE"
 class Faults:
     def __init__(self, path: str | None = None) -> None:
         self.path = path if path is not None else os.environ.get(_ENV)
-        self._raw = b""
-        self._faults: dict[str, dict[str, Any]] = {}
+        # (raw file content, parsed faults), replaced as one: a look-up on another thread sees a
+        # consistent pair
+        self._state: tuple[bytes, dict[str, dict[str, Any]]] = (b"", {})
 
     def get(self, name: str) -> dict[str, Any] | None:
         if not self.path:
@@ -30,7 +31,7 @@ class Faults:
         # Read whole on every look-up (they come per fsync or per request, never per point): an mtime
         # check would miss a second change within the file system's timestamp granularity.
         self._reload()
-        return self._faults.get(name)
+        return self._state[1].get(name)
 
     def _reload(self) -> None:
         assert self.path
@@ -38,18 +39,17 @@ class Faults:
             with open(self.path, "rb") as f:
                 raw = f.read()
         except FileNotFoundError:
-            self._faults, self._raw = {}, b""
+            self._state = (b"", {})
             return
         except OSError:
             return
-        if raw == self._raw:
+        if raw == self._state[0]:
             return
         try:
             data = json.loads(raw)
         except ValueError:
             return  # not written by write_faults (which replaces atomically): keep the previous faults
-        self._raw = raw
-        self._faults = data if isinstance(data, dict) else {}
+        self._state = (raw, data if isinstance(data, dict) else {})
 
 
 def write_faults(path: str, faults: dict[str, Any]) -> None:

@@ -16,20 +16,16 @@ RULES = HERE.parent.parent / "deploy" / "alerts.yml"
 promtool = shutil.which("promtool")
 
 
-@pytest.fixture(autouse=True)
-def _needs_promtool() -> None:
-    require(promtool, "promtool (Debian's prometheus)")
-
-
-
 @pytest.mark.process
 def test_check_rules() -> None:
+    require(promtool, "promtool (Debian's prometheus)")
     out = subprocess.run([str(promtool), "check", "rules", str(RULES)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 @pytest.mark.process
 def test_rule_unit_tests() -> None:
+    require(promtool, "promtool (Debian's prometheus)")
     out = subprocess.run(
         [str(promtool), "test", "rules", "alerts_test.yml"], cwd=HERE, capture_output=True, text=True
     )

@@ -23,6 +23,8 @@ from lptest.kafka import new_topic
 from lptest.pg_cluster import available, shared_cluster
 from lptest.pipeline import Pipeline, Sender, expand
 
+pytestmark = pytest.mark.postgres  # and kafka, by its directory
+
 
 def _worker(p: Pipeline) -> subprocess.Popen[bytes]:
     log = open(p.data_dir.parent / f"worker2-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115

@@ -26,6 +26,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -185,11 +186,11 @@ def _pid_alive(pid: int, marker: str) -> bool:
     return state != "Z" and marker in cmdline
 
 
-def new_cluster_id() -> str:
+def new_cluster_id(random_uuid: Callable[[], uuid.UUID] = uuid.uuid4) -> str:
     """A KRaft cluster id: a random UUID in URL-safe base64, never starting with "-", which the
     storage tool's command line would take for an option (Kafka's own Uuid.randomUuid avoids it too)."""
     while True:
-        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cid = base64.urlsafe_b64encode(random_uuid().bytes).decode().rstrip("=")
         if not cid.startswith("-"):
             return cid
 
