@@ -25,6 +25,7 @@ import msgspec
 import urllib3
 
 from lossproof.durable import make_dirs
+from lossproof.protocol.ack import NotAcknowledged, acknowledged
 from lossproof.protocol.compression import compress
 from lossproof.urls import check_base_url
 
@@ -184,6 +185,13 @@ def post(
         else:
             text = r.data.decode(errors="replace")
             if r.status == 200:
+                seqs = [int(rep["seq"]) for rep in body["reports"]]
+                try:
+                    acked = acknowledged(r.headers, r.data, seqs)
+                except NotAcknowledged as e:
+                    raise SendError(f"{url} answered 200 but did not acknowledge: {e}") from None
+                if len(acked) < len(seqs):
+                    raise SendError(f"{url} acknowledged seqs {sorted(acked)} of {seqs}")
                 return json.loads(text)  # type: ignore[no-any-return]
             if r.status < 500 and r.status != 429:
                 raise SendError(f"server refused the request ({r.status}): {text.strip()}")

@@ -9,8 +9,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from lossproof.agent import Agent, AgentConfig
-from lptest.agent import HTTP, Received, StandIn, free_port, scrape, wait_for
+from lossproof.protocol.ack import PROTOCOL_HEADER
+from lptest.agent import HTTP, Policy, Received, StandIn, free_port, scrape, wait_for
 
 Answer = tuple[int, dict[str, Any], dict[str, str]]
 
@@ -173,3 +176,67 @@ def test_metrics_and_healthz(tmp_path: Path) -> None:
             assert r.status == 200 and body["destination"] == "primary" and body["last_seq"] == 3
     finally:
         srv.stop()
+
+
+def _maintenance_page(srv: StandIn, req: Received) -> Answer:
+    """A proxy or a maintenance page: a 200 that nothing durable stands behind."""
+    return 200, {"status": "ok"}, {PROTOCOL_HEADER: ""}
+
+
+def _acked_without_protocol(srv: StandIn, req: Received) -> Answer:
+    """Even an ``acked`` body is not an acknowledgement without the protocol header."""
+    return 200, {"acked": [[s, s] for s in req.seqs]}, {PROTOCOL_HEADER: ""}
+
+
+def _protocol_without_acked(srv: StandIn, req: Received) -> Answer:
+    return 200, {"ok": True}, {}
+
+
+@pytest.mark.parametrize("policy", [_maintenance_page, _acked_without_protocol, _protocol_without_acked])
+def test_a_200_that_is_not_an_acknowledgement_deletes_nothing_and_fails_over(
+    tmp_path: Path, policy: Policy
+) -> None:
+    impostor = StandIn(policy).start()
+    fallback = StandIn().start()
+    try:
+        cfg = _config(
+            tmp_path,
+            impostor.url,
+            metrics_port=free_port(),
+            fallback_urls=[fallback.url],
+            fallback_after_seconds=1.0,  # a protocol error counts as the primary failing, like a 5xx
+        )
+        with Agent(cfg) as agent:
+            seqs = _reports(agent, 5)
+            wait_for(lambda: len(impostor.snapshot()) >= 2, 10, "requests to the impostor")
+            assert agent.metrics_port is not None
+            m = scrape(agent.metrics_port)
+            assert m['lossproof_agent_requests_total{destination="primary",status="protocol_error"}'] >= 1
+            assert m['lossproof_agent_send_errors_total{status="protocol_error"}'] >= 1
+            assert m.get('lossproof_agent_requests_total{destination="primary",status="200"}', 0) == 0
+            # the spool still has every report until a real acknowledgement: here from the fallback
+            wait_for(lambda: fallback.acked_seqs() >= set(seqs), 30, "delivery to the fallback")
+            wait_for(lambda: _drained(agent), 10, "acknowledged by the fallback")
+    finally:
+        impostor.stop()
+        fallback.stop()
+
+
+def test_a_200_that_is_not_an_acknowledgement_keeps_reports_spooled(tmp_path: Path) -> None:
+    real = {"on": False}
+
+    def policy(srv: StandIn, req: Received) -> Answer:
+        return ok(req) if real["on"] else _maintenance_page(srv, req)
+
+    srv = StandIn(policy).start()
+    try:
+        with Agent(_config(tmp_path, srv.url)) as agent:
+            seqs = _reports(agent, 4)
+            wait_for(lambda: len(srv.snapshot()) >= 3, 10, "several answered requests")
+            assert agent.spool is not None and agent.spool.stats().pending_reports == 4
+            real["on"] = True
+            wait_for(lambda: _drained(agent), 20, "delivery once the real ingest answers")
+            assert agent.spool.dropped() == []
+    finally:
+        srv.stop()
+    assert set(seqs) <= {s for r in srv.snapshot() if r.status == 200 for s in r.seqs}

@@ -3,9 +3,11 @@ reports and a port already taken (one line and a non-zero exit, never a tracebac
 
 from __future__ import annotations
 
+import http.server
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -50,6 +52,42 @@ def test_a_refused_report_is_accounted_as_lost_by_the_next_send(pipeline: Pipeli
     r = send(pipeline, state, good, "--agent", "cli1")  # reported once, not again
     assert r.returncode == 0, r.stderr
     assert pipeline.wait_stored("cli1", {3})["lost"] == ledger["lost"]
+
+
+class _Impostor(http.server.BaseHTTPRequestHandler):
+    """Not lossproof: answers every POST 200 with a body that looks like an acknowledgement."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = b'{"acked": [[1, 1000]], "replay": []}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_200_that_is_not_an_acknowledgement_is_not_taken_for_one(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    good = b'{"metric": "m", "v": 1, "labels": {"host": "x"}}\n'
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Impostor)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        impostor = Pipeline(pipeline.data_dir, int(srv.server_address[1]), pipeline.key)
+        msg = one_line_error(send(impostor, state, good, "--agent", "cli2"))
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert "did not acknowledge" in msg and "X-Lossproof-Protocol" in msg, msg
+    # the next run, against the real pipeline, says seq 1 was given up on, and why
+    assert send(pipeline, state, good, "--agent", "cli2").returncode == 0
+    ledger = pipeline.wait_stored("cli2", {2})
+    assert [lr["range"] for lr in ledger["lost"]] == [[1, 1]]
+    assert "did not acknowledge" in ledger["lost"][0]["reason"]
 
 
 def test_nan_is_sent_as_nan(pipeline: Pipeline, tmp_path: Path) -> None:

@@ -20,7 +20,15 @@ import pytest
 from lossproof import config as config_mod
 from lossproof.fallback import journal as jn
 from lossproof.fallback import progress as pg
-from lptest.fallback import Fallback, create_key, encode_body, lossproof, post_raw, run_replay
+from lptest.fallback import (
+    Fallback,
+    ack_of_raw,
+    create_key,
+    encode_body,
+    lossproof,
+    post_raw,
+    run_replay,
+)
 from lptest.pipeline import Pipeline, expand, report
 
 T0 = 1_767_225_600_000
@@ -310,7 +318,7 @@ def test_headers_retries_and_rejections_against_a_scripted_target(fallback: Fall
             return 0, {}, b""  # connection dropped
         if n == 8:
             return 429, {"Retry-After": "0"}, b'{"error": "slow down"}'
-        return 200, {}, b'{"acked": [], "replay": []}'
+        return ack_of_raw(headers, body)
 
     target = Target(script)
     try:
@@ -347,7 +355,7 @@ def test_wrong_key_stops_without_skipping_anything(fallback: Fallback) -> None:
 
     def script(n: int, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
         if n < 2:
-            return 200, {}, b"{}"
+            return ack_of_raw(headers, body)
         return 401, {}, b'{"error": "missing or unknown API key (Authorization: Bearer <key>)"}'
 
     target = Target(script)
@@ -362,6 +370,36 @@ def test_wrong_key_stops_without_skipping_anything(fallback: Fallback) -> None:
     progress = pg.load_progress(fallback.data_dir)
     assert progress is not None and progress.position == records[1].next_position
     assert not (fallback.data_dir / "replay" / "rejected.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        (200, {}, b'{"acked": [[1, 100]], "replay": []}'),  # no protocol header: not lossproof
+        (200, {"X-Lossproof-Protocol": "1"}, b"{}"),  # no acked list
+        (204, {}, b""),  # a 2xx that acknowledges nothing
+    ],
+)
+def test_a_2xx_that_is_not_an_acknowledgement_stops_without_skipping(
+    fallback: Fallback, answer: tuple[int, dict[str, str], bytes]
+) -> None:
+    for i in range(1, 4):
+        assert fallback.post("n", [report(i)]).status == 200
+
+    def script(n: int, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+        return ack_of_raw(headers, body) if n < 1 else answer
+
+    target = Target(script)
+    try:
+        out = run_replay(fallback.data_dir, target.url, "k", "--concurrency", "1")
+    finally:
+        target.close()
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    last = out.stderr.strip().splitlines()[-1]
+    assert "without acknowledging" in last and "nothing was skipped" in last, last
+    records = jn.read_all(fallback.journal)
+    progress = pg.load_progress(fallback.data_dir)
+    assert progress is not None and progress.position == records[0].next_position
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path: Path, fallback: Fallback) -> None:
@@ -406,7 +444,7 @@ def test_corrupt_record_stops_replay_after_everything_before_it(
         b = f.read(1)
         f.seek(victim.pos + jn.HEADER_SIZE + 3)
         f.write(bytes([b[0] ^ 0x40]))
-    target = Target(lambda n, h, b: (200, {}, b"{}"))
+    target = Target(lambda n, h, b: ack_of_raw(h, b))
     try:
         out = run_replay(fb.data_dir, target.url, "k")
     finally:

@@ -23,7 +23,15 @@ from lossproof import config as config_mod
 from lossproof.fallback import journal as jn
 from lossproof.fallback import progress as pg
 from lossproof.fallback import replay as rp
-from lptest.fallback import Fallback, create_key, encode_body, lossproof, post_raw, run_replay
+from lptest.fallback import (
+    Fallback,
+    ack_of,
+    create_key,
+    encode_body,
+    lossproof,
+    post_raw,
+    run_replay,
+)
 from lptest.pipeline import Pipeline, expand
 
 T0 = 1_767_225_600_000
@@ -260,13 +268,13 @@ def test_ledger_report_shape_retries_and_split(
         if kind == "data":
             if [r["seq"] for r in body["reports"]] == [1, 2, 4, 7, 8, 9]:
                 return 400, {}, {"error": error}
-            return 200, {}, {"acked": [], "replay": []}
+            return ack_of(body)
         if len(lost_answers) < 2:  # the ledger report is retried like any request
             lost_answers.append(503)
             return 503, {"Retry-After": "0"}, {"error": "log cannot accept data durably"}
         if len(body["dropped"]) > 1:  # too big for this ingest: replay halves it
             return 413, {}, {"error": "request body too large"}
-        return 200, {}, {"acked": [], "replay": []}
+        return ack_of(body)
 
     t = target_factory(script)
     out = run_replay(fb.data_dir, t.url, "lp_replay_key")
@@ -305,7 +313,7 @@ def test_a_refused_ledger_report_is_written_down(
             return 400, {}, {"error": "agent not allowed"}
         if body["reports"][0]["seq"] == 1:
             return 413, {}, {"error": "decompressed body exceeds 1024 bytes"}
-        return 200, {}, {}
+        return ack_of(body)
 
     t = target_factory(script)
     out = run_replay(fb.data_dir, t.url, "k")
@@ -336,7 +344,7 @@ def test_stopped_before_the_ledger_heard_of_it_keeps_the_request(
             return 503, {"Retry-After": "0"}, {"error": "log cannot accept data durably"}
         if kind == "data" and body["reports"][0]["seq"] == 1:
             return 400, {}, {"error": "bad"}
-        return 200, {}, {}
+        return ack_of(body)
 
     t = target_factory(script)
     args = lossproof(

@@ -20,6 +20,7 @@ import zstandard
 from lossproof.fallback import journal as jn
 from lossproof.faults import write_faults
 from lossproof.protocol import native
+from lossproof.protocol.ack import ACK_HEADERS
 from lossproof.protocol.compression import decompress
 
 HTTP = urllib3.PoolManager(maxsize=64, timeout=urllib3.Timeout(connect=2, read=30), retries=False)
@@ -184,3 +185,18 @@ def create_key(data_dir: Path, *args: str) -> str:
     )
     assert out.returncode == 0, out.stderr
     return out.stdout.strip().splitlines()[0]
+
+
+def ack_of(body: dict[str, Any]) -> tuple[int, dict[str, str], dict[str, Any]]:
+    """What lossproof's ingest answers a decoded native request it stored durably: 200, the protocol
+    header and every seq acked (for scripted stand-ins of the main ingest)."""
+    seqs = sorted(int(r["seq"]) for r in body.get("reports", []))
+    return 200, dict(ACK_HEADERS), {"acked": [[s, s] for s in seqs], "replay": []}
+
+
+def ack_of_raw(headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+    """As :func:`ack_of`, for the request as it came over the wire (compressed, JSON or msgpack)."""
+    raw = decompress(body, headers.get("Content-Encoding", ""), 256 * 2**20)
+    checked = native.check(raw, headers.get("Content-Type", native.JSON))
+    answer = {"acked": [list(r) for r in checked.seqs], "replay": []}
+    return 200, dict(ACK_HEADERS), json.dumps(answer).encode()

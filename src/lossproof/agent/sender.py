@@ -3,8 +3,12 @@
 One dispatcher thread builds batches (oldest pending first, then replays) and hands them to at most
 ``max_in_flight`` sender threads. Outcomes:
 
-* 200: the ``acked`` seqs stop being pending (they stay on disk for the replay window); the
-  ``dropped`` ranges the request carried are known to the server; ``replay`` ranges are scheduled.
+* 200 that is a lossproof acknowledgement (:mod:`lossproof.protocol.ack`): the ``acked`` seqs stop
+  being pending (they stay on disk for the replay window); the ``dropped`` ranges the request carried
+  are known to the server; ``replay`` ranges are scheduled.
+* 200 that is not (no protocol header, no well-formed ``acked``: a proxy, a maintenance page, a wrong
+  URL): a protocol error, counted as ``status="protocol_error"``; nothing is deleted and the
+  destination counts as failing, like a 5xx.
 * 413 / 400 with several reports: the batch is split (the next batches are half as large) until the
   culprit is alone; a single report the server still refuses is dropped with the reason
   ``rejected: <status> <message>`` and reported, never retried byte-for-byte forever.
@@ -19,6 +23,7 @@ import json
 import queue
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,9 +38,12 @@ from lossproof.agent.request import CONTENT_TYPE, encode_request
 from lossproof.agent.route import FALLBACK, PRIMARY, Router, Target
 from lossproof.agent.spool import Spool, SpoolError
 from lossproof.obs.logging import get
+from lossproof.protocol.ack import NotAcknowledged, acknowledged
 from lossproof.protocol.compression import compress
 
 log = get(__name__)
+
+PROTOCOL_ERROR = "protocol_error"  # a 200 that is not a lossproof acknowledgement
 
 # The server asks for a hole on every response until the resent report is stored; resending it
 # again within this long would only duplicate work already in the pipeline.
@@ -65,6 +73,7 @@ class Outcome:
     body: bytes = b""
     retry_after: float | None = None
     error: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 def _error_message(body: bytes) -> str:
@@ -73,13 +82,6 @@ def _error_message(body: bytes) -> str:
     except (ValueError, AttributeError):
         msg = body[:200].decode(errors="replace")
     return str(msg).replace("\n", " ")[:300]
-
-
-def _covered(ranges: Any, seq: int) -> bool:
-    try:
-        return any(int(a) <= seq <= int(b) for a, b in ranges)
-    except (TypeError, ValueError):
-        return False
 
 
 class Sender:
@@ -266,15 +268,21 @@ class Sender:
             r = self._http.request("POST", batch.target.url + "/v1/reports", body=body, headers=headers)
         except urllib3.exceptions.HTTPError as e:
             return Outcome(0, error=f"{type(e).__name__}: {e}")
-        return Outcome(r.status, r.data, parse_retry_after(r.headers.get("Retry-After")))
+        return Outcome(r.status, r.data, parse_retry_after(r.headers.get("Retry-After")), headers=r.headers)
 
     def _handle(self, batch: Batch, out: Outcome) -> None:
         target, kind = batch.target, batch.target.kind
         status = str(out.status) if out.status else "connection"  # 0: no answer at all
-        self.metrics.requests.labels(kind, status).inc()
         if out.status == 200:
-            self._succeeded(batch, out)
+            try:
+                acked = acknowledged(out.headers, out.body, batch.seqs)
+            except NotAcknowledged as e:
+                self._not_acknowledged(batch, str(e))
+                return
+            self.metrics.requests.labels(kind, status).inc()
+            self._succeeded(batch, out, acked)
             return
+        self.metrics.requests.labels(kind, status).inc()
         self.metrics.send_errors.labels(status).inc()
         msg = _error_message(out.body) if out.body else out.error
         self.last_error = f"{target.url}: {out.status or 'no answer'} {msg}"
@@ -306,19 +314,27 @@ class Sender:
             self._log_failure(target, out.status, msg, retry_in=round(delay, 2))
         self.router.result(target, ok=False, failed=unavailable)
 
-    def _succeeded(self, batch: Batch, out: Outcome) -> None:
+    def _not_acknowledged(self, batch: Batch, why: str) -> None:
+        """A 200 that nothing durable stands behind: keep everything, and fail over like for a 5xx."""
+        target, kind = batch.target, batch.target.kind
+        self.metrics.requests.labels(kind, PROTOCOL_ERROR).inc()
+        self.metrics.send_errors.labels(PROTOCOL_ERROR).inc()
+        self.last_error = f"{target.url}: {why}"
+        delay = self._backoff[kind].next_delay(None, 0.0)
+        if not target.probe:
+            self._not_before[kind] = self.clock() + delay
+        log.error(
+            "agent.not_acknowledged",
+            url=target.url,
+            error=why,
+            retry_in=round(delay, 2),
+            hint="is the URL lossproof's ingest API? reports stay in the spool meanwhile",
+        )
+        self.router.result(target, ok=False, failed=True)
+
+    def _succeeded(self, batch: Batch, out: Outcome, acked: set[int]) -> None:
         target = batch.target
-        try:
-            parsed = json.loads(out.body) if out.body else {}
-        except ValueError:
-            parsed = {}
-        if not isinstance(parsed, dict):
-            parsed = {}
-        acked_field = parsed.get("acked")
-        if isinstance(acked_field, list):
-            acked = {s for s in batch.seqs if _covered(acked_field, s)}
-        else:
-            acked = set(batch.seqs)  # a 200 means every report in the request is durable
+        parsed = json.loads(out.body)  # checked by acknowledged()
         if len(acked) < len(batch.seqs):
             log.warning("agent.partial_ack", url=target.url, sent=len(batch.seqs), acked=len(acked))
         n = self.spool.ack(s for s in batch.pending if s in acked)

@@ -42,6 +42,7 @@ from lossproof.httputil import (
 )
 from lossproof.obs.logging import get
 from lossproof.protocol import native
+from lossproof.protocol.ack import ACK_HEADERS
 from lossproof.protocol.compression import BadEncoding, TooLarge, decompress
 
 log = get(__name__)
@@ -198,7 +199,7 @@ class ReportsHandler:
         self.metrics.bytes.labels(tenant).inc(len(raw))
         self.metrics.reports.labels(tenant).inc(checked.reports)
         self.metrics.points.labels(tenant).inc(checked.points)
-        return json_response({"acked": checked.seqs, "replay": []})
+        return json_response({"acked": checked.seqs, "replay": []}, headers=ACK_HEADERS)
 
 
 def build_app(

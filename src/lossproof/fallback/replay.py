@@ -55,6 +55,7 @@ from lossproof.durable import fsync_dir, make_dirs
 from lossproof.fallback import journal as jn
 from lossproof.fallback import progress as pg
 from lossproof.protocol import native
+from lossproof.protocol.ack import NotAcknowledged, acknowledged
 from lossproof.protocol.compression import decompress
 
 FATAL = frozenset({401, 403, 404, 405})
@@ -437,7 +438,8 @@ class Replay:
         """True once the request is acknowledged or its rejection recorded (ledger report and
         ``rejected.jsonl``); False when stopped (fatal answer, signal) before that."""
         e = rec.entry
-        answer = await self.post(session, e.tenant, e.body, e.content_type, e.encoding)
+        seqs = [s for a, b in e.seqs for s in range(a, b + 1)]
+        answer = await self.post(session, e.tenant, e.body, e.content_type, e.encoding, seqs)
         if answer is None:
             return False
         status, reason = answer
@@ -446,11 +448,18 @@ class Replay:
         return await self.reject(session, rec, status, reason)
 
     async def post(
-        self, session: aiohttp.ClientSession, tenant: str, body: bytes, content_type: str, encoding: str
+        self,
+        session: aiohttp.ClientSession,
+        tenant: str,
+        body: bytes,
+        content_type: str,
+        encoding: str,
+        seqs: list[int],
     ) -> tuple[int, str] | None:
-        """POST ``body`` for ``tenant`` until a final answer: ``(status, error)`` for a 2xx or a
-        4xx that will never change; None when stopped (a fatal answer sets ``self.fatal``).
-        Transient failures are retried, never given up on."""
+        """POST ``body`` (carrying ``seqs``) for ``tenant`` until a final answer: ``(status, error)``
+        for an acknowledgement of every seq or a 4xx that will never change; None when stopped (a
+        fatal answer sets ``self.fatal``: among them a 2xx that is not a lossproof acknowledgement,
+        :mod:`lossproof.protocol.ack`). Transient failures are retried, never given up on."""
         headers = {
             "Authorization": f"Bearer {self.opts.api_key}",
             "X-Lossproof-Tenant": tenant,
@@ -476,7 +485,20 @@ class Replay:
                 self.transient(f"cannot reach {self.url} ({why})")
             else:
                 if 200 <= status < 300:
-                    return status, ""
+                    try:
+                        acked = acknowledged(r.headers, answer, seqs)
+                    except NotAcknowledged as exc:
+                        acked, why = set(), str(exc)
+                    else:
+                        why = f"acknowledged {len(acked)} of the {len(seqs)} seqs sent"
+                    if len(acked) == len(seqs) and status == 200:
+                        return status, ""
+                    self.fatal = (
+                        f"{self.endpoint} answered {status} without acknowledging the request ({why}): "
+                        "check --to; nothing was skipped"
+                    )
+                    self.stop.set()
+                    return None
                 reason = _error_text(answer)
                 if status in FATAL:
                     self.fatal = (
@@ -517,7 +539,7 @@ class Replay:
                     "dropped": [{"first": a, "last": b, "reason": why} for a, b, why in part],
                 }
             )
-            answer = await self.post(session, tenant, body, native.JSON, "")
+            answer = await self.post(session, tenant, body, native.JSON, "", [])
             if answer is None:
                 return None
             status, error = answer
