@@ -218,27 +218,33 @@ def keys() -> None:
 @data_dir_option
 @click.option("--tenant", default=None, help="The tenant the key belongs to (created if new).")
 @click.option("--replay", is_flag=True, help="A replay key: writes for any tenant, reads nothing.")
-def keys_create(data_dir: Path, tenant: str | None, replay: bool) -> None:
+@click.option(
+    "--operator", is_flag=True, help="An operator key: all of /metrics and the pipeline's health; no data."
+)
+def keys_create(data_dir: Path, tenant: str | None, replay: bool, operator: bool) -> None:
     """Add a key. Prints the key once; only its hash is stored."""
     import re
 
-    if replay == (tenant is not None):
-        raise click.ClickException("give exactly one of --tenant NAME or --replay")
+    if [tenant is not None, replay, operator].count(True) != 1:
+        raise click.ClickException("give exactly one of --tenant NAME, --replay or --operator")
     if tenant is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", tenant):
         raise click.ClickException("tenant must be 1-64 characters of letters, digits, '_', '.', '-'")
     key = config_mod.new_key()
     try:
         # As in the file, without environment overrides: they must not be written into it.
         with config_mod.editing(data_dir) as cfg:
-            if tenant is None:
+            if operator:
+                cfg.operator.key_hashes.append(config_mod.hash_key(key))
+            elif replay:
                 cfg.replay.key_hashes.append(config_mod.hash_key(key))
-            else:
+            elif tenant is not None:
                 tc = cfg.tenants.setdefault(tenant, config_mod.TenantConfig())
                 tc.key_hashes.append(config_mod.hash_key(key))
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
     click.echo(key)
-    what = "replay key added" if tenant is None else f"key added for tenant {tenant!r}"
+    kind = "operator" if operator else "replay"
+    what = f"key added for tenant {tenant!r}" if tenant is not None else f"{kind} key added"
     click.echo(f"{what}; restart running services to use it", err=True)
 
 

@@ -148,6 +148,12 @@ class ReplayConfig(_Section):
     key_hashes: list[str] = Field(default_factory=list)
 
 
+class OperatorConfig(_Section):
+    # Keys that see everything of /metrics (per-tenant and per-agent series) and the dashboard's
+    # pipeline-wide numbers. They cannot write or read any tenant's data.
+    key_hashes: list[str] = Field(default_factory=list)
+
+
 class HealthConfig(_Section):
     """``[health]``: what the dashboard's pipeline health page scrapes besides the pipeline itself."""
 
@@ -169,6 +175,7 @@ class Config(_Section):
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     tenants: dict[str, TenantConfig] = Field(default_factory=dict)
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
+    operator: OperatorConfig = Field(default_factory=OperatorConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
 
     # Not in the file: where it was loaded from.

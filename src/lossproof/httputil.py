@@ -10,6 +10,7 @@ can use them and still work when ingest's code paths fail.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -178,10 +179,23 @@ async def accounted(
         (latency.labels(*labels) if labels else latency).observe(time.perf_counter() - started)
 
 
+# An absolute file path inside a message (not the path of a URL: no word, ':' or '/' just before it).
+_PATH = re.compile(r"(?<![\w:/.])/[^\s'\"`,;:()\[\]]+")
+
+
+def client_reason(reason: str) -> str:
+    """``reason`` for a client's eyes: the server's file paths become ``<path>`` (they stay in the
+    server's own log, which has the full reason)."""
+    return _PATH.sub("<path>", reason)
+
+
 def unavailable(what: str, reason: str, retry_after: int) -> ApiError:
     """The 503 for "cannot accept data durably": the client keeps the data and retries."""
     return ApiError(
-        503, f"{what} cannot accept data durably: {reason}", "unavailable", {"Retry-After": str(retry_after)}
+        503,
+        f"{what} cannot accept data durably: {client_reason(reason)}",
+        "unavailable",
+        {"Retry-After": str(retry_after)},
     )
 
 

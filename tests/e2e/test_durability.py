@@ -22,8 +22,10 @@ def test_fsync_failure_answers_503_never_200(pipeline: Pipeline) -> None:
         if r.status == 503:
             assert r.headers.get("Retry-After"), r.headers
             assert "durabl" in json.loads(r.data)["error"]
+            assert str(p.data_dir) not in r.data.decode(), "a server path in a client's answer"
     assert set(statuses) == {503}, statuses
-    assert HTTP.request("GET", p.url + "/healthz").status == 503
+    h = HTTP.request("GET", p.url + "/healthz")
+    assert h.status == 503 and str(p.data_dir) not in h.data.decode(), h.data
     assert "lossproof_log_append_errors_total" in p.metrics()
 
     p.faults({})

@@ -6,6 +6,7 @@ import contextlib
 import gzip
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from lossproof.faults import write_faults
 from lossproof.protocol import native
 from lossproof.protocol.ack import ACK_HEADERS
 from lossproof.protocol.compression import decompress
+from lptest.pipeline import with_operator_key
 
 HTTP = urllib3.PoolManager(maxsize=64, timeout=urllib3.Timeout(connect=2, read=30), retries=False)
 
@@ -51,6 +53,7 @@ class Fallback:
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
     extra_args: list[str] = field(default_factory=list)
+    operator_key: str = field(default_factory=lambda: "lp_operator_" + secrets.token_hex(16))
 
     @property
     def faults_file(self) -> Path:
@@ -72,6 +75,7 @@ class Fallback:
             **(extra_env or {}),
         }
         self.starts += 1
+        with_operator_key(self.data_dir, self.key, self.operator_key)
         log_path = self.data_dir.parent / f"{self.data_dir.name}-fallback-{self.starts}.log"
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(
@@ -127,8 +131,12 @@ class Fallback:
         body, enc = encode_body({"agent": agent, "reports": reports}, encoding)
         return post_raw(self.url, body, enc, key or self.key)
 
-    def metrics(self) -> str:
-        return HTTP.request("GET", self.url + "/metrics").data.decode()
+    def metrics(self, public: bool = False) -> str:
+        """``/metrics`` as an operator sees it (every series), or as anyone else (``public``)."""
+        headers = {} if public else {"Authorization": f"Bearer {self.operator_key}"}
+        r = HTTP.request("GET", self.url + "/metrics", headers=headers)
+        assert r.status == 200, r.data
+        return r.data.decode()
 
 
 def encode_body(body: dict[str, Any], encoding: str) -> tuple[bytes, str]:

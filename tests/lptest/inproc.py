@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import secrets
 import threading
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from lossproof.obs.logging import setup
 from lossproof.query.access import StoreAccess
 from lossproof.store.factory import open_store
 from lossproof.worker.loop import Worker
-from lptest.pipeline import Endpoint
+from lptest.pipeline import Endpoint, with_operator_key
 
 # What `Pipeline.start` sets for `lossproof up`: tests check replay requests promptly.
 ENV = {"LOSSPROOF_LEDGER_REPLAY_GRACE_SECONDS": "1"}
@@ -44,7 +45,9 @@ class InProcess(Endpoint):
         self._failed: BaseException | None = None
         self._log = io.StringIO()
         self._log_handler: logging.Handler | None = None
-        config_mod.init_data_dir(data_dir, key)
+        self.app: web.Application | None = None  # the app once started: its router lists every route
+        self.operator_key = "lp_operator_" + secrets.token_hex(16)
+        with_operator_key(data_dir, key, self.operator_key)
 
     def add_key(self, tenant: str) -> str:
         """A new key for ``tenant``, written as ``lossproof keys create`` writes it; call it before
@@ -89,8 +92,9 @@ class InProcess(Endpoint):
             writer = open_writer(cfg, registry)
             await writer.start()
             store = StoreAccess(lambda: open_store(cfg, readonly=True))
+            self.app = build_app(cfg, writer, store, registry)
             runner = web.AppRunner(
-                build_app(cfg, writer, store, registry),
+                self.app,
                 handle_signals=False,
                 access_log=None,
                 auto_decompress=False,  # as ingest.server.serve: the app decompresses, bounded

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from typing import Any
 
 import urllib3
 
+from lossproof import config as config_mod
 from lossproof.faults import write_faults
 
 HTTP = urllib3.PoolManager(maxsize=64, timeout=urllib3.Timeout(connect=2, read=30), retries=False)
@@ -28,12 +30,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def with_operator_key(data_dir: Path, api_key: str, key: str) -> None:
+    """Create ``data_dir``'s config if new (``api_key`` for tenant default, as ``lossproof up`` does)
+    and make ``key`` an operator key in it, as ``lossproof keys create --operator`` does."""
+    cfg, _ = config_mod.init_data_dir(data_dir, api_key)
+    if config_mod.hash_key(key) not in cfg.operator.key_hashes:
+        with config_mod.editing(data_dir) as edited:
+            edited.operator.key_hashes.append(config_mod.hash_key(key))
+
+
 class Endpoint:
-    """A running lossproof HTTP API and its default tenant's key: what tests say to it over HTTP.
-    :class:`Pipeline` runs it as ``lossproof up``; :class:`lptest.inproc.InProcess` in this process."""
+    """A running lossproof HTTP API, its default tenant's key and an operator key: what tests say to
+    it over HTTP. :class:`Pipeline` runs it as ``lossproof up``; :class:`lptest.inproc.InProcess` in
+    this process."""
 
     port: int
     key: str
+    operator_key: str
 
     @property
     def url(self) -> str:
@@ -59,8 +72,12 @@ class Endpoint:
         assert status == 200, body
         return body  # type: ignore[no-any-return]
 
-    def metrics(self) -> str:
-        return HTTP.request("GET", self.url + "/metrics").data.decode()
+    def metrics(self, public: bool = False) -> str:
+        """``/metrics`` as an operator sees it (every series), or as anyone else (``public``)."""
+        headers = {} if public else {"Authorization": f"Bearer {self.operator_key}"}
+        r = HTTP.request("GET", self.url + "/metrics", headers=headers)
+        assert r.status == 200, r.data
+        return r.data.decode()
 
     def wait_stored(self, agent: str, seqs: set[int], timeout: float = 30) -> dict[str, Any]:
         """Wait until the ledger's stored ranges cover ``seqs``; returns the ledger."""
@@ -86,10 +103,12 @@ class Pipeline(Endpoint):
     key: str
     proc: subprocess.Popen[bytes] | None = None
     faults_file: Path = field(init=False)
+    operator_key: str = field(init=False)
     starts: int = 0
 
     def __post_init__(self) -> None:
         self.faults_file = self.data_dir.parent / f"{self.data_dir.name}-faults.json"
+        self.operator_key = "lp_operator_" + secrets.token_hex(16)
 
     def add_key(self, tenant: str) -> str:
         """A new key for ``tenant`` (created if new), by the real ``lossproof keys create``; call it
@@ -109,6 +128,7 @@ class Pipeline(Endpoint):
             **(extra_env or {}),
         }
         self.starts += 1
+        with_operator_key(self.data_dir, self.key, self.operator_key)
         log_path = self.data_dir.parent / f"{self.data_dir.name}-up-{self.starts}.log"
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(

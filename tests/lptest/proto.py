@@ -6,6 +6,9 @@ import time
 from typing import Any
 from urllib.parse import urlencode
 
+import cramjam
+
+from lossproof.protocol import promrw
 from lptest.pipeline import HTTP, Pipeline
 
 
@@ -42,3 +45,17 @@ def metric_value(text: str, name: str, **labels: str) -> float:
         if all(f'{k}="{v}"' in line for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def rw_body(series: list[tuple[dict[str, str], list[tuple[int, float]]]]) -> bytes:
+    """A snappy-compressed remote write 1.0 body: ``[(labels, [(t_ms, value)])]``."""
+    req = promrw.WriteRequest()
+    for labels, samples in series:
+        ts = req.timeseries.add()
+        for k, v in labels.items():
+            lb = ts.labels.add()
+            lb.name, lb.value = k, v
+        for t, v in samples:
+            s = ts.samples.add()
+            s.timestamp, s.value = t, v
+    return bytes(cramjam.snappy.compress_raw(req.SerializeToString()))

@@ -17,22 +17,9 @@ from lossproof import config as config_mod
 from lossproof.bench.protocols import request as bench_request
 from lossproof.protocol import promrw
 from lptest.pipeline import HTTP, Pipeline
-from lptest.proto import metric_value, post, query, wait_points
+from lptest.proto import metric_value, post, query, rw_body, wait_points
 
 NOW = int(time.time() * 1000) // 1000 * 1000
-
-
-def rw_body(series: list[tuple[dict[str, str], list[tuple[int, float]]]]) -> bytes:
-    req = promrw.WriteRequest()
-    for labels, samples in series:
-        ts = req.timeseries.add()
-        for k, v in labels.items():
-            lb = ts.labels.add()
-            lb.name, lb.value = k, v
-        for t, v in samples:
-            s = ts.samples.add()
-            s.timestamp, s.value = t, v
-    return bytes(cramjam.snappy.compress_raw(req.SerializeToString()))
 
 
 def rw_headers(p: Pipeline, **extra: str) -> dict[str, str]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from lossproof.config import Config, hash_key
 from lossproof.fallback import journal as jn
@@ -33,6 +33,7 @@ from lossproof.httputil import (
     ApiError,
     accounted,
     await_durable,
+    client_reason,
     continue_or,
     errors_as_json,
     json_response,
@@ -40,6 +41,7 @@ from lossproof.httputil import (
     read_body,
     unavailable,
 )
+from lossproof.obs.exposition import OperatorKeyRequired, exposition, is_operator
 from lossproof.obs.logging import get
 from lossproof.protocol import native
 from lossproof.protocol.ack import ACK_HEADERS
@@ -216,7 +218,8 @@ def build_app(
     async def healthz(request: web.Request) -> web.Response:
         ok, why = writer.healthy()
         return json_response(
-            {"status": "ok" if ok else "unavailable", "journal": why or "ok"}, 200 if ok else 503
+            {"status": "ok" if ok else "unavailable", "journal": client_reason(why) or "ok"},
+            200 if ok else 503,
         )
 
     async def metrics_route(request: web.Request) -> web.Response:
@@ -229,7 +232,12 @@ def build_app(
             metrics.pending_replay.set(pg.pending_bytes(journal, pg.load_progress(data_dir)))
         except pg.ProgressError:
             metrics.pending_replay.set(float("nan"))
-        return web.Response(body=generate_latest(registry), content_type="text/plain", charset="utf-8")
+        try:
+            operator = is_operator(request.headers.get("Authorization", ""), cfg.operator.key_hashes)
+        except OperatorKeyRequired as e:
+            raise ApiError(403, str(e), "forbidden") from None
+        body = exposition(registry, operator=operator)
+        return web.Response(body=body, content_type="text/plain", charset="utf-8")
 
     app.add_routes(
         [

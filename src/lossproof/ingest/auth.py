@@ -25,6 +25,7 @@ class KeyRing:
         # Lookup by hash of the presented key: no key is ever kept in memory in the clear.
         self._by_hash = cfg.key_index()
         self._replay = set(cfg.replay.key_hashes)
+        self._operator = set(cfg.operator.key_hashes)
         self._tenants = set(cfg.tenants)
 
     def _hash(self, request: web.Request, query: bool = False) -> str | None:
@@ -35,6 +36,11 @@ class KeyRing:
         """The tenant of a tenant key, for reads and writes; None for anything else."""
         h = self._hash(request)
         return None if h is None else self._by_hash.get(h)
+
+    def operator(self, request: web.Request) -> bool:
+        """Whether the request presents an operator key (pipeline-wide numbers, no tenant's data)."""
+        h = self._hash(request)
+        return h is not None and h in self._operator
 
     def writer(self, request: web.Request, query: bool = False) -> str:
         """The tenant to write as: a tenant key's own, or, for a replay key, the one named by

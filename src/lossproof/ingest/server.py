@@ -9,16 +9,17 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from lossproof.config import Config
-from lossproof.httputil import errors_as_json, json_response
+from lossproof.httputil import ApiError, client_reason, errors_as_json, json_response
 from lossproof.ingest import protocols
 from lossproof.ingest.auth import KeyRing
 from lossproof.ingest.metrics import IngestMetrics
 from lossproof.ingest.reports import ReportsHandler
 from lossproof.log.base import LogWriter
 from lossproof.log.factory import open_writer
+from lossproof.obs.exposition import OperatorKeyRequired, exposition, is_operator
 from lossproof.obs.logging import get
 from lossproof.query.access import StoreAccess
 from lossproof.query.api import QueryApi
@@ -57,14 +58,18 @@ def build_app(
     async def healthz(request: web.Request) -> web.Response:
         ok, why = writer.healthy()
         return json_response(
-            {"status": "ok" if ok else "unavailable", "log": why or "ok"}, 200 if ok else 503
+            {"status": "ok" if ok else "unavailable", "log": client_reason(why) or "ok"}, 200 if ok else 503
         )
 
     async def metrics_route(request: web.Request) -> web.Response:
         session = session_holder.get("s")
         if session is None:
             session = session_holder["s"] = aiohttp.ClientSession()
-        body = generate_latest(registry) + await _worker_metrics(cfg, session)
+        try:
+            operator = is_operator(request.headers.get("Authorization", ""), cfg.operator.key_hashes)
+        except OperatorKeyRequired as e:
+            raise ApiError(403, str(e), "forbidden") from None
+        body = exposition(registry, await _worker_metrics(cfg, session), operator=operator)
         return web.Response(
             body=body,
             content_type="text/plain",

@@ -33,6 +33,7 @@ from prometheus_client.registry import Collector
 from lossproof.config import Config
 from lossproof.httputil import ApiError, json_response
 from lossproof.ingest.auth import KeyRing
+from lossproof.log.base import LogGap
 from lossproof.obs.logging import get
 from lossproof.query import holes, params, promql, uplot
 from lossproof.query.access import StoreAccess, StoreUnavailable
@@ -503,7 +504,13 @@ class Dashboard:
     # pipeline health
 
     async def health(self, request: web.Request) -> web.Response:
-        tenant = self._tenant(request)
+        """The pipeline's health. A tenant key sees its own tenant's traffic, agents and dead letters,
+        and of the pipeline only what says whether its data is safe and on time (durability, latency,
+        lag, errors, fallback backlog); an operator key sees the pipeline-wide traffic (requests and
+        points of every tenant, statuses, dead letters, log gaps) and no tenant's agents."""
+        operator = self.keys.operator(request)
+        tenant = None if operator else self._tenant(request)
+        mine = {} if tenant is None else {"tenant": tenant}
         now = _now_ms()
         if not self.history or time.time() - self.history[-1][0] > SAMPLE_EVERY_S:
             await self.sample()
@@ -534,8 +541,10 @@ class Dashboard:
                 out.append([round(t2 * 1000), fn(a, b, t2 - t1)])
             return out
 
-        def counter_rate(name: str) -> Callable[[Sample, Sample, float], float | None]:
-            return lambda a, b, d: max(0.0, (_sum(b, name) - _sum(a, name)) / d) if d > 0 else None
+        def counter_rate(name: str, **match: str) -> Callable[[Sample, Sample, float], float | None]:
+            return lambda a, b, d: (
+                max(0.0, (_sum(b, name, **match) - _sum(a, name, **match)) / d) if d > 0 else None
+            )
 
         def gauge(name: str) -> Callable[[Sample, Sample, float], float | None]:
             return lambda a, b, d: _get(b, name)
@@ -544,25 +553,22 @@ class Dashboard:
             return lambda a, b, d: _hist_quantile(a, b, name, q)
 
         def run(s: Store) -> dict[str, Any]:
+            if tenant is None:
+                return {
+                    "dead_letters": s.dead_letter_count(),
+                    "log_gaps": [_gap_json(g) for g in s.log_gaps()],
+                    "silent_agents": [],
+                    "agents": None,
+                }
             agents = s.agents(tenant)
             silent = [
                 {"agent": a.agent, "last_seen_ms": max(a.last_seen_ms, a.last_stored_ms)}
                 for a in agents
                 if now - max(a.last_seen_ms, a.last_stored_ms) > SILENT_AFTER_S * 1000
             ]
-            gaps = [
-                {
-                    "partition": g.partition,
-                    "first": g.first,
-                    "last": g.last,
-                    "reason": g.reason,
-                    "detected_ms": g.detected_ms,
-                }
-                for g in s.log_gaps()
-            ]
             return {
-                "dead_letters": s.dead_letter_count(),
-                "log_gaps": gaps,
+                "dead_letters": s.dead_letter_count(tenant),
+                "log_gaps": [],  # log ranges are the pipeline's: operators see them
                 "silent_agents": silent,
                 "agents": len(agents),
             }
@@ -571,12 +577,15 @@ class Dashboard:
         body = {
             "now": now,
             "window_s": round(dt, 1),
+            "scope": "pipeline" if tenant is None else "tenant",
+            "tenant": tenant,
             "ingest": {
-                "requests_per_s": rate("lossproof_ingest_requests_total"),
-                "points_per_s": rate("lossproof_ingest_points_total"),
-                "by_status": statuses,
+                # requests carry no tenant label: every tenant's traffic, for operators only
+                "requests_per_s": rate("lossproof_ingest_requests_total") if operator else None,
+                "points_per_s": rate("lossproof_ingest_points_total", **mine),
+                "by_status": statuses if operator else {},
                 "p99_s": _hist_quantile(base, latest, "lossproof_ingest_request_seconds", 0.99),
-                "history": series(counter_rate("lossproof_ingest_points_total")),
+                "history": series(counter_rate("lossproof_ingest_points_total", **mine)),
             },
             "log": {
                 "healthy": _get(latest, "lossproof_log_healthy"),
@@ -591,7 +600,7 @@ class Dashboard:
                 "healthy": _get(latest, "lossproof_worker_healthy"),
                 "lag_records": _get(latest, "lossproof_worker_lag_records"),
                 "lag_seconds": _get(latest, "lossproof_worker_lag_seconds"),
-                "points_per_s": rate("lossproof_worker_points_total"),
+                "points_per_s": rate("lossproof_worker_points_total") if operator else None,
                 "store_errors": _sum(latest, "lossproof_worker_store_errors_total"),
                 "history_lag_seconds": series(gauge("lossproof_worker_lag_seconds")),
             },
@@ -628,6 +637,16 @@ class Dashboard:
 
 
 # --- small helpers -----------------------------------------------------------------------------------
+
+
+def _gap_json(g: LogGap) -> dict[str, Any]:
+    return {
+        "partition": g.partition,
+        "first": g.first,
+        "last": g.last,
+        "reason": g.reason,
+        "detected_ms": g.detected_ms,
+    }
 
 
 def _fail(status: int, message: str) -> ApiError:

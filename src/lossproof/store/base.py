@@ -303,7 +303,9 @@ class Store(abc.ABC):
         """Missing ranges first seen before ``seen_before_ms``: the ones to ask the agent for."""
 
     @abc.abstractmethod
-    def dead_letter_count(self) -> int: ...
+    def dead_letter_count(self, tenant: str | None = None) -> int:
+        """Records in the dead-letter store: all of them, or those of ``tenant`` (records whose
+        tenant could not be read have none)."""
 
     @abc.abstractmethod
     def log_gaps(self) -> list[LogGap]: ...

@@ -942,8 +942,10 @@ class PostgresStore(Store):
         )
         return lg.normalize((a, b) for a, b in rows)
 
-    def dead_letter_count(self) -> int:
-        return int(self._fetch("SELECT count(*) FROM dead_letters", ())[0][0])
+    def dead_letter_count(self, tenant: str | None = None) -> int:
+        if tenant is None:
+            return int(self._fetch("SELECT count(*) FROM dead_letters", ())[0][0])
+        return int(self._fetch("SELECT count(*) FROM dead_letters WHERE tenant = %s", (tenant,))[0][0])
 
     def metadata(
         self, tenant: str, metric: str | None = None, limit: int | None = None

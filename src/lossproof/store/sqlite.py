@@ -537,9 +537,11 @@ class SqliteStore(Store):
             )
         return lg.normalize((a, b) for a, b in rows)
 
-    def dead_letter_count(self) -> int:
+    def dead_letter_count(self, tenant: str | None = None) -> int:
         with self._lock:
-            return int(self._read("SELECT count(*) FROM dead_letters", ())[0][0])
+            if tenant is None:
+                return int(self._read("SELECT count(*) FROM dead_letters", ())[0][0])
+            return int(self._read("SELECT count(*) FROM dead_letters WHERE tenant = ?", (tenant,))[0][0])
 
     def log_gaps(self) -> list[LogGap]:
         with self._lock:

@@ -488,7 +488,7 @@ async function loadHealth() {
   ]));
   $("#h-store").replaceChildren(...kv("Losses and backlog", [
     ["dead letters", num(d.dead_letters, 0), d.dead_letters ? "bad" : "ok"],
-    ["log gaps", String(d.log_gaps.length), d.log_gaps.length ? "bad" : "ok"],
+    d.scope === "tenant" ? ["log gaps", "shown to operators"] : ["log gaps", String(d.log_gaps.length), d.log_gaps.length ? "bad" : "ok"],
     fallbackTotal(d.fallback),
     ...fallbackReceivers(d.fallback),
     ["agents not heard from", `${d.silent_agents.length} of ${d.agents}`, d.silent_agents.length ? "bad" : "ok"],
