@@ -176,9 +176,23 @@ def worker(data_dir: Path, http_port: int | None) -> None:
     show_default=True,
     help="Where the agent's last used seq is kept, so seqs never repeat.",
 )
+@click.option(
+    "--attempts",
+    type=click.IntRange(1, 100),
+    default=8,
+    show_default=True,
+    help="Tries per report (backoff 0.2 s doubling to 10 s) before it is given up and reported as lost.",
+)
 @click.argument("file", type=click.File("r", encoding="utf-8"), default="-")
 def send(
-    url: str, api_key: str, agent: str, points_per_report: int, encoding: str, state_dir: Path, file: Any
+    url: str,
+    api_key: str,
+    agent: str,
+    points_per_report: int,
+    encoding: str,
+    state_dir: Path,
+    attempts: int,
+    file: Any,
 ) -> None:
     """Post points, one JSON object a line ({"metric","labels","t","v"}), from FILE or stdin."""
     import urllib3
@@ -194,7 +208,7 @@ def send(
             seq, dropped = snd.reserve_seqs(state_dir, agent, 1)
             body = snd.request_body(agent, seq, group, dropped)
             try:
-                snd.post(http, url, api_key, body, encoding, attempts=8)
+                snd.post(http, url, api_key, body, encoding, attempts=attempts)
             except snd.SendError as e:
                 # the next run tells the server this seq was given up on, and why
                 snd.give_up(state_dir, agent, seq, seq, f"lossproof send gave up: {e}")

@@ -20,9 +20,17 @@ from aiohttp import HttpVersion11, web
 from prometheus_client import Counter, Histogram
 
 from lossproof.protocol import native
+from lossproof.protocol.ack import PROTOCOL_HEADER, PROTOCOL_VERSION
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 T = TypeVar("T")
+
+
+async def protocol_header(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare`` of the ingest and fallback apps: every answer says it comes from
+    lossproof (protocol/ack.py), so a client gives data up only on a lossproof refusal and deletes it
+    only on a lossproof acknowledgement."""
+    response.headers[PROTOCOL_HEADER] = PROTOCOL_VERSION
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

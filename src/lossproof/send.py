@@ -25,7 +25,7 @@ import msgspec
 import urllib3
 
 from lossproof.durable import make_dirs
-from lossproof.protocol.ack import NotAcknowledged, acknowledged
+from lossproof.protocol.ack import PROTOCOL_HEADER, NotAcknowledged, acknowledged, from_lossproof
 from lossproof.protocol.compression import compress
 from lossproof.urls import check_base_url
 
@@ -184,18 +184,24 @@ def post(
             last = f"cannot reach {url}: {e}"
         else:
             text = r.data.decode(errors="replace")
+            # Only lossproof's own answers count (protocol/ack.py); another server's 200 or 4xx (a
+            # proxy, a maintenance page, a wrong URL) is retried like a 5xx.
             if r.status == 200:
                 seqs = [int(rep["seq"]) for rep in body["reports"]]
                 try:
                     acked = acknowledged(r.headers, r.data, seqs)
                 except NotAcknowledged as e:
-                    raise SendError(f"{url} answered 200 but did not acknowledge: {e}") from None
-                if len(acked) < len(seqs):
-                    raise SendError(f"{url} acknowledged seqs {sorted(acked)} of {seqs}")
-                return json.loads(text)  # type: ignore[no-any-return]
-            if r.status < 500 and r.status != 429:
+                    last = f"{url} answered 200 but did not acknowledge: {e}"
+                else:
+                    if len(acked) < len(seqs):
+                        raise SendError(f"{url} acknowledged seqs {sorted(acked)} of {seqs}")
+                    return json.loads(text)  # type: ignore[no-any-return]
+            elif r.status < 500 and r.status != 429 and from_lossproof(r.headers):
                 raise SendError(f"server refused the request ({r.status}): {text.strip()}")
-            last = f"server answered {r.status}: {text.strip()}"
+            elif r.status < 500 and r.status != 429:
+                last = f"{url} answered {r.status} without {PROTOCOL_HEADER} (not lossproof): {text.strip()}"
+            else:
+                last = f"server answered {r.status}: {text.strip()}"
             retry_after = r.headers.get("Retry-After")
             if retry_after and retry_after.isdigit():
                 delay = max(delay, float(retry_after))

@@ -192,8 +192,20 @@ def _protocol_without_acked(srv: StandIn, req: Received) -> Answer:
     return 200, {"ok": True}, {}
 
 
-@pytest.mark.parametrize("policy", [_maintenance_page, _acked_without_protocol, _protocol_without_acked])
-def test_a_200_that_is_not_an_acknowledgement_deletes_nothing_and_fails_over(
+def _https_port(srv: StandIn, req: Received) -> Answer:
+    """nginx answering an http:// request on its https port: a 400 that is not lossproof's refusal."""
+    return 400, {"error": "The plain HTTP request was sent to HTTPS port"}, {PROTOCOL_HEADER: ""}
+
+
+def _proxy_too_large(srv: StandIn, req: Received) -> Answer:
+    return 413, {"error": "Request Entity Too Large"}, {PROTOCOL_HEADER: ""}
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [_maintenance_page, _acked_without_protocol, _protocol_without_acked, _https_port, _proxy_too_large],
+)
+def test_an_answer_that_is_not_lossproof_s_deletes_and_drops_nothing_and_fails_over(
     tmp_path: Path, policy: Policy
 ) -> None:
     impostor = StandIn(policy).start()
@@ -213,10 +225,13 @@ def test_a_200_that_is_not_an_acknowledgement_deletes_nothing_and_fails_over(
             m = scrape(agent.metrics_port)
             assert m['lossproof_agent_requests_total{destination="primary",status="protocol_error"}'] >= 1
             assert m['lossproof_agent_send_errors_total{status="protocol_error"}'] >= 1
-            assert m.get('lossproof_agent_requests_total{destination="primary",status="200"}', 0) == 0
+            for status in ("200", "400", "413"):
+                name = f'lossproof_agent_requests_total{{destination="primary",status="{status}"}}'
+                assert m.get(name, 0) == 0
             # the spool still has every report until a real acknowledgement: here from the fallback
             wait_for(lambda: fallback.acked_seqs() >= set(seqs), 30, "delivery to the fallback")
             wait_for(lambda: _drained(agent), 10, "acknowledged by the fallback")
+            assert agent.spool is not None and agent.spool.dropped() == []
     finally:
         impostor.stop()
         fallback.stop()

@@ -78,11 +78,11 @@ def test_a_200_that_is_not_an_acknowledgement_is_not_taken_for_one(
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         impostor = Pipeline(pipeline.data_dir, int(srv.server_address[1]), pipeline.key)
-        msg = one_line_error(send(impostor, state, good, "--agent", "cli2"))
+        msg = one_line_error(send(impostor, state, good, "--agent", "cli2", "--attempts", "2"))
     finally:
         srv.shutdown()
         srv.server_close()
-    assert "did not acknowledge" in msg and "X-Lossproof-Protocol" in msg, msg
+    assert "not acknowledged after 2 attempts" in msg and "X-Lossproof-Protocol" in msg, msg
     # the next run, against the real pipeline, says seq 1 was given up on, and why
     assert send(pipeline, state, good, "--agent", "cli2").returncode == 0
     ledger = pipeline.wait_stored("cli2", {2})

@@ -11,6 +11,7 @@ import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -189,3 +190,16 @@ def test_health_is_scoped_to_the_key_s_tenant(env: Env) -> None:
     assert r.status == 200 and op["scope"] == "pipeline" and op["tenant"] is None
     assert op["ingest"]["by_status"] and op["ingest"]["requests_per_s"] is not None
     assert not _leaks(str(op))  # pipeline-wide numbers, no tenant's agents
+
+
+def test_a_broken_store_is_a_503_without_server_paths(tmp_path: Path) -> None:
+    p = InProcess(tmp_path / "data", "lp_test_" + secrets.token_hex(16))
+    (tmp_path / "data" / "store.db").write_bytes(b"not a database at all" * 100)
+    p.start(worker=False)
+    try:
+        for path in ("/v1/agents", "/api/v1/labels", "/ui/api/completeness", "/ui/api/health"):
+            status, body = p.get(path)
+            assert status == 503, (path, status, body)
+            assert str(tmp_path) not in str(body) and "<path>" in str(body), (path, body)
+    finally:
+        p.stop()

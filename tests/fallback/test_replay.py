@@ -20,6 +20,7 @@ import pytest
 from lossproof import config as config_mod
 from lossproof.fallback import journal as jn
 from lossproof.fallback import progress as pg
+from lossproof.protocol.ack import ACK_HEADERS, PROTOCOL_HEADER
 from lptest.fallback import (
     Fallback,
     ack_of_raw,
@@ -281,8 +282,10 @@ class Target:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
-                for k, v in extra.items():
-                    self.send_header(k, v)
+                # it plays lossproof: the protocol header, unless the script leaves it out ("")
+                for k, v in {**ACK_HEADERS, **extra}.items():
+                    if v != "":
+                        self.send_header(k, v)
                 self.end_headers()
                 self.wfile.write(body)
 
@@ -375,12 +378,13 @@ def test_wrong_key_stops_without_skipping_anything(fallback: Fallback) -> None:
 @pytest.mark.parametrize(
     "answer",
     [
-        (200, {}, b'{"acked": [[1, 100]], "replay": []}'),  # no protocol header: not lossproof
-        (200, {"X-Lossproof-Protocol": "1"}, b"{}"),  # no acked list
+        (200, {PROTOCOL_HEADER: ""}, b'{"acked": [[1, 100]], "replay": []}'),  # not lossproof
+        (200, {}, b"{}"),  # no acked list
         (204, {}, b""),  # a 2xx that acknowledges nothing
+        (400, {PROTOCOL_HEADER: ""}, b"<html>The plain HTTP request was sent to HTTPS port</html>"),
     ],
 )
-def test_a_2xx_that_is_not_an_acknowledgement_stops_without_skipping(
+def test_an_answer_that_is_not_lossproof_s_stops_without_skipping(
     fallback: Fallback, answer: tuple[int, dict[str, str], bytes]
 ) -> None:
     for i in range(1, 4):
@@ -396,7 +400,8 @@ def test_a_2xx_that_is_not_an_acknowledgement_stops_without_skipping(
         target.close()
     assert out.returncode == 1, (out.stdout, out.stderr)
     last = out.stderr.strip().splitlines()[-1]
-    assert "without acknowledging" in last and "nothing was skipped" in last, last
+    assert ("without acknowledging" in last or "not as lossproof" in last) and "nothing was skipped" in last
+    assert not (fallback.data_dir / "replay" / "rejected.jsonl").exists()
     records = jn.read_all(fallback.journal)
     progress = pg.load_progress(fallback.data_dir)
     assert progress is not None and progress.position == records[0].next_position

@@ -23,6 +23,7 @@ from lossproof import config as config_mod
 from lossproof.fallback import journal as jn
 from lossproof.fallback import progress as pg
 from lossproof.fallback import replay as rp
+from lossproof.protocol.ack import ACK_HEADERS
 from lptest.fallback import (
     Fallback,
     ack_of,
@@ -204,7 +205,7 @@ class Target:
             with self.lock:
                 self.requests.append((kind, dict(request.headers), body))
                 status, headers, answer = self.script(kind, body)
-            return web.json_response(answer, status=status, headers=headers)
+            return web.json_response(answer, status=status, headers={**ACK_HEADERS, **headers})
 
         async def start() -> None:
             app = web.Application()

@@ -26,7 +26,7 @@ import zstandard
 from prometheus_client.parser import text_string_to_metric_families
 
 from lossproof.agent.spool.format import read_all
-from lossproof.protocol.ack import ACK_HEADERS, PROTOCOL_HEADER
+from lossproof.protocol.ack import ACK_HEADERS
 
 HTTP = urllib3.PoolManager(timeout=urllib3.Timeout(connect=2, read=10), retries=False)
 
@@ -181,12 +181,10 @@ def accept_all(srv: StandIn, req: Received) -> tuple[int, dict[str, Any], dict[s
     return 200, {"acked": [[s, s] for s in req.seqs], "replay": []}, {}
 
 
-def answer_headers(status: int, headers: dict[str, str]) -> dict[str, str]:
-    """A stand-in speaks the native protocol: its 200s carry the protocol header unless the policy
-    sets it itself (to a value, or to "" to leave it out and play a server that is not lossproof)."""
-    if status == 200 and PROTOCOL_HEADER not in headers:
-        return {**headers, **ACK_HEADERS}
-    return {k: v for k, v in headers.items() if v != ""}
+def answer_headers(headers: dict[str, str]) -> dict[str, str]:
+    """A stand-in plays lossproof: its answers carry the protocol header unless the policy sets it
+    itself (to a value, or to "" to leave it out and play a server that is not lossproof)."""
+    return {k: v for k, v in {**ACK_HEADERS, **headers}.items() if v != ""}
 
 
 class StandIn:
@@ -238,7 +236,7 @@ class StandIn:
                         srv.requests.append(req)
                     data = json.dumps(answer).encode()
                     self.send_response(status)
-                    for k, v in answer_headers(status, headers).items():
+                    for k, v in answer_headers(headers).items():
                         self.send_header(k, v)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))

@@ -62,7 +62,8 @@ class InProcess(Endpoint):
     def config(self) -> Config:
         return config_mod.load(self.data_dir, self._env)
 
-    def start(self) -> None:
+    def start(self, worker: bool = True) -> None:
+        """Serve the app; with ``worker``, run the worker too (without: nothing gets stored)."""
         setup("inproc")  # lossproof's own log format, so logs() reads like the processes' logs
         self._log_handler = logging.StreamHandler(self._log)
         self._log_handler.setFormatter(logging.getLogger().handlers[0].formatter)
@@ -75,6 +76,8 @@ class InProcess(Endpoint):
         if self._failed is not None or not self.port:
             self.stop()
             raise AssertionError(f"in-process ingest did not start: {self._failed!r}")
+        if not worker:
+            return
         self._worker = Worker(
             open_reader(cfg, CollectorRegistry()),
             open_store(cfg),

@@ -7,8 +7,9 @@ One dispatcher thread builds batches (oldest pending first, then replays) and ha
   being pending (they stay on disk for the replay window); the ``dropped`` ranges the request carried
   are known to the server; ``replay`` ranges are scheduled.
 * 200 that is not (no protocol header, no well-formed ``acked``: a proxy, a maintenance page, a wrong
-  URL): a protocol error, counted as ``status="protocol_error"``; nothing is deleted and the
-  destination counts as failing, like a 5xx.
+  URL), and a 400/413 without the protocol header: a protocol error, counted as
+  ``status="protocol_error"``; nothing is deleted or given up and the destination counts as failing,
+  like a 5xx.
 * 413 / 400 with several reports: the batch is split (the next batches are half as large) until the
   culprit is alone; a single report the server still refuses is dropped with the reason
   ``rejected: <status> <message>`` and reported, never retried byte-for-byte forever.
@@ -38,7 +39,7 @@ from lossproof.agent.request import CONTENT_TYPE, encode_request
 from lossproof.agent.route import FALLBACK, PRIMARY, Router, Target
 from lossproof.agent.spool import Spool, SpoolError
 from lossproof.obs.logging import get
-from lossproof.protocol.ack import NotAcknowledged, acknowledged
+from lossproof.protocol.ack import PROTOCOL_HEADER, NotAcknowledged, acknowledged, from_lossproof
 from lossproof.protocol.compression import compress
 
 log = get(__name__)
@@ -281,6 +282,11 @@ class Sender:
                 return
             self.metrics.requests.labels(kind, status).inc()
             self._succeeded(batch, out, acked)
+            return
+        if out.status in (400, 413) and not from_lossproof(out.headers):
+            # only a lossproof refusal may make the agent split a batch or give a report up
+            why = f"a {out.status} without {PROTOCOL_HEADER}: not lossproof's refusal"
+            self._not_acknowledged(batch, why)
             return
         self.metrics.requests.labels(kind, status).inc()
         self.metrics.send_errors.labels(status).inc()

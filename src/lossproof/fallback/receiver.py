@@ -38,13 +38,13 @@ from lossproof.httputil import (
     errors_as_json,
     json_response,
     native_content_type,
+    protocol_header,
     read_body,
     unavailable,
 )
 from lossproof.obs.exposition import OperatorKeyRequired, exposition, is_operator
 from lossproof.obs.logging import get
 from lossproof.protocol import native
-from lossproof.protocol.ack import ACK_HEADERS
 from lossproof.protocol.compression import BadEncoding, TooLarge, decompress
 
 log = get(__name__)
@@ -201,7 +201,7 @@ class ReportsHandler:
         self.metrics.bytes.labels(tenant).inc(len(raw))
         self.metrics.reports.labels(tenant).inc(checked.reports)
         self.metrics.points.labels(tenant).inc(checked.points)
-        return json_response({"acked": checked.seqs, "replay": []}, headers=ACK_HEADERS)
+        return json_response({"acked": checked.seqs, "replay": []})
 
 
 def build_app(
@@ -212,6 +212,7 @@ def build_app(
     registry: CollectorRegistry,
 ) -> web.Application:
     app = web.Application(middlewares=[errors_as_json], client_max_size=cfg.server.max_body_bytes)
+    app.on_response_prepare.append(protocol_header)
     journal = jn.journal_dir(data_dir)
     reports = ReportsHandler(cfg, writer, metrics)
 

@@ -55,7 +55,7 @@ from lossproof.durable import fsync_dir, make_dirs
 from lossproof.fallback import journal as jn
 from lossproof.fallback import progress as pg
 from lossproof.protocol import native
-from lossproof.protocol.ack import NotAcknowledged, acknowledged
+from lossproof.protocol.ack import PROTOCOL_HEADER, NotAcknowledged, acknowledged, from_lossproof
 from lossproof.protocol.compression import decompress
 
 FATAL = frozenset({401, 403, 404, 405})
@@ -510,6 +510,14 @@ class Replay:
                     return None
                 if status in (408, 425, 429) or status >= 500:
                     self.transient(f"{status} from {self.url} ({reason})")
+                elif not from_lossproof(r.headers):
+                    # only lossproof's own refusal may make replay record a request as rejected
+                    self.fatal = (
+                        f"{self.endpoint} answered {status} without {PROTOCOL_HEADER}, so not as lossproof "
+                        f"({reason}): check --to; nothing was skipped"
+                    )
+                    self.stop.set()
+                    return None
                 else:
                     return status, reason
             delay = backoff_delay(attempt, retry_after)

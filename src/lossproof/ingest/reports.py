@@ -28,7 +28,6 @@ from lossproof.ingest.metrics import IngestMetrics
 from lossproof.log.base import LogUnavailable, LogWriter
 from lossproof.obs.logging import get
 from lossproof.protocol import native
-from lossproof.protocol.ack import ACK_HEADERS
 from lossproof.protocol.compression import BadEncoding, TooLarge, decompress
 from lossproof.query.access import StoreAccess
 
@@ -140,4 +139,4 @@ class ReportsHandler(Ingest):
         replay = await self.store.replay_wanted(tenant, agent, int(time.time() * 1000) - grace_ms)
         if replay:
             self.metrics.replay_requested.inc(sum(b - a + 1 for a, b in replay))
-        return json_response({"acked": seqs, "replay": replay}, headers=ACK_HEADERS)
+        return json_response({"acked": seqs, "replay": replay})

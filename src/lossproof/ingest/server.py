@@ -12,7 +12,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from lossproof.config import Config
-from lossproof.httputil import ApiError, client_reason, errors_as_json, json_response
+from lossproof.httputil import ApiError, client_reason, errors_as_json, json_response, protocol_header
 from lossproof.ingest import protocols
 from lossproof.ingest.auth import KeyRing
 from lossproof.ingest.metrics import IngestMetrics
@@ -82,6 +82,7 @@ def build_app(
             await session_holder["s"].close()
 
     app.on_cleanup.append(close_session)
+    app.on_response_prepare.append(protocol_header)
     app.add_routes(
         [
             web.post("/v1/reports", reports, expect_handler=reports.expect),

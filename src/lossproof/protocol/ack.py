@@ -4,14 +4,15 @@ The first post-mortem's failure was a 200 that nothing durable stood behind. So 
 ``lossproof send``, ``lossproof replay``) treats a report as acknowledged only when all of these hold:
 
 * the status is 200;
-* the answer carries ``X-Lossproof-Protocol: 1``, which only lossproof's ingest API and fallback
-  receiver send, and only on the answer built from a durable receipt: a proxy, a maintenance page, a
-  wrong URL or another service answering 200 does not;
-* the body is JSON with an ``acked`` list of ``[first, last]`` seq ranges, and the report's seq lies in
-  one of them.
+* the answer carries ``X-Lossproof-Protocol: 1``, which lossproof's ingest API and fallback receiver
+  put on every answer they give: a proxy, a maintenance page, a wrong URL or another service does not;
+* the body is JSON with an ``acked`` list of ``[first, last]`` seq ranges (built only from the log's
+  durable receipt), and the report's seq lies in one of them.
 
 Anything else is a protocol error: the reports stay where they are (spool, state file, journal), the
-client logs it and counts it (``protocol_error``), and treats the destination as failing.
+client logs it and counts it (``protocol_error``), and treats the destination as failing. The same
+goes for a refusal: a 400 or 413 makes a client give a report up only when it carries the header
+(:func:`from_lossproof`); nginx answering an http:// request on its https port with a 400 does not.
 """
 
 from __future__ import annotations
@@ -21,12 +22,18 @@ from collections.abc import Iterable, Mapping
 
 PROTOCOL_HEADER = "X-Lossproof-Protocol"
 PROTOCOL_VERSION = "1"
-# Sent with every durable 200 of /v1/reports (ingest and fallback receiver).
+# Sent with every answer of the ingest API and the fallback receiver (set_protocol_header).
 ACK_HEADERS = {PROTOCOL_HEADER: PROTOCOL_VERSION}
 
 
 class NotAcknowledged(Exception):
     """A 200 that is not a lossproof acknowledgement: nothing it answered may be deleted."""
+
+
+def from_lossproof(headers: Mapping[str, str]) -> bool:
+    """Whether an answer comes from a lossproof server speaking this protocol version."""
+    version = headers.get(PROTOCOL_HEADER)
+    return version is not None and version.strip() == PROTOCOL_VERSION
 
 
 def acknowledged(headers: Mapping[str, str], body: bytes, seqs: Iterable[int]) -> set[int]:

@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from aiohttp import web
 
-from lossproof.httputil import ApiError, json_response
+from lossproof.httputil import ApiError, client_reason, json_response
 from lossproof.ingest.auth import UNAUTHORIZED, KeyRing
 from lossproof.query import params
 from lossproof.query.access import StoreAccess, StoreUnavailable
@@ -111,7 +111,7 @@ class QueryApi:
         try:
             return await self.store.run(fn)
         except StoreUnavailable as e:
-            raise ApiError(503, str(e), "unavailable", {"Retry-After": "1"}) from None
+            raise ApiError(503, client_reason(str(e)), "unavailable", {"Retry-After": "1"}) from None
 
 
 def _spool(s: SpoolState) -> dict[str, int]:

@@ -31,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from lossproof.config import Config
-from lossproof.httputil import ApiError, json_response
+from lossproof.httputil import ApiError, client_reason, json_response
 from lossproof.ingest.auth import KeyRing
 from lossproof.log.base import LogGap
 from lossproof.obs.logging import get
@@ -307,7 +307,7 @@ class Dashboard:
         try:
             return await self.store.run(fn)
         except StoreUnavailable as e:
-            raise _fail(503, str(e)) from None
+            raise _fail(503, client_reason(str(e))) from None
 
     # static files
 

@@ -18,7 +18,7 @@ import promql_parser as pp
 from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
 
-from lossproof.httputil import json_response
+from lossproof.httputil import client_reason, json_response
 from lossproof.ingest.auth import KeyRing
 from lossproof.query import params, promql
 from lossproof.query.access import StoreAccess, StoreUnavailable
@@ -106,7 +106,7 @@ class PromApi:
             except promql.PromQLError as e:
                 return _error(e.status, e.error_type, str(e))
             except StoreUnavailable as e:
-                return _error(503, "unavailable", str(e))
+                return _error(503, "unavailable", client_reason(str(e)))
 
         return run
 
