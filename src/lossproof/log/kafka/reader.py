@@ -368,6 +368,8 @@ class KafkaLogReader(LogReader):
             return  # fetched before this batch re-positioned the partition
         if err is not None:
             if err.code() in _OUT_OF_RANGE and p is not None and p >= 0:
+                if p not in self._assigned:
+                    return  # raised before the partition was revoked: its next owner checks it
                 off = m.offset()
                 self._reset(p, off if off is not None and off >= 0 else None, err.str())
             else:
