@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,7 +91,6 @@ def new_topic(
     )
     create_topic(admin(c), cfg)
     return cfg
-
 
 
 def make_value(tag: str, size: int) -> bytes:
@@ -252,3 +252,97 @@ def read_everything(cfg: KafkaLogConfig, group: str, *, timeout: float = 120.0):
     finally:
         r.close()
     return records, gaps
+
+
+# --- a power cut of every broker, emulated on disk ------------------------------------------------------
+
+
+def _batches(log: Path) -> list[tuple[int, int, int]]:
+    """(base offset, byte position, byte length) of every record batch in a Kafka .log segment."""
+    data = log.read_bytes()
+    out: list[tuple[int, int, int]] = []
+    pos = 0
+    while pos + 12 <= len(data):
+        base = int.from_bytes(data[pos : pos + 8], "big", signed=True)
+        length = int.from_bytes(data[pos + 8 : pos + 12], "big", signed=True)
+        if length <= 0 or pos + 12 + length > len(data):
+            break
+        out.append((base, pos, 12 + length))
+        pos += 12 + length
+    return out
+
+
+def _rewrite_checkpoint(path: Path, keep: Callable[[str, int], int | None]) -> None:
+    """Rewrite a Kafka checkpoint file (version, count, one entry a line); ``keep`` maps an entry's key
+    and offset to the offset to keep (None drops the entry)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    if len(lines) < 2:
+        return
+    entries = []
+    for line in lines[2:]:
+        *key, off = line.split(" ")
+        new = keep(" ".join(key), int(off))
+        if new is not None:
+            entries.append(f"{' '.join(key)} {new}")
+    path.write_text("\n".join([lines[0], str(len(entries)), *entries]) + "\n")
+
+
+def truncate_partitions(c: DevCluster, topic: str, targets: dict[int, int]) -> dict[int, int]:
+    """What every replica of ``topic`` looks like after all brokers lost their page cache at once:
+    each partition's log keeps only the record batches entirely below ``targets[p]``, on every node.
+    Every node must be stopped (kill -9). Returns each partition's new log end (the base offset of
+    the first batch removed, the same on every replica since followers copy the leader's batches).
+
+    Kafka's checkpoints (fsync'd, so they survive a power cut) still name the old, longer log: the
+    leader-epoch cache and the recovery-point and high-watermark files are clamped to the new
+    end as Kafka's own recovery does, and the indexes and producer snapshots are removed so that the
+    brokers rebuild them from the shorter segments."""
+    for n in c.nodes():
+        assert not c.running(n.id), f"node {n.id} is running: stop every broker first"
+    ends: dict[int, int] = {}
+    for n in c.nodes():
+        data = c.node_dir(n.id) / "data"
+        node_ends: dict[int, int] = {}
+        for p, target in targets.items():
+            pdir = data / f"{topic}-{p}"
+            segments = sorted(pdir.glob("*.log"))
+            assert segments, f"no segment of {topic}-{p} on node {n.id}"
+            end: int | None = None
+            for seg in segments:
+                if end is not None:
+                    seg.unlink()  # a whole tail segment lost
+                    continue
+                cut = next(((b, pos) for b, pos, _ in _batches(seg) if b >= target), None)
+                if cut is not None:
+                    end = cut[0]
+                    with open(seg, "r+b") as f:
+                        f.truncate(cut[1])
+            if end is None:  # every batch is below the target: nothing lost
+                end = _last_offset(segments[-1]) + 1
+            node_ends[p] = end
+            for pattern in ("*.index", "*.timeindex", "*.snapshot", "*.txnindex"):
+                for f in pdir.glob(pattern):
+                    f.unlink()
+            _rewrite_checkpoint(
+                pdir / "leader-epoch-checkpoint", lambda _k, start, e=end: start if start < e else None
+            )
+        for name in ("recovery-point-offset-checkpoint", "replication-offset-checkpoint"):
+            _rewrite_checkpoint(
+                data / name,
+                lambda key, off, ne=node_ends: (
+                    min(off, ne.get(int(key.split(" ")[1]), off)) if key.split(" ")[0] == topic else off
+                ),
+            )
+        for p, e in node_ends.items():
+            assert ends.setdefault(p, e) == e, f"replicas of {topic}-{p} disagree: {ends[p]} vs {e}"
+    return ends
+
+
+def _last_offset(seg: Path) -> int:
+    """The last offset in a segment: base offset + lastOffsetDelta of its last batch."""
+    base, pos, _ = _batches(seg)[-1]
+    with open(seg, "rb") as f:
+        f.seek(pos + 23)
+        return base + int.from_bytes(f.read(4), "big", signed=True)

@@ -33,6 +33,8 @@ from typing import Any
 
 import click
 
+from lossproof.durable import fdatasync_path, fsync_dir, make_dirs, write_atomic
+
 KAFKA_VERSION = "4.1.1"
 LOG4J_VERSION = "2.24.3"  # the log4j version kafka_2.13 4.1.x depends on
 DEFAULT_DIR = Path(".lossproof-dev/kafka")
@@ -122,9 +124,14 @@ def fetch(version: str = KAFKA_VERSION, *, quiet: bool = True) -> Path:
         raise DevKafkaError(f"mvn failed ({proc.returncode}): {' | '.join(out[-5:])}")
     if not any(tmp.glob(f"kafka_2.13-{version}.jar")):
         raise DevKafkaError(f"mvn did not produce kafka_2.13-{version}.jar in {tmp}")
+    # mvn writes without fsync: the marker must not outlive a power cut that the jars did not.
+    for jar in tmp.iterdir():
+        fdatasync_path(jar)
+    fsync_dir(tmp)
     shutil.rmtree(libs, ignore_errors=True)
     tmp.rename(libs)
-    marker.write_text(version + "\n", encoding="utf-8")
+    fsync_dir(cdir)
+    write_atomic(marker, (version + "\n").encode())
     return libs
 
 
@@ -278,7 +285,7 @@ class DevCluster:
         if nodes not in (1, 3):
             raise DevKafkaError("--nodes must be 1 or 3")
         libs = fetch(self.version)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.directory)
         specs: list[NodeSpec] = []
         for i in range(1, nodes + 1):
             if port == 0:
@@ -294,11 +301,11 @@ class DevCluster:
         cluster_id = new_cluster_id()
         voters = ",".join(f"{n.id}@127.0.0.1:{n.controller_port}" for n in specs)
         rf = min(3, nodes)
-        (self.directory / "log4j2.properties").write_text(_LOG4J2, encoding="utf-8")
+        write_atomic(self.directory / "log4j2.properties", _LOG4J2.encode())
         formats: list[tuple[int, subprocess.Popen[str]]] = []
         for n in specs:
             ndir = self.node_dir(n.id)
-            (ndir / "data").mkdir(parents=True, exist_ok=True)
+            make_dirs(ndir / "data")
             props = {
                 "process.roles": "broker,controller",
                 "node.id": n.id,
@@ -337,7 +344,9 @@ class DevCluster:
                 "log.cleaner.dedupe.buffer.size": 16 * 2**20,
             }
             text = "".join(f"{k}={v}\n" for k, v in props.items())
-            (ndir / "server.properties").write_text(text, encoding="utf-8")
+            # Durable before the node is formatted against it: after a power cut a cluster
+            # directory must never hold an empty or torn config of a formatted node.
+            write_atomic(ndir / "server.properties", text.encode())
             formats.append(
                 (
                     n.id,
@@ -381,9 +390,9 @@ class DevCluster:
             "libs": str(libs),
             "nodes": [asdict(n) for n in specs],
         }
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.state_path)
+        # Written last and durably (fsync, rename, fsync of the directory): a power cut leaves either
+        # no cluster.json (`up` creates the cluster again) or one naming fully formatted nodes.
+        write_atomic(self.state_path, (json.dumps(state, indent=2) + "\n").encode())
 
     def start_node(self, node: int, *, heap: str = "512m") -> int:
         """Start node ``node`` (1-based) if it is not running; returns its pid."""

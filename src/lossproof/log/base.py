@@ -19,7 +19,11 @@ Reading
     position of its consumer group (or the earliest available record when nothing was committed).
     ``commit`` durably records "everything before these offsets is processed"; after a crash a reader
     resumes from the last commit, so a record may be read more than once (at-least-once) but a
-    committed record is never read again and an uncommitted one is never skipped.
+    committed record is never read again and an uncommitted one is never skipped. If the log
+    loses its tail below a committed position and hands those offsets out again (Kafka after a
+    power loss of every broker), the reader resumes where the surviving log diverges from what was
+    read, so no new record at a reused offset is skipped, and reports the truncation as a
+    ``LogGap`` with ``reused=True``.
 
 Missing data
     If data between the committed position and the earliest available record has vanished (deleted,
@@ -78,13 +82,21 @@ class LogRecord:
 
 @dataclass(frozen=True, slots=True)
 class LogGap:
-    """Offsets ``[first, last]`` of ``partition`` that should have existed but cannot be read."""
+    """Offsets ``[first, last]`` of ``partition`` that should have existed but cannot be read.
+
+    ``reused``: the log lost its tail after these offsets were read (Kafka after every broker lost
+    power at once), and the offsets are being handed out again to new records, which the reader
+    returns normally. The records that were at ``[first, last]`` had been processed; what was
+    appended after them and never read cannot be named by offset (the ledger's holes find it).
+    Such a gap is an event to record, never a position: :meth:`PollResult.next_offsets` ignores it.
+    """
 
     partition: int
     first: int
     last: int
     reason: str
     detected_ms: int
+    reused: bool = False
 
 
 @dataclass(slots=True)
@@ -96,7 +108,8 @@ class PollResult:
         """Per partition, the offset to commit once every record here is processed."""
         nxt: dict[int, int] = {}
         for g in self.gaps:
-            nxt[g.partition] = max(nxt.get(g.partition, 0), g.last + 1)
+            if not g.reused:
+                nxt[g.partition] = max(nxt.get(g.partition, 0), g.last + 1)
         for r in self.records:
             nxt[r.partition] = max(nxt.get(r.partition, 0), r.offset + 1)
         return nxt

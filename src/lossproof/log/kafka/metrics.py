@@ -47,8 +47,26 @@ class KafkaReaderMetrics(LogReaderMetrics):
 
         self.truncations = c(
             "lossproof_log_kafka_truncations",
-            "Times a partition's end was found below the committed position (log truncated after data "
-            "was processed: offsets will be reused).",
+            "Truncations found: the log lost records this group had read and hands their offsets out "
+            "again (every broker lost its page cache, e.g. a power cut).",
+        )
+        self.truncated_offsets = c(
+            "lossproof_log_kafka_truncated_offsets",
+            "Offsets that were read, then lost by the brokers and handed out again to new records "
+            "(summed over truncations; the new records there are read).",
+        )
+        self.position_checks = c(
+            "lossproof_log_kafka_position_checks",
+            "Assignments and resets that checked, by leader epoch, that the log still holds the last "
+            "records processed before resuming.",
+        )
+        self.position_rewinds = c(
+            "lossproof_log_kafka_position_rewinds",
+            "Times such a check stepped further back because the log diverged earlier than expected.",
+        )
+        self.rechecked_records = c(
+            "lossproof_log_kafka_rechecked_records",
+            "Records fetched again during such checks and not returned (already processed).",
         )
         self.rebalances = c("lossproof_log_kafka_rebalances", "Partition assignments and revocations.")
         self.commit_refused = c(

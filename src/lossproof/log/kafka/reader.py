@@ -14,11 +14,37 @@ Start positions and missing data
     reading starts at the low watermark. Records that vanish while being read surface as
     ``_AUTO_OFFSET_RESET`` (offset out of range) consumer errors, handled the same way: gap,
     re-assign at the low watermark, carry on. ``poll`` never raises for missing data and never
-    loops on it. A committed offset *above* the log end (the log was truncated after the data was
-    processed; its offsets will be handed out again) is logged and counted
-    (``lossproof_log_kafka_truncations``) and reading resumes at the log end, so the new records at
-    the reused offsets are not skipped; records that were appended but never read before such a
-    truncation cannot be named by offset: the ledger's per-agent holes find them.
+    loops on it.
+
+Truncation (every broker lost its page cache at once)
+    Kafka then comes back with a shorter log and hands the lost offsets out again to new records,
+    so an offset alone cannot say whether the log still holds what was read. Each commit therefore
+    carries the leader epoch of the last record processed (``TopicPartition.leader_epoch``, as
+    KIP-320 clients do) and, in the commit metadata, that record's offset, epoch and timestamp
+    (``{"o":..,"e":..,"t":..}``). On assignment, and whenever librdkafka reports the fetch position
+    out of range or the log truncated (its own KIP-320 check on a leader change), the reader does
+    not trust the position: it re-fetches from at or before the last processed record (found with
+    ``offsets_for_times`` on its timestamp, within the watermarks) and compares leader epochs. A
+    record below the position with an epoch no newer than the processed one is the same record
+    (one leader per epoch writes an offset once), already processed: it is dropped, not returned.
+    The first record below the position with a newer epoch is where the surviving log diverges:
+    the truncation is logged, counted (``lossproof_log_kafka_truncations``,
+    ``..._truncated_offsets``) and returned as a ``LogGap(first=divergence, last=position - 1,
+    reused=True)``, and every record from the divergence on is returned. If the first record
+    fetched is already a new one, the log may diverge earlier: the reader steps back (4x further
+    each time, never below the low watermark) until it starts on a processed record. Nothing at
+    a reused offset is skipped; at worst a few processed records are fetched again (never
+    returned). Until the first new record arrives, a position above the log end is only logged:
+    the surviving records may still be catching up (the high watermark trails after a restart).
+    librdkafka's own validation is not used on assignment because with ``auto.offset.reset=error``
+    it reports the divergence point only inside an error string.
+
+    Commits without an epoch (made by lossproof before this rule, or by another client) cannot be
+    checked. Such a position at or below the log end is trusted, as before; above the log end, the
+    log was truncated somewhere below it, so the partition is read again from the low watermark
+    (a ``LogGap`` ``[log end, position - 1]`` with ``reused=True`` reports it). The next commit
+    carries an epoch. Records appended but never read before a truncation cannot be named by
+    offset by any consumer: the ledger's per-agent holes find them and ask the agents to replay.
 
 Rebalances
     The worker commits after every batch and only then polls again, so when partitions are
@@ -31,8 +57,10 @@ Rebalances
 from __future__ import annotations
 
 import collections
+import json
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client import CollectorRegistry
@@ -55,13 +83,63 @@ _MOVED = frozenset(
         KafkaError.STALE_MEMBER_EPOCH,
     }
 )
-_OUT_OF_RANGE = frozenset({KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE})
+_OUT_OF_RANGE = frozenset(
+    {KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE, KafkaError._LOG_TRUNCATION}
+)
 _MAX_TRACKED = 1 << 16
 LAG_CACHE_SECONDS = 2.0
+# How far the first step back goes when the log diverges before the first record re-fetched; each
+# further step goes 4x as far, so even a truncation of millions of records takes a few round trips.
+FIRST_REWIND = 256
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """A record this reader processed: what a commit just past it vouches for. ``epoch`` and
+    ``ts`` are -1 when unknown."""
+
+    offset: int
+    epoch: int
+    ts: int
+
+    def metadata(self) -> str:
+        return json.dumps({"o": self.offset, "e": self.epoch, "t": self.ts}, separators=(",", ":"))
+
+
+def committed_mark(tp: TopicPartition) -> Mark | None:
+    """The last record processed before a committed position, from the commit's metadata (written
+    by :meth:`KafkaLogReader.commit`) or else its KIP-320 leader epoch; None if the commit has no
+    epoch (an older lossproof, or another client)."""
+    c = int(tp.offset)
+    try:
+        doc = json.loads(tp.metadata) if tp.metadata else None
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict):
+        o, e, t = doc.get("o"), doc.get("e"), doc.get("t")
+        if all(type(x) is int for x in (o, e, t)) and 0 <= o < c and e >= 0:  # type: ignore[operator]
+            return Mark(int(o), int(e), int(t))  # type: ignore[arg-type]
+    epoch = tp.leader_epoch
+    if epoch is not None and epoch >= 0 and c > 0:
+        return Mark(c - 1, int(epoch), -1)
+    return None
+
+
+@dataclass(slots=True)
+class _Check:
+    """A partition whose log must be shown to still hold ``anchor`` before anything below
+    ``position`` may be returned again."""
+
+    position: int
+    anchor: Mark
+    start: int  # where fetching (re)started
+    low: int  # the low watermark: no step back below it
+    step: int = FIRST_REWIND
+    proven: bool = False  # a record at or after ``start`` was shown to be one already processed
 
 
 class KafkaLogReader(LogReader):
@@ -115,11 +193,15 @@ class KafkaLogReader(LogReader):
         self._committed: dict[int, int] = {}
         self._pending_gaps: list[LogGap] = []
         self._stuck: dict[int, tuple[int, float]] = {}  # partition -> (offset, retry at) after a failed reset
-        # lag(): records returned but not committed (offset, timestamp) per partition, oldest first,
-        # the timestamp of the last record returned per partition, and when a lagging partition
-        # without either was first seen lagging.
-        self._uncommitted: dict[int, collections.deque[tuple[int, int]]] = {}
-        self._last_ts: dict[int, int] = {}
+        # What a commit vouches for: the last record processed before the committed position (from
+        # the commit itself, or a record re-checked after a truncation), and the last one returned.
+        self._anchor: dict[int, Mark] = {}
+        self._last: dict[int, Mark] = {}
+        self._checks: dict[int, _Check] = {}
+        self._restarted: set[int] = set()  # re-positioned during this consume batch: rest is stale
+        # lag(): records returned but not committed per partition, oldest first, and when a lagging
+        # partition without any was first seen lagging.
+        self._uncommitted: dict[int, collections.deque[Mark]] = {}
         self._lag_since: dict[int, float] = {}
         self._lag_cache: tuple[float, LogLag] | None = None
         self._consumer.subscribe(
@@ -151,6 +233,7 @@ class KafkaLogReader(LogReader):
             except KafkaException as e:  # e.g. a fatal consumer error: report, never crash the worker
                 self._count_error(e.args[0])
                 msgs = []
+            self._restarted.clear()
             for m in msgs:
                 self._handle(m, res)
             if self._pending_gaps:
@@ -175,13 +258,22 @@ class KafkaLogReader(LogReader):
         return res
 
     def commit(self, offsets: Mapping[int, int]) -> None:
+        """Commit, with each position the leader epoch and (metadata) offset, epoch and timestamp of
+        the last record processed below it, so a later assignment can check the log still holds it."""
         if self._closed:
             raise LogError("reader is closed")
         tps = []
+        marks: dict[int, Mark | None] = {}
         for p, o in offsets.items():
             if int(o) < 0:
                 raise ValueError(f"negative offset {o} for partition {p}")
-            tps.append(TopicPartition(self.topic, int(p), int(o)))
+            mark = marks[int(p)] = self._mark_below(int(p), int(o))
+            if mark is None:
+                tps.append(TopicPartition(self.topic, int(p), int(o)))
+            elif mark.epoch < 0:
+                tps.append(TopicPartition(self.topic, int(p), int(o), mark.metadata()))
+            else:
+                tps.append(TopicPartition(self.topic, int(p), int(o), mark.metadata(), mark.epoch))
         if not tps:
             return
         try:
@@ -205,8 +297,11 @@ class KafkaLogReader(LogReader):
             done[tp.partition] = tp.offset
         for p, o in done.items():
             self._committed[p] = o
+            mark = marks.get(p)
+            if mark is not None:
+                self._anchor[p] = mark
             q = self._uncommitted.get(p)
-            while q and q[0][0] < o:
+            while q and q[0].offset < o:
                 q.popleft()
             self._lag_since.pop(p, None)
         self._lag_cache = None
@@ -269,12 +364,14 @@ class KafkaLogReader(LogReader):
     def _handle(self, m: Message, res: PollResult) -> None:
         err = m.error()
         p = m.partition()
+        if p is not None and p in self._restarted:
+            return  # fetched before this batch re-positioned the partition
         if err is not None:
             if err.code() in _OUT_OF_RANGE and p is not None and p >= 0:
+                if p not in self._assigned:
+                    return  # raised before the partition was revoked: its next owner checks it
                 off = m.offset()
                 self._reset(p, off if off is not None and off >= 0 else None, err.str())
-            elif err.code() == KafkaError._LOG_TRUNCATION and p is not None and p >= 0:
-                self._truncated(p, m.offset(), err.str())
             else:
                 self._count_error(err)
             return
@@ -284,6 +381,11 @@ class KafkaLogReader(LogReader):
         _, ts = m.timestamp()
         if ts <= 0:
             ts = _now_ms()
+        epoch = m.leader_epoch()
+        mark = Mark(off, epoch if epoch is not None and epoch >= 0 else -1, ts)
+        check = self._checks.get(p)
+        if check is not None and not self._passes(p, check, mark):
+            return
         key, value = m.key(), m.value()
         res.records.append(
             LogRecord(
@@ -295,10 +397,10 @@ class KafkaLogReader(LogReader):
             )
         )
         self._next[p] = off + 1
-        self._last_ts[p] = ts
+        self._last[p] = mark
         q = self._uncommitted.setdefault(p, collections.deque())
         if len(q) < _MAX_TRACKED:
-            q.append((off, ts))
+            q.append(mark)
 
     def _count_error(self, err: KafkaError) -> None:
         self._m.consumer_errors.labels(self.group, err.name()).inc()
@@ -306,6 +408,135 @@ class KafkaLogReader(LogReader):
 
     def _on_error(self, err: KafkaError) -> None:
         self._count_error(err)
+
+    def _mark_below(self, p: int, offset: int) -> Mark | None:
+        """The last record processed below ``offset`` on ``p`` (what a commit at ``offset`` vouches for)."""
+        last = self._last.get(p)
+        if last is not None and last.offset < offset:
+            return last
+        for mark in reversed(self._uncommitted.get(p, ())):
+            if mark.offset < offset:
+                return mark
+        anchor = self._anchor.get(p)
+        return anchor if anchor is not None and anchor.offset < offset else None
+
+    # --- truncation: does the log still hold what was processed? -------------------------------------
+
+    def _passes(self, p: int, check: _Check, rec: Mark) -> bool:
+        """Whether ``rec``, fetched while checking ``p``, is returned (False: dropped or re-positioned)."""
+        old = 0 <= rec.epoch <= check.anchor.epoch
+        if rec.offset < check.position and old:
+            # The same record as before the loss (one leader per epoch writes an offset once), and
+            # below the position: processed already.
+            check.proven = True
+            self._m.rechecked_records.inc()
+            self._next[p] = rec.offset + 1
+            self._last[p] = self._anchor[p] = rec
+            return False
+        if rec.offset >= check.position and (check.proven or old):
+            self._end_check(p, check, None)
+            return True
+        if rec.epoch < 0:
+            # No epoch to compare (an old message format): return it; re-reading is harmless.
+            log.warning("log.kafka.check_without_epoch", topic=self.topic, partition=p, offset=rec.offset)
+            self._end_check(p, check, None)
+            return True
+        if not check.proven and check.start > check.low:
+            # The first record fetched is already a new one: the log may diverge further back.
+            start = max(check.low, check.start - check.step)
+            check.step *= 4
+            check.start = start
+            self._m.position_rewinds.inc()
+            log.info(
+                "log.kafka.check_rewind", topic=self.topic, partition=p, start=start, position=check.position
+            )
+            self._reassign(p, start)
+            return False
+        if rec.offset >= check.position:
+            self._end_check(p, check, None)  # nothing at all below the position: nothing to compare
+            return True
+        self._end_check(p, check, rec.offset)
+        return True
+
+    def _end_check(self, p: int, check: _Check, divergence: int | None) -> None:
+        self._checks.pop(p, None)
+        if divergence is None:
+            log.info("log.kafka.position_checked", topic=self.topic, partition=p, position=check.position)
+            return
+        self._truncation(
+            p,
+            divergence,
+            check.position - 1,
+            f"from offset {divergence} on, the log no longer holds the records read before (leader "
+            f"epoch {check.anchor.epoch} or older); new records now carry those offsets and are read",
+        )
+
+    def _truncation(self, p: int, first: int, last: int, detail: str) -> None:
+        reason = (
+            f"Kafka topic {self.topic} partition {p}: log truncated, offsets {first}..{last} were read "
+            f"and then lost by the brokers (every replica lost its tail, e.g. a power cut) and are being "
+            f"handed out again; {detail}. Records appended after offset {last} and never read cannot "
+            f"be named by offset: the ledger asks the agents to replay them."
+        )
+        self._m.truncations.inc()
+        self._m.truncated_offsets.inc(max(0, last - first + 1))
+        self._pending_gaps.append(LogGap(p, first, last, reason, _now_ms(), reused=True))
+        log.error(
+            "log.kafka.truncation", topic=self.topic, partition=p, first=first, last=last, reason=reason
+        )
+
+    def _resume(self, p: int, position: int, anchor: Mark | None, lo: int, hi: int, why: str) -> int:
+        """Where to start reading ``p`` again, given the position reached (committed, or reached by
+        this reader) and the last record processed below it; sets up the check (module doc)."""
+        self._checks.pop(p, None)
+        if position < 0:
+            return lo
+        if position < lo:
+            self._gap(p, position, lo - 1, why, lo)
+            return lo
+        if anchor is None:
+            if position > hi:
+                self._truncation(
+                    p,
+                    hi,
+                    position - 1,
+                    "the position was committed without a leader epoch (an older lossproof), so "
+                    f"where the log diverges is unknown: partition read again from offset {lo}",
+                )
+                return lo
+            return position
+        if position <= lo:
+            return position  # nothing below it is readable: nothing to compare with
+        self._m.position_checks.inc()
+        start = min(anchor.offset, position - 1)
+        if anchor.ts >= 0:
+            at = self._offset_at(p, anchor.ts)
+            if at is not None and at >= 0:
+                start = min(start, at)
+        start = max(lo, min(start, hi - 1))
+        self._checks[p] = _Check(position, anchor, start, lo)
+        if position > hi:
+            log.warning(
+                "log.kafka.position_above_log_end",
+                topic=self.topic,
+                partition=p,
+                position=position,
+                log_end=hi,
+                note="truncated, or the high watermark is still catching up; checking from start",
+                start=start,
+            )
+        return start
+
+    def _offset_at(self, p: int, ts: int) -> int | None:
+        """The first offset of ``p`` with a timestamp at or after ``ts`` (-1: none), None if unknown."""
+        try:
+            got = self._consumer.offsets_for_times([TopicPartition(self.topic, p, ts)], timeout=self._timeout)
+        except KafkaException as e:
+            log.warning("log.kafka.offsets_for_times_failed", partition=p, error=e.args[0].str())
+            return None
+        if not got or got[0].error is not None:
+            return None
+        return int(got[0].offset)
 
     # --- missing data --------------------------------------------------------------------------------
 
@@ -316,49 +547,31 @@ class KafkaLogReader(LogReader):
         return int(lo), int(hi)
 
     def _reset(self, p: int, offset: int | None, why: str) -> None:
-        """The fetch position of ``p`` is out of range: report what is gone and move on."""
-        expected = offset if offset is not None else self._next.get(p)
+        """The fetch position of ``p`` is out of range, or librdkafka found the log truncated (its
+        KIP-320 check after a leader change): report what is gone and go on without skipping."""
+        check = self._checks.get(p)
+        if check is not None:
+            position: int | None = check.position
+            anchor: Mark | None = check.anchor
+        else:
+            position = self._next.get(p, offset)
+            last = self._last.get(p) or self._anchor.get(p)
+            anchor = last if last is not None and position is not None and last.offset < position else None
         try:
             lo, hi = self._watermarks(p)
         except KafkaException as e:
             # Cannot tell what exists: try again shortly (the partition stays paused in error state).
-            self._stuck[p] = (expected if expected is not None else -1, time.monotonic() + 1.0)
+            self._stuck[p] = (position if position is not None else -1, time.monotonic() + 1.0)
             log.warning("log.kafka.reset_deferred", partition=p, error=e.args[0].str())
             return
         self._stuck.pop(p, None)
-        if expected is None or expected < 0:
-            start = lo
-        elif expected < lo:
-            self._gap(p, expected, lo - 1, f"offset out of range ({why})", lo)
-            start = lo
-        elif expected > hi:
-            self._truncation(p, expected, hi)
-            start = hi
-        else:
-            start = expected  # in range again (e.g. a leader change): continue where we were
-        self._reassign(p, start)
-
-    def _truncated(self, p: int, offset: int | None, why: str) -> None:
-        self._m.truncations.inc()
-        log.error("log.kafka.log_truncation", topic=self.topic, partition=p, offset=offset, error=why)
-        start = offset if offset is not None and offset >= 0 else self._next.get(p, 0)
-        try:
-            lo, hi = self._watermarks(p)
-            start = min(max(start, lo), hi)
-        except KafkaException:
-            pass
-        self._reassign(p, start)
-
-    def _truncation(self, p: int, expected: int, hi: int) -> None:
-        self._m.truncations.inc()
-        log.error(
-            "log.kafka.truncated_below_position",
-            topic=self.topic,
-            partition=p,
-            position=expected,
-            log_end=hi,
-            note="records up to the position were processed; offsets from the log end on will be reused",
+        log.warning(
+            "log.kafka.reset", topic=self.topic, partition=p, position=position, low=lo, high=hi, why=why
         )
+        start = self._resume(
+            p, -1 if position is None else position, anchor, lo, hi, f"offset out of range ({why})"
+        )
+        self._reassign(p, start)
 
     def _gap(self, p: int, first: int, last: int, why: str, lo: int) -> None:
         reason = (
@@ -370,6 +583,7 @@ class KafkaLogReader(LogReader):
         log.error("log.kafka.gap", topic=self.topic, partition=p, first=first, last=last, reason=reason)
 
     def _reassign(self, p: int, start: int) -> None:
+        self._restarted.add(p)
         tp = TopicPartition(self.topic, p)
         try:
             self._consumer.incremental_unassign([tp])
@@ -414,7 +628,7 @@ class KafkaLogReader(LogReader):
         self._m.rebalances.inc()
         mine = [TopicPartition(self.topic, tp.partition) for tp in partitions]
         try:
-            committed = {tp.partition: tp.offset for tp in consumer.committed(mine, timeout=self._timeout)}
+            committed = {tp.partition: tp for tp in consumer.committed(mine, timeout=self._timeout)}
         except KafkaException as e:
             # Let librdkafka fetch the committed offsets itself; "no commit" and "out of range" then
             # come back as _AUTO_OFFSET_RESET errors, handled by _reset.
@@ -428,25 +642,25 @@ class KafkaLogReader(LogReader):
         starts = []
         for tp in mine:
             p = tp.partition
-            c = committed.get(p, OFFSET_INVALID)
+            ctp = committed.get(p)
+            c = int(ctp.offset) if ctp is not None else OFFSET_INVALID
+            anchor = committed_mark(ctp) if ctp is not None and c >= 0 else None
             try:
                 lo, hi = self._watermarks(p)
             except KafkaException:
-                starts.append(TopicPartition(self.topic, p, c if c >= 0 else -2))  # -2: earliest
+                # Unknown watermarks: let librdkafka fetch the commit and check it by its leader
+                # epoch (KIP-320); a truncation it finds comes back as an error, handled by _reset.
+                starts.append(TopicPartition(self.topic, p, -1000))  # -1000: the committed offset
                 self._next.pop(p, None)
                 self._committed.pop(p, None)
                 continue
             self._hw[p] = hi
-            if c < 0:
-                start = lo
-            elif c < lo:
-                self._gap(p, c, lo - 1, "the committed offset points at deleted data", lo)
-                start = lo
-            elif c > hi:
-                self._truncation(p, c, hi)
-                start = hi
+            self._last.pop(p, None)
+            if anchor is not None:
+                self._anchor[p] = anchor
             else:
-                start = c
+                self._anchor.pop(p, None)
+            start = self._resume(p, c, anchor, lo, hi, "the committed offset points at deleted data")
             if c >= 0:
                 self._committed[p] = c
             self._next[p] = start
@@ -477,7 +691,16 @@ class KafkaLogReader(LogReader):
         for tp in partitions:
             p = tp.partition
             self._assigned.discard(p)
-            for d in (self._next, self._hw, self._committed, self._uncommitted, self._last_ts, self._stuck):
+            for d in (
+                self._next,
+                self._hw,
+                self._committed,
+                self._uncommitted,
+                self._last,
+                self._anchor,
+                self._checks,
+                self._stuck,
+            ):
                 d.pop(p, None)
         self._pending_gaps = [g for g in self._pending_gaps if g.partition in self._assigned]
         self._m.assigned.set(len(self._assigned))
@@ -489,11 +712,11 @@ class KafkaLogReader(LogReader):
         """Timestamp (ms) of the record at ``committed`` on ``p``, or an upper bound of its age."""
         q = self._uncommitted.get(p)
         if q:
-            for off, ts in q:
-                if off >= committed:
-                    return float(ts)
+            for mark in q:
+                if mark.offset >= committed:
+                    return float(mark.ts)
         # The record at ``committed`` was appended no earlier than the last record we returned
         # (which is before it): using that timestamp overestimates the age by at most the spacing
         # of two records.
-        last = self._last_ts.get(p)
-        return None if last is None else float(last)
+        last = self._last.get(p)
+        return None if last is None else float(last.ts)
