@@ -197,13 +197,14 @@ def client_reason(reason: str) -> str:
     return _PATH.sub("<path>", reason)
 
 
-def unavailable(what: str, reason: str, retry_after: int) -> ApiError:
-    """The 503 for "cannot accept data durably": the client keeps the data and retries."""
+def unavailable(what: str, reason: str, retry_after: int | None) -> ApiError:
+    """The 503 for "cannot accept data durably": the client keeps the data and retries, after
+    ``retry_after`` seconds (None: no ``Retry-After``, the client's own schedule)."""
     return ApiError(
         503,
         f"{what} cannot accept data durably: {client_reason(reason)}",
         "unavailable",
-        {"Retry-After": str(retry_after)},
+        {} if retry_after is None else {"Retry-After": str(retry_after)},
     )
 
 

@@ -14,12 +14,14 @@ import logging
 import secrets
 import threading
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from lossproof import config as config_mod
 from lossproof.config import Config
+from lossproof.faults import Faults, write_faults
 from lossproof.ingest.server import build_app
 from lossproof.log.factory import open_reader, open_writer
 from lossproof.obs.logging import setup
@@ -33,8 +35,13 @@ ENV = {"LOSSPROOF_LEDGER_REPLAY_GRACE_SECONDS": "1"}
 
 
 class InProcess(Endpoint):
-    def __init__(self, data_dir: Path, key: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, key: str, env: dict[str, str] | None = None, faults: bool = False
+    ) -> None:
+        """``faults``: the embedded log takes its fault hooks from :attr:`faults_file` (see
+        :meth:`faults`), handed to it as an object: the test process's environment stays untouched."""
         self.data_dir = data_dir
+        self.faults_file: Path | None = data_dir.parent / f"{data_dir.name}-faults.json" if faults else None
         self.key = key
         self.port = 0
         self._env = {**ENV, **(env or {})}
@@ -58,6 +65,12 @@ class InProcess(Endpoint):
                 config_mod.hash_key(key)
             )
         return key
+
+    def faults(self, faults: dict[str, Any]) -> None:
+        """Replace the log's faults (e.g. ``{"log.fsync": {"mode": "delay", "seconds": 3}}``); applies
+        to every fsync that starts after it returns. Needs ``InProcess(..., faults=True)``."""
+        assert self.faults_file is not None, "InProcess(..., faults=True) to inject faults"
+        write_faults(str(self.faults_file), faults)
 
     def config(self) -> Config:
         return config_mod.load(self.data_dir, self._env)
@@ -92,7 +105,8 @@ class InProcess(Endpoint):
     def _serve(self, cfg: Config, ready: threading.Event) -> None:
         async def serve() -> None:
             registry = CollectorRegistry()
-            writer = open_writer(cfg, registry)
+            faults = None if self.faults_file is None else Faults(str(self.faults_file))
+            writer = open_writer(cfg, registry, faults)
             await writer.start()
             store = StoreAccess(lambda: open_store(cfg, readonly=True))
             self.app = build_app(cfg, writer, store, registry)

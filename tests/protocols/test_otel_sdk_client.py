@@ -77,7 +77,7 @@ def test_sdk_counter_histogram_gauge_survive_503s(pipeline: Pipeline) -> None:
         record(i)
         time.sleep(0.1)
     time.sleep(0.5)
-    p.faults({"log.fsync": {"mode": "fail"}})  # lossproof answers 503 + Retry-After: 1
+    p.faults({"log.fsync": {"mode": "fail"}})  # lossproof answers 503 + Retry-After: 3
     for i in range(10, 30):
         record(i)
         time.sleep(0.1)

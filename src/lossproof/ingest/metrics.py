@@ -7,6 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from lossproof.httputil import header_text
 
 MAX_SENDERS = 100  # distinct sender label values per process: bounds the label cardinality
+UNCONFIRMED_LABELS = ("tenant", "protocol", "sender", "outcome", "status")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -72,11 +73,42 @@ class IngestMetrics:
             registry=registry,
         )
         self._senders: set[str] = set()
+        # Third-party requests whose client never got a 2xx: they carry no seqs, so these counters are
+        # the only trace of data a client may have dropped (docs/protocols.md, "Possibly dropped").
+        self.unconfirmed_requests = Counter(
+            "lossproof_ingest_unconfirmed_requests_total",
+            "Third-party requests the client got no 2xx for, per sender: refused (4xx: the client drops "
+            "the batch), unavailable (5xx: it retries for a while, then drops), unanswered (the connection "
+            "ended before our answer was delivered; status is the answer we had, '-' if none yet).",
+            UNCONFIRMED_LABELS,
+            registry=registry,
+        )
+        self.unconfirmed_points = Counter(
+            "lossproof_ingest_unconfirmed_points_total",
+            "Points in the requests of lossproof_ingest_unconfirmed_requests_total whose body decoded.",
+            UNCONFIRMED_LABELS,
+            registry=registry,
+        )
+        self._client_senders: dict[str, set[str]] = {}
         self.replay_requested = Counter(
             "lossproof_ingest_replay_requested_total",
             "Seqs that responses asked agents to send again.",
             registry=registry,
         )
+
+    def client_sender(self, tenant: str, user_agent: str) -> str:
+        """The sender label of the unconfirmed counters: the User-Agent as safe text
+        (:func:`lossproof.httputil.header_text`), ``-`` without one, ``other`` past MAX_SENDERS per
+        tenant. Bounded per tenant, so one tenant sending random User-Agents cannot push another
+        tenant's senders into ``other``; tenants are configured, so the whole stays bounded."""
+        label = header_text(user_agent) or "-"
+        seen = self._client_senders.setdefault(tenant, set())
+        if label in seen:
+            return label
+        if len(seen) >= MAX_SENDERS:
+            return "other"
+        seen.add(label)
+        return label
 
     def sender(self, user_agent: str, remote: str | None) -> str:
         """The sender label for a request: ``<User-Agent> <address>``, or ``other`` past MAX_SENDERS.

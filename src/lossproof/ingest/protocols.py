@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from lossproof.config import Config
-from lossproof.httputil import CLOSE_STATUSES, ApiError, close_after, json_response
+from lossproof.httputil import CLOSE_STATUSES, ApiError, close_after, json_response, unavailable
 from lossproof.ingest.auth import KeyRing
 from lossproof.ingest.metrics import IngestMetrics
 from lossproof.ingest.reports import Ingest
 from lossproof.log.base import LogWriter
+from lossproof.obs.logging import get
 from lossproof.protocol import influx, native, otlp, promrw
 from lossproof.protocol.compression import BadEncoding, TooLarge, decompress
 from lossproof.protocol.thirdparty import BadBody, Checked, UnsupportedBody
@@ -37,6 +38,8 @@ from lossproof.protocol.thirdparty import BadBody, Checked, UnsupportedBody
 # A body larger than this is checked in a thread, so the event loop keeps serving other requests
 # while a big one is validated.
 THREAD_CHECK_BYTES = 256 * 1024
+
+log = get(__name__)
 
 INFLUX_VERSION = "1.8.10"
 INFLUX_HEADERS = {"X-Influxdb-Version": INFLUX_VERSION, "X-Influxdb-Build": "OSS"}
@@ -57,6 +60,9 @@ class ThirdParty(Ingest):
     """The flow shared by the three protocols; subclasses say how to decode and how to answer."""
 
     protocol = ""
+    # Retry-After of a 503, chosen per protocol from what its real clients do with it (measured:
+    # docs/protocols.md, "Retry-After"); None sends none, leaving the client's own schedule.
+    retry_after: int | None = None
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
@@ -74,8 +80,19 @@ class ThirdParty(Ingest):
                 m.proto_points.labels(state.tenant, self.protocol, "rejected").inc(n)
                 self.count_sender(request, state, "rejected", n)
             resp = self.error(state, e)
+        except Exception:
+            # Answered 500 by aiohttp, or, when the client went away while its body was being read,
+            # not answered at all ("-"): either way no 2xx reached it.
+            self.unconfirmed(request, state, "-" if _gone(request) else "500")
+            raise
         m.requests.labels(self.protocol, str(resp.status)).inc()
         m.latency.labels(self.protocol).observe(time.perf_counter() - started)
+        if _gone(request):
+            # The client closed the connection (its timeout, a crash, a proxy) while we waited for
+            # the log: it never hears this answer, so for all it knows the batch failed.
+            self.unconfirmed(request, state, str(resp.status))
+        elif resp.status >= 400:
+            self.unconfirmed(request, state, str(resp.status))
         if resp.status in CLOSE_STATUSES:  # answered by self.error, not errors_as_json
             await close_after(request, resp)
         return resp
@@ -84,7 +101,40 @@ class ThirdParty(Ingest):
         state = _State()
         self.early(request, state)
         self.metrics.requests.labels(self.protocol, str(e.status)).inc()
+        self.unconfirmed(request, state, str(e.status))
         return self.error(state, e)
+
+    def unavailable(self, reason: str) -> ApiError:
+        return unavailable("log", reason, self.retry_after)
+
+    def unconfirmed(self, request: web.Request, state: _State, status: str) -> None:
+        """Count a request whose client got no 2xx: ``status`` is what we answered (or would have:
+        the connection is gone) or ``-`` when no answer was decided. These requests carry no seqs;
+        this count, per tenant and sender, is the only trace of what the client may have dropped."""
+        m = self.metrics
+        if _gone(request):
+            outcome = "unanswered"
+        elif status.startswith("4"):
+            outcome = "refused"
+        else:
+            outcome = "unavailable"
+        sender = m.client_sender(state.tenant, request.headers.get("User-Agent", ""))
+        labels = (state.tenant, self.protocol, sender, outcome, status)
+        m.unconfirmed_requests.labels(*labels).inc()
+        points = 0
+        if state.checked is not None:
+            points = state.checked.points + state.checked.histograms
+            m.unconfirmed_points.labels(*labels).inc(points)
+        if outcome != "refused":  # refusals are the client's mistake, logged by rate in /metrics
+            log.warning(
+                "ingest.unconfirmed",
+                tenant=state.tenant,
+                protocol=self.protocol,
+                sender=sender,
+                outcome=outcome,
+                status=status,
+                points=points,
+            )
 
     def count_sender(self, request: web.Request, state: _State, outcome: str, n: int) -> None:
         pass
@@ -162,6 +212,12 @@ async def _run_check(check: Callable[[bytes], Checked], body: bytes) -> Checked:
     return check(body)
 
 
+def _gone(request: web.Request) -> bool:
+    """Whether the client's connection has ended, so no answer can reach it any more."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 def _encoding(request: web.Request) -> str:
     enc = request.headers.get("Content-Encoding", "").strip().lower()
     return "" if enc == "identity" else enc
@@ -171,6 +227,10 @@ class RemoteWrite(ThirdParty):
     """``POST /api/v1/write``: remote write 1.0, and 2.0 by Content-Type."""
 
     protocol = "prom-rw"
+    # Prometheus retries a 5xx without limit (2.42 ignores Retry-After; later versions sleep exactly
+    # that long instead of their min_backoff..max_backoff schedule): a header cannot lengthen the
+    # retry window, only override the operator's backoff settings.
+    retry_after = None
 
     async def decode(self, request: web.Request, state: _State) -> Decoded:
         proto = promrw.proto_of(request.headers.get("Content-Type", ""))
@@ -202,6 +262,11 @@ class OtlpMetrics(ThirdParty):
     """``POST /v1/metrics``: OTLP/HTTP, protobuf or JSON, identity or gzip."""
 
     protocol = "otlp"
+    # The Python SDK retries 429/502/503/504 within its export timeout (10 s by default) and sleeps
+    # exactly Retry-After instead of its 1, 2, 4, 8 s backoff. Measured with the default timeout, its
+    # last try comes at 7.8 s without a header, 5.1 s with 1, 8.2 s with 2, 9.1 s with 3, 8.1 s
+    # with 4: 3 keeps it retrying longest. The Go SDK and the Collector wait max(backoff, header).
+    retry_after = 3
 
     def early(self, request: web.Request, state: _State) -> None:
         # errors are encoded like the request, also a 401 that comes before the body is looked at
@@ -236,6 +301,11 @@ class InfluxWrite(ThirdParty):
 
     protocol = "influx"
     query_auth = True
+    # influxdb-client (Python) batching retries 5 times on its own 5-10, 10-20, 20-40, 40-80 and
+    # 80-125 s delays (up to max_retry_time, 180 s), but sleeps exactly Retry-After when there is
+    # one: Retry-After: 1 cuts that to about 5 s. Telegraf waits max(its backoff, header) and keeps
+    # the batch in its buffer; the influx CLI never retries. No header serves all of them best.
+    retry_after = None
 
     def __init__(
         self, cfg: Config, keys: KeyRing, writer: LogWriter, metrics: IngestMetrics, v2: bool

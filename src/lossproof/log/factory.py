@@ -9,7 +9,9 @@ from lossproof.faults import Faults
 from lossproof.log.base import LogReader, LogWriter
 
 
-def open_writer(cfg: Config, registry: CollectorRegistry) -> LogWriter:
+def open_writer(cfg: Config, registry: CollectorRegistry, faults: Faults | None = None) -> LogWriter:
+    """The configured log's writer. ``faults``: the embedded log's fault hooks, handed in by tests
+    (default: those of LOSSPROOF_FAULTS_FILE, which production never sets)."""
     if cfg.log.backend == "kafka":
         from lossproof.log.kafka import KafkaLogWriter
         from lossproof.log.kafka.common import delivery_timeout
@@ -34,7 +36,7 @@ def open_writer(cfg: Config, registry: CollectorRegistry) -> LogWriter:
         partitions=cfg.log.partitions,
         segment_bytes=cfg.log.segment_bytes,
         retention_seconds=cfg.log.retention_seconds,
-        faults=Faults(),
+        faults=faults if faults is not None else Faults(),
         registry=registry,
     )
 

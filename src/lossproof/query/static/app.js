@@ -409,6 +409,31 @@ async function loadCompleteness() {
       el("td", {}, segments(a.ranges || [], top), el("div", { class: "notes" }, notes))));
   }
   if (!d.agents.length) tbody.append(el("tr", {}, el("td", { colspan: "7", class: "muted" }, "no agent has reported in this tenant")));
+  renderDropped(d.possibly_dropped);
+}
+
+// third-party requests the client got no 2xx for (refused, unavailable, unanswered), per sender
+function droppedCell(part, kind) {
+  if (!part.requests) return el("td", { class: "muted", dataset: { kind } }, "0");
+  const codes = Object.entries(part.by_status).map(([code, n]) => `${code === "-" ? "none" : code}: ${n}`).join(", ");
+  return el("td", { class: kind === "answer_lost" ? "" : "warn", dataset: { kind, requests: String(part.requests), points: String(part.points) }, title: "HTTP status " + codes },
+    `${part.requests.toLocaleString()} req, ${part.points.toLocaleString()} points`, el("div", { class: "notes" }, codes));
+}
+
+function renderDropped(p) {
+  const tbody = $("#dropped tbody");
+  tbody.textContent = "";
+  if (!p) return;
+  $("#c-dropped-note").textContent = `Counted by this ingest process since ${fmtTime(p.since_ms)}. A 4xx is dropped by every client; `
+    + "a 5xx is retried for a while (OTLP SDKs about 10 s, influxdb-client about 3 min, Prometheus and Telegraf until it succeeds) and then dropped; "
+    + "a request whose connection ended before the answer may have been dropped. Points count only bodies that decoded.";
+  for (const r of p.senders) {
+    tbody.append(el("tr", { class: "dropped-row", dataset: { protocol: r.protocol, sender: r.sender } },
+      el("td", {}, r.protocol), el("td", { class: "mono" }, r.sender),
+      droppedCell(r.refused, "refused"), droppedCell(r.unavailable, "unavailable"),
+      droppedCell(r.unanswered, "unanswered"), droppedCell(r.answer_lost, "answer_lost")));
+  }
+  if (!p.senders.length) tbody.append(el("tr", {}, el("td", { colspan: "6", class: "muted" }, "every third-party request of this tenant was answered OK")));
 }
 
 // --- health page ------------------------------------------------------------------------------------
