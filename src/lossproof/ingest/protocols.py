@@ -12,7 +12,12 @@ protocol so real clients retry what can succeed later and drop only what never c
   (Prometheus retries 5xx; never 429, which Prometheus drops by default).
 - OTLP: 200 with an ExportMetricsServiceResponse (partial success when points were refused); 400
   malformed; 503 + Retry-After for log trouble (the SDKs retry it; never 500, which they drop).
-- InfluxDB: 204; 400 malformed; 503 + Retry-After for log trouble.
+- InfluxDB: 204; 400 malformed; 503 for log trouble.
+
+The Retry-After of each is chosen from what its real clients do with it (``retry_after`` below). A
+request whose client got no 2xx (refused, unavailable, or its connection ended before the answer) is
+counted per tenant and sender (:meth:`ThirdParty.unconfirmed`): third-party senders have no seqs, so
+that count is the only trace of a batch the client may have dropped.
 """
 
 from __future__ import annotations
