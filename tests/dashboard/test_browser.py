@@ -22,6 +22,7 @@ from selenium.webdriver.support.ui import Select
 
 from lptest import require
 from lptest.dash import Dash
+from lptest.pipeline import HTTP
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -183,6 +184,32 @@ def test_completeness_page(browser: Any, dash: Dash, artifacts: Path) -> None:
     }
     assert totals == {"stored": "320", "delayed": "10", "missing": "10", "lost": "20"}
     d.save_screenshot(str(artifacts / "completeness.png"))
+    assert errors(d) == []
+
+
+def test_completeness_page_shows_what_a_third_party_client_may_have_dropped(
+    browser: Any, dash: Dash, artifacts: Path
+) -> None:
+    sender = "BrowserCheckExporter/1.0"
+    for _ in range(2):  # a malformed OTLP body: refused, so the exporter drops it
+        r = HTTP.request(
+            "POST",
+            dash.p.url + "/v1/metrics",
+            body=b"{not json",
+            headers={**dash.p.headers(), "User-Agent": sender},
+        )
+        assert r.status == 400, r.data
+    d = browser
+    logged_in(d, dash, "#/completeness")
+    loaded(d, "completeness")
+    row = d.find_element(By.CSS_SELECTOR, f"tr.dropped-row[data-protocol='otlp'][data-sender='{sender}']")
+    refused = row.find_element(By.CSS_SELECTOR, "td[data-kind='refused']")
+    assert refused.get_attribute("data-requests") == "2", row.text
+    assert "400: 2" in refused.text
+    assert row.find_element(By.CSS_SELECTOR, "td[data-kind='unavailable']").text == "0"
+    assert "Counted by this ingest process since" in d.find_element(By.ID, "c-dropped-note").text
+    d.execute_script("document.getElementById('c-dropped').scrollIntoView()")
+    d.save_screenshot(str(artifacts / "completeness-dropped.png"))
     assert errors(d) == []
 
 
