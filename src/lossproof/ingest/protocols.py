@@ -46,6 +46,10 @@ THREAD_CHECK_BYTES = 256 * 1024
 
 log = get(__name__)
 
+# The status counted (lossproof_ingest_requests_total) for a request whose client hung up before its
+# body was read: nginx's "client closed request". Never sent: there is no one to send it to.
+CLIENT_CLOSED = 499
+
 INFLUX_VERSION = "1.8.10"
 INFLUX_HEADERS = {"X-Influxdb-Version": INFLUX_VERSION, "X-Influxdb-Build": "OSS"}
 
@@ -86,10 +90,14 @@ class ThirdParty(Ingest):
                 self.count_sender(request, state, "rejected", n)
             resp = self.error(state, e)
         except Exception:
-            # Answered 500 by aiohttp, or, when the client went away while its body was being read,
-            # not answered at all ("-"): either way no 2xx reached it.
-            self.unconfirmed(request, state, "-" if _gone(request) else "500")
-            raise
+            if not _gone(request):
+                self.unconfirmed(request, state, "500")  # aiohttp answers it 500
+                raise
+            # The client hung up while its body was being read: no answer was even decided ("-").
+            # A hang-up is no server error: counted and logged here instead of aiohttp's traceback.
+            self.unconfirmed(request, state, "-")
+            m.requests.labels(self.protocol, str(CLIENT_CLOSED)).inc()
+            return web.Response(status=CLIENT_CLOSED)  # never delivered: the connection is gone
         m.requests.labels(self.protocol, str(resp.status)).inc()
         m.latency.labels(self.protocol).observe(time.perf_counter() - started)
         if _gone(request):
