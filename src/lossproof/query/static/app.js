@@ -425,7 +425,7 @@ function renderDropped(p) {
   tbody.textContent = "";
   if (!p) return;
   $("#c-dropped-note").textContent = `Counted by this ingest process since ${fmtTime(p.since_ms)}. A 4xx is dropped by every client; `
-    + "a 5xx is retried for a while (OTLP SDKs about 10 s, influxdb-client about 3 min, Prometheus and Telegraf until it succeeds) and then dropped; "
+    + "a 5xx is retried for a while (OTLP SDKs about 10 s, influxdb-client about 4 min, Prometheus and Telegraf until it succeeds) and then dropped; "
     + "a request whose connection ended before the answer may have been dropped. Points count only bodies that decoded.";
   for (const r of p.senders) {
     tbody.append(el("tr", { class: "dropped-row", dataset: { protocol: r.protocol, sender: r.sender } },
