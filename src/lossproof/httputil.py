@@ -132,6 +132,8 @@ async def read_body(request: web.Request, limit: int, idle_seconds: float, max_s
         try:
             async with asyncio.timeout(max(wait, 0.0)):
                 chunk = await request.content.readany()
+        except web.RequestPayloadError as e:  # a bad chunk size, a body cut short: the client's fault
+            raise ApiError(400, f"malformed request body: {e}", "bad_request") from None
         except TimeoutError:
             expected = "?" if request.content_length is None else str(request.content_length)
             raise ApiError(

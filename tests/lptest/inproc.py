@@ -14,12 +14,11 @@ import logging
 import threading
 from pathlib import Path
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from lossproof import config as config_mod
 from lossproof.config import Config
-from lossproof.ingest.server import build_app
+from lossproof.ingest.server import build_app, listen
 from lossproof.log.factory import open_reader, open_writer
 from lossproof.obs.logging import setup
 from lossproof.query.access import StoreAccess
@@ -89,15 +88,9 @@ class InProcess(Endpoint):
             writer = open_writer(cfg, registry)
             await writer.start()
             store = StoreAccess(lambda: open_store(cfg, readonly=True))
-            runner = web.AppRunner(
-                build_app(cfg, writer, store, registry),
-                handle_signals=False,
-                access_log=None,
-                auto_decompress=False,  # as ingest.server.serve: the app decompresses, bounded
-            )
-            await runner.setup()
+            # as ingest.server.serve: the same runner options and connection limits
+            runner = await listen(build_app(cfg, writer, store, registry), cfg, "127.0.0.1", 0)
             try:
-                await web.TCPSite(runner, "127.0.0.1", 0).start()
                 self.port = int(runner.addresses[0][1])
                 self._stop = asyncio.Event()
                 ready.set()
