@@ -269,6 +269,7 @@ class BenchGroup(LazyGroup):
         "agent": "lossproof.bench.agent:run_command",
         "store": "lossproof.store.cli:bench_cmd",
         "dashboard": "lossproof.bench.dashboard:dashboard_bench_cmd",
+        "fuzz": "lossproof.bench.fuzz:fuzz_cmd",
     }
 
 

@@ -56,6 +56,14 @@ class ServerConfig(_Section):
     # (and its buffers) forever. Nothing was acknowledged, so the client still owns the data.
     body_idle_seconds: float = Field(default=30.0, gt=0, le=MAX_SECONDS)
     body_read_max_seconds: float = Field(default=300.0, gt=0, le=MAX_SECONDS)
+    # A connection must deliver a request's headers within this long of its first byte (or of
+    # being opened); an idle keep-alive connection is closed after keepalive_timeout_seconds. A
+    # client trickling header lines must not hold a socket and a handler forever.
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=MAX_SECONDS)
+    keepalive_timeout_seconds: float = Field(default=75.0, gt=0, le=MAX_SECONDS)
+    # Open connections, in all and from one address; one more gets 503 + Retry-After and is closed.
+    max_connections: int = Field(default=1024, ge=1)
+    max_connections_per_ip: int = Field(default=256, ge=1)
 
     @field_validator("host")
     @classmethod

@@ -34,12 +34,28 @@ async def protocol_header(request: web.Request, response: web.StreamResponse) ->
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    try:
+        body = msgspec.json.encode(data)
+    except UnicodeEncodeError:
+        # A message quoting the request can hold a lone surrogate (a JSON "\\ud800" escape, a
+        # header byte aiohttp kept as one), which UTF-8 cannot carry: written as its escape.
+        body = msgspec.json.encode(_utf8_safe(data))
     return web.Response(
-        body=msgspec.json.encode(data),
+        body=body,
         status=status,
         content_type="application/json",
         headers=headers,
     )
+
+
+def _utf8_safe(data: Any) -> Any:
+    if isinstance(data, str):
+        return data.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(data, dict):
+        return {_utf8_safe(k): _utf8_safe(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_utf8_safe(x) for x in data]
+    return data
 
 
 class ApiError(Exception):
@@ -125,6 +141,8 @@ async def read_body(request: web.Request, limit: int, idle_seconds: float, max_s
         try:
             async with asyncio.timeout(max(wait, 0.0)):
                 chunk = await request.content.readany()
+        except web.RequestPayloadError as e:  # a bad chunk size, a body cut short: the client's fault
+            raise ApiError(400, f"malformed request body: {e}", "bad_request") from None
         except TimeoutError:
             expected = "?" if request.content_length is None else str(request.content_length)
             raise ApiError(

@@ -370,3 +370,97 @@ def test_tenant_key_naming_another_tenant_is_403(p: InProcess) -> None:
         headers=p.headers(**{"X-Lossproof-Tenant": "other"}),
     )
     assert r.status == 403, r.data
+
+
+# -- issue 20: acknowledged, then dead-lettered or stored out of bounds ----------------------------
+
+
+def _custom_histogram(name: str, offset: int) -> bytes:
+    req = promrw.WriteRequest()
+    ts = req.timeseries.add()
+    lb = ts.labels.add()
+    lb.name, lb.value = "__name__", name
+    h = ts.histograms.add()
+    h.schema, h.count_int, h.sum, h.timestamp = -53, 3, 1.0, NOW
+    h.custom_values.extend([1.0, 2.0, 5.0])
+    span = h.positive_spans.add()
+    span.offset, span.length = offset, 2
+    h.positive_deltas.extend([1, 1])  # absolute 1, 2
+    return bytes(req.SerializeToString())
+
+
+@pytest.mark.parametrize("offset", [-5, -1], ids=["worker-IndexError", "wrong-le"])
+def test_native_histogram_with_a_negative_span_offset_is_400(p: InProcess, offset: int) -> None:
+    r = _rw(p, _custom_histogram(f"hist_neg{-offset}", offset), None)
+    assert r.status == 400, r.data
+    assert "negative offset" in json.loads(r.data)["error"]
+    # a valid one is stored, under the bounds its spans name
+    r = _rw(p, _custom_histogram(f"hist_ok{-offset}", 1), None)
+    assert r.status == 204, r.data
+    deadline = time.monotonic() + 30
+    series: list[Any] = []
+    while time.monotonic() < deadline and not series:
+        status, q = p.get(f"/v1/query?metric=hist_ok{-offset}_bucket&from={NOW}&to={NOW}")
+        series = q["series"] if status == 200 else []
+        time.sleep(0.05)
+    assert {s["labels"]["le"]: s["points"][0][1] for s in series} == {"2": 1.0, "5": 3.0, "+Inf": 3.0}
+
+
+def test_otlp_json_with_a_lone_surrogate_is_400_with_a_status(p: InProcess) -> None:
+    r = HTTP.request(
+        "POST",
+        p.url + "/v1/metrics",
+        body=b'{"resourceMetrics":"\\ud800"}',
+        headers={"Authorization": f"Bearer {p.key}", "Content-Type": "application/json"},
+    )
+    assert r.status == 400, r.data
+    assert json.loads(r.data)["code"] == 3
+
+
+def _otlp_scope(scope: str) -> bytes:
+    return json.dumps(
+        {
+            "resourceMetrics": [
+                {
+                    "scopeMetrics": [
+                        {
+                            "scope": {"name": scope},
+                            "metrics": [
+                                {
+                                    "name": "scoped",
+                                    "gauge": {
+                                        "dataPoints": [{"timeUnixNano": str(NOW * 10**6), "asDouble": 1}]
+                                    },
+                                }
+                            ],
+                        }
+                    ]
+                }
+            ]
+        }
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "says"),
+    [
+        ("/api/v2/write?bucket=b&precision=s", b"m v=" + b"9" * 250 + b"e99", "float64 range"),
+        ("/api/v2/write?bucket=b&precision=s", b"m" * 1020 + b" " + b"f" * 1000 + b"=1", "over 1024"),
+        (
+            "/write?db=d&rp=r&precision=s",
+            b"m," + b",".join(b"t%d=v" % i for i in range(63)) + b" v=1",
+            "65 labels",
+        ),
+        ("/write?db=" + "d" * 5000 + "&precision=s", b"m v=1", "db of 5000 characters"),
+        ("/v1/metrics", _otlp_scope("s" * 100_000), "at most 4096"),
+    ],
+    ids=["influx-inf", "influx-name", "influx-rp-labels", "influx-db", "otlp-scope"],
+)
+def test_documented_limits_are_enforced_before_the_ack(
+    p: InProcess, path: str, body: bytes, says: str
+) -> None:
+    auth = f"Bearer {p.key}" if path.startswith("/v1/") else f"Token {p.key}"
+    ctype = "application/json" if path.startswith("/v1/") else "text/plain"
+    r = HTTP.request("POST", p.url + path, body=body, headers={"Authorization": auth, "Content-Type": ctype})
+    assert r.status == 400, r.data[:300]
+    assert says in r.data.decode(), r.data[:300]

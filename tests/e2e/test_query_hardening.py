@@ -344,3 +344,124 @@ def test_unknown_vendor_file_is_a_plain_404(env: Env) -> None:
 def test_still_serving(env: Env) -> None:
     assert HTTP.request("GET", env.p.url + "/healthz").status == 200
     assert "Traceback" not in env.p.logs()
+
+
+# --- queries that used to crash or stall the process (issue 20) -----------------------------------
+
+
+def _post_form(p: InProcess, path: str, form: dict[str, str], timeout: float = 30) -> tuple[int, Any, bytes]:
+    r = HTTP.request(
+        "POST",
+        p.url + path,
+        body=urllib.parse.urlencode(form).encode(),
+        headers={**p.headers(), "Content-Type": "application/x-www-form-urlencoded"},
+        timeout=timeout,
+    )
+    try:
+        body = json.loads(r.data)
+    except ValueError:
+        body = None
+    return r.status, body, r.data
+
+
+@pytest.mark.parametrize(
+    ("query", "says"),
+    [
+        # parse time grows with the square of the terms; ~4,300 of them crashed the process (SIGSEGV)
+        ("+".join(["1"] * 2000), "operators"),
+        ("(" * 1000 + "1" + ")" * 1000, "nested"),  # RecursionError (a 500) in the subset check
+        ("sum(" * 200 + "nanm" + ")" * 200, "nested"),
+        ("nanm{k=~" + '"' + "a" * 20_000 + '"}', "too long"),
+    ],
+    ids=["terms", "parens", "aggregations", "length"],
+)
+def test_oversized_queries_are_refused_before_parsing(env: Env, query: str, says: str) -> None:
+    started = time.monotonic()
+    for path in ("/api/v1/query", "/api/v1/query_range"):
+        status, body, raw = _post_form(env.p, path, {"query": query, "start": "0", "end": "60", "step": "15"})
+        _bad_data(status, body, raw)
+        assert says in body["error"], body
+    status, body, raw = _get(env.p, "/ui/api/chart?match=" + _q(query[:8000]))
+    assert status == 400 and body is not None and body.get("error"), raw[:300]
+    assert time.monotonic() - started < 5
+
+
+def test_queries_at_the_bounds_still_work(env: Env) -> None:
+    at = env.t / 1000
+    for query in ("+".join(["nanm"] * 200), "(" * 60 + "nanm" + ")" * 60, 'nanm{k=~"' + "v|" * 3000 + 'v"}'):
+        status, body, raw = _post_form(env.p, "/api/v1/query", {"query": query, "time": str(at)})
+        assert status == 200 and body["status"] == "success", raw[:300]
+
+
+def test_a_stream_of_expensive_queries_does_not_hold_up_acknowledgements(env: Env) -> None:
+    p = env.p
+    # the most a query may hold, and one over (which took 0.3 s of parsing on the event loop)
+    queries = ["+".join(["nanm"] * 250), "+".join(["1"] * 2000)]
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            for query in queries:
+                _post_form(p, "/api/v1/query", {"query": query})
+
+    threads = [threading.Thread(target=hammer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        worst = 0.0
+        for seq in range(1, 21):
+            started = time.monotonic()
+            r = p.post_reports("acker", [{"seq": seq, "points": [{"metric": "a", "t": env.t, "v": 1.0}]}])
+            worst = max(worst, time.monotonic() - started)
+            assert r.status == 200, r.data
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert worst < 1.0, worst
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/query_range?query=nanm&start=0&end=100&step=" + "9" * 5000 + "s",
+        "/api/v1/query?query=nanm&lookback_delta=" + "9" * 5000 + "s",
+        "/api/v1/query?query=" + _q("rate(nanm[" + "9" * 5000 + "s])"),
+        "/api/v1/query?query=" + _q("nanm offset " + "9" * 5000 + "s"),
+        "/api/v1/metadata?limit=" + "9" * 5000,
+        "/api/v1/query?query=nanm&time=" + "9" * 5000,
+    ],
+    ids=["step", "lookback", "range", "offset", "limit", "time"],
+)
+def test_numbers_of_thousands_of_digits_are_bad_data(env: Env, path: str) -> None:
+    status, body, raw = _get(env.p, path)
+    _bad_data(status, body, raw)
+    assert len(raw) < 2000, raw[:300]  # the number is not echoed whole
+
+
+def test_sums_past_the_float_range_are_inf_not_500(env: Env) -> None:
+    p, t = env.p, env.t
+    points = [{"metric": "huge", "labels": {"i": str(i)}, "t": t, "v": 1e308} for i in range(2)]
+    assert p.post_reports("huge", [{"seq": 1, "points": points}]).status == 200
+    p.wait_stored("huge", {1})
+    at = t / 1000
+    for query, want in (
+        ("sum(huge)", "+Inf"),
+        ("avg(huge)", "+Inf"),
+        ("sum_over_time(huge[1m]) + sum_over_time(huge[1m])", "+Inf"),
+        ("sum(sum_over_time(huge[1m]))", "+Inf"),
+        ("stddev_over_time(huge[1m])", "0"),
+    ):
+        status, body, raw = _get(p, f"/api/v1/query?query={_q(query)}&time={at}")
+        assert status == 200, (query, raw)
+        assert {r["value"][1] for r in body["data"]["result"]} == {want}, (query, body)
+
+
+def test_dashboard_bad_regex_and_long_static_names_are_4xx(env: Env) -> None:
+    for path in ("/ui/api/series?match=" + _q('{k=~"a**"}'), "/ui/api/chart?match=" + _q('nanm{k=~"(?=a)"}')):
+        status, body, raw = _get(env.p, path)
+        assert status == 400 and body is not None and body.get("error"), (path, raw)
+    for name in ("a" * 256, "a" * 5000, "index.html%00", ".."):
+        r = HTTP.request("GET", env.p.url + "/ui/static/" + name)
+        assert r.status == 404, (name[:20], r.status, r.data[:200])
+    assert HTTP.request("GET", env.p.url + "/ui/static/app.js").status == 200

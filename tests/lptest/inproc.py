@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from lossproof import config as config_mod
 from lossproof.config import Config
 from lossproof.faults import Faults, write_faults
-from lossproof.ingest.server import build_app
+from lossproof.ingest.server import build_app, listen
 from lossproof.log.factory import open_reader, open_writer
 from lossproof.obs.logging import setup
 from lossproof.query.access import StoreAccess
@@ -110,15 +110,9 @@ class InProcess(Endpoint):
             await writer.start()
             store = StoreAccess(lambda: open_store(cfg, readonly=True))
             self.app = build_app(cfg, writer, store, registry)
-            runner = web.AppRunner(
-                self.app,
-                handle_signals=False,
-                access_log=None,
-                auto_decompress=False,  # as ingest.server.serve: the app decompresses, bounded
-            )
-            await runner.setup()
+            # as ingest.server.serve: the same runner options and connection limits
+            runner = await listen(self.app, cfg, "127.0.0.1", 0)
             try:
-                await web.TCPSite(runner, "127.0.0.1", 0).start()
                 self.port = int(runner.addresses[0][1])
                 self._stop = asyncio.Event()
                 ready.set()

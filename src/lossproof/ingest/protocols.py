@@ -343,12 +343,14 @@ class InfluxWrite(ThirdParty):
             params = {"db": db}
             if q.get("rp"):
                 params["rp"] = q["rp"]
+        influx.check_label_values(params)
+        added = tuple(params)
         precision = influx.precision_of(q.get("precision"))
         encoding = _encoding(request)
         raw = state.raw = await self.read(request)
         body = decompress(raw, encoding, self.cfg.server.max_decoded_bytes)
         params["precision"] = precision
-        return Decoded("text/plain", encoding, body, lambda b: influx.check(b, precision), params)
+        return Decoded("text/plain", encoding, body, lambda b: influx.check(b, precision, added), params)
 
     def ok(self, state: _State, decoded: Decoded, checked: Checked) -> web.StreamResponse:
         if checked.skipped:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import signal
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from lossproof.config import Config
+from lossproof.httpguard import Guard, GuardedSite, Limits
 from lossproof.httputil import ApiError, client_reason, errors_as_json, json_response, protocol_header
 from lossproof.ingest import protocols
 from lossproof.ingest.auth import KeyRing
@@ -27,6 +29,7 @@ from lossproof.query.dashboard import register as register_dashboard
 from lossproof.store.factory import open_store
 
 log = get(__name__)
+GUARD = web.AppKey("guard", Guard)
 
 
 def worker_addr_file(cfg: Config) -> Path:
@@ -51,7 +54,24 @@ def build_app(
 ) -> web.Application:
     keys = KeyRing(cfg)
     metrics = IngestMetrics(registry)
-    app = web.Application(middlewares=[errors_as_json], client_max_size=cfg.server.max_body_bytes)
+    sc = cfg.server
+    guard = Guard(
+        Limits(sc.header_timeout_seconds, sc.max_connections, sc.max_connections_per_ip), registry
+    )
+    app = web.Application(
+        middlewares=[guard.middleware, errors_as_json], client_max_size=cfg.server.max_body_bytes
+    )
+    app[GUARD] = guard
+    quiet = guard.log_filter()
+
+    async def add_filter(app: web.Application) -> None:
+        logging.getLogger("aiohttp.server").addFilter(quiet)
+
+    async def remove_filter(app: web.Application) -> None:
+        logging.getLogger("aiohttp.server").removeFilter(quiet)
+
+    app.on_startup.append(add_filter)
+    app.on_cleanup.append(remove_filter)
     reports = ReportsHandler(cfg, keys, writer, store, metrics)
     session_holder: dict[str, aiohttp.ClientSession] = {}
 
@@ -97,6 +117,21 @@ def build_app(
     return app
 
 
+async def listen(app: web.Application, cfg: Config, host: str, port: int) -> web.AppRunner:
+    """Serve ``app`` on ``host:port`` with the connection limits of ``cfg`` (httpguard)."""
+    # auto_decompress off: we decompress ourselves, bounded, and keep the compressed bytes for the log.
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        auto_decompress=False,
+        keepalive_timeout=cfg.server.keepalive_timeout_seconds,
+    )
+    await runner.setup()
+    await GuardedSite(runner, app[GUARD], host, port, reuse_address=True).start()
+    return runner
+
+
 async def serve(cfg: Config) -> None:
     # Requests allocate many short-lived, acyclic objects; the default gen-0 threshold (700) runs
     # the cyclic collector hundreds of times a second for nothing. Freeze start-up objects, and
@@ -108,11 +143,7 @@ async def serve(cfg: Config) -> None:
     await writer.start()
     store = StoreAccess(lambda: open_store(cfg, readonly=True))
     app = build_app(cfg, writer, store, registry)
-    # auto_decompress off: we decompress ourselves, bounded, and keep the compressed bytes for the log.
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, auto_decompress=False)
-    await runner.setup()
-    site = web.TCPSite(runner, cfg.server.host, cfg.server.port, reuse_address=True)
-    await site.start()
+    runner = await listen(app, cfg, cfg.server.host, cfg.server.port)
     log.info("ingest.listening", host=cfg.server.host, port=cfg.server.port, data_dir=str(cfg.data_dir))
 
     stop = asyncio.Event()

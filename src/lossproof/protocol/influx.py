@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from itertools import repeat
 
 from lossproof.protocol.thirdparty import MAX_LABEL_VALUE, MAX_LABELS, MAX_NAME, MAX_TIME_MS, BadBody, Checked
@@ -106,10 +107,14 @@ def _match(text: str) -> tuple[list[str], list[re.Match[str]]]:
     return lines, ms  # type: ignore[return-value]
 
 
-def check(body: bytes, precision: str) -> Checked:
-    """Check the (decompressed) body is line protocol within bounds. Raises BadBody."""
+def check(body: bytes, precision: str, labels: Iterable[str] = ("db",)) -> Checked:
+    """Check the (decompressed) body is line protocol within bounds. Raises BadBody. ``labels``:
+    the names of the labels the request adds to every line (``db`` and ``rp``, or ``bucket``)."""
     text = decode_text(body)
     lines, ms = _match(text)
+    added = frozenset(labels)
+    if len(added) > 1:  # the line pattern allows one added label besides the tags
+        _check_tag_count(ms, added)
     # a line of at most MAX_NAME characters cannot hold a longer name or value
     if max(map(len, lines)) > MAX_NAME:
         _check_lengths(lines, ms)
@@ -134,9 +139,14 @@ def check(body: bytes, precision: str) -> Checked:
 
 
 # A field value that may not fit what is stored (a finite float64; InfluxDB's own int64 and uint64
-# ranges): an integer of 19 or more digits, a float with a 3-digit exponent or over 300 digits. Only
-# bodies that hold such a text (in a field or not) are checked value by value.
-_MAYBE_OUT_OF_RANGE = re.compile(r"=[-+]?(?:\d{19,}[iu]|[\d.]*[eE][-+]?\d{3,}|[\d.]{300,})")
+# ranges): an integer of 19 or more digits, a float with a 3-digit exponent, a long mantissa and an
+# exponent, or over 300 digits. Only bodies that hold such a text (in a field or not) are checked
+# value by value.
+# A mantissa under 20 characters with a 2-digit exponent is at most ~1e118: only longer mantissas
+# with an exponent (250 nines then e99 is 1e349, +Inf) need the full conversion.
+_MAYBE_OUT_OF_RANGE = re.compile(
+    r"=[-+]?(?:\d{19,}[iu]|[\d.]*[eE][-+]?\d{3,}|[\d.]{20,}[eE]|[\d.]{300,})"
+)
 _INT_RANGE = {"i": (-(2**63), 2**63 - 1), "u": (0, 2**64 - 1)}
 
 
@@ -182,6 +192,24 @@ def _count_strings(ms: list[re.Match[str]]) -> int:
     )
 
 
+def _check_tag_count(ms: list[re.Match[str]], added: frozenset[str]) -> None:
+    for n, m in enumerate(ms, 1):
+        if m.group("m") is None:
+            continue
+        keys = added.union(_unescape(k, ",= ") for k, _ in _TAG_RE.findall(m.group("tags")))
+        if len(keys) > MAX_LABELS:
+            raise BadBody(
+                f"line {n}: {len(keys)} labels with {', '.join(sorted(added))}, at most {MAX_LABELS}"
+            )
+
+
+def check_label_values(params: dict[str, str]) -> None:
+    """The request's db, rp or bucket: each becomes a label value on every point."""
+    for k, v in params.items():
+        if len(v) > MAX_LABEL_VALUE:
+            raise BadBody(f"{k} of {len(v)} characters, at most {MAX_LABEL_VALUE} (it becomes a label)")
+
+
 def _check_lengths(lines: list[str], ms: list[re.Match[str]]) -> None:
     for n, (line, m) in enumerate(zip(lines, ms, strict=True), 1):
         if len(line) <= MAX_NAME or m.group("m") is None:
@@ -191,7 +219,13 @@ def _check_lengths(lines: list[str], ms: list[re.Match[str]]) -> None:
             names.append(_unescape(k, ",= "))
             if len(_unescape(v, ",= ")) > MAX_LABEL_VALUE:
                 raise BadBody(f"line {n}: tag {k[:64]!r} has a value over {MAX_LABEL_VALUE} characters")
-        names.extend(_unescape(k, ",= ") for k, _ in _FIELD_RE.findall(m.group("fields")))
+        measurement = names[0]
+        for k, _ in _FIELD_RE.findall(m.group("fields")):
+            field = _unescape(k, ",= ")
+            names.append(field)
+            # the stored metric is <measurement>_<field> (just <measurement> for a field "value")
+            if field != "value":
+                names.append(f"{measurement}_{field}")
         for name in names:
             if len(name) > MAX_NAME:
                 raise BadBody(f"line {n}: name {name[:64]!r}... is over {MAX_NAME} characters")

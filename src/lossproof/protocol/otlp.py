@@ -115,7 +115,10 @@ _RPC_CODE = {400: 3, 401: 16, 403: 7, 404: 5, 413: 8, 415: 3, 503: 14}
 
 
 def status(http_status: int, msg: str, ctype: str) -> bytes:
-    """An error answer: a google.rpc.Status, as the OTLP/HTTP spec asks, in the request's encoding."""
+    """An error answer: a google.rpc.Status, as the OTLP/HTTP spec asks, in the request's encoding.
+    A message quoting the request may hold a lone surrogate (from a JSON ``\\ud800`` escape), which
+    a protobuf string cannot: it is written as that escape."""
+    msg = msg.encode("utf-8", "backslashreplace").decode("utf-8")
     st = status_pb2.Status(code=_RPC_CODE.get(http_status, 2), message=msg)
     if ctype == JSON:
         return json_format.MessageToJson(st, indent=None).encode()
@@ -198,15 +201,23 @@ def _walk(req: Any, out: list[Point] | None) -> Checked:
         for s, sm in enumerate(rm.scope_metrics):
             scope = dict(resource)
             if sm.scope.name:
+                if len(sm.scope.name) > MAX_LABEL_VALUE:
+                    raise BadBody(
+                        f"resourceMetrics[{r}].scopeMetrics[{s}].scope: name of {len(sm.scope.name)} "
+                        f"characters, at most {MAX_LABEL_VALUE} (it becomes the label otel.scope.name)"
+                    )
                 scope["otel.scope.name"] = sm.scope.name
             scope.update(_attrs(sm.scope.attributes, f"resourceMetrics[{r}].scopeMetrics[{s}].scope"))
             for m, metric in enumerate(sm.metrics):
                 where = f"resourceMetrics[{r}].scopeMetrics[{s}].metrics[{m}]"
                 kind = metric.WhichOneof("data")
                 name = metric.name
-                if kind is None or not name or len(name) > MAX_NAME:
+                if kind is None or not name or len(name) + _SUFFIX.get(kind, 0) > MAX_NAME:
                     refused += _count_points(metric, kind)
-                    reason = reason or f"{where}: metric without a name (or name over {MAX_NAME}) or data"
+                    reason = reason or (
+                        f"{where}: metric without a name or data, or a name over {MAX_NAME} characters "
+                        "with the suffix of its series (_bucket, _count, ...)"
+                    )
                     continue
                 data = getattr(metric, kind)
                 extra = {}
@@ -245,6 +256,11 @@ def _walk(req: Any, out: list[Point] | None) -> Checked:
                     if out is not None:
                         out.extend(points)
     return Checked(points=accepted, rejected=refused, reject_reason=_reason(refused, reason))
+
+
+# The longest suffix of the series a kind becomes (<name>_bucket, <name>_count): the stored names
+# must keep within MAX_NAME too.
+_SUFFIX = {"histogram": len("_bucket"), "exponential_histogram": len("_bucket"), "summary": len("_count")}
 
 
 def _reason(refused: int, first: str) -> str:

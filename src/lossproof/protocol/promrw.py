@@ -20,6 +20,7 @@ no help, no unit), or whose name is empty, too long or holds a NUL, is left out.
 
 from __future__ import annotations
 
+import math
 from itertools import repeat
 from operator import attrgetter, contains, getitem
 from typing import Any, NamedTuple
@@ -36,6 +37,7 @@ from lossproof.protocol.thirdparty import (
     BadBody,
     Checked,
     UnsupportedBody,
+    check_points,
     exp_buckets,
     fmt_float,
     time_error,
@@ -380,7 +382,7 @@ def check(body: bytes, proto: str) -> Checked:
         if max(map(len, flat.name)) > MAX_NAME or max(map(len, flat.value), default=0) > MAX_LABEL_VALUE:
             _explain_v1(req)
     samples = _check_samples(merged.samples, req.timeseries)
-    histograms = _check_histograms(merged.histograms, req.timeseries)
+    histograms = _check_histograms(merged.histograms, body, proto, req.timeseries)
     return Checked(
         points=samples, histograms=histograms, exemplars=len(merged.exemplars), metadata=len(req.metadata)
     )
@@ -406,11 +408,13 @@ def _check_samples(blobs: Any, series: Any) -> int:
     return len(blobs)
 
 
-def _check_histograms(blobs: Any, series: Any) -> int:
-    if blobs:  # native histograms are rare: checked one by one
+def _check_histograms(blobs: Any, body: bytes, proto: str, series: Any) -> int:
+    if blobs:  # native histograms are rare: checked one by one, then decoded as the worker will
         for i, ts in enumerate(series):
             for j, h in enumerate(ts.histograms):
                 _check_histogram(h, f"timeseries[{i}].histograms[{j}]")
+        # their series are derived (<name>_bucket, an le label): bounded as they will be stored
+        check_points(decode(body, proto)[0], "a native histogram")
     return len(blobs)
 
 
@@ -448,7 +452,7 @@ def _check_v2(body: bytes, req: Any) -> Checked:
             exemplars += 1
     merged = _MergedV2.FromString(b"".join(_SeriesBlobs.FromString(body).v2))
     samples = _check_samples(merged.samples, req.timeseries)
-    histograms = _check_histograms(merged.histograms, req.timeseries)
+    histograms = _check_histograms(merged.histograms, body, V2, req.timeseries)
     return Checked(points=samples, histograms=histograms, exemplars=exemplars, metadata=metadata)
 
 
@@ -478,26 +482,111 @@ def _check_times(lo: int, hi: int, where: str) -> None:
 
 
 def _check_histogram(h: Any, where: str) -> None:
-    schema = h.schema
-    if not (-4 <= schema <= 8 or schema == -53):
-        raise BadBody(f"{where}: native histogram schema {schema} (valid: -4..8, -53 for custom buckets)")
-    for sign in ("positive", "negative"):
-        length = sum(s.length for s in getattr(h, f"{sign}_spans"))
-        if length > MAX_BUCKETS:
-            raise BadBody(f"{where}: {length} {sign} buckets, at most {MAX_BUCKETS}")
-        n = len(getattr(h, f"{sign}_deltas")) or len(getattr(h, f"{sign}_counts"))
-        if n != length:
-            raise BadBody(f"{where}: {sign} spans cover {length} buckets but {n} counts are given")
-    if schema == -53:
-        bounds = h.custom_values
-        if len(bounds) > MAX_BUCKETS or h.negative_spans:
-            raise BadBody(f"{where}: custom-bucket histogram with too many bounds or negative buckets")
-        top = -1
-        for s in h.positive_spans:
-            top += s.offset + s.length
-        if top > len(bounds):
-            raise BadBody(f"{where}: buckets reach past the {len(bounds)} custom bounds")
+    histogram_buckets(h, where)  # the worker's own decoding: what passes here, it stores
     _check_times(h.timestamp, h.timestamp, where)
+
+
+# -- native histograms: one decoding for the ingest check and the worker ---------------------------
+#
+# The rules are Prometheus' (model/histogram: Histogram.Validate, FloatHistogram.Validate,
+# checkHistogramSpans, checkHistogramCustomBounds), which its remote-write receiver applies before
+# answering: a histogram Prometheus would refuse with a 400 is refused here, and any other one is
+# decoded by the very function the worker calls, so the check and the worker cannot disagree.
+
+CUSTOM_BUCKETS = -53
+
+
+def histogram_buckets(h: Any, where: str) -> list[tuple[str, float]]:
+    """The cumulative ``(le, count)`` pairs of a native histogram, lowest bound first, ``+Inf`` (the
+    count) last. Raises BadBody, naming ``where``, for a histogram Prometheus refuses."""
+    schema = h.schema
+    is_float = h.WhichOneof("count") == "count_float"
+    count = float(h.count_float) if is_float else float(h.count_int)
+    if is_float:
+        zero = float(h.zero_count_float)
+        pos_n, neg_n = len(h.positive_counts), len(h.negative_counts)
+    else:
+        zero = float(h.zero_count_int)
+        # an integer histogram's buckets are deltas (counts belong to float histograms)
+        pos_n, neg_n = len(h.positive_deltas), len(h.negative_deltas)
+    if schema == CUSTOM_BUCKETS:
+        bounds = list(h.custom_values)
+        _check_custom(h, bounds, pos_n, zero, where)
+        positive = _absolute(h.positive_spans, h.positive_deltas, h.positive_counts, is_float, 0, where)
+        acc = 0.0
+        pairs: list[tuple[str, float]] = []
+        for i, c in positive:
+            acc += c
+            # index len(bounds) is the implicit +Inf bucket: it only adds to the count
+            if i < len(bounds):
+                pairs.append((fmt_float(bounds[i]), acc))
+        _check_count(count, acc, h.sum, is_float, where)
+    elif -4 <= schema <= 8:
+        if h.custom_values:
+            raise BadBody(f"{where}: exponential schema {schema} with custom bounds (only -53 has them)")
+        for sign, n in (("positive", pos_n), ("negative", neg_n)):
+            _check_spans(getattr(h, f"{sign}_spans"), n, sign, where, first_may_be_negative=True)
+        # Prometheus bucket i is (base**(i-1), base**i]: OTLP's numbering shifted by one.
+        positive = _absolute(h.positive_spans, h.positive_deltas, h.positive_counts, is_float, -1, where)
+        negative = _absolute(h.negative_spans, h.negative_deltas, h.negative_counts, is_float, -1, where)
+        if zero < 0:
+            raise BadBody(f"{where}: the zero bucket's count {zero:g} is negative")
+        # plain sum: counts are not negative (no cancellation), and fsum raises past 1e308
+        total = zero + sum(c for _, c in positive) + sum(c for _, c in negative)
+        _check_count(count, total, h.sum, is_float, where)
+        pairs = exp_buckets(schema, h.zero_threshold, zero, positive, negative)
+    else:
+        raise BadBody(f"{where}: native histogram schema {schema} (valid: -4..8, -53 for custom buckets)")
+    pairs.append(("+Inf", count))
+    return pairs
+
+
+def _check_custom(h: Any, bounds: list[float], n: int, zero: float, where: str) -> None:
+    if len(bounds) > MAX_BUCKETS:
+        raise BadBody(f"{where}: {len(bounds)} custom bounds, at most {MAX_BUCKETS}")
+    for i, b in enumerate(bounds):
+        if math.isnan(b):
+            raise BadBody(f"{where}: custom bound {i} is NaN")
+        if i and b <= bounds[i - 1]:
+            raise BadBody(f"{where}: custom bounds must increase strictly ({bounds[i - 1]!r}, then {b!r})")
+    if bounds and bounds[-1] == math.inf:
+        raise BadBody(f"{where}: the last custom bound must not be +Inf (it is implicit)")
+    if zero != 0 or h.zero_threshold != 0:
+        raise BadBody(f"{where}: a custom-bucket histogram must have no zero bucket (count and threshold 0)")
+    if h.negative_spans or h.negative_deltas or h.negative_counts:
+        raise BadBody(f"{where}: a custom-bucket histogram must not have negative buckets")
+    _check_spans(h.positive_spans, n, "positive", where, first_may_be_negative=False)
+    reach = sum(s.offset + s.length for s in h.positive_spans)
+    if reach > len(bounds) + 1:
+        raise BadBody(
+            f"{where}: spans reach bucket {reach - 1}, but {len(bounds)} custom bounds define "
+            f"{len(bounds) + 1} buckets"
+        )
+
+
+def _check_spans(spans: Any, n: int, sign: str, where: str, first_may_be_negative: bool) -> None:
+    length = 0
+    for k, s in enumerate(spans):
+        if s.offset < 0 and (k > 0 or not first_may_be_negative):
+            raise BadBody(f"{where}: {sign} span {k} has a negative offset {s.offset}")
+        length += s.length
+    if length > MAX_BUCKETS:
+        raise BadBody(f"{where}: {length} {sign} buckets, at most {MAX_BUCKETS}")
+    if length != n:
+        raise BadBody(f"{where}: {sign} spans cover {length} buckets but {n} counts are given")
+
+
+def _check_count(count: float, buckets: float, sum_: float, is_float: bool, where: str) -> None:
+    # NaN observations add to the count but to no bucket: with a NaN sum the count may be larger.
+    # Float counts are compared with a little slack for rounding.
+    if is_float:
+        ok = not buckets > count * (1 + 1e-9) + 1e-9
+    else:
+        ok = count >= buckets if math.isnan(sum_) else count == buckets
+    if not ok:
+        raise BadBody(
+            f"{where}: the histogram's count {count:g} does not match its buckets' {buckets:g} observations"
+        )
 
 
 # -- conversion (worker) ---------------------------------------------------------------------------
@@ -573,51 +662,35 @@ def decode(body: bytes, proto: str) -> tuple[list[Point], list[Metadata]]:
     return out, list(meta.values())
 
 
-def _absolute(spans: Any, deltas: Any, counts: Any, shift: int) -> list[tuple[int, float]]:
-    """(bucket index, count) from spans plus deltas (integer histogram) or counts (float histogram)."""
+def _absolute(
+    spans: Any, deltas: Any, counts: Any, is_float: bool, shift: int, where: str
+) -> list[tuple[int, float]]:
+    """(bucket index, count) from spans (already checked against the bucket count) plus deltas
+    (integer histogram) or counts (float histogram); a negative count is refused."""
     idx: list[int] = []
     i = 0
     for s in spans:
         i += s.offset  # the first span's offset is its start, later ones the gap since the last
-        for _ in range(s.length):
-            idx.append(i + shift)
-            i += 1
-    if deltas:
-        vals: list[float] = []
+        idx.extend(range(i + shift, i + shift + s.length))
+        i += s.length
+    if is_float:
+        vals = list(counts)
+    else:
+        vals = []
         c = 0
         for d in deltas:
             c += d
             vals.append(float(c))
-    else:
-        vals = list(counts)
+    if vals and min(vals) < 0:
+        k = next(k for k, v in enumerate(vals) if v < 0)
+        raise BadBody(f"{where}: bucket {k} has a negative count {vals[k]:g}")
     return list(zip(idx, vals, strict=True))
 
 
 def _histogram_points(name: str, labels: dict[str, str], h: Any) -> list[Point]:
     t = h.timestamp
-    count = float(h.count_float if h.WhichOneof("count") == "count_float" else h.count_int)
-    out = [Point(f"{name}_count", labels, t, count), Point(f"{name}_sum", labels, t, h.sum)]
-    if h.schema == -53:
-        bounds = list(h.custom_values)
-        acc = 0.0
-        pairs: list[tuple[str, float]] = []
-        for i, c in _absolute(h.positive_spans, h.positive_deltas, h.positive_counts, 0):
-            acc += c
-            if i < len(bounds):
-                pairs.append((fmt_float(bounds[i]), acc))
-    else:
-        zero = float(
-            h.zero_count_float if h.WhichOneof("zero_count") == "zero_count_float" else h.zero_count_int
-        )
-        # Prometheus bucket i is (base**(i-1), base**i]: OTLP's numbering shifted by one.
-        pairs = exp_buckets(
-            h.schema,
-            h.zero_threshold,
-            zero,
-            _absolute(h.positive_spans, h.positive_deltas, h.positive_counts, -1),
-            _absolute(h.negative_spans, h.negative_deltas, h.negative_counts, -1),
-        )
-    pairs.append(("+Inf", count))
+    pairs = histogram_buckets(h, name)
+    out = [Point(f"{name}_count", labels, t, pairs[-1][1]), Point(f"{name}_sum", labels, t, h.sum)]
     bucket = f"{name}_bucket"
     out.extend(Point(bucket, {**labels, "le": le}, t, v) for le, v in pairs)
     return out

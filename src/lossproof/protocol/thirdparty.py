@@ -14,9 +14,11 @@ shape of data.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from lossproof.protocol.native import MAX_TIME_MS
+from lossproof.store.base import Point
 
 __all__ = [
     "MAX_LABELS",
@@ -26,6 +28,7 @@ __all__ = [
     "BadBody",
     "Checked",
     "UnsupportedBody",
+    "check_points",
     "fmt_float",
     "time_error",
 ]
@@ -54,6 +57,30 @@ class Checked:
     skipped: int = 0  # values that are accepted but cannot be stored (e.g. Influx string fields)
     rejected: int = 0  # OTLP: data points refused inside an accepted request (partial success)
     reject_reason: str = ""
+
+
+# Labels a protocol adds to a derived series (a histogram bucket's ``le``, a summary's ``quantile``)
+# come on top of the MAX_LABELS a sender may give.
+DERIVED_LABELS = frozenset(("le", "quantile"))
+
+
+def check_points(points: Iterable[Point], where: str) -> None:
+    """The native protocol's bounds over decoded points: what every protocol may store. Raises
+    BadBody naming ``where`` and the series. The protocols' fast checks work on the wire format;
+    this one runs on the worker's own decoding, where a series is derived from the input (histogram
+    buckets) and the wire format alone cannot show it."""
+    for p in points:
+        metric, labels = p.metric, p.labels
+        if not 0 < len(metric) <= MAX_NAME:
+            raise BadBody(f"{where}: metric name {metric[:64]!r}... must be 1..{MAX_NAME} characters")
+        extra = len(DERIVED_LABELS.intersection(labels))
+        if len(labels) - extra > MAX_LABELS:
+            raise BadBody(f"{where}: {metric[:64]}: {len(labels)} labels, at most {MAX_LABELS}")
+        for k, v in labels.items():
+            if not 0 < len(k) <= MAX_NAME or len(v) > MAX_LABEL_VALUE:
+                raise BadBody(f"{where}: {metric[:64]}: label {k[:64]!r} or its value is too long")
+        if not 0 <= p.t <= MAX_TIME_MS:
+            raise time_error(where, p.t)
 
 
 def time_error(where: str, t_ms: int | float) -> BadBody:

@@ -33,6 +33,9 @@ _PROM_MAX_TIME = "292277025-08-18T07:12:54.999999999Z"
 
 _DURATION = re.compile(r"(?:\d+(?:ms|s|m|h|d|w|y))+")
 _DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
+# More digits than this in one part of a duration is over MAX_DURATION_MS in any unit; int() would
+# refuse the text outright past 4,300 digits (Python's guard against quadratic conversion).
+_MAX_DURATION_DIGITS = 20
 _UNIT_MS = {
     "ms": 1,
     "s": 1000,
@@ -64,9 +67,9 @@ def parse_time(raw: str, name: str) -> int:
     except ValueError:
         seconds = _rfc3339_seconds(raw, name)
     if not math.isfinite(seconds):
-        raise ParamError(name, f"cannot parse {raw!r} to a valid timestamp")
+        raise ParamError(name, f"cannot parse {clip(raw)!r} to a valid timestamp")
     if not -MAX_TIME_S <= seconds <= MAX_TIME_S:
-        raise ParamError(name, f"timestamp {raw!r} is out of range {_time_range()}")
+        raise ParamError(name, f"timestamp {clip(raw)!r} is out of range {_time_range()}")
     return check_time_ms(round(seconds * 1000), name)
 
 
@@ -74,7 +77,7 @@ def _rfc3339_seconds(raw: str, name: str) -> float:
     try:
         return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
     except (ValueError, OverflowError, OSError):
-        raise ParamError(name, f"cannot parse {raw!r} to a valid timestamp") from None
+        raise ParamError(name, f"cannot parse {clip(raw)!r} to a valid timestamp") from None
 
 
 def check_time_ms(ms: int, name: str) -> int:
@@ -93,11 +96,11 @@ def parse_ms(raw: str | None, name: str, default: int) -> int:
     if raw is None or raw == "":
         return default
     try:
-        ms = int(raw)
+        ms = _int(raw)
     except ValueError:
-        raise ParamError(name, f"must be an integer (unix ms), got {raw!r}") from None
+        raise ParamError(name, f"must be an integer (unix ms), got {clip(raw)!r}") from None
     if not INT64_MIN <= ms <= INT64_MAX:
-        raise ParamError(name, f"{raw!r} is out of range (a unix ms timestamp must fit in 64 bits)")
+        raise ParamError(name, f"{clip(raw)!r} is out of range (a unix ms timestamp must fit in 64 bits)")
     return ms
 
 
@@ -108,16 +111,16 @@ def parse_duration(raw: str, name: str) -> int:
         seconds = float(raw)
     except ValueError:
         if not _DURATION.fullmatch(raw):
-            raise ParamError(name, f"cannot parse {raw!r} to a valid duration") from None
-        ms = sum(int(n) * _UNIT_MS[unit] for n, unit in _DURATION_PART.findall(raw))
+            raise ParamError(name, f"cannot parse {clip(raw)!r} to a valid duration") from None
+        ms = duration_literal_ms(raw)
     else:
         if math.isnan(seconds):
-            raise ParamError(name, f"cannot parse {raw!r} to a valid duration")
+            raise ParamError(name, f"cannot parse {clip(raw)!r} to a valid duration")
         if seconds > MAX_DURATION_MS / 1000:
-            raise ParamError(name, f"duration {raw!r} is too large (at most {_max_duration()})")
+            raise ParamError(name, f"duration {clip(raw)!r} is too large (at most {_max_duration()})")
         ms = round(seconds * 1000) if seconds > 0 else 0
     if ms > MAX_DURATION_MS:
-        raise ParamError(name, f"duration {raw!r} is too large (at most {_max_duration()})")
+        raise ParamError(name, f"duration {clip(raw)!r} is too large (at most {_max_duration()})")
     if ms <= 0:
         if name == "step":  # Prometheus' words
             raise ParamError(
@@ -126,6 +129,17 @@ def parse_duration(raw: str, name: str) -> int:
             )
         raise ParamError(name, "zero or negative durations are not accepted; try a positive number")
     return ms
+
+
+def duration_literal_ms(lit: str) -> int:
+    """A PromQL duration literal (``1m30s``, already matched) in ms; one past ``MAX_DURATION_MS``
+    for a literal too long to convert."""
+    total = 0
+    for n, unit in _DURATION_PART.findall(lit):
+        if len(n.lstrip("0")) > _MAX_DURATION_DIGITS:
+            return MAX_DURATION_MS + 1
+        total += int(n) * _UNIT_MS[unit]
+    return total
 
 
 def check_duration(d: timedelta | None, what: str) -> int:
@@ -146,20 +160,59 @@ def _max_duration() -> str:
 def parse_int(raw: str, name: str, lo: int = INT64_MIN, hi: int = INT64_MAX) -> int:
     """A plain integer within ``[lo, hi]``."""
     try:
-        n = int(raw)
+        n = _int(raw)
     except ValueError:
-        raise ParamError(name, f"must be an integer, got {raw!r}") from None
+        raise ParamError(name, f"must be an integer, got {clip(raw)!r}") from None
     if not lo <= n <= hi:
-        raise ParamError(name, f"{raw!r} is out of range (between {lo} and {hi})")
+        raise ParamError(name, f"{clip(raw)!r} is out of range (between {lo} and {hi})")
     return n
+
+
+def _int(raw: str) -> int:
+    """int(), except that a number of more digits than any bound here is one past INT64_MAX (in its
+    sign) instead of the ValueError int() raises past 4,300 digits."""
+    digits = raw.strip().lstrip("+-").lstrip("0").replace("_", "")
+    if len(digits) > 25 and digits.isdigit():
+        return INT64_MIN - 1 if raw.strip().startswith("-") else INT64_MAX + 1
+    return int(raw)
+
+
+def clip(raw: str, limit: int = 100) -> str:
+    """A parameter's text for a message: a huge one is cut (the answer must stay small)."""
+    return raw if len(raw) <= limit else raw[:limit] + "..."
 
 
 def too_large_duration(text: str) -> str | None:
     """The first duration literal in a PromQL text (outside quoted strings) larger than
     ``MAX_DURATION_MS``, if any: the parser reports those with a misleading message."""
-    unquoted = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`', '""', text)
+    unquoted = strip_quoted(text)
     for m in re.finditer(r"(?<![\w.])(?:\d+(?:ms|s|m|h|d|w|y))+(?![\w.])", unquoted):
         lit = m.group(0)
-        if sum(int(n) * _UNIT_MS[u] for n, u in _DURATION_PART.findall(lit)) > MAX_DURATION_MS:
+        if duration_literal_ms(lit) > MAX_DURATION_MS:
             return lit
     return None
+
+
+_QUOTE = re.compile("[\"'`]")
+
+
+def strip_quoted(text: str) -> str:
+    """``text`` with each PromQL string literal (``"..."``, ``'...'``, raw `` `...` ``) replaced by
+    ``""``; an unclosed one runs to the end. One pass: a regex for this backtracks quadratically on
+    an unclosed literal full of escapes."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        m = _QUOTE.search(text, i)
+        if m is None:
+            out.append(text[i:])
+            break
+        j = m.start()
+        out.append(text[i:j])
+        quote = text[j]
+        k = j + 1
+        while k < n and text[k] != quote:
+            k += 2 if text[k] == "\\" and quote != "`" else 1
+        out.append('""')
+        i = k + 1
+    return "".join(out)

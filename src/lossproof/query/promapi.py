@@ -25,6 +25,7 @@ from lossproof.query.access import StoreAccess, StoreUnavailable
 from lossproof.store.base import Matcher, Store
 
 T = TypeVar("T")
+MAX_MATCH = 256  # match[] selectors in one request: each is parsed and read on its own
 
 
 class ApiFailure(Exception):
@@ -116,7 +117,7 @@ class PromApi:
     # --- queries -----------------------------------------------------------------------------------
 
     async def query(self, request: web.Request, tenant: str, q: MultiDictProxy[str]) -> web.Response:
-        expr = promql.parse(q.get("query", ""))
+        expr = await promql.parse_async(q.get("query", ""))
         at = parse_time(q["time"], "time") if q.get("time") else int(time.time() * 1000)
         lookback = _lookback(q)
         inner = _unparen(expr)
@@ -162,7 +163,7 @@ class PromApi:
                 "exceeded maximum resolution of 11,000 points per timeseries. "
                 "Try decreasing the query resolution (?step=XX)",
             )
-        expr = promql.parse(q.get("query", ""))
+        expr = await promql.parse_async(q.get("query", ""))
         if isinstance(_unparen(expr), pp.MatrixSelector):
             raise ApiFailure(
                 400,
@@ -195,9 +196,11 @@ class PromApi:
                 raise ApiFailure(400, "bad_data", "no match[] parameter provided")
             found = await self._run(lambda s: s.series(tenant, []))
             return [{**labels, promql.NAME: promql.promql_name(m)} for m, labels in found]
+        if len(selectors) > MAX_MATCH:
+            raise ApiFailure(400, "bad_data", f"{len(selectors)} match[] parameters, at most {MAX_MATCH}")
         parsed: list[pp.VectorSelector] = []
         for sel in selectors:
-            e = _unparen(promql.parse(sel))
+            e = _unparen(await promql.parse_async(sel))
             if not isinstance(e, pp.VectorSelector):
                 raise ApiFailure(400, "bad_data", f"match[] must be a series selector, got {sel!r}")
             parsed.append(e)

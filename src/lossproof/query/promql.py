@@ -25,6 +25,7 @@ works too. Label names are used as stored.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from bisect import bisect_right
@@ -39,6 +40,14 @@ from lossproof.query import params
 from lossproof.store.base import InvalidMatcher, Matcher, Store
 
 LOOKBACK_MS = 300_000
+# Bounds checked on the text, before the parser sees it. The parser (Rust, promql-parser) recurses
+# once per nesting level and per binary operator, takes time quadratic in the number of operators
+# (1,000 terms: 0.3 s; 4,000: 1.7 s), and past a few thousand levels overflows its stack and kills
+# the process with SIGSEGV (the ingest process, for every tenant). Within these bounds a parse takes
+# milliseconds and every recursion over the tree (here and in the parser) stays shallow.
+MAX_QUERY_CHARS = 16_384
+MAX_NESTING = 64  # ( [ { open at once
+MAX_OPERATORS = 256  # binary and unary operators and set operators (and, or, unless)
 MAX_POINTS = 11_000  # per series in a range query, like Prometheus
 
 NAME = "__name__"
@@ -137,9 +146,34 @@ class Grid:
 # --- entry points ------------------------------------------------------------------------------------
 
 
+def check_bounds(query: str) -> None:
+    """Refuse (:class:`PromQLError`) a query text over ``MAX_QUERY_CHARS`` characters, nested deeper
+    than ``MAX_NESTING``, or with more than ``MAX_OPERATORS`` operators, before it is parsed."""
+    if len(query) > MAX_QUERY_CHARS:
+        raise PromQLError(f"query of {len(query)} characters is too long (at most {MAX_QUERY_CHARS})")
+    text = params.strip_quoted(query)
+    depth = deepest = 0
+    for c in _BRACKETS.findall(text):
+        depth = depth + 1 if c in "([{" else depth - 1
+        deepest = max(deepest, depth)
+    if deepest > MAX_NESTING:
+        raise PromQLError(f"query nested {deepest} levels deep (at most {MAX_NESTING})")
+    ops = len(_OPERATORS.findall(text))
+    if ops > MAX_OPERATORS:
+        raise PromQLError(f"query with {ops} operators is too complex (at most {MAX_OPERATORS})")
+
+
+_BRACKETS = re.compile(r"[()\[\]{}]")
+# Over-counts (a "-" in 1e-3, "!=" inside braces): the bound is generous for that.
+_OPERATORS = re.compile(r"==|!=|<=|>=|[-+*/%^<>]|\b(?:and|or|unless|atan2)\b")
+
+
 def parse(query: str) -> pp.Expr:
+    """Parse and check a query. CPU-bound (milliseconds within the bounds): callers on the event
+    loop run it in a thread (:func:`parse_async`)."""
     if not query.strip():
         raise PromQLError("empty query")
+    check_bounds(query)
     try:
         expr = pp.parse(query)
     except (ValueError, TypeError, OverflowError) as e:
@@ -147,12 +181,17 @@ def parse(query: str) -> pp.Expr:
         big = params.too_large_duration(query)
         if big is not None:
             raise PromQLError(
-                f"invalid PromQL: duration {big!r} is too large (at most {params.MAX_DURATION_MS} ms, "
-                "about 292 years)"
+                f"invalid PromQL: duration {params.clip(big)!r} is too large "
+                f"(at most {params.MAX_DURATION_MS} ms, about 292 years)"
             ) from None
-        raise PromQLError(f"invalid PromQL: {e}") from None
+        raise PromQLError(f"invalid PromQL: {params.clip(str(e), 500)}") from None
     check_supported(expr)
     return expr
+
+
+async def parse_async(query: str) -> pp.Expr:
+    """:func:`parse` off the event loop, which must keep acknowledging writes meanwhile."""
+    return await asyncio.to_thread(parse, query)
 
 
 def check_supported(expr: pp.Expr) -> None:
@@ -628,13 +667,21 @@ def _range_fn(name: str, args: Sequence[pp.Expr]) -> RangeFn:
 
 
 def _sum(xs: list[float]) -> float:
-    """Compensated sum; fsum refuses infinities and NaN, where plain sum gives the IEEE answer."""
-    return math.fsum(xs) if all(map(math.isfinite, xs)) else sum(xs)
+    """Compensated sum; fsum refuses infinities and NaN, and raises OverflowError when a partial sum
+    leaves the float range (two values of 1e308), where plain sum gives the IEEE answer (+Inf, as
+    Prometheus answers)."""
+    if not all(map(math.isfinite, xs)):
+        return sum(xs)
+    try:
+        return math.fsum(xs)
+    except OverflowError:
+        return sum(xs)
 
 
 def _stdvar(xs: list[float]) -> float:
-    mean = sum(xs) / len(xs)
-    return sum((x - mean) ** 2 for x in xs) / len(xs)
+    mean = _sum(xs) / len(xs)
+    # d * d, not d ** 2: float ** raises OverflowError where * gives +Inf
+    return sum((x - mean) * (x - mean) for x in xs) / len(xs)
 
 
 def _quantile(q: float, xs: list[float]) -> float:
