@@ -2,7 +2,7 @@
 
 The first line is ``READY last_seq lost`` (what opening the spool recovered: the highest seq ever handed
 out, and how many seqs it declared lost). Every other append, the oldest pending seqs are acknowledged
-(``ACKED a b``, printed once ``ack`` returned) and ``maintain`` may delete files that left the replay
+(``ACKING a b`` before the call, ``ACKED a b`` once ``ack`` returned) and ``maintain`` may delete files that left the replay
 window, so the spool's state file, floor and deletions are exercised too. The report for ``seq`` is
 ``report_bytes(seq, tag)``, so a test can check its content. Run by tests/crash, which kill -9 it and cut
 the power under it.
@@ -45,6 +45,8 @@ def main() -> None:
         if i % 2:
             pending = spool.pending_seqs(4)
             if pending:
+                out.write(f"ACKING {pending[0]} {pending[-1]}\n")  # killed before ACKED: either way
+                out.flush()
                 spool.ack(pending)
                 out.write(f"ACKED {pending[0]} {pending[-1]}\n")
                 out.flush()
