@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from pathlib import Path
 
@@ -138,3 +139,60 @@ def test_replay_progress_and_rejections_survive(fs: PowerCutFS) -> None:
     assert got is not None and (got.segment, got.pos, got.completed) == (7, 99, {1: 5})
     lines = (pg.replay_dir(data) / pg.REJECTED_FILE).read_text().splitlines()
     assert [json.loads(x)["agent"] for x in lines] == ["agent-1"]
+
+
+def test_second_partition_of_a_running_log_survives(fs: PowerCutFS) -> None:
+    """A writer that takes a partition nobody wrote before creates its directory in a log directory
+    that already exists (and whose consumers directory exists): only its own sync makes it durable."""
+    log = fs.root / "log"
+
+    async def run() -> list[bytes]:
+        first = EmbeddedLogWriter(log, partitions=2)
+        await first.start()
+        second = EmbeddedLogWriter(log, partitions=2)
+        await second.start()
+        assert second.partition == 1
+        values = [f"p1-{i}".encode() for i in range(5)]
+        for v in values:
+            await second.append(b"k", v)
+        await second.close()
+        await first.close()
+        return values
+
+    values = asyncio.run(run())
+    fs.power_cut()
+
+    async def read() -> list[bytes]:
+        w = EmbeddedLogWriter(log, partitions=2)  # recovery of partition 0; partition 1 read below
+        await w.start()
+        await w.close()
+        with EmbeddedLogReader(log, "check", partitions=2, claim_grace=0) as r:
+            got: list[bytes] = []
+            deadline = time.monotonic() + 10
+            while len(got) < len(values) and time.monotonic() < deadline:
+                got += [x.value for x in r.poll(100, 0.1).records if x.partition == 1]
+            return got
+
+    assert asyncio.run(read()) == values
+
+
+def test_recreated_watermark_survives(fs: PowerCutFS) -> None:
+    """A log whose watermark file is gone gets a new one at start; it is the floor below which damage
+    is refused, so its name must be durable like its content."""
+    log = fs.root / "log"
+    pdir = seg.partition_dir(log, 0)
+
+    async def write(n: int) -> int:
+        w = await _append(log, n)
+        end = w.end_offset
+        await w.close()
+        return end
+
+    asyncio.run(write(5))
+    (pdir / seg.WATERMARK_FILE).unlink()
+    fd = os.open(pdir, os.O_RDONLY | os.O_DIRECTORY)
+    os.fsync(fd)
+    os.close(fd)
+    end = asyncio.run(write(0))
+    fs.power_cut()
+    assert seg.read_watermark(pdir) == end == 5
