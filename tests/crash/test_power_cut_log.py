@@ -88,14 +88,19 @@ def test_log_survives_kill9_and_power_cuts(tmp_path: Path) -> None:
         published = 0  # every offset below it was announced durable by a restart
         committed: int | None = None
         for rnd, how in enumerate(["clean", "tear", "pages", "clean", "pages", "tear"]):
+            # Odd rounds slow the disk's fsync, so the kill -9 lands between a group's write and its
+            # sync: the killed writer leaves unsynced records behind, which the restart without
+            # traffic below finds and publishes.
+            fs.slow_fsync(0.2 if rnd % 2 else 0)
             app = appender(log, tmp_path)
             ready = app.wait("READY")[0].split()
             published = max(published, int(ready[3]))
-            app.wait("ACK ", 60 * (rnd + 1) // 2 + 40)
+            app.wait("ACK ", 20 if rnd % 2 else 60 * (rnd + 1) // 2 + 40)
             new = acked_of(app.kill9())
             for off, value in new.items():
                 assert acked.get(off, value) == value, f"offset {off} acknowledged twice, with other data"
             acked.update(new)
+            fs.slow_fsync(0)
             if rnd % 2:
                 # Restart without traffic before the cut: what this recovery publishes as durable
                 # (the killed writer's unsynced tail included) must be durable.
@@ -113,7 +118,7 @@ def test_log_survives_kill9_and_power_cuts(tmp_path: Path) -> None:
             lost = sorted(o for o, v in acked.items() if records.get(o, None if o < floor else b"") not in (None, v))
             assert not lost, f"round {rnd} ({how}): {len(lost)} acknowledged records lost, e.g. {lost[:5]}"
             assert end >= published, f"round {rnd}: the log end went back from {published} to {end}"
-        assert len(acked) > 300
+        assert len(acked) > 200
 
 
 def test_damage_inside_acknowledged_data_is_refused_after_a_power_cut(tmp_path: Path) -> None:

@@ -30,6 +30,14 @@ from lptest.powercut import PowerCutFS, require_fuse
 pytestmark = pytest.mark.process
 
 
+def sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @pytest.fixture
 def fs(tmp_path: Path) -> PowerCutFS:
     require_fuse()
@@ -127,15 +135,18 @@ def test_journal_prune_deletions_stay_deleted(fs: PowerCutFS) -> None:
 
 def test_replay_progress_and_rejections_survive(fs: PowerCutFS) -> None:
     """What replay writes down (its position, and a request the primary refused for good, kept for an
-    operator) is on disk once written: a power cut neither loses it nor turns it into garbage."""
-    data = fs.root / "fb"
-    pg.save_progress(data, pg.Progress("http://x", 7, 99, requests=3, completed={1: 5}))
+    operator) is on disk once written: a power cut neither loses it nor turns it into garbage. Each in
+    a data directory of its own whose replay/ directory does not exist yet."""
+    data, data2 = fs.root / "fb", fs.root / "fb2"
+    for d in (data, data2):
+        d.mkdir()
+    sync_dir(fs.root)  # by hand: the test's own directories are not under test
     replay = Replay(ReplayOptions(data_dir=data, url="http://127.0.0.1:9", api_key="k"))
     entry = jn.Entry("t", "agent-1", "application/json", "", [(1, 2)], 2, 4, b"{}")
-    rec = jn.Record(7, 32, 100, 7, 0, entry)
-    replay._write_rejected(rec, 422, "bad report", {"reported": True})
+    replay._write_rejected(jn.Record(7, 32, 100, 7, 0, entry), 422, "bad report", {"reported": True})
+    pg.save_progress(data2, pg.Progress("http://x", 7, 99, requests=3, completed={1: 5}))
     fs.power_cut()
-    got = pg.load_progress(data)
+    got = pg.load_progress(data2)
     assert got is not None and (got.segment, got.pos, got.completed) == (7, 99, {1: 5})
     lines = (pg.replay_dir(data) / pg.REJECTED_FILE).read_text().splitlines()
     assert [json.loads(x)["agent"] for x in lines] == ["agent-1"]
@@ -190,9 +201,7 @@ def test_recreated_watermark_survives(fs: PowerCutFS) -> None:
 
     asyncio.run(write(5))
     (pdir / seg.WATERMARK_FILE).unlink()
-    fd = os.open(pdir, os.O_RDONLY | os.O_DIRECTORY)
-    os.fsync(fd)
-    os.close(fd)
+    sync_dir(pdir)
     end = asyncio.run(write(0))
     fs.power_cut()
     assert seg.read_watermark(pdir) == end == 5

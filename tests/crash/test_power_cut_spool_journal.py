@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from lossproof.agent.spool import Spool
+from lossproof.agent.spool.counter import SeqCounter
 from lossproof.fallback.journal import read_all
 from lptest import PROCS
 from lptest.powercut import LineProc, PowerCutFS, require_fuse
@@ -43,6 +44,9 @@ def test_spool_survives_kill9_and_power_cuts(tmp_path: Path) -> None:
             assert int(ready[2]) == 0, f"round {rnd}: recovery declared {ready[2]} seqs lost after a cut"
             assert int(ready[1]) >= last_seq, f"round {rnd}: the seq counter went back to {ready[1]}"
             app.wait("SEQ ", 40 + 20 * rnd)
+            # Odd rounds: a slow disk, so the kill lands between an append's write and its fsync.
+            fs.slow_fsync(0.05 if rnd % 2 else 0)
+            app.wait("SEQ ", 40 + 20 * rnd + (8 if rnd % 2 else 0))
             for line in app.kill9():
                 if line.startswith("SEQ "):
                     seq = int(line.split()[1])
@@ -56,6 +60,7 @@ def test_spool_survives_kill9_and_power_cuts(tmp_path: Path) -> None:
                     a, b = map(int, line.split()[1:])
                     acking.update(range(a, b + 1))  # killed inside ack(): acknowledged or still pending
             last_seq = max(durable)
+            fs.slow_fsync(0)
             if rnd % 2:
                 # A restart without traffic before the cut: what it adopted (a killed agent's
                 # unsynced records) moved the counter past them, so they must be durable too.
@@ -63,6 +68,11 @@ def test_spool_survives_kill9_and_power_cuts(tmp_path: Path) -> None:
                 last_seq = max(last_seq, int(idle.wait("READY")[0].split()[1]))
                 idle.kill9()
             fs.power_cut(how)
+            # The seq counter is the spool's own durable record of the highest seq handed out (for
+            # a disk that later loses spool files): it must have survived the cut by itself.
+            counter = SeqCounter(spool_dir)
+            counter.close()
+            assert counter.value >= last_seq, f"round {rnd}: the seq counter lost {counter.value}..{last_seq}"
             with Spool(spool_dir) as spool:
                 assert not spool.recovery.lost, f"round {rnd} ({how}): lost {spool.recovery.lost}"
                 assert spool.last_seq >= last_seq, f"round {rnd}: last seq {spool.last_seq} < {last_seq}"

@@ -354,6 +354,11 @@ class PowerCutOps(pyfuse3.Operations):  # type: ignore[misc]
         self.handles.pop(fh, None)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
+        # A slow disk on request (PowerCutFS.slow_fsync): a kill -9 then lands between a write and
+        # its sync, leaving unsynced data behind for the next start to find.
+        delay = self.backing / "fsync-delay"
+        if delay.exists():
+            await trio.sleep(float(delay.read_text() or 0))
         node = self._node(self.handles[fh])
         self._persist_file(node)
         if self.last_write is not None and self.last_write[0] == node.ino:

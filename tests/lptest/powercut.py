@@ -73,6 +73,14 @@ class PowerCutFS:
             self._proc.wait()
             raise RuntimeError(f"pcfs did not mount: {(self.base / f'pcfs.{self.cuts}.log').read_text()}")
 
+    def slow_fsync(self, seconds: float) -> None:
+        """Make every file fsync take ``seconds`` (0: back to normal), from outside the code."""
+        path = self.backing / "fsync-delay"
+        if seconds:
+            path.write_text(str(seconds))
+        else:
+            path.unlink(missing_ok=True)
+
     def power_cut(self, how: str = "clean") -> None:
         """Lose everything not fsync'd (``tear``: but persist a prefix of the last write; ``pages``:
         but persist random pages written since their file's last sync), then come back up."""

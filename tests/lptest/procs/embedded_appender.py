@@ -35,7 +35,11 @@ async def main() -> None:
     ap.add_argument("--partitions", type=int, default=1)
     ap.add_argument("--idle", action="store_true", help="recover, print READY, then wait without appending")
     args = ap.parse_args()
-    writer = EmbeddedLogWriter(args.directory, segment_bytes=args.segment_bytes, partitions=args.partitions)
+    writer = EmbeddedLogWriter(
+        args.directory,
+        segment_bytes=args.segment_bytes,
+        partitions=args.partitions,
+    )
     await writer.start()
     out = sys.stdout.buffer
     out.write(f"READY {os.getpid()} {writer.partition} {writer.end_offset}\n".encode())

@@ -2,7 +2,7 @@
 
 The first line is ``READY last_seq lost`` (what opening the spool recovered: the highest seq ever handed
 out, and how many seqs it declared lost). Every other append, the oldest pending seqs are acknowledged
-(``ACKING a b`` before the call, ``ACKED a b`` once ``ack`` returned) and ``maintain`` may delete files that left the replay
+(``ACKING a b`` before the call, ``ACKED a b`` once ``ack`` returned) and now and then ``maintain`` may delete files that left the replay
 window, so the spool's state file, floor and deletions are exercised too. The report for ``seq`` is
 ``report_bytes(seq, tag)``, so a test can check its content. Run by tests/crash, which kill -9 it and cut
 the power under it.
@@ -50,7 +50,8 @@ def main() -> None:
                 spool.ack(pending)
                 out.write(f"ACKED {pending[0]} {pending[-1]}\n")
                 out.flush()
-            spool.maintain()
+            if i % 16 == 1:  # rarely: its directory sync must not cover for the other ones
+                spool.maintain()
         i += 1
 
 
