@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from lptest import subprocess_env
 from lptest.powercut import require_fuse
-
-from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 

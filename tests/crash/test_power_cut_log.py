@@ -88,14 +88,18 @@ def test_log_survives_kill9_and_power_cuts(tmp_path: Path) -> None:
         published = 0  # every offset below it was announced durable by a restart
         committed: int | None = None
         for rnd, how in enumerate(["clean", "tear", "pages", "clean", "pages", "tear"]):
-            # Odd rounds slow the disk's fsync, so the kill -9 lands between a group's write and its
-            # sync: the killed writer leaves unsynced records behind, which the restart without
-            # traffic below finds and publishes.
-            fs.slow_fsync(0.2 if rnd % 2 else 0)
             app = appender(log, tmp_path)
             ready = app.wait("READY")[0].split()
             published = max(published, int(ready[3]))
-            app.wait("ACK ", 20 if rnd % 2 else 60 * (rnd + 1) // 2 + 40)
+            app.wait("ACK ", 60 * (rnd + 1) // 2 + 40)
+            if rnd % 2:
+                # The disk stops answering fsyncs, so the kill -9 lands between a group's write and
+                # its sync: the killed writer leaves unsynced records behind, which the restart
+                # without traffic below finds and publishes.
+                fs.hang_fsync()
+                time.sleep(0.3)
+                app.proc.kill()  # dies once the hung fsync is answered, with EIO, below
+                fs.slow_fsync(0)
             new = acked_of(app.kill9())
             for off, value in new.items():
                 assert acked.get(off, value) == value, f"offset {off} acknowledged twice, with other data"
@@ -115,7 +119,9 @@ def test_log_survives_kill9_and_power_cuts(tmp_path: Path) -> None:
             # Below the previous commit the writer's retention may delete whole segments (they were
             # read and checked in an earlier round); what is still there must be intact.
             floor = committed_prev or 0
-            lost = sorted(o for o, v in acked.items() if records.get(o, None if o < floor else b"") not in (None, v))
+            lost = sorted(
+                o for o, v in acked.items() if records.get(o, None if o < floor else b"") not in (None, v)
+            )
             assert not lost, f"round {rnd} ({how}): {len(lost)} acknowledged records lost, e.g. {lost[:5]}"
             assert end >= published, f"round {rnd}: the log end went back from {published} to {end}"
         assert len(acked) > 200

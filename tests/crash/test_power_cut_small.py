@@ -19,8 +19,8 @@ import pytest
 
 from lossproof.agent.spool import Spool, SpoolLimits
 from lossproof.agent.spool.format import list_segments as spool_segments
-from lossproof.fallback import progress as pg
 from lossproof.fallback import journal as jn
+from lossproof.fallback import progress as pg
 from lossproof.fallback.replay import Replay, ReplayOptions
 from lossproof.log.embedded import EmbeddedLogReader, EmbeddedLogWriter
 from lossproof.log.embedded import segment as seg

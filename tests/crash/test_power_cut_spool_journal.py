@@ -11,6 +11,7 @@ As for the log (test_power_cut_log.py), only what a real fsync covered survives 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -44,9 +45,13 @@ def test_spool_survives_kill9_and_power_cuts(tmp_path: Path) -> None:
             assert int(ready[2]) == 0, f"round {rnd}: recovery declared {ready[2]} seqs lost after a cut"
             assert int(ready[1]) >= last_seq, f"round {rnd}: the seq counter went back to {ready[1]}"
             app.wait("SEQ ", 40 + 20 * rnd)
-            # Odd rounds: a slow disk, so the kill lands between an append's write and its fsync.
-            fs.slow_fsync(0.05 if rnd % 2 else 0)
-            app.wait("SEQ ", 40 + 20 * rnd + (8 if rnd % 2 else 0))
+            if rnd % 2:
+                # The disk stops answering fsyncs of the reports' files (in round 3, of the seq
+                # counter), so the kill lands between a write and its sync.
+                fs.hang_fsync("seq" if rnd == 3 else "*.seg")
+                time.sleep(0.3)
+                app.proc.kill()  # dies once the hung fsync is answered, with EIO, below
+                fs.slow_fsync(0)
             for line in app.kill9():
                 if line.startswith("SEQ "):
                     seq = int(line.split()[1])

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -50,7 +51,7 @@ def test_no_ok_while_fsync_fails_for_real(pipeline: Pipeline, tmp_path: object) 
                 answers.append(r.status)
             except Exception as e:  # a dropped connection is not an OK either
                 answers.append(repr(e))
-        injected = open(log).read().count("(INJECTED)")
+        injected = Path(log).read_text().count("(INJECTED)")
     finally:
         tracer.send_signal(signal.SIGINT)  # strace detaches cleanly on SIGINT
         tracer.wait(30)

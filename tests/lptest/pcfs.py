@@ -25,6 +25,7 @@ or metadata-only syncs (a file's size change counts as data for ``fdatasync``, a
 from __future__ import annotations
 
 import errno
+import fnmatch
 import json
 import os
 import random
@@ -205,6 +206,9 @@ class PowerCutOps(pyfuse3.Operations):  # type: ignore[misc]
         pnode.mtime_ns = time.time_ns()
         return node
 
+    def _names_of(self, ino: int) -> set[str]:
+        return {os.fsdecode(k) for n in self.nodes.values() for k, v in n.entries.items() if v == ino}
+
     def _fh(self, ino: int) -> int:
         fh = self.next_fh
         self.next_fh += 1
@@ -213,7 +217,9 @@ class PowerCutOps(pyfuse3.Operations):  # type: ignore[misc]
 
     # --- operations ----------------------------------------------------------------------------------
 
-    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         pnode = self._node(parent_inode)
         if name == b".":
             return self._attr(pnode)
@@ -226,7 +232,11 @@ class PowerCutOps(pyfuse3.Operations):  # type: ignore[misc]
         return self._attr(self._node(inode))
 
     async def setattr(
-        self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields, fh: int | None,
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
@@ -265,7 +275,9 @@ class PowerCutOps(pyfuse3.Operations):  # type: ignore[misc]
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         self._sync_dir(self._node(self.handles[fh]))
 
-    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         return self._attr(self._new(parent_inode, name, stat.S_IFDIR | (mode & 0o7777), True))
 
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -286,7 +298,12 @@ class PowerCutOps(pyfuse3.Operations):  # type: ignore[misc]
         pnode.mtime_ns = time.time_ns()
 
     async def rename(
-        self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes, flags: int,
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
         ctx: pyfuse3.RequestContext,
     ) -> None:
         old, new = self._node(parent_inode_old), self._node(parent_inode_new)
@@ -356,10 +373,20 @@ class PowerCutOps(pyfuse3.Operations):  # type: ignore[misc]
     async def fsync(self, fh: int, datasync: bool) -> None:
         # A slow disk on request (PowerCutFS.slow_fsync): a kill -9 then lands between a write and
         # its sync, leaving unsynced data behind for the next start to find.
-        delay = self.backing / "fsync-delay"
-        if delay.exists():
-            await trio.sleep(float(delay.read_text() or 0))
         node = self._node(self.handles[fh])
+        delay = self.backing / "fsync-delay"
+        mode = delay.read_text() if delay.exists() else ""
+        if mode.startswith("hang"):
+            # Not answered while the mode lasts, then failed without persisting anything: a caller
+            # kill -9'd meanwhile dies (the kernel waits for the answer) with its data unsynced. A
+            # sync that merely ran late would persist it after the kill.
+            name = mode.partition(":")[2]
+            if not name or any(fnmatch.fnmatchcase(n, name) for n in self._names_of(node.ino)):
+                while delay.exists() and delay.read_text() == mode:
+                    await trio.sleep(0.02)
+                raise pyfuse3.FUSEError(errno.EIO)
+        elif mode:
+            await trio.sleep(float(mode))
         self._persist_file(node)
         if self.last_write is not None and self.last_write[0] == node.ino:
             self.last_write = None

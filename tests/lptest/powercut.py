@@ -75,9 +75,19 @@ class PowerCutFS:
 
     def slow_fsync(self, seconds: float) -> None:
         """Make every file fsync take ``seconds`` (0: back to normal), from outside the code."""
+        self._fsync_mode(str(seconds) if seconds else "")
+
+    def hang_fsync(self, name: str = "") -> None:
+        """From now on, fsyncs (of files whose name matches the glob ``name``, or all) do not return: a process killed in
+        one leaves its data unsynced. ``slow_fsync(0)`` ends it: the hung calls fail with EIO, having
+        persisted nothing (the kernel keeps a process in a FUSE call until it is answered, so kill it
+        first, then end the hang, then wait for it)."""
+        self._fsync_mode(f"hang:{name}")
+
+    def _fsync_mode(self, mode: str) -> None:
         path = self.backing / "fsync-delay"
-        if seconds:
-            path.write_text(str(seconds))
+        if mode:
+            path.write_text(mode)
         else:
             path.unlink(missing_ok=True)
 
@@ -159,9 +169,13 @@ class LineProc:
                 return got
             if self.proc.poll() is not None:
                 self._pump()
-                raise AssertionError(f"{self.proc.args} exited {self.proc.returncode}: {self.log.read_text()}")
+                raise AssertionError(
+                    f"{self.proc.args} exited {self.proc.returncode}: {self.log.read_text()}"
+                )
             if time.monotonic() > deadline:
-                raise AssertionError(f"{len(got)} of {n} {prefix!r} lines after {timeout}s: {self.log.read_text()}")
+                raise AssertionError(
+                    f"{len(got)} of {n} {prefix!r} lines after {timeout}s: {self.log.read_text()}"
+                )
             time.sleep(0.005)
 
     def kill9(self) -> list[str]:

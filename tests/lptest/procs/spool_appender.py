@@ -1,17 +1,16 @@
 """Append reports to an agent spool forever; print ``SEQ seq`` once a report is durable (append returned).
 
-The first line is ``READY last_seq lost`` (what opening the spool recovered: the highest seq ever handed
-out, and how many seqs it declared lost). Every other append, the oldest pending seqs are acknowledged
-(``ACKING a b`` before the call, ``ACKED a b`` once ``ack`` returned) and now and then ``maintain`` may delete files that left the replay
-window, so the spool's state file, floor and deletions are exercised too. The report for ``seq`` is
-``report_bytes(seq, tag)``, so a test can check its content. Run by tests/crash, which kill -9 it and cut
-the power under it.
+The first line is ``READY last_seq lost`` (what opening the spool recovered: the highest seq ever
+handed out, and how many seqs it declared lost). Every other append, the oldest pending seqs are
+acknowledged (``ACKING a b`` before the call, ``ACKED a b`` once ``ack`` returned), and now and then
+``maintain`` may delete files that left the replay window, so the state file, floor and deletions are
+exercised too. The report for ``seq`` is ``report_bytes(seq, tag)``, so a test can check its content.
+Run by tests/crash, which kill -9 it and cut the power under it.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
