@@ -78,10 +78,10 @@ class PowerCutFS:
         self._fsync_mode(str(seconds) if seconds else "")
 
     def hang_fsync(self, name: str = "") -> None:
-        """From now on, fsyncs (of files whose name matches the glob ``name``, or all) do not return: a process killed in
-        one leaves its data unsynced. ``slow_fsync(0)`` ends it: the hung calls fail with EIO, having
-        persisted nothing (the kernel keeps a process in a FUSE call until it is answered, so kill it
-        first, then end the hang, then wait for it)."""
+        """From now on, fsyncs (of files whose name matches the glob ``name``, or all) do not
+        return: a process killed in one leaves its data unsynced. ``slow_fsync(0)`` ends it: the hung
+        calls fail with EIO, having persisted nothing (the kernel keeps a process in a FUSE call
+        until it is answered, so kill it first, then end the hang, then wait for it)."""
         self._fsync_mode(f"hang:{name}")
 
     def _fsync_mode(self, mode: str) -> None:
