@@ -1,6 +1,8 @@
 """Append to an embedded log forever; print ``ACK offset key tag`` for every durable append.
 
-The first line is ``READY pid partition`` (the partition this writer process got).
+The first line is ``READY pid partition end_offset`` (the partition this writer process got, and the
+durable end its recovery published: every offset below it is readable from then on). ``--idle`` recovers
+and then appends nothing (a restart without traffic, for power-cut tests).
 
 Run as a subprocess by the log tests, which SIGKILL it at a random moment and then check that
 every printed offset is readable with the right content. The value of each record is
@@ -31,12 +33,19 @@ async def main() -> None:
     ap.add_argument("--segment-bytes", type=int, default=256 * 1024)
     ap.add_argument("--count", type=int, default=0, help="stop after this many appends per task (0: never)")
     ap.add_argument("--partitions", type=int, default=1)
+    ap.add_argument("--idle", action="store_true", help="recover, print READY, then wait without appending")
     args = ap.parse_args()
-    writer = EmbeddedLogWriter(args.directory, segment_bytes=args.segment_bytes, partitions=args.partitions)
+    writer = EmbeddedLogWriter(
+        args.directory,
+        segment_bytes=args.segment_bytes,
+        partitions=args.partitions,
+    )
     await writer.start()
     out = sys.stdout.buffer
-    out.write(f"READY {os.getpid()} {writer.partition}\n".encode())
+    out.write(f"READY {os.getpid()} {writer.partition} {writer.end_offset}\n".encode())
     out.flush()
+    if args.idle:
+        await asyncio.Event().wait()
 
     async def task(t: int) -> None:
         i = 0

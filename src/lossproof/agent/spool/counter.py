@@ -40,6 +40,10 @@ class SeqCounter:
         valid = [s for s in slots if s is not None]
         self.value = max((v for v, _ in valid), default=0)
         self._gen = max((g for _, g in valid), default=0)
+        # A killed agent may have written a slot and died before its fsync: it reads back from the
+        # page cache, and advance() would skip a value that is not higher. Sync it now, or a power
+        # cut after this start takes it back.
+        os.fsync(self._fd)
 
     def advance(self, value: int) -> None:
         """Durably record that seqs up to ``value`` have been handed out (no-op if not higher)."""

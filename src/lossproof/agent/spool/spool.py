@@ -40,7 +40,7 @@ from lossproof.agent.spool.format import (
     scan_segment,
     segment_path,
 )
-from lossproof.durable import fdatasync_path, fsync_dir
+from lossproof.durable import fdatasync_path, fsync_dir, make_dirs
 from lossproof.obs.logging import get
 
 log = get(__name__)
@@ -168,9 +168,9 @@ class Spool:
         try:
             (directory / SEGMENT_DIR).mkdir(parents=True, exist_ok=True)
             self._counter = SeqCounter(directory)
-            # the names of the new directory and files must survive a power loss like their data
+            # the names of the new files must survive a power loss like their data (the directories
+            # themselves: make_dirs in _take_lock)
             fsync_dir(directory)
-            fsync_dir(directory.parent)
             self.recovery = self._recover()
         except BaseException:
             os.close(self._lock_fd)
@@ -179,7 +179,9 @@ class Spool:
     # -- opening ------------------------------------------------------------------------------------
 
     def _take_lock(self) -> int:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        # every directory it creates, not only the last, is synced into its parent: a spool whose
+        # parent directory was new too must not vanish in a power cut with everything it held
+        make_dirs(self.dir)
         fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -46,7 +46,8 @@ The writer seals a segment before it creates the next one. A normal roll seals w
 ``end_pos = file size`` and ``next_offset = reserved_next = next base``; a roll after a failed
 write or fsync seals at the last successfully fsync'd byte, so the failed tail is never read.
 
-Durable watermark (``durable``, 16 bytes, rewritten in place with pwrite)::
+Durable watermark (``durable``, 16 bytes, rewritten in place with pwrite and fsync'd after each group's data,
+before the group is acknowledged, so every acknowledged offset is below it after a power cut)::
 
     0   4  magic b"LPW1"   4  4  crc over bytes 8..16   8  8  next durable offset
 """

@@ -3,7 +3,7 @@
 How an append becomes durable
     ``append`` queues the record and awaits a future. One writer thread takes *everything* queued
     (a group), assigns consecutive offsets, writes the group with ``os.writev`` and makes it durable
-    with one ``fdatasync`` (both release the GIL), then publishes the durable watermark and resolves
+    with one ``fdatasync`` (both release the GIL), then writes and fsyncs the durable watermark and resolves
     the group's futures on the event loop (``call_soon_threadsafe``). While one group is being
     fsync'd the next one accumulates, so concurrent appends share fsyncs.
 
@@ -372,12 +372,17 @@ class EmbeddedLogWriter(LogWriter):
             t = time.perf_counter()
             os.fdatasync(self._fd)
             self._m.fsync_seconds.observe(time.perf_counter() - t)
+            # The watermark is the floor recovery trusts: below it, damage is corruption, never a
+            # torn tail to cut. It must be durable before the group is acknowledged, or a power cut
+            # brings back an older one and acknowledged records above it could be cut silently. It
+            # is written only after the data's fdatasync, so it never claims more than is durable.
+            stage = "watermark"
+            self._write_watermark(self._next_offset)
         except OSError as e:
             self._io_failed(stage, e, batch, first)
             return
         self._durable_next = self._next_offset
         self._durable_pos = self._seg_size
-        self._publish_watermark()
         self._set_healthy()
         self._probe_backoff = 0.1
         now = time.perf_counter()
@@ -436,12 +441,13 @@ class EmbeddedLogWriter(LogWriter):
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
             self._loop.call_soon_threadsafe(fn)
 
-    def _publish_watermark(self) -> None:
+    def _write_watermark(self, durable_next: int) -> None:
+        """Durably record that every offset below ``durable_next`` is fsync'd (readers read up to it)."""
         assert self._wm_fd is not None
-        try:
-            os.pwrite(self._wm_fd, seg.encode_watermark(self._durable_next), 0)
-        except OSError as e:  # readers lag until the next success; the data itself is durable
-            log.warning("log.watermark_write_failed", extra={"error": str(e)})
+        data = seg.encode_watermark(durable_next)
+        if os.pwrite(self._wm_fd, data, 0) != len(data):
+            raise OSError(errno.EIO, "short write of the watermark")
+        os.fsync(self._wm_fd)
 
     def _roll(self, write_f: dict[str, Any] | None, fsync_f: dict[str, Any] | None) -> None:
         """Seal the active segment at its last fsync'd byte and start a new one past every offset."""
@@ -476,7 +482,8 @@ class EmbeddedLogWriter(LogWriter):
         try:
             if os.fstat(fd).st_size != 0:
                 raise LogCorrupt(f"{path}: new segment file already exists and is not empty")
-            os.fdatasync(fd)
+            # The file is empty: there is no data to sync, only its name (the scripts/mutation-gate
+            # found the fdatasync that was here to be needed by nothing).
             fsync_dir(self._pdir)
         except BaseException:
             os.close(fd)
@@ -559,9 +566,10 @@ class EmbeddedLogWriter(LogWriter):
         watermark = seg.read_watermark_fd(self._wm_fd)
         if watermark is None and not created:
             log.warning("log.watermark_unreadable", extra={"path": str(wm_path)})
-        # The durable floor: the watermark file is rewritten after each group's fsync without a sync
-        # of its own, so after a power cut it may lag; offsets a consumer group committed were read,
-        # hence durable. Below the floor damage is corruption, and offsets are never handed out again.
+        # The durable floor: the watermark file is fsync'd after each group's data and before its
+        # acknowledgement, so every acknowledged offset is below it; offsets a consumer group committed
+        # were read, hence durable (and cover logs written before the watermark was fsync'd). Below
+        # the floor damage is corruption, and offsets are never handed out again.
         wm = max(watermark or 0, max_committed(self.directory, self.partition))
 
         bases = seg.list_segments(self._pdir)
@@ -651,8 +659,7 @@ class EmbeddedLogWriter(LogWriter):
                     )
         self._durable_next = self._next_offset
         self._sealed_bytes = sealed_bytes
-        os.pwrite(self._wm_fd, seg.encode_watermark(self._durable_next), 0)
-        os.fsync(self._wm_fd)
+        self._write_watermark(self._durable_next)
         self._m.end_offset.set(self._durable_next)
         self._m.bytes.set(self._sealed_bytes + self._seg_size)
         log.info(
