@@ -15,14 +15,17 @@ import pytest
 from lossproof.log.base import LogGap
 from lossproof.store.base import (
     DeadLetter,
+    Incarnation,
     Ledger,
     LostRange,
     MetricMetadata,
     Point,
     ReportWrite,
+    SpoolState,
     Store,
     WriteBatch,
     WriteResult,
+    report_digest,
 )
 from lptest.store_backends import BACKENDS, StoreBackend
 
@@ -106,19 +109,124 @@ def test_same_batch_three_times_equals_once(store: Store) -> None:
     assert store.log_gaps() == [LogGap(0, 3, 9, "segment missing", 500)]
 
 
-def test_duplicate_report_skipped_whole_even_if_points_differ(store: Store) -> None:
+def test_resend_with_same_content_is_a_duplicate(store: Store) -> None:
+    store.write_batch(batch(report(1, n=2)))
+    res = store.write_batch(batch(report(1, n=2)))
+    assert res == WriteResult(points_written=0, reports_stored=0, reports_duplicate=1)
+    assert store.conflicts("t1") == []
+
+
+def test_reused_seq_with_other_content_is_a_conflict_kept_whole(store: Store) -> None:
+    """#14: a seq already stored with different content was counted a duplicate and dropped."""
     store.write_batch(batch(report(1, n=2)))
     different = ReportWrite("t1", "a1", 1, [pt(T0 + 1000, 99.0, agent="a1"), pt(T0 + 5, 1.0, agent="a1")])
-    res = store.write_batch(batch(different))
-    assert res == WriteResult(points_written=0, reports_stored=0, reports_duplicate=1)
+    res = store.write_batch(batch(different, now=2000))
+    assert res == WriteResult(points_written=0, reports_stored=0, reports_duplicate=0, reports_conflict=1)
     [series] = store.query("t1", "cpu", *ALL, {})
-    assert series.points == [(T0 + 1000, 1.0), (T0 + 1001, 1.0)]
+    assert series.points == [(T0 + 1000, 1.0), (T0 + 1001, 1.0)]  # the seq's stored report is untouched
+    [c] = store.conflicts("t1")
+    assert (c.agent, c.incarnation, c.seq, c.points, c.detected_ms, c.applied_ms) == ("a1", "", 1, 2, 2000, 0)
+    assert c.digest == report_digest(different.points) != report_digest(report(1, n=2).points)
+    ledger = store.ledger("t1", "a1")
+    assert ledger is not None and ledger.conflicts == [(1, 1)] and ledger.stored == [(1, 1)]
+    [summary] = store.agents("t1")
+    assert summary.conflict_reports == 1
+    # the same conflicting report read again (a worker re-reading its batch) is kept once
+    store.write_batch(batch(different, now=3000))
+    assert len(store.conflicts("t1")) == 1 and store.agents("t1")[0].conflict_reports == 1
+    assert store.conflicts("t2") == [] and store.conflicts("t1", "a2") == []
+    # an operator applies it: its points become samples, the first write per (series, t) winning
+    assert store.apply_conflict("t1", c.id, 4000) == 1
+    [series] = store.query("t1", "cpu", *ALL, {})
+    assert series.points == [(T0 + 5, 1.0), (T0 + 1000, 1.0), (T0 + 1001, 1.0)]
+    assert store.conflicts("t1")[0].applied_ms == 4000
+    with pytest.raises(KeyError):
+        store.apply_conflict("t2", c.id, 4000)  # another tenant's conflict is not there
+
+
+def test_same_seq_twice_in_one_batch_with_other_content_is_a_conflict(store: Store) -> None:
+    res = store.write_batch(batch(report(1, n=2), ReportWrite("t1", "a1", 1, [pt(T0 + 7, agent="a1")])))
+    assert res == WriteResult(points_written=2, reports_stored=1, reports_duplicate=0, reports_conflict=1)
+    assert count_points(store) == 2
+    assert [c.seq for c in store.conflicts("t1")] == [1]
 
 
 def test_same_seq_twice_in_one_batch_stored_once(store: Store) -> None:
-    res = store.write_batch(batch(report(1, n=2), ReportWrite("t1", "a1", 1, [pt(T0 + 7, agent="a1")])))
+    res = store.write_batch(batch(report(1, n=2), report(1, n=2)))
     assert res == WriteResult(points_written=2, reports_stored=1, reports_duplicate=1)
     assert count_points(store) == 2
+
+
+def test_stored_digests_only_of_stored_seqs(store: Store) -> None:
+    store.write_batch(batch(report(1), report(2), report(5)))
+    got = store.stored_digests("t1", "a1", "", [(2, 6), (9, 9)])
+    assert got == {2: report_digest(report(2).points), 5: report_digest(report(5).points)}
+    assert store.stored_digests("t1", "a1", "other", [(1, 9)]) == {}
+    assert store.stored_digests("t2", "a1", "", [(1, 9)]) == {}
+
+
+# --- incarnations --------------------------------------------------------------------------------
+
+
+def inc_report(seq: int, incarnation: str, agent: str = "a1", t: int = 0) -> ReportWrite:
+    points = [pt(T0 + t + seq * 1000, float(seq), agent=agent, inc=incarnation)]
+    return ReportWrite("t1", agent, seq, points, incarnation)
+
+
+def test_incarnations_have_their_own_seq_space(store: Store) -> None:
+    """#14: a wiped spool (or a second host with the same id) starts at seq 1 again."""
+    r1 = store.write_batch(batch(inc_report(1, "i1"), inc_report(2, "i1"), now=1000))
+    r2 = store.write_batch(batch(inc_report(1, "i2"), inc_report(2, "i2"), now=2000))
+    assert r1.reports_stored == r2.reports_stored == 2 and r2.reports_conflict == 0
+    assert count_points(store) == 4
+    summaries = store.agents("t1")
+    assert [(a.agent, a.incarnation, a.stored_reports, a.first_seen_ms) for a in summaries] == [
+        ("a1", "i1", 2, 1000),
+        ("a1", "i2", 2, 2000),
+    ]
+    latest = store.ledger("t1", "a1")
+    assert latest is not None and latest.incarnation == "i2" and latest.stored == [(1, 2)]
+    first = store.ledger("t1", "a1", "i1")
+    assert first is not None and first.incarnation == "i1" and first.stored == [(1, 2)]
+    assert store.ledger("t1", "a1", "nope") is None
+
+
+def test_new_incarnation_turns_the_old_ones_delayed_seqs_into_spool_reset(store: Store) -> None:
+    spool = SpoolState("t1", "a1", 5, 500, 900, 3, 7, 1000, incarnation="i1")
+    store.write_batch(batch(inc_report(1, "i1"), inc_report(2, "i1"), spool=[spool], now=1000))
+    before = store.ledger("t1", "a1", "i1")
+    assert before is not None and [(a, b) for a, b, _ in before.delayed] == [(3, 7)]
+    store.write_batch(batch(inc_report(1, "i2"), now=2000))
+    after = store.ledger("t1", "a1", "i1")
+    assert after is not None
+    assert after.delayed == [] and after.missing == []
+    assert after.lost == [(3, 7, "spool_reset")]
+    summary = {a.incarnation: a for a in store.agents("t1")}["i1"]
+    assert (summary.lost_reports, summary.delayed_reports) == (5, 0)
+    # the old incarnation was alive after all (two hosts, one id): what it delivers is stored
+    store.write_batch(batch(inc_report(4, "i1"), now=3000))
+    again = store.ledger("t1", "a1", "i1")
+    assert again is not None and again.stored == [(1, 2), (4, 4)]
+    assert again.lost == [(3, 3, "spool_reset"), (5, 7, "spool_reset")]
+
+
+def test_incarnation_first_seq_bounds_its_holes(store: Store) -> None:
+    b = batch(inc_report(101, "i2"), inc_report(103, "i2"), incarnations=[Incarnation("t1", "a1", "i2", 101)])
+    store.write_batch(b)
+    ledger = store.ledger("t1", "a1", "i2")
+    assert ledger is not None and ledger.first_seq == 101
+    assert [(a, b) for a, b, _ in ledger.missing] == [(102, 102)]
+    # a later request that names another first seq does not move it
+    store.write_batch(
+        batch(
+            incarnations=[Incarnation("t1", "a1", "i2", 1)],
+            spool=[SpoolState("t1", "a1", 0, 0, 0, 0, 103, 5, incarnation="i2")],
+        )
+    )
+    ledger = store.ledger("t1", "a1", "i2")
+    assert ledger is not None and [(a, b) for a, b, _ in ledger.missing] == [(102, 102)]
+    assert store.replay_wanted("t1", "a1", 10**15, "i2") == [(102, 102)]
+    assert store.replay_wanted("t1", "a1", 10**15) == []
 
 
 def test_same_seq_different_agents_or_tenants_are_different_reports(store: Store) -> None:

@@ -9,9 +9,20 @@ Atomicity
     leaves either the state before or the state after. Only after it returns may the worker commit
     its log position.
 
+Incarnations
+    An agent id may have several *incarnations* (a random id the agent creates with its spool, see
+    docs/protocol.md; ``""`` for agents that send none). Each incarnation of ``(tenant, agent)`` has
+    its own seq space and its own ledger, starting at the ``first_seq`` it declared (default 1). When
+    a new incarnation of a known agent id appears, the seqs its other incarnations still had delayed
+    (pending in their last spool state) become lost with reason ``spool_reset``.
+
 Idempotency (the contract's third rule)
-    A native report is stored at most once per ``(tenant, agent, seq)``: a report whose seq is already
-    stored is skipped whole and counted as a duplicate delivery, never written twice. A sample is
+    A native report is stored at most once per ``(tenant, agent, incarnation, seq)``, with a content
+    digest (:func:`report_digest`). A report whose seq is already stored with the same digest (or
+    stored before digests were kept) is skipped whole and counted as a duplicate delivery, never
+    written twice. One with a *different* digest is a conflict: it is not stored as the seq and never
+    dropped either; it is kept whole in the conflicts table (:meth:`Store.conflicts`), counted in the
+    agent's summary, and can be applied by an operator (:meth:`Store.apply_conflict`). A sample is
     stored at most once per ``(tenant, series, timestamp)``, the first write winning, so a retried
     third-party batch never doubles a point. Replaying any batch any number of times has the effect
     of applying it once.
@@ -35,6 +46,7 @@ Tenancy
 from __future__ import annotations
 
 import abc
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -87,12 +99,34 @@ class Point(msgspec.Struct, gc=False):
 
 @dataclass(slots=True)
 class ReportWrite:
-    """One agent report: stored whole, once, per (tenant, agent, seq)."""
+    """One agent report: stored whole, once, per (tenant, agent, incarnation, seq)."""
 
     tenant: str
     agent: str
     seq: int
     points: Sequence[PointLike]
+    incarnation: str = ""
+
+
+# The canonical encoding of a report's points: msgpack with struct fields and dict keys sorted, so
+# the same points give the same bytes whatever struct type a decoder used (ingest's validating
+# structs, the worker's plain ones, :class:`Point`) and whatever order the sender put labels in.
+_points_enc = msgspec.msgpack.Encoder(order="sorted")
+_points_dec = msgspec.msgpack.Decoder(list[Point])
+
+
+def encode_points(points: Sequence[PointLike]) -> bytes:
+    """The canonical bytes of ``points`` (msgspec Structs or dataclasses with a point's fields)."""
+    return _points_enc.encode(points)
+
+
+def decode_points(data: bytes) -> list[Point]:
+    return _points_dec.decode(data)
+
+
+def report_digest(points: Sequence[PointLike]) -> bytes:
+    """A report's content digest: what tells a resend (same digest) from a reused seq (another one)."""
+    return hashlib.blake2b(encode_points(points), digest_size=16).digest()
 
 
 @dataclass(slots=True)
@@ -113,6 +147,32 @@ class LostRange:
     first: int
     last: int
     reason: str
+    incarnation: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Incarnation:
+    """An incarnation a request named, with the first seq of its seq space (the first one seen wins)."""
+
+    tenant: str
+    agent: str
+    incarnation: str
+    first_seq: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """A report whose seq was already stored with other content: kept whole, never dropped."""
+
+    id: int
+    tenant: str
+    agent: str
+    incarnation: str
+    seq: int
+    digest: bytes
+    points: int
+    detected_ms: int
+    applied_ms: int  # 0: not applied yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +191,7 @@ class SpoolState:
     first_pending_seq: int  # 0: nothing pending
     last_seq: int
     reported_ms: int
+    incarnation: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +221,7 @@ class WriteBatch:
     now_ms: int = 0
     spool: list[SpoolState] = field(default_factory=list)  # per agent, the last one wins
     metadata: list[MetricMetadata] = field(default_factory=list)  # per (tenant, metric), the last wins
+    incarnations: list[Incarnation] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +229,7 @@ class WriteResult:
     points_written: int
     reports_stored: int
     reports_duplicate: int
+    reports_conflict: int = 0  # same seq, other content: kept in the conflicts table
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +239,9 @@ class Ledger:
     lost: list[tuple[int, int, str]]  # (first, last, reason)
     delayed: list[tuple[int, int, int]] = field(default_factory=list)  # (first, last, pending since ms)
     spool: SpoolState | None = None  # the agent's last report of its spool
+    incarnation: str = ""
+    first_seq: int = 1  # the incarnation's seq space starts here
+    conflicts: list[SeqRange] = field(default_factory=list)  # seqs with a conflicting report kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +254,10 @@ class AgentSummary:
     last_stored_ms: int  # ``now_ms`` of the last batch that stored one of its reports (0: never)
     delayed_reports: int = 0
     last_seen_ms: int = 0  # when the agent last reported its spool state (0: never)
+    incarnation: str = ""
+    first_seq: int = 1
+    first_seen_ms: int = 0  # ``now_ms`` of the batch that first wrote this incarnation
+    conflict_reports: int = 0  # conflicting reports kept (see :class:`Conflict`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,15 +362,35 @@ class Store(abc.ABC):
         """Series of ``metric`` whose labels include ``labels``, points with from_ms <= t <= to_ms."""
 
     @abc.abstractmethod
-    def agents(self, tenant: str) -> list[AgentSummary]: ...
+    def agents(self, tenant: str) -> list[AgentSummary]:
+        """One summary per (agent, incarnation), sorted by agent, then by ``first_seen_ms``."""
 
     @abc.abstractmethod
-    def ledger(self, tenant: str, agent: str) -> Ledger | None:
-        """The agent's ledger, or None if the store has never seen the agent."""
+    def ledger(self, tenant: str, agent: str, incarnation: str | None = None) -> Ledger | None:
+        """The ledger of one incarnation of the agent (None: the one first seen last), or None if
+        the store has never seen it."""
 
     @abc.abstractmethod
-    def replay_wanted(self, tenant: str, agent: str, seen_before_ms: int) -> list[SeqRange]:
+    def replay_wanted(
+        self, tenant: str, agent: str, seen_before_ms: int, incarnation: str = ""
+    ) -> list[SeqRange]:
         """Missing ranges first seen before ``seen_before_ms``: the ones to ask the agent for."""
+
+    @abc.abstractmethod
+    def stored_digests(
+        self, tenant: str, agent: str, incarnation: str, seqs: Sequence[SeqRange]
+    ) -> dict[int, bytes]:
+        """The content digests of the reports among ``seqs`` that are stored (with a digest): what
+        ingest compares a request against before acknowledging it. One index range read per range."""
+
+    @abc.abstractmethod
+    def conflicts(self, tenant: str, agent: str | None = None) -> list[Conflict]:
+        """The tenant's conflicting reports (of ``agent`` when given), oldest first."""
+
+    @abc.abstractmethod
+    def apply_conflict(self, tenant: str, conflict_id: int, now_ms: int) -> int:
+        """Write a kept conflict's points as samples (idempotent per (series, t), first write winning)
+        and mark it applied; returns the points written. Raises KeyError for an unknown id."""
 
     @abc.abstractmethod
     def dead_letter_count(self, tenant: str | None = None) -> int:

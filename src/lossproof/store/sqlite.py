@@ -14,7 +14,7 @@ Processes
     ``busy_timeout_ms`` before raising. Each read method is one short read transaction: a reader
     that held one open for long would keep checkpoints from recycling the WAL, which then grows.
 
-Layout (schema version 1)
+Layout (schema version 2)
     ``series`` maps (tenant, metric, canonical labels JSON) to an integer id. ``points`` is keyed
     (bucket, series_id, t) with bucket = t >> ``bucket_shift`` (65.5 s): a batch carries about one
     point per series, and clustering by series alone made every batch dirty one page per series
@@ -25,15 +25,19 @@ Layout (schema version 1)
     row per stored / missing / lost range per agent, ``agents`` a summary row per agent. NaN values
     are stored as NULL (SQLite turns a bound NaN into NULL) and read back as NaN. ``metadata``
     holds one row per (tenant, metric): type, help, unit, the last write winning.
+    The per-agent tables (``agents``, ``ledger``) are keyed by (tenant, agent, incarnation);
+    ``reports`` holds each stored report's content digest, ``conflicts`` the reports that reused a
+    stored seq with other content, kept whole. Version 1 files are upgraded in place on open.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +48,11 @@ from lossproof.log.base import LogGap
 from lossproof.store import ledger as lg
 from lossproof.store.base import (
     AgentSummary,
+    Conflict,
     Ledger,
     Matcher,
     MetricMetadata,
     PointLike,
-    ReportWrite,
     SeqRange,
     Series,
     SpoolState,
@@ -59,11 +63,13 @@ from lossproof.store.base import (
     StoreUnavailable,
     WriteBatch,
     WriteResult,
+    decode_points,
+    encode_points,
     latest_metadata,
     matches_all,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION_ID = 0x4C505346  # "LPSF": marks the file as a lossproof store
 
 # Metric metadata, one row per (tenant, metric); the last write wins. Also created in a store written
@@ -85,7 +91,89 @@ _UPSERT_METADATA = (
     " WHERE type != excluded.type OR help != excluded.help OR unit != excluded.unit"
 )
 
-SCHEMA_V1 = """
+# The per-agent tables, keyed by incarnation since schema version 2 (see base.py, "Incarnations").
+# Version 1 files are rebuilt into these by _upgrade_v1 (their rows get incarnation '').
+AGENTS_TABLE = """
+CREATE TABLE agents (
+    tenant          TEXT NOT NULL,
+    agent           TEXT NOT NULL,
+    incarnation     TEXT NOT NULL DEFAULT '',  -- '' = an agent that sends none
+    max_seq         INTEGER NOT NULL,
+    stored_reports  INTEGER NOT NULL,
+    missing_reports INTEGER NOT NULL,
+    lost_reports    INTEGER NOT NULL,
+    last_stored_ms  INTEGER NOT NULL,
+    delayed_reports INTEGER NOT NULL DEFAULT 0,
+    -- the last SpoolState the agent reported, spool_reported_ms 0 = never
+    spool_pending_reports INTEGER NOT NULL DEFAULT 0,
+    spool_pending_bytes   INTEGER NOT NULL DEFAULT 0,
+    spool_oldest_ms       INTEGER NOT NULL DEFAULT 0,
+    spool_first_pending   INTEGER NOT NULL DEFAULT 0,
+    spool_last_seq        INTEGER NOT NULL DEFAULT 0,
+    spool_reported_ms     INTEGER NOT NULL DEFAULT 0,
+    first_seq        INTEGER NOT NULL DEFAULT 1,  -- where the incarnation's seq space starts
+    first_seen_ms    INTEGER NOT NULL DEFAULT 0,
+    conflict_reports INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant, agent, incarnation)
+) STRICT, WITHOUT ROWID
+"""
+LEDGER_TABLE = """
+CREATE TABLE ledger (
+    tenant      TEXT NOT NULL,
+    agent       TEXT NOT NULL,
+    incarnation TEXT NOT NULL DEFAULT '',
+    kind        TEXT NOT NULL CHECK (kind IN ('stored', 'missing', 'lost', 'delayed')),
+    first       INTEGER NOT NULL,
+    last        INTEGER NOT NULL,
+    since_ms    INTEGER,  -- missing: when the hole was first seen, delayed: oldest pending in the agent
+    reason      TEXT,     -- lost: why
+    PRIMARY KEY (tenant, agent, incarnation, kind, first)
+) STRICT, WITHOUT ROWID
+"""
+# One row per stored report: its content digest, which tells a resend from a reused seq.
+REPORTS_TABLE = """
+CREATE TABLE reports (
+    tenant      TEXT NOT NULL,
+    agent       TEXT NOT NULL,
+    incarnation TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    digest      BLOB NOT NULL,
+    PRIMARY KEY (tenant, agent, incarnation, seq)
+) STRICT, WITHOUT ROWID
+"""
+# Reports whose seq was already stored with other content, kept whole (canonical msgpack points).
+CONFLICTS_TABLE = """
+CREATE TABLE conflicts (
+    id          INTEGER PRIMARY KEY,
+    tenant      TEXT NOT NULL,
+    agent       TEXT NOT NULL,
+    incarnation TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    digest      BLOB NOT NULL,
+    points      BLOB NOT NULL,
+    n_points    INTEGER NOT NULL,
+    detected_ms INTEGER NOT NULL,
+    applied_ms  INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (tenant, agent, incarnation, seq, digest)  -- a re-read report is kept once
+) STRICT
+"""
+AGENT_TABLES = ";".join([AGENTS_TABLE, LEDGER_TABLE, REPORTS_TABLE, CONFLICTS_TABLE]) + ";"
+_AGENT_COLUMNS = (
+    "tenant, agent, incarnation, max_seq, stored_reports, missing_reports, lost_reports,"
+    " last_stored_ms, delayed_reports, spool_pending_reports, spool_pending_bytes, spool_oldest_ms,"
+    " spool_first_pending, spool_last_seq, spool_reported_ms, first_seq, first_seen_ms, conflict_reports"
+)
+_V1_AGENT_COLUMNS = (
+    "tenant, agent, max_seq, stored_reports, missing_reports, lost_reports, last_stored_ms,"
+    " delayed_reports, spool_pending_reports, spool_pending_bytes, spool_oldest_ms,"
+    " spool_first_pending, spool_last_seq, spool_reported_ms"
+)
+_SUMMARY = (
+    "last_stored_ms, spool_pending_reports, spool_pending_bytes, spool_oldest_ms,"
+    " spool_first_pending, spool_last_seq, spool_reported_ms, first_seq, first_seen_ms, conflict_reports"
+)
+
+SCHEMA_V1 = f"""
 CREATE TABLE series (
     id          INTEGER PRIMARY KEY,
     tenant      TEXT NOT NULL,
@@ -102,35 +190,7 @@ CREATE TABLE points (
     PRIMARY KEY (bucket, series_id, t)
 ) STRICT, WITHOUT ROWID;
 
-CREATE TABLE agents (
-    tenant          TEXT NOT NULL,
-    agent           TEXT NOT NULL,
-    max_seq         INTEGER NOT NULL,
-    stored_reports  INTEGER NOT NULL,
-    missing_reports INTEGER NOT NULL,
-    lost_reports    INTEGER NOT NULL,
-    last_stored_ms  INTEGER NOT NULL,
-    delayed_reports INTEGER NOT NULL DEFAULT 0,
-    -- the last SpoolState the agent reported, spool_reported_ms 0 = never
-    spool_pending_reports INTEGER NOT NULL DEFAULT 0,
-    spool_pending_bytes   INTEGER NOT NULL DEFAULT 0,
-    spool_oldest_ms       INTEGER NOT NULL DEFAULT 0,
-    spool_first_pending   INTEGER NOT NULL DEFAULT 0,
-    spool_last_seq        INTEGER NOT NULL DEFAULT 0,
-    spool_reported_ms     INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (tenant, agent)
-) STRICT, WITHOUT ROWID;
-
-CREATE TABLE ledger (
-    tenant   TEXT NOT NULL,
-    agent    TEXT NOT NULL,
-    kind     TEXT NOT NULL CHECK (kind IN ('stored', 'missing', 'lost', 'delayed')),
-    first    INTEGER NOT NULL,
-    last     INTEGER NOT NULL,
-    since_ms INTEGER,  -- missing: when the hole was first seen, delayed: oldest pending in the agent
-    reason   TEXT,     -- lost: why
-    PRIMARY KEY (tenant, agent, kind, first)
-) STRICT, WITHOUT ROWID;
+{AGENT_TABLES}
 
 CREATE TABLE dead_letters (
     id         INTEGER PRIMARY KEY,
@@ -179,6 +239,7 @@ _SERIES_CACHE_MAX = 2_000_000
 # in-memory key of a series: (tenant, metric, label items in the order the caller gave them)
 _SeriesKey = tuple[Any, ...]  # (tenant, metric, *labels.items())
 _LedgerRow = lg.LedgerRow
+_AgentKey = tuple[str, str, str]  # (tenant, agent, incarnation)
 
 
 class SqliteStore(Store):
@@ -199,6 +260,12 @@ class SqliteStore(Store):
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path}: cannot open the store: {e}") from e
         try:
+            if readonly and self._older_than_current():
+                # A reader of a file written by an older lossproof: upgrade it once (as the worker
+                # would), so the query process can start first.
+                self._con.close()
+                SqliteStore(self.path, busy_timeout_ms=busy_timeout_ms).close()
+                self._con = self._connect(busy_timeout_ms)
             self._check_schema()
             self._shift = int(self._meta("bucket_shift") or BUCKET_SHIFT)
         except sqlite3.DatabaseError as e:
@@ -259,12 +326,40 @@ class SqliteStore(Store):
                 con.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             else:
                 self._refuse_newer(version)
-                # (future) migrations from older versions go here, inside this transaction
+                if version == 1:
+                    self._upgrade_v1()
             con.execute(METADATA_TABLE)
             con.execute("COMMIT")
         except BaseException:
             self._rollback()
             raise
+
+    def _upgrade_v1(self) -> None:
+        """Version 1 -> 2, inside the opening transaction: the per-agent tables gain the incarnation
+        in their key (rebuilt: SQLite cannot change a primary key in place; existing rows become
+        incarnation ''), and the reports (digests) and conflicts tables are added. Reports stored
+        before have no digest: a resend of one counts as a duplicate, as it did."""
+        con = self._con
+        con.execute("ALTER TABLE agents RENAME TO agents_v1")
+        con.execute("ALTER TABLE ledger RENAME TO ledger_v1")
+        for stmt in AGENT_TABLES.split(";"):
+            if stmt.strip():
+                con.execute(stmt)
+        con.execute(
+            f"INSERT INTO agents ({_AGENT_COLUMNS})"
+            f" SELECT tenant, agent, '', {_V1_AGENT_COLUMNS.split(', ', 2)[2]}, 1, 0, 0 FROM agents_v1"
+        )
+        con.execute(
+            "INSERT INTO ledger (tenant, agent, incarnation, kind, first, last, since_ms, reason)"
+            " SELECT tenant, agent, '', kind, first, last, since_ms, reason FROM ledger_v1"
+        )
+        con.execute("DROP TABLE agents_v1")
+        con.execute("DROP TABLE ledger_v1")
+        con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+
+    def _older_than_current(self) -> bool:
+        version = self._read_version()
+        return version is not None and version < SCHEMA_VERSION
 
     def _meta(self, key: str) -> str | None:
         row = self._con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -322,65 +417,51 @@ class SqliteStore(Store):
     def _apply(self, batch: WriteBatch, pending: dict[_SeriesKey, int]) -> WriteResult:
         con = self._con
         now = batch.now_ms
-        reports: dict[tuple[str, str], list[ReportWrite]] = {}
-        for r in batch.reports:
-            reports.setdefault((r.tenant, r.agent), []).append(r)
-        lost: dict[tuple[str, str], list[tuple[int, int, str]]] = {}
-        for lr in batch.lost:
-            lost.setdefault((lr.tenant, lr.agent), []).append((lr.first, lr.last, lr.reason))
-        spools = {(s.tenant, s.agent): s for s in batch.spool}
-
+        work = lg.group_batch(batch)
         rows: list[tuple[int, int, int, float]] = []
-        stored_count = duplicates = 0
-        for key in dict.fromkeys([*reports, *lost, *spools]):  # batch order: first write wins
-            tenant, agent = key
+        stored_count = duplicates = conflicts = 0
+        for key, (reports, lost, spool_in, first_seq_in) in work.items():  # batch order: first write wins
+            tenant, agent, inc = key
             summary = con.execute(
-                "SELECT last_stored_ms, spool_pending_reports, spool_pending_bytes, spool_oldest_ms,"
-                " spool_first_pending, spool_last_seq, spool_reported_ms"
-                " FROM agents WHERE tenant = ? AND agent = ?",
-                key,
+                f"SELECT {_SUMMARY} FROM agents WHERE tenant = ? AND agent = ? AND incarnation = ?", key
             ).fetchone()
-            spool = spools.get(key)
+            if summary is None:
+                self._reset_others(tenant, agent, inc, now)
+            spool = spool_in
             if spool is None and summary and summary[6]:
-                spool = SpoolState(tenant, agent, *summary[1:])
-            old_rows = self._ledger_rows(tenant, agent) if summary else []
+                spool = lg.spool_state(tenant, agent, inc, summary[1:7])
+            first_seq = int(summary[7]) if summary else first_seq_in
+            old_rows = self._ledger_rows(key) if summary else []
             old = lg.from_rows(old_rows)
-            new_seqs: set[int] = set()
-            for r in reports.get(key, ()):
-                if r.seq in new_seqs or lg.contains(old.stored, r.seq):
-                    duplicates += 1
-                    continue
-                new_seqs.add(r.seq)
+            got = lg.sort_reports(reports, old.stored, partial(self._digests, key))
+            duplicates += got.duplicates
+            conflicts += len(got.conflicts)
+            for r, _ in got.new.values():
                 self._point_rows(tenant, r.points, rows, pending)
-            stored_count += len(new_seqs)
-            new = lg.advance(old, lg.from_seqs(new_seqs), lost.get(key, ()), now, spool)
-            self._save_ledger(tenant, agent, old_rows, lg.to_rows(new))
-            last_stored = now if new_seqs else (summary[0] if summary else 0)
-            max_seq = max(
-                new.stored[-1][1] if new.stored else 0,
-                new.lost[-1][1] if new.lost else 0,
-                spool.last_seq if spool else 0,
-            )
-            sp = spool or SpoolState(tenant, agent, 0, 0, 0, 0, 0, 0)
-            con.execute(
-                "INSERT OR REPLACE INTO agents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    tenant,
-                    agent,
-                    max_seq,
-                    lg.count(new.stored),
-                    lg.count(new.missing),
-                    lg.count(new.lost),
-                    last_stored,
-                    lg.count(new.delayed),
-                    sp.pending_reports,
-                    sp.pending_bytes,
-                    sp.oldest_pending_ms,
-                    sp.first_pending_seq,
-                    sp.last_seq,
-                    sp.reported_ms,
-                ),
-            )
+            if got.new:
+                con.executemany(
+                    "INSERT INTO reports VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    [(tenant, agent, inc, seq, d) for seq, (_, d) in got.new.items()],
+                )
+            conflict_count = int(summary[9]) if summary else 0
+            if got.conflicts:
+                con.executemany(
+                    "INSERT INTO conflicts (tenant, agent, incarnation, seq, digest, points, n_points,"
+                    " detected_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    [
+                        (tenant, agent, inc, r.seq, d, encode_points(r.points), len(r.points), now)
+                        for r, d in got.conflicts
+                    ],
+                )
+                conflict_count = con.execute(
+                    "SELECT count(*) FROM conflicts WHERE tenant = ? AND agent = ? AND incarnation = ?", key
+                ).fetchone()[0]
+            stored_count += len(got.new)
+            new = lg.advance(old, lg.from_seqs(got.new), lost, now, spool, first_seq)
+            self._save_ledger(key, old_rows, lg.to_rows(new))
+            last_stored = now if got.new else (summary[0] if summary else 0)
+            first_seen = int(summary[8]) if summary else now
+            self._save_agent(key, new, spool, last_stored, first_seen, conflict_count)
         for tenant, p in batch.samples:
             self._point_rows(tenant, (p,), rows, pending)
         written = con.executemany(_INSERT_POINT, rows).rowcount if rows else 0
@@ -401,7 +482,75 @@ class SqliteStore(Store):
                 _UPSERT_METADATA,
                 [(m.tenant, m.metric, m.type, m.help, m.unit) for m in latest_metadata(batch.metadata)],
             )
-        return WriteResult(points_written=written, reports_stored=stored_count, reports_duplicate=duplicates)
+        return WriteResult(written, stored_count, duplicates, conflicts)
+
+    def _digests(self, key: _AgentKey, seqs: list[int]) -> dict[int, bytes]:
+        return self._stored_digests(key, lg.from_seqs(seqs))
+
+    def _stored_digests(self, key: _AgentKey, ranges: Sequence[SeqRange]) -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        for first, last in ranges:
+            out.update(
+                self._con.execute(
+                    "SELECT seq, digest FROM reports WHERE tenant = ? AND agent = ? AND incarnation = ?"
+                    " AND seq BETWEEN ? AND ?",
+                    (*key, first, last),
+                ).fetchall()
+            )
+        return out
+
+    def _reset_others(self, tenant: str, agent: str, incarnation: str, now: int) -> None:
+        """A new incarnation of a known agent id: what the others still had delayed is lost
+        (``spool_reset``), see :func:`lossproof.store.ledger.spool_reset`."""
+        others = self._con.execute(
+            f"SELECT incarnation, {_SUMMARY} FROM agents WHERE tenant = ? AND agent = ? AND incarnation != ?"
+            " AND delayed_reports > 0",
+            (tenant, agent, incarnation),
+        ).fetchall()
+        for inc, *summary in others:
+            key = (tenant, agent, inc)
+            spool = lg.spool_state(tenant, agent, inc, summary[1:7]) if summary[6] else None
+            old_rows = self._ledger_rows(key)
+            old = lg.from_rows(old_rows)
+            new = lg.advance(old, [], lg.spool_reset(old), now, spool, summary[7])
+            self._save_ledger(key, old_rows, lg.to_rows(new))
+            self._save_agent(key, new, spool, summary[0], summary[8], summary[9])
+
+    def _save_agent(
+        self,
+        key: _AgentKey,
+        new: Ledger,
+        spool: SpoolState | None,
+        last_stored: int,
+        first_seen: int,
+        conflict_count: int,
+    ) -> None:
+        tenant, agent, inc = key
+        sp = spool or SpoolState(tenant, agent, 0, 0, 0, 0, 0, 0)
+        self._con.execute(
+            f"INSERT OR REPLACE INTO agents ({_AGENT_COLUMNS}) VALUES"
+            " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                tenant,
+                agent,
+                inc,
+                lg.max_seq(new, spool),
+                lg.count(new.stored),
+                lg.count(new.missing),
+                lg.count(new.lost),
+                last_stored,
+                lg.count(new.delayed),
+                sp.pending_reports,
+                sp.pending_bytes,
+                sp.oldest_pending_ms,
+                sp.first_pending_seq,
+                sp.last_seq,
+                sp.reported_ms,
+                new.first_seq,
+                first_seen,
+                conflict_count,
+            ),
+        )
 
     def _point_rows(
         self,
@@ -446,23 +595,29 @@ class SqliteStore(Store):
         pending[key] = sid
         return sid
 
-    def _ledger_rows(self, tenant: str, agent: str) -> list[_LedgerRow]:
+    def _ledger_rows(self, key: _AgentKey) -> list[_LedgerRow]:
         return self._con.execute(
             "SELECT kind, first, last, since_ms, reason FROM ledger"
-            " WHERE tenant = ? AND agent = ? ORDER BY kind, first",
-            (tenant, agent),
+            " WHERE tenant = ? AND agent = ? AND incarnation = ? ORDER BY kind, first",
+            key,
         ).fetchall()
 
-    def _save_ledger(self, tenant: str, agent: str, old: list[_LedgerRow], new: list[_LedgerRow]) -> None:
+    def _save_ledger(self, key: _AgentKey, old: list[_LedgerRow], new: list[_LedgerRow]) -> None:
         old_set, new_set = set(old), set(new)
-        gone = [(tenant, agent, r[0], r[1]) for r in old if r not in new_set]
-        added = [(tenant, agent, *r) for r in new if r not in old_set]
+        gone = [(*key, r[0], r[1]) for r in old if r not in new_set]
+        added = [(*key, *r) for r in new if r not in old_set]
         if gone:
             self._con.executemany(
-                "DELETE FROM ledger WHERE tenant = ? AND agent = ? AND kind = ? AND first = ?", gone
+                "DELETE FROM ledger WHERE tenant = ? AND agent = ? AND incarnation = ? AND kind = ?"
+                " AND first = ?",
+                gone,
             )
         if added:
-            self._con.executemany("INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?)", added)
+            self._con.executemany(
+                "INSERT INTO ledger (tenant, agent, incarnation, kind, first, last, since_ms, reason)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                added,
+            )
 
     # --- reads ---------------------------------------------------------------------------------
 
@@ -506,36 +661,114 @@ class SqliteStore(Store):
         with self._lock:
             rows = self._read(
                 "SELECT agent, max_seq, stored_reports, missing_reports, lost_reports, last_stored_ms,"
-                " delayed_reports, spool_reported_ms FROM agents WHERE tenant = ? ORDER BY agent",
+                " delayed_reports, spool_reported_ms, incarnation, first_seq, first_seen_ms,"
+                " conflict_reports FROM agents WHERE tenant = ? ORDER BY agent, first_seen_ms, incarnation",
                 (tenant,),
             )
         return [AgentSummary(*r) for r in rows]
 
-    def ledger(self, tenant: str, agent: str) -> Ledger | None:
+    def ledger(self, tenant: str, agent: str, incarnation: str | None = None) -> Ledger | None:
         with self._lock:
             self._con.execute("BEGIN")
             try:
-                known = self._read(
-                    "SELECT spool_pending_reports, spool_pending_bytes, spool_oldest_ms, spool_first_pending,"
-                    " spool_last_seq, spool_reported_ms FROM agents WHERE tenant = ? AND agent = ?",
-                    (tenant, agent),
+                sql = (
+                    "SELECT incarnation, spool_pending_reports, spool_pending_bytes, spool_oldest_ms,"
+                    " spool_first_pending, spool_last_seq, spool_reported_ms, first_seq"
+                    " FROM agents WHERE tenant = ? AND agent = ?"
                 )
-                rows = self._ledger_rows(tenant, agent) if known else []
+                if incarnation is None:
+                    latest = " ORDER BY first_seen_ms DESC, incarnation LIMIT 1"
+                    known = self._read(sql + latest, (tenant, agent))
+                else:
+                    known = self._read(sql + " AND incarnation = ?", (tenant, agent, incarnation))
+                rows: list[_LedgerRow] = []
+                conflict_seqs: list[int] = []
+                if known:
+                    key = (tenant, agent, known[0][0])
+                    rows = self._ledger_rows(key)
+                    conflict_seqs = [
+                        s
+                        for (s,) in self._read(
+                            "SELECT DISTINCT seq FROM conflicts WHERE tenant = ? AND agent = ?"
+                            " AND incarnation = ? ORDER BY seq",
+                            key,
+                        )
+                    ]
             finally:
                 self._con.execute("COMMIT")
         if not known:
             return None
-        spool = SpoolState(tenant, agent, *known[0]) if known[0][5] else None
-        return lg.from_rows(rows, spool)
+        inc, *sp, first_seq = known[0]
+        spool = lg.spool_state(tenant, agent, inc, sp) if sp[5] else None
+        return dataclasses.replace(
+            lg.from_rows(rows, spool),
+            incarnation=inc,
+            first_seq=first_seq,
+            conflicts=lg.from_seqs(conflict_seqs),
+        )
 
-    def replay_wanted(self, tenant: str, agent: str, seen_before_ms: int) -> list[SeqRange]:
+    def replay_wanted(
+        self, tenant: str, agent: str, seen_before_ms: int, incarnation: str = ""
+    ) -> list[SeqRange]:
         with self._lock:
             rows = self._read(
-                "SELECT first, last FROM ledger WHERE tenant = ? AND agent = ? AND kind = 'missing'"
-                " AND since_ms < ? ORDER BY first",
-                (tenant, agent, seen_before_ms),
+                "SELECT first, last FROM ledger WHERE tenant = ? AND agent = ? AND incarnation = ?"
+                " AND kind = 'missing' AND since_ms < ? ORDER BY first",
+                (tenant, agent, incarnation, seen_before_ms),
             )
         return lg.normalize((a, b) for a, b in rows)
+
+    def stored_digests(
+        self, tenant: str, agent: str, incarnation: str, seqs: Sequence[SeqRange]
+    ) -> dict[int, bytes]:
+        with self._lock:
+            self._con.execute("BEGIN")
+            try:
+                return self._stored_digests((tenant, agent, incarnation), seqs)
+            finally:
+                self._con.execute("COMMIT")
+
+    def conflicts(self, tenant: str, agent: str | None = None) -> list[Conflict]:
+        sql = (
+            "SELECT id, tenant, agent, incarnation, seq, digest, n_points, detected_ms, applied_ms"
+            " FROM conflicts WHERE tenant = ?"
+        )
+        params: list[Any] = [tenant]
+        if agent is not None:
+            sql += " AND agent = ?"
+            params.append(agent)
+        with self._lock:
+            rows = self._read(sql + " ORDER BY id", params)
+        return [Conflict(*r) for r in rows]
+
+    def apply_conflict(self, tenant: str, conflict_id: int, now_ms: int) -> int:
+        if self.readonly:
+            raise StoreError("store opened readonly")
+        with self._lock:
+            pending: dict[_SeriesKey, int] = {}
+            self._con.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._con.execute(
+                    "SELECT points FROM conflicts WHERE tenant = ? AND id = ?", (tenant, conflict_id)
+                ).fetchone()
+                if row is None:
+                    raise KeyError(conflict_id)
+                rows: list[tuple[int, int, int, float]] = []
+                self._point_rows(tenant, decode_points(row[0]), rows, pending)
+                written = self._con.executemany(_INSERT_POINT, rows).rowcount if rows else 0
+                self._con.execute(
+                    "UPDATE conflicts SET applied_ms = ? WHERE id = ? AND applied_ms = 0",
+                    (now_ms, conflict_id),
+                )
+                self._con.execute("COMMIT")
+            except (sqlite3.OperationalError, OSError) as e:
+                self._rollback()
+                raise StoreUnavailable(f"sqlite {self.path}: {e}") from e
+            except BaseException:
+                self._rollback()
+                raise
+            self._series.update(pending)
+            return int(written)
 
     def dead_letter_count(self, tenant: str | None = None) -> int:
         with self._lock:
