@@ -46,6 +46,7 @@ Schema
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import re
@@ -54,6 +55,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -70,11 +72,11 @@ from lossproof.store import ledger as lg
 from lossproof.store import pg_migrations as mig
 from lossproof.store.base import (
     AgentSummary,
+    Conflict,
     Ledger,
     Matcher,
     MetricMetadata,
     PointLike,
-    ReportWrite,
     SeqRange,
     Series,
     SpoolState,
@@ -85,6 +87,8 @@ from lossproof.store.base import (
     StoreUnavailable,
     WriteBatch,
     WriteResult,
+    decode_points,
+    encode_points,
     latest_metadata,
     matches_all,
 )
@@ -113,6 +117,17 @@ def pg_text(s: str) -> str:
 
 _SeriesKey = tuple[Any, ...]  # (tenant, metric, *labels.items()) in the caller's label order
 _LedgerRow = lg.LedgerRow
+_AgentKey = tuple[str, str, str]  # (tenant, agent, incarnation)
+_AGENT_COLUMNS = (
+    "tenant, agent, incarnation, max_seq, stored_reports, missing_reports, lost_reports,"
+    " last_stored_ms, delayed_reports, spool_pending_reports, spool_pending_bytes, spool_oldest_ms,"
+    " spool_first_pending, spool_last_seq, spool_reported_ms, first_seq, first_seen_ms, conflict_reports"
+)
+_SUMMARY = (
+    "a.last_stored_ms, a.spool_pending_reports, a.spool_pending_bytes, a.spool_oldest_ms,"
+    " a.spool_first_pending, a.spool_last_seq, a.spool_reported_ms, a.first_seq, a.first_seen_ms,"
+    " a.conflict_reports"
+)
 _Conn = psycopg.Connection[Any]
 
 # SQLSTATE classes that mean "the data itself is refused": data exceptions, integrity
@@ -482,86 +497,115 @@ class PostgresStore(Store):
 
     def _apply(self, conn: _Conn, batch: WriteBatch, pending: dict[_SeriesKey, int]) -> WriteResult:
         now = batch.now_ms
-        reports: dict[tuple[str, str], list[ReportWrite]] = {}
-        for r in batch.reports:
-            reports.setdefault((r.tenant, r.agent), []).append(r)
-        lost: dict[tuple[str, str], list[tuple[int, int, str]]] = {}
-        for lr in batch.lost:
-            lost.setdefault((lr.tenant, lr.agent), []).append((lr.first, lr.last, lr.reason))
-        spools = {(s.tenant, s.agent): s for s in batch.spool}
-        keys = list(dict.fromkeys([*reports, *lost, *spools]))  # batch order: first write wins
+        work = lg.group_batch(batch)
+        keys = list(work)  # batch order: first write wins
 
         cur = conn.cursor()
-        old_rows: dict[tuple[str, str], list[_LedgerRow]] = {}
-        summaries: dict[tuple[str, str], tuple[Any, ...]] = {}
+        old_rows: dict[_AgentKey, list[_LedgerRow]] = {}
+        summaries: dict[_AgentKey, tuple[Any, ...]] = {}
         if keys:
-            # One lock per agent, always taken in the same order: writers of disjoint agents run
-            # in parallel, writers of the same agent one after the other.
-            locks = sorted({_lock_key(self.schema, t, a) for t, a in keys})
+            # One lock per agent id (all its incarnations: a new one changes the others' ledgers),
+            # always taken in the same order: writers of disjoint agents run in parallel, writers
+            # of the same agent one after the other.
+            locks = sorted({_lock_key(self.schema, t, a) for t, a, _ in keys})
             cur.execute(
                 "SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) WITH ORDINALITY AS u(k, i)",
                 (locks,),
             )
-            tenants = [k[0] for k in keys]
-            agents = [k[1] for k in keys]
-            cur.execute(
-                "SELECT a.tenant, a.agent, a.last_stored_ms, a.spool_pending_reports, a.spool_pending_bytes,"
-                " a.spool_oldest_ms, a.spool_first_pending, a.spool_last_seq, a.spool_reported_ms"
-                " FROM agents a JOIN unnest(%s::text[], %s::text[]) AS k(tenant, agent)"
-                " USING (tenant, agent)",
-                (tenants, agents),
-            )
-            for row in cur.fetchall():
-                summaries[(row[0], row[1])] = tuple(row[2:])
-            if summaries:
+            self._read_agents(cur, keys, summaries, old_rows)
+            new_keys = [k for k in keys if k not in summaries]
+            if new_keys:
+                # Other incarnations of agent ids that have a new one, with seqs still delayed.
                 cur.execute(
-                    "SELECT l.tenant, l.agent, l.kind, l.first, l.last, l.since_ms, l.reason"
-                    " FROM ledger l JOIN unnest(%s::text[], %s::text[]) AS k(tenant, agent)"
-                    " USING (tenant, agent) ORDER BY l.tenant, l.agent, l.kind, l.first",
-                    ([k[0] for k in summaries], [k[1] for k in summaries]),
+                    "SELECT a.tenant, a.agent, a.incarnation FROM agents a"
+                    " JOIN unnest(%s::text[], %s::text[]) AS k(tenant, agent) USING (tenant, agent)"
+                    " WHERE a.delayed_reports > 0",
+                    ([k[0] for k in new_keys], [k[1] for k in new_keys]),
                 )
-                for t, a, *rest in cur.fetchall():
-                    old_rows.setdefault((t, a), []).append(tuple(rest))
+                others = [tuple(r) for r in cur.fetchall() if tuple(r) not in work]
+                self._read_agents(cur, others, summaries, old_rows)
 
         rows: list[tuple[int | None, int, float]] = []
         unresolved: list[tuple[int, _SeriesKey, str, str, dict[str, str]]] = []
-        stored_count = duplicates = 0
-        gone: list[tuple[str, str, str, int]] = []
-        added: list[tuple[str, str, str, int, int, int | None, str | None]] = []
-        agent_rows: list[tuple[Any, ...]] = []
+        stored_count = duplicates = conflicts = 0
+        ledgers: dict[_AgentKey, tuple[Ledger, SpoolState | None, int, int, int]] = {}
+        digest_rows: list[tuple[str, str, str, int, bytes]] = []
+        conflict_rows: list[tuple[Any, ...]] = []
+        reset: set[tuple[str, str]] = set()
         for key in keys:
-            tenant, agent = key
+            tenant, agent, inc = key
+            reports, lost, spool_in, first_seq_in = work[key]
             summary = summaries.get(key)
-            spool = spools.get(key)
+            if summary is None and (tenant, agent) not in reset:
+                reset.add((tenant, agent))
+                for other in [k for k in summaries if k[:2] == (tenant, agent) and k not in work]:
+                    o = summaries[other]
+                    o_spool = lg.spool_state(tenant, agent, other[2], o[1:7]) if o[6] else None
+                    old = lg.from_rows(old_rows.get(other, []))
+                    new = lg.advance(old, [], lg.spool_reset(old), now, o_spool, int(o[7]))
+                    ledgers[other] = (new, o_spool, int(o[0]), int(o[8]), int(o[9]))
+            spool = spool_in
             if spool is None and summary and summary[6]:
-                spool = SpoolState(tenant, agent, *summary[1:])
-            old_list = old_rows.get(key, [])
-            old = lg.from_rows(old_list)
-            new_seqs: set[int] = set()
-            for r in reports.get(key, ()):
-                if r.seq in new_seqs or lg.contains(old.stored, r.seq):
-                    duplicates += 1
-                    continue
-                new_seqs.add(r.seq)
+                spool = lg.spool_state(tenant, agent, inc, summary[1:7])
+            first_seq = int(summary[7]) if summary else first_seq_in
+            old = lg.from_rows(old_rows.get(key, []))
+            got = lg.sort_reports(reports, old.stored, partial(self._digests, cur, key))
+            duplicates += got.duplicates
+            conflicts += len(got.conflicts)
+            for r, _ in got.new.values():
                 self._point_rows(tenant, r.points, rows, pending, unresolved)
-            stored_count += len(new_seqs)
-            new = lg.advance(old, lg.from_seqs(new_seqs), lost.get(key, ()), now, spool)
+            digest_rows += [(tenant, agent, inc, seq, d) for seq, (_, d) in got.new.items()]
+            conflict_rows += [
+                (tenant, agent, inc, r.seq, d, encode_points(r.points), len(r.points), now)
+                for r, d in got.conflicts
+            ]
+            stored_count += len(got.new)
+            new = lg.advance(old, lg.from_seqs(got.new), lost, now, spool, first_seq)
+            last_stored = now if got.new else (int(summary[0]) if summary else 0)
+            first_seen = int(summary[8]) if summary else now
+            ledgers[key] = (new, spool, last_stored, first_seen, int(summary[9]) if summary else 0)
+
+        if conflict_rows:
+            conflict_rows.sort(key=lambda r: r[:5])
+            cur.executemany(
+                "INSERT INTO conflicts (tenant, agent, incarnation, seq, digest, points, n_points,"
+                " detected_ms) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                conflict_rows,
+            )
+            hit = sorted({r[:3] for r in conflict_rows})
+            cur.execute(
+                "SELECT c.tenant, c.agent, c.incarnation, count(*) FROM conflicts c"
+                " JOIN unnest(%s::text[], %s::text[], %s::text[]) AS k(tenant, agent, incarnation)"
+                " USING (tenant, agent, incarnation) GROUP BY 1, 2, 3",
+                ([k[0] for k in hit], [k[1] for k in hit], [k[2] for k in hit]),
+            )
+            for t, a, i, n in cur.fetchall():
+                new, spool, last_stored, first_seen, _ = ledgers[(t, a, i)]
+                ledgers[(t, a, i)] = (new, spool, last_stored, first_seen, int(n))
+        if digest_rows:
+            digest_rows.sort(key=lambda r: r[:4])
+            cur.executemany(
+                "INSERT INTO reports VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", digest_rows
+            )
+
+        gone: list[tuple[str, str, str, str, int]] = []
+        added: list[tuple[str, str, str, str, int, int, int | None, str | None]] = []
+        agent_rows: list[tuple[Any, ...]] = []
+        for key in sorted(ledgers):  # key order: writers do not deadlock on each other's rows
+            tenant, agent, inc = key
+            new, spool, last_stored, first_seen, conflict_count = ledgers[key]
+            old_list = old_rows.get(key, [])
             new_list = lg.to_rows(new)
             old_set, new_set = set(old_list), set(new_list)
-            gone += [(tenant, agent, r[0], r[1]) for r in old_list if r not in new_set]
-            added += [(tenant, agent, *r) for r in new_list if r not in old_set]
-            last_stored = now if new_seqs else (int(summary[0]) if summary else 0)
-            max_seq = max(
-                new.stored[-1][1] if new.stored else 0,
-                new.lost[-1][1] if new.lost else 0,
-                spool.last_seq if spool else 0,
-            )
+            gone += [(*key, r[0], r[1]) for r in old_list if r not in new_set]
+            added += [(*key, *r) for r in new_list if r not in old_set]
             sp = spool or SpoolState(tenant, agent, 0, 0, 0, 0, 0, 0)
             agent_rows.append(
                 (
                     tenant,
                     agent,
-                    max_seq,
+                    inc,
+                    lg.max_seq(new, spool),
                     lg.count(new.stored),
                     lg.count(new.missing),
                     lg.count(new.lost),
@@ -573,6 +617,9 @@ class PostgresStore(Store):
                     sp.first_pending_seq,
                     sp.last_seq,
                     sp.reported_ms,
+                    new.first_seq,
+                    first_seen,
+                    conflict_count,
                 )
             )
         for tenant, p in batch.samples:
@@ -595,14 +642,20 @@ class PostgresStore(Store):
 
         if gone:
             cur.executemany(
-                "DELETE FROM ledger WHERE tenant = %s AND agent = %s AND kind = %s AND first = %s", gone
+                "DELETE FROM ledger WHERE tenant = %s AND agent = %s AND incarnation = %s AND kind = %s"
+                " AND first = %s",
+                gone,
             )
         if added:
-            cur.executemany("INSERT INTO ledger VALUES (%s, %s, %s, %s, %s, %s, %s)", added)
+            cur.executemany(
+                "INSERT INTO ledger (tenant, agent, incarnation, kind, first, last, since_ms, reason)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                added,
+            )
         if agent_rows:
             cur.executemany(
-                "INSERT INTO agents VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (tenant, agent) DO UPDATE SET max_seq = excluded.max_seq,"
+                f"INSERT INTO agents ({_AGENT_COLUMNS}) VALUES ({', '.join(['%s'] * 18)})"
+                " ON CONFLICT (tenant, agent, incarnation) DO UPDATE SET max_seq = excluded.max_seq,"
                 " stored_reports = excluded.stored_reports, missing_reports = excluded.missing_reports,"
                 " lost_reports = excluded.lost_reports, last_stored_ms = excluded.last_stored_ms,"
                 " delayed_reports = excluded.delayed_reports,"
@@ -610,7 +663,9 @@ class PostgresStore(Store):
                 " spool_pending_bytes = excluded.spool_pending_bytes,"
                 " spool_oldest_ms = excluded.spool_oldest_ms,"
                 " spool_first_pending = excluded.spool_first_pending,"
-                " spool_last_seq = excluded.spool_last_seq, spool_reported_ms = excluded.spool_reported_ms",
+                " spool_last_seq = excluded.spool_last_seq, spool_reported_ms = excluded.spool_reported_ms,"
+                " first_seq = excluded.first_seq, first_seen_ms = excluded.first_seen_ms,"
+                " conflict_reports = excluded.conflict_reports",
                 agent_rows,
             )
         if batch.dead_letters:
@@ -634,7 +689,47 @@ class PostgresStore(Store):
                     for m in meta
                 ],
             )
-        return WriteResult(points_written=written, reports_stored=stored_count, reports_duplicate=duplicates)
+        return WriteResult(written, stored_count, duplicates, conflicts)
+
+    def _read_agents(
+        self,
+        cur: psycopg.Cursor[Any],
+        keys: Sequence[_AgentKey],
+        summaries: dict[_AgentKey, tuple[Any, ...]],
+        old_rows: dict[_AgentKey, list[_LedgerRow]],
+    ) -> None:
+        """The agent rows and ledger rows of ``keys`` (those that exist) into the two dicts."""
+        if not keys:
+            return
+        cols = ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys])
+        cur.execute(
+            f"SELECT a.tenant, a.agent, a.incarnation, {_SUMMARY} FROM agents a"
+            " JOIN unnest(%s::text[], %s::text[], %s::text[]) AS k(tenant, agent, incarnation)"
+            " USING (tenant, agent, incarnation)",
+            cols,
+        )
+        found: list[_AgentKey] = []
+        for r in cur.fetchall():
+            summaries[(r[0], r[1], r[2])] = tuple(r[3:])
+            found.append((r[0], r[1], r[2]))
+        if not found:
+            return
+        cur.execute(
+            "SELECT l.tenant, l.agent, l.incarnation, l.kind, l.first, l.last, l.since_ms, l.reason"
+            " FROM ledger l JOIN unnest(%s::text[], %s::text[], %s::text[]) AS k(tenant, agent, incarnation)"
+            " USING (tenant, agent, incarnation) ORDER BY l.tenant, l.agent, l.incarnation, l.kind, l.first",
+            ([k[0] for k in found], [k[1] for k in found], [k[2] for k in found]),
+        )
+        for t, a, i, *rest in cur.fetchall():
+            old_rows.setdefault((t, a, i), []).append(tuple(rest))
+
+    def _digests(self, cur: psycopg.Cursor[Any], key: _AgentKey, seqs: list[int]) -> dict[int, bytes]:
+        cur.execute(
+            "SELECT seq, digest FROM reports WHERE tenant = %s AND agent = %s AND incarnation = %s"
+            " AND seq = ANY(%s::bigint[])",
+            (*key, seqs),
+        )
+        return {int(seq): bytes(d) for seq, d in cur.fetchall()}
 
     def _point_rows(
         self,
@@ -914,33 +1009,99 @@ class PostgresStore(Store):
     def agents(self, tenant: str) -> list[AgentSummary]:
         rows = self._fetch(
             "SELECT agent, max_seq, stored_reports, missing_reports, lost_reports, last_stored_ms,"
-            " delayed_reports, spool_reported_ms FROM agents WHERE tenant = %s ORDER BY agent",
+            " delayed_reports, spool_reported_ms, incarnation, first_seq, first_seen_ms, conflict_reports"
+            " FROM agents WHERE tenant = %s"
+            ' ORDER BY agent COLLATE "C", first_seen_ms, incarnation COLLATE "C"',
             (tenant,),
         )
         return [AgentSummary(*r) for r in rows]
 
-    def ledger(self, tenant: str, agent: str) -> Ledger | None:
+    def ledger(self, tenant: str, agent: str, incarnation: str | None = None) -> Ledger | None:
+        # One statement: one snapshot of the agent row, its ledger rows and its conflicts.
+        which = (
+            'ORDER BY first_seen_ms DESC, incarnation COLLATE "C" LIMIT 1'
+            if incarnation is None
+            else "AND incarnation = %s"
+        )
+        params: tuple[Any, ...] = (tenant, agent) if incarnation is None else (tenant, agent, incarnation)
         rows = self._fetch(
-            "SELECT a.spool_pending_reports, a.spool_pending_bytes, a.spool_oldest_ms, a.spool_first_pending,"
-            " a.spool_last_seq, a.spool_reported_ms, l.kind, l.first, l.last, l.since_ms, l.reason"
-            " FROM agents a LEFT JOIN ledger l USING (tenant, agent)"
-            " WHERE a.tenant = %s AND a.agent = %s ORDER BY l.kind, l.first",
-            (tenant, agent),
+            "WITH a AS (SELECT * FROM agents WHERE tenant = %s AND agent = %s " + which + ")"
+            " SELECT a.incarnation, a.spool_pending_reports, a.spool_pending_bytes, a.spool_oldest_ms,"
+            " a.spool_first_pending, a.spool_last_seq, a.spool_reported_ms, a.first_seq,"
+            " (SELECT array_agg(DISTINCT c.seq) FROM conflicts c WHERE (c.tenant, c.agent, c.incarnation)"
+            " = (a.tenant, a.agent, a.incarnation)),"
+            " l.kind, l.first, l.last, l.since_ms, l.reason"
+            " FROM a LEFT JOIN ledger l USING (tenant, agent, incarnation) ORDER BY l.kind, l.first",
+            params,
         )
         if not rows:
             return None
         head = rows[0]
-        spool = SpoolState(tenant, agent, *head[:6]) if head[5] else None
-        ledger_rows: list[_LedgerRow] = [tuple(r[6:]) for r in rows if r[6] is not None]
-        return lg.from_rows(ledger_rows, spool)
+        inc = str(head[0])
+        spool = lg.spool_state(tenant, agent, inc, head[1:7]) if head[6] else None
+        ledger_rows: list[_LedgerRow] = [tuple(r[9:]) for r in rows if r[9] is not None]
+        return dataclasses.replace(
+            lg.from_rows(ledger_rows, spool),
+            incarnation=inc,
+            first_seq=int(head[7]),
+            conflicts=lg.from_seqs(int(x) for x in head[8] or ()),
+        )
 
-    def replay_wanted(self, tenant: str, agent: str, seen_before_ms: int) -> list[SeqRange]:
+    def replay_wanted(
+        self, tenant: str, agent: str, seen_before_ms: int, incarnation: str = ""
+    ) -> list[SeqRange]:
         rows = self._fetch(
-            "SELECT first, last FROM ledger WHERE tenant = %s AND agent = %s AND kind = 'missing'"
-            " AND since_ms < %s ORDER BY first",
-            (tenant, agent, seen_before_ms),
+            "SELECT first, last FROM ledger WHERE tenant = %s AND agent = %s AND incarnation = %s"
+            " AND kind = 'missing' AND since_ms < %s ORDER BY first",
+            (tenant, agent, incarnation, seen_before_ms),
         )
         return lg.normalize((a, b) for a, b in rows)
+
+    def stored_digests(
+        self, tenant: str, agent: str, incarnation: str, seqs: Sequence[SeqRange]
+    ) -> dict[int, bytes]:
+        if not seqs:
+            return {}
+        rows = self._fetch(
+            "SELECT r.seq, r.digest FROM unnest(%s::bigint[], %s::bigint[]) AS q(first, last)"
+            " JOIN reports r ON r.tenant = %s AND r.agent = %s AND r.incarnation = %s"
+            " AND r.seq BETWEEN q.first AND q.last",
+            ([a for a, _ in seqs], [b for _, b in seqs], tenant, agent, incarnation),
+        )
+        return {int(seq): bytes(d) for seq, d in rows}
+
+    def conflicts(self, tenant: str, agent: str | None = None) -> list[Conflict]:
+        query = (
+            "SELECT id, tenant, agent, incarnation, seq, digest, n_points, detected_ms, applied_ms"
+            " FROM conflicts WHERE tenant = %s"
+        )
+        params: tuple[Any, ...] = (tenant,)
+        if agent is not None:
+            query += " AND agent = %s"
+            params = (tenant, agent)
+        rows = self._fetch(query + " ORDER BY id", params)
+        return [
+            Conflict(int(r[0]), r[1], r[2], r[3], int(r[4]), bytes(r[5]), int(r[6]), int(r[7]), int(r[8]))
+            for r in rows
+        ]
+
+    def apply_conflict(self, tenant: str, conflict_id: int, now_ms: int) -> int:
+        if self.readonly:
+            raise StoreError("store opened readonly")
+        rows = self._fetch(
+            "SELECT points FROM conflicts WHERE tenant = %s AND id = %s", (tenant, conflict_id)
+        )
+        if not rows:
+            raise KeyError(conflict_id)
+        points = decode_points(bytes(rows[0][0]))
+        written = self.write_batch(
+            WriteBatch(samples=[(tenant, p) for p in points], now_ms=now_ms)
+        ).points_written
+        with self._conn() as conn, conn.transaction():
+            conn.execute(
+                "UPDATE conflicts SET applied_ms = %s WHERE id = %s AND applied_ms = 0", (now_ms, conflict_id)
+            )
+        return written
 
     def dead_letter_count(self, tenant: str | None = None) -> int:
         if tenant is None:

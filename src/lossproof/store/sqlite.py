@@ -36,7 +36,7 @@ import dataclasses
 import math
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
@@ -426,7 +426,7 @@ class SqliteStore(Store):
                 f"SELECT {_SUMMARY} FROM agents WHERE tenant = ? AND agent = ? AND incarnation = ?", key
             ).fetchone()
             if summary is None:
-                self._reset_others(tenant, agent, inc, now)
+                self._reset_others(tenant, agent, work, now)
             spool = spool_in
             if spool is None and summary and summary[6]:
                 spool = lg.spool_state(tenant, agent, inc, summary[1:7])
@@ -499,15 +499,18 @@ class SqliteStore(Store):
             )
         return out
 
-    def _reset_others(self, tenant: str, agent: str, incarnation: str, now: int) -> None:
+    def _reset_others(self, tenant: str, agent: str, batch_keys: Container[_AgentKey], now: int) -> None:
         """A new incarnation of a known agent id: what the others still had delayed is lost
-        (``spool_reset``), see :func:`lossproof.store.ledger.spool_reset`."""
+        (``spool_reset``), see :func:`lossproof.store.ledger.spool_reset`. An incarnation the same
+        batch writes to is alive and keeps its delayed seqs."""
         others = self._con.execute(
-            f"SELECT incarnation, {_SUMMARY} FROM agents WHERE tenant = ? AND agent = ? AND incarnation != ?"
+            f"SELECT incarnation, {_SUMMARY} FROM agents WHERE tenant = ? AND agent = ?"
             " AND delayed_reports > 0",
-            (tenant, agent, incarnation),
+            (tenant, agent),
         ).fetchall()
         for inc, *summary in others:
+            if (tenant, agent, inc) in batch_keys:
+                continue
             key = (tenant, agent, inc)
             spool = lg.spool_state(tenant, agent, inc, summary[1:7]) if summary[6] else None
             old_rows = self._ledger_rows(key)
