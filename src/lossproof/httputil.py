@@ -61,12 +61,20 @@ def _utf8_safe(data: Any) -> Any:
 class ApiError(Exception):
     """Answered as ``{"error": message}`` with the given status; ``reason`` labels the rejection."""
 
-    def __init__(self, status: int, message: str, reason: str, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        reason: str,
+        headers: dict[str, str] | None = None,
+        detail: dict[str, Any] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
         self.reason = reason
         self.headers = headers or {}
+        self.detail = detail or {}  # machine-readable fields answered beside "error"
 
 
 # Headers of aiohttp's own HTTPException that describe its text body, not ours (a JSON one).
@@ -82,7 +90,7 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         return await handler(request)
     except ApiError as e:
-        resp = json_response({"error": e.message}, e.status, e.headers)
+        resp = json_response({"error": e.message, **e.detail}, e.status, e.headers)
     except web.HTTPException as e:
         if e.status < 400:
             raise

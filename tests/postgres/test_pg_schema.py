@@ -3,6 +3,7 @@ refused with one line; an older one is refused until ``lossproof store migrate``
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -39,6 +40,8 @@ def _store_cli(data_dir: Path, dsn: str, schema: str, *args: str) -> subprocess.
         "LOSSPROOF_STORE_DSN": dsn,
         "LOSSPROOF_STORE_PG_SCHEMA": schema,
     }
+    if "PYTHONPATH" in os.environ:  # a worktree's sources, not the installed package's
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     return subprocess.run(
         [*STORE_CLI, *args, "--data-dir", str(data_dir)], capture_output=True, text=True, env=env, timeout=60
     )
@@ -132,3 +135,37 @@ def test_concurrent_migrations_do_the_work_once(pg_dsn: str, pg_schema: str) -> 
     assert not errors
     assert sorted(results) == [(0, mig.LATEST)] + [(mig.LATEST, mig.LATEST)] * 3
     assert _version_rows(pg_dsn, pg_schema) == [m.version for m in mig.MIGRATIONS]
+
+
+def test_migration_3_keeps_agents_as_incarnation_empty(
+    monkeypatch: pytest.MonkeyPatch, pg_dsn: str, pg_schema: str
+) -> None:
+    """#14: the per-agent tables gain the incarnation in their key; a version 2 database keeps its
+    ledgers (incarnation '') and a reused seq then becomes a kept conflict, not a silent duplicate."""
+    from lossproof.store.base import Point, ReportWrite, WriteBatch
+
+    with monkeypatch.context() as m:
+        m.setattr(mig, "MIGRATIONS", mig.MIGRATIONS[:2])
+        m.setattr(mig, "LATEST", 2)
+        assert pg.migrate(pg_dsn, pg_schema) == (0, 2)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(pg_schema)))
+        conn.execute("INSERT INTO agents VALUES ('t1', 'a1', 3, 3, 0, 0, 500, 0, 0, 0, 0, 0, 0, 0)")
+        conn.execute("INSERT INTO ledger VALUES ('t1', 'a1', 'stored', 1, 3, NULL, NULL)")
+    assert pg.migrate(pg_dsn, pg_schema) == (2, mig.LATEST)
+    store = pg.PostgresStore(pg_dsn, schema=pg_schema)
+    try:
+        ledger = store.ledger("t1", "a1")
+        assert ledger is not None and ledger.incarnation == "" and ledger.stored == [(1, 3)]
+        [summary] = store.agents("t1")
+        assert (summary.incarnation, summary.stored_reports, summary.first_seq) == ("", 3, 1)
+        # stored before digests were kept: a resend of seq 3 cannot be compared, a duplicate as before
+        point = Point("cpu", {}, 1_700_000_000_000, 1.0)
+        old = store.write_batch(WriteBatch(reports=[ReportWrite("t1", "a1", 3, [point])], now_ms=1000))
+        assert (old.reports_duplicate, old.reports_conflict) == (1, 0)
+        store.write_batch(WriteBatch(reports=[ReportWrite("t1", "a1", 4, [point])], now_ms=1000))
+        other = Point("cpu", {}, 1_700_000_000_001, 2.0)
+        new = store.write_batch(WriteBatch(reports=[ReportWrite("t1", "a1", 4, [other])], now_ms=1000))
+        assert new.reports_conflict == 1 and [c.seq for c in store.conflicts("t1")] == [4]
+    finally:
+        store.close()

@@ -219,3 +219,56 @@ def test_writer_not_blocked_by_a_reader_in_another_process(tmp_path: Path) -> No
         child.wait(10)
     assert child.returncode == 0
     w.close()
+
+
+# The version 1 per-agent tables (before incarnations), as lossproof wrote them.
+V1_AGENT_TABLES = """
+DROP TABLE agents; DROP TABLE ledger; DROP TABLE reports; DROP TABLE conflicts;
+CREATE TABLE agents (
+    tenant TEXT NOT NULL, agent TEXT NOT NULL, max_seq INTEGER NOT NULL, stored_reports INTEGER NOT NULL,
+    missing_reports INTEGER NOT NULL, lost_reports INTEGER NOT NULL, last_stored_ms INTEGER NOT NULL,
+    delayed_reports INTEGER NOT NULL DEFAULT 0, spool_pending_reports INTEGER NOT NULL DEFAULT 0,
+    spool_pending_bytes INTEGER NOT NULL DEFAULT 0, spool_oldest_ms INTEGER NOT NULL DEFAULT 0,
+    spool_first_pending INTEGER NOT NULL DEFAULT 0, spool_last_seq INTEGER NOT NULL DEFAULT 0,
+    spool_reported_ms INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (tenant, agent)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE ledger (
+    tenant TEXT NOT NULL, agent TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('stored', 'missing', 'lost', 'delayed')),
+    first INTEGER NOT NULL, last INTEGER NOT NULL, since_ms INTEGER, reason TEXT,
+    PRIMARY KEY (tenant, agent, kind, first)
+) STRICT, WITHOUT ROWID;
+INSERT INTO agents VALUES ('t1', 'a1', 5, 3, 2, 0, 500, 0, 0, 0, 0, 0, 0, 0);
+INSERT INTO ledger VALUES ('t1', 'a1', 'stored', 1, 3, NULL, NULL);
+INSERT INTO ledger VALUES ('t1', 'a1', 'missing', 4, 5, 400, NULL);
+UPDATE meta SET value = '1' WHERE key = 'schema_version';
+"""
+
+
+@pytest.mark.parametrize("first_open", ["writer", "reader"])
+def test_version_1_file_is_upgraded_keeping_its_ledgers(tmp_path: Path, first_open: str) -> None:
+    """#14: schema 2 keys the per-agent tables by incarnation; a version 1 file is rebuilt in place
+    (its agents become incarnation ''), also when a reader (the query process) opens it first."""
+    path = tmp_path / "store.db"
+    SqliteStore(path).close()
+    con = sqlite3.connect(path)
+    con.executescript(V1_AGENT_TABLES)
+    con.close()
+    store = SqliteStore(path, readonly=first_open == "reader")
+    try:
+        ledger = store.ledger("t1", "a1")
+        assert ledger is not None
+        assert (ledger.incarnation, ledger.stored, ledger.missing) == ("", [(1, 3)], [(4, 5, 400)])
+        [summary] = store.agents("t1")
+        assert (summary.incarnation, summary.stored_reports, summary.missing_reports) == ("", 3, 2)
+        assert store.replay_wanted("t1", "a1", 1000) == [(4, 5)]
+    finally:
+        store.close()
+    writer = SqliteStore(path)
+    try:
+        assert writer._meta("schema_version") == str(SCHEMA_VERSION) == "2"
+        point = Point("cpu", {}, 1_700_000_000_000, 1.0)
+        r = writer.write_batch(WriteBatch(reports=[ReportWrite("t1", "a1", 4, [point])], now_ms=1000))
+        assert r.reports_stored == 1
+    finally:
+        writer.close()

@@ -38,6 +38,12 @@ class IngestMetrics:
             ["tenant"],
             registry=registry,
         )
+        self.seq_conflicts = Counter(
+            "lossproof_ingest_seq_conflicts_total",
+            "Reports refused with 409: their seq is already stored with other content (a reused seq).",
+            ["tenant"],
+            registry=registry,
+        )
         self.rejected = Counter(
             "lossproof_ingest_rejected_total",
             "Requests refused, by reason (bad_request, unauthorized, too_large, unavailable...).",

@@ -92,6 +92,44 @@ class ReportsHandler(Ingest):
         super().__init__(cfg, keys, writer, metrics)
         self.store = store
 
+    async def _conflicts(
+        self, tenant: str, req: native.RequestIn, seqs: list[tuple[int, int]]
+    ) -> list[tuple[int, int]]:
+        """The request's seqs already stored with other content (a reused seq: a wiped spool, a second
+        host with the same agent id, a copied spool). Only the stored ones among the request's seqs
+        are looked up, and only their reports hashed. Without an answer from the store the request
+        goes on: the worker then sees the conflict and keeps the report whole (never dropped)."""
+        if not seqs:
+            return []
+        stored = await self.store.stored_digests(tenant, req.agent, req.incarnation, seqs)
+        return native.conflicting(req, stored)
+
+    def _refuse_conflict(
+        self, tenant: str, checked: native.Checked, conflicts: list[tuple[int, int]]
+    ) -> None:
+        n = sum(b - a + 1 for a, b in conflicts)
+        self.metrics.seq_conflicts.labels(tenant).inc(n)
+        log.warning(
+            "ingest.seq_conflict",
+            tenant=tenant,
+            agent=checked.agent,
+            incarnation=checked.incarnation,
+            seqs=[list(r) for r in conflicts][:20],
+            hint="another agent uses this agent id, or its spool was reset or copied",
+        )
+        raise ApiError(
+            409,
+            f"seqs {[list(r) for r in conflicts][:20]} of agent {checked.agent!r} (incarnation "
+            f"{checked.incarnation!r}) are already stored with other content: start a new incarnation "
+            "and send these reports again (see docs/protocol.md)",
+            native.SEQ_CONFLICT,
+            detail={
+                "reason": native.SEQ_CONFLICT,
+                "conflicts": [list(r) for r in conflicts],
+                "incarnation": checked.incarnation,
+            },
+        )
+
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         m = self.metrics
         return await accounted(
@@ -110,13 +148,17 @@ class ReportsHandler(Ingest):
         encoding = request.headers.get("Content-Encoding", "").strip().lower()
         raw = await self.read(request)
         try:
-            checked = native.check(decompress(raw, encoding, srv.max_decoded_bytes), ctype)
+            req = native.decode(decompress(raw, encoding, srv.max_decoded_bytes), ctype)
         except TooLarge as e:
             raise ApiError(413, str(e), "too_large") from None
         except (BadEncoding, native.BadRequest) as e:
             raise ApiError(400, str(e), "bad_request") from None
-
+        checked = native.summary(req)
         seqs, agent = checked.seqs, checked.agent
+        conflicts = await self._conflicts(tenant, req, seqs)
+        del req  # the decoded points are not held while waiting for the log (see native.check)
+        if conflicts:
+            self._refuse_conflict(tenant, checked, conflicts)
         record = native.encode_envelope(
             native.Envelope(
                 version=1,
@@ -136,7 +178,9 @@ class ReportsHandler(Ingest):
         self.metrics.points.labels(tenant).inc(checked.points)
         self.metrics.bytes.labels(tenant).inc(len(raw))
         grace_ms = int(self.cfg.ledger.replay_grace_seconds * 1000)
-        replay = await self.store.replay_wanted(tenant, agent, int(time.time() * 1000) - grace_ms)
+        replay = await self.store.replay_wanted(
+            tenant, agent, int(time.time() * 1000) - grace_ms, checked.incarnation
+        )
         if replay:
             self.metrics.replay_requested.inc(sum(b - a + 1 for a, b in replay))
         return json_response({"acked": seqs, "replay": replay})

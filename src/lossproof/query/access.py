@@ -27,7 +27,7 @@ class StoreAccess:
         self._open = open_store
         self._store: Store | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read")
-        self._replay: dict[tuple[str, str], tuple[float, list[SeqRange]]] = {}
+        self._replay: dict[tuple[str, str, str], tuple[float, list[SeqRange]]] = {}
         self._replay_ttl = replay_cache_seconds
         self._skip_until = 0.0
 
@@ -43,12 +43,32 @@ class StoreAccess:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(self._get()))
 
-    async def replay_wanted(self, tenant: str, agent: str, seen_before_ms: int) -> list[SeqRange]:
+    async def stored_digests(
+        self, tenant: str, agent: str, incarnation: str, seqs: list[SeqRange]
+    ) -> dict[int, bytes]:
+        """Digests of the stored reports among ``seqs`` (see :meth:`Store.stored_digests`).
+
+        Bounded like :meth:`replay_wanted`, and a failure gives {}: the request is then acknowledged
+        unchecked, and a conflict is caught by the worker instead (kept whole, never dropped)."""
+        if time.monotonic() < self._skip_until:
+            return {}
+        try:
+            return await asyncio.wait_for(
+                self.run(lambda s: s.stored_digests(tenant, agent, incarnation, seqs)), REPLAY_LOOKUP_TIMEOUT
+            )
+        except Exception as e:
+            self._skip_until = time.monotonic() + 1.0
+            log.warning("ledger.lookup_failed", error=str(e) or type(e).__name__)
+            return {}
+
+    async def replay_wanted(
+        self, tenant: str, agent: str, seen_before_ms: int, incarnation: str = ""
+    ) -> list[SeqRange]:
         """Missing ranges to ask the agent for; cached briefly since it is asked on every request.
 
         A failure here never fails the request: the data is already durable, and the next
         request asks again."""
-        key = (tenant, agent)
+        key = (tenant, agent, incarnation)
         now = time.monotonic()
         hit = self._replay.get(key)
         if hit is not None and now - hit[0] < self._replay_ttl:
@@ -58,7 +78,8 @@ class StoreAccess:
         try:
             # Bounded: a store that is down must not slow down acknowledging durable data.
             ranges = await asyncio.wait_for(
-                self.run(lambda s: s.replay_wanted(tenant, agent, seen_before_ms)), REPLAY_LOOKUP_TIMEOUT
+                self.run(lambda s: s.replay_wanted(tenant, agent, seen_before_ms, incarnation)),
+                REPLAY_LOOKUP_TIMEOUT,
             )
         except Exception as e:
             self._skip_until = now + 1.0

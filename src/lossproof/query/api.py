@@ -84,6 +84,10 @@ class QueryApi:
                         "last_stored_ms": a.last_stored_ms,
                         "delayed": a.delayed_reports,
                         "last_seen_ms": a.last_seen_ms,
+                        "incarnation": a.incarnation,
+                        "first_seq": a.first_seq,
+                        "first_seen_ms": a.first_seen_ms,
+                        "conflicts": a.conflict_reports,
                     }
                     for a in agents
                 ]
@@ -93,11 +97,33 @@ class QueryApi:
     async def ledger(self, request: web.Request) -> web.Response:
         tenant = self._tenant(request)
         agent = request.match_info["agent"]
-        ledger = await self._run(lambda s: s.ledger(tenant, agent))
+        # ?incarnation= picks one (an empty value: the agent's reports sent without one); by
+        # default the incarnation first seen last.
+        incarnation = request.query.get("incarnation")
+        ledger = await self._run(lambda s: s.ledger(tenant, agent, incarnation))
         if ledger is None:
-            raise ApiError(404, f"no agent {agent!r} in this tenant", "not_found")
+            which = "" if incarnation is None else f" with incarnation {incarnation!r}"
+            raise ApiError(404, f"no agent {agent!r}{which} in this tenant", "not_found")
+        incarnations = await self._run(
+            lambda s: [a.incarnation for a in s.agents(tenant) if a.agent == agent]
+        )
+        conflicts = await self._run(lambda s: s.conflicts(tenant, agent))
         return json_response(
             {
+                "incarnation": ledger.incarnation,
+                "first_seq": ledger.first_seq,
+                "incarnations": incarnations,
+                "conflicts": [
+                    {
+                        "id": c.id,
+                        "seq": c.seq,
+                        "points": c.points,
+                        "detected_ms": c.detected_ms,
+                        "applied_ms": c.applied_ms,
+                    }
+                    for c in conflicts
+                    if c.incarnation == ledger.incarnation
+                ],
                 "stored": [list(r) for r in ledger.stored],
                 "missing": [[a, b] for a, b, _ in ledger.missing],
                 "missing_since_ms": [since for _, _, since in ledger.missing],

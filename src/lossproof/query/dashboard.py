@@ -108,11 +108,12 @@ class LedgerCollector(Collector):
         reports = GaugeMetricFamily(
             "lossproof_ledger_reports",
             "Reports per tenant by ledger state: stored, delayed (in an agent's spool), missing "
-            "(acknowledged, not stored: unaccounted loss until replayed), lost (given up, with a reason).",
+            "(acknowledged, not stored: unaccounted loss until replayed), lost (given up, with a reason), "
+            "conflict (a reused seq's other report, kept whole for an operator to apply).",
             labels=["tenant", "state"],
         )
         for tenant, counts in sorted(s.per_tenant.items()):
-            for state in ("stored", "delayed", "missing", "lost"):
+            for state in ("stored", "delayed", "missing", "lost", "conflict"):
                 reports.add_metric([tenant, state], counts.get(state, 0))
         yield reports
         agents = GaugeMetricFamily("lossproof_agents", "Agents known to the ledger.", labels=["tenant"])
@@ -150,7 +151,7 @@ def _ledger_snapshot(store: Store, tenants: list[str]) -> LedgerSnapshot:
     snap = LedgerSnapshot(at=time.time())
     now_ms = time.time() * 1000
     for tenant in tenants:
-        counts = {"stored": 0, "delayed": 0, "missing": 0, "lost": 0}
+        counts = {"stored": 0, "delayed": 0, "missing": 0, "lost": 0, "conflict": 0}
         silent = 0
         agents = store.agents(tenant)
         for a in agents:
@@ -161,9 +162,11 @@ def _ledger_snapshot(store: Store, tenants: list[str]) -> LedgerSnapshot:
             seen = max(a.last_seen_ms, a.last_stored_ms)
             if now_ms - seen > SILENT_AFTER_S * 1000:
                 silent += 1
-            snap.last_seen[(tenant, a.agent)] = seen / 1000
+            counts["conflict"] += a.conflict_reports
+            # one row per incarnation: the agent id was last seen by its latest one
+            snap.last_seen[(tenant, a.agent)] = max(seen / 1000, snap.last_seen.get((tenant, a.agent), 0.0))
         snap.per_tenant[tenant] = counts
-        snap.agents[tenant] = len(agents)
+        snap.agents[tenant] = len({a.agent for a in agents})
         snap.silent[tenant] = silent
     snap.dead_letters = store.dead_letter_count()
     gaps = store.log_gaps()
@@ -457,16 +460,31 @@ class Dashboard:
         def run(s: Store) -> dict[str, Any]:
             agents = s.agents(tenant)
             rows = []
-            totals = {"stored": 0, "delayed": 0, "missing": 0, "lost": 0}
-            # the most troubled first; ledgers for the first 300
-            agents.sort(key=lambda a: (-(a.lost_reports + a.missing_reports + a.delayed_reports), a.agent))
+            totals = {"stored": 0, "delayed": 0, "missing": 0, "lost": 0, "conflict": 0}
+            incarnations: dict[str, int] = {}
+            for a in agents:
+                incarnations[a.agent] = incarnations.get(a.agent, 0) + 1
+            # the most troubled first; ledgers for the first 300. One row per incarnation of an agent.
+            agents.sort(
+                key=lambda a: (
+                    -(a.lost_reports + a.missing_reports + a.delayed_reports + a.conflict_reports),
+                    a.agent,
+                    a.first_seen_ms,
+                )
+            )
             for i, a in enumerate(agents):
                 totals["stored"] += a.stored_reports
                 totals["delayed"] += a.delayed_reports
                 totals["missing"] += a.missing_reports
                 totals["lost"] += a.lost_reports
+                totals["conflict"] += a.conflict_reports
                 row: dict[str, Any] = {
                     "agent": a.agent,
+                    "incarnation": a.incarnation,
+                    "incarnations": incarnations[a.agent],
+                    "first_seq": a.first_seq,
+                    "first_seen_ms": a.first_seen_ms,
+                    "conflict": a.conflict_reports,
                     "max_seq": a.max_seq,
                     "stored": a.stored_reports,
                     "delayed": a.delayed_reports,
@@ -477,9 +495,10 @@ class Dashboard:
                     "silent": now - max(a.last_seen_ms, a.last_stored_ms) > SILENT_AFTER_S * 1000,
                 }
                 if i < 300:
-                    led = s.ledger(tenant, a.agent)
+                    led = s.ledger(tenant, a.agent, a.incarnation)
                     if led is not None:
                         row["ranges"] = _ranges(led)
+                        row["conflicts"] = [list(r) for r in led.conflicts]
                         row["spool"] = (
                             None
                             if led.spool is None
@@ -505,6 +524,8 @@ class Dashboard:
                 "lag_records": _get(latest, "lossproof_worker_lag_records"),
                 "lag_seconds": _get(latest, "lossproof_worker_lag_seconds"),
             },
+            # reports answered 409 at ingest (a reused seq): the agent was told and starts anew
+            refused_conflicts=_sum(latest, "lossproof_ingest_seq_conflicts_total", tenant=tenant),
         )
         return json_response(body)
 

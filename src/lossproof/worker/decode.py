@@ -9,6 +9,7 @@ from lossproof.protocol import influx, native, otlp, promrw
 from lossproof.protocol.compression import decompress
 from lossproof.store.base import (
     DeadLetter,
+    Incarnation,
     LostRange,
     MetricMetadata,
     Point,
@@ -38,6 +39,8 @@ class _Request(msgspec.Struct):
     reports: list[_Report]
     dropped: list[native.DroppedIn] = []
     spool: native.SpoolIn | None = None
+    incarnation: str = ""
+    first_seq: int = 1
 
 
 _decoders: dict[str, msgspec.json.Decoder[_Request] | msgspec.msgpack.Decoder[_Request]] = {
@@ -106,11 +109,14 @@ def add_record(batch: WriteBatch, record: LogRecord) -> int:
         )
         return 0
     n = 0
+    inc = req.incarnation
+    if inc or req.first_seq != 1:
+        batch.incarnations.append(Incarnation(env.tenant, env.agent, inc, req.first_seq))
     for r in req.reports:
-        batch.reports.append(ReportWrite(env.tenant, env.agent, r.seq, r.points))
+        batch.reports.append(ReportWrite(env.tenant, env.agent, r.seq, r.points, inc))
         n += len(r.points)
     for d in req.dropped:
-        batch.lost.append(LostRange(env.tenant, env.agent, d.first, d.last, d.reason))
+        batch.lost.append(LostRange(env.tenant, env.agent, d.first, d.last, d.reason, inc))
     if req.spool is not None:
         s = req.spool
         batch.spool.append(
@@ -123,6 +129,7 @@ def add_record(batch: WriteBatch, record: LogRecord) -> int:
                 s.first_pending_seq,
                 s.last_seq,
                 env.received_ms,
+                inc,
             )
         )
     return n

@@ -28,7 +28,8 @@ class WorkerMetrics:
         )
         self.reports = Counter(
             "lossproof_worker_reports_total",
-            "Reports by outcome (stored, duplicate = already stored, skipped whole).",
+            "Reports by outcome (stored; duplicate = already stored with the same content, skipped"
+            " whole; conflict = its seq is stored with other content: kept whole in the conflicts table).",
             ["outcome"],
             registry=registry,
         )
@@ -156,6 +157,14 @@ class Worker:
         self.metrics.points.inc(result.points_written)
         self.metrics.reports.labels("stored").inc(result.reports_stored)
         self.metrics.reports.labels("duplicate").inc(result.reports_duplicate)
+        if result.reports_conflict:
+            self.metrics.reports.labels("conflict").inc(result.reports_conflict)
+            log.error(
+                "worker.seq_conflict",
+                reports=result.reports_conflict,
+                hint="reports reused stored seqs with other content (two agents with one id, or a reset"
+                " spool): kept whole in the conflicts table; see `lossproof store conflicts`",
+            )
         self.metrics.dead_letters.inc(len(batch.dead_letters))
         self.metrics.gaps.inc(len(polled.gaps))
         self.metrics.gap_records.inc(sum(g.last - g.first + 1 for g in polled.gaps))
@@ -167,7 +176,7 @@ class Worker:
 
     def _isolate(self, polled: PollResult, now_ms: int) -> tuple[list[DeadLetter], WriteResult]:
         """Write the records one by one; returns every dead letter written and the totals."""
-        points = stored = duplicate = 0
+        points = stored = duplicate = conflict = 0
         rejected = WriteBatch(gaps=list(polled.gaps), now_ms=now_ms)
         dead: list[DeadLetter] = []
         for record in polled.records:
@@ -192,8 +201,9 @@ class Worker:
             points += r.points_written
             stored += r.reports_stored
             duplicate += r.reports_duplicate
+            conflict += r.reports_conflict
         self.store.write_batch(rejected)
-        return dead + rejected.dead_letters, WriteResult(points, stored, duplicate)
+        return dead + rejected.dead_letters, WriteResult(points, stored, duplicate, conflict)
 
     def _update_lag(self) -> None:
         now = time.monotonic()

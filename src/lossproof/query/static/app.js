@@ -377,9 +377,15 @@ async function loadCompleteness() {
   const pct = (x) => (all ? ((x / all) * 100).toFixed(x && x < all / 1000 ? 3 : 1) : "0") + "%";
   const totals = $("#c-totals");
   totals.textContent = "";
-  for (const k of ["stored", "delayed", "missing", "lost"]) {
+  for (const k of ["stored", "delayed", "missing", "lost", "conflict"]) {
+    if (k === "conflict" && !t[k]) continue;
     totals.append(el("div", { class: "total " + k, dataset: { kind: k, count: String(t[k]) } },
       el("span", { class: "sw " + k }), " ", k, ": ", el("b", {}, t[k].toLocaleString()), " ", el("span", { class: "muted" }, pct(t[k]))));
+  }
+  if (d.refused_conflicts) {
+    totals.append(el("div", { class: "total conflict", dataset: { kind: "refused_conflicts", count: String(d.refused_conflicts) } },
+      el("span", { class: "sw conflict" }), " reused seqs refused (409): ", el("b", {}, d.refused_conflicts.toLocaleString()),
+      " ", el("span", { class: "muted" }, "the agents were told and started new incarnations")));
   }
   const bar = $("#c-bar");
   bar.textContent = "";
@@ -400,9 +406,17 @@ async function loadCompleteness() {
       if (r.kind === "delayed") notes.push(el("div", { class: "kind delayed note" }, `delayed ${r.first}-${r.last}: in the agent's spool since ${fmtTime(r.since_ms)} (${ago(r.since_ms)})`));
       if (r.kind === "missing") notes.push(el("div", { class: "kind missing note" }, `missing ${r.first}-${r.last}: replay asked, first seen ${fmtTime(r.since_ms)}`));
     }
+    for (const [first, last] of a.conflicts || []) {
+      notes.push(el("div", { class: "kind conflict note" }, `conflict ${first}-${last}: another report with the same seq is stored; this one is kept whole for an operator to apply (lossproof store conflicts)`));
+    }
     const heard = Math.max(a.last_seen_ms, a.last_stored_ms);
-    tbody.append(el("tr", { class: "agent-row", dataset: { agent: a.agent } },
-      el("td", { class: "mono" }, a.agent),
+    const who = [el("div", {}, a.agent)];
+    if (a.incarnation || a.incarnations > 1) {
+      who.push(el("div", { class: "muted small", title: `incarnation ${a.incarnation || "(none)"}, seqs from ${a.first_seq}, first seen ${fmtTime(a.first_seen_ms)}` },
+        `incarnation ${a.incarnation ? a.incarnation.slice(0, 8) : "(none)"}` + (a.incarnations > 1 ? ` (1 of ${a.incarnations})` : "")));
+    }
+    tbody.append(el("tr", { class: "agent-row", dataset: { agent: a.agent, incarnation: a.incarnation || "" } },
+      el("td", { class: "mono" }, ...who),
       el("td", { class: a.silent ? "bad" : "" }, ago(heard)),
       el("td", {}, a.stored.toLocaleString()), el("td", {}, a.delayed.toLocaleString()),
       el("td", {}, a.missing.toLocaleString()), el("td", {}, a.lost.toLocaleString()),
