@@ -205,14 +205,27 @@ def send(
         url = snd.check_url(url)
         snd.check_agent(agent)
         for group in snd.chunks(snd.parse_lines(file), points_per_report):
-            seq, dropped = snd.reserve_seqs(state_dir, agent, 1)
-            body = snd.request_body(agent, seq, group, dropped)
-            try:
-                snd.post(http, url, api_key, body, encoding, attempts=attempts)
-            except snd.SendError as e:
-                # the next run tells the server this seq was given up on, and why
-                snd.give_up(state_dir, agent, seq, seq, f"lossproof send gave up: {e}")
-                raise
+            res = snd.reserve_seqs(state_dir, agent, 1)
+            seq, dropped, incarnation = res.seq, res.dropped, (res.incarnation, res.first_seq)
+            for conflicts in range(3):
+                body = snd.request_body(agent, seq, group, dropped, incarnation)
+                try:
+                    snd.post(http, url, api_key, body, encoding, attempts=attempts)
+                    break
+                except snd.SeqConflict as e:
+                    if conflicts == 2:
+                        snd.give_up(state_dir, agent, seq, seq, f"lossproof send gave up: {e}")
+                        raise
+                    # the seq is stored with other content (a copied or reused state): a new
+                    # incarnation from this seq on, and the same report again
+                    incarnation = snd.new_incarnation(state_dir, agent, incarnation[0], seq)
+                    click.echo(
+                        f"warning: {e}; sending again as a new incarnation {incarnation[0]}", err=True
+                    )
+                except snd.SendError as e:
+                    # the next run tells the server this seq was given up on, and why
+                    snd.give_up(state_dir, agent, seq, seq, f"lossproof send gave up: {e}")
+                    raise
             snd.reported(state_dir, agent, dropped)
             sent += len(group)
             reports += 1

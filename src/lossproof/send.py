@@ -5,6 +5,12 @@ lock, fsync'd) before posting. A report the server did not acknowledge is retrie
 seq, until it is, or the command fails loudly. The seq of a report given up on that way is kept in
 the state file and reported as ``dropped`` (with the reason) by the next ``send`` of the agent, so
 the ledger counts it as lost, with why, instead of as missing in the pipeline.
+
+The state file also holds the agent's incarnation (docs/protocol.md), made with the file: a fresh
+state dir is a seq space of its own, so its seqs 1, 2, ... never collide with what an earlier state
+dir sent for the same agent id. Answered 409 ``seq_conflict`` (the seq is stored with other content,
+e.g. a state file copied to another machine), ``send`` starts a new incarnation and sends the report
+again under it.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -76,27 +83,54 @@ def parse_lines(stream: IO[str]) -> Iterator[dict[str, Any]]:
 
 @dataclass
 class SeqState:
-    """What ``send`` keeps per agent: the last seq handed out, and seqs given up on, not yet reported."""
+    """What ``send`` keeps per agent: the last seq handed out, seqs given up on and not yet reported,
+    and the incarnation ("" in a file written before incarnations) with its first seq."""
 
     last: int = 0
     dropped: list[tuple[int, int, str]] = field(default_factory=list)
+    incarnation: str = ""
+    first_seq: int = 1
 
     @classmethod
     def parse(cls, text: str) -> SeqState:
         text = text.strip()
         if not text:
-            return cls()
+            return cls(incarnation=secrets.token_hex(16))  # a new state: a seq space of its own
         if text.isdigit():  # the format before dropped seqs were kept
             return cls(int(text))
         try:
             obj = json.loads(text)
-            return cls(int(obj["last"]), [(int(a), int(b), str(r)) for a, b, r in obj.get("dropped", [])])
+            return cls(
+                int(obj["last"]),
+                [(int(a), int(b), str(r)) for a, b, r in obj.get("dropped", [])],
+                str(obj.get("incarnation", "")),
+                int(obj.get("first_seq", 1)),
+            )
         except (ValueError, KeyError, TypeError) as e:
-            # never start again from 0: a reused seq would be taken for a duplicate and dropped
+            # never start again from 0: a reused seq would be refused, or kept as a conflict
             raise SendError(f"unreadable seq state ({e}); fix it by hand, seqs must never go back") from None
 
     def dump(self) -> str:
-        return json.dumps({"last": self.last, "dropped": self.dropped})
+        return json.dumps(
+            {
+                "last": self.last,
+                "dropped": self.dropped,
+                "incarnation": self.incarnation,
+                "first_seq": self.first_seq,
+            }
+        )
+
+
+@dataclass(frozen=True)
+class Reserved:
+    seq: int  # the first of the reserved seqs
+    dropped: list[tuple[int, int, str]]  # given up on by earlier runs, not yet reported
+    incarnation: str
+    first_seq: int
+
+
+class SeqConflict(SendError):
+    """409 ``seq_conflict``: the server has this seq stored with other content."""
 
 
 def state_path(state_dir: Path, agent: str) -> Path:
@@ -126,13 +160,22 @@ def seq_state(state_dir: Path, agent: str) -> Iterator[SeqState]:
         os.fsync(f.fileno())
 
 
-def reserve_seqs(state_dir: Path, agent: str, n: int) -> tuple[int, list[tuple[int, int, str]]]:
-    """Reserve ``n`` consecutive seqs for ``agent``; returns the first, and the seqs given up on by
-    earlier runs that the server has not been told about yet."""
+def reserve_seqs(state_dir: Path, agent: str, n: int) -> Reserved:
+    """Reserve ``n`` consecutive seqs for ``agent``."""
     with seq_state(state_dir, agent) as st:
         first = st.last + 1
         st.last += n
-        return first, list(st.dropped)
+        return Reserved(first, list(st.dropped), st.incarnation, st.first_seq)
+
+
+def new_incarnation(state_dir: Path, agent: str, replacing: str, first_seq: int) -> tuple[str, int]:
+    """Start a new incarnation whose seq space begins at ``first_seq`` (the report the server found
+    in conflict keeps its seq), unless another run already replaced ``replacing``."""
+    with seq_state(state_dir, agent) as st:
+        if st.incarnation == replacing:
+            st.incarnation = secrets.token_hex(16)
+            st.first_seq = first_seq
+        return st.incarnation, st.first_seq
 
 
 def give_up(state_dir: Path, agent: str, first: int, last: int, reason: str) -> None:
@@ -159,9 +202,18 @@ def chunks(points: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[st
 
 
 def request_body(
-    agent: str, seq: int, points: list[dict[str, Any]], dropped: list[tuple[int, int, str]]
+    agent: str,
+    seq: int,
+    points: list[dict[str, Any]],
+    dropped: list[tuple[int, int, str]],
+    incarnation: tuple[str, int] = ("", 1),
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"agent": agent, "reports": [{"seq": seq, "points": points}]}
+    inc, first_seq = incarnation
+    if inc:
+        body["incarnation"] = inc
+    if first_seq != 1:
+        body["first_seq"] = first_seq
     if dropped:
         body["dropped"] = [{"first": a, "last": b, "reason": r} for a, b, r in dropped]
     return body
@@ -196,6 +248,8 @@ def post(
                     if len(acked) < len(seqs):
                         raise SendError(f"{url} acknowledged seqs {sorted(acked)} of {seqs}")
                     return json.loads(text)  # type: ignore[no-any-return]
+            elif r.status == 409 and _reason(r.data) == "seq_conflict" and from_lossproof(r.headers):
+                raise SeqConflict(f"server refused the request ({r.status}): {text.strip()}")
             elif r.status < 500 and r.status != 429 and from_lossproof(r.headers):
                 raise SendError(f"server refused the request ({r.status}): {text.strip()}")
             elif r.status < 500 and r.status != 429:
@@ -208,3 +262,11 @@ def post(
         time.sleep(delay)
         delay = min(delay * 2, 10.0)
     raise SendError(f"not acknowledged after {attempts} attempts: {last}")
+
+
+def _reason(body: bytes) -> str:
+    try:
+        reason = json.loads(body).get("reason", "")
+    except (ValueError, AttributeError):
+        return ""
+    return reason if isinstance(reason, str) else ""

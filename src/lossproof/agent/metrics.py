@@ -34,6 +34,12 @@ class AgentMetrics:
             ["destination"],
             registry=r,
         )
+        self.seq_conflicts = Counter(
+            "lossproof_agent_seq_conflicts",
+            "Requests answered 409 seq_conflict (another agent with this agent_id, or a copied spool):"
+            " each started a new incarnation and the reports were sent again.",
+            registry=r,
+        )
         self.replayed = Counter(
             "lossproof_agent_reports_replayed",
             "Reports sent again from the replay window because the server asked.",

@@ -18,9 +18,18 @@ _enc = msgspec.msgpack.Encoder()
 
 
 def encode_request(
-    agent: str, reports: list[bytes], dropped: list[Tagged], spool: SpoolStats | None
+    agent: str,
+    reports: list[bytes],
+    dropped: list[Tagged],
+    spool: SpoolStats | None,
+    incarnation: tuple[str, int] = ("", 1),
 ) -> bytes:
     body: dict[str, Any] = {"agent": agent, "reports": [msgspec.Raw(r) for r in reports]}
+    inc, first_seq = incarnation
+    if inc:
+        body["incarnation"] = inc
+    if first_seq != 1:
+        body["first_seq"] = first_seq
     if dropped:
         body["dropped"] = [{"first": a, "last": b, "reason": why[:1024]} for a, b, why in dropped]
     if spool is not None:

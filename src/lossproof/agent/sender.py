@@ -13,6 +13,9 @@ One dispatcher thread builds batches (oldest pending first, then replays) and ha
 * 413 / 400 with several reports: the batch is split (the next batches are half as large) until the
   culprit is alone; a single report the server still refuses is dropped with the reason
   ``rejected: <status> <message>`` and reported, never retried byte-for-byte forever.
+* 409 ``seq_conflict``: the server has one of these seqs stored with other content (another agent
+  uses this agent id, or the spool was copied). The agent starts a new incarnation (its own seq
+  space, see docs/protocol.md) and sends the same reports again under it: nothing is lost.
 * 401/403: logged as errors, retried slowly; the data stays in the spool.
 * 429, 5xx, no answer: retried with exponential backoff and full jitter, at least ``Retry-After``;
   they count as the destination failing (see :mod:`.route` for the fallback).
@@ -45,6 +48,7 @@ from lossproof.protocol.compression import compress
 log = get(__name__)
 
 PROTOCOL_ERROR = "protocol_error"  # a 200 that is not a lossproof acknowledgement
+SEQ_CONFLICT = "seq_conflict"  # 409: a seq of the request is stored with other content
 
 # The server asks for a hole on every response until the resent report is stored; resending it
 # again within this long would only duplicate work already in the pipeline.
@@ -62,6 +66,7 @@ class Batch:
     reports: list[bytes] = field(default_factory=list)
     dropped: list[Tagged] = field(default_factory=list)
     with_spool: bool = True
+    incarnation: str = ""  # the one the request was sent under
 
     @property
     def seqs(self) -> list[int]:
@@ -75,6 +80,15 @@ class Outcome:
     retry_after: float | None = None
     error: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def _reason(body: bytes) -> str:
+    """The machine-readable ``reason`` of an error answer ("" if none)."""
+    try:
+        reason = json.loads(body).get("reason", "")
+    except (ValueError, AttributeError):
+        return ""
+    return reason if isinstance(reason, str) else ""
 
 
 def _error_message(body: bytes) -> str:
@@ -260,7 +274,9 @@ class Sender:
 
     def _post(self, batch: Batch) -> Outcome:
         stats = self.spool.stats() if batch.with_spool else None
-        body = encode_request(self.cfg.agent_id, batch.reports, batch.dropped, stats)
+        incarnation = self.spool.incarnation
+        batch.incarnation = incarnation[0]
+        body = encode_request(self.cfg.agent_id, batch.reports, batch.dropped, stats, incarnation)
         headers = {"Authorization": f"Bearer {self._key}", "Content-Type": CONTENT_TYPE}
         if self.cfg.compression != "identity":
             body = compress(body, self.cfg.compression)
@@ -292,6 +308,10 @@ class Sender:
         self.metrics.send_errors.labels(status).inc()
         msg = _error_message(out.body) if out.body else out.error
         self.last_error = f"{target.url}: {out.status or 'no answer'} {msg}"
+        if out.status == 409 and _reason(out.body) == SEQ_CONFLICT:
+            self._conflict(batch, msg)
+            self.router.result(target, ok=False, failed=False)
+            return
         if out.status in (400, 413) and batch.reports:
             self._refused(batch, out.status, msg)
             self.router.result(target, ok=False, failed=False)
@@ -319,6 +339,24 @@ class Sender:
         else:
             self._log_failure(target, out.status, msg, retry_in=round(delay, 2))
         self.router.result(target, ok=False, failed=unavailable)
+
+    def _conflict(self, batch: Batch, msg: str) -> None:
+        """409 seq_conflict: these seqs are stored with other content. Loud (two agents sharing an id
+        is a configuration error an operator must see), then recover: a new incarnation, and the
+        same reports are sent again at once under it."""
+        self.metrics.seq_conflicts.inc()
+        inc, first = self.spool.new_incarnation(batch.incarnation)
+        log.error(
+            "agent.seq_conflict",
+            agent=self.cfg.agent_id,
+            error=msg,
+            old_incarnation=batch.incarnation,
+            incarnation=inc,
+            first_seq=first,
+            hint="another agent uses this agent_id (set a unique one), or this spool was copied or"
+            " reset; the reports are sent again under a new incarnation",
+        )
+        self._not_before[batch.target.kind] = 0.0
 
     def _not_acknowledged(self, batch: Batch, why: str) -> None:
         """A 200 that nothing durable stands behind: keep everything, and fail over like for a 5xx."""

@@ -42,6 +42,10 @@ class KeyRing:
         h = self._hash(request)
         return h is not None and h in self._operator
 
+    def is_replay(self, request: web.Request) -> bool:
+        """Whether the request comes with a replay key (``lossproof replay`` draining a fallback)."""
+        return self._hash(request, False) in self._replay
+
     def writer(self, request: web.Request, query: bool = False) -> str:
         """The tenant to write as: a tenant key's own, or, for a replay key, the one named by
         ``X-Lossproof-Tenant``. Raises the 401/403 to answer otherwise. ``query``: a key may also

@@ -155,7 +155,10 @@ class ReportsHandler(Ingest):
             raise ApiError(400, str(e), "bad_request") from None
         checked = native.summary(req)
         seqs, agent = checked.seqs, checked.agent
-        conflicts = await self._conflicts(tenant, req, seqs)
+        # A replay (a fallback receiver drained) already had its 200 from the fallback: refusing it
+        # would make it given up; the worker keeps such a conflict whole instead.
+        replaying = self.keys.is_replay(request)
+        conflicts = [] if replaying else await self._conflicts(tenant, req, seqs)
         del req  # the decoded points are not held while waiting for the log (see native.check)
         if conflicts:
             self._refuse_conflict(tenant, checked, conflicts)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import secrets
 import threading
 import time
 from array import array
@@ -130,6 +131,11 @@ class _Segment:
             del self.created[keep:]
 
 
+def new_incarnation_id() -> str:
+    """128 random bits, hex: no two spools (or hosts) pick the same one."""
+    return secrets.token_hex(16)
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -199,7 +205,11 @@ class Spool:
             st = state_mod.load(self.dir)
         except state_mod.StateError as e:
             raise SpoolError(str(e)) from None
+        fresh = st is None and self._counter.value == 0 and not list_segments(self.dir)
         self._st = st or state_mod.SpoolState()
+        if fresh:
+            # Made with the spool and saved (fsync'd) below before any seq is handed out.
+            self._st.incarnation = new_incarnation_id()
         floor = self._st.floor
         truncated = 0
         for seg_id in list_segments(self.dir):
@@ -381,6 +391,38 @@ class Spool:
         self._st.dropped = rg.add_tagged(self._st.dropped, tagged)
         self._st.unreported = rg.add_tagged(self._st.unreported, tagged)
         self._save()
+
+    @property
+    def incarnation(self) -> tuple[str, int]:
+        """The incarnation id and the first seq of its seq space."""
+        with self._lock:
+            return self._st.incarnation, self._st.first_seq
+
+    def new_incarnation(self, replacing: str) -> tuple[str, int]:
+        """Start a new incarnation (the server found one of this agent's seqs stored with other
+        content: another agent uses the id, or this spool was copied). The reports held keep their
+        seqs; the new seq space starts at the lowest pending one. Durable before it returns. Does
+        nothing if ``replacing`` is no longer the current incarnation (another request already
+        started a new one)."""
+        with self._lock:
+            self._check_open()
+            if self._st.incarnation != replacing:
+                return self._st.incarnation, self._st.first_seq
+            old = (self._st.incarnation, self._st.first_seq)
+            self._st.incarnation = new_incarnation_id()
+            self._st.first_seq = next(iter(self._pending), self.last_seq + 1)
+            try:
+                self._save()
+            except SpoolError:
+                self._st.incarnation, self._st.first_seq = old
+                raise
+            log.warning(
+                "spool.new_incarnation",
+                old=replacing,
+                incarnation=self._st.incarnation,
+                first_seq=self._st.first_seq,
+            )
+            return self._st.incarnation, self._st.first_seq
 
     def _save(self) -> None:
         try:

@@ -42,6 +42,12 @@ class SpoolState(msgspec.Struct):
     unreported: list[Tagged] = msgspec.field(default_factory=list)
     # Segment id -> unix ms when its last pending report was acknowledged: the replay window's start.
     acked_at: dict[int, int] = msgspec.field(default_factory=dict)
+    # The agent's incarnation (docs/protocol.md): a random id made with the spool, so a wiped spool
+    # (or another host's) starts a seq space of its own. "" in a spool made before incarnations.
+    incarnation: str = ""
+    # The first seq of the incarnation: 1, or the lowest pending seq when one was started because
+    # the server answered a reused seq (409) and the reports held were kept with their seqs.
+    first_seq: int = 1
 
 
 _enc = msgspec.msgpack.Encoder()
