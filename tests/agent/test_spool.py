@@ -220,3 +220,40 @@ def test_many_files_do_not_use_many_descriptors(tmp_path: Path) -> None:
     with Spool(tmp_path, SpoolLimits(segment_bytes=4096)) as s:
         assert len(s.read(range(1, 241))) == 240
         assert open_fds() - before <= 8 + 4
+
+
+def test_incarnation_is_made_with_the_spool_and_kept(tmp_path: Path) -> None:
+    """#14: a wiped spool (or another host's) must not reuse this one's seq space."""
+    with Spool(tmp_path / "a") as s:
+        inc, first = s.incarnation
+        assert len(inc) == 32 and first == 1
+        s.append([body("a")])
+    with Spool(tmp_path / "a") as s:
+        assert s.incarnation == (inc, 1)  # durable: the same after reopening
+    with Spool(tmp_path / "b") as other:
+        assert other.incarnation[0] not in ("", inc)
+
+
+def test_a_spool_from_before_incarnations_keeps_the_empty_one(tmp_path: Path) -> None:
+    from lossproof.agent.spool import state as state_mod
+
+    with Spool(tmp_path) as s:
+        s.append([body("a")])
+    st = state_mod.load(tmp_path)
+    assert st is not None
+    st.incarnation = ""  # as a state file written before incarnations decodes
+    state_mod.save(tmp_path, st)
+    with Spool(tmp_path) as s:
+        assert s.incarnation == ("", 1)  # its seqs carry on in the seq space the server knows
+
+
+def test_new_incarnation_starts_at_the_lowest_pending_seq(tmp_path: Path) -> None:
+    with Spool(tmp_path) as s:
+        s.append([body("a"), body("b"), body("c")])
+        s.ack([1])
+        old, _ = s.incarnation
+        new, first = s.new_incarnation(old)
+        assert new != old and first == 2
+        assert s.new_incarnation(old) == (new, 2)  # a second 409 for the old one: no third
+    with Spool(tmp_path) as s:
+        assert s.incarnation == (new, 2)

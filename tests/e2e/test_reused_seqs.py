@@ -24,14 +24,14 @@ from lptest.inproc import InProcess
 from lptest.pipeline import HTTP, report
 
 T0 = 1_767_225_600_000
+REPLAY_KEY = config_mod.new_key()  # what `lossproof replay` drains a fallback receiver with
 
 
 @pytest.fixture(scope="module")
 def p(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
     pl = InProcess(tmp_path_factory.mktemp("reused") / "data", "lp_test_" + secrets.token_hex(16))
-    pl.replay_key = config_mod.new_key()  # type: ignore[attr-defined]
     with config_mod.editing(pl.data_dir) as cfg:
-        cfg.replay.key_hashes.append(config_mod.hash_key(pl.replay_key))  # type: ignore[attr-defined]
+        cfg.replay.key_hashes.append(config_mod.hash_key(REPLAY_KEY))
     pl.start()
     yield pl
     pl.stop()
@@ -44,7 +44,8 @@ def post(
     headers = p.headers(key)
     if key is not None and key != p.key:
         headers["X-Lossproof-Tenant"] = "default"
-    return HTTP.request("POST", p.url + "/v1/reports", body=body, headers=headers)
+    r: urllib3.BaseHTTPResponse = HTTP.request("POST", p.url + "/v1/reports", body=body, headers=headers)
+    return r
 
 
 def points_of(p: InProcess, host: str) -> int:
@@ -112,7 +113,7 @@ def test_a_conflict_only_the_worker_sees_is_kept_whole_and_shown(p: InProcess) -
     ``lossproof replay``, which ingest does not refuse): the worker keeps it whole, visibly."""
     assert post(p, "reused-4", [report(1, host="first")]).status == 200
     p.wait_stored("reused-4", {1})
-    r = post(p, "reused-4", [report(1, host="second")], key=p.replay_key)  # type: ignore[attr-defined]
+    r = post(p, "reused-4", [report(1, host="second")], key=REPLAY_KEY)
     assert r.status == 200, r.data
     wait_for(lambda: [a["conflicts"] for a in agents(p, "reused-4")] == [1], 30, "a kept conflict")
     ledger = p.ledger("reused-4")

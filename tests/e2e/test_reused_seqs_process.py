@@ -74,7 +74,7 @@ def run_for(a: AgentProc, seconds: float) -> None:
 
 def all_stored(p: Pipeline, reports: dict[bytes, int], timeout: float = 60) -> list[str]:
     def done() -> list[str] | None:
-        stored, conflicts, incs = kept(p, "shared-id")
+        stored, _conflicts, incs = kept(p, "shared-id")
         return incs if set(reports) <= stored else None
 
     incs: list[str] = wait_for(done, timeout, "every report the agents made stored")
