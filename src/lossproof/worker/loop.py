@@ -163,7 +163,7 @@ class Worker:
                 "worker.seq_conflict",
                 reports=result.reports_conflict,
                 hint="reports reused stored seqs with other content (two agents with one id, or a reset"
-                " spool): kept whole in the conflicts table; see `lossproof store conflicts`",
+                " spool): kept whole in the conflicts table (listed by the ledger API and the dashboard)",
             )
         self.metrics.dead_letters.inc(len(batch.dead_letters))
         self.metrics.gaps.inc(len(polled.gaps))

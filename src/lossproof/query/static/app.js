@@ -407,7 +407,7 @@ async function loadCompleteness() {
       if (r.kind === "missing") notes.push(el("div", { class: "kind missing note" }, `missing ${r.first}-${r.last}: replay asked, first seen ${fmtTime(r.since_ms)}`));
     }
     for (const [first, last] of a.conflicts || []) {
-      notes.push(el("div", { class: "kind conflict note" }, `conflict ${first}-${last}: another report with the same seq is stored; this one is kept whole for an operator to apply (lossproof store conflicts)`));
+      notes.push(el("div", { class: "kind conflict note" }, `conflict ${first}-${last}: another report with the same seq is stored; this one is kept whole for an operator to apply`));
     }
     const heard = Math.max(a.last_seen_ms, a.last_stored_ms);
     const who = [el("div", {}, a.agent)];
