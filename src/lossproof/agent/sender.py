@@ -299,8 +299,9 @@ class Sender:
             self.metrics.requests.labels(kind, status).inc()
             self._succeeded(batch, out, acked)
             return
-        if out.status in (400, 413) and not from_lossproof(out.headers):
-            # only a lossproof refusal may make the agent split a batch or give a report up
+        if out.status in (400, 409, 413) and not from_lossproof(out.headers):
+            # only a lossproof refusal may make the agent split a batch, give a report up or start a
+            # new incarnation
             why = f"a {out.status} without {PROTOCOL_HEADER}: not lossproof's refusal"
             self._not_acknowledged(batch, why)
             return
