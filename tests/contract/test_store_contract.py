@@ -165,6 +165,14 @@ def test_stored_digests_only_of_stored_seqs(store: Store) -> None:
     assert store.stored_digests("t2", "a1", "", [(1, 9)]) == {}
 
 
+def test_max_stored_seq_is_per_incarnation(store: Store) -> None:
+    assert store.max_stored_seq("t1", "a1", "") == 0
+    store.write_batch(batch(report(1), report(7), report(3)))
+    assert store.max_stored_seq("t1", "a1", "") == 7
+    assert store.max_stored_seq("t1", "a1", "other") == 0
+    assert store.max_stored_seq("t2", "a1", "") == 0
+
+
 # --- incarnations --------------------------------------------------------------------------------
 
 

@@ -176,6 +176,8 @@ class ReportsHandler(Ingest):
             )
         )
         await self.append_durable(native.log_key(tenant, agent), record)
+        if seqs:
+            self.store.acknowledged(tenant, agent, checked.incarnation, seqs)
 
         self.metrics.reports.labels(tenant).inc(checked.reports)
         self.metrics.points.labels(tenant).inc(checked.points)

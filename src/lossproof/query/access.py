@@ -19,6 +19,7 @@ __all__ = ["StoreAccess", "StoreUnavailable"]
 
 T = TypeVar("T")
 REPLAY_LOOKUP_TIMEOUT = 0.5
+MAX_CACHED = 100_000  # agent incarnations whose highest stored seq is kept
 log = get(__name__)
 
 
@@ -29,6 +30,8 @@ class StoreAccess:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read")
         self._replay: dict[tuple[str, str, str], tuple[float, list[SeqRange]]] = {}
         self._replay_ttl = replay_cache_seconds
+        self._top: dict[tuple[str, str, str], tuple[float, int]] = {}  # highest stored seq, when read
+        self._acked: dict[tuple[str, str, str], int] = {}  # highest seq this process acknowledged
         self._skip_until = 0.0
 
     def _get(self) -> Store:
@@ -48,11 +51,28 @@ class StoreAccess:
     ) -> dict[int, bytes]:
         """Digests of the stored reports among ``seqs`` (see :meth:`Store.stored_digests`).
 
+        Most requests carry only new seqs: above both the incarnation's highest stored seq (cached
+        like the replay ranges) and the highest this process acknowledged (:meth:`acknowledged`),
+        they are answered without a store read.
         Bounded like :meth:`replay_wanted`, and a failure gives {}: the request is then acknowledged
         unchecked, and a conflict is caught by the worker instead (kept whole, never dropped)."""
-        if time.monotonic() < self._skip_until:
+        now = time.monotonic()
+        if not seqs or now < self._skip_until:
             return {}
+        key = (tenant, agent, incarnation)
+        hit = self._top.get(key)
         try:
+            if hit is None or now - hit[0] >= self._replay_ttl:
+                top = await asyncio.wait_for(
+                    self.run(lambda s: s.max_stored_seq(tenant, agent, incarnation)), REPLAY_LOOKUP_TIMEOUT
+                )
+                if len(self._top) >= MAX_CACHED:
+                    self._top.clear()
+                self._top[key] = (now, top)
+            else:
+                top = hit[1]
+            if min(first for first, _ in seqs) > max(top, self._acked.get(key, 0)):
+                return {}
             return await asyncio.wait_for(
                 self.run(lambda s: s.stored_digests(tenant, agent, incarnation, seqs)), REPLAY_LOOKUP_TIMEOUT
             )
@@ -60,6 +80,16 @@ class StoreAccess:
             self._skip_until = time.monotonic() + 1.0
             log.warning("ledger.lookup_failed", error=str(e) or type(e).__name__)
             return {}
+
+    def acknowledged(self, tenant: str, agent: str, incarnation: str, seqs: list[SeqRange]) -> None:
+        """Note seqs this process acknowledged: until they are stored (and for good after), a request
+        that uses one of them again is looked up in the store, not waved through as new."""
+        key = (tenant, agent, incarnation)
+        top = max(last for _, last in seqs)
+        if len(self._acked) >= MAX_CACHED and key not in self._acked:
+            self._acked.clear()
+        if top > self._acked.get(key, 0):
+            self._acked[key] = top
 
     async def replay_wanted(
         self, tenant: str, agent: str, seen_before_ms: int, incarnation: str = ""

@@ -384,6 +384,11 @@ class Store(abc.ABC):
         ingest compares a request against before acknowledging it. One index range read per range."""
 
     @abc.abstractmethod
+    def max_stored_seq(self, tenant: str, agent: str, incarnation: str) -> int:
+        """The highest seq stored with a digest for this incarnation, 0 if none: a request whose seqs
+        are all above it cannot conflict with a stored report (one index seek)."""
+
+    @abc.abstractmethod
     def conflicts(self, tenant: str, agent: str | None = None) -> list[Conflict]:
         """The tenant's conflicting reports (of ``agent`` when given), oldest first."""
 

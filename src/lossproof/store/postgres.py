@@ -1070,6 +1070,14 @@ class PostgresStore(Store):
         )
         return {int(seq): bytes(d) for seq, d in rows}
 
+    def max_stored_seq(self, tenant: str, agent: str, incarnation: str) -> int:
+        rows = self._fetch(
+            "SELECT coalesce(max(seq), 0) FROM reports"
+            " WHERE tenant = %s AND agent = %s AND incarnation = %s",
+            (tenant, agent, incarnation),
+        )
+        return int(rows[0][0])
+
     def conflicts(self, tenant: str, agent: str | None = None) -> list[Conflict]:
         query = (
             "SELECT id, tenant, agent, incarnation, seq, digest, n_points, detected_ms, applied_ms"

@@ -731,6 +731,15 @@ class SqliteStore(Store):
             finally:
                 self._con.execute("COMMIT")
 
+    def max_stored_seq(self, tenant: str, agent: str, incarnation: str) -> int:
+        with self._lock:
+            rows = self._read(
+                "SELECT coalesce(max(seq), 0) FROM reports"
+                " WHERE tenant = ? AND agent = ? AND incarnation = ?",
+                (tenant, agent, incarnation),
+            )
+        return int(rows[0][0])
+
     def conflicts(self, tenant: str, agent: str | None = None) -> list[Conflict]:
         sql = (
             "SELECT id, tenant, agent, incarnation, seq, digest, n_points, detected_ms, applied_ms"
