@@ -183,7 +183,7 @@ def test_chart_of_the_past_labels_by_kind(dash: Dash) -> None:
 def test_completeness(dash: Dash) -> None:
     status, body = get(dash, "/ui/api/completeness")
     assert status == 200
-    assert body["totals"] == {"stored": 320, "delayed": 10, "missing": 10, "lost": 20}
+    assert body["totals"] == {"stored": 320, "delayed": 10, "missing": 10, "lost": 20, "conflict": 0}
     web = next(a for a in body["agents"] if a["agent"] == "web-01")
     assert [(r["kind"], r["first"], r["last"]) for r in web["ranges"]] == [
         ("stored", 1, 40),
