@@ -76,7 +76,9 @@ def main(config_path: Path, tick: float, status_path: Path, points: int) -> None
                 agent.record(MARKER_METRIC, float(n), labels, t_ms=marker_time(n))
                 for i in range(points):
                     # the run label keeps two processes' load points apart as well
-                    agent.record("chaos.load", float(n % 1000), {"i": str(i), RUN_LABEL: run}, t_ms=marker_time(n))
+                    agent.record(
+                        "chaos.load", float(n % 1000), {"i": str(i), RUN_LABEL: run}, t_ms=marker_time(n)
+                    )
                 # Before the flush: a kill -9 between the spool's write and the line after it must
                 # not leave a report in the spool that no marker line names.
                 journal.intent(n, seq)

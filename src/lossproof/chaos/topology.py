@@ -31,12 +31,12 @@ import urllib3
 
 import lossproof
 from lossproof import config as config_mod
+from lossproof.chaos import journal
 from lossproof.chaos.audit import AuditReport
 from lossproof.chaos.brokers import Broker, KafkaSide
 from lossproof.chaos.faultable import Faultable
 from lossproof.chaos.netns import AgentNet
 from lossproof.chaos.remote import PipelineClient, RemoteError, run_audit
-from lossproof.chaos import journal
 from lossproof.chaos.truth import read_truth, wiped_mark
 from lossproof.faults import write_faults
 from lossproof.up import _die_with_parent
@@ -133,6 +133,7 @@ class TopologySpec:
     workers: int = 2
     tick_seconds: float = 0.1
     max_spool_bytes: int = 64 * 2**20
+    max_batch_reports: int = 500
     replay_window_seconds: float = 3600.0
     fallback_after_seconds: float = 2.0
     append_timeout_seconds: float = 3.0
@@ -281,6 +282,7 @@ class Topology:
             "spool_dir": str(d / "spool"),
             "interval_seconds": 3600.0,
             "max_spool_bytes": s.max_spool_bytes,
+            "max_batch_reports": s.max_batch_reports,
             "replay_window_seconds": s.replay_window_seconds,
             "spool_segment_bytes": 64 * 1024,
             "max_in_flight": 2,
@@ -316,10 +318,10 @@ class Topology:
             return "chaos-0"
         return f"chaos-{i}"
 
-    def wait_agents_started(self, timeout: float = 60.0) -> None:
+    def wait_agents_started(self, timeout: float = 60.0, which: list[int] | None = None) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all(self.status(i).get("last_seq", 0) for i in range(len(self.agents))):
+            if all(self.status(i).get("last_seq", 0) for i in (which or range(len(self.agents)))):
                 return
             for a in self.agents:
                 if not a.alive():
@@ -360,7 +362,8 @@ class Topology:
         k = 1 + sum(1 for _ in d.glob("wiped-*"))
         dest = d / f"wiped-{k}"
         dest.mkdir()
-        for name in ("spool", f"spool{journal.SUFFIX}", "spool.agent_id"):
+        # the status file goes too: it is the old process's, and must not pass for the new one's
+        for name in ("spool", f"spool{journal.SUFFIX}", "spool.agent_id", "status.json"):
             if (d / name).exists():
                 os.rename(d / name, dest / name)
         wiped_mark(dest / "spool").write_text(f"wiped from agent a{i} at {time.time():.3f}\n")
@@ -472,7 +475,8 @@ class Topology:
             unsettled = 0
             for i, a in enumerate(self.agents):
                 st = self.status(i)
-                p = int(st.get("pending", 0)) if a.alive() else 0
+                # a running agent without a status file has not opened its spool yet: not settled
+                p = int(st.get("pending", 1 if not st else 0)) if a.alive() else 0
                 pending += p
                 inc = st.get("incarnation")
                 try:
