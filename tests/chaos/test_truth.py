@@ -7,7 +7,8 @@ from pathlib import Path
 
 from lossproof.agent.spool import SPOOL_FULL, Spool, SpoolLimits
 from lossproof.agent.spool.format import list_segments, segment_path
-from lossproof.chaos.truth import parse_spool_arg, read_truth
+from lossproof.chaos.journal import MarkerJournal, journal_path, read_journal
+from lossproof.chaos.truth import parse_spool_arg, read_truth, wiped_mark
 
 
 def body(seq: int) -> bytes:
@@ -69,3 +70,55 @@ def test_spool_argument_forms(tmp_path: Path) -> None:
     assert parse_spool_arg(str(d)) == ("spool", d)
     (tmp_path / "spool.agent_id").write_text("chaos-7\n")
     assert parse_spool_arg(str(d)) == ("chaos-7", d)
+
+
+def test_the_marker_journal_resolves_a_kill_during_the_flush(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    j = MarkerJournal(journal_path(spool), "r1")
+    j.incarnation("inc1", 1)
+    for n in (1, 2, 3):
+        j.intent(n, n)
+        j.made(n, n)
+    j.intent(4, 4)  # killed during this flush; the spool did write seq 4
+    j.close()
+    j = MarkerJournal(journal_path(spool), "r2")
+    j.incarnation("inc1", 1)
+    j.intent(1, 5)  # killed before the spool wrote seq 5: the next process journals 5 again
+    j.close()
+    j = MarkerJournal(journal_path(spool), "r3")
+    j.intent(1, 5)
+    j.made(1, 5)
+    j.intent(2, 6)
+    j.not_made(2)  # the spool was full
+    j.incarnation("inc2", 5)  # a 409 started a new incarnation at the lowest pending seq
+    j.close()
+    with open(journal_path(spool), "a") as f:
+        f.write("m r3 9")  # a line cut short by a kill: never read
+    got = read_journal(journal_path(spool), last_seq=5)
+    assert [(m.run, m.n, m.seq) for m in got.markers] == [
+        ("r1", 1, 1),
+        ("r1", 2, 2),
+        ("r1", 3, 3),
+        ("r1", 4, 4),
+        ("r3", 1, 5),
+    ]
+    assert got.unresolved == 1  # r2's intent: superseded by r3's claim of seq 5
+    assert got.incarnations == [(1, "inc1"), (5, "inc2")]
+
+
+def test_truth_carries_markers_incarnations_and_the_wiped_mark(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    with Spool(spool) as s:
+        j = MarkerJournal(journal_path(spool), "r1")
+        j.incarnation(*s.incarnation)
+        for n in (1, 2, 3):
+            j.intent(n, n)
+            j.made(n, s.append([body])[0])
+        j.close()
+        inc = s.incarnation
+    t = read_truth("a", spool, name="a #1")
+    assert t.label == "a #1" and not t.gone
+    assert [m.seq for m in t.markers] == [1, 2, 3]
+    assert t.incarnations == [(inc[1], inc[0])] and t.incarnation_of(2) == inc[0]
+    wiped_mark(spool).write_text("wiped\n")
+    assert read_truth("a", spool).gone

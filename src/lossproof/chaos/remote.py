@@ -1,23 +1,35 @@
-"""What a running pipeline says about an agent: its ledger and the chaos markers in the store.
+"""What a running pipeline says about an agent: its ledgers and the chaos markers in the store.
 
-Chaos agents put one marker point in every report: metric ``chaos.seq``, label ``agent=<id>``,
-``t = MARKER_EPOCH_MS + seq`` and ``v = seq``. Counting the markers the query API returns tells
-how many times each seq's report is in the store, independently of what the ledger claims.
+Chaos agents put one marker point in every report: metric ``chaos.marker``, labels ``agent=<id>``
+and ``run=<driver process>``, ``t = MARKER_EPOCH_MS + n`` (``n``: the process's report count; see
+:mod:`lossproof.chaos.driver`). Counting the markers the query API returns tells how many times each
+report is in the store, independently of what the ledger claims and of the seq the report had.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import urllib3
 
-from lossproof.chaos.audit import AgentTruth, AuditReport, PipelineView, audit_agent
+from lossproof.chaos.audit import (
+    AgentTruth,
+    AuditReport,
+    LedgerView,
+    MarkerKey,
+    PipelineView,
+    audit_agent,
+    marker_counts,
+)
+from lossproof.store import ledger as lg
 
-MARKER_METRIC = "chaos.seq"
+MARKER_METRIC = "chaos.marker"
 MARKER_LABEL = "agent"
-# 2026-01-01T00:00:00Z; marker timestamps are this plus the seq (one ms apart).
+RUN_LABEL = "run"
+# 2026-01-01T00:00:00Z; marker timestamps are this plus the report's number in its run (1 ms apart).
 MARKER_EPOCH_MS = 1_767_225_600_000
 
 _HTTP = urllib3.PoolManager(maxsize=8, timeout=urllib3.Timeout(connect=3, read=60), retries=False)
@@ -27,8 +39,8 @@ class RemoteError(Exception):
     pass
 
 
-def marker_time(seq: int) -> int:
-    return MARKER_EPOCH_MS + seq
+def marker_time(n: int) -> int:
+    return MARKER_EPOCH_MS + n
 
 
 class PipelineClient:
@@ -52,41 +64,48 @@ class PipelineClient:
         body: dict[str, Any] | None = self.get(f"/v1/agents/{quote(agent, safe='')}/ledger", missing_ok=True)
         return body or {}
 
-    def marker_seqs(self, agent: str, last_seq: int) -> list[int]:
-        """Every marker value in the store for ``agent`` (one per stored sample)."""
-        if last_seq < 1:
+    def ledger_of(self, agent: str, incarnation: str) -> dict[str, Any]:
+        """One incarnation's ledger; empty when the pipeline never heard of it."""
+        q = urlencode({"incarnation": incarnation})
+        path = f"/v1/agents/{quote(agent, safe='')}/ledger?{q}"
+        body: dict[str, Any] | None = self.get(path, missing_ok=True)
+        return body or {}
+
+    def markers(self, agent: str, last_n: int) -> list[MarkerKey]:
+        """Every marker point in the store for ``agent`` as ``(run, n)`` (one per stored sample)."""
+        if last_n < 1:
             return []
         q = urlencode(
             {
                 "metric": MARKER_METRIC,
                 "label": f"{MARKER_LABEL}:{agent}",
                 "from": marker_time(1),
-                "to": marker_time(last_seq),
+                "to": marker_time(last_n),
             }
         )
         body = self.get(f"/v1/query?{q}")
-        seqs: list[int] = []
+        out: list[MarkerKey] = []
         for s in body.get("series", []):
-            if s.get("labels", {}).get(MARKER_LABEL) != agent:
+            labels = s.get("labels", {})
+            if labels.get(MARKER_LABEL) != agent:
                 continue
-            seqs.extend(int(v) for _, v in s.get("points", []))
-        return seqs
+            run = str(labels.get(RUN_LABEL, ""))
+            out.extend((run, int(t) - MARKER_EPOCH_MS) for t, _ in s.get("points", []))
+        return out
 
-    def view(self, agent: str, last_seq: int) -> PipelineView:
-        led = self.ledger(agent)
-        stored = [(int(a), int(b)) for a, b in led.get("stored", [])]
-        lost = [(int(e["range"][0]), int(e["range"][1]), str(e["reason"])) for e in led.get("lost", [])]
-        counts: dict[int, int] = {}
-        for s in self.marker_seqs(agent, last_seq):
-            counts[s] = counts.get(s, 0) + 1
-        return PipelineView(stored, lost, counts)
+    def view(self, truth: AgentTruth, counts: Mapping[MarkerKey, int]) -> PipelineView:
+        ledgers: dict[str, LedgerView] = {}
+        for inc in {i for _, i in truth.incarnations} or {""}:
+            ledgers[inc] = ledger_view(self.ledger_of(truth.agent, inc))
+        return PipelineView(ledgers, counts)
 
-    def unsettled(self, agent: str, created_last: int = 0) -> int:
+    def unsettled(self, agent: str, created_last: int = 0, incarnation: str | None = None) -> int:
         """Reports the ledger still calls missing or delayed, plus those up to ``created_last`` (the
         agent's last seq) it has not heard of at all: 0 once everything has settled. A report whose
         record the log lost after acknowledging it is unknown to the pipeline until the agent's next
-        request names its last seq, so an agent that fell silent right after it needs one more word."""
-        led = self.ledger(agent)
+        request names its last seq, so an agent that fell silent right after it needs one more word.
+        ``incarnation``: that incarnation's ledger (two agents may share an id); None: the latest."""
+        led = self.ledger(agent) if incarnation is None else self.ledger_of(agent, incarnation)
         n = sum(int(b) - int(a) + 1 for a, b in led.get("missing", []))
         n += sum(int(d["range"][1]) - int(d["range"][0]) + 1 for d in led.get("delayed", []))
         ends = [int(r[1]) for r in [*led.get("stored", []), *led.get("missing", [])]]
@@ -95,9 +114,20 @@ class PipelineClient:
         return n + max(0, created_last - max(ends))
 
 
+def ledger_view(led: Mapping[str, Any]) -> LedgerView:
+    stored = lg.normalize([(int(a), int(b)) for a, b in led.get("stored", [])])
+    lost = [(int(e["range"][0]), int(e["range"][1]), str(e["reason"])) for e in led.get("lost", [])]
+    conflicts = [int(c["seq"]) for c in led.get("conflicts", [])]
+    ends = [b for _, b in stored] + [int(r[1]) for r in led.get("missing", [])]
+    ends += [b for _, b, _ in lost] + [int(d["range"][1]) for d in led.get("delayed", [])]
+    ends.append(int((led.get("spool") or {}).get("last_seq", 0)))
+    return LedgerView(stored, lost, conflicts, heard=max(ends))
+
+
 def run_audit(client: PipelineClient, truths: list[AgentTruth]) -> AuditReport:
-    audits = []
-    for t in truths:
-        last = max((b for _, b in t.created), default=0)
-        audits.append(audit_agent(t, client.view(t.agent, last)))
-    return AuditReport(audits)
+    # One query per agent id: spools sharing an id share its marker series (told apart by run).
+    counts: dict[str, dict[MarkerKey, int]] = {}
+    for agent in dict.fromkeys(t.agent for t in truths):
+        last_n = max((m.n for t in truths if t.agent == agent for m in t.markers), default=0)
+        counts[agent] = marker_counts(client.markers(agent, last_n))
+    return AuditReport([audit_agent(t, client.view(t, counts[t.agent])) for t in truths])

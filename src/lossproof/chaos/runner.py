@@ -54,7 +54,7 @@ def run_scenario(
     if reason:
         tagged(f"SKIP: {reason}")
         return Result(scn, "SKIP", reason)
-    topo_spec = replace(base, agents=agents, **scn.spec)
+    topo_spec = replace(base, agents=max(agents, scn.min_agents), **scn.spec)
     root = Path(tempfile.mkdtemp(prefix=f"lossproof-chaos-{scn.number}-"))
     topo = Topology(root, topo_spec, progress=tagged)
     result = Result(scn, "FAIL")

@@ -52,6 +52,7 @@ class Scenario:
     # the logs it applies to, and why not the others
     backends: tuple[str, ...] = ("embedded", "kafka")
     why_not: str = ""
+    min_agents: int = 1  # run with at least this many agents, whatever --agents says
 
     def skip_reason(self, log: str) -> str | None:
         if log not in self.backends:
@@ -259,6 +260,47 @@ def network(ctx: Ctx) -> None:
     net.heal()
 
 
+def wipe_spool(ctx: Ctx) -> None:
+    """An agent's disk is wiped (reinstall, a container without its volume) while it holds reports:
+    kill -9, spool gone, restart with a new incarnation that reuses seqs 1, 2, … In most rounds the
+    pipeline is slowed first, so the old spool dies with requests in flight and reports the pipeline
+    has heard of (its last spool state) but never got: those must end stored or lost `spool_reset`."""
+    ctx.sleep(1.0, 2.5)
+    topo = ctx.topo
+    i = ctx.rng.randrange(len(topo.agents))
+    a = topo.agents[i]
+    ingest = topo.ingests[i % len(topo.ingests)]
+    stall = ctx.rng.random() < 0.7
+    if stall and topo.kafka is None:
+        # acks come 1 s late: requests pile up in flight and the rest wait in the spool
+        topo.set_faults({"log.fsync": {"mode": "delay", "seconds": 1.0}})
+        ctx.sleep(0.5, 1.5)
+    elif stall:
+        ingest.pause()  # no fsync hook on Kafka: the agent's ingest stops answering instead
+        ctx.sleep(0.3, 1.2)
+    held = int(topo.status(i).get("pending", 0))
+    ctx.fault(f"kill -9 {a.name}, wipe its spool ({held} reports pending), restart it: a new incarnation")
+    a.kill9()
+    topo.wipe_spool(i)
+    if stall:
+        topo.set_faults({})
+        ingest.resume()
+    a.start(wait=False)
+    topo.wait_agents_started(30, which=[i])  # its new spool exists before the next fault or the drain
+
+
+def shared_id(ctx: Ctx) -> None:
+    """Agents 0 and 1 share one agent id, each with its own spool, at the same time; faults that make
+    them resend (their restarts, an ingest's) keep both seq spaces busy with the same seqs."""
+    ctx.sleep(0.5, 2.0)
+    topo = ctx.topo
+    if ctx.rng.random() < 0.5:
+        _kill_restart(ctx, topo.agents[ctx.rng.randrange(2)], f"one of two agents with id {topo.agent_id(0)}")
+    else:
+        _kill_restart(ctx, ctx.rng.choice(topo.ingests), "while two agents share an id")
+        topo.ingests[0].wait_healthy(30)
+
+
 SCENARIOS: list[Scenario] = [
     Scenario(1, "kill-ingest", "kill -9 an ingest process at random moments", kill_ingest),
     Scenario(
@@ -316,6 +358,24 @@ SCENARIOS: list[Scenario] = [
         slow_disk,
         backends=("embedded",),
         why_not="the fsync fault hook is in the embedded log; Kafka broker stalls are scenario 8",
+    ),
+    Scenario(
+        11,
+        "wipe-spool",
+        "an agent's spool wiped mid-run (kill -9, spool gone, restart): its reused seqs are a new "
+        "incarnation; what the old spool never delivered is lost as spool_reset, not silently",
+        wipe_spool,
+        # small requests: with acks slowed, a backlog builds that the pipeline hears of (each
+        # request's spool state) before the spool dies, which is what spool_reset accounts for
+        spec={"max_batch_reports": 2},
+    ),
+    Scenario(
+        12,
+        "shared-id",
+        "two agents with one agent id (separate spools) at once, with kill -9s: both stored in full",
+        shared_id,
+        spec={"shared_agent_id": True},
+        min_agents=2,
     ),
 ]
 

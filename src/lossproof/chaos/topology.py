@@ -31,12 +31,13 @@ import urllib3
 
 import lossproof
 from lossproof import config as config_mod
+from lossproof.chaos import journal
 from lossproof.chaos.audit import AuditReport
 from lossproof.chaos.brokers import Broker, KafkaSide
 from lossproof.chaos.faultable import Faultable
 from lossproof.chaos.netns import AgentNet
 from lossproof.chaos.remote import PipelineClient, RemoteError, run_audit
-from lossproof.chaos.truth import read_truth
+from lossproof.chaos.truth import read_truth, wiped_mark
 from lossproof.faults import write_faults
 from lossproof.up import _die_with_parent
 
@@ -132,6 +133,7 @@ class TopologySpec:
     workers: int = 2
     tick_seconds: float = 0.1
     max_spool_bytes: int = 64 * 2**20
+    max_batch_reports: int = 500
     replay_window_seconds: float = 3600.0
     fallback_after_seconds: float = 2.0
     append_timeout_seconds: float = 3.0
@@ -142,6 +144,8 @@ class TopologySpec:
     # kafka: an existing `lossproof dev kafka` cluster directory to share (a fresh topic per
     # topology); empty: the topology starts its own cluster and removes it afterwards
     kafka_dir: str = ""
+    # agents 0 and 1 run with one agent id (two hosts with the same host name), each with its own spool
+    shared_agent_id: bool = False
 
 
 @dataclass
@@ -271,13 +275,14 @@ class Topology:
         assert self.fallback is not None
         s = self.spec
         cfg: dict[str, Any] = {
-            "agent_id": f"chaos-{i}",
+            "agent_id": self.agent_id(i),
             "api_key": self.key,
             "primary_url": self.ingests[i % len(self.ingests)].health_url,
             "fallback_urls": [self.fallback.health_url],
             "spool_dir": str(d / "spool"),
             "interval_seconds": 3600.0,
             "max_spool_bytes": s.max_spool_bytes,
+            "max_batch_reports": s.max_batch_reports,
             "replay_window_seconds": s.replay_window_seconds,
             "spool_segment_bytes": 64 * 1024,
             "max_in_flight": 2,
@@ -308,10 +313,15 @@ class Topology:
         ]
         return Proc(f"agent{i}", argv, env, self.log_dir)
 
-    def wait_agents_started(self, timeout: float = 60.0) -> None:
+    def agent_id(self, i: int) -> str:
+        if self.spec.shared_agent_id and i == 1:
+            return "chaos-0"
+        return f"chaos-{i}"
+
+    def wait_agents_started(self, timeout: float = 60.0, which: list[int] | None = None) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all(self.status(i).get("last_seq", 0) for i in range(len(self.agents))):
+            if all(self.status(i).get("last_seq", 0) for i in (which or range(len(self.agents)))):
                 return
             for a in self.agents:
                 if not a.alive():
@@ -325,14 +335,39 @@ class Topology:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                if all(client.ledger(f"chaos-{i}").get("stored") for i in range(len(self.agents))):
+                ids = {self.agent_id(i) for i in range(len(self.agents))}
+                if all(client.ledger(agent).get("stored") for agent in ids):
                     return
             except RemoteError:
                 pass
             time.sleep(0.2)
 
     def spool_dirs(self) -> list[tuple[str, Path]]:
-        return [(f"chaos-{i}", self.root / "agents" / f"a{i}" / "spool") for i in range(len(self.agents))]
+        """Each agent's current spool."""
+        return [(self.agent_id(i), self.root / "agents" / f"a{i}" / "spool") for i in range(len(self.agents))]
+
+    def all_spools(self) -> list[tuple[str, Path, str]]:
+        """Every spool an agent has had, wiped ones included, as (agent id, dir, name for the table)."""
+        out: list[tuple[str, Path, str]] = []
+        for i, (agent, d) in enumerate(self.spool_dirs()):
+            for old in sorted(d.parent.glob("wiped-*/spool"), key=lambda p: int(p.parent.name[6:])):
+                out.append((agent, old, f"{agent} a{i}/{old.parent.name}"))
+            out.append((agent, d, f"{agent} a{i}"))
+        return out
+
+    def wipe_spool(self, i: int) -> Path:
+        """Take agent ``i``'s spool away (it must be stopped): for the agent it is as if the disk had
+        been wiped, and the audit still reads it (with its marker journal) as a spool that is gone."""
+        d = self.root / "agents" / f"a{i}"
+        k = 1 + sum(1 for _ in d.glob("wiped-*"))
+        dest = d / f"wiped-{k}"
+        dest.mkdir()
+        # the status file goes too: it is the old process's, and must not pass for the new one's
+        for name in ("spool", f"spool{journal.SUFFIX}", "spool.agent_id", "status.json"):
+            if (d / name).exists():
+                os.rename(d / name, dest / name)
+        wiped_mark(dest / "spool").write_text(f"wiped from agent a{i} at {time.time():.3f}\n")
+        return dest / "spool"
 
     def status(self, i: int) -> dict[str, Any]:
         try:
@@ -440,10 +475,16 @@ class Topology:
             unsettled = 0
             for i, a in enumerate(self.agents):
                 st = self.status(i)
-                p = int(st.get("pending", 0)) if a.alive() else 0
+                # a running agent without a status file has not opened its spool yet: not settled
+                p = int(st.get("pending", 1 if not st else 0)) if a.alive() else 0
                 pending += p
+                inc = st.get("incarnation")
                 try:
-                    u = client.unsettled(f"chaos-{i}", int(st.get("last_seq", 0)) if a.alive() else 0)
+                    u = client.unsettled(
+                        self.agent_id(i),
+                        int(st.get("last_seq", 0)) if a.alive() else 0,
+                        incarnation=inc if isinstance(inc, str) else None,
+                    )
                 except RemoteError as e:
                     u = 1
                     remote_error = str(e)
@@ -484,7 +525,7 @@ class Topology:
     def audit(self) -> AuditReport:
         """Stop the agents (their spools are then at rest) and audit."""
         self.stop_agents()
-        truths = [read_truth(agent, d) for agent, d in self.spool_dirs()]
+        truths = [read_truth(agent, d, name) for agent, d, name in self.all_spools()]
         return run_audit(PipelineClient(self.url, self.key), truths)
 
     def close(self) -> None:

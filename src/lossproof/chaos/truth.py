@@ -12,6 +12,10 @@ A seq at or above the floor that is neither acknowledged nor dropped is *pending
 on disk; when its record is gone, the agent declares it ``spool_damaged`` on its next start (and so
 does this reader). Best read while the agent is stopped; while it runs the result is a snapshot that
 may be a moment old (the state file is replaced atomically, so it is never half-read).
+
+Beside the spool, the chaos driver's marker journal (``<spool>.markers``) names each report's marker
+and the spool's incarnations; a ``<spool>.wiped`` file says the harness took the spool away from its
+agent (as a wiped disk would): what it still held will never be sent.
 """
 
 from __future__ import annotations
@@ -26,6 +30,13 @@ from lossproof.agent.spool.counter import NAME as SEQ_NAME
 from lossproof.agent.spool.counter import SLOT, _decode
 from lossproof.agent.spool.format import list_segments, scan_segment, segment_path
 from lossproof.chaos.audit import AgentTruth
+from lossproof.chaos.journal import journal_path, read_journal
+
+WIPED_SUFFIX = ".wiped"
+
+
+def wiped_mark(spool_dir: Path) -> Path:
+    return spool_dir.parent / f"{spool_dir.name}{WIPED_SUFFIX}"
 
 
 class TruthError(Exception):
@@ -44,7 +55,7 @@ def read_seq_counter(directory: Path) -> int:
     return max((v for v, _ in (s for s in slots if s is not None)), default=0)
 
 
-def read_truth(agent: str, directory: Path) -> AgentTruth:
+def read_truth(agent: str, directory: Path, name: str = "") -> AgentTruth:
     """What the agent whose spool is ``directory`` created, dropped and still holds."""
     if not directory.is_dir():
         raise TruthError(f"{directory}: not a directory")
@@ -70,7 +81,21 @@ def read_truth(agent: str, directory: Path) -> AgentTruth:
     pending = rg.intersect(unresolved, on_disk)
     damaged = rg.subtract(unresolved, on_disk)
     dropped.extend((a, b, DAMAGED) for a, b in damaged)
-    return AgentTruth(agent, created, dropped=dropped, pending=pending)
+    journal = read_journal(journal_path(directory), last)
+    incarnations = list(journal.incarnations)
+    # the state file is the last word on the current incarnation (the journal may lag by a tick)
+    if not incarnations or incarnations[-1] != (st.first_seq, st.incarnation):
+        incarnations.append((st.first_seq, st.incarnation))
+    return AgentTruth(
+        agent,
+        created,
+        dropped=dropped,
+        pending=pending,
+        markers=journal.markers,
+        incarnations=incarnations,
+        gone=wiped_mark(directory).exists(),
+        name=name,
+    )
 
 
 def parse_spool_arg(arg: str) -> tuple[str, Path]:
