@@ -64,6 +64,9 @@ class Proc(Faultable):
     env: dict[str, str]
     log_dir: Path
     health_url: str | None = None
+    # Removed before each start: what the last run of the process said of itself, which a restarted
+    # one has not said yet (an agent's status file: the drain must not take the killed run's word).
+    stale: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
     paused: bool = False
@@ -77,6 +80,8 @@ class Proc(Faultable):
 
     def start(self, wait: bool = True, timeout: float = 30.0) -> None:
         self.starts += 1
+        if self.stale is not None:
+            self.stale.unlink(missing_ok=True)
         with open(self.log_dir / f"{self.name}-{self.starts}.log", "wb") as log:
             # children die with the harness (PR_SET_PDEATHSIG), so an aborted run leaves no processes
             self.proc = subprocess.Popen(
@@ -311,7 +316,7 @@ class Topology:
             "--status",
             str(d / "status.json"),
         ]
-        return Proc(f"agent{i}", argv, env, self.log_dir)
+        return Proc(f"agent{i}", argv, env, self.log_dir, stale=d / "status.json")
 
     def agent_id(self, i: int) -> str:
         if self.spec.shared_agent_id and i == 1:
