@@ -53,8 +53,6 @@ def _malloc_trim() -> Callable[[], None]:
 
 
 release_memory = _malloc_trim()
-# Decoded bytes of a batch worth a malloc_trim afterwards: a few ms, paid only after large batches.
-TRIM_AFTER_BYTES = 8 * MiB
 
 
 class WorkerMetrics:
@@ -197,7 +195,11 @@ class Worker:
         """Decode and store ``polled``, one bounded store batch at a time (see the module docstring),
         committing the log position after each. Raises StoreUnavailable, leaving ``polled.records``
         at the records not committed yet (the first possibly partly stored), for the retry."""
-        if self._process(polled) >= TRIM_AFTER_BYTES:
+        decoded = self._process(polled)
+        # Only after a batch bigger than the steady state (a big request, written over several
+        # transactions): trimming after every full batch cost throughput (the next batch faults the
+        # same pages in again), and a steady state keeps reusing the memory it has anyway.
+        if decoded > 2 * self.batch_decoded_bytes:
             release_memory()  # the batch's objects are gone by now: hand their memory back
 
     def _process(self, polled: PollResult) -> int:
