@@ -338,7 +338,7 @@ def bench_ingest(
     import tempfile
 
     from lossproof.bench.ingest import BenchFailed, run_bench, run_protocol_bench
-    from lossproof.bench.spawn import check_pipeline, spawned_pipeline
+    from lossproof.bench.spawn import check_pipeline, process_memory, spawned_pipeline
 
     # Every argument is checked before anything runs.
     kafka_cfg = None
@@ -367,12 +367,15 @@ def bench_ingest(
     with tempfile.TemporaryDirectory(prefix="lossproof-bench-") as tmp:
         try:
             if spawn:
-                with spawned_pipeline(Path(tmp) / "data") as (url, api_key):
+                pids: list[int] = []
+                with spawned_pipeline(Path(tmp) / "data", pids=pids) as (url, api_key):
                     lines = go(url, api_key, Path(tmp) / "data")
+                    lines += process_memory(pids[0])
             else:
                 assert api_key is not None
                 try:
                     lines = go(url, api_key, data_dir or Path(tmp))
+                    lines.append("peak RSS: with --spawn only (the pipeline's processes are not ours)")
                 except OSError as e:
                     raise click.ClickException(f"cannot reach the pipeline at {url}: {e}") from None
         except BenchFailed as e:

@@ -135,6 +135,13 @@ class StoreConfig(_Section):
 class WorkerConfig(_Section):
     batch_records: int = Field(default=128, ge=1)
     batch_wait_seconds: float = Field(default=0.05, ge=0, le=MAX_SECONDS)
+    # What bounds the worker's memory per batch (see worker/loop.py): records gathered up to
+    # batch_bytes as they are in the log (compressed); a store batch written once it holds
+    # batch_points points or batch_decoded_bytes decoded bytes. A big request is decoded a part at
+    # a time and may span several store transactions (a native report never does).
+    batch_bytes: int = Field(default=16 * MiB, ge=1024)
+    batch_points: int = Field(default=131_072, ge=1)
+    batch_decoded_bytes: int = Field(default=16 * MiB, ge=1024)
     http_host: str = "127.0.0.1"
     # 0 picks a free port; the address is written to DIR/run/worker.addr for `up` to find.
     http_port: int = Field(default=0, ge=0, le=65535)

@@ -25,10 +25,11 @@ def free_port() -> int:
 
 @contextmanager
 def spawned_pipeline(
-    data_dir: Path, port: int | None = None, key: str | None = None
+    data_dir: Path, port: int | None = None, key: str | None = None, pids: list[int] | None = None
 ) -> Iterator[tuple[str, str]]:
     """Yields (url, api key) of a running pipeline; stops it (SIGTERM) on exit. ``key``: the default
-    tenant's key of an existing data dir (a fresh one gets a new key)."""
+    tenant's key of an existing data dir (a fresh one gets a new key). ``pids``: gets the pid of
+    the `lossproof up` process appended (for :func:`process_memory`)."""
     port = port or free_port()
     key = key or new_key()
     env = {**os.environ, "LOSSPROOF_API_KEY": key}
@@ -39,6 +40,8 @@ def spawned_pipeline(
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
+    if pids is not None:
+        pids.append(proc.pid)
     try:
         if not wait_ready(url, 60, stop=lambda: proc.poll() is not None):
             why = f"exited with {proc.returncode}" if proc.poll() is not None else "is not ready after 60 s"
@@ -70,3 +73,41 @@ def check_pipeline(url: str, api_key: str | None) -> str:
     except OSError as e:
         raise click.ClickException(f"cannot reach the pipeline at {url}: {e}") from None
     return url
+
+
+def _vm(pid: int) -> tuple[int, int]:
+    """(current, peak) resident memory of a process in bytes, from /proc (Linux); (0, 0) if unknown."""
+    now = peak = 0
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    now = int(line.split()[1]) * 1024
+                elif line.startswith("VmHWM:"):
+                    peak = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return now, peak
+
+
+def process_memory(up_pid: int) -> list[str]:
+    """One line: the peak and current RSS of the pipeline's children (ingest, worker) and of this
+    process (the load generator), read from /proc while the pipeline still runs."""
+    import psutil  # type: ignore[import-untyped]  # no stubs installed; calls are plain
+
+    parts = []
+    try:
+        children = psutil.Process(up_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    for child in children:
+        try:
+            cmd = child.cmdline()
+        except psutil.Error:
+            continue
+        role = next((c for c in ("ingest", "worker") if c in cmd), child.name())
+        now, peak = _vm(child.pid)
+        parts.append(f"{role} {peak / 2**20:,.0f} MiB (now {now / 2**20:,.0f})")
+    now, peak = _vm(os.getpid())
+    parts.append(f"bench client {peak / 2**20:,.0f} MiB")
+    return ["peak RSS: " + ", ".join(parts)]

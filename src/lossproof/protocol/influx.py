@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from itertools import repeat
 
 from lossproof.protocol.thirdparty import MAX_LABEL_VALUE, MAX_LABELS, MAX_NAME, MAX_TIME_MS, BadBody, Checked
@@ -268,6 +268,21 @@ def _unescape_string(s: str) -> str:
 
 def to_points(body: bytes, precision: str, received_ms: int, labels: dict[str, str]) -> list[Point]:
     """The stored points of a body that :func:`check` accepted."""
+    out: list[Point] = []
+    for chunk in iter_points(body, precision, received_ms, labels):
+        out.extend(chunk)
+    return out
+
+
+# Lines matched at a time: the worker holds the match objects of one slice, not of the whole body.
+_SLICE_LINES = 4096
+
+
+def iter_points(
+    body: bytes, precision: str, received_ms: int, labels: dict[str, str], max_points: int = 65_536
+) -> Iterator[list[Point]]:
+    """:func:`to_points` in chunks of about ``max_points`` (a line's fields are never split), so
+    that the worker holds one chunk of points at a time. Always yields at least one chunk."""
     text = decode_text(body)
     mul, div = PRECISIONS[precision]
     # InfluxDB stamps a line without a timestamp with the server's time, truncated to the precision.
@@ -275,30 +290,43 @@ def to_points(body: bytes, precision: str, received_ms: int, labels: dict[str, s
     now = received_ms - received_ms % unit_ms
     out: list[Point] = []
     append = out.append
-    for m in _match(text)[1]:
-        mm = m.group("m")
-        if mm is None:
-            continue  # blank or comment
-        measurement = _unescape(mm, ", ")
-        tags = dict(labels)
-        for k, v in _TAG_RE.findall(m.group("tags")):
-            tags[_unescape(k, ",= ")] = _unescape(v, ",= ")
-        ts = m.group("ts")
-        t = int(ts) * mul // div if ts else now
-        for k, v in _FIELD_RE.findall(m.group("fields")):
-            c = v[0]
-            if c == '"':
-                continue  # a string: not storable as a number (counted as skipped at ingest)
-            last = v[-1]
-            if last == "i" or last == "u":
-                x = float(_int(v[:-1]))
-            elif c in "tTfF":
-                x = 1.0 if v in _TRUE else 0.0
-            else:
-                x = float(v)
-            field = _unescape(k, ",= ")
-            append(Point(measurement if field == "value" else f"{measurement}_{field}", tags, t, x))
-    return out
+    lines = text.split("\n")
+    del text
+    for first in range(0, len(lines), _SLICE_LINES):
+        part = lines[first : first + _SLICE_LINES]
+        ms = list(map(_ANY.fullmatch, part))
+        if None in ms:  # check() refuses such a body; a damaged record is a dead letter
+            n = ms.index(None)
+            raise BadBody(f"line {first + n + 1}: {_why(part[n])}: {part[n][:120]!r}")
+        for m in ms:
+            assert m is not None
+            mm = m.group("m")
+            if mm is None:
+                continue  # blank or comment
+            measurement = _unescape(mm, ", ")
+            tags = dict(labels)
+            for k, v in _TAG_RE.findall(m.group("tags")):
+                tags[_unescape(k, ",= ")] = _unescape(v, ",= ")
+            ts = m.group("ts")
+            t = int(ts) * mul // div if ts else now
+            for k, v in _FIELD_RE.findall(m.group("fields")):
+                c = v[0]
+                if c == '"':
+                    continue  # a string: not storable as a number (counted as skipped at ingest)
+                last = v[-1]
+                if last == "i" or last == "u":
+                    x = float(_int(v[:-1]))
+                elif c in "tTfF":
+                    x = 1.0 if v in _TRUE else 0.0
+                else:
+                    x = float(v)
+                field = _unescape(k, ",= ")
+                append(Point(measurement if field == "value" else f"{measurement}_{field}", tags, t, x))
+            if len(out) >= max_points:
+                yield out
+                out = []
+                append = out.append
+    yield out
 
 
 def string_fields(body: bytes) -> list[str]:

@@ -21,6 +21,7 @@ no help, no unit), or whose name is empty, too long or holds a NUL, is left out.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from itertools import repeat
 from operator import attrgetter, contains, getitem
 from typing import Any, NamedTuple
@@ -326,6 +327,11 @@ _VIEWS: dict[str, tuple[_Fields, dict[str, list[str]]]] = {
     # (as in to_points)
     "Maps": ([("timeseries", 1, "SeriesMap", "repeated")], {}),
     "SeriesMap": ([("labels", 1, "map", "repeated")], {}),
+    # what the worker reads besides the series, so that it never holds the whole parsed request:
+    # 1.0's metadata (field 3, the same message as MetricMetadata) and 2.0's symbols (field 4)
+    "MetadataOnly": ([("metadata", 3, "MetadataEntry", "repeated")], {}),
+    "MetadataEntry": V1_SCHEMA["MetricMetadata"],
+    "SymbolsOnly": ([("symbols", 4, "string", "repeated")], {}),
 }
 _pool.Add(file_descriptor("lossproof_promrw_views.proto", "lossproof.promrw", _VIEWS))
 # A Sample field sent with the wrong wire type is, to protobuf, an unknown field: the sample would
@@ -626,18 +632,65 @@ def to_metadata(body: bytes, proto: str) -> list[Metadata]:
 
 def decode(body: bytes, proto: str) -> tuple[list[Point], list[Metadata]]:
     """The stored points and the metric metadata (one per metric, the last one given winning) of a
-    (decompressed) body that :func:`check` accepted."""
-    req = parse(body, proto)
-    out: list[Point] = []
-    append = out.append
+    (decompressed) body that :func:`check` accepted: :func:`iter_decode`'s chunks joined."""
+    points: list[Point] = []
+    metadata: list[Metadata] = []
+    for chunk in iter_decode(body, proto):
+        points.extend(chunk.points)
+        metadata.extend(chunk.metadata)
+    return points, metadata
+
+
+class Chunk(NamedTuple):
+    """A part of a decoded body: at most ``max_points`` points (a histogram is never split, so a
+    chunk may exceed it by one histogram's buckets), and the metadata in the last chunk only."""
+
+    points: list[Point]
+    metadata: list[Metadata]
+    size: int  # encoded bytes of the series these points came from
+
+
+# The worker's memory follows the points it holds (a Point with its int and float is ~100 bytes in
+# Python for a 12-byte sample on the wire), not the body: a body is decoded a chunk at a time.
+CHUNK_POINTS = 65_536
+_V1_SERIES = _message("prometheus.TimeSeries")
+_V2_SERIES = _message("io.prometheus.write.v2.TimeSeries")
+_MetadataOnly = _message("lossproof.promrw.MetadataOnly")
+_SymbolsOnly = _message("lossproof.promrw.SymbolsOnly")
+
+
+def iter_decode(
+    body: bytes, proto: str, max_points: int = CHUNK_POINTS, max_bytes: int = 1 << 62
+) -> Iterator[Chunk]:
+    """:func:`decode` a few series at a time. Parsing the whole request at once holds every series
+    as a protobuf message and then every point (~25 bytes of memory per body byte); here only the
+    series' encoded bytes (a view, about the body's size) and one chunk of points are held. A chunk
+    also ends once its series add up to ``max_bytes`` (their labels are held too). Always yields at
+    least one chunk (the last one carries the metadata).
+
+    The caller should not keep a reference to ``body``: it is released once the views are read."""
     meta: dict[str, Metadata] = {}
+    symbols: list[str] = []
     if proto == V2:
-        symbols = list(req.symbols)
-        series = []
-        for ts in req.timeseries:
+        symbols = list(_SymbolsOnly.FromString(body).symbols)
+        blobs = _SeriesBlobs.FromString(body).v2
+        parse_series = _V2_SERIES.FromString
+    else:
+        for md in _MetadataOnly.FromString(body).metadata:
+            m = _metadata(md.metric_family_name, md.type, md.help, md.unit)
+            if m is not None:
+                meta[m.metric] = m
+        blobs = _SeriesBlobs.FromString(body).v1
+        parse_series = _V1_SERIES.FromString
+    del body
+    out: list[Point] = []
+    size = 0
+    for blob in blobs:
+        ts = parse_series(blob)
+        size += len(blob)
+        if proto == V2:
             refs = list(ts.labels_refs)
             labels = {symbols[k]: symbols[v] for k, v in zip(refs[0::2], refs[1::2], strict=True)}
-            series.append((labels, ts))
             if ts.HasField("metadata"):
                 md = ts.metadata
                 help_ = symbols[md.help_ref] if md.help_ref else ""
@@ -645,21 +698,29 @@ def decode(body: bytes, proto: str) -> tuple[list[Point], list[Metadata]]:
                 m = _metadata(labels.get(_NAME, ""), md.type, help_, unit)
                 if m is not None:
                     meta[m.metric] = m
-    else:
-        series = [({lb.name: lb.value for lb in ts.labels}, ts) for ts in req.timeseries]
-        for md in req.metadata:
-            m = _metadata(md.metric_family_name, md.type, md.help, md.unit)
-            if m is not None:
-                meta[m.metric] = m
-    for labels, ts in series:
-        name = labels.pop("__name__")
+        else:
+            labels = {lb.name: lb.value for lb in ts.labels}
+        name = labels.pop(_NAME)
         if "" in labels.values():
             labels = {k: v for k, v in labels.items() if v}
-        for s in ts.samples:
-            append(Point(name, labels, s.timestamp, s.value))
+        samples = ts.samples
+        i, n = 0, len(samples)
+        while i < n:  # a series with more samples than a chunk holds is split
+            j = min(n, i + max_points - len(out))
+            out.extend([Point(name, labels, s.timestamp, s.value) for s in samples[i:j]])
+            i = j
+            if len(out) >= max_points:
+                yield Chunk(out, [], size)
+                out, size = [], 0
         for h in ts.histograms:
             out.extend(_histogram_points(name, labels, h))
-    return out, list(meta.values())
+            if len(out) >= max_points:
+                yield Chunk(out, [], size)
+                out, size = [], 0
+        if size >= max_bytes and out:
+            yield Chunk(out, [], size)
+            out, size = [], 0
+    yield Chunk(out, list(meta.values()), size)
 
 
 def _absolute(
@@ -716,6 +777,7 @@ __all__ = [
     "check",
     "check_encoding",
     "decode",
+    "iter_decode",
     "parse",
     "proto_of",
     "samples_written",

@@ -129,6 +129,21 @@ def report_digest(points: Sequence[PointLike]) -> bytes:
     return hashlib.blake2b(encode_points(points), digest_size=16).digest()
 
 
+# The stores cache series ids by (tenant, metric, *label items): one dict lookup per point. The key
+# keeps its label strings alive, ~1-2 KB a series with ten labels, so the cache is bounded by an
+# estimate of its memory, not only by its length: 2M Prometheus-shaped series would hold gigabytes.
+SERIES_CACHE_BYTES = 128 << 20
+
+
+def series_key_bytes(key: tuple[Any, ...]) -> int:
+    """About what a series cache entry keeps alive (CPython: a str is ~49 bytes plus its text, a
+    2-tuple 56, a dict slot ~100 with the int id), counting every string as its own."""
+    n = 200 + 57 * len(key)
+    for item in key[2:]:
+        n += 154 + len(item[0]) + len(item[1])
+    return n
+
+
 @dataclass(slots=True)
 class DeadLetter:
     """A log record that could not be decoded, kept with the reason instead of stopping the worker."""

@@ -71,6 +71,7 @@ from lossproof.obs.logging import get
 from lossproof.store import ledger as lg
 from lossproof.store import pg_migrations as mig
 from lossproof.store.base import (
+    SERIES_CACHE_BYTES,
     AgentSummary,
     Conflict,
     Ledger,
@@ -91,6 +92,7 @@ from lossproof.store.base import (
     encode_points,
     latest_metadata,
     matches_all,
+    series_key_bytes,
 )
 
 log = get(__name__)
@@ -286,6 +288,7 @@ class PostgresStore(Store):
         self.pool_timeout = pool_timeout
         self._where = describe_dsn(dsn)
         self._series: dict[_SeriesKey, int] = {}
+        self._series_bytes = 0  # series_key_bytes of the entries
         self._labels: dict[int, dict[str, str]] = {}
         self._partitions: set[int] = set()
         self._lock = threading.Lock()  # one write at a time
@@ -431,6 +434,17 @@ class PostgresStore(Store):
             return StoreError(msg)
         return StoreUnavailable(msg)
 
+    def _cache_series(self, new: dict[_SeriesKey, int]) -> None:
+        """Cache the ids of committed series, starting over when the cache is too long or too big."""
+        if not new:
+            return
+        size = sum(map(series_key_bytes, new))
+        if len(self._series) + len(new) > _SERIES_CACHE_MAX or self._series_bytes + size > SERIES_CACHE_BYTES:
+            self._series.clear()
+            self._series_bytes = 0
+        self._series.update(new)
+        self._series_bytes += size
+
     def close(self) -> None:
         self._pool.close()
 
@@ -470,9 +484,7 @@ class PostgresStore(Store):
                 self._ensure_partitions(batch)
                 continue
             # Only ids of committed series may be cached.
-            if len(self._series) + len(pending) > _SERIES_CACHE_MAX:
-                self._series.clear()
-            self._series.update(pending)
+            self._cache_series(pending)
             self._maybe_maintain()
             return result
         raise AssertionError("unreachable")

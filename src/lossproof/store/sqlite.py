@@ -47,6 +47,7 @@ from lossproof.faults import crash_point
 from lossproof.log.base import LogGap
 from lossproof.store import ledger as lg
 from lossproof.store.base import (
+    SERIES_CACHE_BYTES,
     AgentSummary,
     Conflict,
     Ledger,
@@ -67,6 +68,7 @@ from lossproof.store.base import (
     encode_points,
     latest_metadata,
     matches_all,
+    series_key_bytes,
 )
 
 SCHEMA_VERSION = 2
@@ -249,6 +251,7 @@ class SqliteStore(Store):
         self.path = Path(path)
         self.readonly = readonly
         self._series: dict[_SeriesKey, int] = {}
+        self._series_bytes = 0  # series_key_bytes of the entries
         self._labels: dict[int, dict[str, str]] = {}
         self._lock = threading.Lock()  # guards against accidental concurrent use
         self._shift = BUCKET_SHIFT
@@ -387,6 +390,17 @@ class SqliteStore(Store):
         if self._con.in_transaction:
             self._con.execute("ROLLBACK")
 
+    def _cache_series(self, new: dict[_SeriesKey, int]) -> None:
+        """Cache the ids of committed series, starting over when the cache is too long or too big."""
+        if not new:
+            return
+        size = sum(map(series_key_bytes, new))
+        if len(self._series) + len(new) > _SERIES_CACHE_MAX or self._series_bytes + size > SERIES_CACHE_BYTES:
+            self._series.clear()
+            self._series_bytes = 0
+        self._series.update(new)
+        self._series_bytes += size
+
     def close(self) -> None:
         self._con.close()
 
@@ -409,9 +423,7 @@ class SqliteStore(Store):
                 self._rollback()
                 raise
             # Only ids of committed series may be cached: a rolled-back id could be handed out again.
-            if len(self._series) + len(pending) > _SERIES_CACHE_MAX:
-                self._series.clear()
-            self._series.update(pending)
+            self._cache_series(pending)
             return result
 
     def _apply(self, batch: WriteBatch, pending: dict[_SeriesKey, int]) -> WriteResult:
@@ -779,7 +791,7 @@ class SqliteStore(Store):
             except BaseException:
                 self._rollback()
                 raise
-            self._series.update(pending)
+            self._cache_series(pending)
             return int(written)
 
     def dead_letter_count(self, tenant: str | None = None) -> int:

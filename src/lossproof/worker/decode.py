@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
 import msgspec
 
 from lossproof.log.base import LogRecord
@@ -36,7 +39,9 @@ class _Report(msgspec.Struct, gc=False):
 
 class _Request(msgspec.Struct):
     agent: str
-    reports: list[_Report]
+    # Each report stays a slice of the body (msgspec.Raw: no copy) until its turn: a request of
+    # many reports is decoded a report at a time, never all of its points at once.
+    reports: list[msgspec.Raw]
     dropped: list[native.DroppedIn] = []
     spool: native.SpoolIn | None = None
     incarnation: str = ""
@@ -47,48 +52,102 @@ _decoders: dict[str, msgspec.json.Decoder[_Request] | msgspec.msgpack.Decoder[_R
     native.JSON: msgspec.json.Decoder(_Request),
     native.MSGPACK: msgspec.msgpack.Decoder(_Request),
 }
+_report_decoders: dict[str, msgspec.json.Decoder[_Report] | msgspec.msgpack.Decoder[_Report]] = {
+    native.JSON: msgspec.json.Decoder(_Report),
+    native.MSGPACK: msgspec.msgpack.Decoder(_Report),
+}
 
 # Ingest bounded the decompressed size already; this only stops a record that was damaged into
 # something enormous.
 MAX_DECODED = 1 << 30
+
+# What one part of a record may hold (see :func:`record_parts`). Memory follows points: a decoded
+# point costs ~100 (remote write) to ~600 (native JSON, a labels dict per point) bytes in Python.
+PART_POINTS = 65_536
+PART_BYTES = 8 << 20
 
 
 class DecodeError(Exception):
     pass
 
 
-def _decode_native(env: native.Envelope) -> _Request:
+class Part(NamedTuple):
+    """A piece of one log record, ready to be merged into a store batch."""
+
+    batch: WriteBatch
+    points: int
+    size: int  # the decoded (uncompressed) bytes it came from: what the worker's batch cap counts
+
+
+def _decode_native(env: native.Envelope) -> tuple[_Request, Any, int]:
     decoder = _decoders.get(env.content_type)
     if decoder is None:
         raise DecodeError(f"unknown content type {env.content_type!r}")
-    return decoder.decode(decompress(env.body, env.encoding, MAX_DECODED))
+    body = decompress(env.body, env.encoding, MAX_DECODED)
+    # the reports' Raw slices keep ``body`` alive until the last report is decoded
+    return decoder.decode(body), _report_decoders[env.content_type], len(body)
 
 
-_Decoded = tuple[list[Point], list[promrw.Metadata]]
+def _promrw_parts(env: native.Envelope, max_points: int, max_bytes: int) -> Iterator[_Chunk]:
+    # no local name for the body: iter_decode releases it once it has read its views
+    chunks = promrw.iter_decode(
+        promrw.snappy_decompress(env.body, MAX_DECODED), env.content_type, max_points, max_bytes
+    )
+    for c in chunks:
+        yield c.points, c.metadata, c.size
 
 
-def _decode_promrw(env: native.Envelope) -> _Decoded:
-    return promrw.decode(promrw.snappy_decompress(env.body, MAX_DECODED), env.content_type)
+def _otlp_parts(env: native.Envelope, max_points: int, max_bytes: int) -> Iterator[_Chunk]:
+    # OTLP is decoded whole (its protobuf and JSON forms both nest points three levels deep); only
+    # the store batches are bounded. Bodies are smaller in practice (exporters batch ~8k points).
+    body = decompress(env.body, env.encoding, MAX_DECODED)
+    size = len(body)
+    points = otlp.to_points(body, env.content_type)
+    del body
+    for i in range(0, max(len(points), 1), max_points):
+        yield points[i : i + max_points], [], size if i == 0 else 0
 
 
-def _decode_otlp(env: native.Envelope) -> _Decoded:
-    return otlp.to_points(decompress(env.body, env.encoding, MAX_DECODED), env.content_type), []
-
-
-def _decode_influx(env: native.Envelope) -> _Decoded:
+def _influx_parts(env: native.Envelope, max_points: int, max_bytes: int) -> Iterator[_Chunk]:
     p = env.params
     labels = {k: p[k] for k in ("db", "rp", "bucket") if p.get(k)}
     body = decompress(env.body, env.encoding, MAX_DECODED)
-    return influx.to_points(body, p.get("precision", "ns"), env.received_ms, labels), []
+    size = len(body)
+    for points in influx.iter_points(body, p.get("precision", "ns"), env.received_ms, labels, max_points):
+        # the decoded text is held throughout; attribute it to the first chunk
+        yield points, [], size
+        size = 0
 
+
+_Chunk = tuple[list[Point], list[promrw.Metadata], int]
 
 # Third-party protocols: samples without an agent seq, idempotent by (tenant, series, t), and
 # metric metadata (remote write), the last write winning.
-_THIRD_PARTY = {"prom-rw": _decode_promrw, "otlp": _decode_otlp, "influx": _decode_influx}
+_THIRD_PARTY: dict[str, Callable[[native.Envelope, int, int], Iterator[_Chunk]]] = {
+    "prom-rw": _promrw_parts,
+    "otlp": _otlp_parts,
+    "influx": _influx_parts,
+}
 
 
-def add_record(batch: WriteBatch, record: LogRecord) -> int:
-    """Decode ``record`` into ``batch``; returns the number of points added (0 for a dead letter)."""
+def _dead(record: LogRecord, tenant: str, e: Exception) -> Part:
+    dl = DeadLetter(record.partition, record.offset, tenant, f"{type(e).__name__}: {e}", record.value)
+    return Part(WriteBatch(dead_letters=[dl]), 0, 0)
+
+
+def record_parts(
+    record: LogRecord, max_points: int = PART_POINTS, max_bytes: int = PART_BYTES
+) -> Iterator[Part]:
+    """Decode ``record`` a part at a time, each of about ``max_points`` points and ``max_bytes``
+    decoded bytes at most.
+
+    Splitting never divides what the store keeps whole: a native report is always in one part (a
+    report larger than ``max_points`` is a part of its own), and the request's incarnation, lost
+    ranges and spool state go with its first part. Third-party samples are independent (stored at
+    most once per series and timestamp), so their bodies are split anywhere. A record that cannot
+    be decoded is a part holding its dead letter; one found damaged half-way (the log's checksums
+    make that all but impossible for a body ingest checked) is dead-lettered after its earlier
+    parts, whose writes are idempotent."""
     tenant = ""
     try:
         env = native.decode_envelope(record.value)
@@ -97,29 +156,25 @@ def add_record(batch: WriteBatch, record: LogRecord) -> int:
             decoder = _THIRD_PARTY.get(env.protocol)
             if decoder is None:
                 raise DecodeError(f"unknown protocol {env.protocol!r}")
-            points, metadata = decoder(env)
-            batch.samples.extend([(tenant, p) for p in points])
-            if metadata:
-                batch.metadata.extend([MetricMetadata(tenant, *m) for m in metadata])
-            return len(points)
-        req = _decode_native(env)
+            for points, metadata, size in decoder(env, max_points, max_bytes):
+                part = WriteBatch(samples=[(tenant, p) for p in points])
+                if metadata:
+                    part.metadata = [MetricMetadata(tenant, *m) for m in metadata]
+                yield Part(part, len(points), size)
+            return
+        req, report_decoder, body_size = _decode_native(env)
     except Exception as e:  # any failure to decode is poison data, never a reason to stop
-        batch.dead_letters.append(
-            DeadLetter(record.partition, record.offset, tenant, f"{type(e).__name__}: {e}", record.value)
-        )
-        return 0
-    n = 0
+        yield _dead(record, tenant, e)
+        return
     inc = req.incarnation
+    first = WriteBatch()
     if inc or req.first_seq != 1:
-        batch.incarnations.append(Incarnation(env.tenant, env.agent, inc, req.first_seq))
-    for r in req.reports:
-        batch.reports.append(ReportWrite(env.tenant, env.agent, r.seq, r.points, inc))
-        n += len(r.points)
+        first.incarnations.append(Incarnation(env.tenant, env.agent, inc, req.first_seq))
     for d in req.dropped:
-        batch.lost.append(LostRange(env.tenant, env.agent, d.first, d.last, d.reason, inc))
+        first.lost.append(LostRange(env.tenant, env.agent, d.first, d.last, d.reason, inc))
     if req.spool is not None:
         s = req.spool
-        batch.spool.append(
+        first.spool.append(
             SpoolState(
                 env.tenant,
                 env.agent,
@@ -132,4 +187,42 @@ def add_record(batch: WriteBatch, record: LogRecord) -> int:
                 inc,
             )
         )
+    part, n = first, 0
+    raws = req.reports
+    # the first part also carries the envelope-level size (the body less its reports)
+    size = body_size - sum(len(r) for r in raws)
+    for raw in raws:
+        try:
+            r = report_decoder.decode(raw)
+        except Exception as e:
+            yield _dead(record, tenant, e)
+            return
+        if part.reports and (n + len(r.points) > max_points or size + len(raw) > max_bytes):
+            yield Part(part, n, size)
+            part, n, size = WriteBatch(), 0, 0
+        part.reports.append(ReportWrite(env.tenant, env.agent, r.seq, r.points, inc))
+        n += len(r.points)
+        size += len(raw)
+    yield Part(part, n, size)
+
+
+def merge(into: WriteBatch, part: WriteBatch) -> None:
+    """Append ``part``'s contents to ``into`` (keeping order: later spool states and metadata win)."""
+    into.reports.extend(part.reports)
+    into.samples.extend(part.samples)
+    into.lost.extend(part.lost)
+    into.dead_letters.extend(part.dead_letters)
+    into.gaps.extend(part.gaps)
+    into.spool.extend(part.spool)
+    into.metadata.extend(part.metadata)
+    into.incarnations.extend(part.incarnations)
+
+
+def add_record(batch: WriteBatch, record: LogRecord) -> int:
+    """Decode all of ``record`` into ``batch``; returns the number of points added (0 for a dead
+    letter). The worker uses :func:`record_parts`; this is for tests and small records."""
+    n = 0
+    for part in record_parts(record):
+        merge(batch, part.batch)
+        n += part.points
     return n

@@ -3,21 +3,56 @@
 Order is what makes a crash harmless: the log position is committed only after the store
 transaction, so a crash anywhere re-reads at most one batch, and the store's idempotency makes
 the re-read a no-op. A store failure never advances the position; the batch is retried.
+
+Memory is bounded per batch, not per record: records are gathered up to ``batch_bytes`` (as they
+are in the log), decoded a part at a time (:func:`record_parts`), and a store batch is written as
+soon as it holds ``batch_points`` points or ``batch_decoded_bytes`` decoded bytes. The log position
+then advances only past records whose every part is stored; the record a write cut in two stays
+uncommitted, so a crash re-reads it whole and the parts already stored are idempotent no-ops. A
+native report is never cut (see :func:`record_parts`): it is stored whole, once, with its ledger
+update, as the store contract says; only third-party bodies (samples, each stored once per series
+and timestamp) and native requests of several reports may be stored over several transactions.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import threading
 import time
+from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from lossproof.log.base import LogReader, PollResult
+from lossproof.log.base import LogGap, LogReader, LogRecord, PollResult
 from lossproof.obs.logging import get
 from lossproof.store.base import DeadLetter, Store, StoreUnavailable, WriteBatch, WriteResult
-from lossproof.worker.decode import add_record
+from lossproof.worker.decode import merge, record_parts
 
 log = get(__name__)
+
+MiB = 1 << 20
+
+
+def _malloc_trim() -> Callable[[], None]:
+    """glibc's ``malloc_trim(0)``, or a no-op elsewhere. Freed memory of a big batch otherwise stays
+    in the process (glibc keeps freed heap and, after a large free, raises its mmap threshold)."""
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        trim = None
+    if trim is None:
+        return lambda: None
+    trim.argtypes = [ctypes.c_size_t]
+
+    def release() -> None:
+        trim(0)
+
+    return release
+
+
+release_memory = _malloc_trim()
 
 
 class WorkerMetrics:
@@ -76,12 +111,23 @@ class Worker:
         registry: CollectorRegistry,
         batch_records: int = 128,
         batch_wait: float = 0.05,
+        batch_bytes: int = 16 * MiB,
+        batch_points: int = 131_072,
+        batch_decoded_bytes: int = 16 * MiB,
     ) -> None:
         self.reader = reader
         self.store = store
         self.metrics = WorkerMetrics(registry)
         self.batch_records = batch_records
         self.batch_wait = batch_wait
+        self.batch_bytes = batch_bytes
+        self.batch_points = batch_points
+        self.batch_decoded_bytes = batch_decoded_bytes
+        # Parts of a record are smaller than a batch, so that several records share a transaction.
+        self.part_points = max(1, min(65_536, batch_points // 2))
+        self.part_bytes = max(1, min(8 * MiB, batch_decoded_bytes // 2))
+        # Estimated log bytes per record, for how many records one poll may ask for (see _gather).
+        self._record_bytes = max(1.0, batch_bytes / 16)
         self.stop = threading.Event()
         self.last_error = ""
         self._lag_checked = 0.0
@@ -110,35 +156,105 @@ class Worker:
             self._update_lag()
 
     def _gather(self) -> PollResult:
-        """Up to ``batch_records`` records, waiting at most ``batch_wait`` once the first arrived.
+        """Up to ``batch_records`` records and about ``batch_bytes`` of them as they are in the log,
+        waiting at most ``batch_wait`` once the first arrived.
 
         A store transaction (and its fsync) per handful of records would cap the worker far below
         what one big transaction achieves, so a batch fills up under load; when idle, the first
-        record is still processed within ``batch_wait``."""
-        got = self.reader.poll(self.batch_records, self.batch_wait)
+        record is still processed within ``batch_wait``. A poll asks for as many records as fit the
+        byte budget at the recent record size, so big bodies (up to ``server.max_body_bytes`` each)
+        are not read 128 at a time."""
+        got = self.reader.poll(self._poll_size(0, 0), self.batch_wait)
         if not got.records:
             return got
+        size = self._note_sizes(got.records)
         deadline = time.monotonic() + self.batch_wait
-        while len(got.records) < self.batch_records and not self.stop.is_set():
+        while len(got.records) < self.batch_records and size < self.batch_bytes and not self.stop.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            more = self.reader.poll(self.batch_records - len(got.records), left)
+            more = self.reader.poll(self._poll_size(len(got.records), size), left)
             got.records.extend(more.records)
             got.gaps.extend(more.gaps)
+            size += self._note_sizes(more.records)
             if not more.records and not more.gaps:
                 break
         return got
 
+    def _poll_size(self, have: int, size: int) -> int:
+        room = (self.batch_bytes - size) / self._record_bytes
+        return max(1, min(self.batch_records - have, int(room)))
+
+    def _note_sizes(self, records: Sequence[LogRecord]) -> int:
+        size = sum(len(r.value) for r in records)
+        if records:  # a moving average that follows a change of sizes within a few polls
+            self._record_bytes = max(1.0, 0.5 * self._record_bytes + 0.5 * size / len(records))
+        return size
+
     def process(self, polled: PollResult) -> None:
+        """Decode and store ``polled``, one bounded store batch at a time (see the module docstring),
+        committing the log position after each. Raises StoreUnavailable, leaving ``polled.records``
+        at the records not committed yet (the first possibly partly stored), for the retry."""
+        decoded = self._process(polled)
+        # Only after a batch bigger than the steady state (a big request, written over several
+        # transactions): trimming after every full batch cost throughput (the next batch faults the
+        # same pages in again), and a steady state keeps reusing the memory it has anyway.
+        if decoded > 2 * self.batch_decoded_bytes:
+            release_memory()  # the batch's objects are gone by now: hand their memory back
+
+    def _process(self, polled: PollResult) -> int:
         started = time.perf_counter()
-        batch = WriteBatch(gaps=list(polled.gaps), now_ms=int(time.time() * 1000))
+        now_ms = int(time.time() * 1000)
         for gap in polled.gaps:
             log.error(
                 "worker.log_gap", partition=gap.partition, first=gap.first, last=gap.last, reason=gap.reason
             )
-        for record in polled.records:
-            add_record(batch, record)
+        records = list(polled.records)
+        batch = WriteBatch(gaps=list(polled.gaps), now_ms=now_ms)
+        first = 0  # records[first:] are not committed; records[first] may be partly stored
+        points = decoded = total_decoded = 0
+        for i, record in enumerate(records):
+            for part in record_parts(record, self.part_points, self.part_bytes):
+                over = points + part.points > self.batch_points
+                if (over or decoded + part.size > self.batch_decoded_bytes) and (points or decoded):
+                    self._write(batch, records[first : i + 1])  # the first write has the gaps
+                    # records before ``i`` are stored whole; ``i`` is, at most, in part
+                    self._commit(records[first:i], polled.gaps, records[i:])
+                    self._committed(records[first:i])
+                    polled.records[:] = records[i:]
+                    first = i
+                    batch = WriteBatch(now_ms=now_ms)
+                    points = decoded = 0
+                merge(batch, part.batch)
+                points += part.points
+                decoded += part.size
+                total_decoded += part.size
+        self._write(batch, records[first:])
+        self._commit(records[first:], polled.gaps, [])
+        self._committed(records[first:])
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        self.metrics.healthy.set(1)
+        self.last_error = ""
+        return total_decoded
+
+    def _commit(self, done: list[LogRecord], gaps: list[LogGap], pending: list[LogRecord]) -> None:
+        """Commit past ``done`` and ``gaps``, but never past a record of ``pending`` (not stored whole
+        yet: its partition's position stops at it)."""
+        offsets = PollResult(list(done), list(gaps)).next_offsets()
+        for r in pending:
+            if offsets.get(r.partition, -1) > r.offset:
+                offsets[r.partition] = r.offset
+        if offsets:
+            self.reader.commit(offsets)
+
+    def _committed(self, records: list[LogRecord]) -> None:
+        now = time.time()
+        for record in records:
+            self.metrics.e2e_seconds.observe(max(0.0, now - record.timestamp_ms / 1000))
+        self.metrics.records.inc(len(records))
+
+    def _write(self, batch: WriteBatch, records: list[LogRecord]) -> None:
+        """Store ``batch`` (the parts of ``records``, gaps included); record the outcome."""
         try:
             result = self.store.write_batch(batch)
         except StoreUnavailable:
@@ -146,14 +262,8 @@ class Worker:
         except Exception as e:
             # The store refused the data itself (not an outage): find the record(s) responsible and
             # dead-letter them, so one poison record never blocks the partition.
-            log.error("worker.batch_rejected", error=f"{type(e).__name__}: {e}", records=len(polled.records))
-            batch.dead_letters, result = self._isolate(polled, batch.now_ms)
-        self.reader.commit(polled.next_offsets())
-
-        now = time.time()
-        for record in polled.records:
-            self.metrics.e2e_seconds.observe(max(0.0, now - record.timestamp_ms / 1000))
-        self.metrics.records.inc(len(polled.records))
+            log.error("worker.batch_rejected", error=f"{type(e).__name__}: {e}", records=len(records))
+            batch.dead_letters, result = self._isolate(records, batch.gaps, batch.now_ms)
         self.metrics.points.inc(result.points_written)
         self.metrics.reports.labels("stored").inc(result.reports_stored)
         self.metrics.reports.labels("duplicate").inc(result.reports_duplicate)
@@ -165,43 +275,46 @@ class Worker:
                 hint="reports reused stored seqs with other content (two agents with one id, or a reset"
                 " spool): kept whole in the conflicts table (listed by the ledger API and the dashboard)",
             )
+        if batch.gaps:
+            self.metrics.gaps.inc(len(batch.gaps))
+            self.metrics.gap_records.inc(sum(g.last - g.first + 1 for g in batch.gaps))
         self.metrics.dead_letters.inc(len(batch.dead_letters))
-        self.metrics.gaps.inc(len(polled.gaps))
-        self.metrics.gap_records.inc(sum(g.last - g.first + 1 for g in polled.gaps))
-        self.metrics.batch_seconds.observe(time.perf_counter() - started)
-        self.metrics.healthy.set(1)
-        self.last_error = ""
         for dl in batch.dead_letters:
             log.warning("worker.dead_letter", partition=dl.partition, offset=dl.offset, reason=dl.reason)
 
-    def _isolate(self, polled: PollResult, now_ms: int) -> tuple[list[DeadLetter], WriteResult]:
-        """Write the records one by one; returns every dead letter written and the totals."""
+    def _isolate(
+        self, records: list[LogRecord], gaps: list[LogGap], now_ms: int
+    ) -> tuple[list[DeadLetter], WriteResult]:
+        """Write the records one by one (a big one a part per transaction, as it was decoded);
+        returns every dead letter written and the totals. A record the store refuses is dead-lettered
+        whole, though parts of it stored before stay (idempotent samples or whole reports)."""
         points = stored = duplicate = conflict = 0
-        rejected = WriteBatch(gaps=list(polled.gaps), now_ms=now_ms)
+        rejected = WriteBatch(gaps=list(gaps), now_ms=now_ms)
         dead: list[DeadLetter] = []
-        for record in polled.records:
-            one = WriteBatch(now_ms=now_ms)
-            add_record(one, record)
-            try:
-                r = self.store.write_batch(one)
-            except StoreUnavailable:
-                raise
-            except Exception as e:
-                rejected.dead_letters.append(
-                    DeadLetter(
-                        record.partition,
-                        record.offset,
-                        "",
-                        f"store rejected: {type(e).__name__}: {e}",
-                        record.value,
+        for record in records:
+            for part in record_parts(record, self.part_points, self.part_bytes):
+                one = part.batch
+                one.now_ms = now_ms
+                try:
+                    r = self.store.write_batch(one)
+                except StoreUnavailable:
+                    raise
+                except Exception as e:
+                    rejected.dead_letters.append(
+                        DeadLetter(
+                            record.partition,
+                            record.offset,
+                            "",
+                            f"store rejected: {type(e).__name__}: {e}",
+                            record.value,
+                        )
                     )
-                )
-                continue
-            dead.extend(one.dead_letters)
-            points += r.points_written
-            stored += r.reports_stored
-            duplicate += r.reports_duplicate
-            conflict += r.reports_conflict
+                    break
+                dead.extend(one.dead_letters)
+                points += r.points_written
+                stored += r.reports_stored
+                duplicate += r.reports_duplicate
+                conflict += r.reports_conflict
         self.store.write_batch(rejected)
         return dead + rejected.dead_letters, WriteResult(points, stored, duplicate, conflict)
 

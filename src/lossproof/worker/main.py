@@ -53,7 +53,17 @@ def run(cfg: Config) -> None:
     registry = CollectorRegistry()
     store = open_store(cfg)
     reader = open_reader(cfg, registry)
-    worker = Worker(reader, store, registry, cfg.worker.batch_records, cfg.worker.batch_wait_seconds)
+    w = cfg.worker
+    worker = Worker(
+        reader,
+        store,
+        registry,
+        w.batch_records,
+        w.batch_wait_seconds,
+        batch_bytes=w.batch_bytes,
+        batch_points=w.batch_points,
+        batch_decoded_bytes=w.batch_decoded_bytes,
+    )
     server = _status_server(cfg, registry, worker)
     host, port = str(server.server_address[0]), int(server.server_address[1])
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
