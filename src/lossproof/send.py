@@ -32,7 +32,13 @@ import msgspec
 import urllib3
 
 from lossproof.durable import make_dirs
-from lossproof.protocol.ack import PROTOCOL_HEADER, NotAcknowledged, acknowledged, from_lossproof
+from lossproof.protocol.ack import (
+    PROTOCOL_HEADER,
+    NotAcknowledged,
+    acknowledged,
+    from_lossproof,
+    is_seq_conflict,
+)
 from lossproof.protocol.compression import compress
 from lossproof.urls import check_base_url
 
@@ -248,7 +254,7 @@ def post(
                     if len(acked) < len(seqs):
                         raise SendError(f"{url} acknowledged seqs {sorted(acked)} of {seqs}")
                     return json.loads(text)  # type: ignore[no-any-return]
-            elif r.status == 409 and _reason(r.data) == "seq_conflict" and from_lossproof(r.headers):
+            elif is_seq_conflict(r.status, r.headers, r.data):
                 raise SeqConflict(f"server refused the request ({r.status}): {text.strip()}")
             elif r.status < 500 and r.status != 429 and from_lossproof(r.headers):
                 raise SendError(f"server refused the request ({r.status}): {text.strip()}")
@@ -263,10 +269,3 @@ def post(
         delay = min(delay * 2, 10.0)
     raise SendError(f"not acknowledged after {attempts} attempts: {last}")
 
-
-def _reason(body: bytes) -> str:
-    try:
-        reason = json.loads(body).get("reason", "")
-    except (ValueError, AttributeError):
-        return ""
-    return reason if isinstance(reason, str) else ""

@@ -11,7 +11,8 @@ import signal
 import time
 
 from lossproof.dev.kafka import DevCluster
-from lptest.kafka import Appender, make_value, new_topic, read_everything
+from lptest.kafka import Appender, new_topic, read_everything
+from lptest.log_harness import make_value
 
 VALUE_SIZE = 1000
 

@@ -16,7 +16,8 @@ from confluent_kafka import TopicPartition
 from lossproof.config import KafkaLogConfig
 from lossproof.dev.kafka import DevCluster
 from lossproof.log.kafka import KafkaLogReader, KafkaLogWriter
-from lptest.kafka import admin, make_value, new_topic
+from lptest.kafka import admin, new_topic
+from lptest.log_harness import make_value
 
 
 def append(cfg: KafkaLogConfig, n: int, tag: str = "", partitions: int = 1) -> dict[tuple[int, int], bytes]:

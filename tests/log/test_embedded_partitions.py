@@ -24,7 +24,7 @@ from lossproof.log.base import LogError, LogRecord
 from lossproof.log.embedded import EmbeddedLogReader, EmbeddedLogWriter
 from lossproof.log.embedded import segment as seg
 from lossproof.log.embedded.offsets import forget_group, read_committed
-from lptest import PROCS, subprocess_env
+from lptest import PROCS, read_lines, subprocess_env
 from lptest.log_harness import make_value
 
 
@@ -48,16 +48,8 @@ class LineProc:
 
     def pump(self) -> None:
         assert self.proc.stdout is not None
-        while True:
-            try:
-                chunk = os.read(self.proc.stdout.fileno(), 1 << 16)
-            except BlockingIOError:
-                return
-            if not chunk:
-                return
-            self._buf += chunk
-            *done, self._buf = self._buf.split(b"\n")
-            self.lines += [x.decode() for x in done]
+        lines, self._buf = read_lines(self.proc.stdout.fileno(), self._buf)
+        self.lines += [x.decode() for x in lines]
 
     def wait_for(self, cond: Callable[[], bool], timeout: float, what: str) -> float:
         """Pump until ``cond()``; returns when it became true (monotonic)."""

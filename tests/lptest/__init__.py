@@ -36,3 +36,20 @@ def require(ok: object, what: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{what} is missing, and CI must run this test (scripts/bootstrap installs it)")
     pytest.skip(f"{what} is missing (scripts/bootstrap installs it)")
+
+
+def read_lines(fd: int, partial: bytes) -> tuple[list[bytes], bytes]:
+    """What a helper process wrote to the non-blocking pipe ``fd`` since the last call: its complete
+    lines, and the partial last one to hand back next time (``partial`` is the one from before)."""
+    lines: list[bytes] = []
+    while True:
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        partial += chunk
+        *done, partial = partial.split(b"\n")
+        lines += done
+    return lines, partial

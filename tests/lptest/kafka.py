@@ -24,7 +24,7 @@ from pathlib import Path
 
 from lossproof.config import KafkaLogConfig
 from lossproof.dev.kafka import DevCluster
-from lptest import PROCS, subprocess_env
+from lptest import PROCS, read_lines, subprocess_env
 
 _lock = threading.Lock()
 _cluster: DevCluster | None = None
@@ -93,11 +93,6 @@ def new_topic(
     return cfg
 
 
-def make_value(tag: str, size: int) -> bytes:
-    unit = f"<{tag}>".encode()
-    return (unit * (size // len(unit) + 1))[:size] if size else b""
-
-
 # --- an appender process with timestamps --------------------------------------------------------------
 
 
@@ -154,17 +149,9 @@ class Appender:
 
     def pump(self) -> None:
         assert self.proc.stdout is not None
-        while True:
-            try:
-                chunk = os.read(self.proc.stdout.fileno(), 1 << 16)
-            except BlockingIOError:
-                return
-            if not chunk:
-                return
-            self._buf += chunk
-            *lines, self._buf = self._buf.split(b"\n")
-            for line in lines:
-                self._parse(line.decode())
+        lines, self._buf = read_lines(self.proc.stdout.fileno(), self._buf)
+        for line in lines:
+            self._parse(line.decode())
 
     def _parse(self, line: str) -> None:
         parts = line.split(" ", 6)

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from lossproof.log.base import LogGap, LogReader, LogRecord, LogWriter
-from lptest import PROCS, subprocess_env
+from lptest import PROCS, read_lines, subprocess_env
 
 
 def make_value(tag: str, size: int) -> bytes:
@@ -52,17 +52,9 @@ class AppenderProcess:
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None
-        while True:
-            try:
-                chunk = os.read(self.proc.stdout.fileno(), 1 << 16)
-            except BlockingIOError:
-                return
-            if not chunk:
-                return
-            self._buf += chunk
-            *lines, self._buf = self._buf.split(b"\n")
-            for line in lines:
-                self._parse(line)
+        lines, self._buf = read_lines(self.proc.stdout.fileno(), self._buf)
+        for line in lines:
+            self._parse(line)
 
     def wait_acks(self, n: int, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from lptest import require, subprocess_env
+from lptest import read_lines, require, subprocess_env
 
 
 def available() -> tuple[bool, str]:
@@ -145,16 +145,8 @@ class LineProc:
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None
-        while True:
-            try:
-                chunk = os.read(self.proc.stdout.fileno(), 1 << 16)
-            except BlockingIOError:
-                return
-            if not chunk:
-                return
-            self._buf += chunk
-            *lines, self._buf = self._buf.split(b"\n")
-            self.lines.extend(x.decode() for x in lines)
+        lines, self._buf = read_lines(self.proc.stdout.fileno(), self._buf)
+        self.lines.extend(x.decode() for x in lines)
 
     def count(self, prefix: str) -> int:
         return sum(1 for x in self.lines if x.startswith(prefix))

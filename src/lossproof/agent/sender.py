@@ -42,13 +42,18 @@ from lossproof.agent.request import CONTENT_TYPE, encode_request
 from lossproof.agent.route import FALLBACK, PRIMARY, Router, Target
 from lossproof.agent.spool import Spool, SpoolError
 from lossproof.obs.logging import get
-from lossproof.protocol.ack import PROTOCOL_HEADER, NotAcknowledged, acknowledged, from_lossproof
+from lossproof.protocol.ack import (
+    PROTOCOL_HEADER,
+    NotAcknowledged,
+    acknowledged,
+    from_lossproof,
+    is_seq_conflict,
+)
 from lossproof.protocol.compression import compress
 
 log = get(__name__)
 
 PROTOCOL_ERROR = "protocol_error"  # a 200 that is not a lossproof acknowledgement
-SEQ_CONFLICT = "seq_conflict"  # 409: a seq of the request is stored with other content
 
 # The server asks for a hole on every response until the resent report is stored; resending it
 # again within this long would only duplicate work already in the pipeline.
@@ -80,15 +85,6 @@ class Outcome:
     retry_after: float | None = None
     error: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)
-
-
-def _reason(body: bytes) -> str:
-    """The machine-readable ``reason`` of an error answer ("" if none)."""
-    try:
-        reason = json.loads(body).get("reason", "")
-    except (ValueError, AttributeError):
-        return ""
-    return reason if isinstance(reason, str) else ""
 
 
 def _error_message(body: bytes) -> str:
@@ -309,7 +305,7 @@ class Sender:
         self.metrics.send_errors.labels(status).inc()
         msg = _error_message(out.body) if out.body else out.error
         self.last_error = f"{target.url}: {out.status or 'no answer'} {msg}"
-        if out.status == 409 and _reason(out.body) == SEQ_CONFLICT:
+        if is_seq_conflict(out.status, out.headers, out.body):
             self._conflict(batch, msg)
             self.router.result(target, ok=False, failed=False)
             return

@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 
+from lossproof.protocol.native import SEQ_CONFLICT
+
 PROTOCOL_HEADER = "X-Lossproof-Protocol"
 PROTOCOL_VERSION = "1"
 # Sent with every answer of the ingest API and the fallback receiver (set_protocol_header).
@@ -34,6 +36,18 @@ def from_lossproof(headers: Mapping[str, str]) -> bool:
     """Whether an answer comes from a lossproof server speaking this protocol version."""
     version = headers.get(PROTOCOL_HEADER)
     return version is not None and version.strip() == PROTOCOL_VERSION
+
+
+def is_seq_conflict(status: int, headers: Mapping[str, str], body: bytes) -> bool:
+    """Whether an answer is lossproof's ``409 seq_conflict``: a seq of the request is stored with
+    other content, and the client must start a new incarnation and send the reports again."""
+    if status != 409 or not from_lossproof(headers):
+        return False
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(parsed, dict) and parsed.get("reason") == SEQ_CONFLICT
 
 
 def acknowledged(headers: Mapping[str, str], body: bytes, seqs: Iterable[int]) -> set[int]:
