@@ -49,6 +49,11 @@ def metric_value(text: str, name: str, **labels: str) -> float:
 
 def rw_body(series: list[tuple[dict[str, str], list[tuple[int, float]]]]) -> bytes:
     """A snappy-compressed remote write 1.0 body: ``[(labels, [(t_ms, value)])]``."""
+    return bytes(cramjam.snappy.compress_raw(write_request(series)))
+
+
+def write_request(series: list[tuple[dict[str, str], list[tuple[int, float]]]]) -> bytes:
+    """A serialized remote write 1.0 ``WriteRequest`` (uncompressed): ``[(labels, [(t_ms, value)])]``."""
     req = promrw.WriteRequest()
     for labels, samples in series:
         ts = req.timeseries.add()
@@ -58,4 +63,4 @@ def rw_body(series: list[tuple[dict[str, str], list[tuple[int, float]]]]) -> byt
         for t, v in samples:
             s = ts.samples.add()
             s.timestamp, s.value = t, v
-    return bytes(cramjam.snappy.compress_raw(req.SerializeToString()))
+    return bytes(req.SerializeToString())

@@ -13,22 +13,10 @@ from hypothesis import strategies as st
 
 from lossproof.protocol import promrw
 from lossproof.protocol.thirdparty import MAX_TIME_MS, BadBody
+from lptest.proto import write_request
 
 PROTO_DIR = Path(promrw.__file__).parent / "proto"
 T0 = 1_767_225_600_000
-
-
-def write_request(series: list[tuple[dict[str, str], list[tuple[int, float]]]]) -> bytes:
-    req = promrw.WriteRequest()
-    for labels, samples in series:
-        ts = req.timeseries.add()
-        for k, v in labels.items():
-            lb = ts.labels.add()
-            lb.name, lb.value = k, v
-        for t, v in samples:
-            s = ts.samples.add()
-            s.timestamp, s.value = t, v
-    return bytes(req.SerializeToString())
 
 
 def _fields(fd: descriptor_pb2.FileDescriptorProto) -> dict[str, object]:
