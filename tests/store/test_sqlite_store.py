@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import sqlite3
 import subprocess
 import sys
@@ -78,24 +80,96 @@ def test_foreign_files_are_refused(tmp_path: Path) -> None:
         SqliteStore(tmp_path / "junk.db")
 
 
-def test_reopen_keeps_data_and_uses_the_files_bucket_size(tmp_path: Path) -> None:
-    SqliteStore(tmp_path / "s.db").close()
-    raw = sqlite3.connect(tmp_path / "s.db")
-    raw.execute("UPDATE meta SET value = '10' WHERE key = 'bucket_shift'")
-    raw.commit()
-    raw.close()
+V2_POINTS = """
+DROP TABLE chunks;
+CREATE TABLE points (
+    bucket INTEGER NOT NULL, series_id INTEGER NOT NULL, t INTEGER NOT NULL, v REAL,
+    PRIMARY KEY (bucket, series_id, t)
+) STRICT, WITHOUT ROWID;
+INSERT INTO meta VALUES ('bucket_shift', '10');
+UPDATE meta SET value = '2' WHERE key = 'schema_version';
+"""
+
+
+def make_v2(path: Path, series: int, points: int) -> dict[int, list[tuple[int, float]]]:
+    """A version 2 file (one row per point, bucket = t >> 10) with ``series`` series of ``points``
+    points each (every 7th value NULL: NaN); returns what each series holds."""
+    SqliteStore(path).close()
+    con = sqlite3.connect(path)
+    con.executescript(V2_POINTS)
+    want: dict[int, list[tuple[int, float]]] = {}
+    for sid in range(1, series + 1):
+        labels_json = json.dumps({"s": str(sid)}, separators=(",", ":"))
+        con.execute("INSERT INTO series VALUES (?, 't1', 'cpu', ?)", (sid, labels_json))
+        pts = [(T0 + 1000 * i + sid, float(i * sid) if i % 7 else math.nan) for i in range(points)]
+        con.executemany(
+            "INSERT INTO points VALUES (?, ?, ?, ?)",
+            [(t >> 10, sid, t, None if math.isnan(v) else v) for t, v in pts],
+        )
+        want[sid] = pts
+    con.commit()
+    con.close()
+    return want
+
+
+def _same(got: list[tuple[int, float]], want: list[tuple[int, float]]) -> bool:
+    return [t for t, _ in got] == [t for t, _ in want] and all(
+        (math.isnan(a) and math.isnan(b)) or a == b for (_, a), (_, b) in zip(got, want, strict=True)
+    )
+
+
+def test_version_2_points_move_into_chunks_on_open(tmp_path: Path) -> None:
+    want = make_v2(tmp_path / "s.db", series=5, points=3000)  # 3 s of points per 1.02 s bucket
     s = SqliteStore(tmp_path / "s.db")
-    s.write_batch(WriteBatch(reports=[report(1), report(500)], now_ms=1))
-    s.close()
+    try:
+        assert s._meta("schema_version") == "3" and s._meta("bucket_shift") is None
+        assert not s._con.execute("SELECT 1 FROM sqlite_schema WHERE name = 'points'").fetchone()
+        got = {int(x.labels["s"]): x.points for x in s.query("t1", "cpu", *ALL, {})}
+        assert got.keys() == want.keys()
+        assert all(_same(got[k], want[k]) for k in want)
+        # and it is written to as usual afterwards: a point already stored is not stored again
+        res = s.write_batch(WriteBatch(samples=[("t1", Point("cpu", {"s": "1"}, want[1][5][0], 9.0))]))
+        assert res.points_written == 0
+    finally:
+        s.close()
+
+
+@pytest.mark.process
+def test_version_2_upgrade_killed_midway_goes_on_without_loss(tmp_path: Path) -> None:
+    """Each upgrade transaction moves points into chunks and deletes them together: a kill -9 at
+    any moment leaves every point in exactly one table, and the next open finishes the job."""
+    want = make_v2(tmp_path / "s.db", series=20, points=4000)
+    code = (
+        "from lossproof.store import sqlite; sqlite._MIGRATE_POINTS = 2000;"
+        f" sqlite.SqliteStore({str(tmp_path / 's.db')!r})"
+    )
+    for progress in (1, 10):  # killed after that many upgrade transactions committed
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert proc.stdout is not None
+        seen = 0
+        for line in proc.stdout:
+            seen += "store.upgrade_progress" in line
+            if seen == progress:
+                break
+        proc.kill()
+        proc.wait()
+        assert seen == progress
+    con = sqlite3.connect(tmp_path / "s.db")
+    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+    con.close()
     s = SqliteStore(tmp_path / "s.db")
-    assert s._con.execute("SELECT count(*) FROM points WHERE bucket != t >> 10").fetchone()[0] == 0
-    [series] = s.query("t1", "cpu", *ALL, {})
-    assert len(series.points) == 6
-    assert [t for t, _ in s.query("t1", "cpu", T0 + 500_000, T0 + 500_001, {})[0].points] == [
-        T0 + 500_000,
-        T0 + 500_001,
-    ]
-    s.close()
+    try:
+        got = {int(x.labels["s"]): x.points for x in s.query("t1", "cpu", *ALL, {})}
+        assert got.keys() == want.keys()
+        assert all(_same(got[k], want[k]) for k in want)
+    finally:
+        s.close()
 
 
 def test_sparse_data_over_decades_queries_fast(tmp_path: Path) -> None:
@@ -153,10 +227,10 @@ HOLD_READ_SNAPSHOT = """
     from lossproof.store.sqlite import SqliteStore
     r = SqliteStore(sys.argv[1], readonly=True)
     r._con.execute("BEGIN")
-    n = r._con.execute("SELECT count(*) FROM points").fetchone()[0]
+    n = r._con.execute("SELECT coalesce(sum(n), 0) FROM chunks").fetchone()[0]
     print("reading", n, flush=True)
     time.sleep(float(sys.argv[2]))
-    print("still", r._con.execute("SELECT count(*) FROM points").fetchone()[0], flush=True)
+    print("still", r._con.execute("SELECT coalesce(sum(n), 0) FROM chunks").fetchone()[0], flush=True)
     r._con.execute("COMMIT")
     print("after", len(r.query("t1", "cpu", 0, 2**62, {})[0].points), flush=True)
 """
@@ -222,7 +296,9 @@ def test_writer_not_blocked_by_a_reader_in_another_process(tmp_path: Path) -> No
 
 
 # The version 1 per-agent tables (before incarnations), as lossproof wrote them.
-V1_AGENT_TABLES = """
+V1_AGENT_TABLES = (
+    V2_POINTS
+    + """
 DROP TABLE agents; DROP TABLE ledger; DROP TABLE reports; DROP TABLE conflicts;
 CREATE TABLE agents (
     tenant TEXT NOT NULL, agent TEXT NOT NULL, max_seq INTEGER NOT NULL, stored_reports INTEGER NOT NULL,
@@ -243,6 +319,7 @@ INSERT INTO ledger VALUES ('t1', 'a1', 'stored', 1, 3, NULL, NULL);
 INSERT INTO ledger VALUES ('t1', 'a1', 'missing', 4, 5, 400, NULL);
 UPDATE meta SET value = '1' WHERE key = 'schema_version';
 """
+)
 
 
 @pytest.mark.parametrize("first_open", ["writer", "reader"])
@@ -266,7 +343,7 @@ def test_version_1_file_is_upgraded_keeping_its_ledgers(tmp_path: Path, first_op
         store.close()
     writer = SqliteStore(path)
     try:
-        assert writer._meta("schema_version") == str(SCHEMA_VERSION) == "2"
+        assert writer._meta("schema_version") == str(SCHEMA_VERSION) == "3"
         point = Point("cpu", {}, 1_700_000_000_000, 1.0)
         r = writer.write_batch(WriteBatch(reports=[ReportWrite("t1", "a1", 4, [point])], now_ms=1000))
         assert r.reports_stored == 1

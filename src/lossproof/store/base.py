@@ -53,6 +53,8 @@ from functools import lru_cache
 from typing import Any, Protocol
 
 import msgspec
+import numpy as np
+import numpy.typing as npt
 import re2
 
 from lossproof.log.base import LogGap
@@ -351,6 +353,36 @@ class Matcher:
 def matches_all(matchers: Sequence[Matcher], metric: str, labels: dict[str, str]) -> bool:
     """Whether the series ``metric{labels}`` satisfies every matcher."""
     return all(m.matches(metric if m.name == "__name__" else labels.get(m.name, "")) for m in matchers)
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesArrays:
+    """One series' points as columns: ``t`` (int64 unix ms, increasing, one point per t) and ``v``
+    (float64). What the stores decode chunks into, and what PromQL and the charts compute on."""
+
+    metric: str
+    labels: dict[str, str]
+    t: npt.NDArray[np.int64]
+    v: npt.NDArray[np.float64]
+
+    def to_series(self) -> Series:
+        return Series(self.metric, self.labels, list(zip(self.t.tolist(), self.v.tolist(), strict=True)))
+
+
+def stepped(s: SeriesArrays, start_ms: int, n: int, step_ms: int, window_ms: int) -> SteppedSeries | None:
+    """``s`` sampled at ``T = start_ms + k * step_ms`` for k < n: the latest point with
+    ``T - window_ms < t <= T`` (see :meth:`Store.select_last`); None when no step has one."""
+    grid = start_ms + step_ms * np.arange(n, dtype=np.int64)
+    idx = np.searchsorted(s.t, grid, side="right") - 1
+    ok = idx >= 0
+    ok[ok] = s.t[idx[ok]] > grid[ok] - window_ms
+    if not ok.any():
+        return None
+    tl, vl = s.t.tolist(), s.v.tolist()
+    samples: list[tuple[int, float] | None] = [
+        (tl[i], vl[i]) if good else None for i, good in zip(idx.tolist(), ok.tolist(), strict=True)
+    ]
+    return SteppedSeries(s.metric, s.labels, samples)
 
 
 @dataclass(frozen=True, slots=True)

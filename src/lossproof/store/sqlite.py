@@ -14,37 +14,45 @@ Processes
     ``busy_timeout_ms`` before raising. Each read method is one short read transaction: a reader
     that held one open for long would keep checkpoints from recycling the WAL, which then grows.
 
-Layout (schema version 2)
-    ``series`` maps (tenant, metric, canonical labels JSON) to an integer id. ``points`` is keyed
-    (bucket, series_id, t) with bucket = t >> ``bucket_shift`` (65.5 s): a batch carries about one
-    point per series, and clustering by series alone made every batch dirty one page per series
-    (WAL write amplification: 64k pages per 64k points, throughput falling as the file grew);
-    clustering by a short time bucket first keeps a batch's inserts on few, recent pages. A read
-    seeks once per bucket per series. The key is still unique per (series_id, t) (bucket is a
-    function of t), inserts are ``ON CONFLICT DO NOTHING``: first write wins. ``ledger`` holds one
-    row per stored / missing / lost range per agent, ``agents`` a summary row per agent. NaN values
-    are stored as NULL (SQLite turns a bound NaN into NULL) and read back as NaN. ``metadata``
+Layout (schema version 3)
+    ``series`` maps (tenant, metric, canonical labels JSON) to an integer id. Points live in
+    ``chunks``: one row per series per batch, holding that series' points of the batch as columns
+    (see chunks.py), with its time range and count; rows are appended in id order (the rowid), so a
+    batch writes few pages, and found through the index (series_id, t_max, t_min). A sample is
+    stored once per (series, t): the writer drops points already stored before it writes (one index
+    seek per series for points newer than what is stored), readers keep the lowest chunk id for a t.
+    Compaction (:meth:`SqliteStore.compact`) merges a series' chunks into one packed chunk per
+    two-hour window, in the background. ``ledger`` holds one
+    row per stored / missing / lost range per agent, ``agents`` a summary row per agent. ``metadata``
     holds one row per (tenant, metric): type, help, unit, the last write winning.
     The per-agent tables (``agents``, ``ledger``) are keyed by (tenant, agent, incarnation);
     ``reports`` holds each stored report's content digest, ``conflicts`` the reports that reused a
-    stored seq with other content, kept whole. Version 1 files are upgraded in place on open.
+    stored seq with other content, kept whole. Older files are upgraded on open: version 1 gains the
+    incarnation keys; version 2's per-point table is moved into chunks a few million points per
+    transaction (resumable: a transaction moves points and deletes them together), with progress
+    logged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import math
+import itertools
+import operator
 import sqlite3
 import threading
-from collections.abc import Container, Iterable, Sequence
-from functools import lru_cache, partial
+from collections.abc import Container, Iterable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
 
 from lossproof.faults import crash_point
 from lossproof.log.base import LogGap
+from lossproof.obs.logging import get
+from lossproof.store import chunks
 from lossproof.store import ledger as lg
 from lossproof.store.base import (
     SERIES_CACHE_BYTES,
@@ -53,9 +61,9 @@ from lossproof.store.base import (
     Ledger,
     Matcher,
     MetricMetadata,
-    PointLike,
     SeqRange,
     Series,
+    SeriesArrays,
     SpoolState,
     SteppedSeries,
     Store,
@@ -69,9 +77,13 @@ from lossproof.store.base import (
     latest_metadata,
     matches_all,
     series_key_bytes,
+    stepped,
 )
+from lossproof.store.columns import Columns, drop_stored
 
-SCHEMA_VERSION = 2
+log = get(__name__)
+
+SCHEMA_VERSION = 3
 APPLICATION_ID = 0x4C505346  # "LPSF": marks the file as a lossproof store
 
 # Metric metadata, one row per (tenant, metric); the last write wins. Also created in a store written
@@ -175,7 +187,20 @@ _SUMMARY = (
     " spool_first_pending, spool_last_seq, spool_reported_ms, first_seq, first_seen_ms, conflict_reports"
 )
 
-SCHEMA_V1 = f"""
+# One row per series per batch (or, once compacted, per series per window); see chunks.py.
+CHUNKS_TABLE = """
+CREATE TABLE chunks (
+    id        INTEGER PRIMARY KEY,  -- write order: of two points with one (series, t) the lower id wins
+    series_id INTEGER NOT NULL,
+    t_min     INTEGER NOT NULL,
+    t_max     INTEGER NOT NULL,
+    n         INTEGER NOT NULL,
+    data      BLOB NOT NULL
+) STRICT;
+CREATE INDEX chunks_by_series ON chunks (series_id, t_max, t_min);
+"""
+
+SCHEMA = f"""
 CREATE TABLE series (
     id          INTEGER PRIMARY KEY,
     tenant      TEXT NOT NULL,
@@ -184,13 +209,7 @@ CREATE TABLE series (
     UNIQUE (tenant, metric, labels_json)
 ) STRICT;
 
-CREATE TABLE points (
-    bucket    INTEGER NOT NULL,  -- t >> meta.bucket_shift
-    series_id INTEGER NOT NULL,
-    t         INTEGER NOT NULL,  -- unix ms
-    v         REAL,              -- NULL = NaN
-    PRIMARY KEY (bucket, series_id, t)
-) STRICT, WITHOUT ROWID;
+{CHUNKS_TABLE}
 
 {AGENT_TABLES}
 
@@ -215,24 +234,16 @@ CREATE TABLE log_gaps (
 ) STRICT, WITHOUT ROWID;
 """
 
-BUCKET_SHIFT = 16  # for new files; an existing file's own value is read from meta
-# ON CONFLICT DO NOTHING only skips key conflicts; OR IGNORE would also skip NOT NULL violations.
-_INSERT_POINT = "INSERT INTO points (bucket, series_id, t, v) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
-# The buckets in [?1, ?2] holding any point, one primary-key seek each (empty ones are skipped).
-_SELECT_BUCKETS = (
-    "WITH RECURSIVE b(x) AS (SELECT (SELECT min(bucket) FROM points WHERE bucket >= ?1)"
-    " UNION ALL SELECT (SELECT min(bucket) FROM points WHERE bucket > x) FROM b WHERE x < ?2)"
-    " SELECT x FROM b WHERE x <= ?2"
-)
-# One series over the buckets ?1..?2: a primary-key seek per bucket. Rows come out in t order in
-# practice (the CTE counts up, each seek walks t upwards); _finish checks it in the pass it makes
-# anyway rather than paying for an ORDER BY sort.
-_SELECT_POINTS = (
-    "WITH RECURSIVE b(x) AS (SELECT ?1 UNION ALL SELECT x + 1 FROM b WHERE x < ?2)"
-    " SELECT p.t, ifnull(p.v, 'NaN') FROM b CROSS JOIN points p"
-    " ON p.bucket = b.x AND p.series_id = ?3 AND p.t >= ?4 AND p.t <= ?5"
-)
-_RUN_GAP = 64  # empty buckets worth seeking rather than starting another statement
+_INSERT_CHUNK = "INSERT INTO chunks (series_id, t_min, t_max, n, data) VALUES (?, ?, ?, ?, ?)"
+# The chunks of series ?1 that may hold points in [?2, ?3]: an index range from (?1, ?2) on.
+_SELECT_CHUNKS = "SELECT id, data FROM chunks WHERE series_id = ?1 AND t_max >= ?2 AND t_min <= ?3"
+# The newest t stored of each series in a JSON array: one index seek each (max() of an index suffix).
+_NEWEST = "SELECT value, (SELECT max(t_max) FROM chunks WHERE series_id = value) FROM json_each(?)"
+_WINDOW_MS = 2 * 3600 * 1000  # compaction packs a series' points into one chunk per window
+_COMPACT_MIN_CHUNKS = 8  # an open window is packed once it holds this many chunks
+_COMPACT_SERIES = 2000  # series per compaction transaction: the worker waits at most for one
+_MIGRATE_POINTS = 1_000_000  # version 2 points moved into chunks per transaction (about)
+_V2_SHIFT_DEFAULT = 16
 
 _LABELS_ENCODER = msgspec.json.Encoder(order="sorted")
 _LABELS_DECODER = msgspec.json.Decoder(dict[str, str])
@@ -254,7 +265,6 @@ class SqliteStore(Store):
         self._series_bytes = 0  # series_key_bytes of the entries
         self._labels: dict[int, dict[str, str]] = {}
         self._lock = threading.Lock()  # guards against accidental concurrent use
-        self._shift = BUCKET_SHIFT
         if readonly and not self.path.exists():
             # Let a query process start before the worker: create the empty store once.
             SqliteStore(self.path, busy_timeout_ms=busy_timeout_ms).close()
@@ -270,7 +280,6 @@ class SqliteStore(Store):
                 SqliteStore(self.path, busy_timeout_ms=busy_timeout_ms).close()
                 self._con = self._connect(busy_timeout_ms)
             self._check_schema()
-            self._shift = int(self._meta("bucket_shift") or BUCKET_SHIFT)
         except sqlite3.DatabaseError as e:
             self._con.close()
             raise StoreError(f"{self.path}: cannot open the store: {e}") from e
@@ -319,13 +328,10 @@ class SqliteStore(Store):
                 if tables or app_id not in (0, APPLICATION_ID):
                     raise StoreSchemaError(f"{self.path}: database is not a lossproof store")
                 con.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT")
-                for stmt in SCHEMA_V1.split(";"):
+                for stmt in SCHEMA.split(";"):
                     if stmt.strip():
                         con.execute(stmt)
-                con.executemany(
-                    "INSERT INTO meta VALUES (?, ?)",
-                    [("schema_version", str(SCHEMA_VERSION)), ("bucket_shift", str(BUCKET_SHIFT))],
-                )
+                con.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                 con.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             else:
                 self._refuse_newer(version)
@@ -336,6 +342,62 @@ class SqliteStore(Store):
         except BaseException:
             self._rollback()
             raise
+        if version is not None and version < 3:
+            self._upgrade_v2()
+
+    def _upgrade_v2(self) -> None:
+        """Version 2 -> 3: the per-point table becomes chunks, about ``_MIGRATE_POINTS`` points (whole
+        time buckets) per transaction, each moving the points into one chunk per series and deleting them
+        together, so that a crash or kill leaves every point in exactly one of the two tables and
+        the next open goes on from there. The last transaction drops the old table."""
+        con = self._con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            if not con.execute("SELECT 1 FROM sqlite_schema WHERE name = 'chunks'").fetchone():
+                for stmt in CHUNKS_TABLE.split(";"):
+                    if stmt.strip():
+                        con.execute(stmt)
+            con.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        shift = int(self._meta("bucket_shift") or _V2_SHIFT_DEFAULT)
+        total = con.execute("SELECT count(*) FROM points").fetchone()[0]
+        log.info("store.upgrade_started", path=str(self.path), from_version=2, to_version=3, points=total)
+        moved = 0
+        while True:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                first = con.execute("SELECT min(bucket) FROM points").fetchone()[0]
+                if first is None:
+                    con.execute("DROP TABLE points")
+                    con.execute("DELETE FROM meta WHERE key = 'bucket_shift'")
+                    con.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+                    con.execute("COMMIT")
+                    break
+                # up to _MIGRATE_POINTS points, whole buckets (one bucket at least)
+                row = con.execute(
+                    "SELECT bucket FROM points ORDER BY bucket LIMIT 1 OFFSET ?", (_MIGRATE_POINTS,)
+                ).fetchone()
+                if row is None:
+                    row = con.execute("SELECT max(bucket) + 1 FROM points").fetchone()
+                end = max(int(row[0]), first + 1)
+                rows = con.execute(
+                    "SELECT series_id, t, ifnull(v, 'NaN') FROM points WHERE bucket >= ? AND bucket < ?",
+                    (first, end),
+                ).fetchall()
+                cols = np.array([(r[0], r[1]) for r in rows], dtype=np.int64).reshape(-1, 2)
+                vs = np.array([float(r[2]) for r in rows], dtype=np.float64)
+                sids, ts, vs = chunks.sort_dedup(cols[:, 0].copy(), cols[:, 1].copy(), vs)
+                con.executemany(_INSERT_CHUNK, chunks.encode_batch(sids, ts, vs))
+                con.execute("DELETE FROM points WHERE bucket >= ? AND bucket < ?", (first, end))
+                con.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+            moved += len(rows)
+            log.info("store.upgrade_progress", path=str(self.path), points=moved, of=total, t=first << shift)
+        log.info("store.upgrade_done", path=str(self.path), points=moved)
 
     def _upgrade_v1(self) -> None:
         """Version 1 -> 2, inside the opening transaction: the per-agent tables gain the incarnation
@@ -358,7 +420,7 @@ class SqliteStore(Store):
         )
         con.execute("DROP TABLE agents_v1")
         con.execute("DROP TABLE ledger_v1")
-        con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
 
     def _older_than_current(self) -> bool:
         version = self._read_version()
@@ -430,7 +492,8 @@ class SqliteStore(Store):
         con = self._con
         now = batch.now_ms
         work = lg.group_batch(batch)
-        rows: list[tuple[int, int, int, float]] = []
+        cols = Columns()
+        resolve = partial(self._resolve, pending)
         stored_count = duplicates = conflicts = 0
         for key, (reports, lost, spool_in, first_seq_in) in work.items():  # batch order: first write wins
             tenant, agent, inc = key
@@ -449,7 +512,7 @@ class SqliteStore(Store):
             duplicates += got.duplicates
             conflicts += len(got.conflicts)
             for r, _ in got.new.values():
-                self._point_rows(tenant, r.points, rows, pending)
+                cols.add(tenant, r.points, resolve)
             if got.new:
                 con.executemany(
                     "INSERT INTO reports VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -474,9 +537,9 @@ class SqliteStore(Store):
             last_stored = now if got.new else (summary[0] if summary else 0)
             first_seen = int(summary[8]) if summary else now
             self._save_agent(key, new, spool, last_stored, first_seen, conflict_count)
-        for tenant, p in batch.samples:
-            self._point_rows(tenant, (p,), rows, pending)
-        written = con.executemany(_INSERT_POINT, rows).rowcount if rows else 0
+        for tenant, group in itertools.groupby(batch.samples, key=operator.itemgetter(0)):
+            cols.add(tenant, (p for _, p in group), resolve)
+        written = self._write_points(cols)
 
         if batch.dead_letters:
             con.executemany(
@@ -567,26 +630,39 @@ class SqliteStore(Store):
             ),
         )
 
-    def _point_rows(
+    def _resolve(
         self,
-        tenant: str,
-        points: Iterable[PointLike],
-        out: list[tuple[int, int, int, float]],
         pending: dict[_SeriesKey, int],
-    ) -> None:
-        # The hot loop: one dict lookup per point; labels are canonicalized only on a cache miss.
-        get = self._series.get
-        append = out.append
-        shift = self._shift
-        for p in points:
-            key = (tenant, p.metric, *p.labels.items())
-            sid = get(key)
+        key: _SeriesKey,
+        tenant: str,
+        metric: str,
+        labels: dict[str, str],
+    ) -> int:
+        sid = self._series.get(key)
+        if sid is None:
+            sid = pending.get(key)
             if sid is None:
-                sid = pending.get(key)
-                if sid is None:
-                    sid = self._series_id(key, tenant, p.metric, p.labels, pending)
-            t = p.t
-            append((t >> shift, sid, t, p.v))
+                sid = self._series_id(key, tenant, metric, labels, pending)
+        return sid
+
+    def _write_points(self, cols: Columns) -> int:
+        """Write the columns as one chunk per series, minus the points already stored; returns how
+        many points were written. Call inside the write transaction."""
+        if not len(cols):
+            return 0
+        sids, ts, vs = cols.sorted()
+        starts, _ = chunks.series_bounds(sids)
+        ids = msgspec.json.encode(sids[starts].tolist())
+        newest = {sid: top for sid, top in self._con.execute(_NEWEST, (ids,)) if top is not None}
+        if newest:
+            sids, ts, vs = drop_stored(sids, ts, vs, newest, self._stored_ts)
+        self._con.executemany(_INSERT_CHUNK, chunks.encode_batch(sids, ts, vs))
+        return len(ts)
+
+    def _stored_ts(self, sid: int, from_ms: int, to_ms: int) -> chunks.I64:
+        return chunks.merge(
+            self._con.execute(_SELECT_CHUNKS, (sid, from_ms, to_ms)).fetchall(), from_ms, to_ms
+        )[0]
 
     def _series_id(
         self,
@@ -642,35 +718,12 @@ class SqliteStore(Store):
     def query(
         self, tenant: str, metric: str, from_ms: int, to_ms: int, labels: dict[str, str]
     ) -> list[Series]:
-        out: list[Series] = []
-        with self._lock:
-            self._con.execute("BEGIN")  # one snapshot for the whole answer
-            try:
-                runs = _runs(
-                    x for (x,) in self._read(_SELECT_BUCKETS, (from_ms >> self._shift, to_ms >> self._shift))
-                )
-                want = labels.items()
-                candidates = self._read(
-                    "SELECT id, labels_json FROM series WHERE tenant = ? AND metric = ?", (tenant, metric)
-                )
-                for sid, labels_json in candidates:
-                    lab = self._labels.get(sid)
-                    if lab is None:
-                        lab = _LABELS_DECODER.decode(labels_json)
-                        if len(self._labels) > _SERIES_CACHE_MAX:
-                            self._labels.clear()
-                        self._labels[sid] = lab
-                    if not runs or not want <= lab.items():
-                        continue
-                    pts = []
-                    for first, last in runs:
-                        pts += self._read(_SELECT_POINTS, (first, last, sid, from_ms, to_ms))
-                    if pts:
-                        out.append(Series(metric=metric, labels=dict(lab), points=_finish(pts)))
-            finally:
-                self._con.execute("COMMIT")
-        out.sort(key=lambda s: sorted(s.labels.items()))
-        return out
+        want = labels.items()
+        with self._lock, self._snapshot():
+            found = [
+                f for f in self._matching(tenant, [Matcher("__name__", "=", metric)]) if want <= f[2].items()
+            ]
+            return [a.to_series() for a in self._arrays(found, from_ms, to_ms)]
 
     def agents(self, tenant: str) -> list[AgentSummary]:
         with self._lock:
@@ -777,9 +830,9 @@ class SqliteStore(Store):
                 ).fetchone()
                 if row is None:
                     raise KeyError(conflict_id)
-                rows: list[tuple[int, int, int, float]] = []
-                self._point_rows(tenant, decode_points(row[0]), rows, pending)
-                written = self._con.executemany(_INSERT_POINT, rows).rowcount if rows else 0
+                cols = Columns()
+                cols.add(tenant, decode_points(row[0]), partial(self._resolve, pending))
+                written = self._write_points(cols)
                 self._con.execute(
                     "UPDATE conflicts SET applied_ms = ? WHERE id = ? AND applied_ms = 0",
                     (now_ms, conflict_id),
@@ -864,24 +917,14 @@ class SqliteStore(Store):
             )
         return [m for (m,) in rows]
 
+    def select_arrays(
+        self, tenant: str, matchers: Sequence[Matcher], from_ms: int, to_ms: int
+    ) -> list[SeriesArrays]:
+        with self._lock, self._snapshot():
+            return self._arrays(self._matching(tenant, matchers), from_ms, to_ms)
+
     def select(self, tenant: str, matchers: Sequence[Matcher], from_ms: int, to_ms: int) -> list[Series]:
-        out: list[Series] = []
-        with self._lock:
-            self._con.execute("BEGIN")  # one snapshot for the whole answer
-            try:
-                found = self._matching(tenant, matchers)
-                runs = _runs(
-                    x for (x,) in self._read(_SELECT_BUCKETS, (from_ms >> self._shift, to_ms >> self._shift))
-                )
-                for sid, metric, lab in found if runs else ():
-                    pts: list[tuple[int, Any]] = []
-                    for first, last in runs:
-                        pts += self._read(_SELECT_POINTS, (first, last, sid, from_ms, to_ms))
-                    if pts:
-                        out.append(Series(metric=metric, labels=dict(lab), points=_finish(pts)))
-            finally:
-                self._con.execute("COMMIT")
-        return out
+        return [a.to_series() for a in self.select_arrays(tenant, matchers, from_ms, to_ms)]
 
     def select_last(
         self,
@@ -894,77 +937,36 @@ class SqliteStore(Store):
     ) -> list[SteppedSeries]:
         if step_ms <= 0 or window_ms <= 0:
             raise ValueError("step_ms and window_ms must be positive")
-        # A window spans at most this many buckets; past that, one seek per bucket costs more than
-        # reading the points.
-        spanned = ((window_ms - 1) >> self._shift) + 2
-        if spanned > _MAX_LAST_SEEKS:
-            return super().select_last(tenant, matchers, start_ms, end_ms, step_ms, window_ms)
         if end_ms < start_ms:
             return []
-        sql = _select_last_sql(self._shift, spanned)
+        n = (end_ms - start_ms) // step_ms + 1
         out: list[SteppedSeries] = []
-        with self._lock:
-            self._con.execute("BEGIN")
-            try:
-                for sid, metric, lab in self._matching(tenant, matchers):
-                    rows = self._read(sql, (start_ms, step_ms, sid, end_ms, window_ms))
-                    samples = [None if r is None else _sample(r) for (r,) in rows]
-                    if any(x is not None for x in samples):
-                        out.append(SteppedSeries(metric, dict(lab), samples))
-            finally:
-                self._con.execute("COMMIT")
+        for a in self.select_arrays(tenant, matchers, start_ms - window_ms + 1, start_ms + (n - 1) * step_ms):
+            got = stepped(a, start_ms, n, step_ms, window_ms)
+            if got is not None:
+                out.append(got)
         return out
 
+    def _arrays(
+        self, found: Iterable[tuple[int, str, dict[str, str]]], from_ms: int, to_ms: int
+    ) -> list[SeriesArrays]:
+        """The points in [from_ms, to_ms] of the series ``found``, decoded from the chunks that
+        overlap the range; series without any are left out. Call under the lock, in a snapshot."""
+        out: list[SeriesArrays] = []
+        con = self._con
+        for sid, metric, lab in found:
+            rows = con.execute(_SELECT_CHUNKS, (sid, from_ms, to_ms)).fetchall()
+            if rows:
+                ts, vs = chunks.merge(rows, from_ms, to_ms)
+                if len(ts):
+                    out.append(SeriesArrays(metric, dict(lab), ts, vs))
+        return out
 
-_MAX_LAST_SEEKS = 48
-
-
-@lru_cache(maxsize=64)
-def _select_last_sql(shift: int, spanned: int) -> str:
-    """For each step end e (?1, ?1 + ?2, ... <= ?4): the latest point of series ?3 with
-    e - ?5 < t <= e, as text "t v" (v printed so that it reads back bit for bit; NaN for NULL: not
-    with ifnull(), as printf() of NULL gives '0.0', not NULL).
-    coalesce() stops at the first bucket (newest first) holding one: usually one index seek."""
-    subs = ", ".join(
-        f"(SELECT t || ' ' || CASE WHEN v IS NULL THEN 'NaN' ELSE printf('%!.17g', v) END FROM points"
-        f" WHERE bucket = (s.e >> {shift}) - {k} AND series_id = ?3 AND t > s.e - ?5 AND t <= s.e"
-        " ORDER BY t DESC LIMIT 1)"
-        for k in range(spanned)
-    )
-    # (the CTE column must not be called t or T: SQLite names are case-insensitive and an inner
-    # reference would silently bind to points.t)
-    return (
-        "WITH RECURSIVE s(e) AS (SELECT ?1 UNION ALL SELECT e + ?2 FROM s WHERE e + ?2 <= ?4)"
-        f" SELECT coalesce({subs}) FROM s"
-    )
-
-
-def _sample(text: str) -> tuple[int, float]:
-    t, _, v = text.partition(" ")
-    return int(t), float(v)
-
-
-def _runs(buckets: Iterable[int]) -> list[tuple[int, int]]:
-    """Group sorted bucket numbers into (first, last) runs, bridging short stretches of empty ones."""
-    out: list[tuple[int, int]] = []
-    for x in buckets:
-        if out and x - out[-1][1] <= _RUN_GAP:
-            out[-1] = (out[-1][0], x)
-        else:
-            out.append((x, x))
-    return out
-
-
-def _finish(pts: list[tuple[int, Any]]) -> list[tuple[int, float]]:
-    """NULL ('NaN' text) back to NaN, and make sure the points are in t order (one pass)."""
-    prev = -1 << 63
-    ordered = True
-    for i, (t, v) in enumerate(pts):
-        if v.__class__ is str:
-            pts[i] = (t, math.nan)
-        if t < prev:
-            ordered = False
-        prev = t
-    if not ordered:
-        pts.sort(key=lambda r: r[0])
-    return pts
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """One read transaction: every statement inside sees the same committed state."""
+        self._con.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._con.execute("COMMIT")

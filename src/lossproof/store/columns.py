@@ -1,0 +1,92 @@
+"""Points to columns: what a store's write path does before it encodes chunks (see chunks.py).
+
+A batch's points (any :class:`~lossproof.store.base.PointLike`) become three numpy columns, series id,
+timestamp and value, sorted by (series, t) with the batch's own duplicates dropped (first write wins).
+Series ids come from the store through ``resolve``; a series seen before costs one dict lookup.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from lossproof.store import chunks
+from lossproof.store.base import PointLike
+
+SeriesKey = tuple[Any, ...]  # (tenant, metric, *labels.items()) in the order the sender gave them
+# resolve(key, tenant, metric, labels) -> series id: the store's cache, then its series table
+Resolver = Callable[[SeriesKey, str, str, dict[str, str]], int]
+
+
+class Columns:
+    """Accumulates points as columns, in the order they are added (that order decides which of two
+    points with the same series and t is kept)."""
+
+    __slots__ = ("_sids", "_ts", "_vs")
+
+    def __init__(self) -> None:
+        self._sids = array("q")
+        self._ts = array("q")
+        self._vs = array("d")
+
+    def __len__(self) -> int:
+        return len(self._ts)
+
+    def add(self, tenant: str, points: Iterable[PointLike], resolve: Resolver) -> None:
+        # The hot loop. Decoders hand over one labels dict per series, shared by its points (remote
+        # write, OTLP): the id of that dict, while the points keep it alive, stands for the series,
+        # so the key tuple is built once per series rather than once per point.
+        sids, ts, vs = self._sids.append, self._ts.append, self._vs.append
+        # The entry holds the dict too, so that its id cannot be reused by another one meanwhile.
+        seen: dict[tuple[int, str], tuple[int, dict[str, str]]] = {}
+        for p in points:
+            labels = p.labels
+            metric = p.metric
+            hit = seen.get((id(labels), metric))
+            if hit is None:
+                hit = resolve((tenant, metric, *labels.items()), tenant, metric, labels), labels
+                seen[(id(labels), metric)] = hit
+            sids(hit[0])
+            ts(p.t)
+            vs(p.v)
+
+    def sorted(self) -> tuple[chunks.I64, chunks.I64, chunks.F64]:
+        """(series ids, timestamps, values) sorted by (series, t), one point per (series, t)."""
+        return chunks.sort_dedup(
+            np.frombuffer(self._sids, dtype=np.int64),
+            np.frombuffer(self._ts, dtype=np.int64),
+            np.frombuffer(self._vs, dtype=np.float64),
+        )
+
+
+def drop_stored(
+    sids: chunks.I64,
+    ts: chunks.I64,
+    vs: chunks.F64,
+    newest: dict[int, int],
+    stored_ts: Callable[[int, int, int], chunks.I64],
+) -> tuple[chunks.I64, chunks.I64, chunks.F64]:
+    """Drop the points whose (series, t) is already stored: first write wins.
+
+    ``newest`` maps a series id to the highest t stored for it (absent: nothing stored). A series
+    whose new points all come after it needs no more (the common case: one index seek per series,
+    done by the caller for all of them at once); for the others ``stored_ts(sid, t_min, t_max)``
+    gives the stored timestamps in that range, and the points at those are dropped."""
+    starts, ends = chunks.series_bounds(sids)
+    keep: np.ndarray | None = None
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        sid = int(sids[a])
+        top = newest.get(sid)
+        if top is None or int(ts[a]) > top:
+            continue
+        old = stored_ts(sid, int(ts[a]), int(ts[b - 1]))
+        if len(old):
+            if keep is None:
+                keep = np.ones(len(ts), dtype=bool)
+            keep[a:b] = ~np.isin(ts[a:b], old, assume_unique=True)
+    if keep is None:
+        return sids, ts, vs
+    return sids[keep], ts[keep], vs[keep]
