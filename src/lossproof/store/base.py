@@ -250,6 +250,23 @@ class WriteResult:
 
 
 @dataclass(frozen=True, slots=True)
+class CompactResult:
+    """What one :meth:`Store.compact` call did."""
+
+    series: int = 0  # series whose chunks were merged
+    chunks_in: int = 0
+    chunks_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    points: int = 0
+    more: bool = False  # work was left over: call again soon
+
+
+COMPACT_WINDOW_MS = 2 * 3600 * 1000  # a packed chunk holds one series' points of one window
+COMPACT_MIN_CHUNKS = 8  # an open window is packed once it holds this many chunks
+
+
+@dataclass(frozen=True, slots=True)
 class Ledger:
     stored: list[SeqRange]
     missing: list[tuple[int, int, int]]  # (first, last, first seen unix ms)
@@ -518,6 +535,16 @@ class Store(abc.ABC):
             if any(x is not None for x in samples):
                 out.append(SteppedSeries(s.metric, s.labels, samples))
         return out
+
+    def compact(self, now_ms: int, max_series: int = 2000) -> CompactResult:
+        """Merge small chunks into packed ones, at most ``max_series`` series per call (one
+        transaction: a writer waits for one call at most). A series' chunks are merged per window of
+        ``COMPACT_WINDOW_MS`` into one packed chunk, for windows holding ``COMPACT_MIN_CHUNKS``
+        chunks or more, and for closed windows (ended before ``now_ms``) holding more than one chunk
+        or an unpacked one. The merged chunk keeps the lowest id of those it replaces, so that which
+        write came first is kept. Atomic: a crash leaves the old chunks or the new, never both or
+        neither. Queries see the same points before and after. This default does nothing."""
+        return CompactResult()
 
     @abc.abstractmethod
     def close(self) -> None: ...

@@ -55,8 +55,11 @@ from lossproof.obs.logging import get
 from lossproof.store import chunks
 from lossproof.store import ledger as lg
 from lossproof.store.base import (
+    COMPACT_MIN_CHUNKS,
+    COMPACT_WINDOW_MS,
     SERIES_CACHE_BYTES,
     AgentSummary,
+    CompactResult,
     Conflict,
     Ledger,
     Matcher,
@@ -239,9 +242,12 @@ _INSERT_CHUNK = "INSERT INTO chunks (series_id, t_min, t_max, n, data) VALUES (?
 _SELECT_CHUNKS = "SELECT id, data FROM chunks WHERE series_id = ?1 AND t_max >= ?2 AND t_min <= ?3"
 # The newest t stored of each series in a JSON array: one index seek each (max() of an index suffix).
 _NEWEST = "SELECT value, (SELECT max(t_max) FROM chunks WHERE series_id = value) FROM json_each(?)"
-_WINDOW_MS = 2 * 3600 * 1000  # compaction packs a series' points into one chunk per window
-_COMPACT_MIN_CHUNKS = 8  # an open window is packed once it holds this many chunks
-_COMPACT_SERIES = 2000  # series per compaction transaction: the worker waits at most for one
+# Unpacked chunks after ?1, in id order, with the first byte of their data (the encoding).
+_SCAN_RAW = (
+    "SELECT id, series_id, t_min, t_max FROM chunks WHERE id > ?1 AND substr(data, 1, 1) = ?2"
+    " ORDER BY id LIMIT ?3"
+)
+_SCAN_LIMIT = 200_000
 _MIGRATE_POINTS = 1_000_000  # version 2 points moved into chunks per transaction (about)
 _V2_SHIFT_DEFAULT = 16
 
@@ -709,6 +715,88 @@ class SqliteStore(Store):
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 added,
             )
+
+    # --- compaction ----------------------------------------------------------------------------
+
+    def compact(self, now_ms: int, max_series: int = 2000) -> CompactResult:
+        """See :meth:`Store.compact`. Unpacked chunks are found by a scan of the chunks written
+        after ``meta.compact_after`` (ids only grow), which then moves up to the oldest chunk left
+        unpacked (its window still open and short)."""
+        if self.readonly:
+            raise StoreError("store opened readonly")
+        with self._lock:
+            self._con.execute("BEGIN IMMEDIATE")
+            try:
+                result = self._compact(now_ms, max_series)
+                crash_point("store.compact_before_commit")
+                self._con.execute("COMMIT")
+            except (sqlite3.OperationalError, OSError) as e:
+                self._rollback()
+                raise StoreUnavailable(f"sqlite {self.path}: {e}") from e
+            except BaseException:
+                self._rollback()
+                raise
+        return result
+
+    def _compact(self, now_ms: int, max_series: int) -> CompactResult:
+        con = self._con
+        after = int(self._meta("compact_after") or 0)
+        rows = con.execute(_SCAN_RAW, (after, bytes((chunks.RAW,)), _SCAN_LIMIT)).fetchall()
+        # per series: window -> ids of the unpacked chunks reaching into it
+        windows: dict[int, dict[int, list[int]]] = {}
+        for cid, sid, t_min, t_max in rows:
+            per = windows.setdefault(sid, {})
+            for w in range(t_min // COMPACT_WINDOW_MS, t_max // COMPACT_WINDOW_MS + 1):
+                per.setdefault(w, []).append(cid)
+        closed = now_ms // COMPACT_WINDOW_MS  # windows below this one have ended
+        picked: list[tuple[int, int, int]] = []  # (series, first window, last window)
+        left: list[int] = []  # the lowest id of each run of chunks left unpacked
+        for sid, per in windows.items():
+            due = [w for w, ids in per.items() if w < closed or len(ids) >= COMPACT_MIN_CHUNKS]
+            if due and len(picked) < max_series:
+                lo, hi = min(due), max(due)
+                picked.append((sid, lo, hi))
+                left += [min(ids) for w, ids in per.items() if not lo <= w <= hi]
+            else:
+                left += [min(ids) for ids in per.values()]
+        res = [0, 0, 0, 0, 0]  # chunks in, chunks out, bytes in, bytes out, points
+        for sid, w_lo, w_hi in picked:
+            self._pack(sid, w_lo * COMPACT_WINDOW_MS, (w_hi + 1) * COMPACT_WINDOW_MS, res)
+        # The next scan starts before the oldest chunk left unpacked, or after the last one seen.
+        mark = min(left) - 1 if left else (rows[-1][0] if rows else after)
+        if mark != after:
+            con.execute("INSERT OR REPLACE INTO meta VALUES ('compact_after', ?)", (str(mark),))
+        more = len(picked) == max_series or len(rows) == _SCAN_LIMIT
+        return CompactResult(len(picked), res[0], res[1], res[2], res[3], res[4], more)
+
+    def _pack(self, sid: int, from_ms: int, to_ms: int, res: list[int]) -> None:
+        """Merge the chunks of ``sid`` overlapping [from_ms, to_ms) into one packed chunk per window
+        (a chunk reaching outside the range takes its other windows along)."""
+        con = self._con
+        found = con.execute(
+            "SELECT id, data FROM chunks WHERE series_id = ? AND t_max >= ? AND t_min < ? ORDER BY id",
+            (sid, from_ms, to_ms),
+        ).fetchall()
+        if not found:
+            return
+        ts, vs = chunks.merge(found, -(1 << 63), (1 << 63) - 1)
+        ids = [cid for cid, _ in found]
+        con.executemany("DELETE FROM chunks WHERE id = ?", [(cid,) for cid in ids])
+        starts, ends = chunks.series_bounds(ts // COMPACT_WINDOW_MS)
+        out = []
+        for k, (a, b) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+            data = chunks.encode(ts[a:b], vs[a:b])
+            # the lowest ids go to the oldest windows; a merge that yields more chunks than it
+            # read (one chunk spanning windows) gives the rest new ids
+            out.append((ids[k] if k < len(ids) else None, sid, int(ts[a]), int(ts[b - 1]), b - a, data))
+            res[3] += len(data)
+        con.executemany(
+            "INSERT INTO chunks (id, series_id, t_min, t_max, n, data) VALUES (?, ?, ?, ?, ?, ?)", out
+        )
+        res[0] += len(found)
+        res[1] += len(out)
+        res[2] += sum(len(d) for _, d in found)
+        res[4] += len(ts)
 
     # --- reads ---------------------------------------------------------------------------------
 
