@@ -537,13 +537,13 @@ class Store(abc.ABC):
         return out
 
     def compact(self, now_ms: int, max_series: int = 2000) -> CompactResult:
-        """Merge small chunks into packed ones, at most ``max_series`` series per call (one
-        transaction: a writer waits for one call at most). A series' chunks are merged per window of
-        ``COMPACT_WINDOW_MS`` into one packed chunk, for windows holding ``COMPACT_MIN_CHUNKS``
-        chunks or more, and for closed windows (ended before ``now_ms``) holding more than one chunk
-        or an unpacked one. The merged chunk keeps the lowest id of those it replaces, so that which
-        write came first is kept. Atomic: a crash leaves the old chunks or the new, never both or
-        neither. Queries see the same points before and after. This default does nothing."""
+        """Do a bounded piece of the store's background work: merge the small chunks batches leave
+        into packed ones, one per series and window of ``COMPACT_WINDOW_MS`` in the end (when and in
+        how many steps is the backend's choice: see its docstring), for at most ``max_series``
+        series, in one transaction, so that a writer waits for one call at most. A merged chunk
+        keeps which write came first (first write wins, as before). Atomic: a crash leaves the old
+        chunks or the new, never both or neither; queries see the same points before and after.
+        ``more`` in the result asks for another call soon. This default does nothing."""
         return CompactResult()
 
     @abc.abstractmethod

@@ -258,6 +258,7 @@ _SCAN_RAW = (
     " ORDER BY id LIMIT ?3"
 )
 _SCAN_LIMIT = 200_000
+_PACK_AGE_MS = 300_000
 # Parts are turned into chunks once there are this many, or this many points in them, or the oldest
 # is this old: readers look into every part that overlaps their range, so there must be few.
 _PART_FLUSH_COUNT = 8
@@ -296,6 +297,11 @@ class SqliteStore(Store):
         self._newest_new: list[tuple[chunks.I64, chunks.I64]] = []  # this transaction's, until COMMIT
         # Parsed part directories by part id (parts never change; a deleted one is forgotten).
         self._dirs: dict[int, tuple[chunks.PartLayout, chunks.I64, chunks.I64, chunks.I64]] = {}
+        # Compaction's packing work, (series, first window, last window), done a slice per call;
+        # on restart the scan is made again from meta.compact_after.
+        self._pack_queue: list[tuple[int, int, int]] = []
+        self._pack_mark = 0
+        self._pack_scan_done = True
         if readonly and not self.path.exists():
             # Let a query process start before the worker: create the empty store once.
             SqliteStore(self.path, busy_timeout_ms=busy_timeout_ms).close()
@@ -783,9 +789,8 @@ class SqliteStore(Store):
     # --- compaction ----------------------------------------------------------------------------
 
     def compact(self, now_ms: int, max_series: int = 2000) -> CompactResult:
-        """See :meth:`Store.compact`. Unpacked chunks are found by a scan of the chunks written
-        after ``meta.compact_after`` (ids only grow), which then moves up to the oldest chunk left
-        unpacked (its window still open and short)."""
+        """See :meth:`Store.compact`. Two steps: parts become one raw chunk per series (a flush,
+        ``_flush_parts``), and raw chunks are packed per series and window (``_pack_due``)."""
         if self.readonly:
             raise StoreError("store opened readonly")
         with self._lock:
@@ -836,43 +841,64 @@ class SqliteStore(Store):
         rows = chunks.encode_batch(sids, ts, vs)
         con.executemany(_INSERT_CHUNK, rows)
         con.execute("DELETE FROM parts WHERE id <= ?", (take[-1],))
+        flushes = int(self._meta("unpacked_flushes") or 0)
+        self._meta_set(unpacked_flushes=flushes + 1)
+        if not flushes:
+            self._meta_set(unpacked_since_ms=now_ms)
         out = sum(len(r.data) for r in rows)
         # more: the parts left, and the chunks just made may fill a window to pack
         return CompactResult(len(rows), len(take), len(rows), size, out, len(ts), more=True)
 
     def _compact(self, now_ms: int, max_series: int) -> CompactResult:
-        con = self._con
         flushed = self._flush_parts(now_ms)
         if flushed is not None:
             return flushed
-        after = int(self._meta("compact_after") or 0)
-        rows = con.execute(_SCAN_RAW, (after, bytes((chunks.RAW,)), _SCAN_LIMIT)).fetchall()
-        # per series: window -> ids of the unpacked chunks reaching into it
-        windows: dict[int, dict[int, list[int]]] = {}
-        for cid, sid, t_min, t_max in rows:
-            per = windows.setdefault(sid, {})
-            for w in range(t_min // COMPACT_WINDOW_MS, t_max // COMPACT_WINDOW_MS + 1):
-                per.setdefault(w, []).append(cid)
-        closed = now_ms // COMPACT_WINDOW_MS  # windows below this one have ended
-        picked: list[tuple[int, int, int]] = []  # (series, first window, last window)
-        left: list[int] = []  # the lowest id of each run of chunks left unpacked
-        for sid, per in windows.items():
-            due = [w for w, ids in per.items() if w < closed or len(ids) >= COMPACT_MIN_CHUNKS]
-            if due and len(picked) < max_series:
-                lo, hi = min(due), max(due)
-                picked.append((sid, lo, hi))
-                left += [min(ids) for w, ids in per.items() if not lo <= w <= hi]
-            else:
-                left += [min(ids) for ids in per.values()]
+        if not self._pack_queue:
+            if not self._pack_due(now_ms):
+                return CompactResult()
+            self._scan_unpacked()
+        take = self._pack_queue[:max_series]
+        del self._pack_queue[:max_series]
         res = [0, 0, 0, 0, 0]  # chunks in, chunks out, bytes in, bytes out, points
-        for sid, w_lo, w_hi in picked:
+        for sid, w_lo, w_hi in take:
             self._pack(sid, w_lo * COMPACT_WINDOW_MS, (w_hi + 1) * COMPACT_WINDOW_MS, res)
-        # The next scan starts before the oldest chunk left unpacked, or after the last one seen.
-        mark = min(left) - 1 if left else (rows[-1][0] if rows else after)
-        if mark != after:
-            con.execute("INSERT OR REPLACE INTO meta VALUES ('compact_after', ?)", (str(mark),))
-        more = len(picked) == max_series or len(rows) == _SCAN_LIMIT
-        return CompactResult(len(picked), res[0], res[1], res[2], res[3], res[4], more)
+        more = bool(self._pack_queue)
+        if not more:
+            self._meta_set(compact_after=self._pack_mark)
+            if self._pack_scan_done:
+                self._meta_set(unpacked_flushes=0, unpacked_since_ms=0)
+            else:
+                more = True
+        return CompactResult(len(take), res[0], res[1], res[2], res[3], res[4], more)
+
+    def _pack_due(self, now_ms: int) -> bool:
+        """Packing runs after every ``COMPACT_MIN_CHUNKS`` flushes (a series then has about that
+        many raw chunks in its open window), or ``_PACK_AGE_MS`` after the first flush not packed
+        yet, so that slow series and closed windows get packed too."""
+        flushes = int(self._meta("unpacked_flushes") or 0)
+        since = int(self._meta("unpacked_since_ms") or 0)
+        return flushes >= COMPACT_MIN_CHUNKS or (flushes > 0 and since <= now_ms - _PACK_AGE_MS)
+
+    def _scan_unpacked(self) -> None:
+        """Queue every series with raw chunks written after ``meta.compact_after`` (ids only grow),
+        with the windows they reach, ``_SCAN_LIMIT`` chunks at a time."""
+        after = int(self._meta("compact_after") or 0)
+        rows = self._con.execute(_SCAN_RAW, (after, bytes((chunks.RAW,)), _SCAN_LIMIT)).fetchall()
+        self._pack_scan_done = len(rows) < _SCAN_LIMIT
+        self._pack_mark = rows[-1][0] if rows else after
+        if not rows:
+            return
+        cols = np.array(rows, dtype=np.int64)
+        cols = cols[np.lexsort((cols[:, 0], cols[:, 1]))]
+        starts, _ = chunks.series_bounds(cols[:, 1].copy())
+        lo = np.minimum.reduceat(cols[:, 2] // COMPACT_WINDOW_MS, starts)
+        hi = np.maximum.reduceat(cols[:, 3] // COMPACT_WINDOW_MS, starts)
+        self._pack_queue = list(zip(cols[starts, 1].tolist(), lo.tolist(), hi.tolist(), strict=True))
+
+    def _meta_set(self, **values: int) -> None:
+        self._con.executemany(
+            "INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in values.items()]
+        )
 
     def _pack(self, sid: int, from_ms: int, to_ms: int, res: list[int]) -> None:
         """Merge the chunks of ``sid`` overlapping [from_ms, to_ms) into one packed chunk per window
