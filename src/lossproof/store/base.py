@@ -501,6 +501,21 @@ class Store(abc.ABC):
                     out.append(s)
         return out
 
+    def select_arrays(
+        self, tenant: str, matchers: Sequence[Matcher], from_ms: int, to_ms: int
+    ) -> list[SeriesArrays]:
+        """:meth:`select` as columns (what PromQL and the charts compute on). This default converts
+        :meth:`select`'s answer; a backend that stores columns answers with them directly."""
+        return [
+            SeriesArrays(
+                s.metric,
+                s.labels,
+                np.array([t for t, _ in s.points], dtype=np.int64),
+                np.array([v for _, v in s.points], dtype=np.float64),
+            )
+            for s in self.select(tenant, matchers, from_ms, to_ms)
+        ]
+
     def select_last(
         self,
         tenant: str,
