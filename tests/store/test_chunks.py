@@ -83,3 +83,22 @@ def test_part_round_trip_and_directory() -> None:
     assert s2.tolist() == sids.tolist() and t2.tolist() == ts.tolist() and _bits(v2) == _bits(vs)
     with pytest.raises(chunks.ChunkError):
         chunks.decode_part(blob[:-1])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_ts, min_size=1, max_size=8), st.data())
+def test_encode_many_gives_the_bytes_of_encode_for_each_run(
+    runs: list[list[int]], data: st.DataObject
+) -> None:
+    vals = [
+        data.draw(
+            st.lists(_floats | _ints, min_size=len(r), max_size=len(r)) | st.just([float(x % 97) for x in r])
+        )
+        for r in runs
+    ]
+    ts = np.array([t for r in runs for t in r], dtype=np.int64)
+    vs = np.array([v for r in vals for v in r], dtype=np.float64)
+    ends = np.cumsum([len(r) for r in runs]).astype(np.int64)
+    starts = np.concatenate(([0], ends[:-1])).astype(np.int64)
+    many = chunks.encode_many(ts, vs, starts, ends)
+    assert many == [chunks.encode(ts[a:b], vs[a:b]) for a, b in zip(starts, ends, strict=True)]

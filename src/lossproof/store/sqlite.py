@@ -259,11 +259,16 @@ _SCAN_RAW = (
 )
 _SCAN_LIMIT = 200_000
 _PACK_AGE_MS = 300_000
+# The chunks to pack for a JSON array of [series, from, to]: an index range each.
+_PACK_READ = (
+    "SELECT c.id, c.series_id, c.data FROM json_each(?) j CROSS JOIN chunks c"
+    " ON c.series_id = j.value ->> 0 AND c.t_max >= j.value ->> 1 AND c.t_min < j.value ->> 2"
+)
 # Parts are turned into chunks once there are this many, or this many points in them, or the oldest
 # is this old: readers look into every part that overlaps their range, so there must be few.
 _PART_FLUSH_COUNT = 8
-_PART_FLUSH_POINTS = 1_000_000
-_PART_FLUSH_AGE_MS = 10_000
+_PART_FLUSH_POINTS = 2_000_000
+_PART_FLUSH_AGE_MS = 30_000
 _PART_ORDER = 1 << 62  # a part's rank among a series' chunks when merging: after all of them
 _NONE = -(1 << 63)  # "no point stored" in the newest-t cache
 _NEWEST_MAX = 2_000_000
@@ -860,8 +865,7 @@ class SqliteStore(Store):
         take = self._pack_queue[:max_series]
         del self._pack_queue[:max_series]
         res = [0, 0, 0, 0, 0]  # chunks in, chunks out, bytes in, bytes out, points
-        for sid, w_lo, w_hi in take:
-            self._pack(sid, w_lo * COMPACT_WINDOW_MS, (w_hi + 1) * COMPACT_WINDOW_MS, res)
+        self._pack([(sid, lo * COMPACT_WINDOW_MS, (hi + 1) * COMPACT_WINDOW_MS) for sid, lo, hi in take], res)
         more = bool(self._pack_queue)
         if not more:
             self._meta_set(compact_after=self._pack_mark)
@@ -900,33 +904,49 @@ class SqliteStore(Store):
             "INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in values.items()]
         )
 
-    def _pack(self, sid: int, from_ms: int, to_ms: int, res: list[int]) -> None:
-        """Merge the chunks of ``sid`` overlapping [from_ms, to_ms) into one packed chunk per window
-        (a chunk reaching outside the range takes its other windows along)."""
+    def _pack(self, items: Sequence[tuple[int, int, int]], res: list[int]) -> None:
+        """For each ``(series, from_ms, to_ms)``: merge the series' chunks overlapping
+        [from_ms, to_ms) into one packed chunk per window (a chunk reaching outside the range takes
+        its other windows along). All the series at once: one read, columns merged and encoded
+        together (:func:`chunks.encode_many`), one delete and one insert statement."""
         con = self._con
-        found = con.execute(
-            "SELECT id, data FROM chunks WHERE series_id = ? AND t_max >= ? AND t_min < ? ORDER BY id",
-            (sid, from_ms, to_ms),
-        ).fetchall()
+        found = con.execute(_PACK_READ, (msgspec.json.encode(items),)).fetchall()
         if not found:
             return
-        ts, vs = chunks.merge(found, -(1 << 63), (1 << 63) - 1)
-        ids = [cid for cid, _ in found]
-        con.executemany("DELETE FROM chunks WHERE id = ?", [(cid,) for cid in ids])
-        starts, ends = chunks.series_bounds(ts // COMPACT_WINDOW_MS)
+        ids = np.array([r[0] for r in found], dtype=np.int64)
+        decoded = [chunks.decode(r[2]) for r in found]
+        sizes = np.array([len(t) for t, _ in decoded], dtype=np.int64)
+        order = np.repeat(ids, sizes)
+        sids = np.repeat(np.array([r[1] for r in found], dtype=np.int64), sizes)
+        ts = np.concatenate([t for t, _ in decoded])
+        vs = np.concatenate([v for _, v in decoded])
+        pick = np.lexsort((order, ts, sids))  # by series and t, the chunk written first first
+        sids, ts, vs = chunks.sort_dedup(sids[pick], ts[pick], vs[pick])
+        windows = ts // COMPACT_WINDOW_MS
+        cut = np.flatnonzero((sids[1:] != sids[:-1]) | (windows[1:] != windows[:-1])) + 1
+        starts = np.concatenate(([0], cut)).astype(np.int64)
+        ends = np.append(cut, len(ts)).astype(np.int64)
+        datas = chunks.encode_many(ts, vs, starts, ends)
+        # Each series' lowest ids go to its oldest windows; a merge that yields more chunks than
+        # it read (a chunk spanning windows) gives the rest new ids.
+        free: dict[int, list[int]] = {}
+        for cid, sid, _ in found:
+            free.setdefault(sid, []).append(cid)
+        for left in free.values():
+            left.sort(reverse=True)
         out = []
-        for k, (a, b) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
-            data = chunks.encode(ts[a:b], vs[a:b])
-            # the lowest ids go to the oldest windows; a merge that yields more chunks than it
-            # read (one chunk spanning windows) gives the rest new ids
-            out.append((ids[k] if k < len(ids) else None, sid, int(ts[a]), int(ts[b - 1]), b - a, data))
-            res[3] += len(data)
+        for a, b, data in zip(starts.tolist(), ends.tolist(), datas, strict=True):
+            sid = int(sids[a])
+            mine = free[sid]
+            out.append((mine.pop() if mine else None, sid, int(ts[a]), int(ts[b - 1]), b - a, data))
+        con.executemany("DELETE FROM chunks WHERE id = ?", [(int(cid),) for cid in ids])
         con.executemany(
             "INSERT INTO chunks (id, series_id, t_min, t_max, n, data) VALUES (?, ?, ?, ?, ?, ?)", out
         )
         res[0] += len(found)
         res[1] += len(out)
-        res[2] += sum(len(d) for _, d in found)
+        res[2] += sum(len(r[2]) for r in found)
+        res[3] += sum(len(d) for d in datas)
         res[4] += len(ts)
 
     # --- reads ---------------------------------------------------------------------------------
