@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import click
-import psutil
+import psutil  # type: ignore[import-untyped]  # no stubs installed; calls are plain
 
 from lossproof.store.base import Point, WriteBatch
 from lossproof.store.sqlite import SqliteStore
