@@ -619,3 +619,12 @@ def test_compaction_changes_nothing_a_query_sees(store: Store) -> None:
     res = store.write_batch(WriteBatch(samples=[*again, ("t1", pt(base + 1, 5.0, "m", host="h0"))]))
     assert res.points_written == 1
     assert _snapshot(store)[0][2][1] == (base + 1, struct.unpack("<Q", struct.pack("<d", 5.0))[0])
+
+
+def test_series_counts_per_tenant(store: Store) -> None:
+    assert store.series_counts() == {}
+    store.write_batch(batch(report(1), report(2, agent="a2"), report(1, tenant="t2")))
+    store.write_batch(
+        WriteBatch(samples=[("t2", pt(T0, 1.0, "m", k="v")), ("t2", pt(T0 + 1, 1.0, "m", k="v"))])
+    )
+    assert store.series_counts() == {"t1": 2, "t2": 2}

@@ -484,6 +484,12 @@ class Store(abc.ABC):
         :class:`Matcher`), whatever the time of its points, sorted by metric then labels. No matchers:
         every series of the tenant."""
 
+    def series_counts(self) -> dict[str, int]:
+        """The number of series each tenant has (its cardinality): what a series costs in memory and
+        on disk, shown on /metrics and the dashboard. This default knows none; backends count their
+        series table."""
+        return {}
+
     def metric_names(self, tenant: str) -> list[str]:
         """The distinct metric names of the tenant's series, sorted. This default goes through
         :meth:`series`; a backend may read an index instead."""

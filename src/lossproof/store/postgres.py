@@ -945,6 +945,9 @@ class PostgresStore(Store):
             found = self._matching(conn, tenant, matchers)
         return [(metric, dict(lab)) for _, metric, lab in found]
 
+    def series_counts(self) -> dict[str, int]:
+        return {t: int(n) for t, n in self._fetch("SELECT tenant, count(*) FROM series GROUP BY tenant", ())}
+
     def metric_names(self, tenant: str) -> list[str]:
         rows = self._fetch("SELECT DISTINCT metric FROM series WHERE tenant = %s", (tenant,))
         return sorted(m for (m,) in rows)  # Python's order (code points), whatever the collation

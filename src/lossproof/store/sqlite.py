@@ -1150,6 +1150,10 @@ class SqliteStore(Store):
         with self._lock:
             return [(metric, dict(lab)) for _, metric, lab in self._matching(tenant, matchers)]
 
+    def series_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._read("SELECT tenant, count(*) FROM series GROUP BY tenant", ()))
+
     def metric_names(self, tenant: str) -> list[str]:
         with self._lock:
             rows = self._read(
