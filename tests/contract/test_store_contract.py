@@ -628,3 +628,18 @@ def test_series_counts_per_tenant(store: Store) -> None:
         WriteBatch(samples=[("t2", pt(T0, 1.0, "m", k="v")), ("t2", pt(T0 + 1, 1.0, "m", k="v"))])
     )
     assert store.series_counts() == {"t1": 2, "t2": 2}
+
+
+def test_first_write_wins_across_two_writers(store_factory: StoreFactory) -> None:
+    """#15: the writer's knowledge of what is stored (the newest t per series) must not go stale
+    when another writer (another worker process) stores points of the same series."""
+    a, b = store_factory(), store_factory()
+    assert a.write_batch(WriteBatch(samples=[("t1", pt(T0, 1.0))])).points_written == 1
+    assert b.write_batch(WriteBatch(samples=[("t1", pt(T0 + 10, 2.0))])).points_written == 1
+    # a saw T0 as the newest; b has stored T0 + 10 since: a must not write it again
+    assert (
+        a.write_batch(WriteBatch(samples=[("t1", pt(T0 + 10, 3.0)), ("t1", pt(T0 + 20, 4.0))])).points_written
+        == 1
+    )
+    [series] = a.query("t1", "cpu", *ALL, {})
+    assert series.points == [(T0, 1.0), (T0 + 10, 2.0), (T0 + 20, 4.0)]

@@ -731,15 +731,15 @@ class SqliteStore(Store):
         ids = sids.tolist()
         missing = [sid for sid in ids if sid not in cache]
         if missing:
-            found = dict(self._con.execute(_NEWEST, (msgspec.json.encode(missing),)).fetchall())
+            rows = self._con.execute(_NEWEST, (msgspec.json.encode(missing),))
+            top = np.array([_NONE if t is None else t for _, t in rows], dtype=np.int64)
             want = np.array(missing, dtype=np.int64)
             for _, _, (psids, ptmax, _) in self._parts_dirs(-(1 << 63), (1 << 63) - 1):
-                idx = np.minimum(np.searchsorted(psids, want), max(len(psids) - 1, 0))
-                for i in np.flatnonzero(psids[idx] == want).tolist() if len(psids) else ():
-                    found[missing[i]] = max(found.get(missing[i]) or _NONE, int(ptmax[idx[i]]))
-            for sid in missing:
-                top = found.get(sid)
-                cache[sid] = _NONE if top is None else int(top)
+                if len(psids):
+                    idx = np.minimum(np.searchsorted(psids, want), len(psids) - 1)
+                    hit = psids[idx] == want
+                    top[hit] = np.maximum(top[hit], ptmax[idx[hit]])
+            cache.update(zip(missing, top.tolist(), strict=True))
         return np.array([cache[sid] for sid in ids], dtype=np.int64)
 
     def _stored_ts(self, sid: int, from_ms: int, to_ms: int) -> chunks.I64:
