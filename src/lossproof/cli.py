@@ -283,6 +283,7 @@ class BenchGroup(LazyGroup):
         "store": "lossproof.store.cli:bench_cmd",
         "dashboard": "lossproof.bench.dashboard:dashboard_bench_cmd",
         "fuzz": "lossproof.bench.fuzz:fuzz_cmd",
+        "compare": "lossproof.bench.compare:compare_cmd",
     }
 
 
