@@ -650,14 +650,20 @@ class DataSet:
 
 
 def _data_value(series: list[dict[str, str]], offset: int) -> Callable[[int, int], float]:
-    """Values of series ``offset + j``: counters for m1 and m2 (each its own slope), gauges else."""
+    """Values of series ``offset + j`` at sample ``k``. m1 and m2: counters rising by a constant step
+    per series (``rate`` is then the same under PromQL's extrapolation and MetricsQL's previous-
+    sample rule, so the answers can be compared; it also suits delta-of-delta encodings best).
+    m3 and m4: gauges of pseudo-random values with two decimals (0.00 .. 99.99), as noisy as real
+    ones, so the disk figures are not those of constant data."""
     counters = [s["__name__"] in ("m1", "m2") for s in series]
 
     def value(j: int, k: int) -> float:
         j += offset
         if counters[j]:
             return 1_000_000.0 + (j % 13 + 1) * 0.5 * k
-        return float((j * 7 + k) % 100) + 0.25
+        h = (j * 2654435761 + k * 40503) & 0xFFFFFFFF
+        h = ((h ^ (h >> 15)) * 0x2C1B3C6D) & 0xFFFFFFFF
+        return (h ^ (h >> 12)) % 10000 / 100
 
     return value
 
@@ -1035,8 +1041,8 @@ def summary_lines(res: dict[str, Any]) -> list[str]:
             )
         c = q["concurrency"]
         lines.append(
-            f"lossproof {c['short_query']}: alone {c['short_alone_ms']} ms, during the 24 h sum/rate "
-            f"{c['short_during_long_ms']} ms"
+            f"lossproof {c['short_query']}: alone {c['short_alone_ms']} ms, while {c['long_query']} "
+            f"runs {c['short_during_long_ms']} ms (the long one: {c['long_ms']} ms)"
         )
         d = q["disk"]
         lines.append(
