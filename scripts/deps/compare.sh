@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `lossproof bench compare` (docs/benchmarks.md): Debian's VictoriaMetrics single-node server
+# `lossproof bench compare` (docs/compare.md): Debian's VictoriaMetrics single-node server
 # (/usr/bin/victoria-metrics, the comparison target) and wrk (the HTTP load generator). The bench
 # starts its own VictoriaMetrics on a temp dir; the package's service is kept from starting.
 # Idempotent: does nothing when both are installed.

@@ -18,8 +18,10 @@ ingest
     acked samples / (load time + time until all of them are queryable): VictoriaMetrics is asked
     ``/internal/force_flush`` and then ``count_over_time`` of the series; lossproof's worker counts
     what it committed to the store (``lossproof_worker_points_total``, only new samples count).
-    ``--steady SECONDS`` then drives lossproof alone at 80 % of its acked maximum (an aiohttp
-    driver with a fixed schedule) and samples the worker lag (acked minus stored) every second.
+    ``--steady SECONDS`` then drives lossproof alone at 80 % of its acked maximum (or, with
+    ``--steady-of stored``, of its stored rate) with an aiohttp driver on a fixed schedule, and
+    samples the worker lag (acked minus stored samples) every second: bounded when it grows by
+    less than 2 % of the offered rate per second over the second half.
 
 queries
     A data set of ``--series`` series x ``--hours`` at 15 s (default 10,000 x 24 h: 57.6 M samples)
@@ -557,7 +559,9 @@ def _slope(points: list[tuple[float, float, float]]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else math.nan
 
 
-def run_ingest(work: Path, seconds: int, pool: int, steady: float, progress: Say) -> dict[str, Any]:
+def run_ingest(
+    work: Path, seconds: int, pool: int, steady: float, steady_of: str, progress: Say
+) -> dict[str, Any]:
     pool_dir = work / "bodies"
     sset = SeriesSet(ingest_series(), INGEST_SAMPLES, _counter)
     per_body = sset.samples_per_body
@@ -582,12 +586,14 @@ def run_ingest(work: Path, seconds: int, pool: int, steady: float, progress: Say
                 f"samples/s (drained {r.drain_seconds:.1f}s after the load)"
             )
         if steady > 0:
-            rate = 0.8 * results["lossproof"].acked_per_s
+            lp_res = results["lossproof"]
+            rate = 0.8 * (lp_res.acked_per_s if steady_of == "acked" else lp_res.stored_per_s)
             bodies = max(1, math.ceil(rate * steady / per_body) + 1)
             # more of the same series, later in time: none of these samples was sent before
             progress(f"steady: writing {bodies:,} more bodies …")
             write_pool(pool_dir, sset, bodies, start_ms, INGEST_STEP_MS, first_body=pool)
             steady_out = steady_state(lp, pool_dir, pool, bodies, rate, steady, progress)
+            steady_out["basis"] = f"80 % of lossproof's {steady_of} samples/s"
     out: dict[str, Any] = {
         "series_per_body": INGEST_SERIES,
         "samples_per_series": INGEST_SAMPLES,
@@ -964,6 +970,7 @@ class Options:
     duration: int
     pool: int
     steady: float
+    steady_of: str
     series: int
     hours: float
     repeat: int
@@ -976,7 +983,7 @@ def run(opts: Options) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="lossproof-compare-", dir=opts.work_dir) as tmp:
         work = Path(tmp)
         if opts.phase in ("ingest", "all"):
-            out["ingest"] = run_ingest(work, opts.duration, opts.pool, opts.steady, opts.say)
+            out["ingest"] = run_ingest(work, opts.duration, opts.pool, opts.steady, opts.steady_of, opts.say)
             shutil.rmtree(work / "bodies", ignore_errors=True)
         if opts.phase in ("queries", "all"):
             end_ms = (int(time.time()) // 60 - 1) * 60_000
@@ -1021,7 +1028,7 @@ def summary_lines(res: dict[str, Any]) -> list[str]:
         st = ing.get("steady")
         if st:
             lines.append(
-                f"steady lossproof at {st['offered_per_s']:,} samples/s (80 % of max) "
+                f"steady lossproof at {st['offered_per_s']:,} samples/s ({st['basis']}) "
                 f"for {st['seconds']:.0f}s: "
                 f"acked {st['acked_per_s']:,}/s, worker lag max {st['lag_max']:,} samples, at end "
                 f"{st['lag_end']:,}, trend {st['lag_slope_per_s']} samples/s: "
@@ -1086,8 +1093,15 @@ def _fmt_ratio(r: float | None) -> str:
     type=finite_float(0, 3600),
     default=0,
     show_default=True,
-    help="Seconds at 80 % of lossproof's acked maximum after the ingest phase, with its worker lag "
-    "(0: skip).",
+    help="Seconds at 80 % of lossproof's measured rate (--steady-of) after the ingest phase, with its "
+    "worker lag (0: skip).",
+)
+@click.option(
+    "--steady-of",
+    type=click.Choice(["acked", "stored"]),
+    default="acked",
+    show_default=True,
+    help="The rate --steady takes 80 % of: lossproof's acked maximum, or its stored rate.",
 )
 @click.option("--series", type=click.IntRange(10, 1_000_000), default=10_000, show_default=True)
 @click.option(
@@ -1106,6 +1120,7 @@ def compare_cmd(
     duration: int,
     pool: int,
     steady: float,
+    steady_of: str,
     series: int,
     hours: float,
     repeat: int,
@@ -1122,7 +1137,8 @@ def compare_cmd(
     def say(msg: str) -> None:
         click.echo(f"  {msg}", err=True)
 
-    opts = Options(phase, duration, pool or duration * 600, steady, series, hours, repeat, work_dir, say)
+    pool = pool or duration * 600
+    opts = Options(phase, duration, pool, steady, steady_of, series, hours, repeat, work_dir, say)
     try:
         res = run(opts)
     except CompareFailed as e:
