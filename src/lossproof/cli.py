@@ -284,6 +284,7 @@ class BenchGroup(LazyGroup):
         "dashboard": "lossproof.bench.dashboard:dashboard_bench_cmd",
         "fuzz": "lossproof.bench.fuzz:fuzz_cmd",
         "cardinality": "lossproof.bench.cardinality:cardinality_cmd",
+        "compare": "lossproof.bench.compare:compare_cmd",
     }
 
 

@@ -1,0 +1,86 @@
+"""``lossproof bench compare`` runs end to end at tiny sizes against a real VictoriaMetrics and a real
+``lossproof up`` (the speeds are the benchmark's business, not asserted here); its hand-made
+remote-write bodies are what the protobuf classes read."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cramjam
+import pytest
+
+from lossproof.bench.compare import VM_BINARY, DataSet, ingest_series
+from lossproof.bench.rwbodies import SeriesSet, body_path, write_pool
+from lossproof.protocol import promrw
+from lptest import require, subprocess_env
+from lptest.cli import run_cli
+
+
+def test_bodies_decode_as_the_protobuf_classes_read_them(tmp_path: Path) -> None:
+    series = ingest_series()[:3]
+    sset = SeriesSet(series, 4, lambda j, k: j * 100 + k + 0.5)
+    t0 = 1_700_000_000_000
+    write_pool(tmp_path, sset, 2, t0, 1000)
+    req = promrw.WriteRequest()
+    req.ParseFromString(bytes(cramjam.snappy.decompress_raw(body_path(tmp_path, 1).read_bytes())))
+    assert len(req.timeseries) == 3
+    for j, ts in enumerate(req.timeseries):
+        assert {lb.name: lb.value for lb in ts.labels} == series[j]
+        assert ts.labels[0].name == "__name__"
+        # body 1 holds samples 4..7 of every series, one second apart
+        assert [(s.timestamp, s.value) for s in ts.samples] == [
+            (t0 + k * 1000, j * 100 + k + 0.5) for k in range(4, 8)
+        ]
+    with pytest.raises(ValueError, match="between 2004 and 2109"):
+        sset.raw(0, [1000, 2000, 3000, 4000])
+
+
+def test_data_set_selects_the_stated_series_counts() -> None:
+    data = DataSet(10_000, 24, 1_800_000_000_000)
+    assert data.counts() == {"m1": 1000, "m2": 7000, "m3": 1000, "m4": 1000}
+    assert data.samples_per_series == 5760 and data.total == 57_600_000
+    hosts = {s["host"] for s in data.labels() if s["__name__"] == "m3"}
+    assert len([h for h in hosts if h.startswith("h1")]) == 111
+
+
+def test_bad_option_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    r = run_cli(monkeypatch, capsys, "bench", "compare", "--hours", "0.1")
+    assert r.code != 0
+    assert "'--hours': 0.1 is not in the range" in r.err.strip().splitlines()[-1]
+
+
+@pytest.mark.process
+@pytest.mark.timeout(400)
+def test_bench_compare_tiny(tmp_path: Path) -> None:
+    require(Path(VM_BINARY).exists(), "victoria-metrics (Debian package)")
+    require(shutil.which("wrk"), "wrk (Debian package)")
+    argv = [sys.executable, "-m", "lossproof", "bench", "compare", "--work-dir", str(tmp_path)]
+    argv += ["--duration", "2", "--series", "50", "--hours", "1", "--repeat", "2", "--steady", "2", "--json"]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=380, env=subprocess_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout.strip().splitlines()
+    res = json.loads(out[-1])
+    assert "load average" in out[-2]
+    ing = res["ingest"]
+    for name in ("vm", "lossproof"):
+        t = ing[name]
+        assert t["acked_per_s"] > 0 and t["stored_per_s"] > 0, t
+        assert t["non_2xx"] == 0 and t["repeated_requests"] == 0, t
+    assert ing["ratio_acked"] > 0 and ing["ratio_stored"] > 0
+    assert ing["steady"]["acked_per_s"] > 0 and ing["steady"]["lag_samples"]
+    q = res["queries"]
+    assert q["all_agree"] is True, q["queries"]
+    assert len(q["queries"]) == 6
+    for row in q["queries"].values():
+        assert row["vm_ms"] > 0 and row["lossproof_ms"] > 0 and row["agree"], row
+    assert q["queries"]["rate_m1_1h"]["detail"].startswith("5 series")
+    assert q["concurrency"]["short_alone_ms"] > 0
+    d = q["disk"]
+    assert d["samples"] == 50 * 240
+    assert d["vm_bytes_per_sample"] > 0 and d["lossproof_store_bytes_per_sample"] > 0
+    assert "ingest vm:" in r.stderr and "ingest vm:" not in r.stdout  # progress goes to stderr
+    assert not list(tmp_path.iterdir())  # the temp dir is gone
