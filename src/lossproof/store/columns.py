@@ -75,26 +75,28 @@ def drop_stored(
     ts: chunks.I64,
     vs: chunks.F64,
     newest: dict[int, int],
-    stored_ts: Callable[[int, int, int], chunks.I64],
+    stored_ts: Callable[[list[tuple[int, int, int]]], list[chunks.I64]],
 ) -> tuple[chunks.I64, chunks.I64, chunks.F64]:
     """Drop the points whose (series, t) is already stored: first write wins.
 
     ``newest`` maps a series id to the highest t stored for it (absent: nothing stored). A series
     whose new points all come after it needs no more (the common case: one index seek per series,
-    done by the caller for all of them at once); for the others ``stored_ts(sid, t_min, t_max)``
-    gives the stored timestamps in that range, and the points at those are dropped."""
+    done by the caller for all of them at once); for the others ``stored_ts`` is given every
+    ``(series, t_min, t_max)`` of the batch at once and answers the stored timestamps of each in that
+    range, and the points at those are dropped."""
     starts, ends = chunks.series_bounds(sids)
-    keep: np.ndarray | None = None
-    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-        sid = int(sids[a])
-        top = newest.get(sid)
-        if top is None or int(ts[a]) > top:
-            continue
-        old = stored_ts(sid, int(ts[a]), int(ts[b - 1]))
+    check = [
+        (sid, a, b)
+        for sid, a, b in zip(sids[starts].tolist(), starts.tolist(), ends.tolist(), strict=True)
+        if sid in newest and int(ts[a]) <= newest[sid]
+    ]
+    if not check:
+        return sids, ts, vs
+    stored = stored_ts([(sid, int(ts[a]), int(ts[b - 1])) for sid, a, b in check])
+    keep = np.ones(len(ts), dtype=bool)
+    for (_, a, b), old in zip(check, stored, strict=True):
         if len(old):
-            if keep is None:
-                keep = np.ones(len(ts), dtype=bool)
             keep[a:b] = ~np.isin(ts[a:b], old, assume_unique=True)
-    if keep is None:
+    if keep.all():
         return sids, ts, vs
     return sids[keep], ts[keep], vs[keep]

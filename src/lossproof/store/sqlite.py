@@ -742,8 +742,15 @@ class SqliteStore(Store):
             cache.update(zip(missing, top.tolist(), strict=True))
         return np.array([cache[sid] for sid in ids], dtype=np.int64)
 
-    def _stored_ts(self, sid: int, from_ms: int, to_ms: int) -> chunks.I64:
-        return self._series_points([(sid, "", {})], from_ms, to_ms)[0][0]
+    def _stored_ts(self, items: list[tuple[int, int, int]]) -> list[chunks.I64]:
+        """The stored timestamps of each ``(series, from_ms, to_ms)``: one pass over the parts for
+        all of them (read over the union of their ranges, then cut)."""
+        lo, hi = min(f for _, f, _ in items), max(t for _, _, t in items)
+        got = self._series_points([(sid, "", {}) for sid, _, _ in items], lo, hi)
+        out = []
+        for (_, f, t), (ts, _) in zip(items, got, strict=True):
+            out.append(ts[(ts >= f) & (ts <= t)])
+        return out
 
     def _series_id(
         self,
