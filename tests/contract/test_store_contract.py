@@ -22,6 +22,7 @@ from lossproof.store.base import (
     MetricMetadata,
     Point,
     ReportWrite,
+    SeriesSamples,
     SpoolState,
     Store,
     WriteBatch,
@@ -643,3 +644,18 @@ def test_first_write_wins_across_two_writers(store_factory: StoreFactory) -> Non
     )
     [series] = a.query("t1", "cpu", *ALL, {})
     assert series.points == [(T0, 1.0), (T0 + 10, 2.0), (T0 + 20, 4.0)]
+
+
+def test_series_columns_are_stored_like_samples(store: Store) -> None:
+    """#15: a decoder may hand samples over as columns per series (remote write does); they are
+    idempotent per (series, t) like samples, and within a batch samples come before columns."""
+    cols = SeriesSamples("cpu", {"host": "h1"}, [T0, T0 + 1, T0 + 2], [1.0, math.nan, 3.0])
+    res = store.write_batch(WriteBatch(samples=[("t1", pt(T0 + 1, 9.0))], series=[("t1", cols)]))
+    assert res.points_written == 3
+    [series] = store.query("t1", "cpu", *ALL, {})
+    assert [t for t, _ in series.points] == [T0, T0 + 1, T0 + 2] and series.points[1][1] == 9.0
+    assert store.write_batch(WriteBatch(series=[("t1", cols)])).points_written == 0
+    bad = SeriesSamples("cpu", {"host": "h2"}, [T0, T0 + 1], [1.0])
+    with pytest.raises(ValueError):
+        store.write_batch(WriteBatch(series=[("t1", bad)]))
+    assert store.query("t1", "cpu", *ALL, {"host": "h2"}) == []

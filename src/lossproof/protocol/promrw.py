@@ -43,7 +43,7 @@ from lossproof.protocol.thirdparty import (
     fmt_float,
     time_error,
 )
-from lossproof.store.base import Point
+from lossproof.store.base import Point, SeriesSamples
 
 # -- the schema, as descriptors --------------------------------------------------------------------
 
@@ -636,16 +636,19 @@ def decode(body: bytes, proto: str) -> tuple[list[Point], list[Metadata]]:
     points: list[Point] = []
     metadata: list[Metadata] = []
     for chunk in iter_decode(body, proto):
-        points.extend(chunk.points)
+        for s in chunk.series:
+            points.extend(s.points())
         metadata.extend(chunk.metadata)
     return points, metadata
 
 
 class Chunk(NamedTuple):
     """A part of a decoded body: at most ``max_points`` points (a histogram is never split, so a
-    chunk may exceed it by one histogram's buckets), and the metadata in the last chunk only."""
+    chunk may exceed it by one histogram's buckets), and the metadata in the last chunk only. The
+    samples come as columns per series, in the body's order (a histogram as the series it becomes,
+    one sample each)."""
 
-    points: list[Point]
+    series: list[SeriesSamples]
     metadata: list[Metadata]
     size: int  # encoded bytes of the series these points came from
 
@@ -683,7 +686,8 @@ def iter_decode(
         blobs = _SeriesBlobs.FromString(body).v1
         parse_series = _V1_SERIES.FromString
     del body
-    out: list[Point] = []
+    out: list[SeriesSamples] = []
+    n_out = 0  # samples in out
     size = 0
     for blob in blobs:
         ts = parse_series(blob)
@@ -706,20 +710,24 @@ def iter_decode(
         samples = ts.samples
         i, n = 0, len(samples)
         while i < n:  # a series with more samples than a chunk holds is split
-            j = min(n, i + max_points - len(out))
-            out.extend([Point(name, labels, s.timestamp, s.value) for s in samples[i:j]])
+            j = min(n, i + max_points - n_out)
+            part = samples[i:j]
+            out.append(SeriesSamples(name, labels, [x.timestamp for x in part], [x.value for x in part]))
+            n_out += j - i
             i = j
-            if len(out) >= max_points:
+            if n_out >= max_points:
                 yield Chunk(out, [], size)
-                out, size = [], 0
+                out, n_out, size = [], 0, 0
         for h in ts.histograms:
-            out.extend(_histogram_points(name, labels, h))
-            if len(out) >= max_points:
+            hp = _histogram_points(name, labels, h)
+            out.extend(SeriesSamples(p.metric, p.labels, [p.t], [p.v]) for p in hp)
+            n_out += len(hp)
+            if n_out >= max_points:
                 yield Chunk(out, [], size)
-                out, size = [], 0
+                out, n_out, size = [], 0, 0
         if size >= max_bytes and out:
             yield Chunk(out, [], size)
-            out, size = [], 0
+            out, n_out, size = [], 0, 0
     yield Chunk(out, list(meta.values()), size)
 
 

@@ -100,6 +100,20 @@ class Point(msgspec.Struct, gc=False):
 
 
 @dataclass(slots=True)
+class SeriesSamples:
+    """Samples of one series as two columns: what a decoder hands over most cheaply (remote write
+    sends its samples grouped by series). Stored like :class:`Point` samples."""
+
+    metric: str
+    labels: dict[str, str]
+    t: Sequence[int]
+    v: Sequence[float]
+
+    def points(self) -> list[Point]:
+        return [Point(self.metric, self.labels, t, v) for t, v in zip(self.t, self.v, strict=True)]
+
+
+@dataclass(slots=True)
 class ReportWrite:
     """One agent report: stored whole, once, per (tenant, agent, incarnation, seq)."""
 
@@ -231,7 +245,10 @@ def latest_metadata(entries: Sequence[MetricMetadata]) -> list[MetricMetadata]:
 class WriteBatch:
     reports: list[ReportWrite] = field(default_factory=list)
     # Points without an agent seq (third-party protocols): idempotent by (tenant, series, t) only.
+    # Within a batch, of two with the same series and t the first wins: reports' points first, then
+    # samples, then series (a batch is one transaction: which of them came first is its own order).
     samples: list[tuple[str, Point]] = field(default_factory=list)
+    series: list[tuple[str, SeriesSamples]] = field(default_factory=list)
     lost: list[LostRange] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     gaps: list[LogGap] = field(default_factory=list)

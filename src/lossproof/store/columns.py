@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Callable, Iterable, Mapping
+from itertools import repeat
 from typing import Any
 
 import numpy as np
 
 from lossproof.store import chunks
-from lossproof.store.base import PointLike
+from lossproof.store.base import PointLike, SeriesSamples
 
 SeriesKey = tuple[Any, ...]  # (tenant, metric, *labels.items()) in the order the sender gave them
 # resolve(key, tenant, metric, labels) -> series id: the store's cache, then its series table
@@ -60,6 +61,22 @@ class Columns:
             sids(hit[0])
             ts(p.t)
             vs(p.v)
+
+    def add_series(
+        self, tenant: str, series: Iterable[SeriesSamples], known: Mapping[SeriesKey, int], resolve: Resolver
+    ) -> None:
+        """Append each series' columns: one look-up per series, the samples copied in C."""
+        for s in series:
+            key = (tenant, s.metric, *s.labels.items())
+            sid = known.get(key)
+            if sid is None:
+                sid = resolve(key, tenant, s.metric, s.labels)
+            n = len(s.t)
+            if len(s.v) != n:
+                raise ValueError(f"series {s.metric}: {n} timestamps, {len(s.v)} values")
+            self._sids.extend(repeat(sid, n))
+            self._ts.extend(s.t)
+            self._vs.extend(s.v)
 
     def sorted(self) -> tuple[chunks.I64, chunks.I64, chunks.F64]:
         """(series ids, timestamps, values) sorted by (series, t), one point per (series, t)."""

@@ -636,6 +636,8 @@ class PostgresStore(Store):
             )
         for tenant, p in batch.samples:
             self._point_rows(tenant, (p,), rows, pending, unresolved)
+        for tenant, series in batch.series:
+            self._point_rows(tenant, series.points(), rows, pending, unresolved)
         if unresolved:
             self._resolve_series(cur, unresolved, pending)
             for i, skey, *_ in unresolved:

@@ -594,6 +594,8 @@ class SqliteStore(Store):
             self._save_agent(key, new, spool, last_stored, first_seen, conflict_count)
         for tenant, group in itertools.groupby(batch.samples, key=operator.itemgetter(0)):
             cols.add(tenant, (p for _, p in group), self._series, resolve)
+        for tenant, runs in itertools.groupby(batch.series, key=operator.itemgetter(0)):
+            cols.add_series(tenant, (x for _, x in runs), self._series, resolve)
         written = self._write_points(cols, now)
 
         if batch.dead_letters:

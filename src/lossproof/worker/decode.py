@@ -17,6 +17,7 @@ from lossproof.store.base import (
     MetricMetadata,
     Point,
     ReportWrite,
+    SeriesSamples,
     SpoolState,
     WriteBatch,
 )
@@ -94,7 +95,7 @@ def _promrw_parts(env: native.Envelope, max_points: int, max_bytes: int) -> Iter
         promrw.snappy_decompress(env.body, MAX_DECODED), env.content_type, max_points, max_bytes
     )
     for c in chunks:
-        yield c.points, c.metadata, c.size
+        yield [], c.series, c.metadata, c.size
 
 
 def _otlp_parts(env: native.Envelope, max_points: int, max_bytes: int) -> Iterator[_Chunk]:
@@ -105,7 +106,7 @@ def _otlp_parts(env: native.Envelope, max_points: int, max_bytes: int) -> Iterat
     points = otlp.to_points(body, env.content_type)
     del body
     for i in range(0, max(len(points), 1), max_points):
-        yield points[i : i + max_points], [], size if i == 0 else 0
+        yield points[i : i + max_points], [], [], size if i == 0 else 0
 
 
 def _influx_parts(env: native.Envelope, max_points: int, max_bytes: int) -> Iterator[_Chunk]:
@@ -115,11 +116,12 @@ def _influx_parts(env: native.Envelope, max_points: int, max_bytes: int) -> Iter
     size = len(body)
     for points in influx.iter_points(body, p.get("precision", "ns"), env.received_ms, labels, max_points):
         # the decoded text is held throughout; attribute it to the first chunk
-        yield points, [], size
+        yield points, [], [], size
         size = 0
 
 
-_Chunk = tuple[list[Point], list[promrw.Metadata], int]
+# (points, series columns, metadata, decoded bytes)
+_Chunk = tuple[list[Point], list[SeriesSamples], list[promrw.Metadata], int]
 
 # Third-party protocols: samples without an agent seq, idempotent by (tenant, series, t), and
 # metric metadata (remote write), the last write winning.
@@ -156,11 +158,13 @@ def record_parts(
             decoder = _THIRD_PARTY.get(env.protocol)
             if decoder is None:
                 raise DecodeError(f"unknown protocol {env.protocol!r}")
-            for points, metadata, size in decoder(env, max_points, max_bytes):
-                part = WriteBatch(samples=[(tenant, p) for p in points])
+            for points, series, metadata, size in decoder(env, max_points, max_bytes):
+                part = WriteBatch(
+                    samples=[(tenant, p) for p in points], series=[(tenant, s) for s in series]
+                )
                 if metadata:
                     part.metadata = [MetricMetadata(tenant, *m) for m in metadata]
-                yield Part(part, len(points), size)
+                yield Part(part, len(points) + sum(len(s.t) for s in series), size)
             return
         req, report_decoder, body_size = _decode_native(env)
     except Exception as e:  # any failure to decode is poison data, never a reason to stop
@@ -210,6 +214,7 @@ def merge(into: WriteBatch, part: WriteBatch) -> None:
     """Append ``part``'s contents to ``into`` (keeping order: later spool states and metadata win)."""
     into.reports.extend(part.reports)
     into.samples.extend(part.samples)
+    into.series.extend(part.series)
     into.lost.extend(part.lost)
     into.dead_letters.extend(part.dead_letters)
     into.gaps.extend(part.gaps)
