@@ -659,3 +659,22 @@ def test_series_columns_are_stored_like_samples(store: Store) -> None:
     with pytest.raises(ValueError):
         store.write_batch(WriteBatch(series=[("t1", bad)]))
     assert store.query("t1", "cpu", *ALL, {"host": "h2"}) == []
+
+
+def test_packing_a_chunk_that_spans_windows_beside_other_series(store: Store) -> None:
+    """#15: a chunk reaching into two windows packs into two chunks (one more than it read); the
+    extra one's new id must not take an id another series' packed chunk keeps."""
+    base = (T0 // WINDOW) * WINDOW
+    for i in range(3):
+        samples = [
+            ("t1", pt(base + 10 + i, 1.0, host="a")),
+            ("t1", pt(base + WINDOW + 10 + i, 2.0, host="a")),
+        ]
+        samples += [("t1", pt(base + 20 + i, 3.0, host=h)) for h in ("b", "c", "d")]
+        store.write_batch(WriteBatch(samples=samples, now_ms=i))
+    before = _snapshot(store)
+    calls = 0
+    while store.compact(now_ms=base + 6 * WINDOW).more:
+        calls += 1
+        assert calls < 100
+    assert _snapshot(store) == before

@@ -40,8 +40,8 @@ class Columns:
         self, tenant: str, points: Iterable[PointLike], known: Mapping[SeriesKey, int], resolve: Resolver
     ) -> None:
         """Append ``points``; a series is looked up in ``known`` (the store's cache), else resolved."""
-        # The hot loop. Decoders hand over one labels dict per series, shared by its points (remote
-        # write, OTLP): the id of that dict, while the points keep it alive, stands for the series,
+        # The hot loop. A decoder may hand over one labels dict per series, shared by its points (as
+        # OTLP does): the id of that dict, while the points keep it alive, stands for the series,
         # so the key tuple is built once per series rather than once per point.
         sids, ts, vs = self._sids.append, self._ts.append, self._vs.append
         known_get = known.get

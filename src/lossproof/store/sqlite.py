@@ -949,6 +949,8 @@ class SqliteStore(Store):
             mine = free[sid]
             out.append((mine.pop() if mine else None, sid, int(ts[a]), int(ts[b - 1]), b - a, data))
         con.executemany("DELETE FROM chunks WHERE id = ?", [(int(cid),) for cid in ids])
+        # reused ids first: a new id (max + 1) could otherwise take one of them before its turn
+        out.sort(key=lambda row: row[0] is None)
         con.executemany(
             "INSERT INTO chunks (id, series_id, t_min, t_max, n, data) VALUES (?, ?, ?, ?, ?, ?)", out
         )
