@@ -6,15 +6,25 @@ rules as the embedded store: the ledger transition is :func:`lossproof.store.led
 Writes
     One ``write_batch`` is one READ COMMITTED transaction: take a transaction-scoped advisory lock
     per (tenant, agent) of the batch, in a fixed order; read those agents' ledgers (now nobody
-    else can change them until we commit); decide which reports are new; resolve series ids; COPY
-    the new points (binary) into a per-connection temp staging table; ``INSERT INTO points SELECT
-    ... ORDER BY series_id, t, ctid ON CONFLICT DO NOTHING`` (first write wins, also inside the
-    batch); write ledger rows, agent summaries, dead letters, log gaps and metric metadata
-    (upserted, the last write winning); commit. So with any number of writers in any number of
-    processes and machines, a report is stored once: the second writer of the same seq waits on the
-    lock, then sees it stored and skips it. Rows are inserted in key order everywhere, so writers do
-    not deadlock on each other's rows; a deadlock or serialization failure anyway is retried as a
-    fresh transaction.
+    else can change them until we commit); decide which reports are new; turn their points and the
+    batch's samples into columns (:class:`~lossproof.store.columns.Columns`), series ids resolved
+    in bulk; drop the points already stored (one statement: the newest t stored of every series of
+    the batch, one index seek each; the chunks of the few series whose new points do not all come
+    after it); COPY (binary) one chunk row per series; write ledger rows, agent summaries, dead
+    letters, log gaps and metric metadata (upserted, the last write winning); commit. So with any
+    number of writers in any number of processes and machines, a report is stored once: the second
+    writer of the same seq waits on the lock, then sees it stored and skips it. Rows are inserted in
+    key order everywhere, so writers do not deadlock on each other's rows; a deadlock or
+    serialization failure anyway is retried as a fresh transaction.
+
+Layout
+    ``chunks`` holds one row per series per batch (see chunks.py): ``(id, series_id, t_min, t_max,
+    n, data)``, found through the index (series_id, t_max, t_min). A sample is visible once per
+    (series, t): writers drop what is stored (above), and readers merge a series' chunks keeping
+    for each t the lowest chunk id. Two writers of *samples* (no agent seq, so no lock) of the same
+    series and t racing may both insert it; readers still show it once (the chunk with the lower
+    id, which is not necessarily the first committed one). :meth:`PostgresStore.compact` merges a
+    series' chunks into one packed chunk per two-hour window.
 
 Series ids
     ``series`` is unique on (tenant, metric, SHA-256 of the canonical labels JSON). Ids unknown to
@@ -22,13 +32,10 @@ Series ids
     key order), select again for the ones a concurrent writer inserted meanwhile. Ids are cached
     only after the transaction that used them committed.
 
-Partitions
-    ``points`` is range-partitioned by UTC day of ``t``. Before the data transaction, any day the
-    batch needs that this process has not seen yet is created in its own short transaction under
-    an advisory lock (create table, then ``ATTACH PARTITION``, which only takes SHARE UPDATE
-    EXCLUSIVE on ``points``, so writers and readers go on meanwhile). Every few minutes a writer
-    also creates today's and tomorrow's partitions ahead and drops those older than
-    ``retention_days`` (0: keep everything).
+Retention
+    Every few minutes a writer (and ``lossproof store maintain``) deletes the chunks whose newest
+    point is older than ``retention_days`` (0: keep everything), a bounded transaction at a time.
+    Any int64 time is stored; nothing needs creating ahead of time.
 
 Failures
     Connection errors, server shutdown or restart, timeouts, lock or resource trouble, read-only
@@ -41,24 +48,30 @@ Schema
     Versioned migrations in :mod:`lossproof.store.pg_migrations`, applied by ``lossproof store
     migrate``. A writer opening an empty database (the schema does not exist or holds nothing)
     installs the current version itself, like the embedded store does; a database at an older
-    version is refused until it is migrated, one at a newer version always.
+    version is refused until it is migrated, one at a newer version always. From version 3 (one
+    row per point in ``points``, partitioned by day) ``store migrate`` also moves the points into
+    chunks (:func:`move_points`: resumable, a bounded transaction at a time); until that is done a
+    worker or reader refuses the schema as it refuses an older version, with the same advice, and
+    ``store migrate`` run again goes on where it stopped.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import math
+import operator
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
+import numpy as np
 import psycopg
 import psycopg_pool
 from psycopg import errors as pg_errors
@@ -68,6 +81,7 @@ from psycopg.conninfo import conninfo_to_dict
 from lossproof.faults import crash_point
 from lossproof.log.base import LogGap
 from lossproof.obs.logging import get
+from lossproof.store import chunks
 from lossproof.store import ledger as lg
 from lossproof.store import pg_migrations as mig
 from lossproof.store.base import (
@@ -77,11 +91,9 @@ from lossproof.store.base import (
     Ledger,
     Matcher,
     MetricMetadata,
-    PointLike,
     SeqRange,
-    Series,
+    SeriesArrays,
     SpoolState,
-    SteppedSeries,
     Store,
     StoreError,
     StoreSchemaError,
@@ -94,16 +106,15 @@ from lossproof.store.base import (
     matches_all,
     series_key_bytes,
 )
+from lossproof.store.columns import Columns, drop_stored
 
 log = get(__name__)
 
-LOCK_PARTITIONS = 2
 DAY_MS = mig.DAY_MS
 INT8_MIN, INT8_MAX = -(2**63), 2**63 - 1
-# partitions are named by date: years 1..9999
-MIN_DAY = (datetime(1, 1, 1, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)).days
-MAX_DAY = (datetime(9999, 12, 31, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)).days
 MAINTENANCE_EVERY_S = 300.0
+RETENTION_CHUNKS = 50_000  # chunks deleted by retention per transaction
+MOVE_POINTS = 1_000_000  # version 3 points moved into chunks per transaction (see move_points)
 TX_ATTEMPTS = 5  # deadlock / serialization failure: retried as a fresh transaction this many times
 
 _LABELS_ENCODER = msgspec.json.Encoder(order="sorted")
@@ -118,6 +129,8 @@ def pg_text(s: str) -> str:
 
 
 _SeriesKey = tuple[Any, ...]  # (tenant, metric, *labels.items()) in the caller's label order
+# a series new to this process: (key, tenant, metric, labels)
+_Unresolved = tuple[_SeriesKey, str, str, dict[str, str]]
 _LedgerRow = lg.LedgerRow
 _AgentKey = tuple[str, str, str]  # (tenant, agent, incarnation)
 _AGENT_COLUMNS = (
@@ -136,15 +149,20 @@ _Conn = psycopg.Connection[Any]
 # constraint violations, program limits (e.g. an index row too large). Anything else from the
 # server (connection, shutdown, resources, locks, privileges, read-only standby, ...) is transient.
 _DATA_CLASSES = ("22", "23", "54")
-_NO_PARTITION = "no partition of relation"
 
-_STAGING = (
-    "CREATE TEMP TABLE IF NOT EXISTS lp_staging"
-    " (series_id bigint, t bigint, v double precision) ON COMMIT DELETE ROWS"
+_COPY_CHUNKS = "COPY chunks (series_id, t_min, t_max, n, data) FROM STDIN (FORMAT BINARY)"
+_CHUNK_TYPES = ["int8", "int8", "int8", "int4", "bytea"]
+# Of the series ?1[i] whose new points start at ?2[i]: those with a point stored at or after it
+# (their newest t): one backward index seek per series, and in the common case no row comes back.
+_NEWEST = (
+    "SELECT q.s, m.t FROM unnest(%s::bigint[], %s::bigint[]) AS q(s, first)"
+    " CROSS JOIN LATERAL (SELECT max(t_max) AS t FROM chunks WHERE series_id = q.s) AS m"
+    " WHERE m.t >= q.first"
 )
-_MERGE = (
-    "INSERT INTO points (series_id, t, v) SELECT series_id, t, v FROM lp_staging"
-    " ORDER BY series_id, t, ctid ON CONFLICT DO NOTHING"
+# The chunks of series s[i] that may hold points in [a[i], b[i]]: an index range per series.
+_CHUNKS_IN = (
+    "SELECT c.series_id, c.id, c.data FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS q(s, a, b)"
+    " JOIN chunks c ON c.series_id = q.s AND c.t_max >= q.a AND c.t_min <= q.b"
 )
 # The last write wins; an unchanged row is not rewritten (senders repeat their metadata every minute).
 _UPSERT_METADATA = (
@@ -153,6 +171,15 @@ _UPSERT_METADATA = (
     " WHERE (metadata.type, metadata.help, metadata.unit)"
     " IS DISTINCT FROM (excluded.type, excluded.help, excluded.unit)"
 )
+
+
+class Retention(NamedTuple):
+    """What :meth:`PostgresStore.maintain` deleted: the chunks whose newest point was before
+    ``before_ms`` (None: retention is off)."""
+
+    before_ms: int | None
+    chunks: int
+    points: int
 
 
 def describe_dsn(dsn: str) -> str:
@@ -176,7 +203,7 @@ def _one_line(e: BaseException) -> str:
 def _is_data_error(e: psycopg.Error) -> bool:
     if e.sqlstate is None:  # raised by the driver itself: a value it cannot send (e.g. a NUL in text)
         return isinstance(e, psycopg.DataError)
-    return e.sqlstate[:2] in _DATA_CLASSES and _NO_PARTITION not in str(e)
+    return e.sqlstate[:2] in _DATA_CLASSES
 
 
 _LIBPQ_NOISE = re.compile(
@@ -207,14 +234,12 @@ def open_connection(dsn: str, connect_timeout: float) -> _Conn:
 
 
 def migrate(dsn: str, schema: str = "lossproof", connect_timeout: float = 10.0) -> tuple[int, int]:
-    """Apply pending migrations; returns (version before, version after)."""
+    """Apply pending migrations, then move version 3's points into chunks (:func:`move_points`);
+    returns (version before, version after)."""
     conn = open_connection(dsn, connect_timeout)
     try:
         before, after = mig.migrate(conn, schema)
-        with conn.transaction():
-            conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
-            days = {time.time_ns() // 1_000_000 // DAY_MS + k for k in (0, 1)}
-            _create_partitions(conn, days)
+        move_points(conn, schema)
         return before, after
     except StoreError:
         raise
@@ -224,46 +249,101 @@ def migrate(dsn: str, schema: str = "lossproof", connect_timeout: float = 10.0) 
         conn.close()
 
 
-def _partition_name(day: int) -> str:
-    return "points_p" + datetime.fromtimestamp(day * 86_400, UTC).strftime("%Y%m%d")
+def copy_chunks(cur: psycopg.Cursor[Any], rows: Iterable[chunks.EncodedChunk]) -> None:
+    """Insert chunk rows (binary COPY): ids in the order given."""
+    with cur.copy(_COPY_CHUNKS) as copy:
+        copy.set_types(_CHUNK_TYPES)
+        write = copy.write_row
+        for row in rows:
+            write(row)
 
 
-def _create_partitions(conn: _Conn, days: Iterable[int]) -> list[int]:
-    """Create the missing day partitions (inside the caller's transaction); returns those created.
-
-    Race-free: serialized by an advisory lock, each checked again under it."""
-    created: list[int] = []
-    conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (mig.LOCK_CLASS, LOCK_PARTITIONS))
-    existing = set(_existing_partitions(conn))
-    for day in sorted(set(days)):
-        if day in existing:
-            continue
-        name = sql.Identifier(_partition_name(day))
-        conn.execute(sql.SQL("CREATE TABLE {} (LIKE points INCLUDING ALL)").format(name))
-        conn.execute(
-            sql.SQL("ALTER TABLE points ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
-                name, sql.Literal(day * DAY_MS), sql.Literal((day + 1) * DAY_MS)
-            )
-        )
-        created.append(day)
-    return created
+# A row of ``COPY (SELECT series_id, t, v ...) TO STDOUT (FORMAT BINARY)``: field count, then
+# each field's length and value, big-endian (none is NULL: the columns are NOT NULL).
+_POINT_ROW = np.dtype(
+    [("nf", ">i2"), ("l1", ">i4"), ("s", ">i8"), ("l2", ">i4"), ("t", ">i8"), ("l3", ">i4"), ("v", ">f8")]
+)
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00"
 
 
-def _existing_partitions(conn: _Conn) -> list[int]:
-    """Day numbers of the partitions of ``points`` in the current schema."""
-    rows = conn.execute(
-        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-        " WHERE i.inhparent = 'points'::regclass"
-    ).fetchall()
-    days = []
-    for (name,) in rows:
-        stamp = str(name).removeprefix("points_p")
-        try:
-            dt = datetime.strptime(stamp, "%Y%m%d").replace(tzinfo=UTC)
-        except ValueError:
-            continue
-        days.append(int(dt.timestamp()) // 86_400)
-    return days
+def _read_points(
+    cur: psycopg.Cursor[Any], query: sql.Composable
+) -> tuple[chunks.I64, chunks.I64, chunks.F64]:
+    """(series ids, times, values) of a query over ``points``, read as binary COPY into numpy."""
+    with cur.copy(sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(query)) as copy:
+        data = b"".join(bytes(block) for block in copy)
+    if not data.startswith(_COPY_HEADER):
+        raise StoreError("unexpected COPY output reading version 3 points")
+    head = len(_COPY_HEADER) + 4
+    head += 4 + int.from_bytes(data[head : head + 4], "big")  # header extension
+    count = (len(data) - head - 2) // _POINT_ROW.itemsize
+    rows = np.frombuffer(data, dtype=_POINT_ROW, count=count, offset=head)
+    return rows["s"].astype(np.int64), rows["t"].astype(np.int64), rows["v"].astype(np.float64)
+
+
+def move_points(conn: _Conn, schema: str, limit: int | None = None) -> int:
+    """Version 3 -> 4: move the per-point table ``points`` into chunks; returns the points moved.
+
+    Each transaction takes the migration lock, then moves the first ``limit`` points (in key
+    order: (series_id, t)) of the oldest day partition into one raw chunk per series and deletes
+    them, so that a crash, kill or error leaves every point in exactly one of the two tables, and
+    the next ``store migrate`` goes on from there (concurrent runs take turns). Empty partitions
+    are dropped; the last transaction drops ``points``. Progress is logged per transaction.
+    Compaction packs the chunks afterwards, like the worker's."""
+    limit = limit or MOVE_POINTS
+    ident = sql.Identifier(schema)
+    moved = 0
+    total: int | None = None
+    while True:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (mig.LOCK_CLASS, mig.LOCK_MIGRATE))
+            conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(ident))
+            if not mig.points_pending(conn, schema):
+                break
+            parts = [
+                str(r[0])
+                for r in conn.execute(
+                    "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                    " WHERE i.inhparent = 'points'::regclass ORDER BY c.relname"
+                )
+            ]
+            if total is None and parts:
+                row = conn.execute(
+                    "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint FROM pg_inherits i"
+                    " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'points'::regclass"
+                ).fetchone()
+                total = int(row[0]) if row else 0
+                log.info("store.upgrade_started", schema=schema, from_version=3, to_version=4, points=total)
+            cur = conn.cursor()
+            n = 0
+            name = ""
+            for name in parts:
+                part = sql.Identifier(name)
+                sids, ts, vs = _read_points(
+                    cur,
+                    sql.SQL("SELECT series_id, t, v FROM {} ORDER BY series_id, t LIMIT {}").format(
+                        part, sql.Literal(limit)
+                    ),
+                )
+                if not len(ts):
+                    conn.execute(sql.SQL("DROP TABLE {}").format(part))
+                    continue
+                n = len(ts)
+                sids, ts, vs = chunks.sort_dedup(sids, ts, vs)
+                copy_chunks(cur, chunks.encode_batch(sids, ts, vs))
+                cur.execute(
+                    sql.SQL("DELETE FROM {} WHERE (series_id, t) <= (%s, %s)").format(part),
+                    (int(sids[-1]), int(ts[-1])),
+                )
+                break
+            if not n:
+                conn.execute("DROP TABLE points")
+                if total is not None:
+                    log.info("store.upgrade_done", schema=schema, points=moved)
+                break
+        moved += n
+        log.info("store.upgrade_progress", schema=schema, points=moved, of=total, partition=name)
+    return moved
 
 
 class PostgresStore(Store):
@@ -290,7 +370,6 @@ class PostgresStore(Store):
         self._series: dict[_SeriesKey, int] = {}
         self._series_bytes = 0  # series_key_bytes of the entries
         self._labels: dict[int, dict[str, str]] = {}
-        self._partitions: set[int] = set()
         self._lock = threading.Lock()  # one write at a time
         self._next_maintenance = 0.0
 
@@ -299,9 +378,6 @@ class PostgresStore(Store):
             self._check_schema(conn)
             if not readonly:
                 self._warn_if_not_durable(conn)
-            with conn.transaction():
-                conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
-                self._partitions = set(_existing_partitions(conn))
         except psycopg.Error as e:
             raise StoreError(f"PostgreSQL {self._where}: {_one_line(e)}") from None
         finally:
@@ -322,7 +398,6 @@ class PostgresStore(Store):
         if self.readonly:
             conn.execute("SET default_transaction_read_only = on")
         else:
-            conn.execute(_STAGING)
             # A commit must be on disk before the worker commits its log offsets past the batch:
             # with synchronous_commit=off (a common server, role or PGOPTIONS tweak) a power loss
             # drops recent commits whose log records may already be gone. "local" and the
@@ -345,6 +420,7 @@ class PostgresStore(Store):
         version = mig.schema_state(conn, self.schema)
         if version is None and not self.readonly:
             before, after = mig.migrate(conn, self.schema)
+            move_points(conn, self.schema)  # nothing to move in an empty database: drops the empty table
             if before == 0:
                 log.info("store.schema_installed", schema=self.schema, version=after, db=self._where)
             version = after
@@ -357,6 +433,11 @@ class PostgresStore(Store):
             raise StoreSchemaError(
                 f'PostgreSQL {self._where}: schema "{self.schema}" is at version {version}, this'
                 f" lossproof needs {mig.LATEST}; run `lossproof store migrate`"
+            )
+        if mig.points_pending(conn, self.schema):
+            raise StoreSchemaError(
+                f'PostgreSQL {self._where}: schema "{self.schema}" still holds points of version 3 not'
+                " yet moved into chunks; run `lossproof store migrate` (it goes on where it stopped)"
             )
 
     def _new_pool(self) -> psycopg_pool.ConnectionPool[_Conn]:
@@ -454,58 +535,23 @@ class PostgresStore(Store):
         if self.readonly:
             raise StoreError("store opened readonly")
         with self._lock:
-            try:
-                return self._write(batch)
-            except StoreUnavailable:
-                self._partitions.clear()  # the database may have been restored or replaced
-                raise
-
-    def _write(self, batch: WriteBatch) -> WriteResult:
-        self._ensure_partitions(batch)
-        for attempt in range(1, TX_ATTEMPTS + 1):
-            pending: dict[_SeriesKey, int] = {}
-            retry = False
-            with self._conn() as conn:
-                try:
-                    with conn.transaction():
-                        result = self._apply(conn, batch, pending)
-                        crash_point("store.before_commit")  # chaos scenario 2: kill -9 in the transaction
-                except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as e:
-                    if attempt == TX_ATTEMPTS:
-                        raise
-                    log.warning("store.tx_retry", error=_one_line(e), attempt=attempt)
-                    retry = True
-                except psycopg.Error as e:
-                    if _NO_PARTITION not in str(e) or attempt == TX_ATTEMPTS:
-                        raise
-                    retry = True  # dropped by retention meanwhile (old data): look again
-                    self._partitions.clear()
-            if retry:
-                self._ensure_partitions(batch)
-                continue
-            # Only ids of committed series may be cached.
-            self._cache_series(pending)
-            self._maybe_maintain()
-            return result
+            for attempt in range(1, TX_ATTEMPTS + 1):
+                pending: dict[_SeriesKey, int] = {}
+                with self._conn() as conn:
+                    try:
+                        with conn.transaction():
+                            result = self._apply(conn, batch, pending)
+                            crash_point("store.before_commit")  # chaos scenario 2: kill -9 in the transaction
+                    except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as e:
+                        if attempt == TX_ATTEMPTS:
+                            raise
+                        log.warning("store.tx_retry", error=_one_line(e), attempt=attempt)
+                        continue
+                # Only ids of committed series may be cached.
+                self._cache_series(pending)
+                self._maybe_maintain()
+                return result
         raise AssertionError("unreachable")
-
-    def _ensure_partitions(self, batch: WriteBatch) -> None:
-        days: set[int] = set()
-        for r in batch.reports:
-            days.update({p.t // DAY_MS for p in r.points})
-        days.update({p.t // DAY_MS for _, p in batch.samples})
-        need = days - self._partitions
-        if not need:
-            return
-        if min(need) < MIN_DAY or max(need) > MAX_DAY:
-            bad = min(need) if min(need) < MIN_DAY else max(need)
-            raise StoreError(f"a point's time (day {bad} since 1970) is outside the years 1-9999")
-        with self._conn() as conn, conn.transaction():
-            created = _create_partitions(conn, need)
-            known = _existing_partitions(conn)
-        self._partitions.update(known)
-        if created:
-            log.info("store.partitions_created", days=[_partition_name(d) for d in created])
 
     def _apply(self, conn: _Conn, batch: WriteBatch, pending: dict[_SeriesKey, int]) -> WriteResult:
         now = batch.now_ms
@@ -537,8 +583,9 @@ class PostgresStore(Store):
                 others = [tuple(r) for r in cur.fetchall() if tuple(r) not in work]
                 self._read_agents(cur, others, summaries, old_rows)
 
-        rows: list[tuple[int | None, int, float]] = []
-        unresolved: list[tuple[int, _SeriesKey, str, str, dict[str, str]]] = []
+        cols = Columns()
+        unresolved: list[_Unresolved] = []
+        resolve = partial(self._resolve, {}, unresolved)
         stored_count = duplicates = conflicts = 0
         ledgers: dict[_AgentKey, tuple[Ledger, SpoolState | None, int, int, int]] = {}
         digest_rows: list[tuple[str, str, str, int, bytes]] = []
@@ -565,7 +612,7 @@ class PostgresStore(Store):
             duplicates += got.duplicates
             conflicts += len(got.conflicts)
             for r, _ in got.new.values():
-                self._point_rows(tenant, r.points, rows, pending, unresolved)
+                cols.add(tenant, r.points, resolve)
             digest_rows += [(tenant, agent, inc, seq, d) for seq, (_, d) in got.new.items()]
             conflict_rows += [
                 (tenant, agent, inc, r.seq, d, encode_points(r.points), len(r.points), now)
@@ -634,23 +681,11 @@ class PostgresStore(Store):
                     conflict_count,
                 )
             )
-        for tenant, p in batch.samples:
-            self._point_rows(tenant, (p,), rows, pending, unresolved)
+        for tenant, group in itertools.groupby(batch.samples, key=operator.itemgetter(0)):
+            cols.add(tenant, (p for _, p in group), resolve)
         if unresolved:
             self._resolve_series(cur, unresolved, pending)
-            for i, skey, *_ in unresolved:
-                _, t, v = rows[i]
-                rows[i] = (pending[skey], t, v)
-
-        written = 0
-        if rows:
-            with cur.copy("COPY lp_staging (series_id, t, v) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(["int8", "int8", "float8"])
-                write = copy.write_row
-                for row in rows:
-                    write(row)
-            cur.execute(_MERGE)
-            written = cur.rowcount
+        written = self._write_points(cur, cols, [pending[u[0]] for u in unresolved])
 
         if gone:
             cur.executemany(
@@ -743,36 +778,74 @@ class PostgresStore(Store):
         )
         return {int(seq): bytes(d) for seq, d in cur.fetchall()}
 
-    def _point_rows(
+    def _resolve(
         self,
+        provisional: dict[_SeriesKey, int],
+        unresolved: list[_Unresolved],
+        key: _SeriesKey,
         tenant: str,
-        points: Iterable[PointLike],
-        out: list[tuple[int | None, int, float]],
-        pending: dict[_SeriesKey, int],
-        unresolved: list[tuple[int, _SeriesKey, str, str, dict[str, str]]],
-    ) -> None:
-        # The hot loop: one dict lookup per point; unknown series are resolved afterwards in bulk.
-        get = self._series.get
-        append = out.append
-        for p in points:
-            key = (tenant, p.metric, *p.labels.items())
-            sid = get(key)
+        metric: str,
+        labels: dict[str, str],
+    ) -> int:
+        """A series' id for :class:`Columns`: cached, else a provisional one, ``-1 - k`` for
+        ``unresolved[k]`` (resolved afterwards in bulk by :meth:`_resolve_series`)."""
+        sid = self._series.get(key)
+        if sid is None:
+            sid = provisional.get(key)
             if sid is None:
-                sid = pending.get(key)
-                if sid is None:
-                    unresolved.append((len(out), key, tenant, p.metric, p.labels))
-            append((sid, p.t, p.v))
+                sid = provisional[key] = -1 - len(unresolved)
+                unresolved.append((key, tenant, metric, labels))
+        return sid
+
+    def _write_points(self, cur: psycopg.Cursor[Any], cols: Columns, ids: Sequence[int]) -> int:
+        """Write the columns (provisional series ids mapped through ``ids``) as one chunk per series,
+        minus the points already stored; returns how many points were written."""
+        if not len(cols):
+            return 0
+        sids, ts, vs = cols.sorted(ids)
+        starts, ends = chunks.series_bounds(sids)
+        cur.execute(_NEWEST, (sids[starts].tolist(), ts[starts].tolist()))
+        newest = {int(sid): int(t) for sid, t in cur.fetchall()}
+        if newest:
+            stored = self._chunks_of(cur.connection, newest, sids, ts, starts, ends)
+            sids, ts, vs = drop_stored(
+                sids, ts, vs, newest, lambda sid, a, b: chunks.merge(stored.get(sid, ()), a, b)[0]
+            )
+        if len(ts):
+            copy_chunks(cur, chunks.encode_batch(sids, ts, vs))
+        return len(ts)
+
+    @staticmethod
+    def _chunks_of(
+        conn: _Conn,
+        which: Container[int],
+        sids: chunks.I64,
+        ts: chunks.I64,
+        starts: chunks.I64,
+        ends: chunks.I64,
+    ) -> dict[int, list[tuple[int, bytes]]]:
+        """The stored chunks ``(id, data)`` overlapping the new points of the series in ``which``
+        (columns sorted by series), per series: one statement."""
+        pick = [i for i, sid in enumerate(sids[starts].tolist()) if sid in which]
+        first = ts[starts[pick]].tolist()
+        last = ts[ends[pick] - 1].tolist()
+        out: dict[int, list[tuple[int, bytes]]] = {}
+        bcur = conn.cursor(binary=True)
+        bcur.execute(_CHUNKS_IN, (sids[starts[pick]].tolist(), first, last))
+        for sid, cid, data in bcur:
+            out.setdefault(int(sid), []).append((int(cid), bytes(data)))
+        return out
 
     def _resolve_series(
         self,
         cur: psycopg.Cursor[Any],
-        unresolved: list[tuple[int, _SeriesKey, str, str, dict[str, str]]],
+        unresolved: list[_Unresolved],
         pending: dict[_SeriesKey, int],
     ) -> None:
         """Ids for the series keys in ``unresolved`` into ``pending``: existing rows, else new ones."""
         by_ident: dict[tuple[str, str, bytes], list[_SeriesKey]] = {}
         labels_of: dict[tuple[str, str, bytes], str] = {}
-        for _, skey, tenant, metric, labels in unresolved:
+        for skey, tenant, metric, labels in unresolved:
             if skey in pending:
                 continue
             labels_json = _LABELS_ENCODER.encode(labels)  # NUL is escaped in JSON: kept as is
@@ -832,37 +905,30 @@ class PostgresStore(Store):
         except StoreError as e:
             log.warning("store.maintenance_failed", error=str(e))
 
-    def maintain(self, now_ms: int | None = None) -> tuple[list[str], list[str]]:
-        """Create today's and tomorrow's partitions, drop those past retention.
-
-        Returns (created, dropped) partition names."""
+    def maintain(self, now_ms: int | None = None) -> Retention:
+        """Delete the chunks whose newest point is older than ``retention_days`` (0: nothing), in
+        transactions of at most ``RETENTION_CHUNKS`` chunks. Returns what was deleted."""
+        if self.retention_days <= 0:
+            return Retention(None, 0, 0)
         now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-        today = now_ms // DAY_MS
-        dropped: list[str] = []
+        horizon = max(now_ms - int(self.retention_days * DAY_MS), INT8_MIN)
+        deleted = points = 0
         with self._conn() as conn:
-            with conn.transaction():
-                conn.execute("SET LOCAL lock_timeout = '5s'")
-                created = _create_partitions(conn, [today, today + 1])
-                existing = _existing_partitions(conn)
-            if self.retention_days > 0:
-                horizon = now_ms - int(self.retention_days * DAY_MS)
-                for day in sorted(existing):
-                    if (day + 1) * DAY_MS > horizon:
-                        continue
-                    name = _partition_name(day)
-                    with conn.transaction():
-                        conn.execute("SET LOCAL lock_timeout = '5s'")
-                        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
-                    dropped.append(name)
-            with conn.transaction():
-                self._partitions = set(_existing_partitions(conn))
-        if created or dropped:
-            log.info(
-                "store.partitions_maintained",
-                created=[_partition_name(d) for d in created],
-                dropped=dropped,
-            )
-        return [_partition_name(d) for d in created], dropped
+            while True:
+                with conn.transaction():
+                    conn.execute("SET LOCAL lock_timeout = '5s'")
+                    rows = conn.execute(
+                        "DELETE FROM chunks WHERE id IN"
+                        " (SELECT id FROM chunks WHERE t_max < %s LIMIT %s) RETURNING n",
+                        (horizon, RETENTION_CHUNKS),
+                    ).fetchall()
+                deleted += len(rows)
+                points += sum(int(n) for (n,) in rows)
+                if len(rows) < RETENTION_CHUNKS:
+                    break
+        if deleted:
+            log.info("store.retention_deleted", chunks=deleted, points=points, before_ms=horizon)
+        return Retention(horizon, deleted, points)
 
     # --- reads ---------------------------------------------------------------------------------
 
@@ -870,38 +936,6 @@ class PostgresStore(Store):
         with self._conn() as conn, conn.transaction():
             rows = conn.execute(query, params).fetchall()
         return rows
-
-    def query(
-        self, tenant: str, metric: str, from_ms: int, to_ms: int, labels: dict[str, str]
-    ) -> list[Series]:
-        from_ms, to_ms = max(from_ms, INT8_MIN), min(to_ms, INT8_MAX)
-        out: list[Series] = []
-        if from_ms > to_ms:
-            return out
-        want = labels.items()
-        chosen: dict[int, dict[str, str]] = {}
-        rows: list[tuple[Any, ...]] = []
-        with self._conn() as conn, conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # one snapshot
-            candidates = conn.execute(
-                "SELECT id, labels_json FROM series WHERE tenant = %s AND metric = %s", (tenant, metric)
-            ).fetchall()
-            for sid, labels_json in candidates:
-                lab = self._labels_of(sid, labels_json)
-                if want <= lab.items():
-                    chosen[sid] = lab
-            if chosen:
-                cur = conn.cursor(binary=True)
-                cur.execute(
-                    "SELECT series_id, array_agg(t ORDER BY t), array_agg(v ORDER BY t) FROM points"
-                    " WHERE series_id = ANY(%s) AND t >= %s AND t <= %s GROUP BY series_id",
-                    (list(chosen), from_ms, to_ms),
-                )
-                rows = cur.fetchall()
-        for sid, ts, vs in rows:
-            out.append(Series(metric=metric, labels=dict(chosen[sid]), points=list(zip(ts, vs, strict=True))))
-        out.sort(key=lambda s: sorted(s.labels.items()))
-        return out
 
     # --- reads for PromQL selectors and the dashboard ----------------------------------------------
 
@@ -949,74 +983,34 @@ class PostgresStore(Store):
         rows = self._fetch("SELECT DISTINCT metric FROM series WHERE tenant = %s", (tenant,))
         return sorted(m for (m,) in rows)  # Python's order (code points), whatever the collation
 
-    def select(self, tenant: str, matchers: Sequence[Matcher], from_ms: int, to_ms: int) -> list[Series]:
+    def select_arrays(
+        self, tenant: str, matchers: Sequence[Matcher], from_ms: int, to_ms: int
+    ) -> list[SeriesArrays]:
         from_ms, to_ms = max(from_ms, INT8_MIN), min(to_ms, INT8_MAX)
         if from_ms > to_ms:
             return []
+        by_series: dict[int, list[tuple[int, bytes]]] = {}
         with self._conn() as conn, conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # one snapshot
             found = self._matching(conn, tenant, matchers)
-            points: dict[int, list[tuple[int, float]]] = {}
             if found:
+                # one index range per series: the chunks that may hold points in the range
                 cur = conn.cursor(binary=True)
                 cur.execute(
-                    "SELECT series_id, array_agg(t ORDER BY t), array_agg(v ORDER BY t) FROM points"
-                    " WHERE series_id = ANY(%s) AND t >= %s AND t <= %s GROUP BY series_id",
+                    "SELECT series_id, id, data FROM chunks WHERE series_id = ANY(%s::bigint[])"
+                    " AND t_max >= %s AND t_min <= %s",
                     ([sid for sid, _, _ in found], from_ms, to_ms),
                 )
-                for sid, ts, vs in cur:
-                    points[sid] = list(zip(ts, vs, strict=True))
-        return [
-            Series(metric=metric, labels=dict(lab), points=points[sid])
-            for sid, metric, lab in found
-            if sid in points
-        ]
-
-    def select_last(
-        self,
-        tenant: str,
-        matchers: Sequence[Matcher],
-        start_ms: int,
-        end_ms: int,
-        step_ms: int,
-        window_ms: int,
-    ) -> list[SteppedSeries]:
-        if step_ms <= 0 or window_ms <= 0:
-            raise ValueError("step_ms and window_ms must be positive")
-        if end_ms < start_ms:
-            return []
-        n = (end_ms - start_ms) // step_ms + 1
-        with self._conn() as conn, conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            found = self._matching(conn, tenant, matchers)
-            samples: dict[int, list[tuple[int, float] | None]] = {}
-            if found:
-                # One backward index seek per series and step (run-time partition pruning keeps
-                # each to the partition(s) its window touches).
-                cur = conn.cursor(binary=True)
-                cur.execute(
-                    "SELECT s.id, g.k, p.t, p.v FROM unnest(%(ids)s::bigint[]) AS s(id)"
-                    " CROSS JOIN generate_series(0::bigint, %(last)s::bigint) AS g(k)"
-                    " CROSS JOIN LATERAL (SELECT t, v FROM points WHERE series_id = s.id"
-                    "   AND t <= %(start)s::bigint + g.k * %(step)s::bigint"
-                    "   AND t > %(start)s::bigint + g.k * %(step)s::bigint - %(window)s::bigint"
-                    "   ORDER BY t DESC LIMIT 1) AS p",
-                    {
-                        "ids": [sid for sid, _, _ in found],
-                        "last": n - 1,
-                        "start": start_ms,
-                        "step": step_ms,
-                        "window": window_ms,
-                    },
-                )
-                for sid, k, t, v in cur:
-                    row = samples.get(sid)
-                    if row is None:
-                        row = samples[sid] = [None] * n
-                    row[k] = (t, v)
-        return [
-            SteppedSeries(metric, dict(lab), samples[sid]) for sid, metric, lab in found if sid in samples
-        ]
+                for sid, cid, data in cur:
+                    by_series.setdefault(sid, []).append((cid, bytes(data)))
+        out: list[SeriesArrays] = []
+        for sid, metric, lab in found:
+            rows = by_series.get(sid)
+            if rows:
+                ts, vs = chunks.merge(rows, from_ms, to_ms)
+                if len(ts):
+                    out.append(SeriesArrays(metric, dict(lab), ts, vs))
+        return out
 
     def agents(self, tenant: str) -> list[AgentSummary]:
         rows = self._fetch(

@@ -62,10 +62,8 @@ from lossproof.store.base import (
     Matcher,
     MetricMetadata,
     SeqRange,
-    Series,
     SeriesArrays,
     SpoolState,
-    SteppedSeries,
     Store,
     StoreError,
     StoreSchemaError,
@@ -77,7 +75,6 @@ from lossproof.store.base import (
     latest_metadata,
     matches_all,
     series_key_bytes,
-    stepped,
 )
 from lossproof.store.columns import Columns, drop_stored
 
@@ -715,16 +712,6 @@ class SqliteStore(Store):
     def _read(self, sql: str, params: Iterable[Any]) -> list[Any]:
         return self._con.execute(sql, tuple(params)).fetchall()
 
-    def query(
-        self, tenant: str, metric: str, from_ms: int, to_ms: int, labels: dict[str, str]
-    ) -> list[Series]:
-        want = labels.items()
-        with self._lock, self._snapshot():
-            found = [
-                f for f in self._matching(tenant, [Matcher("__name__", "=", metric)]) if want <= f[2].items()
-            ]
-            return [a.to_series() for a in self._arrays(found, from_ms, to_ms)]
-
     def agents(self, tenant: str) -> list[AgentSummary]:
         with self._lock:
             rows = self._read(
@@ -922,30 +909,6 @@ class SqliteStore(Store):
     ) -> list[SeriesArrays]:
         with self._lock, self._snapshot():
             return self._arrays(self._matching(tenant, matchers), from_ms, to_ms)
-
-    def select(self, tenant: str, matchers: Sequence[Matcher], from_ms: int, to_ms: int) -> list[Series]:
-        return [a.to_series() for a in self.select_arrays(tenant, matchers, from_ms, to_ms)]
-
-    def select_last(
-        self,
-        tenant: str,
-        matchers: Sequence[Matcher],
-        start_ms: int,
-        end_ms: int,
-        step_ms: int,
-        window_ms: int,
-    ) -> list[SteppedSeries]:
-        if step_ms <= 0 or window_ms <= 0:
-            raise ValueError("step_ms and window_ms must be positive")
-        if end_ms < start_ms:
-            return []
-        n = (end_ms - start_ms) // step_ms + 1
-        out: list[SteppedSeries] = []
-        for a in self.select_arrays(tenant, matchers, start_ms - window_ms + 1, start_ms + (n - 1) * step_ms):
-            got = stepped(a, start_ms, n, step_ms, window_ms)
-            if got is not None:
-                out.append(got)
-        return out
 
     def _arrays(
         self, found: Iterable[tuple[int, str, dict[str, str]]], from_ms: int, to_ms: int
