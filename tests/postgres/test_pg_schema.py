@@ -258,10 +258,10 @@ def test_version_3_points_move_into_chunks(
     real = pg.copy_chunks
     calls = 0
 
-    def failing(cur: psycopg.Cursor[Any], rows: Any) -> None:
+    def failing(cur: psycopg.Cursor[Any], *cols: Any) -> None:
         nonlocal calls
         calls += 1
-        real(cur, rows)
+        real(cur, *cols)
         if calls == 4:
             raise RuntimeError("injected: killed in the fourth transaction")
 

@@ -63,20 +63,24 @@ import itertools
 import math
 import operator
 import re
+import struct
 import threading
 import time
-from collections.abc import Container, Iterable, Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, NamedTuple
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 import psycopg
 import psycopg_pool
 from psycopg import errors as pg_errors
 from psycopg import sql
+from psycopg.adapt import Dumper
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import Format
 
 from lossproof.faults import crash_point
 from lossproof.log.base import LogGap
@@ -151,17 +155,16 @@ _Conn = psycopg.Connection[Any]
 _DATA_CLASSES = ("22", "23", "54")
 
 _COPY_CHUNKS = "COPY chunks (series_id, t_min, t_max, n, data) FROM STDIN (FORMAT BINARY)"
-_CHUNK_TYPES = ["int8", "int8", "int8", "int4", "bytea"]
 # Of the series ?1[i] whose new points start at ?2[i]: those with a point stored at or after it
 # (their newest t): one backward index seek per series, and in the common case no row comes back.
 _NEWEST = (
-    "SELECT q.s, m.t FROM unnest(%s::bigint[], %s::bigint[]) AS q(s, first)"
+    "SELECT q.s, m.t FROM unnest(%b, %b) AS q(s, first)"
     " CROSS JOIN LATERAL (SELECT max(t_max) AS t FROM chunks WHERE series_id = q.s) AS m"
     " WHERE m.t >= q.first"
 )
 # The chunks of series s[i] that may hold points in [a[i], b[i]]: an index range per series.
 _CHUNKS_IN = (
-    "SELECT c.series_id, c.id, c.data FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS q(s, a, b)"
+    "SELECT c.series_id, c.id, c.data FROM unnest(%b, %b, %b) AS q(s, a, b)"
     " JOIN chunks c ON c.series_id = q.s AND c.t_max >= q.a AND c.t_min <= q.b"
 )
 # The last write wins; an unchanged row is not rewritten (senders repeat their metadata every minute).
@@ -249,13 +252,103 @@ def migrate(dsn: str, schema: str = "lossproof", connect_timeout: float = 10.0) 
         conn.close()
 
 
-def copy_chunks(cur: psycopg.Cursor[Any], rows: Iterable[chunks.EncodedChunk]) -> None:
-    """Insert chunk rows (binary COPY): ids in the order given."""
+# The head of a chunk row in binary COPY: field count, then each field's length and value
+# (big-endian), up to the data's first byte, its kind (RAW); then the timestamps and the values.
+_CHUNK_ROW_HEAD = np.dtype(
+    [
+        ("nf", ">i2"),
+        ("l1", ">i4"),
+        ("s", ">i8"),
+        ("l2", ">i4"),
+        ("a", ">i8"),
+        ("l3", ">i4"),
+        ("b", ">i8"),
+        ("l4", ">i4"),
+        ("n", ">i4"),
+        ("l5", ">i4"),
+        ("kind", "u1"),
+    ]
+)
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00"
+_COPY_TRAILER = b"\xff\xff"
+
+
+def chunk_rows(sids: chunks.I64, ts: chunks.I64, vs: chunks.F64) -> bytes:
+    """The binary COPY data of one RAW chunk row per series, for columns sorted by (series, t)
+    without duplicates: the rows of :func:`chunks.encode_batch`, built with numpy, with no Python
+    object per row (a batch of one point per series has as many rows as points). Rows of equal
+    length are built together, so they come grouped by length: that order does not matter, a batch
+    has one chunk per series."""
+    starts, ends = chunks.series_bounds(sids)
+    n = ends - starts
+    head = np.empty(len(starts), dtype=_CHUNK_ROW_HEAD)
+    head["nf"] = 5
+    head["l1"] = head["l2"] = head["l3"] = 8
+    head["l4"] = 4
+    head["s"] = sids[starts]
+    head["a"] = ts[starts]
+    head["b"] = ts[ends - 1]
+    head["n"] = n
+    head["l5"] = 1 + 16 * n
+    head["kind"] = chunks.RAW
+    tl = ts.astype("<i8", copy=False)
+    vl = vs.astype("<f8", copy=False)
+    parts = [_COPY_HEADER, bytes(8)]  # flags, header extension length
+    order = np.argsort(n, kind="stable")
+    sizes = n[order]
+    cuts = np.flatnonzero(np.diff(sizes)) + 1
+    for rows in np.split(order, cuts):
+        k = int(n[rows[0]]) if len(rows) else 0
+        if not k:
+            continue
+        idx = starts[rows][:, None] + np.arange(k)
+        block = np.hstack(
+            (
+                head[rows].view(np.uint8).reshape(len(rows), _CHUNK_ROW_HEAD.itemsize),
+                tl[idx].view(np.uint8).reshape(len(rows), 8 * k),
+                vl[idx].view(np.uint8).reshape(len(rows), 8 * k),
+            )
+        )
+        parts.append(block.tobytes())
+    parts.append(_COPY_TRAILER)
+    return b"".join(parts)
+
+
+def copy_chunks(cur: psycopg.Cursor[Any], sids: chunks.I64, ts: chunks.I64, vs: chunks.F64) -> None:
+    """Insert one RAW chunk per series of the columns (sorted by (series, t), no duplicates)."""
     with cur.copy(_COPY_CHUNKS) as copy:
-        copy.set_types(_CHUNK_TYPES)
-        write = copy.write_row
-        for row in rows:
-            write(row)
+        copy.write(chunk_rows(sids, ts, vs))
+
+
+_INT8_OID = 20
+
+
+class Int8Array:
+    """A bigint[] query parameter (``%b``) in PostgreSQL's binary array format, built with numpy:
+    a list of ints would be dumped one element at a time in Python."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, values: npt.ArrayLike) -> None:
+        a = np.asarray(values, dtype=np.int64)
+        if not len(a):
+            self.data = struct.pack(">iii", 0, 0, _INT8_OID)
+            return
+        body = np.empty(len(a), dtype=[("len", ">i4"), ("v", ">i8")])
+        body["len"] = 8
+        body["v"] = a
+        self.data = struct.pack(">iiiii", 1, 0, _INT8_OID, len(a), 1) + body.tobytes()
+
+
+class _Int8ArrayDumper(Dumper):
+    format = Format.BINARY
+    oid = 1016  # bigint[]
+
+    def dump(self, obj: Any) -> bytes:
+        return bytes(obj.data)
+
+
+psycopg.adapters.register_dumper(Int8Array, _Int8ArrayDumper)
 
 
 # A row of ``COPY (SELECT series_id, t, v ...) TO STDOUT (FORMAT BINARY)``: field count, then
@@ -263,7 +356,6 @@ def copy_chunks(cur: psycopg.Cursor[Any], rows: Iterable[chunks.EncodedChunk]) -
 _POINT_ROW = np.dtype(
     [("nf", ">i2"), ("l1", ">i4"), ("s", ">i8"), ("l2", ">i4"), ("t", ">i8"), ("l3", ">i4"), ("v", ">f8")]
 )
-_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00"
 
 
 def _read_points(
@@ -330,7 +422,7 @@ def move_points(conn: _Conn, schema: str, limit: int | None = None) -> int:
                     continue
                 n = len(ts)
                 sids, ts, vs = chunks.sort_dedup(sids, ts, vs)
-                copy_chunks(cur, chunks.encode_batch(sids, ts, vs))
+                copy_chunks(cur, sids, ts, vs)
                 cur.execute(
                     sql.SQL("DELETE FROM {} WHERE (series_id, t) <= (%s, %s)").format(part),
                     (int(sids[-1]), int(ts[-1])),
@@ -804,7 +896,7 @@ class PostgresStore(Store):
             return 0
         sids, ts, vs = cols.sorted(ids)
         starts, ends = chunks.series_bounds(sids)
-        cur.execute(_NEWEST, (sids[starts].tolist(), ts[starts].tolist()))
+        cur.execute(_NEWEST, (Int8Array(sids[starts]), Int8Array(ts[starts])))
         newest = {int(sid): int(t) for sid, t in cur.fetchall()}
         if newest:
             stored = self._chunks_of(cur.connection, newest, sids, ts, starts, ends)
@@ -812,7 +904,7 @@ class PostgresStore(Store):
                 sids, ts, vs, newest, lambda sid, a, b: chunks.merge(stored.get(sid, ()), a, b)[0]
             )
         if len(ts):
-            copy_chunks(cur, chunks.encode_batch(sids, ts, vs))
+            copy_chunks(cur, sids, ts, vs)
         return len(ts)
 
     @staticmethod
@@ -827,11 +919,12 @@ class PostgresStore(Store):
         """The stored chunks ``(id, data)`` overlapping the new points of the series in ``which``
         (columns sorted by series), per series: one statement."""
         pick = [i for i, sid in enumerate(sids[starts].tolist()) if sid in which]
-        first = ts[starts[pick]].tolist()
-        last = ts[ends[pick] - 1].tolist()
         out: dict[int, list[tuple[int, bytes]]] = {}
         bcur = conn.cursor(binary=True)
-        bcur.execute(_CHUNKS_IN, (sids[starts[pick]].tolist(), first, last))
+        bcur.execute(
+            _CHUNKS_IN,
+            (Int8Array(sids[starts[pick]]), Int8Array(ts[starts[pick]]), Int8Array(ts[ends[pick] - 1])),
+        )
         for sid, cid, data in bcur:
             out.setdefault(int(sid), []).append((int(cid), bytes(data)))
         return out
