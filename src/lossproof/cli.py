@@ -283,6 +283,7 @@ class BenchGroup(LazyGroup):
         "store": "lossproof.store.cli:bench_cmd",
         "dashboard": "lossproof.bench.dashboard:dashboard_bench_cmd",
         "fuzz": "lossproof.bench.fuzz:fuzz_cmd",
+        "cardinality": "lossproof.bench.cardinality:cardinality_cmd",
     }
 
 

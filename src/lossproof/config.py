@@ -124,6 +124,8 @@ class StoreConfig(_Section):
     # Point partitions (one per UTC day) older than this are dropped; 0 keeps everything.
     retention_days: float = Field(default=0.0, ge=0, le=MAX_SECONDS / 86400)
     connect_timeout_seconds: float = Field(default=10.0, gt=0, le=MAX_SECONDS)
+    # How often each worker packs the store's small chunks (Store.compact); 0 turns it off.
+    compact_interval_seconds: float = Field(default=2.0, ge=0, le=MAX_SECONDS)
 
     @model_validator(mode="after")
     def _dsn_for_postgres(self) -> StoreConfig:

@@ -7,6 +7,7 @@ interface, opened through the ``store_factory`` fixture.
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -581,3 +582,49 @@ def test_readonly_handle_sees_committed_writes(store_factory: StoreFactory) -> N
     with pytest.raises(Exception):  # noqa: B017
         reader.write_batch(batch(report(3)))
     assert count_points(writer) == 3
+
+
+# --- compaction ----------------------------------------------------------------------------------
+
+WINDOW = 2 * 3600 * 1000
+STALE = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000002))[0]  # Prometheus' staleness marker
+
+
+def _snapshot(store: Store) -> list[tuple[str, dict[str, str], list[tuple[int, int]]]]:
+    """Every series of t1 with its points, values as bits (NaN payloads compared exactly)."""
+    return [
+        (s.metric, s.labels, [(t, struct.unpack("<Q", struct.pack("<d", v))[0]) for t, v in s.points])
+        for s in store.select("t1", [], *ALL)
+    ]
+
+
+def test_compaction_changes_nothing_a_query_sees(store: Store) -> None:
+    """#15: many small chunks (one a batch) over three windows, values of every kind, points
+    written twice; packed, a query sees the same points, bit for bit, and writes still dedupe."""
+    base = (T0 // WINDOW) * WINDOW
+    for i in range(30):
+        t = base + i * 17 * 60_000  # 30 batches over ~8.5 h: windows closed and open
+        vals = [float(i), i + 0.1, STALE, math.inf, -0.0, float(2**60)]
+        samples = [("t1", pt(t + j, v, "m", host=f"h{j}")) for j, v in enumerate(vals)]
+        samples.append(("t1", pt(t, 99.0, "m", host="h0")))  # same series and t: first wins
+        store.write_batch(WriteBatch(samples=samples, now_ms=i))
+    before = _snapshot(store)
+    calls = 0
+    while store.compact(now_ms=base + 6 * WINDOW).more:
+        calls += 1
+        assert calls < 100
+    assert _snapshot(store) == before
+    assert store.compact(now_ms=base + 6 * WINDOW).series == 0  # all packed already
+    again = [("t1", pt(base + i * 17 * 60_000, 5.0, "m", host="h0")) for i in range(30)]
+    res = store.write_batch(WriteBatch(samples=[*again, ("t1", pt(base + 1, 5.0, "m", host="h0"))]))
+    assert res.points_written == 1
+    assert _snapshot(store)[0][2][1] == (base + 1, struct.unpack("<Q", struct.pack("<d", 5.0))[0])
+
+
+def test_series_counts_per_tenant(store: Store) -> None:
+    assert store.series_counts() == {}
+    store.write_batch(batch(report(1), report(2, agent="a2"), report(1, tenant="t2")))
+    store.write_batch(
+        WriteBatch(samples=[("t2", pt(T0, 1.0, "m", k="v")), ("t2", pt(T0 + 1, 1.0, "m", k="v"))])
+    )
+    assert store.series_counts() == {"t1": 2, "t2": 2}

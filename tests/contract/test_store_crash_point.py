@@ -79,3 +79,37 @@ def test_kill_inside_the_transaction_leaves_nothing_then_one_write_stores_once(
     assert ledger is not None
     assert [tuple(r) for r in ledger.stored] == [(1, 10)]
     assert [(a, b) for a, b, _ in ledger.lost] == [(11, 12)]
+
+
+COMPACT_CHILD = """
+import sys
+from lptest.store_backends import store_in_child
+
+store = store_in_child(sys.argv[1:])
+while store.compact(now_ms=T0 + 10**9).series:
+    pass
+print("compacted", flush=True)
+""".replace("T0", str(T0))
+
+
+@pytest.mark.process
+def test_compaction_killed_before_commit_leaves_the_old_chunks(backend: StoreBackend, tmp_path: Path) -> None:
+    """#15: compaction deletes chunks and inserts their merge in one transaction: killed -9 inside
+    it, every point is still there once (old chunks), and a second run packs them (new chunks)."""
+    ok = write_in_child(backend, None, tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    store = backend.open()
+    before = store.query("t1", "cpu", 0, 2**62, {})
+    env = subprocess_env()
+    f = tmp_path / "faults.json"
+    f.write_text(json.dumps({"store.compact_before_commit": {}}))
+    env["LOSSPROOF_FAULTS_FILE"] = str(f)
+    argv = [sys.executable, "-c", COMPACT_CHILD, *backend.child_args()]
+    died = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert died.returncode == -signal.SIGKILL, died.stderr
+    assert store.query("t1", "cpu", 0, 2**62, {}) == before
+    del env["LOSSPROOF_FAULTS_FILE"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "compacted" in done.stdout, done.stderr
+    assert store.query("t1", "cpu", 0, 2**62, {}) == before
+    assert store.compact(now_ms=T0 + 10**9).series == 0  # nothing left to pack

@@ -211,6 +211,9 @@ def test_health_and_ledger_metrics(dash: Dash) -> None:
         time.sleep(0.5)
     assert 'lossproof_ledger_reports{state="missing",tenant="default"} 10.0' in text
     assert 'lossproof_agents{tenant="other"} 1.0' in text
+    # #15: cardinality, the tenant's own on the dashboard and per tenant on /metrics
+    assert body["series"] > 0
+    assert f'lossproof_store_series{{tenant="default"}} {float(body["series"])}' in text
 
 
 def test_ui_is_served(dash: Dash) -> None:

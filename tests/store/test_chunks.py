@@ -68,3 +68,37 @@ def test_merge_keeps_the_first_written_and_the_range() -> None:
 def test_damaged_chunks_raise_chunk_error(blob: bytes) -> None:
     with pytest.raises(chunks.ChunkError):
         chunks.decode(blob)
+
+
+def test_part_round_trip_and_directory() -> None:
+    sids = np.array([1, 1, 4, 9, 9, 9], dtype=np.int64)
+    ts = np.array([5, 6, 1, 2, 3, 10], dtype=np.int64)
+    vs = np.array([0.5, STALE_NAN, 1.0, 2.0, 3.0, -0.0])
+    blob = chunks.encode_part(sids, ts, vs)
+    layout = chunks.part_layout(blob[:16])
+    assert (layout.series, layout.points) == (3, 6)
+    usids, tmax, starts = chunks.part_directory(blob[: layout.dir_bytes], layout)
+    assert (usids.tolist(), tmax.tolist(), starts.tolist()) == ([1, 4, 9], [6, 1, 10], [0, 2, 3, 6])
+    s2, t2, v2 = chunks.decode_part(blob)
+    assert s2.tolist() == sids.tolist() and t2.tolist() == ts.tolist() and _bits(v2) == _bits(vs)
+    with pytest.raises(chunks.ChunkError):
+        chunks.decode_part(blob[:-1])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_ts, min_size=1, max_size=8), st.data())
+def test_encode_many_gives_the_bytes_of_encode_for_each_run(
+    runs: list[list[int]], data: st.DataObject
+) -> None:
+    vals = [
+        data.draw(
+            st.lists(_floats | _ints, min_size=len(r), max_size=len(r)) | st.just([float(x % 97) for x in r])
+        )
+        for r in runs
+    ]
+    ts = np.array([t for r in runs for t in r], dtype=np.int64)
+    vs = np.array([v for r in vals for v in r], dtype=np.float64)
+    ends = np.cumsum([len(r) for r in runs]).astype(np.int64)
+    starts = np.concatenate(([0], ends[:-1])).astype(np.int64)
+    many = chunks.encode_many(ts, vs, starts, ends)
+    assert many == [chunks.encode(ts[a:b], vs[a:b]) for a, b in zip(starts, ends, strict=True)]

@@ -81,7 +81,7 @@ def test_foreign_files_are_refused(tmp_path: Path) -> None:
 
 
 V2_POINTS = """
-DROP TABLE chunks;
+DROP TABLE chunks; DROP TABLE parts;
 CREATE TABLE points (
     bucket INTEGER NOT NULL, series_id INTEGER NOT NULL, t INTEGER NOT NULL, v REAL,
     PRIMARY KEY (bucket, series_id, t)
@@ -227,10 +227,11 @@ HOLD_READ_SNAPSHOT = """
     from lossproof.store.sqlite import SqliteStore
     r = SqliteStore(sys.argv[1], readonly=True)
     r._con.execute("BEGIN")
-    n = r._con.execute("SELECT coalesce(sum(n), 0) FROM chunks").fetchone()[0]
+    COUNT = "SELECT (SELECT coalesce(sum(n), 0) FROM chunks) + (SELECT coalesce(sum(n), 0) FROM parts)"
+    n = r._con.execute(COUNT).fetchone()[0]
     print("reading", n, flush=True)
     time.sleep(float(sys.argv[2]))
-    print("still", r._con.execute("SELECT coalesce(sum(n), 0) FROM chunks").fetchone()[0], flush=True)
+    print("still", r._con.execute(COUNT).fetchone()[0], flush=True)
     r._con.execute("COMMIT")
     print("after", len(r.query("t1", "cpu", 0, 2**62, {})[0].points), flush=True)
 """
@@ -349,3 +350,37 @@ def test_version_1_file_is_upgraded_keeping_its_ledgers(tmp_path: Path, first_op
         assert r.reports_stored == 1
     finally:
         writer.close()
+
+
+def test_batches_land_in_parts_then_chunks_then_one_packed_chunk_per_window(tmp_path: Path) -> None:
+    """#15: a batch is one row (a part) whatever its number of series; compaction turns 8 parts
+    into one raw chunk per series, and 8 of those in an open window into one packed chunk."""
+    s = SqliteStore(tmp_path / "s.db")
+    window = 2 * 3600 * 1000
+    base = (T0 // window) * window
+    seen: list[tuple[int, float]] = []
+    try:
+        for i in range(64):
+            s.write_batch(
+                WriteBatch(
+                    samples=[("t1", Point("cpu", {"h": str(h)}, base + i, i + h)) for h in range(3)],
+                    now_ms=base,
+                )
+            )
+            seen.append((base + i, float(i)))
+            if i % 8 < 7:
+                assert s.compact(now_ms=base + 1).series == 0  # fewer than 8 young parts: left
+            else:
+                got = s.compact(now_ms=base + 1)
+                assert (got.series, got.chunks_in, got.chunks_out, got.points) == (3, 8, 3, 24)
+                if i == 63:  # the 8th raw chunk of each series in the window: packed
+                    got = s.compact(now_ms=base + 1)
+                    assert (got.series, got.chunks_in, got.chunks_out, got.points) == (3, 24, 3, 192)
+            assert [p for x in s.query("t1", "cpu", *ALL, {"h": "0"}) for p in x.points] == seen
+        assert s._con.execute("SELECT count(*), min(substr(data, 1, 1)) FROM chunks").fetchone() == (
+            3,
+            b"\x02",
+        )
+        assert s._con.execute("SELECT count(*) FROM parts").fetchone()[0] == 0
+    finally:
+        s.close()

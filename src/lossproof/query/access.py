@@ -1,12 +1,17 @@
 """Read access to the store from the asyncio HTTP process.
 
-Store reads are blocking (a database driver), so they run on one dedicated thread; the event
-loop that waits for log durability is never blocked by a query.
+Store reads are blocking (a database driver), so they run on threads; the event loop that waits
+for log durability is never blocked by a query. Queries run on a pool of ``read_threads`` threads, each
+with a store handle of its own (SQLite readers and PostgreSQL connections read in parallel, and decoding
+chunks with numpy and SQLite's own work release the GIL), so a short query is not stuck behind a long
+one. The ledger look-ups ingest makes before acknowledging have a thread of their own: a slow query
+never delays an acknowledgement.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,10 +29,15 @@ log = get(__name__)
 
 
 class StoreAccess:
-    def __init__(self, open_store: Callable[[], Store], replay_cache_seconds: float = 1.0) -> None:
+    def __init__(
+        self, open_store: Callable[[], Store], replay_cache_seconds: float = 1.0, read_threads: int = 4
+    ) -> None:
         self._open = open_store
-        self._store: Store | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read")
+        self._local = threading.local()  # each thread's store handle
+        self._opened: list[Store] = []
+        self._opened_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=read_threads, thread_name_prefix="store-read")
+        self._ledger_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-ledger")
         self._replay: dict[tuple[str, str, str], tuple[float, list[SeqRange]]] = {}
         self._replay_ttl = replay_cache_seconds
         self._top: dict[tuple[str, str, str], tuple[float, int]] = {}  # highest stored seq, when read
@@ -35,16 +45,25 @@ class StoreAccess:
         self._skip_until = 0.0
 
     def _get(self) -> Store:
-        if self._store is None:
+        store: Store | None = getattr(self._local, "store", None)
+        if store is None:
             try:
-                self._store = self._open()
+                store = self._open()
             except Exception as e:  # the worker may not have created it yet
                 raise StoreUnavailable(f"store not available: {e}") from e
-        return self._store
+            self._local.store = store
+            with self._opened_lock:
+                self._opened.append(store)
+        return store
 
     async def run(self, fn: Callable[[Store], T]) -> T:
+        """``fn(store)`` on one of the read threads."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(self._get()))
+
+    async def _ledger(self, fn: Callable[[Store], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._ledger_pool, lambda: fn(self._get()))
 
     async def stored_digests(
         self, tenant: str, agent: str, incarnation: str, seqs: list[SeqRange]
@@ -64,7 +83,8 @@ class StoreAccess:
         try:
             if hit is None or now - hit[0] >= self._replay_ttl:
                 top = await asyncio.wait_for(
-                    self.run(lambda s: s.max_stored_seq(tenant, agent, incarnation)), REPLAY_LOOKUP_TIMEOUT
+                    self._ledger(lambda s: s.max_stored_seq(tenant, agent, incarnation)),
+                    REPLAY_LOOKUP_TIMEOUT,
                 )
                 if len(self._top) >= MAX_CACHED:
                     self._top.clear()
@@ -74,7 +94,8 @@ class StoreAccess:
             if min(first for first, _ in seqs) > max(top, self._acked.get(key, 0)):
                 return {}
             return await asyncio.wait_for(
-                self.run(lambda s: s.stored_digests(tenant, agent, incarnation, seqs)), REPLAY_LOOKUP_TIMEOUT
+                self._ledger(lambda s: s.stored_digests(tenant, agent, incarnation, seqs)),
+                REPLAY_LOOKUP_TIMEOUT,
             )
         except Exception as e:
             self._skip_until = time.monotonic() + 1.0
@@ -108,7 +129,7 @@ class StoreAccess:
         try:
             # Bounded: a store that is down must not slow down acknowledging durable data.
             ranges = await asyncio.wait_for(
-                self.run(lambda s: s.replay_wanted(tenant, agent, seen_before_ms, incarnation)),
+                self._ledger(lambda s: s.replay_wanted(tenant, agent, seen_before_ms, incarnation)),
                 REPLAY_LOOKUP_TIMEOUT,
             )
         except Exception as e:
@@ -121,5 +142,8 @@ class StoreAccess:
         return ranges
 
     def close(self) -> None:
-        self._pool.submit(lambda: self._store.close() if self._store else None).result()
         self._pool.shutdown(wait=True)
+        self._ledger_pool.shutdown(wait=True)
+        for store in self._opened:  # the threads are gone: nothing uses these any more
+            store.close()
+        self._opened.clear()

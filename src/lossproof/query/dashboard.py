@@ -90,6 +90,7 @@ class LedgerSnapshot:
     silent: dict[str, int] = field(default_factory=dict)
     agents: dict[str, int] = field(default_factory=dict)
     last_seen: dict[tuple[str, str], float] = field(default_factory=dict)
+    series: dict[str, int] = field(default_factory=dict)  # per tenant: its cardinality
     dead_letters: int = 0
     log_gaps: int = 0
     log_gap_records: int = 0
@@ -135,6 +136,12 @@ class LedgerCollector(Collector):
         for (tenant, agent), ts in sorted(s.last_seen.items()):
             seen.add_metric([tenant, agent], ts)
         yield seen
+        series = GaugeMetricFamily(
+            "lossproof_store_series", "Series stored per tenant (cardinality).", labels=["tenant"]
+        )
+        for tenant, n in sorted(s.series.items()):
+            series.add_metric([tenant], n)
+        yield series
         yield GaugeMetricFamily(
             "lossproof_store_dead_letters", "Log records kept in the dead-letter table.", value=s.dead_letters
         )
@@ -168,6 +175,7 @@ def _ledger_snapshot(store: Store, tenants: list[str]) -> LedgerSnapshot:
         snap.per_tenant[tenant] = counts
         snap.agents[tenant] = len({a.agent for a in agents})
         snap.silent[tenant] = silent
+    snap.series = store.series_counts()
     snap.dead_letters = store.dead_letter_count()
     gaps = store.log_gaps()
     snap.log_gaps = len(gaps)
@@ -583,6 +591,7 @@ class Dashboard:
         def run(s: Store) -> dict[str, Any]:
             if tenant is None:
                 return {
+                    "series": sum(s.series_counts().values()),
                     "dead_letters": s.dead_letter_count(),
                     "log_gaps": [_gap_json(g) for g in s.log_gaps()],
                     "silent_agents": [],
@@ -595,6 +604,7 @@ class Dashboard:
                 if now - max(a.last_seen_ms, a.last_stored_ms) > SILENT_AFTER_S * 1000
             ]
             return {
+                "series": s.series_counts().get(tenant, 0),
                 "dead_letters": s.dead_letter_count(tenant),
                 "log_gaps": [],  # log ranges are the pipeline's: operators see them
                 "silent_agents": silent,

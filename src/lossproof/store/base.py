@@ -250,6 +250,23 @@ class WriteResult:
 
 
 @dataclass(frozen=True, slots=True)
+class CompactResult:
+    """What one :meth:`Store.compact` call did."""
+
+    series: int = 0  # series whose chunks were merged
+    chunks_in: int = 0
+    chunks_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    points: int = 0
+    more: bool = False  # work was left over: call again soon
+
+
+COMPACT_WINDOW_MS = 2 * 3600 * 1000  # a packed chunk holds one series' points of one window
+COMPACT_MIN_CHUNKS = 8  # an open window is packed once it holds this many chunks
+
+
+@dataclass(frozen=True, slots=True)
 class Ledger:
     stored: list[SeqRange]
     missing: list[tuple[int, int, int]]  # (first, last, first seen unix ms)
@@ -476,6 +493,12 @@ class Store(abc.ABC):
         :class:`Matcher`), whatever the time of its points, sorted by metric then labels. No matchers:
         every series of the tenant."""
 
+    def series_counts(self) -> dict[str, int]:
+        """The number of series each tenant has (its cardinality): what a series costs in memory and
+        on disk, shown on /metrics and the dashboard. This default knows none; backends count their
+        series table."""
+        return {}
+
     def metric_names(self, tenant: str) -> list[str]:
         """The distinct metric names of the tenant's series, sorted. This default goes through
         :meth:`series`; a backend may read an index instead."""
@@ -520,6 +543,16 @@ class Store(abc.ABC):
             if got is not None:
                 out.append(got)
         return out
+
+    def compact(self, now_ms: int, max_series: int = 2000) -> CompactResult:
+        """Do a bounded piece of the store's background work: merge the small chunks batches leave
+        into packed ones, one per series and window of ``COMPACT_WINDOW_MS`` in the end (when and in
+        how many steps is the backend's choice: see its docstring), for at most ``max_series``
+        series, in one transaction, so that a writer waits for one call at most. A merged chunk
+        keeps which write came first (first write wins, as before). Atomic: a crash leaves the old
+        chunks or the new, never both or neither; queries see the same points before and after.
+        ``more`` in the result asks for another call soon. This default does nothing."""
+        return CompactResult()
 
     @abc.abstractmethod
     def close(self) -> None: ...

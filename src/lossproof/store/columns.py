@@ -8,7 +8,7 @@ Series ids come from the store through ``resolve``; a series seen before costs o
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,20 +35,28 @@ class Columns:
     def __len__(self) -> int:
         return len(self._ts)
 
-    def add(self, tenant: str, points: Iterable[PointLike], resolve: Resolver) -> None:
+    def add(
+        self, tenant: str, points: Iterable[PointLike], known: Mapping[SeriesKey, int], resolve: Resolver
+    ) -> None:
+        """Append ``points``; a series is looked up in ``known`` (the store's cache), else resolved."""
         # The hot loop. Decoders hand over one labels dict per series, shared by its points (remote
         # write, OTLP): the id of that dict, while the points keep it alive, stands for the series,
         # so the key tuple is built once per series rather than once per point.
         sids, ts, vs = self._sids.append, self._ts.append, self._vs.append
+        known_get = known.get
         # The entry holds the dict too, so that its id cannot be reused by another one meanwhile.
         seen: dict[tuple[int, str], tuple[int, dict[str, str]]] = {}
+        seen_get = seen.get
         for p in points:
             labels = p.labels
             metric = p.metric
-            hit = seen.get((id(labels), metric))
+            hit = seen_get((id(labels), metric))
             if hit is None:
-                hit = resolve((tenant, metric, *labels.items()), tenant, metric, labels), labels
-                seen[(id(labels), metric)] = hit
+                key = (tenant, metric, *labels.items())
+                sid = known_get(key)
+                if sid is None:
+                    sid = resolve(key, tenant, metric, labels)
+                hit = seen[(id(labels), metric)] = (sid, labels)
             sids(hit[0])
             ts(p.t)
             vs(p.v)

@@ -704,7 +704,7 @@ class PostgresStore(Store):
             duplicates += got.duplicates
             conflicts += len(got.conflicts)
             for r, _ in got.new.values():
-                cols.add(tenant, r.points, resolve)
+                cols.add(tenant, r.points, self._series, resolve)
             digest_rows += [(tenant, agent, inc, seq, d) for seq, (_, d) in got.new.items()]
             conflict_rows += [
                 (tenant, agent, inc, r.seq, d, encode_points(r.points), len(r.points), now)
@@ -774,7 +774,7 @@ class PostgresStore(Store):
                 )
             )
         for tenant, group in itertools.groupby(batch.samples, key=operator.itemgetter(0)):
-            cols.add(tenant, (p for _, p in group), resolve)
+            cols.add(tenant, (p for _, p in group), self._series, resolve)
         if unresolved:
             self._resolve_series(cur, unresolved, pending)
         written = self._write_points(cur, cols, [pending[u[0]] for u in unresolved])
@@ -879,14 +879,12 @@ class PostgresStore(Store):
         metric: str,
         labels: dict[str, str],
     ) -> int:
-        """A series' id for :class:`Columns`: cached, else a provisional one, ``-1 - k`` for
-        ``unresolved[k]`` (resolved afterwards in bulk by :meth:`_resolve_series`)."""
-        sid = self._series.get(key)
+        """The id of a series not in the cache, for :class:`Columns`: a provisional one, ``-1 - k``
+        for ``unresolved[k]`` (resolved afterwards in bulk by :meth:`_resolve_series`)."""
+        sid = provisional.get(key)
         if sid is None:
-            sid = provisional.get(key)
-            if sid is None:
-                sid = provisional[key] = -1 - len(unresolved)
-                unresolved.append((key, tenant, metric, labels))
+            sid = provisional[key] = -1 - len(unresolved)
+            unresolved.append((key, tenant, metric, labels))
         return sid
 
     def _write_points(self, cur: psycopg.Cursor[Any], cols: Columns, ids: Sequence[int]) -> int:
@@ -1071,6 +1069,9 @@ class PostgresStore(Store):
         with self._conn() as conn, conn.transaction():
             found = self._matching(conn, tenant, matchers)
         return [(metric, dict(lab)) for _, metric, lab in found]
+
+    def series_counts(self) -> dict[str, int]:
+        return {t: int(n) for t, n in self._fetch("SELECT tenant, count(*) FROM series GROUP BY tenant", ())}
 
     def metric_names(self, tenant: str) -> list[str]:
         rows = self._fetch("SELECT DISTINCT metric FROM series WHERE tenant = %s", (tenant,))

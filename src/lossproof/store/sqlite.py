@@ -55,8 +55,11 @@ from lossproof.obs.logging import get
 from lossproof.store import chunks
 from lossproof.store import ledger as lg
 from lossproof.store.base import (
+    COMPACT_MIN_CHUNKS,
+    COMPACT_WINDOW_MS,
     SERIES_CACHE_BYTES,
     AgentSummary,
+    CompactResult,
     Conflict,
     Ledger,
     Matcher,
@@ -184,9 +187,10 @@ _SUMMARY = (
     " spool_first_pending, spool_last_seq, spool_reported_ms, first_seq, first_seen_ms, conflict_reports"
 )
 
-# One row per series per batch (or, once compacted, per series per window); see chunks.py.
+# Batches land in ``parts`` (one row each, every series of the batch); compaction turns them into
+# ``chunks``, one row per series per compaction, then one per series per window. See chunks.py.
 CHUNKS_TABLE = """
-CREATE TABLE chunks (
+CREATE TABLE IF NOT EXISTS chunks (
     id        INTEGER PRIMARY KEY,  -- write order: of two points with one (series, t) the lower id wins
     series_id INTEGER NOT NULL,
     t_min     INTEGER NOT NULL,
@@ -194,7 +198,16 @@ CREATE TABLE chunks (
     n         INTEGER NOT NULL,
     data      BLOB NOT NULL
 ) STRICT;
-CREATE INDEX chunks_by_series ON chunks (series_id, t_max, t_min);
+CREATE INDEX IF NOT EXISTS chunks_by_series ON chunks (series_id, t_max, t_min);
+CREATE TABLE IF NOT EXISTS parts (
+    -- never reused (AUTOINCREMENT): ids order the parts, and readers cache directories by id
+    id    INTEGER PRIMARY KEY AUTOINCREMENT,
+    t_min INTEGER NOT NULL,
+    t_max INTEGER NOT NULL,
+    n     INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,     -- the batch's now_ms: compaction turns old parts into chunks
+    data  BLOB NOT NULL
+) STRICT;
 """
 
 SCHEMA = f"""
@@ -236,9 +249,26 @@ _INSERT_CHUNK = "INSERT INTO chunks (series_id, t_min, t_max, n, data) VALUES (?
 _SELECT_CHUNKS = "SELECT id, data FROM chunks WHERE series_id = ?1 AND t_max >= ?2 AND t_min <= ?3"
 # The newest t stored of each series in a JSON array: one index seek each (max() of an index suffix).
 _NEWEST = "SELECT value, (SELECT max(t_max) FROM chunks WHERE series_id = value) FROM json_each(?)"
-_WINDOW_MS = 2 * 3600 * 1000  # compaction packs a series' points into one chunk per window
-_COMPACT_MIN_CHUNKS = 8  # an open window is packed once it holds this many chunks
-_COMPACT_SERIES = 2000  # series per compaction transaction: the worker waits at most for one
+# Unpacked chunks after ?1, in id order, with the first byte of their data (the encoding).
+_SCAN_RAW = (
+    "SELECT id, series_id, t_min, t_max FROM chunks WHERE id > ?1 AND substr(data, 1, 1) = ?2"
+    " ORDER BY id LIMIT ?3"
+)
+_SCAN_LIMIT = 200_000
+_PACK_AGE_MS = 300_000
+# The chunks to pack for a JSON array of [series, from, to]: an index range each.
+_PACK_READ = (
+    "SELECT c.id, c.series_id, c.data FROM json_each(?) j CROSS JOIN chunks c"
+    " ON c.series_id = j.value ->> 0 AND c.t_max >= j.value ->> 1 AND c.t_min < j.value ->> 2"
+)
+# Parts are turned into chunks once there are this many, or this many points in them, or the oldest
+# is this old: readers look into every part that overlaps their range, so there must be few.
+_PART_FLUSH_COUNT = 8
+_PART_FLUSH_POINTS = 2_000_000
+_PART_FLUSH_AGE_MS = 30_000
+_PART_ORDER = 1 << 62  # a part's rank among a series' chunks when merging: after all of them
+_NONE = -(1 << 63)  # "no point stored" in the newest-t cache
+_NEWEST_MAX = 2_000_000
 _MIGRATE_POINTS = 1_000_000  # version 2 points moved into chunks per transaction (about)
 _V2_SHIFT_DEFAULT = 16
 
@@ -262,6 +292,18 @@ class SqliteStore(Store):
         self._series_bytes = 0  # series_key_bytes of the entries
         self._labels: dict[int, dict[str, str]] = {}
         self._lock = threading.Lock()  # guards against accidental concurrent use
+        # The newest t stored per series (_NONE: none), for the writer's first-write-wins check.
+        # Valid while no other connection commits: PRAGMA data_version tells (see write_batch).
+        self._newest: dict[int, int] = {}
+        self._newest_seen = -1  # the data_version the cache is valid for
+        self._newest_new: list[tuple[chunks.I64, chunks.I64]] = []  # this transaction's, until COMMIT
+        # Parsed part directories by part id (parts never change; a deleted one is forgotten).
+        self._dirs: dict[int, tuple[chunks.PartLayout, chunks.I64, chunks.I64, chunks.I64]] = {}
+        # Compaction's packing work, (series, first window, last window), done a slice per call;
+        # on restart the scan is made again from meta.compact_after.
+        self._pack_queue: list[tuple[int, int, int]] = []
+        self._pack_mark = 0
+        self._pack_scan_done = True
         if readonly and not self.path.exists():
             # Let a query process start before the worker: create the empty store once.
             SqliteStore(self.path, busy_timeout_ms=busy_timeout_ms).close()
@@ -350,10 +392,9 @@ class SqliteStore(Store):
         con = self._con
         con.execute("BEGIN IMMEDIATE")
         try:
-            if not con.execute("SELECT 1 FROM sqlite_schema WHERE name = 'chunks'").fetchone():
-                for stmt in CHUNKS_TABLE.split(";"):
-                    if stmt.strip():
-                        con.execute(stmt)
+            for stmt in CHUNKS_TABLE.split(";"):
+                if stmt.strip():
+                    con.execute(stmt)
             con.execute("COMMIT")
         except BaseException:
             self._rollback()
@@ -470,7 +511,7 @@ class SqliteStore(Store):
             raise StoreError("store opened readonly")
         with self._lock:
             pending: dict[_SeriesKey, int] = {}
-            self._con.execute("BEGIN IMMEDIATE")
+            self._begin_write()
             try:
                 result = self._apply(batch, pending)
                 crash_point("store.before_commit")  # chaos scenario 2: kill -9 inside the transaction
@@ -483,7 +524,21 @@ class SqliteStore(Store):
                 raise
             # Only ids of committed series may be cached: a rolled-back id could be handed out again.
             self._cache_series(pending)
+            self._committed_newest()
             return result
+
+    def _begin_write(self) -> None:
+        self._newest_new.clear()
+        self._con.execute("BEGIN IMMEDIATE")
+        seen = self._con.execute("PRAGMA data_version").fetchone()[0]
+        if seen != self._newest_seen or len(self._newest) > _NEWEST_MAX:
+            self._newest.clear()  # another connection committed: what it stored is unknown here
+            self._newest_seen = seen
+
+    def _committed_newest(self) -> None:
+        for sids, top in self._newest_new:
+            self._newest.update(zip(sids.tolist(), top.tolist(), strict=True))
+        self._newest_new.clear()
 
     def _apply(self, batch: WriteBatch, pending: dict[_SeriesKey, int]) -> WriteResult:
         con = self._con
@@ -509,7 +564,7 @@ class SqliteStore(Store):
             duplicates += got.duplicates
             conflicts += len(got.conflicts)
             for r, _ in got.new.values():
-                cols.add(tenant, r.points, resolve)
+                cols.add(tenant, r.points, self._series, resolve)
             if got.new:
                 con.executemany(
                     "INSERT INTO reports VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -535,8 +590,8 @@ class SqliteStore(Store):
             first_seen = int(summary[8]) if summary else now
             self._save_agent(key, new, spool, last_stored, first_seen, conflict_count)
         for tenant, group in itertools.groupby(batch.samples, key=operator.itemgetter(0)):
-            cols.add(tenant, (p for _, p in group), resolve)
-        written = self._write_points(cols)
+            cols.add(tenant, (p for _, p in group), self._series, resolve)
+        written = self._write_points(cols, now)
 
         if batch.dead_letters:
             con.executemany(
@@ -642,24 +697,50 @@ class SqliteStore(Store):
                 sid = self._series_id(key, tenant, metric, labels, pending)
         return sid
 
-    def _write_points(self, cols: Columns) -> int:
-        """Write the columns as one chunk per series, minus the points already stored; returns how
-        many points were written. Call inside the write transaction."""
+    def _write_points(self, cols: Columns, now_ms: int) -> int:
+        """Write the columns as one part, minus the points already stored; returns how many points
+        were written. Call inside the write transaction (after ``_begin_write``)."""
         if not len(cols):
             return 0
         sids, ts, vs = cols.sorted()
-        starts, _ = chunks.series_bounds(sids)
-        ids = msgspec.json.encode(sids[starts].tolist())
-        newest = {sid: top for sid, top in self._con.execute(_NEWEST, (ids,)) if top is not None}
-        if newest:
-            sids, ts, vs = drop_stored(sids, ts, vs, newest, self._stored_ts)
-        self._con.executemany(_INSERT_CHUNK, chunks.encode_batch(sids, ts, vs))
+        starts, ends = chunks.series_bounds(sids)
+        batch_sids = sids[starts]
+        newest = self._newest_of(batch_sids)
+        maybe = ts[starts] <= newest
+        if maybe.any():
+            may = dict(zip(batch_sids[maybe].tolist(), newest[maybe].tolist(), strict=True))
+            sids, ts, vs = drop_stored(sids, ts, vs, may, self._stored_ts)
+            if not len(ts):
+                return 0
+            starts, ends = chunks.series_bounds(sids)
+            newest = newest[np.searchsorted(batch_sids, sids[starts])]
+        self._con.execute(
+            "INSERT INTO parts (t_min, t_max, n, at_ms, data) VALUES (?, ?, ?, ?, ?)",
+            (int(ts.min()), int(ts.max()), len(ts), now_ms, chunks.encode_part(sids, ts, vs)),
+        )
+        # the cache's new value, once committed: a backfill leaves a series' newest t as it was
+        self._newest_new.append((sids[starts], np.maximum(newest, ts[ends - 1])))
         return len(ts)
 
+    def _newest_of(self, sids: chunks.I64) -> chunks.I64:
+        """The newest t stored of each series (_NONE: none), from the cache or else the store."""
+        cache = self._newest
+        ids = sids.tolist()
+        missing = [sid for sid in ids if sid not in cache]
+        if missing:
+            found = dict(self._con.execute(_NEWEST, (msgspec.json.encode(missing),)).fetchall())
+            want = np.array(missing, dtype=np.int64)
+            for _, _, (psids, ptmax, _) in self._parts_dirs(-(1 << 63), (1 << 63) - 1):
+                idx = np.minimum(np.searchsorted(psids, want), max(len(psids) - 1, 0))
+                for i in np.flatnonzero(psids[idx] == want).tolist() if len(psids) else ():
+                    found[missing[i]] = max(found.get(missing[i]) or _NONE, int(ptmax[idx[i]]))
+            for sid in missing:
+                top = found.get(sid)
+                cache[sid] = _NONE if top is None else int(top)
+        return np.array([cache[sid] for sid in ids], dtype=np.int64)
+
     def _stored_ts(self, sid: int, from_ms: int, to_ms: int) -> chunks.I64:
-        return chunks.merge(
-            self._con.execute(_SELECT_CHUNKS, (sid, from_ms, to_ms)).fetchall(), from_ms, to_ms
-        )[0]
+        return self._series_points([(sid, "", {})], from_ms, to_ms)[0][0]
 
     def _series_id(
         self,
@@ -706,6 +787,164 @@ class SqliteStore(Store):
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 added,
             )
+
+    # --- compaction ----------------------------------------------------------------------------
+
+    def compact(self, now_ms: int, max_series: int = 2000) -> CompactResult:
+        """See :meth:`Store.compact`. Two steps: parts become one raw chunk per series (a flush,
+        ``_flush_parts``), and raw chunks are packed per series and window (``_pack_due``)."""
+        if self.readonly:
+            raise StoreError("store opened readonly")
+        with self._lock:
+            self._con.execute("BEGIN IMMEDIATE")
+            try:
+                result = self._compact(now_ms, max_series)
+                crash_point("store.compact_before_commit")
+                self._con.execute("COMMIT")
+            except (sqlite3.OperationalError, OSError) as e:
+                self._rollback()
+                raise StoreUnavailable(f"sqlite {self.path}: {e}") from e
+            except BaseException:
+                self._rollback()
+                raise
+        return result
+
+    def _flush_parts(self, now_ms: int) -> CompactResult | None:
+        """Turn the oldest parts into one raw chunk per series, if they are due (see
+        ``_PART_FLUSH_*``); None when they are not."""
+        con = self._con
+        live = con.execute("SELECT id, n, at_ms FROM parts ORDER BY id").fetchall()
+        points = sum(n for _, n, _ in live)
+        if not live or not (
+            len(live) >= _PART_FLUSH_COUNT
+            or points >= _PART_FLUSH_POINTS
+            or live[0][2] <= now_ms - _PART_FLUSH_AGE_MS
+        ):
+            return None
+        take: list[int] = []
+        n = 0
+        for pid, count, _ in live:  # the oldest ones: the parts left are newer than every chunk
+            if take and n + count > 4 * _PART_FLUSH_POINTS:
+                break
+            take.append(pid)
+            n += count
+        cols = []
+        size = 0
+        for pid in take:
+            (data,) = con.execute("SELECT data FROM parts WHERE id = ?", (pid,)).fetchone()
+            size += len(data)
+            cols.append((pid, *chunks.decode_part(data)))
+        order = np.concatenate([np.full(len(c[1]), c[0], dtype=np.int64) for c in cols])
+        sids = np.concatenate([c[1] for c in cols])
+        ts = np.concatenate([c[2] for c in cols])
+        vs = np.concatenate([c[3] for c in cols])
+        pick = np.lexsort((order, ts, sids))  # by series, t, and the older part first
+        sids, ts, vs = chunks.sort_dedup(sids[pick], ts[pick], vs[pick])
+        rows = chunks.encode_batch(sids, ts, vs)
+        con.executemany(_INSERT_CHUNK, rows)
+        con.execute("DELETE FROM parts WHERE id <= ?", (take[-1],))
+        flushes = int(self._meta("unpacked_flushes") or 0)
+        self._meta_set(unpacked_flushes=flushes + 1)
+        if not flushes:
+            self._meta_set(unpacked_since_ms=now_ms)
+        out = sum(len(r.data) for r in rows)
+        # more: the parts left, and the chunks just made may fill a window to pack
+        return CompactResult(len(rows), len(take), len(rows), size, out, len(ts), more=True)
+
+    def _compact(self, now_ms: int, max_series: int) -> CompactResult:
+        flushed = self._flush_parts(now_ms)
+        if flushed is not None:
+            return flushed
+        if not self._pack_queue:
+            if not self._pack_due(now_ms):
+                return CompactResult()
+            self._scan_unpacked()
+        take = self._pack_queue[:max_series]
+        del self._pack_queue[:max_series]
+        res = [0, 0, 0, 0, 0]  # chunks in, chunks out, bytes in, bytes out, points
+        self._pack([(sid, lo * COMPACT_WINDOW_MS, (hi + 1) * COMPACT_WINDOW_MS) for sid, lo, hi in take], res)
+        more = bool(self._pack_queue)
+        if not more:
+            self._meta_set(compact_after=self._pack_mark)
+            if self._pack_scan_done:
+                self._meta_set(unpacked_flushes=0, unpacked_since_ms=0)
+            else:
+                more = True
+        return CompactResult(len(take), res[0], res[1], res[2], res[3], res[4], more)
+
+    def _pack_due(self, now_ms: int) -> bool:
+        """Packing runs after every ``COMPACT_MIN_CHUNKS`` flushes (a series then has about that
+        many raw chunks in its open window), or ``_PACK_AGE_MS`` after the first flush not packed
+        yet, so that slow series and closed windows get packed too."""
+        flushes = int(self._meta("unpacked_flushes") or 0)
+        since = int(self._meta("unpacked_since_ms") or 0)
+        return flushes >= COMPACT_MIN_CHUNKS or (flushes > 0 and since <= now_ms - _PACK_AGE_MS)
+
+    def _scan_unpacked(self) -> None:
+        """Queue every series with raw chunks written after ``meta.compact_after`` (ids only grow),
+        with the windows they reach, ``_SCAN_LIMIT`` chunks at a time."""
+        after = int(self._meta("compact_after") or 0)
+        rows = self._con.execute(_SCAN_RAW, (after, bytes((chunks.RAW,)), _SCAN_LIMIT)).fetchall()
+        self._pack_scan_done = len(rows) < _SCAN_LIMIT
+        self._pack_mark = rows[-1][0] if rows else after
+        if not rows:
+            return
+        cols = np.array(rows, dtype=np.int64)
+        cols = cols[np.lexsort((cols[:, 0], cols[:, 1]))]
+        starts, _ = chunks.series_bounds(cols[:, 1].copy())
+        lo = np.minimum.reduceat(cols[:, 2] // COMPACT_WINDOW_MS, starts)
+        hi = np.maximum.reduceat(cols[:, 3] // COMPACT_WINDOW_MS, starts)
+        self._pack_queue = list(zip(cols[starts, 1].tolist(), lo.tolist(), hi.tolist(), strict=True))
+
+    def _meta_set(self, **values: int) -> None:
+        self._con.executemany(
+            "INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in values.items()]
+        )
+
+    def _pack(self, items: Sequence[tuple[int, int, int]], res: list[int]) -> None:
+        """For each ``(series, from_ms, to_ms)``: merge the series' chunks overlapping
+        [from_ms, to_ms) into one packed chunk per window (a chunk reaching outside the range takes
+        its other windows along). All the series at once: one read, columns merged and encoded
+        together (:func:`chunks.encode_many`), one delete and one insert statement."""
+        con = self._con
+        found = con.execute(_PACK_READ, (msgspec.json.encode(items),)).fetchall()
+        if not found:
+            return
+        ids = np.array([r[0] for r in found], dtype=np.int64)
+        decoded = [chunks.decode(r[2]) for r in found]
+        sizes = np.array([len(t) for t, _ in decoded], dtype=np.int64)
+        order = np.repeat(ids, sizes)
+        sids = np.repeat(np.array([r[1] for r in found], dtype=np.int64), sizes)
+        ts = np.concatenate([t for t, _ in decoded])
+        vs = np.concatenate([v for _, v in decoded])
+        pick = np.lexsort((order, ts, sids))  # by series and t, the chunk written first first
+        sids, ts, vs = chunks.sort_dedup(sids[pick], ts[pick], vs[pick])
+        windows = ts // COMPACT_WINDOW_MS
+        cut = np.flatnonzero((sids[1:] != sids[:-1]) | (windows[1:] != windows[:-1])) + 1
+        starts = np.concatenate(([0], cut)).astype(np.int64)
+        ends = np.append(cut, len(ts)).astype(np.int64)
+        datas = chunks.encode_many(ts, vs, starts, ends)
+        # Each series' lowest ids go to its oldest windows; a merge that yields more chunks than
+        # it read (a chunk spanning windows) gives the rest new ids.
+        free: dict[int, list[int]] = {}
+        for cid, sid, _ in found:
+            free.setdefault(sid, []).append(cid)
+        for left in free.values():
+            left.sort(reverse=True)
+        out = []
+        for a, b, data in zip(starts.tolist(), ends.tolist(), datas, strict=True):
+            sid = int(sids[a])
+            mine = free[sid]
+            out.append((mine.pop() if mine else None, sid, int(ts[a]), int(ts[b - 1]), b - a, data))
+        con.executemany("DELETE FROM chunks WHERE id = ?", [(int(cid),) for cid in ids])
+        con.executemany(
+            "INSERT INTO chunks (id, series_id, t_min, t_max, n, data) VALUES (?, ?, ?, ?, ?, ?)", out
+        )
+        res[0] += len(found)
+        res[1] += len(out)
+        res[2] += sum(len(r[2]) for r in found)
+        res[3] += sum(len(d) for d in datas)
+        res[4] += len(ts)
 
     # --- reads ---------------------------------------------------------------------------------
 
@@ -810,7 +1049,7 @@ class SqliteStore(Store):
             raise StoreError("store opened readonly")
         with self._lock:
             pending: dict[_SeriesKey, int] = {}
-            self._con.execute("BEGIN IMMEDIATE")
+            self._begin_write()
             try:
                 row = self._con.execute(
                     "SELECT points FROM conflicts WHERE tenant = ? AND id = ?", (tenant, conflict_id)
@@ -818,8 +1057,8 @@ class SqliteStore(Store):
                 if row is None:
                     raise KeyError(conflict_id)
                 cols = Columns()
-                cols.add(tenant, decode_points(row[0]), partial(self._resolve, pending))
-                written = self._write_points(cols)
+                cols.add(tenant, decode_points(row[0]), self._series, partial(self._resolve, pending))
+                written = self._write_points(cols, now_ms)
                 self._con.execute(
                     "UPDATE conflicts SET applied_ms = ? WHERE id = ? AND applied_ms = 0",
                     (now_ms, conflict_id),
@@ -832,6 +1071,7 @@ class SqliteStore(Store):
                 self._rollback()
                 raise
             self._cache_series(pending)
+            self._committed_newest()
             return int(written)
 
     def dead_letter_count(self, tenant: str | None = None) -> int:
@@ -897,6 +1137,10 @@ class SqliteStore(Store):
         with self._lock:
             return [(metric, dict(lab)) for _, metric, lab in self._matching(tenant, matchers)]
 
+    def series_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._read("SELECT tenant, count(*) FROM series GROUP BY tenant", ()))
+
     def metric_names(self, tenant: str) -> list[str]:
         with self._lock:
             rows = self._read(
@@ -911,18 +1155,78 @@ class SqliteStore(Store):
             return self._arrays(self._matching(tenant, matchers), from_ms, to_ms)
 
     def _arrays(
-        self, found: Iterable[tuple[int, str, dict[str, str]]], from_ms: int, to_ms: int
+        self, found: Sequence[tuple[int, str, dict[str, str]]], from_ms: int, to_ms: int
     ) -> list[SeriesArrays]:
-        """The points in [from_ms, to_ms] of the series ``found``, decoded from the chunks that
-        overlap the range; series without any are left out. Call under the lock, in a snapshot."""
+        """The points in [from_ms, to_ms] of the series ``found``; series without any are left
+        out. Call under the lock, in a snapshot."""
         out: list[SeriesArrays] = []
+        for (_, metric, lab), (ts, vs) in zip(found, self._series_points(found, from_ms, to_ms), strict=True):
+            if len(ts):
+                out.append(SeriesArrays(metric, dict(lab), ts, vs))
+        return out
+
+    def _series_points(
+        self, found: Sequence[tuple[int, str, dict[str, str]]], from_ms: int, to_ms: int
+    ) -> list[tuple[chunks.I64, chunks.F64]]:
+        """Each series' points in [from_ms, to_ms]: its chunks that overlap the range (an index
+        range each) and its slices of the parts that do (a seek into each part's directory)."""
         con = self._con
-        for sid, metric, lab in found:
-            rows = con.execute(_SELECT_CHUNKS, (sid, from_ms, to_ms)).fetchall()
-            if rows:
-                ts, vs = chunks.merge(rows, from_ms, to_ms)
-                if len(ts):
-                    out.append(SeriesArrays(metric, dict(lab), ts, vs))
+        extra: dict[int, list[tuple[int, chunks.I64, chunks.F64]]] = {}
+        if found:
+            want = np.array([sid for sid, _, _ in found], dtype=np.int64)
+            for pid, layout, (psids, _, pstarts) in self._parts_dirs(from_ms, to_ms):
+                if not len(psids):
+                    continue
+                idx = np.minimum(np.searchsorted(psids, want), len(psids) - 1)
+                hits = np.flatnonzero(psids[idx] == want)
+                if not len(hits):
+                    continue
+                with con.blobopen("parts", "data", pid, readonly=True) as blob:
+                    whole = len(hits) * 16 > layout.series  # many series: one read beats many seeks
+                    if whole:
+                        blob.seek(layout.ts_offset)
+                        cols = blob.read(16 * layout.points)
+                    for i in hits.tolist():
+                        a, b = int(pstarts[idx[i]]), int(pstarts[idx[i] + 1])
+                        if whole:
+                            tb = cols[8 * a : 8 * b]
+                            vb = cols[8 * (layout.points + a) : 8 * (layout.points + b)]
+                        else:
+                            blob.seek(layout.ts_offset + 8 * a)
+                            tb = blob.read(8 * (b - a))
+                            blob.seek(layout.vs_offset + 8 * a)
+                            vb = blob.read(8 * (b - a))
+                        ts = np.frombuffer(tb, "<i8").astype(np.int64)
+                        vs = np.frombuffer(vb, "<f8").astype(np.float64)
+                        extra.setdefault(i, []).append((_PART_ORDER + pid, ts, vs))
+        out = []
+        for i, (sid, _, _) in enumerate(found):
+            decoded = [
+                (cid, *chunks.decode(d)) for cid, d in con.execute(_SELECT_CHUNKS, (sid, from_ms, to_ms))
+            ]
+            out.append(chunks.merge_arrays(decoded + extra.get(i, []), from_ms, to_ms))
+        return out
+
+    def _parts_dirs(
+        self, from_ms: int, to_ms: int
+    ) -> list[tuple[int, chunks.PartLayout, tuple[chunks.I64, chunks.I64, chunks.I64]]]:
+        """(id, layout, (sids, tmax, starts)) of the parts overlapping [from_ms, to_ms]."""
+        out = []
+        live = self._con.execute("SELECT id, t_min, t_max FROM parts ORDER BY id").fetchall()
+        for pid, t_min, t_max in live:
+            if t_max < from_ms or t_min > to_ms:
+                continue
+            got = self._dirs.get(pid)
+            if got is None:
+                with self._con.blobopen("parts", "data", pid, readonly=True) as blob:
+                    layout = chunks.part_layout(blob.read(16))
+                    blob.seek(0)
+                    got = (layout, *chunks.part_directory(blob.read(layout.dir_bytes), layout))
+                self._dirs[pid] = got
+            out.append((pid, got[0], got[1:]))
+        if len(self._dirs) > 4 * len(live) + 64:  # forget the parts compaction removed
+            ids = {pid for pid, _, _ in live}
+            self._dirs = {k: v for k, v in self._dirs.items() if k in ids}
         return out
 
     @contextlib.contextmanager

@@ -16,6 +16,7 @@ from lossproof.config import Config
 from lossproof.log.factory import open_reader
 from lossproof.obs.logging import get
 from lossproof.store.factory import open_store
+from lossproof.worker.compactor import Compactor
 from lossproof.worker.loop import Worker
 
 log = get(__name__)
@@ -77,10 +78,17 @@ def run(cfg: Config) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    compactor = None
+    if cfg.store.compact_interval_seconds > 0:
+        interval = cfg.store.compact_interval_seconds
+        compactor = Compactor(lambda: open_store(cfg), registry, interval, worker.stop)
+        compactor.start()
     log.info("worker.started", metrics=f"http://{host}:{port}/metrics", log_dir=str(cfg.log_dir))
     try:
         worker.run()
     finally:
+        if compactor is not None:
+            compactor.join(timeout=30)
         server.shutdown()
         reader.close()
         store.close()

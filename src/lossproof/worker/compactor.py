@@ -1,0 +1,97 @@
+"""The worker's background compaction: packs the store's small chunks (see ``Store.compact``).
+
+It runs in a thread of the worker process on a store handle of its own, one bounded transaction at a
+time, so the worker's writes wait for one compaction transaction at most. It keeps going while a call
+says there is more to do, then sleeps ``interval``. A failure is logged and retried later: compaction
+never decides whether a batch is stored, only how it is laid out.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter
+
+from lossproof.obs.logging import get
+from lossproof.store.base import Store, StoreUnavailable
+
+log = get(__name__)
+
+
+class CompactorMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.chunks = Counter(
+            "lossproof_store_compacted_chunks",
+            "Chunks read (in) and written (out) by compaction.",
+            ["direction"],
+            registry=registry,
+        )
+        self.bytes = Counter(
+            "lossproof_store_compacted_bytes",
+            "Chunk bytes read (in) and written (out) by compaction.",
+            ["direction"],
+            registry=registry,
+        )
+        self.points = Counter("lossproof_store_compacted_points", "Points packed.", registry=registry)
+        self.seconds = Counter(
+            "lossproof_store_compaction_seconds", "Time spent compacting.", registry=registry
+        )
+        self.errors = Counter(
+            "lossproof_store_compaction_errors", "Compaction calls that failed.", registry=registry
+        )
+
+
+class Compactor:
+    def __init__(
+        self,
+        open_store: Callable[[], Store],
+        registry: CollectorRegistry,
+        interval: float,
+        stop: threading.Event,
+    ) -> None:
+        self._open = open_store
+        self.metrics = CompactorMetrics(registry)
+        self.interval = interval
+        self.stop = stop
+        self._thread = threading.Thread(target=self._run, name="compactor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        store: Store | None = None
+        while not self.stop.is_set():
+            more = False
+            try:
+                if store is None:
+                    store = self._open()
+                more = self.once(store)
+            except StoreUnavailable as e:
+                self.metrics.errors.inc()
+                log.warning("compaction.unavailable", error=str(e))
+            except Exception as e:  # logged; the next round tries again
+                self.metrics.errors.inc()
+                log.error("compaction.failed", error=f"{type(e).__name__}: {e}")
+            if not more:
+                self.stop.wait(self.interval)
+        if store is not None:
+            store.close()
+
+    def once(self, store: Store) -> bool:
+        """One compaction call; whether it left work for another one."""
+        started = time.monotonic()
+        res = store.compact(int(time.time() * 1000))
+        self.metrics.seconds.inc(time.monotonic() - started)
+        if res.series:
+            m = self.metrics
+            m.chunks.labels("in").inc(res.chunks_in)
+            m.chunks.labels("out").inc(res.chunks_out)
+            m.bytes.labels("in").inc(res.bytes_in)
+            m.bytes.labels("out").inc(res.bytes_out)
+            m.points.inc(res.points)
+        return res.more
