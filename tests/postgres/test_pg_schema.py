@@ -285,6 +285,11 @@ def test_version_3_points_move_into_chunks(
         old = Point("cpu", {"s": "1"}, want["1"][7][0], 9.0)
         new = Point("cpu", {"s": "1"}, want["1"][-1][0] + 1, 9.0)
         assert store.write_batch(WriteBatch(samples=[("t1", old), ("t1", new)])).points_written == 1
+        # and packed by compaction (one chunk per series and window), the same points after
+        while store.compact(now_ms=T0 + 10 * mig.DAY_MS).more:
+            pass
+        got = {s.labels["s"]: s.points for s in store.query("t1", "cpu", 0, 2**62, {})}
+        assert all(_same(got[k][:-1] if k == "1" else got[k], want[k]) for k in want)
     finally:
         store.close()
     with psycopg.connect(pg_dsn, autocommit=True) as conn:

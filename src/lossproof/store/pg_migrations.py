@@ -21,6 +21,7 @@ from lossproof.store.base import StoreSchemaError
 
 LOCK_CLASS = 0x4C505346  # "LPSF": first key of every advisory lock lossproof takes
 LOCK_MIGRATE = 1
+LOCK_COMPACT = 3  # one compaction transaction at a time per database
 DAY_MS = 86_400_000
 
 
@@ -180,6 +181,13 @@ CREATE TABLE chunks (
 ALTER TABLE chunks ALTER COLUMN data SET STORAGE EXTERNAL;
 CREATE INDEX chunks_by_series ON chunks (series_id, t_max, t_min);
 CREATE INDEX chunks_by_t_max ON chunks USING brin (t_max);
+-- One row per batch (written in its transaction): its chunks have ids in (first_id, last_id].
+-- Compaction finds the raw chunks to pack through it, and deletes the rows it has worked off.
+CREATE TABLE compact_log (
+    first_id bigint PRIMARY KEY,
+    last_id  bigint NOT NULL,
+    at_ms    bigint NOT NULL  -- the batch's now_ms
+);
 DELETE FROM meta WHERE key = 'partition_ms';
 """
 

@@ -89,8 +89,11 @@ from lossproof.store import chunks
 from lossproof.store import ledger as lg
 from lossproof.store import pg_migrations as mig
 from lossproof.store.base import (
+    COMPACT_MIN_CHUNKS,
+    COMPACT_WINDOW_MS,
     SERIES_CACHE_BYTES,
     AgentSummary,
+    CompactResult,
     Conflict,
     Ledger,
     Matcher,
@@ -155,12 +158,29 @@ _Conn = psycopg.Connection[Any]
 _DATA_CLASSES = ("22", "23", "54")
 
 _COPY_CHUNKS = "COPY chunks (series_id, t_min, t_max, n, data) FROM STDIN (FORMAT BINARY)"
+_ID_SEQ = "pg_get_serial_sequence('chunks', 'id')"
 # Of the series ?1[i] whose new points start at ?2[i]: those with a point stored at or after it
 # (their newest t): one backward index seek per series, and in the common case no row comes back.
+# And a row (NULL, id) with an id taken from the chunks' sequence: the batch's chunks get higher
+# ones (recorded in compact_log).
 _NEWEST = (
-    "SELECT q.s, m.t FROM unnest(%b, %b) AS q(s, first)"
+    f"SELECT NULL::bigint, nextval({_ID_SEQ}) UNION ALL"
+    " SELECT q.s, m.t FROM unnest(%b, %b) AS q(s, first)"
     " CROSS JOIN LATERAL (SELECT max(t_max) AS t FROM chunks WHERE series_id = q.s) AS m"
     " WHERE m.t >= q.first"
+)
+_LOG_BATCH = f"INSERT INTO compact_log VALUES (%s, currval({_ID_SEQ}), %s)"
+_COMPACT_BATCHES = 16  # compact_log rows (batches) worked off per round of compaction
+_PACK_AGE_MS = 300_000  # a batch's chunks are packed at the latest this long after it was written
+# The chunks to pack of series s[i] between a[i] and b[i] (end excluded): an index range each.
+_PACK_READ = (
+    "SELECT c.id, c.series_id, c.data FROM unnest(%b, %b, %b) AS q(s, a, b)"
+    " JOIN chunks c ON c.series_id = q.s AND c.t_max >= q.a AND c.t_min < q.b"
+)
+_PACK_INSERT = (
+    "INSERT INTO chunks (id, series_id, t_min, t_max, n, data) OVERRIDING SYSTEM VALUE"
+    f" SELECT coalesce(x.i, nextval({_ID_SEQ})), x.s, x.a, x.b, x.n, x.d"
+    " FROM unnest(%s::bigint[], %b, %b, %b, %s::integer[], %s::bytea[]) AS x(i, s, a, b, n, d)"
 )
 # The chunks of series s[i] that may hold points in [a[i], b[i]]: an index range per series.
 _CHUNKS_IN = (
@@ -358,19 +378,32 @@ _POINT_ROW = np.dtype(
 )
 
 
+def _copy_out(cur: psycopg.Cursor[Any], query: sql.Composable, row: np.dtype[Any]) -> npt.NDArray[Any]:
+    """The rows of a query whose columns are all fixed-size and NOT NULL, read as binary COPY
+    straight into a numpy array of ``row`` (field count and lengths included, big-endian)."""
+    with cur.copy(sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(query)) as copy:
+        data = b"".join(bytes(block) for block in copy)
+    if not data.startswith(_COPY_HEADER):
+        raise StoreError("unexpected binary COPY output")
+    head = len(_COPY_HEADER) + 4
+    head += 4 + int.from_bytes(data[head : head + 4], "big")  # header extension
+    count = (len(data) - head - 2) // row.itemsize
+    return np.frombuffer(data, dtype=row, count=count, offset=head)
+
+
 def _read_points(
     cur: psycopg.Cursor[Any], query: sql.Composable
 ) -> tuple[chunks.I64, chunks.I64, chunks.F64]:
     """(series ids, times, values) of a query over ``points``, read as binary COPY into numpy."""
-    with cur.copy(sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(query)) as copy:
-        data = b"".join(bytes(block) for block in copy)
-    if not data.startswith(_COPY_HEADER):
-        raise StoreError("unexpected COPY output reading version 3 points")
-    head = len(_COPY_HEADER) + 4
-    head += 4 + int.from_bytes(data[head : head + 4], "big")  # header extension
-    count = (len(data) - head - 2) // _POINT_ROW.itemsize
-    rows = np.frombuffer(data, dtype=_POINT_ROW, count=count, offset=head)
+    rows = _copy_out(cur, query, _POINT_ROW)
     return rows["s"].astype(np.int64), rows["t"].astype(np.int64), rows["v"].astype(np.float64)
+
+
+# (id, series_id, t_min, t_max) of a chunk, as binary COPY sends it
+_CHUNK_META = np.dtype(
+    [("nf", ">i2"), ("l1", ">i4"), ("id", ">i8"), ("l2", ">i4"), ("s", ">i8"), ("l3", ">i4"), ("a", ">i8"),
+     ("l4", ">i4"), ("b", ">i8")]
+)  # fmt: skip
 
 
 def move_points(conn: _Conn, schema: str, limit: int | None = None) -> int:
@@ -422,7 +455,9 @@ def move_points(conn: _Conn, schema: str, limit: int | None = None) -> int:
                     continue
                 n = len(ts)
                 sids, ts, vs = chunks.sort_dedup(sids, ts, vs)
+                row = conn.execute(f"SELECT nextval({_ID_SEQ})").fetchone()
                 copy_chunks(cur, sids, ts, vs)
+                cur.execute(_LOG_BATCH, (int(row[0]) if row else 0, 0))  # packed by compaction
                 cur.execute(
                     sql.SQL("DELETE FROM {} WHERE (series_id, t) <= (%s, %s)").format(part),
                     (int(sids[-1]), int(ts[-1])),
@@ -462,6 +497,8 @@ class PostgresStore(Store):
         self._series: dict[_SeriesKey, int] = {}
         self._series_bytes = 0  # series_key_bytes of the entries
         self._labels: dict[int, dict[str, str]] = {}
+        self._pack_queue: list[tuple[int, int, int]] = []  # compaction: (series, first, last window)
+        self._pack_log: list[int] = []  # compaction: the compact_log rows of the queued round
         self._lock = threading.Lock()  # one write at a time
         self._next_maintenance = 0.0
 
@@ -777,7 +814,7 @@ class PostgresStore(Store):
             cols.add(tenant, (p for _, p in group), self._series, resolve)
         if unresolved:
             self._resolve_series(cur, unresolved, pending)
-        written = self._write_points(cur, cols, [pending[u[0]] for u in unresolved])
+        written = self._write_points(cur, cols, [pending[u[0]] for u in unresolved], now)
 
         if gone:
             cur.executemany(
@@ -887,15 +924,22 @@ class PostgresStore(Store):
             unresolved.append((key, tenant, metric, labels))
         return sid
 
-    def _write_points(self, cur: psycopg.Cursor[Any], cols: Columns, ids: Sequence[int]) -> int:
+    def _write_points(self, cur: psycopg.Cursor[Any], cols: Columns, ids: Sequence[int], now_ms: int) -> int:
         """Write the columns (provisional series ids mapped through ``ids``) as one chunk per series,
-        minus the points already stored; returns how many points were written."""
+        minus the points already stored, and the batch's row of compact_log; returns how many
+        points were written."""
         if not len(cols):
             return 0
         sids, ts, vs = cols.sorted(ids)
         starts, ends = chunks.series_bounds(sids)
         cur.execute(_NEWEST, (Int8Array(sids[starts]), Int8Array(ts[starts])))
-        newest = {int(sid): int(t) for sid, t in cur.fetchall()}
+        newest: dict[int, int] = {}
+        first_id = 0
+        for sid, t in cur.fetchall():
+            if sid is None:
+                first_id = int(t)
+            else:
+                newest[int(sid)] = int(t)
         if newest:
             stored = self._chunks_of(cur.connection, newest, sids, ts, starts, ends)
             sids, ts, vs = drop_stored(
@@ -903,6 +947,7 @@ class PostgresStore(Store):
             )
         if len(ts):
             copy_chunks(cur, sids, ts, vs)
+            cur.execute(_LOG_BATCH, (first_id, now_ms))
         return len(ts)
 
     @staticmethod
@@ -995,6 +1040,143 @@ class PostgresStore(Store):
             self.maintain()
         except StoreError as e:
             log.warning("store.maintenance_failed", error=str(e))
+
+    def compact(self, now_ms: int, max_series: int = 2000) -> CompactResult:
+        """See :meth:`Store.compact`. Batches are found through ``compact_log`` (one row each,
+        written with the batch): once it holds ``COMPACT_MIN_CHUNKS`` of them, or one older than
+        ``_PACK_AGE_MS``, a round starts: the series of up to ``_COMPACT_BATCHES`` of them are
+        queued with the windows their raw chunks reach, and each call packs ``max_series`` of them
+        (every chunk of the series overlapping those windows merged into one packed chunk per
+        window), one transaction each; the round's last one deletes its compact_log rows (a crash
+        before leaves them: the next round packs them again, which changes nothing). One
+        compaction transaction at a time per database (an advisory lock; a second compactor's call
+        returns at once). Open windows are packed again as batches come (a series' window then
+        holds its packed chunk and the raw chunks of at most a round's batches)."""
+        if self.readonly:
+            raise StoreError("store opened readonly")
+        with self._conn() as conn, conn.transaction():
+            locked = conn.execute(
+                "SELECT pg_try_advisory_xact_lock(%s, %s)", (mig.LOCK_CLASS, mig.LOCK_COMPACT)
+            ).fetchone()
+            if not locked or not locked[0]:
+                return CompactResult(more=bool(self._pack_queue))
+            if not self._pack_queue and not self._queue_round(conn, now_ms):
+                return CompactResult()
+            take = self._pack_queue[:max_series]
+            del self._pack_queue[:max_series]
+            res = [0, 0, 0, 0, 0]  # chunks in, chunks out, bytes in, bytes out, points
+            self._pack(conn, take, res)
+            more = bool(self._pack_queue)
+            if not more:
+                conn.execute("DELETE FROM compact_log WHERE first_id = ANY(%b)", (Int8Array(self._pack_log),))
+                self._pack_log = []
+                more = True  # more batches may be due: the next call looks
+            crash_point("store.compact_before_commit")
+        return CompactResult(len(take), res[0], res[1], res[2], res[3], res[4], more)
+
+    def _queue_round(self, conn: _Conn, now_ms: int) -> bool:
+        """Start a round if one is due: queue ``(series, first window, last window)`` of the raw
+        chunks of the oldest batches in compact_log. Whether one was."""
+        rows = conn.execute(
+            "SELECT first_id, last_id, at_ms FROM compact_log ORDER BY first_id LIMIT %s", (_COMPACT_BATCHES,)
+        ).fetchall()
+        if not rows:
+            return False
+        if len(rows) < COMPACT_MIN_CHUNKS and min(int(r[2]) for r in rows) > now_ms - _PACK_AGE_MS:
+            return False
+        cur = conn.cursor()
+        found = _copy_out(
+            cur,
+            sql.SQL(
+                "SELECT c.id, c.series_id, c.t_min, c.t_max"
+                " FROM unnest({}::bigint[], {}::bigint[]) AS r(a, b)"
+                " JOIN chunks c ON c.id > r.a AND c.id <= r.b"
+            ).format(sql.Literal([int(r[0]) for r in rows]), sql.Literal([int(r[1]) for r in rows])),
+            _CHUNK_META,
+        )
+        self._pack_log = [int(r[0]) for r in rows]
+        if not len(found):
+            self._pack_queue = []
+            return True
+        sids = found["s"].astype(np.int64)
+        order = np.argsort(sids, kind="stable")
+        sids = sids[order]
+        starts, _ = chunks.series_bounds(sids)
+        lo = np.minimum.reduceat(found["a"].astype(np.int64)[order] // COMPACT_WINDOW_MS, starts)
+        hi = np.maximum.reduceat(found["b"].astype(np.int64)[order] // COMPACT_WINDOW_MS, starts)
+        self._pack_queue = list(zip(sids[starts].tolist(), lo.tolist(), hi.tolist(), strict=True))
+        return True
+
+    def _pack(self, conn: _Conn, items: Sequence[tuple[int, int, int]], res: list[int]) -> None:
+        """For each ``(series, first window, last window)``: merge the series' chunks overlapping
+        those windows into one packed chunk per window (a chunk reaching outside takes its other
+        windows along), as the embedded store does: one read, columns merged and encoded together
+        (:func:`chunks.encode_many`), one delete and one insert statement. Each series' lowest
+        input ids go to its oldest windows (first write wins on), a merge yielding more chunks than
+        it read gives the rest new ids."""
+        if not items:
+            return
+        cur = conn.cursor(binary=True)
+        cur.execute(
+            _PACK_READ,
+            (
+                Int8Array([s for s, _, _ in items]),
+                Int8Array([lo * COMPACT_WINDOW_MS for _, lo, _ in items]),
+                Int8Array([(hi + 1) * COMPACT_WINDOW_MS for _, _, hi in items]),
+            ),
+        )
+        found = [(int(cid), int(sid), bytes(data)) for cid, sid, data in cur]
+        by_series: dict[int, list[tuple[int, bytes]]] = {}
+        for cid, sid, data in found:
+            by_series.setdefault(sid, []).append((cid, data))
+        # a window already packed into one chunk is left as it is
+        found = [
+            (cid, sid, data)
+            for cid, sid, data in found
+            if len(by_series[sid]) > 1 or by_series[sid][0][1][:1] != bytes((chunks.PACKED,))
+        ]
+        if not found:
+            return
+        ids = np.array([r[0] for r in found], dtype=np.int64)
+        decoded = [chunks.decode(r[2]) for r in found]
+        sizes = np.array([len(t) for t, _ in decoded], dtype=np.int64)
+        order = np.repeat(ids, sizes)
+        sids = np.repeat(np.array([r[1] for r in found], dtype=np.int64), sizes)
+        ts = np.concatenate([t for t, _ in decoded])
+        vs = np.concatenate([v for _, v in decoded])
+        pick = np.lexsort((order, ts, sids))  # by series and t, the chunk written first first
+        sids, ts, vs = chunks.sort_dedup(sids[pick], ts[pick], vs[pick])
+        windows = ts // COMPACT_WINDOW_MS
+        cut = np.flatnonzero((sids[1:] != sids[:-1]) | (windows[1:] != windows[:-1])) + 1
+        starts = np.concatenate(([0], cut)).astype(np.int64)
+        ends = np.append(cut, len(ts)).astype(np.int64)
+        datas = chunks.encode_many(ts, vs, starts, ends)
+        free: dict[int, list[int]] = {}
+        for cid, sid, _ in found:
+            free.setdefault(sid, []).append(cid)
+        for left in free.values():
+            left.sort(reverse=True)
+        out_ids: list[int | None] = []
+        for a in starts.tolist():
+            mine = free[int(sids[a])]
+            out_ids.append(mine.pop() if mine else None)
+        conn.execute("DELETE FROM chunks WHERE id = ANY(%b)", (Int8Array(ids),))
+        conn.execute(
+            _PACK_INSERT,
+            (
+                out_ids,
+                Int8Array(sids[starts]),
+                Int8Array(ts[starts]),
+                Int8Array(ts[ends - 1]),
+                (ends - starts).tolist(),
+                datas,
+            ),
+        )
+        res[0] += len(found)
+        res[1] += len(datas)
+        res[2] += sum(len(r[2]) for r in found)
+        res[3] += sum(len(d) for d in datas)
+        res[4] += len(ts)
 
     def maintain(self, now_ms: int | None = None) -> Retention:
         """Delete the chunks whose newest point is older than ``retention_days`` (0: nothing), in
@@ -1172,8 +1354,7 @@ class PostgresStore(Store):
 
     def max_stored_seq(self, tenant: str, agent: str, incarnation: str) -> int:
         rows = self._fetch(
-            "SELECT coalesce(max(seq), 0) FROM reports"
-            " WHERE tenant = %s AND agent = %s AND incarnation = %s",
+            "SELECT coalesce(max(seq), 0) FROM reports WHERE tenant = %s AND agent = %s AND incarnation = %s",
             (tenant, agent, incarnation),
         )
         return int(rows[0][0])
