@@ -116,7 +116,21 @@ def _writer_counts(writers: str) -> list[int]:
 @click.option("--points-per-report", type=click.IntRange(1), default=1000, show_default=True)
 @click.option("--agents", type=click.IntRange(1), default=32, show_default=True, help="Per writer.")
 @click.option("--writers", default="1,2", show_default=True, help="Writer process counts to run.")
-def bench_cmd(dsn: str | None, points: int, points_per_report: int, agents: int, writers: str) -> None:
+@click.option(
+    "--series-per-agent",
+    type=click.IntRange(1),
+    default=None,
+    help="Series each agent's reports cover (default: --points-per-report, one point per series per"
+    " report; fewer gives each series several points per batch).",
+)
+def bench_cmd(
+    dsn: str | None,
+    points: int,
+    points_per_report: int,
+    agents: int,
+    writers: str,
+    series_per_agent: int | None,
+) -> None:
     """Store write throughput: the embedded store, and PostgreSQL with 1 and 2 writer processes.
 
     Each writer writes --points / writers points in batches of --agents x --points-per-report; its
@@ -139,7 +153,12 @@ def bench_cmd(dsn: str | None, points: int, points_per_report: int, agents: int,
         with tempfile.TemporaryDirectory(prefix="lossproof-bench-") as tmp:
             for n in counts:
                 r = bench_store_processes(
-                    ("sqlite", str(Path(tmp) / f"s{n}.db")), n, points, points_per_report, agents
+                    ("sqlite", str(Path(tmp) / f"s{n}.db")),
+                    n,
+                    points,
+                    points_per_report,
+                    agents,
+                    series_per_agent=series_per_agent,
                 )
                 lines.append({"store": "embedded", **r})
                 click.echo(json.dumps(lines[-1]), err=True)
@@ -147,7 +166,14 @@ def bench_cmd(dsn: str | None, points: int, points_per_report: int, agents: int,
             for n in counts:
                 schema = "bench_" + uuid.uuid4().hex[:8]
                 try:
-                    r = bench_store_processes(("postgres", dsn, schema), n, points, points_per_report, agents)
+                    r = bench_store_processes(
+                        ("postgres", dsn, schema),
+                        n,
+                        points,
+                        points_per_report,
+                        agents,
+                        series_per_agent=series_per_agent,
+                    )
                 finally:
                     _drop_schema(dsn, schema)
                 lines.append({"store": "postgres", **r})
