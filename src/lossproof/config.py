@@ -121,7 +121,7 @@ class StoreConfig(_Section):
     dsn: str = ""
     pg_schema: str = Field(default="lossproof", min_length=1, max_length=63)
     pool_size: int = Field(default=4, ge=1, le=100)  # connections per process
-    # Point partitions (one per UTC day) older than this are dropped; 0 keeps everything.
+    # PostgreSQL: points older than this many days are deleted (whole chunks); 0 keeps everything.
     retention_days: float = Field(default=0.0, ge=0, le=MAX_SECONDS / 86400)
     connect_timeout_seconds: float = Field(default=10.0, gt=0, le=MAX_SECONDS)
     # How often each worker packs the store's small chunks (Store.compact); 0 turns it off.

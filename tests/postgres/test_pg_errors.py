@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from lossproof import config as config_mod
 from lossproof.log.embedded import EmbeddedLogReader, EmbeddedLogWriter
 from lossproof.protocol import native
-from lossproof.store.base import Point, ReportWrite, StoreError, StoreUnavailable, WriteBatch
+from lossproof.store.base import Point, ReportWrite, StoreUnavailable, WriteBatch
 from lossproof.store.postgres import PostgresStore
 from lossproof.worker.loop import Worker
 from lptest.pg_cluster import PgCluster, free_port
@@ -79,7 +79,7 @@ def test_data_errors_are_not_unavailable(pg_dsn: str, pg_schema: str) -> None:
         bad = [
             # a key too large for a b-tree entry (index row size; incompressible)
             WriteBatch(samples=[("t1", Point(os.urandom(6000).hex(), {}, T0, 1.0))], now_ms=1),
-            # a time no partition can hold
+            # a time outside int64
             WriteBatch(samples=[("t1", Point("m", {}, 2**63 + 5, 1.0))], now_ms=1),
             # not a number
             WriteBatch(reports=[ReportWrite("t1", "a", 1, [Point("m", {}, T0, "x")])], now_ms=1),  # type: ignore[arg-type]
@@ -96,12 +96,15 @@ def test_data_errors_are_not_unavailable(pg_dsn: str, pg_schema: str) -> None:
         store.close()
 
 
-def test_time_outside_partitions_is_a_store_error(pg_dsn: str, pg_schema: str) -> None:
+def test_any_int64_time_is_stored(pg_dsn: str, pg_schema: str) -> None:
+    # no partitions to hold a time (before #15 days outside the years 1-9999 were refused)
     store = PostgresStore(pg_dsn, schema=pg_schema)
     try:
-        with pytest.raises(StoreError, match="outside the years 1-9999") as info:
-            store.write_batch(WriteBatch(samples=[("t1", Point("m", {}, 2**62, 1.0))], now_ms=1))
-        assert not isinstance(info.value, StoreUnavailable)
+        times = [-(2**63), -1, 2**62, 2**63 - 1]
+        batch = WriteBatch(samples=[("t1", Point("m", {}, t, 1.0)) for t in times], now_ms=1)
+        assert store.write_batch(batch).points_written == 4
+        [s] = store.query("t1", "m", -(2**63), 2**63 - 1, {})
+        assert [t for t, _ in s.points] == times
     finally:
         store.close()
 

@@ -3,11 +3,16 @@ refused with one line; an older one is refused until ``lossproof store migrate``
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import os
+import struct
 import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -16,7 +21,9 @@ from psycopg import sql
 from lossproof import config as config_mod
 from lossproof.store import pg_migrations as mig
 from lossproof.store import postgres as pg
-from lossproof.store.base import StoreSchemaError
+from lossproof.store.base import Point, StoreSchemaError, WriteBatch
+
+T0 = 1_700_000_000_000
 
 # `lossproof store ...` (the group is registered in lossproof.cli; called directly here so these
 # tests do not depend on that registration)
@@ -63,12 +70,11 @@ def test_migrate_cli_is_idempotent(tmp_path: Path, pg_dsn: str, pg_schema: str) 
     assert again.returncode == 0, again.stderr
     assert f"already at version {mig.LATEST}" in again.stdout
     assert _version_rows(pg_dsn, pg_schema) == [m.version for m in mig.MIGRATIONS]
-    # the partitions for today and tomorrow exist already
-    store = pg.PostgresStore(pg_dsn, schema=pg_schema)
-    try:
-        assert len(store._partitions) >= 2
-    finally:
-        store.close()
+    # the layout of version 4: chunks, no per-point table
+    with psycopg.connect(pg_dsn) as conn:
+        assert not mig.points_pending(conn, pg_schema)
+        q = sql.SQL("SELECT count(*) FROM {}.chunks").format(sql.Identifier(pg_schema))
+        assert conn.execute(q).fetchone() == (0,)
 
 
 def test_newer_schema_is_refused_in_one_line(tmp_path: Path, pg_dsn: str, pg_schema: str) -> None:
@@ -169,3 +175,127 @@ def test_migration_3_keeps_agents_as_incarnation_empty(
         assert new.reports_conflict == 1 and [c.seq for c in store.conflicts("t1")] == [4]
     finally:
         store.close()
+
+
+# The day partitions of version 3's ``points``, as lossproof wrote them.
+def _v3_points(
+    dsn: str, schema: str, series: int, days: int, per_day: int
+) -> dict[str, list[tuple[int, float]]]:
+    """A version 3 schema whose ``points`` holds ``series`` series with ``per_day`` points on each of
+    ``days`` days (NaN, infinities and -0.0 among the values); returns each series' points by its
+    label ``s``."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        mig_v3 = mig.MIGRATIONS[:3]
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        conn.execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, description text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for m in mig_v3:
+            conn.execute(m.sql.encode())
+            conn.execute(
+                "INSERT INTO schema_migrations (version, description) VALUES (%s, %s)",
+                (m.version, m.description),
+            )
+        want: dict[str, list[tuple[int, float]]] = {}
+        day0 = T0 // mig.DAY_MS
+        for d in range(day0, day0 + days):
+            name = f"points_p{d}"
+            conn.execute(
+                sql.SQL("CREATE TABLE {} PARTITION OF points FOR VALUES FROM ({}) TO ({})").format(
+                    sql.Identifier(name), sql.Literal(d * mig.DAY_MS), sql.Literal((d + 1) * mig.DAY_MS)
+                )
+            )
+        specials = [math.nan, math.inf, -math.inf, -0.0]
+        with conn.transaction():
+            for k in range(series):
+                labels = json.dumps({"s": str(k)}, separators=(",", ":"))
+                sid = conn.execute(
+                    "INSERT INTO series (tenant, metric, labels_json, labels_hash) VALUES"
+                    " ('t1', 'cpu', %s, %s) RETURNING id",
+                    (labels, hashlib.sha256(labels.encode()).digest()),
+                ).fetchone()[0]
+                pts = [
+                    (d * mig.DAY_MS + 1000 * i + k, specials[i % 4] if i % 5 == 0 else float(i * k))
+                    for d in range(day0, day0 + days)
+                    for i in range(per_day)
+                ]
+                with conn.cursor().copy("COPY points (series_id, t, v) FROM STDIN") as cp:
+                    for t, v in pts:
+                        cp.write_row((sid, t, v))
+                want[str(k)] = pts
+    return want
+
+
+def _same(got: list[tuple[int, float]], want: list[tuple[int, float]]) -> bool:
+    return [t for t, _ in got] == [t for t, _ in want] and all(
+        struct.pack("<d", a) == struct.pack("<d", b) or (math.isnan(a) and math.isnan(b))
+        for (_, a), (_, b) in zip(got, want, strict=True)
+    )
+
+
+def _counts(dsn: str, schema: str) -> tuple[int, int]:
+    """(points left in version 3's table, points in chunks)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        left = conn.execute("SELECT count(*) FROM points").fetchone()
+        moved = conn.execute("SELECT coalesce(sum(n), 0) FROM chunks").fetchone()
+    return int(left[0]) if left else 0, int(moved[0]) if moved else 0
+
+
+def test_version_3_points_move_into_chunks(
+    monkeypatch: pytest.MonkeyPatch, pg_dsn: str, pg_schema: str
+) -> None:
+    """#15: ``store migrate`` moves version 3's points into chunks, a bounded transaction at a time,
+    each moving points and deleting them together: a failure midway leaves every point in exactly
+    one of the two tables, the schema refused until ``store migrate`` ran again, which goes on."""
+    want = _v3_points(pg_dsn, pg_schema, series=6, days=3, per_day=500)
+    total = 6 * 3 * 500
+    with pytest.raises(StoreSchemaError, match="run `lossproof store migrate`"):
+        pg.PostgresStore(pg_dsn, schema=pg_schema)
+    monkeypatch.setattr(pg, "MOVE_POINTS", 1000)
+    real = pg.copy_chunks
+    calls = 0
+
+    def failing(cur: psycopg.Cursor[Any], *cols: Any) -> None:
+        nonlocal calls
+        calls += 1
+        real(cur, *cols)
+        if calls == 4:
+            raise RuntimeError("injected: killed in the fourth transaction")
+
+    monkeypatch.setattr(pg, "copy_chunks", failing)
+    with pytest.raises(RuntimeError, match="injected"):
+        pg.migrate(pg_dsn, pg_schema)
+    assert _counts(pg_dsn, pg_schema) == (total - 3000, 3000)  # three transactions committed
+    for readonly in (False, True):
+        with pytest.raises(
+            StoreSchemaError, match="not yet moved into chunks; run `lossproof store migrate`"
+        ):
+            pg.PostgresStore(pg_dsn, schema=pg_schema, readonly=readonly)
+    monkeypatch.setattr(pg, "copy_chunks", real)
+    assert pg.migrate(pg_dsn, pg_schema) == (4, 4)
+    store = pg.PostgresStore(pg_dsn, schema=pg_schema)
+    try:
+        got = {s.labels["s"]: s.points for s in store.query("t1", "cpu", 0, 2**62, {})}
+        assert got.keys() == want.keys()
+        assert all(_same(got[k], want[k]) for k in want)
+        # and written to as usual: a point already stored is not stored again, a new one is
+        old = Point("cpu", {"s": "1"}, want["1"][7][0], 9.0)
+        new = Point("cpu", {"s": "1"}, want["1"][-1][0] + 1, 9.0)
+        assert store.write_batch(WriteBatch(samples=[("t1", old), ("t1", new)])).points_written == 1
+        # and packed by compaction (one chunk per series and window), the same points after
+        while store.compact(now_ms=T0 + 10 * mig.DAY_MS).more:
+            pass
+        got = {s.labels["s"]: s.points for s in store.query("t1", "cpu", 0, 2**62, {})}
+        assert all(_same(got[k][:-1] if k == "1" else got[k], want[k]) for k in want)
+    finally:
+        store.close()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        q = (
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relname LIKE 'points%%'"
+        )
+        row = conn.execute(q, (pg_schema,)).fetchone()
+        assert row is not None and row[0] == 0

@@ -9,7 +9,6 @@ stored whole, report by report, with its ledger).
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 
@@ -18,6 +17,8 @@ import psutil
 import pytest
 
 from lossproof.protocol import promrw
+from lossproof.store.base import Matcher
+from lossproof.store.sqlite import SqliteStore
 from lptest.pipeline import HTTP, Pipeline, _children, expand, report
 from lptest.proto import metric_value
 
@@ -107,18 +108,16 @@ def test_big_bodies_cost_the_worker_bounded_memory_and_are_stored_exactly_once(
     assert metric_value(metrics, "lossproof_worker_reports_total", outcome="duplicate") == 0
     assert ledger["missing"] == [] and ledger["lost"] == [] and expand(ledger["stored"]) == set(range(1, 151))
     pipeline.stop()
-    con = sqlite3.connect(Path(pipeline.data_dir) / "store.db")
+    store = SqliteStore(Path(pipeline.data_dir) / "store.db", readonly=True)
     try:
         # exactly once: every sample of both bodies (the retried one included) and every point
-        rw = con.execute(
-            "SELECT count(*), count(DISTINCT p.series_id) FROM points p JOIN series s ON s.id = p.series_id"
-            " WHERE s.metric LIKE 'mem_probe_%'"
-        ).fetchone()
-        native = con.execute(
-            "SELECT count(*) FROM points p JOIN series s ON s.id = p.series_id WHERE s.metric = 'mem.native'"
-        ).fetchone()[0]
+        everything = (-(2**62), 2**62)
+        probes = store.select_arrays("default", [Matcher("__name__", "=~", "mem_probe_.*")], *everything)
+        rw = (sum(len(a.t) for a in probes), len(probes))
+        natives = store.select_arrays("default", [Matcher("__name__", "=", "mem.native")], *everything)
+        native = sum(len(a.t) for a in natives)
     finally:
-        con.close()
+        store.close()
     assert rw == (2 * per_body, 2 * SERIES)
     assert native == 150_000
     assert peak < PEAK_RSS_BOUND, f"worker peak RSS {peak / MiB:.0f} MiB, bound {PEAK_RSS_BOUND / MiB:.0f}"

@@ -248,7 +248,6 @@ class WriteBatch:
     # Within a batch, of two with the same series and t the first wins: reports' points first, then
     # samples, then series (a batch is one transaction: which of them came first is its own order).
     samples: list[tuple[str, Point]] = field(default_factory=list)
-    series: list[tuple[str, SeriesSamples]] = field(default_factory=list)
     lost: list[LostRange] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     gaps: list[LogGap] = field(default_factory=list)
@@ -256,6 +255,7 @@ class WriteBatch:
     spool: list[SpoolState] = field(default_factory=list)  # per agent, the last one wins
     metadata: list[MetricMetadata] = field(default_factory=list)  # per (tenant, metric), the last wins
     incarnations: list[Incarnation] = field(default_factory=list)
+    series: list[tuple[str, SeriesSamples]] = field(default_factory=list)  # samples as columns, see above
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,11 +436,20 @@ class Store(abc.ABC):
     def write_batch(self, batch: WriteBatch) -> WriteResult:
         """Apply the batch atomically and idempotently (see module docstring)."""
 
-    @abc.abstractmethod
     def query(
         self, tenant: str, metric: str, from_ms: int, to_ms: int, labels: dict[str, str]
     ) -> list[Series]:
-        """Series of ``metric`` whose labels include ``labels``, points with from_ms <= t <= to_ms."""
+        """Series of ``metric`` whose labels include ``labels``, points with from_ms <= t <= to_ms;
+        series without a point in the range are left out. Sorted by labels."""
+        want = labels.items()
+        matchers = [Matcher("__name__", "=", metric)]
+        matchers += [Matcher(k, "=", v) for k, v in labels.items() if k != "__name__"]
+        # a matcher also takes a missing label for "": the inclusion test decides
+        return [
+            a.to_series()
+            for a in self.select_arrays(tenant, matchers, from_ms, to_ms)
+            if want <= a.labels.items()
+        ]
 
     @abc.abstractmethod
     def agents(self, tenant: str) -> list[AgentSummary]:
@@ -512,32 +521,17 @@ class Store(abc.ABC):
         :meth:`series`; a backend may read an index instead."""
         return sorted({metric for metric, _ in self.series(tenant, [])})
 
-    def select(self, tenant: str, matchers: Sequence[Matcher], from_ms: int, to_ms: int) -> list[Series]:
-        """The points with ``from_ms <= t <= to_ms`` of every series matching all ``matchers``, in t
-        order; series without a point in the range are left out. Sorted like :meth:`series`.
-
-        This default answers through :meth:`series` and :meth:`query`; a backend may do better."""
-        out: list[Series] = []
-        for metric, labels in self.series(tenant, matchers):
-            for s in self.query(tenant, metric, from_ms, to_ms, labels):
-                if s.labels == labels and s.points:
-                    out.append(s)
-        return out
-
+    @abc.abstractmethod
     def select_arrays(
         self, tenant: str, matchers: Sequence[Matcher], from_ms: int, to_ms: int
     ) -> list[SeriesArrays]:
-        """:meth:`select` as columns (what PromQL and the charts compute on). This default converts
-        :meth:`select`'s answer; a backend that stores columns answers with them directly."""
-        return [
-            SeriesArrays(
-                s.metric,
-                s.labels,
-                np.array([t for t, _ in s.points], dtype=np.int64),
-                np.array([v for _, v in s.points], dtype=np.float64),
-            )
-            for s in self.select(tenant, matchers, from_ms, to_ms)
-        ]
+        """The points with ``from_ms <= t <= to_ms`` of every series matching all ``matchers``, as
+        columns, from one snapshot of the store; series without a point in the range are left out.
+        Sorted like :meth:`series`."""
+
+    def select(self, tenant: str, matchers: Sequence[Matcher], from_ms: int, to_ms: int) -> list[Series]:
+        """:meth:`select_arrays` as lists of ``(t, v)``."""
+        return [a.to_series() for a in self.select_arrays(tenant, matchers, from_ms, to_ms)]
 
     def select_last(
         self,
@@ -553,25 +547,18 @@ class Store(abc.ABC):
         lookback of ``window_ms``; a chart at one step per pixel uses ``window_ms = step_ms``, so
         that a pixel without any point is a hole). Series without any sample are left out.
 
-        It reads about one point per step and series rather than every point, so a chart's cost
-        follows its width, not the data's density. This default reads every point via
-        :meth:`select`; a backend should answer with one index seek per step and series."""
+        It decodes the chunks overlapping the whole range (:meth:`select_arrays`), then samples them
+        with numpy (:func:`stepped`): no Python per point."""
         if step_ms <= 0 or window_ms <= 0:
             raise ValueError("step_ms and window_ms must be positive")
-        n = (end_ms - start_ms) // step_ms + 1 if end_ms >= start_ms else 0
+        if end_ms < start_ms:
+            return []
+        n = (end_ms - start_ms) // step_ms + 1
         out: list[SteppedSeries] = []
-        for s in self.select(tenant, matchers, start_ms - window_ms + 1, start_ms + (n - 1) * step_ms):
-            samples: list[tuple[int, float] | None] = [None] * n
-            pts = s.points
-            j = 0
-            for k in range(n):
-                at = start_ms + k * step_ms
-                while j < len(pts) and pts[j][0] <= at:
-                    j += 1
-                if j and pts[j - 1][0] > at - window_ms:
-                    samples[k] = pts[j - 1]
-            if any(x is not None for x in samples):
-                out.append(SteppedSeries(s.metric, s.labels, samples))
+        for a in self.select_arrays(tenant, matchers, start_ms - window_ms + 1, start_ms + (n - 1) * step_ms):
+            got = stepped(a, start_ms, n, step_ms, window_ms)
+            if got is not None:
+                out.append(got)
         return out
 
     def compact(self, now_ms: int, max_series: int = 2000) -> CompactResult:

@@ -75,7 +75,11 @@ def sort_dedup(sids: I64, ts: I64, vs: F64) -> tuple[I64, I64, F64]:
     """The columns sorted by (series, t), keeping only the first occurrence of each (series, t) in
     the input order: the batch's own first write wins."""
     order = np.lexsort((ts, sids))  # stable: equal keys keep their input order
-    sids, ts, vs = sids[order], ts[order], vs[order]
+    return dedup_sorted(sids[order], ts[order], vs[order])
+
+
+def dedup_sorted(sids: I64, ts: I64, vs: F64) -> tuple[I64, I64, F64]:
+    """Columns already sorted by (series, t) less all but the first point of each (series, t)."""
     if len(ts) > 1:
         keep = np.empty(len(ts), dtype=bool)
         keep[0] = True
@@ -354,6 +358,7 @@ def decode_part(data: bytes) -> tuple[I64, I64, F64]:
         raise ChunkError(f"part of {len(data)} bytes for {layout.points} points")
     usids, _, starts = part_directory(data, layout)
     sids = np.repeat(usids, np.diff(starts))
-    ts = np.frombuffer(data, "<i8", layout.points, layout.ts_offset).astype(np.int64)
-    vs = np.frombuffer(data, "<f8", layout.points, layout.vs_offset).astype(np.float64)
+    # views of ``data``, not copies (little-endian is numpy's int64 and float64 here)
+    ts = np.frombuffer(data, "<i8", layout.points, layout.ts_offset).astype(np.int64, copy=False)
+    vs = np.frombuffer(data, "<f8", layout.points, layout.vs_offset).astype(np.float64, copy=False)
     return sids, ts, vs

@@ -1,4 +1,4 @@
-"""``lossproof store ...``: schema migrations, partition maintenance and a store benchmark.
+"""``lossproof store ...``: schema migrations, retention and a store benchmark.
 
 Registered in ``lossproof.cli`` with ``cli.add_command(store_group)``. Errors are one line on stderr
 and a non-zero exit, like every other command.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import tempfile
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -37,7 +38,7 @@ _data_dir = click.option(
 
 @click.group("store")
 def store_group() -> None:
-    """Manage the store (schema migrations, partitions, benchmark)."""
+    """Manage the store (schema migrations, retention, benchmark)."""
 
 
 @store_group.command("migrate")
@@ -70,8 +71,8 @@ def migrate_cmd(data_dir: Path) -> None:
 @store_group.command("maintain")
 @_data_dir
 def maintain_cmd(data_dir: Path) -> None:
-    """Create today's and tomorrow's point partitions and drop those past store.retention_days
-    (workers also do this every few minutes)."""
+    """Delete the points past store.retention_days (whole chunks whose newest point is older);
+    workers also do this every few minutes."""
     cfg = _load(data_dir)
     if cfg.store.backend != "postgres":
         raise click.ClickException("store maintain is for store.backend = 'postgres'")
@@ -82,12 +83,16 @@ def maintain_cmd(data_dir: Path) -> None:
         store = open_store(cfg)
         assert isinstance(store, PostgresStore)
         try:
-            created, dropped = store.maintain()
+            done = store.maintain()
         finally:
             store.close()
     except StoreError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"partitions created: {', '.join(created) or 'none'}; dropped: {', '.join(dropped) or 'none'}")
+    if done.before_ms is None:
+        click.echo("retention: off (store.retention_days = 0), nothing deleted")
+        return
+    before = datetime.fromtimestamp(done.before_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    click.echo(f"retention: deleted {done.points} points in {done.chunks} chunks older than {before}")
 
 
 def _writer_counts(writers: str) -> list[int]:
@@ -111,7 +116,21 @@ def _writer_counts(writers: str) -> list[int]:
 @click.option("--points-per-report", type=click.IntRange(1), default=1000, show_default=True)
 @click.option("--agents", type=click.IntRange(1), default=32, show_default=True, help="Per writer.")
 @click.option("--writers", default="1,2", show_default=True, help="Writer process counts to run.")
-def bench_cmd(dsn: str | None, points: int, points_per_report: int, agents: int, writers: str) -> None:
+@click.option(
+    "--series-per-agent",
+    type=click.IntRange(1),
+    default=None,
+    help="Series each agent's reports cover (default: --points-per-report, one point per series per"
+    " report; fewer gives each series several points per batch).",
+)
+def bench_cmd(
+    dsn: str | None,
+    points: int,
+    points_per_report: int,
+    agents: int,
+    writers: str,
+    series_per_agent: int | None,
+) -> None:
     """Store write throughput: the embedded store, and PostgreSQL with 1 and 2 writer processes.
 
     Each writer writes --points / writers points in batches of --agents x --points-per-report; its
@@ -134,7 +153,12 @@ def bench_cmd(dsn: str | None, points: int, points_per_report: int, agents: int,
         with tempfile.TemporaryDirectory(prefix="lossproof-bench-") as tmp:
             for n in counts:
                 r = bench_store_processes(
-                    ("sqlite", str(Path(tmp) / f"s{n}.db")), n, points, points_per_report, agents
+                    ("sqlite", str(Path(tmp) / f"s{n}.db")),
+                    n,
+                    points,
+                    points_per_report,
+                    agents,
+                    series_per_agent=series_per_agent,
                 )
                 lines.append({"store": "embedded", **r})
                 click.echo(json.dumps(lines[-1]), err=True)
@@ -142,7 +166,14 @@ def bench_cmd(dsn: str | None, points: int, points_per_report: int, agents: int,
             for n in counts:
                 schema = "bench_" + uuid.uuid4().hex[:8]
                 try:
-                    r = bench_store_processes(("postgres", dsn, schema), n, points, points_per_report, agents)
+                    r = bench_store_processes(
+                        ("postgres", dsn, schema),
+                        n,
+                        points,
+                        points_per_report,
+                        agents,
+                        series_per_agent=series_per_agent,
+                    )
                 finally:
                     _drop_schema(dsn, schema)
                 lines.append({"store": "postgres", **r})

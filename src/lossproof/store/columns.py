@@ -8,7 +8,7 @@ Series ids come from the store through ``resolve``; a series seen before costs o
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import repeat
 from typing import Any
 
@@ -78,10 +78,20 @@ class Columns:
             self._ts.extend(s.t)
             self._vs.extend(s.v)
 
-    def sorted(self) -> tuple[chunks.I64, chunks.I64, chunks.F64]:
-        """(series ids, timestamps, values) sorted by (series, t), one point per (series, t)."""
+    def sorted(self, provisional: Sequence[int] = ()) -> tuple[chunks.I64, chunks.I64, chunks.F64]:
+        """(series ids, timestamps, values) sorted by (series, t), one point per (series, t).
+
+        A resolver may hand out provisional ids for series it resolves later in bulk (PostgreSQL):
+        ``-1 - k`` stands for ``provisional[k]``, replaced before sorting (so the batch's first
+        write still wins when two keys, labels in another order, turn out to be one series)."""
+        sids = np.frombuffer(self._sids, dtype=np.int64)
+        if len(provisional):
+            neg = sids < 0
+            if neg.any():
+                sids = sids.copy()
+                sids[neg] = np.asarray(provisional, dtype=np.int64)[-1 - sids[neg]]
         return chunks.sort_dedup(
-            np.frombuffer(self._sids, dtype=np.int64),
+            sids,
             np.frombuffer(self._ts, dtype=np.int64),
             np.frombuffer(self._vs, dtype=np.float64),
         )

@@ -21,6 +21,7 @@ from lossproof.store.base import StoreSchemaError
 
 LOCK_CLASS = 0x4C505346  # "LPSF": first key of every advisory lock lossproof takes
 LOCK_MIGRATE = 1
+LOCK_COMPACT = 3  # one compaction transaction at a time per database
 DAY_MS = 86_400_000
 
 
@@ -159,10 +160,42 @@ CREATE TABLE conflicts (
 );
 """
 
+# Columnar chunks (see store/chunks.py): one row per series per batch, packed per two-hour window
+# by compaction, instead of one row per point. Not partitioned: retention deletes the chunks whose
+# newest point is past the horizon (compaction keeps a chunk within one window, so a chunk is
+# never much older than its t_max); the BRIN index on t_max finds them without a scan of the
+# table, at next to no cost per insert (chunks are appended about in time order). Chunk bytes are
+# stored as they are: raw ones are written once and packed later, packed ones are zstd already,
+# so PostgreSQL's own compression would cost CPU for nothing.
+# The version 3 table ``points`` is left in place by this migration; :func:`move_points` empties it
+# into chunks a bounded transaction at a time and then drops it.
+V4 = """
+CREATE TABLE chunks (
+    id        bigint  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,  -- write order: the lowest id wins a t
+    series_id bigint  NOT NULL,
+    t_min     bigint  NOT NULL,
+    t_max     bigint  NOT NULL,
+    n         integer NOT NULL,
+    data      bytea   NOT NULL
+);
+ALTER TABLE chunks ALTER COLUMN data SET STORAGE EXTERNAL;
+CREATE INDEX chunks_by_series ON chunks (series_id, t_max, t_min);
+CREATE INDEX chunks_by_t_max ON chunks USING brin (t_max);
+-- One row per batch (written in its transaction): its chunks have ids in (first_id, last_id].
+-- Compaction finds the raw chunks to pack through it, and deletes the rows it has worked off.
+CREATE TABLE compact_log (
+    first_id bigint PRIMARY KEY,
+    last_id  bigint NOT NULL,
+    at_ms    bigint NOT NULL  -- the batch's now_ms
+);
+DELETE FROM meta WHERE key = 'partition_ms';
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", V1),
     Migration(2, "metric metadata", V2),
     Migration(3, "agent incarnations, report digests, conflicts", V3),
+    Migration(4, "columnar chunks", V4),
 )
 LATEST = MIGRATIONS[-1].version
 
@@ -195,6 +228,17 @@ def schema_state(conn: psycopg.Connection[Any], schema: str) -> int | None:
             f" ({LATEST}); upgrade lossproof"
         )
     return version
+
+
+def points_pending(conn: psycopg.Connection[Any], schema: str) -> bool:
+    """Whether version 3's per-point table is still there next to version 4's chunks (its points
+    not all moved into chunks yet, see ``postgres.move_points``)."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname IN ('points', 'chunks') AND c.relkind IN ('r', 'p')",
+        (schema,),
+    ).fetchone()
+    return row is not None and int(row[0]) == 2
 
 
 def migrate(conn: psycopg.Connection[Any], schema: str) -> tuple[int, int]:

@@ -65,10 +65,8 @@ from lossproof.store.base import (
     Matcher,
     MetricMetadata,
     SeqRange,
-    Series,
     SeriesArrays,
     SpoolState,
-    SteppedSeries,
     Store,
     StoreError,
     StoreSchemaError,
@@ -80,7 +78,6 @@ from lossproof.store.base import (
     latest_metadata,
     matches_all,
     series_key_bytes,
-    stepped,
 )
 from lossproof.store.columns import Columns, drop_stored
 
@@ -254,7 +251,7 @@ _SELECT_CHUNKS = "SELECT id, data FROM chunks WHERE series_id = ?1 AND t_max >= 
 _NEWEST = "SELECT value, (SELECT max(t_max) FROM chunks WHERE series_id = value) FROM json_each(?)"
 # Unpacked chunks after ?1, in id order, with the first byte of their data (the encoding).
 _SCAN_RAW = (
-    "SELECT id, series_id, t_min, t_max FROM chunks WHERE id > ?1 AND substr(data, 1, 1) = ?2"
+    "SELECT id, series_id, t_min, t_max, n FROM chunks WHERE id > ?1 AND substr(data, 1, 1) = ?2"
     " ORDER BY id LIMIT ?3"
 )
 _SCAN_LIMIT = 200_000
@@ -269,6 +266,10 @@ _PACK_READ = (
 _PART_FLUSH_COUNT = 8
 _PART_FLUSH_POINTS = 2_000_000
 _PART_FLUSH_AGE_MS = 30_000
+# Points one flush takes at most (whole parts, one at least): its columns are held a few times over
+# in memory (decoded, sorted, encoded), ~100 bytes a point in all.
+_FLUSH_MAX_POINTS = 500_000
+_PACK_MAX_POINTS = 200_000
 _PART_ORDER = 1 << 62  # a part's rank among a series' chunks when merging: after all of them
 _NONE = -(1 << 63)  # "no point stored" in the newest-t cache
 _NEWEST_MAX = 2_000_000
@@ -304,7 +305,7 @@ class SqliteStore(Store):
         self._dirs: dict[int, tuple[chunks.PartLayout, chunks.I64, chunks.I64, chunks.I64]] = {}
         # Compaction's packing work, (series, first window, last window), done a slice per call;
         # on restart the scan is made again from meta.compact_after.
-        self._pack_queue: list[tuple[int, int, int]] = []
+        self._pack_queue: list[tuple[int, int, int, int]] = []  # (series, windows from, to, raw points)
         self._pack_mark = 0
         self._pack_scan_done = True
         if readonly and not self.path.exists():
@@ -836,7 +837,7 @@ class SqliteStore(Store):
         take: list[int] = []
         n = 0
         for pid, count, _ in live:  # the oldest ones: the parts left are newer than every chunk
-            if take and n + count > 4 * _PART_FLUSH_POINTS:
+            if take and n + count > _FLUSH_MAX_POINTS:
                 break
             take.append(pid)
             n += count
@@ -851,7 +852,8 @@ class SqliteStore(Store):
         ts = np.concatenate([c[2] for c in cols])
         vs = np.concatenate([c[3] for c in cols])
         pick = np.lexsort((order, ts, sids))  # by series, t, and the older part first
-        sids, ts, vs = chunks.sort_dedup(sids[pick], ts[pick], vs[pick])
+        del order
+        sids, ts, vs = chunks.dedup_sorted(sids[pick], ts[pick], vs[pick])
         rows = chunks.encode_batch(sids, ts, vs)
         con.executemany(_INSERT_CHUNK, rows)
         con.execute("DELETE FROM parts WHERE id <= ?", (take[-1],))
@@ -871,10 +873,18 @@ class SqliteStore(Store):
             if not self._pack_due(now_ms):
                 return CompactResult()
             self._scan_unpacked()
-        take = self._pack_queue[:max_series]
-        del self._pack_queue[:max_series]
+        # at most max_series series, and about _PACK_MAX_POINTS raw points (memory: ~150 B a point)
+        k, n = 0, 0
+        queue = self._pack_queue
+        while k < min(max_series, len(queue)) and (k == 0 or n + queue[k][3] <= _PACK_MAX_POINTS):
+            n += queue[k][3]
+            k += 1
+        take = queue[:k]
+        del queue[:k]
         res = [0, 0, 0, 0, 0]  # chunks in, chunks out, bytes in, bytes out, points
-        self._pack([(sid, lo * COMPACT_WINDOW_MS, (hi + 1) * COMPACT_WINDOW_MS) for sid, lo, hi in take], res)
+        self._pack(
+            [(sid, lo * COMPACT_WINDOW_MS, (hi + 1) * COMPACT_WINDOW_MS) for sid, lo, hi, _ in take], res
+        )
         more = bool(self._pack_queue)
         if not more:
             self._meta_set(compact_after=self._pack_mark)
@@ -906,7 +916,10 @@ class SqliteStore(Store):
         starts, _ = chunks.series_bounds(cols[:, 1].copy())
         lo = np.minimum.reduceat(cols[:, 2] // COMPACT_WINDOW_MS, starts)
         hi = np.maximum.reduceat(cols[:, 3] // COMPACT_WINDOW_MS, starts)
-        self._pack_queue = list(zip(cols[starts, 1].tolist(), lo.tolist(), hi.tolist(), strict=True))
+        points = np.add.reduceat(cols[:, 4], starts)
+        self._pack_queue = list(
+            zip(cols[starts, 1].tolist(), lo.tolist(), hi.tolist(), points.tolist(), strict=True)
+        )
 
     def _meta_set(self, **values: int) -> None:
         self._con.executemany(
@@ -930,7 +943,7 @@ class SqliteStore(Store):
         ts = np.concatenate([t for t, _ in decoded])
         vs = np.concatenate([v for _, v in decoded])
         pick = np.lexsort((order, ts, sids))  # by series and t, the chunk written first first
-        sids, ts, vs = chunks.sort_dedup(sids[pick], ts[pick], vs[pick])
+        sids, ts, vs = chunks.dedup_sorted(sids[pick], ts[pick], vs[pick])
         windows = ts // COMPACT_WINDOW_MS
         cut = np.flatnonzero((sids[1:] != sids[:-1]) | (windows[1:] != windows[:-1])) + 1
         starts = np.concatenate(([0], cut)).astype(np.int64)
@@ -964,16 +977,6 @@ class SqliteStore(Store):
 
     def _read(self, sql: str, params: Iterable[Any]) -> list[Any]:
         return self._con.execute(sql, tuple(params)).fetchall()
-
-    def query(
-        self, tenant: str, metric: str, from_ms: int, to_ms: int, labels: dict[str, str]
-    ) -> list[Series]:
-        want = labels.items()
-        with self._lock, self._snapshot():
-            found = [
-                f for f in self._matching(tenant, [Matcher("__name__", "=", metric)]) if want <= f[2].items()
-            ]
-            return [a.to_series() for a in self._arrays(found, from_ms, to_ms)]
 
     def agents(self, tenant: str) -> list[AgentSummary]:
         with self._lock:
@@ -1177,30 +1180,6 @@ class SqliteStore(Store):
     ) -> list[SeriesArrays]:
         with self._lock, self._snapshot():
             return self._arrays(self._matching(tenant, matchers), from_ms, to_ms)
-
-    def select(self, tenant: str, matchers: Sequence[Matcher], from_ms: int, to_ms: int) -> list[Series]:
-        return [a.to_series() for a in self.select_arrays(tenant, matchers, from_ms, to_ms)]
-
-    def select_last(
-        self,
-        tenant: str,
-        matchers: Sequence[Matcher],
-        start_ms: int,
-        end_ms: int,
-        step_ms: int,
-        window_ms: int,
-    ) -> list[SteppedSeries]:
-        if step_ms <= 0 or window_ms <= 0:
-            raise ValueError("step_ms and window_ms must be positive")
-        if end_ms < start_ms:
-            return []
-        n = (end_ms - start_ms) // step_ms + 1
-        out: list[SteppedSeries] = []
-        for a in self.select_arrays(tenant, matchers, start_ms - window_ms + 1, start_ms + (n - 1) * step_ms):
-            got = stepped(a, start_ms, n, step_ms, window_ms)
-            if got is not None:
-                out.append(got)
-        return out
 
     def _arrays(
         self, found: Sequence[tuple[int, str, dict[str, str]]], from_ms: int, to_ms: int

@@ -1,0 +1,94 @@
+"""Compaction of the PostgreSQL store (#15): batches' raw chunks, found through compact_log,
+packed into one chunk per series and window; one compactor at a time."""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from lossproof.store import chunks
+from lossproof.store.base import COMPACT_WINDOW_MS, Point, WriteBatch
+from lossproof.store.postgres import PostgresStore
+
+W = COMPACT_WINDOW_MS
+BASE = (1_700_000_000_000 // W) * W
+
+
+def _layout(dsn: str, schema: str) -> list[tuple[int, int, int, int]]:
+    """(series, window, chunks, raw chunks) of every series and window with chunks."""
+    with psycopg.connect(dsn) as conn:
+        q = sql.SQL(
+            "SELECT series_id, t_min / %s, count(*), count(*) FILTER (WHERE get_byte(data, 0) = %s)"
+            " FROM {}.chunks GROUP BY 1, 2 ORDER BY 1, 2"
+        ).format(sql.Identifier(schema))
+        return [tuple(r) for r in conn.execute(q, (W, chunks.RAW))]
+
+
+def _log_rows(dsn: str, schema: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        q = sql.SQL("SELECT count(*) FROM {}.compact_log").format(sql.Identifier(schema))
+        row = conn.execute(q).fetchone()
+        return int(row[0]) if row else -1
+
+
+def test_batches_are_packed_per_series_and_window(pg_dsn: str, pg_schema: str) -> None:
+    store = PostgresStore(pg_dsn, schema=pg_schema)
+    try:
+        for i in range(40):  # 40 batches of 50 series, 10 minutes apart: windows closed and open
+            t = BASE + i * 600_000
+            samples = [("t1", Point("m", {"s": str(k)}, t + k, float(i * k))) for k in range(50)]
+            store.write_batch(WriteBatch(samples=samples, now_ms=t))
+        before = store.select("t1", [], 0, 2**62)
+        assert _log_rows(pg_dsn, pg_schema) == 40
+        now = BASE + 40 * 600_000
+        assert store.compact(now_ms=now, max_series=20).series == 20  # a round in slices
+        calls = 1
+        while store.compact(now_ms=now, max_series=20).more:
+            calls += 1
+            assert calls < 50
+        assert store.select("t1", [], 0, 2**62) == before
+        assert _log_rows(pg_dsn, pg_schema) == 0
+        layout = _layout(pg_dsn, pg_schema)
+        assert {(n, raw) for _, _, n, raw in layout} == {(1, 0)}  # one packed chunk per series and window
+        assert len(layout) == 50 * 4  # 40 x 10 minutes: four windows
+        assert store.compact(now_ms=now).series == 0
+        # new batches into the open window are packed with its chunk once due
+        for i in range(40, 48):
+            t = BASE + i * 600_000
+            samples = [("t1", Point("m", {"s": str(k)}, t + k, 1.0)) for k in range(50)]
+            samples.append(("t1", Point("m", {"s": "0"}, BASE, 99.0)))  # stored already: dropped
+            assert store.write_batch(WriteBatch(samples=samples, now_ms=t)).points_written == 50
+        while store.compact(now_ms=now).more:
+            pass
+        assert {(n, raw) for _, _, n, raw in _layout(pg_dsn, pg_schema)} == {(1, 0)}
+        [s0] = store.query("t1", "m", 0, 2**62, {"s": "0"})
+        assert len(s0.points) == 48 and s0.points[0] == (BASE, 0.0)
+    finally:
+        store.close()
+
+
+def test_not_due_until_enough_batches_or_old_enough(pg_dsn: str, pg_schema: str) -> None:
+    store = PostgresStore(pg_dsn, schema=pg_schema)
+    try:
+        for i in range(3):
+            store.write_batch(WriteBatch(samples=[("t1", Point("m", {}, BASE + i, 1.0))], now_ms=BASE + i))
+        assert store.compact(now_ms=BASE + 10).series == 0  # 3 batches, the oldest 10 ms old
+        assert store.compact(now_ms=BASE + 3_600_000).series == 1  # an hour later: due
+        assert [(n, raw) for _, _, n, raw in _layout(pg_dsn, pg_schema)] == [(1, 0)]
+    finally:
+        store.close()
+
+
+def test_one_compactor_at_a_time(pg_dsn: str, pg_schema: str) -> None:
+    store = PostgresStore(pg_dsn, schema=pg_schema)
+    other = PostgresStore(pg_dsn, schema=pg_schema)
+    try:
+        for i in range(10):
+            store.write_batch(WriteBatch(samples=[("t1", Point("m", {}, BASE + i, 1.0))], now_ms=0))
+        with psycopg.connect(pg_dsn) as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (0x4C505346, 3))  # a compactor busy
+            assert other.compact(now_ms=BASE).series == 0  # returns at once
+        assert other.compact(now_ms=BASE).series == 1
+    finally:
+        store.close()
+        other.close()
