@@ -8,6 +8,7 @@ worker would. Then times, in this process, each of:
 - ``rate(m[5m])`` over the last hour, step 15 s;
 - ``sum by (job) (rate(m[5m]))`` over the last 24 h, step 60 s;
 - ``avg_over_time(m[1h])`` as an instant query at the end;
+- ``sum by (job) (m)`` over the last 24 h, step 60 s (an instant selector: ``select_last``);
 
 split into the store read (``select_arrays`` / ``select``) and the rest (evaluation), and prints the
 median of ``--runs`` with the machine's load. Progress goes to stderr, the numbers to stdout.
@@ -42,6 +43,7 @@ QUERIES: list[tuple[str, str, int, int]] = [
     ("rate(m[5m]) 1 h step 15 s", "rate(m[5m])", 3_600_000, 15_000),
     ("sum by (job) (rate(m[5m])) 24 h step 60 s", "sum by (job) (rate(m[5m]))", 86_400_000, 60_000),
     ("avg_over_time(m[1h]) instant", "avg_over_time(m[1h])", 0, 1),
+    ("sum by (job) (m) 24 h step 60 s", "sum by (job) (m)", 86_400_000, 60_000),
 ]
 
 
