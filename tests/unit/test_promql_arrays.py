@@ -168,3 +168,36 @@ def test_exact_refuses_what_fsum_would_not_do_exactly() -> None:
     assert exact.split(np.array([1.0, math.inf])) is None
     assert exact.split(np.array([1e308, 1e308, -1e308])) is None  # fsum: intermediate overflow
     assert exact.split(np.array([1e300, 5e-324])) is None  # spans too many bits
+
+
+def test_format_values_is_format_value() -> None:
+    r = np.random.default_rng(11)
+    vs = np.concatenate(
+        [
+            r.normal(size=20_000) * 10.0 ** r.integers(-30, 30, 20_000),
+            r.integers(-(10**7), 10**7, 5_000).astype(float),
+            np.round(r.uniform(-100, 100, 5_000), 3),
+            [0.0, -0.0, 1e16, 1e15, 1e21, 1.5e-7, 1e-5, 1e-4, 5e-324, 2.0**53, 2.0**63, 123.0, 0.1],
+            [math.nan, math.inf, -math.inf, 1.7976931348623157e308, -1e-300],
+        ]
+    ).tolist()
+    assert promql.format_values(vs) == [promql.format_value(v) for v in vs]
+    assert promql.format_values([]) == []
+    assert promql.format_values([1.0, 2.5]) == ["1", "2.5"]
+
+
+def test_matrix_rows_are_the_json_as_before() -> None:
+    """What query_range answered before (a list per point, format_value each), point for point."""
+    times = [1_000, 2_500, 4_000]
+    labels = [{"b": "2"}, {"a": "1"}, {"c": "3"}]
+    values = np.array([[1.0, math.nan, 3.0], [0.5, 1e21, -0.0], [7.0, 8.0, 9.0]])
+    present = np.array([[True, True, False], [False, True, True], [False, False, False]])
+    rows = promql.matrix_rows(promql.Vector(labels, values, present), times, lambda t: t / 1000)
+    assert [(lab, [list(p) for p in pts]) for lab, pts in rows] == [
+        ({"a": "1"}, [[2.5, "1000000000000000000000"], [4.0, "-0"]]),
+        ({"b": "2"}, [[1.0, "1"], [2.5, "NaN"]]),
+    ]
+    scalar = promql.matrix_rows(promql.Scalar([1.0, 2.0, math.inf]), times, lambda t: t)
+    assert [(lab, [list(p) for p in pts]) for lab, pts in scalar] == [
+        ({}, [[1_000, "1"], [2_500, "2"], [4_000, "+Inf"]])
+    ]
