@@ -650,14 +650,21 @@ def _rate_arrays(is_rate: bool) -> RangeArrays:
         cnt = hi - lo
         ok = cnt >= 2
         last = hi - 1
-        first_t, last_t = t[lo], t[last]
+        # Times as floats, exact in any window with points: stored times are at most year 2100
+        # (MAX_TIME_MS of the protocols), ranges at most ~292 years, so at and at - rng of such a
+        # window are below 2**53 ms too; their differences are then exact, as in Python.
+        tf = t.astype(np.float64)
+        first_t, last_t = tf[lo], tf[last]
         first_v = v[lo]
         result = v[last]
         result -= first_v
         _add_resets(result, v, starts, lo, hi, ok)
-        duration_to_start = (first_t - (at - rng)) / 1000
-        duration_to_end = (at - last_t) / 1000
-        sampled = (last_t - first_t) / 1000
+        duration_to_start = first_t - (at - rng).astype(np.float64)
+        duration_to_start /= 1000
+        duration_to_end = at.astype(np.float64) - last_t
+        duration_to_end /= 1000
+        sampled = last_t - first_t
+        sampled /= 1000
         ok &= sampled > 0
         average_between = sampled / np.maximum(cnt - 1, 1)
         duration_to_zero = first_v / result
