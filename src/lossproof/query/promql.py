@@ -31,6 +31,8 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from itertools import chain
+from operator import itemgetter
 
 import msgspec
 import numpy as np
@@ -386,13 +388,12 @@ class Evaluator:
             self.tenant, ms, g.start_ms - off, g.end_ms - off, g.step_ms, self.lookback_ms
         )
         labels = [{**s.labels, NAME: promql_name(s.metric)} for s in found]
-        values = np.array(
-            [[math.nan if x is None else x[1] for x in s.samples] for s in found], dtype=np.float64
-        ).reshape(len(found), g.n)
-        present = np.array([[x is not None for x in s.samples] for s in found], dtype=bool).reshape(
-            len(found), g.n
-        )
-        return _vector(labels, values, present)
+        # every step of every series in one list, read by C iterators: a sample (t, v) is truthy
+        flat = list(chain.from_iterable(s.samples for s in found))
+        has = np.fromiter(map(bool, flat), dtype=bool, count=len(flat))
+        got = np.full(len(flat), math.nan)
+        got[has] = np.fromiter(map(itemgetter(1), filter(None, flat)), dtype=np.float64, count=int(has.sum()))
+        return _vector(labels, got.reshape(len(found), g.n), has.reshape(len(found), g.n))
 
     def raw_arrays(self, ms: pp.MatrixSelector) -> list[SeriesArrays]:
         """Samples a range selector needs over the whole grid: ``(start - range - offset, end - offset]``."""
