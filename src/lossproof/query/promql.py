@@ -17,6 +17,13 @@ Semantics follow Prometheus 3: an instant selector takes, at each evaluation tim
 in ``(T - lookback, T]`` (lookback 5 minutes); a range selector ``[d]`` takes the samples in
 ``(T - d, T]``; ``rate``/``increase`` extrapolate like Prometheus (counter resets included).
 
+Evaluation is on numpy arrays (a :class:`Vector` is a (series x steps) array of values and one of
+presence): a range function is computed for every window of every series at once, aggregations and
+binary operators over whole arrays. The per-window Python definitions further down (``_range_fn``,
+``_agg``, ``_binop``) are the reference: the array code answers the same, bit for bit (checked by
+tests/unit/test_promql_arrays.py), and falls back to them where vectorising does not pay (a window
+with a NaN or an infinity in a sum, ``quantile_over_time``, ``^``).
+
 Metric names: lossproof metric names may contain characters PromQL names cannot (``cpu.user``).
 In PromQL every character outside ``[a-zA-Z0-9_:]`` reads as ``_``: ``cpu_user`` selects the stored
 ``cpu.user``, and results carry ``__name__="cpu_user"``. ``{__name__="cpu.user"}`` (the stored name)
@@ -1061,6 +1068,7 @@ def _binop(op: str) -> Callable[[float, float], float]:
     return table[op]
 
 
+# The per-window definitions: the reference the array code above matches (see the module doc).
 RangeFn = Callable[[list[int], list[float], int, int, int, int], "float | None"]
 
 
