@@ -285,6 +285,7 @@ class BenchGroup(LazyGroup):
         "fuzz": "lossproof.bench.fuzz:fuzz_cmd",
         "cardinality": "lossproof.bench.cardinality:cardinality_cmd",
         "compare": "lossproof.bench.compare:compare_cmd",
+        "promql": "lossproof.bench.promql:promql_bench_cmd",
     }
 
 

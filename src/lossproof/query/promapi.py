@@ -10,6 +10,7 @@ The PromQL subset and the metric-name mapping are described in :mod:`lossproof.q
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -123,15 +124,8 @@ class PromApi:
         inner = _unparen(expr)
         if isinstance(inner, pp.MatrixSelector):
             raw = await self._run(lambda s: promql.instant_raw(s, tenant, inner, at))
-            return _success(
-                {
-                    "resultType": "matrix",
-                    "result": [
-                        {"metric": labels, "values": [[_ts(t), promql.format_value(v)] for t, v in pts]}
-                        for labels, pts in raw.series
-                    ],
-                }
-            )
+            rows = await asyncio.to_thread(_raw_rows, raw)
+            return _success({"resultType": "matrix", "result": rows})
         grid = promql.Grid(at, at, 1)
         value = await self._run(lambda s: promql.Evaluator(s, tenant, grid, lookback).eval(expr))
         if isinstance(value, promql.Scalar):
@@ -173,18 +167,8 @@ class PromApi:
         grid = promql.Grid(start, end, step)
         lookback = _lookback(q)
         value = await self._run(lambda s: promql.Evaluator(s, tenant, grid, lookback).eval(expr))
-        times = grid.times()
-        if isinstance(value, promql.Scalar):
-            rows: list[tuple[dict[str, str], list[float | None]]] = [({}, list(value.values))]
-        else:
-            rows = _sorted(value)
-        result = []
-        for labels, values in rows:
-            pts = [
-                [_ts(t), promql.format_value(v)] for t, v in zip(times, values, strict=True) if v is not None
-            ]
-            if pts:
-                result.append({"metric": labels, "values": pts})
+        rows = await asyncio.to_thread(promql.matrix_rows, value, grid.times(), _ts)
+        result = [{"metric": labels, "values": pts} for labels, pts in rows]
         return _success({"resultType": "matrix", "result": result})
 
     # --- metadata ----------------------------------------------------------------------------------
@@ -283,6 +267,16 @@ def _unparen(e: pp.Expr) -> pp.Expr:
     while isinstance(e, pp.ParenExpr):
         e = e.expr
     return e
+
+
+def _raw_rows(raw: promql.RawMatrix) -> list[dict[str, Any]]:
+    """A range selector's samples in Prometheus' JSON shape (points as tuples: see
+    :func:`promql.matrix_rows`)."""
+    out = []
+    for labels, pts in raw.series:
+        strs = promql.format_values([v for _, v in pts])
+        out.append({"metric": labels, "values": list(zip([_ts(t) for t, _ in pts], strs, strict=True))})
+    return out
 
 
 def _sorted(v: promql.Vector) -> list[tuple[dict[str, str], list[float | None]]]:

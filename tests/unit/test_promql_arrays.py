@@ -1,0 +1,203 @@
+"""PromQL's vectorised evaluation (numpy, every step and series at once) answers bit for bit what the
+per-window Python definitions answer (``promql._range_fn``, ``_agg``, ``_binop``), on random data
+with the awkward values: NaN, infinities, both zeros, counter resets, huge and tiny numbers, single
+samples, empty windows."""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+from bisect import bisect_right
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from lossproof.query import exact, promql
+from lossproof.store.base import SeriesArrays
+
+Gen = Callable[[np.random.Generator, int], np.ndarray]
+
+
+def _bits(x: float | None) -> object:
+    """What must be equal: the value's bits (any NaN is the same NaN)."""
+    if x is None:
+        return None
+    return "NaN" if math.isnan(x) else struct.pack("<d", x)
+
+
+GENERATORS: dict[str, Gen] = {
+    "int counter with resets": lambda r, n: _resets(r, np.cumsum(r.integers(0, 10, n)).astype(float)),
+    "float counter": lambda r, n: _resets(r, np.cumsum(r.exponential(3.3, n))),
+    "gauge decimals": lambda r, n: np.round(r.uniform(-50, 100, n), 2),
+    "gauge normal": lambda r, n: r.normal(size=n) * 10.0 ** r.integers(-5, 5),
+    "wide exponents": lambda r, n: r.normal(size=n) * 10.0 ** r.integers(-200, 200, n),
+    "specials": lambda r, n: r.choice(
+        np.array([0.0, -0.0, 1.0, -1.0, math.nan, math.inf, -math.inf, 2.5, 1e308, -1e308, 5e-324]), n
+    ),
+    "zeros and nan": lambda r, n: r.choice(np.array([0.0, -0.0, math.nan, 3.0]), n),
+    "huge": lambda r, n: r.choice(np.array([1e308, -1e308, 1.7e308, 1.0]), n),
+}
+
+
+def _resets(r: np.random.Generator, v: np.ndarray) -> np.ndarray:
+    for at in r.integers(0, len(v), 2):
+        v[at:] -= v[at] * r.uniform(0.5, 1.0)
+    return v
+
+
+def _series(r: np.random.Generator, gen: Gen, t0: int) -> SeriesArrays:
+    n = int(r.choice([1, 2, 3, int(r.integers(4, 120))]))
+    gaps = r.choice(np.array([1, 500, 1000, 15_000, 15_000, 15_000, 60_000, 400_000]), n)
+    t = t0 + np.cumsum(gaps).astype(np.int64)
+    return SeriesArrays("m", {"i": str(int(r.integers(1 << 30)))}, t, gen(r, n).astype(np.float64))
+
+
+def _reference(
+    name: str, found: list[SeriesArrays], at: list[int], rng: int, q: float
+) -> list[list[float | None]]:
+    """The evaluator's loop before it was vectorised: bisect per step, ``_range_fn`` per window."""
+    fn = promql._range_fn("count_over_time" if name == "quantile_over_time" else name, [])
+    if name == "quantile_over_time":
+
+        def fn(ts: list[int], vs: list[float], lo: int, hi: int, at: int, rng: int) -> float | None:
+            return promql._quantile(q, vs[lo:hi])
+
+    out = []
+    for s in found:
+        ts, vs = s.t.tolist(), s.v.tolist()
+        row: list[float | None] = []
+        for a in at:
+            hi = bisect_right(ts, a)
+            lo = bisect_right(ts, a - rng, 0, hi)
+            row.append(fn(ts, vs, lo, hi, a, rng) if hi > lo else None)
+        out.append(row)
+    return out
+
+
+@pytest.fixture(params=[promql.BLOCK, 7], ids=["one block", "blocks of 7"])
+def block(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Windows computed at a time: all at once, and a few at a time (series and steps in blocks)."""
+    monkeypatch.setattr(promql, "BLOCK", request.param)
+    return int(request.param)
+
+
+@pytest.mark.parametrize("name", promql.RANGE_FUNCS)
+@pytest.mark.parametrize("kind", list(GENERATORS))
+def test_range_functions_match_the_python_definitions(name: str, kind: str, block: int) -> None:
+    r = np.random.default_rng(abs(hash((name, kind))) % (1 << 32))
+    for _ in range(int(os.environ.get("LP_PROMQL_TRIALS", "6"))):
+        t0 = 1_767_225_600_000 + int(r.integers(-100_000, 100_000))
+        found = [_series(r, GENERATORS[kind], t0) for _ in range(int(r.integers(1, 6)))]
+        rng = int(r.choice([1, 1000, 15_000, 30_000, 60_000, 300_000, 3_600_000]))
+        step = int(r.choice([1, 1000, 15_000, 60_000, 250_000]))
+        n = int(r.integers(1, 60))
+        start = t0 + int(r.integers(-400_000, 1_000_000))
+        at = [start + k * step for k in range(n)]
+        q = float(r.choice([0.0, 0.25, 0.5, 0.9, 1.0, -1.0, 2.0, math.nan]))
+        values, present = promql.range_function(name, found, np.array(at, dtype=np.int64), rng, q)
+        got = [
+            [_bits(v if p else None) for v, p in zip(vr, pr, strict=True)]
+            for vr, pr in zip(values.tolist(), present.tolist(), strict=True)
+        ]
+        want = [[_bits(v) for v in row] for row in _reference(name, found, at, rng, q)]
+        assert got == want, (name, kind, rng, step, [s.v.tolist() for s in found])
+
+
+@pytest.mark.parametrize("op", promql.AGGREGATIONS)
+@pytest.mark.parametrize("kind", list(GENERATORS))
+def test_aggregations_match_agg(op: str, kind: str, block: int) -> None:
+    r = np.random.default_rng(abs(hash((op, kind))) % (1 << 32))
+    for _ in range(10):
+        m, n = int(r.integers(1, 30)), int(r.integers(1, 20))
+        values = GENERATORS[kind](r, m * n).reshape(m, n).astype(np.float64)
+        present = r.random((m, n)) < 0.7
+        groups = int(r.integers(1, m + 1))
+        gid = r.integers(0, groups, m)
+        gid = np.unique(gid, return_inverse=True)[1].astype(np.int64)  # every group has a member
+        groups = int(gid.max()) + 1
+        out, out_present = promql.aggregate(op, values, present, gid, groups)
+        for g in range(groups):
+            for k in range(n):
+                xs = [float(values[i, k]) for i in range(m) if gid[i] == g and present[i, k]]
+                want = promql._agg(op, xs) if xs else None
+                got = float(out[g, k]) if out_present[g, k] else None
+                assert _bits(got) == _bits(want), (op, kind, xs)
+
+
+@pytest.mark.parametrize("op", promql.ARITH + promql.COMPARE)
+def test_binary_operators_match_binop(op: str) -> None:
+    specials = [0.0, -0.0, 1.0, -1.0, 2.0, -2.0, 0.5, 3.7, -8.0, 1e308, -1e308, 5e-324, 1e-300]
+    specials += [math.nan, math.inf, -math.inf, 1000.0, -0.5, 1 / 3]
+    a = np.array(specials)[:, None] * np.ones((1, len(specials)))
+    b = a.T.copy()
+    got = promql.binop_arrays(op, a, b, np.ones(a.shape, dtype=bool))
+    fn = promql._binop(op)
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            assert _bits(float(got[i, j])) == _bits(fn(float(a[i, j]), float(b[i, j]))), (a[i, j], b[i, j])
+
+
+def test_exact_sums_are_fsum() -> None:
+    r = np.random.default_rng(7)
+    for trial in range(300):
+        n = int(r.integers(1, 200))
+        kind = trial % 4
+        if kind == 0:
+            x = r.normal(size=n) * 10.0 ** r.integers(-30, 30, n)
+        elif kind == 1:  # cancellation: the exact sum is tiny
+            half = r.normal(size=n // 2 + 1)
+            x = np.concatenate([half, -half])[:n] + r.normal(size=n) * 1e-18
+        elif kind == 2:  # halfway cases: 2**53 + small integers
+            x = r.choice(np.array([2.0**53, 1.0, -1.0, 3.0, 2.0**-60, 1e16]), n)
+        else:
+            x = np.ldexp(r.integers(-(2**53), 2**53, n).astype(float), r.integers(-1074, -1000, n))
+        lo = r.integers(0, n + 1, 50)
+        hi = r.integers(0, n + 1, 50)
+        lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)
+        got = exact.window_sums(x, lo, hi)
+        assert got is not None
+        xl = x.tolist()
+        for a, b, g in zip(lo.tolist(), hi.tolist(), got.tolist(), strict=True):
+            assert _bits(g) == _bits(math.fsum(xl[a:b])), (xl[a:b], g)
+
+
+def test_exact_refuses_what_fsum_would_not_do_exactly() -> None:
+    assert exact.split(np.array([1.0, math.nan])) is None
+    assert exact.split(np.array([1.0, math.inf])) is None
+    assert exact.split(np.array([1e308, 1e308, -1e308])) is None  # fsum: intermediate overflow
+    assert exact.split(np.array([1e300, 5e-324])) is None  # spans too many bits
+
+
+def test_format_values_is_format_value() -> None:
+    r = np.random.default_rng(11)
+    vs = np.concatenate(
+        [
+            r.normal(size=20_000) * 10.0 ** r.integers(-30, 30, 20_000),
+            r.integers(-(10**7), 10**7, 5_000).astype(float),
+            np.round(r.uniform(-100, 100, 5_000), 3),
+            [0.0, -0.0, 1e16, 1e15, 1e21, 1.5e-7, 1e-5, 1e-4, 5e-324, 2.0**53, 2.0**63, 123.0, 0.1],
+            [math.nan, math.inf, -math.inf, 1.7976931348623157e308, -1e-300],
+        ]
+    ).tolist()
+    assert promql.format_values(vs) == [promql.format_value(v) for v in vs]
+    assert promql.format_values([]) == []
+    assert promql.format_values([1.0, 2.5]) == ["1", "2.5"]
+
+
+def test_matrix_rows_are_the_json_as_before() -> None:
+    """What query_range answered before (a list per point, format_value each), point for point."""
+    times = [1_000, 2_500, 4_000]
+    labels = [{"b": "2"}, {"a": "1"}, {"c": "3"}]
+    values = np.array([[1.0, math.nan, 3.0], [0.5, 1e21, -0.0], [7.0, 8.0, 9.0]])
+    present = np.array([[True, True, False], [False, True, True], [False, False, False]])
+    rows = promql.matrix_rows(promql.Vector(labels, values, present), times, lambda t: t / 1000)
+    assert [(lab, [list(p) for p in pts]) for lab, pts in rows] == [
+        ({"a": "1"}, [[2.5, "1000000000000000000000"], [4.0, "-0"]]),
+        ({"b": "2"}, [[1.0, "1"], [2.5, "NaN"]]),
+    ]
+    scalar = promql.matrix_rows(promql.Scalar([1.0, 2.0, math.inf]), times, lambda t: t)
+    assert [(lab, [list(p) for p in pts]) for lab, pts in scalar] == [
+        ({}, [[1_000, "1"], [2_500, "2"], [4_000, "+Inf"]])
+    ]
