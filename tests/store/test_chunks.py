@@ -102,3 +102,12 @@ def test_encode_many_gives_the_bytes_of_encode_for_each_run(
     starts = np.concatenate(([0], ends[:-1])).astype(np.int64)
     many = chunks.encode_many(ts, vs, starts, ends)
     assert many == [chunks.encode(ts[a:b], vs[a:b]) for a, b in zip(starts, ends, strict=True)]
+
+
+def test_merge_of_chunks_apart_in_time_in_any_order() -> None:
+    early = chunks.encode(np.array([1, 2]), np.array([1.0, 2.0]))
+    late = chunks.encode_batch(np.zeros(2, np.int64), np.array([5, 9]), np.array([5.0, 9.0]))[0].data
+    empty_range = chunks.merge([(1, late), (2, early)], 3, 4)
+    assert empty_range[0].tolist() == []
+    t, v = chunks.merge([(1, late), (2, early)], 2, 9)
+    assert (t.tolist(), v.tolist()) == ([2, 5, 9], [2.0, 5.0, 9.0])

@@ -29,6 +29,7 @@ First write wins
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -265,6 +266,17 @@ def merge_arrays(parts: Sequence[tuple[int, I64, F64]], from_ms: int, to_ms: int
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
     if len(parts) == 1:
         _, ts, vs = parts[0]
+        a = int(np.searchsorted(ts, from_ms, "left"))
+        b = int(np.searchsorted(ts, to_ms, "right"))
+        return ts[a:b], vs[a:b]
+    # The usual case once packed: chunks that follow one another in time. Then the concatenation is
+    # already in order, one point per t, and needs no sort.
+    by_time = sorted((p for p in parts if len(p[1])), key=lambda p: int(p[1][0]))
+    if all(int(a[1][-1]) < int(b[1][0]) for a, b in itertools.pairwise(by_time)):
+        if not by_time:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
+        ts = np.concatenate([p[1] for p in by_time])
+        vs = np.concatenate([p[2] for p in by_time])
         a = int(np.searchsorted(ts, from_ms, "left"))
         b = int(np.searchsorted(ts, to_ms, "right"))
         return ts[a:b], vs[a:b]

@@ -245,8 +245,12 @@ CREATE TABLE log_gaps (
 """
 
 _INSERT_CHUNK = "INSERT INTO chunks (series_id, t_min, t_max, n, data) VALUES (?, ?, ?, ?, ?)"
-# The chunks of series ?1 that may hold points in [?2, ?3]: an index range from (?1, ?2) on.
-_SELECT_CHUNKS = "SELECT id, data FROM chunks WHERE series_id = ?1 AND t_max >= ?2 AND t_min <= ?3"
+# The chunks of each series of a JSON array ?1 that may hold points in [?2, ?3]: one statement, an
+# index range from (series, ?2) on for each.
+_SELECT_CHUNKS_OF = (
+    "SELECT c.series_id, c.id, c.data FROM json_each(?1) j CROSS JOIN chunks c"
+    " ON c.series_id = j.value AND c.t_max >= ?2 AND c.t_min <= ?3"
+)
 # The newest t stored of each series in a JSON array: one index seek each (max() of an index suffix).
 _NEWEST = "SELECT value, (SELECT max(t_max) FROM chunks WHERE series_id = value) FROM json_each(?)"
 # Unpacked chunks after ?1, in id order, with the first byte of their data (the encoding).
@@ -1226,13 +1230,14 @@ class SqliteStore(Store):
                         ts = np.frombuffer(tb, "<i8").astype(np.int64)
                         vs = np.frombuffer(vb, "<f8").astype(np.float64)
                         extra.setdefault(i, []).append((_PART_ORDER + pid, ts, vs))
-        out = []
-        for i, (sid, _, _) in enumerate(found):
-            decoded = [
-                (cid, *chunks.decode(d)) for cid, d in con.execute(_SELECT_CHUNKS, (sid, from_ms, to_ms))
-            ]
-            out.append(chunks.merge_arrays(decoded + extra.get(i, []), from_ms, to_ms))
-        return out
+        decoded: dict[int, list[tuple[int, chunks.I64, chunks.F64]]] = {}
+        ids = msgspec.json.encode([sid for sid, _, _ in found])
+        for sid, cid, data in con.execute(_SELECT_CHUNKS_OF, (ids, from_ms, to_ms)):
+            decoded.setdefault(sid, []).append((cid, *chunks.decode(data)))
+        return [
+            chunks.merge_arrays(decoded.get(sid, []) + extra.get(i, []), from_ms, to_ms)
+            for i, (sid, _, _) in enumerate(found)
+        ]
 
     def _parts_dirs(
         self, from_ms: int, to_ms: int
