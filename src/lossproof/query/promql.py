@@ -38,8 +38,6 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from itertools import chain
-from operator import itemgetter
 
 import msgspec
 import numpy as np
@@ -391,16 +389,13 @@ class Evaluator:
         if ms is None:
             return Vector.empty(g.n)
         off = _ms(vs.offset)
-        found = self.store.select_last(
+        found = self.store.select_last_arrays(
             self.tenant, ms, g.start_ms - off, g.end_ms - off, g.step_ms, self.lookback_ms
         )
         labels = [{**s.labels, NAME: promql_name(s.metric)} for s in found]
-        # every step of every series in one list, read by C iterators: a sample (t, v) is truthy
-        flat = list(chain.from_iterable(s.samples for s in found))
-        has = np.fromiter(map(bool, flat), dtype=bool, count=len(flat))
-        got = np.full(len(flat), math.nan)
-        got[has] = np.fromiter(map(itemgetter(1), filter(None, flat)), dtype=np.float64, count=int(has.sum()))
-        return _vector(labels, got.reshape(len(found), g.n), has.reshape(len(found), g.n))
+        if not found:
+            return _vector(labels, np.empty((0, g.n)), np.empty((0, g.n), dtype=bool))
+        return _vector(labels, np.vstack([s.v for s in found]), np.vstack([s.present for s in found]))
 
     def raw_arrays(self, ms: pp.MatrixSelector) -> list[SeriesArrays]:
         """Samples a range selector needs over the whole grid: ``(start - range - offset, end - offset]``."""

@@ -403,7 +403,26 @@ class SeriesArrays:
         return Series(self.metric, self.labels, list(zip(self.t.tolist(), self.v.tolist(), strict=True)))
 
 
-def stepped(s: SeriesArrays, start_ms: int, n: int, step_ms: int, window_ms: int) -> SteppedSeries | None:
+@dataclass(frozen=True, slots=True)
+class SteppedArrays:
+    """:class:`SteppedSeries` as columns, one entry per step: ``present[k]`` says whether step k has
+    a sample, ``t[k]`` and ``v[k]`` are its time and value (0 and NaN where it has none)."""
+
+    metric: str
+    labels: dict[str, str]
+    t: npt.NDArray[np.int64]
+    v: npt.NDArray[np.float64]
+    present: npt.NDArray[np.bool_]
+
+    def to_stepped(self) -> SteppedSeries:
+        tl, vl = self.t.tolist(), self.v.tolist()
+        samples: list[tuple[int, float] | None] = [
+            (tl[k], vl[k]) if ok else None for k, ok in enumerate(self.present.tolist())
+        ]
+        return SteppedSeries(self.metric, self.labels, samples)
+
+
+def stepped(s: SeriesArrays, start_ms: int, n: int, step_ms: int, window_ms: int) -> SteppedArrays | None:
     """``s`` sampled at ``T = start_ms + k * step_ms`` for k < n: the latest point with
     ``T - window_ms < t <= T`` (see :meth:`Store.select_last`); None when no step has one."""
     grid = start_ms + step_ms * np.arange(n, dtype=np.int64)
@@ -412,11 +431,8 @@ def stepped(s: SeriesArrays, start_ms: int, n: int, step_ms: int, window_ms: int
     ok[ok] = s.t[idx[ok]] > grid[ok] - window_ms
     if not ok.any():
         return None
-    tl, vl = s.t.tolist(), s.v.tolist()
-    samples: list[tuple[int, float] | None] = [
-        (tl[i], vl[i]) if good else None for i, good in zip(idx.tolist(), ok.tolist(), strict=True)
-    ]
-    return SteppedSeries(s.metric, s.labels, samples)
+    at = np.where(ok, idx, 0)  # (the series has a point: ok has a step)
+    return SteppedArrays(s.metric, s.labels, np.where(ok, s.t[at], 0), np.where(ok, s.v[at], np.nan), ok)
 
 
 @dataclass(frozen=True, slots=True)
@@ -542,6 +558,21 @@ class Store(abc.ABC):
         step_ms: int,
         window_ms: int,
     ) -> list[SteppedSeries]:
+        """:meth:`select_last_arrays` as lists: ``samples[k]`` is ``(t, v)`` or None."""
+        return [
+            a.to_stepped()
+            for a in self.select_last_arrays(tenant, matchers, start_ms, end_ms, step_ms, window_ms)
+        ]
+
+    def select_last_arrays(
+        self,
+        tenant: str,
+        matchers: Sequence[Matcher],
+        start_ms: int,
+        end_ms: int,
+        step_ms: int,
+        window_ms: int,
+    ) -> list[SteppedArrays]:
         """Each matching series sampled at ``T = start_ms + k * step_ms`` for every ``T <= end_ms``:
         the latest point with ``T - window_ms < t <= T`` (PromQL's instant-vector lookup with a
         lookback of ``window_ms``; a chart at one step per pixel uses ``window_ms = step_ms``, so
@@ -554,7 +585,7 @@ class Store(abc.ABC):
         if end_ms < start_ms:
             return []
         n = (end_ms - start_ms) // step_ms + 1
-        out: list[SteppedSeries] = []
+        out: list[SteppedArrays] = []
         for a in self.select_arrays(tenant, matchers, start_ms - window_ms + 1, start_ms + (n - 1) * step_ms):
             got = stepped(a, start_ms, n, step_ms, window_ms)
             if got is not None:
