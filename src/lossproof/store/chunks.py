@@ -293,6 +293,55 @@ def merge_arrays(parts: Sequence[tuple[int, I64, F64]], from_ms: int, to_ms: int
     return ts, vs
 
 
+class PackRow(NamedTuple):
+    """A packed chunk to insert: ``id`` one of the ids of the chunks it replaces, or None for a new
+    one (a merge can yield more chunks than it read: a chunk spanning windows)."""
+
+    id: int | None
+    series_id: int
+    t_min: int
+    t_max: int
+    n: int
+    data: bytes
+
+
+def pack(found: Sequence[tuple[int, int, bytes]], window_ms: int) -> tuple[list[PackRow], int]:
+    """Merge chunks ``(id, series, data)`` into one packed chunk per series and window (first write
+    wins); returns the rows, those that keep an id first, and the number of points. Each series'
+    lowest ids go to its oldest windows: which write came first is kept. All the series at once:
+    the columns are merged and encoded together (:func:`encode_many`)."""
+    if not found:
+        return [], 0
+    ids = np.array([r[0] for r in found], dtype=np.int64)
+    decoded = [decode(r[2]) for r in found]
+    sizes = np.array([len(t) for t, _ in decoded], dtype=np.int64)
+    order = np.repeat(ids, sizes)
+    sids = np.repeat(np.array([r[1] for r in found], dtype=np.int64), sizes)
+    ts = np.concatenate([t for t, _ in decoded])
+    vs = np.concatenate([v for _, v in decoded])
+    pick = np.lexsort((order, ts, sids))  # by series and t, the chunk written first first
+    sids, ts, vs = dedup_sorted(sids[pick], ts[pick], vs[pick])
+    windows = ts // window_ms
+    cut = np.flatnonzero((sids[1:] != sids[:-1]) | (windows[1:] != windows[:-1])) + 1
+    starts = np.concatenate(([0], cut)).astype(np.int64)
+    ends = np.append(cut, len(ts)).astype(np.int64)
+    datas = encode_many(ts, vs, starts, ends)
+    free: dict[int, list[int]] = {}
+    for cid, sid, _ in found:
+        free.setdefault(sid, []).append(cid)
+    for left in free.values():
+        left.sort(reverse=True)
+    rows = []
+    for a, b, data in zip(starts.tolist(), ends.tolist(), datas, strict=True):
+        mine = free[int(sids[a])]
+        rows.append(
+            PackRow(mine.pop() if mine else None, int(sids[a]), int(ts[a]), int(ts[b - 1]), b - a, data)
+        )
+    # kept ids first: a new id (the largest plus one, in SQLite) could otherwise take a kept one
+    rows.sort(key=lambda r: r.id is None)
+    return rows, len(ts)
+
+
 # --- parts: one batch of many series in one row ----------------------------------------------------
 #
 # The worker writes a batch as one *part*: a row holding every series of the batch, so that a batch

@@ -1144,46 +1144,24 @@ class PostgresStore(Store):
         ]
         if not found:
             return
-        ids = np.array([r[0] for r in found], dtype=np.int64)
-        decoded = [chunks.decode(r[2]) for r in found]
-        sizes = np.array([len(t) for t, _ in decoded], dtype=np.int64)
-        order = np.repeat(ids, sizes)
-        sids = np.repeat(np.array([r[1] for r in found], dtype=np.int64), sizes)
-        ts = np.concatenate([t for t, _ in decoded])
-        vs = np.concatenate([v for _, v in decoded])
-        pick = np.lexsort((order, ts, sids))  # by series and t, the chunk written first first
-        sids, ts, vs = chunks.dedup_sorted(sids[pick], ts[pick], vs[pick])
-        windows = ts // COMPACT_WINDOW_MS
-        cut = np.flatnonzero((sids[1:] != sids[:-1]) | (windows[1:] != windows[:-1])) + 1
-        starts = np.concatenate(([0], cut)).astype(np.int64)
-        ends = np.append(cut, len(ts)).astype(np.int64)
-        datas = chunks.encode_many(ts, vs, starts, ends)
-        free: dict[int, list[int]] = {}
-        for cid, sid, _ in found:
-            free.setdefault(sid, []).append(cid)
-        for left in free.values():
-            left.sort(reverse=True)
-        out_ids: list[int | None] = []
-        for a in starts.tolist():
-            mine = free[int(sids[a])]
-            out_ids.append(mine.pop() if mine else None)
-        conn.execute("DELETE FROM chunks WHERE id = ANY(%b)", (Int8Array(ids),))
+        rows, points = chunks.pack([(cid, sid, data) for cid, sid, data in found], COMPACT_WINDOW_MS)
+        conn.execute("DELETE FROM chunks WHERE id = ANY(%b)", (Int8Array([r[0] for r in found]),))
         conn.execute(
             _PACK_INSERT,
             (
-                out_ids,
-                Int8Array(sids[starts]),
-                Int8Array(ts[starts]),
-                Int8Array(ts[ends - 1]),
-                (ends - starts).tolist(),
-                datas,
+                [r.id for r in rows],
+                Int8Array([r.series_id for r in rows]),
+                Int8Array([r.t_min for r in rows]),
+                Int8Array([r.t_max for r in rows]),
+                [r.n for r in rows],
+                [r.data for r in rows],
             ),
         )
         res[0] += len(found)
-        res[1] += len(datas)
+        res[1] += len(rows)
         res[2] += sum(len(r[2]) for r in found)
-        res[3] += sum(len(d) for d in datas)
-        res[4] += len(ts)
+        res[3] += sum(len(r.data) for r in rows)
+        res[4] += points
 
     def maintain(self, now_ms: int | None = None) -> Retention:
         """Delete the chunks whose newest point is older than ``retention_days`` (0: nothing), in

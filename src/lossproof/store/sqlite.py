@@ -933,49 +933,22 @@ class SqliteStore(Store):
     def _pack(self, items: Sequence[tuple[int, int, int]], res: list[int]) -> None:
         """For each ``(series, from_ms, to_ms)``: merge the series' chunks overlapping
         [from_ms, to_ms) into one packed chunk per window (a chunk reaching outside the range takes
-        its other windows along). All the series at once: one read, columns merged and encoded
-        together (:func:`chunks.encode_many`), one delete and one insert statement."""
+        its other windows along; see :func:`chunks.pack`): one read, one delete and one insert
+        statement for all of them."""
         con = self._con
         found = con.execute(_PACK_READ, (msgspec.json.encode(items),)).fetchall()
         if not found:
             return
-        ids = np.array([r[0] for r in found], dtype=np.int64)
-        decoded = [chunks.decode(r[2]) for r in found]
-        sizes = np.array([len(t) for t, _ in decoded], dtype=np.int64)
-        order = np.repeat(ids, sizes)
-        sids = np.repeat(np.array([r[1] for r in found], dtype=np.int64), sizes)
-        ts = np.concatenate([t for t, _ in decoded])
-        vs = np.concatenate([v for _, v in decoded])
-        pick = np.lexsort((order, ts, sids))  # by series and t, the chunk written first first
-        sids, ts, vs = chunks.dedup_sorted(sids[pick], ts[pick], vs[pick])
-        windows = ts // COMPACT_WINDOW_MS
-        cut = np.flatnonzero((sids[1:] != sids[:-1]) | (windows[1:] != windows[:-1])) + 1
-        starts = np.concatenate(([0], cut)).astype(np.int64)
-        ends = np.append(cut, len(ts)).astype(np.int64)
-        datas = chunks.encode_many(ts, vs, starts, ends)
-        # Each series' lowest ids go to its oldest windows; a merge that yields more chunks than
-        # it read (a chunk spanning windows) gives the rest new ids.
-        free: dict[int, list[int]] = {}
-        for cid, sid, _ in found:
-            free.setdefault(sid, []).append(cid)
-        for left in free.values():
-            left.sort(reverse=True)
-        out = []
-        for a, b, data in zip(starts.tolist(), ends.tolist(), datas, strict=True):
-            sid = int(sids[a])
-            mine = free[sid]
-            out.append((mine.pop() if mine else None, sid, int(ts[a]), int(ts[b - 1]), b - a, data))
-        con.executemany("DELETE FROM chunks WHERE id = ?", [(int(cid),) for cid in ids])
-        # reused ids first: a new id (max + 1) could otherwise take one of them before its turn
-        out.sort(key=lambda row: row[0] is None)
+        out, points = chunks.pack(found, COMPACT_WINDOW_MS)
+        con.executemany("DELETE FROM chunks WHERE id = ?", [(cid,) for cid, _, _ in found])
         con.executemany(
             "INSERT INTO chunks (id, series_id, t_min, t_max, n, data) VALUES (?, ?, ?, ?, ?, ?)", out
         )
         res[0] += len(found)
         res[1] += len(out)
         res[2] += sum(len(r[2]) for r in found)
-        res[3] += sum(len(d) for d in datas)
-        res[4] += len(ts)
+        res[3] += sum(len(r.data) for r in out)
+        res[4] += points
 
     # --- reads ---------------------------------------------------------------------------------
 
