@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from lossproof.store.base import Point, ReportWrite, StoreError, StoreSchemaError, WriteBatch
+from lossproof.store.base import (
+    Point,
+    ReportWrite,
+    StoreError,
+    StoreSchemaError,
+    StoreUnavailable,
+    WriteBatch,
+)
 from lossproof.store.sqlite import SCHEMA_VERSION, SqliteStore
 from lptest import subprocess_env
 
@@ -267,7 +274,8 @@ def test_busy_timeout_expires_with_an_error(tmp_path: Path) -> None:
     child = spawn(HOLD_WRITE_LOCK, str(tmp_path / "s.db"), "2")
     try:
         wait_line(child, "locked")
-        with pytest.raises(sqlite3.OperationalError, match="locked"):
+        # transient: the worker retries the batch (a plain error would make it look undecodable)
+        with pytest.raises(StoreUnavailable, match="locked"):
             w.write_batch(WriteBatch(reports=[report(1)], now_ms=1))
     finally:
         child.wait(10)

@@ -24,7 +24,8 @@ _MARK_MS = 1_799_999_999_999
 INFLUX_FIELDS = 5  # fields per line: n points are n / 5 lines
 
 
-def _varint(x: int) -> bytes:
+def varint(x: int) -> bytes:
+    """Protocol buffers' base-128 varint of a non-negative int."""
     out = bytearray()
     while True:
         b = x & 0x7F
@@ -71,7 +72,7 @@ class Template:
 
     def body(self, t_ms: int) -> bytes:
         if self.protocol == "prom-rw":
-            raw = self._raw.replace(_varint(_MARK_MS), _varint(t_ms))
+            raw = self._raw.replace(varint(_MARK_MS), varint(t_ms))
             return bytes(cramjam.snappy.compress_raw(raw))
         if self.protocol == "otlp":
             raw = self._raw.replace(

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import cramjam
 
+from lossproof.bench.protocols import varint
+
 _TS_MIN, _TS_MAX = 1 << 35, 1 << 42  # unix ms whose varint is exactly 6 bytes (2004 .. 2109)
 _SAMPLE = 1 + 1 + 1 + 8 + 1 + 6  # tag, length, value tag, double, timestamp tag, 6-byte varint
 
@@ -35,18 +37,6 @@ HEADERS = {
     "X-Prometheus-Remote-Write-Version": "0.1.0",
     "User-Agent": "lossproof-bench",
 }
-
-
-def varint(x: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = x & 0x7F
-        x >>= 7
-        if x:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
 
 
 def _field(tag: int, payload: bytes) -> bytes:

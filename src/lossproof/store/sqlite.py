@@ -515,14 +515,28 @@ class SqliteStore(Store):
     # --- writes --------------------------------------------------------------------------------
 
     def write_batch(self, batch: WriteBatch) -> WriteResult:
+        pending: dict[_SeriesKey, int] = {}
+        with self._write(pending, "store.before_commit"):  # chaos scenario 2 kills -9 there
+            return self._apply(batch, pending)
+
+    @contextlib.contextmanager
+    def _write(self, pending: dict[_SeriesKey, int], crash_at: str) -> Iterator[None]:
+        """One write transaction (BEGIN IMMEDIATE ... COMMIT, rolled back on any error; SQLite's
+        and the OS's errors become :class:`StoreUnavailable`), under the lock. After COMMIT, and
+        only then, the series ids in ``pending`` and the newest t of what was written are cached:
+        a rolled-back id could be handed out again."""
         if self.readonly:
             raise StoreError("store opened readonly")
         with self._lock:
-            pending: dict[_SeriesKey, int] = {}
-            self._begin_write()
+            self._newest_new.clear()
             try:
-                result = self._apply(batch, pending)
-                crash_point("store.before_commit")  # chaos scenario 2: kill -9 inside the transaction
+                self._con.execute("BEGIN IMMEDIATE")
+                seen = self._con.execute("PRAGMA data_version").fetchone()[0]
+                if seen != self._newest_seen or len(self._newest) > _NEWEST_MAX:
+                    self._newest.clear()  # another connection committed: what it stored is unknown here
+                    self._newest_seen = seen
+                yield
+                crash_point(crash_at)
                 self._con.execute("COMMIT")
             except (sqlite3.OperationalError, OSError) as e:
                 self._rollback()
@@ -530,18 +544,8 @@ class SqliteStore(Store):
             except BaseException:
                 self._rollback()
                 raise
-            # Only ids of committed series may be cached: a rolled-back id could be handed out again.
             self._cache_series(pending)
             self._committed_newest()
-            return result
-
-    def _begin_write(self) -> None:
-        self._newest_new.clear()
-        self._con.execute("BEGIN IMMEDIATE")
-        seen = self._con.execute("PRAGMA data_version").fetchone()[0]
-        if seen != self._newest_seen or len(self._newest) > _NEWEST_MAX:
-            self._newest.clear()  # another connection committed: what it stored is unknown here
-            self._newest_seen = seen
 
     def _committed_newest(self) -> None:
         for sids, top in self._newest_new:
@@ -709,7 +713,7 @@ class SqliteStore(Store):
 
     def _write_points(self, cols: Columns, now_ms: int) -> int:
         """Write the columns as one part, minus the points already stored; returns how many points
-        were written. Call inside the write transaction (after ``_begin_write``)."""
+        were written. Call inside the write transaction (``_write``)."""
         if not len(cols):
             return 0
         sids, ts, vs = cols.sorted()
@@ -810,21 +814,8 @@ class SqliteStore(Store):
     def compact(self, now_ms: int, max_series: int = 2000) -> CompactResult:
         """See :meth:`Store.compact`. Two steps: parts become one raw chunk per series (a flush,
         ``_flush_parts``), and raw chunks are packed per series and window (``_pack_due``)."""
-        if self.readonly:
-            raise StoreError("store opened readonly")
-        with self._lock:
-            self._con.execute("BEGIN IMMEDIATE")
-            try:
-                result = self._compact(now_ms, max_series)
-                crash_point("store.compact_before_commit")
-                self._con.execute("COMMIT")
-            except (sqlite3.OperationalError, OSError) as e:
-                self._rollback()
-                raise StoreUnavailable(f"sqlite {self.path}: {e}") from e
-            except BaseException:
-                self._rollback()
-                raise
-        return result
+        with self._write({}, "store.compact_before_commit"):
+            return self._compact(now_ms, max_series)
 
     def _flush_parts(self, now_ms: int) -> CompactResult | None:
         """Turn the oldest parts into one raw chunk per series, if they are due (see
@@ -1049,34 +1040,20 @@ class SqliteStore(Store):
         return [Conflict(*r) for r in rows]
 
     def apply_conflict(self, tenant: str, conflict_id: int, now_ms: int) -> int:
-        if self.readonly:
-            raise StoreError("store opened readonly")
-        with self._lock:
-            pending: dict[_SeriesKey, int] = {}
-            self._begin_write()
-            try:
-                row = self._con.execute(
-                    "SELECT points FROM conflicts WHERE tenant = ? AND id = ?", (tenant, conflict_id)
-                ).fetchone()
-                if row is None:
-                    raise KeyError(conflict_id)
-                cols = Columns()
-                cols.add(tenant, decode_points(row[0]), self._series, partial(self._resolve, pending))
-                written = self._write_points(cols, now_ms)
-                self._con.execute(
-                    "UPDATE conflicts SET applied_ms = ? WHERE id = ? AND applied_ms = 0",
-                    (now_ms, conflict_id),
-                )
-                self._con.execute("COMMIT")
-            except (sqlite3.OperationalError, OSError) as e:
-                self._rollback()
-                raise StoreUnavailable(f"sqlite {self.path}: {e}") from e
-            except BaseException:
-                self._rollback()
-                raise
-            self._cache_series(pending)
-            self._committed_newest()
-            return int(written)
+        pending: dict[_SeriesKey, int] = {}
+        with self._write(pending, "store.apply_conflict_before_commit"):
+            row = self._con.execute(
+                "SELECT points FROM conflicts WHERE tenant = ? AND id = ?", (tenant, conflict_id)
+            ).fetchone()
+            if row is None:
+                raise KeyError(conflict_id)
+            cols = Columns()
+            cols.add(tenant, decode_points(row[0]), self._series, partial(self._resolve, pending))
+            written = self._write_points(cols, now_ms)
+            self._con.execute(
+                "UPDATE conflicts SET applied_ms = ? WHERE id = ? AND applied_ms = 0", (now_ms, conflict_id)
+            )
+        return int(written)
 
     def dead_letter_count(self, tenant: str | None = None) -> int:
         with self._lock:
