@@ -12,11 +12,13 @@ Two encodings, told apart by the first byte:
     decoding the request cost.
 
 ``PACKED`` (written by compaction)
-    One zstd frame over: timestamps as delta-of-delta, zigzag; values as delta-of-delta too when all
-    of them are integers that a float64 holds exactly (counters), else each XOR'd with the one before
-    (Gorilla's idea; bit-exact). Both columns are byte-shuffled (the k-th byte of every word
-    together) so that zstd sees long runs of zeros: a regular scrape costs well under 2 bytes a
-    sample. All of it is vectorised with numpy; no per-point Python.
+    One zstd frame over: timestamps as delta-of-delta, zigzag; values, when every one of them is an
+    integer divided by 10**k for some k <= 9 (counters, and gauges with a few decimals: what most
+    exporters send), as those integers, delta-of-delta too (VictoriaMetrics' idea), else each XOR'd
+    with the one before (Gorilla's; bit-exact). Both columns are byte-shuffled (the k-th byte of
+    every word together) so that zstd sees long runs of zeros: a regular scrape of a counter costs a
+    fraction of a byte a sample, a two-decimal gauge one or two. All of it is vectorised with numpy
+    over many series at once (:func:`encode_many`); no per-point Python.
 
 First write wins
     A sample is visible at most once per (series, t). Writers drop points whose t is already stored
@@ -47,7 +49,8 @@ F64 = npt.NDArray[np.float64]
 
 _PACKED_HEAD = struct.Struct("<BBIq")  # kind, value mode, n, first t
 _V_XOR = 0
-_V_INT = 1
+_V_DECIMAL = 1  # + k: values m / 10**k, the integers m stored
+_MAX_DECIMALS = 9
 _ZSTD_LEVEL = 3
 _MAX_EXACT = float(1 << 53)
 
@@ -117,20 +120,9 @@ def encode_batch(sids: I64, ts: I64, vs: F64) -> list[EncodedChunk]:
 # --- one chunk ------------------------------------------------------------------------------------
 
 
-def _shuffle(words: npt.NDArray[np.uint64]) -> bytes:
-    return words.astype("<u8", copy=False).view(np.uint8).reshape(-1, 8).T.tobytes()
-
-
 def _unshuffle(data: bytes, n: int) -> npt.NDArray[np.uint64]:
     planes = np.frombuffer(data, dtype=np.uint8).reshape(8, n)
     return np.ascontiguousarray(planes.T).view("<u8").reshape(n).astype(np.uint64, copy=False)
-
-
-def _dod(x: I64) -> npt.NDArray[np.uint64]:
-    """Delta-of-delta of x[1:] (x[0] is kept apart), zigzag-encoded; wraps around like Go's int64."""
-    d = np.diff(x)
-    dd = np.diff(d, prepend=np.int64(0))
-    return ((dd << 1) ^ (dd >> 63)).view(np.uint64)
 
 
 def _undod(first: int, z: npt.NDArray[np.uint64]) -> I64:
@@ -146,37 +138,41 @@ def _undod(first: int, z: npt.NDArray[np.uint64]) -> I64:
 
 def encode(ts: I64, vs: F64) -> bytes:
     """A PACKED chunk of one series' points (ts strictly increasing, at least one point)."""
-    n = len(ts)
-    if n == 0:
+    if len(ts) == 0:
         raise ValueError("a chunk holds at least one point")
-    ts = ts.astype(np.int64, copy=False)
-    vs = vs.astype(np.float64, copy=False)
-    with np.errstate(invalid="ignore"):
-        integral = bool(
-            np.isfinite(vs).all()
-            and (np.abs(vs) <= _MAX_EXACT).all()
-            and (vs == np.round(vs)).all()
-            and not np.signbit(vs[vs == 0]).any()
-        )
-    if integral:
-        iv = vs.astype(np.int64)
-        vwords = np.concatenate((iv[:1].view(np.uint64), _dod(iv)))
-        mode = _V_INT
-    else:
-        bits = vs.view(np.uint64)
-        vwords = np.concatenate((bits[:1], bits[1:] ^ bits[:-1]))
-        mode = _V_XOR
-    body = _shuffle(_dod(ts)) + _shuffle(vwords)
-    return _PACKED_HEAD.pack(PACKED, mode, n, int(ts[0])) + _compressor.compress(body)
+    return encode_many(ts, vs, np.array([0]), np.array([len(ts)]))[0]
+
+
+def _decimal_exponents(vs: F64, starts: I64) -> npt.NDArray[np.int64]:
+    """For each run: the smallest k <= _MAX_DECIMALS such that every value is an integer divided by
+    10**k, exactly as :func:`decode` computes it (bit for bit: -0.0, NaN and the infinities are
+    not), or -1 (its values are stored XOR'd instead)."""
+    bits = vs.view(np.uint64)
+    k_of = np.full(len(starts), -1, dtype=np.int64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        finite = np.isfinite(vs)
+        for k in range(_MAX_DECIMALS + 1):
+            scale = 10.0**k
+            m = np.round(vs * scale)
+            ok = finite & (np.abs(m) <= _MAX_EXACT)
+            ints = np.where(ok, m, 0).astype(np.int64)
+            ok &= (ints.astype(np.float64) / scale).view(np.uint64) == bits
+            runs_ok = np.logical_and.reduceat(ok, starts) & (k_of < 0)
+            k_of[runs_ok] = k
+            if (k_of >= 0).all():
+                break
+    return k_of
 
 
 def encode_many(ts: I64, vs: F64, starts: I64, ends: I64) -> list[bytes]:
     """:func:`encode` of each run ``[starts[k], ends[k])`` of the columns (each strictly increasing
-    in t), the same bytes, but computed for all runs at once: the per-run Python work is a few
-    slices and one zstd call, which is what makes packing a million series affordable."""
+    in t), computed for all runs at once: the per-run Python work is a few slices and one zstd call,
+    which is what makes packing a million series affordable."""
     n_all = len(ts)
     if not len(starts):
         return []
+    starts = starts.astype(np.int64, copy=False)
+    ends = ends.astype(np.int64, copy=False)
     ts = ts.astype(np.int64, copy=False)
     vs = vs.astype(np.float64, copy=False)
     first = np.zeros(n_all, dtype=bool)
@@ -189,17 +185,13 @@ def encode_many(ts: I64, vs: F64, starts: I64, ends: I64) -> list[bytes]:
         dod = np.diff(delta, prepend=np.int64(0))
         dod[second] = delta[second]
     tz = ((dod << 1) ^ (dod >> 63)).view(np.uint64)
-    # values: integers as delta-of-delta (the first one as it is), others XOR'd with the one before
-    with np.errstate(invalid="ignore"):
-        integral_each = (
-            np.isfinite(vs)
-            & (np.abs(vs) <= _MAX_EXACT)
-            & (vs == np.round(vs))
-            & ~((vs == 0) & np.signbit(vs))
-        )
-    integral = np.logical_and.reduceat(integral_each, starts)
-    iv = np.where(integral_each, vs, 0).astype(np.int64)
-    with np.errstate(over="ignore"):
+    # values: decimals (integers, counters, gauges with a few decimals) as the integers m of
+    # v = m / 10**k, delta-of-delta (the first one as it is); others XOR'd with the one before
+    k_of = _decimal_exponents(vs, starts)
+    k_each = np.repeat(k_of, ends - starts)
+    with np.errstate(invalid="ignore", over="ignore"):
+        m = np.round(vs * 10.0 ** np.maximum(k_each, 0))
+        iv = np.where(k_each >= 0, m, 0).astype(np.int64)
         idelta = np.diff(iv, prepend=iv[:1])
         idod = np.diff(idelta, prepend=np.int64(0))
         idod[second] = idelta[second]
@@ -213,11 +205,9 @@ def encode_many(ts: I64, vs: F64, starts: I64, ends: I64) -> list[bytes]:
     xplanes = xz.astype("<u8", copy=False).view(np.uint8).reshape(n_all, 8).T
     out: list[bytes] = []
     compress = _compressor.compress
-    for a, b, is_int, t0 in zip(
-        starts.tolist(), ends.tolist(), integral.tolist(), ts[starts].tolist(), strict=True
-    ):
-        body = tplanes[:, a + 1 : b].tobytes() + (iplanes if is_int else xplanes)[:, a:b].tobytes()
-        head = _PACKED_HEAD.pack(PACKED, _V_INT if is_int else _V_XOR, b - a, t0)
+    for a, b, k, t0 in zip(starts.tolist(), ends.tolist(), k_of.tolist(), ts[starts].tolist(), strict=True):
+        body = tplanes[:, a + 1 : b].tobytes() + (iplanes if k >= 0 else xplanes)[:, a:b].tobytes()
+        head = _PACKED_HEAD.pack(PACKED, _V_XOR if k < 0 else _V_DECIMAL + k, b - a, t0)
         out.append(head + compress(body))
     return out
 
@@ -245,8 +235,9 @@ def decode(data: bytes) -> tuple[I64, F64]:
         raise ChunkError(f"chunk body of {len(body)} bytes for {n} points")
     ts = _undod(first, _unshuffle(body[: 8 * (n - 1)], n - 1))
     vwords = _unshuffle(body[8 * (n - 1) :], n)
-    if mode == _V_INT:
-        vs = _undod(int(vwords[0].view(np.int64)), vwords[1:]).astype(np.float64)
+    if _V_DECIMAL <= mode <= _V_DECIMAL + _MAX_DECIMALS:
+        ints = _undod(int(vwords[0].view(np.int64)), vwords[1:])
+        vs = ints.astype(np.float64) / 10.0 ** (mode - _V_DECIMAL)
     elif mode == _V_XOR:
         vs = np.bitwise_xor.accumulate(vwords).view(np.float64)
     else:
