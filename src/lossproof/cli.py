@@ -280,6 +280,7 @@ def keys_create(data_dir: Path, tenant: str | None, replay: bool, operator: bool
 class BenchGroup(LazyGroup):
     LAZY = {
         "kafka": "lossproof.bench.kafka:kafka_bench_cmd",
+        "logs": "lossproof.bench.logs:logs_cmd",
         "replay": "lossproof.bench.replay:main",
         "agent": "lossproof.bench.agent:run_command",
         "store": "lossproof.store.cli:bench_cmd",
