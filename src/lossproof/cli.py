@@ -100,6 +100,8 @@ def up(data_dir: Path, port: int | None, api_key: str | None) -> None:
         raise click.ClickException(str(e)) from None
     if port is not None:
         cfg.server.port = port
+    if cfg.server.port == 0 and cfg.server.ingest_processes > 1:
+        raise click.ClickException("server.ingest_processes > 1 needs a fixed port (they share it), not 0")
     try:
         up_mod.check_port_free(cfg.server.host, cfg.server.port)
     except up_mod.PortInUse as e:
@@ -278,6 +280,7 @@ def keys_create(data_dir: Path, tenant: str | None, replay: bool, operator: bool
 class BenchGroup(LazyGroup):
     LAZY = {
         "kafka": "lossproof.bench.kafka:kafka_bench_cmd",
+        "logs": "lossproof.bench.logs:logs_cmd",
         "replay": "lossproof.bench.replay:main",
         "agent": "lossproof.bench.agent:run_command",
         "store": "lossproof.store.cli:bench_cmd",

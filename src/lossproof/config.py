@@ -64,6 +64,10 @@ class ServerConfig(_Section):
     # Open connections, in all and from one address; one more gets 503 + Retry-After and is closed.
     max_connections: int = Field(default=1024, ge=1)
     max_connections_per_ip: int = Field(default=256, ge=1)
+    # `lossproof up` starts this many ingest processes, all listening on `port` (SO_REUSEPORT: the
+    # kernel spreads connections over them). The embedded log needs log.partitions >= this (one
+    # writer per partition); on Kafka they share the topic.
+    ingest_processes: int = Field(default=1, ge=1, le=64)
 
     @field_validator("host")
     @classmethod
@@ -198,6 +202,16 @@ class Config(_Section):
     # Not in the file: where it was loaded from.
     data_dir: Path = Field(default=Path("."), exclude=True)
 
+    @model_validator(mode="after")
+    def _a_partition_per_ingest_process(self) -> Config:
+        n = self.server.ingest_processes
+        if self.log.backend == "embedded" and n > self.log.partitions:
+            raise ValueError(
+                f"server.ingest_processes = {n} needs log.partitions >= {n} with the embedded log "
+                "(one ingest process writes each partition)"
+            )
+        return self
+
     def path(self, relative: str) -> Path:
         p = Path(relative)
         return p if p.is_absolute() else self.data_dir / p
@@ -282,7 +296,7 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 def _describe(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     where = ".".join(str(p) for p in first["loc"])
-    return f"{source}: {where}: {first['msg']}"
+    return f"{source}: {where}: {first['msg']}" if where else f"{source}: {first['msg']}"
 
 
 def load(data_dir: Path, env: Mapping[str, str] | None = None) -> Config:

@@ -81,10 +81,10 @@ def check_port_free(host: str, port: int, wait: float = 5.0) -> None:
 
 def run(cfg: Config, data_dir: Path) -> int:
     exe = [sys.executable, "-m", "lossproof"]
-    children = [
-        Child("ingest", [*exe, "ingest", "--data-dir", str(data_dir), "--port", str(cfg.server.port)]),
-        Child("worker", [*exe, "worker", "--data-dir", str(data_dir)]),
-    ]
+    ingest = [*exe, "ingest", "--data-dir", str(data_dir), "--port", str(cfg.server.port)]
+    n = cfg.server.ingest_processes
+    children = [Child("ingest" if n == 1 else f"ingest{i}", ingest) for i in range(n)]
+    children.append(Child("worker", [*exe, "worker", "--data-dir", str(data_dir)]))
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:

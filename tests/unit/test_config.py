@@ -44,6 +44,8 @@ def test_env_overrides(tmp_path: Path) -> None:
         ("[ledger]\nreplay_grace_seconds = 1e300\n", "ledger.replay_grace_seconds"),
         ("[server]\nappend_timeout_seconds = nan\n", "server.append_timeout_seconds"),
         ("[server]\nhost = 'a..b'\n", "server.host"),
+        ("[server]\ningest_processes = 0\n", "server.ingest_processes"),
+        ("[server]\ningest_processes = 2\n", "server.ingest_processes = 2 needs log.partitions >= 2"),
     ],
 )
 def test_bad_config_names_the_key_and_file(tmp_path: Path, text: str, needle: str) -> None:
@@ -52,6 +54,13 @@ def test_bad_config_names_the_key_and_file(tmp_path: Path, text: str, needle: st
         config.load(tmp_path, env={})
     msg = str(e.value)
     assert needle in msg and "lossproof.toml" in msg and "\n" not in msg
+
+
+def test_ingest_processes_share_kafka_or_need_a_partition_each(tmp_path: Path) -> None:
+    (tmp_path / "lossproof.toml").write_text("[server]\ningest_processes = 2\n[log]\npartitions = 2\n")
+    assert config.load(tmp_path, env={}).server.ingest_processes == 2
+    (tmp_path / "lossproof.toml").write_text("[server]\ningest_processes = 3\n[log]\nbackend = 'kafka'\n")
+    assert config.load(tmp_path, env={}).server.ingest_processes == 3
 
 
 def test_missing_config(tmp_path: Path) -> None:

@@ -181,27 +181,66 @@ def run_protocol_bench(
     ]
 
 
-def run_bench(
+@dataclass
+class Measured:
+    """One max-load phase, the drain after it and one half-load phase (see :func:`measure`)."""
+
+    agents: int
+    points: int
+    encoding: str
+    full: Phase
+    half: Phase
+    stored_during: float  # points the worker stored during the max-load phase
+    stored_total: float  # ... by the end of the drain
+    drain: float  # seconds after the max-load phase until everything acked was stored (inf: never)
+    e2e_p50: float
+    e2e_p99: float
+    # CPU seconds per role (whatever ``cpu`` returned) used during each load phase
+    cpu_full: dict[str, float] = field(default_factory=dict)
+    cpu_half: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.full.acked_points / self.full.seconds
+
+
+def _cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    # a process that ended in between takes its CPU seconds with it: never below 0
+    return {k: max(0.0, after[k] - before.get(k, 0.0)) for k in after}
+
+
+def measure(
     url: str,
     key: str,
     agents: int,
     points: int,
     duration: float,
     encoding: str,
-    disk_dir: Path,
     progress: Callable[[str], None],
-) -> list[str]:
-    run_id = f"{int(time.time())}"
-    scrape(url)  # reachable? (before the disk is measured)
-    progress("measuring the disk: sequential write + fsync …")
-    disk = write_fsync_mib_s(disk_dir)
-    load = Load(url, key, agents, points, encoding, run_id)
-    lines = [f"disk sequential write+fsync (1 MiB chunks): {disk:,.1f} MiB/s"]
-
+    *,
+    half_seconds: float | None = None,
+    cpu: Callable[[], dict[str, float]] | None = None,
+    warmup: float = 0.0,
+) -> Measured:
+    """Max load for ``duration`` s, wait until the worker stored it all, then half that rate for
+    ``half_seconds`` (default max(5, duration / 2)). ``cpu``: called before and after each phase
+    (CPU seconds so far, by role), the deltas are kept. ``warmup``: seconds of max load first,
+    stored and not counted (a JVM broker just started compiles its hot paths meanwhile)."""
+    load = Load(url, key, agents, points, encoding, f"{int(time.time())}")
+    cpu = cpu or dict
+    if warmup > 0:
+        warm = Phase("warm-up")
+        stored = total(scrape(url), "lossproof_worker_points_total")
+        asyncio.run(load.run(warm, warmup, None, progress))
+        if warm.refused:
+            raise BenchFailed(f"nothing acknowledged: {warm.refused}")
+        _wait_drained(url, stored + warm.acked_points, timeout=max(60.0, warmup * 10))
     before = scrape(url)
     stored_before = total(before, "lossproof_worker_points_total")
     full = Phase("max load")
+    c0 = cpu()
     asyncio.run(load.run(full, duration, None, progress))
+    cpu_full = _cpu_delta(c0, cpu())
     if full.refused:
         raise BenchFailed(f"nothing acknowledged: {full.refused}")
     if not full.acked_points:
@@ -213,30 +252,64 @@ def run_bench(
     after_drain = scrape(url)
     stored_total = total(after_drain, "lossproof_worker_points_total") - stored_before
     rate = full.acked_points / full.seconds
+    half = Phase("half load")
+    c0 = cpu()
+    half_s = max(5.0, duration / 2) if half_seconds is None else half_seconds
+    asyncio.run(load.run(half, half_s, rate / points / 2, progress))
+    cpu_half = _cpu_delta(c0, cpu())
+    e2e = "lossproof_worker_end_to_end_seconds"
+    return Measured(
+        agents,
+        points,
+        encoding,
+        full,
+        half,
+        stored_during,
+        stored_total,
+        drain,
+        histogram_quantile(before, after_drain, e2e, 0.5),
+        histogram_quantile(before, after_drain, e2e, 0.99),
+        cpu_full,
+        cpu_half,
+    )
+
+
+def run_bench(
+    url: str,
+    key: str,
+    agents: int,
+    points: int,
+    duration: float,
+    encoding: str,
+    disk_dir: Path,
+    progress: Callable[[str], None],
+) -> list[str]:
+    scrape(url)  # reachable? (before the disk is measured)
+    progress("measuring the disk: sequential write + fsync …")
+    disk = write_fsync_mib_s(disk_dir)
+    lines = [f"disk sequential write+fsync (1 MiB chunks): {disk:,.1f} MiB/s"]
+    m = measure(url, key, agents, points, duration, encoding, progress)
+    full, half = m.full, m.half
+    rate = m.rate
     mib = full.acked_bytes / full.seconds / 2**20
     requests = full.acked_points / points
     LAST_RUN.update(
         requests_per_s=requests / full.seconds, bytes_per_request=full.acked_bytes / max(requests, 1)
     )
+    drain = m.drain
     if math.isfinite(drain):
-        worker_rate = stored_total / (full.seconds + drain)
+        worker_rate = m.stored_total / (full.seconds + drain)
         drained = f"overall incl. drain: {worker_rate:,.0f} points/s; drained {drain:.1f}s after load stopped"
     else:
-        drained = f"NOT drained: {stored_total:,.0f} of {full.acked_points:,} points stored by the deadline"
+        drained = f"NOT drained: {m.stored_total:,.0f} of {full.acked_points:,} points stored by the deadline"
     lines += [
         f"agents {agents}, {points} points/report, encoding {encoding}, {full.seconds:.1f}s at max load",
         f"acked: {rate:,.0f} points/s, {mib:,.1f} MiB/s on the wire (ratio to disk {mib / disk:.2f})",
         f"ack latency: p50 {full.quantile(0.5) * 1e3:.1f} ms, p99 {full.quantile(0.99) * 1e3:.1f} ms, "
         f"p99.9 {full.quantile(0.999) * 1e3:.1f} ms",
         f"errors: {full.errors or 'none'}",
-        f"worker stored during load: {stored_during / full.seconds:,.0f} points/s; {drained}",
-        "end-to-end (ingest → stored) p50 ≤ "
-        f"{histogram_quantile(before, after_drain, 'lossproof_worker_end_to_end_seconds', 0.5):g}s, p99 ≤ "
-        f"{histogram_quantile(before, after_drain, 'lossproof_worker_end_to_end_seconds', 0.99):g}s",
-    ]
-    half = Phase("half load")
-    asyncio.run(load.run(half, max(5.0, duration / 2), rate / points / 2, progress))
-    lines += [
+        f"worker stored during load: {m.stored_during / full.seconds:,.0f} points/s; {drained}",
+        f"end-to-end (ingest → stored) p50 ≤ {m.e2e_p50:g}s, p99 ≤ {m.e2e_p99:g}s",
         f"at half load ({half.acked_points / half.seconds:,.0f} points/s): ack latency p50 "
         f"{half.quantile(0.5) * 1e3:.1f} ms, p99 {half.quantile(0.99) * 1e3:.1f} ms, "
         f"p99.9 {half.quantile(0.999) * 1e3:.1f} ms, errors {half.errors or 'none'}",

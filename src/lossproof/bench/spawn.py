@@ -25,26 +25,39 @@ def free_port() -> int:
 
 @contextmanager
 def spawned_pipeline(
-    data_dir: Path, port: int | None = None, key: str | None = None, pids: list[int] | None = None
+    data_dir: Path,
+    port: int | None = None,
+    key: str | None = None,
+    pids: list[int] | None = None,
+    log_file: Path | None = None,
 ) -> Iterator[tuple[str, str]]:
     """Yields (url, api key) of a running pipeline; stops it (SIGTERM) on exit. ``key``: the default
     tenant's key of an existing data dir (a fresh one gets a new key). ``pids``: gets the pid of
-    the `lossproof up` process appended (for :func:`process_memory`)."""
+    the `lossproof up` process appended (for :func:`process_memory`). ``log_file``: its output goes
+    there (its last line is quoted if it does not start), else nowhere."""
     port = port or free_port()
     key = key or new_key()
     env = {**os.environ, "LOSSPROOF_API_KEY": key}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lossproof", "up", "--data-dir", str(data_dir), "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    out = open(log_file, "ab") if log_file is not None else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lossproof", "up", "--data-dir", str(data_dir), "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT if log_file is not None else subprocess.DEVNULL,
+        )
+    finally:
+        if log_file is not None:
+            out.close()  # type: ignore[union-attr]
     url = f"http://127.0.0.1:{port}"
     if pids is not None:
         pids.append(proc.pid)
     try:
         if not wait_ready(url, 60, stop=lambda: proc.poll() is not None):
             why = f"exited with {proc.returncode}" if proc.poll() is not None else "is not ready after 60 s"
+            if log_file is not None:
+                lines = log_file.read_text(errors="replace").strip().splitlines()
+                why += f" ({lines[-1][:300]})" if lines else ""
             raise click.ClickException(f"the benchmark's own `lossproof up` on {url} {why}")
         yield url, key
     finally:

@@ -128,7 +128,9 @@ async def listen(app: web.Application, cfg: Config, host: str, port: int) -> web
         keepalive_timeout=cfg.server.keepalive_timeout_seconds,
     )
     await runner.setup()
-    await GuardedSite(runner, app[GUARD], host, port, reuse_address=True).start()
+    # Several ingest processes of one `up` share the port (server.ingest_processes).
+    reuse_port = cfg.server.ingest_processes > 1
+    await GuardedSite(runner, app[GUARD], host, port, reuse_address=True, reuse_port=reuse_port).start()
     return runner
 
 
