@@ -160,6 +160,29 @@ def series_key_bytes(key: tuple[Any, ...]) -> int:
     return n
 
 
+SERIES_CACHE_MAX = 2_000_000  # entries, whatever their size
+
+
+class SeriesCache(dict[tuple[Any, ...], int]):
+    """Series ids by in-memory key (see :func:`series_key_bytes`), bounded in length and in an
+    estimate of the memory it keeps alive: it starts over rather than grow past either. Only ids of
+    committed series go in (:meth:`add_committed`): a rolled-back id could be handed out again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes = 0
+
+    def add_committed(self, new: dict[tuple[Any, ...], int]) -> None:
+        if not new:
+            return
+        size = sum(map(series_key_bytes, new))
+        if len(self) + len(new) > SERIES_CACHE_MAX or self.bytes + size > SERIES_CACHE_BYTES:
+            self.clear()
+            self.bytes = 0
+        self.update(new)
+        self.bytes += size
+
+
 @dataclass(slots=True)
 class DeadLetter:
     """A log record that could not be decoded, kept with the reason instead of stopping the worker."""

@@ -91,7 +91,7 @@ from lossproof.store import pg_migrations as mig
 from lossproof.store.base import (
     COMPACT_MIN_CHUNKS,
     COMPACT_WINDOW_MS,
-    SERIES_CACHE_BYTES,
+    SERIES_CACHE_MAX,
     AgentSummary,
     CompactResult,
     Conflict,
@@ -100,6 +100,7 @@ from lossproof.store.base import (
     MetricMetadata,
     SeqRange,
     SeriesArrays,
+    SeriesCache,
     SpoolState,
     Store,
     StoreError,
@@ -111,7 +112,6 @@ from lossproof.store.base import (
     encode_points,
     latest_metadata,
     matches_all,
-    series_key_bytes,
 )
 from lossproof.store.columns import Columns, drop_stored
 
@@ -126,7 +126,6 @@ TX_ATTEMPTS = 5  # deadlock / serialization failure: retried as a fresh transact
 
 _LABELS_ENCODER = msgspec.json.Encoder(order="sorted")
 _LABELS_DECODER = msgspec.json.Decoder(dict[str, str])
-_SERIES_CACHE_MAX = 2_000_000
 
 
 def pg_text(s: str) -> str:
@@ -494,8 +493,7 @@ class PostgresStore(Store):
         self.retention_days = retention_days
         self.pool_timeout = pool_timeout
         self._where = describe_dsn(dsn)
-        self._series: dict[_SeriesKey, int] = {}
-        self._series_bytes = 0  # series_key_bytes of the entries
+        self._series = SeriesCache()
         self._labels: dict[int, dict[str, str]] = {}
         self._pack_queue: list[tuple[int, int, int]] = []  # compaction: (series, first, last window)
         self._pack_log: list[int] = []  # compaction: the compact_log rows of the queued round
@@ -644,17 +642,6 @@ class PostgresStore(Store):
             return StoreError(msg)
         return StoreUnavailable(msg)
 
-    def _cache_series(self, new: dict[_SeriesKey, int]) -> None:
-        """Cache the ids of committed series, starting over when the cache is too long or too big."""
-        if not new:
-            return
-        size = sum(map(series_key_bytes, new))
-        if len(self._series) + len(new) > _SERIES_CACHE_MAX or self._series_bytes + size > SERIES_CACHE_BYTES:
-            self._series.clear()
-            self._series_bytes = 0
-        self._series.update(new)
-        self._series_bytes += size
-
     def close(self) -> None:
         self._pool.close()
 
@@ -677,7 +664,7 @@ class PostgresStore(Store):
                         log.warning("store.tx_retry", error=_one_line(e), attempt=attempt)
                         continue
                 # Only ids of committed series may be cached.
-                self._cache_series(pending)
+                self._series.add_committed(pending)
                 self._maybe_maintain()
                 return result
         raise AssertionError("unreachable")
@@ -1201,7 +1188,7 @@ class PostgresStore(Store):
         lab = self._labels.get(sid)
         if lab is None:
             lab = _LABELS_DECODER.decode(labels_json)
-            if len(self._labels) > _SERIES_CACHE_MAX:
+            if len(self._labels) > SERIES_CACHE_MAX:
                 self._labels.clear()
             self._labels[sid] = lab
         return lab

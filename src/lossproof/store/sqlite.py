@@ -57,7 +57,7 @@ from lossproof.store import ledger as lg
 from lossproof.store.base import (
     COMPACT_MIN_CHUNKS,
     COMPACT_WINDOW_MS,
-    SERIES_CACHE_BYTES,
+    SERIES_CACHE_MAX,
     AgentSummary,
     CompactResult,
     Conflict,
@@ -66,6 +66,7 @@ from lossproof.store.base import (
     MetricMetadata,
     SeqRange,
     SeriesArrays,
+    SeriesCache,
     SpoolState,
     Store,
     StoreError,
@@ -77,7 +78,6 @@ from lossproof.store.base import (
     encode_points,
     latest_metadata,
     matches_all,
-    series_key_bytes,
 )
 from lossproof.store.columns import Columns, drop_stored
 
@@ -282,7 +282,6 @@ _V2_SHIFT_DEFAULT = 16
 
 _LABELS_ENCODER = msgspec.json.Encoder(order="sorted")
 _LABELS_DECODER = msgspec.json.Decoder(dict[str, str])
-_SERIES_CACHE_MAX = 2_000_000
 
 # in-memory key of a series: (tenant, metric, label items in the order the caller gave them)
 _SeriesKey = tuple[Any, ...]  # (tenant, metric, *labels.items())
@@ -296,8 +295,7 @@ class SqliteStore(Store):
     def __init__(self, path: Path, *, readonly: bool = False, busy_timeout_ms: int = 30_000) -> None:
         self.path = Path(path)
         self.readonly = readonly
-        self._series: dict[_SeriesKey, int] = {}
-        self._series_bytes = 0  # series_key_bytes of the entries
+        self._series = SeriesCache()
         self._labels: dict[int, dict[str, str]] = {}
         self._lock = threading.Lock()  # guards against accidental concurrent use
         # The newest t stored per series (_NONE: none), for the writer's first-write-wins check.
@@ -498,17 +496,6 @@ class SqliteStore(Store):
         if self._con.in_transaction:
             self._con.execute("ROLLBACK")
 
-    def _cache_series(self, new: dict[_SeriesKey, int]) -> None:
-        """Cache the ids of committed series, starting over when the cache is too long or too big."""
-        if not new:
-            return
-        size = sum(map(series_key_bytes, new))
-        if len(self._series) + len(new) > _SERIES_CACHE_MAX or self._series_bytes + size > SERIES_CACHE_BYTES:
-            self._series.clear()
-            self._series_bytes = 0
-        self._series.update(new)
-        self._series_bytes += size
-
     def close(self) -> None:
         self._con.close()
 
@@ -544,7 +531,7 @@ class SqliteStore(Store):
             except BaseException:
                 self._rollback()
                 raise
-            self._cache_series(pending)
+            self._series.add_committed(pending)
             self._committed_newest()
 
     def _committed_newest(self) -> None:
@@ -1106,7 +1093,7 @@ class SqliteStore(Store):
             lab = self._labels.get(sid)
             if lab is None:
                 lab = _LABELS_DECODER.decode(labels_json)
-                if len(self._labels) > _SERIES_CACHE_MAX:
+                if len(self._labels) > SERIES_CACHE_MAX:
                     self._labels.clear()
                 self._labels[sid] = lab
             if matches_all(matchers, metric, lab):
