@@ -68,6 +68,10 @@ class ServerConfig(_Section):
     # kernel spreads connections over them). The embedded log needs log.partitions >= this (one
     # writer per partition); on Kafka they share the topic.
     ingest_processes: int = Field(default=1, ge=1, le=64)
+    # The most series a tenant may have (0: no limit); tenants.<name>.max_series overrides it. A
+    # request that would add more is refused with 400 (ingest/series_limit.py).
+    max_series_per_tenant: int = Field(default=0, ge=0)
+    series_limit_refresh_seconds: float = Field(default=10.0, gt=0, le=MAX_SECONDS)
 
     @field_validator("host")
     @classmethod
@@ -161,6 +165,7 @@ class LedgerConfig(_Section):
 
 class TenantConfig(_Section):
     key_hashes: list[str] = Field(default_factory=list)
+    max_series: int | None = Field(default=None, ge=0)  # None: server.max_series_per_tenant; 0: none
 
 
 class ReplayConfig(_Section):
@@ -227,6 +232,13 @@ class Config(_Section):
     @property
     def run_dir(self) -> Path:
         return self.data_dir / "run"
+
+    def series_limit(self, tenant: str) -> int:
+        """The most series ``tenant`` may have; 0 for no limit."""
+        t = self.tenants.get(tenant)
+        if t is not None and t.max_series is not None:
+            return t.max_series
+        return self.server.max_series_per_tenant
 
     def tenant_for_key(self, key: str) -> str | None:
         h = hash_key(key)
@@ -331,7 +343,8 @@ def save(cfg: Config) -> None:
     read it first hold :func:`editing`."""
     path = cfg.data_dir / CONFIG_NAME
     text = "# lossproof configuration. Keys are stored as SHA-256 hashes only.\n"
-    text += tomli_w.dumps(cfg.model_dump(mode="json", exclude={"data_dir"}))
+    # TOML has no null: an unset optional (None) is left out, and reads back as its default
+    text += tomli_w.dumps(cfg.model_dump(mode="json", exclude={"data_dir"}, exclude_none=True))
     write_atomic(path, text.encode(), tmp=path.with_name(f"{CONFIG_NAME}.{os.getpid()}.tmp"))
 
 

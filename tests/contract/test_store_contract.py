@@ -28,6 +28,7 @@ from lossproof.store.base import (
     Store,
     WriteBatch,
     WriteResult,
+    labels_text,
     report_digest,
 )
 from lptest.store_backends import BACKENDS, StoreBackend
@@ -646,6 +647,30 @@ def test_series_counts_per_tenant(store: Store) -> None:
         WriteBatch(samples=[("t2", pt(T0, 1.0, "m", k="v")), ("t2", pt(T0 + 1, 1.0, "m", k="v"))])
     )
     assert store.series_counts() == {"t1": 2, "t2": 2}
+
+
+def test_series_after_lists_new_series_by_id(store: Store) -> None:
+    """What the ingest series limit keeps up with: every series once, in id order, from any id on,
+    with its labels in the canonical text (so a request's series can be told new or known)."""
+    assert store.series_after("t1", 0, 10) == []
+    store.write_batch(batch(report(1), report(1, tenant="t2")))
+    store.write_batch(WriteBatch(samples=[("t1", pt(T0, 1.0, "m", z="1", a="2")), ("t1", pt(T0 + 1, 1.0))]))
+    store.write_batch(WriteBatch(series=[("t1", SeriesSamples("s", {"k": "v"}, [T0], [1.0]))]))
+    everything = store.series_after("t1", 0, 100)
+    ids = [i for i, _, _ in everything]
+    assert ids == sorted(ids) and len(set(ids)) == 4
+    assert sorted((m, lab) for _, m, lab in everything) == sorted(
+        [
+            ("cpu", labels_text({"agent": "a1"})),
+            ("cpu", labels_text({"host": "h1"})),
+            ("m", labels_text({"a": "2", "z": "1"})),
+            ("s", labels_text({"k": "v"})),
+        ]
+    )
+    assert labels_text({"z": "1", "a": "2"}) == '{"a":"2","z":"1"}'
+    assert store.series_after("t1", ids[0], 1) == everything[1:2]
+    assert store.series_after("t1", ids[-1], 100) == []
+    assert [m for _, m, _ in store.series_after("t2", 0, 100)] == ["cpu"]
 
 
 def test_first_write_wins_across_two_writers(store_factory: StoreFactory) -> None:

@@ -34,6 +34,7 @@ from lossproof.httputil import CLOSE_STATUSES, ApiError, close_after, json_respo
 from lossproof.ingest.auth import KeyRing
 from lossproof.ingest.metrics import IngestMetrics
 from lossproof.ingest.reports import Ingest
+from lossproof.ingest.series_limit import SeriesLimit
 from lossproof.log.base import LogWriter
 from lossproof.obs.logging import get
 from lossproof.protocol import influx, native, otlp, promrw
@@ -186,7 +187,8 @@ class ThirdParty(Ingest):
                 params=decoded.params,
             )
             sender = f"{self.protocol}/{request.remote or '-'}"
-            await self.append_durable(native.log_key(tenant, sender), native.encode_envelope(env))
+            record = native.encode_envelope(env)
+            await self.append_limited(tenant, self.protocol, native.log_key(tenant, sender), record)
         m.proto_requests.labels(tenant, self.protocol, "acked").inc()
         m.proto_points.labels(tenant, self.protocol, "acked").inc(n)
         if checked.rejected:
@@ -321,9 +323,15 @@ class InfluxWrite(ThirdParty):
     retry_after = None
 
     def __init__(
-        self, cfg: Config, keys: KeyRing, writer: LogWriter, metrics: IngestMetrics, v2: bool
+        self,
+        cfg: Config,
+        keys: KeyRing,
+        writer: LogWriter,
+        metrics: IngestMetrics,
+        series_limit: SeriesLimit | None,
+        v2: bool,
     ) -> None:
-        super().__init__(cfg, keys, writer, metrics)
+        super().__init__(cfg, keys, writer, metrics, series_limit)
         self.v2 = v2
 
     async def decode(self, request: web.Request, state: _State) -> Decoded:
@@ -398,12 +406,14 @@ async def health(request: web.Request) -> web.Response:
     )
 
 
-def routes(cfg: Config, keys: KeyRing, writer: LogWriter, metrics: IngestMetrics) -> list[web.RouteDef]:
+def routes(
+    cfg: Config, keys: KeyRing, writer: LogWriter, metrics: IngestMetrics, series_limit: SeriesLimit
+) -> list[web.RouteDef]:
     handlers: list[tuple[str, ThirdParty]] = [
-        ("/api/v1/write", RemoteWrite(cfg, keys, writer, metrics)),
-        ("/v1/metrics", OtlpMetrics(cfg, keys, writer, metrics)),
-        ("/write", InfluxWrite(cfg, keys, writer, metrics, v2=False)),
-        ("/api/v2/write", InfluxWrite(cfg, keys, writer, metrics, v2=True)),
+        ("/api/v1/write", RemoteWrite(cfg, keys, writer, metrics, series_limit)),
+        ("/v1/metrics", OtlpMetrics(cfg, keys, writer, metrics, series_limit)),
+        ("/write", InfluxWrite(cfg, keys, writer, metrics, series_limit, v2=False)),
+        ("/api/v2/write", InfluxWrite(cfg, keys, writer, metrics, series_limit, v2=True)),
     ]
     return [
         *(web.post(path, h, expect_handler=h.expect) for path, h in handlers),

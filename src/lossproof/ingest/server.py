@@ -19,6 +19,7 @@ from lossproof.ingest import protocols
 from lossproof.ingest.auth import KeyRing
 from lossproof.ingest.metrics import IngestMetrics
 from lossproof.ingest.reports import ReportsHandler
+from lossproof.ingest.series_limit import SeriesLimit
 from lossproof.log.base import LogWriter
 from lossproof.log.factory import open_writer
 from lossproof.obs.exposition import OperatorKeyRequired, exposition, is_operator
@@ -72,7 +73,8 @@ def build_app(
 
     app.on_startup.append(add_filter)
     app.on_cleanup.append(remove_filter)
-    reports = ReportsHandler(cfg, keys, writer, store, metrics)
+    series_limit = SeriesLimit(cfg, store, metrics)
+    reports = ReportsHandler(cfg, keys, writer, store, metrics, series_limit)
     session_holder: dict[str, aiohttp.ClientSession] = {}
 
     async def healthz(request: web.Request) -> web.Response:
@@ -107,7 +109,7 @@ def build_app(
         [
             web.post("/v1/reports", reports, expect_handler=reports.expect),
             # Prometheus remote write, OTLP/HTTP, InfluxDB line protocol (docs/protocols.md)
-            *protocols.routes(cfg, keys, writer, metrics),
+            *protocols.routes(cfg, keys, writer, metrics, series_limit),
             web.get("/healthz", healthz),
             web.get("/metrics", metrics_route),
             *QueryApi(keys, store).routes(),

@@ -643,6 +643,7 @@ class Dashboard:
                 "history_lag_seconds": series(gauge("lossproof_worker_lag_seconds")),
             },
             "fallback": self._fallback_health(),
+            "series_limit": self.cfg.series_limit(tenant) if tenant is not None else 0,
             **store_part,
         }
         return json_response(body)

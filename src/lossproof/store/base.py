@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Protocol
@@ -143,6 +143,15 @@ def decode_points(data: bytes) -> list[Point]:
 def report_digest(points: Sequence[PointLike]) -> bytes:
     """A report's content digest: what tells a resend (same digest) from a reused seq (another one)."""
     return hashlib.blake2b(encode_points(points), digest_size=16).digest()
+
+
+_labels_json = msgspec.json.Encoder(order="sorted")
+
+
+def labels_text(labels: Mapping[str, str]) -> str:
+    """A series' labels as both stores keep them: JSON with sorted keys, compact. Equal label sets
+    give equal text, so (tenant, metric, this) identifies a series."""
+    return _labels_json.encode(labels).decode()
 
 
 # The stores cache series ids by (tenant, metric, *label items): one dict lookup per point. The key
@@ -548,6 +557,14 @@ class Store(abc.ABC):
         """``(metric, labels)`` of every series of ``tenant`` matching all ``matchers`` (see
         :class:`Matcher`), whatever the time of its points, sorted by metric then labels. No matchers:
         every series of the tenant."""
+
+    @abc.abstractmethod
+    def series_after(self, tenant: str, after_id: int, limit: int) -> list[tuple[int, str, str]]:
+        """``(id, metric, labels_json)`` (:func:`labels_text`) of the tenant's series whose id is
+        above ``after_id``, by id, at most ``limit``. Ids grow as series are created, so a reader
+        keeps up with new series by asking for those after the last id it saw. Where concurrent
+        writers create series (PostgreSQL), an id can become visible after a higher one: a reader
+        that must see every series re-reads a margin below its last id (or everything now and then)."""
 
     def series_counts(self) -> dict[str, int]:
         """The number of series each tenant has (its cardinality): what a series costs in memory and
