@@ -75,13 +75,18 @@ def prometheus_version() -> str:
 
 
 @contextlib.contextmanager
-def prometheus(work: Path) -> Iterator[Server]:
+def prometheus(work: Path, out_of_order_window: str = "") -> Iterator[Server]:
+    """Debian's Prometheus on a temp TSDB under ``work``; ``out_of_order_window`` (e.g. ``"3h"``)
+    makes it accept samples out of time order (by default it refuses them, and the conformance data
+    is sent in time order)."""
     exe = shutil.which(PROMETHEUS)
     if exe is None:
         raise ServerFailed("prometheus is not installed (Debian package prometheus)")
     work.mkdir(parents=True, exist_ok=True)
     config = work / "prometheus.yml"
-    config.write_text("global: {}\n")  # no scrapes, no rules: remote write is the only input
+    # no scrapes, no rules: remote write is the only input
+    storage = {"tsdb": {"out_of_order_time_window": out_of_order_window}} if out_of_order_window else {}
+    config.write_text(json.dumps({"global": {}, "storage": storage}))  # YAML is a superset of JSON
     port = free_port()
     argv = [
         exe,
