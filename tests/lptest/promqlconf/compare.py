@@ -62,7 +62,7 @@ def verdict(ref: Answer, lp: Answer, keep_order: bool = False) -> tuple[str, str
         )
     if not _ok(ref):
         if 400 <= lp_status < 500:
-            return PASS, f"both refuse (Prometheus HTTP {ref[0]})"
+            return PASS, f"both refuse (Prometheus HTTP {ref[0]}; lossproof: {_error_text(lp_body)})"
         return WRONG, f"Prometheus refuses (HTTP {ref[0]}: {_error_text(ref[1])}), lossproof answers"
     if 400 <= lp_status < 500:
         text = _error_text(lp_body)

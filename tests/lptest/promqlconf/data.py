@@ -6,8 +6,9 @@ queries, is 2026-03-01T00:04:00Z, so the 10-minute query window crosses a day an
 functions see both sides).
 
 Targets are scraped every 5 s, each with its own fixed offset in milliseconds (none a whole second, so
-no range-selector boundary of the queries, which are whole seconds, ever falls on a sample: the
-window-boundary rule, where Prometheus 2.x and 3.x differ, is not what this test measures).
+no range-selector boundary of the queries, which are whole seconds, falls on a sample: the
+window-boundary rule, where Prometheus 2.x and 3.x differ, shows only in the two queries of
+mixin_queries.toml that put a window's ends on samples on purpose, ``offset 3763ms``).
 
 Staleness is produced as Prometheus' scrape loop produces it: a series that was in the previous scrape
 of a target and is missing from this one gets a staleness marker (the NaN ``0x7ff0000000000002``) at
