@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from lossproof.ingest.series_limit import _stored as stored_series
+from lossproof.ingest.series_limit import series_key
 from lossproof.log.base import LogGap
 from lossproof.store.base import (
     CompactResult,
@@ -717,3 +719,19 @@ def test_packing_a_chunk_that_spans_windows_beside_other_series(store: Store) ->
     before = _snapshot(store)
     assert _compact_all(store, base + 6 * WINDOW).points
     assert _snapshot(store) == before
+
+
+def test_series_after_names_series_as_ingest_keys_them(store: Store) -> None:
+    """The series limit tells a request's series new or known by comparing ingest's key of each with
+    what the store lists: NUL in a name (PostgreSQL keeps it as U+FFFD), empty and NUL label values,
+    labels in any order must all come out as the same series."""
+    pts = [
+        ("a\x00b", {"k": "v"}),
+        ("m", {"z": "1", "a": ""}),
+        ("m", {"k": "x\x00y"}),
+        ("m", {}),
+    ]
+    store.write_batch(WriteBatch(samples=[("t1", Point(m, lab, T0, 1.0)) for m, lab in pts]))
+    _, listed = stored_series(store, "t1", 0)
+    assert {series_key(m, lab) for m, lab in pts} == listed
+    assert series_key("m", {"a": "", "z": "1"}) in listed  # any label order

@@ -35,9 +35,6 @@ from lossproof.query.access import StoreAccess
 
 log = get(__name__)
 
-# A record larger than this is decoded for the series limit in a thread, off the event loop.
-THREAD_DECODE_BYTES = 256 * 1024
-
 
 class Ingest:
     """The part of every ingest endpoint that makes "acknowledged means durable" true: a bounded
@@ -84,22 +81,19 @@ class Ingest:
         return await read_body(request, srv.max_body_bytes, srv.body_idle_seconds, srv.body_read_max_seconds)
 
     async def append_limited(self, tenant: str, protocol: str, key: bytes, record: bytes) -> None:
-        """:meth:`append_durable`, after the tenant's series limit admitted the record's series (or
-        raised the 400); series admitted for a record the log then refuses are given back."""
+        """:meth:`append_durable`, once the tenant's series limit admitted the record's series (or
+        raised the 400). The record is decoded as the worker will decode it, off the event loop."""
         limit = self.series_limit
         if limit is None or not limit.limit(tenant):
             await self.append_durable(key, record)
             return
-        if len(record) > THREAD_DECODE_BYTES:
-            series = await asyncio.to_thread(record_series, record)
-        else:
-            series = record_series(record)
-        new = await limit.admit(tenant, series, protocol)
+        held = await limit.admit(tenant, await asyncio.to_thread(record_series, record), protocol)
         try:
             await self.append_durable(key, record)
         except BaseException:
-            limit.release(tenant, new)
+            limit.release(tenant, held)
             raise
+        limit.confirm(tenant, held)
 
     async def append_durable(self, key: bytes, record: bytes) -> None:
         """Append ``record`` and return once the log holds it durably; raise the 503 otherwise."""

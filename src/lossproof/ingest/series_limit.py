@@ -11,18 +11,20 @@ with a limit (``server.max_series_per_tenant``, ``tenants.<name>.max_series``), 
 everyone else is unchanged.
 
 The series a tenant has are the store's (:meth:`Store.series_after`, read a batch at a time as new
-ids appear, every ``server.series_limit_refresh_seconds``) plus those this process admitted since.
-The limit is therefore exact with one ingest process and slightly soft with several: each sees the
-others' new series once the worker has stored them. While the store cannot be read, a process goes on
-with what it knows (ingest stays available; the limit is then only as exact as that knowledge).
-Series removed by retention still count until the process restarts.
+ids appear: in the background every ``server.series_limit_refresh_seconds``, and waited for, briefly,
+before a refusal and at a tenant's first request) plus those this process acknowledged since. Series
+of requests not answered yet are held by them (counted), and given back only when no request holding
+them was acknowledged. The limit is therefore exact with one ingest process and slightly soft with
+several: each sees the others' new series once the worker has stored them. A slow or failing store
+never delays an answer for more than those brief waits: ingest goes on with what it knows. Series
+removed by retention still count until the process restarts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from lossproof.config import Config
@@ -31,7 +33,7 @@ from lossproof.ingest.metrics import IngestMetrics
 from lossproof.log.base import LogRecord
 from lossproof.obs.logging import get
 from lossproof.query.access import StoreAccess
-from lossproof.store.base import Store, StoreUnavailable, labels_text
+from lossproof.store.base import Store, labels_text
 from lossproof.worker.decode import record_parts
 
 log = get(__name__)
@@ -42,12 +44,18 @@ READ_BATCH = 50_000  # series per store read
 # concurrent transactions, so an id can become visible after a higher one.
 ID_OVERLAP = 10_000
 FULL_READ_SECONDS = 600.0  # and everything again this often, for any that the overlap missed
-REFUSED_REREAD_SECONDS = 1.0  # a refusal first re-reads the store, at most this often
+FIRST_READ_WAIT = 5.0  # a tenant's first request waits this long at most for its series to be read
+REFUSAL_READ_WAIT = 1.0  # before refusing, a read not older than this is waited for this long
+
+
+def _name(metric: str) -> str:
+    # PostgreSQL keeps NUL as U+FFFD (store/postgres.py, pg_text): the same name either way
+    return metric.replace("\x00", "\ufffd") if "\x00" in metric else metric
 
 
 def series_key(metric: str, labels: Mapping[str, str]) -> int:
     """A series' identity within a tenant, as the stores define it (metric, canonical labels)."""
-    return hash((metric, labels_text(labels)))
+    return hash((_name(metric), labels_text(labels)))
 
 
 def record_series(record: bytes) -> set[int]:
@@ -63,11 +71,19 @@ def record_series(record: bytes) -> set[int]:
 
 @dataclass
 class _Known:
-    keys: set[int] = field(default_factory=set)
+    """One tenant's series as this process knows them."""
+
+    confirmed: set[int] = field(default_factory=set)  # stored, or acknowledged by this process
+    # admitted for requests not answered yet, by how many of them: a series only those hold is given
+    # back when the last of them fails, never while another one may still be acknowledged
+    pending: dict[int, int] = field(default_factory=dict)
     after_id: int = 0
-    read_at: float = float("-inf")
+    read_at: float = float("-inf")  # when the last read of the store ended
     full_at: float = float("-inf")
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    reading: asyncio.Task[None] | None = None
+
+    def count(self) -> int:
+        return len(self.confirmed) + sum(1 for k in self.pending if k not in self.confirmed)
 
 
 class SeriesLimit:
@@ -82,70 +98,98 @@ class SeriesLimit:
         """The tenant's limit; 0 for none."""
         return self.cfg.series_limit(tenant)
 
-    async def admit(self, tenant: str, series: Iterable[int], protocol: str) -> set[int]:
-        """Admit a request's series, or raise the 400. Returns the series new to this process: pass
-        them to :meth:`release` if the request is not acknowledged after all."""
+    async def admit(self, tenant: str, series: set[int], protocol: str) -> set[int]:
+        """Admit a request's series, or raise the 400. Returns what the request holds: pass it to
+        :meth:`confirm` once the request is acknowledged, or to :meth:`release` if it is not."""
         limit = self.limit(tenant)
         if not limit:
             return set()
         known = self._known.setdefault(tenant, _Known())
-        async with known.lock:
-            await self._read(tenant, known, self.cfg.server.series_limit_refresh_seconds)
-            new = set(series) - known.keys
-            if new and len(known.keys) + len(new) > limit:
-                # perhaps stored by another ingest process since the last read
-                await self._read(tenant, known, REFUSED_REREAD_SECONDS)
-                new -= known.keys
-            if new and len(known.keys) + len(new) > limit:
-                self.metrics.series_limited.labels(tenant, protocol).inc()
-                self.metrics.series_refused.labels(tenant, protocol).inc(len(new))
-                raise ApiError(
-                    400,
-                    f"series limit: tenant {tenant!r} has {len(known.keys)} series and may have at most "
-                    f"{limit}; this request would add {len(new)} new ones (nothing of it was stored). "
-                    "Raise tenants.<name>.max_series or server.max_series_per_tenant, or drop the "
-                    "label that makes series unbounded",
-                    SERIES_LIMIT,
-                    detail={
-                        "reason": SERIES_LIMIT,
-                        "limit": limit,
-                        "series": len(known.keys),
-                        "new": len(new),
-                    },
-                )
-            known.keys |= new
-            return new
+        if known.read_at == float("-inf"):
+            await self._wait_read(tenant, known, FIRST_READ_WAIT)
+        elif time.monotonic() - known.read_at > self.cfg.server.series_limit_refresh_seconds:
+            self._start_read(tenant, known)  # in the background: answers never wait for it
+        new = series - known.confirmed - known.pending.keys()
+        if new and known.count() + len(new) > limit and time.monotonic() - known.read_at > REFUSAL_READ_WAIT:
+            # perhaps stored by another ingest process since the last read
+            await self._wait_read(tenant, known, REFUSAL_READ_WAIT)
+            new = series - known.confirmed - known.pending.keys()
+        # no await from here on: the check and the count it relies on are one step
+        if new and known.count() + len(new) > limit:
+            self.metrics.series_limited.labels(tenant, protocol).inc()
+            self.metrics.series_refused.labels(tenant, protocol).inc(len(new))
+            have = known.count()
+            raise ApiError(
+                400,
+                f"series limit: tenant {tenant!r} has {have} series and may have at most "
+                f"{limit}; this request would add {len(new)} new ones (nothing of it was stored). "
+                "Raise tenants.<name>.max_series or server.max_series_per_tenant, or drop the "
+                "label that makes series unbounded",
+                SERIES_LIMIT,
+                detail={"reason": SERIES_LIMIT, "limit": limit, "series": have, "new": len(new)},
+            )
+        held = series - known.confirmed
+        for k in held:
+            known.pending[k] = known.pending.get(k, 0) + 1
+        return held
 
-    def release(self, tenant: str, new: set[int]) -> None:
+    def confirm(self, tenant: str, held: set[int]) -> None:
+        """The request holding ``held`` was acknowledged: its series count for good."""
         known = self._known.get(tenant)
-        if known is not None and new:
-            known.keys -= new
+        if known is not None and held:
+            known.confirmed |= held
+            self._drop(known, held)
 
-    async def _read(self, tenant: str, known: _Known, max_age: float) -> None:
+    def release(self, tenant: str, held: set[int]) -> None:
+        """The request holding ``held`` was not acknowledged (if its append lands after all, the
+        next read of the store counts its series)."""
+        known = self._known.get(tenant)
+        if known is not None and held:
+            self._drop(known, held)
+
+    @staticmethod
+    def _drop(known: _Known, held: set[int]) -> None:
+        for k in held:
+            n = known.pending.get(k, 0) - 1
+            if n > 0:
+                known.pending[k] = n
+            else:
+                known.pending.pop(k, None)
+
+    def _start_read(self, tenant: str, known: _Known) -> asyncio.Task[None]:
+        if known.reading is None or known.reading.done():
+            known.reading = asyncio.get_running_loop().create_task(self._read(tenant, known))
+        return known.reading
+
+    async def _wait_read(self, tenant: str, known: _Known, timeout: float) -> None:
+        # the read goes on if the wait ends: its result still counts when it comes
+        await asyncio.wait({self._start_read(tenant, known)}, timeout=timeout)
+
+    async def _read(self, tenant: str, known: _Known) -> None:
+        """Add the series stored since the last read (or all, now and then) to what is known."""
         now = time.monotonic()
-        if now - known.read_at < max_age:
-            return
-        if now - known.full_at > FULL_READ_SECONDS:
-            after, known.full_at = 0, now
-        else:
-            after = max(0, known.after_id - ID_OVERLAP)
+        full = now - known.full_at > FULL_READ_SECONDS
+        after = 0 if full else max(0, known.after_id - ID_OVERLAP)
         try:
             last, found = await self.store.run(lambda s: _stored(s, tenant, after))
-        except StoreUnavailable as e:
+        except Exception as e:  # the store is down, locked or failing: go on with what is known
             if now - self._warned > 10:
                 self._warned = now
-                log.warning("ingest.series_limit_store_unavailable", tenant=tenant, error=str(e))
-        else:
-            known.keys |= found
-            known.after_id = max(known.after_id, last)
-        known.read_at = now
+                log.warning("ingest.series_limit_store_unreadable", tenant=tenant, error=str(e))
+            known.read_at = time.monotonic()
+            return
+        known.confirmed |= found
+        known.after_id = max(known.after_id, last)
+        if full:
+            known.full_at = now
+        known.read_at = time.monotonic()
 
 
 def _stored(store: Store, tenant: str, after: int) -> tuple[int, set[int]]:
     """The tenant's series (:func:`series_key`) above id ``after``, and the highest id read."""
     keys: set[int] = set()
     for rows in _batches(store, tenant, after):
-        keys.update(hash((metric, text)) for _, metric, text in rows)
+        keys.update(hash((_name(metric), text)) for _, metric, text in rows)
         after = rows[-1][0]
     return after, keys
 
