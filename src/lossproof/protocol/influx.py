@@ -203,6 +203,11 @@ def _check_tag_count(ms: list[re.Match[str]], added: frozenset[str]) -> None:
             )
 
 
+def request_labels(params: dict[str, str]) -> dict[str, str]:
+    """The labels a request adds to every line: ``db`` and ``rp`` (1.x) or ``bucket`` (2.x)."""
+    return {k: params[k] for k in ("db", "rp", "bucket") if params.get(k)}
+
+
 def check_label_values(params: dict[str, str]) -> None:
     """The request's db, rp or bucket: each becomes a label value on every point."""
     for k, v in params.items():
