@@ -95,7 +95,7 @@ class RelayHandler:
         c = self.cfg
         return await read_body(request, c.max_body_bytes, c.body_idle_seconds, c.body_read_max_seconds)
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         ep, m = self.endpoint, self.metrics
         state = Attempt()
@@ -164,7 +164,7 @@ def build_app(
     app = web.Application(middlewares=[errors_as_json], client_max_size=cfg.max_body_bytes)
     for path, ep in endpoints():
         h = RelayHandler(ep, cfg, key, channels, metrics, max_points)
-        app.router.add_post(path, h, expect_handler=h.expect)
+        app.router.add_post(path, h.handle, expect_handler=h.expect)
     app.router.add_get("/ping", ping)  # also answers HEAD
     app.router.add_get("/health", health)
     return app
@@ -176,7 +176,8 @@ class RelayServer:
 
     def __init__(self, host: str, port: int, app: web.Application) -> None:
         self._loop = asyncio.new_event_loop()
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # auto_decompress off: the endpoints decompress themselves, bounded (as ingest does)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
         try:
             self._loop.run_until_complete(self._runner.setup())
             site = web.TCPSite(self._runner, host, port)
