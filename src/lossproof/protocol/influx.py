@@ -23,8 +23,8 @@ import re
 from collections.abc import Iterable, Iterator
 from itertools import repeat
 
+from lossproof.points import Point
 from lossproof.protocol.thirdparty import MAX_LABEL_VALUE, MAX_LABELS, MAX_NAME, MAX_TIME_MS, BadBody, Checked
-from lossproof.store.base import Point
 
 # precision -> (multiplier, divisor) to unix ms
 PRECISIONS: dict[str, tuple[int, int]] = {

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from lossproof.points import Point
 from lossproof.protocol import influx, otlp, promrw
 from lossproof.protocol.thirdparty import MAX_LABELS, BadBody
-from lossproof.store.base import Point
 
 PROTOCOLS = ("prom-rw", "otlp", "influx")
 
