@@ -176,6 +176,8 @@ def test_each_protocol_is_spooled_then_stored_under_its_own_sender(pipe: InProce
     assert got == {("relay.otlp", 7.5), ("relay_rw", 1.0), ("relay_rw", 2.0), ("relay_influx_v", 3.0)}
     influx = series(pipe, "relay_influx_v")
     assert influx[0]["labels"] == {"bucket": "bk", "host": "h"}  # as ingest stores it: no agent labels
+    ok, health = agent.health()
+    assert ok and health["relay"]["senders"] == 3, health
     m = scrape_agent(agent)
     assert m['lossproof_agent_relay_samples_spooled_total{protocol="prom-rw"}'] == 2
     assert m['lossproof_agent_relay_points_total{outcome="acked",protocol="influx"}'] == 1

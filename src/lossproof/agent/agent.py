@@ -227,6 +227,16 @@ class Agent:
             return False, {"status": "starting"}
         s = self.spool.stats()
         ok = self._reporter.spool_ok
+        relay = {}
+        if self._relay is not None:
+            senders = self._relay.channels.stats()
+            relay = {
+                "relay": {
+                    "listen": f"{self.config.relay.host}:{self._relay.port}",
+                    "senders": len(senders),
+                    "pending_reports": sum(st.pending_reports for _, st in senders),
+                }
+            }
         return ok, {
             "status": "ok" if ok else "spool_unwritable",
             "agent": self.config.agent_id,
@@ -237,6 +247,7 @@ class Agent:
             if s.oldest_pending_ms
             else 0,
             "last_send_error": self._sender.last_error,
+            **relay,
         }
 
     # -- plumbing -----------------------------------------------------------------------------------
