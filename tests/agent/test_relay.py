@@ -4,7 +4,9 @@ clients retry, each local sender is its own agent in the ledger, and the config'
 
 from __future__ import annotations
 
+import errno
 import gzip
+import os
 import secrets
 import time
 from collections.abc import Iterator
@@ -321,3 +323,31 @@ def test_local_senders_are_bounded(tmp_path: Path, pipe: InProcess) -> None:
         pipe.wait_stored(quote("relay-test/influx/other", safe=""), {1, 2})
     finally:
         a.stop()
+
+
+def test_a_failing_disk_answers_503_and_acknowledges_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    a = Agent(agent_config(tmp_path, dead, "k"))
+    a.start()
+    try:
+        url = relay_url(a) + "/write?db=d&precision=ms"
+        assert HTTP.request("POST", url, body=f"disk v=1 {NOW_MS}\n".encode()).status == 204
+        real = os.fsync
+
+        def broken(fd: int) -> None:
+            raise OSError(errno.EIO, "Input/output error")
+
+        monkeypatch.setattr(os, "fsync", broken)  # as test_spool.py: the disk refuses every fsync
+        r = HTTP.request("POST", url, body=f"disk v=2 {NOW_MS + 1}\n".encode())
+        assert r.status == 503 and "Retry-After" not in r.headers, r.data
+        assert b"agent spool cannot accept data durably" in r.data and b"Input/output error" in r.data
+        otlp = otlp_json(3, NOW_MS + 2)
+        r = HTTP.request("POST", relay_url(a) + "/v1/metrics", body=otlp, headers=OTLP_JSON)
+        assert r.status == 503 and r.headers["Retry-After"] == "3", r.data
+        monkeypatch.setattr(os, "fsync", real)
+        assert HTTP.request("POST", url, body=f"disk v=4 {NOW_MS + 3}\n".encode()).status == 204
+    finally:
+        a.stop()
+    assert sorted(p["v"] for p in spooled_samples(tmp_path / "spool")) == [1.0, 4.0]
