@@ -283,6 +283,7 @@ class BenchGroup(LazyGroup):
         "logs": "lossproof.bench.logs:logs_cmd",
         "replay": "lossproof.bench.replay:main",
         "agent": "lossproof.bench.agent:run_command",
+        "relay": "lossproof.bench.relay:relay_cmd",
         "store": "lossproof.store.cli:bench_cmd",
         "dashboard": "lossproof.bench.dashboard:dashboard_bench_cmd",
         "fuzz": "lossproof.bench.fuzz:fuzz_cmd",

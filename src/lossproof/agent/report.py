@@ -8,9 +8,13 @@ wire because it carries NaN and ±Inf, which JSON cannot.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import msgspec
+
+if TYPE_CHECKING:  # the agent itself never loads the store's modules
+    from lossproof.store.base import PointLike
 
 MAX_TIME_MS = 4_102_444_800_000
 MAX_LABELS = 64
@@ -29,11 +33,28 @@ class Report(msgspec.Struct, gc=False):
     points: list[Point]
 
 
+class _EncodedReport(msgspec.Struct, gc=False):
+    """A report whose points are encoded already (the relay encodes them before a seq is known)."""
+
+    seq: int
+    time: int
+    points: msgspec.Raw
+
+
 _enc = msgspec.msgpack.Encoder()
 
 
 def encode_report(seq: int, time_ms: int, points: list[Point]) -> bytes:
     return _enc.encode(Report(seq, time_ms, points))
+
+
+def encode_points(points: Sequence[PointLike]) -> msgspec.Raw:
+    """Points as a report carries them; any struct with a point's four fields in its order."""
+    return msgspec.Raw(_enc.encode(points))
+
+
+def encode_encoded_report(seq: int, time_ms: int, points: msgspec.Raw) -> bytes:
+    return _enc.encode(_EncodedReport(seq, time_ms, points))
 
 
 def make_point(

@@ -8,13 +8,11 @@ handler allows it (InfluxDB ``/write``), the query parameters ``p`` (with ``u``)
 
 from __future__ import annotations
 
-import base64
-import binascii
-
 from aiohttp import web
 
 from lossproof.config import Config, hash_key
 from lossproof.httputil import ApiError
+from lossproof.protocol_http import presented_key
 
 TENANT_HEADER = "X-Lossproof-Tenant"
 UNAUTHORIZED = "missing or unknown API key (Authorization: Bearer <key>)"
@@ -64,35 +62,3 @@ class KeyRing:
         if named is not None and named != tenant:
             raise ApiError(403, f"this key cannot write as tenant {named!r}", "forbidden")
         return tenant
-
-
-def presented_key(request: web.Request, query: bool = False) -> str | None:
-    """The key a request presents, or None. A key that is not valid UTF-8 (aiohttp keeps such
-    header bytes as lone surrogates) cannot be any configured key: None, so a 401, never a 500."""
-    key = _presented_key(request, query)
-    if key is None:
-        return None
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError:
-        return None
-    return key
-
-
-def _presented_key(request: web.Request, query: bool) -> str | None:
-    scheme, _, cred = request.headers.get("Authorization", "").partition(" ")
-    scheme, cred = scheme.lower(), cred.strip()
-    if cred:
-        if scheme == "bearer":
-            return cred
-        if scheme == "token":  # InfluxDB: "Token <token>" or, 1.x compatible, "Token user:password"
-            return cred.rpartition(":")[2] or None
-        if scheme == "basic":
-            try:
-                user, _, password = base64.b64decode(cred, validate=True).decode().partition(":")
-            except (binascii.Error, UnicodeDecodeError):
-                return None
-            return password or user or None
-    if query:
-        return request.query.get("p") or request.query.get("token") or None
-    return None

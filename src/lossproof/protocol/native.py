@@ -10,8 +10,8 @@ from typing import Annotated
 
 import msgspec
 
+from lossproof.points import report_digest
 from lossproof.ranges import from_seqs
-from lossproof.store.base import report_digest
 
 # 1970 .. 2100 in unix ms: anything outside is a unit mistake (seconds, ns), not telemetry.
 MAX_TIME_MS = 4_102_444_800_000

@@ -35,6 +35,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceResponse,
 )
 
+from lossproof.points import Point
 from lossproof.protocol.otlp_split import split
 from lossproof.protocol.thirdparty import (
     MAX_BUCKETS,
@@ -49,7 +50,6 @@ from lossproof.protocol.thirdparty import (
     fmt_float,
     time_error,
 )
-from lossproof.store.base import Point
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"

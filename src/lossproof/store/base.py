@@ -46,18 +46,26 @@ Tenancy
 from __future__ import annotations
 
 import abc
-import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any
 
-import msgspec
 import numpy as np
 import numpy.typing as npt
 import re2
 
 from lossproof.log.base import LogGap
+
+# The point types live in lossproof.points (no numpy: the agent's relay decodes into them); the store's
+# modules and callers keep importing them from here.
+from lossproof.points import Point as Point
+from lossproof.points import PointLike as PointLike
+from lossproof.points import SeriesSamples as SeriesSamples
+from lossproof.points import decode_points as decode_points
+from lossproof.points import encode_points as encode_points
+from lossproof.points import labels_text as labels_text
+from lossproof.points import report_digest as report_digest
 
 SeqRange = tuple[int, int]
 
@@ -76,43 +84,6 @@ class StoreSchemaError(StoreError):
     """The database was written by a newer lossproof (or is not a lossproof store): refuse to touch it."""
 
 
-class PointLike(Protocol):
-    """Anything with a point's four attributes: a store reads nothing else, so decoders can hand
-    over their own structs without a copy."""
-
-    @property
-    def metric(self) -> str: ...
-    @property
-    def labels(self) -> dict[str, str]: ...
-    @property
-    def t(self) -> int: ...
-    @property
-    def v(self) -> float: ...
-
-
-class Point(msgspec.Struct, gc=False):
-    """One sample. A msgspec Struct so workers decode request bodies straight into it, in C."""
-
-    metric: str
-    labels: dict[str, str]
-    t: int  # unix ms
-    v: float  # may be NaN or +-Inf (Prometheus staleness markers); stores must round-trip them
-
-
-@dataclass(slots=True)
-class SeriesSamples:
-    """Samples of one series as two columns: what a decoder hands over most cheaply (remote write
-    sends its samples grouped by series). Stored like :class:`Point` samples."""
-
-    metric: str
-    labels: dict[str, str]
-    t: Sequence[int]
-    v: Sequence[float]
-
-    def points(self) -> list[Point]:
-        return [Point(self.metric, self.labels, t, v) for t, v in zip(self.t, self.v, strict=True)]
-
-
 @dataclass(slots=True)
 class ReportWrite:
     """One agent report: stored whole, once, per (tenant, agent, incarnation, seq)."""
@@ -122,36 +93,6 @@ class ReportWrite:
     seq: int
     points: Sequence[PointLike]
     incarnation: str = ""
-
-
-# The canonical encoding of a report's points: msgpack with struct fields and dict keys sorted, so
-# the same points give the same bytes whatever struct type a decoder used (ingest's validating
-# structs, the worker's plain ones, :class:`Point`) and whatever order the sender put labels in.
-_points_enc = msgspec.msgpack.Encoder(order="sorted")
-_points_dec = msgspec.msgpack.Decoder(list[Point])
-
-
-def encode_points(points: Sequence[PointLike]) -> bytes:
-    """The canonical bytes of ``points`` (msgspec Structs or dataclasses with a point's fields)."""
-    return _points_enc.encode(points)
-
-
-def decode_points(data: bytes) -> list[Point]:
-    return _points_dec.decode(data)
-
-
-def report_digest(points: Sequence[PointLike]) -> bytes:
-    """A report's content digest: what tells a resend (same digest) from a reused seq (another one)."""
-    return hashlib.blake2b(encode_points(points), digest_size=16).digest()
-
-
-_labels_json = msgspec.json.Encoder(order="sorted")
-
-
-def labels_text(labels: Mapping[str, str]) -> str:
-    """A series' labels as both stores keep them: JSON with sorted keys, compact. Equal label sets
-    give equal text, so (tenant, metric, this) identifies a series."""
-    return _labels_json.encode(labels).decode()
 
 
 # The stores cache series ids by (tenant, metric, *label items): one dict lookup per point. The key

@@ -111,7 +111,7 @@ def _otlp_parts(env: native.Envelope, max_points: int, max_bytes: int) -> Iterat
 
 def _influx_parts(env: native.Envelope, max_points: int, max_bytes: int) -> Iterator[_Chunk]:
     p = env.params
-    labels = {k: p[k] for k in ("db", "rp", "bucket") if p.get(k)}
+    labels = influx.request_labels(p)
     body = decompress(env.body, env.encoding, MAX_DECODED)
     size = len(body)
     for points in influx.iter_points(body, p.get("precision", "ns"), env.received_ms, labels, max_points):
