@@ -389,13 +389,14 @@ class Evaluator:
         if ms is None:
             return Vector.empty(g.n)
         off = _ms(vs.offset)
-        found = self.store.select_last_arrays(
-            self.tenant, ms, g.start_ms - off, g.end_ms - off, g.step_ms, self.lookback_ms
-        )
+        at = g.array() - off
+        found = self.store.select_arrays(self.tenant, ms, int(at[0]) - self.lookback_ms + 1, int(at[-1]))
         labels = [{**s.labels, NAME: promql_name(s.metric)} for s in found]
-        if not found:
-            return _vector(labels, np.empty((0, g.n)), np.empty((0, g.n), dtype=bool))
-        return _vector(labels, np.vstack([s.v for s in found]), np.vstack([s.present for s in found]))
+        values = np.empty((len(found), g.n))
+        present = np.zeros((len(found), g.n), dtype=bool)
+        for i, s in enumerate(found):
+            values[i], present[i] = lookup(s.t, s.v, at, self.lookback_ms)
+        return _vector(labels, values, present)
 
     def raw_arrays(self, ms: pp.MatrixSelector) -> list[SeriesArrays]:
         """Samples a range selector needs over the whole grid: ``(start - range - offset, end - offset]``."""
@@ -405,9 +406,10 @@ class Evaluator:
             return []
         off = _ms(vs.offset)
         rng = _ms(ms.range)
-        return self.store.select_arrays(
+        found = self.store.select_arrays(
             self.tenant, matchers, self.grid.start_ms - off - rng + 1, self.grid.end_ms - off
         )
+        return without_stale(found)
 
     def raw(self, ms: pp.MatrixSelector) -> list[tuple[dict[str, str], list[tuple[int, float]]]]:
         """:meth:`raw_arrays` as ``(labels, [(t, v), ...])`` (the labels with ``__name__``)."""
@@ -562,6 +564,46 @@ def instant_raw(store: Store, tenant: str, expr: pp.MatrixSelector, at_ms: int) 
     """A range selector at the top of an instant query: its raw samples in ``(at - range, at]``."""
     ev = Evaluator(store, tenant, Grid(at_ms, at_ms, 1))
     return RawMatrix(ev.raw(expr))
+
+
+# Prometheus' staleness marker: the NaN (one bit pattern of many) that a scraper writes when a target
+# or series disappears. It is not a value: range windows skip it, and it ends an instant selector's
+# lookback (the series has no value until its next real sample). Any other NaN is a value.
+STALE_NAN_BITS = 0x7FF0000000000002
+STALE_NAN = float(np.array([STALE_NAN_BITS], dtype=np.uint64).view(np.float64)[0])
+
+
+def is_stale(v: F64) -> Mask:
+    """Which entries of ``v`` are staleness markers (compared by bits: NaN equals nothing)."""
+    out: Mask = np.ascontiguousarray(v, dtype=np.float64).view(np.uint64) == STALE_NAN_BITS
+    return out
+
+
+def without_stale(found: list[SeriesArrays]) -> list[SeriesArrays]:
+    """``found`` without its staleness markers (and without the series left with no point)."""
+    out = []
+    for s in found:
+        stale = is_stale(s.v)
+        if not stale.any():
+            out.append(s)
+        elif not stale.all():
+            keep = ~stale
+            out.append(SeriesArrays(s.metric, s.labels, s.t[keep], s.v[keep]))
+    return out
+
+
+def lookup(t: I64, v: F64, at: I64, lookback_ms: int) -> tuple[F64, Mask]:
+    """An instant selector over one series' points: at each ``at[k]`` the newest point in
+    ``(at[k] - lookback_ms, at[k]]``, absent when there is none or when it is a staleness marker."""
+    idx = np.searchsorted(t, at, side="right") - 1
+    ok = idx >= 0
+    j = np.where(ok, idx, 0)
+    if len(t) == 0:
+        return np.full(len(at), math.nan), np.zeros(len(at), dtype=bool)
+    ok &= t[j] > at - lookback_ms
+    vals = v[j]
+    ok &= ~is_stale(vals)
+    return vals, ok
 
 
 def _vector(labels: list[dict[str, str]], values: F64, present: Mask) -> Vector:
