@@ -65,7 +65,9 @@ def register(
 ) -> None:
     """Add the UI, its JSON API and the Prometheus API to the HTTP process."""
     dash = Dashboard(cfg, keys, store, registry)
-    app.add_routes([*dash.routes(), *PromApi(keys, store).routes()])
+    q = cfg.query
+    limits = promql.Limits(q.max_samples, q.max_series, q.timeout_seconds)
+    app.add_routes([*dash.routes(), *PromApi(keys, store, limits).routes()])
     app.on_startup.append(dash.start)
     app.on_cleanup.append(dash.stop)
 
