@@ -1790,7 +1790,7 @@ def _quantile(q: float, xs: list[float]) -> float:
         return -math.inf
     if q > 1:
         return math.inf
-    s = sorted(xs)
+    s = [x for x in xs if math.isnan(x)] + sorted(x for x in xs if not math.isnan(x))  # Go: NaN first
     rank = q * (len(s) - 1)
     lower = max(0, math.floor(rank))
     upper = min(len(s) - 1, lower + 1)
