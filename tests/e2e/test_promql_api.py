@@ -99,3 +99,10 @@ def test_limits_are_422_naming_the_limit(env: Env) -> None:
     # within the limits the same server answers
     status, body = _get(env, "/api/v1/query", query="sum_over_time(long[50s])", time=env.t / 1000)
     assert status == 200 and body["data"]["result"][0]["value"][1] == str(sum(range(50)))
+
+
+def test_the_completeness_page_links_the_alert_rules(env: Env) -> None:
+    r = HTTP.request("GET", env.p.url + "/", headers=env.p.headers(), timeout=30)
+    assert 'href="/ui/alerts.yml"' in r.data.decode()
+    r = HTTP.request("GET", env.p.url + "/ui/alerts.yml", headers=env.p.headers(), timeout=30)
+    assert r.status == 200 and b"LossproofNoDataNativeAgents" in r.data and b"absent(" in r.data
