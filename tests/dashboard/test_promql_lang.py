@@ -341,3 +341,19 @@ def test_staleness_marker_ends_a_subquery_lookback(tmp_path: Path) -> None:
     assert isinstance(v, promql.Vector)
     # steps 5 s (1.0) only: from 10 s on the marker ends the lookback
     assert np.asarray(v.values).tolist() == [[1.0]]
+
+
+def test_power_where_python_raises_is_gos_math_pow(store: SqliteStore) -> None:
+    pow_ = promql._binop("^")
+    assert pow_(-2.5, 1e9 + 1) == -math.inf  # an overflow keeps the sign of an odd power
+    assert pow_(-2.5, 1e9) == math.inf
+    assert pow_(-0.0, -1.0) == -math.inf and pow_(0.0, -1.0) == math.inf and pow_(-0.0, -2.0) == math.inf
+    assert math.isnan(pow_(-8.0, 1 / 3))
+    assert at(store, 'cpu{host="b"} ^ 1e9 * -1') == {'{dc="eu", host="b"}': -math.inf}
+    assert at(store, '(-cpu{host="b"}) ^ (1e9 + 1)') == {'{dc="eu", host="b"}': -math.inf}
+
+
+def test_holt_winters_is_double_exponential_smoothing(store: SqliteStore) -> None:
+    q = 'cpu{host="b"}[1m], 0.3, 0.6)'
+    assert at(store, "holt_winters(" + q) == at(store, "double_exponential_smoothing(" + q)
+    assert at(store, "holt_winters(" + q) != {}

@@ -88,7 +88,7 @@ def block(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> in
 REFERENCED = [
     n
     for n in promql.RANGE_FUNCS
-    if n not in ("predict_linear", "double_exponential_smoothing", "absent_over_time")
+    if n not in ("predict_linear", "double_exponential_smoothing", "holt_winters", "absent_over_time")
 ]
 
 

@@ -49,6 +49,19 @@ import re2
 from lossproof.query import exact, params, promagg, promfuncs, promrange
 from lossproof.store.base import InvalidMatcher, Matcher, SeriesArrays, Store
 
+# Prometheus 2's name of double_exponential_smoothing (3.x renamed it): dashboards and rules written for
+# 2.x use it, and the parser knows only the new name. Registered once, for the whole process.
+pp.register_extra_functions(
+    [
+        pp.Function(
+            name="holt_winters",
+            arg_types=[pp.ValueType.Matrix, pp.ValueType.Scalar, pp.ValueType.Scalar],
+            variadic=0,
+            return_type=pp.ValueType.Vector,
+        )
+    ]
+)
+
 LOOKBACK_MS = 300_000
 # Bounds checked on the text, before the parser sees it. The parser (Rust, promql-parser) recurses
 # once per nesting level and per binary operator, takes time quadratic in the number of operators
@@ -85,6 +98,7 @@ MORE_RANGE_FUNCS = (
     "first_over_time",
     "mad_over_time",
     "double_exponential_smoothing",
+    "holt_winters",
     "absent_over_time",
 )
 RANGE_FUNCS = ("rate", "irate", "increase", *OVER_TIME, *MORE_RANGE_FUNCS)
@@ -1005,7 +1019,7 @@ def _parametrised(name: str, key: tuple[float, ...], offset_ms: int) -> RangeArr
     """The array function of a range function with scalar arguments, for one value of them."""
     if name == "predict_linear":
         return promrange.predict_linear(key[0], offset_ms)
-    if name == "double_exponential_smoothing":
+    if name in ("double_exponential_smoothing", "holt_winters"):
         sf, tf = key
         if not 0 < sf < 1:
             raise PromQLError(f"invalid smoothing factor. Expected: 0 < sf < 1, got: {sf:f}")
@@ -1673,6 +1687,10 @@ def _agg(op: str, xs: list[float]) -> float:
     return max(real) if real else math.nan
 
 
+def _odd_integer(x: float) -> bool:
+    return math.isfinite(x) and x == math.floor(x) and abs(math.fmod(x, 2)) == 1
+
+
 def _binop(op: str) -> Callable[[float, float], float]:
     def div(a: float, b: float) -> float:
         if b == 0:
@@ -1687,12 +1705,17 @@ def _binop(op: str) -> Callable[[float, float], float]:
         return math.fmod(a, b)  # Go's math.Mod: the sign of a
 
     def pow_(a: float, b: float) -> float:
+        """Go's math.Pow where Python's raises: an overflow is -Inf for a negative base to an odd
+        integer power, +Inf otherwise; ±0 to a negative power is ±Inf (the zero's sign for an odd
+        integer power); a negative base to a non-integer power is NaN."""
         try:
             return math.pow(a, b)
-        except (OverflowError, ValueError):
-            if a == 0 and b < 0:
-                return math.inf
-            return math.inf if abs(a) > 1 else math.nan
+        except OverflowError:
+            return -math.inf if a < 0 and _odd_integer(b) else math.inf
+        except ValueError:
+            if a == 0:
+                return math.copysign(math.inf, a) if _odd_integer(b) else math.inf
+            return math.nan
 
     def b(x: bool) -> float:
         return 1.0 if x else 0.0
