@@ -5,7 +5,8 @@ body, as Prometheus).
 
 Answers use Prometheus' envelope: ``{"status": "success", "data": ...}`` or
 ``{"status": "error", "errorType": "bad_data", "error": "..."}``. A key sees only its tenant.
-The PromQL subset and the metric-name mapping are described in :mod:`lossproof.query.promql`.
+PromQL and the metric-name mapping are described in :mod:`lossproof.query.promql`; what a query may
+cost is bounded by :class:`lossproof.query.promql.Limits` (``[query]`` in the configuration).
 """
 
 from __future__ import annotations

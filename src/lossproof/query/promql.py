@@ -1,28 +1,24 @@
-"""A PromQL subset evaluated over the :class:`~lossproof.store.base.Store`.
+"""PromQL evaluated over the :class:`~lossproof.store.base.Store`: the whole language but native
+histograms (docs/dashboard.md lists it), with Prometheus' semantics.
 
-Parsing is done by ``promql-parser`` (a maintained PromQL parser); this module only evaluates the
-parsed tree. The subset:
-
-- selectors with ``=``, ``!=``, ``=~``, ``!~`` (and ``offset``);
-- ``rate``, ``irate``, ``increase`` and ``avg/min/max/sum/count/last/stddev/stdvar/quantile/present
-  _over_time`` over range selectors;
-- ``sum``, ``avg``, ``min``, ``max``, ``count`` with ``by (...)`` or ``without (...)``;
-- arithmetic (``+ - * / % ^``) and comparisons (``== != > < >= <=``, with ``bool``) between numbers,
-  between a vector and a number, and between two vectors matched one-to-one (``on``/``ignoring``);
-- unary minus and parentheses.
-
-Anything else parses but is refused with :class:`Unsupported`, which names the unsupported part.
+Parsing is done by ``promql-parser`` (a maintained PromQL parser, which also checks the types); this
+module evaluates the parsed tree. Constructs lossproof does not evaluate (native-histogram functions,
+``limit_ratio``, ``info``) parse but are refused with :class:`Unsupported`, which names the part.
 
 Semantics follow Prometheus 3: an instant selector takes, at each evaluation time T, the latest sample
-in ``(T - lookback, T]`` (lookback 5 minutes); a range selector ``[d]`` takes the samples in
-``(T - d, T]``; ``rate``/``increase`` extrapolate like Prometheus (counter resets included).
+in ``(T - lookback, T]`` (lookback 5 minutes), none if that sample is a staleness marker; a range
+selector ``[d]`` takes the samples in ``(T - d, T]``, staleness markers left out; a subquery's steps are
+the multiples of its step after ``T - range``; ``rate``/``increase``/``delta`` extrapolate like
+Prometheus (counter resets included).
 
 Evaluation is on numpy arrays (a :class:`Vector` is a (series x steps) array of values and one of
 presence): a range function is computed for every window of every series at once, aggregations and
-binary operators over whole arrays. The per-window Python definitions further down (``_range_fn``,
-``_agg``, ``_binop``) are the reference: the array code answers the same, bit for bit (checked by
-tests/unit/test_promql_arrays.py), and falls back to them where vectorising does not pay (a window
-with a NaN or an infinity in a sum, ``quantile_over_time``, ``^``).
+binary operators over whole arrays (vector matching over pairs of rows). The per-window Python
+definitions further down (``_range_fn``, ``_agg``, ``_binop``) are the reference: the array code
+answers the same, bit for bit (checked by tests/unit/test_promql_arrays.py), and falls back to them
+where vectorising does not pay (a window with a NaN or an infinity in a sum, ``quantile_over_time``,
+``^``). A subquery is evaluated by another :class:`Evaluator` over its own grid. What one query may
+cost is bounded by :class:`Limits`.
 
 Metric names: lossproof metric names may contain characters PromQL names cannot (``cpu.user``).
 In PromQL every character outside ``[a-zA-Z0-9_:]`` reads as ``_``: ``cpu_user`` selects the stored
