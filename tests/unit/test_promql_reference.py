@@ -354,9 +354,12 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Stores:
     return Stores(tmp_path_factory.mktemp("promql-ref") / "store.db")
 
 
-grids = st.tuples(
-    st.integers(-100_000, 1_300_000), st.integers(0, 12), st.sampled_from([1, 5, 7, 10, 30])
-).map(lambda g: (T0 + g[0], T0 + g[0] + g[1] * g[2] * 1000, g[2] * 1000))
+# grid starts on whole 5 s (windows and subquery steps that start exactly on samples and multiples of
+# the step) or anywhere to the millisecond
+starts = st.one_of(st.integers(-20, 260).map(lambda k: k * 5000), st.integers(-100_000, 1_300_000))
+grids = st.tuples(starts, st.integers(0, 12), st.sampled_from([1, 5, 7, 10, 30])).map(
+    lambda g: (T0 + g[0], T0 + g[0] + g[1] * g[2] * 1000, g[2] * 1000)
+)
 
 
 def evaluate(stores: Stores, data: Data, query: str, grid: tuple[int, int, int]) -> list[Result] | str:
@@ -510,3 +513,120 @@ def test_set_operators_and_scalars(
     if op == "or" and isinstance(got, str):
         pytest.fail(f"{query}: {got}")
     assert same(got, want), (query, got, want)
+
+
+@SETTINGS
+@given(
+    data=series_data(counter=False),
+    grid=grids,
+    fn=st.sampled_from(["max_over_time", "count_over_time", "sum_over_time", "last_over_time", "changes"]),
+    rng_s=st.sampled_from([10, 30, 60, 95]),
+    step_s=st.sampled_from([5, 7, 10, 60]),
+    offset_s=st.sampled_from([0, 10, -10]),
+)
+def test_subqueries(
+    stores: Stores, data: Data, grid: tuple[int, int, int], fn: str, rng_s: int, step_s: int, offset_s: int
+) -> None:
+    """``fn(m[range:step] offset o)``: the inner query at every multiple of the step in
+    ``(t - o - range, t - o]``, then ``fn`` over those points."""
+    offset = f" offset {offset_s}s" if offset_s else ""  # (the parser refuses "offset 0s")
+    query = f"{fn}(m[{rng_s}s:{step_s}s]{offset})"
+    want = []
+    for t in steps(grid):
+        end = t - offset_s * 1000
+        inner = [u for u in range(end - end % (step_s * 1000), end - rng_s * 1000, -step_s * 1000)][::-1]
+        points: dict[Labels, Samples] = {}
+        for u in inner:
+            for lab, v in instant(data, "m", u).items():
+                points.setdefault(lab, []).append((u, v))
+        row: Result = {}
+        for lab, pts in points.items():
+            got = RANGE_REF[fn](pts, end, rng_s * 1000)
+            if got is not None:
+                row[lab if fn in KEEPS_NAME else drop_name(lab)] = got
+        want.append(row)
+    got = evaluate(stores, data, query, grid)
+    assert same(got, want), (query, got, want)
+
+
+def bucket_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
+    """Prometheus 2's bucketQuantile, statement by statement (buckets: (upper bound, count))."""
+    if math.isnan(q):
+        return math.nan
+    if q < 0:
+        return -math.inf
+    if q > 1:
+        return math.inf
+    buckets = sorted(buckets, key=lambda b: b[0])
+    if not math.isinf(buckets[-1][0]):
+        return math.nan
+    merged: list[list[float]] = []
+    for ub, c in buckets:  # coalesceBuckets
+        if merged and merged[-1][0] == ub:
+            merged[-1][1] += c
+        else:
+            merged.append([ub, c])
+    top = -math.inf  # ensureMonotonic
+    for b in merged:
+        if b[1] > top:
+            top = b[1]
+        elif b[1] < top:
+            b[1] = top
+    if len(merged) < 2:
+        return math.nan
+    observations = merged[-1][1]
+    if observations == 0:
+        return math.nan
+    rank = q * observations
+    b = next((i for i in range(len(merged) - 1) if merged[i][1] >= rank), len(merged) - 1)
+    if b == len(merged) - 1:
+        return merged[-2][0]
+    if b == 0 and merged[0][0] <= 0:
+        return merged[0][0]
+    start, end, count = 0.0, merged[b][0], merged[b][1]
+    if b > 0:
+        start = merged[b - 1][0]
+        count -= merged[b - 1][1]
+        rank -= merged[b - 1][1]
+    return start + (end - start) * go_div(rank, count)
+
+
+def go_div(a: float, b: float) -> float:
+    """a / b as Go (IEEE) divides: no ZeroDivisionError."""
+    if b == 0:
+        return math.nan if a == 0 or math.isnan(a) else math.copysign(math.inf, a) * math.copysign(1, b)
+    return a / b
+
+
+LES = ["-1", "0", "0.1", "0.5", "1", "1.0", "2.5", "10", "+Inf", "+inf", "junk"]
+
+
+@st.composite
+def histograms(draw: st.DrawFn) -> Data:
+    data: Data = {}
+    for job in ("a", "b"):
+        for le in draw(st.lists(st.sampled_from(LES), min_size=1, max_size=8, unique=True)):
+            times = sorted(draw(st.sets(st.integers(0, 60), min_size=1, max_size=8)))
+            vals = [float(draw(st.sampled_from([0, 1, 2, 3, 5, 8, 13, 20]))) for _ in times]
+            if draw(st.integers(0, 9)) == 0:
+                vals[0] = math.nan
+            lab = (("__name__", "h_bucket"), ("job", job), ("le", le))
+            data[lab] = [(T0 + s * 5000, v) for s, v in zip(times, vals, strict=True)]
+    return data
+
+
+@SETTINGS
+@given(data=histograms(), grid=grids, q=st.sampled_from([0.0, 0.1, 0.5, 0.9, 0.99, 1.0, -0.5, 1.5, math.nan]))
+def test_histogram_quantile(stores: Stores, data: Data, grid: tuple[int, int, int], q: float) -> None:
+    want = []
+    for t in steps(grid):
+        groups: dict[Labels, list[tuple[float, float]]] = {}
+        for lab, v in instant(data, "h_bucket", t).items():
+            try:
+                le = float(dict(lab)["le"])
+            except ValueError:
+                continue  # not a bound: Prometheus leaves the series out
+            groups.setdefault((("job", dict(lab)["job"]),), []).append((le, v))
+        want.append({g: bucket_quantile(q, b) for g, b in groups.items()})
+    got = evaluate(stores, data, f"histogram_quantile({q}, h_bucket)", grid)
+    assert same(got, want), (q, got, want)
