@@ -182,6 +182,12 @@ def aggregate_ref(
     out: Result = {}
     for g, members in groups.items():
         xs = [v for _, v in members]
+        if op == "count_values":
+            for x in xs:
+                text = "NaN" if math.isnan(x) else repr(x).removesuffix(".0")
+                key = tuple(sorted((*g, ("v", text))))
+                out[key] = out.get(key, 0.0) + 1
+            continue
         if op in ("topk", "bottomk"):
             sign = -1 if op == "topk" else 1
             ranked = sorted(
@@ -429,7 +435,20 @@ def test_instant_selectors(stores: Stores, data: Data, grid: tuple[int, int, int
     data=series_data(counter=False),
     grid=grids,
     op=st.sampled_from(
-        ["sum", "avg", "count", "min", "max", "stdvar", "stddev", "group", "topk", "bottomk", "quantile"]
+        [
+            "sum",
+            "avg",
+            "count",
+            "min",
+            "max",
+            "stdvar",
+            "stddev",
+            "group",
+            "topk",
+            "bottomk",
+            "quantile",
+            "count_values",
+        ]
     ),
     mod=st.sampled_from([None, ("by", ["a"]), ("by", []), ("without", ["b"]), ("by", ["a", "b"])]),
     param=st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.0]),
@@ -445,7 +464,7 @@ def test_aggregations(
     by = mod[1] if mod and mod[0] == "by" else None
     without = mod[1] if mod and mod[0] == "without" else None
     clause = f" {mod[0]} ({', '.join(mod[1])})" if mod else ""
-    p = f"{param}, " if op in ("topk", "bottomk", "quantile") else ""
+    p = f"{param}, " if op in ("topk", "bottomk", "quantile") else '"v", ' if op == "count_values" else ""
     query = f"{op}{clause} ({p}m)"
     want = [aggregate_ref(op, instant(data, "m", t), by, without, param) for t in steps(grid)]
     got = evaluate(stores, data, query, grid)

@@ -49,50 +49,64 @@ def group(present: Mask, gid: I64, groups: int) -> tuple[F64, Mask]:
     return np.ones(out.shape), out
 
 
+def _sorted_within_groups(
+    keys: tuple[npt.NDArray[np.generic], ...], gid: I64, groups: int
+) -> tuple[I64, I64]:
+    """Each column sorted by group, then by ``keys`` (the last the most significant), stably:
+    ``order[p, k]`` is the row at position p of column k; ``first[g]`` the position of group g's
+    first row (the same in every column: each column holds every row)."""
+    m, n = keys[0].shape
+    g2 = np.broadcast_to(gid[:, None], (m, n))
+    order: I64 = np.lexsort((*keys, g2), axis=0)
+    first = np.zeros(groups + 1, dtype=np.int64)
+    np.cumsum(np.bincount(gid, minlength=groups), out=first[1:])
+    return order, first
+
+
 def quantile(q: F64, values: F64, present: Mask, gid: I64, groups: int) -> tuple[F64, Mask]:
     """``quantile(q, ...)`` per group and step: the values sorted (NaN first, as Go sorts them), the
-    rank ``q * (count - 1)`` interpolated between its neighbours; -Inf below 0, +Inf above 1."""
-    n = values.shape[1]
-    out = np.full((groups, n), math.nan)
-    has = np.zeros((groups, n), dtype=bool)
-    for g in range(groups):
-        rows = np.flatnonzero(gid == g)
-        vals, pres = values[rows], present[rows]
-        cnt = pres.sum(axis=0)
-        # sort each column: absent last, NaN first among the present
-        category = np.where(pres, np.where(np.isnan(vals), 0, 1), 2)
-        order = np.lexsort((np.where(np.isnan(vals), 0.0, vals), category), axis=0)
-        s = np.take_along_axis(vals, order, axis=0)
-        with np.errstate(all="ignore"):
-            rank = q * (cnt - 1)
-            lower = np.maximum(0, np.floor(rank))
-            upper = np.minimum(cnt - 1, lower + 1)
-            weight = rank - np.floor(rank)
-            li = np.clip(np.nan_to_num(lower), 0, max(len(rows) - 1, 0)).astype(np.int64)
-            ui = np.clip(np.nan_to_num(upper), 0, max(len(rows) - 1, 0)).astype(np.int64)
-            cols = np.arange(n)
-            got = s[li, cols] * (1 - weight) + s[ui, cols] * weight
-        got = np.where(q < 0, -math.inf, np.where(q > 1, math.inf, got))
-        out[g] = np.where(np.isnan(q), math.nan, got)
-        has[g] = cnt > 0
-    return out, has
+    rank ``q * (count - 1)`` interpolated between its neighbours; -Inf below 0, +Inf above 1. One
+    sort of every column for all groups at once."""
+    m, n = values.shape
+    if groups == 0 or m == 0:
+        return np.full((groups, n), math.nan), np.zeros((groups, n), dtype=bool)
+    nan = np.isnan(values)
+    category = np.where(present, np.where(nan, 0, 1), 2)  # NaN first, then numbers, absent last
+    order, first = _sorted_within_groups((np.where(nan, 0.0, values), category), gid, groups)
+    s = np.take_along_axis(values, order, axis=0)
+    cnt = np.zeros((groups, n))
+    np.add.at(cnt, gid, present.astype(np.float64))
+    cols = np.arange(n)
+    with np.errstate(all="ignore"):
+        rank = q[None, :] * (cnt - 1)
+        lower = np.maximum(0, np.floor(rank))
+        upper = np.minimum(cnt - 1, lower + 1)
+        weight = rank - np.floor(rank)
+        base = first[:-1, None]
+        li = np.clip(base + np.nan_to_num(lower).astype(np.int64), 0, m - 1)
+        ui = np.clip(base + np.nan_to_num(upper).astype(np.int64), 0, m - 1)
+        got = s[li, cols] * (1 - weight) + s[ui, cols] * weight
+    got = np.where(q < 0, -math.inf, np.where(q > 1, math.inf, got))
+    return np.where(np.isnan(q), math.nan, got), cnt > 0
 
 
 def top(k: F64, values: F64, present: Mask, gid: I64, groups: int, largest: bool) -> Mask:
     """The cells ``topk`` (``largest``) or ``bottomk`` keep: per group and step the ``k[step]``
-    present series with the largest (smallest) values, numbers before NaN, ties in series order."""
-    keep = np.zeros(values.shape, dtype=bool)
-    kk = np.where(np.isnan(k), 0, np.trunc(np.clip(k, -1, len(gid) + 1)))
-    for g in range(groups):
-        rows = np.flatnonzero(gid == g)
-        vals, pres = values[rows], present[rows]
-        nan = np.isnan(vals)
-        category = np.where(pres, np.where(nan, 1, 0), 2)
-        key = np.where(nan, 0.0, -vals if largest else vals)
-        order = np.lexsort((key, category), axis=0)
-        rank = np.empty_like(order)
-        np.put_along_axis(rank, order, np.arange(len(rows))[:, None].repeat(vals.shape[1], axis=1), axis=0)
-        keep[rows] = pres & (rank < kk[None, :])
+    present series with the largest (smallest) values, numbers before NaN, ties in series order.
+    One sort of every column for all groups at once."""
+    m = values.shape[0]
+    if m == 0:
+        return np.zeros(values.shape, dtype=bool)
+    kk = np.where(np.isnan(k), 0, np.trunc(np.clip(k, -1, m + 1)))
+    nan = np.isnan(values)
+    category = np.where(present, np.where(nan, 1, 0), 2)
+    key = np.where(nan, 0.0, -values if largest else values)
+    order, first = _sorted_within_groups((key, category), gid, groups)
+    pos = np.arange(m)[:, None]
+    rank_sorted = pos - first[gid[order]]  # position within its group
+    rank = np.empty_like(rank_sorted)
+    np.put_along_axis(rank, order, rank_sorted, axis=0)
+    keep: Mask = present & (rank < kk[None, :])
     return keep
 
 
@@ -105,3 +119,21 @@ def limit(k: F64, present: Mask, gid: I64, groups: int) -> Mask:
         before = np.cumsum(present[rows], axis=0)  # present series up to and including this one
         keep[rows] = present[rows] & (before <= kk[None, :])
     return keep
+
+
+def count_values(values: F64, present: Mask, gid: I64) -> tuple[I64, F64, F64]:
+    """``count_values``: per distinct (group, value) the number of series with it at each step, from
+    one sort of the present cells (not one pass per distinct value). Answers each pair's group,
+    value and counts (pairs x steps). Values are told apart by their bits (``-0`` is not ``0``, as
+    Prometheus prints them apart), all NaN being one."""
+    n = values.shape[1]
+    ii, kk = np.nonzero(present)
+    vals = values[ii, kk]
+    bits = np.where(np.isnan(vals), math.nan, vals).view(np.uint64)
+    pairs = np.stack([gid[ii].astype(np.uint64), bits])
+    if not pairs.shape[1]:
+        return np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros((0, n))
+    uniq, inverse = np.unique(pairs, axis=1, return_inverse=True)
+    counts = np.zeros((uniq.shape[1], n))
+    np.add.at(counts, (inverse.reshape(-1), kk), 1.0)
+    return uniq[0].astype(np.int64), uniq[1].view(np.float64), counts

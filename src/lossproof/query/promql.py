@@ -834,22 +834,12 @@ class Evaluator:
     def _count_values(self, label: str, inner: Vector, gid: I64, glabels: list[Labels]) -> Vector:
         """Per group and step, how many series have each value; one series per (group, value), the
         value (printed as Prometheus prints it) in ``label``."""
-        vals = inner.values[inner.present]
-        distinct = np.unique(vals[~np.isnan(vals)])
-        has_nan = bool(np.isnan(vals).any())
-        labels, rows_v = [], []
-        ng = len(glabels)
-        for u in [*distinct.tolist(), *([math.nan] if has_nan else [])]:
-            hit = inner.present & (np.isnan(inner.values) if math.isnan(u) else inner.values == u)
-            counts = np.zeros((ng, self.grid.n))
-            np.add.at(counts, gid, hit.astype(np.float64))
-            for gi in np.flatnonzero(counts.any(axis=1)).tolist():
-                labels.append({**glabels[gi], label: format_value(u)})
-                rows_v.append(counts[gi])
-        if not labels:
+        groups, values, counts = promagg.count_values(inner.values, inner.present, gid)
+        if not len(groups):
             return Vector.empty(self.grid.n)
-        values = np.vstack(rows_v)
-        return _vector(labels, values, values > 0)
+        texts = format_values(values.tolist())
+        labels = [{**glabels[g], label: t} for g, t in zip(groups.tolist(), texts, strict=True)]
+        return _vector(labels, counts, counts > 0)
 
     # binary operators
 
