@@ -357,3 +357,22 @@ def test_holt_winters_is_double_exponential_smoothing(store: SqliteStore) -> Non
     q = 'cpu{host="b"}[1m], 0.3, 0.6)'
     assert at(store, "holt_winters(" + q) == at(store, "double_exponential_smoothing(" + q)
     assert at(store, "holt_winters(" + q) != {}
+
+
+@pytest.mark.parametrize(
+    ("query", "says"),
+    [
+        ("cpu @ -1", "@ time before 1970"),
+        ("cpu[5m:1m] @ -0.5", "@ time before 1970"),
+        ("rate(cpu[5m] @ 1e30)", "out of range"),
+    ],
+)
+def test_at_times_the_parser_cannot_hold_are_4xx(store: SqliteStore, query: str, says: str) -> None:
+    with pytest.raises((promql.PromQLError, promql.params.ParamError), match=says):
+        promql.parse(query)
+
+
+def test_at_times_past_year_9999_within_the_bounds_work(store: SqliteStore) -> None:
+    # year 10000 and later: the parser's datetime cannot hold them; no data, but an answer
+    assert at(store, "cpu @ 253402300800") == {}
+    assert at(store, "max_over_time(cpu[1m:10s] @ 1e12)") == {}

@@ -264,6 +264,8 @@ def parse(query: str) -> pp.Expr:
     if not query.strip():
         raise PromQLError("empty query")
     check_bounds(query)
+    if _NEGATIVE_AT.search(params.strip_quoted(query)):
+        raise Unsupported("an @ time before 1970")
     try:
         expr = pp.parse(query)
     except (ValueError, TypeError, OverflowError) as e:
@@ -294,6 +296,8 @@ def check_supported(expr: pp.Expr) -> None:
             _check_selector(node.vector_selector)
             _check_duration(node.range, "range")
         elif isinstance(node, pp.SubqueryExpr):
+            if node.at is not None and node.at.type == pp.AtModifierType.At:
+                at_ms(node.at)
             _check_duration(node.range, "range")
             _check_duration(node.step, "step")
             _check_duration(node.offset, "offset")
@@ -326,7 +330,25 @@ def _walk(expr: pp.Expr) -> Iterable[pp.Expr]:
             stack.extend((e.lhs, e.rhs))
 
 
+def at_ms(at: pp.AtModifier) -> int:
+    """The time of ``@ <time>`` in ms. Read from the modifier's text ("@ 123.456"): its ``at``
+    attribute converts through a datetime and fails past year 9999 (OverflowError) and before 1970
+    (a panic in the parser's Rust code, which also prints a backtrace). Negative times are refused
+    by :func:`parse` (the text shows them as 0)."""
+    text = str(at).removeprefix("@ ")
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise PromQLError(f"invalid PromQL: cannot read the @ time {params.clip(text)!r}") from None
+    return params.check_time_ms(round(seconds * 1000), "@")
+
+
+_NEGATIVE_AT = re.compile(r"@\s*-")
+
+
 def _check_selector(vs: pp.VectorSelector) -> None:
+    if vs.at is not None and vs.at.type == pp.AtModifierType.At:
+        at_ms(vs.at)
     if vs.matchers.or_matchers:
         raise Unsupported("'or' inside a selector's braces")
     _check_duration(vs.offset, "offset")
@@ -525,8 +547,7 @@ class Evaluator:
         elif at.type == pp.AtModifierType.End:
             ms = self.query_grid.end_ms
         else:
-            assert at.at is not None
-            ms = params.check_time_ms(round(at.at.timestamp() * 1000), "@")
+            ms = at_ms(at)
         return np.array([ms], dtype=np.int64)
 
     def _widen(self, values: F64, present: Mask) -> tuple[F64, Mask]:
