@@ -193,6 +193,18 @@ class HealthConfig(_Section):
         return [check_base_url(u) for u in urls]
 
 
+class QueryConfig(_Section):
+    """``[query]``: what one PromQL query may cost (``/api/v1/query``, ``/api/v1/query_range``).
+    Past a limit the query ends with a 422 naming it, never an out-of-memory or a stuck read thread."""
+
+    # points read from the store plus points subqueries make (Prometheus' query.max-samples)
+    max_samples: int = Field(default=50_000_000, ge=1)
+    # series one selector may read
+    max_series: int = Field(default=500_000, ge=1)
+    # checked between the steps of an evaluation (Prometheus' query.timeout)
+    timeout_seconds: float = Field(default=120.0, gt=0, le=MAX_SECONDS)
+
+
 class Config(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     log: LogConfig = Field(default_factory=LogConfig)
@@ -203,6 +215,7 @@ class Config(_Section):
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
     operator: OperatorConfig = Field(default_factory=OperatorConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
+    query: QueryConfig = Field(default_factory=QueryConfig)
 
     # Not in the file: where it was loaded from.
     data_dir: Path = Field(default=Path("."), exclude=True)

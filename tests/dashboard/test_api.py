@@ -104,10 +104,8 @@ def test_series_labels_values(dash: Dash) -> None:
 
 def test_unsupported_and_invalid_give_400(dash: Dash) -> None:
     for query, named in [
-        ("topk(1, cpu_user)", "topk"),
-        ("abs(cpu_user)", "abs()"),
-        ("rate(cpu_user[5m:1m])", "subquery"),
-        ("cpu_user or http_requests", "or"),
+        ("limit_ratio(0.5, cpu_user)", "limit_ratio"),
+        ("histogram_count(cpu_user)", "histogram_count()"),
     ]:
         status, body = get(dash, "/api/v1/query", query=query)
         assert status == 400, body

@@ -44,6 +44,8 @@ T = TypeVar("T")
 log = get(__name__)
 
 STATIC = Path(__file__).parent / "static"
+# The alert rules (deploy/alerts.yml of a source checkout), linked from the completeness page.
+ALERT_RULES = Path(__file__).resolve().parents[3] / "deploy" / "alerts.yml"
 _STATIC_FILES = frozenset(p.name for p in STATIC.iterdir() if p.is_file() and not p.name.startswith("."))
 SILENT_AFTER_S = 300  # an agent not heard from for this long counts as silent
 MAX_CHART_SERIES = 200
@@ -65,7 +67,9 @@ def register(
 ) -> None:
     """Add the UI, its JSON API and the Prometheus API to the HTTP process."""
     dash = Dashboard(cfg, keys, store, registry)
-    app.add_routes([*dash.routes(), *PromApi(keys, store).routes()])
+    q = cfg.query
+    limits = promql.Limits(q.max_samples, q.max_series, q.timeout_seconds)
+    app.add_routes([*dash.routes(), *PromApi(keys, store, limits).routes()])
     app.on_startup.append(dash.start)
     app.on_cleanup.append(dash.stop)
 
@@ -206,6 +210,7 @@ class Dashboard:
         return [
             web.get("/", self.index),
             web.get("/ui/static/{name}", self.static),
+            web.get("/ui/alerts.yml", self.alert_rules),
             web.get("/ui/vendor/{name}", self.vendor),
             web.get("/ui/api/status", self.status),
             web.get("/ui/api/series", self.series),
@@ -337,6 +342,11 @@ class Dashboard:
         if name not in _STATIC_FILES:
             raise _fail(404, f"no such file: {name[:100]}")
         return web.FileResponse(STATIC / name, headers={"Cache-Control": "no-cache"})
+
+    async def alert_rules(self, request: web.Request) -> web.StreamResponse:
+        if not ALERT_RULES.is_file():  # an installed package has no deploy/
+            raise _fail(404, "the alert rules are deploy/alerts.yml in lossproof's source tree")
+        return web.FileResponse(ALERT_RULES, headers={"Content-Type": "text/plain; charset=utf-8"})
 
     async def vendor(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
