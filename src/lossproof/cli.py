@@ -94,8 +94,10 @@ def up(data_dir: Path, port: int | None, api_key: str | None) -> None:
     from lossproof.obs.logging import setup
 
     setup("up")
+    # Everything that can refuse the start is checked before anything is created, so a failed first
+    # start leaves no config whose generated key nobody saw.
     try:
-        cfg, new_key = config_mod.init_data_dir(data_dir, api_key, port)
+        cfg = config_mod.planned(data_dir)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
     if port is not None:
@@ -106,9 +108,15 @@ def up(data_dir: Path, port: int | None, api_key: str | None) -> None:
         up_mod.check_port_free(cfg.server.host, cfg.server.port)
     except up_mod.PortInUse as e:
         raise click.ClickException(str(e)) from None
+    try:
+        cfg, new_key = config_mod.init_data_dir(data_dir, api_key, port)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    if port is not None:
+        cfg.server.port = port
     if new_key:
         click.echo(f"created {data_dir / config_mod.CONFIG_NAME}; API key for tenant 'default': {new_key}")
-        click.echo("(stored hashed; it is not shown again — create more with `lossproof keys create`)")
+        click.echo("(stored hashed; not shown again — `lossproof keys rotate --tenant default` replaces it)")
     sys.exit(up_mod.run(cfg, data_dir))
 
 
@@ -243,38 +251,83 @@ def keys() -> None:
     """Manage tenant API keys."""
 
 
-@keys.command("create")
-@data_dir_option
-@click.option("--tenant", default=None, help="The tenant the key belongs to (created if new).")
-@click.option("--replay", is_flag=True, help="A replay key: writes for any tenant, reads nothing.")
-@click.option(
-    "--operator", is_flag=True, help="An operator key: all of /metrics and the pipeline's health; no data."
-)
-def keys_create(data_dir: Path, tenant: str | None, replay: bool, operator: bool) -> None:
-    """Add a key. Prints the key once; only its hash is stored."""
+def _key_owner(tenant: str | None, replay: bool, operator: bool) -> None:
     import re
 
     if [tenant is not None, replay, operator].count(True) != 1:
         raise click.ClickException("give exactly one of --tenant NAME, --replay or --operator")
     if tenant is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", tenant):
         raise click.ClickException("tenant must be 1-64 characters of letters, digits, '_', '.', '-'")
-    key = config_mod.new_key()
+
+
+def key_owner_options(f: F) -> F:
+    f = click.option(
+        "--operator", is_flag=True, help="An operator key: all of /metrics and the pipeline's health."
+    )(f)
+    f = click.option("--replay", is_flag=True, help="A replay key: writes for any tenant, reads nothing.")(f)
+    return click.option("--tenant", default=None, help="The tenant the key belongs to.")(f)
+
+
+# Running pipelines reload keys when lossproof.toml changes (and on SIGHUP): no restart needed.
+RELOADED = "the running pipeline uses it at once"
+
+
+@keys.command("create")
+@data_dir_option
+@key_owner_options
+def keys_create(data_dir: Path, tenant: str | None, replay: bool, operator: bool) -> None:
+    """Add a key (a new tenant is created). Prints the key once; only its hash is stored."""
+    from lossproof import keys as keys_mod
+
+    _key_owner(tenant, replay, operator)
     try:
         # As in the file, without environment overrides: they must not be written into it.
         with config_mod.editing(data_dir) as cfg:
-            if operator:
-                cfg.operator.key_hashes.append(config_mod.hash_key(key))
-            elif replay:
-                cfg.replay.key_hashes.append(config_mod.hash_key(key))
-            elif tenant is not None:
-                tc = cfg.tenants.setdefault(tenant, config_mod.TenantConfig())
-                tc.key_hashes.append(config_mod.hash_key(key))
+            key = keys_mod.add(keys_mod.holder_for(cfg, tenant, replay, operator, create=True))
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
     click.echo(key)
     kind = "operator" if operator else "replay"
     what = f"key added for tenant {tenant!r}" if tenant is not None else f"{kind} key added"
-    click.echo(f"{what}; restart running services to use it", err=True)
+    click.echo(f"{what}; {RELOADED}", err=True)
+
+
+@keys.command("rotate")
+@data_dir_option
+@key_owner_options
+@click.option(
+    "--id", "old_id", default=None, help="The key to replace (from `keys list`); needed if there are several."
+)
+def keys_rotate(data_dir: Path, tenant: str | None, replay: bool, operator: bool, old_id: str | None) -> None:
+    """Replace a key by a new one: prints the new key once; the old one stops working."""
+    from lossproof import keys as keys_mod
+
+    _key_owner(tenant, replay, operator)
+    try:
+        with config_mod.editing(data_dir) as cfg:
+            holder = keys_mod.holder_for(cfg, tenant, replay, operator, create=False)
+            key, old = keys_mod.rotate(holder, old_id)
+    except (ConfigError, keys_mod.KeyAdminError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(key)
+    click.echo(f"key {old} replaced by {config_mod.key_id(config_mod.hash_key(key))}; {RELOADED}", err=True)
+
+
+@keys.command("list")
+@data_dir_option
+def keys_list(data_dir: Path) -> None:
+    """The stored keys: id, kind, tenant, created (never the key: only its hash is stored)."""
+    from lossproof import keys as keys_mod
+
+    try:
+        cfg = config_mod.load(data_dir, env={})  # the file's keys, not LOSSPROOF_API_KEY
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    rows = [("ID", "KIND", "TENANT", "CREATED")]
+    rows += [(k.id, k.kind, k.tenant or "-", k.created or "unknown") for k in keys_mod.list_keys(cfg)]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        click.echo("  ".join([*(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)), r[3]]))
 
 
 class BenchGroup(LazyGroup):

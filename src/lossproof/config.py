@@ -16,6 +16,7 @@ import secrets
 import tomllib
 import typing
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -159,20 +160,35 @@ class LedgerConfig(_Section):
     replay_grace_seconds: float = Field(default=10.0, ge=0, le=MAX_SECONDS)
 
 
-class TenantConfig(_Section):
+class KeyHolder(_Section):
     key_hashes: list[str] = Field(default_factory=list)
+    # When each key was added (key hash -> ISO 8601 UTC), for `lossproof keys list`; keys from
+    # before this field have none.
+    key_created: dict[str, str] = Field(default_factory=dict)
+
+    def add_key(self, key_hash: str, created: str) -> None:
+        self.key_hashes.append(key_hash)
+        self.key_created[key_hash] = created
+
+    def remove_key(self, key_hash: str) -> None:
+        self.key_hashes = [h for h in self.key_hashes if h != key_hash]
+        self.key_created.pop(key_hash, None)
 
 
-class ReplayConfig(_Section):
+class TenantConfig(KeyHolder):
+    """``[tenants.NAME]``: the tenant's API keys (read and write its own data)."""
+
+
+class ReplayConfig(KeyHolder):
     # Service keys that may write on behalf of any tenant (header X-Lossproof-Tenant): used by
     # `lossproof replay` to drain a fallback receiver. They cannot read.
-    key_hashes: list[str] = Field(default_factory=list)
+    pass
 
 
-class OperatorConfig(_Section):
+class OperatorConfig(KeyHolder):
     # Keys that see everything of /metrics (per-tenant and per-agent series) and the dashboard's
     # pipeline-wide numbers. They cannot write or read any tenant's data.
-    key_hashes: list[str] = Field(default_factory=list)
+    pass
 
 
 class HealthConfig(_Section):
@@ -249,6 +265,16 @@ def hash_key(key: str) -> str:
 
 def new_key() -> str:
     return "lp_" + secrets.token_urlsafe(32)
+
+
+def key_id(key_hash: str) -> str:
+    """A short, stable name for a stored key: the start of its hash (which is in the file anyway),
+    never anything of the secret itself."""
+    return key_hash.removeprefix("sha256:")[:12]
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _env_overrides(
@@ -350,13 +376,29 @@ def editing(data_dir: Path) -> Iterator[Config]:
         os.close(fd)
 
 
+def planned(data_dir: Path, env: Mapping[str, str] | None = None) -> Config:
+    """The config ``up`` will run with, without creating anything: the file's if there is one,
+    else the defaults (with environment overrides), so the port can be checked first."""
+    if (data_dir / CONFIG_NAME).exists():
+        return load(data_dir, env)
+    env = os.environ if env is None else env
+    try:
+        cfg = Config.model_validate(_env_overrides(env))
+    except ValidationError as e:
+        raise ConfigError(_describe(e, "environment")) from e
+    cfg.data_dir = data_dir
+    return cfg
+
+
 def init_data_dir(data_dir: Path, api_key: str | None, port: int | None = None) -> tuple[Config, str | None]:
     """Create the data dir and its config on first start. Returns the config and a new key, if any."""
     make_dirs(data_dir)
     if (data_dir / CONFIG_NAME).exists():
         return load(data_dir), None
     key = api_key or new_key()
-    cfg = Config(tenants={"default": TenantConfig(key_hashes=[hash_key(key)])})
+    default = TenantConfig()
+    default.add_key(hash_key(key), now_iso())
+    cfg = Config(tenants={"default": default})
     if port is not None:
         cfg.server.port = port
     cfg.data_dir = data_dir

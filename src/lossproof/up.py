@@ -91,8 +91,16 @@ def run(cfg: Config, data_dir: Path) -> int:
         nonlocal stopping
         stopping = True
 
+    def on_hangup(signum: int, frame: object) -> None:
+        # Keys are checked in the ingest processes: the reload has to happen there (and only there:
+        # SIGHUP would end a worker).
+        for c in children:
+            if c.name.startswith("ingest") and c.proc is not None and c.proc.poll() is None:
+                c.proc.send_signal(signal.SIGHUP)
+
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     for c in children:
         c.start()
     url = f"http://{cfg.server.host}:{cfg.server.port}"

@@ -243,7 +243,7 @@ class Dashboard:
             await asyncio.sleep(SAMPLE_EVERY_S)
 
     def _snapshot(self, store: Store) -> LedgerSnapshot:
-        return _ledger_snapshot(store, sorted(self.cfg.tenants))
+        return _ledger_snapshot(store, sorted(self.keys.tenants))
 
     async def sample(self) -> Sample:
         """Scrape the ingest's registry, the worker's /metrics and every configured fallback receiver's
