@@ -134,6 +134,8 @@ def test_up_refuses_a_port_that_is_taken(tmp_path: Path) -> None:
             timeout=60,
         )
     assert f"127.0.0.1:{port}" in one_line_error(r)
+    # nothing created: the next start makes the config and prints its key
+    assert not (tmp_path / "d").exists()
 
 
 def test_up_stops_when_a_child_cannot_start(pipeline: Pipeline) -> None:
