@@ -29,6 +29,17 @@ def data_dir_option(f: F) -> F:
     )(f)
 
 
+def log_format_option(f: F) -> F:
+    return click.option(
+        "--log-format",
+        type=click.Choice(["auto", "json", "text"]),
+        default="auto",
+        show_default=True,
+        envvar="LOSSPROOF_LOG_FORMAT",
+        help="Log lines on stderr: readable text at a terminal, JSON otherwise (auto), or as given.",
+    )(f)
+
+
 def _load(data_dir: Path) -> Config:
     try:
         return config_mod.load(data_dir)
@@ -88,12 +99,15 @@ def cli() -> None:
     "--port", type=click.IntRange(0, 65535), default=None, help="HTTP port (default from config, 8080)."
 )
 @click.option("--api-key", envvar="LOSSPROOF_API_KEY", default=None, help="Key for the default tenant.")
-def up(data_dir: Path, port: int | None, api_key: str | None) -> None:
+@log_format_option
+def up(data_dir: Path, port: int | None, api_key: str | None, log_format: str) -> None:
     """Run the whole pipeline (ingest + query API, log, worker, store) on embedded defaults."""
     from lossproof import up as up_mod
-    from lossproof.obs.logging import setup
+    from lossproof.obs import logging as logs
 
-    setup("up")
+    fmt = logs.resolve(log_format)
+    os.environ[logs.ENV] = fmt  # the children write to the same stream: the same format
+    logs.setup("up", fmt=fmt)
     # Everything that can refuse the start is checked before anything is created, so a failed first
     # start leaves no config whose generated key nobody saw.
     try:
@@ -117,21 +131,23 @@ def up(data_dir: Path, port: int | None, api_key: str | None) -> None:
     if new_key:
         click.echo(f"created {data_dir / config_mod.CONFIG_NAME}; API key for tenant 'default': {new_key}")
         click.echo("(stored hashed; not shown again — `lossproof keys rotate --tenant default` replaces it)")
-    sys.exit(up_mod.run(cfg, data_dir))
+    banner = up_mod.Banner(data_dir, new_key) if sys.stdout.isatty() and fmt == "text" else None
+    sys.exit(up_mod.run(cfg, data_dir, banner))
 
 
 @cli.command()
 @data_dir_option
 @click.option("--port", type=click.IntRange(0, 65535), default=None)
 @click.option("--host", default=None)
-def ingest(data_dir: Path, port: int | None, host: str | None) -> None:
+@log_format_option
+def ingest(data_dir: Path, port: int | None, host: str | None, log_format: str) -> None:
     """Run the ingest + query HTTP API alone."""
     from lossproof.ingest.server import serve
     from lossproof.log.base import LogError
     from lossproof.obs.logging import setup
     from lossproof.store.base import StoreError
 
-    setup("ingest")
+    setup("ingest", fmt=log_format)
     cfg = _load(data_dir)
     if port is not None:
         cfg.server.port = port
@@ -152,14 +168,15 @@ def ingest(data_dir: Path, port: int | None, host: str | None) -> None:
 @click.option(
     "--http-port", type=click.IntRange(0, 65535), default=None, help="Port of /metrics and /healthz."
 )
-def worker(data_dir: Path, http_port: int | None) -> None:
+@log_format_option
+def worker(data_dir: Path, http_port: int | None, log_format: str) -> None:
     """Run a worker alone: log → store."""
     from lossproof.log.base import LogError
     from lossproof.obs.logging import setup
     from lossproof.store.base import StoreError
     from lossproof.worker.main import run
 
-    setup("worker")
+    setup("worker", fmt=log_format)
     cfg = _load(data_dir)
     if http_port is not None:
         cfg.worker.http_port = http_port
