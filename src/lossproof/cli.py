@@ -228,6 +228,10 @@ def send(
 
     http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5, read=60))
     sent = reports = 0
+
+    def progress(msg: str) -> None:
+        click.echo(msg, err=True)
+
     try:
         url = snd.check_url(url)
         snd.check_agent(agent)
@@ -237,7 +241,7 @@ def send(
             for conflicts in range(3):
                 body = snd.request_body(agent, seq, group, dropped, incarnation)
                 try:
-                    snd.post(http, url, api_key, body, encoding, attempts=attempts)
+                    snd.post(http, url, api_key, body, encoding, attempts=attempts, progress=progress)
                     break
                 except snd.SeqConflict as e:
                     if conflicts == 2:
