@@ -460,7 +460,9 @@ def bench_ingest(
                     raise click.ClickException(f"cannot reach the pipeline at {url}: {e}") from None
         except BenchFailed as e:
             raise click.ClickException(str(e)) from None
-    for line in lines:
+    from lossproof.bench.load import load_line
+
+    for line in [*lines, load_line()]:
         click.echo(line)
 
 
