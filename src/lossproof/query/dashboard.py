@@ -166,8 +166,8 @@ def _ledger_snapshot(store: Store, tenants: list[str]) -> LedgerSnapshot:
             counts["delayed"] += a.delayed_reports
             counts["missing"] += a.missing_reports
             counts["lost"] += a.lost_reports
-            seen = max(a.last_seen_ms, a.last_stored_ms)
-            if now_ms - seen > SILENT_AFTER_S * 1000:
+            seen = a.heard_ms
+            if not a.one_shot and now_ms - seen > SILENT_AFTER_S * 1000:
                 silent += 1
             counts["conflict"] += a.conflict_reports
             # one row per incarnation: the agent id was last seen by its latest one
@@ -500,7 +500,10 @@ class Dashboard:
                     "lost": a.lost_reports,
                     "last_stored_ms": a.last_stored_ms,
                     "last_seen_ms": a.last_seen_ms,
-                    "silent": now - max(a.last_seen_ms, a.last_stored_ms) > SILENT_AFTER_S * 1000,
+                    "heard_ms": a.heard_ms,
+                    "one_shot": a.one_shot,
+                    # a one-shot sender is expected to go quiet between runs
+                    "silent": not a.one_shot and now - a.heard_ms > SILENT_AFTER_S * 1000,
                 }
                 if i < 300:
                     led = s.ledger(tenant, a.agent, a.incarnation)
@@ -599,9 +602,9 @@ class Dashboard:
                 }
             agents = s.agents(tenant)
             silent = [
-                {"agent": a.agent, "last_seen_ms": max(a.last_seen_ms, a.last_stored_ms)}
+                {"agent": a.agent, "last_seen_ms": a.heard_ms}
                 for a in agents
-                if now - max(a.last_seen_ms, a.last_stored_ms) > SILENT_AFTER_S * 1000
+                if not a.one_shot and now - a.heard_ms > SILENT_AFTER_S * 1000
             ]
             return {
                 "series": s.series_counts().get(tenant, 0),

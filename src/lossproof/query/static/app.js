@@ -409,8 +409,9 @@ async function loadCompleteness() {
     for (const [first, last] of a.conflicts || []) {
       notes.push(el("div", { class: "kind conflict note" }, `conflict ${first}-${last}: another report with the same seq is stored; this one is kept whole for an operator to apply`));
     }
-    const heard = Math.max(a.last_seen_ms, a.last_stored_ms);
+    const heard = a.heard_ms;
     const who = [el("div", {}, a.agent)];
+    if (a.one_shot) who.push(el("div", { class: "muted small", title: "it sends when it is run (lossproof send, a script), not on an interval: its silence is not flagged" }, "one-shot sender"));
     if (a.incarnation || a.incarnations > 1) {
       who.push(el("div", { class: "muted small", title: `incarnation ${a.incarnation || "(none)"}, seqs from ${a.first_seq}, first seen ${fmtTime(a.first_seen_ms)}` },
         `incarnation ${a.incarnation ? a.incarnation.slice(0, 8) : "(none)"}` + (a.incarnations > 1 ? ` (1 of ${a.incarnations})` : "")));
