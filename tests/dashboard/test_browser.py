@@ -161,11 +161,37 @@ def test_label_filter_narrows_series(browser: Any, dash: Dash) -> None:
     d.find_element(By.ID, "apply-filters").click()
     wait(d, "return document.getElementById('series-count').dataset.count === '1'")
     wait(d, "return document.getElementById('chart').dataset.series === '1'")
-    assert d.find_element(By.ID, "selector").get_attribute("value") == '{__name__="cpu.user",host=~"web.*"}'
+    assert d.find_element(By.ID, "selector").get_attribute("value") == '{"cpu.user",host=~"web.*"}'
     assert [
         r.text.split("\n")[0] for r in d.find_elements(By.CSS_SELECTOR, "#series-list tr.series-row")
     ] == ['cpu.user{dc="eu", host="web-01"} web-01']
     assert errors(d) == []
+
+
+def _type_selector(d: Any, text: str) -> None:
+    box = d.find_element(By.ID, "selector")
+    box.clear()
+    box.send_keys(text)
+    d.execute_script("document.body.dataset.loaded = ''")
+    d.find_element(By.ID, "selector").submit()
+    loaded(d, "series")
+
+
+def test_a_name_as_listed_charts_and_a_failed_query_clears_the_chart(browser: Any, dash: Dash) -> None:
+    d = browser
+    logged_in(d, dash, "#/series")
+    loaded(d, "series")
+    _type_selector(d, "cpu.user")  # as the metric list shows it
+    wait(d, "return document.getElementById('chart').dataset.series === '2'")
+    assert not d.find_elements(By.CSS_SELECTOR, "#chart .chart-error")
+    _type_selector(d, "cpu.user{host=")
+    wait(d, "return document.querySelector('#chart .chart-error')")
+    assert d.execute_script("return document.getElementById('chart').dataset.series") == "0"
+    assert d.execute_script("return window.lossproof.chart") is None
+    assert "invalid PromQL" in d.find_element(By.CSS_SELECTOR, "#chart .chart-error").text
+    assert not d.find_elements(By.CSS_SELECTOR, "#holes tbody tr")
+    # the failed request is the only console error
+    assert all("400" in e for e in errors(d)), errors(d)
 
 
 def test_completeness_page(browser: Any, dash: Dash, artifacts: Path) -> None:

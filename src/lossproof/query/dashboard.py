@@ -35,7 +35,7 @@ from lossproof.httputil import ApiError, client_reason, json_response
 from lossproof.ingest.auth import KeyRing
 from lossproof.log.base import LogGap
 from lossproof.obs.logging import get
-from lossproof.query import holes, params, promql, uplot
+from lossproof.query import holes, params, promql, uplot, utf8names
 from lossproof.query.access import StoreAccess, StoreUnavailable
 from lossproof.query.promapi import PromApi
 from lossproof.store.base import AgentSummary, Ledger, Store
@@ -355,13 +355,14 @@ class Dashboard:
 
     async def _selector(self, raw: str) -> pp.VectorSelector:
         try:
-            e = await promql.parse_async(raw)
+            # a name typed as the series list shows it (system.load.1) is read as {"system.load.1"}
+            e = await promql.parse_async(utf8names.quote_bare_name(raw))
         except promql.PromQLError as err:
             raise _fail(400, str(err)) from None
         while isinstance(e, pp.ParenExpr):
             e = e.expr
         if not isinstance(e, pp.VectorSelector):
-            raise _fail(400, 'expected a series selector such as cpu_user{host="a"}')
+            raise _fail(400, 'expected a series selector such as cpu_user{host="a"} or {"cpu.user",host="a"}')
         return e
 
     async def series(self, request: web.Request) -> web.Response:
@@ -750,16 +751,7 @@ def _num(v: float) -> float | str:
 
 
 def _selector_text(metric: str, labels: dict[str, str]) -> str:
-    name = promql.promql_name(metric)
-    inner = ",".join(f'{k}="{_esc(v)}"' for k, v in sorted(labels.items()))
-    if name != metric:
-        inner = f'__name__="{_esc(metric)}"' + ("," + inner if inner else "")
-        return "{" + inner + "}"
-    return f"{name}{{{inner}}}" if inner else name
-
-
-def _esc(v: str) -> str:
-    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return utf8names.selector(metric, [utf8names.equals(k, v) for k, v in sorted(labels.items())])
 
 
 def _ranges(led: Ledger) -> list[dict[str, Any]]:

@@ -169,12 +169,17 @@ async function start() {
 
 // --- series page ------------------------------------------------------------------------------------
 
+// a PromQL string; names that are not PromQL names (cpu.user, service.name) are written quoted, as
+// Prometheus 3 does: {"cpu.user","service.name"="shop"}
+function quoted(s) { return '"' + s.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n") + '"'; }
+
 function selectorFromBrowser() {
-  const parts = state.filters.filter((f) => f.name && f.op).map((f) => `${f.name}${f.op}"${f.value.replace(/\\/g, "\\\\").replace(/"/g, '\\"')}"`);
+  const label = (n) => (/^[a-zA-Z_][a-zA-Z0-9_]*$/.test(n) ? n : quoted(n));
+  const parts = state.filters.filter((f) => f.name && f.op).map((f) => `${label(f.name)}${f.op}${quoted(f.value)}`);
   if (!state.metric) return parts.length ? `{${parts.join(",")}}` : "";
   const plain = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/.test(state.metric);
   if (plain) return parts.length ? `${state.metric}{${parts.join(",")}}` : state.metric;
-  return `{__name__="${state.metric}"${parts.length ? "," + parts.join(",") : ""}}`;
+  return `{${[quoted(state.metric), ...parts].join(",")}}`;
 }
 
 function renderMetrics() {
@@ -222,6 +227,24 @@ function applyBrowser() {
 
 async function loadSeries() {
   banner("");
+  try {
+    await loadSeriesAndChart();
+  } catch (e) {
+    // a chart that stays on screen after a failed query would pass for that query's answer
+    if (e.status !== 401) clearChart(e.message);
+    throw e;
+  }
+}
+
+function clearChart(why) {
+  drawChart(null);
+  $("#holes tbody").textContent = "";
+  $("#series-list tbody").textContent = "";
+  $("#series-count").textContent = "";
+  $("#chart").append(el("p", { class: "error chart-error" }, `No chart: the query failed: ${why}`));
+}
+
+async function loadSeriesAndChart() {
   const sel = state.selector;
   const browse = await api("/ui/api/series?limit=500" + (sel ? "&match=" + encodeURIComponent(sel) : ""));
   state.metrics = browse.metrics;
