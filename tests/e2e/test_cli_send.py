@@ -78,7 +78,11 @@ def test_a_200_that_is_not_an_acknowledgement_is_not_taken_for_one(
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         impostor = Pipeline(pipeline.data_dir, int(srv.server_address[1]), pipeline.key)
-        msg = one_line_error(send(impostor, state, good, "--agent", "cli2", "--attempts", "2"))
+        r = send(impostor, state, good, "--agent", "cli2", "--attempts", "2")
+        # one line of progress per failed try but the last, then the error
+        progress, _, last = r.stderr.strip().rpartition("\n")
+        assert progress.startswith("attempt 1/2 failed: ") and "\n" not in progress, r.stderr
+        msg = one_line_error(subprocess.CompletedProcess(r.args, r.returncode, r.stdout, last))
     finally:
         srv.shutdown()
         srv.server_close()
