@@ -7,86 +7,34 @@ the series. Screenshots of each page go to the artifacts directory (see conftest
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
-from lptest import require
+from lptest.browser import chromium, errors, loaded, open_dashboard, require_chromium, wait
 from lptest.dash import Dash
 from lptest.pipeline import HTTP
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1400,1000",
-]
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(autouse=True)
 def _needs_browser() -> None:
-    require(Path(CHROMIUM).exists() and Path(DRIVER).exists(), "Debian's chromium and chromium-driver")
-
+    require_chromium()
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    profile = tempfile.mkdtemp(prefix="lossproof-chromium-")
-    for f in [*FLAGS, f"--user-data-dir={profile}"]:
-        opts.add_argument(f)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    d = webdriver.Chrome(service=Service(DRIVER), options=opts)
-    d.set_page_load_timeout(30)
-    try:
+    with chromium() as d:
         yield d
-    finally:
-        d.quit()
-        shutil.rmtree(profile, ignore_errors=True)
-
-
-def errors(d: Any) -> list[str]:
-    return [e["message"] for e in d.get_log("browser") if e["level"] == "SEVERE"]
-
-
-def wait(d: Any, script: str, timeout: float = 20) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = d.execute_script(script)
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for: {script}")
-
-
-def loaded(d: Any, page: str) -> None:
-    wait(d, f"return document.body.dataset.loaded === {page!r}")
 
 
 def logged_in(d: Any, dash: Dash, hash_: str = "") -> None:
-    d.get(dash.p.url + "/")
-    d.execute_script("sessionStorage.setItem('lossproof.key', arguments[0])", dash.p.key)
-    d.get(dash.p.url + "/" + hash_)
-    d.refresh()
+    open_dashboard(d, dash.p.url, dash.p.key, hash_)
 
 
 def test_login_and_key_in_session(browser: Any, dash: Dash, artifacts: Path) -> None:
