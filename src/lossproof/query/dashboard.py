@@ -413,13 +413,16 @@ class Dashboard:
         if from_ms >= to_ms:
             raise _fail(400, "'from' must be before 'to'")
         step = max(1, -(-(to_ms - from_ms) // width))
-        n = (to_ms - from_ms) // step + 1
+        n = -(-(to_ms - from_ms) // step) + 1
+        # The grid ends exactly at `to`: a point sent a moment ago is on the chart (a grid anchored at
+        # `from` could end up to a step before `to` and leave the newest point out).
+        start = to_ms - (n - 1) * step
 
         def run(s: Store) -> dict[str, Any]:
             cpu0 = time.thread_time()
             ev = promql.Evaluator(s, tenant, promql.Grid(from_ms, from_ms, 1))
             ms = ev.matchers(sel)
-            found = [] if ms is None else s.select_last(tenant, ms, from_ms, to_ms, step, step)
+            found = [] if ms is None else s.select_last(tenant, ms, start, to_ms, step, step)
             truncated = len(found) > MAX_CHART_SERIES
             found = found[:MAX_CHART_SERIES]
             agents = {a.agent: a for a in s.agents(tenant)}
@@ -430,7 +433,7 @@ class Dashboard:
                 if agent is not None and agent not in ledgers:
                     ledgers[agent] = s.ledger(tenant, agent)
                 times = [None if x is None else x[0] for x in st.samples]
-                gaps, threshold = holes.gaps(times, from_ms, step, min(to_ms, now))
+                gaps, threshold = holes.gaps(times, start, step, min(to_ms, now))
                 summary: AgentSummary | None = agents.get(agent) if agent else None
                 found_holes = holes.classify(
                     gaps,
@@ -456,7 +459,7 @@ class Dashboard:
 
         body = await self._run(run)
         body.update(
-            start=from_ms, step=step, n=n, now=now, took_ms=round((time.perf_counter() - t0) * 1000, 1)
+            start=start, step=step, n=n, now=now, took_ms=round((time.perf_counter() - t0) * 1000, 1)
         )
         return json_response(body)
 

@@ -332,6 +332,8 @@ function holesPlugin(holes) {
   };
 }
 
+const SPARSE_POINTS = 30;
+
 function drawChart(data) {
   const box = $("#chart");
   if (state.chart) { state.chart.destroy(); state.chart = null; }
@@ -348,7 +350,11 @@ function drawChart(data) {
   const series = [{}];
   const cols = [xs];
   data.series.forEach((s, i) => {
-    series.push({ label: seriesName(s), stroke: PALETTE[i % PALETTE.length], width: 1.25, spanGaps: false, points: { show: false } });
+    // A line needs two points: a sparse series (one `lossproof send`, say) is drawn as dots, or its
+    // points would not show at all.
+    const count = s.values.reduce((k, v) => k + (v !== null && typeof v !== "string" ? 1 : 0), 0);
+    const points = count <= SPARSE_POINTS ? { show: true, size: 7, fill: PALETTE[i % PALETTE.length] } : { show: false };
+    series.push({ label: seriesName(s), stroke: PALETTE[i % PALETTE.length], width: 1.25, spanGaps: false, points });
     // A step without a point is a break in the line (null) only inside one of the series' holes;
     // elsewhere it is just finer than the data (undefined: uPlot draws across it).
     const hs = s.holes;
