@@ -210,6 +210,13 @@ def worker(data_dir: Path, http_port: int | None, log_format: str) -> None:
     show_default=True,
     help="Tries per report (backoff 0.2 s doubling to 10 s) before it is given up and reported as lost.",
 )
+@click.option(
+    "--wait-stored",
+    is_flag=True,
+    help="After the acknowledgement (durable in the log), wait until the worker has stored the points "
+    "(queryable), up to --wait-timeout.",
+)
+@click.option("--wait-timeout", type=finite_float(0.1, 3600), default=30.0, show_default=True)
 @click.argument("file", type=click.File("r", encoding="utf-8"), default="-")
 def send(
     url: str,
@@ -219,6 +226,8 @@ def send(
     encoding: str,
     state_dir: Path,
     attempts: int,
+    wait_stored: bool,
+    wait_timeout: float,
     file: Any,
 ) -> None:
     """Post points, one JSON object a line ({"metric","labels","t","v"}), from FILE or stdin."""
@@ -228,6 +237,7 @@ def send(
 
     http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5, read=60))
     sent = reports = 0
+    acked: dict[str, list[int]] = {}  # seqs acknowledged, per incarnation
 
     def progress(msg: str) -> None:
         click.echo(msg, err=True)
@@ -260,11 +270,16 @@ def send(
             snd.reported(state_dir, agent, dropped)
             sent += len(group)
             reports += 1
+            acked.setdefault(incarnation[0], []).append(seq)
             if sys.stderr.isatty() and reports % 10 == 0:
                 click.echo(f"\r{sent} points acknowledged", nl=False, err=True)
+        if wait_stored:
+            for inc, seqs in acked.items():
+                snd.wait_stored(http, url, api_key, agent, inc, seqs, wait_timeout, progress)
     except snd.SendError as e:
         raise click.ClickException(f"{e} ({sent} points acknowledged before this)") from None
-    click.echo(f"{sent} points in {reports} reports acknowledged durable by {url}")
+    stored = " and stored" if wait_stored else ""
+    click.echo(f"{sent} points in {reports} reports acknowledged durable{stored} by {url}")
 
 
 @cli.group()

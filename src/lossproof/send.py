@@ -22,6 +22,7 @@ import os
 import re
 import secrets
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -287,3 +288,40 @@ def post(
         delay = min(delay * 2, 10.0)
     raise SendError(f"not acknowledged after {attempts} attempts: {last}")
 
+
+
+def wait_stored(
+    http: urllib3.PoolManager,
+    url: str,
+    key: str,
+    agent: str,
+    incarnation: str,
+    seqs: list[int],
+    timeout: float,
+    progress: Callable[[str], None] = lambda _: None,
+) -> None:
+    """Wait until the worker has stored every one of ``seqs`` (the ledger says so). Acknowledged
+    means durable in the log; stored means queryable: a moment later, or longer behind a backlog."""
+    if not seqs:
+        return
+    path = f"{url}/v1/agents/{urllib.parse.quote(agent, safe='')}/ledger"
+    query = "?" + urllib.parse.urlencode({"incarnation": incarnation})
+    deadline = time.monotonic() + timeout
+    told = False
+    while True:
+        try:
+            r = http.request("GET", path + query, headers={"Authorization": f"Bearer {key}"}, retries=False)
+            stored = json.loads(r.data)["stored"] if r.status == 200 else []
+        except (urllib3.exceptions.HTTPError, ValueError, KeyError, TypeError):
+            stored = []
+        if all(any(a <= s <= b for a, b in stored) for s in seqs):
+            return
+        if time.monotonic() >= deadline:
+            raise SendError(
+                f"acknowledged, but not stored within {timeout:g} s (the worker is behind, or down: "
+                "see /healthz and the dashboard's health page); nothing is lost, it is in the log"
+            )
+        if not told:
+            progress("acknowledged; waiting for the worker to store it …")
+            told = True
+        time.sleep(0.1)

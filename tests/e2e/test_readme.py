@@ -86,7 +86,7 @@ def tried(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tried]:
 
 def test_try_it_works_pasted_after_the_first_line(tried: Tried) -> None:
     assert "API key for tenant 'default': lp_" in tried.up_log.read_text()
-    assert "1 points in 1 reports acknowledged durable" in tried.out, tried.out
+    assert "1 points in 1 reports acknowledged durable and stored" in tried.out, tried.out
     docs = [json.loads(line) for line in tried.out.splitlines() if line.startswith("{")]
     query, agents = docs[0], docs[1]
     assert [p[1] for p in query["series"][0]["points"]] == [1.5], query

@@ -4,12 +4,14 @@ counted as lost)."""
 
 from __future__ import annotations
 
+import secrets
 import socket
 from pathlib import Path
 
 import pytest
 
 from lptest.cli import run_cli
+from lptest.inproc import InProcess
 
 
 def _closed_port() -> int:
@@ -45,3 +47,39 @@ def test_a_timestamp_in_seconds_is_refused_before_sending(
     assert r.code == 1
     (err,) = r.err.strip().splitlines()
     assert err.startswith("Error: line 2: t ") and "seconds" in err and "cannot reach" not in err
+
+
+def test_wait_stored_says_acknowledged_but_not_stored_when_the_worker_is_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    p = InProcess(tmp_path / "data", "lp_test_" + secrets.token_hex(16))
+    p.start(worker=False)  # acknowledged into the log, never stored
+    try:
+        line = tmp_path / "in.jsonl"
+        line.write_text('{"metric": "m", "v": 1}\n')
+        args = ["send", "--url", p.url, "--api-key", p.key, "--state-dir", str(tmp_path / "s")]
+        r = run_cli(monkeypatch, capsys, *args, "--wait-stored", "--wait-timeout", "1", str(line))
+    finally:
+        p.stop()
+    assert r.code == 1
+    progress, error = r.err.strip().splitlines()
+    assert "waiting for the worker" in progress
+    assert error.startswith("Error: acknowledged, but not stored within 1 s") and "nothing is lost" in error
+
+
+def test_wait_stored_returns_once_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    p = InProcess(tmp_path / "data", "lp_test_" + secrets.token_hex(16))
+    p.start()
+    try:
+        line = tmp_path / "in.jsonl"
+        line.write_text('{"metric": "m", "v": 1}\n' * 3)
+        args = ["send", "--url", p.url, "--api-key", p.key, "--state-dir", str(tmp_path / "s")]
+        r = run_cli(monkeypatch, capsys, *args, "--points-per-report", "1", "--wait-stored", str(line))
+        assert r.code == 0, r
+        assert r.out.strip().endswith(f"3 points in 3 reports acknowledged durable and stored by {p.url}")
+        status, body = p.get("/v1/query?metric=m")
+        assert status == 200 and len(body["series"][0]["points"]) >= 1
+    finally:
+        p.stop()
