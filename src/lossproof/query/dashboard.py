@@ -37,6 +37,7 @@ from lossproof.log.base import LogGap
 from lossproof.obs.logging import get
 from lossproof.query import holes, params, promql, uplot, utf8names
 from lossproof.query.access import StoreAccess, StoreUnavailable
+from lossproof.query.healthhistory import Entry, HistoryFile, Sample
 from lossproof.query.promapi import PromApi
 from lossproof.store.base import AgentSummary, Ledger, Store
 
@@ -71,8 +72,6 @@ def register(
 
 
 # --- metrics sampling --------------------------------------------------------------------------------
-
-Sample = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def parse_metrics(text: str) -> Sample:
@@ -192,7 +191,9 @@ class Dashboard:
         self.keys = keys
         self.store = store
         self.registry = registry
-        self.history: deque[tuple[float, Sample]] = deque(maxlen=HISTORY)
+        # kept in run/ across restarts of this process (healthhistory.py)
+        self.history_file = HistoryFile(cfg.run_dir / "health-history.jsonl", HISTORY)
+        self.history: deque[Entry] = deque(maxlen=HISTORY)
         self.ledger = LedgerCollector()
         registry.register(self.ledger)
         self._task: asyncio.Task[None] | None = None
@@ -217,6 +218,7 @@ class Dashboard:
     # lifecycle
 
     async def start(self, app: web.Application) -> None:
+        self.history.extend(await asyncio.to_thread(self.history_file.load))
         uplot.ensure_in_background()
         self._task = asyncio.create_task(self._loop())
 
@@ -253,7 +255,9 @@ class Dashboard:
             self._worker_metrics(), *(self._fallback(url) for url in self.cfg.health.fallback_urls)
         )
         snap = parse_metrics(generate_latest(self.registry).decode() + worker)
-        self.history.append((time.time(), snap))
+        entry = Entry(time.time(), self.started_ms, snap)
+        self.history.append(entry)
+        await asyncio.to_thread(self.history_file.append, entry, list(self.history))
         self.fallbacks = list(fallbacks)
         return snap
 
@@ -530,7 +534,7 @@ class Dashboard:
             return {"agents": rows, "totals": totals}
 
         body = await self._run(run)
-        latest = self.history[-1][1] if self.history else {}
+        latest = self.history[-1].snap if self.history else {}
         body.update(
             tenant=tenant,
             now=now,
@@ -555,20 +559,22 @@ class Dashboard:
         tenant = None if operator else self._tenant(request)
         mine = {} if tenant is None else {"tenant": tenant}
         now = _now_ms()
-        if not self.history or time.time() - self.history[-1][0] > SAMPLE_EVERY_S:
+        if not self.history or time.time() - self.history[-1].t > SAMPLE_EVERY_S:
             await self.sample()
         hist = list(self.history)
-        latest = hist[-1][1]
-        # rates over about the last minute (or whatever history there is)
-        base_t, base = hist[0]
-        for t, snap in hist:
-            if hist[-1][0] - t <= 65:
-                base_t, base = t, snap
+        latest = hist[-1].snap
+        # rates over about the last minute (or whatever history there is) of this process's run:
+        # its counters started at 0
+        this_run = [e for e in hist if e.run == hist[-1].run]
+        base_t, base = this_run[0].t, this_run[0].snap
+        for e in this_run:
+            if hist[-1].t - e.t <= 65:
+                base_t, base = e.t, e.snap
                 break
-        dt = max(hist[-1][0] - base_t, 1e-9)
+        dt = max(hist[-1].t - base_t, 1e-9)
 
         def rate(name: str, **match: str) -> float | None:
-            if len(hist) < 2:
+            if len(this_run) < 2:
                 return None
             return max(0.0, (_sum(latest, name, **match) - _sum(base, name, **match)) / dt)
 
@@ -580,8 +586,10 @@ class Dashboard:
 
         def series(fn: Callable[[Sample, Sample, float], float | None]) -> list[list[float | None]]:
             out: list[list[float | None]] = []
-            for (t1, a), (t2, b) in itertools.pairwise(hist):
-                out.append([round(t2 * 1000), fn(a, b, t2 - t1)])
+            for e1, e2 in itertools.pairwise(hist):
+                # across a restart the counters start again: no value for that step (a gap)
+                same_run = e1.run == e2.run
+                out.append([round(e2.t * 1000), fn(e1.snap, e2.snap, e2.t - e1.t) if same_run else None])
             return out
 
         def counter_rate(name: str, **match: str) -> Callable[[Sample, Sample, float], float | None]:
