@@ -7,6 +7,7 @@ the series. Screenshots of each page go to the artifacts directory (see conftest
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,15 @@ def test_chart_draws_lost_and_delayed_ranges(browser: Any, dash: Dash, artifacts
     assert "spool_full" in rows["lost"]
     assert "still in its spool" in rows["delayed"]
     assert "replay" in rows["missing"]
+    # one time format: the viewer's zone, 24 h, year first, UTC on hover; the server's UTC times in
+    # the "why" texts shown the same way
+    times = d.find_elements(By.CSS_SELECTOR, "#holes tr.hole-row time")
+    assert times and all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", t.text) for t in times)
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", t.get_attribute("title")) for t in times)
+    assert not any(" UTC" in r for r in rows.values()), rows
+    # the chart's time axis in the same format: hours and minutes for a span of hours
+    labels = d.execute_script("return timeAxis(null, [1767225600, 1767229200, 1767232800])")
+    assert all(re.fullmatch(r"\d\d:\d\d", v) for v in labels) and len(set(labels)) == 3, labels
     from lptest import dash as dd
 
     lost = _pixel(d, dd.t0_of(dash.t0, 50))
@@ -194,5 +204,7 @@ def test_health_page(browser: Any, dash: Dash, artifacts: Path) -> None:
     assert "healthy" in d.find_element(By.ID, "h-log").text
     assert "dead letters" in d.find_element(By.ID, "h-store").text
     assert "lag (records)" in d.find_element(By.ID, "h-worker").text
+    # seconds on the sparklines' value axes keep their unit: a sub-millisecond fsync is not "0"
+    assert d.execute_script("return [secs(0.0004), secs(0.012), secs(2)]") == ["400 µs", "12.00 ms", "2.00 s"]
     d.save_screenshot(str(artifacts / "health.png"))
     assert errors(d) == []
