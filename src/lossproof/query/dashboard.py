@@ -559,7 +559,10 @@ class Dashboard:
         tenant = None if operator else self._tenant(request)
         mine = {} if tenant is None else {"tenant": tenant}
         now = _now_ms()
-        if not self.history or time.time() - self.history[-1].t > SAMPLE_EVERY_S:
+        stale = not self.history or time.time() - self.history[-1].t > SAMPLE_EVERY_S
+        # A worker not seen in the last sample may just have started since (its address is written
+        # when it listens): look again rather than show it unknown for up to SAMPLE_EVERY_S.
+        if stale or _get(self.history[-1].snap, "lossproof_worker_healthy") is None:
             await self.sample()
         hist = list(self.history)
         latest = hist[-1].snap
