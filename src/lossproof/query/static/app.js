@@ -460,9 +460,9 @@ async function loadCompleteness() {
     const top = Math.max(a.max_seq, a.spool ? a.spool.last_seq : 0);
     const notes = [];
     for (const r of a.ranges || []) {
-      if (r.kind === "lost") notes.push(el("div", { class: "kind lost note" }, `lost ${r.first}-${r.last}: ${r.reason}`));
-      if (r.kind === "delayed") notes.push(el("div", { class: "kind delayed note" }, `delayed ${r.first}-${r.last}: in the agent's spool since ${fmtTime(r.since_ms)} (${ago(r.since_ms)})`));
-      if (r.kind === "missing") notes.push(el("div", { class: "kind missing note" }, `missing ${r.first}-${r.last}: replay asked, first seen ${fmtTime(r.since_ms)}`));
+      if (r.kind === "lost") notes.push(el("div", { class: "kind lost note" }, `lost ${r.first}-${r.last}: `, ...localized(r.reason || "")));
+      if (r.kind === "delayed") notes.push(el("div", { class: "kind delayed note" }, `delayed ${r.first}-${r.last}: in the agent's spool since `, timeEl(r.since_ms), ` (${ago(r.since_ms)})`));
+      if (r.kind === "missing") notes.push(el("div", { class: "kind missing note" }, `missing ${r.first}-${r.last}: replay asked, first seen `, timeEl(r.since_ms)));
     }
     for (const [first, last] of a.conflicts || []) {
       notes.push(el("div", { class: "kind conflict note" }, `conflict ${first}-${last}: another report with the same seq is stored; this one is kept whole for an operator to apply`));
