@@ -17,6 +17,7 @@ from lossproof.httpguard import Guard, GuardedSite, Limits
 from lossproof.httputil import ApiError, client_reason, errors_as_json, json_response, protocol_header
 from lossproof.ingest import protocols
 from lossproof.ingest.auth import KeyRing
+from lossproof.ingest.keyreload import KeyReloader
 from lossproof.ingest.metrics import IngestMetrics
 from lossproof.ingest.reports import ReportsHandler
 from lossproof.ingest.series_limit import SeriesLimit
@@ -50,6 +51,9 @@ async def _worker_metrics(cfg: Config, session: aiohttp.ClientSession) -> bytes:
         return b""
 
 
+KEYS = web.AppKey("keys", KeyRing)
+
+
 def build_app(
     cfg: Config, writer: LogWriter, store: StoreAccess, registry: CollectorRegistry
 ) -> web.Application:
@@ -63,6 +67,7 @@ def build_app(
         middlewares=[guard.middleware, errors_as_json], client_max_size=cfg.server.max_body_bytes
     )
     app[GUARD] = guard
+    app[KEYS] = keys
     quiet = guard.log_filter()
 
     async def add_filter(app: web.Application) -> None:
@@ -88,7 +93,7 @@ def build_app(
         if session is None:
             session = session_holder["s"] = aiohttp.ClientSession()
         try:
-            operator = is_operator(request.headers.get("Authorization", ""), cfg.operator.key_hashes)
+            operator = is_operator(request.headers.get("Authorization", ""), keys.operator_hashes)
         except OperatorKeyRequired as e:
             raise ApiError(403, str(e), "forbidden") from None
         body = exposition(registry, await _worker_metrics(cfg, session), operator=operator)
@@ -147,6 +152,7 @@ async def serve(cfg: Config) -> None:
     await writer.start()
     store = StoreAccess(lambda: open_store(cfg, readonly=True))
     app = build_app(cfg, writer, store, registry)
+    reloader = KeyReloader(cfg.data_dir, app[KEYS])
     runner = await listen(app, cfg, cfg.server.host, cfg.server.port)
     log.info("ingest.listening", host=cfg.server.host, port=cfg.server.port, data_dir=str(cfg.data_dir))
 
@@ -154,7 +160,10 @@ async def serve(cfg: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: reloader.check(force=True))
+    polling = asyncio.create_task(reloader.poll())
     await stop.wait()
+    polling.cancel()
     log.info("ingest.stopping")
     # Stop accepting, let in-flight requests get their durable answer, then close the log.
     await runner.cleanup()

@@ -283,6 +283,19 @@ class AgentSummary:
     first_seen_ms: int = 0  # ``now_ms`` of the batch that first wrote this incarnation
     conflict_reports: int = 0  # conflicting reports kept (see :class:`Conflict`)
 
+    @property
+    def heard_ms(self) -> int:
+        """When the agent was last heard from: its last spool report or its last stored report
+        (a sender that reports no spool, like ``lossproof send``, has only the latter)."""
+        return max(self.last_seen_ms, self.last_stored_ms)
+
+    @property
+    def one_shot(self) -> bool:
+        """A sender that is run now and then (``lossproof send``, a script), not an agent reporting
+        on an interval: it never reported its spool state, which the lossproof agent sends with
+        every request. Its silence is not a sign of trouble."""
+        return self.last_seen_ms == 0
+
 
 @dataclass(frozen=True, slots=True)
 class Series:
