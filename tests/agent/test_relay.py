@@ -250,6 +250,7 @@ def test_a_relay_key_is_required_when_set(tmp_path: Path, pipe: InProcess) -> No
         ("/write?db=d", f"early v=1 {NOW_MS}\n".encode()),  # ms read as ns: 1970-01-01T00:30
         ("/api/v1/write", rw_body([({"__name__": "early"}, [(NOW_MS // 1000, 1)])])),  # seconds
     ],
+    ids=["influx-ms-as-ns", "remote-write-seconds"],  # the bodies hold the time: ids must not
 )
 def test_a_point_the_native_protocol_would_refuse_is_refused_before_the_2xx(
     agent: Agent, path: str, body: bytes
