@@ -3,24 +3,26 @@ once while ``lossproof up`` runs on it and real agents send.
 
 The three brokers' data directories (log dirs and KRaft metadata) are on one power-cut file system
 (``lptest.pcfs`` through ``lptest.kafka_powercut``). Each round kills -9 every broker, drops every
-write Kafka did not fsync, and starts the brokers again on the remounted file system. Kafka fsyncs a
-partition when it rolls a segment: here the topic rolls every 2 s and the consumer offsets every
-0.25 s, so a cut loses the last 0-2 s of acknowledged records while the workers' commits survive to
-within about 0.25 s. The surviving commit is then often above the new log end, and Kafka hands the
-offsets in between out again to the reports the agents resend right after the restart.
+write Kafka did not fsync (every other cut lets random unsynced pages reach the disk, out of order),
+and starts the brokers again on the remounted file system. Kafka fsyncs a partition when it rolls a
+segment: here the topic rolls every 3 s and the consumer offsets every 0.2 s, so a cut loses the
+last 0-3 s of acknowledged records while the workers' commits survive to within about 0.2 s. The
+surviving commit is then often above the new log end, and Kafka hands the offsets in between out
+again to the reports the agents resend right after the restart.
 
-Rounds:
+Rounds (three by default, one of each of the first three kinds; more cycle through all four):
 
 - ``stopped-agent``: the worker is paused and agent X stopped, so X's last acknowledged reports
   are in Kafka only; the cluster rolls them to disk (others keep appending), then the cut.
-- ``paused``: the worker is paused at the cut and resumed only after the restart: the reader is
-  reassigned after the agents' first reports went to the reused offsets.
 - ``restart-all``: ``lossproof up`` is killed -9 with the brokers and started again after them.
 - ``live``: only the brokers; ``up`` and its reader keep running.
+- ``paused``: the worker is paused at the cut and resumed only after the restart: the reader is
+  reassigned after the agents' first reports went to the reused offsets.
 
-In every round agent Y is stopped once a report it made after the restart is acknowledged: what it
-sent since the restart exists only in Kafka (at reused offsets when the commit survived above the
-new end), and nobody would replay it. The other agents resend at once and keep sending.
+In every round one agent on each partition (Y) is stopped once a report it made after the restart is
+acknowledged: what it sent since the restart exists only in Kafka (at reused offsets when the commit
+survived above the new end), and nobody would replay it. The other agents resend at once and keep
+sending.
 
 Checked after each round, before X and Y come back (they would replay whatever the reader skipped):
 every report in Kafka (read with a plain consumer, not lossproof's reader) is stored; each truncation
@@ -83,6 +85,7 @@ READER = 'lossproof_log_kafka_{}_total{{group="workers"}}'
 @dataclass
 class Round:
     kind: str
+    cut: str  # clean: every unsynced write lost; pages: random unsynced pages reach the disk
     stopped: list[str]
     lost: dict[int, int] = field(default_factory=dict)  # acknowledged records Kafka lost, per partition
     diverged: dict[int, int] = field(default_factory=dict)  # first offset written after the restart
@@ -96,8 +99,9 @@ class Round:
     def line(self) -> str:
         gaps = ", ".join(f"p{g['partition']} [{g['first']}, {g['last']}]" for g in self.gaps) or "none"
         return (
-            f"{self.kind:<13} Kafka lost {sum(self.lost.values()):>4} {self.lost}; log end after "
-            f"{self.diverged}, commits {self.commits}; truncations {gaps}; re-read {self.rechecked:.0f}; "
+            f"{self.kind:<13} {self.cut:<5} Kafka lost {sum(self.lost.values()):>4} {self.lost}; "
+            f"log end after {self.diverged}, commits {self.commits}; truncations {gaps}; "
+            f"re-read {self.rechecked:.0f}; "
             f"stopped agents' records at reused offsets {self.stopped_reused}; X only in Kafka "
             f"{self.x_only_in_kafka}; brokers back in {self.restart_seconds:.0f} s"
         )
@@ -159,7 +163,9 @@ def test_power_cut_of_every_broker_under_lossproof_up(tmp_path: Path) -> None:
         for i in range(ROUNDS):
             # One Y on each partition, so every truncation has a stopped agent's reports in reach.
             ys = [by_id[ids[0][1]], by_id[ids[1][i % AGENTS_PER_PARTITION]]]
-            rounds.append(power_cut_round(run, KINDS[i % len(KINDS)], ys))
+            # Every other cut also lets random unsynced pages reach the disk, out of order.
+            cut = "pages" if (i + i // len(KINDS)) % 2 else "clean"
+            rounds.append(power_cut_round(run, KINDS[i % len(KINDS)], ys, cut))
         summary = "\n".join(r.line() for r in rounds)
         print(summary)
         final_audit(run, summary)
@@ -195,10 +201,10 @@ def agent_ids() -> dict[int, list[str]]:
     return ids
 
 
-def power_cut_round(run: Run, kind: str, ys: list[MarkerAgent]) -> Round:
+def power_cut_round(run: Run, kind: str, ys: list[MarkerAgent], cut: str) -> Round:
     p, kc, client, x = run.p, run.kc, run.client, run.x
     stopped = [*ys, x] if kind == "stopped-agent" else ys
-    r = Round(kind, [a.agent_id for a in stopped])
+    r = Round(kind, cut, [a.agent_id for a in stopped])
     time.sleep(LOAD_SECONDS)
     assert p.proc is not None
     wpid = worker_pid(p.proc.pid)
@@ -217,7 +223,7 @@ def power_cut_round(run: Run, kind: str, ys: list[MarkerAgent]) -> Round:
     if kind == "restart-all":
         p.kill9()
     kc.kill_all()
-    kc.power_cut()
+    kc.power_cut(r.cut)
     # No broker runs now: whatever carries a later append time was written after the restart.
     restart_ms = int(time.time() * 1000)
     r.restart_seconds = kc.restart()

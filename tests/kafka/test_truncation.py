@@ -6,6 +6,8 @@ with SIGKILL and every replica of the topic keeps only the head of its log, as w
 are lost together; the checkpoints Kafka fsyncs still name the longer log. New records are then
 appended at the reused offsets before the reader is (re)assigned, by a producer that stops
 afterwards: like a stopped agent's reports, they exist only in Kafka, nobody would replay them.
+``test_power_cut_cluster.py`` does the same for real: the brokers' data on the power-cut file
+system, ``lossproof up`` and real agents.
 """
 
 from __future__ import annotations

@@ -77,11 +77,12 @@ class PowerCutCluster:
         for n in self.cluster.nodes():
             assert not self.cluster.running(n.id), f"broker {n.id} survived kill -9"
 
-    def power_cut(self) -> None:
-        """Every unsynced write of every broker is gone; the file system is mounted again."""
+    def power_cut(self, how: str = "clean") -> None:
+        """Every unsynced write of every broker is gone (``pages``: but random pages written since
+        their file's last sync reach the disk, out of order); the file system is mounted again."""
         for n in self.cluster.nodes():
             assert not self.cluster.running(n.id), "a power cut takes the brokers too: kill_all first"
-        self.fs.power_cut()
+        self.fs.power_cut(how)
 
     def restart(self, timeout: float = 180) -> float:
         """Start every broker on the (remounted) file system; seconds until the cluster is healthy."""
