@@ -39,7 +39,7 @@ def _health(p: InProcess) -> dict:  # type: ignore[type-arg]
 def test_the_history_survives_a_restart(tmp_path: Path) -> None:
     key = "lp_test_" + secrets.token_hex(16)
     first = InProcess(tmp_path / "data", key)
-    first.start(worker=False)
+    first.start()  # the worker makes the store the page reads
     try:
         deadline = time.monotonic() + 30
         while len(_health(first)["log"]["history_fsync_p99"]) < 1:  # two samples, one step
@@ -50,7 +50,7 @@ def test_the_history_survives_a_restart(tmp_path: Path) -> None:
         first.stop()
     restarted = time.time() * 1000
     second = InProcess(tmp_path / "data", key)
-    second.start(worker=False)
+    second.start()
     try:
         after = _health(second)["log"]["history_fsync_p99"]
     finally:
