@@ -254,10 +254,16 @@ def test_vector_matching(store: SqliteStore) -> None:
     assert at(store, "info < on(host) group_right cpu") == {CPU_A: 1.0, CPU_B: 1.0}
     assert at(store, 'cpu{host="a"} / ignoring(dc, version) info') == {'{host="a"}': 7.0}
     assert at(store, "cpu > bool on(host) info") == {'{host="a"}': 1.0, '{host="b"}': 1.0}
+    # atan2 keeps the name (as Prometheus: it is not among the operators that drop it)
+    assert at(store, "cpu atan2 ignoring(dc, version) info") == {
+        '{__name__="cpu", host="a"}': math.atan2(7, 1),
+        '{__name__="cpu", host="b"}': math.atan2(4, 1),
+    }
     assert at(store, "cpu atan2 on(host) info") == {
         '{host="a"}': math.atan2(7, 1),
         '{host="b"}': math.atan2(4, 1),
     }
+    assert at(store, 'cpu{host="a"} atan2 2') == {CPU_A: math.atan2(7, 2)}
     assert at(store, "2 ^ cpu{host='b'}") == {'{dc="eu", host="b"}': 16.0}
     assert at(store, "cpu{host='a'} % 3") == {'{dc="eu", host="a"}': 1.0}
 

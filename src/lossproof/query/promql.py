@@ -124,6 +124,7 @@ FUNCTIONS = frozenset(
 )
 AGGREGATIONS = ("sum", "avg", "min", "max", "count")
 MORE_AGGREGATIONS = ("stddev", "stdvar", "topk", "bottomk", "quantile", "count_values", "group", "limitk")
+# atan2 keeps the metric name, unlike the others (Prometheus' shouldDropMetricName leaves it out)
 ARITH = ("+", "-", "*", "/", "%", "^", "atan2")
 COMPARE = ("==", "!=", ">", "<", ">=", "<=")
 SET_OPS = ("and", "or", "unless")
@@ -893,7 +894,7 @@ class Evaluator:
             labels = vec.labels
         else:
             values, present = r, vec.present
-            labels = _names_dropped(vec)
+            labels = vec.labels if op == "atan2" else _names_dropped(vec)
         return _vector(labels, values, present)
 
 
@@ -1116,7 +1117,7 @@ def _vector_vector(
         for j in one_by_sig.get(sig, ()):
             mi.append(i)
             oi.append(j)
-            keep = lab if filtering else _drop_name(lab)
+            keep = lab if filtering or op == "atan2" else _drop_name(lab)
             if group_left or group_right:
                 other = one.labels[j]
                 keep = dict(keep)
