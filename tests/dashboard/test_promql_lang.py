@@ -57,7 +57,7 @@ def at(store: SqliteStore, q: str, s: int = 30) -> dict[str, float]:
     v = ev(store, q, s)
     if isinstance(v, promql.Scalar):
         return {"scalar": v.values[0]}
-    return {promql._fmt(lab): vals[0] for lab, vals in v.series.values() if vals[0] is not None}
+    return {promql.fmt_labels(lab): vals[0] for lab, vals in v.series.values() if vals[0] is not None}
 
 
 def grid(
@@ -65,7 +65,7 @@ def grid(
 ) -> dict[str, list[float | None]]:
     v = ev(store, q, start_s, end_s, step_s)
     assert isinstance(v, promql.Vector)
-    return {promql._fmt(lab): vals for lab, vals in v.series.values()}
+    return {promql.fmt_labels(lab): vals for lab, vals in v.series.values()}
 
 
 CPU_A = '{__name__="cpu", dc="eu", host="a"}'
@@ -350,7 +350,7 @@ def test_staleness_marker_ends_a_subquery_lookback(tmp_path: Path) -> None:
 
 
 def test_power_where_python_raises_is_gos_math_pow(store: SqliteStore) -> None:
-    pow_ = promql._binop("^")
+    pow_ = promql.binop("^")
     assert pow_(-2.5, 1e9 + 1) == -math.inf  # an overflow keeps the sign of an odd power
     assert pow_(-2.5, 1e9) == math.inf
     assert pow_(-0.0, -1.0) == -math.inf and pow_(0.0, -1.0) == math.inf and pow_(-0.0, -2.0) == math.inf
