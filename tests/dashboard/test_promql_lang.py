@@ -382,3 +382,13 @@ def test_at_times_past_year_9999_within_the_bounds_work(store: SqliteStore) -> N
     # year 10000 and later: the parser's datetime cannot hold them; no data, but an answer
     assert at(store, "cpu @ 253402300800") == {}
     assert at(store, "max_over_time(cpu[1m:10s] @ 1e12)") == {}
+
+
+def test_unary_minus_drops_the_name_and_refuses_duplicates(store: SqliteStore) -> None:
+    assert at(store, '-cpu{host="a"}') == {'{dc="eu", host="a"}': -7.0}
+    # info{host="a"} and cpu{host="a"} once "version" and "dc" are gone: one labelset without names
+    inner = 'label_replace({__name__=~"info|cpu", host="a"}, "dc", "", "", "")'
+    both = f'label_replace({inner}, "version", "", "", "")'
+    assert len(at(store, both)) == 2
+    with pytest.raises(promql.ExecutionError, match="same labelset"):
+        at(store, "-" + both)

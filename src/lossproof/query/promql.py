@@ -1421,12 +1421,9 @@ def _ms(d: timedelta | None) -> int:
 def _unary_minus(v: Value) -> Value:
     if isinstance(v, Scalar):
         return Scalar([-x for x in v.values])
-    # as a dict would: one series per labelset, the last one's values (in the first one's place)
-    last: dict[Key, int] = {}
-    for i, lab in enumerate(v.labels):
-        last[key_of(drop_name(lab))] = i
-    rows = list(last.values())
-    return Vector([drop_name(v.labels[i]) for i in rows], -v.values[rows], v.present[rows])
+    # the name goes; two series left with one labelset are an error where both have a value (as
+    # Prometheus), one series where they never do at the same step
+    return make_vector([drop_name(lab) for lab in v.labels], -v.values, v.present)
 
 
 def _agg(op: str, xs: list[float]) -> float:
