@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
 from lossproof.protocol import influx, otlp
 from lossproof.protocol.thirdparty import MAX_LABEL_VALUE, MAX_NAME, BadBody, check_points
@@ -58,7 +59,7 @@ def test_influx_labels_with_db_and_rp_are_bounded() -> None:
 
 
 def _otlp(name: str, kind: str, scope: str) -> bytes:
-    req = otlp.ExportMetricsServiceRequest()
+    req = ExportMetricsServiceRequest()
     sm = req.resource_metrics.add().scope_metrics.add()
     sm.scope.name = scope
     m = sm.metrics.add()

@@ -15,6 +15,7 @@ from pathlib import Path
 import cramjam
 import psutil
 import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
 from lossproof.protocol import promrw
 from lossproof.store.base import Matcher
@@ -48,6 +49,25 @@ def big_rw_body(tag: str) -> tuple[bytes, int]:
             s.timestamp, s.value = T0 + j * 1000, float(j % 7)
     raw = req.SerializeToString()
     return bytes(cramjam.snappy.compress_raw(raw)), len(raw)
+
+
+OTLP_METRICS = 1000  # of 1,000 points: 1M points, ~37 MiB of protobuf
+
+
+def big_otlp_body() -> tuple[bytes, int]:
+    """A gzipped OTLP protobuf body of OTLP_METRICS gauges of SAMPLES points; its decoded size."""
+    req = ExportMetricsServiceRequest()
+    sm = req.resource_metrics.add().scope_metrics.add()
+    for i in range(OTLP_METRICS):
+        g = sm.metrics.add()
+        g.name = f"mem_otlp_{i % 20}"
+        for j in range(SAMPLES):
+            p = g.gauge.data_points.add()
+            p.time_unix_nano, p.as_double = (T0 + j * 1000) * 1_000_000, float(j % 7)
+            a = p.attributes.add()
+            a.key, a.value.string_value = "series", str(i)
+    raw = req.SerializeToString()
+    return bytes(cramjam.gzip.compress(raw)), len(raw)
 
 
 def worker_status(p: Pipeline) -> dict[str, int]:
@@ -92,13 +112,23 @@ def test_big_bodies_cost_the_worker_bounded_memory_and_are_stored_exactly_once(
         del body
         wait_points(pipeline, per_body * (k + 1))
 
+    # OTLP is decoded a metric at a time too (it used to be decoded whole: ~750 MiB for this body)
+    body, decoded = big_otlp_body()
+    assert decoded > 30 * MiB and len(body) < 16 * MiB
+    otlp_headers = {**headers, "Content-Encoding": "gzip"}
+    r = HTTP.request("POST", pipeline.url + "/v1/metrics", body=body, headers=otlp_headers, timeout=120)
+    assert r.status == 200, r.data[:300]
+    del body
+    per_otlp = OTLP_METRICS * SAMPLES
+    wait_points(pipeline, 2 * per_body + per_otlp)
+
     # A native request of 150 reports of 1,000 points: more than one store batch (131,072 points), so
     # it is stored over several transactions, each report whole with its ledger update.
     reports = [report(seq, n=1000, metric="mem.native") for seq in range(1, 151)]
     r = pipeline.post_reports("mem-agent", reports, timeout=120)
     assert r.status == 200, r.data[:300]
     ledger = pipeline.wait_stored("mem-agent", set(range(1, 151)), timeout=120)
-    wait_points(pipeline, 2 * per_body + 150_000)
+    wait_points(pipeline, 2 * per_body + per_otlp + 150_000)
 
     peak = worker_status(pipeline)["VmHWM"]
     print(f"worker peak RSS {peak / MiB:.0f} MiB")
@@ -114,10 +144,13 @@ def test_big_bodies_cost_the_worker_bounded_memory_and_are_stored_exactly_once(
         everything = (-(2**62), 2**62)
         probes = store.select_arrays("default", [Matcher("__name__", "=~", "mem_probe_.*")], *everything)
         rw = (sum(len(a.t) for a in probes), len(probes))
+        otlps = store.select_arrays("default", [Matcher("__name__", "=~", "mem_otlp_.*")], *everything)
+        otel = (sum(len(a.t) for a in otlps), len(otlps))
         natives = store.select_arrays("default", [Matcher("__name__", "=", "mem.native")], *everything)
         native = sum(len(a.t) for a in natives)
     finally:
         store.close()
     assert rw == (2 * per_body, 2 * SERIES)
+    assert otel == (per_otlp, OTLP_METRICS)
     assert native == 150_000
     assert peak < PEAK_RSS_BOUND, f"worker peak RSS {peak / MiB:.0f} MiB, bound {PEAK_RSS_BOUND / MiB:.0f}"

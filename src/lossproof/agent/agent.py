@@ -14,9 +14,10 @@ Usage::
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
@@ -29,6 +30,9 @@ from lossproof.agent.reporter import Reporter
 from lossproof.agent.sender import Sender
 from lossproof.agent.spool import Spool, SpoolLimits
 from lossproof.obs.logging import get
+
+if TYPE_CHECKING:
+    from lossproof.agent.relay import Relay
 
 log = get(__name__)
 
@@ -46,6 +50,7 @@ class Agent:
         self._statsd: StatsdListener | None = None
         self._host: HostCollector | None = None
         self._http: MetricsServer | None = None
+        self._relay: Relay | None = None
         self._started = False
 
     # -- in-process use -----------------------------------------------------------------------------
@@ -118,6 +123,11 @@ class Agent:
                     self.metrics.statsd_malformed.inc,
                     max_tags=MAX_LABELS - len(self.labels),
                 )
+            if cfg.relay.listen:
+                # imported only when used: the protocols' decoders are most of the relay's memory
+                from lossproof.agent.relay import Relay
+
+                self._relay = Relay(cfg, self.metrics)
             if cfg.metrics_port:
                 self._http = MetricsServer(cfg.metrics_port, self.metrics.registry, self.health)
             if cfg.collect_host:
@@ -135,6 +145,18 @@ class Agent:
         for part in (self._statsd, self._http, self._host):
             if part is not None:
                 part.start()
+        if self._relay is not None:
+            try:
+                self._relay.start()
+            except BaseException:
+                self._started = True
+                self.stop()
+                raise
+            log.info(
+                "relay.started",
+                listen=f"{cfg.relay.host}:{self._relay.port}",
+                senders=[ch.agent_id for ch in self._relay.channels.channels()],
+            )
         self._started = True
 
     def stop(self) -> None:
@@ -147,8 +169,17 @@ class Agent:
             if part is not None:
                 part.stop()
         assert self._reporter is not None and self._sender is not None and self.spool is not None
+        relay_stopped = None
+        if self._relay is not None:
+            # the local senders drain alongside the agent's own sender, not after it
+            relay_stopped = threading.Thread(
+                target=self._relay.stop, args=(self.config.shutdown_drain_seconds,), name="agent-relay-stop"
+            )
+            relay_stopped.start()
         self._reporter.stop()
         self._sender.stop(self.config.shutdown_drain_seconds)
+        if relay_stopped is not None:
+            relay_stopped.join()
         if self._http is not None:
             self._http.stop()
         stats = self.spool.stats()
@@ -156,6 +187,8 @@ class Agent:
         log.info("agent.stopped", last_seq=stats.last_seq, pending=stats.pending_reports)
 
     def _close_partial(self) -> None:
+        if self._relay is not None:
+            self._relay.stop(0)
         if self._statsd is not None:
             self._statsd.stop()
         if self._http is not None:
@@ -177,6 +210,10 @@ class Agent:
         return self._statsd.port if self._statsd else None
 
     @property
+    def relay_port(self) -> int | None:
+        return self._relay.port if self._relay else None
+
+    @property
     def metrics_port(self) -> int | None:
         return self._http.port if self._http else None
 
@@ -190,6 +227,16 @@ class Agent:
             return False, {"status": "starting"}
         s = self.spool.stats()
         ok = self._reporter.spool_ok
+        relay = {}
+        if self._relay is not None:
+            senders = self._relay.channels.stats()
+            relay = {
+                "relay": {
+                    "listen": f"{self.config.relay.host}:{self._relay.port}",
+                    "senders": len(senders),
+                    "pending_reports": sum(st.pending_reports for _, st in senders),
+                }
+            }
         return ok, {
             "status": "ok" if ok else "spool_unwritable",
             "agent": self.config.agent_id,
@@ -200,6 +247,7 @@ class Agent:
             if s.oldest_pending_ms
             else 0,
             "last_send_error": self._sender.last_error,
+            **relay,
         }
 
     # -- plumbing -----------------------------------------------------------------------------------

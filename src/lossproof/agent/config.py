@@ -6,6 +6,7 @@ the key, e.g. ``agent.toml: max_in_flight: Input should be greater than or equal
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import tomllib
@@ -24,6 +25,76 @@ GiB = 2**30
 
 def _check_url(url: str) -> str:
     return check_base_url(url)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+class RelayConfig(BaseModel):
+    """``[relay]``: the agent as a local endpoint for OTLP, remote write and Influx clients
+    (docs/agent.md, "Relay")."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    # "127.0.0.1:4318"; empty: no relay. Port 0 picks a free port (logged in agent.started).
+    listen: str = ""
+    # Local clients need no key unless one is set here (the agent's own api_key is used upstream).
+    api_key: str | None = Field(default=None, min_length=1)
+    api_key_env: str | None = Field(default=None, min_length=1)
+    # Local senders (protocol + User-Agent product) with a spool and sender of their own; past it,
+    # new ones share "<protocol>/other".
+    max_senders: int = Field(default=16, ge=1, le=256)
+    # Pending bytes per local sender's spool; past it the relay answers 503 (the client retries).
+    max_spool_bytes: int = Field(default=256 * MiB, ge=4096)
+    max_body_bytes: int = Field(default=16 * MiB, ge=1024)
+    max_decoded_bytes: int = Field(default=64 * MiB, ge=1024)
+    body_idle_seconds: float = Field(default=30.0, gt=0, le=3600)
+    body_read_max_seconds: float = Field(default=300.0, gt=0, le=3600)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            return ""
+        host, sep, port = v.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError(f"{v!r}: expected host:port, e.g. 127.0.0.1:4318 (port 0 picks one)")
+        return v
+
+    @model_validator(mode="after")
+    def _key_source(self) -> RelayConfig:
+        if self.api_key is not None and self.api_key_env is not None:
+            raise ValueError("relay: set at most one of api_key and api_key_env")
+        if self.listen and not _is_loopback(self.host) and self.api_key is None and self.api_key_env is None:
+            raise ValueError(
+                f"relay: listen {self.listen!r} is not a loopback address: set api_key or api_key_env"
+            )
+        return self
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    def key(self, env: Mapping[str, str] | None = None) -> str | None:
+        """The key local clients must present, or None when they need none."""
+        if self.api_key is not None:
+            return self.api_key
+        if self.api_key_env is None:
+            return None
+        value = (os.environ if env is None else env).get(self.api_key_env, "")
+        if not value:
+            raise ConfigError(f"relay.api_key_env: environment variable {self.api_key_env} is not set")
+        return value
 
 
 class AgentConfig(BaseModel):
@@ -66,6 +137,7 @@ class AgentConfig(BaseModel):
     # How long `stop()` keeps sending what is pending before it exits (it stays in the spool anyway).
     shutdown_drain_seconds: float = Field(default=5.0, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    relay: RelayConfig = Field(default_factory=RelayConfig)
 
     _primary = field_validator("primary_url")(_check_url)
 
@@ -88,6 +160,9 @@ class AgentConfig(BaseModel):
     def _key_source(self) -> AgentConfig:
         if (self.api_key is None) == (self.api_key_env is None):
             raise ValueError("set exactly one of api_key and api_key_env")
+        # a local sender's agent id is "<agent_id>/<protocol>/<product>" (64 characters at most)
+        if self.relay.listen and len(self.agent_id) > 180:
+            raise ValueError("agent_id: at most 180 characters with a [relay] (its senders' ids add to it)")
         return self
 
     def key(self, env: Mapping[str, str] | None = None) -> str:
@@ -133,6 +208,7 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> AgentConfig
         cfg.spool_dir = path.parent / cfg.spool_dir
     try:
         cfg.key(env)  # a missing key is a config error now, not a 401 loop later
+        cfg.relay.key(env)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     return cfg

@@ -41,12 +41,14 @@ def agent_command(config_path: Path) -> None:
     agent = Agent(cfg)
     try:
         agent.start()
-    except SpoolError as e:
+    except (SpoolError, ConfigError) as e:
         raise click.ClickException(str(e)) from None
     except OSError as e:  # almost always the spool: say which, and where it is configured
         raise click.ClickException(f"spool_dir {cfg.spool_dir} ({config_path}): {e}") from None
+    relay = f", relay on {cfg.relay.host}:{agent.relay_port}" if agent.relay_port else ""
     click.echo(
-        f"lossproof agent {cfg.agent_id}: spool {cfg.spool_dir}, sending to {cfg.primary_url}", err=True
+        f"lossproof agent {cfg.agent_id}: spool {cfg.spool_dir}, sending to {cfg.primary_url}{relay}",
+        err=True,
     )
     while not stop.wait(1.0):
         pass

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -84,11 +84,41 @@ class AgentMetrics:
         self.record_errors = Counter(
             "lossproof_agent_collect_errors", "Collector failures, by collector.", ["collector"], registry=r
         )
+        self.relay_requests = Counter(
+            "lossproof_agent_relay_requests",
+            "Requests of local clients to the relay, by protocol and HTTP status answered.",
+            ["protocol", "status"],
+            registry=r,
+        )
+        self.relay_points = Counter(
+            "lossproof_agent_relay_points",
+            "Points of local clients' requests (the protocol's unit: remote-write samples, OTLP data"
+            " points, Influx lines), by protocol and outcome (acked: in the spool and answered 2xx;"
+            " refused: 4xx; unavailable: 503, the client keeps them).",
+            ["protocol", "outcome"],
+            registry=r,
+        )
+        self.relay_samples = Counter(
+            "lossproof_agent_relay_samples_spooled",
+            "Samples the relay put into reports in a local sender's spool, by protocol.",
+            ["protocol"],
+            registry=r,
+        )
+        self.relay_latency = Histogram(
+            "lossproof_agent_relay_request_seconds",
+            "Time from a relay request's start to its answer (includes the spool's fsync).",
+            ["protocol"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=r,
+        )
         self.destination.labels("primary").set(1)
         self.destination.labels("fallback").set(0)
 
     def watch_spool(self, stats: Callable[[], SpoolStats]) -> None:
         self.registry.register(_SpoolCollector(stats))
+
+    def watch_relay(self, stats: Callable[[], list[tuple[str, SpoolStats]]]) -> None:
+        self.registry.register(_RelayCollector(stats))
 
     def set_destination(self, kind: str) -> None:
         self.destination.labels("primary").set(1 if kind == "primary" else 0)
@@ -119,6 +149,43 @@ class _SpoolCollector(Collector):
         )
         yield GaugeMetricFamily("lossproof_agent_last_seq", "Highest seq handed out.", value=s.last_seq)
         yield GaugeMetricFamily("lossproof_agent_spool_segments", "Spool segment files.", value=s.segments)
+
+
+class _RelayCollector(Collector):
+    """The local senders' spools, by sender (their agent id upstream), read at scrape time."""
+
+    def __init__(self, stats: Callable[[], list[tuple[str, SpoolStats]]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        all_stats = self._stats()
+        n = GaugeMetricFamily(
+            "lossproof_agent_relay_spool_reports",
+            "Reports in a local sender's spool.",
+            labels=["sender", "state"],
+        )
+        b = GaugeMetricFamily(
+            "lossproof_agent_relay_spool_bytes", "A local sender's spool bytes.", labels=["sender", "state"]
+        )
+        age = GaugeMetricFamily(
+            "lossproof_agent_relay_oldest_pending_age_seconds",
+            "Age of a local sender's oldest unacknowledged report (0 when none).",
+            labels=["sender"],
+        )
+        now = time.time()
+        for sender, s in all_stats:
+            n.add_metric([sender, "pending"], s.pending_reports)
+            n.add_metric([sender, "window"], s.window_reports)
+            b.add_metric([sender, "pending"], s.pending_bytes)
+            b.add_metric([sender, "window"], s.window_bytes)
+            oldest = now - s.oldest_pending_ms / 1000 if s.oldest_pending_ms else 0.0
+            age.add_metric([sender], max(0.0, oldest))
+        yield n
+        yield b
+        yield age
+        yield GaugeMetricFamily(
+            "lossproof_agent_relay_senders", "Local senders with a spool of their own.", value=len(all_stats)
+        )
 
 
 class MetricsServer:

@@ -23,8 +23,8 @@ import re
 from collections.abc import Iterable, Iterator
 from itertools import repeat
 
+from lossproof.points import Point
 from lossproof.protocol.thirdparty import MAX_LABEL_VALUE, MAX_LABELS, MAX_NAME, MAX_TIME_MS, BadBody, Checked
-from lossproof.store.base import Point
 
 # precision -> (multiplier, divisor) to unix ms
 PRECISIONS: dict[str, tuple[int, int]] = {
@@ -201,6 +201,11 @@ def _check_tag_count(ms: list[re.Match[str]], added: frozenset[str]) -> None:
             raise BadBody(
                 f"line {n}: {len(keys)} labels with {', '.join(sorted(added))}, at most {MAX_LABELS}"
             )
+
+
+def request_labels(params: dict[str, str]) -> dict[str, str]:
+    """The labels a request adds to every line: ``db`` and ``rp`` (1.x) or ``bucket`` (2.x)."""
+    return {k: params[k] for k in ("db", "rp", "bucket") if params.get(k)}
 
 
 def check_label_values(params: dict[str, str]) -> None:

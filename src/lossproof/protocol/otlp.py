@@ -25,17 +25,18 @@ refuse the whole request with 400.
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import msgspec
-from google.protobuf import json_format, message
+from google.protobuf import json_format
 from google.rpc import status_pb2  # type: ignore[import-untyped]
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-    ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
 )
 
+from lossproof.points import Point
+from lossproof.protocol.otlp_split import split
 from lossproof.protocol.thirdparty import (
     MAX_BUCKETS,
     MAX_LABEL_VALUE,
@@ -49,7 +50,6 @@ from lossproof.protocol.thirdparty import (
     fmt_float,
     time_error,
 )
-from lossproof.store.base import Point
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -69,34 +69,24 @@ def content_type_of(header: str) -> str:
     return ctype
 
 
-def parse(body: bytes, ctype: str) -> Any:
-    req = ExportMetricsServiceRequest()
-    if ctype == JSON:
-        try:
-            # OTLP/JSON writes trace and span ids in hex; json_format reads bytes as base64. Ids of
-            # 16 and 32 hex digits are valid base64 too, and exemplars are not stored: no harm.
-            json_format.Parse(body, req, ignore_unknown_fields=True)
-        except json_format.ParseError as e:
-            raise BadBody(f"body is not a valid OTLP/JSON ExportMetricsServiceRequest: {e}") from None
-        except (ValueError, RecursionError, TypeError) as e:
-            raise BadBody(f"body is not valid JSON: {type(e).__name__}: {e}") from None
-        return req
-    try:
-        req.ParseFromString(body)
-    except message.DecodeError as e:
-        raise BadBody(f"body is not a valid ExportMetricsServiceRequest protobuf message: {e}") from None
-    return req
-
-
 def check(body: bytes, ctype: str) -> Checked:
     """Decode the (decompressed) body and check its bounds. Raises BadBody."""
-    return _walk(parse(body, ctype), None)
+    walk = _Walk(body, ctype, build=False)
+    for _ in walk.chunks(1 << 30):
+        pass
+    return walk.checked()
+
+
+def iter_points(body: bytes, ctype: str, max_points: int) -> Iterator[list[Point]]:
+    """The body's points, at most ``max_points`` (but at least one data point's) at a time. The
+    body is decoded a metric at a time (:mod:`lossproof.protocol.otlp_split`), so memory follows
+    ``max_points`` and the largest single metric, not the body. Raises BadBody like ``check``
+    (for a body ``check`` accepted, only if it was damaged since)."""
+    return _Walk(body, ctype, build=True).chunks(max_points)
 
 
 def to_points(body: bytes, ctype: str) -> list[Point]:
-    out: list[Point] = []
-    _walk(parse(body, ctype), out)
-    return out
+    return [p for chunk in iter_points(body, ctype, 1 << 30) for p in chunk]
 
 
 def response(checked: Checked, ctype: str) -> bytes:
@@ -168,7 +158,18 @@ def _label(v: Any) -> str:
         return repr(x)
 
 
-def _attrs(attrs: Iterable[Any], where: str, skip_telemetry: bool = False) -> dict[str, str]:
+class _Strings(dict[str, str]):
+    """Equal label keys and values shared as one string: a batch holds each once, not once per
+    point (a point's labels are ~half its memory). Cleared when big, so it stays bounded."""
+
+    def share(self, s: str) -> str:
+        if len(self) > 65_536:
+            self.clear()
+        return self.setdefault(s, s)
+
+
+def _attrs(attrs: Iterable[Any], strings: _Strings, skip_telemetry: bool = False) -> dict[str, str]:
+    """Attributes as labels. Raises BadBody (without a location: the caller knows it)."""
     out: dict[str, str] = {}
     for kv in attrs:
         key = kv.key
@@ -177,11 +178,12 @@ def _attrs(attrs: Iterable[Any], where: str, skip_telemetry: bool = False) -> di
         v = kv.value
         val = v.string_value if v.WhichOneof("value") == "string_value" else _label(v)
         if not key or len(key) > MAX_NAME:
-            raise BadBody(f"{where}: attribute key {key[:64]!r} must be 1..{MAX_NAME} characters")
+            raise BadBody(f"attribute key {key[:64]!r} must be 1..{MAX_NAME} characters")
         if len(val) > MAX_LABEL_VALUE:
             raise BadBody(
-                f"{where}: attribute {key!r} has a value of {len(val)} characters, at most {MAX_LABEL_VALUE}"
+                f"attribute {key!r} has a value of {len(val)} characters, at most {MAX_LABEL_VALUE}"
             )
+        key, val = strings.share(key), strings.share(val)
         if val:
             out[key] = val
         else:
@@ -193,69 +195,107 @@ class _Refused(Exception):
     """One data point cannot be stored: counted in the partial success."""
 
 
-def _walk(req: Any, out: list[Point] | None) -> Checked:
-    accepted = refused = 0
-    reason = ""
-    for r, rm in enumerate(req.resource_metrics):
-        resource = _attrs(rm.resource.attributes, f"resourceMetrics[{r}].resource", skip_telemetry=True)
-        for s, sm in enumerate(rm.scope_metrics):
-            scope = dict(resource)
-            if sm.scope.name:
-                if len(sm.scope.name) > MAX_LABEL_VALUE:
-                    raise BadBody(
-                        f"resourceMetrics[{r}].scopeMetrics[{s}].scope: name of {len(sm.scope.name)} "
-                        f"characters, at most {MAX_LABEL_VALUE} (it becomes the label otel.scope.name)"
-                    )
-                scope["otel.scope.name"] = sm.scope.name
-            scope.update(_attrs(sm.scope.attributes, f"resourceMetrics[{r}].scopeMetrics[{s}].scope"))
-            for m, metric in enumerate(sm.metrics):
-                where = f"resourceMetrics[{r}].scopeMetrics[{s}].metrics[{m}]"
-                kind = metric.WhichOneof("data")
-                name = metric.name
-                if kind is None or not name or len(name) + _SUFFIX.get(kind, 0) > MAX_NAME:
-                    refused += _count_points(metric, kind)
-                    reason = reason or (
-                        f"{where}: metric without a name or data, or a name over {MAX_NAME} characters "
-                        "with the suffix of its series (_bucket, _count, ...)"
-                    )
-                    continue
-                data = getattr(metric, kind)
-                extra = {}
-                if kind in ("sum", "histogram", "exponential_histogram") and (
-                    data.aggregation_temporality == DELTA
-                ):
-                    extra = {"otel.temporality": "delta"}
-                build = _POINT[kind] if out is not None else _CHECK.get(kind, _POINT[kind])
-                for i, p in enumerate(data.data_points):
-                    pwhere = f"{where}.{kind}.dataPoints[{i}]"
-                    labels = (
-                        {**scope, **_attrs(p.attributes, pwhere), **extra} if p.attributes or extra else scope
-                    )
-                    if len(labels) > MAX_LABELS:
+class _Walk:
+    """One pass over a body: the points (``build``) or only the checks, and what was refused."""
+
+    def __init__(self, body: bytes, ctype: str, build: bool) -> None:
+        self.body, self.ctype, self.build = body, ctype, build
+        self.accepted = self.refused = 0
+        self.reason = ""
+        self.strings = _Strings()
+        self._last: tuple[Any, dict[str, str]] | None = None  # the previous point's attributes, labels
+
+    def checked(self) -> Checked:
+        reason = _reason(self.refused, self.reason)
+        return Checked(points=self.accepted, rejected=self.refused, reject_reason=reason)
+
+    def _refuse(self, n: int, why: str) -> None:
+        self.refused += n
+        self.reason = self.reason or why
+
+    def chunks(self, max_points: int) -> Iterator[list[Point]]:
+        out: list[Point] = []
+        for r, rm in enumerate(split(self.body, self.ctype)):
+            try:
+                resource = _attrs(rm.resource.attributes, self.strings, skip_telemetry=True)
+            except BadBody as e:
+                raise BadBody(f"resourceMetrics[{r}].resource: {e}") from None
+            for s, sm in enumerate(rm.scopes):
+                where = f"resourceMetrics[{r}].scopeMetrics[{s}]"
+                scope = dict(resource)
+                if sm.scope.name:
+                    if len(sm.scope.name) > MAX_LABEL_VALUE:
                         raise BadBody(
-                            f"{pwhere}: {len(labels)} labels from resource, scope and point attributes, "
-                            f"at most {MAX_LABELS}"
+                            f"{where}.scope: name of {len(sm.scope.name)} characters, at most "
+                            f"{MAX_LABEL_VALUE} (it becomes the label otel.scope.name)"
                         )
-                    ns = p.time_unix_nano
-                    if ns == 0:
-                        refused += 1
-                        reason = reason or f"{pwhere}: data point without time_unix_nano"
-                        continue
-                    t = ns // NS_PER_MS
-                    if t > MAX_TIME_MS:
-                        raise time_error(pwhere, t)
-                    try:
-                        points = build(name, labels, t, p)
-                    except _Refused as e:
-                        refused += 1
-                        reason = reason or f"{pwhere}: {e}"
-                        continue
-                    except BadBody as e:
-                        raise BadBody(f"{pwhere}: {e}") from None
-                    accepted += 1
-                    if out is not None:
+                    scope["otel.scope.name"] = sm.scope.name
+                try:
+                    scope.update(_attrs(sm.scope.attributes, self.strings))
+                except BadBody as e:
+                    raise BadBody(f"{where}.scope: {e}") from None
+                for m, metric in enumerate(sm.metrics):
+                    for points in self._metric(f"{where}.metrics[{m}]", scope, metric):
                         out.extend(points)
-    return Checked(points=accepted, rejected=refused, reject_reason=_reason(refused, reason))
+                        if len(out) >= max_points:
+                            yield out
+                            out = []
+        if out:
+            yield out
+
+    def _metric(self, where: str, scope: dict[str, str], metric: Any) -> Iterator[list[Point]]:
+        kind = metric.WhichOneof("data")
+        name = metric.name
+        if kind is None or not name or len(name) + _SUFFIX.get(kind, 0) > MAX_NAME:
+            self._refuse(
+                _count_points(metric, kind),
+                f"{where}: metric without a name or data, or a name over {MAX_NAME} characters "
+                "with the suffix of its series (_bucket, _count, ...)",
+            )
+            return
+        data = getattr(metric, kind)
+        extra = {}
+        if kind in ("sum", "histogram", "exponential_histogram") and data.aggregation_temporality == DELTA:
+            extra = {"otel.temporality": "delta"}
+        build = _POINT[kind] if self.build else _CHECK.get(kind, _POINT[kind])
+        self._last = None
+        for i, p in enumerate(data.data_points):
+            try:
+                points = self._point(name, scope, extra, build, p)
+            except _Refused as e:
+                self._refuse(1, f"{where}.{kind}.dataPoints[{i}]: {e}")
+                continue
+            except BadBody as e:
+                raise BadBody(f"{where}.{kind}.dataPoints[{i}]: {e}") from None
+            self.accepted += 1
+            if points:
+                yield points
+
+    def _point(
+        self, name: str, scope: dict[str, str], extra: dict[str, str], build: _Build, p: Any
+    ) -> list[Point]:
+        """One data point's points. Raises _Refused (counted) or BadBody (refuses the request);
+        their messages leave the location to the caller, so that the walk builds none per point."""
+        attributes = p.attributes
+        if not (attributes or extra):
+            labels = scope
+        elif self._last is not None and self._last[0] == attributes:
+            # a series' points in a row (one export of many points) share one labels dict
+            labels = self._last[1]
+        else:
+            labels = {**scope, **_attrs(attributes, self.strings), **extra}
+            self._last = (attributes, labels)
+        if len(labels) > MAX_LABELS:
+            raise BadBody(
+                f"{len(labels)} labels from resource, scope and point attributes, at most {MAX_LABELS}"
+            )
+        ns = p.time_unix_nano
+        if ns == 0:
+            raise _Refused("data point without time_unix_nano")
+        t = ns // NS_PER_MS
+        if t > MAX_TIME_MS:
+            raise time_error("this data point", t)
+        return build(name, labels, t, p)
 
 
 # The longest suffix of the series a kind becomes (<name>_bucket, <name>_count): the stored names
@@ -362,8 +402,9 @@ def _check_number(name: str, labels: dict[str, str], t: int, p: Any) -> list[Poi
     return []
 
 
-_CHECK = {"gauge": _check_number, "sum": _check_number}
-_POINT = {
+_Build = Callable[[str, dict[str, str], int, Any], list[Point]]
+_CHECK: dict[str, _Build] = {"gauge": _check_number, "sum": _check_number}
+_POINT: dict[str, _Build] = {
     "gauge": _number,
     "sum": _number,
     "histogram": _histogram,

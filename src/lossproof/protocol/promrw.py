@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import cramjam
 from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory
 
+from lossproof.points import Point, SeriesSamples
 from lossproof.protocol.thirdparty import (
     MAX_BUCKETS,
     MAX_LABEL_VALUE,
@@ -43,7 +44,6 @@ from lossproof.protocol.thirdparty import (
     fmt_float,
     time_error,
 )
-from lossproof.store.base import Point, SeriesSamples
 
 # -- the schema, as descriptors --------------------------------------------------------------------
 

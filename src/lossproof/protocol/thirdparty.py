@@ -17,8 +17,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from lossproof.points import Point
 from lossproof.protocol.native import MAX_TIME_MS
-from lossproof.store.base import Point
 
 __all__ = [
     "MAX_LABELS",

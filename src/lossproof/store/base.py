@@ -46,18 +46,26 @@ Tenancy
 from __future__ import annotations
 
 import abc
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any
 
-import msgspec
 import numpy as np
 import numpy.typing as npt
 import re2
 
 from lossproof.log.base import LogGap
+
+# The point types live in lossproof.points (no numpy: the agent's relay decodes into them); the store's
+# modules and callers keep importing them from here.
+from lossproof.points import Point as Point
+from lossproof.points import PointLike as PointLike
+from lossproof.points import SeriesSamples as SeriesSamples
+from lossproof.points import decode_points as decode_points
+from lossproof.points import encode_points as encode_points
+from lossproof.points import labels_text as labels_text
+from lossproof.points import report_digest as report_digest
 
 SeqRange = tuple[int, int]
 
@@ -76,43 +84,6 @@ class StoreSchemaError(StoreError):
     """The database was written by a newer lossproof (or is not a lossproof store): refuse to touch it."""
 
 
-class PointLike(Protocol):
-    """Anything with a point's four attributes: a store reads nothing else, so decoders can hand
-    over their own structs without a copy."""
-
-    @property
-    def metric(self) -> str: ...
-    @property
-    def labels(self) -> dict[str, str]: ...
-    @property
-    def t(self) -> int: ...
-    @property
-    def v(self) -> float: ...
-
-
-class Point(msgspec.Struct, gc=False):
-    """One sample. A msgspec Struct so workers decode request bodies straight into it, in C."""
-
-    metric: str
-    labels: dict[str, str]
-    t: int  # unix ms
-    v: float  # may be NaN or +-Inf (Prometheus staleness markers); stores must round-trip them
-
-
-@dataclass(slots=True)
-class SeriesSamples:
-    """Samples of one series as two columns: what a decoder hands over most cheaply (remote write
-    sends its samples grouped by series). Stored like :class:`Point` samples."""
-
-    metric: str
-    labels: dict[str, str]
-    t: Sequence[int]
-    v: Sequence[float]
-
-    def points(self) -> list[Point]:
-        return [Point(self.metric, self.labels, t, v) for t, v in zip(self.t, self.v, strict=True)]
-
-
 @dataclass(slots=True)
 class ReportWrite:
     """One agent report: stored whole, once, per (tenant, agent, incarnation, seq)."""
@@ -122,27 +93,6 @@ class ReportWrite:
     seq: int
     points: Sequence[PointLike]
     incarnation: str = ""
-
-
-# The canonical encoding of a report's points: msgpack with struct fields and dict keys sorted, so
-# the same points give the same bytes whatever struct type a decoder used (ingest's validating
-# structs, the worker's plain ones, :class:`Point`) and whatever order the sender put labels in.
-_points_enc = msgspec.msgpack.Encoder(order="sorted")
-_points_dec = msgspec.msgpack.Decoder(list[Point])
-
-
-def encode_points(points: Sequence[PointLike]) -> bytes:
-    """The canonical bytes of ``points`` (msgspec Structs or dataclasses with a point's fields)."""
-    return _points_enc.encode(points)
-
-
-def decode_points(data: bytes) -> list[Point]:
-    return _points_dec.decode(data)
-
-
-def report_digest(points: Sequence[PointLike]) -> bytes:
-    """A report's content digest: what tells a resend (same digest) from a reused seq (another one)."""
-    return hashlib.blake2b(encode_points(points), digest_size=16).digest()
 
 
 # The stores cache series ids by (tenant, metric, *label items): one dict lookup per point. The key
@@ -332,6 +282,19 @@ class AgentSummary:
     first_seq: int = 1
     first_seen_ms: int = 0  # ``now_ms`` of the batch that first wrote this incarnation
     conflict_reports: int = 0  # conflicting reports kept (see :class:`Conflict`)
+
+    @property
+    def heard_ms(self) -> int:
+        """When the agent was last heard from: its last spool report or its last stored report
+        (a sender that reports no spool, like ``lossproof send``, has only the latter)."""
+        return max(self.last_seen_ms, self.last_stored_ms)
+
+    @property
+    def one_shot(self) -> bool:
+        """A sender that is run now and then (``lossproof send``, a script), not an agent reporting
+        on an interval: it never reported its spool state, which the lossproof agent sends with
+        every request. Its silence is not a sign of trouble."""
+        return self.last_seen_ms == 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -548,6 +511,14 @@ class Store(abc.ABC):
         """``(metric, labels)`` of every series of ``tenant`` matching all ``matchers`` (see
         :class:`Matcher`), whatever the time of its points, sorted by metric then labels. No matchers:
         every series of the tenant."""
+
+    @abc.abstractmethod
+    def series_after(self, tenant: str, after_id: int, limit: int) -> list[tuple[int, str, str]]:
+        """``(id, metric, labels_json)`` (:func:`labels_text`) of the tenant's series whose id is
+        above ``after_id``, by id, at most ``limit``. Ids grow as series are created, so a reader
+        keeps up with new series by asking for those after the last id it saw. Where concurrent
+        writers create series (PostgreSQL), an id can become visible after a higher one: a reader
+        that must see every series re-reads a margin below its last id (or everything now and then)."""
 
     def series_counts(self) -> dict[str, int]:
         """The number of series each tenant has (its cardinality): what a series costs in memory and

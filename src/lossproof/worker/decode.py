@@ -99,19 +99,19 @@ def _promrw_parts(env: native.Envelope, max_points: int, max_bytes: int) -> Iter
 
 
 def _otlp_parts(env: native.Envelope, max_points: int, max_bytes: int) -> Iterator[_Chunk]:
-    # OTLP is decoded whole (its protobuf and JSON forms both nest points three levels deep); only
-    # the store batches are bounded. Bodies are smaller in practice (exporters batch ~8k points).
     body = decompress(env.body, env.encoding, MAX_DECODED)
     size = len(body)
-    points = otlp.to_points(body, env.content_type)
-    del body
-    for i in range(0, max(len(points), 1), max_points):
-        yield points[i : i + max_points], [], [], size if i == 0 else 0
+    for points in otlp.iter_points(body, env.content_type, max_points):
+        # the body is held until its last metric is decoded; attribute it to the first chunk
+        yield points, [], [], size
+        size = 0
+    if size:  # no points (all refused): the record still counts its bytes once
+        yield [], [], [], size
 
 
 def _influx_parts(env: native.Envelope, max_points: int, max_bytes: int) -> Iterator[_Chunk]:
     p = env.params
-    labels = {k: p[k] for k in ("db", "rp", "bucket") if p.get(k)}
+    labels = influx.request_labels(p)
     body = decompress(env.body, env.encoding, MAX_DECODED)
     size = len(body)
     for points in influx.iter_points(body, p.get("precision", "ns"), env.received_ms, labels, max_points):

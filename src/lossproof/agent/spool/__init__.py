@@ -7,6 +7,7 @@ from lossproof.agent.spool.spool import (
     Recovery,
     Spool,
     SpoolError,
+    SpoolFull,
     SpoolLimits,
     SpoolStats,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "Recovery",
     "Spool",
     "SpoolError",
+    "SpoolFull",
     "SpoolLimits",
     "SpoolStats",
 ]

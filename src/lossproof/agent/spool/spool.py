@@ -59,6 +59,11 @@ class SpoolError(Exception):
     """The spool cannot do what was asked (disk error, locked by another agent, bad state)."""
 
 
+class SpoolFull(SpoolError):
+    """An append asked for room (``require_room``) and the pending reports would exceed
+    ``max_spool_bytes``: nothing was appended."""
+
+
 @dataclass(frozen=True, slots=True)
 class SpoolLimits:
     max_spool_bytes: int = 256 * 2**20
@@ -305,16 +310,20 @@ class Spool:
         self._segments.append(seg)
         return seg
 
-    def append(self, builders: Sequence[Callable[[int], bytes]]) -> list[int]:
+    def append(self, builders: Sequence[Callable[[int], bytes]], require_room: bool = False) -> list[int]:
         """Durably append one report per builder; ``builder(seq)`` returns the report's bytes.
 
         Returns the seqs, consecutive, once the reports and the seq counter are fsync'd (one fsync
         each for the whole group). On a disk error raises :class:`SpoolError` and hands out no seq:
-        the caller still has its data and may try again."""
+        the caller still has its data and may try again. By default a full spool makes room by
+        dropping its oldest pending reports (recorded as lost); with ``require_room`` it raises
+        :class:`SpoolFull` instead, for a caller whose sender can keep the data and retry."""
         if not builders:
             return []
         with self._lock:
             self._check_open()
+            if require_room and self._pending_bytes >= self.limits.max_spool_bytes:
+                raise SpoolFull(self._full_message())
             try:
                 seg = self._active
                 if seg is None or seg.end >= self.limits.segment_bytes:
@@ -324,6 +333,10 @@ class Spool:
                 now = self.clock()
                 first = self.last_seq + 1
                 recs = [self._codec.encode(first + i, now, b(first + i)) for i, b in enumerate(builders)]
+                room = self.limits.max_spool_bytes - self._pending_bytes
+                # an empty spool takes a request larger than the limit: it could never go in otherwise
+                if require_room and self._pending and sum(map(len, recs)) > room:
+                    raise SpoolFull(self._full_message())
                 _pwrite_all(seg.fd, b"".join(recs), seg.end)
                 os.fsync(seg.fd)
             except OSError as e:
@@ -355,6 +368,12 @@ class Spool:
             self.last_seq = last
             self._enforce_limit(now)
             return list(range(first, last + 1))
+
+    def _full_message(self) -> str:
+        return (
+            f"spool {self.dir} is full: {self._pending_bytes} bytes pending, max_spool_bytes "
+            f"{self.limits.max_spool_bytes}"
+        )
 
     def _enforce_limit(self, now: int) -> None:
         over: list[int] = []
