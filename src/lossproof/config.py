@@ -357,12 +357,21 @@ class QueryConfig(_Section):
     """``[query]``: what one PromQL query may cost (``/api/v1/query``, ``/api/v1/query_range``).
     Past a limit the query ends with a 422 naming it, never an out-of-memory or a stuck read thread."""
 
-    # points read from the store plus points subqueries make (Prometheus' query.max-samples)
-    max_samples: int = Field(default=50_000_000, ge=1)
-    # series one selector may read
-    max_series: int = Field(default=500_000, ge=1)
-    # checked between the steps of an evaluation (Prometheus' query.timeout)
-    timeout_seconds: float = Field(default=120.0, gt=0, le=MAX_SECONDS)
+    max_samples: int = Field(
+        default=50_000_000,
+        ge=1,
+        description="Points one query may read from the store plus the points its subqueries make "
+        "(Prometheus' query.max-samples).",
+    )
+    max_series: int = Field(default=500_000, ge=1, description="Series one selector may read.")
+    # checked cooperatively: a numpy call in progress is not interrupted, max_samples bounds it
+    timeout_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        le=MAX_SECONDS,
+        description="How long one query may evaluate (Prometheus' query.timeout): checked between the "
+        "steps of the evaluation and after each store read; 422 with errorType timeout.",
+    )
 
 
 class Config(_Section):

@@ -47,7 +47,7 @@ def instant(store: SqliteStore, q: str, at_s: int = 30) -> dict[str, float]:
     v = promql.Evaluator(store, "t", promql.Grid(T + at_s * S, T + at_s * S, 1)).eval(promql.parse(q))
     if isinstance(v, promql.Scalar):
         return {"scalar": v.values[0]}
-    return {promql._fmt(lab): vals[0] for lab, vals in v.series.values() if vals[0] is not None}
+    return {promql.fmt_labels(lab): vals[0] for lab, vals in v.series.values() if vals[0] is not None}
 
 
 def one(store: SqliteStore, q: str, at_s: int = 30) -> float:

@@ -41,7 +41,7 @@ def grid(store: SqliteStore, q: str, start_s: int, end_s: int, step_s: int) -> d
     g = promql.Grid(T + start_s * S, T + end_s * S, step_s * S)
     v = promql.Evaluator(store, "t", g).eval(promql.parse(q))
     assert isinstance(v, promql.Vector)
-    return {promql._fmt(lab): vals for lab, vals in v.series.values()}
+    return {promql.fmt_labels(lab): vals for lab, vals in v.series.values()}
 
 
 def at(store: SqliteStore, q: str, s: int) -> dict[str, float]:

@@ -57,7 +57,7 @@ def at(store: SqliteStore, q: str, s: int = 30) -> dict[str, float]:
     v = ev(store, q, s)
     if isinstance(v, promql.Scalar):
         return {"scalar": v.values[0]}
-    return {promql._fmt(lab): vals[0] for lab, vals in v.series.values() if vals[0] is not None}
+    return {promql.fmt_labels(lab): vals[0] for lab, vals in v.series.values() if vals[0] is not None}
 
 
 def grid(
@@ -65,7 +65,7 @@ def grid(
 ) -> dict[str, list[float | None]]:
     v = ev(store, q, start_s, end_s, step_s)
     assert isinstance(v, promql.Vector)
-    return {promql._fmt(lab): vals for lab, vals in v.series.values()}
+    return {promql.fmt_labels(lab): vals for lab, vals in v.series.values()}
 
 
 CPU_A = '{__name__="cpu", dc="eu", host="a"}'
@@ -254,10 +254,16 @@ def test_vector_matching(store: SqliteStore) -> None:
     assert at(store, "info < on(host) group_right cpu") == {CPU_A: 1.0, CPU_B: 1.0}
     assert at(store, 'cpu{host="a"} / ignoring(dc, version) info') == {'{host="a"}': 7.0}
     assert at(store, "cpu > bool on(host) info") == {'{host="a"}': 1.0, '{host="b"}': 1.0}
+    # atan2 keeps the name (as Prometheus: it is not among the operators that drop it)
+    assert at(store, "cpu atan2 ignoring(dc, version) info") == {
+        '{__name__="cpu", host="a"}': math.atan2(7, 1),
+        '{__name__="cpu", host="b"}': math.atan2(4, 1),
+    }
     assert at(store, "cpu atan2 on(host) info") == {
         '{host="a"}': math.atan2(7, 1),
         '{host="b"}': math.atan2(4, 1),
     }
+    assert at(store, 'cpu{host="a"} atan2 2') == {CPU_A: math.atan2(7, 2)}
     assert at(store, "2 ^ cpu{host='b'}") == {'{dc="eu", host="b"}': 16.0}
     assert at(store, "cpu{host='a'} % 3") == {'{dc="eu", host="a"}': 1.0}
 
@@ -344,7 +350,7 @@ def test_staleness_marker_ends_a_subquery_lookback(tmp_path: Path) -> None:
 
 
 def test_power_where_python_raises_is_gos_math_pow(store: SqliteStore) -> None:
-    pow_ = promql._binop("^")
+    pow_ = promql.binop("^")
     assert pow_(-2.5, 1e9 + 1) == -math.inf  # an overflow keeps the sign of an odd power
     assert pow_(-2.5, 1e9) == math.inf
     assert pow_(-0.0, -1.0) == -math.inf and pow_(0.0, -1.0) == math.inf and pow_(-0.0, -2.0) == math.inf
@@ -376,3 +382,13 @@ def test_at_times_past_year_9999_within_the_bounds_work(store: SqliteStore) -> N
     # year 10000 and later: the parser's datetime cannot hold them; no data, but an answer
     assert at(store, "cpu @ 253402300800") == {}
     assert at(store, "max_over_time(cpu[1m:10s] @ 1e12)") == {}
+
+
+def test_unary_minus_drops_the_name_and_refuses_duplicates(store: SqliteStore) -> None:
+    assert at(store, '-cpu{host="a"}') == {'{dc="eu", host="a"}': -7.0}
+    # info{host="a"} and cpu{host="a"} once "version" and "dc" are gone: one labelset without names
+    inner = 'label_replace({__name__=~"info|cpu", host="a"}, "dc", "", "", "")'
+    both = f'label_replace({inner}, "version", "", "", "")'
+    assert len(at(store, both)) == 2
+    with pytest.raises(promql.ExecutionError, match="same labelset"):
+        at(store, "-" + both)

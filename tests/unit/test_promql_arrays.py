@@ -142,7 +142,7 @@ def test_binary_operators_match_binop(op: str) -> None:
     a = np.array(specials)[:, None] * np.ones((1, len(specials)))
     b = a.T.copy()
     got = promql.binop_arrays(op, a, b, np.ones(a.shape, dtype=bool))
-    fn = promql._binop(op)
+    fn = promql.binop(op)
     for i in range(a.shape[0]):
         for j in range(a.shape[1]):
             assert _bits(float(got[i, j])) == _bits(fn(float(a[i, j]), float(b[i, j]))), (a[i, j], b[i, j])

@@ -13,9 +13,10 @@ Prometheus (counter resets included).
 
 Evaluation is on numpy arrays (a :class:`Vector` is a (series x steps) array of values and one of
 presence): a range function is computed for every window of every series at once, aggregations and
-binary operators over whole arrays (vector matching over pairs of rows). The per-window Python
-definitions further down (``_range_fn``, ``_agg``, ``_binop``) are the reference: the array code
-answers the same, bit for bit (checked by tests/unit/test_promql_arrays.py), and falls back to them
+binary operators over whole arrays (vector matching over pairs of rows: :mod:`vecmatch`; the values
+themselves are in :mod:`promvalues`). The per-window Python definitions further down
+(``_range_fn``, ``_agg``) and :func:`binops.binop` are the reference: the array code answers the
+same, bit for bit (checked by tests/unit/test_promql_arrays.py), and falls back to them
 where vectorising does not pay (a window with a NaN or an infinity in a sum, ``quantile_over_time``,
 ``^``). A subquery is evaluated by another :class:`Evaluator` over its own grid. What one query may
 cost is bounded by :class:`Limits`.
@@ -38,12 +39,58 @@ from datetime import timedelta
 
 import msgspec
 import numpy as np
-import numpy.typing as npt
 import promql_parser as pp
 import re2
 
-from lossproof.query import exact, params, promagg, promfuncs, promrange
+from lossproof.query import exact, params, promagg, promfuncs, promrange, vecmatch
+from lossproof.query.binops import binop, binop_arrays
+from lossproof.query.promvalues import (
+    F64,
+    I64,
+    NAME,
+    ExecutionError,
+    Grid,
+    Key,
+    Labels,
+    Mask,
+    PromQLError,
+    RawMatrix,
+    Rows,
+    Scalar,
+    Unsupported,
+    Value,
+    Vector,
+    drop_name,
+    fmt_labels,
+    key_of,
+    make_vector,
+)
 from lossproof.store.base import InvalidMatcher, Matcher, SeriesArrays, Store
+
+# re-exported: the values and operators live in their own modules; callers use them from here
+__all__ = [
+    "F64",
+    "I64",
+    "NAME",
+    "ExecutionError",
+    "Grid",
+    "Key",
+    "Labels",
+    "Mask",
+    "PromQLError",
+    "RawMatrix",
+    "Rows",
+    "Scalar",
+    "Unsupported",
+    "Value",
+    "Vector",
+    "binop",
+    "binop_arrays",
+    "drop_name",
+    "fmt_labels",
+    "key_of",
+    "make_vector",
+]
 
 # Prometheus 2's name of double_exponential_smoothing (3.x renamed it): dashboards and rules written for
 # 2.x use it, and the parser knows only the new name. Registered once, for the whole process.
@@ -69,7 +116,6 @@ MAX_NESTING = 64  # ( [ { open at once
 MAX_OPERATORS = 256  # binary and unary operators and set operators (and, or, unless)
 MAX_POINTS = 11_000  # per series in a range query, like Prometheus
 
-NAME = "__name__"
 _BAD_NAME_CHARS = re.compile(r"[^a-zA-Z0-9_:]")
 
 OVER_TIME = (
@@ -124,113 +170,16 @@ FUNCTIONS = frozenset(
 )
 AGGREGATIONS = ("sum", "avg", "min", "max", "count")
 MORE_AGGREGATIONS = ("stddev", "stdvar", "topk", "bottomk", "quantile", "count_values", "group", "limitk")
+# atan2 keeps the metric name, unlike the others (Prometheus' shouldDropMetricName leaves it out)
 ARITH = ("+", "-", "*", "/", "%", "^", "atan2")
 COMPARE = ("==", "!=", ">", "<", ">=", "<=")
 SET_OPS = ("and", "or", "unless")
-
-
-class PromQLError(Exception):
-    """Answered 400 with ``errorType`` ``bad_data`` (Prometheus' shape)."""
-
-    status = 400
-    error_type = "bad_data"
-
-
-class Unsupported(PromQLError):
-    """Valid PromQL outside lossproof's subset; the message names the part."""
-
-    def __init__(self, what: str) -> None:
-        super().__init__(f"unsupported PromQL: {what} is not supported by lossproof (see docs/dashboard.md)")
-
-
-class ExecutionError(PromQLError):
-    """The query is valid but cannot be evaluated on this data (Prometheus answers 422)."""
-
-    status = 422
-    error_type = "execution"
 
 
 def promql_name(metric: str) -> str:
     """The PromQL spelling of a stored metric name: ``cpu.user`` -> ``cpu_user``."""
     name = _BAD_NAME_CHARS.sub("_", metric)
     return "_" + name if name[:1].isdigit() else name
-
-
-# --- values ------------------------------------------------------------------------------------------
-
-Key = tuple[tuple[str, str], ...]
-Rows = dict[Key, tuple[dict[str, str], list[float | None]]]
-F64 = npt.NDArray[np.float64]
-I64 = npt.NDArray[np.int64]
-Mask = npt.NDArray[np.bool_]
-
-
-def key_of(labels: dict[str, str]) -> Key:
-    return tuple(sorted(labels.items()))
-
-
-@dataclass
-class Scalar:
-    values: list[float]  # one per step
-
-
-class Vector:
-    """An instant vector over the grid's steps: per series its labels, and per step a value and
-    whether there is one (``values[i, k]``, ``present[i, k]``; an absent value is meaningless).
-    No two series have the same labels."""
-
-    __slots__ = ("_rows", "labels", "present", "values")
-
-    def __init__(self, labels: list[dict[str, str]], values: F64, present: Mask) -> None:
-        assert values.shape == present.shape == (len(labels), values.shape[1])
-        self.labels = labels
-        self.values = values
-        self.present = present
-        self._rows: Rows | None = None
-
-    @classmethod
-    def empty(cls, n: int) -> Vector:
-        return cls([], np.empty((0, n)), np.zeros((0, n), dtype=bool))
-
-    @property
-    def series(self) -> Rows:
-        """Per series: its labels and one value per step (None: no sample at that step)."""
-        if self._rows is None:
-            self._rows = {key_of(lab): (lab, vals) for lab, vals in self.rows()}
-        return self._rows
-
-    def rows(self) -> list[tuple[dict[str, str], list[float | None]]]:
-        out = []
-        for lab, vals, pres in zip(self.labels, self.values.tolist(), self.present.tolist(), strict=True):
-            out.append((lab, [v if p else None for v, p in zip(vals, pres, strict=True)]))
-        return out
-
-
-@dataclass
-class RawMatrix:
-    """A range selector at the top of an instant query: the raw samples."""
-
-    series: list[tuple[dict[str, str], list[tuple[int, float]]]]
-
-
-Value = Scalar | Vector
-
-
-@dataclass(frozen=True)
-class Grid:
-    start_ms: int
-    end_ms: int
-    step_ms: int
-
-    @property
-    def n(self) -> int:
-        return (self.end_ms - self.start_ms) // self.step_ms + 1
-
-    def times(self) -> list[int]:
-        return [self.start_ms + k * self.step_ms for k in range(self.n)]
-
-    def array(self) -> I64:
-        return self.start_ms + self.step_ms * np.arange(self.n, dtype=np.int64)
 
 
 # --- entry points ------------------------------------------------------------------------------------
@@ -419,7 +368,6 @@ class Budget:
 
 # --- evaluation --------------------------------------------------------------------------------------
 
-Labels = dict[str, str]
 SUBQUERY_STEP_MS = 60_000  # a subquery without a step uses the global evaluation interval (1 m)
 
 
@@ -569,7 +517,7 @@ class Evaluator:
             values[i], present[i] = lookup(s.t, s.v, at, self.lookback_ms, times=sample_times)
         if sample_times:
             values /= 1000
-        return _vector(labels, *self._widen(values, present))
+        return make_vector(labels, *self._widen(values, present))
 
     def raw_arrays(self, ms: pp.MatrixSelector) -> list[SeriesArrays]:
         """Samples a range selector needs over the whole grid: ``(start - range - offset, end - offset]``
@@ -629,7 +577,7 @@ class Evaluator:
         found = []
         for lab, vals, pres in zip(v.labels, v.values, v.present, strict=True):
             if pres.any():
-                found.append(SeriesArrays(lab.get(NAME, ""), _drop_name(lab), times[pres], vals[pres]))
+                found.append(SeriesArrays(lab.get(NAME, ""), drop_name(lab), times[pres], vals[pres]))
         return found, ends, rng
 
     # functions
@@ -654,7 +602,7 @@ class Evaluator:
             return Scalar(np.where(one, val, math.nan).tolist())
         if name in promfuncs.MATH:
             v = self.vector(args[0])
-            return _vector(_names_dropped(v), promfuncs.apply_math(name, v.values), v.present)
+            return make_vector(_names_dropped(v), promfuncs.apply_math(name, v.values), v.present)
         if name in promfuncs.DATE_FUNCS:
             if args:
                 v = self.vector(args[0])
@@ -662,7 +610,7 @@ class Evaluator:
             else:
                 v = Vector([{}], (g.array() / 1000)[None, :], np.ones((1, g.n), dtype=bool))
                 labels = [{}]
-            return _vector(labels, promfuncs.date_part(name, v.values), v.present)
+            return make_vector(labels, promfuncs.date_part(name, v.values), v.present)
         if name == "timestamp":
             arg = _unparen(args[0])
             if isinstance(arg, pp.VectorSelector):
@@ -670,11 +618,11 @@ class Evaluator:
             else:
                 v = self.vector(arg)
                 v = Vector(v.labels, np.broadcast_to(g.array() / 1000, v.values.shape).copy(), v.present)
-            return _vector(_names_dropped(v), v.values, v.present)
+            return make_vector(_names_dropped(v), v.values, v.present)
         if name == "round":
             v = self.vector(args[0])
             to = self.scalar(args[1]) if len(args) > 1 else np.ones(g.n)
-            return _vector(_names_dropped(v), promfuncs.round_to(v.values, to[None, :]), v.present)
+            return make_vector(_names_dropped(v), promfuncs.round_to(v.values, to[None, :]), v.present)
         if name in ("clamp", "clamp_min", "clamp_max"):
             return self._clamp(name, args)
         if name == "histogram_quantile":
@@ -688,7 +636,7 @@ class Evaluator:
         if name == "absent":
             v = self.vector(args[0])
             none: Mask = v.present.sum(axis=0) == 0
-            return _vector([_absent_labels(args[0])], np.ones((1, g.n)), none[None, :])
+            return make_vector([_absent_labels(args[0])], np.ones((1, g.n)), none[None, :])
         raise Unsupported(f"function {name}()")
 
     def _range_call(self, name: str, args: list[pp.Expr]) -> Vector:
@@ -702,7 +650,7 @@ class Evaluator:
             _, present = range_function("present_over_time", found, ends, rng)
             nothing: Mask = present.sum(axis=0) == 0
             none = nothing[None, :]
-            return _vector([_absent_labels(args[0])], *self._widen(np.ones(none.shape), none))
+            return make_vector([_absent_labels(args[0])], *self._widen(np.ones(none.shape), none))
         # one computation per distinct value of the scalar arguments (they may vary with the step)
         values = np.empty((len(found), g.n))
         present = np.zeros((len(found), g.n), dtype=bool)
@@ -721,7 +669,7 @@ class Evaluator:
                 values[:, idx], present[:, idx] = vk, pk
         keep_name = name in ("last_over_time", "first_over_time")
         labels = [_full_labels(s) if keep_name else dict(s.labels) for s in found]
-        return _vector(labels, values, present)
+        return make_vector(labels, values, present)
 
     def _clamp(self, name: str, args: list[pp.Expr]) -> Vector:
         v = self.vector(args[0])
@@ -735,7 +683,7 @@ class Evaluator:
         else:
             out = promfuncs.clamp(v.values, lo[None, :], hi[None, :])
         present = v.present & ~(hi < lo)[None, :] if name == "clamp" else v.present
-        return _vector(_names_dropped(v), out, present)
+        return make_vector(_names_dropped(v), out, present)
 
     def _histogram_quantile(self, q: F64, v: Vector) -> Vector:
         """Per group of series equal but for ``le`` (and the name), the quantile over the buckets
@@ -763,7 +711,7 @@ class Evaluator:
             rows_p.append(present.any(axis=0))
         if not labels:
             return Vector.empty(self.grid.n)
-        return _vector(labels, np.vstack(rows_v), np.vstack(rows_p))
+        return make_vector(labels, np.vstack(rows_v), np.vstack(rows_p))
 
     def _label_replace(self, args: list[pp.Expr]) -> Vector:
         v = self.vector(args[0])
@@ -780,8 +728,8 @@ class Evaluator:
             if m is None:
                 labels.append(lab)
             else:
-                labels.append(_set_label(lab, dst, _expand(repl, m)))
-        return _vector(labels, v.values, v.present)
+                labels.append(vecmatch.set_label(lab, dst, _expand(repl, m)))
+        return make_vector(labels, v.values, v.present)
 
     def _label_join(self, args: list[pp.Expr]) -> Vector:
         v = self.vector(args[0])
@@ -791,8 +739,8 @@ class Evaluator:
         for s in srcs:
             if not _LABEL_NAME.fullmatch(s):
                 raise PromQLError(f"invalid source label name in label_join(): {s}")
-        labels = [_set_label(lab, dst, sep.join(lab.get(s, "") for s in srcs)) for lab in v.labels]
-        return _vector(labels, v.values, v.present)
+        labels = [vecmatch.set_label(lab, dst, sep.join(lab.get(s, "") for s in srcs)) for lab in v.labels]
+        return make_vector(labels, v.values, v.present)
 
     # aggregation
 
@@ -845,7 +793,7 @@ class Evaluator:
                 keep = promagg.limit(param, inner.present, gid, ng)
             else:
                 keep = promagg.top(param, inner.values, inner.present, gid, ng, op == "topk")
-            return _vector(inner.labels, inner.values, keep)
+            return make_vector(inner.labels, inner.values, keep)
         elif op == "count_values":
             return self._count_values(label, inner, gid, glabels)
         else:
@@ -860,7 +808,7 @@ class Evaluator:
             return Vector.empty(self.grid.n)
         texts = format_values(values.tolist())
         labels = [{**glabels[g], label: t} for g, t in zip(groups.tolist(), texts, strict=True)]
-        return _vector(labels, counts, counts > 0)
+        return make_vector(labels, counts, counts > 0)
 
     # binary operators
 
@@ -873,12 +821,12 @@ class Evaluator:
         if isinstance(lhs, Scalar) and isinstance(rhs, Scalar):
             if is_cmp and not return_bool:
                 raise PromQLError("comparisons between scalars must use the bool modifier")
-            fn = _binop(op)
+            fn = binop(op)
             return Scalar([fn(x, y) for x, y in zip(lhs.values, rhs.values, strict=True)])
         if isinstance(lhs, Vector) and isinstance(rhs, Vector):
             if op in SET_OPS:
-                return _set_operation(op, lhs, rhs, mod)
-            return _vector_vector(op, lhs, rhs, mod, return_bool)
+                return vecmatch.set_operation(op, lhs, rhs, mod)
+            return vecmatch.vector_binop(op, lhs, rhs, mod, return_bool)
         vec, sc, scalar_left = (lhs, rhs, False) if isinstance(lhs, Vector) else (rhs, lhs, True)
         assert isinstance(vec, Vector) and isinstance(sc, Scalar)
         s = np.array(sc.values, dtype=np.float64)[None, :]
@@ -893,8 +841,8 @@ class Evaluator:
             labels = vec.labels
         else:
             values, present = r, vec.present
-            labels = _names_dropped(vec)
-        return _vector(labels, values, present)
+            labels = vec.labels if op == "atan2" else _names_dropped(vec)
+        return make_vector(labels, values, present)
 
 
 def evaluate(store: Store, tenant: str, expr: pp.Expr, grid: Grid) -> Value:
@@ -958,15 +906,6 @@ def _expand(template: str, m: re2._Match[str]) -> str:
         return got or ""
 
     return _EXPAND.sub(one, template)
-
-
-def _set_label(labels: Labels, name: str, value: str) -> Labels:
-    out = dict(labels)
-    if value:
-        out[name] = value
-    else:
-        out.pop(name, None)
-    return out
 
 
 def _string(e: pp.Expr) -> str:
@@ -1043,117 +982,7 @@ def _full_labels(s: SeriesArrays) -> Labels:
 
 
 def _names_dropped(v: Vector) -> list[Labels]:
-    return [_drop_name(lab) for lab in v.labels]
-
-
-def _signature(labels: Labels, matching: pp.LabelModifier | None) -> Key:
-    """The labels two series are matched on: those of ``on (...)``, or all but the name and those
-    of ``ignoring (...)``."""
-    if matching is not None and matching.type == pp.LabelModifierType.Include:
-        keep = set(matching.labels)
-        return key_of({k: v for k, v in labels.items() if k in keep})
-    drop = {NAME, *(matching.labels if matching is not None else ())}
-    return key_of({k: v for k, v in labels.items() if k not in drop})
-
-
-def _set_operation(op: str, lhs: Vector, rhs: Vector, mod: pp.BinModifier | None) -> Vector:
-    """``and``, ``or``, ``unless``: per step, on the signatures (``on``/``ignoring``) present on
-    the other side at that step."""
-    matching = mod.matching if mod is not None else None
-    sig_ids: dict[Key, int] = {}
-    ls = np.array(
-        [sig_ids.setdefault(_signature(lab, matching), len(sig_ids)) for lab in lhs.labels], dtype=np.int64
-    )
-    rs = np.array(
-        [sig_ids.setdefault(_signature(lab, matching), len(sig_ids)) for lab in rhs.labels], dtype=np.int64
-    )
-    n = lhs.values.shape[1]
-
-    def presence(ids: I64, present: Mask) -> Mask:
-        out = np.zeros((len(sig_ids), n), dtype=bool)
-        if len(ids):
-            np.logical_or.at(out, ids, present)
-        return out
-
-    right = presence(rs, rhs.present)
-    if op == "and":
-        return _vector(lhs.labels, lhs.values, lhs.present & right[ls] if len(ls) else lhs.present)
-    if op == "unless":
-        return _vector(lhs.labels, lhs.values, lhs.present & ~right[ls] if len(ls) else lhs.present)
-    left = presence(ls, lhs.present)
-    rp = rhs.present & ~left[rs] if len(rs) else rhs.present
-    return _vector(
-        lhs.labels + rhs.labels,
-        np.vstack([lhs.values, rhs.values]),
-        np.vstack([lhs.present, rp]),
-    )
-
-
-def _vector_vector(
-    op: str, lhs: Vector, rhs: Vector, mod: pp.BinModifier | None, return_bool: bool
-) -> Vector:
-    """An arithmetic or comparison operator between two vectors: one-to-one, or many-to-one
-    (``group_left``) / one-to-many (``group_right``), each pair of matching series computed over
-    every step at once; the "one" side must have at most one series per signature at any step."""
-    matching = mod.matching if mod is not None else None
-    card = mod.card if mod is not None else pp.VectorMatchCardinality.OneToOne
-    group_right = card == pp.VectorMatchCardinality.OneToMany
-    group_left = card == pp.VectorMatchCardinality.ManyToOne
-    include = list(mod.group_labels or ()) if mod is not None and (group_left or group_right) else []
-    many, one = (rhs, lhs) if group_right else (lhs, rhs)
-    filtering = op in COMPARE and not return_bool
-    one_by_sig: dict[Key, list[int]] = {}
-    for j, lab in enumerate(one.labels):
-        one_by_sig.setdefault(_signature(lab, matching), []).append(j)
-    _check_unique(one, one_by_sig, "right" if not group_right else "left")
-    mi: list[int] = []
-    oi: list[int] = []
-    out_labels: list[Labels] = []
-    many_by_sig: dict[Key, list[int]] = {}
-    for i, lab in enumerate(many.labels):
-        sig = _signature(lab, matching)
-        many_by_sig.setdefault(sig, []).append(i)
-        for j in one_by_sig.get(sig, ()):
-            mi.append(i)
-            oi.append(j)
-            keep = lab if filtering else _drop_name(lab)
-            if group_left or group_right:
-                other = one.labels[j]
-                keep = dict(keep)
-                for name in include:
-                    keep = _set_label(keep, name, other.get(name, ""))
-            elif matching is not None and matching.type == pp.LabelModifierType.Include:
-                keep = {k: v for k, v in keep.items() if k in set(matching.labels)}
-            elif matching is not None:
-                keep = {k: v for k, v in keep.items() if k not in set(matching.labels)}
-            out_labels.append(keep)
-    if not (group_left or group_right):
-        matched = {sig: rows for sig, rows in many_by_sig.items() if sig in one_by_sig}
-        _check_unique(many, matched, "left", one_to_one=True)
-    mv, ov = many.values[mi], one.values[oi]
-    both = many.present[mi] & one.present[oi]
-    left_v, right_v = (ov, mv) if group_right else (mv, ov)
-    r = binop_arrays(op, left_v, right_v, both)
-    what = "grouping labels must ensure unique matches" if include or group_left or group_right else None
-    if filtering:
-        return _vector(out_labels, left_v, both & (r == 1.0), duplicate=what)
-    return _vector(out_labels, r, both, duplicate=what)
-
-
-def _check_unique(v: Vector, by_sig: dict[Key, list[int]], side: str, one_to_one: bool = False) -> None:
-    """At most one series per signature present at any step (ExecutionError naming the labels)."""
-    for sig, rows in by_sig.items():
-        if len(rows) > 1 and (v.present[rows].sum(axis=0) > 1).any():
-            if one_to_one:
-                raise ExecutionError(
-                    "multiple matches for labels: "
-                    "many-to-one matching must be explicit (group_left/group_right)"
-                )
-            raise ExecutionError(
-                f"found duplicate series for the match group {_fmt(dict(sig))} on the {side} hand-side "
-                "of the operation; many-to-many matching not allowed: "
-                "matching labels must be unique on one side"
-            )
+    return [drop_name(lab) for lab in v.labels]
 
 
 # Prometheus' staleness marker: the NaN (one bit pattern of many) that a scraper writes when a target
@@ -1197,42 +1026,6 @@ def lookup(t: I64, v: F64, at: I64, lookback_ms: int, times: bool = False) -> tu
     if times:
         return t[j].astype(np.float64), ok
     return vals, ok
-
-
-def _vector(labels: list[dict[str, str]], values: F64, present: Mask, duplicate: str | None = None) -> Vector:
-    """A :class:`Vector` of the series that have a value at some step. Series with the same labels
-    are one series when they never have a value at the same step (as a range query's result joins
-    them); when they do, ExecutionError (``duplicate`` says why, if given)."""
-    keep = present.any(axis=1)
-    if not keep.all():
-        idx = np.flatnonzero(keep)
-        labels = [labels[i] for i in idx.tolist()]
-        values, present = values[idx], present[idx]
-    rows: dict[Key, list[int]] = {}
-    for i, lab in enumerate(labels):
-        rows.setdefault(key_of(lab), []).append(i)
-    if len(rows) == len(labels):
-        return Vector(labels, values, present)
-    out_l, out_v, out_p = [], [], []
-    for members in rows.values():
-        i = members[0]
-        if len(members) == 1:
-            out_l.append(labels[i])
-            out_v.append(values[i])
-            out_p.append(present[i])
-            continue
-        if (present[members].sum(axis=0) > 1).any():
-            why = (
-                f"multiple matches for labels: {duplicate}"
-                if duplicate
-                else (f"vector cannot contain metrics with the same labelset {_fmt(labels[i])}")
-            )
-            raise ExecutionError(why)
-        p = present[members]
-        out_l.append(labels[i])
-        out_v.append(values[members][np.argmax(p, axis=0), np.arange(values.shape[1])])
-        out_p.append(p.any(axis=0))
-    return Vector(out_l, np.vstack(out_v), np.vstack(out_p))
 
 
 # --- range functions, vectorised ---------------------------------------------------------------------
@@ -1607,42 +1400,6 @@ def _agg_cells(op: str, out: F64, cells: Mask, vals: F64, pres: Mask, first: I64
         out[g, k] = _agg(op, xs)
 
 
-def binop_arrays(op: str, a: F64, b: F64, where: Mask) -> F64:
-    """``_binop(op)`` elementwise (broadcasting ``a`` and ``b``); entries outside ``where`` are
-    meaningless. ``^`` runs ``_binop``'s Python function on each entry in ``where`` (numpy's power
-    may differ from C's pow in the last bit); the others are the same IEEE operations."""
-    with np.errstate(all="ignore"):
-        if op == "+":
-            return np.add(a, b)
-        if op == "-":
-            return np.subtract(a, b)
-        if op == "*":
-            return np.multiply(a, b)
-        if op == "/":
-            return np.divide(a, b)  # IEEE: x/±0 is ±Inf by the signs, 0/0 and NaN/0 are NaN
-        if op == "%":
-            bad = (b == 0) | np.isinf(a) | np.isnan(a) | np.isnan(b)
-            return np.where(bad, math.nan, np.fmod(a, b))  # C's fmod, as math.fmod
-        if op == "atan2":
-            return np.arctan2(a, b)
-        if op == "^":
-            a2, b2 = np.broadcast_arrays(a, b)
-            out = np.zeros(a2.shape)
-            fn = _binop("^")
-            idx = np.nonzero(where)
-            out[idx] = [fn(x, y) for x, y in zip(a2[idx].tolist(), b2[idx].tolist(), strict=True)]
-            return out
-        cmp = {
-            "==": np.equal,
-            "!=": np.not_equal,
-            ">": np.greater,
-            "<": np.less,
-            ">=": np.greater_equal,
-            "<=": np.less_equal,
-        }[op]
-        return cmp(a, b).astype(np.float64)
-
-
 # --- helpers -----------------------------------------------------------------------------------------
 
 
@@ -1661,23 +1418,12 @@ def _ms(d: timedelta | None) -> int:
     return 0 if d is None else round(d.total_seconds() * 1000)
 
 
-def _drop_name(labels: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in labels.items() if k != NAME}
-
-
-def _fmt(labels: dict[str, str]) -> str:
-    return "{" + ", ".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
-
-
 def _unary_minus(v: Value) -> Value:
     if isinstance(v, Scalar):
         return Scalar([-x for x in v.values])
-    # as a dict would: one series per labelset, the last one's values (in the first one's place)
-    last: dict[Key, int] = {}
-    for i, lab in enumerate(v.labels):
-        last[key_of(_drop_name(lab))] = i
-    rows = list(last.values())
-    return Vector([_drop_name(v.labels[i]) for i in rows], -v.values[rows], v.present[rows])
+    # the name goes; two series left with one labelset are an error where both have a value (as
+    # Prometheus), one series where they never do at the same step
+    return make_vector([drop_name(lab) for lab in v.labels], -v.values, v.present)
 
 
 def _agg(op: str, xs: list[float]) -> float:
@@ -1692,57 +1438,6 @@ def _agg(op: str, xs: list[float]) -> float:
         return min(real) if real else math.nan
     real = [x for x in xs if not math.isnan(x)]
     return max(real) if real else math.nan
-
-
-def _odd_integer(x: float) -> bool:
-    return math.isfinite(x) and x == math.floor(x) and abs(math.fmod(x, 2)) == 1
-
-
-def _binop(op: str) -> Callable[[float, float], float]:
-    def div(a: float, b: float) -> float:
-        if b == 0:
-            if a == 0 or math.isnan(a):
-                return math.nan
-            return math.copysign(math.inf, a) * math.copysign(1.0, b)
-        return a / b
-
-    def mod(a: float, b: float) -> float:
-        if b == 0 or math.isinf(a) or math.isnan(a) or math.isnan(b):
-            return math.nan
-        return math.fmod(a, b)  # Go's math.Mod: the sign of a
-
-    def pow_(a: float, b: float) -> float:
-        """Go's math.Pow where Python's raises: an overflow is -Inf for a negative base to an odd
-        integer power, +Inf otherwise; ±0 to a negative power is ±Inf (the zero's sign for an odd
-        integer power); a negative base to a non-integer power is NaN."""
-        try:
-            return math.pow(a, b)
-        except OverflowError:
-            return -math.inf if a < 0 and _odd_integer(b) else math.inf
-        except ValueError:
-            if a == 0:
-                return math.copysign(math.inf, a) if _odd_integer(b) else math.inf
-            return math.nan
-
-    def b(x: bool) -> float:
-        return 1.0 if x else 0.0
-
-    table: dict[str, Callable[[float, float], float]] = {
-        "+": lambda a, c: a + c,
-        "-": lambda a, c: a - c,
-        "*": lambda a, c: a * c,
-        "/": div,
-        "%": mod,
-        "^": pow_,
-        "atan2": math.atan2,
-        "==": lambda a, c: b(a == c),
-        "!=": lambda a, c: b(a != c),
-        ">": lambda a, c: b(a > c),
-        "<": lambda a, c: b(a < c),
-        ">=": lambda a, c: b(a >= c),
-        "<=": lambda a, c: b(a <= c),
-    }
-    return table[op]
 
 
 # The per-window definitions: the reference the array code above matches (see the module doc).
