@@ -23,7 +23,7 @@ from lossproof.agent.config import RelayConfig
 from lossproof.agent.metrics import AgentMetrics
 from lossproof.agent.relay.channels import Channels
 from lossproof.agent.report import encode_encoded_report, encode_points
-from lossproof.agent.spool import SpoolError, SpoolFull
+from lossproof.agent.spool import SpoolError
 from lossproof.config import ConfigError
 from lossproof.httputil import (
     CLOSE_STATUSES,
@@ -139,11 +139,8 @@ class RelayHandler:
         if not builders:
             return 0  # e.g. Influx lines of string fields only: accepted, nothing to store (as ingest)
         try:
-            channel = self.channels.get(protocol, user_agent)
-            channel.append(builders)
-        except SpoolFull as e:
-            raise unavailable("agent spool", str(e), self.endpoint.retry_after) from None
-        except (SpoolError, OSError) as e:
+            self.channels.get(protocol, user_agent).append(builders)
+        except (SpoolError, OSError) as e:  # SpoolFull included: the client keeps the data and retries
             raise unavailable("agent spool", str(e), self.endpoint.retry_after) from None
         return samples
 
