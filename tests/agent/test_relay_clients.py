@@ -4,8 +4,8 @@ for is stored, exactly once.
 
 - the OpenTelemetry Python SDK (configured by its environment variable) exporting every second while
   the pipeline is down for 20 s: every export succeeds, every exported point is stored once;
-- influxdb-client (v2 API, synchronous) and the influx 1.x CLI `-import` while the pipeline is down:
-  every point stored; importing again stores nothing twice;
+- influxdb-client (v2 API, synchronous and batching) and the influx 1.x CLI `-import` while the
+  pipeline is down: every point stored; importing again stores nothing twice;
 - Prometheus in agent mode remote-writing its scrapes through an outage: no gap in `up`;
 - kill -9 of the agent while a client streams remote write: every sample answered 204 is stored.
 """
@@ -154,7 +154,7 @@ T0_MS = 1_767_225_600_000  # 2026-01-01
 def test_influxdb_client_and_cli_while_the_pipeline_is_down_then_reimport(
     pipeline: Pipeline, tmp_path: Path, stop_agents: list[AgentProc]
 ) -> None:
-    from influxdb_client import InfluxDBClient, WritePrecision
+    from influxdb_client import InfluxDBClient, WriteOptions, WritePrecision
     from influxdb_client.client.write_api import SYNCHRONOUS
 
     p = pipeline
@@ -170,11 +170,21 @@ def test_influxdb_client_and_cli_while_the_pipeline_is_down_then_reimport(
     cli_file = tmp_path / "import.txt"
     cli_file.write_text("# DML\n# CONTEXT-DATABASE: relaydb\n" + "\n".join(cli_lines) + "\n")
 
+    failures: list[str] = []
+    batched = [f"relay_batched,host=b v={k} {T0_MS + k}" for k in range(500)]
+
     def write_all() -> None:
         with InfluxDBClient(url=relay, token="no-key-needed-locally", org="o") as client:
             api = client.write_api(write_options=SYNCHRONOUS)
             for batch in lines:
                 api.write(bucket="relay-bucket", record=batch, write_precision=WritePrecision.MS)
+            # the batching write API: failures only reach its callbacks (after its own retries)
+            options = WriteOptions(batch_size=100, flush_interval=200, max_retries=0)
+            with client.write_api(
+                write_options=options, error_callback=lambda _c, _d, e: failures.append(repr(e))
+            ) as batching:
+                batching.write(bucket="relay-bucket", record=batched, write_precision=WritePrecision.MS)
+        assert failures == []
         if influx_cli is not None:
             port = relay.rsplit(":", 1)[1]
             argv = [influx_cli, "-host", "127.0.0.1", "-port", port, "-import", "-path", str(cli_file)]
@@ -190,8 +200,10 @@ def test_influxdb_client_and_cli_while_the_pipeline_is_down_then_reimport(
     assert wait_values(p, "relay_client_v", len(want)) == want
     all_stored(p, "influx/influxdb-client-python")
     write_all()  # the same points again: stored once
-    all_stored(p, "influx/influxdb-client-python", last=2 * batches)  # a report per request, both rounds
+    # a report per request: per round the synchronous requests and the batching API's 5 of 100 lines
+    all_stored(p, "influx/influxdb-client-python", last=2 * (batches + 5))
     assert values(p, "relay_client_v") == want
+    assert values(p, "relay_batched_v") == sorted((T0_MS + k, float(k)) for k in range(500))
     require(influx_cli, "the influx CLI (Debian's influxdb-client)")
     all_stored(p, "influx/influxDB")  # the influx CLI says "User-Agent: influxDB"
     cli_want = sorted((T0_MS + i, i + 0.5) for i in range(300))
