@@ -8,6 +8,7 @@ import errno
 import gzip
 import os
 import secrets
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from lossproof.agent.relay import product_of
 from lossproof.agent.spool.format import read_all
 from lossproof.config import ConfigError
 from lptest.agent import free_port, scrape, write_config
+from lptest.cli import run_cli
 from lptest.inproc import InProcess
 from lptest.proto import query, rw_body
 
@@ -351,3 +353,30 @@ def test_a_failing_disk_answers_503_and_acknowledges_nothing(
     finally:
         a.stop()
     assert sorted(p["v"] for p in spooled_samples(tmp_path / "spool")) == [1.0, 4.0]
+
+
+def test_lossproof_agent_refuses_a_bad_relay_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = {
+        "api_key": "k",
+        "primary_url": "http://127.0.0.1:1",
+        "spool_dir": str(tmp_path / "s"),
+        "statsd_port": 0,
+        "metrics_port": 0,
+        "collect_host": False,
+    }
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for relay, needle in [
+            ({"listen": "nope"}, "relay.listen: 'nope': expected host:port"),
+            ({"listen": f"127.0.0.1:{port}"}, f"relay.listen 127.0.0.1:{port}: cannot listen: "),
+        ]:
+            config = write_config(tmp_path / "agent.toml", **base, relay=relay)
+            ran = run_cli(monkeypatch, capsys, "agent", "--config", str(config))
+            errors = [ln for ln in ran.err.splitlines() if ln.startswith("Error:")]
+            assert ran.code == 1 and "Traceback" not in ran.err and len(errors) == 1, ran.err
+            assert needle in errors[0]
+        assert "address already in use" in errors[0].lower()
