@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Real third-party clients for tests/protocols: Prometheus (remote write) and the InfluxDB 1.x CLI
-# (`influx -import`), from Debian. Idempotent: does nothing when both are installed.
+# Real third-party clients for tests/protocols: Prometheus (remote write; also the reference server of
+# the PromQL conformance test, tests/promql) and the InfluxDB 1.x CLI (`influx -import`), from Debian.
+# Idempotent: does nothing when both are installed.
 set -euo pipefail
 need=()
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)

@@ -29,6 +29,17 @@ def data_dir_option(f: F) -> F:
     )(f)
 
 
+def log_format_option(f: F) -> F:
+    return click.option(
+        "--log-format",
+        type=click.Choice(["auto", "json", "text"]),
+        default="auto",
+        show_default=True,
+        envvar="LOSSPROOF_LOG_FORMAT",
+        help="Log lines on stderr: readable text at a terminal, JSON otherwise (auto), or as given.",
+    )(f)
+
+
 def _load(data_dir: Path) -> Config:
     try:
         return config_mod.load(data_dir)
@@ -88,14 +99,19 @@ def cli() -> None:
     "--port", type=click.IntRange(0, 65535), default=None, help="HTTP port (default from config, 8080)."
 )
 @click.option("--api-key", envvar="LOSSPROOF_API_KEY", default=None, help="Key for the default tenant.")
-def up(data_dir: Path, port: int | None, api_key: str | None) -> None:
+@log_format_option
+def up(data_dir: Path, port: int | None, api_key: str | None, log_format: str) -> None:
     """Run the whole pipeline (ingest + query API, log, worker, store) on embedded defaults."""
     from lossproof import up as up_mod
-    from lossproof.obs.logging import setup
+    from lossproof.obs import logging as logs
 
-    setup("up")
+    fmt = logs.resolve(log_format)
+    os.environ[logs.ENV] = fmt  # the children write to the same stream: the same format
+    logs.setup("up", fmt=fmt)
+    # Everything that can refuse the start is checked before anything is created, so a failed first
+    # start leaves no config whose generated key nobody saw.
     try:
-        cfg, new_key = config_mod.init_data_dir(data_dir, api_key, port)
+        cfg = config_mod.planned(data_dir)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
     if port is not None:
@@ -106,24 +122,32 @@ def up(data_dir: Path, port: int | None, api_key: str | None) -> None:
         up_mod.check_port_free(cfg.server.host, cfg.server.port)
     except up_mod.PortInUse as e:
         raise click.ClickException(str(e)) from None
+    try:
+        cfg, new_key = config_mod.init_data_dir(data_dir, api_key, port)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    if port is not None:
+        cfg.server.port = port
     if new_key:
         click.echo(f"created {data_dir / config_mod.CONFIG_NAME}; API key for tenant 'default': {new_key}")
-        click.echo("(stored hashed; it is not shown again — create more with `lossproof keys create`)")
-    sys.exit(up_mod.run(cfg, data_dir))
+        click.echo("(stored hashed; not shown again — `lossproof keys rotate --tenant default` replaces it)")
+    banner = up_mod.Banner(data_dir, new_key) if sys.stdout.isatty() and fmt == "text" else None
+    sys.exit(up_mod.run(cfg, data_dir, banner))
 
 
 @cli.command()
 @data_dir_option
 @click.option("--port", type=click.IntRange(0, 65535), default=None)
 @click.option("--host", default=None)
-def ingest(data_dir: Path, port: int | None, host: str | None) -> None:
+@log_format_option
+def ingest(data_dir: Path, port: int | None, host: str | None, log_format: str) -> None:
     """Run the ingest + query HTTP API alone."""
     from lossproof.ingest.server import serve
     from lossproof.log.base import LogError
     from lossproof.obs.logging import setup
     from lossproof.store.base import StoreError
 
-    setup("ingest")
+    setup("ingest", fmt=log_format)
     cfg = _load(data_dir)
     if port is not None:
         cfg.server.port = port
@@ -144,14 +168,15 @@ def ingest(data_dir: Path, port: int | None, host: str | None) -> None:
 @click.option(
     "--http-port", type=click.IntRange(0, 65535), default=None, help="Port of /metrics and /healthz."
 )
-def worker(data_dir: Path, http_port: int | None) -> None:
+@log_format_option
+def worker(data_dir: Path, http_port: int | None, log_format: str) -> None:
     """Run a worker alone: log → store."""
     from lossproof.log.base import LogError
     from lossproof.obs.logging import setup
     from lossproof.store.base import StoreError
     from lossproof.worker.main import run
 
-    setup("worker")
+    setup("worker", fmt=log_format)
     cfg = _load(data_dir)
     if http_port is not None:
         cfg.worker.http_port = http_port
@@ -185,6 +210,13 @@ def worker(data_dir: Path, http_port: int | None) -> None:
     show_default=True,
     help="Tries per report (backoff 0.2 s doubling to 10 s) before it is given up and reported as lost.",
 )
+@click.option(
+    "--wait-stored",
+    is_flag=True,
+    help="After the acknowledgement (durable in the log), wait until the worker has stored the points "
+    "(queryable), up to --wait-timeout.",
+)
+@click.option("--wait-timeout", type=finite_float(0.1, 3600), default=30.0, show_default=True)
 @click.argument("file", type=click.File("r", encoding="utf-8"), default="-")
 def send(
     url: str,
@@ -194,6 +226,8 @@ def send(
     encoding: str,
     state_dir: Path,
     attempts: int,
+    wait_stored: bool,
+    wait_timeout: float,
     file: Any,
 ) -> None:
     """Post points, one JSON object a line ({"metric","labels","t","v"}), from FILE or stdin."""
@@ -203,6 +237,11 @@ def send(
 
     http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5, read=60))
     sent = reports = 0
+    acked: dict[str, list[int]] = {}  # seqs acknowledged, per incarnation
+
+    def progress(msg: str) -> None:
+        click.echo(msg, err=True)
+
     try:
         url = snd.check_url(url)
         snd.check_agent(agent)
@@ -212,7 +251,7 @@ def send(
             for conflicts in range(3):
                 body = snd.request_body(agent, seq, group, dropped, incarnation)
                 try:
-                    snd.post(http, url, api_key, body, encoding, attempts=attempts)
+                    snd.post(http, url, api_key, body, encoding, attempts=attempts, progress=progress)
                     break
                 except snd.SeqConflict as e:
                     if conflicts == 2:
@@ -231,11 +270,16 @@ def send(
             snd.reported(state_dir, agent, dropped)
             sent += len(group)
             reports += 1
+            acked.setdefault(incarnation[0], []).append(seq)
             if sys.stderr.isatty() and reports % 10 == 0:
                 click.echo(f"\r{sent} points acknowledged", nl=False, err=True)
+        if wait_stored:
+            for inc, seqs in acked.items():
+                snd.wait_stored(http, url, api_key, agent, inc, seqs, wait_timeout, progress)
     except snd.SendError as e:
         raise click.ClickException(f"{e} ({sent} points acknowledged before this)") from None
-    click.echo(f"{sent} points in {reports} reports acknowledged durable by {url}")
+    stored = " and stored" if wait_stored else ""
+    click.echo(f"{sent} points in {reports} reports acknowledged durable{stored} by {url}")
 
 
 @cli.group()
@@ -243,38 +287,83 @@ def keys() -> None:
     """Manage tenant API keys."""
 
 
-@keys.command("create")
-@data_dir_option
-@click.option("--tenant", default=None, help="The tenant the key belongs to (created if new).")
-@click.option("--replay", is_flag=True, help="A replay key: writes for any tenant, reads nothing.")
-@click.option(
-    "--operator", is_flag=True, help="An operator key: all of /metrics and the pipeline's health; no data."
-)
-def keys_create(data_dir: Path, tenant: str | None, replay: bool, operator: bool) -> None:
-    """Add a key. Prints the key once; only its hash is stored."""
+def _key_owner(tenant: str | None, replay: bool, operator: bool) -> None:
     import re
 
     if [tenant is not None, replay, operator].count(True) != 1:
         raise click.ClickException("give exactly one of --tenant NAME, --replay or --operator")
     if tenant is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", tenant):
         raise click.ClickException("tenant must be 1-64 characters of letters, digits, '_', '.', '-'")
-    key = config_mod.new_key()
+
+
+def key_owner_options(f: F) -> F:
+    f = click.option(
+        "--operator", is_flag=True, help="An operator key: all of /metrics and the pipeline's health."
+    )(f)
+    f = click.option("--replay", is_flag=True, help="A replay key: writes for any tenant, reads nothing.")(f)
+    return click.option("--tenant", default=None, help="The tenant the key belongs to.")(f)
+
+
+# Running pipelines reload keys when lossproof.toml changes (and on SIGHUP): no restart needed.
+RELOADED = "the running pipeline uses it at once"
+
+
+@keys.command("create")
+@data_dir_option
+@key_owner_options
+def keys_create(data_dir: Path, tenant: str | None, replay: bool, operator: bool) -> None:
+    """Add a key (a new tenant is created). Prints the key once; only its hash is stored."""
+    from lossproof import keys as keys_mod
+
+    _key_owner(tenant, replay, operator)
     try:
         # As in the file, without environment overrides: they must not be written into it.
         with config_mod.editing(data_dir) as cfg:
-            if operator:
-                cfg.operator.key_hashes.append(config_mod.hash_key(key))
-            elif replay:
-                cfg.replay.key_hashes.append(config_mod.hash_key(key))
-            elif tenant is not None:
-                tc = cfg.tenants.setdefault(tenant, config_mod.TenantConfig())
-                tc.key_hashes.append(config_mod.hash_key(key))
+            key = keys_mod.add(keys_mod.holder_for(cfg, tenant, replay, operator, create=True))
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
     click.echo(key)
     kind = "operator" if operator else "replay"
     what = f"key added for tenant {tenant!r}" if tenant is not None else f"{kind} key added"
-    click.echo(f"{what}; restart running services to use it", err=True)
+    click.echo(f"{what}; {RELOADED}", err=True)
+
+
+@keys.command("rotate")
+@data_dir_option
+@key_owner_options
+@click.option(
+    "--id", "old_id", default=None, help="The key to replace (from `keys list`); needed if there are several."
+)
+def keys_rotate(data_dir: Path, tenant: str | None, replay: bool, operator: bool, old_id: str | None) -> None:
+    """Replace a key by a new one: prints the new key once; the old one stops working."""
+    from lossproof import keys as keys_mod
+
+    _key_owner(tenant, replay, operator)
+    try:
+        with config_mod.editing(data_dir) as cfg:
+            holder = keys_mod.holder_for(cfg, tenant, replay, operator, create=False)
+            key, old = keys_mod.rotate(holder, old_id)
+    except (ConfigError, keys_mod.KeyAdminError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(key)
+    click.echo(f"key {old} replaced by {config_mod.key_id(config_mod.hash_key(key))}; {RELOADED}", err=True)
+
+
+@keys.command("list")
+@data_dir_option
+def keys_list(data_dir: Path) -> None:
+    """The stored keys: id, kind, tenant, created (never the key: only its hash is stored)."""
+    from lossproof import keys as keys_mod
+
+    try:
+        cfg = config_mod.load(data_dir, env={})  # the file's keys, not LOSSPROOF_API_KEY
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    rows = [("ID", "KIND", "TENANT", "CREATED")]
+    rows += [(k.id, k.kind, k.tenant or "-", k.created or "unknown") for k in keys_mod.list_keys(cfg)]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        click.echo("  ".join([*(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)), r[3]]))
 
 
 class BenchGroup(LazyGroup):
@@ -387,7 +476,9 @@ def bench_ingest(
                     raise click.ClickException(f"cannot reach the pipeline at {url}: {e}") from None
         except BenchFailed as e:
             raise click.ClickException(str(e)) from None
-    for line in lines:
+    from lossproof.bench.load import load_line
+
+    for line in [*lines, load_line()]:
         click.echo(line)
 
 

@@ -16,6 +16,7 @@ import secrets
 import tomllib
 import typing
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,32 +43,83 @@ class _Section(BaseModel):
 
 
 class ServerConfig(_Section):
-    host: str = Field(default="127.0.0.1", min_length=1, max_length=253)
-    port: int = Field(default=8080, ge=0, le=65535)
-    # Compressed body limit, checked against Content-Length before reading.
-    max_body_bytes: int = Field(default=16 * MiB, ge=1024)
-    # Decompressed limit, so a zip bomb is refused after at most this much work.
-    max_decoded_bytes: int = Field(default=64 * MiB, ge=1024)
-    # How long a request may wait for the log to confirm durability before answering 503.
-    append_timeout_seconds: float = Field(default=10.0, gt=0, le=MAX_SECONDS)
-    retry_after_seconds: int = Field(default=1, ge=1, le=3600)
-    # A sender whose body stalls this long without a byte, or takes longer than body_read_max_seconds
-    # in all, gets a 408 and the connection is closed: a stalled client must not hold a connection
-    # (and its buffers) forever. Nothing was acknowledged, so the client still owns the data.
-    body_idle_seconds: float = Field(default=30.0, gt=0, le=MAX_SECONDS)
-    body_read_max_seconds: float = Field(default=300.0, gt=0, le=MAX_SECONDS)
-    # A connection must deliver a request's headers within this long of its first byte (or of
-    # being opened); an idle keep-alive connection is closed after keepalive_timeout_seconds. A
-    # client trickling header lines must not hold a socket and a handler forever.
-    header_timeout_seconds: float = Field(default=10.0, gt=0, le=MAX_SECONDS)
-    keepalive_timeout_seconds: float = Field(default=75.0, gt=0, le=MAX_SECONDS)
-    # Open connections, in all and from one address; one more gets 503 + Retry-After and is closed.
-    max_connections: int = Field(default=1024, ge=1)
-    max_connections_per_ip: int = Field(default=256, ge=1)
-    # `lossproof up` starts this many ingest processes, all listening on `port` (SO_REUSEPORT: the
-    # kernel spreads connections over them). The embedded log needs log.partitions >= this (one
-    # writer per partition); on Kafka they share the topic.
-    ingest_processes: int = Field(default=1, ge=1, le=64)
+    """``[server]``: the HTTP process (ingest API, query API, dashboard, ``/metrics``)."""
+
+    host: str = Field(default="127.0.0.1", min_length=1, max_length=253, description="Address to listen on.")
+    port: int = Field(default=8080, ge=0, le=65535, description="HTTP port (0: any free port).")
+    # Checked against Content-Length before reading.
+    max_body_bytes: int = Field(
+        default=16 * MiB,
+        ge=1024,
+        description="Compressed request body limit: larger is a 413 before it is read.",
+    )
+    # So a zip bomb is refused after at most this much work.
+    max_decoded_bytes: int = Field(
+        default=64 * MiB, ge=1024, description="Body limit after decompression (a zip bomb stops here)."
+    )
+    append_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=MAX_SECONDS,
+        description="How long a request may wait for the log's durable confirmation before a 503.",
+    )
+    retry_after_seconds: int = Field(
+        default=1,
+        ge=1,
+        le=3600,
+        description="Retry-After of a 503/429 (native protocol; third-party protocols: docs/protocols.md).",
+    )
+    # A stalled client must not hold a connection (and its buffers) forever. Nothing was
+    # acknowledged, so the client still owns the data.
+    body_idle_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=MAX_SECONDS,
+        description="A body that stalls this long without a byte gets a 408 and the connection closed.",
+    )
+    body_read_max_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        le=MAX_SECONDS,
+        description="... and so does one that takes longer than this in all.",
+    )
+    # A client trickling header lines must not hold a socket and a handler forever.
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=MAX_SECONDS,
+        description="A request's headers must arrive within this of its first byte (or of the connection "
+        "opening); else the connection is closed.",
+    )
+    keepalive_timeout_seconds: float = Field(
+        default=75.0, gt=0, le=MAX_SECONDS, description="An idle keep-alive connection is closed after this."
+    )
+    max_connections: int = Field(
+        default=1024,
+        ge=1,
+        description="Open connections in all; one more gets 503 + Retry-After and is closed.",
+    )
+    max_connections_per_ip: int = Field(default=256, ge=1, description="... and from one address.")
+    # The kernel spreads connections over them (SO_REUSEPORT).
+    ingest_processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="`lossproof up` starts this many ingest processes, all on `port`. The embedded log "
+        "needs log.partitions >= this (one writer per partition); on Kafka they share the topic.",
+    )
+    max_series_per_tenant: int = Field(
+        default=0,
+        ge=0,
+        description="The most series a tenant may have (0: no limit; tenants.NAME.max_series overrides "
+        "it): a request that would add more is refused with 400 (docs/store.md, Cardinality).",
+    )
+    series_limit_refresh_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=MAX_SECONDS,
+        description="How often ingest reads the series stored since, for the series limit.",
+    )
 
     @field_validator("host")
     @classmethod
@@ -82,54 +134,118 @@ class ServerConfig(_Section):
 class KafkaLogConfig(_Section):
     """``[log.kafka]``: the Kafka backend (see docs/kafka.md)."""
 
-    bootstrap_servers: str = "127.0.0.1:19092"
-    topic: str = Field(default="lossproof-reports", pattern=r"^[A-Za-z0-9._-]{1,200}$")
-    # Used by `lossproof kafka init` when it creates the topic, and checked by the writer at start.
-    partitions: int = Field(default=6, ge=1)
-    replication_factor: int = Field(default=3, ge=1)
-    min_insync_replicas: int = Field(default=2, ge=1)
-    # Accept a topic weaker than RF 3 / min.insync.replicas 2 / no unclean election / no
-    # time- or size-based deletion (e.g. a 1-node dev cluster). Acknowledged then means less.
-    unsafe: bool = False
-    # How long the producer may try to deliver a record; must be below server.append_timeout_seconds
-    # (0: 80% of it) so a request gets the delivery report's verdict, never just a timeout.
-    delivery_timeout_seconds: float = Field(default=0.0, ge=0, le=MAX_SECONDS)
-    max_message_bytes: int = Field(default=20 * MiB, ge=1024)
-    # Consumer group session: how soon a dead worker's partitions move to another worker.
-    session_timeout_seconds: float = Field(default=10.0, ge=1, le=MAX_SECONDS)
-    # How often the writer deletes records every lossproof consumer group has committed past.
-    retention_check_seconds: float = Field(default=60.0, gt=0, le=MAX_SECONDS)
-    # Passed through to librdkafka (producer, consumer and admin client): security.protocol,
-    # sasl.*, ssl.*, linger.ms, compression.type, ... Settings lossproof's guarantees rest on
-    # (acks, enable.idempotence, auto commit, offset reset, ...) are refused.
-    client: dict[str, str] = Field(default_factory=dict)
+    bootstrap_servers: str = Field(default="127.0.0.1:19092", description="Kafka brokers, host:port,...")
+    topic: str = Field(
+        default="lossproof-reports", pattern=r"^[A-Za-z0-9._-]{1,200}$", description="The topic."
+    )
+    partitions: int = Field(
+        default=6, ge=1, description="Used by `lossproof kafka init` when it creates the topic."
+    )
+    replication_factor: int = Field(
+        default=3, ge=1, description="Created with, and checked by the writer at start."
+    )
+    min_insync_replicas: int = Field(
+        default=2, ge=1, description="Created with, and checked by the writer at start."
+    )
+    # Acknowledged then means less.
+    unsafe: bool = Field(
+        default=False,
+        description="Accept a topic weaker than RF 3 / min.insync.replicas 2 / no unclean election / "
+        "no time- or size-based deletion (e.g. a 1-node dev cluster).",
+    )
+    # So a request gets the delivery report's verdict, never just a timeout.
+    delivery_timeout_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        le=MAX_SECONDS,
+        description="How long the producer may try to deliver a record; below server.append_timeout_seconds "
+        "(0: 80% of it).",
+    )
+    max_message_bytes: int = Field(
+        default=20 * MiB, ge=1024, description="Largest record the producer sends."
+    )
+    session_timeout_seconds: float = Field(
+        default=10.0,
+        ge=1,
+        le=MAX_SECONDS,
+        description="Consumer group session: how soon a dead worker's partitions move to another worker.",
+    )
+    retention_check_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=MAX_SECONDS,
+        description="How often the writer deletes records every lossproof consumer group has committed past.",
+    )
+    # Settings lossproof's guarantees rest on are refused (see log/kafka/common.py).
+    client: dict[str, str] = Field(
+        default_factory=dict,
+        description="Passed to librdkafka (producer, consumer, admin): security.protocol, sasl.*, ssl.*, "
+        "linger.ms, ... Settings the guarantees rest on (acks, enable.idempotence, auto commit, offset "
+        "reset, ...) are refused.",
+    )
 
 
 class LogConfig(_Section):
-    backend: Literal["embedded", "kafka"] = "embedded"
-    dir: str = "log"
-    segment_bytes: int = Field(default=64 * MiB, ge=4096)
-    retention_seconds: float = Field(default=3600.0, ge=0, le=MAX_SECONDS)
-    # embedded: partitions of the log directory = how many ingest processes can write it at once
-    # (one per partition); worker processes share the partitions (see docs/log.md).
-    partitions: int = Field(default=1, ge=1, le=1024)
+    """``[log]``: the durable log every acknowledged request is in."""
+
+    backend: Literal["embedded", "kafka"] = Field(
+        default="embedded",
+        description="`embedded` (segment files here) or `kafka` ([log.kafka], docs/kafka.md).",
+    )
+    dir: str = Field(default="log", description="embedded: the log directory (relative: in the data dir).")
+    segment_bytes: int = Field(default=64 * MiB, ge=4096, description="embedded: size of a segment file.")
+    retention_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        le=MAX_SECONDS,
+        description="embedded: segments are deleted only once consumed AND older than this.",
+    )
+    # One writer per partition; worker processes share the partitions (see docs/log.md).
+    partitions: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="embedded: partitions of the log directory = how many ingest processes can write it "
+        "at once.",
+    )
     kafka: KafkaLogConfig = Field(default_factory=KafkaLogConfig)
 
 
 class StoreConfig(_Section):
-    backend: Literal["embedded", "postgres"] = "embedded"
-    # embedded: the SQLite file
-    path: str = "store.db"
-    # postgres: a libpq connection string or URI (or LOSSPROOF_STORE_DSN), e.g.
-    # "postgresql://lossproof:secret@db.example:5432/lossproof"
-    dsn: str = ""
-    pg_schema: str = Field(default="lossproof", min_length=1, max_length=63)
-    pool_size: int = Field(default=4, ge=1, le=100)  # connections per process
-    # PostgreSQL: points older than this many days are deleted (whole chunks); 0 keeps everything.
-    retention_days: float = Field(default=0.0, ge=0, le=MAX_SECONDS / 86400)
-    connect_timeout_seconds: float = Field(default=10.0, gt=0, le=MAX_SECONDS)
-    # How often each worker packs the store's small chunks (Store.compact); 0 turns it off.
-    compact_interval_seconds: float = Field(default=2.0, ge=0, le=MAX_SECONDS)
+    """``[store]``: where points and the ledger are stored (docs/store.md, docs/postgres.md)."""
+
+    backend: Literal["embedded", "postgres"] = Field(
+        default="embedded", description="`embedded` (SQLite in the data dir) or `postgres` (needs `dsn`)."
+    )
+    path: str = Field(default="store.db", description="embedded: the SQLite file (WAL, synchronous=FULL).")
+    dsn: str = Field(
+        default="",
+        description="postgres: a libpq connection string or URI, e.g. "
+        '"postgresql://lossproof:secret@db.example:5432/lossproof" (or LOSSPROOF_STORE_DSN).',
+    )
+    pg_schema: str = Field(
+        default="lossproof",
+        min_length=1,
+        max_length=63,
+        description="postgres: the schema lossproof's tables are in.",
+    )
+    pool_size: int = Field(default=4, ge=1, le=100, description="postgres: connections per process.")
+    retention_days: float = Field(
+        default=0.0,
+        ge=0,
+        le=MAX_SECONDS / 86400,
+        description="postgres: points older than this many days are deleted (whole chunks); "
+        "0 keeps everything.",
+    )
+    connect_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=MAX_SECONDS, description="postgres: how long a connection attempt may take."
+    )
+    compact_interval_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        le=MAX_SECONDS,
+        description="How often each worker packs the store's small chunks; 0 turns it off (docs/store.md).",
+    )
 
     @model_validator(mode="after")
     def _dsn_for_postgres(self) -> StoreConfig:
@@ -139,53 +255,114 @@ class StoreConfig(_Section):
 
 
 class WorkerConfig(_Section):
-    batch_records: int = Field(default=128, ge=1)
-    batch_wait_seconds: float = Field(default=0.05, ge=0, le=MAX_SECONDS)
-    # What bounds the worker's memory per batch (see worker/loop.py): records gathered up to
-    # batch_bytes as they are in the log (compressed); a store batch written once it holds
-    # batch_points points or batch_decoded_bytes decoded bytes. A big request is decoded a part at
-    # a time and may span several store transactions (a native report never does).
-    batch_bytes: int = Field(default=16 * MiB, ge=1024)
-    batch_points: int = Field(default=131_072, ge=1)
-    batch_decoded_bytes: int = Field(default=16 * MiB, ge=1024)
-    http_host: str = "127.0.0.1"
-    # 0 picks a free port; the address is written to DIR/run/worker.addr for `up` to find.
-    http_port: int = Field(default=0, ge=0, le=65535)
+    """``[worker]``: log → store. What bounds a worker's memory per batch is in worker/loop.py."""
+
+    batch_records: int = Field(default=128, ge=1, description="Log records per store transaction, at most.")
+    batch_wait_seconds: float = Field(
+        default=0.05, ge=0, le=MAX_SECONDS, description="How long a batch waits for more records."
+    )
+    batch_bytes: int = Field(
+        default=16 * MiB,
+        ge=1024,
+        description="Records gathered per batch, as they are in the log (compressed).",
+    )
+    # A big request is decoded a part at a time and may span several store transactions (a native
+    # report never does: it is stored whole with its ledger update).
+    batch_points: int = Field(
+        default=131_072, ge=1, description="A store transaction is written once it holds this many points ..."
+    )
+    batch_decoded_bytes: int = Field(
+        default=16 * MiB,
+        ge=1024,
+        description="... or this many decoded bytes: the worker's memory per batch.",
+    )
+    http_host: str = Field(default="127.0.0.1", description="Address of the worker's /metrics and /healthz.")
+    http_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of /metrics and /healthz; 0 picks a free one (written to DIR/run/worker.addr "
+        "for `up`).",
+    )
 
 
 class LedgerConfig(_Section):
-    # A hole must have been seen this long before agents are asked to replay it, so reports that
-    # are merely reordered in flight are not requested twice.
-    replay_grace_seconds: float = Field(default=10.0, ge=0, le=MAX_SECONDS)
+    """``[ledger]``: per-agent accounting of reports."""
+
+    # So reports that are merely reordered in flight are not requested twice.
+    replay_grace_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        le=MAX_SECONDS,
+        description="A hole must have been seen this long before agents are asked to replay it.",
+    )
 
 
-class TenantConfig(_Section):
-    key_hashes: list[str] = Field(default_factory=list)
+class KeyHolder(_Section):
+    key_hashes: list[str] = Field(
+        default_factory=list, description="SHA-256 hashes of the keys (`lossproof keys create`; never a key)."
+    )
+    # Keys from before this field have none.
+    key_created: dict[str, str] = Field(
+        default_factory=dict,
+        description="When each key was added (key hash -> ISO 8601 UTC), for `keys list`.",
+    )
+
+    def add_key(self, key_hash: str, created: str) -> None:
+        self.key_hashes.append(key_hash)
+        self.key_created[key_hash] = created
+
+    def remove_key(self, key_hash: str) -> None:
+        self.key_hashes = [h for h in self.key_hashes if h != key_hash]
+        self.key_created.pop(key_hash, None)
 
 
-class ReplayConfig(_Section):
-    # Service keys that may write on behalf of any tenant (header X-Lossproof-Tenant): used by
-    # `lossproof replay` to drain a fallback receiver. They cannot read.
-    key_hashes: list[str] = Field(default_factory=list)
+class TenantConfig(KeyHolder):
+    """``[tenants.NAME]``: a tenant's API keys (read and write its own data only)."""
+
+    max_series: int | None = Field(
+        default=None,
+        ge=0,
+        description="This tenant's series limit (0: none); unset: server.max_series_per_tenant.",
+    )
 
 
-class OperatorConfig(_Section):
-    # Keys that see everything of /metrics (per-tenant and per-agent series) and the dashboard's
-    # pipeline-wide numbers. They cannot write or read any tenant's data.
-    key_hashes: list[str] = Field(default_factory=list)
+class ReplayConfig(KeyHolder):
+    """``[replay]``: service keys that write on behalf of any tenant (header X-Lossproof-Tenant), used by
+    `lossproof replay` to drain a fallback receiver. They cannot read."""
+
+
+class OperatorConfig(KeyHolder):
+    """``[operator]``: keys that see all of /metrics (per-tenant and per-agent series) and the dashboard's
+    pipeline-wide numbers. They cannot write or read any tenant's data."""
 
 
 class HealthConfig(_Section):
     """``[health]``: what the dashboard's pipeline health page scrapes besides the pipeline itself."""
 
-    # Base URLs of the fallback receivers (`lossproof fallback`), like Prometheus static targets:
-    # their ``<url>/metrics`` is scraped for the backlog (lossproof_fallback_pending_replay_bytes).
-    fallback_urls: list[str] = Field(default_factory=list)
+    # Like Prometheus static targets.
+    fallback_urls: list[str] = Field(
+        default_factory=list,
+        description="Base URLs of the fallback receivers (`lossproof fallback`), e.g. "
+        '["http://10.0.0.5:8081"]: their <url>/metrics is scraped for the backlog.',
+    )
 
     @field_validator("fallback_urls")
     @classmethod
     def _http_urls(cls, urls: list[str]) -> list[str]:
         return [check_base_url(u) for u in urls]
+
+
+class QueryConfig(_Section):
+    """``[query]``: what one PromQL query may cost (``/api/v1/query``, ``/api/v1/query_range``).
+    Past a limit the query ends with a 422 naming it, never an out-of-memory or a stuck read thread."""
+
+    # points read from the store plus points subqueries make (Prometheus' query.max-samples)
+    max_samples: int = Field(default=50_000_000, ge=1)
+    # series one selector may read
+    max_series: int = Field(default=500_000, ge=1)
+    # checked between the steps of an evaluation (Prometheus' query.timeout)
+    timeout_seconds: float = Field(default=120.0, gt=0, le=MAX_SECONDS)
 
 
 class Config(_Section):
@@ -198,6 +375,7 @@ class Config(_Section):
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
     operator: OperatorConfig = Field(default_factory=OperatorConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
+    query: QueryConfig = Field(default_factory=QueryConfig)
 
     # Not in the file: where it was loaded from.
     data_dir: Path = Field(default=Path("."), exclude=True)
@@ -228,6 +406,13 @@ class Config(_Section):
     def run_dir(self) -> Path:
         return self.data_dir / "run"
 
+    def series_limit(self, tenant: str) -> int:
+        """The most series ``tenant`` may have; 0 for no limit."""
+        t = self.tenants.get(tenant)
+        if t is not None and t.max_series is not None:
+            return t.max_series
+        return self.server.max_series_per_tenant
+
     def tenant_for_key(self, key: str) -> str | None:
         h = hash_key(key)
         for name, t in self.tenants.items():
@@ -249,6 +434,16 @@ def hash_key(key: str) -> str:
 
 def new_key() -> str:
     return "lp_" + secrets.token_urlsafe(32)
+
+
+def key_id(key_hash: str) -> str:
+    """A short, stable name for a stored key: the start of its hash (which is in the file anyway),
+    never anything of the secret itself."""
+    return key_hash.removeprefix("sha256:")[:12]
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _env_overrides(
@@ -331,7 +526,8 @@ def save(cfg: Config) -> None:
     read it first hold :func:`editing`."""
     path = cfg.data_dir / CONFIG_NAME
     text = "# lossproof configuration. Keys are stored as SHA-256 hashes only.\n"
-    text += tomli_w.dumps(cfg.model_dump(mode="json", exclude={"data_dir"}))
+    # TOML has no null: an unset optional (None) is left out, and reads back as its default
+    text += tomli_w.dumps(cfg.model_dump(mode="json", exclude={"data_dir"}, exclude_none=True))
     write_atomic(path, text.encode(), tmp=path.with_name(f"{CONFIG_NAME}.{os.getpid()}.tmp"))
 
 
@@ -350,13 +546,29 @@ def editing(data_dir: Path) -> Iterator[Config]:
         os.close(fd)
 
 
+def planned(data_dir: Path, env: Mapping[str, str] | None = None) -> Config:
+    """The config ``up`` will run with, without creating anything: the file's if there is one,
+    else the defaults (with environment overrides), so the port can be checked first."""
+    if (data_dir / CONFIG_NAME).exists():
+        return load(data_dir, env)
+    env = os.environ if env is None else env
+    try:
+        cfg = Config.model_validate(_env_overrides(env))
+    except ValidationError as e:
+        raise ConfigError(_describe(e, "environment")) from e
+    cfg.data_dir = data_dir
+    return cfg
+
+
 def init_data_dir(data_dir: Path, api_key: str | None, port: int | None = None) -> tuple[Config, str | None]:
     """Create the data dir and its config on first start. Returns the config and a new key, if any."""
     make_dirs(data_dir)
     if (data_dir / CONFIG_NAME).exists():
         return load(data_dir), None
     key = api_key or new_key()
-    cfg = Config(tenants={"default": TenantConfig(key_hashes=[hash_key(key)])})
+    default = TenantConfig()
+    default.add_key(hash_key(key), now_iso())
+    cfg = Config(tenants={"default": default})
     if port is not None:
         cfg.server.port = port
     cfg.data_dir = data_dir

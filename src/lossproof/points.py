@@ -7,7 +7,7 @@ check, the agent's relay) does not load the store's dependencies. ``store.base``
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -70,3 +70,12 @@ def decode_points(data: bytes) -> list[Point]:
 def report_digest(points: Sequence[PointLike]) -> bytes:
     """A report's content digest: what tells a resend (same digest) from a reused seq (another one)."""
     return hashlib.blake2b(encode_points(points), digest_size=16).digest()
+
+
+_labels_json = msgspec.json.Encoder(order="sorted")
+
+
+def labels_text(labels: Mapping[str, str]) -> str:
+    """A series' labels as both stores keep them: JSON with sorted keys, compact. Equal label sets
+    give equal text, so (tenant, metric, this) identifies a series."""
+    return _labels_json.encode(labels).decode()

@@ -22,7 +22,8 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterable, Iterator
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ from lossproof.protocol.ack import (
     is_seq_conflict,
 )
 from lossproof.protocol.compression import compress
+from lossproof.protocol.native import MIN_POINT_TIME_MS
 from lossproof.urls import check_base_url
 
 MAX_AGENT = 256  # the protocol's limit on agent ids
@@ -80,7 +82,13 @@ def parse_lines(stream: IO[str]) -> Iterator[dict[str, Any]]:
                 raise SendError(f"line {lineno}: expected an object with a string 'metric'")
             if "v" not in obj and "value" in obj:
                 obj["v"] = obj.pop("value")
-            obj.setdefault("t", now)
+            t = obj.setdefault("t", now)
+            if isinstance(t, int | float) and not isinstance(t, bool) and 0 <= t < MIN_POINT_TIME_MS:
+                # refused here, not by the server: a refused report would be counted as lost
+                raise SendError(
+                    f"line {lineno}: t {t} is before 1973 as unix milliseconds: is it in seconds? "
+                    "t is unix milliseconds (multiply by 1000)"
+                )
             obj.setdefault("labels", {})
             yield obj
     except UnicodeDecodeError as e:
@@ -226,8 +234,16 @@ def request_body(
 
 
 def post(
-    http: urllib3.PoolManager, url: str, key: str, body: dict[str, Any], encoding: str, attempts: int
+    http: urllib3.PoolManager,
+    url: str,
+    key: str,
+    body: dict[str, Any],
+    encoding: str,
+    attempts: int,
+    progress: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
+    """Post one request until it is acknowledged; ``progress`` hears of every failed attempt, so a
+    person is not left waiting in silence for the retries."""
     # msgpack, not JSON: it carries NaN and infinities (e.g. Prometheus staleness markers) as they are.
     data = compress(msgspec.msgpack.encode(body), encoding)
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/msgpack"}
@@ -235,7 +251,7 @@ def post(
         headers["Content-Encoding"] = encoding
     delay = 0.2
     last = ""
-    for _ in range(attempts):
+    for attempt in range(1, attempts + 1):
         try:
             r = http.request("POST", url + "/v1/reports", body=data, headers=headers, retries=False)
         except urllib3.exceptions.HTTPError as e:
@@ -265,7 +281,47 @@ def post(
             retry_after = r.headers.get("Retry-After")
             if retry_after and retry_after.isdigit():
                 delay = max(delay, float(retry_after))
+        if attempt == attempts:
+            break
+        progress(f"attempt {attempt}/{attempts} failed: {last}; trying again in {delay:.1f} s")
         time.sleep(delay)
         delay = min(delay * 2, 10.0)
     raise SendError(f"not acknowledged after {attempts} attempts: {last}")
 
+
+
+def wait_stored(
+    http: urllib3.PoolManager,
+    url: str,
+    key: str,
+    agent: str,
+    incarnation: str,
+    seqs: list[int],
+    timeout: float,
+    progress: Callable[[str], None] = lambda _: None,
+) -> None:
+    """Wait until the worker has stored every one of ``seqs`` (the ledger says so). Acknowledged
+    means durable in the log; stored means queryable: a moment later, or longer behind a backlog."""
+    if not seqs:
+        return
+    path = f"{url}/v1/agents/{urllib.parse.quote(agent, safe='')}/ledger"
+    query = "?" + urllib.parse.urlencode({"incarnation": incarnation})
+    deadline = time.monotonic() + timeout
+    told = False
+    while True:
+        try:
+            r = http.request("GET", path + query, headers={"Authorization": f"Bearer {key}"}, retries=False)
+            stored = json.loads(r.data)["stored"] if r.status == 200 else []
+        except (urllib3.exceptions.HTTPError, ValueError, KeyError, TypeError):
+            stored = []
+        if all(any(a <= s <= b for a, b in stored) for s in seqs):
+            return
+        if time.monotonic() >= deadline:
+            raise SendError(
+                f"acknowledged, but not stored within {timeout:g} s (the worker is behind, or down: "
+                "see /healthz and the dashboard's health page); nothing is lost, it is in the log"
+            )
+        if not told:
+            progress("acknowledged; waiting for the worker to store it …")
+            told = True
+        time.sleep(0.1)

@@ -79,7 +79,27 @@ def check_port_free(host: str, port: int, wait: float = 5.0) -> None:
         time.sleep(0.1)
 
 
-def run(cfg: Config, data_dir: Path) -> int:
+@dataclass
+class Banner:
+    """What a person at a terminal needs once the pipeline is up, in a few lines."""
+
+    data_dir: Path
+    new_key: str | None  # the key generated on this start, if any
+
+    def text(self, url: str) -> str:
+        lines = [
+            "",
+            "  lossproof is up",
+            f"  dashboard   {url}/",
+            f"  data dir    {self.data_dir}",
+        ]
+        if self.new_key:
+            lines.append(f"  API key     {self.new_key}  (tenant default; shown this once)")
+        lines += ["  Ctrl-C stops it; `lossproof keys create --tenant T` adds keys while it runs", ""]
+        return "\n".join(lines)
+
+
+def run(cfg: Config, data_dir: Path, banner: Banner | None = None) -> int:
     exe = [sys.executable, "-m", "lossproof"]
     ingest = [*exe, "ingest", "--data-dir", str(data_dir), "--port", str(cfg.server.port)]
     n = cfg.server.ingest_processes
@@ -91,8 +111,16 @@ def run(cfg: Config, data_dir: Path) -> int:
         nonlocal stopping
         stopping = True
 
+    def on_hangup(signum: int, frame: object) -> None:
+        # Keys are checked in the ingest processes: the reload has to happen there (and only there:
+        # SIGHUP would end a worker).
+        for c in children:
+            if c.name.startswith("ingest") and c.proc is not None and c.proc.poll() is None:
+                c.proc.send_signal(signal.SIGHUP)
+
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     for c in children:
         c.start()
     url = f"http://{cfg.server.host}:{cfg.server.port}"
@@ -101,7 +129,10 @@ def run(cfg: Config, data_dir: Path) -> int:
     while not stopping:
         if not ready and _healthy(url):
             ready = True
-            print(f"lossproof is up: {url} (data dir {data_dir}); Ctrl-C stops it", flush=True)
+            if banner is not None:
+                print(banner.text(url), flush=True)
+            else:
+                print(f"lossproof is up: {url} (data dir {data_dir}); Ctrl-C stops it", flush=True)
         time.sleep(0.2)
         for c in children:
             assert c.proc is not None

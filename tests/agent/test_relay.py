@@ -246,6 +246,26 @@ def test_a_relay_key_is_required_when_set(tmp_path: Path, pipe: InProcess) -> No
         a.stop()
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/write?db=d", f"early v=1 {NOW_MS}\n".encode()),  # ms read as ns: 1970-01-01T00:30
+        ("/api/v1/write", rw_body([({"__name__": "early"}, [(NOW_MS // 1000, 1)])])),  # seconds
+    ],
+    ids=["influx-ms-as-ns", "remote-write-seconds"],  # the bodies hold the time: ids must not
+)
+def test_a_point_the_native_protocol_would_refuse_is_refused_before_the_2xx(
+    agent: Agent, path: str, body: bytes
+) -> None:
+    """Ingest takes third-party points from 1970 on; the native protocol, which the relay spools
+    in, refuses a time before 1973 (most likely seconds). Acknowledged, the report would be refused
+    upstream and lost: the relay answers 400 instead, and spools nothing."""
+    headers = RW if path.startswith("/api/v1") else {}
+    r = HTTP.request("POST", relay_url(agent) + path, body=body, headers=headers)
+    assert r.status == 400 and b"before 1973" in r.data, r.data
+    assert spooled_samples(agent.config.spool_dir) == []
+
+
 def test_ping_and_unknown_paths(agent: Agent) -> None:
     r = HTTP.request("GET", relay_url(agent) + "/ping")
     assert r.status == 204 and r.headers["X-Influxdb-Version"]
@@ -314,7 +334,7 @@ def test_local_senders_are_bounded(tmp_path: Path, pipe: InProcess) -> None:
         for i in range(4):
             r = HTTP.request(
                 "POST",
-                relay_url(a) + "/write?db=d",
+                relay_url(a) + "/write?db=d&precision=ms",
                 body=f"bounded v={i} {NOW_MS}\n".encode(),
                 headers={"User-Agent": f"client{i}/1"},
             )

@@ -4,6 +4,7 @@ remote-write bodies are what the protobuf classes read."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 import cramjam
 import pytest
 
-from lossproof.bench.compare import VM_BINARY, DataSet, ingest_series
+from lossproof.bench.compare import HISTOGRAM_LE, VM_BINARY, DataSet, _data_value, ingest_series
 from lossproof.bench.rwbodies import SeriesSet, body_path, write_pool
 from lossproof.protocol import promrw
 from lptest import require, subprocess_env
@@ -41,10 +42,28 @@ def test_bodies_decode_as_the_protobuf_classes_read_them(tmp_path: Path) -> None
 
 def test_data_set_selects_the_stated_series_counts() -> None:
     data = DataSet(10_000, 24, 1_800_000_000_000)
-    assert data.counts() == {"m1": 1000, "m2": 7000, "m3": 1000, "m4": 1000}
-    assert data.samples_per_series == 5760 and data.total == 57_600_000
+    assert data.counts() == {"m1": 1000, "m2": 7000, "m3": 1000, "m4": 1000, "m5_bucket": 1000}
+    assert data.samples_per_series == 5760 and data.total == 11_000 * 5760
     hosts = {s["host"] for s in data.labels() if s["__name__"] == "m3"}
     assert len([h for h in hosts if h.startswith("h1")]) == 111
+
+
+@pytest.mark.parametrize("series", [50, 55, 10_000])
+def test_histogram_buckets_are_cumulative_and_all_different(series: int) -> None:
+    data = DataSet(series, 1, 1_800_000_000_000)
+    labels = data.labels()
+    value = _data_value(labels, 0)
+    histograms: dict[str, list[tuple[int, float]]] = {}
+    for j, s in enumerate(labels):
+        if s["__name__"] == "m5_bucket":
+            histograms.setdefault(s["instance"], []).append(
+                (HISTOGRAM_LE.index(s["le"]), value(j, 7) - value(j, 6))
+            )
+    assert len(histograms) == max(1, series // 100)
+    for steps in histograms.values():
+        per_bucket = [v for _, v in sorted(steps)]
+        assert len(per_bucket) == len(HISTOGRAM_LE)
+        assert all(a < b for a, b in itertools.pairwise(per_bucket)), per_bucket
 
 
 def test_bad_option_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -74,13 +93,19 @@ def test_bench_compare_tiny(tmp_path: Path) -> None:
     assert ing["steady"]["acked_per_s"] > 0 and ing["steady"]["lag_samples"]
     q = res["queries"]
     assert q["all_agree"] is True, q["queries"]
-    assert len(q["queries"]) == 6
-    for row in q["queries"].values():
-        assert row["vm_ms"] > 0 and row["lossproof_ms"] > 0 and row["agree"], row
+    assert len(q["queries"]) == 9
+    for name, row in q["queries"].items():
+        assert row["vm_ms"] > 0, row
+        if name in ("histogram_quantile_m5_24h", "topk_m4_1h", "subquery_m1_1h") and row.get("unsupported"):
+            # refused by lossproof's evaluator today (issue #19): reported, timed for VM only
+            assert "unsupported PromQL" in row["unsupported"] and row["lossproof_ms"] is None, row
+            assert row["agree"] is None and f"{row['vm_ms']:,.1f}" in r.stdout
+            continue
+        assert row["lossproof_ms"] > 0 and row["agree"], row
     assert q["queries"]["rate_m1_1h"]["detail"].startswith("5 series")
     assert q["concurrency"]["short_alone_ms"] > 0
     d = q["disk"]
-    assert d["samples"] == 50 * 240
+    assert d["samples"] == (50 + 10) * 240  # and one histogram of 10 buckets
     assert d["vm_bytes_per_sample"] > 0 and d["lossproof_store_bytes_per_sample"] > 0
     assert "ingest vm:" in r.stderr and "ingest vm:" not in r.stdout  # progress goes to stderr
     assert not list(tmp_path.iterdir())  # the temp dir is gone

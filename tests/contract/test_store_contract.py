@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from lossproof.ingest.series_limit import _stored as stored_series
+from lossproof.ingest.series_limit import series_key
 from lossproof.log.base import LogGap
 from lossproof.store.base import (
     CompactResult,
@@ -28,6 +30,7 @@ from lossproof.store.base import (
     Store,
     WriteBatch,
     WriteResult,
+    labels_text,
     report_digest,
 )
 from lptest.store_backends import BACKENDS, StoreBackend
@@ -648,6 +651,30 @@ def test_series_counts_per_tenant(store: Store) -> None:
     assert store.series_counts() == {"t1": 2, "t2": 2}
 
 
+def test_series_after_lists_new_series_by_id(store: Store) -> None:
+    """What the ingest series limit keeps up with: every series once, in id order, from any id on,
+    with its labels in the canonical text (so a request's series can be told new or known)."""
+    assert store.series_after("t1", 0, 10) == []
+    store.write_batch(batch(report(1), report(1, tenant="t2")))
+    store.write_batch(WriteBatch(samples=[("t1", pt(T0, 1.0, "m", z="1", a="2")), ("t1", pt(T0 + 1, 1.0))]))
+    store.write_batch(WriteBatch(series=[("t1", SeriesSamples("s", {"k": "v"}, [T0], [1.0]))]))
+    everything = store.series_after("t1", 0, 100)
+    ids = [i for i, _, _ in everything]
+    assert ids == sorted(ids) and len(set(ids)) == 4
+    assert sorted((m, lab) for _, m, lab in everything) == sorted(
+        [
+            ("cpu", labels_text({"agent": "a1"})),
+            ("cpu", labels_text({"host": "h1"})),
+            ("m", labels_text({"a": "2", "z": "1"})),
+            ("s", labels_text({"k": "v"})),
+        ]
+    )
+    assert labels_text({"z": "1", "a": "2"}) == '{"a":"2","z":"1"}'
+    assert store.series_after("t1", ids[0], 1) == everything[1:2]
+    assert store.series_after("t1", ids[-1], 100) == []
+    assert [m for _, m, _ in store.series_after("t2", 0, 100)] == ["cpu"]
+
+
 def test_first_write_wins_across_two_writers(store_factory: StoreFactory) -> None:
     """#15: the writer's knowledge of what is stored (the newest t per series) must not go stale
     when another writer (another worker process) stores points of the same series."""
@@ -692,3 +719,19 @@ def test_packing_a_chunk_that_spans_windows_beside_other_series(store: Store) ->
     before = _snapshot(store)
     assert _compact_all(store, base + 6 * WINDOW).points
     assert _snapshot(store) == before
+
+
+def test_series_after_names_series_as_ingest_keys_them(store: Store) -> None:
+    """The series limit tells a request's series new or known by comparing ingest's key of each with
+    what the store lists: NUL in a name (PostgreSQL keeps it as U+FFFD), empty and NUL label values,
+    labels in any order must all come out as the same series."""
+    pts = [
+        ("a\x00b", {"k": "v"}),
+        ("m", {"z": "1", "a": ""}),
+        ("m", {"k": "x\x00y"}),
+        ("m", {}),
+    ]
+    store.write_batch(WriteBatch(samples=[("t1", Point(m, lab, T0, 1.0)) for m, lab in pts]))
+    _, listed = stored_series(store, "t1", 0)
+    assert {series_key(m, lab) for m, lab in pts} == listed
+    assert series_key("m", {"a": "", "z": "1"}) in listed  # any label order

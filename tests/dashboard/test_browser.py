@@ -7,86 +7,35 @@ the series. Screenshots of each page go to the artifacts directory (see conftest
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-import time
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
-from lptest import require
+from lptest.browser import chromium, errors, loaded, open_dashboard, require_chromium, wait
 from lptest.dash import Dash
 from lptest.pipeline import HTTP
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1400,1000",
-]
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(autouse=True)
 def _needs_browser() -> None:
-    require(Path(CHROMIUM).exists() and Path(DRIVER).exists(), "Debian's chromium and chromium-driver")
-
+    require_chromium()
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    profile = tempfile.mkdtemp(prefix="lossproof-chromium-")
-    for f in [*FLAGS, f"--user-data-dir={profile}"]:
-        opts.add_argument(f)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    d = webdriver.Chrome(service=Service(DRIVER), options=opts)
-    d.set_page_load_timeout(30)
-    try:
+    with chromium() as d:
         yield d
-    finally:
-        d.quit()
-        shutil.rmtree(profile, ignore_errors=True)
-
-
-def errors(d: Any) -> list[str]:
-    return [e["message"] for e in d.get_log("browser") if e["level"] == "SEVERE"]
-
-
-def wait(d: Any, script: str, timeout: float = 20) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = d.execute_script(script)
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for: {script}")
-
-
-def loaded(d: Any, page: str) -> None:
-    wait(d, f"return document.body.dataset.loaded === {page!r}")
 
 
 def logged_in(d: Any, dash: Dash, hash_: str = "") -> None:
-    d.get(dash.p.url + "/")
-    d.execute_script("sessionStorage.setItem('lossproof.key', arguments[0])", dash.p.key)
-    d.get(dash.p.url + "/" + hash_)
-    d.refresh()
+    open_dashboard(d, dash.p.url, dash.p.key, hash_)
 
 
 def test_login_and_key_in_session(browser: Any, dash: Dash, artifacts: Path) -> None:
@@ -131,6 +80,15 @@ def test_chart_draws_lost_and_delayed_ranges(browser: Any, dash: Dash, artifacts
     assert "spool_full" in rows["lost"]
     assert "still in its spool" in rows["delayed"]
     assert "replay" in rows["missing"]
+    # one time format: the viewer's zone, 24 h, year first, UTC on hover; the server's UTC times in
+    # the "why" texts shown the same way
+    times = d.find_elements(By.CSS_SELECTOR, "#holes tr.hole-row time")
+    assert times and all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", t.text) for t in times)
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", t.get_attribute("title")) for t in times)
+    assert not any(" UTC" in r for r in rows.values()), rows
+    # the chart's time axis in the same format: hours and minutes for a span of hours
+    labels = d.execute_script("return timeAxis(null, [1767225600, 1767229200, 1767232800])")
+    assert all(re.fullmatch(r"\d\d:\d\d", v) for v in labels) and len(set(labels)) == 3, labels
     from lptest import dash as dd
 
     lost = _pixel(d, dd.t0_of(dash.t0, 50))
@@ -161,11 +119,37 @@ def test_label_filter_narrows_series(browser: Any, dash: Dash) -> None:
     d.find_element(By.ID, "apply-filters").click()
     wait(d, "return document.getElementById('series-count').dataset.count === '1'")
     wait(d, "return document.getElementById('chart').dataset.series === '1'")
-    assert d.find_element(By.ID, "selector").get_attribute("value") == '{__name__="cpu.user",host=~"web.*"}'
+    assert d.find_element(By.ID, "selector").get_attribute("value") == '{"cpu.user",host=~"web.*"}'
     assert [
         r.text.split("\n")[0] for r in d.find_elements(By.CSS_SELECTOR, "#series-list tr.series-row")
     ] == ['cpu.user{dc="eu", host="web-01"} web-01']
     assert errors(d) == []
+
+
+def _type_selector(d: Any, text: str) -> None:
+    box = d.find_element(By.ID, "selector")
+    box.clear()
+    box.send_keys(text)
+    d.execute_script("document.body.dataset.loaded = ''")
+    d.find_element(By.ID, "selector").submit()
+    loaded(d, "series")
+
+
+def test_a_name_as_listed_charts_and_a_failed_query_clears_the_chart(browser: Any, dash: Dash) -> None:
+    d = browser
+    logged_in(d, dash, "#/series")
+    loaded(d, "series")
+    _type_selector(d, "cpu.user")  # as the metric list shows it
+    wait(d, "return document.getElementById('chart').dataset.series === '2'")
+    assert not d.find_elements(By.CSS_SELECTOR, "#chart .chart-error")
+    _type_selector(d, "cpu.user{host=")
+    wait(d, "return document.querySelector('#chart .chart-error')")
+    assert d.execute_script("return document.getElementById('chart').dataset.series") == "0"
+    assert d.execute_script("return window.lossproof.chart") is None
+    assert "invalid PromQL" in d.find_element(By.CSS_SELECTOR, "#chart .chart-error").text
+    assert not d.find_elements(By.CSS_SELECTOR, "#holes tbody tr")
+    # the failed request is the only console error
+    assert all("400" in e for e in errors(d)), errors(d)
 
 
 def test_completeness_page(browser: Any, dash: Dash, artifacts: Path) -> None:
@@ -220,5 +204,7 @@ def test_health_page(browser: Any, dash: Dash, artifacts: Path) -> None:
     assert "healthy" in d.find_element(By.ID, "h-log").text
     assert "dead letters" in d.find_element(By.ID, "h-store").text
     assert "lag (records)" in d.find_element(By.ID, "h-worker").text
+    # seconds on the sparklines' value axes keep their unit: a sub-millisecond fsync is not "0"
+    assert d.execute_script("return [secs(0.0004), secs(0.012), secs(2)]") == ["400 µs", "12.00 ms", "2.00 s"]
     d.save_screenshot(str(artifacts / "health.png"))
     assert errors(d) == []

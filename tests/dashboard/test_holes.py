@@ -78,3 +78,11 @@ def test_agent_of() -> None:
     assert holes.agent_of({"host": "web-01"}, {"web-01"}) == "web-01"
     assert holes.agent_of({"agent": "x", "host": "web-01"}, {"x", "web-01"}) == "x"
     assert holes.agent_of({"host": "other"}, {"web-01"}) is None
+
+
+def test_a_one_shot_sender_after_its_last_point_is_no_data_not_silent() -> None:
+    quiet = Ledger(stored=[(1, 90)], missing=[], lost=[])
+    found, th = holes.gaps(times(set(range(91, 101))), S, S, 100 * S)
+    once = AgentSummary("a", 90, 90, 0, 0, NOW - 3_600_000)  # no spool state ever: last_seen_ms 0
+    [h] = holes.classify(found, once, quiet, NOW, reaches_now=True, threshold=th)
+    assert h.kind == "nodata" and "one-shot" in h.text

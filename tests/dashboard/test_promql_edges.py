@@ -30,6 +30,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> SqliteStore:
     add("g", {}, [(0, 1.0), (10, math.nan), (20, 3.0), (30, math.nan)])
     add("z", {"first": "plus"}, [(0, 0.0), (10, -0.0), (20, 1.0)])
     add("z", {"first": "minus"}, [(0, -0.0), (10, 0.0), (20, 1.0)])
+    # a counter whose target failed one scrape (staleness marker at 30 s) and came back at 40 s
+    stale = promql.STALE_NAN
+    add("s", {}, [(0, 100.0), (10, 110.0), (20, 120.0), (30, stale), (40, 130.0), (50, stale)])
     s.write_batch(WriteBatch(samples=pts, now_ms=T))
     return s
 
@@ -107,3 +110,27 @@ def test_zero_signs(store: SqliteStore) -> None:
     assert promql.format_value(at(store, "min(z)", 0)["{}"]) == "-0"
     assert promql.format_value(at(store, "min(z)", 10)["{}"]) == "0"
     assert promql.format_value(at(store, "max(z)", 10)["{}"]) == "0"
+
+
+def test_staleness_markers_are_not_values(store: SqliteStore) -> None:
+    assert math.isnan(promql.STALE_NAN) and promql.is_stale(promql.np.array([promql.STALE_NAN])).all()
+    assert not promql.is_stale(promql.np.array([math.nan])).any()  # an ordinary NaN is a value
+    # range windows skip the marker: (0, 50]: 110, 120, 130 over 30 s, no reset, no NaN
+    assert at(store, "count_over_time(s[50s])", 50) == {"{}": 3.0}
+    assert at(store, "avg_over_time(s[50s])", 50) == {"{}": 120.0}
+    assert at(store, "last_over_time(s[15s])", 50) == {'{__name__="s"}': 130.0}
+    assert at(store, "max_over_time(s[50s])", 50) == {"{}": 130.0}
+    # 20 over 30 s sampled; 10 s to each end (< 1.1 x 15 s): 20 * 50/30
+    assert at(store, "increase(s[50s])", 50) == pytest.approx({"{}": 20 * 50 / 30})
+    assert at(store, "count_over_time(s[5s])", 30) == {}  # a window holding only the marker
+    # an instant selector: the marker ends the lookback; the next real sample starts it again
+    want = [100.0, 110.0, 120.0, None, 130.0, None, None, None]
+    assert grid(store, "s", 0, 70, 10) == {'{__name__="s"}': want}
+    assert at(store, "s", 35) == {}
+    # an ordinary NaN stays a value: g's NaN at 30 s is returned as NaN
+    assert math.isnan(at(store, "g", 35)['{__name__="g"}'])
+
+
+def test_staleness_in_a_raw_range_selector(store: SqliteStore) -> None:
+    raw = promql.instant_raw(store, "t", promql.parse("s[60s]"), T + 60 * S)  # type: ignore[arg-type]
+    assert [[v for _, v in pts] for _, pts in raw.series] == [[110.0, 120.0, 130.0]]

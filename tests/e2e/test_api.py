@@ -12,6 +12,8 @@ import zstandard
 
 from lptest.pipeline import HTTP, Pipeline, expand, report
 
+T_MS = 1_767_225_600_000  # a plausible point time (unix ms)
+
 
 def test_round_trip_query_and_ledger(pipeline: Pipeline) -> None:
     r = pipeline.post_reports("a1", [report(1), report(2), report(4)])
@@ -108,7 +110,7 @@ def test_bad_input_gets_a_clear_4xx_and_the_server_keeps_serving(pipeline: Pipel
         (
             "value not a number",
             json.dumps(
-                {"agent": "x", "reports": [{"seq": 1, "points": [{"metric": "m", "t": 1, "v": "high"}]}]}
+                {"agent": "x", "reports": [{"seq": 1, "points": [{"metric": "m", "t": T_MS, "v": "high"}]}]}
             ).encode(),
             {},
             400,

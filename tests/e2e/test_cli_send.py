@@ -78,7 +78,11 @@ def test_a_200_that_is_not_an_acknowledgement_is_not_taken_for_one(
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         impostor = Pipeline(pipeline.data_dir, int(srv.server_address[1]), pipeline.key)
-        msg = one_line_error(send(impostor, state, good, "--agent", "cli2", "--attempts", "2"))
+        r = send(impostor, state, good, "--agent", "cli2", "--attempts", "2")
+        # one line of progress per failed try but the last, then the error
+        progress, _, last = r.stderr.strip().rpartition("\n")
+        assert progress.startswith("attempt 1/2 failed: ") and "\n" not in progress, r.stderr
+        msg = one_line_error(subprocess.CompletedProcess(r.args, r.returncode, r.stdout, last))
     finally:
         srv.shutdown()
         srv.server_close()
@@ -134,6 +138,8 @@ def test_up_refuses_a_port_that_is_taken(tmp_path: Path) -> None:
             timeout=60,
         )
     assert f"127.0.0.1:{port}" in one_line_error(r)
+    # nothing created: the next start makes the config and prints its key
+    assert not (tmp_path / "d").exists()
 
 
 def test_up_stops_when_a_child_cannot_start(pipeline: Pipeline) -> None:

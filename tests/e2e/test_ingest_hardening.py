@@ -464,3 +464,13 @@ def test_documented_limits_are_enforced_before_the_ack(
     r = HTTP.request("POST", p.url + path, body=body, headers={"Authorization": auth, "Content-Type": ctype})
     assert r.status == 400, r.data[:300]
     assert says in r.data.decode(), r.data[:300]
+
+
+def test_a_point_time_in_seconds_is_400_with_the_reason(p: InProcess) -> None:
+    seconds = NOW // 1000
+    body = {"agent": "secs", "reports": [{"seq": 1, "points": [{"metric": "m", "t": seconds, "v": 1.0}]}]}
+    r = post_native(p, body)
+    assert r.status == 400, r.data
+    error = json.loads(r.data)["error"]
+    assert "in seconds" in error and "$.reports[0].points[0].t" in error
+    assert all(a["agent"] != "secs" for a in p.get("/v1/agents")[1]["agents"])  # touched nothing

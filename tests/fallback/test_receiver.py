@@ -17,6 +17,8 @@ from lossproof.fallback import journal as jn
 from lptest.fallback import HTTP, Fallback, journal_seqs, lossproof, post_raw
 from lptest.pipeline import Pipeline, report
 
+T_MS = 1_767_225_600_000  # a plausible point time (unix ms)
+
 
 def test_ack_and_journal_round_trip(fallback: Fallback) -> None:
     r = fallback.post("a1", [report(1), report(2), report(4)])
@@ -129,7 +131,7 @@ def test_bad_input_gets_the_same_answers_as_ingest(
         (
             "value not a number",
             json.dumps(
-                {"agent": "x", "reports": [{"seq": 1, "points": [{"metric": "m", "t": 1, "v": "high"}]}]}
+                {"agent": "x", "reports": [{"seq": 1, "points": [{"metric": "m", "t": T_MS, "v": "high"}]}]}
             ).encode(),
             {},
         ),

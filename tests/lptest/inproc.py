@@ -22,7 +22,8 @@ from prometheus_client import CollectorRegistry
 from lossproof import config as config_mod
 from lossproof.config import Config
 from lossproof.faults import Faults, write_faults
-from lossproof.ingest.server import build_app, listen
+from lossproof.ingest.keyreload import KeyReloader
+from lossproof.ingest.server import KEYS, build_app, listen
 from lossproof.log.factory import open_reader, open_writer
 from lossproof.obs.logging import setup
 from lossproof.query.access import StoreAccess
@@ -53,16 +54,17 @@ class InProcess(Endpoint):
         self._log = io.StringIO()
         self._log_handler: logging.Handler | None = None
         self.app: web.Application | None = None  # the app once started: its router lists every route
+        self.reloader: KeyReloader | None = None  # reloads keys as the ingest process does
         self.operator_key = "lp_operator_" + secrets.token_hex(16)
         with_operator_key(data_dir, key, self.operator_key)
 
     def add_key(self, tenant: str) -> str:
-        """A new key for ``tenant``, written as ``lossproof keys create`` writes it; call it before
-        :meth:`start` (keys are read at start)."""
+        """A new key for ``tenant``, written as ``lossproof keys create`` writes it; a running app
+        reloads it (as ``ingest.server.serve`` does) on its first use."""
         key = config_mod.new_key()
         with config_mod.editing(self.data_dir) as cfg:
-            cfg.tenants.setdefault(tenant, config_mod.TenantConfig()).key_hashes.append(
-                config_mod.hash_key(key)
+            cfg.tenants.setdefault(tenant, config_mod.TenantConfig()).add_key(
+                config_mod.hash_key(key), config_mod.now_iso()
             )
         return key
 
@@ -110,6 +112,7 @@ class InProcess(Endpoint):
             await writer.start()
             store = StoreAccess(lambda: open_store(cfg, readonly=True))
             self.app = build_app(cfg, writer, store, registry)
+            self.reloader = KeyReloader(cfg.data_dir, self.app[KEYS], self._env)
             # as ingest.server.serve: the same runner options and connection limits
             runner = await listen(self.app, cfg, "127.0.0.1", 0)
             try:

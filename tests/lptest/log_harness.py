@@ -198,8 +198,13 @@ class EmbeddedHarness(LogHarness):
     def earliest_offset(self) -> int | None:
         from lossproof.log.embedded.damage import record_locations
 
-        locs = record_locations(self.dir, self.part)
-        return locs[0].offset if locs else None
+        for _ in range(10):
+            try:
+                locs = record_locations(self.dir, self.part)
+            except FileNotFoundError:  # retention removed a segment between the listing and the read
+                continue
+            return locs[0].offset if locs else None
+        raise AssertionError("segments kept vanishing while being listed")
 
     def tear_tail(self) -> None:
         from lossproof.log.embedded.damage import tear_tail

@@ -48,7 +48,11 @@ class Node:
     ino: int
     is_dir: bool
     mode: int
+    # The file's bytes up to the last one written; ``size`` may be larger (a file extended with
+    # ftruncate, as Kafka preallocates each index to 10 MiB): the rest reads as zeros and takes no
+    # memory.
     data: bytearray = field(default_factory=bytearray)
+    size: int = 0
     entries: dict[bytes, int] = field(default_factory=dict)  # live directory entries
     dirty: list[tuple[int, int]] = field(default_factory=list)  # byte ranges written since the last sync
     synced_size: int = 0
@@ -66,6 +70,7 @@ class PowerCutOps(pyfuse3.Operations):  # type: ignore[misc]
         self.durable_dirs: dict[int, dict[str, int]] = {}
         self.durable_kind: dict[int, tuple[bool, int]] = {}  # ino -> (is_dir, mode)
         self.handles: dict[int, int] = {}  # fh -> ino
+        self.open_count: dict[int, int] = {}  # ino -> open handles
         self.next_fh = 1
         self.last_write: tuple[int, int, bytes] | None = None  # (ino, offset, data) not yet synced
         self._load()
@@ -98,8 +103,9 @@ class PowerCutOps(pyfuse3.Operations):  # type: ignore[misc]
                 todo.extend(entries.values())
             else:
                 p = self.backing / "data" / str(ino)
-                node.data = bytearray(p.read_bytes()) if p.exists() else bytearray()
-                node.synced_size = len(node.data)
+                raw = p.read_bytes() if p.exists() else b""
+                node.data = bytearray(raw.rstrip(b"\0"))
+                node.size = node.synced_size = len(raw)
             self.nodes[ino] = node
         links: dict[int, int] = {}
         for entries in self.durable_dirs.values():
@@ -122,15 +128,23 @@ class PowerCutOps(pyfuse3.Operations):  # type: ignore[misc]
         try:
             todo = node.dirty if ranges is None else ranges
             for a, b in todo:
-                b = min(b, len(node.data))
+                b = min(b, node.size)
                 if b > a:
-                    os.pwrite(fd, bytes(node.data[a:b]), a)
+                    os.pwrite(fd, self._bytes(node, a, b), a)
             if ranges is None:
+                # Past the written bytes the file is zeros, whatever the disk held there before.
                 os.ftruncate(fd, len(node.data))
+                os.ftruncate(fd, node.size)
                 node.dirty = []
-                node.synced_size = len(node.data)
+                node.synced_size = node.size
         finally:
             os.close(fd)
+
+    @staticmethod
+    def _bytes(node: Node, a: int, b: int) -> bytes:
+        """Bytes ``[a, b)`` of the file (``b`` at most its size), zeros past the written ones."""
+        chunk = bytes(node.data[a:b])
+        return chunk + bytes(b - a - len(chunk))
 
     def _persist_meta(self) -> None:
         meta = {
@@ -185,7 +199,7 @@ class PowerCutOps(pyfuse3.Operations):  # type: ignore[misc]
         a.st_ino = node.ino
         a.st_mode = node.mode
         a.st_nlink = 2 if node.is_dir else node.nlink
-        a.st_size = 4096 if node.is_dir else len(node.data)
+        a.st_size = 4096 if node.is_dir else node.size
         a.st_blksize = PAGE
         a.st_blocks = (a.st_size + 511) // 512
         a.st_uid = os.getuid()
@@ -206,6 +220,25 @@ class PowerCutOps(pyfuse3.Operations):  # type: ignore[misc]
         pnode.mtime_ns = time.time_ns()
         return node
 
+    def _close(self, fh: int) -> None:
+        ino = self.handles.pop(fh, None)
+        if ino is None:
+            return
+        n = self.open_count.pop(ino, 0) - 1
+        if n > 0:
+            self.open_count[ino] = n
+        else:
+            self._drop_if_gone(ino)
+
+    def _drop_if_gone(self, ino: int) -> None:
+        """Free the bytes of a file that has no name and no open handle (an mmap holds one): nothing
+        can read them again, and what syncs made durable is in the disk image already. Kafka deletes
+        segments all the time (a compacted topic's cleaner, retention): kept, they add up."""
+        node = self.nodes.get(ino)
+        if node is not None and not node.is_dir and node.nlink <= 0 and ino not in self.open_count:
+            node.data = bytearray()
+            node.dirty = []
+
     def _names_of(self, ino: int) -> set[str]:
         return {os.fsdecode(k) for n in self.nodes.values() for k, v in n.entries.items() if v == ino}
 
@@ -213,6 +246,7 @@ class PowerCutOps(pyfuse3.Operations):  # type: ignore[misc]
         fh = self.next_fh
         self.next_fh += 1
         self.handles[fh] = ino
+        self.open_count[ino] = self.open_count.get(ino, 0) + 1
         return fh
 
     # --- operations ----------------------------------------------------------------------------------
@@ -244,8 +278,7 @@ class PowerCutOps(pyfuse3.Operations):  # type: ignore[misc]
             size = attr.st_size
             if size < len(node.data):
                 del node.data[size:]
-            else:
-                node.data.extend(bytes(size - len(node.data)))
+            node.size = size
             node.dirty.append((0, 0))  # a size change: the next sync rewrites the length
             node.mtime_ns = time.time_ns()
         if fields.update_mode:
@@ -270,7 +303,7 @@ class PowerCutOps(pyfuse3.Operations):  # type: ignore[misc]
                 break
 
     async def releasedir(self, fh: int) -> None:
-        self.handles.pop(fh, None)
+        self._close(fh)
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         self._sync_dir(self._node(self.handles[fh]))
@@ -296,6 +329,7 @@ class PowerCutOps(pyfuse3.Operations):  # type: ignore[misc]
             raise pyfuse3.FUSEError(errno.ENOENT)
         self._node(ino).nlink -= 1
         pnode.mtime_ns = time.time_ns()
+        self._drop_if_gone(ino)
 
     async def rename(
         self,
@@ -322,6 +356,8 @@ class PowerCutOps(pyfuse3.Operations):  # type: ignore[misc]
             rnode.nlink -= 1
         del old.entries[name_old]
         new.entries[name_new] = ino
+        if replaced is not None:
+            self._drop_if_gone(replaced)
 
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
@@ -336,8 +372,9 @@ class PowerCutOps(pyfuse3.Operations):  # type: ignore[misc]
 
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = self._node(inode)
-        if flags & os.O_TRUNC and node.data:
+        if flags & os.O_TRUNC and node.size:
             node.data.clear()
+            node.size = 0
             node.dirty.append((0, 0))
         return pyfuse3.FileInfo(fh=self._fh(inode))
 
@@ -348,7 +385,8 @@ class PowerCutOps(pyfuse3.Operations):  # type: ignore[misc]
         return pyfuse3.FileInfo(fh=self._fh(node.ino)), self._attr(node)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return bytes(self._node(self.handles[fh]).data[off : off + size])
+        node = self._node(self.handles[fh])
+        return self._bytes(node, off, min(off + size, node.size)) if off < node.size else b""
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         node = self._node(self.handles[fh])
@@ -356,6 +394,7 @@ class PowerCutOps(pyfuse3.Operations):  # type: ignore[misc]
         if off > len(node.data):
             node.data.extend(bytes(off - len(node.data)))
         node.data[off:end] = buf
+        node.size = max(node.size, end)
         if node.dirty and node.dirty[-1][1] == off:
             node.dirty[-1] = (node.dirty[-1][0], end)  # appends extend the last range
         else:
@@ -368,7 +407,7 @@ class PowerCutOps(pyfuse3.Operations):  # type: ignore[misc]
         pass
 
     async def release(self, fh: int) -> None:
-        self.handles.pop(fh, None)
+        self._close(fh)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         # A slow disk on request (PowerCutFS.slow_fsync): a kill -9 then lands between a write and
@@ -395,7 +434,7 @@ class PowerCutOps(pyfuse3.Operations):  # type: ignore[misc]
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = PAGE
         s.f_blocks = 1 << 20
-        used = sum(len(n.data) for n in self.nodes.values()) // PAGE
+        used = sum(n.size for n in self.nodes.values()) // PAGE
         s.f_bfree = s.f_bavail = max(0, s.f_blocks - used)
         s.f_files = 1 << 20
         s.f_ffree = s.f_favail = s.f_files - len(self.nodes)

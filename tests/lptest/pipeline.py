@@ -111,8 +111,8 @@ class Pipeline(Endpoint):
         self.operator_key = "lp_operator_" + secrets.token_hex(16)
 
     def add_key(self, tenant: str) -> str:
-        """A new key for ``tenant`` (created if new), by the real ``lossproof keys create``; call it
-        before :meth:`start` (running services read keys at start)."""
+        """A new key for ``tenant`` (created if new), by the real ``lossproof keys create``; a running
+        pipeline takes it at once (it reloads keys when the config changes)."""
         argv = [sys.executable, "-m", "lossproof", "keys", "create", "--tenant", tenant, "--data-dir"]
         return subprocess.run(
             [*argv, str(self.data_dir)], capture_output=True, text=True, check=True

@@ -44,16 +44,17 @@ def test_native_nul_in_agent_or_reason_is_refused() -> None:
     bad = [{"first": 1, "last": 2, "reason": "x\x00"}]
     with pytest.raises(native.BadRequest, match=r"\$\.dropped\[0\]\.reason"):
         native.decode(_native(dropped=bad), native.JSON)
-    native.decode(_native(reports=[{"seq": 1, "points": [{"metric": "m\x00", "t": 1, "v": 1}]}]), native.JSON)
+    t = native.MIN_POINT_TIME_MS
+    native.decode(_native(reports=[{"seq": 1, "points": [{"metric": "m\x00", "t": t, "v": 1}]}]), native.JSON)
 
 
 def test_native_duplicate_seq_and_inconsistent_spool() -> None:
-    pt = {"metric": "m", "t": 1, "v": 1.0}
+    pt = {"metric": "m", "t": native.MIN_POINT_TIME_MS, "v": 1.0}
     dup = _native(reports=[{"seq": 3, "points": [pt]}, {"seq": 4, "points": []}, {"seq": 3, "points": []}])
     with pytest.raises(native.BadRequest, match=r"duplicate seq 3 .*\$\.reports\[2\]"):
         native.decode(dup, native.JSON)
     # the same report twice (NaN included) is a harmless resend
-    nan = {"metric": "m", "t": 1, "v": float("nan")}
+    nan = {"metric": "m", "t": native.MIN_POINT_TIME_MS, "v": float("nan")}
     same = msgspec.msgpack.encode({"agent": "a", "reports": [{"seq": 3, "points": [nan]}] * 2})
     assert [r.seq for r in native.decode(same, native.MSGPACK).reports] == [3, 3]
     sp = {

@@ -7,11 +7,12 @@ import pytest
 
 from lossproof.protocol import native
 
+T = 1_767_225_600_000  # 2026-01-01 in unix ms
 
 def _req(**over: object) -> bytes:
     body: dict[str, object] = {
         "agent": "a",
-        "reports": [{"seq": 1, "points": [{"metric": "m", "t": 1000, "v": 1}]}],
+        "reports": [{"seq": 1, "points": [{"metric": "m", "t": T, "v": 1}]}],
     }
     body.update(over)
     return json.dumps(body).encode()
@@ -29,9 +30,9 @@ def test_decodes_json_and_msgpack() -> None:
     [
         (_req(agent=""), "$.agent"),
         (_req(reports=[{"seq": -1, "points": []}]), "$.reports[0].seq"),
-        (_req(reports=[{"seq": 1, "points": [{"metric": "", "t": 1, "v": 1}]}]), "metric"),
+        (_req(reports=[{"seq": 1, "points": [{"metric": "", "t": T, "v": 1}]}]), "metric"),
         (
-            _req(reports=[{"seq": 1, "points": [{"metric": "m", "t": 1, "v": 1, "labels": {"a": 1}}]}]),
+            _req(reports=[{"seq": 1, "points": [{"metric": "m", "t": T, "v": 1, "labels": {"a": 1}}]}]),
             "labels",
         ),
         (_req(reports=[{"seq": 1, "points": [{"metric": "m", "t": -5, "v": 1}]}]), ".t"),
@@ -52,3 +53,16 @@ def test_seq_ranges() -> None:
 def test_envelope_round_trip() -> None:
     env = native.Envelope(1, "t", "native", native.JSON, "gzip", 5, "a", [(1, 2)], b"\x00body")
     assert native.decode_envelope(native.encode_envelope(env)) == env
+
+
+@pytest.mark.parametrize("t", [0, 1, 1_767_225_600, 99_999_999_999])
+def test_a_point_time_that_looks_like_seconds_is_refused_with_the_reason(t: int) -> None:
+    body = _req(reports=[{"seq": 1, "points": [{"metric": "m", "t": t, "v": 1}]}])
+    with pytest.raises(native.BadRequest) as e:
+        native.decode(body, native.JSON)
+    assert "in seconds" in str(e.value) and "$.reports[0].points[0].t" in str(e.value)
+
+
+def test_the_earliest_plausible_point_time_is_accepted() -> None:
+    body = _req(reports=[{"seq": 1, "points": [{"metric": "m", "t": native.MIN_POINT_TIME_MS, "v": 1}]}])
+    assert native.decode(body, native.JSON).reports[0].points[0].t == native.MIN_POINT_TIME_MS

@@ -17,6 +17,8 @@ if TYPE_CHECKING:  # the agent itself never loads the store's modules
     from lossproof.store.base import PointLike
 
 MAX_TIME_MS = 4_102_444_800_000
+# as protocol.native.MIN_POINT_TIME_MS: ingest refuses earlier times (most likely seconds)
+MIN_TIME_MS = 100_000_000_000
 MAX_LABELS = 64
 
 
@@ -64,8 +66,9 @@ def make_point(
     if not isinstance(metric, str) or not 1 <= len(metric) <= 1024:
         raise ValueError(f"metric name must be a string of 1-1024 characters, got {metric!r:.80}")
     v = float(value)  # TypeError/ValueError for non-numbers, as float() says
-    if not 0 <= t_ms <= MAX_TIME_MS:
-        raise ValueError(f"timestamp {t_ms} is not unix milliseconds between 1970 and 2100")
+    if not MIN_TIME_MS <= t_ms <= MAX_TIME_MS:
+        hint = " (in seconds? multiply by 1000)" if 0 <= t_ms < MIN_TIME_MS else ""
+        raise ValueError(f"timestamp {t_ms} is not unix milliseconds between 1973 and 2100{hint}")
     merged = {**base, **labels} if labels else dict(base)
     if len(merged) > MAX_LABELS:
         raise ValueError(f"{metric}: {len(merged)} labels, at most {MAX_LABELS} (agent labels included)")

@@ -26,6 +26,7 @@ import click
 import psutil  # type: ignore[import-untyped]  # no stubs installed; calls are plain
 import tomli_w
 
+from lossproof.bench.load import load_line
 from lossproof.bench.scrape import scrape, total
 from lossproof.bench.spawn import check_pipeline, free_port, spawned_pipeline
 from lossproof.cliutil import finite_float
@@ -188,7 +189,7 @@ def run_command(seconds: float, points: int, via: str, url: str | None, api_key:
         )
     except RuntimeError as e:  # the agent or the spawned pipeline did not run
         raise click.ClickException(str(e)) from None
-    for line in res.lines():
+    for line in [*res.lines(), load_line()]:
         click.echo(line)
     if not res.reports_acked:
         raise click.ClickException(

@@ -28,13 +28,17 @@ queries
     is sent to both (``m1``, ``m3`` and ``m4`` a tenth of the series each, ``m2`` the rest; labels
     ``job`` (10 values), ``host`` (``h0`` .. one per ``m3`` series) and ``instance``; ``m1``/``m2`` are
     counters, ``m3``/``m4`` gauges; samples at 7 s past a 15 s mark, so no evaluation step falls on
-    a sample). Once both have stored all of it, each query runs ``--repeat`` times, one at a time,
-    uncached (``nocache=1`` and ``-search.disableCache`` for VictoriaMetrics; lossproof has no
-    result cache), and the median is reported. Results must agree: the same series (label sets), and
-    values within 1e-6 relative at every common timestamp, leaving out the first 6 minutes of the
-    data (there ``rate`` differs by design: VictoriaMetrics does not extrapolate to the window's
-    edges as Prometheus, and so lossproof, do). A concurrency check times a one-series instant query
-    against lossproof alone and while the heaviest query runs.
+    a sample), and besides them a classic histogram ``m5_bucket`` (one per hundred series, at least
+    one, each of 10 ``le`` buckets: 1,000 more series, 5.76 M more samples by default). Once both
+    have stored all of it, each query runs ``--repeat`` times, one at a time, uncached
+    (``nocache=1`` and ``-search.disableCache`` for VictoriaMetrics; lossproof has no result cache),
+    and the median is reported. Results must agree: the same series (label sets), and values within
+    1e-6 relative at every common timestamp, leaving out the first 6 minutes of the data (there
+    ``rate`` differs by design: VictoriaMetrics does not extrapolate to the window's edges as
+    Prometheus, and so lossproof, do). A query lossproof refuses as unsupported PromQL (4xx naming
+    it) is reported so, timed for VictoriaMetrics only, and does not count as a disagreement. A
+    concurrency check times a one-series instant query against lossproof alone and while the
+    heaviest query runs.
 
 disk
     After the load: VictoriaMetrics' data dir after ``/internal/force_flush`` and
@@ -46,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -78,6 +83,7 @@ DATA_OFFSET_MS = 7_000  # samples at 7 s past each 15 s mark: no query step land
 WRK_THREADS = 2
 WRK_CONNECTIONS = 16
 COMPARE_AFTER_MS = 6 * 60_000  # rate() differs by design over the data's first 5 minutes
+HISTOGRAM_LE = ("0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "+Inf")
 REL_TOL = 1e-6
 
 Say = Callable[[str], None]
@@ -86,6 +92,10 @@ _HTTP = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5, read=600), retrie
 
 class CompareFailed(Exception):
     """A server did not start, refused the load, or never stored it (one line, for the CLI)."""
+
+
+class QueryUnsupported(Exception):
+    """lossproof refused a query as PromQL it does not support (a 4xx whose message says so)."""
 
 
 def missing_tools() -> list[str]:
@@ -114,7 +124,8 @@ class Target:
         return self.url + "/api/v1/write"
 
     def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
-        """GET ``path`` (JSON answer, parsed); raises CompareFailed on a non-200."""
+        """GET ``path`` (JSON answer, parsed); raises QueryUnsupported on lossproof's 4xx for
+        unsupported PromQL, CompareFailed on any other non-200."""
         q = dict(params or {})
         if self.name == "vm":
             q["nocache"] = "1"
@@ -122,6 +133,11 @@ class Target:
         r = _HTTP.request("GET", url, headers=self.auth)
         if r.status != 200:
             text = r.data[:300].decode(errors="replace")
+            if self.name == "lossproof" and 400 <= r.status < 500 and "unsupported promql" in text.lower():
+                try:
+                    raise QueryUnsupported(str(json.loads(r.data)["error"]))
+                except (ValueError, KeyError, TypeError):
+                    raise QueryUnsupported(text) from None
             raise CompareFailed(f"{self.name}: HTTP {r.status} from {path}: {text}")
         return json.loads(r.data)
 
@@ -632,26 +648,39 @@ class DataSet:
 
     @property
     def total(self) -> int:
-        return self.series * self.samples_per_series
+        return sum(self.counts().values()) * self.samples_per_series
 
     def counts(self) -> dict[str, int]:
         tenth = max(1, self.series // 10)
-        return {"m1": tenth, "m2": max(1, self.series - 3 * tenth), "m3": tenth, "m4": tenth}
+        return {
+            "m1": tenth,
+            "m2": max(1, self.series - 3 * tenth),
+            "m3": tenth,
+            "m4": tenth,
+            "m5_bucket": self.histograms * len(HISTOGRAM_LE),
+        }
+
+    @property
+    def histograms(self) -> int:
+        return max(1, self.series // 100)
 
     def labels(self) -> list[dict[str, str]]:
         hosts = self.counts()["m3"]
         out = []
         for metric, n in self.counts().items():
             for j in range(n):
-                host = f"h{j % hosts}"
-                out.append(
-                    {
-                        "__name__": metric,
-                        "job": f"job{j % 10}",
-                        "host": host,
-                        "instance": f"{host}:{9100 + j // hosts}",
-                    }
-                )
+                # m5_bucket: histogram j // 10, bucket j % 10 (le); its labels are those of series j // 10
+                h = j // len(HISTOGRAM_LE) if metric == "m5_bucket" else j
+                host = f"h{h % hosts}"
+                labels = {
+                    "__name__": metric,
+                    "job": f"job{h % 10}",
+                    "host": host,
+                    "instance": f"{host}:{9100 + h // hosts}",
+                }
+                if metric == "m5_bucket":
+                    labels["le"] = HISTOGRAM_LE[j % len(HISTOGRAM_LE)]
+                out.append(labels)
         return out
 
 
@@ -660,13 +689,26 @@ def _data_value(series: list[dict[str, str]], offset: int) -> Callable[[int, int
     per series (``rate`` is then the same under PromQL's extrapolation and MetricsQL's previous-
     sample rule, so the answers can be compared; it also suits delta-of-delta encodings best).
     m3 and m4: gauges of pseudo-random values with two decimals (0.00 .. 99.99), as noisy as real
-    ones, so the disk figures are not those of constant data."""
+    ones, so the disk figures are not those of constant data. m5_bucket: cumulative bucket counters,
+    each rising by a constant step too (``rate`` agrees for the same reason), the share of
+    observations at or below bucket ``i`` being ``1 - 0.5 ** (i + 1)`` (all of them in ``+Inf``; no
+    two buckets count alike, so no quantile falls where engines may break ties differently)."""
     counters = [s["__name__"] in ("m1", "m2") for s in series]
+    buckets = [HISTOGRAM_LE.index(s["le"]) if s["__name__"] == "m5_bucket" else -1 for s in series]
+    # which histogram each bucket series is of (its ordinal among the m5_bucket series // 10): all
+    # buckets of one histogram count the same observations, so they stay cumulative
+    ordinal = itertools.accumulate(b >= 0 for b in buckets)
+    histogram = [(n - 1) // len(HISTOGRAM_LE) for n in ordinal]
 
     def value(j: int, k: int) -> float:
         j += offset
         if counters[j]:
             return 1_000_000.0 + (j % 13 + 1) * 0.5 * k
+        if buckets[j] >= 0:
+            i = buckets[j]
+            per_sample = 1000 + 100 * (histogram[j] % 7)  # observations per 15 s
+            share = 1.0 if i == len(HISTOGRAM_LE) - 1 else 1 - 0.5 ** (i + 1)
+            return 1000.0 + k * math.floor(per_sample * share)
         h = (j * 2654435761 + k * 40503) & 0xFFFFFFFF
         h = ((h ^ (h >> 15)) * 0x2C1B3C6D) & 0xFFFFFFFF
         return (h ^ (h >> 12)) % 10000 / 100
@@ -759,6 +801,13 @@ QUERIES: list[tuple[str, str, str]] = [
     ("sum_rate_m2_24h", "/api/v1/query_range", "sum by (job) (rate(m2[5m]))"),
     ("m3_regex_24h", "/api/v1/query_range", 'm3{host=~"h1.*"}'),
     ("avg_over_time_m4_1h", "/api/v1/query", "avg_over_time(m4[1h])"),
+    (
+        "histogram_quantile_m5_24h",
+        "/api/v1/query_range",
+        "histogram_quantile(0.9, sum by (le) (rate(m5_bucket[5m])))",
+    ),
+    ("topk_m4_1h", "/api/v1/query", "topk(10, avg_over_time(m4[1h]))"),
+    ("subquery_m1_1h", "/api/v1/query_range", "max_over_time(rate(m1[5m])[1h:1m])"),
     ("labels", "/api/v1/labels", ""),
     ("host_values", "/api/v1/label/host/values", ""),
 ]
@@ -769,9 +818,11 @@ def query_params(name: str, query: str, data: DataSet) -> dict[str, str]:
     start = data.start_ms // 1000
     if name == "rate_m1_1h":
         return {"query": query, "start": str(max(start, end - 3600)), "end": str(end), "step": "15"}
-    if name in ("sum_rate_m2_24h", "m3_regex_24h"):
+    if name == "subquery_m1_1h":
+        return {"query": query, "start": str(max(start, end - 3600)), "end": str(end), "step": "60"}
+    if name in ("sum_rate_m2_24h", "m3_regex_24h", "histogram_quantile_m5_24h"):
         return {"query": query, "start": str(start), "end": str(end), "step": "60"}
-    if name == "avg_over_time_m4_1h":
+    if name in ("avg_over_time_m4_1h", "topk_m4_1h"):
         return {"query": query, "time": str(end)}
     return {"start": str(start), "end": str(end)}
 
@@ -830,10 +881,18 @@ def run_queries(data: DataSet, vm: Target, lp: Target, repeat: int, progress: Sa
         answers = {}
         for t in (vm, lp):
             ms = []
-            for _ in range(repeat):
-                took, answers[t.name] = timed(t, path, params)
-                ms.append(took)
-            row[f"{t.name}_ms"] = round(statistics.median(ms), 1)
+            try:
+                for _ in range(repeat):
+                    took, answers[t.name] = timed(t, path, params)
+                    ms.append(took)
+            except QueryUnsupported as e:
+                row["unsupported"] = str(e)
+            row[f"{t.name}_ms"] = round(statistics.median(ms), 1) if ms else None
+        if "unsupported" in row:
+            row["ratio"], row["agree"], row["detail"] = None, None, row["unsupported"]
+            progress(f"query {name}: vm {row['vm_ms']:,.1f} ms, lossproof: unsupported ({row['detail']})")
+            out[name] = row
+            continue
         row["ratio"] = _ratio(row["lossproof_ms"], row["vm_ms"])
         row["agree"], row["detail"] = agree(name, answers["vm"], answers["lossproof"], data)
         progress(
@@ -938,7 +997,7 @@ def run_queries_phase(work: Path, data: DataSet, repeat: int, progress: Say) -> 
         progress(f"load: sent in {took:.1f}s; waiting until both have stored everything …")
         out: dict[str, Any] = {"series": data.series, "hours": data.hours, "samples": data.total}
         span = int(data.hours * 3600) + 60
-        sel = '{__name__=~"m[1-4]"}'
+        sel = '{__name__=~"m[1-4]|m5_bucket"}'
         for t in (vm, lp):
             started = time.monotonic()
 
@@ -955,7 +1014,8 @@ def run_queries_phase(work: Path, data: DataSet, repeat: int, progress: Say) -> 
             out[f"{t.name}_stored_after_load_s"] = round(took + time.monotonic() - started, 1)
         progress("load: both have stored everything")
         out["queries"] = run_queries(data, vm, lp, repeat, progress)
-        out["all_agree"] = all(r["agree"] for r in out["queries"].values())
+        # an unsupported query (agree None) is reported as such, not as a disagreement
+        out["all_agree"] = all(r["agree"] is not False for r in out["queries"].values())
         out["concurrency"] = concurrency(data, lp, progress)
         out["disk"] = disk(data, vm, lp, progress)
     return out
@@ -1042,6 +1102,9 @@ def summary_lines(res: dict[str, Any]) -> list[str]:
         )
         lines.append(f"{'query':44} {'vm ms':>9} {'lossproof ms':>13} {'ratio':>8}  agree")
         for row in q["queries"].values():
+            if row.get("unsupported"):
+                lines.append(f"{row['query'][:44]:44} {row['vm_ms']:>9,.1f} {'unsupported':>13} {'-':>8}  -")
+                continue
             lines.append(
                 f"{row['query'][:44]:44} {row['vm_ms']:>9,.1f} {row['lossproof_ms']:>13,.1f} "
                 f"{_fmt_ratio(row['ratio']):>8}  {'yes' if row['agree'] else 'NO: ' + row['detail']}"

@@ -142,6 +142,12 @@ class Target:
 # --- generators ------------------------------------------------------------------------------------
 
 
+_VECTOR_FUNCS = [
+    "abs", "sqrt", "ln", "exp", "year", "day_of_week", "days_in_month", "timestamp", "sort_desc",
+    "absent", "scalar", "sgn", "deg", "floor",
+]  # fmt: skip
+
+
 def _strategies() -> dict[str, Any]:
     from hypothesis import strategies as st
 
@@ -214,6 +220,44 @@ def _strategies() -> dict[str, Any]:
             ),
             st.builds(lambda x: f"({x})", inner),
             st.builds(lambda s, d: f"{s} offset {d}", selector, duration),
+            # the rest of the language (issue 19): functions and aggregations with odd parameters,
+            # subqueries, @, set operators, vector matching, label functions with bad regexes
+            st.builds(lambda f, x: f"{f}({x})", st.sampled_from(_VECTOR_FUNCS), inner),
+            st.builds(
+                lambda f, s, d, step: f"{f}({s}[{d}:{step}])",
+                st.sampled_from(["max_over_time", "deriv", "changes", "mad_over_time", "absent_over_time"]),
+                inner,
+                duration,
+                st.sampled_from(["", "1s", "1ms", "1m", "1h"]),
+            ),
+            st.builds(
+                lambda a, k, x: f"{a}({k}, {x})",
+                st.sampled_from(
+                    ["topk", "bottomk", "quantile", "limitk", "histogram_quantile", "round", "clamp_max"]
+                ),
+                st.sampled_from(["1", "0", "-1", "NaN", "Inf", "1e300", "0.5", "scalar(up)", "time()"]),
+                inner,
+            ),
+            st.builds(
+                lambda x, o, m, y: f"{x} {o} {m} {y}",
+                inner,
+                st.sampled_from(["and", "or", "unless", "*", ">", "atan2"]),
+                st.sampled_from(
+                    ["on(k)", "ignoring(k)", "on() group_left", "on(k) group_right(i)", "bool", ""]
+                ),
+                inner,
+            ),
+            st.builds(
+                lambda s, t: f"{s} @ {t}", selector, st.sampled_from(["start()", "end()", "0", "1e12", "-1"])
+            ),
+            st.builds(
+                lambda x, r: f'label_replace({x}, "d", "$1${{2}}$$", "k", "{r}")',
+                inner,
+                st.sampled_from(["(.*)", "(", "a{1001}", "(?P<n>a)", ".*" * 50]),
+            ),
+            st.builds(lambda x: f'count_values("v", {x})', inner),
+            st.builds(lambda x: f"predict_linear({x}[5m], 1e300)", selector),
+            st.builds(lambda x: f"holt_winters({x}[5m], 0.5, 0.5)", selector),
         ),
         max_leaves=12,
     )

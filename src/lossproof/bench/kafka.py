@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import click
 from pydantic import ValidationError
 
+from lossproof.bench.load import load_line
 from lossproof.cliutil import finite_float
 from lossproof.config import KafkaLogConfig
 from lossproof.log.base import LogUnavailable
@@ -263,3 +264,4 @@ def kafka_bench_cmd(
     if logs.count:
         click.echo(logs.line(), err=True)
     click.echo(f"KafkaLogWriter / raw producer: {w.mib_per_s / raw.mib_per_s:.2f}")
+    click.echo(load_line())

@@ -44,6 +44,20 @@ QUERIES: list[tuple[str, str, int, int]] = [
     ("sum by (job) (rate(m[5m])) 24 h step 60 s", "sum by (job) (rate(m[5m]))", 86_400_000, 60_000),
     ("avg_over_time(m[1h]) instant", "avg_over_time(m[1h])", 0, 1),
     ("sum by (job) (m) 24 h step 60 s", "sum by (job) (m)", 86_400_000, 60_000),
+    ("topk(10, avg_over_time(m[1h])) instant", "topk(10, avg_over_time(m[1h]))", 0, 1),
+    (
+        "max_over_time(rate(m[5m])[1h:1m]) 1 h step 60 s",
+        "max_over_time(rate(m[5m])[1h:1m])",
+        3_600_000,
+        60_000,
+    ),
+    (
+        "quantile by (job) (0.9, rate(m[5m])) 24 h step 60 s",
+        "quantile by (job) (0.9, rate(m[5m]))",
+        86_400_000,
+        60_000,
+    ),
+    ("m and on(instance) topk(100, m) 1 h step 15 s", "m and on(instance) topk(100, m)", 3_600_000, 15_000),
 ]
 
 

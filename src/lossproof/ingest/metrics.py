@@ -96,6 +96,18 @@ class IngestMetrics:
             registry=registry,
         )
         self._client_senders: dict[str, set[str]] = {}
+        self.series_limited = Counter(
+            "lossproof_ingest_series_limited_requests_total",
+            "Requests refused (400) because they would take the tenant past its series limit.",
+            ["tenant", "protocol"],
+            registry=registry,
+        )
+        self.series_refused = Counter(
+            "lossproof_ingest_series_limited_series_total",
+            "New series in the requests of lossproof_ingest_series_limited_requests_total.",
+            ["tenant", "protocol"],
+            registry=registry,
+        )
         self.replay_requested = Counter(
             "lossproof_ingest_replay_requested_total",
             "Seqs that responses asked agents to send again.",

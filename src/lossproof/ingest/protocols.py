@@ -32,6 +32,7 @@ from lossproof.httputil import CLOSE_STATUSES, ApiError, close_after, unavailabl
 from lossproof.ingest.auth import KeyRing
 from lossproof.ingest.metrics import IngestMetrics
 from lossproof.ingest.reports import Ingest
+from lossproof.ingest.series_limit import SeriesLimit
 from lossproof.log.base import LogWriter
 from lossproof.obs.logging import get
 from lossproof.protocol import native
@@ -49,9 +50,15 @@ class ThirdParty(Ingest):
     """The ingest flow shared by the three protocols; ``endpoint`` says how to decode and answer."""
 
     def __init__(
-        self, cfg: Config, keys: KeyRing, writer: LogWriter, metrics: IngestMetrics, endpoint: Endpoint
+        self,
+        cfg: Config,
+        keys: KeyRing,
+        writer: LogWriter,
+        metrics: IngestMetrics,
+        endpoint: Endpoint,
+        series_limit: SeriesLimit | None = None,
     ) -> None:
-        super().__init__(cfg, keys, writer, metrics)
+        super().__init__(cfg, keys, writer, metrics, series_limit)
         self.endpoint = endpoint
         self.protocol = endpoint.protocol
         self.query_auth = endpoint.query_auth
@@ -162,7 +169,8 @@ class ThirdParty(Ingest):
                 params=decoded.params,
             )
             sender = f"{self.protocol}/{request.remote or '-'}"
-            await self.append_durable(native.log_key(tenant, sender), native.encode_envelope(env))
+            record = native.encode_envelope(env)
+            await self.append_limited(tenant, self.protocol, native.log_key(tenant, sender), record)
         m.proto_requests.labels(tenant, self.protocol, "acked").inc()
         m.proto_points.labels(tenant, self.protocol, "acked").inc(n)
         if checked.rejected:
@@ -203,9 +211,11 @@ class InfluxWrite(ThirdParty):
 _HANDLERS: dict[str, type[ThirdParty]] = {"prom-rw": RemoteWrite, "influx": InfluxWrite}
 
 
-def routes(cfg: Config, keys: KeyRing, writer: LogWriter, metrics: IngestMetrics) -> list[web.RouteDef]:
+def routes(
+    cfg: Config, keys: KeyRing, writer: LogWriter, metrics: IngestMetrics, series_limit: SeriesLimit
+) -> list[web.RouteDef]:
     handlers = [
-        (path, _HANDLERS.get(ep.protocol, ThirdParty)(cfg, keys, writer, metrics, ep))
+        (path, _HANDLERS.get(ep.protocol, ThirdParty)(cfg, keys, writer, metrics, ep, series_limit))
         for path, ep in endpoints()
     ]
     return [

@@ -7,6 +7,7 @@ one in Python here: the worker decodes them.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from aiohttp import web
@@ -25,6 +26,7 @@ from lossproof.httputil import (
 )
 from lossproof.ingest.auth import KeyRing
 from lossproof.ingest.metrics import IngestMetrics
+from lossproof.ingest.series_limit import SeriesLimit, record_series
 from lossproof.log.base import LogUnavailable, LogWriter
 from lossproof.obs.logging import get
 from lossproof.protocol import native
@@ -41,11 +43,19 @@ class Ingest:
 
     query_auth = False  # may the key come in the query string (InfluxDB 1.x)?
 
-    def __init__(self, cfg: Config, keys: KeyRing, writer: LogWriter, metrics: IngestMetrics) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        keys: KeyRing,
+        writer: LogWriter,
+        metrics: IngestMetrics,
+        series_limit: SeriesLimit | None = None,
+    ) -> None:
         self.cfg = cfg
         self.keys = keys
         self.writer = writer
         self.metrics = metrics
+        self.series_limit = series_limit
         self._faults = Faults()
 
     def unavailable(self, reason: str) -> ApiError:
@@ -70,6 +80,21 @@ class Ingest:
         srv = self.cfg.server
         return await read_body(request, srv.max_body_bytes, srv.body_idle_seconds, srv.body_read_max_seconds)
 
+    async def append_limited(self, tenant: str, protocol: str, key: bytes, record: bytes) -> None:
+        """:meth:`append_durable`, once the tenant's series limit admitted the record's series (or
+        raised the 400). The record is decoded as the worker will decode it, off the event loop."""
+        limit = self.series_limit
+        if limit is None or not limit.limit(tenant):
+            await self.append_durable(key, record)
+            return
+        held = await limit.admit(tenant, await asyncio.to_thread(record_series, record), protocol)
+        try:
+            await self.append_durable(key, record)
+        except BaseException:
+            limit.release(tenant, held)
+            raise
+        limit.confirm(tenant, held)
+
     async def append_durable(self, key: bytes, record: bytes) -> None:
         """Append ``record`` and return once the log holds it durably; raise the 503 otherwise."""
         if self._faults.get("ingest.ack_before_durable") is not None:
@@ -88,8 +113,9 @@ class ReportsHandler(Ingest):
         writer: LogWriter,
         store: StoreAccess,
         metrics: IngestMetrics,
+        series_limit: SeriesLimit | None = None,
     ) -> None:
-        super().__init__(cfg, keys, writer, metrics)
+        super().__init__(cfg, keys, writer, metrics, series_limit)
         self.store = store
 
     async def _conflicts(
@@ -175,7 +201,11 @@ class ReportsHandler(Ingest):
                 body=raw,
             )
         )
-        await self.append_durable(native.log_key(tenant, agent), record)
+        key = native.log_key(tenant, agent)
+        if replaying:  # the fallback answered 200 for it already: refusing it now would lose it
+            await self.append_durable(key, record)
+        else:
+            await self.append_limited(tenant, "native", key, record)
         if seqs:
             self.store.acknowledged(tenant, agent, checked.incarnation, seqs)
 

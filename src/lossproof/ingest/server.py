@@ -17,8 +17,10 @@ from lossproof.httpguard import Guard, GuardedSite, Limits
 from lossproof.httputil import ApiError, client_reason, errors_as_json, json_response, protocol_header
 from lossproof.ingest import protocols
 from lossproof.ingest.auth import KeyRing
+from lossproof.ingest.keyreload import KeyReloader
 from lossproof.ingest.metrics import IngestMetrics
 from lossproof.ingest.reports import ReportsHandler
+from lossproof.ingest.series_limit import SeriesLimit
 from lossproof.log.base import LogWriter
 from lossproof.log.factory import open_writer
 from lossproof.obs.exposition import OperatorKeyRequired, exposition, is_operator
@@ -49,6 +51,9 @@ async def _worker_metrics(cfg: Config, session: aiohttp.ClientSession) -> bytes:
         return b""
 
 
+KEYS = web.AppKey("keys", KeyRing)
+
+
 def build_app(
     cfg: Config, writer: LogWriter, store: StoreAccess, registry: CollectorRegistry
 ) -> web.Application:
@@ -62,6 +67,7 @@ def build_app(
         middlewares=[guard.middleware, errors_as_json], client_max_size=cfg.server.max_body_bytes
     )
     app[GUARD] = guard
+    app[KEYS] = keys
     quiet = guard.log_filter()
 
     async def add_filter(app: web.Application) -> None:
@@ -72,7 +78,8 @@ def build_app(
 
     app.on_startup.append(add_filter)
     app.on_cleanup.append(remove_filter)
-    reports = ReportsHandler(cfg, keys, writer, store, metrics)
+    series_limit = SeriesLimit(cfg, store, metrics)
+    reports = ReportsHandler(cfg, keys, writer, store, metrics, series_limit)
     session_holder: dict[str, aiohttp.ClientSession] = {}
 
     async def healthz(request: web.Request) -> web.Response:
@@ -86,7 +93,7 @@ def build_app(
         if session is None:
             session = session_holder["s"] = aiohttp.ClientSession()
         try:
-            operator = is_operator(request.headers.get("Authorization", ""), cfg.operator.key_hashes)
+            operator = is_operator(request.headers.get("Authorization", ""), keys.operator_hashes)
         except OperatorKeyRequired as e:
             raise ApiError(403, str(e), "forbidden") from None
         body = exposition(registry, await _worker_metrics(cfg, session), operator=operator)
@@ -107,7 +114,7 @@ def build_app(
         [
             web.post("/v1/reports", reports, expect_handler=reports.expect),
             # Prometheus remote write, OTLP/HTTP, InfluxDB line protocol (docs/protocols.md)
-            *protocols.routes(cfg, keys, writer, metrics),
+            *protocols.routes(cfg, keys, writer, metrics, series_limit),
             web.get("/healthz", healthz),
             web.get("/metrics", metrics_route),
             *QueryApi(keys, store).routes(),
@@ -145,6 +152,7 @@ async def serve(cfg: Config) -> None:
     await writer.start()
     store = StoreAccess(lambda: open_store(cfg, readonly=True))
     app = build_app(cfg, writer, store, registry)
+    reloader = KeyReloader(cfg.data_dir, app[KEYS])
     runner = await listen(app, cfg, cfg.server.host, cfg.server.port)
     log.info("ingest.listening", host=cfg.server.host, port=cfg.server.port, data_dir=str(cfg.data_dir))
 
@@ -152,7 +160,10 @@ async def serve(cfg: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: reloader.check(force=True))
+    polling = asyncio.create_task(reloader.poll())
     await stop.wait()
+    polling.cancel()
     log.info("ingest.stopping")
     # Stop accepting, let in-flight requests get their durable answer, then close the log.
     await runner.cleanup()

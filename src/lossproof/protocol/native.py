@@ -16,6 +16,12 @@ from lossproof.ranges import from_seqs
 # 1970 .. 2100 in unix ms: anything outside is a unit mistake (seconds, ns), not telemetry.
 MAX_TIME_MS = 4_102_444_800_000
 TimeMs = Annotated[int, msgspec.Meta(ge=0, le=MAX_TIME_MS)]
+# A point's time from before 1973-03-03 (1e11 ms) is far more likely seconds than a real sample:
+# today in seconds is ~1.8e9, which as milliseconds lands on 1970-01-21. Refused, so it is never
+# stored silently in 1970. (Checked at ingest only; the worker decodes without constraints, so
+# records acknowledged before this check was added are still stored.)
+MIN_POINT_TIME_MS = 100_000_000_000
+PointTimeMs = Annotated[int, msgspec.Meta(ge=MIN_POINT_TIME_MS, le=MAX_TIME_MS)]
 Seq = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]  # = MAX_INT
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 
@@ -24,7 +30,7 @@ Name = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 # of the cyclic GC's bookkeeping makes validation about a third cheaper.
 class PointIn(msgspec.Struct, gc=False):
     metric: Name
-    t: TimeMs
+    t: PointTimeMs
     v: float
     labels: Annotated[
         dict[Name, Annotated[str, msgspec.Meta(max_length=4096)]], msgspec.Meta(max_length=64)
@@ -94,7 +100,7 @@ def decode(body: bytes, content_type: str) -> RequestIn:
     try:
         req = _msgpack.decode(body) if content_type == MSGPACK else _json.decode(body)
     except msgspec.ValidationError as e:
-        raise BadRequest(str(e)) from None
+        raise BadRequest(_explain(str(e))) from None
     except msgspec.DecodeError as e:
         raise BadRequest(f"malformed {content_type.split('/')[-1]}: {e}") from None
     except UnicodeDecodeError as e:
@@ -125,6 +131,20 @@ def decode(body: bytes, content_type: str) -> RequestIn:
             "`$.spool.first_pending_seq`"
         )
     return req
+
+
+_TOO_EARLY = f"Expected `int` >= {MIN_POINT_TIME_MS} - at "
+
+
+def _explain(message: str) -> str:
+    """msgspec's message, with the likely reason when a point's time is too small."""
+    if message.startswith(_TOO_EARLY):
+        where = message.removeprefix(_TOO_EARLY)
+        return (
+            f"t must be unix milliseconds >= {MIN_POINT_TIME_MS} (1973-03-03): a smaller t is most "
+            f"likely in seconds (multiply by 1000) - at {where}"
+        )
+    return message
 
 
 _report_enc = msgspec.msgpack.Encoder()

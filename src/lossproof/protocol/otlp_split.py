@@ -1,29 +1,33 @@
 """An ``ExportMetricsServiceRequest`` body split into its metrics, each decoded only when reached.
 
 Decoding a whole request holds all of it as messages at once: ~6 bytes of memory per body byte for
-protobuf, ~12 for JSON (measured with a 37 MB body). Here only the request's outer levels
-(``resourceMetrics``, ``scopeMetrics``) are walked without decoding, and each ``Resource``,
-``InstrumentationScope`` and ``Metric`` is decoded by the official message classes when its turn
-comes; the memory held is the body plus the largest single metric.
+protobuf, ~12 for JSON (measured with a 37 MB body). Here the request's outer levels
+(``resourceMetrics``, ``scopeMetrics``) are split without decoding what they hold, and each
+``Resource``, ``InstrumentationScope`` and ``Metric`` is decoded by the official message classes when
+its turn comes; the memory held is the body plus the largest single metric.
 
 The result is what decoding the whole body gives, by the format's own rules:
 
-- protobuf: a message field that occurs more than once is the merge of its occurrences (which is
-  what decoding their concatenation gives), fields of an unexpected wire type and unknown fields are
-  skipped, a truncated or malformed field is an error;
+- protobuf: the splitting is done by upb (the C decoder), with "shallow" messages that are
+  wire-compatible with the real ones, so framing, merging of a ``resource`` or ``scope`` given more
+  than once, unknown fields and fields of an unexpected wire type follow protobuf exactly. Schema
+  URLs are not decoded (nothing reads them), so invalid UTF-8 in one is not noticed.
 - JSON: both the JSON name and the proto field name of a field are accepted (not both at once),
-  ``null`` is an absent field, unknown fields are ignored. One difference from ``json_format``: a key
-  repeated in the request, a ``resourceMetrics`` or a ``scopeMetrics`` object is taken once, the last
-  one winning, as most JSON parsers do (json_format refuses it); inside a metric it is refused.
+  ``null`` is an absent field (but not a list element), unknown fields are ignored, and a key given
+  twice in an object is refused, as protobuf's own JSON parser does.
+
+A request holds at most MAX_ENTRIES resourceMetrics, scopeMetrics and metrics in all.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import msgspec
-from google.protobuf import json_format, message
+import numpy as np
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message, message_factory
 from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
@@ -31,13 +35,6 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from lossproof.protocol.thirdparty import BadBody
 
 JSON = "application/json"
-
-# field numbers (opentelemetry-proto metrics/v1)
-_RESOURCE_METRICS = 1  # ExportMetricsServiceRequest.resource_metrics
-_RESOURCE = 1  # ResourceMetrics.resource
-_SCOPE_METRICS = 2  # ResourceMetrics.scope_metrics
-_SCOPE = 1  # ScopeMetrics.scope
-_METRICS = 2  # ScopeMetrics.metrics
 
 
 class Scope(NamedTuple):
@@ -52,139 +49,131 @@ class ResourceMetrics(NamedTuple):
 
 def split(body: bytes, ctype: str) -> Iterator[ResourceMetrics]:
     """The request's ``resourceMetrics`` in order; each level is decoded as it is iterated, so a
-    damaged part raises BadBody when reached."""
+    damaged part raises BadBody when reached, as does a request of more entries than MAX_ENTRIES."""
+    counts = _Counts()
     if ctype == JSON:
-        return _json_request(body)
-    return _pb_request(memoryview(body))
+        return _json_request(body, counts)
+    return _pb_request(body, counts)
+
+
+# Entries a request may hold, in all: each costs a decode in Python however small it is, so a few
+# bytes of compressed body must not buy minutes of work. Real exporters send a few thousand metrics
+# a request (the Collector batches ~8k points).
+MAX_ENTRIES = {"resourceMetrics": 1 << 16, "scopeMetrics": 1 << 16, "metrics": 1 << 18}
+
+
+class _Counts(dict[str, int]):
+    def add(self, kind: str, n: int) -> None:
+        total = self[kind] = self.get(kind, 0) + n
+        if total > MAX_ENTRIES[kind]:
+            raise BadBody(f"more than {MAX_ENTRIES[kind]} {kind} entries in one request")
 
 
 # -- protobuf -------------------------------------------------------------------------------------
+# The outer levels are split by upb too (no Python loop over bytes): "shallow" messages, wire-compatible
+# with the real ones, whose repeated message fields are declared ``bytes`` (each element is its
+# encoded message), while ``resource`` and ``scope`` stay messages, so their occurrences merge as
+# protobuf merges them.
 
 
-class _Malformed(Exception):
-    pass
+def _shallow_classes() -> tuple[Any, Any, Any]:
+    fd = descriptor_pb2.FileDescriptorProto(
+        name="lossproof/otlp_shallow.proto",
+        package="lossproof.otlp_shallow",
+        syntax="proto3",
+        dependency=[Resource.DESCRIPTOR.file.name, InstrumentationScope.DESCRIPTOR.file.name],
+    )
+    f = descriptor_pb2.FieldDescriptorProto
+    shapes = {
+        "Request": [("resource_metrics", 1, f.TYPE_BYTES, "")],
+        "ResourceMetrics": [
+            ("resource", 1, f.TYPE_MESSAGE, "." + Resource.DESCRIPTOR.full_name),
+            ("scope_metrics", 2, f.TYPE_BYTES, ""),
+        ],
+        "ScopeMetrics": [
+            ("scope", 1, f.TYPE_MESSAGE, "." + InstrumentationScope.DESCRIPTOR.full_name),
+            ("metrics", 2, f.TYPE_BYTES, ""),
+        ],
+    }
+    for name, fields in shapes.items():
+        m = fd.message_type.add(name=name)
+        for field, number, kind, type_name in fields:
+            fp = m.field.add(name=field, number=number, type=kind)
+            if kind == f.TYPE_BYTES:
+                fp.label = f.LABEL_REPEATED
+            else:
+                fp.label, fp.type_name = f.LABEL_OPTIONAL, type_name
+    pool = descriptor_pool.Default()
+    pool.Add(fd)
+    get = message_factory.GetMessageClass
+    return tuple(get(pool.FindMessageTypeByName(f"lossproof.otlp_shallow.{n}")) for n in shapes)  # type: ignore[return-value]
 
 
-def _varint(buf: memoryview, i: int) -> tuple[int, int]:
-    n = shift = 0
-    while True:
-        if i >= len(buf) or shift > 63:
-            raise _Malformed("truncated or overlong varint")
-        b = buf[i]
-        i += 1
-        n |= (b & 0x7F) << shift
-        if b < 0x80:
-            return n, i
-        shift += 7
+_Request, _ResourceMetrics, _ScopeMetrics = _shallow_classes()
 
 
-def _skip_group(buf: memoryview, i: int, field: int, depth: int) -> int:
-    if depth > 64:
-        raise _Malformed("groups nested too deep")
-    while True:
-        key, i = _varint(buf, i)
-        f, wt = key >> 3, key & 7
-        if wt == 4:
-            if f != field:
-                raise _Malformed("mismatched end of group")
-            return i
-        i = _skip(buf, i, f, wt, depth + 1)
-
-
-def _skip(buf: memoryview, i: int, field: int, wt: int, depth: int) -> int:
-    if wt == 0:
-        return _varint(buf, i)[1]
-    if wt == 1:
-        i += 8
-    elif wt == 5:
-        i += 4
-    elif wt == 2:
-        n, i = _varint(buf, i)
-        i += n
-    elif wt == 3:
-        return _skip_group(buf, i, field, depth)
-    else:
-        raise _Malformed(f"invalid wire type {wt}")
-    if i > len(buf):
-        raise _Malformed("truncated field")
-    return i
-
-
-def _fields(buf: memoryview, want: int | None = None) -> Iterator[tuple[int, memoryview]]:
-    """The length-delimited fields of one message, as (field number, bytes); only field ``want``
-    if given. Other fields are checked for framing and skipped."""
-    i = 0
-    while i < len(buf):
-        key, i = _varint(buf, i)
-        field, wt = key >> 3, key & 7
-        if field == 0:
-            raise _Malformed("field number 0")
-        if wt == 2:
-            n, i = _varint(buf, i)
-            if i + n > len(buf):
-                raise _Malformed("truncated field")
-            if want is None or field == want:
-                yield field, buf[i : i + n]
-            i += n
-        else:
-            i = _skip(buf, i, field, wt, 0)
-
-
-def _pb(cls: Any, pieces: list[memoryview], where: str) -> Any:
+def _pb(cls: Any, data: bytes, where: str) -> Any:
     try:
-        return cls.FromString(b"".join(pieces))
+        return cls.FromString(data)
     except message.DecodeError as e:
-        raise BadBody(f"{where}: not a valid {cls.DESCRIPTOR.name} protobuf message: {e}") from None
+        name = cls.DESCRIPTOR.name
+        raise BadBody(
+            f"body is not a valid ExportMetricsServiceRequest protobuf message: {where}: {name}: {e}"
+        ) from None
 
 
-def _pb_guard(it: Iterator[Any], where: str) -> Iterator[Any]:
-    try:
-        yield from it
-    except _Malformed as e:
-        msg = f"body is not a valid ExportMetricsServiceRequest protobuf message: {where} {e}"
-        raise BadBody(msg) from None
+def _pb_request(body: bytes, counts: _Counts) -> Iterator[ResourceMetrics]:
+    entries = _pb(_Request, body, "request").resource_metrics
+    counts.add("resourceMetrics", len(entries))
+    for r, rm in enumerate(entries):
+        where = f"resourceMetrics[{r}]"
+        shallow = _pb(_ResourceMetrics, rm, where)
+        yield ResourceMetrics(shallow.resource, _pb_scopes(shallow.scope_metrics, where, counts))
 
 
-def _pb_request(body: memoryview) -> Iterator[ResourceMetrics]:
-    def walk() -> Iterator[ResourceMetrics]:
-        for r, (_, rm) in enumerate(_fields(body, _RESOURCE_METRICS)):
-            where = f"resourceMetrics[{r}]"
-            resource = [v for _, v in _fields(rm, _RESOURCE)]
-            yield ResourceMetrics(_pb(Resource, resource, f"{where}.resource"), _pb_scopes(rm, where))
-
-    return _pb_guard(walk(), "")
+def _pb_scopes(entries: Any, rwhere: str, counts: _Counts) -> Iterator[Scope]:
+    counts.add("scopeMetrics", len(entries))
+    for s, sm in enumerate(entries):
+        where = f"{rwhere}.scopeMetrics[{s}]"
+        shallow = _pb(_ScopeMetrics, sm, where)
+        yield Scope(shallow.scope, _pb_metrics(shallow.metrics, where, counts))
 
 
-def _pb_scopes(rm: memoryview, rwhere: str) -> Iterator[Scope]:
-    def walk() -> Iterator[Scope]:
-        for s, (_, sm) in enumerate(_fields(rm, _SCOPE_METRICS)):
-            where = f"{rwhere}.scopeMetrics[{s}]"
-            scope = [v for _, v in _fields(sm, _SCOPE)]
-            yield Scope(_pb(InstrumentationScope, scope, f"{where}.scope"), _pb_metrics(sm, where))
-
-    return _pb_guard(walk(), rwhere)
-
-
-def _pb_metrics(sm: memoryview, swhere: str) -> Iterator[Any]:
-    def walk() -> Iterator[Any]:
-        for m, (_, metric) in enumerate(_fields(sm, _METRICS)):
-            yield _pb(Metric, [metric], f"{swhere}.metrics[{m}]")
-
-    return _pb_guard(walk(), swhere)
+def _pb_metrics(entries: Any, swhere: str, counts: _Counts) -> Iterator[Any]:
+    counts.add("metrics", len(entries))
+    for m, metric in enumerate(entries):
+        yield _pb(Metric, metric, f"{swhere}.metrics[{m}]")
 
 
 # -- JSON -----------------------------------------------------------------------------------------
 
 _object = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _array = msgspec.json.Decoder(list[msgspec.Raw] | None)
+_WS = rb"[ \t\n\r]*"
+_KEY = rb'"(?:[^"\\]|\\.)*"' + _WS + rb":" + _WS
+_FIRST = re.compile(_WS + rb"\{" + _WS + _KEY)
+_NEXT = re.compile(_WS + rb"," + _WS + _KEY)
+_END = re.compile(_WS + rb"\}" + _WS)
+_EMPTY = re.compile(_WS + rb"\{" + _WS + rb"\}" + _WS)
+
+
+def _address(buf: bytes | msgspec.Raw) -> int:
+    return int(np.frombuffer(buf, dtype=np.uint8).ctypes.data) if len(buf) else 0
+
+
+def _bad_json(where: str, e: Exception) -> BadBody:
+    return BadBody(f"body is not a valid OTLP/JSON ExportMetricsServiceRequest: {where}: {e}")
 
 
 def _json_members(raw: bytes | msgspec.Raw, where: str, names: dict[str, str]) -> dict[str, msgspec.Raw]:
-    """The object's members that ``names`` knows (JSON name or proto name -> field), by field."""
+    """The object's members that ``names`` knows (JSON name or proto name -> field), by field. A key
+    given twice is refused, as protobuf's JSON parser refuses it (a decoder keeping only the last one
+    would drop the data of the others)."""
     try:
         obj = _object.decode(raw)
     except (msgspec.DecodeError, UnicodeError, RecursionError) as e:
-        raise BadBody(f"body is not a valid OTLP/JSON ExportMetricsServiceRequest: {where}: {e}") from None
+        raise _bad_json(where, e) from None
+    _no_repeated_keys(raw, obj, where)
     out: dict[str, msgspec.Raw] = {}
     for key, value in obj.items():
         field = names.get(key)
@@ -196,13 +185,30 @@ def _json_members(raw: bytes | msgspec.Raw, where: str, names: dict[str, str]) -
     return out
 
 
-def _json_list(raw: msgspec.Raw | None, where: str) -> list[msgspec.Raw]:
+def _no_repeated_keys(raw: bytes | msgspec.Raw, obj: dict[str, msgspec.Raw], where: str) -> None:
+    """A decoded dict keeps one value per key. Its values are views into ``raw``: between them there
+    must be nothing but one key each (and the punctuation), else a member was repeated."""
+    base = _address(raw)
+    spans = sorted((_address(v) - base, len(v)) for v in obj.values())
+    text = memoryview(raw)
+    pos = 0
+    for i, (start, length) in enumerate(spans):
+        if not (_FIRST if i == 0 else _NEXT).fullmatch(text[pos:start]):
+            raise BadBody(f"{where}: a key is given more than once")
+        pos = start + length
+    if not (_END if spans else _EMPTY).fullmatch(text[pos:]):
+        raise BadBody(f"{where}: a key is given more than once")
+
+
+def _json_list(raw: msgspec.Raw | None, where: str, counts: _Counts, kind: str) -> list[msgspec.Raw]:
     if raw is None:
         return []
     try:
-        return _array.decode(raw) or []
+        items = _array.decode(raw) or []
     except (msgspec.DecodeError, UnicodeError, RecursionError) as e:
-        raise BadBody(f"body is not a valid OTLP/JSON ExportMetricsServiceRequest: {where}: {e}") from None
+        raise _bad_json(where, e) from None
+    counts.add(kind, len(items))
+    return items
 
 
 def _json(cls: Any, raw: msgspec.Raw | None, where: str, element: bool = False) -> Any:
@@ -228,25 +234,26 @@ _RM = {"resource": "resource", "scopeMetrics": "scope_metrics", "scope_metrics":
 _SM = {"scope": "scope", "metrics": "metrics"}
 
 
-def _json_request(body: bytes) -> Iterator[ResourceMetrics]:
+def _json_request(body: bytes, counts: _Counts) -> Iterator[ResourceMetrics]:
     top = _json_members(body, "request", _REQUEST)
-    for r, rm in enumerate(_json_list(top.get("resource_metrics"), "resourceMetrics")):
+    entries = _json_list(top.get("resource_metrics"), "resourceMetrics", counts, "resourceMetrics")
+    for r, rm in enumerate(entries):
         where = f"resourceMetrics[{r}]"
         fields = _json_members(rm, where, _RM)
-        yield ResourceMetrics(
-            _json(Resource, fields.get("resource"), f"{where}.resource"),
-            _json_scopes(fields.get("scope_metrics"), where),
-        )
+        resource = _json(Resource, fields.get("resource"), f"{where}.resource")
+        scopes = _json_list(fields.get("scope_metrics"), f"{where}.scopeMetrics", counts, "scopeMetrics")
+        yield ResourceMetrics(resource, _json_scopes(scopes, where, counts))
 
 
-def _json_scopes(raw: msgspec.Raw | None, rwhere: str) -> Iterator[Scope]:
-    for s, sm in enumerate(_json_list(raw, f"{rwhere}.scopeMetrics")):
+def _json_scopes(entries: list[msgspec.Raw], rwhere: str, counts: _Counts) -> Iterator[Scope]:
+    for s, sm in enumerate(entries):
         where = f"{rwhere}.scopeMetrics[{s}]"
         fields = _json_members(sm, where, _SM)
         scope = _json(InstrumentationScope, fields.get("scope"), f"{where}.scope")
-        yield Scope(scope, _json_metrics(fields, where))
+        metrics = _json_list(fields.get("metrics"), f"{where}.metrics", counts, "metrics")
+        yield Scope(scope, _json_metrics(metrics, where))
 
 
-def _json_metrics(fields: dict[str, msgspec.Raw], swhere: str) -> Iterator[Any]:
-    for m, metric in enumerate(_json_list(fields.get("metrics"), f"{swhere}.metrics")):
+def _json_metrics(entries: list[msgspec.Raw], swhere: str) -> Iterator[Any]:
+    for m, metric in enumerate(entries):
         yield _json(Metric, metric, f"{swhere}.metrics[{m}]", element=True)

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 from lossproof.points import Point
 from lossproof.protocol import influx, otlp, promrw
+from lossproof.protocol.native import MIN_POINT_TIME_MS
 from lossproof.protocol.thirdparty import MAX_LABELS, BadBody
 
 PROTOCOLS = ("prom-rw", "otlp", "influx")
@@ -40,8 +41,17 @@ def iter_points(
 
 def native_bounds(points: list[Point]) -> None:
     """A native report carries at most MAX_LABELS labels per point; the third-party protocols allow
-    one more where they derive it (a histogram bucket's ``le``, a summary's ``quantile``). Such a
-    point is refused before it is acknowledged: spooled, the server would refuse its whole report."""
+    one more where they derive it (a histogram bucket's ``le``, a summary's ``quantile``). Nor does it
+    carry a time before MIN_POINT_TIME_MS (1973: most likely seconds), which the third-party protocols
+    take. Such a point is refused before it is acknowledged: spooled, the server would refuse its
+    whole report."""
+    early = min(p.t for p in points)
+    if early < MIN_POINT_TIME_MS:
+        raise BadBody(
+            f"a point at t={early} ms (before 1973-03-03): the agent relays points from "
+            f"{MIN_POINT_TIME_MS} ms on (a smaller time is most likely in seconds or nanoseconds "
+            "read with the wrong precision); send it to the ingest API directly if it is meant"
+        )
     most = max(map(len, (p.labels for p in points)))
     if most > MAX_LABELS:
         p = next(p for p in points if len(p.labels) > MAX_LABELS)

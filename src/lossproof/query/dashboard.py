@@ -35,8 +35,9 @@ from lossproof.httputil import ApiError, client_reason, json_response
 from lossproof.ingest.auth import KeyRing
 from lossproof.log.base import LogGap
 from lossproof.obs.logging import get
-from lossproof.query import holes, params, promql, uplot
+from lossproof.query import holes, params, promql, uplot, utf8names
 from lossproof.query.access import StoreAccess, StoreUnavailable
+from lossproof.query.healthhistory import Entry, HistoryFile, Sample
 from lossproof.query.promapi import PromApi
 from lossproof.store.base import AgentSummary, Ledger, Store
 
@@ -44,6 +45,8 @@ T = TypeVar("T")
 log = get(__name__)
 
 STATIC = Path(__file__).parent / "static"
+# The alert rules (deploy/alerts.yml of a source checkout), linked from the completeness page.
+ALERT_RULES = Path(__file__).resolve().parents[3] / "deploy" / "alerts.yml"
 _STATIC_FILES = frozenset(p.name for p in STATIC.iterdir() if p.is_file() and not p.name.startswith("."))
 SILENT_AFTER_S = 300  # an agent not heard from for this long counts as silent
 MAX_CHART_SERIES = 200
@@ -65,14 +68,14 @@ def register(
 ) -> None:
     """Add the UI, its JSON API and the Prometheus API to the HTTP process."""
     dash = Dashboard(cfg, keys, store, registry)
-    app.add_routes([*dash.routes(), *PromApi(keys, store).routes()])
+    q = cfg.query
+    limits = promql.Limits(q.max_samples, q.max_series, q.timeout_seconds)
+    app.add_routes([*dash.routes(), *PromApi(keys, store, limits).routes()])
     app.on_startup.append(dash.start)
     app.on_cleanup.append(dash.stop)
 
 
 # --- metrics sampling --------------------------------------------------------------------------------
-
-Sample = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def parse_metrics(text: str) -> Sample:
@@ -166,8 +169,8 @@ def _ledger_snapshot(store: Store, tenants: list[str]) -> LedgerSnapshot:
             counts["delayed"] += a.delayed_reports
             counts["missing"] += a.missing_reports
             counts["lost"] += a.lost_reports
-            seen = max(a.last_seen_ms, a.last_stored_ms)
-            if now_ms - seen > SILENT_AFTER_S * 1000:
+            seen = a.heard_ms
+            if not a.one_shot and now_ms - seen > SILENT_AFTER_S * 1000:
                 silent += 1
             counts["conflict"] += a.conflict_reports
             # one row per incarnation: the agent id was last seen by its latest one
@@ -192,7 +195,9 @@ class Dashboard:
         self.keys = keys
         self.store = store
         self.registry = registry
-        self.history: deque[tuple[float, Sample]] = deque(maxlen=HISTORY)
+        # kept in run/ across restarts of this process (healthhistory.py)
+        self.history_file = HistoryFile(cfg.run_dir / "health-history.jsonl", HISTORY)
+        self.history: deque[Entry] = deque(maxlen=HISTORY)
         self.ledger = LedgerCollector()
         registry.register(self.ledger)
         self._task: asyncio.Task[None] | None = None
@@ -206,6 +211,7 @@ class Dashboard:
         return [
             web.get("/", self.index),
             web.get("/ui/static/{name}", self.static),
+            web.get("/ui/alerts.yml", self.alert_rules),
             web.get("/ui/vendor/{name}", self.vendor),
             web.get("/ui/api/status", self.status),
             web.get("/ui/api/series", self.series),
@@ -217,6 +223,7 @@ class Dashboard:
     # lifecycle
 
     async def start(self, app: web.Application) -> None:
+        self.history.extend(await asyncio.to_thread(self.history_file.load))
         uplot.ensure_in_background()
         self._task = asyncio.create_task(self._loop())
 
@@ -243,7 +250,7 @@ class Dashboard:
             await asyncio.sleep(SAMPLE_EVERY_S)
 
     def _snapshot(self, store: Store) -> LedgerSnapshot:
-        return _ledger_snapshot(store, sorted(self.cfg.tenants))
+        return _ledger_snapshot(store, sorted(self.keys.tenants))
 
     async def sample(self) -> Sample:
         """Scrape the ingest's registry, the worker's /metrics and every configured fallback receiver's
@@ -253,7 +260,9 @@ class Dashboard:
             self._worker_metrics(), *(self._fallback(url) for url in self.cfg.health.fallback_urls)
         )
         snap = parse_metrics(generate_latest(self.registry).decode() + worker)
-        self.history.append((time.time(), snap))
+        entry = Entry(time.time(), self.started_ms, snap)
+        self.history.append(entry)
+        await asyncio.to_thread(self.history_file.append, entry, list(self.history))
         self.fallbacks = list(fallbacks)
         return snap
 
@@ -338,6 +347,11 @@ class Dashboard:
             raise _fail(404, f"no such file: {name[:100]}")
         return web.FileResponse(STATIC / name, headers={"Cache-Control": "no-cache"})
 
+    async def alert_rules(self, request: web.Request) -> web.StreamResponse:
+        if not ALERT_RULES.is_file():  # an installed package has no deploy/
+            raise _fail(404, "the alert rules are deploy/alerts.yml in lossproof's source tree")
+        return web.FileResponse(ALERT_RULES, headers={"Content-Type": "text/plain; charset=utf-8"})
+
     async def vendor(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         d = uplot.find()
@@ -355,13 +369,14 @@ class Dashboard:
 
     async def _selector(self, raw: str) -> pp.VectorSelector:
         try:
-            e = await promql.parse_async(raw)
+            # a name typed as the series list shows it (system.load.1) is read as {"system.load.1"}
+            e = await promql.parse_async(utf8names.quote_bare_name(raw))
         except promql.PromQLError as err:
             raise _fail(400, str(err)) from None
         while isinstance(e, pp.ParenExpr):
             e = e.expr
         if not isinstance(e, pp.VectorSelector):
-            raise _fail(400, 'expected a series selector such as cpu_user{host="a"}')
+            raise _fail(400, 'expected a series selector such as cpu_user{host="a"} or {"cpu.user",host="a"}')
         return e
 
     async def series(self, request: web.Request) -> web.Response:
@@ -412,13 +427,16 @@ class Dashboard:
         if from_ms >= to_ms:
             raise _fail(400, "'from' must be before 'to'")
         step = max(1, -(-(to_ms - from_ms) // width))
-        n = (to_ms - from_ms) // step + 1
+        n = -(-(to_ms - from_ms) // step) + 1
+        # The grid ends exactly at `to`: a point sent a moment ago is on the chart (a grid anchored at
+        # `from` could end up to a step before `to` and leave the newest point out).
+        start = to_ms - (n - 1) * step
 
         def run(s: Store) -> dict[str, Any]:
             cpu0 = time.thread_time()
             ev = promql.Evaluator(s, tenant, promql.Grid(from_ms, from_ms, 1))
             ms = ev.matchers(sel)
-            found = [] if ms is None else s.select_last(tenant, ms, from_ms, to_ms, step, step)
+            found = [] if ms is None else s.select_last(tenant, ms, start, to_ms, step, step)
             truncated = len(found) > MAX_CHART_SERIES
             found = found[:MAX_CHART_SERIES]
             agents = {a.agent: a for a in s.agents(tenant)}
@@ -429,7 +447,7 @@ class Dashboard:
                 if agent is not None and agent not in ledgers:
                     ledgers[agent] = s.ledger(tenant, agent)
                 times = [None if x is None else x[0] for x in st.samples]
-                gaps, threshold = holes.gaps(times, from_ms, step, min(to_ms, now))
+                gaps, threshold = holes.gaps(times, start, step, min(to_ms, now))
                 summary: AgentSummary | None = agents.get(agent) if agent else None
                 found_holes = holes.classify(
                     gaps,
@@ -455,7 +473,7 @@ class Dashboard:
 
         body = await self._run(run)
         body.update(
-            start=from_ms, step=step, n=n, now=now, took_ms=round((time.perf_counter() - t0) * 1000, 1)
+            start=start, step=step, n=n, now=now, took_ms=round((time.perf_counter() - t0) * 1000, 1)
         )
         return json_response(body)
 
@@ -500,7 +518,10 @@ class Dashboard:
                     "lost": a.lost_reports,
                     "last_stored_ms": a.last_stored_ms,
                     "last_seen_ms": a.last_seen_ms,
-                    "silent": now - max(a.last_seen_ms, a.last_stored_ms) > SILENT_AFTER_S * 1000,
+                    "heard_ms": a.heard_ms,
+                    "one_shot": a.one_shot,
+                    # a one-shot sender is expected to go quiet between runs
+                    "silent": not a.one_shot and now - a.heard_ms > SILENT_AFTER_S * 1000,
                 }
                 if i < 300:
                     led = s.ledger(tenant, a.agent, a.incarnation)
@@ -523,7 +544,7 @@ class Dashboard:
             return {"agents": rows, "totals": totals}
 
         body = await self._run(run)
-        latest = self.history[-1][1] if self.history else {}
+        latest = self.history[-1].snap if self.history else {}
         body.update(
             tenant=tenant,
             now=now,
@@ -548,20 +569,25 @@ class Dashboard:
         tenant = None if operator else self._tenant(request)
         mine = {} if tenant is None else {"tenant": tenant}
         now = _now_ms()
-        if not self.history or time.time() - self.history[-1][0] > SAMPLE_EVERY_S:
+        stale = not self.history or time.time() - self.history[-1].t > SAMPLE_EVERY_S
+        # A worker not seen in the last sample may just have started since (its address is written
+        # when it listens): look again rather than show it unknown for up to SAMPLE_EVERY_S.
+        if stale or _get(self.history[-1].snap, "lossproof_worker_healthy") is None:
             await self.sample()
         hist = list(self.history)
-        latest = hist[-1][1]
-        # rates over about the last minute (or whatever history there is)
-        base_t, base = hist[0]
-        for t, snap in hist:
-            if hist[-1][0] - t <= 65:
-                base_t, base = t, snap
+        latest = hist[-1].snap
+        # rates over about the last minute (or whatever history there is) of this process's run:
+        # its counters started at 0
+        this_run = [e for e in hist if e.run == hist[-1].run]
+        base_t, base = this_run[0].t, this_run[0].snap
+        for e in this_run:
+            if hist[-1].t - e.t <= 65:
+                base_t, base = e.t, e.snap
                 break
-        dt = max(hist[-1][0] - base_t, 1e-9)
+        dt = max(hist[-1].t - base_t, 1e-9)
 
         def rate(name: str, **match: str) -> float | None:
-            if len(hist) < 2:
+            if len(this_run) < 2:
                 return None
             return max(0.0, (_sum(latest, name, **match) - _sum(base, name, **match)) / dt)
 
@@ -573,8 +599,10 @@ class Dashboard:
 
         def series(fn: Callable[[Sample, Sample, float], float | None]) -> list[list[float | None]]:
             out: list[list[float | None]] = []
-            for (t1, a), (t2, b) in itertools.pairwise(hist):
-                out.append([round(t2 * 1000), fn(a, b, t2 - t1)])
+            for e1, e2 in itertools.pairwise(hist):
+                # across a restart the counters start again: no value for that step (a gap)
+                same_run = e1.run == e2.run
+                out.append([round(e2.t * 1000), fn(e1.snap, e2.snap, e2.t - e1.t) if same_run else None])
             return out
 
         def counter_rate(name: str, **match: str) -> Callable[[Sample, Sample, float], float | None]:
@@ -599,9 +627,9 @@ class Dashboard:
                 }
             agents = s.agents(tenant)
             silent = [
-                {"agent": a.agent, "last_seen_ms": max(a.last_seen_ms, a.last_stored_ms)}
+                {"agent": a.agent, "last_seen_ms": a.heard_ms}
                 for a in agents
-                if now - max(a.last_seen_ms, a.last_stored_ms) > SILENT_AFTER_S * 1000
+                if not a.one_shot and now - a.heard_ms > SILENT_AFTER_S * 1000
             ]
             return {
                 "series": s.series_counts().get(tenant, 0),
@@ -643,6 +671,7 @@ class Dashboard:
                 "history_lag_seconds": series(gauge("lossproof_worker_lag_seconds")),
             },
             "fallback": self._fallback_health(),
+            "series_limit": self.cfg.series_limit(tenant) if tenant is not None else 0,
             **store_part,
         }
         return json_response(body)
@@ -747,16 +776,7 @@ def _num(v: float) -> float | str:
 
 
 def _selector_text(metric: str, labels: dict[str, str]) -> str:
-    name = promql.promql_name(metric)
-    inner = ",".join(f'{k}="{_esc(v)}"' for k, v in sorted(labels.items()))
-    if name != metric:
-        inner = f'__name__="{_esc(metric)}"' + ("," + inner if inner else "")
-        return "{" + inner + "}"
-    return f"{name}{{{inner}}}" if inner else name
-
-
-def _esc(v: str) -> str:
-    return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return utf8names.selector(metric, [utf8names.equals(k, v) for k, v in sorted(labels.items())])
 
 
 def _ranges(led: Ledger) -> list[dict[str, Any]]:

@@ -130,10 +130,13 @@ def classify(
                 rest.append((a, cut))
             continue
         if trailing:
-            seen = max(agent.last_seen_ms, agent.last_stored_ms)
+            seen = agent.heard_ms
             if now_ms - seen <= RECENT_MS:
                 text = f"not stored yet: {agent.agent} was heard from {_iso(seen)}"
                 out.append(Hole(a, b, "pending", text))
+            elif agent.one_shot:
+                text = f"{agent.agent} sends only when it is run (one-shot sender); last sent {_iso(seen)}"
+                out.append(Hole(a, b, "nodata", text))
             else:
                 text = f"{agent.agent} not heard from since {_iso(seen) if seen else 'ever'}"
                 out.append(Hole(a, b, "silent", text))

@@ -5,7 +5,8 @@ body, as Prometheus).
 
 Answers use Prometheus' envelope: ``{"status": "success", "data": ...}`` or
 ``{"status": "error", "errorType": "bad_data", "error": "..."}``. A key sees only its tenant.
-The PromQL subset and the metric-name mapping are described in :mod:`lossproof.query.promql`.
+PromQL and the metric-name mapping are described in :mod:`lossproof.query.promql`; what a query may
+cost is bounded by :class:`lossproof.query.promql.Limits` (``[query]`` in the configuration).
 """
 
 from __future__ import annotations
@@ -60,9 +61,10 @@ def _ts(ms: int) -> float | int:
 
 
 class PromApi:
-    def __init__(self, keys: KeyRing, store: StoreAccess) -> None:
+    def __init__(self, keys: KeyRing, store: StoreAccess, limits: promql.Limits | None = None) -> None:
         self.keys = keys
         self.store = store
+        self.limits = limits or promql.Limits()
 
     def routes(self) -> list[web.RouteDef]:
         out: list[web.RouteDef] = []
@@ -122,20 +124,23 @@ class PromApi:
         at = parse_time(q["time"], "time") if q.get("time") else int(time.time() * 1000)
         lookback = _lookback(q)
         inner = _unparen(expr)
-        if isinstance(inner, pp.MatrixSelector):
-            raw = await self._run(lambda s: promql.instant_raw(s, tenant, inner, at))
+        limits = self.limits
+        if isinstance(inner, pp.StringLiteral):
+            return _success({"resultType": "string", "result": [_ts(at), str(inner.val)]})
+        if isinstance(inner, (pp.MatrixSelector, pp.SubqueryExpr)):
+            raw = await self._run(lambda s: promql.instant_raw(s, tenant, inner, at, limits))
             rows = await asyncio.to_thread(_raw_rows, raw)
             return _success({"resultType": "matrix", "result": rows})
         grid = promql.Grid(at, at, 1)
-        value = await self._run(lambda s: promql.Evaluator(s, tenant, grid, lookback).eval(expr))
+        value = await self._run(lambda s: promql.Evaluator(s, tenant, grid, lookback, limits).eval(expr))
         if isinstance(value, promql.Scalar):
             return _success(
                 {"resultType": "scalar", "result": [_ts(at), promql.format_value(value.values[0])]}
             )
         result = [
-            {"metric": labels, "value": [_ts(at), promql.format_value(values[0])]}
-            for labels, values in _sorted(value)
-            if values[0] is not None
+            {"metric": value.labels[i], "value": [_ts(at), promql.format_value(float(value.values[i, 0]))]}
+            for i in promql.instant_order(expr, value)
+            if value.present[i, 0]
         ]
         return _success({"resultType": "vector", "result": result})
 
@@ -158,15 +163,18 @@ class PromApi:
                 "Try decreasing the query resolution (?step=XX)",
             )
         expr = await promql.parse_async(q.get("query", ""))
-        if isinstance(_unparen(expr), pp.MatrixSelector):
+        top = _unparen(expr)
+        if isinstance(top, (pp.MatrixSelector, pp.SubqueryExpr, pp.StringLiteral)):
+            kind = "string" if isinstance(top, pp.StringLiteral) else "range vector"
             raise ApiFailure(
                 400,
                 "bad_data",
-                'invalid expression type "range vector" for range query, must be Scalar or instant Vector',
+                f'invalid expression type "{kind}" for range query, must be Scalar or instant Vector',
             )
         grid = promql.Grid(start, end, step)
         lookback = _lookback(q)
-        value = await self._run(lambda s: promql.Evaluator(s, tenant, grid, lookback).eval(expr))
+        limits = self.limits
+        value = await self._run(lambda s: promql.Evaluator(s, tenant, grid, lookback, limits).eval(expr))
         rows = await asyncio.to_thread(promql.matrix_rows, value, grid.times(), _ts)
         result = [{"metric": labels, "values": pts} for labels, pts in rows]
         return _success({"resultType": "matrix", "result": result})
@@ -277,7 +285,3 @@ def _raw_rows(raw: promql.RawMatrix) -> list[dict[str, Any]]:
         strs = promql.format_values([v for _, v in pts])
         out.append({"metric": labels, "values": list(zip([_ts(t) for t, _ in pts], strs, strict=True))})
     return out
-
-
-def _sorted(v: promql.Vector) -> list[tuple[dict[str, str], list[float | None]]]:
-    return [v.series[k] for k in sorted(v.series)]

@@ -1,28 +1,24 @@
-"""A PromQL subset evaluated over the :class:`~lossproof.store.base.Store`.
+"""PromQL evaluated over the :class:`~lossproof.store.base.Store`: the whole language but native
+histograms (docs/dashboard.md lists it), with Prometheus' semantics.
 
-Parsing is done by ``promql-parser`` (a maintained PromQL parser); this module only evaluates the
-parsed tree. The subset:
-
-- selectors with ``=``, ``!=``, ``=~``, ``!~`` (and ``offset``);
-- ``rate``, ``irate``, ``increase`` and ``avg/min/max/sum/count/last/stddev/stdvar/quantile/present
-  _over_time`` over range selectors;
-- ``sum``, ``avg``, ``min``, ``max``, ``count`` with ``by (...)`` or ``without (...)``;
-- arithmetic (``+ - * / % ^``) and comparisons (``== != > < >= <=``, with ``bool``) between numbers,
-  between a vector and a number, and between two vectors matched one-to-one (``on``/``ignoring``);
-- unary minus and parentheses.
-
-Anything else parses but is refused with :class:`Unsupported`, which names the unsupported part.
+Parsing is done by ``promql-parser`` (a maintained PromQL parser, which also checks the types); this
+module evaluates the parsed tree. Constructs lossproof does not evaluate (native-histogram functions,
+``limit_ratio``, ``info``) parse but are refused with :class:`Unsupported`, which names the part.
 
 Semantics follow Prometheus 3: an instant selector takes, at each evaluation time T, the latest sample
-in ``(T - lookback, T]`` (lookback 5 minutes); a range selector ``[d]`` takes the samples in
-``(T - d, T]``; ``rate``/``increase`` extrapolate like Prometheus (counter resets included).
+in ``(T - lookback, T]`` (lookback 5 minutes), none if that sample is a staleness marker; a range
+selector ``[d]`` takes the samples in ``(T - d, T]``, staleness markers left out; a subquery's steps are
+the multiples of its step after ``T - range``; ``rate``/``increase``/``delta`` extrapolate like
+Prometheus (counter resets included).
 
 Evaluation is on numpy arrays (a :class:`Vector` is a (series x steps) array of values and one of
 presence): a range function is computed for every window of every series at once, aggregations and
-binary operators over whole arrays. The per-window Python definitions further down (``_range_fn``,
-``_agg``, ``_binop``) are the reference: the array code answers the same, bit for bit (checked by
-tests/unit/test_promql_arrays.py), and falls back to them where vectorising does not pay (a window
-with a NaN or an infinity in a sum, ``quantile_over_time``, ``^``).
+binary operators over whole arrays (vector matching over pairs of rows). The per-window Python
+definitions further down (``_range_fn``, ``_agg``, ``_binop``) are the reference: the array code
+answers the same, bit for bit (checked by tests/unit/test_promql_arrays.py), and falls back to them
+where vectorising does not pay (a window with a NaN or an infinity in a sum, ``quantile_over_time``,
+``^``). A subquery is evaluated by another :class:`Evaluator` over its own grid. What one query may
+cost is bounded by :class:`Limits`.
 
 Metric names: lossproof metric names may contain characters PromQL names cannot (``cpu.user``).
 In PromQL every character outside ``[a-zA-Z0-9_:]`` reads as ``_``: ``cpu_user`` selects the stored
@@ -35,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -45,8 +42,21 @@ import numpy.typing as npt
 import promql_parser as pp
 import re2
 
-from lossproof.query import exact, params
+from lossproof.query import exact, params, promagg, promfuncs, promrange
 from lossproof.store.base import InvalidMatcher, Matcher, SeriesArrays, Store
+
+# Prometheus 2's name of double_exponential_smoothing (3.x renamed it): dashboards and rules written for
+# 2.x use it, and the parser knows only the new name. Registered once, for the whole process.
+pp.register_extra_functions(
+    [
+        pp.Function(
+            name="holt_winters",
+            arg_types=[pp.ValueType.Matrix, pp.ValueType.Scalar, pp.ValueType.Scalar],
+            variadic=0,
+            return_type=pp.ValueType.Vector,
+        )
+    ]
+)
 
 LOOKBACK_MS = 300_000
 # Bounds checked on the text, before the parser sees it. The parser (Rust, promql-parser) recurses
@@ -74,10 +84,49 @@ OVER_TIME = (
     "quantile_over_time",
     "present_over_time",
 )
-RANGE_FUNCS = ("rate", "irate", "increase", *OVER_TIME)
+MORE_RANGE_FUNCS = (
+    "delta",
+    "idelta",
+    "deriv",
+    "predict_linear",
+    "changes",
+    "resets",
+    "first_over_time",
+    "mad_over_time",
+    "double_exponential_smoothing",
+    "holt_winters",
+    "absent_over_time",
+)
+RANGE_FUNCS = ("rate", "irate", "increase", *OVER_TIME, *MORE_RANGE_FUNCS)
+FUNCTIONS = frozenset(
+    (
+        *RANGE_FUNCS,
+        *promfuncs.MATH,
+        *promfuncs.DATE_FUNCS,
+        "time",
+        "pi",
+        "vector",
+        "scalar",
+        "timestamp",
+        "round",
+        "clamp",
+        "clamp_min",
+        "clamp_max",
+        "histogram_quantile",
+        "label_replace",
+        "label_join",
+        "sort",
+        "sort_desc",
+        "sort_by_label",
+        "sort_by_label_desc",
+        "absent",
+    )
+)
 AGGREGATIONS = ("sum", "avg", "min", "max", "count")
-ARITH = ("+", "-", "*", "/", "%", "^")
+MORE_AGGREGATIONS = ("stddev", "stdvar", "topk", "bottomk", "quantile", "count_values", "group", "limitk")
+ARITH = ("+", "-", "*", "/", "%", "^", "atan2")
 COMPARE = ("==", "!=", ">", "<", ">=", "<=")
+SET_OPS = ("and", "or", "unless")
 
 
 class PromQLError(Exception):
@@ -215,6 +264,8 @@ def parse(query: str) -> pp.Expr:
     if not query.strip():
         raise PromQLError("empty query")
     check_bounds(query)
+    if _NEGATIVE_AT.search(params.strip_quoted(query)):
+        raise Unsupported("an @ time before 1970")
     try:
         expr = pp.parse(query)
     except (ValueError, TypeError, OverflowError) as e:
@@ -236,56 +287,68 @@ async def parse_async(query: str) -> pp.Expr:
 
 
 def check_supported(expr: pp.Expr) -> None:
-    """Raise :class:`Unsupported` for the first construct outside the subset."""
-    if isinstance(expr, pp.NumberLiteral):
-        return
-    if isinstance(expr, pp.StringLiteral):
-        raise Unsupported("a string expression")
-    if isinstance(expr, (pp.ParenExpr, pp.UnaryExpr)):
-        check_supported(expr.expr)
-    elif isinstance(expr, pp.VectorSelector):
-        _check_selector(expr)
-    elif isinstance(expr, pp.MatrixSelector):
-        _check_selector(expr.vector_selector)
-        _check_duration(expr.range, "range")
-    elif isinstance(expr, pp.SubqueryExpr):
-        raise Unsupported("a subquery ([range:step])")
-    elif isinstance(expr, pp.Call):
-        name = expr.func.name
-        if name not in RANGE_FUNCS:
-            raise Unsupported(f"function {name}()")
-        for a in expr.args:
-            if isinstance(a, pp.SubqueryExpr):
-                raise Unsupported(f"a subquery as the argument of {name}()")
-            check_supported(a)
-        if not isinstance(expr.args[-1], pp.MatrixSelector):
-            raise PromQLError(f"{name}() expects a range vector selector such as metric[5m]")
-        if name == "quantile_over_time" and not isinstance(_unparen(expr.args[0]), pp.NumberLiteral):
-            raise Unsupported("a non-literal quantile in quantile_over_time()")
-    elif isinstance(expr, pp.AggregateExpr):
-        op = str(expr.op)
-        if op not in AGGREGATIONS:
-            raise Unsupported(f"aggregation {op}")
-        check_supported(expr.expr)
-    elif isinstance(expr, pp.BinaryExpr):
-        op = str(expr.op)
-        if op not in ARITH + COMPARE:
-            raise Unsupported(f"binary operator {op}")
-        mod = expr.modifier
-        if mod is not None and mod.card in (
-            pp.VectorMatchCardinality.ManyToOne,
-            pp.VectorMatchCardinality.OneToMany,
-        ):
-            raise Unsupported("group_left/group_right")
-        check_supported(expr.lhs)
-        check_supported(expr.rhs)
-    else:
-        raise Unsupported(f"expression {type(expr).__name__}")
+    """Raise :class:`Unsupported` for the first construct lossproof does not evaluate (the parser has
+    already checked the types)."""
+    for node in _walk(expr):
+        if isinstance(node, pp.VectorSelector):
+            _check_selector(node)
+        elif isinstance(node, pp.MatrixSelector):
+            _check_selector(node.vector_selector)
+            _check_duration(node.range, "range")
+        elif isinstance(node, pp.SubqueryExpr):
+            if node.at is not None and node.at.type == pp.AtModifierType.At:
+                at_ms(node.at)
+            _check_duration(node.range, "range")
+            _check_duration(node.step, "step")
+            _check_duration(node.offset, "offset")
+        elif isinstance(node, pp.Call):
+            name = node.func.name
+            if name not in FUNCTIONS:
+                raise Unsupported(f"function {name}()")
+        elif isinstance(node, pp.AggregateExpr):
+            op = str(node.op)
+            if op not in AGGREGATIONS + MORE_AGGREGATIONS:
+                raise Unsupported(f"aggregation {op}")
+
+
+def _walk(expr: pp.Expr) -> Iterable[pp.Expr]:
+    stack = [expr]
+    while stack:
+        e = stack.pop()
+        yield e
+        if isinstance(e, (pp.ParenExpr, pp.UnaryExpr, pp.SubqueryExpr)):
+            stack.append(e.expr)
+        elif isinstance(e, pp.MatrixSelector):
+            stack.append(e.vector_selector)
+        elif isinstance(e, pp.Call):
+            stack.extend(e.args)
+        elif isinstance(e, pp.AggregateExpr):
+            stack.append(e.expr)
+            if e.param is not None:
+                stack.append(e.param)
+        elif isinstance(e, pp.BinaryExpr):
+            stack.extend((e.lhs, e.rhs))
+
+
+def at_ms(at: pp.AtModifier) -> int:
+    """The time of ``@ <time>`` in ms. Read from the modifier's text ("@ 123.456"): its ``at``
+    attribute converts through a datetime and fails past year 9999 (OverflowError) and before 1970
+    (a panic in the parser's Rust code, which also prints a backtrace). Negative times are refused
+    by :func:`parse` (the text shows them as 0)."""
+    text = str(at).removeprefix("@ ")
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise PromQLError(f"invalid PromQL: cannot read the @ time {params.clip(text)!r}") from None
+    return params.check_time_ms(round(seconds * 1000), "@")
+
+
+_NEGATIVE_AT = re.compile(r"@\s*-")
 
 
 def _check_selector(vs: pp.VectorSelector) -> None:
-    if vs.at is not None:
-        raise Unsupported("the @ modifier")
+    if vs.at is not None and vs.at.type == pp.AtModifierType.At:
+        at_ms(vs.at)
     if vs.matchers.or_matchers:
         raise Unsupported("'or' inside a selector's braces")
     _check_duration(vs.offset, "offset")
@@ -304,7 +367,60 @@ def _unparen(e: pp.Expr) -> pp.Expr:
     return e
 
 
+# --- limits ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one query may cost (``[query]`` in the configuration); each, when exceeded, ends the
+    query with a 422 naming it, before the memory or the read thread is gone."""
+
+    max_samples: int = 50_000_000  # points read, plus points a subquery makes (Prometheus' default)
+    max_series: int = 500_000  # series one selector may read
+    timeout_s: float = 120.0  # checked between the steps of the evaluation (Prometheus: 2 minutes)
+
+
+class LimitExceeded(ExecutionError):
+    """A query over one of its :class:`Limits` (422, ``execution``; ``timeout`` for the time)."""
+
+
+class Budget:
+    """What a query has used so far, shared by its subqueries."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.samples = 0
+        self.deadline = time.monotonic() + limits.timeout_s
+
+    def check_time(self) -> None:
+        if time.monotonic() > self.deadline:
+            e = LimitExceeded(
+                f"query timed out in expression evaluation (timeout_seconds = {self.limits.timeout_s:g}, "
+                "[query] in lossproof.toml)"
+            )
+            e.error_type = "timeout"
+            raise e
+
+    def add(self, series: int, samples: int) -> None:
+        lim = self.limits
+        if series > lim.max_series:
+            raise LimitExceeded(
+                f"query would read {series} series with one selector, more than max_series = "
+                f"{lim.max_series} ([query] in lossproof.toml)"
+            )
+        self.samples += samples
+        if self.samples > lim.max_samples:
+            raise LimitExceeded(
+                "query processing would load too many samples into memory in query execution "
+                f"(more than max_samples = {lim.max_samples}, [query] in lossproof.toml)"
+            )
+        self.check_time()
+
+
 # --- evaluation --------------------------------------------------------------------------------------
+
+Labels = dict[str, str]
+SUBQUERY_STEP_MS = 60_000  # a subquery without a step uses the global evaluation interval (1 m)
 
 
 class Evaluator:
@@ -313,16 +429,31 @@ class Evaluator:
 
     Values are numpy arrays, one row per series and one column per step (:class:`Vector`); range
     functions are computed for every step of every series at once (:func:`range_function`), with
-    the same results, bit for bit, as the per-window Python definitions (``_range_fn``)."""
+    the same results, bit for bit, as the per-window Python definitions (``_range_fn``).
+    A subquery is another evaluator over its own grid (aligned to its step, as Prometheus aligns
+    it), whose answer becomes the points of a range vector."""
 
-    def __init__(self, store: Store, tenant: str, grid: Grid, lookback_ms: int = LOOKBACK_MS) -> None:
+    def __init__(
+        self,
+        store: Store,
+        tenant: str,
+        grid: Grid,
+        lookback_ms: int = LOOKBACK_MS,
+        limits: Limits | None = None,
+        *,
+        budget: Budget | None = None,
+        query_grid: Grid | None = None,
+    ) -> None:
         self.store = store
         self.tenant = tenant
         self.grid = grid
         self.lookback_ms = lookback_ms
+        self.budget = budget if budget is not None else Budget(limits or Limits())
+        self.query_grid = query_grid or grid  # start() and end() of @
         self._names: list[str] | None = None
 
     def eval(self, expr: pp.Expr) -> Value:
+        self.budget.check_time()
         if isinstance(expr, pp.NumberLiteral):
             return Scalar([float(expr.val)] * self.grid.n)
         if isinstance(expr, pp.ParenExpr):
@@ -337,11 +468,26 @@ class Evaluator:
             return self._aggregate(expr)
         if isinstance(expr, pp.BinaryExpr):
             return self._binary(expr)
-        if isinstance(expr, pp.MatrixSelector):
+        if isinstance(expr, (pp.MatrixSelector, pp.SubqueryExpr)):
             raise PromQLError(
                 "a range vector cannot be evaluated here: use it inside rate(), *_over_time()..."
             )
+        if isinstance(expr, pp.StringLiteral):
+            raise PromQLError("a string cannot be evaluated here")
         raise Unsupported(f"expression {type(expr).__name__}")
+
+    def scalar(self, expr: pp.Expr) -> F64:
+        """A scalar argument, one value per step."""
+        v = self.eval(expr)
+        if not isinstance(v, Scalar):
+            raise PromQLError("expected a scalar")
+        return np.array(v.values, dtype=np.float64)
+
+    def vector(self, expr: pp.Expr) -> Vector:
+        v = self.eval(expr)
+        if not isinstance(v, Vector):
+            raise PromQLError("expected an instant vector")
+        return v
 
     # selectors
 
@@ -383,67 +529,285 @@ class Evaluator:
             return [n for n in self._names if n == value or promql_name(n) == value]
         return [n for n in self._names if m.matches(promql_name(n))]
 
-    def _instant(self, vs: pp.VectorSelector) -> Vector:
+    def _read(self, vs: pp.VectorSelector, from_ms: int, to_ms: int) -> list[SeriesArrays]:
+        """The points of the selector's series in ``[from_ms, to_ms]``, counted against the limits."""
         ms = self.matchers(vs)
-        g = self.grid
-        if ms is None:
-            return Vector.empty(g.n)
-        off = _ms(vs.offset)
-        found = self.store.select_last_arrays(
-            self.tenant, ms, g.start_ms - off, g.end_ms - off, g.step_ms, self.lookback_ms
-        )
+        if ms is None or to_ms < from_ms:
+            return []
+        found = self.store.select_arrays(self.tenant, ms, from_ms, to_ms)
+        self.budget.add(len(found), sum(len(s.t) for s in found))
+        return found
+
+    def _times(self, at: pp.AtModifier | None) -> I64:
+        """The evaluation times of a selector or subquery: the grid's, or the one time of its ``@``."""
+        if at is None:
+            return self.grid.array()
+        if at.type == pp.AtModifierType.Start:
+            ms = self.query_grid.start_ms
+        elif at.type == pp.AtModifierType.End:
+            ms = self.query_grid.end_ms
+        else:
+            ms = at_ms(at)
+        return np.array([ms], dtype=np.int64)
+
+    def _widen(self, values: F64, present: Mask) -> tuple[F64, Mask]:
+        """Columns computed at one ``@`` time, repeated over every step of the grid."""
+        n = self.grid.n
+        if values.shape[1] == n:
+            return values, present
+        return np.repeat(values, n, axis=1), np.repeat(present, n, axis=1)
+
+    def _instant(self, vs: pp.VectorSelector, sample_times: bool = False) -> Vector:
+        """An instant selector (:func:`lookup` per series); with ``sample_times`` the value is the
+        time of the sample taken, in seconds (``timestamp()``)."""
+        at = self._times(vs.at) - _ms(vs.offset)
+        found = self._read(vs, int(at[0]) - self.lookback_ms + 1, int(at[-1]))
         labels = [{**s.labels, NAME: promql_name(s.metric)} for s in found]
-        if not found:
-            return _vector(labels, np.empty((0, g.n)), np.empty((0, g.n), dtype=bool))
-        return _vector(labels, np.vstack([s.v for s in found]), np.vstack([s.present for s in found]))
+        values = np.empty((len(found), len(at)))
+        present = np.zeros((len(found), len(at)), dtype=bool)
+        for i, s in enumerate(found):
+            values[i], present[i] = lookup(s.t, s.v, at, self.lookback_ms, times=sample_times)
+        if sample_times:
+            values /= 1000
+        return _vector(labels, *self._widen(values, present))
 
     def raw_arrays(self, ms: pp.MatrixSelector) -> list[SeriesArrays]:
-        """Samples a range selector needs over the whole grid: ``(start - range - offset, end - offset]``."""
+        """Samples a range selector needs over the whole grid: ``(start - range - offset, end - offset]``
+        (staleness markers left out)."""
         vs = ms.vector_selector
-        matchers = self.matchers(vs)
-        if matchers is None:
-            return []
-        off = _ms(vs.offset)
-        rng = _ms(ms.range)
-        return self.store.select_arrays(
-            self.tenant, matchers, self.grid.start_ms - off - rng + 1, self.grid.end_ms - off
-        )
+        ends = self._times(vs.at) - _ms(vs.offset)
+        return without_stale(self._read(vs, int(ends[0]) - _ms(ms.range) + 1, int(ends[-1])))
 
-    def raw(self, ms: pp.MatrixSelector) -> list[tuple[dict[str, str], list[tuple[int, float]]]]:
-        """:meth:`raw_arrays` as ``(labels, [(t, v), ...])`` (the labels with ``__name__``)."""
-        return [
-            ({**s.labels, NAME: promql_name(s.metric)}, list(zip(s.t.tolist(), s.v.tolist(), strict=True)))
-            for s in self.raw_arrays(ms)
-        ]
+    def raw(
+        self, e: pp.MatrixSelector | pp.SubqueryExpr
+    ) -> list[tuple[dict[str, str], list[tuple[int, float]]]]:
+        """A range vector's points in ``(T - range, T]`` of the grid's one time T, as
+        ``(labels, [(t, v), ...])`` (the labels with ``__name__``)."""
+        found, ends, rng = self._range_arg(e)
+        end = int(ends[-1])
+        out = []
+        for s in found:
+            keep = (s.t > end - rng) & (s.t <= end)
+            if keep.any():
+                pts = list(zip(s.t[keep].tolist(), s.v[keep].tolist(), strict=True))
+                out.append((_full_labels(s), pts))
+        out.sort(key=lambda row: key_of(row[0]))
+        return out
+
+    def _range_arg(self, e: pp.Expr) -> tuple[list[SeriesArrays], I64, int]:
+        """A range vector argument: its series' points, the end of its window at each step (one end
+        when fixed by ``@``) and its range."""
+        e = _unparen(e)
+        if isinstance(e, pp.MatrixSelector):
+            vs = e.vector_selector
+            return self.raw_arrays(e), self._times(vs.at) - _ms(vs.offset), _ms(e.range)
+        if isinstance(e, pp.SubqueryExpr):
+            return self._subquery(e)
+        raise PromQLError(f"expected a range vector, got {type(e).__name__}")
+
+    def _subquery(self, sq: pp.SubqueryExpr) -> tuple[list[SeriesArrays], I64, int]:
+        rng, off = _ms(sq.range), _ms(sq.offset)
+        step = _ms(sq.step) or SUBQUERY_STEP_MS
+        ends = self._times(sq.at) - off
+        first = int(ends[0]) - rng
+        # Prometheus 3: the first multiple of the step after the first window's (open) start
+        start = step * (first // step)
+        if start <= first:
+            start += step
+        end = int(ends[-1])
+        if start > end:
+            return [], ends, rng
+        inner = Grid(start, end, step)
+        if inner.n > self.budget.limits.max_samples:
+            self.budget.add(0, inner.n)
+        ev = Evaluator(
+            self.store, self.tenant, inner, self.lookback_ms, budget=self.budget, query_grid=self.query_grid
+        )
+        v = ev.vector(sq.expr)
+        times = inner.array()
+        self.budget.add(0, int(v.present.sum()))
+        found = []
+        for lab, vals, pres in zip(v.labels, v.values, v.present, strict=True):
+            if pres.any():
+                found.append(SeriesArrays(lab.get(NAME, ""), _drop_name(lab), times[pres], vals[pres]))
+        return found, ends, rng
 
     # functions
 
-    def _call(self, call: pp.Call) -> Vector:
+    def _call(self, call: pp.Call) -> Value:
         name = call.func.name
-        ms = _unparen(call.args[-1])
-        assert isinstance(ms, pp.MatrixSelector)
-        rng = _ms(ms.range)
-        off = _ms(ms.vector_selector.offset)
+        args = list(call.args)
+        g = self.grid
+        if name in RANGE_FUNCS:
+            return self._range_call(name, args)
+        if name == "time":
+            return Scalar([t / 1000 for t in g.times()])
+        if name == "pi":
+            return Scalar([math.pi] * g.n)
+        if name == "vector":
+            s = self.scalar(args[0])
+            return Vector([{}], s[None, :], np.ones((1, g.n), dtype=bool))
+        if name == "scalar":
+            v = self.vector(args[0])
+            one = v.present.sum(axis=0) == 1
+            val = np.where(v.present, v.values, 0.0).sum(axis=0) if len(v.labels) else np.zeros(g.n)
+            return Scalar(np.where(one, val, math.nan).tolist())
+        if name in promfuncs.MATH:
+            v = self.vector(args[0])
+            return _vector(_names_dropped(v), promfuncs.apply_math(name, v.values), v.present)
+        if name in promfuncs.DATE_FUNCS:
+            if args:
+                v = self.vector(args[0])
+                labels = _names_dropped(v)
+            else:
+                v = Vector([{}], (g.array() / 1000)[None, :], np.ones((1, g.n), dtype=bool))
+                labels = [{}]
+            return _vector(labels, promfuncs.date_part(name, v.values), v.present)
+        if name == "timestamp":
+            arg = _unparen(args[0])
+            if isinstance(arg, pp.VectorSelector):
+                v = self._instant(arg, sample_times=True)
+            else:
+                v = self.vector(arg)
+                v = Vector(v.labels, np.broadcast_to(g.array() / 1000, v.values.shape).copy(), v.present)
+            return _vector(_names_dropped(v), v.values, v.present)
+        if name == "round":
+            v = self.vector(args[0])
+            to = self.scalar(args[1]) if len(args) > 1 else np.ones(g.n)
+            return _vector(_names_dropped(v), promfuncs.round_to(v.values, to[None, :]), v.present)
+        if name in ("clamp", "clamp_min", "clamp_max"):
+            return self._clamp(name, args)
+        if name == "histogram_quantile":
+            return self._histogram_quantile(self.scalar(args[0]), self.vector(args[1]))
+        if name == "label_replace":
+            return self._label_replace(args)
+        if name == "label_join":
+            return self._label_join(args)
+        if name in ("sort", "sort_desc", "sort_by_label", "sort_by_label_desc"):
+            return self.vector(args[0])  # the order is the API's business (see instant_order)
+        if name == "absent":
+            v = self.vector(args[0])
+            none: Mask = v.present.sum(axis=0) == 0
+            return _vector([_absent_labels(args[0])], np.ones((1, g.n)), none[None, :])
+        raise Unsupported(f"function {name}()")
+
+    def _range_call(self, name: str, args: list[pp.Expr]) -> Vector:
+        g = self.grid
+        arg_at = {"quantile_over_time": 1}.get(name, 0)
+        found, ends, rng = self._range_arg(args[arg_at])
         if rng <= 0:
             raise PromQLError("range must be positive")
-        q = 0.0
-        if name == "quantile_over_time":
-            q_expr = _unparen(call.args[0])
-            assert isinstance(q_expr, pp.NumberLiteral)
-            q = float(q_expr.val)
-        found = self.raw_arrays(ms)
-        values, present = range_function(name, found, self.grid.array() - off, rng, q)
-        keep_name = name == "last_over_time"
-        labels = [{**s.labels, NAME: promql_name(s.metric)} if keep_name else dict(s.labels) for s in found]
+        extra = [self.scalar(a) for i, a in enumerate(args) if i != arg_at]
+        if name == "absent_over_time":
+            _, present = range_function("present_over_time", found, ends, rng)
+            nothing: Mask = present.sum(axis=0) == 0
+            none = nothing[None, :]
+            return _vector([_absent_labels(args[0])], *self._widen(np.ones(none.shape), none))
+        # one computation per distinct value of the scalar arguments (they may vary with the step)
+        values = np.empty((len(found), g.n))
+        present = np.zeros((len(found), g.n), dtype=bool)
+        cols_by: dict[tuple[float, ...], list[int]] = {}
+        for k in range(g.n):
+            cols_by.setdefault(tuple(float(x[k]) for x in extra), []).append(k)
+        off = _range_offset(args[arg_at])
+        for key, cols in cols_by.items():
+            fn = _parametrised(name, key, off)
+            if len(ends) == 1:
+                v1, p1 = range_function(name, found, ends, rng, key[0] if key else 0.0, fn)
+                values[:, cols], present[:, cols] = v1, p1
+            else:
+                idx = np.array(cols)
+                vk, pk = range_function(name, found, ends[idx], rng, key[0] if key else 0.0, fn)
+                values[:, idx], present[:, idx] = vk, pk
+        keep_name = name in ("last_over_time", "first_over_time")
+        labels = [_full_labels(s) if keep_name else dict(s.labels) for s in found]
         return _vector(labels, values, present)
+
+    def _clamp(self, name: str, args: list[pp.Expr]) -> Vector:
+        v = self.vector(args[0])
+        n = self.grid.n
+        lo = self.scalar(args[1]) if name in ("clamp", "clamp_min") else np.full(n, -math.inf)
+        hi = self.scalar(args[-1]) if name in ("clamp", "clamp_max") else np.full(n, math.inf)
+        if name == "clamp_min":
+            out = np.maximum(lo[None, :], v.values)  # Go: math.Max(min, v)
+        elif name == "clamp_max":
+            out = np.minimum(hi[None, :], v.values)
+        else:
+            out = promfuncs.clamp(v.values, lo[None, :], hi[None, :])
+        present = v.present & ~(hi < lo)[None, :] if name == "clamp" else v.present
+        return _vector(_names_dropped(v), out, present)
+
+    def _histogram_quantile(self, q: F64, v: Vector) -> Vector:
+        """Per group of series equal but for ``le`` (and the name), the quantile over the buckets
+        present at each step (:func:`promfuncs.bucket_quantile`)."""
+        groups: dict[Key, tuple[Labels, list[tuple[float, int]]]] = {}
+        for i, lab in enumerate(v.labels):
+            le = _parse_le(lab.get("le"))
+            if le is None:
+                continue  # Prometheus ignores a series without a valid le
+            rest = {k: x for k, x in lab.items() if k not in ("le", NAME)}
+            groups.setdefault(key_of(rest), (rest, []))[1].append((le, i))
+        labels, rows_v, rows_p = [], [], []
+        for rest, members in groups.values():
+            bounds = sorted({le for le, _ in members})
+            at = {b: j for j, b in enumerate(bounds)}
+            counts = np.zeros((len(bounds), self.grid.n))
+            present = np.zeros((len(bounds), self.grid.n), dtype=bool)
+            for le, i in members:  # two series with one bound: their counts add up (coalesceBuckets)
+                j = at[le]
+                counts[j] = np.where(v.present[i], counts[j] + v.values[i], counts[j])
+                present[j] |= v.present[i]
+            upper = np.array(bounds, dtype=np.float64)
+            labels.append(rest)
+            rows_v.append(promfuncs.bucket_quantile(q, upper, counts, present))
+            rows_p.append(present.any(axis=0))
+        if not labels:
+            return Vector.empty(self.grid.n)
+        return _vector(labels, np.vstack(rows_v), np.vstack(rows_p))
+
+    def _label_replace(self, args: list[pp.Expr]) -> Vector:
+        v = self.vector(args[0])
+        dst, repl, src, regex = (_string(a) for a in args[1:5])
+        try:
+            pattern = re2.compile(f"^(?s:{regex})$")
+        except re2.error as e:
+            raise PromQLError(f"invalid regular expression in label_replace(): {regex}: {e}") from None
+        if not _LABEL_NAME.fullmatch(dst):
+            raise PromQLError(f"invalid destination label name in label_replace(): {dst}")
+        labels = []
+        for lab in v.labels:
+            m = pattern.search(lab.get(src, ""))
+            if m is None:
+                labels.append(lab)
+            else:
+                labels.append(_set_label(lab, dst, _expand(repl, m)))
+        return _vector(labels, v.values, v.present)
+
+    def _label_join(self, args: list[pp.Expr]) -> Vector:
+        v = self.vector(args[0])
+        dst, sep, *srcs = (_string(a) for a in args[1:])
+        if not _LABEL_NAME.fullmatch(dst):
+            raise PromQLError(f"invalid destination label name in label_join(): {dst}")
+        for s in srcs:
+            if not _LABEL_NAME.fullmatch(s):
+                raise PromQLError(f"invalid source label name in label_join(): {s}")
+        labels = [_set_label(lab, dst, sep.join(lab.get(s, "") for s in srcs)) for lab in v.labels]
+        return _vector(labels, v.values, v.present)
 
     # aggregation
 
     def _aggregate(self, agg: pp.AggregateExpr) -> Vector:
         op = str(agg.op)
-        inner = self.eval(agg.expr)
-        if not isinstance(inner, Vector):
-            raise PromQLError(f"{op}() expects an instant vector, got a number")
+        param: F64 | None = None
+        label = ""
+        if op == "count_values":
+            assert agg.param is not None
+            label = _string(agg.param)
+            if not _LABEL_NAME.fullmatch(label):
+                raise PromQLError(f"invalid label name {label!r}")
+        elif agg.param is not None:
+            param = self.scalar(agg.param)
+        inner = self.vector(agg.expr)
         by: set[str] | None = None
         without: set[str] = set()
         if agg.modifier is not None:
@@ -464,8 +828,39 @@ class Evaluator:
                 groups[k] = len(glabels)
                 glabels.append(g)
             gid[i] = groups[k]
-        values, present = aggregate(op, inner.values, inner.present, gid, len(glabels))
+        ng = len(glabels)
+        if op in AGGREGATIONS:
+            values, present = aggregate(op, inner.values, inner.present, gid, ng)
+        elif op in ("stddev", "stdvar"):
+            values, present = promagg.stdvar(inner.values, inner.present, gid, ng, op == "stddev")
+        elif op == "group":
+            values, present = promagg.group(inner.present, gid, ng)
+        elif op == "quantile":
+            assert param is not None
+            values, present = promagg.quantile(param, inner.values, inner.present, gid, ng)
+        elif op in ("topk", "bottomk", "limitk"):
+            assert param is not None
+            _check_k(param)
+            if op == "limitk":
+                keep = promagg.limit(param, inner.present, gid, ng)
+            else:
+                keep = promagg.top(param, inner.values, inner.present, gid, ng, op == "topk")
+            return _vector(inner.labels, inner.values, keep)
+        elif op == "count_values":
+            return self._count_values(label, inner, gid, glabels)
+        else:
+            raise Unsupported(f"aggregation {op}")
         return Vector(glabels, values, present)
+
+    def _count_values(self, label: str, inner: Vector, gid: I64, glabels: list[Labels]) -> Vector:
+        """Per group and step, how many series have each value; one series per (group, value), the
+        value (printed as Prometheus prints it) in ``label``."""
+        groups, values, counts = promagg.count_values(inner.values, inner.present, gid)
+        if not len(groups):
+            return Vector.empty(self.grid.n)
+        texts = format_values(values.tolist())
+        labels = [{**glabels[g], label: t} for g, t in zip(groups.tolist(), texts, strict=True)]
+        return _vector(labels, counts, counts > 0)
 
     # binary operators
 
@@ -481,7 +876,9 @@ class Evaluator:
             fn = _binop(op)
             return Scalar([fn(x, y) for x, y in zip(lhs.values, rhs.values, strict=True)])
         if isinstance(lhs, Vector) and isinstance(rhs, Vector):
-            return self._vector_vector(op, lhs, rhs, mod, return_bool)
+            if op in SET_OPS:
+                return _set_operation(op, lhs, rhs, mod)
+            return _vector_vector(op, lhs, rhs, mod, return_bool)
         vec, sc, scalar_left = (lhs, rhs, False) if isinstance(lhs, Vector) else (rhs, lhs, True)
         assert isinstance(vec, Vector) and isinstance(sc, Scalar)
         s = np.array(sc.values, dtype=np.float64)[None, :]
@@ -496,96 +893,358 @@ class Evaluator:
             labels = vec.labels
         else:
             values, present = r, vec.present
-            labels = [_drop_name(lab) for lab in vec.labels]
+            labels = _names_dropped(vec)
         return _vector(labels, values, present)
-
-    def _vector_vector(
-        self,
-        op: str,
-        lhs: Vector,
-        rhs: Vector,
-        mod: pp.BinModifier | None,
-        return_bool: bool,
-    ) -> Vector:
-        matching = mod.matching if mod is not None else None
-
-        def sig(labels: dict[str, str]) -> Key:
-            if matching is not None and matching.type == pp.LabelModifierType.Include:
-                return key_of({k: v for k, v in labels.items() if k in set(matching.labels)})
-            drop = {NAME, *(matching.labels if matching is not None else ())}
-            return key_of({k: v for k, v in labels.items() if k not in drop})
-
-        right: dict[Key, int] = {}
-        for j, labels in enumerate(rhs.labels):
-            k = sig(labels)
-            if k in right:
-                raise ExecutionError(
-                    "many-to-many matching not allowed: matching labels must be unique on one side"
-                )
-            right[k] = j
-        is_cmp = op in COMPARE
-        filtering = is_cmp and not return_bool
-        seen: set[Key] = set()
-        li: list[int] = []
-        ri: list[int] = []
-        out_labels: list[dict[str, str]] = []
-        for i, labels in enumerate(lhs.labels):
-            k = sig(labels)
-            if k not in right:
-                continue
-            if k in seen:
-                raise ExecutionError(
-                    "many-to-many matching not allowed: matching labels must be unique on one side"
-                )
-            seen.add(k)
-            li.append(i)
-            ri.append(right[k])
-            keep = labels if filtering else _drop_name(labels)
-            if matching is not None and matching.type == pp.LabelModifierType.Include:
-                keep = {k2: v for k2, v in keep.items() if k2 in set(matching.labels)}
-            elif matching is not None:
-                keep = {k2: v for k2, v in keep.items() if k2 not in set(matching.labels)}
-            out_labels.append(keep)
-        left_v, right_v = lhs.values[li], rhs.values[ri]
-        both = lhs.present[li] & rhs.present[ri]
-        r = binop_arrays(op, left_v, right_v, both)
-        if filtering:
-            return _vector(out_labels, left_v, both & (r == 1.0))
-        return _vector(out_labels, r, both)
 
 
 def evaluate(store: Store, tenant: str, expr: pp.Expr, grid: Grid) -> Value:
     return Evaluator(store, tenant, grid).eval(expr)
 
 
-def instant_raw(store: Store, tenant: str, expr: pp.MatrixSelector, at_ms: int) -> RawMatrix:
-    """A range selector at the top of an instant query: its raw samples in ``(at - range, at]``."""
-    ev = Evaluator(store, tenant, Grid(at_ms, at_ms, 1))
+def instant_raw(
+    store: Store,
+    tenant: str,
+    expr: pp.MatrixSelector | pp.SubqueryExpr,
+    at_ms: int,
+    limits: Limits | None = None,
+) -> RawMatrix:
+    """A range vector at the top of an instant query: its points in ``(at - range, at]``."""
+    ev = Evaluator(store, tenant, Grid(at_ms, at_ms, 1), limits=limits)
     return RawMatrix(ev.raw(expr))
 
 
-def _vector(labels: list[dict[str, str]], values: F64, present: Mask) -> Vector:
-    """A :class:`Vector` of the series that have a value at some step; ExecutionError when two of
-    them have the same labels."""
+def instant_order(expr: pp.Expr, v: Vector) -> list[int]:
+    """The order of an instant query's series: by labels, or as the outermost ``sort``,
+    ``sort_desc``, ``sort_by_label`` or ``sort_by_label_desc`` asks (NaN last, as Prometheus 3)."""
+    by_labels = sorted(range(len(v.labels)), key=lambda i: key_of(v.labels[i]))
+    e = _unparen(expr)
+    if not isinstance(e, pp.Call):
+        return by_labels
+    name = e.func.name
+    if name in ("sort", "sort_desc"):
+        vals = v.values[:, 0]
+        desc = name == "sort_desc"
+        return sorted(by_labels, key=lambda i: (math.isnan(vals[i]), -vals[i] if desc else vals[i]))
+    if name in ("sort_by_label", "sort_by_label_desc"):
+        names = [_string(a) for a in e.args[1:]]
+        keyed = sorted(by_labels, key=lambda i: [_natural(v.labels[i].get(n, "")) for n in names])
+        return keyed[::-1] if name == "sort_by_label_desc" else keyed
+    return by_labels
+
+
+def _natural(s: str) -> list[tuple[int, int | str]]:
+    """A natural-order key: digit runs compare as numbers (``a2`` before ``a10``)."""
+    return [(0, int(p)) if p.isdigit() else (1, p) for p in re.findall(r"\d+|\D+", s)]
+
+
+# --- helpers of the evaluator -----------------------------------------------------------------------
+
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_EXPAND = re.compile(r"\$(?:\$|\{([a-zA-Z0-9_]+)\}|([a-zA-Z0-9_]+))")
+
+
+def _expand(template: str, m: re2._Match[str]) -> str:
+    """Go's ``Regexp.ExpandString``: ``$1``, ``${1}``, ``$name``, ``${name}`` and ``$$``; a name
+    takes as many name characters as follow (``$1x`` is the group named ``1x``: empty)."""
+
+    def one(r: re.Match[str]) -> str:
+        if r.group(0) == "$$":
+            return "$"
+        ref = r.group(1) or r.group(2)
+        try:
+            got = m.group(int(ref)) if ref.isdigit() else m.group(ref)
+        except (IndexError, KeyError, ValueError):
+            return ""
+        return got or ""
+
+    return _EXPAND.sub(one, template)
+
+
+def _set_label(labels: Labels, name: str, value: str) -> Labels:
+    out = dict(labels)
+    if value:
+        out[name] = value
+    else:
+        out.pop(name, None)
+    return out
+
+
+def _string(e: pp.Expr) -> str:
+    e = _unparen(e)
+    if not isinstance(e, pp.StringLiteral):
+        raise PromQLError(f"expected a string, got {type(e).__name__}")
+    return str(e.val)
+
+
+def _parse_le(raw: str | None) -> float | None:
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        return None
+
+
+def _check_k(k: F64) -> None:
+    if np.isnan(k).any():
+        raise PromQLError("Parameter value is NaN")
+    if (np.abs(k) >= 2.0**63).any():
+        raise PromQLError("Scalar value overflows int64")
+
+
+def _absent_labels(arg: pp.Expr) -> Labels:
+    """The labels ``absent()`` answers with: those of the selector's equality matchers (as
+    Prometheus: a label with any other matcher, or with two, gets none)."""
+    e = _unparen(arg)
+    if isinstance(e, pp.MatrixSelector):
+        e = e.vector_selector
+    elif isinstance(e, pp.SubqueryExpr) and isinstance(_unparen(e.expr), pp.VectorSelector):
+        e = _unparen(e.expr)
+    if not isinstance(e, pp.VectorSelector):
+        return {}
+    out: Labels = {}
+    for m in e.matchers.matchers:
+        if m.name == NAME:
+            continue
+        if _op(m.op) == "=" and m.name not in out:
+            out[m.name] = m.value
+        else:
+            out.pop(m.name, None)
+    return out
+
+
+def _range_offset(e: pp.Expr) -> int:
+    e = _unparen(e)
+    if isinstance(e, pp.MatrixSelector):
+        return _ms(e.vector_selector.offset)
+    if isinstance(e, pp.SubqueryExpr):
+        return _ms(e.offset)
+    return 0
+
+
+def _parametrised(name: str, key: tuple[float, ...], offset_ms: int) -> RangeArrays | None:
+    """The array function of a range function with scalar arguments, for one value of them."""
+    if name == "predict_linear":
+        return promrange.predict_linear(key[0], offset_ms)
+    if name in ("double_exponential_smoothing", "holt_winters"):
+        sf, tf = key
+        if not 0 < sf < 1:
+            raise PromQLError(f"invalid smoothing factor. Expected: 0 < sf < 1, got: {sf:f}")
+        if not 0 < tf < 1:
+            raise PromQLError(f"invalid trend factor. Expected: 0 < tf < 1, got: {tf:f}")
+        return promrange.double_exponential_smoothing(sf, tf)
+    return None
+
+
+def _full_labels(s: SeriesArrays) -> Labels:
+    """A read series' labels with its (PromQL) name; a subquery's points carry the name as
+    their metric, or none."""
+    return {**s.labels, NAME: promql_name(s.metric)} if s.metric else dict(s.labels)
+
+
+def _names_dropped(v: Vector) -> list[Labels]:
+    return [_drop_name(lab) for lab in v.labels]
+
+
+def _signature(labels: Labels, matching: pp.LabelModifier | None) -> Key:
+    """The labels two series are matched on: those of ``on (...)``, or all but the name and those
+    of ``ignoring (...)``."""
+    if matching is not None and matching.type == pp.LabelModifierType.Include:
+        keep = set(matching.labels)
+        return key_of({k: v for k, v in labels.items() if k in keep})
+    drop = {NAME, *(matching.labels if matching is not None else ())}
+    return key_of({k: v for k, v in labels.items() if k not in drop})
+
+
+def _set_operation(op: str, lhs: Vector, rhs: Vector, mod: pp.BinModifier | None) -> Vector:
+    """``and``, ``or``, ``unless``: per step, on the signatures (``on``/``ignoring``) present on
+    the other side at that step."""
+    matching = mod.matching if mod is not None else None
+    sig_ids: dict[Key, int] = {}
+    ls = np.array(
+        [sig_ids.setdefault(_signature(lab, matching), len(sig_ids)) for lab in lhs.labels], dtype=np.int64
+    )
+    rs = np.array(
+        [sig_ids.setdefault(_signature(lab, matching), len(sig_ids)) for lab in rhs.labels], dtype=np.int64
+    )
+    n = lhs.values.shape[1]
+
+    def presence(ids: I64, present: Mask) -> Mask:
+        out = np.zeros((len(sig_ids), n), dtype=bool)
+        if len(ids):
+            np.logical_or.at(out, ids, present)
+        return out
+
+    right = presence(rs, rhs.present)
+    if op == "and":
+        return _vector(lhs.labels, lhs.values, lhs.present & right[ls] if len(ls) else lhs.present)
+    if op == "unless":
+        return _vector(lhs.labels, lhs.values, lhs.present & ~right[ls] if len(ls) else lhs.present)
+    left = presence(ls, lhs.present)
+    rp = rhs.present & ~left[rs] if len(rs) else rhs.present
+    return _vector(
+        lhs.labels + rhs.labels,
+        np.vstack([lhs.values, rhs.values]),
+        np.vstack([lhs.present, rp]),
+    )
+
+
+def _vector_vector(
+    op: str, lhs: Vector, rhs: Vector, mod: pp.BinModifier | None, return_bool: bool
+) -> Vector:
+    """An arithmetic or comparison operator between two vectors: one-to-one, or many-to-one
+    (``group_left``) / one-to-many (``group_right``), each pair of matching series computed over
+    every step at once; the "one" side must have at most one series per signature at any step."""
+    matching = mod.matching if mod is not None else None
+    card = mod.card if mod is not None else pp.VectorMatchCardinality.OneToOne
+    group_right = card == pp.VectorMatchCardinality.OneToMany
+    group_left = card == pp.VectorMatchCardinality.ManyToOne
+    include = list(mod.group_labels or ()) if mod is not None and (group_left or group_right) else []
+    many, one = (rhs, lhs) if group_right else (lhs, rhs)
+    filtering = op in COMPARE and not return_bool
+    one_by_sig: dict[Key, list[int]] = {}
+    for j, lab in enumerate(one.labels):
+        one_by_sig.setdefault(_signature(lab, matching), []).append(j)
+    _check_unique(one, one_by_sig, "right" if not group_right else "left")
+    mi: list[int] = []
+    oi: list[int] = []
+    out_labels: list[Labels] = []
+    many_by_sig: dict[Key, list[int]] = {}
+    for i, lab in enumerate(many.labels):
+        sig = _signature(lab, matching)
+        many_by_sig.setdefault(sig, []).append(i)
+        for j in one_by_sig.get(sig, ()):
+            mi.append(i)
+            oi.append(j)
+            keep = lab if filtering else _drop_name(lab)
+            if group_left or group_right:
+                other = one.labels[j]
+                keep = dict(keep)
+                for name in include:
+                    keep = _set_label(keep, name, other.get(name, ""))
+            elif matching is not None and matching.type == pp.LabelModifierType.Include:
+                keep = {k: v for k, v in keep.items() if k in set(matching.labels)}
+            elif matching is not None:
+                keep = {k: v for k, v in keep.items() if k not in set(matching.labels)}
+            out_labels.append(keep)
+    if not (group_left or group_right):
+        matched = {sig: rows for sig, rows in many_by_sig.items() if sig in one_by_sig}
+        _check_unique(many, matched, "left", one_to_one=True)
+    mv, ov = many.values[mi], one.values[oi]
+    both = many.present[mi] & one.present[oi]
+    left_v, right_v = (ov, mv) if group_right else (mv, ov)
+    r = binop_arrays(op, left_v, right_v, both)
+    what = "grouping labels must ensure unique matches" if include or group_left or group_right else None
+    if filtering:
+        return _vector(out_labels, left_v, both & (r == 1.0), duplicate=what)
+    return _vector(out_labels, r, both, duplicate=what)
+
+
+def _check_unique(v: Vector, by_sig: dict[Key, list[int]], side: str, one_to_one: bool = False) -> None:
+    """At most one series per signature present at any step (ExecutionError naming the labels)."""
+    for sig, rows in by_sig.items():
+        if len(rows) > 1 and (v.present[rows].sum(axis=0) > 1).any():
+            if one_to_one:
+                raise ExecutionError(
+                    "multiple matches for labels: "
+                    "many-to-one matching must be explicit (group_left/group_right)"
+                )
+            raise ExecutionError(
+                f"found duplicate series for the match group {_fmt(dict(sig))} on the {side} hand-side "
+                "of the operation; many-to-many matching not allowed: "
+                "matching labels must be unique on one side"
+            )
+
+
+# Prometheus' staleness marker: the NaN (one bit pattern of many) that a scraper writes when a target
+# or series disappears. It is not a value: range windows skip it, and it ends an instant selector's
+# lookback (the series has no value until its next real sample). Any other NaN is a value.
+STALE_NAN_BITS = 0x7FF0000000000002
+STALE_NAN = float(np.array([STALE_NAN_BITS], dtype=np.uint64).view(np.float64)[0])
+
+
+def is_stale(v: F64) -> Mask:
+    """Which entries of ``v`` are staleness markers (compared by bits: NaN equals nothing)."""
+    out: Mask = np.ascontiguousarray(v, dtype=np.float64).view(np.uint64) == STALE_NAN_BITS
+    return out
+
+
+def without_stale(found: list[SeriesArrays]) -> list[SeriesArrays]:
+    """``found`` without its staleness markers (and without the series left with no point)."""
+    out = []
+    for s in found:
+        stale = is_stale(s.v)
+        if not stale.any():
+            out.append(s)
+        elif not stale.all():
+            keep = ~stale
+            out.append(SeriesArrays(s.metric, s.labels, s.t[keep], s.v[keep]))
+    return out
+
+
+def lookup(t: I64, v: F64, at: I64, lookback_ms: int, times: bool = False) -> tuple[F64, Mask]:
+    """An instant selector over one series' points: at each ``at[k]`` the newest point in
+    ``(at[k] - lookback_ms, at[k]]``, absent when there is none or when it is a staleness marker.
+    With ``times``, the values are the points' times (ms)."""
+    idx = np.searchsorted(t, at, side="right") - 1
+    ok = idx >= 0
+    j = np.where(ok, idx, 0)
+    if len(t) == 0:
+        return np.full(len(at), math.nan), np.zeros(len(at), dtype=bool)
+    ok &= t[j] > at - lookback_ms
+    vals = v[j]
+    ok &= ~is_stale(vals)
+    if times:
+        return t[j].astype(np.float64), ok
+    return vals, ok
+
+
+def _vector(labels: list[dict[str, str]], values: F64, present: Mask, duplicate: str | None = None) -> Vector:
+    """A :class:`Vector` of the series that have a value at some step. Series with the same labels
+    are one series when they never have a value at the same step (as a range query's result joins
+    them); when they do, ExecutionError (``duplicate`` says why, if given)."""
     keep = present.any(axis=1)
     if not keep.all():
         idx = np.flatnonzero(keep)
         labels = [labels[i] for i in idx.tolist()]
         values, present = values[idx], present[idx]
-    seen: set[Key] = set()
-    for lab in labels:
-        k = key_of(lab)
-        if k in seen:
-            raise ExecutionError(f"vector cannot contain metrics with the same labelset {_fmt(lab)}")
-        seen.add(k)
-    return Vector(labels, values, present)
+    rows: dict[Key, list[int]] = {}
+    for i, lab in enumerate(labels):
+        rows.setdefault(key_of(lab), []).append(i)
+    if len(rows) == len(labels):
+        return Vector(labels, values, present)
+    out_l, out_v, out_p = [], [], []
+    for members in rows.values():
+        i = members[0]
+        if len(members) == 1:
+            out_l.append(labels[i])
+            out_v.append(values[i])
+            out_p.append(present[i])
+            continue
+        if (present[members].sum(axis=0) > 1).any():
+            why = (
+                f"multiple matches for labels: {duplicate}"
+                if duplicate
+                else (f"vector cannot contain metrics with the same labelset {_fmt(labels[i])}")
+            )
+            raise ExecutionError(why)
+        p = present[members]
+        out_l.append(labels[i])
+        out_v.append(values[members][np.argmax(p, axis=0), np.arange(values.shape[1])])
+        out_p.append(p.any(axis=0))
+    return Vector(out_l, np.vstack(out_v), np.vstack(out_p))
 
 
 # --- range functions, vectorised ---------------------------------------------------------------------
 
 
 def range_function(
-    name: str, found: Sequence[SeriesArrays], at: I64, rng: int, q: float = 0.0
+    name: str,
+    found: Sequence[SeriesArrays],
+    at: I64,
+    rng: int,
+    q: float = 0.0,
+    fn: RangeArrays | None = None,
 ) -> tuple[F64, Mask]:
     """``name`` (a range function) over the windows ``(at[k] - rng, at[k]]`` of every series of
     ``found``: values and presence, shaped (series, steps). Exactly (bit for bit) what ``_range_fn``
@@ -600,14 +1259,16 @@ def range_function(
     block = max(1, BLOCK // n)  # series at a time: the temporaries stay in the CPU's cache
     for r0 in range(0, m, block):
         r1 = min(m, r0 + block)
-        values[r0:r1], present[r0:r1] = _range_block(name, found[r0:r1], at, rng, q)
+        values[r0:r1], present[r0:r1] = _range_block(fn or _RANGE[name], found[r0:r1], at, rng, q)
     return values, present
 
 
 BLOCK = 16_384  # windows computed at a time
 
 
-def _range_block(name: str, found: Sequence[SeriesArrays], at: I64, rng: int, q: float) -> tuple[F64, Mask]:
+def _range_block(
+    fn: RangeArrays, found: Sequence[SeriesArrays], at: I64, rng: int, q: float
+) -> tuple[F64, Mask]:
     m = len(found)
     starts = np.zeros(m + 1, dtype=np.int64)
     np.cumsum([len(s.t) for s in found], out=starts[1:])
@@ -615,7 +1276,7 @@ def _range_block(name: str, found: Sequence[SeriesArrays], at: I64, rng: int, q:
     v = np.concatenate([*(s.v for s in found), np.full(1, math.nan)]).astype(np.float64, copy=False)
     lo, hi = _bounds(found, at, rng, starts[:-1, None])
     with np.errstate(all="ignore"):
-        return _RANGE[name](t, v, starts, lo, hi, at, rng, q)
+        return fn(t, v, starts, lo, hi, at, rng, q)
 
 
 def _bounds(found: Sequence[SeriesArrays], at: I64, rng: int, offset: I64) -> tuple[I64, I64]:
@@ -647,7 +1308,7 @@ def _bounds(found: Sequence[SeriesArrays], at: I64, rng: int, offset: I64) -> tu
 RangeArrays = Callable[[I64, F64, I64, I64, I64, I64, int, float], tuple[F64, Mask]]
 
 
-def _rate_arrays(is_rate: bool) -> RangeArrays:
+def _rate_arrays(is_rate: bool, is_counter: bool = True) -> RangeArrays:
     def rate(t: I64, v: F64, starts: I64, lo: I64, hi: I64, at: I64, rng: int, q: float) -> tuple[F64, Mask]:
         """``_extrapolated_rate`` for every window, the same operations in the same order."""
         cnt = hi - lo
@@ -661,7 +1322,8 @@ def _rate_arrays(is_rate: bool) -> RangeArrays:
         first_v = v[lo]
         result = v[last]
         result -= first_v
-        _add_resets(result, v, starts, lo, hi, ok)
+        if is_counter:
+            _add_resets(result, v, starts, lo, hi, ok)
         duration_to_start = first_t - (at - rng).astype(np.float64)
         duration_to_start /= 1000
         duration_to_end = at.astype(np.float64) - last_t
@@ -672,8 +1334,9 @@ def _rate_arrays(is_rate: bool) -> RangeArrays:
         average_between = sampled / np.maximum(cnt - 1, 1)
         duration_to_zero = first_v / result
         duration_to_zero *= sampled
-        shorter = (result > 0) & (first_v >= 0) & (duration_to_zero < duration_to_start)
-        np.copyto(duration_to_start, duration_to_zero, where=shorter)
+        if is_counter:
+            shorter = (result > 0) & (first_v >= 0) & (duration_to_zero < duration_to_start)
+            np.copyto(duration_to_start, duration_to_zero, where=shorter)
         threshold = average_between * 1.1
         half = average_between / 2
         interval = np.where(duration_to_start < threshold, duration_to_start, half)
@@ -868,6 +1531,13 @@ _RANGE: dict[str, RangeArrays] = {
     "stdvar_over_time": _stdvar_arrays(False),
     "quantile_over_time": _quantile_arrays,
     "present_over_time": _present_arrays,
+    "delta": _rate_arrays(False, is_counter=False),
+    "idelta": promrange.idelta,
+    "deriv": promrange.deriv,
+    "changes": promrange.changes,
+    "resets": promrange.resets,
+    "first_over_time": promrange.first_over_time,
+    "mad_over_time": promrange.mad_over_time,
 }
 
 
@@ -953,6 +1623,8 @@ def binop_arrays(op: str, a: F64, b: F64, where: Mask) -> F64:
         if op == "%":
             bad = (b == 0) | np.isinf(a) | np.isnan(a) | np.isnan(b)
             return np.where(bad, math.nan, np.fmod(a, b))  # C's fmod, as math.fmod
+        if op == "atan2":
+            return np.arctan2(a, b)
         if op == "^":
             a2, b2 = np.broadcast_arrays(a, b)
             out = np.zeros(a2.shape)
@@ -1022,6 +1694,10 @@ def _agg(op: str, xs: list[float]) -> float:
     return max(real) if real else math.nan
 
 
+def _odd_integer(x: float) -> bool:
+    return math.isfinite(x) and x == math.floor(x) and abs(math.fmod(x, 2)) == 1
+
+
 def _binop(op: str) -> Callable[[float, float], float]:
     def div(a: float, b: float) -> float:
         if b == 0:
@@ -1036,12 +1712,17 @@ def _binop(op: str) -> Callable[[float, float], float]:
         return math.fmod(a, b)  # Go's math.Mod: the sign of a
 
     def pow_(a: float, b: float) -> float:
+        """Go's math.Pow where Python's raises: an overflow is -Inf for a negative base to an odd
+        integer power, +Inf otherwise; ±0 to a negative power is ±Inf (the zero's sign for an odd
+        integer power); a negative base to a non-integer power is NaN."""
         try:
             return math.pow(a, b)
-        except (OverflowError, ValueError):
-            if a == 0 and b < 0:
-                return math.inf
-            return math.inf if abs(a) > 1 else math.nan
+        except OverflowError:
+            return -math.inf if a < 0 and _odd_integer(b) else math.inf
+        except ValueError:
+            if a == 0:
+                return math.copysign(math.inf, a) if _odd_integer(b) else math.inf
+            return math.nan
 
     def b(x: bool) -> float:
         return 1.0 if x else 0.0
@@ -1053,6 +1734,7 @@ def _binop(op: str) -> Callable[[float, float], float]:
         "/": div,
         "%": mod,
         "^": pow_,
+        "atan2": math.atan2,
         "==": lambda a, c: b(a == c),
         "!=": lambda a, c: b(a != c),
         ">": lambda a, c: b(a > c),
@@ -1075,8 +1757,16 @@ def _range_fn(name: str, args: Sequence[pp.Expr]) -> RangeFn:
             return _extrapolated_rate(ts, vs, lo, hi, at, rng, is_rate)
 
         return rate
+    if name == "delta":
+
+        def delta(ts: list[int], vs: list[float], lo: int, hi: int, at: int, rng: int) -> float | None:
+            return _extrapolated_rate(ts, vs, lo, hi, at, rng, False, is_counter=False)
+
+        return delta
     if name == "irate":
         return _irate
+    if name in _MORE_REFERENCES:
+        return _MORE_REFERENCES[name]
     if name == "quantile_over_time":
         q_expr = _unparen(args[0])
         assert isinstance(q_expr, pp.NumberLiteral)
@@ -1130,7 +1820,7 @@ def _quantile(q: float, xs: list[float]) -> float:
         return -math.inf
     if q > 1:
         return math.inf
-    s = sorted(xs)
+    s = [x for x in xs if math.isnan(x)] + sorted(x for x in xs if not math.isnan(x))  # Go: NaN first
     rank = q * (len(s) - 1)
     lower = max(0, math.floor(rank))
     upper = min(len(s) - 1, lower + 1)
@@ -1149,9 +1839,16 @@ def _irate(ts: list[int], vs: list[float], lo: int, hi: int, at: int, rng: int) 
 
 
 def _extrapolated_rate(
-    ts: list[int], vs: list[float], lo: int, hi: int, at: int, rng: int, is_rate: bool
+    ts: list[int],
+    vs: list[float],
+    lo: int,
+    hi: int,
+    at: int,
+    rng: int,
+    is_rate: bool,
+    is_counter: bool = True,
 ) -> float | None:
-    """Prometheus' extrapolatedRate for counters (rate and increase)."""
+    """Prometheus' extrapolatedRate: for counters (rate and increase) and gauges (delta)."""
     if hi - lo < 2:
         return None
     first_t, last_t = ts[lo], ts[hi - 1]
@@ -1160,7 +1857,7 @@ def _extrapolated_rate(
     prev = first_v
     for i in range(lo + 1, hi):
         v = vs[i]
-        if v < prev:
+        if v < prev and is_counter:
             result += prev
         prev = v
     range_start = at - rng
@@ -1170,7 +1867,7 @@ def _extrapolated_rate(
     if sampled <= 0:
         return None
     average_between = sampled / (hi - lo - 1)
-    if result > 0 and first_v >= 0:
+    if is_counter and result > 0 and first_v >= 0:
         duration_to_zero = sampled * (first_v / result)
         if duration_to_zero < duration_to_start:
             duration_to_start = duration_to_zero
@@ -1182,6 +1879,91 @@ def _extrapolated_rate(
     if is_rate:
         result /= rng / 1000
     return result
+
+
+def _idelta(ts: list[int], vs: list[float], lo: int, hi: int, at: int, rng: int) -> float | None:
+    return vs[hi - 1] - vs[hi - 2] if hi - lo >= 2 else None
+
+
+def _changes(ts: list[int], vs: list[float], lo: int, hi: int, at: int, rng: int) -> float | None:
+    n = 0
+    for i in range(lo + 1, hi):
+        cur, prev = vs[i], vs[i - 1]
+        if cur != prev and not (math.isnan(cur) and math.isnan(prev)):
+            n += 1
+    return float(n)
+
+
+def _resets(ts: list[int], vs: list[float], lo: int, hi: int, at: int, rng: int) -> float | None:
+    return float(sum(1 for i in range(lo + 1, hi) if vs[i] < vs[i - 1]))
+
+
+def _median(xs: list[float]) -> float:
+    s = [x for x in xs if math.isnan(x)] + sorted(x for x in xs if not math.isnan(x))
+    rank = 0.5 * (len(s) - 1)
+    lower = max(0, math.floor(rank))
+    upper = min(len(s) - 1, lower + 1)
+    weight = rank - math.floor(rank)
+    return s[lower] * (1 - weight) + s[upper] * weight
+
+
+def _mad(ts: list[int], vs: list[float], lo: int, hi: int, at: int, rng: int) -> float | None:
+    med = _median(vs[lo:hi])
+    return _median([abs(x - med) for x in vs[lo:hi]])
+
+
+def _kahan(inc: float, total: float, c: float) -> tuple[float, float]:
+    t = total + inc
+    if math.isinf(t):
+        c = 0.0
+    elif abs(total) >= abs(inc):
+        c += (total - t) + inc
+    else:
+        c += (inc - t) + total
+    return t, c
+
+
+def linear_regression(ts: list[int], vs: list[float], intercept_ms: int) -> tuple[float, float]:
+    """Prometheus' linearRegression, line by line: the reference of :func:`promrange.regression`."""
+    n = 0.0
+    sx = cx = sy = cy = sxy = cxy = sx2 = cx2 = 0.0
+    init_y = vs[0]
+    const_y = True
+    for i, (t, y) in enumerate(zip(ts, vs, strict=True)):
+        if const_y and i > 0 and y != init_y:
+            const_y = False
+        n += 1.0
+        x = (t - intercept_ms) / 1e3
+        sx, cx = _kahan(x, sx, cx)
+        sy, cy = _kahan(y, sy, cy)
+        sxy, cxy = _kahan(x * y, sxy, cxy)
+        sx2, cx2 = _kahan(x * x, sx2, cx2)
+    if const_y:
+        return (math.nan, math.nan) if math.isinf(init_y) else (0.0, init_y)
+    sx, sy, sxy, sx2 = sx + cx, sy + cy, sxy + cxy, sx2 + cx2
+    with np.errstate(all="ignore"):  # Go's float division: x/0 is ±Inf or NaN, never an error
+        f = np.float64
+        cov = f(sxy) - f(sx) * f(sy) / f(n)
+        var = f(sx2) - f(sx) * f(sx) / f(n)
+        slope = cov / var
+        intercept = f(sy) / f(n) - slope * f(sx) / f(n)
+    return float(slope), float(intercept)
+
+
+def _deriv(ts: list[int], vs: list[float], lo: int, hi: int, at: int, rng: int) -> float | None:
+    if hi - lo < 2:
+        return None
+    return linear_regression(ts[lo:hi], vs[lo:hi], ts[lo])[0]
+
+
+_MORE_REFERENCES: dict[str, RangeFn] = {
+    "idelta": _idelta,
+    "changes": _changes,
+    "resets": _resets,
+    "first_over_time": lambda ts, vs, lo, hi, at, rng: vs[lo],
+    "mad_over_time": _mad,
+    "deriv": _deriv,
+}
 
 
 def format_value(v: float) -> str:

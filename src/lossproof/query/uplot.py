@@ -3,8 +3,9 @@ CDN at run time).
 
 ``python -m lossproof.query.uplot`` (run by ``scripts/deps/dashboard.sh``) fetches the pinned version
 with ``npm pack``, checks the tarball against the pinned integrity hash and keeps only the built files
-(``uPlot.iife.min.js``, ``uPlot.min.css``, its LICENSE). The HTTP process does the same in the
-background at start-up when the files are missing and ``npm`` is on the PATH (set
+(``uPlot.iife.min.js``, ``uPlot.min.css``, its LICENSE). A built wheel or sdist carries them (the build
+backend, buildsupport/lossproof_backend.py, fetches them); in a checkout the HTTP process does the
+same in the background at start-up when the files are missing and ``npm`` is on the PATH (set
 ``LOSSPROOF_UI_FETCH=0`` to turn that off); until then the UI says how to install it.
 """
 
@@ -69,8 +70,9 @@ def _verify(tarball: Path) -> None:
         raise RuntimeError(f"uplot@{VERSION} tarball does not match the pinned integrity {INTEGRITY}")
 
 
-def fetch(timeout: float = 180) -> Path:
-    """Download, verify and unpack the pinned uPlot; returns where it went."""
+def fetch(timeout: float = 180, dests: tuple[Path, ...] | None = None) -> Path:
+    """Download, verify and unpack the pinned uPlot into the first of ``dests`` that can be written
+    (default: the package, else the user's cache); returns where it went."""
     npm = shutil.which("npm")
     if npm is None:
         raise RuntimeError("npm is not installed (Debian: apt-get install npm)")
@@ -89,7 +91,7 @@ def fetch(timeout: float = 180) -> Path:
         tarball = Path(tmp) / name
         _verify(tarball)
         last_error: Exception | None = None
-        for dest in (package_dir(), cache_dir()):
+        for dest in dests or (package_dir(), cache_dir()):
             try:
                 _unpack(tarball, dest)
                 return dest

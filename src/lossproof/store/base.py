@@ -64,6 +64,7 @@ from lossproof.points import PointLike as PointLike
 from lossproof.points import SeriesSamples as SeriesSamples
 from lossproof.points import decode_points as decode_points
 from lossproof.points import encode_points as encode_points
+from lossproof.points import labels_text as labels_text
 from lossproof.points import report_digest as report_digest
 
 SeqRange = tuple[int, int]
@@ -282,6 +283,19 @@ class AgentSummary:
     first_seen_ms: int = 0  # ``now_ms`` of the batch that first wrote this incarnation
     conflict_reports: int = 0  # conflicting reports kept (see :class:`Conflict`)
 
+    @property
+    def heard_ms(self) -> int:
+        """When the agent was last heard from: its last spool report or its last stored report
+        (a sender that reports no spool, like ``lossproof send``, has only the latter)."""
+        return max(self.last_seen_ms, self.last_stored_ms)
+
+    @property
+    def one_shot(self) -> bool:
+        """A sender that is run now and then (``lossproof send``, a script), not an agent reporting
+        on an interval: it never reported its spool state, which the lossproof agent sends with
+        every request. Its silence is not a sign of trouble."""
+        return self.last_seen_ms == 0
+
 
 @dataclass(frozen=True, slots=True)
 class Series:
@@ -497,6 +511,14 @@ class Store(abc.ABC):
         """``(metric, labels)`` of every series of ``tenant`` matching all ``matchers`` (see
         :class:`Matcher`), whatever the time of its points, sorted by metric then labels. No matchers:
         every series of the tenant."""
+
+    @abc.abstractmethod
+    def series_after(self, tenant: str, after_id: int, limit: int) -> list[tuple[int, str, str]]:
+        """``(id, metric, labels_json)`` (:func:`labels_text`) of the tenant's series whose id is
+        above ``after_id``, by id, at most ``limit``. Ids grow as series are created, so a reader
+        keeps up with new series by asking for those after the last id it saw. Where concurrent
+        writers create series (PostgreSQL), an id can become visible after a higher one: a reader
+        that must see every series re-reads a margin below its last id (or everything now and then)."""
 
     def series_counts(self) -> dict[str, int]:
         """The number of series each tenant has (its cardinality): what a series costs in memory and

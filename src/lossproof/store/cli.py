@@ -185,6 +185,9 @@ def bench_cmd(
         click.echo(
             f"{r['store']:10} {r['writers']:>7} {r['points']:>10} {r['seconds']:>8} {r['points_per_s']:>10}"
         )
+    from lossproof.bench.load import load_line
+
+    click.echo(load_line())
     if not all(r["points"] for r in lines):
         raise click.ClickException("store bench: a run stored no timed points")
 

@@ -110,6 +110,7 @@ from lossproof.store.base import (
     WriteResult,
     decode_points,
     encode_points,
+    labels_text,
     latest_metadata,
     matches_all,
 )
@@ -124,7 +125,6 @@ RETENTION_CHUNKS = 50_000  # chunks deleted by retention per transaction
 MOVE_POINTS = 1_000_000  # version 3 points moved into chunks per transaction (see move_points)
 TX_ATTEMPTS = 5  # deadlock / serialization failure: retried as a fresh transaction this many times
 
-_LABELS_ENCODER = msgspec.json.Encoder(order="sorted")
 _LABELS_DECODER = msgspec.json.Decoder(dict[str, str])
 
 
@@ -978,7 +978,7 @@ class PostgresStore(Store):
         for skey, tenant, metric, labels in unresolved:
             if skey in pending:
                 continue
-            labels_json = _LABELS_ENCODER.encode(labels)  # NUL is escaped in JSON: kept as is
+            labels_json = labels_text(labels).encode()  # NUL is escaped in JSON: kept as is
             ident = (tenant, pg_text(metric), hashlib.sha256(labels_json).digest())
             keys = by_ident.setdefault(ident, [])
             if not keys:
@@ -1223,6 +1223,13 @@ class PostgresStore(Store):
         with self._conn() as conn, conn.transaction():
             found = self._matching(conn, tenant, matchers)
         return [(metric, dict(lab)) for _, metric, lab in found]
+
+    def series_after(self, tenant: str, after_id: int, limit: int) -> list[tuple[int, str, str]]:
+        rows = self._fetch(
+            "SELECT id, metric, labels_json FROM series WHERE tenant = %s AND id > %s ORDER BY id LIMIT %s",
+            (tenant, after_id, limit),
+        )
+        return [(int(i), m, lab) for i, m, lab in rows]
 
     def series_counts(self) -> dict[str, int]:
         return {t: int(n) for t, n in self._fetch("SELECT tenant, count(*) FROM series GROUP BY tenant", ())}

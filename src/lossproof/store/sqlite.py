@@ -76,6 +76,7 @@ from lossproof.store.base import (
     WriteResult,
     decode_points,
     encode_points,
+    labels_text,
     latest_metadata,
     matches_all,
 )
@@ -280,7 +281,6 @@ _NEWEST_MAX = 2_000_000
 _MIGRATE_POINTS = 1_000_000  # version 2 points moved into chunks per transaction (about)
 _V2_SHIFT_DEFAULT = 16
 
-_LABELS_ENCODER = msgspec.json.Encoder(order="sorted")
 _LABELS_DECODER = msgspec.json.Decoder(dict[str, str])
 
 # in-memory key of a series: (tenant, metric, label items in the order the caller gave them)
@@ -758,15 +758,15 @@ class SqliteStore(Store):
         labels: dict[str, str],
         pending: dict[_SeriesKey, int],
     ) -> int:
-        labels_json = _LABELS_ENCODER.encode(labels).decode()
+        text = labels_text(labels)
         row = self._con.execute(
             "SELECT id FROM series WHERE tenant = ? AND metric = ? AND labels_json = ?",
-            (tenant, metric, labels_json),
+            (tenant, metric, text),
         ).fetchone()
         if row is None:
             row = self._con.execute(
                 "INSERT INTO series (tenant, metric, labels_json) VALUES (?, ?, ?) RETURNING id",
-                (tenant, metric, labels_json),
+                (tenant, metric, text),
             ).fetchone()
         sid = int(row[0])
         pending[key] = sid
@@ -1104,6 +1104,13 @@ class SqliteStore(Store):
     def series(self, tenant: str, matchers: Sequence[Matcher]) -> list[tuple[str, dict[str, str]]]:
         with self._lock:
             return [(metric, dict(lab)) for _, metric, lab in self._matching(tenant, matchers)]
+
+    def series_after(self, tenant: str, after_id: int, limit: int) -> list[tuple[int, str, str]]:
+        with self._lock:
+            return self._read(
+                "SELECT id, metric, labels_json FROM series WHERE tenant = ? AND id > ? ORDER BY id LIMIT ?",
+                (tenant, after_id, limit),
+            )
 
     def series_counts(self) -> dict[str, int]:
         with self._lock:

@@ -41,10 +41,38 @@ function el(tag, attrs, ...children) {
   return e;
 }
 
+// One time format everywhere: the viewer's time zone, 24 h, year first; UTC on hover (timeEl).
+const pad = (n) => String(n).padStart(2, "0");
 function fmtTime(ms) {
   if (!ms) return "never";
   const d = new Date(ms);
-  return d.toLocaleString(undefined, { hour12: false });
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+}
+function utc(ms) { return new Date(ms).toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC"); }
+function timeEl(ms) {
+  if (!ms) return "never";
+  return el("time", { datetime: new Date(ms).toISOString(), title: utc(ms) }, fmtTime(ms));
+}
+// The server writes times in its texts (the holes' "why") as "YYYY-MM-DD HH:MM:SS UTC": shown in the
+// same format as the rest, with the UTC time on hover.
+function localized(text) {
+  const out = [];
+  let last = 0;
+  for (const m of text.matchAll(/(\d{4})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d) UTC/g)) {
+    out.push(text.slice(last, m.index), timeEl(Date.UTC(+m[1], +m[2] - 1, +m[3], +m[4], +m[5], +m[6])));
+    last = m.index + m[0].length;
+  }
+  out.push(text.slice(last));
+  return out;
+}
+// Time axis labels in the same format, as much of it as the span needs.
+function timeAxis(u, splits) {
+  const span = (splits[splits.length - 1] - splits[0]) || 0;
+  return splits.map((s) => {
+    const t = fmtTime(s * 1000);
+    if (span > 2 * 86400) return t.slice(5, 16);
+    return span < 600 ? t.slice(11) : t.slice(11, 16);
+  });
 }
 function ago(ms) {
   if (!ms) return "never";
@@ -169,12 +197,17 @@ async function start() {
 
 // --- series page ------------------------------------------------------------------------------------
 
+// a PromQL string; names that are not PromQL names (cpu.user, service.name) are written quoted, as
+// Prometheus 3 does: {"cpu.user","service.name"="shop"}
+function quoted(s) { return '"' + s.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n") + '"'; }
+
 function selectorFromBrowser() {
-  const parts = state.filters.filter((f) => f.name && f.op).map((f) => `${f.name}${f.op}"${f.value.replace(/\\/g, "\\\\").replace(/"/g, '\\"')}"`);
+  const label = (n) => (/^[a-zA-Z_][a-zA-Z0-9_]*$/.test(n) ? n : quoted(n));
+  const parts = state.filters.filter((f) => f.name && f.op).map((f) => `${label(f.name)}${f.op}${quoted(f.value)}`);
   if (!state.metric) return parts.length ? `{${parts.join(",")}}` : "";
   const plain = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/.test(state.metric);
   if (plain) return parts.length ? `${state.metric}{${parts.join(",")}}` : state.metric;
-  return `{__name__="${state.metric}"${parts.length ? "," + parts.join(",") : ""}}`;
+  return `{${[quoted(state.metric), ...parts].join(",")}}`;
 }
 
 function renderMetrics() {
@@ -222,6 +255,24 @@ function applyBrowser() {
 
 async function loadSeries() {
   banner("");
+  try {
+    await loadSeriesAndChart();
+  } catch (e) {
+    // a chart that stays on screen after a failed query would pass for that query's answer
+    if (e.status !== 401) clearChart(e.message);
+    throw e;
+  }
+}
+
+function clearChart(why) {
+  drawChart(null);
+  $("#holes tbody").textContent = "";
+  $("#series-list tbody").textContent = "";
+  $("#series-count").textContent = "";
+  $("#chart").append(el("p", { class: "error chart-error" }, `No chart: the query failed: ${why}`));
+}
+
+async function loadSeriesAndChart() {
   const sel = state.selector;
   const browse = await api("/ui/api/series?limit=500" + (sel ? "&match=" + encodeURIComponent(sel) : ""));
   state.metrics = browse.metrics;
@@ -256,8 +307,8 @@ function renderHoles(data) {
     for (const h of s.holes) {
       if (rows++ > 500) return;
       tbody.append(el("tr", { class: "hole-row", dataset: { kind: h.kind } },
-        el("td", { class: "mono" }, seriesName(s)), el("td", {}, fmtTime(h.from)), el("td", {}, fmtTime(h.to)),
-        el("td", { class: "kind " + h.kind }, h.kind), el("td", {}, h.text)));
+        el("td", { class: "mono" }, seriesName(s)), el("td", {}, timeEl(h.from)), el("td", {}, timeEl(h.to)),
+        el("td", { class: "kind " + h.kind }, h.kind), el("td", {}, ...localized(h.text))));
     }
   }
   if (!rows) tbody.append(el("tr", {}, el("td", { colspan: "5", class: "muted" }, "no holes: every step of every series has data")));
@@ -309,6 +360,8 @@ function holesPlugin(holes) {
   };
 }
 
+const SPARSE_POINTS = 30;
+
 function drawChart(data) {
   const box = $("#chart");
   if (state.chart) { state.chart.destroy(); state.chart = null; }
@@ -322,10 +375,14 @@ function drawChart(data) {
   const seen = new Map();
   for (const s of data.series) for (const h of s.holes) seen.set(h.from + ":" + h.to + ":" + h.kind, h);
   const holes = [...seen.values()];
-  const series = [{}];
+  const series = [{ value: (u, v) => (v === null || v === undefined ? "--" : fmtTime(v * 1000)) }];
   const cols = [xs];
   data.series.forEach((s, i) => {
-    series.push({ label: seriesName(s), stroke: PALETTE[i % PALETTE.length], width: 1.25, spanGaps: false, points: { show: false } });
+    // A line needs two points: a sparse series (one `lossproof send`, say) is drawn as dots, or its
+    // points would not show at all.
+    const count = s.values.reduce((k, v) => k + (v !== null && typeof v !== "string" ? 1 : 0), 0);
+    const points = count <= SPARSE_POINTS ? { show: true, size: 7, fill: PALETTE[i % PALETTE.length] } : { show: false };
+    series.push({ label: seriesName(s), stroke: PALETTE[i % PALETTE.length], width: 1.25, spanGaps: false, points });
     // A step without a point is a break in the line (null) only inside one of the series' holes;
     // elsewhere it is just finer than the data (undefined: uPlot draws across it).
     const hs = s.holes;
@@ -339,6 +396,7 @@ function drawChart(data) {
     width: Math.max(300, box.clientWidth), height: 360,
     series, legend: { show: data.series.length <= 8 },
     scales: { x: { time: true, min: xs[0], max: xs[n - 1] } },
+    axes: [{ values: timeAxis }, {}],
     cursor: { drag: { x: true, y: false } },
     plugins: [holesPlugin(holes)],
   };
@@ -402,15 +460,16 @@ async function loadCompleteness() {
     const top = Math.max(a.max_seq, a.spool ? a.spool.last_seq : 0);
     const notes = [];
     for (const r of a.ranges || []) {
-      if (r.kind === "lost") notes.push(el("div", { class: "kind lost note" }, `lost ${r.first}-${r.last}: ${r.reason}`));
-      if (r.kind === "delayed") notes.push(el("div", { class: "kind delayed note" }, `delayed ${r.first}-${r.last}: in the agent's spool since ${fmtTime(r.since_ms)} (${ago(r.since_ms)})`));
-      if (r.kind === "missing") notes.push(el("div", { class: "kind missing note" }, `missing ${r.first}-${r.last}: replay asked, first seen ${fmtTime(r.since_ms)}`));
+      if (r.kind === "lost") notes.push(el("div", { class: "kind lost note" }, `lost ${r.first}-${r.last}: `, ...localized(r.reason || "")));
+      if (r.kind === "delayed") notes.push(el("div", { class: "kind delayed note" }, `delayed ${r.first}-${r.last}: in the agent's spool since `, timeEl(r.since_ms), ` (${ago(r.since_ms)})`));
+      if (r.kind === "missing") notes.push(el("div", { class: "kind missing note" }, `missing ${r.first}-${r.last}: replay asked, first seen `, timeEl(r.since_ms)));
     }
     for (const [first, last] of a.conflicts || []) {
       notes.push(el("div", { class: "kind conflict note" }, `conflict ${first}-${last}: another report with the same seq is stored; this one is kept whole for an operator to apply`));
     }
-    const heard = Math.max(a.last_seen_ms, a.last_stored_ms);
+    const heard = a.heard_ms;
     const who = [el("div", {}, a.agent)];
+    if (a.one_shot) who.push(el("div", { class: "muted small", title: "it sends when it is run (lossproof send, a script), not on an interval: its silence is not flagged" }, "one-shot sender"));
     if (a.incarnation || a.incarnations > 1) {
       who.push(el("div", { class: "muted small", title: `incarnation ${a.incarnation || "(none)"}, seqs from ${a.first_seq}, first seen ${fmtTime(a.first_seen_ms)}` },
         `incarnation ${a.incarnation ? a.incarnation.slice(0, 8) : "(none)"}` + (a.incarnations > 1 ? ` (1 of ${a.incarnations})` : "")));
@@ -456,18 +515,20 @@ function kv(title, pairs) {
   return [el("h3", {}, title), el("div", { class: "kv" }, ...pairs.flatMap(([k, v, cls]) => [el("span", {}, k), el("span", { class: cls || "" }, v)]))];
 }
 
-function spark(id, points) {
+// `fmt` labels the value axis (seconds as µs / ms / s: a sub-millisecond fsync is not "0")
+function spark(id, points, fmt) {
   const box = document.getElementById(id);
   if (state.sparks[id]) { state.sparks[id].destroy(); delete state.sparks[id]; }
   box.textContent = "";
   if (typeof window.uPlot === "undefined") return;
-  if (!points || points.length < 2) { box.append(el("p", { class: "muted" }, "collecting samples…")); return; }
+  if (!points || points.filter((p) => p[1] !== null).length < 2) { box.append(el("p", { class: "muted" }, "collecting samples…")); return; }
   const xs = points.map((p) => p[0] / 1000);
   const ys = points.map((p) => p[1]);
   state.sparks[id] = new window.uPlot({
     width: Math.max(200, box.clientWidth), height: 120, legend: { show: false },
     series: [{}, { stroke: "#1f77b4", fill: "#1f77b422", width: 1 }],
-    axes: [{ size: 30 }, { size: 50 }], scales: { x: { time: true } },
+    axes: [{ size: 30, values: timeAxis }, { size: 60, values: (u, splits) => splits.map((v) => fmt(v)) }],
+    scales: { x: { time: true } },
   }, [xs, ys], box);
 }
 
@@ -527,21 +588,22 @@ async function loadHealth() {
   ]));
   $("#h-store").replaceChildren(...kv("Losses and backlog", [
     ["dead letters", num(d.dead_letters, 0), d.dead_letters ? "bad" : "ok"],
+    ["series", d.series_limit ? `${num(d.series, 0)} of ${num(d.series_limit, 0)} allowed` : num(d.series, 0), d.series_limit && d.series >= 0.9 * d.series_limit ? "bad" : "ok"],
     d.scope === "tenant" ? ["log gaps", "shown to operators"] : ["log gaps", String(d.log_gaps.length), d.log_gaps.length ? "bad" : "ok"],
     fallbackTotal(d.fallback),
     ...fallbackReceivers(d.fallback),
     ["agents not heard from", `${d.silent_agents.length} of ${d.agents}`, d.silent_agents.length ? "bad" : "ok"],
   ]), d.fallback.note ? el("p", { class: "notes fallback-note" }, d.fallback.note) : null);
-  spark("spark-ingest", d.ingest.history);
-  spark("spark-lag", d.worker.history_lag_seconds);
-  spark("spark-fsync", d.log.history_fsync_p99);
+  spark("spark-ingest", d.ingest.history, (v) => num(v, 1));
+  spark("spark-lag", d.worker.history_lag_seconds, secs);
+  spark("spark-fsync", d.log.history_fsync_p99, secs);
   const st = $("#silent tbody");
   st.textContent = "";
   for (const a of d.silent_agents) st.append(el("tr", { class: "silent-row" }, el("td", { class: "mono" }, a.agent), el("td", {}, ago(a.last_seen_ms))));
   if (!d.silent_agents.length) st.append(el("tr", {}, el("td", { colspan: "2", class: "muted" }, "every agent reported in the last 5 minutes")));
   const gt = $("#gaps tbody");
   gt.textContent = "";
-  for (const g of d.log_gaps) gt.append(el("tr", {}, el("td", {}, g.partition), el("td", {}, `${g.first}-${g.last}`), el("td", {}, g.reason), el("td", {}, fmtTime(g.detected_ms))));
+  for (const g of d.log_gaps) gt.append(el("tr", {}, el("td", {}, g.partition), el("td", {}, `${g.first}-${g.last}`), el("td", {}, g.reason), el("td", {}, timeEl(g.detected_ms))));
   if (!d.log_gaps.length) gt.append(el("tr", {}, el("td", { colspan: "4", class: "muted" }, "none")));
 }
 
