@@ -24,6 +24,7 @@ from lossproof.agent import Agent, AgentConfig, load_config
 from lossproof.agent.relay import product_of
 from lossproof.agent.spool.format import read_all
 from lossproof.config import ConfigError
+from lossproof.protocol import promrw
 from lptest.agent import free_port, scrape, write_config
 from lptest.cli import run_cli
 from lptest.inproc import InProcess
@@ -400,3 +401,29 @@ def test_lossproof_agent_refuses_a_bad_relay_in_one_line(
             assert ran.code == 1 and "Traceback" not in ran.err and len(errors) == 1, ran.err
             assert needle in errors[0]
         assert "address already in use" in errors[0].lower()
+
+
+def test_remote_write_2_through_the_relay_answers_as_ingest(pipe: InProcess, agent: Agent) -> None:
+    req = promrw.RequestV2()
+    req.symbols.extend(["", "__name__", "relay_rw2", "job", "v2"])
+    ts = req.timeseries.add()
+    ts.labels_refs.extend([1, 2, 3, 4])
+    for k in range(3):
+        s = ts.samples.add()
+        s.timestamp, s.value = NOW_MS - 30_000 + k, float(k)
+    body = bytes(cramjam.snappy.compress_raw(req.SerializeToString()))
+    headers = {
+        "Content-Encoding": "snappy",
+        "Content-Type": f"application/x-protobuf;proto={promrw.V2}",
+        "User-Agent": "rw2-client/0.1",
+    }
+    relayed = HTTP.request("POST", relay_url(agent) + "/api/v1/write", body=body, headers=headers)
+    with_key = {**pipe.headers(), **headers}
+    direct = HTTP.request("POST", pipe.url + "/api/v1/write", body=body, headers=with_key)
+    assert relayed.status == direct.status == 204, relayed.data
+    for h in ("X-Prometheus-Remote-Write-Version", "X-Prometheus-Remote-Write-Samples-Written"):
+        assert relayed.headers[h] == direct.headers[h], h
+    assert relayed.headers["X-Prometheus-Remote-Write-Samples-Written"] == "3"
+    pipe.wait_stored(quote("relay-test/prom-rw/rw2-client", safe=""), {1})
+    [stored] = series(pipe, "relay_rw2")
+    assert stored["labels"] == {"job": "v2"} and [p[1] for p in stored["points"]] == [0.0, 1.0, 2.0]
