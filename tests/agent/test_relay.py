@@ -427,3 +427,19 @@ def test_remote_write_2_through_the_relay_answers_as_ingest(pipe: InProcess, age
     pipe.wait_stored(quote("relay-test/prom-rw/rw2-client", safe=""), {1})
     [stored] = series(pipe, "relay_rw2")
     assert stored["labels"] == {"job": "v2"} and [p[1] for p in stored["points"]] == [0.0, 1.0, 2.0]
+
+
+def test_a_client_hanging_up_mid_body_is_counted_and_spools_nothing(
+    agent: Agent, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.create_connection(("127.0.0.1", agent.relay_port or 0)) as s:
+        s.sendall(
+            b"POST /write?db=d HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"hangup v=1 1\n"
+        )
+    key = 'lossproof_agent_relay_requests_total{protocol="influx",status="499"}'
+    deadline = time.monotonic() + 10
+    while scrape_agent(agent).get(key, 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert scrape_agent(agent)[key] == 1
+    assert spooled_samples(agent.config.spool_dir) == []
+    assert "Traceback" not in caplog.text and "Error handling request" not in caplog.text
