@@ -8,6 +8,7 @@ import errno
 import gzip
 import os
 import secrets
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,9 @@ from lossproof.agent import Agent, AgentConfig, load_config
 from lossproof.agent.relay import product_of
 from lossproof.agent.spool.format import read_all
 from lossproof.config import ConfigError
+from lossproof.protocol import promrw
 from lptest.agent import free_port, scrape, write_config
+from lptest.cli import run_cli
 from lptest.inproc import InProcess
 from lptest.proto import query, rw_body
 
@@ -371,3 +374,72 @@ def test_a_failing_disk_answers_503_and_acknowledges_nothing(
     finally:
         a.stop()
     assert sorted(p["v"] for p in spooled_samples(tmp_path / "spool")) == [1.0, 4.0]
+
+
+def test_lossproof_agent_refuses_a_bad_relay_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = {
+        "api_key": "k",
+        "primary_url": "http://127.0.0.1:1",
+        "spool_dir": str(tmp_path / "s"),
+        "statsd_port": 0,
+        "metrics_port": 0,
+        "collect_host": False,
+    }
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for relay, needle in [
+            ({"listen": "nope"}, "relay.listen: 'nope': expected host:port"),
+            ({"listen": f"127.0.0.1:{port}"}, f"relay.listen 127.0.0.1:{port}: cannot listen: "),
+        ]:
+            config = write_config(tmp_path / "agent.toml", **base, relay=relay)
+            ran = run_cli(monkeypatch, capsys, "agent", "--config", str(config))
+            errors = [ln for ln in ran.err.splitlines() if ln.startswith("Error:")]
+            assert ran.code == 1 and "Traceback" not in ran.err and len(errors) == 1, ran.err
+            assert needle in errors[0]
+        assert "address already in use" in errors[0].lower()
+
+
+def test_remote_write_2_through_the_relay_answers_as_ingest(pipe: InProcess, agent: Agent) -> None:
+    req = promrw.RequestV2()
+    req.symbols.extend(["", "__name__", "relay_rw2", "job", "v2"])
+    ts = req.timeseries.add()
+    ts.labels_refs.extend([1, 2, 3, 4])
+    for k in range(3):
+        s = ts.samples.add()
+        s.timestamp, s.value = NOW_MS - 30_000 + k, float(k)
+    body = bytes(cramjam.snappy.compress_raw(req.SerializeToString()))
+    headers = {
+        "Content-Encoding": "snappy",
+        "Content-Type": f"application/x-protobuf;proto={promrw.V2}",
+        "User-Agent": "rw2-client/0.1",
+    }
+    relayed = HTTP.request("POST", relay_url(agent) + "/api/v1/write", body=body, headers=headers)
+    with_key = {**pipe.headers(), **headers}
+    direct = HTTP.request("POST", pipe.url + "/api/v1/write", body=body, headers=with_key)
+    assert relayed.status == direct.status == 204, relayed.data
+    for h in ("X-Prometheus-Remote-Write-Version", "X-Prometheus-Remote-Write-Samples-Written"):
+        assert relayed.headers[h] == direct.headers[h], h
+    assert relayed.headers["X-Prometheus-Remote-Write-Samples-Written"] == "3"
+    pipe.wait_stored(quote("relay-test/prom-rw/rw2-client", safe=""), {1})
+    [stored] = series(pipe, "relay_rw2")
+    assert stored["labels"] == {"job": "v2"} and [p[1] for p in stored["points"]] == [0.0, 1.0, 2.0]
+
+
+def test_a_client_hanging_up_mid_body_is_counted_and_spools_nothing(
+    agent: Agent, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.create_connection(("127.0.0.1", agent.relay_port or 0)) as s:
+        s.sendall(
+            b"POST /write?db=d HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"hangup v=1 1\n"
+        )
+    key = 'lossproof_agent_relay_requests_total{protocol="influx",status="499"}'
+    deadline = time.monotonic() + 10
+    while scrape_agent(agent).get(key, 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert scrape_agent(agent)[key] == 1
+    assert spooled_samples(agent.config.spool_dir) == []
+    assert "Traceback" not in caplog.text and "Error handling request" not in caplog.text

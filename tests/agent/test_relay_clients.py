@@ -4,9 +4,9 @@ for is stored, exactly once.
 
 - the OpenTelemetry Python SDK (configured by its environment variable) exporting every second while
   the pipeline is down for 20 s: every export succeeds, every exported point is stored once;
-- influxdb-client (v2 API, synchronous) and the influx 1.x CLI `-import` while the pipeline is down:
-  every point stored; importing again stores nothing twice;
-- Prometheus in agent mode remote-writing its scrapes through an outage: no gap in `up`;
+- influxdb-client (v2 API, synchronous and batching) and the influx 1.x CLI `-import` while the
+  pipeline is down: every point stored; importing again stores nothing twice;
+- Prometheus in agent mode and vmagent remote-writing their scrapes through an outage: no gap in `up`;
 - kill -9 of the agent while a client streams remote write: every sample answered 204 is stored.
 """
 
@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -154,7 +154,7 @@ T0_MS = 1_767_225_600_000  # 2026-01-01
 def test_influxdb_client_and_cli_while_the_pipeline_is_down_then_reimport(
     pipeline: Pipeline, tmp_path: Path, stop_agents: list[AgentProc]
 ) -> None:
-    from influxdb_client import InfluxDBClient, WritePrecision
+    from influxdb_client import InfluxDBClient, WriteOptions, WritePrecision
     from influxdb_client.client.write_api import SYNCHRONOUS
 
     p = pipeline
@@ -170,11 +170,21 @@ def test_influxdb_client_and_cli_while_the_pipeline_is_down_then_reimport(
     cli_file = tmp_path / "import.txt"
     cli_file.write_text("# DML\n# CONTEXT-DATABASE: relaydb\n" + "\n".join(cli_lines) + "\n")
 
+    failures: list[str] = []
+    batched = [f"relay_batched,host=b v={k} {T0_MS + k}" for k in range(500)]
+
     def write_all() -> None:
         with InfluxDBClient(url=relay, token="no-key-needed-locally", org="o") as client:
             api = client.write_api(write_options=SYNCHRONOUS)
             for batch in lines:
                 api.write(bucket="relay-bucket", record=batch, write_precision=WritePrecision.MS)
+            # the batching write API: failures only reach its callbacks (after its own retries)
+            options = WriteOptions(batch_size=100, flush_interval=200, max_retries=0)
+            with client.write_api(
+                write_options=options, error_callback=lambda _c, _d, e: failures.append(repr(e))
+            ) as batching:
+                batching.write(bucket="relay-bucket", record=batched, write_precision=WritePrecision.MS)
+        assert failures == []
         if influx_cli is not None:
             port = relay.rsplit(":", 1)[1]
             argv = [influx_cli, "-host", "127.0.0.1", "-port", port, "-import", "-path", str(cli_file)]
@@ -190,8 +200,10 @@ def test_influxdb_client_and_cli_while_the_pipeline_is_down_then_reimport(
     assert wait_values(p, "relay_client_v", len(want)) == want
     all_stored(p, "influx/influxdb-client-python")
     write_all()  # the same points again: stored once
-    all_stored(p, "influx/influxdb-client-python", last=2 * batches)  # a report per request, both rounds
+    # a report per request: per round the synchronous requests and the batching API's 5 of 100 lines
+    all_stored(p, "influx/influxdb-client-python", last=2 * (batches + 5))
     assert values(p, "relay_client_v") == want
+    assert values(p, "relay_batched_v") == sorted((T0_MS + k, float(k)) for k in range(500))
     require(influx_cli, "the influx CLI (Debian's influxdb-client)")
     all_stored(p, "influx/influxDB")  # the influx CLI says "User-Agent: influxDB"
     cli_want = sorted((T0_MS + i, i + 0.5) for i in range(300))
@@ -199,41 +211,66 @@ def test_influxdb_client_and_cli_while_the_pipeline_is_down_then_reimport(
 
 
 PROMETHEUS = shutil.which("prometheus")
+VMAGENT = shutil.which("vmagent")
+SCRAPE_CONFIG = """global: {{scrape_interval: 1s}}
+scrape_configs:
+  - job_name: relay-agent
+    static_configs: [{{targets: ['127.0.0.1:{target}']}}]
+"""
 
 
-def test_prometheus_agent_remote_writes_through_an_outage_without_a_gap(
-    pipeline: Pipeline, tmp_path: Path, stop_agents: list[AgentProc]
-) -> None:
+def _prometheus(tmp: Path, target: int, relay: str) -> list[str]:
+    """Prometheus (2.x) in agent mode, as docs/agent.md configures its remote_write."""
     require(PROMETHEUS, "Prometheus (Debian's prometheus)")
-    assert PROMETHEUS is not None
-    p = pipeline
-    agent, relay = start_agent(tmp_path, p)
-    stop_agents.append(agent)
-    conf = tmp_path / "prometheus.yml"
+    conf = tmp / "prometheus.yml"
     conf.write_text(
-        "global: {scrape_interval: 1s}\n"
-        "scrape_configs:\n"
-        "  - job_name: relay-agent\n"
-        f"    static_configs: [{{targets: ['127.0.0.1:{agent.cfg['metrics_port']}']}}]\n"
-        "remote_write:\n"
+        SCRAPE_CONFIG.format(target=target) + "remote_write:\n"
         f"  - url: {relay}/api/v1/write\n"
         "    queue_config: {batch_send_deadline: 1s, min_backoff: 100ms, max_backoff: 1s}\n"
     )
-    prom_log = tmp_path / "prometheus.log"
-    with open(prom_log, "wb") as log:
-        prom = subprocess.Popen(
-            [
-                PROMETHEUS,
-                "--enable-feature=agent",
-                f"--config.file={conf}",
-                f"--storage.agent.path={tmp_path / 'prom-wal'}",
-                f"--web.listen-address=127.0.0.1:{free_port()}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+    return [
+        str(PROMETHEUS),
+        "--enable-feature=agent",
+        f"--config.file={conf}",
+        f"--storage.agent.path={tmp / 'prom-wal'}",
+        f"--web.listen-address=127.0.0.1:{free_port()}",
+    ]
+
+
+def _vmagent(tmp: Path, target: int, relay: str) -> list[str]:
+    """vmagent, as docs/agent.md configures its -remoteWrite.url."""
+    require(VMAGENT, "vmagent (Debian's victoria-metrics)")
+    conf = tmp / "scrape.yml"
+    conf.write_text(SCRAPE_CONFIG.format(target=target))
+    return [
+        str(VMAGENT),
+        f"-promscrape.config={conf}",
+        f"-remoteWrite.url={relay}/api/v1/write",
+        f"-remoteWrite.tmpDataPath={tmp / 'vmagent-data'}",
+        f"-httpListenAddr=127.0.0.1:{free_port()}",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "product"), [(_prometheus, "Prometheus"), (_vmagent, "vmagent")], ids=["prometheus", "vmagent"]
+)
+def test_a_scraper_remote_writes_through_an_outage_without_a_gap(
+    pipeline: Pipeline,
+    tmp_path: Path,
+    stop_agents: list[AgentProc],
+    argv: Callable[[Path, int, str], list[str]],
+    product: str,
+) -> None:
+    p = pipeline
+    agent, relay = start_agent(tmp_path, p)
+    stop_agents.append(agent)
+    with open(tmp_path / "scraper.log", "wb") as log:
+        scraper = subprocess.Popen(
+            argv(tmp_path, agent.cfg["metrics_port"], relay), stdout=log, stderr=subprocess.STDOUT
         )
+    sender = f"prom-rw/{product}"
     try:
-        wait_for(lambda: sender_ledger(p, "prom-rw/Prometheus"), 30, "Prometheus's first samples stored")
+        wait_for(lambda: sender_ledger(p, sender), 30, f"{product}'s first samples stored")
         time.sleep(3)
         p.stop()
         outage_from = time.time() * 1000
@@ -242,8 +279,8 @@ def test_prometheus_agent_remote_writes_through_an_outage_without_a_gap(
         p.start()
         time.sleep(4)
     finally:
-        prom.terminate()
-        prom.wait(30)
+        scraper.terminate()
+        scraper.wait(30)
     ups = wait_for(lambda: [s for s in query(p, "up") if s["labels"].get("job") == "relay-agent"], 30, "up")
     assert len(ups) == 1, ups
     times = sorted(int(t) for t, _ in ups[0]["points"])
@@ -251,7 +288,7 @@ def test_prometheus_agent_remote_writes_through_an_outage_without_a_gap(
     gaps = [(a, b) for a, b in itertools.pairwise(times) if b - a > 2500]  # scraped every 1 s
     assert gaps == [], gaps
     assert all(v == 1.0 for _, v in ups[0]["points"])
-    all_stored(p, "prom-rw/Prometheus")
+    all_stored(p, sender)
 
 
 def test_kill9_of_the_agent_loses_nothing_it_answered_2xx(

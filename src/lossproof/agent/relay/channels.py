@@ -104,10 +104,11 @@ class Channels:
         """Reopen every local sender's spool found on disk (it may hold unsent reports), then keep
         the spools' replay windows trimmed."""
         root = self.cfg.spool_dir / RELAY_DIR
-        for protocol in PROTOCOLS:
-            for d in sorted(_subdirs(root / protocol)):
-                if d.name == product_of(d.name):  # only names this module makes
-                    self._opened(protocol, d.name)
+        with self._lock:
+            for protocol in PROTOCOLS:
+                for d in sorted(_subdirs(root / protocol)):
+                    if d.name == product_of(d.name):  # only names this module makes
+                        self._open_locked(protocol, d.name)
         self._thread.start()
 
     def get(self, protocol: str, user_agent: str) -> Channel:
@@ -124,12 +125,9 @@ class Channels:
                 ch = self._open.get((protocol, product))
                 if ch is not None:
                     return ch
-            return self._opened(protocol, product, locked=True)
+            return self._open_locked(protocol, product)
 
-    def _opened(self, protocol: str, product: str, locked: bool = False) -> Channel:
-        if not locked:
-            with self._lock:
-                return self._opened(protocol, product, locked=True)
+    def _open_locked(self, protocol: str, product: str) -> Channel:
         ch = Channel(self.cfg, protocol, product, self.metrics)
         ch.sender.start()
         self._open[(protocol, product)] = ch

@@ -23,7 +23,7 @@ from lossproof.agent.config import RelayConfig
 from lossproof.agent.metrics import AgentMetrics
 from lossproof.agent.relay.channels import Channels
 from lossproof.agent.report import encode_encoded_report, encode_points
-from lossproof.agent.spool import SpoolError, SpoolFull
+from lossproof.agent.spool import SpoolError
 from lossproof.config import ConfigError
 from lossproof.httputil import (
     CLOSE_STATUSES,
@@ -51,6 +51,7 @@ from lossproof.protocol_http import (
 log = get(__name__)
 
 UNAUTHORIZED = "missing or wrong relay key ([relay] api_key of the agent; Authorization: Bearer <key>)"
+CLIENT_CLOSED = 499
 # One log line per protocol and outcome this often at most: a client retrying against a full spool
 # must not flood the agent's log.
 LOG_EVERY = 10.0
@@ -114,6 +115,13 @@ class RelayHandler:
             outcome = "refused" if e.status < 500 else "unavailable"
             if outcome == "unavailable":
                 self._log(outcome, e.message)
+        except Exception:
+            transport = request.transport
+            if transport is not None and not transport.is_closing():
+                raise
+            # The client hung up before its body was read: nothing was spooled, nobody to answer.
+            # Counted (status 499, nginx's "client closed request") instead of aiohttp's traceback.
+            resp, outcome = web.Response(status=CLIENT_CLOSED), "unanswered"
         n = state.checked.points + state.checked.histograms if state.checked is not None else 0
         m.relay_points.labels(ep.protocol, outcome).inc(n)
         m.relay_requests.labels(ep.protocol, str(resp.status)).inc()
@@ -139,11 +147,8 @@ class RelayHandler:
         if not builders:
             return 0  # e.g. Influx lines of string fields only: accepted, nothing to store (as ingest)
         try:
-            channel = self.channels.get(protocol, user_agent)
-            channel.append(builders)
-        except SpoolFull as e:
-            raise unavailable("agent spool", str(e), self.endpoint.retry_after) from None
-        except (SpoolError, OSError) as e:
+            self.channels.get(protocol, user_agent).append(builders)
+        except (SpoolError, OSError) as e:  # SpoolFull included: the client keeps the data and retries
             raise unavailable("agent spool", str(e), self.endpoint.retry_after) from None
         return samples
 
