@@ -300,6 +300,9 @@ def test_a_request_of_too_many_entries_is_refused(body: bytes, kind: str) -> Non
     minutes of CPU (an empty entry is 2 bytes; 8 MiB of them took 40 s before the cap)."""
     with pytest.raises(BadBody, match=f"more than {MAX_ENTRIES[kind]} {kind} entries"):
         otlp.check(body, otlp.PROTOBUF)
+    # nor may unknown fields around the metrics (skipped one by one)
+    with pytest.raises(BadBody, match="fields outside the metrics"):
+        otlp.check(b"\x10\x00" * (MAX_ENTRIES["outer fields"] + 1), otlp.PROTOBUF)
     js = b'{"resourceMetrics": [' + b",".join([b"{}"] * (MAX_ENTRIES["resourceMetrics"] + 1)) + b"]}"
     with pytest.raises(BadBody, match="resourceMetrics entries"):
         otlp.check(js, otlp.JSON)

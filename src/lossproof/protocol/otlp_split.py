@@ -8,15 +8,17 @@ its turn comes; the memory held is the body plus the largest single metric.
 
 The result is what decoding the whole body gives, by the format's own rules:
 
-- protobuf: the splitting is done by upb (the C decoder), with "shallow" messages that are
-  wire-compatible with the real ones, so framing, merging of a ``resource`` or ``scope`` given more
-  than once, unknown fields and fields of an unexpected wire type follow protobuf exactly. Schema
-  URLs are not decoded (nothing reads them), so invalid UTF-8 in one is not noticed.
+- protobuf: the outer levels are walked over views of the body (no copy), by protobuf's wire
+  rules: a ``resource`` or ``scope`` given more than once is the merge of its occurrences (each
+  decoded on its own), unknown fields and fields of an unexpected wire type are skipped, and a
+  truncated or malformed field is an error. Schema URLs are not decoded (nothing reads them), so
+  invalid UTF-8 in one is not noticed.
 - JSON: both the JSON name and the proto field name of a field are accepted (not both at once),
   ``null`` is an absent field (but not a list element), unknown fields are ignored, and a key given
   twice in an object is refused, as protobuf's own JSON parser does.
 
-A request holds at most MAX_ENTRIES resourceMetrics, scopeMetrics and metrics in all.
+A request holds at most MAX_ENTRIES resourceMetrics, scopeMetrics and metrics in all (and, in
+protobuf, fields outside its metrics): each costs work in Python however small it is.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 import numpy as np
-from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message, message_factory
+from google.protobuf import json_format, message
 from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
@@ -59,90 +61,149 @@ def split(body: bytes, ctype: str) -> Iterator[ResourceMetrics]:
 # Entries a request may hold, in all: each costs a decode in Python however small it is, so a few
 # bytes of compressed body must not buy minutes of work. Real exporters send a few thousand metrics
 # a request (the Collector batches ~8k points).
-MAX_ENTRIES = {"resourceMetrics": 1 << 16, "scopeMetrics": 1 << 16, "metrics": 1 << 18}
+MAX_ENTRIES = {
+    "resourceMetrics": 1 << 16,
+    "scopeMetrics": 1 << 16,
+    "metrics": 1 << 18,
+    "outer fields": 1 << 20,
+}
 
 
 class _Counts(dict[str, int]):
     def add(self, kind: str, n: int) -> None:
         total = self[kind] = self.get(kind, 0) + n
         if total > MAX_ENTRIES[kind]:
-            raise BadBody(f"more than {MAX_ENTRIES[kind]} {kind} entries in one request")
+            what = "fields outside the metrics" if kind == "outer fields" else f"{kind} entries"
+            raise BadBody(f"more than {MAX_ENTRIES[kind]} {what} in one request")
 
 
 # -- protobuf -------------------------------------------------------------------------------------
-# The outer levels are split by upb too (no Python loop over bytes): "shallow" messages, wire-compatible
-# with the real ones, whose repeated message fields are declared ``bytes`` (each element is its
-# encoded message), while ``resource`` and ``scope`` stay messages, so their occurrences merge as
-# protobuf merges them.
+# The outer levels are walked over memoryviews of the body: no copy of it at any level (upb would copy
+# each level's bytes, ~the body again per level). The walk is a Python loop per field, so its work is
+# bounded by MAX_ENTRIES, not by the body's size.
+
+# field numbers (opentelemetry-proto metrics/v1)
+_RESOURCE_METRICS = 1  # ExportMetricsServiceRequest.resource_metrics
+_RESOURCE = 1  # ResourceMetrics.resource
+_SCOPE_METRICS = 2  # ResourceMetrics.scope_metrics
+_SCOPE = 1  # ScopeMetrics.scope
+_METRICS = 2  # ScopeMetrics.metrics
 
 
-def _shallow_classes() -> tuple[Any, Any, Any]:
-    fd = descriptor_pb2.FileDescriptorProto(
-        name="lossproof/otlp_shallow.proto",
-        package="lossproof.otlp_shallow",
-        syntax="proto3",
-        dependency=[Resource.DESCRIPTOR.file.name, InstrumentationScope.DESCRIPTOR.file.name],
-    )
-    f = descriptor_pb2.FieldDescriptorProto
-    shapes = {
-        "Request": [("resource_metrics", 1, f.TYPE_BYTES, "")],
-        "ResourceMetrics": [
-            ("resource", 1, f.TYPE_MESSAGE, "." + Resource.DESCRIPTOR.full_name),
-            ("scope_metrics", 2, f.TYPE_BYTES, ""),
-        ],
-        "ScopeMetrics": [
-            ("scope", 1, f.TYPE_MESSAGE, "." + InstrumentationScope.DESCRIPTOR.full_name),
-            ("metrics", 2, f.TYPE_BYTES, ""),
-        ],
-    }
-    for name, fields in shapes.items():
-        m = fd.message_type.add(name=name)
-        for field, number, kind, type_name in fields:
-            fp = m.field.add(name=field, number=number, type=kind)
-            if kind == f.TYPE_BYTES:
-                fp.label = f.LABEL_REPEATED
-            else:
-                fp.label, fp.type_name = f.LABEL_OPTIONAL, type_name
-    pool = descriptor_pool.Default()
-    pool.Add(fd)
-    get = message_factory.GetMessageClass
-    return tuple(get(pool.FindMessageTypeByName(f"lossproof.otlp_shallow.{n}")) for n in shapes)  # type: ignore[return-value]
+class _Malformed(Exception):
+    pass
 
 
-_Request, _ResourceMetrics, _ScopeMetrics = _shallow_classes()
+def _varint(buf: memoryview, i: int) -> tuple[int, int]:
+    n = shift = 0
+    while True:
+        if i >= len(buf) or shift > 63:
+            raise _Malformed("truncated or overlong varint")
+        b = buf[i]
+        i += 1
+        n |= (b & 0x7F) << shift
+        if b < 0x80:
+            return n, i
+        shift += 7
 
 
-def _pb(cls: Any, data: bytes, where: str) -> Any:
+def _skip(buf: memoryview, i: int, field: int, wt: int, depth: int) -> int:
+    if wt == 0:
+        return _varint(buf, i)[1]
+    if wt == 1:
+        i += 8
+    elif wt == 5:
+        i += 4
+    elif wt == 2:
+        n, i = _varint(buf, i)
+        i += n
+    elif wt == 3:  # a group: skipped to its end (protobuf's limit on nesting is 100)
+        if depth >= 100:
+            raise _Malformed("groups nested too deep")
+        while True:
+            key, i = _varint(buf, i)
+            if key & 7 == 4:
+                if key >> 3 != field:
+                    raise _Malformed("mismatched end of group")
+                return i
+            i = _skip(buf, i, key >> 3, key & 7, depth + 1)
+    else:
+        raise _Malformed(f"invalid wire type {wt}")
+    if i > len(buf):
+        raise _Malformed("truncated field")
+    return i
+
+
+def _fields(buf: memoryview, counts: _Counts, want: int) -> Iterator[memoryview]:
+    """The values of field ``want`` (length-delimited) of one message, as views. Other fields are
+    checked for framing and skipped, as protobuf skips unknown fields and fields of another wire type."""
+    i = 0
+    while i < len(buf):
+        counts.add("outer fields", 1)
+        key, i = _varint(buf, i)
+        field, wt = key >> 3, key & 7
+        if field == 0 or field >= 1 << 29:
+            raise _Malformed(f"invalid field number {field}")
+        if wt == 2:
+            n, i = _varint(buf, i)
+            if i + n > len(buf):
+                raise _Malformed("truncated field")
+            if field == want:
+                yield buf[i : i + n]
+            i += n
+        else:
+            i = _skip(buf, i, field, wt, 0)
+
+
+def _pb(cls: Any, pieces: list[memoryview], where: str) -> Any:
+    """A message given in ``pieces`` (a field that occurs more than once): each decoded, then merged,
+    as protobuf does."""
+    msg = cls()
     try:
-        return cls.FromString(data)
+        for piece in pieces:
+            msg.MergeFromString(piece)
     except message.DecodeError as e:
-        name = cls.DESCRIPTOR.name
-        raise BadBody(
-            f"body is not a valid ExportMetricsServiceRequest protobuf message: {where}: {name}: {e}"
-        ) from None
+        raise BadBody(f"{where}: not a valid {cls.DESCRIPTOR.name} protobuf message: {e}") from None
+    return msg
+
+
+def _guard(it: Iterator[Any], where: str) -> Iterator[Any]:
+    try:
+        yield from it
+    except _Malformed as e:
+        msg = f"body is not a valid ExportMetricsServiceRequest protobuf message: {where}{e}"
+        raise BadBody(msg) from None
 
 
 def _pb_request(body: bytes, counts: _Counts) -> Iterator[ResourceMetrics]:
-    entries = _pb(_Request, body, "request").resource_metrics
-    counts.add("resourceMetrics", len(entries))
-    for r, rm in enumerate(entries):
-        where = f"resourceMetrics[{r}]"
-        shallow = _pb(_ResourceMetrics, rm, where)
-        yield ResourceMetrics(shallow.resource, _pb_scopes(shallow.scope_metrics, where, counts))
+    def walk() -> Iterator[ResourceMetrics]:
+        for r, rm in enumerate(_fields(memoryview(body), counts, _RESOURCE_METRICS)):
+            counts.add("resourceMetrics", 1)
+            where = f"resourceMetrics[{r}]"
+            resource = _pb(Resource, list(_fields(rm, counts, _RESOURCE)), f"{where}.resource")
+            yield ResourceMetrics(resource, _pb_scopes(rm, where, counts))
+
+    return _guard(walk(), "")
 
 
-def _pb_scopes(entries: Any, rwhere: str, counts: _Counts) -> Iterator[Scope]:
-    counts.add("scopeMetrics", len(entries))
-    for s, sm in enumerate(entries):
-        where = f"{rwhere}.scopeMetrics[{s}]"
-        shallow = _pb(_ScopeMetrics, sm, where)
-        yield Scope(shallow.scope, _pb_metrics(shallow.metrics, where, counts))
+def _pb_scopes(rm: memoryview, rwhere: str, counts: _Counts) -> Iterator[Scope]:
+    def walk() -> Iterator[Scope]:
+        for s, sm in enumerate(_fields(rm, counts, _SCOPE_METRICS)):
+            counts.add("scopeMetrics", 1)
+            where = f"{rwhere}.scopeMetrics[{s}]"
+            scope = _pb(InstrumentationScope, list(_fields(sm, counts, _SCOPE)), f"{where}.scope")
+            yield Scope(scope, _pb_metrics(sm, where, counts))
+
+    return _guard(walk(), f"{rwhere}: ")
 
 
-def _pb_metrics(entries: Any, swhere: str, counts: _Counts) -> Iterator[Any]:
-    counts.add("metrics", len(entries))
-    for m, metric in enumerate(entries):
-        yield _pb(Metric, metric, f"{swhere}.metrics[{m}]")
+def _pb_metrics(sm: memoryview, swhere: str, counts: _Counts) -> Iterator[Any]:
+    def walk() -> Iterator[Any]:
+        for m, metric in enumerate(_fields(sm, counts, _METRICS)):
+            counts.add("metrics", 1)
+            yield _pb(Metric, [metric], f"{swhere}.metrics[{m}]")
+
+    return _guard(walk(), f"{swhere}: ")
 
 
 # -- JSON -----------------------------------------------------------------------------------------
