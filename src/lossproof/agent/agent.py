@@ -24,12 +24,13 @@ from prometheus_client import CollectorRegistry
 from lossproof.agent.collect.host import HostCollector
 from lossproof.agent.collect.statsd import Aggregator, StatsdListener
 from lossproof.agent.config import AgentConfig
-from lossproof.agent.metrics import AgentMetrics, MetricsServer, reason_kind
+from lossproof.agent.metrics import AgentMetrics, reason_kind
 from lossproof.agent.report import MAX_LABELS, Buffer, Point, make_point
 from lossproof.agent.reporter import Reporter
 from lossproof.agent.sender import Sender
 from lossproof.agent.spool import Spool, SpoolLimits
 from lossproof.obs.logging import get
+from lossproof.obs.status_http import StatusServer
 
 if TYPE_CHECKING:
     from lossproof.agent.relay import Relay
@@ -49,7 +50,7 @@ class Agent:
         self._reporter: Reporter | None = None
         self._statsd: StatsdListener | None = None
         self._host: HostCollector | None = None
-        self._http: MetricsServer | None = None
+        self._http: StatusServer | None = None
         self._relay: Relay | None = None
         self._started = False
 
@@ -129,7 +130,7 @@ class Agent:
 
                 self._relay = Relay(cfg, self.metrics)
             if cfg.metrics_port:
-                self._http = MetricsServer(cfg.metrics_port, self.metrics.registry, self.health)
+                self._http = StatusServer("127.0.0.1", cfg.metrics_port, self.metrics.registry, self.health)
             if cfg.collect_host:
                 self._host = HostCollector(
                     cfg.interval_seconds,

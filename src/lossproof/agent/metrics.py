@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -186,46 +182,3 @@ class _RelayCollector(Collector):
         yield GaugeMetricFamily(
             "lossproof_agent_relay_senders", "Local senders with a spool of their own.", value=len(all_stats)
         )
-
-
-class MetricsServer:
-    """``GET /metrics`` and ``GET /healthz`` in a background thread."""
-
-    def __init__(
-        self, port: int, registry: CollectorRegistry, health: Callable[[], tuple[bool, dict[str, Any]]]
-    ) -> None:
-        registry_ = registry
-        health_ = health
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    self._send(200, generate_latest(registry_), "text/plain; version=0.0.4; charset=utf-8")
-                elif path == "/healthz":
-                    ok, body = health_()
-                    self._send(200 if ok else 503, json.dumps(body).encode(), "application/json")
-                else:
-                    self._send(404, b'{"error": "not found: use /metrics or /healthz"}', "application/json")
-
-            def _send(self, status: int, body: bytes, ctype: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # one line per scrape is noise
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self._server.daemon_threads = True
-        self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, name="agent-metrics", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()

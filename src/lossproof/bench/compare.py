@@ -55,7 +55,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import tempfile
@@ -71,7 +70,7 @@ import click
 import urllib3
 
 from lossproof.bench.rwbodies import HEADERS, SeriesSet, body_path, write_pool
-from lossproof.bench.spawn import free_port
+from lossproof.bench.spawn import free_port, terminate
 from lossproof.cliutil import finite_float
 
 VM_BINARY = "/usr/bin/victoria-metrics"
@@ -207,12 +206,7 @@ def victoria_metrics(data_dir: Path, dedup: bool = False) -> Iterator[Target]:
             raise CompareFailed(f"victoria-metrics on {url} did not start: {tail.strip() or proc.returncode}")
         yield Target("vm", url, {}, data_dir, proc.pid)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
         log.close()
 
 

@@ -27,7 +27,6 @@ import json
 import os
 import random
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -43,7 +42,7 @@ from typing import Any
 import click
 import cramjam
 
-from lossproof.bench.spawn import free_port
+from lossproof.bench.spawn import free_port, terminate
 from lossproof.cliutil import finite_float
 from lossproof.config import new_key
 from lossproof.up import wait_ready
@@ -623,11 +622,7 @@ def run_fuzz(seconds: float, seed: int, echo: Callable[[str], None]) -> Outcome:
                 campaign(target, seconds, seed)
                 _settle(url, out)
             finally:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                terminate(proc)
         log = log_path.read_text(errors="replace")
         if "Traceback" in log:
             i = log.index("Traceback")

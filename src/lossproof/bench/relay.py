@@ -17,7 +17,6 @@ machine's cores with the agent and the pipeline).
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ import urllib3
 
 from lossproof.bench.rwbodies import HEADERS, SeriesSet
 from lossproof.bench.scrape import scrape, total
-from lossproof.bench.spawn import free_port, spawned_pipeline
+from lossproof.bench.spawn import free_port, spawned_pipeline, terminate
 from lossproof.cliutil import finite_float
 
 T0_MS = 1_767_225_600_000  # 2026-01-01: every body's samples get later timestamps from here
@@ -118,11 +117,7 @@ def run_relay_bench(
                 phases = (rate, seconds, max_seconds, clients, samples_per_request)
                 return _measure(proc, relay_port, metrics_port, *phases, progress)
             finally:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                terminate(proc)
 
 
 def _measure(

@@ -17,6 +17,16 @@ from lossproof.config import new_key
 from lossproof.up import wait_ready
 
 
+def terminate(proc: subprocess.Popen[bytes] | subprocess.Popen[str], timeout: float = 30) -> None:
+    """Stop a process the bench started: SIGTERM (a clean stop), SIGKILL if it takes too long."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -61,11 +71,7 @@ def spawned_pipeline(
             raise click.ClickException(f"the benchmark's own `lossproof up` on {url} {why}")
         yield url, key
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        terminate(proc)
 
 
 def check_pipeline(url: str, api_key: str | None) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import signal
 import subprocess
 import time
 import urllib.parse
@@ -22,7 +21,7 @@ from typing import Any
 import cramjam
 import urllib3
 
-from lossproof.bench.spawn import free_port, spawned_pipeline
+from lossproof.bench.spawn import free_port, spawned_pipeline, terminate
 from lossproof.protocol import promrw
 from lptest.promqlconf import data
 
@@ -118,12 +117,7 @@ def prometheus(work: Path, out_of_order_window: str = "") -> Iterator[Server]:
             time.sleep(0.1)
         yield Server("prometheus", url, {})
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
 
 
 @contextlib.contextmanager
