@@ -270,4 +270,9 @@ def migrate(conn: psycopg.Connection[Any], schema: str) -> tuple[int, int]:
                 (m.version, m.description),
             )
             current = m.version
+        if not before:
+            # A new store: version 3's per-point table has nothing to move. Dropped in this same
+            # transaction, so a second worker starting at the same moment never sees a store that
+            # looks half-upgraded (both tables present) and refuses to start.
+            conn.execute("DROP TABLE IF EXISTS points")
     return before or 0, current
