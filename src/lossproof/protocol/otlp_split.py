@@ -23,12 +23,12 @@ protobuf, fields outside its metrics): each costs work in Python however small i
 
 from __future__ import annotations
 
+import ctypes
 import re
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import msgspec
-import numpy as np
 from google.protobuf import json_format, message
 from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
@@ -218,8 +218,44 @@ _END = re.compile(_WS + rb"\}" + _WS)
 _EMPTY = re.compile(_WS + rb"\{" + _WS + rb"\}" + _WS)
 
 
+class _PyBuffer(ctypes.Structure):
+    # CPython's Py_buffer: only ``buf`` is read; the rest is there for the struct's size
+    _fields_ = [
+        ("buf", ctypes.c_void_p),
+        ("obj", ctypes.c_void_p),
+        ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t),
+        ("readonly", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p),
+        ("shape", ctypes.c_void_p),
+        ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p),
+        ("internal", ctypes.c_void_p),
+    ]
+
+
+_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
+_get_buffer.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
+_get_buffer.restype = ctypes.c_int
+_release_buffer = ctypes.pythonapi.PyBuffer_Release
+_release_buffer.argtypes = [ctypes.POINTER(_PyBuffer)]
+_release_buffer.restype = None
+
+
 def _address(buf: bytes | msgspec.Raw) -> int:
-    return int(np.frombuffer(buf, dtype=np.uint8).ctypes.data) if len(buf) else 0
+    """Where ``buf``'s bytes are in memory: a Raw is a view into its parent, so the difference of two
+    addresses is an offset. (Through the buffer protocol, not numpy: the agent's relay decodes OTLP
+    and does not load numpy.)"""
+    if not len(buf):
+        return 0
+    view = _PyBuffer()
+    if _get_buffer(buf, ctypes.byref(view), 0) != 0:  # PyBUF_SIMPLE: never fails for bytes or Raw
+        raise BadBody("body could not be read")
+    try:
+        return int(view.buf or 0)
+    finally:
+        _release_buffer(ctypes.byref(view))
 
 
 def _bad_json(where: str, e: Exception) -> BadBody:
