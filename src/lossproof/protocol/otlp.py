@@ -115,7 +115,7 @@ def status(http_status: int, msg: str, ctype: str) -> bytes:
     return bytes(st.SerializeToString())
 
 
-# -- the walk shared by check (out=None) and to_points --------------------------------------------
+# -- the walk shared by check (build=False) and iter_points ------------------------------------------
 
 _json = msgspec.json.Encoder()
 
