@@ -221,8 +221,12 @@ def request_body(
     points: list[dict[str, Any]],
     dropped: list[tuple[int, int, str]],
     incarnation: tuple[str, int] = ("", 1),
+    time_ms: int = 0,
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {"agent": agent, "reports": [{"seq": seq, "points": points}]}
+    report: dict[str, Any] = {"seq": seq, "points": points}
+    if time_ms:
+        report["time"] = time_ms  # where the report sits in time: the dashboard places holes by it
+    body: dict[str, Any] = {"agent": agent, "reports": [report]}
     inc, first_seq = incarnation
     if inc:
         body["incarnation"] = inc

@@ -179,6 +179,17 @@ def test_max_stored_seq_is_per_incarnation(store: Store) -> None:
     assert store.max_stored_seq("t2", "a1", "") == 0
 
 
+def test_report_times_around_runs_of_seqs(store: Store) -> None:
+    """Where in time a run of unstored seqs lies: the times of the stored reports around it."""
+    timed = [ReportWrite("t1", "a1", s, report(s).points, time_ms=T0 + s * 1000) for s in (1, 2, 6, 9)]
+    store.write_batch(batch(*timed, ReportWrite("t1", "a1", 12, report(12).points)))
+    got = store.report_times_around("t1", "a1", "", [(3, 5), (7, 8), (10, 11), (13, 20)])
+    assert got == [(T0 + 2000, T0 + 6000), (T0 + 6000, T0 + 9000), (T0 + 9000, 0), (0, 0)]
+    assert store.report_times_around("t1", "a1", "", []) == []
+    assert store.report_times_around("t1", "a1", "other", [(3, 5)]) == [(0, 0)]
+    assert store.report_times_around("t2", "a1", "", [(3, 5)]) == [(0, 0)]
+
+
 # --- incarnations --------------------------------------------------------------------------------
 
 

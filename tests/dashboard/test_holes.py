@@ -19,11 +19,12 @@ def times(missing_seqs: set[int], n: int = 100) -> list[int | None]:
 
 
 def test_gaps_and_threshold() -> None:
-    found, threshold = holes.gaps(times({5, 6, 7}), S, S, 100 * S)
+    found, threshold, jitter = holes.gaps(times({5, 6, 7}), S, S, 100 * S)
     assert found == [(4 * S, 8 * S, False)] and threshold == 1.6 * S
-    found, _ = holes.gaps(times({99, 100}), S, S, 100 * S)
+    assert jitter == threshold  # a regular sender: every gap above the threshold shows
+    found, _, _ = holes.gaps(times({99, 100}), S, S, 100 * S)
     assert found == [(98 * S, 100 * S, True)]
-    assert holes.gaps([None, None], 0, S, S) == ([], 0.0)
+    assert holes.gaps([None, None], 0, S, S) == ([], 0.0, 0.0)
 
 
 def test_pairs_gaps_with_seq_holes_newest_first() -> None:
@@ -32,8 +33,8 @@ def test_pairs_gaps_with_seq_holes_newest_first() -> None:
         missing=[(20, 25, 7)],
         lost=[(10, 12, "spool_full")],
     )
-    found, th = holes.gaps(times(set(range(10, 13)) | set(range(20, 26))), S, S, 100 * S)
-    got = holes.classify(found, summary(), ledger, NOW, reaches_now=True, threshold=th)
+    g = holes.gaps(times(set(range(10, 13)) | set(range(20, 26))), S, S, 100 * S)
+    got = holes.classify(g, summary(), ledger, NOW, reaches_now=True)
     assert [(h.kind, h.start_ms, h.end_ms) for h in got] == [
         ("lost", 9 * S, 13 * S),
         ("missing", 19 * S, 26 * S),
@@ -45,8 +46,8 @@ def test_mixed_run_is_split_by_seqs() -> None:
     ledger = Ledger(
         stored=[(1, 9), (20, 100)], missing=[(15, 19, 7)], lost=[(10, 14, "replay_window_expired")]
     )
-    found, th = holes.gaps(times(set(range(10, 20))), S, S, 100 * S)
-    got = holes.classify(found, summary(), ledger, NOW, reaches_now=True, threshold=th)
+    g = holes.gaps(times(set(range(10, 20))), S, S, 100 * S)
+    got = holes.classify(g, summary(), ledger, NOW, reaches_now=True)
     assert [(h.kind, h.start_ms, h.end_ms) for h in got] == [
         ("lost", 9 * S, 145_000),
         ("missing", 145_000, 20 * S),
@@ -56,21 +57,21 @@ def test_mixed_run_is_split_by_seqs() -> None:
 def test_delayed_tail_and_silent_agent() -> None:
     spool = SpoolState("t", "a", 10, 1000, 91 * S, 91, 100, NOW)
     ledger = Ledger(stored=[(1, 90)], missing=[], lost=[], delayed=[(91, 100, 91 * S)], spool=spool)
-    found, th = holes.gaps(times(set(range(91, 101))), S, S, 100 * S)
-    [h] = holes.classify(found, summary(), ledger, NOW, reaches_now=True, threshold=th)
+    g = holes.gaps(times(set(range(91, 101))), S, S, 100 * S)
+    [h] = holes.classify(g, summary(), ledger, NOW, reaches_now=True)
     assert (h.kind, h.start_ms, h.end_ms) == ("delayed", 91 * S, 100 * S) and "spool" in h.text
     # nothing pending, not heard from for long: silent
     quiet = Ledger(stored=[(1, 90)], missing=[], lost=[])
-    [h] = holes.classify(found, summary(seen=NOW - 3_600_000), quiet, NOW, reaches_now=True, threshold=th)
+    [h] = holes.classify(g, summary(seen=NOW - 3_600_000), quiet, NOW, reaches_now=True)
     assert h.kind == "silent"
 
 
 def test_no_agent_and_no_missing_report() -> None:
-    found, th = holes.gaps(times({50, 51, 52}), S, S, 100 * S)
-    [h] = holes.classify(found, None, None, NOW, reaches_now=True, threshold=th)
+    g = holes.gaps(times({50, 51, 52}), S, S, 100 * S)
+    [h] = holes.classify(g, None, None, NOW, reaches_now=True)
     assert h.kind == "nodata"
     complete = Ledger(stored=[(1, 97)], missing=[], lost=[])
-    [h] = holes.classify(found, summary(), complete, NOW, reaches_now=True, threshold=th)
+    [h] = holes.classify(g, summary(), complete, NOW, reaches_now=True)
     assert h.kind == "nodata" and "no report" in h.text
 
 
@@ -82,7 +83,94 @@ def test_agent_of() -> None:
 
 def test_a_one_shot_sender_after_its_last_point_is_no_data_not_silent() -> None:
     quiet = Ledger(stored=[(1, 90)], missing=[], lost=[])
-    found, th = holes.gaps(times(set(range(91, 101))), S, S, 100 * S)
+    g = holes.gaps(times(set(range(91, 101))), S, S, 100 * S)
     once = AgentSummary("a", 90, 90, 0, 0, NOW - 3_600_000)  # no spool state ever: last_seen_ms 0
-    [h] = holes.classify(found, once, quiet, NOW, reaches_now=True, threshold=th)
+    [h] = holes.classify(g, once, quiet, NOW, reaches_now=True)
     assert h.kind == "nodata" and "one-shot" in h.text
+
+
+def jittery(n: int, seed: int = 7) -> list[int]:
+    """Report times of a sender every 1-3 s (uneven), in ms."""
+    import random
+
+    rnd = random.Random(seed)
+    out, t = [], 1_000_000
+    for _ in range(n):
+        t += rnd.choice((1000, 1000, 1000, 2000, 3000))
+        out.append(t)
+    return out
+
+
+def on_grid(points: list[int], start: int, step: int, n: int) -> list[int | None]:
+    """The chart's per-step last sample time (what select_last gives), from point times."""
+    grid: list[int | None] = [None] * n
+    for t in points:
+        i = -(-(t - start) // step)  # the first step at or after t
+        if 0 <= i < n:
+            grid[i] = t
+    return grid
+
+
+def test_holes_are_placed_by_report_times_and_jitter_is_no_hole() -> None:
+    # An irregular sender: report s made at made[s-1], one point each at that time. Reports 40-60
+    # were lost during a real outage: made[38] (report 39) to made[60] (report 61) has no data.
+    made = jittery(120)
+    stored = [t for s, t in enumerate(made, 1) if not 40 <= s <= 60]
+    start, step = made[0], 1000
+    now = made[-1] + 3000  # the newest stretch, 3 s, is within this sender's jitter
+    n = (now - start) // step + 1
+    ledger = Ledger(stored=[(1, 39), (61, 120)], missing=[], lost=[(40, 60, "spool_full")])
+    agent = AgentSummary("a", 120, 99, 0, 21, now, 0, now)
+    g = holes.gaps(on_grid(stored, start, step, n), start, step, now)
+    # the sender's own spacing (1-3 s) makes gaps above 1.6 x the median, but none is a hole
+    assert any(b - a <= g.jitter for a, b, _ in g.found)
+    placed = [(made[38], made[60])]
+    got = holes.classify(g, agent, ledger, now, True, placed)
+    assert [(h.kind, h.start_ms, h.end_ms) for h in got] == [("lost", made[38], made[60])]
+    assert "spool_full" in got[0].text
+    # without the times (reports stored before they were kept), the old order matching still finds
+    # the outage, as the only gap that is more than jitter
+    [h] = holes.classify(g, agent, ledger, now, True)
+    assert (h.kind, h.start_ms, h.end_ms) == ("lost", made[38], made[60])
+
+
+def test_a_chart_of_the_past_places_each_run_exactly() -> None:
+    ledger = Ledger(
+        stored=[(1, 9), (13, 19), (26, 100)], missing=[(20, 25, 7)], lost=[(10, 12, "spool_full")]
+    )
+    g = holes.gaps(times(set(range(10, 13)) | set(range(20, 26)), n=60), S, S, 60 * S)
+    runs = holes.seq_holes(ledger)  # newest first
+    placed = [(19 * S, 26 * S), (9 * S, 13 * S)]
+    assert [holes.run_span(r) for r in runs] == [(20, 25), (10, 12)]
+    got = holes.classify(g, summary(), ledger, NOW, reaches_now=False, placed=placed)
+    assert [(h.kind, h.start_ms, h.end_ms) for h in got] == [
+        ("lost", 9 * S, 13 * S),
+        ("missing", 19 * S, 26 * S),
+    ]
+
+
+def test_a_gap_wider_than_its_runs_reports_is_no_data_outside_them() -> None:
+    # the series stopped at report 5 and came back at 40; only reports 20-22 are missing: the agent
+    # made the others without this series
+    ledger = Ledger(stored=[(1, 19), (23, 100)], missing=[(20, 22, 7)], lost=[])
+    g = holes.gaps(times(set(range(6, 40))), S, S, 100 * S)
+    got = holes.classify(g, summary(), ledger, NOW, True, [(19 * S, 23 * S)])
+    assert [(h.kind, h.start_ms, h.end_ms) for h in got] == [
+        ("nodata", 5 * S, 19 * S),
+        ("missing", 19 * S, 23 * S),
+        ("nodata", 23 * S, 40 * S),
+    ]
+
+
+def test_two_runs_in_one_gap_share_it_halfway_between_them() -> None:
+    # reports 10-12 lost and 15-17 missing; 13-14 were stored but without this series
+    ledger = Ledger(
+        stored=[(1, 9), (13, 14), (18, 100)], missing=[(15, 17, 7)], lost=[(10, 12, "spool_full")]
+    )
+    g = holes.gaps(times(set(range(10, 18))), S, S, 100 * S)
+    placed = [(14 * S, 18 * S), (9 * S, 13 * S)]  # newest run first
+    got = holes.classify(g, summary(), ledger, NOW, True, placed)
+    assert [(h.kind, h.start_ms, h.end_ms) for h in got] == [
+        ("lost", 9 * S, 135_000),
+        ("missing", 135_000, 18 * S),
+    ]

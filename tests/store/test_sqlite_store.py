@@ -129,7 +129,7 @@ def test_version_2_points_move_into_chunks_on_open(tmp_path: Path) -> None:
     want = make_v2(tmp_path / "s.db", series=5, points=3000)  # 3 s of points per 1.02 s bucket
     s = SqliteStore(tmp_path / "s.db")
     try:
-        assert s._meta("schema_version") == "3" and s._meta("bucket_shift") is None
+        assert s._meta("schema_version") == "4" and s._meta("bucket_shift") is None
         assert not s._con.execute("SELECT 1 FROM sqlite_schema WHERE name = 'points'").fetchone()
         got = {int(x.labels["s"]): x.points for x in s.query("t1", "cpu", *ALL, {})}
         assert got.keys() == want.keys()
@@ -352,12 +352,39 @@ def test_version_1_file_is_upgraded_keeping_its_ledgers(tmp_path: Path, first_op
         store.close()
     writer = SqliteStore(path)
     try:
-        assert writer._meta("schema_version") == str(SCHEMA_VERSION) == "3"
+        assert writer._meta("schema_version") == str(SCHEMA_VERSION) == "4"
         point = Point("cpu", {}, 1_700_000_000_000, 1.0)
         r = writer.write_batch(WriteBatch(reports=[ReportWrite("t1", "a1", 4, [point])], now_ms=1000))
         assert r.reports_stored == 1
     finally:
         writer.close()
+
+
+def test_version_3_reports_gain_their_time_on_open(tmp_path: Path) -> None:
+    """#18: schema 4 keeps each report's time; reports stored before keep 0 (unknown)."""
+    path = tmp_path / "store.db"
+    s = SqliteStore(path)
+    point = Point("cpu", {}, 1_700_000_000_000, 1.0)
+    s.write_batch(WriteBatch(reports=[ReportWrite("t1", "a1", 1, [point])], now_ms=1000))
+    s.close()
+    con = sqlite3.connect(path)
+    con.executescript(
+        "ALTER TABLE reports DROP COLUMN time_ms; UPDATE meta SET value = '3' WHERE key = 'schema_version';"
+    )
+    con.close()
+    reader = SqliteStore(path, readonly=True)  # the query process, before the worker upgraded it
+    try:
+        assert reader.report_times_around("t1", "a1", "", [(2, 2)]) == [(0, 0)]
+    finally:
+        reader.close()
+    s = SqliteStore(path)
+    try:
+        assert s._meta("schema_version") == "4"
+        later = ReportWrite("t1", "a1", 3, [point], time_ms=1_700_000_000_500)
+        s.write_batch(WriteBatch(reports=[later], now_ms=2000))
+        assert s.report_times_around("t1", "a1", "", [(2, 2)]) == [(0, 1_700_000_000_500)]
+    finally:
+        s.close()
 
 
 def test_batches_land_in_parts_then_chunks_then_one_packed_chunk_per_window(tmp_path: Path) -> None:

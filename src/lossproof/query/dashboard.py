@@ -51,6 +51,7 @@ _STATIC_FILES = frozenset(p.name for p in STATIC.iterdir() if p.is_file() and no
 SILENT_AFTER_S = 300  # an agent not heard from for this long counts as silent
 MAX_CHART_SERIES = 200
 MAX_WIDTH = 4000
+MAX_PLACED_RUNS = 200  # the newest runs of missing / lost seqs placed in time per chart (see holes.py)
 SAMPLE_EVERY_S = 5.0
 LEDGER_EVERY_S = 15.0
 HISTORY = 180  # samples kept: 15 minutes at 5 s
@@ -440,22 +441,22 @@ class Dashboard:
             truncated = len(found) > MAX_CHART_SERIES
             found = found[:MAX_CHART_SERIES]
             agents = {a.agent: a for a in s.agents(tenant)}
-            ledgers: dict[str, Ledger | None] = {}
+            ledgers: dict[str, tuple[Ledger | None, list[tuple[int, int]]]] = {}
             out = []
             for st in found:
                 agent = holes.agent_of(st.labels, set(agents))
                 if agent is not None and agent not in ledgers:
-                    ledgers[agent] = s.ledger(tenant, agent)
+                    ledgers[agent] = _ledger_placed(s, tenant, agent)
                 times = [None if x is None else x[0] for x in st.samples]
-                gaps, threshold = holes.gaps(times, start, step, min(to_ms, now))
                 summary: AgentSummary | None = agents.get(agent) if agent else None
+                ledger, placed = ledgers[agent] if agent else (None, [])
                 found_holes = holes.classify(
-                    gaps,
+                    holes.gaps(times, start, step, min(to_ms, now)),
                     summary,
-                    ledgers.get(agent) if agent else None,
+                    ledger,
                     now,
                     to_ms >= now - 2 * step,
-                    threshold,
+                    placed,
                 )
                 out.append(
                     {
@@ -748,6 +749,16 @@ def unconfirmed(registry: Collector, tenant: str, since_ms: int) -> dict[str, An
 
 
 # --- small helpers -----------------------------------------------------------------------------------
+
+
+def _ledger_placed(store: Store, tenant: str, agent: str) -> tuple[Ledger | None, list[tuple[int, int]]]:
+    """The agent's ledger and, for its newest runs of missing / lost seqs, the times of the stored
+    reports around each (where the chart's holes go)."""
+    ledger = store.ledger(tenant, agent)
+    if ledger is None:
+        return None, []
+    runs = [holes.run_span(r) for r in holes.seq_holes(ledger)[:MAX_PLACED_RUNS]]
+    return ledger, store.report_times_around(tenant, agent, ledger.incarnation, runs)
 
 
 def _gap_json(g: LogGap) -> dict[str, Any]:

@@ -1,35 +1,41 @@
 """Holes on charts: where a series has no data, and why (from its agent's ledger).
 
-The ledger knows exactly which of an agent's *reports* (seqs) are stored, delayed, missing or lost,
-but not the time each report covered. A chart knows where in *time* a series has no points. This
-module joins the two, at the chart's resolution (one step = one pixel):
+The ledger knows exactly which of an agent's *reports* (seqs) are stored, delayed, missing or lost;
+each stored report also keeps the time the agent made it. A chart knows where in *time* a series has
+no points. This module joins the two, at the chart's resolution (one step = one pixel):
 
 1. A gap is a stretch of steps without a point between two points (or after the last one, up to now),
-   longer than 1.6 times the series' usual spacing.
+   longer than 1.6 times the series' usual spacing (the median). A gap that the ledger does not
+   explain is only shown when it is also longer than the sender's own irregularity (1.25 times the
+   90th percentile of its spacing, given 20 spacings or more): jitter is not a hole.
 2. The series belongs to an agent when one of its labels ``agent``, ``host`` or ``instance`` (in that
    order; the agent's default labels carry ``host``) equals an agent's id.
 3. The part of a gap after the oldest report still in the agent's spool is **delayed** (exact: the
    agent said so). A gap at the end of the chart with nothing pending is **pending** when the agent was
    heard from lately (the data may be in the log, behind the worker) and **silent** otherwise.
-4. The other gaps are matched with the agent's non-stored seq runs (missing / lost, with the reason)
-   newest first: the n-th gap from the right with the n-th hole in the seq space from the top. Seqs are
-   handed out in time order, so this is right whenever the series has a point in every report; a
-   run mixing kinds is split in proportion to its seqs. It is only done when the chart reaches the
-   present (otherwise the holes after the chart are unknown): in a chart of the past, a gap is labelled
-   with the kind when the agent's holes all share it, else **unknown** with the ledger's holes listed.
-   Gaps beyond the ledger's holes are **nodata**: no report is missing, the agent made none then.
+4. Each run of non-stored seqs (missing / lost, with the reason) lies in time between the stored
+   reports around it: a gap that overlaps that stretch is that run's (split between runs halfway, and
+   within a run in proportion to its seqs of each kind). Whatever of a gap lies clearly outside every
+   run's stretch is **nodata**: no report is missing there, the agent made none then.
+5. Runs whose neighbours have no time (reports stored before times were kept, or sent without one)
+   are matched by order instead: the n-th unexplained gap from the right with the n-th run from the
+   top, only when the chart reaches the present; in a chart of the past such a gap is labelled with
+   the kind when those runs all share it, else **unknown** with the ledger's holes listed.
 """
 
 from __future__ import annotations
 
 import itertools
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from lossproof.store.base import AgentSummary, Ledger
 
 AGENT_LABELS = ("agent", "host", "instance")
 RECENT_MS = 120_000  # an agent heard from within this long is "live"
+JITTER_MIN_DELTAS = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +57,10 @@ class Piece:
     note: str  # the reason (lost) or the time first seen (missing)
 
 
+# a run of seqs with the times of the stored reports around it (0: unknown)
+Placed = tuple[int, int, list[Piece]]
+
+
 def agent_of(labels: dict[str, str], agents: set[str]) -> str | None:
     for name in AGENT_LABELS:
         v = labels.get(name)
@@ -59,17 +69,25 @@ def agent_of(labels: dict[str, str], agents: set[str]) -> str | None:
     return None
 
 
-def gaps(
-    times: list[int | None], grid_start: int, step: int, until_ms: int
-) -> tuple[list[tuple[int, int, bool]], float]:
-    """``(from, to, trailing)`` stretches without data, from per-step sample times (None: no point),
-    and the spacing above which a stretch counts as a gap."""
+class Gaps(NamedTuple):
+    found: list[tuple[int, int, bool]]  # (from, to, trailing): stretches without data
+    threshold: float  # the spacing above which a stretch is a gap when the ledger explains it
+    jitter: float  # above which it is shown when nothing explains it: the sender's own irregularity
+
+
+def gaps(times: list[int | None], grid_start: int, step: int, until_ms: int) -> Gaps:
+    """The stretches without data, from per-step sample times (None: no point)."""
     present = [t for t in times if t is not None]
     if not present:
-        return [], 0.0
+        return Gaps([], 0.0, 0.0)
     deltas = [b - a for a, b in itertools.pairwise(present) if b > a]
     usual = max(statistics.median(deltas) if deltas else step, step)
     threshold = 1.6 * usual
+    # An irregular sender's spacing varies: a stretch within its common spacing is not a hole. The
+    # 90th percentile, as outages are rare and jitter is common; with few points it tells nothing.
+    jitter = threshold
+    if len(deltas) >= JITTER_MIN_DELTAS:
+        jitter = max(threshold, 1.25 * statistics.quantiles(deltas, n=10)[-1])
     out: list[tuple[int, int, bool]] = []
     for a, b in itertools.pairwise(present):
         if b - a > threshold:
@@ -77,7 +95,7 @@ def gaps(
     end = min(until_ms, grid_start + (len(times) - 1) * step)
     if end - present[-1] > threshold:
         out.append((present[-1], end, True))
-    return out, threshold
+    return Gaps(out, threshold, jitter)
 
 
 def seq_holes(ledger: Ledger) -> list[list[Piece]]:
@@ -98,23 +116,33 @@ def seq_holes(ledger: Ledger) -> list[list[Piece]]:
     return runs[::-1]
 
 
+def run_span(run: list[Piece]) -> tuple[int, int]:
+    return run[0].first, run[-1].last
+
+
 def classify(
-    found: list[tuple[int, int, bool]],
+    found: Gaps,
     agent: AgentSummary | None,
     ledger: Ledger | None,
     now_ms: int,
     reaches_now: bool,
-    threshold: float = 0.0,
+    placed: Sequence[tuple[int, int]] = (),
 ) -> list[Hole]:
-    """Why each gap is there (see the module doc); ``threshold`` is the spacing that makes a gap."""
+    """Why each gap is there (see the module doc). ``placed[i]`` is, for the i-th run of
+    :func:`seq_holes`, the times of the stored reports around it (0: unknown), from
+    ``Store.report_times_around``."""
     if agent is None or ledger is None:
-        return [Hole(a, b, "nodata", "no data (the series belongs to no known agent)") for a, b, _ in found]
+        return [
+            Hole(a, b, "nodata", "no data (the series belongs to no known agent)")
+            for a, b, _ in found.found
+            if b - a > found.jitter
+        ]
     out: list[Hole] = []
     rest: list[tuple[int, int]] = []
     spool = ledger.spool
     delayed_n = sum(b - a + 1 for a, b, _ in ledger.delayed)
     pending_from = spool.oldest_pending_ms if (spool is not None and delayed_n) else None
-    for a, b, trailing in found:
+    for a, b, trailing in found.found:
         if pending_from is not None and b > pending_from:
             cut = max(a, pending_from)
             out.append(
@@ -126,10 +154,12 @@ def classify(
                     f"the oldest made {_iso(pending_from)} ({_ago(now_ms - pending_from)} ago)",
                 )
             )
-            if cut - a > threshold:  # a gap before the pending reports too
+            if cut - a > found.threshold:  # a gap before the pending reports too
                 rest.append((a, cut))
             continue
         if trailing:
+            if b - a <= found.jitter:
+                continue
             seen = agent.heard_ms
             if now_ms - seen <= RECENT_MS:
                 text = f"not stored yet: {agent.agent} was heard from {_iso(seen)}"
@@ -143,25 +173,72 @@ def classify(
             continue
         rest.append((a, b))
     runs = seq_holes(ledger)
-    rest.sort(reverse=True)
-    if reaches_now:
-        for i, (a, b) in enumerate(rest):
-            if i < len(runs):
-                out += _split(a, b, runs[i], agent.agent)
-            else:
-                out.append(Hole(a, b, "nodata", f"no data, and no report of {agent.agent} is missing"))
-    else:
-        kinds = {(p.kind, p.note if p.kind == "lost" else "") for run in runs for p in run}
-        for a, b in rest:
-            if not runs:
-                out.append(Hole(a, b, "nodata", f"no data, and no report of {agent.agent} is missing"))
-            elif len(kinds) == 1:
-                kind, note = next(iter(kinds))
-                out.append(Hole(a, b, kind, _describe(kind, note, agent.agent, None)))
-            else:
-                listed = "; ".join(_piece_text(p) for run in runs[:5] for p in run)
-                out.append(Hole(a, b, "unknown", f"missing or lost; {agent.agent}'s ledger: {listed}"))
+    timed: list[Placed] = [(lo, hi, run) for run, (lo, hi) in zip(runs, placed, strict=False) if lo or hi]
+    untimed = [run for i, run in enumerate(runs) if i >= len(placed) or not any(placed[i])]
+    unexplained: list[tuple[int, int]] = []
+    for a, b in rest:
+        over = sorted((lo, hi, run) for lo, hi, run in timed if (not lo or lo < b) and (not hi or hi > a))
+        if over:
+            out += _placed(a, b, over, agent.agent, found.jitter)
+        elif b - a > found.jitter:
+            unexplained.append((a, b))
+    out += _unplaced(unexplained, untimed, agent.agent, reaches_now)
     out.sort(key=lambda h: h.start_ms)
+    return out
+
+
+def _placed(a: int, b: int, over: list[Placed], agent: str, jitter: float) -> list[Hole]:
+    """A gap the reports of one or more runs fall in (time order): each run gets the part of the gap
+    up to halfway between its last report and the next run's first. What lies clearly outside the
+    runs' reports (before the first, after the last) is no data: the series had none then."""
+    out: list[Hole] = []
+    lo, hi = over[0][0], over[-1][1]
+    if lo and lo - a > jitter:
+        out.append(Hole(a, lo, "nodata", f"no data, and no report of {agent} is missing then"))
+        a = lo
+    tail = None
+    if hi and b - hi > jitter:
+        tail = Hole(hi, b, "nodata", f"no data, and no report of {agent} is missing then")
+        b = hi
+    start = a
+    for i, (_, run_hi, run) in enumerate(over):
+        if i + 1 < len(over):
+            nxt = over[i + 1][0]
+            end = min(b, max(start, ((run_hi or nxt) + nxt) // 2))
+        else:
+            end = b
+        if end > start:
+            out += _split(start, end, run, agent)
+        start = end
+    if tail is not None:
+        out.append(tail)
+    return out
+
+
+def _unplaced(
+    gaps_left: list[tuple[int, int]], runs: list[list[Piece]], agent: str, reaches_now: bool
+) -> list[Hole]:
+    """Gaps no placed run explains, and runs whose reports have no time (stored before report times
+    were kept, or sent without one): matched by order, newest first, where the chart reaches now."""
+    out: list[Hole] = []
+    gaps_left = sorted(gaps_left, reverse=True)
+    if reaches_now:
+        for i, (a, b) in enumerate(gaps_left):
+            if i < len(runs):
+                out += _split(a, b, runs[i], agent)
+            else:
+                out.append(Hole(a, b, "nodata", f"no data, and no report of {agent} is missing then"))
+        return out
+    kinds = {(p.kind, p.note if p.kind == "lost" else "") for run in runs for p in run}
+    for a, b in gaps_left:
+        if not runs:
+            out.append(Hole(a, b, "nodata", f"no data, and no report of {agent} is missing then"))
+        elif len(kinds) == 1:
+            kind, note = next(iter(kinds))
+            out.append(Hole(a, b, kind, _describe(kind, note, agent, None)))
+        else:
+            listed = "; ".join(_piece_text(p) for run in runs[:5] for p in run)
+            out.append(Hole(a, b, "unknown", f"missing or lost; {agent}'s ledger: {listed}"))
     return out
 
 

@@ -93,6 +93,7 @@ class ReportWrite:
     seq: int
     points: Sequence[PointLike]
     incarnation: str = ""
+    time_ms: int = 0  # when the agent made the report (0: not given); places the ledger's holes in time
 
 
 # The stores cache series ids by (tenant, metric, *label items): one dict lookup per point. The key
@@ -479,6 +480,14 @@ class Store(abc.ABC):
     def max_stored_seq(self, tenant: str, agent: str, incarnation: str) -> int:
         """The highest seq stored with a digest for this incarnation, 0 if none: a request whose seqs
         are all above it cannot conflict with a stored report (one index seek)."""
+
+    @abc.abstractmethod
+    def report_times_around(
+        self, tenant: str, agent: str, incarnation: str, runs: Sequence[SeqRange]
+    ) -> list[tuple[int, int]]:
+        """For each run of seqs, the times (``ReportWrite.time_ms``) of the nearest stored report
+        before it and after it, 0 where there is none or it has no time: where in time the run's
+        reports were made, for placing the ledger's holes on a chart. Two index seeks per run."""
 
     @abc.abstractmethod
     def conflicts(self, tenant: str, agent: str | None = None) -> list[Conflict]:

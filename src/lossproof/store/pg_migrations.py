@@ -191,11 +191,18 @@ CREATE TABLE compact_log (
 DELETE FROM meta WHERE key = 'partition_ms';
 """
 
+# Each stored report's time, so the ledger's holes can be placed in time (0: unknown, as for the
+# reports stored before). PostgreSQL 11 on: adding a column with a constant default rewrites nothing.
+V5 = """
+ALTER TABLE reports ADD COLUMN time_ms bigint NOT NULL DEFAULT 0;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", V1),
     Migration(2, "metric metadata", V2),
     Migration(3, "agent incarnations, report digests, conflicts", V3),
     Migration(4, "columnar chunks", V4),
+    Migration(5, "report times", V5),
 )
 LATEST = MIGRATIONS[-1].version
 

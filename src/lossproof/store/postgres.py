@@ -704,7 +704,7 @@ class PostgresStore(Store):
         resolve = partial(self._resolve, {}, unresolved)
         stored_count = duplicates = conflicts = 0
         ledgers: dict[_AgentKey, tuple[Ledger, SpoolState | None, int, int, int]] = {}
-        digest_rows: list[tuple[str, str, str, int, bytes]] = []
+        digest_rows: list[tuple[str, str, str, int, bytes, int]] = []
         conflict_rows: list[tuple[Any, ...]] = []
         reset: set[tuple[str, str]] = set()
         for key in keys:
@@ -729,7 +729,7 @@ class PostgresStore(Store):
             conflicts += len(got.conflicts)
             for r, _ in got.new.values():
                 cols.add(tenant, r.points, self._series, resolve)
-            digest_rows += [(tenant, agent, inc, seq, d) for seq, (_, d) in got.new.items()]
+            digest_rows += [(tenant, agent, inc, seq, d, r.time_ms) for seq, (r, d) in got.new.items()]
             conflict_rows += [
                 (tenant, agent, inc, r.seq, d, encode_points(r.points), len(r.points), now)
                 for r, d in got.conflicts
@@ -760,7 +760,7 @@ class PostgresStore(Store):
         if digest_rows:
             digest_rows.sort(key=lambda r: r[:4])
             cur.executemany(
-                "INSERT INTO reports VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", digest_rows
+                "INSERT INTO reports VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", digest_rows
             )
 
         gone: list[tuple[str, str, str, str, int]] = []
@@ -1330,6 +1330,24 @@ class PostgresStore(Store):
             ([a for a, _ in seqs], [b for _, b in seqs], tenant, agent, incarnation),
         )
         return {int(seq): bytes(d) for seq, d in rows}
+
+    def report_times_around(
+        self, tenant: str, agent: str, incarnation: str, runs: Sequence[SeqRange]
+    ) -> list[tuple[int, int]]:
+        if not runs:
+            return []
+        # one statement: two index seeks per run, in a lateral join over the runs
+        pick = "SELECT time_ms FROM reports WHERE tenant = %s AND agent = %s AND incarnation = %s"
+        key = (tenant, agent, incarnation)
+        rows = self._fetch(
+            "SELECT coalesce(b.time_ms, 0), coalesce(a.time_ms, 0)"
+            " FROM unnest(%s::bigint[], %s::bigint[]) WITH ORDINALITY AS r(first, last, i)"
+            f" LEFT JOIN LATERAL ({pick} AND seq < r.first ORDER BY seq DESC LIMIT 1) b ON true"
+            f" LEFT JOIN LATERAL ({pick} AND seq > r.last ORDER BY seq LIMIT 1) a ON true"
+            " ORDER BY r.i",
+            ([a for a, _ in runs], [b for _, b in runs], *key, *key),
+        )
+        return [(int(b), int(a)) for b, a in rows]
 
     def max_stored_seq(self, tenant: str, agent: str, incarnation: str) -> int:
         rows = self._fetch(

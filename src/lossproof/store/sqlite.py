@@ -84,7 +84,7 @@ from lossproof.store.columns import Columns, drop_stored
 
 log = get(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 APPLICATION_ID = 0x4C505346  # "LPSF": marks the file as a lossproof store
 
 # Metric metadata, one row per (tenant, metric); the last write wins. Also created in a store written
@@ -145,7 +145,7 @@ CREATE TABLE ledger (
     PRIMARY KEY (tenant, agent, incarnation, kind, first)
 ) STRICT, WITHOUT ROWID
 """
-# One row per stored report: its content digest, which tells a resend from a reused seq.
+# One row per stored report: its content digest, which tells a resend from a reused seq, and its time.
 REPORTS_TABLE = """
 CREATE TABLE reports (
     tenant      TEXT NOT NULL,
@@ -153,6 +153,7 @@ CREATE TABLE reports (
     incarnation TEXT NOT NULL,
     seq         INTEGER NOT NULL,
     digest      BLOB NOT NULL,
+    time_ms     INTEGER NOT NULL DEFAULT 0,  -- when the agent made it (0: unknown), see report_times_around
     PRIMARY KEY (tenant, agent, incarnation, seq)
 ) STRICT, WITHOUT ROWID
 """
@@ -389,6 +390,22 @@ class SqliteStore(Store):
             raise
         if version is not None and version < 3:
             self._upgrade_v2()
+        if version is not None and version < 4:
+            self._upgrade_v3()
+
+    def _upgrade_v3(self) -> None:
+        """Version 3 -> 4: reports gain their time (older ones keep 0, unknown)."""
+        con = self._con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            columns = {r[1] for r in con.execute("PRAGMA table_info(reports)")}
+            if "time_ms" not in columns:  # a version 1 store got it when its tables were rebuilt
+                con.execute("ALTER TABLE reports ADD COLUMN time_ms INTEGER NOT NULL DEFAULT 0")
+            con.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+            con.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
 
     def _upgrade_v2(self) -> None:
         """Version 2 -> 3: the per-point table becomes chunks, about ``_MIGRATE_POINTS`` points (whole
@@ -566,8 +583,8 @@ class SqliteStore(Store):
                 cols.add(tenant, r.points, self._series, resolve)
             if got.new:
                 con.executemany(
-                    "INSERT INTO reports VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    [(tenant, agent, inc, seq, d) for seq, (_, d) in got.new.items()],
+                    "INSERT INTO reports VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    [(tenant, agent, inc, seq, d, r.time_ms) for seq, (r, d) in got.new.items()],
                 )
             conflict_count = int(summary[9]) if summary else 0
             if got.conflicts:
@@ -1003,6 +1020,25 @@ class SqliteStore(Store):
                 return self._stored_digests((tenant, agent, incarnation), seqs)
             finally:
                 self._con.execute("COMMIT")
+
+    def report_times_around(
+        self, tenant: str, agent: str, incarnation: str, runs: Sequence[SeqRange]
+    ) -> list[tuple[int, int]]:
+        key = (tenant, agent, incarnation)
+        pick = "SELECT time_ms FROM reports WHERE tenant = ? AND agent = ? AND incarnation = ?"
+        out: list[tuple[int, int]] = []
+        with self._lock:
+            if self._older_than_current():  # a reader ahead of the writer's upgrade: no times yet
+                return [(0, 0)] * len(runs)
+            self._con.execute("BEGIN")
+            try:
+                for first, last in runs:
+                    before = self._read(f"{pick} AND seq < ? ORDER BY seq DESC LIMIT 1", (*key, first))
+                    after = self._read(f"{pick} AND seq > ? ORDER BY seq LIMIT 1", (*key, last))
+                    out.append((before[0][0] if before else 0, after[0][0] if after else 0))
+            finally:
+                self._con.execute("COMMIT")
+        return out
 
     def max_stored_seq(self, tenant: str, agent: str, incarnation: str) -> int:
         with self._lock:

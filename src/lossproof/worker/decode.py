@@ -36,6 +36,7 @@ class _Point(msgspec.Struct, gc=False):
 class _Report(msgspec.Struct, gc=False):
     seq: int
     points: list[_Point]
+    time: int = 0
 
 
 class _Request(msgspec.Struct):
@@ -204,7 +205,7 @@ def record_parts(
         if part.reports and (n + len(r.points) > max_points or size + len(raw) > max_bytes):
             yield Part(part, n, size)
             part, n, size = WriteBatch(), 0, 0
-        part.reports.append(ReportWrite(env.tenant, env.agent, r.seq, r.points, inc))
+        part.reports.append(ReportWrite(env.tenant, env.agent, r.seq, r.points, inc, r.time))
         n += len(r.points)
         size += len(raw)
     yield Part(part, n, size)
