@@ -256,3 +256,40 @@ def test_the_dashboard_takes_names_as_listed(dash: Dash) -> None:
         assert "db-01" in {c["labels"]["host"] for c in chart["series"]}
     status, body = get(dash, "/ui/api/chart", match="cpu.user{host=")
     assert status == 400 and "invalid PromQL" in body["error"]
+
+
+def test_an_irregular_senders_outage_is_placed_by_report_times_and_its_jitter_is_no_hole(dash: Dash) -> None:
+    """#18: an agent reporting every 1-3 s loses reports 40-60 during a 60 s outage. Through the real
+    pipeline, the chart puts the red band on that outage (from the stored reports' times), and none
+    on the sender's usual spacing, also right before now."""
+    import random
+
+    key = dash.p.add_key("jitter")
+    rnd = random.Random(3)
+    now = int(time.time() * 1000)
+    made = [now - 260_000]
+    for s in range(2, 121):
+        made.append(made[-1] + (60_000 if s == 61 else rnd.choice((1000, 1000, 1000, 2000, 3000))))
+    shift = now - 2000 - made[-1]  # the newest report 2 s before now: within the sender's jitter
+    made = [t + shift for t in made]
+    reports = [
+        {"seq": s, "time": t, "points": [{"metric": "load", "labels": {"host": "jit-01"}, "t": t, "v": 1.0}]}
+        for s, t in enumerate(made, 1)
+        if not 40 <= s <= 60
+    ]
+    dropped = [{"first": 40, "last": 60, "reason": "spool_full"}]
+    dd.post(dash.p, {"agent": "jit-01", "reports": reports, "dropped": dropped}, key=key)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status, got = get(dash, "/v1/agents/jit-01/ledger", key=key)
+        if status == 200 and got["stored"] == [[1, 39], [61, 120]]:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"not stored: {got}")
+    status, chart = get(
+        dash, "/ui/api/chart", key=key, match="load", **{"from": made[0] - 5000, "to": now, "width": 2000}
+    )
+    assert status == 200, chart
+    [s] = chart["series"]
+    assert [(h["kind"], h["from"], h["to"]) for h in s["holes"]] == [("lost", made[38], made[60])], s["holes"]
