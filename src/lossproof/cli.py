@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -249,9 +248,8 @@ def send(
         for group in snd.chunks(snd.parse_lines(file), points_per_report):
             res = snd.reserve_seqs(state_dir, agent, 1)
             seq, dropped, incarnation = res.seq, res.dropped, (res.incarnation, res.first_seq)
-            made_ms = time.time_ns() // 1_000_000
             for conflicts in range(3):
-                body = snd.request_body(agent, seq, group, dropped, incarnation, made_ms)
+                body = snd.request_body(agent, seq, group, dropped, incarnation, snd.report_time(group))
                 try:
                     snd.post(http, url, api_key, body, encoding, attempts=attempts, progress=progress)
                     break

@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import os
 import re
 import secrets
@@ -215,6 +216,13 @@ def chunks(points: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[st
         yield buf
 
 
+def report_time(points: list[dict[str, Any]]) -> int:
+    """The report's time: its newest point's, so that a backfill of old points sits where its data
+    is (the dashboard places missing and lost reports by their neighbours' times)."""
+    ts = [p["t"] for p in points if isinstance(p["t"], int | float) and not isinstance(p["t"], bool)]
+    return int(max(ts)) if ts and math.isfinite(max(ts)) else 0  # a bad t is the server's to refuse
+
+
 def request_body(
     agent: str,
     seq: int,
@@ -225,7 +233,7 @@ def request_body(
 ) -> dict[str, Any]:
     report: dict[str, Any] = {"seq": seq, "points": points}
     if time_ms:
-        report["time"] = time_ms  # where the report sits in time: the dashboard places holes by it
+        report["time"] = time_ms
     body: dict[str, Any] = {"agent": agent, "reports": [report]}
     inc, first_seq = incarnation
     if inc:

@@ -174,3 +174,49 @@ def test_two_runs_in_one_gap_share_it_halfway_between_them() -> None:
         ("lost", 9 * S, 135_000),
         ("missing", 135_000, 18 * S),
     ]
+
+
+def test_runs_sharing_one_report_time_are_placed_without_error() -> None:
+    # one collection sent as several reports with one time: two runs with the same neighbours' times
+    ledger = Ledger(stored=[(1, 11), (13, 13), (15, 100)], missing=[], lost=[(12, 12, "x"), (14, 14, "y")])
+    g = holes.gaps(times({12, 13, 14}), S, S, 100 * S)
+    got = holes.classify(g, summary(), ledger, NOW, True, [(11 * S, 15 * S), (11 * S, 15 * S)])
+    want = [("lost", 11 * S, 13 * S), ("lost", 13 * S, 15 * S)]
+    assert [(h.kind, h.start_ms, h.end_ms) for h in got] == want
+    assert ["x" in got[0].text, "y" in got[1].text] == [True, True]
+
+
+def test_a_run_with_one_known_neighbour_takes_only_the_gap_at_that_side() -> None:
+    # reports 1-80 were stored before times were kept; 81-85 lost; the report after them has a time
+    made = jittery(120)
+    stored = [t for s, t in enumerate(made, 1) if not 81 <= s <= 85]
+    start, step, now = made[0], 1000, made[-1] + 1000
+    g = holes.gaps(on_grid(stored, start, step, (now - start) // step + 1), start, step, now)
+    ledger = Ledger(stored=[(1, 80), (86, 120)], missing=[], lost=[(81, 85, "spool_full")])
+    agent = AgentSummary("a", 120, 115, 0, 5, now, 0, now)
+    got = holes.classify(g, agent, ledger, now, True, [(0, made[85])])
+    assert [(h.kind, h.start_ms, h.end_ms) for h in got] == [("lost", made[79], made[85])]
+    got = holes.classify(g, agent, ledger, now, True, [(made[79], 0)])
+    assert [(h.kind, h.start_ms, h.end_ms) for h in got] == [("lost", made[79], made[85])]
+
+
+def test_times_that_fit_no_gap_fall_back_to_order_and_a_clock_step_back_is_undone() -> None:
+    ledger = Ledger(stored=[(1, 39), (61, 100)], missing=[], lost=[(40, 60, "spool_full")])
+    g = holes.gaps(times(set(range(40, 61))), S, S, 100 * S)
+    # report times 300 s after the points (a backfill sent now, a relay's backlog): order matching
+    [h] = holes.classify(g, summary(), ledger, NOW, True, [(39 * S + 300_000, 61 * S + 300_000)])
+    assert (h.kind, h.start_ms, h.end_ms) == ("lost", 39 * S, 61 * S)
+    [h] = holes.classify(g, summary(), ledger, NOW, True, [(61 * S, 39 * S)])  # before > after
+    assert (h.kind, h.start_ms, h.end_ms) == ("lost", 39 * S, 61 * S)
+
+
+def test_frequent_outages_are_not_taken_for_jitter() -> None:
+    # every 10 s, with a 40 s outage every sixth spacing: more than a tenth of the spacings
+    pts, t = [], 0
+    for i in range(1, 120):
+        t += 40_000 if i % 6 == 0 else 10_000
+        pts.append(t)
+    start, step = 0, 1000
+    g = holes.gaps(on_grid(pts, start, step, pts[-1] // step + 1), start, step, pts[-1])
+    got = holes.classify(g, None, None, NOW, True)
+    assert len(got) == 19 and all(h.end_ms - h.start_ms == 40_000 for h in got)

@@ -51,7 +51,10 @@ _STATIC_FILES = frozenset(p.name for p in STATIC.iterdir() if p.is_file() and no
 SILENT_AFTER_S = 300  # an agent not heard from for this long counts as silent
 MAX_CHART_SERIES = 200
 MAX_WIDTH = 4000
-MAX_PLACED_RUNS = 200  # the newest runs of missing / lost seqs placed in time per chart (see holes.py)
+# The newest runs of missing / lost seqs placed in time, per agent and per chart (see holes.py);
+# older ones are matched by order.
+MAX_PLACED_RUNS = 100
+MAX_PLACED_RUNS_PER_CHART = 1000
 SAMPLE_EVERY_S = 5.0
 LEDGER_EVERY_S = 15.0
 HISTORY = 180  # samples kept: 15 minutes at 5 s
@@ -441,22 +444,25 @@ class Dashboard:
             truncated = len(found) > MAX_CHART_SERIES
             found = found[:MAX_CHART_SERIES]
             agents = {a.agent: a for a in s.agents(tenant)}
-            ledgers: dict[str, tuple[Ledger | None, list[tuple[int, int]]]] = {}
+            ledgers: dict[str, Ledger | None] = {}
+            placed = _Placed(s, tenant)
             out = []
             for st in found:
                 agent = holes.agent_of(st.labels, set(agents))
                 if agent is not None and agent not in ledgers:
-                    ledgers[agent] = _ledger_placed(s, tenant, agent)
+                    ledgers[agent] = s.ledger(tenant, agent)
                 times = [None if x is None else x[0] for x in st.samples]
                 summary: AgentSummary | None = agents.get(agent) if agent else None
-                ledger, placed = ledgers[agent] if agent else (None, [])
+                ledger = ledgers.get(agent) if agent else None
+                gaps = holes.gaps(times, start, step, min(to_ms, now))
+                inner = any(not trailing for _, _, trailing in gaps.found)
                 found_holes = holes.classify(
-                    holes.gaps(times, start, step, min(to_ms, now)),
+                    gaps,
                     summary,
                     ledger,
                     now,
                     to_ms >= now - 2 * step,
-                    placed,
+                    placed.get(agent, ledger) if agent and ledger and inner else [],
                 )
                 out.append(
                     {
@@ -751,14 +757,24 @@ def unconfirmed(registry: Collector, tenant: str, since_ms: int) -> dict[str, An
 # --- small helpers -----------------------------------------------------------------------------------
 
 
-def _ledger_placed(store: Store, tenant: str, agent: str) -> tuple[Ledger | None, list[tuple[int, int]]]:
-    """The agent's ledger and, for its newest runs of missing / lost seqs, the times of the stored
-    reports around each (where the chart's holes go)."""
-    ledger = store.ledger(tenant, agent)
-    if ledger is None:
-        return None, []
-    runs = [holes.run_span(r) for r in holes.seq_holes(ledger)[:MAX_PLACED_RUNS]]
-    return ledger, store.report_times_around(tenant, agent, ledger.incarnation, runs)
+class _Placed:
+    """Per agent, the times of the stored reports around its newest runs of missing / lost seqs
+    (where a chart's holes go), read once per chart and only for agents with a gap to explain,
+    within a budget of runs per chart: each run is two index seeks."""
+
+    def __init__(self, store: Store, tenant: str) -> None:
+        self.store, self.tenant = store, tenant
+        self.budget = MAX_PLACED_RUNS_PER_CHART
+        self.known: dict[str, list[tuple[int, int]]] = {}
+
+    def get(self, agent: str, ledger: Ledger) -> list[tuple[int, int]]:
+        if agent not in self.known:
+            n = min(MAX_PLACED_RUNS, self.budget)
+            runs = [holes.run_span(r) for r in holes.seq_holes(ledger)[:n]]
+            self.budget -= len(runs)
+            got = self.store.report_times_around(self.tenant, agent, ledger.incarnation, runs) if runs else []
+            self.known[agent] = got
+        return self.known[agent]
 
 
 def _gap_json(g: LogGap) -> dict[str, Any]:

@@ -86,8 +86,8 @@ def gaps(times: list[int | None], grid_start: int, step: int, until_ms: int) -> 
     # An irregular sender's spacing varies: a stretch within its common spacing is not a hole. The
     # 90th percentile, as outages are rare and jitter is common; with few points it tells nothing.
     jitter = threshold
-    if len(deltas) >= JITTER_MIN_DELTAS:
-        jitter = max(threshold, 1.25 * statistics.quantiles(deltas, n=10)[-1])
+    if len(deltas) >= JITTER_MIN_DELTAS:  # and never more than 3 x the median: an outage shows
+        jitter = min(max(threshold, 1.25 * statistics.quantiles(deltas, n=10)[-1]), 3.0 * usual)
     out: list[tuple[int, int, bool]] = []
     for a, b in itertools.pairwise(present):
         if b - a > threshold:
@@ -173,18 +173,53 @@ def classify(
             continue
         rest.append((a, b))
     runs = seq_holes(ledger)
-    timed: list[Placed] = [(lo, hi, run) for run, (lo, hi) in zip(runs, placed, strict=False) if lo or hi]
-    untimed = [run for i, run in enumerate(runs) if i >= len(placed) or not any(placed[i])]
-    unexplained: list[tuple[int, int]] = []
-    for a, b in rest:
-        over = sorted((lo, hi, run) for lo, hi, run in timed if (not lo or lo < b) and (not hi or hi > a))
-        if over:
-            out += _placed(a, b, over, agent.agent, found.jitter)
-        elif b - a > found.jitter:
-            unexplained.append((a, b))
-    out += _unplaced(unexplained, untimed, agent.agent, reaches_now)
+    times = [_ordered(placed[i]) if i < len(placed) else (0, 0) for i in range(len(runs))]
+    claims: dict[int, list[int]] = {}  # gap (index in rest) -> the runs whose reports fall in it
+    for i, (lo, hi) in enumerate(times):
+        for j in _gaps_of(rest, lo, hi, found.jitter):
+            claims.setdefault(j, []).append(i)
+    for j, claimed in claims.items():
+        a, b = rest[j]
+        in_order = sorted(claimed, reverse=True)  # runs are newest first: oldest first is time order
+        out += _placed(a, b, [(*times[i], runs[i]) for i in in_order], agent.agent, found.jitter)
+    unexplained = [g for j, g in enumerate(rest) if j not in claims]
+    matched = {i for claimed in claims.values() for i in claimed}
+    if matched:
+        # Runs that could not be placed (no time, or times that fit no gap) are older than the
+        # placed ones if anything: seqs are handed out in time order. So are the gaps they may be.
+        oldest = max(matched)
+        pool = [runs[i] for i in range(oldest + 1, len(runs)) if i not in matched]
+        before = min(rest[j][0] for j in claims)
+        candidates = [g for g in unexplained if g[1] <= before]
+    else:
+        pool, candidates = runs, unexplained
+    out += _unplaced(candidates, pool, agent.agent, reaches_now, found.jitter)
+    left = [g for g in unexplained if g not in candidates and g[1] - g[0] > found.jitter]
+    out += [_nodata(a, b, agent.agent) for a, b in left]
     out.sort(key=lambda h: h.start_ms)
     return out
+
+
+def _ordered(times: tuple[int, int]) -> tuple[int, int]:
+    lo, hi = times
+    return (hi, lo) if lo and hi and lo > hi else (lo, hi)  # a clock stepped back
+
+
+def _gaps_of(rest: list[tuple[int, int]], lo: int, hi: int, jitter: float) -> list[int]:
+    """The gaps a run's reports fall in, from the times of the stored reports around it (0:
+    unknown). With one side known, only the one gap at that side, if any."""
+    if lo and hi:
+        return [j for j, (a, b) in enumerate(rest) if lo < b and hi > a]
+    if lo:  # the report before the run: its points end the gap's data, at or before its time
+        return [j for j, (a, b) in enumerate(rest) if a <= lo < b][:1]
+    if hi:  # the report after: its points start the data after the gap, at or before its time
+        near = [j for j, (a, b) in enumerate(rest) if a < hi <= b + jitter]
+        return near[-1:]
+    return []
+
+
+def _nodata(a: int, b: int, agent: str) -> Hole:
+    return Hole(a, b, "nodata", f"no data, and no report of {agent} is missing then")
 
 
 def _placed(a: int, b: int, over: list[Placed], agent: str, jitter: float) -> list[Hole]:
@@ -194,17 +229,20 @@ def _placed(a: int, b: int, over: list[Placed], agent: str, jitter: float) -> li
     out: list[Hole] = []
     lo, hi = over[0][0], over[-1][1]
     if lo and lo - a > jitter:
-        out.append(Hole(a, lo, "nodata", f"no data, and no report of {agent} is missing then"))
+        out.append(_nodata(a, lo, agent))
         a = lo
     tail = None
     if hi and b - hi > jitter:
-        tail = Hole(hi, b, "nodata", f"no data, and no report of {agent} is missing then")
+        tail = _nodata(hi, b, agent)
         b = hi
     start = a
     for i, (_, run_hi, run) in enumerate(over):
         if i + 1 < len(over):
-            nxt = over[i + 1][0]
-            end = min(b, max(start, ((run_hi or nxt) + nxt) // 2))
+            known = [x for x in (run_hi, over[i + 1][0]) if x]
+            # halfway between this run's last neighbour and the next run's first; without either,
+            # an equal share of what is left
+            mid = sum(known) // len(known) if known else start + (b - start) // (len(over) - i)
+            end = min(b, max(start, mid))
         else:
             end = b
         if end > start:
@@ -216,23 +254,29 @@ def _placed(a: int, b: int, over: list[Placed], agent: str, jitter: float) -> li
 
 
 def _unplaced(
-    gaps_left: list[tuple[int, int]], runs: list[list[Piece]], agent: str, reaches_now: bool
+    candidates: list[tuple[int, int]], runs: list[list[Piece]], agent: str, reaches_now: bool, jitter: float
 ) -> list[Hole]:
-    """Gaps no placed run explains, and runs whose reports have no time (stored before report times
-    were kept, or sent without one): matched by order, newest first, where the chart reaches now."""
+    """Gaps no placed run explains, and the runs that could not be placed: matched by order, newest
+    first, where the chart reaches now; in a chart of the past, labelled with the runs' kind when
+    they all share it. A gap within the sender's jitter is only taken by a run, never no data."""
     out: list[Hole] = []
-    gaps_left = sorted(gaps_left, reverse=True)
+    candidates = sorted(candidates, reverse=True)
+    clear = [g for g in candidates if g[1] - g[0] > jitter]
+    if len(clear) >= len(runs):  # enough clear outages for the runs: jitter is no candidate
+        candidates = clear
     if reaches_now:
-        for i, (a, b) in enumerate(gaps_left):
+        for i, (a, b) in enumerate(candidates):
             if i < len(runs):
                 out += _split(a, b, runs[i], agent)
-            else:
-                out.append(Hole(a, b, "nodata", f"no data, and no report of {agent} is missing then"))
+            elif b - a > jitter:
+                out.append(_nodata(a, b, agent))
         return out
     kinds = {(p.kind, p.note if p.kind == "lost" else "") for run in runs for p in run}
-    for a, b in gaps_left:
+    for a, b in candidates:
+        if b - a <= jitter:
+            continue
         if not runs:
-            out.append(Hole(a, b, "nodata", f"no data, and no report of {agent} is missing then"))
+            out.append(_nodata(a, b, agent))
         elif len(kinds) == 1:
             kind, note = next(iter(kinds))
             out.append(Hole(a, b, kind, _describe(kind, note, agent, None)))

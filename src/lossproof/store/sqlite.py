@@ -85,6 +85,9 @@ from lossproof.store.columns import Columns, drop_stored
 log = get(__name__)
 
 SCHEMA_VERSION = 4
+# The oldest schema a reader works with as it is (version 4 only adds report times, which a reader
+# of version 3 does without).
+READABLE_FROM = 3
 APPLICATION_ID = 0x4C505346  # "LPSF": marks the file as a lossproof store
 
 # Metric metadata, one row per (tenant, metric); the last write wins. Also created in a store written
@@ -319,9 +322,10 @@ class SqliteStore(Store):
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path}: cannot open the store: {e}") from e
         try:
-            if readonly and self._older_than_current():
-                # A reader of a file written by an older lossproof: upgrade it once (as the worker
-                # would), so the query process can start first.
+            if readonly and self._older_than(READABLE_FROM):
+                # A reader of a file written by a much older lossproof: upgrade it once (as the
+                # worker would), so the query process can start first. A file it can read as it is
+                # is left to the worker: an upgrade under a running older worker would stop it.
                 self._con.close()
                 SqliteStore(self.path, busy_timeout_ms=busy_timeout_ms).close()
                 self._con = self._connect(busy_timeout_ms)
@@ -483,9 +487,9 @@ class SqliteStore(Store):
         con.execute("DROP TABLE ledger_v1")
         con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
 
-    def _older_than_current(self) -> bool:
-        version = self._read_version()
-        return version is not None and version < SCHEMA_VERSION
+    def _older_than(self, version: int) -> bool:
+        got = self._read_version()
+        return got is not None and got < version
 
     def _meta(self, key: str) -> str | None:
         row = self._con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -1028,7 +1032,7 @@ class SqliteStore(Store):
         pick = "SELECT time_ms FROM reports WHERE tenant = ? AND agent = ? AND incarnation = ?"
         out: list[tuple[int, int]] = []
         with self._lock:
-            if self._older_than_current():  # a reader ahead of the writer's upgrade: no times yet
+            if self._older_than(SCHEMA_VERSION):  # a reader ahead of the writer's upgrade: no times yet
                 return [(0, 0)] * len(runs)
             self._con.execute("BEGIN")
             try:
