@@ -299,3 +299,27 @@ def test_version_3_points_move_into_chunks(
         )
         row = conn.execute(q, (pg_schema,)).fetchone()
         assert row is not None and row[0] == 0
+
+
+def test_migration_5_gives_reports_their_time(
+    monkeypatch: pytest.MonkeyPatch, pg_dsn: str, pg_schema: str
+) -> None:
+    """#18: reports stored at version 4 keep time 0 (unknown); new ones keep theirs."""
+    from lossproof.store.base import Point, ReportWrite, WriteBatch
+
+    with monkeypatch.context() as m:
+        m.setattr(mig, "MIGRATIONS", mig.MIGRATIONS[:4])
+        m.setattr(mig, "LATEST", 4)
+        assert pg.migrate(pg_dsn, pg_schema) == (0, 4)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(pg_schema)))
+        conn.execute("INSERT INTO reports VALUES ('t1', 'a1', '', 1, '\\x00')")
+    assert pg.migrate(pg_dsn, pg_schema) == (4, mig.LATEST)
+    store = pg.PostgresStore(pg_dsn, schema=pg_schema)
+    try:
+        point = Point("cpu", {}, 1_700_000_000_000, 1.0)
+        later = ReportWrite("t1", "a1", 3, [point], time_ms=1_700_000_000_500)
+        store.write_batch(WriteBatch(reports=[later], now_ms=1000))
+        assert store.report_times_around("t1", "a1", "", [(2, 2)]) == [(0, 1_700_000_000_500)]
+    finally:
+        store.close()
