@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from itertools import repeat
-from operator import attrgetter, contains, getitem
+from dataclasses import replace
+from itertools import accumulate, chain, compress, count, islice, repeat
+from operator import attrgetter, contains, eq, getitem, le, lt
 from typing import Any, NamedTuple
 
 import cramjam
@@ -332,6 +333,12 @@ _VIEWS: dict[str, tuple[_Fields, dict[str, list[str]]]] = {
     "MetadataOnly": ([("metadata", 3, "MetadataEntry", "repeated")], {}),
     "MetadataEntry": V1_SCHEMA["MetricMetadata"],
     "SymbolsOnly": ([("symbols", 4, "string", "repeated")], {}),
+    # each 1.0 series' labels and samples as bytes: how many of the flat labels and samples are its
+    "Parts": ([("timeseries", 1, "SeriesParts", "repeated")], {}),
+    "SeriesParts": ([("labels", 1, "bytes", "repeated"), ("samples", 2, "bytes", "repeated")], {}),
+    # every 1.0 series merged, its samples as messages: the values with the zeros (not on the wire)
+    "SampleMessages": ([("samples", 2, "SampleMessage", "repeated")], {}),
+    "SampleMessage": (_SAMPLE, {}),
 }
 _pool.Add(file_descriptor("lossproof_promrw_views.proto", "lossproof.promrw", _VIEWS))
 # A Sample field sent with the wrong wire type is, to protobuf, an unknown field: the sample would
@@ -352,12 +359,95 @@ _SeriesBlobs, _Merged, _MergedV2, _LabelsFlat, _SamplesFlat, _Maps = (
     for v in ("SeriesBlobs", "Merged", "MergedV2", "LabelsFlat", "SamplesFlat", "Maps")
 )
 _WRONG_WIRE_VIEWS = [_message(f"lossproof.promrw.wire.{v}") for v in _WRONG_WIRE]
+_Parts, _SampleMessages = _message("lossproof.promrw.Parts"), _message("lossproof.promrw.SampleMessages")
 _labels_of = attrgetter("labels")
+_samples_of = attrgetter("samples")
+_value_of = attrgetter("value")
 _NAME = "__name__"
 
 
-def check(body: bytes, proto: str) -> Checked:
-    """Decode the (decompressed) body and check its bounds. Raises BadBody."""
+class Decoding:
+    """What :func:`check` read of a body, kept for a receiver that turns it into points at once (the
+    agent's relay): :meth:`iter_points` reuses the check's views instead of parsing the body again.
+
+    A 1.0 body of series whose labels all have a name and a value and exactly one ``__name__`` each,
+    without native histograms (what Prometheus sends), is decoded from those views as columns: no
+    protobuf object per series or sample. Any other body goes through :func:`iter_decode`."""
+
+    def __init__(self, body: bytes, proto: str) -> None:
+        self.body, self.proto = body, proto
+        self.fast: _FlatV1 | None = None
+
+    def iter_points(self, max_points: int) -> Iterator[list[Point]]:
+        """The points of the checked body, at most ``max_points`` a chunk (a histogram is never
+        split), in the body's order: the same points as :func:`iter_decode`'s chunks."""
+        if self.fast is None:
+            for c in iter_decode(self.body, self.proto, max_points):
+                points = [p for s in c.series for p in s.points()]
+                if points:
+                    yield points
+            return
+        yield from self.fast.iter_points(max_points)
+
+
+class _FlatV1:
+    """A 1.0 body's labels and samples as flat columns (upb's C code reads them; see the views)."""
+
+    def __init__(
+        self, names: list[str], values: list[str], per_series: list[int], metrics: list[str]
+    ) -> None:
+        self.names, self.values, self.per_series, self.metrics = names, values, per_series, metrics
+        self.parts: Any = None  # the Parts view's series
+        self.series: bytes = b""  # every series joined
+        self.times: list[int] = []
+        self.values_or_none: list[float] | None = None  # flat values, if none is zero
+
+    @classmethod
+    def of(cls, body: bytes, merged: Any) -> _FlatV1 | None:
+        """None unless every label has a non-empty name and value on the wire and every series
+        exactly one ``__name__`` (the columns then line up with the series)."""
+        n = len(merged.labels)
+        if not n:
+            return None
+        flat = _LabelsFlat.FromString(b"".join(merged.labels))
+        names, values = list(flat.name), list(flat.value)
+        if len(names) != n or len(values) != n or "" in names or "" in values:
+            return None
+        parts = _Parts.FromString(body).timeseries
+        per_series = list(map(len, map(_labels_of, parts)))
+        at = list(compress(count(), map(eq, names, repeat(_NAME))))
+        if len(at) != len(per_series):
+            return None
+        ends = list(accumulate(per_series))
+        if not all(map(lt, at, ends)) or not all(map(le, [0, *ends[:-1]], at)):
+            return None
+        fast = cls(names, values, per_series, list(map(values.__getitem__, at)))
+        fast.parts = parts
+        return fast
+
+    def iter_points(self, max_points: int) -> Iterator[list[Point]]:
+        it_names, it_values = iter(self.names), iter(self.values)
+        counts = self.per_series
+        labels = list(
+            map(dict, map(zip, map(islice, repeat(it_names), counts), map(islice, repeat(it_values), counts)))
+        )
+        metrics = list(map(dict.pop, labels, repeat(_NAME)))
+        samples = list(map(len, map(_samples_of, self.parts)))
+        if samples.count(1) != len(samples):  # not one sample a series: repeat each series' columns
+            metrics = list(chain.from_iterable(map(repeat, metrics, samples)))
+            labels = list(chain.from_iterable(map(repeat, labels, samples)))
+        times = self.times
+        values = self.values_or_none
+        if values is None:
+            values = list(map(_value_of, _SampleMessages.FromString(self.series).samples))
+        for i in range(0, len(times), max_points):
+            j = i + max_points
+            yield list(map(Point, metrics[i:j], labels[i:j], times[i:j], values[i:j]))
+
+
+def check(body: bytes, proto: str, keep: bool = False) -> Checked:
+    """Decode the (decompressed) body and check its bounds. Raises BadBody. With ``keep``, the
+    answer carries the :class:`Decoding` of the body (``Checked.decoding``)."""
     req = parse(body, proto)  # exact: every part of the message is valid
     if body and not req.ListFields():
         # Only fields unknown to the announced message, which protobuf skips: most likely the other
@@ -368,33 +458,58 @@ def check(body: bytes, proto: str) -> Checked:
             f"like a {other} message: send it with Content-Type application/x-protobuf;proto={other}"
         )
     if proto == V2:
-        return _check_v2(body, req)
-    maps = list(map(_labels_of, _Maps.FromString(body).timeseries))
-    if maps:
-        if (
-            not all(map(contains, maps, repeat(_NAME)))
-            or max(map(len, maps)) > MAX_LABELS + 1
-            or any(map(contains, maps, repeat("")))
-        ):
+        checked = _check_v2(body, req)
+        return replace(checked, decoding=Decoding(body, proto)) if keep else checked
+    joined = b"".join(_SeriesBlobs.FromString(body).v1)
+    merged = _Merged.FromString(joined)
+    fast = _FlatV1.of(body, merged)
+    if fast is not None:
+        # every series has exactly one __name__ and no label an empty name or value; a series may
+        # still repeat a label name (the last value wins): per_series over-counts, so the slow path
+        # decides
+        if max(fast.per_series) > MAX_LABELS + 1 or max(map(len, fast.metrics)) > MAX_NAME:
             _explain_v1(req)
-        metrics = list(map(getitem, maps, repeat(_NAME)))
-        if not all(metrics) or max(map(len, metrics)) > MAX_NAME:
-            _explain_v1(req)
-    merged = _Merged.FromString(b"".join(_SeriesBlobs.FromString(body).v1))
+    else:
+        maps = list(map(_labels_of, _Maps.FromString(body).timeseries))
+        if maps:
+            if (
+                not all(map(contains, maps, repeat(_NAME)))
+                or max(map(len, maps)) > MAX_LABELS + 1
+                or any(map(contains, maps, repeat("")))
+            ):
+                _explain_v1(req)
+            metrics = list(map(getitem, maps, repeat(_NAME)))
+            if not all(metrics) or max(map(len, metrics)) > MAX_NAME:
+                _explain_v1(req)
     # A label whose encoding is at most MAX_NAME bytes is within both bounds; longer ones are rare
     # enough to check name by name.
     if merged.labels and max(map(len, merged.labels)) > MAX_NAME:
         flat = _LabelsFlat.FromString(b"".join(merged.labels))
         if max(map(len, flat.name)) > MAX_NAME or max(map(len, flat.value), default=0) > MAX_LABEL_VALUE:
             _explain_v1(req)
-    samples = _check_samples(merged.samples, req.timeseries)
+    samples, flat_samples = _check_samples(merged.samples, req.timeseries)
     histograms = _check_histograms(merged.histograms, body, proto, req.timeseries)
+    decoding = None
+    if keep:
+        decoding = Decoding(body, proto)
+        if fast is not None and not histograms and flat_samples is not None:
+            fast.series = joined
+            fast.times = list(flat_samples.timestamp)
+            values = list(flat_samples.value)
+            fast.values_or_none = values if len(values) == samples else None  # zeros are not on the wire
+            decoding.fast = fast
     return Checked(
-        points=samples, histograms=histograms, exemplars=len(merged.exemplars), metadata=len(req.metadata)
+        points=samples,
+        histograms=histograms,
+        exemplars=len(merged.exemplars),
+        metadata=len(req.metadata),
+        decoding=decoding,
     )
 
 
-def _check_samples(blobs: Any, series: Any) -> int:
+def _check_samples(blobs: Any, series: Any) -> tuple[int, Any]:
+    """The samples' count, and their timestamps and values as the SamplesFlat view (None if none)."""
+    flat = None
     if blobs:
         joined = b"".join(blobs)
         for view in _WRONG_WIRE_VIEWS:
@@ -402,7 +517,8 @@ def _check_samples(blobs: Any, series: Any) -> int:
             for f in ("value", "timestamp"):
                 if wrong.HasField(f):
                     raise BadBody(f"a sample's {f} field has the wrong protobuf wire type")
-        times = _SamplesFlat.FromString(joined).timestamp
+        flat = _SamplesFlat.FromString(joined)
+        times = flat.timestamp
         # a zero timestamp is not on the wire: fewer timestamps than samples means one is missing
         if len(times) != len(blobs) or min(times) < 0 or max(times) > MAX_TIME_MS:
             for i, ts in enumerate(series):
@@ -411,7 +527,7 @@ def _check_samples(blobs: Any, series: Any) -> int:
                         raise BadBody(f"timeseries[{i}]: a sample without a timestamp (or timestamp 0)")
                     _check_times(s.timestamp, s.timestamp, f"timeseries[{i}]")
             raise BadBody("a sample carries a malformed timestamp field")
-    return len(blobs)
+    return len(blobs), flat
 
 
 def _check_histograms(blobs: Any, body: bytes, proto: str, series: Any) -> int:
@@ -457,7 +573,7 @@ def _check_v2(body: bytes, req: Any) -> Checked:
                 raise BadBody(f"{where}: exemplar labels_refs point outside the {nsym} symbols")
             exemplars += 1
     merged = _MergedV2.FromString(b"".join(_SeriesBlobs.FromString(body).v2))
-    samples = _check_samples(merged.samples, req.timeseries)
+    samples = _check_samples(merged.samples, req.timeseries)[0]
     histograms = _check_histograms(merged.histograms, body, V2, req.timeseries)
     return Checked(points=samples, histograms=histograms, exemplars=exemplars, metadata=metadata)
 
