@@ -23,8 +23,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import replace
-from itertools import accumulate, chain, compress, count, islice, repeat
-from operator import attrgetter, contains, eq, getitem, le, lt
+from itertools import chain, islice, repeat
+from operator import attrgetter, contains, getitem
 from typing import Any, NamedTuple
 
 import cramjam
@@ -327,15 +327,12 @@ _VIEWS: dict[str, tuple[_Fields, dict[str, list[str]]]] = {
     # a 1.0 request whose series' labels are a map: duplicate names collapse, the last one winning
     # (as in to_points)
     "Maps": ([("timeseries", 1, "SeriesMap", "repeated")], {}),
-    "SeriesMap": ([("labels", 1, "map", "repeated")], {}),
+    "SeriesMap": ([("labels", 1, "map", "repeated"), ("samples", 2, "bytes", "repeated")], {}),
     # what the worker reads besides the series, so that it never holds the whole parsed request:
     # 1.0's metadata (field 3, the same message as MetricMetadata) and 2.0's symbols (field 4)
     "MetadataOnly": ([("metadata", 3, "MetadataEntry", "repeated")], {}),
     "MetadataEntry": V1_SCHEMA["MetricMetadata"],
     "SymbolsOnly": ([("symbols", 4, "string", "repeated")], {}),
-    # each 1.0 series' labels and samples as bytes: how many of the flat labels and samples are its
-    "Parts": ([("timeseries", 1, "SeriesParts", "repeated")], {}),
-    "SeriesParts": ([("labels", 1, "bytes", "repeated"), ("samples", 2, "bytes", "repeated")], {}),
     # every 1.0 series merged, its samples as messages: the values with the zeros (not on the wire)
     "SampleMessages": ([("samples", 2, "SampleMessage", "repeated")], {}),
     "SampleMessage": (_SAMPLE, {}),
@@ -359,7 +356,7 @@ _SeriesBlobs, _Merged, _MergedV2, _LabelsFlat, _SamplesFlat, _Maps = (
     for v in ("SeriesBlobs", "Merged", "MergedV2", "LabelsFlat", "SamplesFlat", "Maps")
 )
 _WRONG_WIRE_VIEWS = [_message(f"lossproof.promrw.wire.{v}") for v in _WRONG_WIRE]
-_Parts, _SampleMessages = _message("lossproof.promrw.Parts"), _message("lossproof.promrw.SampleMessages")
+_SampleMessages = _message("lossproof.promrw.SampleMessages")
 _labels_of = attrgetter("labels")
 _samples_of = attrgetter("samples")
 _value_of = attrgetter("value")
@@ -370,9 +367,11 @@ class Decoding:
     """What :func:`check` read of a body, kept for a receiver that turns it into points at once (the
     agent's relay): :meth:`iter_points` reuses the check's views instead of parsing the body again.
 
-    A 1.0 body of series whose labels all have a name and a value and exactly one ``__name__`` each,
-    without native histograms (what Prometheus sends), is decoded from those views as columns: no
-    protobuf object per series or sample. Any other body goes through :func:`iter_decode`."""
+    A 1.0 body whose labels all have a name and a value, none repeated in a series, and without
+    native histograms (what Prometheus sends) is decoded from those views as columns: the labels
+    from the flat LabelsFlat view cut by the sizes of the check's label maps, the samples from its
+    SamplesFlat view; no protobuf object per sample, one dict per series. Any other body goes
+    through :func:`iter_decode`."""
 
     def __init__(self, body: bytes, proto: str) -> None:
         self.body, self.proto = body, proto
@@ -391,39 +390,28 @@ class Decoding:
 
 
 class _FlatV1:
-    """A 1.0 body's labels and samples as flat columns (upb's C code reads them; see the views)."""
+    """A 1.0 body's labels and samples as flat columns, from the views the check read."""
 
-    def __init__(
-        self, names: list[str], values: list[str], per_series: list[int], metrics: list[str]
-    ) -> None:
-        self.names, self.values, self.per_series, self.metrics = names, values, per_series, metrics
-        self.parts: Any = None  # the Parts view's series
-        self.series: bytes = b""  # every series joined
+    def __init__(self, names: list[str], values: list[str], per_series: list[int], series: Any) -> None:
+        self.names, self.values, self.per_series = names, values, per_series
+        self.series = series  # the Maps view's series (their samples, as bytes, give the counts)
+        self.joined: bytes = b""  # every series joined
         self.times: list[int] = []
-        self.values_or_none: list[float] | None = None  # flat values, if none is zero
+        self.flat_values: list[float] | None = None  # the flat values, if none is zero
 
     @classmethod
-    def of(cls, body: bytes, merged: Any) -> _FlatV1 | None:
-        """None unless every label has a non-empty name and value on the wire and every series
-        exactly one ``__name__`` (the columns then line up with the series)."""
+    def of(cls, maps: list[Any], series: Any, merged: Any) -> _FlatV1 | None:
+        """None unless every label has a non-empty name and value on the wire and no series repeats
+        a label name: then a series' labels are the next ``len(its map)`` of the flat columns."""
         n = len(merged.labels)
-        if not n:
+        per_series = list(map(len, maps))
+        if not n or sum(per_series) != n:  # each map holds at most its series' labels: none repeats
             return None
         flat = _LabelsFlat.FromString(b"".join(merged.labels))
         names, values = list(flat.name), list(flat.value)
-        if len(names) != n or len(values) != n or "" in names or "" in values:
+        if len(names) != n or len(values) != n or "" in values:
             return None
-        parts = _Parts.FromString(body).timeseries
-        per_series = list(map(len, map(_labels_of, parts)))
-        at = list(compress(count(), map(eq, names, repeat(_NAME))))
-        if len(at) != len(per_series):
-            return None
-        ends = list(accumulate(per_series))
-        if not all(map(lt, at, ends)) or not all(map(le, [0, *ends[:-1]], at)):
-            return None
-        fast = cls(names, values, per_series, list(map(values.__getitem__, at)))
-        fast.parts = parts
-        return fast
+        return cls(names, values, per_series, series)
 
     def iter_points(self, max_points: int) -> Iterator[list[Point]]:
         it_names, it_values = iter(self.names), iter(self.values)
@@ -432,14 +420,14 @@ class _FlatV1:
             map(dict, map(zip, map(islice, repeat(it_names), counts), map(islice, repeat(it_values), counts)))
         )
         metrics = list(map(dict.pop, labels, repeat(_NAME)))
-        samples = list(map(len, map(_samples_of, self.parts)))
+        samples = list(map(len, map(_samples_of, self.series)))
         if samples.count(1) != len(samples):  # not one sample a series: repeat each series' columns
             metrics = list(chain.from_iterable(map(repeat, metrics, samples)))
             labels = list(chain.from_iterable(map(repeat, labels, samples)))
         times = self.times
-        values = self.values_or_none
+        values = self.flat_values
         if values is None:
-            values = list(map(_value_of, _SampleMessages.FromString(self.series).samples))
+            values = list(map(_value_of, _SampleMessages.FromString(self.joined).samples))
         for i in range(0, len(times), max_points):
             j = i + max_points
             yield list(map(Point, metrics[i:j], labels[i:j], times[i:j], values[i:j]))
@@ -460,27 +448,20 @@ def check(body: bytes, proto: str, keep: bool = False) -> Checked:
     if proto == V2:
         checked = _check_v2(body, req)
         return replace(checked, decoding=Decoding(body, proto)) if keep else checked
+    series = list(_Maps.FromString(body).timeseries)
+    maps = list(map(_labels_of, series))
+    if maps:
+        if (
+            not all(map(contains, maps, repeat(_NAME)))
+            or max(map(len, maps)) > MAX_LABELS + 1
+            or any(map(contains, maps, repeat("")))
+        ):
+            _explain_v1(req)
+        metrics = list(map(getitem, maps, repeat(_NAME)))
+        if not all(metrics) or max(map(len, metrics)) > MAX_NAME:
+            _explain_v1(req)
     joined = b"".join(_SeriesBlobs.FromString(body).v1)
     merged = _Merged.FromString(joined)
-    fast = _FlatV1.of(body, merged)
-    if fast is not None:
-        # every series has exactly one __name__ and no label an empty name or value; a series may
-        # still repeat a label name (the last value wins): per_series over-counts, so the slow path
-        # decides
-        if max(fast.per_series) > MAX_LABELS + 1 or max(map(len, fast.metrics)) > MAX_NAME:
-            _explain_v1(req)
-    else:
-        maps = list(map(_labels_of, _Maps.FromString(body).timeseries))
-        if maps:
-            if (
-                not all(map(contains, maps, repeat(_NAME)))
-                or max(map(len, maps)) > MAX_LABELS + 1
-                or any(map(contains, maps, repeat("")))
-            ):
-                _explain_v1(req)
-            metrics = list(map(getitem, maps, repeat(_NAME)))
-            if not all(metrics) or max(map(len, metrics)) > MAX_NAME:
-                _explain_v1(req)
     # A label whose encoding is at most MAX_NAME bytes is within both bounds; longer ones are rare
     # enough to check name by name.
     if merged.labels and max(map(len, merged.labels)) > MAX_NAME:
@@ -492,11 +473,12 @@ def check(body: bytes, proto: str, keep: bool = False) -> Checked:
     decoding = None
     if keep:
         decoding = Decoding(body, proto)
-        if fast is not None and not histograms and flat_samples is not None:
-            fast.series = joined
+        fast = _FlatV1.of(maps, series, merged) if not histograms and flat_samples is not None else None
+        if fast is not None:
+            fast.joined = joined
             fast.times = list(flat_samples.timestamp)
             values = list(flat_samples.value)
-            fast.values_or_none = values if len(values) == samples else None  # zeros are not on the wire
+            fast.flat_values = values if len(values) == samples else None  # zeros are not on the wire
             decoding.fast = fast
     return Checked(
         points=samples,
