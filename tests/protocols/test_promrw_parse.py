@@ -299,7 +299,9 @@ def test_mutated_bodies_are_refused_cleanly_or_decode(
 def _decoding_agrees(body: bytes, proto: str, expected: list[Point], max_points: int = 3) -> None:
     """The relay's decoding kept by the check (columns from the check's views, or iter_decode)
     gives exactly the worker's points, in order, in chunks of at most max_points."""
-    decoding = promrw.check(body, proto, keep=True).decoding
+    checked = promrw.check(body, proto, keep=True)
+    assert checked == promrw.check(body, proto)  # the relay's check answers as ingest's
+    decoding = checked.decoding
     assert isinstance(decoding, promrw.Decoding)
     chunks = list(decoding.iter_points(max_points))
     assert all(chunks)
@@ -312,8 +314,9 @@ def _decoding_agrees(body: bytes, proto: str, expected: list[Point], max_points:
 
 def test_the_relay_decodes_prometheus_bodies_from_the_checks_columns() -> None:
     """The shape Prometheus sends (and more: zero values, several samples or none in a series, labels
-    in any order) takes the columnar path; an empty-valued label, a repeated label name and native
-    histograms take iter_decode's. Both give the worker's points."""
+    in any order, a repeated label name) takes the columnar path; an empty-valued label and native
+    histograms take iter_decode's. Both give the worker's points, and the same answer as ingest's
+    check (which keeps nothing)."""
     fast = [
         [({"__name__": "up", "job": "p", "i": str(i)}, [(T0 + i, float(i % 3))]) for i in range(50)],
         [({"__name__": "a"}, [(T0, 0.0), (T0 + 1, -0.0), (T0 + 2, math.nan)]), ({"__name__": "b"}, [])],
@@ -334,7 +337,7 @@ def test_the_relay_decodes_prometheus_bodies_from_the_checks_columns() -> None:
     s = ts.samples.add()
     s.timestamp, s.value = T0, 0.0
     body = req.SerializeToString()
-    assert promrw.check(body, promrw.V1, keep=True).decoding.fast is None
+    assert promrw.check(body, promrw.V1, keep=True).decoding.fast is not None
     _decoding_agrees(body, promrw.V1, promrw.to_points(body, promrw.V1))
     assert promrw.to_points(body, promrw.V1)[0].labels == {"a": "3", "b": "2"}
     slow = [

@@ -327,12 +327,15 @@ _VIEWS: dict[str, tuple[_Fields, dict[str, list[str]]]] = {
     # a 1.0 request whose series' labels are a map: duplicate names collapse, the last one winning
     # (as in to_points)
     "Maps": ([("timeseries", 1, "SeriesMap", "repeated")], {}),
-    "SeriesMap": ([("labels", 1, "map", "repeated"), ("samples", 2, "bytes", "repeated")], {}),
+    "SeriesMap": ([("labels", 1, "map", "repeated")], {}),
     # what the worker reads besides the series, so that it never holds the whole parsed request:
     # 1.0's metadata (field 3, the same message as MetricMetadata) and 2.0's symbols (field 4)
     "MetadataOnly": ([("metadata", 3, "MetadataEntry", "repeated")], {}),
     "MetadataEntry": V1_SCHEMA["MetricMetadata"],
     "SymbolsOnly": ([("symbols", 4, "string", "repeated")], {}),
+    # each 1.0 series' labels and samples as bytes: how many of the flat labels and samples are its
+    "Parts": ([("timeseries", 1, "SeriesParts", "repeated")], {}),
+    "SeriesParts": ([("labels", 1, "bytes", "repeated"), ("samples", 2, "bytes", "repeated")], {}),
     # every 1.0 series merged, its samples as messages: the values with the zeros (not on the wire)
     "SampleMessages": ([("samples", 2, "SampleMessage", "repeated")], {}),
     "SampleMessage": (_SAMPLE, {}),
@@ -356,7 +359,7 @@ _SeriesBlobs, _Merged, _MergedV2, _LabelsFlat, _SamplesFlat, _Maps = (
     for v in ("SeriesBlobs", "Merged", "MergedV2", "LabelsFlat", "SamplesFlat", "Maps")
 )
 _WRONG_WIRE_VIEWS = [_message(f"lossproof.promrw.wire.{v}") for v in _WRONG_WIRE]
-_SampleMessages = _message("lossproof.promrw.SampleMessages")
+_Parts, _SampleMessages = _message("lossproof.promrw.Parts"), _message("lossproof.promrw.SampleMessages")
 _labels_of = attrgetter("labels")
 _samples_of = attrgetter("samples")
 _value_of = attrgetter("value")
@@ -367,11 +370,11 @@ class Decoding:
     """What :func:`check` read of a body, kept for a receiver that turns it into points at once (the
     agent's relay): :meth:`iter_points` reuses the check's views instead of parsing the body again.
 
-    A 1.0 body whose labels all have a name and a value, none repeated in a series, and without
-    native histograms (what Prometheus sends) is decoded from those views as columns: the labels
-    from the flat LabelsFlat view cut by the sizes of the check's label maps, the samples from its
-    SamplesFlat view; no protobuf object per sample, one dict per series. Any other body goes
-    through :func:`iter_decode`."""
+    A 1.0 body whose labels all have a name and a non-empty value on the wire, without native
+    histograms (what Prometheus sends), is decoded from those views as columns: the label dicts
+    the check built (and checked) from the flat LabelsFlat view, the samples from its SamplesFlat
+    view; no protobuf object per sample, one dict per series. Any other body goes through
+    :func:`iter_decode`."""
 
     def __init__(self, body: bytes, proto: str) -> None:
         self.body, self.proto = body, proto
@@ -390,37 +393,41 @@ class Decoding:
 
 
 class _FlatV1:
-    """A 1.0 body's labels and samples as flat columns, from the views the check read."""
+    """A 1.0 body's labels and samples as columns: one dict of labels per series (from the flat
+    LabelsFlat view, cut by each series' label count), the samples' times and values."""
 
-    def __init__(self, names: list[str], values: list[str], per_series: list[int], series: Any) -> None:
-        self.names, self.values, self.per_series = names, values, per_series
-        self.series = series  # the Maps view's series (their samples, as bytes, give the counts)
+    def __init__(self, labels: list[dict[str, str]], parts: list[Any]) -> None:
+        self.labels = labels  # per series, with __name__ (a repeated name: the last value wins)
+        self.parts = parts  # the Parts view's series: how many samples each has
         self.joined: bytes = b""  # every series joined
         self.times: list[int] = []
         self.flat_values: list[float] | None = None  # the flat values, if none is zero
 
     @classmethod
-    def of(cls, maps: list[Any], series: Any, merged: Any) -> _FlatV1 | None:
-        """None unless every label has a non-empty name and value on the wire and no series repeats
-        a label name: then a series' labels are the next ``len(its map)`` of the flat columns."""
+    def of(cls, body: bytes, merged: Any) -> _FlatV1 | None:
+        """None unless every label has a name and a non-empty value on the wire (else the columns
+        would not line up, and an empty-valued label is to be left out)."""
         n = len(merged.labels)
-        per_series = list(map(len, maps))
-        if not n or sum(per_series) != n:  # each map holds at most its series' labels: none repeats
+        if not n:
             return None
         flat = _LabelsFlat.FromString(b"".join(merged.labels))
         names, values = list(flat.name), list(flat.value)
         if len(names) != n or len(values) != n or "" in values:
             return None
-        return cls(names, values, per_series, series)
-
-    def iter_points(self, max_points: int) -> Iterator[list[Point]]:
-        it_names, it_values = iter(self.names), iter(self.values)
-        counts = self.per_series
+        parts = list(_Parts.FromString(body).timeseries)
+        counts = list(map(len, map(_labels_of, parts)))
+        if sum(counts) != n:
+            return None
+        it_names, it_values = iter(names), iter(values)
         labels = list(
             map(dict, map(zip, map(islice, repeat(it_names), counts), map(islice, repeat(it_values), counts)))
         )
+        return cls(labels, parts)
+
+    def iter_points(self, max_points: int) -> Iterator[list[Point]]:
+        labels = self.labels
         metrics = list(map(dict.pop, labels, repeat(_NAME)))
-        samples = list(map(len, map(_samples_of, self.series)))
+        samples = list(map(len, map(_samples_of, self.parts)))
         if samples.count(1) != len(samples):  # not one sample a series: repeat each series' columns
             metrics = list(chain.from_iterable(map(repeat, metrics, samples)))
             labels = list(chain.from_iterable(map(repeat, labels, samples)))
@@ -448,8 +455,12 @@ def check(body: bytes, proto: str, keep: bool = False) -> Checked:
     if proto == V2:
         checked = _check_v2(body, req)
         return replace(checked, decoding=Decoding(body, proto)) if keep else checked
-    series = list(_Maps.FromString(body).timeseries)
-    maps = list(map(_labels_of, series))
+    joined = b"".join(_SeriesBlobs.FromString(body).v1)
+    merged = _Merged.FromString(joined)
+    # each series' labels: as the relay will store them (dicts from flat columns), or else as maps
+    # (a cheaper view when nothing is kept); the same checks run on either
+    fast = _FlatV1.of(body, merged) if keep else None
+    maps: list[Any] = fast.labels if fast is not None else _label_maps(body)
     if maps:
         if (
             not all(map(contains, maps, repeat(_NAME)))
@@ -460,8 +471,6 @@ def check(body: bytes, proto: str, keep: bool = False) -> Checked:
         metrics = list(map(getitem, maps, repeat(_NAME)))
         if not all(metrics) or max(map(len, metrics)) > MAX_NAME:
             _explain_v1(req)
-    joined = b"".join(_SeriesBlobs.FromString(body).v1)
-    merged = _Merged.FromString(joined)
     # A label whose encoding is at most MAX_NAME bytes is within both bounds; longer ones are rare
     # enough to check name by name.
     if merged.labels and max(map(len, merged.labels)) > MAX_NAME:
@@ -473,8 +482,7 @@ def check(body: bytes, proto: str, keep: bool = False) -> Checked:
     decoding = None
     if keep:
         decoding = Decoding(body, proto)
-        fast = _FlatV1.of(maps, series, merged) if not histograms and flat_samples is not None else None
-        if fast is not None:
+        if fast is not None and not histograms and flat_samples is not None:
             fast.joined = joined
             fast.times = list(flat_samples.timestamp)
             values = list(flat_samples.value)
@@ -487,6 +495,10 @@ def check(body: bytes, proto: str, keep: bool = False) -> Checked:
         metadata=len(req.metadata),
         decoding=decoding,
     )
+
+
+def _label_maps(body: bytes) -> list[Any]:
+    return list(map(_labels_of, _Maps.FromString(body).timeseries))
 
 
 def _check_samples(blobs: Any, series: Any) -> tuple[int, Any]:
