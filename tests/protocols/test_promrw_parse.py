@@ -340,6 +340,14 @@ def test_the_relay_decodes_prometheus_bodies_from_the_checks_columns() -> None:
     assert promrw.check(body, promrw.V1, keep=True).decoding.fast is not None
     _decoding_agrees(body, promrw.V1, promrw.to_points(body, promrw.V1))
     assert promrw.to_points(body, promrw.V1)[0].labels == {"a": "3", "b": "2"}
+    # an empty label (no name, no value) and an explicitly empty name: refused, kept or not
+    for extra in (b"", b"\x0a\x00", b"\x0a\x00\x12\x01v"):
+        series = promrw.WriteRequest.FromString(body).timeseries[0].SerializeToString()
+        series += b"\x0a" + bytes([len(extra)]) + extra  # one more label
+        bad = b"\x0a" + bytes([len(series)]) + series
+        for keep in (False, True):
+            with pytest.raises(BadBody, match="label name"):
+                promrw.check(bad, promrw.V1, keep)
     slow = [
         [({"__name__": "e", "gone": ""}, [(T0, 1.0)])],
         [({"__name__": "ok"}, [(T0, 1.0)]), ({"job": "noname"}, [(T0, 1.0)])],

@@ -23,8 +23,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import replace
-from itertools import chain, islice, repeat
-from operator import attrgetter, contains, getitem
+from itertools import chain, compress, count, islice, repeat
+from operator import attrgetter, contains, getitem, not_, sub
 from typing import Any, NamedTuple
 
 import cramjam
@@ -333,9 +333,6 @@ _VIEWS: dict[str, tuple[_Fields, dict[str, list[str]]]] = {
     "MetadataOnly": ([("metadata", 3, "MetadataEntry", "repeated")], {}),
     "MetadataEntry": V1_SCHEMA["MetricMetadata"],
     "SymbolsOnly": ([("symbols", 4, "string", "repeated")], {}),
-    # each 1.0 series' labels and samples as bytes: how many of the flat labels and samples are its
-    "Parts": ([("timeseries", 1, "SeriesParts", "repeated")], {}),
-    "SeriesParts": ([("labels", 1, "bytes", "repeated"), ("samples", 2, "bytes", "repeated")], {}),
     # every 1.0 series merged, its samples as messages: the values with the zeros (not on the wire)
     "SampleMessages": ([("samples", 2, "SampleMessage", "repeated")], {}),
     "SampleMessage": (_SAMPLE, {}),
@@ -359,9 +356,8 @@ _SeriesBlobs, _Merged, _MergedV2, _LabelsFlat, _SamplesFlat, _Maps = (
     for v in ("SeriesBlobs", "Merged", "MergedV2", "LabelsFlat", "SamplesFlat", "Maps")
 )
 _WRONG_WIRE_VIEWS = [_message(f"lossproof.promrw.wire.{v}") for v in _WRONG_WIRE]
-_Parts, _SampleMessages = _message("lossproof.promrw.Parts"), _message("lossproof.promrw.SampleMessages")
+_SampleMessages = _message("lossproof.promrw.SampleMessages")
 _labels_of = attrgetter("labels")
-_samples_of = attrgetter("samples")
 _value_of = attrgetter("value")
 _NAME = "__name__"
 
@@ -373,8 +369,8 @@ class Decoding:
     A 1.0 body whose labels all have a name and a non-empty value on the wire, without native
     histograms (what Prometheus sends), is decoded from those views as columns: the label dicts
     the check built (and checked) from the flat LabelsFlat view, the samples from its SamplesFlat
-    view; no protobuf object per sample, one dict per series. Any other body goes through
-    :func:`iter_decode`."""
+    view; no protobuf object per series or sample, one dict per series. Any other body goes
+    through :func:`iter_decode`."""
 
     def __init__(self, body: bytes, proto: str) -> None:
         self.body, self.proto = body, proto
@@ -392,45 +388,59 @@ class Decoding:
         yield from self.fast.iter_points(max_points)
 
 
+# Put before each series (joined, parsed as the Merged view), a label with an empty name and an
+# empty sample mark where each series' labels and samples begin in the merged columns: no real
+# label of an acceptable body has an empty name, no real sample is empty (it would have no time).
+_MARK = b"\x0a\x02\x0a\x00\x12\x00"
+
+
 class _FlatV1:
     """A 1.0 body's labels and samples as columns: one dict of labels per series (from the flat
-    LabelsFlat view, cut by each series' label count), the samples' times and values."""
+    LabelsFlat view, cut where the marks are), the samples' times and values."""
 
-    def __init__(self, labels: list[dict[str, str]], parts: list[Any]) -> None:
+    def __init__(self, labels: list[dict[str, str]], samples: list[int] | None) -> None:
         self.labels = labels  # per series, with __name__ (a repeated name: the last value wins)
-        self.parts = parts  # the Parts view's series: how many samples each has
+        self.samples = samples  # per series; None: one each
         self.joined: bytes = b""  # every series joined
         self.times: list[int] = []
         self.flat_values: list[float] | None = None  # the flat values, if none is zero
 
     @classmethod
-    def of(cls, body: bytes, merged: Any) -> _FlatV1 | None:
-        """None unless every label has a name and a non-empty value on the wire (else the columns
+    def of(cls, blobs: Any) -> _FlatV1 | None:
+        """None unless every label has a non-empty name and value on the wire (else the columns
         would not line up, and an empty-valued label is to be left out)."""
-        n = len(merged.labels)
+        n = len(blobs)
         if not n:
             return None
-        flat = _LabelsFlat.FromString(b"".join(merged.labels))
+        marked = _Merged.FromString(b"".join(map(_MARK.__add__, blobs)))
+        flat = _LabelsFlat.FromString(b"".join(marked.labels))
         names, values = list(flat.name), list(flat.value)
-        if len(names) != n or len(values) != n or "" in values:
+        starts = list(compress(count(), map(not_, names)))  # the marks (the only empty names)
+        # one name for each label (an empty label has none: it is for the check to refuse), one
+        # value for each but the marks
+        if len(starts) != n or len(names) != len(marked.labels) or len(names) != n + len(values):
             return None
-        parts = list(_Parts.FromString(body).timeseries)
-        counts = list(map(len, map(_labels_of, parts)))
-        if sum(counts) != n:
+        if "" in values:
             return None
-        it_names, it_values = iter(names), iter(values)
+        # each series' label count: from its mark to the next one
+        counts = list(map(sub, [*starts[1:], len(names)], map((1).__add__, starts)))
+        it_names, it_values = iter(list(filter(None, names))), iter(values)
         labels = list(
             map(dict, map(zip, map(islice, repeat(it_names), counts), map(islice, repeat(it_values), counts)))
         )
-        return cls(labels, parts)
+        samples: list[int] | None = None
+        blobs2 = marked.samples
+        if len(blobs2) != 2 * n or any(blobs2[0::2]) or not all(blobs2[1::2]):  # not one sample each
+            at = list(compress(count(), map(not_, blobs2)))
+            samples = list(map(sub, [*at[1:], len(blobs2)], map((1).__add__, at)))
+        return cls(labels, samples)
 
     def iter_points(self, max_points: int) -> Iterator[list[Point]]:
         labels = self.labels
         metrics = list(map(dict.pop, labels, repeat(_NAME)))
-        samples = list(map(len, map(_samples_of, self.parts)))
-        if samples.count(1) != len(samples):  # not one sample a series: repeat each series' columns
-            metrics = list(chain.from_iterable(map(repeat, metrics, samples)))
-            labels = list(chain.from_iterable(map(repeat, labels, samples)))
+        if self.samples is not None:  # not one sample a series: repeat each series' columns
+            metrics = list(chain.from_iterable(map(repeat, metrics, self.samples)))
+            labels = list(chain.from_iterable(map(repeat, labels, self.samples)))
         times = self.times
         values = self.flat_values
         if values is None:
@@ -455,11 +465,12 @@ def check(body: bytes, proto: str, keep: bool = False) -> Checked:
     if proto == V2:
         checked = _check_v2(body, req)
         return replace(checked, decoding=Decoding(body, proto)) if keep else checked
-    joined = b"".join(_SeriesBlobs.FromString(body).v1)
+    blobs = _SeriesBlobs.FromString(body).v1
+    joined = b"".join(blobs)
     merged = _Merged.FromString(joined)
     # each series' labels: as the relay will store them (dicts from flat columns), or else as maps
     # (a cheaper view when nothing is kept); the same checks run on either
-    fast = _FlatV1.of(body, merged) if keep else None
+    fast = _FlatV1.of(blobs) if keep else None
     maps: list[Any] = fast.labels if fast is not None else _label_maps(body)
     if maps:
         if (
