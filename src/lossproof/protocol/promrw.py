@@ -333,6 +333,9 @@ _VIEWS: dict[str, tuple[_Fields, dict[str, list[str]]]] = {
     "MetadataOnly": ([("metadata", 3, "MetadataEntry", "repeated")], {}),
     "MetadataEntry": V1_SCHEMA["MetricMetadata"],
     "SymbolsOnly": ([("symbols", 4, "string", "repeated")], {}),
+    # every 1.0 series merged, with every label merged into one LabelsFlat (a singular message field
+    # given more than once is merged: its repeated fields concatenated), the samples as bytes
+    "MergedFlat": ([("labels", 1, "LabelsFlat", ""), ("samples", 2, "bytes", "repeated")], {}),
     # every 1.0 series merged, its samples as messages: the values with the zeros (not on the wire)
     "SampleMessages": ([("samples", 2, "SampleMessage", "repeated")], {}),
     "SampleMessage": (_SAMPLE, {}),
@@ -357,6 +360,7 @@ _SeriesBlobs, _Merged, _MergedV2, _LabelsFlat, _SamplesFlat, _Maps = (
 )
 _WRONG_WIRE_VIEWS = [_message(f"lossproof.promrw.wire.{v}") for v in _WRONG_WIRE]
 _SampleMessages = _message("lossproof.promrw.SampleMessages")
+_MergedFlat = _message("lossproof.promrw.MergedFlat")
 _labels_of = attrgetter("labels")
 _value_of = attrgetter("value")
 _NAME = "__name__"
@@ -406,19 +410,18 @@ class _FlatV1:
         self.flat_values: list[float] | None = None  # the flat values, if none is zero
 
     @classmethod
-    def of(cls, blobs: Any) -> _FlatV1 | None:
-        """None unless every label has a non-empty name and value on the wire (else the columns
-        would not line up, and an empty-valued label is to be left out)."""
+    def of(cls, blobs: Any, n_labels: int) -> _FlatV1 | None:
+        """None unless every label (``n_labels`` in all) has a non-empty name and value on the wire
+        (else the columns would not line up, and an empty-valued label is to be left out)."""
         n = len(blobs)
         if not n:
             return None
-        marked = _Merged.FromString(b"".join(map(_MARK.__add__, blobs)))
-        flat = _LabelsFlat.FromString(b"".join(marked.labels))
-        names, values = list(flat.name), list(flat.value)
+        marked = _MergedFlat.FromString(b"".join(map(_MARK.__add__, blobs)))
+        names, values = list(marked.labels.name), list(marked.labels.value)
         starts = list(compress(count(), map(not_, names)))  # the marks (the only empty names)
         # one name for each label (an empty label has none: it is for the check to refuse), one
         # value for each but the marks
-        if len(starts) != n or len(names) != len(marked.labels) or len(names) != n + len(values):
+        if len(starts) != n or len(names) != n + n_labels or len(values) != n_labels:
             return None
         if "" in values:
             return None
@@ -470,7 +473,7 @@ def check(body: bytes, proto: str, keep: bool = False) -> Checked:
     merged = _Merged.FromString(joined)
     # each series' labels: as the relay will store them (dicts from flat columns), or else as maps
     # (a cheaper view when nothing is kept); the same checks run on either
-    fast = _FlatV1.of(blobs) if keep else None
+    fast = _FlatV1.of(blobs, len(merged.labels)) if keep else None
     maps: list[Any] = fast.labels if fast is not None else _label_maps(body)
     if maps:
         if (
