@@ -3,7 +3,8 @@ on loopback, through outages of the pipeline and kill -9 of the agent: what the 
 for is stored, exactly once.
 
 - the OpenTelemetry Python SDK (configured by its environment variable) exporting every second while
-  the pipeline is down for 20 s: every export succeeds, every exported point is stored once;
+  the pipeline is down for 20 s: every export succeeds, every exported point is stored once, and the
+  ledger shows the sender's backlog delayed (since the outage) and then stored;
 - influxdb-client (v2 API, synchronous and batching) and the influx 1.x CLI `-import` while the
   pipeline is down: every point stored; importing again stores nothing twice;
 - Prometheus in agent mode and vmagent remote-writing their scrapes through an outage: no gap in `up`;
