@@ -116,12 +116,16 @@ class RemoteWrite(Endpoint):
     # retry window, only override the operator's backoff settings.
     retry_after = None
 
+    def __init__(self, keep: bool = False) -> None:
+        self.keep = keep  # the check keeps its decoding (Checked.decoding) for the relay
+
     async def decode(self, request: web.Request, state: Attempt, read: Reader, max_decoded: int) -> Decoded:
         proto = promrw.proto_of(request.headers.get("Content-Type", ""))
         promrw.check_encoding(encoding_of(request))
         raw = state.raw = await read(request)
         body = promrw.snappy_decompress(raw, max_decoded)
-        return Decoded(proto, "snappy", body, lambda b: promrw.check(b, proto))
+        keep = self.keep
+        return Decoded(proto, "snappy", body, lambda b: promrw.check(b, proto, keep))
 
     def ok(self, decoded: Decoded, checked: Checked) -> web.StreamResponse:
         headers = {"X-Prometheus-Remote-Write-Version": promrw.VERSION_HEADER[decoded.content_type]}
@@ -234,10 +238,11 @@ _INFLUX_V2_CODES = {
 }
 
 
-def endpoints() -> list[tuple[str, Endpoint]]:
-    """Every write path and its endpoint, as ingest and the relay serve them."""
+def endpoints(keep: bool = False) -> list[tuple[str, Endpoint]]:
+    """Every write path and its endpoint, as ingest and the relay serve them. ``keep``: the checks
+    keep what they decoded (``Checked.decoding``) for a receiver that stores points (the relay)."""
     return [
-        ("/api/v1/write", RemoteWrite()),
+        ("/api/v1/write", RemoteWrite(keep)),
         ("/v1/metrics", Otlp()),
         ("/write", Influx(v2=False)),
         ("/api/v2/write", Influx(v2=True)),

@@ -3,7 +3,8 @@ on loopback, through outages of the pipeline and kill -9 of the agent: what the 
 for is stored, exactly once.
 
 - the OpenTelemetry Python SDK (configured by its environment variable) exporting every second while
-  the pipeline is down for 20 s: every export succeeds, every exported point is stored once;
+  the pipeline is down for 20 s: every export succeeds, every exported point is stored once, and the
+  ledger shows the sender's backlog delayed (since the outage) and then stored;
 - influxdb-client (v2 API, synchronous and batching) and the influx 1.x CLI `-import` while the
   pipeline is down: every point stored; importing again stores nothing twice;
 - Prometheus in agent mode and vmagent remote-writing their scrapes through an outage: no gap in `up`;
@@ -26,6 +27,7 @@ from urllib.parse import quote
 import pytest
 import urllib3
 
+from lossproof.faults import write_faults
 from lptest import require
 from lptest.agent import AgentProc, base_config, free_port, wait_for, write_config
 from lptest.pipeline import Pipeline
@@ -105,13 +107,18 @@ def pending(agent: AgentProc, sender: str) -> float:
 def test_otel_sdk_exports_through_an_outage_are_all_stored_once(
     pipeline: Pipeline, tmp_path: Path, stop_agents: list[AgentProc], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Every export answered, every point stored once, and the ledger shows the backlog as the
+    native agent's: delayed (held in the agent's spool since the outage began), then stored."""
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
     from opentelemetry.metrics import CallbackOptions, Observation
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import MetricExportResult, PeriodicExportingMetricReader
 
     p = pipeline
-    agent, relay = start_agent(tmp_path, p)
+    sender = "otlp/OTel-OTLP-Exporter-Python"
+    # one report a request, one request at a time: the backlog drains over several requests, so
+    # the ledger can be seen holding the rest as delayed (a single request would store it at once)
+    agent, relay = start_agent(tmp_path, p, max_batch_reports=1, max_in_flight=1)
     stop_agents.append(agent)
     # as docs/agent.md tells users to point the SDK at the agent
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", relay + "/v1/metrics")
@@ -132,20 +139,40 @@ def test_otel_sdk_exports_through_an_outage_are_all_stored_once(
 
     provider = MeterProvider(metric_readers=[PeriodicExportingMetricReader(Exporter(), 1000)])
     provider.get_meter("relay-test").create_observable_gauge("relay.sdk.n", [observe])
+    delayed: list[dict[str, Any]] = []
     try:
         time.sleep(3)
+        before = all_stored(p, sender)["spool"]["last_seq"]  # what the sender made before the outage
         p.stop()
+        down_ms = time.time() * 1000
         time.sleep(OUTAGE)
-        assert pending(agent, "otlp/OTel-OTLP-Exporter-Python") >= OUTAGE / 2  # the backlog is in the spool
+        assert pending(agent, sender) >= OUTAGE / 2  # the backlog is in the spool
+        # slow the pipeline's log (each request acknowledged 0.3 s later) while the backlog drains
+        write_faults(str(p.faults_file), {"log.fsync": {"mode": "delay", "seconds": 0.3}})
         p.start()
+        up_ms = time.time() * 1000
+
+        def backlog_delayed() -> list[dict[str, Any]] | None:
+            return sender_ledger(p, sender)["delayed"] or None
+
+        delayed = wait_for(backlog_delayed, 30, f"{sender}: the backlog delayed in the ledger")
+        write_faults(str(p.faults_file), {})
         time.sleep(2)
     finally:
+        write_faults(str(p.faults_file), {})
         provider.shutdown()  # a last export
     assert results and all(r is MetricExportResult.SUCCESS for r in results), results
     got = wait_values(p, "relay.sdk.n", n)
     assert [v for _, v in got] == [float(i) for i in range(1, n + 1)]
     assert len({t for t, _ in got}) == n
-    all_stored(p, "otlp/OTel-OTLP-Exporter-Python")
+    # delayed: seqs the sender made during the outage, still in the agent's spool, waiting since
+    # the outage (the oldest pending report was made while the pipeline was down)
+    (first, last) = delayed[0]["range"]
+    assert before < first <= last, (before, delayed)
+    assert down_ms - 1500 <= delayed[0]["pending_since_ms"] <= up_ms, (down_ms, up_ms, delayed)
+    # then stored: every seq, nothing missing, delayed or lost
+    ledger = all_stored(p, sender)
+    assert ledger["stored"][0][1] >= last
 
 
 T0_MS = 1_767_225_600_000  # 2026-01-01

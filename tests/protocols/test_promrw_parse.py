@@ -11,6 +11,7 @@ from google.protobuf import descriptor_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lossproof.points import Point, encode_points
 from lossproof.protocol import promrw
 from lossproof.protocol.thirdparty import MAX_TIME_MS, BadBody
 from lptest.proto import write_request
@@ -258,6 +259,7 @@ def test_check_and_to_points_agree(data: list[tuple[dict[str, str], list[tuple[i
         return
     pts = promrw.to_points(body, promrw.V1)
     assert len(pts) == checked.points == sum(len(s) for _, s in data)
+    _decoding_agrees(body, promrw.V1, pts)
     for p in pts:
         assert p.metric and "__name__" not in p.labels and "" not in p.labels.values()
         assert 0 <= p.t <= MAX_TIME_MS
@@ -272,6 +274,7 @@ def test_arbitrary_bytes_are_refused_cleanly_or_decode(body: bytes) -> None:
         except BadBody:
             continue
         assert len(promrw.to_points(body, proto)) >= checked.points
+        _decoding_agrees(body, proto, promrw.to_points(body, proto))
 
 
 @settings(max_examples=200, deadline=None)
@@ -290,3 +293,70 @@ def test_mutated_bodies_are_refused_cleanly_or_decode(
     except BadBody:
         return
     assert len(promrw.to_points(bytes(body), promrw.V1)) == checked.points
+    _decoding_agrees(bytes(body), promrw.V1, promrw.to_points(bytes(body), promrw.V1))
+
+
+def _decoding_agrees(body: bytes, proto: str, expected: list[Point], max_points: int = 3) -> None:
+    """The relay's decoding kept by the check (columns from the check's views, or iter_decode)
+    gives exactly the worker's points, in order, in chunks of at most max_points."""
+    checked = promrw.check(body, proto, keep=True)
+    assert checked == promrw.check(body, proto)  # the relay's check answers as ingest's
+    decoding = checked.decoding
+    assert isinstance(decoding, promrw.Decoding)
+    chunks = list(decoding.iter_points(max_points))
+    assert all(chunks)
+    if decoding.fast is not None:  # (a histogram is never split: only the columns are exact)
+        assert all(len(c) <= max_points for c in chunks)
+    got = [p for c in chunks for p in c]
+    assert encode_points(got) == encode_points(expected)  # bytes: NaN equals NaN, label order aside
+    assert [list(p.labels) for p in got] == [list(p.labels) for p in expected]
+
+
+def test_the_relay_decodes_prometheus_bodies_from_the_checks_columns() -> None:
+    """The shape Prometheus sends (and more: zero values, several samples or none in a series, labels
+    in any order, a repeated label name) takes the columnar path; an empty-valued label and native
+    histograms take iter_decode's. Both give the worker's points, and the same answer as ingest's
+    check (which keeps nothing)."""
+    fast = [
+        [({"__name__": "up", "job": "p", "i": str(i)}, [(T0 + i, float(i % 3))]) for i in range(50)],
+        [({"__name__": "a"}, [(T0, 0.0), (T0 + 1, -0.0), (T0 + 2, math.nan)]), ({"__name__": "b"}, [])],
+        [({"job": "x", "__name__": "late"}, [(T0, 1.5)]), ({"__name__": "c", "z": "1"}, [(T0, 2.0)])],
+    ]
+    for data in fast:
+        body = write_request(data)
+        decoding = promrw.check(body, promrw.V1, keep=True).decoding
+        assert decoding.fast is not None
+        _decoding_agrees(body, promrw.V1, promrw.to_points(body, promrw.V1))
+        assert promrw.check(body, promrw.V1).decoding is None  # ingest keeps nothing
+    # a repeated label name: the last value wins, in the first one's place (as the worker reads it)
+    req = promrw.WriteRequest()
+    ts = req.timeseries.add()
+    for k, v in (("__name__", "dup"), ("a", "1"), ("b", "2"), ("a", "3")):
+        lb = ts.labels.add()
+        lb.name, lb.value = k, v
+    s = ts.samples.add()
+    s.timestamp, s.value = T0, 0.0
+    body = req.SerializeToString()
+    assert promrw.check(body, promrw.V1, keep=True).decoding.fast is not None
+    _decoding_agrees(body, promrw.V1, promrw.to_points(body, promrw.V1))
+    assert promrw.to_points(body, promrw.V1)[0].labels == {"a": "3", "b": "2"}
+    # an empty label (no name, no value) and an explicitly empty name: refused, kept or not
+    for extra in (b"", b"\x0a\x00", b"\x0a\x00\x12\x01v"):
+        series = promrw.WriteRequest.FromString(body).timeseries[0].SerializeToString()
+        series += b"\x0a" + bytes([len(extra)]) + extra  # one more label
+        bad = b"\x0a" + bytes([len(series)]) + series
+        for keep in (False, True):
+            with pytest.raises(BadBody, match="label name"):
+                promrw.check(bad, promrw.V1, keep)
+    slow = [
+        [({"__name__": "e", "gone": ""}, [(T0, 1.0)])],
+        [({"__name__": "ok"}, [(T0, 1.0)]), ({"job": "noname"}, [(T0, 1.0)])],
+    ]
+    for data in slow:
+        body = write_request(data)
+        try:
+            decoding = promrw.check(body, promrw.V1, keep=True).decoding
+        except BadBody:
+            continue
+        assert decoding.fast is None
+        _decoding_agrees(body, promrw.V1, promrw.to_points(body, promrw.V1))

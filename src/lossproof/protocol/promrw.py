@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from itertools import repeat
-from operator import attrgetter, contains, getitem
+from dataclasses import replace
+from itertools import chain, compress, count, islice, repeat
+from operator import attrgetter, contains, getitem, not_, sub
 from typing import Any, NamedTuple
 
 import cramjam
@@ -332,6 +333,12 @@ _VIEWS: dict[str, tuple[_Fields, dict[str, list[str]]]] = {
     "MetadataOnly": ([("metadata", 3, "MetadataEntry", "repeated")], {}),
     "MetadataEntry": V1_SCHEMA["MetricMetadata"],
     "SymbolsOnly": ([("symbols", 4, "string", "repeated")], {}),
+    # every 1.0 series merged, with every label merged into one LabelsFlat (a singular message field
+    # given more than once is merged: its repeated fields concatenated), the samples as bytes
+    "MergedFlat": ([("labels", 1, "LabelsFlat", ""), ("samples", 2, "bytes", "repeated")], {}),
+    # every 1.0 series merged, its samples as messages: the values with the zeros (not on the wire)
+    "SampleMessages": ([("samples", 2, "SampleMessage", "repeated")], {}),
+    "SampleMessage": (_SAMPLE, {}),
 }
 _pool.Add(file_descriptor("lossproof_promrw_views.proto", "lossproof.promrw", _VIEWS))
 # A Sample field sent with the wrong wire type is, to protobuf, an unknown field: the sample would
@@ -352,12 +359,103 @@ _SeriesBlobs, _Merged, _MergedV2, _LabelsFlat, _SamplesFlat, _Maps = (
     for v in ("SeriesBlobs", "Merged", "MergedV2", "LabelsFlat", "SamplesFlat", "Maps")
 )
 _WRONG_WIRE_VIEWS = [_message(f"lossproof.promrw.wire.{v}") for v in _WRONG_WIRE]
+_SampleMessages = _message("lossproof.promrw.SampleMessages")
+_MergedFlat = _message("lossproof.promrw.MergedFlat")
 _labels_of = attrgetter("labels")
+_value_of = attrgetter("value")
 _NAME = "__name__"
 
 
-def check(body: bytes, proto: str) -> Checked:
-    """Decode the (decompressed) body and check its bounds. Raises BadBody."""
+class Decoding:
+    """What :func:`check` read of a body, kept for a receiver that turns it into points at once (the
+    agent's relay): :meth:`iter_points` reuses the check's views instead of parsing the body again.
+
+    A 1.0 body whose labels all have a name and a non-empty value on the wire, without native
+    histograms (what Prometheus sends), is decoded from those views as columns: the label dicts
+    the check built (and checked) from the flat LabelsFlat view, the samples from its SamplesFlat
+    view; no protobuf object per series or sample, one dict per series. Any other body goes
+    through :func:`iter_decode`."""
+
+    def __init__(self, body: bytes, proto: str) -> None:
+        self.body, self.proto = body, proto
+        self.fast: _FlatV1 | None = None
+
+    def iter_points(self, max_points: int) -> Iterator[list[Point]]:
+        """The points of the checked body, at most ``max_points`` a chunk (a histogram is never
+        split), in the body's order: the same points as :func:`iter_decode`'s chunks."""
+        if self.fast is None:
+            for c in iter_decode(self.body, self.proto, max_points):
+                points = [p for s in c.series for p in s.points()]
+                if points:
+                    yield points
+            return
+        yield from self.fast.iter_points(max_points)
+
+
+# Put before each series (joined, parsed as the Merged view), a label with an empty name and an
+# empty sample mark where each series' labels and samples begin in the merged columns: no real
+# label of an acceptable body has an empty name, no real sample is empty (it would have no time).
+_MARK = b"\x0a\x02\x0a\x00\x12\x00"
+
+
+class _FlatV1:
+    """A 1.0 body's labels and samples as columns: one dict of labels per series (from the flat
+    LabelsFlat view, cut where the marks are), the samples' times and values."""
+
+    def __init__(self, labels: list[dict[str, str]], samples: list[int] | None) -> None:
+        self.labels = labels  # per series, with __name__ (a repeated name: the last value wins)
+        self.samples = samples  # per series; None: one each
+        self.joined: bytes = b""  # every series joined
+        self.times: list[int] = []
+        self.flat_values: list[float] | None = None  # the flat values, if none is zero
+
+    @classmethod
+    def of(cls, blobs: Any, n_labels: int) -> _FlatV1 | None:
+        """None unless every label (``n_labels`` in all) has a non-empty name and value on the wire
+        (else the columns would not line up, and an empty-valued label is to be left out)."""
+        n = len(blobs)
+        if not n:
+            return None
+        marked = _MergedFlat.FromString(b"".join(map(_MARK.__add__, blobs)))
+        names, values = list(marked.labels.name), list(marked.labels.value)
+        starts = list(compress(count(), map(not_, names)))  # the marks (the only empty names)
+        # one name for each label (an empty label has none: it is for the check to refuse), one
+        # value for each but the marks
+        if len(starts) != n or len(names) != n + n_labels or len(values) != n_labels:
+            return None
+        if "" in values:
+            return None
+        # each series' label count: from its mark to the next one
+        counts = list(map(sub, [*starts[1:], len(names)], map((1).__add__, starts)))
+        it_names, it_values = iter(list(filter(None, names))), iter(values)
+        labels = list(
+            map(dict, map(zip, map(islice, repeat(it_names), counts), map(islice, repeat(it_values), counts)))
+        )
+        samples: list[int] | None = None
+        blobs2 = marked.samples
+        if len(blobs2) != 2 * n or any(blobs2[0::2]) or not all(blobs2[1::2]):  # not one sample each
+            at = list(compress(count(), map(not_, blobs2)))
+            samples = list(map(sub, [*at[1:], len(blobs2)], map((1).__add__, at)))
+        return cls(labels, samples)
+
+    def iter_points(self, max_points: int) -> Iterator[list[Point]]:
+        labels = self.labels
+        metrics = list(map(dict.pop, labels, repeat(_NAME)))
+        if self.samples is not None:  # not one sample a series: repeat each series' columns
+            metrics = list(chain.from_iterable(map(repeat, metrics, self.samples)))
+            labels = list(chain.from_iterable(map(repeat, labels, self.samples)))
+        times = self.times
+        values = self.flat_values
+        if values is None:
+            values = list(map(_value_of, _SampleMessages.FromString(self.joined).samples))
+        for i in range(0, len(times), max_points):
+            j = i + max_points
+            yield list(map(Point, metrics[i:j], labels[i:j], times[i:j], values[i:j]))
+
+
+def check(body: bytes, proto: str, keep: bool = False) -> Checked:
+    """Decode the (decompressed) body and check its bounds. Raises BadBody. With ``keep``, the
+    answer carries the :class:`Decoding` of the body (``Checked.decoding``)."""
     req = parse(body, proto)  # exact: every part of the message is valid
     if body and not req.ListFields():
         # Only fields unknown to the announced message, which protobuf skips: most likely the other
@@ -368,8 +466,15 @@ def check(body: bytes, proto: str) -> Checked:
             f"like a {other} message: send it with Content-Type application/x-protobuf;proto={other}"
         )
     if proto == V2:
-        return _check_v2(body, req)
-    maps = list(map(_labels_of, _Maps.FromString(body).timeseries))
+        checked = _check_v2(body, req)
+        return replace(checked, decoding=Decoding(body, proto)) if keep else checked
+    blobs = _SeriesBlobs.FromString(body).v1
+    joined = b"".join(blobs)
+    merged = _Merged.FromString(joined)
+    # each series' labels: as the relay will store them (dicts from flat columns), or else as maps
+    # (a cheaper view when nothing is kept); the same checks run on either
+    fast = _FlatV1.of(blobs, len(merged.labels)) if keep else None
+    maps: list[Any] = fast.labels if fast is not None else _label_maps(body)
     if maps:
         if (
             not all(map(contains, maps, repeat(_NAME)))
@@ -380,21 +485,39 @@ def check(body: bytes, proto: str) -> Checked:
         metrics = list(map(getitem, maps, repeat(_NAME)))
         if not all(metrics) or max(map(len, metrics)) > MAX_NAME:
             _explain_v1(req)
-    merged = _Merged.FromString(b"".join(_SeriesBlobs.FromString(body).v1))
     # A label whose encoding is at most MAX_NAME bytes is within both bounds; longer ones are rare
     # enough to check name by name.
     if merged.labels and max(map(len, merged.labels)) > MAX_NAME:
         flat = _LabelsFlat.FromString(b"".join(merged.labels))
         if max(map(len, flat.name)) > MAX_NAME or max(map(len, flat.value), default=0) > MAX_LABEL_VALUE:
             _explain_v1(req)
-    samples = _check_samples(merged.samples, req.timeseries)
+    samples, flat_samples = _check_samples(merged.samples, req.timeseries)
     histograms = _check_histograms(merged.histograms, body, proto, req.timeseries)
+    decoding = None
+    if keep:
+        decoding = Decoding(body, proto)
+        if fast is not None and not histograms and flat_samples is not None:
+            fast.joined = joined
+            fast.times = list(flat_samples.timestamp)
+            values = list(flat_samples.value)
+            fast.flat_values = values if len(values) == samples else None  # zeros are not on the wire
+            decoding.fast = fast
     return Checked(
-        points=samples, histograms=histograms, exemplars=len(merged.exemplars), metadata=len(req.metadata)
+        points=samples,
+        histograms=histograms,
+        exemplars=len(merged.exemplars),
+        metadata=len(req.metadata),
+        decoding=decoding,
     )
 
 
-def _check_samples(blobs: Any, series: Any) -> int:
+def _label_maps(body: bytes) -> list[Any]:
+    return list(map(_labels_of, _Maps.FromString(body).timeseries))
+
+
+def _check_samples(blobs: Any, series: Any) -> tuple[int, Any]:
+    """The samples' count, and their timestamps and values as the SamplesFlat view (None if none)."""
+    flat = None
     if blobs:
         joined = b"".join(blobs)
         for view in _WRONG_WIRE_VIEWS:
@@ -402,7 +525,8 @@ def _check_samples(blobs: Any, series: Any) -> int:
             for f in ("value", "timestamp"):
                 if wrong.HasField(f):
                     raise BadBody(f"a sample's {f} field has the wrong protobuf wire type")
-        times = _SamplesFlat.FromString(joined).timestamp
+        flat = _SamplesFlat.FromString(joined)
+        times = flat.timestamp
         # a zero timestamp is not on the wire: fewer timestamps than samples means one is missing
         if len(times) != len(blobs) or min(times) < 0 or max(times) > MAX_TIME_MS:
             for i, ts in enumerate(series):
@@ -411,7 +535,7 @@ def _check_samples(blobs: Any, series: Any) -> int:
                         raise BadBody(f"timeseries[{i}]: a sample without a timestamp (or timestamp 0)")
                     _check_times(s.timestamp, s.timestamp, f"timeseries[{i}]")
             raise BadBody("a sample carries a malformed timestamp field")
-    return len(blobs)
+    return len(blobs), flat
 
 
 def _check_histograms(blobs: Any, body: bytes, proto: str, series: Any) -> int:
@@ -457,7 +581,7 @@ def _check_v2(body: bytes, req: Any) -> Checked:
                 raise BadBody(f"{where}: exemplar labels_refs point outside the {nsym} symbols")
             exemplars += 1
     merged = _MergedV2.FromString(b"".join(_SeriesBlobs.FromString(body).v2))
-    samples = _check_samples(merged.samples, req.timeseries)
+    samples = _check_samples(merged.samples, req.timeseries)[0]
     histograms = _check_histograms(merged.histograms, body, V2, req.timeseries)
     return Checked(points=samples, histograms=histograms, exemplars=exemplars, metadata=metadata)
 

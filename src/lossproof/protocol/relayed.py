@@ -5,6 +5,8 @@ at most ``max_points`` points at a time, so memory follows the chunk rather than
 from __future__ import annotations
 
 from collections.abc import Iterator
+from operator import attrgetter
+from typing import Any
 
 from lossproof.points import Point
 from lossproof.protocol import influx, otlp, promrw
@@ -12,19 +14,26 @@ from lossproof.protocol.native import MIN_POINT_TIME_MS
 from lossproof.protocol.thirdparty import MAX_LABELS, BadBody
 
 PROTOCOLS = ("prom-rw", "otlp", "influx")
+_t, _labels = attrgetter("t"), attrgetter("labels")
 
 
 def iter_points(
-    protocol: str, content_type: str, body: bytes, params: dict[str, str], received_ms: int, max_points: int
+    protocol: str,
+    content_type: str,
+    body: bytes,
+    params: dict[str, str],
+    received_ms: int,
+    max_points: int,
+    decoding: Any = None,
 ) -> Iterator[list[Point]]:
     """The points of a (decompressed) body that the protocol's ``check`` accepted. Raises BadBody for
-    a point the native protocol cannot carry (see :func:`native_bounds`)."""
+    a point the native protocol cannot carry (see :func:`native_bounds`). ``decoding``: what the
+    check kept of the body (``Checked.decoding``; remote write), so it is not parsed again."""
     chunks: Iterator[list[Point]]
     if protocol == "prom-rw":
-        chunks = (
-            [p for s in c.series for p in s.points()]
-            for c in promrw.iter_decode(body, content_type, max_points)
-        )
+        if not isinstance(decoding, promrw.Decoding):
+            decoding = promrw.Decoding(body, content_type)
+        chunks = decoding.iter_points(max_points)
     elif protocol == "otlp":
         chunks = otlp.iter_points(body, content_type, max_points)
     elif protocol == "influx":
@@ -45,14 +54,14 @@ def native_bounds(points: list[Point]) -> None:
     carry a time before MIN_POINT_TIME_MS (1973: most likely seconds), which the third-party protocols
     take. Such a point is refused before it is acknowledged: spooled, the server would refuse its
     whole report."""
-    early = min(p.t for p in points)
+    early = min(map(_t, points))
     if early < MIN_POINT_TIME_MS:
         raise BadBody(
             f"a point at t={early} ms (before 1973-03-03): the agent relays points from "
             f"{MIN_POINT_TIME_MS} ms on (a smaller time is most likely in seconds or nanoseconds "
             "read with the wrong precision); send it to the ingest API directly if it is meant"
         )
-    most = max(map(len, (p.labels for p in points)))
+    most = max(map(len, map(_labels, points)))
     if most > MAX_LABELS:
         p = next(p for p in points if len(p.labels) > MAX_LABELS)
         raise BadBody(

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from lossproof.points import Point
 from lossproof.protocol.native import MAX_TIME_MS
@@ -57,6 +58,9 @@ class Checked:
     skipped: int = 0  # values that are accepted but cannot be stored (e.g. Influx string fields)
     rejected: int = 0  # OTLP: data points refused inside an accepted request (partial success)
     reject_reason: str = ""
+    # what the check read of the body, for a receiver that turns it into points at once (the relay;
+    # remote write's Decoding): only when asked for, so ingest holds nothing past the check
+    decoding: Any = field(default=None, repr=False, compare=False)
 
 
 # Labels a protocol adds to a derived series (a histogram bucket's ``le``, a summary's ``quantile``)

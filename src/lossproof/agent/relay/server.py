@@ -36,7 +36,7 @@ from lossproof.httputil import (
 )
 from lossproof.obs.logging import get
 from lossproof.protocol import relayed
-from lossproof.protocol.thirdparty import BadBody
+from lossproof.protocol.thirdparty import BadBody, Checked
 from lossproof.protocol_http import (
     Attempt,
     Decoded,
@@ -106,7 +106,9 @@ class RelayHandler:
             decoded, checked = await check_request(ep, request, state, self._read, self.cfg.max_decoded_bytes)
             if checked.points + checked.histograms:
                 user_agent = request.headers.get("User-Agent", "")
-                samples = await asyncio.to_thread(self._spool, user_agent, decoded, time.time_ns() // 10**6)
+                samples = await asyncio.to_thread(
+                    self._spool, user_agent, decoded, checked, time.time_ns() // 10**6
+                )
                 m.relay_samples.labels(ep.protocol).inc(samples)
             resp = ep.ok(decoded, checked)
             outcome = "acked"
@@ -130,7 +132,7 @@ class RelayHandler:
             await close_after(request, resp)
         return resp
 
-    def _spool(self, user_agent: str, decoded: Decoded, received_ms: int) -> int:
+    def _spool(self, user_agent: str, decoded: Decoded, checked: Checked, received_ms: int) -> int:
         """Spool the body's points as reports (in the loop's thread pool: decoding and the fsync);
         returns the samples spooled. Raises the ApiError to answer."""
         protocol = self.endpoint.protocol
@@ -138,7 +140,13 @@ class RelayHandler:
         samples = 0
         try:
             for points in relayed.iter_points(
-                protocol, decoded.content_type, decoded.body, decoded.params, received_ms, self.max_points
+                protocol,
+                decoded.content_type,
+                decoded.body,
+                decoded.params,
+                received_ms,
+                self.max_points,
+                checked.decoding,
             ):
                 builders.append(_builder(received_ms, encode_points(points)))
                 samples += len(points)
@@ -167,7 +175,7 @@ def build_app(
     cfg: RelayConfig, key: str | None, channels: Channels, metrics: AgentMetrics, max_points: int
 ) -> web.Application:
     app = web.Application(middlewares=[errors_as_json], client_max_size=cfg.max_body_bytes)
-    for path, ep in endpoints():
+    for path, ep in endpoints(keep=True):
         h = RelayHandler(ep, cfg, key, channels, metrics, max_points)
         app.router.add_post(path, h.handle, expect_handler=h.expect)
     app.router.add_get("/ping", ping)  # also answers HEAD
