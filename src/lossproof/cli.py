@@ -142,9 +142,16 @@ def up(data_dir: Path, port: int | None, api_key: str | None, log_format: str) -
 @log_format_option
 def ingest(data_dir: Path, port: int | None, host: str | None, log_format: str) -> None:
     """Run the ingest + query HTTP API alone."""
-    from lossproof.ingest.server import serve
+    run_ingest(data_dir, port, host, log_format)
+
+
+def run_ingest(
+    data_dir: Path, port: int | None, host: str | None, log_format: str, wrap_writer: Any = None
+) -> None:
+    """``lossproof ingest``; ``wrap_writer`` wraps the log writer (a chaos harness hands one in)."""
     from lossproof.log.base import LogError
     from lossproof.obs.logging import setup
+    from lossproof.server import serve
     from lossproof.store.base import StoreError
 
     setup("ingest", fmt=log_format)
@@ -154,7 +161,7 @@ def ingest(data_dir: Path, port: int | None, host: str | None, log_format: str) 
     if host is not None:
         cfg.server.host = host
     try:
-        _run_async(serve(cfg))
+        _run_async(serve(cfg, wrap_writer))
     except LogError as e:
         raise click.ClickException(f"log: {e}") from None
     except StoreError as e:

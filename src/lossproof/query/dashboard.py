@@ -30,15 +30,15 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from lossproof.auth import KeyRing
 from lossproof.config import Config
 from lossproof.httputil import ApiError, client_reason, json_response
-from lossproof.ingest.auth import KeyRing
 from lossproof.log.base import LogGap
 from lossproof.obs.logging import get
 from lossproof.query import holes, params, promql, uplot, utf8names
-from lossproof.query.access import StoreAccess, StoreUnavailable
 from lossproof.query.healthhistory import Entry, HistoryFile, Sample
 from lossproof.query.promapi import PromApi
+from lossproof.store.access import StoreAccess, StoreUnavailable
 from lossproof.store.base import AgentSummary, Ledger, Store
 
 T = TypeVar("T")

@@ -20,10 +20,10 @@ import promql_parser as pp
 from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
 
+from lossproof.auth import KeyRing
 from lossproof.httputil import client_reason, json_response
-from lossproof.ingest.auth import KeyRing
 from lossproof.query import params, promql
-from lossproof.query.access import StoreAccess, StoreUnavailable
+from lossproof.store.access import StoreAccess, StoreUnavailable
 from lossproof.store.base import Matcher, Store
 
 T = TypeVar("T")
