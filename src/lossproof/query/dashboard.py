@@ -33,13 +33,12 @@ from prometheus_client.registry import Collector
 from lossproof.auth import KeyRing
 from lossproof.config import Config
 from lossproof.httputil import ApiError, client_reason, json_response
-from lossproof.log.base import LogGap
 from lossproof.obs.logging import get
 from lossproof.query import holes, params, promql, uplot, utf8names
 from lossproof.query.healthhistory import Entry, HistoryFile, Sample
 from lossproof.query.promapi import PromApi
 from lossproof.store.access import StoreAccess, StoreUnavailable
-from lossproof.store.base import AgentSummary, Ledger, Store
+from lossproof.store.base import AgentSummary, Ledger, LogGap, Store
 
 T = TypeVar("T")
 log = get(__name__)
