@@ -18,18 +18,13 @@ from lossproof.auth import KeyReloader, KeyRing
 from lossproof.config import Config
 from lossproof.httpguard import Guard, GuardedSite, Limits
 from lossproof.httputil import ApiError, client_reason, errors_as_json, json_response, protocol_header
-from lossproof.ingest import protocols
-from lossproof.ingest.metrics import IngestMetrics
-from lossproof.ingest.reports import ReportsHandler
-from lossproof.ingest.series_limit import SeriesLimit
-from lossproof.log.base import LogWriter
-from lossproof.log.factory import open_writer
+from lossproof.ingest import IngestMetrics
+from lossproof.ingest import routes as ingest_routes
+from lossproof.log import LogWriter, open_writer
 from lossproof.obs.exposition import OperatorKeyRequired, exposition, is_operator
 from lossproof.obs.logging import get
-from lossproof.query.api import QueryApi
-from lossproof.query.dashboard import register as register_dashboard
-from lossproof.store.access import StoreAccess
-from lossproof.store.factory import open_store
+from lossproof.query import QueryApi, register_dashboard
+from lossproof.store import StoreAccess, open_store
 
 log = get(__name__)
 GUARD = web.AppKey("guard", Guard)
@@ -79,8 +74,6 @@ def build_app(
 
     app.on_startup.append(add_filter)
     app.on_cleanup.append(remove_filter)
-    series_limit = SeriesLimit(cfg, store, metrics)
-    reports = ReportsHandler(cfg, keys, writer, store, metrics, series_limit)
     session_holder: dict[str, aiohttp.ClientSession] = {}
 
     async def healthz(request: web.Request) -> web.Response:
@@ -113,9 +106,8 @@ def build_app(
     app.on_response_prepare.append(protocol_header)
     app.add_routes(
         [
-            web.post("/v1/reports", reports, expect_handler=reports.expect),
-            # Prometheus remote write, OTLP/HTTP, InfluxDB line protocol (docs/protocols.md)
-            *protocols.routes(cfg, keys, writer, metrics, series_limit),
+            # native, Prometheus remote write, OTLP/HTTP, InfluxDB line protocol (docs/protocols.md)
+            *ingest_routes(cfg, keys, writer, store, metrics),
             web.get("/healthz", healthz),
             web.get("/metrics", metrics_route),
             *QueryApi(keys, store).routes(),

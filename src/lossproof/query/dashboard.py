@@ -74,6 +74,9 @@ def register(
     app.on_cleanup.append(dash.stop)
 
 
+register_dashboard = register  # the name the query package exports
+
+
 # --- metrics sampling --------------------------------------------------------------------------------
 
 
