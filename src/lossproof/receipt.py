@@ -21,7 +21,7 @@ the ingest path.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass
 
 _KEY = object()  # held by ReceiptIssuer alone
 
@@ -36,10 +36,11 @@ class Receipt:
     offset: int
     seqs: tuple[tuple[int, int], ...] = ()
     records: int = 1
-    _key: object = field(default=None, repr=False, compare=False)
+    # not a field: dataclasses.replace cannot copy it, so a receipt cannot be altered into another
+    _key: InitVar[object] = None
 
-    def __post_init__(self) -> None:
-        if self._key is not _KEY:
+    def __post_init__(self, _key: object) -> None:
+        if _key is not _KEY:
             raise TypeError("a Receipt is issued only by a durable writer (ReceiptIssuer), once durable")
 
 
@@ -61,7 +62,7 @@ def nothing_to_keep() -> Receipt:
 
 def checked(receipt: object) -> Receipt:
     """``receipt`` if it is a genuine :class:`Receipt`; a TypeError (so a 500, never a 2xx) otherwise."""
-    if type(receipt) is not Receipt or receipt._key is not _KEY:
+    if type(receipt) is not Receipt:  # a subclass could skip the check in __post_init__
         raise TypeError(f"an acknowledgement needs a durable writer's Receipt, not {type(receipt).__name__}")
     return receipt
 

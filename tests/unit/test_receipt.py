@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +40,13 @@ def test_a_receipt_cannot_be_made_by_hand() -> None:
         Receipt("log", 0, 1, ((1, 3),))
     with pytest.raises(TypeError):
         Receipt("log", 0, 1, ((1, 3),), 1, object())
+
+    class Issuer(ReceiptIssuer):
+        pass
+
+    genuine = Issuer()._receipt(0, 1, [(1, 3)])
+    with pytest.raises((TypeError, ValueError)):  # nor made from a genuine one with other seqs
+        dataclasses.replace(genuine, seqs=((1, 1000),))
 
 
 def test_an_ack_needs_a_receipt() -> None:
