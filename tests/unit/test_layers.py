@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "ranges",
             "cliutil",
             "points",
+            "lazy",
             "receipt",
         },
     ),
@@ -220,7 +221,8 @@ def test_each_package_names_its_public_api() -> None:
                 t.id
                 for n in tree.body
                 if isinstance(n, ast.Assign)
-                for t in n.targets
+                for target in n.targets
+                for t in (target.elts if isinstance(target, ast.Tuple) else [target])
                 if isinstance(t, ast.Name)
             }
             assert "__all__" in names, f"{rel}/__init__.py names no public API (__all__)"

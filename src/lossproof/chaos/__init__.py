@@ -4,8 +4,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from lossproof.lazy import exports
 
 if TYPE_CHECKING:
     from lossproof.chaos.cli import audit_command as audit_command
@@ -15,20 +16,15 @@ if TYPE_CHECKING:
     from lossproof.chaos.scenarios import SCENARIOS as SCENARIOS
     from lossproof.chaos.scenarios import Scenario as Scenario
 
-# The public API, name -> module; loaded on first use, so a process pays only for what it touches.
-_API = {
-    "run_scenario": "lossproof.chaos.runner",
-    "SCENARIOS": "lossproof.chaos.scenarios",
-    "Scenario": "lossproof.chaos.scenarios",
-    "audit_command": "lossproof.chaos.cli",
-    "chaos_group": "lossproof.chaos.cli",
-    "EarlyAckWriter": "lossproof.chaos.early_ack",
-}
-__all__ = sorted(_API)
-
-
-def __getattr__(name: str) -> Any:
-    module = _API.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+# The public API, name -> the module that defines it, loaded on first use (lossproof.lazy).
+__all__, __getattr__ = exports(
+    __name__,
+    {
+        "run_scenario": "lossproof.chaos.runner",
+        "SCENARIOS": "lossproof.chaos.scenarios",
+        "Scenario": "lossproof.chaos.scenarios",
+        "audit_command": "lossproof.chaos.cli",
+        "chaos_group": "lossproof.chaos.cli",
+        "EarlyAckWriter": "lossproof.chaos.early_ack",
+    },
+)

@@ -7,8 +7,9 @@ are :func:`fallback_command` / :func:`replay_command`.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from lossproof.lazy import exports
 
 if TYPE_CHECKING:
     from lossproof.fallback.main import fallback_command as fallback_command
@@ -21,23 +22,18 @@ if TYPE_CHECKING:
     from lossproof.fallback.replay import ReplayOptions as ReplayOptions
     from lossproof.fallback.replay import run_replay as run_replay
 
-# The public API, name -> module; loaded on first use, so a process pays only for what it touches.
-_API = {
-    "fallback_command": "lossproof.fallback.main",
-    "replay_command": "lossproof.fallback.main",
-    "JournalReceipts": "lossproof.fallback.receiver",
-    "ReceiverOptions": "lossproof.fallback.receiver",
-    "build_app": "lossproof.fallback.receiver",
-    "serve": "lossproof.fallback.receiver",
-    "Replay": "lossproof.fallback.replay",
-    "ReplayOptions": "lossproof.fallback.replay",
-    "run_replay": "lossproof.fallback.replay",
-}
-__all__ = sorted(_API)
-
-
-def __getattr__(name: str) -> Any:
-    module = _API.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+# The public API, name -> the module that defines it, loaded on first use (lossproof.lazy).
+__all__, __getattr__ = exports(
+    __name__,
+    {
+        "fallback_command": "lossproof.fallback.main",
+        "replay_command": "lossproof.fallback.main",
+        "JournalReceipts": "lossproof.fallback.receiver",
+        "ReceiverOptions": "lossproof.fallback.receiver",
+        "build_app": "lossproof.fallback.receiver",
+        "serve": "lossproof.fallback.receiver",
+        "Replay": "lossproof.fallback.replay",
+        "ReplayOptions": "lossproof.fallback.replay",
+        "run_replay": "lossproof.fallback.replay",
+    },
+)

@@ -6,8 +6,9 @@ configured implementation. An append returns the durable :class:`Receipt` every 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from lossproof.lazy import exports
 
 if TYPE_CHECKING:
     from lossproof.log.base import LogCorrupt as LogCorrupt
@@ -24,27 +25,22 @@ if TYPE_CHECKING:
     from lossproof.log.factory import open_reader as open_reader
     from lossproof.log.factory import open_writer as open_writer
 
-# The public API, name -> module; loaded on first use, so a process pays only for what it touches.
-_API = {
-    "LogCorrupt": "lossproof.log.base",
-    "LogError": "lossproof.log.base",
-    "LogGap": "lossproof.log.base",
-    "LogLag": "lossproof.log.base",
-    "LogReader": "lossproof.log.base",
-    "LogRecord": "lossproof.log.base",
-    "LogUnavailable": "lossproof.log.base",
-    "LogWriter": "lossproof.log.base",
-    "PollResult": "lossproof.log.base",
-    "Position": "lossproof.log.base",
-    "Receipt": "lossproof.log.base",
-    "open_reader": "lossproof.log.factory",
-    "open_writer": "lossproof.log.factory",
-}
-__all__ = sorted(_API)
-
-
-def __getattr__(name: str) -> Any:
-    module = _API.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+# The public API, name -> the module that defines it, loaded on first use (lossproof.lazy).
+__all__, __getattr__ = exports(
+    __name__,
+    {
+        "LogCorrupt": "lossproof.log.base",
+        "LogError": "lossproof.log.base",
+        "LogGap": "lossproof.log.base",
+        "LogLag": "lossproof.log.base",
+        "LogReader": "lossproof.log.base",
+        "LogRecord": "lossproof.log.base",
+        "LogUnavailable": "lossproof.log.base",
+        "LogWriter": "lossproof.log.base",
+        "PollResult": "lossproof.log.base",
+        "Position": "lossproof.log.base",
+        "Receipt": "lossproof.log.base",
+        "open_reader": "lossproof.log.factory",
+        "open_writer": "lossproof.log.factory",
+    },
+)

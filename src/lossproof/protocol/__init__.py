@@ -8,8 +8,9 @@ worker and the ingest's series limit alike.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from lossproof.lazy import exports
 
 if TYPE_CHECKING:
     from lossproof.protocol.ack import NotAcknowledged as NotAcknowledged
@@ -22,23 +23,18 @@ if TYPE_CHECKING:
     from lossproof.protocol.decode import record_parts as record_parts
     from lossproof.protocol.native import Envelope as Envelope
 
-# The public API, name -> module; loaded on first use, so a process pays only for what it touches.
-_API = {
-    "Envelope": "lossproof.protocol.native",
-    "DecodeError": "lossproof.protocol.decode",
-    "add_record": "lossproof.protocol.decode",
-    "record_parts": "lossproof.protocol.decode",
-    "NotAcknowledged": "lossproof.protocol.ack",
-    "acknowledged": "lossproof.protocol.ack",
-    "BadEncoding": "lossproof.protocol.compression",
-    "TooLarge": "lossproof.protocol.compression",
-    "decompress": "lossproof.protocol.compression",
-}
-__all__ = sorted(_API)
-
-
-def __getattr__(name: str) -> Any:
-    module = _API.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+# The public API, name -> the module that defines it, loaded on first use (lossproof.lazy).
+__all__, __getattr__ = exports(
+    __name__,
+    {
+        "Envelope": "lossproof.protocol.native",
+        "DecodeError": "lossproof.protocol.decode",
+        "add_record": "lossproof.protocol.decode",
+        "record_parts": "lossproof.protocol.decode",
+        "NotAcknowledged": "lossproof.protocol.ack",
+        "acknowledged": "lossproof.protocol.ack",
+        "BadEncoding": "lossproof.protocol.compression",
+        "TooLarge": "lossproof.protocol.compression",
+        "decompress": "lossproof.protocol.compression",
+    },
+)

@@ -6,25 +6,21 @@ the Prometheus-compatible API at ``/api/v1``), both mounted by :mod:`lossproof.s
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from lossproof.lazy import exports
 
 if TYPE_CHECKING:
     from lossproof.query.api import QueryApi as QueryApi
     from lossproof.query.dashboard import register_dashboard as register_dashboard
     from lossproof.query.promapi import PromApi as PromApi
 
-# The public API, name -> module; loaded on first use, so a process pays only for what it touches.
-_API = {
-    "QueryApi": "lossproof.query.api",
-    "register_dashboard": "lossproof.query.dashboard",
-    "PromApi": "lossproof.query.promapi",
-}
-__all__ = sorted(_API)
-
-
-def __getattr__(name: str) -> Any:
-    module = _API.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+# The public API, name -> the module that defines it, loaded on first use (lossproof.lazy).
+__all__, __getattr__ = exports(
+    __name__,
+    {
+        "QueryApi": "lossproof.query.api",
+        "register_dashboard": "lossproof.query.dashboard",
+        "PromApi": "lossproof.query.promapi",
+    },
+)

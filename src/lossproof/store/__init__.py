@@ -7,8 +7,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from lossproof.lazy import exports
 
 if TYPE_CHECKING:
     from lossproof.store.access import StoreAccess as StoreAccess
@@ -23,25 +24,20 @@ if TYPE_CHECKING:
     from lossproof.store.base import WriteResult as WriteResult
     from lossproof.store.factory import open_store as open_store
 
-# The public API, name -> module; loaded on first use, so a process pays only for what it touches.
-_API = {
-    "AgentSummary": "lossproof.store.base",
-    "Ledger": "lossproof.store.base",
-    "Matcher": "lossproof.store.base",
-    "ReportWrite": "lossproof.store.base",
-    "Store": "lossproof.store.base",
-    "StoreError": "lossproof.store.base",
-    "StoreUnavailable": "lossproof.store.base",
-    "WriteBatch": "lossproof.store.base",
-    "WriteResult": "lossproof.store.base",
-    "StoreAccess": "lossproof.store.access",
-    "open_store": "lossproof.store.factory",
-}
-__all__ = sorted(_API)
-
-
-def __getattr__(name: str) -> Any:
-    module = _API.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+# The public API, name -> the module that defines it, loaded on first use (lossproof.lazy).
+__all__, __getattr__ = exports(
+    __name__,
+    {
+        "AgentSummary": "lossproof.store.base",
+        "Ledger": "lossproof.store.base",
+        "Matcher": "lossproof.store.base",
+        "ReportWrite": "lossproof.store.base",
+        "Store": "lossproof.store.base",
+        "StoreError": "lossproof.store.base",
+        "StoreUnavailable": "lossproof.store.base",
+        "WriteBatch": "lossproof.store.base",
+        "WriteResult": "lossproof.store.base",
+        "StoreAccess": "lossproof.store.access",
+        "open_store": "lossproof.store.factory",
+    },
+)

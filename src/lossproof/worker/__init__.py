@@ -4,8 +4,9 @@ one transaction, then commits its log position; records gaps and dead letters, n
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from lossproof.lazy import exports
 
 if TYPE_CHECKING:
     from lossproof.worker.compactor import Compactor as Compactor
@@ -13,18 +14,13 @@ if TYPE_CHECKING:
     from lossproof.worker.loop import WorkerMetrics as WorkerMetrics
     from lossproof.worker.main import run as run
 
-# The public API, name -> module; loaded on first use, so a process pays only for what it touches.
-_API = {
-    "Worker": "lossproof.worker.loop",
-    "WorkerMetrics": "lossproof.worker.loop",
-    "Compactor": "lossproof.worker.compactor",
-    "run": "lossproof.worker.main",
-}
-__all__ = sorted(_API)
-
-
-def __getattr__(name: str) -> Any:
-    module = _API.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+# The public API, name -> the module that defines it, loaded on first use (lossproof.lazy).
+__all__, __getattr__ = exports(
+    __name__,
+    {
+        "Worker": "lossproof.worker.loop",
+        "WorkerMetrics": "lossproof.worker.loop",
+        "Compactor": "lossproof.worker.compactor",
+        "run": "lossproof.worker.main",
+    },
+)
