@@ -98,6 +98,8 @@ def _answers(tmp_path: Path, writer: LogWriter) -> dict[str, tuple[int, str]]:
     auth = {"Authorization": f"Bearer {key}"}
     native = json.dumps({"agent": "a", "reports": [report(1), report(2)]}).encode()
     rw = rw_body([({"__name__": "up", "job": "j"}, [(1_767_225_600_000, 1.0)])])
+    gauge = {"dataPoints": [{"asDouble": 1.0, "timeUnixNano": "1767225600000000000"}]}
+    otlp = {"resourceMetrics": [{"scopeMetrics": [{"metrics": [{"name": "m", "gauge": gauge}]}]}]}
     requests = {
         "native": ("/v1/reports", native, {**auth, "Content-Type": "application/json"}),
         "prom-rw": (
@@ -110,6 +112,7 @@ def _answers(tmp_path: Path, writer: LogWriter) -> dict[str, tuple[int, str]]:
                 "X-Prometheus-Remote-Write-Version": "0.1.0",
             },
         ),
+        "otlp": ("/v1/metrics", json.dumps(otlp).encode(), {**auth, "Content-Type": "application/json"}),
         "influx": ("/api/v2/write?org=o&bucket=b", b"cpu,host=a v=1 1767225600000000000\n", auth),
     }
 
@@ -135,10 +138,11 @@ def test_ingest_answers_2xx_from_a_receipt(tmp_path: Path) -> None:
     assert {name: status for name, (status, _) in answers.items()} == {
         "native": 200,
         "prom-rw": 204,
+        "otlp": 200,
         "influx": 204,
     }
     assert json.loads(answers["native"][1])["acked"] == [[1, 2]]
-    assert len(writer.records) == 3
+    assert len(writer.records) == 4
 
 
 @pytest.mark.parametrize("answer", ["position", "none"])
