@@ -66,7 +66,7 @@ class LazyGroup(click.Group):
         "agent": "lossproof.agent.main:agent_command",
         "fallback": "lossproof.fallback.main:fallback_command",
         "replay": "lossproof.fallback.main:replay_command",
-        "store": "lossproof.store.cli:store_group",
+        "store": "lossproof.cli:store_commands",
         "kafka": "lossproof.log.kafka.cli:kafka_group",
         "dev": "lossproof.dev.kafka:dev_group",
         "chaos": "lossproof.chaos.cli:chaos_group",
@@ -82,9 +82,21 @@ class LazyGroup(click.Group):
 
             module, attr = self.LAZY[cmd_name].split(":")
             cmd = getattr(importlib.import_module(module), attr)
+            if not isinstance(cmd, click.Command):
+                cmd = cmd()  # a function that assembles the command
             assert isinstance(cmd, click.Command)
             return cmd
         return super().get_command(ctx, cmd_name)
+
+
+def store_commands() -> click.Group:
+    """``lossproof store``: the store's commands, and ``store bench`` (benchmarks live in bench/)."""
+    from lossproof.bench.store import bench_cmd
+    from lossproof.store.cli import store_group
+
+    if "bench" not in store_group.commands:
+        store_group.add_command(bench_cmd, "bench")
+    return store_group
 
 
 @click.group(cls=LazyGroup)
@@ -142,9 +154,16 @@ def up(data_dir: Path, port: int | None, api_key: str | None, log_format: str) -
 @log_format_option
 def ingest(data_dir: Path, port: int | None, host: str | None, log_format: str) -> None:
     """Run the ingest + query HTTP API alone."""
-    from lossproof.ingest.server import serve
+    run_ingest(data_dir, port, host, log_format)
+
+
+def run_ingest(
+    data_dir: Path, port: int | None, host: str | None, log_format: str, wrap_writer: Any = None
+) -> None:
+    """``lossproof ingest``; ``wrap_writer`` wraps the log writer (a chaos harness hands one in)."""
     from lossproof.log.base import LogError
     from lossproof.obs.logging import setup
+    from lossproof.server import serve
     from lossproof.store.base import StoreError
 
     setup("ingest", fmt=log_format)
@@ -154,7 +173,7 @@ def ingest(data_dir: Path, port: int | None, host: str | None, log_format: str) 
     if host is not None:
         cfg.server.host = host
     try:
-        _run_async(serve(cfg))
+        _run_async(serve(cfg, wrap_writer))
     except LogError as e:
         raise click.ClickException(f"log: {e}") from None
     except StoreError as e:
@@ -373,7 +392,7 @@ class BenchGroup(LazyGroup):
         "replay": "lossproof.bench.replay:main",
         "agent": "lossproof.bench.agent:run_command",
         "relay": "lossproof.bench.relay:relay_cmd",
-        "store": "lossproof.store.cli:bench_cmd",
+        "store": "lossproof.bench.store:bench_cmd",
         "dashboard": "lossproof.bench.dashboard:dashboard_bench_cmd",
         "fuzz": "lossproof.bench.fuzz:fuzz_cmd",
         "cardinality": "lossproof.bench.cardinality:cardinality_cmd",

@@ -21,8 +21,8 @@ from aiohttp import web
 
 from lossproof import config as config_mod
 from lossproof.fallback import journal as jn
+from lossproof.fallback import pacing, rejected
 from lossproof.fallback import progress as pg
-from lossproof.fallback import replay as rp
 from lossproof.protocol.ack import ACK_HEADERS
 from lptest.fallback import (
     Fallback,
@@ -290,7 +290,7 @@ def test_ledger_report_shape_retries_and_split(
     reasons = {d["reason"] for _k, _h, b in lost for d in b["dropped"]}
     assert len(reasons) == 1
     why = reasons.pop()
-    assert why.startswith("replay rejected: 400 malformed: xxx") and len(why) == rp.REASON_MAX, why
+    assert why.startswith("replay rejected: 400 malformed: xxx") and len(why) == rejected.REASON_MAX, why
     accepted = [(d["first"], d["last"]) for _k, _h, b in lost if len(b["dropped"]) == 1 for d in b["dropped"]]
     assert sorted(accepted) == [(1, 2), (4, 4), (7, 9)]
     [line] = rejected_lines(fb)
@@ -408,19 +408,19 @@ def test_retry_after_zero_does_not_mean_no_backoff(
 
 
 def test_backoff_delay_takes_retry_after_as_a_floor_only() -> None:
-    assert rp._retry_after("0") == 0.0
-    assert rp._retry_after("5") == 5.0
-    assert rp._retry_after("86400") == rp.RETRY_AFTER_CAP == 60.0
-    assert rp._retry_after("inf") == 60.0
-    assert rp._retry_after("nan") is None
-    assert rp._retry_after("-3") == 0.0
-    assert rp._retry_after("Wed, 21 Oct 2015 07:28:00 GMT") is None
+    assert pacing.retry_after("0") == 0.0
+    assert pacing.retry_after("5") == 5.0
+    assert pacing.retry_after("86400") == pacing.RETRY_AFTER_CAP == 60.0
+    assert pacing.retry_after("inf") == 60.0
+    assert pacing.retry_after("nan") is None
+    assert pacing.retry_after("-3") == 0.0
+    assert pacing.retry_after("Wed, 21 Oct 2015 07:28:00 GMT") is None
     for attempt in range(12):
-        cap = min(rp.BACKOFF_CAP, rp.BACKOFF_BASE * 2**attempt)
+        cap = min(pacing.BACKOFF_CAP, pacing.BACKOFF_BASE * 2**attempt)
         for ra in (None, 0.0):
-            delays = [rp.backoff_delay(attempt, ra) for _ in range(200)]
+            delays = [pacing.backoff_delay(attempt, ra) for _ in range(200)]
             assert all(0 <= d <= cap + 0.05 for d in delays), (attempt, ra)
             assert sum(delays) / len(delays) > cap / 4, (attempt, ra)  # not "at once"
-        assert all(5.0 <= rp.backoff_delay(attempt, 5.0) <= max(cap, 6.0) for _ in range(50))
-        assert all(rp.backoff_delay(attempt, 60.0) <= 61.0 for _ in range(50))
-    assert rp.backoff_delay(10_000, None) <= rp.BACKOFF_CAP  # no overflow on a long outage
+        assert all(5.0 <= pacing.backoff_delay(attempt, 5.0) <= max(cap, 6.0) for _ in range(50))
+        assert all(pacing.backoff_delay(attempt, 60.0) <= 61.0 for _ in range(50))
+    assert pacing.backoff_delay(10_000, None) <= pacing.BACKOFF_CAP  # no overflow on a long outage

@@ -20,13 +20,13 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from lossproof import config as config_mod
+from lossproof.auth import KeyReloader
 from lossproof.config import Config
 from lossproof.faults import Faults, write_faults
-from lossproof.ingest.keyreload import KeyReloader
-from lossproof.ingest.server import KEYS, build_app, listen
 from lossproof.log.factory import open_reader, open_writer
 from lossproof.obs.logging import setup
-from lossproof.query.access import StoreAccess
+from lossproof.server import KEYS, build_app, listen
+from lossproof.store.access import StoreAccess
 from lossproof.store.factory import open_store
 from lossproof.worker.loop import Worker
 from lptest.pipeline import Endpoint, with_operator_key

@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 
 from lossproof.log.base import LogRecord
 from lossproof.protocol import native, promrw
+from lossproof.protocol.decode import add_record
 from lossproof.protocol.thirdparty import BadBody, check_points
 from lossproof.store.base import WriteBatch
 from lossproof.store.sqlite import SqliteStore
-from lossproof.worker.decode import add_record
 
 T0 = 1_767_225_600_000
 

@@ -8,7 +8,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from lossproof.query.access import StoreAccess
+from lossproof.store.access import StoreAccess
 from lossproof.store.sqlite import SqliteStore
 
 

@@ -1,5 +1,5 @@
 """PromQL's vectorised evaluation (numpy, every step and series at once) answers bit for bit what the
-per-window Python definitions answer (``promql._range_fn``, ``_agg``, ``_binop``), on random data
+per-window Python definitions answer (``promref._range_fn``, ``_agg``, ``_binop``), on random data
 with the awkward values: NaN, infinities, both zeros, counter resets, huge and tiny numbers, single
 samples, empty windows."""
 
@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from lossproof.query import exact, promql
+from lossproof.query import exact, promql, promref, promwindows
 from lossproof.store.base import SeriesArrays
 
 Gen = Callable[[np.random.Generator, int], np.ndarray]
@@ -58,11 +58,11 @@ def _reference(
     name: str, found: list[SeriesArrays], at: list[int], rng: int, q: float
 ) -> list[list[float | None]]:
     """The evaluator's loop before it was vectorised: bisect per step, ``_range_fn`` per window."""
-    fn = promql._range_fn("count_over_time" if name == "quantile_over_time" else name, [])
+    fn = promref._range_fn("count_over_time" if name == "quantile_over_time" else name, [])
     if name == "quantile_over_time":
 
         def fn(ts: list[int], vs: list[float], lo: int, hi: int, at: int, rng: int) -> float | None:
-            return promql._quantile(q, vs[lo:hi])
+            return promref._quantile(q, vs[lo:hi])
 
     out = []
     for s in found:
@@ -79,7 +79,8 @@ def _reference(
 @pytest.fixture(params=[promql.BLOCK, 7], ids=["one block", "blocks of 7"])
 def block(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
     """Windows computed at a time: all at once, and a few at a time (series and steps in blocks)."""
-    monkeypatch.setattr(promql, "BLOCK", request.param)
+    monkeypatch.setattr(promql, "BLOCK", request.param)  # aggregations
+    monkeypatch.setattr(promwindows, "BLOCK", request.param)  # range functions
     return int(request.param)
 
 
@@ -105,7 +106,7 @@ def test_range_functions_match_the_python_definitions(name: str, kind: str, bloc
         start = t0 + int(r.integers(-400_000, 1_000_000))
         at = [start + k * step for k in range(n)]
         q = float(r.choice([0.0, 0.25, 0.5, 0.9, 1.0, -1.0, 2.0, math.nan]))
-        values, present = promql.range_function(name, found, np.array(at, dtype=np.int64), rng, q)
+        values, present = promwindows.range_function(name, found, np.array(at, dtype=np.int64), rng, q)
         got = [
             [_bits(v if p else None) for v, p in zip(vr, pr, strict=True)]
             for vr, pr in zip(values.tolist(), present.tolist(), strict=True)
@@ -130,7 +131,7 @@ def test_aggregations_match_agg(op: str, kind: str, block: int) -> None:
         for g in range(groups):
             for k in range(n):
                 xs = [float(values[i, k]) for i in range(m) if gid[i] == g and present[i, k]]
-                want = promql._agg(op, xs) if xs else None
+                want = promref._agg(op, xs) if xs else None
                 got = float(out[g, k]) if out_present[g, k] else None
                 assert _bits(got) == _bits(want), (op, kind, xs)
 

@@ -18,7 +18,7 @@ from lossproof.httputil import ApiError
 from lossproof.ingest import series_limit
 from lossproof.ingest.metrics import IngestMetrics
 from lossproof.ingest.series_limit import SeriesLimit, series_key
-from lossproof.query.access import StoreAccess
+from lossproof.store.access import StoreAccess
 from lossproof.store.base import Point, Store, WriteBatch
 from lossproof.store.sqlite import SqliteStore
 

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-if TYPE_CHECKING:  # the agent itself never loads the store's modules
-    from lossproof.store.base import PointLike
+if TYPE_CHECKING:  # the agent itself never loads lossproof.points (it needs no Point)
+    from lossproof.points import PointLike
 
 MAX_TIME_MS = 4_102_444_800_000
 # as protocol.native.MIN_POINT_TIME_MS: ingest refuses earlier times (most likely seconds)

@@ -235,7 +235,9 @@ class Topology:
             host = self.net.host_ip
         for i in range(self.spec.ingests):
             port = free_port()
-            argv = [*exe, "ingest", "--data-dir", str(self.data_dir), "--port", str(port), "--host", host]
+            # the product's ingest, its log writer wrapped so scenario 5 can make it lie (early_ack)
+            argv = [sys.executable, "-m", "lossproof.chaos.early_ack"]
+            argv += ["--data-dir", str(self.data_dir), "--port", str(port), "--host", host]
             p = Proc(f"ingest{i}", argv, env, self.log_dir, f"http://{host}:{port}")
             self.ingests.append(p)
             p.start()

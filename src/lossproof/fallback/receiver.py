@@ -25,6 +25,7 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from lossproof.auth import TENANT_HEADER, named_tenant
 from lossproof.config import Config, hash_key
 from lossproof.fallback import journal as jn
 from lossproof.fallback import progress as pg
@@ -46,10 +47,10 @@ from lossproof.obs.exposition import OperatorKeyRequired, exposition, is_operato
 from lossproof.obs.logging import get
 from lossproof.protocol import native
 from lossproof.protocol.compression import BadEncoding, TooLarge, decompress
+from lossproof.receipt import Receipt, ReceiptIssuer, acked
 
 log = get(__name__)
 
-TENANT_HEADER = "X-Lossproof-Tenant"  # the same header and rule as ingest/auth.py
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 FSYNC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -121,10 +122,24 @@ class FallbackMetrics:
         self.commit_requests.observe(requests)
 
 
+class JournalReceipts(ReceiptIssuer):
+    """The journal's durable appends as receipts: the fallback's 200 is built from one alone."""
+
+    receipt_source = "fallback journal"
+
+    def __init__(self, writer: jn.JournalWriter) -> None:
+        self.writer = writer
+
+    async def append(self, entry: jn.Entry, received_ms: int) -> Receipt:
+        """Append ``entry``; its receipt once the journal has it fsync'd (JournalUnavailable else)."""
+        pos = await self.writer.append(entry, received_ms)
+        return self._receipt(pos.segment, pos.pos, entry.seqs)
+
+
 class ReportsHandler:
     def __init__(self, cfg: Config, writer: jn.JournalWriter, metrics: FallbackMetrics) -> None:
         self.cfg = cfg
-        self.writer = writer
+        self.journal = JournalReceipts(writer)
         self.metrics = metrics
         self.keys = cfg.key_index()
 
@@ -150,18 +165,7 @@ class ReportsHandler:
 
     def authorize(self, request: web.Request) -> str:
         """The tenant to write as, or the 401/403 to answer (the ingest API's rules for a tenant key)."""
-        tenant = self.tenant(request)
-        if tenant is None:
-            raise ApiError(
-                401,
-                "missing or unknown API key (Authorization: Bearer <key>)",
-                "unauthorized",
-                {"WWW-Authenticate": "Bearer"},
-            )
-        named = request.headers.get(TENANT_HEADER)
-        if named is not None and named != tenant:  # as the ingest API answers it (ingest/auth.py)
-            raise ApiError(403, f"this key cannot write as tenant {named!r}", "forbidden")
-        return tenant
+        return named_tenant(self.tenant(request), request.headers.get(TENANT_HEADER))
 
     async def expect(self, request: web.Request) -> web.StreamResponse | None:
         """``Expect: 100-continue``: a wrong key is answered before the client sends the body."""
@@ -196,12 +200,13 @@ class ReportsHandler:
             points=checked.points,
             body=raw,
         )
-        append = self.writer.append(entry, int(time.time() * 1000))
-        await await_durable(append, srv.append_timeout_seconds, jn.JournalUnavailable, self.unavailable)
+        append = self.journal.append(entry, int(time.time() * 1000))
+        timeout = srv.append_timeout_seconds
+        receipt = await await_durable(append, timeout, jn.JournalUnavailable, self.unavailable)
         self.metrics.bytes.labels(tenant).inc(len(raw))
         self.metrics.reports.labels(tenant).inc(checked.reports)
         self.metrics.points.labels(tenant).inc(checked.points)
-        return json_response({"acked": checked.seqs, "replay": []})
+        return json_response({"acked": acked(receipt), "replay": []})
 
 
 def build_app(

@@ -36,9 +36,7 @@ import contextlib
 import dataclasses
 import fcntl
 import json
-import math
 import os
-import random
 import signal
 import sys
 import threading
@@ -54,18 +52,15 @@ import msgspec
 from lossproof.durable import fsync_dir, make_dirs
 from lossproof.fallback import journal as jn
 from lossproof.fallback import progress as pg
+from lossproof.fallback.pacing import TokenBucket, backoff_delay
+from lossproof.fallback.pacing import retry_after as parse_retry_after
+from lossproof.fallback.rejected import LOST_RANGES_PER_REQUEST, lost_ranges
+from lossproof.fallback.tracker import Slot, Tracker
 from lossproof.protocol import native
 from lossproof.protocol.ack import PROTOCOL_HEADER, NotAcknowledged, acknowledged, from_lossproof
-from lossproof.protocol.compression import decompress
 
 FATAL = frozenset({401, 403, 404, 405})
-BACKOFF_BASE = 0.1
-BACKOFF_CAP = 10.0
-RETRY_AFTER_CAP = 60.0  # a Retry-After longer than this is taken as this
 MAX_REJECTED_SHOWN = 20
-REASON_MAX = 300  # characters of a lost range's reason (the protocol allows 1024)
-LOST_RANGES_PER_REQUEST = 500  # dropped ranges per ledger report (split further on a 413)
-MAX_DECODED = 1 << 30  # to find a rejected body's own `dropped` ranges (the fallback bounded it)
 
 
 class ReplayError(Exception):
@@ -129,130 +124,6 @@ class Summary:
         return text
 
 
-class TokenBucket:
-    """``rate`` tokens per second, bursts of up to ``burst``. Waiters are served in order."""
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate = rate
-        self.burst = max(burst, 1.0)
-        self.tokens = self.burst
-        self.last = time.monotonic()
-        self._lock = asyncio.Lock()
-
-    async def take(self, n: float) -> None:
-        async with self._lock:
-            need = min(n, self.burst)  # a request larger than a burst may pass, then pays it back
-            while True:
-                now = time.monotonic()
-                self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-                self.last = now
-                if self.tokens >= need:
-                    self.tokens -= n
-                    return
-                await asyncio.sleep((need - self.tokens) / self.rate)
-
-
-@dataclass(slots=True)
-class _Slot:
-    after: jn.Position
-    left_segment: int | None = None
-    done: bool = False
-
-
-_Queue = asyncio.Queue[tuple[jn.Record, _Slot] | None]
-
-
-class Tracker:
-    """The done-watermark: the position after the longest prefix of finished requests."""
-
-    def __init__(self, start: jn.Position | None, completed: dict[int, int]) -> None:
-        self.position = start
-        self.completed = completed
-        self._slots: deque[_Slot] = deque()
-
-    def add(self, after: jn.Position, left_segment: int | None = None) -> _Slot:
-        slot = _Slot(after, left_segment)
-        self._slots.append(slot)
-        return slot
-
-    def done(self, slot: _Slot) -> None:
-        slot.done = True
-        while self._slots and self._slots[0].done:
-            s = self._slots.popleft()
-            if s.left_segment is not None:
-                self.completed.setdefault(s.left_segment, int(time.time() * 1000))
-            self.position = s.after
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._slots)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds a ``Retry-After`` asks for, at most ``RETRY_AFTER_CAP``; None if absent or a date."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None  # an HTTP date: use our own backoff
-    if math.isnan(seconds):
-        return None
-    return min(RETRY_AFTER_CAP, max(0.0, seconds))
-
-
-def backoff_delay(attempt: int, retry_after: float | None) -> float:
-    """Seconds to wait before retry number ``attempt + 1``: exponential backoff with full jitter
-    (0.1 s doubling up to 10 s), lengthened, never shortened, by the server's ``Retry-After``
-    (already capped by :func:`_retry_after`). ``Retry-After: 0`` is not "retry at once": a server
-    saying that on every 503 would otherwise be hammered."""
-    delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(attempt, 30)))
-    if retry_after is not None:
-        delay = max(delay, retry_after + random.uniform(0, min(1.0, retry_after / 10 + 0.05)))
-    return delay
-
-
-class _DroppedOnly(msgspec.Struct):
-    """The only part of a native body a rejected request's ledger report needs."""
-
-    dropped: list[native.DroppedIn] = []
-
-
-_dropped_decoders: dict[str, msgspec.json.Decoder[_DroppedOnly] | msgspec.msgpack.Decoder[_DroppedOnly]] = {
-    native.JSON: msgspec.json.Decoder(_DroppedOnly),
-    native.MSGPACK: msgspec.msgpack.Decoder(_DroppedOnly),
-}
-
-
-def body_dropped(entry: jn.Entry) -> list[tuple[int, int, str]]:
-    """The ``dropped`` ranges the agent put in this request (empty if it cannot be decoded)."""
-    decoder = _dropped_decoders.get(entry.content_type)
-    if decoder is None:
-        return []
-    try:
-        req = decoder.decode(decompress(entry.body, entry.encoding, MAX_DECODED))
-    except Exception:  # a body the main ingest refused may well be undecodable: nothing to add
-        return []
-    return [(d.first, d.last, d.reason) for d in req.dropped if d.first <= d.last]
-
-
-def rejected_reason(status: int, error: str) -> str:
-    """The reason recorded in the ledger for the seqs of a request the main ingest refused."""
-    text = " ".join(f"replay rejected: {status} {error}".split())
-    return text if len(text) <= REASON_MAX else text[: REASON_MAX - 3] + "..."
-
-
-def lost_ranges(entry: jn.Entry, status: int, error: str) -> list[tuple[int, int, str]]:
-    """What the ledger must record as lost when ``entry`` was refused with ``status``: its seqs,
-    and the ranges its agent had already given up on. Empty for a request without an agent."""
-    if not entry.agent or entry.content_type not in _dropped_decoders:
-        return []
-    why = rejected_reason(status, error)
-    out = [(a, b, why) for a, b in entry.seqs if 1 <= a <= b]
-    out += [(a, b, r) for a, b, r in body_dropped(entry) if (a, b, r) not in out]
-    return out
-
-
 def _acquire_lock(path: Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -272,6 +143,9 @@ def _fmt_eta(seconds: float) -> str:
         return "--:--"
     s = int(seconds)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+_Queue = asyncio.Queue[tuple[jn.Record, Slot] | None]
 
 
 class Replay:
@@ -386,7 +260,7 @@ class Replay:
         s.journal_bytes += rec.size
 
     async def produce(
-        self, queue: asyncio.Queue[tuple[jn.Record, _Slot] | None], start: jn.Position | None
+        self, queue: asyncio.Queue[tuple[jn.Record, Slot] | None], start: jn.Position | None
     ) -> None:
         assert self.tracker is not None
         reader = jn.JournalReader(self.journal, start)
@@ -479,7 +353,7 @@ class Replay:
                 async with session.post(self.endpoint, data=body, headers=headers, timeout=timeout) as r:
                     answer = await r.read()
                     status = r.status
-                    retry_after = _retry_after(r.headers.get("Retry-After"))
+                    retry_after = parse_retry_after(r.headers.get("Retry-After"))
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 why = str(exc) or type(exc).__name__
                 self.transient(f"cannot reach {self.url} ({why})")

@@ -27,9 +27,9 @@ import time
 
 from aiohttp import web
 
+from lossproof.auth import KeyRing
 from lossproof.config import Config
 from lossproof.httputil import CLOSE_STATUSES, ApiError, close_after, unavailable
-from lossproof.ingest.auth import KeyRing
 from lossproof.ingest.metrics import IngestMetrics
 from lossproof.ingest.reports import Ingest
 from lossproof.ingest.series_limit import SeriesLimit
@@ -38,6 +38,8 @@ from lossproof.obs.logging import get
 from lossproof.protocol import native
 from lossproof.protocol.thirdparty import Checked
 from lossproof.protocol_http import Attempt, Decoded, Endpoint, check_request, endpoints, health, ping
+from lossproof.receipt import Receipt, nothing_to_keep
+from lossproof.receipt import checked as check_receipt
 
 log = get(__name__)
 
@@ -154,7 +156,8 @@ class ThirdParty(Ingest):
         n = checked.points + checked.histograms
         m.proto_points.labels(tenant, self.protocol, "received").inc(n + checked.rejected)
         # Points or remote-write metadata (also alone: the worker stores it) are made durable; a
-        # request with neither has nothing to keep.
+        # request with neither has nothing to keep (and its receipt acknowledges nothing).
+        receipt = nothing_to_keep()
         if n or checked.metadata:
             env = native.Envelope(
                 version=1,
@@ -170,15 +173,17 @@ class ThirdParty(Ingest):
             )
             sender = f"{self.protocol}/{request.remote or '-'}"
             record = native.encode_envelope(env)
-            await self.append_limited(tenant, self.protocol, native.log_key(tenant, sender), record)
+            receipt = await self.append_limited(tenant, self.protocol, native.log_key(tenant, sender), record)
         m.proto_requests.labels(tenant, self.protocol, "acked").inc()
         m.proto_points.labels(tenant, self.protocol, "acked").inc(n)
         if checked.rejected:
             m.proto_points.labels(tenant, self.protocol, "rejected").inc(checked.rejected)
         self.count_sender(request, state, "acked", n)
-        return self.ok(state, decoded, checked)
+        return self.ok(receipt, state, decoded, checked)
 
-    def ok(self, state: Attempt, decoded: Decoded, checked: Checked) -> web.StreamResponse:
+    def ok(self, receipt: Receipt, state: Attempt, decoded: Decoded, checked: Checked) -> web.StreamResponse:
+        """The protocol's 2xx: made only from the log's durable receipt (:mod:`lossproof.receipt`)."""
+        check_receipt(receipt)
         return self.endpoint.ok(decoded, checked)
 
 
@@ -189,10 +194,10 @@ def _gone(request: web.Request) -> bool:
 
 
 class RemoteWrite(ThirdParty):
-    def ok(self, state: Attempt, decoded: Decoded, checked: Checked) -> web.StreamResponse:
+    def ok(self, receipt: Receipt, state: Attempt, decoded: Decoded, checked: Checked) -> web.StreamResponse:
         if checked.exemplars:
             self.metrics.proto_skipped.labels(state.tenant, self.protocol, "exemplar").inc(checked.exemplars)
-        return super().ok(state, decoded, checked)
+        return super().ok(receipt, state, decoded, checked)
 
     def count_sender(self, request: web.Request, state: Attempt, outcome: str, n: int) -> None:
         sender = self.metrics.sender(request.headers.get("User-Agent", ""), request.remote)
@@ -200,12 +205,12 @@ class RemoteWrite(ThirdParty):
 
 
 class InfluxWrite(ThirdParty):
-    def ok(self, state: Attempt, decoded: Decoded, checked: Checked) -> web.StreamResponse:
+    def ok(self, receipt: Receipt, state: Attempt, decoded: Decoded, checked: Checked) -> web.StreamResponse:
         if checked.skipped:
             self.metrics.proto_skipped.labels(state.tenant, self.protocol, "string_field").inc(
                 checked.skipped
             )
-        return super().ok(state, decoded, checked)
+        return super().ok(receipt, state, decoded, checked)
 
 
 _HANDLERS: dict[str, type[ThirdParty]] = {"prom-rw": RemoteWrite, "influx": InfluxWrite}

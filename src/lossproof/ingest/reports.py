@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 
 from aiohttp import web
 
+from lossproof.auth import KeyRing
 from lossproof.config import Config
-from lossproof.faults import Faults
 from lossproof.httputil import (
     ApiError,
     accounted,
@@ -24,14 +25,14 @@ from lossproof.httputil import (
     read_body,
     unavailable,
 )
-from lossproof.ingest.auth import KeyRing
 from lossproof.ingest.metrics import IngestMetrics
 from lossproof.ingest.series_limit import SeriesLimit, record_series
 from lossproof.log.base import LogUnavailable, LogWriter
 from lossproof.obs.logging import get
 from lossproof.protocol import native
 from lossproof.protocol.compression import BadEncoding, TooLarge, decompress
-from lossproof.query.access import StoreAccess
+from lossproof.receipt import Receipt, acked
+from lossproof.store.access import StoreAccess
 
 log = get(__name__)
 
@@ -56,7 +57,6 @@ class Ingest:
         self.writer = writer
         self.metrics = metrics
         self.series_limit = series_limit
-        self._faults = Faults()
 
     def unavailable(self, reason: str) -> ApiError:
         return unavailable("log", reason, self.cfg.server.retry_after_seconds)
@@ -80,29 +80,32 @@ class Ingest:
         srv = self.cfg.server
         return await read_body(request, srv.max_body_bytes, srv.body_idle_seconds, srv.body_read_max_seconds)
 
-    async def append_limited(self, tenant: str, protocol: str, key: bytes, record: bytes) -> None:
+    async def append_limited(
+        self, tenant: str, protocol: str, key: bytes, record: bytes, seqs: Sequence[tuple[int, int]] = ()
+    ) -> Receipt:
         """:meth:`append_durable`, once the tenant's series limit admitted the record's series (or
         raised the 400). The record is decoded as the worker will decode it, off the event loop."""
         limit = self.series_limit
         if limit is None or not limit.limit(tenant):
-            await self.append_durable(key, record)
-            return
+            return await self.append_durable(key, record, seqs)
         held = await limit.admit(tenant, await asyncio.to_thread(record_series, record), protocol)
         try:
-            await self.append_durable(key, record)
+            receipt = await self.append_durable(key, record, seqs)
         except BaseException:
             limit.release(tenant, held)
             raise
         limit.confirm(tenant, held)
+        return receipt
 
-    async def append_durable(self, key: bytes, record: bytes) -> None:
-        """Append ``record`` and return once the log holds it durably; raise the 503 otherwise."""
-        if self._faults.get("ingest.ack_before_durable") is not None:
-            # Chaos scenario 5 only (fault file): the first post-mortem's bug, acknowledging without
-            # the log's confirmation. The append is dropped entirely, so the loss is unrecoverable.
-            return
+    async def append_durable(
+        self, key: bytes, record: bytes, seqs: Sequence[tuple[int, int]] = ()
+    ) -> Receipt:
+        """Append ``record`` and return the log's durable receipt; raise the 503 otherwise. The
+        receipt is what the 2xx is built from (:mod:`lossproof.receipt`)."""
         timeout = self.cfg.server.append_timeout_seconds
-        await await_durable(self.writer.append(key, record), timeout, LogUnavailable, self.unavailable)
+        return await await_durable(
+            self.writer.append(key, record, seqs), timeout, LogUnavailable, self.unavailable
+        )
 
 
 class ReportsHandler(Ingest):
@@ -203,9 +206,9 @@ class ReportsHandler(Ingest):
         )
         key = native.log_key(tenant, agent)
         if replaying:  # the fallback answered 200 for it already: refusing it now would lose it
-            await self.append_durable(key, record)
+            receipt = await self.append_durable(key, record, seqs)
         else:
-            await self.append_limited(tenant, "native", key, record)
+            receipt = await self.append_limited(tenant, "native", key, record, seqs)
         if seqs:
             self.store.acknowledged(tenant, agent, checked.incarnation, seqs)
 
@@ -218,4 +221,4 @@ class ReportsHandler(Ingest):
         )
         if replay:
             self.metrics.replay_requested.inc(sum(b - a + 1 for a, b in replay))
-        return json_response({"acked": seqs, "replay": replay})
+        return json_response({"acked": acked(receipt), "replay": replay})

@@ -6,7 +6,7 @@ timestamp in a label) is refused where it enters, with a message that names the 
 acknowledged and then dropped. Series that already exist are always accepted.
 
 Which series a request holds is found by the decoder the worker stores with
-(:func:`lossproof.worker.decode.record_parts`), so the two cannot disagree; it runs only for tenants
+(:func:`lossproof.protocol.decode.record_parts`), so the two cannot disagree; it runs only for tenants
 with a limit (``server.max_series_per_tenant``, ``tenants.<name>.max_series``), so the path of
 everyone else is unchanged.
 
@@ -32,9 +32,9 @@ from lossproof.httputil import ApiError
 from lossproof.ingest.metrics import IngestMetrics
 from lossproof.log.base import LogRecord
 from lossproof.obs.logging import get
-from lossproof.query.access import StoreAccess
+from lossproof.protocol.decode import record_parts
+from lossproof.store.access import StoreAccess
 from lossproof.store.base import Store, labels_text
-from lossproof.worker.decode import record_parts
 
 log = get(__name__)
 

@@ -10,7 +10,8 @@ Positions
 
 Durability (the contract's first rule)
     ``LogWriter.append`` returns only once the record is durable: for the embedded log, written and
-    fsync'd; for Kafka, acknowledged by all in-sync replicas with ``min.insync.replicas`` met. If that
+    fsync'd; for Kafka, acknowledged by all in-sync replicas with ``min.insync.replicas`` met. It
+    returns the :class:`Receipt` (position and seqs) that every 2xx is built from. If that
     cannot be confirmed (fsync failed, disk full, broker unavailable, timeout) it raises
     :class:`LogUnavailable` and the caller must not report success. There is no "fire and forget".
 
@@ -40,8 +41,11 @@ Retention
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+from lossproof.receipt import Receipt as Receipt
+from lossproof.receipt import ReceiptIssuer
 
 
 class LogError(Exception):
@@ -123,7 +127,7 @@ class LogLag:
     seconds: float
 
 
-class LogWriter(abc.ABC):
+class LogWriter(ReceiptIssuer, abc.ABC):
     """Appends records durably. Safe to call ``append`` concurrently from one event loop."""
 
     @abc.abstractmethod
@@ -131,8 +135,9 @@ class LogWriter(abc.ABC):
         """Open (and for the embedded log, recover) the log. Raises LogCorrupt on mid-log damage."""
 
     @abc.abstractmethod
-    async def append(self, key: bytes, value: bytes) -> Position:
-        """Append one record and return once it is durable. Raises LogUnavailable otherwise.
+    async def append(self, key: bytes, value: bytes, seqs: Sequence[tuple[int, int]] = ()) -> Receipt:
+        """Append one record and return its durable :class:`Receipt` (position, and the ``seqs``
+        ranges the record holds) once it is durable. Raises LogUnavailable otherwise.
 
         Records with the same key appended through one writer keep their relative order (same
         partition). Across writer processes (several ingest processes) there is no order; the

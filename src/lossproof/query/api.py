@@ -9,10 +9,10 @@ from typing import TypeVar
 
 from aiohttp import web
 
+from lossproof.auth import UNAUTHORIZED, KeyRing
 from lossproof.httputil import ApiError, client_reason, json_response
-from lossproof.ingest.auth import UNAUTHORIZED, KeyRing
 from lossproof.query import params
-from lossproof.query.access import StoreAccess, StoreUnavailable
+from lossproof.store.access import StoreAccess, StoreUnavailable
 from lossproof.store.base import SpoolState, Store
 
 T = TypeVar("T")

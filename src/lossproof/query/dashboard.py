@@ -4,9 +4,9 @@ Pages (one static page, ``static/index.html`` + ``app.js``): series browser and 
 agent and per tenant, pipeline health. The UI asks for an API key, keeps it in sessionStorage and sends
 it as ``Authorization: Bearer``; every ``/ui/api`` answer is scoped to that key's tenant.
 
-Also here: a background sampler of the pipeline's own metrics (the health page's rates and history)
-and ledger gauges on ``/metrics`` (``lossproof_ledger_reports{tenant,state}``, agents silent, dead
-letters, log gaps) that ``deploy/alerts.yml`` alerts on.
+Also here: a background sampler of the pipeline's own metrics (the health page's rates and history,
+:mod:`~lossproof.query.samples`) and the ledger gauges on ``/metrics``
+(:mod:`~lossproof.query.ledgergauges`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ import itertools
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,20 +25,19 @@ import aiohttp
 import promql_parser as pp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.registry import Collector
 
+from lossproof.auth import KeyRing
 from lossproof.config import Config
 from lossproof.httputil import ApiError, client_reason, json_response
-from lossproof.ingest.auth import KeyRing
-from lossproof.log.base import LogGap
 from lossproof.obs.logging import get
 from lossproof.query import holes, params, promql, uplot, utf8names
-from lossproof.query.access import StoreAccess, StoreUnavailable
 from lossproof.query.healthhistory import Entry, HistoryFile, Sample
+from lossproof.query.ledgergauges import SILENT_AFTER_S, LedgerCollector, LedgerSnapshot, ledger_snapshot
 from lossproof.query.promapi import PromApi
-from lossproof.store.base import AgentSummary, Ledger, Store
+from lossproof.query.samples import hist_quantile, parse_metrics, sum_of, value_of
+from lossproof.query.unconfirmed import unconfirmed
+from lossproof.store.access import StoreAccess, StoreUnavailable
+from lossproof.store.base import AgentSummary, Ledger, LogGap, Store
 
 T = TypeVar("T")
 log = get(__name__)
@@ -48,7 +46,6 @@ STATIC = Path(__file__).parent / "static"
 # The alert rules (deploy/alerts.yml of a source checkout), linked from the completeness page.
 ALERT_RULES = Path(__file__).resolve().parents[3] / "deploy" / "alerts.yml"
 _STATIC_FILES = frozenset(p.name for p in STATIC.iterdir() if p.is_file() and not p.name.startswith("."))
-SILENT_AFTER_S = 300  # an agent not heard from for this long counts as silent
 MAX_CHART_SERIES = 200
 MAX_WIDTH = 4000
 # The newest runs of missing / lost seqs placed in time, per agent and per chart (see holes.py);
@@ -79,115 +76,7 @@ def register(
     app.on_cleanup.append(dash.stop)
 
 
-# --- metrics sampling --------------------------------------------------------------------------------
-
-
-def parse_metrics(text: str) -> Sample:
-    out: Sample = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = float(s.value)
-    return out
-
-
-@dataclass
-class LedgerSnapshot:
-    at: float = 0.0
-    per_tenant: dict[str, dict[str, int]] = field(default_factory=dict)
-    silent: dict[str, int] = field(default_factory=dict)
-    agents: dict[str, int] = field(default_factory=dict)
-    last_seen: dict[tuple[str, str], float] = field(default_factory=dict)
-    series: dict[str, int] = field(default_factory=dict)  # per tenant: its cardinality
-    dead_letters: int = 0
-    log_gaps: int = 0
-    log_gap_records: int = 0
-
-
-class LedgerCollector(Collector):
-    """Gauges from the store, refreshed in the background (a scrape never waits for the store)."""
-
-    def __init__(self) -> None:
-        self.snap = LedgerSnapshot()
-
-    def collect(self) -> Iterator[Metric]:
-        s = self.snap
-        if not s.at:
-            return
-        reports = GaugeMetricFamily(
-            "lossproof_ledger_reports",
-            "Reports per tenant by ledger state: stored, delayed (in an agent's spool), missing "
-            "(acknowledged, not stored: unaccounted loss until replayed), lost (given up, with a reason), "
-            "conflict (a reused seq's other report, kept whole for an operator to apply).",
-            labels=["tenant", "state"],
-        )
-        for tenant, counts in sorted(s.per_tenant.items()):
-            for state in ("stored", "delayed", "missing", "lost", "conflict"):
-                reports.add_metric([tenant, state], counts.get(state, 0))
-        yield reports
-        agents = GaugeMetricFamily("lossproof_agents", "Agents known to the ledger.", labels=["tenant"])
-        silent = GaugeMetricFamily(
-            "lossproof_agents_silent",
-            f"Agents not heard from for more than {SILENT_AFTER_S} s.",
-            labels=["tenant"],
-        )
-        for tenant in sorted(s.agents):
-            agents.add_metric([tenant], s.agents[tenant])
-            silent.add_metric([tenant], s.silent.get(tenant, 0))
-        yield agents
-        yield silent
-        seen = GaugeMetricFamily(
-            "lossproof_agent_last_seen_timestamp_seconds",
-            "When the agent last reported (its last request the worker stored).",
-            labels=["tenant", "agent"],
-        )
-        for (tenant, agent), ts in sorted(s.last_seen.items()):
-            seen.add_metric([tenant, agent], ts)
-        yield seen
-        series = GaugeMetricFamily(
-            "lossproof_store_series", "Series stored per tenant (cardinality).", labels=["tenant"]
-        )
-        for tenant, n in sorted(s.series.items()):
-            series.add_metric([tenant], n)
-        yield series
-        yield GaugeMetricFamily(
-            "lossproof_store_dead_letters", "Log records kept in the dead-letter table.", value=s.dead_letters
-        )
-        yield GaugeMetricFamily("lossproof_store_log_gaps", "Missing log ranges recorded.", value=s.log_gaps)
-        yield GaugeMetricFamily(
-            "lossproof_store_log_gap_records", "Log records inside missing ranges.", value=s.log_gap_records
-        )
-        yield GaugeMetricFamily(
-            "lossproof_ledger_refreshed_timestamp_seconds", "When these ledger gauges were read.", value=s.at
-        )
-
-
-def _ledger_snapshot(store: Store, tenants: list[str]) -> LedgerSnapshot:
-    snap = LedgerSnapshot(at=time.time())
-    now_ms = time.time() * 1000
-    for tenant in tenants:
-        counts = {"stored": 0, "delayed": 0, "missing": 0, "lost": 0, "conflict": 0}
-        silent = 0
-        agents = store.agents(tenant)
-        for a in agents:
-            counts["stored"] += a.stored_reports
-            counts["delayed"] += a.delayed_reports
-            counts["missing"] += a.missing_reports
-            counts["lost"] += a.lost_reports
-            seen = a.heard_ms
-            if not a.one_shot and now_ms - seen > SILENT_AFTER_S * 1000:
-                silent += 1
-            counts["conflict"] += a.conflict_reports
-            # one row per incarnation: the agent id was last seen by its latest one
-            snap.last_seen[(tenant, a.agent)] = max(seen / 1000, snap.last_seen.get((tenant, a.agent), 0.0))
-        snap.per_tenant[tenant] = counts
-        snap.agents[tenant] = len({a.agent for a in agents})
-        snap.silent[tenant] = silent
-    snap.series = store.series_counts()
-    snap.dead_letters = store.dead_letter_count()
-    gaps = store.log_gaps()
-    snap.log_gaps = len(gaps)
-    snap.log_gap_records = sum(g.last - g.first + 1 for g in gaps)
-    return snap
+register_dashboard = register  # the name the query package exports
 
 
 # --- the dashboard -----------------------------------------------------------------------------------
@@ -254,7 +143,7 @@ class Dashboard:
             await asyncio.sleep(SAMPLE_EVERY_S)
 
     def _snapshot(self, store: Store) -> LedgerSnapshot:
-        return _ledger_snapshot(store, sorted(self.keys.tenants))
+        return ledger_snapshot(store, sorted(self.keys.tenants))
 
     async def sample(self) -> Sample:
         """Scrape the ingest's registry, the worker's /metrics and every configured fallback receiver's
@@ -557,11 +446,11 @@ class Dashboard:
             now=now,
             possibly_dropped=unconfirmed(self.registry, tenant, self.started_ms),
             worker={
-                "lag_records": _get(latest, "lossproof_worker_lag_records"),
-                "lag_seconds": _get(latest, "lossproof_worker_lag_seconds"),
+                "lag_records": value_of(latest, "lossproof_worker_lag_records"),
+                "lag_seconds": value_of(latest, "lossproof_worker_lag_seconds"),
             },
             # reports answered 409 at ingest (a reused seq): the agent was told and starts anew
-            refused_conflicts=_sum(latest, "lossproof_ingest_seq_conflicts_total", tenant=tenant),
+            refused_conflicts=sum_of(latest, "lossproof_ingest_seq_conflicts_total", tenant=tenant),
         )
         return json_response(body)
 
@@ -579,7 +468,7 @@ class Dashboard:
         stale = not self.history or time.time() - self.history[-1].t > SAMPLE_EVERY_S
         # A worker not seen in the last sample may just have started since (its address is written
         # when it listens): look again rather than show it unknown for up to SAMPLE_EVERY_S.
-        if stale or _get(self.history[-1].snap, "lossproof_worker_healthy") is None:
+        if stale or value_of(self.history[-1].snap, "lossproof_worker_healthy") is None:
             await self.sample()
         hist = list(self.history)
         latest = hist[-1].snap
@@ -596,7 +485,7 @@ class Dashboard:
         def rate(name: str, **match: str) -> float | None:
             if len(this_run) < 2:
                 return None
-            return max(0.0, (_sum(latest, name, **match) - _sum(base, name, **match)) / dt)
+            return max(0.0, (sum_of(latest, name, **match) - sum_of(base, name, **match)) / dt)
 
         statuses: dict[str, float] = {}
         for (name, labels), _ in latest.items():
@@ -614,14 +503,14 @@ class Dashboard:
 
         def counter_rate(name: str, **match: str) -> Callable[[Sample, Sample, float], float | None]:
             return lambda a, b, d: (
-                max(0.0, (_sum(b, name, **match) - _sum(a, name, **match)) / d) if d > 0 else None
+                max(0.0, (sum_of(b, name, **match) - sum_of(a, name, **match)) / d) if d > 0 else None
             )
 
         def gauge(name: str) -> Callable[[Sample, Sample, float], float | None]:
-            return lambda a, b, d: _get(b, name)
+            return lambda a, b, d: value_of(b, name)
 
         def quant(name: str, q: float) -> Callable[[Sample, Sample, float], float | None]:
-            return lambda a, b, d: _hist_quantile(a, b, name, q)
+            return lambda a, b, d: hist_quantile(a, b, name, q)
 
         def run(s: Store) -> dict[str, Any]:
             if tenant is None:
@@ -657,24 +546,24 @@ class Dashboard:
                 "requests_per_s": rate("lossproof_ingest_requests_total") if operator else None,
                 "points_per_s": rate("lossproof_ingest_points_total", **mine),
                 "by_status": statuses if operator else {},
-                "p99_s": _hist_quantile(base, latest, "lossproof_ingest_request_seconds", 0.99),
+                "p99_s": hist_quantile(base, latest, "lossproof_ingest_request_seconds", 0.99),
                 "history": series(counter_rate("lossproof_ingest_points_total", **mine)),
             },
             "log": {
-                "healthy": _get(latest, "lossproof_log_healthy"),
-                "append_p50_s": _hist_quantile(base, latest, "lossproof_log_append_seconds", 0.5),
-                "append_p99_s": _hist_quantile(base, latest, "lossproof_log_append_seconds", 0.99),
-                "fsync_p50_s": _hist_quantile(base, latest, "lossproof_log_fsync_seconds", 0.5),
-                "fsync_p99_s": _hist_quantile(base, latest, "lossproof_log_fsync_seconds", 0.99),
-                "append_errors": _sum(latest, "lossproof_log_append_errors_total"),
+                "healthy": value_of(latest, "lossproof_log_healthy"),
+                "append_p50_s": hist_quantile(base, latest, "lossproof_log_append_seconds", 0.5),
+                "append_p99_s": hist_quantile(base, latest, "lossproof_log_append_seconds", 0.99),
+                "fsync_p50_s": hist_quantile(base, latest, "lossproof_log_fsync_seconds", 0.5),
+                "fsync_p99_s": hist_quantile(base, latest, "lossproof_log_fsync_seconds", 0.99),
+                "append_errors": sum_of(latest, "lossproof_log_append_errors_total"),
                 "history_fsync_p99": series(quant("lossproof_log_fsync_seconds", 0.99)),
             },
             "worker": {
-                "healthy": _get(latest, "lossproof_worker_healthy"),
-                "lag_records": _get(latest, "lossproof_worker_lag_records"),
-                "lag_seconds": _get(latest, "lossproof_worker_lag_seconds"),
+                "healthy": value_of(latest, "lossproof_worker_healthy"),
+                "lag_records": value_of(latest, "lossproof_worker_lag_records"),
+                "lag_seconds": value_of(latest, "lossproof_worker_lag_seconds"),
                 "points_per_s": rate("lossproof_worker_points_total") if operator else None,
-                "store_errors": _sum(latest, "lossproof_worker_store_errors_total"),
+                "store_errors": sum_of(latest, "lossproof_worker_store_errors_total"),
                 "history_lag_seconds": series(gauge("lossproof_worker_lag_seconds")),
             },
             "fallback": self._fallback_health(),
@@ -708,50 +597,6 @@ class Dashboard:
             "known": bool(urls) and len(reachable) == len(urls),
             "note": note,
         }
-
-
-# --- possibly dropped by third-party clients ------------------------------------------------------
-
-UNCONFIRMED = ("lossproof_ingest_unconfirmed_requests", "lossproof_ingest_unconfirmed_points")
-UNCONFIRMED_KINDS = ("refused", "unavailable", "unanswered", "answer_lost")
-
-
-def unconfirmed(registry: Collector, tenant: str, since_ms: int) -> dict[str, Any]:
-    """The third-party requests of ``tenant`` whose client got no 2xx, per protocol and sender, read
-    live from this process's ingest counters (``lossproof_ingest_unconfirmed_*``). They carry no seqs,
-    so the ledger cannot account for them: this is what a client may have dropped. Kinds: refused
-    (4xx, the client drops the batch), unavailable (5xx, it retries for a while, then drops),
-    unanswered (the connection ended before an answer reached it, and the data is not durable) and
-    answer_lost (durable, stored, but the client never heard the 2xx: its retry is harmless)."""
-    rows: dict[tuple[str, str], dict[str, Any]] = {}
-    for family in registry.collect():
-        if family.name not in UNCONFIRMED:
-            continue
-        unit = "requests" if family.name == UNCONFIRMED[0] else "points"
-        for sample in family.samples:
-            labels = sample.labels
-            if not sample.name.endswith("_total") or labels.get("tenant") != tenant or not sample.value:
-                continue
-            status, kind = labels["status"], labels["outcome"]
-            if kind == "unanswered" and status.startswith("2"):
-                kind = "answer_lost"
-            row = rows.setdefault(
-                (labels["protocol"], labels["sender"]),
-                {
-                    "protocol": labels["protocol"],
-                    "sender": labels["sender"],
-                    **{k: {"requests": 0, "points": 0, "by_status": {}} for k in UNCONFIRMED_KINDS},
-                },
-            )
-            part = row[kind]
-            part[unit] += int(sample.value)
-            if unit == "requests":
-                part["by_status"][status] = part["by_status"].get(status, 0) + int(sample.value)
-    senders = sorted(rows.values(), key=lambda r: (r["protocol"], r["sender"]))
-    totals = {
-        k: {u: sum(r[k][u] for r in senders) for u in ("requests", "points")} for k in UNCONFIRMED_KINDS
-    }
-    return {"since_ms": since_ms, "senders": senders, "totals": totals}
 
 
 # --- small helpers -----------------------------------------------------------------------------------
@@ -813,44 +658,3 @@ def _ranges(led: Ledger) -> list[dict[str, Any]]:
     out += [{"kind": "delayed", "first": a, "last": b, "since_ms": since} for a, b, since in led.delayed]
     out.sort(key=lambda r: int(r["first"]))
     return out
-
-
-def _get(snap: Sample, name: str) -> float | None:
-    vals = [v for (n, _), v in snap.items() if n == name]
-    return sum(vals) if vals else None
-
-
-def _sum(snap: Sample, name: str, **match: str) -> float:
-    total = 0.0
-    for (n, labels), v in snap.items():
-        if n == name and all(dict(labels).get(k) == want for k, want in match.items()):
-            total += v
-    return total
-
-
-def _hist_quantile(a: Sample, b: Sample, name: str, q: float) -> float | None:
-    """Quantile of a histogram's observations between two samples (like histogram_quantile)."""
-    buckets: dict[float, float] = {}
-    for (n, labels), v in b.items():
-        if n == name + "_bucket":
-            le = dict(labels).get("le", "+Inf")
-            bound = math.inf if le == "+Inf" else float(le)
-            buckets[bound] = buckets.get(bound, 0.0) + v - a.get((n, labels), 0.0)
-    if not buckets:
-        return None
-    bounds = sorted(buckets)
-    total = buckets[bounds[-1]]
-    if total <= 0:
-        return None
-    rank = q * total
-    prev_bound, prev_count = 0.0, 0.0
-    for bound in bounds:
-        count = buckets[bound]
-        if count >= rank:
-            if math.isinf(bound):
-                return prev_bound
-            if count == prev_count:
-                return bound
-            return prev_bound + (bound - prev_bound) * (rank - prev_count) / (count - prev_count)
-        prev_bound, prev_count = bound, count
-    return prev_bound

@@ -1,7 +1,7 @@
 """Exact sums of float64 values, vectorised: bit for bit what :func:`math.fsum` answers.
 
 PromQL's sums (``sum``, ``avg``, ``sum_over_time``, ``avg_over_time``) are compensated
-(:func:`lossproof.query.promql._sum`: ``math.fsum``, the correctly rounded exact sum). ``fsum`` is a
+(:func:`lossproof.query.promref._sum`: ``math.fsum``, the correctly rounded exact sum). ``fsum`` is a
 Python loop per sum; here many sums are done at once, exactly, with integers:
 
 Every finite double is an integer multiple of ``2**c0`` for ``c0`` the lowest set bit among the values.

@@ -20,10 +20,11 @@ import promql_parser as pp
 from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
 
+from lossproof.auth import KeyRing
 from lossproof.httputil import client_reason, json_response
-from lossproof.ingest.auth import KeyRing
 from lossproof.query import params, promql
-from lossproof.query.access import StoreAccess, StoreUnavailable
+from lossproof.query.promref import unparen
+from lossproof.store.access import StoreAccess, StoreUnavailable
 from lossproof.store.base import Matcher, Store
 
 T = TypeVar("T")
@@ -123,7 +124,7 @@ class PromApi:
         expr = await promql.parse_async(q.get("query", ""))
         at = parse_time(q["time"], "time") if q.get("time") else int(time.time() * 1000)
         lookback = _lookback(q)
-        inner = _unparen(expr)
+        inner = unparen(expr)
         limits = self.limits
         if isinstance(inner, pp.StringLiteral):
             return _success({"resultType": "string", "result": [_ts(at), str(inner.val)]})
@@ -163,7 +164,7 @@ class PromApi:
                 "Try decreasing the query resolution (?step=XX)",
             )
         expr = await promql.parse_async(q.get("query", ""))
-        top = _unparen(expr)
+        top = unparen(expr)
         if isinstance(top, (pp.MatrixSelector, pp.SubqueryExpr, pp.StringLiteral)):
             kind = "string" if isinstance(top, pp.StringLiteral) else "range vector"
             raise ApiFailure(
@@ -192,7 +193,7 @@ class PromApi:
             raise ApiFailure(400, "bad_data", f"{len(selectors)} match[] parameters, at most {MAX_MATCH}")
         parsed: list[pp.VectorSelector] = []
         for sel in selectors:
-            e = _unparen(await promql.parse_async(sel))
+            e = unparen(await promql.parse_async(sel))
             if not isinstance(e, pp.VectorSelector):
                 raise ApiFailure(400, "bad_data", f"match[] must be a series selector, got {sel!r}")
             parsed.append(e)
@@ -269,12 +270,6 @@ def _check_range(q: MultiDictProxy[str]) -> None:
 def _lookback(q: MultiDictProxy[str]) -> int:
     raw = q.get("lookback_delta")
     return parse_step(raw, "lookback_delta") if raw else promql.LOOKBACK_MS
-
-
-def _unparen(e: pp.Expr) -> pp.Expr:
-    while isinstance(e, pp.ParenExpr):
-        e = e.expr
-    return e
 
 
 def _raw_rows(raw: promql.RawMatrix) -> list[dict[str, Any]]:

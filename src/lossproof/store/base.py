@@ -55,7 +55,7 @@ import numpy as np
 import numpy.typing as npt
 import re2
 
-from lossproof.log.base import LogGap
+from lossproof.log.base import LogGap as LogGap  # the log gaps the store records, for its readers
 
 # The point types live in lossproof.points (no numpy: the agent's relay decodes into them); the store's
 # modules and callers keep importing them from here.

@@ -26,8 +26,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from lossproof.log.base import LogGap, LogReader, LogRecord, PollResult
 from lossproof.obs.logging import get
+from lossproof.protocol.decode import merge, record_parts
 from lossproof.store.base import DeadLetter, Store, StoreUnavailable, WriteBatch, WriteResult
-from lossproof.worker.decode import merge, record_parts
 
 log = get(__name__)
 

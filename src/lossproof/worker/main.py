@@ -22,7 +22,7 @@ log = get(__name__)
 
 
 def run(cfg: Config) -> None:
-    gc.freeze()  # see ingest.server: the same allocation pattern
+    gc.freeze()  # see lossproof.server: the same allocation pattern
     gc.set_threshold(50_000, 20, 20)
     registry = CollectorRegistry()
     store = open_store(cfg)

@@ -52,7 +52,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,7 +61,7 @@ from prometheus_client import CollectorRegistry
 
 from lossproof.durable import fsync_dir, make_dirs, writev_all
 from lossproof.faults import Faults
-from lossproof.log.base import LogCorrupt, LogError, LogUnavailable, LogWriter, Position
+from lossproof.log.base import LogCorrupt, LogError, LogUnavailable, LogWriter, Position, Receipt
 from lossproof.log.embedded import segment as seg
 from lossproof.log.embedded.metrics import WriterMetrics
 from lossproof.log.embedded.offsets import (
@@ -172,7 +172,7 @@ class EmbeddedLogWriter(LogWriter):
         self._thread = threading.Thread(target=self._run, name="lossproof-log-writer", daemon=True)
         self._thread.start()
 
-    async def append(self, key: bytes, value: bytes) -> Position:
+    async def append(self, key: bytes, value: bytes, seqs: Sequence[tuple[int, int]] = ()) -> Receipt:
         if self._loop is None:
             raise LogError("EmbeddedLogWriter.append before start()")
         key, value = bytes(key), bytes(value)
@@ -188,7 +188,8 @@ class EmbeddedLogWriter(LogWriter):
                 raise LogUnavailable(self._dead)
             self._pending.append(req)
             self._cond.notify()
-        return await fut
+        pos = await fut
+        return self._receipt(pos.partition, pos.offset, seqs)
 
     def healthy(self) -> tuple[bool, str]:
         reason = self._dead or self._unhealthy

@@ -30,6 +30,7 @@ import contextlib
 import json
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -37,7 +38,7 @@ from confluent_kafka.admin import AdminClient
 from prometheus_client import CollectorRegistry
 
 from lossproof.config import KafkaLogConfig
-from lossproof.log.base import LogError, LogUnavailable, LogWriter, Position
+from lossproof.log.base import LogError, LogUnavailable, LogWriter, Position, Receipt
 from lossproof.log.kafka import admin as kadmin
 from lossproof.log.kafka.common import KafkaTopicUnsafe, admin_conf, delivery_timeout, producer_conf
 from lossproof.log.kafka.metrics import KafkaWriterMetrics
@@ -144,7 +145,7 @@ class KafkaLogWriter(LogWriter):
             validated=self._invalid is None,
         )
 
-    async def append(self, key: bytes, value: bytes) -> Position:
+    async def append(self, key: bytes, value: bytes, seqs: Sequence[tuple[int, int]] = ()) -> Receipt:
         if self._closed or not self._started:
             raise LogUnavailable("Kafka writer is not running")
         if self._refused:
@@ -176,7 +177,8 @@ class KafkaLogWriter(LogWriter):
             raise LogUnavailable(f"Kafka refused the record: {err.str()}") from None
         with self._lock:
             self._in_flight += 1
-        return await fut
+        pos = await fut
+        return self._receipt(pos.partition, pos.offset, seqs)
 
     def healthy(self) -> tuple[bool, str]:
         ok, why = self._health()

@@ -1,4 +1,5 @@
-"""The HTTP process: ingest API, query API, ``/healthz`` and ``/metrics`` on one port."""
+"""The composition root of the HTTP process: builds one app from its parts (ingest API, query API,
+dashboard, `/healthz`, `/metrics`) on one port, and serves it."""
 
 from __future__ import annotations
 
@@ -6,29 +7,24 @@ import asyncio
 import gc
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from lossproof.auth import KeyReloader, KeyRing
 from lossproof.config import Config
 from lossproof.httpguard import Guard, GuardedSite, Limits
 from lossproof.httputil import ApiError, client_reason, errors_as_json, json_response, protocol_header
-from lossproof.ingest import protocols
-from lossproof.ingest.auth import KeyRing
-from lossproof.ingest.keyreload import KeyReloader
-from lossproof.ingest.metrics import IngestMetrics
-from lossproof.ingest.reports import ReportsHandler
-from lossproof.ingest.series_limit import SeriesLimit
-from lossproof.log.base import LogWriter
-from lossproof.log.factory import open_writer
+from lossproof.ingest import IngestMetrics
+from lossproof.ingest import routes as ingest_routes
+from lossproof.log import LogWriter, open_writer
 from lossproof.obs.exposition import OperatorKeyRequired, exposition, is_operator
 from lossproof.obs.logging import get
-from lossproof.query.access import StoreAccess
-from lossproof.query.api import QueryApi
-from lossproof.query.dashboard import register as register_dashboard
-from lossproof.store.factory import open_store
+from lossproof.query import QueryApi, register_dashboard
+from lossproof.store import StoreAccess, open_store
 
 log = get(__name__)
 GUARD = web.AppKey("guard", Guard)
@@ -78,8 +74,6 @@ def build_app(
 
     app.on_startup.append(add_filter)
     app.on_cleanup.append(remove_filter)
-    series_limit = SeriesLimit(cfg, store, metrics)
-    reports = ReportsHandler(cfg, keys, writer, store, metrics, series_limit)
     session_holder: dict[str, aiohttp.ClientSession] = {}
 
     async def healthz(request: web.Request) -> web.Response:
@@ -112,9 +106,8 @@ def build_app(
     app.on_response_prepare.append(protocol_header)
     app.add_routes(
         [
-            web.post("/v1/reports", reports, expect_handler=reports.expect),
-            # Prometheus remote write, OTLP/HTTP, InfluxDB line protocol (docs/protocols.md)
-            *protocols.routes(cfg, keys, writer, metrics, series_limit),
+            # native, Prometheus remote write, OTLP/HTTP, InfluxDB line protocol (docs/protocols.md)
+            *ingest_routes(cfg, keys, writer, store, metrics),
             web.get("/healthz", healthz),
             web.get("/metrics", metrics_route),
             *QueryApi(keys, store).routes(),
@@ -141,7 +134,9 @@ async def listen(app: web.Application, cfg: Config, host: str, port: int) -> web
     return runner
 
 
-async def serve(cfg: Config) -> None:
+async def serve(cfg: Config, wrap_writer: Callable[[LogWriter], LogWriter] | None = None) -> None:
+    """Serve until SIGINT/SIGTERM. ``wrap_writer``: a wrapper around the log writer, handed in by a
+    test harness (chaos: a writer that acknowledges without writing); production passes none."""
     # Requests allocate many short-lived, acyclic objects; the default gen-0 threshold (700) runs
     # the cyclic collector hundreds of times a second for nothing. Freeze start-up objects, and
     # collect less often.
@@ -149,6 +144,8 @@ async def serve(cfg: Config) -> None:
     gc.set_threshold(50_000, 20, 20)
     registry = CollectorRegistry()
     writer = open_writer(cfg, registry)
+    if wrap_writer is not None:
+        writer = wrap_writer(writer)
     await writer.start()
     store = StoreAccess(lambda: open_store(cfg, readonly=True))
     app = build_app(cfg, writer, store, registry)

@@ -1,0 +1,61 @@
+"""How fast ``lossproof replay`` sends, and how long it waits to retry: a token bucket for its
+``--rate`` limits, and exponential backoff with full jitter that a server's ``Retry-After`` may
+lengthen (capped), never shorten."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+
+BACKOFF_BASE = 0.1
+BACKOFF_CAP = 10.0
+RETRY_AFTER_CAP = 60.0  # a Retry-After longer than this is taken as this
+
+
+class TokenBucket:
+    """``rate`` tokens per second, bursts of up to ``burst``. Waiters are served in order."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = max(burst, 1.0)
+        self.tokens = self.burst
+        self.last = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def take(self, n: float) -> None:
+        async with self._lock:
+            need = min(n, self.burst)  # a request larger than a burst may pass, then pays it back
+            while True:
+                now = time.monotonic()
+                self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+                self.last = now
+                if self.tokens >= need:
+                    self.tokens -= n
+                    return
+                await asyncio.sleep((need - self.tokens) / self.rate)
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds a ``Retry-After`` asks for, at most ``RETRY_AFTER_CAP``; None if absent or a date."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # an HTTP date: use our own backoff
+    if math.isnan(seconds):
+        return None
+    return min(RETRY_AFTER_CAP, max(0.0, seconds))
+
+
+def backoff_delay(attempt: int, retry_after: float | None) -> float:
+    """Seconds to wait before retry number ``attempt + 1``: exponential backoff with full jitter
+    (0.1 s doubling up to 10 s), lengthened, never shortened, by the server's ``Retry-After``
+    (already capped by :func:`retry_after`). ``Retry-After: 0`` is not "retry at once": a server
+    saying that on every 503 would otherwise be hammered."""
+    delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(attempt, 30)))
+    if retry_after is not None:
+        delay = max(delay, retry_after + random.uniform(0, min(1.0, retry_after / 10 + 0.05)))
+    return delay
