@@ -1,0 +1,3 @@
+# The Rust extension module (native/src/lib.rs), built by maturin.
+
+ABI: int
