@@ -1,3 +1,13 @@
 # The Rust extension module (native/src/lib.rs), built by maturin.
 
+from collections.abc import Callable
+from typing import Any
+
 ABI: int
+
+def point_columns(
+    tenant: str,
+    points: list[Any],
+    known: dict[tuple[Any, ...], int],
+    resolve: Callable[[tuple[Any, ...], str, str, dict[str, str]], int],
+) -> tuple[bytes, bytes, bytes]: ...
