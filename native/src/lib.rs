@@ -15,7 +15,7 @@ use rustc_hash::FxHashMap;
 /// The version of this module's interface, checked by the Python side (lossproof/store/columns.py):
 /// an extension built from other sources than the Python code that calls it fails at import, not
 /// half-way through a batch.
-const ABI: u32 = 2;
+const ABI: u32 = 3;
 
 // ---------------------------------------------------------------------------------------------
 // Points to store columns (lossproof.store.columns.Columns.add).
@@ -148,9 +148,266 @@ fn point_columns<'py>(
     Ok((PyBytes::new(py, &sids), PyBytes::new(py, &ts), PyBytes::new(py, &vs)))
 }
 
+// ---------------------------------------------------------------------------------------------
+// Prometheus remote write 1.0: a WriteRequest's series, straight into columns
+// (lossproof.protocol.promrw.iter_decode). Read as protobuf's own parser (upb) reads the message
+// classes it replaces: a field with an unexpected wire type is an unknown field and skipped, the last
+// of a repeated singular field wins, strings must be UTF-8, groups are skipped whole, a field number
+// 0, wire type 6 or 7, an end-group tag outside its group, a varint over 10 bytes or a length past
+// the end is malformed. A series with exemplars or histograms (fields 3, 4) is flagged: the caller
+// parses that series with the message class as well (which checks those and reads the histograms).
+
+struct Malformed(&'static str);
+
+type Wire<T> = Result<T, Malformed>;
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, pos: 0 }
+    }
+
+    fn done(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+
+    fn varint(&mut self) -> Wire<u64> {
+        let mut out: u64 = 0;
+        for i in 0..10 {
+            let Some(&b) = self.buf.get(self.pos) else { return Err(Malformed("truncated varint")) };
+            self.pos += 1;
+            if i < 10 {
+                out |= ((b & 0x7f) as u64).wrapping_shl(7 * i);
+            }
+            if b & 0x80 == 0 {
+                return Ok(out);
+            }
+        }
+        Err(Malformed("varint longer than 10 bytes"))
+    }
+
+    fn fixed64(&mut self) -> Wire<u64> {
+        let b = self.take(8)?;
+        Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+
+    fn take(&mut self, n: usize) -> Wire<&'a [u8]> {
+        if n > self.buf.len() - self.pos {
+            return Err(Malformed("field runs past the end"));
+        }
+        let out = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(out)
+    }
+
+    fn len_delimited(&mut self) -> Wire<&'a [u8]> {
+        let n = self.varint()?;
+        if n > i32::MAX as u64 {
+            return Err(Malformed("length too large"));
+        }
+        self.take(n as usize)
+    }
+
+    /// The next field's (number, wire type); an end-group tag is returned to the caller.
+    fn tag(&mut self) -> Wire<(u32, u8)> {
+        let tag = self.varint()?;
+        if tag > u32::MAX as u64 {
+            return Err(Malformed("tag too large"));
+        }
+        let (field, wire) = ((tag >> 3) as u32, (tag & 7) as u8);
+        if field == 0 {
+            return Err(Malformed("field number 0"));
+        }
+        if wire > 5 {
+            return Err(Malformed("invalid wire type"));
+        }
+        Ok((field, wire))
+    }
+
+    /// Skip a field of this wire type (its tag read); a group up to its matching end.
+    fn skip(&mut self, field: u32, wire: u8, depth: u32) -> Wire<()> {
+        match wire {
+            0 => {
+                self.varint()?;
+            }
+            1 => {
+                self.take(8)?;
+            }
+            2 => {
+                self.len_delimited()?;
+            }
+            5 => {
+                self.take(4)?;
+            }
+            3 => {
+                if depth >= 100 {
+                    return Err(Malformed("nested too deeply"));
+                }
+                loop {
+                    if self.done() {
+                        return Err(Malformed("unterminated group"));
+                    }
+                    let (f, w) = self.tag()?;
+                    if w == 4 {
+                        if f != field {
+                            return Err(Malformed("mismatched end group"));
+                        }
+                        break;
+                    }
+                    self.skip(f, w, depth + 1)?;
+                }
+            }
+            _ => return Err(Malformed("end group without a start")),
+        }
+        Ok(())
+    }
+}
+
+fn utf8(b: &[u8]) -> Wire<&str> {
+    std::str::from_utf8(b).map_err(|_| Malformed("invalid UTF-8 in a string field"))
+}
+
+/// A Label: (name, value), each "" when absent.
+fn rw_label(buf: &[u8]) -> Wire<(&str, &str)> {
+    let mut r = Reader::new(buf);
+    let (mut name, mut value) = ("", "");
+    while !r.done() {
+        let (f, w) = r.tag()?;
+        match (f, w) {
+            (1, 2) => name = utf8(r.len_delimited()?)?,
+            (2, 2) => value = utf8(r.len_delimited()?)?,
+            _ => r.skip(f, w, 1)?,
+        }
+    }
+    Ok((name, value))
+}
+
+/// A Sample: (timestamp, value bits), each 0 when absent.
+fn rw_sample(buf: &[u8]) -> Wire<(i64, u64)> {
+    let mut r = Reader::new(buf);
+    let (mut t, mut v) = (0i64, 0u64);
+    while !r.done() {
+        let (f, w) = r.tag()?;
+        match (f, w) {
+            (1, 1) => v = r.fixed64()?,
+            (2, 0) => t = r.varint()? as i64,
+            _ => r.skip(f, w, 1)?,
+        }
+    }
+    Ok((t, v))
+}
+
+struct RwSeries<'a> {
+    labels: Vec<(&'a str, &'a str)>,
+    first: usize, // its samples: first .. last in the body's columns
+    last: usize,
+    start: usize,
+    end: usize,
+    more: bool, // exemplars or histograms
+}
+
+/// The body's series blobs, the whole top level checked first (as the message class of the blobs
+/// does); then each series in order, up to the first malformed one: the series before it and why it
+/// is malformed.
+fn rw_series<'a>(body: &'a [u8], ts: &mut Vec<i64>, vs: &mut Vec<f64>) -> Wire<(Vec<RwSeries<'a>>, Option<&'static str>)> {
+    let mut blobs = Vec::new();
+    let mut r = Reader::new(body);
+    while !r.done() {
+        let (f, w) = r.tag()?;
+        if (f, w) != (1, 2) {
+            r.skip(f, w, 1)?;
+            continue;
+        }
+        let blob = r.len_delimited()?;
+        blobs.push((blob, r.pos - blob.len(), r.pos));
+    }
+    let mut out = Vec::with_capacity(blobs.len());
+    for (blob, start, end) in blobs {
+        let first = ts.len();
+        match rw_one(blob, start, end, ts, vs) {
+            Ok(s) => out.push(s),
+            Err(Malformed(why)) => {
+                ts.truncate(first);
+                vs.truncate(first);
+                return Ok((out, Some(why)));
+            }
+        }
+    }
+    Ok((out, None))
+}
+
+fn rw_one<'a>(blob: &'a [u8], start: usize, end: usize, ts: &mut Vec<i64>, vs: &mut Vec<f64>) -> Wire<RwSeries<'a>> {
+    let first = ts.len();
+    let mut s = RwSeries { labels: Vec::new(), first, last: first, start, end, more: false };
+    let mut sr = Reader::new(blob);
+    while !sr.done() {
+        let (f, w) = sr.tag()?;
+        match (f, w) {
+            (1, 2) => s.labels.push(rw_label(sr.len_delimited()?)?),
+            (2, 2) => {
+                let (t, v) = rw_sample(sr.len_delimited()?)?;
+                ts.push(t);
+                vs.push(f64::from_bits(v));
+            }
+            (3, 2) | (4, 2) => {
+                sr.len_delimited()?;
+                s.more = true;
+            }
+            _ => sr.skip(f, w, 1)?,
+        }
+    }
+    s.last = ts.len();
+    Ok(s)
+}
+
+/// `rw1_series(body) -> (t, v, [(labels, first, last, start, end, more)], error)`: the samples of a
+/// remote-write 1.0 WriteRequest as two columns, timestamps and values (native-endian int64 and
+/// float64 bytes, in the body's order), and each series: its labels as a dict (the last of a name
+/// wins), its samples (`first .. last` in the columns), where its TimeSeries lies in the body, and
+/// whether it also has exemplars or histograms. A malformed top level is a ValueError; a malformed
+/// series ends the list, and `error` says why (None when every series was read), so the caller
+/// fails where the message classes failed, after the series before it.
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn rw1_series<'py>(
+    py: Python<'py>,
+    body: &[u8],
+) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, Bound<'py, PyList>, Option<&'static str>)> {
+    let (mut ts, mut vs) = (Vec::new(), Vec::new());
+    let (series, error) =
+        rw_series(body, &mut ts, &mut vs).map_err(|Malformed(why)| pyo3::exceptions::PyValueError::new_err(why))?;
+    let out = PyList::empty(py);
+    for s in series {
+        let labels = PyDict::new(py);
+        for (k, v) in s.labels {
+            labels.set_item(PyString::new(py, k), PyString::new(py, v))?;
+        }
+        out.append((labels, s.first, s.last, s.start, s.end, s.more))?;
+    }
+    let t_col = PyBytes::new_with(py, ts.len() * 8, |b| {
+        for (dst, t) in b.chunks_exact_mut(8).zip(&ts) {
+            dst.copy_from_slice(&t.to_ne_bytes());
+        }
+        Ok(())
+    })?;
+    drop(ts);
+    let v_col = PyBytes::new_with(py, vs.len() * 8, |b| {
+        for (dst, v) in b.chunks_exact_mut(8).zip(&vs) {
+            dst.copy_from_slice(&v.to_ne_bytes());
+        }
+        Ok(())
+    })?;
+    Ok((t_col, v_col, out, error))
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ABI", ABI)?;
     m.add_function(wrap_pyfunction!(point_columns, m)?)?;
+    m.add_function(wrap_pyfunction!(rw1_series, m)?)?;
     Ok(())
 }

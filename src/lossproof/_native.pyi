@@ -11,3 +11,6 @@ def point_columns(
     known: dict[tuple[Any, ...], int],
     resolve: Callable[[tuple[Any, ...], str, str, dict[str, str]], int],
 ) -> tuple[bytes, bytes, bytes]: ...
+def rw1_series(
+    body: bytes,
+) -> tuple[bytes, bytes, list[tuple[dict[str, str], int, int, int, int, bool]], str | None]: ...
