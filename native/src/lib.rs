@@ -32,14 +32,27 @@ const ABI: u32 = 3;
 struct Keys {
     map: FxHashMap<Box<[u8]>, Py<PyTuple>>,
     bytes: usize,
+    known_len: usize, // the store's cache's length when last seen
 }
 
-static KEYS: LazyLock<Mutex<Keys>> = LazyLock::new(|| Mutex::new(Keys { map: FxHashMap::default(), bytes: 0 }));
+static KEYS: LazyLock<Mutex<Keys>> = LazyLock::new(|| {
+    Mutex::new(Keys {
+        map: FxHashMap::default(),
+        bytes: 0,
+        known_len: 0,
+    })
+});
 
-/// What `KEYS` may keep before it starts over: an estimate of its own memory (the key tuples are
-/// shared with the store's cache while that holds them).
-const KEYS_BYTES: usize = 64 << 20;
-const KEYS_ENTRY: usize = 64; // the table's entry and the boxed text's header, about
+/// What `KEYS` may keep before it starts over: an estimate of the memory it keeps alive, the key
+/// tuples counted as lossproof.store.base.series_key_bytes counts them, plus the table's entry. The
+/// tuples are shared with the store's cache while that holds them; so that the table does not keep
+/// them alive long after, it also starts over whenever the store's cache was found shorter than the
+/// last time (the cache starts over when full).
+const KEYS_BYTES: usize = 128 << 20;
+
+fn entry_bytes(text: usize, labels: usize) -> usize {
+    64 + text + 200 + 57 * (2 + labels) + 154 * labels
+}
 
 fn lock_keys() -> MutexGuard<'static, Keys> {
     KEYS.lock().unwrap_or_else(|e| e.into_inner())
@@ -50,23 +63,38 @@ fn put_text(buf: &mut Vec<u8>, s: &str) {
     buf.extend_from_slice(s.as_bytes());
 }
 
-/// The key's text, length-prefixed strings in key order, into `buf`; false when a label key or value
-/// is not a str (such a point takes the general path).
-fn key_text(buf: &mut Vec<u8>, tenant: &str, metric: &Bound<'_, PyAny>, labels: &Bound<'_, PyDict>) -> PyResult<bool> {
+/// The key's text, length-prefixed strings in key order, into `buf`, and its number of labels; None
+/// when a label key or value is not a str (such a point takes the general path).
+fn key_text(
+    buf: &mut Vec<u8>,
+    tenant: &str,
+    metric: &Bound<'_, PyAny>,
+    labels: &Bound<'_, PyDict>,
+) -> PyResult<Option<usize>> {
     buf.clear();
     put_text(buf, tenant);
-    let Ok(m) = metric.cast::<PyString>() else { return Ok(false) };
+    let Ok(m) = metric.cast::<PyString>() else {
+        return Ok(None);
+    };
     put_text(buf, m.to_str()?);
+    let mut n = 0;
     for (k, v) in labels.iter() {
-        let (Ok(k), Ok(v)) = (k.cast::<PyString>(), v.cast::<PyString>()) else { return Ok(false) };
+        let (Ok(k), Ok(v)) = (k.cast::<PyString>(), v.cast::<PyString>()) else {
+            return Ok(None);
+        };
         put_text(buf, k.to_str()?);
         put_text(buf, v.to_str()?);
+        n += 1;
     }
-    Ok(true)
+    Ok(Some(n))
 }
 
 /// The key tuple, built as the Python code did: `(tenant, metric, *labels.items())`.
-fn build_key<'py>(tenant: &Bound<'py, PyString>, metric: &Bound<'py, PyAny>, labels: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
+fn build_key<'py>(
+    tenant: &Bound<'py, PyString>,
+    metric: &Bound<'py, PyAny>,
+    labels: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyTuple>> {
     let py = tenant.py();
     let mut items: Vec<Bound<'py, PyAny>> = vec![tenant.clone().into_any(), metric.clone()];
     for item in labels.call_method0(intern!(py, "items"))?.try_iter()? {
@@ -94,11 +122,28 @@ fn point_columns<'py>(
     let mut sids: Vec<u8> = Vec::with_capacity(n * 8);
     let mut ts: Vec<u8> = Vec::with_capacity(n * 8);
     let mut vs: Vec<u8> = Vec::with_capacity(n * 8);
-    let (a_labels, a_metric, a_t, a_v) = (intern!(py, "labels"), intern!(py, "metric"), intern!(py, "t"), intern!(py, "v"));
+    let (a_labels, a_metric, a_t, a_v) = (
+        intern!(py, "labels"),
+        intern!(py, "metric"),
+        intern!(py, "t"),
+        intern!(py, "v"),
+    );
     let tenant_text = tenant.to_str()?;
     let mut last: Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)> = None; // (labels, metric)
     let mut sid: i64 = 0;
     let mut buf: Vec<u8> = Vec::with_capacity(256);
+    let unused = {
+        let mut keys = lock_keys();
+        let shorter = known.len() < keys.known_len;
+        keys.known_len = known.len();
+        if shorter {
+            keys.bytes = 0;
+            std::mem::take(&mut keys.map)
+        } else {
+            FxHashMap::default()
+        }
+    };
+    drop(unused); // references released outside the lock
     for p in points.iter() {
         ts.extend_from_slice(&p.getattr(a_t)?.extract::<i64>()?.to_ne_bytes());
         vs.extend_from_slice(&p.getattr(a_v)?.extract::<f64>()?.to_ne_bytes());
@@ -111,24 +156,28 @@ fn point_columns<'py>(
         if !same {
             let texted = match labels.cast::<PyDict>() {
                 Ok(d) => key_text(&mut buf, tenant_text, &metric, d)?,
-                Err(_) => false,
+                Err(_) => None,
             };
             // The table is locked only while it is read or written, never across Python code.
-            let found = if texted { lock_keys().map.get(buf.as_slice()).map(|k| k.clone_ref(py)) } else { None };
+            let found = match texted {
+                Some(_) => lock_keys().map.get(buf.as_slice()).map(|k| k.clone_ref(py)),
+                None => None,
+            };
             let key = match found {
                 Some(k) => k.into_bound(py),
                 None => {
                     let k = build_key(tenant, &metric, &labels)?;
-                    if texted {
+                    if let Some(n_labels) = texted {
+                        let size = entry_bytes(buf.len(), n_labels);
                         let unused = {
                             let mut keys = lock_keys();
-                            let unused = if keys.bytes + buf.len() + KEYS_ENTRY > KEYS_BYTES {
+                            let unused = if keys.bytes + size > KEYS_BYTES {
                                 keys.bytes = 0;
                                 std::mem::take(&mut keys.map)
                             } else {
                                 FxHashMap::default()
                             };
-                            keys.bytes += buf.len() + KEYS_ENTRY;
+                            keys.bytes += size;
                             keys.map.insert(buf.as_slice().into(), k.clone().unbind());
                             unused
                         };
@@ -145,7 +194,11 @@ fn point_columns<'py>(
         }
         sids.extend_from_slice(&sid.to_ne_bytes());
     }
-    Ok((PyBytes::new(py, &sids), PyBytes::new(py, &ts), PyBytes::new(py, &vs)))
+    Ok((
+        PyBytes::new(py, &sids),
+        PyBytes::new(py, &ts),
+        PyBytes::new(py, &vs),
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -178,7 +231,9 @@ impl<'a> Reader<'a> {
     fn varint(&mut self) -> Wire<u64> {
         let mut out: u64 = 0;
         for i in 0..10 {
-            let Some(&b) = self.buf.get(self.pos) else { return Err(Malformed("truncated varint")) };
+            let Some(&b) = self.buf.get(self.pos) else {
+                return Err(Malformed("truncated varint"));
+            };
             self.pos += 1;
             if i < 10 {
                 out |= ((b & 0x7f) as u64).wrapping_shl(7 * i);
@@ -313,7 +368,11 @@ struct RwSeries<'a> {
 /// The body's series blobs, the whole top level checked first (as the message class of the blobs
 /// does); then each series in order, up to the first malformed one: the series before it and why it
 /// is malformed.
-fn rw_series<'a>(body: &'a [u8], ts: &mut Vec<i64>, vs: &mut Vec<f64>) -> Wire<(Vec<RwSeries<'a>>, Option<&'static str>)> {
+fn rw_series<'a>(
+    body: &'a [u8],
+    ts: &mut Vec<i64>,
+    vs: &mut Vec<f64>,
+) -> Wire<(Vec<RwSeries<'a>>, Option<&'static str>)> {
     let mut blobs = Vec::new();
     let mut r = Reader::new(body);
     while !r.done() {
@@ -340,9 +399,22 @@ fn rw_series<'a>(body: &'a [u8], ts: &mut Vec<i64>, vs: &mut Vec<f64>) -> Wire<(
     Ok((out, None))
 }
 
-fn rw_one<'a>(blob: &'a [u8], start: usize, end: usize, ts: &mut Vec<i64>, vs: &mut Vec<f64>) -> Wire<RwSeries<'a>> {
+fn rw_one<'a>(
+    blob: &'a [u8],
+    start: usize,
+    end: usize,
+    ts: &mut Vec<i64>,
+    vs: &mut Vec<f64>,
+) -> Wire<RwSeries<'a>> {
     let first = ts.len();
-    let mut s = RwSeries { labels: Vec::new(), first, last: first, start, end, more: false };
+    let mut s = RwSeries {
+        labels: Vec::new(),
+        first,
+        last: first,
+        start,
+        end,
+        more: false,
+    };
     let mut sr = Reader::new(blob);
     while !sr.done() {
         let (f, w) = sr.tag()?;
@@ -376,10 +448,15 @@ fn rw_one<'a>(blob: &'a [u8], start: usize, end: usize, ts: &mut Vec<i64>, vs: &
 fn rw1_series<'py>(
     py: Python<'py>,
     body: &[u8],
-) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, Bound<'py, PyList>, Option<&'static str>)> {
+) -> PyResult<(
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyList>,
+    Option<&'static str>,
+)> {
     let (mut ts, mut vs) = (Vec::new(), Vec::new());
-    let (series, error) =
-        rw_series(body, &mut ts, &mut vs).map_err(|Malformed(why)| pyo3::exceptions::PyValueError::new_err(why))?;
+    let (series, error) = rw_series(body, &mut ts, &mut vs)
+        .map_err(|Malformed(why)| pyo3::exceptions::PyValueError::new_err(why))?;
     let out = PyList::empty(py);
     for s in series {
         let labels = PyDict::new(py);
