@@ -1,12 +1,13 @@
-"""lossproof's PEP 517 build backend: setuptools, plus the dashboard's charting library (uPlot) put
-into the package before a wheel or an sdist is built.
+"""lossproof's PEP 517 build backend: maturin (which builds the Rust extension ``lossproof._native``
+from ``native/`` with cargo and packs the Python sources), plus the dashboard's charting library
+(uPlot) put into the package before a wheel or an sdist is built.
 
 The library is fetched with ``npm pack`` at the pinned version and checked against the pinned
 integrity hash (``lossproof.query.uplot``), here at build time, so an installed wheel or sdist has a
 working dashboard with no npm and no network at run time. An sdist carries the files, so building a
-wheel from it needs no npm either. Editable installs (``pip install -e .``) are left as setuptools
-makes them: a checkout fetches the library when the dashboard first starts (or by
-``python -m lossproof.query.uplot``).
+wheel from it needs no npm either. Editable installs (``pip install -e .``) are left as maturin
+makes them (the extension built into ``src/lossproof/``, the checkout on the path): a checkout fetches
+the library when the dashboard first starts (or by ``python -m lossproof.query.uplot``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from setuptools import build_meta as _setuptools
-from setuptools.build_meta import *  # noqa: F403  (the rest of the PEP 517 hooks, unchanged)
+import maturin as _maturin
+from maturin import *  # noqa: F403  (the rest of the PEP 517 hooks, build_editable included, unchanged)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,9 +47,9 @@ def build_wheel(
     wheel_directory: str, config_settings: dict[str, Any] | None = None, metadata_directory: str | None = None
 ) -> str:
     vendor_assets()
-    return str(_setuptools.build_wheel(wheel_directory, config_settings, metadata_directory))
+    return str(_maturin.build_wheel(wheel_directory, config_settings, metadata_directory))
 
 
 def build_sdist(sdist_directory: str, config_settings: dict[str, Any] | None = None) -> str:
     vendor_assets()
-    return str(_setuptools.build_sdist(sdist_directory, config_settings))
+    return str(_maturin.build_sdist(sdist_directory, config_settings))

@@ -21,6 +21,7 @@ no help, no unit), or whose name is empty, too long or holds a NUL, is left out.
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Iterator
 from dataclasses import replace
 from itertools import chain, compress, count, islice, repeat
@@ -30,6 +31,7 @@ from typing import Any, NamedTuple
 import cramjam
 from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory
 
+from lossproof import _native
 from lossproof.points import Point, SeriesSamples
 from lossproof.protocol.thirdparty import (
     MAX_BUCKETS,
@@ -45,6 +47,10 @@ from lossproof.protocol.thirdparty import (
     fmt_float,
     time_error,
 )
+
+# the extension built from this checkout's native/ (an older build fails here, not on every body)
+if _native.ABI != 3:
+    raise ImportError(f"lossproof._native is ABI {_native.ABI}, this code needs 3: pip install -e . again")
 
 # -- the schema, as descriptors --------------------------------------------------------------------
 
@@ -796,38 +802,28 @@ def iter_decode(
     least one chunk (the last one carries the metadata).
 
     The caller should not keep a reference to ``body``: it is released once the views are read."""
+    if proto != V2:
+        yield from _iter_v1(body, max_points, max_bytes)
+        return
     meta: dict[str, Metadata] = {}
-    symbols: list[str] = []
-    if proto == V2:
-        symbols = list(_SymbolsOnly.FromString(body).symbols)
-        blobs = _SeriesBlobs.FromString(body).v2
-        parse_series = _V2_SERIES.FromString
-    else:
-        for md in _MetadataOnly.FromString(body).metadata:
-            m = _metadata(md.metric_family_name, md.type, md.help, md.unit)
-            if m is not None:
-                meta[m.metric] = m
-        blobs = _SeriesBlobs.FromString(body).v1
-        parse_series = _V1_SERIES.FromString
+    symbols = list(_SymbolsOnly.FromString(body).symbols)
+    blobs = _SeriesBlobs.FromString(body).v2
     del body
     out: list[SeriesSamples] = []
     n_out = 0  # samples in out
     size = 0
     for blob in blobs:
-        ts = parse_series(blob)
+        ts = _V2_SERIES.FromString(blob)
         size += len(blob)
-        if proto == V2:
-            refs = list(ts.labels_refs)
-            labels = {symbols[k]: symbols[v] for k, v in zip(refs[0::2], refs[1::2], strict=True)}
-            if ts.HasField("metadata"):
-                md = ts.metadata
-                help_ = symbols[md.help_ref] if md.help_ref else ""
-                unit = symbols[md.unit_ref] if md.unit_ref else ""
-                m = _metadata(labels.get(_NAME, ""), md.type, help_, unit)
-                if m is not None:
-                    meta[m.metric] = m
-        else:
-            labels = {lb.name: lb.value for lb in ts.labels}
+        refs = list(ts.labels_refs)
+        labels = {symbols[k]: symbols[v] for k, v in zip(refs[0::2], refs[1::2], strict=True)}
+        if ts.HasField("metadata"):
+            md = ts.metadata
+            help_ = symbols[md.help_ref] if md.help_ref else ""
+            unit = symbols[md.unit_ref] if md.unit_ref else ""
+            m = _metadata(labels.get(_NAME, ""), md.type, help_, unit)
+            if m is not None:
+                meta[m.metric] = m
         name = labels.pop(_NAME)
         if "" in labels.values():
             labels = {k: v for k, v in labels.items() if v}
@@ -852,6 +848,62 @@ def iter_decode(
         if size >= max_bytes and out:
             yield Chunk(out, [], size)
             out, n_out, size = [], 0, 0
+    yield Chunk(out, list(meta.values()), size)
+
+
+def _iter_v1(body: bytes, max_points: int, max_bytes: int) -> Iterator[Chunk]:
+    """:func:`iter_decode` of a 1.0 body. Its series' labels and samples are read in Rust
+    (``lossproof._native.rw1_series``, native/src/lib.rs) straight into columns: reading them through
+    the message classes (a Python object per sample and per label) was most of the worker's cost on
+    remote write (docs/store.md, "Native code"). A series with exemplars or histograms is also
+    parsed by its message class, which checks those and reads the histograms. The body's two
+    columns are held until its last chunk (16 bytes a sample); a chunk's series copy their part."""
+    meta: dict[str, Metadata] = {}
+    for md in _MetadataOnly.FromString(body).metadata:
+        m = _metadata(md.metric_family_name, md.type, md.help, md.unit)
+        if m is not None:
+            meta[m.metric] = m
+    try:
+        t_col, v_col, series, error = _native.rw1_series(body)
+    except ValueError as e:  # as the message classes say it
+        raise message.DecodeError(f"Error parsing message: {e}") from None
+    view = memoryview(body) if any(s[5] for s in series) else None
+    del body
+    out: list[SeriesSamples] = []
+    n_out = 0  # samples in out
+    size = 0
+    t_all, v_all = memoryview(t_col), memoryview(v_col)  # 8 bytes a sample
+    for labels, first, last, start, end, more in series:
+        # exemplars or histograms: the message class checks them (and reads the histograms)
+        histograms = _V1_SERIES.FromString(view[start:end]).histograms if view is not None and more else ()
+        size += end - start
+        name = labels.pop(_NAME)
+        if "" in labels.values():
+            labels = {k: v for k, v in labels.items() if v}
+        i, n = first, last
+        while i < n:  # a series with more samples than a chunk holds is split
+            j = min(n, i + max_points - n_out)
+            t, v = array("q"), array("d")
+            t.frombytes(t_all[8 * i : 8 * j])
+            v.frombytes(v_all[8 * i : 8 * j])
+            out.append(SeriesSamples(name, labels, t, v))
+            n_out += j - i
+            i = j
+            if n_out >= max_points:
+                yield Chunk(out, [], size)
+                out, n_out, size = [], 0, 0
+        for h in histograms:
+            hp = _histogram_points(name, labels, h)
+            out.extend(SeriesSamples(p.metric, p.labels, [p.t], [p.v]) for p in hp)
+            n_out += len(hp)
+            if n_out >= max_points:
+                yield Chunk(out, [], size)
+                out, n_out, size = [], 0, 0
+        if size >= max_bytes and out:
+            yield Chunk(out, [], size)
+            out, n_out, size = [], 0, 0
+    if error is not None:  # where the message classes failed: after the series before it
+        raise message.DecodeError(f"Error parsing message: {error}")
     yield Chunk(out, list(meta.values()), size)
 
 

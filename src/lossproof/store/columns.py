@@ -8,14 +8,19 @@ Series ids come from the store through ``resolve``; a series seen before costs o
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import repeat
 from typing import Any
 
 import numpy as np
 
+from lossproof import _native
 from lossproof.store import chunks
 from lossproof.store.base import PointLike, SeriesSamples
+
+# the extension built from this checkout's native/ (an older build fails here, not in a batch)
+if _native.ABI != 3:
+    raise ImportError(f"lossproof._native is ABI {_native.ABI}, this code needs 3: pip install -e . again")
 
 SeriesKey = tuple[Any, ...]  # (tenant, metric, *labels.items()) in the order the sender gave them
 # resolve(key, tenant, metric, labels) -> series id: the store's cache, then its series table
@@ -37,37 +42,23 @@ class Columns:
         return len(self._ts)
 
     def add(
-        self, tenant: str, points: Iterable[PointLike], known: Mapping[SeriesKey, int], resolve: Resolver
+        self, tenant: str, points: Iterable[PointLike], known: dict[SeriesKey, int], resolve: Resolver
     ) -> None:
-        """Append ``points``; a series is looked up in ``known`` (the store's cache), else resolved."""
-        # The hot loop. A decoder may hand over one labels dict for a series' points in a row (as
-        # OTLP does): the same dict object and metric as the point before stand for the same
-        # series, so the key tuple is built once per run rather than once per point. (A dict of
-        # every labels object seen would catch more, but costs an insert per point where each point
-        # has a dict of its own, as in the native protocol: twice as slow there.)
+        """Append ``points``; a series is looked up in ``known`` (the store's cache), else resolved.
+
+        The hot loop, in Rust (``lossproof._native.point_columns``, native/src/lib.rs): per point it
+        read four attributes and built the series key tuple to look up, most of a batch's cost in
+        Python (docs/store.md, "Native code"). A decoder may hand over one labels dict for a series'
+        points in a row (as OTLP does): such a run is looked up once. Nothing is appended when a
+        point cannot be stored (a ``t`` that is not an int64, a ``v`` that is not a float)."""
         pts = points if isinstance(points, list) else list(points)
-        # the two plain columns in C; only the series look-up loops here
-        self._ts.extend([p.t for p in pts])
-        self._vs.extend([p.v for p in pts])
-        known_get = known.get
-        last_labels: dict[str, str] | None = None  # kept alive here, so `is` cannot see a reused id
-        last_metric = ""
-        sid = 0
-        sids: list[int] = []
-        append = sids.append
-        for p in pts:
-            labels = p.labels
-            metric = p.metric
-            if labels is not last_labels or metric != last_metric:
-                key = (tenant, metric, *labels.items())
-                got = known_get(key)
-                sid = resolve(key, tenant, metric, labels) if got is None else got
-                last_labels, last_metric = labels, metric
-            append(sid)
-        self._sids.extend(sids)
+        sids, ts, vs = _native.point_columns(tenant, pts, known, resolve)
+        self._sids.frombytes(sids)
+        self._ts.frombytes(ts)
+        self._vs.frombytes(vs)
 
     def add_series(
-        self, tenant: str, series: Iterable[SeriesSamples], known: Mapping[SeriesKey, int], resolve: Resolver
+        self, tenant: str, series: Iterable[SeriesSamples], known: dict[SeriesKey, int], resolve: Resolver
     ) -> None:
         """Append each series' columns: one look-up per series, the samples copied in C."""
         for s in series:

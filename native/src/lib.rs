@@ -1,0 +1,490 @@
+//! lossproof's hot paths in Rust, as the Python extension module `lossproof._native`.
+//!
+//! Built by maturin from `pip install -e .` and `python -m build` (see `buildsupport/lossproof_backend.py`).
+//! What lives here is only what profiling showed Python to be the limit of (docs/store.md, "Native
+//! code"); each function replaces its Python version (one code path) and is tested against an
+//! independent reference in `tests/unit/test_native_ext.py`.
+
+use std::sync::{LazyLock, Mutex, MutexGuard};
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use rustc_hash::FxHashMap;
+
+/// The version of this module's interface, checked by the Python side (lossproof/store/columns.py):
+/// an extension built from other sources than the Python code that calls it fails at import, not
+/// half-way through a batch.
+const ABI: u32 = 3;
+
+// ---------------------------------------------------------------------------------------------
+// Points to store columns (lossproof.store.columns.Columns.add).
+//
+// A point's series key is the tuple `(tenant, metric, *labels.items())` (labels in the sender's
+// order), the key of the store's series cache (a dict). Building that tuple per point (a 2-tuple
+// per label, then hashing every fresh string) was most of the cost; here the key's text is looked
+// up in a table of the key tuples already built (`KEYS`), and the store's dict is then asked with
+// that same tuple object (found by identity, its strings' hashes cached). `KEYS` holds key objects
+// only, never series ids: whatever the store's cache holds or forgets is asked of it every time, so
+// a rolled-back or evicted id is never used from here.
+
+/// Key text (see `key_text`) -> the key tuple first built for it.
+struct Keys {
+    map: FxHashMap<Box<[u8]>, Py<PyTuple>>,
+    bytes: usize,
+    known_len: usize, // the store's cache's length when last seen
+}
+
+static KEYS: LazyLock<Mutex<Keys>> = LazyLock::new(|| {
+    Mutex::new(Keys {
+        map: FxHashMap::default(),
+        bytes: 0,
+        known_len: 0,
+    })
+});
+
+/// What `KEYS` may keep before it starts over: an estimate of the memory it keeps alive, the key
+/// tuples counted as lossproof.store.base.series_key_bytes counts them, plus the table's entry. The
+/// tuples are shared with the store's cache while that holds them; so that the table does not keep
+/// them alive long after, it also starts over whenever the store's cache was found shorter than the
+/// last time (the cache starts over when full).
+const KEYS_BYTES: usize = 128 << 20;
+
+fn entry_bytes(text: usize, labels: usize) -> usize {
+    64 + text + 200 + 57 * (2 + labels) + 154 * labels
+}
+
+fn lock_keys() -> MutexGuard<'static, Keys> {
+    KEYS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn put_text(buf: &mut Vec<u8>, s: &str) {
+    buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    buf.extend_from_slice(s.as_bytes());
+}
+
+/// The key's text, length-prefixed strings in key order, into `buf`, and its number of labels; None
+/// when a label key or value is not a str (such a point takes the general path).
+fn key_text(
+    buf: &mut Vec<u8>,
+    tenant: &str,
+    metric: &Bound<'_, PyAny>,
+    labels: &Bound<'_, PyDict>,
+) -> PyResult<Option<usize>> {
+    buf.clear();
+    put_text(buf, tenant);
+    let Ok(m) = metric.cast::<PyString>() else {
+        return Ok(None);
+    };
+    put_text(buf, m.to_str()?);
+    let mut n = 0;
+    for (k, v) in labels.iter() {
+        let (Ok(k), Ok(v)) = (k.cast::<PyString>(), v.cast::<PyString>()) else {
+            return Ok(None);
+        };
+        put_text(buf, k.to_str()?);
+        put_text(buf, v.to_str()?);
+        n += 1;
+    }
+    Ok(Some(n))
+}
+
+/// The key tuple, built as the Python code did: `(tenant, metric, *labels.items())`.
+fn build_key<'py>(
+    tenant: &Bound<'py, PyString>,
+    metric: &Bound<'py, PyAny>,
+    labels: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let py = tenant.py();
+    let mut items: Vec<Bound<'py, PyAny>> = vec![tenant.clone().into_any(), metric.clone()];
+    for item in labels.call_method0(intern!(py, "items"))?.try_iter()? {
+        items.push(item?);
+    }
+    PyTuple::new(py, items)
+}
+
+/// `point_columns(tenant, points, known, resolve) -> (sids, ts, vs)`: the three columns of `points`
+/// (a list of objects with a point's attributes `metric`, `labels`, `t`, `v`) as native-endian int64,
+/// int64 and float64 bytes. A point's series id comes from `known` (the store's cache, a dict) by its
+/// key, else from `resolve(key, tenant, metric, labels)`. A run of points sharing one labels object and
+/// metric is looked up once. Nothing is returned (the caller's columns are left as they were) when a
+/// point cannot be stored: TypeError or OverflowError for a `t` that is not an int64 or a `v` that is
+/// not a float, as Python's `array` would raise.
+#[pyfunction]
+fn point_columns<'py>(
+    py: Python<'py>,
+    tenant: &Bound<'py, PyString>,
+    points: &Bound<'py, PyList>,
+    known: &Bound<'py, PyDict>,
+    resolve: &Bound<'py, PyAny>,
+) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+    let n = points.len();
+    let mut sids: Vec<u8> = Vec::with_capacity(n * 8);
+    let mut ts: Vec<u8> = Vec::with_capacity(n * 8);
+    let mut vs: Vec<u8> = Vec::with_capacity(n * 8);
+    let (a_labels, a_metric, a_t, a_v) = (
+        intern!(py, "labels"),
+        intern!(py, "metric"),
+        intern!(py, "t"),
+        intern!(py, "v"),
+    );
+    let tenant_text = tenant.to_str()?;
+    let mut last: Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)> = None; // (labels, metric)
+    let mut sid: i64 = 0;
+    let mut buf: Vec<u8> = Vec::with_capacity(256);
+    let unused = {
+        let mut keys = lock_keys();
+        let shorter = known.len() < keys.known_len;
+        keys.known_len = known.len();
+        if shorter {
+            keys.bytes = 0;
+            std::mem::take(&mut keys.map)
+        } else {
+            FxHashMap::default()
+        }
+    };
+    drop(unused); // references released outside the lock
+    for p in points.iter() {
+        ts.extend_from_slice(&p.getattr(a_t)?.extract::<i64>()?.to_ne_bytes());
+        vs.extend_from_slice(&p.getattr(a_v)?.extract::<f64>()?.to_ne_bytes());
+        let labels = p.getattr(a_labels)?;
+        let metric = p.getattr(a_metric)?;
+        let same = match &last {
+            Some((l, m)) => l.is(&labels) && (m.is(&metric) || m.eq(&metric)?),
+            None => false,
+        };
+        if !same {
+            let texted = match labels.cast::<PyDict>() {
+                Ok(d) => key_text(&mut buf, tenant_text, &metric, d)?,
+                Err(_) => None,
+            };
+            // The table is locked only while it is read or written, never across Python code.
+            let found = match texted {
+                Some(_) => lock_keys().map.get(buf.as_slice()).map(|k| k.clone_ref(py)),
+                None => None,
+            };
+            let key = match found {
+                Some(k) => k.into_bound(py),
+                None => {
+                    let k = build_key(tenant, &metric, &labels)?;
+                    if let Some(n_labels) = texted {
+                        let size = entry_bytes(buf.len(), n_labels);
+                        let unused = {
+                            let mut keys = lock_keys();
+                            let unused = if keys.bytes + size > KEYS_BYTES {
+                                keys.bytes = 0;
+                                std::mem::take(&mut keys.map)
+                            } else {
+                                FxHashMap::default()
+                            };
+                            keys.bytes += size;
+                            keys.map.insert(buf.as_slice().into(), k.clone().unbind());
+                            unused
+                        };
+                        drop(unused); // the old keys' references released outside the lock
+                    }
+                    k
+                }
+            };
+            sid = match known.get_item(&key)? {
+                Some(got) => got.extract()?,
+                None => resolve.call1((&key, tenant, &metric, &labels))?.extract()?,
+            };
+            last = Some((labels, metric));
+        }
+        sids.extend_from_slice(&sid.to_ne_bytes());
+    }
+    Ok((
+        PyBytes::new(py, &sids),
+        PyBytes::new(py, &ts),
+        PyBytes::new(py, &vs),
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prometheus remote write 1.0: a WriteRequest's series, straight into columns
+// (lossproof.protocol.promrw.iter_decode). Read as protobuf's own parser (upb) reads the message
+// classes it replaces: a field with an unexpected wire type is an unknown field and skipped, the last
+// of a repeated singular field wins, strings must be UTF-8, groups are skipped whole, a field number
+// 0, wire type 6 or 7, an end-group tag outside its group, a varint over 10 bytes or a length past
+// the end is malformed. A series with exemplars or histograms (fields 3, 4) is flagged: the caller
+// parses that series with the message class as well (which checks those and reads the histograms).
+
+struct Malformed(&'static str);
+
+type Wire<T> = Result<T, Malformed>;
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, pos: 0 }
+    }
+
+    fn done(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+
+    fn varint(&mut self) -> Wire<u64> {
+        let mut out: u64 = 0;
+        for i in 0..10 {
+            let Some(&b) = self.buf.get(self.pos) else {
+                return Err(Malformed("truncated varint"));
+            };
+            self.pos += 1;
+            if i < 10 {
+                out |= ((b & 0x7f) as u64).wrapping_shl(7 * i);
+            }
+            if b & 0x80 == 0 {
+                return Ok(out);
+            }
+        }
+        Err(Malformed("varint longer than 10 bytes"))
+    }
+
+    fn fixed64(&mut self) -> Wire<u64> {
+        let b = self.take(8)?;
+        Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+
+    fn take(&mut self, n: usize) -> Wire<&'a [u8]> {
+        if n > self.buf.len() - self.pos {
+            return Err(Malformed("field runs past the end"));
+        }
+        let out = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(out)
+    }
+
+    fn len_delimited(&mut self) -> Wire<&'a [u8]> {
+        let n = self.varint()?;
+        if n > i32::MAX as u64 {
+            return Err(Malformed("length too large"));
+        }
+        self.take(n as usize)
+    }
+
+    /// The next field's (number, wire type); an end-group tag is returned to the caller.
+    fn tag(&mut self) -> Wire<(u32, u8)> {
+        let tag = self.varint()?;
+        if tag > u32::MAX as u64 {
+            return Err(Malformed("tag too large"));
+        }
+        let (field, wire) = ((tag >> 3) as u32, (tag & 7) as u8);
+        if field == 0 {
+            return Err(Malformed("field number 0"));
+        }
+        if wire > 5 {
+            return Err(Malformed("invalid wire type"));
+        }
+        Ok((field, wire))
+    }
+
+    /// Skip a field of this wire type (its tag read); a group up to its matching end.
+    fn skip(&mut self, field: u32, wire: u8, depth: u32) -> Wire<()> {
+        match wire {
+            0 => {
+                self.varint()?;
+            }
+            1 => {
+                self.take(8)?;
+            }
+            2 => {
+                self.len_delimited()?;
+            }
+            5 => {
+                self.take(4)?;
+            }
+            3 => {
+                if depth >= 100 {
+                    return Err(Malformed("nested too deeply"));
+                }
+                loop {
+                    if self.done() {
+                        return Err(Malformed("unterminated group"));
+                    }
+                    let (f, w) = self.tag()?;
+                    if w == 4 {
+                        if f != field {
+                            return Err(Malformed("mismatched end group"));
+                        }
+                        break;
+                    }
+                    self.skip(f, w, depth + 1)?;
+                }
+            }
+            _ => return Err(Malformed("end group without a start")),
+        }
+        Ok(())
+    }
+}
+
+fn utf8(b: &[u8]) -> Wire<&str> {
+    std::str::from_utf8(b).map_err(|_| Malformed("invalid UTF-8 in a string field"))
+}
+
+/// A Label: (name, value), each "" when absent.
+fn rw_label(buf: &[u8]) -> Wire<(&str, &str)> {
+    let mut r = Reader::new(buf);
+    let (mut name, mut value) = ("", "");
+    while !r.done() {
+        let (f, w) = r.tag()?;
+        match (f, w) {
+            (1, 2) => name = utf8(r.len_delimited()?)?,
+            (2, 2) => value = utf8(r.len_delimited()?)?,
+            _ => r.skip(f, w, 1)?,
+        }
+    }
+    Ok((name, value))
+}
+
+/// A Sample: (timestamp, value bits), each 0 when absent.
+fn rw_sample(buf: &[u8]) -> Wire<(i64, u64)> {
+    let mut r = Reader::new(buf);
+    let (mut t, mut v) = (0i64, 0u64);
+    while !r.done() {
+        let (f, w) = r.tag()?;
+        match (f, w) {
+            (1, 1) => v = r.fixed64()?,
+            (2, 0) => t = r.varint()? as i64,
+            _ => r.skip(f, w, 1)?,
+        }
+    }
+    Ok((t, v))
+}
+
+struct RwSeries<'a> {
+    labels: Vec<(&'a str, &'a str)>,
+    first: usize, // its samples: first .. last in the body's columns
+    last: usize,
+    start: usize,
+    end: usize,
+    more: bool, // exemplars or histograms
+}
+
+/// The body's series blobs, the whole top level checked first (as the message class of the blobs
+/// does); then each series in order, up to the first malformed one: the series before it and why it
+/// is malformed.
+fn rw_series<'a>(
+    body: &'a [u8],
+    ts: &mut Vec<i64>,
+    vs: &mut Vec<f64>,
+) -> Wire<(Vec<RwSeries<'a>>, Option<&'static str>)> {
+    let mut blobs = Vec::new();
+    let mut r = Reader::new(body);
+    while !r.done() {
+        let (f, w) = r.tag()?;
+        if (f, w) != (1, 2) {
+            r.skip(f, w, 1)?;
+            continue;
+        }
+        let blob = r.len_delimited()?;
+        blobs.push((blob, r.pos - blob.len(), r.pos));
+    }
+    let mut out = Vec::with_capacity(blobs.len());
+    for (blob, start, end) in blobs {
+        let first = ts.len();
+        match rw_one(blob, start, end, ts, vs) {
+            Ok(s) => out.push(s),
+            Err(Malformed(why)) => {
+                ts.truncate(first);
+                vs.truncate(first);
+                return Ok((out, Some(why)));
+            }
+        }
+    }
+    Ok((out, None))
+}
+
+fn rw_one<'a>(
+    blob: &'a [u8],
+    start: usize,
+    end: usize,
+    ts: &mut Vec<i64>,
+    vs: &mut Vec<f64>,
+) -> Wire<RwSeries<'a>> {
+    let first = ts.len();
+    let mut s = RwSeries {
+        labels: Vec::new(),
+        first,
+        last: first,
+        start,
+        end,
+        more: false,
+    };
+    let mut sr = Reader::new(blob);
+    while !sr.done() {
+        let (f, w) = sr.tag()?;
+        match (f, w) {
+            (1, 2) => s.labels.push(rw_label(sr.len_delimited()?)?),
+            (2, 2) => {
+                let (t, v) = rw_sample(sr.len_delimited()?)?;
+                ts.push(t);
+                vs.push(f64::from_bits(v));
+            }
+            (3, 2) | (4, 2) => {
+                sr.len_delimited()?;
+                s.more = true;
+            }
+            _ => sr.skip(f, w, 1)?,
+        }
+    }
+    s.last = ts.len();
+    Ok(s)
+}
+
+/// `rw1_series(body) -> (t, v, [(labels, first, last, start, end, more)], error)`: the samples of a
+/// remote-write 1.0 WriteRequest as two columns, timestamps and values (native-endian int64 and
+/// float64 bytes, in the body's order), and each series: its labels as a dict (the last of a name
+/// wins), its samples (`first .. last` in the columns), where its TimeSeries lies in the body, and
+/// whether it also has exemplars or histograms. A malformed top level is a ValueError; a malformed
+/// series ends the list, and `error` says why (None when every series was read), so the caller
+/// fails where the message classes failed, after the series before it.
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn rw1_series<'py>(
+    py: Python<'py>,
+    body: &[u8],
+) -> PyResult<(
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyList>,
+    Option<&'static str>,
+)> {
+    let (mut ts, mut vs) = (Vec::new(), Vec::new());
+    let (series, error) = rw_series(body, &mut ts, &mut vs)
+        .map_err(|Malformed(why)| pyo3::exceptions::PyValueError::new_err(why))?;
+    let out = PyList::empty(py);
+    for s in series {
+        let labels = PyDict::new(py);
+        for (k, v) in s.labels {
+            labels.set_item(PyString::new(py, k), PyString::new(py, v))?;
+        }
+        out.append((labels, s.first, s.last, s.start, s.end, s.more))?;
+    }
+    let t_col = PyBytes::new_with(py, ts.len() * 8, |b| {
+        for (dst, t) in b.chunks_exact_mut(8).zip(&ts) {
+            dst.copy_from_slice(&t.to_ne_bytes());
+        }
+        Ok(())
+    })?;
+    drop(ts);
+    let v_col = PyBytes::new_with(py, vs.len() * 8, |b| {
+        for (dst, v) in b.chunks_exact_mut(8).zip(&vs) {
+            dst.copy_from_slice(&v.to_ne_bytes());
+        }
+        Ok(())
+    })?;
+    Ok((t_col, v_col, out, error))
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("ABI", ABI)?;
+    m.add_function(wrap_pyfunction!(point_columns, m)?)?;
+    m.add_function(wrap_pyfunction!(rw1_series, m)?)?;
+    Ok(())
+}
