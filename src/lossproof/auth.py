@@ -30,9 +30,9 @@ from aiohttp import web
 
 from lossproof import config as config_mod
 from lossproof.config import Config, ConfigError, hash_key
+from lossproof.credentials import presented_key
 from lossproof.httputil import ApiError
 from lossproof.obs.logging import get
-from lossproof.protocol_http import presented_key
 
 log = get(__name__)
 

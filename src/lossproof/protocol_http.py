@@ -12,13 +12,12 @@ from the agent as from ingest. Nothing here touches a log, a spool or metrics.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from lossproof.credentials import presented_key as presented_key  # the relay's and ingest's one rule
 from lossproof.httputil import ApiError, json_response
 from lossproof.protocol import influx, otlp, promrw
 from lossproof.protocol.compression import BadEncoding, TooLarge, decompress
@@ -270,33 +269,3 @@ async def health(request: web.Request) -> web.Response:
     )
 
 
-def presented_key(request: web.Request, query: bool = False) -> str | None:
-    """The key a request presents, or None. A key that is not valid UTF-8 (aiohttp keeps such
-    header bytes as lone surrogates) cannot be any configured key: None, so a 401, never a 500."""
-    key = _presented_key(request, query)
-    if key is None:
-        return None
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError:
-        return None
-    return key
-
-
-def _presented_key(request: web.Request, query: bool) -> str | None:
-    scheme, _, cred = request.headers.get("Authorization", "").partition(" ")
-    scheme, cred = scheme.lower(), cred.strip()
-    if cred:
-        if scheme == "bearer":
-            return cred
-        if scheme == "token":  # InfluxDB: "Token <token>" or, 1.x compatible, "Token user:password"
-            return cred.rpartition(":")[2] or None
-        if scheme == "basic":
-            try:
-                user, _, password = base64.b64decode(cred, validate=True).decode().partition(":")
-            except (binascii.Error, UnicodeDecodeError):
-                return None
-            return password or user or None
-    if query:
-        return request.query.get("p") or request.query.get("token") or None
-    return None

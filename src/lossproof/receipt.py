@@ -5,8 +5,12 @@ The contract's first rule ("acknowledged means durable") holds by construction, 
 * only a durable writer (a :class:`ReceiptIssuer`: the log's writers, the fallback receiver's journal)
   issues a :class:`Receipt`, and only once the data is durable: the position it landed at, plus the
   seqs it holds;
-* a :class:`Receipt` cannot be made any other way (its constructor refuses a caller without the
-  issuer's key);
+* a :class:`Receipt` is not made any other way by mistake: its constructor refuses a caller
+  without the issuer's key, and it cannot be copied, unpickled or altered into another. (This guards
+  against mistakes in our own code, not against deliberate forging: Python cannot stop
+  ``object.__new__``.)
+* the ingest API checks, as soon as the writer returns, that the receipt covers at least one record
+  (:func:`covers_a_record`): a writer that answers "nothing kept" for data is a 5xx, never a 2xx;
 * the ingest API and the fallback receiver build their 2xx from one (:func:`acked`): there is no
   other way to answer OK, for the native protocol, the third-party protocols or the fallback.
 
@@ -43,6 +47,19 @@ class Receipt:
         if _key is not _KEY:
             raise TypeError("a Receipt is issued only by a durable writer (ReceiptIssuer), once durable")
 
+    # One receipt per durable write: not copied, pickled or restored into another.
+    def __copy__(self) -> Receipt:
+        return self
+
+    def __deepcopy__(self, memo: object) -> Receipt:
+        return self
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError("a Receipt cannot be pickled: it is issued once, by a durable writer")
+
+    def __setstate__(self, state: object) -> None:
+        raise TypeError("a Receipt cannot be restored from a state: it is issued once, by a durable writer")
+
 
 class ReceiptIssuer:
     """What makes data durable and says so: the only maker of :class:`Receipt` (via :meth:`_receipt`)."""
@@ -65,6 +82,15 @@ def checked(receipt: object) -> Receipt:
     if type(receipt) is not Receipt:  # a subclass could skip the check in __post_init__
         raise TypeError(f"an acknowledgement needs a durable writer's Receipt, not {type(receipt).__name__}")
     return receipt
+
+
+def covers_a_record(receipt: object) -> Receipt:
+    """``receipt`` if it is genuine and holds at least one durable record (what a writer returns for
+    an append); a TypeError otherwise, so the request gets a 5xx, never a 2xx."""
+    got = checked(receipt)
+    if got.records < 1 or got.source == "nothing":
+        raise TypeError(f"an append's receipt holds {got.records} records ({got.source}): nothing durable")
+    return got
 
 
 def acked(receipt: object) -> list[list[int]]:

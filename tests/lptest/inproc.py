@@ -60,7 +60,7 @@ class InProcess(Endpoint):
 
     def add_key(self, tenant: str) -> str:
         """A new key for ``tenant``, written as ``lossproof keys create`` writes it; a running app
-        reloads it (as ``ingest.server.serve`` does) on its first use."""
+        reloads it (as ``lossproof.server.serve`` does) on its first use."""
         key = config_mod.new_key()
         with config_mod.editing(self.data_dir) as cfg:
             cfg.tenants.setdefault(tenant, config_mod.TenantConfig()).add_key(
@@ -113,7 +113,7 @@ class InProcess(Endpoint):
             store = StoreAccess(lambda: open_store(cfg, readonly=True))
             self.app = build_app(cfg, writer, store, registry)
             self.reloader = KeyReloader(cfg.data_dir, self.app[KEYS], self._env)
-            # as ingest.server.serve: the same runner options and connection limits
+            # as lossproof.server.serve: the same runner options and connection limits
             runner = await listen(self.app, cfg, "127.0.0.1", 0)
             try:
                 self.port = int(runner.addresses[0][1])

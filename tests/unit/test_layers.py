@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "points",
             "lazy",
             "receipt",
+            "credentials",
         },
     ),
     ("log", {"log"}),
@@ -89,6 +90,12 @@ def imports() -> dict[tuple[str, str], set[str]]:
                     base = ".".join([*up, *([node.module] if node.module else [])])
                 # "from lossproof import config": the name may be a unit itself
                 targets = [base, *(f"{base}.{a.name}" for a in node.names)] if base == "lossproof" else [base]
+            elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+                # importlib.import_module("lossproof.x") and __import__("lossproof.x") import too
+                f = node.func
+                name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+                if name in ("import_module", "__import__") and isinstance(node.args[0].value, str):
+                    targets = [node.args[0].value]
             for t in targets:
                 if t == "lossproof" or not t.startswith("lossproof."):
                     continue
@@ -172,6 +179,21 @@ def test_no_cycle_between_packages() -> None:
         for cycle in cycles
     ]
     assert cycles == [], "\n".join(detail)
+
+
+def test_no_public_name_is_also_a_submodule() -> None:
+    """A package's lazily loaded public name that is also one of its submodules' names is replaced by
+    the submodule once that is imported (``from pkg import name`` then gives the module)."""
+    import importlib
+
+    clashes = []
+    for init in sorted(SRC.rglob("__init__.py")):
+        mod, _ = _module_name(init)
+        names = set(getattr(importlib.import_module(mod), "__all__", ()))
+        subs = {p.stem for p in init.parent.glob("*.py")}
+        subs |= {p.parent.name for p in init.parent.glob("*/__init__.py")}
+        clashes += [f"{mod}.{n}" for n in sorted(names & subs)]
+    assert clashes == []
 
 
 def test_the_parser_finds_the_imports() -> None:

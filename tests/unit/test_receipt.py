@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import copy
 import dataclasses
 import json
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from lossproof import config as config_mod
 from lossproof.chaos.early_ack import EARLY_ACK, EarlyAckWriter
 from lossproof.faults import Faults, write_faults
 from lossproof.log.base import LogWriter, Position, Receipt
-from lossproof.receipt import ReceiptIssuer, acked, checked, nothing_to_keep
+from lossproof.receipt import ReceiptIssuer, acked, checked, covers_a_record, nothing_to_keep
 from lossproof.server import build_app
 from lossproof.store.access import StoreAccess
 from lossproof.store.factory import open_store
@@ -47,6 +49,18 @@ def test_a_receipt_cannot_be_made_by_hand() -> None:
     genuine = Issuer()._receipt(0, 1, [(1, 3)])
     with pytest.raises((TypeError, ValueError)):  # nor made from a genuine one with other seqs
         dataclasses.replace(genuine, seqs=((1, 1000),))
+
+
+def test_a_receipt_is_not_copied_pickled_or_restored_into_another() -> None:
+    genuine = ReceiptIssuer()._receipt(0, 1, [(1, 3)])
+    assert copy.copy(genuine) is genuine and copy.deepcopy(genuine) is genuine
+    with pytest.raises(TypeError):
+        pickle.dumps(genuine)
+    with pytest.raises(TypeError):
+        nothing_to_keep().__setstate__(("log", 0, 0, ((1, 2),), 1))
+    assert covers_a_record(genuine) is genuine
+    with pytest.raises(TypeError, match="nothing durable"):
+        covers_a_record(nothing_to_keep())  # a writer's answer for data must hold a record
 
 
 def test_an_ack_needs_a_receipt() -> None:
@@ -81,6 +95,8 @@ class _Writer(LogWriter):
             return Position(0, len(self.records))
         if self.answer == "none":
             return None
+        if self.answer == "nothing":
+            return nothing_to_keep()
         return self._receipt(0, len(self.records), seqs)
 
     def healthy(self) -> tuple[bool, str]:
@@ -145,7 +161,7 @@ def test_ingest_answers_2xx_from_a_receipt(tmp_path: Path) -> None:
     assert len(writer.records) == 4
 
 
-@pytest.mark.parametrize("answer", ["position", "none"])
+@pytest.mark.parametrize("answer", ["position", "none", "nothing"])
 def test_ingest_without_a_receipt_answers_no_2xx(tmp_path: Path, answer: str) -> None:
     answers = _answers(tmp_path, _Writer(answer))
     for name, (status, body) in answers.items():
@@ -170,10 +186,13 @@ def test_the_early_ack_is_a_writer_handed_in(tmp_path: Path) -> None:
 
 
 def test_no_fault_branch_in_the_ack_path() -> None:
-    """Ingest and the fallback receiver read no fault switch: faults come in as wrappers."""
+    """Ingest reads no fault switch: faults come in as wrappers. (The fallback receiver's come in
+    through the journal writer that its composition root, ``serve``, makes.)"""
     for path in [*sorted((SRC / "ingest").glob("*.py")), SRC / "server.py"]:
         tree = ast.parse(path.read_text())
         names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        attrs = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
         mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-        assert "Faults" not in names and "lossproof.faults" not in mods, path
+        mods |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert "Faults" not in names | attrs and "lossproof.faults" not in mods, path
         assert "ack_before_durable" not in path.read_text(), path

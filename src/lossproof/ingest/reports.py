@@ -31,7 +31,7 @@ from lossproof.log.base import LogUnavailable, LogWriter
 from lossproof.obs.logging import get
 from lossproof.protocol import native
 from lossproof.protocol.compression import BadEncoding, TooLarge, decompress
-from lossproof.receipt import Receipt, acked
+from lossproof.receipt import Receipt, acked, covers_a_record
 from lossproof.store.access import StoreAccess
 
 log = get(__name__)
@@ -103,9 +103,10 @@ class Ingest:
         """Append ``record`` and return the log's durable receipt; raise the 503 otherwise. The
         receipt is what the 2xx is built from (:mod:`lossproof.receipt`)."""
         timeout = self.cfg.server.append_timeout_seconds
-        return await await_durable(
+        receipt = await await_durable(
             self.writer.append(key, record, seqs), timeout, LogUnavailable, self.unavailable
         )
+        return covers_a_record(receipt)  # before anything counts it as acknowledged
 
 
 class ReportsHandler(Ingest):
