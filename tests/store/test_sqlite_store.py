@@ -11,7 +11,10 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lossproof.store.base import (
     Point,
@@ -419,3 +422,50 @@ def test_batches_land_in_parts_then_chunks_then_one_packed_chunk_per_window(tmp_
         assert s._con.execute("SELECT count(*) FROM parts").fetchone()[0] == 0
     finally:
         s.close()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_assembled_reads_are_merge_arrays_series_by_series(data: st.DataObject) -> None:
+    """The read path's assembly of many series' chunks at once (``_assemble``) answers, for every
+    series, what :func:`chunks.merge_arrays` answers for its chunks and part slices: chunks in any
+    row order, apart or overlapping in time (the lowest id wins a t), raw or packed, and bounds."""
+    from lossproof.store import chunks
+    from lossproof.store.sqlite import _assemble
+
+    nseries = data.draw(st.integers(1, 5))
+    found = [(sid, "m", {}) for sid in data.draw(st.permutations(range(10, 10 + nseries)))]
+    rows: list[tuple[int, int, bytes]] = []
+    parts: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
+    extra: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
+    cid = 0
+    for i, (sid, _, _) in enumerate(found):
+        end = data.draw(st.integers(-1, 20))
+        for _ in range(data.draw(st.integers(0, 4))):
+            # mostly after the chunk before (as a store writes them), sometimes touching or overlapping it
+            start = (
+                end + data.draw(st.sampled_from([1, 1, 1, 5, 0, -3]))
+                if end >= 0
+                else data.draw(st.integers(0, 60))
+            )
+            ts = np.array(sorted(data.draw(st.sets(st.integers(start, start + 30), min_size=1, max_size=8))))
+            ts[0] = start
+            end = int(ts[-1])
+            vs = np.array([float(data.draw(st.integers(0, 9))) / 4 for _ in ts])
+            cid = cid + data.draw(st.integers(1, 3))
+            raw = chunks.encode_batch(ts * 0, ts, vs)[0].data
+            blob = chunks.encode(ts, vs) if data.draw(st.booleans()) else raw
+            rows.append((sid, cid, blob))
+            parts.setdefault(i, []).append((cid, ts, vs))
+        if data.draw(st.integers(0, 4)) == 0:
+            ts = np.array(sorted(data.draw(st.sets(st.integers(0, 90), min_size=1, max_size=5))))
+            extra[i] = [(1 << 40, ts, ts * 1.0)]
+    if data.draw(st.integers(0, 3)) == 0:  # the rows in any order (SQLite gives them by series and time)
+        rows = data.draw(st.permutations(rows))
+    lo = data.draw(st.integers(-5, 50))
+    hi = data.draw(st.integers(lo, 100))
+    got = _assemble(found, list(rows), extra, lo, hi)
+    for i in range(len(found)):
+        want = chunks.merge_arrays(parts.get(i, []) + extra.get(i, []), lo, hi)
+        assert got[i][0].tolist() == want[0].tolist()
+        assert got[i][1].tolist() == want[1].tolist()

@@ -247,8 +247,75 @@ CREATE TABLE log_gaps (
 """
 
 _INSERT_CHUNK = "INSERT INTO chunks (series_id, t_min, t_max, n, data) VALUES (?, ?, ?, ?, ?)"
+
+
 # The chunks of each series of a JSON array ?1 that may hold points in [?2, ?3]: one statement, an
 # index range from (series, ?2) on for each.
+def _assemble(
+    found: Sequence[tuple[int, str, dict[str, str]]],
+    rows: list[tuple[int, int, bytes]],
+    extra: dict[int, list[tuple[int, chunks.I64, chunks.F64]]],
+    from_ms: int,
+    to_ms: int,
+) -> list[tuple[chunks.I64, chunks.F64]]:
+    """Each series' points in [from_ms, to_ms] from its chunks ``rows`` ``(series_id, id, data)``
+    (any order) and its slices of parts (``extra``, by position in ``found``): what
+    :func:`chunks.merge_arrays` answers, series by series. Every chunk is decoded at once
+    (:func:`chunks.decode_many`); a series whose chunks follow one another in time, with no part
+    slice, is then a slice of those columns (the usual case: no per-series sort, copy or concat);
+    the others go through :func:`chunks.merge_arrays`."""
+    empty_t, empty_v = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
+    if not rows:
+        return [chunks.merge_arrays(extra.get(i, []), from_ms, to_ms) for i in range(len(found))]
+    sids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    cids = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
+    ts, vs, off = chunks.decode_many([r[2] for r in rows])
+    nonempty = off[1:] > off[:-1]
+    if len(ts):
+        tmin = np.where(nonempty, ts[np.minimum(off[:-1], len(ts) - 1)], 0)
+        tmax = np.where(nonempty, ts[np.maximum(off[1:] - 1, 0)], 0)
+    else:
+        tmin = tmax = np.zeros(len(rows), dtype=np.int64)
+    # chunks by series, then time: each series' chunks a run
+    order = np.lexsort((cids, tmin, sids))
+    sids, cids, tmin, tmax, nonempty = sids[order], cids[order], tmin[order], tmax[order], nonempty[order]
+    starts_o, ends_o = off[:-1][order], off[1:][order]
+    run_start = np.flatnonzero(np.r_[True, sids[1:] != sids[:-1]])
+    run_end = np.r_[run_start[1:], len(sids)]
+    # a run is simple when its chunks are non-empty, in time order without overlap (then no t is in
+    # two of them), and (after the sort) contiguous in the decoded columns
+    ok = nonempty.copy()
+    same = sids[1:] == sids[:-1]
+    ok[1:] &= ~(same & ((tmax[:-1] >= tmin[1:]) | (ends_o[:-1] != starts_o[1:])))
+    simple = np.logical_and.reduceat(ok, run_start) if len(run_start) else np.zeros(0, dtype=bool)
+    # the points of each simple run inside [from_ms, to_ms]: its points are contiguous and sorted, so
+    # they are those after its points before from_ms, up to its points up to to_ms (counted by
+    # running sums over the whole column)
+    first_pt, last_pt = starts_o[run_start], ends_o[run_end - 1]
+    below = np.zeros(len(ts) + 1, dtype=np.int64)
+    upto = np.zeros(len(ts) + 1, dtype=np.int64)
+    np.cumsum(ts < from_ms, out=below[1:])
+    np.cumsum(ts <= to_ms, out=upto[1:])
+    a = (first_pt + below[last_pt] - below[first_pt]).tolist()
+    b = (first_pt + upto[last_pt] - upto[first_pt]).tolist()
+    at = {int(sid): r for r, sid in enumerate(sids[run_start].tolist())}
+    out: list[tuple[chunks.I64, chunks.F64]] = []
+    for i, (sid, _, _) in enumerate(found):
+        r = at.get(sid)
+        more = extra.get(i)
+        if r is None:
+            out.append(chunks.merge_arrays(more, from_ms, to_ms) if more else (empty_t, empty_v))
+        elif simple[r] and not more:
+            out.append((ts[a[r] : b[r]], vs[a[r] : b[r]]))
+        else:
+            parts = [
+                (int(cids[c]), ts[starts_o[c] : ends_o[c]], vs[starts_o[c] : ends_o[c]])
+                for c in range(run_start[r], run_end[r])
+            ]
+            out.append(chunks.merge_arrays(parts + (more or []), from_ms, to_ms))
+    return out
+
+
 _SELECT_CHUNKS_OF = (
     "SELECT c.series_id, c.id, c.data FROM json_each(?1) j CROSS JOIN chunks c"
     " ON c.series_id = j.value AND c.t_max >= ?2 AND c.t_min <= ?3"
@@ -1210,14 +1277,9 @@ class SqliteStore(Store):
                         ts = np.frombuffer(tb, "<i8").astype(np.int64)
                         vs = np.frombuffer(vb, "<f8").astype(np.float64)
                         extra.setdefault(i, []).append((_PART_ORDER + pid, ts, vs))
-        decoded: dict[int, list[tuple[int, chunks.I64, chunks.F64]]] = {}
         ids = msgspec.json.encode([sid for sid, _, _ in found])
-        for sid, cid, data in con.execute(_SELECT_CHUNKS_OF, (ids, from_ms, to_ms)):
-            decoded.setdefault(sid, []).append((cid, *chunks.decode(data)))
-        return [
-            chunks.merge_arrays(decoded.get(sid, []) + extra.get(i, []), from_ms, to_ms)
-            for i, (sid, _, _) in enumerate(found)
-        ]
+        rows = con.execute(_SELECT_CHUNKS_OF, (ids, from_ms, to_ms)).fetchall()
+        return _assemble(found, rows, extra, from_ms, to_ms)
 
     def _parts_dirs(
         self, from_ms: int, to_ms: int
