@@ -245,59 +245,38 @@ def decode(data: bytes) -> tuple[I64, F64]:
     return ts, vs
 
 
-def _segmented_undod(first: I64, z: npt.NDArray[np.uint64], m: I64) -> I64:
-    """:func:`_undod` of many runs at once: run c is ``first[c]`` then ``m[c]`` zigzag
-    delta-of-deltas (its part of ``z``, the runs one after the other); answers the runs' ``m[c] + 1``
-    values, one run after the other. A running sum over all runs, less its value where each run
-    starts: int64 sums wrap as the per-run ones do, so every value is the same, bit for bit."""
+def _undod_rows(first: I64, z: npt.NDArray[np.uint64]) -> I64:
+    """:func:`_undod` of many runs of one length at once: row r is ``first[r]`` then the zigzag
+    delta-of-deltas ``z[r]``."""
     zi = z.view(np.int64)
     dd = (z >> np.uint64(1)).view(np.int64) ^ -(zi & 1)
-    runs = len(m)
-    starts = np.zeros(runs + 1, dtype=np.int64)
-    np.cumsum(m, out=starts[1:])
-    out_starts = starts[:-1] + np.arange(runs, dtype=np.int64)  # each run's first value
-    out = np.empty(int(starts[-1]) + runs, dtype=np.int64)
-    out[out_starts] = first
-    if len(dd):
-        with np.errstate(over="ignore"):
-            c1 = np.cumsum(dd)
-            before = np.concatenate((np.zeros(1, dtype=np.int64), c1))[starts[:-1]]
-            c1 -= np.repeat(before, m)  # the delta of each point within its run
-            c2 = np.cumsum(c1)
-            before2 = np.concatenate((np.zeros(1, dtype=np.int64), c2))[starts[:-1]]
-            c2 -= np.repeat(before2 - first, m)  # each point: its run's first value + the deltas
-        rest = np.ones(len(out), dtype=bool)
-        rest[out_starts] = False
-        out[rest] = c2
+    out = np.empty((len(first), z.shape[1] + 1), dtype=np.int64)
+    out[:, 0] = first
+    with np.errstate(over="ignore"):
+        np.cumsum(np.cumsum(dd, axis=1), axis=1, out=out[:, 1:])
+        out[:, 1:] += first[:, None]
     return out
 
 
-def _gather_planes(body: npt.NDArray[np.uint8], base: I64, m: I64) -> npt.NDArray[np.uint64]:
-    """The words of many byte-shuffled runs: run c's ``m[c]`` words are stored as 8 planes of
-    ``m[c]`` bytes from ``body[base[c]]``; answers every run's words, one run after the other."""
-    total = int(m.sum())
-    if total == 0:
-        return np.empty(0, dtype=np.uint64)
-    run_start = np.zeros(len(m), dtype=np.int64)
-    np.cumsum(m[:-1], out=run_start[1:])
-    j = np.arange(total, dtype=np.int64) - np.repeat(run_start, m)  # position within its run
-    first_byte = np.repeat(base, m) + j
-    stride = np.repeat(m, m)
-    idx = first_byte[:, None] + stride[:, None] * np.arange(8, dtype=np.int64)[None, :]
-    return np.ascontiguousarray(body[idx]).view("<u8").reshape(total).astype(np.uint64, copy=False)
+def _unshuffle_rows(planes: npt.NDArray[np.uint8], n: int) -> npt.NDArray[np.uint64]:
+    """The words of many byte-shuffled runs of ``n`` words (row r: 8 planes of n bytes)."""
+    g = planes.shape[0]
+    words = np.ascontiguousarray(planes.reshape(g, 8, n).transpose(0, 2, 1))
+    return words.view("<u8").reshape(g, n).astype(np.uint64, copy=False)
 
 
 def decode_many(datas: Sequence[bytes]) -> tuple[I64, F64, I64]:
     """:func:`decode` of many chunks at once: every chunk's timestamps and values, one chunk after the
     other, and where each starts (``offsets[i]:offsets[i + 1]`` is chunk i's; one more offset than
-    chunks). The same columns, bit for bit, with a few numpy calls for all the chunks instead of a
-    dozen per chunk: what a query reading many series' chunks spends its time on otherwise."""
+    chunks). The same columns, bit for bit. Chunks of one encoding and length (most of a read: the
+    store packs chunks of a fixed span) are decoded together, as the rows of one 2-D array: a few
+    numpy calls for all of them, where :func:`decode` makes a dozen per chunk."""
     k = len(datas)
     counts = np.zeros(k, dtype=np.int64)
-    raw: list[int] = []
-    packed: list[int] = []
-    heads: list[tuple[int, int, int]] = []  # mode, n, first t of the packed ones
-    bodies: list[bytes] = []
+    raw: dict[int, list[int]] = {}  # n -> the raw chunks of n points
+    packed: dict[int, list[int]] = {}  # n -> the packed chunks of n points
+    heads: list[tuple[int, int]] = [(0, 0)] * k  # value mode, first t (packed)
+    bodies: list[bytes] = [b""] * k  # decompressed (packed)
     for i, data in enumerate(datas):
         if not data:
             raise ChunkError("empty chunk")
@@ -307,7 +286,7 @@ def decode_many(datas: Sequence[bytes]) -> tuple[I64, F64, I64]:
             if rest:
                 raise ChunkError(f"raw chunk of {len(data)} bytes")
             counts[i] = n
-            raw.append(i)
+            raw.setdefault(n, []).append(i)
             continue
         if kind != PACKED or len(data) < _PACKED_HEAD.size:
             raise ChunkError(f"unknown chunk kind {kind}")
@@ -321,55 +300,45 @@ def decode_many(datas: Sequence[bytes]) -> tuple[I64, F64, I64]:
         if len(body) != 8 * (n - 1) + 8 * n:
             raise ChunkError(f"chunk body of {len(body)} bytes for {n} points")
         counts[i] = n
-        packed.append(i)
-        heads.append((mode, n, first))
-        bodies.append(body)
+        packed.setdefault(n, []).append(i)
+        heads[i] = (mode, first)
+        bodies[i] = body
     offsets = np.zeros(k + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
     ts = np.empty(int(offsets[-1]), dtype=np.int64)
     vs = np.empty(int(offsets[-1]), dtype=np.float64)
-    for i in raw:
-        data, n, a = datas[i], int(counts[i]), int(offsets[i])
-        ts[a : a + n] = np.frombuffer(data, dtype="<i8", count=n, offset=1)
-        vs[a : a + n] = np.frombuffer(data, dtype="<f8", count=n, offset=1 + 8 * n)
-    if packed:
-        modes = np.array([h[0] for h in heads], dtype=np.int64)
-        lens = np.array([h[1] for h in heads], dtype=np.int64)
-        firsts = np.array([h[2] for h in heads], dtype=np.int64)
-        allbody = np.frombuffer(b"".join(bodies), dtype=np.uint8)
-        bstart = np.zeros(len(lens), dtype=np.int64)
-        np.cumsum(16 * lens[:-1] - 8, out=bstart[1:])
-        pts = None  # where the packed chunks' points go, when there are raw ones among them
-        if len(packed) < k:
-            pts = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in packed])
-        tcol = _segmented_undod(firsts, _gather_planes(allbody, bstart, lens - 1), lens - 1)
-        vwords = _gather_planes(allbody, bstart + 8 * (lens - 1), lens)
-        vstart = np.zeros(len(lens), dtype=np.int64)
-        np.cumsum(lens[:-1], out=vstart[1:])
+    for n, idx in raw.items():
+        if n == 0:
+            continue
+        rows = np.frombuffer(b"".join([datas[i] for i in idx]), dtype=np.uint8).reshape(len(idx), 1 + 16 * n)
+        at = offsets[idx][:, None] + np.arange(n)
+        ts[at] = np.ascontiguousarray(rows[:, 1 : 1 + 8 * n]).view("<i8")
+        vs[at] = np.ascontiguousarray(rows[:, 1 + 8 * n :]).view("<f8")
+    for n, idx in packed.items():
+        g = len(idx)
+        rows = np.frombuffer(b"".join([bodies[i] for i in idx]), dtype=np.uint8).reshape(g, 16 * n - 8)
+        at = offsets[idx][:, None] + np.arange(n)
+        firsts = np.array([heads[i][1] for i in idx], dtype=np.int64)
+        ts[at] = _undod_rows(firsts, _unshuffle_rows(rows[:, : 8 * (n - 1)], n - 1))
+        vwords = _unshuffle_rows(rows[:, 8 * (n - 1) :], n)
+        modes = np.array([heads[i][0] for i in idx], dtype=np.int64)
         decimal = modes >= _V_DECIMAL
-        if decimal.any():
-            # the integers: the first word as it is, then delta-of-deltas (as _undod); a run of
-            # XOR'd values goes through too (its result is not used)
-            later = np.ones(len(vwords), dtype=bool)
-            later[vstart] = False
-            ints = _segmented_undod(vwords[vstart].view(np.int64), vwords[later], lens - 1)
-            scale = np.repeat(10.0 ** np.maximum(modes - _V_DECIMAL, 0), lens)
-            dec = ints.astype(np.float64) / scale
-        if (~decimal).any():
-            acc = np.bitwise_xor.accumulate(vwords)
-            before = np.concatenate((np.zeros(1, dtype=np.uint64), acc))[vstart]
-            xor = (acc ^ np.repeat(before, lens)).view(np.float64)
-        each = np.repeat(decimal, lens)
-        if each.all():
-            vcol = dec
-        elif not each.any():
-            vcol = xor
-        else:
-            vcol = np.where(each, dec, xor)
-        if pts is None:
-            ts, vs = tcol, vcol
-        else:
-            ts[pts], vs[pts] = tcol, vcol
+        if decimal.all():
+            ints = _undod_rows(vwords[:, 0].view(np.int64), vwords[:, 1:])
+            # 10.0 ** k as a Python float, as decode computes it: the same division, bit for bit
+            scale = np.array([10.0 ** (int(m) - _V_DECIMAL) for m in modes])
+            vs[at] = ints.astype(np.float64) / scale[:, None]
+        elif not decimal.any():
+            vs[at] = np.bitwise_xor.accumulate(vwords, axis=1).view(np.float64)
+        else:  # both modes among chunks of this length: each kind on its own rows
+            for sel in (np.flatnonzero(decimal), np.flatnonzero(~decimal)):
+                sub = vwords[sel]
+                if modes[sel[0]] >= _V_DECIMAL:
+                    ints = _undod_rows(sub[:, 0].view(np.int64), sub[:, 1:])
+                    scale = np.array([10.0 ** (int(m) - _V_DECIMAL) for m in modes[sel]])
+                    vs[at[sel]] = ints.astype(np.float64) / scale[:, None]
+                else:
+                    vs[at[sel]] = np.bitwise_xor.accumulate(sub, axis=1).view(np.float64)
     return ts, vs, offsets
 
 
