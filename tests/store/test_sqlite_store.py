@@ -457,9 +457,11 @@ def test_assembled_reads_are_merge_arrays_series_by_series(data: st.DataObject) 
             blob = chunks.encode(ts, vs) if data.draw(st.booleans()) else raw
             rows.append((sid, cid, blob))
             parts.setdefault(i, []).append((cid, ts, vs))
-        if data.draw(st.integers(0, 4)) == 0:
-            ts = np.array(sorted(data.draw(st.sets(st.integers(0, 90), min_size=1, max_size=5))))
-            extra[i] = [(1 << 40, ts, ts * 1.0)]
+        for k in range(data.draw(st.sampled_from([0, 0, 1, 2]))):  # slices of parts, mostly after the chunks
+            first = max(end, 0) + data.draw(st.sampled_from([1, 1, 2, 0, -4]))
+            ts = np.array(sorted(data.draw(st.sets(st.integers(first, first + 20), min_size=1, max_size=5))))
+            end = int(ts[-1])
+            extra.setdefault(i, []).append(((1 << 40) + k, ts, ts * 1.0))
     if data.draw(st.integers(0, 3)) == 0:  # the rows in any order (SQLite gives them by series and time)
         rows = data.draw(st.permutations(rows))
     lo = data.draw(st.integers(-5, 50))

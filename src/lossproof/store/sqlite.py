@@ -259,60 +259,87 @@ def _assemble(
     to_ms: int,
 ) -> list[tuple[chunks.I64, chunks.F64]]:
     """Each series' points in [from_ms, to_ms] from its chunks ``rows`` ``(series_id, id, data)``
-    (any order) and its slices of parts (``extra``, by position in ``found``): what
-    :func:`chunks.merge_arrays` answers, series by series. Every chunk is decoded at once
-    (:func:`chunks.decode_many`); a series whose chunks follow one another in time, with no part
-    slice, is then a slice of those columns (the usual case: no per-series sort, copy or concat);
-    the others go through :func:`chunks.merge_arrays`."""
+    (any order) and its slices of parts (``extra``: ``(order, ts, vs)`` by position in ``found``):
+    what :func:`chunks.merge_arrays` answers, series by series.
+
+    Every chunk is decoded at once (:func:`chunks.decode_many`); chunks and part slices are then
+    segments of one pair of columns. A series whose segments follow one another in time (no t in
+    two of them: the usual case) is a slice of those columns once they are put in (series, time)
+    order, one gather for all series; the others go through :func:`chunks.merge_arrays`."""
     empty_t, empty_v = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
-    if not rows:
-        return [chunks.merge_arrays(extra.get(i, []), from_ms, to_ms) for i in range(len(found))]
-    sids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-    cids = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
-    ts, vs, off = chunks.decode_many([r[2] for r in rows])
-    nonempty = off[1:] > off[:-1]
-    if len(ts):
-        tmin = np.where(nonempty, ts[np.minimum(off[:-1], len(ts) - 1)], 0)
-        tmax = np.where(nonempty, ts[np.maximum(off[1:] - 1, 0)], 0)
+    n_found = len(found)
+    ex = [(i, o, t, v) for i, segs in extra.items() for o, t, v in segs if len(t)]
+    if not rows and not ex:
+        return [(empty_t, empty_v)] * n_found
+    sid_of = np.array([sid for sid, _, _ in found], dtype=np.int64)
+    ts_c, vs_c, off = chunks.decode_many([r[2] for r in rows])
+    sid = np.concatenate(
+        [np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)), sid_of[[e[0] for e in ex]]]
+    )
+    order_id = np.concatenate(
+        [
+            np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows)),
+            np.array([e[1] for e in ex], dtype=np.int64),
+        ]
+    )
+    lens = np.concatenate([off[1:] - off[:-1], np.array([len(e[2]) for e in ex], dtype=np.int64)])
+    ts = np.concatenate([ts_c, *(e[2] for e in ex)]) if ex else ts_c
+    vs = np.concatenate([vs_c, *(e[3] for e in ex)]) if ex else vs_c
+    start = np.zeros(len(lens), dtype=np.int64)
+    np.cumsum(lens[:-1], out=start[1:])
+    keep = lens > 0
+    sid, order_id, lens, start = sid[keep], order_id[keep], lens[keep], start[keep]
+    tmin, tmax = ts[start], ts[start + lens - 1]
+    # segments by series, then time: each series' segments a run
+    order = np.lexsort((order_id, tmin, sid))
+    sid, order_id, lens, start = sid[order], order_id[order], lens[order], start[order]
+    tmin, tmax = tmin[order], tmax[order]
+    run_start = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
+    run_end = np.r_[run_start[1:], len(sid)]
+    # a run is simple when its segments are in time order without overlap: no t is in two of them
+    ok = np.ones(len(sid), dtype=bool)
+    ok[1:] = ~((sid[1:] == sid[:-1]) & (tmax[:-1] >= tmin[1:]))
+    simple = np.logical_and.reduceat(ok, run_start)
+    # the simple runs' points, in (series, time) order: one gather (none when already so)
+    seg_simple = np.repeat(simple, run_end - run_start)
+    s_lens, s_start = lens[seg_simple], start[seg_simple]
+    out_start = np.zeros(len(s_lens), dtype=np.int64)
+    np.cumsum(s_lens[:-1], out=out_start[1:])
+    if len(s_lens) and not np.array_equal(s_start, out_start):
+        idx = np.repeat(s_start - out_start, s_lens) + np.arange(int(s_lens.sum()), dtype=np.int64)
+        g_ts, g_vs = ts[idx], vs[idx]
     else:
-        tmin = tmax = np.zeros(len(rows), dtype=np.int64)
-    # chunks by series, then time: each series' chunks a run
-    order = np.lexsort((cids, tmin, sids))
-    sids, cids, tmin, tmax, nonempty = sids[order], cids[order], tmin[order], tmax[order], nonempty[order]
-    starts_o, ends_o = off[:-1][order], off[1:][order]
-    run_start = np.flatnonzero(np.r_[True, sids[1:] != sids[:-1]])
-    run_end = np.r_[run_start[1:], len(sids)]
-    # a run is simple when its chunks are non-empty, in time order without overlap (then no t is in
-    # two of them), and (after the sort) contiguous in the decoded columns
-    ok = nonempty.copy()
-    same = sids[1:] == sids[:-1]
-    ok[1:] &= ~(same & ((tmax[:-1] >= tmin[1:]) | (ends_o[:-1] != starts_o[1:])))
-    simple = np.logical_and.reduceat(ok, run_start) if len(run_start) else np.zeros(0, dtype=bool)
-    # the points of each simple run inside [from_ms, to_ms]: its points are contiguous and sorted, so
-    # they are those after its points before from_ms, up to its points up to to_ms (counted by
-    # running sums over the whole column)
-    first_pt, last_pt = starts_o[run_start], ends_o[run_end - 1]
-    below = np.zeros(len(ts) + 1, dtype=np.int64)
-    upto = np.zeros(len(ts) + 1, dtype=np.int64)
-    np.cumsum(ts < from_ms, out=below[1:])
-    np.cumsum(ts <= to_ms, out=upto[1:])
-    a = (first_pt + below[last_pt] - below[first_pt]).tolist()
-    b = (first_pt + upto[last_pt] - upto[first_pt]).tolist()
-    at = {int(sid): r for r, sid in enumerate(sids[run_start].tolist())}
+        g_ts, g_vs = ts, vs
+    # each simple run's range there, and its points inside [from_ms, to_ms]: those after its points
+    # before from_ms, up to its points up to to_ms (counted by running sums over the whole column)
+    run_pts = np.add.reduceat(lens, run_start) if len(run_start) else np.zeros(0, dtype=np.int64)
+    s_pts = run_pts[simple]
+    first_pt = np.zeros(len(s_pts), dtype=np.int64)
+    np.cumsum(s_pts[:-1], out=first_pt[1:])
+    last_pt = first_pt + s_pts
+    below = np.zeros(len(g_ts) + 1, dtype=np.int64)
+    upto = np.zeros(len(g_ts) + 1, dtype=np.int64)
+    np.cumsum(g_ts < from_ms, out=below[1:])
+    np.cumsum(g_ts <= to_ms, out=upto[1:])
+    a_s = (first_pt + below[last_pt] - below[first_pt]).tolist()
+    b_s = (first_pt + upto[last_pt] - upto[first_pt]).tolist()
+    nth_simple = (np.cumsum(simple) - 1).tolist()
+    simple_l = simple.tolist()
+    at = {s: r for r, s in enumerate(sid[run_start].tolist())}
     out: list[tuple[chunks.I64, chunks.F64]] = []
-    for i, (sid, _, _) in enumerate(found):
-        r = at.get(sid)
-        more = extra.get(i)
+    for i in range(n_found):
+        r = at.get(found[i][0])
         if r is None:
-            out.append(chunks.merge_arrays(more, from_ms, to_ms) if more else (empty_t, empty_v))
-        elif simple[r] and not more:
-            out.append((ts[a[r] : b[r]], vs[a[r] : b[r]]))
+            out.append((empty_t, empty_v))
+        elif simple_l[r]:
+            k = nth_simple[r]
+            out.append((g_ts[a_s[k] : b_s[k]], g_vs[a_s[k] : b_s[k]]))
         else:
             parts = [
-                (int(cids[c]), ts[starts_o[c] : ends_o[c]], vs[starts_o[c] : ends_o[c]])
+                (int(order_id[c]), ts[start[c] : start[c] + lens[c]], vs[start[c] : start[c] + lens[c]])
                 for c in range(run_start[r], run_end[r])
             ]
-            out.append(chunks.merge_arrays(parts + (more or []), from_ms, to_ms))
+            out.append(chunks.merge_arrays(parts, from_ms, to_ms))
     return out
 
 
@@ -1262,18 +1289,27 @@ class SqliteStore(Store):
                 with con.blobopen("parts", "data", pid, readonly=True) as blob:
                     whole = len(hits) * 16 > layout.series  # many series: one read beats many seeks
                     if whole:
+                        # the hit series' ranges of the columns, gathered at once
                         blob.seek(layout.ts_offset)
                         cols = blob.read(16 * layout.points)
+                        p_ts = np.frombuffer(cols, "<i8", count=layout.points)
+                        p_vs = np.frombuffer(cols, "<f8", count=layout.points, offset=8 * layout.points)
+                        lo_, hi_ = pstarts[idx[hits]], pstarts[idx[hits] + 1]
+                        n_ = hi_ - lo_
+                        o_ = np.zeros(len(n_) + 1, dtype=np.int64)
+                        np.cumsum(n_, out=o_[1:])
+                        gidx = np.repeat(lo_ - o_[:-1], n_) + np.arange(int(o_[-1]), dtype=np.int64)
+                        g_ts = p_ts[gidx].astype(np.int64, copy=False)
+                        g_vs = p_vs[gidx].astype(np.float64, copy=False)
+                        for i, x, y in zip(hits.tolist(), o_[:-1].tolist(), o_[1:].tolist(), strict=True):
+                            extra.setdefault(i, []).append((_PART_ORDER + pid, g_ts[x:y], g_vs[x:y]))
+                        continue
                     for i in hits.tolist():
                         a, b = int(pstarts[idx[i]]), int(pstarts[idx[i] + 1])
-                        if whole:
-                            tb = cols[8 * a : 8 * b]
-                            vb = cols[8 * (layout.points + a) : 8 * (layout.points + b)]
-                        else:
-                            blob.seek(layout.ts_offset + 8 * a)
-                            tb = blob.read(8 * (b - a))
-                            blob.seek(layout.vs_offset + 8 * a)
-                            vb = blob.read(8 * (b - a))
+                        blob.seek(layout.ts_offset + 8 * a)
+                        tb = blob.read(8 * (b - a))
+                        blob.seek(layout.vs_offset + 8 * a)
+                        vb = blob.read(8 * (b - a))
                         ts = np.frombuffer(tb, "<i8").astype(np.int64)
                         vs = np.frombuffer(vb, "<f8").astype(np.float64)
                         extra.setdefault(i, []).append((_PART_ORDER + pid, ts, vs))
