@@ -431,7 +431,7 @@ def test_assembled_reads_are_merge_arrays_series_by_series(data: st.DataObject) 
     series, what :func:`chunks.merge_arrays` answers for its chunks and part slices: chunks in any
     row order, apart or overlapping in time (the lowest id wins a t), raw or packed, and bounds."""
     from lossproof.store import chunks
-    from lossproof.store.sqlite import _assemble
+    from lossproof.store.sqlite import PartBlock, _assemble
 
     nseries = data.draw(st.integers(1, 5))
     found = [(sid, "m", {}) for sid in data.draw(st.permutations(range(10, 10 + nseries)))]
@@ -466,7 +466,26 @@ def test_assembled_reads_are_merge_arrays_series_by_series(data: st.DataObject) 
         rows = data.draw(st.permutations(rows))
     lo = data.draw(st.integers(-5, 50))
     hi = data.draw(st.integers(lo, 100))
-    got = _assemble(found, list(rows), extra, lo, hi)
+    blocks = []
+    if data.draw(st.booleans()):  # the part slices of each rank as one block, as a read of many series
+        by_rank: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
+        for i, segs in extra.items():
+            for order, ts, vs in segs:
+                by_rank.setdefault(order, []).append((i, ts, vs))
+        for order, segs in by_rank.items():
+            lens = np.array([len(t) for _, t, _ in segs])
+            starts = np.concatenate(([0], np.cumsum(lens)[:-1]))
+            blocks.append(
+                PartBlock(
+                    np.array([i for i, _, _ in segs]),
+                    order,
+                    np.concatenate([t for _, t, _ in segs]),
+                    np.concatenate([v for _, _, v in segs]),
+                    starts,
+                    lens,
+                )
+            )
+    got = _assemble(found, list(rows), {} if blocks else extra, lo, hi, blocks)
     for i in range(len(found)):
         want = chunks.merge_arrays(parts.get(i, []) + extra.get(i, []), lo, hi)
         assert got[i][0].tolist() == want[0].tolist()

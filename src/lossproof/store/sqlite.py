@@ -44,10 +44,11 @@ import threading
 from collections.abc import Container, Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 
 from lossproof.faults import crash_point
 from lossproof.log.base import LogGap
@@ -251,16 +252,31 @@ _INSERT_CHUNK = "INSERT INTO chunks (series_id, t_min, t_max, n, data) VALUES (?
 
 # The chunks of each series of a JSON array ?1 that may hold points in [?2, ?3]: one statement, an
 # index range from (series, ?2) on for each.
+class PartBlock(NamedTuple):
+    """Many series' slices of one part, read at once: ``ts``/``vs`` the slices one after the other,
+    slice k of the series at position ``found[k]`` (in the read's series) from ``starts[k]``,
+    ``lens[k]`` points; ``order`` the part's rank among the series' chunks (after all of them)."""
+
+    found: npt.NDArray[np.int64]
+    order: int
+    ts: chunks.I64
+    vs: chunks.F64
+    starts: npt.NDArray[np.int64]
+    lens: npt.NDArray[np.int64]
+
+
 def _assemble(
     found: Sequence[tuple[int, str, dict[str, str]]],
     rows: list[tuple[int, int, bytes]],
     extra: dict[int, list[tuple[int, chunks.I64, chunks.F64]]],
     from_ms: int,
     to_ms: int,
+    blocks: Sequence[PartBlock] = (),
 ) -> list[tuple[chunks.I64, chunks.F64]]:
     """Each series' points in [from_ms, to_ms] from its chunks ``rows`` ``(series_id, id, data)``
-    (any order) and its slices of parts (``extra``: ``(order, ts, vs)`` by position in ``found``):
-    what :func:`chunks.merge_arrays` answers, series by series.
+    (any order) and its slices of parts (``extra``: ``(order, ts, vs)`` by position in ``found``;
+    ``blocks``: many series' slices of one part at once): what :func:`chunks.merge_arrays` answers,
+    series by series.
 
     Every chunk is decoded at once (:func:`chunks.decode_many`); chunks and part slices are then
     segments of one pair of columns. A series whose segments follow one another in time (no t in
@@ -269,26 +285,39 @@ def _assemble(
     empty_t, empty_v = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
     n_found = len(found)
     ex = [(i, o, t, v) for i, segs in extra.items() for o, t, v in segs if len(t)]
-    if not rows and not ex:
+    if not rows and not ex and not blocks:
         return [(empty_t, empty_v)] * n_found
     sid_of = np.array([sid for sid, _, _ in found], dtype=np.int64)
     ts_c, vs_c, off = chunks.decode_many([r[2] for r in rows])
-    sid = np.concatenate(
-        [np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)), sid_of[[e[0] for e in ex]]]
-    )
-    order_id = np.concatenate(
-        [
-            np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows)),
-            np.array([e[1] for e in ex], dtype=np.int64),
-        ]
-    )
-    lens = np.concatenate([off[1:] - off[:-1], np.array([len(e[2]) for e in ex], dtype=np.int64)])
-    ts = np.concatenate([ts_c, *(e[2] for e in ex)]) if ex else ts_c
-    vs = np.concatenate([vs_c, *(e[3] for e in ex)]) if ex else vs_c
-    start = np.zeros(len(lens), dtype=np.int64)
-    np.cumsum(lens[:-1], out=start[1:])
+    # segments: the chunks, the extra slices, then each block's slices
+    sid_l = [np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)), sid_of[[e[0] for e in ex]]]
+    order_l = [
+        np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows)),
+        np.array([e[1] for e in ex], dtype=np.int64),
+    ]
+    lens_l = [off[1:] - off[:-1], np.array([len(e[2]) for e in ex], dtype=np.int64)]
+    ts_l, vs_l = [ts_c, *(e[2] for e in ex)], [vs_c, *(e[3] for e in ex)]
+    base = len(ts_c) + sum(len(e[2]) for e in ex)
+    start_l = [off[:-1], np.zeros(len(ex), dtype=np.int64)]
+    if ex:
+        ex_start = np.zeros(len(ex), dtype=np.int64)
+        np.cumsum(lens_l[1][:-1], out=ex_start[1:])
+        start_l[1] = ex_start + len(ts_c)
+    for b in blocks:
+        sid_l.append(sid_of[b.found])
+        order_l.append(np.full(len(b.found), b.order, dtype=np.int64))
+        lens_l.append(b.lens)
+        start_l.append(b.starts + base)
+        ts_l.append(b.ts)
+        vs_l.append(b.vs)
+        base += len(b.ts)
+    sid, order_id, lens, start = (np.concatenate(x) for x in (sid_l, order_l, lens_l, start_l))
+    ts = np.concatenate(ts_l) if len(ts_l) > 1 else ts_c
+    vs = np.concatenate(vs_l) if len(vs_l) > 1 else vs_c
     keep = lens > 0
     sid, order_id, lens, start = sid[keep], order_id[keep], lens[keep], start[keep]
+    if not len(sid):
+        return [(empty_t, empty_v)] * n_found
     tmin, tmax = ts[start], ts[start + lens - 1]
     # segments by series, then time: each series' segments a run
     order = np.lexsort((order_id, tmin, sid))
@@ -1277,6 +1306,7 @@ class SqliteStore(Store):
         range each) and its slices of the parts that do (a seek into each part's directory)."""
         con = self._con
         extra: dict[int, list[tuple[int, chunks.I64, chunks.F64]]] = {}
+        blocks: list[PartBlock] = []
         if found:
             want = np.array([sid for sid, _, _ in found], dtype=np.int64)
             for pid, layout, (psids, _, pstarts) in self._parts_dirs(from_ms, to_ms):
@@ -1301,8 +1331,7 @@ class SqliteStore(Store):
                         gidx = np.repeat(lo_ - o_[:-1], n_) + np.arange(int(o_[-1]), dtype=np.int64)
                         g_ts = p_ts[gidx].astype(np.int64, copy=False)
                         g_vs = p_vs[gidx].astype(np.float64, copy=False)
-                        for i, x, y in zip(hits.tolist(), o_[:-1].tolist(), o_[1:].tolist(), strict=True):
-                            extra.setdefault(i, []).append((_PART_ORDER + pid, g_ts[x:y], g_vs[x:y]))
+                        blocks.append(PartBlock(hits, _PART_ORDER + pid, g_ts, g_vs, o_[:-1], n_))
                         continue
                     for i in hits.tolist():
                         a, b = int(pstarts[idx[i]]), int(pstarts[idx[i] + 1])
@@ -1315,7 +1344,7 @@ class SqliteStore(Store):
                         extra.setdefault(i, []).append((_PART_ORDER + pid, ts, vs))
         ids = msgspec.json.encode([sid for sid, _, _ in found])
         rows = con.execute(_SELECT_CHUNKS_OF, (ids, from_ms, to_ms)).fetchall()
-        return _assemble(found, rows, extra, from_ms, to_ms)
+        return _assemble(found, rows, extra, from_ms, to_ms, blocks)
 
     def _parts_dirs(
         self, from_ms: int, to_ms: int
