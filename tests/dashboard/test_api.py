@@ -104,8 +104,8 @@ def test_series_labels_values(dash: Dash) -> None:
 
 def test_unsupported_and_invalid_give_400(dash: Dash) -> None:
     for query, named in [
-        ("limit_ratio(0.5, cpu_user)", "limit_ratio"),
-        ("histogram_count(cpu_user)", "histogram_count()"),
+        ('histogram_quantiles(cpu_user, "q", 0.5)', "histogram_quantiles()"),
+        ("integral(cpu_user[5m])", "integral()"),
     ]:
         status, body = get(dash, "/api/v1/query", query=query)
         assert status == 400, body

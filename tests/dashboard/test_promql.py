@@ -171,9 +171,9 @@ def test_tenancy(store: SqliteStore) -> None:
 @pytest.mark.parametrize(
     ("query", "named"),
     [
-        ("limit_ratio(0.5, cpu_user)", "aggregation limit_ratio"),
-        ("histogram_count(cpu_user)", "function histogram_count()"),
-        ("info(cpu_user)", "function info()"),
+        ('histogram_quantiles(cpu_user, "q", 0.5)', "function histogram_quantiles()"),
+        ("integral(cpu_user[5m])", "function integral()"),
+        ("step()", "function step()"),
         ('cpu_user{host="a" or host="b"}', "'or' inside a selector"),
     ],
 )
@@ -196,3 +196,98 @@ def test_format_value() -> None:
     assert promql.format_value(1.5e-7) == "0.00000015"
     assert promql.format_value(math.nan) == "NaN"
     assert promql.format_value(-math.inf) == "-Inf"
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "histogram_count(cpu_user)",
+        "histogram_sum(cpu_user)",
+        "histogram_avg(cpu_user)",
+        "histogram_stddev(cpu_user)",
+        "histogram_stdvar(cpu_user)",
+        "histogram_fraction(0, 10, cpu_user)",
+        "histogram_count(rate(http_requests[1m]))",
+    ],
+)
+def test_native_histogram_functions_ignore_floats(store: SqliteStore, query: str) -> None:
+    # every stored sample is a float (native histograms are stored as classic buckets)
+    assert instant(store, query) == {}
+
+
+def test_limit_ratio(store: SqliteStore) -> None:
+    everything = instant(store, "cpu_user")
+    assert instant(store, "limit_ratio(1, cpu_user)") == everything
+    assert instant(store, "limit_ratio(-1, cpu_user)") == everything
+    assert instant(store, "limit_ratio(1.5, cpu_user)") == everything  # clamped, as Prometheus
+    assert instant(store, "limit_ratio(0, cpu_user)") == {}
+    for r in (0.1, 0.3, 0.5, 0.7, 0.9):
+        some, rest = (
+            instant(store, f"limit_ratio({r}, cpu_user)"),
+            instant(store, f"limit_ratio({r - 1}, cpu_user)"),
+        )
+        assert not set(some) & set(rest) and {**some, **rest} == everything
+    # a series is in or out by its labels alone: the same at every step, whatever the value
+    assert (
+        instant(store, "limit_ratio(0.5, cpu_user)", 20).keys()
+        <= instant(store, "limit_ratio(0.5, cpu_user)", 30).keys()
+    )
+    with pytest.raises(promql.PromQLError, match="NaN"):
+        instant(store, "limit_ratio(0/0, cpu_user)")
+
+
+@pytest.fixture(scope="module")
+def info_store(tmp_path_factory: pytest.TempPathFactory) -> SqliteStore:
+    s = SqliteStore(Path(tmp_path_factory.mktemp("promql-info")) / "store.db")
+    pts: list[tuple[str, Point]] = []
+
+    def add(metric: str, labels: dict[str, str], samples: list[tuple[int, float]]) -> None:
+        pts.extend(("t", Point(metric, labels, T + sec * S, v)) for sec, v in samples)
+
+    up = [(i * 10, 1.0) for i in range(7)]
+    add("up", {"job": "node", "instance": "a"}, up)
+    add("up", {"job": "node", "instance": "b"}, up)
+    add("up", {"job": "node", "instance": "c"}, up)
+    add("target_info", {"job": "node", "instance": "a", "region": "eu", "k8s_pod": "p1"}, up)
+    # b's info changes at 30 s: the newer one wins from then on
+    add("target_info", {"job": "node", "instance": "b", "region": "us"}, [(0, 1.0), (10, 1.0), (20, 1.0)])
+    add("target_info", {"job": "node", "instance": "b", "region": "ap"}, [(30, 1.0), (40, 1.0)])
+    add("build_info", {"job": "node", "instance": "a", "version": "1.2"}, up)
+    add("down", {"job": "node", "instance": "d"}, up)
+    add("target_info", {"job": "node", "instance": "d", "region": "eu"}, up)
+    add("target_info", {"job": "node", "instance": "d", "region": "us"}, up)
+    s.write_batch(WriteBatch(samples=pts, now_ms=T))
+    return s
+
+
+def test_info(info_store: SqliteStore) -> None:
+    def q(query: str, at_s: int = 40) -> dict[str, float]:
+        return instant(info_store, query, at_s)
+
+    assert q("info(up)") == {
+        '{__name__="up", instance="a", job="node", k8s_pod="p1", region="eu"}': 1.0,
+        '{__name__="up", instance="b", job="node", region="ap"}': 1.0,
+        '{__name__="up", instance="c", job="node"}': 1.0,
+    }
+    assert '{__name__="up", instance="b", job="node", region="us"}' in q("info(up)", 20)
+    # only the data labels the selector names; a series without a match is dropped when a matcher
+    # does not match ""
+    assert q('info(up, {region=~"e.*"})') == {'{__name__="up", instance="a", job="node", region="eu"}': 1.0}
+    # another info metric, by name; and several at once
+    assert q('info(up{instance="a"}, {__name__="build_info"})') == {
+        '{__name__="up", instance="a", job="node", version="1.2"}': 1.0
+    }
+    assert q('info(up{instance="a"}, {__name__=~".+_info"})') == {
+        '{__name__="up", instance="a", job="node", k8s_pod="p1", region="eu", version="1.2"}': 1.0
+    }
+    # info series themselves are left as they are
+    assert q('info(target_info{instance="a"})') == {
+        '{__name__="target_info", instance="a", job="node", k8s_pod="p1", region="eu"}': 1.0
+    }
+    # a label the series has already is kept
+    assert q('info(label_replace(up{instance="a"}, "region", "home", "", ""))') == {
+        '{__name__="up", instance="a", job="node", k8s_pod="p1", region="home"}': 1.0
+    }
+    # two info series with the same identifying labels and sample time: Prometheus' error
+    with pytest.raises(promql.ExecutionError, match="duplicate series for info metric"):
+        q("info(down)")

@@ -114,3 +114,32 @@ def test_merge_of_chunks_apart_in_time_in_any_order() -> None:
     assert empty_range[0].tolist() == []
     t, v = chunks.merge([(1, late), (2, early)], 2, 9)
     assert (t.tolist(), v.tolist()) == ([2, 5, 9], [2.0, 5.0, 9.0])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(_ts, st.booleans()), min_size=0, max_size=8), st.data())
+def test_decode_many_is_decode_of_each(specs: list[tuple[list[int], bool]], data: st.DataObject) -> None:
+    """Many chunks of both encodings (values of every kind: decimals, XOR'd, NaN payloads) decoded at
+    once give each chunk's columns, bit for bit."""
+    blobs = []
+    for ts, packed in specs:
+        vals = data.draw(st.lists(_floats | _ints, min_size=len(ts), max_size=len(ts)))
+        if data.draw(st.booleans()):  # a decimal gauge
+            vals = [round(x, 2) if math.isfinite(x) and abs(x) < 1e9 else 1.5 for x in vals]
+        t, v = np.array(ts, dtype=np.int64), np.array(vals, dtype=np.float64)
+        raw = chunks.encode_batch(np.zeros(len(t), np.int64), t, v)[0].data
+        blobs.append(chunks.encode(t, v) if packed else raw)
+    ts_all, vs_all, off = chunks.decode_many(blobs)
+    assert len(off) == len(blobs) + 1 and off[-1] == len(ts_all) == len(vs_all)
+    for i, blob in enumerate(blobs):
+        t1, v1 = chunks.decode(blob)
+        assert ts_all[off[i] : off[i + 1]].tolist() == t1.tolist()
+        assert _bits(vs_all[off[i] : off[i + 1]]) == _bits(v1)
+
+
+@pytest.mark.parametrize("blob", [b"", b"\x09abc", b"\x01" + b"\x00" * 15, b"\x02" + b"\x00" * 20])
+def test_decode_many_refuses_what_decode_refuses(blob: bytes) -> None:
+    with pytest.raises(chunks.ChunkError):
+        chunks.decode(blob)
+    with pytest.raises(chunks.ChunkError):
+        chunks.decode_many([chunks.encode(np.array([1]), np.array([1.0])), blob])

@@ -11,7 +11,10 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lossproof.store.base import (
     Point,
@@ -423,3 +426,71 @@ def test_batches_land_in_parts_then_chunks_then_one_packed_chunk_per_window(tmp_
         assert s._con.execute("SELECT count(*) FROM parts").fetchone()[0] == 0
     finally:
         s.close()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_assembled_reads_are_merge_arrays_series_by_series(data: st.DataObject) -> None:
+    """The read path's assembly of many series' chunks at once (``_assemble``) answers, for every
+    series, what :func:`chunks.merge_arrays` answers for its chunks and part slices: chunks in any
+    row order, apart or overlapping in time (the lowest id wins a t), raw or packed, and bounds."""
+    from lossproof.store import chunks
+    from lossproof.store.sqlite import PartBlock, _assemble
+
+    nseries = data.draw(st.integers(1, 5))
+    found = [(sid, "m", {}) for sid in data.draw(st.permutations(range(10, 10 + nseries)))]
+    rows: list[tuple[int, int, bytes]] = []
+    parts: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
+    extra: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
+    cid = 0
+    for i, (sid, _, _) in enumerate(found):
+        end = data.draw(st.integers(-1, 20))
+        for _ in range(data.draw(st.integers(0, 4))):
+            # mostly after the chunk before (as a store writes them), sometimes touching or overlapping it
+            start = (
+                end + data.draw(st.sampled_from([1, 1, 1, 5, 0, -3]))
+                if end >= 0
+                else data.draw(st.integers(0, 60))
+            )
+            ts = np.array(sorted(data.draw(st.sets(st.integers(start, start + 30), min_size=1, max_size=8))))
+            ts[0] = start
+            end = int(ts[-1])
+            vs = np.array([float(data.draw(st.integers(0, 9))) / 4 for _ in ts])
+            cid = cid + data.draw(st.integers(1, 3))
+            raw = chunks.encode_batch(ts * 0, ts, vs)[0].data
+            blob = chunks.encode(ts, vs) if data.draw(st.booleans()) else raw
+            rows.append((sid, cid, blob))
+            parts.setdefault(i, []).append((cid, ts, vs))
+        for k in range(data.draw(st.sampled_from([0, 0, 1, 2]))):  # slices of parts, mostly after the chunks
+            first = max(end, 0) + data.draw(st.sampled_from([1, 1, 2, 0, -4]))
+            ts = np.array(sorted(data.draw(st.sets(st.integers(first, first + 20), min_size=1, max_size=5))))
+            end = int(ts[-1])
+            extra.setdefault(i, []).append(((1 << 40) + k, ts, ts * 1.0))
+    if data.draw(st.integers(0, 3)) == 0:  # the rows in any order (SQLite gives them by series and time)
+        rows = data.draw(st.permutations(rows))
+    lo = data.draw(st.integers(-5, 50))
+    hi = data.draw(st.integers(lo, 100))
+    blocks = []
+    if data.draw(st.booleans()):  # the part slices of each rank as one block, as a read of many series
+        by_rank: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
+        for i, segs in extra.items():
+            for order, ts, vs in segs:
+                by_rank.setdefault(order, []).append((i, ts, vs))
+        for order, segs in by_rank.items():
+            lens = np.array([len(t) for _, t, _ in segs])
+            starts = np.concatenate(([0], np.cumsum(lens)[:-1]))
+            blocks.append(
+                PartBlock(
+                    np.array([i for i, _, _ in segs]),
+                    order,
+                    np.concatenate([t for _, t, _ in segs]),
+                    np.concatenate([v for _, _, v in segs]),
+                    starts,
+                    lens,
+                )
+            )
+    got = _assemble(found, list(rows), {} if blocks else extra, lo, hi, blocks)
+    for i in range(len(found)):
+        want = chunks.merge_arrays(parts.get(i, []) + extra.get(i, []), lo, hi)
+        assert got[i][0].tolist() == want[0].tolist()
+        assert got[i][1].tolist() == want[1].tolist()

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lossproof.query import promql
+from lossproof.query import promhash, promql
 from lossproof.store.base import Point, WriteBatch
 from lossproof.store.sqlite import SqliteStore
 
@@ -144,7 +144,22 @@ RANGE_REF: dict[str, Callable[[Samples, int, int], float | None]] = {
     "resets": lambda p, t, r: float(sum(1 for a, b in itertools.pairwise(p) if b[1] < a[1])),
     "deriv": lambda p, t, r: None if len(p) < 2 else slope(p),
     "quantile_over_time": lambda p, t, r: quantile(0.3, [v for _, v in p]),
+    "ts_of_first_over_time": lambda p, t, r: p[0][0] / 1000,
+    "ts_of_last_over_time": lambda p, t, r: p[-1][0] / 1000,
+    "ts_of_max_over_time": lambda p, t, r: ts_of_extreme(p, lambda cur, best: cur >= best),
+    "ts_of_min_over_time": lambda p, t, r: ts_of_extreme(p, lambda cur, best: cur <= best),
 }
+
+
+def ts_of_extreme(p: Samples, better: Callable[[float, float], bool]) -> float:
+    """Go's compareOverTime returning the time: a later equal value wins, and anything beats NaN."""
+    best, best_t = p[0][1], p[0][0]
+    for ts, v in p:
+        if better(v, best) or math.isnan(best):
+            best, best_t = v, ts
+    return best_t / 1000
+
+
 KEEPS_NAME = ("last_over_time", "first_over_time")
 
 
@@ -188,6 +203,13 @@ def aggregate_ref(
                 key = tuple(sorted((*g, ("v", text))))
                 out[key] = out.get(key, 0.0) + 1
             continue
+        if op == "limit_ratio":
+            r = max(-1.0, min(1.0, param))
+            for lab, v in members:
+                off = ratio_offset(lab)
+                if (r >= 0 and off < r) or (r < 0 and off >= 1 + r):
+                    out[lab] = v
+            continue
         if op in ("topk", "bottomk"):
             sign = -1 if op == "topk" else 1
             ranked = sorted(
@@ -197,6 +219,14 @@ def aggregate_ref(
             continue
         out[g] = reduce_group(op, xs, param)
     return out
+
+
+def ratio_offset(lab: Labels) -> float:
+    """Prometheus' sampleOffset: the label set's hash (xxHash64 of its stringlabels bytes, each name
+    and value after its length; tests/unit/test_promhash.py checks the hash against the reference
+    digests) over 2^64."""
+    data = b"".join(bytes([len(x.encode())]) + x.encode() for kv in sorted(lab) for x in kv)
+    return promhash.xxh64(data) / 2.0**64
 
 
 def reduce_group(op: str, xs: list[float], param: float) -> float:
@@ -448,10 +478,11 @@ def test_instant_selectors(stores: Stores, data: Data, grid: tuple[int, int, int
             "bottomk",
             "quantile",
             "count_values",
+            "limit_ratio",
         ]
     ),
     mod=st.sampled_from([None, ("by", ["a"]), ("by", []), ("without", ["b"]), ("by", ["a", "b"])]),
-    param=st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.0]),
+    param=st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.0, -0.3, -0.7]),
 )
 def test_aggregations(
     stores: Stores,
@@ -464,7 +495,8 @@ def test_aggregations(
     by = mod[1] if mod and mod[0] == "by" else None
     without = mod[1] if mod and mod[0] == "without" else None
     clause = f" {mod[0]} ({', '.join(mod[1])})" if mod else ""
-    p = f"{param}, " if op in ("topk", "bottomk", "quantile") else '"v", ' if op == "count_values" else ""
+    p = f"{param}, " if op in ("topk", "bottomk", "quantile", "limit_ratio") else ""
+    p = '"v", ' if op == "count_values" else p
     query = f"{op}{clause} ({p}m)"
     want = [aggregate_ref(op, instant(data, "m", t), by, without, param) for t in steps(grid)]
     got = evaluate(stores, data, query, grid)
@@ -649,3 +681,125 @@ def test_histogram_quantile(stores: Stores, data: Data, grid: tuple[int, int, in
         want.append({g: bucket_quantile(q, b) for g, b in groups.items()})
     got = evaluate(stores, data, f"histogram_quantile({q}, h_bucket)", grid)
     assert same(got, want), (q, got, want)
+
+
+# --- info() -----------------------------------------------------------------------------------------
+
+
+@st.composite
+def info_data(draw: st.DrawFn) -> Data:
+    """Series ``m`` and info series (``target_info``, ``build_info``) with identifying labels
+    (instance, job) present or not, data labels, samples on a 5 s grid (stale markers too)."""
+    data: Data = {}
+    # mostly both identifying labels; sometimes one only (which, in Prometheus, keeps the info series
+    # without the other label from being read at all)
+    both = [(("instance", i), ("job", "j")) for i in ("1", "2")]
+    ids = both * 4 + [(("instance", "1"),), (("job", "j"),)]
+    for name, extra in (
+        ("m", ("a", ("x", "y"))),
+        ("target_info", ("r", ("eu", "us"))),
+        ("build_info", ("v", ("1", "2"))),
+    ):
+        n = draw(st.integers(0 if name == "build_info" else 1, 4))
+        for _ in range(n):
+            ident = draw(st.sampled_from(ids))
+            ls = (*ident, (extra[0], draw(st.sampled_from(extra[1]))))
+            if name == "target_info" and draw(st.booleans()):
+                ls = (*ls, ("a", "from_info"))  # a label the series may have already
+            lab = tuple(sorted((("__name__", name), *ls)))
+            times = sorted(draw(st.sets(st.integers(0, 240), min_size=1, max_size=20)))
+            vals = [STALE if draw(st.integers(0, 9)) == 0 else 1.0 for _ in times]
+            data[lab] = [(T0 + s * 5000, v) for s, v in zip(times, vals, strict=True)]
+    return data
+
+
+IDENT = ("instance", "job")
+
+
+def info_ref(
+    data: Data, selector: list[tuple[str, str, Callable[[str], bool]]], t: int, ids: dict[str, set[str]]
+) -> Result | str:
+    """Prometheus 3's info.go, for one step: the info series read (name matchers, or target_info;
+    the identifying labels' values of the base series over the whole query; the data matchers),
+    the newest sample of each within the lookback, then per base series the data labels of the info
+    series of each name with the same identifying labels."""
+    if not instant(data, "m", t):
+        return {}  # nothing to enrich: Prometheus looks no further (no duplicate error either)
+    names = [m for m in selector if m[0] == "__name__"]
+    data_ms = [m for m in selector if m[0] != "__name__"]
+    out: Result = {}
+    if not names:
+        names = [("__name__", "=", lambda v: v == "target_info")]
+    info: dict[Labels, tuple[Labels, float]] = {}  # signature -> (labels, sample time)
+    if ids:
+        for lab, pts in data.items():
+            d = dict(lab)
+            if not all(f(d.get(k, "")) for k, _, f in names + data_ms):
+                continue
+            if not all(d.get(k, "") in vals for k, vals in ids.items()):
+                continue
+            inside = [(ts, v) for ts, v in pts if t - LOOKBACK < ts <= t]
+            if not inside or is_stale(inside[-1][1]):
+                continue
+            ts = inside[-1][0]
+            sig = (d["__name__"], tuple((k, d[k]) for k in IDENT if d.get(k)))
+            if sig in info:
+                if info[sig][1] == ts:
+                    return "error"
+                if info[sig][1] > ts:
+                    continue
+            info[sig] = (lab, ts)
+    info_names = sorted(
+        {dict(lab)["__name__"] for lab in data if any(s[0] == dict(lab)["__name__"] for s in info)}
+        | {s[0] for s in info}
+    )
+    del info_names
+    fetched_names = {sig[0] for sig in info}
+    for lab, v in instant(data, "m", t).items():
+        d = dict(lab)
+        added: dict[str, str] = {}
+        matched = False
+        for name in sorted(fetched_names):
+            sig = (name, tuple((k, d[k]) for k in IDENT if d.get(k)))
+            if sig not in info:
+                continue
+            matched = True
+            for k, x in info[sig][0]:
+                if k == "__name__" or (data_ms and k not in {m[0] for m in data_ms}):
+                    continue
+                if added.get(k, x) != x:
+                    return "error"
+                if k not in d:
+                    added[k] = x
+        if not matched and any(not f("") for _, _, f in data_ms):
+            continue
+        out[tuple(sorted({**d, **added}.items()))] = v
+    return out
+
+
+SELECTORS: dict[str, list[tuple[str, str, Callable[[str], bool]]]] = {
+    "": [],
+    '{r=~"e.*"}': [("r", "=~", lambda v: v.startswith("e"))],
+    '{r="us"}': [("r", "=", lambda v: v == "us")],
+    '{__name__=~".+_info"}': [("__name__", "=~", lambda v: v.endswith("_info") and len(v) > 5)],
+    '{__name__="build_info", v!="2"}': [
+        ("__name__", "=", lambda v: v == "build_info"),
+        ("v", "!=", lambda v: v != "2"),
+    ],
+}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=info_data(), grid=grids, selector=st.sampled_from(sorted(SELECTORS)))
+def test_info(stores: Stores, data: Data, grid: tuple[int, int, int], selector: str) -> None:
+    query = f"info(m, {selector})" if selector else "info(m)"
+    ids: dict[str, set[str]] = {}
+    for t in steps(grid):
+        for lab in instant(data, "m", t):
+            for k, x in lab:
+                if k in IDENT:
+                    ids.setdefault(k, set()).add(x)
+    rows = [info_ref(data, SELECTORS[selector], t, ids) for t in steps(grid)]
+    want: list[Result] | str = "error" if "error" in rows else [r for r in rows if not isinstance(r, str)]
+    got = evaluate(stores, data, query, grid)
+    assert same(got, want), (query, got, want)

@@ -121,6 +121,16 @@ def limit(k: F64, present: Mask, gid: I64, groups: int) -> Mask:
     return keep
 
 
+def ratio_keep(ratio: F64, offsets: F64) -> Mask:
+    """``limit_ratio``: which series (rows) are kept at each step (columns), from each series'
+    :func:`promhash.sample_offset` and the step's ratio (in [-1, 1]; 0 keeps none): ``AddRatioSample``
+    for every cell at once."""
+    r = ratio[None, :]
+    o = offsets[:, None]
+    keep: Mask = ((r >= 0) & (o < r)) | ((r < 0) & (o >= 1.0 + r))
+    return keep
+
+
 def count_values(values: F64, present: Mask, gid: I64) -> tuple[I64, F64, F64]:
     """``count_values``: per distinct (group, value) the number of series with it at each step, from
     one sort of the present cells (not one pass per distinct value). Answers each pair's group,

@@ -1,9 +1,11 @@
-"""PromQL evaluated over the :class:`~lossproof.store.base.Store`: the whole language but native
-histograms (docs/dashboard.md lists it), with Prometheus' semantics.
+"""PromQL evaluated over the :class:`~lossproof.store.base.Store`: the whole language (docs/dashboard.md
+lists it), with Prometheus' semantics; the native-histogram functions answer nothing, as the store holds
+native histograms as classic buckets (float samples, which those functions ignore).
 
 Parsing is done by ``promql-parser`` (a maintained PromQL parser, which also checks the types); this
-module evaluates the parsed tree. Constructs lossproof does not evaluate (native-histogram functions,
-``limit_ratio``, ``info``) parse but are refused with :class:`Unsupported`, which names the part.
+module evaluates the parsed tree. Constructs lossproof does not evaluate (the newest experimental
+functions: ``histogram_quantiles``, ``integral``, ``start``/``end``/``range``/``step``) parse but are
+refused with :class:`Unsupported`, which names the part.
 
 Semantics follow Prometheus 3: an instant selector takes, at each evaluation time T, the latest sample
 in ``(T - lookback, T]`` (lookback 5 minutes), none if that sample is a staleness marker; a range
@@ -33,7 +35,7 @@ import asyncio
 import math
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -42,7 +44,7 @@ import numpy as np
 import promql_parser as pp
 import re2
 
-from lossproof.query import exact, params, promagg, promfuncs, promrange, vecmatch
+from lossproof.query import exact, params, promagg, promfuncs, promhash, promrange, vecmatch
 from lossproof.query.binops import binop, binop_arrays
 from lossproof.query.promref import _agg, unparen
 from lossproof.query.promvalues import (
@@ -144,8 +146,22 @@ MORE_RANGE_FUNCS = (
     "double_exponential_smoothing",
     "holt_winters",
     "absent_over_time",
+    "ts_of_first_over_time",
+    "ts_of_last_over_time",
+    "ts_of_max_over_time",
+    "ts_of_min_over_time",
 )
 RANGE_FUNCS = ("rate", "irate", "increase", *OVER_TIME, *MORE_RANGE_FUNCS)
+# Functions of native histograms: they ignore float samples, and lossproof stores native histograms
+# as classic _bucket/_count/_sum series (docs/protocols.md), so they answer nothing.
+NATIVE_HISTOGRAM_FUNCS = (
+    "histogram_count",
+    "histogram_sum",
+    "histogram_avg",
+    "histogram_fraction",
+    "histogram_stddev",
+    "histogram_stdvar",
+)
 FUNCTIONS = frozenset(
     (
         *RANGE_FUNCS,
@@ -168,10 +184,22 @@ FUNCTIONS = frozenset(
         "sort_by_label",
         "sort_by_label_desc",
         "absent",
+        *NATIVE_HISTOGRAM_FUNCS,
+        "info",
     )
 )
 AGGREGATIONS = ("sum", "avg", "min", "max", "count")
-MORE_AGGREGATIONS = ("stddev", "stdvar", "topk", "bottomk", "quantile", "count_values", "group", "limitk")
+MORE_AGGREGATIONS = (
+    "stddev",
+    "stdvar",
+    "topk",
+    "bottomk",
+    "quantile",
+    "count_values",
+    "group",
+    "limitk",
+    "limit_ratio",
+)
 # atan2 keeps the metric name, unlike the others (Prometheus' shouldDropMetricName leaves it out)
 ARITH = ("+", "-", "*", "/", "%", "^", "atan2")
 COMPARE = ("==", "!=", ">", "<", ">=", "<=")
@@ -438,20 +466,24 @@ class Evaluator:
     def matchers(self, vs: pp.VectorSelector) -> list[Matcher] | None:
         """Store matchers for a selector, or None when no stored metric name can match. Matchers on
         the metric name become one ``=~`` over the stored names they select (see the module doc)."""
+        triples = [(m.name, _op(m.op), m.value) for m in vs.matchers.matchers]
+        if vs.name:
+            triples.append((NAME, "=", vs.name))
+        return self.store_matchers(triples)
+
+    def store_matchers(self, triples: Sequence[tuple[str, str, str]]) -> list[Matcher] | None:
+        """:meth:`matchers` of ``(label, op, value)`` triples."""
         out: list[Matcher] = []
         names: set[str] | None = None
-        name_matchers = [(_op(m.op), m.value) for m in vs.matchers.matchers if m.name == NAME]
-        if vs.name:
-            name_matchers.append(("=", vs.name))
-        for op, value in name_matchers:
-            found = set(self._names_matching(op, value))
-            names = found if names is None else names & found
-        for m in vs.matchers.matchers:
-            if m.name != NAME:
-                try:
-                    out.append(Matcher(m.name, _op(m.op), m.value))
-                except InvalidMatcher as e:
-                    raise PromQLError(str(e)) from None
+        for label, op, value in triples:
+            if label == NAME:
+                found = set(self._names_matching(op, value))
+                names = found if names is None else names & found
+                continue
+            try:
+                out.append(Matcher(label, op, value))
+            except InvalidMatcher as e:
+                raise PromQLError(str(e)) from None
         if names is not None:
             if not names:
                 return None
@@ -623,6 +655,14 @@ class Evaluator:
             return self._clamp(name, args)
         if name == "histogram_quantile":
             return self._histogram_quantile(self.scalar(args[0]), self.vector(args[1]))
+        if name in NATIVE_HISTOGRAM_FUNCS:
+            # "Samples that are not native histograms are ignored": every stored sample is a float
+            for a in args[:-1]:
+                self.scalar(a)
+            self.vector(args[-1])
+            return Vector.empty(g.n)
+        if name == "info":
+            return self._info(args)
         if name == "label_replace":
             return self._label_replace(args)
         if name == "label_join":
@@ -709,6 +749,129 @@ class Evaluator:
             return Vector.empty(self.grid.n)
         return make_vector(labels, np.vstack(rows_v), np.vstack(rows_p))
 
+    def _info(self, args: list[pp.Expr]) -> Vector:
+        """``info(v [, {data-label selector}])``, Prometheus 3's ``promql/info.go``: each series of
+        ``v`` gains the labels of the info series (``target_info`` unless the selector names others)
+        with the same identifying labels (``instance``, ``job``: those the series has), the newest
+        info sample within the lookback at each step; only the labels the selector names when it
+        names some. A series is left out at a step where no info series matches and a selector's
+        matcher does not match the empty string; info series in ``v`` itself are left as they are."""
+        base = self.vector(args[0])
+        data: dict[str, list[Matcher]] = {}
+        name_ms: list[Matcher] = []
+        if len(args) > 1:
+            sel = unparen(args[1])
+            if not isinstance(sel, pp.VectorSelector):
+                raise PromQLError("expected a label selector as the second argument of info()")
+            triples = [(m.name, _op(m.op), m.value) for m in sel.matchers.matchers]
+            if sel.name:
+                triples.append((NAME, "=", sel.name))
+            for label, op, value in triples:
+                try:
+                    m = Matcher(label, op, value)
+                except InvalidMatcher as e:
+                    raise PromQLError(str(e)) from None
+                data.setdefault(label, []).append(m)
+                if label == NAME:
+                    name_ms.append(m)
+        else:
+            triples = []
+            name_ms = [Matcher(NAME, "=", TARGET_INFO)]
+        ignored = [bool(name_ms) and all(m.matches(x.get(NAME, "")) for m in name_ms) for x in base.labels]
+        ids: dict[str, set[str]] = {}
+        for lab, ign in zip(base.labels, ignored, strict=True):
+            if not ign:
+                for idl in IDENTIFYING_LABELS:
+                    if lab.get(idl):
+                        ids.setdefault(idl, set()).add(lab[idl])
+        has_name = NAME in data
+        data.pop(NAME, None)
+        info_labels: list[Labels] = []
+        info_t = np.empty((0, self.grid.n))
+        info_p = np.zeros((0, self.grid.n), dtype=bool)
+        if ids:
+            want = [(idl, "=~", "|".join(re2.escape(x) for x in sorted(xs))) for idl, xs in ids.items()]
+            want += triples
+            if not has_name:
+                want.insert(0, (NAME, "=", TARGET_INFO))
+            ms = self.store_matchers(want)
+            at, off = _info_hints(args[0])
+            ends = self._times(at)
+            start = int(ends[0]) - self.lookback_ms + 1 - off
+            end = int(ends[-1]) - off
+            found = []
+            if ms is not None and start <= end:
+                found = self.store.select_arrays(self.tenant, ms, start, end)
+                self.budget.add(len(found), sum(len(s.t) for s in found))
+            # the info series as Prometheus evaluates them: at every step (no offset), the time of
+            # the newest sample within the lookback, of the samples inside the read's bounds
+            grid = self.grid.array()
+            info_t = np.empty((len(found), len(grid)))
+            info_p = np.zeros((len(found), len(grid)), dtype=bool)
+            for i, s in enumerate(found):
+                info_t[i], info_p[i] = lookup(s.t, s.v, grid, self.lookback_ms, times=True)
+                info_labels.append({**s.labels, NAME: promql_name(s.metric)})
+        names = sorted({lab[NAME] for lab in info_labels})
+
+        def sig(name: str, lab: Labels) -> Key:
+            return ((NAME, name), *((idl, lab[idl]) for idl in IDENTIFYING_LABELS if lab.get(idl)))
+
+        info_sigs = [sig(lab[NAME], lab) for lab in info_labels]
+        base_sigs = [[sig(nm, lab) for nm in names] for lab in base.labels]
+        drop_unmatched = any(not m.matches("") for ms_ in data.values() for m in ms_)
+        rows: dict[Key, tuple[Labels, F64, Mask]] = {}
+        n = self.grid.n
+        for k in range(n):  # k: the step
+            self.budget.check_time()
+            if not base.present[:, k].any():
+                continue  # nothing to enrich: Prometheus looks no further (no duplicate error)
+            chosen: dict[Key, int] = {}
+            for j in np.flatnonzero(info_p[:, k]).tolist():
+                sj = info_sigs[j]
+                other = chosen.get(sj)
+                if other is None or info_t[other, k] < info_t[j, k]:
+                    chosen[sj] = j
+                elif info_t[other, k] == info_t[j, k]:
+                    raise ExecutionError(
+                        f"found duplicate series for info metric: existing {fmt_labels(info_labels[other])} "
+                        f"@ {int(info_t[other, k])}, new {fmt_labels(info_labels[j])} @ {int(info_t[j, k])}"
+                    )
+            for i in np.flatnonzero(base.present[:, k]).tolist():
+                lab = base.labels[i]
+                if not ignored[i]:
+                    added: Labels = {}
+                    matched = False
+                    for sg in base_sigs[i]:
+                        chosen_j = chosen.get(sg)
+                        if chosen_j is None:
+                            continue
+                        matched = True
+                        for name, value in info_labels[chosen_j].items():
+                            if name == NAME or (data and name not in data):
+                                continue
+                            if added.get(name, value) != value:
+                                raise ExecutionError(f"conflicting label: {name}")
+                            if name not in lab:
+                                added[name] = value
+                    if not matched and drop_unmatched:
+                        continue
+                    lab = {**lab, **added} if added else lab
+                key = key_of(lab)
+                row = rows.get(key)
+                if row is None:
+                    row = rows[key] = (lab, np.zeros(n), np.zeros(n, dtype=bool))
+                elif row[2][k]:
+                    raise ExecutionError("vector cannot contain metrics with the same labelset")
+                row[1][k] = base.values[i, k]
+                row[2][k] = True
+        if not rows:
+            return Vector.empty(n)
+        return Vector(
+            [r[0] for r in rows.values()],
+            np.vstack([r[1] for r in rows.values()]),
+            np.vstack([r[2] for r in rows.values()]),
+        )
+
     def _label_replace(self, args: list[pp.Expr]) -> Vector:
         v = self.vector(args[0])
         dst, repl, src, regex = (_string(a) for a in args[1:5])
@@ -782,6 +945,14 @@ class Evaluator:
         elif op == "quantile":
             assert param is not None
             values, present = promagg.quantile(param, inner.values, inner.present, gid, ng)
+        elif op == "limit_ratio":
+            assert param is not None
+            if np.isnan(param).any():
+                raise PromQLError("Ratio value NaN is NaN")
+            ratio = np.clip(param, -1.0, 1.0)  # Prometheus warns and clamps a ratio outside [-1, 1]
+            offsets = np.array([promhash.sample_offset(lab) for lab in inner.labels])
+            keep = inner.present & promagg.ratio_keep(ratio, offsets)
+            return make_vector(inner.labels, inner.values, keep)
         elif op in ("topk", "bottomk", "limitk"):
             assert param is not None
             _check_k(param)
@@ -946,6 +1117,37 @@ def _absent_labels(arg: pp.Expr) -> Labels:
         else:
             out.pop(m.name, None)
     return out
+
+
+TARGET_INFO = "target_info"
+IDENTIFYING_LABELS = ("instance", "job")
+
+
+def _info_hints(e: pp.Expr) -> tuple[pp.AtModifier | None, int]:
+    """The ``@`` and the offset of the first selector in ``e`` (Prometheus' ``infoSelectHints``):
+    they bound the read of the info series."""
+    e = unparen(e)
+    if isinstance(e, pp.VectorSelector):
+        return e.at, _ms(e.offset)
+    children: list[pp.Expr] = []
+    if isinstance(e, (pp.UnaryExpr, pp.SubqueryExpr)):
+        children = [e.expr]
+    elif isinstance(e, pp.MatrixSelector):
+        children = [e.vector_selector]
+    elif isinstance(e, pp.Call):
+        children = list(e.args)
+    elif isinstance(e, pp.AggregateExpr):
+        children = [e.expr] if e.param is None else [e.param, e.expr]
+    elif isinstance(e, pp.BinaryExpr):
+        children = [e.lhs, e.rhs]
+    for c in children:  # depth first, in order (Prometheus' parser.Inspect)
+        if _first_selector_in(c):
+            return _info_hints(c)
+    return None, 0
+
+
+def _first_selector_in(e: pp.Expr) -> bool:
+    return any(isinstance(n, pp.VectorSelector) for n in _walk(e))
 
 
 def _range_offset(e: pp.Expr) -> int:

@@ -1,7 +1,7 @@
 """PromQL's range functions beyond ``rate`` and the ``*_over_time`` sums (which live in
 :mod:`lossproof.query.promql` with their per-window reference): ``idelta``, ``deriv``,
-``predict_linear``, ``changes``, ``resets``, ``first_over_time``, ``mad_over_time`` and
-``double_exponential_smoothing``.
+``predict_linear``, ``changes``, ``resets``, ``first_over_time``, ``mad_over_time``,
+``double_exponential_smoothing`` and the ``ts_of_*_over_time`` ones (Prometheus 3).
 
 Every function takes all windows of all series at once: the points of every series concatenated
 (``t``, ``v``; series i's are ``[starts[i], starts[i + 1])``), and each window as indexes ``[lo, hi)``
@@ -37,6 +37,47 @@ def first_over_time(
 ) -> tuple[F64, Mask]:
     out: F64 = v[lo]
     return out, hi > lo
+
+
+def ts_of_first_over_time(
+    t: I64, v: F64, starts: I64, lo: I64, hi: I64, at: I64, rng: int, q: float
+) -> tuple[F64, Mask]:
+    """The time (seconds) of the window's first sample."""
+    out: F64 = t[lo].astype(np.float64) / 1000
+    return out, hi > lo
+
+
+def ts_of_last_over_time(
+    t: I64, v: F64, starts: I64, lo: I64, hi: I64, at: I64, rng: int, q: float
+) -> tuple[F64, Mask]:
+    """The time (seconds) of the window's last sample."""
+    out: F64 = t[np.maximum(hi - 1, lo)].astype(np.float64) / 1000
+    return out, hi > lo
+
+
+def ts_of_extreme(largest: bool) -> RangeArrays:
+    """``ts_of_max_over_time`` (``largest``) / ``ts_of_min_over_time``: the time (seconds) of the
+    window's largest (smallest) sample. Go's ``compareOverTime`` with ``>=`` (``<=``): the *last*
+    sample equal to the extreme wins, and a NaN so far is replaced by whatever comes next. Walked
+    point position by point position over every window at once."""
+
+    def extreme(
+        t: I64, v: F64, starts: I64, lo: I64, hi: I64, at: I64, rng: int, q: float
+    ) -> tuple[F64, Mask]:
+        cnt = hi - lo
+        best = v[lo].copy()
+        best_t = t[lo].copy()
+        for j in range(1, int(cnt.max(initial=0))):
+            sel = np.nonzero(cnt > j)
+            cur = v[lo[sel] + j]
+            b = best[sel]
+            take = ((cur >= b) if largest else (cur <= b)) | np.isnan(b)
+            best[sel] = np.where(take, cur, b)
+            best_t[sel] = np.where(take, t[lo[sel] + j], best_t[sel])
+        out: F64 = best_t.astype(np.float64) / 1000
+        return out, cnt > 0
+
+    return extreme
 
 
 def _pair_counts(pair: Mask, lo: I64, hi: I64) -> F64:

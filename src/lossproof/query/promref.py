@@ -250,4 +250,17 @@ _MORE_REFERENCES: dict[str, RangeFn] = {
     "first_over_time": lambda ts, vs, lo, hi, at, rng: vs[lo],
     "mad_over_time": _mad,
     "deriv": _deriv,
+    "ts_of_first_over_time": lambda ts, vs, lo, hi, at, rng: ts[lo] / 1000,
+    "ts_of_last_over_time": lambda ts, vs, lo, hi, at, rng: ts[hi - 1] / 1000,
+    "ts_of_max_over_time": lambda ts, vs, lo, hi, at, rng: _ts_of_extreme(ts, vs, lo, hi, True),
+    "ts_of_min_over_time": lambda ts, vs, lo, hi, at, rng: _ts_of_extreme(ts, vs, lo, hi, False),
 }
+
+
+def _ts_of_extreme(ts: list[int], vs: list[float], lo: int, hi: int, largest: bool) -> float:
+    """Go's compareOverTime returning the time: the last point at the extreme (``>=``/``<=``)."""
+    best, best_t = vs[lo], ts[lo]
+    for t, v in zip(ts[lo:hi], vs[lo:hi], strict=True):
+        if (v >= best if largest else v <= best) or math.isnan(best):
+            best, best_t = v, t
+    return best_t / 1000

@@ -314,4 +314,8 @@ _RANGE: dict[str, RangeArrays] = {
     "resets": promrange.resets,
     "first_over_time": promrange.first_over_time,
     "mad_over_time": promrange.mad_over_time,
+    "ts_of_first_over_time": promrange.ts_of_first_over_time,
+    "ts_of_last_over_time": promrange.ts_of_last_over_time,
+    "ts_of_max_over_time": promrange.ts_of_extreme(True),
+    "ts_of_min_over_time": promrange.ts_of_extreme(False),
 }

@@ -44,10 +44,11 @@ import threading
 from collections.abc import Container, Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 
 from lossproof.faults import crash_point
 from lossproof.log.base import LogGap
@@ -250,8 +251,130 @@ CREATE TABLE log_gaps (
 """
 
 _INSERT_CHUNK = "INSERT INTO chunks (series_id, t_min, t_max, n, data) VALUES (?, ?, ?, ?, ?)"
+
+
 # The chunks of each series of a JSON array ?1 that may hold points in [?2, ?3]: one statement, an
 # index range from (series, ?2) on for each.
+class PartBlock(NamedTuple):
+    """Many series' slices of one part, read at once: ``ts``/``vs`` the slices one after the other,
+    slice k of the series at position ``found[k]`` (in the read's series) from ``starts[k]``,
+    ``lens[k]`` points; ``order`` the part's rank among the series' chunks (after all of them)."""
+
+    found: npt.NDArray[np.int64]
+    order: int
+    ts: chunks.I64
+    vs: chunks.F64
+    starts: npt.NDArray[np.int64]
+    lens: npt.NDArray[np.int64]
+
+
+def _assemble(
+    found: Sequence[tuple[int, str, dict[str, str]]],
+    rows: list[tuple[int, int, bytes]],
+    extra: dict[int, list[tuple[int, chunks.I64, chunks.F64]]],
+    from_ms: int,
+    to_ms: int,
+    blocks: Sequence[PartBlock] = (),
+) -> list[tuple[chunks.I64, chunks.F64]]:
+    """Each series' points in [from_ms, to_ms] from its chunks ``rows`` ``(series_id, id, data)``
+    (any order) and its slices of parts (``extra``: ``(order, ts, vs)`` by position in ``found``;
+    ``blocks``: many series' slices of one part at once): what :func:`chunks.merge_arrays` answers,
+    series by series.
+
+    Every chunk is decoded at once (:func:`chunks.decode_many`); chunks and part slices are then
+    segments of one pair of columns. A series whose segments follow one another in time (no t in
+    two of them: the usual case) is a slice of those columns once they are put in (series, time)
+    order, one gather for all series; the others go through :func:`chunks.merge_arrays`."""
+    empty_t, empty_v = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
+    n_found = len(found)
+    ex = [(i, o, t, v) for i, segs in extra.items() for o, t, v in segs if len(t)]
+    if not rows and not ex and not blocks:
+        return [(empty_t, empty_v)] * n_found
+    sid_of = np.array([sid for sid, _, _ in found], dtype=np.int64)
+    ts_c, vs_c, off = chunks.decode_many([r[2] for r in rows])
+    # segments: the chunks, the extra slices, then each block's slices
+    sid_l = [np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)), sid_of[[e[0] for e in ex]]]
+    order_l = [
+        np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows)),
+        np.array([e[1] for e in ex], dtype=np.int64),
+    ]
+    lens_l = [off[1:] - off[:-1], np.array([len(e[2]) for e in ex], dtype=np.int64)]
+    ts_l, vs_l = [ts_c, *(e[2] for e in ex)], [vs_c, *(e[3] for e in ex)]
+    base = len(ts_c) + sum(len(e[2]) for e in ex)
+    start_l = [off[:-1], np.zeros(len(ex), dtype=np.int64)]
+    if ex:
+        ex_start = np.zeros(len(ex), dtype=np.int64)
+        np.cumsum(lens_l[1][:-1], out=ex_start[1:])
+        start_l[1] = ex_start + len(ts_c)
+    for b in blocks:
+        sid_l.append(sid_of[b.found])
+        order_l.append(np.full(len(b.found), b.order, dtype=np.int64))
+        lens_l.append(b.lens)
+        start_l.append(b.starts + base)
+        ts_l.append(b.ts)
+        vs_l.append(b.vs)
+        base += len(b.ts)
+    sid, order_id, lens, start = (np.concatenate(x) for x in (sid_l, order_l, lens_l, start_l))
+    ts = np.concatenate(ts_l) if len(ts_l) > 1 else ts_c
+    vs = np.concatenate(vs_l) if len(vs_l) > 1 else vs_c
+    keep = lens > 0
+    sid, order_id, lens, start = sid[keep], order_id[keep], lens[keep], start[keep]
+    if not len(sid):
+        return [(empty_t, empty_v)] * n_found
+    tmin, tmax = ts[start], ts[start + lens - 1]
+    # segments by series, then time: each series' segments a run
+    order = np.lexsort((order_id, tmin, sid))
+    sid, order_id, lens, start = sid[order], order_id[order], lens[order], start[order]
+    tmin, tmax = tmin[order], tmax[order]
+    run_start = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
+    run_end = np.r_[run_start[1:], len(sid)]
+    # a run is simple when its segments are in time order without overlap: no t is in two of them
+    ok = np.ones(len(sid), dtype=bool)
+    ok[1:] = ~((sid[1:] == sid[:-1]) & (tmax[:-1] >= tmin[1:]))
+    simple = np.logical_and.reduceat(ok, run_start)
+    # the simple runs' points, in (series, time) order: one gather (none when already so)
+    seg_simple = np.repeat(simple, run_end - run_start)
+    s_lens, s_start = lens[seg_simple], start[seg_simple]
+    out_start = np.zeros(len(s_lens), dtype=np.int64)
+    np.cumsum(s_lens[:-1], out=out_start[1:])
+    if len(s_lens) and not np.array_equal(s_start, out_start):
+        idx = np.repeat(s_start - out_start, s_lens) + np.arange(int(s_lens.sum()), dtype=np.int64)
+        g_ts, g_vs = ts[idx], vs[idx]
+    else:
+        g_ts, g_vs = ts, vs
+    # each simple run's range there, and its points inside [from_ms, to_ms]: those after its points
+    # before from_ms, up to its points up to to_ms (counted by running sums over the whole column)
+    run_pts = np.add.reduceat(lens, run_start) if len(run_start) else np.zeros(0, dtype=np.int64)
+    s_pts = run_pts[simple]
+    first_pt = np.zeros(len(s_pts), dtype=np.int64)
+    np.cumsum(s_pts[:-1], out=first_pt[1:])
+    last_pt = first_pt + s_pts
+    below = np.zeros(len(g_ts) + 1, dtype=np.int64)
+    upto = np.zeros(len(g_ts) + 1, dtype=np.int64)
+    np.cumsum(g_ts < from_ms, out=below[1:])
+    np.cumsum(g_ts <= to_ms, out=upto[1:])
+    a_s = (first_pt + below[last_pt] - below[first_pt]).tolist()
+    b_s = (first_pt + upto[last_pt] - upto[first_pt]).tolist()
+    nth_simple = (np.cumsum(simple) - 1).tolist()
+    simple_l = simple.tolist()
+    at = {s: r for r, s in enumerate(sid[run_start].tolist())}
+    out: list[tuple[chunks.I64, chunks.F64]] = []
+    for i in range(n_found):
+        r = at.get(found[i][0])
+        if r is None:
+            out.append((empty_t, empty_v))
+        elif simple_l[r]:
+            k = nth_simple[r]
+            out.append((g_ts[a_s[k] : b_s[k]], g_vs[a_s[k] : b_s[k]]))
+        else:
+            parts = [
+                (int(order_id[c]), ts[start[c] : start[c] + lens[c]], vs[start[c] : start[c] + lens[c]])
+                for c in range(run_start[r], run_end[r])
+            ]
+            out.append(chunks.merge_arrays(parts, from_ms, to_ms))
+    return out
+
+
 _SELECT_CHUNKS_OF = (
     "SELECT c.series_id, c.id, c.data FROM json_each(?1) j CROSS JOIN chunks c"
     " ON c.series_id = j.value AND c.t_max >= ?2 AND c.t_min <= ?3"
@@ -1187,6 +1310,7 @@ class SqliteStore(Store):
         range each) and its slices of the parts that do (a seek into each part's directory)."""
         con = self._con
         extra: dict[int, list[tuple[int, chunks.I64, chunks.F64]]] = {}
+        blocks: list[PartBlock] = []
         if found:
             want = np.array([sid for sid, _, _ in found], dtype=np.int64)
             for pid, layout, (psids, _, pstarts) in self._parts_dirs(from_ms, to_ms):
@@ -1199,29 +1323,32 @@ class SqliteStore(Store):
                 with con.blobopen("parts", "data", pid, readonly=True) as blob:
                     whole = len(hits) * 16 > layout.series  # many series: one read beats many seeks
                     if whole:
+                        # the hit series' ranges of the columns, gathered at once
                         blob.seek(layout.ts_offset)
                         cols = blob.read(16 * layout.points)
+                        p_ts = np.frombuffer(cols, "<i8", count=layout.points)
+                        p_vs = np.frombuffer(cols, "<f8", count=layout.points, offset=8 * layout.points)
+                        lo_, hi_ = pstarts[idx[hits]], pstarts[idx[hits] + 1]
+                        n_ = hi_ - lo_
+                        o_ = np.zeros(len(n_) + 1, dtype=np.int64)
+                        np.cumsum(n_, out=o_[1:])
+                        gidx = np.repeat(lo_ - o_[:-1], n_) + np.arange(int(o_[-1]), dtype=np.int64)
+                        g_ts = p_ts[gidx].astype(np.int64, copy=False)
+                        g_vs = p_vs[gidx].astype(np.float64, copy=False)
+                        blocks.append(PartBlock(hits, _PART_ORDER + pid, g_ts, g_vs, o_[:-1], n_))
+                        continue
                     for i in hits.tolist():
                         a, b = int(pstarts[idx[i]]), int(pstarts[idx[i] + 1])
-                        if whole:
-                            tb = cols[8 * a : 8 * b]
-                            vb = cols[8 * (layout.points + a) : 8 * (layout.points + b)]
-                        else:
-                            blob.seek(layout.ts_offset + 8 * a)
-                            tb = blob.read(8 * (b - a))
-                            blob.seek(layout.vs_offset + 8 * a)
-                            vb = blob.read(8 * (b - a))
+                        blob.seek(layout.ts_offset + 8 * a)
+                        tb = blob.read(8 * (b - a))
+                        blob.seek(layout.vs_offset + 8 * a)
+                        vb = blob.read(8 * (b - a))
                         ts = np.frombuffer(tb, "<i8").astype(np.int64)
                         vs = np.frombuffer(vb, "<f8").astype(np.float64)
                         extra.setdefault(i, []).append((_PART_ORDER + pid, ts, vs))
-        decoded: dict[int, list[tuple[int, chunks.I64, chunks.F64]]] = {}
         ids = msgspec.json.encode([sid for sid, _, _ in found])
-        for sid, cid, data in con.execute(_SELECT_CHUNKS_OF, (ids, from_ms, to_ms)):
-            decoded.setdefault(sid, []).append((cid, *chunks.decode(data)))
-        return [
-            chunks.merge_arrays(decoded.get(sid, []) + extra.get(i, []), from_ms, to_ms)
-            for i, (sid, _, _) in enumerate(found)
-        ]
+        rows = con.execute(_SELECT_CHUNKS_OF, (ids, from_ms, to_ms)).fetchall()
+        return _assemble(found, rows, extra, from_ms, to_ms, blocks)
 
     def _parts_dirs(
         self, from_ms: int, to_ms: int
