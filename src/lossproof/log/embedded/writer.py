@@ -71,6 +71,8 @@ from lossproof.log.embedded.offsets import (
     release_lock,
     try_lock,
 )
+from lossproof.segments import framing
+from lossproof.segments.state import InPlaceCell
 
 log = logging.getLogger("lossproof.log.embedded")
 
@@ -138,7 +140,7 @@ class EmbeddedLogWriter(LogWriter):
 
         # Owned by the writer thread after start().
         self._fd: int | None = None
-        self._wm_fd: int | None = None
+        self._wm: InPlaceCell | None = None
         self._base = 0
         self._seg_size = 0
         self._next_offset = 0  # next offset to hand out
@@ -443,11 +445,8 @@ class EmbeddedLogWriter(LogWriter):
 
     def _write_watermark(self, durable_next: int) -> None:
         """Durably record that every offset below ``durable_next`` is fsync'd (readers read up to it)."""
-        assert self._wm_fd is not None
-        data = seg.encode_watermark(durable_next)
-        if os.pwrite(self._wm_fd, data, 0) != len(data):
-            raise OSError(errno.EIO, "short write of the watermark")
-        os.fsync(self._wm_fd)
+        assert self._wm is not None
+        self._wm.write(durable_next)
 
     def _roll(self, write_f: dict[str, Any] | None, fsync_f: dict[str, Any] | None) -> None:
         """Seal the active segment at its last fsync'd byte and start a new one past every offset."""
@@ -558,14 +557,14 @@ class EmbeddedLogWriter(LogWriter):
             if name.endswith(".tmp"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._pdir / name)
-        wm_path = self._pdir / seg.WATERMARK_FILE
-        created = not wm_path.exists()
-        self._wm_fd = os.open(wm_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        if created:
+        self._wm = seg.watermark_cell(self._pdir)
+        self._wm.open()
+        if self._wm.created:
             fsync_dir(self._pdir)
-        watermark = seg.read_watermark_fd(self._wm_fd)
-        if watermark is None and not created:
-            log.warning("log.watermark_unreadable", extra={"path": str(wm_path)})
+        cell = self._wm.read()
+        watermark = None if cell is None else cell[0]
+        if watermark is None and not self._wm.created:
+            log.warning("log.watermark_unreadable", extra={"path": str(self._wm.path)})
         # The durable floor: the watermark file is fsync'd after each group's data and before its
         # acknowledgement, so every acknowledged offset is below it; offsets a consumer group committed
         # were read, hence durable (and cover logs written before the watermark was fsync'd). Below
@@ -590,14 +589,18 @@ class EmbeddedLogWriter(LogWriter):
             # bytes are an unacknowledged group whose pages a power cut persisted out of order: a
             # torn tail, cut below like any other (the watermark is written only after the data's
             # fsync, so an old one errs towards "acknowledged").
-            torn_beyond_watermark = seal is None and res.next_offset >= wm
-            if res.bad_pos is not None and res.valid_after is not None and not torn_beyond_watermark:
+            if seal is not None:
+                verdict = framing.verdict(res, durable_pos=seal.end_pos)
+            else:
+                verdict = framing.verdict(res, durable_number=wm)
+            if verdict is framing.Verdict.CORRUPT:
+                assert res.valid_after is not None
                 raise LogCorrupt(
                     f"{path}: bad record at byte {res.bad_pos} ({res.bad_reason}); a valid record "
-                    f"(offset {res.valid_after.offset}) follows at byte {res.valid_after.pos}"
+                    f"(offset {res.valid_after.number}) follows at byte {res.valid_after.pos}"
                 )
             if seal is not None:
-                if res.bad_pos is not None or res.file_size < seal.end_pos:
+                if verdict is not framing.Verdict.CLEAN:
                     # The tail of a sealed segment is gone (it was fsync'd: this is lost data). Keep
                     # the valid prefix and re-seal it so it stays consistent; the seal keeps
                     # next_offset, so readers report the missing records as a gap.
@@ -612,16 +615,16 @@ class EmbeddedLogWriter(LogWriter):
                         last,
                         seg.Seal(res.end_pos, seal.next_offset, seal.reserved_next, seg.now_ms()),
                     )
-                    lost = max(0, seal.next_offset - res.next_offset)
+                    lost = max(0, seal.next_offset - res.next_number)
                     self._m.recovery_lost_records.inc(lost)
                     self._m.recovery_truncated_bytes.inc(max(0, res.file_size - res.end_pos))
                     log.error(
                         "log.recovery_lost_records",
-                        extra={"path": str(path), "first": res.next_offset, "last": seal.next_offset - 1,
+                        extra={"path": str(path), "first": res.next_number, "last": seal.next_offset - 1,
                                "records": lost, "why": res.bad_reason or "file shorter than its seal"},
                     )  # fmt: skip
                 sealed_bytes += res.end_pos
-                nxt = max(seal.reserved_next, res.next_offset, wm)
+                nxt = max(seal.reserved_next, res.next_number, wm)
                 self._next_offset = nxt
                 self._open_new_segment(nxt)
             else:
@@ -649,13 +652,13 @@ class EmbeddedLogWriter(LogWriter):
                 self._base = last
                 self._seg_size = res.end_pos
                 self._durable_pos = res.end_pos
-                self._next_offset = max(res.next_offset, wm)
-                if wm > res.next_offset:
-                    lost = wm - res.next_offset
+                self._next_offset = max(res.next_number, wm)
+                if wm > res.next_number:
+                    lost = wm - res.next_number
                     self._m.recovery_lost_records.inc(lost)
                     log.error(
                         "log.recovery_lost_records",
-                        extra={"path": str(path), "first": res.next_offset, "last": wm - 1, "records": lost},
+                        extra={"path": str(path), "first": res.next_number, "last": wm - 1, "records": lost},
                     )
         self._durable_next = self._next_offset
         self._sealed_bytes = sealed_bytes
@@ -688,14 +691,15 @@ class EmbeddedLogWriter(LogWriter):
             raise LogCorrupt(f"{path}: file is {res.file_size} bytes but its seal says {seal.end_pos}")
         if res.bad_pos is not None:
             raise LogCorrupt(f"{path}: bad record at byte {res.bad_pos} ({res.bad_reason})")
-        if res.last_offset is not None and res.last_offset >= next_base:
-            raise LogCorrupt(f"{path}: offset {res.last_offset} overlaps the next segment (base {next_base})")
+        if res.last is not None and res.last >= next_base:
+            raise LogCorrupt(f"{path}: offset {res.last} overlaps the next segment (base {next_base})")
         return res.file_size
 
     def _close_files(self) -> None:
-        for attr in ("_fd", "_wm_fd"):
-            fd = getattr(self, attr)
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-                setattr(self, attr, None)
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+        if self._wm is not None:
+            with contextlib.suppress(OSError):
+                self._wm.close()
