@@ -149,7 +149,7 @@ def decode_slot(magic: bytes, buf: bytes) -> tuple[int, int] | None:
 class TwoSlotCounter:
     """A durable high-water mark in two alternating 24-byte slots::
 
-        0  4  magic   4  4  crc32 of bytes 8..24   8  8  value   16  8  generation
+    0  4  magic   4  4  crc32 of bytes 8..24   8  8  value   16  8  generation
     """
 
     SLOT = SLOT
