@@ -80,6 +80,7 @@ from lossproof.durable import fdatasync_path, fsync_dir, make_dirs, writev_all
 from lossproof.faults import Faults
 from lossproof.obs.logging import get
 from lossproof.segments import state as cells
+from lossproof.segments.commit import CommitFailed, GroupCommitter
 from lossproof.segments.framing import HEADER_SIZE, FileWindow, Framing, Status, Verdict, verdict
 
 log = get(__name__)
@@ -566,7 +567,6 @@ class _Injected(OSError):
 class _Append:
     payload: bytes
     received_ms: int
-    fut: asyncio.Future[Position]
 
 
 class JournalWriter:
@@ -592,16 +592,23 @@ class JournalWriter:
         self.segment_bytes = max(HEADER_SIZE + 1, segment_bytes)
         self._faults = faults if faults is not None else Faults()
         self._max_batch_bytes = min(max_batch_bytes, self.segment_bytes)  # segments stay near their size
-        self._max_batch_records = max_batch_records
         self._on_commit = on_commit  # (records, fsync seconds), called in the writer thread
 
-        self._pending: list[_Append] = []
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
+        self._gc: GroupCommitter[_Append, Position] = GroupCommitter(
+            name="lossproof-journal-writer",
+            closed_message="journal is not open",
+            commit=self._commit_group,
+            error=JournalUnavailable,
+            on_bug=self._on_bug,
+            probe=self._roll,
+            on_health=self._on_health,
+            size_of=lambda a: len(a.payload) + HEADER_SIZE,
+            max_records=max_batch_records,
+            max_bytes=self._max_batch_bytes,
+            probe_backoff=(1.0, 1.0),
+        )
         self._lock_fd: int | None = None
         self._wm = watermark_cell(self.directory)
-        self.unhealthy: str | None = "not started"
 
         # owned by the commit thread (one batch at a time)
         self._fd: int | None = None
@@ -611,12 +618,17 @@ class JournalWriter:
         self._has_prev = False  # is there a segment ``_base`` the next header must vouch for?
         self._next_index = 1
         self._needs_roll = True
+        self._started_once = False
 
     # --- public ----------------------------------------------------------------------------------
 
     @property
     def active_segment(self) -> int | None:
         return self._base if self._fd is not None else None
+
+    @property
+    def unhealthy(self) -> str | None:
+        return self._gc.unhealthy
 
     async def start(self) -> None:
         make_dirs(self.directory)
@@ -626,109 +638,61 @@ class JournalWriter:
         except BaseException:
             self._close_files()
             raise
-        self._wake = asyncio.Event()
+        reason = None
         try:
             await asyncio.to_thread(self._roll)
-            self.unhealthy = None
         except OSError as e:
-            self.unhealthy = f"cannot create a journal segment in {self.directory}: {e.strerror or e}"
+            reason = f"cannot create a journal segment in {self.directory}: {e.strerror or e}"
             log.error("fallback.journal_roll_failed", error=str(e), directory=str(self.directory))
-        self._task = asyncio.create_task(self._committer())
+        self._gc.start(asyncio.get_running_loop(), healthy=reason is None)
+        if reason is not None:
+            self._gc.set_unhealthy(reason)
 
     async def append(self, entry: Entry, received_ms: int) -> Position:
         """Durably append one record; returns its position once fsync'd."""
-        if self._wake is None or self._closing:
+        if not self._gc.started:
             raise JournalUnavailable("journal is not open")
         payload = encode_entry(entry)
         if len(payload) > MAX_PAYLOAD:
             raise ValueError(f"record of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
-        fut: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Append(payload, received_ms, fut))
-        self._wake.set()
-        return await fut
+        return await self._gc.submit(_Append(payload, received_ms))
 
     def healthy(self) -> tuple[bool, str]:
-        return (self.unhealthy is None, self.unhealthy or "")
+        return self._gc.healthy()
 
     async def close(self) -> None:
         """Finish what is queued (each gets its answer), then release the journal."""
-        if self._wake is None:
+        if not self._gc.started:
             self._close_files()
             return
-        self._closing = True
-        self._wake.set()
-        if self._task is not None:
-            await self._task
+        await self._gc.close()
         self._close_files()
-        self.unhealthy = "closed"
+        self._gc.set_unhealthy("closed")
 
-    # --- committer -------------------------------------------------------------------------------
+    # --- the group-commit engine's hooks (in its thread) -----------------------------------------
 
-    async def _committer(self) -> None:
-        assert self._wake is not None
-        while True:
-            if not self._pending:
-                if self._closing:
-                    return
-                self._wake.clear()
-                if self.unhealthy is None:
-                    await self._wake.wait()
-                    continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 1.0)
-                if not self._pending and not self._closing:
-                    await self._probe()
-                continue
-            batch = self._take()
-            try:
-                positions = await asyncio.to_thread(self._commit, batch)
-            except OSError as e:
-                reason = f"journal write failed in {self.directory}: {e.strerror or e}"
-                self.unhealthy = reason
-                log.error(
-                    "fallback.journal_write_failed",
-                    error=str(e),
-                    errno=errno.errorcode.get(e.errno or 0, "?"),
-                    injected=isinstance(e, _Injected),
-                    requests=len(batch),
-                )
-                for a in batch:
-                    if not a.fut.done():
-                        a.fut.set_exception(JournalUnavailable(reason))
-                continue
-            except Exception as e:  # a bug: never acknowledge the batch
-                log.exception("fallback.journal_internal_error")
-                self.unhealthy = f"internal error: {e!r}"
-                self._needs_roll = True
-                for a in batch:
-                    if not a.fut.done():
-                        a.fut.set_exception(JournalUnavailable(self.unhealthy))
-                continue
-            if self.unhealthy is not None:
-                log.info("fallback.journal_recovered")
-            self.unhealthy = None
-            for a, p in zip(batch, positions, strict=True):
-                if not a.fut.done():
-                    a.fut.set_result(p)
+    def _on_health(self, reason: str | None) -> None:
+        if reason is None and self._started_once:
+            log.info("fallback.journal_recovered")
+        self._started_once = True
 
-    async def _probe(self) -> None:
+    def _on_bug(self, e: Exception) -> None:
+        log.error("fallback.journal_internal_error", error=repr(e))
+        self._needs_roll = True
+
+    def _commit_group(self, batch: list[_Append]) -> list[Position]:
         try:
-            await asyncio.to_thread(self._roll)
-        except OSError:
-            return
-        log.info("fallback.journal_recovered", probe=True)
-        self.unhealthy = None
-
-    def _take(self) -> list[_Append]:
-        n = size = 0
-        for a in self._pending:
-            if n and (n >= self._max_batch_records or size + len(a.payload) > self._max_batch_bytes):
-                break
-            n += 1
-            size += len(a.payload) + HEADER_SIZE
-        batch = self._pending[:n]
-        del self._pending[:n]
-        return batch
+            return self._commit(batch)
+        except OSError as e:
+            reason = f"journal write failed in {self.directory}: {e.strerror or e}"
+            log.error(
+                "fallback.journal_write_failed",
+                error=str(e),
+                errno=errno.errorcode.get(e.errno or 0, "?"),
+                injected=isinstance(e, _Injected),
+                requests=len(batch),
+            )
+            raise CommitFailed(reason) from e
 
     def _fault(self, name: str) -> dict[str, Any] | None:
         try:

@@ -50,9 +50,7 @@ import contextlib
 import errno
 import logging
 import os
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +70,7 @@ from lossproof.log.embedded.offsets import (
     try_lock,
 )
 from lossproof.segments import framing
+from lossproof.segments.commit import CommitFailed, GroupCommitter
 from lossproof.segments.state import InPlaceCell
 
 log = logging.getLogger("lossproof.log.embedded")
@@ -83,7 +82,6 @@ MAX_BATCH_RECORDS = 8192
 class _Append:
     key: bytes
     value: bytes
-    fut: asyncio.Future[Position]
     t0: float
     ts_ms: int
 
@@ -129,14 +127,26 @@ class EmbeddedLogWriter(LogWriter):
         self._m = WriterMetrics(self.registry)
 
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._cond = threading.Condition()
-        self._pending: list[_Append] = []
-        self._closing = False
         self._closed = False
-        self._thread: threading.Thread | None = None
         self._lock_fd: int | None = None
-        self._unhealthy: str | None = "not started"
-        self._dead: str | None = None
+        self._was_started = False
+        self._gc: GroupCommitter[_Append, Position] = GroupCommitter(
+            name="lossproof-log-writer",
+            closed_message="log writer is closed",
+            commit=self._commit,
+            error=LogUnavailable,
+            on_bug=self._on_bug,
+            probe=self._probe,
+            probe_failed=self._probe_failed,
+            housekeeping=self._housekeeping,
+            next_housekeeping=lambda: self._retention_at + self._retention_check,
+            on_close=self._on_close,
+            on_health=self._on_health,
+            size_of=lambda r: len(r.value) + len(r.key) + seg.HEADER_SIZE,
+            max_records=MAX_BATCH_RECORDS,
+            max_bytes=max_batch_bytes,
+            probe_backoff=(0.1, 5.0),
+        )
 
         # Owned by the writer thread after start().
         self._fd: int | None = None
@@ -148,8 +158,6 @@ class EmbeddedLogWriter(LogWriter):
         self._durable_pos = 0  # bytes of the active segment that are fsync'd
         self._sealed_bytes = 0
         self._needs_roll = False
-        self._probe_at = 0.0
-        self._probe_backoff = 0.1
         self._retention_at = 0.0
 
     # --- public API ------------------------------------------------------------------------------
@@ -169,10 +177,8 @@ class EmbeddedLogWriter(LogWriter):
             self._close_files()
             raise
         self._loop = asyncio.get_running_loop()
-        self._set_healthy()
         self._retention_at = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name="lossproof-log-writer", daemon=True)
-        self._thread.start()
+        self._gc.start(self._loop)
 
     async def append(self, key: bytes, value: bytes) -> Position:
         if self._loop is None:
@@ -180,39 +186,21 @@ class EmbeddedLogWriter(LogWriter):
         key, value = bytes(key), bytes(value)
         if len(key) + len(value) > seg.MAX_PAYLOAD:
             raise ValueError(f"record of {len(key) + len(value)} bytes exceeds {seg.MAX_PAYLOAD}")
-        fut: asyncio.Future[Position] = self._loop.create_future()
-        req = _Append(key, value, fut, time.perf_counter(), seg.now_ms())
-        with self._cond:
-            # checked under the lock: the writer thread only exits with the lock held and nothing queued
-            if self._closing:
-                raise LogUnavailable("log writer is closed")
-            if self._dead is not None:
-                raise LogUnavailable(self._dead)
-            self._pending.append(req)
-            self._cond.notify()
-        return await fut
+        return await self._gc.submit(_Append(key, value, time.perf_counter(), seg.now_ms()))
 
     def healthy(self) -> tuple[bool, str]:
-        reason = self._dead or self._unhealthy
-        if reason is None:
-            return True, ""
-        return False, reason
+        return self._gc.healthy()
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join)
+        await self._gc.close()
         self._close_files()
         if self._lock_fd is not None:
             release_lock(self._lock_fd)
             self._lock_fd = None
-        self._unhealthy = "closed"
-        self._m.healthy.set(0)
+        self._gc.set_unhealthy("closed")
 
     async def __aenter__(self) -> EmbeddedLogWriter:
         await self.start()
@@ -252,79 +240,36 @@ class EmbeddedLogWriter(LogWriter):
 
     # --- health ----------------------------------------------------------------------------------
 
-    def _set_healthy(self) -> None:
-        if self._unhealthy is not None:
-            if self._unhealthy not in ("not started",):
+    def _on_health(self, reason: str | None) -> None:
+        if reason is None:
+            if self._was_started:
                 log.info(
                     "log.recovered", extra={"directory": str(self.directory), "partition": self.partition}
                 )
-            self._unhealthy = None
-        self._m.healthy.set(1)
+            self._was_started = True
+            self._m.healthy.set(1)
+        else:
+            self._m.healthy.set(0)
 
-    def _set_unhealthy(self, reason: str) -> None:
-        self._unhealthy = reason
-        self._m.healthy.set(0)
+    def _on_bug(self, e: Exception) -> None:
+        log.error("log.writer_error", extra={"directory": str(self.directory), "partition": self.partition})
+        self._needs_roll = True
+
+    def _on_close(self) -> None:
+        if self._needs_roll:
+            # Closing right after a failure: seal the failed segment now, so the next start never
+            # trusts what the failed write left behind.
+            self._seal_active(self._fault("log.write"), self._fault("log.fsync"))
+
+    def _probe(self) -> None:
+        if self._needs_roll:
+            self._roll(self._fault("log.write"), self._fault("log.fsync"))
+
+    def _probe_failed(self, e: Exception) -> str:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        return f"log roll after failure failed: {why}"
 
     # --- writer thread ---------------------------------------------------------------------------
-
-    def _run(self) -> None:
-        try:
-            while True:
-                with self._cond:
-                    if not self._pending and not self._closing:
-                        self._cond.wait(self._idle_timeout())
-                    batch = self._take_batch()
-                    done = self._closing and not self._pending and not batch
-                if batch:
-                    try:
-                        self._commit(batch)
-                    except Exception as e:  # a bug: fail the group, never ack it
-                        log.exception(
-                            "log.writer_error",
-                            extra={"directory": str(self.directory), "partition": self.partition},
-                        )
-                        self._needs_roll = True
-                        self._set_unhealthy(f"internal error: {e!r}")
-                        self._fail(batch, f"internal error: {e!r}", "internal")
-                self._housekeeping()
-                if done:
-                    if self._needs_roll:
-                        # Closing right after a failure: seal the failed segment now, so the next
-                        # start never trusts what the failed write left behind.
-                        try:
-                            self._seal_active(self._fault("log.write"), self._fault("log.fsync"))
-                        except Exception as e:
-                            log.warning("log.seal_on_close_failed", extra={"error": str(e)})
-                    return
-        except BaseException as e:  # pragma: no cover - last resort: never leave appends hanging
-            log.exception(
-                "log.writer_died", extra={"directory": str(self.directory), "partition": self.partition}
-            )
-            with self._cond:
-                self._dead = f"log writer thread died: {e!r}"
-                rest, self._pending = self._pending, []
-            self._fail(rest, self._dead, "internal")
-
-    def _idle_timeout(self) -> float:
-        now = time.monotonic()
-        deadline = self._retention_at + self._retention_check
-        if self._needs_roll:
-            deadline = min(deadline, self._probe_at)
-        return min(max(deadline - now, 0.005), 1.0)
-
-    def _take_batch(self) -> list[_Append]:
-        if not self._pending:
-            return []
-        size = 0
-        n = 0
-        for r in self._pending:
-            if n >= MAX_BATCH_RECORDS or (n and size + len(r.value) > self._max_batch_bytes):
-                break
-            size += len(r.value) + len(r.key) + seg.HEADER_SIZE
-            n += 1
-        batch = self._pending[:n]
-        del self._pending[:n]
-        return batch
 
     def _fault(self, name: str) -> dict[str, Any] | None:
         try:
@@ -347,15 +292,14 @@ class EmbeddedLogWriter(LogWriter):
             elif mode == "fail":
                 raise _Injected(errno.EIO, "Input/output error (injected fsync)")
 
-    def _commit(self, batch: list[_Append]) -> None:
+    def _commit(self, batch: list[_Append]) -> list[Position]:
         write_f = self._fault("log.write")
         fsync_f = self._fault("log.fsync")
         if self._needs_roll or self._seg_size >= self._segment_bytes:
             try:
                 self._roll(write_f, fsync_f)
             except OSError as e:
-                self._io_failed("roll", e, batch)
-                return
+                raise CommitFailed(self._io_failed("roll", e, batch)) from e
         assert self._fd is not None
         first = self._next_offset
         bufs: list[bytes] = []
@@ -381,27 +325,24 @@ class EmbeddedLogWriter(LogWriter):
             stage = "watermark"
             self._write_watermark(self._next_offset)
         except OSError as e:
-            self._io_failed(stage, e, batch, first)
-            return
+            raise CommitFailed(self._io_failed(stage, e, batch, first)) from e
         self._durable_next = self._next_offset
         self._durable_pos = self._seg_size
-        self._set_healthy()
-        self._probe_backoff = 0.1
         now = time.perf_counter()
         for r in batch:
             self._m.append_seconds.observe(now - r.t0)
         self._m.fsync_batch_records.observe(len(batch))
         self._m.end_offset.set(self._durable_next)
         self._m.bytes.set(self._sealed_bytes + self._seg_size)
-        self._resolve(batch, first)
+        part = self.partition
+        return [Position(part, first + i) for i in range(len(batch))]
 
-    def _io_failed(self, stage: str, e: OSError, batch: list[_Append], first: int | None = None) -> None:
+    def _io_failed(self, stage: str, e: OSError, batch: list[_Append], first: int | None = None) -> str:
+        """Record a failed group (log, metrics) and leave this segment; returns the reason."""
         path = seg.segment_path(self._pdir, self._base)
         reason = f"log {stage} failed on {path}: {e.strerror or e}"
         label = f"{stage}_{_errname(e)}"
-        self._set_unhealthy(reason)
         self._needs_roll = True
-        self._probe_at = time.monotonic() + self._probe_backoff
         self._m.append_errors.labels(reason=label).inc(len(batch))
         log.error(
             f"log.{stage}_failed",
@@ -415,33 +356,7 @@ class EmbeddedLogWriter(LogWriter):
                 "durable_next": self._durable_next,
             },
         )
-        self._fail(batch, reason, label)
-
-    def _fail(self, batch: list[_Append], reason: str, label: str) -> None:
-        if not batch:
-            return
-
-        def fail() -> None:
-            for r in batch:
-                if not r.fut.done():
-                    r.fut.set_exception(LogUnavailable(reason))
-
-        self._call_in_loop(fail)
-
-    def _resolve(self, batch: list[_Append], first: int) -> None:
-        part = self.partition
-
-        def resolve() -> None:
-            for i, r in enumerate(batch):
-                if not r.fut.done():
-                    r.fut.set_result(Position(part, first + i))
-
-        self._call_in_loop(resolve)
-
-    def _call_in_loop(self, fn: Callable[[], None]) -> None:
-        assert self._loop is not None
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-            self._loop.call_soon_threadsafe(fn)
+        return reason
 
     def _write_watermark(self, durable_next: int) -> None:
         """Durably record that every offset below ``durable_next`` is fsync'd (readers read up to it)."""
@@ -494,17 +409,6 @@ class EmbeddedLogWriter(LogWriter):
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
-        if self._needs_roll and now >= self._probe_at:
-            try:
-                self._roll(self._fault("log.write"), self._fault("log.fsync"))
-            except Exception as e:
-                self._probe_backoff = min(self._probe_backoff * 2, 5.0)
-                self._probe_at = now + self._probe_backoff
-                why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-                self._set_unhealthy(f"log roll after failure failed: {why}")
-            else:
-                self._probe_backoff = 0.1
-                self._set_healthy()
         if now >= self._retention_at + self._retention_check:
             self._retention_at = now
             try:
