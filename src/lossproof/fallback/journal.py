@@ -72,16 +72,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
-from lossproof.durable import fdatasync_path, fsync_dir, make_dirs, writev_all
-from lossproof.faults import Faults
+from lossproof.durable import fdatasync_path, fsync_dir, make_dirs
 from lossproof.obs.logging import get
 from lossproof.segments import state as cells
 from lossproof.segments.commit import CommitFailed, GroupCommitter
 from lossproof.segments.framing import HEADER_SIZE, FileWindow, Framing, Status, Verdict, verdict
+from lossproof.segments.fs import FS, REAL, InjectedFault
 
 log = get(__name__)
 
@@ -559,10 +558,6 @@ def journal_bytes(directory: Path) -> tuple[int, int]:
 # --- writing -------------------------------------------------------------------------------------
 
 
-class _Injected(OSError):
-    pass
-
-
 @dataclass(slots=True)
 class _Append:
     payload: bytes
@@ -583,14 +578,14 @@ class JournalWriter:
         directory: Path,
         *,
         segment_bytes: int = 64 * 2**20,
-        faults: Faults | None = None,
+        fs: FS = REAL,
         max_batch_bytes: int = 32 * 2**20,
         max_batch_records: int = 4096,
         on_commit: Callable[[int, float], None] | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.segment_bytes = max(HEADER_SIZE + 1, segment_bytes)
-        self._faults = faults if faults is not None else Faults()
+        self._fs = fs  # every write and sync of the write path (tests hand in a FaultyFS)
         self._max_batch_bytes = min(max_batch_bytes, self.segment_bytes)  # segments stay near their size
         self._on_commit = on_commit  # (records, fsync seconds), called in the writer thread
 
@@ -689,28 +684,10 @@ class JournalWriter:
                 "fallback.journal_write_failed",
                 error=str(e),
                 errno=errno.errorcode.get(e.errno or 0, "?"),
-                injected=isinstance(e, _Injected),
+                injected=isinstance(e, InjectedFault),
                 requests=len(batch),
             )
             raise CommitFailed(reason) from e
-
-    def _fault(self, name: str) -> dict[str, Any] | None:
-        try:
-            return self._faults.get(name)
-        except Exception:
-            return None
-
-    def _inject(self, stage: str) -> None:
-        f = self._fault(f"fallback.{stage}")
-        if not f:
-            return
-        mode = f.get("mode")
-        if stage == "write" and mode == "enospc":
-            raise _Injected(errno.ENOSPC, "No space left on device (injected)")
-        if mode == "fail":
-            raise _Injected(errno.EIO, f"Input/output error (injected {stage})")
-        if stage == "fsync" and mode == "delay":
-            time.sleep(float(f.get("seconds", 1.0)))
 
     # --- commit thread ---------------------------------------------------------------------------
 
@@ -729,11 +706,9 @@ class JournalWriter:
             pos += HEADER_SIZE + len(a.payload)
         self._next_index = first + len(batch)  # handed out even if the write fails: never reused
         try:
-            self._inject("write")
-            self._seg_size += writev_all(self._fd, bufs)
-            self._inject("fsync")
+            self._seg_size += self._fs.writev(self._fd, bufs)
             t = time.perf_counter()
-            os.fdatasync(self._fd)
+            self._fs.fdatasync(self._fd)
             took = time.perf_counter() - t
         except OSError:
             # Never acknowledged: cut them off (best effort; if that fails too, a restart may find
@@ -751,16 +726,14 @@ class JournalWriter:
 
     def _roll(self) -> None:
         """Start a new segment whose header vouches for the durable part of the current one."""
-        self._inject("write")
         base = max(self._next_index, self._base + 1)
         path = segment_path(self.directory, base)
         tmp = path.with_name(path.name + ".tmp")
         prev_end = self._durable_pos if self._has_prev else NO_PREV
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
-            writev_all(fd, [encode_segment_header(base, prev_end)])
-            self._inject("fsync")
-            os.fsync(fd)
+            self._fs.writev(fd, [encode_segment_header(base, prev_end)])
+            self._fs.fsync(fd)
             os.replace(tmp, path)
             fsync_dir(self.directory)
         except BaseException:

@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from lossproof.config import Config, hash_key
 from lossproof.fallback import journal as jn
 from lossproof.fallback import progress as pg
-from lossproof.faults import Faults
+from lossproof.faults import file_system
 from lossproof.httputil import (
     ApiError,
     accounted,
@@ -280,7 +280,7 @@ async def serve(cfg: Config, data_dir: Path, opts: ReceiverOptions, ready: Calla
     writer = jn.JournalWriter(
         jn.journal_dir(data_dir),
         segment_bytes=opts.segment_bytes,
-        faults=Faults(),
+        fs=file_system("fallback"),
         on_commit=metrics.observe_commit,
     )
     await writer.start()

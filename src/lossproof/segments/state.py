@@ -27,7 +27,7 @@ import struct
 import zlib
 from pathlib import Path
 
-from lossproof.durable import write_atomic
+from lossproof.segments.fs import FS, REAL
 
 _CRC = struct.Struct("<I")
 _SIZED = struct.Struct("<II")
@@ -66,9 +66,9 @@ def open_sized_cell(magic: bytes, data: bytes) -> tuple[bytes | None, str]:
     return body, ""
 
 
-def replace(path: Path, data: bytes, *, fsync: bool = True) -> None:
+def replace(path: Path, data: bytes, *, fsync: bool = True, fs: FS = REAL) -> None:
     """Atomically (and, with ``fsync``, durably) replace the file at ``path``."""
-    write_atomic(path, data, fsync=fsync)
+    fs.write_atomic(path, data, fsync=fsync)
 
 
 def load(path: Path) -> bytes | None:

@@ -75,6 +75,7 @@ from lossproof.segments.framing import (
     Scan,
     Status,
 )
+from lossproof.segments.fs import FS, REAL
 
 __all__ = ["HEADER_SIZE", "MAX_PAYLOAD", "FileWindow", "Header", "Parsed", "Scan", "Status"]
 
@@ -244,9 +245,9 @@ def read_seal(pdir: Path, base: int) -> Seal | None:
     return seal
 
 
-def write_seal(pdir: Path, base: int, seal: Seal, *, fsync: bool = True) -> None:
+def write_seal(pdir: Path, base: int, seal: Seal, *, fsync: bool = True, fs: FS = REAL) -> None:
     """Durably write a seal: tmp file, fsync, rename, fsync the directory."""
-    cells.replace(seal_path(pdir, base), encode_seal(seal), fsync=fsync)
+    cells.replace(seal_path(pdir, base), encode_seal(seal), fsync=fsync, fs=fs)
 
 
 # --- durable watermark ---------------------------------------------------------------------------

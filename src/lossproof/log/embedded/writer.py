@@ -53,12 +53,10 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from lossproof.durable import fsync_dir, make_dirs, writev_all
-from lossproof.faults import Faults
+from lossproof.durable import fsync_dir, make_dirs
 from lossproof.log.base import LogCorrupt, LogError, LogUnavailable, LogWriter, Position
 from lossproof.log.embedded import segment as seg
 from lossproof.log.embedded.metrics import WriterMetrics
@@ -71,6 +69,7 @@ from lossproof.log.embedded.offsets import (
 )
 from lossproof.segments import framing
 from lossproof.segments.commit import CommitFailed, GroupCommitter
+from lossproof.segments.fs import FS, REAL, InjectedFault
 from lossproof.segments.state import InPlaceCell
 
 log = logging.getLogger("lossproof.log.embedded")
@@ -84,10 +83,6 @@ class _Append:
     value: bytes
     t0: float
     ts_ms: int
-
-
-class _Injected(OSError):
-    """An OSError raised by a fault hook (so logs can say it was injected)."""
 
 
 def _errname(e: OSError) -> str:
@@ -105,7 +100,7 @@ class EmbeddedLogWriter(LogWriter):
         partitions: int = 1,
         segment_bytes: int = 64 * 2**20,
         retention_seconds: float = 0.0,
-        faults: Faults | None = None,
+        fs: FS = REAL,
         registry: CollectorRegistry | None = None,
         retention_check_seconds: float = 5.0,
         max_batch_bytes: int = 32 * 2**20,
@@ -122,7 +117,7 @@ class EmbeddedLogWriter(LogWriter):
         self._retention_check = retention_check_seconds
         self._max_batch_bytes = max_batch_bytes
         self._full_verify = full_verify
-        self._faults = faults if faults is not None else Faults()
+        self._fs = fs  # every write and sync of the write path (tests hand in a FaultyFS)
         self.registry = registry if registry is not None else CollectorRegistry()
         self._m = WriterMetrics(self.registry)
 
@@ -259,11 +254,11 @@ class EmbeddedLogWriter(LogWriter):
         if self._needs_roll:
             # Closing right after a failure: seal the failed segment now, so the next start never
             # trusts what the failed write left behind.
-            self._seal_active(self._fault("log.write"), self._fault("log.fsync"))
+            self._seal_active()
 
     def _probe(self) -> None:
         if self._needs_roll:
-            self._roll(self._fault("log.write"), self._fault("log.fsync"))
+            self._roll()
 
     def _probe_failed(self, e: Exception) -> str:
         why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
@@ -271,33 +266,10 @@ class EmbeddedLogWriter(LogWriter):
 
     # --- writer thread ---------------------------------------------------------------------------
 
-    def _fault(self, name: str) -> dict[str, Any] | None:
-        try:
-            return self._faults.get(name)
-        except Exception:  # a broken fault file must never break the log
-            return None
-
-    def _inject(self, stage: str, write_f: dict[str, Any] | None, fsync_f: dict[str, Any] | None) -> None:
-        """Raise/sleep as the fault hooks say for ``stage`` ("write" or "fsync")."""
-        if stage == "write" and write_f:
-            mode = write_f.get("mode")
-            if mode == "enospc":
-                raise _Injected(errno.ENOSPC, "No space left on device (injected)")
-            if mode == "fail":
-                raise _Injected(errno.EIO, "Input/output error (injected write)")
-        if stage == "fsync" and fsync_f:
-            mode = fsync_f.get("mode")
-            if mode == "delay":
-                time.sleep(float(fsync_f.get("seconds", 1.0)))
-            elif mode == "fail":
-                raise _Injected(errno.EIO, "Input/output error (injected fsync)")
-
     def _commit(self, batch: list[_Append]) -> list[Position]:
-        write_f = self._fault("log.write")
-        fsync_f = self._fault("log.fsync")
         if self._needs_roll or self._seg_size >= self._segment_bytes:
             try:
-                self._roll(write_f, fsync_f)
+                self._roll()
             except OSError as e:
                 raise CommitFailed(self._io_failed("roll", e, batch)) from e
         assert self._fd is not None
@@ -310,13 +282,11 @@ class EmbeddedLogWriter(LogWriter):
         self._next_offset = first + len(batch)  # handed out from here on, even if the write fails
         stage = "write"
         try:
-            self._inject("write", write_f, fsync_f)
-            written = writev_all(self._fd, bufs)
+            written = self._fs.writev(self._fd, bufs)
             self._seg_size += written
             stage = "fsync"
-            self._inject("fsync", write_f, fsync_f)
             t = time.perf_counter()
-            os.fdatasync(self._fd)
+            self._fs.fdatasync(self._fd)
             self._m.fsync_seconds.observe(time.perf_counter() - t)
             # The watermark is the floor recovery trusts: below it, damage is corruption, never a
             # torn tail to cut. It must be durable before the group is acknowledged, or a power cut
@@ -350,7 +320,7 @@ class EmbeddedLogWriter(LogWriter):
                 "path": str(path),
                 "error": str(e),
                 "errno": _errname(e),
-                "injected": isinstance(e, _Injected),
+                "injected": isinstance(e, InjectedFault),
                 "records": len(batch),
                 "first_offset": first,
                 "durable_next": self._durable_next,
@@ -363,20 +333,17 @@ class EmbeddedLogWriter(LogWriter):
         assert self._wm is not None
         self._wm.write(durable_next)
 
-    def _roll(self, write_f: dict[str, Any] | None, fsync_f: dict[str, Any] | None) -> None:
+    def _roll(self) -> None:
         """Seal the active segment at its last fsync'd byte and start a new one past every offset."""
-        self._seal_active(write_f, fsync_f)
+        self._seal_active()
         self._open_new_segment(self._next_offset)
         self._needs_roll = False
         self._retention_at = 0.0  # run retention after every roll
 
-    def _seal_active(self, write_f: dict[str, Any] | None, fsync_f: dict[str, Any] | None) -> None:
-        self._inject("write", write_f, fsync_f)
-        if fsync_f and fsync_f.get("mode") == "fail":
-            self._inject("fsync", write_f, fsync_f)
+    def _seal_active(self) -> None:
         if self._fd is not None:
             seal = seg.Seal(self._durable_pos, self._durable_next, self._next_offset, seg.now_ms())
-            seg.write_seal(self._pdir, self._base, seal)
+            seg.write_seal(self._pdir, self._base, seal, fs=self._fs)
             os.close(self._fd)
             self._fd = None
             self._sealed_bytes += self._seg_size
