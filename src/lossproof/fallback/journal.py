@@ -66,7 +66,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import re
 import struct
 import time
 from collections.abc import Callable
@@ -81,6 +80,7 @@ from lossproof.segments import state as cells
 from lossproof.segments.commit import CommitFailed, GroupCommitter
 from lossproof.segments.framing import HEADER_SIZE, FileWindow, Framing, Status, Verdict, verdict
 from lossproof.segments.fs import FS, REAL, InjectedFault
+from lossproof.segments.names import SegmentNames
 
 log = get(__name__)
 
@@ -101,7 +101,6 @@ JOURNAL_DIR = "journal"
 LOCK_FILE = "writer.lock"
 WATERMARK_FILE = "durable"
 SEGMENT_SUFFIX = ".jnl"
-_SEGMENT_RE = re.compile(r"^(\d{20})\.jnl$")
 
 
 class JournalError(Exception):
@@ -201,16 +200,15 @@ def journal_dir(data_dir: Path) -> Path:
     return data_dir / JOURNAL_DIR
 
 
+_SEGMENTS = SegmentNames(20, SEGMENT_SUFFIX)
+
+
 def segment_path(directory: Path, base: int) -> Path:
-    return directory / f"{base:020d}{SEGMENT_SUFFIX}"
+    return _SEGMENTS.path(directory, base)
 
 
 def list_segments(directory: Path) -> list[int]:
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return []
-    return sorted(int(m.group(1)) for n in names if (m := _SEGMENT_RE.match(n)))
+    return _SEGMENTS.list(directory)
 
 
 def encode_segment_header(base: int, prev_end: int) -> bytes:

@@ -27,14 +27,13 @@ a segment is vouched for but the records themselves, see :func:`lossproof.segmen
 
 from __future__ import annotations
 
-import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import zstandard
 
 from lossproof.segments.framing import FRAME, HEADER_SIZE, MAX_PAYLOAD, Framing
+from lossproof.segments.names import SegmentNames
 
 __all__ = ["FRAMING", "HEADER_SIZE", "MAGIC", "MAX_PAYLOAD", "Codec", "RecordInfo", "Scan"]
 
@@ -53,19 +52,15 @@ def _check_encoding(aux: int, length: int) -> str | None:
 FRAMING = Framing(MAGIC, max_payload=MAX_PAYLOAD, check_aux=_check_encoding)
 
 SEGMENT_DIR = "segments"
-_SEGMENT_RE = re.compile(r"^(\d{10})\.seg$")
+_NAMES = SegmentNames(10, ".seg", SEGMENT_DIR)
 
 
 def segment_path(directory: Path, seg_id: int) -> Path:
-    return directory / SEGMENT_DIR / f"{seg_id:010d}.seg"
+    return _NAMES.path(directory, seg_id)
 
 
 def list_segments(directory: Path) -> list[int]:
-    try:
-        names = os.listdir(directory / SEGMENT_DIR)
-    except FileNotFoundError:
-        return []
-    return sorted(int(m.group(1)) for n in names if (m := _SEGMENT_RE.match(n)))
+    return _NAMES.list(directory)
 
 
 class Codec:

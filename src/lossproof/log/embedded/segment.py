@@ -76,6 +76,7 @@ from lossproof.segments.framing import (
     Status,
 )
 from lossproof.segments.fs import FS, REAL
+from lossproof.segments.names import SegmentNames
 
 __all__ = ["HEADER_SIZE", "MAX_PAYLOAD", "FileWindow", "Header", "Parsed", "Scan", "Status"]
 
@@ -88,7 +89,6 @@ WATERMARK_SIZE = 16
 SEGMENT_SUFFIX = ".seg"
 SEAL_SUFFIX = ".seal"
 WATERMARK_FILE = "durable"
-_SEGMENT_RE = re.compile(r"^(\d{20})\.seg$")
 
 
 WRITER_LOCK = "writer.lock"
@@ -121,27 +121,21 @@ def list_partitions(directory: Path) -> list[int]:
     return out
 
 
+_SEGMENTS = SegmentNames(20, SEGMENT_SUFFIX)
+_SEALS = SegmentNames(20, SEAL_SUFFIX)
+
+
 def segment_path(pdir: Path, base: int) -> Path:
-    return pdir / f"{base:020d}{SEGMENT_SUFFIX}"
+    return _SEGMENTS.path(pdir, base)
 
 
 def seal_path(pdir: Path, base: int) -> Path:
-    return pdir / f"{base:020d}{SEAL_SUFFIX}"
+    return _SEALS.path(pdir, base)
 
 
 def list_segments(pdir: Path) -> list[int]:
     """Base offsets of the segment files in ``pdir``, ascending ([] if the directory is missing)."""
-    try:
-        names = os.listdir(pdir)
-    except FileNotFoundError:
-        return []
-    bases = []
-    for name in names:
-        m = _SEGMENT_RE.match(name)
-        if m:
-            bases.append(int(m.group(1)))
-    bases.sort()
-    return bases
+    return _SEGMENTS.list(pdir)
 
 
 def now_ms() -> int:
