@@ -66,39 +66,30 @@ class FaultyFS(FS):
         except Exception:  # a broken fault source must never break the writer
             return None
 
-    def _write_fault(self) -> None:
-        f = self._fault("write")
-        if not f:
-            return
+    def _check(self, stage: str, *, delay: bool = True) -> None:
+        """Raise or sleep as the ``stage`` fault ("write" or "fsync") says."""
+        f = self._fault(stage) or {}
         mode = f.get("mode")
-        if mode == "enospc":
+        if mode == "enospc" and stage == "write":
             raise InjectedFault(errno.ENOSPC, "No space left on device (injected)")
         if mode == "fail":
-            raise InjectedFault(errno.EIO, "Input/output error (injected write)")
-
-    def _sync_fault(self, *, delay: bool = True) -> None:
-        f = self._fault("fsync")
-        if not f:
-            return
-        mode = f.get("mode")
-        if mode == "fail":
-            raise InjectedFault(errno.EIO, "Input/output error (injected fsync)")
-        if mode == "delay" and delay:
+            raise InjectedFault(errno.EIO, f"Input/output error (injected {stage})")
+        if mode == "delay" and stage == "fsync" and delay:
             time.sleep(float(f.get("seconds", 1.0)))
 
     def writev(self, fd: int, bufs: list[bytes]) -> int:
-        self._write_fault()
+        self._check("write")
         return super().writev(fd, bufs)
 
     def fsync(self, fd: int) -> None:
-        self._sync_fault()
+        self._check("fsync")
         super().fsync(fd)
 
     def fdatasync(self, fd: int) -> None:
-        self._sync_fault()
+        self._check("fsync")
         super().fdatasync(fd)
 
     def write_atomic(self, path: Path, data: bytes, *, fsync: bool = True) -> None:
-        self._write_fault()
-        self._sync_fault(delay=False)
+        self._check("write")
+        self._check("fsync", delay=False)
         super().write_atomic(path, data, fsync=fsync)

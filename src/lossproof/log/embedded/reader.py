@@ -308,11 +308,7 @@ class _Partition:
         return True
 
     def _read_seal(self, base: int) -> seg.Seal | None:
-        try:
-            return seg.read_seal(self.pdir, base)
-        except seg.BadSeal as e:
-            log.warning("log.seal_damaged", extra={"error": str(e)})
-            return None
+        return seg.read_seal_or_none(self.pdir, base)
 
     def _end_of_segment(self, res: PollResult, w: int, reason: str | None = None) -> bool:
         """No more records at the cursor although offsets below ``w`` remain. Returns progress."""

@@ -57,6 +57,7 @@ acknowledged offset is below it after a power cut)::
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import struct
@@ -237,6 +238,16 @@ def read_seal(pdir: Path, base: int) -> Seal | None:
     if seal is None:
         raise BadSeal(f"{seal_path(pdir, base)}: damaged seal ({len(data)} bytes)")
     return seal
+
+
+def read_seal_or_none(pdir: Path, base: int) -> Seal | None:
+    """The segment's seal; None if it has none or it is damaged (logged: the segment is then read as
+    an unsealed one, up to its first bad record)."""
+    try:
+        return read_seal(pdir, base)
+    except BadSeal as e:
+        logging.getLogger("lossproof.log.embedded").warning("log.seal_damaged", extra={"error": str(e)})
+        return None
 
 
 def write_seal(pdir: Path, base: int, seal: Seal, *, fsync: bool = True, fs: FS = REAL) -> None:

@@ -453,7 +453,7 @@ class EmbeddedLogWriter(LogWriter):
         else:
             last = bases[-1]
             path = seg.segment_path(self._pdir, last)
-            seal = self._read_seal_or_none(last)
+            seal = seg.read_seal_or_none(self._pdir, last)
             res = seg.scan_segment(path, last, verify_crc=True, limit=seal.end_pos if seal else None)
             # A valid record after a bad one is damage inside fsync'd data only if the bad record
             # is below the durable watermark (or in a sealed segment, fsync'd whole). Past it, the
@@ -546,17 +546,10 @@ class EmbeddedLogWriter(LogWriter):
             },
         )
 
-    def _read_seal_or_none(self, base: int) -> seg.Seal | None:
-        try:
-            return seg.read_seal(self._pdir, base)
-        except seg.BadSeal as e:
-            log.warning("log.seal_damaged", extra={"error": str(e)})
-            return None
-
     def _check_sealed(self, base: int, next_base: int) -> int:
         """Check a non-last segment; returns its size. Raises LogCorrupt on any damage."""
         path = seg.segment_path(self._pdir, base)
-        seal = self._read_seal_or_none(base)
+        seal = seg.read_seal_or_none(self._pdir, base)
         res = seg.scan_segment(path, base, verify_crc=self._full_verify, limit=seal.end_pos if seal else None)
         if seal is not None and res.file_size < seal.end_pos:
             raise LogCorrupt(f"{path}: file is {res.file_size} bytes but its seal says {seal.end_pos}")
