@@ -37,9 +37,9 @@ class FS:
     def fdatasync(self, fd: int) -> None:
         os.fdatasync(fd)
 
-    def write_atomic(self, path: Path, data: bytes, *, fsync: bool = True) -> None:
+    def write_atomic(self, path: Path, data: bytes, *, fsync: bool = True, tmp: Path | None = None) -> None:
         """Replace ``path`` with ``data`` all at once (see :func:`lossproof.durable.write_atomic`)."""
-        write_atomic(path, data, fsync=fsync)
+        write_atomic(path, data, fsync=fsync, tmp=tmp)
 
 
 REAL = FS()
@@ -89,7 +89,7 @@ class FaultyFS(FS):
         self._check("fsync")
         super().fdatasync(fd)
 
-    def write_atomic(self, path: Path, data: bytes, *, fsync: bool = True) -> None:
+    def write_atomic(self, path: Path, data: bytes, *, fsync: bool = True, tmp: Path | None = None) -> None:
         self._check("write")
         self._check("fsync", delay=False)
-        super().write_atomic(path, data, fsync=fsync)
+        super().write_atomic(path, data, fsync=fsync, tmp=tmp)

@@ -66,9 +66,15 @@ def open_sized_cell(magic: bytes, data: bytes) -> tuple[bytes | None, str]:
     return body, ""
 
 
-def replace(path: Path, data: bytes, *, fsync: bool = True, fs: FS = REAL) -> None:
-    """Atomically (and, with ``fsync``, durably) replace the file at ``path``."""
-    fs.write_atomic(path, data, fsync=fsync)
+def replace(path: Path, data: bytes, *, fsync: bool = True, tmp: Path | None = None, fs: FS = REAL) -> None:
+    """Atomically (and, with ``fsync``, durably) replace the file at ``path`` (``tmp``: the temporary
+    name, when several processes may replace the same file at once)."""
+    fs.write_atomic(path, data, fsync=fsync, tmp=tmp)
+
+
+def json_cell(key: str, body: bytes) -> bytes:
+    """A JSON state file: ``{"KEY": BODY, "crc32": crc32(BODY)}`` (the log's consumer offsets)."""
+    return b'{"' + key.encode() + b'": ' + body + b', "crc32": ' + str(zlib.crc32(body)).encode() + b"}\n"
 
 
 def load(path: Path) -> bytes | None:

@@ -31,8 +31,9 @@ import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
-from lossproof.durable import fsync_dir, write_atomic
+from lossproof.durable import fsync_dir
 from lossproof.log.base import LogError
+from lossproof.segments import state as cells
 
 log = logging.getLogger("lossproof.log.embedded")
 
@@ -122,8 +123,7 @@ def write_committed(directory: Path, group: str, offsets: Mapping[int, int]) -> 
     """Atomically and durably replace the group's committed offsets."""
     path = offset_path(directory, group)
     body = _canonical(offsets)
-    data = b'{"offsets": ' + body + b', "crc32": ' + str(zlib.crc32(body)).encode() + b"}\n"
-    write_atomic(path, data)
+    cells.replace(path, cells.json_cell("offsets", body))
 
 
 def list_groups(directory: Path) -> list[str]:
