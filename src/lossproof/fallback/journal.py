@@ -80,6 +80,7 @@ from lossproof.segments import state as cells
 from lossproof.segments.commit import CommitFailed, GroupCommitter
 from lossproof.segments.framing import HEADER_SIZE, FileWindow, Framing, Status, Verdict, verdict
 from lossproof.segments.fs import FS, REAL, InjectedFault
+from lossproof.segments.lock import try_lock
 from lossproof.segments.names import SegmentNames
 
 log = get(__name__)
@@ -276,25 +277,17 @@ def writer_live(directory: Path) -> bool:
 
 
 def acquire_writer_lock(directory: Path, wait: float = 3.0) -> int:
-    path = directory / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     deadline = time.monotonic() + wait
     while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            # a reader probing liveness holds a shared lock for microseconds: retry a little
-            if time.monotonic() >= deadline:
-                other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-                os.close(fd)
-                raise JournalLocked(
-                    f"another fallback receiver (pid {other}) is writing the journal at {directory}"
-                ) from None
-            time.sleep(0.02)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+        fd, other = try_lock(directory / LOCK_FILE)
+        if fd is not None:
+            return fd
+        # a reader probing liveness holds a shared lock for microseconds: retry a little
+        if time.monotonic() >= deadline:
+            raise JournalLocked(
+                f"another fallback receiver (pid {other}) is writing the journal at {directory}"
+            )
+        time.sleep(0.02)
 
 
 # --- parsing -------------------------------------------------------------------------------------

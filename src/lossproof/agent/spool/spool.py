@@ -18,7 +18,6 @@ only delays the other threads by the duration of a disk flush.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import secrets
 import threading
@@ -43,6 +42,7 @@ from lossproof.agent.spool.format import (
 )
 from lossproof.durable import fdatasync_path, fsync_dir, make_dirs
 from lossproof.obs.logging import get
+from lossproof.segments.lock import try_lock
 
 log = get(__name__)
 
@@ -193,16 +193,10 @@ class Spool:
         # every directory it creates, not only the last, is synced into its parent: a spool whose
         # parent directory was new too must not vanish in a power cut with everything it held
         make_dirs(self.dir)
-        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
+        fd, holder = try_lock(self.dir / "lock", str(os.getpid()))
+        if fd is None:
             # Two agents on one spool would hand out the same seqs: refuse.
-            raise SpoolError(f"spool {self.dir} is in use by another agent (pid {holder})") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+            raise SpoolError(f"spool {self.dir} is in use by another agent (pid {holder})")
         return fd
 
     def _recover(self) -> Recovery:
