@@ -1,12 +1,12 @@
 """The file-system seam of the durable write paths.
 
-The segment writers (embedded log, fallback journal) do their writes and syncs through an
+The segment writers (embedded log, fallback journal, agent spool) do their writes and syncs through an
 :class:`FS` they are handed (default: :data:`REAL`, plain ``os`` calls). Tests and the chaos harness
 hand in a :class:`FaultyFS` instead, which fails or delays those operations as a fault source says;
 the production code has no fault branches of its own.
 
 Faults (``FaultSource.get(name)``, e.g. :class:`lossproof.faults.Faults` reading the fault file, or
-a dict in a test), with ``PREFIX`` the writer's (``log`` or ``fallback``):
+a dict in a test), with ``PREFIX`` the writer's (``log``, ``fallback`` or ``spool``):
 
 * ``PREFIX.write``: ``{"mode": "enospc"}`` or ``{"mode": "fail"}`` (EIO) — every write fails;
 * ``PREFIX.fsync``: ``{"mode": "fail"}`` (EIO) or ``{"mode": "delay", "seconds": s}`` — every
@@ -30,6 +30,14 @@ class FS:
     def writev(self, fd: int, bufs: list[bytes]) -> int:
         """Write every buffer (short writes resumed); returns the bytes written."""
         return writev_all(fd, bufs)
+
+    def pwrite_all(self, fd: int, data: bytes, pos: int) -> None:
+        """Write all of ``data`` at ``pos`` (short writes resumed)."""
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(fd, view, pos)
+            view = view[n:]
+            pos += n
 
     def fsync(self, fd: int) -> None:
         os.fsync(fd)
@@ -80,6 +88,10 @@ class FaultyFS(FS):
     def writev(self, fd: int, bufs: list[bytes]) -> int:
         self._check("write")
         return super().writev(fd, bufs)
+
+    def pwrite_all(self, fd: int, data: bytes, pos: int) -> None:
+        self._check("write")
+        super().pwrite_all(fd, data, pos)
 
     def fsync(self, fd: int) -> None:
         self._check("fsync")

@@ -42,6 +42,7 @@ from lossproof.agent.spool.format import (
 )
 from lossproof.durable import fdatasync_path, fsync_dir, make_dirs
 from lossproof.obs.logging import get
+from lossproof.segments.fs import FS, REAL
 from lossproof.segments.lock import try_lock
 
 log = get(__name__)
@@ -145,14 +146,6 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _pwrite_all(fd: int, data: bytes, pos: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, pos)
-        view = view[n:]
-        pos += n
-
-
 class Spool:
     """Open (and recover) the spool in ``directory``. One process at a time: the directory is locked."""
 
@@ -162,8 +155,10 @@ class Spool:
         limits: SpoolLimits | None = None,
         clock: Callable[[], int] = _now_ms,
         on_drop: Callable[[int, str], None] | None = None,
+        fs: FS = REAL,
     ) -> None:
         self.dir = directory
+        self._fs = fs  # the appends' writes and syncs (tests may hand in a FaultyFS)
         self.limits = limits or SpoolLimits()
         self.clock = clock
         self._on_drop = on_drop
@@ -331,8 +326,8 @@ class Spool:
                 # an empty spool takes a request larger than the limit: it could never go in otherwise
                 if require_room and self._pending and sum(map(len, recs)) > room:
                     raise SpoolFull(self._full_message())
-                _pwrite_all(seg.fd, b"".join(recs), seg.end)
-                os.fsync(seg.fd)
+                self._fs.pwrite_all(seg.fd, b"".join(recs), seg.end)
+                self._fs.fsync(seg.fd)
             except OSError as e:
                 if self._active is not None:
                     with contextlib.suppress(OSError):
