@@ -188,11 +188,11 @@ class GroupCommitter(Generic[Req, Res]):
                         try:
                             self._on_close()
                         except Exception as e:
-                            extra = {"name": self.name, "error": str(e)}
+                            extra = {"writer": self.name, "error": str(e)}
                             log.warning("segments.on_close_failed", extra=extra)
                     return
         except BaseException as e:  # pragma: no cover - last resort: never leave appends hanging
-            log.exception("segments.writer_died", extra={"name": self.name})
+            log.exception("segments.writer_died", extra={"writer": self.name})
             with self._cond:
                 self._dead = f"{self.name} thread died: {e!r}"
                 rest, self._pending = self._pending, []
@@ -228,7 +228,7 @@ class GroupCommitter(Generic[Req, Res]):
             self._fail(batch, e.reason)
             return
         except Exception as e:  # a bug: fail the group, never acknowledge it
-            log.exception("segments.commit_error", extra={"name": self.name})
+            log.exception("segments.commit_error", extra={"writer": self.name})
             if self._on_bug is not None:
                 self._on_bug(e)
             reason = f"internal error: {e!r}"
