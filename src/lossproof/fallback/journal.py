@@ -561,7 +561,9 @@ class JournalWriter:
     One writer per journal directory (an exclusive flock). ``append`` raises
     :class:`JournalUnavailable` when the write or the fsync fails (disk full included): the request
     must then be refused, never acknowledged. After a failure the writer moves to a new segment, so
-    bytes of a failed write are never read; while unhealthy it probes the disk every second.
+    bytes of a failed write are never read; while unhealthy it probes the disk every second. The
+    group commit is :mod:`lossproof.segments.commit` (one writer thread), the writes and syncs go
+    through the :mod:`lossproof.segments.fs` file system it is handed.
     """
 
     def __init__(

@@ -1,6 +1,8 @@
 """The embedded log writer: segment files, group-commit fsync in a dedicated thread.
 
 How an append becomes durable
+    (The thread, the futures, the health state and the probe are :mod:`lossproof.segments.commit`;
+    the writes and syncs go through the :mod:`lossproof.segments.fs` file system it is handed.)
     ``append`` queues the record and awaits a future. One writer thread takes *everything* queued
     (a group), assigns consecutive offsets, writes the group with ``os.writev`` and makes it durable
     with one ``fdatasync`` (both release the GIL), then writes and fsyncs the durable watermark and resolves
