@@ -10,11 +10,17 @@ import time
 
 import pytest
 
-from lossproof.segments.commit import CommitFailed, GroupCommitter
+from lossproof.segments.commit import CommitFailed, CommitLimits, GroupCommitter
 
 
 class Refused(Exception):
     pass
+
+
+class Req(int):
+    @property
+    def size(self) -> int:
+        return 1
 
 
 class Owner:
@@ -27,7 +33,7 @@ class Owner:
         self.gate = threading.Event()
         self.gate.set()
 
-    def commit(self, batch: list[int]) -> list[int]:
+    def commit(self, batch: list[Req]) -> list[int]:
         self.gate.wait()
         if self.fail == "io":
             raise CommitFailed("disk says no")
@@ -41,16 +47,15 @@ class Owner:
         if not self.probe_ok:
             raise OSError("still broken")
 
-    def engine(self) -> GroupCommitter[int, int]:
+    def engine(self) -> GroupCommitter[Req, int]:
         return GroupCommitter(
-            name="test-writer",
-            commit=self.commit,
-            error=Refused,
+            "test-writer",
+            self.commit,
+            Refused,
+            CommitLimits(max_records=100, probe_backoff=(0.01, 0.02)),
             probe=self.probe,
             probe_failed=lambda e: f"probe: {e}",
             on_health=self.health.append,
-            probe_backoff=(0.01, 0.02),
-            max_records=100,
         )
 
 
@@ -61,9 +66,9 @@ def test_groups_share_a_commit_and_results_come_back_in_order() -> None:
         gc = o.engine()
         gc.start(asyncio.get_running_loop())
         o.gate.clear()  # hold the thread in its first group while the rest queue up
-        first = gc.submit(0)
+        first = gc.submit(Req(0))
         await asyncio.sleep(0.05)
-        rest = [gc.submit(i) for i in range(1, 50)]
+        rest = [gc.submit(Req(i)) for i in range(1, 50)]
         o.gate.set()
         assert await first == 0
         assert await asyncio.gather(*rest) == [i * 10 for i in range(1, 50)]
@@ -82,7 +87,7 @@ def test_a_failed_group_is_refused_and_the_probe_brings_health_back(kind: str) -
         gc.start(asyncio.get_running_loop())
         o.fail = kind
         with pytest.raises(Refused):
-            await gc.submit(1)
+            await gc.submit(Req(1))
         ok, why = gc.healthy()
         assert not ok and ("disk says no" in why if kind == "io" else "internal error" in why)
         o.fail = None
@@ -94,10 +99,10 @@ def test_a_failed_group_is_refused_and_the_probe_brings_health_back(kind: str) -
         while not gc.healthy()[0] and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         assert gc.healthy() == (True, "")
-        assert await gc.submit(2) == 20
+        assert await gc.submit(Req(2)) == 20
         await gc.close()
         with pytest.raises(Refused, match="closed"):
-            gc.submit(3)
+            gc.submit(Req(3))
 
     asyncio.run(main())
     assert o.groups == [[2]] and o.health[0] is None and o.health[-1] is None
@@ -110,7 +115,7 @@ def test_close_answers_everything_queued() -> None:
         gc = o.engine()
         gc.start(asyncio.get_running_loop())
         o.gate.clear()
-        futs = [gc.submit(i) for i in range(300)]
+        futs = [gc.submit(Req(i)) for i in range(300)]
         closing = asyncio.ensure_future(gc.close())
         await asyncio.sleep(0.02)
         o.gate.set()

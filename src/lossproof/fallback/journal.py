@@ -77,7 +77,7 @@ import msgspec
 from lossproof.durable import fdatasync_path, fsync_dir, make_dirs
 from lossproof.obs.logging import get
 from lossproof.segments import state as cells
-from lossproof.segments.commit import CommitFailed, GroupCommitter
+from lossproof.segments.commit import CommitFailed, CommitLimits, GroupCommitter
 from lossproof.segments.framing import HEADER_SIZE, FileWindow, Framing, Status, Verdict, verdict
 from lossproof.segments.fs import FS, REAL, InjectedFault
 from lossproof.segments.lock import try_lock
@@ -554,6 +554,10 @@ class _Append:
     payload: bytes
     received_ms: int
 
+    @property
+    def size(self) -> int:
+        return len(self.payload) + HEADER_SIZE
+
 
 class JournalWriter:
     """Appends records with group-commit fsync; ``append`` returns only once the record is durable.
@@ -582,18 +586,17 @@ class JournalWriter:
         self._max_batch_bytes = min(max_batch_bytes, self.segment_bytes)  # segments stay near their size
         self._on_commit = on_commit  # (records, fsync seconds), called in the writer thread
 
+        # probes every second while unhealthy
+        limits = CommitLimits(max_batch_records, self._max_batch_bytes, probe_backoff=(1.0, 1.0))
         self._gc: GroupCommitter[_Append, Position] = GroupCommitter(
-            name="lossproof-journal-writer",
+            "lossproof-journal-writer",
+            self._commit_group,
+            JournalUnavailable,
+            limits,
             closed_message="journal is not open",
-            commit=self._commit_group,
-            error=JournalUnavailable,
-            on_bug=self._on_bug,
             probe=self._roll,
+            on_bug=self._on_bug,
             on_health=self._on_health,
-            size_of=lambda a: len(a.payload) + HEADER_SIZE,
-            max_records=max_batch_records,
-            max_bytes=self._max_batch_bytes,
-            probe_backoff=(1.0, 1.0),
         )
         self._lock_fd: int | None = None
         self._wm = watermark_cell(self.directory)

@@ -28,12 +28,30 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
 log = logging.getLogger("lossproof.segments")
 
-Req = TypeVar("Req")
+
+class Request(Protocol):
+    @property
+    def size(self) -> int:
+        """Bytes it adds to a group (what ``CommitLimits.max_bytes`` counts)."""
+        ...
+
+
+Req = TypeVar("Req", bound=Request)
 Res = TypeVar("Res")
+
+
+@dataclass(frozen=True, slots=True)
+class CommitLimits:
+    """How big a group may get, and how the probe backs off while unhealthy (first, longest wait)."""
+
+    max_records: int = 8192
+    max_bytes: int = 32 * 2**20
+    probe_backoff: tuple[float, float] = (0.1, 5.0)
 
 
 class CommitFailed(Exception):
@@ -56,11 +74,12 @@ class GroupCommitter(Generic[Req, Res]):
 
     def __init__(
         self,
-        *,
         name: str,
-        closed_message: str = "",
         commit: Callable[[list[Req]], Sequence[Res]],
         error: Callable[[str], Exception],
+        limits: CommitLimits = CommitLimits(),
+        *,
+        closed_message: str = "",
         on_bug: Callable[[Exception], None] | None = None,
         probe: Callable[[], None] | None = None,
         probe_failed: Callable[[Exception], str] | None = None,
@@ -68,10 +87,6 @@ class GroupCommitter(Generic[Req, Res]):
         next_housekeeping: Callable[[], float] | None = None,
         on_close: Callable[[], None] | None = None,
         on_health: Callable[[str | None], None] | None = None,
-        size_of: Callable[[Req], int] = lambda r: 1,
-        max_records: int = 8192,
-        max_bytes: int = 32 * 2**20,
-        probe_backoff: tuple[float, float] = (0.1, 5.0),
         idle_seconds: float = 1.0,
     ) -> None:
         self.name = name
@@ -85,10 +100,9 @@ class GroupCommitter(Generic[Req, Res]):
         self._next_housekeeping = next_housekeeping
         self._on_close = on_close
         self._on_health = on_health
-        self._size_of = size_of
-        self.max_records = max_records
-        self.max_bytes = max_bytes
-        self._backoff0, self._backoff_max = probe_backoff
+        self.max_records = limits.max_records
+        self.max_bytes = limits.max_bytes
+        self._backoff0, self._backoff_max = limits.probe_backoff
         self._idle = idle_seconds
 
         self._cond = threading.Condition()
@@ -210,7 +224,7 @@ class GroupCommitter(Generic[Req, Res]):
     def _take(self) -> list[tuple[Req, asyncio.Future[Res]]]:
         n = size = 0
         for req, _ in self._pending:
-            s = self._size_of(req)
+            s = req.size
             if n and (n >= self.max_records or size + s > self.max_bytes):
                 break
             size += s

@@ -70,7 +70,7 @@ from lossproof.log.embedded.offsets import (
     try_lock,
 )
 from lossproof.segments import framing
-from lossproof.segments.commit import CommitFailed, GroupCommitter
+from lossproof.segments.commit import CommitFailed, CommitLimits, GroupCommitter
 from lossproof.segments.fs import FS, REAL, InjectedFault
 from lossproof.segments.state import InPlaceCell
 
@@ -85,6 +85,10 @@ class _Append:
     value: bytes
     t0: float
     ts_ms: int
+
+    @property
+    def size(self) -> int:
+        return len(self.value) + len(self.key) + seg.HEADER_SIZE
 
 
 def _errname(e: OSError) -> str:
@@ -127,11 +131,13 @@ class EmbeddedLogWriter(LogWriter):
         self._closed = False
         self._lock_fd: int | None = None
         self._was_started = False
+        limits = CommitLimits(MAX_BATCH_RECORDS, max_batch_bytes, probe_backoff=(0.1, 5.0))
         self._gc: GroupCommitter[_Append, Position] = GroupCommitter(
-            name="lossproof-log-writer",
+            "lossproof-log-writer",
+            self._commit,
+            LogUnavailable,
+            limits,
             closed_message="log writer is closed",
-            commit=self._commit,
-            error=LogUnavailable,
             on_bug=self._on_bug,
             probe=self._probe,
             probe_failed=self._probe_failed,
@@ -139,10 +145,6 @@ class EmbeddedLogWriter(LogWriter):
             next_housekeeping=lambda: self._retention_at + self._retention_check,
             on_close=self._on_close,
             on_health=self._on_health,
-            size_of=lambda r: len(r.value) + len(r.key) + seg.HEADER_SIZE,
-            max_records=MAX_BATCH_RECORDS,
-            max_bytes=max_batch_bytes,
-            probe_backoff=(0.1, 5.0),
         )
 
         # Owned by the writer thread after start().
