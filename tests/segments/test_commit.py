@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from lossproof.segments.commit import CommitFailed, CommitLimits, GroupCommitter
+from lossproof.segments.commit import CommitFailed, CommitHooks, CommitLimits, GroupCommitter
 
 
 class Refused(Exception):
@@ -53,9 +53,7 @@ class Owner:
             self.commit,
             Refused,
             CommitLimits(max_records=100, probe_backoff=(0.01, 0.02)),
-            probe=self.probe,
-            probe_failed=lambda e: f"probe: {e}",
-            on_health=self.health.append,
+            CommitHooks(probe=self.probe, probe_failed=lambda e: f"probe: {e}", on_health=self.health.append),
         )
 
 

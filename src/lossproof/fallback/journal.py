@@ -77,7 +77,7 @@ import msgspec
 from lossproof.durable import fdatasync_path, fsync_dir, make_dirs
 from lossproof.obs.logging import get
 from lossproof.segments import state as cells
-from lossproof.segments.commit import CommitFailed, CommitLimits, GroupCommitter
+from lossproof.segments.commit import CommitFailed, CommitHooks, CommitLimits, GroupCommitter
 from lossproof.segments.framing import HEADER_SIZE, FileWindow, Framing, Status, Verdict, verdict
 from lossproof.segments.fs import FS, REAL, InjectedFault
 from lossproof.segments.lock import try_lock
@@ -593,10 +593,8 @@ class JournalWriter:
             self._commit_group,
             JournalUnavailable,
             limits,
+            CommitHooks(probe=self._roll, on_bug=self._on_bug, on_health=self._on_health),
             closed_message="journal is not open",
-            probe=self._roll,
-            on_bug=self._on_bug,
-            on_health=self._on_health,
         )
         self._lock_fd: int | None = None
         self._wm = watermark_cell(self.directory)

@@ -63,6 +63,22 @@ class CommitFailed(Exception):
         self.reason = reason
 
 
+@dataclass(frozen=True, slots=True)
+class CommitHooks:
+    """What the owner does around the groups (every hook optional; they run in the writer thread)."""
+
+    probe: Callable[[], None] | None = None  # raises while the disk is still refusing
+    probe_failed: Callable[[Exception], str] | None = None  # the unhealthy reason after a failed probe
+    on_bug: Callable[[Exception], None] | None = None  # commit raised something else than CommitFailed
+    on_health: Callable[[str | None], None] | None = None  # every change: the reason, or None
+    housekeeping: Callable[[], None] | None = None  # after every group, and when idle
+    next_housekeeping: Callable[[], float] | None = None  # monotonic time it wants to run next
+    on_close: Callable[[], None] | None = None  # once, after the last group
+
+
+NO_HOOKS = CommitHooks()
+
+
 class GroupCommitter(Generic[Req, Res]):
     """Runs ``commit`` over groups of requests in one thread; see the module docstring.
 
@@ -78,28 +94,16 @@ class GroupCommitter(Generic[Req, Res]):
         commit: Callable[[list[Req]], Sequence[Res]],
         error: Callable[[str], Exception],
         limits: CommitLimits = CommitLimits(),
+        hooks: CommitHooks = NO_HOOKS,
         *,
         closed_message: str = "",
-        on_bug: Callable[[Exception], None] | None = None,
-        probe: Callable[[], None] | None = None,
-        probe_failed: Callable[[Exception], str] | None = None,
-        housekeeping: Callable[[], None] | None = None,
-        next_housekeeping: Callable[[], float] | None = None,
-        on_close: Callable[[], None] | None = None,
-        on_health: Callable[[str | None], None] | None = None,
         idle_seconds: float = 1.0,
     ) -> None:
         self.name = name
         self._closed_message = closed_message or f"{name} is closed"
         self._commit = commit
         self._error = error
-        self._on_bug = on_bug
-        self._probe = probe
-        self._probe_failed = probe_failed
-        self._housekeeping = housekeeping
-        self._next_housekeeping = next_housekeeping
-        self._on_close = on_close
-        self._on_health = on_health
+        self.hooks = hooks
         self.max_records = limits.max_records
         self.max_bytes = limits.max_bytes
         self._backoff0, self._backoff_max = limits.probe_backoff
@@ -126,15 +130,15 @@ class GroupCommitter(Generic[Req, Res]):
         self._backoff = self._backoff0
         if self.unhealthy is not None:
             self.unhealthy = None
-            if self._on_health is not None:
-                self._on_health(None)
+            if self.hooks.on_health is not None:
+                self.hooks.on_health(None)
 
     def set_unhealthy(self, reason: str, *, probe_in: float | None = None) -> None:
         """Mark unhealthy; the probe runs ``probe_in`` seconds from now (default: the backoff)."""
         self.unhealthy = reason
         self._probe_at = time.monotonic() + (self._backoff if probe_in is None else probe_in)
-        if self._on_health is not None:
-            self._on_health(reason)
+        if self.hooks.on_health is not None:
+            self.hooks.on_health(reason)
 
     # --- the event loop's side -------------------------------------------------------------------
 
@@ -198,9 +202,9 @@ class GroupCommitter(Generic[Req, Res]):
                     self._commit_group(batch)
                 self._maintain()
                 if done:
-                    if self._on_close is not None:
+                    if self.hooks.on_close is not None:
                         try:
-                            self._on_close()
+                            self.hooks.on_close()
                         except Exception as e:
                             extra = {"writer": self.name, "error": str(e)}
                             log.warning("segments.on_close_failed", extra=extra)
@@ -215,9 +219,9 @@ class GroupCommitter(Generic[Req, Res]):
     def _idle_timeout(self) -> float:
         now = time.monotonic()
         deadline = now + self._idle
-        if self._next_housekeeping is not None:
-            deadline = min(deadline, self._next_housekeeping())
-        if self.unhealthy is not None and self._probe is not None:
+        if self.hooks.next_housekeeping is not None:
+            deadline = min(deadline, self.hooks.next_housekeeping())
+        if self.unhealthy is not None and self.hooks.probe is not None:
             deadline = min(deadline, self._probe_at)
         return min(max(deadline - now, 0.005), self._idle)
 
@@ -243,8 +247,8 @@ class GroupCommitter(Generic[Req, Res]):
             return
         except Exception as e:  # a bug: fail the group, never acknowledge it
             log.exception("segments.commit_error", extra={"writer": self.name})
-            if self._on_bug is not None:
-                self._on_bug(e)
+            if self.hooks.on_bug is not None:
+                self.hooks.on_bug(e)
             reason = f"internal error: {e!r}"
             self.set_unhealthy(reason)
             self._fail(batch, reason)
@@ -253,17 +257,17 @@ class GroupCommitter(Generic[Req, Res]):
         self._resolve(batch, results)
 
     def _maintain(self) -> None:
-        if self.unhealthy is not None and self._probe is not None and time.monotonic() >= self._probe_at:
+        if self.unhealthy is not None and self.hooks.probe is not None and time.monotonic() >= self._probe_at:
             try:
-                self._probe()
+                self.hooks.probe()
             except Exception as e:
                 self._backoff = min(self._backoff * 2, self._backoff_max)
-                reason = self._probe_failed(e) if self._probe_failed is not None else self.unhealthy
+                reason = self.hooks.probe_failed(e) if self.hooks.probe_failed is not None else self.unhealthy
                 self.set_unhealthy(reason)
             else:
                 self.set_healthy()
-        if self._housekeeping is not None:
-            self._housekeeping()
+        if self.hooks.housekeeping is not None:
+            self.hooks.housekeeping()
 
     def _fail(self, batch: list[tuple[Req, asyncio.Future[Res]]], reason: str) -> None:
         if not batch:

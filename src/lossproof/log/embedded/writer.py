@@ -70,7 +70,7 @@ from lossproof.log.embedded.offsets import (
     try_lock,
 )
 from lossproof.segments import framing
-from lossproof.segments.commit import CommitFailed, CommitLimits, GroupCommitter
+from lossproof.segments.commit import CommitFailed, CommitHooks, CommitLimits, GroupCommitter
 from lossproof.segments.fs import FS, REAL, InjectedFault
 from lossproof.segments.state import InPlaceCell
 
@@ -137,14 +137,16 @@ class EmbeddedLogWriter(LogWriter):
             self._commit,
             LogUnavailable,
             limits,
+            CommitHooks(
+                self._probe,
+                self._probe_failed,
+                self._on_bug,
+                self._on_health,
+                self._housekeeping,
+                lambda: self._retention_at + self._retention_check,
+                self._on_close,
+            ),
             closed_message="log writer is closed",
-            on_bug=self._on_bug,
-            probe=self._probe,
-            probe_failed=self._probe_failed,
-            housekeeping=self._housekeeping,
-            next_housekeeping=lambda: self._retention_at + self._retention_check,
-            on_close=self._on_close,
-            on_health=self._on_health,
         )
 
         # Owned by the writer thread after start().
