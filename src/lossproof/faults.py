@@ -1,5 +1,9 @@
 """Fault injection for tests and the chaos harness, off unless LOSSPROOF_FAULTS_FILE is set.
 
+Disk faults of the segment writers (``log.write``, ``log.fsync``, ``fallback.write``,
+``fallback.fsync``) are injected by a :class:`~lossproof.segments.fs.FaultyFS` that the composition
+root (:func:`file_system`) hands in when the variable is set; other names are looked up here.
+
 The file is JSON: ``{"log.fsync": {"mode": "fail"}, "log.fsync": {"mode": "delay", "seconds": 2}}``.
 Crash points (:func:`crash_point`) kill the process at a named place: ``{"store.before_commit": {}}``.
 It is re-read on every look-up, so a running process can be steered from outside, and a fault written
@@ -14,6 +18,8 @@ import os
 import random
 import signal
 from typing import Any
+
+from lossproof.segments.fs import FS, REAL, FaultyFS
 
 _ENV = "LOSSPROOF_FAULTS_FILE"
 
@@ -58,6 +64,18 @@ def write_faults(path: str, faults: dict[str, Any]) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(faults, f)
     os.replace(tmp, path)
+
+
+def file_system(prefix: str, faults: Faults | None = None) -> FS:
+    """The file system a composition root hands to a segment writer (``prefix``: ``log`` or
+    ``fallback``): a :class:`~lossproof.segments.fs.FaultyFS` steered by ``faults`` (default: the
+    fault file) when tests or the chaos harness set one, else the real one. The writers themselves
+    have no fault branches."""
+    if faults is None:
+        faults = Faults()
+        if not faults.path:
+            return REAL
+    return FaultyFS(faults, prefix)
 
 
 _process_faults: Faults | None = None

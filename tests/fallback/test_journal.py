@@ -23,6 +23,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from lossproof.fallback import journal as jn
 from lossproof.fallback import progress as pg
 from lossproof.faults import Faults
+from lossproof.segments.fs import FaultyFS
 
 
 class DictFaults(Faults):
@@ -52,8 +53,7 @@ def entry(n: int, size: int = 40) -> jn.Entry:
 
 def crash(writer: jn.JournalWriter) -> None:
     """What kill -9 does to the writer: files closed, lock released, nothing flushed or sealed."""
-    if writer._task is not None:
-        writer._task.cancel()
+    writer._gc.abandon()
     writer._close_files()
 
 
@@ -314,7 +314,7 @@ def test_failed_write_or_fsync_is_never_acknowledged_nor_read(tmp_path: Path, ho
     faults = DictFaults()
 
     async def main() -> None:
-        w = jn.JournalWriter(tmp_path, faults=faults)
+        w = jn.JournalWriter(tmp_path, fs=FaultyFS(faults, "fallback"))
         await w.start()
         await w.append(entry(0), 0)
         faults.faults = {f"fallback.{hook}": {"mode": mode}}
@@ -336,7 +336,7 @@ def test_failed_fsync_bytes_left_behind_are_not_read_after_a_crash(tmp_path: Pat
     faults = DictFaults()
 
     async def main() -> jn.JournalWriter:
-        w = jn.JournalWriter(tmp_path, faults=faults)
+        w = jn.JournalWriter(tmp_path, fs=FaultyFS(faults, "fallback"))
         await w.start()
         await w.append(entry(0), 0)
         faults.faults = {"fallback.fsync": {"mode": "fail"}}
@@ -362,7 +362,7 @@ def test_live_reader_sees_only_durable_records(tmp_path: Path) -> None:
     faults = DictFaults()
 
     async def main() -> None:
-        w = jn.JournalWriter(tmp_path, faults=faults)
+        w = jn.JournalWriter(tmp_path, fs=FaultyFS(faults, "fallback"))
         await w.start()
         await w.append(entry(0), 0)
         assert jn.writer_live(tmp_path)
@@ -455,7 +455,8 @@ class JournalMachine(RuleBasedStateMachine):
         self._start()
 
     def _start(self) -> None:
-        self.writer = jn.JournalWriter(self.dir, segment_bytes=self.segment_bytes, faults=self.faults)
+        fs = FaultyFS(self.faults, "fallback")
+        self.writer = jn.JournalWriter(self.dir, segment_bytes=self.segment_bytes, fs=fs)
         self.loop.run_until_complete(self.writer.start())
 
     @rule(k=st.integers(1, 6), size=st.integers(0, 300), fault=st.sampled_from([None, None, None, "f", "e"]))

@@ -12,6 +12,7 @@ import pytest
 from lossproof.faults import Faults, write_faults
 from lossproof.log.base import LogError, LogUnavailable, Position
 from lossproof.log.embedded import EmbeddedLogReader, EmbeddedLogWriter
+from lossproof.segments.fs import FaultyFS
 
 
 def read_everything(d: Path, group: str = "check") -> tuple[dict[int, bytes], list]:
@@ -39,7 +40,7 @@ def test_failed_fsync_or_full_disk_never_acks_and_recovers(tmp_path: Path, fault
     ff = tmp_path / "faults.json"
 
     async def main() -> dict[int, bytes]:
-        w = EmbeddedLogWriter(d, faults=Faults(str(ff)))
+        w = EmbeddedLogWriter(d, fs=FaultyFS(Faults(str(ff)), "log"))
         await w.start()
         acked: dict[int, bytes] = {}
         for i in range(10):
@@ -95,7 +96,7 @@ def test_fault_flapping_under_load_never_loses_an_ack(tmp_path: Path) -> None:
     ff = tmp_path / "faults.json"
 
     async def main() -> tuple[dict[int, bytes], int]:
-        w = EmbeddedLogWriter(d, faults=Faults(str(ff)), segment_bytes=64 * 1024)
+        w = EmbeddedLogWriter(d, fs=FaultyFS(Faults(str(ff)), "log"), segment_bytes=64 * 1024)
         await w.start()
         acked: dict[int, bytes] = {}
         failures = 0
@@ -143,7 +144,7 @@ def test_slow_fsync_delays_the_ack(tmp_path: Path) -> None:
     write_faults(str(ff), {"log.fsync": {"mode": "delay", "seconds": 0.4}})
 
     async def main() -> None:
-        w = EmbeddedLogWriter(d, faults=Faults(str(ff)))
+        w = EmbeddedLogWriter(d, fs=FaultyFS(Faults(str(ff)), "log"))
         await w.start()
         t0 = time.monotonic()
         task = asyncio.create_task(w.append(b"k", b"slow"))
@@ -214,7 +215,7 @@ def test_writer_becomes_healthy_again_without_traffic(tmp_path: Path) -> None:
     ff = tmp_path / "faults.json"
 
     async def main() -> None:
-        w = EmbeddedLogWriter(d, faults=Faults(str(ff)))
+        w = EmbeddedLogWriter(d, fs=FaultyFS(Faults(str(ff)), "log"))
         await w.start()
         write_faults(str(ff), {"log.fsync": {"mode": "fail"}})
         with pytest.raises(LogUnavailable):
@@ -239,7 +240,7 @@ def test_open_reader_never_returns_the_untrusted_tail_of_a_failed_segment(tmp_pa
     ff = tmp_path / "faults.json"
 
     async def main() -> None:
-        w = EmbeddedLogWriter(d, faults=Faults(str(ff)))
+        w = EmbeddedLogWriter(d, fs=FaultyFS(Faults(str(ff)), "log"))
         await w.start()
         for i in range(5):
             await w.append(b"k", b"ok-%d" % i)

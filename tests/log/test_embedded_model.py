@@ -31,6 +31,7 @@ from lossproof.faults import Faults
 from lossproof.log.base import LogCorrupt, LogGap, LogRecord, LogUnavailable, PollResult
 from lossproof.log.embedded import EmbeddedLogReader, EmbeddedLogWriter, damage
 from lossproof.log.embedded import segment as seg
+from lossproof.segments.fs import FaultyFS
 
 SEGMENT_BYTES = 1500
 
@@ -68,7 +69,10 @@ class LogModel(RuleBasedStateMachine):
     def _writer(self) -> EmbeddedLogWriter:
         if self.writer is None:
             w = EmbeddedLogWriter(
-                self.dir, segment_bytes=SEGMENT_BYTES, retention_check_seconds=3600, faults=self.faults
+                self.dir,
+                segment_bytes=SEGMENT_BYTES,
+                retention_check_seconds=3600,
+                fs=FaultyFS(self.faults, "log"),
             )
             self.loop.run_until_complete(w.start())
             self.writer = w

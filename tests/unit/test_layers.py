@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "lazy",
             "receipt",
             "credentials",
+            "segments",
         },
     ),
     ("log", {"log"}),

@@ -12,7 +12,7 @@ Layout of ``D/journal``::
 
 All integers are little-endian.
 
-Segment header (32 bytes)::
+Segment header (32 bytes, a :mod:`lossproof.segments.state` cell)::
 
     0   4  magic     b"LPFS"
     4   4  crc       zlib.crc32 over bytes 8..32
@@ -21,7 +21,8 @@ Segment header (32 bytes)::
     16  8  base      index of the first record of this segment
     24  8  prev_end  bytes of the *previous* segment that hold durable records (NO_PREV if none)
 
-Record (32-byte header, then the payload)::
+Record: a :mod:`lossproof.segments.framing` frame with magic ``b"LPFR"`` (``aux`` 0, ``number`` the
+index; byte for byte the format written before that module existed)::
 
     0   4  magic        b"LPFR"
     4   4  crc          zlib.crc32 over bytes 8..32 of the header, then the payload
@@ -32,7 +33,8 @@ Record (32-byte header, then the payload)::
     32  .  payload      msgpack array: [tenant, agent, content_type, encoding, seqs, reports, points,
                         body] — ``body`` is the request body exactly as received (still compressed)
 
-Durable watermark (``durable``, 24 bytes, rewritten in place after every fsync, itself not fsync'd)::
+Durable watermark (``durable``, 24 bytes, a :mod:`lossproof.segments.state` cell rewritten in place
+after every fsync, itself not fsync'd)::
 
     0   4  magic b"LPFW"    4  4  crc over 8..24    8  8  segment base    16  8  position
 
@@ -64,20 +66,22 @@ import contextlib
 import errno
 import fcntl
 import os
-import re
 import struct
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
-from lossproof.durable import fdatasync_path, fsync_dir, make_dirs, writev_all
-from lossproof.faults import Faults
+from lossproof.durable import fdatasync_path, fsync_dir, make_dirs
 from lossproof.obs.logging import get
+from lossproof.segments import state as cells
+from lossproof.segments.commit import CommitFailed, CommitHooks, CommitLimits, GroupCommitter
+from lossproof.segments.framing import HEADER_SIZE, FileWindow, Framing, Status, Verdict, verdict
+from lossproof.segments.fs import FS, REAL, InjectedFault
+from lossproof.segments.lock import try_lock
+from lossproof.segments.names import SegmentNames
 
 log = get(__name__)
 
@@ -85,20 +89,19 @@ SEGMENT_MAGIC = b"LPFS"
 RECORD_MAGIC = b"LPFR"
 WATERMARK_MAGIC = b"LPFW"
 VERSION = 1
-HEADER_SIZE = 32
-SEGMENT_HEADER = struct.Struct("<4sIIIQQ")
-RECORD_HEADER = struct.Struct("<4sIIIQq")
-_RECORD_TAIL = struct.Struct("<IIQq")  # the CRC'd part of a record header
-WATERMARK = struct.Struct("<4sIQQ")
+_SEGMENT_HEADER_BODY = struct.Struct("<IIQQ")  # version, reserved, base, prev_end
+_WATERMARK_BODY = struct.Struct("<QQ")  # segment base, position
 NO_PREV = 2**64 - 1
 MAX_PAYLOAD = 256 * 2**20
 READ_CHUNK = 4 * 2**20
+FRAMING = Framing(RECORD_MAGIC, max_payload=MAX_PAYLOAD)
+
+__all__ = ["HEADER_SIZE"]
 
 JOURNAL_DIR = "journal"
 LOCK_FILE = "writer.lock"
 WATERMARK_FILE = "durable"
 SEGMENT_SUFFIX = ".jnl"
-_SEGMENT_RE = re.compile(r"^(\d{20})\.jnl$")
 
 
 class JournalError(Exception):
@@ -198,21 +201,19 @@ def journal_dir(data_dir: Path) -> Path:
     return data_dir / JOURNAL_DIR
 
 
+_SEGMENTS = SegmentNames(20, SEGMENT_SUFFIX)
+
+
 def segment_path(directory: Path, base: int) -> Path:
-    return directory / f"{base:020d}{SEGMENT_SUFFIX}"
+    return _SEGMENTS.path(directory, base)
 
 
 def list_segments(directory: Path) -> list[int]:
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return []
-    return sorted(int(m.group(1)) for n in names if (m := _SEGMENT_RE.match(n)))
+    return _SEGMENTS.list(directory)
 
 
 def encode_segment_header(base: int, prev_end: int) -> bytes:
-    tail = struct.pack("<IIQQ", VERSION, 0, base, prev_end)
-    return SEGMENT_MAGIC + zlib.crc32(tail).to_bytes(4, "little") + tail
+    return cells.cell(SEGMENT_MAGIC, _SEGMENT_HEADER_BODY.pack(VERSION, 0, base, prev_end))
 
 
 def read_segment_header(path: Path, base: int) -> int:
@@ -228,11 +229,12 @@ def read_segment_header(path: Path, base: int) -> int:
 def check_segment_header(path: Path, base: int, data: bytes) -> int:
     if len(data) < HEADER_SIZE:
         raise JournalCorrupt(path, 0, f"segment header is {len(data)} bytes, not {HEADER_SIZE}")
-    magic, crc, version, _res, hbase, prev_end = SEGMENT_HEADER.unpack(data)
-    if magic != SEGMENT_MAGIC:
+    if data[:4] != SEGMENT_MAGIC:
         raise JournalCorrupt(path, 0, "not a journal segment (bad magic)")
-    if crc != zlib.crc32(data[8:HEADER_SIZE]):
+    body = cells.open_cell(SEGMENT_MAGIC, data[:HEADER_SIZE], _SEGMENT_HEADER_BODY.size)
+    if body is None:
         raise JournalCorrupt(path, 0, "segment header CRC mismatch")
+    version, _res, hbase, prev_end = _SEGMENT_HEADER_BODY.unpack(body)
     if version != VERSION:
         raise JournalCorrupt(path, 0, f"unknown segment version {version}")
     if hbase != base:
@@ -241,27 +243,22 @@ def check_segment_header(path: Path, base: int, data: bytes) -> int:
 
 
 def encode_record(index: int, received_ms: int, payload: bytes) -> bytes:
-    tail = _RECORD_TAIL.pack(len(payload), 0, index, received_ms)
-    crc = zlib.crc32(payload, zlib.crc32(tail))
-    return RECORD_MAGIC + crc.to_bytes(4, "little") + tail
+    """The 32-byte header of a record (the payload follows it)."""
+    return FRAMING.header(index, received_ms, 0, payload)
+
+
+def watermark_cell(directory: Path) -> cells.InPlaceCell:
+    """The journal's durable watermark: rewritten in place after every fsync, itself not fsync'd."""
+    return cells.InPlaceCell(directory / WATERMARK_FILE, WATERMARK_MAGIC, _WATERMARK_BODY, fsync=False)
 
 
 def encode_watermark(base: int, pos: int) -> bytes:
-    tail = struct.pack("<QQ", base, pos)
-    return WATERMARK_MAGIC + zlib.crc32(tail).to_bytes(4, "little") + tail
+    return cells.cell(WATERMARK_MAGIC, _WATERMARK_BODY.pack(base, pos))
 
 
 def read_watermark(directory: Path) -> Position | None:
-    try:
-        data = (directory / WATERMARK_FILE).read_bytes()
-    except FileNotFoundError:
-        return None
-    if len(data) != WATERMARK.size:
-        return None
-    magic, crc, base, pos = WATERMARK.unpack(data)
-    if magic != WATERMARK_MAGIC or crc != zlib.crc32(data[8:]):
-        return None
-    return Position(int(base), int(pos))
+    v = watermark_cell(directory).read(tries=1)
+    return None if v is None else Position(v[0], v[1])
 
 
 def writer_live(directory: Path) -> bool:
@@ -280,50 +277,20 @@ def writer_live(directory: Path) -> bool:
 
 
 def acquire_writer_lock(directory: Path, wait: float = 3.0) -> int:
-    path = directory / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     deadline = time.monotonic() + wait
     while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            # a reader probing liveness holds a shared lock for microseconds: retry a little
-            if time.monotonic() >= deadline:
-                other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-                os.close(fd)
-                raise JournalLocked(
-                    f"another fallback receiver (pid {other}) is writing the journal at {directory}"
-                ) from None
-            time.sleep(0.02)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+        fd, other = try_lock(directory / LOCK_FILE)
+        if fd is not None:
+            return fd
+        # a reader probing liveness holds a shared lock for microseconds: retry a little
+        if time.monotonic() >= deadline:
+            raise JournalLocked(
+                f"another fallback receiver (pid {other}) is writing the journal at {directory}"
+            )
+        time.sleep(0.02)
 
 
 # --- parsing -------------------------------------------------------------------------------------
-
-
-class _Window:
-    """Buffered positional reads: one big pread per chunk, not one syscall per field."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self._buf = b""
-        self._start = 0
-
-    def get(self, pos: int, n: int) -> memoryview | None:
-        rel = pos - self._start
-        if rel < 0 or rel + n > len(self._buf):
-            self._buf = os.pread(self.fd, max(n, READ_CHUNK), pos)
-            self._start = pos
-            rel = 0
-            if len(self._buf) < n:
-                return None
-        return memoryview(self._buf)[rel : rel + n]
-
-    def fresh(self) -> None:
-        self._buf = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,52 +299,25 @@ class _Parsed:
     index: int = 0
     received_ms: int = 0
     end: int = 0
-    payload: bytes = b""
+    payload: bytes | memoryview = b""
     reason: str = ""
     incomplete: bool = False
 
 
-def _parse(win: _Window, pos: int, limit: int | None, prev_index: int) -> _Parsed:
+def _parse(win: FileWindow, pos: int, limit: int | None, prev_index: int) -> _Parsed:
     """The record at ``pos``, CRC-checked. ``limit``: the trusted end (records may not cross it)."""
-    mv = win.get(pos, HEADER_SIZE)
-    if mv is None or (limit is not None and pos + HEADER_SIZE > limit):
+    if limit is not None and pos + HEADER_SIZE > limit:
         return _Parsed(False, reason="end of data inside a record header", incomplete=True)
-    magic, crc, length, _res, index, received_ms = RECORD_HEADER.unpack_from(mv)
-    if magic != RECORD_MAGIC:
-        return _Parsed(False, reason="bad record magic")
-    if length > MAX_PAYLOAD:
-        return _Parsed(False, reason=f"record length {length} too large")
-    end = pos + HEADER_SIZE + length
-    if limit is not None and end > limit:
-        return _Parsed(False, reason=f"record crosses the durable end {limit}", incomplete=True)
-    whole = win.get(pos, HEADER_SIZE + length)
-    if whole is None:
-        return _Parsed(False, reason="end of file inside a record", incomplete=True)
-    payload = whole[HEADER_SIZE:]
-    if zlib.crc32(payload, zlib.crc32(whole[8:HEADER_SIZE])) != crc:
-        return _Parsed(False, reason="CRC mismatch")
-    if index <= prev_index:
-        return _Parsed(False, reason=f"index {index} not after {prev_index}")
-    return _Parsed(True, index, received_ms, end, bytes(payload))
-
-
-def _valid_after(win: _Window, pos: int, size: int) -> int | None:
-    """Position of the first CRC-valid record in ``[pos, size)``, if any (searching for the magic)."""
-    p = pos
-    while p + HEADER_SIZE <= size:
-        win.fresh()
-        chunk = os.pread(win.fd, READ_CHUNK, p)
-        if not chunk:
-            return None
-        i = chunk.find(RECORD_MAGIC)
-        if i < 0:
-            p += max(1, len(chunk) - len(RECORD_MAGIC) + 1)
-            continue
-        cand = p + i
-        if _parse(win, cand, None, -1).ok:
-            return cand
-        p = cand + 1
-    return None
+    r = FRAMING.read_record(win, pos, limit=limit)
+    h = r.header
+    if r.status is not Status.OK or h is None:
+        reason = r.reason
+        if limit is not None and h is not None and h.end > limit:
+            reason = f"record crosses the durable end {limit}"
+        return _Parsed(False, reason=reason, incomplete=r.status is Status.INCOMPLETE)
+    if h.number <= prev_index:
+        return _Parsed(False, reason=f"index {h.number} not after {prev_index}")
+    return _Parsed(True, h.number, h.ts_ms, h.end, r.payload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,35 +336,22 @@ class TailScan:
 
 
 def scan_tail(path: Path, base: int, verify_until: int) -> TailScan:
-    """Scan a last segment; raises JournalCorrupt if it is bad before ``verify_until``."""
+    """Scan a last segment; raises JournalCorrupt if it is bad before ``verify_until`` (the bytes
+    the durable watermark vouches for: :func:`lossproof.segments.framing.verdict`)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         check_segment_header(path, base, os.pread(fd, HEADER_SIZE, 0))
-        win = _Window(fd)
-        size = os.fstat(fd).st_size
-        pos, count, last = HEADER_SIZE, 0, base - 1
-        bad_pos: int | None = None
-        reason = ""
-        while pos < size:
-            r = _parse(win, pos, None, last)
-            if not r.ok:
-                bad_pos, reason = pos, r.reason
-                break
-            count += 1
-            last = r.index
-            pos = r.end
-        after = None
-        if bad_pos is not None:
-            after = _valid_after(win, bad_pos + 1, size)
-        if (bad_pos is not None and bad_pos < verify_until) or (bad_pos is None and size < verify_until):
-            where = bad_pos if bad_pos is not None else size
-            why = reason if bad_pos is not None else "file ends"
-            raise JournalCorrupt(
-                path, where, f"{why}, before the durable watermark at byte {verify_until} (acknowledged data)"
-            )
-        return TailScan(path, base, count, last if count else None, pos, size, bad_pos, reason, after)
+        sc = FRAMING.scan(FileWindow(fd, READ_CHUNK), start=HEADER_SIZE, after=base - 1)
     finally:
         os.close(fd)
+    if verdict(sc, durable_pos=verify_until) in (Verdict.LOST, Verdict.CORRUPT):
+        where = sc.bad_pos if sc.bad_pos is not None else sc.file_size
+        why = sc.bad_reason if sc.bad_pos is not None else "file ends"
+        raise JournalCorrupt(
+            path, where, f"{why}, before the durable watermark at byte {verify_until} (acknowledged data)"
+        )
+    after = sc.valid_after.pos if sc.valid_after is not None else None
+    return TailScan(path, base, sc.count, sc.last, sc.end_pos, sc.file_size, sc.bad_pos, sc.bad_reason, after)
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -476,7 +403,7 @@ class JournalReader:
         self.views: list[SegmentView] = []
         self._fd: int | None = None
         self._fd_base = -1
-        self._win: _Window | None = None
+        self._win: FileWindow | None = None
         self._last_index = -1
         self._error: JournalError | None = None
 
@@ -501,7 +428,7 @@ class JournalReader:
                 return i, v
         return None
 
-    def _open(self, view: SegmentView) -> _Window:
+    def _open(self, view: SegmentView) -> FileWindow:
         if self._fd_base != view.base or self._win is None:
             self.close()
             try:
@@ -509,7 +436,7 @@ class JournalReader:
             except FileNotFoundError:
                 raise JournalError(f"{view.path}: segment vanished while reading (pruned?)") from None
             self._fd_base = view.base
-            self._win = _Window(self._fd)
+            self._win = FileWindow(self._fd, READ_CHUNK)
             check_segment_header(view.path, view.base, os.pread(self._fd, HEADER_SIZE, 0))
             self._last_index = view.base - 1
         return self._win
@@ -577,10 +504,7 @@ class JournalReader:
                     self.cursor = nxt
                     continue
                 return items, True
-            r = _parse(win, pos, view.end, self._last_index)
-            if not r.ok:
-                win.fresh()
-                r = _parse(win, pos, view.end, self._last_index)
+            r = _parse(win, pos, view.end, self._last_index)  # a failure is confirmed by a fresh read
             if not r.ok:
                 if view.end is not None or pos < view.verify_until:
                     why = r.reason
@@ -625,15 +549,14 @@ def journal_bytes(directory: Path) -> tuple[int, int]:
 # --- writing -------------------------------------------------------------------------------------
 
 
-class _Injected(OSError):
-    pass
-
-
 @dataclass(slots=True)
 class _Append:
     payload: bytes
     received_ms: int
-    fut: asyncio.Future[Position]
+
+    @property
+    def size(self) -> int:
+        return len(self.payload) + HEADER_SIZE
 
 
 class JournalWriter:
@@ -642,7 +565,9 @@ class JournalWriter:
     One writer per journal directory (an exclusive flock). ``append`` raises
     :class:`JournalUnavailable` when the write or the fsync fails (disk full included): the request
     must then be refused, never acknowledged. After a failure the writer moves to a new segment, so
-    bytes of a failed write are never read; while unhealthy it probes the disk every second.
+    bytes of a failed write are never read; while unhealthy it probes the disk every second. The
+    group commit is :mod:`lossproof.segments.commit` (one writer thread), the writes and syncs go
+    through the :mod:`lossproof.segments.fs` file system it is handed.
     """
 
     def __init__(
@@ -650,25 +575,29 @@ class JournalWriter:
         directory: Path,
         *,
         segment_bytes: int = 64 * 2**20,
-        faults: Faults | None = None,
+        fs: FS = REAL,
         max_batch_bytes: int = 32 * 2**20,
         max_batch_records: int = 4096,
         on_commit: Callable[[int, float], None] | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.segment_bytes = max(HEADER_SIZE + 1, segment_bytes)
-        self._faults = faults if faults is not None else Faults()
+        self._fs = fs  # every write and sync of the write path (tests hand in a FaultyFS)
         self._max_batch_bytes = min(max_batch_bytes, self.segment_bytes)  # segments stay near their size
-        self._max_batch_records = max_batch_records
         self._on_commit = on_commit  # (records, fsync seconds), called in the writer thread
 
-        self._pending: list[_Append] = []
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
+        # probes every second while unhealthy
+        limits = CommitLimits(max_batch_records, self._max_batch_bytes, probe_backoff=(1.0, 1.0))
+        self._gc: GroupCommitter[_Append, Position] = GroupCommitter(
+            "lossproof-journal-writer",
+            self._commit_group,
+            JournalUnavailable,
+            limits,
+            CommitHooks(probe=self._roll, on_bug=self._on_bug, on_health=self._on_health),
+            closed_message="journal is not open",
+        )
         self._lock_fd: int | None = None
-        self._wm_fd: int | None = None
-        self.unhealthy: str | None = "not started"
+        self._wm = watermark_cell(self.directory)
 
         # owned by the commit thread (one batch at a time)
         self._fd: int | None = None
@@ -678,12 +607,17 @@ class JournalWriter:
         self._has_prev = False  # is there a segment ``_base`` the next header must vouch for?
         self._next_index = 1
         self._needs_roll = True
+        self._started_once = False
 
     # --- public ----------------------------------------------------------------------------------
 
     @property
     def active_segment(self) -> int | None:
         return self._base if self._fd is not None else None
+
+    @property
+    def unhealthy(self) -> str | None:
+        return self._gc.unhealthy
 
     async def start(self) -> None:
         make_dirs(self.directory)
@@ -693,127 +627,61 @@ class JournalWriter:
         except BaseException:
             self._close_files()
             raise
-        self._wake = asyncio.Event()
+        reason = None
         try:
             await asyncio.to_thread(self._roll)
-            self.unhealthy = None
         except OSError as e:
-            self.unhealthy = f"cannot create a journal segment in {self.directory}: {e.strerror or e}"
+            reason = f"cannot create a journal segment in {self.directory}: {e.strerror or e}"
             log.error("fallback.journal_roll_failed", error=str(e), directory=str(self.directory))
-        self._task = asyncio.create_task(self._committer())
+        self._gc.start(asyncio.get_running_loop(), healthy=reason is None)
+        if reason is not None:
+            self._gc.set_unhealthy(reason)
 
     async def append(self, entry: Entry, received_ms: int) -> Position:
         """Durably append one record; returns its position once fsync'd."""
-        if self._wake is None or self._closing:
+        if not self._gc.started:
             raise JournalUnavailable("journal is not open")
         payload = encode_entry(entry)
         if len(payload) > MAX_PAYLOAD:
             raise ValueError(f"record of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
-        fut: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Append(payload, received_ms, fut))
-        self._wake.set()
-        return await fut
+        return await self._gc.submit(_Append(payload, received_ms))
 
     def healthy(self) -> tuple[bool, str]:
-        return (self.unhealthy is None, self.unhealthy or "")
+        return self._gc.healthy()
 
     async def close(self) -> None:
         """Finish what is queued (each gets its answer), then release the journal."""
-        if self._wake is None:
+        if not self._gc.started:
             self._close_files()
             return
-        self._closing = True
-        self._wake.set()
-        if self._task is not None:
-            await self._task
+        await self._gc.close()
         self._close_files()
-        self.unhealthy = "closed"
+        self._gc.set_unhealthy("closed")
 
-    # --- committer -------------------------------------------------------------------------------
+    # --- the group-commit engine's hooks (in its thread) -----------------------------------------
 
-    async def _committer(self) -> None:
-        assert self._wake is not None
-        while True:
-            if not self._pending:
-                if self._closing:
-                    return
-                self._wake.clear()
-                if self.unhealthy is None:
-                    await self._wake.wait()
-                    continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 1.0)
-                if not self._pending and not self._closing:
-                    await self._probe()
-                continue
-            batch = self._take()
-            try:
-                positions = await asyncio.to_thread(self._commit, batch)
-            except OSError as e:
-                reason = f"journal write failed in {self.directory}: {e.strerror or e}"
-                self.unhealthy = reason
-                log.error(
-                    "fallback.journal_write_failed",
-                    error=str(e),
-                    errno=errno.errorcode.get(e.errno or 0, "?"),
-                    injected=isinstance(e, _Injected),
-                    requests=len(batch),
-                )
-                for a in batch:
-                    if not a.fut.done():
-                        a.fut.set_exception(JournalUnavailable(reason))
-                continue
-            except Exception as e:  # a bug: never acknowledge the batch
-                log.exception("fallback.journal_internal_error")
-                self.unhealthy = f"internal error: {e!r}"
-                self._needs_roll = True
-                for a in batch:
-                    if not a.fut.done():
-                        a.fut.set_exception(JournalUnavailable(self.unhealthy))
-                continue
-            if self.unhealthy is not None:
-                log.info("fallback.journal_recovered")
-            self.unhealthy = None
-            for a, p in zip(batch, positions, strict=True):
-                if not a.fut.done():
-                    a.fut.set_result(p)
+    def _on_health(self, reason: str | None) -> None:
+        if reason is None and self._started_once:
+            log.info("fallback.journal_recovered")
+        self._started_once = True
 
-    async def _probe(self) -> None:
+    def _on_bug(self, e: Exception) -> None:
+        log.error("fallback.journal_internal_error", error=repr(e))
+        self._needs_roll = True
+
+    def _commit_group(self, batch: list[_Append]) -> list[Position]:
         try:
-            await asyncio.to_thread(self._roll)
-        except OSError:
-            return
-        log.info("fallback.journal_recovered", probe=True)
-        self.unhealthy = None
-
-    def _take(self) -> list[_Append]:
-        n = size = 0
-        for a in self._pending:
-            if n and (n >= self._max_batch_records or size + len(a.payload) > self._max_batch_bytes):
-                break
-            n += 1
-            size += len(a.payload) + HEADER_SIZE
-        batch = self._pending[:n]
-        del self._pending[:n]
-        return batch
-
-    def _fault(self, name: str) -> dict[str, Any] | None:
-        try:
-            return self._faults.get(name)
-        except Exception:
-            return None
-
-    def _inject(self, stage: str) -> None:
-        f = self._fault(f"fallback.{stage}")
-        if not f:
-            return
-        mode = f.get("mode")
-        if stage == "write" and mode == "enospc":
-            raise _Injected(errno.ENOSPC, "No space left on device (injected)")
-        if mode == "fail":
-            raise _Injected(errno.EIO, f"Input/output error (injected {stage})")
-        if stage == "fsync" and mode == "delay":
-            time.sleep(float(f.get("seconds", 1.0)))
+            return self._commit(batch)
+        except OSError as e:
+            reason = f"journal write failed in {self.directory}: {e.strerror or e}"
+            log.error(
+                "fallback.journal_write_failed",
+                error=str(e),
+                errno=errno.errorcode.get(e.errno or 0, "?"),
+                injected=isinstance(e, InjectedFault),
+                requests=len(batch),
+            )
+            raise CommitFailed(reason) from e
 
     # --- commit thread ---------------------------------------------------------------------------
 
@@ -832,11 +700,9 @@ class JournalWriter:
             pos += HEADER_SIZE + len(a.payload)
         self._next_index = first + len(batch)  # handed out even if the write fails: never reused
         try:
-            self._inject("write")
-            self._seg_size += writev_all(self._fd, bufs)
-            self._inject("fsync")
+            self._seg_size += self._fs.writev(self._fd, bufs)
             t = time.perf_counter()
-            os.fdatasync(self._fd)
+            self._fs.fdatasync(self._fd)
             took = time.perf_counter() - t
         except OSError:
             # Never acknowledged: cut them off (best effort; if that fails too, a restart may find
@@ -854,16 +720,14 @@ class JournalWriter:
 
     def _roll(self) -> None:
         """Start a new segment whose header vouches for the durable part of the current one."""
-        self._inject("write")
         base = max(self._next_index, self._base + 1)
         path = segment_path(self.directory, base)
         tmp = path.with_name(path.name + ".tmp")
         prev_end = self._durable_pos if self._has_prev else NO_PREV
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
-            writev_all(fd, [encode_segment_header(base, prev_end)])
-            self._inject("fsync")
-            os.fsync(fd)
+            self._fs.writev(fd, [encode_segment_header(base, prev_end)])
+            self._fs.fsync(fd)
             os.replace(tmp, path)
             fsync_dir(self.directory)
         except BaseException:
@@ -885,11 +749,7 @@ class JournalWriter:
 
     def _publish_watermark(self) -> None:
         try:
-            if self._wm_fd is None:
-                self._wm_fd = os.open(
-                    self.directory / WATERMARK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
-                )
-            os.pwrite(self._wm_fd, encode_watermark(self._base, self._durable_pos), 0)
+            self._wm.write(self._base, self._durable_pos)
         except OSError as e:  # readers of a live journal lag until the next success; data is durable
             log.warning("fallback.watermark_write_failed", error=str(e))
 
@@ -935,12 +795,12 @@ class JournalWriter:
         )
 
     def _close_files(self) -> None:
-        for attr in ("_fd", "_wm_fd"):
-            fd = getattr(self, attr)
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-                setattr(self, attr, None)
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+        with contextlib.suppress(OSError):
+            self._wm.close()
         if self._lock_fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._lock_fd)

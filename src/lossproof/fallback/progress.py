@@ -24,8 +24,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lossproof.durable import fsync_dir, make_dirs, write_atomic
+from lossproof.durable import fsync_dir, make_dirs
 from lossproof.fallback import journal as jn
+from lossproof.segments import state as cells
 
 REPLAY_DIR = "replay"
 PROGRESS_FILE = "progress.json"
@@ -98,7 +99,7 @@ def save_progress(data_dir: Path, p: Progress) -> None:
     ).encode()
     # a tmp name of its own: replays of two targets may save at once
     tmp = d / f"{PROGRESS_FILE}.{os.getpid()}.{threading.get_ident()}.tmp"
-    write_atomic(d / PROGRESS_FILE, data, tmp=tmp)
+    cells.replace(d / PROGRESS_FILE, data, tmp=tmp)
 
 
 def pending_bytes(journal: Path, progress: Progress | None) -> int:

@@ -29,7 +29,7 @@ from lossproof.auth import TENANT_HEADER, named_tenant
 from lossproof.config import Config, hash_key
 from lossproof.fallback import journal as jn
 from lossproof.fallback import progress as pg
-from lossproof.faults import Faults
+from lossproof.faults import file_system
 from lossproof.httputil import (
     ApiError,
     accounted,
@@ -286,7 +286,7 @@ async def serve(cfg: Config, data_dir: Path, opts: ReceiverOptions, ready: Calla
     writer = jn.JournalWriter(
         jn.journal_dir(data_dir),
         segment_bytes=opts.segment_bytes,
-        faults=Faults(),
+        fs=file_system("fallback"),
         on_commit=metrics.observe_commit,
     )
     await writer.start()

@@ -34,7 +34,6 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import signal
@@ -58,6 +57,7 @@ from lossproof.fallback.rejected import LOST_RANGES_PER_REQUEST, lost_ranges
 from lossproof.fallback.tracker import Slot, Tracker
 from lossproof.protocol import native
 from lossproof.protocol.ack import PROTOCOL_HEADER, NotAcknowledged, acknowledged, from_lossproof
+from lossproof.segments.lock import try_lock
 
 FATAL = frozenset({401, 403, 404, 405})
 MAX_REJECTED_SHOWN = 20
@@ -126,15 +126,9 @@ class Summary:
 
 def _acquire_lock(path: Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise ReplayError(f"another replay (pid {other}) is running from {path.parent.parent}") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    fd, other = try_lock(path)
+    if fd is None:
+        raise ReplayError(f"another replay (pid {other}) is running from {path.parent.parent}")
     return fd
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 
 from lossproof.config import Config, ConfigError
-from lossproof.faults import Faults
+from lossproof.faults import Faults, file_system
 from lossproof.log.base import LogReader, LogWriter
 
 
 def open_writer(cfg: Config, registry: CollectorRegistry, faults: Faults | None = None) -> LogWriter:
-    """The configured log's writer. ``faults``: the embedded log's fault hooks, handed in by tests
-    (default: those of LOSSPROOF_FAULTS_FILE, which production never sets)."""
+    """The configured log's writer. ``faults``: the embedded log's disk faults (``log.write``,
+    ``log.fsync``), handed in by tests (default: those of LOSSPROOF_FAULTS_FILE, which production
+    never sets); they reach the writer as the file system it is given."""
     if cfg.log.backend == "kafka":
         from lossproof.log.kafka import KafkaLogWriter
         from lossproof.log.kafka.common import delivery_timeout
@@ -36,7 +37,7 @@ def open_writer(cfg: Config, registry: CollectorRegistry, faults: Faults | None 
         partitions=cfg.log.partitions,
         segment_bytes=cfg.log.segment_bytes,
         retention_seconds=cfg.log.retention_seconds,
-        faults=faults if faults is not None else Faults(),
+        fs=file_system("log", faults),
         registry=registry,
     )
 

@@ -17,6 +17,7 @@ import os
 import sys
 from pathlib import Path
 
+from lossproof.faults import file_system
 from lossproof.log.embedded import EmbeddedLogWriter
 
 
@@ -39,6 +40,7 @@ async def main() -> None:
         args.directory,
         segment_bytes=args.segment_bytes,
         partitions=args.partitions,
+        fs=file_system("log"),
     )
     await writer.start()
     out = sys.stdout.buffer

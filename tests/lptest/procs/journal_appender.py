@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from lossproof.fallback.journal import Entry, JournalWriter
+from lossproof.faults import file_system
 
 
 def body_bytes(tag: str) -> bytes:
@@ -25,7 +26,7 @@ async def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--segment-bytes", type=int, default=8192)
     args = ap.parse_args()
-    writer = JournalWriter(args.directory, segment_bytes=args.segment_bytes)
+    writer = JournalWriter(args.directory, segment_bytes=args.segment_bytes, fs=file_system("fallback"))
     await writer.start()
     out = sys.stdout
     out.write(f"READY {os.getpid()}\n")

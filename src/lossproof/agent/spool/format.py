@@ -7,58 +7,60 @@ Directory layout::
     SPOOL/state                      acked / dropped / floor (see state.py), replaced atomically
     SPOOL/segments/{id:010d}.seg     report records, append-only; deleted only as whole files
 
-Record (little-endian, 32-byte header then payload)::
+Record: a :mod:`lossproof.segments.framing` frame with magic ``b"LPAR"`` (little-endian, 32-byte
+header then payload; byte for byte the format written before that module existed)::
 
     0   4  magic       b"LPAR"
     4   4  crc         zlib.crc32 over header bytes 8..32, then the payload
     8   4  length      payload bytes
-    12  1  encoding    0 = msgpack, 1 = zstd-compressed msgpack
+    12  1  encoding    (the frame's ``aux``) 0 = msgpack, 1 = zstd-compressed msgpack
     13  3  reserved    zero
-    16  8  seq         u64, the report's seq
+    16  8  seq         u64, the report's seq (the frame's ``number``)
     24  8  created_ms  i64, when the report was made (unix ms)
     32  .  payload     the report ``{"seq", "time", "points"}`` exactly as it goes on the wire
 
 Seqs inside one segment are consecutive as written. A scan stops at the first record that is
 short, has a bad magic or CRC, or breaks the run of seqs: everything from there on is a torn tail
-(or damage) and is cut off on recovery.
+(or damage) and is cut off on recovery (the spool has no durable mark past its records: nothing in
+a segment is vouched for but the records themselves, see :func:`lossproof.segments.framing.verdict`).
 """
 
 from __future__ import annotations
 
-import os
-import re
-import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import zstandard
 
+from lossproof.segments.framing import FRAME, HEADER_SIZE, MAX_PAYLOAD, Framing
+from lossproof.segments.names import SegmentNames
+
+__all__ = ["FRAMING", "HEADER_SIZE", "MAGIC", "MAX_PAYLOAD", "Codec", "RecordInfo", "Scan"]
+
 MAGIC = b"LPAR"
-HEADER = struct.Struct("<4sIIB3xQq")
-HEADER_SIZE = HEADER.size  # 32
-_CRC_PART = struct.Struct("<IB3xQq")
-MAX_PAYLOAD = 256 * 2**20
 
 RAW = 0
 ZSTD = 1
 # Below this a zstd frame saves nothing worth the CPU.
 COMPRESS_MIN = 512
 
+
+def _check_encoding(aux: int, length: int) -> str | None:
+    return None if aux in (RAW, ZSTD) else f"unknown encoding {aux}"
+
+
+FRAMING = Framing(MAGIC, max_payload=MAX_PAYLOAD, check_aux=_check_encoding)
+
 SEGMENT_DIR = "segments"
-_SEGMENT_RE = re.compile(r"^(\d{10})\.seg$")
+_NAMES = SegmentNames(10, ".seg", SEGMENT_DIR)
 
 
 def segment_path(directory: Path, seg_id: int) -> Path:
-    return directory / SEGMENT_DIR / f"{seg_id:010d}.seg"
+    return _NAMES.path(directory, seg_id)
 
 
 def list_segments(directory: Path) -> list[int]:
-    try:
-        names = os.listdir(directory / SEGMENT_DIR)
-    except FileNotFoundError:
-        return []
-    return sorted(int(m.group(1)) for n in names if (m := _SEGMENT_RE.match(n)))
+    return _NAMES.list(directory)
 
 
 class Codec:
@@ -74,13 +76,11 @@ class Codec:
             packed = self._c.compress(report)
             if len(packed) < len(report):
                 payload, enc = packed, ZSTD
-        part = _CRC_PART.pack(len(payload), enc, seq, created_ms)
-        crc = zlib.crc32(payload, zlib.crc32(part))
-        return MAGIC + struct.pack("<I", crc) + part + payload
+        return FRAMING.encode(seq, created_ms, enc, payload)
 
     def decode_payload(self, record: bytes) -> bytes:
         """The report bytes of a whole record read back from a segment (already CRC-checked)."""
-        _, _, length, enc, _, _ = HEADER.unpack_from(record)
+        _, _, length, enc, _, _ = FRAME.unpack_from(record)
         payload = record[HEADER_SIZE : HEADER_SIZE + length]
         if enc == ZSTD:
             return self._d.decompress(payload)
@@ -104,32 +104,14 @@ class Scan:
 
 def check_record(data: bytes | memoryview, pos: int) -> RecordInfo | None:
     """The record at ``pos`` of ``data`` if it is whole and its CRC matches, else None."""
-    if len(data) - pos < HEADER_SIZE:
-        return None
-    magic, crc, length, enc, seq, created = HEADER.unpack_from(data, pos)
-    if magic != MAGIC or length > MAX_PAYLOAD or enc not in (RAW, ZSTD):
-        return None
-    end = pos + HEADER_SIZE + length
-    if end > len(data):
-        return None
-    if zlib.crc32(data[pos + HEADER_SIZE : end], zlib.crc32(data[pos + 8 : pos + HEADER_SIZE])) != crc:
-        return None
-    return RecordInfo(seq, pos, HEADER_SIZE + length, created)
+    h = FRAMING.check(data, pos)
+    return None if h is None else RecordInfo(h.number, h.pos, h.size, h.ts_ms)
 
 
 def scan_segment(path: Path) -> Scan:
     """Every valid record of a segment, in order, up to the first bad byte or break in the seqs."""
-    data = path.read_bytes()
-    view = memoryview(data)
-    out: list[RecordInfo] = []
-    pos = 0
-    while pos < len(data):
-        rec = check_record(view, pos)
-        if rec is None or (out and rec.seq != out[-1].seq + 1):
-            break
-        out.append(rec)
-        pos += rec.size
-    return Scan(out, pos, len(data))
+    s = FRAMING.scan_path(path, consecutive=True, collect=True)
+    return Scan([RecordInfo(h.number, h.pos, h.size, h.ts_ms) for h in s.records], s.end_pos, s.file_size)
 
 
 def read_all(directory: Path) -> list[tuple[int, RecordInfo, bytes]]:

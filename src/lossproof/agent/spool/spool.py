@@ -18,7 +18,6 @@ only delays the other threads by the duration of a disk flush.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import secrets
 import threading
@@ -43,6 +42,8 @@ from lossproof.agent.spool.format import (
 )
 from lossproof.durable import fdatasync_path, fsync_dir, make_dirs
 from lossproof.obs.logging import get
+from lossproof.segments.fs import FS, REAL
+from lossproof.segments.lock import try_lock
 
 log = get(__name__)
 
@@ -145,14 +146,6 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _pwrite_all(fd: int, data: bytes, pos: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, pos)
-        view = view[n:]
-        pos += n
-
-
 class Spool:
     """Open (and recover) the spool in ``directory``. One process at a time: the directory is locked."""
 
@@ -162,8 +155,10 @@ class Spool:
         limits: SpoolLimits | None = None,
         clock: Callable[[], int] = _now_ms,
         on_drop: Callable[[int, str], None] | None = None,
+        fs: FS = REAL,
     ) -> None:
         self.dir = directory
+        self._fs = fs  # the appends' writes and syncs (tests may hand in a FaultyFS)
         self.limits = limits or SpoolLimits()
         self.clock = clock
         self._on_drop = on_drop
@@ -193,16 +188,10 @@ class Spool:
         # every directory it creates, not only the last, is synced into its parent: a spool whose
         # parent directory was new too must not vanish in a power cut with everything it held
         make_dirs(self.dir)
-        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
+        fd, holder = try_lock(self.dir / "lock", str(os.getpid()))
+        if fd is None:
             # Two agents on one spool would hand out the same seqs: refuse.
-            raise SpoolError(f"spool {self.dir} is in use by another agent (pid {holder})") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+            raise SpoolError(f"spool {self.dir} is in use by another agent (pid {holder})")
         return fd
 
     def _recover(self) -> Recovery:
@@ -337,8 +326,8 @@ class Spool:
                 # an empty spool takes a request larger than the limit: it could never go in otherwise
                 if require_room and self._pending and sum(map(len, recs)) > room:
                     raise SpoolFull(self._full_message())
-                _pwrite_all(seg.fd, b"".join(recs), seg.end)
-                os.fsync(seg.fd)
+                self._fs.pwrite_all(seg.fd, b"".join(recs), seg.end)
+                self._fs.fsync(seg.fd)
             except OSError as e:
                 if self._active is not None:
                     with contextlib.suppress(OSError):

@@ -1,8 +1,8 @@
 """The spool's small durable state: what was acknowledged, what was given up on, and the floor.
 
 File ``state``: ``b"LPST"``, crc32 of the body (u32), body length (u32), then the body (msgpack).
-It is replaced atomically (write a temp file, fsync, rename, fsync the directory), so a crash leaves
-the old or the new state, never a mix.
+It is a sized cell of :mod:`lossproof.segments.state`, replaced atomically (write a temp file, fsync,
+rename, fsync the directory), so a crash leaves the old or the new state, never a mix.
 
 Losing an acknowledgement costs only a harmless resend (the server stores a seq once), so acks could
 be written lazily; losing a *drop* would be a silent loss, so a drop is always written before the
@@ -11,14 +11,12 @@ data it covers may be deleted.
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 
 import msgspec
 
 from lossproof.agent.ranges import SeqRange, Tagged
-from lossproof.durable import write_atomic
+from lossproof.segments import state as cells
 
 MAGIC = b"LPST"
 NAME = "state"
@@ -56,16 +54,13 @@ _dec = msgspec.msgpack.Decoder(SpoolState)
 
 def load(directory: Path) -> SpoolState | None:
     """The stored state, or None if there is none yet. A damaged file is a :class:`StateError`."""
-    try:
-        data = (directory / NAME).read_bytes()
-    except FileNotFoundError:
+    data = cells.load(directory / NAME)
+    if data is None:
         return None
-    if len(data) < 12 or data[:4] != MAGIC:
-        raise StateError(f"{directory / NAME}: not a spool state file")
-    crc, length = struct.unpack_from("<II", data, 4)
-    body = data[12 : 12 + length]
-    if len(body) != length or zlib.crc32(body) != crc:
-        raise StateError(f"{directory / NAME}: checksum mismatch")
+    body, why = cells.open_sized_cell(MAGIC, data)
+    if body is None:
+        what = "not a spool state file" if why == "bad magic" else why
+        raise StateError(f"{directory / NAME}: {what}")
     try:
         return _dec.decode(body)
     except msgspec.DecodeError as e:
@@ -76,4 +71,4 @@ def save(directory: Path, st: SpoolState) -> None:
     if len(st.dropped) > MAX_DROPPED_RANGES:
         st.dropped = st.dropped[-MAX_DROPPED_RANGES:]
     body = _enc.encode(st)
-    write_atomic(directory / NAME, MAGIC + struct.pack("<II", zlib.crc32(body), len(body)) + body)
+    cells.replace(directory / NAME, cells.sized_cell(MAGIC, body))

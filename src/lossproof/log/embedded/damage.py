@@ -45,7 +45,7 @@ def record_locations(directory: Path, partition: int = 0) -> list[RecordLocation
                 r = seg.read_record(win, p, want_payload=False, limit=limit)
                 if r.status is not seg.Status.OK or r.header is None:
                     break
-                out.append(RecordLocation(r.header.offset, path, p, r.header.size))
+                out.append(RecordLocation(r.header.number, path, p, r.header.size))
                 p = r.header.end
         finally:
             os.close(fd)
@@ -139,7 +139,7 @@ def lose_records(directory: Path, first: int, last: int, partition: int = 0) -> 
                 r = seg.read_record(win, p, want_payload=False, limit=limit)
                 if r.status is not seg.Status.OK or r.header is None:
                     break
-                if first <= r.header.offset <= last:
+                if first <= r.header.number <= last:
                     drop += 1
                 else:
                     keep.append(data[p : r.header.end])

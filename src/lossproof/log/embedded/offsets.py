@@ -31,8 +31,12 @@ import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
-from lossproof.durable import fsync_dir, write_atomic
+from lossproof.durable import fsync_dir
 from lossproof.log.base import LogError
+from lossproof.segments import state as cells
+from lossproof.segments.lock import LockFailed
+from lossproof.segments.lock import release_lock as release_lock
+from lossproof.segments.lock import try_lock as _try_lock
 
 log = logging.getLogger("lossproof.log.embedded")
 
@@ -122,8 +126,7 @@ def write_committed(directory: Path, group: str, offsets: Mapping[int, int]) -> 
     """Atomically and durably replace the group's committed offsets."""
     path = offset_path(directory, group)
     body = _canonical(offsets)
-    data = b'{"offsets": ' + body + b', "crc32": ' + str(zlib.crc32(body)).encode() + b"}\n"
-    write_atomic(path, data)
+    cells.replace(path, cells.json_cell("offsets", body))
 
 
 def list_groups(directory: Path) -> list[str]:
@@ -208,29 +211,11 @@ def forget_group(directory: Path, group: str) -> None:
 
 
 def try_lock(path: Path, content: str | None = None) -> tuple[int | None, str]:
-    """flock ``path`` exclusively without waiting; write ``content`` (default: our pid) into it.
-
-    Returns (fd, "") when we got it, (None, holder) when another process (or another open file in
-    this process) holds it; ``holder`` is the holder's pid ("unknown" if it wrote none yet).
-    """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    """:func:`lossproof.segments.lock.try_lock`, with an unexpected flock failure as a LogError."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        pid = "unknown"
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            pid = os.pread(fd, 128, 0).decode("ascii", "replace").split()[0]
-        os.close(fd)
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return None, pid
-        raise LogError(f"cannot lock {path}: {e}") from e
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (content if content is not None else f"{os.getpid()}\n").encode(), 0)
-    except OSError:
-        release_lock(fd)
-        raise
-    return fd, ""
+        return _try_lock(path, content)
+    except LockFailed as e:
+        raise LogError(e.strerror or str(e)) from e
 
 
 def acquire_lock(path: Path, what: str) -> int:
@@ -267,10 +252,3 @@ def probe_lock(path: Path) -> str | None:
         return None
     finally:
         os.close(fd)  # also drops the shared lock
-
-
-def release_lock(fd: int) -> None:
-    with contextlib.suppress(OSError):
-        fcntl.flock(fd, fcntl.LOCK_UN)
-    with contextlib.suppress(OSError):
-        os.close(fd)

@@ -217,10 +217,10 @@ class _Partition:
             r = seg.read_record(cur.win, cur.pos, limit=cur.seal.end_pos if cur.seal else None)
             h = r.header
             if r.status is seg.Status.OK and h is not None:
-                if h.offset < self.pos:  # before our position (already returned or committed)
+                if h.number < self.pos:  # before our position (already returned or committed)
                     cur.pos = h.end
                     continue
-                if cur.seal is None and h.offset >= cur.seal_checked_w:
+                if cur.seal is None and h.number >= cur.seal_checked_w:
                     # New since we last looked: the writer may have sealed this segment before this
                     # record (after a failed fsync), which makes the record untrusted. A seal is
                     # always written before the watermark passes the sealed segment.
@@ -228,8 +228,8 @@ class _Partition:
                     cur.seal_checked_w = w
                     if cur.seal is not None:
                         continue
-                if h.offset >= w:  # not durable yet
-                    if h.offset > self.pos:
+                if h.number >= w:  # not durable yet
+                    if h.number > self.pos:
                         # ... but the durable offsets before it should be here and are not.
                         reason = cur.pending_reason or (
                             f"offsets {self.pos}..{w - 1} missing in {cur.path} before byte {cur.pos}"
@@ -237,19 +237,19 @@ class _Partition:
                         self._gap(res, self.pos, w - 1, reason)
                         self.pos = w
                     return nbytes
-                if h.offset > self.pos:
+                if h.number > self.pos:
                     reason = cur.pending_reason or (
-                        f"offsets {self.pos}..{h.offset - 1} missing in {cur.path} before byte {cur.pos}"
+                        f"offsets {self.pos}..{h.number - 1} missing in {cur.path} before byte {cur.pos}"
                     )
-                    self._gap(res, self.pos, h.offset - 1, reason)
+                    self._gap(res, self.pos, h.number - 1, reason)
                 cur.pending_reason = None
-                res.records.append(LogRecord(self.partition, h.offset, r.key, r.value, h.timestamp_ms))
-                self.returned = h.offset + 1
+                res.records.append(LogRecord(self.partition, h.number, *seg.key_value(r), h.ts_ms))
+                self.returned = h.number + 1
                 added += 1
                 if len(self.uncommitted) < _MAX_TRACKED:
-                    self.uncommitted.append((h.offset, h.timestamp_ms))
+                    self.uncommitted.append((h.number, h.ts_ms))
                 nbytes += h.length
-                self.pos = h.offset + 1
+                self.pos = h.number + 1
                 cur.pos = h.end
                 continue
             # No header at all: the segment's data ends here. A header whose record runs past the
@@ -298,7 +298,7 @@ class _Partition:
         end = cur.seal.end_pos if cur.seal else None
         while end is None or p < end:
             hr = seg.read_header(cur.win, p)
-            if hr.status is not seg.Status.OK or hr.header is None or hr.header.offset >= self.pos:
+            if hr.status is not seg.Status.OK or hr.header is None or hr.header.number >= self.pos:
                 break
             if end is not None and hr.header.end > end:
                 break
@@ -308,11 +308,7 @@ class _Partition:
         return True
 
     def _read_seal(self, base: int) -> seg.Seal | None:
-        try:
-            return seg.read_seal(self.pdir, base)
-        except seg.BadSeal as e:
-            log.warning("log.seal_damaged", extra={"error": str(e)})
-            return None
+        return seg.read_seal_or_none(self.pdir, base)
 
     def _end_of_segment(self, res: PollResult, w: int, reason: str | None = None) -> bool:
         """No more records at the cursor although offsets below ``w`` remain. Returns progress."""
@@ -381,7 +377,7 @@ class _Partition:
         end = cur.seal.end_pos if cur.seal else cur.win.size()
         found, _ = seg.find_valid_after(cur.win, cur.pos + 1, end, min_offset=self.pos)
         if found is not None:
-            if found.offset >= w:
+            if found.number >= w:
                 self._gap(res, self.pos, w - 1, reason)
                 self.pos = w
             cur.pos = found.pos
@@ -760,18 +756,18 @@ class EmbeddedLogReader(LogReader):
                     if (
                         hr.status is seg.Status.OK
                         and hr.header is not None
-                        and hr.header.offset == hint.offset
+                        and hr.header.number == hint.offset
                     ):
                         p = hint.pos  # resume the walk where the last lookup found its record
                 while True:
                     hr = seg.read_header(win, p)
                     if hr.status is not seg.Status.OK or hr.header is None:
                         break
-                    if hr.header.offset >= w:
+                    if hr.header.number >= w:
                         return None
-                    if hr.header.offset >= offset:
-                        self._seek_hints[n] = _SeekHint(base, p, hr.header.offset)
-                        return hr.header.timestamp_ms
+                    if hr.header.number >= offset:
+                        self._seek_hints[n] = _SeekHint(base, p, hr.header.number)
+                        return hr.header.ts_ms
                     p = hr.header.end
             finally:
                 os.close(fd)

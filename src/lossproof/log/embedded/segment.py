@@ -17,7 +17,9 @@ Directory layout (one directory per partition ``p0`` .. ``p{N-1}``, see docs/log
 Lock files hold ``pid`` (writer) or ``pid token`` (reader) of the holder; only the flock counts.
 ``@`` cannot appear in a group name, so these names never collide with another group's files.
 
-Record (all integers little-endian, 32-byte header then key then value)::
+Record: a :mod:`lossproof.segments.framing` frame with magic ``b"LPR1"`` whose ``aux`` is the key
+length and whose ``number`` is the offset (byte for byte the format written before that module
+existed; all integers little-endian, 32-byte header then key then value)::
 
     0   4  magic         b"LPR1"
     4   4  crc           zlib.crc32 (IEEE CRC-32) over bytes 8..32 of the header, then key, then value
@@ -29,10 +31,10 @@ Record (all integers little-endian, 32-byte header then key then value)::
 
 A record is *valid* when the magic matches, ``key_length <= length <= MAX_PAYLOAD``, the whole record
 is present and the CRC matches. Scanning stops at the first position that does not hold a valid record;
-whether that is a torn tail (nothing valid after it) or corruption (a valid record further on, found by
-searching for the magic) is decided by :func:`scan_segment`.
+whether that is a torn tail or corruption is :func:`lossproof.segments.framing.verdict` (seal and
+durable watermark are the marks that vouch for bytes and offsets).
 
-Seal (``{base:020d}.seal``, 40 bytes)::
+Seal (``{base:020d}.seal``, 40 bytes, a :mod:`lossproof.segments.state` cell replaced atomically)::
 
     0   4  magic         b"LPS1"
     4   4  crc           zlib.crc32 over bytes 8..40
@@ -46,41 +48,48 @@ The writer seals a segment before it creates the next one. A normal roll seals w
 ``end_pos = file size`` and ``next_offset = reserved_next = next base``; a roll after a failed
 write or fsync seals at the last successfully fsync'd byte, so the failed tail is never read.
 
-Durable watermark (``durable``, 16 bytes, rewritten in place with pwrite and fsync'd after each group's data,
-before the group is acknowledged, so every acknowledged offset is below it after a power cut)::
+Durable watermark (``durable``, 16 bytes, a :mod:`lossproof.segments.state` cell, rewritten in
+place with pwrite and fsync'd after each group's data, before the group is acknowledged, so every
+acknowledged offset is below it after a power cut)::
 
     0   4  magic b"LPW1"   4  4  crc over bytes 8..16   8  8  next durable offset
 """
 
 from __future__ import annotations
 
-import enum
+import logging
 import os
 import re
 import struct
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from lossproof.durable import write_atomic
+from lossproof.segments import state as cells
+from lossproof.segments.framing import (
+    HEADER_SIZE,
+    MAX_PAYLOAD,
+    FileWindow,
+    Framing,
+    Header,
+    Parsed,
+    Scan,
+    Status,
+)
+from lossproof.segments.fs import FS, REAL
+from lossproof.segments.names import SegmentNames
+
+__all__ = ["HEADER_SIZE", "MAX_PAYLOAD", "FileWindow", "Header", "Parsed", "Scan", "Status"]
 
 MAGIC = b"LPR1"
-HEADER = struct.Struct("<4sIIIQq")
-HEADER_SIZE = HEADER.size  # 32
-_HEADER_TAIL = struct.Struct("<IIQq")  # the CRC'd part of the header: length, key_length, offset, ts
-MAX_PAYLOAD = 256 * 2**20
-READ_CHUNK = 1 << 20
 
 SEAL_MAGIC = b"LPS1"
-SEAL = struct.Struct("<4sIQQQq")
 WATERMARK_MAGIC = b"LPW1"
-WATERMARK = struct.Struct("<4sIQ")
+WATERMARK_SIZE = 16
 
 SEGMENT_SUFFIX = ".seg"
 SEAL_SUFFIX = ".seal"
 WATERMARK_FILE = "durable"
-_SEGMENT_RE = re.compile(r"^(\d{20})\.seg$")
 
 
 WRITER_LOCK = "writer.lock"
@@ -113,27 +122,21 @@ def list_partitions(directory: Path) -> list[int]:
     return out
 
 
+_SEGMENTS = SegmentNames(20, SEGMENT_SUFFIX)
+_SEALS = SegmentNames(20, SEAL_SUFFIX)
+
+
 def segment_path(pdir: Path, base: int) -> Path:
-    return pdir / f"{base:020d}{SEGMENT_SUFFIX}"
+    return _SEGMENTS.path(pdir, base)
 
 
 def seal_path(pdir: Path, base: int) -> Path:
-    return pdir / f"{base:020d}{SEAL_SUFFIX}"
+    return _SEALS.path(pdir, base)
 
 
 def list_segments(pdir: Path) -> list[int]:
     """Base offsets of the segment files in ``pdir``, ascending ([] if the directory is missing)."""
-    try:
-        names = os.listdir(pdir)
-    except FileNotFoundError:
-        return []
-    bases = []
-    for name in names:
-        m = _SEGMENT_RE.match(name)
-        if m:
-            bases.append(int(m.group(1)))
-    bases.sort()
-    return bases
+    return _SEGMENTS.list(pdir)
 
 
 def now_ms() -> int:
@@ -143,230 +146,56 @@ def now_ms() -> int:
 # --- records -------------------------------------------------------------------------------------
 
 
+def _check_key_length(key_length: int, length: int) -> str | None:
+    return f"key length {key_length} > record length {length}" if key_length > length else None
+
+
+FRAMING = Framing(MAGIC, max_payload=MAX_PAYLOAD, check_aux=_check_key_length)
+
+
 def encode_header(offset: int, timestamp_ms: int, key: bytes, value: bytes) -> bytes:
-    tail = _HEADER_TAIL.pack(len(key) + len(value), len(key), offset, timestamp_ms)
-    crc = zlib.crc32(value, zlib.crc32(key, zlib.crc32(tail)))
-    return MAGIC + crc.to_bytes(4, "little") + tail
+    return FRAMING.header(offset, timestamp_ms, len(key), key, value)
 
 
 def encode_record(offset: int, timestamp_ms: int, key: bytes, value: bytes) -> bytes:
     return encode_header(offset, timestamp_ms, key, value) + key + value
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
-    pos: int  # byte position of the record in its file
-    crc: int
-    length: int
-    key_length: int
-    offset: int
-    timestamp_ms: int
-
-    @property
-    def size(self) -> int:
-        return HEADER_SIZE + self.length
-
-    @property
-    def end(self) -> int:
-        return self.pos + HEADER_SIZE + self.length
-
-
-class Status(enum.Enum):
-    OK = "ok"
-    INCOMPLETE = "incomplete"  # the file ends inside this record (or exactly here)
-    BAD = "bad"  # bytes here are not a valid record
-
-
-def check_header(magic: bytes, length: int, key_length: int) -> str | None:
-    """Why a header is implausible, or None."""
-    if magic != MAGIC:
-        return "bad magic"
-    if length > MAX_PAYLOAD:
-        return f"record length {length} too large"
-    if key_length > length:
-        return f"key length {key_length} > record length {length}"
-    return None
-
-
-class FileWindow:
-    """Buffered positional reads of one file: few big ``pread`` calls, no per-field syscalls.
-
-    Only bytes returned for a *complete, CRC-valid* record may be served from the cache later;
-    callers re-read (``fresh=True``) before concluding that a record is incomplete or bad, because a
-    recovering writer may have replaced a torn tail the cache still holds.
-    """
-
-    def __init__(self, fd: int, chunk: int = READ_CHUNK) -> None:
-        self.fd = fd
-        self.chunk = chunk
-        self._buf = b""
-        self._start = 0
-
-    def get(self, pos: int, n: int, *, fresh: bool = False) -> memoryview | None:
-        """Exactly ``n`` bytes at ``pos``, or None if the file is shorter."""
-        rel = pos - self._start
-        if fresh or rel < 0 or rel + n > len(self._buf):
-            self._buf = os.pread(self.fd, max(n, self.chunk), pos)
-            self._start = pos
-            rel = 0
-            if len(self._buf) < n:
-                return None
-        return memoryview(self._buf)[rel : rel + n]
-
-    def drop(self) -> None:
-        self._buf = b""
-
-    def size(self) -> int:
-        return os.fstat(self.fd).st_size
-
-
-@dataclass(frozen=True, slots=True)
-class Parsed:
-    status: Status
-    header: Header | None = None
-    key: bytes = b""
-    value: bytes = b""
-    reason: str = ""
+def key_value(p: Parsed) -> tuple[bytes, bytes]:
+    """The key and value of a record read with its payload (the frame's ``aux`` is the key length)."""
+    assert p.header is not None
+    k = p.header.aux
+    return bytes(p.payload[:k]), bytes(p.payload[k:])
 
 
 def read_header(win: FileWindow, pos: int, *, fresh: bool = False) -> Parsed:
     """Parse (but do not CRC-check) the header at ``pos``."""
-    mv = win.get(pos, HEADER_SIZE, fresh=fresh)
-    if mv is None:
-        return Parsed(Status.INCOMPLETE, reason="end of file")
-    magic, crc, length, key_length, offset, ts = HEADER.unpack_from(mv)
-    why = check_header(magic, length, key_length)
-    if why:
-        return Parsed(Status.BAD, reason=why)
-    return Parsed(Status.OK, Header(pos, crc, length, key_length, offset, ts))
+    return FRAMING.read_header(win, pos, fresh=fresh)
 
 
 def read_record(win: FileWindow, pos: int, *, want_payload: bool = True, limit: int | None = None) -> Parsed:
-    """Parse and CRC-check the record at ``pos``; returns key and value if ``want_payload``.
-
-    ``limit`` is the end of the trusted part of the file (a seal's end_pos): a record crossing it is
-    INCOMPLETE. Non-OK results are always confirmed with a fresh read.
-    """
-    for fresh in (False, True):
-        p = read_header(win, pos, fresh=fresh)
-        if p.status is not Status.OK:
-            if fresh:
-                return p
-            continue
-        h = p.header
-        assert h is not None
-        if limit is not None and h.end > limit:
-            return Parsed(Status.INCOMPLETE, h, reason=f"record crosses the sealed end {limit}")
-        mv = win.get(pos, h.size, fresh=fresh)
-        if mv is None:
-            if fresh:
-                return Parsed(Status.INCOMPLETE, h, reason="end of file inside the record")
-            continue
-        crc = zlib.crc32(mv[HEADER_SIZE:], zlib.crc32(mv[8:HEADER_SIZE]))
-        if crc != h.crc:
-            if fresh:
-                return Parsed(Status.BAD, h, reason="CRC mismatch")
-            continue
-        if not want_payload:
-            return Parsed(Status.OK, h)
-        k0 = HEADER_SIZE
-        k1 = k0 + h.key_length
-        return Parsed(Status.OK, h, bytes(mv[k0:k1]), bytes(mv[k1:]))
-    raise AssertionError("unreachable")
+    """Parse and CRC-check the record at ``pos`` (see :meth:`Framing.read_record`); split the
+    payload with :func:`key_value`. ``limit`` is a seal's end_pos."""
+    return FRAMING.read_record(win, pos, want_payload=want_payload, limit=limit)
 
 
 def find_valid_after(
     win: FileWindow, pos: int, end: int, *, min_offset: int = -1
 ) -> tuple[Header | None, int]:
-    """Search ``[pos, end)`` for the first CRC-valid record with offset >= ``min_offset``.
-
-    Returns (header or None, position the search reached). Candidates that are not valid (a magic
-    inside a payload, a torn record) are skipped.
-    """
-    end = min(end, win.size())
-    p = pos
-    while p + HEADER_SIZE <= end:
-        want = min(end - p, READ_CHUNK)
-        mv = win.get(p, want, fresh=True)
-        if mv is None:
-            break
-        i = bytes(mv).find(MAGIC)
-        if i < 0:
-            p += max(1, want - (len(MAGIC) - 1))
-            continue
-        cand = p + i
-        r = read_record(win, cand, want_payload=False, limit=end)
-        if r.status is Status.OK and r.header is not None and r.header.offset >= min_offset:
-            return r.header, cand
-        p = cand + 1
-    return None, p
+    return FRAMING.find_valid_after(win, pos, end, min_number=min_offset)
 
 
 # --- whole-segment scan (recovery) ---------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class ScanResult:
-    path: Path
-    base: int
-    count: int
-    first_offset: int | None
-    last_offset: int | None
-    end_pos: int  # end of the last valid record (where a clean file would end)
-    file_size: int
-    bad_pos: int | None  # first byte that is not a valid record, if any before the file end
-    bad_reason: str
-    valid_after: Header | None  # a valid record found after bad_pos: corruption, not a torn tail
-
-    @property
-    def next_offset(self) -> int:
-        return self.base if self.last_offset is None else self.last_offset + 1
-
-
-def scan_segment(path: Path, base: int, *, verify_crc: bool = True, limit: int | None = None) -> ScanResult:
+def scan_segment(path: Path, base: int, *, verify_crc: bool = True, limit: int | None = None) -> Scan:
     """Walk the records of one segment file from byte 0 up to ``limit`` (default: the file end).
 
     With ``verify_crc=False`` only headers are checked (cheap: one read per chunk, payloads
-    skipped). Offsets must be >= base and strictly increasing.
+    skipped). Offsets must be >= base and strictly increasing. Whether a bad spot is a torn tail or
+    corruption is :func:`lossproof.segments.framing.verdict`.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        win = FileWindow(fd)
-        size = win.size()
-        end = size if limit is None else min(limit, size)
-        pos = 0
-        count = 0
-        first: int | None = None
-        last: int | None = None
-        bad_pos: int | None = None
-        bad_reason = ""
-        while pos < end:
-            if verify_crc:
-                r = read_record(win, pos, want_payload=False, limit=end)
-            else:
-                r = read_header(win, pos)
-                if r.status is Status.OK and r.header is not None and r.header.end > end:
-                    r = Parsed(Status.INCOMPLETE, r.header, reason="end of file inside the record")
-            h = r.header
-            if r.status is Status.OK and h is not None:
-                prev = base - 1 if last is None else last
-                if h.offset <= prev:
-                    r = Parsed(Status.BAD, h, reason=f"offset {h.offset} not after {prev}")
-            if r.status is not Status.OK or h is None:
-                bad_pos, bad_reason = pos, r.reason
-                break
-            count += 1
-            if first is None:
-                first = h.offset
-            last = h.offset
-            pos = h.end
-        valid_after = None
-        if bad_pos is not None:
-            min_off = base if last is None else last + 1
-            valid_after, _ = find_valid_after(win, bad_pos + 1, end, min_offset=min_off)
-        return ScanResult(path, base, count, first, last, pos, size, bad_pos, bad_reason, valid_after)
-    finally:
-        os.close(fd)
+    return FRAMING.scan_path(path, after=base - 1, limit=limit, verify_crc=verify_crc)
 
 
 # --- seals ---------------------------------------------------------------------------------------
@@ -380,18 +209,20 @@ class Seal:
     sealed_ms: int
 
 
+_SEAL_BODY = struct.Struct("<QQQq")
+
+
 def encode_seal(seal: Seal) -> bytes:
-    tail = struct.pack("<QQQq", seal.end_pos, seal.next_offset, seal.reserved_next, seal.sealed_ms)
-    return SEAL_MAGIC + zlib.crc32(tail).to_bytes(4, "little") + tail
+    body = _SEAL_BODY.pack(seal.end_pos, seal.next_offset, seal.reserved_next, seal.sealed_ms)
+    return cells.cell(SEAL_MAGIC, body)
 
 
 def decode_seal(data: bytes) -> Seal | None:
-    if len(data) != SEAL.size:
+    body = cells.open_cell(SEAL_MAGIC, data, _SEAL_BODY.size)
+    if body is None:
         return None
-    magic, crc, end_pos, next_offset, reserved_next, sealed_ms = SEAL.unpack(data)
-    if magic != SEAL_MAGIC or crc != zlib.crc32(data[8:]) or reserved_next < next_offset:
-        return None
-    return Seal(end_pos, next_offset, reserved_next, sealed_ms)
+    seal = Seal(*_SEAL_BODY.unpack(body))
+    return None if seal.reserved_next < seal.next_offset else seal
 
 
 class BadSeal(Exception):
@@ -400,9 +231,8 @@ class BadSeal(Exception):
 
 def read_seal(pdir: Path, base: int) -> Seal | None:
     """The segment's seal, None if it has none; raises BadSeal if the file is damaged."""
-    try:
-        data = seal_path(pdir, base).read_bytes()
-    except FileNotFoundError:
+    data = cells.load(seal_path(pdir, base))
+    if data is None:
         return None
     seal = decode_seal(data)
     if seal is None:
@@ -410,43 +240,45 @@ def read_seal(pdir: Path, base: int) -> Seal | None:
     return seal
 
 
-def write_seal(pdir: Path, base: int, seal: Seal, *, fsync: bool = True) -> None:
+def read_seal_or_none(pdir: Path, base: int) -> Seal | None:
+    """The segment's seal; None if it has none or it is damaged (logged: the segment is then read as
+    an unsealed one, up to its first bad record)."""
+    try:
+        return read_seal(pdir, base)
+    except BadSeal as e:
+        logging.getLogger("lossproof.log.embedded").warning("log.seal_damaged", extra={"error": str(e)})
+        return None
+
+
+def write_seal(pdir: Path, base: int, seal: Seal, *, fsync: bool = True, fs: FS = REAL) -> None:
     """Durably write a seal: tmp file, fsync, rename, fsync the directory."""
-    write_atomic(seal_path(pdir, base), encode_seal(seal), fsync=fsync)
+    cells.replace(seal_path(pdir, base), encode_seal(seal), fsync=fsync, fs=fs)
 
 
 # --- durable watermark ---------------------------------------------------------------------------
 
+_WATERMARK_BODY = struct.Struct("<Q")
+
+
+def watermark_cell(pdir: Path) -> cells.InPlaceCell:
+    """The partition's durable watermark file, rewritten in place and fsync'd after each group."""
+    return cells.InPlaceCell(pdir / WATERMARK_FILE, WATERMARK_MAGIC, _WATERMARK_BODY, fsync=True)
+
 
 def encode_watermark(value: int) -> bytes:
-    tail = struct.pack("<Q", value)
-    return WATERMARK_MAGIC + zlib.crc32(tail).to_bytes(4, "little") + tail
+    return cells.cell(WATERMARK_MAGIC, _WATERMARK_BODY.pack(value))
 
 
 def decode_watermark(data: bytes) -> int | None:
-    if len(data) != WATERMARK.size:
-        return None
-    magic, crc, value = WATERMARK.unpack(data)
-    if magic != WATERMARK_MAGIC or crc != zlib.crc32(data[8:]):
-        return None
-    return int(value)
+    body = cells.open_cell(WATERMARK_MAGIC, data, _WATERMARK_BODY.size)
+    return None if body is None else int(_WATERMARK_BODY.unpack(body)[0])
 
 
 def read_watermark_fd(fd: int) -> int | None:
-    return decode_watermark(os.pread(fd, WATERMARK.size, 0))
+    return decode_watermark(os.pread(fd, WATERMARK_SIZE, 0))
 
 
 def read_watermark(pdir: Path) -> int | None:
     """The partition's durable watermark (None if missing or unreadable right now)."""
-    try:
-        fd = os.open(pdir / WATERMARK_FILE, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        for _ in range(3):  # a read racing the writer's pwrite may be torn; the CRC tells
-            v = read_watermark_fd(fd)
-            if v is not None:
-                return v
-        return None
-    finally:
-        os.close(fd)
+    v = watermark_cell(pdir).read()
+    return None if v is None else v[0]

@@ -1,6 +1,8 @@
 """The embedded log writer: segment files, group-commit fsync in a dedicated thread.
 
 How an append becomes durable
+    (The thread, the futures, the health state and the probe are :mod:`lossproof.segments.commit`;
+    the writes and syncs go through the :mod:`lossproof.segments.fs` file system it is handed.)
     ``append`` queues the record and awaits a future. One writer thread takes *everything* queued
     (a group), assigns consecutive offsets, writes the group with ``os.writev`` and makes it durable
     with one ``fdatasync`` (both release the GIL), then writes and fsyncs the durable watermark and resolves
@@ -50,17 +52,14 @@ import contextlib
 import errno
 import logging
 import os
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from lossproof.durable import fsync_dir, make_dirs, writev_all
-from lossproof.faults import Faults
+from lossproof.durable import fsync_dir, make_dirs
 from lossproof.log.base import LogCorrupt, LogError, LogUnavailable, LogWriter, Position, Receipt
 from lossproof.log.embedded import segment as seg
 from lossproof.log.embedded.metrics import WriterMetrics
@@ -71,6 +70,10 @@ from lossproof.log.embedded.offsets import (
     release_lock,
     try_lock,
 )
+from lossproof.segments import framing
+from lossproof.segments.commit import CommitFailed, CommitHooks, CommitLimits, GroupCommitter
+from lossproof.segments.fs import FS, REAL, InjectedFault
+from lossproof.segments.state import InPlaceCell
 
 log = logging.getLogger("lossproof.log.embedded")
 
@@ -81,13 +84,12 @@ MAX_BATCH_RECORDS = 8192
 class _Append:
     key: bytes
     value: bytes
-    fut: asyncio.Future[Position]
     t0: float
     ts_ms: int
 
-
-class _Injected(OSError):
-    """An OSError raised by a fault hook (so logs can say it was injected)."""
+    @property
+    def size(self) -> int:
+        return len(self.value) + len(self.key) + seg.HEADER_SIZE
 
 
 def _errname(e: OSError) -> str:
@@ -105,7 +107,7 @@ class EmbeddedLogWriter(LogWriter):
         partitions: int = 1,
         segment_bytes: int = 64 * 2**20,
         retention_seconds: float = 0.0,
-        faults: Faults | None = None,
+        fs: FS = REAL,
         registry: CollectorRegistry | None = None,
         retention_check_seconds: float = 5.0,
         max_batch_bytes: int = 32 * 2**20,
@@ -122,23 +124,35 @@ class EmbeddedLogWriter(LogWriter):
         self._retention_check = retention_check_seconds
         self._max_batch_bytes = max_batch_bytes
         self._full_verify = full_verify
-        self._faults = faults if faults is not None else Faults()
+        self._fs = fs  # every write and sync of the write path (tests hand in a FaultyFS)
         self.registry = registry if registry is not None else CollectorRegistry()
         self._m = WriterMetrics(self.registry)
 
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._cond = threading.Condition()
-        self._pending: list[_Append] = []
-        self._closing = False
         self._closed = False
-        self._thread: threading.Thread | None = None
         self._lock_fd: int | None = None
-        self._unhealthy: str | None = "not started"
-        self._dead: str | None = None
+        self._was_started = False
+        limits = CommitLimits(MAX_BATCH_RECORDS, max_batch_bytes, probe_backoff=(0.1, 5.0))
+        self._gc: GroupCommitter[_Append, Position] = GroupCommitter(
+            "lossproof-log-writer",
+            self._commit,
+            LogUnavailable,
+            limits,
+            CommitHooks(
+                self._probe,
+                self._probe_failed,
+                self._on_bug,
+                self._on_health,
+                self._housekeeping,
+                lambda: self._retention_at + self._retention_check,
+                self._on_close,
+            ),
+            closed_message="log writer is closed",
+        )
 
         # Owned by the writer thread after start().
         self._fd: int | None = None
-        self._wm_fd: int | None = None
+        self._wm: InPlaceCell | None = None
         self._base = 0
         self._seg_size = 0
         self._next_offset = 0  # next offset to hand out
@@ -146,8 +160,6 @@ class EmbeddedLogWriter(LogWriter):
         self._durable_pos = 0  # bytes of the active segment that are fsync'd
         self._sealed_bytes = 0
         self._needs_roll = False
-        self._probe_at = 0.0
-        self._probe_backoff = 0.1
         self._retention_at = 0.0
 
     # --- public API ------------------------------------------------------------------------------
@@ -167,10 +179,8 @@ class EmbeddedLogWriter(LogWriter):
             self._close_files()
             raise
         self._loop = asyncio.get_running_loop()
-        self._set_healthy()
         self._retention_at = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name="lossproof-log-writer", daemon=True)
-        self._thread.start()
+        self._gc.start(self._loop)
 
     async def append(self, key: bytes, value: bytes, seqs: Sequence[tuple[int, int]] = ()) -> Receipt:
         if self._loop is None:
@@ -178,40 +188,22 @@ class EmbeddedLogWriter(LogWriter):
         key, value = bytes(key), bytes(value)
         if len(key) + len(value) > seg.MAX_PAYLOAD:
             raise ValueError(f"record of {len(key) + len(value)} bytes exceeds {seg.MAX_PAYLOAD}")
-        fut: asyncio.Future[Position] = self._loop.create_future()
-        req = _Append(key, value, fut, time.perf_counter(), seg.now_ms())
-        with self._cond:
-            # checked under the lock: the writer thread only exits with the lock held and nothing queued
-            if self._closing:
-                raise LogUnavailable("log writer is closed")
-            if self._dead is not None:
-                raise LogUnavailable(self._dead)
-            self._pending.append(req)
-            self._cond.notify()
-        pos = await fut
+        pos: Position = await self._gc.submit(_Append(key, value, time.perf_counter(), seg.now_ms()))
         return self._receipt(pos.partition, pos.offset, seqs)
 
     def healthy(self) -> tuple[bool, str]:
-        reason = self._dead or self._unhealthy
-        if reason is None:
-            return True, ""
-        return False, reason
+        return self._gc.healthy()
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join)
+        await self._gc.close()
         self._close_files()
         if self._lock_fd is not None:
             release_lock(self._lock_fd)
             self._lock_fd = None
-        self._unhealthy = "closed"
-        self._m.healthy.set(0)
+        self._gc.set_unhealthy("closed")
 
     async def __aenter__(self) -> EmbeddedLogWriter:
         await self.start()
@@ -251,110 +243,43 @@ class EmbeddedLogWriter(LogWriter):
 
     # --- health ----------------------------------------------------------------------------------
 
-    def _set_healthy(self) -> None:
-        if self._unhealthy is not None:
-            if self._unhealthy not in ("not started",):
+    def _on_health(self, reason: str | None) -> None:
+        if reason is None:
+            if self._was_started:
                 log.info(
                     "log.recovered", extra={"directory": str(self.directory), "partition": self.partition}
                 )
-            self._unhealthy = None
-        self._m.healthy.set(1)
+            self._was_started = True
+            self._m.healthy.set(1)
+        else:
+            self._m.healthy.set(0)
 
-    def _set_unhealthy(self, reason: str) -> None:
-        self._unhealthy = reason
-        self._m.healthy.set(0)
+    def _on_bug(self, e: Exception) -> None:
+        log.error("log.writer_error", extra={"directory": str(self.directory), "partition": self.partition})
+        self._needs_roll = True
+
+    def _on_close(self) -> None:
+        if self._needs_roll:
+            # Closing right after a failure: seal the failed segment now, so the next start never
+            # trusts what the failed write left behind.
+            self._seal_active()
+
+    def _probe(self) -> None:
+        if self._needs_roll:
+            self._roll()
+
+    def _probe_failed(self, e: Exception) -> str:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        return f"log roll after failure failed: {why}"
 
     # --- writer thread ---------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        try:
-            while True:
-                with self._cond:
-                    if not self._pending and not self._closing:
-                        self._cond.wait(self._idle_timeout())
-                    batch = self._take_batch()
-                    done = self._closing and not self._pending and not batch
-                if batch:
-                    try:
-                        self._commit(batch)
-                    except Exception as e:  # a bug: fail the group, never ack it
-                        log.exception(
-                            "log.writer_error",
-                            extra={"directory": str(self.directory), "partition": self.partition},
-                        )
-                        self._needs_roll = True
-                        self._set_unhealthy(f"internal error: {e!r}")
-                        self._fail(batch, f"internal error: {e!r}", "internal")
-                self._housekeeping()
-                if done:
-                    if self._needs_roll:
-                        # Closing right after a failure: seal the failed segment now, so the next
-                        # start never trusts what the failed write left behind.
-                        try:
-                            self._seal_active(self._fault("log.write"), self._fault("log.fsync"))
-                        except Exception as e:
-                            log.warning("log.seal_on_close_failed", extra={"error": str(e)})
-                    return
-        except BaseException as e:  # pragma: no cover - last resort: never leave appends hanging
-            log.exception(
-                "log.writer_died", extra={"directory": str(self.directory), "partition": self.partition}
-            )
-            with self._cond:
-                self._dead = f"log writer thread died: {e!r}"
-                rest, self._pending = self._pending, []
-            self._fail(rest, self._dead, "internal")
-
-    def _idle_timeout(self) -> float:
-        now = time.monotonic()
-        deadline = self._retention_at + self._retention_check
-        if self._needs_roll:
-            deadline = min(deadline, self._probe_at)
-        return min(max(deadline - now, 0.005), 1.0)
-
-    def _take_batch(self) -> list[_Append]:
-        if not self._pending:
-            return []
-        size = 0
-        n = 0
-        for r in self._pending:
-            if n >= MAX_BATCH_RECORDS or (n and size + len(r.value) > self._max_batch_bytes):
-                break
-            size += len(r.value) + len(r.key) + seg.HEADER_SIZE
-            n += 1
-        batch = self._pending[:n]
-        del self._pending[:n]
-        return batch
-
-    def _fault(self, name: str) -> dict[str, Any] | None:
-        try:
-            return self._faults.get(name)
-        except Exception:  # a broken fault file must never break the log
-            return None
-
-    def _inject(self, stage: str, write_f: dict[str, Any] | None, fsync_f: dict[str, Any] | None) -> None:
-        """Raise/sleep as the fault hooks say for ``stage`` ("write" or "fsync")."""
-        if stage == "write" and write_f:
-            mode = write_f.get("mode")
-            if mode == "enospc":
-                raise _Injected(errno.ENOSPC, "No space left on device (injected)")
-            if mode == "fail":
-                raise _Injected(errno.EIO, "Input/output error (injected write)")
-        if stage == "fsync" and fsync_f:
-            mode = fsync_f.get("mode")
-            if mode == "delay":
-                time.sleep(float(fsync_f.get("seconds", 1.0)))
-            elif mode == "fail":
-                raise _Injected(errno.EIO, "Input/output error (injected fsync)")
-
-    def _commit(self, batch: list[_Append]) -> None:
-        write_f = self._fault("log.write")
-        fsync_f = self._fault("log.fsync")
+    def _commit(self, batch: list[_Append]) -> list[Position]:
         if self._needs_roll or self._seg_size >= self._segment_bytes:
             try:
-                self._roll(write_f, fsync_f)
+                self._roll()
             except OSError as e:
-                self._io_failed("roll", e, batch)
-                return
+                raise CommitFailed(self._io_failed("roll", e, batch)) from e
         assert self._fd is not None
         first = self._next_offset
         bufs: list[bytes] = []
@@ -365,13 +290,11 @@ class EmbeddedLogWriter(LogWriter):
         self._next_offset = first + len(batch)  # handed out from here on, even if the write fails
         stage = "write"
         try:
-            self._inject("write", write_f, fsync_f)
-            written = writev_all(self._fd, bufs)
+            written = self._fs.writev(self._fd, bufs)
             self._seg_size += written
             stage = "fsync"
-            self._inject("fsync", write_f, fsync_f)
             t = time.perf_counter()
-            os.fdatasync(self._fd)
+            self._fs.fdatasync(self._fd)
             self._m.fsync_seconds.observe(time.perf_counter() - t)
             # The watermark is the floor recovery trusts: below it, damage is corruption, never a
             # torn tail to cut. It must be durable before the group is acknowledged, or a power cut
@@ -380,27 +303,24 @@ class EmbeddedLogWriter(LogWriter):
             stage = "watermark"
             self._write_watermark(self._next_offset)
         except OSError as e:
-            self._io_failed(stage, e, batch, first)
-            return
+            raise CommitFailed(self._io_failed(stage, e, batch, first)) from e
         self._durable_next = self._next_offset
         self._durable_pos = self._seg_size
-        self._set_healthy()
-        self._probe_backoff = 0.1
         now = time.perf_counter()
         for r in batch:
             self._m.append_seconds.observe(now - r.t0)
         self._m.fsync_batch_records.observe(len(batch))
         self._m.end_offset.set(self._durable_next)
         self._m.bytes.set(self._sealed_bytes + self._seg_size)
-        self._resolve(batch, first)
+        part = self.partition
+        return [Position(part, first + i) for i in range(len(batch))]
 
-    def _io_failed(self, stage: str, e: OSError, batch: list[_Append], first: int | None = None) -> None:
+    def _io_failed(self, stage: str, e: OSError, batch: list[_Append], first: int | None = None) -> str:
+        """Record a failed group (log, metrics) and leave this segment; returns the reason."""
         path = seg.segment_path(self._pdir, self._base)
         reason = f"log {stage} failed on {path}: {e.strerror or e}"
         label = f"{stage}_{_errname(e)}"
-        self._set_unhealthy(reason)
         self._needs_roll = True
-        self._probe_at = time.monotonic() + self._probe_backoff
         self._m.append_errors.labels(reason=label).inc(len(batch))
         log.error(
             f"log.{stage}_failed",
@@ -408,62 +328,30 @@ class EmbeddedLogWriter(LogWriter):
                 "path": str(path),
                 "error": str(e),
                 "errno": _errname(e),
-                "injected": isinstance(e, _Injected),
+                "injected": isinstance(e, InjectedFault),
                 "records": len(batch),
                 "first_offset": first,
                 "durable_next": self._durable_next,
             },
         )
-        self._fail(batch, reason, label)
-
-    def _fail(self, batch: list[_Append], reason: str, label: str) -> None:
-        if not batch:
-            return
-
-        def fail() -> None:
-            for r in batch:
-                if not r.fut.done():
-                    r.fut.set_exception(LogUnavailable(reason))
-
-        self._call_in_loop(fail)
-
-    def _resolve(self, batch: list[_Append], first: int) -> None:
-        part = self.partition
-
-        def resolve() -> None:
-            for i, r in enumerate(batch):
-                if not r.fut.done():
-                    r.fut.set_result(Position(part, first + i))
-
-        self._call_in_loop(resolve)
-
-    def _call_in_loop(self, fn: Callable[[], None]) -> None:
-        assert self._loop is not None
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-            self._loop.call_soon_threadsafe(fn)
+        return reason
 
     def _write_watermark(self, durable_next: int) -> None:
         """Durably record that every offset below ``durable_next`` is fsync'd (readers read up to it)."""
-        assert self._wm_fd is not None
-        data = seg.encode_watermark(durable_next)
-        if os.pwrite(self._wm_fd, data, 0) != len(data):
-            raise OSError(errno.EIO, "short write of the watermark")
-        os.fsync(self._wm_fd)
+        assert self._wm is not None
+        self._wm.write(durable_next)
 
-    def _roll(self, write_f: dict[str, Any] | None, fsync_f: dict[str, Any] | None) -> None:
+    def _roll(self) -> None:
         """Seal the active segment at its last fsync'd byte and start a new one past every offset."""
-        self._seal_active(write_f, fsync_f)
+        self._seal_active()
         self._open_new_segment(self._next_offset)
         self._needs_roll = False
         self._retention_at = 0.0  # run retention after every roll
 
-    def _seal_active(self, write_f: dict[str, Any] | None, fsync_f: dict[str, Any] | None) -> None:
-        self._inject("write", write_f, fsync_f)
-        if fsync_f and fsync_f.get("mode") == "fail":
-            self._inject("fsync", write_f, fsync_f)
+    def _seal_active(self) -> None:
         if self._fd is not None:
             seal = seg.Seal(self._durable_pos, self._durable_next, self._next_offset, seg.now_ms())
-            seg.write_seal(self._pdir, self._base, seal)
+            seg.write_seal(self._pdir, self._base, seal, fs=self._fs)
             os.close(self._fd)
             self._fd = None
             self._sealed_bytes += self._seg_size
@@ -496,17 +384,6 @@ class EmbeddedLogWriter(LogWriter):
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
-        if self._needs_roll and now >= self._probe_at:
-            try:
-                self._roll(self._fault("log.write"), self._fault("log.fsync"))
-            except Exception as e:
-                self._probe_backoff = min(self._probe_backoff * 2, 5.0)
-                self._probe_at = now + self._probe_backoff
-                why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-                self._set_unhealthy(f"log roll after failure failed: {why}")
-            else:
-                self._probe_backoff = 0.1
-                self._set_healthy()
         if now >= self._retention_at + self._retention_check:
             self._retention_at = now
             try:
@@ -559,14 +436,14 @@ class EmbeddedLogWriter(LogWriter):
             if name.endswith(".tmp"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._pdir / name)
-        wm_path = self._pdir / seg.WATERMARK_FILE
-        created = not wm_path.exists()
-        self._wm_fd = os.open(wm_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        if created:
+        self._wm = seg.watermark_cell(self._pdir)
+        self._wm.open()
+        if self._wm.created:
             fsync_dir(self._pdir)
-        watermark = seg.read_watermark_fd(self._wm_fd)
-        if watermark is None and not created:
-            log.warning("log.watermark_unreadable", extra={"path": str(wm_path)})
+        cell = self._wm.read()
+        watermark = None if cell is None else cell[0]
+        if watermark is None and not self._wm.created:
+            log.warning("log.watermark_unreadable", extra={"path": str(self._wm.path)})
         # The durable floor: the watermark file is fsync'd after each group's data and before its
         # acknowledgement, so every acknowledged offset is below it; offsets a consumer group committed
         # were read, hence durable (and cover logs written before the watermark was fsync'd). Below
@@ -584,21 +461,25 @@ class EmbeddedLogWriter(LogWriter):
         else:
             last = bases[-1]
             path = seg.segment_path(self._pdir, last)
-            seal = self._read_seal_or_none(last)
+            seal = seg.read_seal_or_none(self._pdir, last)
             res = seg.scan_segment(path, last, verify_crc=True, limit=seal.end_pos if seal else None)
             # A valid record after a bad one is damage inside fsync'd data only if the bad record
             # is below the durable watermark (or in a sealed segment, fsync'd whole). Past it, the
             # bytes are an unacknowledged group whose pages a power cut persisted out of order: a
             # torn tail, cut below like any other (the watermark is written only after the data's
             # fsync, so an old one errs towards "acknowledged").
-            torn_beyond_watermark = seal is None and res.next_offset >= wm
-            if res.bad_pos is not None and res.valid_after is not None and not torn_beyond_watermark:
+            if seal is not None:
+                verdict = framing.verdict(res, durable_pos=seal.end_pos)
+            else:
+                verdict = framing.verdict(res, durable_number=wm)
+            if verdict is framing.Verdict.CORRUPT:
+                assert res.valid_after is not None
                 raise LogCorrupt(
                     f"{path}: bad record at byte {res.bad_pos} ({res.bad_reason}); a valid record "
-                    f"(offset {res.valid_after.offset}) follows at byte {res.valid_after.pos}"
+                    f"(offset {res.valid_after.number}) follows at byte {res.valid_after.pos}"
                 )
             if seal is not None:
-                if res.bad_pos is not None or res.file_size < seal.end_pos:
+                if verdict is not framing.Verdict.CLEAN:
                     # The tail of a sealed segment is gone (it was fsync'd: this is lost data). Keep
                     # the valid prefix and re-seal it so it stays consistent; the seal keeps
                     # next_offset, so readers report the missing records as a gap.
@@ -613,16 +494,16 @@ class EmbeddedLogWriter(LogWriter):
                         last,
                         seg.Seal(res.end_pos, seal.next_offset, seal.reserved_next, seg.now_ms()),
                     )
-                    lost = max(0, seal.next_offset - res.next_offset)
+                    lost = max(0, seal.next_offset - res.next_number)
                     self._m.recovery_lost_records.inc(lost)
                     self._m.recovery_truncated_bytes.inc(max(0, res.file_size - res.end_pos))
                     log.error(
                         "log.recovery_lost_records",
-                        extra={"path": str(path), "first": res.next_offset, "last": seal.next_offset - 1,
+                        extra={"path": str(path), "first": res.next_number, "last": seal.next_offset - 1,
                                "records": lost, "why": res.bad_reason or "file shorter than its seal"},
                     )  # fmt: skip
                 sealed_bytes += res.end_pos
-                nxt = max(seal.reserved_next, res.next_offset, wm)
+                nxt = max(seal.reserved_next, res.next_number, wm)
                 self._next_offset = nxt
                 self._open_new_segment(nxt)
             else:
@@ -650,13 +531,13 @@ class EmbeddedLogWriter(LogWriter):
                 self._base = last
                 self._seg_size = res.end_pos
                 self._durable_pos = res.end_pos
-                self._next_offset = max(res.next_offset, wm)
-                if wm > res.next_offset:
-                    lost = wm - res.next_offset
+                self._next_offset = max(res.next_number, wm)
+                if wm > res.next_number:
+                    lost = wm - res.next_number
                     self._m.recovery_lost_records.inc(lost)
                     log.error(
                         "log.recovery_lost_records",
-                        extra={"path": str(path), "first": res.next_offset, "last": wm - 1, "records": lost},
+                        extra={"path": str(path), "first": res.next_number, "last": wm - 1, "records": lost},
                     )
         self._durable_next = self._next_offset
         self._sealed_bytes = sealed_bytes
@@ -673,30 +554,24 @@ class EmbeddedLogWriter(LogWriter):
             },
         )
 
-    def _read_seal_or_none(self, base: int) -> seg.Seal | None:
-        try:
-            return seg.read_seal(self._pdir, base)
-        except seg.BadSeal as e:
-            log.warning("log.seal_damaged", extra={"error": str(e)})
-            return None
-
     def _check_sealed(self, base: int, next_base: int) -> int:
         """Check a non-last segment; returns its size. Raises LogCorrupt on any damage."""
         path = seg.segment_path(self._pdir, base)
-        seal = self._read_seal_or_none(base)
+        seal = seg.read_seal_or_none(self._pdir, base)
         res = seg.scan_segment(path, base, verify_crc=self._full_verify, limit=seal.end_pos if seal else None)
         if seal is not None and res.file_size < seal.end_pos:
             raise LogCorrupt(f"{path}: file is {res.file_size} bytes but its seal says {seal.end_pos}")
         if res.bad_pos is not None:
             raise LogCorrupt(f"{path}: bad record at byte {res.bad_pos} ({res.bad_reason})")
-        if res.last_offset is not None and res.last_offset >= next_base:
-            raise LogCorrupt(f"{path}: offset {res.last_offset} overlaps the next segment (base {next_base})")
+        if res.last is not None and res.last >= next_base:
+            raise LogCorrupt(f"{path}: offset {res.last} overlaps the next segment (base {next_base})")
         return res.file_size
 
     def _close_files(self) -> None:
-        for attr in ("_fd", "_wm_fd"):
-            fd = getattr(self, attr)
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-                setattr(self, attr, None)
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+        if self._wm is not None:
+            with contextlib.suppress(OSError):
+                self._wm.close()
