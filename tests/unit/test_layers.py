@@ -204,15 +204,6 @@ def test_the_parser_finds_the_imports() -> None:
     assert ("cli", "server") in edges or ("cli", "ingest") in edges
 
 
-# Modules whose own logger is still a stdlib one (``extra=`` fields), until the segments rewrite of
-# the embedded log moves them to obs.logging; nothing may join them.
-STDLIB_LOGGERS_PENDING = {
-    "log/embedded/offsets.py",
-    "log/embedded/reader.py",
-    "log/embedded/writer.py",
-}
-
-
 def test_one_logging_style() -> None:
     """A module's own logger is structlog's (``obs.logging.get``), never ``logging.getLogger``. (A
     stdlib logger handed to a library, librdkafka's, or a filter on aiohttp's logger are no module
@@ -225,8 +216,7 @@ def test_one_logging_style() -> None:
             fn = node.value.func
             if isinstance(fn, ast.Attribute) and fn.attr == "getLogger":
                 stdlib.append(str(path.relative_to(SRC)))
-    assert sorted(set(stdlib) - STDLIB_LOGGERS_PENDING) == []
-    assert sorted(STDLIB_LOGGERS_PENDING - set(stdlib)) == [], "moved to structlog: strike it from the list"
+    assert sorted(stdlib) == []
 
 
 def test_each_package_names_its_public_api() -> None:

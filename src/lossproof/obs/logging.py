@@ -75,5 +75,11 @@ def setup(component: str, level: str = "INFO", fmt: str | None = None) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+# Until a process calls setup(), structlog would print to stdout, which is a tool's output (and a
+# test's protocol with its child): stderr instead, in structlog's default format.
+if not structlog.is_configured():
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+
+
 def get(name: str) -> structlog.stdlib.BoundLogger:
     return structlog.stdlib.get_logger(name)

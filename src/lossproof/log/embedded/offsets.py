@@ -24,7 +24,6 @@ import contextlib
 import errno
 import fcntl
 import json
-import logging
 import os
 import re
 import zlib
@@ -33,12 +32,13 @@ from pathlib import Path
 
 from lossproof.durable import fsync_dir
 from lossproof.log.base import LogError
+from lossproof.obs.logging import get
 from lossproof.segments import state as cells
 from lossproof.segments.lock import LockFailed
 from lossproof.segments.lock import release_lock as release_lock
 from lossproof.segments.lock import try_lock as _try_lock
 
-log = logging.getLogger("lossproof.log.embedded")
+log = get("lossproof.log.embedded")
 
 CONSUMERS_DIR = "consumers"
 _GROUP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -75,7 +75,7 @@ def read_committed(directory: Path, group: str) -> dict[int, int] | None:
         if int(doc["crc32"]) != zlib.crc32(_canonical(offsets)):
             raise ValueError("crc mismatch")
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        log.error("log.offsets_damaged", extra={"path": str(path), "error": str(e)})
+        log.error("log.offsets_damaged", path=str(path), error=str(e))
         return None
     return offsets
 

@@ -50,7 +50,6 @@ from __future__ import annotations
 import bisect
 import collections
 import contextlib
-import logging
 import os
 import secrets
 import time
@@ -76,8 +75,9 @@ from lossproof.log.embedded.offsets import (
     try_lock,
     update_committed,
 )
+from lossproof.obs.logging import get
 
-log = logging.getLogger("lossproof.log.embedded")
+log = get("lossproof.log.embedded")
 
 POLL_INTERVAL = 0.002
 CLAIM_GRACE = 2.0
@@ -402,13 +402,7 @@ class _Partition:
         self.m.gap_offsets.inc(last - first + 1)
         log.warning(
             "log.gap",
-            extra={
-                "group": self.group,
-                "partition": self.partition,
-                "first": first,
-                "last": last,
-                "reason": reason,
-            },
+            group=self.group, partition=self.partition, first=first, last=last, reason=reason,
         )
 
     def close_cursor(self) -> None:
@@ -571,7 +565,7 @@ class EmbeddedLogReader(LogReader):
         for part in self._owned.values():
             part.close()
         if self._owned:
-            log.info("log.partitions_released", extra={"group": self.group, "partitions": self.owned})
+            log.info("log.partitions_released", group=self.group, partitions=self.owned)
         self._owned.clear()
         self._m.partitions.set(0)
         if self._member_fd is not None:
@@ -609,7 +603,7 @@ class EmbeddedLogReader(LogReader):
         self._m.partitions.set(len(self._owned))
         log.info(
             "log.partition_claimed",
-            extra={"group": self.group, "partition": n, "committed": committed, "owned": self.owned},
+            group=self.group, partition=n, committed=committed, owned=self.owned,
         )
         return True
 
@@ -622,7 +616,7 @@ class EmbeddedLogReader(LogReader):
             if probe_lock(reader_lock_path(self.directory, self.group, n)) is None:
                 self._free_since.setdefault(n, now)
         if not self._owned:
-            log.info("log.reader_standby", extra={"group": self.group, "directory": str(self.directory)})
+            log.info("log.reader_standby", group=self.group, directory=str(self.directory))
         self._next_check = now + self._claim_interval
 
     def _join(self) -> None:
@@ -713,7 +707,7 @@ class EmbeddedLogReader(LogReader):
             self._m.partitions.set(len(self._owned))
             log.info(
                 "log.partition_released",
-                extra={"group": self.group, "partition": n, "committed": part.committed, "owned": self.owned},
+                group=self.group, partition=n, committed=part.committed, owned=self.owned,
             )
             return True
         return False

@@ -57,7 +57,6 @@ acknowledged offset is below it after a power cut)::
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import struct
@@ -65,6 +64,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lossproof.obs.logging import get
 from lossproof.segments import state as cells
 from lossproof.segments.framing import (
     HEADER_SIZE,
@@ -246,7 +246,7 @@ def read_seal_or_none(pdir: Path, base: int) -> Seal | None:
     try:
         return read_seal(pdir, base)
     except BadSeal as e:
-        logging.getLogger("lossproof.log.embedded").warning("log.seal_damaged", extra={"error": str(e)})
+        get("lossproof.log.embedded").warning("log.seal_damaged", error=str(e))
         return None
 
 

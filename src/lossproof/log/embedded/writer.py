@@ -50,7 +50,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import logging
 import os
 import time
 from collections.abc import Sequence
@@ -70,12 +69,13 @@ from lossproof.log.embedded.offsets import (
     release_lock,
     try_lock,
 )
+from lossproof.obs.logging import get
 from lossproof.segments import framing
 from lossproof.segments.commit import CommitFailed, CommitHooks, CommitLimits, GroupCommitter
 from lossproof.segments.fs import FS, REAL, InjectedFault
 from lossproof.segments.state import InPlaceCell
 
-log = logging.getLogger("lossproof.log.embedded")
+log = get("lossproof.log.embedded")
 
 MAX_BATCH_RECORDS = 8192
 
@@ -247,7 +247,7 @@ class EmbeddedLogWriter(LogWriter):
         if reason is None:
             if self._was_started:
                 log.info(
-                    "log.recovered", extra={"directory": str(self.directory), "partition": self.partition}
+                    "log.recovered", directory=str(self.directory), partition=self.partition
                 )
             self._was_started = True
             self._m.healthy.set(1)
@@ -255,7 +255,7 @@ class EmbeddedLogWriter(LogWriter):
             self._m.healthy.set(0)
 
     def _on_bug(self, e: Exception) -> None:
-        log.error("log.writer_error", extra={"directory": str(self.directory), "partition": self.partition})
+        log.error("log.writer_error", directory=str(self.directory), partition=self.partition)
         self._needs_roll = True
 
     def _on_close(self) -> None:
@@ -324,15 +324,13 @@ class EmbeddedLogWriter(LogWriter):
         self._m.append_errors.labels(reason=label).inc(len(batch))
         log.error(
             f"log.{stage}_failed",
-            extra={
-                "path": str(path),
-                "error": str(e),
-                "errno": _errname(e),
-                "injected": isinstance(e, InjectedFault),
-                "records": len(batch),
-                "first_offset": first,
-                "durable_next": self._durable_next,
-            },
+            path=str(path),
+            error=str(e),
+            errno=_errname(e),
+            injected=isinstance(e, InjectedFault),
+            records=len(batch),
+            first_offset=first,
+            durable_next=self._durable_next,
         )
         return reason
 
@@ -358,11 +356,9 @@ class EmbeddedLogWriter(LogWriter):
             if self._needs_roll:
                 log.warning(
                     "log.segment_sealed_after_failure",
-                    extra={
-                        "path": str(seg.segment_path(self._pdir, self._base)),
-                        "end_pos": self._durable_pos,
-                        "void_offsets": [self._durable_next, self._next_offset - 1],
-                    },
+                    path=str(seg.segment_path(self._pdir, self._base)),
+                    end_pos=self._durable_pos,
+                    void_offsets=[self._durable_next, self._next_offset - 1],
                 )
 
     def _open_new_segment(self, base: int) -> None:
@@ -389,7 +385,7 @@ class EmbeddedLogWriter(LogWriter):
             try:
                 self._apply_retention()
             except Exception as e:
-                log.warning("log.retention_failed", extra={"error": str(e)})
+                log.warning("log.retention_failed", error=str(e))
 
     def _apply_retention(self) -> None:
         committed = min_committed(self.directory, self.partition)
@@ -417,7 +413,7 @@ class EmbeddedLogWriter(LogWriter):
             freed += st.st_size
             log.info(
                 "log.segment_deleted",
-                extra={"path": str(path), "last_offset": next_base - 1, "min_committed": committed},
+                path=str(path), last_offset=next_base - 1, min_committed=committed,
             )
         if deleted:
             fsync_dir(self._pdir)
@@ -443,7 +439,7 @@ class EmbeddedLogWriter(LogWriter):
         cell = self._wm.read()
         watermark = None if cell is None else cell[0]
         if watermark is None and not self._wm.created:
-            log.warning("log.watermark_unreadable", extra={"path": str(self._wm.path)})
+            log.warning("log.watermark_unreadable", path=str(self._wm.path))
         # The durable floor: the watermark file is fsync'd after each group's data and before its
         # acknowledgement, so every acknowledged offset is below it; offsets a consumer group committed
         # were read, hence durable (and cover logs written before the watermark was fsync'd). Below
@@ -499,8 +495,11 @@ class EmbeddedLogWriter(LogWriter):
                     self._m.recovery_truncated_bytes.inc(max(0, res.file_size - res.end_pos))
                     log.error(
                         "log.recovery_lost_records",
-                        extra={"path": str(path), "first": res.next_number, "last": seal.next_offset - 1,
-                               "records": lost, "why": res.bad_reason or "file shorter than its seal"},
+                        path=str(path),
+                        first=res.next_number,
+                        last=seal.next_offset - 1,
+                        records=lost,
+                        why=res.bad_reason or "file shorter than its seal",
                     )  # fmt: skip
                 sealed_bytes += res.end_pos
                 nxt = max(seal.reserved_next, res.next_number, wm)
@@ -513,13 +512,11 @@ class EmbeddedLogWriter(LogWriter):
                     self._m.recovery_truncated_bytes.inc(cut)
                     log.warning(
                         "log.recovery_truncated",
-                        extra={
-                            "path": str(path),
-                            "at_byte": res.bad_pos,
-                            "bytes": cut,
-                            "why": res.bad_reason,
-                            "valid_records_after": res.valid_after is not None,
-                        },
+                        path=str(path),
+                        at_byte=res.bad_pos,
+                        bytes=cut,
+                        why=res.bad_reason,
+                        valid_records_after=res.valid_after is not None,
                     )
                 fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
                 try:
@@ -537,7 +534,7 @@ class EmbeddedLogWriter(LogWriter):
                     self._m.recovery_lost_records.inc(lost)
                     log.error(
                         "log.recovery_lost_records",
-                        extra={"path": str(path), "first": res.next_number, "last": wm - 1, "records": lost},
+                        path=str(path), first=res.next_number, last=wm - 1, records=lost,
                     )
         self._durable_next = self._next_offset
         self._sealed_bytes = sealed_bytes
@@ -546,12 +543,10 @@ class EmbeddedLogWriter(LogWriter):
         self._m.bytes.set(self._sealed_bytes + self._seg_size)
         log.info(
             "log.opened",
-            extra={
-                "directory": str(self.directory),
-                "partition": self.partition,
-                "next_offset": self._next_offset,
-                "segment": self._base,
-            },
+            directory=str(self.directory),
+            partition=self.partition,
+            next_offset=self._next_offset,
+            segment=self._base,
         )
 
     def _check_sealed(self, base: int, next_base: int) -> int:
