@@ -207,8 +207,8 @@ def test_restart_makes_the_inherited_tail_durable_before_vouching_for_it(
         events.append(f"new segment {Path(dst).name}")
         real_replace(src, dst)
 
-    monkeypatch.setattr(jn.os, "fdatasync", fdatasync)
-    monkeypatch.setattr(jn.os, "replace", replace)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    monkeypatch.setattr(os, "replace", replace)
 
     async def restart() -> None:
         w = jn.JournalWriter(tmp_path)
