@@ -446,8 +446,6 @@ def check(body: bytes, proto: str, keep: bool = False) -> Checked:
         return replace(checked, decoding=Decoding(body, proto)) if keep else checked
     blobs = _SeriesBlobs.FromString(body).v1
     merged = _Merged.FromString(b"".join(blobs))
-    # each series' labels: as the relay will store them (dicts from flat columns), or else as maps
-    # (a cheaper view when nothing is kept); the same checks run on either
     # each series' labels: as the relay will store them (the native reader's dicts), or else as
     # maps (a view, when nothing is kept); both are maps (the last of a repeated name wins) and
     # the same checks run on either
