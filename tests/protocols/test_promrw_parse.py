@@ -146,6 +146,16 @@ def test_native_histogram_becomes_count_sum_and_cumulative_buckets() -> None:
         ("lat_bucket", "8"): 6.0,
         ("lat_bucket", "+Inf"): 6.0,
     }
+    # the relay: a body with native histograms is decoded by iter_decode, not from the columns
+    ts = req.timeseries.add()
+    for k, v in (("__name__", "plain"), ("job", "")):
+        lb = ts.labels.add()
+        lb.name, lb.value = k, v
+    s = ts.samples.add()
+    s.timestamp, s.value = T0, 1.0
+    body = bytes(req.SerializeToString())
+    assert promrw.check(body, promrw.V1, keep=True).decoding.fast is None
+    _decoding_agrees(body, promrw.V1, promrw.to_points(body, promrw.V1))
 
 
 def test_remote_write_2_symbols_and_written_headers() -> None:
