@@ -436,6 +436,23 @@ fn rw_one<'a>(
     Ok(s)
 }
 
+const STR_CACHE: usize = 1 << 16;
+
+fn cached<'py, 'a>(
+    py: Python<'py>,
+    strs: &mut FxHashMap<&'a str, Bound<'py, PyString>>,
+    text: &'a str,
+) -> Bound<'py, PyString> {
+    if let Some(s) = strs.get(text) {
+        return s.clone();
+    }
+    let s = PyString::new(py, text);
+    if strs.len() < STR_CACHE {
+        strs.insert(text, s.clone());
+    }
+    s
+}
+
 /// `rw1_series(body) -> (t, v, [(labels, first, last, start, end, more)], error)`: the samples of a
 /// remote-write 1.0 WriteRequest as two columns, timestamps and values (native-endian int64 and
 /// float64 bytes, in the body's order), and each series: its labels as a dict (the last of a name
@@ -458,10 +475,16 @@ fn rw1_series<'py>(
     let (series, error) = rw_series(body, &mut ts, &mut vs)
         .map_err(|Malformed(why)| pyo3::exceptions::PyValueError::new_err(why))?;
     let out = PyList::empty(py);
+    // Label names and values repeat from series to series (every `__name__`, `job`, `instance`):
+    // each distinct text is made a Python string once per body and shared (fewer allocations, the
+    // hash computed once). Bounded: past STR_CACHE texts the rest are made one by one.
+    let mut strs: FxHashMap<&str, Bound<'py, PyString>> = FxHashMap::default();
     for s in series {
         let labels = PyDict::new(py);
         for (k, v) in s.labels {
-            labels.set_item(PyString::new(py, k), PyString::new(py, v))?;
+            let key = cached(py, &mut strs, k);
+            let value = cached(py, &mut strs, v);
+            labels.set_item(key, value)?;
         }
         out.append((labels, s.first, s.last, s.start, s.end, s.more))?;
     }

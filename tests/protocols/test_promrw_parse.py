@@ -146,6 +146,16 @@ def test_native_histogram_becomes_count_sum_and_cumulative_buckets() -> None:
         ("lat_bucket", "8"): 6.0,
         ("lat_bucket", "+Inf"): 6.0,
     }
+    # the relay: a body with native histograms is decoded by iter_decode, not from the columns
+    ts = req.timeseries.add()
+    for k, v in (("__name__", "plain"), ("job", "")):
+        lb = ts.labels.add()
+        lb.name, lb.value = k, v
+    s = ts.samples.add()
+    s.timestamp, s.value = T0, 1.0
+    body = bytes(req.SerializeToString())
+    assert promrw.check(body, promrw.V1, keep=True).decoding.fast is None
+    _decoding_agrees(body, promrw.V1, promrw.to_points(body, promrw.V1))
 
 
 def test_remote_write_2_symbols_and_written_headers() -> None:
@@ -297,7 +307,7 @@ def test_mutated_bodies_are_refused_cleanly_or_decode(
 
 
 def _decoding_agrees(body: bytes, proto: str, expected: list[Point], max_points: int = 3) -> None:
-    """The relay's decoding kept by the check (columns from the check's views, or iter_decode)
+    """The relay's decoding kept by the check (the native reader's columns, or iter_decode)
     gives exactly the worker's points, in order, in chunks of at most max_points."""
     checked = promrw.check(body, proto, keep=True)
     assert checked == promrw.check(body, proto)  # the relay's check answers as ingest's
@@ -314,7 +324,7 @@ def _decoding_agrees(body: bytes, proto: str, expected: list[Point], max_points:
 
 def test_the_relay_decodes_prometheus_bodies_from_the_checks_columns() -> None:
     """The shape Prometheus sends (and more: zero values, several samples or none in a series, labels
-    in any order, a repeated label name) takes the columnar path; an empty-valued label and native
+    in any order, a repeated label name, an empty-valued label) takes the columnar path; native
     histograms take iter_decode's. Both give the worker's points, and the same answer as ingest's
     check (which keeps nothing)."""
     fast = [
@@ -348,15 +358,17 @@ def test_the_relay_decodes_prometheus_bodies_from_the_checks_columns() -> None:
         for keep in (False, True):
             with pytest.raises(BadBody, match="label name"):
                 promrw.check(bad, promrw.V1, keep)
-    slow = [
-        [({"__name__": "e", "gone": ""}, [(T0, 1.0)])],
+    # an empty-valued label is left out of the points (as the worker does); a series without a name
+    # is refused
+    other = [
+        [({"__name__": "e", "gone": ""}, [(T0, 1.0)]), ({"__name__": "f", "a": "1", "b": ""}, [(T0, 2.0)])],
         [({"__name__": "ok"}, [(T0, 1.0)]), ({"job": "noname"}, [(T0, 1.0)])],
     ]
-    for data in slow:
+    for data in other:
         body = write_request(data)
         try:
             decoding = promrw.check(body, promrw.V1, keep=True).decoding
         except BadBody:
             continue
-        assert decoding.fast is None
+        assert decoding.fast is not None
         _decoding_agrees(body, promrw.V1, promrw.to_points(body, promrw.V1))

@@ -24,8 +24,8 @@ import math
 from array import array
 from collections.abc import Iterator
 from dataclasses import replace
-from itertools import chain, compress, count, islice, repeat
-from operator import attrgetter, contains, getitem, not_, sub
+from itertools import chain, repeat
+from operator import attrgetter, contains, getitem, itemgetter, sub
 from typing import Any, NamedTuple
 
 import cramjam
@@ -339,12 +339,6 @@ _VIEWS: dict[str, tuple[_Fields, dict[str, list[str]]]] = {
     "MetadataOnly": ([("metadata", 3, "MetadataEntry", "repeated")], {}),
     "MetadataEntry": V1_SCHEMA["MetricMetadata"],
     "SymbolsOnly": ([("symbols", 4, "string", "repeated")], {}),
-    # every 1.0 series merged, with every label merged into one LabelsFlat (a singular message field
-    # given more than once is merged: its repeated fields concatenated), the samples as bytes
-    "MergedFlat": ([("labels", 1, "LabelsFlat", ""), ("samples", 2, "bytes", "repeated")], {}),
-    # every 1.0 series merged, its samples as messages: the values with the zeros (not on the wire)
-    "SampleMessages": ([("samples", 2, "SampleMessage", "repeated")], {}),
-    "SampleMessage": (_SAMPLE, {}),
 }
 _pool.Add(file_descriptor("lossproof_promrw_views.proto", "lossproof.promrw", _VIEWS))
 # A Sample field sent with the wrong wire type is, to protobuf, an unknown field: the sample would
@@ -365,26 +359,23 @@ _SeriesBlobs, _Merged, _MergedV2, _LabelsFlat, _SamplesFlat, _Maps = (
     for v in ("SeriesBlobs", "Merged", "MergedV2", "LabelsFlat", "SamplesFlat", "Maps")
 )
 _WRONG_WIRE_VIEWS = [_message(f"lossproof.promrw.wire.{v}") for v in _WRONG_WIRE]
-_SampleMessages = _message("lossproof.promrw.SampleMessages")
-_MergedFlat = _message("lossproof.promrw.MergedFlat")
 _labels_of = attrgetter("labels")
-_value_of = attrgetter("value")
 _NAME = "__name__"
 
 
 class Decoding:
     """What :func:`check` read of a body, kept for a receiver that turns it into points at once (the
-    agent's relay): :meth:`iter_points` reuses the check's views instead of parsing the body again.
+    agent's relay): :meth:`iter_points` reuses what the check read instead of parsing the body again.
 
-    A 1.0 body whose labels all have a name and a non-empty value on the wire, without native
-    histograms (what Prometheus sends), is decoded from those views as columns: the label dicts
-    the check built (and checked) from the flat LabelsFlat view, the samples from its SamplesFlat
-    view; no protobuf object per series or sample, one dict per series. Any other body goes
-    through :func:`iter_decode`."""
+    A 1.0 body without native histograms (what Prometheus sends) is read once in Rust
+    (``lossproof._native.rw1_series``, the worker's reader, see :func:`_iter_v1`) into columns: one
+    label dict per series, on which the check runs its label checks, and the samples' times and
+    values; no protobuf object per series or sample. Any other body goes through
+    :func:`iter_decode`."""
 
     def __init__(self, body: bytes, proto: str) -> None:
         self.body, self.proto = body, proto
-        self.fast: _FlatV1 | None = None
+        self.fast: _Columns | None = None
 
     def iter_points(self, max_points: int) -> Iterator[list[Point]]:
         """The points of the checked body, at most ``max_points`` a chunk (a histogram is never
@@ -398,65 +389,44 @@ class Decoding:
         yield from self.fast.iter_points(max_points)
 
 
-# Put before each series (joined, parsed as the Merged view), a label with an empty name and an
-# empty sample mark where each series' labels and samples begin in the merged columns: no real
-# label of an acceptable body has an empty name, no real sample is empty (it would have no time).
-_MARK = b"\x0a\x02\x0a\x00\x12\x00"
+_label_dict_of, _first_of, _last_of = itemgetter(0), itemgetter(1), itemgetter(2)
 
 
-class _FlatV1:
-    """A 1.0 body's labels and samples as columns: one dict of labels per series (from the flat
-    LabelsFlat view, cut where the marks are), the samples' times and values."""
+class _Columns:
+    """A 1.0 body as the native reader gives it: one dict of labels per series (with ``__name__``
+    and any empty-valued label; a repeated name: the last value wins, in the first one's place),
+    every sample's time and value (8 bytes each), and each series' range of samples."""
 
-    def __init__(self, labels: list[dict[str, str]], samples: list[int] | None) -> None:
-        self.labels = labels  # per series, with __name__ (a repeated name: the last value wins)
-        self.samples = samples  # per series; None: one each
-        self.joined: bytes = b""  # every series joined
-        self.times: list[int] = []
-        self.flat_values: list[float] | None = None  # the flat values, if none is zero
+    def __init__(self, t_col: bytes, v_col: bytes, series: list[Any]) -> None:
+        self.labels: list[dict[str, str]] = list(map(_label_dict_of, series))
+        self.t_col, self.v_col = t_col, v_col
+        self.samples = list(map(sub, map(_last_of, series), map(_first_of, series)))
 
     @classmethod
-    def of(cls, blobs: Any, n_labels: int) -> _FlatV1 | None:
-        """None unless every label (``n_labels`` in all) has a non-empty name and value on the wire
-        (else the columns would not line up, and an empty-valued label is to be left out)."""
-        n = len(blobs)
-        if not n:
+    def of(cls, body: bytes) -> _Columns | None:
+        """None if the native reader does not read the whole body (the exact parse did: not
+        expected, but then the message classes decide)."""
+        try:
+            t_col, v_col, series, error = _native.rw1_series(body)
+        except ValueError:
             return None
-        marked = _MergedFlat.FromString(b"".join(map(_MARK.__add__, blobs)))
-        names, values = list(marked.labels.name), list(marked.labels.value)
-        starts = list(compress(count(), map(not_, names)))  # the marks (the only empty names)
-        # one name for each label (an empty label has none: it is for the check to refuse), one
-        # value for each but the marks
-        if len(starts) != n or len(names) != n + n_labels or len(values) != n_labels:
-            return None
-        if "" in values:
-            return None
-        # each series' label count: from its mark to the next one
-        counts = list(map(sub, [*starts[1:], len(names)], map((1).__add__, starts)))
-        it_names, it_values = iter(list(filter(None, names))), iter(values)
-        labels = list(
-            map(dict, map(zip, map(islice, repeat(it_names), counts), map(islice, repeat(it_values), counts)))
-        )
-        samples: list[int] | None = None
-        blobs2 = marked.samples
-        if len(blobs2) != 2 * n or any(blobs2[0::2]) or not all(blobs2[1::2]):  # not one sample each
-            at = list(compress(count(), map(not_, blobs2)))
-            samples = list(map(sub, [*at[1:], len(blobs2)], map((1).__add__, at)))
-        return cls(labels, samples)
+        return None if error is not None else cls(t_col, v_col, series)
 
     def iter_points(self, max_points: int) -> Iterator[list[Point]]:
         labels = self.labels
         metrics = list(map(dict.pop, labels, repeat(_NAME)))
-        if self.samples is not None:  # not one sample a series: repeat each series' columns
+        if any(map(contains, map(dict.values, labels), repeat(""))):  # an empty value: no label
+            labels = [{k: v for k, v in d.items() if v} if "" in d.values() else d for d in labels]
+        if any(map((1).__ne__, self.samples)):  # not one sample a series: repeat each series' columns
             metrics = list(chain.from_iterable(map(repeat, metrics, self.samples)))
             labels = list(chain.from_iterable(map(repeat, labels, self.samples)))
-        times = self.times
-        values = self.flat_values
-        if values is None:
-            values = list(map(_value_of, _SampleMessages.FromString(self.joined).samples))
-        for i in range(0, len(times), max_points):
+        times, values = array("q"), array("d")
+        times.frombytes(self.t_col)
+        values.frombytes(self.v_col)
+        t, v = times.tolist(), values.tolist()
+        for i in range(0, len(t), max_points):
             j = i + max_points
-            yield list(map(Point, metrics[i:j], labels[i:j], times[i:j], values[i:j]))
+            yield list(map(Point, metrics[i:j], labels[i:j], t[i:j], v[i:j]))
 
 
 def check(body: bytes, proto: str, keep: bool = False) -> Checked:
@@ -475,11 +445,11 @@ def check(body: bytes, proto: str, keep: bool = False) -> Checked:
         checked = _check_v2(body, req)
         return replace(checked, decoding=Decoding(body, proto)) if keep else checked
     blobs = _SeriesBlobs.FromString(body).v1
-    joined = b"".join(blobs)
-    merged = _Merged.FromString(joined)
-    # each series' labels: as the relay will store them (dicts from flat columns), or else as maps
-    # (a cheaper view when nothing is kept); the same checks run on either
-    fast = _FlatV1.of(blobs, len(merged.labels)) if keep else None
+    merged = _Merged.FromString(b"".join(blobs))
+    # each series' labels: as the relay will store them (the native reader's dicts), or else as
+    # maps (a view, when nothing is kept); both are maps (the last of a repeated name wins) and
+    # the same checks run on either
+    fast = _Columns.of(body) if keep else None
     maps: list[Any] = fast.labels if fast is not None else _label_maps(body)
     if maps:
         if (
@@ -497,16 +467,12 @@ def check(body: bytes, proto: str, keep: bool = False) -> Checked:
         flat = _LabelsFlat.FromString(b"".join(merged.labels))
         if max(map(len, flat.name)) > MAX_NAME or max(map(len, flat.value), default=0) > MAX_LABEL_VALUE:
             _explain_v1(req)
-    samples, flat_samples = _check_samples(merged.samples, req.timeseries)
+    samples = _check_samples(merged.samples, req.timeseries)[0]
     histograms = _check_histograms(merged.histograms, body, proto, req.timeseries)
     decoding = None
     if keep:
         decoding = Decoding(body, proto)
-        if fast is not None and not histograms and flat_samples is not None:
-            fast.joined = joined
-            fast.times = list(flat_samples.timestamp)
-            values = list(flat_samples.value)
-            fast.flat_values = values if len(values) == samples else None  # zeros are not on the wire
+        if fast is not None and not histograms:
             decoding.fast = fast
     return Checked(
         points=samples,
