@@ -101,7 +101,6 @@ from lossproof.store.base import (
     SeqRange,
     SeriesArrays,
     SeriesCache,
-    SpoolState,
     Store,
     StoreError,
     StoreSchemaError,
@@ -109,12 +108,12 @@ from lossproof.store.base import (
     WriteBatch,
     WriteResult,
     decode_points,
-    encode_points,
     labels_text,
     latest_metadata,
     matches_all,
 )
 from lossproof.store.columns import Columns, drop_stored
+from lossproof.store.plan import Prior, Summary, digests_wanted, plan_batch
 
 log = get(__name__)
 
@@ -672,131 +671,43 @@ class PostgresStore(Store):
     def _apply(self, conn: _Conn, batch: WriteBatch, pending: dict[_SeriesKey, int]) -> WriteResult:
         now = batch.now_ms
         work = lg.group_batch(batch)
-        keys = list(work)  # batch order: first write wins
-
         cur = conn.cursor()
-        old_rows: dict[_AgentKey, list[_LedgerRow]] = {}
-        summaries: dict[_AgentKey, tuple[Any, ...]] = {}
-        if keys:
-            # One lock per agent id (all its incarnations: a new one changes the others' ledgers),
-            # always taken in the same order: writers of disjoint agents run in parallel, writers
-            # of the same agent one after the other.
-            locks = sorted({_lock_key(self.schema, t, a) for t, a, _ in keys})
-            cur.execute(
-                "SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) WITH ORDINALITY AS u(k, i)",
-                (locks,),
-            )
-            self._read_agents(cur, keys, summaries, old_rows)
-            new_keys = [k for k in keys if k not in summaries]
-            if new_keys:
-                # Other incarnations of agent ids that have a new one, with seqs still delayed.
-                cur.execute(
-                    "SELECT a.tenant, a.agent, a.incarnation FROM agents a"
-                    " JOIN unnest(%s::text[], %s::text[]) AS k(tenant, agent) USING (tenant, agent)"
-                    " WHERE a.delayed_reports > 0",
-                    ([k[0] for k in new_keys], [k[1] for k in new_keys]),
-                )
-                others = [tuple(r) for r in cur.fetchall() if tuple(r) not in work]
-                self._read_agents(cur, others, summaries, old_rows)
+        plan = plan_batch(work, self._prior(cur, work), now)
 
         cols = Columns()
         unresolved: list[_Unresolved] = []
         resolve = partial(self._resolve, {}, unresolved)
-        stored_count = duplicates = conflicts = 0
-        ledgers: dict[_AgentKey, tuple[Ledger, SpoolState | None, int, int, int]] = {}
-        digest_rows: list[tuple[str, str, str, int, bytes, int]] = []
-        conflict_rows: list[tuple[Any, ...]] = []
-        reset: set[tuple[str, str]] = set()
-        for key in keys:
-            tenant, agent, inc = key
-            reports, lost, spool_in, first_seq_in = work[key]
-            summary = summaries.get(key)
-            if summary is None and (tenant, agent) not in reset:
-                reset.add((tenant, agent))
-                for other in [k for k in summaries if k[:2] == (tenant, agent) and k not in work]:
-                    o = summaries[other]
-                    o_spool = lg.spool_state(tenant, agent, other[2], o[1:7]) if o[6] else None
-                    old = lg.from_rows(old_rows.get(other, []))
-                    new = lg.advance(old, [], lg.spool_reset(old), now, o_spool, int(o[7]))
-                    ledgers[other] = (new, o_spool, int(o[0]), int(o[8]), int(o[9]))
-            spool = spool_in
-            if spool is None and summary and summary[6]:
-                spool = lg.spool_state(tenant, agent, inc, summary[1:7])
-            first_seq = int(summary[7]) if summary else first_seq_in
-            old = lg.from_rows(old_rows.get(key, []))
-            got = lg.sort_reports(reports, old.stored, partial(self._digests, cur, key))
-            duplicates += got.duplicates
-            conflicts += len(got.conflicts)
-            for r, _ in got.new.values():
-                cols.add(tenant, r.points, self._series, resolve)
-            digest_rows += [(tenant, agent, inc, seq, d, r.time_ms) for seq, (r, d) in got.new.items()]
-            conflict_rows += [
-                (tenant, agent, inc, r.seq, d, encode_points(r.points), len(r.points), now)
-                for r, d in got.conflicts
-            ]
-            stored_count += len(got.new)
-            new = lg.advance(old, lg.from_seqs(got.new), lost, now, spool, first_seq)
-            last_stored = now if got.new else (int(summary[0]) if summary else 0)
-            first_seen = int(summary[8]) if summary else now
-            ledgers[key] = (new, spool, last_stored, first_seen, int(summary[9]) if summary else 0)
-
-        if conflict_rows:
-            conflict_rows.sort(key=lambda r: r[:5])
+        for (tenant, _, _), r, _ in plan.reports:
+            cols.add(tenant, r.points, self._series, resolve)
+        conflict_counts: dict[_AgentKey, int] = {}
+        if plan.conflicts:
+            conflict_rows = sorted(plan.conflict_rows(), key=lambda r: r[:5])
             cur.executemany(
                 "INSERT INTO conflicts (tenant, agent, incarnation, seq, digest, points, n_points,"
                 " detected_ms) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                 conflict_rows,
             )
-            hit = sorted({r[:3] for r in conflict_rows})
+            hit = sorted({u.key for u in plan.agents if u.recount_conflicts})
             cur.execute(
                 "SELECT c.tenant, c.agent, c.incarnation, count(*) FROM conflicts c"
                 " JOIN unnest(%s::text[], %s::text[], %s::text[]) AS k(tenant, agent, incarnation)"
                 " USING (tenant, agent, incarnation) GROUP BY 1, 2, 3",
                 ([k[0] for k in hit], [k[1] for k in hit], [k[2] for k in hit]),
             )
-            for t, a, i, n in cur.fetchall():
-                new, spool, last_stored, first_seen, _ = ledgers[(t, a, i)]
-                ledgers[(t, a, i)] = (new, spool, last_stored, first_seen, int(n))
-        if digest_rows:
-            digest_rows.sort(key=lambda r: r[:4])
+            conflict_counts = {(t, a, i): int(n) for t, a, i, n in cur.fetchall()}
+        if plan.reports:
+            digest_rows = sorted(plan.report_rows(), key=lambda r: r[:4])
             cur.executemany(
                 "INSERT INTO reports VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", digest_rows
             )
 
-        gone: list[tuple[str, str, str, str, int]] = []
-        added: list[tuple[str, str, str, str, int, int, int | None, str | None]] = []
-        agent_rows: list[tuple[Any, ...]] = []
-        for key in sorted(ledgers):  # key order: writers do not deadlock on each other's rows
-            tenant, agent, inc = key
-            new, spool, last_stored, first_seen, conflict_count = ledgers[key]
-            old_list = old_rows.get(key, [])
-            new_list = lg.to_rows(new)
-            old_set, new_set = set(old_list), set(new_list)
-            gone += [(*key, r[0], r[1]) for r in old_list if r not in new_set]
-            added += [(*key, *r) for r in new_list if r not in old_set]
-            sp = spool or SpoolState(tenant, agent, 0, 0, 0, 0, 0, 0)
-            agent_rows.append(
-                (
-                    tenant,
-                    agent,
-                    inc,
-                    lg.max_seq(new, spool),
-                    lg.count(new.stored),
-                    lg.count(new.missing),
-                    lg.count(new.lost),
-                    last_stored,
-                    lg.count(new.delayed),
-                    sp.pending_reports,
-                    sp.pending_bytes,
-                    sp.oldest_pending_ms,
-                    sp.first_pending_seq,
-                    sp.last_seq,
-                    sp.reported_ms,
-                    new.first_seq,
-                    first_seen,
-                    conflict_count,
-                )
-            )
+        # key order: writers do not deadlock on each other's rows
+        updates = sorted(plan.agents, key=lambda u: u.key)
+        gone = [(*u.key, kind, first) for u in updates for kind, first in u.gone]
+        added = [(*u.key, *r) for u in updates for r in u.added]
+        agent_rows = [
+            u.row_with(conflict_counts[u.key]) if u.key in conflict_counts else u.row for u in updates
+        ]
         for tenant, group in itertools.groupby(batch.samples, key=operator.itemgetter(0)):
             cols.add(tenant, (p for _, p in group), self._series, resolve)
         for tenant, runs in itertools.groupby(batch.series, key=operator.itemgetter(0)):
@@ -854,16 +765,57 @@ class PostgresStore(Store):
                     for m in meta
                 ],
             )
-        return WriteResult(written, stored_count, duplicates, conflicts)
+        return WriteResult(written, plan.stored, plan.duplicates, plan.conflicted)
 
-    def _read_agents(
-        self,
-        cur: psycopg.Cursor[Any],
-        keys: Sequence[_AgentKey],
-        summaries: dict[_AgentKey, tuple[Any, ...]],
-        old_rows: dict[_AgentKey, list[_LedgerRow]],
-    ) -> None:
-        """The agent rows and ledger rows of ``keys`` (those that exist) into the two dicts."""
+    def _prior(self, cur: psycopg.Cursor[Any], work: dict[_AgentKey, lg.AgentWork]) -> Prior:
+        """What :func:`plan_batch` needs, in bulk for all agents of the batch, under their locks: the
+        summary and ledger rows of the batch's incarnations; of the other incarnations, with seqs
+        still delayed, of an agent id that gets a new one; the stored digests of the seqs the batch
+        repeats."""
+        prior = Prior()
+        keys = list(work)
+        if not keys:
+            return prior
+        # One lock per agent id (all its incarnations: a new one changes the others' ledgers),
+        # always taken in the same order: writers of disjoint agents run in parallel, writers
+        # of the same agent one after the other.
+        locks = sorted({_lock_key(self.schema, t, a) for t, a, _ in keys})
+        cur.execute(
+            "SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) WITH ORDINALITY AS u(k, i)",
+            (locks,),
+        )
+        self._read_agents(cur, keys, prior)
+        new_keys = [k for k in keys if k not in prior.agents]
+        if new_keys:
+            # Other incarnations of agent ids that have a new one, with seqs still delayed.
+            cur.execute(
+                "SELECT a.tenant, a.agent, a.incarnation FROM agents a"
+                " JOIN unnest(%s::text[], %s::text[]) AS k(tenant, agent) USING (tenant, agent)"
+                " WHERE a.delayed_reports > 0",
+                ([k[0] for k in new_keys], [k[1] for k in new_keys]),
+            )
+            others = [(t, a, i) for t, a, i in cur.fetchall() if (t, a, i) not in work]
+            self._read_agents(cur, others, prior)
+        wanted = digests_wanted(work, prior)
+        if wanted:
+            flat = [(k, seq) for k, seqs in wanted.items() for seq in seqs]
+            cur.execute(
+                "SELECT r.tenant, r.agent, r.incarnation, r.seq, r.digest FROM reports r"
+                " JOIN unnest(%s::text[], %s::text[], %s::text[], %s::bigint[])"
+                " AS k(tenant, agent, incarnation, seq) USING (tenant, agent, incarnation, seq)",
+                (
+                    [k[0] for k, _ in flat],
+                    [k[1] for k, _ in flat],
+                    [k[2] for k, _ in flat],
+                    [seq for _, seq in flat],
+                ),
+            )
+            for t, a, i, seq, d in cur.fetchall():
+                prior.digests.setdefault((t, a, i), {})[int(seq)] = bytes(d)
+        return prior
+
+    def _read_agents(self, cur: psycopg.Cursor[Any], keys: Sequence[_AgentKey], prior: Prior) -> None:
+        """The agent rows and ledger rows of ``keys`` (those that exist) into ``prior``."""
         if not keys:
             return
         cols = ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys])
@@ -875,8 +827,10 @@ class PostgresStore(Store):
         )
         found: list[_AgentKey] = []
         for r in cur.fetchall():
-            summaries[(r[0], r[1], r[2])] = tuple(r[3:])
-            found.append((r[0], r[1], r[2]))
+            key = (r[0], r[1], r[2])
+            prior.agents[key] = Summary.of(r[3:])
+            prior.ledgers[key] = []
+            found.append(key)
         if not found:
             return
         cur.execute(
@@ -886,15 +840,7 @@ class PostgresStore(Store):
             ([k[0] for k in found], [k[1] for k in found], [k[2] for k in found]),
         )
         for t, a, i, *rest in cur.fetchall():
-            old_rows.setdefault((t, a, i), []).append(tuple(rest))
-
-    def _digests(self, cur: psycopg.Cursor[Any], key: _AgentKey, seqs: list[int]) -> dict[int, bytes]:
-        cur.execute(
-            "SELECT seq, digest FROM reports WHERE tenant = %s AND agent = %s AND incarnation = %s"
-            " AND seq = ANY(%s::bigint[])",
-            (*key, seqs),
-        )
-        return {int(seq): bytes(d) for seq, d in cur.fetchall()}
+            prior.ledgers[(t, a, i)].append(tuple(rest))
 
     def _resolve(
         self,

@@ -41,7 +41,7 @@ import itertools
 import operator
 import sqlite3
 import threading
-from collections.abc import Container, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -67,7 +67,6 @@ from lossproof.store.base import (
     SeqRange,
     SeriesArrays,
     SeriesCache,
-    SpoolState,
     Store,
     StoreError,
     StoreSchemaError,
@@ -75,12 +74,12 @@ from lossproof.store.base import (
     WriteBatch,
     WriteResult,
     decode_points,
-    encode_points,
     labels_text,
     latest_metadata,
     matches_all,
 )
 from lossproof.store.columns import Columns, drop_stored
+from lossproof.store.plan import Plan, Prior, Summary, digests_wanted, plan_batch
 
 log = get(__name__)
 
@@ -566,49 +565,20 @@ class SqliteStore(Store):
         work = lg.group_batch(batch)
         cols = Columns()
         resolve = partial(self._resolve, pending)
-        stored_count = duplicates = conflicts = 0
-        for key, (reports, lost, spool_in, first_seq_in) in work.items():  # batch order: first write wins
-            tenant, agent, inc = key
-            summary = con.execute(
-                f"SELECT {_SUMMARY} FROM agents WHERE tenant = ? AND agent = ? AND incarnation = ?", key
-            ).fetchone()
-            if summary is None:
-                self._reset_others(tenant, agent, work, now)
-            spool = spool_in
-            if spool is None and summary and summary[6]:
-                spool = lg.spool_state(tenant, agent, inc, summary[1:7])
-            first_seq = int(summary[7]) if summary else first_seq_in
-            old_rows = self._ledger_rows(key) if summary else []
-            old = lg.from_rows(old_rows)
-            got = lg.sort_reports(reports, old.stored, partial(self._digests, key))
-            duplicates += got.duplicates
-            conflicts += len(got.conflicts)
-            for r, _ in got.new.values():
-                cols.add(tenant, r.points, self._series, resolve)
-            if got.new:
-                con.executemany(
-                    "INSERT INTO reports VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    [(tenant, agent, inc, seq, d, r.time_ms) for seq, (r, d) in got.new.items()],
-                )
-            conflict_count = int(summary[9]) if summary else 0
-            if got.conflicts:
-                con.executemany(
-                    "INSERT INTO conflicts (tenant, agent, incarnation, seq, digest, points, n_points,"
-                    " detected_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    [
-                        (tenant, agent, inc, r.seq, d, encode_points(r.points), len(r.points), now)
-                        for r, d in got.conflicts
-                    ],
-                )
-                conflict_count = con.execute(
-                    "SELECT count(*) FROM conflicts WHERE tenant = ? AND agent = ? AND incarnation = ?", key
-                ).fetchone()[0]
-            stored_count += len(got.new)
-            new = lg.advance(old, lg.from_seqs(got.new), lost, now, spool, first_seq)
-            self._save_ledger(key, old_rows, lg.to_rows(new))
-            last_stored = now if got.new else (summary[0] if summary else 0)
-            first_seen = int(summary[8]) if summary else now
-            self._save_agent(key, new, spool, last_stored, first_seen, conflict_count)
+        plan = plan_batch(work, self._prior(work), now)
+        for (tenant, _, _), r, _ in plan.reports:
+            cols.add(tenant, r.points, self._series, resolve)
+        if plan.reports:
+            con.executemany(
+                "INSERT INTO reports VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", plan.report_rows()
+            )
+        if plan.conflicts:
+            con.executemany(
+                "INSERT INTO conflicts (tenant, agent, incarnation, seq, digest, points, n_points,"
+                " detected_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                plan.conflict_rows(),
+            )
+        self._save_plan(plan)
         for tenant, group in itertools.groupby(batch.samples, key=operator.itemgetter(0)):
             cols.add(tenant, (p for _, p in group), self._series, resolve)
         for tenant, runs in itertools.groupby(batch.series, key=operator.itemgetter(0)):
@@ -631,10 +601,67 @@ class SqliteStore(Store):
                 _UPSERT_METADATA,
                 [(m.tenant, m.metric, m.type, m.help, m.unit) for m in latest_metadata(batch.metadata)],
             )
-        return WriteResult(written, stored_count, duplicates, conflicts)
+        return WriteResult(written, plan.stored, plan.duplicates, plan.conflicted)
 
-    def _digests(self, key: _AgentKey, seqs: list[int]) -> dict[int, bytes]:
-        return self._stored_digests(key, lg.from_seqs(seqs))
+    def _prior(self, work: dict[_AgentKey, lg.AgentWork]) -> Prior:
+        """What :func:`plan_batch` needs, agent by agent: the summary and ledger rows of the batch's
+        incarnations; of the other incarnations, with seqs still delayed, of an agent id that gets a
+        new one; the stored digests of the seqs the batch repeats."""
+        con = self._con
+        prior = Prior()
+        new_ids: set[tuple[str, str]] = set()
+        for key in work:
+            row = con.execute(
+                f"SELECT {_SUMMARY} FROM agents WHERE tenant = ? AND agent = ? AND incarnation = ?", key
+            ).fetchone()
+            if row is None:
+                new_ids.add(key[:2])
+            else:
+                prior.agents[key] = Summary.of(row)
+                prior.ledgers[key] = self._ledger_rows(key)
+        for tenant, agent in new_ids:
+            for inc, *row in con.execute(
+                f"SELECT incarnation, {_SUMMARY} FROM agents WHERE tenant = ? AND agent = ?"
+                " AND delayed_reports > 0",
+                (tenant, agent),
+            ).fetchall():
+                key = (tenant, agent, inc)
+                if key not in work:
+                    prior.agents[key] = Summary.of(row)
+                    prior.ledgers[key] = self._ledger_rows(key)
+        for key, seqs in digests_wanted(work, prior).items():
+            prior.digests[key] = self._stored_digests(key, lg.from_seqs(seqs))
+        return prior
+
+    def _save_plan(self, plan: Plan) -> None:
+        """The plan's ledger rows and agent rows (conflicts recounted where some were added)."""
+        if gone := plan.ledger_deletes():
+            self._con.executemany(
+                "DELETE FROM ledger WHERE tenant = ? AND agent = ? AND incarnation = ? AND kind = ?"
+                " AND first = ?",
+                gone,
+            )
+        if added := plan.ledger_inserts():
+            self._con.executemany(
+                "INSERT INTO ledger (tenant, agent, incarnation, kind, first, last, since_ms, reason)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                added,
+            )
+        rows = []
+        for u in plan.agents:
+            row = u.row
+            if u.recount_conflicts:
+                n = self._con.execute(
+                    "SELECT count(*) FROM conflicts WHERE tenant = ? AND agent = ? AND incarnation = ?", u.key
+                ).fetchone()[0]
+                row = u.row_with(int(n))
+            rows.append(row)
+        if rows:
+            self._con.executemany(
+                f"INSERT OR REPLACE INTO agents ({_AGENT_COLUMNS}) VALUES"
+                " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
 
     def _stored_digests(self, key: _AgentKey, ranges: Sequence[SeqRange]) -> dict[int, bytes]:
         out: dict[int, bytes] = {}
@@ -647,62 +674,6 @@ class SqliteStore(Store):
                 ).fetchall()
             )
         return out
-
-    def _reset_others(self, tenant: str, agent: str, batch_keys: Container[_AgentKey], now: int) -> None:
-        """A new incarnation of a known agent id: what the others still had delayed is lost
-        (``spool_reset``), see :func:`lossproof.store.ledger.spool_reset`. An incarnation the same
-        batch writes to is alive and keeps its delayed seqs."""
-        others = self._con.execute(
-            f"SELECT incarnation, {_SUMMARY} FROM agents WHERE tenant = ? AND agent = ?"
-            " AND delayed_reports > 0",
-            (tenant, agent),
-        ).fetchall()
-        for inc, *summary in others:
-            if (tenant, agent, inc) in batch_keys:
-                continue
-            key = (tenant, agent, inc)
-            spool = lg.spool_state(tenant, agent, inc, summary[1:7]) if summary[6] else None
-            old_rows = self._ledger_rows(key)
-            old = lg.from_rows(old_rows)
-            new = lg.advance(old, [], lg.spool_reset(old), now, spool, summary[7])
-            self._save_ledger(key, old_rows, lg.to_rows(new))
-            self._save_agent(key, new, spool, summary[0], summary[8], summary[9])
-
-    def _save_agent(
-        self,
-        key: _AgentKey,
-        new: Ledger,
-        spool: SpoolState | None,
-        last_stored: int,
-        first_seen: int,
-        conflict_count: int,
-    ) -> None:
-        tenant, agent, inc = key
-        sp = spool or SpoolState(tenant, agent, 0, 0, 0, 0, 0, 0)
-        self._con.execute(
-            f"INSERT OR REPLACE INTO agents ({_AGENT_COLUMNS}) VALUES"
-            " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                tenant,
-                agent,
-                inc,
-                lg.max_seq(new, spool),
-                lg.count(new.stored),
-                lg.count(new.missing),
-                lg.count(new.lost),
-                last_stored,
-                lg.count(new.delayed),
-                sp.pending_reports,
-                sp.pending_bytes,
-                sp.oldest_pending_ms,
-                sp.first_pending_seq,
-                sp.last_seq,
-                sp.reported_ms,
-                new.first_seq,
-                first_seen,
-                conflict_count,
-            ),
-        )
 
     def _resolve(
         self,
@@ -799,23 +770,6 @@ class SqliteStore(Store):
             " WHERE tenant = ? AND agent = ? AND incarnation = ? ORDER BY kind, first",
             key,
         ).fetchall()
-
-    def _save_ledger(self, key: _AgentKey, old: list[_LedgerRow], new: list[_LedgerRow]) -> None:
-        old_set, new_set = set(old), set(new)
-        gone = [(*key, r[0], r[1]) for r in old if r not in new_set]
-        added = [(*key, *r) for r in new if r not in old_set]
-        if gone:
-            self._con.executemany(
-                "DELETE FROM ledger WHERE tenant = ? AND agent = ? AND incarnation = ? AND kind = ?"
-                " AND first = ?",
-                gone,
-            )
-        if added:
-            self._con.executemany(
-                "INSERT INTO ledger (tenant, agent, incarnation, kind, first, last, since_ms, reason)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                added,
-            )
 
     # --- compaction ----------------------------------------------------------------------------
 
