@@ -147,8 +147,8 @@ def test_version_2_upgrade_killed_midway_goes_on_without_loss(tmp_path: Path) ->
     any moment leaves every point in exactly one table, and the next open finishes the job."""
     want = make_v2(tmp_path / "s.db", series=20, points=4000)
     code = (
-        "from lossproof.store import sqlite; sqlite._MIGRATE_POINTS = 2000;"
-        f" sqlite.SqliteStore({str(tmp_path / 's.db')!r})"
+        "from lossproof.store import sqlite; from lossproof.store.embedded import core;"
+        f" core._MIGRATE_POINTS = 2000; sqlite.SqliteStore({str(tmp_path / 's.db')!r})"
     )
     for progress in (1, 10):  # killed after that many upgrade transactions committed
         proc = subprocess.Popen(
