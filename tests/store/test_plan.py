@@ -138,7 +138,7 @@ def test_applying_a_batch_again_plans_nothing_new(before: WriteBatch, batch: Wri
     store.write(before)
     first = store.write(batch)
     state = (dict(store.agents), {k: set(v) for k, v in store.ledgers.items()}, set(store.conflicts))
-    again = store.write(dataclasses.replace(batch))
+    again = store.write(dataclasses.replace(batch, now_ms=batch.now_ms + 1_000))  # later: nothing moves
     assert again.reports == [] and again.stored == 0
     # what was stored is now a duplicate; a conflict is the same conflict again
     assert again.duplicates == first.duplicates + first.stored
@@ -230,18 +230,22 @@ def test_first_write_wins_and_the_ledger_accounts_for_every_seq(batches_: list[W
 
 def test_a_new_incarnation_makes_what_the_others_had_delayed_lost() -> None:
     store = Model()
-    store.write(
+    store.write(WriteBatch(reports=[report("a", "y", 1, 0)], now_ms=9_000))  # nothing delayed
+    plan = store.write(
         WriteBatch(
             reports=[report("a", "", 1, 0)],
             spool=[SpoolState(T, "a", 2, 10, 5_000, 2, 3, 6_000)],
             now_ms=10_000,
         )
     )
+    # only incarnations with seqs still delayed are reset: "y" has none, it is left as it is
+    assert [u.key for u in plan.agents] == [(T, "a", "")]
     assert store.ledger((T, "a", "")).delayed == [(2, 3, 5_000)]
     plan = store.write(WriteBatch(reports=[report("a", "x", 1, 0)], now_ms=11_000))
     assert {u.key for u in plan.agents} == {(T, "a", ""), (T, "a", "x")}
     old = store.ledger((T, "a", ""))
     assert old.delayed == [] and old.lost == [(2, 3, lg.SPOOL_RESET)] and old.stored == [(1, 1)]
+    assert store.agents[(T, "a", "")][7] == 10_000, "last stored: unchanged by the reset"
     # a batch that writes to the old incarnation too keeps it alive: nothing of it is reset
     store2 = Model()
     store2.write(
