@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from lossproof.store import chunks
 from lossproof.store.base import (
+    SeqRange,
     SeriesCache,
     Store,
     StoreError,
@@ -28,6 +30,8 @@ from lossproof.store.embedded.common import (
     READABLE_FROM,
     SCHEMA,
     SCHEMA_VERSION,
+    _AgentKey,
+    _LedgerRow,
     log,
 )
 
@@ -37,7 +41,7 @@ _MIGRATE_POINTS = 1_000_000  # version 2 points moved into chunks per transactio
 class SqliteCore(Store):
     """The state of a :class:`~lossproof.store.sqlite.SqliteStore`, its connection and its schema
     (created, checked, older versions upgraded). The write path (:mod:`.write`) and compaction
-    (:mod:`.compact`) build on it; the read path is :class:`~lossproof.store.sqlite.SqliteStore`."""
+    (:mod:`.compact`) and the read path (:mod:`.read`) build on it."""
 
     def __init__(self, path: Path, *, readonly: bool = False, busy_timeout_ms: int = 30_000) -> None:
         self.path = Path(path)
@@ -262,3 +266,24 @@ class SqliteCore(Store):
 
     def close(self) -> None:
         self._con.close()
+
+    # --- helpers of the write and the read path ----------------------------------------------------
+
+    def _ledger_rows(self, key: _AgentKey) -> list[_LedgerRow]:
+        return self._con.execute(
+            "SELECT kind, first, last, since_ms, reason FROM ledger"
+            " WHERE tenant = ? AND agent = ? AND incarnation = ? ORDER BY kind, first",
+            key,
+        ).fetchall()
+
+    def _stored_digests(self, key: _AgentKey, ranges: Sequence[SeqRange]) -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        for first, last in ranges:
+            out.update(
+                self._con.execute(
+                    "SELECT seq, digest FROM reports WHERE tenant = ? AND agent = ? AND incarnation = ?"
+                    " AND seq BETWEEN ? AND ?",
+                    (*key, first, last),
+                ).fetchall()
+            )
+        return out

@@ -19,7 +19,6 @@ from lossproof.faults import crash_point
 from lossproof.store import chunks
 from lossproof.store import ledger as lg
 from lossproof.store.base import (
-    SeqRange,
     StoreError,
     StoreUnavailable,
     WriteBatch,
@@ -36,7 +35,6 @@ from lossproof.store.embedded.common import (
     _SUMMARY,
     _UPSERT_METADATA,
     _AgentKey,
-    _LedgerRow,
     _SeriesKey,
 )
 from lossproof.store.embedded.core import SqliteCore
@@ -200,18 +198,6 @@ class SqliteWriter(SqliteCore):
                 rows,
             )
 
-    def _stored_digests(self, key: _AgentKey, ranges: Sequence[SeqRange]) -> dict[int, bytes]:
-        out: dict[int, bytes] = {}
-        for first, last in ranges:
-            out.update(
-                self._con.execute(
-                    "SELECT seq, digest FROM reports WHERE tenant = ? AND agent = ? AND incarnation = ?"
-                    " AND seq BETWEEN ? AND ?",
-                    (*key, first, last),
-                ).fetchall()
-            )
-        return out
-
     def _resolve(
         self,
         pending: dict[_SeriesKey, int],
@@ -300,10 +286,3 @@ class SqliteWriter(SqliteCore):
         sid = int(row[0])
         pending[key] = sid
         return sid
-
-    def _ledger_rows(self, key: _AgentKey) -> list[_LedgerRow]:
-        return self._con.execute(
-            "SELECT kind, first, last, since_ms, reason FROM ledger"
-            " WHERE tenant = ? AND agent = ? AND incarnation = ? ORDER BY kind, first",
-            key,
-        ).fetchall()

@@ -6,5 +6,6 @@
 - :mod:`.core`: the pool, the schema check, driver errors translated;
 - :mod:`.write`: ``write_batch`` (prior state loaded in bulk, :func:`~lossproof.store.plan.plan_batch`
   applied);
-- :mod:`.maintain`: compaction and retention.
+- :mod:`.maintain`: compaction and retention;
+- :mod:`.read`: the read path.
 """
