@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from lossproof.store import postgres as pg
 from lossproof.store.base import Point, WriteBatch
+from lossproof.store.pg import maintain as pg_maintain
 from lossproof.store.postgres import DAY_MS, PostgresStore
 
 NOW = int(time.time() * 1000)  # retention counts from the wall clock (the writer maintains by it)
@@ -67,7 +67,7 @@ def test_retention_in_bounded_transactions(
             writer.write_batch(
                 WriteBatch(samples=[("t", Point("m", {"k": str(k)}, (TODAY - 30) * DAY_MS + k, 1.0))])
             )
-        monkeypatch.setattr(pg, "RETENTION_CHUNKS", 2)
+        monkeypatch.setattr(pg_maintain, "RETENTION_CHUNKS", 2)
         assert janitor.maintain(now_ms=NOW)[1:] == (7, 7)
         assert _days(writer) == []
     finally:

@@ -22,6 +22,7 @@ from lossproof import config as config_mod
 from lossproof.store import pg_migrations as mig
 from lossproof.store import postgres as pg
 from lossproof.store.base import Point, StoreSchemaError, WriteBatch
+from lossproof.store.pg import migrate as pg_migrate
 
 T0 = 1_700_000_000_000
 
@@ -254,8 +255,8 @@ def test_version_3_points_move_into_chunks(
     total = 6 * 3 * 500
     with pytest.raises(StoreSchemaError, match="run `lossproof store migrate`"):
         pg.PostgresStore(pg_dsn, schema=pg_schema)
-    monkeypatch.setattr(pg, "MOVE_POINTS", 1000)
-    real = pg.copy_chunks
+    monkeypatch.setattr(pg_migrate, "MOVE_POINTS", 1000)
+    real = pg_migrate.copy_chunks
     calls = 0
 
     def failing(cur: psycopg.Cursor[Any], *cols: Any) -> None:
@@ -265,7 +266,7 @@ def test_version_3_points_move_into_chunks(
         if calls == 4:
             raise RuntimeError("injected: killed in the fourth transaction")
 
-    monkeypatch.setattr(pg, "copy_chunks", failing)
+    monkeypatch.setattr(pg_migrate, "copy_chunks", failing)
     with pytest.raises(RuntimeError, match="injected"):
         pg.migrate(pg_dsn, pg_schema)
     assert _counts(pg_dsn, pg_schema) == (total - 3000, 3000)  # three transactions committed
@@ -274,7 +275,7 @@ def test_version_3_points_move_into_chunks(
             StoreSchemaError, match="not yet moved into chunks; run `lossproof store migrate`"
         ):
             pg.PostgresStore(pg_dsn, schema=pg_schema, readonly=readonly)
-    monkeypatch.setattr(pg, "copy_chunks", real)
+    monkeypatch.setattr(pg_migrate, "copy_chunks", real)
     assert pg.migrate(pg_dsn, pg_schema) == (mig.LATEST, mig.LATEST)
     store = pg.PostgresStore(pg_dsn, schema=pg_schema)
     try:

@@ -150,8 +150,8 @@ def test_version_2_upgrade_killed_midway_goes_on_without_loss(tmp_path: Path) ->
     any moment leaves every point in exactly one table, and the next open finishes the job."""
     want = make_v2(tmp_path / "s.db", series=20, points=4000)
     code = (
-        "from lossproof.store import sqlite; sqlite._MIGRATE_POINTS = 2000;"
-        f" sqlite.SqliteStore({str(tmp_path / 's.db')!r})"
+        "from lossproof.store import sqlite; from lossproof.store.embedded import core;"
+        f" core._MIGRATE_POINTS = 2000; sqlite.SqliteStore({str(tmp_path / 's.db')!r})"
     )
     for progress in (1, 10):  # killed after that many upgrade transactions committed
         proc = subprocess.Popen(
@@ -435,7 +435,7 @@ def test_assembled_reads_are_merge_arrays_series_by_series(data: st.DataObject) 
     series, what :func:`chunks.merge_arrays` answers for its chunks and part slices: chunks in any
     row order, apart or overlapping in time (the lowest id wins a t), raw or packed, and bounds."""
     from lossproof.store import chunks
-    from lossproof.store.sqlite import PartBlock, _assemble
+    from lossproof.store.embedded.read import PartBlock, _assemble
 
     nseries = data.draw(st.integers(1, 5))
     found = [(sid, "m", {}) for sid in data.draw(st.permutations(range(10, 10 + nseries)))]

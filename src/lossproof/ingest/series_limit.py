@@ -34,7 +34,7 @@ from lossproof.log.base import LogRecord
 from lossproof.obs.logging import get
 from lossproof.protocol.decode import record_parts
 from lossproof.store.access import StoreAccess
-from lossproof.store.base import Store, labels_text
+from lossproof.store.base import StoreReader, labels_text
 
 log = get(__name__)
 
@@ -185,7 +185,7 @@ class SeriesLimit:
         known.read_at = time.monotonic()
 
 
-def _stored(store: Store, tenant: str, after: int) -> tuple[int, set[int]]:
+def _stored(store: StoreReader, tenant: str, after: int) -> tuple[int, set[int]]:
     """The tenant's series (:func:`series_key`) above id ``after``, and the highest id read."""
     keys: set[int] = set()
     for rows in _batches(store, tenant, after):
@@ -194,7 +194,7 @@ def _stored(store: Store, tenant: str, after: int) -> tuple[int, set[int]]:
     return after, keys
 
 
-def _batches(store: Store, tenant: str, after: int) -> Iterator[list[tuple[int, str, str]]]:
+def _batches(store: StoreReader, tenant: str, after: int) -> Iterator[list[tuple[int, str, str]]]:
     while True:
         rows = store.series_after(tenant, after, READ_BATCH)
         if rows:

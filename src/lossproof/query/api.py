@@ -13,7 +13,7 @@ from lossproof.auth import UNAUTHORIZED, KeyRing
 from lossproof.httputil import ApiError, client_reason, json_response
 from lossproof.query import params
 from lossproof.store.access import StoreAccess, StoreUnavailable
-from lossproof.store.base import SpoolState, Store
+from lossproof.store.base import SpoolState, StoreReader
 
 T = TypeVar("T")
 
@@ -134,7 +134,7 @@ class QueryApi:
             }
         )
 
-    async def _run(self, fn: Callable[[Store], T]) -> T:
+    async def _run(self, fn: Callable[[StoreReader], T]) -> T:
         try:
             return await self.store.run(fn)
         except StoreUnavailable as e:

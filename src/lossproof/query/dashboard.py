@@ -37,7 +37,7 @@ from lossproof.query.promapi import PromApi
 from lossproof.query.samples import hist_quantile, parse_metrics, sum_of, value_of
 from lossproof.query.unconfirmed import unconfirmed
 from lossproof.store.access import StoreAccess, StoreUnavailable
-from lossproof.store.base import AgentSummary, Ledger, LogGap, Store
+from lossproof.store.base import AgentSummary, Ledger, LogGap, StoreReader
 
 T = TypeVar("T")
 log = get(__name__)
@@ -142,7 +142,7 @@ class Dashboard:
                 log.warning("dashboard.sample_failed", error=f"{type(e).__name__}: {e}")
             await asyncio.sleep(SAMPLE_EVERY_S)
 
-    def _snapshot(self, store: Store) -> LedgerSnapshot:
+    def _snapshot(self, store: StoreReader) -> LedgerSnapshot:
         return ledger_snapshot(store, sorted(self.keys.tenants))
 
     async def sample(self) -> Sample:
@@ -219,7 +219,7 @@ class Dashboard:
             raise _fail(401, "missing or unknown API key (Authorization: Bearer <key>)")
         return tenant
 
-    async def _run(self, fn: Callable[[Store], T]) -> T:
+    async def _run(self, fn: Callable[[StoreReader], T]) -> T:
         try:
             return await self.store.run(fn)
         except StoreUnavailable as e:
@@ -281,7 +281,7 @@ class Dashboard:
             raise _fail(400, str(e)) from None
         sel = await self._selector(raw) if raw else None
 
-        def run(s: Store) -> dict[str, Any]:
+        def run(s: StoreReader) -> dict[str, Any]:
             if sel is None:
                 found = s.series(tenant, [])
             else:
@@ -325,7 +325,7 @@ class Dashboard:
         # `from` could end up to a step before `to` and leave the newest point out).
         start = to_ms - (n - 1) * step
 
-        def run(s: Store) -> dict[str, Any]:
+        def run(s: StoreReader) -> dict[str, Any]:
             cpu0 = time.thread_time()
             ev = promql.Evaluator(s, tenant, promql.Grid(from_ms, from_ms, 1))
             ms = ev.matchers(sel)
@@ -379,7 +379,7 @@ class Dashboard:
         tenant = self._tenant(request)
         now = _now_ms()
 
-        def run(s: Store) -> dict[str, Any]:
+        def run(s: StoreReader) -> dict[str, Any]:
             agents = s.agents(tenant)
             rows = []
             totals = {"stored": 0, "delayed": 0, "missing": 0, "lost": 0, "conflict": 0}
@@ -512,7 +512,7 @@ class Dashboard:
         def quant(name: str, q: float) -> Callable[[Sample, Sample, float], float | None]:
             return lambda a, b, d: hist_quantile(a, b, name, q)
 
-        def run(s: Store) -> dict[str, Any]:
+        def run(s: StoreReader) -> dict[str, Any]:
             if tenant is None:
                 return {
                     "series": sum(s.series_counts().values()),
@@ -607,7 +607,7 @@ class _Placed:
     (where a chart's holes go), read once per chart and only for agents with a gap to explain,
     within a budget of runs per chart: each run is two index seeks."""
 
-    def __init__(self, store: Store, tenant: str) -> None:
+    def __init__(self, store: StoreReader, tenant: str) -> None:
         self.store, self.tenant = store, tenant
         self.budget = MAX_PLACED_RUNS_PER_CHART
         self.known: dict[str, list[tuple[int, int]]] = {}

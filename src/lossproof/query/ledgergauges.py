@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from lossproof.store.base import Store
+from lossproof.store.base import StoreReader
 
 SILENT_AFTER_S = 300  # an agent not heard from for this long counts as silent
 
@@ -87,7 +87,7 @@ class LedgerCollector(Collector):
         )
 
 
-def ledger_snapshot(store: Store, tenants: list[str]) -> LedgerSnapshot:
+def ledger_snapshot(store: StoreReader, tenants: list[str]) -> LedgerSnapshot:
     snap = LedgerSnapshot(at=time.time())
     now_ms = time.time() * 1000
     for tenant in tenants:

@@ -25,7 +25,7 @@ from lossproof.httputil import client_reason, json_response
 from lossproof.query import params, promql
 from lossproof.query.promref import unparen
 from lossproof.store.access import StoreAccess, StoreUnavailable
-from lossproof.store.base import Matcher, Store
+from lossproof.store.base import Matcher, StoreReader
 
 T = TypeVar("T")
 MAX_MATCH = 256  # match[] selectors in one request: each is parsed and read on its own
@@ -115,7 +115,7 @@ class PromApi:
 
         return run
 
-    async def _run(self, fn: Callable[[Store], T]) -> T:
+    async def _run(self, fn: Callable[[StoreReader], T]) -> T:
         return await self.store.run(fn)
 
     # --- queries -----------------------------------------------------------------------------------
@@ -198,7 +198,7 @@ class PromApi:
                 raise ApiFailure(400, "bad_data", f"match[] must be a series selector, got {sel!r}")
             parsed.append(e)
 
-        def run(s: Store) -> list[dict[str, str]]:
+        def run(s: StoreReader) -> list[dict[str, str]]:
             ev = promql.Evaluator(s, tenant, promql.Grid(0, 0, 1))
             seen: dict[promql.Key, dict[str, str]] = {}
             for vs in parsed:

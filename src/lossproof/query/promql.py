@@ -69,7 +69,7 @@ from lossproof.query.promvalues import (
     make_vector,
 )
 from lossproof.query.promwindows import BLOCK, RangeArrays, range_function
-from lossproof.store.base import InvalidMatcher, Matcher, SeriesArrays, Store
+from lossproof.store.base import InvalidMatcher, Matcher, SeriesArrays, StoreReader
 
 # re-exported: the values and operators live in their own modules; callers use them from here
 __all__ = [
@@ -407,7 +407,7 @@ class Evaluator:
 
     def __init__(
         self,
-        store: Store,
+        store: StoreReader,
         tenant: str,
         grid: Grid,
         lookback_ms: int = LOOKBACK_MS,
@@ -1012,12 +1012,12 @@ class Evaluator:
         return make_vector(labels, values, present)
 
 
-def evaluate(store: Store, tenant: str, expr: pp.Expr, grid: Grid) -> Value:
+def evaluate(store: StoreReader, tenant: str, expr: pp.Expr, grid: Grid) -> Value:
     return Evaluator(store, tenant, grid).eval(expr)
 
 
 def instant_raw(
-    store: Store,
+    store: StoreReader,
     tenant: str,
     expr: pp.MatrixSelector | pp.SubqueryExpr,
     at_ms: int,

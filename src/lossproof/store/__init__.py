@@ -1,5 +1,6 @@
 """The store boundary (docs/architecture.md): points, the ledger and dead letters, embedded
-(SQLite) or PostgreSQL, behind one interface (:class:`Store`, :mod:`lossproof.store.base`).
+(SQLite) or PostgreSQL, behind one interface (:class:`Store`, :mod:`lossproof.store.base`): a writer
+(:class:`StoreWriter`) and a reader (:class:`StoreReader`) in one.
 
 :func:`open_store` picks the configured one; :class:`StoreAccess` is how the HTTP process reads it
 (off the event loop, a handle per thread).
@@ -19,7 +20,9 @@ if TYPE_CHECKING:
     from lossproof.store.base import ReportWrite as ReportWrite
     from lossproof.store.base import Store as Store
     from lossproof.store.base import StoreError as StoreError
+    from lossproof.store.base import StoreReader as StoreReader
     from lossproof.store.base import StoreUnavailable as StoreUnavailable
+    from lossproof.store.base import StoreWriter as StoreWriter
     from lossproof.store.base import WriteBatch as WriteBatch
     from lossproof.store.base import WriteResult as WriteResult
     from lossproof.store.factory import open_store as open_store
@@ -33,6 +36,8 @@ __all__, __getattr__ = exports(
         "Matcher": "lossproof.store.base",
         "ReportWrite": "lossproof.store.base",
         "Store": "lossproof.store.base",
+        "StoreReader": "lossproof.store.base",
+        "StoreWriter": "lossproof.store.base",
         "StoreError": "lossproof.store.base",
         "StoreUnavailable": "lossproof.store.base",
         "WriteBatch": "lossproof.store.base",

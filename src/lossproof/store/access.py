@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from lossproof.obs.logging import get
-from lossproof.store.base import SeqRange, Store, StoreUnavailable
+from lossproof.store.base import SeqRange, StoreReader, StoreUnavailable
 
 __all__ = ["StoreAccess", "StoreUnavailable"]
 
@@ -30,11 +30,11 @@ log = get(__name__)
 
 class StoreAccess:
     def __init__(
-        self, open_store: Callable[[], Store], replay_cache_seconds: float = 1.0, read_threads: int = 4
+        self, open_store: Callable[[], StoreReader], replay_cache_seconds: float = 1.0, read_threads: int = 4
     ) -> None:
         self._open = open_store
         self._local = threading.local()  # each thread's store handle
-        self._opened: list[Store] = []
+        self._opened: list[StoreReader] = []
         self._opened_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=read_threads, thread_name_prefix="store-read")
         self._ledger_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-ledger")
@@ -44,8 +44,8 @@ class StoreAccess:
         self._acked: dict[tuple[str, str, str], int] = {}  # highest seq this process acknowledged
         self._skip_until = 0.0
 
-    def _get(self) -> Store:
-        store: Store | None = getattr(self._local, "store", None)
+    def _get(self) -> StoreReader:
+        store: StoreReader | None = getattr(self._local, "store", None)
         if store is None:
             try:
                 store = self._open()
@@ -56,12 +56,12 @@ class StoreAccess:
                 self._opened.append(store)
         return store
 
-    async def run(self, fn: Callable[[Store], T]) -> T:
+    async def run(self, fn: Callable[[StoreReader], T]) -> T:
         """``fn(store)`` on one of the read threads."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(self._get()))
 
-    async def _ledger(self, fn: Callable[[Store], T]) -> T:
+    async def _ledger(self, fn: Callable[[StoreReader], T]) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._ledger_pool, lambda: fn(self._get()))
 

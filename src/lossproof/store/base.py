@@ -432,12 +432,38 @@ class SteppedSeries:
     samples: list[tuple[int, float] | None]
 
 
-class Store(abc.ABC):
-    """Points, the ledger, dead letters and log gaps. One instance per process; not thread-safe."""
+class StoreWriter(abc.ABC):
+    """The write side of the store: what the worker (and the conflict tool) needs. One instance
+    per process; not thread-safe."""
 
     @abc.abstractmethod
     def write_batch(self, batch: WriteBatch) -> WriteResult:
-        """Apply the batch atomically and idempotently (see module docstring)."""
+        """Apply the batch atomically and idempotently (see module docstring). The rules of what a
+        batch does to reports, conflicts and the ledger are :func:`lossproof.store.plan.plan_batch`."""
+
+    @abc.abstractmethod
+    def apply_conflict(self, tenant: str, conflict_id: int, now_ms: int) -> int:
+        """Write a kept conflict's points as samples (idempotent per (series, t), first write winning)
+        and mark it applied; returns the points written. Raises KeyError for an unknown id."""
+
+    def compact(self, now_ms: int, max_series: int = 2000) -> CompactResult:
+        """Do a bounded piece of the store's background work: merge the small chunks batches leave
+        into packed ones, one per series and window of ``COMPACT_WINDOW_MS`` in the end (when and in
+        how many steps is the backend's choice: see its docstring), for at most ``max_series``
+        series, in one transaction, so that a writer waits for one call at most. A merged chunk
+        keeps which write came first (first write wins, as before). Atomic: a crash leaves the old
+        chunks or the new, never both or neither; queries see the same points before and after.
+        ``more`` in the result asks for another call soon. This default does nothing."""
+        return CompactResult()
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+class StoreReader(abc.ABC):
+    """The read side of the store: points, the ledger, conflicts, dead letters, log gaps and
+    metadata, for the query API, the dashboard and ingest's ledger look-ups (a store opened
+    readonly is all a reader needs). One instance per thread; not thread-safe."""
 
     def query(
         self, tenant: str, metric: str, from_ms: int, to_ms: int, labels: dict[str, str]
@@ -492,11 +518,6 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def conflicts(self, tenant: str, agent: str | None = None) -> list[Conflict]:
         """The tenant's conflicting reports (of ``agent`` when given), oldest first."""
-
-    @abc.abstractmethod
-    def apply_conflict(self, tenant: str, conflict_id: int, now_ms: int) -> int:
-        """Write a kept conflict's points as samples (idempotent per (series, t), first write winning)
-        and mark it applied; returns the points written. Raises KeyError for an unknown id."""
 
     @abc.abstractmethod
     def dead_letter_count(self, tenant: str | None = None) -> int:
@@ -595,15 +616,10 @@ class Store(abc.ABC):
                 out.append(got)
         return out
 
-    def compact(self, now_ms: int, max_series: int = 2000) -> CompactResult:
-        """Do a bounded piece of the store's background work: merge the small chunks batches leave
-        into packed ones, one per series and window of ``COMPACT_WINDOW_MS`` in the end (when and in
-        how many steps is the backend's choice: see its docstring), for at most ``max_series``
-        series, in one transaction, so that a writer waits for one call at most. A merged chunk
-        keeps which write came first (first write wins, as before). Atomic: a crash leaves the old
-        chunks or the new, never both or neither; queries see the same points before and after.
-        ``more`` in the result asks for another call soon. This default does nothing."""
-        return CompactResult()
-
     @abc.abstractmethod
     def close(self) -> None: ...
+
+
+class Store(StoreWriter, StoreReader):
+    """Points, the ledger, dead letters and log gaps: the writer and the reader in one handle (what
+    both backends are). Code that only reads takes a :class:`StoreReader`."""

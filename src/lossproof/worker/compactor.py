@@ -15,7 +15,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter
 
 from lossproof.obs.logging import get
-from lossproof.store.base import Store, StoreUnavailable
+from lossproof.store.base import StoreUnavailable, StoreWriter
 
 log = get(__name__)
 
@@ -46,7 +46,7 @@ class CompactorMetrics:
 class Compactor:
     def __init__(
         self,
-        open_store: Callable[[], Store],
+        open_store: Callable[[], StoreWriter],
         registry: CollectorRegistry,
         interval: float,
         stop: threading.Event,
@@ -64,7 +64,7 @@ class Compactor:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        store: Store | None = None
+        store: StoreWriter | None = None
         while not self.stop.is_set():
             more = False
             try:
@@ -82,7 +82,7 @@ class Compactor:
         if store is not None:
             store.close()
 
-    def once(self, store: Store) -> bool:
+    def once(self, store: StoreWriter) -> bool:
         """One compaction call; whether it left work for another one."""
         started = time.monotonic()
         res = store.compact(int(time.time() * 1000))

@@ -1,0 +1,219 @@
+"""What the embedded (SQLite) store's modules share: the schema, the SQL, limits and type names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from lossproof.obs.logging import get
+from lossproof.store import ledger as lg
+
+log = get("lossproof.store.sqlite")  # one logger name for the whole backend, as before the split
+
+SCHEMA_VERSION = 4
+# The oldest schema a reader works with as it is (version 4 only adds report times, which a reader
+# of version 3 does without).
+READABLE_FROM = 3
+APPLICATION_ID = 0x4C505346  # "LPSF": marks the file as a lossproof store
+
+# Metric metadata, one row per (tenant, metric); the last write wins. Also created in a store written
+# before it existed (same schema version: an added table, nothing else changes).
+METADATA_TABLE = """
+CREATE TABLE IF NOT EXISTS metadata (
+    tenant TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    type   TEXT NOT NULL,
+    help   TEXT NOT NULL,
+    unit   TEXT NOT NULL,
+    PRIMARY KEY (tenant, metric)
+) STRICT, WITHOUT ROWID
+"""
+# An unchanged row is not rewritten (senders repeat their metadata every minute or so).
+_UPSERT_METADATA = (
+    "INSERT INTO metadata VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant, metric) DO UPDATE"
+    " SET type = excluded.type, help = excluded.help, unit = excluded.unit"
+    " WHERE type != excluded.type OR help != excluded.help OR unit != excluded.unit"
+)
+
+# The per-agent tables, keyed by incarnation since schema version 2 (see base.py, "Incarnations").
+# Version 1 files are rebuilt into these by _upgrade_v1 (their rows get incarnation '').
+AGENTS_TABLE = """
+CREATE TABLE agents (
+    tenant          TEXT NOT NULL,
+    agent           TEXT NOT NULL,
+    incarnation     TEXT NOT NULL DEFAULT '',  -- '' = an agent that sends none
+    max_seq         INTEGER NOT NULL,
+    stored_reports  INTEGER NOT NULL,
+    missing_reports INTEGER NOT NULL,
+    lost_reports    INTEGER NOT NULL,
+    last_stored_ms  INTEGER NOT NULL,
+    delayed_reports INTEGER NOT NULL DEFAULT 0,
+    -- the last SpoolState the agent reported, spool_reported_ms 0 = never
+    spool_pending_reports INTEGER NOT NULL DEFAULT 0,
+    spool_pending_bytes   INTEGER NOT NULL DEFAULT 0,
+    spool_oldest_ms       INTEGER NOT NULL DEFAULT 0,
+    spool_first_pending   INTEGER NOT NULL DEFAULT 0,
+    spool_last_seq        INTEGER NOT NULL DEFAULT 0,
+    spool_reported_ms     INTEGER NOT NULL DEFAULT 0,
+    first_seq        INTEGER NOT NULL DEFAULT 1,  -- where the incarnation's seq space starts
+    first_seen_ms    INTEGER NOT NULL DEFAULT 0,
+    conflict_reports INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant, agent, incarnation)
+) STRICT, WITHOUT ROWID
+"""
+LEDGER_TABLE = """
+CREATE TABLE ledger (
+    tenant      TEXT NOT NULL,
+    agent       TEXT NOT NULL,
+    incarnation TEXT NOT NULL DEFAULT '',
+    kind        TEXT NOT NULL CHECK (kind IN ('stored', 'missing', 'lost', 'delayed')),
+    first       INTEGER NOT NULL,
+    last        INTEGER NOT NULL,
+    since_ms    INTEGER,  -- missing: when the hole was first seen, delayed: oldest pending in the agent
+    reason      TEXT,     -- lost: why
+    PRIMARY KEY (tenant, agent, incarnation, kind, first)
+) STRICT, WITHOUT ROWID
+"""
+# One row per stored report: its content digest, which tells a resend from a reused seq, and its time.
+REPORTS_TABLE = """
+CREATE TABLE reports (
+    tenant      TEXT NOT NULL,
+    agent       TEXT NOT NULL,
+    incarnation TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    digest      BLOB NOT NULL,
+    time_ms     INTEGER NOT NULL DEFAULT 0,  -- when the agent made it (0: unknown), see report_times_around
+    PRIMARY KEY (tenant, agent, incarnation, seq)
+) STRICT, WITHOUT ROWID
+"""
+# Reports whose seq was already stored with other content, kept whole (canonical msgpack points).
+CONFLICTS_TABLE = """
+CREATE TABLE conflicts (
+    id          INTEGER PRIMARY KEY,
+    tenant      TEXT NOT NULL,
+    agent       TEXT NOT NULL,
+    incarnation TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    digest      BLOB NOT NULL,
+    points      BLOB NOT NULL,
+    n_points    INTEGER NOT NULL,
+    detected_ms INTEGER NOT NULL,
+    applied_ms  INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (tenant, agent, incarnation, seq, digest)  -- a re-read report is kept once
+) STRICT
+"""
+AGENT_TABLES = ";".join([AGENTS_TABLE, LEDGER_TABLE, REPORTS_TABLE, CONFLICTS_TABLE]) + ";"
+_AGENT_COLUMNS = (
+    "tenant, agent, incarnation, max_seq, stored_reports, missing_reports, lost_reports,"
+    " last_stored_ms, delayed_reports, spool_pending_reports, spool_pending_bytes, spool_oldest_ms,"
+    " spool_first_pending, spool_last_seq, spool_reported_ms, first_seq, first_seen_ms, conflict_reports"
+)
+_V1_AGENT_COLUMNS = (
+    "tenant, agent, max_seq, stored_reports, missing_reports, lost_reports, last_stored_ms,"
+    " delayed_reports, spool_pending_reports, spool_pending_bytes, spool_oldest_ms,"
+    " spool_first_pending, spool_last_seq, spool_reported_ms"
+)
+_SUMMARY = (
+    "last_stored_ms, spool_pending_reports, spool_pending_bytes, spool_oldest_ms,"
+    " spool_first_pending, spool_last_seq, spool_reported_ms, first_seq, first_seen_ms, conflict_reports"
+)
+
+# Batches land in ``parts`` (one row each, every series of the batch); compaction turns them into
+# ``chunks``, one row per series per compaction, then one per series per window. See chunks.py.
+CHUNKS_TABLE = """
+CREATE TABLE IF NOT EXISTS chunks (
+    id        INTEGER PRIMARY KEY,  -- write order: of two points with one (series, t) the lower id wins
+    series_id INTEGER NOT NULL,
+    t_min     INTEGER NOT NULL,
+    t_max     INTEGER NOT NULL,
+    n         INTEGER NOT NULL,
+    data      BLOB NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS chunks_by_series ON chunks (series_id, t_max, t_min);
+CREATE TABLE IF NOT EXISTS parts (
+    -- never reused (AUTOINCREMENT): ids order the parts, and readers cache directories by id
+    id    INTEGER PRIMARY KEY AUTOINCREMENT,
+    t_min INTEGER NOT NULL,
+    t_max INTEGER NOT NULL,
+    n     INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,     -- the batch's now_ms: compaction turns old parts into chunks
+    data  BLOB NOT NULL
+) STRICT;
+"""
+
+SCHEMA = f"""
+CREATE TABLE series (
+    id          INTEGER PRIMARY KEY,
+    tenant      TEXT NOT NULL,
+    metric      TEXT NOT NULL,
+    labels_json TEXT NOT NULL,  -- canonical: sorted keys, compact
+    UNIQUE (tenant, metric, labels_json)
+) STRICT;
+
+{CHUNKS_TABLE}
+
+{AGENT_TABLES}
+
+CREATE TABLE dead_letters (
+    id         INTEGER PRIMARY KEY,
+    partition  INTEGER NOT NULL,
+    log_offset INTEGER NOT NULL,
+    tenant     TEXT NOT NULL,
+    reason     TEXT NOT NULL,
+    payload    BLOB NOT NULL,
+    at_ms      INTEGER NOT NULL,
+    UNIQUE (partition, log_offset)  -- a re-read record is dead-lettered once
+) STRICT;
+
+CREATE TABLE log_gaps (
+    partition   INTEGER NOT NULL,
+    first       INTEGER NOT NULL,
+    last        INTEGER NOT NULL,
+    reason      TEXT NOT NULL,
+    detected_ms INTEGER NOT NULL,
+    PRIMARY KEY (partition, first, last)
+) STRICT, WITHOUT ROWID;
+"""
+
+_INSERT_CHUNK = "INSERT INTO chunks (series_id, t_min, t_max, n, data) VALUES (?, ?, ?, ?, ?)"
+# The chunks of each series of a JSON array ?1 that may hold points in [?2, ?3]: one statement, an
+# index range from (series, ?2) on for each.
+_SELECT_CHUNKS_OF = (
+    "SELECT c.series_id, c.id, c.data FROM json_each(?1) j CROSS JOIN chunks c"
+    " ON c.series_id = j.value AND c.t_max >= ?2 AND c.t_min <= ?3"
+)
+# The newest t stored of each series in a JSON array: one index seek each (max() of an index suffix).
+_NEWEST = "SELECT value, (SELECT max(t_max) FROM chunks WHERE series_id = value) FROM json_each(?)"
+# Unpacked chunks after ?1, in id order, with the first byte of their data (the encoding).
+_SCAN_RAW = (
+    "SELECT id, series_id, t_min, t_max, n FROM chunks WHERE id > ?1 AND substr(data, 1, 1) = ?2"
+    " ORDER BY id LIMIT ?3"
+)
+_SCAN_LIMIT = 200_000
+_PACK_AGE_MS = 300_000
+# The chunks to pack for a JSON array of [series, from, to]: an index range each.
+_PACK_READ = (
+    "SELECT c.id, c.series_id, c.data FROM json_each(?) j CROSS JOIN chunks c"
+    " ON c.series_id = j.value ->> 0 AND c.t_max >= j.value ->> 1 AND c.t_min < j.value ->> 2"
+)
+# Parts are turned into chunks once there are this many, or this many points in them, or the oldest
+# is this old: readers look into every part that overlaps their range, so there must be few.
+_PART_FLUSH_COUNT = 8
+_PART_FLUSH_POINTS = 2_000_000
+_PART_FLUSH_AGE_MS = 30_000
+# Points one flush takes at most (whole parts, one at least): its columns are held a few times over
+# in memory (decoded, sorted, encoded), ~100 bytes a point in all.
+_FLUSH_MAX_POINTS = 500_000
+_PACK_MAX_POINTS = 200_000
+_PART_ORDER = 1 << 62  # a part's rank among a series' chunks when merging: after all of them
+_NONE = -(1 << 63)  # "no point stored" in the newest-t cache
+_NEWEST_MAX = 2_000_000
+_V2_SHIFT_DEFAULT = 16
+
+_LABELS_DECODER = msgspec.json.Decoder(dict[str, str])
+
+# in-memory key of a series: (tenant, metric, label items in the order the caller gave them)
+_SeriesKey = tuple[Any, ...]  # (tenant, metric, *labels.items())
+_LedgerRow = lg.LedgerRow
+_AgentKey = tuple[str, str, str]  # (tenant, agent, incarnation)

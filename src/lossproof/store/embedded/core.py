@@ -1,0 +1,289 @@
+"""The embedded store's connection and schema: opening the file, creating, checking and upgrading
+the schema."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from lossproof.store import chunks
+from lossproof.store.base import (
+    SeqRange,
+    SeriesCache,
+    Store,
+    StoreError,
+    StoreSchemaError,
+)
+from lossproof.store.embedded.common import (
+    _AGENT_COLUMNS,
+    _INSERT_CHUNK,
+    _V1_AGENT_COLUMNS,
+    _V2_SHIFT_DEFAULT,
+    AGENT_TABLES,
+    APPLICATION_ID,
+    CHUNKS_TABLE,
+    METADATA_TABLE,
+    READABLE_FROM,
+    SCHEMA,
+    SCHEMA_VERSION,
+    _AgentKey,
+    _LedgerRow,
+    log,
+)
+
+_MIGRATE_POINTS = 1_000_000  # version 2 points moved into chunks per transaction (about)
+
+
+class SqliteCore(Store):
+    """The state of a :class:`~lossproof.store.sqlite.SqliteStore`, its connection and its schema
+    (created, checked, older versions upgraded). The write path (:mod:`.write`) and compaction
+    (:mod:`.compact`) and the read path (:mod:`.read`) build on it."""
+
+    def __init__(self, path: Path, *, readonly: bool = False, busy_timeout_ms: int = 30_000) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        self._series = SeriesCache()
+        self._labels: dict[int, dict[str, str]] = {}
+        self._lock = threading.Lock()  # guards against accidental concurrent use
+        # The newest t stored per series (_NONE: none), for the writer's first-write-wins check.
+        # Valid while no other connection commits: PRAGMA data_version tells (see write_batch).
+        self._newest: dict[int, int] = {}
+        self._newest_seen = -1  # the data_version the cache is valid for
+        self._newest_new: list[tuple[chunks.I64, chunks.I64]] = []  # this transaction's, until COMMIT
+        # Parsed part directories by part id (parts never change; a deleted one is forgotten).
+        self._dirs: dict[int, tuple[chunks.PartLayout, chunks.I64, chunks.I64, chunks.I64]] = {}
+        # Compaction's packing work, (series, first window, last window), done a slice per call;
+        # on restart the scan is made again from meta.compact_after.
+        self._pack_queue: list[tuple[int, int, int, int]] = []  # (series, windows from, to, raw points)
+        self._pack_mark = 0
+        self._pack_scan_done = True
+        if readonly and not self.path.exists():
+            # Let a query process start before the worker: create the empty store once.
+            type(self)(self.path, busy_timeout_ms=busy_timeout_ms).close()
+        try:
+            self._con = self._connect(busy_timeout_ms)
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{self.path}: cannot open the store: {e}") from e
+        try:
+            if readonly and self._older_than(READABLE_FROM):
+                # A reader of a file written by a much older lossproof: upgrade it once (as the
+                # worker would), so the query process can start first. A file it can read as it is
+                # is left to the worker: an upgrade under a running older worker would stop it.
+                self._con.close()
+                type(self)(self.path, busy_timeout_ms=busy_timeout_ms).close()
+                self._con = self._connect(busy_timeout_ms)
+            self._check_schema()
+        except sqlite3.DatabaseError as e:
+            self._con.close()
+            raise StoreError(f"{self.path}: cannot open the store: {e}") from e
+        except BaseException:
+            self._con.close()
+            raise
+
+    # --- connection and schema ---------------------------------------------------------------
+
+    def _connect(self, busy_timeout_ms: int) -> sqlite3.Connection:
+        if self.readonly:
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            con = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            con.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            con.execute("PRAGMA cache_size = -65536")  # KiB
+            con.execute("PRAGMA temp_store = MEMORY")
+            if not self.readonly:
+                mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise StoreError(f"{self.path}: cannot switch to WAL mode (got {mode!r})")
+                con.execute("PRAGMA synchronous = FULL")
+                con.execute("PRAGMA journal_size_limit = 67108864")
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    def _check_schema(self) -> None:
+        con = self._con
+        if self.readonly:
+            version = self._read_version()
+            if version is None:
+                raise StoreSchemaError(f"{self.path}: not an initialised lossproof store")
+            self._refuse_newer(version)
+            return
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            version = self._read_version()
+            if version is None:
+                app_id = con.execute("PRAGMA application_id").fetchone()[0]
+                tables = con.execute("SELECT count(*) FROM sqlite_schema WHERE type = 'table'").fetchone()[0]
+                if tables or app_id not in (0, APPLICATION_ID):
+                    raise StoreSchemaError(f"{self.path}: database is not a lossproof store")
+                con.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT")
+                for stmt in SCHEMA.split(";"):
+                    if stmt.strip():
+                        con.execute(stmt)
+                con.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                con.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            else:
+                self._refuse_newer(version)
+                if version == 1:
+                    self._upgrade_v1()
+            con.execute(METADATA_TABLE)
+            con.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        if version is not None and version < 3:
+            self._upgrade_v2()
+        if version is not None and version < 4:
+            self._upgrade_v3()
+
+    def _upgrade_v3(self) -> None:
+        """Version 3 -> 4: reports gain their time (older ones keep 0, unknown)."""
+        con = self._con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            columns = {r[1] for r in con.execute("PRAGMA table_info(reports)")}
+            if "time_ms" not in columns:  # a version 1 store got it when its tables were rebuilt
+                con.execute("ALTER TABLE reports ADD COLUMN time_ms INTEGER NOT NULL DEFAULT 0")
+            con.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+            con.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _upgrade_v2(self) -> None:
+        """Version 2 -> 3: the per-point table becomes chunks, about ``_MIGRATE_POINTS`` points (whole
+        time buckets) per transaction, each moving the points into one chunk per series and deleting them
+        together, so that a crash or kill leaves every point in exactly one of the two tables and
+        the next open goes on from there. The last transaction drops the old table."""
+        con = self._con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in CHUNKS_TABLE.split(";"):
+                if stmt.strip():
+                    con.execute(stmt)
+            con.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        shift = int(self._meta("bucket_shift") or _V2_SHIFT_DEFAULT)
+        total = con.execute("SELECT count(*) FROM points").fetchone()[0]
+        log.info("store.upgrade_started", path=str(self.path), from_version=2, to_version=3, points=total)
+        moved = 0
+        while True:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                first = con.execute("SELECT min(bucket) FROM points").fetchone()[0]
+                if first is None:
+                    con.execute("DROP TABLE points")
+                    con.execute("DELETE FROM meta WHERE key = 'bucket_shift'")
+                    con.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+                    con.execute("COMMIT")
+                    break
+                # up to _MIGRATE_POINTS points, whole buckets (one bucket at least)
+                row = con.execute(
+                    "SELECT bucket FROM points ORDER BY bucket LIMIT 1 OFFSET ?", (_MIGRATE_POINTS,)
+                ).fetchone()
+                if row is None:
+                    row = con.execute("SELECT max(bucket) + 1 FROM points").fetchone()
+                end = max(int(row[0]), first + 1)
+                rows = con.execute(
+                    "SELECT series_id, t, ifnull(v, 'NaN') FROM points WHERE bucket >= ? AND bucket < ?",
+                    (first, end),
+                ).fetchall()
+                cols = np.array([(r[0], r[1]) for r in rows], dtype=np.int64).reshape(-1, 2)
+                vs = np.array([float(r[2]) for r in rows], dtype=np.float64)
+                sids, ts, vs = chunks.sort_dedup(cols[:, 0].copy(), cols[:, 1].copy(), vs)
+                con.executemany(_INSERT_CHUNK, chunks.encode_batch(sids, ts, vs))
+                con.execute("DELETE FROM points WHERE bucket >= ? AND bucket < ?", (first, end))
+                con.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+            moved += len(rows)
+            log.info("store.upgrade_progress", path=str(self.path), points=moved, of=total, t=first << shift)
+        log.info("store.upgrade_done", path=str(self.path), points=moved)
+
+    def _upgrade_v1(self) -> None:
+        """Version 1 -> 2, inside the opening transaction: the per-agent tables gain the incarnation
+        in their key (rebuilt: SQLite cannot change a primary key in place; existing rows become
+        incarnation ''), and the reports (digests) and conflicts tables are added. Reports stored
+        before have no digest: a resend of one counts as a duplicate, as it did."""
+        con = self._con
+        con.execute("ALTER TABLE agents RENAME TO agents_v1")
+        con.execute("ALTER TABLE ledger RENAME TO ledger_v1")
+        for stmt in AGENT_TABLES.split(";"):
+            if stmt.strip():
+                con.execute(stmt)
+        con.execute(
+            f"INSERT INTO agents ({_AGENT_COLUMNS})"
+            f" SELECT tenant, agent, '', {_V1_AGENT_COLUMNS.split(', ', 2)[2]}, 1, 0, 0 FROM agents_v1"
+        )
+        con.execute(
+            "INSERT INTO ledger (tenant, agent, incarnation, kind, first, last, since_ms, reason)"
+            " SELECT tenant, agent, '', kind, first, last, since_ms, reason FROM ledger_v1"
+        )
+        con.execute("DROP TABLE agents_v1")
+        con.execute("DROP TABLE ledger_v1")
+        con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+
+    def _older_than(self, version: int) -> bool:
+        got = self._read_version()
+        return got is not None and got < version
+
+    def _meta(self, key: str) -> str | None:
+        row = self._con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _read_version(self) -> int | None:
+        has_meta = self._con.execute(
+            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'meta'"
+        ).fetchone()
+        if not has_meta:
+            return None
+        version = self._meta("schema_version")
+        if version is None:
+            raise StoreSchemaError(f"{self.path}: meta table has no schema_version")
+        return int(version)
+
+    def _refuse_newer(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise StoreSchemaError(
+                f"{self.path}: store schema version {version} is newer than this lossproof "
+                f"supports ({SCHEMA_VERSION}); upgrade lossproof or use another store path"
+            )
+
+    def _rollback(self) -> None:
+        if self._con.in_transaction:
+            self._con.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self._con.close()
+
+    # --- helpers of the write and the read path ----------------------------------------------------
+
+    def _ledger_rows(self, key: _AgentKey) -> list[_LedgerRow]:
+        return self._con.execute(
+            "SELECT kind, first, last, since_ms, reason FROM ledger"
+            " WHERE tenant = ? AND agent = ? AND incarnation = ? ORDER BY kind, first",
+            key,
+        ).fetchall()
+
+    def _stored_digests(self, key: _AgentKey, ranges: Sequence[SeqRange]) -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        for first, last in ranges:
+            out.update(
+                self._con.execute(
+                    "SELECT seq, digest FROM reports WHERE tenant = ? AND agent = ? AND incarnation = ?"
+                    " AND seq BETWEEN ? AND ?",
+                    (*key, first, last),
+                ).fetchall()
+            )
+        return out

@@ -1,0 +1,453 @@
+"""The embedded store's read path: queries, PromQL selectors, the ledger, agents, conflicts; each
+read is one short read transaction."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from lossproof.log.base import LogGap
+from lossproof.store import chunks
+from lossproof.store import ledger as lg
+from lossproof.store.base import (
+    SERIES_CACHE_MAX,
+    AgentSummary,
+    Conflict,
+    Ledger,
+    Matcher,
+    MetricMetadata,
+    SeqRange,
+    SeriesArrays,
+    matches_all,
+)
+from lossproof.store.embedded.common import (
+    _LABELS_DECODER,
+    _PART_ORDER,
+    _SELECT_CHUNKS_OF,
+    SCHEMA_VERSION,
+    _LedgerRow,
+)
+from lossproof.store.embedded.core import SqliteCore
+
+
+class PartBlock(NamedTuple):
+    """Many series' slices of one part, read at once: ``ts``/``vs`` the slices one after the other,
+    slice k of the series at position ``found[k]`` (in the read's series) from ``starts[k]``,
+    ``lens[k]`` points; ``order`` the part's rank among the series' chunks (after all of them)."""
+
+    found: npt.NDArray[np.int64]
+    order: int
+    ts: chunks.I64
+    vs: chunks.F64
+    starts: npt.NDArray[np.int64]
+    lens: npt.NDArray[np.int64]
+
+
+def _assemble(
+    found: Sequence[tuple[int, str, dict[str, str]]],
+    rows: list[tuple[int, int, bytes]],
+    extra: dict[int, list[tuple[int, chunks.I64, chunks.F64]]],
+    from_ms: int,
+    to_ms: int,
+    blocks: Sequence[PartBlock] = (),
+) -> list[tuple[chunks.I64, chunks.F64]]:
+    """Each series' points in [from_ms, to_ms] from its chunks ``rows`` ``(series_id, id, data)``
+    (any order) and its slices of parts (``extra``: ``(order, ts, vs)`` by position in ``found``;
+    ``blocks``: many series' slices of one part at once): what :func:`chunks.merge_arrays` answers,
+    series by series.
+
+    Every chunk is decoded at once (:func:`chunks.decode_many`); chunks and part slices are then
+    segments of one pair of columns. A series whose segments follow one another in time (no t in
+    two of them: the usual case) is a slice of those columns once they are put in (series, time)
+    order, one gather for all series; the others go through :func:`chunks.merge_arrays`."""
+    empty_t, empty_v = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
+    n_found = len(found)
+    ex = [(i, o, t, v) for i, segs in extra.items() for o, t, v in segs if len(t)]
+    if not rows and not ex and not blocks:
+        return [(empty_t, empty_v)] * n_found
+    sid_of = np.array([sid for sid, _, _ in found], dtype=np.int64)
+    ts_c, vs_c, off = chunks.decode_many([r[2] for r in rows])
+    # segments: the chunks, the extra slices, then each block's slices
+    sid_l = [np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)), sid_of[[e[0] for e in ex]]]
+    order_l = [
+        np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows)),
+        np.array([e[1] for e in ex], dtype=np.int64),
+    ]
+    lens_l = [off[1:] - off[:-1], np.array([len(e[2]) for e in ex], dtype=np.int64)]
+    ts_l, vs_l = [ts_c, *(e[2] for e in ex)], [vs_c, *(e[3] for e in ex)]
+    base = len(ts_c) + sum(len(e[2]) for e in ex)
+    start_l = [off[:-1], np.zeros(len(ex), dtype=np.int64)]
+    if ex:
+        ex_start = np.zeros(len(ex), dtype=np.int64)
+        np.cumsum(lens_l[1][:-1], out=ex_start[1:])
+        start_l[1] = ex_start + len(ts_c)
+    for b in blocks:
+        sid_l.append(sid_of[b.found])
+        order_l.append(np.full(len(b.found), b.order, dtype=np.int64))
+        lens_l.append(b.lens)
+        start_l.append(b.starts + base)
+        ts_l.append(b.ts)
+        vs_l.append(b.vs)
+        base += len(b.ts)
+    sid, order_id, lens, start = (np.concatenate(x) for x in (sid_l, order_l, lens_l, start_l))
+    ts = np.concatenate(ts_l) if len(ts_l) > 1 else ts_c
+    vs = np.concatenate(vs_l) if len(vs_l) > 1 else vs_c
+    keep = lens > 0
+    sid, order_id, lens, start = sid[keep], order_id[keep], lens[keep], start[keep]
+    if not len(sid):
+        return [(empty_t, empty_v)] * n_found
+    tmin, tmax = ts[start], ts[start + lens - 1]
+    # segments by series, then time: each series' segments a run
+    order = np.lexsort((order_id, tmin, sid))
+    sid, order_id, lens, start = sid[order], order_id[order], lens[order], start[order]
+    tmin, tmax = tmin[order], tmax[order]
+    run_start = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
+    run_end = np.r_[run_start[1:], len(sid)]
+    # a run is simple when its segments are in time order without overlap: no t is in two of them
+    ok = np.ones(len(sid), dtype=bool)
+    ok[1:] = ~((sid[1:] == sid[:-1]) & (tmax[:-1] >= tmin[1:]))
+    simple = np.logical_and.reduceat(ok, run_start)
+    # the simple runs' points, in (series, time) order: one gather (none when already so)
+    seg_simple = np.repeat(simple, run_end - run_start)
+    s_lens, s_start = lens[seg_simple], start[seg_simple]
+    out_start = np.zeros(len(s_lens), dtype=np.int64)
+    np.cumsum(s_lens[:-1], out=out_start[1:])
+    if len(s_lens) and not np.array_equal(s_start, out_start):
+        idx = np.repeat(s_start - out_start, s_lens) + np.arange(int(s_lens.sum()), dtype=np.int64)
+        g_ts, g_vs = ts[idx], vs[idx]
+    else:
+        g_ts, g_vs = ts, vs
+    # each simple run's range there, and its points inside [from_ms, to_ms]: those after its points
+    # before from_ms, up to its points up to to_ms (counted by running sums over the whole column)
+    run_pts = np.add.reduceat(lens, run_start) if len(run_start) else np.zeros(0, dtype=np.int64)
+    s_pts = run_pts[simple]
+    first_pt = np.zeros(len(s_pts), dtype=np.int64)
+    np.cumsum(s_pts[:-1], out=first_pt[1:])
+    last_pt = first_pt + s_pts
+    below = np.zeros(len(g_ts) + 1, dtype=np.int64)
+    upto = np.zeros(len(g_ts) + 1, dtype=np.int64)
+    np.cumsum(g_ts < from_ms, out=below[1:])
+    np.cumsum(g_ts <= to_ms, out=upto[1:])
+    a_s = (first_pt + below[last_pt] - below[first_pt]).tolist()
+    b_s = (first_pt + upto[last_pt] - upto[first_pt]).tolist()
+    nth_simple = (np.cumsum(simple) - 1).tolist()
+    simple_l = simple.tolist()
+    at = {s: r for r, s in enumerate(sid[run_start].tolist())}
+    out: list[tuple[chunks.I64, chunks.F64]] = []
+    for i in range(n_found):
+        r = at.get(found[i][0])
+        if r is None:
+            out.append((empty_t, empty_v))
+        elif simple_l[r]:
+            k = nth_simple[r]
+            out.append((g_ts[a_s[k] : b_s[k]], g_vs[a_s[k] : b_s[k]]))
+        else:
+            parts = [
+                (int(order_id[c]), ts[start[c] : start[c] + lens[c]], vs[start[c] : start[c] + lens[c]])
+                for c in range(run_start[r], run_end[r])
+            ]
+            out.append(chunks.merge_arrays(parts, from_ms, to_ms))
+    return out
+
+
+class SqliteReader(SqliteCore):
+    """The read path of the embedded store."""
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    def _read(self, sql: str, params: Iterable[Any]) -> list[Any]:
+        return self._con.execute(sql, tuple(params)).fetchall()
+
+    def agents(self, tenant: str) -> list[AgentSummary]:
+        with self._lock:
+            rows = self._read(
+                "SELECT agent, max_seq, stored_reports, missing_reports, lost_reports, last_stored_ms,"
+                " delayed_reports, spool_reported_ms, incarnation, first_seq, first_seen_ms,"
+                " conflict_reports FROM agents WHERE tenant = ? ORDER BY agent, first_seen_ms, incarnation",
+                (tenant,),
+            )
+        return [AgentSummary(*r) for r in rows]
+
+    def ledger(self, tenant: str, agent: str, incarnation: str | None = None) -> Ledger | None:
+        with self._lock:
+            self._con.execute("BEGIN")
+            try:
+                sql = (
+                    "SELECT incarnation, spool_pending_reports, spool_pending_bytes, spool_oldest_ms,"
+                    " spool_first_pending, spool_last_seq, spool_reported_ms, first_seq"
+                    " FROM agents WHERE tenant = ? AND agent = ?"
+                )
+                if incarnation is None:
+                    latest = " ORDER BY first_seen_ms DESC, incarnation LIMIT 1"
+                    known = self._read(sql + latest, (tenant, agent))
+                else:
+                    known = self._read(sql + " AND incarnation = ?", (tenant, agent, incarnation))
+                rows: list[_LedgerRow] = []
+                conflict_seqs: list[int] = []
+                if known:
+                    key = (tenant, agent, known[0][0])
+                    rows = self._ledger_rows(key)
+                    conflict_seqs = [
+                        s
+                        for (s,) in self._read(
+                            "SELECT DISTINCT seq FROM conflicts WHERE tenant = ? AND agent = ?"
+                            " AND incarnation = ? ORDER BY seq",
+                            key,
+                        )
+                    ]
+            finally:
+                self._con.execute("COMMIT")
+        if not known:
+            return None
+        inc, *sp, first_seq = known[0]
+        spool = lg.spool_state(tenant, agent, inc, sp) if sp[5] else None
+        return dataclasses.replace(
+            lg.from_rows(rows, spool),
+            incarnation=inc,
+            first_seq=first_seq,
+            conflicts=lg.from_seqs(conflict_seqs),
+        )
+
+    def replay_wanted(
+        self, tenant: str, agent: str, seen_before_ms: int, incarnation: str = ""
+    ) -> list[SeqRange]:
+        with self._lock:
+            rows = self._read(
+                "SELECT first, last FROM ledger WHERE tenant = ? AND agent = ? AND incarnation = ?"
+                " AND kind = 'missing' AND since_ms < ? ORDER BY first",
+                (tenant, agent, incarnation, seen_before_ms),
+            )
+        return lg.normalize((a, b) for a, b in rows)
+
+    def stored_digests(
+        self, tenant: str, agent: str, incarnation: str, seqs: Sequence[SeqRange]
+    ) -> dict[int, bytes]:
+        with self._lock:
+            self._con.execute("BEGIN")
+            try:
+                return self._stored_digests((tenant, agent, incarnation), seqs)
+            finally:
+                self._con.execute("COMMIT")
+
+    def report_times_around(
+        self, tenant: str, agent: str, incarnation: str, runs: Sequence[SeqRange]
+    ) -> list[tuple[int, int]]:
+        key = (tenant, agent, incarnation)
+        pick = "SELECT time_ms FROM reports WHERE tenant = ? AND agent = ? AND incarnation = ?"
+        out: list[tuple[int, int]] = []
+        with self._lock:
+            if self._older_than(SCHEMA_VERSION):  # a reader ahead of the writer's upgrade: no times yet
+                return [(0, 0)] * len(runs)
+            self._con.execute("BEGIN")
+            try:
+                for first, last in runs:
+                    before = self._read(f"{pick} AND seq < ? ORDER BY seq DESC LIMIT 1", (*key, first))
+                    after = self._read(f"{pick} AND seq > ? ORDER BY seq LIMIT 1", (*key, last))
+                    out.append((before[0][0] if before else 0, after[0][0] if after else 0))
+            finally:
+                self._con.execute("COMMIT")
+        return out
+
+    def max_stored_seq(self, tenant: str, agent: str, incarnation: str) -> int:
+        with self._lock:
+            rows = self._read(
+                "SELECT coalesce(max(seq), 0) FROM reports"
+                " WHERE tenant = ? AND agent = ? AND incarnation = ?",
+                (tenant, agent, incarnation),
+            )
+        return int(rows[0][0])
+
+    def conflicts(self, tenant: str, agent: str | None = None) -> list[Conflict]:
+        sql = (
+            "SELECT id, tenant, agent, incarnation, seq, digest, n_points, detected_ms, applied_ms"
+            " FROM conflicts WHERE tenant = ?"
+        )
+        params: list[Any] = [tenant]
+        if agent is not None:
+            sql += " AND agent = ?"
+            params.append(agent)
+        with self._lock:
+            rows = self._read(sql + " ORDER BY id", params)
+        return [Conflict(*r) for r in rows]
+
+    def dead_letter_count(self, tenant: str | None = None) -> int:
+        with self._lock:
+            if tenant is None:
+                return int(self._read("SELECT count(*) FROM dead_letters", ())[0][0])
+            return int(self._read("SELECT count(*) FROM dead_letters WHERE tenant = ?", (tenant,))[0][0])
+
+    def log_gaps(self) -> list[LogGap]:
+        with self._lock:
+            rows = self._read(
+                "SELECT partition, first, last, reason, detected_ms FROM log_gaps ORDER BY partition, first",
+                (),
+            )
+        return [LogGap(*r) for r in rows]
+
+    def metadata(
+        self, tenant: str, metric: str | None = None, limit: int | None = None
+    ) -> list[MetricMetadata]:
+        sql = "SELECT tenant, metric, type, help, unit FROM metadata WHERE tenant = ?"
+        params: list[Any] = [tenant]
+        if metric is not None:
+            sql += " AND metric = ?"
+            params.append(metric)
+        sql += " ORDER BY metric"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(max(limit, 0))
+        with self._lock:
+            rows = self._read(sql, params)
+        return [MetricMetadata(*r) for r in rows]
+
+    # --- reads for PromQL selectors and the dashboard ----------------------------------------------
+
+    def _matching(self, tenant: str, matchers: Sequence[Matcher]) -> list[tuple[int, str, dict[str, str]]]:
+        """(id, metric, labels) of the tenant's series matching all matchers, sorted; call under the lock.
+        An equality matcher on the metric name narrows the scan to that metric (an index prefix);
+        every other matcher is applied here, on the cached labels."""
+        names = {m.value for m in matchers if m.name == "__name__" and m.op == "="}
+        if len(names) > 1:
+            return []
+        if names:
+            rows = self._read(
+                "SELECT id, metric, labels_json FROM series WHERE tenant = ? AND metric = ?",
+                (tenant, next(iter(names))),
+            )
+        else:
+            rows = self._read("SELECT id, metric, labels_json FROM series WHERE tenant = ?", (tenant,))
+        out: list[tuple[int, str, dict[str, str]]] = []
+        for sid, metric, labels_json in rows:
+            lab = self._labels.get(sid)
+            if lab is None:
+                lab = _LABELS_DECODER.decode(labels_json)
+                if len(self._labels) > SERIES_CACHE_MAX:
+                    self._labels.clear()
+                self._labels[sid] = lab
+            if matches_all(matchers, metric, lab):
+                out.append((sid, metric, lab))
+        out.sort(key=lambda r: (r[1], sorted(r[2].items())))
+        return out
+
+    def series(self, tenant: str, matchers: Sequence[Matcher]) -> list[tuple[str, dict[str, str]]]:
+        with self._lock:
+            return [(metric, dict(lab)) for _, metric, lab in self._matching(tenant, matchers)]
+
+    def series_after(self, tenant: str, after_id: int, limit: int) -> list[tuple[int, str, str]]:
+        with self._lock:
+            return self._read(
+                "SELECT id, metric, labels_json FROM series WHERE tenant = ? AND id > ? ORDER BY id LIMIT ?",
+                (tenant, after_id, limit),
+            )
+
+    def series_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._read("SELECT tenant, count(*) FROM series GROUP BY tenant", ()))
+
+    def metric_names(self, tenant: str) -> list[str]:
+        with self._lock:
+            rows = self._read(
+                "SELECT DISTINCT metric FROM series WHERE tenant = ? ORDER BY metric", (tenant,)
+            )
+        return [m for (m,) in rows]
+
+    def select_arrays(
+        self, tenant: str, matchers: Sequence[Matcher], from_ms: int, to_ms: int
+    ) -> list[SeriesArrays]:
+        with self._lock, self._snapshot():
+            return self._arrays(self._matching(tenant, matchers), from_ms, to_ms)
+
+    def _arrays(
+        self, found: Sequence[tuple[int, str, dict[str, str]]], from_ms: int, to_ms: int
+    ) -> list[SeriesArrays]:
+        """The points in [from_ms, to_ms] of the series ``found``; series without any are left
+        out. Call under the lock, in a snapshot."""
+        out: list[SeriesArrays] = []
+        for (_, metric, lab), (ts, vs) in zip(found, self._series_points(found, from_ms, to_ms), strict=True):
+            if len(ts):
+                out.append(SeriesArrays(metric, dict(lab), ts, vs))
+        return out
+
+    def _series_points(
+        self, found: Sequence[tuple[int, str, dict[str, str]]], from_ms: int, to_ms: int
+    ) -> list[tuple[chunks.I64, chunks.F64]]:
+        """Each series' points in [from_ms, to_ms]: its chunks that overlap the range (an index
+        range each) and its slices of the parts that do (a seek into each part's directory)."""
+        con = self._con
+        extra: dict[int, list[tuple[int, chunks.I64, chunks.F64]]] = {}
+        blocks: list[PartBlock] = []
+        if found:
+            want = np.array([sid for sid, _, _ in found], dtype=np.int64)
+            for pid, layout, (psids, _, pstarts) in self._parts_dirs(from_ms, to_ms):
+                if not len(psids):
+                    continue
+                idx = np.minimum(np.searchsorted(psids, want), len(psids) - 1)
+                hits = np.flatnonzero(psids[idx] == want)
+                if not len(hits):
+                    continue
+                with con.blobopen("parts", "data", pid, readonly=True) as blob:
+                    whole = len(hits) * 16 > layout.series  # many series: one read beats many seeks
+                    if whole:
+                        # the hit series' ranges of the columns, gathered at once
+                        blob.seek(layout.ts_offset)
+                        cols = blob.read(16 * layout.points)
+                        p_ts = np.frombuffer(cols, "<i8", count=layout.points)
+                        p_vs = np.frombuffer(cols, "<f8", count=layout.points, offset=8 * layout.points)
+                        lo_, hi_ = pstarts[idx[hits]], pstarts[idx[hits] + 1]
+                        n_ = hi_ - lo_
+                        o_ = np.zeros(len(n_) + 1, dtype=np.int64)
+                        np.cumsum(n_, out=o_[1:])
+                        gidx = np.repeat(lo_ - o_[:-1], n_) + np.arange(int(o_[-1]), dtype=np.int64)
+                        g_ts = p_ts[gidx].astype(np.int64, copy=False)
+                        g_vs = p_vs[gidx].astype(np.float64, copy=False)
+                        blocks.append(PartBlock(hits, _PART_ORDER + pid, g_ts, g_vs, o_[:-1], n_))
+                        continue
+                    for i in hits.tolist():
+                        a, b = int(pstarts[idx[i]]), int(pstarts[idx[i] + 1])
+                        blob.seek(layout.ts_offset + 8 * a)
+                        tb = blob.read(8 * (b - a))
+                        blob.seek(layout.vs_offset + 8 * a)
+                        vb = blob.read(8 * (b - a))
+                        ts = np.frombuffer(tb, "<i8").astype(np.int64)
+                        vs = np.frombuffer(vb, "<f8").astype(np.float64)
+                        extra.setdefault(i, []).append((_PART_ORDER + pid, ts, vs))
+        ids = msgspec.json.encode([sid for sid, _, _ in found])
+        rows = con.execute(_SELECT_CHUNKS_OF, (ids, from_ms, to_ms)).fetchall()
+        return _assemble(found, rows, extra, from_ms, to_ms, blocks)
+
+    def _parts_dirs(
+        self, from_ms: int, to_ms: int
+    ) -> list[tuple[int, chunks.PartLayout, tuple[chunks.I64, chunks.I64, chunks.I64]]]:
+        """(id, layout, (sids, tmax, starts)) of the parts overlapping [from_ms, to_ms]."""
+        out = []
+        live = self._con.execute("SELECT id, t_min, t_max FROM parts ORDER BY id").fetchall()
+        for pid, t_min, t_max in live:
+            if t_max < from_ms or t_min > to_ms:
+                continue
+            got = self._dirs.get(pid)
+            if got is None:
+                with self._con.blobopen("parts", "data", pid, readonly=True) as blob:
+                    layout = chunks.part_layout(blob.read(16))
+                    blob.seek(0)
+                    got = (layout, *chunks.part_directory(blob.read(layout.dir_bytes), layout))
+                self._dirs[pid] = got
+            out.append((pid, got[0], got[1:]))
+        if len(self._dirs) > 4 * len(live) + 64:  # forget the parts compaction removed
+            ids = {pid for pid, _, _ in live}
+            self._dirs = {k: v for k, v in self._dirs.items() if k in ids}
+        return out
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """One read transaction: every statement inside sees the same committed state."""
+        self._con.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._con.execute("COMMIT")

@@ -1,0 +1,193 @@
+"""The PostgreSQL store's background work: compaction (``compact``) and retention (``maintain``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+from psycopg import sql
+
+from lossproof.faults import crash_point
+from lossproof.store import chunks
+from lossproof.store import pg_migrations as mig
+from lossproof.store.base import (
+    COMPACT_MIN_CHUNKS,
+    COMPACT_WINDOW_MS,
+    CompactResult,
+    StoreError,
+)
+from lossproof.store.pg.binary import (
+    _CHUNK_META,
+    Int8Array,
+    _copy_out,
+)
+from lossproof.store.pg.common import (
+    _COMPACT_BATCHES,
+    _PACK_AGE_MS,
+    _PACK_INSERT,
+    _PACK_READ,
+    DAY_MS,
+    INT8_MIN,
+    Retention,
+    _Conn,
+    log,
+)
+from lossproof.store.pg.core import PgCore
+
+MAINTENANCE_EVERY_S = 300.0
+RETENTION_CHUNKS = 50_000  # chunks deleted by retention per transaction
+
+
+class PgMaintenance(PgCore):
+    """Compaction and retention of the PostgreSQL store."""
+
+    def _maybe_maintain(self) -> None:
+        now = time.monotonic()
+        if now < self._next_maintenance:
+            return
+        self._next_maintenance = now + MAINTENANCE_EVERY_S
+        try:
+            self.maintain()
+        except StoreError as e:
+            log.warning("store.maintenance_failed", error=str(e))
+
+    def compact(self, now_ms: int, max_series: int = 2000) -> CompactResult:
+        """See :meth:`Store.compact`. Batches are found through ``compact_log`` (one row each,
+        written with the batch): once it holds ``COMPACT_MIN_CHUNKS`` of them, or one older than
+        ``_PACK_AGE_MS``, a round starts: the series of up to ``_COMPACT_BATCHES`` of them are
+        queued with the windows their raw chunks reach, and each call packs ``max_series`` of them
+        (every chunk of the series overlapping those windows merged into one packed chunk per
+        window), one transaction each; the round's last one deletes its compact_log rows (a crash
+        before leaves them: the next round packs them again, which changes nothing). One
+        compaction transaction at a time per database (an advisory lock; a second compactor's call
+        returns at once). Open windows are packed again as batches come (a series' window then
+        holds its packed chunk and the raw chunks of at most a round's batches)."""
+        if self.readonly:
+            raise StoreError("store opened readonly")
+        with self._conn() as conn, conn.transaction():
+            locked = conn.execute(
+                "SELECT pg_try_advisory_xact_lock(%s, %s)", (mig.LOCK_CLASS, mig.LOCK_COMPACT)
+            ).fetchone()
+            if not locked or not locked[0]:
+                return CompactResult(more=bool(self._pack_queue))
+            if not self._pack_queue and not self._queue_round(conn, now_ms):
+                return CompactResult()
+            take = self._pack_queue[:max_series]
+            del self._pack_queue[:max_series]
+            res = [0, 0, 0, 0, 0]  # chunks in, chunks out, bytes in, bytes out, points
+            self._pack(conn, take, res)
+            more = bool(self._pack_queue)
+            if not more:
+                conn.execute("DELETE FROM compact_log WHERE first_id = ANY(%b)", (Int8Array(self._pack_log),))
+                self._pack_log = []
+                more = True  # more batches may be due: the next call looks
+            crash_point("store.compact_before_commit")
+        return CompactResult(len(take), res[0], res[1], res[2], res[3], res[4], more)
+
+    def _queue_round(self, conn: _Conn, now_ms: int) -> bool:
+        """Start a round if one is due: queue ``(series, first window, last window)`` of the raw
+        chunks of the oldest batches in compact_log. Whether one was."""
+        rows = conn.execute(
+            "SELECT first_id, last_id, at_ms FROM compact_log ORDER BY first_id LIMIT %s", (_COMPACT_BATCHES,)
+        ).fetchall()
+        if not rows:
+            return False
+        if len(rows) < COMPACT_MIN_CHUNKS and min(int(r[2]) for r in rows) > now_ms - _PACK_AGE_MS:
+            return False
+        cur = conn.cursor()
+        found = _copy_out(
+            cur,
+            sql.SQL(
+                "SELECT c.id, c.series_id, c.t_min, c.t_max"
+                " FROM unnest({}::bigint[], {}::bigint[]) AS r(a, b)"
+                " JOIN chunks c ON c.id > r.a AND c.id <= r.b"
+            ).format(sql.Literal([int(r[0]) for r in rows]), sql.Literal([int(r[1]) for r in rows])),
+            _CHUNK_META,
+        )
+        self._pack_log = [int(r[0]) for r in rows]
+        if not len(found):
+            self._pack_queue = []
+            return True
+        sids = found["s"].astype(np.int64)
+        order = np.argsort(sids, kind="stable")
+        sids = sids[order]
+        starts, _ = chunks.series_bounds(sids)
+        lo = np.minimum.reduceat(found["a"].astype(np.int64)[order] // COMPACT_WINDOW_MS, starts)
+        hi = np.maximum.reduceat(found["b"].astype(np.int64)[order] // COMPACT_WINDOW_MS, starts)
+        self._pack_queue = list(zip(sids[starts].tolist(), lo.tolist(), hi.tolist(), strict=True))
+        return True
+
+    def _pack(self, conn: _Conn, items: Sequence[tuple[int, int, int]], res: list[int]) -> None:
+        """For each ``(series, first window, last window)``: merge the series' chunks overlapping
+        those windows into one packed chunk per window (a chunk reaching outside takes its other
+        windows along), as the embedded store does: one read, columns merged and encoded together
+        (:func:`chunks.encode_many`), one delete and one insert statement. Each series' lowest
+        input ids go to its oldest windows (first write wins on), a merge yielding more chunks than
+        it read gives the rest new ids."""
+        if not items:
+            return
+        cur = conn.cursor(binary=True)
+        cur.execute(
+            _PACK_READ,
+            (
+                Int8Array([s for s, _, _ in items]),
+                Int8Array([lo * COMPACT_WINDOW_MS for _, lo, _ in items]),
+                Int8Array([(hi + 1) * COMPACT_WINDOW_MS for _, _, hi in items]),
+            ),
+        )
+        found = [(int(cid), int(sid), bytes(data)) for cid, sid, data in cur]
+        by_series: dict[int, list[tuple[int, bytes]]] = {}
+        for cid, sid, data in found:
+            by_series.setdefault(sid, []).append((cid, data))
+        # a window already packed into one chunk is left as it is
+        found = [
+            (cid, sid, data)
+            for cid, sid, data in found
+            if len(by_series[sid]) > 1 or by_series[sid][0][1][:1] != bytes((chunks.PACKED,))
+        ]
+        if not found:
+            return
+        rows, points = chunks.pack([(cid, sid, data) for cid, sid, data in found], COMPACT_WINDOW_MS)
+        conn.execute("DELETE FROM chunks WHERE id = ANY(%b)", (Int8Array([r[0] for r in found]),))
+        conn.execute(
+            _PACK_INSERT,
+            (
+                [r.id for r in rows],
+                Int8Array([r.series_id for r in rows]),
+                Int8Array([r.t_min for r in rows]),
+                Int8Array([r.t_max for r in rows]),
+                [r.n for r in rows],
+                [r.data for r in rows],
+            ),
+        )
+        res[0] += len(found)
+        res[1] += len(rows)
+        res[2] += sum(len(r[2]) for r in found)
+        res[3] += sum(len(r.data) for r in rows)
+        res[4] += points
+
+    def maintain(self, now_ms: int | None = None) -> Retention:
+        """Delete the chunks whose newest point is older than ``retention_days`` (0: nothing), in
+        transactions of at most ``RETENTION_CHUNKS`` chunks. Returns what was deleted."""
+        if self.retention_days <= 0:
+            return Retention(None, 0, 0)
+        now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+        horizon = max(now_ms - int(self.retention_days * DAY_MS), INT8_MIN)
+        deleted = points = 0
+        with self._conn() as conn:
+            while True:
+                with conn.transaction():
+                    conn.execute("SET LOCAL lock_timeout = '5s'")
+                    rows = conn.execute(
+                        "DELETE FROM chunks WHERE id IN"
+                        " (SELECT id FROM chunks WHERE t_max < %s LIMIT %s) RETURNING n",
+                        (horizon, RETENTION_CHUNKS),
+                    ).fetchall()
+                deleted += len(rows)
+                points += sum(int(n) for (n,) in rows)
+                if len(rows) < RETENTION_CHUNKS:
+                    break
+        if deleted:
+            log.info("store.retention_deleted", chunks=deleted, points=points, before_ms=horizon)
+        return Retention(horizon, deleted, points)

@@ -1,0 +1,387 @@
+"""The PostgreSQL store's write path: ``write_batch`` (see :mod:`lossproof.store.postgres`, *Writes*).
+What a batch does to reports, conflicts and the ledger is :func:`lossproof.store.plan.plan_batch`;
+this loads the prior state in bulk, applies the plan and writes the points."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import operator
+from collections.abc import Container, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import errors as pg_errors
+
+from lossproof.faults import crash_point
+from lossproof.store import chunks
+from lossproof.store import ledger as lg
+from lossproof.store.base import (
+    StoreError,
+    StoreUnavailable,
+    WriteBatch,
+    WriteResult,
+    labels_text,
+    latest_metadata,
+)
+from lossproof.store.columns import Columns, drop_stored
+from lossproof.store.pg.binary import (
+    Int8Array,
+    copy_chunks,
+)
+from lossproof.store.pg.common import (
+    _AGENT_COLUMNS,
+    _CHUNKS_IN,
+    _LOG_BATCH,
+    _NEWEST,
+    _SUMMARY,
+    _UPSERT_METADATA,
+    _AgentKey,
+    _Conn,
+    _one_line,
+    _SeriesKey,
+    _Unresolved,
+    log,
+    pg_text,
+)
+from lossproof.store.pg.core import PgCore
+from lossproof.store.plan import Prior, Summary, digests_wanted, plan_batch
+
+TX_ATTEMPTS = 5  # deadlock / serialization failure: retried as a fresh transaction this many times
+
+
+class PgWriter(PgCore):
+    """The write path of the PostgreSQL store (see :mod:`lossproof.store.postgres`, *Writes*)."""
+
+    if TYPE_CHECKING:
+
+        def _maybe_maintain(self) -> None: ...  # PgMaintenance
+
+    def write_batch(self, batch: WriteBatch) -> WriteResult:
+        if self.readonly:
+            raise StoreError("store opened readonly")
+        with self._lock:
+            for attempt in range(1, TX_ATTEMPTS + 1):
+                pending: dict[_SeriesKey, int] = {}
+                with self._conn() as conn:
+                    try:
+                        with conn.transaction():
+                            result = self._apply(conn, batch, pending)
+                            crash_point("store.before_commit")  # chaos scenario 2: kill -9 in the transaction
+                    except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as e:
+                        if attempt == TX_ATTEMPTS:
+                            raise
+                        log.warning("store.tx_retry", error=_one_line(e), attempt=attempt)
+                        continue
+                # Only ids of committed series may be cached.
+                self._series.add_committed(pending)
+                self._maybe_maintain()
+                return result
+        raise AssertionError("unreachable")
+
+    def _apply(self, conn: _Conn, batch: WriteBatch, pending: dict[_SeriesKey, int]) -> WriteResult:
+        now = batch.now_ms
+        work = lg.group_batch(batch)
+        cur = conn.cursor()
+        plan = plan_batch(work, self._prior(cur, work), now)
+
+        cols = Columns()
+        unresolved: list[_Unresolved] = []
+        resolve = partial(self._resolve, {}, unresolved)
+        for (tenant, _, _), r, _ in plan.reports:
+            cols.add(tenant, r.points, self._series, resolve)
+        conflict_counts: dict[_AgentKey, int] = {}
+        if plan.conflicts:
+            conflict_rows = sorted(plan.conflict_rows(), key=lambda r: r[:5])
+            cur.executemany(
+                "INSERT INTO conflicts (tenant, agent, incarnation, seq, digest, points, n_points,"
+                " detected_ms) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                conflict_rows,
+            )
+            hit = sorted({u.key for u in plan.agents if u.recount_conflicts})
+            cur.execute(
+                "SELECT c.tenant, c.agent, c.incarnation, count(*) FROM conflicts c"
+                " JOIN unnest(%s::text[], %s::text[], %s::text[]) AS k(tenant, agent, incarnation)"
+                " USING (tenant, agent, incarnation) GROUP BY 1, 2, 3",
+                ([k[0] for k in hit], [k[1] for k in hit], [k[2] for k in hit]),
+            )
+            conflict_counts = {(t, a, i): int(n) for t, a, i, n in cur.fetchall()}
+        if plan.reports:
+            digest_rows = sorted(plan.report_rows(), key=lambda r: r[:4])
+            cur.executemany(
+                "INSERT INTO reports VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", digest_rows
+            )
+
+        # key order: writers do not deadlock on each other's rows
+        updates = sorted(plan.agents, key=lambda u: u.key)
+        gone = [(*u.key, kind, first) for u in updates for kind, first in u.gone]
+        added = [(*u.key, *r) for u in updates for r in u.added]
+        agent_rows = [
+            u.row_with(conflict_counts[u.key]) if u.key in conflict_counts else u.row for u in updates
+        ]
+        for tenant, group in itertools.groupby(batch.samples, key=operator.itemgetter(0)):
+            cols.add(tenant, (p for _, p in group), self._series, resolve)
+        for tenant, runs in itertools.groupby(batch.series, key=operator.itemgetter(0)):
+            cols.add_series(tenant, (x for _, x in runs), self._series, resolve)
+        if unresolved:
+            self._resolve_series(cur, unresolved, pending)
+        written = self._write_points(cur, cols, [pending[u[0]] for u in unresolved], now)
+
+        if gone:
+            cur.executemany(
+                "DELETE FROM ledger WHERE tenant = %s AND agent = %s AND incarnation = %s AND kind = %s"
+                " AND first = %s",
+                gone,
+            )
+        if added:
+            cur.executemany(
+                "INSERT INTO ledger (tenant, agent, incarnation, kind, first, last, since_ms, reason)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                added,
+            )
+        if agent_rows:
+            cur.executemany(
+                f"INSERT INTO agents ({_AGENT_COLUMNS}) VALUES ({', '.join(['%s'] * 18)})"
+                " ON CONFLICT (tenant, agent, incarnation) DO UPDATE SET max_seq = excluded.max_seq,"
+                " stored_reports = excluded.stored_reports, missing_reports = excluded.missing_reports,"
+                " lost_reports = excluded.lost_reports, last_stored_ms = excluded.last_stored_ms,"
+                " delayed_reports = excluded.delayed_reports,"
+                " spool_pending_reports = excluded.spool_pending_reports,"
+                " spool_pending_bytes = excluded.spool_pending_bytes,"
+                " spool_oldest_ms = excluded.spool_oldest_ms,"
+                " spool_first_pending = excluded.spool_first_pending,"
+                " spool_last_seq = excluded.spool_last_seq, spool_reported_ms = excluded.spool_reported_ms,"
+                " first_seq = excluded.first_seq, first_seen_ms = excluded.first_seen_ms,"
+                " conflict_reports = excluded.conflict_reports",
+                agent_rows,
+            )
+        if batch.dead_letters:
+            cur.executemany(
+                "INSERT INTO dead_letters (partition, log_offset, tenant, reason, payload, at_ms)"
+                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                [(d.partition, d.offset, d.tenant, d.reason, d.payload, now) for d in batch.dead_letters],
+            )
+        if batch.gaps:
+            cur.executemany(
+                "INSERT INTO log_gaps VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                [(g.partition, g.first, g.last, g.reason, g.detected_ms) for g in batch.gaps],
+            )
+        if batch.metadata:
+            # in key order, like every other row (writers do not deadlock on each other's)
+            meta = sorted(latest_metadata(batch.metadata), key=lambda m: (m.tenant, m.metric))
+            cur.executemany(
+                _UPSERT_METADATA,
+                [
+                    (m.tenant, pg_text(m.metric), pg_text(m.type), pg_text(m.help), pg_text(m.unit))
+                    for m in meta
+                ],
+            )
+        return WriteResult(written, plan.stored, plan.duplicates, plan.conflicted)
+
+    def _prior(self, cur: psycopg.Cursor[Any], work: dict[_AgentKey, lg.AgentWork]) -> Prior:
+        """What :func:`plan_batch` needs, in bulk for all agents of the batch, under their locks: the
+        summary and ledger rows of the batch's incarnations; of the other incarnations, with seqs
+        still delayed, of an agent id that gets a new one; the stored digests of the seqs the batch
+        repeats."""
+        prior = Prior()
+        keys = list(work)
+        if not keys:
+            return prior
+        # One lock per agent id (all its incarnations: a new one changes the others' ledgers),
+        # always taken in the same order: writers of disjoint agents run in parallel, writers
+        # of the same agent one after the other.
+        locks = sorted({_lock_key(self.schema, t, a) for t, a, _ in keys})
+        cur.execute(
+            "SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) WITH ORDINALITY AS u(k, i)",
+            (locks,),
+        )
+        self._read_agents(cur, keys, prior)
+        new_keys = [k for k in keys if k not in prior.agents]
+        if new_keys:
+            # Other incarnations of agent ids that have a new one, with seqs still delayed.
+            cur.execute(
+                "SELECT a.tenant, a.agent, a.incarnation FROM agents a"
+                " JOIN unnest(%s::text[], %s::text[]) AS k(tenant, agent) USING (tenant, agent)"
+                " WHERE a.delayed_reports > 0",
+                ([k[0] for k in new_keys], [k[1] for k in new_keys]),
+            )
+            others = [(t, a, i) for t, a, i in cur.fetchall() if (t, a, i) not in work]
+            self._read_agents(cur, others, prior)
+        wanted = digests_wanted(work, prior)
+        if wanted:
+            flat = [(k, seq) for k, seqs in wanted.items() for seq in seqs]
+            cur.execute(
+                "SELECT r.tenant, r.agent, r.incarnation, r.seq, r.digest FROM reports r"
+                " JOIN unnest(%s::text[], %s::text[], %s::text[], %s::bigint[])"
+                " AS k(tenant, agent, incarnation, seq) USING (tenant, agent, incarnation, seq)",
+                (
+                    [k[0] for k, _ in flat],
+                    [k[1] for k, _ in flat],
+                    [k[2] for k, _ in flat],
+                    [seq for _, seq in flat],
+                ),
+            )
+            for t, a, i, seq, d in cur.fetchall():
+                prior.digests.setdefault((t, a, i), {})[int(seq)] = bytes(d)
+        return prior
+
+    def _read_agents(self, cur: psycopg.Cursor[Any], keys: Sequence[_AgentKey], prior: Prior) -> None:
+        """The agent rows and ledger rows of ``keys`` (those that exist) into ``prior``."""
+        if not keys:
+            return
+        cols = ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys])
+        cur.execute(
+            f"SELECT a.tenant, a.agent, a.incarnation, {_SUMMARY} FROM agents a"
+            " JOIN unnest(%s::text[], %s::text[], %s::text[]) AS k(tenant, agent, incarnation)"
+            " USING (tenant, agent, incarnation)",
+            cols,
+        )
+        found: list[_AgentKey] = []
+        for r in cur.fetchall():
+            key = (r[0], r[1], r[2])
+            prior.agents[key] = Summary.of(r[3:])
+            prior.ledgers[key] = []
+            found.append(key)
+        if not found:
+            return
+        cur.execute(
+            "SELECT l.tenant, l.agent, l.incarnation, l.kind, l.first, l.last, l.since_ms, l.reason"
+            " FROM ledger l JOIN unnest(%s::text[], %s::text[], %s::text[]) AS k(tenant, agent, incarnation)"
+            " USING (tenant, agent, incarnation) ORDER BY l.tenant, l.agent, l.incarnation, l.kind, l.first",
+            ([k[0] for k in found], [k[1] for k in found], [k[2] for k in found]),
+        )
+        for t, a, i, *rest in cur.fetchall():
+            prior.ledgers[(t, a, i)].append(tuple(rest))
+
+    def _resolve(
+        self,
+        provisional: dict[_SeriesKey, int],
+        unresolved: list[_Unresolved],
+        key: _SeriesKey,
+        tenant: str,
+        metric: str,
+        labels: dict[str, str],
+    ) -> int:
+        """The id of a series not in the cache, for :class:`Columns`: a provisional one, ``-1 - k``
+        for ``unresolved[k]`` (resolved afterwards in bulk by :meth:`_resolve_series`)."""
+        sid = provisional.get(key)
+        if sid is None:
+            sid = provisional[key] = -1 - len(unresolved)
+            unresolved.append((key, tenant, metric, labels))
+        return sid
+
+    def _write_points(self, cur: psycopg.Cursor[Any], cols: Columns, ids: Sequence[int], now_ms: int) -> int:
+        """Write the columns (provisional series ids mapped through ``ids``) as one chunk per series,
+        minus the points already stored, and the batch's row of compact_log; returns how many
+        points were written."""
+        if not len(cols):
+            return 0
+        sids, ts, vs = cols.sorted(ids)
+        starts, ends = chunks.series_bounds(sids)
+        cur.execute(_NEWEST, (Int8Array(sids[starts]), Int8Array(ts[starts])))
+        # series -> a t stored at or after its first new point (what drop_stored needs to look)
+        newest: dict[int, int] = {}
+        first_id = 0
+        for sid, t in cur.fetchall():
+            if sid is None:
+                first_id = int(t)
+            else:
+                newest[int(sid)] = int(t)
+        if newest:
+            stored = self._chunks_of(cur.connection, newest, sids, ts, starts, ends)
+            sids, ts, vs = drop_stored(
+                sids,
+                ts,
+                vs,
+                newest,
+                lambda items: [chunks.merge(stored.get(sid, ()), a, b)[0] for sid, a, b in items],
+            )
+        if len(ts):
+            copy_chunks(cur, sids, ts, vs)
+            cur.execute(_LOG_BATCH, (first_id, now_ms))
+        return len(ts)
+
+    @staticmethod
+    def _chunks_of(
+        conn: _Conn,
+        which: Container[int],
+        sids: chunks.I64,
+        ts: chunks.I64,
+        starts: chunks.I64,
+        ends: chunks.I64,
+    ) -> dict[int, list[tuple[int, bytes]]]:
+        """The stored chunks ``(id, data)`` overlapping the new points of the series in ``which``
+        (columns sorted by series), per series: one statement."""
+        pick = [i for i, sid in enumerate(sids[starts].tolist()) if sid in which]
+        out: dict[int, list[tuple[int, bytes]]] = {}
+        bcur = conn.cursor(binary=True)
+        bcur.execute(
+            _CHUNKS_IN,
+            (Int8Array(sids[starts[pick]]), Int8Array(ts[starts[pick]]), Int8Array(ts[ends[pick] - 1])),
+        )
+        for sid, cid, data in bcur:
+            out.setdefault(int(sid), []).append((int(cid), bytes(data)))
+        return out
+
+    def _resolve_series(
+        self,
+        cur: psycopg.Cursor[Any],
+        unresolved: list[_Unresolved],
+        pending: dict[_SeriesKey, int],
+    ) -> None:
+        """Ids for the series keys in ``unresolved`` into ``pending``: existing rows, else new ones."""
+        by_ident: dict[tuple[str, str, bytes], list[_SeriesKey]] = {}
+        labels_of: dict[tuple[str, str, bytes], str] = {}
+        for skey, tenant, metric, labels in unresolved:
+            if skey in pending:
+                continue
+            labels_json = labels_text(labels).encode()  # NUL is escaped in JSON: kept as is
+            ident = (tenant, pg_text(metric), hashlib.sha256(labels_json).digest())
+            keys = by_ident.setdefault(ident, [])
+            if not keys:
+                labels_of[ident] = labels_json.decode()
+            keys.append(skey)
+
+        def found(rows: list[tuple[Any, ...]]) -> None:
+            for sid, tenant, metric, h in rows:
+                for skey in by_ident.pop((tenant, metric, bytes(h)), ()):
+                    pending[skey] = int(sid)
+
+        def lookup() -> None:
+            if not by_ident:
+                return
+            idents = sorted(by_ident)
+            cur.execute(
+                "SELECT s.id, s.tenant, s.metric, s.labels_hash FROM series s"
+                " JOIN unnest(%s::text[], %s::text[], %s::bytea[]) AS k(tenant, metric, labels_hash)"
+                " USING (tenant, metric, labels_hash)",
+                ([i[0] for i in idents], [i[1] for i in idents], [i[2] for i in idents]),
+            )
+            found(cur.fetchall())
+
+        lookup()
+        if by_ident:
+            idents = sorted(by_ident)  # key order: concurrent inserters cannot deadlock
+            cur.execute(
+                "INSERT INTO series (tenant, metric, labels_json, labels_hash)"
+                " SELECT k.tenant, k.metric, k.labels_json, k.labels_hash"
+                " FROM unnest(%s::text[], %s::text[], %s::text[], %s::bytea[])"
+                " WITH ORDINALITY AS k(tenant, metric, labels_json, labels_hash, i) ORDER BY i"
+                " ON CONFLICT DO NOTHING RETURNING id, tenant, metric, labels_hash",
+                (
+                    [i[0] for i in idents],
+                    [i[1] for i in idents],
+                    [labels_of[i] for i in idents],
+                    [i[2] for i in idents],
+                ),
+            )
+            found(cur.fetchall())
+        lookup()  # inserted by a concurrent writer meanwhile (a new statement sees its commit)
+        if by_ident:
+            raise StoreUnavailable(f"PostgreSQL {self._where}: could not resolve {len(by_ident)} series ids")
+
+
+def _lock_key(schema: str, tenant: str, agent: str) -> int:
+    digest = hashlib.blake2b(f"{schema}\0{tenant}\0{agent}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
