@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lossproof.query import promql
+from lossproof.query import params, promql
 from lossproof.store.base import Point, WriteBatch
 from lossproof.store.sqlite import SqliteStore
 
@@ -374,7 +374,7 @@ def test_holt_winters_is_double_exponential_smoothing(store: SqliteStore) -> Non
     ],
 )
 def test_at_times_the_parser_cannot_hold_are_4xx(store: SqliteStore, query: str, says: str) -> None:
-    with pytest.raises((promql.PromQLError, promql.params.ParamError), match=says):
+    with pytest.raises((promql.PromQLError, params.ParamError), match=says):
         promql.parse(query)
 
 
