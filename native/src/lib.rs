@@ -283,7 +283,9 @@ impl<'a> Reader<'a> {
         Ok((field, wire))
     }
 
-    /// Skip a field of this wire type (its tag read); a group up to its matching end.
+    /// Skip a field of this wire type (its tag read); a group up to its matching end. ``depth`` is
+    /// the nesting the field is at, counted as upb counts it: one per message level (the request
+    /// 0, a TimeSeries 1, a Label or Sample 2) and one per group entered; past MAX_DEPTH it refuses.
     fn skip(&mut self, field: u32, wire: u8, depth: u32) -> Wire<()> {
         match wire {
             0 => {
@@ -299,7 +301,7 @@ impl<'a> Reader<'a> {
                 self.take(4)?;
             }
             3 => {
-                if depth >= 100 {
+                if depth + 1 > MAX_DEPTH {
                     return Err(Malformed("nested too deeply"));
                 }
                 loop {
@@ -322,6 +324,9 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// upb's default nesting limit (kUpb_WireFormat_DefaultDepthLimit).
+const MAX_DEPTH: u32 = 100;
+
 fn utf8(b: &[u8]) -> Wire<&str> {
     std::str::from_utf8(b).map_err(|_| Malformed("invalid UTF-8 in a string field"))
 }
@@ -335,7 +340,7 @@ fn rw_label(buf: &[u8]) -> Wire<(&str, &str)> {
         match (f, w) {
             (1, 2) => name = utf8(r.len_delimited()?)?,
             (2, 2) => value = utf8(r.len_delimited()?)?,
-            _ => r.skip(f, w, 1)?,
+            _ => r.skip(f, w, 2)?,
         }
     }
     Ok((name, value))
@@ -350,7 +355,7 @@ fn rw_sample(buf: &[u8]) -> Wire<(i64, u64)> {
         match (f, w) {
             (1, 1) => v = r.fixed64()?,
             (2, 0) => t = r.varint()? as i64,
-            _ => r.skip(f, w, 1)?,
+            _ => r.skip(f, w, 2)?,
         }
     }
     Ok((t, v))
@@ -378,7 +383,7 @@ fn rw_series<'a>(
     while !r.done() {
         let (f, w) = r.tag()?;
         if (f, w) != (1, 2) {
-            r.skip(f, w, 1)?;
+            r.skip(f, w, 0)?;
             continue;
         }
         let blob = r.len_delimited()?;

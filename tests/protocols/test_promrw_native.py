@@ -160,3 +160,47 @@ def test_damaged_bodies_fail_or_decode_as_the_message_classes_say(body: bytes, d
 @example(b"\x0a\x0c\x12\x0a\x10" + b"\xff" * 10 + b"\x01")  # an 11-byte varint
 def test_any_bytes_fail_or_decode_as_the_message_classes_say(body: bytes) -> None:
     same(body)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _ld(field: int, payload: bytes) -> bytes:
+    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _groups(depth: int, field: int = 15) -> bytes:
+    """An unknown group (field ``field``) nested ``depth`` deep."""
+    return _varint(field << 3 | 3) * depth + _varint(field << 3 | 4) * depth
+
+
+def test_nesting_limit_is_counted_as_the_message_classes_count_it() -> None:
+    """upb counts one level per message and one per group, up to 100: the worker's Rust reader
+    accepts exactly the bodies the ingest check (the whole request through the message classes)
+    accepts, so none is refused after its 2xx. Unknown groups at the top level, in a TimeSeries, in a
+    Label and in a Sample, around the limit."""
+    name = _ld(1, _ld(1, b"__name__") + _ld(2, b"up"))
+    sample = _ld(2, b"\x09" + struct.pack("<d", 1.0) + b"\x10\x01")
+    for depth in (97, 98, 99, 100, 101):
+        for body in (
+            _groups(depth) + _ld(1, name + sample),  # top level
+            _ld(1, name + sample + _groups(depth)),  # in the TimeSeries
+            _ld(1, _ld(1, _ld(1, b"__name__") + _ld(2, b"up") + _groups(depth)) + sample),  # in a Label
+            _ld(1, name + _ld(2, b"\x09" + struct.pack("<d", 1.0) + b"\x10\x01" + _groups(depth))),  # Sample
+        ):
+            try:
+                WriteRequest.FromString(body)  # what the ingest check parses: the whole request
+            except Exception:
+                accepted = False
+            else:
+                accepted = True
+            got = outcome(decoded, body, 7)
+            assert (got[0] == "ok") == accepted, (depth, body[:8])
+            if accepted:
+                assert got == outcome(reference, body, 7)
