@@ -169,7 +169,7 @@ fn point_columns<'py>(
                     let k = build_key(tenant, &metric, &labels)?;
                     if let Some(n_labels) = texted {
                         let size = entry_bytes(buf.len(), n_labels);
-                        let unused = {
+                        let (unused, replaced) = {
                             let mut keys = lock_keys();
                             let unused = if keys.bytes + size > KEYS_BYTES {
                                 keys.bytes = 0;
@@ -178,10 +178,13 @@ fn point_columns<'py>(
                                 FxHashMap::default()
                             };
                             keys.bytes += size;
-                            keys.map.insert(buf.as_slice().into(), k.clone().unbind());
-                            unused
+                            let replaced = keys.map.insert(buf.as_slice().into(), k.clone().unbind());
+                            (unused, replaced)
                         };
-                        drop(unused); // the old keys' references released outside the lock
+                        // the old keys' references released outside the lock (a release may run
+                        // Python code, which may call back in here)
+                        drop(unused);
+                        drop(replaced);
                     }
                     k
                 }
