@@ -241,6 +241,8 @@ class GroupCommitter(Generic[Req, Res]):
         reqs = [r for r, _ in batch]
         try:
             results = self._commit(reqs)
+            if len(results) != len(reqs):  # a bug: the futures could not all be resolved
+                raise RuntimeError(f"commit returned {len(results)} results for {len(reqs)} records")
         except CommitFailed as e:
             self.set_unhealthy(e.reason)
             self._fail(batch, e.reason)
