@@ -150,7 +150,10 @@ def verdict(scan: Scan, *, durable_pos: int | None = None, durable_number: int |
 
     ``durable_pos``: bytes below it were vouched for (a seal's end, a journal's watermark or its
     successor's ``prev_end``). ``durable_number``: every number below it was acknowledged (the log's
-    durable watermark)."""
+    durable watermark); it only decides whether *bad* bytes are vouched for. A scan without bad bytes
+    that ends short of ``durable_number`` (records missing from a clean file) is CLEAN here: the
+    caller compares ``scan.next_number`` with its watermark and reports the missing numbers as lost
+    (the embedded log writer's recovery does)."""
     if scan.bad_pos is None:
         if durable_pos is not None and scan.end_pos < durable_pos:
             return Verdict.LOST
