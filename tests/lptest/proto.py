@@ -64,3 +64,23 @@ def write_request(series: list[tuple[dict[str, str], list[tuple[int, float]]]]) 
             s = ts.samples.add()
             s.timestamp, s.value = t, v
     return bytes(req.SerializeToString())
+
+
+# Protobuf wire format by hand, for bodies the message classes cannot make (re-framed, unknown
+# fields, groups, damage).
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def key(field: int, wire: int) -> bytes:
+    return varint(field << 3 | wire)
+
+
+def ld(field: int, payload: bytes) -> bytes:
+    """A length-delimited field."""
+    return key(field, 2) + varint(len(payload)) + payload

@@ -16,6 +16,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from lossproof.protocol import otlp
 from lossproof.protocol.otlp_split import MAX_ENTRIES, split
 from lossproof.protocol.thirdparty import BadBody
+from lptest.proto import key, ld, varint
 
 T0_NS = 1_767_225_600_000_000_000
 
@@ -111,23 +112,6 @@ def test_split_decodes_what_the_whole_message_decodes(req: Any) -> None:
         assert rebuilt(js, otlp.JSON) == whole(js, otlp.JSON)
     # and the mapping to points is the same walk either way
     assert outcome(otlp.to_points, pb, otlp.PROTOBUF) == outcome(otlp.to_points, js, otlp.JSON)
-
-
-def key(field: int, wire: int) -> bytes:
-    return varint(field << 3 | wire)
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def ld(field: int, payload: bytes) -> bytes:
-    return key(field, 2) + varint(len(payload)) + payload
 
 
 @settings(max_examples=100, deadline=None)

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from lossproof.protocol import promrw
+from lptest.proto import ld, varint
 
 WriteRequest = promrw._message("prometheus.WriteRequest")
 
@@ -162,22 +163,11 @@ def test_any_bytes_fail_or_decode_as_the_message_classes_say(body: bytes) -> Non
     same(body)
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _ld(field: int, payload: bytes) -> bytes:
-    return _varint(field << 3 | 2) + _varint(len(payload)) + payload
 
 
 def _groups(depth: int, field: int = 15) -> bytes:
     """An unknown group (field ``field``) nested ``depth`` deep."""
-    return _varint(field << 3 | 3) * depth + _varint(field << 3 | 4) * depth
+    return varint(field << 3 | 3) * depth + varint(field << 3 | 4) * depth
 
 
 def test_nesting_limit_is_counted_as_the_message_classes_count_it() -> None:
@@ -185,14 +175,14 @@ def test_nesting_limit_is_counted_as_the_message_classes_count_it() -> None:
     accepts exactly the bodies the ingest check (the whole request through the message classes)
     accepts, so none is refused after its 2xx. Unknown groups at the top level, in a TimeSeries, in a
     Label and in a Sample, around the limit."""
-    name = _ld(1, _ld(1, b"__name__") + _ld(2, b"up"))
-    sample = _ld(2, b"\x09" + struct.pack("<d", 1.0) + b"\x10\x01")
+    name = ld(1, ld(1, b"__name__") + ld(2, b"up"))
+    sample = ld(2, b"\x09" + struct.pack("<d", 1.0) + b"\x10\x01")
     for depth in (97, 98, 99, 100, 101):
         for body in (
-            _groups(depth) + _ld(1, name + sample),  # top level
-            _ld(1, name + sample + _groups(depth)),  # in the TimeSeries
-            _ld(1, _ld(1, _ld(1, b"__name__") + _ld(2, b"up") + _groups(depth)) + sample),  # in a Label
-            _ld(1, name + _ld(2, b"\x09" + struct.pack("<d", 1.0) + b"\x10\x01" + _groups(depth))),  # Sample
+            _groups(depth) + ld(1, name + sample),  # top level
+            ld(1, name + sample + _groups(depth)),  # in the TimeSeries
+            ld(1, ld(1, ld(1, b"__name__") + ld(2, b"up") + _groups(depth)) + sample),  # in a Label
+            ld(1, name + ld(2, b"\x09" + struct.pack("<d", 1.0) + b"\x10\x01" + _groups(depth))),  # Sample
         ):
             try:
                 WriteRequest.FromString(body)  # what the ingest check parses: the whole request

@@ -212,8 +212,9 @@ def encode_many(ts: I64, vs: F64, starts: I64, ends: I64) -> list[bytes]:
     return out
 
 
-def decode(data: bytes) -> tuple[I64, F64]:
-    """The (timestamps, values) columns of a chunk of either encoding."""
+def _opened(data: bytes) -> tuple[int, int, int, int, bytes]:
+    """A chunk's ``(kind, points, value mode, first t, packed body)``, checked (the body
+    decompressed; a raw chunk has mode and first t 0 and no body). Raises ChunkError."""
     if not data:
         raise ChunkError("empty chunk")
     kind = data[0]
@@ -221,27 +222,35 @@ def decode(data: bytes) -> tuple[I64, F64]:
         n, rest = divmod(len(data) - 1, 16)
         if rest:
             raise ChunkError(f"raw chunk of {len(data)} bytes")
-        ts = np.frombuffer(data, dtype="<i8", count=n, offset=1).astype(np.int64)
-        vs = np.frombuffer(data, dtype="<f8", count=n, offset=1 + 8 * n).astype(np.float64)
-        return ts, vs
+        return RAW, n, 0, 0, b""
     if kind != PACKED or len(data) < _PACKED_HEAD.size:
         raise ChunkError(f"unknown chunk kind {kind}")
     _, mode, n, first = _PACKED_HEAD.unpack_from(data)
+    if not (mode == _V_XOR or _V_DECIMAL <= mode <= _V_DECIMAL + _MAX_DECIMALS):
+        raise ChunkError(f"unknown value mode {mode}")
     try:
         body = _decompressor.decompress(data[_PACKED_HEAD.size :], max_output_size=16 * n)
     except zstandard.ZstdError as e:
         raise ChunkError(f"damaged chunk: {e}") from None
     if len(body) != 8 * (n - 1) + 8 * n:
         raise ChunkError(f"chunk body of {len(body)} bytes for {n} points")
+    return PACKED, n, mode, first, body
+
+
+def decode(data: bytes) -> tuple[I64, F64]:
+    """The (timestamps, values) columns of a chunk of either encoding."""
+    kind, n, mode, first, body = _opened(data)
+    if kind == RAW:
+        ts = np.frombuffer(data, dtype="<i8", count=n, offset=1).astype(np.int64)
+        vs = np.frombuffer(data, dtype="<f8", count=n, offset=1 + 8 * n).astype(np.float64)
+        return ts, vs
     ts = _undod(first, _unshuffle(body[: 8 * (n - 1)], n - 1))
     vwords = _unshuffle(body[8 * (n - 1) :], n)
     if _V_DECIMAL <= mode <= _V_DECIMAL + _MAX_DECIMALS:
         ints = _undod(int(vwords[0].view(np.int64)), vwords[1:])
         vs = ints.astype(np.float64) / 10.0 ** (mode - _V_DECIMAL)
-    elif mode == _V_XOR:
+    else:  # _V_XOR (_opened refused any other mode)
         vs = np.bitwise_xor.accumulate(vwords).view(np.float64)
-    else:
-        raise ChunkError(f"unknown value mode {mode}")
     return ts, vs
 
 
@@ -278,28 +287,11 @@ def decode_many(datas: Sequence[bytes]) -> tuple[I64, F64, I64]:
     heads: list[tuple[int, int]] = [(0, 0)] * k  # value mode, first t (packed)
     bodies: list[bytes] = [b""] * k  # decompressed (packed)
     for i, data in enumerate(datas):
-        if not data:
-            raise ChunkError("empty chunk")
-        kind = data[0]
+        kind, n, mode, first, body = _opened(data)
+        counts[i] = n
         if kind == RAW:
-            n, rest = divmod(len(data) - 1, 16)
-            if rest:
-                raise ChunkError(f"raw chunk of {len(data)} bytes")
-            counts[i] = n
             raw.setdefault(n, []).append(i)
             continue
-        if kind != PACKED or len(data) < _PACKED_HEAD.size:
-            raise ChunkError(f"unknown chunk kind {kind}")
-        _, mode, n, first = _PACKED_HEAD.unpack_from(data)
-        if not (mode == _V_XOR or _V_DECIMAL <= mode <= _V_DECIMAL + _MAX_DECIMALS):
-            raise ChunkError(f"unknown value mode {mode}")
-        try:
-            body = _decompressor.decompress(data[_PACKED_HEAD.size :], max_output_size=16 * n)
-        except zstandard.ZstdError as e:
-            raise ChunkError(f"damaged chunk: {e}") from None
-        if len(body) != 8 * (n - 1) + 8 * n:
-            raise ChunkError(f"chunk body of {len(body)} bytes for {n} points")
-        counts[i] = n
         packed.setdefault(n, []).append(i)
         heads[i] = (mode, first)
         bodies[i] = body
