@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -98,7 +99,7 @@ class SqliteCore(Store):
             con.execute("PRAGMA cache_size = -65536")  # KiB
             con.execute("PRAGMA temp_store = MEMORY")
             if not self.readonly:
-                mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                mode = _wal(con, busy_timeout_ms)
                 if str(mode).lower() != "wal":
                     raise StoreError(f"{self.path}: cannot switch to WAL mode (got {mode!r})")
                 con.execute("PRAGMA synchronous = FULL")
@@ -287,3 +288,17 @@ class SqliteCore(Store):
                 ).fetchall()
             )
         return out
+
+
+def _wal(con: sqlite3.Connection, busy_timeout_ms: int) -> str:
+    """Switch to WAL. SQLite answers "database is locked" at once, without its busy handler, when
+    another connection is creating the same new file at that moment (a query process and a worker
+    starting together): retried until the busy timeout, like any other lock."""
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    while True:
+        try:
+            return str(con.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
