@@ -93,12 +93,14 @@ def test_chart_draws_lost_and_delayed_ranges(browser: Any, dash: Dash, artifacts
 
     lost = _pixel(d, dd.t0_of(dash.t0, 50))
     delayed_band = [_pixel(d, dd.t0_of(dash.t0, 171) + dt) for dt in range(2000, 60000, 1500)]
-    stored = _pixel(d, dd.t0_of(dash.t0, 20))
+    # a stored stretch, sampled at several places: a time-axis grid line (7 % black) may cross one of them
+    stored = [_pixel(d, dd.t0_of(dash.t0, s) + 5000) for s in range(12, 36, 3)]
     r, g, b, a = lost
     assert a > 0 and r > 150 and g < 150 and b < 150, f"lost band not red: {lost}"
     # the delayed band is hatched amber: some of its pixels are clearly amber (red+green high, blue low)
     assert any(p[3] > 0 and p[0] > 200 and p[1] > 120 and p[2] < 120 for p in delayed_band), delayed_band
-    assert stored[3] == 0 or stored[:3] == [255, 255, 255], f"stored time has a band: {stored}"
+    assert all(p[3] < 40 or p[:3] == [255, 255, 255] for p in stored), f"stored time has a band: {stored}"
+    assert sum(p[3] == 0 for p in stored) >= len(stored) - 2, stored
     d.save_screenshot(str(artifacts / "series.png"))
     assert errors(d) == []
 

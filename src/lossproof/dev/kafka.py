@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import json
 import os
 import random
@@ -25,9 +26,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -166,10 +168,11 @@ class NodeStatus:
     running: bool
 
 
-def _free_port() -> int:
-    """A free port below the kernel's ephemeral range. A node keeps its ports across restarts, and
-    while it is down any outgoing connection on the machine may be given a port of that range (a
-    restarted broker then failed to bind, 1 run in ~30 of the test suite)."""
+def _free_port(taken: set[int] | None = None) -> int:
+    """A free port below the kernel's ephemeral range, not in ``taken``. A node keeps its ports across
+    restarts, and while it is down any outgoing connection on the machine may be given a port of that
+    range (a restarted broker then failed to bind, 1 run in ~30 of the test suite)."""
+    taken = taken or set()
     try:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
@@ -177,11 +180,60 @@ def _free_port() -> int:
     rng = random.Random()
     for _ in range(200):
         port = rng.randrange(max(1024, low - 12000), low)
-        if _port_free(port):
+        if port not in taken and _port_free(port):
             return port
-    with socket.socket() as s:  # a machine with nothing free down there: any free port
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    while True:  # a machine with nothing free down there: any free port
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in taken:
+            return port
+
+
+class _PortClaims:
+    """Ports picked for dev clusters, claimed machine-wide (one file per port in the temp directory).
+
+    A port is free to bind while its node is down (killed, restarting, between tests), and another
+    cluster created then must not take it: that node would fail to start with a BindException (seen
+    once in a CI run, two test workers each with its own cluster). A claim is stale, and taken over,
+    once its cluster lists other ports or its creator died before writing the cluster's state.
+    """
+
+    def __init__(self, owner: Path) -> None:
+        self.owner = owner
+        self.dir = Path(tempfile.gettempdir()) / "lossproof-dev-kafka-ports"
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "a+b") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def held_elsewhere(self, port: int) -> bool:
+        """True if another live cluster (or one being created) claims ``port``. Call under ``locked``."""
+        try:
+            claim = json.loads((self.dir / str(port)).read_text(encoding="utf-8"))
+            owner, pid = Path(claim["owner"]), int(claim["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        if owner == self.owner:
+            return False
+        try:
+            state = json.loads((owner / STATE_FILE).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return _pid_alive(pid, "")  # still being created by a live process
+        except (OSError, ValueError):
+            return False
+        ports = {p for n in state.get("nodes", []) for p in (n.get("broker_port"), n.get("controller_port"))}
+        return port in ports
+
+    def claim(self, port: int) -> None:
+        doc = {"owner": str(self.owner), "pid": os.getpid()}
+        (self.dir / str(port)).write_text(json.dumps(doc), encoding="utf-8")
 
 
 def _port_free(port: int) -> bool:
@@ -300,9 +352,11 @@ class DevCluster:
         libs = fetch(self.version)
         make_dirs(self.directory)
         specs: list[NodeSpec] = []
+        picked: set[int] = set()
         for i in range(1, nodes + 1):
             if port == 0:
-                bp, cp = _free_port(), _free_port()
+                bp = self._pick_port(picked)
+                cp = self._pick_port(picked)
             else:
                 bp, cp = port + i - 1, port + 100 + i - 1
                 for p in (bp, cp):
@@ -410,6 +464,17 @@ class DevCluster:
         # Written last and durably (fsync, rename, fsync of the directory): a power cut leaves either
         # no cluster.json (`up` creates the cluster again) or one naming fully formatted nodes.
         write_atomic(self.state_path, (json.dumps(state, indent=2) + "\n").encode())
+
+    def _pick_port(self, picked: set[int]) -> int:
+        """A free port no other dev cluster on this machine claims, claimed for this one."""
+        claims = _PortClaims(self.directory)
+        with claims.locked():
+            while True:
+                port = _free_port(picked)
+                picked.add(port)
+                if not claims.held_elsewhere(port):
+                    claims.claim(port)
+                    return port
 
     def start_node(self, node: int, *, heap: str = "512m") -> int:
         """Start node ``node`` (1-based) if it is not running; returns its pid."""
