@@ -209,7 +209,7 @@ fn point_columns<'py>(
 // (lossproof.protocol.promrw.iter_decode). Read as protobuf's own parser (upb) reads the message
 // classes it replaces: a field with an unexpected wire type is an unknown field and skipped, the last
 // of a repeated singular field wins, strings must be UTF-8, groups are skipped whole, a field number
-// 0, wire type 6 or 7, an end-group tag outside its group, a varint over 10 bytes or a length past
+// 0 (outside a group), wire type 6 or 7, an end-group tag outside its group, a varint over 10 bytes or a length past
 // the end is malformed. A series with exemplars or histograms (fields 3, 4) is flagged: the caller
 // parses that series with the message class as well (which checks those and reads the histograms).
 
@@ -272,14 +272,21 @@ impl<'a> Reader<'a> {
 
     /// The next field's (number, wire type); an end-group tag is returned to the caller.
     fn tag(&mut self) -> Wire<(u32, u8)> {
+        let (field, wire) = self.group_tag()?;
+        if field == 0 {
+            return Err(Malformed("field number 0"));
+        }
+        Ok((field, wire))
+    }
+
+    /// A tag inside a group being skipped: upb takes field number 0 there (it checks only the wire
+    /// type and that the end tag matches its start), so ingest's check accepts such a body.
+    fn group_tag(&mut self) -> Wire<(u32, u8)> {
         let tag = self.varint()?;
         if tag > u32::MAX as u64 {
             return Err(Malformed("tag too large"));
         }
         let (field, wire) = ((tag >> 3) as u32, (tag & 7) as u8);
-        if field == 0 {
-            return Err(Malformed("field number 0"));
-        }
         if wire > 5 {
             return Err(Malformed("invalid wire type"));
         }
@@ -311,7 +318,7 @@ impl<'a> Reader<'a> {
                     if self.done() {
                         return Err(Malformed("unterminated group"));
                     }
-                    let (f, w) = self.tag()?;
+                    let (f, w) = self.group_tag()?;
                     if w == 4 {
                         if f != field {
                             return Err(Malformed("mismatched end group"));

@@ -155,6 +155,11 @@ def test_damaged_bodies_fail_or_decode_as_the_message_classes_say(body: bytes, d
 @example(b"\x00")  # field 0
 @example(b"\x0c")  # an end group with no start
 @example(b"\x0b\x0c")  # an empty group
+@example(b"\x0b\x00\x00\x0c")  # field 0 inside a group: upb takes it there
+@example(b"\x0b\x03\x00\x00\x04\x0c")  # a group of field 0 inside a group
+@example(b"\x0a\x04\x13\x00\x00\x14")  # field 0 inside a group inside a series
+@example(b"\x0b\x04")  # a group ended by field 0's end tag
+@example(b"\x0b\x00\x00\x07\x0c")  # wire type 7 inside a group
 @example(b"\x0a\x02\x1a\x00")  # an empty exemplar
 @example(b"\x0a\x05\x0a\x03\x0a\x01\xff")  # a label name that is not UTF-8
 @example(b"\x0a\x0b\x12\x09\x10" + b"\xff" * 9 + b"\x01")  # a 10-byte timestamp
