@@ -182,13 +182,13 @@ class PromApi:
 
     # --- metadata ----------------------------------------------------------------------------------
 
-    async def _series(self, tenant: str, q: MultiDictProxy[str], required: bool) -> list[dict[str, str]]:
+    async def _selectors(self, q: MultiDictProxy[str], required: bool) -> list[pp.VectorSelector] | None:
+        """The ``match[]`` selectors, parsed; None when there are none (and none are ``required``)."""
         selectors = q.getall("match[]", [])
         if not selectors:
             if required:
                 raise ApiFailure(400, "bad_data", "no match[] parameter provided")
-            found = await self._run(lambda s: s.series(tenant, []))
-            return [{**labels, promql.NAME: promql.promql_name(m)} for m, labels in found]
+            return None
         if len(selectors) > MAX_MATCH:
             raise ApiFailure(400, "bad_data", f"{len(selectors)} match[] parameters, at most {MAX_MATCH}")
         parsed: list[pp.VectorSelector] = []
@@ -197,14 +197,26 @@ class PromApi:
             if not isinstance(e, pp.VectorSelector):
                 raise ApiFailure(400, "bad_data", f"match[] must be a series selector, got {sel!r}")
             parsed.append(e)
+        return parsed
+
+    @staticmethod
+    def _matcher_sets(
+        s: StoreReader, tenant: str, parsed: list[pp.VectorSelector] | None
+    ) -> list[list[Matcher]] | None:
+        """Store matchers for each selector (those no stored metric name can match left out); None
+        for no selectors: every series."""
+        if parsed is None:
+            return None
+        ev = promql.Evaluator(s, tenant, promql.Grid(0, 0, 1))
+        return [ms for ms in map(ev.matchers, parsed) if ms is not None]
+
+    async def _series(self, tenant: str, q: MultiDictProxy[str], required: bool) -> list[dict[str, str]]:
+        parsed = await self._selectors(q, required)
 
         def run(s: StoreReader) -> list[dict[str, str]]:
-            ev = promql.Evaluator(s, tenant, promql.Grid(0, 0, 1))
+            sets = self._matcher_sets(s, tenant, parsed)
             seen: dict[promql.Key, dict[str, str]] = {}
-            for vs in parsed:
-                ms: list[Matcher] | None = ev.matchers(vs)
-                if ms is None:
-                    continue
+            for ms in [[]] if sets is None else sets:
                 for metric, labels in s.series(tenant, ms):
                     full = {**labels, promql.NAME: promql.promql_name(metric)}
                     seen.setdefault(promql.key_of(full), full)
@@ -218,19 +230,23 @@ class PromApi:
 
     async def labels(self, request: web.Request, tenant: str, q: MultiDictProxy[str]) -> web.Response:
         _check_range(q)
-        names: set[str] = set()
-        for labels in await self._series(tenant, q, required=False):
-            names.update(labels)
-        return _success(sorted(names))
+        parsed = await self._selectors(q, required=False)
+        names = await self._run(lambda s: s.label_names(tenant, self._matcher_sets(s, tenant, parsed)))
+        return _success(names)
 
     async def label_values(self, request: web.Request, tenant: str, q: MultiDictProxy[str]) -> web.Response:
         _check_range(q)
         name = request.match_info["name"]
-        if name == promql.NAME and not q.getall("match[]", []):
+        parsed = await self._selectors(q, required=False)
+        if name == promql.NAME and parsed is None:
             metrics = await self._run(lambda s: s.metric_names(tenant))
             return _success(sorted({promql.promql_name(m) for m in metrics}))
-        values = {labels[name] for labels in await self._series(tenant, q, required=False) if name in labels}
-        return _success(sorted(values))
+        values = await self._run(
+            lambda s: s.label_values(tenant, name, self._matcher_sets(s, tenant, parsed))
+        )
+        if name == promql.NAME:
+            values = sorted({promql.promql_name(m) for m in values})
+        return _success(values)
 
     async def metadata(self, request: web.Request, tenant: str, q: MultiDictProxy[str]) -> web.Response:
         """Metric metadata sent by remote write: ``{"<metric>": [{"type", "help", "unit"}]}``.
