@@ -26,6 +26,7 @@ ingest series limit (``server.max_series_per_tenant``) keeps it far below that i
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from array import array
@@ -41,7 +42,7 @@ from lossproof.store.base import Matcher
 
 log = get(__name__)
 
-INDEX_MAX_SERIES = 4_000_000  # all tenants of one store: past it, reads go back to the series table
+INDEX_MAX_SERIES = 1_000_000  # all tenants of one store: past it, reads go back to the series table
 # PostgreSQL: a series row whose id is below one already seen can still appear (concurrent writers);
 # ids are re-read from the last "safe" one, which advances once the transactions that could still
 # commit below it are over (txid snapshots) and this long has passed (see sync_pg).
@@ -198,8 +199,17 @@ class TenantIndex:
         if len(self._order) < n:
             metrics, pairs = self.metrics, self.pairs
             order = self._order
-            order.extend(range(len(order), n))
-            order.sort(key=lambda p: (metrics[p], pairs[p]))
+
+            def key(p: int) -> tuple[str, Pairs]:
+                return metrics[p], pairs[p]
+
+            if (n - len(order)) * 64 < len(order):
+                # a few new series: each put in its place (log n keys), not all n keys made again
+                for p in range(len(order), n):
+                    bisect.insort(order, p, key=key)
+            else:
+                order.extend(range(len(order), n))
+                order.sort(key=key)
             rank = np.empty(n, dtype=np.int64)
             rank[np.array(order, dtype=np.int64)] = np.arange(n, dtype=np.int64)
             self._rank = rank
