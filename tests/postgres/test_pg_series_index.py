@@ -43,11 +43,18 @@ def _metrics(store: Store) -> list[str]:
     return [m for m, _ in store.series("t1", [Matcher("k", "=", "v")])]
 
 
-@pytest.mark.parametrize("lag", [0.0, series_index.PG_SAFE_LAG_SECONDS])
+LAG = series_index.PG_SAFE_LAG_SECONDS
+
+
+@pytest.mark.parametrize(("lag", "recount"), [(0.0, 0.0), (LAG, 0.0), (0.0, 600.0)])
 def test_a_series_committed_after_a_higher_id_is_seen(
-    backend: PostgresBackend, monkeypatch: pytest.MonkeyPatch, lag: float
+    backend: PostgresBackend, monkeypatch: pytest.MonkeyPatch, lag: float, recount: float
 ) -> None:
+    """``recount`` 0: the backstop count runs at every refresh too, and must agree (no reload)."""
     monkeypatch.setattr(series_index, "PG_SAFE_LAG_SECONDS", lag)
+    monkeypatch.setattr(series_index, "PG_RECOUNT_SECONDS", recount)
+    reloads: list[object] = []
+    monkeypatch.setattr(series_index.SeriesIndex, "reset", lambda self: reloads.append(self) or _reset(self))
     backend.open()  # creates the schema
     reader = backend.open(readonly=True)
     assert _metrics(reader) == []
@@ -67,6 +74,10 @@ def test_a_series_committed_after_a_higher_id_is_seen(
     finally:
         early.close()
         late.close()
+    assert not reloads
+
+
+_reset = series_index.SeriesIndex.reset
 
 
 def test_a_schema_made_again_is_read_again(backend: PostgresBackend) -> None:

@@ -361,16 +361,17 @@ class SeriesIndex:
         :attr:`last_id` moves up to the highest id of an earlier refresh only once every transaction
         that was running then has ended (its snapshot's xmax is below the current xmin) and
         ``PG_SAFE_LAG_SECONDS`` have passed (a writer between taking an id and getting its
-        transaction id). Every ``PG_RECOUNT_SECONDS`` the rows are counted; a count that differs
-        from the index's makes it read everything again."""
+        transaction id). Every ``PG_RECOUNT_SECONDS`` the rows up to that bound are counted; a
+        count that differs from the index's makes it read everything again."""
         if self.disabled:
             return
         now = time.monotonic()
         if now - self._counted_at >= PG_RECOUNT_SECONDS:
+            # only below the safe bound: above it, rows may come and go (commits in flight)
             self._counted_at = now
-            total = int(execute("SELECT count(*) FROM series").fetchone()[0])
-            if total != self.count:
-                log.info("store.series_index_reload", indexed=self.count, stored=total)
+            below = int(execute("SELECT count(*) FROM series WHERE id <= %s", (self.last_id,)).fetchone()[0])
+            if below != self.count - len(self._recent):
+                log.info("store.series_index_reload", indexed=self.count - len(self._recent), stored=below)
                 self.reset()
         rows = execute(
             "SELECT id, tenant, metric, labels_json FROM series WHERE id > %s ORDER BY id", (self.last_id,)
@@ -380,13 +381,13 @@ class SeriesIndex:
             "SELECT 'series'::regclass::oid::bigint, txid_snapshot_xmin(s)::text, txid_snapshot_xmax(s)::text"
             " FROM (SELECT txid_current_snapshot() AS s) q"
         ).fetchone()
-        if oid != self._oid:  # the table was made again (a schema dropped and migrated anew)
-            fresh = self._oid is None
-            self.reset()
-            self._oid = oid
-            if not fresh:
+        if oid != self._oid:
+            if self._oid is not None:  # the table was made again (a schema dropped and migrated anew)
+                self.reset()
+                self._oid = oid
                 self.sync_pg(execute)
                 return
+            self._oid = oid
         top = self._add(rows, self._recent) if rows else 0
         if self.disabled:
             return
