@@ -18,12 +18,12 @@ rows above the highest id seen. How each backend learns of new rows (and, in Pos
 committed out of id order) is in :meth:`SeriesIndex.sync_sqlite` and :meth:`SeriesIndex.sync_pg`.
 
 Memory, measured (``/proc/self/statm``) with 1 M series of 4 labels, one of them unique per series
-(``instance``): ~610 MB, ~600 bytes a series; a unique label value costs most of that (its string, its
-postings entry and array, its interned pair), repeated values are shared between series. Past
+(``instance``): ~500 MB, ~500 bytes a series; a unique label value costs most of that (its string, its
+postings entry and array, its pair), repeated ``(name, value)`` pairs are one object for all series. Past
 :data:`INDEX_MAX_SERIES` series (all tenants together) the index gives up and the store reads the
 series table as it did before (``None`` from :meth:`SeriesIndex.tenant`), so memory stays bounded
 whatever the cardinality; the ingest series limit (``server.max_series_per_tenant``) keeps it below that
-in practice. Building it reads the whole table once (~25 s for 1 M series on a loaded 2-core machine;
+in practice. Building it reads the whole table once (~17 s for 1 M series on a loaded 2-core machine;
 ~0.2 s for 10,000); the first large result then ranks every series once (see :meth:`TenantIndex._ranks`).
 PostgreSQL also keeps the ids above its safe bound in a set for ``PG_SAFE_LAG_SECONDS`` (all of them
 right after the first load).
@@ -279,8 +279,8 @@ class SeriesIndex:
         self.count = 0
         self.last_id = 0  # every series with an id up to this one is in (SQLite: the highest seen)
         self.disabled = False  # over INDEX_MAX_SERIES: the stores read the table instead
-        self._strings: dict[str, str] = {}  # one object per distinct string (values repeat a lot)
-        self._pairs: dict[tuple[str, str], tuple[str, str]] = {}
+        self._strings: dict[str, str] = {}  # one object per metric name
+        self._pairs: dict[tuple[str, str], tuple[str, str]] = {}  # one object per (name, value)
         # PostgreSQL only
         self._recent: set[int] = set()  # ids above last_id already in
         self._pending: list[tuple[float, int, int]] = []  # (monotonic, xmax, highest id then)
@@ -325,7 +325,7 @@ class SeriesIndex:
                 pair = (k, v)
                 got = pairs_of.get(pair)
                 if got is None:
-                    got = pairs_of[pair] = (strings.setdefault(k, k), strings.setdefault(v, v))
+                    got = pairs_of[pair] = pair
                 pairs.append(got)
             t.add(sid, metric, tuple(pairs))
             self.count += 1
