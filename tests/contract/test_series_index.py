@@ -116,6 +116,11 @@ def test_index_agrees_with_the_series_table(backend: StoreBackend, seed: int) ->
     write(other, many, model)
     check(reader, model, rng, rounds=20)
     assert len(reader.series("t1", [Matcher("__name__", "=", "bulk")])) == 700
+    # a few more once the rank is made: each put in its place among the others
+    write(other, [("t1", "bulk", {"i": f"{rng.randrange(700):04d}x"}) for _ in range(5)], model)
+    check(reader, model, rng, rounds=10)
+    got = reader.series("t1", [Matcher("__name__", "=", "bulk")])
+    assert got == model_series(model, "t1", [Matcher("__name__", "=", "bulk")]) and len(got) > 700
 
 
 def test_index_disabled_past_its_limit_reads_the_table(
