@@ -76,6 +76,8 @@ class TenantIndex:
         self._np: dict[tuple[str | None, str], tuple[int, I64]] = {}  # (label, None: metric; value)
         self._order: list[int] = []  # positions in (metric, labels) order, for the first len() of them
         self._rank: I64 = _EMPTY
+        # sorted label names (key None) and values of every series, with what they were made from
+        self._sorted: dict[str | None, tuple[Any, list[str]]] = {}
 
     def __len__(self) -> int:
         return len(self.sids)
@@ -267,6 +269,27 @@ class TenantIndex:
         mask = np.zeros(len(self.sids), dtype=bool)
         mask[pos] = True
         return {v for v, p in table.items() if mask[self._posting(key, v, p)].any()}
+
+    def sorted_label_names(self, pos: I64 | None) -> list[str]:
+        """:meth:`label_names`, sorted; for every series (None) kept until a name is added."""
+        if pos is not None:
+            return sorted(self.label_names(pos))
+        made_of = (len(self.postings), len(self.sids) > 0)
+        got = self._sorted.get(None)
+        if got is None or got[0] != made_of:
+            got = self._sorted[None] = (made_of, sorted(self.label_names(None)))
+        return list(got[1])
+
+    def sorted_label_values(self, name: str, pos: I64 | None) -> list[str]:
+        """:meth:`label_values`, sorted; for every series (None) kept until a value is added (sorting
+        a thousand values costs more than all the rest of the request)."""
+        if pos is not None:
+            return sorted(self.label_values(name, pos))
+        n = len(self.by_metric if name == "__name__" else self.postings.get(name, ()))
+        got = self._sorted.get(name)
+        if got is None or got[0] != n:
+            got = self._sorted[name] = (n, sorted(self.label_values(name, None)))
+        return list(got[1])
 
 
 class SeriesIndex:

@@ -354,7 +354,7 @@ class SqliteReader(SqliteCore):
     def label_names(self, tenant: str, selectors: Sequence[Sequence[Matcher]] | None = None) -> list[str]:
         with self._lock, self._indexed(tenant) as t:
             if t is not None:
-                return sorted(t.label_names(t.match_any(selectors)))
+                return t.sorted_label_names(t.match_any(selectors))
         return super().label_names(tenant, selectors)
 
     def label_values(
@@ -362,7 +362,7 @@ class SqliteReader(SqliteCore):
     ) -> list[str]:
         with self._lock, self._indexed(tenant) as t:
             if t is not None:
-                return sorted(t.label_values(name, t.match_any(selectors)))
+                return t.sorted_label_values(name, t.match_any(selectors))
         return super().label_values(tenant, name, selectors)
 
     def series_after(self, tenant: str, after_id: int, limit: int) -> list[tuple[int, str, str]]:

@@ -95,7 +95,7 @@ class PgReader(PgCore):
     def label_names(self, tenant: str, selectors: Sequence[Sequence[Matcher]] | None = None) -> list[str]:
         with self._conn() as conn, conn.transaction(), self._indexed(conn, tenant) as t:
             if t is not None:
-                return sorted(t.label_names(t.match_any(selectors)))
+                return t.sorted_label_names(t.match_any(selectors))
         return super().label_names(tenant, selectors)
 
     def label_values(
@@ -103,7 +103,7 @@ class PgReader(PgCore):
     ) -> list[str]:
         with self._conn() as conn, conn.transaction(), self._indexed(conn, tenant) as t:
             if t is not None:
-                return sorted(t.label_values(name, t.match_any(selectors)))
+                return t.sorted_label_values(name, t.match_any(selectors))
         return super().label_values(tenant, name, selectors)
 
     def series_after(self, tenant: str, after_id: int, limit: int) -> list[tuple[int, str, str]]:
