@@ -182,8 +182,11 @@ class PromApi:
 
     # --- metadata ----------------------------------------------------------------------------------
 
-    async def _selectors(self, q: MultiDictProxy[str], required: bool) -> list[pp.VectorSelector] | None:
-        """The ``match[]`` selectors, parsed; None when there are none (and none are ``required``)."""
+    @staticmethod
+    def _selectors(q: MultiDictProxy[str], required: bool) -> list[str] | None:
+        """The ``match[]`` selectors, as sent; None when there are none (and none are ``required``).
+        They are parsed on the store's thread, with the read (:meth:`_matcher_sets`): one thread hop
+        for the request, not one per selector and one more for the read."""
         selectors = q.getall("match[]", [])
         if not selectors:
             if required:
@@ -191,27 +194,25 @@ class PromApi:
             return None
         if len(selectors) > MAX_MATCH:
             raise ApiFailure(400, "bad_data", f"{len(selectors)} match[] parameters, at most {MAX_MATCH}")
+        return selectors
+
+    @staticmethod
+    def _matcher_sets(s: StoreReader, tenant: str, selectors: list[str] | None) -> list[list[Matcher]] | None:
+        """Store matchers for each selector (those no stored metric name can match left out); None
+        for no selectors: every series. Raises :class:`ApiFailure` for one that is not a selector."""
+        if selectors is None:
+            return None
         parsed: list[pp.VectorSelector] = []
         for sel in selectors:
-            e = unparen(await promql.parse_async(sel))
+            e = unparen(promql.parse(sel))
             if not isinstance(e, pp.VectorSelector):
                 raise ApiFailure(400, "bad_data", f"match[] must be a series selector, got {sel!r}")
             parsed.append(e)
-        return parsed
-
-    @staticmethod
-    def _matcher_sets(
-        s: StoreReader, tenant: str, parsed: list[pp.VectorSelector] | None
-    ) -> list[list[Matcher]] | None:
-        """Store matchers for each selector (those no stored metric name can match left out); None
-        for no selectors: every series."""
-        if parsed is None:
-            return None
         ev = promql.Evaluator(s, tenant, promql.Grid(0, 0, 1))
         return [ms for ms in map(ev.matchers, parsed) if ms is not None]
 
     async def _series(self, tenant: str, q: MultiDictProxy[str], required: bool) -> list[dict[str, str]]:
-        parsed = await self._selectors(q, required)
+        parsed = self._selectors(q, required)
 
         def run(s: StoreReader) -> list[dict[str, str]]:
             sets = self._matcher_sets(s, tenant, parsed)
@@ -230,14 +231,14 @@ class PromApi:
 
     async def labels(self, request: web.Request, tenant: str, q: MultiDictProxy[str]) -> web.Response:
         _check_range(q)
-        parsed = await self._selectors(q, required=False)
+        parsed = self._selectors(q, required=False)
         names = await self._run(lambda s: s.label_names(tenant, self._matcher_sets(s, tenant, parsed)))
         return _success(names)
 
     async def label_values(self, request: web.Request, tenant: str, q: MultiDictProxy[str]) -> web.Response:
         _check_range(q)
         name = request.match_info["name"]
-        parsed = await self._selectors(q, required=False)
+        parsed = self._selectors(q, required=False)
         if name == promql.NAME and parsed is None:
             metrics = await self._run(lambda s: s.metric_names(tenant))
             return _success(sorted({promql.promql_name(m) for m in metrics}))
