@@ -53,6 +53,7 @@ INDEX_MAX_SERIES = 1_000_000  # all tenants of one store: past it, reads go back
 # commit below it are over (txid snapshots) and this long has passed (see sync_pg).
 PG_SAFE_LAG_SECONDS = 5.0
 PG_RECOUNT_SECONDS = 600.0  # and the whole table is counted this often, as a backstop
+_MATCHED_MAX = 1_000_000  # values kept in a tenant's matcher cache, all matchers together (~8 MB)
 _SORT_RANK_FROM = 512  # results at least this long are ordered by the tenant's precomputed rank
 
 I64 = npt.NDArray[np.int64]
@@ -76,6 +77,9 @@ class TenantIndex:
         self._np: dict[tuple[str | None, str], tuple[int, I64]] = {}  # (label, None: metric; value)
         self._order: list[int] = []  # positions in (metric, labels) order, for the first len() of them
         self._rank: I64 = _EMPTY
+        # the values each recent matcher matched, with how many values its label had then
+        self._matched: dict[tuple[str, str, str, bool], tuple[int, list[str]]] = {}
+        self._matched_size = 0  # values held there in all (bounded by _MATCHED_MAX)
         # sorted label names (key None) and values of every series, with what they were made from
         self._sorted: dict[str | None, tuple[Any, list[str]]] = {}
 
@@ -144,10 +148,24 @@ class TenantIndex:
             post = table.get(m.value)
             return False, (_EMPTY if post is None else self._posting(key, m.value, post))
         negative = missing_ok or (m.name == "__name__" and m.op in ("!=", "!~"))
-        if negative:
-            # all but the series with a value that does not match (a missing label matches)
-            return False, self._union(key, [(v, p) for v, p in table.items() if not m.matches(v)])
-        return True, self._union(key, [(v, p) for v, p in table.items() if m.matches(v)])
+        # negative: all but the series with a value that does not match (a missing label matches)
+        values = self._values(m, table, negative)
+        return not negative, self._union(key, [(v, table[v]) for v in values])
+
+    def _values(self, m: Matcher, table: dict[str, array[int]], negative: bool) -> list[str]:
+        """The values of ``table`` that ``m`` matches (``negative``: does not match). Remembered per
+        matcher until a value is added: a regex is asked of each value once, not at every query."""
+        ck = (m.name, m.op, m.value, negative)
+        got = self._matched.get(ck)
+        if got is not None and got[0] == len(table):
+            return got[1]
+        values = [v for v in table if m.matches(v) != negative]
+        self._matched_size += len(values)
+        if len(self._matched) >= 1024 or self._matched_size > _MATCHED_MAX:
+            self._matched.clear()
+            self._matched_size = len(values)
+        self._matched[ck] = (len(table), values)
+        return values
 
     def match(self, matchers: Sequence[Matcher]) -> I64:
         """The positions of the series matching every matcher, increasing."""
