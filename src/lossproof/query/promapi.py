@@ -12,6 +12,7 @@ cost is bounded by :class:`lossproof.query.promql.Limits` (``[query]`` in the co
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -202,12 +203,7 @@ class PromApi:
         for no selectors: every series. Raises :class:`ApiFailure` for one that is not a selector."""
         if selectors is None:
             return None
-        parsed: list[pp.VectorSelector] = []
-        for sel in selectors:
-            e = unparen(promql.parse(sel))
-            if not isinstance(e, pp.VectorSelector):
-                raise ApiFailure(400, "bad_data", f"match[] must be a series selector, got {sel!r}")
-            parsed.append(e)
+        parsed = [_selector(sel) for sel in selectors]
         ev = promql.Evaluator(s, tenant, promql.Grid(0, 0, 1))
         return [ms for ms in map(ev.matchers, parsed) if ms is not None]
 
@@ -275,6 +271,16 @@ class PromApi:
                 "goVersion": "",
             }
         )
+
+
+@functools.lru_cache(maxsize=256)
+def _selector(sel: str) -> pp.VectorSelector:
+    """A ``match[]`` selector, parsed (the parser's nodes are only read). Remembered: dashboards send
+    the same few again and again, and parsing costs more than answering from the series index."""
+    e = unparen(promql.parse(sel))
+    if not isinstance(e, pp.VectorSelector):
+        raise ApiFailure(400, "bad_data", f"match[] must be a series selector, got {sel!r}")
+    return e
 
 
 def _check_range(q: MultiDictProxy[str]) -> None:
