@@ -307,5 +307,3 @@ class Budget:
 # --- evaluation --------------------------------------------------------------------------------------
 
 SUBQUERY_STEP_MS = 60_000  # a subquery without a step uses the global evaluation interval (1 m)
-
-
