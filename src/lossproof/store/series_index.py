@@ -34,6 +34,7 @@ from __future__ import annotations
 import bisect
 import threading
 import time
+import weakref
 from array import array
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -447,13 +448,14 @@ class SeriesIndex:
             self._recent = {s for s in self._recent if s > safe}
 
 
-_REGISTRY: dict[tuple[Any, ...], SeriesIndex] = {}
+# Weak: an index lives as long as a handle of its store does (a test run opens thousands of stores).
+_REGISTRY: weakref.WeakValueDictionary[tuple[Any, ...], SeriesIndex] = weakref.WeakValueDictionary()
 _REGISTRY_LOCK = threading.Lock()
 
 
 def shared(key: tuple[Any, ...]) -> SeriesIndex:
     """The process's index of the store ``key`` names (SQLite: the file's path and inode;
-    PostgreSQL: DSN and schema)."""
+    PostgreSQL: DSN and schema), shared by every handle of it that is open."""
     with _REGISTRY_LOCK:
         got = _REGISTRY.get(key)
         if got is None:
