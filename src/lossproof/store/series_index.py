@@ -52,7 +52,7 @@ INDEX_MAX_SERIES = 1_000_000  # all tenants of one store: past it, reads go back
 # PostgreSQL: a series row whose id is below one already seen can still appear (concurrent writers);
 # ids are re-read from the last "safe" one, which advances once the transactions that could still
 # commit below it are over (txid snapshots) and this long has passed (see sync_pg).
-PG_SAFE_LAG_SECONDS = 5.0
+PG_SAFE_LAG_SECONDS = 1.0
 PG_RECOUNT_SECONDS = 600.0  # and the whole table is counted this often, as a backstop
 _MATCHED_MAX = 1_000_000  # values kept in a tenant's matcher cache, all matchers together (~8 MB)
 _SORT_RANK_FROM = 512  # results at least this long are ordered by the tenant's precomputed rank
@@ -399,7 +399,7 @@ class SeriesIndex:
     def sync_pg(self, execute: Callable[..., Any]) -> None:
         """Catch up with a PostgreSQL series table (``execute``: a connection's). Concurrent writers
         take ids from one sequence and commit in any order, so a row can appear below an id already
-        seen: the rows above :attr:`last_id` are re-read each time (already known ids skipped), and
+        seen: the ids above :attr:`last_id` are re-read each time (the rows of new ones only), and
         :attr:`last_id` moves up to the highest id of an earlier refresh only once every transaction
         that was running then has ended (its snapshot's xmax is below the current xmin) and
         ``PG_SAFE_LAG_SECONDS`` have passed (a writer between taking an id and getting its
@@ -415,9 +415,15 @@ class SeriesIndex:
             if below != self.count - len(self._recent):
                 log.info("store.series_index_reload", indexed=self.count - len(self._recent), stored=below)
                 self.reset()
-        rows = execute(
-            "SELECT id, tenant, metric, labels_json FROM series WHERE id > %s ORDER BY id", (self.last_id,)
-        ).fetchall()
+        # the ids above the bound (an index-only range), then the rows of those not known yet
+        ids = [int(i) for (i,) in execute("SELECT id FROM series WHERE id > %s", (self.last_id,)).fetchall()]
+        new = sorted(i for i in ids if i not in self._recent)
+        rows = []
+        if new:
+            rows = execute(
+                "SELECT id, tenant, metric, labels_json FROM series WHERE id = ANY(%s::bigint[]) ORDER BY id",
+                (new,),
+            ).fetchall()
         # after the rows: a writer still running when they were read is below this snapshot's xmax
         oid, xmin, xmax = execute(
             "SELECT 'series'::regclass::oid::bigint, txid_snapshot_xmin(s)::text, txid_snapshot_xmax(s)::text"
@@ -430,10 +436,13 @@ class SeriesIndex:
                 self.sync_pg(execute)
                 return
             self._oid = oid
-        top = self._add(rows, self._recent) if rows else 0
+        if rows:
+            self._add(rows, self._recent)
         if self.disabled:
             return
-        if top:
+        top = max(ids, default=0)
+        if top > max(self.last_id, self._pending[-1][2] if self._pending else 0):
+            # the first snapshot that shows ``top``: every id below it was taken before it
             self._pending.append((now, int(xmax), top))
         safe = self.last_id
         keep = []
