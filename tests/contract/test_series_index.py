@@ -168,3 +168,18 @@ def test_index_sees_series_another_process_stored(backend: StoreBackend, tmp_pat
         model.setdefault("t1", []).append(("child", {"host": "h1", "n": str(i)}))
     check(reader, model, rng)
     assert len(reader.series("t1", [Matcher("__name__", "=", "child"), Matcher("host", "=~", "h1")])) == 25
+
+
+def test_handles_of_one_store_share_one_index_that_goes_with_them(backend: StoreBackend) -> None:
+    """One index per store per process (the query process opens a handle per read thread), and none
+    kept once every handle is gone (a test run opens thousands of stores)."""
+    import gc
+
+    a, b = backend.open(), backend.open(readonly=True)
+    index = a._index  # type: ignore[attr-defined]
+    assert b._index is index  # type: ignore[attr-defined]
+    live = len(series_index._REGISTRY)
+    backend.close_all()
+    del a, b, index
+    gc.collect()
+    assert len(series_index._REGISTRY) == live - 1
