@@ -804,6 +804,9 @@ QUERIES: list[tuple[str, str, str]] = [
     ("subquery_m1_1h", "/api/v1/query_range", "max_over_time(rate(m1[5m])[1h:1m])"),
     ("labels", "/api/v1/labels", ""),
     ("host_values", "/api/v1/label/host/values", ""),
+    # the series index with match[]: a selector's series, and one label's values among them
+    ("series_m3", "/api/v1/series", 'm3{host=~"h1.*"}'),
+    ("instance_values_m3", "/api/v1/label/instance/values", 'm3{host=~"h1.*"}'),
 ]
 
 
@@ -818,6 +821,8 @@ def query_params(name: str, query: str, data: DataSet) -> dict[str, str]:
         return {"query": query, "start": str(start), "end": str(end), "step": "60"}
     if name in ("avg_over_time_m4_1h", "topk_m4_1h"):
         return {"query": query, "time": str(end)}
+    if name in ("series_m3", "instance_values_m3"):
+        return {"match[]": query, "start": str(start), "end": str(end)}
     return {"start": str(start), "end": str(end)}
 
 
@@ -834,7 +839,12 @@ def _series_map(data: Any, keep_name: bool) -> dict[tuple[tuple[str, str], ...],
 def agree(name: str, a: Any, b: Any, data: DataSet) -> tuple[bool, str]:
     """Do two answers agree (same series; values within REL_TOL at common timestamps past the
     data's first minutes)? (verdict, one-line reason)."""
-    if name in ("labels", "host_values"):
+    if name == "series_m3":
+        sa, sb = (sorted(tuple(sorted(x.items())) for x in ans["data"]) for ans in (a, b))
+        if sa != sb:
+            return False, f"{len(sa)} vs {len(sb)} series; only one side: {sorted(set(sa) ^ set(sb))[:3]}"
+        return True, f"{len(sa)} series"
+    if name in ("labels", "host_values", "instance_values_m3"):
         sa, sb = sorted(a["data"]), sorted(b["data"])
         if sa != sb:
             return False, f"{len(sa)} vs {len(sb)} values; only one side: {sorted(set(sa) ^ set(sb))[:5]}"
@@ -871,7 +881,8 @@ def run_queries(data: DataSet, vm: Target, lp: Target, repeat: int, progress: Sa
     out: dict[str, Any] = {}
     for name, path, query in QUERIES:
         params = query_params(name, query, data)
-        row: dict[str, Any] = {"query": query or path, "path": path}
+        shown = query if path in ("/api/v1/query", "/api/v1/query_range") else f"{path} {query}".strip()
+        row: dict[str, Any] = {"query": shown, "path": path}
         answers = {}
         for t in (vm, lp):
             ms = []

@@ -12,6 +12,7 @@ cost is bounded by :class:`lossproof.query.promql.Limits` (``[query]`` in the co
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -182,29 +183,37 @@ class PromApi:
 
     # --- metadata ----------------------------------------------------------------------------------
 
-    async def _series(self, tenant: str, q: MultiDictProxy[str], required: bool) -> list[dict[str, str]]:
+    @staticmethod
+    def _selectors(q: MultiDictProxy[str], required: bool) -> list[str] | None:
+        """The ``match[]`` selectors, as sent; None when there are none (and none are ``required``).
+        They are parsed on the store's thread, with the read (:meth:`_matcher_sets`): one thread hop
+        for the request, not one per selector and one more for the read."""
         selectors = q.getall("match[]", [])
         if not selectors:
             if required:
                 raise ApiFailure(400, "bad_data", "no match[] parameter provided")
-            found = await self._run(lambda s: s.series(tenant, []))
-            return [{**labels, promql.NAME: promql.promql_name(m)} for m, labels in found]
+            return None
         if len(selectors) > MAX_MATCH:
             raise ApiFailure(400, "bad_data", f"{len(selectors)} match[] parameters, at most {MAX_MATCH}")
-        parsed: list[pp.VectorSelector] = []
-        for sel in selectors:
-            e = unparen(await promql.parse_async(sel))
-            if not isinstance(e, pp.VectorSelector):
-                raise ApiFailure(400, "bad_data", f"match[] must be a series selector, got {sel!r}")
-            parsed.append(e)
+        return selectors
+
+    @staticmethod
+    def _matcher_sets(s: StoreReader, tenant: str, selectors: list[str] | None) -> list[list[Matcher]] | None:
+        """Store matchers for each selector (those no stored metric name can match left out); None
+        for no selectors: every series. Raises :class:`ApiFailure` for one that is not a selector."""
+        if selectors is None:
+            return None
+        parsed = [_selector(sel) for sel in selectors]
+        ev = promql.Evaluator(s, tenant, promql.Grid(0, 0, 1))
+        return [ms for ms in map(ev.matchers, parsed) if ms is not None]
+
+    async def _series(self, tenant: str, q: MultiDictProxy[str], required: bool) -> list[dict[str, str]]:
+        parsed = self._selectors(q, required)
 
         def run(s: StoreReader) -> list[dict[str, str]]:
-            ev = promql.Evaluator(s, tenant, promql.Grid(0, 0, 1))
+            sets = self._matcher_sets(s, tenant, parsed)
             seen: dict[promql.Key, dict[str, str]] = {}
-            for vs in parsed:
-                ms: list[Matcher] | None = ev.matchers(vs)
-                if ms is None:
-                    continue
+            for ms in [[]] if sets is None else sets:
                 for metric, labels in s.series(tenant, ms):
                     full = {**labels, promql.NAME: promql.promql_name(metric)}
                     seen.setdefault(promql.key_of(full), full)
@@ -218,19 +227,23 @@ class PromApi:
 
     async def labels(self, request: web.Request, tenant: str, q: MultiDictProxy[str]) -> web.Response:
         _check_range(q)
-        names: set[str] = set()
-        for labels in await self._series(tenant, q, required=False):
-            names.update(labels)
-        return _success(sorted(names))
+        parsed = self._selectors(q, required=False)
+        names = await self._run(lambda s: s.label_names(tenant, self._matcher_sets(s, tenant, parsed)))
+        return _success(names)
 
     async def label_values(self, request: web.Request, tenant: str, q: MultiDictProxy[str]) -> web.Response:
         _check_range(q)
         name = request.match_info["name"]
-        if name == promql.NAME and not q.getall("match[]", []):
+        parsed = self._selectors(q, required=False)
+        if name == promql.NAME and parsed is None:
             metrics = await self._run(lambda s: s.metric_names(tenant))
             return _success(sorted({promql.promql_name(m) for m in metrics}))
-        values = {labels[name] for labels in await self._series(tenant, q, required=False) if name in labels}
-        return _success(sorted(values))
+        values = await self._run(
+            lambda s: s.label_values(tenant, name, self._matcher_sets(s, tenant, parsed))
+        )
+        if name == promql.NAME:
+            values = sorted({promql.promql_name(m) for m in values})
+        return _success(values)
 
     async def metadata(self, request: web.Request, tenant: str, q: MultiDictProxy[str]) -> web.Response:
         """Metric metadata sent by remote write: ``{"<metric>": [{"type", "help", "unit"}]}``.
@@ -258,6 +271,16 @@ class PromApi:
                 "goVersion": "",
             }
         )
+
+
+@functools.lru_cache(maxsize=256)
+def _selector(sel: str) -> pp.VectorSelector:
+    """A ``match[]`` selector, parsed (the parser's nodes are only read). Remembered: dashboards send
+    the same few again and again, and parsing costs more than answering from the series index."""
+    e = unparen(promql.parse(sel))
+    if not isinstance(e, pp.VectorSelector):
+        raise ApiFailure(400, "bad_data", f"match[] must be a series selector, got {sel!r}")
+    return e
 
 
 def _check_range(q: MultiDictProxy[str]) -> None:

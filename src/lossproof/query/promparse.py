@@ -5,6 +5,7 @@ a query runs under (samples, series, time)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
 from collections.abc import Iterable
@@ -117,8 +118,10 @@ COMPARE = ("==", "!=", ">", "<", ">=", "<=")
 SET_OPS = ("and", "or", "unless")
 
 
+@functools.lru_cache(maxsize=65536)
 def promql_name(metric: str) -> str:
-    """The PromQL spelling of a stored metric name: ``cpu.user`` -> ``cpu_user``."""
+    """The PromQL spelling of a stored metric name: ``cpu.user`` -> ``cpu_user``. Memoized: asked
+    for every series of an answer, of the few distinct metric names there are."""
     name = _BAD_NAME_CHARS.sub("_", metric)
     return "_" + name if name[:1].isdigit() else name
 
@@ -304,5 +307,3 @@ class Budget:
 # --- evaluation --------------------------------------------------------------------------------------
 
 SUBQUERY_STEP_MS = 60_000  # a subquery without a step uses the global evaluation interval (1 m)
-
-

@@ -561,6 +561,36 @@ class StoreReader(abc.ABC):
         :meth:`series`; a backend may read an index instead."""
         return sorted({metric for metric, _ in self.series(tenant, [])})
 
+    def _series_of(
+        self, tenant: str, selectors: Sequence[Sequence[Matcher]] | None
+    ) -> list[tuple[str, dict[str, str]]]:
+        if selectors is None:
+            return self.series(tenant, [])
+        return [x for ms in selectors for x in self.series(tenant, ms)]
+
+    def label_names(self, tenant: str, selectors: Sequence[Sequence[Matcher]] | None = None) -> list[str]:
+        """The label names of the tenant's series matching any of ``selectors`` (each a list of
+        matchers; None: every series), sorted, ``__name__`` among them when any series matches (every
+        series has a metric). This default goes through :meth:`series`; a backend may read an index."""
+        names: set[str] = set()
+        found = self._series_of(tenant, selectors)
+        for _, labels in found:
+            names.update(labels)
+        if found:
+            names.add("__name__")
+        return sorted(names)
+
+    def label_values(
+        self, tenant: str, name: str, selectors: Sequence[Sequence[Matcher]] | None = None
+    ) -> list[str]:
+        """The values label ``name`` has among the tenant's series matching any of ``selectors`` (None:
+        every series), sorted; ``__name__``: their metric names, as stored. A series without the label
+        adds nothing. This default goes through :meth:`series`; a backend may read an index."""
+        found = self._series_of(tenant, selectors)
+        if name == "__name__":
+            return sorted({metric for metric, _ in found})
+        return sorted({labels[name] for _, labels in found if name in labels})
+
     @abc.abstractmethod
     def select_arrays(
         self, tenant: str, matchers: Sequence[Matcher], from_ms: int, to_ms: int

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lossproof.store import chunks
+from lossproof.store import chunks, series_index
 from lossproof.store.base import (
     SeqRange,
     SeriesCache,
@@ -48,7 +48,6 @@ class SqliteCore(Store):
         self.path = Path(path)
         self.readonly = readonly
         self._series = SeriesCache()
-        self._labels: dict[int, dict[str, str]] = {}
         self._lock = threading.Lock()  # guards against accidental concurrent use
         # The newest t stored per series (_NONE: none), for the writer's first-write-wins check.
         # Valid while no other connection commits: PRAGMA data_version tells (see write_batch).
@@ -69,6 +68,9 @@ class SqliteCore(Store):
             self._con = self._connect(busy_timeout_ms)
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path}: cannot open the store: {e}") from e
+        # The read side's series index, one per file in this process (see store/series_index.py).
+        st = self.path.stat()
+        self._index = series_index.shared(("sqlite", str(self.path.resolve()), st.st_dev, st.st_ino))
         try:
             if readonly and self._older_than(READABLE_FROM):
                 # A reader of a file written by a much older lossproof: upgrade it once (as the

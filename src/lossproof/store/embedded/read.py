@@ -16,7 +16,6 @@ from lossproof.log.base import LogGap
 from lossproof.store import chunks
 from lossproof.store import ledger as lg
 from lossproof.store.base import (
-    SERIES_CACHE_MAX,
     AgentSummary,
     Conflict,
     Ledger,
@@ -34,6 +33,7 @@ from lossproof.store.embedded.common import (
     _LedgerRow,
 )
 from lossproof.store.embedded.core import SqliteCore
+from lossproof.store.series_index import Found, TenantIndex
 
 
 class PartBlock(NamedTuple):
@@ -50,7 +50,7 @@ class PartBlock(NamedTuple):
 
 
 def _assemble(
-    found: Sequence[tuple[int, str, dict[str, str]]],
+    found: Sequence[Found],
     rows: list[tuple[int, int, bytes]],
     extra: dict[int, list[tuple[int, chunks.I64, chunks.F64]]],
     from_ms: int,
@@ -308,10 +308,27 @@ class SqliteReader(SqliteCore):
 
     # --- reads for PromQL selectors and the dashboard ----------------------------------------------
 
-    def _matching(self, tenant: str, matchers: Sequence[Matcher]) -> list[tuple[int, str, dict[str, str]]]:
-        """(id, metric, labels) of the tenant's series matching all matchers, sorted; call under the lock.
-        An equality matcher on the metric name narrows the scan to that metric (an index prefix);
-        every other matcher is applied here, on the cached labels."""
+    @contextlib.contextmanager
+    def _indexed(self, tenant: str) -> Iterator[TenantIndex | None]:
+        """The tenant's series index, brought up to date (see :mod:`lossproof.store.series_index`),
+        used under its lock; None when it is disabled (too many series). Call under ``self._lock``."""
+        index = self._index
+        with index.lock:
+            index.sync_sqlite(self._con.execute)
+            yield index.tenant(tenant)
+
+    def _matching(self, tenant: str, matchers: Sequence[Matcher]) -> list[Found]:
+        """(id, metric, labels) of the tenant's series matching all matchers, sorted by metric then
+        labels; from the series index. Call under the lock."""
+        with self._indexed(tenant) as t:
+            if t is not None:
+                return t.sorted_found(t.match(matchers))
+        return self._matching_sql(tenant, matchers)
+
+    def _matching_sql(self, tenant: str, matchers: Sequence[Matcher]) -> list[Found]:
+        """:meth:`_matching` from the series table, without the index (when it is disabled, and as
+        the reference the index is tested against). An equality matcher on the metric name narrows
+        the scan to that metric (an index prefix); every other matcher is applied here."""
         names = {m.value for m in matchers if m.name == "__name__" and m.op == "="}
         if len(names) > 1:
             return []
@@ -322,22 +339,31 @@ class SqliteReader(SqliteCore):
             )
         else:
             rows = self._read("SELECT id, metric, labels_json FROM series WHERE tenant = ?", (tenant,))
-        out: list[tuple[int, str, dict[str, str]]] = []
+        out: list[Found] = []
         for sid, metric, labels_json in rows:
-            lab = self._labels.get(sid)
-            if lab is None:
-                lab = _LABELS_DECODER.decode(labels_json)
-                if len(self._labels) > SERIES_CACHE_MAX:
-                    self._labels.clear()
-                self._labels[sid] = lab
+            lab = _LABELS_DECODER.decode(labels_json)
             if matches_all(matchers, metric, lab):
-                out.append((sid, metric, lab))
-        out.sort(key=lambda r: (r[1], sorted(r[2].items())))
+                out.append((sid, metric, tuple(sorted(lab.items()))))
+        out.sort(key=lambda r: (r[1], r[2]))
         return out
 
     def series(self, tenant: str, matchers: Sequence[Matcher]) -> list[tuple[str, dict[str, str]]]:
         with self._lock:
             return [(metric, dict(lab)) for _, metric, lab in self._matching(tenant, matchers)]
+
+    def label_names(self, tenant: str, selectors: Sequence[Sequence[Matcher]] | None = None) -> list[str]:
+        with self._lock, self._indexed(tenant) as t:
+            if t is not None:
+                return t.sorted_label_names(t.match_any(selectors))
+        return super().label_names(tenant, selectors)
+
+    def label_values(
+        self, tenant: str, name: str, selectors: Sequence[Sequence[Matcher]] | None = None
+    ) -> list[str]:
+        with self._lock, self._indexed(tenant) as t:
+            if t is not None:
+                return t.sorted_label_values(name, t.match_any(selectors))
+        return super().label_values(tenant, name, selectors)
 
     def series_after(self, tenant: str, after_id: int, limit: int) -> list[tuple[int, str, str]]:
         with self._lock:
@@ -351,11 +377,7 @@ class SqliteReader(SqliteCore):
             return dict(self._read("SELECT tenant, count(*) FROM series GROUP BY tenant", ()))
 
     def metric_names(self, tenant: str) -> list[str]:
-        with self._lock:
-            rows = self._read(
-                "SELECT DISTINCT metric FROM series WHERE tenant = ? ORDER BY metric", (tenant,)
-            )
-        return [m for (m,) in rows]
+        return self.label_values(tenant, "__name__")
 
     def select_arrays(
         self, tenant: str, matchers: Sequence[Matcher], from_ms: int, to_ms: int
@@ -363,9 +385,7 @@ class SqliteReader(SqliteCore):
         with self._lock, self._snapshot():
             return self._arrays(self._matching(tenant, matchers), from_ms, to_ms)
 
-    def _arrays(
-        self, found: Sequence[tuple[int, str, dict[str, str]]], from_ms: int, to_ms: int
-    ) -> list[SeriesArrays]:
+    def _arrays(self, found: Sequence[Found], from_ms: int, to_ms: int) -> list[SeriesArrays]:
         """The points in [from_ms, to_ms] of the series ``found``; series without any are left
         out. Call under the lock, in a snapshot."""
         out: list[SeriesArrays] = []
@@ -375,7 +395,7 @@ class SqliteReader(SqliteCore):
         return out
 
     def _series_points(
-        self, found: Sequence[tuple[int, str, dict[str, str]]], from_ms: int, to_ms: int
+        self, found: Sequence[Found], from_ms: int, to_ms: int
     ) -> list[tuple[chunks.I64, chunks.F64]]:
         """Each series' points in [from_ms, to_ms]: its chunks that overlap the range (an index
         range each) and its slices of the parts that do (a seek into each part's directory)."""

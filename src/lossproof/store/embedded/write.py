@@ -39,6 +39,7 @@ from lossproof.store.embedded.common import (
 )
 from lossproof.store.embedded.core import SqliteCore
 from lossproof.store.plan import Plan, Prior, Summary, digests_wanted, plan_batch
+from lossproof.store.series_index import Found
 
 
 class SqliteWriter(SqliteCore):
@@ -47,7 +48,7 @@ class SqliteWriter(SqliteCore):
     if TYPE_CHECKING:  # the read path's (SqliteStore)
 
         def _series_points(
-            self, found: Sequence[tuple[int, str, dict[str, str]]], from_ms: int, to_ms: int
+            self, found: Sequence[Found], from_ms: int, to_ms: int
         ) -> list[tuple[chunks.I64, chunks.F64]]: ...
 
         def _parts_dirs(
@@ -259,7 +260,7 @@ class SqliteWriter(SqliteCore):
         """The stored timestamps of each ``(series, from_ms, to_ms)``: one pass over the parts for
         all of them (read over the union of their ranges, then cut)."""
         lo, hi = min(f for _, f, _ in items), max(t for _, _, t in items)
-        got = self._series_points([(sid, "", {}) for sid, _, _ in items], lo, hi)
+        got = self._series_points([(sid, "", ()) for sid, _, _ in items], lo, hi)
         out = []
         for (_, f, t), (ts, _) in zip(items, got, strict=True):
             out.append(ts[(ts >= f) & (ts <= t)])

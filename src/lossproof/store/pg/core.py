@@ -13,6 +13,7 @@ import psycopg_pool
 from psycopg import sql
 
 from lossproof.store import pg_migrations as mig
+from lossproof.store import series_index
 from lossproof.store.base import (
     SeriesCache,
     Store,
@@ -56,7 +57,7 @@ class PgCore(Store):
         self.pool_timeout = pool_timeout
         self._where = describe_dsn(dsn)
         self._series = SeriesCache()
-        self._labels: dict[int, dict[str, str]] = {}
+        self._index = series_index.shared(("pg", dsn, schema))  # the read side's (store/series_index.py)
         self._pack_queue: list[tuple[int, int, int]] = []  # compaction: (series, first, last window)
         self._pack_log: list[int] = []  # compaction: the compact_log rows of the queued round
         self._lock = threading.Lock()  # one write at a time

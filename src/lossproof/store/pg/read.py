@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from lossproof.log.base import LogGap
 from lossproof.store import chunks
 from lossproof.store import ledger as lg
 from lossproof.store.base import (
-    SERIES_CACHE_MAX,
     AgentSummary,
     Conflict,
     Ledger,
@@ -31,6 +31,7 @@ from lossproof.store.pg.common import (
     _LedgerRow,
 )
 from lossproof.store.pg.core import PgCore
+from lossproof.store.series_index import Found, TenantIndex
 
 
 class PgReader(PgCore):
@@ -45,21 +46,27 @@ class PgReader(PgCore):
 
     # --- reads for PromQL selectors and the dashboard ----------------------------------------------
 
-    def _labels_of(self, sid: int, labels_json: str) -> dict[str, str]:
-        lab = self._labels.get(sid)
-        if lab is None:
-            lab = _LABELS_DECODER.decode(labels_json)
-            if len(self._labels) > SERIES_CACHE_MAX:
-                self._labels.clear()
-            self._labels[sid] = lab
-        return lab
+    @contextlib.contextmanager
+    def _indexed(self, conn: _Conn, tenant: str) -> Iterator[TenantIndex | None]:
+        """The tenant's series index, brought up to date over ``conn`` (see
+        :mod:`lossproof.store.series_index`), used under its lock; None when it is disabled."""
+        index = self._index
+        with index.lock:
+            index.sync_pg(conn.execute)
+            yield index.tenant(tenant)
 
-    def _matching(
-        self, conn: _Conn, tenant: str, matchers: Sequence[Matcher]
-    ) -> list[tuple[int, str, dict[str, str]]]:
+    def _matching(self, conn: _Conn, tenant: str, matchers: Sequence[Matcher]) -> list[Found]:
         """(id, metric, labels) of the tenant's series matching all matchers, sorted by metric then
-        labels. An equality matcher on the metric name narrows the read to that metric (an index
-        prefix); every matcher is applied here, in Python with RE2 (never in SQL), like the embedded store."""
+        labels, from the series index (the same one as the embedded store's: matchers applied with
+        RE2, never in SQL)."""
+        with self._indexed(conn, tenant) as t:
+            if t is not None:
+                return t.sorted_found(t.match(matchers))
+        return self._matching_sql(conn, tenant, matchers)
+
+    def _matching_sql(self, conn: _Conn, tenant: str, matchers: Sequence[Matcher]) -> list[Found]:
+        """:meth:`_matching` from the series table (the index disabled; the tests' reference). An
+        equality matcher on the metric name narrows the read to that metric (an index prefix)."""
         names = {m.value for m in matchers if m.name == "__name__" and m.op == "="}
         if len(names) > 1:
             return []
@@ -72,18 +79,32 @@ class PgReader(PgCore):
             rows = conn.execute(
                 "SELECT id, metric, labels_json FROM series WHERE tenant = %s", (tenant,)
             ).fetchall()
-        out: list[tuple[int, str, dict[str, str]]] = []
+        out: list[Found] = []
         for sid, metric, labels_json in rows:
-            lab = self._labels_of(sid, labels_json)
+            lab = _LABELS_DECODER.decode(labels_json)
             if matches_all(matchers, metric, lab):
-                out.append((sid, metric, lab))
-        out.sort(key=lambda r: (r[1], sorted(r[2].items())))
+                out.append((int(sid), metric, tuple(sorted(lab.items()))))
+        out.sort(key=lambda r: (r[1], r[2]))
         return out
 
     def series(self, tenant: str, matchers: Sequence[Matcher]) -> list[tuple[str, dict[str, str]]]:
         with self._conn() as conn, conn.transaction():
             found = self._matching(conn, tenant, matchers)
         return [(metric, dict(lab)) for _, metric, lab in found]
+
+    def label_names(self, tenant: str, selectors: Sequence[Sequence[Matcher]] | None = None) -> list[str]:
+        with self._conn() as conn, conn.transaction(), self._indexed(conn, tenant) as t:
+            if t is not None:
+                return t.sorted_label_names(t.match_any(selectors))
+        return super().label_names(tenant, selectors)
+
+    def label_values(
+        self, tenant: str, name: str, selectors: Sequence[Sequence[Matcher]] | None = None
+    ) -> list[str]:
+        with self._conn() as conn, conn.transaction(), self._indexed(conn, tenant) as t:
+            if t is not None:
+                return t.sorted_label_values(name, t.match_any(selectors))
+        return super().label_values(tenant, name, selectors)
 
     def series_after(self, tenant: str, after_id: int, limit: int) -> list[tuple[int, str, str]]:
         rows = self._fetch(
@@ -96,8 +117,7 @@ class PgReader(PgCore):
         return {t: int(n) for t, n in self._fetch("SELECT tenant, count(*) FROM series GROUP BY tenant", ())}
 
     def metric_names(self, tenant: str) -> list[str]:
-        rows = self._fetch("SELECT DISTINCT metric FROM series WHERE tenant = %s", (tenant,))
-        return sorted(m for (m,) in rows)  # Python's order (code points), whatever the collation
+        return self.label_values(tenant, "__name__")  # Python's order (code points), whatever the collation
 
     def select_arrays(
         self, tenant: str, matchers: Sequence[Matcher], from_ms: int, to_ms: int

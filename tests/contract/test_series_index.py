@@ -1,0 +1,186 @@
+"""The read side's series index (``lossproof/store/series_index.py``) against a model, on every backend.
+
+What a selector, ``/api/v1/series``, ``/api/v1/labels`` and ``/api/v1/label/<name>/values`` see must
+be what the series table says, read and matched one series at a time (``matches_all``, sorted by metric
+then labels: what the stores did before the index): random series sets, random matchers (``=``, ``!=``,
+``=~``, ``!~``, on the metric name and on labels, missing labels and stored empty values included),
+and series added after the index was built, by another handle (connection) and by another process.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from lossproof.store import series_index
+from lossproof.store.base import Matcher, SeriesSamples, Store, WriteBatch, matches_all
+from lptest import subprocess_env
+from lptest.store_backends import BACKENDS, StoreBackend
+
+T0 = 1_700_000_000_000
+Model = dict[str, list[tuple[str, dict[str, str]]]]  # tenant -> (metric, labels), every series
+
+METRICS = ["m1", "m2", "cpu.user", "M1"]
+NAMES = ["a", "b", "host", "le"]
+VALUES = ["", "x", "y", "xy", "1", "h1", "h10", "Y"]
+REGEXES = ["", ".*", ".+", "x.*", "x|y", "h1.*", "[xy]+", "y?", "(?i)y", "m.", "cpu\\.user", "h1|h10|"]
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreBackend]:
+    b: StoreBackend = BACKENDS[request.param](tmp_path)
+    yield b
+    b.close_all()
+
+
+def random_series(rng: random.Random, n: int) -> list[tuple[str, str, dict[str, str]]]:
+    out = []
+    for _ in range(n):
+        labels = {k: rng.choice(VALUES) for k in rng.sample(NAMES, rng.randint(0, len(NAMES)))}
+        out.append((rng.choice(["t1", "t1", "t2"]), rng.choice(METRICS), labels))
+    return out
+
+
+def write(store: Store, series: Sequence[tuple[str, str, dict[str, str]]], model: Model) -> None:
+    seen = {(t, m, msgspec.json.encode(sorted(lab.items()))) for t, ss in model.items() for m, lab in ss}
+    store.write_batch(
+        WriteBatch(series=[(t, SeriesSamples(m, lab, [T0], [1.0])) for t, m, lab in series], now_ms=T0)
+    )
+    for t, m, lab in series:
+        key = (t, m, msgspec.json.encode(sorted(lab.items())))
+        if key not in seen:
+            seen.add(key)
+            model.setdefault(t, []).append((m, lab))
+
+
+def random_matcher(rng: random.Random) -> Matcher:
+    name = rng.choice(["__name__", *NAMES, "zz"])
+    op = rng.choice(["=", "!=", "=~", "!~"])
+    value = rng.choice(REGEXES + METRICS if op in ("=~", "!~") else VALUES + METRICS)
+    return Matcher(name, op, value)
+
+
+def model_series(model: Model, tenant: str, matchers: Sequence[Matcher]) -> list[tuple[str, dict[str, str]]]:
+    found = [(m, lab) for m, lab in model.get(tenant, []) if matches_all(matchers, m, lab)]
+    return sorted(found, key=lambda r: (r[0], sorted(r[1].items())))
+
+
+def model_of(
+    model: Model, tenant: str, selectors: Sequence[Sequence[Matcher]] | None
+) -> list[tuple[str, dict[str, str]]]:
+    if selectors is None:
+        return model.get(tenant, [])
+    return [x for ms in selectors for x in model_series(model, tenant, ms)]
+
+
+def check(store: Store, model: Model, rng: random.Random, rounds: int = 60) -> None:
+    for _ in range(rounds):
+        tenant = rng.choice(["t1", "t2", "t3"])
+        matchers = [random_matcher(rng) for _ in range(rng.randint(0, 3))]
+        got = store.series(tenant, matchers)
+        assert got == model_series(model, tenant, matchers), (tenant, matchers)
+        assert [list(lab) for _, lab in got] == [sorted(lab) for _, lab in got]  # labels in name order
+        selectors = None if rng.random() < 0.3 else [[random_matcher(rng)] for _ in range(rng.randint(0, 2))]
+        found = model_of(model, tenant, selectors)
+        names = {k for _, lab in found for k in lab} | ({"__name__"} if found else set())
+        assert store.label_names(tenant, selectors) == sorted(names), (tenant, selectors)
+        name = rng.choice(["__name__", *NAMES, "zz"])
+        if name == "__name__":
+            values = {m for m, _ in found}
+        else:
+            values = {lab[name] for _, lab in found if name in lab}
+        assert store.label_values(tenant, name, selectors) == sorted(values), (tenant, name, selectors)
+    assert store.metric_names("t1") == sorted({m for m, _ in model.get("t1", [])})
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_index_agrees_with_the_series_table(backend: StoreBackend, seed: int) -> None:
+    rng = random.Random(seed)
+    writer, reader = backend.open(), backend.open(readonly=True)
+    model: Model = {}
+    write(writer, random_series(rng, rng.randint(1, 60)), model)
+    check(reader, model, rng)  # the index is built
+    # series stored after it was built, through another handle (its own connection): seen at once
+    other = backend.open()
+    write(other, random_series(rng, rng.randint(1, 60)), model)
+    check(reader, model, rng)
+    check(writer, model, rng, rounds=10)
+    # many at once: results ordered by the index's rank rather than one by one
+    many = [("t1", "bulk", {"i": f"{i:04d}", "a": rng.choice(VALUES)}) for i in range(700)]
+    write(other, many, model)
+    check(reader, model, rng, rounds=20)
+    assert len(reader.series("t1", [Matcher("__name__", "=", "bulk")])) == 700
+    # a few more once the rank is made: each put in its place among the others
+    write(other, [("t1", "bulk", {"i": f"{rng.randrange(700):04d}x"}) for _ in range(5)], model)
+    check(reader, model, rng, rounds=10)
+    got = reader.series("t1", [Matcher("__name__", "=", "bulk")])
+    assert got == model_series(model, "t1", [Matcher("__name__", "=", "bulk")]) and len(got) > 700
+
+
+def test_index_disabled_past_its_limit_reads_the_table(
+    backend: StoreBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past INDEX_MAX_SERIES the stores answer from the series table: the same answers."""
+    monkeypatch.setattr(series_index, "INDEX_MAX_SERIES", 10)
+    rng = random.Random(7)
+    store = backend.open()
+    model: Model = {}
+    write(store, random_series(rng, 40), model)
+    check(store, model, rng, rounds=30)
+    assert store._index.disabled  # type: ignore[attr-defined]
+
+
+CHILD = """
+import sys
+from lossproof.store.base import SeriesSamples, WriteBatch
+from lptest.store_backends import store_in_child
+
+store = store_in_child(sys.argv[1:])
+store.write_batch(WriteBatch(series=[
+    ("t1", SeriesSamples("child", {"n": str(i), "host": "h1"}, [T0], [1.0])) for i in range(25)
+], now_ms=T0))
+print("written", flush=True)
+""".replace("T0", str(T0))
+
+
+@pytest.mark.process
+def test_index_sees_series_another_process_stored(backend: StoreBackend, tmp_path: Path) -> None:
+    rng = random.Random(11)
+    reader = backend.open()
+    model: Model = {}
+    write(reader, random_series(rng, 30), model)
+    check(reader, model, rng, rounds=10)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, *backend.child_args()],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and "written" in done.stdout, done.stderr
+    for i in range(25):
+        model.setdefault("t1", []).append(("child", {"host": "h1", "n": str(i)}))
+    check(reader, model, rng)
+    assert len(reader.series("t1", [Matcher("__name__", "=", "child"), Matcher("host", "=~", "h1")])) == 25
+
+
+def test_handles_of_one_store_share_one_index_that_goes_with_them(backend: StoreBackend) -> None:
+    """One index per store per process (the query process opens a handle per read thread), and none
+    kept once every handle is gone (a test run opens thousands of stores)."""
+    import gc
+    import weakref
+
+    a, b = backend.open(), backend.open(readonly=True)
+    index = weakref.ref(a._index)  # type: ignore[attr-defined]
+    assert b._index is index()  # type: ignore[attr-defined]
+    assert index() in series_index._REGISTRY.values()
+    backend.close_all()
+    del a, b
+    gc.collect()
+    assert index() is None
