@@ -201,5 +201,9 @@ def test_a_broken_store_is_a_503_without_server_paths(tmp_path: Path) -> None:
             status, body = p.get(path)
             assert status == 503, (path, status, body)
             assert str(tmp_path) not in str(body) and "<path>" in str(body), (path, body)
+        # bad input is still a 400, before the store is asked
+        for path in ("/api/v1/labels?match[]=rate(x[5m])", "/api/v1/label/job/values?match[]=%7B"):
+            status, body = p.get(path)
+            assert status == 400 and body["errorType"] == "bad_data", (path, status, body)
     finally:
         p.stop()

@@ -12,7 +12,7 @@ cost is bounded by :class:`lossproof.query.promql.Limits` (``[query]`` in the co
 from __future__ import annotations
 
 import asyncio
-import functools
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -184,10 +184,11 @@ class PromApi:
     # --- metadata ----------------------------------------------------------------------------------
 
     @staticmethod
-    def _selectors(q: MultiDictProxy[str], required: bool) -> list[str] | None:
-        """The ``match[]`` selectors, as sent; None when there are none (and none are ``required``).
-        They are parsed on the store's thread, with the read (:meth:`_matcher_sets`): one thread hop
-        for the request, not one per selector and one more for the read."""
+    async def _selectors(q: MultiDictProxy[str], required: bool) -> list[pp.VectorSelector] | None:
+        """The ``match[]`` selectors, parsed; None when there are none (and none are ``required``).
+        A bad one is a 400 before the store is asked (even when it is unavailable). Parsed off the
+        event loop, except those remembered from earlier requests: dashboards send the same few again
+        and again, and a thread hop costs more than answering them from the series index."""
         selectors = q.getall("match[]", [])
         if not selectors:
             if required:
@@ -195,20 +196,23 @@ class PromApi:
             return None
         if len(selectors) > MAX_MATCH:
             raise ApiFailure(400, "bad_data", f"{len(selectors)} match[] parameters, at most {MAX_MATCH}")
-        return selectors
+        if any(sel not in _SELECTORS for sel in selectors):
+            await asyncio.to_thread(lambda: [_selector(sel) for sel in selectors])
+        return [_selector(sel) for sel in selectors]
 
     @staticmethod
-    def _matcher_sets(s: StoreReader, tenant: str, selectors: list[str] | None) -> list[list[Matcher]] | None:
+    def _matcher_sets(
+        s: StoreReader, tenant: str, parsed: list[pp.VectorSelector] | None
+    ) -> list[list[Matcher]] | None:
         """Store matchers for each selector (those no stored metric name can match left out); None
-        for no selectors: every series. Raises :class:`ApiFailure` for one that is not a selector."""
-        if selectors is None:
+        for no selectors: every series."""
+        if parsed is None:
             return None
-        parsed = [_selector(sel) for sel in selectors]
         ev = promql.Evaluator(s, tenant, promql.Grid(0, 0, 1))
         return [ms for ms in map(ev.matchers, parsed) if ms is not None]
 
     async def _series(self, tenant: str, q: MultiDictProxy[str], required: bool) -> list[dict[str, str]]:
-        parsed = self._selectors(q, required)
+        parsed = await self._selectors(q, required)
 
         def run(s: StoreReader) -> list[dict[str, str]]:
             sets = self._matcher_sets(s, tenant, parsed)
@@ -227,14 +231,14 @@ class PromApi:
 
     async def labels(self, request: web.Request, tenant: str, q: MultiDictProxy[str]) -> web.Response:
         _check_range(q)
-        parsed = self._selectors(q, required=False)
+        parsed = await self._selectors(q, required=False)
         names = await self._run(lambda s: s.label_names(tenant, self._matcher_sets(s, tenant, parsed)))
         return _success(names)
 
     async def label_values(self, request: web.Request, tenant: str, q: MultiDictProxy[str]) -> web.Response:
         _check_range(q)
         name = request.match_info["name"]
-        parsed = self._selectors(q, required=False)
+        parsed = await self._selectors(q, required=False)
         if name == promql.NAME and parsed is None:
             metrics = await self._run(lambda s: s.metric_names(tenant))
             return _success(sorted({promql.promql_name(m) for m in metrics}))
@@ -273,13 +277,23 @@ class PromApi:
         )
 
 
-@functools.lru_cache(maxsize=256)
+_SELECTORS: dict[str, pp.VectorSelector] = {}
+_SELECTORS_MAX = 256
+_SELECTORS_LOCK = threading.Lock()  # filled from the event loop and from worker threads
+
+
 def _selector(sel: str) -> pp.VectorSelector:
-    """A ``match[]`` selector, parsed (the parser's nodes are only read). Remembered: dashboards send
-    the same few again and again, and parsing costs more than answering from the series index."""
-    e = unparen(promql.parse(sel))
-    if not isinstance(e, pp.VectorSelector):
-        raise ApiFailure(400, "bad_data", f"match[] must be a series selector, got {sel!r}")
+    """A ``match[]`` selector, parsed and remembered (the parser's nodes are only read); a bad one is
+    an :class:`ApiFailure`."""
+    e = _SELECTORS.get(sel)
+    if e is None:
+        parsed = unparen(promql.parse(sel))
+        if not isinstance(parsed, pp.VectorSelector):
+            raise ApiFailure(400, "bad_data", f"match[] must be a series selector, got {sel!r}")
+        with _SELECTORS_LOCK:
+            if len(_SELECTORS) >= _SELECTORS_MAX:
+                _SELECTORS.pop(next(iter(_SELECTORS)))  # the oldest: dicts keep insertion order
+            _SELECTORS[sel] = e = parsed
     return e
 
 
