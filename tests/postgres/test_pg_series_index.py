@@ -100,3 +100,39 @@ def test_a_schema_made_again_is_read_again(backend: PostgresBackend) -> None:
         assert _metrics(reader) == ["new"]
     finally:
         conn.close()
+
+
+def test_a_lower_id_committed_while_a_refresh_reads_is_seen(
+    backend: PostgresBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer holding a lower id commits between a refresh's read of the ids and the snapshot it
+    then takes: that snapshot's xmin is past the writer, but the ids read did not show its row. The
+    bound must not move past it on that snapshot (the series was left out until the backstop
+    count, 10 minutes later)."""
+    monkeypatch.setattr(series_index, "PG_SAFE_LAG_SECONDS", 0.0)
+    monkeypatch.setattr(series_index, "PG_RECOUNT_SECONDS", 600.0)
+    backend.open()  # creates the schema
+    reader, early, late = _connect(backend), _connect(backend), _connect(backend)
+    reader.autocommit = True  # a statement, a snapshot: as a READ COMMITTED read transaction
+    index = series_index.SeriesIndex()
+    try:
+        _insert(early, "early")  # takes the lower id, not committed yet
+        _insert(late, "late")
+        late.commit()
+        index.sync_pg(reader.execute)
+
+        def execute(query: str, *args: object) -> psycopg.Cursor[tuple[object, ...]]:
+            cur = reader.execute(query, *args)  # type: ignore[arg-type]
+            if "FROM series WHERE id >" in query:
+                early.commit()  # right after the ids were read
+            return cur
+
+        index.sync_pg(execute)
+        index.sync_pg(reader.execute)
+        t = index.tenant("t1")
+        assert t is not None
+        assert sorted(t.metrics) == ["early", "late"]
+    finally:
+        reader.close()
+        early.close()
+        late.close()

@@ -415,8 +415,15 @@ class SeriesIndex:
             if below != self.count - len(self._recent):
                 log.info("store.series_index_reload", indexed=self.count - len(self._recent), stored=below)
                 self.reset()
-        # the ids above the bound (an index-only range), then the rows of those not known yet
-        ids = [int(i) for (i,) in execute("SELECT id FROM series WHERE id > %s", (self.last_id,)).fetchall()]
+        # the ids above the bound (an index-only range), then the rows of those not known yet. The
+        # xmin that lets the bound move is the one of the snapshot the ids are read in: one taken
+        # later can be past a writer whose row (below an id seen earlier) that read did not show.
+        xmin_read, got_ids = execute(
+            "SELECT txid_snapshot_xmin(txid_current_snapshot())::text,"
+            " ARRAY(SELECT id FROM series WHERE id > %s)",
+            (self.last_id,),
+        ).fetchone()
+        ids = [int(i) for i in got_ids]
         new = sorted(i for i in ids if i not in self._recent)
         rows = []
         if new:
@@ -425,9 +432,8 @@ class SeriesIndex:
                 (new,),
             ).fetchall()
         # after the rows: a writer still running when they were read is below this snapshot's xmax
-        oid, xmin, xmax = execute(
-            "SELECT 'series'::regclass::oid::bigint, txid_snapshot_xmin(s)::text, txid_snapshot_xmax(s)::text"
-            " FROM (SELECT txid_current_snapshot() AS s) q"
+        oid, xmax = execute(
+            "SELECT 'series'::regclass::oid::bigint, txid_snapshot_xmax(txid_current_snapshot())::text"
         ).fetchone()
         if oid != self._oid:
             if self._oid is not None:  # the table was made again (a schema dropped and migrated anew)
@@ -447,7 +453,7 @@ class SeriesIndex:
         safe = self.last_id
         keep = []
         for at, pxmax, ptop in self._pending:
-            if pxmax <= int(xmin) and now - at >= PG_SAFE_LAG_SECONDS:
+            if pxmax <= int(xmin_read) and now - at >= PG_SAFE_LAG_SECONDS:
                 safe = max(safe, ptop)
             else:
                 keep.append((at, pxmax, ptop))
