@@ -184,3 +184,17 @@ def test_handles_of_one_store_share_one_index_that_goes_with_them(backend: Store
     del a, b
     gc.collect()
     assert index() is None
+
+
+def test_values_of_labels_no_series_has_are_not_kept(backend: StoreBackend) -> None:
+    """``/api/v1/label/<name>/values`` for names no series has (any client can send any name): the
+    sorted values kept per label must not gain an entry for each, or the query process grows
+    without bound."""
+    store = backend.open()
+    write(store, [("t1", "m1", {"a": "x"})], {})
+    assert store.label_values("t1", "a") == ["x"]
+    for i in range(3000):
+        assert store.label_values("t1", f"no_such_label_{i}") == []
+    assert store.label_values("t1", "a") == ["x"]
+    t = store._index.tenants["t1"]  # type: ignore[attr-defined]
+    assert len(t._sorted) <= 2

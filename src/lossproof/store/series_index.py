@@ -305,6 +305,8 @@ class TenantIndex:
         if pos is not None:
             return sorted(self.label_values(name, pos))
         n = len(self.by_metric if name == "__name__" else self.postings.get(name, ()))
+        if not n:
+            return []  # kept only for names some series has: a client can ask any name
         got = self._sorted.get(name)
         if got is None or got[0] != n:
             got = self._sorted[name] = (n, sorted(self.label_values(name, None)))
