@@ -198,3 +198,22 @@ def test_values_of_labels_no_series_has_are_not_kept(backend: StoreBackend) -> N
     assert store.label_values("t1", "a") == ["x"]
     t = store._index.tenants["t1"]  # type: ignore[attr-defined]
     assert len(t._sorted) <= 2
+
+
+def test_index_past_its_limit_is_never_built_beyond_it(
+    backend: StoreBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The limit bounds the query process's memory whatever the store holds: a store already past it
+    when the index is first built (or a refresh that would take it past) must not be indexed whole
+    and only then given up (3 M series: gigabytes at once, before the limit is looked at)."""
+    monkeypatch.setattr(series_index, "INDEX_MAX_SERIES", 10)
+    added: list[int] = []
+    add = series_index.TenantIndex.add
+    monkeypatch.setattr(series_index.TenantIndex, "add", lambda self, *a: added.append(1) or add(self, *a))
+    rng = random.Random(8)
+    store = backend.open()
+    model: Model = {}
+    write(store, [("t1", "m", {"i": str(i)}) for i in range(40)], model)
+    check(store, model, rng, rounds=5)
+    assert store._index.disabled  # type: ignore[attr-defined]
+    assert len(added) <= 11

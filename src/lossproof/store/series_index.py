@@ -373,11 +373,16 @@ class SeriesIndex:
                 pairs.append(got)
             t.add(sid, metric, tuple(pairs))
             self.count += 1
+            if self.count > INDEX_MAX_SERIES:
+                break  # not one series more than the limit, however many rows there are
         if self.count > INDEX_MAX_SERIES:
-            log.warning("store.series_index_disabled", series=self.count, limit=INDEX_MAX_SERIES)
-            self.reset()
-            self.disabled = True
+            self._disable(self.count)
         return top
+
+    def _disable(self, series: int) -> None:
+        log.warning("store.series_index_disabled", series=series, limit=INDEX_MAX_SERIES)
+        self.reset()
+        self.disabled = True
 
     # --- keeping up with the store --------------------------------------------------------------------
 
@@ -392,11 +397,21 @@ class SeriesIndex:
         if top < self.last_id:
             self.reset()
         if top > self.last_id:
-            rows = execute(
+            if self.count + top - self.last_id > INDEX_MAX_SERIES:  # ids are dense: at most that many
+                n = self.count + int(
+                    execute("SELECT count(*) FROM series WHERE id > ?", (self.last_id,)).fetchone()[0]
+                )
+                if n > INDEX_MAX_SERIES:
+                    self._disable(n)
+                    return
+            cur = execute(
                 "SELECT id, tenant, metric, labels_json FROM series WHERE id > ? ORDER BY id", (self.last_id,)
-            ).fetchall()
-            if rows:
-                self.last_id = max(self.last_id, self._add(rows))
+            )
+            try:  # a slice at a time: never more than the limit held, rows or series
+                while not self.disabled and (rows := cur.fetchmany(10_000)):
+                    self.last_id = max(self.last_id, self._add(rows))
+            finally:
+                cur.close()
 
     def sync_pg(self, execute: Callable[..., Any]) -> None:
         """Catch up with a PostgreSQL series table (``execute``: a connection's). Concurrent writers
@@ -427,6 +442,9 @@ class SeriesIndex:
         ).fetchone()
         ids = [int(i) for i in got_ids]
         new = sorted(i for i in ids if i not in self._recent)
+        if self.count + len(new) > INDEX_MAX_SERIES:  # given up before their rows are read
+            self._disable(self.count + len(new))
+            return
         rows = []
         if new:
             rows = execute(
