@@ -136,3 +136,59 @@ def test_a_lower_id_committed_while_a_refresh_reads_is_seen(
         reader.close()
         early.close()
         late.close()
+
+
+def test_a_series_inserted_after_waiting_on_an_aborted_writer_is_seen(backend: PostgresBackend) -> None:
+    """Two workers store one new series at once: the second draws its id, then waits on the first's
+    uncommitted row (ON CONFLICT), with no transaction id of its own yet. The first rolls back (a
+    failed or killed batch): the second inserts the row under the id it drew long before and only
+    now gets a transaction id, newer than the snapshots that saw higher ids since. The bound must
+    not move past that id while the second is still open."""
+    import threading
+    import time
+
+    from lossproof.store.base import SeriesSamples, WriteBatch
+
+    writer = backend.open()  # creates the schema
+    inserted, go = threading.Event(), threading.Event()
+    write_points = writer._write_points  # type: ignore[attr-defined]
+
+    def held(*args: object) -> object:
+        inserted.set()
+        assert go.wait(30)
+        return write_points(*args)
+
+    writer._write_points = held  # type: ignore[attr-defined]
+    reader, early, late = _connect(backend), _connect(backend), _connect(backend)
+    reader.autocommit = True
+    index = series_index.SeriesIndex()
+    batch = WriteBatch(series=[("t1", SeriesSamples("m", {"k": "v"}, [1_700_000_000_000], [1.0]))], now_ms=0)
+    worker = threading.Thread(target=writer.write_batch, args=(batch,))
+    try:
+        _insert(early, "m")  # the same series, not committed yet
+        worker.start()
+        deadline = time.monotonic() + 10
+        while not reader.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        ).fetchone()[0]:  # type: ignore[index]
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        _insert(late, "late")  # a higher id, committed
+        late.commit()
+        index.sync_pg(reader.execute)
+        early.rollback()
+        assert inserted.wait(10)  # the worker's row is in, its transaction still open
+        time.sleep(series_index.PG_SAFE_LAG_SECONDS + 0.1)  # the lag does not cover it
+        index.sync_pg(reader.execute)
+        go.set()
+        worker.join(10)
+        index.sync_pg(reader.execute)
+        t = index.tenant("t1")
+        assert t is not None
+        assert sorted(t.metrics) == ["late", "m"]
+    finally:
+        go.set()
+        worker.join(10)
+        reader.close()
+        early.close()
+        late.close()

@@ -420,8 +420,9 @@ class SeriesIndex:
         :attr:`last_id` moves up to the highest id of an earlier refresh only once every transaction
         that was running then has ended (its snapshot's xmax is below the current xmin) and
         ``PG_SAFE_LAG_SECONDS`` have passed (a writer between taking an id and getting its
-        transaction id). Every ``PG_RECOUNT_SECONDS`` the rows up to that bound are counted; a
-        count that differs from the index's makes it read everything again."""
+        transaction id: lossproof's own writer takes its transaction id first, see pg/write.py).
+        Every ``PG_RECOUNT_SECONDS`` the rows up to that bound are counted; a count that differs
+        from the index's makes it read everything again."""
         if self.disabled:
             return
         now = time.monotonic()

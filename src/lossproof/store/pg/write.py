@@ -362,6 +362,12 @@ class PgWriter(PgCore):
 
         lookup()
         if by_ident:
+            # A transaction id before any series id is drawn: the read side's series index moves its
+            # bound past an id only once every transaction older than a snapshot that showed a higher
+            # one has ended (store/series_index.py, sync_pg). Without it, an insert that drew its ids
+            # and then waited on a concurrent writer's row (ON CONFLICT) which rolled back got its
+            # transaction id only then, newer than those snapshots: its series went unseen.
+            cur.execute("SELECT txid_current()")
             idents = sorted(by_ident)  # key order: concurrent inserters cannot deadlock
             cur.execute(
                 "INSERT INTO series (tenant, metric, labels_json, labels_hash)"
