@@ -217,3 +217,31 @@ def test_index_past_its_limit_is_never_built_beyond_it(
     check(store, model, rng, rounds=5)
     assert store._index.disabled  # type: ignore[attr-defined]
     assert len(added) <= 11
+
+
+def test_sqlite_store_restored_in_place_is_read_again(tmp_path: Path) -> None:
+    """A backup restored into the live file with SQLite's backup API (``sqlite3 store.db ".restore
+    backup.db"``: same file, other contents), then more series stored before the query process reads
+    again: the ids the index holds now name other series. It must not answer the old ones."""
+    import sqlite3
+
+    from lptest.store_backends import SqliteBackend
+
+    b = SqliteBackend(tmp_path)
+    try:
+        writer, reader = b.open(), b.open(readonly=True)
+        model: Model = {}
+        write(writer, [("t1", "m", {"s": str(i)}) for i in range(2)], model)
+        backup = tmp_path / "backup.db"
+        with sqlite3.connect(tmp_path / "store.db") as src, sqlite3.connect(backup) as dst:
+            src.backup(dst)
+        write(writer, [("t1", "m", {"s": str(i)}) for i in range(2, 5)], model)
+        assert len(reader.series("t1", [])) == 5  # the index has all five
+        with sqlite3.connect(backup) as src, sqlite3.connect(tmp_path / "store.db") as dst:
+            src.backup(dst)  # the restore: two series again
+        model = {"t1": [("m", {"s": "0"}), ("m", {"s": "1"})]}
+        write(b.open(), [("t1", "m", {"n": str(i)}) for i in range(4)], model)  # a worker started anew
+        assert reader.series("t1", []) == model_series(model, "t1", [])
+        assert reader.label_names("t1") == ["__name__", "n", "s"]
+    finally:
+        b.close_all()

@@ -330,6 +330,9 @@ class SeriesIndex:
         self._pending: list[tuple[float, int, int]] = []  # (monotonic, xmax, highest id then)
         self._counted_at = time.monotonic()
         self._oid: int | None = None  # the series table's, to tell a table made again
+        # SQLite only: (tenant, metric, labels_json) of the series with id last_id, to tell a file
+        # whose contents were replaced (a backup restored into it) from one that only grew
+        self._last_row: tuple[Any, ...] = ()
 
     def reset(self) -> None:
         self.tenants.clear()
@@ -342,6 +345,7 @@ class SeriesIndex:
         self._pending.clear()
         self._counted_at = time.monotonic()
         self._oid = None
+        self._last_row = ()
 
     def tenant(self, tenant: str) -> TenantIndex | None:
         """The tenant's index (an empty one if it has no series); None when the index is disabled."""
@@ -387,15 +391,24 @@ class SeriesIndex:
     # --- keeping up with the store --------------------------------------------------------------------
 
     def sync_sqlite(self, execute: Callable[..., Any]) -> None:
-        """Catch up with a SQLite series table (``execute``: a connection's). One index seek when
+        """Catch up with a SQLite series table (``execute``: a connection's). Two index seeks when
         nothing changed. SQLite has one writer at a time and hands out ids above the highest, so
         committed ids only grow: the rows above the highest id seen are all that can be new. A table
-        whose highest id went down was made again (a new file at the path): read again from zero."""
+        whose row at the highest id seen is no longer that series was replaced (a backup restored
+        into the file, ids reused for other series since): read again from zero."""
         if self.disabled:
             return
-        top = execute("SELECT max(id) FROM series").fetchone()[0] or 0
-        if top < self.last_id:
-            self.reset()
+        if self.last_id:
+            top, same = execute(
+                "SELECT max(id), EXISTS(SELECT 1 FROM series WHERE id = ? AND tenant = ? AND metric = ?"
+                " AND labels_json = ?) FROM series",
+                (self.last_id, *self._last_row),
+            ).fetchone()
+            if not same:
+                self.reset()
+        else:
+            top = execute("SELECT max(id) FROM series").fetchone()[0]
+        top = top or 0
         if top > self.last_id:
             if self.count + top - self.last_id > INDEX_MAX_SERIES:  # ids are dense: at most that many
                 n = self.count + int(
@@ -410,6 +423,7 @@ class SeriesIndex:
             try:  # a slice at a time: never more than the limit held, rows or series
                 while not self.disabled and (rows := cur.fetchmany(10_000)):
                     self.last_id = max(self.last_id, self._add(rows))
+                    self._last_row = tuple(rows[-1][1:])  # rows in id order: the one at last_id
             finally:
                 cur.close()
 
