@@ -192,3 +192,34 @@ def test_a_series_inserted_after_waiting_on_an_aborted_writer_is_seen(backend: P
         reader.close()
         early.close()
         late.close()
+
+
+def test_a_table_emptied_and_restored_in_place_is_read_again(
+    backend: PostgresBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A data-only restore into the live schema (TRUNCATE, rows copied back with their ids, the
+    sequence set back), then new series: the table is the same one (same oid) but its ids now name
+    other series. The index must not answer the series the restore removed."""
+    monkeypatch.setattr(series_index, "PG_SAFE_LAG_SECONDS", 0.0)
+    backend.open()  # creates the schema
+    reader = backend.open(readonly=True)
+    conn = _connect(backend)
+    try:
+        for i in range(5):
+            _insert(conn, f"s{i}")
+        conn.commit()
+        assert _metrics(reader) == [f"s{i}" for i in range(5)]
+        assert _metrics(reader) == [f"s{i}" for i in range(5)]  # the bound is past them now
+        kept = conn.execute(
+            "SELECT id, tenant, metric, labels_json, labels_hash FROM series WHERE id <= 2"
+        ).fetchall()
+        conn.execute("TRUNCATE series CASCADE")
+        for row in kept:
+            conn.execute("INSERT INTO series VALUES (%s, %s, %s, %s, %s)", row)
+        conn.execute("SELECT setval(pg_get_serial_sequence('series', 'id'), 2)")
+        for i in range(4):
+            _insert(conn, f"n{i}")
+        conn.commit()
+        assert _metrics(reader) == ["n0", "n1", "n2", "n3", "s0", "s1"]
+    finally:
+        conn.close()

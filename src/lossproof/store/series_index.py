@@ -329,7 +329,9 @@ class SeriesIndex:
         self._recent: set[int] = set()  # ids above last_id already in
         self._pending: list[tuple[float, int, int]] = []  # (monotonic, xmax, highest id then)
         self._counted_at = time.monotonic()
-        self._oid: int | None = None  # the series table's, to tell a table made again
+        # the series table's file (its relfilenode): another one for a table made again, and for
+        # one emptied (TRUNCATE, as a data-only restore does) with the same oid
+        self._oid: int | None = None
         # SQLite only: (tenant, metric, labels_json) of the series with id last_id, to tell a file
         # whose contents were replaced (a backup restored into it) from one that only grew
         self._last_row: tuple[Any, ...] = ()
@@ -468,10 +470,10 @@ class SeriesIndex:
             ).fetchall()
         # after the rows: a writer still running when they were read is below this snapshot's xmax
         oid, xmax = execute(
-            "SELECT 'series'::regclass::oid::bigint, txid_snapshot_xmax(txid_current_snapshot())::text"
+            "SELECT pg_relation_filenode('series')::bigint, txid_snapshot_xmax(txid_current_snapshot())::text"
         ).fetchone()
         if oid != self._oid:
-            if self._oid is not None:  # the table was made again (a schema dropped and migrated anew)
+            if self._oid is not None:  # the table was made again or emptied: read it again
                 self.reset()
                 self._oid = oid
                 self.sync_pg(execute)
