@@ -494,3 +494,25 @@ def test_assembled_reads_are_merge_arrays_series_by_series(data: st.DataObject) 
         want = chunks.merge_arrays(parts.get(i, []) + extra.get(i, []), lo, hi)
         assert got[i][0].tolist() == want[0].tolist()
         assert got[i][1].tolist() == want[1].tolist()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(-50, 50), max_size=12, unique=True).map(sorted), max_size=6),
+    st.integers(-60, 60),
+    st.booleans(),
+)
+def test_search_runs_is_searchsorted_in_each_run(runs: list[list[int]], x: int, right: bool) -> None:
+    """The read path's binary search of many sorted runs at once lands where numpy's searchsorted
+    lands in each run on its own (empty runs included)."""
+    from lossproof.store.embedded.read import search_runs
+
+    ts = np.array([t for r in runs for t in r], dtype=np.int64)
+    ends = np.cumsum([len(r) for r in runs], dtype=np.int64)
+    starts = ends - np.array([len(r) for r in runs], dtype=np.int64)
+    got = search_runs(ts, starts, ends, x, right).tolist()
+    side = "right" if right else "left"
+    assert got == [
+        int(np.searchsorted(np.array(r, dtype=np.int64), x, side)) + int(a)
+        for r, a in zip(runs, starts, strict=True)
+    ]
