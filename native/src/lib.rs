@@ -13,6 +13,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use rustc_hash::FxHashMap;
 
 mod chunkdecode;
+mod fsum;
 
 /// The version of this module's interface, checked by the Python side (lossproof/store/columns.py):
 /// an extension built from other sources than the Python code that calls it fails at import, not
@@ -520,5 +521,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(point_columns, m)?)?;
     m.add_function(wrap_pyfunction!(rw1_series, m)?)?;
     m.add_function(wrap_pyfunction!(chunkdecode::decode_chunks, m)?)?;
+    m.add_function(wrap_pyfunction!(fsum::fsum_windows, m)?)?;
     Ok(())
 }

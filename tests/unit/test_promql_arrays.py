@@ -211,3 +211,57 @@ def test_matrix_rows_are_the_json_as_before() -> None:
     assert [(lab, [list(p) for p in pts]) for lab, pts in scalar] == [
         ({}, [[1_000, "1"], [2_500, "2"], [4_000, "+Inf"]])
     ]
+
+
+def test_native_fsum_windows_is_fsum_or_says_it_is_not() -> None:
+    """``exact.fsum_windows`` (CPython's fsum in the extension): fsum's float for every window fsum
+    sums; flagged where fsum would not (a NaN or an infinity: ``_sum`` takes those) or raises
+    OverflowError."""
+    r = np.random.default_rng(11)
+    pools = [
+        lambda n: r.normal(size=n) * 10.0 ** r.integers(-30, 30, n),
+        lambda n: r.choice(np.array([2.0**53, 1.0, -1.0, 3.0, 2.0**-60, 1e16, -0.0, 0.0]), n),
+        lambda n: np.ldexp(r.integers(-(2**53), 2**53, n).astype(float), r.integers(-1074, -1000, n)),
+        lambda n: r.choice(np.array([1e308, -1e308, 1.7e308, 1.0, math.nan, math.inf, -math.inf, 5e-324]), n),
+        lambda n: r.normal(size=n) * 10.0 ** r.integers(-300, 300, n),
+    ]
+    for trial in range(400):
+        n = int(r.integers(0, 120))
+        x = pools[trial % len(pools)](n).astype(np.float64)
+        lo = r.integers(0, n + 1, (5, 8))
+        hi = r.integers(0, n + 1, (5, 8))
+        lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)
+        sums, bad = exact.fsum_windows(x, lo, hi)
+        assert sums.shape == bad.shape == lo.shape
+        xl = x.tolist()
+        for a, b, s, f in zip(
+            lo.ravel().tolist(), hi.ravel().tolist(), sums.ravel().tolist(), bad.ravel().tolist(), strict=True
+        ):
+            try:
+                want = math.fsum(xl[a:b]) if all(map(math.isfinite, xl[a:b])) else None
+            except OverflowError:
+                want = None
+            assert (None if f else _bits(s)) == (None if want is None else _bits(want)), xl[a:b]
+    with pytest.raises(ValueError):
+        exact.fsum_windows(np.zeros(3), np.array([1]), np.array([4]))
+    with pytest.raises(ValueError):
+        exact.fsum_windows(np.zeros(3), np.array([2]), np.array([1]))
+
+
+@pytest.mark.parametrize("kind", list(GENERATORS))
+@pytest.mark.parametrize("each", [0, 10**9])
+def test_window_sums_either_way_is_sum(kind: str, each: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``window_sums`` answers ``_sum`` of each window whichever way it takes (each window natively,
+    or prefix sums of limbs)."""
+    monkeypatch.setattr(promwindows, "FSUM_EACH", each)
+    r = np.random.default_rng(abs(hash((kind, each))) % (1 << 32))
+    for _ in range(10):
+        v = GENERATORS[kind](r, int(r.integers(1, 80))).astype(np.float64)
+        lo = r.integers(0, len(v) + 1, (1, 12))  # one series: a row
+        hi = np.maximum(lo, r.integers(0, len(v) + 1, (1, 12)))
+        ok = (hi > lo) & (r.random(lo.shape) < 0.8)
+        got = promwindows.window_sums(v, np.array([0, len(v)]), lo, hi, ok)
+        vl = v.tolist()
+        for (i, k), g in np.ndenumerate(got):
+            if ok[i, k]:
+                assert _bits(float(g)) == _bits(promref._sum(vl[lo[i, k] : hi[i, k]])), (kind, each)

@@ -184,6 +184,7 @@ pp.register_extra_functions(
     ]
 )
 
+
 class Evaluator:
     """Evaluates one parsed query for one tenant over a grid of evaluation times. Runs on the store
     thread (every call here may read the store).
@@ -1058,14 +1059,14 @@ def _aggregate_block(op: str, values: F64, present: Mask, gid: I64, groups: int)
         # sum, avg
         finite = np.isfinite(vals)
         nonfinite = np.add.reduceat((pres & ~finite).astype(np.int64), first, axis=0) > 0
-        out = np.zeros((groups, n))
-        got = exact.split(np.where(pres & finite, vals, 0.0))
-        if got is None:
-            slow = out_present
-        else:
-            limbs, c0 = got
-            out = exact.to_float(np.add.reduceat(limbs, first, axis=1), c0)
-            slow = out_present & nonfinite
+        # each (group, step) a run of the present values, column by column: fsum of each run
+        cols = np.where(pres & finite, vals, 0.0).T  # zeros do not change an fsum
+        m = len(gid)
+        lo = first[:, None] + m * np.arange(n, dtype=np.int64)[None, :]
+        hi = np.r_[first[1:], m][:, None] + m * np.arange(n, dtype=np.int64)[None, :]
+        out, unsummed = exact.fsum_windows(cols, lo, hi)
+        out = out.copy()
+        slow = out_present & (nonfinite | unsummed)
         _agg_cells("sum", out, slow, vals, pres, first)
         if op == "avg":
             out = out / np.maximum(count, 1)

@@ -225,12 +225,27 @@ def _sum_arrays(is_avg: bool) -> RangeArrays:
     return total
 
 
+FSUM_EACH = 8  # windows summing up to this many points a point are summed one by one (exact.fsum_windows)
+
+
 def window_sums(v: F64, starts: I64, lo: I64, hi: I64, ok: Mask) -> F64:
-    """``_sum(v[lo:hi])`` for the windows ``ok`` (rows: series), exactly: :mod:`exact` where it
+    """``_sum(v[lo:hi])`` for the windows ``ok`` (rows: series), exactly. Windows that overlap
+    little (an instant query, a range no longer than a few steps) are each summed natively
+    (:func:`exact.fsum_windows`); otherwise by prefix sums of limbs: :mod:`exact` where it
     applies, ``_sum`` on the window otherwise (a window with a NaN or an infinity, or values whose
     exact sum does not fit; see :func:`exact.split`). Series are taken in blocks of about a million
     points, so that the limbs of one block are in memory at a time."""
     out = np.zeros(lo.shape)
+    if int((hi - lo)[ok].sum()) <= FSUM_EACH * len(v):  # windows that overlap little: each summed
+        sums, unsummed = exact.fsum_windows(v, np.where(ok, lo, 0), np.where(ok, hi, 0))
+        out[ok] = sums[ok]
+        slow = ok & unsummed
+        if slow.any():
+            vl = v.tolist()
+            rows_i, cols_k = np.nonzero(slow)
+            lo_l, hi_l = lo[rows_i, cols_k].tolist(), hi[rows_i, cols_k].tolist()
+            out[rows_i, cols_k] = [_sum(vl[a:b]) for a, b in zip(lo_l, hi_l, strict=True)]
+        return out
     finite = np.isfinite(v)
     bad = np.zeros(len(v) + 1, dtype=np.int64)
     np.cumsum(~finite, out=bad[1:])
