@@ -11,10 +11,12 @@ import struct
 from bisect import bisect_right
 from collections.abc import Callable
 
+import msgspec
 import numpy as np
 import pytest
 
 from lossproof.query import exact, promql, promref, promwindows
+from lossproof.query.promapi import _ts
 from lossproof.store.base import SeriesArrays
 
 Gen = Callable[[np.random.Generator, int], np.ndarray]
@@ -203,14 +205,20 @@ def test_matrix_rows_are_the_json_as_before() -> None:
     values = np.array([[1.0, math.nan, 3.0], [0.5, 1e21, -0.0], [7.0, 8.0, 9.0]])
     present = np.array([[True, True, False], [False, True, True], [False, False, False]])
     rows = promql.matrix_rows(promql.Vector(labels, values, present), times, lambda t: t / 1000)
-    assert [(lab, [list(p) for p in pts]) for lab, pts in rows] == [
+    assert [(lab, msgspec.json.decode(pts)) for lab, pts in rows] == [
         ({"a": "1"}, [[2.5, "1000000000000000000000"], [4.0, "-0"]]),
         ({"b": "2"}, [[1.0, "1"], [2.5, "NaN"]]),
     ]
     scalar = promql.matrix_rows(promql.Scalar([1.0, 2.0, math.inf]), times, lambda t: t)
-    assert [(lab, [list(p) for p in pts]) for lab, pts in scalar] == [
+    assert [(lab, msgspec.json.decode(pts)) for lab, pts in scalar] == [
         ({}, [[1_000, "1"], [2_500, "2"], [4_000, "+Inf"]])
     ]
+    # byte for byte what msgspec wrote for the tuples before
+    odd = [1_796_449_140_500, 1_796_449_141_000, 5]
+    vals = np.array([[1.5, -2e-7, 3.25]])
+    got = promql.matrix_rows(promql.Vector([{"x": "y"}], vals, np.ones((1, 3), dtype=bool)), odd, _ts)
+    before = [(_ts(t), promql.format_value(v)) for t, v in zip(odd, vals[0].tolist(), strict=True)]
+    assert msgspec.json.encode(got) == msgspec.json.encode([({"x": "y"}, before)])
 
 
 def test_native_fsum_windows_is_fsum_or_says_it_is_not() -> None:

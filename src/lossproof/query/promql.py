@@ -1145,11 +1145,14 @@ _FLOATS = msgspec.json.Encoder()
 
 def matrix_rows(
     value: Value, times: list[int], ts: Callable[[int], float | int]
-) -> list[tuple[dict[str, str], list[tuple[float | int, str]]]]:
+) -> list[tuple[dict[str, str], msgspec.Raw]]:
     """A range query's answer in Prometheus' JSON shape: per series (sorted by labels; a number is
-    one series without labels), its labels and ``[[ts(t), "value"], ...]`` over the steps with a
-    value; series without any are left out. The points are tuples (msgspec writes them as arrays)."""
-    stamps = np.array([ts(t) for t in times], dtype=object)
+    one series without labels), its labels and its points ``[[ts(t), "value"], ...]`` over the steps
+    with a value, as JSON already (``msgspec.Raw``: encoded as it is, where a tuple per point cost
+    more to build and to encode than the numbers cost to format); series without any are left out.
+    Each time is written as msgspec writes ``ts(t)``, each value as :func:`format_values` (digits,
+    signs, ``.``, ``NaN``, ``+Inf``: nothing JSON escapes)."""
+    stamps = np.array(_FLOATS.encode([ts(t) for t in times])[1:-1].decode().split(","), dtype=object)
     rows: list[tuple[dict[str, str], F64, Mask]]
     if isinstance(value, Scalar):
         rows = [({}, np.array(value.values, dtype=np.float64), np.ones(len(times), dtype=bool))]
@@ -1161,9 +1164,8 @@ def matrix_rows(
         if not pres.any():
             continue
         strs = format_values(vals[pres].tolist())
-        # tuples (JSON arrays to msgspec): the cyclic GC stops tracking them, where a list per
-        # point makes every collection walk all the points built so far
-        out.append((labels, list(zip(stamps[pres].tolist(), strs, strict=True))))
+        pts = '"],['.join(map(',"'.join, zip(stamps[pres].tolist(), strs, strict=True)))
+        out.append((labels, msgspec.Raw(f'[[{pts}"]]'.encode())))
     return out
 
 

@@ -113,14 +113,19 @@ def _assemble(
     ok = np.ones(len(sid), dtype=bool)
     ok[1:] = ~((sid[1:] == sid[:-1]) & (tmax[:-1] >= tmin[1:]))
     simple = np.logical_and.reduceat(ok, run_start)
-    # the simple runs' points, in (series, time) order: one gather (none when already so)
+    # the simple runs' points, in (series, time) order: their segments copied one after the other
+    # (none when already so), those that follow one another in the columns too as one slice
     seg_simple = np.repeat(simple, run_end - run_start)
     s_lens, s_start = lens[seg_simple], start[seg_simple]
     out_start = np.zeros(len(s_lens), dtype=np.int64)
     np.cumsum(s_lens[:-1], out=out_start[1:])
     if len(s_lens) and not np.array_equal(s_start, out_start):
-        idx = np.repeat(s_start - out_start, s_lens) + np.arange(int(s_lens.sum()), dtype=np.int64)
-        g_ts, g_vs = ts[idx], vs[idx]
+        s_end = s_start + s_lens
+        cut = np.flatnonzero(s_start[1:] != s_end[:-1]) + 1
+        firsts, lasts = s_start[np.r_[0, cut]].tolist(), s_end[np.r_[cut - 1, len(s_end) - 1]].tolist()
+        pieces = list(zip(firsts, lasts, strict=True))
+        g_ts = np.concatenate([ts[a:b] for a, b in pieces])
+        g_vs = np.concatenate([vs[a:b] for a, b in pieces])
     else:
         g_ts, g_vs = ts, vs
     # each simple run's range there, and its points inside [from_ms, to_ms] (a binary search in
@@ -410,12 +415,18 @@ class SqliteReader(SqliteCore):
                 with con.blobopen("parts", "data", pid, readonly=True) as blob:
                     whole = len(hits) * 16 > layout.series  # many series: one read beats many seeks
                     if whole:
-                        # the hit series' ranges of the columns, gathered at once
-                        blob.seek(layout.ts_offset)
-                        cols = blob.read(16 * layout.points)
-                        p_ts = np.frombuffer(cols, "<i8", count=layout.points)
-                        p_vs = np.frombuffer(cols, "<f8", count=layout.points, offset=8 * layout.points)
+                        # the hit series' ranges of the columns, gathered at once from one read of
+                        # each column from the first hit series to the last (a metric's series were
+                        # mostly created together: their ids, and so their points, are near)
                         lo_, hi_ = pstarts[idx[hits]], pstarts[idx[hits] + 1]
+                        a0, span = int(lo_.min()), int(hi_.max() - lo_.min())
+                        blob.seek(layout.ts_offset + 8 * a0)
+                        p_ts = np.frombuffer(blob.read(8 * span), "<i8")
+                        blob.seek(layout.vs_offset + 8 * a0)
+                        p_vs = np.frombuffer(blob.read(8 * span), "<f8")
+                        if len(p_ts) != span or len(p_vs) != span:
+                            raise chunks.ChunkError(f"part {pid} cut short")
+                        lo_, hi_ = lo_ - a0, hi_ - a0
                         n_ = hi_ - lo_
                         o_ = np.zeros(len(n_) + 1, dtype=np.int64)
                         np.cumsum(n_, out=o_[1:])
