@@ -14,6 +14,7 @@ use rustc_hash::FxHashMap;
 
 mod chunkdecode;
 mod fsum;
+mod ratewin;
 
 /// The version of this module's interface, checked by the Python side (lossproof/store/columns.py):
 /// an extension built from other sources than the Python code that calls it fails at import, not
@@ -522,5 +523,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(rw1_series, m)?)?;
     m.add_function(wrap_pyfunction!(chunkdecode::decode_chunks, m)?)?;
     m.add_function(wrap_pyfunction!(fsum::fsum_windows, m)?)?;
+    m.add_function(wrap_pyfunction!(ratewin::rate_windows, m)?)?;
     Ok(())
 }

@@ -273,3 +273,23 @@ def test_window_sums_either_way_is_sum(kind: str, each: int, monkeypatch: pytest
         for (i, k), g in np.ndenumerate(got):
             if ok[i, k]:
                 assert _bits(float(g)) == _bits(promref._sum(vl[lo[i, k] : hi[i, k]])), (kind, each)
+
+
+@pytest.mark.parametrize("name", ["rate", "increase", "delta"])
+@pytest.mark.parametrize("kind", list(GENERATORS))
+def test_native_rate_windows_are_the_numpy_ones(name: str, kind: str) -> None:
+    """The extension's rate/increase/delta (each series walked once) answer bit for bit what the
+    numpy version (``_rate_arrays``, window bounds searched) answers, for evaluation times in order
+    and, as an ``@``-less caller never sends them, out of order."""
+    r = np.random.default_rng(abs(hash(("native", name, kind))) % (1 << 32))
+    for _ in range(8):
+        t0 = 1_767_225_600_000
+        found = [_series(r, GENERATORS[kind], t0) for _ in range(int(r.integers(0, 6)))]
+        rng = int(r.choice([1, 1000, 15_000, 60_000, 300_000, 3_600_000]))
+        at = t0 + np.sort(r.integers(-400_000, 3_000_000, int(r.integers(1, 40))))
+        if r.random() < 0.3:
+            r.shuffle(at)
+        got = promwindows.range_function(name, found, at, rng)
+        want = promwindows.range_function(name, found, at, rng, fn=promwindows._RANGE[name])
+        assert got[1].tolist() == want[1].tolist()
+        assert [_bits(x) for x in got[0][got[1]].tolist()] == [_bits(x) for x in want[0][want[1]].tolist()]

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from lossproof import _native
 from lossproof.query import exact, promrange
 from lossproof.query.promref import _quantile, _sum
 from lossproof.query.promvalues import F64, I64, Mask
@@ -30,6 +31,9 @@ def range_function(
     sentinel point at the end (t 0, v NaN), so that ``lo`` and ``hi - 1`` of any window, empty or
     not, index a point: the functions gather for every window and mask the result."""
     m, n = len(found), len(at)
+    native = _NATIVE_RATE.get(name) if fn is None else None
+    if native is not None:
+        return rate_windows(found, at, rng, *native)
     values = np.empty((m, n))
     present = np.zeros((m, n), dtype=bool)
     block = max(1, BLOCK // n)  # series at a time: the temporaries stay in the CPU's cache
@@ -40,6 +44,26 @@ def range_function(
 
 
 BLOCK = 16_384  # windows computed at a time
+
+# rate, increase and delta: (is_rate, is_counter) of the extension's rate_windows
+_NATIVE_RATE = {"rate": (True, True), "increase": (False, True), "delta": (False, False)}
+
+
+def rate_windows(
+    found: Sequence[SeriesArrays], at: I64, rng: int, is_rate: bool, is_counter: bool
+) -> tuple[F64, Mask]:
+    """``rate`` / ``increase`` / ``delta`` of every window by the native extension
+    (``_native.rate_windows``): each series walked once, each window computed with
+    ``_extrapolated_rate``'s operations in its order (the numpy :func:`_rate_arrays` is the same
+    computation, kept for the tests)."""
+    m, n = len(found), len(at)
+    starts = np.zeros(m + 1, dtype=np.int64)
+    np.cumsum([len(s.t) for s in found], out=starts[1:])
+    t = b"".join([np.ascontiguousarray(s.t, dtype=np.int64).data for s in found])
+    v = b"".join([np.ascontiguousarray(s.v, dtype=np.float64).data for s in found])
+    at_b = np.ascontiguousarray(at, dtype=np.int64).tobytes()
+    vals, pres = _native.rate_windows(t, v, starts.tobytes(), at_b, rng, is_rate, is_counter)
+    return np.frombuffer(vals, dtype=np.float64).reshape(m, n), np.frombuffer(pres, dtype=bool).reshape(m, n)
 
 
 def _range_block(
