@@ -106,8 +106,14 @@ pub fn rate_windows<'py>(
     is_rate: bool,
     is_counter: bool,
 ) -> PyResult<(Bound<'py, PyByteArray>, Bound<'py, PyByteArray>)> {
-    let t = column::<i64, 8>(t, "t", i64::from_ne_bytes)?;
-    let v = column::<f64, 8>(v, "v", f64::from_ne_bytes)?;
+    if t.len() % 8 != 0 || v.len() != t.len() {
+        return Err(PyValueError::new_err(format!(
+            "t, v: {} and {} bytes",
+            t.len(),
+            v.len()
+        )));
+    }
+    let points = t.len() / 8;
     let starts = column::<i64, 8>(starts, "starts", i64::from_ne_bytes)?;
     let at = column::<i64, 8>(at, "at", i64::from_ne_bytes)?;
     if starts.is_empty() {
@@ -119,15 +125,29 @@ pub fn rate_windows<'py>(
     let mut present = vec![0u8; m * n];
     let sorted = at.windows(2).all(|w| w[0] <= w[1]);
     let mut drops: Vec<usize> = Vec::new();
+    let (mut ts_buf, mut vs_buf): (Vec<i64>, Vec<f64>) = (Vec::new(), Vec::new());
     for i in 0..m {
         let (a, b) = (starts[i], starts[i + 1]);
-        if a < 0 || b < a || b as u64 > t.len().min(v.len()) as u64 {
+        if a < 0 || b < a || b as u64 > points as u64 {
             return Err(PyValueError::new_err(format!(
-                "series {i}: [{a}, {b}) of {} points",
-                t.len()
+                "series {i}: [{a}, {b}) of {points} points"
             )));
         }
-        let (ts, vs) = (&t[a as usize..b as usize], &v[a as usize..b as usize]);
+        // the series' points into buffers used again for the next (no column-sized copy)
+        let (a, b) = (8 * a as usize, 8 * b as usize);
+        ts_buf.clear();
+        ts_buf.extend(
+            t[a..b]
+                .chunks_exact(8)
+                .map(|c| i64::from_ne_bytes(c.try_into().unwrap())),
+        );
+        vs_buf.clear();
+        vs_buf.extend(
+            v[a..b]
+                .chunks_exact(8)
+                .map(|c| f64::from_ne_bytes(c.try_into().unwrap())),
+        );
+        let (ts, vs) = (&ts_buf[..], &vs_buf[..]);
         drops.clear();
         if is_counter {
             drops.extend((1..vs.len()).filter(|&p| vs[p] < vs[p - 1]));

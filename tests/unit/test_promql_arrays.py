@@ -293,3 +293,15 @@ def test_native_rate_windows_are_the_numpy_ones(name: str, kind: str) -> None:
         want = promwindows.range_function(name, found, at, rng, fn=promwindows._RANGE[name])
         assert got[1].tolist() == want[1].tolist()
         assert [_bits(x) for x in got[0][got[1]].tolist()] == [_bits(x) for x in want[0][want[1]].tolist()]
+
+
+def test_native_rate_windows_refuse_bounds_outside_the_columns() -> None:
+    from lossproof import _native
+
+    t, v = np.arange(3, dtype=np.int64).tobytes(), np.zeros(3).tobytes()
+    at = np.array([5], dtype=np.int64).tobytes()
+    for starts in ([0, 4], [2, 1], [-1, 2], []):
+        with pytest.raises(ValueError):
+            _native.rate_windows(t, v, np.array(starts, dtype=np.int64).tobytes(), at, 10, True, True)
+    with pytest.raises(ValueError):
+        _native.rate_windows(t, v[:-8], np.array([0, 2], dtype=np.int64).tobytes(), at, 10, True, True)
