@@ -486,6 +486,9 @@ class Evaluator:
         off = _range_offset(args[arg_at])
         for key, cols in cols_by.items():
             fn = _parametrised(name, key, off)
+            if len(cols_by) == 1 and len(ends) == g.n:  # one computation for every step
+                values, present = range_function(name, found, ends, rng, key[0] if key else 0.0, fn)
+                break
             if len(ends) == 1:
                 v1, p1 = range_function(name, found, ends, rng, key[0] if key else 0.0, fn)
                 values[:, cols], present[:, cols] = v1, p1
@@ -990,6 +993,9 @@ def without_stale(found: list[SeriesArrays]) -> list[SeriesArrays]:
     """``found`` without its staleness markers (and without the series left with no point)."""
     out = []
     for s in found:
+        if not math.isnan(float(np.add.reduce(s.v))):  # no NaN at all (a sum allocates nothing)
+            out.append(s)
+            continue
         stale = is_stale(s.v)
         if not stale.any():
             out.append(s)

@@ -63,9 +63,10 @@ def _assemble(
     series by series.
 
     Every chunk is decoded at once (:func:`chunks.decode_many`); chunks and part slices are then
-    segments of one pair of columns. A series whose segments follow one another in time (no t in
-    two of them: the usual case) is a slice of those columns once they are put in (series, time)
-    order, one gather for all series; the others go through :func:`chunks.merge_arrays`."""
+    segments of a few pairs of columns. A series whose segments follow one another in time (no t in
+    two of them: the usual case) is a slice of one pair of columns made by copying the segments in
+    (series, time) order, one copy for all series; the others go through
+    :func:`chunks.merge_arrays`."""
     empty_t, empty_v = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
     n_found = len(found)
     ex = [(i, o, t, v) for i, segs in extra.items() for o, t, v in segs if len(t)]
@@ -73,39 +74,45 @@ def _assemble(
         return [(empty_t, empty_v)] * n_found
     sid_of = np.array([sid for sid, _, _ in found], dtype=np.int64)
     ts_c, vs_c, off = chunks.decode_many([r[2] for r in rows])
-    # segments: the chunks, the extra slices, then each block's slices
+    # segments: the chunks, the extra slices, then each block's slices; each segment a range of
+    # one of the sources (the decoded chunks, the extra slices put together, each block), which are
+    # not put together: only the points kept are copied, once (below)
     sid_l = [np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)), sid_of[[e[0] for e in ex]]]
     order_l = [
         np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows)),
         np.array([e[1] for e in ex], dtype=np.int64),
     ]
     lens_l = [off[1:] - off[:-1], np.array([len(e[2]) for e in ex], dtype=np.int64)]
-    ts_l, vs_l = [ts_c, *(e[2] for e in ex)], [vs_c, *(e[3] for e in ex)]
-    base = len(ts_c) + sum(len(e[2]) for e in ex)
     start_l = [off[:-1], np.zeros(len(ex), dtype=np.int64)]
+    src_ts: list[chunks.I64] = [ts_c]
+    src_vs: list[chunks.F64] = [vs_c]
     if ex:
-        ex_start = np.zeros(len(ex), dtype=np.int64)
-        np.cumsum(lens_l[1][:-1], out=ex_start[1:])
-        start_l[1] = ex_start + len(ts_c)
+        np.cumsum(lens_l[1][:-1], out=start_l[1][1:])
+        src_ts.append(np.concatenate([e[2] for e in ex]).astype(np.int64, copy=False))
+        src_vs.append(np.concatenate([e[3] for e in ex]).astype(np.float64, copy=False))
+    src_l = [np.zeros(len(rows), dtype=np.int64), np.full(len(ex), len(src_ts) - 1, dtype=np.int64)]
     for b in blocks:
         sid_l.append(sid_of[b.found])
         order_l.append(np.full(len(b.found), b.order, dtype=np.int64))
         lens_l.append(b.lens)
-        start_l.append(b.starts + base)
-        ts_l.append(b.ts)
-        vs_l.append(b.vs)
-        base += len(b.ts)
-    sid, order_id, lens, start = (np.concatenate(x) for x in (sid_l, order_l, lens_l, start_l))
-    ts = np.concatenate(ts_l) if len(ts_l) > 1 else ts_c
-    vs = np.concatenate(vs_l) if len(vs_l) > 1 else vs_c
+        start_l.append(b.starts)
+        src_l.append(np.full(len(b.found), len(src_ts), dtype=np.int64))
+        src_ts.append(b.ts)
+        src_vs.append(b.vs)
+    sid, order_id, lens, start, src = (np.concatenate(x) for x in (sid_l, order_l, lens_l, start_l, src_l))
     keep = lens > 0
-    sid, order_id, lens, start = sid[keep], order_id[keep], lens[keep], start[keep]
+    sid, order_id, lens, start, src = sid[keep], order_id[keep], lens[keep], start[keep], src[keep]
     if not len(sid):
         return [(empty_t, empty_v)] * n_found
-    tmin, tmax = ts[start], ts[start + lens - 1]
+    tmin = np.empty(len(sid), dtype=np.int64)
+    tmax = np.empty(len(sid), dtype=np.int64)
+    for j, col in enumerate(src_ts):
+        here = src == j
+        tmin[here] = col[start[here]]
+        tmax[here] = col[start[here] + lens[here] - 1]
     # segments by series, then time: each series' segments a run
     order = np.lexsort((order_id, tmin, sid))
-    sid, order_id, lens, start = sid[order], order_id[order], lens[order], start[order]
+    sid, order_id, lens, start, src = sid[order], order_id[order], lens[order], start[order], src[order]
     tmin, tmax = tmin[order], tmax[order]
     run_start = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
     run_end = np.r_[run_start[1:], len(sid)]
@@ -116,18 +123,27 @@ def _assemble(
     # the simple runs' points, in (series, time) order: their segments copied one after the other
     # (none when already so), those that follow one another in the columns too as one slice
     seg_simple = np.repeat(simple, run_end - run_start)
-    s_lens, s_start = lens[seg_simple], start[seg_simple]
+    s_lens, s_start, s_src = lens[seg_simple], start[seg_simple], src[seg_simple]
     out_start = np.zeros(len(s_lens), dtype=np.int64)
     np.cumsum(s_lens[:-1], out=out_start[1:])
-    if len(s_lens) and not np.array_equal(s_start, out_start):
+    if len(src_ts) == 1 and np.array_equal(s_start, out_start):
+        g_ts, g_vs = ts_c, vs_c
+    elif len(s_lens):
         s_end = s_start + s_lens
-        cut = np.flatnonzero(s_start[1:] != s_end[:-1]) + 1
-        firsts, lasts = s_start[np.r_[0, cut]].tolist(), s_end[np.r_[cut - 1, len(s_end) - 1]].tolist()
-        pieces = list(zip(firsts, lasts, strict=True))
-        g_ts = np.concatenate([ts[a:b] for a, b in pieces])
-        g_vs = np.concatenate([vs[a:b] for a, b in pieces])
+        cut = np.flatnonzero((s_start[1:] != s_end[:-1]) | (s_src[1:] != s_src[:-1])) + 1
+        firsts = np.r_[0, cut]
+        pieces = list(
+            zip(
+                s_src[firsts].tolist(),
+                s_start[firsts].tolist(),
+                s_end[np.r_[cut - 1, len(s_end) - 1]].tolist(),
+                strict=True,
+            )
+        )
+        g_ts = np.concatenate([src_ts[j][a:b] for j, a, b in pieces])
+        g_vs = np.concatenate([src_vs[j][a:b] for j, a, b in pieces])
     else:
-        g_ts, g_vs = ts, vs
+        g_ts, g_vs = empty_t, empty_v
     # each simple run's range there, and its points inside [from_ms, to_ms] (a binary search in
     # each run, all runs at once)
     run_pts = np.add.reduceat(lens, run_start) if len(run_start) else np.zeros(0, dtype=np.int64)
@@ -149,10 +165,10 @@ def _assemble(
             k = nth_simple[r]
             out.append((g_ts[a_s[k] : b_s[k]], g_vs[a_s[k] : b_s[k]]))
         else:
-            parts = [
-                (int(order_id[c]), ts[start[c] : start[c] + lens[c]], vs[start[c] : start[c] + lens[c]])
-                for c in range(run_start[r], run_end[r])
-            ]
+            parts = []
+            for c in range(run_start[r], run_end[r]):
+                j, a, n = int(src[c]), int(start[c]), int(lens[c])
+                parts.append((int(order_id[c]), src_ts[j][a : a + n], src_vs[j][a : a + n]))
             out.append(chunks.merge_arrays(parts, from_ms, to_ms))
     return out
 
