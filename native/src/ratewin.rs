@@ -7,9 +7,10 @@
 //! `_extrapolated_rate`, in the same order, so the same float: times as float64, counter resets
 //! added one after the other, the same divisions.
 
+use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyByteArray;
+use pyo3::types::{PyByteArray, PyList};
 
 fn column<T, const N: usize>(b: &[u8], what: &str, from: fn([u8; N]) -> T) -> PyResult<Vec<T>> {
     if b.len() % N != 0 {
@@ -88,38 +89,27 @@ fn window(
     Some(result)
 }
 
-/// `rate_windows(t, v, starts, at, rng, is_rate, is_counter) -> (values, present)`: series i's
-/// points are `t[starts[i]:starts[i + 1]]` (native-endian int64 / float64 bytes, each series in
-/// ascending t), its windows `(at[k] - rng, at[k]]`; the answer is float64 bytes and one byte per
-/// (series, step), row by row, present 1 where the window has a value (0.0 where not). `rate`:
-/// is_rate and is_counter; `increase`: is_counter; `delta`: neither. Bounds outside the columns are
-/// a ValueError.
+/// `rate_windows(ts, vs, at, rng, is_rate, is_counter) -> (values, present)`: series i's points are
+/// `ts[i]` (int64) and `vs[i]` (float64), any objects with the buffer protocol (numpy arrays), each
+/// in ascending t; its windows `(at[k] - rng, at[k]]` (`at`: native-endian int64 bytes). The answer
+/// is float64 bytes and one byte per (series, step), row by row, present 1 where the window has a
+/// value (0.0 where not). `rate`: is_rate and is_counter; `increase`: is_counter; `delta`: neither.
+/// A series whose columns differ in length, or are not int64 / float64, is an error.
 #[pyfunction]
-#[allow(clippy::too_many_arguments)]
 pub fn rate_windows<'py>(
     py: Python<'py>,
-    t: &[u8],
-    v: &[u8],
-    starts: &[u8],
+    ts_list: &Bound<'py, PyList>,
+    vs_list: &Bound<'py, PyList>,
     at: &[u8],
     rng: i64,
     is_rate: bool,
     is_counter: bool,
 ) -> PyResult<(Bound<'py, PyByteArray>, Bound<'py, PyByteArray>)> {
-    if t.len() % 8 != 0 || v.len() != t.len() {
-        return Err(PyValueError::new_err(format!(
-            "t, v: {} and {} bytes",
-            t.len(),
-            v.len()
-        )));
-    }
-    let points = t.len() / 8;
-    let starts = column::<i64, 8>(starts, "starts", i64::from_ne_bytes)?;
     let at = column::<i64, 8>(at, "at", i64::from_ne_bytes)?;
-    if starts.is_empty() {
-        return Err(PyValueError::new_err("starts is empty"));
+    if ts_list.len() != vs_list.len() {
+        return Err(PyValueError::new_err("ts and vs differ in length"));
     }
-    let m = starts.len() - 1;
+    let m = ts_list.len();
     let n = at.len();
     let mut values = vec![0.0f64; m * n];
     let mut present = vec![0u8; m * n];
@@ -127,26 +117,22 @@ pub fn rate_windows<'py>(
     let mut drops: Vec<usize> = Vec::new();
     let (mut ts_buf, mut vs_buf): (Vec<i64>, Vec<f64>) = (Vec::new(), Vec::new());
     for i in 0..m {
-        let (a, b) = (starts[i], starts[i + 1]);
-        if a < 0 || b < a || b as u64 > points as u64 {
+        // the series' points into buffers used again for the next (no column-sized copy)
+        let tb: PyBuffer<i64> = PyBuffer::get(&ts_list.get_item(i)?)?;
+        let vb: PyBuffer<f64> = PyBuffer::get(&vs_list.get_item(i)?)?;
+        if tb.item_count() != vb.item_count() {
             return Err(PyValueError::new_err(format!(
-                "series {i}: [{a}, {b}) of {points} points"
+                "series {i}: {} times, {} values",
+                tb.item_count(),
+                vb.item_count()
             )));
         }
-        // the series' points into buffers used again for the next (no column-sized copy)
-        let (a, b) = (8 * a as usize, 8 * b as usize);
         ts_buf.clear();
-        ts_buf.extend(
-            t[a..b]
-                .chunks_exact(8)
-                .map(|c| i64::from_ne_bytes(c.try_into().unwrap())),
-        );
+        ts_buf.resize(tb.item_count(), 0);
+        tb.copy_to_slice(py, &mut ts_buf)?;
         vs_buf.clear();
-        vs_buf.extend(
-            v[a..b]
-                .chunks_exact(8)
-                .map(|c| f64::from_ne_bytes(c.try_into().unwrap())),
-        );
+        vs_buf.resize(vb.item_count(), 0.0);
+        vb.copy_to_slice(py, &mut vs_buf)?;
         let (ts, vs) = (&ts_buf[..], &vs_buf[..]);
         drops.clear();
         if is_counter {

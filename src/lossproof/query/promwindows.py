@@ -57,12 +57,10 @@ def rate_windows(
     ``_extrapolated_rate``'s operations in its order (the numpy :func:`_rate_arrays` is the same
     computation, kept for the tests)."""
     m, n = len(found), len(at)
-    starts = np.zeros(m + 1, dtype=np.int64)
-    np.cumsum([len(s.t) for s in found], out=starts[1:])
-    t = b"".join([np.ascontiguousarray(s.t, dtype=np.int64).data for s in found])
-    v = b"".join([np.ascontiguousarray(s.v, dtype=np.float64).data for s in found])
+    ts = [np.asarray(s.t, dtype=np.int64) for s in found]
+    vs = [np.asarray(s.v, dtype=np.float64) for s in found]
     at_b = np.ascontiguousarray(at, dtype=np.int64).tobytes()
-    vals, pres = _native.rate_windows(t, v, starts.tobytes(), at_b, rng, is_rate, is_counter)
+    vals, pres = _native.rate_windows(ts, vs, at_b, rng, is_rate, is_counter)
     return np.frombuffer(vals, dtype=np.float64).reshape(m, n), np.frombuffer(pres, dtype=bool).reshape(m, n)
 
 
