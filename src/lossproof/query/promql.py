@@ -993,7 +993,9 @@ def without_stale(found: list[SeriesArrays]) -> list[SeriesArrays]:
     """``found`` without its staleness markers (and without the series left with no point)."""
     out = []
     for s in found:
-        if not math.isnan(float(np.add.reduce(s.v))):  # no NaN at all (a sum allocates nothing)
+        with np.errstate(invalid="ignore", over="ignore"):
+            total = float(np.add.reduce(s.v))
+        if not math.isnan(total):  # no NaN at all (a sum allocates nothing; inf - inf is NaN too)
             out.append(s)
             continue
         stale = is_stale(s.v)
