@@ -12,9 +12,64 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyByteArray;
 
+/// The correctly rounded (ties to even) sum of `xs` by exact integer arithmetic, when that is
+/// quick: every value finite and normal-range, the values' bits spanning few enough binary places
+/// that their sum is exact in an i128, and the rounded sum a normal float. CPython's fsum is the
+/// correctly rounded sum too, so this is its answer where it answers; None sends the window to
+/// :func:`fsum` (the usual case for gauges and counters of a few decimals is this one: ~60 bits).
+fn exact_sum(xs: &[f64]) -> Option<f64> {
+    let (mut emin, mut emax) = (i32::MAX, i32::MIN);
+    for &x in xs {
+        if x == 0.0 {
+            continue;
+        }
+        if !x.is_normal() {
+            return None; // NaN, an infinity or a subnormal
+        }
+        let bits = x.to_bits();
+        let mant = (bits & ((1u64 << 52) - 1)) | (1u64 << 52);
+        let exp = ((bits >> 52) & 0x7ff) as i32 - 1075 + mant.trailing_zeros() as i32;
+        emin = emin.min(exp);
+        emax = emax.max(exp + 53);
+    }
+    if emin == i32::MAX {
+        return Some(0.0); // fsum of zeros: +0.0
+    }
+    let growth = 64 - (xs.len() as u64).leading_zeros() as i32; // the sum of n terms: log2(n) more bits
+    if emax - emin + growth > 126 || emin < -1022 || emax > 1023 {
+        return None;
+    }
+    let mut s: i128 = 0;
+    for &x in xs {
+        if x == 0.0 {
+            continue;
+        }
+        let bits = x.to_bits();
+        let mant = (bits & ((1u64 << 52) - 1)) | (1u64 << 52);
+        let exp = ((bits >> 52) & 0x7ff) as i32 - 1075;
+        // mant * 2**exp == (mant >> tz) * 2**(exp + tz), and exp + tz >= emin
+        let tz = mant.trailing_zeros() as i32;
+        let term = ((mant >> tz) as i128) << (exp + tz - emin);
+        s += if bits >> 63 == 1 { -term } else { term };
+    }
+    if s == 0 {
+        return Some(0.0);
+    }
+    let r = s as f64; // one rounding, to nearest even (an integer below 2**126: no overflow)
+    let out = r * f64::from_bits(((emin + 1023) as u64) << 52); // times 2**emin: exact if normal
+    if out.is_normal() {
+        Some(out)
+    } else {
+        None
+    }
+}
+
 /// CPython's `math.fsum` of `xs`, or None where it would not answer a finite float from finite
 /// inputs (a non-finite input, or an intermediate overflow).
 fn fsum(xs: &[f64], p: &mut Vec<f64>) -> Option<f64> {
+    if let Some(s) = exact_sum(xs) {
+        return Some(s);
+    }
     p.clear();
     for &xsave in xs {
         if !xsave.is_finite() {

@@ -232,8 +232,14 @@ def test_native_fsum_windows_is_fsum_or_says_it_is_not() -> None:
         lambda n: np.ldexp(r.integers(-(2**53), 2**53, n).astype(float), r.integers(-1074, -1000, n)),
         lambda n: r.choice(np.array([1e308, -1e308, 1.7e308, 1.0, math.nan, math.inf, -math.inf, 5e-324]), n),
         lambda n: r.normal(size=n) * 10.0 ** r.integers(-300, 300, n),
+        # within the native exact-integer fast path (a narrow span of bits): gauges of a few
+        # decimals, counters, and sums that land half-way between two floats
+        lambda n: np.round(r.uniform(-100, 100, n), 2),
+        lambda n: 1e6 + r.integers(0, 10**6, n) * 0.5,
+        lambda n: r.choice(np.array([2.0**53, 1.0, 0.5, -0.5, 2.0**52, -(2.0**53), 1.5, 0.25]), n),
+        lambda n: r.choice(np.array([1e308, 1.7e308, -1e308]), n),
     ]
-    for trial in range(400):
+    for trial in range(900):
         n = int(r.integers(0, 120))
         x = pools[trial % len(pools)](n).astype(np.float64)
         lo = r.integers(0, n + 1, (5, 8))
