@@ -505,7 +505,7 @@ def test_assembled_reads_are_merge_arrays_series_by_series(data: st.DataObject) 
 def test_search_runs_is_searchsorted_in_each_run(runs: list[list[int]], x: int, right: bool) -> None:
     """The read path's binary search of many sorted runs at once lands where numpy's searchsorted
     lands in each run on its own (empty runs included)."""
-    from lossproof.store.embedded.read import search_runs
+    from lossproof.store.chunks import search_runs
 
     ts = np.array([t for r in runs for t in r], dtype=np.int64)
     ends = np.cumsum([len(r) for r in runs], dtype=np.int64)

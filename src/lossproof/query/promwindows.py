@@ -12,6 +12,7 @@ from lossproof import _native
 from lossproof.query import exact, promrange
 from lossproof.query.promref import _quantile, _sum
 from lossproof.query.promvalues import F64, I64, Mask
+from lossproof.store import chunks
 from lossproof.store.base import SeriesArrays
 
 
@@ -72,9 +73,28 @@ def _range_block(
     np.cumsum([len(s.t) for s in found], out=starts[1:])
     t = np.concatenate([*(s.t for s in found), np.zeros(1, dtype=np.int64)]).astype(np.int64, copy=False)
     v = np.concatenate([*(s.v for s in found), np.full(1, math.nan)]).astype(np.float64, copy=False)
-    lo, hi = _bounds(found, at, rng, starts[:-1, None])
+    if len(at) <= FEW_STEPS:
+        lo, hi = _bounds_few(t, starts, at, rng)
+    else:
+        lo, hi = _bounds(found, at, rng, starts[:-1, None])
     with np.errstate(all="ignore"):
         return fn(t, v, starts, lo, hi, at, rng, q)
+
+
+FEW_STEPS = 4  # up to this many evaluation times, window bounds are searched in every series at once
+
+
+def _bounds_few(t: I64, starts: I64, at: I64, rng: int) -> tuple[I64, I64]:
+    """:func:`_bounds` for a few evaluation times (an instant query): per time and bound, one binary
+    search over every series at once (``chunks.search_runs``) instead of a search per series."""
+    m, n = len(starts) - 1, len(at)
+    lo = np.empty((m, n), dtype=np.int64)
+    hi = np.empty((m, n), dtype=np.int64)
+    start_at = at - rng
+    for k in range(n):
+        lo[:, k] = chunks.search_runs(t, starts[:-1], starts[1:], int(start_at[k]), right=True)
+        hi[:, k] = chunks.search_runs(t, starts[:-1], starts[1:], int(at[k]), right=True)
+    return lo, hi
 
 
 def _bounds(found: Sequence[SeriesArrays], at: I64, rng: int, offset: I64) -> tuple[I64, I64]:

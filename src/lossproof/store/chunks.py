@@ -119,6 +119,27 @@ def encode_batch(sids: I64, ts: I64, vs: F64) -> list[EncodedChunk]:
     return out
 
 
+# --- columns of many runs ----
+
+
+def search_runs(ts: I64, lo: I64, hi: I64, x: int, right: bool) -> I64:
+    """For each run ``ts[lo[k]:hi[k]]`` (each sorted): where ``x`` goes in it, as an index into ``ts``
+    (``np.searchsorted(ts[lo[k]:hi[k]], x, side) + lo[k]``, side "right" when ``right``). One binary
+    search over every run at once: a few numpy calls a halving, over arrays of one entry a run
+    (running sums over the whole column cost a pass over every point)."""
+    lo = lo.astype(np.int64, copy=True)
+    hi = hi.astype(np.int64, copy=True)
+    while True:
+        active = lo < hi
+        if not active.any():
+            return lo
+        mid = (lo + hi) >> 1
+        got = ts[np.where(active, mid, 0)]  # mid < hi <= len(ts) where active
+        after = active & ((got <= x) if right else (got < x))
+        lo = np.where(after, mid + 1, lo)
+        hi = np.where(active & ~after, mid, hi)
+
+
 # --- one chunk ------------------------------------------------------------------------------------
 
 

@@ -151,8 +151,8 @@ def _assemble(
     first_pt = np.zeros(len(s_pts), dtype=np.int64)
     np.cumsum(s_pts[:-1], out=first_pt[1:])
     last_pt = first_pt + s_pts
-    a_s = search_runs(g_ts, first_pt, last_pt, from_ms, right=False).tolist()
-    b_s = search_runs(g_ts, first_pt, last_pt, to_ms, right=True).tolist()
+    a_s = chunks.search_runs(g_ts, first_pt, last_pt, from_ms, right=False).tolist()
+    b_s = chunks.search_runs(g_ts, first_pt, last_pt, to_ms, right=True).tolist()
     nth_simple = (np.cumsum(simple) - 1).tolist()
     simple_l = simple.tolist()
     at = {s: r for r, s in enumerate(sid[run_start].tolist())}
@@ -171,26 +171,6 @@ def _assemble(
                 parts.append((int(order_id[c]), src_ts[j][a : a + n], src_vs[j][a : a + n]))
             out.append(chunks.merge_arrays(parts, from_ms, to_ms))
     return out
-
-
-def search_runs(
-    ts: chunks.I64, lo: npt.NDArray[np.int64], hi: npt.NDArray[np.int64], x: int, right: bool
-) -> npt.NDArray[np.int64]:
-    """For each run ``ts[lo[k]:hi[k]]`` (each sorted): where ``x`` goes in it, as an index into ``ts``
-    (``np.searchsorted(ts[lo[k]:hi[k]], x, side) + lo[k]``, side "right" when ``right``). One binary
-    search over every run at once: a few numpy calls a halving, over arrays of one entry a run
-    (running sums over the whole column cost a pass over every point)."""
-    lo = lo.astype(np.int64, copy=True)
-    hi = hi.astype(np.int64, copy=True)
-    while True:
-        active = lo < hi
-        if not active.any():
-            return lo
-        mid = (lo + hi) >> 1
-        got = ts[np.where(active, mid, 0)]  # mid < hi <= len(ts) where active
-        after = active & ((got <= x) if right else (got < x))
-        lo = np.where(after, mid + 1, lo)
-        hi = np.where(active & ~after, mid, hi)
 
 
 class SqliteReader(SqliteCore):
