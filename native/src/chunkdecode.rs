@@ -102,39 +102,53 @@ fn decode_one(
     }
 }
 
-/// `decode_chunks([(kind, n, mode, first, payload), ...]) -> columns`: the timestamps (int64) of the
-/// chunks, one after the other, then their values (float64), as little-endian bytes in one bytearray
-/// of 16 bytes a point (writable, so numpy views of it are too). `payload` is a raw chunk's whole
-/// data, or a packed chunk's decompressed body; `n`, `mode` and `first` come from the chunk's
-/// header. A payload that does not match them, or an unknown kind or mode, is a ValueError naming
-/// the chunk.
+/// `decode_chunks([(kind, n, mode, first, payload), ...], at, total) -> columns`: `total` points of
+/// timestamps (int64) then as many values (float64), little-endian, in one bytearray of 16 bytes a
+/// point (writable, so numpy views of it are too); chunk i's points go to positions `at[i]` ..
+/// `at[i] + n` (`at`: native-endian int64 bytes, one per chunk); positions no chunk is given stay 0
+/// (the caller fills them). `payload` is a raw chunk's whole data, or a packed chunk's decompressed
+/// body; `n`, `mode` and `first` come from the chunk's header. A payload that does not match them,
+/// an unknown kind or mode, or a chunk that does not fit in `total`, is a ValueError naming the
+/// chunk.
 #[pyfunction]
-pub fn decode_chunks<'py>(py: Python<'py>, items: &Bound<'py, PyList>) -> PyResult<Bound<'py, PyByteArray>> {
-    let mut opened: Vec<(u8, usize, u8, i64, Bound<'py, PyBytes>)> = Vec::with_capacity(items.len());
-    let mut total = 0usize;
-    for item in items.iter() {
-        let it: (u8, usize, u8, i64, Bound<'py, PyBytes>) = item.extract()?;
-        // a count is trusted only as far as its payload could hold it: checked again below
-        if it.1 > it.4.as_bytes().len() {
+pub fn decode_chunks<'py>(
+    py: Python<'py>,
+    items: &Bound<'py, PyList>,
+    at: &[u8],
+    total: usize,
+) -> PyResult<Bound<'py, PyByteArray>> {
+    if at.len() != 8 * items.len() {
+        return Err(PyValueError::new_err(format!(
+            "{} offsets for {} chunks",
+            at.len() / 8,
+            items.len()
+        )));
+    }
+    if total > (isize::MAX as usize) / 16 {
+        return Err(PyValueError::new_err(format!("{total} points")));
+    }
+    let mut opened: Vec<(u8, usize, u8, i64, Bound<'py, PyBytes>, usize)> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let (kind, n, mode, first, payload): (u8, usize, u8, i64, Bound<'py, PyBytes>) = item.extract()?;
+        let start = i64::from_ne_bytes(at[8 * i..8 * i + 8].try_into().unwrap());
+        let fits = start >= 0
+            && (start as u64)
+                .checked_add(n as u64)
+                .is_some_and(|e| e <= total as u64);
+        if !fits {
             return Err(PyValueError::new_err(format!(
-                "chunk {}: {} points in {} bytes",
-                opened.len(),
-                it.1,
-                it.4.as_bytes().len()
+                "chunk {i}: {n} points at {start} of {total}"
             )));
         }
-        total += it.1;
-        opened.push(it);
+        opened.push((kind, n, mode, first, payload, start as usize));
     }
     PyByteArray::new_with(py, 16 * total, |buf| {
         let (ts, vs) = buf.split_at_mut(8 * total);
         let mut words = Vec::new();
-        let mut at = 0usize;
-        for (i, (kind, n, mode, first, payload)) in opened.iter().enumerate() {
+        for (i, (kind, n, mode, first, payload, at)) in opened.iter().enumerate() {
             let (t, v) = (&mut ts[8 * at..8 * (at + n)], &mut vs[8 * at..8 * (at + n)]);
             decode_one(*kind, *n, *mode, *first, payload.as_bytes(), t, v, &mut words)
                 .map_err(|why| PyValueError::new_err(format!("chunk {i}: {why}")))?;
-            at += n;
         }
         Ok(())
     })

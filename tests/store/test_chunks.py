@@ -192,8 +192,10 @@ def test_native_decode_of_any_body_is_the_reference(specs: list[tuple[int, int, 
     for n, mode, first, rnd in specs:
         body = bytes(rnd.getrandbits(8) for _ in range(16 * n - 8))  # type: ignore[attr-defined]
         items.append((chunks.PACKED, n, mode, first, body))
-    cols = _native.decode_chunks(items)
     total = sum(item[1] for item in items)
+    cols = _native.decode_chunks(
+        items, np.cumsum([0] + [it[1] for it in items])[:-1].astype(np.int64).tobytes(), total
+    )
     ts = np.frombuffer(cols, "<i8", count=total)
     vs = np.frombuffer(cols, "<f8", count=total, offset=8 * total)
     assert len(cols) == 16 * total
@@ -219,11 +221,13 @@ def test_native_decode_of_any_body_is_the_reference(specs: list[tuple[int, int, 
     ],
 )
 def test_native_decode_refuses_a_payload_unlike_its_header(item: tuple[int, int, int, int, bytes]) -> None:
+    """A chunk whose payload does not match its header, or that does not fit where it is to go, is
+    a ValueError naming it, never a crash."""
     from lossproof import _native
 
     ok = (chunks.PACKED, 1, 0, 5, b"\x00" * 8)
     with pytest.raises(ValueError, match="chunk 1"):
-        _native.decode_chunks([ok, item])
+        _native.decode_chunks([ok, item], np.array([0, 1], dtype=np.int64).tobytes(), 1 + min(item[1], 64))
 
 
 @pytest.mark.parametrize("blob", [b"", b"\x09abc", b"\x01" + b"\x00" * 15, b"\x02" + b"\x00" * 20])
@@ -232,3 +236,24 @@ def test_decode_many_refuses_what_decode_refuses(blob: bytes) -> None:
         chunks.decode(blob)
     with pytest.raises(chunks.ChunkError):
         chunks.decode_many([chunks.encode(np.array([1]), np.array([1.0])), blob])
+
+
+def test_native_decode_puts_each_chunk_where_asked_and_refuses_what_does_not_fit() -> None:
+    from lossproof import _native
+
+    a = chunks._opened(chunks.encode(np.array([5, 7]), np.array([0.5, 0.25])))
+    b = chunks._opened(chunks.encode_batch(np.zeros(1, np.int64), np.array([9]), np.array([2.0]))[0].data)
+    items = [
+        (k, n, m, f, body if k == chunks.PACKED else data)
+        for (k, n, m, f, body), data in (
+            (a, b""),
+            (b, chunks.encode_batch(np.zeros(1, np.int64), np.array([9]), np.array([2.0]))[0].data),
+        )
+    ]
+    cols = _native.decode_chunks(items, np.array([3, 0], dtype=np.int64).tobytes(), 6)
+    ts = np.frombuffer(cols, "<i8", count=6)
+    vs = np.frombuffer(cols, "<f8", count=6, offset=48)
+    assert ts.tolist() == [9, 0, 0, 5, 7, 0] and vs.tolist() == [2.0, 0, 0, 0.5, 0.25, 0]
+    for at, total in (([5, 0], 6), ([-1, 0], 6), ([0], 6), ([0, 2], 2)):
+        with pytest.raises(ValueError):
+            _native.decode_chunks(items, np.array(at, dtype=np.int64).tobytes(), total)

@@ -439,7 +439,7 @@ def test_assembled_reads_are_merge_arrays_series_by_series(data: st.DataObject) 
 
     nseries = data.draw(st.integers(1, 5))
     found = [(sid, "m", {}) for sid in data.draw(st.permutations(range(10, 10 + nseries)))]
-    rows: list[tuple[int, int, bytes]] = []
+    rows: list[tuple[int, int, int, int, bytes]] = []
     parts: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
     extra: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
     cid = 0
@@ -459,7 +459,7 @@ def test_assembled_reads_are_merge_arrays_series_by_series(data: st.DataObject) 
             cid = cid + data.draw(st.integers(1, 3))
             raw = chunks.encode_batch(ts * 0, ts, vs)[0].data
             blob = chunks.encode(ts, vs) if data.draw(st.booleans()) else raw
-            rows.append((sid, cid, blob))
+            rows.append((sid, cid, int(ts[0]), int(ts[-1]), blob))
             parts.setdefault(i, []).append((cid, ts, vs))
         for k in range(data.draw(st.sampled_from([0, 0, 1, 2]))):  # slices of parts, mostly after the chunks
             first = max(end, 0) + data.draw(st.sampled_from([1, 1, 2, 0, -4]))
@@ -516,3 +516,17 @@ def test_search_runs_is_searchsorted_in_each_run(runs: list[list[int]], x: int, 
         int(np.searchsorted(np.array(r, dtype=np.int64), x, side)) + int(a)
         for r, a in zip(runs, starts, strict=True)
     ]
+
+
+def test_a_chunk_unlike_its_stored_time_range_is_damage() -> None:
+    """The read path lays chunks out by their stored time ranges before decoding them: a chunk
+    whose points disagree with its row's range is reported as damaged, not read out of order."""
+    from lossproof.store import chunks
+    from lossproof.store.embedded.read import _assemble
+
+    blob = chunks.encode(np.array([10, 20]), np.array([1.0, 2.0]))
+    found = [(7, "m", {})]
+    assert _assemble(found, [(7, 1, 10, 20, blob)], {}, 0, 100)[0][0].tolist() == [10, 20]
+    for lo, hi in ((10, 25), (5, 20)):
+        with pytest.raises(chunks.ChunkError):
+            _assemble(found, [(7, 1, lo, hi, blob)], {}, 0, 100)

@@ -250,28 +250,44 @@ def decode(data: bytes) -> tuple[I64, F64]:
     return ts, vs
 
 
-def decode_many(datas: Sequence[bytes]) -> tuple[I64, F64, I64]:
-    """:func:`decode` of many chunks at once: every chunk's timestamps and values, one chunk after the
-    other, and where each starts (``offsets[i]:offsets[i + 1]`` is chunk i's; one more offset than
-    chunks). Each chunk is opened here (header checked, body decompressed); the columns are then
-    decoded in one pass over the bytes by the native extension (``_native.decode_chunks``: the byte
-    planes unshuffled, delta-of-delta undone, values scaled or XOR-accumulated, as :func:`encode_many`
-    laid them out), which took a dozen numpy passes per chunk length before."""
-    items = []
+OpenedChunk = tuple[int, int, int, int, bytes]  # kind, points, value mode, first t, payload
+
+
+def open_many(datas: Sequence[bytes]) -> tuple[list[OpenedChunk], I64]:
+    """Each chunk opened (header checked, a packed body decompressed: :func:`_opened`) as
+    :func:`decode_into` takes it, and each chunk's number of points."""
+    items: list[OpenedChunk] = []
     counts = np.zeros(len(datas), dtype=np.int64)
     for i, data in enumerate(datas):
         kind, n, mode, first, body = _opened(data)
         counts[i] = n
         items.append((kind, n, mode, first, data if kind == RAW else body))
-    offsets = np.zeros(len(datas) + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
+    return items, counts
+
+
+def decode_into(items: list[OpenedChunk], at: I64, total: int) -> tuple[I64, F64]:
+    """Columns of ``total`` points (zeros where no chunk goes) with opened chunk i's points at
+    ``at[i]`` onwards, decoded in one pass over the bytes by the native extension
+    (``_native.decode_chunks``: the byte planes unshuffled, delta-of-delta undone, values scaled or
+    XOR-accumulated, as :func:`encode_many` laid them out), which took a dozen numpy passes per chunk
+    length before. Writable arrays."""
     try:
-        cols = _native.decode_chunks(items)
+        cols = _native.decode_chunks(items, np.ascontiguousarray(at, dtype=np.int64).tobytes(), total)
     except ValueError as e:  # _opened checked every header; a mismatch left is a bug, said as damage
         raise ChunkError(str(e)) from None
-    total = int(offsets[-1])
     ts = np.frombuffer(cols, dtype="<i8", count=total).astype(np.int64, copy=False)
     vs = np.frombuffer(cols, dtype="<f8", count=total, offset=8 * total).astype(np.float64, copy=False)
+    return ts, vs
+
+
+def decode_many(datas: Sequence[bytes]) -> tuple[I64, F64, I64]:
+    """:func:`decode` of many chunks at once: every chunk's timestamps and values, one chunk after the
+    other, and where each starts (``offsets[i]:offsets[i + 1]`` is chunk i's; one more offset than
+    chunks): :func:`open_many`, then :func:`decode_into`."""
+    items, counts = open_many(datas)
+    offsets = np.zeros(len(datas) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    ts, vs = decode_into(items, offsets[:-1], int(offsets[-1]))
     return ts, vs, offsets
 
 
