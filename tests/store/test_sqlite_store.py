@@ -477,14 +477,17 @@ def test_assembled_reads_are_merge_arrays_series_by_series(data: st.DataObject) 
             for order, ts, vs in segs:
                 by_rank.setdefault(order, []).append((i, ts, vs))
         for order, segs in by_rank.items():
+            # slices of a range of the part's columns: other series' points between them (junk here)
+            gap = data.draw(st.sampled_from([0, 0, 3]))
+            junk_t, junk_v = np.full(gap, -77, dtype=np.int64), np.full(gap, -7.0)
             lens = np.array([len(t) for _, t, _ in segs])
-            starts = np.concatenate(([0], np.cumsum(lens)[:-1]))
+            starts = np.concatenate(([gap], np.cumsum(lens + gap)[:-1] + gap))
             blocks.append(
                 PartBlock(
                     np.array([i for i, _, _ in segs]),
                     order,
-                    np.concatenate([t for _, t, _ in segs]),
-                    np.concatenate([v for _, _, v in segs]),
+                    np.concatenate([x for _, t, _ in segs for x in (junk_t, t)] + [junk_t]),
+                    np.concatenate([x for _, _, v in segs for x in (junk_v, v)] + [junk_v]),
                     starts,
                     lens,
                 )

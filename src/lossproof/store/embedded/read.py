@@ -37,7 +37,7 @@ from lossproof.store.embedded.core import SqliteCore
 
 
 class PartBlock(NamedTuple):
-    """Many series' slices of one part, read at once: ``ts``/``vs`` the slices one after the other,
+    """Many series' slices of one part, read at once: ``ts``/``vs`` a range of the part's columns,
     slice k of the series at position ``found[k]`` (in the read's series) from ``starts[k]``,
     ``lens[k]`` points; ``order`` the part's rank among the series' chunks (after all of them)."""
 
@@ -432,14 +432,10 @@ class SqliteReader(SqliteCore):
                         p_vs = np.frombuffer(blob.read(8 * span), "<f8")
                         if len(p_ts) != span or len(p_vs) != span:
                             raise chunks.ChunkError(f"part {pid} cut short")
-                        lo_, hi_ = lo_ - a0, hi_ - a0
-                        n_ = hi_ - lo_
-                        o_ = np.zeros(len(n_) + 1, dtype=np.int64)
-                        np.cumsum(n_, out=o_[1:])
-                        gidx = np.repeat(lo_ - o_[:-1], n_) + np.arange(int(o_[-1]), dtype=np.int64)
-                        g_ts = p_ts[gidx].astype(np.int64, copy=False)
-                        g_vs = p_vs[gidx].astype(np.float64, copy=False)
-                        blocks.append(PartBlock(hits, _PART_ORDER + pid, g_ts, g_vs, o_[:-1], n_))
+                        # the slices stay where they are in what was read (_assemble copies them)
+                        g_ts = p_ts.astype(np.int64, copy=False)
+                        g_vs = p_vs.astype(np.float64, copy=False)
+                        blocks.append(PartBlock(hits, _PART_ORDER + pid, g_ts, g_vs, lo_ - a0, hi_ - lo_))
                         continue
                     for i in hits.tolist():
                         a, b = int(pstarts[idx[i]]), int(pstarts[idx[i] + 1])
