@@ -12,10 +12,14 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use rustc_hash::FxHashMap;
 
+mod chunkdecode;
+mod fsum;
+mod ratewin;
+
 /// The version of this module's interface, checked by the Python side (lossproof/store/columns.py):
 /// an extension built from other sources than the Python code that calls it fails at import, not
 /// half-way through a batch.
-const ABI: u32 = 3;
+const ABI: u32 = 4;
 
 // ---------------------------------------------------------------------------------------------
 // Points to store columns (lossproof.store.columns.Columns.add).
@@ -524,5 +528,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ABI", ABI)?;
     m.add_function(wrap_pyfunction!(point_columns, m)?)?;
     m.add_function(wrap_pyfunction!(rw1_series, m)?)?;
+    m.add_function(wrap_pyfunction!(chunkdecode::decode_chunks, m)?)?;
+    m.add_function(wrap_pyfunction!(fsum::fsum_windows, m)?)?;
+    m.add_function(wrap_pyfunction!(ratewin::rate_windows, m)?)?;
     Ok(())
 }

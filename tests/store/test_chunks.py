@@ -116,11 +116,46 @@ def test_merge_of_chunks_apart_in_time_in_any_order() -> None:
     assert (t.tolist(), v.tolist()) == ([2, 5, 9], [2.0, 5.0, 9.0])
 
 
+def _unshuffle(data: bytes, n: int) -> np.ndarray:
+    planes = np.frombuffer(data, dtype=np.uint8).reshape(8, n)
+    return np.ascontiguousarray(planes.T).view("<u8").reshape(n).astype(np.uint64, copy=False)
+
+
+def _undod(first: int, z: np.ndarray) -> np.ndarray:
+    zi = z.view(np.int64)
+    dd = (z >> np.uint64(1)).view(np.int64) ^ -(zi & 1)
+    out = np.empty(len(z) + 1, dtype=np.int64)
+    out[0] = first
+    with np.errstate(over="ignore"):
+        np.cumsum(np.cumsum(dd), out=out[1:])
+        out[1:] += np.int64(first)
+    return out
+
+
+def reference_decode(
+    kind: int, n: int, mode: int, first: int, payload: bytes
+) -> tuple[np.ndarray, np.ndarray]:
+    """The numpy decoder that ``_native.decode_chunks`` replaced (chunks.decode before it), one chunk
+    from its opened header and payload (a raw chunk's data, a packed chunk's decompressed body)."""
+    if kind == chunks.RAW:
+        ts = np.frombuffer(payload, dtype="<i8", count=n, offset=1).astype(np.int64)
+        return ts, np.frombuffer(payload, dtype="<f8", count=n, offset=1 + 8 * n).astype(np.float64)
+    ts = _undod(first, _unshuffle(payload[: 8 * (n - 1)], n - 1))
+    vwords = _unshuffle(payload[8 * (n - 1) :], n)
+    if mode >= 1:
+        ints = _undod(int(vwords[0].view(np.int64)), vwords[1:])
+        with np.errstate(over="ignore"):
+            return ts, ints.astype(np.float64) / 10.0 ** (mode - 1)
+    return ts, np.bitwise_xor.accumulate(vwords).view(np.float64)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(_ts, st.booleans()), min_size=0, max_size=8), st.data())
-def test_decode_many_is_decode_of_each(specs: list[tuple[list[int], bool]], data: st.DataObject) -> None:
+def test_decode_many_is_the_reference_decode_of_each(
+    specs: list[tuple[list[int], bool]], data: st.DataObject
+) -> None:
     """Many chunks of both encodings (values of every kind: decimals, XOR'd, NaN payloads) decoded at
-    once give each chunk's columns, bit for bit."""
+    once give each chunk's columns, bit for bit what the numpy reference decodes, and what went in."""
     blobs = []
     for ts, packed in specs:
         vals = data.draw(st.lists(_floats | _ints, min_size=len(ts), max_size=len(ts)))
@@ -128,13 +163,71 @@ def test_decode_many_is_decode_of_each(specs: list[tuple[list[int], bool]], data
             vals = [round(x, 2) if math.isfinite(x) and abs(x) < 1e9 else 1.5 for x in vals]
         t, v = np.array(ts, dtype=np.int64), np.array(vals, dtype=np.float64)
         raw = chunks.encode_batch(np.zeros(len(t), np.int64), t, v)[0].data
-        blobs.append(chunks.encode(t, v) if packed else raw)
-    ts_all, vs_all, off = chunks.decode_many(blobs)
+        blobs.append((chunks.encode(t, v) if packed else raw, t, v))
+    ts_all, vs_all, off = chunks.decode_many([b for b, _, _ in blobs])
     assert len(off) == len(blobs) + 1 and off[-1] == len(ts_all) == len(vs_all)
-    for i, blob in enumerate(blobs):
-        t1, v1 = chunks.decode(blob)
-        assert ts_all[off[i] : off[i + 1]].tolist() == t1.tolist()
-        assert _bits(vs_all[off[i] : off[i + 1]]) == _bits(v1)
+    for i, (blob, t, v) in enumerate(blobs):
+        kind, n, mode, first, body = chunks._opened(blob)
+        t1, v1 = reference_decode(kind, n, mode, first, blob if kind == chunks.RAW else body)
+        assert ts_all[off[i] : off[i + 1]].tolist() == t1.tolist() == t.tolist()
+        assert _bits(vs_all[off[i] : off[i + 1]]) == _bits(v1) == _bits(v)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(1, 40), st.integers(0, 10), st.integers(-(1 << 63), (1 << 63) - 1), st.randoms()
+        ),
+        max_size=6,
+    )
+)
+def test_native_decode_of_any_body_is_the_reference(specs: list[tuple[int, int, int, object]]) -> None:
+    """Packed bodies of arbitrary bytes (what a damaged chunk that still decompresses would hold:
+    delta-of-deltas that overflow, any value bits) decode natively as the numpy reference does,
+    wrapping as numpy wraps; writable columns."""
+    from lossproof import _native
+
+    items = []
+    for n, mode, first, rnd in specs:
+        body = bytes(rnd.getrandbits(8) for _ in range(16 * n - 8))  # type: ignore[attr-defined]
+        items.append((chunks.PACKED, n, mode, first, body))
+    total = sum(item[1] for item in items)
+    cols = _native.decode_chunks(
+        items, np.cumsum([0] + [it[1] for it in items])[:-1].astype(np.int64).tobytes(), total
+    )
+    ts = np.frombuffer(cols, "<i8", count=total)
+    vs = np.frombuffer(cols, "<f8", count=total, offset=8 * total)
+    assert len(cols) == 16 * total
+    assert ts.flags.writeable and vs.flags.writeable
+    at = 0
+    for item in items:
+        t1, v1 = reference_decode(*item)
+        assert ts[at : at + item[1]].tolist() == t1.tolist()
+        assert _bits(vs[at : at + item[1]]) == _bits(v1)
+        at += item[1]
+    assert at == len(ts) == len(vs)
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        (chunks.PACKED, 0, 0, 0, b""),
+        (chunks.PACKED, 3, 0, 0, b"\x00" * 39),
+        (chunks.PACKED, 2, 11, 0, b"\x00" * 24),
+        (chunks.RAW, 2, 0, 0, b"\x01" + b"\x00" * 31),
+        (chunks.RAW, 1 << 62, 0, 0, b"\x01"),
+        (9, 1, 0, 0, b"\x00" * 8),
+    ],
+)
+def test_native_decode_refuses_a_payload_unlike_its_header(item: tuple[int, int, int, int, bytes]) -> None:
+    """A chunk whose payload does not match its header, or that does not fit where it is to go, is
+    a ValueError naming it, never a crash."""
+    from lossproof import _native
+
+    ok = (chunks.PACKED, 1, 0, 5, b"\x00" * 8)
+    with pytest.raises(ValueError, match="chunk 1"):
+        _native.decode_chunks([ok, item], np.array([0, 1], dtype=np.int64).tobytes(), 1 + min(item[1], 64))
 
 
 @pytest.mark.parametrize("blob", [b"", b"\x09abc", b"\x01" + b"\x00" * 15, b"\x02" + b"\x00" * 20])
@@ -143,3 +236,24 @@ def test_decode_many_refuses_what_decode_refuses(blob: bytes) -> None:
         chunks.decode(blob)
     with pytest.raises(chunks.ChunkError):
         chunks.decode_many([chunks.encode(np.array([1]), np.array([1.0])), blob])
+
+
+def test_native_decode_puts_each_chunk_where_asked_and_refuses_what_does_not_fit() -> None:
+    from lossproof import _native
+
+    a = chunks._opened(chunks.encode(np.array([5, 7]), np.array([0.5, 0.25])))
+    b = chunks._opened(chunks.encode_batch(np.zeros(1, np.int64), np.array([9]), np.array([2.0]))[0].data)
+    items = [
+        (k, n, m, f, body if k == chunks.PACKED else data)
+        for (k, n, m, f, body), data in (
+            (a, b""),
+            (b, chunks.encode_batch(np.zeros(1, np.int64), np.array([9]), np.array([2.0]))[0].data),
+        )
+    ]
+    cols = _native.decode_chunks(items, np.array([3, 0], dtype=np.int64).tobytes(), 6)
+    ts = np.frombuffer(cols, "<i8", count=6)
+    vs = np.frombuffer(cols, "<f8", count=6, offset=48)
+    assert ts.tolist() == [9, 0, 0, 5, 7, 0] and vs.tolist() == [2.0, 0, 0, 0.5, 0.25, 0]
+    for at, total in (([5, 0], 6), ([-1, 0], 6), ([0], 6), ([0, 2], 2)):
+        with pytest.raises(ValueError):
+            _native.decode_chunks(items, np.array(at, dtype=np.int64).tobytes(), total)

@@ -439,7 +439,7 @@ def test_assembled_reads_are_merge_arrays_series_by_series(data: st.DataObject) 
 
     nseries = data.draw(st.integers(1, 5))
     found = [(sid, "m", {}) for sid in data.draw(st.permutations(range(10, 10 + nseries)))]
-    rows: list[tuple[int, int, bytes]] = []
+    rows: list[tuple[int, int, int, int, bytes]] = []
     parts: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
     extra: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
     cid = 0
@@ -459,7 +459,7 @@ def test_assembled_reads_are_merge_arrays_series_by_series(data: st.DataObject) 
             cid = cid + data.draw(st.integers(1, 3))
             raw = chunks.encode_batch(ts * 0, ts, vs)[0].data
             blob = chunks.encode(ts, vs) if data.draw(st.booleans()) else raw
-            rows.append((sid, cid, blob))
+            rows.append((sid, cid, int(ts[0]), int(ts[-1]), blob))
             parts.setdefault(i, []).append((cid, ts, vs))
         for k in range(data.draw(st.sampled_from([0, 0, 1, 2]))):  # slices of parts, mostly after the chunks
             first = max(end, 0) + data.draw(st.sampled_from([1, 1, 2, 0, -4]))
@@ -477,14 +477,17 @@ def test_assembled_reads_are_merge_arrays_series_by_series(data: st.DataObject) 
             for order, ts, vs in segs:
                 by_rank.setdefault(order, []).append((i, ts, vs))
         for order, segs in by_rank.items():
+            # slices of a range of the part's columns: other series' points between them (junk here)
+            gap = data.draw(st.sampled_from([0, 0, 3]))
+            junk_t, junk_v = np.full(gap, -77, dtype=np.int64), np.full(gap, -7.0)
             lens = np.array([len(t) for _, t, _ in segs])
-            starts = np.concatenate(([0], np.cumsum(lens)[:-1]))
+            starts = np.concatenate(([gap], np.cumsum(lens + gap)[:-1] + gap))
             blocks.append(
                 PartBlock(
                     np.array([i for i, _, _ in segs]),
                     order,
-                    np.concatenate([t for _, t, _ in segs]),
-                    np.concatenate([v for _, _, v in segs]),
+                    np.concatenate([x for _, t, _ in segs for x in (junk_t, t)] + [junk_t]),
+                    np.concatenate([x for _, _, v in segs for x in (junk_v, v)] + [junk_v]),
                     starts,
                     lens,
                 )
@@ -494,3 +497,39 @@ def test_assembled_reads_are_merge_arrays_series_by_series(data: st.DataObject) 
         want = chunks.merge_arrays(parts.get(i, []) + extra.get(i, []), lo, hi)
         assert got[i][0].tolist() == want[0].tolist()
         assert got[i][1].tolist() == want[1].tolist()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(-50, 50), max_size=12, unique=True).map(sorted), max_size=6),
+    st.integers(-60, 60),
+    st.booleans(),
+)
+def test_search_runs_is_searchsorted_in_each_run(runs: list[list[int]], x: int, right: bool) -> None:
+    """The read path's binary search of many sorted runs at once lands where numpy's searchsorted
+    lands in each run on its own (empty runs included)."""
+    from lossproof.store.chunks import search_runs
+
+    ts = np.array([t for r in runs for t in r], dtype=np.int64)
+    ends = np.cumsum([len(r) for r in runs], dtype=np.int64)
+    starts = ends - np.array([len(r) for r in runs], dtype=np.int64)
+    got = search_runs(ts, starts, ends, x, right).tolist()
+    side = "right" if right else "left"
+    assert got == [
+        int(np.searchsorted(np.array(r, dtype=np.int64), x, side)) + int(a)
+        for r, a in zip(runs, starts, strict=True)
+    ]
+
+
+def test_a_chunk_unlike_its_stored_time_range_is_damage() -> None:
+    """The read path lays chunks out by their stored time ranges before decoding them: a chunk
+    whose points disagree with its row's range is reported as damaged, not read out of order."""
+    from lossproof.store import chunks
+    from lossproof.store.embedded.read import _assemble
+
+    blob = chunks.encode(np.array([10, 20]), np.array([1.0, 2.0]))
+    found = [(7, "m", {})]
+    assert _assemble(found, [(7, 1, 10, 20, blob)], {}, 0, 100)[0][0].tolist() == [10, 20]
+    for lo, hi in ((10, 25), (5, 20)):
+        with pytest.raises(chunks.ChunkError):
+            _assemble(found, [(7, 1, lo, hi, blob)], {}, 0, 100)

@@ -11,10 +11,12 @@ import struct
 from bisect import bisect_right
 from collections.abc import Callable
 
+import msgspec
 import numpy as np
 import pytest
 
 from lossproof.query import exact, promql, promref, promwindows
+from lossproof.query.promapi import _ts
 from lossproof.store.base import SeriesArrays
 
 Gen = Callable[[np.random.Generator, int], np.ndarray]
@@ -203,11 +205,109 @@ def test_matrix_rows_are_the_json_as_before() -> None:
     values = np.array([[1.0, math.nan, 3.0], [0.5, 1e21, -0.0], [7.0, 8.0, 9.0]])
     present = np.array([[True, True, False], [False, True, True], [False, False, False]])
     rows = promql.matrix_rows(promql.Vector(labels, values, present), times, lambda t: t / 1000)
-    assert [(lab, [list(p) for p in pts]) for lab, pts in rows] == [
+    assert [(lab, msgspec.json.decode(pts)) for lab, pts in rows] == [
         ({"a": "1"}, [[2.5, "1000000000000000000000"], [4.0, "-0"]]),
         ({"b": "2"}, [[1.0, "1"], [2.5, "NaN"]]),
     ]
     scalar = promql.matrix_rows(promql.Scalar([1.0, 2.0, math.inf]), times, lambda t: t)
-    assert [(lab, [list(p) for p in pts]) for lab, pts in scalar] == [
+    assert [(lab, msgspec.json.decode(pts)) for lab, pts in scalar] == [
         ({}, [[1_000, "1"], [2_500, "2"], [4_000, "+Inf"]])
     ]
+    # byte for byte what msgspec wrote for the tuples before
+    odd = [1_796_449_140_500, 1_796_449_141_000, 5]
+    vals = np.array([[1.5, -2e-7, 3.25]])
+    got = promql.matrix_rows(promql.Vector([{"x": "y"}], vals, np.ones((1, 3), dtype=bool)), odd, _ts)
+    before = [(_ts(t), promql.format_value(v)) for t, v in zip(odd, vals[0].tolist(), strict=True)]
+    assert msgspec.json.encode(got) == msgspec.json.encode([({"x": "y"}, before)])
+
+
+def test_native_fsum_windows_is_fsum_or_says_it_is_not() -> None:
+    """``exact.fsum_windows`` (CPython's fsum in the extension): fsum's float for every window fsum
+    sums; flagged where fsum would not (a NaN or an infinity: ``_sum`` takes those) or raises
+    OverflowError."""
+    r = np.random.default_rng(11)
+    pools = [
+        lambda n: r.normal(size=n) * 10.0 ** r.integers(-30, 30, n),
+        lambda n: r.choice(np.array([2.0**53, 1.0, -1.0, 3.0, 2.0**-60, 1e16, -0.0, 0.0]), n),
+        lambda n: np.ldexp(r.integers(-(2**53), 2**53, n).astype(float), r.integers(-1074, -1000, n)),
+        lambda n: r.choice(np.array([1e308, -1e308, 1.7e308, 1.0, math.nan, math.inf, -math.inf, 5e-324]), n),
+        lambda n: r.normal(size=n) * 10.0 ** r.integers(-300, 300, n),
+        # within the native exact-integer fast path (a narrow span of bits): gauges of a few
+        # decimals, counters, and sums that land half-way between two floats
+        lambda n: np.round(r.uniform(-100, 100, n), 2),
+        lambda n: 1e6 + r.integers(0, 10**6, n) * 0.5,
+        lambda n: r.choice(np.array([2.0**53, 1.0, 0.5, -0.5, 2.0**52, -(2.0**53), 1.5, 0.25]), n),
+        lambda n: r.choice(np.array([1e308, 1.7e308, -1e308]), n),
+    ]
+    for trial in range(900):
+        n = int(r.integers(0, 120))
+        x = pools[trial % len(pools)](n).astype(np.float64)
+        lo = r.integers(0, n + 1, (5, 8))
+        hi = r.integers(0, n + 1, (5, 8))
+        lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)
+        sums, bad = exact.fsum_windows(x, lo, hi)
+        assert sums.shape == bad.shape == lo.shape
+        xl = x.tolist()
+        for a, b, s, f in zip(
+            lo.ravel().tolist(), hi.ravel().tolist(), sums.ravel().tolist(), bad.ravel().tolist(), strict=True
+        ):
+            try:
+                want = math.fsum(xl[a:b]) if all(map(math.isfinite, xl[a:b])) else None
+            except OverflowError:
+                want = None
+            assert (None if f else _bits(s)) == (None if want is None else _bits(want)), xl[a:b]
+    with pytest.raises(ValueError):
+        exact.fsum_windows(np.zeros(3), np.array([1]), np.array([4]))
+    with pytest.raises(ValueError):
+        exact.fsum_windows(np.zeros(3), np.array([2]), np.array([1]))
+
+
+@pytest.mark.parametrize("kind", list(GENERATORS))
+@pytest.mark.parametrize("each", [0, 10**9])
+def test_window_sums_either_way_is_sum(kind: str, each: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``window_sums`` answers ``_sum`` of each window whichever way it takes (each window natively,
+    or prefix sums of limbs)."""
+    monkeypatch.setattr(promwindows, "FSUM_EACH", each)
+    r = np.random.default_rng(abs(hash((kind, each))) % (1 << 32))
+    for _ in range(10):
+        v = GENERATORS[kind](r, int(r.integers(1, 80))).astype(np.float64)
+        lo = r.integers(0, len(v) + 1, (1, 12))  # one series: a row
+        hi = np.maximum(lo, r.integers(0, len(v) + 1, (1, 12)))
+        ok = (hi > lo) & (r.random(lo.shape) < 0.8)
+        got = promwindows.window_sums(v, np.array([0, len(v)]), lo, hi, ok)
+        vl = v.tolist()
+        for (i, k), g in np.ndenumerate(got):
+            if ok[i, k]:
+                assert _bits(float(g)) == _bits(promref._sum(vl[lo[i, k] : hi[i, k]])), (kind, each)
+
+
+@pytest.mark.parametrize("name", ["rate", "increase", "delta"])
+@pytest.mark.parametrize("kind", list(GENERATORS))
+def test_native_rate_windows_are_the_numpy_ones(name: str, kind: str) -> None:
+    """The extension's rate/increase/delta (each series walked once) answer bit for bit what the
+    numpy version (``_rate_arrays``, window bounds searched) answers, for evaluation times in order
+    and, as an ``@``-less caller never sends them, out of order."""
+    r = np.random.default_rng(abs(hash(("native", name, kind))) % (1 << 32))
+    for _ in range(8):
+        t0 = 1_767_225_600_000
+        found = [_series(r, GENERATORS[kind], t0) for _ in range(int(r.integers(0, 6)))]
+        rng = int(r.choice([1, 1000, 15_000, 60_000, 300_000, 3_600_000]))
+        at = t0 + np.sort(r.integers(-400_000, 3_000_000, int(r.integers(1, 40))))
+        if r.random() < 0.3:
+            r.shuffle(at)
+        got = promwindows.range_function(name, found, at, rng)
+        want = promwindows.range_function(name, found, at, rng, fn=promwindows._RANGE[name])
+        assert got[1].tolist() == want[1].tolist()
+        assert [_bits(x) for x in got[0][got[1]].tolist()] == [_bits(x) for x in want[0][want[1]].tolist()]
+
+
+def test_native_rate_windows_refuse_columns_unlike() -> None:
+    from lossproof import _native
+
+    at = np.array([5], dtype=np.int64).tobytes()
+    t, v = np.arange(3, dtype=np.int64), np.zeros(3)
+    for ts, vs in (([t], [v[:2]]), ([t], []), ([t.astype(np.float64)], [v]), ([t], [v.astype(np.float32)])):
+        with pytest.raises((ValueError, BufferError, TypeError)):
+            _native.rate_windows(ts, vs, at, 10, True, True)
+    got, pres = _native.rate_windows([t[::2].copy()], [v[::2].copy()], at, 10, True, True)
+    assert len(got) == 8 and len(pres) == 1

@@ -21,6 +21,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from lossproof import _native
+
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
@@ -125,3 +127,23 @@ def window_sums(x: F64, lo: I64, hi: I64) -> F64 | None:
     prefix = np.zeros((limbs.shape[0], limbs.shape[1] + 1), dtype=np.int64)
     np.cumsum(limbs, axis=1, out=prefix[:, 1:])
     return to_float(prefix[:, hi] - prefix[:, lo], c0)
+
+
+Mask = npt.NDArray[np.bool_]
+
+
+def fsum_windows(x: F64, lo: I64, hi: I64) -> tuple[F64, Mask]:
+    """``fsum(x[lo[i]:hi[i]])`` for every window (any shape; windows may overlap, empty ones give
+    0.0) by the native extension (CPython's fsum, one window after the other), and which windows it
+    did not sum: those with a NaN or an infinity, or where fsum raises OverflowError (their sum is
+    the caller's to take another way). Costs the windows' total length, where :func:`window_sums`
+    costs a few passes over ``x`` per limb: this is the way for windows that do not overlap much."""
+    shape = lo.shape
+    sums, flags = _native.fsum_windows(
+        np.ascontiguousarray(x, dtype=np.float64).tobytes(),
+        np.ascontiguousarray(lo, dtype=np.int64).tobytes(),
+        np.ascontiguousarray(hi, dtype=np.int64).tobytes(),
+    )
+    out = np.frombuffer(sums, dtype=np.float64).reshape(shape)
+    bad = np.frombuffer(flags, dtype=np.uint8).reshape(shape).astype(bool)
+    return out, bad

@@ -174,8 +174,15 @@ def parse(query: str) -> pp.Expr:
     return expr
 
 
+INLINE_PARSE_CHARS = 256  # a query this short parses in tens of microseconds: less than a thread hop
+
+
 async def parse_async(query: str) -> pp.Expr:
-    """:func:`parse` off the event loop, which must keep acknowledging writes meanwhile."""
+    """:func:`parse` off the event loop, which must keep acknowledging writes meanwhile; a short
+    query (the usual one) is parsed right here, where the hop to a thread would cost more than the
+    parse."""
+    if len(query) <= INLINE_PARSE_CHARS:
+        return parse(query)
     return await asyncio.to_thread(parse, query)
 
 

@@ -184,6 +184,7 @@ pp.register_extra_functions(
     ]
 )
 
+
 class Evaluator:
     """Evaluates one parsed query for one tenant over a grid of evaluation times. Runs on the store
     thread (every call here may read the store).
@@ -485,6 +486,9 @@ class Evaluator:
         off = _range_offset(args[arg_at])
         for key, cols in cols_by.items():
             fn = _parametrised(name, key, off)
+            if len(cols_by) == 1 and len(ends) == g.n:  # one computation for every step
+                values, present = range_function(name, found, ends, rng, key[0] if key else 0.0, fn)
+                break
             if len(ends) == 1:
                 v1, p1 = range_function(name, found, ends, rng, key[0] if key else 0.0, fn)
                 values[:, cols], present[:, cols] = v1, p1
@@ -988,13 +992,19 @@ def is_stale(v: F64) -> Mask:
 def without_stale(found: list[SeriesArrays]) -> list[SeriesArrays]:
     """``found`` without its staleness markers (and without the series left with no point)."""
     out = []
-    for s in found:
-        stale = is_stale(s.v)
-        if not stale.any():
-            out.append(s)
-        elif not stale.all():
-            keep = ~stale
-            out.append(SeriesArrays(s.metric, s.labels, s.t[keep], s.v[keep]))
+    with np.errstate(invalid="ignore", over="ignore"):  # once: entering it costs microseconds
+        for s in found:
+            if not math.isnan(
+                float(np.add.reduce(s.v))
+            ):  # no NaN (a sum allocates nothing; inf - inf is NaN)
+                out.append(s)
+                continue
+            stale = is_stale(s.v)
+            if not stale.any():
+                out.append(s)
+            elif not stale.all():
+                keep = ~stale
+                out.append(SeriesArrays(s.metric, s.labels, s.t[keep], s.v[keep]))
     return out
 
 
@@ -1058,14 +1068,14 @@ def _aggregate_block(op: str, values: F64, present: Mask, gid: I64, groups: int)
         # sum, avg
         finite = np.isfinite(vals)
         nonfinite = np.add.reduceat((pres & ~finite).astype(np.int64), first, axis=0) > 0
-        out = np.zeros((groups, n))
-        got = exact.split(np.where(pres & finite, vals, 0.0))
-        if got is None:
-            slow = out_present
-        else:
-            limbs, c0 = got
-            out = exact.to_float(np.add.reduceat(limbs, first, axis=1), c0)
-            slow = out_present & nonfinite
+        # each (group, step) a run of the present values, column by column: fsum of each run
+        cols = np.where(pres & finite, vals, 0.0).T  # zeros do not change an fsum
+        m = len(gid)
+        lo = first[:, None] + m * np.arange(n, dtype=np.int64)[None, :]
+        hi = np.r_[first[1:], m][:, None] + m * np.arange(n, dtype=np.int64)[None, :]
+        out, unsummed = exact.fsum_windows(cols, lo, hi)
+        out = out.copy()
+        slow = out_present & (nonfinite | unsummed)
         _agg_cells("sum", out, slow, vals, pres, first)
         if op == "avg":
             out = out / np.maximum(count, 1)
@@ -1144,11 +1154,14 @@ _FLOATS = msgspec.json.Encoder()
 
 def matrix_rows(
     value: Value, times: list[int], ts: Callable[[int], float | int]
-) -> list[tuple[dict[str, str], list[tuple[float | int, str]]]]:
+) -> list[tuple[dict[str, str], msgspec.Raw]]:
     """A range query's answer in Prometheus' JSON shape: per series (sorted by labels; a number is
-    one series without labels), its labels and ``[[ts(t), "value"], ...]`` over the steps with a
-    value; series without any are left out. The points are tuples (msgspec writes them as arrays)."""
-    stamps = np.array([ts(t) for t in times], dtype=object)
+    one series without labels), its labels and its points ``[[ts(t), "value"], ...]`` over the steps
+    with a value, as JSON already (``msgspec.Raw``: encoded as it is, where a tuple per point cost
+    more to build and to encode than the numbers cost to format); series without any are left out.
+    Each time is written as msgspec writes ``ts(t)``, each value as :func:`format_values` (digits,
+    signs, ``.``, ``NaN``, ``+Inf``: nothing JSON escapes)."""
+    stamps = np.array(_FLOATS.encode([ts(t) for t in times])[1:-1].decode().split(","), dtype=object)
     rows: list[tuple[dict[str, str], F64, Mask]]
     if isinstance(value, Scalar):
         rows = [({}, np.array(value.values, dtype=np.float64), np.ones(len(times), dtype=bool))]
@@ -1160,9 +1173,8 @@ def matrix_rows(
         if not pres.any():
             continue
         strs = format_values(vals[pres].tolist())
-        # tuples (JSON arrays to msgspec): the cyclic GC stops tracking them, where a list per
-        # point makes every collection walk all the points built so far
-        out.append((labels, list(zip(stamps[pres].tolist(), strs, strict=True))))
+        pts = '"],['.join(map(',"'.join, zip(stamps[pres].tolist(), strs, strict=True)))
+        out.append((labels, msgspec.Raw(f'[[{pts}"]]'.encode())))
     return out
 
 

@@ -128,9 +128,9 @@ def make_vector(
         idx = np.flatnonzero(keep)
         labels = [labels[i] for i in idx.tolist()]
         values, present = values[idx], present[idx]
-    rows: dict[Key, list[int]] = {}
-    for i, lab in enumerate(labels):
-        rows.setdefault(key_of(lab), []).append(i)
+    rows: dict[frozenset[tuple[str, str]], list[int]] = {}
+    for i, lab in enumerate(labels):  # equal label sets: equal item sets (no sort needed to group)
+        rows.setdefault(frozenset(lab.items()), []).append(i)
     if len(rows) == len(labels):
         return Vector(labels, values, present)
     out_l, out_v, out_p = [], [], []

@@ -8,9 +8,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from lossproof import _native
 from lossproof.query import exact, promrange
 from lossproof.query.promref import _quantile, _sum
 from lossproof.query.promvalues import F64, I64, Mask
+from lossproof.store import chunks
 from lossproof.store.base import SeriesArrays
 
 
@@ -30,6 +32,9 @@ def range_function(
     sentinel point at the end (t 0, v NaN), so that ``lo`` and ``hi - 1`` of any window, empty or
     not, index a point: the functions gather for every window and mask the result."""
     m, n = len(found), len(at)
+    native = _NATIVE_RATE.get(name) if fn is None else None
+    if native is not None:
+        return rate_windows(found, at, rng, *native)
     values = np.empty((m, n))
     present = np.zeros((m, n), dtype=bool)
     block = max(1, BLOCK // n)  # series at a time: the temporaries stay in the CPU's cache
@@ -41,6 +46,24 @@ def range_function(
 
 BLOCK = 16_384  # windows computed at a time
 
+# rate, increase and delta: (is_rate, is_counter) of the extension's rate_windows
+_NATIVE_RATE = {"rate": (True, True), "increase": (False, True), "delta": (False, False)}
+
+
+def rate_windows(
+    found: Sequence[SeriesArrays], at: I64, rng: int, is_rate: bool, is_counter: bool
+) -> tuple[F64, Mask]:
+    """``rate`` / ``increase`` / ``delta`` of every window by the native extension
+    (``_native.rate_windows``): each series walked once, each window computed with
+    ``_extrapolated_rate``'s operations in its order (the numpy :func:`_rate_arrays` is the same
+    computation, kept for the tests)."""
+    m, n = len(found), len(at)
+    ts = [np.asarray(s.t, dtype=np.int64) for s in found]
+    vs = [np.asarray(s.v, dtype=np.float64) for s in found]
+    at_b = np.ascontiguousarray(at, dtype=np.int64).tobytes()
+    vals, pres = _native.rate_windows(ts, vs, at_b, rng, is_rate, is_counter)
+    return np.frombuffer(vals, dtype=np.float64).reshape(m, n), np.frombuffer(pres, dtype=bool).reshape(m, n)
+
 
 def _range_block(
     fn: RangeArrays, found: Sequence[SeriesArrays], at: I64, rng: int, q: float
@@ -50,9 +73,28 @@ def _range_block(
     np.cumsum([len(s.t) for s in found], out=starts[1:])
     t = np.concatenate([*(s.t for s in found), np.zeros(1, dtype=np.int64)]).astype(np.int64, copy=False)
     v = np.concatenate([*(s.v for s in found), np.full(1, math.nan)]).astype(np.float64, copy=False)
-    lo, hi = _bounds(found, at, rng, starts[:-1, None])
+    if len(at) <= FEW_STEPS:
+        lo, hi = _bounds_few(t, starts, at, rng)
+    else:
+        lo, hi = _bounds(found, at, rng, starts[:-1, None])
     with np.errstate(all="ignore"):
         return fn(t, v, starts, lo, hi, at, rng, q)
+
+
+FEW_STEPS = 4  # up to this many evaluation times, window bounds are searched in every series at once
+
+
+def _bounds_few(t: I64, starts: I64, at: I64, rng: int) -> tuple[I64, I64]:
+    """:func:`_bounds` for a few evaluation times (an instant query): per time and bound, one binary
+    search over every series at once (``chunks.search_runs``) instead of a search per series."""
+    m, n = len(starts) - 1, len(at)
+    lo = np.empty((m, n), dtype=np.int64)
+    hi = np.empty((m, n), dtype=np.int64)
+    start_at = at - rng
+    for k in range(n):
+        lo[:, k] = chunks.search_runs(t, starts[:-1], starts[1:], int(start_at[k]), right=True)
+        hi[:, k] = chunks.search_runs(t, starts[:-1], starts[1:], int(at[k]), right=True)
+    return lo, hi
 
 
 def _bounds(found: Sequence[SeriesArrays], at: I64, rng: int, offset: I64) -> tuple[I64, I64]:
@@ -225,12 +267,27 @@ def _sum_arrays(is_avg: bool) -> RangeArrays:
     return total
 
 
+FSUM_EACH = 8  # windows summing up to this many points a point are summed one by one (exact.fsum_windows)
+
+
 def window_sums(v: F64, starts: I64, lo: I64, hi: I64, ok: Mask) -> F64:
-    """``_sum(v[lo:hi])`` for the windows ``ok`` (rows: series), exactly: :mod:`exact` where it
+    """``_sum(v[lo:hi])`` for the windows ``ok`` (rows: series), exactly. Windows that overlap
+    little (an instant query, a range no longer than a few steps) are each summed natively
+    (:func:`exact.fsum_windows`); otherwise by prefix sums of limbs: :mod:`exact` where it
     applies, ``_sum`` on the window otherwise (a window with a NaN or an infinity, or values whose
     exact sum does not fit; see :func:`exact.split`). Series are taken in blocks of about a million
     points, so that the limbs of one block are in memory at a time."""
     out = np.zeros(lo.shape)
+    if int((hi - lo)[ok].sum()) <= FSUM_EACH * len(v):  # windows that overlap little: each summed
+        sums, unsummed = exact.fsum_windows(v, np.where(ok, lo, 0), np.where(ok, hi, 0))
+        out[ok] = sums[ok]
+        slow = ok & unsummed
+        if slow.any():
+            vl = v.tolist()
+            rows_i, cols_k = np.nonzero(slow)
+            lo_l, hi_l = lo[rows_i, cols_k].tolist(), hi[rows_i, cols_k].tolist()
+            out[rows_i, cols_k] = [_sum(vl[a:b]) for a, b in zip(lo_l, hi_l, strict=True)]
+        return out
     finite = np.isfinite(v)
     bad = np.zeros(len(v) + 1, dtype=np.int64)
     np.cumsum(~finite, out=bad[1:])

@@ -40,6 +40,8 @@ import numpy as np
 import numpy.typing as npt
 import zstandard
 
+from lossproof import _native
+
 RAW = 1
 PACKED = 2
 PART = 3
@@ -117,23 +119,28 @@ def encode_batch(sids: I64, ts: I64, vs: F64) -> list[EncodedChunk]:
     return out
 
 
+# --- columns of many runs ----
+
+
+def search_runs(ts: I64, lo: I64, hi: I64, x: int, right: bool) -> I64:
+    """For each run ``ts[lo[k]:hi[k]]`` (each sorted): where ``x`` goes in it, as an index into ``ts``
+    (``np.searchsorted(ts[lo[k]:hi[k]], x, side) + lo[k]``, side "right" when ``right``). One binary
+    search over every run at once: a few numpy calls a halving, over arrays of one entry a run
+    (running sums over the whole column cost a pass over every point)."""
+    lo = lo.astype(np.int64, copy=True)
+    hi = hi.astype(np.int64, copy=True)
+    while True:
+        active = lo < hi
+        if not active.any():
+            return lo
+        mid = (lo + hi) >> 1
+        got = ts[np.where(active, mid, 0)]  # mid < hi <= len(ts) where active
+        after = active & ((got <= x) if right else (got < x))
+        lo = np.where(after, mid + 1, lo)
+        hi = np.where(active & ~after, mid, hi)
+
+
 # --- one chunk ------------------------------------------------------------------------------------
-
-
-def _unshuffle(data: bytes, n: int) -> npt.NDArray[np.uint64]:
-    planes = np.frombuffer(data, dtype=np.uint8).reshape(8, n)
-    return np.ascontiguousarray(planes.T).view("<u8").reshape(n).astype(np.uint64, copy=False)
-
-
-def _undod(first: int, z: npt.NDArray[np.uint64]) -> I64:
-    zi = z.view(np.int64)
-    dd = (z >> np.uint64(1)).view(np.int64) ^ -(zi & 1)
-    out = np.empty(len(z) + 1, dtype=np.int64)
-    out[0] = first
-    with np.errstate(over="ignore"):
-        np.cumsum(np.cumsum(dd), out=out[1:])
-        out[1:] += np.int64(first)
-    return out
 
 
 def encode(ts: I64, vs: F64) -> bytes:
@@ -239,98 +246,48 @@ def _opened(data: bytes) -> tuple[int, int, int, int, bytes]:
 
 def decode(data: bytes) -> tuple[I64, F64]:
     """The (timestamps, values) columns of a chunk of either encoding."""
-    kind, n, mode, first, body = _opened(data)
-    if kind == RAW:
-        ts = np.frombuffer(data, dtype="<i8", count=n, offset=1).astype(np.int64)
-        vs = np.frombuffer(data, dtype="<f8", count=n, offset=1 + 8 * n).astype(np.float64)
-        return ts, vs
-    ts = _undod(first, _unshuffle(body[: 8 * (n - 1)], n - 1))
-    vwords = _unshuffle(body[8 * (n - 1) :], n)
-    if _V_DECIMAL <= mode <= _V_DECIMAL + _MAX_DECIMALS:
-        ints = _undod(int(vwords[0].view(np.int64)), vwords[1:])
-        vs = ints.astype(np.float64) / 10.0 ** (mode - _V_DECIMAL)
-    else:  # _V_XOR (_opened refused any other mode)
-        vs = np.bitwise_xor.accumulate(vwords).view(np.float64)
+    ts, vs, _ = decode_many([data])
     return ts, vs
 
 
-def _undod_rows(first: I64, z: npt.NDArray[np.uint64]) -> I64:
-    """:func:`_undod` of many runs of one length at once: row r is ``first[r]`` then the zigzag
-    delta-of-deltas ``z[r]``."""
-    zi = z.view(np.int64)
-    dd = (z >> np.uint64(1)).view(np.int64) ^ -(zi & 1)
-    out = np.empty((len(first), z.shape[1] + 1), dtype=np.int64)
-    out[:, 0] = first
-    with np.errstate(over="ignore"):
-        np.cumsum(np.cumsum(dd, axis=1), axis=1, out=out[:, 1:])
-        out[:, 1:] += first[:, None]
-    return out
+OpenedChunk = tuple[int, int, int, int, bytes]  # kind, points, value mode, first t, payload
 
 
-def _unshuffle_rows(planes: npt.NDArray[np.uint8], n: int) -> npt.NDArray[np.uint64]:
-    """The words of many byte-shuffled runs of ``n`` words (row r: 8 planes of n bytes)."""
-    g = planes.shape[0]
-    words = np.ascontiguousarray(planes.reshape(g, 8, n).transpose(0, 2, 1))
-    return words.view("<u8").reshape(g, n).astype(np.uint64, copy=False)
+def open_many(datas: Sequence[bytes]) -> tuple[list[OpenedChunk], I64]:
+    """Each chunk opened (header checked, a packed body decompressed: :func:`_opened`) as
+    :func:`decode_into` takes it, and each chunk's number of points."""
+    items: list[OpenedChunk] = []
+    counts = np.zeros(len(datas), dtype=np.int64)
+    for i, data in enumerate(datas):
+        kind, n, mode, first, body = _opened(data)
+        counts[i] = n
+        items.append((kind, n, mode, first, data if kind == RAW else body))
+    return items, counts
+
+
+def decode_into(items: list[OpenedChunk], at: I64, total: int) -> tuple[I64, F64]:
+    """Columns of ``total`` points (zeros where no chunk goes) with opened chunk i's points at
+    ``at[i]`` onwards, decoded in one pass over the bytes by the native extension
+    (``_native.decode_chunks``: the byte planes unshuffled, delta-of-delta undone, values scaled or
+    XOR-accumulated, as :func:`encode_many` laid them out), which took a dozen numpy passes per chunk
+    length before. Writable arrays."""
+    try:
+        cols = _native.decode_chunks(items, np.ascontiguousarray(at, dtype=np.int64).tobytes(), total)
+    except ValueError as e:  # _opened checked every header; a mismatch left is a bug, said as damage
+        raise ChunkError(str(e)) from None
+    ts = np.frombuffer(cols, dtype="<i8", count=total).astype(np.int64, copy=False)
+    vs = np.frombuffer(cols, dtype="<f8", count=total, offset=8 * total).astype(np.float64, copy=False)
+    return ts, vs
 
 
 def decode_many(datas: Sequence[bytes]) -> tuple[I64, F64, I64]:
     """:func:`decode` of many chunks at once: every chunk's timestamps and values, one chunk after the
     other, and where each starts (``offsets[i]:offsets[i + 1]`` is chunk i's; one more offset than
-    chunks). The same columns, bit for bit. Chunks of one encoding and length (most of a read: the
-    store packs chunks of a fixed span) are decoded together, as the rows of one 2-D array: a few
-    numpy calls for all of them, where :func:`decode` makes a dozen per chunk."""
-    k = len(datas)
-    counts = np.zeros(k, dtype=np.int64)
-    raw: dict[int, list[int]] = {}  # n -> the raw chunks of n points
-    packed: dict[int, list[int]] = {}  # n -> the packed chunks of n points
-    heads: list[tuple[int, int]] = [(0, 0)] * k  # value mode, first t (packed)
-    bodies: list[bytes] = [b""] * k  # decompressed (packed)
-    for i, data in enumerate(datas):
-        kind, n, mode, first, body = _opened(data)
-        counts[i] = n
-        if kind == RAW:
-            raw.setdefault(n, []).append(i)
-            continue
-        packed.setdefault(n, []).append(i)
-        heads[i] = (mode, first)
-        bodies[i] = body
-    offsets = np.zeros(k + 1, dtype=np.int64)
+    chunks): :func:`open_many`, then :func:`decode_into`."""
+    items, counts = open_many(datas)
+    offsets = np.zeros(len(datas) + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
-    ts = np.empty(int(offsets[-1]), dtype=np.int64)
-    vs = np.empty(int(offsets[-1]), dtype=np.float64)
-    for n, idx in raw.items():
-        if n == 0:
-            continue
-        rows = np.frombuffer(b"".join([datas[i] for i in idx]), dtype=np.uint8).reshape(len(idx), 1 + 16 * n)
-        at = offsets[idx][:, None] + np.arange(n)
-        ts[at] = np.ascontiguousarray(rows[:, 1 : 1 + 8 * n]).view("<i8")
-        vs[at] = np.ascontiguousarray(rows[:, 1 + 8 * n :]).view("<f8")
-    for n, idx in packed.items():
-        g = len(idx)
-        rows = np.frombuffer(b"".join([bodies[i] for i in idx]), dtype=np.uint8).reshape(g, 16 * n - 8)
-        at = offsets[idx][:, None] + np.arange(n)
-        firsts = np.array([heads[i][1] for i in idx], dtype=np.int64)
-        ts[at] = _undod_rows(firsts, _unshuffle_rows(rows[:, : 8 * (n - 1)], n - 1))
-        vwords = _unshuffle_rows(rows[:, 8 * (n - 1) :], n)
-        modes = np.array([heads[i][0] for i in idx], dtype=np.int64)
-        decimal = modes >= _V_DECIMAL
-        if decimal.all():
-            ints = _undod_rows(vwords[:, 0].view(np.int64), vwords[:, 1:])
-            # 10.0 ** k as a Python float, as decode computes it: the same division, bit for bit
-            scale = np.array([10.0 ** (int(m) - _V_DECIMAL) for m in modes])
-            vs[at] = ints.astype(np.float64) / scale[:, None]
-        elif not decimal.any():
-            vs[at] = np.bitwise_xor.accumulate(vwords, axis=1).view(np.float64)
-        else:  # both modes among chunks of this length: each kind on its own rows
-            for sel in (np.flatnonzero(decimal), np.flatnonzero(~decimal)):
-                sub = vwords[sel]
-                if modes[sel[0]] >= _V_DECIMAL:
-                    ints = _undod_rows(sub[:, 0].view(np.int64), sub[:, 1:])
-                    scale = np.array([10.0 ** (int(m) - _V_DECIMAL) for m in modes[sel]])
-                    vs[at[sel]] = ints.astype(np.float64) / scale[:, None]
-                else:
-                    vs[at[sel]] = np.bitwise_xor.accumulate(sub, axis=1).view(np.float64)
+    ts, vs = decode_into(items, offsets[:-1], int(offsets[-1]))
     return ts, vs, offsets
 
 

@@ -180,7 +180,7 @@ _INSERT_CHUNK = "INSERT INTO chunks (series_id, t_min, t_max, n, data) VALUES (?
 # The chunks of each series of a JSON array ?1 that may hold points in [?2, ?3]: one statement, an
 # index range from (series, ?2) on for each.
 _SELECT_CHUNKS_OF = (
-    "SELECT c.series_id, c.id, c.data FROM json_each(?1) j CROSS JOIN chunks c"
+    "SELECT c.series_id, c.id, c.t_min, c.t_max, c.data FROM json_each(?1) j CROSS JOIN chunks c"
     " ON c.series_id = j.value AND c.t_max >= ?2 AND c.t_min <= ?3"
 )
 # The newest t stored of each series in a JSON array: one index seek each (max() of an index suffix).

@@ -37,7 +37,7 @@ from lossproof.store.series_index import Found, TenantIndex
 
 
 class PartBlock(NamedTuple):
-    """Many series' slices of one part, read at once: ``ts``/``vs`` the slices one after the other,
+    """Many series' slices of one part, read at once: ``ts``/``vs`` a range of the part's columns,
     slice k of the series at position ``found[k]`` (in the read's series) from ``starts[k]``,
     ``lens[k]`` points; ``order`` the part's rank among the series' chunks (after all of them)."""
 
@@ -51,107 +51,134 @@ class PartBlock(NamedTuple):
 
 def _assemble(
     found: Sequence[Found],
-    rows: list[tuple[int, int, bytes]],
+    rows: list[tuple[int, int, int, int, bytes]],
     extra: dict[int, list[tuple[int, chunks.I64, chunks.F64]]],
     from_ms: int,
     to_ms: int,
     blocks: Sequence[PartBlock] = (),
 ) -> list[tuple[chunks.I64, chunks.F64]]:
-    """Each series' points in [from_ms, to_ms] from its chunks ``rows`` ``(series_id, id, data)``
-    (any order) and its slices of parts (``extra``: ``(order, ts, vs)`` by position in ``found``;
-    ``blocks``: many series' slices of one part at once): what :func:`chunks.merge_arrays` answers,
-    series by series.
+    """Each series' points in [from_ms, to_ms] from its chunks ``rows``
+    ``(series_id, id, t_min, t_max, data)`` (any order) and its slices of parts (``extra``:
+    ``(order, ts, vs)`` by position in ``found``; ``blocks``: many series' slices of one part at
+    once): what :func:`chunks.merge_arrays` answers, series by series.
 
-    Every chunk is decoded at once (:func:`chunks.decode_many`); chunks and part slices are then
-    segments of one pair of columns. A series whose segments follow one another in time (no t in
-    two of them: the usual case) is a slice of those columns once they are put in (series, time)
-    order, one gather for all series; the others go through :func:`chunks.merge_arrays`."""
+    Every segment (a chunk, a part slice) is put in (series, time) order first, by the chunks' stored
+    time ranges, and given its place in one pair of columns; the chunks are then decoded straight
+    into their places (:func:`chunks.decode_into`: no second copy of their points) and the part
+    slices copied into theirs. A chunk whose decoded first or last t is not its stored range is a
+    ChunkError. A series whose segments follow one another in time (no t in two of them: the usual
+    case) is then a slice of those columns; the others go through :func:`chunks.merge_arrays`."""
     empty_t, empty_v = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
     n_found = len(found)
     ex = [(i, o, t, v) for i, segs in extra.items() for o, t, v in segs if len(t)]
     if not rows and not ex and not blocks:
         return [(empty_t, empty_v)] * n_found
     sid_of = np.array([sid for sid, _, _ in found], dtype=np.int64)
-    ts_c, vs_c, off = chunks.decode_many([r[2] for r in rows])
-    # segments: the chunks, the extra slices, then each block's slices
+    items, counts = chunks.open_many([r[4] for r in rows])
+    # segments: the chunks (source 0), the extra slices (source 1, put together), then each block
+    # (source 2 + j); start: where in its source (chunks: not decoded yet)
+    ex_ts = [e[2].astype(np.int64, copy=False) for e in ex]
     sid_l = [np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)), sid_of[[e[0] for e in ex]]]
     order_l = [
         np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows)),
         np.array([e[1] for e in ex], dtype=np.int64),
     ]
-    lens_l = [off[1:] - off[:-1], np.array([len(e[2]) for e in ex], dtype=np.int64)]
-    ts_l, vs_l = [ts_c, *(e[2] for e in ex)], [vs_c, *(e[3] for e in ex)]
-    base = len(ts_c) + sum(len(e[2]) for e in ex)
-    start_l = [off[:-1], np.zeros(len(ex), dtype=np.int64)]
+    lens_l = [counts, np.array([len(t) for t in ex_ts], dtype=np.int64)]
+    tmin_l = [
+        np.fromiter((r[2] for r in rows), dtype=np.int64, count=len(rows)),
+        np.array([int(t[0]) for t in ex_ts], dtype=np.int64),
+    ]
+    tmax_l = [
+        np.fromiter((r[3] for r in rows), dtype=np.int64, count=len(rows)),
+        np.array([int(t[-1]) for t in ex_ts], dtype=np.int64),
+    ]
+    start_l = [np.zeros(len(rows), dtype=np.int64), np.zeros(len(ex), dtype=np.int64)]
     if ex:
-        ex_start = np.zeros(len(ex), dtype=np.int64)
-        np.cumsum(lens_l[1][:-1], out=ex_start[1:])
-        start_l[1] = ex_start + len(ts_c)
+        np.cumsum(lens_l[1][:-1], out=start_l[1][1:])
+    src_ts: list[chunks.I64] = [empty_t, np.concatenate(ex_ts) if ex else empty_t]
+    src_vs: list[chunks.F64] = [
+        empty_v,
+        np.concatenate([e[3] for e in ex]).astype(np.float64) if ex else empty_v,
+    ]
+    src_l = [np.zeros(len(rows), dtype=np.int64), np.ones(len(ex), dtype=np.int64)]
     for b in blocks:
+        has = b.lens > 0
         sid_l.append(sid_of[b.found])
         order_l.append(np.full(len(b.found), b.order, dtype=np.int64))
         lens_l.append(b.lens)
-        start_l.append(b.starts + base)
-        ts_l.append(b.ts)
-        vs_l.append(b.vs)
-        base += len(b.ts)
-    sid, order_id, lens, start = (np.concatenate(x) for x in (sid_l, order_l, lens_l, start_l))
-    ts = np.concatenate(ts_l) if len(ts_l) > 1 else ts_c
-    vs = np.concatenate(vs_l) if len(vs_l) > 1 else vs_c
+        start_l.append(b.starts)
+        tmin_l.append(np.where(has, b.ts[np.minimum(b.starts, len(b.ts) - 1)] if len(b.ts) else 0, 0))
+        tmax_l.append(np.where(has, b.ts[np.maximum(b.starts + b.lens - 1, 0)] if len(b.ts) else 0, 0))
+        src_l.append(np.full(len(b.found), len(src_ts), dtype=np.int64))
+        src_ts.append(b.ts)
+        src_vs.append(b.vs)
+    chunk_no = np.r_[np.arange(len(rows), dtype=np.int64), np.full(sum(len(x) for x in sid_l[1:]), -1)]
+    sid, order_id, lens, start, src, tmin, tmax = (
+        np.concatenate(x).astype(np.int64, copy=False)
+        for x in (sid_l, order_l, lens_l, start_l, src_l, tmin_l, tmax_l)
+    )
     keep = lens > 0
-    sid, order_id, lens, start = sid[keep], order_id[keep], lens[keep], start[keep]
+    sid, order_id, lens, start, src = sid[keep], order_id[keep], lens[keep], start[keep], src[keep]
+    tmin, tmax, chunk_no = tmin[keep], tmax[keep], chunk_no[keep]
     if not len(sid):
         return [(empty_t, empty_v)] * n_found
-    tmin, tmax = ts[start], ts[start + lens - 1]
-    # segments by series, then time: each series' segments a run
+    # segments by series, then time: each series' segments a run, laid out in that order
     order = np.lexsort((order_id, tmin, sid))
-    sid, order_id, lens, start = sid[order], order_id[order], lens[order], start[order]
-    tmin, tmax = tmin[order], tmax[order]
+    sid, order_id, lens, start, src = sid[order], order_id[order], lens[order], start[order], src[order]
+    tmin, tmax, chunk_no = tmin[order], tmax[order], chunk_no[order]
+    dest = np.zeros(len(lens), dtype=np.int64)
+    np.cumsum(lens[:-1], out=dest[1:])
+    total = int(dest[-1] + lens[-1])
+    # the chunks decoded into their places (chunks without points have none: any place will do)
+    at = np.zeros(len(rows), dtype=np.int64)
+    is_chunk = chunk_no >= 0
+    at[chunk_no[is_chunk]] = dest[is_chunk]
+    ts, vs = chunks.decode_into(items, at, total)
+    c_dest, c_len = dest[is_chunk], lens[is_chunk]
+    if not (
+        np.array_equal(ts[c_dest], tmin[is_chunk]) and np.array_equal(ts[c_dest + c_len - 1], tmax[is_chunk])
+    ):
+        raise chunks.ChunkError("a chunk's points are not its stored time range")
+    # the part slices copied into theirs, source by source
+    for j in range(1, len(src_ts)):
+        here = src == j
+        if not here.any():
+            continue
+        n_ = lens[here]
+        o_ = np.zeros(len(n_), dtype=np.int64)
+        np.cumsum(n_[:-1], out=o_[1:])
+        within = np.arange(int(n_.sum()), dtype=np.int64) - np.repeat(o_, n_)
+        to_ = np.repeat(dest[here], n_) + within
+        from_ = np.repeat(start[here], n_) + within
+        ts[to_] = src_ts[j][from_]
+        vs[to_] = src_vs[j][from_]
     run_start = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
     run_end = np.r_[run_start[1:], len(sid)]
     # a run is simple when its segments are in time order without overlap: no t is in two of them
     ok = np.ones(len(sid), dtype=bool)
     ok[1:] = ~((sid[1:] == sid[:-1]) & (tmax[:-1] >= tmin[1:]))
     simple = np.logical_and.reduceat(ok, run_start)
-    # the simple runs' points, in (series, time) order: one gather (none when already so)
-    seg_simple = np.repeat(simple, run_end - run_start)
-    s_lens, s_start = lens[seg_simple], start[seg_simple]
-    out_start = np.zeros(len(s_lens), dtype=np.int64)
-    np.cumsum(s_lens[:-1], out=out_start[1:])
-    if len(s_lens) and not np.array_equal(s_start, out_start):
-        idx = np.repeat(s_start - out_start, s_lens) + np.arange(int(s_lens.sum()), dtype=np.int64)
-        g_ts, g_vs = ts[idx], vs[idx]
-    else:
-        g_ts, g_vs = ts, vs
-    # each simple run's range there, and its points inside [from_ms, to_ms]: those after its points
-    # before from_ms, up to its points up to to_ms (counted by running sums over the whole column)
-    run_pts = np.add.reduceat(lens, run_start) if len(run_start) else np.zeros(0, dtype=np.int64)
-    s_pts = run_pts[simple]
-    first_pt = np.zeros(len(s_pts), dtype=np.int64)
-    np.cumsum(s_pts[:-1], out=first_pt[1:])
-    last_pt = first_pt + s_pts
-    below = np.zeros(len(g_ts) + 1, dtype=np.int64)
-    upto = np.zeros(len(g_ts) + 1, dtype=np.int64)
-    np.cumsum(g_ts < from_ms, out=below[1:])
-    np.cumsum(g_ts <= to_ms, out=upto[1:])
-    a_s = (first_pt + below[last_pt] - below[first_pt]).tolist()
-    b_s = (first_pt + upto[last_pt] - upto[first_pt]).tolist()
+    # each simple run's points inside [from_ms, to_ms] (a binary search in each run, all at once)
+    first_pt = dest[run_start][simple]
+    last_pt = (dest[run_end - 1] + lens[run_end - 1])[simple]
+    a_s = chunks.search_runs(ts, first_pt, last_pt, from_ms, right=False).tolist()
+    b_s = chunks.search_runs(ts, first_pt, last_pt, to_ms, right=True).tolist()
     nth_simple = (np.cumsum(simple) - 1).tolist()
     simple_l = simple.tolist()
-    at = {s: r for r, s in enumerate(sid[run_start].tolist())}
+    by_sid = {s: r for r, s in enumerate(sid[run_start].tolist())}
     out: list[tuple[chunks.I64, chunks.F64]] = []
     for i in range(n_found):
-        r = at.get(found[i][0])
+        r = by_sid.get(found[i][0])
         if r is None:
             out.append((empty_t, empty_v))
         elif simple_l[r]:
             k = nth_simple[r]
-            out.append((g_ts[a_s[k] : b_s[k]], g_vs[a_s[k] : b_s[k]]))
+            out.append((ts[a_s[k] : b_s[k]], vs[a_s[k] : b_s[k]]))
         else:
-            parts = [
-                (int(order_id[c]), ts[start[c] : start[c] + lens[c]], vs[start[c] : start[c] + lens[c]])
-                for c in range(run_start[r], run_end[r])
-            ]
+            parts = []
+            for c in range(run_start[r], run_end[r]):
+                d, n = int(dest[c]), int(lens[c])
+                parts.append((int(order_id[c]), ts[d : d + n], vs[d : d + n]))
             out.append(chunks.merge_arrays(parts, from_ms, to_ms))
     return out
 
@@ -414,19 +441,21 @@ class SqliteReader(SqliteCore):
                 with con.blobopen("parts", "data", pid, readonly=True) as blob:
                     whole = len(hits) * 16 > layout.series  # many series: one read beats many seeks
                     if whole:
-                        # the hit series' ranges of the columns, gathered at once
-                        blob.seek(layout.ts_offset)
-                        cols = blob.read(16 * layout.points)
-                        p_ts = np.frombuffer(cols, "<i8", count=layout.points)
-                        p_vs = np.frombuffer(cols, "<f8", count=layout.points, offset=8 * layout.points)
+                        # the hit series' ranges of the columns, gathered at once from one read of
+                        # each column from the first hit series to the last (a metric's series were
+                        # mostly created together: their ids, and so their points, are near)
                         lo_, hi_ = pstarts[idx[hits]], pstarts[idx[hits] + 1]
-                        n_ = hi_ - lo_
-                        o_ = np.zeros(len(n_) + 1, dtype=np.int64)
-                        np.cumsum(n_, out=o_[1:])
-                        gidx = np.repeat(lo_ - o_[:-1], n_) + np.arange(int(o_[-1]), dtype=np.int64)
-                        g_ts = p_ts[gidx].astype(np.int64, copy=False)
-                        g_vs = p_vs[gidx].astype(np.float64, copy=False)
-                        blocks.append(PartBlock(hits, _PART_ORDER + pid, g_ts, g_vs, o_[:-1], n_))
+                        a0, span = int(lo_.min()), int(hi_.max() - lo_.min())
+                        blob.seek(layout.ts_offset + 8 * a0)
+                        p_ts = np.frombuffer(blob.read(8 * span), "<i8")
+                        blob.seek(layout.vs_offset + 8 * a0)
+                        p_vs = np.frombuffer(blob.read(8 * span), "<f8")
+                        if len(p_ts) != span or len(p_vs) != span:
+                            raise chunks.ChunkError(f"part {pid} cut short")
+                        # the slices stay where they are in what was read (_assemble copies them)
+                        g_ts = p_ts.astype(np.int64, copy=False)
+                        g_vs = p_vs.astype(np.float64, copy=False)
+                        blocks.append(PartBlock(hits, _PART_ORDER + pid, g_ts, g_vs, lo_ - a0, hi_ - lo_))
                         continue
                     for i in hits.tolist():
                         a, b = int(pstarts[idx[i]]), int(pstarts[idx[i] + 1])
