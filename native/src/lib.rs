@@ -7,6 +7,8 @@
 
 use std::sync::{LazyLock, Mutex, MutexGuard};
 
+mod stored_times;
+
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
@@ -15,7 +17,7 @@ use rustc_hash::FxHashMap;
 /// The version of this module's interface, checked by the Python side (lossproof/store/columns.py):
 /// an extension built from other sources than the Python code that calls it fails at import, not
 /// half-way through a batch.
-const ABI: u32 = 3;
+const ABI: u32 = 4;
 
 // ---------------------------------------------------------------------------------------------
 // Points to store columns (lossproof.store.columns.Columns.add).
@@ -517,5 +519,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ABI", ABI)?;
     m.add_function(wrap_pyfunction!(point_columns, m)?)?;
     m.add_function(wrap_pyfunction!(rw1_series, m)?)?;
+    m.add_class::<stored_times::StoredTimes>()?;
     Ok(())
 }

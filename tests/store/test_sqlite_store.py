@@ -494,3 +494,77 @@ def test_assembled_reads_are_merge_arrays_series_by_series(data: st.DataObject) 
         want = chunks.merge_arrays(parts.get(i, []) + extra.get(i, []), lo, hi)
         assert got[i][0].tolist() == want[0].tolist()
         assert got[i][1].tolist() == want[1].tolist()
+
+
+def _samples(ts: list[int], host: str = "h0", v: float = 1.0) -> WriteBatch:
+    return WriteBatch(samples=[("t1", Point("m", {"host": host}, T0 + t, v)) for t in ts])
+
+
+def test_out_of_order_points_are_judged_without_reading_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bodies of several connections reach the worker out of time order: whether such points are
+    stored already is known from what this writer stored, not read back, even after another
+    connection compacted; once another connection stores points, the store is read again."""
+    s, other = SqliteStore(tmp_path / "s.db"), SqliteStore(tmp_path / "s.db")
+    reads: list[list[tuple[int, int, int]]] = []
+    real = s._stored_ts
+
+    def counted(items: list[tuple[int, int, int]]) -> list[np.ndarray]:
+        reads.append(items)
+        return real(items)
+
+    monkeypatch.setattr(s, "_stored_ts", counted)
+    try:
+        assert s.write_batch(_samples([0, 2, 4, 6])).points_written == 4
+        assert s.write_batch(_samples([1, 2, 3, 8])).points_written == 3  # 2 stored: dropped
+        for _ in range(9):  # a compaction in another connection moves points, stores none
+            other.write_batch(WriteBatch())
+            other.compact(now_ms=T0 + 10**9)
+        assert s.write_batch(_samples([5, 6, 7, 9])).points_written == 3
+        assert reads == []
+        assert other.write_batch(_samples([10, 11], v=2.0)).points_written == 2
+        assert s.write_batch(_samples([10, 11, 12])).points_written == 1  # read: other stored 10, 11
+        assert reads
+        [series] = s.query("t1", "m", *ALL, {})
+        assert series.points == [(T0 + t, 2.0 if t in (10, 11) else 1.0) for t in range(13)]
+    finally:
+        s.close()
+        other.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_points_written_counts_exactly_the_new_points(data: st.DataObject) -> None:
+    """First write wins with exact counts, whatever the order of the points, the reach of the
+    writer's memory (tiny here: old entries forgotten), compactions and a second writer."""
+    import tempfile
+
+    from lossproof import _native
+
+    with tempfile.TemporaryDirectory() as d:
+        a, b = SqliteStore(Path(d) / "s.db"), SqliteStore(Path(d) / "s.db")
+        a._stored = _native.StoredTimes(data.draw(st.integers(2, 12), label="capacity"))
+        stored: dict[tuple[str, int], float] = {}
+        try:
+            for step in range(data.draw(st.integers(1, 12), label="steps")):
+                op = data.draw(st.sampled_from(["a", "a", "a", "b", "compact"]))
+                if op == "compact":
+                    a.compact(now_ms=T0 + 10**9) if step % 2 else b.compact(now_ms=T0 + 10**9)
+                    continue
+                pts = data.draw(
+                    st.lists(st.tuples(st.sampled_from(["h0", "h1"]), st.integers(0, 30)), max_size=15)
+                )
+                v = float(step)
+                new = {(h, t) for h, t in pts if (h, t) not in stored}
+                w = a if op == "a" else b
+                batch = WriteBatch(samples=[("t1", Point("m", {"host": h}, T0 + t, v)) for h, t in pts])
+                assert w.write_batch(batch).points_written == len(new)
+                for key in new:
+                    stored[key] = v
+            for h in ("h0", "h1"):
+                got = [p for x in a.query("t1", "m", *ALL, {"host": h}) for p in x.points]
+                assert got == sorted((T0 + t, v) for (hh, t), v in stored.items() if hh == h)
+        finally:
+            a.close()
+            b.close()
