@@ -116,38 +116,44 @@ impl StoredTimes {
     }
 
     /// Remember (series, t) pairs just committed to the store (series not known are skipped).
-    fn add(&mut self, sids: &[u8], ts: &[u8]) -> PyResult<()> {
+    /// The GIL is released meanwhile (the worker's compaction thread runs Python).
+    fn add(&mut self, py: Python<'_>, sids: &[u8], ts: &[u8]) -> PyResult<()> {
         let (s, t) = columns(sids, ts)?;
-        for (sid, t) in s.into_iter().zip(t) {
-            if !self.floors.contains_key(&sid) {
-                continue;
+        py.detach(|| {
+            for (sid, t) in s.into_iter().zip(t) {
+                if !self.floors.contains_key(&sid) {
+                    continue;
+                }
+                if self.young.insert((sid, t)) && self.young.len() >= self.half {
+                    self.rotate();
+                }
             }
-            if self.young.insert((sid, t)) && self.young.len() >= self.half {
-                self.rotate();
-            }
-        }
+        });
         Ok(())
     }
 
-    /// Per point one byte: 0 new, 1 stored, 2 unknown (see the module's doc).
+    /// Per point one byte: 0 new, 1 stored, 2 unknown (see the module's doc); without the GIL.
     fn check<'py>(&self, py: Python<'py>, sids: &[u8], ts: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
         let (s, t) = columns(sids, ts)?;
-        let mut out = Vec::with_capacity(s.len());
-        for (sid, t) in s.into_iter().zip(t) {
-            out.push(match self.floors.get(&sid) {
-                None => UNKNOWN,
-                Some(&f) => {
-                    let key = (sid, t);
-                    if self.young.contains(&key) || self.old.contains(&key) {
-                        STORED
-                    } else if t > f {
-                        NEW
-                    } else {
-                        UNKNOWN
+        let out = py.detach(|| {
+            let mut out = Vec::with_capacity(s.len());
+            for (sid, t) in s.into_iter().zip(t) {
+                out.push(match self.floors.get(&sid) {
+                    None => UNKNOWN,
+                    Some(&f) => {
+                        let key = (sid, t);
+                        if self.young.contains(&key) || self.old.contains(&key) {
+                            STORED
+                        } else if t > f {
+                            NEW
+                        } else {
+                            UNKNOWN
+                        }
                     }
-                }
-            });
-        }
+                });
+            }
+            out
+        });
         Ok(PyBytes::new(py, &out))
     }
 }
