@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lossproof.store.base import (
+    CompactResult,
     Point,
     ReportWrite,
     StoreError,
@@ -568,3 +569,48 @@ def test_points_written_counts_exactly_the_new_points(data: st.DataObject) -> No
         finally:
             a.close()
             b.close()
+
+
+def test_compaction_computes_without_the_write_lock_and_drops_a_step_raced_by_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compaction step is read and computed in a read transaction: a writer stores a batch
+    meanwhile (it used to wait for the whole step). If another compaction commits in between (a
+    second worker's), the step is dropped and made again: nothing lost, nothing twice."""
+    path = tmp_path / "s.db"
+    a, b = SqliteStore(path), SqliteStore(path)
+    writer = SqliteStore(path, busy_timeout_ms=50)
+    try:
+        for i in range(8):
+            a.write_batch(_samples([i, i + 100], host=f"h{i % 3}", v=float(i)))
+        real = a._compact_read
+        raced: list[int] = []
+        written: list[int] = []
+
+        def meanwhile(now_ms: int, max_series: int) -> object:
+            job = real(now_ms, max_series)
+            t = 50 + len(written)
+            assert writer.write_batch(_samples([t], host="h9")).points_written == 1
+            written.append(t)
+            if not raced:
+                raced.append(b.compact(now_ms=now_ms).chunks_out)
+            return job
+
+        monkeypatch.setattr(a, "_compact_read", meanwhile)
+        before = {
+            h: [p for x in a.query("t1", "m", *ALL, {"host": h}) for p in x.points]
+            for h in ("h0", "h1", "h2")
+        }
+        assert a.compact(now_ms=T0 + 10**9) == CompactResult(more=True)  # dropped: b flushed first
+        assert raced[0] > 0 and written == [50]
+        assert a._con.execute("SELECT count(*) FROM parts").fetchone()[0] == 0  # b flushed them all
+        while a.compact(now_ms=T0 + 10**9).more:  # packing: the writer goes on meanwhile
+            pass
+        assert len(written) > 1
+        for h, want in before.items():
+            assert [p for x in a.query("t1", "m", *ALL, {"host": h}) for p in x.points] == want
+        h9 = [p for x in a.query("t1", "m", *ALL, {"host": "h9"}) for p in x.points]
+        assert h9 == [(T0 + t, 1.0) for t in written]
+    finally:
+        for s in (a, b, writer):
+            s.close()
