@@ -25,17 +25,26 @@ const STORED: u8 = 1;
 const UNKNOWN: u8 = 2;
 
 fn column(b: &[u8], what: &str) -> PyResult<Vec<i64>> {
-    if b.len() % 8 != 0 {
-        return Err(PyValueError::new_err(format!("{what}: {} bytes is not int64s", b.len())));
+    if !b.len().is_multiple_of(8) {
+        return Err(PyValueError::new_err(format!(
+            "{what}: {} bytes is not int64s",
+            b.len()
+        )));
     }
-    Ok(b.chunks_exact(8).map(|c| i64::from_ne_bytes(c.try_into().unwrap())).collect())
+    Ok(b.chunks_exact(8)
+        .map(|c| i64::from_ne_bytes(c.try_into().unwrap()))
+        .collect())
 }
 
 fn columns(sids: &[u8], other: &[u8]) -> PyResult<(Vec<i64>, Vec<i64>)> {
     let s = column(sids, "sids")?;
     let o = column(other, "ts")?;
     if s.len() != o.len() {
-        return Err(PyValueError::new_err(format!("{} series ids, {} timestamps", s.len(), o.len())));
+        return Err(PyValueError::new_err(format!(
+            "{} series ids, {} timestamps",
+            s.len(),
+            o.len()
+        )));
     }
     Ok((s, o))
 }
