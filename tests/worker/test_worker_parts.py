@@ -4,9 +4,7 @@ passes a record that is only partly stored, and a store outage in between loses 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import cramjam
@@ -16,7 +14,6 @@ from prometheus_client import CollectorRegistry
 from lossproof.log.base import LogLag, LogReader, LogRecord, PollResult
 from lossproof.protocol import native, promrw
 from lossproof.store.base import StoreUnavailable, WriteBatch, WriteResult
-from lossproof.store.embedded import write as sqlite_write
 from lossproof.store.sqlite import SqliteStore
 from lossproof.worker.loop import Worker
 from lptest.pipeline import report
@@ -64,16 +61,16 @@ class ListReader(LogReader):
 
 
 class FlakyStore(SqliteStore):
-    """Fails (as an outage) on the n-th write (``write_batch`` stages too)."""
+    """Fails (as an outage) on the n-th write."""
 
     fail_on = 0
     writes = 0
 
-    def stage_batch(self, batch: WriteBatch) -> Callable[[], WriteResult]:
+    def write_batch(self, batch: WriteBatch) -> WriteResult:
         self.writes += 1
         if self.writes == self.fail_on:
             raise StoreUnavailable("injected outage")
-        return super().stage_batch(batch)
+        return super().write_batch(batch)
 
 
 @pytest.mark.parametrize("fail_on", [0, 2, 3])
@@ -103,40 +100,4 @@ def test_a_big_record_spans_transactions_and_commits_only_when_whole(tmp_path: P
     assert ledger is not None and ledger.stored == [(1, 12)] and not ledger.missing
     native_points = store.query("default", "cpu.user", 0, T0 * 2, {})
     assert sum(len(s.points) for s in native_points) == 2 * 10 + 10 * 300
-    store.close()
-
-
-@pytest.mark.parametrize("fail_on", [0, 3])
-def test_a_commit_runs_beside_the_next_decode_and_the_log_waits_for_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_on: int
-) -> None:
-    """The embedded store's COMMIT of a batch runs on the worker's commit thread while the next
-    batch is decoded; the log position moves past a batch only once its COMMIT is done, and a
-    failed COMMIT (rolled back) leaves its records for the retry: nothing lost, nothing twice."""
-    records = [_rw_record(i, 10, 80) for i in range(8)]  # 800 samples each (the same): a batch each
-    store = SqliteStore(tmp_path / "s.db")
-    reader = ListReader(records)
-    worker = Worker(reader, store, CollectorRegistry(), batch_points=1000)
-    seen: list[tuple[str, int]] = []
-
-    def at_commit(name: str) -> None:
-        seen.append((threading.current_thread().name, len(reader.commits)))
-        if len(seen) == fail_on:
-            raise sqlite3.OperationalError("injected: disk I/O error")
-
-    monkeypatch.setattr(sqlite_write, "crash_point", at_commit)
-    polled = PollResult(list(records), [])
-    if fail_on:
-        with pytest.raises(StoreUnavailable):
-            worker.process(polled)
-        assert reader.commits == [1, 2]  # the third batch (record 2) was not stored
-        assert polled.records == records[2:]
-    worker.process(polled)
-    assert all(name.startswith("store-commit") for name, _ in seen)
-    # each batch's COMMIT came after the log commit of the one before it, before its own
-    assert [n for _, n in seen] == list(range(fail_on)) + list(range(fail_on - 1 if fail_on else 0, 8))
-    assert reader.commits == [*range(1, 9)]
-    series = store.query("default", "parts_m", 0, T0 + 1000, {})
-    assert sum(len(s.points) for s in series) == 800  # stored once
-    assert worker.metrics.points._value.get() == 800
     store.close()

@@ -16,14 +16,11 @@ and timestamp) and native requests of several reports may be stored over several
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -106,16 +103,6 @@ class WorkerMetrics:
         )
 
 
-class _Inflight(NamedTuple):
-    """A staged batch whose COMMIT runs on the commit thread."""
-
-    future: Future[WriteResult]
-    gaps: list[LogGap]  # the batch's (not the batch itself: its points are freed meanwhile)
-    dead_letters: list[DeadLetter]
-    done: list[LogRecord]  # records stored whole once it is committed
-    rest: list[LogRecord]  # the records left (the first possibly in part)
-
-
 class Worker:
     def __init__(
         self,
@@ -142,8 +129,6 @@ class Worker:
         # Estimated log bytes per record, for how many records one poll may ask for (see _gather).
         self._record_bytes = max(1.0, batch_bytes / 16)
         self.stop = threading.Event()
-        # COMMITs of a staged batch (see _write): one at a time, the next batch decoded meanwhile
-        self._committer = ThreadPoolExecutor(1, thread_name_prefix="store-commit")
         self.last_error = ""
         self._lag_checked = 0.0
 
@@ -228,52 +213,29 @@ class Worker:
         batch = WriteBatch(gaps=list(polled.gaps), now_ms=now_ms)
         first = 0  # records[first:] are not committed; records[first] may be partly stored
         points = decoded = total_decoded = 0
-        # A batch whose COMMIT is under way (another thread) while the next one is decoded: its log
-        # position is committed, and ``polled.records`` moved past it, only once that COMMIT is done.
-        inflight: _Inflight | None = None
-        try:
-            for i, record in enumerate(records):
-                for part in record_parts(record, self.part_points, self.part_bytes):
-                    over = points + part.points > self.batch_points
-                    if (over or decoded + part.size > self.batch_decoded_bytes) and (points or decoded):
-                        inflight = self._settle(inflight, polled)  # None
-                        # records before ``i`` are stored whole; ``i`` is, at most, in part
-                        # (the first write has the gaps)
-                        done = (records[first:i], records[i:])
-                        inflight = self._write(batch, records[first : i + 1], done, polled)
-                        first = i
-                        batch = WriteBatch(now_ms=now_ms)
-                        points = decoded = 0
-                    merge(batch, part.batch)
-                    points += part.points
-                    decoded += part.size
-                    total_decoded += part.size
-            inflight = self._settle(inflight, polled)
-            inflight = self._write(batch, records[first:], (records[first:], []), polled)
-            inflight = self._settle(inflight, polled)
-        finally:
-            if inflight is not None:  # an error meanwhile: the COMMIT under way is waited for
-                with contextlib.suppress(Exception):
-                    inflight.future.result()
+        for i, record in enumerate(records):
+            for part in record_parts(record, self.part_points, self.part_bytes):
+                over = points + part.points > self.batch_points
+                if (over or decoded + part.size > self.batch_decoded_bytes) and (points or decoded):
+                    self._write(batch, records[first : i + 1])  # the first write has the gaps
+                    # records before ``i`` are stored whole; ``i`` is, at most, in part
+                    self._commit(records[first:i], polled.gaps, records[i:])
+                    self._committed(records[first:i])
+                    polled.records[:] = records[i:]
+                    first = i
+                    batch = WriteBatch(now_ms=now_ms)
+                    points = decoded = 0
+                merge(batch, part.batch)
+                points += part.points
+                decoded += part.size
+                total_decoded += part.size
+        self._write(batch, records[first:])
+        self._commit(records[first:], polled.gaps, [])
+        self._committed(records[first:])
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         self.metrics.healthy.set(1)
         self.last_error = ""
         return total_decoded
-
-    def _settle(self, inflight: _Inflight | None, polled: PollResult) -> _Inflight | None:
-        """Wait for the COMMIT under way (StoreUnavailable if it failed: nothing of that batch is
-        stored, ``polled.records`` still starts at its first record), then record the batch and
-        commit its log position. Returns None: nothing in flight any more."""
-        if inflight is not None:
-            result = inflight.future.result()
-            self._record(inflight.gaps, inflight.dead_letters, result)
-            self._done(inflight.done, inflight.rest, polled)
-        return None
-
-    def _done(self, done: list[LogRecord], rest: list[LogRecord], polled: PollResult) -> None:
-        self._commit(done, polled.gaps, rest)
-        self._committed(done)
-        polled.records[:] = rest
 
     def _commit(self, done: list[LogRecord], gaps: list[LogGap], pending: list[LogRecord]) -> None:
         """Commit past ``done`` and ``gaps``, but never past a record of ``pending`` (not stored whole
@@ -291,22 +253,9 @@ class Worker:
             self.metrics.e2e_seconds.observe(max(0.0, now - record.timestamp_ms / 1000))
         self.metrics.records.inc(len(records))
 
-    def _write(
-        self,
-        batch: WriteBatch,
-        records: list[LogRecord],
-        done: tuple[list[LogRecord], list[LogRecord]],
-        polled: PollResult,
-    ) -> _Inflight | None:
-        """Store ``batch`` (the parts of ``records``, gaps included). With a store that can stage a
-        batch (the embedded one), its statements run here and its COMMIT on the commit thread: the
-        batch in flight is returned, for :meth:`_settle`. Else it is stored and recorded here, and
-        ``done`` (records stored whole, records left) committed to the log."""
-        stage = getattr(self.store, "stage_batch", None)
+    def _write(self, batch: WriteBatch, records: list[LogRecord]) -> None:
+        """Store ``batch`` (the parts of ``records``, gaps included); record the outcome."""
         try:
-            if stage is not None:
-                commit = stage(batch)
-                return _Inflight(self._committer.submit(commit), batch.gaps, batch.dead_letters, *done)
             result = self.store.write_batch(batch)
         except StoreUnavailable:
             raise
@@ -315,12 +264,6 @@ class Worker:
             # dead-letter them, so one poison record never blocks the partition.
             log.error("worker.batch_rejected", error=f"{type(e).__name__}: {e}", records=len(records))
             batch.dead_letters, result = self._isolate(records, batch.gaps, batch.now_ms)
-        self._record(batch.gaps, batch.dead_letters, result)
-        self._done(*done, polled)
-        return None
-
-    def _record(self, gaps: list[LogGap], dead_letters: list[DeadLetter], result: WriteResult) -> None:
-        """The outcome of a stored batch, in metrics and logs."""
         self.metrics.points.inc(result.points_written)
         self.metrics.reports.labels("stored").inc(result.reports_stored)
         self.metrics.reports.labels("duplicate").inc(result.reports_duplicate)
@@ -332,11 +275,11 @@ class Worker:
                 hint="reports reused stored seqs with other content (two agents with one id, or a reset"
                 " spool): kept whole in the conflicts table (listed by the ledger API and the dashboard)",
             )
-        if gaps:
-            self.metrics.gaps.inc(len(gaps))
-            self.metrics.gap_records.inc(sum(g.last - g.first + 1 for g in gaps))
-        self.metrics.dead_letters.inc(len(dead_letters))
-        for dl in dead_letters:
+        if batch.gaps:
+            self.metrics.gaps.inc(len(batch.gaps))
+            self.metrics.gap_records.inc(sum(g.last - g.first + 1 for g in batch.gaps))
+        self.metrics.dead_letters.inc(len(batch.dead_letters))
+        for dl in batch.dead_letters:
             log.warning("worker.dead_letter", partition=dl.partition, offset=dl.offset, reason=dl.reason)
 
     def _isolate(

@@ -8,8 +8,7 @@ import contextlib
 import itertools
 import operator
 import sqlite3
-import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -58,29 +57,9 @@ class SqliteWriter(SqliteCore):
     # --- writes --------------------------------------------------------------------------------
 
     def write_batch(self, batch: WriteBatch) -> WriteResult:
-        return self.stage_batch(batch)()
-
-    def stage_batch(self, batch: WriteBatch) -> Callable[[], WriteResult]:
-        """``write_batch`` in two halves: this one runs the transaction's statements (raising as
-        ``write_batch`` does, nothing left pending then); the function it returns COMMITs and
-        answers the result (or raises StoreUnavailable, rolled back). Until that function is
-        called the store is locked, and it may be called from another thread: the worker decodes
-        its next batch while the COMMIT waits for the disk (``fsync``, a quarter of its time)."""
         pending: dict[_SeriesKey, int] = {}
-        tx = self._write(pending, "store.before_commit")  # chaos scenario 2 kills -9 there
-        tx.__enter__()
-        try:
-            result = self._apply(batch, pending)
-        except BaseException:
-            if not tx.__exit__(*sys.exc_info()):
-                raise
-            raise AssertionError("unreachable: _write re-raises") from None
-
-        def commit() -> WriteResult:
-            tx.__exit__(None, None, None)
-            return result
-
-        return commit
+        with self._write(pending, "store.before_commit"):  # chaos scenario 2 kills -9 there
+            return self._apply(batch, pending)
 
     @contextlib.contextmanager
     def _write(self, pending: dict[_SeriesKey, int], crash_at: str) -> Iterator[None]:
