@@ -7,6 +7,8 @@
 
 use std::sync::{LazyLock, Mutex, MutexGuard};
 
+mod stored_times;
+
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
@@ -19,7 +21,7 @@ mod ratewin;
 /// The version of this module's interface, checked by the Python side (lossproof/store/columns.py):
 /// an extension built from other sources than the Python code that calls it fails at import, not
 /// half-way through a batch.
-const ABI: u32 = 4;
+const ABI: u32 = 5;
 
 // ---------------------------------------------------------------------------------------------
 // Points to store columns (lossproof.store.columns.Columns.add).
@@ -531,5 +533,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(chunkdecode::decode_chunks, m)?)?;
     m.add_function(wrap_pyfunction!(fsum::fsum_windows, m)?)?;
     m.add_function(wrap_pyfunction!(ratewin::rate_windows, m)?)?;
+    m.add_class::<stored_times::StoredTimes>()?;
     Ok(())
 }

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import msgspec
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,7 +19,7 @@ from lossproof.store.columns import Columns
 
 
 def test_the_extension_is_built_and_matches_this_checkout() -> None:
-    assert _native.ABI == 4
+    assert _native.ABI == 5
 
 
 class Resolver:
@@ -191,3 +192,54 @@ def test_a_resolver_that_fails_leaves_the_columns_as_they_were() -> None:
     with pytest.raises(RuntimeError, match="series limit"):
         cols.add("t", [Point("m", {}, 1, 1.0)], {}, fail)
     assert len(cols) == 0 and len(cols._sids) == 0
+
+
+def _i64(xs: list[int]) -> bytes:
+    return np.array(xs, dtype=np.int64).tobytes()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 10),
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("learn"), st.lists(st.tuples(st.integers(0, 3), st.integers(-5, 20)))),
+            st.tuples(st.just("add"), st.lists(st.tuples(st.integers(0, 3), st.integers(-5, 20)))),
+        ),
+        max_size=20,
+    ),
+)
+def test_stored_times_never_calls_a_stored_point_new(
+    capacity: int, ops: list[tuple[str, list[tuple[int, int]]]]
+) -> None:
+    """StoredTimes (the embedded writer's memory of what it stored): a point it calls stored was
+    added, one it calls new was not added and is above the newest t the series was learned with
+    (the store's part), whatever it forgot to stay within ``capacity``."""
+    s = _native.StoredTimes(capacity)
+    floors: dict[int, int] = {}
+    added: set[tuple[int, int]] = set()
+    for op, pairs in ops:
+        sids, ts = [p[0] for p in pairs], [p[1] for p in pairs]
+        if op == "learn":
+            s.learn(_i64(sids), _i64(ts))
+            for sid, t in pairs:
+                floors[sid] = max(floors.get(sid, t), t)
+        else:
+            s.add(_i64(sids), _i64(ts))
+            added.update(p for p in pairs if p[0] in floors)
+        assert len(s) <= capacity and s.series() == len(floors)
+        assert sorted(np.frombuffer(s.unknown(_i64([0, 1, 2, 3])), dtype=np.int64)) == [
+            x for x in range(4) if x not in floors
+        ]
+    probe = [(sid, t) for sid in range(4) for t in range(-6, 22)]
+    verdicts = s.check(_i64([p[0] for p in probe]), _i64([p[1] for p in probe]))
+    for (sid, t), v in zip(probe, verdicts, strict=True):
+        if v == 1:
+            assert (sid, t) in added
+        elif v == 0:
+            assert sid in floors and t > floors[sid] and (sid, t) not in added
+        else:
+            assert v == 2
+            assert sid not in floors or t <= floors[sid] or len(added) >= max(1, capacity // 2)
+        if (sid, t) in added and len(added) < max(1, capacity // 2):  # nothing forgotten yet
+            assert v == 1

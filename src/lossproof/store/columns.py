@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Callable, Iterable, Sequence
-from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -19,8 +18,8 @@ from lossproof.store import chunks
 from lossproof.store.base import PointLike, SeriesSamples
 
 # the extension built from this checkout's native/ (an older build fails here, not in a batch)
-if _native.ABI != 4:
-    raise ImportError(f"lossproof._native is ABI {_native.ABI}, this code needs 4: pip install -e . again")
+if _native.ABI != 5:
+    raise ImportError(f"lossproof._native is ABI {_native.ABI}, this code needs 5: pip install -e . again")
 
 SeriesKey = tuple[Any, ...]  # (tenant, metric, *labels.items()) in the order the sender gave them
 # resolve(key, tenant, metric, labels) -> series id: the store's cache, then its series table
@@ -60,18 +59,26 @@ class Columns:
     def add_series(
         self, tenant: str, series: Iterable[SeriesSamples], known: dict[SeriesKey, int], resolve: Resolver
     ) -> None:
-        """Append each series' columns: one look-up per series, the samples copied in C."""
-        for s in series:
-            key = (tenant, s.metric, *s.labels.items())
-            sid = known.get(key)
-            if sid is None:
-                sid = resolve(key, tenant, s.metric, s.labels)
-            n = len(s.t)
-            if len(s.v) != n:
-                raise ValueError(f"series {s.metric}: {n} timestamps, {len(s.v)} values")
-            self._sids.extend(repeat(sid, n))
-            self._ts.extend(s.t)
-            self._vs.extend(s.v)
+        """Append each series' columns: one look-up per series, the samples copied in C, the
+        series ids repeated by numpy once for all of them."""
+        ids: list[int] = []
+        counts: list[int] = []
+        ts_extend, vs_extend = self._ts.extend, self._vs.extend
+        try:
+            for s in series:
+                key = (tenant, s.metric, *s.labels.items())
+                sid = known.get(key)
+                if sid is None:
+                    sid = resolve(key, tenant, s.metric, s.labels)
+                n = len(s.t)
+                if len(s.v) != n:
+                    raise ValueError(f"series {s.metric}: {n} timestamps, {len(s.v)} values")
+                ts_extend(s.t)
+                vs_extend(s.v)
+                ids.append(sid)
+                counts.append(n)
+        finally:  # the ids of the series appended (the columns stay aligned)
+            self._sids.frombytes(np.repeat(np.array(ids, dtype=np.int64), counts).tobytes())
 
     def sorted(self, provisional: Sequence[int] = ()) -> tuple[chunks.I64, chunks.I64, chunks.F64]:
         """(series ids, timestamps, values) sorted by (series, t), one point per (series, t).

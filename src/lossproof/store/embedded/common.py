@@ -208,7 +208,11 @@ _FLUSH_MAX_POINTS = 500_000
 _PACK_MAX_POINTS = 200_000
 _PART_ORDER = 1 << 62  # a part's rank among a series' chunks when merging: after all of them
 _NONE = -(1 << 63)  # "no point stored" in the newest-t cache
-_NEWEST_MAX = 2_000_000
+_NEWEST_MAX = 2_000_000  # series the writer's stored-times table knows, at most (then started over)
+# (series, t) the writer remembers having stored, at most: the points out of time order that the
+# write-time check answers from memory reach back about this far (further: a store read). Two
+# generations of 229,376 entries, what a hash table of 2**18 buckets holds: ~9 MiB in all.
+_STORED_MAX = 2 * 229_376
 _V2_SHIFT_DEFAULT = 16
 
 _LABELS_DECODER = msgspec.json.Decoder(dict[str, str])

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lossproof import _native
 from lossproof.store import chunks, series_index
 from lossproof.store.base import (
     SeqRange,
@@ -22,6 +23,7 @@ from lossproof.store.base import (
 from lossproof.store.embedded.common import (
     _AGENT_COLUMNS,
     _INSERT_CHUNK,
+    _STORED_MAX,
     _V1_AGENT_COLUMNS,
     _V2_SHIFT_DEFAULT,
     AGENT_TABLES,
@@ -49,11 +51,16 @@ class SqliteCore(Store):
         self.readonly = readonly
         self._series = SeriesCache()
         self._lock = threading.Lock()  # guards against accidental concurrent use
-        # The newest t stored per series (_NONE: none), for the writer's first-write-wins check.
-        # Valid while no other connection commits: PRAGMA data_version tells (see write_batch).
-        self._newest: dict[int, int] = {}
+        # What this writer knows it stored, for the first-write-wins check without reading the store
+        # (per series a floor, the newest t stored when first looked up, and the (series, t) stored
+        # since: see native/src/stored_times.rs). Valid while no other connection stores points: at
+        # each write, when PRAGMA data_version says another connection committed, the parts' id
+        # sequence tells whether it stored points (compaction only moves them; see write.py _write).
+        self._stored = _native.StoredTimes(_STORED_MAX)
         self._newest_seen = -1  # the data_version the cache is valid for
-        self._newest_new: list[tuple[chunks.I64, chunks.I64]] = []  # this transaction's, until COMMIT
+        self._parts_seq = -1  # the parts' AUTOINCREMENT sequence it is valid for
+        # this transaction's points written (series, t, part id), until COMMIT
+        self._newest_new: list[tuple[chunks.I64, chunks.I64, int]] = []
         # Parsed part directories by part id (parts never change; a deleted one is forgotten).
         self._dirs: dict[int, tuple[chunks.PartLayout, chunks.I64, chunks.I64, chunks.I64]] = {}
         # Compaction's packing work, (series, first window, last window), done a slice per call;

@@ -26,7 +26,7 @@ from lossproof.store.base import (
     labels_text,
     latest_metadata,
 )
-from lossproof.store.columns import Columns, drop_stored
+from lossproof.store.columns import Columns
 from lossproof.store.embedded.common import (
     _AGENT_COLUMNS,
     _NEWEST,
@@ -74,10 +74,7 @@ class SqliteWriter(SqliteCore):
             self._newest_new.clear()
             try:
                 self._con.execute("BEGIN IMMEDIATE")
-                seen = self._con.execute("PRAGMA data_version").fetchone()[0]
-                if seen != self._newest_seen or len(self._newest) > _NEWEST_MAX:
-                    self._newest.clear()  # another connection committed: what it stored is unknown here
-                    self._newest_seen = seen
+                self._check_stored_cache()
                 yield
                 crash_point(crash_at)
                 self._con.execute("COMMIT")
@@ -90,9 +87,28 @@ class SqliteWriter(SqliteCore):
             self._series.add_committed(pending)
             self._committed_newest()
 
+    def _check_stored_cache(self) -> None:
+        """Forget what this writer knows it stored if another connection may have stored points
+        since it last wrote (or the table knows too many series). Another connection's commit
+        changes ``PRAGMA data_version``; of those, only one that inserted a part stored points (a
+        compaction moves points from parts into chunks, keeping the same (series, t) stored, and
+        the parts' ids are never reused): the parts' AUTOINCREMENT sequence tells."""
+        con = self._con
+        seen = con.execute("PRAGMA data_version").fetchone()[0]
+        if seen != self._newest_seen:
+            self._newest_seen = seen
+            row = con.execute("SELECT seq FROM sqlite_sequence WHERE name = 'parts'").fetchone()
+            top = int(row[0]) if row else 0
+            if top != self._parts_seq:
+                self._stored.clear()  # another connection stored points: what it stored is unknown here
+                self._parts_seq = top
+        if self._stored.series() > _NEWEST_MAX:
+            self._stored.clear()
+
     def _committed_newest(self) -> None:
-        for sids, top in self._newest_new:
-            self._newest.update(zip(sids.tolist(), top.tolist(), strict=True))
+        for sids, ts, part in self._newest_new:
+            self._stored.add(sids.tobytes(), ts.tobytes())
+            self._parts_seq = max(self._parts_seq, part)
         self._newest_new.clear()
 
     def _apply(self, batch: WriteBatch, pending: dict[_SeriesKey, int]) -> WriteResult:
@@ -216,45 +232,58 @@ class SqliteWriter(SqliteCore):
 
     def _write_points(self, cols: Columns, now_ms: int) -> int:
         """Write the columns as one part, minus the points already stored; returns how many points
-        were written. Call inside the write transaction (``_write``)."""
+        were written. Call inside the write transaction (``_write``).
+
+        First write wins: what this writer stored recently (``self._stored``) tells of most points
+        whether they are stored already, without a read: all of a series' points newer than what
+        the store held when the series was first looked up, and points out of time order (bodies
+        of several connections, replays) within the table's reach. Only the points it cannot tell
+        (older than that, or of a series stored by another connection meanwhile) are looked up in
+        the store (``_stored_ts``)."""
         if not len(cols):
             return 0
         sids, ts, vs = cols.sorted()
-        starts, ends = chunks.series_bounds(sids)
-        batch_sids = sids[starts]
-        newest = self._newest_of(batch_sids)
-        maybe = ts[starts] <= newest
-        if maybe.any():
-            may = dict(zip(batch_sids[maybe].tolist(), newest[maybe].tolist(), strict=True))
-            sids, ts, vs = drop_stored(sids, ts, vs, may, self._stored_ts)
-            if not len(ts):
+        starts, _ = chunks.series_bounds(sids)
+        self._learn(sids[starts])
+        verdict = np.frombuffer(self._stored.check(sids.tobytes(), ts.tobytes()), dtype=np.uint8)
+        if verdict.any():
+            keep = verdict == 0
+            unknown = np.flatnonzero(verdict == 2)
+            if len(unknown):
+                usids, uts = sids[unknown], ts[unknown]
+                ustarts, uends = chunks.series_bounds(usids)
+                items = list(
+                    zip(usids[ustarts].tolist(), uts[ustarts].tolist(), uts[uends - 1].tolist(), strict=True)
+                )
+                for a, b, old in zip(ustarts.tolist(), uends.tolist(), self._stored_ts(items), strict=True):
+                    at = unknown[a:b]
+                    keep[at] = ~np.isin(uts[a:b], old, assume_unique=True) if len(old) else True
+            if not keep.any():
                 return 0
-            starts, ends = chunks.series_bounds(sids)
-            newest = newest[np.searchsorted(batch_sids, sids[starts])]
-        self._con.execute(
+            sids, ts, vs = sids[keep], ts[keep], vs[keep]
+        cur = self._con.execute(
             "INSERT INTO parts (t_min, t_max, n, at_ms, data) VALUES (?, ?, ?, ?, ?)",
             (int(ts.min()), int(ts.max()), len(ts), now_ms, chunks.encode_part(sids, ts, vs)),
         )
-        # the cache's new value, once committed: a backfill leaves a series' newest t as it was
-        self._newest_new.append((sids[starts], np.maximum(newest, ts[ends - 1])))
+        # remembered once committed (rolled back, they were not stored)
+        self._newest_new.append((sids, ts, int(cur.lastrowid or 0)))
         return len(ts)
 
-    def _newest_of(self, sids: chunks.I64) -> chunks.I64:
-        """The newest t stored of each series (_NONE: none), from the cache or else the store."""
-        cache = self._newest
-        ids = sids.tolist()
-        missing = [sid for sid in ids if sid not in cache]
-        if missing:
-            rows = self._con.execute(_NEWEST, (msgspec.json.encode(missing),))
-            top = np.array([_NONE if t is None else t for _, t in rows], dtype=np.int64)
-            want = np.array(missing, dtype=np.int64)
-            for _, _, (psids, ptmax, _) in self._parts_dirs(-(1 << 63), (1 << 63) - 1):
-                if len(psids):
-                    idx = np.minimum(np.searchsorted(psids, want), len(psids) - 1)
-                    hit = psids[idx] == want
-                    top[hit] = np.maximum(top[hit], ptmax[idx[hit]])
-            cache.update(zip(missing, top.tolist(), strict=True))
-        return np.array([cache[sid] for sid in ids], dtype=np.int64)
+    def _learn(self, sids: chunks.I64) -> None:
+        """Make the series of ``sids`` known to ``self._stored``, with the newest t stored of each
+        (_NONE: none) as its floor: one index seek per series for the chunks, plus a look into the
+        live parts' directories."""
+        missing = np.frombuffer(self._stored.unknown(sids.tobytes()), dtype=np.int64)
+        if not len(missing):
+            return
+        rows = self._con.execute(_NEWEST, (msgspec.json.encode(missing.tolist()),))
+        top = np.array([_NONE if t is None else t for _, t in rows], dtype=np.int64)
+        for _, _, (psids, ptmax, _) in self._parts_dirs(-(1 << 63), (1 << 63) - 1):
+            if len(psids):
+                idx = np.minimum(np.searchsorted(psids, missing), len(psids) - 1)
+                hit = psids[idx] == missing
+                top[hit] = np.maximum(top[hit], ptmax[idx[hit]])
+        self._stored.learn(missing.tobytes(), top.tobytes())
 
     def _stored_ts(self, items: list[tuple[int, int, int]]) -> list[chunks.I64]:
         """The stored timestamps of each ``(series, from_ms, to_ms)``: one pass over the parts for
