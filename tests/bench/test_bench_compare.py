@@ -93,7 +93,7 @@ def test_bench_compare_tiny(tmp_path: Path) -> None:
     assert ing["steady"]["acked_per_s"] > 0 and ing["steady"]["lag_samples"]
     q = res["queries"]
     assert q["all_agree"] is True, q["queries"]
-    assert len(q["queries"]) == 9
+    assert len(q["queries"]) == 11
     for name, row in q["queries"].items():
         assert row["vm_ms"] > 0, row
         if name in ("histogram_quantile_m5_24h", "topk_m4_1h", "subquery_m1_1h") and row.get("unsupported"):
