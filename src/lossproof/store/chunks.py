@@ -302,7 +302,31 @@ def decode_into(items: list[OpenedChunk], at: I64, total: int) -> tuple[I64, F64
         raise ChunkError(str(e)) from None
     ts = np.frombuffer(cols, dtype="<i8", count=total).astype(np.int64, copy=False)
     vs = np.frombuffer(cols, dtype="<f8", count=total, offset=8 * total).astype(np.float64, copy=False)
+    _check_increasing(ts, at, np.fromiter((it[1] for it in items), dtype=np.int64, count=len(items)))
     return ts, vs
+
+
+def _check_increasing(ts: I64, at: I64, counts: I64) -> None:
+    """Every chunk's times strictly increasing (chunk i: ``ts[at[i] : at[i] + counts[i]]``), else a
+    ChunkError: reads binary-search a series' points, so a damaged chunk (a zstd frame has no
+    checksum) whose times go back or repeat would answer points outside the range asked, miss some
+    inside it, or give one t two values. One comparison a point; only the few places where the times
+    do not increase (between series, between chunks) are looked up."""
+    if len(ts) < 2:
+        return
+    down = np.flatnonzero(ts[1:] <= ts[:-1])
+    if not len(down):
+        return
+    has = counts > 0
+    at, counts = np.asarray(at, dtype=np.int64)[has], counts[has]
+    if not len(at):
+        return
+    by_at = np.argsort(at)
+    starts, ends = at[by_at], at[by_at] + counts[by_at]
+    k = np.searchsorted(starts, down, "right") - 1
+    inside = (k >= 0) & (down + 1 < ends[np.maximum(k, 0)])
+    if inside.any():
+        raise ChunkError("a chunk's times are not increasing")
 
 
 def decode_many(datas: Sequence[bytes]) -> tuple[I64, F64, I64]:
