@@ -557,3 +557,19 @@ def test_a_chunk_whose_times_are_not_increasing_is_damage(ts: list[int]) -> None
     ok = chunks.encode(np.array([1, 2]), np.array([1.0, 2.0]))
     with pytest.raises(chunks.ChunkError):
         _assemble([(6, "m", {}), *found], [(6, 1, 1, 2, ok), (7, 2, ts[0], ts[-1], blob)], {}, 0, 100)
+
+
+@pytest.mark.parametrize("ts", [[10, 50, 20], [10, 10, 20]])
+def test_a_part_slice_whose_times_are_not_increasing_is_damage(ts: list[int]) -> None:
+    """A part's columns are stored raw, without a checksum either: a series' slice of them whose
+    times go back or repeat is a ChunkError too, not points outside the range or two values for a t."""
+    from lossproof.store import chunks
+    from lossproof.store.embedded.read import PartBlock, _assemble
+
+    t = np.array(ts, dtype=np.int64)
+    block = PartBlock(np.array([0]), 1 << 40, t, t * 1.0, np.array([0]), np.array([len(t)]))
+    for lo, hi in ((0, 30), (0, 100)):
+        with pytest.raises(chunks.ChunkError):
+            _assemble([(7, "m", {})], [], {}, lo, hi, [block])
+        with pytest.raises(chunks.ChunkError):
+            _assemble([(7, "m", {})], [], {0: [(1 << 40, t, t * 1.0)]}, lo, hi)

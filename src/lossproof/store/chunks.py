@@ -302,13 +302,13 @@ def decode_into(items: list[OpenedChunk], at: I64, total: int) -> tuple[I64, F64
         raise ChunkError(str(e)) from None
     ts = np.frombuffer(cols, dtype="<i8", count=total).astype(np.int64, copy=False)
     vs = np.frombuffer(cols, dtype="<f8", count=total, offset=8 * total).astype(np.float64, copy=False)
-    _check_increasing(ts, at, np.fromiter((it[1] for it in items), dtype=np.int64, count=len(items)))
+    check_increasing(ts, at, np.fromiter((it[1] for it in items), dtype=np.int64, count=len(items)))
     return ts, vs
 
 
-def _check_increasing(ts: I64, at: I64, counts: I64) -> None:
-    """Every chunk's times strictly increasing (chunk i: ``ts[at[i] : at[i] + counts[i]]``), else a
-    ChunkError: reads binary-search a series' points, so a damaged chunk (a zstd frame has no
+def check_increasing(ts: I64, at: I64, counts: I64) -> None:
+    """Every chunk's times strictly increasing (chunk i: ``ts[at[i] : at[i] + counts[i]]``; chunks do
+    not overlap), else a ChunkError: reads binary-search a series' points, so a damaged chunk (a zstd frame has no
     checksum) whose times go back or repeat would answer points outside the range asked, miss some
     inside it, or give one t two values. One comparison a point; only the few places where the times
     do not increase (between series, between chunks) are looked up."""
