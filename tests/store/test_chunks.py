@@ -313,3 +313,15 @@ def test_chunks_encode_and_decode_on_several_threads_at_once() -> None:
     for th in threads:
         th.join()
     assert failures == []
+
+
+@pytest.mark.parametrize("n", [1, (1 << 32) - 1])
+def test_a_packed_body_not_declaring_its_size_is_refused(n: int) -> None:
+    """Chunks are compressed in one shot, which declares the frame's size; for a frame without one,
+    max_output_size (16 bytes a point of the header's count) was allocated up front: a damaged count
+    of 2**32 - 1 made the read a MemoryError (a 500) instead of a ChunkError."""
+    import zstandard
+
+    frame = zstandard.ZstdCompressor(write_content_size=False).compress(b"\x00" * 8)
+    with pytest.raises(chunks.ChunkError):
+        chunks.decode(struct.pack("<BBIq", chunks.PACKED, 0, n, 0) + frame)

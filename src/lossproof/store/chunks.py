@@ -256,10 +256,12 @@ def _opened(data: bytes) -> tuple[int, int, int, int, bytes]:
         raise ChunkError("packed chunk of 0 points")
     frame = data[_PACKED_HEAD.size :]
     try:
-        # max_output_size bounds only a frame that does not declare its size: one that does is
-        # decompressed whole, whatever it declares (a damaged header, a few kB asking for GBs)
+        # max_output_size bounds only a frame that does not declare its size (and is allocated
+        # whole up front: n of 2**32 - 1 is a MemoryError); one that declares a size is decompressed
+        # whole, whatever it declares (a damaged header, a few kB asking for GBs). Every chunk is
+        # written by one-shot compress(), which declares it: it must be the body's.
         declared = zstandard.frame_content_size(frame)
-        if declared != -1 and declared != 16 * n - 8:
+        if declared != 16 * n - 8:
             raise ChunkError(f"chunk body declaring {declared} bytes for {n} points")
         body = _decompressor().decompress(frame, max_output_size=16 * n)
     except zstandard.ZstdError as e:
