@@ -310,10 +310,10 @@ def decode_into(items: list[OpenedChunk], at: I64, total: int) -> tuple[I64, F64
 
 def check_increasing(ts: I64, at: I64, counts: I64) -> None:
     """Every chunk's times strictly increasing (chunk i: ``ts[at[i] : at[i] + counts[i]]``; chunks do
-    not overlap), else a ChunkError: reads binary-search a series' points, so a damaged chunk (a zstd frame has no
-    checksum) whose times go back or repeat would answer points outside the range asked, miss some
-    inside it, or give one t two values. One comparison a point; only the few places where the times
-    do not increase (between series, between chunks) are looked up."""
+    not overlap), else a ChunkError: reads binary-search a series' points, so a damaged chunk (a zstd
+    frame has no checksum) whose times go back or repeat would answer points outside the range asked,
+    miss some inside it, or give one t two values. One comparison a point; only the few places where
+    the times do not increase (between series, between chunks) are looked up."""
     if len(ts) < 2:
         return
     down = np.flatnonzero(ts[1:] <= ts[:-1])
