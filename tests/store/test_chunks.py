@@ -257,3 +257,71 @@ def test_native_decode_puts_each_chunk_where_asked_and_refuses_what_does_not_fit
     for at, total in (([5, 0], 6), ([-1, 0], 6), ([0], 6), ([0, 2], 2)):
         with pytest.raises(ValueError):
             _native.decode_chunks(items, np.array(at, dtype=np.int64).tobytes(), total)
+
+
+@pytest.mark.parametrize("n", [0, 1, 1000])
+def test_a_packed_body_declaring_more_than_its_points_is_refused_before_decompressing(n: int) -> None:
+    """zstd's max_output_size bounds only a frame without a content size: one that declares its size
+    is decompressed whole whatever it says. A damaged (or hostile) chunk of a few kB declaring 256 MiB
+    must be a ChunkError without 256 MiB being allocated (a few such chunks in one read, or a larger
+    declared size, and the process runs out of memory)."""
+    import tracemalloc
+
+    import zstandard
+
+    bomb = zstandard.ZstdCompressor().compress(b"\x00" * (256 << 20))
+    blob = struct.pack("<BBIq", chunks.PACKED, 0, n, 0) + bomb
+    tracemalloc.start()
+    try:
+        with pytest.raises(chunks.ChunkError):
+            chunks.decode(blob)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20
+
+
+def test_chunks_encode_and_decode_on_several_threads_at_once() -> None:
+    """The store reads on a pool of threads (access.StoreAccess) and python-zstandard works without
+    the GIL: one zstd context shared by them made reads refuse good chunks as damaged ("Data
+    corruption detected", "Destination buffer is too small") and corrupted the heap."""
+    import threading
+
+    gen = np.random.default_rng(1)
+    cols = []
+    for i in range(8):
+        ts = np.cumsum(gen.integers(1, 30_000, 20_000)).astype(np.int64)
+        cols.append((ts, gen.standard_normal(len(ts)) * (i + 1)))
+    blobs = [chunks.encode_many(ts, vs, np.array([0]), np.array([len(ts)]))[0] for ts, vs in cols]
+    failures: list[str] = []
+
+    def work(k: int) -> None:
+        for it in range(60):
+            j = (k + it) % len(cols)
+            try:
+                if it % 3 == 0:
+                    blob = chunks.encode_many(*cols[j], np.array([0]), np.array([len(cols[j][0])]))[0]
+                    assert blob == blobs[j]
+                t, v = chunks.decode(blobs[j])
+                assert np.array_equal(t, cols[j][0]) and np.array_equal(v, cols[j][1])
+            except Exception as e:  # every failure is reported
+                failures.append(repr(e))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert failures == []
+
+
+@pytest.mark.parametrize("n", [1, (1 << 32) - 1])
+def test_a_packed_body_not_declaring_its_size_is_refused(n: int) -> None:
+    """Chunks are compressed in one shot, which declares the frame's size; for a frame without one,
+    max_output_size (16 bytes a point of the header's count) was allocated up front: a damaged count
+    of 2**32 - 1 made the read a MemoryError (a 500) instead of a ChunkError."""
+    import zstandard
+
+    frame = zstandard.ZstdCompressor(write_content_size=False).compress(b"\x00" * 8)
+    with pytest.raises(chunks.ChunkError):
+        chunks.decode(struct.pack("<BBIq", chunks.PACKED, 0, n, 0) + frame)

@@ -653,3 +653,43 @@ def test_compaction_computes_without_the_write_lock_and_drops_a_step_raced_by_an
     finally:
         for s in (a, b, writer):
             s.close()
+
+
+@pytest.mark.parametrize("ts", [[10, 50, 20], [10, 10, 20], [10, 30, 25, 40, 20]])
+def test_a_chunk_whose_times_are_not_increasing_is_damage(ts: list[int]) -> None:
+    """A damaged chunk whose first and last t still match its row's range but whose times inside are
+    out of order or repeated: reads binary-search each series' points, so it answered points outside
+    the range asked, missed points inside it, or gave two values for one t (a zstd frame has no
+    checksum, so a damaged packed body decodes without error). It is a ChunkError instead, on the
+    embedded read path (_assemble) and on the one chunks.merge serves (PostgreSQL)."""
+    import struct
+
+    from lossproof.store import chunks
+    from lossproof.store.embedded.read import _assemble
+
+    blob = b"\x01" + struct.pack(f"<{len(ts)}q", *ts) + struct.pack(f"<{len(ts)}d", *map(float, ts))
+    found = [(7, "m", {})]
+    for lo, hi in ((0, 30), (0, 100), (15, 30)):
+        with pytest.raises(chunks.ChunkError):
+            _assemble(found, [(7, 1, ts[0], ts[-1], blob)], {}, lo, hi)
+        with pytest.raises(chunks.ChunkError):
+            chunks.merge([(1, blob)], lo, hi)
+    ok = chunks.encode(np.array([1, 2]), np.array([1.0, 2.0]))
+    with pytest.raises(chunks.ChunkError):
+        _assemble([(6, "m", {}), *found], [(6, 1, 1, 2, ok), (7, 2, ts[0], ts[-1], blob)], {}, 0, 100)
+
+
+@pytest.mark.parametrize("ts", [[10, 50, 20], [10, 10, 20]])
+def test_a_part_slice_whose_times_are_not_increasing_is_damage(ts: list[int]) -> None:
+    """A part's columns are stored raw, without a checksum either: a series' slice of them whose
+    times go back or repeat is a ChunkError too, not points outside the range or two values for a t."""
+    from lossproof.store import chunks
+    from lossproof.store.embedded.read import PartBlock, _assemble
+
+    t = np.array(ts, dtype=np.int64)
+    block = PartBlock(np.array([0]), 1 << 40, t, t * 1.0, np.array([0]), np.array([len(t)]))
+    for lo, hi in ((0, 30), (0, 100)):
+        with pytest.raises(chunks.ChunkError):
+            _assemble([(7, "m", {})], [], {}, lo, hi, [block])
+        with pytest.raises(chunks.ChunkError):
+            _assemble([(7, "m", {})], [], {0: [(1 << 40, t, t * 1.0)]}, lo, hi)

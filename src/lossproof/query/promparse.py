@@ -144,6 +144,66 @@ def check_bounds(query: str) -> None:
     ops = len(_OPERATORS.findall(text))
     if ops > MAX_OPERATORS:
         raise PromQLError(f"query with {ops} operators is too complex (at most {MAX_OPERATORS})")
+    repeated = sum(_repeated_atoms(lit) for lit in _REGEX_LITERAL.findall(query))
+    if repeated > MAX_REGEX_REPEATS:
+        raise PromQLError(
+            f"regex matchers repeating {repeated} atoms by counts such as {{n}} (at most {MAX_REGEX_REPEATS})"
+        )
+
+
+# The parser compiles each =~ / !~ regex (Rust regex) holding the GIL, so neither the event loop nor
+# a thread hop helps: a counted repetition copies its atom n times, and a Unicode class such as \W
+# costs ~0.35 ms a copy, so 18 matchers of \W{300} (254 characters) held the GIL for 3 s, with
+# writes unacknowledged meanwhile. The copies counted repetitions add, over all the query's regexes,
+# are bounded: within it a parse holds the GIL ~50 ms at most. (Plain text, alternations and + * ?
+# add none: Grafana's long (a|b|c) lists are not limited.)
+MAX_REGEX_REPEATS = 128
+_REGEX_LITERAL = re.compile(r"""[=!]~\s*("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`)""")
+_COUNT = re.compile(r"\{(\d{1,7})(?:,(\d{0,7}))?\}")
+
+
+def _repeated_atoms(literal: str) -> int:
+    """The atoms counted repetitions copy in one regex string literal (quotes included; an estimate
+    that errs high: a group's atoms are all counted, escapes are one atom)."""
+    rx = literal[1:-1] if literal.startswith("`") else literal[1:-1].replace("\\\\", "\\")
+    stack, last, extra, i = [0], 0, 0, 0
+    while i < len(rx):
+        c = rx[i]
+        if c == "(":
+            stack.append(0)
+            last, i = 0, i + 1
+            continue
+        if c == ")":
+            last = stack.pop() if len(stack) > 1 else 0
+            stack[-1] += last
+            i += 1
+            continue
+        if c == "{" and (m := _COUNT.match(rx, i)):
+            n = max(int(m[1]), int(m[2]) if m[2] else 0)
+            extra += last * max(n - 1, 0)
+            stack[-1] += last * max(n - 1, 0)
+            last *= max(n, 1)
+            i = m.end()
+            if extra > 1 << 40:
+                return extra
+            continue
+        if c == "\\":
+            i += 2
+            if rx[i - 1 : i] in ("p", "P") and rx[i : i + 1] == "{":
+                i = rx.find("}", i) + 1 or len(rx)
+            elif rx[i - 1 : i] in ("p", "P"):
+                i += 1
+        elif c == "[":
+            j = i + 1 + (rx[i + 1 : i + 2] == "^")
+            j += rx[j : j + 1] == "]"
+            while j < len(rx) and rx[j] != "]":
+                j += 2 if rx[j] == "\\" else 1
+            i = j + 1
+        else:
+            i += 1
+        last = 1
+        stack[-1] += 1
+    return extra
 
 
 _BRACKETS = re.compile(r"[()\[\]{}]")

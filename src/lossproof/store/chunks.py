@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import itertools
 import struct
+import threading
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -56,8 +57,24 @@ _MAX_DECIMALS = 9
 _ZSTD_LEVEL = 3
 _MAX_EXACT = float(1 << 53)
 
-_compressor = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
-_decompressor = zstandard.ZstdDecompressor()
+# zstd contexts are not thread-safe, and python-zstandard releases the GIL while it works in one:
+# one shared by the store's read threads made concurrent reads see "damaged" chunks and corrupt the
+# heap (free(): invalid next size). One of each per thread.
+_contexts = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    c: zstandard.ZstdCompressor | None = getattr(_contexts, "c", None)
+    if c is None:
+        c = _contexts.c = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
+    return c
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    d: zstandard.ZstdDecompressor | None = getattr(_contexts, "d", None)
+    if d is None:
+        d = _contexts.d = zstandard.ZstdDecompressor()
+    return d
 
 
 class ChunkError(ValueError):
@@ -211,7 +228,7 @@ def encode_many(ts: I64, vs: F64, starts: I64, ends: I64) -> list[bytes]:
     iplanes = iz.astype("<u8", copy=False).view(np.uint8).reshape(n_all, 8).T
     xplanes = xz.astype("<u8", copy=False).view(np.uint8).reshape(n_all, 8).T
     out: list[bytes] = []
-    compress = _compressor.compress
+    compress = _compressor().compress
     for a, b, k, t0 in zip(starts.tolist(), ends.tolist(), k_of.tolist(), ts[starts].tolist(), strict=True):
         body = tplanes[:, a + 1 : b].tobytes() + (iplanes if k >= 0 else xplanes)[:, a:b].tobytes()
         head = _PACKED_HEAD.pack(PACKED, _V_XOR if k < 0 else _V_DECIMAL + k, b - a, t0)
@@ -235,8 +252,18 @@ def _opened(data: bytes) -> tuple[int, int, int, int, bytes]:
     _, mode, n, first = _PACKED_HEAD.unpack_from(data)
     if not (mode == _V_XOR or _V_DECIMAL <= mode <= _V_DECIMAL + _MAX_DECIMALS):
         raise ChunkError(f"unknown value mode {mode}")
+    if n == 0:
+        raise ChunkError("packed chunk of 0 points")
+    frame = data[_PACKED_HEAD.size :]
     try:
-        body = _decompressor.decompress(data[_PACKED_HEAD.size :], max_output_size=16 * n)
+        # max_output_size bounds only a frame that does not declare its size (and is allocated
+        # whole up front: n of 2**32 - 1 is a MemoryError); one that declares a size is decompressed
+        # whole, whatever it declares (a damaged header, a few kB asking for GBs). Every chunk is
+        # written by one-shot compress(), which declares it: it must be the body's.
+        declared = zstandard.frame_content_size(frame)
+        if declared != 16 * n - 8:
+            raise ChunkError(f"chunk body declaring {declared} bytes for {n} points")
+        body = _decompressor().decompress(frame, max_output_size=16 * n)
     except zstandard.ZstdError as e:
         raise ChunkError(f"damaged chunk: {e}") from None
     if len(body) != 8 * (n - 1) + 8 * n:
@@ -277,7 +304,31 @@ def decode_into(items: list[OpenedChunk], at: I64, total: int) -> tuple[I64, F64
         raise ChunkError(str(e)) from None
     ts = np.frombuffer(cols, dtype="<i8", count=total).astype(np.int64, copy=False)
     vs = np.frombuffer(cols, dtype="<f8", count=total, offset=8 * total).astype(np.float64, copy=False)
+    check_increasing(ts, at, np.fromiter((it[1] for it in items), dtype=np.int64, count=len(items)))
     return ts, vs
+
+
+def check_increasing(ts: I64, at: I64, counts: I64) -> None:
+    """Every chunk's times strictly increasing (chunk i: ``ts[at[i] : at[i] + counts[i]]``; chunks do
+    not overlap), else a ChunkError: reads binary-search a series' points, so a damaged chunk (a zstd
+    frame has no checksum) whose times go back or repeat would answer points outside the range asked,
+    miss some inside it, or give one t two values. One comparison a point; only the few places where
+    the times do not increase (between series, between chunks) are looked up."""
+    if len(ts) < 2:
+        return
+    down = np.flatnonzero(ts[1:] <= ts[:-1])
+    if not len(down):
+        return
+    has = counts > 0
+    at, counts = np.asarray(at, dtype=np.int64)[has], counts[has]
+    if not len(at):
+        return
+    by_at = np.argsort(at)
+    starts, ends = at[by_at], at[by_at] + counts[by_at]
+    k = np.searchsorted(starts, down, "right") - 1
+    inside = (k >= 0) & (down + 1 < ends[np.maximum(k, 0)])
+    if inside.any():
+        raise ChunkError("a chunk's times are not increasing")
 
 
 def decode_many(datas: Sequence[bytes]) -> tuple[I64, F64, I64]:

@@ -152,6 +152,8 @@ def _assemble(
         from_ = np.repeat(start[here], n_) + within
         ts[to_] = src_ts[j][from_]
         vs[to_] = src_vs[j][from_]
+    if not is_chunk.all():  # the part slices' times strictly increasing too (decode_into checked the chunks')
+        chunks.check_increasing(ts, dest[~is_chunk], lens[~is_chunk])
     run_start = np.flatnonzero(np.r_[True, sid[1:] != sid[:-1]])
     run_end = np.r_[run_start[1:], len(sid)]
     # a run is simple when its segments are in time order without overlap: no t is in two of them
