@@ -30,9 +30,13 @@ T0 = 1_767_225_600_000
 SERIES = 2000
 SAMPLES = 1000  # per series: 2M samples, ~32 MiB decoded, per body
 # What the worker may hold at its peak while storing such bodies one after the other: its own
-# ~55 MB, SQLite's page cache (64 MiB), one decoded body, its series view and one bounded batch
-# (measured: 289 MiB). Before the fix the peak grew with the body (~25 bytes of RSS per decoded
-# byte): 800 MiB for these bodies, ~1.5 GB at the 64 MiB limit. The bound leaves room for noise.
+# ~55 MB, SQLite's page cache (64 MiB), one decoded body, its series view and one bounded batch,
+# plus one compaction step of the background compactor (measured: 290-312 MiB; 319 MiB with
+# compaction off). The compactor once added 40-80 MiB (peaks 358-398 MiB): its connection's own
+# 64 MiB page cache, now 2 MiB (it reads each part and chunk once), and the arrays of its steps,
+# kept by glibc in the compactor thread's arena until it trims after each step.
+# Before the per-batch bound the peak grew with the body (~25 bytes of RSS per decoded byte):
+# 800 MiB for these bodies, ~1.5 GB at the 64 MiB limit. The bound leaves room for noise.
 PEAK_RSS_BOUND = 400 * MiB
 
 

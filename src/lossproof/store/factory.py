@@ -6,10 +6,11 @@ from lossproof.config import Config
 from lossproof.store.base import Store
 
 
-def open_store(cfg: Config, readonly: bool = False) -> Store:
+def open_store(cfg: Config, readonly: bool = False, compactor: bool = False) -> Store:
     """Open the configured store. Start-up failures (bad DSN, wrong password, missing database,
     server down, schema too new or not migrated) raise :class:`~lossproof.store.base.StoreError`
-    with a one-line message."""
+    with a one-line message. ``compactor``: the handle of the worker's compactor thread (the
+    embedded store gives it a small page cache: it reads each part and chunk once)."""
     if cfg.store.backend == "postgres":
         from lossproof.store.postgres import PostgresStore
 
@@ -22,6 +23,8 @@ def open_store(cfg: Config, readonly: bool = False) -> Store:
             retention_days=s.retention_days,
             connect_timeout=s.connect_timeout_seconds,
         )
+    from lossproof.store.embedded.core import CACHE_KIB, COMPACTOR_CACHE_KIB
     from lossproof.store.sqlite import SqliteStore
 
-    return SqliteStore(cfg.store_path, readonly=readonly)
+    cache_kib = COMPACTOR_CACHE_KIB if compactor else CACHE_KIB
+    return SqliteStore(cfg.store_path, readonly=readonly, cache_kib=cache_kib)

@@ -8,6 +8,7 @@ never decides whether a batch is stored, only how it is laid out.
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,23 @@ from lossproof.obs.logging import get
 from lossproof.store.base import StoreUnavailable, StoreWriter
 
 log = get(__name__)
+
+
+def _libc_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+    return trim
+
+
+# A compaction step decodes, sorts and encodes up to ~500,000 points in this thread (tens of MiB of
+# numpy arrays). glibc keeps what this thread freed in its own arena, where the worker's main thread
+# does not reuse it, so it came on top of the main thread's biggest batch: the worker's peak RSS
+# with big remote-write bodies went from 319 MiB without compaction to 358-398 MiB with it. Giving
+# it back after each step brought that to ~290 MiB (tests/worker/test_worker_memory.py); the
+# call costs far less than the step.
+_MALLOC_TRIM = _libc_malloc_trim()
 
 
 class CompactorMetrics:
@@ -86,6 +104,8 @@ class Compactor:
         """One compaction call; whether it left work for another one."""
         started = time.monotonic()
         res = store.compact(int(time.time() * 1000))
+        if _MALLOC_TRIM is not None and (res.series or res.more):
+            _MALLOC_TRIM(0)
         self.metrics.seconds.inc(time.monotonic() - started)
         if res.series:
             m = self.metrics

@@ -61,7 +61,7 @@ def run(cfg: Config) -> None:
     compactor = None
     if cfg.store.compact_interval_seconds > 0:
         interval = cfg.store.compact_interval_seconds
-        compactor = Compactor(lambda: open_store(cfg), registry, interval, worker.stop)
+        compactor = Compactor(lambda: open_store(cfg, compactor=True), registry, interval, worker.stop)
         compactor.start()
     log.info("worker.started", metrics=f"http://{host}:{port}/metrics", log_dir=str(cfg.log_dir))
     try:

@@ -38,6 +38,12 @@ from lossproof.store.embedded.common import (
     log,
 )
 
+# SQLite's page cache per connection, in KiB. The worker's and the query process' connections keep
+# the default; the compactor's connection reads each part and chunk once, so a big cache buys it
+# nothing, and it is a second one in the worker: with 64 MiB it filled up while compacting big bodies
+# and was most of the worker's peak RSS above its storing (tests/worker/test_worker_memory.py).
+CACHE_KIB = 65536
+COMPACTOR_CACHE_KIB = 2048
 _MIGRATE_POINTS = 1_000_000  # version 2 points moved into chunks per transaction (about)
 
 
@@ -46,8 +52,16 @@ class SqliteCore(Store):
     (created, checked, older versions upgraded). The write path (:mod:`.write`) and compaction
     (:mod:`.compact`) and the read path (:mod:`.read`) build on it."""
 
-    def __init__(self, path: Path, *, readonly: bool = False, busy_timeout_ms: int = 30_000) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        readonly: bool = False,
+        busy_timeout_ms: int = 30_000,
+        cache_kib: int = CACHE_KIB,
+    ) -> None:
         self.path = Path(path)
+        self._cache_kib = int(cache_kib)
         self.readonly = readonly
         self._series = SeriesCache()
         self._lock = threading.Lock()  # guards against accidental concurrent use
@@ -105,7 +119,7 @@ class SqliteCore(Store):
             con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             con.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            con.execute("PRAGMA cache_size = -65536")  # KiB
+            con.execute(f"PRAGMA cache_size = -{self._cache_kib}")  # KiB
             con.execute("PRAGMA temp_store = MEMORY")
             if not self.readonly:
                 mode = _wal(con, busy_timeout_ms)
