@@ -281,12 +281,7 @@ def window_sums(v: F64, starts: I64, lo: I64, hi: I64, ok: Mask) -> F64:
     if int((hi - lo)[ok].sum()) <= FSUM_EACH * len(v):  # windows that overlap little: each summed
         sums, unsummed = exact.fsum_windows(v, np.where(ok, lo, 0), np.where(ok, hi, 0))
         out[ok] = sums[ok]
-        slow = ok & unsummed
-        if slow.any():
-            vl = v.tolist()
-            rows_i, cols_k = np.nonzero(slow)
-            lo_l, hi_l = lo[rows_i, cols_k].tolist(), hi[rows_i, cols_k].tolist()
-            out[rows_i, cols_k] = [_sum(vl[a:b]) for a, b in zip(lo_l, hi_l, strict=True)]
+        _sum_one_by_one(out, v, lo, hi, ok & unsummed)
         return out
     finite = np.isfinite(v)
     bad = np.zeros(len(v) + 1, dtype=np.int64)
@@ -308,12 +303,17 @@ def window_sums(v: F64, starts: I64, lo: I64, hi: I64, ok: Mask) -> F64:
             else:
                 out[i:j][rows] = got
         i = j
+    _sum_one_by_one(out, v, lo, hi, slow)
+    return out
+
+
+def _sum_one_by_one(out: F64, v: F64, lo: I64, hi: I64, slow: Mask) -> None:
+    """``out``'s windows marked ``slow`` summed window by window (those the fast paths refused)."""
     if slow.any():
         vl = v.tolist()
         rows_i, cols_k = np.nonzero(slow)
         lo_l, hi_l = lo[rows_i, cols_k].tolist(), hi[rows_i, cols_k].tolist()
         out[rows_i, cols_k] = [_sum(vl[a:b]) for a, b in zip(lo_l, hi_l, strict=True)]
-    return out
 
 
 def _stdvar_arrays(is_dev: bool) -> RangeArrays:
