@@ -1,53 +1,61 @@
-//! `rw1_check`: ingest's bounds check of a remote-write 1.0 body, in one pass (issue #15).
+//! `rw1_check`: ingest's whole check of a plain remote-write 1.0 body, in one pass (issue #15).
 //!
-//! lossproof.protocol.promrw.check first parses the body exactly with the message classes (upb: the
-//! authority on a malformed message), then checks its bounds. Those checks read views of the body
-//! (every sample and label as a bytes object, joined and parsed again), which cost most of ingest's
-//! time per request. This reads the same bytes once and answers only when the body certainly passes
-//! those checks: every series has a non-empty `__name__` of at most `max_name` bytes, no label has an
-//! empty name, at most `max_labels + 1` labels (duplicates counted), every encoded Label at most
-//! `max_name` bytes (so its name and value are within both bounds), every sample exactly one
-//! timestamp (wire type varint) in `0..=max_time_ms` and values only as fixed64, no native histogram,
-//! and no field of an unexpected number or wire type anywhere in a series. Anything else, including
-//! anything the reader finds malformed, is `None`: the caller then runs its exact checks, which
-//! find the error or pass the body, so this adds no rule of its own and drops none.
+//! lossproof.protocol.promrw.check parses a body exactly with the message classes (upb: the
+//! authority on a malformed message), then checks its bounds on views of the body (every sample
+//! and label as a bytes object, joined and parsed again). Together those were most of ingest's time
+//! per request. This reads the body once and answers only for a body that certainly passes both:
+//!
+//! - its grammar is the plain subset Prometheus sends: the request holds only series (field 1, no
+//!   metadata or anything else), a series only labels and samples (1, 2: no exemplar, no native
+//!   histogram), a label only its name and value (1, 2, strings: valid UTF-8, as upb requires of
+//!   proto3 strings), a sample only its value (fixed64) and exactly one timestamp (varint); no field
+//!   of another number or wire type anywhere, no group, every length and varint within its message
+//!   (read by the worker's reader, which refuses what upb refuses);
+//! - every series has a `__name__`, and every `__name__` a non-empty value; no label name is empty;
+//!   at most `max_labels + 1` labels (duplicates counted); every encoded Label at most `max_name`
+//!   bytes (so its name and value are within both bounds); every timestamp in `0..=max_time_ms`.
+//!
+//! Anything else is `None`, including anything the reader finds malformed: the caller then runs its
+//! exact parse and checks, which refuse the body or pass it. So this adds no rule and drops none;
+//! tests/protocols/test_promrw_rwcheck.py checks `promrw.check` answers the same with and without it.
 
 use pyo3::prelude::*;
 
 use crate::{Reader, Wire};
 
-/// Counts of a body that passed: (samples, exemplars).
-fn check(body: &[u8], max_labels: usize, max_name: usize, max_time_ms: i64) -> Wire<Option<(u64, u64)>> {
-    let (mut samples, mut exemplars) = (0u64, 0u64);
+fn text(b: &[u8]) -> Option<&[u8]> {
+    std::str::from_utf8(b).ok().map(|_| b)
+}
+
+/// The body's samples, if it passed.
+fn check(body: &[u8], max_labels: usize, max_name: usize, max_time_ms: i64) -> Wire<Option<u64>> {
+    let mut samples = 0u64;
     let mut r = Reader::new(body);
     while !r.done() {
-        let (f, w) = r.tag()?;
-        if (f, w) != (1, 2) {
-            r.skip(f, w, 0)?; // metadata, or what the message classes skip too
-            continue;
+        if r.tag()? != (1, 2) {
+            return Ok(None); // metadata, or anything else: the message classes decide
         }
-        let blob = r.len_delimited()?;
-        let mut sr = Reader::new(blob);
+        let mut sr = Reader::new(r.len_delimited()?);
         let (mut labels, mut named) = (0usize, false);
         while !sr.done() {
-            let (f, w) = sr.tag()?;
-            match (f, w) {
+            match sr.tag()? {
                 (1, 2) => {
                     let label = sr.len_delimited()?;
-                    if label.len() > max_name {
-                        return Ok(None);
-                    }
                     labels += 1;
-                    if labels > max_labels + 1 {
+                    if label.len() > max_name || labels > max_labels + 1 {
                         return Ok(None);
                     }
                     let mut lr = Reader::new(label);
                     let (mut name, mut value): (&[u8], &[u8]) = (b"", b"");
                     while !lr.done() {
-                        match lr.tag()? {
-                            (1, 2) => name = lr.len_delimited()?,
-                            (2, 2) => value = lr.len_delimited()?,
+                        let field = match lr.tag()? {
+                            (1, 2) => &mut name,
+                            (2, 2) => &mut value,
                             _ => return Ok(None),
+                        };
+                        match text(lr.len_delimited()?) {
+                            Some(s) => *field = s,
+                            None => return Ok(None),
                         }
                     }
                     if name.is_empty() {
@@ -61,8 +69,7 @@ fn check(body: &[u8], max_labels: usize, max_name: usize, max_time_ms: i64) -> W
                     }
                 }
                 (2, 2) => {
-                    let sample = sr.len_delimited()?;
-                    let mut pr = Reader::new(sample);
+                    let mut pr = Reader::new(sr.len_delimited()?);
                     let (mut times, mut t) = (0u32, 0i64);
                     while !pr.done() {
                         match pr.tag()? {
@@ -81,23 +88,18 @@ fn check(body: &[u8], max_labels: usize, max_name: usize, max_time_ms: i64) -> W
                     }
                     samples += 1;
                 }
-                (3, 2) => {
-                    sr.len_delimited()?;
-                    exemplars += 1;
-                }
-                _ => return Ok(None), // a native histogram (4), or anything unexpected
+                _ => return Ok(None), // an exemplar, a native histogram, or anything unexpected
             }
         }
         if !named {
             return Ok(None);
         }
     }
-    Ok(Some((samples, exemplars)))
+    Ok(Some(samples))
 }
 
-/// `rw1_check(body, max_labels, max_name, max_time_ms) -> (samples, exemplars) | None`: see the
-/// module's comment. Call it only on a body the message classes parsed.
+/// `rw1_check(body, max_labels, max_name, max_time_ms) -> samples | None`: see the module's comment.
 #[pyfunction]
-pub fn rw1_check(body: &[u8], max_labels: usize, max_name: usize, max_time_ms: i64) -> Option<(u64, u64)> {
+pub fn rw1_check(body: &[u8], max_labels: usize, max_name: usize, max_time_ms: i64) -> Option<u64> {
     check(body, max_labels, max_name, max_time_ms).ok().flatten()
 }

@@ -1,7 +1,7 @@
 """Ingest's one-pass check of a remote-write 1.0 body (``lossproof._native.rw1_check``, under
-``promrw.check``) against the checks it stands in for (the views over the body, ``_rw1_check`` off):
-for any body, valid, near every bound, damaged or random bytes, ``check`` gives the same answer
-(the same counts, or the same error and message) either way."""
+``promrw.check``) against the exact parse and checks it stands in for (``_rw1_check`` off): for any
+body, valid, near every bound, damaged or random bytes, ``check`` gives the same answer (the same
+counts, or the same error and message) either way."""
 
 from __future__ import annotations
 
@@ -130,16 +130,30 @@ _VALUE = b"\x09" + struct.pack("<d", 1.0)
 @example(ld(1, _NAME + ld(1, ld(1, b"__name__") + ld(2, b"")) + ld(2, _VALUE + b"\x10\x01")))
 @example(ld(1, ld(1, ld(1, b"job") + ld(2, b"x")) + ld(2, _VALUE + b"\x10\x01")))  # no __name__
 @example(ld(1, b""))  # an empty series
+@example(b"")  # an empty request
+@example(ld(1, ld(1, ld(1, b"__name__") + ld(2, b"\xff")) + ld(2, _VALUE + b"\x10\x01")))  # not UTF-8
+@example(ld(1, ld(1, ld(1, b"\xc0\x80") + ld(2, b"x")) + _NAME + ld(2, _VALUE + b"\x10\x01")))  # overlong
+@example(ld(1, ld(1, ld(1, b"j") + ld(2, b"\xed\xa0\x80")) + _NAME))  # a surrogate
+@example(ld(1, _NAME + ld(2, _VALUE + b"\x10" + b"\xff" * 9 + b"\x01")))  # a 10-byte timestamp
+@example(ld(1, _NAME + ld(2, _VALUE + b"\x10" + b"\xff" * 9 + b"\x7f")))  # 10 bytes, overflowing
+@example(ld(1, _NAME + ld(2, _VALUE + b"\x10" + b"\xff" * 10 + b"\x01")))  # an 11-byte varint
+@example(ld(1, _NAME)[:-1])  # a series cut short
+@example(ld(1, _NAME + b"\x12\x05\x10\x01"))  # a sample longer than its series
 def test_any_bytes_check_the_same(body: bytes) -> None:
     same(body)
 
 
 def test_a_plain_body_is_answered_in_one_pass() -> None:
-    """Not vacuous: what Prometheus sends (labels, samples, an exemplar, metadata) is answered by
-    the one pass, with the counts of the views."""
+    """Not vacuous: what Prometheus sends (labels, samples) is answered by the one pass, with the
+    counts of the exact checks; with metadata or an exemplar it is not (the exact checks answer)."""
     job = ld(1, ld(1, b"job") + ld(2, b"node"))
-    series = ld(1, _NAME + job + ld(2, _VALUE + b"\x10\x01") * 3 + ld(3, b""))
-    body = series * 2 + ld(3, ld(2, b"up"))
+    series = ld(1, _NAME + job + ld(2, _VALUE + b"\x10\x01") * 3)
     assert promrw._rw1_check is not None
-    assert promrw._rw1_check(body, MAX_LABELS, MAX_NAME, MAX_TIME_MS) == (6, 2)
-    assert same(body) == ("ok", promrw.Checked(points=6, histograms=0, exemplars=2, metadata=1))
+    assert promrw._rw1_check(series * 2, MAX_LABELS, MAX_NAME, MAX_TIME_MS) == 6
+    assert same(series * 2) == ("ok", promrw.Checked(points=6, histograms=0, exemplars=0, metadata=0))
+    assert promrw._rw1_check(b"", MAX_LABELS, MAX_NAME, MAX_TIME_MS) == 0
+    with_more = series + ld(3, ld(2, b"up")), ld(1, _NAME + ld(2, _VALUE + b"\x10\x01") + ld(3, b""))
+    for body in with_more:
+        assert promrw._rw1_check(body, MAX_LABELS, MAX_NAME, MAX_TIME_MS) is None
+    assert same(with_more[0]) == ("ok", promrw.Checked(points=3, histograms=0, exemplars=0, metadata=1))
+    assert same(with_more[1]) == ("ok", promrw.Checked(points=1, histograms=0, exemplars=1, metadata=0))

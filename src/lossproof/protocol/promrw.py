@@ -434,6 +434,13 @@ class _Columns:
 def check(body: bytes, proto: str, keep: bool = False) -> Checked:
     """Decode the (decompressed) body and check its bounds. Raises BadBody. With ``keep``, the
     answer carries the :class:`Decoding` of the body (``Checked.decoding``)."""
+    if proto == V1 and not keep and _rw1_check is not None:
+        # One pass in Rust that answers only for a plain body (what Prometheus sends) certainly
+        # valid and within every bound below; None otherwise, and the exact parse and checks below
+        # then refuse it or pass it (native/src/rwcheck.rs). Ingest's common case.
+        samples = _rw1_check(body, MAX_LABELS, MAX_NAME, MAX_TIME_MS)
+        if samples is not None:
+            return Checked(points=samples, histograms=0, exemplars=0, metadata=0)
     req = parse(body, proto)  # exact: every part of the message is valid
     if body and not req.ListFields():
         # Only fields unknown to the announced message, which protobuf skips: most likely the other
@@ -446,12 +453,6 @@ def check(body: bytes, proto: str, keep: bool = False) -> Checked:
     if proto == V2:
         checked = _check_v2(body, req)
         return replace(checked, decoding=Decoding(body, proto)) if keep else checked
-    if not keep and _rw1_check is not None:
-        # One pass in Rust that answers only for a body certainly within every bound below (None
-        # otherwise: the checks below then find what is wrong, or pass it): ingest's common case.
-        passed = _rw1_check(body, MAX_LABELS, MAX_NAME, MAX_TIME_MS)
-        if passed is not None:
-            return Checked(points=passed[0], histograms=0, exemplars=passed[1], metadata=len(req.metadata))
     blobs = _SeriesBlobs.FromString(body).v1
     merged = _Merged.FromString(b"".join(blobs))
     # each series' labels: as the relay will store them (the native reader's dicts), or else as
