@@ -9,8 +9,9 @@
 //!   metadata or anything else), a series only labels and samples (1, 2: no exemplar, no native
 //!   histogram), a label only its name and value (1, 2, strings: valid UTF-8, as upb requires of
 //!   proto3 strings), a sample only its value (fixed64) and exactly one timestamp (varint); no field
-//!   of another number or wire type anywhere, no group, every length and varint within its message
-//!   (read by the worker's reader, which refuses what upb refuses);
+//!   of another number or wire type anywhere, no group, every tag in its one-byte form, every length
+//!   a varint of at most 5 bytes (upb refuses longer ones) within its message, every timestamp a
+//!   varint as the worker's reader reads it (it refuses what upb refuses there);
 //! - every series has a `__name__`, and every `__name__` a non-empty value; no label name is empty;
 //!   at most `max_labels + 1` labels (duplicates counted); every encoded Label at most `max_name`
 //!   bytes (so its name and value are within both bounds); every timestamp in `0..=max_time_ms`.
@@ -21,85 +22,111 @@
 
 use pyo3::prelude::*;
 
-use crate::{Reader, Wire};
+use crate::Reader;
 
 fn text(b: &[u8]) -> Option<&[u8]> {
     std::str::from_utf8(b).ok().map(|_| b)
 }
 
+/// A tag in its one-byte form (every tag this reads has one); a longer one (padded: upb refuses
+/// some of those) is None.
+fn tag(r: &mut Reader<'_>) -> Option<(u8, u8)> {
+    let b = *r.buf.get(r.pos)?;
+    if b & 0x80 != 0 {
+        return None;
+    }
+    r.pos += 1;
+    Some((b >> 3, b & 7))
+}
+
+/// A length-delimited field's bytes, its length a varint of at most 5 bytes (upb's limit) and at
+/// most `i32::MAX`.
+fn bytes<'a>(r: &mut Reader<'a>) -> Option<&'a [u8]> {
+    let mut n = 0u64;
+    for i in 0..5 {
+        let b = *r.buf.get(r.pos)?;
+        r.pos += 1;
+        n |= ((b & 0x7f) as u64) << (7 * i);
+        if b & 0x80 == 0 {
+            if n > i32::MAX as u64 {
+                return None;
+            }
+            return r.take(n as usize).ok();
+        }
+    }
+    None
+}
+
 /// The body's samples, if it passed.
-fn check(body: &[u8], max_labels: usize, max_name: usize, max_time_ms: i64) -> Wire<Option<u64>> {
+fn check(body: &[u8], max_labels: usize, max_name: usize, max_time_ms: i64) -> Option<u64> {
     let mut samples = 0u64;
     let mut r = Reader::new(body);
     while !r.done() {
-        if r.tag()? != (1, 2) {
-            return Ok(None); // metadata, or anything else: the message classes decide
+        if tag(&mut r)? != (1, 2) {
+            return None; // metadata, or anything else: the message classes decide
         }
-        let mut sr = Reader::new(r.len_delimited()?);
+        let mut sr = Reader::new(bytes(&mut r)?);
         let (mut labels, mut named) = (0usize, false);
         while !sr.done() {
-            match sr.tag()? {
+            match tag(&mut sr)? {
                 (1, 2) => {
-                    let label = sr.len_delimited()?;
+                    let label = bytes(&mut sr)?;
                     labels += 1;
                     if label.len() > max_name || labels > max_labels + 1 {
-                        return Ok(None);
+                        return None;
                     }
                     let mut lr = Reader::new(label);
                     let (mut name, mut value): (&[u8], &[u8]) = (b"", b"");
                     while !lr.done() {
-                        let field = match lr.tag()? {
+                        let field = match tag(&mut lr)? {
                             (1, 2) => &mut name,
                             (2, 2) => &mut value,
-                            _ => return Ok(None),
+                            _ => return None,
                         };
-                        match text(lr.len_delimited()?) {
-                            Some(s) => *field = s,
-                            None => return Ok(None),
-                        }
+                        *field = text(bytes(&mut lr)?)?;
                     }
                     if name.is_empty() {
-                        return Ok(None);
+                        return None;
                     }
                     if name == b"__name__" {
                         if value.is_empty() {
-                            return Ok(None);
+                            return None;
                         }
                         named = true;
                     }
                 }
                 (2, 2) => {
-                    let mut pr = Reader::new(sr.len_delimited()?);
+                    let mut pr = Reader::new(bytes(&mut sr)?);
                     let (mut times, mut t) = (0u32, 0i64);
                     while !pr.done() {
-                        match pr.tag()? {
+                        match tag(&mut pr)? {
                             (1, 1) => {
-                                pr.fixed64()?;
+                                pr.fixed64().ok()?;
                             }
                             (2, 0) => {
-                                t = pr.varint()? as i64;
+                                t = pr.varint().ok()? as i64;
                                 times += 1;
                             }
-                            _ => return Ok(None),
+                            _ => return None,
                         }
                     }
                     if times != 1 || t < 0 || t > max_time_ms {
-                        return Ok(None);
+                        return None;
                     }
                     samples += 1;
                 }
-                _ => return Ok(None), // an exemplar, a native histogram, or anything unexpected
+                _ => return None, // an exemplar, a native histogram, or anything unexpected
             }
         }
         if !named {
-            return Ok(None);
+            return None;
         }
     }
-    Ok(Some(samples))
+    Some(samples)
 }
 
 /// `rw1_check(body, max_labels, max_name, max_time_ms) -> samples | None`: see the module's comment.
 #[pyfunction]
 pub fn rw1_check(body: &[u8], max_labels: usize, max_name: usize, max_time_ms: i64) -> Option<u64> {
-    check(body, max_labels, max_name, max_time_ms).ok().flatten()
+    check(body, max_labels, max_name, max_time_ms)
 }

@@ -138,6 +138,13 @@ _VALUE = b"\x09" + struct.pack("<d", 1.0)
 @example(ld(1, _NAME + ld(2, _VALUE + b"\x10" + b"\xff" * 9 + b"\x7f")))  # 10 bytes, overflowing
 @example(ld(1, _NAME + ld(2, _VALUE + b"\x10" + b"\xff" * 10 + b"\x01")))  # an 11-byte varint
 @example(ld(1, _NAME)[:-1])  # a series cut short
+@example(b"\x8a\x00" + ld(1, _NAME + ld(2, _VALUE + b"\x10\x01"))[1:])  # a padded tag: upb takes it
+@example(b"\x8a\x80\x80\x80\x80\x00" + ld(1, _NAME + ld(2, _VALUE + b"\x10\x01"))[1:])  # 6 bytes: refused
+@example(ld(1, _NAME + ld(2, _VALUE + b"\x90\x80\x80\x80\x80\x00\x01")))  # a 6-byte timestamp tag
+@example(b"\x0a\x9d\x00" + _NAME + ld(2, _VALUE + b"\x10\x01"))  # a padded length: upb takes it
+@example(b"\x0a\x9d" + b"\x80" * 8 + b"\x00" + _NAME + ld(2, _VALUE + b"\x10\x01"))  # 10 bytes: refused
+@example(ld(1, _NAME + ld(2, _VALUE + b"\x10\x81" + b"\x80" * 8 + b"\x00")))  # a padded 10-byte timestamp
+@example(b"\x0a\xff\xff\xff\xff\x07")  # a length of 2**31 - 1
 @example(ld(1, _NAME + b"\x12\x05\x10\x01"))  # a sample longer than its series
 def test_any_bytes_check_the_same(body: bytes) -> None:
     same(body)
