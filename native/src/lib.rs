@@ -17,6 +17,7 @@ use rustc_hash::FxHashMap;
 mod chunkdecode;
 mod fsum;
 mod ratewin;
+mod rwcheck;
 
 /// The version of this module's interface, checked by the Python side (lossproof/store/columns.py):
 /// an extension built from other sources than the Python code that calls it fails at import, not
@@ -530,6 +531,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ABI", ABI)?;
     m.add_function(wrap_pyfunction!(point_columns, m)?)?;
     m.add_function(wrap_pyfunction!(rw1_series, m)?)?;
+    m.add_function(wrap_pyfunction!(rwcheck::rw1_check, m)?)?;
     m.add_function(wrap_pyfunction!(chunkdecode::decode_chunks, m)?)?;
     m.add_function(wrap_pyfunction!(fsum::fsum_windows, m)?)?;
     m.add_function(wrap_pyfunction!(ratewin::rate_windows, m)?)?;

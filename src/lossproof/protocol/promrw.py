@@ -360,6 +360,8 @@ _SeriesBlobs, _Merged, _MergedV2, _LabelsFlat, _SamplesFlat, _Maps = (
 )
 _WRONG_WIRE_VIEWS = [_message(f"lossproof.promrw.wire.{v}") for v in _WRONG_WIRE]
 _labels_of = attrgetter("labels")
+# lossproof._native.rw1_check (native/src/rwcheck.rs); an extension built before it takes the views
+_rw1_check = getattr(_native, "rw1_check", None)
 _NAME = "__name__"
 
 
@@ -432,6 +434,13 @@ class _Columns:
 def check(body: bytes, proto: str, keep: bool = False) -> Checked:
     """Decode the (decompressed) body and check its bounds. Raises BadBody. With ``keep``, the
     answer carries the :class:`Decoding` of the body (``Checked.decoding``)."""
+    if proto == V1 and not keep and _rw1_check is not None:
+        # One pass in Rust that answers only for a plain body (what Prometheus sends) certainly
+        # valid and within every bound below; None otherwise, and the exact parse and checks below
+        # then refuse it or pass it (native/src/rwcheck.rs). Ingest's common case.
+        samples = _rw1_check(body, MAX_LABELS, MAX_NAME, MAX_TIME_MS)
+        if samples is not None:
+            return Checked(points=samples, histograms=0, exemplars=0, metadata=0)
     req = parse(body, proto)  # exact: every part of the message is valid
     if body and not req.ListFields():
         # Only fields unknown to the announced message, which protobuf skips: most likely the other
