@@ -47,7 +47,18 @@ def migrate_cmd(data_dir: Path) -> None:
         from lossproof.store.sqlite import SqliteStore
 
         try:
-            SqliteStore(cfg.store_path).close()  # creates or checks the file
+            store = SqliteStore(cfg.store_path)  # creates or checks the file
+            try:
+                size = cfg.store_path.stat().st_size
+                click.echo(
+                    f"embedded store {cfg.store_path}: checking that compaction can give free space back"
+                )
+                if store.enable_reclaim():
+                    click.echo(
+                        f"  rewrote the file ({size / 2**20:.1f} MiB before) with incremental auto-vacuum"
+                    )
+            finally:
+                store.close()
         except StoreError as e:
             raise click.ClickException(str(e)) from None
         click.echo(f"embedded store {cfg.store_path}: up to date (it migrates itself when opened)")

@@ -177,6 +177,7 @@ CREATE TABLE log_gaps (
 """
 
 _INSERT_CHUNK = "INSERT INTO chunks (series_id, t_min, t_max, n, data) VALUES (?, ?, ?, ?, ?)"
+_INSERT_CHUNK_AT = "INSERT INTO chunks (id, series_id, t_min, t_max, n, data) VALUES (?, ?, ?, ?, ?, ?)"
 # The chunks of each series of a JSON array ?1 that may hold points in [?2, ?3]: one statement, an
 # index range from (series, ?2) on for each.
 _SELECT_CHUNKS_OF = (

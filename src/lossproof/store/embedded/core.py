@@ -19,6 +19,7 @@ from lossproof.store.base import (
     Store,
     StoreError,
     StoreSchemaError,
+    StoreUnavailable,
 )
 from lossproof.store.embedded.common import (
     _AGENT_COLUMNS,
@@ -82,6 +83,8 @@ class SqliteCore(Store):
         self._pack_queue: list[tuple[int, int, int, int]] = []  # (series, windows from, to, raw points)
         self._pack_mark = 0
         self._pack_scan_done = True
+        self._reclaiming = False  # giving free pages back (compact.py, _reclaim)
+        self._busy_timeout_ms = int(busy_timeout_ms)
         if readonly and not self.path.exists():
             # Let a query process start before the worker: create the empty store once.
             type(self)(self.path, busy_timeout_ms=busy_timeout_ms).close()
@@ -122,6 +125,9 @@ class SqliteCore(Store):
             con.execute(f"PRAGMA cache_size = -{self._cache_kib}")  # KiB
             con.execute("PRAGMA temp_store = MEMORY")
             if not self.readonly:
+                # Takes effect only when the file is created (an existing store keeps its mode until
+                # `lossproof store migrate` converts it): compaction gives free pages back.
+                con.execute("PRAGMA auto_vacuum = INCREMENTAL")
                 mode = _wal(con, busy_timeout_ms)
                 if str(mode).lower() != "wal":
                     raise StoreError(f"{self.path}: cannot switch to WAL mode (got {mode!r})")
@@ -167,6 +173,45 @@ class SqliteCore(Store):
             self._upgrade_v2()
         if version is not None and version < 4:
             self._upgrade_v3()
+        self._rescan_raw_once()
+
+    def enable_reclaim(self) -> bool:
+        """Convert a store created before incremental auto-vacuum, whose compaction cannot give free
+        pages back (compact.py, ``_reclaim``): a VACUUM, which rewrites the file (it needs about
+        the file's size again in free disk space, and the worker's writes wait until it is done).
+        False, doing nothing, when the store already has it."""
+        if self.readonly:
+            raise StoreError("store opened readonly")
+        with self._lock:
+            try:
+                if self._con.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+                    return False
+                self._con.execute("PRAGMA auto_vacuum = INCREMENTAL")
+                self._con.execute("VACUUM")
+            except (sqlite3.OperationalError, OSError) as e:
+                raise StoreUnavailable(f"sqlite {self.path}: {e}") from e
+            return True
+
+    def _rescan_raw_once(self) -> None:
+        """A store from before ``meta.chunk_id_top`` (see compact.py, the flush) may hold raw chunks
+        at or below ``meta.compact_after``, which compaction's scan skips: scan once from the start."""
+        if self._meta("chunk_id_top") is not None:
+            return
+        con = self._con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            if self._meta("chunk_id_top") is None:
+                top, any_chunk = con.execute(
+                    "SELECT coalesce(max(id), 0), EXISTS (SELECT 1 FROM chunks) FROM chunks"
+                ).fetchone()
+                values = [("chunk_id_top", str(top)), ("compact_after", "0")]
+                if any_chunk and not int(self._meta("unpacked_flushes") or 0):
+                    values += [("unpacked_flushes", "1"), ("unpacked_since_ms", "0")]  # due now
+                con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", values)
+            con.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
 
     def _upgrade_v3(self) -> None:
         """Version 3 -> 4: reports gain their time (older ones keep 0, unknown)."""
