@@ -14,9 +14,19 @@ from pathlib import Path
 import cramjam
 import pytest
 
-from lossproof.bench.compare import HISTOGRAM_LE, VM_BINARY, DataSet, _data_value, ingest_series
+from lossproof.bench.compare import (
+    HISTOGRAM_LE,
+    VM_BINARY,
+    DataSet,
+    _data_value,
+    compaction_state,
+    ingest_series,
+)
 from lossproof.bench.rwbodies import SeriesSet, body_path, write_pool
+from lossproof.points import SeriesSamples
 from lossproof.protocol import promrw
+from lossproof.store.base import WriteBatch
+from lossproof.store.sqlite import SqliteStore
 from lptest import require, subprocess_env
 from lptest.cli import run_cli
 
@@ -72,6 +82,32 @@ def test_bad_option_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.
     assert "'--hours': 0.1 is not in the range" in r.err.strip().splitlines()[-1]
 
 
+def test_compaction_state_is_done_once_the_compactor_has_nothing_left(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    store = SqliteStore(path)
+    t0 = 1_700_000_000_000
+    try:
+        for b in range(3):
+            ts = [t0 + (10 * b + k) * 15_000 for k in range(10)]
+            vs = [k + 0.5 for k in range(10)]
+            store.write_batch(
+                WriteBatch(
+                    series=[("t", SeriesSamples("m", {"i": str(i)}, ts, vs)) for i in range(5)], now_ms=t0
+                )
+            )
+        loaded = compaction_state(path)
+        assert not loaded["done"] and loaded["parts"] == 3 and loaded["raw_chunks"] == 0
+        for later in (t0 + 60_000, t0 + 600_000):  # the parts flushed, then (5 minutes on) packed
+            while store.compact(later).more:
+                pass
+        state = compaction_state(path)
+    finally:
+        store.close()
+    assert state["done"] and state["parts"] == 0 and state["unpacked_flushes"] == 0, state
+    assert state["raw_chunks"] == 0 and state["packed_chunks"] == 5 and state["packed_points"] == 150, state
+    assert 0 < state["chunk_bytes"] < 150 * 16 and state["page_size"] > 0 and state["pages"] > 0
+
+
 @pytest.mark.process
 @pytest.mark.timeout(400)
 def test_bench_compare_tiny(tmp_path: Path) -> None:
@@ -79,6 +115,7 @@ def test_bench_compare_tiny(tmp_path: Path) -> None:
     require(shutil.which("wrk"), "wrk (Debian package)")
     argv = [sys.executable, "-m", "lossproof", "bench", "compare", "--work-dir", str(tmp_path)]
     argv += ["--duration", "2", "--series", "50", "--hours", "1", "--repeat", "2", "--steady", "2", "--json"]
+    argv += ["--compact-wait", "0"]  # packing is due 5 minutes after the load: measured as loaded
     r = subprocess.run(argv, capture_output=True, text=True, timeout=380, env=subprocess_env())
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout.strip().splitlines()
@@ -107,5 +144,7 @@ def test_bench_compare_tiny(tmp_path: Path) -> None:
     d = q["disk"]
     assert d["samples"] == (50 + 10) * 240  # and one histogram of 10 buckets
     assert d["vm_bytes_per_sample"] > 0 and d["lossproof_store_bytes_per_sample"] > 0
+    assert d["lossproof_store_loaded_bytes_per_sample"] > 0 and d["lossproof_compaction"]["waited_s"] < 30
+    assert "lossproof compaction" in r.stdout
     assert "ingest vm:" in r.stderr and "ingest vm:" not in r.stdout  # progress goes to stderr
     assert not list(tmp_path.iterdir())  # the temp dir is gone

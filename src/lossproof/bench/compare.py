@@ -43,7 +43,12 @@ queries
 disk
     After the load: VictoriaMetrics' data dir after ``/internal/force_flush`` and
     ``/internal/force_merge`` (once its size is stable), lossproof's store file(s) and, apart, its log
-    dir; bytes per stored sample.
+    dir; bytes per stored sample. lossproof's store is measured twice: as the load left it, and once
+    its compaction has nothing left to do (read from the store file: no part left to flush and no
+    flush waiting to be packed, ``meta.unpacked_flushes`` 0; that takes up to ``_PACK_AGE_MS``, 5
+    minutes, after the load), with what the file then holds: chunk payload bytes, the raw (unpacked)
+    chunks compaction left, SQLite's free pages, and the WAL apart. The log's segments are never
+    counted in the store's figures.
 """
 
 from __future__ import annotations
@@ -953,7 +958,9 @@ def dir_bytes(path: Path) -> int:
     return total
 
 
-def disk(data: DataSet, vm: Target, lp: Target, progress: Say) -> dict[str, Any]:
+def disk(
+    data: DataSet, vm: Target, lp: Target, progress: Say, compact_wait_s: float = 600.0
+) -> dict[str, Any]:
     from lossproof import config as config_mod
 
     progress("disk: victoria-metrics force_flush + force_merge …")
@@ -970,28 +977,97 @@ def disk(data: DataSet, vm: Target, lp: Target, progress: Say) -> dict[str, Any]
     vm_bytes = dir_bytes(vm.data_dir)
     cfg = config_mod.load(lp.data_dir)
     store = cfg.store_path
-    store_files = [p for p in store.parent.glob(store.name + "*")] if store.exists() else []
-    store_bytes = sum(dir_bytes(p) for p in store_files)
+
+    def store_bytes() -> int:  # the file, its -wal and -shm
+        return sum(dir_bytes(p) for p in store.parent.glob(store.name + "*")) if store.exists() else 0
+
+    loaded_bytes = store_bytes()
     log_bytes = dir_bytes(cfg.log_dir)
     n = data.total
+    progress(f"disk: lossproof store as loaded {loaded_bytes / n:.2f} B/sample; waiting for its compaction …")
+    started = time.monotonic()
+    state = compaction_state(store)
+    while not state["done"] and time.monotonic() - started < compact_wait_s:
+        time.sleep(2)
+        state = compaction_state(store)
+    waited = time.monotonic() - started
+    if not state["done"]:
+        progress(f"disk: compaction not done after {waited:.0f}s: {state}")
+    compacted = store_bytes()
+    wal = dir_bytes(store.with_name(store.name + "-wal"))
+    main = dir_bytes(store)
     out = {
         "samples": n,
         "vm_bytes": vm_bytes,
         "vm_bytes_per_sample": round(vm_bytes / n, 3),
-        "lossproof_store_bytes": store_bytes,
-        "lossproof_store_bytes_per_sample": round(store_bytes / n, 3),
+        "lossproof_store_loaded_bytes": loaded_bytes,
+        "lossproof_store_loaded_bytes_per_sample": round(loaded_bytes / n, 3),
+        "lossproof_store_bytes": compacted,
+        "lossproof_store_bytes_per_sample": round(compacted / n, 3),
+        "lossproof_store_main_file_bytes_per_sample": round(main / n, 3),
+        "lossproof_store_wal_bytes": wal,
+        "lossproof_store_chunk_data_bytes_per_sample": round(state["chunk_bytes"] / n, 3),
+        "lossproof_store_free_page_bytes": state["free_bytes"],
+        "lossproof_compaction": {**state, "waited_s": round(waited, 1)},
         "lossproof_log_bytes": log_bytes,
         "lossproof_log_bytes_per_sample": round(log_bytes / n, 3),
-        "ratio_store": _ratio(store_bytes, vm_bytes),
+        "ratio_store": _ratio(compacted, vm_bytes),
     }
     progress(
-        f"disk: vm {vm_bytes / n:.2f} B/sample, lossproof store {store_bytes / n:.2f} B/sample, "
+        f"disk: vm {vm_bytes / n:.2f} B/sample, lossproof store {compacted / n:.2f} B/sample compacted "
+        f"({'done' if state['done'] else 'NOT done'} after {waited:.0f}s; file {main / n:.2f}, "
+        f"chunk data {state['chunk_bytes'] / n:.2f}, WAL {wal / n:.2f}), {loaded_bytes / n:.2f} as loaded, "
         f"log {log_bytes / n:.2f} B/sample"
     )
     return out
 
 
-def run_queries_phase(work: Path, data: DataSet, repeat: int, progress: Say) -> dict[str, Any]:
+def compaction_state(store: Path) -> dict[str, Any]:
+    """What the embedded store's compaction has left to do, read from the file (readonly, a read
+    transaction of its own): ``done`` when no part is left to flush into chunks and no flush waits
+    to be packed (the compactor then does nothing until new points come), with the raw chunks still
+    there (compaction should have packed them all), the chunks' payload bytes and SQLite's page
+    counts."""
+    import sqlite3
+
+    from lossproof.store.chunks import PACKED, RAW
+
+    con = sqlite3.connect(f"{store.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+    try:
+        con.execute("PRAGMA busy_timeout = 10000")
+        con.execute("BEGIN")
+        parts = con.execute("SELECT count(*) FROM parts").fetchone()[0]
+        kinds = dict.fromkeys((RAW, PACKED), (0, 0, 0))
+        for kind, count, points, size in con.execute(
+            "SELECT hex(substr(data, 1, 1)), count(*), sum(n), sum(length(data)) FROM chunks GROUP BY 1"
+        ):
+            kinds[int(kind, 16)] = (count, points, size)
+        row = con.execute("SELECT value FROM meta WHERE key = 'unpacked_flushes'").fetchone()
+        unpacked_flushes = int(row[0]) if row else 0
+        page = con.execute("PRAGMA page_size").fetchone()[0]
+        pages = con.execute("PRAGMA page_count").fetchone()[0]
+        free = con.execute("PRAGMA freelist_count").fetchone()[0]
+        con.execute("COMMIT")
+    finally:
+        con.close()
+    return {
+        "done": parts == 0 and unpacked_flushes == 0,
+        "parts": parts,
+        "unpacked_flushes": unpacked_flushes,
+        "raw_chunks": kinds[RAW][0],
+        "raw_points": kinds[RAW][1] or 0,
+        "packed_chunks": kinds[PACKED][0],
+        "packed_points": kinds[PACKED][1],
+        "chunk_bytes": sum(size or 0 for _, _, size in kinds.values()),
+        "page_size": page,
+        "pages": pages,
+        "free_bytes": free * page,
+    }
+
+
+def run_queries_phase(
+    work: Path, data: DataSet, repeat: int, progress: Say, compact_wait: float = 600.0
+) -> dict[str, Any]:
     progress(
         f"queries: {data.series:,} series x {data.samples_per_series:,} samples at 15 s "
         f"({data.total:,} samples) to both …"
@@ -1022,7 +1098,7 @@ def run_queries_phase(work: Path, data: DataSet, repeat: int, progress: Say) -> 
         # an unsupported query (agree None) is reported as such, not as a disagreement
         out["all_agree"] = all(r["agree"] is not False for r in out["queries"].values())
         out["concurrency"] = concurrency(data, lp, progress)
-        out["disk"] = disk(data, vm, lp, progress)
+        out["disk"] = disk(data, vm, lp, progress, compact_wait)
     return out
 
 
@@ -1041,6 +1117,7 @@ class Options:
     repeat: int
     work_dir: Path | None = None
     say: Say = field(default=lambda s: None)
+    compact_wait: float = 600.0
 
 
 def run(opts: Options) -> dict[str, Any]:
@@ -1053,7 +1130,7 @@ def run(opts: Options) -> dict[str, Any]:
         if opts.phase in ("queries", "all"):
             end_ms = (int(time.time()) // 60 - 1) * 60_000
             data = DataSet(opts.series, opts.hours, end_ms)
-            out["queries"] = run_queries_phase(work, data, opts.repeat, opts.say)
+            out["queries"] = run_queries_phase(work, data, opts.repeat, opts.say, opts.compact_wait)
     out["load_average"] = [round(x, 2) for x in os.getloadavg()]
     return out
 
@@ -1122,8 +1199,20 @@ def summary_lines(res: dict[str, Any]) -> list[str]:
         d = q["disk"]
         lines.append(
             f"disk per stored sample: vm {d['vm_bytes_per_sample']:.2f} B, lossproof store "
-            f"{d['lossproof_store_bytes_per_sample']:.2f} B (ratio {_fmt_ratio(d['ratio_store'])}), "
+            f"{d['lossproof_store_bytes_per_sample']:.2f} B compacted "
+            f"(ratio {_fmt_ratio(d['ratio_store'])}), "
+            f"{d['lossproof_store_loaded_bytes_per_sample']:.2f} B as loaded, "
             f"lossproof log {d['lossproof_log_bytes_per_sample']:.2f} B"
+        )
+        c = d["lossproof_compaction"]
+        lines.append(
+            f"lossproof compaction {'done' if c['done'] else 'NOT done'} after {c['waited_s']:g} s "
+            f"({c['parts']} parts, {c['raw_chunks']:,} raw chunks of {c['raw_points']:,} points left); "
+            f"compacted store: file "
+            f"{d['lossproof_store_main_file_bytes_per_sample']:.2f} B/sample, of which chunk data "
+            f"{d['lossproof_store_chunk_data_bytes_per_sample']:.2f} B and free pages "
+            f"{c['free_bytes'] / d['samples']:.2f} B; "
+            f"WAL {d['lossproof_store_wal_bytes'] / d['samples']:.2f} B"
         )
     la = res["load_average"]
     lines.append(f"load average {la[0]:.1f} {la[1]:.1f} {la[2]:.1f} on {res['cores']} cores")
@@ -1177,6 +1266,14 @@ def _fmt_ratio(r: float | None) -> str:
 )
 @click.option("--repeat", type=click.IntRange(1, 100), default=5, show_default=True, help="Runs per query.")
 @click.option(
+    "--compact-wait",
+    type=finite_float(0, 3600),
+    default=600,
+    show_default=True,
+    help="Seconds the disk figures wait for lossproof's compaction to have nothing left to do "
+    "(it packs up to 5 minutes after the load); 0 measures the store as loaded only.",
+)
+@click.option(
     "--work-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
@@ -1192,6 +1289,7 @@ def compare_cmd(
     series: int,
     hours: float,
     repeat: int,
+    compact_wait: float,
     work_dir: Path | None,
     as_json: bool,
 ) -> None:
@@ -1206,7 +1304,9 @@ def compare_cmd(
         click.echo(f"  {msg}", err=True)
 
     pool = pool or duration * 600
-    opts = Options(phase, duration, pool, steady, steady_of, series, hours, repeat, work_dir, say)
+    opts = Options(
+        phase, duration, pool, steady, steady_of, series, hours, repeat, work_dir, say, compact_wait
+    )
     try:
         res = run(opts)
     except CompareFailed as e:
