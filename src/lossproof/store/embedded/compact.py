@@ -186,8 +186,8 @@ class SqliteCompaction(SqliteCore):
             self._meta_set(compact_after=self._pack_mark)
             if self._pack_scan_done:
                 self._meta_set(unpacked_flushes=0, unpacked_since_ms=0)
-            else:
-                more = True
+            # more: the rest of the scan, or (all packed) giving free space back, ``_reclaim``
+            more = True
         return CompactResult(
             len(job.take),
             len(job.found),
@@ -233,45 +233,45 @@ class SqliteCompaction(SqliteCore):
         them, so nothing is given back while parts exist, and a round starts only once over a
         quarter of the file is free (it then goes down to a tenth). Stores created before
         incremental auto-vacuum (``PRAGMA auto_vacuum`` 0) are converted by ``lossproof store
-        migrate``; until then this does nothing."""
+        migrate``; until then only the WAL is shrunk."""
         con = self._con
         with self._lock:
             try:
-                if con.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
-                    return CompactResult()
                 if con.execute("SELECT EXISTS (SELECT 1 FROM parts)").fetchone()[0] or int(
                     self._meta("unpacked_flushes") or 0
                 ):
+                    self._reclaiming = self._wal_small = False
+                    return CompactResult()
+                if con.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+                    free = con.execute("PRAGMA freelist_count").fetchone()[0]
+                    total = con.execute("PRAGMA page_count").fetchone()[0]
+                    keep = max(_RECLAIM_MIN_PAGES, total // 10)
+                    if free > keep and (self._reclaiming or free > max(_RECLAIM_MIN_PAGES, total // 4)):
+                        self._reclaiming = True
+                        step = min(_RECLAIM_STEP_PAGES, free - keep)
+                        # executescript steps the pragma to its end (execute() frees one page a call)
+                        con.executescript(f"BEGIN IMMEDIATE; PRAGMA incremental_vacuum({int(step)}); COMMIT;")
+                        return CompactResult(more=True)
                     self._reclaiming = False
-                    return CompactResult()
-                free = con.execute("PRAGMA freelist_count").fetchone()[0]
-                total = con.execute("PRAGMA page_count").fetchone()[0]
-                keep = max(_RECLAIM_MIN_PAGES, total // 10)
-                if not self._reclaiming and free <= max(_RECLAIM_MIN_PAGES, total // 4):
-                    return CompactResult()
-                if free > keep:
-                    self._reclaiming = True
-                    step = min(_RECLAIM_STEP_PAGES, free - keep)
-                    # executescript steps the pragma to its end (execute() frees one page a call)
-                    con.executescript(f"BEGIN IMMEDIATE; PRAGMA incremental_vacuum({int(step)}); COMMIT;")
-                    return CompactResult(more=True)
-                self._reclaiming = False
-                self._truncate_wal()
+                if not self._wal_small:
+                    self._wal_small = self._truncate_wal()
                 return CompactResult()
             except (sqlite3.OperationalError, OSError) as e:
                 self._rollback()
                 raise StoreUnavailable(f"sqlite {self.path}: {e}") from e
 
-    def _truncate_wal(self) -> None:
-        """Checkpoint the WAL and truncate it to nothing (``journal_size_limit`` keeps 64 MiB), but
-        wait at most ``_TRUNCATE_WAIT_MS`` for readers and writers: this blocks the worker's writes
-        while it waits, so a long query makes it give up (the next round tries again)."""
+    def _truncate_wal(self) -> bool:
+        """Checkpoint the WAL and truncate it to nothing (``journal_size_limit`` keeps 64 MiB);
+        whether that was done. It waits at most ``_TRUNCATE_WAIT_MS`` for readers and writers, as
+        it blocks the worker's writes while it waits: a long query makes it give up, and the next
+        idle call tries again."""
         con = self._con
         con.execute(f"PRAGMA busy_timeout = {_TRUNCATE_WAIT_MS}")
         try:
-            con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            busy = con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
         finally:
             con.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+        return not busy
 
     def _meta_set(self, **values: int) -> None:
         self._con.executemany(

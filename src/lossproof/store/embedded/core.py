@@ -84,6 +84,7 @@ class SqliteCore(Store):
         self._pack_mark = 0
         self._pack_scan_done = True
         self._reclaiming = False  # giving free pages back (compact.py, _reclaim)
+        self._wal_small = False  # the WAL truncated since the last compaction work
         self._busy_timeout_ms = int(busy_timeout_ms)
         if readonly and not self.path.exists():
             # Let a query process start before the worker: create the empty store once.
