@@ -99,9 +99,23 @@ impl StoredTimes {
                 }
             }
         } else {
-            s.ts.extend_from_slice(run);
-            s.ts.sort_unstable();
-            s.ts.dedup();
+            // late times: merged with the remembered ones from where the first of them goes (bodies
+            // out of order by a few: the tail merged is short)
+            let tail = s.ts.split_off(s.ts.partition_point(|&x| x < run[0]));
+            s.ts.reserve(tail.len() + run.len());
+            let (mut i, mut j) = (0, 0);
+            while i < tail.len() || j < run.len() {
+                let t = if j == run.len() || (i < tail.len() && tail[i] <= run[j]) {
+                    i += 1;
+                    tail[i - 1]
+                } else {
+                    j += 1;
+                    run[j - 1]
+                };
+                if s.ts.last() != Some(&t) {
+                    s.ts.push(t);
+                }
+            }
         }
         self.len = self.len + s.ts.len() - before;
     }
