@@ -18,11 +18,12 @@ mod chunkdecode;
 mod fsum;
 mod ratewin;
 mod rwcheck;
+mod rwcols;
 
 /// The version of this module's interface, checked by the Python side (lossproof/store/columns.py):
 /// an extension built from other sources than the Python code that calls it fails at import, not
 /// half-way through a batch.
-const ABI: u32 = 5;
+const ABI: u32 = 6;
 
 // ---------------------------------------------------------------------------------------------
 // Points to store columns (lossproof.store.columns.Columns.add).
@@ -36,13 +37,13 @@ const ABI: u32 = 5;
 // a rolled-back or evicted id is never used from here.
 
 /// Key text (see `key_text`) -> the key tuple first built for it.
-struct Keys {
+pub(crate) struct Keys {
     map: FxHashMap<Box<[u8]>, Py<PyTuple>>,
     bytes: usize,
     known_len: usize, // the store's cache's length when last seen
 }
 
-static KEYS: LazyLock<Mutex<Keys>> = LazyLock::new(|| {
+pub(crate) static KEYS: LazyLock<Mutex<Keys>> = LazyLock::new(|| {
     Mutex::new(Keys {
         map: FxHashMap::default(),
         bytes: 0,
@@ -57,15 +58,58 @@ static KEYS: LazyLock<Mutex<Keys>> = LazyLock::new(|| {
 /// last time (the cache starts over when full).
 const KEYS_BYTES: usize = 128 << 20;
 
-fn entry_bytes(text: usize, labels: usize) -> usize {
+pub(crate) fn entry_bytes(text: usize, labels: usize) -> usize {
     64 + text + 200 + 57 * (2 + labels) + 154 * labels
 }
 
-fn lock_keys() -> MutexGuard<'static, Keys> {
+pub(crate) fn lock_keys() -> MutexGuard<'static, Keys> {
     KEYS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn put_text(buf: &mut Vec<u8>, s: &str) {
+/// Start `KEYS` over when the store's cache (`known`, of length `known_len`) was found shorter than
+/// the last time (it started over); the references are released outside the lock.
+pub(crate) fn keys_note_known(known_len: usize) {
+    let unused = {
+        let mut keys = lock_keys();
+        let shorter = known_len < keys.known_len;
+        keys.known_len = known_len;
+        if shorter {
+            keys.bytes = 0;
+            std::mem::take(&mut keys.map)
+        } else {
+            FxHashMap::default()
+        }
+    };
+    drop(unused);
+}
+
+/// The key tuple `KEYS` holds for the key text `text`, if any.
+pub(crate) fn keys_get(py: Python<'_>, text: &[u8]) -> Option<Py<PyTuple>> {
+    lock_keys().map.get(text).map(|k| k.clone_ref(py))
+}
+
+/// Remember `key` for the key text `text` (of `n_labels` labels), starting over when full.
+pub(crate) fn keys_put(text: &[u8], n_labels: usize, key: Py<PyTuple>) {
+    let size = entry_bytes(text.len(), n_labels);
+    let (unused, replaced) = {
+        let mut keys = lock_keys();
+        let unused = if keys.bytes + size > KEYS_BYTES {
+            keys.bytes = 0;
+            std::mem::take(&mut keys.map)
+        } else {
+            FxHashMap::default()
+        };
+        keys.bytes += size;
+        let replaced = keys.map.insert(text.into(), key);
+        (unused, replaced)
+    };
+    // the old keys' references released outside the lock (a release may run Python code, which
+    // may call back in here)
+    drop(unused);
+    drop(replaced);
+}
+
+pub(crate) fn put_text(buf: &mut Vec<u8>, s: &str) {
     buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
     buf.extend_from_slice(s.as_bytes());
 }
@@ -139,18 +183,7 @@ fn point_columns<'py>(
     let mut last: Option<(Bound<'py, PyAny>, Bound<'py, PyAny>)> = None; // (labels, metric)
     let mut sid: i64 = 0;
     let mut buf: Vec<u8> = Vec::with_capacity(256);
-    let unused = {
-        let mut keys = lock_keys();
-        let shorter = known.len() < keys.known_len;
-        keys.known_len = known.len();
-        if shorter {
-            keys.bytes = 0;
-            std::mem::take(&mut keys.map)
-        } else {
-            FxHashMap::default()
-        }
-    };
-    drop(unused); // references released outside the lock
+    keys_note_known(known.len());
     for p in points.iter() {
         ts.extend_from_slice(&p.getattr(a_t)?.extract::<i64>()?.to_ne_bytes());
         vs.extend_from_slice(&p.getattr(a_v)?.extract::<f64>()?.to_ne_bytes());
@@ -167,7 +200,7 @@ fn point_columns<'py>(
             };
             // The table is locked only while it is read or written, never across Python code.
             let found = match texted {
-                Some(_) => lock_keys().map.get(buf.as_slice()).map(|k| k.clone_ref(py)),
+                Some(_) => keys_get(py, &buf),
                 None => None,
             };
             let key = match found {
@@ -175,23 +208,7 @@ fn point_columns<'py>(
                 None => {
                     let k = build_key(tenant, &metric, &labels)?;
                     if let Some(n_labels) = texted {
-                        let size = entry_bytes(buf.len(), n_labels);
-                        let (unused, replaced) = {
-                            let mut keys = lock_keys();
-                            let unused = if keys.bytes + size > KEYS_BYTES {
-                                keys.bytes = 0;
-                                std::mem::take(&mut keys.map)
-                            } else {
-                                FxHashMap::default()
-                            };
-                            keys.bytes += size;
-                            let replaced = keys.map.insert(buf.as_slice().into(), k.clone().unbind());
-                            (unused, replaced)
-                        };
-                        // the old keys' references released outside the lock (a release may run
-                        // Python code, which may call back in here)
-                        drop(unused);
-                        drop(replaced);
+                        keys_put(&buf, n_labels, k.clone().unbind());
                     }
                     k
                 }
@@ -220,9 +237,9 @@ fn point_columns<'py>(
 // the end is malformed. A series with exemplars or histograms (fields 3, 4) is flagged: the caller
 // parses that series with the message class as well (which checks those and reads the histograms).
 
-struct Malformed(&'static str);
+pub(crate) struct Malformed(pub(crate) &'static str);
 
-type Wire<T> = Result<T, Malformed>;
+pub(crate) type Wire<T> = Result<T, Malformed>;
 
 struct Reader<'a> {
     buf: &'a [u8],
@@ -378,19 +395,19 @@ fn rw_sample(buf: &[u8]) -> Wire<(i64, u64)> {
     Ok((t, v))
 }
 
-struct RwSeries<'a> {
-    labels: Vec<(&'a str, &'a str)>,
-    first: usize, // its samples: first .. last in the body's columns
-    last: usize,
-    start: usize,
-    end: usize,
-    more: bool, // exemplars or histograms
+pub(crate) struct RwSeries<'a> {
+    pub(crate) labels: Vec<(&'a str, &'a str)>,
+    pub(crate) first: usize, // its samples: first .. last in the body's columns
+    pub(crate) last: usize,
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+    pub(crate) more: bool, // exemplars or histograms
 }
 
 /// The body's series blobs, the whole top level checked first (as the message class of the blobs
 /// does); then each series in order, up to the first malformed one: the series before it and why it
 /// is malformed.
-fn rw_series<'a>(
+pub(crate) fn rw_series<'a>(
     body: &'a [u8],
     ts: &mut Vec<i64>,
     vs: &mut Vec<f64>,
@@ -532,6 +549,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(point_columns, m)?)?;
     m.add_function(wrap_pyfunction!(rw1_series, m)?)?;
     m.add_function(wrap_pyfunction!(rwcheck::rw1_check, m)?)?;
+    m.add_function(wrap_pyfunction!(rwcols::rw1_block, m)?)?;
+    m.add_function(wrap_pyfunction!(rwcols::block_columns, m)?)?;
+    m.add_class::<rwcols::RwBlock>()?;
     m.add_function(wrap_pyfunction!(chunkdecode::decode_chunks, m)?)?;
     m.add_function(wrap_pyfunction!(fsum::fsum_windows, m)?)?;
     m.add_function(wrap_pyfunction!(ratewin::rate_windows, m)?)?;

@@ -10,15 +10,18 @@
 //! stored when the series was first looked up here, raised as old entries are forgotten). A point
 //! of a series the table knows is then NEW (above the floor, not in the table), STORED (in the
 //! table) or UNKNOWN (at or below the floor and not in the table: the caller reads the store); a
-//! series it does not know is UNKNOWN. Memory is bounded by two generations of at most
-//! `capacity / 2` entries each: when the young one is full the old one is forgotten, each of its
-//! series' floor raised to the highest t forgotten. The caller clears the table whenever another
-//! writer may have stored points, and adds only what it has committed.
+//! series it does not know is UNKNOWN. Memory is bounded by `capacity` entries: when full, each
+//! series forgets the older half of its times (by t, not by when they were added), its floor raised
+//! to the highest t forgotten. Forgetting by age of arrival (two generations, as before) raised a
+//! series' floor past times that had not arrived yet whenever bodies came out of order by more
+//! than a generation (many connections, slow acks): each such point then cost a store read, ~15 %
+//! of the worker under `bench compare`. The caller clears the table whenever another writer may
+//! have stored points, and adds only what it has committed.
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 
 const NEW: u8 = 0;
 const STORED: u8 = 1;
@@ -49,54 +52,100 @@ fn columns(sids: &[u8], other: &[u8]) -> PyResult<(Vec<i64>, Vec<i64>)> {
     Ok((s, o))
 }
 
+/// One series: its floor, and the times added (any t, also at or below the floor), ascending.
+struct Times {
+    floor: i64,
+    ts: Vec<i64>,
+}
+
 #[pyclass(module = "lossproof._native")]
 pub struct StoredTimes {
-    floors: FxHashMap<i64, i64>,
-    young: FxHashSet<(i64, i64)>,
-    old: FxHashSet<(i64, i64)>,
-    half: usize,
+    series: FxHashMap<i64, Times>,
+    len: usize,
+    capacity: usize,
 }
 
 impl StoredTimes {
-    fn rotate(&mut self) {
-        for (sid, t) in self.old.drain() {
-            if let Some(f) = self.floors.get_mut(&sid) {
-                if t > *f {
-                    *f = t;
+    /// Each series forgets the older half of its times (rounded up), its floor raised to the
+    /// highest t forgotten.
+    fn forget(&mut self) {
+        let mut len = 0;
+        for s in self.series.values_mut() {
+            let k = s.ts.len().div_ceil(2);
+            if k > 0 {
+                s.floor = s.floor.max(s.ts[k - 1]);
+                s.ts.drain(..k);
+            }
+            len += s.ts.len();
+        }
+        self.len = len;
+    }
+
+    /// Add a run of one series' times (unsorted, duplicates allowed); a series not known is skipped.
+    fn add_run(&mut self, sid: i64, run: &mut [i64]) {
+        let Some(s) = self.series.get_mut(&sid) else {
+            return;
+        };
+        let before = s.ts.len();
+        if !run.is_sorted() {
+            run.sort_unstable();
+        }
+        if s.ts.last().is_none_or(|&last| run[0] > last) {
+            // the common case: every time newer than any remembered (runs are sorted by the caller)
+            s.ts.reserve(run.len());
+            for &t in run.iter() {
+                if s.ts.last() != Some(&t) {
+                    s.ts.push(t);
+                }
+            }
+        } else {
+            // late times: merged with the remembered ones from where the first of them goes (bodies
+            // out of order by a few: the tail merged is short)
+            let tail = s.ts.split_off(s.ts.partition_point(|&x| x < run[0]));
+            s.ts.reserve(tail.len() + run.len());
+            let (mut i, mut j) = (0, 0);
+            while i < tail.len() || j < run.len() {
+                let t = if j == run.len() || (i < tail.len() && tail[i] <= run[j]) {
+                    i += 1;
+                    tail[i - 1]
+                } else {
+                    j += 1;
+                    run[j - 1]
+                };
+                if s.ts.last() != Some(&t) {
+                    s.ts.push(t);
                 }
             }
         }
-        std::mem::swap(&mut self.old, &mut self.young);
+        self.len = self.len + s.ts.len() - before;
     }
 }
 
 #[pymethods]
 impl StoredTimes {
-    /// At most ``capacity`` (series, t) entries are remembered (two generations of half of it).
+    /// At most ``capacity`` (series, t) entries are remembered.
     #[new]
     fn new(capacity: usize) -> Self {
         StoredTimes {
-            floors: FxHashMap::default(),
-            young: FxHashSet::default(),
-            old: FxHashSet::default(),
-            half: (capacity / 2).max(1),
+            series: FxHashMap::default(),
+            len: 0,
+            capacity: capacity.max(1),
         }
     }
 
     /// The (series, t) entries remembered.
     fn __len__(&self) -> usize {
-        self.young.len() + self.old.len()
+        self.len
     }
 
     /// The series known (each with a floor).
     fn series(&self) -> usize {
-        self.floors.len()
+        self.series.len()
     }
 
     fn clear(&mut self) {
-        self.floors.clear();
-        self.young.clear();
-        self.old.clear();
+        self.series.clear();
+        self.len = 0;
     }
 
     /// The series of ``sids`` (int64 bytes) not known here, in order (int64 bytes).
@@ -104,7 +153,7 @@ impl StoredTimes {
         let s = column(sids, "sids")?;
         let mut out = Vec::with_capacity(s.len() * 8);
         for sid in s {
-            if !self.floors.contains_key(&sid) {
+            if !self.series.contains_key(&sid) {
                 out.extend_from_slice(&sid.to_ne_bytes());
             }
         }
@@ -116,9 +165,12 @@ impl StoredTimes {
     fn learn(&mut self, sids: &[u8], newest: &[u8]) -> PyResult<()> {
         let (s, n) = columns(sids, newest)?;
         for (sid, t) in s.into_iter().zip(n) {
-            let f = self.floors.entry(sid).or_insert(t);
-            if t > *f {
-                *f = t;
+            let e = self.series.entry(sid).or_insert(Times {
+                floor: t,
+                ts: Vec::new(),
+            });
+            if t > e.floor {
+                e.floor = t;
             }
         }
         Ok(())
@@ -127,15 +179,19 @@ impl StoredTimes {
     /// Remember (series, t) pairs just committed to the store (series not known are skipped).
     /// The GIL is released meanwhile (the worker's compaction thread runs Python).
     fn add(&mut self, py: Python<'_>, sids: &[u8], ts: &[u8]) -> PyResult<()> {
-        let (s, t) = columns(sids, ts)?;
+        let (s, mut t) = columns(sids, ts)?;
         py.detach(|| {
-            for (sid, t) in s.into_iter().zip(t) {
-                if !self.floors.contains_key(&sid) {
-                    continue;
+            let mut a = 0;
+            while a < s.len() {
+                let mut b = a + 1;
+                while b < s.len() && s[b] == s[a] {
+                    b += 1;
                 }
-                if self.young.insert((sid, t)) && self.young.len() >= self.half {
-                    self.rotate();
+                self.add_run(s[a], &mut t[a..b]);
+                while self.len > self.capacity {
+                    self.forget();
                 }
+                a = b;
             }
         });
         Ok(())
@@ -146,14 +202,22 @@ impl StoredTimes {
         let (s, t) = columns(sids, ts)?;
         let out = py.detach(|| {
             let mut out = Vec::with_capacity(s.len());
+            let mut last: Option<(i64, Option<&Times>)> = None;
             for (sid, t) in s.into_iter().zip(t) {
-                out.push(match self.floors.get(&sid) {
+                let series = match last {
+                    Some((k, found)) if k == sid => found,
+                    _ => {
+                        let found = self.series.get(&sid);
+                        last = Some((sid, found));
+                        found
+                    }
+                };
+                out.push(match series {
                     None => UNKNOWN,
-                    Some(&f) => {
-                        let key = (sid, t);
-                        if self.young.contains(&key) || self.old.contains(&key) {
+                    Some(x) => {
+                        if x.ts.binary_search(&t).is_ok() {
                             STORED
-                        } else if t > f {
+                        } else if t > x.floor {
                             NEW
                         } else {
                             UNKNOWN

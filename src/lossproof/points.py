@@ -7,9 +7,10 @@ check, the agent's relay) does not load the store's dependencies. ``store.base``
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -49,6 +50,45 @@ class SeriesSamples:
 
     def points(self) -> list[Point]:
         return [Point(self.metric, self.labels, t, v) for t, v in zip(self.t, self.v, strict=True)]
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesBlock:
+    """Samples ``first .. last`` of a remote-write 1.0 body decoded in Rust (``block``: a
+    ``lossproof._native.RwBlock``, see native/src/rwcols.rs): the samples of many series as columns,
+    each series' key kept as text, no Python object per series or sample. A store turns it into its
+    columns with one series-id look-up per series (``lossproof.store.columns.Columns.add_series``).
+    Stored like the :class:`SeriesSamples` it stands for (:meth:`series`)."""
+
+    block: Any
+    first: int
+    last: int
+
+    def series(self) -> list[SeriesSamples]:
+        """The series with samples in the range, in order (a series cut by the range: its part)."""
+        out = []
+        for metric, labels, t_col, v_col in self.block.expand(self.first, self.last):
+            t, v = array("q"), array("d")
+            t.frombytes(t_col)
+            v.frombytes(v_col)
+            out.append(SeriesSamples(metric, labels, t, v))
+        return out
+
+    def points(self) -> list[Point]:
+        return [p for s in self.series() for p in s.points()]
+
+
+def sample_count(s: SeriesSamples | SeriesBlock) -> int:
+    return s.last - s.first if isinstance(s, SeriesBlock) else len(s.t)
+
+
+def each_series(items: Iterable[SeriesSamples | SeriesBlock]) -> Iterator[SeriesSamples]:
+    """``items`` series by series (a block as the series it holds)."""
+    for s in items:
+        if isinstance(s, SeriesBlock):
+            yield from s.series()
+        else:
+            yield s
 
 
 # The canonical encoding of a report's points: msgpack with struct fields and dict keys sorted, so

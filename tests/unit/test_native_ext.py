@@ -19,7 +19,7 @@ from lossproof.store.columns import Columns
 
 
 def test_the_extension_is_built_and_matches_this_checkout() -> None:
-    assert _native.ABI == 5
+    assert _native.ABI == 6
 
 
 class Resolver:
@@ -243,3 +243,16 @@ def test_stored_times_never_calls_a_stored_point_new(
             assert sid not in floors or t <= floors[sid] or len(added) >= max(1, capacity // 2)
         if (sid, t) in added and len(added) < max(1, capacity // 2):  # nothing forgotten yet
             assert v == 1
+
+
+def test_stored_times_forget_the_oldest_times_not_the_first_added() -> None:
+    """Full, a series forgets the older half of its times: a point that arrives late (newer than
+    what was forgotten, older than what came before it) is still answered from memory."""
+    s = _native.StoredTimes(8)
+    s.learn(_i64([0]), _i64([-(1 << 63)]))
+    s.add(_i64([0] * 4), _i64([200, 201, 202, 203]))  # arrived first, the newest times
+    s.add(_i64([0] * 5), _i64([100, 101, 102, 103, 104]))  # 9 > 8: 100..104 forgotten
+    assert len(s) == 4
+    probe = [100, 104, 105, 150, 200, 203, 204]
+    got = list(s.check(_i64([0] * len(probe)), _i64(probe)))
+    assert got == [2, 2, 0, 0, 1, 1, 0]  # forgotten: unknown; above the floor 104: new or stored

@@ -32,6 +32,7 @@ from lossproof.httputil import ApiError
 from lossproof.ingest.metrics import IngestMetrics
 from lossproof.log.base import LogRecord
 from lossproof.obs.logging import get
+from lossproof.points import each_series
 from lossproof.protocol.decode import record_parts
 from lossproof.store.access import StoreAccess
 from lossproof.store.base import StoreReader, labels_text
@@ -64,7 +65,7 @@ def record_series(record: bytes) -> set[int]:
     for part in record_parts(LogRecord(0, 0, b"", record, 0)):
         b = part.batch
         keys.update(series_key(p.metric, p.labels) for _, p in b.samples)
-        keys.update(series_key(s.metric, s.labels) for _, s in b.series)
+        keys.update(series_key(s.metric, s.labels) for s in each_series(x for _, x in b.series))
         keys.update(series_key(p.metric, p.labels) for r in b.reports for p in r.points)
     return keys
 

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from lossproof.log.base import LogRecord
+from lossproof.points import sample_count
 from lossproof.protocol import influx, native, otlp, promrw
 from lossproof.protocol.compression import decompress
 from lossproof.store.base import (
@@ -17,6 +18,7 @@ from lossproof.store.base import (
     MetricMetadata,
     Point,
     ReportWrite,
+    SeriesBlock,
     SeriesSamples,
     SpoolState,
     WriteBatch,
@@ -122,7 +124,7 @@ def _influx_parts(env: native.Envelope, max_points: int, max_bytes: int) -> Iter
 
 
 # (points, series columns, metadata, decoded bytes)
-_Chunk = tuple[list[Point], list[SeriesSamples], list[promrw.Metadata], int]
+_Chunk = tuple[list[Point], list[SeriesSamples | SeriesBlock], list[promrw.Metadata], int]
 
 # Third-party protocols: samples without an agent seq, idempotent by (tenant, series, t), and
 # metric metadata (remote write), the last write winning.
@@ -165,7 +167,7 @@ def record_parts(
                 )
                 if metadata:
                     part.metadata = [MetricMetadata(tenant, *m) for m in metadata]
-                yield Part(part, len(points) + sum(len(s.t) for s in series), size)
+                yield Part(part, len(points) + sum(map(sample_count, series)), size)
             return
         req, report_decoder, body_size = _decode_native(env)
     except Exception as e:  # any failure to decode is poison data, never a reason to stop

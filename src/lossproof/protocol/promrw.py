@@ -32,7 +32,7 @@ import cramjam
 from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory
 
 from lossproof import _native
-from lossproof.points import Point, SeriesSamples
+from lossproof.points import Point, SeriesBlock, SeriesSamples
 from lossproof.protocol.thirdparty import (
     MAX_BUCKETS,
     MAX_LABEL_VALUE,
@@ -49,8 +49,8 @@ from lossproof.protocol.thirdparty import (
 )
 
 # the extension built from this checkout's native/ (an older build fails here, not on every body)
-if _native.ABI != 5:
-    raise ImportError(f"lossproof._native is ABI {_native.ABI}, this code needs 5: pip install -e . again")
+if _native.ABI != 6:
+    raise ImportError(f"lossproof._native is ABI {_native.ABI}, this code needs 6: pip install -e . again")
 
 # -- the schema, as descriptors --------------------------------------------------------------------
 
@@ -750,10 +750,10 @@ def decode(body: bytes, proto: str) -> tuple[list[Point], list[Metadata]]:
 class Chunk(NamedTuple):
     """A part of a decoded body: at most ``max_points`` points (a histogram is never split, so a
     chunk may exceed it by one histogram's buckets), and the metadata in the last chunk only. The
-    samples come as columns per series, in the body's order (a histogram as the series it becomes,
-    one sample each)."""
+    samples come as columns, in the body's order: per series, or (1.0) as ranges of the body's
+    columns (:class:`SeriesBlock`); a histogram as the series it becomes, one sample each."""
 
-    series: list[SeriesSamples]
+    series: list[SeriesSamples | SeriesBlock]
     metadata: list[Metadata]
     size: int  # encoded bytes of the series these points came from
 
@@ -784,7 +784,7 @@ def iter_decode(
     symbols = list(_SymbolsOnly.FromString(body).symbols)
     blobs = _SeriesBlobs.FromString(body).v2
     del body
-    out: list[SeriesSamples] = []
+    out: list[SeriesSamples | SeriesBlock] = []
     n_out = 0  # samples in out
     size = 0
     for blob in blobs:
@@ -827,41 +827,54 @@ def iter_decode(
 
 
 def _iter_v1(body: bytes, max_points: int, max_bytes: int) -> Iterator[Chunk]:
-    """:func:`iter_decode` of a 1.0 body. Its series' labels and samples are read in Rust
-    (``lossproof._native.rw1_series``, native/src/lib.rs) straight into columns: reading them through
-    the message classes (a Python object per sample and per label) was most of the worker's cost on
-    remote write (docs/store.md, "Native code"). A series with exemplars or histograms is also
-    parsed by its message class, which checks those and reads the histograms. The body's two
-    columns are held until its last chunk (16 bytes a sample); a chunk's series copy their part."""
+    """:func:`iter_decode` of a 1.0 body. Its series are read in Rust (``lossproof._native.rw1_block``,
+    native/src/rwcols.rs) into one block: the samples' times and values as two columns and each
+    series' store key as text, no Python object per series or per sample. A chunk's series are
+    ranges of the block's samples (:class:`SeriesBlock`), which the store turns into its columns
+    with one series-id look-up per series; the chunks' bounds come from the block too
+    (``RwBlock.plan``). Building a labels dict and two arrays per series here, and a key tuple per
+    series in the store, was most of the worker's remote-write decoding (docs/store.md, "Native
+    code"). A series with exemplars or histograms is also parsed by its message class, which checks
+    those and reads the histograms, here, in the body's order; so is one without ``__name__`` (a
+    KeyError, as before). The block (16 bytes a sample and the keys' text) is held until the
+    chunks' last reference to it is gone."""
     meta: dict[str, Metadata] = {}
     for md in _MetadataOnly.FromString(body).metadata:
         m = _metadata(md.metric_family_name, md.type, md.help, md.unit)
         if m is not None:
             meta[m.metric] = m
     try:
-        t_col, v_col, series, error = _native.rw1_series(body)
+        block, error = _native.rw1_block(body)
     except ValueError as e:  # as the message classes say it
         raise message.DecodeError(f"Error parsing message: {e}") from None
-    view = memoryview(body) if any(s[5] for s in series) else None
+    view = memoryview(body) if block.has_more() else None
     del body
-    out: list[SeriesSamples] = []
+    out: list[SeriesSamples | SeriesBlock] = []
     n_out = 0  # samples in out
     size = 0
-    t_all, v_all = memoryview(t_col), memoryview(v_col)  # 8 bytes a sample
-    for labels, first, last, start, end, more in series:
+    k, n = 0, len(block)
+    while True:
+        events, k, n_out, size = block.plan(k, max_points, max_bytes, n_out, size, bool(out))
+        for a, b in events:
+            if a < 0:  # the chunk ends: b is its size
+                yield Chunk(out, [], b)
+                out = []
+            else:
+                out.append(SeriesBlock(block, a, b))
+        if k == n:
+            break
+        # a series the plan leaves to Python: exemplars or histograms, or no __name__
+        first, last, start, end, more, named = block.series_info(k)
         # exemplars or histograms: the message class checks them (and reads the histograms)
         histograms = _V1_SERIES.FromString(view[start:end]).histograms if view is not None and more else ()
         size += end - start
-        name = labels.pop(_NAME)
-        if "" in labels.values():
-            labels = {k: v for k, v in labels.items() if v}
-        i, n = first, last
-        while i < n:  # a series with more samples than a chunk holds is split
-            j = min(n, i + max_points - n_out)
-            t, v = array("q"), array("d")
-            t.frombytes(t_all[8 * i : 8 * j])
-            v.frombytes(v_all[8 * i : 8 * j])
-            out.append(SeriesSamples(name, labels, t, v))
+        if not named:
+            raise KeyError(_NAME)
+        name, labels = block.labels(k)
+        i = first
+        while i < last:  # a series with more samples than a chunk holds is split
+            j = min(last, i + max_points - n_out)
+            out.append(SeriesBlock(block, i, j))
             n_out += j - i
             i = j
             if n_out >= max_points:
@@ -877,6 +890,7 @@ def _iter_v1(body: bytes, max_points: int, max_bytes: int) -> Iterator[Chunk]:
         if size >= max_bytes and out:
             yield Chunk(out, [], size)
             out, n_out, size = [], 0, 0
+        k += 1
     if error is not None:  # where the message classes failed: after the series before it
         raise message.DecodeError(f"Error parsing message: {error}")
     yield Chunk(out, list(meta.values()), size)

@@ -61,6 +61,7 @@ from lossproof.log.base import LogGap as LogGap  # the log gaps the store record
 # modules and callers keep importing them from here.
 from lossproof.points import Point as Point
 from lossproof.points import PointLike as PointLike
+from lossproof.points import SeriesBlock as SeriesBlock
 from lossproof.points import SeriesSamples as SeriesSamples
 from lossproof.points import decode_points as decode_points
 from lossproof.points import encode_points as encode_points
@@ -229,7 +230,8 @@ class WriteBatch:
     spool: list[SpoolState] = field(default_factory=list)  # per agent, the last one wins
     metadata: list[MetricMetadata] = field(default_factory=list)  # per (tenant, metric), the last wins
     incarnations: list[Incarnation] = field(default_factory=list)
-    series: list[tuple[str, SeriesSamples]] = field(default_factory=list)  # samples as columns, see above
+    # samples as columns (see above): a series each, or a remote-write body's many series in one block
+    series: list[tuple[str, SeriesSamples | SeriesBlock]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,11 +15,11 @@ import numpy as np
 
 from lossproof import _native
 from lossproof.store import chunks
-from lossproof.store.base import PointLike, SeriesSamples
+from lossproof.store.base import PointLike, SeriesBlock, SeriesSamples
 
 # the extension built from this checkout's native/ (an older build fails here, not in a batch)
-if _native.ABI != 5:
-    raise ImportError(f"lossproof._native is ABI {_native.ABI}, this code needs 5: pip install -e . again")
+if _native.ABI != 6:
+    raise ImportError(f"lossproof._native is ABI {_native.ABI}, this code needs 6: pip install -e . again")
 
 SeriesKey = tuple[Any, ...]  # (tenant, metric, *labels.items()) in the order the sender gave them
 # resolve(key, tenant, metric, labels) -> series id: the store's cache, then its series table
@@ -57,15 +57,31 @@ class Columns:
         self._vs.frombytes(vs)
 
     def add_series(
-        self, tenant: str, series: Iterable[SeriesSamples], known: dict[SeriesKey, int], resolve: Resolver
+        self,
+        tenant: str,
+        series: Iterable[SeriesSamples | SeriesBlock],
+        known: dict[SeriesKey, int],
+        resolve: Resolver,
     ) -> None:
         """Append each series' columns: one look-up per series, the samples copied in C, the
-        series ids repeated by numpy once for all of them."""
+        series ids repeated by numpy once for all of them. A block (a remote-write body's series,
+        decoded in Rust) becomes its columns in ``lossproof._native.block_columns`` (native/src/rwcols.rs):
+        per series its key tuple is found by the key's text (as in :meth:`add`) and looked up once."""
         ids: list[int] = []
         counts: list[int] = []
         ts_extend, vs_extend = self._ts.extend, self._vs.extend
         try:
             for s in series:
+                if isinstance(s, SeriesBlock):
+                    # the series before it first (the columns stay in the batch's order)
+                    self._sids.frombytes(np.repeat(np.array(ids, dtype=np.int64), counts).tobytes())
+                    ids.clear()
+                    counts.clear()
+                    sids, ts, vs = _native.block_columns(tenant, s.block, s.first, s.last, known, resolve)
+                    self._sids.frombytes(sids)
+                    self._ts.frombytes(ts)
+                    self._vs.frombytes(vs)
+                    continue
                 key = (tenant, s.metric, *s.labels.items())
                 sid = known.get(key)
                 if sid is None:

@@ -115,12 +115,12 @@ class SqliteCompaction(SqliteCore):
             (data,) = con.execute("SELECT data FROM parts WHERE id = ?", (pid,)).fetchone()
             size += len(data)
             cols.append((pid, *chunks.decode_part(data)))
-        order = np.concatenate([np.full(len(c[1]), c[0], dtype=np.int64) for c in cols])
         sids = np.concatenate([c[1] for c in cols])
         ts = np.concatenate([c[2] for c in cols])
         vs = np.concatenate([c[3] for c in cols])
-        pick = np.lexsort((order, ts, sids))  # by series, t, and the older part first
-        del order
+        # by series and t; lexsort is stable and the parts are concatenated oldest first, so of two
+        # points with the same (series, t) the older part's comes first (a part-id key sorted the same)
+        pick = np.lexsort((ts, sids))
         sids, ts, vs = chunks.dedup_sorted(sids[pick], ts[pick], vs[pick])
         rows = chunks.encode_batch(sids, ts, vs)
         return _Flush(take, rows, size, len(ts), int(self._meta("compact_gen") or 0))
