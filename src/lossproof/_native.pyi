@@ -32,6 +32,9 @@ def assemble_into(
     seg_len: bytes,
 ) -> tuple[bytearray, int]: ...
 def runs_increasing(ts: Any, at: bytes, counts: bytes) -> bool: ...
+def decode_checked(
+    items: list[tuple[int, int, int, int, bytes]], at: bytes, total: int
+) -> tuple[bytearray, bool]: ...
 
 class StoredTimes:
     """(series, t) the embedded writer stored recently (native/src/stored_times.rs); columns are

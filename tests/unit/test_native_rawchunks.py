@@ -190,3 +190,32 @@ def test_runs_increasing_is_the_numpy_check(ts_l: list[int], data: st.DataObject
             chunks.check_increasing(ts, at, counts)
     with pytest.raises(ValueError):
         _native.runs_increasing(ts, _i64([len(ts)]), _i64([1]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.integers(-(2**40), 2**40), min_size=1, max_size=40), max_size=5), st.data())
+def test_decode_checked_is_decode_chunks_and_the_numpy_check(
+    ts_lists: list[list[int]], data: st.DataObject
+) -> None:
+    """Packed and raw chunks (times sometimes not increasing: written here without the encoder's
+    checks) decoded as decode_chunks decodes them; the verdict the numpy check of each chunk gives."""
+    items, counts = [], []
+    for ts_l in ts_lists:
+        ts = np.array(ts_l if data.draw(st.integers(0, 2)) else sorted(set(ts_l)), dtype=np.int64)
+        vs = np.array([float(data.draw(st.integers(-99, 99))) / 4 for _ in ts])
+        if data.draw(st.booleans()):
+            blob = _raw(ts.tolist(), vs.tolist())
+        else:
+            blob = chunks.encode_many(ts, vs, np.array([0]), np.array([len(ts)]))[0]
+        item = chunks._opened(blob)
+        items.append((item[0], item[1], item[2], item[3], blob if item[0] == chunks.RAW else item[4]))
+        counts.append(item[1])
+    at = np.zeros(len(items), dtype=np.int64)
+    if counts:
+        np.cumsum(counts[:-1], out=at[1:])
+    total = int(sum(counts))
+    want = _native.decode_chunks(items, at.tobytes(), total)
+    got, increasing = _native.decode_checked(items, at.tobytes(), total)
+    assert bytes(got) == bytes(want)
+    ts_all = np.frombuffer(want, dtype="<i8", count=total).astype(np.int64)
+    assert increasing == _check_increasing_numpy(ts_all, at, np.array(counts, dtype=np.int64))

@@ -297,14 +297,18 @@ def decode_into(items: list[OpenedChunk], at: I64, total: int) -> tuple[I64, F64
     ``at[i]`` onwards, decoded in one pass over the bytes by the native extension
     (``_native.decode_chunks``: the byte planes unshuffled, delta-of-delta undone, values scaled or
     XOR-accumulated, as :func:`encode_many` laid them out), which took a dozen numpy passes per chunk
-    length before. Writable arrays."""
+    length before; ``_native.decode_checked`` is ``decode_chunks`` that also checks each chunk's times
+    (:func:`check_increasing`) as it writes them. Writable arrays."""
     try:
-        cols = _native.decode_chunks(items, np.ascontiguousarray(at, dtype=np.int64).tobytes(), total)
+        cols, increasing = _native.decode_checked(
+            items, np.ascontiguousarray(at, dtype=np.int64).tobytes(), total
+        )
     except ValueError as e:  # _opened checked every header; a mismatch left is a bug, said as damage
         raise ChunkError(str(e)) from None
+    if not increasing:  # as check_increasing: checked by the decoder on each chunk's times
+        raise ChunkError("a chunk's times are not increasing")
     ts = np.frombuffer(cols, dtype="<i8", count=total).astype(np.int64, copy=False)
     vs = np.frombuffer(cols, dtype="<f8", count=total, offset=8 * total).astype(np.float64, copy=False)
-    check_increasing(ts, at, np.fromiter((it[1] for it in items), dtype=np.int64, count=len(items)))
     return ts, vs
 
 

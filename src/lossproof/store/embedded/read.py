@@ -77,7 +77,7 @@ def _assemble(
     sid_of = np.array([sid for sid, _, _ in found], dtype=np.int64)
     # the rows' columns: at once by the native extension when every chunk is raw (the usual case
     # for recent data: no chunk to open), else each chunk opened (a packed body decompressed)
-    heads = _native.chunk_heads(rows) if rows else None
+    heads = _native.chunk_heads(rows)
     items: list[chunks.OpenedChunk] | None = None
     if heads is not None:
         r_sid, r_id, r_tmin, r_tmax, counts = np.frombuffer(heads, dtype=np.int64).reshape(5, len(rows))
