@@ -538,6 +538,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(rawchunks::assemble_into, m)?)?;
     m.add_function(wrap_pyfunction!(rawchunks::runs_increasing, m)?)?;
     m.add_function(wrap_pyfunction!(rawchunks::decode_checked, m)?)?;
+    m.add_function(wrap_pyfunction!(rawchunks::search_runs, m)?)?;
     m.add_class::<stored_times::StoredTimes>()?;
     Ok(())
 }

@@ -319,3 +319,45 @@ pub fn decode_checked<'py>(
     })?;
     Ok((out, increasing))
 }
+
+/// `search_runs(ts, lo, hi, x, right) -> bytearray`: for each run `ts[lo[k]:hi[k]]` (each sorted;
+/// `ts` a contiguous int64 buffer, read in place; `lo`, `hi` native-endian int64 bytes) where `x`
+/// goes in it, as an index into `ts` (numpy's `searchsorted(run, x, side) + lo[k]`, side "right" when
+/// `right`), native-endian int64 bytes. A run outside `ts` is a ValueError.
+#[pyfunction]
+pub fn search_runs<'py>(
+    py: Python<'py>,
+    ts: PyBuffer<i64>,
+    lo: &[u8],
+    hi: &[u8],
+    x: i64,
+    right: bool,
+) -> PyResult<Bound<'py, PyByteArray>> {
+    let (lo, hi) = (ints(lo, "lo")?, ints(hi, "hi")?);
+    if lo.len() != hi.len() {
+        return Err(PyValueError::new_err("lo and hi differ in length"));
+    }
+    let t = cells(py, &ts, "ts")?;
+    let mut out = Vec::with_capacity(lo.len());
+    for (k, (&a, &b)) in lo.iter().zip(&hi).enumerate() {
+        if a < 0 || b < a || b as u64 > t.len() as u64 {
+            return Err(PyValueError::new_err(format!(
+                "run {k}: [{a}, {b}) of {}",
+                t.len()
+            )));
+        }
+        let run = &t[a as usize..b as usize];
+        let at = if right {
+            run.partition_point(|c| c.get() <= x)
+        } else {
+            run.partition_point(|c| c.get() < x)
+        };
+        out.push(a + at as i64);
+    }
+    PyByteArray::new_with(py, 8 * out.len(), |buf| {
+        for (dst, x) in buf.chunks_exact_mut(8).zip(&out) {
+            dst.copy_from_slice(&x.to_ne_bytes());
+        }
+        Ok(())
+    })
+}

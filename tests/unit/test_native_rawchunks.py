@@ -219,3 +219,22 @@ def test_decode_checked_is_decode_chunks_and_the_numpy_check(
     assert bytes(got) == bytes(want)
     ts_all = np.frombuffer(want, dtype="<i8", count=total).astype(np.int64)
     assert increasing == _check_increasing_numpy(ts_all, at, np.array(counts, dtype=np.int64))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(-50, 50), max_size=12, unique=True).map(sorted), max_size=6),
+    st.integers(-60, 60),
+    st.booleans(),
+)
+def test_native_search_runs_is_the_numpy_search(runs: list[list[int]], x: int, right: bool) -> None:
+    """chunks.search_runs (native) lands where the numpy binary search over every run lands."""
+    ts = np.array([t for r in runs for t in r], dtype=np.int64)
+    ends = np.cumsum([len(r) for r in runs], dtype=np.int64)
+    starts = ends - np.array([len(r) for r in runs], dtype=np.int64)
+    want = chunks._search_runs_numpy(ts, starts, ends, x, right).tolist()
+    assert chunks.search_runs(ts, starts, ends, x, right).tolist() == want
+    got = _native.search_runs(ts, starts.tobytes(), ends.tobytes(), x, right)
+    assert np.frombuffer(got, dtype=np.int64).tolist() == want
+    with pytest.raises(ValueError):
+        _native.search_runs(ts, _i64([0]), _i64([len(ts) + 1]), x, right)

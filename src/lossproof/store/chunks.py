@@ -142,7 +142,18 @@ def encode_batch(sids: I64, ts: I64, vs: F64) -> list[EncodedChunk]:
 def search_runs(ts: I64, lo: I64, hi: I64, x: int, right: bool) -> I64:
     """For each run ``ts[lo[k]:hi[k]]`` (each sorted): where ``x`` goes in it, as an index into ``ts``
     (``np.searchsorted(ts[lo[k]:hi[k]], x, side) + lo[k]``, side "right" when ``right``). One binary
-    search over every run at once: a few numpy calls a halving, over arrays of one entry a run
+    search over every run at once, by the native extension (``_native.search_runs``, the times read
+    in place); :func:`_search_runs_numpy` where ``x`` is not an int64 or ``ts`` not contiguous."""
+    if -(2**63) <= x < 2**63 and ts.dtype == np.int64 and ts.flags.c_contiguous:
+        lo_b = np.ascontiguousarray(lo, dtype=np.int64).tobytes()
+        hi_b = np.ascontiguousarray(hi, dtype=np.int64).tobytes()
+        got = _native.search_runs(ts, lo_b, hi_b, int(x), right)
+        return np.frombuffer(got, dtype=np.int64)
+    return _search_runs_numpy(ts, lo, hi, x, right)
+
+
+def _search_runs_numpy(ts: I64, lo: I64, hi: I64, x: int, right: bool) -> I64:
+    """:func:`search_runs` in numpy: a few numpy calls a halving, over arrays of one entry a run
     (running sums over the whole column cost a pass over every point)."""
     lo = lo.astype(np.int64, copy=True)
     hi = hi.astype(np.int64, copy=True)
