@@ -19,11 +19,12 @@ mod fsum;
 mod ratewin;
 mod rwcheck;
 mod rwcols;
+mod rawchunks;
 
 /// The version of this module's interface, checked by the Python side (lossproof/store/columns.py):
 /// an extension built from other sources than the Python code that calls it fails at import, not
 /// half-way through a batch.
-const ABI: u32 = 6;
+const ABI: u32 = 7;
 
 // ---------------------------------------------------------------------------------------------
 // Points to store columns (lossproof.store.columns.Columns.add).
@@ -555,6 +556,11 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(chunkdecode::decode_chunks, m)?)?;
     m.add_function(wrap_pyfunction!(fsum::fsum_windows, m)?)?;
     m.add_function(wrap_pyfunction!(ratewin::rate_windows, m)?)?;
+    m.add_function(wrap_pyfunction!(rawchunks::chunk_heads, m)?)?;
+    m.add_function(wrap_pyfunction!(rawchunks::assemble_into, m)?)?;
+    m.add_function(wrap_pyfunction!(rawchunks::runs_increasing, m)?)?;
+    m.add_function(wrap_pyfunction!(rawchunks::decode_checked, m)?)?;
+    m.add_function(wrap_pyfunction!(rawchunks::search_runs, m)?)?;
     m.add_class::<stored_times::StoredTimes>()?;
     Ok(())
 }

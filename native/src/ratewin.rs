@@ -111,60 +111,59 @@ pub fn rate_windows<'py>(
     }
     let m = ts_list.len();
     let n = at.len();
-    let mut values = vec![0.0f64; m * n];
     let mut present = vec![0u8; m * n];
     let sorted = at.windows(2).all(|w| w[0] <= w[1]);
     let mut drops: Vec<usize> = Vec::new();
     let (mut ts_buf, mut vs_buf): (Vec<i64>, Vec<f64>) = (Vec::new(), Vec::new());
-    for i in 0..m {
-        // the series' points into buffers used again for the next (no column-sized copy)
-        let tb: PyBuffer<i64> = PyBuffer::get(&ts_list.get_item(i)?)?;
-        let vb: PyBuffer<f64> = PyBuffer::get(&vs_list.get_item(i)?)?;
-        if tb.item_count() != vb.item_count() {
-            return Err(PyValueError::new_err(format!(
-                "series {i}: {} times, {} values",
-                tb.item_count(),
-                vb.item_count()
-            )));
-        }
-        ts_buf.clear();
-        ts_buf.resize(tb.item_count(), 0);
-        tb.copy_to_slice(py, &mut ts_buf)?;
-        vs_buf.clear();
-        vs_buf.resize(vb.item_count(), 0.0);
-        vb.copy_to_slice(py, &mut vs_buf)?;
-        let (ts, vs) = (&ts_buf[..], &vs_buf[..]);
-        drops.clear();
-        if is_counter {
-            drops.extend((1..vs.len()).filter(|&p| vs[p] < vs[p - 1]));
-        }
-        let (mut lo, mut hi) = (0usize, 0usize);
-        for k in 0..n {
-            let end = at[k];
-            let start = end.wrapping_sub(rng);
-            if sorted {
-                while hi < ts.len() && ts[hi] <= end {
-                    hi += 1;
+    // the values written straight into the answer (a column-sized Vec then copied was a second
+    // allocation of m x n floats: fresh pages to fault in on every call)
+    let out = PyByteArray::new_with(py, 8 * m * n, |values| {
+        for i in 0..m {
+            // the series' points into buffers used again for the next (no column-sized copy)
+            let tb: PyBuffer<i64> = PyBuffer::get(&ts_list.get_item(i)?)?;
+            let vb: PyBuffer<f64> = PyBuffer::get(&vs_list.get_item(i)?)?;
+            if tb.item_count() != vb.item_count() {
+                return Err(PyValueError::new_err(format!(
+                    "series {i}: {} times, {} values",
+                    tb.item_count(),
+                    vb.item_count()
+                )));
+            }
+            ts_buf.clear();
+            ts_buf.resize(tb.item_count(), 0);
+            tb.copy_to_slice(py, &mut ts_buf)?;
+            vs_buf.clear();
+            vs_buf.resize(vb.item_count(), 0.0);
+            vb.copy_to_slice(py, &mut vs_buf)?;
+            let (ts, vs) = (&ts_buf[..], &vs_buf[..]);
+            drops.clear();
+            if is_counter {
+                drops.extend((1..vs.len()).filter(|&p| vs[p] < vs[p - 1]));
+            }
+            let (mut lo, mut hi) = (0usize, 0usize);
+            for k in 0..n {
+                let end = at[k];
+                let start = end.wrapping_sub(rng);
+                if sorted {
+                    while hi < ts.len() && ts[hi] <= end {
+                        hi += 1;
+                    }
+                    while lo < ts.len() && ts[lo] <= start {
+                        lo += 1;
+                    }
+                } else {
+                    hi = ts.partition_point(|&x| x <= end);
+                    lo = ts.partition_point(|&x| x <= start);
                 }
-                while lo < ts.len() && ts[lo] <= start {
-                    lo += 1;
+                if hi < lo + 2 {
+                    continue;
                 }
-            } else {
-                hi = ts.partition_point(|&x| x <= end);
-                lo = ts.partition_point(|&x| x <= start);
+                if let Some(r) = window(ts, vs, &drops, lo, hi, end, rng, is_rate, is_counter) {
+                    let at = 8 * (i * n + k);
+                    values[at..at + 8].copy_from_slice(&r.to_ne_bytes());
+                    present[i * n + k] = 1;
+                }
             }
-            if hi < lo + 2 {
-                continue;
-            }
-            if let Some(r) = window(ts, vs, &drops, lo, hi, end, rng, is_rate, is_counter) {
-                values[i * n + k] = r;
-                present[i * n + k] = 1;
-            }
-        }
-    }
-    let out = PyByteArray::new_with(py, 8 * values.len(), |buf| {
-        for (dst, x) in buf.chunks_exact_mut(8).zip(&values) {
-            dst.copy_from_slice(&x.to_ne_bytes());
         }
         Ok(())
     })?;

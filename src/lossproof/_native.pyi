@@ -29,6 +29,23 @@ def fsum_windows(v: bytes, lo: bytes, hi: bytes) -> tuple[bytearray, bytearray]:
 def rate_windows(
     ts: list[Any], vs: list[Any], at: bytes, rng: int, is_rate: bool, is_counter: bool
 ) -> tuple[bytearray, bytearray]: ...
+def chunk_heads(rows: list[tuple[int, int, int, int, bytes]]) -> bytearray | None: ...
+def assemble_into(
+    rows: list[tuple[int, int, int, int, bytes]],
+    at: bytes,
+    total: int,
+    src_ts: list[Any],
+    src_vs: list[Any],
+    seg_src: bytes,
+    seg_start: bytes,
+    seg_dest: bytes,
+    seg_len: bytes,
+) -> tuple[bytearray, int]: ...
+def runs_increasing(ts: Any, at: bytes, counts: bytes) -> bool: ...
+def search_runs(ts: Any, lo: bytes, hi: bytes, x: int, right: bool) -> bytearray: ...
+def decode_checked(
+    items: list[tuple[int, int, int, int, bytes]], at: bytes, total: int
+) -> tuple[bytearray, bool]: ...
 
 class StoredTimes:
     """(series, t) the embedded writer stored recently (native/src/stored_times.rs); columns are

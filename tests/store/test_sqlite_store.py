@@ -434,12 +434,14 @@ def test_batches_land_in_parts_then_chunks_then_one_packed_chunk_per_window(tmp_
 def test_assembled_reads_are_merge_arrays_series_by_series(data: st.DataObject) -> None:
     """The read path's assembly of many series' chunks at once (``_assemble``) answers, for every
     series, what :func:`chunks.merge_arrays` answers for its chunks and part slices: chunks in any
-    row order, apart or overlapping in time (the lowest id wins a t), raw or packed, and bounds."""
+    row order, apart or overlapping in time (the lowest id wins a t), raw or packed (all raw: the
+    native path), and bounds."""
     from lossproof.store import chunks
     from lossproof.store.embedded.read import PartBlock, _assemble
 
     nseries = data.draw(st.integers(1, 5))
     found = [(sid, "m", {}) for sid in data.draw(st.permutations(range(10, 10 + nseries)))]
+    raw_only = data.draw(st.booleans())  # every chunk raw: the native path (_native.assemble_into)
     rows: list[tuple[int, int, int, int, bytes]] = []
     parts: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
     extra: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
@@ -459,7 +461,7 @@ def test_assembled_reads_are_merge_arrays_series_by_series(data: st.DataObject) 
             vs = np.array([float(data.draw(st.integers(0, 9))) / 4 for _ in ts])
             cid = cid + data.draw(st.integers(1, 3))
             raw = chunks.encode_batch(ts * 0, ts, vs)[0].data
-            blob = chunks.encode(ts, vs) if data.draw(st.booleans()) else raw
+            blob = chunks.encode(ts, vs) if not raw_only and data.draw(st.booleans()) else raw
             rows.append((sid, cid, int(ts[0]), int(ts[-1]), blob))
             parts.setdefault(i, []).append((cid, ts, vs))
         for k in range(data.draw(st.sampled_from([0, 0, 1, 2]))):  # slices of parts, mostly after the chunks
@@ -528,12 +530,17 @@ def test_a_chunk_unlike_its_stored_time_range_is_damage() -> None:
     from lossproof.store import chunks
     from lossproof.store.embedded.read import _assemble
 
-    blob = chunks.encode(np.array([10, 20]), np.array([1.0, 2.0]))
+    ts, vs = np.array([10, 20]), np.array([1.0, 2.0])
     found = [(7, "m", {})]
-    assert _assemble(found, [(7, 1, 10, 20, blob)], {}, 0, 100)[0][0].tolist() == [10, 20]
-    for lo, hi in ((10, 25), (5, 20)):
-        with pytest.raises(chunks.ChunkError):
-            _assemble(found, [(7, 1, lo, hi, blob)], {}, 0, 100)
+    for blob in (chunks.encode(ts, vs), chunks.encode_batch(ts * 0, ts, vs)[0].data):  # packed, raw
+        assert _assemble(found, [(7, 1, 10, 20, blob)], {}, 0, 100)[0][0].tolist() == [10, 20]
+        for lo, hi in ((10, 25), (5, 20)):
+            with pytest.raises(chunks.ChunkError, match="stored time range"):
+                _assemble(found, [(7, 1, lo, hi, blob)], {}, 0, 100)
+    # a raw chunk whose times go back (the native path checks them as decode_into does)
+    back = bytes((chunks.RAW,)) + np.array([20, 10], "<i8").tobytes() + np.array([1.0, 2.0], "<f8").tobytes()
+    with pytest.raises(chunks.ChunkError, match="not increasing"):
+        _assemble(found, [(7, 1, 20, 10, back)], {}, 0, 100)
 
 
 def _samples(ts: list[int], host: str = "h0", v: float = 1.0) -> WriteBatch:

@@ -49,8 +49,8 @@ from lossproof.protocol.thirdparty import (
 )
 
 # the extension built from this checkout's native/ (an older build fails here, not on every body)
-if _native.ABI != 6:
-    raise ImportError(f"lossproof._native is ABI {_native.ABI}, this code needs 6: pip install -e . again")
+if _native.ABI != 7:
+    raise ImportError(f"lossproof._native is ABI {_native.ABI}, this code needs 7: pip install -e . again")
 
 # -- the schema, as descriptors --------------------------------------------------------------------
 

@@ -142,7 +142,18 @@ def encode_batch(sids: I64, ts: I64, vs: F64) -> list[EncodedChunk]:
 def search_runs(ts: I64, lo: I64, hi: I64, x: int, right: bool) -> I64:
     """For each run ``ts[lo[k]:hi[k]]`` (each sorted): where ``x`` goes in it, as an index into ``ts``
     (``np.searchsorted(ts[lo[k]:hi[k]], x, side) + lo[k]``, side "right" when ``right``). One binary
-    search over every run at once: a few numpy calls a halving, over arrays of one entry a run
+    search over every run at once, by the native extension (``_native.search_runs``, the times read
+    in place); :func:`_search_runs_numpy` where ``x`` is not an int64 or ``ts`` not contiguous."""
+    if -(2**63) <= x < 2**63 and ts.dtype == np.int64 and ts.flags.c_contiguous:
+        lo_b = np.ascontiguousarray(lo, dtype=np.int64).tobytes()
+        hi_b = np.ascontiguousarray(hi, dtype=np.int64).tobytes()
+        got = _native.search_runs(ts, lo_b, hi_b, int(x), right)
+        return np.frombuffer(got, dtype=np.int64)
+    return _search_runs_numpy(ts, lo, hi, x, right)
+
+
+def _search_runs_numpy(ts: I64, lo: I64, hi: I64, x: int, right: bool) -> I64:
+    """:func:`search_runs` in numpy: a few numpy calls a halving, over arrays of one entry a run
     (running sums over the whole column cost a pass over every point)."""
     lo = lo.astype(np.int64, copy=True)
     hi = hi.astype(np.int64, copy=True)
@@ -297,14 +308,18 @@ def decode_into(items: list[OpenedChunk], at: I64, total: int) -> tuple[I64, F64
     ``at[i]`` onwards, decoded in one pass over the bytes by the native extension
     (``_native.decode_chunks``: the byte planes unshuffled, delta-of-delta undone, values scaled or
     XOR-accumulated, as :func:`encode_many` laid them out), which took a dozen numpy passes per chunk
-    length before. Writable arrays."""
+    length before; ``_native.decode_checked`` is ``decode_chunks`` that also checks each chunk's times
+    (:func:`check_increasing`) as it writes them. Writable arrays."""
     try:
-        cols = _native.decode_chunks(items, np.ascontiguousarray(at, dtype=np.int64).tobytes(), total)
+        cols, increasing = _native.decode_checked(
+            items, np.ascontiguousarray(at, dtype=np.int64).tobytes(), total
+        )
     except ValueError as e:  # _opened checked every header; a mismatch left is a bug, said as damage
         raise ChunkError(str(e)) from None
+    if not increasing:  # as check_increasing: checked by the decoder on each chunk's times
+        raise ChunkError("a chunk's times are not increasing")
     ts = np.frombuffer(cols, dtype="<i8", count=total).astype(np.int64, copy=False)
     vs = np.frombuffer(cols, dtype="<f8", count=total, offset=8 * total).astype(np.float64, copy=False)
-    check_increasing(ts, at, np.fromiter((it[1] for it in items), dtype=np.int64, count=len(items)))
     return ts, vs
 
 
@@ -312,22 +327,14 @@ def check_increasing(ts: I64, at: I64, counts: I64) -> None:
     """Every chunk's times strictly increasing (chunk i: ``ts[at[i] : at[i] + counts[i]]``; chunks do
     not overlap), else a ChunkError: reads binary-search a series' points, so a damaged chunk (a zstd
     frame has no checksum) whose times go back or repeat would answer points outside the range asked,
-    miss some inside it, or give one t two values. One comparison a point; only the few places where
-    the times do not increase (between series, between chunks) are looked up."""
+    miss some inside it, or give one t two values. One comparison a point, each chunk walked by the
+    native extension (``_native.runs_increasing``; numpy compared every pair of neighbours of the whole
+    read, and looked up each place where they did not increase: every position not yet filled)."""
     if len(ts) < 2:
         return
-    down = np.flatnonzero(ts[1:] <= ts[:-1])
-    if not len(down):
-        return
-    has = counts > 0
-    at, counts = np.asarray(at, dtype=np.int64)[has], counts[has]
-    if not len(at):
-        return
-    by_at = np.argsort(at)
-    starts, ends = at[by_at], at[by_at] + counts[by_at]
-    k = np.searchsorted(starts, down, "right") - 1
-    inside = (k >= 0) & (down + 1 < ends[np.maximum(k, 0)])
-    if inside.any():
+    at_b = np.ascontiguousarray(at, dtype=np.int64).tobytes()
+    counts_b = np.ascontiguousarray(counts, dtype=np.int64).tobytes()
+    if not _native.runs_increasing(np.ascontiguousarray(ts, dtype=np.int64), at_b, counts_b):
         raise ChunkError("a chunk's times are not increasing")
 
 
