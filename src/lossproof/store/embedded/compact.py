@@ -251,7 +251,8 @@ class SqliteCompaction(SqliteCore):
                         step = min(_RECLAIM_STEP_PAGES, free - keep)
                         # executescript steps the pragma to its end (execute() frees one page a call)
                         con.executescript(f"BEGIN IMMEDIATE; PRAGMA incremental_vacuum({int(step)}); COMMIT;")
-                        return CompactResult(more=True)
+                        # more only while it frees pages: never a busy loop of steps that do nothing
+                        return CompactResult(more=con.execute("PRAGMA freelist_count").fetchone()[0] < free)
                     self._reclaiming = False
                 if not self._wal_small:
                     self._wal_small = self._truncate_wal()
