@@ -332,6 +332,13 @@ def test_limits(store: SqliteStore) -> None:
         run("sum_over_time(cpu[1m])", promql.Limits(max_samples=5))  # 9 points
     with pytest.raises(promql.LimitExceeded, match="max_samples = 100"):
         run("max_over_time(cpu[1h:1s])", promql.Limits(max_samples=100))  # the subquery's points
+    # rate() reads its series in pieces (select_arrays_each): the same limits, the same errors
+    with pytest.raises(
+        promql.LimitExceeded, match="read 3 series with one selector, more than max_series = 2"
+    ):
+        run("rate(cpu[1m])", promql.Limits(max_series=2))
+    with pytest.raises(promql.LimitExceeded, match="max_samples = 5"):
+        run("sum(rate(cpu[1m]))", promql.Limits(max_samples=5))
     with pytest.raises(promql.LimitExceeded, match="timed out") as e:
         run("cpu", promql.Limits(timeout_s=1e-9))
     assert e.value.error_type == "timeout"
@@ -392,3 +399,30 @@ def test_unary_minus_drops_the_name_and_refuses_duplicates(store: SqliteStore) -
     assert len(at(store, both)) == 2
     with pytest.raises(promql.ExecutionError, match="same labelset"):
         at(store, "-" + both)
+
+
+@pytest.mark.parametrize("q", ["rate(cpu[1m])", "increase(cpu[30s] offset 10s)", "sum(delta(cpu[1m]))"])
+def test_rate_in_pieces(store: SqliteStore, monkeypatch: pytest.MonkeyPatch, q: str) -> None:
+    """rate / increase / delta read a series at a time (a piece each) answer what one read does, and
+    what the generic range-function path computes from the whole read."""
+    g = promql.Grid(T, T + 60 * S, 10 * S)
+
+    def run() -> promql.Vector:
+        v = promql.Evaluator(store, "t", g).eval(promql.parse(q))
+        assert isinstance(v, promql.Vector)
+        return v
+
+    whole = run()
+    each = SqliteStore.select_arrays_each
+    monkeypatch.setattr(
+        SqliteStore,
+        "select_arrays_each",
+        lambda self, *a, **kw: each(self, *a, **{**kw, "series_per_call": 1}),
+    )
+    pieces = run()
+    monkeypatch.setattr(promql, "NATIVE_RATE", {})
+    generic = run()
+    for v in (pieces, generic):
+        assert v.labels == whole.labels
+        assert np.array_equal(v.present, whole.present)
+        assert np.array_equal(v.values[v.present], whole.values[whole.present])

@@ -32,7 +32,7 @@ def range_function(
     sentinel point at the end (t 0, v NaN), so that ``lo`` and ``hi - 1`` of any window, empty or
     not, index a point: the functions gather for every window and mask the result."""
     m, n = len(found), len(at)
-    native = _NATIVE_RATE.get(name) if fn is None else None
+    native = NATIVE_RATE.get(name) if fn is None else None
     if native is not None:
         return rate_windows(found, at, rng, *native)
     values = np.empty((m, n))
@@ -47,7 +47,7 @@ def range_function(
 BLOCK = 16_384  # windows computed at a time
 
 # rate, increase and delta: (is_rate, is_counter) of the extension's rate_windows
-_NATIVE_RATE = {"rate": (True, True), "increase": (False, True), "delta": (False, False)}
+NATIVE_RATE = {"rate": (True, True), "increase": (False, True), "delta": (False, False)}
 
 
 def rate_windows(

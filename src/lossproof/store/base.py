@@ -46,7 +46,7 @@ Tenancy
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -600,6 +600,22 @@ class StoreReader(abc.ABC):
         """The points with ``from_ms <= t <= to_ms`` of every series matching all ``matchers``, as
         columns, from one snapshot of the store; series without a point in the range are left out.
         Sorted like :meth:`series`."""
+
+    def select_arrays_each(
+        self,
+        tenant: str,
+        matchers: Sequence[Matcher],
+        from_ms: int,
+        to_ms: int,
+        each: Callable[[list[SeriesArrays]], None],
+        series_per_call: int = 256,
+    ) -> None:
+        """What :meth:`select_arrays` answers, handed to ``each`` in pieces, in order (of a few
+        series each, up to ``series_per_call`` of those matching; a piece may be empty), from one
+        snapshot: a caller that is done with a piece before the next keeps only that piece's points
+        in memory (a day of 10,000 series is 600 MB of columns, and fresh memory of that size costs
+        as much as decoding it). This default hands over the whole answer at once."""
+        each(self.select_arrays(tenant, matchers, from_ms, to_ms))
 
     def select(self, tenant: str, matchers: Sequence[Matcher], from_ms: int, to_ms: int) -> list[Series]:
         """:meth:`select_arrays` as lists of ``(t, v)``."""

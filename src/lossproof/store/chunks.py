@@ -295,12 +295,32 @@ def open_many(datas: Sequence[bytes]) -> tuple[list[OpenedChunk], I64]:
     """Each chunk opened (header checked, a packed body decompressed: :func:`_opened`) as
     :func:`decode_into` takes it, and each chunk's number of points."""
     items: list[OpenedChunk] = []
-    counts = np.zeros(len(datas), dtype=np.int64)
-    for i, data in enumerate(datas):
+    ns: list[int] = []
+    # _opened's checks inlined for the usual packed chunk (a day of 10,000 series is 120,000 of them:
+    # the calls cost more than the decompression); anything else goes through _opened itself
+    head = _PACKED_HEAD.size
+    unpack = _PACKED_HEAD.unpack_from
+    declared_size = zstandard.frame_content_size
+    decompress = _decompressor().decompress
+    modes = range(_V_DECIMAL, _V_DECIMAL + _MAX_DECIMALS + 1)
+    for data in datas:
+        if len(data) > head and data[0] == PACKED:
+            _, mode, n, first = unpack(data)
+            frame = data[head:]
+            if n and (mode == _V_XOR or mode in modes):
+                try:
+                    ok = declared_size(frame) == 16 * n - 8
+                    body = decompress(frame, max_output_size=16 * n) if ok else b""
+                except zstandard.ZstdError:
+                    ok = False
+                if ok and len(body) == 16 * n - 8:
+                    ns.append(n)
+                    items.append((PACKED, n, mode, first, body))
+                    continue
         kind, n, mode, first, body = _opened(data)
-        counts[i] = n
+        ns.append(n)
         items.append((kind, n, mode, first, data if kind == RAW else body))
-    return items, counts
+    return items, np.array(ns, dtype=np.int64)
 
 
 def decode_into(items: list[OpenedChunk], at: I64, total: int) -> tuple[I64, F64]:
