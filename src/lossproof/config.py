@@ -257,7 +257,7 @@ class StoreConfig(_Section):
 class WorkerConfig(_Section):
     """``[worker]``: log → store. What bounds a worker's memory per batch is in worker/loop.py."""
 
-    batch_records: int = Field(default=128, ge=1, description="Log records per store transaction, at most.")
+    batch_records: int = Field(default=512, ge=1, description="Log records per store transaction, at most.")
     batch_wait_seconds: float = Field(
         default=0.05, ge=0, le=MAX_SECONDS, description="How long a batch waits for more records."
     )

@@ -109,7 +109,7 @@ class Worker:
         reader: LogReader,
         store: Store,
         registry: CollectorRegistry,
-        batch_records: int = 128,
+        batch_records: int = 512,
         batch_wait: float = 0.05,
         batch_bytes: int = 16 * MiB,
         batch_points: int = 131_072,
@@ -163,7 +163,7 @@ class Worker:
         what one big transaction achieves, so a batch fills up under load; when idle, the first
         record is still processed within ``batch_wait``. A poll asks for as many records as fit the
         byte budget at the recent record size, so big bodies (up to ``server.max_body_bytes`` each)
-        are not read 128 at a time."""
+        are not read 512 at a time."""
         got = self.reader.poll(self._poll_size(0, 0), self.batch_wait)
         if not got.records:
             return got
