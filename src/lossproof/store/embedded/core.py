@@ -83,6 +83,7 @@ class SqliteCore(Store):
         self._pack_queue: list[tuple[int, int, int, int]] = []  # (series, windows from, to, raw points)
         self._pack_mark = 0
         self._pack_scan_done = True
+        self._pack_top = 0  # meta.chunk_id_top when the scan was made (a flush since raises it)
         self._reclaiming = False  # giving free pages back (compact.py, _reclaim)
         self._wal_small = False  # the WAL truncated since the last compaction work
         self._busy_timeout_ms = int(busy_timeout_ms)
