@@ -242,3 +242,46 @@ def test_a_flush_between_two_pack_steps_is_not_forgotten_one_worker(tmp_path: Pa
     # bench compare's done condition must not say done with raw chunks left
     assert state["done"] and state["raw_chunks"] == 0, state
     assert _raw_points(path) == 0
+
+
+def test_enable_reclaim_does_not_build_the_vacuum_copy_in_memory(tmp_path: Path) -> None:
+    # _connect sets temp_store = MEMORY; VACUUM builds its copy of the database in a temp database,
+    # so `store migrate` of a store of N GiB needed N GiB of RAM (or got the OOM killer).
+    import os
+    import subprocess
+    import sys
+
+    from lptest import subprocess_env
+
+    path = tmp_path / "s.db"
+    SqliteStore(path).close()
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("CREATE TABLE pad (x BLOB)")
+    con.execute("BEGIN")
+    for _ in range(1600):
+        con.execute("INSERT INTO pad VALUES (?)", (os.urandom(100_000),))
+    con.execute("COMMIT")
+    con.execute("PRAGMA auto_vacuum = NONE")
+    con.execute("VACUUM")
+    con.close()
+    size_mib = path.stat().st_size / 2**20
+    code = (
+        "import resource, sys\n"
+        "from lossproof.store.sqlite import SqliteStore\n"
+        "s = SqliteStore(sys.argv[1])\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "assert s.enable_reclaim()\n"
+        "s.close()\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=subprocess_env(), timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    grew_mib = float(out.stdout.strip())
+    # the page cache (CACHE_KIB, 64 MiB) may fill; not a copy of the whole file
+    assert grew_mib < 64 + 0.25 * size_mib, (grew_mib, size_mib)
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+    assert con.execute("PRAGMA temp_store").fetchone()[0] in (0, 1, 2)
+    con.close()

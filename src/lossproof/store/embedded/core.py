@@ -189,7 +189,13 @@ class SqliteCore(Store):
                 if self._con.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
                     return False
                 self._con.execute("PRAGMA auto_vacuum = INCREMENTAL")
-                self._con.execute("VACUUM")
+                # VACUUM builds the new file in a temp database: on disk (the temp directory), not
+                # in memory as _connect's temp_store = MEMORY would (a copy of the whole store)
+                self._con.execute("PRAGMA temp_store = FILE")
+                try:
+                    self._con.execute("VACUUM")
+                finally:
+                    self._con.execute("PRAGMA temp_store = MEMORY")
             except (sqlite3.OperationalError, OSError) as e:
                 raise StoreUnavailable(f"sqlite {self.path}: {e}") from e
             return True
