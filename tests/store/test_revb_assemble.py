@@ -132,3 +132,15 @@ def test_check_increasing_on_an_unaligned_int64_view() -> None:
     ts[4] = 0
     with pytest.raises(chunks.ChunkError):
         chunks.check_increasing(ts, np.array([0, 3]), np.array([3, 3]))
+
+
+def test_two_part_blocks_and_part_slices_older_part_wins() -> None:
+    found = [(1, "m", ()), (2, "m", ())]
+    p = 1 << 62
+    rows = [row(1, 9, [5, 6], [90.0, 91.0])]
+    extra = {0: [(p + 1, np.array([6, 7], dtype=np.int64), np.array([10.0, 11.0]))]}
+    b_new = PartBlock(np.array([0, 1]), p + 3, np.array([6, 7, 8, 1], dtype=np.int64), np.array([30.0, 31.0, 32.0, 33.0]), np.array([0, 3]), np.array([3, 1]))
+    b_old = PartBlock(np.array([0, 1]), p + 2, np.array([7, 8, 1], dtype=np.int64), np.array([20.0, 21.0, 22.0]), np.array([0, 2]), np.array([2, 1]))
+    got = _assemble(found, rows, extra, 0, 100, [b_new, b_old])
+    assert list(zip(got[0][0].tolist(), got[0][1].tolist())) == [(5, 90.0), (6, 91.0), (7, 11.0), (8, 21.0)]
+    assert list(zip(got[1][0].tolist(), got[1][1].tolist())) == [(1, 22.0)]

@@ -285,3 +285,41 @@ def test_enable_reclaim_does_not_build_the_vacuum_copy_in_memory(tmp_path: Path)
     assert con.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
     assert con.execute("PRAGMA temp_store").fetchone()[0] in (0, 1, 2)
     con.close()
+
+
+def test_kill_9_during_store_migrate_vacuum_leaves_the_store_whole(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from lptest import subprocess_env
+
+    path = tmp_path / "s.db"
+    store = SqliteStore(path)
+    now = T0
+    for k in range(40):
+        store.write_batch(_batch(k, now))
+        now += 1000
+    _drain_all(store, now)
+    store.close()
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("CREATE TABLE pad (x BLOB)")
+    con.execute("BEGIN")
+    for _ in range(1200):
+        con.execute("INSERT INTO pad VALUES (?)", (os.urandom(100_000),))
+    con.execute("COMMIT")
+    con.execute("PRAGMA auto_vacuum = NONE")
+    con.execute("VACUUM")
+    con.close()
+    code = "import sys\nfrom lossproof.store.sqlite import SqliteStore\nSqliteStore(sys.argv[1]).enable_reclaim()\n"
+    for delay in (0.3, 0.8, 1.5):
+        p = subprocess.Popen([sys.executable, "-c", code, str(path)], env=subprocess_env())
+        time.sleep(delay)
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        con = sqlite3.connect(path)
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        con.close()
+        assert len(_points(path)) == 40 * 50 * 10
