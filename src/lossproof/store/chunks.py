@@ -143,8 +143,9 @@ def search_runs(ts: I64, lo: I64, hi: I64, x: int, right: bool) -> I64:
     """For each run ``ts[lo[k]:hi[k]]`` (each sorted): where ``x`` goes in it, as an index into ``ts``
     (``np.searchsorted(ts[lo[k]:hi[k]], x, side) + lo[k]``, side "right" when ``right``). One binary
     search over every run at once, by the native extension (``_native.search_runs``, the times read
-    in place); :func:`_search_runs_numpy` where ``x`` is not an int64 or ``ts`` not contiguous."""
-    if -(2**63) <= x < 2**63 and ts.dtype == np.int64 and ts.flags.c_contiguous:
+    in place); :func:`_search_runs_numpy` where ``x`` is not an int64 or ``ts`` not contiguous and
+    aligned (the native side refuses an unaligned buffer: a BufferError)."""
+    if -(2**63) <= x < 2**63 and ts.dtype == np.int64 and ts.flags.c_contiguous and ts.flags.aligned:
         lo_b = np.ascontiguousarray(lo, dtype=np.int64).tobytes()
         hi_b = np.ascontiguousarray(hi, dtype=np.int64).tobytes()
         got = _native.search_runs(ts, lo_b, hi_b, int(x), right)
@@ -354,7 +355,8 @@ def check_increasing(ts: I64, at: I64, counts: I64) -> None:
         return
     at_b = np.ascontiguousarray(at, dtype=np.int64).tobytes()
     counts_b = np.ascontiguousarray(counts, dtype=np.int64).tobytes()
-    if not _native.runs_increasing(np.ascontiguousarray(ts, dtype=np.int64), at_b, counts_b):
+    # aligned too: the native side refuses an unaligned buffer (ascontiguousarray keeps one)
+    if not _native.runs_increasing(np.require(ts, np.int64, ("C", "A")), at_b, counts_b):
         raise ChunkError("a chunk's times are not increasing")
 
 

@@ -184,7 +184,10 @@ class SqliteCompaction(SqliteCore):
         more = bool(self._pack_queue)
         if not more:
             self._meta_set(compact_after=self._pack_mark)
-            if self._pack_scan_done:
+            # Nothing left to pack only when no flush (this worker's between two slices of the
+            # queue, or another's) committed since the scan: its raw chunks are above the mark, and
+            # with unpacked_flushes 0 no scan would look for them until the next flush.
+            if self._pack_scan_done and int(self._meta("chunk_id_top") or 0) <= self._pack_top:
                 self._meta_set(unpacked_flushes=0, unpacked_since_ms=0)
             # more: the rest of the scan, or (all packed) giving free space back, ``_reclaim``
             more = True
@@ -210,6 +213,7 @@ class SqliteCompaction(SqliteCore):
         """Queue every series with raw chunks written after ``meta.compact_after`` (ids only grow),
         with the windows they reach, ``_SCAN_LIMIT`` chunks at a time."""
         after = int(self._meta("compact_after") or 0)
+        self._pack_top = int(self._meta("chunk_id_top") or 0)
         rows = self._con.execute(_SCAN_RAW, (after, bytes((chunks.RAW,)), _SCAN_LIMIT)).fetchall()
         self._pack_scan_done = len(rows) < _SCAN_LIMIT
         self._pack_mark = rows[-1][0] if rows else after

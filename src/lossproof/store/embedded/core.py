@@ -83,6 +83,7 @@ class SqliteCore(Store):
         self._pack_queue: list[tuple[int, int, int, int]] = []  # (series, windows from, to, raw points)
         self._pack_mark = 0
         self._pack_scan_done = True
+        self._pack_top = 0  # meta.chunk_id_top when the scan was made (a flush since raises it)
         self._reclaiming = False  # giving free pages back (compact.py, _reclaim)
         self._wal_small = False  # the WAL truncated since the last compaction work
         self._busy_timeout_ms = int(busy_timeout_ms)
@@ -188,7 +189,13 @@ class SqliteCore(Store):
                 if self._con.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
                     return False
                 self._con.execute("PRAGMA auto_vacuum = INCREMENTAL")
-                self._con.execute("VACUUM")
+                # VACUUM builds the new file in a temp database: on disk (the temp directory), not
+                # in memory as _connect's temp_store = MEMORY would (a copy of the whole store)
+                self._con.execute("PRAGMA temp_store = FILE")
+                try:
+                    self._con.execute("VACUUM")
+                finally:
+                    self._con.execute("PRAGMA temp_store = MEMORY")
             except (sqlite3.OperationalError, OSError) as e:
                 raise StoreUnavailable(f"sqlite {self.path}: {e}") from e
             return True
