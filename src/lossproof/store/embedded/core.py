@@ -179,9 +179,11 @@ class SqliteCore(Store):
 
     def enable_reclaim(self) -> bool:
         """Convert a store created before incremental auto-vacuum, whose compaction cannot give free
-        pages back (compact.py, ``_reclaim``): a VACUUM, which rewrites the file (it needs about
-        the file's size again in free disk space, and the worker's writes wait until it is done).
-        False, doing nothing, when the store already has it."""
+        pages back (compact.py, ``_reclaim``): a VACUUM, which rewrites the file. It needs about
+        twice the file's size in free disk space (a copy in the temp directory, and a WAL that grows
+        to about the store's size), and holds the write lock throughout: a worker's writes wait
+        their busy timeout, then fail unacknowledged (nothing is lost; run it with the pipeline
+        stopped). False, doing nothing, when the store already has it."""
         if self.readonly:
             raise StoreError("store opened readonly")
         with self._lock:

@@ -24,7 +24,7 @@ def row(sid: int, cid: int, ts: list[int], vs: list[float]) -> tuple[int, int, i
 def reference(segs: list[tuple[int, list[int], list[float]]], lo: int, hi: int) -> dict[int, float]:
     out: dict[int, tuple[int, float]] = {}
     for order, ts, vs in segs:
-        for t, v in zip(ts, vs):
+        for t, v in zip(ts, vs, strict=True):
             if lo <= t <= hi and (t not in out or order < out[t][0]):
                 out[t] = (order, v)
     return {t: v for t, (_, v) in sorted(out.items())}
@@ -38,12 +38,24 @@ def test_duplicates_across_raw_chunks_lower_id_wins_whatever_the_row_order() -> 
         row(8, 9, [I64_MIN, 0, I64_MAX], [1.0, 2.0, 3.0]),
         row(8, 2, [I64_MAX], [9.0]),
     ]
-    extra = {0: [(chunks._PART_ORDER if hasattr(chunks, "_PART_ORDER") else 1 << 62, np.array([30, 35], dtype=np.int64), np.array([7.0, 7.0]))]}
+    extra = {
+        0: [
+            (
+                chunks._PART_ORDER if hasattr(chunks, "_PART_ORDER") else 1 << 62,
+                np.array([30, 35], dtype=np.int64),
+                np.array([7.0, 7.0]),
+            )
+        ]
+    }
     got = _assemble(found, rows, extra, I64_MIN, I64_MAX)
-    want0 = reference([(50, [10, 20, 30], [5.0] * 3), (3, [20, 30, 40], [3.0] * 3), (1 << 62, [30, 35], [7.0] * 2)], I64_MIN, I64_MAX)
-    assert dict(zip(got[0][0].tolist(), got[0][1].tolist())) == want0
+    want0 = reference(
+        [(50, [10, 20, 30], [5.0] * 3), (3, [20, 30, 40], [3.0] * 3), (1 << 62, [30, 35], [7.0] * 2)],
+        I64_MIN,
+        I64_MAX,
+    )
+    assert dict(zip(got[0][0].tolist(), got[0][1].tolist(), strict=True)) == want0
     want1 = reference([(9, [I64_MIN, 0, I64_MAX], [1.0, 2.0, 3.0]), (2, [I64_MAX], [9.0])], I64_MIN, I64_MAX)
-    assert dict(zip(got[1][0].tolist(), got[1][1].tolist())) == want1
+    assert dict(zip(got[1][0].tolist(), got[1][1].tolist(), strict=True)) == want1
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -68,11 +80,23 @@ def test_random_raw_rows_and_blocks_match_reference_and_packed_path(seed: int) -
     lo, hi = int(rng.integers(-6, 10)), int(rng.integers(10, 31))
     got = _assemble(found, rows, {}, lo, hi, blocks)
     # the same rows packed: the other (open_many, decode_into) path
-    packed = [(s, c, a, b, chunks.encode(np.frombuffer(d[1 : 1 + 8 * ((len(d) - 1) // 16)], "<i8").copy(), np.frombuffer(d[1 + 8 * ((len(d) - 1) // 16) :], "<f8").copy())) for s, c, a, b, d in rows]
+    packed = [
+        (
+            s,
+            c,
+            a,
+            b,
+            chunks.encode(
+                np.frombuffer(d[1 : 1 + 8 * ((len(d) - 1) // 16)], "<i8").copy(),
+                np.frombuffer(d[1 + 8 * ((len(d) - 1) // 16) :], "<f8").copy(),
+            ),
+        )
+        for s, c, a, b, d in rows
+    ]
     other = _assemble(found, packed, {}, lo, hi, blocks)
     for k, (sid, _, _) in enumerate(found):
         want = reference(segs[sid], lo, hi)
-        assert dict(zip(got[k][0].tolist(), got[k][1].tolist())) == want
+        assert dict(zip(got[k][0].tolist(), got[k][1].tolist(), strict=True)) == want
         assert got[k][0].tolist() == list(want)
         assert other[k][0].tolist() == got[k][0].tolist() and other[k][1].tolist() == got[k][1].tolist()
 
@@ -105,7 +129,9 @@ def test_native_entry_points_refuse_bad_offsets_without_panicking() -> None:
         with pytest.raises(ValueError):
             _native.runs_increasing(ts, np.array([a]).tobytes(), np.array([c]).tobytes())
     for x, right in ((I64_MIN, False), (I64_MIN, True), (I64_MAX, False), (I64_MAX, True)):
-        got = np.frombuffer(_native.search_runs(ts, np.array([2]).tobytes(), np.array([7]).tobytes(), x, right), np.int64)
+        got = np.frombuffer(
+            _native.search_runs(ts, np.array([2]).tobytes(), np.array([7]).tobytes(), x, right), np.int64
+        )
         assert got.tolist() == [int(np.searchsorted(ts[2:7], x, "right" if right else "left")) + 2]
     with pytest.raises(ValueError):
         _native.decode_checked([(1, 2**62, 0, 0, d)], np.array([0]).tobytes(), 2)
@@ -139,8 +165,27 @@ def test_two_part_blocks_and_part_slices_older_part_wins() -> None:
     p = 1 << 62
     rows = [row(1, 9, [5, 6], [90.0, 91.0])]
     extra = {0: [(p + 1, np.array([6, 7], dtype=np.int64), np.array([10.0, 11.0]))]}
-    b_new = PartBlock(np.array([0, 1]), p + 3, np.array([6, 7, 8, 1], dtype=np.int64), np.array([30.0, 31.0, 32.0, 33.0]), np.array([0, 3]), np.array([3, 1]))
-    b_old = PartBlock(np.array([0, 1]), p + 2, np.array([7, 8, 1], dtype=np.int64), np.array([20.0, 21.0, 22.0]), np.array([0, 2]), np.array([2, 1]))
+    b_new = PartBlock(
+        np.array([0, 1]),
+        p + 3,
+        np.array([6, 7, 8, 1], dtype=np.int64),
+        np.array([30.0, 31.0, 32.0, 33.0]),
+        np.array([0, 3]),
+        np.array([3, 1]),
+    )
+    b_old = PartBlock(
+        np.array([0, 1]),
+        p + 2,
+        np.array([7, 8, 1], dtype=np.int64),
+        np.array([20.0, 21.0, 22.0]),
+        np.array([0, 2]),
+        np.array([2, 1]),
+    )
     got = _assemble(found, rows, extra, 0, 100, [b_new, b_old])
-    assert list(zip(got[0][0].tolist(), got[0][1].tolist())) == [(5, 90.0), (6, 91.0), (7, 11.0), (8, 21.0)]
-    assert list(zip(got[1][0].tolist(), got[1][1].tolist())) == [(1, 22.0)]
+    assert list(zip(got[0][0].tolist(), got[0][1].tolist(), strict=True)) == [
+        (5, 90.0),
+        (6, 91.0),
+        (7, 11.0),
+        (8, 21.0),
+    ]
+    assert list(zip(got[1][0].tolist(), got[1][1].tolist(), strict=True)) == [(1, 22.0)]

@@ -19,7 +19,10 @@ T0 = 1_700_000_000_000
 def _batch(b: int, now: int, series: int = 50, value: float = 0.0) -> WriteBatch:
     ts = [T0 + (10 * b + k) * 15_000 for k in range(10)]
     return WriteBatch(
-        series=[("t", SeriesSamples("m", {"i": str(i)}, ts, [value + k for k in range(10)])) for i in range(series)],
+        series=[
+            ("t", SeriesSamples("m", {"i": str(i)}, ts, [value + k for k in range(10)]))
+            for i in range(series)
+        ],
         now_ms=now,
     )
 
@@ -194,7 +197,7 @@ def test_reclaim_from_a_second_thread_does_not_race_the_writer(tmp_path: Path) -
             t = now + 10 * 3_600_000
             while not stop.is_set():
                 store.compact(t)
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:
             errors.append(e)
 
     th = threading.Thread(target=compactor)
@@ -223,12 +226,14 @@ def test_a_flush_between_two_pack_steps_is_not_forgotten_one_worker(tmp_path: Pa
     now = T0
     k = 0
     try:
+
         def parts_then_flush() -> None:
             nonlocal k, now
             for _ in range(8):  # _PART_FLUSH_COUNT parts: a flush is due
                 store.write_batch(_batch(k, now))
                 k += 1
                 now += 1000
+
         for _ in range(10):  # flushes, until packing is due
             parts_then_flush()
             store.compact(now, max_series=5)  # the flush
@@ -275,7 +280,11 @@ def test_enable_reclaim_does_not_build_the_vacuum_copy_in_memory(tmp_path: Path)
         "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=subprocess_env(), timeout=300
+        [sys.executable, "-c", code, str(path)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr
     grew_mib = float(out.stdout.strip())
@@ -313,7 +322,10 @@ def test_kill_9_during_store_migrate_vacuum_leaves_the_store_whole(tmp_path: Pat
     con.execute("PRAGMA auto_vacuum = NONE")
     con.execute("VACUUM")
     con.close()
-    code = "import sys\nfrom lossproof.store.sqlite import SqliteStore\nSqliteStore(sys.argv[1]).enable_reclaim()\n"
+    code = (
+        "import sys\nfrom lossproof.store.sqlite import SqliteStore\n"
+        "SqliteStore(sys.argv[1]).enable_reclaim()\n"
+    )
     for delay in (0.3, 0.8, 1.5):
         p = subprocess.Popen([sys.executable, "-c", code, str(path)], env=subprocess_env())
         time.sleep(delay)
