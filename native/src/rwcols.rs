@@ -235,7 +235,7 @@ impl RwBlock {
             size += self.blobs[k].1 - self.blobs[k].0;
             let (mut i, last) = (self.starts[k], self.starts[k + 1]);
             while i < last {
-                let j = last.min(i + max_points.saturating_sub(n_out).max(1));
+                let j = last.min(i.saturating_add(max_points.saturating_sub(n_out).max(1)));
                 match events.last_mut() {
                     Some(e) if e.0 >= 0 && e.1 == i as i64 => e.1 = j as i64,
                     _ => events.push((i as i64, j as i64)),

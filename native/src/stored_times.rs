@@ -75,6 +75,11 @@ impl StoredTimes {
             if k > 0 {
                 s.floor = s.floor.max(s.ts[k - 1]);
                 s.ts.drain(..k);
+                // drain keeps the array's capacity: without giving it back, every series that was
+                // once large would keep its peak (memory bounded by the sum of peaks, not capacity)
+                if s.ts.capacity() > 4 * s.ts.len().max(4) {
+                    s.ts.shrink_to(2 * s.ts.len());
+                }
             }
             len += s.ts.len();
         }
