@@ -214,7 +214,9 @@ _NEWEST_MAX = 2_000_000  # series the writer's stored-times table knows, at most
 # write-time check answers from memory reach back about this far per series (further: a store read,
 # which cost ~11-17 % of the worker under `bench compare`, 16 connections of 1,000 series, with
 # 458,752 entries). An ascending array of int64 per series: 8 bytes an entry, 16 at most while an
-# array grows, so ~14-28 MiB (the two hash-set generations of 458,752 entries before took ~9 MiB).
+# array grows, so ~14-28 MiB, plus ~40-50 bytes per series known (~100 MiB at the 2 M series
+# limit); an array forgetting shrinks to twice what it keeps (the two hash-set generations of
+# 458,752 entries before took ~9 MiB).
 _STORED_MAX = 4 * 458_752
 _V2_SHIFT_DEFAULT = 16
 

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lossproof.protocol import promrw
-from lossproof.protocol.thirdparty import MAX_NAME, MAX_TIME_MS
+from lossproof.protocol.thirdparty import MAX_TIME_MS
 
 
 def varint(n: int, pad: int = 0) -> bytes:
@@ -41,7 +41,20 @@ def field(num: int, wire: int, payload: bytes, lenpad: int = 0) -> bytes:
     return tag + payload
 
 
-strs = st.sampled_from([b"__name__", b"job", b"", b"a", "é".encode(), b"\xc0\x80", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"x" * 1020, b"\x00"])
+strs = st.sampled_from(
+    [
+        b"__name__",
+        b"job",
+        b"",
+        b"a",
+        "é".encode(),
+        b"\xc0\x80",
+        b"\xed\xa0\x80",
+        b"\xf4\x90\x80\x80",
+        b"x" * 1020,
+        b"\x00",
+    ]
+)
 times = st.sampled_from([0, 1, -1, MAX_TIME_MS, MAX_TIME_MS + 1, 2**63 - 1, 2**64 - 1, 1_700_000_000_000])
 
 
@@ -51,9 +64,13 @@ def label(draw) -> bytes:
     for _ in range(draw(st.integers(0, 3))):
         kind = draw(st.sampled_from(["name", "value", "other"]))
         if kind == "other":
-            parts.append(draw(st.sampled_from([field(3, 0, varint(1)), field(1, 0, varint(5)), field(2, 5, b"abcd")])))
+            parts.append(
+                draw(st.sampled_from([field(3, 0, varint(1)), field(1, 0, varint(5)), field(2, 5, b"abcd")]))
+            )
         else:
-            parts.append(field(1 if kind == "name" else 2, 2, draw(strs), draw(st.sampled_from([0, 0, 0, 1, 4]))))
+            parts.append(
+                field(1 if kind == "name" else 2, 2, draw(strs), draw(st.sampled_from([0, 0, 0, 1, 4])))
+            )
     return b"".join(parts)
 
 
@@ -63,13 +80,19 @@ def sample(draw) -> bytes:
     for _ in range(draw(st.integers(0, 3))):
         kind = draw(st.sampled_from(["v", "t", "t", "tpad", "other"]))
         if kind == "v":
-            parts.append(field(1, 1, struct.pack("<d", draw(st.sampled_from([1.0, math.nan, 0.0, math.inf])))))
+            parts.append(
+                field(1, 1, struct.pack("<d", draw(st.sampled_from([1.0, math.nan, 0.0, math.inf]))))
+            )
         elif kind == "t":
             parts.append(field(2, 0, varint(draw(times))))
         elif kind == "tpad":
             parts.append(field(2, 0, varint(draw(times), draw(st.integers(1, 4)))))
         else:
-            parts.append(draw(st.sampled_from([field(2, 1, b"\0" * 8), field(1, 0, varint(3)), field(3, 0, varint(1))])))
+            parts.append(
+                draw(
+                    st.sampled_from([field(2, 1, b"\0" * 8), field(1, 0, varint(3)), field(3, 0, varint(1))])
+                )
+            )
     return b"".join(parts)
 
 
@@ -85,14 +108,18 @@ def series(draw) -> bytes:
         elif kind == "s":
             parts.append(field(2, 2, draw(sample())))
         else:
-            parts.append(draw(st.sampled_from([field(5, 0, varint(1)), field(1, 0, varint(1)), field(3, 2, b"")])))
+            parts.append(
+                draw(st.sampled_from([field(5, 0, varint(1)), field(1, 0, varint(1)), field(3, 2, b"")]))
+            )
     parts = draw(st.permutations(parts))
     return b"".join(parts)
 
 
 @st.composite
 def bodies(draw) -> bytes:
-    return b"".join(field(1, 2, draw(series()), draw(st.sampled_from([0, 0, 1]))) for _ in range(draw(st.integers(0, 3))))
+    return b"".join(
+        field(1, 2, draw(series()), draw(st.sampled_from([0, 0, 1]))) for _ in range(draw(st.integers(0, 3)))
+    )
 
 
 def outcome(body: bytes, fast: bool):
@@ -125,18 +152,26 @@ def test_raw_bodies_check_the_same_and_decode_the_same(body: bytes) -> None:
     got, want = outcome(body, True), outcome(body, False)
     assert got == want, body
     if got[0] == "ok":
-        pts = [(p.metric, tuple(p.labels.items()), p.t, struct.pack("<d", p.v)) for p in promrw.to_points(body, promrw.V1)]
+        pts = [
+            (p.metric, tuple(p.labels.items()), p.t, struct.pack("<d", p.v))
+            for p in promrw.to_points(body, promrw.V1)
+        ]
         assert pts == reference_points(body)
 
 
-good_strs = st.sampled_from([b"job", b"a", b"b", b"c", "é".encode(), "\U0010ffff".encode(), b"x" * 500, b"\x00", b"__name__"])
-bad_bits = st.sampled_from([b""] * 40 + [
-    field(2, 2, b"\xed\xa0\x80"),  # surrogate value
-    field(2, 2, b"\xc0\x80"),  # overlong NUL
-    field(2, 2, b""),  # explicit empty value
-    field(1, 2, b""),  # explicit empty name
-    field(2, 2, b"\xf4\x90\x80\x80"),  # > U+10FFFF
-])
+good_strs = st.sampled_from(
+    [b"job", b"a", b"b", b"c", "é".encode(), "\U0010ffff".encode(), b"x" * 500, b"\x00", b"__name__"]
+)
+bad_bits = st.sampled_from(
+    [b""] * 40
+    + [
+        field(2, 2, b"\xed\xa0\x80"),  # surrogate value
+        field(2, 2, b"\xc0\x80"),  # overlong NUL
+        field(2, 2, b""),  # explicit empty value
+        field(1, 2, b""),  # explicit empty name
+        field(2, 2, b"\xf4\x90\x80\x80"),  # > U+10FFFF
+    ]
+)
 
 
 @st.composite
@@ -150,9 +185,16 @@ def good_label(draw) -> bytes:
 def good_sample(draw) -> bytes:
     v = field(1, 1, struct.pack("<d", draw(st.sampled_from([1.0, math.nan, -0.0, math.inf]))))
     good_t = st.sampled_from([0, 1, 5, MAX_TIME_MS, 1_700_000_000_000])
-    t = field(2, 0, varint(draw(good_t | times if draw(st.integers(0, 9)) == 0 else good_t), draw(st.sampled_from([0] * 8 + [1, 3]))))
+    t = field(
+        2,
+        0,
+        varint(
+            draw(good_t | times if draw(st.integers(0, 9)) == 0 else good_t),
+            draw(st.sampled_from([0] * 8 + [1, 3])),
+        ),
+    )
     extra = draw(st.sampled_from([[]] * 12 + [[v], [t], [field(2, 0, varint(0))]]))
-    parts = draw(st.permutations([v, t] + extra))
+    parts = draw(st.permutations([v, t, *extra]))
     return b"".join(parts)
 
 
@@ -160,10 +202,15 @@ def good_sample(draw) -> bytes:
 def good_series(draw) -> bytes:
     name = draw(st.sampled_from([b"up"] * 6 + [b"x" * 1010, b"x" * 1015, b"", "é".encode()]))
     parts = [field(1, 2, field(1, 2, b"__name__") + field(2, 2, name))]
-    parts += [field(1, 2, draw(good_label())) for _ in range(draw(st.sampled_from([0, 1, 2, 3, 0, 1, 2, 63, 64, 65])))]
+    parts += [
+        field(1, 2, draw(good_label()))
+        for _ in range(draw(st.sampled_from([0, 1, 2, 3, 0, 1, 2, 63, 64, 65])))
+    ]
     parts += [field(2, 2, draw(good_sample())) for _ in range(draw(st.integers(0, 3)))]
     if draw(st.integers(0, 15)) == 0:
-        parts.append(field(1, 2, field(1, 2, b"__name__") + field(2, 2, draw(st.sampled_from([b"", b"dup"])))))
+        parts.append(
+            field(1, 2, field(1, 2, b"__name__") + field(2, 2, draw(st.sampled_from([b"", b"dup"]))))
+        )
     return b"".join(draw(st.permutations(parts)))
 
 
@@ -173,5 +220,8 @@ def test_near_valid_raw_bodies_check_the_same_and_decode_the_same(body: bytes) -
     got, want = outcome(body, True), outcome(body, False)
     assert got == want, body[:200]
     if got[0] == "ok":
-        pts = [(p.metric, tuple(p.labels.items()), p.t, struct.pack("<d", p.v)) for p in promrw.to_points(body, promrw.V1)]
+        pts = [
+            (p.metric, tuple(p.labels.items()), p.t, struct.pack("<d", p.v))
+            for p in promrw.to_points(body, promrw.V1)
+        ]
         assert pts == reference_points(body)

@@ -3,7 +3,6 @@ small table, two connections, compaction and rolled-back writes."""
 
 from __future__ import annotations
 
-import struct
 import tempfile
 from pathlib import Path
 
@@ -11,17 +10,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import lossproof.store.embedded.write as ew
 from lossproof import _native
 from lossproof.store.base import Matcher, Point, WriteBatch
 from lossproof.store.sqlite import SqliteStore
-import lossproof.store.embedded.write as ew
 
 T0 = 1_700_000_000_000
 
 op = st.one_of(
     st.tuples(
         st.sampled_from(["a", "b", "fail_a"]),
-        st.lists(st.tuples(st.integers(0, 2), st.integers(0, 30), st.integers(0, 1000)), min_size=1, max_size=10),
+        st.lists(
+            st.tuples(st.integers(0, 2), st.integers(0, 30), st.integers(0, 1000)), min_size=1, max_size=10
+        ),
     ),
     st.tuples(st.sampled_from(["compact_a", "compact_b"]), st.none()),
 )

@@ -12,8 +12,14 @@ NONE = -(1 << 63)
 
 ops = st.lists(
     st.one_of(
-        st.tuples(st.just("add"), st.lists(st.tuples(st.integers(0, 3), st.integers(-5, 40)), min_size=1, max_size=12)),
-        st.tuples(st.just("check"), st.lists(st.tuples(st.integers(0, 4), st.integers(-5, 45)), min_size=1, max_size=12)),
+        st.tuples(
+            st.just("add"),
+            st.lists(st.tuples(st.integers(0, 3), st.integers(-5, 40)), min_size=1, max_size=12),
+        ),
+        st.tuples(
+            st.just("check"),
+            st.lists(st.tuples(st.integers(0, 4), st.integers(-5, 45)), min_size=1, max_size=12),
+        ),
         st.just(("clear", None)),
     ),
     max_size=40,
@@ -38,17 +44,23 @@ def test_stored_times_agrees_with_a_model_store(ops, capacity):
         top = np.array([max((t for s, t in store if s == m), default=NONE) for m in missing], dtype=np.int64)
         tbl.learn(missing.tobytes(), top.tobytes())
         verdict = np.frombuffer(tbl.check(sids.tobytes(), ts.tobytes()), dtype=np.uint8)
-        for (s, t), v in zip(pts, verdict):
+        for (s, t), v in zip(pts, verdict, strict=True):
             if v == 1:
                 assert (s, t) in store, ("STORED but not stored", s, t)
             elif v == 0:
                 assert (s, t) not in store, ("NEW but stored", s, t)
         if op == "add":
-            new = [(s, t) for (s, t), v in zip(pts, verdict) if v == 0 or (v == 2 and (s, t) not in store)]
+            new = [
+                (s, t)
+                for (s, t), v in zip(pts, verdict, strict=True)
+                if v == 0 or (v == 2 and (s, t) not in store)
+            ]
             store.update(new)
             if new:
                 # a series' run unsorted, with duplicates (allowed by add)
                 new = sorted(new + new[: len(new) // 2], key=lambda x: (x[0], -x[1]))
-                tbl.add(np.array([s for s, _ in new], dtype=np.int64).tobytes(),
-                        np.array([t for _, t in new], dtype=np.int64).tobytes())
+                tbl.add(
+                    np.array([s for s, _ in new], dtype=np.int64).tobytes(),
+                    np.array([t for _, t in new], dtype=np.int64).tobytes(),
+                )
         assert len(tbl) <= capacity

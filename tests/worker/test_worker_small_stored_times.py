@@ -3,9 +3,10 @@ table (forgetting all the time): every point once, first write wins."""
 
 from __future__ import annotations
 
-import lossproof.store.embedded.core as core
 import importlib.util
 from pathlib import Path
+
+import lossproof.store.embedded.core as core
 
 _spec = importlib.util.spec_from_file_location(
     "revA_promrw_native", Path(__file__).parent.parent / "protocols" / "test_promrw_native.py"
