@@ -133,6 +133,18 @@ pub fn decode_chunks<'py>(
     at: &[u8],
     total: usize,
 ) -> PyResult<Bound<'py, PyByteArray>> {
+    Ok(decode_columns(py, items, at, total, false)?.0)
+}
+
+/// What `decode_chunks` answers, and (when `check`) whether every chunk's times strictly increase,
+/// checked on each chunk's times as they are written; `true` when not checked.
+pub fn decode_columns<'py>(
+    py: Python<'py>,
+    items: &Bound<'py, PyList>,
+    at: &[u8],
+    total: usize,
+    check: bool,
+) -> PyResult<(Bound<'py, PyByteArray>, bool)> {
     if at.len() != 8 * items.len() {
         return Err(PyValueError::new_err(format!(
             "{} offsets for {} chunks",
@@ -143,6 +155,7 @@ pub fn decode_chunks<'py>(
     if total > (isize::MAX as usize) / 16 {
         return Err(PyValueError::new_err(format!("{total} points")));
     }
+    #[allow(clippy::type_complexity)]
     let mut opened: Vec<(u8, usize, u8, i64, Bound<'py, PyBytes>, usize)> = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let (kind, n, mode, first, payload): (u8, usize, u8, i64, Bound<'py, PyBytes>) = item.extract()?;
@@ -158,14 +171,24 @@ pub fn decode_chunks<'py>(
         }
         opened.push((kind, n, mode, first, payload, start as usize));
     }
-    PyByteArray::new_with(py, 16 * total, |buf| {
+    let mut increasing = true;
+    let out = PyByteArray::new_with(py, 16 * total, |buf| {
         let (ts, vs) = buf.split_at_mut(8 * total);
         let mut words = Vec::new();
         for (i, (kind, n, mode, first, payload, at)) in opened.iter().enumerate() {
             let (t, v) = (&mut ts[8 * at..8 * (at + n)], &mut vs[8 * at..8 * (at + n)]);
             decode_one(*kind, *n, *mode, *first, payload.as_bytes(), t, v, &mut words)
                 .map_err(|why| PyValueError::new_err(format!("chunk {i}: {why}")))?;
+            if check {
+                let mut prev = i64::MIN;
+                for (k, w) in t.chunks_exact(8).enumerate() {
+                    let x = i64::from_le_bytes(w.try_into().unwrap());
+                    increasing &= k == 0 || x > prev;
+                    prev = x;
+                }
+            }
         }
         Ok(())
-    })
+    })?;
+    Ok((out, increasing))
 }

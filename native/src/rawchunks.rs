@@ -274,50 +274,7 @@ pub fn decode_checked<'py>(
     at: &[u8],
     total: usize,
 ) -> PyResult<(Bound<'py, PyByteArray>, bool)> {
-    if at.len() != 8 * items.len() {
-        return Err(PyValueError::new_err(format!(
-            "{} offsets for {} chunks",
-            at.len() / 8,
-            items.len()
-        )));
-    }
-    if total > (isize::MAX as usize) / 16 {
-        return Err(PyValueError::new_err(format!("{total} points")));
-    }
-    #[allow(clippy::type_complexity)]
-    let mut opened: Vec<(u8, usize, u8, i64, Bound<'py, PyBytes>, usize)> = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let (kind, n, mode, first, payload): (u8, usize, u8, i64, Bound<'py, PyBytes>) = item.extract()?;
-        let start = i64::from_ne_bytes(at[8 * i..8 * i + 8].try_into().unwrap());
-        let fits = start >= 0
-            && (start as u64)
-                .checked_add(n as u64)
-                .is_some_and(|e| e <= total as u64);
-        if !fits {
-            return Err(PyValueError::new_err(format!(
-                "chunk {i}: {n} points at {start} of {total}"
-            )));
-        }
-        opened.push((kind, n, mode, first, payload, start as usize));
-    }
-    let mut increasing = true;
-    let out = PyByteArray::new_with(py, 16 * total, |buf| {
-        let (ts, vs) = buf.split_at_mut(8 * total);
-        let mut words = Vec::new();
-        for (i, (kind, n, mode, first, payload, at)) in opened.iter().enumerate() {
-            let (t, v) = (&mut ts[8 * at..8 * (at + n)], &mut vs[8 * at..8 * (at + n)]);
-            crate::chunkdecode::decode_one(*kind, *n, *mode, *first, payload.as_bytes(), t, v, &mut words)
-                .map_err(|why| PyValueError::new_err(format!("chunk {i}: {why}")))?;
-            let mut prev = i64::MIN;
-            for (k, w) in t.chunks_exact(8).enumerate() {
-                let x = i64::from_le_bytes(w.try_into().unwrap());
-                increasing &= k == 0 || x > prev;
-                prev = x;
-            }
-        }
-        Ok(())
-    })?;
-    Ok((out, increasing))
+    crate::chunkdecode::decode_columns(py, items, at, total, true)
 }
 
 /// `search_runs(ts, lo, hi, x, right) -> bytearray`: for each run `ts[lo[k]:hi[k]]` (each sorted;
