@@ -84,3 +84,21 @@ def key(field: int, wire: int) -> bytes:
 def ld(field: int, payload: bytes) -> bytes:
     """A length-delimited field."""
     return key(field, 2) + varint(len(payload)) + payload
+
+
+def damaged(body: bytes, data: Any) -> bytes:
+    """``body`` with 1 to 4 bytes flipped, runs cut out or bytes inserted, drawn from hypothesis'
+    ``data`` (``st.data()``): the damage a property test throws at a parser."""
+    from hypothesis import strategies as st
+
+    b = bytearray(body)
+    for _ in range(data.draw(st.integers(1, 4))):
+        op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        at = data.draw(st.integers(0, len(b)))
+        if op == "flip" and at < len(b):
+            b[at] = data.draw(st.integers(0, 255))
+        elif op == "cut":
+            del b[at : at + data.draw(st.integers(1, 8))]
+        else:
+            b[at:at] = data.draw(st.binary(min_size=1, max_size=6))
+    return bytes(b)

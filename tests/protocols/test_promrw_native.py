@@ -27,7 +27,7 @@ from lossproof.store.base import Matcher
 from lossproof.store.columns import Columns
 from lossproof.store.sqlite import SqliteStore
 from lossproof.worker.loop import Worker
-from lptest.proto import ld, varint
+from lptest.proto import damaged, ld, varint
 
 WriteRequest = promrw._message("prometheus.WriteRequest")
 
@@ -148,17 +148,7 @@ def test_valid_bodies_decode_as_the_message_classes_read_them(body: bytes, max_p
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(bodies(), st.data())
 def test_damaged_bodies_fail_or_decode_as_the_message_classes_say(body: bytes, data: st.DataObject) -> None:
-    b = bytearray(body)
-    for _ in range(data.draw(st.integers(1, 4))):
-        op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
-        at = data.draw(st.integers(0, len(b)))
-        if op == "flip" and at < len(b):
-            b[at] = data.draw(st.integers(0, 255))
-        elif op == "cut":
-            del b[at : at + data.draw(st.integers(1, 8))]
-        else:
-            b[at:at] = data.draw(st.binary(min_size=1, max_size=6))
-    same(bytes(b))
+    same(damaged(body, data))
 
 
 @settings(max_examples=300, deadline=None)
@@ -180,8 +170,6 @@ def test_damaged_bodies_fail_or_decode_as_the_message_classes_say(body: bytes, d
 @example(b"\x0a\x0c\x12\x0a\x10" + b"\xff" * 10 + b"\x01")  # an 11-byte varint
 def test_any_bytes_fail_or_decode_as_the_message_classes_say(body: bytes) -> None:
     same(body)
-
-
 
 
 def _groups(depth: int, field: int = 15) -> bytes:
@@ -478,4 +466,3 @@ def test_the_worker_stores_every_point_once_first_write_wins(sent: list[bytes], 
             assert w.metrics.points._value.get() == sum(len(v) for v in want.values())
         finally:
             store.close()
-

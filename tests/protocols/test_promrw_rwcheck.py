@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from lossproof import _native
 from lossproof.protocol import promrw
 from lossproof.protocol.thirdparty import MAX_LABELS, MAX_NAME, MAX_TIME_MS
-from lptest.proto import ld
+from lptest.proto import damaged, ld
 
 WriteRequest = promrw._message("prometheus.WriteRequest")
 
@@ -93,17 +93,7 @@ def test_valid_bodies_check_the_same(body: bytes) -> None:
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(bodies(), st.data())
 def test_damaged_bodies_check_the_same(body: bytes, data: st.DataObject) -> None:
-    b = bytearray(body)
-    for _ in range(data.draw(st.integers(1, 4))):
-        op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
-        at = data.draw(st.integers(0, len(b)))
-        if op == "flip" and at < len(b):
-            b[at] = data.draw(st.integers(0, 255))
-        elif op == "cut":
-            del b[at : at + data.draw(st.integers(1, 8))]
-        else:
-            b[at:at] = data.draw(st.binary(min_size=1, max_size=6))
-    same(bytes(b))
+    same(damaged(body, data))
 
 
 _NAME = ld(1, ld(1, b"__name__") + ld(2, b"up"))

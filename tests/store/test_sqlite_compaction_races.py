@@ -60,6 +60,27 @@ def _drain(store: SqliteStore, now: int, limit: int = 5000) -> int:
     raise AssertionError(f"compact() still says more after {limit} calls")
 
 
+def _without_auto_vacuum(path: Path) -> None:
+    """The file as a store created before incremental auto-vacuum (``lossproof store migrate``
+    converts those)."""
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("PRAGMA auto_vacuum = NONE")
+    con.execute("VACUUM")
+    con.close()
+
+
+def _written_without_auto_vacuum(path: Path, batches: int) -> int:
+    """A store of ``batches`` batches, made as before incremental auto-vacuum; the next ``now``."""
+    store = SqliteStore(path)
+    now = T0
+    for k in range(batches):
+        store.write_batch(_batch(k, now))
+        now += 1000
+    store.close()
+    _without_auto_vacuum(path)
+    return now
+
+
 def _drain_all(store: SqliteStore, now: int) -> None:
     for later in (now, now + 60_000, now + 600_000, now + 3_600_000, now + 10 * 3_600_000):
         _drain(store, later)
@@ -116,22 +137,14 @@ def test_compaction_finishes_while_a_reader_holds_a_snapshot_and_the_reader_sees
     # the reader gone, the next idle call truncates the WAL
     _drain(store, now + 20 * 3_600_000)
     store.close()
-    assert Path(f"{path}-wal").stat().st_size == 0 if Path(f"{path}-wal").exists() else True
+    wal = Path(f"{path}-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
     assert len(_points(path)) == 200 * 50 * 10
 
 
 def test_a_store_of_auto_vacuum_0_compacts_to_the_end(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
-    store = SqliteStore(path)
-    now = T0
-    for k in range(60):
-        store.write_batch(_batch(k, now))
-        now += 1000
-    store.close()
-    con = sqlite3.connect(path)
-    con.execute("PRAGMA auto_vacuum = NONE")
-    con.execute("VACUUM")
-    con.close()
+    now = _written_without_auto_vacuum(path, 60)
     store = SqliteStore(path)
     try:
         _drain_all(store, now)
@@ -143,16 +156,7 @@ def test_a_store_of_auto_vacuum_0_compacts_to_the_end(tmp_path: Path) -> None:
 
 def test_migrate_while_the_worker_has_the_store_open_and_writes_on(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
-    store = SqliteStore(path)
-    now = T0
-    for k in range(60):
-        store.write_batch(_batch(k, now))
-        now += 1000
-    store.close()
-    con = sqlite3.connect(path)
-    con.execute("PRAGMA auto_vacuum = NONE")
-    con.execute("VACUUM")
-    con.close()
+    now = _written_without_auto_vacuum(path, 60)
     worker = SqliteStore(path)
     reader = SqliteStore(path, readonly=True)
     try:
@@ -191,12 +195,14 @@ def test_reclaim_from_a_second_thread_does_not_race_the_writer(tmp_path: Path) -
         now += 1000
     errors: list[BaseException] = []
     stop = threading.Event()
+    # compaction's clock, read once: the loop below moves `now` on, and packing is timed from the
+    # compaction that flushed (a drain at an earlier time would find nothing due yet)
+    later = now + 10 * 3_600_000
 
     def compactor() -> None:
         try:
-            t = now + 10 * 3_600_000
             while not stop.is_set():
-                store.compact(t)
+                store.compact(later)
         except BaseException as e:
             errors.append(e)
 
@@ -209,7 +215,7 @@ def test_reclaim_from_a_second_thread_does_not_race_the_writer(tmp_path: Path) -
     finally:
         stop.set()
         th.join()
-    _drain_all(store, now)
+    _drain_all(store, later)
     store.close()
     assert not errors, errors
     assert len(_points(path)) == 250 * 50 * 10
@@ -266,9 +272,8 @@ def test_enable_reclaim_does_not_build_the_vacuum_copy_in_memory(tmp_path: Path)
     for _ in range(1600):
         con.execute("INSERT INTO pad VALUES (?)", (os.urandom(100_000),))
     con.execute("COMMIT")
-    con.execute("PRAGMA auto_vacuum = NONE")
-    con.execute("VACUUM")
     con.close()
+    _without_auto_vacuum(path)
     size_mib = path.stat().st_size / 2**20
     code = (
         "import resource, sys\n"
@@ -319,9 +324,8 @@ def test_kill_9_during_store_migrate_vacuum_leaves_the_store_whole(tmp_path: Pat
     for _ in range(1200):
         con.execute("INSERT INTO pad VALUES (?)", (os.urandom(100_000),))
     con.execute("COMMIT")
-    con.execute("PRAGMA auto_vacuum = NONE")
-    con.execute("VACUUM")
     con.close()
+    _without_auto_vacuum(path)
     code = (
         "import sys\nfrom lossproof.store.sqlite import SqliteStore\n"
         "SqliteStore(sys.argv[1]).enable_reclaim()\n"
