@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lossproof.config import KafkaLogConfig
 from lossproof.dev.kafka import DevCluster
@@ -195,11 +196,28 @@ class Appender:
             self._parse(line.decode())
 
 
+def retry_admin(what: str, fn: Callable[[], Any], timeout: float = 90.0) -> Any:
+    """``fn()`` (which should make a fresh admin client) until it stops failing. Right after brokers
+    restart, leaders move and high watermarks lag (FENCED_LEADER_EPOCH, OFFSET_NOT_AVAILABLE,
+    NOT_LEADER...), and librdkafka's admin client neither refreshes its metadata on those errors nor
+    always resolves a request sent to a broker that went away: its future then times out."""
+    from confluent_kafka import KafkaException
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return fn()
+        except (KafkaException, TimeoutError) as e:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what}: {e!r}") from None
+            time.sleep(0.5)
+
+
 def read_everything(cfg: KafkaLogConfig, group: str, *, timeout: float = 120.0):  # type: ignore[no-untyped-def]
     """All records (and gaps) of the topic as it is now, read by a fresh group: up to each partition's
     end offset (or until nothing is left there), so a slow first fetch (a broker just restarted, a
     group still joining) cannot end the read early."""
-    from confluent_kafka import KafkaException, TopicPartition
+    from confluent_kafka import TopicPartition
     from confluent_kafka.admin import AdminClient, OffsetSpec
 
     from lossproof.log.kafka import KafkaLogReader
@@ -207,21 +225,12 @@ def read_everything(cfg: KafkaLogConfig, group: str, *, timeout: float = 120.0):
     parts = [TopicPartition(cfg.topic, p) for p in range(cfg.partitions)]
 
     def offsets(spec: object) -> dict[int, int]:
-        # Right after brokers come back, leaders move (FENCED_LEADER_EPOCH and the like). A fresh
-        # client each time: librdkafka's admin client does not refresh its metadata on that error.
-        until = time.monotonic() + 60
-        while True:
-            try:
-                a = AdminClient({"bootstrap.servers": cfg.bootstrap_servers})
-                fs = a.list_offsets({tp: spec for tp in parts}, request_timeout=30)
-                return {tp.partition: f.result(timeout=30).offset for tp, f in fs.items()}
-            except KafkaException:
-                if time.monotonic() > until:
-                    raise
-                time.sleep(0.5)
+        a = AdminClient({"bootstrap.servers": cfg.bootstrap_servers})
+        fs = a.list_offsets({tp: spec for tp in parts}, request_timeout=15)
+        return {tp.partition: f.result(timeout=20).offset for tp, f in fs.items()}
 
-    ends = offsets(OffsetSpec.latest())
-    starts = offsets(OffsetSpec.earliest())
+    ends: dict[int, int] = retry_admin("end offsets", lambda: offsets(OffsetSpec.latest()))
+    starts: dict[int, int] = retry_admin("start offsets", lambda: offsets(OffsetSpec.earliest()))
     pos = dict(starts)  # a partition is read when pos >= end
     r = KafkaLogReader(cfg, group)
     records, gaps = [], []

@@ -26,9 +26,8 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -41,6 +40,7 @@ from confluent_kafka.admin import (
 from lossproof.dev.kafka import DevCluster
 from lossproof.durable import make_dirs
 from lossproof.protocol.native import decode_envelope
+from lptest.kafka import retry_admin
 from lptest.powercut import PowerCutFS
 
 NODES = 3
@@ -109,20 +109,6 @@ def admin(bootstrap: str) -> AdminClient:
     return AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
 
 
-def _retry(what: str, fn: Any, timeout: float = 90.0) -> Any:
-    """``fn()`` until it stops raising KafkaException: right after a restart leaders move and high
-    watermarks lag (OFFSET_NOT_AVAILABLE, NOT_LEADER...). A fresh admin client each time: librdkafka's
-    does not refresh its metadata on those errors."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return fn()
-        except KafkaException as e:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what}: {e}") from None
-            time.sleep(0.5)
-
-
 def set_rolls(bootstrap: str, topic: str, *, topic_ms: int, offsets_ms: int) -> None:
     """Roll (and so fsync) ``topic``'s segments every ``topic_ms`` and the consumer offsets' every
     ``offsets_ms``. Kept in the KRaft metadata log, which Kafka fsyncs: they survive every cut."""
@@ -134,8 +120,8 @@ def set_rolls(bootstrap: str, topic: str, *, topic_ms: int, offsets_ms: int) -> 
         for f in a.incremental_alter_configs([res]).values():
             f.result(timeout=30)
 
-    _retry(f"segment.ms of {topic}", lambda: alter(topic, topic_ms))
-    _retry(f"segment.ms of {OFFSETS_TOPIC}", lambda: alter(OFFSETS_TOPIC, offsets_ms))
+    retry_admin(f"segment.ms of {topic}", lambda: alter(topic, topic_ms))
+    retry_admin(f"segment.ms of {OFFSETS_TOPIC}", lambda: alter(OFFSETS_TOPIC, offsets_ms))
 
 
 def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
@@ -145,7 +131,7 @@ def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
         fs = a.list_offsets(tps, request_timeout=10)
         return {tp.partition: f.result(timeout=15).offset for tp, f in fs.items()}
 
-    out: dict[int, int] = _retry(f"end offsets of {topic}", ask)
+    out: dict[int, int] = retry_admin(f"end offsets of {topic}", ask)
     return out
 
 
@@ -161,7 +147,7 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[i
             c.close()
         return {tp.partition: tp.offset for tp in tps}
 
-    out: dict[int, int] = _retry(f"committed offsets of {group}", ask)
+    out: dict[int, int] = retry_admin(f"committed offsets of {group}", ask)
     return out
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from itertools import chain, repeat
 from operator import attrgetter, contains, getitem, itemgetter, sub
@@ -360,8 +360,9 @@ _SeriesBlobs, _Merged, _MergedV2, _LabelsFlat, _SamplesFlat, _Maps = (
 )
 _WRONG_WIRE_VIEWS = [_message(f"lossproof.promrw.wire.{v}") for v in _WRONG_WIRE]
 _labels_of = attrgetter("labels")
-# lossproof._native.rw1_check (native/src/rwcheck.rs); an extension built before it takes the views
-_rw1_check = getattr(_native, "rw1_check", None)
+# native/src/rwcheck.rs. A module attribute, not a direct call: the tests set it to None to compare
+# against the exact parse it stands in for.
+_rw1_check: Callable[[bytes, int, int, int], int | None] | None = _native.rw1_check
 _NAME = "__name__"
 
 
