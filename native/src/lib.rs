@@ -17,14 +17,15 @@ use rustc_hash::FxHashMap;
 mod chunkdecode;
 mod fsum;
 mod ratewin;
+mod reportcheck;
 mod rwcheck;
 mod rwcols;
 mod rawchunks;
 
-/// The version of this module's interface, checked by the Python side (lossproof/store/columns.py):
+/// The version of this module's interface, checked by the Python side (lossproof/native_ext.py):
 /// an extension built from other sources than the Python code that calls it fails at import, not
 /// half-way through a batch.
-const ABI: u32 = 7;
+const ABI: u32 = 8;
 
 // ---------------------------------------------------------------------------------------------
 // Points to store columns (lossproof.store.columns.Columns.add).
@@ -549,6 +550,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ABI", ABI)?;
     m.add_function(wrap_pyfunction!(point_columns, m)?)?;
     m.add_function(wrap_pyfunction!(rw1_series, m)?)?;
+    m.add_function(wrap_pyfunction!(reportcheck::reports_check, m)?)?;
     m.add_function(wrap_pyfunction!(rwcheck::rw1_check, m)?)?;
     m.add_function(wrap_pyfunction!(rwcols::rw1_block, m)?)?;
     m.add_function(wrap_pyfunction!(rwcols::block_columns, m)?)?;

@@ -12,16 +12,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from lossproof import _native
 from lossproof.protocol import promrw
 from lossproof.protocol.thirdparty import MAX_LABELS, MAX_NAME, MAX_TIME_MS
 from lptest.proto import damaged, ld
 
 WriteRequest = promrw._message("prometheus.WriteRequest")
-
-pytestmark = pytest.mark.skipif(
-    getattr(_native, "rw1_check", None) is None, reason="lossproof._native built before rw1_check"
-)
 
 
 def outcome(body: bytes, fast: bool, monkeypatch: pytest.MonkeyPatch) -> Any:

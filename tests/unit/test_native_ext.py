@@ -13,13 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lossproof import _native
+from lossproof import _native, native_ext
 from lossproof.points import Point
 from lossproof.store.columns import Columns
 
 
 def test_the_extension_is_built_and_matches_this_checkout() -> None:
-    assert _native.ABI == 7
+    assert _native.ABI == native_ext.ABI == 8
 
 
 class Resolver:

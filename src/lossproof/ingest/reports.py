@@ -123,16 +123,19 @@ class ReportsHandler(Ingest):
         self.store = store
 
     async def _conflicts(
-        self, tenant: str, req: native.RequestIn, seqs: list[tuple[int, int]]
+        self, tenant: str, checked: native.Checked, body: bytes, ctype: str
     ) -> list[tuple[int, int]]:
         """The request's seqs already stored with other content (a reused seq: a wiped spool, a second
         host with the same agent id, a copied spool). Only the stored ones among the request's seqs
-        are looked up, and only their reports hashed. Without an answer from the store the request
-        goes on: the worker then sees the conflict and keeps the report whole (never dropped)."""
-        if not seqs:
+        are looked up, and only then is the (decompressed) body decoded and their reports hashed.
+        Without an answer from the store the request goes on: the worker then sees the conflict and
+        keeps the report whole (never dropped)."""
+        if not checked.seqs:
             return []
-        stored = await self.store.stored_digests(tenant, req.agent, req.incarnation, seqs)
-        return native.conflicting(req, stored)
+        stored = await self.store.stored_digests(tenant, checked.agent, checked.incarnation, checked.seqs)
+        if not stored:
+            return []
+        return native.conflicting(native.decode(body, ctype), stored)
 
     def _refuse_conflict(
         self, tenant: str, checked: native.Checked, conflicts: list[tuple[int, int]]
@@ -178,18 +181,18 @@ class ReportsHandler(Ingest):
         encoding = request.headers.get("Content-Encoding", "").strip().lower()
         raw = await self.read(request)
         try:
-            req = native.decode(decompress(raw, encoding, srv.max_decoded_bytes), ctype)
+            body = decompress(raw, encoding, srv.max_decoded_bytes)
+            checked = native.check(body, ctype)
         except TooLarge as e:
             raise ApiError(413, str(e), "too_large") from None
         except (BadEncoding, native.BadRequest) as e:
             raise ApiError(400, str(e), "bad_request") from None
-        checked = native.summary(req)
         seqs, agent = checked.seqs, checked.agent
         # A replay (a fallback receiver drained) already had its 200 from the fallback: refusing it
         # would make it given up; the worker keeps such a conflict whole instead.
         replaying = self.keys.is_replay(request)
-        conflicts = [] if replaying else await self._conflicts(tenant, req, seqs)
-        del req  # the decoded points are not held while waiting for the log (see native.check)
+        conflicts = [] if replaying else await self._conflicts(tenant, checked, body, ctype)
+        del body  # not held while waiting for the log: the log gets the body as it came
         if conflicts:
             self._refuse_conflict(tenant, checked, conflicts)
         record = native.encode_envelope(

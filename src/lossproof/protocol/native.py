@@ -6,10 +6,12 @@ without a Python loop over points, which keeps the ingest hot path cheap.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 import msgspec
 
+from lossproof.native_ext import _native
 from lossproof.points import report_digest
 from lossproof.ranges import from_seqs
 
@@ -165,13 +167,7 @@ def _check_duplicates(reports: list[ReportIn], seqs: list[int]) -> None:
 
 
 def seq_ranges(req: RequestIn) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for s in sorted({r.seq for r in req.reports}):
-        if out and s == out[-1][1] + 1:
-            out[-1] = (out[-1][0], s)
-        else:
-            out.append((s, s))
-    return out
+    return from_seqs(r.seq for r in req.reports)
 
 
 class Checked(msgspec.Struct, frozen=True):
@@ -190,11 +186,29 @@ def summary(req: RequestIn) -> Checked:
     )
 
 
+# native/src/reportcheck.rs. A module attribute, not a direct call: the tests set it to None to
+# compare against the exact decode it stands in for.
+_reports_check: Callable[[bytes, bool], tuple[str, str, list[int], int] | None] | None = _native.reports_check
+
+
+def quick_check(body: bytes, content_type: str) -> Checked | None:
+    """The summary of a body that certainly passes :func:`decode`, read in one pass without a
+    Python object per point; None for any other body (then :func:`decode` refuses it with its
+    message, or passes it). The common case of ingest: a 500-point report cost ~0.35 ms decoded."""
+    if _reports_check is None:
+        return None
+    got = _reports_check(body, content_type == MSGPACK)
+    if got is None:
+        return None
+    agent, incarnation, seqs, points = got
+    return Checked(agent, from_seqs(seqs), len(seqs), points, incarnation)
+
+
 def check(body: bytes, content_type: str) -> Checked:
     """Validate a decompressed body (see :func:`decode`) and keep only its summary. The decoded
     points are freed here, before the caller waits for the log: a request in flight that held its
     thousands of objects made every request 20-70% costlier (64 in flight, measured)."""
-    return summary(decode(body, content_type))
+    return quick_check(body, content_type) or summary(decode(body, content_type))
 
 
 SEQ_CONFLICT = "seq_conflict"

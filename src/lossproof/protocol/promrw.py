@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import cramjam
 from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory
 
-from lossproof import _native
+from lossproof.native_ext import _native
 from lossproof.points import Point, SeriesBlock, SeriesSamples
 from lossproof.protocol.thirdparty import (
     MAX_BUCKETS,
@@ -47,10 +47,6 @@ from lossproof.protocol.thirdparty import (
     fmt_float,
     time_error,
 )
-
-# the extension built from this checkout's native/ (an older build fails here, not on every body)
-if _native.ABI != 7:
-    raise ImportError(f"lossproof._native is ABI {_native.ABI}, this code needs 7: pip install -e . again")
 
 # -- the schema, as descriptors --------------------------------------------------------------------
 

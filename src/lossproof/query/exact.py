@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from lossproof import _native
+from lossproof.native_ext import _native
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]

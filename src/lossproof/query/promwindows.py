@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from lossproof import _native
+from lossproof.native_ext import _native
 from lossproof.query import exact, promrange
 from lossproof.query.promref import _quantile, _sum
 from lossproof.query.promvalues import F64, I64, Mask

@@ -41,7 +41,7 @@ import numpy as np
 import numpy.typing as npt
 import zstandard
 
-from lossproof import _native
+from lossproof.native_ext import _native
 
 RAW = 1
 PACKED = 2

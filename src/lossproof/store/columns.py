@@ -13,13 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from lossproof import _native
+from lossproof.native_ext import _native
 from lossproof.store import chunks
 from lossproof.store.base import PointLike, SeriesBlock, SeriesSamples
-
-# the extension built from this checkout's native/ (an older build fails here, not in a batch)
-if _native.ABI != 7:
-    raise ImportError(f"lossproof._native is ABI {_native.ABI}, this code needs 7: pip install -e . again")
 
 SeriesKey = tuple[Any, ...]  # (tenant, metric, *labels.items()) in the order the sender gave them
 # resolve(key, tenant, metric, labels) -> series id: the store's cache, then its series table

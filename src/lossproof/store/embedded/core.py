@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lossproof import _native
+from lossproof.native_ext import _native
 from lossproof.store import chunks, series_index
 from lossproof.store.base import (
     SeqRange,

@@ -12,8 +12,8 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from lossproof import _native
 from lossproof.log.base import LogGap
+from lossproof.native_ext import _native
 from lossproof.store import chunks
 from lossproof.store import ledger as lg
 from lossproof.store.base import (
