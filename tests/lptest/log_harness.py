@@ -31,8 +31,6 @@ def make_value(tag: str, size: int) -> bytes:
     return (unit * (size // len(unit) + 1))[:size] if size else b""
 
 
-
-
 @dataclass
 class Acked:
     offset: int
@@ -312,11 +310,17 @@ class KafkaHarness(LogHarness):
         from confluent_kafka import TopicPartition
         from confluent_kafka.admin import AdminClient, OffsetSpec
 
-        admin = AdminClient({"bootstrap.servers": self.cfg.bootstrap_servers})
+        from lptest.kafka import retry_admin
+
         tp = TopicPartition(self.cfg.topic, 0)
-        lo = admin.list_offsets({tp: OffsetSpec.earliest()})[tp].result().offset
-        hi = admin.list_offsets({tp: OffsetSpec.latest()})[tp].result().offset
-        return int(lo), int(hi)
+
+        def ask(spec: object) -> int:
+            admin = AdminClient({"bootstrap.servers": self.cfg.bootstrap_servers})
+            return int(admin.list_offsets({tp: spec}, request_timeout=15)[tp].result(timeout=20).offset)
+
+        lo = retry_admin("earliest offset", lambda: ask(OffsetSpec.earliest()))
+        hi = retry_admin("latest offset", lambda: ask(OffsetSpec.latest()))
+        return lo, hi
 
     def earliest_offset(self) -> int | None:
         lo, hi = self._watermarks()
@@ -331,7 +335,7 @@ class KafkaHarness(LogHarness):
             pytest.skip("kafka: records can only vanish from the start of a partition (delete_records)")
         admin = AdminClient({"bootstrap.servers": self.cfg.bootstrap_servers})
         for f in admin.delete_records([TopicPartition(self.cfg.topic, 0, last + 1)]).values():
-            f.result()
+            f.result(timeout=60)
 
 
 HARNESSES: dict[str, type[LogHarness]] = {"embedded": EmbeddedHarness, "kafka": KafkaHarness}
