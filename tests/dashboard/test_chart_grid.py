@@ -37,3 +37,25 @@ def test_the_newest_point_is_on_the_chart(p: InProcess, width: int) -> None:
     assert body["start"] <= frm and body["start"] + (body["n"] - 1) * body["step"] == TO
     (s,) = body["series"]
     assert s["values"][-1] == 1.5 and len(s["values"]) == body["n"]
+
+
+def test_values_hold_holes_and_non_finite_values(tmp_path: Path) -> None:
+    """Per step: the value, None where the step has no point, NaN and the infinities as text (JSON
+    has no number for them)."""
+    pl = InProcess(tmp_path / "data", "lp_test_" + secrets.token_hex(16))
+    pl.start(worker=False)
+    try:
+        store = open_store(pl.config())
+        vals = {0: 1.5, 1: float("nan"), 3: float("inf"), 4: float("-inf"), 6: -0.25}
+        try:
+            pts = [("default", Point("m", {}, TO - 60_000 * (9 - k), v)) for k, v in vals.items()]
+            store.write_batch(WriteBatch(samples=pts, now_ms=TO))
+        finally:
+            store.close()
+        status, body = pl.get(f"/ui/api/chart?match=m&from={TO - 10 * 60_000}&to={TO}&width=10")
+        assert status == 200, body
+        assert body["step"] == 60_000 and body["n"] == 11
+        (s,) = body["series"]
+        assert s["values"] == [None, 1.5, "NaN", None, "+Inf", "-Inf", None, -0.25, None, None, None]
+    finally:
+        pl.stop()

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+import statistics
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from lossproof.query import holes
 from lossproof.store.base import AgentSummary, Ledger, SpoolState
 
@@ -220,3 +226,43 @@ def test_frequent_outages_are_not_taken_for_jitter() -> None:
     g = holes.gaps(on_grid(pts, start, step, pts[-1] // step + 1), start, step, pts[-1])
     got = holes.classify(g, None, None, NOW, True)
     assert len(got) == 19 and all(h.end_ms - h.start_ms == 40_000 for h in got)
+
+
+def _reference_gaps(times: list[int | None], grid_start: int, step: int, until_ms: int) -> holes.Gaps:
+    """The first version of :func:`holes.gaps`, in plain Python with ``statistics``."""
+    present = [t for t in times if t is not None]
+    if not present:
+        return holes.Gaps([], 0.0, 0.0)
+    deltas = [b - a for a, b in itertools.pairwise(present) if b > a]
+    usual = max(statistics.median(deltas) if deltas else step, step)
+    threshold = 1.6 * usual
+    jitter = threshold
+    if len(deltas) >= holes.JITTER_MIN_DELTAS:
+        jitter = min(max(threshold, 1.25 * statistics.quantiles(deltas, n=10)[-1]), 3.0 * usual)
+    out = [(a, b, False) for a, b in itertools.pairwise(present) if b - a > threshold]
+    end = min(until_ms, grid_start + (len(times) - 1) * step)
+    if end - present[-1] > threshold:
+        out.append((present[-1], end, True))
+    return holes.Gaps(out, threshold, jitter)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.one_of(st.none(), st.integers(0, 40)), max_size=80),
+    st.integers(1, 7),
+    st.integers(0, 400),
+)
+def test_gaps_from_arrays_as_the_plain_python_version(
+    spacing: list[int | None], step: int, until: int
+) -> None:
+    """``gaps`` (numpy, median and 90th percentile without ``statistics``) gives exactly what the
+    plain version gave, on per-step times as a chart has them: non-decreasing, with holes, repeats
+    (a point older than a step) and irregular spacing."""
+    t, times = 1000, []
+    for d in spacing:
+        if d is not None:
+            t += d
+        times.append(None if d is None else t)
+    assert holes.gaps(times, 1000, step, 1000 + until * step) == _reference_gaps(
+        times, 1000, step, 1000 + until * step
+    )

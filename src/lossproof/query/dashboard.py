@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+import numpy as np
 import promql_parser as pp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
@@ -37,7 +38,7 @@ from lossproof.query.promapi import PromApi
 from lossproof.query.samples import hist_quantile, parse_metrics, sum_of, value_of
 from lossproof.query.unconfirmed import unconfirmed
 from lossproof.store.access import StoreAccess, StoreUnavailable
-from lossproof.store.base import AgentSummary, Ledger, LogGap, StoreReader
+from lossproof.store.base import AgentSummary, Ledger, LogGap, SteppedArrays, StoreReader
 
 T = TypeVar("T")
 log = get(__name__)
@@ -329,7 +330,7 @@ class Dashboard:
             cpu0 = time.thread_time()
             ev = promql.Evaluator(s, tenant, promql.Grid(from_ms, from_ms, 1))
             ms = ev.matchers(sel)
-            found = [] if ms is None else s.select_last(tenant, ms, start, to_ms, step, step)
+            found = [] if ms is None else s.select_last_arrays(tenant, ms, start, to_ms, step, step)
             truncated = len(found) > MAX_CHART_SERIES
             found = found[:MAX_CHART_SERIES]
             agents = {a.agent: a for a in s.agents(tenant)}
@@ -340,10 +341,9 @@ class Dashboard:
                 agent = holes.agent_of(st.labels, set(agents))
                 if agent is not None and agent not in ledgers:
                     ledgers[agent] = s.ledger(tenant, agent)
-                times = [None if x is None else x[0] for x in st.samples]
                 summary: AgentSummary | None = agents.get(agent) if agent else None
                 ledger = ledgers.get(agent) if agent else None
-                gaps = holes.gaps(times, start, step, min(to_ms, now))
+                gaps = holes.gaps_of(st.t[st.present], len(st.t), start, step, min(to_ms, now))
                 inner = any(not trailing for _, _, trailing in gaps.found)
                 found_holes = holes.classify(
                     gaps,
@@ -359,7 +359,7 @@ class Dashboard:
                         "labels": st.labels,
                         "selector": _selector_text(st.metric, st.labels),
                         "agent": agent,
-                        "values": [None if x is None else _num(x[1]) for x in st.samples],
+                        "values": _values(st),
                         "holes": [h.as_json() for h in found_holes],
                     }
                 )
@@ -368,9 +368,7 @@ class Dashboard:
             return {"series": out, "truncated": truncated, "store_cpu_ms": cpu_ms}
 
         body = await self._run(run)
-        body.update(
-            start=start, step=step, n=n, now=now, took_ms=round((time.perf_counter() - t0) * 1000, 1)
-        )
+        body.update(start=start, step=step, n=n, now=now, took_ms=round((time.perf_counter() - t0) * 1000, 1))
         return json_response(body)
 
     # completeness
@@ -639,6 +637,14 @@ def _fail(status: int, message: str) -> ApiError:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _values(st: SteppedArrays) -> list[float | str | None]:
+    """A chart's values: None where a step has no point, the value (NaN and infinities as text)."""
+    out: list[float | str | None] = st.v.tolist()
+    for k in np.flatnonzero(~np.isfinite(st.v)).tolist():  # steps without a point are NaN too
+        out[k] = _num(st.v[k]) if st.present[k] else None
+    return out
 
 
 def _num(v: float) -> float | str:
