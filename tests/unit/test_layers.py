@@ -35,6 +35,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "receipt",
             "credentials",
             "segments",
+            "native_ext",
         },
     ),
     ("log", {"log"}),
