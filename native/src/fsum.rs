@@ -66,7 +66,7 @@ fn exact_sum(xs: &[f64]) -> Option<f64> {
 
 /// CPython's `math.fsum` of `xs`, or None where it would not answer a finite float from finite
 /// inputs (a non-finite input, or an intermediate overflow).
-fn fsum(xs: &[f64], p: &mut Vec<f64>) -> Option<f64> {
+pub(crate) fn fsum(xs: &[f64], p: &mut Vec<f64>) -> Option<f64> {
     if let Some(s) = exact_sum(xs) {
         return Some(s);
     }

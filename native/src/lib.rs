@@ -21,6 +21,8 @@ mod reportcheck;
 mod rwcheck;
 mod rwcols;
 mod rawchunks;
+mod rowdecode;
+mod groupsum;
 
 /// The version of this module's interface, checked by the Python side (lossproof/native_ext.py):
 /// an extension built from other sources than the Python code that calls it fails at import, not
@@ -563,6 +565,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(rawchunks::runs_increasing, m)?)?;
     m.add_function(wrap_pyfunction!(rawchunks::decode_checked, m)?)?;
     m.add_function(wrap_pyfunction!(rawchunks::search_runs, m)?)?;
+    m.add_function(wrap_pyfunction!(rowdecode::row_heads, m)?)?;
+    m.add_function(wrap_pyfunction!(rowdecode::assemble_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(groupsum::group_sums, m)?)?;
     m.add_class::<stored_times::StoredTimes>()?;
     Ok(())
 }

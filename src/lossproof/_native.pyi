@@ -42,6 +42,21 @@ def assemble_into(
     seg_dest: bytes,
     seg_len: bytes,
 ) -> tuple[bytearray, int]: ...
+def row_heads(rows: list[tuple[int, int, int, int, bytes]]) -> bytearray | None: ...
+def assemble_rows(
+    rows: list[tuple[int, int, int, int, bytes]],
+    at: bytes,
+    total: int,
+    src_ts: list[Any],
+    src_vs: list[Any],
+    seg_src: bytes,
+    seg_start: bytes,
+    seg_dest: bytes,
+    seg_len: bytes,
+) -> tuple[bytearray, int]: ...
+def group_sums(
+    values: Any, present: Any, gid: bytes, groups: int
+) -> tuple[bytearray, bytearray, bytearray]: ...
 def runs_increasing(ts: Any, at: bytes, counts: bytes) -> bool: ...
 def search_runs(ts: Any, lo: bytes, hi: bytes, x: int, right: bool) -> bytearray: ...
 def decode_checked(

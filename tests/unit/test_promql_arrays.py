@@ -311,3 +311,40 @@ def test_native_rate_windows_refuse_columns_unlike() -> None:
             _native.rate_windows(ts, vs, at, 10, True, True)
     got, pres = _native.rate_windows([t[::2].copy()], [v[::2].copy()], at, 10, True, True)
     assert len(got) == 8 and len(pres) == 1
+
+
+@pytest.mark.parametrize("op", ["sum", "avg"])
+@pytest.mark.parametrize("kind", list(GENERATORS))
+def test_native_group_sums_are_the_numpy_blocks(op: str, kind: str) -> None:
+    """``sum`` / ``avg`` by the extension's ``group_sums`` (one pass over the matrix) answer bit for
+    bit what the numpy blocks (``_aggregate_block``: reduceat and ``fsum_windows``) answer, on
+    matrices of the size a day-long query makes and with specials (NaN, infinities, -0.0, 1e308)."""
+    r = np.random.default_rng(abs(hash(("group_sums", op, kind))) % (1 << 32))
+    for m, n in ((300, 97), (1, 1), (7, 3)):
+        values = GENERATORS[kind](r, m * n).reshape(m, n).astype(np.float64)
+        present = r.random((m, n)) < 0.9
+        gid = np.unique(r.integers(0, 12, m), return_inverse=True)[1].astype(np.int64)
+        groups = int(gid.max()) + 1
+        got = promql._sum_by_group(op, values, present, gid, groups)
+        want = promql._aggregate_block(op, values, present, gid, groups)
+        assert got[1].tolist() == want[1].tolist()
+        assert [_bits(x) for x in got[0][got[1]].tolist()] == [_bits(x) for x in want[0][want[1]].tolist()]
+
+
+def test_native_group_sums_refuse_shapes_unlike_and_groups_out_of_range() -> None:
+    from lossproof import _native
+
+    v, p = np.zeros((3, 2)), np.ones((3, 2), dtype=np.uint8)
+    gid = np.array([0, 1, 0], dtype=np.int64).tobytes()
+    for args in (
+        (v, p[:2], gid, 2),
+        (v[0], p[0], gid, 2),
+        (v, p, gid[:8], 2),
+        (v, p, np.array([0, 2, 0], dtype=np.int64).tobytes(), 2),
+        (v, p, np.array([0, -1, 0], dtype=np.int64).tobytes(), 2),
+    ):
+        with pytest.raises(ValueError):
+            _native.group_sums(*args)
+    sums, counts, flags = _native.group_sums(v + 1.5, p, gid, 2)
+    assert np.frombuffer(sums).tolist() == [3.0, 3.0, 1.5, 1.5]
+    assert np.frombuffer(counts, dtype=np.int64).tolist() == [2, 2, 1, 1] and bytes(flags) == bytes(4)

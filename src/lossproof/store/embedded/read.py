@@ -75,9 +75,10 @@ def _assemble(
     if not rows and not ex and not blocks:
         return [(empty_t, empty_v)] * n_found
     sid_of = np.array([sid for sid, _, _ in found], dtype=np.int64)
-    # the rows' columns: at once by the native extension when every chunk is raw (the usual case
-    # for recent data: no chunk to open), else each chunk opened (a packed body decompressed)
-    heads = _native.chunk_heads(rows)
+    # the rows' columns: at once by the native extension, raw and packed chunks alike, when every
+    # header is one chunks.open_many accepts; else each chunk opened in Python, which raises the
+    # ChunkError that says what is wrong
+    heads = _native.row_heads(rows)
     items: list[chunks.OpenedChunk] | None = None
     if heads is not None:
         r_sid, r_id, r_tmin, r_tmax, counts = np.frombuffer(heads, dtype=np.int64).reshape(5, len(rows))
@@ -136,12 +137,13 @@ def _assemble(
     is_chunk = chunk_no >= 0
     at[chunk_no[is_chunk]] = dest[is_chunk]
     if items is None:
-        # the raw chunks and the part slices copied into their places at once, their times checked
-        # on the way (what decode_into, the range check and the copies below do)
+        # the chunks decoded (a packed one decompressed) and the part slices copied into their places
+        # at once, their times checked on the way (what decode_into, the range check and the copies
+        # below do)
         segs = ~is_chunk
         seg = [np.ascontiguousarray(x[segs], dtype=np.int64).tobytes() for x in (src - 1, start, dest, lens)]
         try:
-            cols, verdict = _native.assemble_into(
+            cols, verdict = _native.assemble_rows(
                 rows,
                 at.tobytes(),
                 total,
@@ -149,15 +151,17 @@ def _assemble(
                 [np.ascontiguousarray(x, dtype=np.float64) for x in src_vs[1:]],
                 *seg,
             )
-        except ValueError as e:  # chunk_heads checked every row: a mismatch left is a bug, said as damage
+        except ValueError as e:  # row_heads checked every row: a mismatch left is a bug, said as damage
             raise chunks.ChunkError(str(e)) from None
+        if verdict == 4:  # a packed body did not decompress: opened in Python, which says why
+            items, _ = chunks.open_many([r[4] for r in rows])
         ts = np.frombuffer(cols, dtype="<i8", count=total).astype(np.int64, copy=False)
         vs = np.frombuffer(cols, dtype="<f8", count=total, offset=8 * total).astype(np.float64, copy=False)
         if verdict in (1, 3):
             raise chunks.ChunkError("a chunk's times are not increasing")
         if verdict == 2:
             raise chunks.ChunkError("a chunk's points are not its stored time range")
-    else:
+    if items is not None:
         ts, vs = chunks.decode_into(items, at, total)
         c_dest, c_len = dest[is_chunk], lens[is_chunk]
         if not (
