@@ -27,7 +27,7 @@ mod groupsum;
 /// The version of this module's interface, checked by the Python side (lossproof/native_ext.py):
 /// an extension built from other sources than the Python code that calls it fails at import, not
 /// half-way through a batch.
-const ABI: u32 = 8;
+const ABI: u32 = 9;
 
 // ---------------------------------------------------------------------------------------------
 // Points to store columns (lossproof.store.columns.Columns.add).
@@ -560,8 +560,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(chunkdecode::decode_chunks, m)?)?;
     m.add_function(wrap_pyfunction!(fsum::fsum_windows, m)?)?;
     m.add_function(wrap_pyfunction!(ratewin::rate_windows, m)?)?;
-    m.add_function(wrap_pyfunction!(rawchunks::chunk_heads, m)?)?;
-    m.add_function(wrap_pyfunction!(rawchunks::assemble_into, m)?)?;
     m.add_function(wrap_pyfunction!(rawchunks::runs_increasing, m)?)?;
     m.add_function(wrap_pyfunction!(rawchunks::decode_checked, m)?)?;
     m.add_function(wrap_pyfunction!(rawchunks::search_runs, m)?)?;

@@ -21,6 +21,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyList, PyTuple};
 use zstd::zstd_safe;
 
 use crate::chunkdecode::decode_one;
+use crate::rawchunks::{cells, ints};
 
 const RAW: u8 = 1;
 const PACKED: u8 = 2;
@@ -60,17 +61,8 @@ fn row_data<'py>(row: &Bound<'py, PyTuple>, i: usize) -> PyResult<Bound<'py, PyB
     Ok(row.get_item(4)?.cast_into::<PyBytes>()?)
 }
 
-fn ints(b: &[u8], what: &str) -> PyResult<Vec<i64>> {
-    if !b.len().is_multiple_of(8) {
-        return Err(PyValueError::new_err(format!("{what}: {} bytes", b.len())));
-    }
-    Ok(b.chunks_exact(8)
-        .map(|c| i64::from_ne_bytes(c.try_into().unwrap()))
-        .collect())
-}
-
-/// `row_heads(rows) -> bytearray | None`: `rawchunks.chunk_heads` for rows of raw and packed
-/// chunks alike: five columns of native-endian int64 (series ids, chunk ids, t_mins, t_maxes, each
+/// `row_heads(rows) -> bytearray | None`: for rows `(series_id, id, t_min, t_max, data)` (tuples;
+/// ints and bytes) of raw and packed chunks alike, five columns of native-endian int64 (series ids, chunk ids, t_mins, t_maxes, each
 /// chunk's number of points from its header). None when any row's header is not one that
 /// `chunks._opened` accepts (see `head`).
 #[pyfunction]
@@ -100,27 +92,22 @@ pub fn row_heads<'py>(
     Ok(Some(out))
 }
 
-/// A contiguous buffer's items (read in place: the GIL is held throughout, and nothing here calls
-/// back into Python, so no other thread can write to it meanwhile).
-#[allow(deprecated)]
-fn cells<'a, T: pyo3::buffer::Element + Copy>(
-    py: Python<'a>,
-    b: &'a PyBuffer<T>,
-    what: &str,
-) -> PyResult<&'a [pyo3::buffer::ReadOnlyCell<T>]> {
-    b.as_slice(py)
-        .ok_or_else(|| PyValueError::new_err(format!("{what}: not a contiguous buffer")))
-}
-
 /// `assemble_rows(rows, at, total, src_ts, src_vs, seg_src, seg_start, seg_dest, seg_len) ->
-/// (columns, verdict)`: `rawchunks.assemble_into` for rows of raw and packed chunks alike (a packed
-/// chunk decompressed and decoded to its place, as `chunks.decode_into` lays it out), with one more
-/// verdict: 4, some packed chunk's frame did not decompress to exactly its body (the columns are
-/// then not to be used: the caller opens the rows in Python, which says what is wrong). Verdicts 1
-/// to 3 as `assemble_into`'s: 1, some chunk's times do not increase; 2, they do, but some chunk's
-/// first or last time is not its row's range; 3, the chunks are right, but some segment's times do
-/// not increase. A row whose header `row_heads` would refuse, or anything that does not fit, is a
-/// ValueError.
+/// (columns, verdict)`: `total` points of timestamps (int64) then as many values (float64),
+/// little-endian, in one bytearray (positions nothing is given stay 0):
+///
+/// - row i's chunk (raw: copied; packed: decompressed and decoded, as `chunks.decode_into` lays it
+///   out) to positions `at[i]` ..;
+/// - segment k, `seg_len[k]` points of source `seg_src[k]` (`src_ts[j]`, `src_vs[j]`: contiguous
+///   int64 and float64 buffers, numpy arrays) from `seg_start[k]`, copied to `seg_dest[k]` ..
+///
+/// (`at` and the `seg_*`: native-endian int64 bytes.) Verdict 0: every chunk's and segment's times
+/// strictly increase, and every chunk's begin and end at its row's t_min and t_max; 1: some chunk's
+/// times do not increase; 2: they do, but some chunk's first or last time is not its row's range;
+/// 3: the chunks are right, but some segment's times do not increase; 4: some packed chunk's frame
+/// did not decompress to exactly its body (the columns are then not to be used: the caller opens
+/// the rows in Python, which says what is wrong). A row whose header `row_heads` would refuse, or
+/// anything that does not fit, is a ValueError.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
 pub fn assemble_rows<'py>(

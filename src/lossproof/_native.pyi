@@ -30,18 +30,6 @@ def fsum_windows(v: bytes, lo: bytes, hi: bytes) -> tuple[bytearray, bytearray]:
 def rate_windows(
     ts: list[Any], vs: list[Any], at: bytes, rng: int, is_rate: bool, is_counter: bool
 ) -> tuple[bytearray, bytearray]: ...
-def chunk_heads(rows: list[tuple[int, int, int, int, bytes]]) -> bytearray | None: ...
-def assemble_into(
-    rows: list[tuple[int, int, int, int, bytes]],
-    at: bytes,
-    total: int,
-    src_ts: list[Any],
-    src_vs: list[Any],
-    seg_src: bytes,
-    seg_start: bytes,
-    seg_dest: bytes,
-    seg_len: bytes,
-) -> tuple[bytearray, int]: ...
 def row_heads(rows: list[tuple[int, int, int, int, bytes]]) -> bytearray | None: ...
 def assemble_rows(
     rows: list[tuple[int, int, int, int, bytes]],

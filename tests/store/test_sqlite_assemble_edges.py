@@ -1,4 +1,4 @@
-"""Reviewer B: _assemble's native raw-chunk path (chunk_heads, assemble_into) against a reference
+"""Reviewer B: _assemble's native path (row_heads, assemble_rows) against a reference
 first-write-wins merge, at the edges: duplicates across chunks and parts, one point, int64 ends."""
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def test_damaged_raw_chunks_are_chunk_errors_not_panics() -> None:
     # stored range not the chunk's
     with pytest.raises(chunks.ChunkError):
         _assemble(found, [(1, 1, 4, 5, raw([3, 5], [1.0, 2.0]))], {}, 0, 10)
-    # a length not 1 + 16 n: chunk_heads says None, open_many says what is wrong
+    # a length not 1 + 16 n: row_heads says None, open_many says what is wrong
     with pytest.raises(chunks.ChunkError):
         _assemble(found, [(1, 1, 3, 5, raw([3, 5], [1.0, 2.0])[:-1])], {}, 0, 10)
 
@@ -120,7 +120,7 @@ def test_native_entry_points_refuse_bad_offsets_without_panicking() -> None:
     e = b""
     for at in (-1, 2**62, 2**63 - 1, 1):
         with pytest.raises(ValueError):
-            _native.assemble_into(rows, np.array([at], dtype=np.int64).tobytes(), 2, [], [], e, e, e, e)
+            _native.assemble_rows(rows, np.array([at], dtype=np.int64).tobytes(), 2, [], [], e, e, e, e)
     ts = np.arange(10, dtype=np.int64)
     for lo, hi in ((-1, 3), (3, 2), (0, 11), (2**62, 2**62 + 1), (0, 2**63 - 1)):
         with pytest.raises(ValueError):

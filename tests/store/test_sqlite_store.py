@@ -441,7 +441,7 @@ def test_assembled_reads_are_merge_arrays_series_by_series(data: st.DataObject) 
 
     nseries = data.draw(st.integers(1, 5))
     found = [(sid, "m", {}) for sid in data.draw(st.permutations(range(10, 10 + nseries)))]
-    raw_only = data.draw(st.booleans())  # every chunk raw: the native path (_native.assemble_into)
+    raw_only = data.draw(st.booleans())  # every chunk raw: the native path (_native.assemble_rows)
     rows: list[tuple[int, int, int, int, bytes]] = []
     parts: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
     extra: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}

@@ -1,6 +1,6 @@
-"""The native read of raw chunks (``_native.chunk_heads``, ``_native.assemble_into``,
-``_native.runs_increasing``) against Python references: the chunk opened by :func:`chunks._opened`,
-the columns laid out with numpy, the times checked pair by pair."""
+"""The native checks and searches over assembled columns (``_native.runs_increasing``,
+``decode_checked``, ``search_runs``) against Python references: the times checked pair by pair and
+with numpy, numpy's searchsorted. (The rows' layout: tests/unit/test_native_rowdecode.py.)"""
 
 from __future__ import annotations
 
@@ -35,121 +35,6 @@ def _i64(xs: list[int]) -> bytes:
 
 times = st.lists(st.integers(-(2**62), 2**62), max_size=9)
 values = st.floats(allow_nan=True, allow_infinity=True)
-
-
-@st.composite
-def raw_rows(draw: st.DrawFn) -> list[tuple[int, int, int, int, bytes]]:
-    """Rows of raw chunks: times sorted mostly (sometimes not), the row's range mostly theirs."""
-    rows = []
-    for cid in range(draw(st.integers(0, 6))):
-        ts = draw(times)
-        if draw(st.integers(0, 3)):
-            ts = sorted(set(ts))
-        vs = [draw(values) for _ in ts]
-        t_min, t_max = (ts[0], ts[-1]) if ts else (0, 0)
-        if not draw(st.integers(0, 5)):
-            t_min += draw(st.sampled_from([-1, 1]))
-        rows.append((draw(st.integers(0, 2**40)), cid, t_min, t_max, _raw(ts, vs)))
-    return rows
-
-
-@settings(max_examples=300, deadline=None)
-@given(raw_rows(), st.data())
-def test_chunk_heads_are_the_rows_columns_and_the_opened_counts(
-    rows: list[tuple[int, int, int, int, bytes]], data: st.DataObject
-) -> None:
-    """Five columns (series, id, t_min, t_max, points as _opened counts them); None as soon as one
-    row's data is not a well-formed raw chunk (empty, packed, a length that is not 1 + 16 n)."""
-    broken = data.draw(st.sampled_from([None, b"", b"\x01\x00", b"\x02" + bytes(16), b"\x03"]))
-    if broken is not None and rows:
-        k = data.draw(st.integers(0, len(rows) - 1))
-        rows[k] = (*rows[k][:4], broken)
-    got = _native.chunk_heads(rows)
-    if broken is not None and rows:
-        assert got is None
-        return
-    assert got is not None
-    cols = np.frombuffer(got, dtype=np.int64).reshape(5, len(rows))
-    for c in range(4):
-        assert cols[c].tolist() == [r[c] for r in rows]
-    assert cols[4].tolist() == [chunks._opened(r[4])[1] for r in rows]
-
-
-@settings(max_examples=300, deadline=None)
-@given(raw_rows(), st.data())
-def test_assemble_into_lays_out_and_checks_as_numpy_does(
-    rows: list[tuple[int, int, int, int, bytes]], data: st.DataObject
-) -> None:
-    """Chunks and source segments at their places (a permutation of the places, gaps allowed), the
-    same columns numpy makes; the verdict the reference's checks give, in their order."""
-    decoded = [_columns(r[4]) for r in rows]
-    nsrc = data.draw(st.integers(0, 3))
-    src_ts = [np.array(data.draw(times), dtype=np.int64) for _ in range(nsrc)]
-    src_vs = [np.array([data.draw(values) for _ in t], dtype=np.float64) for t in src_ts]
-    segs = []  # (source, start, length)
-    for j in range(nsrc):
-        for _ in range(data.draw(st.integers(0, 2))):
-            a = data.draw(st.integers(0, len(src_ts[j])))
-            segs.append((j, a, data.draw(st.integers(0, len(src_ts[j]) - a))))
-    pieces = [("c", i, len(d[0])) for i, d in enumerate(decoded)]
-    pieces += [("s", k, s[2]) for k, s in enumerate(segs)]
-    pieces = data.draw(st.permutations(pieces))
-    gap = data.draw(st.integers(0, 2))
-    place, pos = {}, 0
-    for kind, i, n in pieces:
-        pos += data.draw(st.integers(0, gap))
-        place[kind, i] = pos
-        pos += n
-    total = pos + data.draw(st.integers(0, gap))
-    want_t, want_v = np.zeros(total, dtype=np.int64), np.zeros(total, dtype=np.float64)
-    for i, (t, v) in enumerate(decoded):
-        want_t[place["c", i] : place["c", i] + len(t)] = t
-        want_v[place["c", i] : place["c", i] + len(t)] = v
-    for k, (j, a, n) in enumerate(segs):
-        want_t[place["s", k] : place["s", k] + n] = src_ts[j][a : a + n]
-        want_v[place["s", k] : place["s", k] + n] = src_vs[j][a : a + n]
-    if not all(_increasing(t.tolist()) for t, _ in decoded):
-        want = 1
-    elif not all(r[2] == t[0] and r[3] == t[-1] for r, (t, _) in zip(rows, decoded, strict=True) if len(t)):
-        want = 2
-    elif not all(_increasing(src_ts[j][a : a + n].tolist()) for j, a, n in segs):
-        want = 3
-    else:
-        want = 0
-    cols, verdict = _native.assemble_into(
-        rows,
-        _i64([place["c", i] for i in range(len(rows))]),
-        total,
-        src_ts,
-        src_vs,
-        _i64([s[0] for s in segs]),
-        _i64([s[1] for s in segs]),
-        _i64([place["s", k] for k in range(len(segs))]),
-        _i64([s[2] for s in segs]),
-    )
-    assert verdict == want
-    got_t = np.frombuffer(cols, dtype="<i8", count=total)
-    got_v = np.frombuffer(cols, dtype="<f8", count=total, offset=8 * total)
-    assert got_t.tolist() == want_t.tolist()
-    assert got_v.view(np.uint64).tolist() == want_v.view(np.uint64).tolist()  # NaNs bit for bit
-
-
-def test_assemble_into_refuses_what_does_not_fit() -> None:
-    row = (1, 1, 10, 20, _raw([10, 20], [1.0, 2.0]))
-    t, v = np.array([1, 2], dtype=np.int64), np.array([1.0, 2.0])
-    e = _i64([])
-    with pytest.raises(ValueError):
-        _native.assemble_into([row], _i64([1]), 2, [], [], e, e, e, e)  # the chunk past the end
-    with pytest.raises(ValueError):
-        _native.assemble_into([(1, 1, 0, 0, b"\x02" + bytes(16))], _i64([0]), 9, [], [], e, e, e, e)
-    with pytest.raises(ValueError):  # a segment past its source
-        _native.assemble_into([], e, 9, [t], [v], _i64([0]), _i64([1]), _i64([0]), _i64([2]))
-    with pytest.raises(ValueError):  # a segment past the columns
-        _native.assemble_into([], e, 1, [t], [v], _i64([0]), _i64([0]), _i64([0]), _i64([2]))
-    with pytest.raises(ValueError):  # an unknown source
-        _native.assemble_into([], e, 9, [t], [v], _i64([1]), _i64([0]), _i64([0]), _i64([1]))
-    with pytest.raises(ValueError):
-        _native.assemble_into([], e, 9, [t], [v[:1]], e, e, e, e)
 
 
 def _check_increasing_numpy(ts: np.ndarray, at: np.ndarray, counts: np.ndarray) -> bool:

@@ -41,7 +41,7 @@ import numpy as np
 import promql_parser as pp
 import re2
 
-from lossproof import _native
+from lossproof.native_ext import _native
 from lossproof.query import exact, promagg, promfuncs, promhash, promrange, vecmatch
 from lossproof.query.binops import binop, binop_arrays
 from lossproof.query.promparse import (
