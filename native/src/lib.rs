@@ -20,6 +20,7 @@ mod ratewin;
 mod rwcheck;
 mod rwcols;
 mod rawchunks;
+mod reports;
 
 /// The version of this module's interface, checked by the Python side (lossproof/store/columns.py):
 /// an extension built from other sources than the Python code that calls it fails at import, not
@@ -562,5 +563,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(rawchunks::decode_checked, m)?)?;
     m.add_function(wrap_pyfunction!(rawchunks::search_runs, m)?)?;
     m.add_class::<stored_times::StoredTimes>()?;
+    m.add_function(wrap_pyfunction!(reports::native_report, m)?)?;
+    m.add_function(wrap_pyfunction!(reports::native_report_json, m)?)?;
+    m.add_function(wrap_pyfunction!(reports::report_columns, m)?)?;
+    m.add_class::<reports::ReportBlock>()?;
     Ok(())
 }
