@@ -693,6 +693,15 @@ impl ReportBlock {
         PyBytes::new(py, &self.canonical())
     }
 
+    /// The distinct series as `[(metric, labels)]`, in order of first use.
+    fn series_list<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for k in 0..self.n_series() {
+            out.append(self.metric_labels(py, k)?)?;
+        }
+        Ok(out)
+    }
+
     /// The points as `[(metric, labels, t, v)]` in order (one labels dict per series, shared by its
     /// points), for code that wants them one by one.
     fn expand<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {

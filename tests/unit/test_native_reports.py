@@ -424,3 +424,23 @@ def test_json_it_is_not_sure_of_is_left_to_python(raw: bytes, monkeypatch: pytes
     fast = _stored(record)
     monkeypatch.setattr(decode, "_FAST", {})
     assert fast == _stored(record)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.lists(point, max_size=8), min_size=1, max_size=3), st.randoms(use_true_random=False))
+def test_the_series_limit_counts_the_series_the_python_path_counts(
+    reports: list[Any], rnd: random.Random
+) -> None:
+    from lossproof.ingest.series_limit import record_series
+
+    raws = [
+        pack({"seq": i + 1, "points": [_point_map(*p) for p in pts]}, rnd) for i, pts in enumerate(reports)
+    ]
+    record = _record(raws).value
+    fast = record_series(record)
+    real = decode._FAST
+    try:
+        decode._FAST = {}
+        assert fast == record_series(record)
+    finally:
+        decode._FAST = real
