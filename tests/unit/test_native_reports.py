@@ -444,3 +444,60 @@ def test_the_series_limit_counts_the_series_the_python_path_counts(
         assert fast == record_series(record)
     finally:
         decode._FAST = real
+
+
+def test_long_strings_and_many_labels_and_points_keep_msgspecs_widths() -> None:
+    """str8/16/32, map16 and array16/32 in the canonical encoding, as msgspec picks them."""
+    rnd = random.Random(5)
+    labels = {f"l{i}": "x" * i for i in range(40)}
+    points = [
+        {"metric": "m" * 300, "t": 1, "v": 1.0, "labels": labels},
+        {"metric": "é" * 40_000, "t": 2, "v": 2.0, "labels": {"k" * 70_000: "v" * 255}},
+    ]
+    points += [{"metric": "p", "t": i, "v": float(i)} for i in range(70_000)]
+    report = {"seq": 1, "points": points}
+    assert_same(msgspec.msgpack.encode(report))
+    assert_same(pack(report, rnd))
+
+
+def test_a_store_tells_resends_from_conflicts_across_the_two_paths(tmp_path: Any) -> None:
+    """A report stored from Python points and resent as a block (and the other way round) is a
+    duplicate; the same seq with another point is a conflict, kept with the Python path's bytes."""
+    from lossproof.agent.report import Point as AgentPoint
+    from lossproof.agent.report import encode_report
+    from lossproof.store.base import ReportWrite, WriteBatch
+    from lossproof.store.sqlite import SqliteStore
+
+    def pts(seq: int, v: float) -> list[AgentPoint]:
+        return [
+            AgentPoint(
+                "m", {"b": "2", "a": "é"}, 1_700_000_000_000 + 100 * seq + i, v if i == 3 else math.nan
+            )
+            for i in range(10)
+        ]
+
+    def both(seq: int, v: float) -> tuple[Any, Any]:
+        raw = encode_report(seq, 0, pts(seq, v))
+        got = _native.native_report(raw)
+        assert got is not None
+        return PointsBlock(got[2]), _py_report.decode(raw).points
+
+    store = SqliteStore(tmp_path / "s.db")
+    try:
+
+        def write(seq: int, points: Any) -> Any:
+            return store.write_batch(WriteBatch(reports=[ReportWrite("t", "a", seq, points)], now_ms=1))
+
+        block1, python1 = both(1, 1.0)
+        block2, python2 = both(2, 1.0)
+        assert write(1, python1).points_written == 10
+        assert write(2, block2).points_written == 10
+        again = [write(1, block1), write(2, python2)]
+        assert [(r.points_written, r.reports_duplicate, r.reports_conflict) for r in again] == [(0, 1, 0)] * 2
+        changed_block, changed_python = both(1, 2.0)
+        r = write(1, changed_block)
+        assert (r.points_written, r.reports_duplicate, r.reports_conflict) == (0, 0, 1)
+        (c,) = store.conflicts("t")
+        assert c.seq == 1 and c.digest == report_digest(changed_python)
+    finally:
+        store.close()
