@@ -23,11 +23,12 @@ mod rwcols;
 mod rawchunks;
 mod rowdecode;
 mod groupsum;
+mod reports;
 
 /// The version of this module's interface, checked by the Python side (lossproof/native_ext.py):
 /// an extension built from other sources than the Python code that calls it fails at import, not
 /// half-way through a batch.
-const ABI: u32 = 9;
+const ABI: u32 = 10;
 
 // ---------------------------------------------------------------------------------------------
 // Points to store columns (lossproof.store.columns.Columns.add).
@@ -567,5 +568,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(rowdecode::assemble_rows, m)?)?;
     m.add_function(wrap_pyfunction!(groupsum::group_sums, m)?)?;
     m.add_class::<stored_times::StoredTimes>()?;
+    m.add_function(wrap_pyfunction!(reports::native_report, m)?)?;
+    m.add_function(wrap_pyfunction!(reports::native_report_json, m)?)?;
+    m.add_function(wrap_pyfunction!(reports::report_columns, m)?)?;
+    m.add_class::<reports::ReportBlock>()?;
     Ok(())
 }

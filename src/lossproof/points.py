@@ -10,7 +10,7 @@ import hashlib
 from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 import msgspec
 
@@ -78,6 +78,39 @@ class SeriesBlock:
         return [p for s in self.series() for p in s.points()]
 
 
+class PointsBlock(Sequence[Point]):
+    """The points of one native report decoded in Rust (``block``: a ``lossproof._native.ReportBlock``,
+    see native/src/reports.rs): times and values as columns, each series' key kept as text, its
+    content digest computed with it. A store turns it into its columns with one series-id look-up
+    per series (``lossproof.store.columns.Columns.add``); :func:`report_digest` and
+    :func:`encode_points` take what the block computed. Anything else sees a sequence of
+    :class:`Point`, made on first use."""
+
+    __slots__ = ("_points", "block")
+
+    def __init__(self, block: Any) -> None:
+        self.block = block
+        self._points: list[Point] | None = None
+
+    def __len__(self) -> int:
+        return len(self.block)
+
+    def points(self) -> list[Point]:
+        if self._points is None:
+            self._points = [Point(m, labels, t, v) for m, labels, t, v in self.block.expand()]
+        return self._points
+
+    @overload
+    def __getitem__(self, i: int) -> Point: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Point]: ...
+    def __getitem__(self, i: int | slice) -> Point | list[Point]:
+        return self.points()[i]
+
+    def __iter__(self) -> Iterator[Point]:
+        return iter(self.points())
+
+
 def sample_count(s: SeriesSamples | SeriesBlock) -> int:
     return s.last - s.first if isinstance(s, SeriesBlock) else len(s.t)
 
@@ -100,6 +133,8 @@ _points_dec = msgspec.msgpack.Decoder(list[Point])
 
 def encode_points(points: Sequence[PointLike]) -> bytes:
     """The canonical bytes of ``points`` (msgspec Structs or dataclasses with a point's fields)."""
+    if isinstance(points, PointsBlock):
+        return bytes(points.block.encode())
     return _points_enc.encode(points)
 
 
@@ -109,6 +144,8 @@ def decode_points(data: bytes) -> list[Point]:
 
 def report_digest(points: Sequence[PointLike]) -> bytes:
     """A report's content digest: what tells a resend (same digest) from a reused seq (another one)."""
+    if isinstance(points, PointsBlock):
+        return bytes(points.block.digest())
     return hashlib.blake2b(encode_points(points), digest_size=16).digest()
 
 

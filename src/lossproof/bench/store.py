@@ -1,9 +1,10 @@
 """Store benchmark: ``write_batch`` throughput the way the worker drives it.
 
 Each batch carries one report per agent; each agent owns ``series_per_agent`` series (by default one
-point per series per report, like a host agent scraping every ``interval_ms``). Building the batches
-is not timed, only ``write_batch``. Numbers are reported for the whole run and for its last quarter
-(a store whose inserts slow down as it grows shows it there).
+point per series per report, like a host agent scraping every ``interval_ms``). A report's points are
+what the worker hands the store: encoded as the agent sends them, decoded as the worker does.
+Building the batches is not timed, only ``write_batch``. Numbers are reported for the whole run and
+for its last quarter (a store whose inserts slow down as it grows shows it there).
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from typing import Any
 
 import click
 
+from lossproof.agent.report import Point as AgentPoint
+from lossproof.agent.report import encode_report
+from lossproof.protocol.decode import decode_report
+from lossproof.protocol.native import MSGPACK
 from lossproof.store.base import Point, ReportWrite, Store, WriteBatch
 
 TENANT = "bench"
@@ -53,8 +58,11 @@ def _batches(
             pts = []
             for j in range(n):
                 metric, labels = _series(first_agent + a, j % series_per_agent)
-                pts.append(Point(metric, labels, base + (j // series_per_agent) * step, float(j)))
-            reports.append(ReportWrite(TENANT, f"agent-{first_agent + a:04d}", seq, pts))
+                pts.append(AgentPoint(metric, labels, base + (j // series_per_agent) * step, float(j)))
+            # the points as the worker hands them to the store: sent as the agent encodes a report,
+            # decoded as the worker decodes it
+            _, _, points = decode_report(encode_report(seq, base, pts), MSGPACK)
+            reports.append(ReportWrite(TENANT, f"agent-{first_agent + a:04d}", seq, points))
             made += n
         yield WriteBatch(reports=reports, now_ms=base)
 

@@ -32,7 +32,7 @@ from lossproof.httputil import ApiError
 from lossproof.ingest.metrics import IngestMetrics
 from lossproof.log.base import LogRecord
 from lossproof.obs.logging import get
-from lossproof.points import each_series
+from lossproof.points import PointsBlock, each_series
 from lossproof.protocol.decode import record_parts
 from lossproof.store.access import StoreAccess
 from lossproof.store.base import StoreReader, labels_text
@@ -66,7 +66,12 @@ def record_series(record: bytes) -> set[int]:
         b = part.batch
         keys.update(series_key(p.metric, p.labels) for _, p in b.samples)
         keys.update(series_key(s.metric, s.labels) for s in each_series(x for _, x in b.series))
-        keys.update(series_key(p.metric, p.labels) for r in b.reports for p in r.points)
+        for r in b.reports:
+            pts = r.points
+            if isinstance(pts, PointsBlock):  # its series, no Python object per point
+                keys.update(series_key(m, labels) for m, labels in pts.block.series_list())
+            else:
+                keys.update(series_key(p.metric, p.labels) for p in pts)
     return keys
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import msgspec
 
 from lossproof.log.base import LogRecord
-from lossproof.points import sample_count
+from lossproof.native_ext import _native
+from lossproof.points import PointsBlock, sample_count
 from lossproof.protocol import influx, native, otlp, promrw
 from lossproof.protocol.compression import decompress
 from lossproof.store.base import (
@@ -17,6 +18,7 @@ from lossproof.store.base import (
     LostRange,
     MetricMetadata,
     Point,
+    PointLike,
     ReportWrite,
     SeriesBlock,
     SeriesSamples,
@@ -83,13 +85,35 @@ class Part(NamedTuple):
     size: int  # the decoded (uncompressed) bytes it came from: what the worker's batch cap counts
 
 
-def _decode_native(env: native.Envelope) -> tuple[_Request, Any, int]:
+def _decode_native(env: native.Envelope) -> tuple[_Request, int]:
     decoder = _decoders.get(env.content_type)
     if decoder is None:
         raise DecodeError(f"unknown content type {env.content_type!r}")
     body = decompress(env.body, env.encoding, MAX_DECODED)
     # the reports' Raw slices keep ``body`` alive until the last report is decoded
-    return decoder.decode(body), _report_decoders[env.content_type], len(body)
+    return decoder.decode(body), len(body)
+
+
+_FAST: dict[str, Callable[[Any], tuple[int, int, Any] | None]] = {
+    native.MSGPACK: _native.native_report,
+    native.JSON: _native.native_report_json,
+}
+
+
+def decode_report(raw: Any, content_type: str) -> tuple[int, int, Sequence[PointLike]]:
+    """One report of a native request (its bytes, or the ``msgspec.Raw`` the request decoder kept):
+    ``(seq, time, points)``; raises what the decoder raises for one it cannot decode.
+
+    What the agent sends (msgpack), and plain JSON, is read in Rust: no Python object per point, the
+    digest computed with it (``_native.native_report``, native/src/reports.rs). A report it is not
+    certain to read exactly as msgspec does (None) takes msgspec, which stores or refuses it as before."""
+    fast = _FAST.get(content_type)
+    got = fast(raw) if fast is not None else None
+    if got is not None:
+        seq, time_ms, block = got
+        return seq, time_ms, PointsBlock(block)
+    r = _report_decoders[content_type].decode(raw)
+    return r.seq, r.time, r.points
 
 
 def _promrw_parts(env: native.Envelope, max_points: int, max_bytes: int) -> Iterator[_Chunk]:
@@ -162,14 +186,12 @@ def record_parts(
             if decoder is None:
                 raise DecodeError(f"unknown protocol {env.protocol!r}")
             for points, series, metadata, size in decoder(env, max_points, max_bytes):
-                part = WriteBatch(
-                    samples=[(tenant, p) for p in points], series=[(tenant, s) for s in series]
-                )
+                part = WriteBatch(samples=[(tenant, p) for p in points], series=[(tenant, s) for s in series])
                 if metadata:
                     part.metadata = [MetricMetadata(tenant, *m) for m in metadata]
                 yield Part(part, len(points) + sum(map(sample_count, series)), size)
             return
-        req, report_decoder, body_size = _decode_native(env)
+        req, body_size = _decode_native(env)
     except Exception as e:  # any failure to decode is poison data, never a reason to stop
         yield _dead(record, tenant, e)
         return
@@ -200,15 +222,15 @@ def record_parts(
     size = body_size - sum(len(r) for r in raws)
     for raw in raws:
         try:
-            r = report_decoder.decode(raw)
+            seq, time_ms, report_points = decode_report(raw, env.content_type)
         except Exception as e:
             yield _dead(record, tenant, e)
             return
-        if part.reports and (n + len(r.points) > max_points or size + len(raw) > max_bytes):
+        if part.reports and (n + len(report_points) > max_points or size + len(raw) > max_bytes):
             yield Part(part, n, size)
             part, n, size = WriteBatch(), 0, 0
-        part.reports.append(ReportWrite(env.tenant, env.agent, r.seq, r.points, inc, r.time))
-        n += len(r.points)
+        part.reports.append(ReportWrite(env.tenant, env.agent, seq, report_points, inc, time_ms))
+        n += len(report_points)
         size += len(raw)
     yield Part(part, n, size)
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from lossproof.native_ext import _native
+from lossproof.points import PointsBlock
 from lossproof.store import chunks
 from lossproof.store.base import PointLike, SeriesBlock, SeriesSamples
 
@@ -45,9 +46,14 @@ class Columns:
         read four attributes and built the series key tuple to look up, most of a batch's cost in
         Python (docs/store.md, "Native code"). A decoder may hand over one labels dict for a series'
         points in a row (as OTLP does): such a run is looked up once. Nothing is appended when a
-        point cannot be stored (a ``t`` that is not an int64, a ``v`` that is not a float)."""
-        pts = points if isinstance(points, list) else list(points)
-        sids, ts, vs = _native.point_columns(tenant, pts, known, resolve)
+        point cannot be stored (a ``t`` that is not an int64, a ``v`` that is not a float). A native
+        report decoded in Rust (:class:`PointsBlock`) is looked up once per series
+        (``lossproof._native.report_columns``, native/src/reports.rs), its columns copied as they are."""
+        if isinstance(points, PointsBlock):
+            sids, ts, vs = _native.report_columns(tenant, points.block, known, resolve)
+        else:
+            pts = points if isinstance(points, list) else list(points)
+            sids, ts, vs = _native.point_columns(tenant, pts, known, resolve)
         self._sids.frombytes(sids)
         self._ts.frombytes(ts)
         self._vs.frombytes(vs)

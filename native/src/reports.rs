@@ -1,0 +1,805 @@
+//! Native-protocol reports (`POST /v1/reports`) straight into store columns (issue #15).
+//!
+//! `native_report(raw)` reads one report of a request (the msgpack slice the worker's request decoder
+//! keeps as `msgspec.Raw`, lossproof.protocol.decode) into a `ReportBlock`: every point's time and
+//! value in two columns and, per distinct series in the report, only the text of its store key
+//! (metric, then its labels in the sender's order) and its canonical encoding. No Python object is
+//! made per point. The report's content digest (`lossproof.points.report_digest`: blake2b-16 of the
+//! points encoded as msgspec encodes them with `order="sorted"`) is computed here from the same
+//! bytes that encoding gives, so a resend still compares equal to what the Python path stored.
+//!
+//! Only what is certain to decode as msgspec decodes it (into `decode._Report`) is read: anything
+//! else (another type for a field, an unknown or repeated field, a repeated label name, an integer
+//! outside int64, an int `v` past 2^53, a float32 NaN, trailing bytes) gives None, and the caller
+//! takes the Python path, which stores, refuses or dead-letters it as before.
+
+use blake2b_simd::Params;
+use pyo3::buffer::PyBuffer;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use std::hash::Hasher;
+
+use rustc_hash::{FxHashMap, FxHasher};
+
+use crate::{keys_note_known, keys_put, lock_keys, put_text};
+
+struct Rd<'a> {
+    b: &'a [u8],
+    p: usize,
+}
+
+impl<'a> Rd<'a> {
+    fn byte(&mut self) -> Option<u8> {
+        let x = *self.b.get(self.p)?;
+        self.p += 1;
+        Some(x)
+    }
+
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if n > self.b.len() - self.p {
+            return None;
+        }
+        let out = &self.b[self.p..self.p + n];
+        self.p += n;
+        Some(out)
+    }
+
+    fn be<const N: usize>(&mut self) -> Option<[u8; N]> {
+        Some(self.take(N)?.try_into().expect("N bytes"))
+    }
+
+    fn len_of(&mut self, m: u8, fix_lo: u8, fix_hi: u8, w16: u8, w32: u8) -> Option<usize> {
+        if (fix_lo..=fix_hi).contains(&m) {
+            Some((m - fix_lo) as usize)
+        } else if m == w16 {
+            Some(u16::from_be_bytes(self.be()?) as usize)
+        } else if m == w32 {
+            Some(u32::from_be_bytes(self.be()?) as usize)
+        } else {
+            None
+        }
+    }
+
+    /// A str's bytes, not checked to be UTF-8 (a field name, compared to ASCII names).
+    fn str_bytes(&mut self) -> Option<&'a [u8]> {
+        let m = self.byte()?;
+        let n = if m == 0xd9 {
+            self.byte()? as usize
+        } else {
+            self.len_of(m, 0xa0, 0xbf, 0xda, 0xdb)?
+        };
+        self.take(n)
+    }
+
+    fn str(&mut self) -> Option<&'a str> {
+        std::str::from_utf8(self.str_bytes()?).ok()
+    }
+
+    fn map_len(&mut self) -> Option<usize> {
+        let m = self.byte()?;
+        self.len_of(m, 0x80, 0x8f, 0xde, 0xdf)
+    }
+
+    fn array_len(&mut self) -> Option<usize> {
+        let m = self.byte()?;
+        self.len_of(m, 0x90, 0x9f, 0xdc, 0xdd)
+    }
+
+    fn int_after(&mut self, m: u8) -> Option<i64> {
+        Some(match m {
+            0x00..=0x7f => m as i64,
+            0xe0..=0xff => m as i8 as i64,
+            0xcc => self.byte()? as i64,
+            0xcd => u16::from_be_bytes(self.be()?) as i64,
+            0xce => u32::from_be_bytes(self.be()?) as i64,
+            0xcf => i64::try_from(u64::from_be_bytes(self.be()?)).ok()?,
+            0xd0 => self.byte()? as i8 as i64,
+            0xd1 => i16::from_be_bytes(self.be()?) as i64,
+            0xd2 => i32::from_be_bytes(self.be()?) as i64,
+            0xd3 => i64::from_be_bytes(self.be()?),
+            _ => return None,
+        })
+    }
+
+    fn int(&mut self) -> Option<i64> {
+        let m = self.byte()?;
+        self.int_after(m)
+    }
+
+    fn float(&mut self) -> Option<f64> {
+        let m = self.byte()?;
+        match m {
+            0xcb => Some(f64::from_bits(u64::from_be_bytes(self.be()?))),
+            0xca => {
+                let f = f32::from_bits(u32::from_be_bytes(self.be()?));
+                // a NaN's payload through the widening is the one place the two could differ
+                (!f.is_nan()).then_some(f as f64)
+            }
+            _ => {
+                let i = self.int_after(m)?;
+                (i.unsigned_abs() <= 1 << 53).then_some(i as f64)
+            }
+        }
+    }
+}
+
+/// msgspec's msgpack encoding of the smallest width (its `mpack_encode_long`).
+fn put_int(out: &mut Vec<u8>, x: i64) {
+    if x < 0 {
+        if x < -(1 << 31) {
+            out.push(0xd3);
+            out.extend_from_slice(&x.to_be_bytes());
+        } else if x < -(1 << 15) {
+            out.push(0xd2);
+            out.extend_from_slice(&(x as i32).to_be_bytes());
+        } else if x < -(1 << 7) {
+            out.push(0xd1);
+            out.extend_from_slice(&(x as i16).to_be_bytes());
+        } else if x < -(1 << 5) {
+            out.push(0xd0);
+            out.push(x as i8 as u8);
+        } else {
+            out.push(x as i8 as u8);
+        }
+    } else if x < 1 << 7 {
+        out.push(x as u8);
+    } else if x < 1 << 8 {
+        out.push(0xcc);
+        out.push(x as u8);
+    } else if x < 1 << 16 {
+        out.push(0xcd);
+        out.extend_from_slice(&(x as u16).to_be_bytes());
+    } else if x < 1 << 32 {
+        out.push(0xce);
+        out.extend_from_slice(&(x as u32).to_be_bytes());
+    } else {
+        out.push(0xcf);
+        out.extend_from_slice(&(x as u64).to_be_bytes());
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let n = s.len();
+    if n < 32 {
+        out.push(0xa0 | n as u8);
+    } else if n < 1 << 8 {
+        out.push(0xd9);
+        out.push(n as u8);
+    } else if n < 1 << 16 {
+        out.push(0xda);
+        out.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        out.push(0xdb);
+        out.extend_from_slice(&(n as u32).to_be_bytes());
+    }
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_len(out: &mut Vec<u8>, n: usize, fix: u8, w16: u8, w32: u8) {
+    if n < 16 {
+        out.push(fix | n as u8);
+    } else if n < 1 << 16 {
+        out.push(w16);
+        out.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        out.push(w32);
+        out.extend_from_slice(&(n as u32).to_be_bytes());
+    }
+}
+
+#[pyclass(module = "lossproof._native", frozen)]
+pub struct ReportBlock {
+    ts: Vec<i64>,
+    vs: Vec<f64>,
+    /// per point: its series (an index into the series below, numbered in order of first use)
+    series_of: Vec<u32>,
+    /// per series (and one more): its key text (`put_text` of the metric, then of each label's name
+    /// and value in the sender's order) is `keys[key_at[k] .. key_at[k + 1]]`
+    keys: Vec<u8>,
+    key_at: Vec<usize>,
+    n_labels: Vec<u32>,
+    /// per series (and one more): the canonical encoding of a point of it up to its `t`'s value
+    prefixes: Vec<u8>,
+    prefix_at: Vec<usize>,
+    digest: [u8; 16],
+}
+
+/// The strings of a key text, in order.
+fn texts(mut b: &[u8]) -> impl Iterator<Item = &str> {
+    std::iter::from_fn(move || {
+        if b.len() < 4 {
+            return None;
+        }
+        let n = u32::from_le_bytes(b[..4].try_into().expect("4 bytes")) as usize;
+        // written from &str by put_text: valid UTF-8
+        let s = std::str::from_utf8(&b[4..4 + n]).expect("key text is UTF-8");
+        b = &b[4 + n..];
+        Some(s)
+    })
+}
+
+impl ReportBlock {
+    fn key(&self, k: usize) -> &[u8] {
+        &self.keys[self.key_at[k]..self.key_at[k + 1]]
+    }
+
+    fn n_series(&self) -> usize {
+        self.n_labels.len()
+    }
+
+    /// The points as `lossproof.points.encode_points` encodes them.
+    fn canonical(&self) -> Vec<u8> {
+        let n = self.ts.len();
+        let mut out = Vec::with_capacity(5 + n * 16 + self.prefixes.len());
+        put_len(&mut out, n, 0x90, 0xdc, 0xdd);
+        for i in 0..n {
+            let k = self.series_of[i] as usize;
+            out.extend_from_slice(&self.prefixes[self.prefix_at[k]..self.prefix_at[k + 1]]);
+            put_int(&mut out, self.ts[i]);
+            out.extend_from_slice(&[0xa1, b'v', 0xcb]);
+            out.extend_from_slice(&self.vs[i].to_bits().to_be_bytes());
+        }
+        out
+    }
+
+    fn metric_labels<'py>(
+        &self,
+        py: Python<'py>,
+        k: usize,
+    ) -> PyResult<(Bound<'py, PyString>, Bound<'py, PyDict>)> {
+        let mut it = texts(self.key(k));
+        let metric = PyString::new(py, it.next().unwrap_or(""));
+        let labels = PyDict::new(py);
+        while let (Some(name), Some(value)) = (it.next(), it.next()) {
+            labels.set_item(name, value)?;
+        }
+        Ok((metric, labels))
+    }
+}
+
+/// What the report reader needs of a format: msgpack (`Rd`) or JSON (`Js`). A map or an array is
+/// opened, then asked for its next key or element until it says it has ended (None: malformed or
+/// not certain, the report is left to Python).
+trait Src<'a> {
+    type Open;
+    fn map(&mut self) -> Option<Self::Open>;
+    /// The next key's bytes (compared to ASCII field names only), or None at the map's end.
+    fn key(&mut self, m: &mut Self::Open) -> Option<Option<&'a [u8]>>;
+    fn array(&mut self) -> Option<Self::Open>;
+    fn next(&mut self, m: &mut Self::Open) -> Option<bool>;
+    /// The next label (name, value) of a map of strings, or None at its end.
+    fn entry(&mut self, m: &mut Self::Open) -> Option<Option<(&'a str, &'a str)>>;
+    fn string(&mut self) -> Option<&'a str>;
+    fn integer(&mut self) -> Option<i64>;
+    fn number(&mut self) -> Option<f64>;
+    /// Whether all was read (what may follow the value is allowed).
+    fn at_end(&mut self) -> bool;
+    /// At most how many more elements there may be (what is left of the input).
+    fn left(&self) -> usize;
+}
+
+impl<'a> Src<'a> for Rd<'a> {
+    type Open = usize;
+    fn map(&mut self) -> Option<usize> {
+        self.map_len()
+    }
+    fn key(&mut self, m: &mut usize) -> Option<Option<&'a [u8]>> {
+        if *m == 0 {
+            return Some(None);
+        }
+        *m -= 1;
+        Some(Some(self.str_bytes()?))
+    }
+    fn array(&mut self) -> Option<usize> {
+        let n = self.array_len()?;
+        // each element takes at least a byte: a count past the end is malformed
+        (n <= self.left()).then_some(n)
+    }
+    fn next(&mut self, m: &mut usize) -> Option<bool> {
+        if *m == 0 {
+            return Some(false);
+        }
+        *m -= 1;
+        Some(true)
+    }
+    fn entry(&mut self, m: &mut usize) -> Option<Option<(&'a str, &'a str)>> {
+        if *m == 0 {
+            return Some(None);
+        }
+        *m -= 1;
+        Some(Some((self.str()?, self.str()?)))
+    }
+    fn string(&mut self) -> Option<&'a str> {
+        self.str()
+    }
+    fn integer(&mut self) -> Option<i64> {
+        self.int()
+    }
+    fn number(&mut self) -> Option<f64> {
+        self.float()
+    }
+    fn at_end(&mut self) -> bool {
+        self.p == self.b.len()
+    }
+    fn left(&self) -> usize {
+        self.b.len() - self.p
+    }
+}
+
+/// JSON as msgspec reads it, only what is plain: a string with an escape or a control character, a
+/// `t` that is not a plain integer of at most 18 digits, a `v` that is not a number of at most 15
+/// significant digits times a power of ten within 1e±22 (exact in a double, so any parser gives the
+/// same one), a negative zero `v`, or a literal (true, false, null) leaves the report to Python.
+struct Js<'a> {
+    b: &'a [u8],
+    p: usize,
+}
+
+impl<'a> Js<'a> {
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.p) {
+            self.p += 1;
+        }
+    }
+
+    fn peek(&mut self) -> Option<u8> {
+        self.ws();
+        self.b.get(self.p).copied()
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        (self.peek()? == c).then(|| self.p += 1)
+    }
+
+    fn raw_str(&mut self) -> Option<&'a [u8]> {
+        self.eat(b'"')?;
+        let start = self.p;
+        loop {
+            match *self.b.get(self.p)? {
+                b'"' => break,
+                b'\\' | 0..=0x1f => return None,
+                _ => self.p += 1,
+            }
+        }
+        self.p += 1;
+        Some(&self.b[start..self.p - 1])
+    }
+
+    /// Before the next member of an object or array that was `first` so far: false at its end.
+    fn more(&mut self, first: &mut bool, close: u8) -> Option<bool> {
+        if self.peek()? == close {
+            self.p += 1;
+            return Some(false);
+        }
+        if !*first {
+            self.eat(b',')?;
+        }
+        *first = false;
+        Some(true)
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.p;
+        while self.b.get(self.p).is_some_and(u8::is_ascii_digit) {
+            self.p += 1;
+        }
+        self.p - start
+    }
+}
+
+impl<'a> Src<'a> for Js<'a> {
+    type Open = bool;
+    fn map(&mut self) -> Option<bool> {
+        self.eat(b'{').map(|_| true)
+    }
+    fn key(&mut self, m: &mut bool) -> Option<Option<&'a [u8]>> {
+        if !self.more(m, b'}')? {
+            return Some(None);
+        }
+        let k = self.raw_str()?;
+        self.eat(b':')?;
+        Some(Some(k))
+    }
+    fn array(&mut self) -> Option<bool> {
+        self.eat(b'[').map(|_| true)
+    }
+    fn next(&mut self, m: &mut bool) -> Option<bool> {
+        self.more(m, b']')
+    }
+    fn entry(&mut self, m: &mut bool) -> Option<Option<(&'a str, &'a str)>> {
+        if !self.more(m, b'}')? {
+            return Some(None);
+        }
+        let k = self.string()?;
+        self.eat(b':')?;
+        Some(Some((k, self.string()?)))
+    }
+    fn string(&mut self) -> Option<&'a str> {
+        std::str::from_utf8(self.raw_str()?).ok()
+    }
+    fn integer(&mut self) -> Option<i64> {
+        self.ws();
+        let start = self.p;
+        if self.b.get(self.p) == Some(&b'-') {
+            self.p += 1;
+        }
+        let n = self.digits();
+        let text = &self.b[start..self.p];
+        let digits = &text[text.len() - n..];
+        if n == 0 || n > 18 || (n > 1 && digits[0] == b'0') {
+            return None;
+        }
+        if matches!(self.b.get(self.p), Some(b'.' | b'e' | b'E')) {
+            return None;
+        }
+        std::str::from_utf8(text).ok()?.parse().ok()
+    }
+    fn number(&mut self) -> Option<f64> {
+        self.ws();
+        let start = self.p;
+        let negative = self.b.get(self.p) == Some(&b'-');
+        if negative {
+            self.p += 1;
+        }
+        let int_at = self.p;
+        let n_int = self.digits();
+        if n_int == 0 || (n_int > 1 && self.b[int_at] == b'0') {
+            return None;
+        }
+        let mut mantissa: Vec<u8> = self.b[int_at..self.p].to_vec();
+        let mut exp: i64 = 0;
+        if self.b.get(self.p) == Some(&b'.') {
+            self.p += 1;
+            let at = self.p;
+            let n = self.digits();
+            if n == 0 {
+                return None;
+            }
+            mantissa.extend_from_slice(&self.b[at..self.p]);
+            exp -= n as i64;
+        }
+        if let Some(b'e' | b'E') = self.b.get(self.p) {
+            self.p += 1;
+            let sign_neg = match self.b.get(self.p) {
+                Some(b'-') => {
+                    self.p += 1;
+                    true
+                }
+                Some(b'+') => {
+                    self.p += 1;
+                    false
+                }
+                _ => false,
+            };
+            let at = self.p;
+            let n = self.digits();
+            if n == 0 || n > 4 {
+                return None;
+            }
+            let e: i64 = std::str::from_utf8(&self.b[at..self.p]).ok()?.parse().ok()?;
+            exp += if sign_neg { -e } else { e };
+        }
+        // the significant digits: leading and trailing zeros dropped (the latter into the exponent)
+        let lead = mantissa.iter().take_while(|&&d| d == b'0').count();
+        let mut sig = &mantissa[lead..];
+        while let [rest @ .., b'0'] = sig {
+            sig = rest;
+            exp += 1;
+        }
+        if sig.is_empty() {
+            // zero: its sign is the one thing a parser might not keep
+            return (!negative).then_some(0.0);
+        }
+        if sig.len() > 15 || !(-22..=22).contains(&exp) {
+            return None;
+        }
+        std::str::from_utf8(&self.b[start..self.p]).ok()?.parse().ok()
+    }
+    fn at_end(&mut self) -> bool {
+        self.ws();
+        self.p == self.b.len()
+    }
+    fn left(&self) -> usize {
+        self.b.len() - self.p
+    }
+}
+
+fn empty_block() -> ReportBlock {
+    ReportBlock {
+        ts: Vec::new(),
+        vs: Vec::new(),
+        series_of: Vec::new(),
+        keys: Vec::new(),
+        key_at: vec![0],
+        n_labels: Vec::new(),
+        prefixes: Vec::new(),
+        prefix_at: vec![0],
+        digest: [0; 16],
+    }
+}
+
+/// Read one report; None for anything not certainly decoded as msgspec decodes it (module doc).
+fn read_report<'a, S: Src<'a>>(r: &mut S) -> Option<(i64, i64, ReportBlock)> {
+    let (mut seq, mut time, mut got_points) = (None, None, false);
+    let mut blk = empty_block();
+    let mut m = r.map()?;
+    while let Some(key) = r.key(&mut m)? {
+        match key {
+            b"seq" if seq.is_none() => seq = Some(r.integer()?),
+            b"time" if time.is_none() => time = Some(r.integer()?),
+            b"points" if !got_points => {
+                got_points = true;
+                read_points(r, &mut blk)?;
+            }
+            _ => return None,
+        }
+    }
+    if !r.at_end() || !got_points {
+        return None;
+    }
+    blk.digest = Params::new()
+        .hash_length(16)
+        .hash(&blk.canonical())
+        .as_bytes()
+        .try_into()
+        .expect("16 bytes");
+    Some((seq?, time.unwrap_or(0), blk))
+}
+
+fn read_points<'a, S: Src<'a>>(r: &mut S, blk: &mut ReportBlock) -> Option<()> {
+    let mut arr = r.array()?;
+    // the series seen, by their key text's hash: a hit is compared with the text (two texts of one
+    // hash only cost a second entry for the same series, which is looked up twice, never a wrong id)
+    let mut index: FxHashMap<u64, u32> = FxHashMap::default();
+    let mut sorted: Vec<(&str, &str)> = Vec::with_capacity(16);
+    let mut kb: Vec<u8> = Vec::with_capacity(256);
+    let mut labels: Vec<(&str, &str)> = Vec::with_capacity(16);
+    let mut last: Option<u32> = None;
+    while r.next(&mut arr)? {
+        let (mut metric, mut t, mut v, mut got_labels) = (None, None, None, false);
+        labels.clear();
+        let mut m = r.map()?;
+        while let Some(key) = r.key(&mut m)? {
+            match key {
+                b"metric" if metric.is_none() => metric = Some(r.string()?),
+                b"t" if t.is_none() => t = Some(r.integer()?),
+                b"v" if v.is_none() => v = Some(r.number()?),
+                b"labels" if !got_labels => {
+                    got_labels = true;
+                    let mut lm = r.map()?;
+                    while let Some(kv) = r.entry(&mut lm)? {
+                        labels.push(kv);
+                    }
+                }
+                _ => return None,
+            }
+        }
+        let metric = metric?;
+        kb.clear();
+        put_text(&mut kb, metric);
+        for &(k, v) in &labels {
+            put_text(&mut kb, k);
+            put_text(&mut kb, v);
+        }
+        // a report's points usually repeat the previous point's series or one seen before
+        let k = match last.filter(|&k| blk.key(k as usize) == kb.as_slice()) {
+            Some(k) => k,
+            None => {
+                let h = {
+                    let mut hs = FxHasher::default();
+                    hs.write(&kb);
+                    hs.finish()
+                };
+                match index.get(&h) {
+                    Some(&k) if blk.key(k as usize) == kb.as_slice() => k,
+                    _ => {
+                        let k = new_series(blk, &kb, metric, &labels, &mut sorted)?;
+                        index.entry(h).or_insert(k);
+                        k
+                    }
+                }
+            }
+        };
+        last = Some(k);
+        blk.series_of.push(k);
+        blk.ts.push(t?);
+        blk.vs.push(v?);
+    }
+    Some(())
+}
+
+/// Add a series of this key text; None when a label name repeats (a dict keeps the last value in
+/// the first one's place: left to Python).
+fn new_series<'a>(
+    blk: &mut ReportBlock,
+    kb: &[u8],
+    metric: &str,
+    labels: &[(&'a str, &'a str)],
+    sorted: &mut Vec<(&'a str, &'a str)>,
+) -> Option<u32> {
+    sorted.clear();
+    sorted.extend_from_slice(labels);
+    sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    if sorted.windows(2).any(|w| w[0].0 == w[1].0) {
+        return None;
+    }
+    let k = u32::try_from(blk.n_series()).ok()?;
+    blk.keys.extend_from_slice(kb);
+    blk.key_at.push(blk.keys.len());
+    blk.n_labels.push(labels.len() as u32);
+    // a Point's fields sorted by name (labels, metric, t, v), its labels by name (code point order,
+    // as Python sorts str, is UTF-8 byte order)
+    let out = &mut blk.prefixes;
+    out.push(0x84);
+    put_str(out, "labels");
+    put_len(out, sorted.len(), 0x80, 0xde, 0xdf);
+    for &(name, value) in sorted.iter() {
+        put_str(out, name);
+        put_str(out, value);
+    }
+    put_str(out, "metric");
+    put_str(out, metric);
+    put_str(out, "t");
+    blk.prefix_at.push(blk.prefixes.len());
+    Some(k)
+}
+
+/// `native_report(raw) -> (seq, time, ReportBlock) | None`: one report of a native request (a
+/// msgpack map, any object with the buffer protocol, e.g. msgspec.Raw), or None when it must take the
+/// Python path (module doc).
+#[pyfunction]
+pub fn native_report(raw: &Bound<'_, PyAny>) -> PyResult<Option<(i64, i64, ReportBlock)>> {
+    let buf = PyBuffer::<u8>::get(raw)?;
+    if !buf.is_c_contiguous() {
+        return Ok(None);
+    }
+    // SAFETY: a C-contiguous buffer of len_bytes bytes, held (and the GIL with it) while read; msgspec.Raw
+    // and bytes are immutable
+    let data = unsafe { std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes()) };
+    Ok(read_report(&mut Rd { b: data, p: 0 }))
+}
+
+/// `native_report_json(raw)`: `native_report` of a report in JSON.
+#[pyfunction]
+pub fn native_report_json(raw: &Bound<'_, PyAny>) -> PyResult<Option<(i64, i64, ReportBlock)>> {
+    let buf = PyBuffer::<u8>::get(raw)?;
+    if !buf.is_c_contiguous() {
+        return Ok(None);
+    }
+    // SAFETY: as in native_report
+    let data = unsafe { std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes()) };
+    Ok(read_report(&mut Js { b: data, p: 0 }))
+}
+
+#[pymethods]
+impl ReportBlock {
+    /// The number of points.
+    fn __len__(&self) -> usize {
+        self.ts.len()
+    }
+
+    /// The number of distinct series.
+    fn series(&self) -> usize {
+        self.n_series()
+    }
+
+    /// The report's content digest (`lossproof.points.report_digest` of its points).
+    fn digest<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.digest)
+    }
+
+    /// The points' canonical bytes (`lossproof.points.encode_points`).
+    fn encode<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.canonical())
+    }
+
+    /// The distinct series as `[(metric, labels)]`, in order of first use.
+    fn series_list<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for k in 0..self.n_series() {
+            out.append(self.metric_labels(py, k)?)?;
+        }
+        Ok(out)
+    }
+
+    /// The points as `[(metric, labels, t, v)]` in order (one labels dict per series, shared by its
+    /// points), for code that wants them one by one.
+    fn expand<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let made = (0..self.n_series())
+            .map(|k| self.metric_labels(py, k))
+            .collect::<PyResult<Vec<_>>>()?;
+        let out = PyList::empty(py);
+        for i in 0..self.ts.len() {
+            let (m, l) = &made[self.series_of[i] as usize];
+            out.append((m, l, self.ts[i], self.vs[i]))?;
+        }
+        Ok(out)
+    }
+}
+
+/// `report_columns(tenant, block, known, resolve) -> (sids, ts, vs)`: the report's points as the
+/// store's three columns (native-endian int64, int64, float64 bytes), as `point_columns` (lib.rs)
+/// makes them from the same points: a series' id from `known` (the store's cache) by its key
+/// `(tenant, metric, *labels.items())`, else from `resolve(key, tenant, metric, labels)`, asked once
+/// per series in order of first use. Nothing is returned if a look-up raises.
+#[pyfunction]
+pub fn report_columns<'py>(
+    py: Python<'py>,
+    tenant: &Bound<'py, PyString>,
+    block: &Bound<'py, ReportBlock>,
+    known: &Bound<'py, PyDict>,
+    resolve: &Bound<'py, PyAny>,
+) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+    let b = block.get();
+    let tenant_text = tenant.to_str()?;
+    keys_note_known(known.len());
+    let ns = b.n_series();
+    // every series' key text with the tenant first, and the key tuples the table holds for them,
+    // the table locked once for all (never across Python code: nothing here runs any)
+    let mut text: Vec<u8> = Vec::with_capacity(b.keys.len() + ns * (4 + tenant_text.len()));
+    let mut at: Vec<usize> = Vec::with_capacity(ns + 1);
+    at.push(0);
+    for k in 0..ns {
+        put_text(&mut text, tenant_text);
+        text.extend_from_slice(b.key(k));
+        at.push(text.len());
+    }
+    let found: Vec<Option<Py<PyTuple>>> = {
+        let keys = lock_keys();
+        (0..ns)
+            .map(|k| keys.map.get(&text[at[k]..at[k + 1]]).map(|t| t.clone_ref(py)))
+            .collect()
+    };
+    let mut ids: Vec<i64> = Vec::with_capacity(ns);
+    for (k, got) in found.into_iter().enumerate() {
+        let key = match got {
+            Some(key) => key.into_bound(py),
+            None => {
+                let mut items: Vec<Bound<'py, PyAny>> = Vec::with_capacity(2 + b.n_labels[k] as usize);
+                items.push(tenant.clone().into_any());
+                let mut it = texts(b.key(k));
+                items.push(PyString::new(py, it.next().unwrap_or("")).into_any());
+                while let (Some(name), Some(value)) = (it.next(), it.next()) {
+                    items.push(
+                        PyTuple::new(py, [PyString::new(py, name), PyString::new(py, value)])?.into_any(),
+                    );
+                }
+                let key = PyTuple::new(py, items)?;
+                keys_put(
+                    &text[at[k]..at[k + 1]],
+                    b.n_labels[k] as usize,
+                    key.clone().unbind(),
+                );
+                key
+            }
+        };
+        let sid: i64 = match known.get_item(&key)? {
+            Some(got) => got.extract()?,
+            None => {
+                let (metric, labels) = b.metric_labels(py, k)?;
+                resolve.call1((&key, tenant, metric, labels))?.extract()?
+            }
+        };
+        ids.push(sid);
+    }
+    let n = b.ts.len();
+    let sids = PyBytes::new_with(py, n * 8, |out| {
+        for (dst, &k) in out.chunks_exact_mut(8).zip(&b.series_of) {
+            dst.copy_from_slice(&ids[k as usize].to_ne_bytes());
+        }
+        Ok(())
+    })?;
+    let ts = PyBytes::new_with(py, n * 8, |out| {
+        for (dst, t) in out.chunks_exact_mut(8).zip(&b.ts) {
+            dst.copy_from_slice(&t.to_ne_bytes());
+        }
+        Ok(())
+    })?;
+    let vs = PyBytes::new_with(py, n * 8, |out| {
+        for (dst, v) in out.chunks_exact_mut(8).zip(&b.vs) {
+            dst.copy_from_slice(&v.to_ne_bytes());
+        }
+        Ok(())
+    })?;
+    Ok((sids, ts, vs))
+}
