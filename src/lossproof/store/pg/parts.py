@@ -30,9 +30,12 @@ _SLICES = (
     "SELECT q.i, substring(p.data from q.o::integer for q.l::integer)"
     " FROM unnest(%b, %b, %b) WITH ORDINALITY AS q(p, o, l, i) JOIN parts p ON p.id = q.p"
 )
-# what a writer looks at in each batch: the removals counter and the live parts, in one snapshot
-LIVE_PARTS = (
-    "SELECT (SELECT value FROM meta WHERE key = 'parts_removed'), coalesce(array_agg(id), '{}') FROM parts"
+# What a writer looks at in each batch, in one snapshot: the removals counter, the live parts, and
+# the directories of those not in %b (those it has seen).
+_LOOK = (
+    "SELECT NULL::bigint, value, NULL::bytea FROM meta WHERE key = 'parts_removed'"
+    " UNION ALL SELECT p.id, NULL, CASE WHEN p.id = ANY(%b) THEN NULL"
+    " ELSE substring(p.data from 1 for 24 + 24 * p.series) END FROM parts p"
 )
 PARTS_REMOVED = "UPDATE meta SET value = (value::bigint + 1)::text WHERE key = 'parts_removed'"
 # a fetch of a part's slices for this many of its series or more fetches the whole part instead
@@ -52,6 +55,24 @@ def fetch_directories(conn: _Conn, ids: list[int]) -> dict[int, Directory]:
         data = bytes(head)
         out[int(pid)] = chunks.part_directory(data, chunks.part_layout(data[:16]))
     return out
+
+
+def look(conn: _Conn, seen: set[int]) -> tuple[str, list[int], dict[int, Directory]]:
+    """(parts_removed, the live parts, the directories of those not in ``seen``), in one snapshot."""
+    cur = conn.cursor(binary=True)
+    cur.execute(_LOOK, (Int8Array(sorted(seen)),))
+    removed = ""
+    live: list[int] = []
+    dirs: dict[int, Directory] = {}
+    for pid, value, head in cur:
+        if pid is None:
+            removed = str(value)
+            continue
+        live.append(int(pid))
+        if head is not None:
+            data = bytes(head)
+            dirs[int(pid)] = chunks.part_directory(data, chunks.part_layout(data[:16]))
+    return removed, live, dirs
 
 
 class PartDirectories:

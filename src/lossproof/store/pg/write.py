@@ -55,7 +55,7 @@ from lossproof.store.pg.common import (
     pg_text,
 )
 from lossproof.store.pg.core import PgCore
-from lossproof.store.plan import Prior, Summary, digests_wanted, plan_batch
+from lossproof.store.plan import Plan, Prior, Summary, digests_wanted, plan_batch
 
 TX_ATTEMPTS = 5  # deadlock / serialization failure: retried as a fresh transaction this many times
 _LOOK_ATTEMPTS = 8  # looks at the parts per batch while compactions keep removing some meanwhile
@@ -124,11 +124,6 @@ class PgWriter(PgCore):
                 ([k[0] for k in hit], [k[1] for k in hit], [k[2] for k in hit]),
             )
             conflict_counts = {(t, a, i): int(n) for t, a, i, n in cur.fetchall()}
-        if plan.reports:
-            digest_rows = sorted(plan.report_rows(), key=lambda r: r[:4])
-            cur.executemany(
-                "INSERT INTO reports VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", digest_rows
-            )
 
         # key order: writers do not deadlock on each other's rows
         updates = sorted(plan.agents, key=lambda u: u.key)
@@ -143,8 +138,37 @@ class PgWriter(PgCore):
             cols.add_series(tenant, (x for _, x in runs), self._series, resolve)
         if unresolved:
             self._resolve_series(cur, unresolved, pending)
-        written = self._write_points(cur, cols, [pending[u[0]] for u in unresolved], now)
+        written, part = self._new_part(cur, cols, [pending[u[0]] for u in unresolved])
 
+        # The rest needs no answer but the part's id: one round trip (pipeline mode) for all of it.
+        pcur = conn.cursor()
+        with conn.pipeline():
+            self._write_rows(cur, batch, plan, gone, added, agent_rows)
+            if part is not None:
+                pcur.execute(parts.INSERT_PART, (*part[:4], now, part[4]))
+        if part is not None:
+            row = pcur.fetchone()
+            assert row is not None
+            self._tops.seen.add(int(row[0]))
+        return WriteResult(written, plan.stored, plan.duplicates, plan.conflicted)
+
+    def _write_rows(
+        self,
+        cur: psycopg.Cursor[Any],
+        batch: WriteBatch,
+        plan: Plan,
+        gone: list[tuple[Any, ...]],
+        added: list[tuple[Any, ...]],
+        agent_rows: list[tuple[Any, ...]],
+    ) -> None:
+        """The batch's rows other than points: reports, the ledger, agents, dead letters, log
+        gaps, metadata (rows in key order: writers do not deadlock on each other's)."""
+        now = batch.now_ms
+        if plan.reports:
+            digest_rows = sorted(plan.report_rows(), key=lambda r: r[:4])
+            cur.executemany(
+                "INSERT INTO reports VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", digest_rows
+            )
         if gone:
             cur.executemany(
                 "DELETE FROM ledger WHERE tenant = %s AND agent = %s AND incarnation = %s AND kind = %s"
@@ -194,7 +218,6 @@ class PgWriter(PgCore):
                     for m in meta
                 ],
             )
-        return WriteResult(written, plan.stored, plan.duplicates, plan.conflicted)
 
     def _prior(self, cur: psycopg.Cursor[Any], work: dict[_AgentKey, lg.AgentWork]) -> Prior:
         """What :func:`plan_batch` needs, in bulk for all agents of the batch, under their locks: the
@@ -288,11 +311,14 @@ class PgWriter(PgCore):
             unresolved.append((key, tenant, metric, labels))
         return sid
 
-    def _write_points(self, cur: psycopg.Cursor[Any], cols: Columns, ids: Sequence[int], now_ms: int) -> int:
-        """Write the columns (provisional series ids mapped through ``ids``) as one part, minus the
-        points already stored; returns how many points were written."""
+    def _new_part(
+        self, cur: psycopg.Cursor[Any], cols: Columns, ids: Sequence[int]
+    ) -> tuple[int, tuple[int, int, int, int, bytes] | None]:
+        """The columns (provisional series ids mapped through ``ids``) minus the points already
+        stored, as a part's row (t_min, t_max, points, series, data) to insert (None: nothing
+        new), and how many points it holds."""
         if not len(cols):
-            return 0
+            return 0, None
         sids, ts, vs = cols.sorted(ids)
         starts, ends = chunks.series_bounds(sids)
         usids = sids[starts]
@@ -309,19 +335,20 @@ class PgWriter(PgCore):
                 newest,
                 lambda items: [chunks.merge_arrays(stored.get(sid, ()), a, b)[0] for sid, a, b in items],
             )
-        if not len(ts):
-            return 0
-        starts, ends = chunks.series_bounds(sids)
-        row = cur.execute(
-            parts.INSERT_PART,
-            (int(ts.min()), int(ts.max()), len(ts), len(starts), now_ms, chunks.encode_part(sids, ts, vs)),
-        ).fetchone()
-        assert row is not None
-        # what this writer stored is stored, whether or not the transaction commits (a rolled back
-        # part makes a top too high: a read, not a duplicate)
-        self._tops.seen.add(int(row[0]))
+            if not len(ts):
+                return 0, None
+            starts, ends = chunks.series_bounds(sids)
+        # what this writer stores is stored, whether or not the transaction commits (a rolled back
+        # part leaves a top too high: a read, not a duplicate)
         self._tops.raise_to(sids[starts], ts[ends - 1], None)
-        return len(ts)
+        data = chunks.encode_part(sids, ts, vs)
+        return len(ts), (
+            int(ts[0] if len(starts) == 1 else ts.min()),
+            int(ts.max()),
+            len(ts),
+            len(starts),
+            data,
+        )
 
     def _stored_tops(self, cur: psycopg.Cursor[Any], usids: chunks.I64) -> chunks.I64:
         """For each series of ``usids`` (sorted, unique), a t at or after the newest stored of it
@@ -339,23 +366,16 @@ class PgWriter(PgCore):
                 if found:
                     newest = np.array([found.get(s, parts.NONE) for s in probe.tolist()], dtype=np.int64)
                 tops.raise_to(probe, newest, True)
-            row = cur.execute(parts.LIVE_PARTS).fetchone()
-            assert row is not None
-            removed, live = str(row[0]), [int(i) for i in row[1]]
-            unseen = [pid for pid in live if pid not in tops.seen]
-            dirs = parts.fetch_directories(cur.connection, unseen)
-            for pid, (psids, ptmax, _) in dirs.items():
+            removed, live, dirs = parts.look(cur.connection, tops.seen)
+            for psids, ptmax, _ in dirs.values():
                 tops.raise_to(psids, ptmax, None)
-                tops.seen.add(pid)
             tops.seen.intersection_update(live)
             tops.seen.update(dirs)
-            again = len(dirs) < len(unseen)  # removed before their directories were read
-            if tops.removed is not None and removed != tops.removed:
-                tops.probed[:] = False  # parts this writer did not see may have become chunks
-                again = True
+            changed = tops.removed is not None and removed != tops.removed
             tops.removed = removed
-            if not again:
+            if not changed:
                 break
+            tops.probed[:] = False  # parts this writer did not see may have become chunks
         idx, hit = tops.find(usids)
         return np.where(hit, tops.top[idx], parts.NONE)
 
