@@ -1,8 +1,9 @@
-"""Compaction of the PostgreSQL store (#15): batches' raw chunks, found through compact_log,
-packed into one chunk per series and window; one compactor at a time."""
+"""Compaction of the PostgreSQL store (#15): batches' parts turned into raw chunks, found through
+compact_log, packed into one chunk per series and window; one compactor at a time."""
 
 from __future__ import annotations
 
+import numpy as np
 import psycopg
 from psycopg import sql
 
@@ -24,9 +25,9 @@ def _layout(dsn: str, schema: str) -> list[tuple[int, int, int, int]]:
         return [tuple(r) for r in conn.execute(q, (W, chunks.RAW))]
 
 
-def _log_rows(dsn: str, schema: str) -> int:
+def _log_rows(dsn: str, schema: str, table: str = "compact_log") -> int:
     with psycopg.connect(dsn) as conn:
-        q = sql.SQL("SELECT count(*) FROM {}.compact_log").format(sql.Identifier(schema))
+        q = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
         row = conn.execute(q).fetchone()
         return int(row[0]) if row else -1
 
@@ -39,7 +40,8 @@ def test_batches_are_packed_per_series_and_window(pg_dsn: str, pg_schema: str) -
             samples = [("t1", Point("m", {"s": str(k)}, t + k, float(i * k))) for k in range(50)]
             store.write_batch(WriteBatch(samples=samples, now_ms=t))
         before = store.select("t1", [], 0, 2**62)
-        assert _log_rows(pg_dsn, pg_schema) == 40
+        assert _log_rows(pg_dsn, pg_schema, "parts") == 40  # one part per batch
+        assert _log_rows(pg_dsn, pg_schema) == 0
         now = BASE + 40 * 600_000
         assert store.compact(now_ms=now, max_series=20).series == 20  # a round in slices
         calls = 1
@@ -48,6 +50,7 @@ def test_batches_are_packed_per_series_and_window(pg_dsn: str, pg_schema: str) -
             assert calls < 50
         assert store.select("t1", [], 0, 2**62) == before
         assert _log_rows(pg_dsn, pg_schema) == 0
+        assert _log_rows(pg_dsn, pg_schema, "parts") == 0
         layout = _layout(pg_dsn, pg_schema)
         assert {(n, raw) for _, _, n, raw in layout} == {(1, 0)}  # one packed chunk per series and window
         assert len(layout) == 50 * 4  # 40 x 10 minutes: four windows
@@ -92,3 +95,68 @@ def test_one_compactor_at_a_time(pg_dsn: str, pg_schema: str) -> None:
     finally:
         store.close()
         other.close()
+
+
+def test_a_writer_sees_points_compacted_out_of_parts_it_never_saw(pg_dsn: str, pg_schema: str) -> None:
+    """A writer knows what is stored from the parts it has looked at; parts another writer wrote
+    and a compaction turned into chunks before this one looked are counted (parts_removed), so it
+    reads the chunks again: the point stored by the other is not written twice."""
+    a = PostgresStore(pg_dsn, schema=pg_schema)
+    b = PostgresStore(pg_dsn, schema=pg_schema)
+    try:
+        assert a.write_batch(WriteBatch(samples=[("t1", Point("m", {}, BASE + 10, 1.0))])).points_written == 1
+        assert b.write_batch(WriteBatch(samples=[("t1", Point("m", {}, BASE + 50, 2.0))])).points_written == 1
+        while b.compact(now_ms=BASE + 3_600_000).more:
+            pass
+        assert _log_rows(pg_dsn, pg_schema, "parts") == 0
+        again = WriteBatch(
+            samples=[("t1", Point("m", {}, BASE + 50, 3.0)), ("t1", Point("m", {}, BASE + 60, 4.0))]
+        )
+        assert a.write_batch(again).points_written == 1
+        [s] = a.query("t1", "m", 0, 2**62, {})
+        assert s.points == [(BASE + 10, 1.0), (BASE + 50, 2.0), (BASE + 60, 4.0)]
+        # and a point in a part it has seen is dropped without the chunks
+        assert b.write_batch(WriteBatch(samples=[("t1", Point("m", {}, BASE + 60, 5.0))])).points_written == 0
+    finally:
+        a.close()
+        b.close()
+
+
+def test_reads_merge_parts_and_chunks_first_write_winning(pg_dsn: str, pg_schema: str) -> None:
+    """Two writers of samples racing may both store one (series, t) (a part written behind the
+    other's back stands for it here): a lower part wins over a higher one, a chunk over a part,
+    before and after compaction."""
+    store = PostgresStore(pg_dsn, schema=pg_schema)
+
+    def racing_part(points: list[tuple[int, float]]) -> None:
+        with psycopg.connect(pg_dsn) as conn:
+            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(pg_schema)))
+            row = conn.execute("SELECT id FROM series WHERE labels_json = %s", ('{"k":"0"}',)).fetchone()
+            assert row is not None
+            ts = np.array([t for t, _ in points], dtype=np.int64)
+            data = chunks.encode_part(
+                np.full(len(ts), row[0], dtype=np.int64), ts, np.array([v for _, v in points])
+            )
+            conn.execute(
+                "INSERT INTO parts (t_min, t_max, n, series, at_ms, data) VALUES (%s, %s, %s, 1, 0, %s)",
+                (int(ts.min()), int(ts.max()), len(ts), data),
+            )
+
+    def points() -> list[tuple[int, float]]:
+        [s] = store.query("t1", "m", 0, 2**62, {"k": "0"})
+        return s.points
+
+    try:
+        store.write_batch(
+            WriteBatch(samples=[("t1", Point("m", {"k": str(k)}, BASE + k, 1.0)) for k in range(10)])
+        )
+        racing_part([(BASE, 9.0), (BASE + 200, 7.0)])
+        assert points() == [(BASE, 1.0), (BASE + 200, 7.0)]
+        while store.compact(now_ms=BASE + 3_600_000).more:
+            pass
+        assert _log_rows(pg_dsn, pg_schema, "parts") == 0
+        assert points() == [(BASE, 1.0), (BASE + 200, 7.0)]
+        racing_part([(BASE, 8.0), (BASE + 300, 6.0)])
+        assert points() == [(BASE, 1.0), (BASE + 200, 7.0), (BASE + 300, 6.0)]
+    finally:
+        store.close()

@@ -151,14 +151,14 @@ def test_a_series_inserted_after_waiting_on_an_aborted_writer_is_seen(backend: P
 
     writer = backend.open()  # creates the schema
     inserted, go = threading.Event(), threading.Event()
-    write_points = writer._write_points  # type: ignore[attr-defined]
+    new_part = writer._new_part  # type: ignore[attr-defined]
 
     def held(*args: object) -> object:
         inserted.set()
         assert go.wait(30)
-        return write_points(*args)
+        return new_part(*args)
 
-    writer._write_points = held  # type: ignore[attr-defined]
+    writer._new_part = held  # type: ignore[attr-defined]
     reader, early, late = _connect(backend), _connect(backend), _connect(backend)
     reader.autocommit = True
     index = series_index.SeriesIndex()

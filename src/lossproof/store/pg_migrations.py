@@ -197,12 +197,34 @@ V5 = """
 ALTER TABLE reports ADD COLUMN time_ms bigint NOT NULL DEFAULT 0;
 """
 
+# Parts (see store/chunks.py): a batch is one row holding all its series, as in the embedded store,
+# instead of one chunk row per series: a batch of one point per series cost a row, an index entry and
+# a look-up per point (#15). Compaction turns the oldest parts into chunks. ``series`` (the number of
+# series) gives the directory's length, so a reader fetches it alone (storage EXTERNAL: a slice of
+# the value is read without the rest). ``parts_removed`` counts the transactions that removed parts
+# (compaction, retention): a writer that sees it unchanged knows every part removed since it last
+# looked was one it had seen (store/pg/write.py, *Stored times*).
+V6 = """
+CREATE TABLE parts (
+    id     bigint  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,  -- write order, after every chunk
+    t_min  bigint  NOT NULL,
+    t_max  bigint  NOT NULL,
+    n      integer NOT NULL,
+    series integer NOT NULL,
+    at_ms  bigint  NOT NULL,  -- the batch's now_ms
+    data   bytea   NOT NULL
+);
+ALTER TABLE parts ALTER COLUMN data SET STORAGE EXTERNAL;
+INSERT INTO meta VALUES ('parts_removed', '0');
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", V1),
     Migration(2, "metric metadata", V2),
     Migration(3, "agent incarnations, report digests, conflicts", V3),
     Migration(4, "columnar chunks", V4),
     Migration(5, "report times", V5),
+    Migration(6, "parts: one row per batch", V6),
 )
 LATEST = MIGRATIONS[-1].version
 

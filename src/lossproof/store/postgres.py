@@ -8,9 +8,9 @@ Writes
     per (tenant, agent) of the batch, in a fixed order; read those agents' ledgers (now nobody
     else can change them until we commit); decide which reports are new; turn their points and the
     batch's samples into columns (:class:`~lossproof.store.columns.Columns`), series ids resolved
-    in bulk; drop the points already stored (one statement: the newest t stored of every series of
-    the batch, one index seek each; the chunks of the few series whose new points do not all come
-    after it); COPY (binary) one chunk row per series; write ledger rows, agent summaries, dead
+    in bulk; drop the points already stored (the writer's stored times, see store/pg/write.py;
+    the stored points of the few series whose new points do not all come after them); insert one
+    part (all the batch's series in one row); write ledger rows, agent summaries, dead
     letters, log gaps and metric metadata (upserted, the last write winning); commit. So with any
     number of writers in any number of processes and machines, a report is stored once: the second
     writer of the same seq waits on the lock, then sees it stored and skips it. Rows are inserted in
@@ -18,13 +18,15 @@ Writes
     serialization failure anyway is retried as a fresh transaction.
 
 Layout
-    ``chunks`` holds one row per series per batch (see chunks.py): ``(id, series_id, t_min, t_max,
-    n, data)``, found through the index (series_id, t_max, t_min). A sample is visible once per
-    (series, t): writers drop what is stored (above), and readers merge a series' chunks keeping
-    for each t the lowest chunk id. Two writers of *samples* (no agent seq, so no lock) of the same
-    series and t racing may both insert it; readers still show it once (the chunk with the lower
-    id, which is not necessarily the first committed one). :meth:`PostgresStore.compact` merges a
-    series' chunks into one packed chunk per two-hour window.
+    ``parts`` holds one row per batch (see chunks.py, store/pg/parts.py): every series of the batch,
+    a directory first, so a reader fetches one series' slices alone. :meth:`PostgresStore.compact`
+    turns the oldest parts into ``chunks``, one row per series: ``(id, series_id, t_min, t_max, n,
+    data)``, found through the index (series_id, t_max, t_min), and merges a series' chunks into one
+    packed chunk per two-hour window. A sample is visible once per (series, t): writers drop what is
+    stored (above), and readers merge a series' chunks and part slices keeping for each t the lowest
+    chunk id, then the lowest part id (parts come after every chunk). Two writers of *samples* (no
+    agent seq, so no lock) of the same series and t racing may both insert it; readers still show
+    it once (the lower one, which is not necessarily the first committed).
 
 Series ids
     ``series`` is unique on (tenant, metric, SHA-256 of the canonical labels JSON). Ids unknown to
@@ -33,7 +35,7 @@ Series ids
     only after the transaction that used them committed.
 
 Retention
-    Every few minutes a writer (and ``lossproof store maintain``) deletes the chunks whose newest
+    Every few minutes a writer (and ``lossproof store maintain``) deletes the chunks and parts whose newest
     point is older than ``retention_days`` (0: keep everything), a bounded transaction at a time.
     Any int64 time is stored; nothing needs creating ahead of time.
 

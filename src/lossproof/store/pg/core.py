@@ -21,6 +21,7 @@ from lossproof.store.base import (
     StoreSchemaError,
     StoreUnavailable,
 )
+from lossproof.store.pg import parts
 from lossproof.store.pg.common import (
     _LIBPQ_NOISE,
     _Conn,
@@ -61,6 +62,8 @@ class PgCore(Store):
         self._pack_queue: list[tuple[int, int, int]] = []  # compaction: (series, first, last window)
         self._pack_log: list[int] = []  # compaction: the compact_log rows of the queued round
         self._lock = threading.Lock()  # one write at a time
+        self._tops = parts.StoredTops()  # the write path's, under _lock
+        self._part_dirs = parts.PartDirectories()
         self._next_maintenance = 0.0
 
         conn = open_connection(dsn, connect_timeout)

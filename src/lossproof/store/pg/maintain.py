@@ -21,9 +21,12 @@ from lossproof.store.pg.binary import (
     _CHUNK_META,
     Int8Array,
     _copy_out,
+    copy_chunks,
 )
 from lossproof.store.pg.common import (
     _COMPACT_BATCHES,
+    _ID_SEQ,
+    _LOG_BATCH,
     _PACK_AGE_MS,
     _PACK_INSERT,
     _PACK_READ,
@@ -34,9 +37,11 @@ from lossproof.store.pg.common import (
     log,
 )
 from lossproof.store.pg.core import PgCore
+from lossproof.store.pg.parts import PARTS_REMOVED
 
 MAINTENANCE_EVERY_S = 300.0
 RETENTION_CHUNKS = 50_000  # chunks deleted by retention per transaction
+_UNPART_PARTS = 16  # parts turned into chunks per compaction transaction
 
 
 class PgMaintenance(PgCore):
@@ -71,8 +76,12 @@ class PgMaintenance(PgCore):
             ).fetchone()
             if not locked or not locked[0]:
                 return CompactResult(more=bool(self._pack_queue))
-            if not self._pack_queue and not self._queue_round(conn, now_ms):
-                return CompactResult()
+            parts_left = False
+            if not self._pack_queue:
+                turned, parts_left = self._unpart(conn, now_ms)
+                # parts turned were due, so are their chunks (one compact_log row for many batches)
+                if not self._queue_round(conn, now_ms, due=turned):
+                    return CompactResult(more=parts_left)
             take = self._pack_queue[:max_series]
             del self._pack_queue[:max_series]
             res = [0, 0, 0, 0, 0]  # chunks in, chunks out, bytes in, bytes out, points
@@ -85,15 +94,45 @@ class PgMaintenance(PgCore):
             crash_point("store.compact_before_commit")
         return CompactResult(len(take), res[0], res[1], res[2], res[3], res[4], more)
 
-    def _queue_round(self, conn: _Conn, now_ms: int) -> bool:
-        """Start a round if one is due: queue ``(series, first window, last window)`` of the raw
+    def _unpart(self, conn: _Conn, now_ms: int) -> tuple[bool, bool]:
+        """Turn the oldest parts into chunks, when due (as batches are for packing: enough of them,
+        or one old enough): their points, merged (of one (series, t) the lowest part's wins), one
+        raw chunk per series, with ids above every chunk's (parts come after chunks) and a
+        compact_log row so that packing finds them; the parts deleted, ``parts_removed`` counted up
+        (writers that did not see them probe the chunks again). Whether some were turned, and whether
+        parts are left to turn."""
+        rows = conn.execute("SELECT id, at_ms FROM parts ORDER BY id LIMIT %s", (_UNPART_PARTS,)).fetchall()
+        if not rows:
+            return False, False
+        if len(rows) < COMPACT_MIN_CHUNKS and min(int(r[1]) for r in rows) > now_ms - _PACK_AGE_MS:
+            return False, False
+        ids = [int(r[0]) for r in rows]
+        cur = conn.cursor(binary=True)
+        cur.execute("SELECT data FROM parts WHERE id = ANY(%b) ORDER BY id", (Int8Array(ids),))
+        cols = [chunks.decode_part(bytes(d)) for (d,) in cur]
+        sids, ts, vs = chunks.sort_dedup(*(np.concatenate([c[k] for c in cols]) for k in range(3)))
+        if len(ts):
+            first = conn.execute(f"SELECT nextval({_ID_SEQ})").fetchone()
+            assert first is not None
+            copy_chunks(cur, sids, ts, vs)
+            conn.execute(_LOG_BATCH, (int(first[0]), min(int(r[1]) for r in rows)))
+        conn.execute("DELETE FROM parts WHERE id = ANY(%b)", (Int8Array(ids),))
+        conn.execute(PARTS_REMOVED)
+        return True, len(rows) == _UNPART_PARTS
+
+    def _queue_round(self, conn: _Conn, now_ms: int, due: bool = False) -> bool:
+        """Start a round if one is due (or ``due``): queue ``(series, first window, last window)`` of the raw
         chunks of the oldest batches in compact_log. Whether one was."""
         rows = conn.execute(
             "SELECT first_id, last_id, at_ms FROM compact_log ORDER BY first_id LIMIT %s", (_COMPACT_BATCHES,)
         ).fetchall()
         if not rows:
             return False
-        if len(rows) < COMPACT_MIN_CHUNKS and min(int(r[2]) for r in rows) > now_ms - _PACK_AGE_MS:
+        if (
+            not due
+            and len(rows) < COMPACT_MIN_CHUNKS
+            and min(int(r[2]) for r in rows) > now_ms - _PACK_AGE_MS
+        ):
             return False
         cur = conn.cursor()
         found = _copy_out(
@@ -182,6 +221,21 @@ class PgMaintenance(PgCore):
                     rows = conn.execute(
                         "DELETE FROM chunks WHERE id IN"
                         " (SELECT id FROM chunks WHERE t_max < %s LIMIT %s) RETURNING n",
+                        (horizon, RETENTION_CHUNKS),
+                    ).fetchall()
+                deleted += len(rows)
+                points += sum(int(n) for (n,) in rows)
+                if len(rows) < RETENTION_CHUNKS:
+                    break
+            # Parts wholly past the horizon (one reaching past it waits to become chunks). Not
+            # counted in parts_removed: a writer that did not see one only thinks more is stored
+            # than is, which costs it a read, not a point.
+            while True:
+                with conn.transaction():
+                    conn.execute("SET LOCAL lock_timeout = '5s'")
+                    rows = conn.execute(
+                        "DELETE FROM parts WHERE id IN"
+                        " (SELECT id FROM parts WHERE t_max < %s LIMIT %s) RETURNING n",
                         (horizon, RETENTION_CHUNKS),
                     ).fetchall()
                 deleted += len(rows)

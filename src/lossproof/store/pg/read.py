@@ -7,6 +7,8 @@ import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
+
 from lossproof.log.base import LogGap
 from lossproof.store import chunks
 from lossproof.store import ledger as lg
@@ -20,9 +22,8 @@ from lossproof.store.base import (
     SeriesArrays,
     matches_all,
 )
-from lossproof.store.pg.binary import (
-    Int8Array,
-)
+from lossproof.store.pg import parts
+from lossproof.store.pg.binary import Int8Array
 from lossproof.store.pg.common import (
     _LABELS_DECODER,
     INT8_MAX,
@@ -125,7 +126,7 @@ class PgReader(PgCore):
         from_ms, to_ms = max(from_ms, INT8_MIN), min(to_ms, INT8_MAX)
         if from_ms > to_ms:
             return []
-        by_series: dict[int, list[tuple[int, bytes]]] = {}
+        by_series: dict[int, list[tuple[int, chunks.I64, chunks.F64]]] = {}
         with self._conn() as conn, conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # one snapshot
             found = self._matching(conn, tenant, matchers)
@@ -138,12 +139,15 @@ class PgReader(PgCore):
                     (Int8Array([sid for sid, _, _ in found]), from_ms, to_ms),
                 )
                 for sid, cid, data in cur:
-                    by_series.setdefault(sid, []).append((cid, bytes(data)))
+                    by_series.setdefault(sid, []).append((cid, *chunks.decode(bytes(data))))
+                wanted = np.unique(np.array([sid for sid, _, _ in found], dtype=np.int64))
+                for sid, slices in parts.part_points(conn, self._part_dirs, wanted, from_ms, to_ms).items():
+                    by_series.setdefault(sid, []).extend(slices)
         out: list[SeriesArrays] = []
         for sid, metric, lab in found:
             rows = by_series.get(sid)
             if rows:
-                ts, vs = chunks.merge(rows, from_ms, to_ms)
+                ts, vs = chunks.merge_arrays(rows, from_ms, to_ms)
                 if len(ts):
                     out.append(SeriesArrays(metric, dict(lab), ts, vs))
         return out

@@ -1,6 +1,18 @@
 """The PostgreSQL store's write path: ``write_batch`` (see :mod:`lossproof.store.postgres`, *Writes*).
 What a batch does to reports, conflicts and the ledger is :func:`lossproof.store.plan.plan_batch`;
-this loads the prior state in bulk, applies the plan and writes the points."""
+this loads the prior state in bulk, applies the plan and writes the points as one part.
+
+Stored times
+    First write wins, and a batch's points are almost always all new: each writer keeps per series a
+    time at or after the newest point stored (:class:`~lossproof.store.pg.parts.StoredTops`), so
+    that only the series whose new points do not all come after it have stored points read. It
+    comes from the series' newest chunk (probed once, one index seek) and the directories of every
+    part this writer has seen (each batch lists the live parts and reads the directories new to
+    it). A part this writer never saw may have become chunks meanwhile (another writer's, compacted):
+    each transaction removing parts counts up ``meta.parts_removed``, read in the same snapshot as the
+    list of parts, and when it changed every series is probed again. The probe comes before the
+    look, so a part committed after the probe is either seen or counted. A time too high (a rolled
+    back part, a part retention deleted) costs a read, never a point."""
 
 from __future__ import annotations
 
@@ -11,6 +23,7 @@ from collections.abc import Container, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import psycopg
 from psycopg import errors as pg_errors
 
@@ -26,15 +39,11 @@ from lossproof.store.base import (
     latest_metadata,
 )
 from lossproof.store.columns import Columns, drop_stored
-from lossproof.store.pg.binary import (
-    Int8Array,
-    copy_chunks,
-)
+from lossproof.store.pg import parts
+from lossproof.store.pg.binary import Int8Array
 from lossproof.store.pg.common import (
     _AGENT_COLUMNS,
     _CHUNKS_IN,
-    _LOG_BATCH,
-    _NEWEST,
     _SUMMARY,
     _UPSERT_METADATA,
     _AgentKey,
@@ -46,9 +55,17 @@ from lossproof.store.pg.common import (
     pg_text,
 )
 from lossproof.store.pg.core import PgCore
-from lossproof.store.plan import Prior, Summary, digests_wanted, plan_batch
+from lossproof.store.plan import Plan, Prior, Summary, digests_wanted, plan_batch
 
 TX_ATTEMPTS = 5  # deadlock / serialization failure: retried as a fresh transaction this many times
+_LOOK_ATTEMPTS = 8  # looks at the parts per batch while compactions keep removing some meanwhile
+_TOPS_MAX = 4_000_000  # series in the stored-times table (~17 bytes each) before it starts over
+# The newest t stored in chunks of each series of the batch it was not known for: one index seek
+# each, from the top.
+_NEWEST_CHUNK = (
+    "SELECT q.s, m.t FROM unnest(%b) AS q(s) CROSS JOIN LATERAL"
+    " (SELECT c.t_max FROM chunks c WHERE c.series_id = q.s ORDER BY c.t_max DESC LIMIT 1) AS m(t)"
+)
 
 
 class PgWriter(PgCore):
@@ -107,11 +124,6 @@ class PgWriter(PgCore):
                 ([k[0] for k in hit], [k[1] for k in hit], [k[2] for k in hit]),
             )
             conflict_counts = {(t, a, i): int(n) for t, a, i, n in cur.fetchall()}
-        if plan.reports:
-            digest_rows = sorted(plan.report_rows(), key=lambda r: r[:4])
-            cur.executemany(
-                "INSERT INTO reports VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", digest_rows
-            )
 
         # key order: writers do not deadlock on each other's rows
         updates = sorted(plan.agents, key=lambda u: u.key)
@@ -126,8 +138,37 @@ class PgWriter(PgCore):
             cols.add_series(tenant, (x for _, x in runs), self._series, resolve)
         if unresolved:
             self._resolve_series(cur, unresolved, pending)
-        written = self._write_points(cur, cols, [pending[u[0]] for u in unresolved], now)
+        written, part = self._new_part(cur, cols, [pending[u[0]] for u in unresolved])
 
+        # The rest needs no answer but the part's id: one round trip (pipeline mode) for all of it.
+        pcur = conn.cursor()
+        with conn.pipeline():
+            self._write_rows(cur, batch, plan, gone, added, agent_rows)
+            if part is not None:
+                pcur.execute(parts.INSERT_PART, (*part[:4], now, part[4]))
+        if part is not None:
+            row = pcur.fetchone()
+            assert row is not None
+            self._tops.seen.add(int(row[0]))
+        return WriteResult(written, plan.stored, plan.duplicates, plan.conflicted)
+
+    def _write_rows(
+        self,
+        cur: psycopg.Cursor[Any],
+        batch: WriteBatch,
+        plan: Plan,
+        gone: list[tuple[Any, ...]],
+        added: list[tuple[Any, ...]],
+        agent_rows: list[tuple[Any, ...]],
+    ) -> None:
+        """The batch's rows other than points: reports, the ledger, agents, dead letters, log
+        gaps, metadata (rows in key order: writers do not deadlock on each other's)."""
+        now = batch.now_ms
+        if plan.reports:
+            digest_rows = sorted(plan.report_rows(), key=lambda r: r[:4])
+            cur.executemany(
+                "INSERT INTO reports VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", digest_rows
+            )
         if gone:
             cur.executemany(
                 "DELETE FROM ledger WHERE tenant = %s AND agent = %s AND incarnation = %s AND kind = %s"
@@ -177,7 +218,6 @@ class PgWriter(PgCore):
                     for m in meta
                 ],
             )
-        return WriteResult(written, plan.stored, plan.duplicates, plan.conflicted)
 
     def _prior(self, cur: psycopg.Cursor[Any], work: dict[_AgentKey, lg.AgentWork]) -> Prior:
         """What :func:`plan_batch` needs, in bulk for all agents of the batch, under their locks: the
@@ -271,57 +311,95 @@ class PgWriter(PgCore):
             unresolved.append((key, tenant, metric, labels))
         return sid
 
-    def _write_points(self, cur: psycopg.Cursor[Any], cols: Columns, ids: Sequence[int], now_ms: int) -> int:
-        """Write the columns (provisional series ids mapped through ``ids``) as one chunk per series,
-        minus the points already stored, and the batch's row of compact_log; returns how many
-        points were written."""
+    def _new_part(
+        self, cur: psycopg.Cursor[Any], cols: Columns, ids: Sequence[int]
+    ) -> tuple[int, tuple[int, int, int, int, bytes] | None]:
+        """The columns (provisional series ids mapped through ``ids``) minus the points already
+        stored, as a part's row (t_min, t_max, points, series, data) to insert (None: nothing
+        new), and how many points it holds."""
         if not len(cols):
-            return 0
+            return 0, None
         sids, ts, vs = cols.sorted(ids)
         starts, ends = chunks.series_bounds(sids)
-        cur.execute(_NEWEST, (Int8Array(sids[starts]), Int8Array(ts[starts])))
+        usids = sids[starts]
+        tops = self._stored_tops(cur, usids)
         # series -> a t stored at or after its first new point (what drop_stored needs to look)
-        newest: dict[int, int] = {}
-        first_id = 0
-        for sid, t in cur.fetchall():
-            if sid is None:
-                first_id = int(t)
-            else:
-                newest[int(sid)] = int(t)
-        if newest:
-            stored = self._chunks_of(cur.connection, newest, sids, ts, starts, ends)
+        maybe = np.flatnonzero(ts[starts] <= tops)
+        if len(maybe):
+            newest = dict(zip(usids[maybe].tolist(), tops[maybe].tolist(), strict=True))
+            stored = self._stored_points(cur.connection, newest, sids, ts, starts, ends)
             sids, ts, vs = drop_stored(
                 sids,
                 ts,
                 vs,
                 newest,
-                lambda items: [chunks.merge(stored.get(sid, ()), a, b)[0] for sid, a, b in items],
+                lambda items: [chunks.merge_arrays(stored.get(sid, ()), a, b)[0] for sid, a, b in items],
             )
-        if len(ts):
-            copy_chunks(cur, sids, ts, vs)
-            cur.execute(_LOG_BATCH, (first_id, now_ms))
-        return len(ts)
+            if not len(ts):
+                return 0, None
+            starts, ends = chunks.series_bounds(sids)
+        # what this writer stores is stored, whether or not the transaction commits (a rolled back
+        # part leaves a top too high: a read, not a duplicate)
+        self._tops.raise_to(sids[starts], ts[ends - 1], None)
+        data = chunks.encode_part(sids, ts, vs)
+        return len(ts), (
+            int(ts[0] if len(starts) == 1 else ts.min()),
+            int(ts.max()),
+            len(ts),
+            len(starts),
+            data,
+        )
 
-    @staticmethod
-    def _chunks_of(
+    def _stored_tops(self, cur: psycopg.Cursor[Any], usids: chunks.I64) -> chunks.I64:
+        """For each series of ``usids`` (sorted, unique), a t at or after the newest stored of it
+        (``parts.NONE``: nothing stored); see the module docstring, *Stored times*."""
+        tops = self._tops
+        if len(tops) > _TOPS_MAX:
+            tops.clear()
+        for _ in range(_LOOK_ATTEMPTS):
+            idx, hit = tops.find(usids)
+            probe = usids[~hit] if len(tops) == 0 else usids[~(hit & tops.probed[idx])]
+            if len(probe):
+                cur.execute(_NEWEST_CHUNK, (Int8Array(probe),))
+                newest = np.full(len(probe), parts.NONE, dtype=np.int64)
+                found = {int(s): int(t) for s, t in cur.fetchall()}
+                if found:
+                    newest = np.array([found.get(s, parts.NONE) for s in probe.tolist()], dtype=np.int64)
+                tops.raise_to(probe, newest, True)
+            removed, live, dirs = parts.look(cur.connection, tops.seen)
+            for psids, ptmax, _ in dirs.values():
+                tops.raise_to(psids, ptmax, None)
+            tops.seen.intersection_update(live)
+            tops.seen.update(dirs)
+            changed = tops.removed is not None and removed != tops.removed
+            tops.removed = removed
+            if not changed:
+                break
+            tops.probed[:] = False  # parts this writer did not see may have become chunks
+        idx, hit = tops.find(usids)
+        return np.where(hit, tops.top[idx], parts.NONE)
+
+    def _stored_points(
+        self,
         conn: _Conn,
         which: Container[int],
         sids: chunks.I64,
         ts: chunks.I64,
         starts: chunks.I64,
         ends: chunks.I64,
-    ) -> dict[int, list[tuple[int, bytes]]]:
-        """The stored chunks ``(id, data)`` overlapping the new points of the series in ``which``
-        (columns sorted by series), per series: one statement."""
+    ) -> dict[int, list[tuple[int, chunks.I64, chunks.F64]]]:
+        """The stored points ``(order, ts, vs)`` of the series in ``which`` (columns sorted by
+        series) from their first to their last new point, per series: the chunks overlapping (one
+        statement), and the parts' slices."""
         pick = [i for i, sid in enumerate(sids[starts].tolist()) if sid in which]
-        out: dict[int, list[tuple[int, bytes]]] = {}
+        wanted = sids[starts[pick]]
+        a, b = ts[starts[pick]], ts[ends[pick] - 1]
+        # parts first: one removed meanwhile has become chunks, committed before the chunks are read
+        out = parts.part_points(conn, self._part_dirs, wanted, int(a.min()), int(b.max()))
         bcur = conn.cursor(binary=True)
-        bcur.execute(
-            _CHUNKS_IN,
-            (Int8Array(sids[starts[pick]]), Int8Array(ts[starts[pick]]), Int8Array(ts[ends[pick] - 1])),
-        )
+        bcur.execute(_CHUNKS_IN, (Int8Array(wanted), Int8Array(a), Int8Array(b)))
         for sid, cid, data in bcur:
-            out.setdefault(int(sid), []).append((int(cid), bytes(data)))
+            out.setdefault(int(sid), []).append((int(cid), *chunks.decode(bytes(data))))
         return out
 
     def _resolve_series(
