@@ -350,7 +350,7 @@ P = "reports.0.points.0"
 DROPPED = [{"first": 1, "last": 2, "reason": "x"}]
 BOUNDS: list[tuple[str, Any]] = [
     *[("agent", v) for v in ["a" * 256, "a" * 257, "é" * 256, "é" * 257, "", "a\x00b", 5, None]],
-    *[("incarnation", v) for v in ["x" * 64, "x" * 65, "has space", "é", "", "\x7f"]],
+    *[("incarnation", v) for v in ["x" * 64, "x" * 65, "has space", "é", "", "\x7f", "abc\n", "\n"]],
     *[("first_seq", v) for v in [0, 1, I64, I64 + 1, -1, 1.0]],
     *[("reports.0.seq", v) for v in [0, 1, I64, I64 + 1, -1, 1.0, "1"]],
     *[("reports.0.time", v) for v in [-1, 0, MAX_TIME_MS, MAX_TIME_MS + 1]],
@@ -390,3 +390,15 @@ def test_each_bound_alone(path: str, value: Any, ctype: str) -> None:
         left_to_exact.append((f"{P}.v", 1e308))
     if got[0] == "ok" and (path, value) not in left_to_exact:
         assert native.quick_check(body, ctype) is not None, (path, value)
+
+
+@pytest.mark.parametrize("ctype", [native.MSGPACK, native.JSON])
+@pytest.mark.parametrize("incarnation", ["abc\n", "\n", "x" * 63 + "\n"])
+def test_an_incarnation_with_a_trailing_newline_is_refused(incarnation: str, ctype: str) -> None:
+    """Printable ASCII without spaces (docs/protocol.md): a regex's ``$`` also matches before a final
+    newline, which let ``"abc\\n"`` through as an incarnation of its own (another seq space than
+    ``"abc"``), shown and logged with a line break in it."""
+    req = {**_valid(), "incarnation": incarnation}
+    body = msgspec.msgpack.encode(req) if ctype == native.MSGPACK else json.dumps(req).encode()
+    with pytest.raises(native.BadRequest, match="incarnation"):
+        native.decode(body, ctype)

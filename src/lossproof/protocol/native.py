@@ -70,8 +70,9 @@ class SpoolIn(msgspec.Struct):
 
 
 # An agent's incarnation: a random id it creates with its spool (see docs/protocol.md). Printable
-# ASCII without spaces, so it can be shown and typed as it is.
-Incarnation = Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[!-~]*$")]
+# ASCII without spaces, so it can be shown and typed as it is. ``\Z``, not ``$``: msgspec searches
+# with Python's re, whose ``$`` also matches before a final newline ("abc\n" passed).
+Incarnation = Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[!-~]*\Z")]
 
 
 class RequestIn(msgspec.Struct):
