@@ -17,6 +17,7 @@ use rustc_hash::FxHashMap;
 mod chunkdecode;
 mod fsum;
 mod ratewin;
+mod mpjson;
 mod reportcheck;
 mod rwcheck;
 mod rwcols;

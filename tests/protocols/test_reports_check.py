@@ -386,8 +386,10 @@ def test_each_bound_alone(path: str, value: Any, ctype: str) -> None:
         body = json.dumps(req, ensure_ascii=False).encode("utf-8", "surrogatepass")
     got = same(body, ctype)
     left_to_exact = [("dropped", DROPPED), ("spool", None), ("reports", [])]
-    if ctype == native.JSON:  # the one pass keeps well inside the float range msgspec allows
-        left_to_exact.append((f"{P}.v", 1e308))
+    if ctype == native.JSON:  # the one pass keeps well inside the float range msgspec allows,
+        left_to_exact.append((f"{P}.v", 1e308))  # and reads JSON integers of up to 18 digits
+        if isinstance(value, int) and len(str(abs(value))) > 18:
+            left_to_exact.append((path, value))
     if got[0] == "ok" and (path, value) not in left_to_exact:
         assert native.quick_check(body, ctype) is not None, (path, value)
 
