@@ -3,12 +3,17 @@ compact_log, packed into one chunk per series and window; one compactor at a tim
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import psycopg
+import pytest
 from psycopg import sql
 
 from lossproof.store import chunks
 from lossproof.store.base import COMPACT_WINDOW_MS, Point, WriteBatch
+from lossproof.store.pg import parts
+from lossproof.store.pg import write as pg_write
 from lossproof.store.postgres import PostgresStore
 
 W = COMPACT_WINDOW_MS
@@ -160,3 +165,35 @@ def test_reads_merge_parts_and_chunks_first_write_winning(pg_dsn: str, pg_schema
         assert points() == [(BASE, 1.0), (BASE + 200, 7.0), (BASE + 300, 6.0)]
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("looks", [8, 1])
+def test_a_new_writer_sees_parts_compacted_between_its_probe_and_its_first_look(
+    pg_dsn: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch, looks: int
+) -> None:
+    """A writer's first batch probes the chunks, then looks at the parts: a part another writer
+    stored that a compaction turns into chunks in between is in neither. With no earlier look to
+    compare parts_removed with, the writer must still notice the removal (and probe again), or it
+    stores the point a second time; and when it runs out of looks (compactions each time), it
+    reads what is stored rather than trust what it knows."""
+    monkeypatch.setattr(pg_write, "_LOOK_ATTEMPTS", looks)
+    b = PostgresStore(pg_dsn, schema=pg_schema)
+    a = PostgresStore(pg_dsn, schema=pg_schema)
+    try:
+        assert b.write_batch(WriteBatch(samples=[("t1", Point("m", {}, BASE + 50, 2.0))])).points_written == 1
+        real_look = parts.look
+
+        def look_after_a_compaction(conn: psycopg.Connection[Any], seen: set[int]) -> Any:
+            if _log_rows(pg_dsn, pg_schema, "parts"):
+                while b.compact(now_ms=BASE + 3_600_000).more:
+                    pass
+            return real_look(conn, seen)
+
+        monkeypatch.setattr(parts, "look", look_after_a_compaction)
+        assert a.write_batch(WriteBatch(samples=[("t1", Point("m", {}, BASE + 50, 3.0))])).points_written == 0
+        assert _log_rows(pg_dsn, pg_schema, "parts") == 0
+        [s] = a.query("t1", "m", 0, 2**62, {})
+        assert s.points == [(BASE + 50, 2.0)]
+    finally:
+        a.close()
+        b.close()

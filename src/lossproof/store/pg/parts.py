@@ -38,6 +38,7 @@ _LOOK = (
     " UNION ALL SELECT p.id, NULL, CASE WHEN p.id = ANY(%b) THEN NULL"
     " ELSE substring(p.data from 1 for 24 + 24 * p.series) END FROM parts p"
 )
+REMOVED = "SELECT value FROM meta WHERE key = 'parts_removed'"
 PARTS_REMOVED = "UPDATE meta SET value = (value::bigint + 1)::text WHERE key = 'parts_removed'"
 # a fetch of a part's slices for this many of its series or more fetches the whole part instead
 _WHOLE_FRACTION = 4
