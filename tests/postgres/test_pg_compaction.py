@@ -197,3 +197,33 @@ def test_a_new_writer_sees_parts_compacted_between_its_probe_and_its_first_look(
     finally:
         a.close()
         b.close()
+
+
+def test_a_read_keeps_the_part_directories_a_concurrent_read_evicts(
+    pg_dsn: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The directories of parts are cached per process and dropped when a read's list of live parts
+    no longer holds them; but that list is only the parts in the read's time range. A read of another
+    range running meanwhile dropped the directory of a part this read had found cached: the part's
+    points were missing from its answer."""
+    store = PostgresStore(pg_dsn, schema=pg_schema)
+    try:
+        store.write_batch(WriteBatch(samples=[("t1", Point("m", {}, BASE, 1.0))]))
+        store.write_batch(WriteBatch(samples=[("t1", Point("m", {}, BASE + 10 * W, 2.0))]))
+        assert [s.points for s in store.query("t1", "m", BASE, BASE + 1, {})] == [[(BASE, 1.0)]]
+        real_fetch = parts.fetch_directories
+        other: list[int] = []
+
+        def fetch_while_another_range_is_read(conn: psycopg.Connection[Any], ids: list[int]) -> Any:
+            if not other:
+                row = conn.execute("SELECT max(id) FROM parts").fetchone()
+                assert row is not None
+                other.append(int(row[0]))
+                store._part_dirs.get(conn, other)  # the other read: only the later part is live to it
+            return real_fetch(conn, ids)
+
+        monkeypatch.setattr(parts, "fetch_directories", fetch_while_another_range_is_read)
+        assert [s.points for s in store.query("t1", "m", BASE, BASE + 1, {})] == [[(BASE, 1.0)]]
+        assert other
+    finally:
+        store.close()

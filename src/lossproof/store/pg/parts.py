@@ -85,15 +85,19 @@ class PartDirectories:
         self._lock = threading.Lock()
 
     def get(self, conn: _Conn, live: list[int]) -> dict[int, Directory]:
+        """The directories of the parts ``live`` (those that still exist in ``conn``'s snapshot).
+        The answer is what was cached when asked plus what was fetched: another thread may drop
+        entries meanwhile (its ``live``, a time range's parts, is not this one's)."""
         with self._lock:
-            missing = [pid for pid in live if pid not in self._dirs]
-        got = fetch_directories(conn, missing)
+            have = {pid: d for pid in live if (d := self._dirs.get(pid)) is not None}
+        got = fetch_directories(conn, [pid for pid in live if pid not in have])
         with self._lock:
             self._dirs.update(got)
             keep = set(live)
             for pid in [p for p in self._dirs if p not in keep]:  # removed by compaction or retention
                 del self._dirs[pid]
-            return {pid: self._dirs[pid] for pid in live if pid in self._dirs}
+        have.update(got)
+        return {pid: have[pid] for pid in live if pid in have}
 
 
 def part_points(
