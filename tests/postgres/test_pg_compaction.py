@@ -1,5 +1,5 @@
 """Compaction of the PostgreSQL store (#15): batches' parts turned into raw chunks, found through
-compact_log, packed into one chunk per series and window; one compactor at a time."""
+compact_batches, packed into one chunk per series and window; one compactor at a time."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def _layout(dsn: str, schema: str) -> list[tuple[int, int, int, int]]:
         return [tuple(r) for r in conn.execute(q, (W, chunks.RAW))]
 
 
-def _log_rows(dsn: str, schema: str, table: str = "compact_log") -> int:
+def _log_rows(dsn: str, schema: str, table: str = "compact_batches") -> int:
     with psycopg.connect(dsn) as conn:
         q = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
         row = conn.execute(q).fetchone()
