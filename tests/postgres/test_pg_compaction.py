@@ -1,14 +1,19 @@
 """Compaction of the PostgreSQL store (#15): batches' parts turned into raw chunks, found through
-compact_log, packed into one chunk per series and window; one compactor at a time."""
+compact_batches, packed into one chunk per series and window; one compactor at a time."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import psycopg
+import pytest
 from psycopg import sql
 
 from lossproof.store import chunks
 from lossproof.store.base import COMPACT_WINDOW_MS, Point, WriteBatch
+from lossproof.store.pg import parts
+from lossproof.store.pg import write as pg_write
 from lossproof.store.postgres import PostgresStore
 
 W = COMPACT_WINDOW_MS
@@ -25,7 +30,7 @@ def _layout(dsn: str, schema: str) -> list[tuple[int, int, int, int]]:
         return [tuple(r) for r in conn.execute(q, (W, chunks.RAW))]
 
 
-def _log_rows(dsn: str, schema: str, table: str = "compact_log") -> int:
+def _log_rows(dsn: str, schema: str, table: str = "compact_batches") -> int:
     with psycopg.connect(dsn) as conn:
         q = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
         row = conn.execute(q).fetchone()
@@ -158,5 +163,67 @@ def test_reads_merge_parts_and_chunks_first_write_winning(pg_dsn: str, pg_schema
         assert points() == [(BASE, 1.0), (BASE + 200, 7.0)]
         racing_part([(BASE, 8.0), (BASE + 300, 6.0)])
         assert points() == [(BASE, 1.0), (BASE + 200, 7.0), (BASE + 300, 6.0)]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("looks", [8, 1])
+def test_a_new_writer_sees_parts_compacted_between_its_probe_and_its_first_look(
+    pg_dsn: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch, looks: int
+) -> None:
+    """A writer's first batch probes the chunks, then looks at the parts: a part another writer
+    stored that a compaction turns into chunks in between is in neither. With no earlier look to
+    compare parts_removed with, the writer must still notice the removal (and probe again), or it
+    stores the point a second time; and when it runs out of looks (compactions each time), it
+    reads what is stored rather than trust what it knows."""
+    monkeypatch.setattr(pg_write, "_LOOK_ATTEMPTS", looks)
+    b = PostgresStore(pg_dsn, schema=pg_schema)
+    a = PostgresStore(pg_dsn, schema=pg_schema)
+    try:
+        assert b.write_batch(WriteBatch(samples=[("t1", Point("m", {}, BASE + 50, 2.0))])).points_written == 1
+        real_look = parts.look
+
+        def look_after_a_compaction(conn: psycopg.Connection[Any], seen: set[int]) -> Any:
+            if _log_rows(pg_dsn, pg_schema, "parts"):
+                while b.compact(now_ms=BASE + 3_600_000).more:
+                    pass
+            return real_look(conn, seen)
+
+        monkeypatch.setattr(parts, "look", look_after_a_compaction)
+        assert a.write_batch(WriteBatch(samples=[("t1", Point("m", {}, BASE + 50, 3.0))])).points_written == 0
+        assert _log_rows(pg_dsn, pg_schema, "parts") == 0
+        [s] = a.query("t1", "m", 0, 2**62, {})
+        assert s.points == [(BASE + 50, 2.0)]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_read_keeps_the_part_directories_a_concurrent_read_evicts(
+    pg_dsn: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The directories of parts are cached per process and dropped when a read's list of live parts
+    no longer holds them; but that list is only the parts in the read's time range. A read of another
+    range running meanwhile dropped the directory of a part this read had found cached: the part's
+    points were missing from its answer."""
+    store = PostgresStore(pg_dsn, schema=pg_schema)
+    try:
+        store.write_batch(WriteBatch(samples=[("t1", Point("m", {}, BASE, 1.0))]))
+        store.write_batch(WriteBatch(samples=[("t1", Point("m", {}, BASE + 10 * W, 2.0))]))
+        assert [s.points for s in store.query("t1", "m", BASE, BASE + 1, {})] == [[(BASE, 1.0)]]
+        real_fetch = parts.fetch_directories
+        other: list[int] = []
+
+        def fetch_while_another_range_is_read(conn: psycopg.Connection[Any], ids: list[int]) -> Any:
+            if not other:
+                row = conn.execute("SELECT max(id) FROM parts").fetchone()
+                assert row is not None
+                other.append(int(row[0]))
+                store._part_dirs.get(conn, other)  # the other read: only the later part is live to it
+            return real_fetch(conn, ids)
+
+        monkeypatch.setattr(parts, "fetch_directories", fetch_while_another_range_is_read)
+        assert [s.points for s in store.query("t1", "m", BASE, BASE + 1, {})] == [[(BASE, 1.0)]]
+        assert other
     finally:
         store.close()

@@ -324,3 +324,59 @@ def test_migration_5_gives_reports_their_time(
         assert store.report_times_around("t1", "a1", "", [(2, 2)]) == [(0, 1_700_000_000_500)]
     finally:
         store.close()
+
+
+def test_a_version_5_writer_cannot_commit_points_after_migration_6(
+    monkeypatch: pytest.MonkeyPatch, pg_dsn: str, pg_schema: str
+) -> None:
+    """A worker of version 5 checks the schema when it starts; migrated under it to version 6, it
+    would go on writing chunks while new writers write parts, each blind to the other's points: a
+    point stored twice, and (a chunk ranks before every part) the second write winning on reads.
+    Migration 6 renames the table every version 5 batch with points writes into (its compact_log
+    row), so such a batch fails and is not acknowledged (the error is transient: it is retried,
+    never dead-lettered), until that worker is upgraded."""
+    import numpy as np
+
+    from lossproof.store.pg.binary import copy_chunks
+
+    with monkeypatch.context() as m:
+        m.setattr(mig, "MIGRATIONS", mig.MIGRATIONS[:5])
+        m.setattr(mig, "LATEST", 5)
+        assert pg.migrate(pg_dsn, pg_schema) == (0, 5)
+
+    def v5_batch(conn: psycopg.Connection[Any]) -> None:
+        """What a version 5 writer does with a batch's new points (store/pg/write.py of then)."""
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(pg_schema)))
+        conn.execute(
+            "INSERT INTO series (tenant, metric, labels_json, labels_hash) VALUES ('t1', 'm', '{}',"
+            " sha256('{}'::bytea)) ON CONFLICT DO NOTHING"
+        )
+        row = conn.execute("SELECT id FROM series").fetchone()
+        assert row is not None
+        sid = int(row[0])
+        seq = "pg_get_serial_sequence('chunks', 'id')"
+        first = conn.execute(f"SELECT nextval({seq})").fetchone()
+        assert first is not None
+        copy_chunks(conn.cursor(), np.array([sid]), np.array([1_700_000_000_000]), np.array([1.0]))
+        conn.execute(f"INSERT INTO compact_log VALUES (%s, currval({seq}), %s)", (int(first[0]), 0))
+
+    with psycopg.connect(pg_dsn) as conn:
+        v5_batch(conn)  # at version 5, it commits
+    assert pg.migrate(pg_dsn, pg_schema) == (5, mig.LATEST)
+    with psycopg.connect(pg_dsn) as conn, pytest.raises(psycopg.errors.UndefinedTable):
+        v5_batch(conn)
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(pg_schema)))
+        row = conn.execute("SELECT count(*) FROM chunks").fetchone()
+        assert row is not None and row[0] == 1  # the first batch's chunk alone
+    # and what version 5 wrote is read and compacted by this one
+    store = pg.PostgresStore(pg_dsn, schema=pg_schema)
+    try:
+        assert [s.points for s in store.query("t1", "m", 0, 2**62, {})] == [[(1_700_000_000_000, 1.0)]]
+        while store.compact(now_ms=1_800_000_000_000).more:
+            pass
+        assert [s.points for s in store.query("t1", "m", 0, 2**62, {})] == [[(1_700_000_000_000, 1.0)]]
+        wrote = store.write_batch(WriteBatch(samples=[("t1", Point("m", {}, 1_700_000_000_000, 2.0))]))
+        assert wrote.points_written == 0
+    finally:
+        store.close()

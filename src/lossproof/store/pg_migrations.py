@@ -203,7 +203,11 @@ ALTER TABLE reports ADD COLUMN time_ms bigint NOT NULL DEFAULT 0;
 # series) gives the directory's length, so a reader fetches it alone (storage EXTERNAL: a slice of
 # the value is read without the rest). ``parts_removed`` counts the transactions that removed parts
 # (compaction, retention): a writer that sees it unchanged knows every part removed since it last
-# looked was one it had seen (store/pg/write.py, *Stored times*).
+# looked was one it had seen (store/pg/write.py, *Stored times*). ``compact_log`` is renamed
+# ``compact_batches`` as a fence: a version 5 writer (it checked the schema when it started) would
+# go on writing chunks blind to the parts, and parts' writers blind to its chunks (a point stored
+# twice, the second write winning on reads); every batch of it with points writes a compact_log row,
+# which now fails (undefined table: transient, retried, never acknowledged).
 V6 = """
 CREATE TABLE parts (
     id     bigint  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,  -- write order, after every chunk
@@ -216,6 +220,7 @@ CREATE TABLE parts (
 );
 ALTER TABLE parts ALTER COLUMN data SET STORAGE EXTERNAL;
 INSERT INTO meta VALUES ('parts_removed', '0');
+ALTER TABLE compact_log RENAME TO compact_batches;
 """
 
 MIGRATIONS: tuple[Migration, ...] = (

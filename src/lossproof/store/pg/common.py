@@ -60,14 +60,14 @@ _ID_SEQ = "pg_get_serial_sequence('chunks', 'id')"
 # with that first t (one index seek each: in the common case it finds no entry, so no heap visit
 # either; measured 25% cheaper than max(t_max) per series), and in the common case no row comes back.
 # And a row (NULL, id) with an id taken from the chunks' sequence: the batch's chunks get higher
-# ones (recorded in compact_log).
+# ones (recorded in compact_batches).
 _NEWEST = (
     f"SELECT NULL::bigint, nextval({_ID_SEQ}) UNION ALL"
     " SELECT q.s, q.first FROM unnest(%b, %b) AS q(s, first)"
     " WHERE EXISTS (SELECT FROM chunks c WHERE c.series_id = q.s AND c.t_max >= q.first)"
 )
-_LOG_BATCH = f"INSERT INTO compact_log VALUES (%s, currval({_ID_SEQ}), %s)"
-_COMPACT_BATCHES = 16  # compact_log rows (batches) worked off per round of compaction
+_LOG_BATCH = f"INSERT INTO compact_batches VALUES (%s, currval({_ID_SEQ}), %s)"
+_COMPACT_BATCHES = 16  # compact_batches rows (batches) worked off per round of compaction
 _PACK_AGE_MS = 300_000  # a batch's chunks are packed at the latest this long after it was written
 # The chunks to pack of series s[i] between a[i] and b[i] (end excluded): an index range each.
 _PACK_READ = (

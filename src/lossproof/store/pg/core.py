@@ -60,7 +60,7 @@ class PgCore(Store):
         self._series = SeriesCache()
         self._index = series_index.shared(("pg", dsn, schema))  # the read side's (store/series_index.py)
         self._pack_queue: list[tuple[int, int, int]] = []  # compaction: (series, first, last window)
-        self._pack_log: list[int] = []  # compaction: the compact_log rows of the queued round
+        self._pack_log: list[int] = []  # compaction: the compact_batches rows of the queued round
         self._lock = threading.Lock()  # one write at a time
         self._tops = parts.StoredTops()  # the write path's, under _lock
         self._part_dirs = parts.PartDirectories()

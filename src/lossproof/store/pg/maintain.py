@@ -58,12 +58,12 @@ class PgMaintenance(PgCore):
             log.warning("store.maintenance_failed", error=str(e))
 
     def compact(self, now_ms: int, max_series: int = 2000) -> CompactResult:
-        """See :meth:`Store.compact`. Batches are found through ``compact_log`` (one row each,
+        """See :meth:`Store.compact`. Batches are found through ``compact_batches`` (one row each,
         written with the batch): once it holds ``COMPACT_MIN_CHUNKS`` of them, or one older than
         ``_PACK_AGE_MS``, a round starts: the series of up to ``_COMPACT_BATCHES`` of them are
         queued with the windows their raw chunks reach, and each call packs ``max_series`` of them
         (every chunk of the series overlapping those windows merged into one packed chunk per
-        window), one transaction each; the round's last one deletes its compact_log rows (a crash
+        window), one transaction each; the round's last one deletes its compact_batches rows (a crash
         before leaves them: the next round packs them again, which changes nothing). One
         compaction transaction at a time per database (an advisory lock; a second compactor's call
         returns at once). Open windows are packed again as batches come (a series' window then
@@ -79,7 +79,7 @@ class PgMaintenance(PgCore):
             parts_left = False
             if not self._pack_queue:
                 turned, parts_left = self._unpart(conn, now_ms)
-                # parts turned were due, so are their chunks (one compact_log row for many batches)
+                # parts turned were due, so are their chunks (one compact_batches row for many batches)
                 if not self._queue_round(conn, now_ms, due=turned):
                     return CompactResult(more=parts_left)
             take = self._pack_queue[:max_series]
@@ -88,7 +88,9 @@ class PgMaintenance(PgCore):
             self._pack(conn, take, res)
             more = bool(self._pack_queue)
             if not more:
-                conn.execute("DELETE FROM compact_log WHERE first_id = ANY(%b)", (Int8Array(self._pack_log),))
+                conn.execute(
+                    "DELETE FROM compact_batches WHERE first_id = ANY(%b)", (Int8Array(self._pack_log),)
+                )
                 self._pack_log = []
                 more = True  # more batches may be due: the next call looks
             crash_point("store.compact_before_commit")
@@ -98,7 +100,7 @@ class PgMaintenance(PgCore):
         """Turn the oldest parts into chunks, when due (as batches are for packing: enough of them,
         or one old enough): their points, merged (of one (series, t) the lowest part's wins), one
         raw chunk per series, with ids above every chunk's (parts come after chunks) and a
-        compact_log row so that packing finds them; the parts deleted, ``parts_removed`` counted up
+        compact_batches row so that packing finds them; the parts deleted, ``parts_removed`` counted up
         (writers that did not see them probe the chunks again). Whether some were turned, and whether
         parts are left to turn."""
         rows = conn.execute("SELECT id, at_ms FROM parts ORDER BY id LIMIT %s", (_UNPART_PARTS,)).fetchall()
@@ -122,9 +124,10 @@ class PgMaintenance(PgCore):
 
     def _queue_round(self, conn: _Conn, now_ms: int, due: bool = False) -> bool:
         """Start a round if one is due (or ``due``): queue ``(series, first window, last window)`` of the raw
-        chunks of the oldest batches in compact_log. Whether one was."""
+        chunks of the oldest batches in compact_batches. Whether one was."""
         rows = conn.execute(
-            "SELECT first_id, last_id, at_ms FROM compact_log ORDER BY first_id LIMIT %s", (_COMPACT_BATCHES,)
+            "SELECT first_id, last_id, at_ms FROM compact_batches ORDER BY first_id LIMIT %s",
+            (_COMPACT_BATCHES,),
         ).fetchall()
         if not rows:
             return False

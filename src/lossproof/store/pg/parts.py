@@ -38,6 +38,7 @@ _LOOK = (
     " UNION ALL SELECT p.id, NULL, CASE WHEN p.id = ANY(%b) THEN NULL"
     " ELSE substring(p.data from 1 for 24 + 24 * p.series) END FROM parts p"
 )
+REMOVED = "SELECT value FROM meta WHERE key = 'parts_removed'"
 PARTS_REMOVED = "UPDATE meta SET value = (value::bigint + 1)::text WHERE key = 'parts_removed'"
 # a fetch of a part's slices for this many of its series or more fetches the whole part instead
 _WHOLE_FRACTION = 4
@@ -84,15 +85,19 @@ class PartDirectories:
         self._lock = threading.Lock()
 
     def get(self, conn: _Conn, live: list[int]) -> dict[int, Directory]:
+        """The directories of the parts ``live`` (those that still exist in ``conn``'s snapshot).
+        The answer is what was cached when asked plus what was fetched: another thread may drop
+        entries meanwhile (its ``live``, a time range's parts, is not this one's)."""
         with self._lock:
-            missing = [pid for pid in live if pid not in self._dirs]
-        got = fetch_directories(conn, missing)
+            have = {pid: d for pid in live if (d := self._dirs.get(pid)) is not None}
+        got = fetch_directories(conn, [pid for pid in live if pid not in have])
         with self._lock:
             self._dirs.update(got)
             keep = set(live)
             for pid in [p for p in self._dirs if p not in keep]:  # removed by compaction or retention
                 del self._dirs[pid]
-            return {pid: self._dirs[pid] for pid in live if pid in self._dirs}
+        have.update(got)
+        return {pid: have[pid] for pid in live if pid in have}
 
 
 def part_points(

@@ -11,7 +11,8 @@ Stored times
     it). A part this writer never saw may have become chunks meanwhile (another writer's, compacted):
     each transaction removing parts counts up ``meta.parts_removed``, read in the same snapshot as the
     list of parts, and when it changed every series is probed again. The probe comes before the
-    look, so a part committed after the probe is either seen or counted. A time too high (a rolled
+    look, so a part committed after the probe is either seen or counted (the first look compares
+    with the counter read before the first probe). A time too high (a rolled
     back part, a part retention deleted) costs a read, never a point."""
 
 from __future__ import annotations
@@ -356,6 +357,11 @@ class PgWriter(PgCore):
         tops = self._tops
         if len(tops) > _TOPS_MAX:
             tops.clear()
+        if tops.removed is None:
+            # No earlier look to compare with: the counter as it is before the first probe, so that
+            # a part compacted away between the probe and the look (in neither) is counted.
+            row = cur.execute(parts.REMOVED).fetchone()
+            tops.removed = str(row[0]) if row is not None else ""
         for _ in range(_LOOK_ATTEMPTS):
             idx, hit = tops.find(usids)
             probe = usids[~hit] if len(tops) == 0 else usids[~(hit & tops.probed[idx])]
@@ -371,11 +377,15 @@ class PgWriter(PgCore):
                 tops.raise_to(psids, ptmax, None)
             tops.seen.intersection_update(live)
             tops.seen.update(dirs)
-            changed = tops.removed is not None and removed != tops.removed
+            changed = removed != tops.removed
             tops.removed = removed
             if not changed:
                 break
             tops.probed[:] = False  # parts this writer did not see may have become chunks
+        else:
+            # compactions kept removing parts between probe and look: what is stored is not known
+            # without a read, so every series' stored points are read (not one written twice)
+            return np.full(len(usids), np.iinfo(np.int64).max, dtype=np.int64)
         idx, hit = tops.find(usids)
         return np.where(hit, tops.top[idx], parts.NONE)
 
