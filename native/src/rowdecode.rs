@@ -52,7 +52,7 @@ fn head(data: &[u8]) -> Option<(u8, usize, u8, i64, &[u8])> {
             }
             let frame = &data[HEAD..];
             let declared = zstd_safe::get_frame_content_size(frame).ok()??;
-            let holds = declared <= MAX_BLOCK * (frame.len() as u64 / 4 + 1);
+            let holds = declared <= MAX_BLOCK.saturating_mul(frame.len() as u64 / 4 + 1);
             (declared == 16 * n as u64 - 8 && holds).then_some((PACKED, n, mode, first, frame))
         }
         _ => None,
