@@ -22,7 +22,7 @@ use crate::fsum::fsum;
 /// row by row: the fsum of the group's present finite values (float64), how many of its series are
 /// present (int64), and a flag byte: 1 where some present value is a NaN or an infinity, 2 where
 /// fsum did not answer (intermediate overflow), 3 both; the sum is then 0.0. Shapes that do not
-/// match, or a group out of range, are a ValueError.
+/// match, more groups than series, or a group out of range, are a ValueError.
 #[pyfunction]
 pub fn group_sums<'py>(
     py: Python<'py>,
@@ -44,6 +44,10 @@ pub fn group_sums<'py>(
         )));
     }
     let (m, n) = (shape[0], shape[1]);
+    if groups > m {
+        // (every group one series at least: else groups * steps cells, unbounded, allocated)
+        return Err(PyValueError::new_err(format!("{groups} groups of {m} series")));
+    }
     if gid.len() != 8 * m {
         return Err(PyValueError::new_err(format!(
             "{} groups for {m} series",

@@ -30,11 +30,16 @@ const V_DECIMAL: u8 = 1;
 const MAX_DECIMALS: u8 = 9;
 /// `chunks._PACKED_HEAD`: kind, value mode, u32 n, i64 first t (little-endian, packed)
 const HEAD: usize = 14;
+/// `chunks._MAX_BLOCK`: what a zstd block regenerates at most (it takes at least 4 bytes of its
+/// frame), so a frame of f bytes decompresses to at most `MAX_BLOCK * (f / 4 + 1)` bytes
+const MAX_BLOCK: u64 = 128 * 1024;
 
 /// A chunk's header as `chunks._opened` reads it: `(kind, n, mode, first t, payload)` (a raw
 /// chunk's payload its whole data, a packed one's its zstd frame), or None when `_opened` would
 /// raise (or `open_many`'s fast path and `_opened` would disagree): not a raw chunk of 1 + 16 n
-/// bytes, nor a packed one with a known mode, n > 0, and a frame declaring 16 n - 8 bytes.
+/// bytes, nor a packed one with a known mode, n > 0, and a frame declaring 16 n - 8 bytes, as many
+/// as a frame of its size can hold (`chunks._frame_can_hold`: a damaged n of a 30-byte chunk is not
+/// GBs of columns allocated and zeroed before its frame is found out).
 fn head(data: &[u8]) -> Option<(u8, usize, u8, i64, &[u8])> {
     match *data.first()? {
         RAW if (data.len() - 1).is_multiple_of(16) => Some((RAW, (data.len() - 1) / 16, 0, 0, data)),
@@ -47,10 +52,18 @@ fn head(data: &[u8]) -> Option<(u8, usize, u8, i64, &[u8])> {
             }
             let frame = &data[HEAD..];
             let declared = zstd_safe::get_frame_content_size(frame).ok()??;
-            (declared == 16 * n as u64 - 8).then_some((PACKED, n, mode, first, frame))
+            let holds = declared <= MAX_BLOCK.saturating_mul(frame.len() as u64 / 4 + 1);
+            (declared == 16 * n as u64 - 8 && holds).then_some((PACKED, n, mode, first, frame))
         }
         _ => None,
     }
+}
+
+/// Whether `n` points can be a chunk stored as `t_min ..= t_max`: its times strictly increase
+/// from one to the other, so it has at most `t_max - t_min + 1` of them (else it is damaged, and
+/// its columns are not allocated: the Python path says what is wrong).
+fn fits_range(n: usize, t_min: i64, t_max: i64) -> bool {
+    n == 0 || (t_max as i128) - (t_min as i128) >= n as i128 - 1
 }
 
 /// The data of row `i` (a tuple whose 5th item is bytes).
@@ -64,7 +77,8 @@ fn row_data<'py>(row: &Bound<'py, PyTuple>, i: usize) -> PyResult<Bound<'py, PyB
 /// `row_heads(rows) -> bytearray | None`: for rows `(series_id, id, t_min, t_max, data)` (tuples;
 /// ints and bytes) of raw and packed chunks alike, five columns of native-endian int64 (series ids, chunk ids, t_mins, t_maxes, each
 /// chunk's number of points from its header). None when any row's header is not one that
-/// `chunks._opened` accepts (see `head`).
+/// `chunks._opened` accepts (see `head`), or declares more points than its row's time range holds
+/// (`fits_range`).
 #[pyfunction]
 pub fn row_heads<'py>(
     py: Python<'py>,
@@ -80,6 +94,9 @@ pub fn row_heads<'py>(
         };
         for c in 0..4 {
             cols[c * m + i] = row.get_item(c)?.extract::<i64>()?;
+        }
+        if !fits_range(n, cols[2 * m + i], cols[3 * m + i]) {
+            return Ok(None);
         }
         cols[4 * m + i] = n as i64;
     }
@@ -106,8 +123,8 @@ pub fn row_heads<'py>(
 /// times do not increase; 2: they do, but some chunk's first or last time is not its row's range;
 /// 3: the chunks are right, but some segment's times do not increase; 4: some packed chunk's frame
 /// did not decompress to exactly its body (the columns are then not to be used: the caller opens
-/// the rows in Python, which says what is wrong). A row whose header `row_heads` would refuse, or
-/// anything that does not fit, is a ValueError.
+/// the rows in Python, which says what is wrong). A row `row_heads` would refuse (its header, or its
+/// count against its time range), or anything that does not fit, is a ValueError.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
 pub fn assemble_rows<'py>(
@@ -150,6 +167,11 @@ pub fn assemble_rows<'py>(
         }
         let t_min = row.get_item(2)?.extract::<i64>()?;
         let t_max = row.get_item(3)?.extract::<i64>()?;
+        if !fits_range(n, t_min, t_max) {
+            return Err(PyValueError::new_err(format!(
+                "row {i}: {n} points in [{t_min}, {t_max}]"
+            )));
+        }
         got.push((data, start as usize, t_min, t_max));
     }
     if src_ts.len() != src_vs.len() {

@@ -217,3 +217,50 @@ def test_a_day_of_many_series_is_the_python_paths(damage: str | None) -> None:
     python = _outcome(lambda: _python_path(lambda: _assemble(found, rows, {}, -1, 10**12)))
     assert native == python
     assert (native[0] == "error") == (damage is not None)
+
+
+def _claiming(n: int) -> bytes:
+    """A packed chunk's header of ``n`` points and a 16-byte zstd frame that declares their body
+    (16 n - 8 bytes: any size fits in its header) but holds one empty block."""
+    frame = struct.pack("<IBQ", 0xFD2FB528, 0xE0, 16 * n - 8) + bytes((1, 0, 0))
+    return chunks._PACKED_HEAD.pack(chunks.PACKED, 0, n, 0) + frame
+
+
+@pytest.mark.parametrize("n", [1 << 24, (1 << 32) - 1])
+def test_a_header_claiming_many_points_is_a_chunk_error_without_allocating_them(n: int) -> None:
+    """A damaged count in a few bytes of header is a ChunkError on both paths, with no more memory
+    than the frame can hold: the native path allocated (and zeroed) 16 bytes a claimed point before
+    it found out the frame (4 GB for 2**28 of them), both paths answered MemoryError for 2**32 - 1
+    (python-zstandard allocates the size a frame declares)."""
+    import tracemalloc
+
+    rows = [(1, 1, 0, 1 << 40, _claiming(n))]
+    found = [(1, "m", ())]
+    assert _native.row_heads(rows) is None
+    tracemalloc.start()
+    try:
+        native = _outcome(lambda: _assemble(found, rows, {}, 0, 10))
+        python = _outcome(lambda: _python_path(lambda: _assemble(found, rows, {}, 0, 10)))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert native == python == ("error", f"chunk of {n} points in a frame of 16 bytes")
+    assert peak < 16 << 20
+
+
+def test_more_points_than_the_stored_range_holds_is_read_by_the_python_path() -> None:
+    """A chunk of n points stored as [t_min, t_max] with t_max - t_min + 1 < n is damaged (its
+    times cannot strictly increase): row_heads leaves it to Python (which says what is wrong),
+    rather than allocating its columns first."""
+    good = _packed([10, 20, 30], [1.0, 2.0, 3.0])
+    rows = [(1, 1, 10, 11, good)]
+    assert _native.row_heads(rows) is None
+    assert _native.row_heads([(1, 1, 10, 12, good)]) is not None
+    e = b""
+    with pytest.raises(ValueError):
+        _native.assemble_rows(rows, np.zeros(1, dtype=np.int64).tobytes(), 3, [], [], e, e, e, e)
+    found = [(1, "m", ())]
+    assert _outcome(lambda: _assemble(found, rows, {}, 0, 100)) == (
+        "error",
+        "a chunk's points are not its stored time range",
+    )

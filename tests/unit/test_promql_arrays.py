@@ -342,6 +342,7 @@ def test_native_group_sums_refuse_shapes_unlike_and_groups_out_of_range() -> Non
         (v, p, gid[:8], 2),
         (v, p, np.array([0, 2, 0], dtype=np.int64).tobytes(), 2),
         (v, p, np.array([0, -1, 0], dtype=np.int64).tobytes(), 2),
+        (v, p, gid, (1 << 62) // 2),  # (was a PanicException, capacity overflow; 1 << 40 an abort)
     ):
         with pytest.raises(ValueError):
             _native.group_sums(*args)

@@ -56,6 +56,16 @@ _V_DECIMAL = 1  # + k: values m / 10**k, the integers m stored
 _MAX_DECIMALS = 9
 _ZSTD_LEVEL = 3
 _MAX_EXACT = float(1 << 53)
+# a zstd block regenerates at most 128 KiB and takes at least 4 bytes of its frame (an RLE block:
+# 3 bytes of header, 1 of content), so a frame of f bytes holds at most 128 KiB * (f // 4 + 1)
+_MAX_BLOCK = 128 * 1024
+
+
+def _frame_can_hold(declared: int, frame_len: int) -> bool:
+    """Whether a zstd frame of ``frame_len`` bytes can decompress to ``declared`` bytes (the bound of
+    the format: a few damaged bytes of header can declare GBs, which are then allocated)."""
+    return declared <= _MAX_BLOCK * (frame_len // 4 + 1)
+
 
 # zstd contexts are not thread-safe, and python-zstandard releases the GIL while it works in one:
 # one shared by the store's read threads made concurrent reads see "damaged" chunks and corrupt the
@@ -275,6 +285,8 @@ def _opened(data: bytes) -> tuple[int, int, int, int, bytes]:
         declared = zstandard.frame_content_size(frame)
         if declared != 16 * n - 8:
             raise ChunkError(f"chunk body declaring {declared} bytes for {n} points")
+        if not _frame_can_hold(declared, len(frame)):
+            raise ChunkError(f"chunk of {n} points in a frame of {len(frame)} bytes")
         body = _decompressor().decompress(frame, max_output_size=16 * n)
     except zstandard.ZstdError as e:
         raise ChunkError(f"damaged chunk: {e}") from None
@@ -304,13 +316,15 @@ def open_many(datas: Sequence[bytes]) -> tuple[list[OpenedChunk], I64]:
     declared_size = zstandard.frame_content_size
     decompress = _decompressor().decompress
     modes = range(_V_DECIMAL, _V_DECIMAL + _MAX_DECIMALS + 1)
+    block = _MAX_BLOCK
     for data in datas:
         if len(data) > head and data[0] == PACKED:
             _, mode, n, first = unpack(data)
             frame = data[head:]
             if n and (mode == _V_XOR or mode in modes):
                 try:
-                    ok = declared_size(frame) == 16 * n - 8
+                    # (_frame_can_hold inlined)
+                    ok = declared_size(frame) == 16 * n - 8 <= block * (len(frame) // 4 + 1)
                     body = decompress(frame, max_output_size=16 * n) if ok else b""
                 except zstandard.ZstdError:
                     ok = False
