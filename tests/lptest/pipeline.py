@@ -94,8 +94,6 @@ class Endpoint:
         raise AssertionError(f"agent {agent}: not all stored after {timeout}s; ledger {ledger}")
 
 
-
-
 @dataclass
 class Pipeline(Endpoint):
     data_dir: Path
@@ -159,7 +157,11 @@ class Pipeline(Endpoint):
                 )
             try:
                 r = HTTP.request("GET", self.url + "/healthz", timeout=1)
-                if r.status == 200:
+                # ready once reads are too: until the worker has created the store, a read is a 503
+                # (tests read right after starting, and a loaded machine can take seconds); a store
+                # that stays unavailable (a test's broken one) is waited for a few seconds only
+                store_wait = time.monotonic() < deadline - timeout + 10
+                if r.status == 200 and (not store_wait or self.get("/v1/agents")[0] != 503):
                     return
             except urllib3.exceptions.HTTPError:
                 pass
@@ -192,6 +194,7 @@ class Pipeline(Endpoint):
 
     def faults(self, faults: dict[str, Any]) -> None:
         write_faults(str(self.faults_file), faults)
+
 
 def expand(ranges: list[list[int]]) -> set[int]:
     return {s for a, b in ranges for s in range(a, b + 1)}
