@@ -17,8 +17,9 @@ pub(crate) fn ints(b: &[u8], what: &str) -> PyResult<Vec<i64>> {
         .collect())
 }
 
-/// A contiguous buffer's items (read in place: the GIL is held throughout, and nothing here calls
-/// back into Python, so no other thread can write to it meanwhile).
+/// A contiguous buffer's items, read in place. Holding the GIL is not enough for that (numpy writes
+/// to arrays with the GIL released); it is sound because every caller passes buffers that are its
+/// own: the read's fresh columns and views of immutable bytes (lossproof.store.embedded.read).
 #[allow(deprecated)]
 pub(crate) fn cells<'a, T: pyo3::buffer::Element + Copy>(
     py: Python<'a>,
