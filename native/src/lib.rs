@@ -120,6 +120,20 @@ pub(crate) fn put_text(buf: &mut Vec<u8>, s: &str) {
     buf.extend_from_slice(s.as_bytes());
 }
 
+/// The strings of a key text (written by `put_text`), in order.
+pub(crate) fn texts(mut b: &[u8]) -> impl Iterator<Item = &str> {
+    std::iter::from_fn(move || {
+        if b.len() < 4 {
+            return None;
+        }
+        let n = u32::from_le_bytes(b[..4].try_into().expect("4 bytes")) as usize;
+        // written from &str by put_text: valid UTF-8
+        let s = std::str::from_utf8(&b[4..4 + n]).expect("key text is UTF-8");
+        b = &b[4 + n..];
+        Some(s)
+    })
+}
+
 /// The key's text, length-prefixed strings in key order, into `buf`, and its number of labels; None
 /// when a label key or value is not a str (such a point takes the general path).
 fn key_text(

@@ -22,7 +22,7 @@ use std::hash::Hasher;
 use rustc_hash::{FxHashMap, FxHasher};
 
 use crate::mpjson::{Js, Rd, Src};
-use crate::{keys_note_known, keys_put, lock_keys, put_text};
+use crate::{keys_note_known, keys_put, lock_keys, put_text, texts};
 
 /// msgspec's msgpack encoding of the smallest width (its `mpack_encode_long`).
 fn put_int(out: &mut Vec<u8>, x: i64) {
@@ -103,20 +103,6 @@ pub struct ReportBlock {
     prefixes: Vec<u8>,
     prefix_at: Vec<usize>,
     digest: [u8; 16],
-}
-
-/// The strings of a key text, in order.
-fn texts(mut b: &[u8]) -> impl Iterator<Item = &str> {
-    std::iter::from_fn(move || {
-        if b.len() < 4 {
-            return None;
-        }
-        let n = u32::from_le_bytes(b[..4].try_into().expect("4 bytes")) as usize;
-        // written from &str by put_text: valid UTF-8
-        let s = std::str::from_utf8(&b[4..4 + n]).expect("key text is UTF-8");
-        b = &b[4 + n..];
-        Some(s)
-    })
 }
 
 impl ReportBlock {

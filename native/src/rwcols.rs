@@ -19,7 +19,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
-use crate::{keys_get, keys_note_known, keys_put, put_text, rw_series, Malformed};
+use crate::{keys_get, keys_note_known, keys_put, put_text, rw_series, texts, Malformed};
 
 /// What `RwBlock.plan` returns: the events, and the series, `n_out` and `size` it stopped at.
 type Plan = (Vec<(i64, i64)>, usize, usize, usize);
@@ -78,20 +78,6 @@ fn key_text<'a>(labels: &[(&'a str, &'a str)], out: &mut Vec<u8>) -> (bool, u32)
         n += 1;
     }
     (true, n)
-}
-
-/// The strings of a key text, in order.
-fn texts(mut b: &[u8]) -> impl Iterator<Item = &str> {
-    std::iter::from_fn(move || {
-        if b.len() < 4 {
-            return None;
-        }
-        let n = u32::from_le_bytes(b[..4].try_into().expect("4 bytes")) as usize;
-        // written from &str by key_text: valid UTF-8
-        let s = std::str::from_utf8(&b[4..4 + n]).expect("key text is UTF-8");
-        b = &b[4 + n..];
-        Some(s)
-    })
 }
 
 fn column_bytes<'py, T: Copy, const N: usize>(

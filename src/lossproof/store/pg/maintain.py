@@ -217,34 +217,23 @@ class PgMaintenance(PgCore):
         now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
         horizon = max(now_ms - int(self.retention_days * DAY_MS), INT8_MIN)
         deleted = points = 0
+        # Chunks, then parts wholly past the horizon (one reaching past it waits to become chunks).
+        # Parts deleted here are not counted in parts_removed: a writer that did not see one only
+        # thinks more is stored than is, which costs it a read, not a point.
         with self._conn() as conn:
-            while True:
-                with conn.transaction():
-                    conn.execute("SET LOCAL lock_timeout = '5s'")
-                    rows = conn.execute(
-                        "DELETE FROM chunks WHERE id IN"
-                        " (SELECT id FROM chunks WHERE t_max < %s LIMIT %s) RETURNING n",
-                        (horizon, RETENTION_CHUNKS),
-                    ).fetchall()
-                deleted += len(rows)
-                points += sum(int(n) for (n,) in rows)
-                if len(rows) < RETENTION_CHUNKS:
-                    break
-            # Parts wholly past the horizon (one reaching past it waits to become chunks). Not
-            # counted in parts_removed: a writer that did not see one only thinks more is stored
-            # than is, which costs it a read, not a point.
-            while True:
-                with conn.transaction():
-                    conn.execute("SET LOCAL lock_timeout = '5s'")
-                    rows = conn.execute(
-                        "DELETE FROM parts WHERE id IN"
-                        " (SELECT id FROM parts WHERE t_max < %s LIMIT %s) RETURNING n",
-                        (horizon, RETENTION_CHUNKS),
-                    ).fetchall()
-                deleted += len(rows)
-                points += sum(int(n) for (n,) in rows)
-                if len(rows) < RETENTION_CHUNKS:
-                    break
+            for table in ("chunks", "parts"):
+                while True:
+                    with conn.transaction():
+                        conn.execute("SET LOCAL lock_timeout = '5s'")
+                        rows = conn.execute(
+                            f"DELETE FROM {table} WHERE id IN"
+                            f" (SELECT id FROM {table} WHERE t_max < %s LIMIT %s) RETURNING n",
+                            (horizon, RETENTION_CHUNKS),
+                        ).fetchall()
+                    deleted += len(rows)
+                    points += sum(int(n) for (n,) in rows)
+                    if len(rows) < RETENTION_CHUNKS:
+                        break
         if deleted:
             log.info("store.retention_deleted", chunks=deleted, points=points, before_ms=horizon)
         return Retention(horizon, deleted, points)
