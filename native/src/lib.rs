@@ -120,6 +120,20 @@ pub(crate) fn put_text(buf: &mut Vec<u8>, s: &str) {
     buf.extend_from_slice(s.as_bytes());
 }
 
+/// A key text's metric and labels as Python objects (what a store's resolver is handed).
+pub(crate) fn key_metric_labels<'py>(
+    py: Python<'py>,
+    key: &[u8],
+) -> PyResult<(Bound<'py, PyString>, Bound<'py, PyDict>)> {
+    let mut it = texts(key);
+    let metric = PyString::new(py, it.next().unwrap_or(""));
+    let labels = PyDict::new(py);
+    while let (Some(name), Some(value)) = (it.next(), it.next()) {
+        labels.set_item(name, value)?;
+    }
+    Ok((metric, labels))
+}
+
 /// The strings of a key text (written by `put_text`), in order.
 pub(crate) fn texts(mut b: &[u8]) -> impl Iterator<Item = &str> {
     std::iter::from_fn(move || {

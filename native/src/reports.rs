@@ -22,7 +22,7 @@ use std::hash::Hasher;
 use rustc_hash::{FxHashMap, FxHasher};
 
 use crate::mpjson::{Js, Rd, Src};
-use crate::{keys_note_known, keys_put, lock_keys, put_text, texts};
+use crate::{keys_note_known, keys_put, lock_keys, key_metric_labels, put_text, texts};
 
 /// msgspec's msgpack encoding of the smallest width (its `mpack_encode_long`).
 fn put_int(out: &mut Vec<u8>, x: i64) {
@@ -134,13 +134,7 @@ impl ReportBlock {
         py: Python<'py>,
         k: usize,
     ) -> PyResult<(Bound<'py, PyString>, Bound<'py, PyDict>)> {
-        let mut it = texts(self.key(k));
-        let metric = PyString::new(py, it.next().unwrap_or(""));
-        let labels = PyDict::new(py);
-        while let (Some(name), Some(value)) = (it.next(), it.next()) {
-            labels.set_item(name, value)?;
-        }
-        Ok((metric, labels))
+        key_metric_labels(py, self.key(k))
     }
 }
 

@@ -19,7 +19,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
-use crate::{keys_get, keys_note_known, keys_put, put_text, rw_series, texts, Malformed};
+use crate::{keys_get, keys_note_known, keys_put, key_metric_labels, put_text, rw_series, texts, Malformed};
 
 /// What `RwBlock.plan` returns: the events, and the series, `n_out` and `size` it stopped at.
 type Plan = (Vec<(i64, i64)>, usize, usize, usize);
@@ -163,13 +163,7 @@ impl RwBlock {
         if !self.named[k] {
             return Err(PyValueError::new_err(format!("series {k} has no __name__")));
         }
-        let mut it = texts(self.key(k));
-        let metric = PyString::new(py, it.next().unwrap_or(""));
-        let labels = PyDict::new(py);
-        while let (Some(name), Some(value)) = (it.next(), it.next()) {
-            labels.set_item(name, value)?;
-        }
-        Ok((metric, labels))
+        key_metric_labels(py, self.key(k))
     }
 
     /// The samples `first .. last` as `[(metric, labels, t, v)]`, one entry per series with samples

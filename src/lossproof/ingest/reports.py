@@ -135,7 +135,11 @@ class ReportsHandler(Ingest):
         stored = await self.store.stored_digests(tenant, checked.agent, checked.incarnation, checked.seqs)
         if not stored:
             return []
-        return native.conflicting(native.decode(body, ctype), stored)
+        try:
+            req = native.decode(body, ctype)
+        except native.BadRequest as e:  # the check passed it: only a body at msgspec's own limits
+            raise ApiError(400, str(e), "bad_request") from None
+        return native.conflicting(req, stored)
 
     def _refuse_conflict(
         self, tenant: str, checked: native.Checked, conflicts: list[tuple[int, int]]
