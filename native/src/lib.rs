@@ -25,11 +25,12 @@ mod rawchunks;
 mod rowdecode;
 mod groupsum;
 mod reports;
+mod flush;
 
 /// The version of this module's interface, checked by the Python side (lossproof/native_ext.py):
 /// an extension built from other sources than the Python code that calls it fails at import, not
 /// half-way through a batch.
-const ABI: u32 = 10;
+const ABI: u32 = 11;
 
 // ---------------------------------------------------------------------------------------------
 // Points to store columns (lossproof.store.columns.Columns.add).
@@ -601,5 +602,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(reports::native_report_json, m)?)?;
     m.add_function(wrap_pyfunction!(reports::report_columns, m)?)?;
     m.add_class::<reports::ReportBlock>()?;
+    m.add_function(wrap_pyfunction!(flush::flush_rows, m)?)?;
     Ok(())
 }

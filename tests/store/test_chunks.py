@@ -325,3 +325,89 @@ def test_a_packed_body_not_declaring_its_size_is_refused(n: int) -> None:
     frame = zstandard.ZstdCompressor(write_content_size=False).compress(b"\x00" * 8)
     with pytest.raises(chunks.ChunkError):
         chunks.decode(struct.pack("<BBIq", chunks.PACKED, 0, n, 0) + frame)
+
+
+# --- flush: parts merged into one raw chunk per series --------------------------------------------
+
+
+def _flush_reference(datas: list[bytes], first_id: int) -> list[chunks.ChunkRow]:
+    """What the flush made before the native merge: every part decoded, concatenated oldest first,
+    sorted by (series, t) keeping the first of each pair (the oldest part's), one RAW chunk each."""
+    cols = [chunks.decode_part(d) for d in datas]
+    sids, ts, vs = (np.concatenate([c[k] for c in cols]) for k in range(3))
+    sids, ts, vs = chunks.sort_dedup(sids, ts, vs)
+    rows = chunks.encode_batch(sids, ts, vs)
+    return [(first_id + i, *r) for i, r in enumerate(rows)]
+
+
+def _part(points: dict[tuple[int, int], float]) -> bytes:
+    keys = sorted(points)
+    sids = np.array([k[0] for k in keys], dtype=np.int64)
+    ts = np.array([k[1] for k in keys], dtype=np.int64)
+    vs = np.array([points[k] for k in keys], dtype=np.float64)
+    return chunks.encode_part(sids, ts, vs)
+
+
+_values = st.sampled_from([0.0, -0.0, 1.5, math.inf, -math.inf, math.nan, 2.0**60, -3.25])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.dictionaries(
+            st.tuples(st.integers(1, 12), st.integers(-(2**62), 2**62) | st.integers(0, 40)),
+            _values,
+            max_size=40,
+        ),
+        min_size=1,
+        max_size=9,
+    ),
+    st.integers(1, 2**40),
+)
+def test_flush_is_the_sorted_merge_of_its_parts_oldest_first(
+    parts: list[dict[tuple[int, int], float]], first_id: int
+) -> None:
+    datas = [_part(p) for p in parts]
+    rows, points, size = chunks.flush_parts(datas, first_id)
+    want = _flush_reference(datas, first_id)
+    assert rows == want  # bytes equal: NaN payloads and -0.0 kept bit for bit
+    assert points == sum(r[4] for r in want)
+    assert size == sum(len(r[5]) for r in want)
+
+
+def test_flush_keeps_the_oldest_parts_value_of_a_time() -> None:
+    old = _part({(7, 10): 1.0, (7, 20): 2.0})
+    new = _part({(7, 20): 99.0, (7, 30): 3.0, (8, 5): 4.0})
+    rows, points, _ = chunks.flush_parts([old, new], 100)
+    assert points == 4
+    assert [(r[0], r[1], r[2], r[3], r[4]) for r in rows] == [(100, 7, 10, 30, 3), (101, 8, 5, 5, 1)]
+    ts, vs = chunks.decode(rows[0][5])
+    assert ts.tolist() == [10, 20, 30] and vs.tolist() == [1.0, 2.0, 3.0]
+
+
+def _damaged_parts() -> list[bytes]:
+    good = _part({(1, 10): 1.0, (1, 20): 2.0, (2, 5): 3.0})
+    head = chunks._PART_HEAD.size
+    out = [b"", b"\x01" + good[1:], good[:-1], good + b"\0" * 8]
+    swapped = bytearray(good)  # series not ascending
+    swapped[head : head + 16] = good[head + 8 : head + 16] + good[head : head + 8]
+    out.append(bytes(swapped))
+    back = bytearray(good)  # a series' times going back
+    ts_at = chunks.part_layout(good[:head]).ts_offset
+    back[ts_at : ts_at + 16] = struct.pack("<qq", 20, 10)
+    out.append(bytes(back))
+    bounds = bytearray(good)  # its series' bounds not covering its points
+    starts_at = head + 16 * 2
+    bounds[starts_at + 16 : starts_at + 24] = struct.pack("<q", 2)
+    out.append(bytes(bounds))
+    huge = bytearray(good)  # a series count whose directory overflows
+    huge[4:16] = struct.pack("<IQ", 2**32 - 1, 2**63)
+    out.append(bytes(huge))
+    return out
+
+
+@pytest.mark.parametrize("damaged", _damaged_parts())
+def test_flush_refuses_a_damaged_part(damaged: bytes) -> None:
+    good = _part({(1, 10): 1.0})
+    with pytest.raises(chunks.ChunkError):
+        chunks.flush_parts([good, damaged], 1)

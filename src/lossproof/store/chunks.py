@@ -523,6 +523,21 @@ def encode_part(sids: I64, ts: I64, vs: F64) -> bytes:
     )
 
 
+ChunkRow = tuple[int, int, int, int, int, bytes]  # id, series, t_min, t_max, n, data
+
+
+def flush_parts(datas: list[bytes], first_id: int) -> tuple[list[ChunkRow], int, int]:
+    """Parts (oldest first) merged into one RAW chunk row per series, ids from ``first_id`` on, in
+    series order; the points and the rows' data bytes in all. Of two points of a series with the same
+    t, the older part's is kept (first write wins). By the native extension, a k-way merge of the
+    parts' sorted series without the GIL (``_native.flush_rows``); a part whose layout or order is
+    not what :func:`encode_part` makes is a ChunkError."""
+    try:
+        return _native.flush_rows(datas, first_id)
+    except ValueError as e:
+        raise ChunkError(str(e)) from None
+
+
 def part_layout(head: bytes) -> PartLayout:
     if len(head) < _PART_HEAD.size or head[0] != PART:
         raise ChunkError("not a part")

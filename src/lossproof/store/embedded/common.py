@@ -203,9 +203,10 @@ _PACK_READ = (
 _PART_FLUSH_COUNT = 8
 _PART_FLUSH_POINTS = 2_000_000
 _PART_FLUSH_AGE_MS = 30_000
-# Points one flush takes at most (whole parts, one at least): its columns are held a few times over
-# in memory (decoded, sorted, encoded), ~100 bytes a point in all.
-_FLUSH_MAX_POINTS = 500_000
+# Points one flush takes at most (whole parts, one at least): held about three times over in memory
+# (the parts, the merged columns, the rows' data), ~50 bytes a point in all. Each series' rows then
+# hold more points: the flush and the packing after it cost per row as much as per point.
+_FLUSH_MAX_POINTS = 1_200_000
 _PACK_MAX_POINTS = 200_000
 _PART_ORDER = 1 << 62  # a part's rank among a series' chunks when merging: after all of them
 _NONE = -(1 << 63)  # "no point stored" in the newest-t cache

@@ -41,8 +41,10 @@ _TRUNCATE_WAIT_MS = 200
 
 class _Flush(NamedTuple):
     take: list[int]  # part ids, ascending
-    rows: list[chunks.EncodedChunk]
+    rows: list[chunks.ChunkRow]  # ids from first_id on
+    first_id: int
     size: int  # bytes read
+    out: int  # bytes written
     points: int
     gen: int  # meta.compact_gen when read
 
@@ -109,21 +111,18 @@ class SqliteCompaction(SqliteCore):
                 break
             take.append(pid)
             n += count
-        cols = []
-        size = 0
-        for pid in take:
-            (data,) = con.execute("SELECT data FROM parts WHERE id = ?", (pid,)).fetchone()
-            size += len(data)
-            cols.append((pid, *chunks.decode_part(data)))
-        sids = np.concatenate([c[1] for c in cols])
-        ts = np.concatenate([c[2] for c in cols])
-        vs = np.concatenate([c[3] for c in cols])
-        # by series and t; lexsort is stable and the parts are concatenated oldest first, so of two
-        # points with the same (series, t) the older part's comes first (a part-id key sorted the same)
-        pick = np.lexsort((ts, sids))
-        sids, ts, vs = chunks.dedup_sorted(sids[pick], ts[pick], vs[pick])
-        rows = chunks.encode_batch(sids, ts, vs)
-        return _Flush(take, rows, size, len(ts), int(self._meta("compact_gen") or 0))
+        datas = [con.execute("SELECT data FROM parts WHERE id = ?", (pid,)).fetchone()[0] for pid in take]
+        first = self._next_chunk_id()
+        rows, points, out = chunks.flush_parts(datas, first)
+        size = sum(len(d) for d in datas)
+        return _Flush(take, rows, first, size, out, points, int(self._meta("compact_gen") or 0))
+
+    def _next_chunk_id(self) -> int:
+        """The id a new raw chunk takes: above every id a chunk ever had (meta.chunk_id_top), not
+        SQLite's max(id) + 1: packing deletes the highest ids, and a raw chunk given one of those
+        again would sit at or below meta.compact_after, where the scan for raw chunks never looks."""
+        top = self._con.execute("SELECT coalesce(max(id), 0) FROM chunks").fetchone()[0]
+        return max(int(top), int(self._meta("chunk_id_top") or 0)) + 1
 
     def _compact_read(self, now_ms: int, max_series: int) -> _Flush | _Pack | None:
         """The next step's work, computed in a read transaction (see :meth:`compact`)."""
@@ -161,22 +160,20 @@ class SqliteCompaction(SqliteCore):
             return CompactResult(more=True)
         self._meta_set(compact_gen=gen + 1)
         if isinstance(job, _Flush):
-            # Raw chunks take ids above every id a chunk ever had (meta.chunk_id_top), not SQLite's
-            # max(id) + 1: packing deletes the highest ids, and a raw chunk given one of those again
-            # would sit at or below meta.compact_after, where the scan for raw chunks never looks.
-            top = con.execute("SELECT coalesce(max(id), 0) FROM chunks").fetchone()[0]
-            base = max(top, int(self._meta("chunk_id_top") or 0)) + 1
-            con.executemany(_INSERT_CHUNK_AT, [(base + i, *r) for i, r in enumerate(job.rows)])
-            self._meta_set(chunk_id_top=base + len(job.rows) - 1)
+            # The rows were numbered in the read transaction; only a chunk inserted since (not by a
+            # compaction: gen is unchanged; an upgrade's) makes them renumbered.
+            base = self._next_chunk_id()
+            rows = job.rows if base == job.first_id else [(base + i, *r[1:]) for i, r in enumerate(job.rows)]
+            con.executemany(_INSERT_CHUNK_AT, rows)
+            self._meta_set(chunk_id_top=base + len(rows) - 1)
             con.execute("DELETE FROM parts WHERE id <= ?", (job.take[-1],))
             flushes = int(self._meta("unpacked_flushes") or 0)
             self._meta_set(unpacked_flushes=flushes + 1)
             if not flushes:
                 self._meta_set(unpacked_since_ms=now_ms)
-            out = sum(len(r.data) for r in job.rows)
             # more: the parts left, and the chunks just made may fill a window to pack
             return CompactResult(
-                len(job.rows), len(job.take), len(job.rows), job.size, out, job.points, more=True
+                len(job.rows), len(job.take), len(job.rows), job.size, job.out, job.points, more=True
             )
         if job.found:
             con.executemany("DELETE FROM chunks WHERE id = ?", [(cid,) for cid, _ in job.found])
