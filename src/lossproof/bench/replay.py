@@ -6,6 +6,11 @@ them. It is written directly with the journal writer (the receiver's own format 
 for disk), then replayed with the real replay code. Two times are measured: until the main ingest
 acknowledged every request (replay done), and until the worker stored every point (caught up).
 
+With ``--backlog`` the worker is paused (SIGSTOP) while the journal is replayed and resumed once
+ingest has acknowledged all of it: the worker then drains a backlog alone, as after a store outage
+or a worker that was down, and the drain is timed on its own (the worker's catch-up rate, without
+ingest and the replay sharing the cores).
+
     lossproof bench replay --spawn --agents 100 --reports 600 --points 500
 """
 
@@ -45,6 +50,7 @@ class ReplayBenchResult:
     retries: int
     rejected: int
     cpu_seconds: dict[str, float] | None = None  # per process, over replay + drain
+    drain_seconds: float | None = None  # --backlog: from resuming the worker until it stored all
 
     @property
     def total_reports(self) -> int:
@@ -67,6 +73,12 @@ class ReplayBenchResult:
             f"all stored by the worker: {rs:.1f} s after the replay started = "
             f"{self.total_reports / rs:,.0f} reports/s, {self.total_points / rs:,.0f} points/s stored",
         ]
+        if self.drain_seconds is not None:
+            d = self.drain_seconds
+            out[-1] = (
+                f"worker paused during the replay, then drained the backlog alone in {d:.1f} s = "
+                f"{self.total_reports / d:,.0f} reports/s, {self.total_points / d:,.0f} points/s stored"
+            )
         if self.cpu_seconds:
             per = ", ".join(
                 f"{k} {v:.1f} s ({v / self.total_reports * 1e3:.2f} ms/report)"
@@ -185,14 +197,18 @@ def run_replay_bench(
     progress: Callable[[str], None] = lambda _m: None,
     timeout: float = 1800,
     pipeline_dir: Path | None = None,
+    backlog: bool = False,
 ) -> ReplayBenchResult:
     """Build a journal in ``work_dir`` and replay it into the pipeline at ``url`` with ``key``
-    (a replay key, or the default tenant's key)."""
+    (a replay key, or the default tenant's key). ``backlog``: the worker (of ``pipeline_dir``) is
+    paused during the replay and its drain timed alone (module doc)."""
     progress(f"building the journal: {agents} agents x {reports} reports x {points} points ...")
     t = time.monotonic()
     requests, nbytes = asyncio.run(build_journal(jn.journal_dir(work_dir), agents, reports, points, encoding))
     build = time.monotonic() - t
     procs = _processes(pipeline_dir) if pipeline_dir is not None else {}
+    if backlog and "worker" not in procs:
+        raise RuntimeError("--backlog needs the pipeline's worker process (use --spawn)")
     procs["replay"] = psutil.Process()
     cpu0 = {k: _cpu(p) for k, p in procs.items()}
     before = total(scrape(url), "lossproof_worker_points_total")
@@ -205,9 +221,16 @@ def run_replay_bench(
         concurrency=concurrency,
         progress_interval=5.0,
     )
-    started = time.monotonic()
-    summary = asyncio.run(Replay(opts, _Lines(progress)).run())
-    replay_s = time.monotonic() - started
+    if backlog:
+        procs["worker"].suspend()
+    try:
+        started = time.monotonic()
+        summary = asyncio.run(Replay(opts, _Lines(progress)).run())
+        replay_s = time.monotonic() - started
+    finally:
+        if backlog:
+            procs["worker"].resume()
+    resumed = time.monotonic()
     if summary.error:
         raise RuntimeError(f"replay failed: {summary.error}")
     if summary.requests <= summary.rejected:
@@ -215,6 +238,7 @@ def run_replay_bench(
     progress("waiting for the worker to store everything ...")
     ok = _wait_stored(url, before + agents * reports * points, timeout)
     stored_s = time.monotonic() - started if ok else math.inf
+    drain_s = (time.monotonic() - resumed if ok else math.inf) if backlog else None
     cpu = {k: _cpu(p) - cpu0[k] for k, p in procs.items()}
     return ReplayBenchResult(
         agents,
@@ -228,6 +252,7 @@ def run_replay_bench(
         summary.retries,
         summary.rejected,
         cpu,
+        drain_s,
     )
 
 
@@ -241,6 +266,11 @@ def run_replay_bench(
 @click.option("--concurrency", type=click.IntRange(1, 256), default=16, show_default=True)
 @click.option("--rate", type=finite_float(0, min_open=True), default=None, help="Replay --rate (requests/s).")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option(
+    "--backlog",
+    is_flag=True,
+    help="Pause the worker during the replay, then time its drain of the backlog alone (--spawn).",
+)
 def main(
     url: str | None,
     api_key: str | None,
@@ -251,12 +281,15 @@ def main(
     concurrency: int,
     rate: float | None,
     work_dir: Path | None,
+    backlog: bool,
 ) -> None:
     """Replay catch-up: reports/s and points/s stored from a fallback journal."""
     from lossproof.bench.spawn import check_pipeline, spawned_pipeline
 
     if spawn and url is not None:
         raise click.ClickException("give --spawn or --url, not both")
+    if backlog and url is not None:
+        raise click.ClickException("--backlog pauses the worker of a pipeline it starts: use --spawn")
     if url is not None:
         url = check_pipeline(url, api_key)
 
@@ -270,7 +303,17 @@ def main(
                 data = Path(tmp) / "data"
                 with spawned_pipeline(data) as (u, k):
                     res = run_replay_bench(
-                        u, k, fb, agents, reports, points, concurrency, rate, progress=say, pipeline_dir=data
+                        u,
+                        k,
+                        fb,
+                        agents,
+                        reports,
+                        points,
+                        concurrency,
+                        rate,
+                        progress=say,
+                        pipeline_dir=data,
+                        backlog=backlog,
                     )
             else:
                 assert api_key is not None
