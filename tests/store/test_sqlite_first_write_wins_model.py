@@ -33,8 +33,10 @@ class Boom(Exception):
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
-@given(ops=st.lists(op, max_size=14), cap=st.integers(1, 8))
-def test_every_point_once_first_write_wins(ops, cap) -> None:
+# steps of a second, and of 3 h: points then lie in several spans of a first-write-wins read
+# (columns.time_spans) and in several packed windows
+@given(ops=st.lists(op, max_size=14), cap=st.integers(1, 8), step=st.sampled_from([1000, 3 * 3_600_000]))
+def test_every_point_once_first_write_wins(ops, cap, step) -> None:
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "s.db"
         a = SqliteStore(path)
@@ -48,7 +50,7 @@ def test_every_point_once_first_write_wins(ops, cap) -> None:
                     (a if kind == "compact_a" else b).compact(T0 + 10**9)
                     continue
                 store = b if kind == "b" else a
-                pts = [("t", Point(f"m{s}", {"j": "x"}, T0 + t * 1000, float(v))) for s, t, v in arg]
+                pts = [("t", Point(f"m{s}", {"j": "x"}, T0 + t * step, float(v))) for s, t, v in arg]
                 batch = WriteBatch(samples=pts, now_ms=T0)
                 if kind == "fail_a":
                     orig = ew.crash_point

@@ -554,14 +554,14 @@ def test_out_of_order_points_are_judged_without_reading_the_store(
     stored already is known from what this writer stored, not read back, even after another
     connection compacted; once another connection stores points, the store is read again."""
     s, other = SqliteStore(tmp_path / "s.db"), SqliteStore(tmp_path / "s.db")
-    reads: list[list[tuple[int, int, int]]] = []
-    real = s._stored_ts
+    reads: list[np.ndarray] = []
+    real = s._not_stored
 
-    def counted(items: list[tuple[int, int, int]]) -> list[np.ndarray]:
-        reads.append(items)
-        return real(items)
+    def counted(sids: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        reads.append(ts)
+        return real(sids, ts)
 
-    monkeypatch.setattr(s, "_stored_ts", counted)
+    monkeypatch.setattr(s, "_not_stored", counted)
     try:
         assert s.write_batch(_samples([0, 2, 4, 6])).points_written == 4
         assert s.write_batch(_samples([1, 2, 3, 8])).points_written == 3  # 2 stored: dropped

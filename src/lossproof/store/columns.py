@@ -16,7 +16,7 @@ import numpy as np
 from lossproof.native_ext import _native
 from lossproof.points import PointsBlock
 from lossproof.store import chunks
-from lossproof.store.base import PointLike, SeriesBlock, SeriesSamples
+from lossproof.store.base import COMPACT_WINDOW_MS, PointLike, SeriesBlock, SeriesSamples
 
 SeriesKey = tuple[Any, ...]  # (tenant, metric, *labels.items()) in the order the sender gave them
 # resolve(key, tenant, metric, labels) -> series id: the store's cache, then its series table
@@ -115,6 +115,31 @@ class Columns:
             np.frombuffer(self._ts, dtype=np.int64),
             np.frombuffer(self._vs, dtype=np.float64),
         )
+
+
+# Spans of time a first-write-wins check reads at most for one batch (see time_spans).
+MAX_SPANS = 16
+
+
+def time_spans(
+    ts: chunks.I64, max_spans: int = MAX_SPANS, min_gap: int = COMPACT_WINDOW_MS
+) -> list[tuple[int, int]]:
+    """The times ``ts`` (any order) covered by at most ``max_spans`` spans ``(lo, hi)``, cut at the
+    widest gaps between them longer than ``min_gap``: what a store reads to learn which of them are
+    stored. Points from a few far-apart times (bodies resent from the start and the end of a
+    backlog) become a span each, so the read skips what is stored between them; closer ones stay
+    one span, as a packed chunk holds a window of ``COMPACT_WINDOW_MS`` (two spans in one window
+    would decode it twice)."""
+    u = np.unique(ts)
+    if not len(u):
+        return []
+    gaps = np.diff(u)
+    wide = np.flatnonzero(gaps > min_gap)
+    if len(wide) >= max_spans:
+        wide = np.sort(wide[np.argsort(gaps[wide], kind="stable")[len(wide) - max_spans + 1 :]])
+    los = [int(u[0]), *u[wide + 1].tolist()]
+    his = [*u[wide].tolist(), int(u[-1])]
+    return list(zip(los, his, strict=True))
 
 
 def drop_stored(
