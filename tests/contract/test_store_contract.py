@@ -701,6 +701,40 @@ def test_first_write_wins_across_two_writers(store_factory: StoreFactory) -> Non
     assert series.points == [(T0, 1.0), (T0 + 10, 2.0), (T0 + 20, 4.0)]
 
 
+def test_points_resent_from_far_apart_in_time_are_each_judged_by_what_is_stored(
+    store_factory: StoreFactory,
+) -> None:
+    """#15: bodies resent from the start and the end of a long backlog, in one batch with new points
+    between them and beyond, by a writer that knows nothing of what was stored (another process):
+    each resent point keeps its first value, each new one is stored once, compacted or not."""
+    hour = 3_600_000
+    times = [T0 + k * hour for k in range(0, 48, 2)]  # two days, every other hour
+    series = [("t1", SeriesSamples("cpu", {"host": h}, times, [1.0] * len(times))) for h in ("a", "b")]
+    first = store_factory()
+    assert first.write_batch(WriteBatch(series=series, now_ms=1)).points_written == 2 * len(times)
+    for compact in (False, True):
+        if compact:
+            while first.compact(T0 + 100 * hour).more:
+                pass
+        writer = store_factory()  # knows nothing of what `first` stored
+        resent = times[:2] + times[-2:]
+        new = [T0 + (2 * k + 1) * hour + compact for k in (0, 10, 23)] + [T0 + 60 * hour + compact]
+        got = writer.write_batch(
+            WriteBatch(
+                series=[
+                    ("t1", SeriesSamples("cpu", {"host": h}, sorted(resent + new), [2.0] * 8))
+                    for h in ("a", "b")
+                ],
+                now_ms=2,
+            )
+        )
+        assert got.points_written == 2 * len(new)
+    for s in first.query("t1", "cpu", *ALL, {}):
+        stored = dict(s.points)
+        assert len(stored) == len(s.points) == len(times) + 8
+        assert all(stored[t] == 1.0 for t in times) and sum(v == 2.0 for v in stored.values()) == 8
+
+
 def test_series_columns_are_stored_like_samples(store: Store) -> None:
     """#15: a decoder may hand samples over as columns per series (remote write does); they are
     idempotent per (series, t) like samples, and within a batch samples come before columns."""

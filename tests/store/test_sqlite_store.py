@@ -554,14 +554,14 @@ def test_out_of_order_points_are_judged_without_reading_the_store(
     stored already is known from what this writer stored, not read back, even after another
     connection compacted; once another connection stores points, the store is read again."""
     s, other = SqliteStore(tmp_path / "s.db"), SqliteStore(tmp_path / "s.db")
-    reads: list[np.ndarray] = []
-    real = s._not_stored
+    reads: list[tuple[list[int], int, int]] = []
+    real = s._stored_ts
 
-    def counted(sids: np.ndarray, ts: np.ndarray) -> np.ndarray:
-        reads.append(ts)
-        return real(sids, ts)
+    def counted(sids: list[int], lo: int, hi: int) -> list[np.ndarray]:
+        reads.append((sids, lo, hi))
+        return real(sids, lo, hi)
 
-    monkeypatch.setattr(s, "_not_stored", counted)
+    monkeypatch.setattr(s, "_stored_ts", counted)
     try:
         assert s.write_batch(_samples([0, 2, 4, 6])).points_written == 4
         assert s.write_batch(_samples([1, 2, 3, 8])).points_written == 3  # 2 stored: dropped

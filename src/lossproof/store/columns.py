@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from lossproof.native_ext import _native
 from lossproof.points import PointsBlock
@@ -142,33 +143,33 @@ def time_spans(
     return list(zip(los, his, strict=True))
 
 
-def drop_stored(
-    sids: chunks.I64,
-    ts: chunks.I64,
-    vs: chunks.F64,
-    newest: dict[int, int],
-    stored_ts: Callable[[list[tuple[int, int, int]]], list[chunks.I64]],
-) -> tuple[chunks.I64, chunks.I64, chunks.F64]:
-    """Drop the points whose (series, t) is already stored: first write wins.
+# stored_ts(series ids, lo, hi) -> the stored timestamps of each in [lo, hi], sorted
+StoredTimes = Callable[[list[int], int, int], list[chunks.I64]]
 
-    ``newest`` maps a series id to the highest t stored for it (absent: nothing stored). A series
-    whose new points all come after it needs no more (the common case: one index seek per series,
-    done by the caller for all of them at once); for the others ``stored_ts`` is given every
-    ``(series, t_min, t_max)`` of the batch at once and answers the stored timestamps of each in that
-    range, and the points at those are dropped."""
-    starts, ends = chunks.series_bounds(sids)
-    check = [
-        (sid, a, b)
-        for sid, a, b in zip(sids[starts].tolist(), starts.tolist(), ends.tolist(), strict=True)
-        if sid in newest and int(ts[a]) <= newest[sid]
-    ]
-    if not check:
-        return sids, ts, vs
-    stored = stored_ts([(sid, int(ts[a]), int(ts[b - 1])) for sid, a, b in check])
-    keep = np.ones(len(ts), dtype=bool)
-    for (_, a, b), old in zip(check, stored, strict=True):
-        if len(old):
-            keep[a:b] = ~np.isin(ts[a:b], old, assume_unique=True)
-    if keep.all():
-        return sids, ts, vs
-    return sids[keep], ts[keep], vs[keep]
+
+def not_stored(sids: chunks.I64, ts: chunks.I64, stored_ts: StoredTimes) -> npt.NDArray[np.bool_]:
+    """Which of the points (sorted by series, then t) are not stored yet (first write wins), asking
+    ``stored_ts`` once per span of their times (:func:`time_spans`) for the span's series. One read
+    over the range of all of them read everything stored in between: a batch holding bodies resent
+    from far apart in time (a client's retries, a pool of bodies sent again) read and decoded most of
+    the store, for each batch."""
+    out = np.ones(len(ts), dtype=bool)
+    for lo, hi in time_spans(ts):
+        at = np.flatnonzero((ts >= lo) & (ts <= hi))
+        s, t = sids[at], ts[at]
+        starts, ends = chunks.series_bounds(s)
+        olds = stored_ts(s[starts].tolist(), lo, hi)
+        width = hi - lo + 1
+        if len(starts) * width < 1 << 62:
+            # every series of the span at once: (series position, t - lo) as one sorted int64 key
+            old_key = np.repeat(np.arange(len(olds), dtype=np.int64) * width, [len(o) for o in olds])
+            if len(old_key):
+                old_key += np.concatenate(olds) - lo
+                new_key = np.repeat(np.arange(len(starts), dtype=np.int64) * width, ends - starts) + (t - lo)
+                idx = np.minimum(np.searchsorted(old_key, new_key), len(old_key) - 1)
+                out[at] = old_key[idx] != new_key
+            continue
+        for a, b, old in zip(starts.tolist(), ends.tolist(), olds, strict=True):
+            if len(old):
+                out[at[a:b]] = ~np.isin(t[a:b], old, assume_unique=True)
+    return out

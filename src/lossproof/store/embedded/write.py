@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 import msgspec
 import numpy as np
-import numpy.typing as npt
 
 from lossproof.faults import crash_point
 from lossproof.store import chunks
@@ -27,7 +26,7 @@ from lossproof.store.base import (
     labels_text,
     latest_metadata,
 )
-from lossproof.store.columns import Columns, time_spans
+from lossproof.store.columns import Columns, not_stored
 from lossproof.store.embedded.common import (
     _AGENT_COLUMNS,
     _NEWEST,
@@ -251,7 +250,7 @@ class SqliteWriter(SqliteCore):
             keep = verdict == 0
             unknown = np.flatnonzero(verdict == 2)
             if len(unknown):
-                keep[unknown] = self._not_stored(sids[unknown], ts[unknown])
+                keep[unknown] = not_stored(sids[unknown], ts[unknown], self._stored_ts)
             if not keep.any():
                 return 0
             sids, ts, vs = sids[keep], ts[keep], vs[keep]
@@ -279,33 +278,9 @@ class SqliteWriter(SqliteCore):
                 top[hit] = np.maximum(top[hit], ptmax[idx[hit]])
         self._stored.learn(missing.tobytes(), top.tobytes())
 
-    def _not_stored(self, sids: chunks.I64, ts: chunks.I64) -> npt.NDArray[np.bool_]:
-        """Which of the points (sorted by series, then t) are not stored: one read of their series
-        per span of time (:func:`columns.time_spans`), the stored times of each series found in it.
-        One read over the span of all of them read everything stored in between: a batch holding
-        bodies resent from far apart in time (a client's retries, a pool of bodies sent again) read
-        and decoded most of the store, for each batch."""
-        out = np.ones(len(ts), dtype=bool)
-        for lo, hi in time_spans(ts):
-            at = np.flatnonzero((ts >= lo) & (ts <= hi))
-            s, t = sids[at], ts[at]
-            starts, ends = chunks.series_bounds(s)
-            got = self._series_points([(sid, "", ()) for sid in s[starts].tolist()], lo, hi)
-            olds = [old for old, _ in got]
-            width = hi - lo + 1
-            if len(starts) * width < 1 << 62:
-                # all the span's series at once: (series position, t - lo) as one sorted int64 key
-                old_key = np.repeat(np.arange(len(olds), dtype=np.int64) * width, [len(o) for o in olds])
-                old_key += np.concatenate(olds) - lo if olds else np.empty(0, dtype=np.int64)
-                new_key = np.repeat(np.arange(len(starts), dtype=np.int64) * width, ends - starts) + (t - lo)
-                idx = np.minimum(np.searchsorted(old_key, new_key), max(len(old_key) - 1, 0))
-                if len(old_key):
-                    out[at] = old_key[idx] != new_key
-                continue
-            for a, b, old in zip(starts.tolist(), ends.tolist(), olds, strict=True):
-                if len(old):
-                    out[at[a:b]] = ~np.isin(t[a:b], old, assume_unique=True)
-        return out
+    def _stored_ts(self, sids: list[int], lo: int, hi: int) -> list[chunks.I64]:
+        """The stored timestamps in [lo, hi] of each series (``columns.not_stored``)."""
+        return [ts for ts, _ in self._series_points([(sid, "", ()) for sid in sids], lo, hi)]
 
     def _series_id(
         self,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import operator
-from collections.abc import Container, Sequence
+from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +39,7 @@ from lossproof.store.base import (
     labels_text,
     latest_metadata,
 )
-from lossproof.store.columns import Columns, drop_stored
+from lossproof.store.columns import Columns, not_stored
 from lossproof.store.pg import parts
 from lossproof.store.pg.binary import Int8Array
 from lossproof.store.pg.common import (
@@ -325,20 +325,19 @@ class PgWriter(PgCore):
         usids = sids[starts]
         tops = self._stored_tops(cur, usids)
         # series -> a t stored at or after its first new point (what drop_stored needs to look)
-        maybe = np.flatnonzero(ts[starts] <= tops)
-        if len(maybe):
-            newest = dict(zip(usids[maybe].tolist(), tops[maybe].tolist(), strict=True))
-            stored = self._stored_points(cur.connection, newest, sids, ts, starts, ends)
-            sids, ts, vs = drop_stored(
-                sids,
-                ts,
-                vs,
-                newest,
-                lambda items: [chunks.merge_arrays(stored.get(sid, ()), a, b)[0] for sid, a, b in items],
+        # the points at or before their series' top may be stored: looked up
+        check = np.flatnonzero(ts <= np.repeat(tops, ends - starts))
+        if len(check):
+            keep = np.ones(len(ts), dtype=bool)
+            conn = cur.connection
+            keep[check] = not_stored(
+                sids[check], ts[check], lambda ids, lo, hi: self._stored_ts(conn, ids, lo, hi)
             )
-            if not len(ts):
-                return 0, None
-            starts, ends = chunks.series_bounds(sids)
+            if not keep.all():
+                sids, ts, vs = sids[keep], ts[keep], vs[keep]
+                if not len(ts):
+                    return 0, None
+                starts, ends = chunks.series_bounds(sids)
         # what this writer stores is stored, whether or not the transaction commits (a rolled back
         # part leaves a top too high: a read, not a duplicate)
         self._tops.raise_to(sids[starts], ts[ends - 1], None)
@@ -389,28 +388,18 @@ class PgWriter(PgCore):
         idx, hit = tops.find(usids)
         return np.where(hit, tops.top[idx], parts.NONE)
 
-    def _stored_points(
-        self,
-        conn: _Conn,
-        which: Container[int],
-        sids: chunks.I64,
-        ts: chunks.I64,
-        starts: chunks.I64,
-        ends: chunks.I64,
-    ) -> dict[int, list[tuple[int, chunks.I64, chunks.F64]]]:
-        """The stored points ``(order, ts, vs)`` of the series in ``which`` (columns sorted by
-        series) from their first to their last new point, per series: the chunks overlapping (one
-        statement), and the parts' slices."""
-        pick = [i for i, sid in enumerate(sids[starts].tolist()) if sid in which]
-        wanted = sids[starts[pick]]
-        a, b = ts[starts[pick]], ts[ends[pick] - 1]
+    def _stored_ts(self, conn: _Conn, sids: list[int], lo: int, hi: int) -> list[chunks.I64]:
+        """The stored timestamps in [lo, hi] of each series of ``sids`` (sorted, unique;
+        ``columns.not_stored``): the chunks overlapping (one statement), and the parts' slices."""
+        wanted = np.array(sids, dtype=np.int64)
         # parts first: one removed meanwhile has become chunks, committed before the chunks are read
-        out = parts.part_points(conn, self._part_dirs, wanted, int(a.min()), int(b.max()))
+        segs = parts.part_points(conn, self._part_dirs, wanted, lo, hi)
         bcur = conn.cursor(binary=True)
-        bcur.execute(_CHUNKS_IN, (Int8Array(wanted), Int8Array(a), Int8Array(b)))
+        n = len(wanted)
+        bcur.execute(_CHUNKS_IN, (Int8Array(wanted), Int8Array(np.full(n, lo)), Int8Array(np.full(n, hi))))
         for sid, cid, data in bcur:
-            out.setdefault(int(sid), []).append((int(cid), *chunks.decode(bytes(data))))
-        return out
+            segs.setdefault(int(sid), []).append((int(cid), *chunks.decode(bytes(data))))
+        return [chunks.merge_arrays(segs.get(sid, ()), lo, hi)[0] for sid in sids]
 
     def _resolve_series(
         self,
