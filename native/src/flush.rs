@@ -150,15 +150,19 @@ fn merge(parts: &[Part<'_>]) -> (Vec<Row>, Vec<i64>, Vec<u64>) {
     (rows, ts, vs)
 }
 
-/// `flush_rows(parts, first_id) -> (rows, points, bytes)`: the parts (bytes, oldest first) merged
-/// into one RAW chunk row `(id, series_id, t_min, t_max, n, data)` per series, in series order, ids
-/// from `first_id` on; the points and the chunk bytes in all. A damaged part is a ValueError.
+/// `flush_rows(parts, first_id, pack_min) -> (rows, points, bytes, big)`: the parts (bytes, oldest
+/// first) merged per series, in series order. A series of fewer than `pack_min` points becomes one
+/// RAW chunk row `(id, series_id, t_min, t_max, n, data)`, ids from `first_id` on; the others are
+/// left to the caller to pack, as `big = (series, run ends, times, values)`: int64 series ids, the
+/// int64 end of each one's run in the columns, then the columns (int64 times, float64 values, bit
+/// for bit). `points` counts both, `bytes` the rows' data. A damaged part is a ValueError.
 #[pyfunction]
 pub fn flush_rows<'py>(
     py: Python<'py>,
     parts: &Bound<'py, PyList>,
     first_id: i64,
-) -> PyResult<(Bound<'py, PyList>, usize, usize)> {
+    pack_min: usize,
+) -> PyResult<(Bound<'py, PyList>, usize, usize, BigRuns<'py>)> {
     let held: Vec<Bound<'py, PyBytes>> =
         parts.iter().map(|p| p.cast_into::<PyBytes>().map_err(PyErr::from)).collect::<PyResult<_>>()?;
     let datas: Vec<&[u8]> = held.iter().map(|b| b.as_bytes()).collect();
@@ -170,21 +174,46 @@ pub fn flush_rows<'py>(
     let (rows, ts, vs) = merged.map_err(PyValueError::new_err)?;
     let out = PyList::empty(py);
     let mut size = 0usize;
-    for (i, r) in rows.iter().enumerate() {
+    let (mut big_sids, mut big_ends) = (Vec::new(), Vec::new());
+    let (mut big_ts, mut big_vs) = (Vec::new(), Vec::new());
+    for r in &rows {
+        if r.n >= pack_min {
+            big_sids.push(r.sid);
+            big_ts.extend_from_slice(&ts[r.at..r.at + r.n]);
+            big_vs.extend_from_slice(&vs[r.at..r.at + r.n]);
+            big_ends.push(big_ts.len() as i64);
+            continue;
+        }
         let data = PyBytes::new_with(py, 1 + 16 * r.n, |b| {
             b[0] = RAW;
             let (tb, vb) = b[1..].split_at_mut(8 * r.n);
-            for (dst, t) in tb.chunks_exact_mut(8).zip(&ts[r.at..r.at + r.n]) {
-                dst.copy_from_slice(&t.to_le_bytes());
-            }
-            for (dst, v) in vb.chunks_exact_mut(8).zip(&vs[r.at..r.at + r.n]) {
-                dst.copy_from_slice(&v.to_le_bytes());
-            }
+            put_le(tb, ts[r.at..r.at + r.n].iter().map(|t| t.to_le_bytes()));
+            put_le(vb, vs[r.at..r.at + r.n].iter().map(|v| v.to_le_bytes()));
             Ok(())
         })?;
         size += 1 + 16 * r.n;
-        let row = (first_id + i as i64, r.sid, r.t_min, r.t_max, r.n, data);
+        let row = (first_id + out.len() as i64, r.sid, r.t_min, r.t_max, r.n, data);
         out.append(row.into_pyobject(py)?.cast_into::<PyTuple>()?)?;
     }
-    Ok((out, ts.len(), size))
+    let col = |xs: Vec<[u8; 8]>| {
+        PyBytes::new_with(py, 8 * xs.len(), |b| {
+            put_le(b, xs.into_iter());
+            Ok(())
+        })
+    };
+    let big = (
+        col(big_sids.iter().map(|x| x.to_le_bytes()).collect())?,
+        col(big_ends.iter().map(|x| x.to_le_bytes()).collect())?,
+        col(big_ts.iter().map(|x| x.to_le_bytes()).collect())?,
+        col(big_vs.iter().map(|x| x.to_le_bytes()).collect())?,
+    );
+    Ok((out, ts.len(), size, big))
+}
+
+type BigRuns<'py> = (Bound<'py, PyBytes>, Bound<'py, PyBytes>, Bound<'py, PyBytes>, Bound<'py, PyBytes>);
+
+fn put_le(dst: &mut [u8], words: impl Iterator<Item = [u8; 8]>) {
+    for (d, w) in dst.chunks_exact_mut(8).zip(words) {
+        d.copy_from_slice(&w);
+    }
 }

@@ -8,10 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from lossproof import config as config_mod
 from lossproof.points import SeriesSamples
 from lossproof.store import chunks
 from lossproof.store.base import Matcher, WriteBatch
+from lossproof.store.embedded import compact as compact_mod
 from lossproof.store.sqlite import SqliteStore
 from lptest import subprocess_env
 
@@ -81,7 +84,11 @@ def test_raw_chunks_written_after_packing_deleted_the_top_ids_are_packed_too(tmp
     assert _stored(tmp_path / "s.db") == 400 * 100 * 10
 
 
-def test_a_store_with_stranded_raw_chunks_is_rescanned_once_when_opened(tmp_path: Path) -> None:
+def test_a_store_with_stranded_raw_chunks_is_rescanned_once_when_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # every series flushed raw (these have 400 points each: the flush would pack them itself)
+    monkeypatch.setattr(compact_mod, "_PACK_AT_FLUSH", 10**9)
     path = tmp_path / "s.db"
     store = SqliteStore(path)
     now = _load(store, 40, compact_each=False)

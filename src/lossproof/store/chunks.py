@@ -526,16 +526,39 @@ def encode_part(sids: I64, ts: I64, vs: F64) -> bytes:
 ChunkRow = tuple[int, int, int, int, int, bytes]  # id, series, t_min, t_max, n, data
 
 
-def flush_parts(datas: list[bytes], first_id: int) -> tuple[list[ChunkRow], int, int]:
-    """Parts (oldest first) merged into one RAW chunk row per series, ids from ``first_id`` on, in
-    series order; the points and the rows' data bytes in all. Of two points of a series with the same
-    t, the older part's is kept (first write wins). By the native extension, a k-way merge of the
-    parts' sorted series without the GIL (``_native.flush_rows``); a part whose layout or order is
-    not what :func:`encode_part` makes is a ChunkError."""
+def flush_parts(
+    datas: list[bytes], first_id: int, pack_min: int, window_ms: int
+) -> tuple[list[ChunkRow], int, int]:
+    """Parts (oldest first) merged into chunk rows, ids from ``first_id`` on; the points and the
+    rows' data bytes in all. Of two points of a series with the same t, the older part's is kept
+    (first write wins). A series of fewer than ``pack_min`` points becomes one RAW chunk (packing
+    merges it later with the next flushes' ones); a longer one is packed now, one chunk per window
+    of ``window_ms`` as :func:`pack` makes them: written once, not raw and then again packed. The
+    merge is a k-way merge of the parts' sorted series by the native extension, without the GIL
+    (``_native.flush_rows``); a part whose layout or order is not what :func:`encode_part` makes is a
+    ChunkError."""
     try:
-        return _native.flush_rows(datas, first_id)
+        rows, points, size, big = _native.flush_rows(datas, first_id, pack_min)
     except ValueError as e:
         raise ChunkError(str(e)) from None
+    sids, run_ends, ts_b, vs_b = (np.frombuffer(b, dtype="<i8") for b in big)
+    if not len(sids):
+        return rows, points, size
+    ts, vs = ts_b.astype(np.int64, copy=False), vs_b.view("<f8").astype(np.float64, copy=False)
+    # one chunk per series and window, as pack() cuts them
+    windows = ts // window_ms
+    cut = np.zeros(len(ts), dtype=bool)
+    cut[run_ends[:-1]] = True
+    cut[1:] |= windows[1:] != windows[:-1]
+    starts = np.flatnonzero(np.concatenate(([True], cut[1:])))
+    ends = np.append(starts[1:], len(ts))
+    sid_of = np.repeat(sids, np.diff(run_ends, prepend=0))
+    datas_out = encode_many(ts, vs, starts, ends)
+    top = first_id + len(rows)
+    for k, (a, b, data) in enumerate(zip(starts.tolist(), ends.tolist(), datas_out, strict=True)):
+        rows.append((top + k, int(sid_of[a]), int(ts[a]), int(ts[b - 1]), b - a, data))
+        size += len(data)
+    return rows, points, size
 
 
 def part_layout(head: bytes) -> PartLayout:

@@ -208,6 +208,11 @@ _PART_FLUSH_AGE_MS = 30_000
 # hold more points: the flush and the packing after it cost per row as much as per point.
 _FLUSH_MAX_POINTS = 1_200_000
 _PACK_MAX_POINTS = 200_000
+# A series with at least this many points in a flush is packed by the flush itself (a scrape of many
+# samples per series per body: remote write's usual shape); fewer are written raw and packed later,
+# eight flushes' worth together (a zstd frame of a few points compresses badly and costs more to
+# open than it saves).
+_PACK_AT_FLUSH = 128
 _PART_ORDER = 1 << 62  # a part's rank among a series' chunks when merging: after all of them
 _NONE = -(1 << 63)  # "no point stored" in the newest-t cache
 _NEWEST_MAX = 2_000_000  # series the writer's stored-times table knows, at most (then started over)

@@ -21,6 +21,7 @@ from lossproof.store.embedded.common import (
     _FLUSH_MAX_POINTS,
     _INSERT_CHUNK_AT,
     _PACK_AGE_MS,
+    _PACK_AT_FLUSH,
     _PACK_MAX_POINTS,
     _PACK_READ,
     _PART_FLUSH_AGE_MS,
@@ -113,7 +114,7 @@ class SqliteCompaction(SqliteCore):
             n += count
         datas = [con.execute("SELECT data FROM parts WHERE id = ?", (pid,)).fetchone()[0] for pid in take]
         first = self._next_chunk_id()
-        rows, points, out = chunks.flush_parts(datas, first)
+        rows, points, out = chunks.flush_parts(datas, first, _PACK_AT_FLUSH, COMPACT_WINDOW_MS)
         size = sum(len(d) for d in datas)
         return _Flush(take, rows, first, size, out, points, int(self._meta("compact_gen") or 0))
 
