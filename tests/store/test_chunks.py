@@ -431,3 +431,20 @@ def test_flush_refuses_a_damaged_part(damaged: bytes) -> None:
     good = _part({(1, 10): 1.0})
     with pytest.raises(chunks.ChunkError):
         chunks.flush_parts([good, damaged], 1, 1, 10**9)
+
+
+def test_flush_packs_big_series_a_slice_at_a_time_as_it_would_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = np.random.default_rng(7)
+    parts = [
+        {
+            (int(s), int(t)): float(rng.integers(0, 5))
+            for s, t in zip(rng.integers(1, 30, 300), rng.integers(0, 200, 300), strict=True)
+        }
+        for _ in range(4)
+    ]
+    datas = [_part(p) for p in parts]
+    whole = chunks.flush_parts(datas, 1, 4, 50)
+    monkeypatch.setattr(chunks, "_ENCODE_MAX_POINTS", 7)
+    assert chunks.flush_parts(datas, 1, 4, 50) == whole == (_flush_reference(datas, 1, 4, 50), *whole[1:])

@@ -56,6 +56,7 @@ _V_DECIMAL = 1  # + k: values m / 10**k, the integers m stored
 _MAX_DECIMALS = 9
 _ZSTD_LEVEL = 3
 _MAX_EXACT = float(1 << 53)
+_ENCODE_MAX_POINTS = 200_000  # encoded at once by flush_parts (memory: see encode_many's temporaries)
 # a zstd block regenerates at most 128 KiB and takes at least 4 bytes of its frame (an RLE block:
 # 3 bytes of header, 1 of content), so a frame of f bytes holds at most 128 KiB * (f // 4 + 1)
 _MAX_BLOCK = 128 * 1024
@@ -553,11 +554,16 @@ def flush_parts(
     starts = np.flatnonzero(np.concatenate(([True], cut[1:])))
     ends = np.append(starts[1:], len(ts))
     sid_of = np.repeat(sids, np.diff(run_ends, prepend=0))
-    datas_out = encode_many(ts, vs, starts, ends)
-    top = first_id + len(rows)
-    for k, (a, b, data) in enumerate(zip(starts.tolist(), ends.tolist(), datas_out, strict=True)):
-        rows.append((top + k, int(sid_of[a]), int(ts[a]), int(ts[b - 1]), b - a, data))
-        size += len(data)
+    # a slice of the chunks at a time: encode_many holds ~100 bytes a point of temporaries
+    k = 0
+    while k < len(starts):
+        j = max(k + 1, int(np.searchsorted(ends, starts[k] + _ENCODE_MAX_POINTS, side="right")))
+        lo, hi = int(starts[k]), int(ends[j - 1])
+        datas_out = encode_many(ts[lo:hi], vs[lo:hi], starts[k:j] - lo, ends[k:j] - lo)
+        for a, b, data in zip(starts[k:j].tolist(), ends[k:j].tolist(), datas_out, strict=True):
+            rows.append((first_id + len(rows), int(sid_of[a]), int(ts[a]), int(ts[b - 1]), b - a, data))
+            size += len(data)
+        k = j
     return rows, points, size
 
 
