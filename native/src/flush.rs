@@ -195,22 +195,27 @@ pub fn flush_rows<'py>(
         let row = (first_id + out.len() as i64, r.sid, r.t_min, r.t_max, r.n, data);
         out.append(row.into_pyobject(py)?.cast_into::<PyTuple>()?)?;
     }
-    let col = |xs: Vec<[u8; 8]>| {
-        PyBytes::new_with(py, 8 * xs.len(), |b| {
-            put_le(b, xs.into_iter());
-            Ok(())
-        })
-    };
     let big = (
-        col(big_sids.iter().map(|x| x.to_le_bytes()).collect())?,
-        col(big_ends.iter().map(|x| x.to_le_bytes()).collect())?,
-        col(big_ts.iter().map(|x| x.to_le_bytes()).collect())?,
-        col(big_vs.iter().map(|x| x.to_le_bytes()).collect())?,
+        le_bytes(py, big_sids.len(), big_sids.iter().map(|x| x.to_le_bytes()))?,
+        le_bytes(py, big_ends.len(), big_ends.iter().map(|x| x.to_le_bytes()))?,
+        le_bytes(py, big_ts.len(), big_ts.iter().map(|x| x.to_le_bytes()))?,
+        le_bytes(py, big_vs.len(), big_vs.iter().map(|x| x.to_le_bytes()))?,
     );
     Ok((out, ts.len(), size, big))
 }
 
 type BigRuns<'py> = (Bound<'py, PyBytes>, Bound<'py, PyBytes>, Bound<'py, PyBytes>, Bound<'py, PyBytes>);
+
+fn le_bytes<'py>(
+    py: Python<'py>,
+    n: usize,
+    words: impl Iterator<Item = [u8; 8]>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    PyBytes::new_with(py, 8 * n, |b| {
+        put_le(b, words);
+        Ok(())
+    })
+}
 
 fn put_le(dst: &mut [u8], words: impl Iterator<Item = [u8; 8]>) {
     for (d, w) in dst.chunks_exact_mut(8).zip(words) {
