@@ -47,10 +47,17 @@ fn open(data: &[u8], k: usize) -> Result<Part<'_>, String> {
     }
     let series = u32::from_le_bytes(data[4..8].try_into().expect("4 bytes")) as usize;
     let points = u64::from_le_bytes(data[8..16].try_into().expect("8 bytes"));
-    let dir = (series as u64).checked_mul(24).and_then(|d| d.checked_add(HEAD as u64 + 8));
-    let total = dir.zip(points.checked_mul(16)).and_then(|(d, p)| d.checked_add(p));
+    let dir = (series as u64)
+        .checked_mul(24)
+        .and_then(|d| d.checked_add(HEAD as u64 + 8));
+    let total = dir
+        .zip(points.checked_mul(16))
+        .and_then(|(d, p)| d.checked_add(p));
     if total != Some(data.len() as u64) {
-        return Err(format!("part {k}: {} bytes for {series} series and {points} points", data.len()));
+        return Err(format!(
+            "part {k}: {} bytes for {series} series and {points} points",
+            data.len()
+        ));
     }
     let (dir, points) = (dir.expect("checked") as usize, points as usize);
     let part = Part {
@@ -94,8 +101,9 @@ struct Row {
 fn merge(parts: &[Part<'_>]) -> (Vec<Row>, Vec<i64>, Vec<u64>) {
     let mut next = vec![0usize; parts.len()];
     let mut rows = Vec::new();
-    let mut ts: Vec<i64> = Vec::new();
-    let mut vs: Vec<u64> = Vec::new();
+    let total: usize = parts.iter().map(|p| p.ts.len() / 8).sum();
+    let mut ts: Vec<i64> = Vec::with_capacity(total);
+    let mut vs: Vec<u64> = Vec::with_capacity(total);
     let mut runs: Vec<(usize, usize, usize)> = Vec::with_capacity(parts.len()); // part, from, to
     loop {
         let sid = parts
@@ -116,9 +124,25 @@ fn merge(parts: &[Part<'_>]) -> (Vec<Row>, Vec<i64>, Vec<u64>) {
             }
         }
         let at = ts.len();
-        if let [(k, a, b)] = runs[..] {
-            ts.extend((a..b).map(|i| rd(parts[k].ts, i)));
-            vs.extend((a..b).map(|i| rd(parts[k].vs, i) as u64));
+        // the usual case: each part's run after the one before in time (parts written in time
+        // order), copied one after the other
+        let in_order = runs
+            .windows(2)
+            .all(|w| rd(parts[w[0].0].ts, w[0].2 - 1) < rd(parts[w[1].0].ts, w[1].1));
+        if in_order {
+            for &(k, a, b) in &runs {
+                let p = &parts[k];
+                ts.extend(
+                    p.ts[8 * a..8 * b]
+                        .chunks_exact(8)
+                        .map(|c| i64::from_le_bytes(c.try_into().expect("8"))),
+                );
+                vs.extend(
+                    p.vs[8 * a..8 * b]
+                        .chunks_exact(8)
+                        .map(|c| u64::from_le_bytes(c.try_into().expect("8"))),
+                );
+            }
         } else {
             // the smallest head t next; of equal ones the oldest part's (runs are in part order)
             loop {
@@ -144,7 +168,13 @@ fn merge(parts: &[Part<'_>]) -> (Vec<Row>, Vec<i64>, Vec<u64>) {
         }
         let n = ts.len() - at;
         if n > 0 {
-            rows.push(Row { sid, t_min: ts[at], t_max: ts[ts.len() - 1], at, n });
+            rows.push(Row {
+                sid,
+                t_min: ts[at],
+                t_max: ts[ts.len() - 1],
+                at,
+                n,
+            });
         }
     }
     (rows, ts, vs)
@@ -163,12 +193,18 @@ pub fn flush_rows<'py>(
     first_id: i64,
     pack_min: usize,
 ) -> PyResult<(Bound<'py, PyList>, usize, usize, BigRuns<'py>)> {
-    let held: Vec<Bound<'py, PyBytes>> =
-        parts.iter().map(|p| p.cast_into::<PyBytes>().map_err(PyErr::from)).collect::<PyResult<_>>()?;
+    let held: Vec<Bound<'py, PyBytes>> = parts
+        .iter()
+        .map(|p| p.cast_into::<PyBytes>().map_err(PyErr::from))
+        .collect::<PyResult<_>>()?;
     let datas: Vec<&[u8]> = held.iter().map(|b| b.as_bytes()).collect();
     // bytes objects are immutable and `held` keeps them alive: read without the GIL
     let merged = py.detach(|| {
-        let opened = datas.iter().enumerate().map(|(k, d)| open(d, k)).collect::<Result<Vec<_>, _>>()?;
+        let opened = datas
+            .iter()
+            .enumerate()
+            .map(|(k, d)| open(d, k))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok::<_, String>(merge(&opened))
     });
     let (rows, ts, vs) = merged.map_err(PyValueError::new_err)?;
@@ -204,7 +240,12 @@ pub fn flush_rows<'py>(
     Ok((out, ts.len(), size, big))
 }
 
-type BigRuns<'py> = (Bound<'py, PyBytes>, Bound<'py, PyBytes>, Bound<'py, PyBytes>, Bound<'py, PyBytes>);
+type BigRuns<'py> = (
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+);
 
 fn le_bytes<'py>(
     py: Python<'py>,

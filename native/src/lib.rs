@@ -15,17 +15,17 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use rustc_hash::FxHashMap;
 
 mod chunkdecode;
+mod flush;
 mod fsum;
-mod ratewin;
+mod groupsum;
 mod mpjson;
+mod ratewin;
+mod rawchunks;
 mod reportcheck;
+mod reports;
+mod rowdecode;
 mod rwcheck;
 mod rwcols;
-mod rawchunks;
-mod rowdecode;
-mod groupsum;
-mod reports;
-mod flush;
 
 /// The version of this module's interface, checked by the Python side (lossproof/native_ext.py):
 /// an extension built from other sources than the Python code that calls it fails at import, not

@@ -107,7 +107,6 @@ impl<'a> Rd<'a> {
     }
 }
 
-
 /// What the report reader needs of a format: msgpack (`Rd`) or JSON (`Js`). A map or an array is
 /// opened, then asked for its next key or element until it says it has ended (None: malformed or
 /// not certain, the report is left to Python).
@@ -398,4 +397,3 @@ impl<'a> Src<'a> for Js<'a> {
         self.b.len() - self.p
     }
 }
-

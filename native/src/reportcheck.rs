@@ -75,7 +75,9 @@ fn point<'a, S: Src<'a>>(s: &mut S) -> Option<()> {
             }
             b"t" => {
                 once(&mut seen, 2)?;
-                (MIN_POINT_TIME_MS..=MAX_TIME_MS).contains(&s.integer()?).then_some(())?;
+                (MIN_POINT_TIME_MS..=MAX_TIME_MS)
+                    .contains(&s.integer()?)
+                    .then_some(())?;
             }
             b"v" => {
                 once(&mut seen, 4)?;
@@ -153,7 +155,12 @@ struct Summary<'a> {
 
 fn request<'a, S: Src<'a>>(s: &mut S) -> Option<Summary<'a>> {
     let mut seen = 0u32;
-    let mut out = Summary { agent: "", incarnation: "", seqs: Vec::new(), points: 0 };
+    let mut out = Summary {
+        agent: "",
+        incarnation: "",
+        seqs: Vec::new(),
+        points: 0,
+    };
     let mut m = s.map()?;
     while let Some(k) = s.key(&mut m)? {
         match k {

@@ -22,7 +22,7 @@ use std::hash::Hasher;
 use rustc_hash::{FxHashMap, FxHasher};
 
 use crate::mpjson::{Js, Rd, Src};
-use crate::{keys_note_known, keys_put, lock_keys, key_metric_labels, put_text, texts};
+use crate::{key_metric_labels, keys_note_known, keys_put, lock_keys, put_text, texts};
 
 /// msgspec's msgpack encoding of the smallest width (its `mpack_encode_long`).
 fn put_int(out: &mut Vec<u8>, x: i64) {

@@ -19,7 +19,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
-use crate::{keys_get, keys_note_known, keys_put, key_metric_labels, put_text, rw_series, texts, Malformed};
+use crate::{key_metric_labels, keys_get, keys_note_known, keys_put, put_text, rw_series, texts, Malformed};
 
 /// What `RwBlock.plan` returns: the events, and the series, `n_out` and `size` it stopped at.
 type Plan = (Vec<(i64, i64)>, usize, usize, usize);
