@@ -27,14 +27,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
+import msgspec
 import psutil  # type: ignore[import-untyped]  # no stubs installed; calls are plain
 
+from lossproof.agent.report import Point as AgentPoint
+from lossproof.agent.report import encode_encoded_report, encode_points
+from lossproof.agent.request import encode_request
 from lossproof.bench.ingest import T_MARK, points_template
 from lossproof.bench.scrape import scrape, total
 from lossproof.cliutil import finite_float
 from lossproof.fallback import journal as jn
 from lossproof.fallback.replay import Replay, ReplayOptions
 from lossproof.protocol.compression import compress
+from lossproof.protocol.native import JSON, MSGPACK
 
 
 @dataclass
@@ -99,11 +104,14 @@ async def build_journal(
     tenant: str = "default",
     run_id: str = "",
     t0_ms: int | None = None,
+    body_format: str = "json",
 ) -> tuple[int, int]:
-    """Write the journal a fallback would hold; returns (requests, journal bytes)."""
+    """Write the journal a fallback would hold; returns (requests, journal bytes). ``body_format``:
+    the requests as plain JSON (``json``) or as the agent sends them (``msgpack``)."""
     run_id = run_id or str(int(time.time()))
     t0 = t0_ms if t0_ms is not None else int(time.time() * 1000) - reports * 1000
-    templates = [points_template(a, points).split(T_MARK) for a in range(agents)]
+    msgpack = body_format == "msgpack"
+    templates = [(_msgpack_points if msgpack else _json_points)(a, points) for a in range(agents)]
     writer = jn.JournalWriter(journal)
     await writer.start()
     try:
@@ -112,16 +120,21 @@ async def build_journal(
             batch = []
             for a in range(agents):
                 agent = f"replay-{run_id}-{a}"
-                raw = b'{"agent":"%s","reports":[{"seq":%d,"time":%s,"points":%s}]}' % (
-                    agent.encode(),
-                    seq,
-                    t,
-                    t.join(templates[a]),
-                )
+                if msgpack:
+                    tb = (t0 + seq * 1000).to_bytes(8, "big")
+                    pts = msgspec.Raw(tb.join(templates[a]))
+                    raw = encode_request(agent, [encode_encoded_report(seq, t0 + seq * 1000, pts)], [], None)
+                else:
+                    raw = b'{"agent":"%s","reports":[{"seq":%d,"time":%s,"points":%s}]}' % (
+                        agent.encode(),
+                        seq,
+                        t,
+                        t.join(templates[a]),
+                    )
                 entry = jn.Entry(
                     tenant=tenant,
                     agent=agent,
-                    content_type="application/json",
+                    content_type=MSGPACK if msgpack else JSON,
                     encoding=encoding if encoding != "identity" else "",
                     seqs=[(seq, seq)],
                     reports=1,
@@ -133,6 +146,25 @@ async def build_journal(
     finally:
         await writer.close()
     return agents * reports, jn.journal_bytes(journal)[1]
+
+
+def _json_points(agent: int, n: int) -> list[bytes]:
+    """The agent's points as JSON, cut where each point's t goes."""
+    return points_template(agent, n).split(T_MARK)
+
+
+# a t no real report has (above 2**32, so msgpack writes it as 0xcf and 8 bytes, as it writes a
+# real t in unix ms), replaced by each report's t
+_T_MARKER = 0x7E_57_1A_B0_5E_ED_C0_DE
+
+
+def _msgpack_points(agent: int, n: int) -> list[bytes]:
+    """The same points as the agent encodes them (msgpack), cut where each point's t goes."""
+    pts = [
+        AgentPoint(f"bench.m{i % 50}", {"host": f"h{agent}", "core": f"c{i}"}, _T_MARKER, i + 0.5)
+        for i in range(n)
+    ]
+    return bytes(encode_points(pts)).split(_T_MARKER.to_bytes(8, "big"))
 
 
 class _Lines(io.StringIO):
@@ -198,13 +230,18 @@ def run_replay_bench(
     timeout: float = 1800,
     pipeline_dir: Path | None = None,
     backlog: bool = False,
+    body_format: str = "json",
 ) -> ReplayBenchResult:
     """Build a journal in ``work_dir`` and replay it into the pipeline at ``url`` with ``key``
     (a replay key, or the default tenant's key). ``backlog``: the worker (of ``pipeline_dir``) is
     paused during the replay and its drain timed alone (module doc)."""
-    progress(f"building the journal: {agents} agents x {reports} reports x {points} points ...")
+    progress(
+        f"building the journal: {agents} agents x {reports} reports x {points} points ({body_format}) ..."
+    )
     t = time.monotonic()
-    requests, nbytes = asyncio.run(build_journal(jn.journal_dir(work_dir), agents, reports, points, encoding))
+    requests, nbytes = asyncio.run(
+        build_journal(jn.journal_dir(work_dir), agents, reports, points, encoding, body_format=body_format)
+    )
     build = time.monotonic() - t
     procs = _processes(pipeline_dir) if pipeline_dir is not None else {}
     if backlog and "worker" not in procs:
@@ -267,6 +304,14 @@ def run_replay_bench(
 @click.option("--rate", type=finite_float(0, min_open=True), default=None, help="Replay --rate (requests/s).")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
 @click.option(
+    "--format",
+    "body_format",
+    type=click.Choice(["json", "msgpack"]),
+    default="json",
+    show_default=True,
+    help="The requests' bodies: plain JSON, or msgpack as the agent sends them.",
+)
+@click.option(
     "--backlog",
     is_flag=True,
     help="Pause the worker during the replay, then time its drain of the backlog alone (--spawn).",
@@ -281,6 +326,7 @@ def main(
     concurrency: int,
     rate: float | None,
     work_dir: Path | None,
+    body_format: str,
     backlog: bool,
 ) -> None:
     """Replay catch-up: reports/s and points/s stored from a fallback journal."""
@@ -314,11 +360,21 @@ def main(
                         progress=say,
                         pipeline_dir=data,
                         backlog=backlog,
+                        body_format=body_format,
                     )
             else:
                 assert api_key is not None
                 res = run_replay_bench(
-                    url, api_key, fb, agents, reports, points, concurrency, rate, progress=say
+                    url,
+                    api_key,
+                    fb,
+                    agents,
+                    reports,
+                    points,
+                    concurrency,
+                    rate,
+                    progress=say,
+                    body_format=body_format,
                 )
         except RuntimeError as e:
             raise click.ClickException(str(e)) from None
