@@ -17,6 +17,7 @@ import pytest
 
 from lossproof.query import exact, promql, promref, promwindows
 from lossproof.query.promapi import _ts
+from lossproof.query.promql import STALE_NAN
 from lossproof.store.base import SeriesArrays
 
 Gen = Callable[[np.random.Generator, int], np.ndarray]
@@ -297,6 +298,37 @@ def test_native_rate_windows_are_the_numpy_ones(name: str, kind: str) -> None:
             r.shuffle(at)
         got = promwindows.range_function(name, found, at, rng)
         want = promwindows.range_function(name, found, at, rng, fn=promwindows._RANGE[name])
+        assert got[1].tolist() == want[1].tolist()
+        assert [_bits(x) for x in got[0][got[1]].tolist()] == [_bits(x) for x in want[0][want[1]].tolist()]
+
+
+@pytest.mark.parametrize("name", ["rate", "increase", "delta"])
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_native_rate_windows_of_many_series_are_the_numpy_ones(name: str, shuffled: bool) -> None:
+    """Enough windows for the extension to compute on two threads (each its own rows): every kind
+    of series at once (resets, NaN, the infinities, staleness markers, -0.0, huge values), some of
+    their columns strided views; bit for bit the numpy version, with evaluation times in order or not."""
+    r = np.random.default_rng(abs(hash(("many", name, shuffled))) % (1 << 32))
+    t0 = 1_767_225_600_000
+    kinds = list(GENERATORS)
+    found = []
+    for i in range(401):
+        s = _series(r, GENERATORS[kinds[i % len(kinds)]], t0)
+        v = s.v.copy()
+        v[r.random(len(v)) < 0.05] = STALE_NAN
+        if i % 7 == 0:  # strided views of longer columns
+            t2, v2 = np.repeat(s.t, 2), np.repeat(v, 2)
+            s = SeriesArrays(s.metric, s.labels, t2[::2], v2[::2])
+        else:
+            s = SeriesArrays(s.metric, s.labels, s.t, v)
+        found.append(s)
+    at = t0 + np.sort(r.integers(-400_000, 3_000_000, 300))
+    if shuffled:
+        r.shuffle(at)
+    for rng in (15_000, 300_000):
+        got = promwindows.range_function(name, found, at, rng)
+        want = promwindows.range_function(name, found, at, rng, fn=promwindows._RANGE[name])
+        assert got[0].shape == (401, 300)
         assert got[1].tolist() == want[1].tolist()
         assert [_bits(x) for x in got[0][got[1]].tolist()] == [_bits(x) for x in want[0][want[1]].tolist()]
 

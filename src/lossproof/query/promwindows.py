@@ -58,8 +58,9 @@ def rate_windows(
     ``_extrapolated_rate``'s operations in its order (the numpy :func:`_rate_arrays` is the same
     computation, kept for the tests)."""
     m, n = len(found), len(at)
-    ts = [np.asarray(s.t, dtype=np.int64) for s in found]
-    vs = [np.asarray(s.v, dtype=np.float64) for s in found]
+    # (read in place by the extension, without the GIL: these arrays are this read's own)
+    ts = [np.ascontiguousarray(s.t, dtype=np.int64) for s in found]
+    vs = [np.ascontiguousarray(s.v, dtype=np.float64) for s in found]
     at_b = np.ascontiguousarray(at, dtype=np.int64).tobytes()
     vals, pres = _native.rate_windows(ts, vs, at_b, rng, is_rate, is_counter)
     return np.frombuffer(vals, dtype=np.float64).reshape(m, n), np.frombuffer(pres, dtype=bool).reshape(m, n)
