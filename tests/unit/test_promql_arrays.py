@@ -363,6 +363,24 @@ def test_native_group_sums_are_the_numpy_blocks(op: str, kind: str) -> None:
         assert [_bits(x) for x in got[0][got[1]].tolist()] == [_bits(x) for x in want[0][want[1]].tolist()]
 
 
+@pytest.mark.parametrize("kind", ["float counter", "specials", "wide exponents", "huge"])
+def test_native_group_sums_of_a_large_matrix_are_the_numpy_blocks(kind: str) -> None:
+    """A matrix large enough for the extension to sum on two threads (each its own steps, a block
+    of steps at a time): groups of one series to hundreds, steps not a multiple of the block; bit
+    for bit the numpy blocks, and ``sum`` without ``by`` (one group) too."""
+    r = np.random.default_rng(abs(hash(("group_sums_large", kind))) % (1 << 32))
+    m, n = 700, 301
+    values = GENERATORS[kind](r, m * n).reshape(m, n).astype(np.float64)
+    present = r.random((m, n)) < 0.9
+    gid = np.minimum(r.integers(0, 40, m), r.integers(0, 40, m))  # uneven groups
+    gid = np.unique(gid, return_inverse=True)[1].astype(np.int64)
+    for g, groups in ((gid, int(gid.max()) + 1), (np.zeros(m, dtype=np.int64), 1)):
+        got = promql._sum_by_group("sum", values, present, g, groups)
+        want = promql._aggregate_block("sum", values, present, g, groups)
+        assert got[1].tolist() == want[1].tolist()
+        assert [_bits(x) for x in got[0][got[1]].tolist()] == [_bits(x) for x in want[0][want[1]].tolist()]
+
+
 def test_native_group_sums_refuse_shapes_unlike_and_groups_out_of_range() -> None:
     from lossproof import _native
 
