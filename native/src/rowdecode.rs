@@ -139,6 +139,54 @@ pub fn assemble_rows<'py>(
     seg_dest: &[u8],
     seg_len: &[u8],
 ) -> PyResult<(Bound<'py, PyByteArray>, u8)> {
+    let (cols, verdict) = assemble(
+        py, rows, at, total, src_ts, src_vs, seg_src, seg_start, seg_dest, seg_len, None,
+    )?;
+    Ok((cols.expect("a fresh bytearray"), verdict))
+}
+
+/// `assemble_rows_into(out, rows, at, total, src_ts, src_vs, seg_src, seg_start, seg_dest,
+/// seg_len) -> verdict`: what `assemble_rows` answers, its columns written into the first
+/// `16 * total` bytes of `out` (a bytearray at least that long; positions nothing is given are
+/// zeroed there too) instead of a new bytearray: a read in pieces uses one buffer for all of them,
+/// not fresh memory each time (faulting in a piece's pages cost as much as decoding it). `out` must
+/// be the caller's own, which nothing else reads or writes meanwhile (it is written without the
+/// GIL): lossproof.store.embedded.read's scratch of one read.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+pub fn assemble_rows_into<'py>(
+    py: Python<'py>,
+    out: &Bound<'py, PyByteArray>,
+    rows: &Bound<'py, PyList>,
+    at: &[u8],
+    total: usize,
+    src_ts: Vec<PyBuffer<i64>>,
+    src_vs: Vec<PyBuffer<f64>>,
+    seg_src: &[u8],
+    seg_start: &[u8],
+    seg_dest: &[u8],
+    seg_len: &[u8],
+) -> PyResult<u8> {
+    let (_, verdict) = assemble(
+        py, rows, at, total, src_ts, src_vs, seg_src, seg_start, seg_dest, seg_len, Some(out),
+    )?;
+    Ok(verdict)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn assemble<'py>(
+    py: Python<'py>,
+    rows: &Bound<'py, PyList>,
+    at: &[u8],
+    total: usize,
+    src_ts: Vec<PyBuffer<i64>>,
+    src_vs: Vec<PyBuffer<f64>>,
+    seg_src: &[u8],
+    seg_start: &[u8],
+    seg_dest: &[u8],
+    seg_len: &[u8],
+    into: Option<&Bound<'py, PyByteArray>>,
+) -> PyResult<(Option<Bound<'py, PyByteArray>>, u8)> {
     let at = ints(at, "at")?;
     if at.len() != rows.len() {
         return Err(PyValueError::new_err(format!(
@@ -218,15 +266,13 @@ pub fn assemble_rows<'py>(
             t_max: *t_max,
         })
         .collect();
-    let mut verdict = 0u8;
-    let out = PyByteArray::new_with(py, 16 * total, |buf| {
+    let fill = |buf: &mut [u8]| -> u8 {
         let (ts, vs) = buf.split_at_mut(8 * total);
         let mut segs_increasing = true;
         // (the chunks' bytes are immutable, and held by `got`; the columns are this call's own)
         let (increasing, ranges, damaged) = py.detach(|| decode_parallel(&chunks, ts, vs));
         if damaged {
-            verdict = 4;
-            return Ok(());
+            return 4;
         }
         for k in 0..s_src.len() {
             let (n, from, to) = (s_len[k] as usize, s_start[k] as usize, s_dest[k] as usize);
@@ -240,7 +286,7 @@ pub fn assemble_rows<'py>(
                 vs[8 * (to + p)..8 * (to + p) + 8].copy_from_slice(&y.to_le_bytes());
             }
         }
-        verdict = if !increasing {
+        if !increasing {
             1
         } else if !ranges {
             2
@@ -248,10 +294,50 @@ pub fn assemble_rows<'py>(
             3
         } else {
             0
-        };
-        Ok(())
-    })?;
-    Ok((out, verdict))
+        }
+    };
+    let Some(out) = into else {
+        let mut verdict = 0u8;
+        let cols = PyByteArray::new_with(py, 16 * total, |buf| {
+            verdict = fill(buf);
+            Ok(())
+        })?;
+        return Ok((Some(cols), verdict));
+    };
+    if out.len() < 16 * total {
+        return Err(PyValueError::new_err(format!(
+            "a buffer of {} bytes for {total} points",
+            out.len()
+        )));
+    }
+    // SAFETY: the bytearray is the caller's own (see assemble_rows_into): nothing else reads,
+    // writes or resizes it while this runs; it is at least 16 * total bytes long
+    let buf = unsafe { &mut out.as_bytes_mut()[..16 * total] };
+    let mut covered: Vec<(usize, usize)> = chunks.iter().map(|c| (c.at, c.at + c.n)).collect();
+    covered.extend((0..s_src.len()).map(|k| (s_dest[k] as usize, (s_dest[k] + s_len[k]) as usize)));
+    zero_gaps(buf, total, covered);
+    Ok((None, fill(buf)))
+}
+
+/// Zeroes the points of both columns (`buf`: `total` times, then as many values) that no range
+/// `[a, b)` of `covered` covers.
+fn zero_gaps(buf: &mut [u8], total: usize, mut covered: Vec<(usize, usize)>) {
+    covered.sort_unstable();
+    let mut gaps = Vec::new();
+    let mut upto = 0usize;
+    for (a, b) in covered {
+        if a > upto {
+            gaps.push((upto, a));
+        }
+        upto = upto.max(b);
+    }
+    if upto < total {
+        gaps.push((upto, total));
+    }
+    for (a, b) in gaps {
+        buf[8 * a..8 * b].fill(0);
+        buf[8 * (total + a)..8 * (total + b)].fill(0);
+    }
 }
 
 /// Points from which a read's chunks are decoded on two threads (a thread costs ~20 us to start).

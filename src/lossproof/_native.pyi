@@ -42,6 +42,18 @@ def assemble_rows(
     seg_dest: bytes,
     seg_len: bytes,
 ) -> tuple[bytearray, int]: ...
+def assemble_rows_into(
+    out: bytearray,
+    rows: list[tuple[int, int, int, int, bytes]],
+    at: bytes,
+    total: int,
+    src_ts: list[Any],
+    src_vs: list[Any],
+    seg_src: bytes,
+    seg_start: bytes,
+    seg_dest: bytes,
+    seg_len: bytes,
+) -> int: ...
 def group_sums(
     values: Any, present: Any, gid: bytes, groups: int
 ) -> tuple[bytearray, bytearray, bytearray]: ...

@@ -509,7 +509,8 @@ class Evaluator:
         :meth:`_range_call` computes from :meth:`raw_arrays`), the store read a few hundred series
         at a time (:meth:`StoreReader.select_arrays_each`) and each piece's windows computed before
         the next is read: a day of 10,000 series is never in memory at once (600 MB of columns,
-        which cost more to fault in than to decode). The limits are counted as :meth:`_read` counts
+        which cost more to fault in than to decode; nothing of a piece is kept past ``each``: the
+        store reuses its memory). The limits are counted as :meth:`_read` counts
         them (once the whole read is done, the same error); pieces past a limit are only counted."""
         vs = ms.vector_selector
         ends = self._times(None) - _ms(vs.offset)
