@@ -109,6 +109,9 @@ fn in_place<'a, T: pyo3::buffer::Element>(b: &'a PyBuffer<T>, what: &str, i: usi
 /// Windows from which a call computes on two threads (a thread costs ~20 us to start).
 const PARALLEL_WINDOWS: usize = 100_000;
 
+/// Prometheus' staleness marker (lossproof.query.promql.STALE_NAN_BITS): not a value.
+const STALE_NAN_BITS: u64 = 0x7FF0000000000002;
+
 /// Windows computed at a time by `finish`.
 const BLOCK: usize = 64;
 
@@ -228,6 +231,7 @@ fn rows_windows(
     rng: i64,
     is_rate: bool,
     is_counter: bool,
+    skip_stale: bool,
     values: &mut [u8],
     present: &mut [u8],
 ) {
@@ -241,7 +245,22 @@ fn rows_windows(
     let mut drops: Vec<usize> = Vec::new();
     let mut b = Box::new(Block::new());
     let mut ks = [0usize; BLOCK];
+    let (mut kept_t, mut kept_v): (Vec<i64>, Vec<f64>) = (Vec::new(), Vec::new());
     for (i, &(ts, vs)) in series.iter().enumerate() {
+        let (ts, vs) = if skip_stale && vs.iter().any(|x| x.to_bits() == STALE_NAN_BITS) {
+            // the series without its staleness markers (promql.without_stale)
+            kept_t.clear();
+            kept_v.clear();
+            for (&t, &v) in ts.iter().zip(vs) {
+                if v.to_bits() != STALE_NAN_BITS {
+                    kept_t.push(t);
+                    kept_v.push(v);
+                }
+            }
+            (&kept_t[..], &kept_v[..])
+        } else {
+            (ts, vs)
+        };
         drops.clear();
         if is_counter {
             drops.extend((1..vs.len()).filter(|&p| vs[p] < vs[p - 1]));
@@ -318,7 +337,12 @@ fn rows_windows(
 /// windows): sound because the caller's arrays are its own, which nothing else writes to
 /// meanwhile (lossproof.query.promwindows.rate_windows: the columns of a store read, or of arrays
 /// the evaluator made). Each window is computed as before, so the same float.
+///
+/// `skip_stale`: each series' staleness markers (the NaN of bits 0x7FF0000000000002) left out
+/// first, as `promql.without_stale` does (a series of nothing else then has no window).
 #[pyfunction]
+#[pyo3(signature = (ts_list, vs_list, at, rng, is_rate, is_counter, skip_stale=false))]
+#[allow(clippy::too_many_arguments)]
 pub fn rate_windows<'py>(
     py: Python<'py>,
     ts_list: &Bound<'py, PyList>,
@@ -327,6 +351,7 @@ pub fn rate_windows<'py>(
     rng: i64,
     is_rate: bool,
     is_counter: bool,
+    skip_stale: bool,
 ) -> PyResult<(Bound<'py, PyByteArray>, Bound<'py, PyByteArray>)> {
     let at = column::<i64, 8>(at, "at", i64::from_ne_bytes)?;
     if ts_list.len() != vs_list.len() {
@@ -358,7 +383,7 @@ pub fn rate_windows<'py>(
     let out = PyByteArray::new_with(py, 8 * m * n, |values| {
         py.detach(|| {
             if !two || m < 2 || m * n < PARALLEL_WINDOWS {
-                rows_windows(&series, &at, rng, is_rate, is_counter, values, &mut present);
+                rows_windows(&series, &at, rng, is_rate, is_counter, skip_stale, values, &mut present);
                 return;
             }
             let half = m / 2;
@@ -367,8 +392,8 @@ pub fn rate_windows<'py>(
             let (s1, s2) = series.split_at(half);
             let at = &at[..];
             std::thread::scope(|s| {
-                s.spawn(|| rows_windows(s2, at, rng, is_rate, is_counter, v2, p2));
-                rows_windows(s1, at, rng, is_rate, is_counter, v1, p1);
+                s.spawn(|| rows_windows(s2, at, rng, is_rate, is_counter, skip_stale, v2, p2));
+                rows_windows(s1, at, rng, is_rate, is_counter, skip_stale, v1, p1);
             });
         });
         Ok(())
@@ -438,7 +463,7 @@ mod tests {
                     let mut values = vec![0u8; 8 * n];
                     let mut present = vec![0u8; n];
                     if avx2 {
-                        rows_windows(&series, &at, rng, is_rate, is_counter, &mut values, &mut present);
+                        rows_windows(&series, &at, rng, is_rate, is_counter, false, &mut values, &mut present);
                     } else {
                         rows_windows_plain(&series, &at, rng, is_rate, is_counter, &mut values, &mut present);
                     }
@@ -472,7 +497,7 @@ mod tests {
         present: &mut [u8],
     ) {
         FORCE_PLAIN.with(|f| f.set(true));
-        rows_windows(series, at, rng, is_rate, is_counter, values, present);
+        rows_windows(series, at, rng, is_rate, is_counter, false, values, present);
         FORCE_PLAIN.with(|f| f.set(false));
     }
 }

@@ -28,7 +28,13 @@ def block_columns(
 def decode_chunks(items: list[tuple[int, int, int, int, bytes]], at: bytes, total: int) -> bytearray: ...
 def fsum_windows(v: bytes, lo: bytes, hi: bytes) -> tuple[bytearray, bytearray]: ...
 def rate_windows(
-    ts: list[Any], vs: list[Any], at: bytes, rng: int, is_rate: bool, is_counter: bool
+    ts: list[Any],
+    vs: list[Any],
+    at: bytes,
+    rng: int,
+    is_rate: bool,
+    is_counter: bool,
+    skip_stale: bool = False,
 ) -> tuple[bytearray, bytearray]: ...
 def row_heads(rows: list[tuple[int, int, int, int, bytes]]) -> bytearray | None: ...
 def assemble_rows(

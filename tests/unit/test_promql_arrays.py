@@ -333,6 +333,38 @@ def test_native_rate_windows_of_many_series_are_the_numpy_ones(name: str, shuffl
         assert [_bits(x) for x in got[0][got[1]].tolist()] == [_bits(x) for x in want[0][want[1]].tolist()]
 
 
+@pytest.mark.parametrize("mode", [(True, True), (False, True), (False, False)])
+def test_native_rate_windows_skip_staleness_markers_as_without_stale(mode: tuple[bool, bool]) -> None:
+    """``skip_stale``: each series' staleness markers left out natively answer what
+    ``without_stale`` then ``rate_windows`` answer, bit for bit; a series of markers only (which
+    without_stale drops) has no window; on one thread and on two."""
+    r = np.random.default_rng(abs(hash(("skip_stale", mode))) % (1 << 32))
+    t0 = 1_767_225_600_000
+    kinds = list(GENERATORS)
+    for count in (7, 401):
+        found = []
+        for i in range(count):
+            s = _series(r, GENERATORS[kinds[i % len(kinds)]], t0)
+            v = s.v.copy()
+            v[r.random(len(v)) < (1.0 if i % 50 == 3 else 0.1)] = STALE_NAN
+            found.append(SeriesArrays(s.metric, s.labels, s.t, v))
+        at = t0 + np.sort(r.integers(-400_000, 3_000_000, 300))
+        got_v, got_p = promwindows.rate_windows(found, at, 300_000, *mode, skip_stale=True)
+        kept = promql.without_stale(found)
+        want_v, want_p = promwindows.rate_windows(kept, at, 300_000, *mode)
+        rows = iter(range(len(kept)))
+        for i, s in enumerate(found):
+            if not (s.v.view(np.uint64) != promql.STALE_NAN_BITS).any():
+                assert not got_p[i].any()
+                continue
+            j = next(rows)
+            assert got_p[i].tolist() == want_p[j].tolist()
+            assert [_bits(x) for x in got_v[i][got_p[i]].tolist()] == [
+                _bits(x) for x in want_v[j][want_p[j]].tolist()
+            ]
+        assert next(rows, None) is None
+
+
 def test_native_rate_windows_refuse_columns_unlike() -> None:
     from lossproof import _native
 
