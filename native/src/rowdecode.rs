@@ -272,6 +272,9 @@ fn assemble<'py>(
         // (the chunks' bytes are immutable, and held by `got`; the columns are this call's own)
         let (increasing, ranges, damaged) = py.detach(|| decode_parallel(&chunks, ts, vs));
         if damaged {
+            // (not to be used; zeroed rather than left as what a new buffer held)
+            ts.fill(0);
+            vs.fill(0);
             return 4;
         }
         for k in 0..s_src.len() {
@@ -296,27 +299,35 @@ fn assemble<'py>(
             0
         }
     };
-    let Some(out) = into else {
-        let mut verdict = 0u8;
-        let cols = PyByteArray::new_with(py, 16 * total, |buf| {
-            verdict = fill(buf);
-            Ok(())
-        })?;
-        return Ok((Some(cols), verdict));
+    // a new bytearray is not zeroed first: every point of it is written below (zero_gaps then
+    // fill), before Python sees it (zeroing 16 bytes a point was a pass of its own)
+    let fresh = match into {
+        Some(_) => None,
+        None => {
+            // SAFETY: a new bytearray of 16 * total bytes (at most isize::MAX, checked above),
+            // its contents not initialised; owned here
+            let ptr = unsafe {
+                pyo3::ffi::PyByteArray_FromStringAndSize(std::ptr::null(), (16 * total) as isize)
+            };
+            Some(unsafe { Bound::from_owned_ptr_or_err(py, ptr)? }.cast_into::<PyByteArray>()?)
+        }
     };
+    let out = into.or(fresh.as_ref()).expect("a buffer");
     if out.len() < 16 * total {
         return Err(PyValueError::new_err(format!(
             "a buffer of {} bytes for {total} points",
             out.len()
         )));
     }
-    // SAFETY: the bytearray is the caller's own (see assemble_rows_into): nothing else reads,
-    // writes or resizes it while this runs; it is at least 16 * total bytes long
+    // SAFETY: the bytearray is new, or the caller's own (see assemble_rows_into): nothing else
+    // reads, writes or resizes it while this runs; it is at least 16 * total bytes long (raw
+    // bytes: any contents are valid u8s)
     let buf = unsafe { &mut out.as_bytes_mut()[..16 * total] };
     let mut covered: Vec<(usize, usize)> = chunks.iter().map(|c| (c.at, c.at + c.n)).collect();
     covered.extend((0..s_src.len()).map(|k| (s_dest[k] as usize, (s_dest[k] + s_len[k]) as usize)));
     zero_gaps(buf, total, covered);
-    Ok((None, fill(buf)))
+    let verdict = fill(buf);
+    Ok((fresh, verdict))
 }
 
 /// Zeroes the points of both columns (`buf`: `total` times, then as many values) that no range

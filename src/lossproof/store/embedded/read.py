@@ -72,8 +72,9 @@ def _assemble(
     case) is then a slice of those columns; the others go through :func:`chunks.merge_arrays`.
 
     ``scratch`` (a list of one bytearray, the read's own): the columns are decoded into that
-    buffer (made larger when it is too small) rather than fresh memory, and the arrays answered are
-    views of it: good only until the next call with the same scratch."""
+    buffer when it is large enough (else into a new one, which becomes the scratch) rather than
+    fresh memory, and the arrays answered are views of it: good only until the next call with the
+    same scratch."""
     empty_t, empty_v = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
     n_found = len(found)
     ex = [(i, o, t, v) for i, segs in extra.items() for o, t, v in segs if len(t)]
@@ -152,11 +153,11 @@ def _assemble(
         more_vs = [np.ascontiguousarray(x, dtype=np.float64) for x in src_vs[1:]]
         try:
             cols: bytearray
-            if scratch is None:
+            if scratch is None or len(scratch[0]) < 16 * total:
                 cols, verdict = _native.assemble_rows(rows, at_b, total, more_ts, more_vs, *seg)
+                if scratch is not None:  # the next piece's buffer (a new one: the old may be viewed)
+                    scratch[0] = cols
             else:
-                if len(scratch[0]) < 16 * total:  # a new one (the old one may still be viewed)
-                    scratch[0] = bytearray(16 * total + 16 * total // 4)
                 cols = scratch[0]
                 verdict = _native.assemble_rows_into(cols, rows, at_b, total, more_ts, more_vs, *seg)
         except ValueError as e:  # row_heads checked every row: a mismatch left is a bug, said as damage
