@@ -64,36 +64,45 @@ pub fn group_sums<'py>(
         }
         members[g as usize].push(i);
     }
-    // copied (a pass at memory speed): reading the buffers in place is unsafe in pyo3
-    let mut v = vec![0.0f64; m * n];
-    values.copy_to_slice(py, &mut v)?;
-    let mut p = vec![0u8; m * n];
-    present.copy_to_slice(py, &mut p)?;
+    let v = in_place(&values, "values")?;
+    let p = in_place(&present, "present")?;
     let mut sums = vec![0.0f64; groups * n];
     let mut counts = vec![0i64; groups * n];
     let mut flags = vec![0u8; groups * n];
-    let (mut run, mut partials) = (Vec::new(), Vec::new());
-    for (g, rows) in members.iter().enumerate() {
-        for k in 0..n {
-            run.clear();
-            let (mut count, mut nonfinite) = (0i64, false);
-            for &i in rows {
-                let (x, here) = (v[i * n + k], p[i * n + k] != 0);
-                count += here as i64;
-                nonfinite |= here && !x.is_finite();
-                run.push(if here && x.is_finite() { x } else { 0.0 });
-            }
-            let cell = g * n + k;
-            counts[cell] = count;
-            match fsum(&run, &mut partials) {
-                Some(s) => sums[cell] = s,
-                None => flags[cell] |= 2,
-            }
-            if nonfinite {
-                flags[cell] |= 1;
-            }
+    // without the GIL, on two threads for a large matrix (each its own steps): the matrix is the
+    // caller's own (lossproof.query.promql._sum_by_group: the evaluator's fresh arrays)
+    py.detach(|| {
+        let two = std::thread::available_parallelism().map_or(1, |c| c.get()) >= 2;
+        if !two || n < 2 || m * n < PARALLEL_CELLS {
+            cells(v, p, n, &members, 0..n, &mut sums, &mut counts, &mut flags);
+            return;
         }
-    }
+        let half = n / 2;
+        let mut second = (vec![0.0f64; groups * (n - half)], vec![0i64; groups * (n - half)]);
+        let mut second_flags = vec![0u8; groups * (n - half)];
+        std::thread::scope(|s| {
+            let (s2, c2, f2) = (&mut second.0, &mut second.1, &mut second_flags);
+            let members = &members;
+            s.spawn(move || cells(v, p, n, members, half..n, s2, c2, f2));
+            let (mut s1, mut c1, mut f1) = (
+                vec![0.0f64; groups * half],
+                vec![0i64; groups * half],
+                vec![0u8; groups * half],
+            );
+            cells(v, p, n, members, 0..half, &mut s1, &mut c1, &mut f1);
+            for g in 0..groups {
+                sums[g * n..g * n + half].copy_from_slice(&s1[g * half..(g + 1) * half]);
+                counts[g * n..g * n + half].copy_from_slice(&c1[g * half..(g + 1) * half]);
+                flags[g * n..g * n + half].copy_from_slice(&f1[g * half..(g + 1) * half]);
+            }
+        });
+        let w = n - half;
+        for g in 0..groups {
+            sums[g * n + half..(g + 1) * n].copy_from_slice(&second.0[g * w..(g + 1) * w]);
+            counts[g * n + half..(g + 1) * n].copy_from_slice(&second.1[g * w..(g + 1) * w]);
+            flags[g * n + half..(g + 1) * n].copy_from_slice(&second_flags[g * w..(g + 1) * w]);
+        }
+    });
     let sums_b = PyByteArray::new_with(py, 8 * sums.len(), |buf| {
         for (dst, s) in buf.chunks_exact_mut(8).zip(&sums) {
             dst.copy_from_slice(&s.to_ne_bytes());
@@ -107,4 +116,84 @@ pub fn group_sums<'py>(
         Ok(())
     })?;
     Ok((sums_b, counts_b, PyByteArray::new(py, &flags)))
+}
+
+/// Cells from which a call sums on two threads.
+const PARALLEL_CELLS: usize = 200_000;
+/// Steps a group's rows are read for at a time (each row's values for them are contiguous).
+const STEPS_A_BLOCK: usize = 64;
+
+/// A C-contiguous buffer in place, as a slice (sound while it is held and nobody writes to it).
+fn in_place<'a, T: pyo3::buffer::Element>(b: &'a PyBuffer<T>, what: &str) -> PyResult<&'a [T]> {
+    if !b.is_c_contiguous() {
+        return Err(PyValueError::new_err(format!("{what}: not C-contiguous")));
+    }
+    let n = b.item_count();
+    if n == 0 {
+        return Ok(&[]);
+    }
+    // SAFETY: a C-contiguous buffer of n items of T (PyBuffer checked the format and item size),
+    // alive as long as `b`
+    Ok(unsafe { std::slice::from_raw_parts(b.buf_ptr() as *const T, n) })
+}
+
+/// The cells of steps `steps` (`sums`, `counts`, `flags`: (groups, steps.len()), row by row) of
+/// the (series, n) matrix `v` / `p`. Per group, a block of steps at a time: each member row's
+/// values for the block gathered (a contiguous read) into a step-major buffer, so that each cell's
+/// run is contiguous; the run is exactly what it was (the group's series in ascending order, +0.0
+/// where a value is absent or not finite), so the same fsum.
+#[allow(clippy::too_many_arguments)]
+fn cells(
+    v: &[f64],
+    p: &[u8],
+    n: usize,
+    members: &[Vec<usize>],
+    steps: std::ops::Range<usize>,
+    sums: &mut [f64],
+    counts: &mut [i64],
+    flags: &mut [u8],
+) {
+    let w = steps.len();
+    let mut partials = Vec::new();
+    let (mut block, mut here) = (Vec::new(), Vec::new());
+    for (g, rows) in members.iter().enumerate() {
+        let r = rows.len();
+        let mut k0 = steps.start;
+        while k0 < steps.end {
+            let b = STEPS_A_BLOCK.min(steps.end - k0);
+            block.clear();
+            block.resize(b * r, 0.0f64);
+            here.clear();
+            here.resize(b * r, 0u8);
+            for (j, &i) in rows.iter().enumerate() {
+                let (vr, pr) = (&v[i * n + k0..i * n + k0 + b], &p[i * n + k0..i * n + k0 + b]);
+                for d in 0..b {
+                    block[d * r + j] = vr[d];
+                    here[d * r + j] = pr[d];
+                }
+            }
+            for d in 0..b {
+                let (run, pres) = (&mut block[d * r..(d + 1) * r], &here[d * r..(d + 1) * r]);
+                let (mut count, mut nonfinite) = (0i64, false);
+                for (x, &h) in run.iter_mut().zip(pres) {
+                    let h = h != 0;
+                    count += h as i64;
+                    nonfinite |= h && !x.is_finite();
+                    if !(h && x.is_finite()) {
+                        *x = 0.0;
+                    }
+                }
+                let cell = g * w + (k0 - steps.start) + d;
+                counts[cell] = count;
+                match fsum(run, &mut partials) {
+                    Some(s) => sums[cell] = s,
+                    None => flags[cell] |= 2,
+                }
+                if nonfinite {
+                    flags[cell] |= 1;
+                }
+            }
+            k0 += b;
+        }
+    }
 }

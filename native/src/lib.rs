@@ -30,7 +30,7 @@ mod rwcols;
 /// The version of this module's interface, checked by the Python side (lossproof/native_ext.py):
 /// an extension built from other sources than the Python code that calls it fails at import, not
 /// half-way through a batch.
-const ABI: u32 = 11;
+const ABI: u32 = 13;
 
 // ---------------------------------------------------------------------------------------------
 // Points to store columns (lossproof.store.columns.Columns.add).
@@ -596,6 +596,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(rawchunks::search_runs, m)?)?;
     m.add_function(wrap_pyfunction!(rowdecode::row_heads, m)?)?;
     m.add_function(wrap_pyfunction!(rowdecode::assemble_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(rowdecode::assemble_rows_into, m)?)?;
     m.add_function(wrap_pyfunction!(groupsum::group_sums, m)?)?;
     m.add_class::<stored_times::StoredTimes>()?;
     m.add_function(wrap_pyfunction!(reports::native_report, m)?)?;

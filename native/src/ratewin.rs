@@ -27,7 +27,9 @@ fn column<T, const N: usize>(b: &[u8], what: &str, from: fn([u8; N]) -> T) -> Py
 
 /// The value of one window `[lo, hi)` (at least two points) of one series' points `t`, `v`
 /// (`drops`: the positions p of the series with `v[p] < v[p - 1]`, ascending, from `d0` on), or
-/// None where `_extrapolated_rate` answers nothing.
+/// None where `_extrapolated_rate` answers nothing. (The reference `finish` is tested against:
+/// `rows_windows` computes windows a block at a time.)
+#[cfg(test)]
 #[allow(clippy::too_many_arguments)]
 fn window(
     t: &[i64],
@@ -89,13 +91,258 @@ fn window(
     Some(result)
 }
 
+/// A series' column in place, as a slice: `b` must be C-contiguous (PyBuffer checked its item
+/// type). Sound while the buffer is held and nobody writes to it: see `rate_windows`.
+fn in_place<'a, T: pyo3::buffer::Element>(b: &'a PyBuffer<T>, what: &str, i: usize) -> PyResult<&'a [T]> {
+    if !b.is_c_contiguous() {
+        return Err(PyValueError::new_err(format!("series {i}: {what} not contiguous")));
+    }
+    let n = b.item_count();
+    if n == 0 {
+        return Ok(&[]);
+    }
+    // SAFETY: a C-contiguous buffer of n items of T (PyBuffer::get checked the format and the
+    // item size), alive as long as `b`
+    Ok(unsafe { std::slice::from_raw_parts(b.buf_ptr() as *const T, n) })
+}
+
+/// Windows from which a call computes on two threads (a thread costs ~20 us to start).
+const PARALLEL_WINDOWS: usize = 100_000;
+
+/// Prometheus' staleness marker (lossproof.query.promql.STALE_NAN_BITS): not a value.
+const STALE_NAN_BITS: u64 = 0x7FF0000000000002;
+
+/// Windows computed at a time by `finish`.
+const BLOCK: usize = 64;
+
+/// A block of windows with at least two points each, as `window` has them before its float
+/// arithmetic: first and last point's times (as float64) and the first value, `result` (the last
+/// value minus the first, plus the value before each drop, in order), points - 1 (as float64), and
+/// the window's end and start (as float64).
+struct Block {
+    first_t: [f64; BLOCK],
+    last_t: [f64; BLOCK],
+    first_v: [f64; BLOCK],
+    result: [f64; BLOCK],
+    between: [f64; BLOCK],
+    end: [f64; BLOCK],
+    start: [f64; BLOCK],
+    ok: [bool; BLOCK],
+}
+
+impl Block {
+    fn new() -> Self {
+        Block {
+            first_t: [0.0; BLOCK],
+            last_t: [0.0; BLOCK],
+            first_v: [0.0; BLOCK],
+            result: [0.0; BLOCK],
+            between: [1.0; BLOCK],
+            end: [0.0; BLOCK],
+            start: [0.0; BLOCK],
+            ok: [false; BLOCK],
+        }
+    }
+}
+
+/// The rest of `window` for the first `len` windows of `b`, each with exactly its operations in
+/// its order (no operation of one window depends on another's: the compiler computes several at
+/// once in vector registers, where a division is as exact as alone). `b.result` becomes the
+/// window's value, `b.ok` whether it has one (what `window` answers None for: not ok).
+#[inline(always)]
+fn finish_body(b: &mut Block, len: usize, per_s: f64, is_rate: bool, is_counter: bool) {
+    for j in 0..len.min(BLOCK) {
+        let first_t = b.first_t[j];
+        let last_t = b.last_t[j];
+        let first_v = b.first_v[j];
+        let mut result = b.result[j];
+        let mut duration_to_start = first_t - b.start[j];
+        duration_to_start /= 1000.0;
+        let mut duration_to_end = b.end[j] - last_t;
+        duration_to_end /= 1000.0;
+        let mut sampled = last_t - first_t;
+        sampled /= 1000.0;
+        b.ok[j] = sampled > 0.0;
+        let average_between = sampled / b.between[j];
+        let mut duration_to_zero = first_v / result;
+        duration_to_zero *= sampled;
+        if is_counter && result > 0.0 && first_v >= 0.0 && duration_to_zero < duration_to_start {
+            duration_to_start = duration_to_zero;
+        }
+        let threshold = average_between * 1.1;
+        let half = average_between / 2.0;
+        let mut interval = if duration_to_start < threshold {
+            duration_to_start
+        } else {
+            half
+        };
+        interval += sampled;
+        interval += if duration_to_end < threshold {
+            duration_to_end
+        } else {
+            half
+        };
+        interval /= sampled;
+        result *= interval;
+        if is_rate {
+            result /= per_s;
+        }
+        b.result[j] = result;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn finish_avx2(b: &mut Block, len: usize, per_s: f64, is_rate: bool, is_counter: bool) {
+    finish_body(b, len, per_s, is_rate, is_counter)
+}
+
+/// `finish_body`, with AVX2's 4-wide registers where the CPU has them (IEEE arithmetic either way:
+/// Rust never fuses a multiply and an add, nor reorders float operations).
+fn finish(b: &mut Block, len: usize, per_s: f64, is_rate: bool, is_counter: bool, avx2: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: the CPU has AVX2 (the caller asked is_x86_feature_detected)
+        unsafe { finish_avx2(b, len, per_s, is_rate, is_counter) };
+        return;
+    }
+    let _ = avx2;
+    finish_body(b, len, per_s, is_rate, is_counter)
+}
+
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Rows `rows` of the answer (`values`, `present`: theirs only): each series walked once, its
+/// windows' bounds moving forward with the evaluation times (sorted) or searched (not); the
+/// windows of two points or more gathered a block at a time and computed by `finish`.
+#[allow(clippy::too_many_arguments)]
+fn rows_windows(
+    series: &[(&[i64], &[f64])],
+    at: &[i64],
+    rng: i64,
+    is_rate: bool,
+    is_counter: bool,
+    skip_stale: bool,
+    values: &mut [u8],
+    present: &mut [u8],
+) {
+    let n = at.len();
+    let sorted = at.windows(2).all(|w| w[0] <= w[1]);
+    let avx2 = has_avx2();
+    #[cfg(test)]
+    let avx2 = avx2 && !FORCE_PLAIN.with(|f| f.get());
+    // (`window` divides by this for every window: the same float each time)
+    let per_s = rng as f64 / 1000.0;
+    let mut drops: Vec<usize> = Vec::new();
+    let mut b = Box::new(Block::new());
+    let mut ks = [0usize; BLOCK];
+    let (mut kept_t, mut kept_v): (Vec<i64>, Vec<f64>) = (Vec::new(), Vec::new());
+    for (i, &(ts, vs)) in series.iter().enumerate() {
+        let (ts, vs) = if skip_stale && vs.iter().any(|x| x.to_bits() == STALE_NAN_BITS) {
+            // the series without its staleness markers (promql.without_stale)
+            kept_t.clear();
+            kept_v.clear();
+            for (&t, &v) in ts.iter().zip(vs) {
+                if v.to_bits() != STALE_NAN_BITS {
+                    kept_t.push(t);
+                    kept_v.push(v);
+                }
+            }
+            (&kept_t[..], &kept_v[..])
+        } else {
+            (ts, vs)
+        };
+        drops.clear();
+        if is_counter {
+            drops.extend((1..vs.len()).filter(|&p| vs[p] < vs[p - 1]));
+        }
+        let (mut lo, mut hi) = (0usize, 0usize);
+        let mut len = 0usize;
+        let row = i * n;
+        let mut flush = |b: &mut Block, len: usize, ks: &[usize; BLOCK]| {
+            finish(b, len, per_s, is_rate, is_counter, avx2);
+            for j in 0..len {
+                if b.ok[j] {
+                    let cell = row + ks[j];
+                    values[8 * cell..8 * cell + 8].copy_from_slice(&b.result[j].to_ne_bytes());
+                    present[cell] = 1;
+                }
+            }
+        };
+        for k in 0..n {
+            let end = at[k];
+            let start = end.wrapping_sub(rng);
+            if sorted {
+                while hi < ts.len() && ts[hi] <= end {
+                    hi += 1;
+                }
+                while lo < ts.len() && ts[lo] <= start {
+                    lo += 1;
+                }
+            } else {
+                hi = ts.partition_point(|&x| x <= end);
+                lo = ts.partition_point(|&x| x <= start);
+            }
+            if hi < lo + 2 {
+                continue;
+            }
+            let last = hi - 1;
+            let first_v = vs[lo];
+            let mut result = vs[last] - first_v;
+            if is_counter {
+                // the drops at lo + 1 .. hi - 1, in order
+                let a = drops.partition_point(|&p| p < lo + 1);
+                for &p in drops[a..].iter().take_while(|&&p| p < hi) {
+                    result += vs[p - 1];
+                }
+            }
+            b.first_t[len] = ts[lo] as f64;
+            b.last_t[len] = ts[last] as f64;
+            b.first_v[len] = first_v;
+            b.result[len] = result;
+            b.between[len] = (hi - lo - 1) as f64;
+            b.end[len] = end as f64;
+            b.start[len] = start as f64;
+            ks[len] = k;
+            len += 1;
+            if len == BLOCK {
+                flush(&mut b, len, &ks);
+                len = 0;
+            }
+        }
+        if len > 0 {
+            flush(&mut b, len, &ks);
+        }
+    }
+}
+
 /// `rate_windows(ts, vs, at, rng, is_rate, is_counter) -> (values, present)`: series i's points are
-/// `ts[i]` (int64) and `vs[i]` (float64), any objects with the buffer protocol (numpy arrays), each
-/// in ascending t; its windows `(at[k] - rng, at[k]]` (`at`: native-endian int64 bytes). The answer
-/// is float64 bytes and one byte per (series, step), row by row, present 1 where the window has a
-/// value (0.0 where not). `rate`: is_rate and is_counter; `increase`: is_counter; `delta`: neither.
-/// A series whose columns differ in length, or are not int64 / float64, is an error.
+/// `ts[i]` (int64) and `vs[i]` (float64), C-contiguous objects with the buffer protocol (numpy
+/// arrays), each in ascending t; its windows `(at[k] - rng, at[k]]` (`at`: native-endian int64
+/// bytes). The answer is float64 bytes and one byte per (series, step), row by row, present 1 where
+/// the window has a value (0.0 where not). `rate`: is_rate and is_counter; `increase`: is_counter;
+/// `delta`: neither. A series whose columns differ in length, are not int64 / float64 or not
+/// contiguous, is an error.
+///
+/// The columns are read in place, without the GIL (on two threads, each its own rows, for many
+/// windows): sound because the caller's arrays are its own, which nothing else writes to
+/// meanwhile (lossproof.query.promwindows.rate_windows: the columns of a store read, or of arrays
+/// the evaluator made). Each window is computed as before, so the same float.
+///
+/// `skip_stale`: each series' staleness markers (the NaN of bits 0x7FF0000000000002) left out
+/// first, as `promql.without_stale` does (a series of nothing else then has no window).
 #[pyfunction]
+#[pyo3(signature = (ts_list, vs_list, at, rng, is_rate, is_counter, skip_stale=false))]
+#[allow(clippy::too_many_arguments)]
 pub fn rate_windows<'py>(
     py: Python<'py>,
     ts_list: &Bound<'py, PyList>,
@@ -104,6 +351,7 @@ pub fn rate_windows<'py>(
     rng: i64,
     is_rate: bool,
     is_counter: bool,
+    skip_stale: bool,
 ) -> PyResult<(Bound<'py, PyByteArray>, Bound<'py, PyByteArray>)> {
     let at = column::<i64, 8>(at, "at", i64::from_ne_bytes)?;
     if ts_list.len() != vs_list.len() {
@@ -111,61 +359,150 @@ pub fn rate_windows<'py>(
     }
     let m = ts_list.len();
     let n = at.len();
+    let mut buffers: Vec<(PyBuffer<i64>, PyBuffer<f64>)> = Vec::with_capacity(m);
+    for i in 0..m {
+        let tb: PyBuffer<i64> = PyBuffer::get(&ts_list.get_item(i)?)?;
+        let vb: PyBuffer<f64> = PyBuffer::get(&vs_list.get_item(i)?)?;
+        if tb.item_count() != vb.item_count() {
+            return Err(PyValueError::new_err(format!(
+                "series {i}: {} times, {} values",
+                tb.item_count(),
+                vb.item_count()
+            )));
+        }
+        buffers.push((tb, vb));
+    }
+    let mut series: Vec<(&[i64], &[f64])> = Vec::with_capacity(m);
+    for (i, (tb, vb)) in buffers.iter().enumerate() {
+        series.push((in_place(tb, "times", i)?, in_place(vb, "values", i)?));
+    }
     let mut present = vec![0u8; m * n];
-    let sorted = at.windows(2).all(|w| w[0] <= w[1]);
-    let mut drops: Vec<usize> = Vec::new();
-    let (mut ts_buf, mut vs_buf): (Vec<i64>, Vec<f64>) = (Vec::new(), Vec::new());
+    let two = std::thread::available_parallelism().map_or(1, |c| c.get()) >= 2;
     // the values written straight into the answer (a column-sized Vec then copied was a second
     // allocation of m x n floats: fresh pages to fault in on every call)
     let out = PyByteArray::new_with(py, 8 * m * n, |values| {
-        for i in 0..m {
-            // the series' points into buffers used again for the next (no column-sized copy)
-            let tb: PyBuffer<i64> = PyBuffer::get(&ts_list.get_item(i)?)?;
-            let vb: PyBuffer<f64> = PyBuffer::get(&vs_list.get_item(i)?)?;
-            if tb.item_count() != vb.item_count() {
-                return Err(PyValueError::new_err(format!(
-                    "series {i}: {} times, {} values",
-                    tb.item_count(),
-                    vb.item_count()
-                )));
+        py.detach(|| {
+            if !two || m < 2 || m * n < PARALLEL_WINDOWS {
+                rows_windows(&series, &at, rng, is_rate, is_counter, skip_stale, values, &mut present);
+                return;
             }
-            ts_buf.clear();
-            ts_buf.resize(tb.item_count(), 0);
-            tb.copy_to_slice(py, &mut ts_buf)?;
-            vs_buf.clear();
-            vs_buf.resize(vb.item_count(), 0.0);
-            vb.copy_to_slice(py, &mut vs_buf)?;
-            let (ts, vs) = (&ts_buf[..], &vs_buf[..]);
-            drops.clear();
-            if is_counter {
-                drops.extend((1..vs.len()).filter(|&p| vs[p] < vs[p - 1]));
+            let half = m / 2;
+            let (v1, v2) = values.split_at_mut(8 * half * n);
+            let (p1, p2) = present.split_at_mut(half * n);
+            let (s1, s2) = series.split_at(half);
+            let at = &at[..];
+            std::thread::scope(|s| {
+                s.spawn(|| rows_windows(s2, at, rng, is_rate, is_counter, skip_stale, v2, p2));
+                rows_windows(s1, at, rng, is_rate, is_counter, skip_stale, v1, p1);
+            });
+        });
+        Ok(())
+    })?;
+    drop(series);
+    drop(buffers);
+    Ok((out, PyByteArray::new(py, &present)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn xorshift(seed: &mut u64) -> u64 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        *seed
+    }
+
+    /// Blocks of windows (with and without AVX2) answer what `window` answers, bit for bit, on
+    /// series of specials, resets and staleness-marker NaNs.
+    #[test]
+    fn blocks_are_the_window_by_window_reference() {
+        let specials = [
+            0.0,
+            -0.0,
+            1.0,
+            f64::NAN,
+            f64::from_bits(0x7FF0000000000002),
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            1e308,
+            -1e308,
+            5e-324,
+            2.5,
+        ];
+        let mut seed = 0x2545F4914F6CDD1Du64;
+        for trial in 0..400 {
+            let len = (xorshift(&mut seed) % 300) as usize;
+            let mut t = Vec::with_capacity(len);
+            let mut v = Vec::with_capacity(len);
+            let (mut x, mut y) = (1_767_225_600_000i64, 0.0f64);
+            for _ in 0..len {
+                x += [1, 500, 15_000, 15_000, 60_000, 400_000][(xorshift(&mut seed) % 6) as usize];
+                let r = xorshift(&mut seed);
+                y = match r % 10 {
+                    0 => specials[(r >> 8) as usize % specials.len()],
+                    1 => y / 3.0, // a reset
+                    _ => y + (r >> 40) as f64 / 7.0,
+                };
+                t.push(x);
+                v.push(y);
             }
-            let (mut lo, mut hi) = (0usize, 0usize);
-            for k in 0..n {
-                let end = at[k];
-                let start = end.wrapping_sub(rng);
-                if sorted {
-                    while hi < ts.len() && ts[hi] <= end {
-                        hi += 1;
+            let n = 1 + (xorshift(&mut seed) % 200) as usize;
+            let mut at: Vec<i64> = (0..n)
+                .map(|_| 1_767_225_600_000 - 400_000 + (xorshift(&mut seed) % 9_000_000) as i64)
+                .collect();
+            if trial % 3 != 0 {
+                at.sort_unstable();
+            }
+            let rng = [1i64, 1000, 15_000, 300_000, 3_600_000][trial % 5];
+            for (is_rate, is_counter) in [(true, true), (false, true), (false, false)] {
+                let drops: Vec<usize> = (1..len).filter(|&p| is_counter && v[p] < v[p - 1]).collect();
+                let series = [(&t[..], &v[..])];
+                for avx2 in [false, has_avx2()] {
+                    let mut values = vec![0u8; 8 * n];
+                    let mut present = vec![0u8; n];
+                    if avx2 {
+                        rows_windows(&series, &at, rng, is_rate, is_counter, false, &mut values, &mut present);
+                    } else {
+                        rows_windows_plain(&series, &at, rng, is_rate, is_counter, &mut values, &mut present);
                     }
-                    while lo < ts.len() && ts[lo] <= start {
-                        lo += 1;
+                    for k in 0..n {
+                        let hi = t.partition_point(|&x| x <= at[k]);
+                        let lo = t.partition_point(|&x| x <= at[k].wrapping_sub(rng));
+                        let want = if hi < lo + 2 {
+                            None
+                        } else {
+                            window(&t, &v, &drops, lo, hi, at[k], rng, is_rate, is_counter)
+                        };
+                        let got = f64::from_ne_bytes(values[8 * k..8 * k + 8].try_into().unwrap());
+                        assert_eq!(present[k] == 1, want.is_some(), "trial {trial} k {k}");
+                        if let Some(w) = want {
+                            assert!(got.to_bits() == w.to_bits() || (got.is_nan() && w.is_nan()), "trial {trial} k {k}");
+                        }
                     }
-                } else {
-                    hi = ts.partition_point(|&x| x <= end);
-                    lo = ts.partition_point(|&x| x <= start);
-                }
-                if hi < lo + 2 {
-                    continue;
-                }
-                if let Some(r) = window(ts, vs, &drops, lo, hi, end, rng, is_rate, is_counter) {
-                    let at = 8 * (i * n + k);
-                    values[at..at + 8].copy_from_slice(&r.to_ne_bytes());
-                    present[i * n + k] = 1;
                 }
             }
         }
-        Ok(())
-    })?;
-    Ok((out, PyByteArray::new(py, &present)))
+    }
+
+    /// `rows_windows` without AVX2 (the same code, SSE2 only).
+    fn rows_windows_plain(
+        series: &[(&[i64], &[f64])],
+        at: &[i64],
+        rng: i64,
+        is_rate: bool,
+        is_counter: bool,
+        values: &mut [u8],
+        present: &mut [u8],
+    ) {
+        FORCE_PLAIN.with(|f| f.set(true));
+        rows_windows(series, at, rng, is_rate, is_counter, false, values, present);
+        FORCE_PLAIN.with(|f| f.set(false));
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    static FORCE_PLAIN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }

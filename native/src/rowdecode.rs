@@ -139,6 +139,54 @@ pub fn assemble_rows<'py>(
     seg_dest: &[u8],
     seg_len: &[u8],
 ) -> PyResult<(Bound<'py, PyByteArray>, u8)> {
+    let (cols, verdict) = assemble(
+        py, rows, at, total, src_ts, src_vs, seg_src, seg_start, seg_dest, seg_len, None,
+    )?;
+    Ok((cols.expect("a fresh bytearray"), verdict))
+}
+
+/// `assemble_rows_into(out, rows, at, total, src_ts, src_vs, seg_src, seg_start, seg_dest,
+/// seg_len) -> verdict`: what `assemble_rows` answers, its columns written into the first
+/// `16 * total` bytes of `out` (a bytearray at least that long; positions nothing is given are
+/// zeroed there too) instead of a new bytearray: a read in pieces uses one buffer for all of them,
+/// not fresh memory each time (faulting in a piece's pages cost as much as decoding it). `out` must
+/// be the caller's own, which nothing else reads or writes meanwhile (it is written without the
+/// GIL): lossproof.store.embedded.read's scratch of one read.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+pub fn assemble_rows_into<'py>(
+    py: Python<'py>,
+    out: &Bound<'py, PyByteArray>,
+    rows: &Bound<'py, PyList>,
+    at: &[u8],
+    total: usize,
+    src_ts: Vec<PyBuffer<i64>>,
+    src_vs: Vec<PyBuffer<f64>>,
+    seg_src: &[u8],
+    seg_start: &[u8],
+    seg_dest: &[u8],
+    seg_len: &[u8],
+) -> PyResult<u8> {
+    let (_, verdict) = assemble(
+        py, rows, at, total, src_ts, src_vs, seg_src, seg_start, seg_dest, seg_len, Some(out),
+    )?;
+    Ok(verdict)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn assemble<'py>(
+    py: Python<'py>,
+    rows: &Bound<'py, PyList>,
+    at: &[u8],
+    total: usize,
+    src_ts: Vec<PyBuffer<i64>>,
+    src_vs: Vec<PyBuffer<f64>>,
+    seg_src: &[u8],
+    seg_start: &[u8],
+    seg_dest: &[u8],
+    seg_len: &[u8],
+    into: Option<&Bound<'py, PyByteArray>>,
+) -> PyResult<(Option<Bound<'py, PyByteArray>>, u8)> {
     let at = ints(at, "at")?;
     if at.len() != rows.len() {
         return Err(PyValueError::new_err(format!(
@@ -213,18 +261,21 @@ pub fn assemble_rows<'py>(
         .map(|(data, at, t_min, t_max)| Chunk {
             data: data.as_bytes(),
             at: *at,
+            n: head(data.as_bytes()).map_or(0, |h| h.1),
             t_min: *t_min,
             t_max: *t_max,
         })
         .collect();
-    let mut verdict = 0u8;
-    let out = PyByteArray::new_with(py, 16 * total, |buf| {
+    let fill = |buf: &mut [u8]| -> u8 {
         let (ts, vs) = buf.split_at_mut(8 * total);
         let mut segs_increasing = true;
-        let (increasing, ranges, damaged) = decode_run(&chunks, ts, vs);
+        // (the chunks' bytes are immutable, and held by `got`; the columns are this call's own)
+        let (increasing, ranges, damaged) = py.detach(|| decode_parallel(&chunks, ts, vs));
         if damaged {
-            verdict = 4;
-            return Ok(());
+            // (not to be used; zeroed rather than left as what a new buffer held)
+            ts.fill(0);
+            vs.fill(0);
+            return 4;
         }
         for k in 0..s_src.len() {
             let (n, from, to) = (s_len[k] as usize, s_start[k] as usize, s_dest[k] as usize);
@@ -238,7 +289,7 @@ pub fn assemble_rows<'py>(
                 vs[8 * (to + p)..8 * (to + p) + 8].copy_from_slice(&y.to_le_bytes());
             }
         }
-        verdict = if !increasing {
+        if !increasing {
             1
         } else if !ranges {
             2
@@ -246,16 +297,100 @@ pub fn assemble_rows<'py>(
             3
         } else {
             0
-        };
-        Ok(())
-    })?;
-    Ok((out, verdict))
+        }
+    };
+    // a new bytearray is not zeroed first: every point of it is written below (zero_gaps then
+    // fill), before Python sees it (zeroing 16 bytes a point was a pass of its own)
+    let fresh = match into {
+        Some(_) => None,
+        None => {
+            // SAFETY: a new bytearray of 16 * total bytes (at most isize::MAX, checked above),
+            // its contents not initialised; owned here
+            let ptr = unsafe {
+                pyo3::ffi::PyByteArray_FromStringAndSize(std::ptr::null(), (16 * total) as isize)
+            };
+            Some(unsafe { Bound::from_owned_ptr_or_err(py, ptr)? }.cast_into::<PyByteArray>()?)
+        }
+    };
+    let out = into.or(fresh.as_ref()).expect("a buffer");
+    if out.len() < 16 * total {
+        return Err(PyValueError::new_err(format!(
+            "a buffer of {} bytes for {total} points",
+            out.len()
+        )));
+    }
+    // SAFETY: the bytearray is new, or the caller's own (see assemble_rows_into): nothing else
+    // reads, writes or resizes it while this runs; it is at least 16 * total bytes long (raw
+    // bytes: any contents are valid u8s)
+    let buf = unsafe { &mut out.as_bytes_mut()[..16 * total] };
+    let mut covered: Vec<(usize, usize)> = chunks.iter().map(|c| (c.at, c.at + c.n)).collect();
+    covered.extend((0..s_src.len()).map(|k| (s_dest[k] as usize, (s_dest[k] + s_len[k]) as usize)));
+    zero_gaps(buf, total, covered);
+    let verdict = fill(buf);
+    Ok((fresh, verdict))
+}
+
+/// Zeroes the points of both columns (`buf`: `total` times, then as many values) that no range
+/// `[a, b)` of `covered` covers.
+fn zero_gaps(buf: &mut [u8], total: usize, mut covered: Vec<(usize, usize)>) {
+    covered.sort_unstable();
+    let mut gaps = Vec::new();
+    let mut upto = 0usize;
+    for (a, b) in covered {
+        if a > upto {
+            gaps.push((upto, a));
+        }
+        upto = upto.max(b);
+    }
+    if upto < total {
+        gaps.push((upto, total));
+    }
+    for (a, b) in gaps {
+        buf[8 * a..8 * b].fill(0);
+        buf[8 * (total + a)..8 * (total + b)].fill(0);
+    }
+}
+
+/// Points from which a read's chunks are decoded on two threads (a thread costs ~20 us to start).
+const PARALLEL_POINTS: usize = 200_000;
+
+/// `decode_run` on two threads when there are enough points and two CPUs: the chunks in the order
+/// of their places, cut in two where the points are halved, each half decoding into its own part
+/// of the columns. Chunks whose places overlap (not what the read gives) are decoded in one run, in
+/// their order, as before: the answer is the same either way.
+fn decode_parallel(chunks: &[Chunk], ts: &mut [u8], vs: &mut [u8]) -> (bool, bool, bool) {
+    let total = ts.len() / 8;
+    let two = std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
+    if !two || total < PARALLEL_POINTS || chunks.len() < 2 {
+        return decode_run(chunks, ts, vs, 0);
+    }
+    let mut order: Vec<(usize, usize)> = chunks.iter().enumerate().map(|(i, c)| (c.at, i)).collect();
+    order.sort_unstable();
+    let ends_before = |k: usize| chunks[order[k].1].at + chunks[order[k].1].n;
+    if (1..order.len()).any(|k| ends_before(k - 1) > order[k].0) {
+        return decode_run(chunks, ts, vs, 0);
+    }
+    // the first chunk whose place starts at half the points or after (at least one a side)
+    let cut = order.partition_point(|&(a, _)| a < total / 2).clamp(1, order.len() - 1);
+    let split = order[cut].0;
+    let first: Vec<Chunk> = order[..cut].iter().map(|&(_, i)| chunks[i].clone()).collect();
+    let second: Vec<Chunk> = order[cut..].iter().map(|&(_, i)| chunks[i].clone()).collect();
+    let (t1, t2) = ts.split_at_mut(8 * split);
+    let (v1, v2) = vs.split_at_mut(8 * split);
+    let (a, b) = std::thread::scope(|s| {
+        let other = s.spawn(|| decode_run(&second, t2, v2, split));
+        let here = decode_run(&first, t1, v1, 0);
+        (here, other.join().expect("a decoding thread panicked"))
+    });
+    (a.0 && b.0, a.1 && b.1, a.2 || b.2)
 }
 
 /// A row's chunk: its data, where its points go, its stored time range.
+#[derive(Clone)]
 struct Chunk<'a> {
     data: &'a [u8],
     at: usize,
+    n: usize,
     t_min: i64,
     t_max: i64,
 }
@@ -263,7 +398,8 @@ struct Chunk<'a> {
 /// Every chunk decoded to its place in `ts` and `vs` (the columns' bytes, 8 a point); (every
 /// chunk's times increase, every chunk is its stored range, some packed frame did not decompress to
 /// its body: the columns are then not to be used). One zstd context and one body buffer for all.
-fn decode_run(chunks: &[Chunk], ts: &mut [u8], vs: &mut [u8]) -> (bool, bool, bool) {
+/// `ts` and `vs` begin at point `base` of the columns (the chunks' places are in the columns).
+fn decode_run(chunks: &[Chunk], ts: &mut [u8], vs: &mut [u8], base: usize) -> (bool, bool, bool) {
     let (mut increasing, mut ranges) = (true, true);
     let mut dctx = zstd_safe::DCtx::create();
     let mut body: Vec<u8> = Vec::new();
@@ -272,7 +408,7 @@ fn decode_run(chunks: &[Chunk], ts: &mut [u8], vs: &mut [u8]) -> (bool, bool, bo
         let Some((kind, n, mode, first, payload)) = head(c.data) else {
             return (increasing, ranges, true); // (assemble_rows checked every head)
         };
-        let at = c.at;
+        let at = c.at - base;
         let (t, v) = (&mut ts[8 * at..8 * (at + n)], &mut vs[8 * at..8 * (at + n)]);
         let decoded = if kind == PACKED {
             // the first frame only, as python-zstandard's decompress() reads (it ignores what

@@ -28,7 +28,13 @@ def block_columns(
 def decode_chunks(items: list[tuple[int, int, int, int, bytes]], at: bytes, total: int) -> bytearray: ...
 def fsum_windows(v: bytes, lo: bytes, hi: bytes) -> tuple[bytearray, bytearray]: ...
 def rate_windows(
-    ts: list[Any], vs: list[Any], at: bytes, rng: int, is_rate: bool, is_counter: bool
+    ts: list[Any],
+    vs: list[Any],
+    at: bytes,
+    rng: int,
+    is_rate: bool,
+    is_counter: bool,
+    skip_stale: bool = False,
 ) -> tuple[bytearray, bytearray]: ...
 def row_heads(rows: list[tuple[int, int, int, int, bytes]]) -> bytearray | None: ...
 def assemble_rows(
@@ -42,6 +48,18 @@ def assemble_rows(
     seg_dest: bytes,
     seg_len: bytes,
 ) -> tuple[bytearray, int]: ...
+def assemble_rows_into(
+    out: bytearray,
+    rows: list[tuple[int, int, int, int, bytes]],
+    at: bytes,
+    total: int,
+    src_ts: list[Any],
+    src_vs: list[Any],
+    seg_src: bytes,
+    seg_start: bytes,
+    seg_dest: bytes,
+    seg_len: bytes,
+) -> int: ...
 def group_sums(
     values: Any, present: Any, gid: bytes, groups: int
 ) -> tuple[bytearray, bytearray, bytearray]: ...

@@ -127,6 +127,27 @@ def test_native_rows_answer_or_refuse_as_the_python_path(
     native = _outcome(lambda: _assemble(found, rows, {}, lo, hi, blocks))
     python = _outcome(lambda: _python_path(lambda: _assemble(found, rows, {}, lo, hi, blocks)))
     assert native == python
+    # into a scratch buffer of a read in pieces, left dirty by an earlier piece: the same
+    scratch = [bytearray(b"\xa5" * 4096)]
+    assert _outcome(lambda: _assemble(found, rows, {}, lo, hi, blocks, scratch)) == native
+
+
+def test_assemble_rows_into_is_assemble_rows_in_the_callers_buffer() -> None:
+    """The same columns (and verdict) written into a buffer the caller gives, dirty from an earlier
+    use: the points no chunk or segment is given zeroed there, as in a new bytearray; the bytes past
+    the columns left alone; a buffer too short refused."""
+    ts1, ts2 = list(range(100, 160, 10)), list(range(300, 330, 10))
+    rows = [(1, 1, 100, 150, _packed(ts1, [1.5] * 6)), (2, 2, 300, 320, _raw(ts2, [2.0, STALE, -0.0]))]
+    at = np.array([0, 9], dtype=np.int64).tobytes()  # points 6..9 are nobody's
+    src_t, src_v = np.array([7, 8], dtype=np.int64), np.array([0.25, 0.5])
+    seg = [np.array([x], dtype=np.int64).tobytes() for x in (0, 0, 7, 2)]  # source 0 to points 7, 8
+    cols, verdict = _native.assemble_rows(rows, at, 12, [src_t], [src_v], *seg)
+    buf = bytearray(b"\xa5" * (16 * 12 + 5))
+    assert _native.assemble_rows_into(buf, rows, at, 12, [src_t], [src_v], *seg) == verdict == 0
+    assert bytes(buf[: 16 * 12]) == bytes(cols) and buf[16 * 12 :] == b"\xa5" * 5
+    assert np.frombuffer(cols, dtype=np.int64, count=12)[6:9].tolist() == [0, 7, 8]
+    with pytest.raises(ValueError):
+        _native.assemble_rows_into(bytearray(16 * 12 - 1), rows, at, 12, [src_t], [src_v], *seg)
 
 
 @pytest.mark.parametrize("how", range(13))

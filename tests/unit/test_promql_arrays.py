@@ -17,6 +17,7 @@ import pytest
 
 from lossproof.query import exact, promql, promref, promwindows
 from lossproof.query.promapi import _ts
+from lossproof.query.promql import STALE_NAN
 from lossproof.store.base import SeriesArrays
 
 Gen = Callable[[np.random.Generator, int], np.ndarray]
@@ -301,6 +302,69 @@ def test_native_rate_windows_are_the_numpy_ones(name: str, kind: str) -> None:
         assert [_bits(x) for x in got[0][got[1]].tolist()] == [_bits(x) for x in want[0][want[1]].tolist()]
 
 
+@pytest.mark.parametrize("name", ["rate", "increase", "delta"])
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_native_rate_windows_of_many_series_are_the_numpy_ones(name: str, shuffled: bool) -> None:
+    """Enough windows for the extension to compute on two threads (each its own rows): every kind
+    of series at once (resets, NaN, the infinities, staleness markers, -0.0, huge values), some of
+    their columns strided views; bit for bit the numpy version, with evaluation times in order or not."""
+    r = np.random.default_rng(abs(hash(("many", name, shuffled))) % (1 << 32))
+    t0 = 1_767_225_600_000
+    kinds = list(GENERATORS)
+    found = []
+    for i in range(401):
+        s = _series(r, GENERATORS[kinds[i % len(kinds)]], t0)
+        v = s.v.copy()
+        v[r.random(len(v)) < 0.05] = STALE_NAN
+        if i % 7 == 0:  # strided views of longer columns
+            t2, v2 = np.repeat(s.t, 2), np.repeat(v, 2)
+            s = SeriesArrays(s.metric, s.labels, t2[::2], v2[::2])
+        else:
+            s = SeriesArrays(s.metric, s.labels, s.t, v)
+        found.append(s)
+    at = t0 + np.sort(r.integers(-400_000, 3_000_000, 300))
+    if shuffled:
+        r.shuffle(at)
+    for rng in (15_000, 300_000):
+        got = promwindows.range_function(name, found, at, rng)
+        want = promwindows.range_function(name, found, at, rng, fn=promwindows._RANGE[name])
+        assert got[0].shape == (401, 300)
+        assert got[1].tolist() == want[1].tolist()
+        assert [_bits(x) for x in got[0][got[1]].tolist()] == [_bits(x) for x in want[0][want[1]].tolist()]
+
+
+@pytest.mark.parametrize("mode", [(True, True), (False, True), (False, False)])
+def test_native_rate_windows_skip_staleness_markers_as_without_stale(mode: tuple[bool, bool]) -> None:
+    """``skip_stale``: each series' staleness markers left out natively answer what
+    ``without_stale`` then ``rate_windows`` answer, bit for bit; a series of markers only (which
+    without_stale drops) has no window; on one thread and on two."""
+    r = np.random.default_rng(abs(hash(("skip_stale", mode))) % (1 << 32))
+    t0 = 1_767_225_600_000
+    kinds = list(GENERATORS)
+    for count in (7, 401):
+        found = []
+        for i in range(count):
+            s = _series(r, GENERATORS[kinds[i % len(kinds)]], t0)
+            v = s.v.copy()
+            v[r.random(len(v)) < (1.0 if i % 50 == 3 else 0.1)] = STALE_NAN
+            found.append(SeriesArrays(s.metric, s.labels, s.t, v))
+        at = t0 + np.sort(r.integers(-400_000, 3_000_000, 300))
+        got_v, got_p = promwindows.rate_windows(found, at, 300_000, *mode, skip_stale=True)
+        kept = promql.without_stale(found)
+        want_v, want_p = promwindows.rate_windows(kept, at, 300_000, *mode)
+        rows = iter(range(len(kept)))
+        for i, s in enumerate(found):
+            if not (s.v.view(np.uint64) != promql.STALE_NAN_BITS).any():
+                assert not got_p[i].any()
+                continue
+            j = next(rows)
+            assert got_p[i].tolist() == want_p[j].tolist()
+            assert [_bits(x) for x in got_v[i][got_p[i]].tolist()] == [
+                _bits(x) for x in want_v[j][want_p[j]].tolist()
+            ]
+        assert next(rows, None) is None
+
+
 def test_native_rate_windows_refuse_columns_unlike() -> None:
     from lossproof import _native
 
@@ -327,6 +391,24 @@ def test_native_group_sums_are_the_numpy_blocks(op: str, kind: str) -> None:
         groups = int(gid.max()) + 1
         got = promql._sum_by_group(op, values, present, gid, groups)
         want = promql._aggregate_block(op, values, present, gid, groups)
+        assert got[1].tolist() == want[1].tolist()
+        assert [_bits(x) for x in got[0][got[1]].tolist()] == [_bits(x) for x in want[0][want[1]].tolist()]
+
+
+@pytest.mark.parametrize("kind", ["float counter", "specials", "wide exponents", "huge"])
+def test_native_group_sums_of_a_large_matrix_are_the_numpy_blocks(kind: str) -> None:
+    """A matrix large enough for the extension to sum on two threads (each its own steps, a block
+    of steps at a time): groups of one series to hundreds, steps not a multiple of the block; bit
+    for bit the numpy blocks, and ``sum`` without ``by`` (one group) too."""
+    r = np.random.default_rng(abs(hash(("group_sums_large", kind))) % (1 << 32))
+    m, n = 700, 301
+    values = GENERATORS[kind](r, m * n).reshape(m, n).astype(np.float64)
+    present = r.random((m, n)) < 0.9
+    gid = np.minimum(r.integers(0, 40, m), r.integers(0, 40, m))  # uneven groups
+    gid = np.unique(gid, return_inverse=True)[1].astype(np.int64)
+    for g, groups in ((gid, int(gid.max()) + 1), (np.zeros(m, dtype=np.int64), 1)):
+        got = promql._sum_by_group("sum", values, present, g, groups)
+        want = promql._aggregate_block("sum", values, present, g, groups)
         assert got[1].tolist() == want[1].tolist()
         assert [_bits(x) for x in got[0][got[1]].tolist()] == [_bits(x) for x in want[0][want[1]].tolist()]
 

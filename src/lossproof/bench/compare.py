@@ -38,7 +38,11 @@ queries
     Prometheus, and so lossproof, do). A query lossproof refuses as unsupported PromQL (4xx naming
     it) is reported so, timed for VictoriaMetrics only, and does not count as a disagreement. A
     concurrency check times a one-series instant query against lossproof alone and while the
-    heaviest query runs.
+    heaviest query runs. The queries run twice: *as loaded*, right after both have stored the
+    data (lossproof's background compaction still flushing and packing then), and *at rest*, after
+    the disk figures below (VictoriaMetrics force-flushed and force-merged, lossproof's
+    compaction with nothing left to do, or ``--compact-wait`` run out: the summary says which);
+    both passes are reported, each query's median and ratio, with the load average at the pass's start.
 
 disk
     After the load: VictoriaMetrics' data dir after ``/internal/force_flush`` and
@@ -1102,11 +1106,27 @@ def run_queries_phase(
                 )
             out[f"{t.name}_stored_after_load_s"] = round(took + time.monotonic() - started, 1)
         progress("load: both have stored everything")
+        progress("queries as loaded (lossproof's compaction still at work):")
+        out["as_loaded_load_average"] = _load_average()
         out["queries"] = run_queries(data, vm, lp, repeat, progress)
-        # an unsupported query (agree None) is reported as such, not as a disagreement
-        out["all_agree"] = all(r["agree"] is not False for r in out["queries"].values())
         out["concurrency"] = concurrency(data, lp, progress)
         out["disk"] = disk(data, vm, lp, progress, compact_wait)
+        # The same queries again, uncached as before, once both have nothing left to do:
+        # VictoriaMetrics flushed and merged, lossproof's compaction done (disk() waited for both).
+        done = out["disk"]["lossproof_compaction"]["done"]
+        progress(
+            "queries at rest (vm force_merge'd, lossproof compaction "
+            f"{'done' if done else 'NOT done: see --compact-wait'}):"
+        )
+        out["at_rest_load_average"] = _load_average()
+        out["queries_at_rest"] = run_queries(data, vm, lp, repeat, progress)
+        out["at_rest_compaction_done"] = done
+        # an unsupported query (agree None) is reported as such, not as a disagreement
+        out["all_agree"] = all(
+            r["agree"] is not False
+            for rows in (out["queries"], out["queries_at_rest"])
+            for r in rows.values()
+        )
     return out
 
 
@@ -1139,8 +1159,12 @@ def run(opts: Options) -> dict[str, Any]:
             end_ms = (int(time.time()) // 60 - 1) * 60_000
             data = DataSet(opts.series, opts.hours, end_ms)
             out["queries"] = run_queries_phase(work, data, opts.repeat, opts.say, opts.compact_wait)
-    out["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    out["load_average"] = _load_average()
     return out
+
+
+def _load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def summary_lines(res: dict[str, Any]) -> list[str]:
@@ -1190,15 +1214,22 @@ def summary_lines(res: dict[str, Any]) -> list[str]:
             f"queries: {q['series']:,} series x {q['hours']:g} h at 15 s ({q['samples']:,} samples), "
             f"median of runs, uncached"
         )
-        lines.append(f"{'query':44} {'vm ms':>9} {'lossproof ms':>13} {'ratio':>8}  agree")
-        for row in q["queries"].values():
-            if row.get("unsupported"):
-                lines.append(f"{row['query'][:44]:44} {row['vm_ms']:>9,.1f} {'unsupported':>13} {'-':>8}  -")
+        passes = (
+            ("as loaded: right after the load, lossproof's compaction still at work", "as_loaded", "queries"),
+            (
+                "at rest: vm force_flush + force_merge, lossproof compaction "
+                + ("done" if q.get("at_rest_compaction_done") else "NOT done (--compact-wait)"),
+                "at_rest",
+                "queries_at_rest",
+            ),
+        )
+        for title, key, rows_key in passes:
+            rows = q.get(rows_key)
+            if rows is None:
                 continue
-            lines.append(
-                f"{row['query'][:44]:44} {row['vm_ms']:>9,.1f} {row['lossproof_ms']:>13,.1f} "
-                f"{_fmt_ratio(row['ratio']):>8}  {'yes' if row['agree'] else 'NO: ' + row['detail']}"
-            )
+            la = q.get(f"{key}_load_average")
+            lines.append(f"{title}" + (f" (load average {la[0]:.1f} at its start)" if la else "") + ":")
+            lines.extend(_query_rows(rows))
         c = q["concurrency"]
         lines.append(
             f"lossproof {c['short_query']}: alone {c['short_alone_ms']} ms, while {c['long_query']} "
@@ -1224,6 +1255,19 @@ def summary_lines(res: dict[str, Any]) -> list[str]:
         )
     la = res["load_average"]
     lines.append(f"load average {la[0]:.1f} {la[1]:.1f} {la[2]:.1f} on {res['cores']} cores")
+    return lines
+
+
+def _query_rows(rows: dict[str, Any]) -> list[str]:
+    lines = [f"  {'query':44} {'vm ms':>9} {'lossproof ms':>13} {'ratio':>8}  agree"]
+    for row in rows.values():
+        if row.get("unsupported"):
+            lines.append(f"  {row['query'][:44]:44} {row['vm_ms']:>9,.1f} {'unsupported':>13} {'-':>8}  -")
+            continue
+        lines.append(
+            f"  {row['query'][:44]:44} {row['vm_ms']:>9,.1f} {row['lossproof_ms']:>13,.1f} "
+            f"{_fmt_ratio(row['ratio']):>8}  {'yes' if row['agree'] else 'NO: ' + row['detail']}"
+        )
     return lines
 
 

@@ -144,7 +144,7 @@ from lossproof.query.promvalues import (
     key_of,
     make_vector,
 )
-from lossproof.query.promwindows import BLOCK, NATIVE_RATE, RangeArrays, range_function
+from lossproof.query.promwindows import BLOCK, NATIVE_RATE, RangeArrays, range_function, rate_windows
 from lossproof.store.base import InvalidMatcher, Matcher, SeriesArrays, StoreReader
 
 # re-exported: the values and operators live in their own modules; callers use them from here
@@ -509,7 +509,8 @@ class Evaluator:
         :meth:`_range_call` computes from :meth:`raw_arrays`), the store read a few hundred series
         at a time (:meth:`StoreReader.select_arrays_each`) and each piece's windows computed before
         the next is read: a day of 10,000 series is never in memory at once (600 MB of columns,
-        which cost more to fault in than to decode). The limits are counted as :meth:`_read` counts
+        which cost more to fault in than to decode; nothing of a piece is kept past ``each``: the
+        store reuses its memory). The limits are counted as :meth:`_read` counts
         them (once the whole read is done, the same error); pieces past a limit are only counted."""
         vs = ms.vector_selector
         ends = self._times(None) - _ms(vs.offset)
@@ -527,12 +528,13 @@ class Evaluator:
             counted[1] += sum(len(s.t) for s in piece)
             if counted[0] > lim.max_series or self.budget.samples + counted[1] > lim.max_samples:
                 return  # the limit's error comes once everything is counted
-            found = without_stale(piece)
-            if rng > 0 and found:
-                v, p = range_function(name, found, ends, rng)
+            if rng > 0 and piece:
+                # (the staleness markers left out natively, as without_stale would: a series of
+                # nothing else has no window, and make_vector drops its row)
+                v, p = rate_windows(piece, ends, rng, *NATIVE_RATE[name], skip_stale=True)
                 values.append(v)
                 present.append(p)
-                labels.extend(dict(s.labels) for s in found)
+                labels.extend(dict(s.labels) for s in piece)
 
         if matchers is not None and to_ms >= from_ms:
             self.store.select_arrays_each(self.tenant, matchers, from_ms, to_ms, each)

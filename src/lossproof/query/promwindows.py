@@ -51,17 +51,24 @@ NATIVE_RATE = {"rate": (True, True), "increase": (False, True), "delta": (False,
 
 
 def rate_windows(
-    found: Sequence[SeriesArrays], at: I64, rng: int, is_rate: bool, is_counter: bool
+    found: Sequence[SeriesArrays],
+    at: I64,
+    rng: int,
+    is_rate: bool,
+    is_counter: bool,
+    skip_stale: bool = False,
 ) -> tuple[F64, Mask]:
     """``rate`` / ``increase`` / ``delta`` of every window by the native extension
     (``_native.rate_windows``): each series walked once, each window computed with
     ``_extrapolated_rate``'s operations in its order (the numpy :func:`_rate_arrays` is the same
-    computation, kept for the tests)."""
+    computation, kept for the tests). ``skip_stale``: of ``found`` without its staleness markers
+    (what ``promql.without_stale`` makes of it, a row of no window for a series left empty)."""
     m, n = len(found), len(at)
-    ts = [np.asarray(s.t, dtype=np.int64) for s in found]
-    vs = [np.asarray(s.v, dtype=np.float64) for s in found]
+    # (read in place by the extension, without the GIL: these arrays are this read's own)
+    ts = [np.ascontiguousarray(s.t, dtype=np.int64) for s in found]
+    vs = [np.ascontiguousarray(s.v, dtype=np.float64) for s in found]
     at_b = np.ascontiguousarray(at, dtype=np.int64).tobytes()
-    vals, pres = _native.rate_windows(ts, vs, at_b, rng, is_rate, is_counter)
+    vals, pres = _native.rate_windows(ts, vs, at_b, rng, is_rate, is_counter, skip_stale)
     return np.frombuffer(vals, dtype=np.float64).reshape(m, n), np.frombuffer(pres, dtype=bool).reshape(m, n)
 
 

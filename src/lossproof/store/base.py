@@ -614,7 +614,9 @@ class StoreReader(abc.ABC):
         series each, up to ``series_per_call`` of those matching; a piece may be empty), from one
         snapshot: a caller that is done with a piece before the next keeps only that piece's points
         in memory (a day of 10,000 series is 600 MB of columns, and fresh memory of that size costs
-        as much as decoding it). This default hands over the whole answer at once."""
+        as much as decoding it). A piece's arrays are ``each``'s to read until it returns, not to
+        keep: a store may reuse their memory for the next piece (the embedded store does). This
+        default hands over the whole answer at once."""
         each(self.select_arrays(tenant, matchers, from_ms, to_ms))
 
     def select(self, tenant: str, matchers: Sequence[Matcher], from_ms: int, to_ms: int) -> list[Series]:

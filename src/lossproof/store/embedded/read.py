@@ -57,6 +57,7 @@ def _assemble(
     from_ms: int,
     to_ms: int,
     blocks: Sequence[PartBlock] = (),
+    scratch: list[bytearray] | None = None,
 ) -> list[tuple[chunks.I64, chunks.F64]]:
     """Each series' points in [from_ms, to_ms] from its chunks ``rows``
     ``(series_id, id, t_min, t_max, data)`` (any order) and its slices of parts (``extra``:
@@ -68,7 +69,12 @@ def _assemble(
     into their places (:func:`chunks.decode_into`: no second copy of their points) and the part
     slices copied into theirs. A chunk whose decoded first or last t is not its stored range is a
     ChunkError. A series whose segments follow one another in time (no t in two of them: the usual
-    case) is then a slice of those columns; the others go through :func:`chunks.merge_arrays`."""
+    case) is then a slice of those columns; the others go through :func:`chunks.merge_arrays`.
+
+    ``scratch`` (a list of one bytearray, the read's own): the columns are decoded into that
+    buffer when it is large enough (else into a new one, which becomes the scratch) rather than
+    fresh memory, and the arrays answered are views of it: good only until the next call with the
+    same scratch."""
     empty_t, empty_v = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
     n_found = len(found)
     ex = [(i, o, t, v) for i, segs in extra.items() for o, t, v in segs if len(t)]
@@ -142,15 +148,18 @@ def _assemble(
         # below do)
         segs = ~is_chunk
         seg = [np.ascontiguousarray(x[segs], dtype=np.int64).tobytes() for x in (src - 1, start, dest, lens)]
+        at_b = at.tobytes()
+        more_ts = [np.ascontiguousarray(x, dtype=np.int64) for x in src_ts[1:]]
+        more_vs = [np.ascontiguousarray(x, dtype=np.float64) for x in src_vs[1:]]
         try:
-            cols, verdict = _native.assemble_rows(
-                rows,
-                at.tobytes(),
-                total,
-                [np.ascontiguousarray(x, dtype=np.int64) for x in src_ts[1:]],
-                [np.ascontiguousarray(x, dtype=np.float64) for x in src_vs[1:]],
-                *seg,
-            )
+            cols: bytearray
+            if scratch is None or len(scratch[0]) < 16 * total:
+                cols, verdict = _native.assemble_rows(rows, at_b, total, more_ts, more_vs, *seg)
+                if scratch is not None:  # the next piece's buffer (a new one: the old may be viewed)
+                    scratch[0] = cols
+            else:
+                cols = scratch[0]
+                verdict = _native.assemble_rows_into(cols, rows, at_b, total, more_ts, more_vs, *seg)
         except ValueError as e:  # row_heads checked every row: a mismatch left is a bug, said as damage
             raise chunks.ChunkError(str(e)) from None
         if verdict == 4:  # a packed body did not decompress: opened in Python, which says why
@@ -455,25 +464,30 @@ class SqliteReader(SqliteCore):
     ) -> None:
         """See :meth:`StoreReader.select_arrays_each`: the matching series read ``series_per_call``
         at a time, in one snapshot (``each`` is called under the lock: it must not use this handle).
-        The columns of a piece of a few hundred series stay below glibc's mmap threshold, so the
-        memory is taken again from the heap piece after piece rather than faulted in fresh."""
+        Every piece's columns are decoded into one buffer (:func:`_assemble`'s scratch): a piece's
+        arrays are good until ``each`` returns, and the memory is not faulted in fresh for every
+        piece (glibc maps a block of a piece's size afresh each time, and gives it back)."""
         with self._lock, self._snapshot():
             found = self._matching(tenant, matchers)
             step = max(1, series_per_call)
+            scratch = [bytearray()]  # the pieces' columns, one buffer for all (each is done with one)
             for k in range(0, max(1, len(found)), step):
-                each(self._arrays(found[k : k + step], from_ms, to_ms))
+                each(self._arrays(found[k : k + step], from_ms, to_ms, scratch))
 
-    def _arrays(self, found: Sequence[Found], from_ms: int, to_ms: int) -> list[SeriesArrays]:
+    def _arrays(
+        self, found: Sequence[Found], from_ms: int, to_ms: int, scratch: list[bytearray] | None = None
+    ) -> list[SeriesArrays]:
         """The points in [from_ms, to_ms] of the series ``found``; series without any are left
-        out. Call under the lock, in a snapshot."""
+        out (``scratch``: see :func:`_assemble`). Call under the lock, in a snapshot."""
         out: list[SeriesArrays] = []
-        for (_, metric, lab), (ts, vs) in zip(found, self._series_points(found, from_ms, to_ms), strict=True):
+        points = self._series_points(found, from_ms, to_ms, scratch)
+        for (_, metric, lab), (ts, vs) in zip(found, points, strict=True):
             if len(ts):
                 out.append(SeriesArrays(metric, dict(lab), ts, vs))
         return out
 
     def _series_points(
-        self, found: Sequence[Found], from_ms: int, to_ms: int
+        self, found: Sequence[Found], from_ms: int, to_ms: int, scratch: list[bytearray] | None = None
     ) -> list[tuple[chunks.I64, chunks.F64]]:
         """Each series' points in [from_ms, to_ms]: its chunks that overlap the range (an index
         range each) and its slices of the parts that do (a seek into each part's directory)."""
@@ -519,7 +533,7 @@ class SqliteReader(SqliteCore):
                         extra.setdefault(i, []).append((_PART_ORDER + pid, ts, vs))
         ids = msgspec.json.encode([sid for sid, _, _ in found])
         rows = con.execute(_SELECT_CHUNKS_OF, (ids, from_ms, to_ms)).fetchall()
-        return _assemble(found, rows, extra, from_ms, to_ms, blocks)
+        return _assemble(found, rows, extra, from_ms, to_ms, blocks, scratch)
 
     def _parts_dirs(
         self, from_ms: int, to_ms: int

@@ -48,7 +48,7 @@ class SqliteWriter(SqliteCore):
     if TYPE_CHECKING:  # the read path's (SqliteStore)
 
         def _series_points(
-            self, found: Sequence[Found], from_ms: int, to_ms: int
+            self, found: Sequence[Found], from_ms: int, to_ms: int, scratch: list[bytearray] | None = None
         ) -> list[tuple[chunks.I64, chunks.F64]]: ...
 
         def _parts_dirs(
