@@ -74,10 +74,12 @@ fn open(data: &[u8], k: usize) -> Result<Part<'_>, String> {
         if j > 0 && part.sid(j) <= part.sid(j - 1) {
             return Err(format!("part {k}: series not ascending"));
         }
-        let (a, b) = (rd(part.starts, j), rd(part.starts, j + 1));
-        if b < a {
+        if rd(part.starts, j + 1) < rd(part.starts, j) {
             return Err(format!("part {k}: series bounds going back"));
         }
+    }
+    for j in 0..series {
+        let (a, b) = (rd(part.starts, j), rd(part.starts, j + 1));
         for i in (a as usize + 1)..(b as usize) {
             if rd(part.ts, i) <= rd(part.ts, i - 1) {
                 return Err(format!("part {k}: a series' times not increasing"));

@@ -420,6 +420,11 @@ def _damaged_parts() -> list[bytes]:
     starts_at = head + 16 * 2
     bounds[starts_at + 16 : starts_at + 24] = struct.pack("<q", 2)
     out.append(bytes(bounds))
+    # a bound in the middle past its points, the last one right, the times increasing throughout (so
+    # that only the bound can stop a read past the part's end)
+    middle = bytearray(_part({(1, 10): 1.0, (1, 20): 2.0, (2, 30): 3.0}))
+    middle[starts_at + 8 : starts_at + 16] = struct.pack("<q", 100)
+    out.append(bytes(middle))
     huge = bytearray(good)  # a series count whose directory overflows
     huge[4:16] = struct.pack("<IQ", 2**32 - 1, 2**63)
     out.append(bytes(huge))

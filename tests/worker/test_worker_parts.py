@@ -4,17 +4,25 @@ passes a record that is only partly stored, and a store outage in between loses 
 from __future__ import annotations
 
 import json
+import sqlite3
+import struct
+import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import cramjam
+import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
 from lossproof.log.base import LogLag, LogReader, LogRecord, PollResult
+from lossproof.points import SeriesSamples
 from lossproof.protocol import native, promrw
+from lossproof.store import chunks
 from lossproof.store.base import StoreUnavailable, WriteBatch, WriteResult
 from lossproof.store.sqlite import SqliteStore
+from lossproof.worker.compactor import Compactor
 from lossproof.worker.loop import Worker
 from lptest.pipeline import report
 
@@ -101,3 +109,34 @@ def test_a_big_record_spans_transactions_and_commits_only_when_whole(tmp_path: P
     native_points = store.query("default", "cpu.user", 0, T0 * 2, {})
     assert sum(len(s.points) for s in native_points) == 2 * 10 + 10 * 300
     store.close()
+
+
+def test_a_part_the_flush_refuses_does_not_end_the_compactor(tmp_path: Path) -> None:
+    """A damaged part is refused (ChunkError) on every try; the compactor thread logs it and goes on
+    (it used to die of a panic in the native flush, which is a BaseException)."""
+    path = tmp_path / "s.db"
+    s = SqliteStore(path)
+    s.write_batch(WriteBatch(series=[("t", SeriesSamples("m", {}, [1_700_000_000_000], [1.0]))], now_ms=0))
+    s.close()
+    good = chunks.encode_part(
+        np.array([1, 2], dtype=np.int64), np.array([10, 20, 30], dtype=np.int64), np.zeros(3)
+    )
+    bad = bytearray(good)
+    struct.pack_into("<q", bad, chunks._PART_HEAD.size + 16 * 2 + 8, 100)  # series 1 ends past the points
+    con = sqlite3.connect(path)
+    con.execute("UPDATE parts SET data = ?", (bytes(bad),))
+    con.commit()
+    con.close()
+    stop = threading.Event()
+    registry = CollectorRegistry()
+    c = Compactor(lambda: SqliteStore(path), registry, 0.05, stop)
+    c.start()
+    try:
+        deadline = time.monotonic() + 10
+        while (registry.get_sample_value("lossproof_store_compaction_errors_total") or 0) < 2:
+            assert time.monotonic() < deadline, "the flush was not tried twice"
+            time.sleep(0.05)
+        assert c._thread.is_alive()
+    finally:
+        stop.set()
+        c.join(5)

@@ -92,7 +92,9 @@ class Compactor:
             except StoreUnavailable as e:
                 self.metrics.errors.inc()
                 log.warning("compaction.unavailable", error=str(e))
-            except Exception as e:  # logged; the next round tries again
+            except BaseException as e:  # logged; the next round tries again
+                # BaseException: a panic in the native extension (pyo3's PanicException) is one, and
+                # a dead compactor thread would leave parts to pile up for good
                 self.metrics.errors.inc()
                 log.error("compaction.failed", error=f"{type(e).__name__}: {e}")
             if not more:
