@@ -13,7 +13,7 @@ import pytest
 from lossproof import config as config_mod
 from lossproof.points import SeriesSamples
 from lossproof.store import chunks
-from lossproof.store.base import Matcher, WriteBatch
+from lossproof.store.base import COMPACT_WINDOW_MS, Matcher, WriteBatch
 from lossproof.store.embedded import compact as compact_mod
 from lossproof.store.sqlite import SqliteStore
 from lptest import subprocess_env
@@ -150,3 +150,24 @@ def test_store_migrate_converts_a_store_without_auto_vacuum(tmp_path: Path) -> N
     again = migrate()
     assert again.returncode == 0 and "rewrote" not in again.stdout, again.stdout + again.stderr
     assert _stored(path) == 5 * 100 * 10
+
+
+def test_a_window_filled_by_several_flushes_ends_as_one_chunk(tmp_path: Path) -> None:
+    """Review: a flush packs a series of 128 points or more itself, but only into a window none of
+    the series' chunks is in yet; the next flushes' points of that window are written raw, and
+    packing merges them (it scans raw chunks only: packed chunks of six flushes in one window used to
+    stay six for good)."""
+    path = tmp_path / "s.db"
+    s = SqliteStore(path)
+    now = T0 + 10 * COMPACT_WINDOW_MS
+    for k in range(6):  # six batches of 200 points of one series in one window, a flush after each
+        ts = [T0 + 1000 * (200 * k + i) for i in range(200)]
+        s.write_batch(WriteBatch(series=[("t", SeriesSamples("m", {}, ts, [1.0] * 200))], now_ms=now))
+        while s.compact(now + 10**9).more:
+            pass
+    _compact_all(s, now + 10**10)
+    s.close()
+    con = sqlite3.connect(path)
+    got = con.execute("SELECT n, unicode(substr(data, 1, 1)) FROM chunks").fetchall()
+    con.close()
+    assert got == [(1200, chunks.PACKED)]

@@ -34,7 +34,7 @@ from __future__ import annotations
 import itertools
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -527,17 +527,23 @@ def encode_part(sids: I64, ts: I64, vs: F64) -> bytes:
 ChunkRow = tuple[int, int, int, int, int, bytes]  # id, series, t_min, t_max, n, data
 
 
+# which of the chunks (series, from, to) to make may be packed: none of the series' chunks there yet
+PackableWindows = Callable[[I64, I64, I64], npt.NDArray[np.bool_]]
+
+
 def flush_parts(
-    datas: list[bytes], first_id: int, pack_min: int, window_ms: int
+    datas: list[bytes], first_id: int, pack_min: int, window_ms: int, packable: PackableWindows
 ) -> tuple[list[ChunkRow], int, int]:
     """Parts (oldest first) merged into chunk rows, ids from ``first_id`` on; the points and the
     rows' data bytes in all. Of two points of a series with the same t, the older part's is kept
     (first write wins). A series of fewer than ``pack_min`` points becomes one RAW chunk (packing
-    merges it later with the next flushes' ones); a longer one is packed now, one chunk per window
-    of ``window_ms`` as :func:`pack` makes them: written once, not raw and then again packed. The
-    merge is a k-way merge of the parts' sorted series by the native extension, without the GIL
-    (``_native.flush_rows``); a part whose layout or order is not what :func:`encode_part` makes is a
-    ChunkError."""
+    merges it later with the next flushes' ones). A longer one is cut per window of ``window_ms``,
+    and each piece is packed now where ``packable`` says that window holds none of the series'
+    chunks yet (written once, not raw and then again packed; a window the flush does not open is
+    left to packing, which keeps one chunk per series and window: only raw chunks are scanned for
+    it), else written RAW. The merge is a k-way merge of the parts' sorted series by the native
+    extension, without the GIL (``_native.flush_rows``); a part whose layout or order is not what
+    :func:`encode_part` makes is a ChunkError."""
     try:
         rows, points, size, big = _native.flush_rows(datas, first_id, pack_min)
     except ValueError as e:
@@ -546,7 +552,7 @@ def flush_parts(
     if not len(sids):
         return rows, points, size
     ts, vs = ts_b.astype(np.int64, copy=False), vs_b.view("<f8").astype(np.float64, copy=False)
-    # one chunk per series and window, as pack() cuts them
+    # the pieces: one per series and window, as pack() cuts them
     windows = ts // window_ms
     cut = np.zeros(len(ts), dtype=bool)
     cut[run_ends[:-1]] = True
@@ -554,7 +560,19 @@ def flush_parts(
     starts = np.flatnonzero(np.concatenate(([True], cut[1:])))
     ends = np.append(starts[1:], len(ts))
     sid_of = np.repeat(sids, np.diff(run_ends, prepend=0))
-    # a slice of the chunks at a time: encode_many holds ~100 bytes a point of temporaries
+    w_lo = windows[starts] * window_ms
+    pack_now = packable(sid_of[starts], w_lo, w_lo + (window_ms - 1))
+    for a, b in zip(starts[~pack_now].tolist(), ends[~pack_now].tolist(), strict=True):
+        data = bytes((RAW,)) + ts[a:b].astype("<i8").tobytes() + vs[a:b].astype("<f8").tobytes()
+        rows.append((first_id + len(rows), int(sid_of[a]), int(ts[a]), int(ts[b - 1]), b - a, data))
+        size += len(data)
+    # the pieces to pack, their points together
+    lens = (ends - starts)[pack_now]
+    keep = np.repeat(pack_now, ends - starts)
+    ts, vs, sid_of = ts[keep], vs[keep], sid_of[keep]
+    ends = np.cumsum(lens)
+    starts = ends - lens
+    # a slice of the pieces at a time: encode_many holds ~100 bytes a point of temporaries
     k = 0
     while k < len(starts):
         j = max(k + 1, int(np.searchsorted(ends, starts[k] + _ENCODE_MAX_POINTS, side="right")))

@@ -198,6 +198,12 @@ _PACK_READ = (
     "SELECT c.id, c.series_id, c.data FROM json_each(?) j CROSS JOIN chunks c"
     " ON c.series_id = j.value ->> 0 AND c.t_max >= j.value ->> 1 AND c.t_min < j.value ->> 2"
 )
+# The positions in a JSON array of [series, from, to] of those where a chunk of the series holds a
+# point in [from, to]: an index seek each.
+_WINDOWS_TAKEN = (
+    "SELECT j.key FROM json_each(?) j WHERE EXISTS (SELECT 1 FROM chunks c"
+    " WHERE c.series_id = j.value ->> 0 AND c.t_max >= j.value ->> 1 AND c.t_min <= j.value ->> 2)"
+)
 # Parts are turned into chunks once there are this many, or this many points in them, or the oldest
 # is this old: readers look into every part that overlaps their range, so there must be few.
 _PART_FLUSH_COUNT = 8

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 
 from lossproof.store import chunks
 from lossproof.store.base import (
@@ -29,6 +30,7 @@ from lossproof.store.embedded.common import (
     _PART_FLUSH_POINTS,
     _SCAN_LIMIT,
     _SCAN_RAW,
+    _WINDOWS_TAKEN,
     _SeriesKey,
 )
 from lossproof.store.embedded.core import SqliteCore
@@ -114,9 +116,20 @@ class SqliteCompaction(SqliteCore):
             n += count
         datas = [con.execute("SELECT data FROM parts WHERE id = ?", (pid,)).fetchone()[0] for pid in take]
         first = self._next_chunk_id()
-        rows, points, out = chunks.flush_parts(datas, first, _PACK_AT_FLUSH, COMPACT_WINDOW_MS)
+        rows, points, out = chunks.flush_parts(
+            datas, first, _PACK_AT_FLUSH, COMPACT_WINDOW_MS, self._windows_empty
+        )
         size = sum(len(d) for d in datas)
         return _Flush(take, rows, first, size, out, points, int(self._meta("compact_gen") or 0))
+
+    def _windows_empty(self, sids: chunks.I64, lo: chunks.I64, hi: chunks.I64) -> npt.NDArray[np.bool_]:
+        """For each (series, lo, hi): whether none of the series' chunks holds a point in it (one
+        index seek each, in one statement)."""
+        items = msgspec.json.encode(list(zip(sids.tolist(), lo.tolist(), hi.tolist(), strict=True)))
+        empty = np.ones(len(sids), dtype=bool)
+        taken = [k for (k,) in self._con.execute(_WINDOWS_TAKEN, (items,))]
+        empty[taken] = False
+        return empty
 
     def _next_chunk_id(self) -> int:
         """The id a new raw chunk takes: above every id a chunk ever had (meta.chunk_id_top), not
