@@ -72,7 +72,7 @@ pub fn group_sums<'py>(
     // without the GIL, on two threads for a large matrix (each its own steps): the matrix is the
     // caller's own (lossproof.query.promql._sum_by_group: the evaluator's fresh arrays)
     py.detach(|| {
-        let two = std::thread::available_parallelism().map_or(1, |c| c.get()) >= 2;
+        let two = crate::two_cpus();
         if !two || n < 2 || m * n < PARALLEL_CELLS {
             cells(v, p, n, &members, 0..n, &mut sums, &mut counts, &mut flags);
             return;
@@ -80,22 +80,26 @@ pub fn group_sums<'py>(
         let half = n / 2;
         let mut second = (vec![0.0f64; groups * (n - half)], vec![0i64; groups * (n - half)]);
         let mut second_flags = vec![0u8; groups * (n - half)];
-        std::thread::scope(|s| {
+        {
             let (s2, c2, f2) = (&mut second.0, &mut second.1, &mut second_flags);
             let members = &members;
-            s.spawn(move || cells(v, p, n, members, half..n, s2, c2, f2));
-            let (mut s1, mut c1, mut f1) = (
-                vec![0.0f64; groups * half],
-                vec![0i64; groups * half],
-                vec![0u8; groups * half],
+            crate::join2(
+                move || cells(v, p, n, members, half..n, s2, c2, f2),
+                || {
+                    let (mut s1, mut c1, mut f1) = (
+                        vec![0.0f64; groups * half],
+                        vec![0i64; groups * half],
+                        vec![0u8; groups * half],
+                    );
+                    cells(v, p, n, members, 0..half, &mut s1, &mut c1, &mut f1);
+                    for g in 0..groups {
+                        sums[g * n..g * n + half].copy_from_slice(&s1[g * half..(g + 1) * half]);
+                        counts[g * n..g * n + half].copy_from_slice(&c1[g * half..(g + 1) * half]);
+                        flags[g * n..g * n + half].copy_from_slice(&f1[g * half..(g + 1) * half]);
+                    }
+                },
             );
-            cells(v, p, n, members, 0..half, &mut s1, &mut c1, &mut f1);
-            for g in 0..groups {
-                sums[g * n..g * n + half].copy_from_slice(&s1[g * half..(g + 1) * half]);
-                counts[g * n..g * n + half].copy_from_slice(&c1[g * half..(g + 1) * half]);
-                flags[g * n..g * n + half].copy_from_slice(&f1[g * half..(g + 1) * half]);
-            }
-        });
+        }
         let w = n - half;
         for g in 0..groups {
             sums[g * n + half..(g + 1) * n].copy_from_slice(&second.0[g * w..(g + 1) * w]);

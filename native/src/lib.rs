@@ -606,3 +606,55 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(flush::flush_rows, m)?)?;
     Ok(())
 }
+
+/// Whether there are two CPUs to compute on (asked once: `available_parallelism` reads the cgroup
+/// files on every call, ~10 us).
+pub(crate) fn two_cpus() -> bool {
+    static TWO: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TWO.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2)
+}
+
+/// `a` on a second thread while `b` runs on this one; both here, one after the other, when the OS
+/// gives no thread (a pids limit, memory pressure: `spawn` would panic, and a panic reaches Python
+/// as a BaseException). A panic in `a` is resumed here, as `thread::scope` does.
+pub(crate) fn join2<RA: Send, RB>(a: impl FnOnce() -> RA + Send, b: impl FnOnce() -> RB) -> (RA, RB) {
+    let slot = std::sync::Mutex::new(Some(a));
+    let take = || slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+    std::thread::scope(|s| match std::thread::Builder::new().spawn_scoped(s, || take().map(|f| f())) {
+        Ok(other) => {
+            let rb = b();
+            match other.join() {
+                Ok(ra) => (ra.expect("the job runs once"), rb),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        Err(_) => {
+            let ra = take().expect("the job did not run")();
+            (ra, b())
+        }
+    })
+}
+
+#[cfg(test)]
+mod join2_tests {
+    #[test]
+    fn both_run_and_a_panic_of_the_other_thread_is_resumed() {
+        let mut x = vec![0u8; 4];
+        let (a, b) = {
+            let (l, r) = x.split_at_mut(2);
+            super::join2(
+                || {
+                    r.fill(2);
+                    "a"
+                },
+                || {
+                    l.fill(1);
+                    7
+                },
+            )
+        };
+        assert_eq!((a, b, x), ("a", 7, vec![1, 1, 2, 2]));
+        let caught = std::panic::catch_unwind(|| super::join2(|| panic!("boom"), || 1));
+        assert!(caught.is_err());
+    }
+}

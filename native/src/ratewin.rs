@@ -377,7 +377,7 @@ pub fn rate_windows<'py>(
         series.push((in_place(tb, "times", i)?, in_place(vb, "values", i)?));
     }
     let mut present = vec![0u8; m * n];
-    let two = std::thread::available_parallelism().map_or(1, |c| c.get()) >= 2;
+    let two = crate::two_cpus();
     // the values written straight into the answer (a column-sized Vec then copied was a second
     // allocation of m x n floats: fresh pages to fault in on every call)
     let out = PyByteArray::new_with(py, 8 * m * n, |values| {
@@ -391,10 +391,10 @@ pub fn rate_windows<'py>(
             let (p1, p2) = present.split_at_mut(half * n);
             let (s1, s2) = series.split_at(half);
             let at = &at[..];
-            std::thread::scope(|s| {
-                s.spawn(|| rows_windows(s2, at, rng, is_rate, is_counter, skip_stale, v2, p2));
-                rows_windows(s1, at, rng, is_rate, is_counter, skip_stale, v1, p1);
-            });
+            crate::join2(
+                || rows_windows(s2, at, rng, is_rate, is_counter, skip_stale, v2, p2),
+                || rows_windows(s1, at, rng, is_rate, is_counter, skip_stale, v1, p1),
+            );
         });
         Ok(())
     })?;

@@ -313,6 +313,12 @@ fn assemble<'py>(
         }
     };
     let out = into.or(fresh.as_ref()).expect("a buffer");
+    // an export of the caller's bytearray held until its columns are written: while it is held,
+    // no other thread can resize (reallocate) it (BufferError) while it is written without the GIL
+    let _export = match into {
+        Some(b) => Some(PyBuffer::<u8>::get(b.as_any())?),
+        None => None,
+    };
     if out.len() < 16 * total {
         return Err(PyValueError::new_err(format!(
             "a buffer of {} bytes for {total} points",
@@ -360,7 +366,7 @@ const PARALLEL_POINTS: usize = 200_000;
 /// their order, as before: the answer is the same either way.
 fn decode_parallel(chunks: &[Chunk], ts: &mut [u8], vs: &mut [u8]) -> (bool, bool, bool) {
     let total = ts.len() / 8;
-    let two = std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2;
+    let two = crate::two_cpus();
     if !two || total < PARALLEL_POINTS || chunks.len() < 2 {
         return decode_run(chunks, ts, vs, 0);
     }
@@ -377,11 +383,7 @@ fn decode_parallel(chunks: &[Chunk], ts: &mut [u8], vs: &mut [u8]) -> (bool, boo
     let second: Vec<Chunk> = order[cut..].iter().map(|&(_, i)| chunks[i].clone()).collect();
     let (t1, t2) = ts.split_at_mut(8 * split);
     let (v1, v2) = vs.split_at_mut(8 * split);
-    let (a, b) = std::thread::scope(|s| {
-        let other = s.spawn(|| decode_run(&second, t2, v2, split));
-        let here = decode_run(&first, t1, v1, 0);
-        (here, other.join().expect("a decoding thread panicked"))
-    });
+    let (b, a) = crate::join2(|| decode_run(&second, t2, v2, split), || decode_run(&first, t1, v1, 0));
     (a.0 && b.0, a.1 && b.1, a.2 || b.2)
 }
 

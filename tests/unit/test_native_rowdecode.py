@@ -6,6 +6,9 @@ payloads, staleness markers), and the same ChunkError, message and all, for ever
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +21,7 @@ from lossproof import _native
 from lossproof.store import chunks
 from lossproof.store.embedded import read
 from lossproof.store.embedded.read import PartBlock, _assemble
+from lptest import subprocess_env
 
 STALE = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000002))[0]  # Prometheus' staleness marker
 Row = tuple[int, int, int, int, bytes]
@@ -285,3 +289,55 @@ def test_more_points_than_the_stored_range_holds_is_read_by_the_python_path() ->
         "error",
         "a chunk's points are not its stored time range",
     )
+
+
+# Review (q): assemble_rows_into writes the caller's bytearray without the GIL; without an export
+# held, another thread could resize (free) it meanwhile. Run in a child: unfixed, it crashed
+# (SIGSEGV) or wrote into freed memory; fixed, the resize raises BufferError.
+_RESIZE_CHILD = textwrap.dedent("""
+    import sys, threading, time, numpy as np
+    from lossproof import _native
+    from lossproof.store import chunks
+    r = np.random.default_rng(1)
+    rows, at, pos = [], [], 0
+    for i in range(400):
+        t = 1_000_000 + np.cumsum(r.integers(1, 30000, 5000)).astype(np.int64)
+        data = chunks.encode_many(t, r.standard_normal(5000), np.array([0]), np.array([5000]))[0]
+        rows.append((i, i, int(t[0]), int(t[-1]), data)); at.append(pos); pos += 5000
+    at_b = np.array(at, dtype=np.int64).tobytes()
+    buf = bytearray(16 * pos)
+    started = threading.Event()
+    outcome = []
+    def resizer():
+        started.set()
+        time.sleep(0.0001)  # then waits for the GIL: it gets it when the extension lets it go
+        try:
+            del buf[:]
+            outcome.append("resized")
+        except BufferError:
+            outcome.append("refused")
+    sys.setswitchinterval(5.0)  # the main thread keeps the GIL until the extension releases it
+    th = threading.Thread(target=resizer); th.start(); started.wait()
+    try:
+        _native.assemble_rows_into(buf, rows, at_b, pos, [], [], b"", b"", b"", b"")
+    except ValueError:  # the resizer ran before the call (its length checked): no race this time
+        outcome.insert(0, "early")
+    th.join()
+    print(outcome[0])
+""")
+
+
+def test_the_callers_bytearray_cannot_be_resized_while_written_without_the_gil() -> None:
+    seen = []
+    for _ in range(8):
+        p = subprocess.run(
+            [sys.executable, "-c", _RESIZE_CHILD],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=subprocess_env(),
+        )
+        assert p.returncode == 0, (p.returncode, p.stderr[-500:])  # -11: SIGSEGV, a write into freed memory
+        seen.append(p.stdout.strip())
+        assert seen[-1] in ("refused", "early"), seen  # "resized": freed under the writer, no crash this time
+    assert "refused" in seen
