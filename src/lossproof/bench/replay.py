@@ -17,6 +17,7 @@ ingest and the replay sharing the cores).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import math
 import os
@@ -345,28 +346,17 @@ def main(
     with tempfile.TemporaryDirectory(prefix="lossproof-bench-replay-", dir=work_dir) as tmp:
         fb = Path(tmp) / "fallback"
         try:
-            if url is None:
-                data = Path(tmp) / "data"
-                with spawned_pipeline(data) as (u, k):
-                    res = run_replay_bench(
-                        u,
-                        k,
-                        fb,
-                        agents,
-                        reports,
-                        points,
-                        concurrency,
-                        rate,
-                        progress=say,
-                        pipeline_dir=data,
-                        backlog=backlog,
-                        body_format=body_format,
-                    )
-            else:
-                assert api_key is not None
+            with contextlib.ExitStack() as stack:
+                pipeline_dir: Path | None = None
+                if url is None:
+                    pipeline_dir = Path(tmp) / "data"
+                    u, k = stack.enter_context(spawned_pipeline(pipeline_dir))
+                else:
+                    assert api_key is not None
+                    u, k = url, api_key
                 res = run_replay_bench(
-                    url,
-                    api_key,
+                    u,
+                    k,
                     fb,
                     agents,
                     reports,
@@ -374,6 +364,8 @@ def main(
                     concurrency,
                     rate,
                     progress=say,
+                    pipeline_dir=pipeline_dir,
+                    backlog=backlog,
                     body_format=body_format,
                 )
         except RuntimeError as e:
