@@ -149,9 +149,10 @@ pub fn assemble_rows<'py>(
 /// seg_len) -> verdict`: what `assemble_rows` answers, its columns written into the first
 /// `16 * total` bytes of `out` (a bytearray at least that long; positions nothing is given are
 /// zeroed there too) instead of a new bytearray: a read in pieces uses one buffer for all of them,
-/// not fresh memory each time (faulting in a piece's pages cost as much as decoding it). `out` must
-/// be the caller's own, which nothing else reads or writes meanwhile (it is written without the
-/// GIL): lossproof.store.embedded.read's scratch of one read.
+/// not fresh memory each time (faulting in a piece's pages cost as much as decoding it). It is
+/// written without the GIL, an export of it held meanwhile (another thread's resize fails with
+/// BufferError); its bytes must be the caller's own, which nothing else reads or writes meanwhile:
+/// lossproof.store.embedded.read's scratch of one read.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
 pub fn assemble_rows_into<'py>(

@@ -324,8 +324,8 @@ class PgWriter(PgCore):
         starts, ends = chunks.series_bounds(sids)
         usids = sids[starts]
         tops = self._stored_tops(cur, usids)
-        # series -> a t stored at or after its first new point (what drop_stored needs to look)
-        # the points at or before their series' top may be stored: looked up
+        # a series' top is at or after its newest stored t: only its points at or before it may be
+        # stored, and those are looked up
         check = np.flatnonzero(ts <= np.repeat(tops, ends - starts))
         if len(check):
             keep = np.ones(len(ts), dtype=bool)
