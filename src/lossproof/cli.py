@@ -207,6 +207,19 @@ def worker(data_dir: Path, http_port: int | None, log_format: str) -> None:
         raise click.ClickException(f"store: {e}") from None
 
 
+@cli.command(hidden=True)
+@data_dir_option
+@log_format_option
+def compactor(data_dir: Path, log_format: str) -> None:
+    """The worker's compactor process (the worker starts it): store compaction, each step a JSON
+    line on stdout for the worker's metrics."""
+    from lossproof.obs.logging import setup
+    from lossproof.worker.compactor import run_process
+
+    setup("compactor", fmt=log_format)
+    run_process(_load(data_dir))
+
+
 @cli.command()
 @click.option("--url", default="http://127.0.0.1:8080", show_default=True, envvar="LOSSPROOF_URL")
 @click.option("--api-key", envvar="LOSSPROOF_API_KEY", required=True, help="API key (or LOSSPROOF_API_KEY).")
@@ -279,9 +292,7 @@ def send(
                     # the seq is stored with other content (a copied or reused state): a new
                     # incarnation from this seq on, and the same report again
                     incarnation = snd.new_incarnation(state_dir, agent, incarnation[0], seq)
-                    click.echo(
-                        f"warning: {e}; sending again as a new incarnation {incarnation[0]}", err=True
-                    )
+                    click.echo(f"warning: {e}; sending again as a new incarnation {incarnation[0]}", err=True)
                 except snd.SendError as e:
                     # the next run tells the server this seq was given up on, and why
                     snd.give_up(state_dir, agent, seq, seq, f"lossproof send gave up: {e}")

@@ -6,7 +6,6 @@ holding the port or the log; the next ``up`` recovers the log and carries on.
 
 from __future__ import annotations
 
-import ctypes
 import signal
 import socket
 import subprocess
@@ -17,22 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lossproof.children import die_with_parent
 from lossproof.config import Config
 from lossproof.obs.logging import get
 
 log = get(__name__)
 
-PR_SET_PDEATHSIG = 1
 STARTUP_SECONDS = 10.0
 STARTUP_ATTEMPTS = 3
-
-
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass  # not Linux: children are still stopped on clean exits
 
 
 @dataclass
@@ -46,7 +37,7 @@ class Child:
     backoff: float = field(default=0.5)
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv, preexec_fn=_die_with_parent)
+        self.proc = subprocess.Popen(self.argv, preexec_fn=die_with_parent)
         self.started = time.monotonic()
         log.info("up.child_started", child=self.name, pid=self.proc.pid)
 

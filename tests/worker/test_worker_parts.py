@@ -22,7 +22,7 @@ from lossproof.protocol import native, promrw
 from lossproof.store import chunks
 from lossproof.store.base import StoreUnavailable, WriteBatch, WriteResult
 from lossproof.store.sqlite import SqliteStore
-from lossproof.worker.compactor import Compactor
+from lossproof.worker.compactor import Compactor, CompactorMetrics, record
 from lossproof.worker.loop import Worker
 from lptest.pipeline import report
 
@@ -129,7 +129,8 @@ def test_a_part_the_flush_refuses_does_not_end_the_compactor(tmp_path: Path) -> 
     con.close()
     stop = threading.Event()
     registry = CollectorRegistry()
-    c = Compactor(lambda: SqliteStore(path), registry, 0.05, stop)
+    metrics = CompactorMetrics(registry)
+    c = Compactor(lambda: SqliteStore(path), lambda step: record(metrics, step), 0.05, stop)
     c.start()
     try:
         deadline = time.monotonic() + 10

@@ -31,6 +31,7 @@ import click
 import msgspec
 import psutil  # type: ignore[import-untyped]  # no stubs installed; calls are plain
 
+from lossproof import config as config_mod
 from lossproof.agent.report import Point as AgentPoint
 from lossproof.agent.report import encode_encoded_report, encode_points
 from lossproof.agent.request import encode_request
@@ -57,6 +58,8 @@ class ReplayBenchResult:
     rejected: int
     cpu_seconds: dict[str, float] | None = None  # per process, over replay + drain
     drain_seconds: float | None = None  # --backlog: from resuming the worker until it stored all
+    # --spawn: from the start of the drain (replay, or the worker resumed) until compaction was done
+    compacted_seconds: float | None = None
 
     @property
     def total_reports(self) -> int:
@@ -84,6 +87,12 @@ class ReplayBenchResult:
             out[-1] = (
                 f"worker paused during the replay, then drained the backlog alone in {d:.1f} s = "
                 f"{self.total_reports / d:,.0f} reports/s, {self.total_points / d:,.0f} points/s stored"
+            )
+        if self.compacted_seconds is not None:
+            c = self.compacted_seconds
+            out.append(
+                "compaction (in the background, the points queryable meanwhile): "
+                + (f"every point packed {c:.1f} s after the drain began" if math.isfinite(c) else "NOT done")
             )
         if self.cpu_seconds:
             per = ", ".join(
@@ -189,12 +198,12 @@ class _Lines(io.StringIO):
 
 
 def _processes(data_dir: Path) -> dict[str, psutil.Process]:
-    """The pipeline's ingest and worker processes (found by their --data-dir)."""
+    """The pipeline's ingest, worker and compactor processes (found by their --data-dir)."""
     out = {}
     for p in psutil.process_iter(["cmdline"]):
         cmd = p.info["cmdline"] or []
         if str(data_dir) in cmd and "lossproof" in cmd:
-            for role in ("ingest", "worker"):
+            for role in ("ingest", "worker", "compactor"):
                 if role in cmd:
                     out[role] = p
     return out
@@ -206,6 +215,19 @@ def _cpu(p: psutil.Process) -> float:
         return float(t.user + t.system)
     except psutil.Error:
         return math.nan
+
+
+def _wait_compacted(data_dir: Path, timeout: float) -> float:
+    """When the embedded store's compaction had packed every point (monotonic), or inf."""
+    from lossproof.bench.compare import packing_done
+
+    store = config_mod.load(data_dir).store_path
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not store.exists() or packing_done(store):
+            return time.monotonic()
+        time.sleep(0.5)
+    return math.inf
 
 
 def _wait_stored(url: str, target: float, timeout: float) -> bool:
@@ -259,15 +281,17 @@ def run_replay_bench(
         concurrency=concurrency,
         progress_interval=5.0,
     )
-    if backlog:
-        procs["worker"].suspend()
+    # a worker that is down: its compactor (a child of it) is down too
+    paused = [procs[k] for k in ("worker", "compactor") if backlog and k in procs]
+    for p in paused:
+        p.suspend()
     try:
         started = time.monotonic()
         summary = asyncio.run(Replay(opts, _Lines(progress)).run())
         replay_s = time.monotonic() - started
     finally:
-        if backlog:
-            procs["worker"].resume()
+        for p in paused:
+            p.resume()
     resumed = time.monotonic()
     if summary.error:
         raise RuntimeError(f"replay failed: {summary.error}")
@@ -277,6 +301,10 @@ def run_replay_bench(
     ok = _wait_stored(url, before + agents * reports * points, timeout)
     stored_s = time.monotonic() - started if ok else math.inf
     drain_s = (time.monotonic() - resumed if ok else math.inf) if backlog else None
+    compacted_s = None
+    if ok and pipeline_dir is not None:
+        progress("waiting for compaction to finish ...")
+        compacted_s = _wait_compacted(pipeline_dir, timeout) - (resumed if backlog else started)
     cpu = {k: _cpu(p) - cpu0[k] for k, p in procs.items()}
     return ReplayBenchResult(
         agents,
@@ -291,6 +319,7 @@ def run_replay_bench(
         summary.rejected,
         cpu,
         drain_s,
+        compacted_s,
     )
 
 

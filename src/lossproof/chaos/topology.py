@@ -38,8 +38,8 @@ from lossproof.chaos.faultable import Faultable
 from lossproof.chaos.netns import AgentNet
 from lossproof.chaos.remote import PipelineClient, RemoteError, run_audit
 from lossproof.chaos.truth import read_truth, wiped_mark
+from lossproof.children import die_with_parent
 from lossproof.faults import write_faults
-from lossproof.up import _die_with_parent
 
 Progress = Callable[[str], None]
 _HTTP = urllib3.PoolManager(maxsize=8, timeout=urllib3.Timeout(connect=2, read=5), retries=False)
@@ -85,7 +85,7 @@ class Proc(Faultable):
         with open(self.log_dir / f"{self.name}-{self.starts}.log", "wb") as log:
             # children die with the harness (PR_SET_PDEATHSIG), so an aborted run leaves no processes
             self.proc = subprocess.Popen(
-                self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+                self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
             )
         self.paused = False
         if wait and self.health_url:

@@ -9,8 +9,9 @@ from lossproof.store.base import Store
 def open_store(cfg: Config, readonly: bool = False, compactor: bool = False) -> Store:
     """Open the configured store. Start-up failures (bad DSN, wrong password, missing database,
     server down, schema too new or not migrated) raise :class:`~lossproof.store.base.StoreError`
-    with a one-line message. ``compactor``: the handle of the worker's compactor thread (the
-    embedded store gives it a small page cache: it reads each part and chunk once)."""
+    with a one-line message. ``compactor``: the handle of the worker's compactor process (the
+    embedded store gives it a small page cache, as it reads each part and chunk once, and commits
+    without fsync: see ``SqliteCore._connect``)."""
     if cfg.store.backend == "postgres":
         from lossproof.store.postgres import PostgresStore
 
@@ -27,4 +28,4 @@ def open_store(cfg: Config, readonly: bool = False, compactor: bool = False) -> 
     from lossproof.store.sqlite import SqliteStore
 
     cache_kib = COMPACTOR_CACHE_KIB if compactor else CACHE_KIB
-    return SqliteStore(cfg.store_path, readonly=readonly, cache_kib=cache_kib)
+    return SqliteStore(cfg.store_path, readonly=readonly, cache_kib=cache_kib, sync_commits=not compactor)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import sys
 from types import FrameType
 from typing import Any
 
@@ -15,7 +16,7 @@ from lossproof.log.factory import open_reader
 from lossproof.obs.logging import get
 from lossproof.obs.status_http import StatusServer
 from lossproof.store.factory import open_store
-from lossproof.worker.compactor import Compactor
+from lossproof.worker.compactor import CompactorProcess
 from lossproof.worker.loop import Worker
 
 log = get(__name__)
@@ -60,8 +61,8 @@ def run(cfg: Config) -> None:
     signal.signal(signal.SIGINT, on_signal)
     compactor = None
     if cfg.store.compact_interval_seconds > 0:
-        interval = cfg.store.compact_interval_seconds
-        compactor = Compactor(lambda: open_store(cfg, compactor=True), registry, interval, worker.stop)
+        argv = [sys.executable, "-m", "lossproof", "compactor", "--data-dir", str(cfg.data_dir)]
+        compactor = CompactorProcess(argv, registry, cfg.store.compact_interval_seconds, worker.stop)
         compactor.start()
     log.info("worker.started", metrics=f"http://{host}:{port}/metrics", log_dir=str(cfg.log_dir))
     try:

@@ -23,6 +23,7 @@ from lossproof.store.embedded.common import (
     _INSERT_CHUNK_AT,
     _PACK_AGE_MS,
     _PACK_AT_FLUSH,
+    _PACK_IDLE_MS,
     _PACK_MAX_POINTS,
     _PACK_READ,
     _PART_FLUSH_AGE_MS,
@@ -100,6 +101,10 @@ class SqliteCompaction(SqliteCore):
         ``_PART_FLUSH_*``); None when they are not. Reads only."""
         con = self._con
         live = con.execute("SELECT id, n, at_ms FROM parts ORDER BY id").fetchall()
+        if live:
+            self._no_parts_since = 0
+        elif not self._no_parts_since:
+            self._no_parts_since = now_ms
         points = sum(n for _, n, _ in live)
         if not live or not (
             len(live) >= _PART_FLUSH_COUNT
@@ -215,10 +220,15 @@ class SqliteCompaction(SqliteCore):
     def _pack_due(self, now_ms: int) -> bool:
         """Packing runs after every ``COMPACT_MIN_CHUNKS`` flushes (a series then has about that
         many raw chunks in its open window), or ``_PACK_AGE_MS`` after the first flush not packed
-        yet, so that slow series and closed windows get packed too."""
+        yet, so that slow series and closed windows get packed too, or once no part was written for
+        ``_PACK_IDLE_MS`` (the load stopped: a backlog drained waited up to 5 minutes for its last
+        few flushes to be packed; under load a part comes every batch)."""
         flushes = int(self._meta("unpacked_flushes") or 0)
+        if not flushes:
+            return False
         since = int(self._meta("unpacked_since_ms") or 0)
-        return flushes >= COMPACT_MIN_CHUNKS or (flushes > 0 and since <= now_ms - _PACK_AGE_MS)
+        idle = 0 < self._no_parts_since <= now_ms - _PACK_IDLE_MS
+        return flushes >= COMPACT_MIN_CHUNKS or since <= now_ms - _PACK_AGE_MS or idle
 
     def _scan_unpacked(self) -> None:
         """Queue every series with raw chunks written after ``meta.compact_after`` (ids only grow),
