@@ -171,3 +171,31 @@ def test_a_window_filled_by_several_flushes_ends_as_one_chunk(tmp_path: Path) ->
     got = con.execute("SELECT n, unicode(substr(data, 1, 1)) FROM chunks").fetchall()
     con.close()
     assert got == [(1200, chunks.PACKED)]
+
+
+def test_a_flush_is_packed_once_no_part_comes_for_a_while_not_before(tmp_path: Path) -> None:
+    """Packing waits for COMPACT_MIN_CHUNKS flushes or _PACK_AGE_MS; but once the load stops (no part
+    left, none written for _PACK_IDLE_MS) what is left is packed then, not 5 minutes later (a
+    drained backlog's last flushes waited that long). Right after a flush took every part, while
+    the last one is recent, it still waits."""
+    from lossproof.bench.compare import packing_done
+    from lossproof.store.embedded.common import _PACK_AGE_MS, _PACK_IDLE_MS, _PART_FLUSH_COUNT
+
+    path = tmp_path / "s.db"
+    store = SqliteStore(path)
+    try:
+        now = T0 + 3_600_000
+        for b in range(_PART_FLUSH_COUNT):
+            store.write_batch(_batch(b, now))
+        n = 1000 * _PART_FLUSH_COUNT
+        while store.compact(now + 1).more:  # flushed (their count), every part taken
+            pass
+        assert _raw_points(path) == n and not packing_done(path)
+        assert not store.compact(now + _PACK_IDLE_MS - 1).more
+        assert _raw_points(path) == n and _PACK_IDLE_MS < _PACK_AGE_MS
+        while store.compact(now + _PACK_IDLE_MS).more:
+            pass
+        assert _raw_points(path) == 0 and packing_done(path)
+        assert _stored(path) == n
+    finally:
+        store.close()

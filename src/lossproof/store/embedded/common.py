@@ -193,7 +193,7 @@ _SCAN_RAW = (
 )
 _SCAN_LIMIT = 200_000
 _PACK_AGE_MS = 300_000
-_PACK_IDLE_MS = 2_000  # no part written this long: pack what is left (compact.py, _pack_due)
+_PACK_IDLE_MS = 10_000  # no part written this long: pack what is left (compact.py, _pack_due)
 # The chunks to pack for a JSON array of [series, from, to]: an index range each.
 _PACK_READ = (
     "SELECT c.id, c.series_id, c.data FROM json_each(?) j CROSS JOIN chunks c"

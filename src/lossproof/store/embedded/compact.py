@@ -101,10 +101,8 @@ class SqliteCompaction(SqliteCore):
         ``_PART_FLUSH_*``); None when they are not. Reads only."""
         con = self._con
         live = con.execute("SELECT id, n, at_ms FROM parts ORDER BY id").fetchall()
-        if live:
-            self._no_parts_since = 0
-        elif not self._no_parts_since:
-            self._no_parts_since = now_ms
+        self._parts_left = bool(live)
+        self._last_part_ms = max([self._last_part_ms, *(at for _, _, at in live)])
         points = sum(n for _, n, _ in live)
         if not live or not (
             len(live) >= _PART_FLUSH_COUNT
@@ -220,14 +218,14 @@ class SqliteCompaction(SqliteCore):
     def _pack_due(self, now_ms: int) -> bool:
         """Packing runs after every ``COMPACT_MIN_CHUNKS`` flushes (a series then has about that
         many raw chunks in its open window), or ``_PACK_AGE_MS`` after the first flush not packed
-        yet, so that slow series and closed windows get packed too, or once no part was written for
-        ``_PACK_IDLE_MS`` (the load stopped: a backlog drained waited up to 5 minutes for its last
-        few flushes to be packed; under load a part comes every batch)."""
+        yet, so that slow series and closed windows get packed too, or once no part is left and none
+        was written for ``_PACK_IDLE_MS`` (the load stopped: a drained backlog waited up to 5
+        minutes for its last few flushes to be packed)."""
         flushes = int(self._meta("unpacked_flushes") or 0)
         if not flushes:
             return False
         since = int(self._meta("unpacked_since_ms") or 0)
-        idle = 0 < self._no_parts_since <= now_ms - _PACK_IDLE_MS
+        idle = not self._parts_left and self._last_part_ms <= now_ms - _PACK_IDLE_MS
         return flushes >= COMPACT_MIN_CHUNKS or since <= now_ms - _PACK_AGE_MS or idle
 
     def _scan_unpacked(self) -> None:

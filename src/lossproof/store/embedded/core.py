@@ -88,7 +88,9 @@ class SqliteCore(Store):
         self._pack_top = 0  # meta.chunk_id_top when the scan was made (a flush since raises it)
         self._reclaiming = False  # giving free pages back (compact.py, _reclaim)
         self._wal_small = False  # the WAL truncated since the last compaction work
-        self._no_parts_since = 0  # unix ms since which compaction has seen no part (0: some now)
+        # what compaction last saw of the parts: whether some were left, the newest one's at_ms
+        self._parts_left = True
+        self._last_part_ms = 0
         self._busy_timeout_ms = int(busy_timeout_ms)
         if readonly and not self.path.exists():
             # Let a query process start before the worker: create the empty store once.
