@@ -60,6 +60,7 @@ class ReplayBenchResult:
     drain_seconds: float | None = None  # --backlog: from resuming the worker until it stored all
     # --spawn: from the start of the drain (replay, or the worker resumed) until compaction was done
     compacted_seconds: float | None = None
+    compacted_points: float = 0.0  # points compaction wrote (flushed and packed), meanwhile
 
     @property
     def total_reports(self) -> int:
@@ -93,6 +94,7 @@ class ReplayBenchResult:
             out.append(
                 "compaction (in the background, the points queryable meanwhile): "
                 + (f"every point packed {c:.1f} s after the drain began" if math.isfinite(c) else "NOT done")
+                + f"; it wrote {self.compacted_points / self.total_points:.2f} points per point stored"
             )
         if self.cpu_seconds:
             per = ", ".join(
@@ -271,7 +273,9 @@ def run_replay_bench(
         raise RuntimeError("--backlog needs the pipeline's worker process (use --spawn)")
     procs["replay"] = psutil.Process()
     cpu0 = {k: _cpu(p) for k, p in procs.items()}
-    before = total(scrape(url), "lossproof_worker_points_total")
+    m0 = scrape(url)
+    before = total(m0, "lossproof_worker_points_total")
+    compacted0 = total(m0, "lossproof_store_compacted_points_total")
     progress(f"replaying {requests:,} requests ({nbytes / 2**20:,.1f} MiB) into {url} ...")
     opts = ReplayOptions(
         data_dir=work_dir,
@@ -305,6 +309,7 @@ def run_replay_bench(
     if ok and pipeline_dir is not None:
         progress("waiting for compaction to finish ...")
         compacted_s = _wait_compacted(pipeline_dir, timeout) - (resumed if backlog else started)
+    compacted = total(scrape(url), "lossproof_store_compacted_points_total") - compacted0
     cpu = {k: _cpu(p) - cpu0[k] for k, p in procs.items()}
     return ReplayBenchResult(
         agents,
@@ -320,6 +325,7 @@ def run_replay_bench(
         cpu,
         drain_s,
         compacted_s,
+        compacted,
     )
 
 

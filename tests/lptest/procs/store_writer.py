@@ -3,7 +3,7 @@
 would checkpoint and sync the WAL, hiding what a power cut takes).
 
     python store_writer.py write STORE FIRST      # batches FIRST, FIRST + 1, ...; ``ACK b`` each
-    python store_writer.py compact STORE          # compacts, ``COMPACT n`` after each commit
+    python store_writer.py compact STORE CLOCK    # compacts, ``COMPACT n ...`` after each commit
 
 The writer's handle is the worker's (``SqliteStore(path)``: synchronous FULL); the compactor's is
 the compactor process' (``cache_kib=COMPACTOR_CACHE_KIB, sync_commits=False``: NORMAL, commits
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from lossproof.store.base import Point, ReportWrite, SeriesSamples, WriteBatch
+from lossproof.store.embedded.common import _PACK_AGE_MS
 from lossproof.store.embedded.core import COMPACTOR_CACHE_KIB
 from lossproof.store.sqlite import SqliteStore
 
@@ -78,19 +79,37 @@ def report_points(b: int) -> dict[int, float]:
     return {T0 + b * 10 + j: -float(b) - j / 4 for j in range(REPORT_POINTS)}
 
 
-def make_batch(b: int, now_ms: int) -> WriteBatch:
+def resent(b: int, first: int) -> int | None:
+    """The earlier batch whose samples and report batch ``b`` sends again (every fifth batch, one of
+    this writer's, acknowledged before ``b`` began): stored already, so none of it is stored again
+    (the samples come with other values: the first write wins; the report is a duplicate)."""
+    return b - 3 if b % 5 == 4 and b - 3 >= first else None
+
+
+def make_batch(b: int, first: int, now_ms: int) -> WriteBatch:
     ts = batch_times(b)
     series = [
         (TENANT, SeriesSamples(METRIC, {"k": str(k)}, ts, [value(b, k, j) for j in range(len(ts))]))
         for k in batch_series(b)
     ]
-    report = ReportWrite(
-        TENANT,
-        AGENT,
-        report_seq(b),
-        [Point(REPORT_METRIC, {"k": "rep"}, t, v) for t, v in report_points(b).items()],
-    )
-    return WriteBatch(reports=[report], series=series, now_ms=now_ms)
+    reports = [_report(b)]
+    old = resent(b, first)
+    if old is not None:
+        ts = batch_times(old)
+        series += [
+            (
+                TENANT,
+                SeriesSamples(METRIC, {"k": str(k)}, ts, [value(old, k, j) + 0.5 for j in range(len(ts))]),
+            )
+            for k in batch_series(old)
+        ]
+        reports.append(_report(old))
+    return WriteBatch(reports=reports, series=series, now_ms=now_ms)
+
+
+def _report(b: int) -> ReportWrite:
+    points = [Point(REPORT_METRIC, {"k": "rep"}, t, v) for t, v in report_points(b).items()]
+    return ReportWrite(TENANT, AGENT, report_seq(b), points)
 
 
 def write(path: Path, first: int) -> None:
@@ -100,24 +119,28 @@ def write(path: Path, first: int) -> None:
     out.flush()
     b = first
     while True:
-        store.write_batch(make_batch(b, int(time.time() * 1000)))
+        store.write_batch(make_batch(b, first, int(time.time() * 1000)))
         out.write(f"ACK {b}\n")
         out.flush()
         b += 1
+        # a pause, as between the worker's batches: a writer that never lets go of the write lock
+        # starves the compactor (SQLite's busy handler sleeps, and the lock is taken again meanwhile)
+        time.sleep(0.002)
 
 
-def compact(path: Path) -> None:
+def compact(path: Path, clock: int) -> None:
     # the compactor process' handle (store/factory.py, open_store(compactor=True))
     store = SqliteStore(path, cache_kib=COMPACTOR_CACHE_KIB, sync_commits=False)
     out = sys.stdout
     out.write(f"READY {os.getpid()}\n")
     out.flush()
-    # now_ms leaps ahead every call: every part is old enough to flush, every flush old enough to
-    # pack, so the compactor flushes, packs and gives space back (WAL checkpoints) all the time
-    now = int(time.time() * 1000) + 10**9
+    # now_ms (from CLOCK, far ahead of the writer's) leaps ahead every call: every part is old enough
+    # to flush, every flush old enough to pack, so the compactor flushes, packs and gives space back
+    # (checkpointing and truncating the WAL) all the time
+    now = clock
     n = 0
     while True:
-        now += 10**6
+        now += _PACK_AGE_MS + 1
         got = store.compact(now_ms=now)
         if got.chunks_out or got.chunks_in:
             n += 1
@@ -132,7 +155,7 @@ def main() -> None:
     if mode == "write":
         write(path, int(sys.argv[3]))
     elif mode == "compact":
-        compact(path)
+        compact(path, int(sys.argv[3]))
     else:
         raise SystemExit(f"unknown mode {mode!r}")
 
