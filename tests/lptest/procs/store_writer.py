@@ -8,8 +8,9 @@ would checkpoint and sync the WAL, hiding what a power cut takes).
 The writer's handle is the worker's (``SqliteStore(path)``: synchronous FULL); the compactor's is
 the compactor process' (``cache_kib=COMPACTOR_CACHE_KIB, sync_commits=False``: NORMAL, commits
 without fsync). The first line of either is ``READY pid``. ``ACK b`` is printed only after
-``write_batch`` of batch ``b`` returned. The content of batch ``b`` is ``batch_points(b)`` and
-``batch_report(b)``: the test computes it again to check what survived.
+``write_batch`` of batch ``b`` returned. Batch ``b`` stores ``batch_points(b)`` and an agent report
+(seq ``report_seq(b)``, points ``report_points(b)``), and sends batch ``resent(b)``'s again: the
+test computes them again to check what survived.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from lossproof.store.base import Point, ReportWrite, SeriesSamples, WriteBatch
+from lossproof.store.base import Point, ReportWrite, SeriesBlock, SeriesSamples, WriteBatch
 from lossproof.store.embedded.common import _PACK_AGE_MS
 from lossproof.store.embedded.core import COMPACTOR_CACHE_KIB
 from lossproof.store.sqlite import SqliteStore
@@ -88,7 +89,7 @@ def resent(b: int, first: int) -> int | None:
 
 def make_batch(b: int, first: int, now_ms: int) -> WriteBatch:
     ts = batch_times(b)
-    series = [
+    series: list[tuple[str, SeriesSamples | SeriesBlock]] = [
         (TENANT, SeriesSamples(METRIC, {"k": str(k)}, ts, [value(b, k, j) for j in range(len(ts))]))
         for k in batch_series(b)
     ]
