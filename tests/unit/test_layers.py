@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "configdoc",
             "obs",
             "durable",
+            "children",
             "faults",
             "urls",
             "ranges",
