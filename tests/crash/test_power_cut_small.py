@@ -205,3 +205,25 @@ def test_recreated_watermark_survives(fs: PowerCutFS) -> None:
     end = asyncio.run(write(0))
     fs.power_cut()
     assert seg.read_watermark(pdir) == end == 5
+
+
+def test_a_store_created_in_new_directories_survives(fs: PowerCutFS) -> None:
+    """``store.path`` may name directories that do not exist yet: the store creates them, and their
+    entries must be durable before it acknowledges a write (SQLite syncs its own files, not the
+    directories above them)."""
+    from lossproof.points import SeriesSamples
+    from lossproof.store.base import Matcher, WriteBatch
+    from lossproof.store.sqlite import SqliteStore
+
+    path = fs.root / "stores" / "new" / "store.db"
+    store = SqliteStore(path)
+    point = SeriesSamples("m", {}, [1_700_000_000_000], [1.5])
+    store.write_batch(WriteBatch(series=[("t", point)], now_ms=1))
+    store.close()
+    fs.power_cut()
+    store = SqliteStore(path)
+    try:
+        got = store.select("t", [Matcher("__name__", "=", "m")], 0, 1 << 62)
+        assert [s.points for s in got] == [[(1_700_000_000_000, 1.5)]]
+    finally:
+        store.close()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lossproof.durable import make_dirs
 from lossproof.native_ext import _native
 from lossproof.store import chunks, series_index
 from lossproof.store.base import (
@@ -125,7 +126,7 @@ class SqliteCore(Store):
             uri = f"{self.path.resolve().as_uri()}?mode=ro"
             con = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.path.parent)  # durable: a store in new directories survives a power cut
             con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             con.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
