@@ -36,6 +36,18 @@ def rate_windows(
     is_counter: bool,
     skip_stale: bool = False,
 ) -> tuple[bytearray, bytearray]: ...
+def rate_rows(
+    rows: list[tuple[int, int, int, int, bytes]],
+    at: bytes,
+    run_first: bytes,
+    run_last: bytes,
+    from_ms: int,
+    to_ms: int,
+    grid: bytes,
+    rng: int,
+    is_rate: bool,
+    is_counter: bool,
+) -> tuple[bytearray, bytearray, bytearray, int]: ...
 def row_heads(rows: list[tuple[int, int, int, int, bytes]]) -> bytearray | None: ...
 def assemble_rows(
     rows: list[tuple[int, int, int, int, bytes]],

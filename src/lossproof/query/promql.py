@@ -145,7 +145,7 @@ from lossproof.query.promvalues import (
     make_vector,
 )
 from lossproof.query.promwindows import BLOCK, NATIVE_RATE, RangeArrays, range_function, rate_windows
-from lossproof.store.base import InvalidMatcher, Matcher, SeriesArrays, StoreReader
+from lossproof.store.base import InvalidMatcher, Matcher, RatePiece, RateWindows, SeriesArrays, StoreReader
 
 # re-exported: the values and operators live in their own modules; callers use them from here
 __all__ = [
@@ -507,11 +507,12 @@ class Evaluator:
     def _rate_in_pieces(self, name: str, ms: pp.MatrixSelector) -> Vector:
         """``rate`` / ``increase`` / ``delta`` of a range selector at every step (what
         :meth:`_range_call` computes from :meth:`raw_arrays`), the store read a few hundred series
-        at a time (:meth:`StoreReader.select_arrays_each`) and each piece's windows computed before
+        at a time (:meth:`StoreReader.select_rate_each`) and each piece's windows computed before
         the next is read: a day of 10,000 series is never in memory at once (600 MB of columns,
-        which cost more to fault in than to decode; nothing of a piece is kept past ``each``: the
-        store reuses its memory). The limits are counted as :meth:`_read` counts
-        them (once the whole read is done, the same error); pieces past a limit are only counted."""
+        which cost more to fault in than to decode). The store computes the windows as it reads
+        (the embedded store from each series' chunks while they are in the CPU's cache), or from a
+        piece's arrays with ``of_arrays``. The limits are counted as :meth:`_read` counts them (once
+        the whole read is done, the same error); the windows of pieces past a limit are left out."""
         vs = ms.vector_selector
         ends = self._times(None) - _ms(vs.offset)
         rng = _ms(ms.range)
@@ -523,21 +524,24 @@ class Evaluator:
         present: list[Mask] = []
         counted = [0, 0]  # series, samples
 
-        def each(piece: list[SeriesArrays]) -> None:
-            counted[0] += len(piece)
-            counted[1] += sum(len(s.t) for s in piece)
+        def of_arrays(piece: list[SeriesArrays]) -> tuple[F64, Mask]:
+            # (the staleness markers left out natively, as without_stale would: a series of
+            # nothing else has no window, and make_vector drops its row)
+            return rate_windows(piece, ends, rng, *NATIVE_RATE[name], skip_stale=True)
+
+        def each(piece: RatePiece) -> None:
+            counted[0] += len(piece.labels)
+            counted[1] += piece.points
             if counted[0] > lim.max_series or self.budget.samples + counted[1] > lim.max_samples:
                 return  # the limit's error comes once everything is counted
-            if rng > 0 and piece:
-                # (the staleness markers left out natively, as without_stale would: a series of
-                # nothing else has no window, and make_vector drops its row)
-                v, p = rate_windows(piece, ends, rng, *NATIVE_RATE[name], skip_stale=True)
-                values.append(v)
-                present.append(p)
-                labels.extend(dict(s.labels) for s in piece)
+            if rng > 0 and piece.labels:
+                values.append(piece.values)
+                present.append(piece.present)
+                labels.extend(piece.labels)
 
         if matchers is not None and to_ms >= from_ms:
-            self.store.select_arrays_each(self.tenant, matchers, from_ms, to_ms, each)
+            rate = RateWindows(ends, rng, *NATIVE_RATE[name], of_arrays)
+            self.store.select_rate_each(self.tenant, matchers, from_ms, to_ms, rate, each)
             self.budget.add(*counted)
         if rng <= 0:
             raise PromQLError("range must be positive")
