@@ -592,7 +592,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(chunkdecode::decode_chunks, m)?)?;
     m.add_function(wrap_pyfunction!(fsum::fsum_windows, m)?)?;
     m.add_function(wrap_pyfunction!(ratewin::rate_windows, m)?)?;
-    m.add_function(wrap_pyfunction!(raterows::rate_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(raterows::rate_rows_start, m)?)?;
+    m.add_class::<raterows::RateJob>()?;
     m.add_function(wrap_pyfunction!(rawchunks::runs_increasing, m)?)?;
     m.add_function(wrap_pyfunction!(rawchunks::decode_checked, m)?)?;
     m.add_function(wrap_pyfunction!(rawchunks::search_runs, m)?)?;

@@ -1,5 +1,5 @@
 //! `rate`, `increase` and `delta` straight from chunk rows (lossproof.store.embedded.read's
-//! `_rate_rows`): each series' chunks decoded into a small buffer of this call's own and its
+//! `_rate_rows`): each series' chunks decoded into a small buffer of the job's own and its
 //! windows computed from there at once, series after series.
 //!
 //! The two-call way (`rowdecode::assemble_rows_into`, then `ratewin::rate_windows` over views of
@@ -9,6 +9,10 @@
 //! were just decoded into. The same functions compute the same things: `rowdecode::decode_run`
 //! (the same checks: times increasing in each chunk, each chunk its stored range) and
 //! `ratewin::rows_windows` (staleness markers left out), so the same floats.
+//!
+//! A call is a job (`rate_rows_start`): a thread of its own takes series from the start, and the
+//! job's `finish` takes those left on the caller's thread, so that the caller can read the next
+//! piece's rows meanwhile (a third of the work, and Python's: one thread's alone).
 //!
 //! Only the plain case is done here, which is what a compacted store's reads are: every row a
 //! chunk `row_heads` reads, each series' chunks one after the other in time (the caller checked,
@@ -129,70 +133,16 @@ fn runs_windows(
     OK
 }
 
-/// `rate_rows(rows, at, run_first, run_last, from_ms, to_ms, grid, rng, is_rate, is_counter) ->
-/// (values, present, counts, verdict)`: for chunk rows `(series_id, id, t_min, t_max, data)` (what
-/// `assemble_rows` takes) whose points go to the places `at[i]..` (native-endian int64 bytes, one a
-/// row) of one column, and series whose points are the places `run_first[j]..run_last[j]` (equal:
-/// none), each series' points in `[from_ms, to_ms]` and its `rate` / `increase` / `delta` windows
-/// `(grid[k] - rng, grid[k]]` with its staleness markers left out: what `rate_windows(...,
-/// skip_stale=True)` answers for the series `assemble_rows_into` and `chunks.search_runs` give. The
-/// answer: float64 bytes and one byte per (series, step), row by row, as `rate_windows`'; each
-/// series' number of points in the range (int64 bytes); the verdict (0: good; else nothing of the
-/// answer is to be used, see the module's doc). A series' places must be its chunks' exactly, one
-/// after the other, else verdict 5. Columns of other lengths are a ValueError.
-///
-/// Computed without the GIL (on two threads, each its own series, for many points): the chunks'
-/// bytes are immutable and held by `rows`, the answer is this call's own.
-#[pyfunction]
-#[allow(clippy::too_many_arguments)]
-pub fn rate_rows<'py>(
-    py: Python<'py>,
-    rows: &Bound<'py, PyList>,
-    at: &[u8],
-    run_first: &[u8],
-    run_last: &[u8],
-    from_ms: i64,
-    to_ms: i64,
-    grid: &[u8],
-    rng: i64,
-    is_rate: bool,
-    is_counter: bool,
-) -> PyResult<(
-    Bound<'py, PyByteArray>,
-    Bound<'py, PyByteArray>,
-    Bound<'py, PyByteArray>,
-    u8,
-)> {
-    let at = ints(at, "at")?;
-    let grid = ints(grid, "grid")?;
-    let (firsts, lasts) = (ints(run_first, "run_first")?, ints(run_last, "run_last")?);
-    if at.len() != rows.len() || firsts.len() != lasts.len() {
-        return Err(PyValueError::new_err(format!(
-            "{} places for {} rows, {} firsts for {} lasts",
-            at.len(),
-            rows.len(),
-            firsts.len(),
-            lasts.len()
-        )));
-    }
-    let (m, n) = (firsts.len(), grid.len());
-    let nothing = |py: Python<'py>, verdict: u8| {
-        (PyByteArray::new(py, &[]), PyByteArray::new(py, &[]), PyByteArray::new(py, &[]), verdict)
-    };
-    let mut held: Vec<(Bound<'py, PyBytes>, usize, i64, i64)> = Vec::with_capacity(rows.len());
-    for (i, row) in rows.iter().enumerate() {
-        let row = row.cast_into::<PyTuple>()?;
-        let data = row_data(&row, i)?;
-        let Some((_, k, _, _, _)) = head(data.as_bytes()) else {
-            return Ok(nothing(py, DAMAGED));
-        };
-        let t_min = row.get_item(2)?.extract::<i64>()?;
-        let t_max = row.get_item(3)?.extract::<i64>()?;
-        if at[i] < 0 || !fits_range(k, t_min, t_max) {
-            return Ok(nothing(py, DAMAGED));
-        }
-        held.push((data, at[i] as usize, t_min, t_max));
-    }
+/// The chunks of `rows` in place order and the series' runs of them, with the number of points
+/// of all runs; or the verdict that says the rows are not the plain case (`rate_rows_start`' doc).
+/// `held`: each row's data, which the chunks borrow.
+type Prepared<'a> = Result<(Vec<Chunk<'a>>, Vec<Run>, usize), u8>;
+
+fn prepare<'a>(
+    held: &'a [(Bound<'_, PyBytes>, usize, i64, i64)],
+    firsts: &[i64],
+    lasts: &[i64],
+) -> Prepared<'a> {
     let mut chunks: Vec<Chunk> = held
         .iter()
         .map(|(data, at, t_min, t_max)| Chunk {
@@ -205,11 +155,11 @@ pub fn rate_rows<'py>(
         .collect();
     chunks.sort_unstable_by_key(|c| c.at);
     // each series' chunks: those placed from its first place on, one after the other to its last
-    let mut runs: Vec<Run> = Vec::with_capacity(m);
+    let mut runs: Vec<Run> = Vec::with_capacity(firsts.len());
     let mut points = 0usize;
-    for (&first, &last) in firsts.iter().zip(&lasts) {
+    for (&first, &last) in firsts.iter().zip(lasts) {
         if first < 0 || last < first {
-            return Ok(nothing(py, NOT_PLAIN));
+            return Err(NOT_PLAIN);
         }
         let (first, last) = (first as usize, last as usize);
         let lo = chunks.partition_point(|c| c.at < first);
@@ -220,48 +170,300 @@ pub fn rate_rows<'py>(
             hi += 1;
         }
         if place != last {
-            return Ok(nothing(py, NOT_PLAIN));
+            return Err(NOT_PLAIN);
         }
         points += last - first;
         runs.push(Run { lo, hi, first, last });
     }
-    let w = Windows { at: &grid, rng, is_rate, is_counter, from_ms, to_ms };
-    let mut present = vec![0u8; m * n];
-    let mut counts = vec![0i64; m];
-    let mut verdict = OK;
-    let values = PyByteArray::new_with(py, 8 * m * n, |values| {
-        verdict = py.detach(|| {
-            if !crate::two_cpus() || m < 2 || points < PARALLEL_POINTS {
-                return runs_windows(&chunks, &runs, &w, values, &mut present, &mut counts);
-            }
-            // the series cut where half the points are behind (at least one a side)
-            let mut behind = 0usize;
-            let cut = runs
-                .iter()
-                .position(|r| {
-                    behind += r.last - r.first;
-                    2 * behind >= points
-                })
-                .map_or(m / 2, |j| j + 1)
-                .clamp(1, m - 1);
-            let (v1, v2) = values.split_at_mut(8 * n * cut);
-            let (p1, p2) = present.split_at_mut(n * cut);
-            let (c1, c2) = counts.split_at_mut(cut);
-            let (r1, r2) = runs.split_at(cut);
-            let (chunks, w) = (&chunks[..], &w);
-            let (b, a) = crate::join2(
-                || runs_windows(chunks, r2, w, v2, p2, c2),
-                || runs_windows(chunks, r1, w, v1, p1, c1),
-            );
-            a.max(b)
-        });
-        Ok(())
-    })?;
-    if verdict != OK {
-        return Ok(nothing(py, verdict));
+    Ok((chunks, runs, points))
+}
+
+/// Each row's data (kept: the chunks borrow it), its place and stored range; or DAMAGED where a
+/// row is not a chunk `head` reads or its range cannot hold its points.
+#[allow(clippy::type_complexity)]
+fn rows_held<'py>(
+    rows: &Bound<'py, PyList>,
+    at: &[i64],
+) -> PyResult<Result<Vec<(Bound<'py, PyBytes>, usize, i64, i64)>, u8>> {
+    let mut held = Vec::with_capacity(rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        let row = row.cast_into::<PyTuple>()?;
+        let data = row_data(&row, i)?;
+        let Some((_, k, _, _, _)) = head(data.as_bytes()) else {
+            return Ok(Err(DAMAGED));
+        };
+        let t_min = row.get_item(2)?.extract::<i64>()?;
+        let t_max = row.get_item(3)?.extract::<i64>()?;
+        if at[i] < 0 || !fits_range(k, t_min, t_max) {
+            return Ok(Err(DAMAGED));
+        }
+        held.push((data, at[i] as usize, t_min, t_max));
     }
-    let counts_b: Vec<u8> = counts.iter().flat_map(|c| c.to_ne_bytes()).collect();
-    Ok((values, PyByteArray::new(py, &present), PyByteArray::new(py, &counts_b), OK))
+    Ok(Ok(held))
+}
+
+/// The columns of `rate_rows_start`'s arguments, checked for their lengths: (at, grid, firsts,
+/// lasts).
+type Columns = (Vec<i64>, Vec<i64>, Vec<i64>, Vec<i64>);
+
+fn columns(rows: usize, at: &[u8], run_first: &[u8], run_last: &[u8], grid: &[u8]) -> PyResult<Columns> {
+    let at = ints(at, "at")?;
+    let grid = ints(grid, "grid")?;
+    let (firsts, lasts) = (ints(run_first, "run_first")?, ints(run_last, "run_last")?);
+    if at.len() != rows || firsts.len() != lasts.len() {
+        return Err(PyValueError::new_err(format!(
+            "{} places for {rows} rows, {} firsts for {} lasts",
+            at.len(),
+            firsts.len(),
+            lasts.len()
+        )));
+    }
+    Ok((at, grid, firsts, lasts))
+}
+
+/// A job's answer: values, present, counts, verdict (see `rate_rows_start`).
+type Answer<'py> = (Bound<'py, PyByteArray>, Bound<'py, PyByteArray>, Bound<'py, PyByteArray>, u8);
+
+/// Series a thread of a `RateJob` takes at a time (a few: the two threads end close together).
+const JOB_BATCH: usize = 4;
+
+/// What a `RateJob`'s threads share: the chunks (their bytes held by the job), the series' runs,
+/// the windows' arguments, the next series to take, and the answer's memory, each series' rows
+/// written by the one thread that took it.
+struct Shared {
+    chunks: Vec<Chunk<'static>>,
+    runs: Vec<Run>,
+    at: Vec<i64>,
+    rng: i64,
+    is_rate: bool,
+    is_counter: bool,
+    from_ms: i64,
+    to_ms: i64,
+    next: std::sync::atomic::AtomicUsize,
+    verdict: std::sync::atomic::AtomicU8,
+    values: *mut u8,
+    present: *mut u8,
+    counts: *mut i64,
+}
+
+// SAFETY: the raw pointers are the answer's memory, which the job owns until both threads are done
+// (finish and Drop join the other thread first); each series' rows are written by the one thread
+// whose fetch_add took its index; the chunks' bytes are immutable and held by the job.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// Take series a few at a time until none is left (or one was not right: its verdict kept).
+    fn work(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (m, n) = (self.runs.len(), self.at.len());
+        let w = Windows {
+            at: &self.at,
+            rng: self.rng,
+            is_rate: self.is_rate,
+            is_counter: self.is_counter,
+            from_ms: self.from_ms,
+            to_ms: self.to_ms,
+        };
+        loop {
+            let j0 = self.next.fetch_add(JOB_BATCH, Relaxed);
+            if j0 >= m || self.verdict.load(Relaxed) != OK {
+                return;
+            }
+            let j1 = (j0 + JOB_BATCH).min(m);
+            // SAFETY: rows j0..j1 of the answer (inside it: j1 <= m), this thread's alone (see Shared)
+            let (values, present, counts) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(self.values.add(8 * n * j0), 8 * n * (j1 - j0)),
+                    std::slice::from_raw_parts_mut(self.present.add(n * j0), n * (j1 - j0)),
+                    std::slice::from_raw_parts_mut(self.counts.add(j0), j1 - j0),
+                )
+            };
+            let verdict = runs_windows(&self.chunks, &self.runs[j0..j1], &w, values, present, counts);
+            if verdict != OK {
+                self.verdict.store(verdict, Relaxed);
+                return;
+            }
+        }
+    }
+}
+
+/// `rate_rows` begun: a thread computes the series while the caller does something else (the
+/// store reads the next piece's rows); `finish` takes the rest of the series on the caller's thread
+/// and answers what `rate_rows` answers.
+#[pyclass(module = "lossproof._native")]
+pub struct RateJob {
+    shared: Option<std::sync::Arc<Shared>>,
+    other: Option<std::thread::JoinHandle<()>>,
+    // the answer's memory (written through Shared's pointers, without the GIL: nothing else has
+    // these objects until finish hands them over) and the rows' bytes the chunks borrow
+    values: Option<Py<PyByteArray>>,
+    present: Option<Py<PyByteArray>>,
+    counts: Option<Py<PyByteArray>>,
+    _held: Vec<Py<PyBytes>>,
+    verdict: u8,
+}
+
+impl RateJob {
+    fn join_other(&mut self) {
+        if let Some(t) = self.other.take() {
+            if let Err(panic) = t.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+    }
+}
+
+impl Drop for RateJob {
+    fn drop(&mut self) {
+        // the other thread reads the rows' bytes and writes the answer: done before they go
+        if let Some(s) = &self.shared {
+            s.next.store(usize::MAX / 2, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Some(t) = self.other.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[pymethods]
+impl RateJob {
+    /// `(values, present, counts, verdict)`, what `rate_rows` answers. Once only: a second call is a
+    /// ValueError.
+    fn finish<'py>(
+        &mut self,
+        py: Python<'py>,
+    ) -> PyResult<Answer<'py>> {
+        let nothing = |py: Python<'py>, verdict: u8| {
+            (PyByteArray::new(py, &[]), PyByteArray::new(py, &[]), PyByteArray::new(py, &[]), verdict)
+        };
+        let Some(shared) = self.shared.take() else {
+            if self.verdict != OK {
+                return Ok(nothing(py, self.verdict));
+            }
+            return Err(PyValueError::new_err("this job is finished"));
+        };
+        {
+            let other = &mut self.other;
+            let s = &shared;
+            py.detach(|| {
+                s.work();
+                if let Some(t) = other.take() {
+                    if let Err(panic) = t.join() {
+                        std::panic::resume_unwind(panic);
+                    }
+                }
+            });
+        }
+        self.join_other();
+        let verdict = shared.verdict.load(std::sync::atomic::Ordering::Relaxed);
+        drop(shared);
+        self.verdict = if verdict == OK { DONE } else { verdict };
+        let (values, present, counts) = (self.values.take(), self.present.take(), self.counts.take());
+        if verdict != OK {
+            return Ok(nothing(py, verdict));
+        }
+        let take = |b: Option<Py<PyByteArray>>| b.expect("the answer's memory").into_bound(py);
+        Ok((take(values), take(present), take(counts), OK))
+    }
+}
+
+/// (A finished job's verdict: not one a call answers.)
+const DONE: u8 = 255;
+
+/// `rate_rows_start(rows, at, run_first, run_last, from_ms, to_ms, grid, rng, is_rate, is_counter)
+/// -> RateJob`: for chunk rows `(series_id, id, t_min, t_max, data)` (what `assemble_rows` takes)
+/// whose points go to the places `at[i]..` (native-endian int64 bytes, one a row) of one column,
+/// and series whose points are the places `run_first[j]..run_last[j]` (equal: none), each series'
+/// points in `[from_ms, to_ms]` and its `rate` / `increase` / `delta` windows `(grid[k] - rng,
+/// grid[k]]` with its staleness markers left out: what `rate_windows(..., skip_stale=True)`
+/// answers for the series `assemble_rows_into` and `chunks.search_runs` give. The job's `finish`
+/// answers float64 bytes and one byte per (series, step), row by row, as `rate_windows`'; each
+/// series' number of points in the range (int64 bytes); the verdict (0: good; else nothing of the
+/// answer is to be used, see the module's doc). A series' places must be its chunks' exactly, one
+/// after the other, else verdict 5. Columns of other lengths are a ValueError.
+///
+/// The series are computed on another thread from now on (when there are two CPUs and enough
+/// points; else all by `finish`), without the GIL: the caller may go on meanwhile, with Python or
+/// the store (the job holds the rows' bytes, which it only reads); `finish` takes the series left
+/// on the caller's thread.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+pub fn rate_rows_start(
+    py: Python<'_>,
+    rows: &Bound<'_, PyList>,
+    at: &[u8],
+    run_first: &[u8],
+    run_last: &[u8],
+    from_ms: i64,
+    to_ms: i64,
+    grid: &[u8],
+    rng: i64,
+    is_rate: bool,
+    is_counter: bool,
+) -> PyResult<RateJob> {
+    let (at, grid, firsts, lasts) = columns(rows.len(), at, run_first, run_last, grid)?;
+    let (m, n) = (firsts.len(), grid.len());
+    let failed = |verdict: u8| RateJob {
+        shared: None,
+        other: None,
+        values: None,
+        present: None,
+        counts: None,
+        _held: Vec::new(),
+        verdict,
+    };
+    let held = match rows_held(rows, &at)? {
+        Ok(h) => h,
+        Err(verdict) => return Ok(failed(verdict)),
+    };
+    let (chunks, runs, points) = match prepare(&held, &firsts, &lasts) {
+        Ok(p) => p,
+        Err(verdict) => return Ok(failed(verdict)),
+    };
+    // SAFETY: the chunks borrow the rows' bytes objects, immutable, which the job holds (`_held`)
+    // for as long as it has the chunks (Drop joins the other thread before the fields go)
+    let chunks: Vec<Chunk<'static>> = unsafe { std::mem::transmute::<Vec<Chunk<'_>>, Vec<Chunk<'static>>>(chunks) };
+    // (zeroed: a cell without a window is 0.0 and absent, as rate_rows has it)
+    let values = PyByteArray::new_with(py, 8 * m * n, |_| Ok(()))?;
+    let present = PyByteArray::new_with(py, m * n, |_| Ok(()))?;
+    let counts = PyByteArray::new_with(py, 8 * m, |_| Ok(()))?;
+    // fresh bytearrays of those sizes, nobody else's (see RateJob); written through these
+    let (pv, pp, pc) = (values.data(), present.data(), counts.data() as *mut i64);
+    if (pc as usize) % std::mem::align_of::<i64>() != 0 {
+        return Ok(failed(NOT_PLAIN));
+    }
+    let shared = std::sync::Arc::new(Shared {
+        chunks,
+        runs,
+        at: grid,
+        rng,
+        is_rate,
+        is_counter,
+        from_ms,
+        to_ms,
+        next: std::sync::atomic::AtomicUsize::new(0),
+        verdict: std::sync::atomic::AtomicU8::new(OK),
+        values: pv,
+        present: pp,
+        counts: pc,
+    });
+    let other = if crate::two_cpus() && m >= 2 && points >= PARALLEL_POINTS {
+        let s = std::sync::Arc::clone(&shared);
+        // (no thread from the OS: finish does it all)
+        std::thread::Builder::new().spawn(move || s.work()).ok()
+    } else {
+        None
+    };
+    Ok(RateJob {
+        shared: Some(shared),
+        other,
+        values: Some(values.unbind()),
+        present: Some(present.unbind()),
+        counts: Some(counts.unbind()),
+        _held: held.into_iter().map(|(d, _, _, _)| d.unbind()).collect(),
+        verdict: OK,
+    })
 }
 
 #[cfg(test)]
@@ -362,5 +564,65 @@ mod tests {
         let w = Windows { at: &grid, rng: 10, is_rate: true, is_counter: true, from_ms: 0, to_ms: 10 };
         let (mut v, mut p, mut c) = (vec![0u8; 8], vec![0u8; 1], vec![0i64; 1]);
         assert_eq!(runs_windows(&chunks, &runs, &w, &mut v, &mut p, &mut c), NOT_INCREASING);
+    }
+
+    /// A job's series taken by two threads at once (the job's and finish's) are what one thread
+    /// computes, row for row.
+    #[test]
+    fn two_threads_of_a_job_are_one() {
+        let mut data = Vec::new();
+        let mut chunks_of = Vec::new();
+        for j in 0..37usize {
+            let t: Vec<i64> = (0..(50 + 13 * j) as i64).map(|k| 1_000_000 + 15_000 * k + (k * j as i64) % 3).collect();
+            let v: Vec<f64> = (0..t.len()).map(|k| ((k * (j + 1)) % 17) as f64 + (k / 40) as f64).collect();
+            let mut mine = Vec::new();
+            for p in (0..t.len()).step_by(30) {
+                let q = (p + 30).min(t.len());
+                data.push(raw(&t[p..q], &v[p..q]));
+                mine.push((data.len() - 1, q - p, t[p], t[q - 1]));
+            }
+            chunks_of.push(mine);
+        }
+        let mut chunks = Vec::new();
+        let mut runs = Vec::new();
+        let mut place = 0usize;
+        for mine in &chunks_of {
+            let (lo, first) = (chunks.len(), place);
+            for &(d, k, t_min, t_max) in mine {
+                chunks.push(Chunk { data: &data[d], at: place, n: k, t_min, t_max });
+                place += k;
+            }
+            runs.push(Run { lo, hi: chunks.len(), first, last: place });
+        }
+        let grid: Vec<i64> = (0..60).map(|k| 1_000_000 + k * 60_000).collect();
+        let (m, n) = (runs.len(), grid.len());
+        let w = Windows { at: &grid, rng: 300_000, is_rate: true, is_counter: true, from_ms: 1_100_000, to_ms: 4_000_000 };
+        let (mut v1, mut p1, mut c1) = (vec![0u8; 8 * m * n], vec![0u8; m * n], vec![0i64; m]);
+        assert_eq!(runs_windows(&chunks, &runs, &w, &mut v1, &mut p1, &mut c1), OK);
+        let (mut v2, mut p2, mut c2) = (vec![0u8; 8 * m * n], vec![0u8; m * n], vec![0i64; m]);
+        // SAFETY (the test's): the chunks borrow `data`, which outlives the job's threads below
+        let chunks: Vec<Chunk<'static>> = unsafe { std::mem::transmute::<Vec<Chunk<'_>>, Vec<Chunk<'static>>>(chunks) };
+        let shared = std::sync::Arc::new(Shared {
+            chunks,
+            runs,
+            at: grid.clone(),
+            rng: w.rng,
+            is_rate: w.is_rate,
+            is_counter: w.is_counter,
+            from_ms: w.from_ms,
+            to_ms: w.to_ms,
+            next: std::sync::atomic::AtomicUsize::new(0),
+            verdict: std::sync::atomic::AtomicU8::new(OK),
+            values: v2.as_mut_ptr(),
+            present: p2.as_mut_ptr(),
+            counts: c2.as_mut_ptr(),
+        });
+        let s = std::sync::Arc::clone(&shared);
+        let other = std::thread::spawn(move || s.work());
+        shared.work();
+        other.join().unwrap();
+        assert_eq!(shared.verdict.load(std::sync::atomic::Ordering::Relaxed), OK);
+        drop(shared);
+        assert_eq!((v1, p1, c1), (v2, p2, c2));
     }
 }

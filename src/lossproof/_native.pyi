@@ -36,7 +36,7 @@ def rate_windows(
     is_counter: bool,
     skip_stale: bool = False,
 ) -> tuple[bytearray, bytearray]: ...
-def rate_rows(
+def rate_rows_start(
     rows: list[tuple[int, int, int, int, bytes]],
     at: bytes,
     run_first: bytes,
@@ -47,7 +47,11 @@ def rate_rows(
     rng: int,
     is_rate: bool,
     is_counter: bool,
-) -> tuple[bytearray, bytearray, bytearray, int]: ...
+) -> RateJob: ...
+
+class RateJob:
+    def finish(self) -> tuple[bytearray, bytearray, bytearray, int]: ...
+
 def row_heads(rows: list[tuple[int, int, int, int, bytes]]) -> bytearray | None: ...
 def assemble_rows(
     rows: list[tuple[int, int, int, int, bytes]],

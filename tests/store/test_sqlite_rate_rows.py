@@ -183,3 +183,27 @@ def test_select_rate_each_is_the_default_on_arrays(tmp_path: Path, compacted: bo
                     want[0],
                 )
     store.close()
+
+
+def test_rate_rows_on_two_threads_are_the_two_call_way() -> None:
+    """A piece of enough points for two threads (the job's and finish's), packed chunks."""
+    gen = np.random.default_rng(11)
+    found: list[Found] = []
+    rows: list[Row] = []
+    for sid in range(1, 301):
+        found.append((sid, "m", (("i", str(sid)),)))
+        ts = T0 + 15_000 * np.arange(900, dtype=np.int64) + gen.integers(0, 2, 900)
+        vs = np.cumsum(gen.integers(0, 9, 900)).astype(float)
+        vs[gen.integers(0, 900, 3)] = 0.0  # resets
+        if sid % 10 == 0:
+            vs[gen.integers(0, 900)] = STALE_NAN
+        for p in range(0, 900, 480):
+            q = min(900, p + 480)
+            rows.append((sid, sid * 10 + p, int(ts[p]), int(ts[q - 1]), chunks.encode(ts[p:q], vs[p:q])))
+    at = T0 + np.arange(0, 900 * 15_000, 60_000, dtype=np.int64)
+    for fn in ("rate", "increase", "delta"):
+        rate = windows(fn, at, 300_000)
+        from_ms, to_ms = int(at[0]) - 300_000 + 1, int(at[-1]) - 7_000_000
+        got = _rate_rows(found, rows[::-1], from_ms, to_ms, rate)
+        assert got is not None
+        same(got, two_calls(found, rows, from_ms, to_ms, rate))

@@ -241,6 +241,19 @@ def _rate_rows(
     does not hold (a row the extension does not read, a chunk without points, two chunks of a
     series that overlap in time, a chunk that does not decode as its row says): the caller then
     reads the piece as arrays, which says what is wrong if anything is."""
+    job = _rate_rows_start(found, rows, from_ms, to_ms, rate)
+    return None if job is None else _rate_rows_finish(found, len(rate.at), job)
+
+
+def _rate_rows_start(
+    found: Sequence[Found],
+    rows: list[tuple[int, int, int, int, bytes]],
+    from_ms: int,
+    to_ms: int,
+    rate: RateWindows,
+) -> _native.RateJob | None:
+    """:func:`_rate_rows` begun (``_native.rate_rows_start``: another thread computes the series
+    from now on), or None where the rows are not the plain case."""
     n_rows = len(rows)
     if not n_rows or not (-(2**63) <= from_ms <= to_ms < 2**63):
         return None
@@ -269,22 +282,27 @@ def _rate_rows(
     has = rs >= 0
     firsts = np.where(has, starts[rs], 0)
     lasts = np.where(has, ends[rs], 0)
-    grid = np.ascontiguousarray(rate.at, dtype=np.int64)
-    vals, pres, cnts, verdict = _native.rate_rows(
+    return _native.rate_rows_start(
         rows,
         at.tobytes(),
         firsts.tobytes(),
         lasts.tobytes(),
         from_ms,
         to_ms,
-        grid.tobytes(),
+        np.ascontiguousarray(rate.at, dtype=np.int64).tobytes(),
         rate.rng,
         rate.is_rate,
         rate.is_counter,
     )
+
+
+def _rate_rows_finish(found: Sequence[Found], n: int, job: _native.RateJob) -> RatePiece | None:
+    """The piece of a begun :func:`_rate_rows` (``n`` windows a series), None where some chunk did
+    not decode as its row says."""
+    vals, pres, cnts, verdict = job.finish()
     if verdict:
         return None
-    m, n = len(found), len(grid)
+    m = len(found)
     points = np.frombuffer(cnts, dtype=np.int64)
     values = np.frombuffer(vals, dtype=np.float64).reshape(m, n)
     present = np.frombuffer(pres, dtype=bool).reshape(m, n)
@@ -556,24 +574,41 @@ class SqliteReader(SqliteCore):
     ) -> None:
         """See :meth:`StoreReader.select_rate_each`: :meth:`select_arrays_each`'s pieces, each
         piece's windows computed from its chunk rows as they are decoded (:func:`_rate_rows`) when
-        no part overlaps the range (a compacted store's case), else from the piece's arrays."""
+        no part overlaps the range (a compacted store's case), else from the piece's arrays.
+
+        A piece's windows are begun on another thread before the next piece's rows are read here
+        (:func:`_rate_rows_start`), and this thread then takes its share of them
+        (:func:`_rate_rows_finish`): reading the rows (SQLite, a Python object a chunk) is a third
+        of the work and one thread's alone; done while the other CPU computes, the two are busy
+        together. (A thread of our own that read the next rows while both computed was slower:
+        three threads for two CPUs, and the GIL passed between the two Python ones.)"""
         with self._lock, self._snapshot():
             found = self._matching(tenant, matchers)
             step = max(1, series_per_call)
             plain = not self._parts_dirs(from_ms, to_ms) if found else False
             scratch = [bytearray()]  # the arrays' pieces' columns, as select_arrays_each has them
-            for k in range(0, max(1, len(found)), step):
-                piece = found[k : k + step]
-                got = None
-                if plain:
-                    ids = msgspec.json.encode([sid for sid, _, _ in piece])
-                    rows = self._con.execute(_SELECT_CHUNKS_OF, (ids, from_ms, to_ms)).fetchall()
-                    got = _rate_rows(piece, rows, from_ms, to_ms, rate)
+            n = len(rate.at)
+
+            def done(piece: Sequence[Found], job: _native.RateJob | None) -> RatePiece:
+                got = None if job is None else _rate_rows_finish(piece, n, job)
                 if got is None:
                     arrays = self._arrays(piece, from_ms, to_ms, scratch)
                     points = sum(len(s.t) for s in arrays)
                     got = RatePiece([dict(s.labels) for s in arrays], points, *rate.of_arrays(arrays))
-                each(got)
+                return got
+
+            begun: tuple[Sequence[Found], _native.RateJob | None] | None = None
+            for k in range(0, max(1, len(found)), step):
+                piece = found[k : k + step]
+                rows: list[tuple[int, int, int, int, bytes]] = []
+                if plain:  # (read while the previous piece is computed)
+                    ids = msgspec.json.encode([sid for sid, _, _ in piece])
+                    rows = self._con.execute(_SELECT_CHUNKS_OF, (ids, from_ms, to_ms)).fetchall()
+                if begun is not None:
+                    each(done(*begun))
+                begun = (piece, _rate_rows_start(piece, rows, from_ms, to_ms, rate) if plain else None)
+            if begun is not None:
+                each(done(*begun))
 
     def _arrays(
         self, found: Sequence[Found], from_ms: int, to_ms: int, scratch: list[bytearray] | None = None
