@@ -22,7 +22,8 @@
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyByteArray, PyBytes, PyList, PyTuple};
+use pyo3::buffer::PyBuffer;
+use pyo3::types::{PyBytes, PyList, PyTuple};
 
 use crate::rawchunks::ints;
 use crate::ratewin::rows_windows;
@@ -221,9 +222,6 @@ fn columns(rows: usize, at: &[u8], run_first: &[u8], run_last: &[u8], grid: &[u8
     Ok((at, grid, firsts, lasts))
 }
 
-/// A job's answer: values, present, counts, verdict (see `rate_rows_start`).
-type Answer<'py> = (Bound<'py, PyByteArray>, Bound<'py, PyByteArray>, Bound<'py, PyByteArray>, u8);
-
 /// Series a thread of a `RateJob` takes at a time (a few: the two threads end close together).
 const JOB_BATCH: usize = 4;
 
@@ -295,11 +293,10 @@ impl Shared {
 pub struct RateJob {
     shared: Option<std::sync::Arc<Shared>>,
     other: Option<std::thread::JoinHandle<()>>,
-    // the answer's memory (written through Shared's pointers, without the GIL: nothing else has
-    // these objects until finish hands them over) and the rows' bytes the chunks borrow
-    values: Option<Py<PyByteArray>>,
-    present: Option<Py<PyByteArray>>,
-    counts: Option<Py<PyByteArray>>,
+    // the answer's memory, the caller's arrays (written through Shared's pointers, without the
+    // GIL: see rate_rows_start), and the rows' bytes the chunks borrow; held until the job is
+    // dropped (after its other thread is joined)
+    _out: Option<(PyBuffer<f64>, PyBuffer<u8>, PyBuffer<i64>)>,
     _held: Vec<Py<PyBytes>>,
     verdict: u8,
 }
@@ -328,18 +325,13 @@ impl Drop for RateJob {
 
 #[pymethods]
 impl RateJob {
-    /// `(values, present, counts, verdict)`, what `rate_rows` answers. Once only: a second call is a
-    /// ValueError.
-    fn finish<'py>(
-        &mut self,
-        py: Python<'py>,
-    ) -> PyResult<Answer<'py>> {
-        let nothing = |py: Python<'py>, verdict: u8| {
-            (PyByteArray::new(py, &[]), PyByteArray::new(py, &[]), PyByteArray::new(py, &[]), verdict)
-        };
+    /// The job's verdict once every series is computed into the arrays given to
+    /// `rate_rows_start` (0: they are the answer; else they are not to be used). Once only: a
+    /// second call is a ValueError.
+    fn finish(&mut self, py: Python<'_>) -> PyResult<u8> {
         let Some(shared) = self.shared.take() else {
-            if self.verdict != OK {
-                return Ok(nothing(py, self.verdict));
+            if self.verdict != OK && self.verdict != DONE {
+                return Ok(self.verdict);
             }
             return Err(PyValueError::new_err("this job is finished"));
         };
@@ -357,14 +349,8 @@ impl RateJob {
         }
         self.join_other();
         let verdict = shared.verdict.load(std::sync::atomic::Ordering::Relaxed);
-        drop(shared);
         self.verdict = if verdict == OK { DONE } else { verdict };
-        let (values, present, counts) = (self.values.take(), self.present.take(), self.counts.take());
-        if verdict != OK {
-            return Ok(nothing(py, verdict));
-        }
-        let take = |b: Option<Py<PyByteArray>>| b.expect("the answer's memory").into_bound(py);
-        Ok((take(values), take(present), take(counts), OK))
+        Ok(verdict)
     }
 }
 
@@ -377,11 +363,14 @@ const DONE: u8 = 255;
 /// and series whose points are the places `run_first[j]..run_last[j]` (equal: none), each series'
 /// points in `[from_ms, to_ms]` and its `rate` / `increase` / `delta` windows `(grid[k] - rng,
 /// grid[k]]` with its staleness markers left out: what `rate_windows(..., skip_stale=True)`
-/// answers for the series `assemble_rows_into` and `chunks.search_runs` give. The job's `finish`
-/// answers float64 bytes and one byte per (series, step), row by row, as `rate_windows`'; each
-/// series' number of points in the range (int64 bytes); the verdict (0: good; else nothing of the
-/// answer is to be used, see the module's doc). A series' places must be its chunks' exactly, one
-/// after the other, else verdict 5. Columns of other lengths are a ValueError.
+/// answers for the series `assemble_rows_into` and `chunks.search_runs` give, written into
+/// `values` (float64, (series, steps), C-contiguous: rate_windows' values where a window has one,
+/// untouched elsewhere), `present` (uint8, 1 where a window has a value, untouched elsewhere) and
+/// `counts` (int64, each series' points in the range). The job's `finish` answers the verdict (0:
+/// good; else the arrays are not to be used, see the module's doc). A series' places must be its
+/// chunks' exactly, one after the other, else verdict 5. Columns or arrays of other lengths, and
+/// arrays not writable and C-contiguous, are a ValueError. The arrays must be the caller's own,
+/// read by nobody until `finish` returns (they are written without the GIL meanwhile).
 ///
 /// The series are computed on another thread from now on (when there are two CPUs and enough
 /// points; else all by `finish`), without the GIL: the caller may go on meanwhile, with Python or
@@ -390,7 +379,9 @@ const DONE: u8 = 255;
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
 pub fn rate_rows_start(
-    py: Python<'_>,
+    values: PyBuffer<f64>,
+    present: PyBuffer<u8>,
+    counts: PyBuffer<i64>,
     rows: &Bound<'_, PyList>,
     at: &[u8],
     run_first: &[u8],
@@ -404,12 +395,28 @@ pub fn rate_rows_start(
 ) -> PyResult<RateJob> {
     let (at, grid, firsts, lasts) = columns(rows.len(), at, run_first, run_last, grid)?;
     let (m, n) = (firsts.len(), grid.len());
+    for (b, cells, what) in [
+        (values.item_count(), m * n, "values"),
+        (present.item_count(), m * n, "present"),
+        (counts.item_count(), m, "counts"),
+    ] {
+        if b != cells {
+            return Err(PyValueError::new_err(format!("{what}: {b} cells for {cells}")));
+        }
+    }
+    let writable = |readonly: bool, contiguous: bool, what: &str| {
+        if readonly || !contiguous {
+            return Err(PyValueError::new_err(format!("{what}: not a writable C-contiguous array")));
+        }
+        Ok(())
+    };
+    writable(values.readonly(), values.is_c_contiguous(), "values")?;
+    writable(present.readonly(), present.is_c_contiguous(), "present")?;
+    writable(counts.readonly(), counts.is_c_contiguous(), "counts")?;
     let failed = |verdict: u8| RateJob {
         shared: None,
         other: None,
-        values: None,
-        present: None,
-        counts: None,
+        _out: None,
         _held: Vec::new(),
         verdict,
     };
@@ -424,15 +431,8 @@ pub fn rate_rows_start(
     // SAFETY: the chunks borrow the rows' bytes objects, immutable, which the job holds (`_held`)
     // for as long as it has the chunks (Drop joins the other thread before the fields go)
     let chunks: Vec<Chunk<'static>> = unsafe { std::mem::transmute::<Vec<Chunk<'_>>, Vec<Chunk<'static>>>(chunks) };
-    // (zeroed: a cell without a window is 0.0 and absent, as rate_rows has it)
-    let values = PyByteArray::new_with(py, 8 * m * n, |_| Ok(()))?;
-    let present = PyByteArray::new_with(py, m * n, |_| Ok(()))?;
-    let counts = PyByteArray::new_with(py, 8 * m, |_| Ok(()))?;
-    // fresh bytearrays of those sizes, nobody else's (see RateJob); written through these
-    let (pv, pp, pc) = (values.data(), present.data(), counts.data() as *mut i64);
-    if (pc as usize) % std::mem::align_of::<i64>() != 0 {
-        return Ok(failed(NOT_PLAIN));
-    }
+    // written through these, without the GIL, while the job runs (see the doc: the caller's own)
+    let (pv, pp, pc) = (values.buf_ptr() as *mut u8, present.buf_ptr() as *mut u8, counts.buf_ptr() as *mut i64);
     let shared = std::sync::Arc::new(Shared {
         chunks,
         runs,
@@ -458,9 +458,7 @@ pub fn rate_rows_start(
     Ok(RateJob {
         shared: Some(shared),
         other,
-        values: Some(values.unbind()),
-        present: Some(present.unbind()),
-        counts: Some(counts.unbind()),
+        _out: Some((values, present, counts)),
         _held: held.into_iter().map(|(d, _, _, _)| d.unbind()).collect(),
         verdict: OK,
     })

@@ -37,6 +37,9 @@ def rate_windows(
     skip_stale: bool = False,
 ) -> tuple[bytearray, bytearray]: ...
 def rate_rows_start(
+    values: Any,
+    present: Any,
+    counts: Any,
     rows: list[tuple[int, int, int, int, bytes]],
     at: bytes,
     run_first: bytes,
@@ -50,7 +53,7 @@ def rate_rows_start(
 ) -> RateJob: ...
 
 class RateJob:
-    def finish(self) -> tuple[bytearray, bytearray, bytearray, int]: ...
+    def finish(self) -> int: ...
 
 def row_heads(rows: list[tuple[int, int, int, int, bytes]]) -> bytearray | None: ...
 def assemble_rows(

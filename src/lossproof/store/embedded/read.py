@@ -241,8 +241,8 @@ def _rate_rows(
     does not hold (a row the extension does not read, a chunk without points, two chunks of a
     series that overlap in time, a chunk that does not decode as its row says): the caller then
     reads the piece as arrays, which says what is wrong if anything is."""
-    job = _rate_rows_start(found, rows, from_ms, to_ms, rate)
-    return None if job is None else _rate_rows_finish(found, len(rate.at), job)
+    begun = _rate_rows_start(found, rows, from_ms, to_ms, rate)
+    return None if begun is None else _rate_rows_finish(found, begun)
 
 
 def _rate_rows_start(
@@ -251,9 +251,10 @@ def _rate_rows_start(
     from_ms: int,
     to_ms: int,
     rate: RateWindows,
-) -> _native.RateJob | None:
+) -> _Begun | None:
     """:func:`_rate_rows` begun (``_native.rate_rows_start``: another thread computes the series
-    from now on), or None where the rows are not the plain case."""
+    from now on, into arrays of zeros made here: calloc's, whose pages are faulted in by the threads
+    that write them, not by this one), or None where the rows are not the plain case."""
     n_rows = len(rows)
     if not n_rows or not (-(2**63) <= from_ms <= to_ms < 2**63):
         return None
@@ -282,7 +283,14 @@ def _rate_rows_start(
     has = rs >= 0
     firsts = np.where(has, starts[rs], 0)
     lasts = np.where(has, ends[rs], 0)
-    return _native.rate_rows_start(
+    m, n = len(found), len(rate.at)
+    values = np.zeros((m, n))
+    present = np.zeros((m, n), dtype=bool)
+    points = np.zeros(m, dtype=np.int64)
+    job = _native.rate_rows_start(
+        values,
+        present.view(np.uint8),
+        points,
         rows,
         at.tobytes(),
         firsts.tobytes(),
@@ -294,18 +302,26 @@ def _rate_rows_start(
         rate.is_rate,
         rate.is_counter,
     )
+    return _Begun(job, values, present, points)
 
 
-def _rate_rows_finish(found: Sequence[Found], n: int, job: _native.RateJob) -> RatePiece | None:
-    """The piece of a begun :func:`_rate_rows` (``n`` windows a series), None where some chunk did
-    not decode as its row says."""
-    vals, pres, cnts, verdict = job.finish()
-    if verdict:
+class _Begun(NamedTuple):
+    """A begun :func:`_rate_rows`: its job, and the arrays it writes (not to be read before its
+    ``finish``)."""
+
+    job: _native.RateJob
+    values: chunks.F64
+    present: npt.NDArray[np.bool_]
+    points: npt.NDArray[np.int64]
+
+
+def _rate_rows_finish(found: Sequence[Found], begun: _Begun) -> RatePiece | None:
+    """The piece of a begun :func:`_rate_rows`, None where some chunk did not decode as its row
+    says."""
+    if begun.job.finish():
         return None
     m = len(found)
-    points = np.frombuffer(cnts, dtype=np.int64)
-    values = np.frombuffer(vals, dtype=np.float64).reshape(m, n)
-    present = np.frombuffer(pres, dtype=bool).reshape(m, n)
+    values, present, points = begun.values, begun.present, begun.points
     keep = np.flatnonzero(points > 0)  # (series without points are left out, as _arrays does)
     if len(keep) < m:
         values, present = values[keep], present[keep]
@@ -587,17 +603,16 @@ class SqliteReader(SqliteCore):
             step = max(1, series_per_call)
             plain = not self._parts_dirs(from_ms, to_ms) if found else False
             scratch = [bytearray()]  # the arrays' pieces' columns, as select_arrays_each has them
-            n = len(rate.at)
 
-            def done(piece: Sequence[Found], job: _native.RateJob | None) -> RatePiece:
-                got = None if job is None else _rate_rows_finish(piece, n, job)
+            def done(piece: Sequence[Found], job: _Begun | None) -> RatePiece:
+                got = None if job is None else _rate_rows_finish(piece, job)
                 if got is None:
                     arrays = self._arrays(piece, from_ms, to_ms, scratch)
                     points = sum(len(s.t) for s in arrays)
                     got = RatePiece([dict(s.labels) for s in arrays], points, *rate.of_arrays(arrays))
                 return got
 
-            begun: tuple[Sequence[Found], _native.RateJob | None] | None = None
+            begun: tuple[Sequence[Found], _Begun | None] | None = None
             for k in range(0, max(1, len(found)), step):
                 piece = found[k : k + step]
                 rows: list[tuple[int, int, int, int, bytes]] = []
