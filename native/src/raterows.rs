@@ -69,10 +69,25 @@ fn as_bytes(words: &mut [u64]) -> &mut [u8] {
     unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr() as *mut u8, len) }
 }
 
+/// What a thread decodes a series with, kept for all the series it takes: the series' columns
+/// (grown to the longest) and a decoder (a zstd context is ~100 kB to set up: see Decoder).
+struct Scratch {
+    ts: Vec<u64>,
+    vs: Vec<u64>,
+    decoder: Decoder,
+}
+
+impl Scratch {
+    fn new() -> Self {
+        Scratch { ts: Vec::new(), vs: Vec::new(), decoder: Decoder::new() }
+    }
+}
+
 /// The series `runs`, one after the other: each decoded into `ts`/`vs` (reused: they stay in the
 /// cache), its points in `[from_ms, to_ms]` counted into `counts` and their windows computed into
 /// its rows of `values` (8 bytes a cell) and `present`. Stops at the first chunk that is not right:
 /// its verdict.
+#[allow(clippy::too_many_arguments)]
 fn runs_windows(
     chunks: &[Chunk],
     runs: &[Run],
@@ -80,10 +95,10 @@ fn runs_windows(
     values: &mut [u8],
     present: &mut [u8],
     counts: &mut [i64],
+    scratch: &mut Scratch,
 ) -> u8 {
     let n = w.at.len();
-    let (mut ts, mut vs): (Vec<u64>, Vec<u64>) = (Vec::new(), Vec::new());
-    let mut decoder = Decoder::new(); // (one for all the series: see Decoder)
+    let Scratch { ts, vs, decoder } = scratch;
     for (j, r) in runs.iter().enumerate() {
         if r.first == r.last {
             continue;
@@ -97,7 +112,7 @@ fn runs_windows(
         }
         let (ts, vs) = (&mut ts[..len], &mut vs[..len]);
         let (increasing, ranges, damaged) =
-            decode_run_with(&chunks[r.lo..r.hi], as_bytes(ts), as_bytes(vs), r.first, &mut decoder);
+            decode_run_with(&chunks[r.lo..r.hi], as_bytes(ts), as_bytes(vs), r.first, decoder);
         if damaged {
             return DAMAGED;
         }
@@ -263,6 +278,7 @@ impl Shared {
             from_ms: self.from_ms,
             to_ms: self.to_ms,
         };
+        let mut scratch = Scratch::new();
         loop {
             let j0 = self.next.fetch_add(JOB_BATCH, Relaxed);
             if j0 >= m || self.verdict.load(Relaxed) != OK {
@@ -277,7 +293,7 @@ impl Shared {
                     std::slice::from_raw_parts_mut(self.counts.add(j0), j1 - j0),
                 )
             };
-            let verdict = runs_windows(&self.chunks, &self.runs[j0..j1], &w, values, present, counts);
+            let verdict = runs_windows(&self.chunks, &self.runs[j0..j1], &w, values, present, counts, &mut scratch);
             if verdict != OK {
                 self.verdict.store(verdict, Relaxed);
                 return;
@@ -538,7 +554,7 @@ mod tests {
             let mut values = vec![0u8; 8 * m * n];
             let mut present = vec![0u8; m * n];
             let mut counts = vec![0i64; m];
-            assert_eq!(runs_windows(&chunks, &runs, &w, &mut values, &mut present, &mut counts), OK);
+            assert_eq!(runs_windows(&chunks, &runs, &w, &mut values, &mut present, &mut counts, &mut Scratch::new()), OK);
             for (j, (t, v)) in series.iter().enumerate() {
                 let a = t.partition_point(|&x| x < from_ms);
                 let b = t.partition_point(|&x| x <= to_ms).max(a);
@@ -552,7 +568,7 @@ mod tests {
             // a stored range that is not the chunk's points, then times that go back
             if let Some(c) = chunks.iter_mut().find(|c| c.n > 1) {
                 c.t_max += 1;
-                assert_eq!(runs_windows(&chunks, &runs, &w, &mut values, &mut present, &mut counts), NOT_RANGE);
+                assert_eq!(runs_windows(&chunks, &runs, &w, &mut values, &mut present, &mut counts, &mut Scratch::new()), NOT_RANGE);
             }
         }
         let back = raw(&[5, 4], &[1.0, 2.0]);
@@ -561,7 +577,7 @@ mod tests {
         let grid = [10i64];
         let w = Windows { at: &grid, rng: 10, is_rate: true, is_counter: true, from_ms: 0, to_ms: 10 };
         let (mut v, mut p, mut c) = (vec![0u8; 8], vec![0u8; 1], vec![0i64; 1]);
-        assert_eq!(runs_windows(&chunks, &runs, &w, &mut v, &mut p, &mut c), NOT_INCREASING);
+        assert_eq!(runs_windows(&chunks, &runs, &w, &mut v, &mut p, &mut c, &mut Scratch::new()), NOT_INCREASING);
     }
 
     /// A job's series taken by two threads at once (the job's and finish's) are what one thread
@@ -596,7 +612,7 @@ mod tests {
         let (m, n) = (runs.len(), grid.len());
         let w = Windows { at: &grid, rng: 300_000, is_rate: true, is_counter: true, from_ms: 1_100_000, to_ms: 4_000_000 };
         let (mut v1, mut p1, mut c1) = (vec![0u8; 8 * m * n], vec![0u8; m * n], vec![0i64; m]);
-        assert_eq!(runs_windows(&chunks, &runs, &w, &mut v1, &mut p1, &mut c1), OK);
+        assert_eq!(runs_windows(&chunks, &runs, &w, &mut v1, &mut p1, &mut c1, &mut Scratch::new()), OK);
         let (mut v2, mut p2, mut c2) = (vec![0u8; 8 * m * n], vec![0u8; m * n], vec![0i64; m]);
         // SAFETY (the test's): the chunks borrow `data`, which outlives the job's threads below
         let chunks: Vec<Chunk<'static>> = unsafe { std::mem::transmute::<Vec<Chunk<'_>>, Vec<Chunk<'static>>>(chunks) };
