@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lossproof.points import SeriesSamples
+from lossproof.query import promql
 from lossproof.query.promql import STALE_NAN
 from lossproof.query.promwindows import NATIVE_RATE, rate_windows
 from lossproof.store import chunks
@@ -139,11 +140,9 @@ def _compact_all(store: SqliteStore, now: int) -> None:
             raise AssertionError("compaction never finished")
 
 
-@pytest.mark.parametrize("compacted", [True, False])
-def test_select_rate_each_is_the_default_on_arrays(tmp_path: Path, compacted: bool) -> None:
-    """A store of counters with resets, staleness markers and gauges, compacted (packed chunks, no
-    parts: windows from the rows) or as written (parts: from arrays): the pieces' windows are
-    those of the default select_rate_each, in pieces of any size."""
+def _counters_store(tmp_path: Path, compacted: bool) -> SqliteStore:
+    """40 series of 600 points at 15 s: counters with resets, some with a staleness marker, some
+    gauges; compacted (packed chunks, no parts) or as written."""
     store = SqliteStore(tmp_path / "s.db")
     rng_ = np.random.default_rng(7)
     now = T0
@@ -162,6 +161,15 @@ def test_select_rate_each_is_the_default_on_arrays(tmp_path: Path, compacted: bo
     if compacted:
         _compact_all(store, now)
         assert not store._parts_dirs(0, 1 << 62)  # (the rows' way is taken)
+    return store
+
+
+@pytest.mark.parametrize("compacted", [True, False])
+def test_select_rate_each_is_the_default_on_arrays(tmp_path: Path, compacted: bool) -> None:
+    """A store of counters with resets, staleness markers and gauges, compacted (packed chunks, no
+    parts: windows from the rows) or as written (parts: from arrays): the pieces' windows are
+    those of the default select_rate_each, in pieces of any size."""
+    store = _counters_store(tmp_path, compacted)
     ends = T0 + np.arange(0, 600 * 15_000, 60_000, dtype=np.int64)
     ms = [Matcher("__name__", "=", "m"), Matcher("j", "!=", "2")]
     for fn in ("rate", "increase", "delta"):
@@ -207,3 +215,41 @@ def test_rate_rows_on_two_threads_are_the_two_call_way() -> None:
         got = _rate_rows(found, rows[::-1], from_ms, to_ms, rate)
         assert got is not None
         same(got, two_calls(found, rows, from_ms, to_ms, rate))
+
+
+@pytest.mark.parametrize("compacted", [True, False])
+def test_rate_queries_are_the_generic_range_functions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compacted: bool
+) -> None:
+    """rate / increase / delta and their sums, read in pieces of any size (one array for all of
+    them, or the pieces concatenated), answer what the generic range-function path computes from
+    one read of arrays."""
+    store = _counters_store(tmp_path, compacted)
+    grid = promql.Grid(T0, T0 + 599 * 15_000, 60_000)
+    queries = ["rate(m[5m])", "sum by (j) (increase(m[2m]))", "delta(m[5m] offset 1m)", "avg(rate(m[1m]))"]
+
+    def run(q: str) -> promql.Vector:
+        v = promql.Evaluator(store, "t", grid).eval(promql.parse(q))
+        assert isinstance(v, promql.Vector)
+        return v
+
+    want = {}
+    with monkeypatch.context() as mp:
+        mp.setattr(promql, "NATIVE_RATE", {})
+        want = {q: run(q) for q in queries}
+    each = SqliteStore.select_rate_each
+    for per_call in (1, 7, 256):
+        monkeypatch.setattr(
+            SqliteStore,
+            "select_rate_each",
+            lambda self, *a, per_call=per_call, **kw: each(self, *a, **{**kw, "series_per_call": per_call}),
+        )
+        for q in queries:
+            got = run(q)
+            assert got.labels == want[q].labels
+            assert np.array_equal(got.present, want[q].present)
+            # bit for bit (NaN included)
+            assert np.array_equal(
+                got.values[got.present].view(np.int64), want[q].values[want[q].present].view(np.int64)
+            )
+    store.close()

@@ -550,6 +550,9 @@ class Evaluator:
             return make_vector([], np.empty((0, n)), np.zeros((0, n), dtype=bool))
         if len(values) == 1:
             return make_vector(labels, values[0], present[0])
+        whole_v, whole_p = _rows_of_one(values), _rows_of_one(present)
+        if whole_v is not None and whole_p is not None:
+            return make_vector(labels, whole_v, whole_p)
         return make_vector(labels, np.concatenate(values), np.concatenate(present))
 
     def _clamp(self, name: str, args: list[pp.Expr]) -> Vector:
@@ -855,6 +858,29 @@ class Evaluator:
             values, present = r, vec.present
             labels = vec.labels if op == "atan2" else _names_dropped(vec)
         return make_vector(labels, values, present)
+
+
+def _rows_of_one(parts: Sequence[np.ndarray]) -> np.ndarray | None:
+    """The rows of ``parts`` as one array without a copy, where they are consecutive rows of one
+    C-contiguous 2-D array, in order (the embedded store's pieces are: see its select_rate_each):
+    that array's slice, what their concatenation would be. None where they are not."""
+    base = parts[0].base
+    if not isinstance(base, np.ndarray) or base.ndim != 2 or not base.flags.c_contiguous:
+        return None
+    row = base.strides[0]
+    origin = base.__array_interface__["data"][0]
+    at = parts[0].__array_interface__["data"][0]
+    if row <= 0 or (at - origin) % row:
+        return None
+    first, rows = (at - origin) // row, 0
+    for p in parts:
+        if p.base is not base or p.ndim != 2 or p.strides != base.strides or p.shape[1] != base.shape[1]:
+            return None
+        if p.__array_interface__["data"][0] != at:
+            return None
+        at += row * p.shape[0]
+        rows += p.shape[0]
+    return base[first : first + rows]
 
 
 def evaluate(store: StoreReader, tenant: str, expr: pp.Expr, grid: Grid) -> Value:
