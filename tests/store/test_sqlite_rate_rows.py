@@ -253,3 +253,21 @@ def test_rate_queries_are_the_generic_range_functions(
                 got.values[got.present].view(np.int64), want[q].values[want[q].present].view(np.int64)
             )
     store.close()
+
+
+@pytest.mark.parametrize("compacted", [True, False])
+def test_limits_refuse_rate_read_the_rows_way_as_the_arrays_way(tmp_path: Path, compacted: bool) -> None:
+    """The limits count a piece computed from rows as one read as arrays: the same errors."""
+    store = _counters_store(tmp_path, compacted)
+    grid = promql.Grid(T0, T0 + 599 * 15_000, 60_000)
+
+    def run(q: str, limits: promql.Limits) -> object:
+        return promql.Evaluator(store, "t", grid, limits=limits).eval(promql.parse(q))
+
+    too_many = "read 40 series with one selector, more than max_series = 5"
+    with pytest.raises(promql.LimitExceeded, match=too_many):
+        run("sum(rate(m[5m]))", promql.Limits(max_series=5))
+    with pytest.raises(promql.LimitExceeded, match="max_samples = 1000"):
+        run("rate(m[5m])", promql.Limits(max_samples=1000))
+    assert isinstance(run("sum(rate(m[5m]))", promql.Limits(max_series=40)), promql.Vector)
+    store.close()

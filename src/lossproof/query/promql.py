@@ -512,7 +512,9 @@ class Evaluator:
         which cost more to fault in than to decode). The store computes the windows as it reads
         (the embedded store from each series' chunks while they are in the CPU's cache), or from a
         piece's arrays with ``of_arrays``. The limits are counted as :meth:`_read` counts them (once
-        the whole read is done, the same error); the windows of pieces past a limit are left out."""
+        the whole read is done, the same error); the windows of pieces past a limit are left out
+        (not computed from arrays; the embedded store's rows' way computes a piece's windows before
+        ``each`` counts it, into memory of a piece's size, or of at most 2**26 cells for all)."""
         vs = ms.vector_selector
         ends = self._times(None) - _ms(vs.offset)
         rng = _ms(ms.range)
@@ -525,6 +527,13 @@ class Evaluator:
         counted = [0, 0]  # series, samples
 
         def of_arrays(piece: list[SeriesArrays]) -> tuple[F64, Mask]:
+            series = counted[0] + len(piece)
+            samples = counted[1] + sum(len(s.t) for s in piece)
+            if series > lim.max_series or self.budget.samples + samples > lim.max_samples:
+                # past a limit: each leaves the piece out, so its windows are not computed (nor
+                # their memory touched: zeros from calloc), as before select_rate_each
+                shape = (len(piece), len(ends))
+                return np.zeros(shape), np.zeros(shape, dtype=bool)
             # (the staleness markers left out natively, as without_stale would: a series of
             # nothing else has no window, and make_vector drops its row)
             return rate_windows(piece, ends, rng, *NATIVE_RATE[name], skip_stale=True)

@@ -234,7 +234,7 @@ def _rate_rows(
     rate: RateWindows,
 ) -> RatePiece | None:
     """The windows of the series ``found`` from their chunk rows (all the points they have in
-    ``[from_ms, to_ms]``: no part holds any), by ``_native.rate_rows``: each series decoded and its
+    ``[from_ms, to_ms]``: no part holds any), by ``_native.rate_rows_start``: each series decoded and its
     windows computed while its points are in the CPU's cache, which a piece's columns are not
     (:func:`_assemble` writes them all, then ``rate`` reads them all back). The answer is the same
     as ``rate.of_arrays`` of what :func:`_assemble` makes of the rows. None where that plain case
