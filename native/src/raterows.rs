@@ -105,7 +105,7 @@ fn runs_windows(
         }
         let len = r.last - r.first;
         // (grown, never cleared: the series' chunks write every one of its places, one after the
-        // other from its first, as rate_rows checked)
+        // other from its first, as prepare checked)
         if ts.len() < len {
             ts.resize(len, 0);
             vs.resize(len, 0);
@@ -150,7 +150,7 @@ fn runs_windows(
 }
 
 /// The chunks of `rows` in place order and the series' runs of them, with the number of points
-/// of all runs; or the verdict that says the rows are not the plain case (`rate_rows_start`' doc).
+/// of all runs; or the verdict that says the rows are not the plain case (see `rate_rows_start`).
 /// `held`: each row's data, which the chunks borrow.
 type Prepared<'a> = Result<(Vec<Chunk<'a>>, Vec<Run>, usize), u8>;
 
@@ -302,9 +302,9 @@ impl Shared {
     }
 }
 
-/// `rate_rows` begun: a thread computes the series while the caller does something else (the
-/// store reads the next piece's rows); `finish` takes the rest of the series on the caller's thread
-/// and answers what `rate_rows` answers.
+/// A `rate_rows_start` begun: a thread computes the series while the caller does something else
+/// (the store reads the next piece's rows); `finish` takes the rest of the series on the caller's
+/// thread and answers the verdict.
 #[pyclass(module = "lossproof._native")]
 pub struct RateJob {
     shared: Option<std::sync::Arc<Shared>>,
