@@ -20,13 +20,13 @@
 //! answers a verdict that is not 0, and the caller reads the piece the two-call way (which raises
 //! the ChunkError that says what is wrong).
 
+use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::buffer::PyBuffer;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
-use crate::rawchunks::ints;
 use crate::ratewin::rows_windows;
+use crate::rawchunks::ints;
 use crate::rowdecode::{decode_run_with, fits_range, head, row_data, Chunk, Decoder};
 
 /// Points from which a call decodes and computes on two threads (a thread costs ~20 us).
@@ -79,7 +79,11 @@ struct Scratch {
 
 impl Scratch {
     fn new() -> Self {
-        Scratch { ts: Vec::new(), vs: Vec::new(), decoder: Decoder::new() }
+        Scratch {
+            ts: Vec::new(),
+            vs: Vec::new(),
+            decoder: Decoder::new(),
+        }
     }
 }
 
@@ -293,7 +297,15 @@ impl Shared {
                     std::slice::from_raw_parts_mut(self.counts.add(j0), j1 - j0),
                 )
             };
-            let verdict = runs_windows(&self.chunks, &self.runs[j0..j1], &w, values, present, counts, &mut scratch);
+            let verdict = runs_windows(
+                &self.chunks,
+                &self.runs[j0..j1],
+                &w,
+                values,
+                present,
+                counts,
+                &mut scratch,
+            );
             if verdict != OK {
                 self.verdict.store(verdict, Relaxed);
                 return;
@@ -422,7 +434,9 @@ pub fn rate_rows_start(
     }
     let writable = |readonly: bool, contiguous: bool, what: &str| {
         if readonly || !contiguous {
-            return Err(PyValueError::new_err(format!("{what}: not a writable C-contiguous array")));
+            return Err(PyValueError::new_err(format!(
+                "{what}: not a writable C-contiguous array"
+            )));
         }
         Ok(())
     };
@@ -446,9 +460,14 @@ pub fn rate_rows_start(
     };
     // SAFETY: the chunks borrow the rows' bytes objects, immutable, which the job holds (`_held`)
     // for as long as it has the chunks (Drop joins the other thread before the fields go)
-    let chunks: Vec<Chunk<'static>> = unsafe { std::mem::transmute::<Vec<Chunk<'_>>, Vec<Chunk<'static>>>(chunks) };
+    let chunks: Vec<Chunk<'static>> =
+        unsafe { std::mem::transmute::<Vec<Chunk<'_>>, Vec<Chunk<'static>>>(chunks) };
     // written through these, without the GIL, while the job runs (see the doc: the caller's own)
-    let (pv, pp, pc) = (values.buf_ptr() as *mut u8, present.buf_ptr() as *mut u8, counts.buf_ptr() as *mut i64);
+    let (pv, pp, pc) = (
+        values.buf_ptr() as *mut u8,
+        present.buf_ptr() as *mut u8,
+        counts.buf_ptr() as *mut i64,
+    );
     let shared = std::sync::Arc::new(Shared {
         chunks,
         runs,
@@ -542,42 +561,123 @@ mod tests {
             for mine in &chunks_of {
                 let (lo, first) = (chunks.len(), place);
                 for &(d, k, t_min, t_max) in mine {
-                    chunks.push(Chunk { data: &data[d], at: place, n: k, t_min, t_max });
+                    chunks.push(Chunk {
+                        data: &data[d],
+                        at: place,
+                        n: k,
+                        t_min,
+                        t_max,
+                    });
                     place += k;
                 }
-                runs.push(Run { lo, hi: chunks.len(), first, last: place });
+                runs.push(Run {
+                    lo,
+                    hi: chunks.len(),
+                    first,
+                    last: place,
+                });
             }
             let grid: Vec<i64> = (0..40).map(|k| 1_000_000 + k * 60_000).collect();
-            let (from_ms, to_ms) = (1_000_000 + (next() % 300_000) as i64, 1_000_000 + (next() % 3_000_000) as i64);
-            let w = Windows { at: &grid, rng: 300_000, is_rate: trial % 2 == 0, is_counter: trial % 3 != 0, from_ms, to_ms };
+            let (from_ms, to_ms) = (
+                1_000_000 + (next() % 300_000) as i64,
+                1_000_000 + (next() % 3_000_000) as i64,
+            );
+            let w = Windows {
+                at: &grid,
+                rng: 300_000,
+                is_rate: trial % 2 == 0,
+                is_counter: trial % 3 != 0,
+                from_ms,
+                to_ms,
+            };
             let n = grid.len();
             let mut values = vec![0u8; 8 * m * n];
             let mut present = vec![0u8; m * n];
             let mut counts = vec![0i64; m];
-            assert_eq!(runs_windows(&chunks, &runs, &w, &mut values, &mut present, &mut counts, &mut Scratch::new()), OK);
+            assert_eq!(
+                runs_windows(
+                    &chunks,
+                    &runs,
+                    &w,
+                    &mut values,
+                    &mut present,
+                    &mut counts,
+                    &mut Scratch::new()
+                ),
+                OK
+            );
             for (j, (t, v)) in series.iter().enumerate() {
                 let a = t.partition_point(|&x| x < from_ms);
                 let b = t.partition_point(|&x| x <= to_ms).max(a);
                 assert_eq!(counts[j], (b - a) as i64);
                 let mut want_v = vec![0u8; 8 * n];
                 let mut want_p = vec![0u8; n];
-                rows_windows(&[(&t[a..b], &v[a..b])], &grid, w.rng, w.is_rate, w.is_counter, true, &mut want_v, &mut want_p);
-                assert_eq!(&values[8 * n * j..8 * n * (j + 1)], &want_v[..], "trial {trial} series {j}");
-                assert_eq!(&present[n * j..n * (j + 1)], &want_p[..], "trial {trial} series {j}");
+                rows_windows(
+                    &[(&t[a..b], &v[a..b])],
+                    &grid,
+                    w.rng,
+                    w.is_rate,
+                    w.is_counter,
+                    true,
+                    &mut want_v,
+                    &mut want_p,
+                );
+                assert_eq!(
+                    &values[8 * n * j..8 * n * (j + 1)],
+                    &want_v[..],
+                    "trial {trial} series {j}"
+                );
+                assert_eq!(
+                    &present[n * j..n * (j + 1)],
+                    &want_p[..],
+                    "trial {trial} series {j}"
+                );
             }
             // a stored range that is not the chunk's points, then times that go back
             if let Some(c) = chunks.iter_mut().find(|c| c.n > 1) {
                 c.t_max += 1;
-                assert_eq!(runs_windows(&chunks, &runs, &w, &mut values, &mut present, &mut counts, &mut Scratch::new()), NOT_RANGE);
+                assert_eq!(
+                    runs_windows(
+                        &chunks,
+                        &runs,
+                        &w,
+                        &mut values,
+                        &mut present,
+                        &mut counts,
+                        &mut Scratch::new()
+                    ),
+                    NOT_RANGE
+                );
             }
         }
         let back = raw(&[5, 4], &[1.0, 2.0]);
-        let chunks = [Chunk { data: &back, at: 0, n: 2, t_min: 5, t_max: 4 }];
-        let runs = [Run { lo: 0, hi: 1, first: 0, last: 2 }];
+        let chunks = [Chunk {
+            data: &back,
+            at: 0,
+            n: 2,
+            t_min: 5,
+            t_max: 4,
+        }];
+        let runs = [Run {
+            lo: 0,
+            hi: 1,
+            first: 0,
+            last: 2,
+        }];
         let grid = [10i64];
-        let w = Windows { at: &grid, rng: 10, is_rate: true, is_counter: true, from_ms: 0, to_ms: 10 };
+        let w = Windows {
+            at: &grid,
+            rng: 10,
+            is_rate: true,
+            is_counter: true,
+            from_ms: 0,
+            to_ms: 10,
+        };
         let (mut v, mut p, mut c) = (vec![0u8; 8], vec![0u8; 1], vec![0i64; 1]);
-        assert_eq!(runs_windows(&chunks, &runs, &w, &mut v, &mut p, &mut c, &mut Scratch::new()), NOT_INCREASING);
+        assert_eq!(
+            runs_windows(&chunks, &runs, &w, &mut v, &mut p, &mut c, &mut Scratch::new()),
+            NOT_INCREASING
+        );
     }
 
     /// A job's series taken by two threads at once (the job's and finish's) are what one thread
@@ -587,8 +687,12 @@ mod tests {
         let mut data = Vec::new();
         let mut chunks_of = Vec::new();
         for j in 0..37usize {
-            let t: Vec<i64> = (0..(50 + 13 * j) as i64).map(|k| 1_000_000 + 15_000 * k + (k * j as i64) % 3).collect();
-            let v: Vec<f64> = (0..t.len()).map(|k| ((k * (j + 1)) % 17) as f64 + (k / 40) as f64).collect();
+            let t: Vec<i64> = (0..(50 + 13 * j) as i64)
+                .map(|k| 1_000_000 + 15_000 * k + (k * j as i64) % 3)
+                .collect();
+            let v: Vec<f64> = (0..t.len())
+                .map(|k| ((k * (j + 1)) % 17) as f64 + (k / 40) as f64)
+                .collect();
             let mut mine = Vec::new();
             for p in (0..t.len()).step_by(30) {
                 let q = (p + 30).min(t.len());
@@ -603,19 +707,41 @@ mod tests {
         for mine in &chunks_of {
             let (lo, first) = (chunks.len(), place);
             for &(d, k, t_min, t_max) in mine {
-                chunks.push(Chunk { data: &data[d], at: place, n: k, t_min, t_max });
+                chunks.push(Chunk {
+                    data: &data[d],
+                    at: place,
+                    n: k,
+                    t_min,
+                    t_max,
+                });
                 place += k;
             }
-            runs.push(Run { lo, hi: chunks.len(), first, last: place });
+            runs.push(Run {
+                lo,
+                hi: chunks.len(),
+                first,
+                last: place,
+            });
         }
         let grid: Vec<i64> = (0..60).map(|k| 1_000_000 + k * 60_000).collect();
         let (m, n) = (runs.len(), grid.len());
-        let w = Windows { at: &grid, rng: 300_000, is_rate: true, is_counter: true, from_ms: 1_100_000, to_ms: 4_000_000 };
+        let w = Windows {
+            at: &grid,
+            rng: 300_000,
+            is_rate: true,
+            is_counter: true,
+            from_ms: 1_100_000,
+            to_ms: 4_000_000,
+        };
         let (mut v1, mut p1, mut c1) = (vec![0u8; 8 * m * n], vec![0u8; m * n], vec![0i64; m]);
-        assert_eq!(runs_windows(&chunks, &runs, &w, &mut v1, &mut p1, &mut c1, &mut Scratch::new()), OK);
+        assert_eq!(
+            runs_windows(&chunks, &runs, &w, &mut v1, &mut p1, &mut c1, &mut Scratch::new()),
+            OK
+        );
         let (mut v2, mut p2, mut c2) = (vec![0u8; 8 * m * n], vec![0u8; m * n], vec![0i64; m]);
         // SAFETY (the test's): the chunks borrow `data`, which outlives the job's threads below
-        let chunks: Vec<Chunk<'static>> = unsafe { std::mem::transmute::<Vec<Chunk<'_>>, Vec<Chunk<'static>>>(chunks) };
+        let chunks: Vec<Chunk<'static>> =
+            unsafe { std::mem::transmute::<Vec<Chunk<'_>>, Vec<Chunk<'static>>>(chunks) };
         let shared = std::sync::Arc::new(Shared {
             chunks,
             runs,
