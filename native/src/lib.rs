@@ -19,6 +19,7 @@ mod flush;
 mod fsum;
 mod groupsum;
 mod mpjson;
+mod raterows;
 mod ratewin;
 mod rawchunks;
 mod reportcheck;
@@ -30,7 +31,7 @@ mod rwcols;
 /// The version of this module's interface, checked by the Python side (lossproof/native_ext.py):
 /// an extension built from other sources than the Python code that calls it fails at import, not
 /// half-way through a batch.
-const ABI: u32 = 13;
+const ABI: u32 = 14;
 
 // ---------------------------------------------------------------------------------------------
 // Points to store columns (lossproof.store.columns.Columns.add).
@@ -591,6 +592,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(chunkdecode::decode_chunks, m)?)?;
     m.add_function(wrap_pyfunction!(fsum::fsum_windows, m)?)?;
     m.add_function(wrap_pyfunction!(ratewin::rate_windows, m)?)?;
+    m.add_function(wrap_pyfunction!(raterows::rate_rows_start, m)?)?;
+    m.add_class::<raterows::RateJob>()?;
     m.add_function(wrap_pyfunction!(rawchunks::runs_increasing, m)?)?;
     m.add_function(wrap_pyfunction!(rawchunks::decode_checked, m)?)?;
     m.add_function(wrap_pyfunction!(rawchunks::search_runs, m)?)?;

@@ -40,7 +40,7 @@ const MAX_BLOCK: u64 = 128 * 1024;
 /// bytes, nor a packed one with a known mode, n > 0, and a frame declaring 16 n - 8 bytes, as many
 /// as a frame of its size can hold (`chunks._frame_can_hold`: a damaged n of a 30-byte chunk is not
 /// GBs of columns allocated and zeroed before its frame is found out).
-fn head(data: &[u8]) -> Option<(u8, usize, u8, i64, &[u8])> {
+pub(crate) fn head(data: &[u8]) -> Option<(u8, usize, u8, i64, &[u8])> {
     match *data.first()? {
         RAW if (data.len() - 1).is_multiple_of(16) => Some((RAW, (data.len() - 1) / 16, 0, 0, data)),
         PACKED if data.len() > HEAD => {
@@ -62,12 +62,12 @@ fn head(data: &[u8]) -> Option<(u8, usize, u8, i64, &[u8])> {
 /// Whether `n` points can be a chunk stored as `t_min ..= t_max`: its times strictly increase
 /// from one to the other, so it has at most `t_max - t_min + 1` of them (else it is damaged, and
 /// its columns are not allocated: the Python path says what is wrong).
-fn fits_range(n: usize, t_min: i64, t_max: i64) -> bool {
+pub(crate) fn fits_range(n: usize, t_min: i64, t_max: i64) -> bool {
     n == 0 || (t_max as i128) - (t_min as i128) >= n as i128 - 1
 }
 
 /// The data of row `i` (a tuple whose 5th item is bytes).
-fn row_data<'py>(row: &Bound<'py, PyTuple>, i: usize) -> PyResult<Bound<'py, PyBytes>> {
+pub(crate) fn row_data<'py>(row: &Bound<'py, PyTuple>, i: usize) -> PyResult<Bound<'py, PyBytes>> {
     if row.len() != 5 {
         return Err(PyValueError::new_err(format!("row {i}: {} items", row.len())));
     }
@@ -390,23 +390,46 @@ fn decode_parallel(chunks: &[Chunk], ts: &mut [u8], vs: &mut [u8]) -> (bool, boo
 
 /// A row's chunk: its data, where its points go, its stored time range.
 #[derive(Clone)]
-struct Chunk<'a> {
-    data: &'a [u8],
-    at: usize,
-    n: usize,
-    t_min: i64,
-    t_max: i64,
+pub(crate) struct Chunk<'a> {
+    pub(crate) data: &'a [u8],
+    pub(crate) at: usize,
+    pub(crate) n: usize,
+    pub(crate) t_min: i64,
+    pub(crate) t_max: i64,
 }
 
 /// Every chunk decoded to its place in `ts` and `vs` (the columns' bytes, 8 a point); (every
 /// chunk's times increase, every chunk is its stored range, some packed frame did not decompress to
 /// its body: the columns are then not to be used). One zstd context and one body buffer for all.
 /// `ts` and `vs` begin at point `base` of the columns (the chunks' places are in the columns).
-fn decode_run(chunks: &[Chunk], ts: &mut [u8], vs: &mut [u8], base: usize) -> (bool, bool, bool) {
+pub(crate) fn decode_run(chunks: &[Chunk], ts: &mut [u8], vs: &mut [u8], base: usize) -> (bool, bool, bool) {
+    decode_run_with(chunks, ts, vs, base, &mut Decoder::new())
+}
+
+/// What `decode_run` decodes with, kept from one call to the next by a caller that decodes many
+/// short runs (`raterows`: a series at a time): a zstd context is ~100 kB to allocate and set up.
+pub(crate) struct Decoder {
+    dctx: zstd_safe::DCtx<'static>,
+    body: Vec<u8>,
+    words: Vec<u64>,
+}
+
+impl Decoder {
+    pub(crate) fn new() -> Self {
+        Decoder { dctx: zstd_safe::DCtx::create(), body: Vec::new(), words: Vec::new() }
+    }
+}
+
+/// `decode_run` with the decoder `d`.
+pub(crate) fn decode_run_with(
+    chunks: &[Chunk],
+    ts: &mut [u8],
+    vs: &mut [u8],
+    base: usize,
+    d: &mut Decoder,
+) -> (bool, bool, bool) {
     let (mut increasing, mut ranges) = (true, true);
-    let mut dctx = zstd_safe::DCtx::create();
-    let mut body: Vec<u8> = Vec::new();
-    let mut words: Vec<u64> = Vec::new();
+    let Decoder { dctx, body, words } = d;
     for c in chunks {
         let Some((kind, n, mode, first, payload)) = head(c.data) else {
             return (increasing, ranges, true); // (assemble_rows checked every head)
@@ -422,12 +445,12 @@ fn decode_run(chunks: &[Chunk], ts: &mut [u8], vs: &mut [u8], base: usize) -> (b
             let whole = zstd_safe::find_frame_compressed_size(payload)
                 .ok()
                 .filter(|&size| size <= payload.len());
-            let decompressed = whole.and_then(|size| dctx.decompress(&mut body, &payload[..size]).ok());
+            let decompressed = whole.and_then(|size| dctx.decompress(body, &payload[..size]).ok());
             decompressed == Some(want)
                 && body.len() == want
-                && decode_one(PACKED, n, mode, first, &body, t, v, &mut words).is_ok()
+                && decode_one(PACKED, n, mode, first, body, t, v, words).is_ok()
         } else {
-            decode_one(RAW, n, 0, 0, payload, t, v, &mut words).is_ok()
+            decode_one(RAW, n, 0, 0, payload, t, v, words).is_ok()
         };
         if !decoded {
             return (increasing, ranges, true);

@@ -36,6 +36,25 @@ def rate_windows(
     is_counter: bool,
     skip_stale: bool = False,
 ) -> tuple[bytearray, bytearray]: ...
+def rate_rows_start(
+    values: Any,
+    present: Any,
+    counts: Any,
+    rows: list[tuple[int, int, int, int, bytes]],
+    at: bytes,
+    run_first: bytes,
+    run_last: bytes,
+    from_ms: int,
+    to_ms: int,
+    grid: bytes,
+    rng: int,
+    is_rate: bool,
+    is_counter: bool,
+) -> RateJob: ...
+
+class RateJob:
+    def finish(self) -> int: ...
+
 def row_heads(rows: list[tuple[int, int, int, int, bytes]]) -> bytearray | None: ...
 def assemble_rows(
     rows: list[tuple[int, int, int, int, bytes]],

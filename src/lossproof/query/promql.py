@@ -145,7 +145,7 @@ from lossproof.query.promvalues import (
     make_vector,
 )
 from lossproof.query.promwindows import BLOCK, NATIVE_RATE, RangeArrays, range_function, rate_windows
-from lossproof.store.base import InvalidMatcher, Matcher, SeriesArrays, StoreReader
+from lossproof.store.base import InvalidMatcher, Matcher, RatePiece, RateWindows, SeriesArrays, StoreReader
 
 # re-exported: the values and operators live in their own modules; callers use them from here
 __all__ = [
@@ -507,11 +507,14 @@ class Evaluator:
     def _rate_in_pieces(self, name: str, ms: pp.MatrixSelector) -> Vector:
         """``rate`` / ``increase`` / ``delta`` of a range selector at every step (what
         :meth:`_range_call` computes from :meth:`raw_arrays`), the store read a few hundred series
-        at a time (:meth:`StoreReader.select_arrays_each`) and each piece's windows computed before
+        at a time (:meth:`StoreReader.select_rate_each`) and each piece's windows computed before
         the next is read: a day of 10,000 series is never in memory at once (600 MB of columns,
-        which cost more to fault in than to decode; nothing of a piece is kept past ``each``: the
-        store reuses its memory). The limits are counted as :meth:`_read` counts
-        them (once the whole read is done, the same error); pieces past a limit are only counted."""
+        which cost more to fault in than to decode). The store computes the windows as it reads
+        (the embedded store from each series' chunks while they are in the CPU's cache), or from a
+        piece's arrays with ``of_arrays``. The limits are counted as :meth:`_read` counts them (once
+        the whole read is done, the same error); the windows of pieces past a limit are left out
+        (not computed from arrays; the embedded store's rows' way computes a piece's windows before
+        ``each`` counts it, into memory of a piece's size, or of at most 2**26 cells for all)."""
         vs = ms.vector_selector
         ends = self._times(None) - _ms(vs.offset)
         rng = _ms(ms.range)
@@ -523,21 +526,31 @@ class Evaluator:
         present: list[Mask] = []
         counted = [0, 0]  # series, samples
 
-        def each(piece: list[SeriesArrays]) -> None:
-            counted[0] += len(piece)
-            counted[1] += sum(len(s.t) for s in piece)
+        def of_arrays(piece: list[SeriesArrays]) -> tuple[F64, Mask]:
+            series = counted[0] + len(piece)
+            samples = counted[1] + sum(len(s.t) for s in piece)
+            if series > lim.max_series or self.budget.samples + samples > lim.max_samples:
+                # past a limit: each leaves the piece out, so its windows are not computed (nor
+                # their memory touched: zeros from calloc), as before select_rate_each
+                shape = (len(piece), len(ends))
+                return np.zeros(shape), np.zeros(shape, dtype=bool)
+            # (the staleness markers left out natively, as without_stale would: a series of
+            # nothing else has no window, and make_vector drops its row)
+            return rate_windows(piece, ends, rng, *NATIVE_RATE[name], skip_stale=True)
+
+        def each(piece: RatePiece) -> None:
+            counted[0] += len(piece.labels)
+            counted[1] += piece.points
             if counted[0] > lim.max_series or self.budget.samples + counted[1] > lim.max_samples:
                 return  # the limit's error comes once everything is counted
-            if rng > 0 and piece:
-                # (the staleness markers left out natively, as without_stale would: a series of
-                # nothing else has no window, and make_vector drops its row)
-                v, p = rate_windows(piece, ends, rng, *NATIVE_RATE[name], skip_stale=True)
-                values.append(v)
-                present.append(p)
-                labels.extend(dict(s.labels) for s in piece)
+            if rng > 0 and piece.labels:
+                values.append(piece.values)
+                present.append(piece.present)
+                labels.extend(piece.labels)
 
         if matchers is not None and to_ms >= from_ms:
-            self.store.select_arrays_each(self.tenant, matchers, from_ms, to_ms, each)
+            rate = RateWindows(ends, rng, *NATIVE_RATE[name], of_arrays)
+            self.store.select_rate_each(self.tenant, matchers, from_ms, to_ms, rate, each)
             self.budget.add(*counted)
         if rng <= 0:
             raise PromQLError("range must be positive")
@@ -546,6 +559,9 @@ class Evaluator:
             return make_vector([], np.empty((0, n)), np.zeros((0, n), dtype=bool))
         if len(values) == 1:
             return make_vector(labels, values[0], present[0])
+        whole_v, whole_p = _rows_of_one(values), _rows_of_one(present)
+        if whole_v is not None and whole_p is not None:
+            return make_vector(labels, whole_v, whole_p)
         return make_vector(labels, np.concatenate(values), np.concatenate(present))
 
     def _clamp(self, name: str, args: list[pp.Expr]) -> Vector:
@@ -851,6 +867,29 @@ class Evaluator:
             values, present = r, vec.present
             labels = vec.labels if op == "atan2" else _names_dropped(vec)
         return make_vector(labels, values, present)
+
+
+def _rows_of_one(parts: Sequence[np.ndarray]) -> np.ndarray | None:
+    """The rows of ``parts`` as one array without a copy, where they are consecutive rows of one
+    C-contiguous 2-D array, in order (the embedded store's pieces are: see its select_rate_each):
+    that array's slice, what their concatenation would be. None where they are not."""
+    base = parts[0].base
+    if not isinstance(base, np.ndarray) or base.ndim != 2 or not base.flags.c_contiguous:
+        return None
+    row = base.strides[0]
+    origin = base.__array_interface__["data"][0]
+    at = parts[0].__array_interface__["data"][0]
+    if row <= 0 or (at - origin) % row:
+        return None
+    first, rows = (at - origin) // row, 0
+    for p in parts:
+        if p.base is not base or p.ndim != 2 or p.strides != base.strides or p.shape[1] != base.shape[1]:
+            return None
+        if p.__array_interface__["data"][0] != at:
+            return None
+        at += row * p.shape[0]
+        rows += p.shape[0]
+    return base[first : first + rows]
 
 
 def evaluate(store: StoreReader, tenant: str, expr: pp.Expr, grid: Grid) -> Value:

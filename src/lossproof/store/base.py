@@ -393,6 +393,33 @@ class SeriesArrays:
 
 
 @dataclass(frozen=True, slots=True)
+class RateWindows:
+    """What :meth:`StoreReader.select_rate_each` computes of each series: PromQL's ``rate``
+    (``is_rate`` and ``is_counter``), ``increase`` (``is_counter``) or ``delta`` (neither) over the
+    windows ``(at[k] - rng, at[k]]``, staleness markers left out; ``of_arrays`` computes them from a
+    piece's arrays (``promwindows.rate_windows``), for what a store does not compute itself. A store
+    that does must answer exactly what ``of_arrays`` would."""
+
+    at: npt.NDArray[np.int64]
+    rng: int
+    is_rate: bool
+    is_counter: bool
+    of_arrays: Callable[[list[SeriesArrays]], tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]]
+
+
+@dataclass(frozen=True, slots=True)
+class RatePiece:
+    """A piece of :meth:`StoreReader.select_rate_each`'s answer: the labels of its series that have
+    points in the range (without the metric name), how many points those have in all, and their
+    windows' values and presence, one row per series (shaped (series, windows))."""
+
+    labels: list[dict[str, str]]
+    points: int
+    values: npt.NDArray[np.float64]
+    present: npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True, slots=True)
 class SteppedArrays:
     """:class:`SteppedSeries` as columns, one entry per step: ``present[k]`` says whether step k has
     a sample, ``t[k]`` and ``v[k]`` are its time and value (0 and NaN where it has none)."""
@@ -618,6 +645,26 @@ class StoreReader(abc.ABC):
         keep: a store may reuse their memory for the next piece (the embedded store does). This
         default hands over the whole answer at once."""
         each(self.select_arrays(tenant, matchers, from_ms, to_ms))
+
+    def select_rate_each(
+        self,
+        tenant: str,
+        matchers: Sequence[Matcher],
+        from_ms: int,
+        to_ms: int,
+        rate: RateWindows,
+        each: Callable[[RatePiece], None],
+    ) -> None:
+        """:meth:`select_arrays_each`, each piece's windows (``rate``) computed before ``each`` sees
+        it: ``each`` gets the piece's labels, points and windows, not its arrays. A store may compute
+        them as it reads (the embedded store decodes a series and computes its windows while its
+        points are in the CPU's cache); this default computes them from each piece's arrays."""
+
+        def windows(piece: list[SeriesArrays]) -> None:
+            points = sum(len(s.t) for s in piece)
+            each(RatePiece([dict(s.labels) for s in piece], points, *rate.of_arrays(piece)))
+
+        self.select_arrays_each(tenant, matchers, from_ms, to_ms, windows)
 
     def select(self, tenant: str, matchers: Sequence[Matcher], from_ms: int, to_ms: int) -> list[Series]:
         """:meth:`select_arrays` as lists of ``(t, v)``."""
