@@ -196,6 +196,7 @@ def worker(data_dir: Path, http_port: int | None, log_format: str) -> None:
     from lossproof.worker.main import run
 
     setup("worker", fmt=log_format)
+    os.environ["LOSSPROOF_LOG_FORMAT"] = log_format  # its compactor process logs as it does
     cfg = _load(data_dir)
     if http_port is not None:
         cfg.worker.http_port = http_port
@@ -209,15 +210,24 @@ def worker(data_dir: Path, http_port: int | None, log_format: str) -> None:
 
 @cli.command(hidden=True)
 @data_dir_option
+@click.option("--parent-pid", type=click.IntRange(1), required=True, help="The worker's pid.")
 @log_format_option
-def compactor(data_dir: Path, log_format: str) -> None:
+def compactor(data_dir: Path, parent_pid: int, log_format: str) -> None:
     """The worker's compactor process (the worker starts it): store compaction, each step a JSON
-    line on stdout for the worker's metrics."""
+    line on stdout for the worker's metrics. Its store settings come on stdin, as JSON (the worker's
+    own ``[store]`` section)."""
+    from pydantic import ValidationError
+
+    from lossproof.config import StoreConfig
     from lossproof.obs.logging import setup
     from lossproof.worker.compactor import run_process
 
     setup("compactor", fmt=log_format)
-    run_process(_load(data_dir))
+    try:
+        store = StoreConfig.model_validate_json(sys.stdin.buffer.read())
+    except ValidationError as e:
+        raise click.ClickException(f"store settings on stdin: {e.errors()[0]['msg']}") from None
+    run_process(Config(store=store, data_dir=data_dir), parent_pid)
 
 
 @cli.command()

@@ -185,12 +185,14 @@ def test_a_flush_is_packed_once_no_part_comes_for_a_while_not_before(tmp_path: P
     store = SqliteStore(path)
     try:
         now = T0 + 3_600_000
-        for b in range(_PART_FLUSH_COUNT):
-            store.write_batch(_batch(b, now))
-        n = 1000 * _PART_FLUSH_COUNT
-        while store.compact(now + 1).more:  # flushed (their count), every part taken
-            pass
-        assert _raw_points(path) == n and not packing_done(path)
+        for flush in range(2):  # (one flush alone waits for _PACK_AGE_MS)
+            for b in range(_PART_FLUSH_COUNT):
+                store.write_batch(_batch(flush * _PART_FLUSH_COUNT + b, now))
+            while store.compact(now + 1).more:  # flushed (their count), every part taken
+                pass
+            assert not packing_done(path)
+        n = 2000 * _PART_FLUSH_COUNT
+        assert _raw_points(path) == n
         assert not store.compact(now + _PACK_IDLE_MS - 1).more
         assert _raw_points(path) == n and _PACK_IDLE_MS < _PACK_AGE_MS
         while store.compact(now + _PACK_IDLE_MS).more:

@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
+from prometheus_client import CollectorRegistry
 
+from lossproof.config import Config, StoreConfig
+from lossproof.worker.compactor import CompactorProcess
 from lptest.pipeline import Pipeline, _alive, _children, report
 from lptest.proto import metric_value
 
@@ -95,3 +102,66 @@ def test_the_compactor_is_a_child_of_the_worker_restarted_when_killed_and_gone_w
         status, q = pipeline.get(f"/v1/query?metric=cpu.user&from=0&to=9999999999999&label=i:{i}")
         assert status == 200 and len(q["series"]) == 1, q
         assert [pt[0] for pt in q["series"][0]["points"]] == [T0 + seq * 1000 for seq in range(1, 81)]
+
+
+def _cfg(tmp_path: Path, interval: float = 0.2) -> Config:
+    return Config(store=StoreConfig(compact_interval_seconds=interval), data_dir=tmp_path)
+
+
+def test_a_compactor_that_cannot_start_is_counted_and_tried_again(tmp_path: Path) -> None:
+    """fork or exec failing (EAGAIN under a pids limit, ENOMEM, EMFILE) must not end compaction for
+    good: each failure is an error in the metrics and a new try, with a backoff."""
+    registry = CollectorRegistry()
+    stop = threading.Event()
+    cp = CompactorProcess(_cfg(tmp_path), registry, stop)
+    cp.argv = [str(tmp_path / "no-such-python")]
+    cp.start()
+    try:
+        wait_for(
+            "two failed starts",
+            lambda: (registry.get_sample_value("lossproof_store_compaction_errors_total") or 0) >= 2,
+            timeout=10,
+        )
+        assert cp._thread.is_alive()
+    finally:
+        started = time.monotonic()
+        cp.join(5)
+        assert time.monotonic() - started < 5 and not cp._thread.is_alive()
+
+
+def test_join_stops_the_compactor_even_when_the_worker_did_not_ask(tmp_path: Path) -> None:
+    """The worker's loop can end by an exception (its stop event never set): joining must stop the
+    compactor, promptly, and start no new one."""
+    registry = CollectorRegistry()
+    cp = CompactorProcess(_cfg(tmp_path), registry, threading.Event())
+    cp.start()
+    try:
+        wait_for(
+            "a compaction step",
+            lambda: (registry.get_sample_value("lossproof_store_compaction_seconds_total") or 0) > 0,
+            timeout=30,
+        )
+        pid = cp.pid
+        assert pid is not None
+    finally:
+        started = time.monotonic()
+        cp.join(10)
+    assert time.monotonic() - started < 5
+    assert not _alive(pid) and cp.pid == pid and not cp._thread.is_alive()
+    assert (registry.get_sample_value("lossproof_store_compaction_errors_total") or 0) == 0
+
+
+def _compactor(tmp_path: Path, stdin: bytes) -> subprocess.CompletedProcess[bytes]:
+    argv = [sys.executable, "-m", "lossproof", "compactor", "--data-dir", str(tmp_path)]
+    return subprocess.run(
+        [*argv, "--parent-pid", str(os.getpid())], input=stdin, capture_output=True, timeout=30
+    )
+
+
+def test_the_compactor_command_takes_its_settings_from_stdin(tmp_path: Path) -> None:
+    off = _compactor(tmp_path, StoreConfig(compact_interval_seconds=0).model_dump_json().encode())
+    assert off.returncode == 0 and not (tmp_path / "store.db").exists(), off.stderr  # off: ends at once
+    bad = _compactor(tmp_path, b'{"compact_interval_seconds": -1}')
+    assert bad.returncode != 0
+    err = bad.stderr.decode().strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("Error: store settings on stdin:"), err

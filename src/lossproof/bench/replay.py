@@ -94,7 +94,7 @@ class ReplayBenchResult:
             out.append(
                 "compaction (in the background, the points queryable meanwhile): "
                 + (f"every point packed {c:.1f} s after the drain began" if math.isfinite(c) else "NOT done")
-                + f"; it wrote {self.compacted_points / self.total_points:.2f} points per point stored"
+                + f"; it wrote {self.compacted_points / max(self.total_points, 1):.2f} points a point stored"
             )
         if self.cpu_seconds:
             per = ", ".join(
@@ -219,14 +219,18 @@ def _cpu(p: psutil.Process) -> float:
         return math.nan
 
 
-def _wait_compacted(data_dir: Path, timeout: float) -> float:
-    """When the embedded store's compaction had packed every point (monotonic), or inf."""
+def _wait_compacted(data_dir: Path, timeout: float) -> float | None:
+    """When the embedded store's compaction had packed every point (monotonic), or inf; None for
+    another store."""
     from lossproof.bench.compare import packing_done
 
-    store = config_mod.load(data_dir).store_path
+    cfg = config_mod.load(data_dir)
+    if cfg.store.backend != "embedded":
+        return None
+    store = cfg.store_path
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not store.exists() or packing_done(store):
+        if packing_done(store):
             return time.monotonic()
         time.sleep(0.5)
     return math.inf
@@ -308,7 +312,8 @@ def run_replay_bench(
     compacted_s = None
     if ok and pipeline_dir is not None:
         progress("waiting for compaction to finish ...")
-        compacted_s = _wait_compacted(pipeline_dir, timeout) - (resumed if backlog else started)
+        done = _wait_compacted(pipeline_dir, timeout)
+        compacted_s = None if done is None else done - (resumed if backlog else started)
     compacted = total(scrape(url), "lossproof_store_compacted_points_total") - compacted0
     cpu = {k: _cpu(p) - cpu0[k] for k, p in procs.items()}
     return ReplayBenchResult(

@@ -17,6 +17,7 @@ instant leaves the old chunks or the new ones, never both or neither (its write 
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import subprocess
 import sys
@@ -170,18 +171,26 @@ class Compactor:
         return res.more
 
 
-def run_process(cfg: Config) -> None:
-    """``lossproof compactor``: the loop above until SIGTERM, each step a JSON line on stdout."""
+def run_process(cfg: Config, parent_pid: int) -> None:
+    """``lossproof compactor``: the loop above until SIGTERM, each step a JSON line on stdout. It
+    ends with its parent, the worker (``parent_pid``), or at once if that is already gone."""
     from lossproof.store.factory import open_store
 
     die_with_parent()
+    if os.getppid() != parent_pid:  # the worker died before the line above took effect
+        return
+    interval = cfg.store.compact_interval_seconds
+    if interval <= 0:  # compaction is off (the worker does not start it then)
+        return
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    # Ctrl-C reaches the whole process group: the worker stops this process itself (SIGTERM), and
+    # one that ended on its own first would be counted as a crash and started again
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     out = sys.stdout.buffer
     encode = msgspec.json.Encoder().encode
 
@@ -192,23 +201,27 @@ def run_process(cfg: Config) -> None:
         except (BrokenPipeError, ValueError):  # the worker is gone: so are we
             stop.set()
 
-    interval = cfg.store.compact_interval_seconds
     log.info("compactor.started", interval=interval)
     Compactor(lambda: open_store(cfg, compactor=True), report, interval, stop).run()
     log.info("compactor.stopped")
 
 
 class CompactorProcess:
-    """The worker's side: starts ``argv`` (``lossproof compactor``), turns its JSON lines into the
-    compaction metrics, and starts it again (``interval`` later) if it exits before ``stop``."""
+    """The worker's side: starts ``lossproof compactor`` with the worker's own store settings (on its
+    stdin, so it compacts the store the worker writes, whatever the file says now), turns its JSON
+    lines into the compaction metrics, and starts it again if it ends or cannot start, with a
+    backoff from ``interval`` up to a minute."""
 
-    def __init__(
-        self, argv: list[str], registry: CollectorRegistry, interval: float, stop: threading.Event
-    ) -> None:
-        self.argv = argv
+    def __init__(self, cfg: Config, registry: CollectorRegistry, stop: threading.Event) -> None:
+        self.argv = [
+            sys.executable, "-m", "lossproof", "compactor",
+            "--data-dir", str(cfg.data_dir), "--parent-pid", str(os.getpid()),
+        ]  # fmt: skip
+        self.settings = cfg.store.model_dump_json().encode()
         self.metrics = CompactorMetrics(registry)
-        self.interval = interval
-        self.stop = stop
+        self.interval = max(cfg.store.compact_interval_seconds, 0.5)
+        self.worker_stop = stop
+        self._stop = threading.Event()  # join() was called
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._watch, name="compactor-watch", daemon=True)
@@ -221,33 +234,57 @@ class CompactorProcess:
     def start(self) -> None:
         self._thread.start()
 
+    def _stopping(self) -> bool:
+        return self._stop.is_set() or self.worker_stop.is_set()
+
     def _watch(self) -> None:
-        decode = msgspec.json.Decoder(Step).decode
-        while not self.stop.is_set():
-            with self._lock:
-                if self.stop.is_set():
-                    break
-                proc = self._proc = subprocess.Popen(
-                    self.argv, stdout=subprocess.PIPE, preexec_fn=die_with_parent
-                )
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                try:
-                    record(self.metrics, decode(line))
-                except msgspec.DecodeError:
-                    log.warning("compaction.bad_report", line=line[:200].decode("utf-8", "replace"))
-            code = proc.wait()
-            if self.stop.is_set():
+        backoff = self.interval
+        while not self._stopping():
+            started = time.monotonic()
+            try:
+                self._run_once()
+                why = "exited"
+            except Exception as e:  # could not start it (fork: EAGAIN, ENOMEM; EMFILE): try again
+                why = f"{type(e).__name__}: {e}"
+            if self._stopping():
                 break
             # never expected (a failed step is reported and retried in the child): a crash of the
-            # process itself, e.g. killed by the kernel for memory
+            # process itself, e.g. killed by the kernel for memory, or a start that failed
+            if time.monotonic() - started > 60:
+                backoff = self.interval
             self.metrics.errors.inc()
-            log.error("compaction.process_exited", code=code, restart_in=self.interval)
-            self.stop.wait(max(self.interval, 0.5))
+            log.error("compaction.process_failed", why=why, restart_in=round(backoff, 1))
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 60.0)
+
+    def _run_once(self) -> None:
+        with self._lock:
+            if self._stopping():
+                return
+            proc = self._proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            with proc.stdin:
+                proc.stdin.write(self.settings)
+        except BrokenPipeError:
+            pass  # it ended at once: its exit code says why
+        decode = msgspec.json.Decoder(Step).decode
+        for line in proc.stdout:
+            try:
+                record(self.metrics, decode(line))
+            except msgspec.DecodeError:
+                log.warning("compaction.bad_report", line=line[:200].decode("utf-8", "replace"))
+        proc.stdout.close()
+        code = proc.wait()
+        if code != 0:
+            raise RuntimeError(f"lossproof compactor exited with code {code}")
+        if not self._stopping():
+            raise RuntimeError("lossproof compactor exited")
 
     def join(self, timeout: float) -> None:
-        """Stop the process (after the worker's ``stop`` is set): SIGTERM, then SIGKILL once
-        ``timeout`` has passed (a step cut short is rolled back: nothing is lost)."""
+        """Stop the process: SIGTERM, then SIGKILL once ``timeout`` has passed (a step cut short is
+        rolled back: nothing is lost)."""
+        self._stop.set()
         with self._lock:
             proc = self._proc
         if proc is not None and proc.poll() is None:

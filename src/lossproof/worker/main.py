@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import os
 import signal
-import sys
 from types import FrameType
 from typing import Any
 
@@ -61,8 +60,7 @@ def run(cfg: Config) -> None:
     signal.signal(signal.SIGINT, on_signal)
     compactor = None
     if cfg.store.compact_interval_seconds > 0:
-        argv = [sys.executable, "-m", "lossproof", "compactor", "--data-dir", str(cfg.data_dir)]
-        compactor = CompactorProcess(argv, registry, cfg.store.compact_interval_seconds, worker.stop)
+        compactor = CompactorProcess(cfg, registry, worker.stop)
         compactor.start()
     log.info("worker.started", metrics=f"http://{host}:{port}/metrics", log_dir=str(cfg.log_dir))
     try:

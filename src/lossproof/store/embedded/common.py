@@ -193,7 +193,10 @@ _SCAN_RAW = (
 )
 _SCAN_LIMIT = 200_000
 _PACK_AGE_MS = 300_000
-_PACK_IDLE_MS = 10_000  # no part written this long: pack what is left (compact.py, _pack_due)
+# No part written this long (after two flushes at least): the load stopped, pack what is left
+# (compact.py, _pack_due). Longer than any scrape interval, or a light steady load (a batch every
+# 15-60 s) would pack after each flush, rewriting every open window each time.
+_PACK_IDLE_MS = 120_000
 # The chunks to pack for a JSON array of [series, from, to]: an index range each.
 _PACK_READ = (
     "SELECT c.id, c.series_id, c.data FROM json_each(?) j CROSS JOIN chunks c"

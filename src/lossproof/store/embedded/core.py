@@ -140,11 +140,11 @@ class SqliteCore(Store):
                 if str(mode).lower() != "wal":
                     raise StoreError(f"{self.path}: cannot switch to WAL mode (got {mode!r})")
                 # A handle that only compacts (the compactor's: ``sync_commits`` False) needs no
-                # fsync per commit: a commit lost to a power cut leaves the old chunks, as if it
-                # had not run, and the WAL is written in order, so the next commit of the worker
-                # (FULL, before it acknowledges anything to the log) syncs it with its own. The
-                # compactor's fsync was a sixth of its time, all of it holding the write lock
-                # that the worker waits for.
+                # fsync per commit: compaction only moves points, and recovery keeps the WAL up to
+                # its first bad frame, so a commit lost to a power cut leaves the old parts and
+                # chunks; a commit of the worker (FULL, before it acknowledges anything to the log)
+                # fsyncs the whole WAL, the compactor's frames included. The compactor's fsync was a
+                # sixth of its time, all of it holding the write lock that the worker waits for.
                 con.execute(f"PRAGMA synchronous = {'FULL' if self._sync_commits else 'NORMAL'}")
                 con.execute("PRAGMA journal_size_limit = 67108864")
         except BaseException:
