@@ -185,7 +185,7 @@ def test_a_flush_is_packed_once_no_part_comes_for_a_while_not_before(tmp_path: P
     store = SqliteStore(path)
     try:
         now = T0 + 3_600_000
-        for flush in range(2):  # (one flush alone waits for _PACK_AGE_MS)
+        for flush in range(2):
             for b in range(_PART_FLUSH_COUNT):
                 store.write_batch(_batch(flush * _PART_FLUSH_COUNT + b, now))
             while store.compact(now + 1).more:  # flushed (their count), every part taken

@@ -193,7 +193,7 @@ _SCAN_RAW = (
 )
 _SCAN_LIMIT = 200_000
 _PACK_AGE_MS = 300_000
-# No part written this long (after two flushes at least): the load stopped, pack what is left
+# No part written this long: the load stopped, pack what is left
 # (compact.py, _pack_due). Longer than any scrape interval, or a light steady load (a batch every
 # 15-60 s) would pack after each flush, rewriting every open window each time.
 _PACK_IDLE_MS = 120_000

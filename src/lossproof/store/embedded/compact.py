@@ -218,14 +218,14 @@ class SqliteCompaction(SqliteCore):
     def _pack_due(self, now_ms: int) -> bool:
         """Packing runs after every ``COMPACT_MIN_CHUNKS`` flushes (a series then has about that
         many raw chunks in its open window), or ``_PACK_AGE_MS`` after the first flush not packed
-        yet, so that slow series and closed windows get packed too, or, after two flushes at least,
-        once no part is left and none was written for ``_PACK_IDLE_MS`` (the load stopped: a
-        drained backlog waited up to 5 minutes for its last flushes to be packed)."""
+        yet, so that slow series and closed windows get packed too, or once no part is left and none
+        was written for ``_PACK_IDLE_MS`` (the load stopped: a drained backlog waited up to 5
+        minutes for its last flushes to be packed)."""
         flushes = int(self._meta("unpacked_flushes") or 0)
         if not flushes:
             return False
         since = int(self._meta("unpacked_since_ms") or 0)
-        idle = flushes >= 2 and not self._parts_left and self._last_part_ms <= now_ms - _PACK_IDLE_MS
+        idle = not self._parts_left and self._last_part_ms <= now_ms - _PACK_IDLE_MS
         return flushes >= COMPACT_MIN_CHUNKS or since <= now_ms - _PACK_AGE_MS or idle
 
     def _scan_unpacked(self) -> None:
