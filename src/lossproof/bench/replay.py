@@ -56,7 +56,7 @@ class ReplayBenchResult:
     stored_seconds: float  # until the worker stored every point (from the start of the replay)
     retries: int
     rejected: int
-    cpu_seconds: dict[str, float] | None = None  # per process, over replay + drain
+    cpu_seconds: dict[str, float] | None = None  # per process, over replay + drain (+ packing)
     drain_seconds: float | None = None  # --backlog: from resuming the worker until it stored all
     # --spawn: from the start of the drain (replay, or the worker resumed) until compaction was done
     compacted_seconds: float | None = None
@@ -309,13 +309,15 @@ def run_replay_bench(
     ok = _wait_stored(url, before + agents * reports * points, timeout)
     stored_s = time.monotonic() - started if ok else math.inf
     drain_s = (time.monotonic() - resumed if ok else math.inf) if backlog else None
+    cpu = {k: _cpu(p) - cpu0[k] for k, p in procs.items()}  # until everything is stored
     compacted_s = None
     if ok and pipeline_dir is not None:
         progress("waiting for compaction to finish ...")
         done = _wait_compacted(pipeline_dir, timeout)
         compacted_s = None if done is None else done - (resumed if backlog else started)
+        if "compactor" in procs:
+            cpu["compactor, until all packed"] = _cpu(procs["compactor"]) - cpu0["compactor"]
     compacted = total(scrape(url), "lossproof_store_compacted_points_total") - compacted0
-    cpu = {k: _cpu(p) - cpu0[k] for k, p in procs.items()}
     return ReplayBenchResult(
         agents,
         reports,
