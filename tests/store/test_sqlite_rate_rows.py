@@ -6,6 +6,7 @@ the caller takes the two-call way. And a compacted store's select_rate_each is t
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -270,4 +271,31 @@ def test_limits_refuse_rate_read_the_rows_way_as_the_arrays_way(tmp_path: Path, 
     with pytest.raises(promql.LimitExceeded, match="max_samples = 1000"):
         run("rate(m[5m])", promql.Limits(max_samples=1000))
     assert isinstance(run("sum(rate(m[5m]))", promql.Limits(max_series=40)), promql.Vector)
+    store.close()
+
+
+def test_no_piece_windows_are_computed_past_a_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pieces past a limit are only counted: at most the piece that crossed it is computed from
+    rows (a refused day of 40,000 series once computed every window, ~600 MB, before its 422)."""
+    from lossproof.store.embedded import read
+
+    store = _counters_store(tmp_path, compacted=True)
+    started: list[int] = []
+    real = read._rate_rows_start
+
+    def counting(piece: list[Found], *args: object) -> object:
+        started.append(len(piece))
+        return real(piece, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(read, "_rate_rows_start", counting)
+    monkeypatch.setattr(store, "select_rate_each", partial(store.select_rate_each, series_per_call=4))
+    grid = promql.Grid(T0, T0 + 599 * 15_000, 60_000)
+    ev = promql.Evaluator(store, "t", grid, limits=promql.Limits(max_series=5))
+    with pytest.raises(promql.LimitExceeded, match="more than max_series = 5"):
+        ev.eval(promql.parse("sum(rate(m[5m]))"))
+    assert sum(started) == 8, started  # 4 within the limit, then the 4 that crossed it; not 40
+    started.clear()
+    ev = promql.Evaluator(store, "t", grid, limits=promql.Limits(max_series=40))
+    assert isinstance(ev.eval(promql.parse("sum(rate(m[5m]))")), promql.Vector)
+    assert sum(started) == 40
     store.close()

@@ -513,8 +513,8 @@ class Evaluator:
         (the embedded store from each series' chunks while they are in the CPU's cache), or from a
         piece's arrays with ``of_arrays``. The limits are counted as :meth:`_read` counts them (once
         the whole read is done, the same error); the windows of pieces past a limit are left out
-        (not computed from arrays; the embedded store's rows' way computes a piece's windows before
-        ``each`` counts it, into memory of a piece's size, or of at most 2**26 cells for all)."""
+        (``RateWindows.wanted``: the embedded store's rows' way computes a piece's windows before
+        ``each`` counts it, so at most one piece past a limit)."""
         vs = ms.vector_selector
         ends = self._times(None) - _ms(vs.offset)
         rng = _ms(ms.range)
@@ -526,10 +526,11 @@ class Evaluator:
         present: list[Mask] = []
         counted = [0, 0]  # series, samples
 
+        def within(series: int, samples: int) -> bool:
+            return series <= lim.max_series and self.budget.samples + samples <= lim.max_samples
+
         def of_arrays(piece: list[SeriesArrays]) -> tuple[F64, Mask]:
-            series = counted[0] + len(piece)
-            samples = counted[1] + sum(len(s.t) for s in piece)
-            if series > lim.max_series or self.budget.samples + samples > lim.max_samples:
+            if not within(counted[0] + len(piece), counted[1] + sum(len(s.t) for s in piece)):
                 # past a limit: each leaves the piece out, so its windows are not computed (nor
                 # their memory touched: zeros from calloc), as before select_rate_each
                 shape = (len(piece), len(ends))
@@ -541,7 +542,7 @@ class Evaluator:
         def each(piece: RatePiece) -> None:
             counted[0] += len(piece.labels)
             counted[1] += piece.points
-            if counted[0] > lim.max_series or self.budget.samples + counted[1] > lim.max_samples:
+            if not within(*counted):
                 return  # the limit's error comes once everything is counted
             if rng > 0 and piece.labels:
                 values.append(piece.values)
@@ -549,7 +550,7 @@ class Evaluator:
                 labels.extend(piece.labels)
 
         if matchers is not None and to_ms >= from_ms:
-            rate = RateWindows(ends, rng, *NATIVE_RATE[name], of_arrays)
+            rate = RateWindows(ends, rng, *NATIVE_RATE[name], of_arrays, lambda: within(*counted))
             self.store.select_rate_each(self.tenant, matchers, from_ms, to_ms, rate, each)
             self.budget.add(*counted)
         if rng <= 0:

@@ -398,13 +398,17 @@ class RateWindows:
     (``is_rate`` and ``is_counter``), ``increase`` (``is_counter``) or ``delta`` (neither) over the
     windows ``(at[k] - rng, at[k]]``, staleness markers left out; ``of_arrays`` computes them from a
     piece's arrays (``promwindows.rate_windows``), for what a store does not compute itself. A store
-    that does must answer exactly what ``of_arrays`` would."""
+    that does must answer exactly what ``of_arrays`` would, and must not compute the windows of a
+    piece once ``wanted()`` is false (the pieces given to ``each`` so far are past a limit of the
+    caller's: the query fails, and its windows would only cost memory and time; ``of_arrays`` then
+    answers zeros without computing them)."""
 
     at: npt.NDArray[np.int64]
     rng: int
     is_rate: bool
     is_counter: bool
     of_arrays: Callable[[list[SeriesArrays]], tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]]
+    wanted: Callable[[], bool] = lambda: True
 
 
 @dataclass(frozen=True, slots=True)

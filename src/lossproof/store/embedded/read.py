@@ -641,7 +641,11 @@ class SqliteReader(SqliteCore):
                     rows = self._con.execute(_SELECT_CHUNKS_OF, (ids, from_ms, to_ms)).fetchall()
                 if begun is not None:
                     each(done(*begun))
-                job = _rate_rows_start(piece, rows, from_ms, to_ms, rate, rows_out) if plain else None
+                # (past a limit: counted from arrays, of_arrays computing nothing; a refused query
+                # once wrote every piece's windows, hundreds of MB, before its error)
+                job = None
+                if plain and rate.wanted():
+                    job = _rate_rows_start(piece, rows, from_ms, to_ms, rate, rows_out)
                 begun = (piece, job)
             if begun is not None:
                 each(done(*begun))
