@@ -511,6 +511,37 @@ mod tests {
         out
     }
 
+    /// Each series' chunks `(data index, points, t_min, t_max)` one after the other: the chunks in
+    /// place order and the runs.
+    fn laid_out<'a>(
+        chunks_of: &[Vec<(usize, usize, i64, i64)>],
+        data: &'a [Vec<u8>],
+    ) -> (Vec<Chunk<'a>>, Vec<Run>) {
+        let mut chunks = Vec::new();
+        let mut runs = Vec::new();
+        let mut place = 0usize;
+        for mine in chunks_of {
+            let (lo, first) = (chunks.len(), place);
+            for &(d, k, t_min, t_max) in mine {
+                chunks.push(Chunk {
+                    data: &data[d],
+                    at: place,
+                    n: k,
+                    t_min,
+                    t_max,
+                });
+                place += k;
+            }
+            runs.push(Run {
+                lo,
+                hi: chunks.len(),
+                first,
+                last: place,
+            });
+        }
+        (chunks, runs)
+    }
+
     /// Series cut into raw chunks: each series decoded and windowed here is what `rows_windows`
     /// answers for its points in the range (skipping staleness markers), on one thread and on two;
     /// a chunk whose stored range is not its points is verdict 2, one whose times go back 1.
@@ -555,28 +586,7 @@ mod tests {
                 chunks_of.push(mine);
                 series.push((t, v));
             }
-            let mut chunks = Vec::new();
-            let mut runs = Vec::new();
-            let mut place = 0usize;
-            for mine in &chunks_of {
-                let (lo, first) = (chunks.len(), place);
-                for &(d, k, t_min, t_max) in mine {
-                    chunks.push(Chunk {
-                        data: &data[d],
-                        at: place,
-                        n: k,
-                        t_min,
-                        t_max,
-                    });
-                    place += k;
-                }
-                runs.push(Run {
-                    lo,
-                    hi: chunks.len(),
-                    first,
-                    last: place,
-                });
-            }
+            let (mut chunks, runs) = laid_out(&chunks_of, &data);
             let grid: Vec<i64> = (0..40).map(|k| 1_000_000 + k * 60_000).collect();
             let (from_ms, to_ms) = (
                 1_000_000 + (next() % 300_000) as i64,
@@ -701,28 +711,7 @@ mod tests {
             }
             chunks_of.push(mine);
         }
-        let mut chunks = Vec::new();
-        let mut runs = Vec::new();
-        let mut place = 0usize;
-        for mine in &chunks_of {
-            let (lo, first) = (chunks.len(), place);
-            for &(d, k, t_min, t_max) in mine {
-                chunks.push(Chunk {
-                    data: &data[d],
-                    at: place,
-                    n: k,
-                    t_min,
-                    t_max,
-                });
-                place += k;
-            }
-            runs.push(Run {
-                lo,
-                hi: chunks.len(),
-                first,
-                last: place,
-            });
-        }
+        let (chunks, runs) = laid_out(&chunks_of, &data);
         let grid: Vec<i64> = (0..60).map(|k| 1_000_000 + k * 60_000).collect();
         let (m, n) = (runs.len(), grid.len());
         let w = Windows {
