@@ -8,9 +8,10 @@ decides whether a batch is stored, only how it is laid out.
 
 Why a process: as a thread of the worker it shared the worker's GIL, and it is about half of the
 worker's CPU (a msgpack backlog: 20 of 43 s). The worker stored 749 k points/s with it and 1.23 M
-without it; on another core it no longer takes the worker's turns. Each call's result comes back to
-the worker as one JSON line on the child's stdout, so the worker's ``/metrics`` keeps the
-compaction series. The child dies with the worker (PR_SET_PDEATHSIG): a compaction killed at any
+without it; on another core it no longer takes the worker's turns (that backlog: 38.5 s, now 31 s).
+It runs at nice 10: when CPU is short, acknowledging and storing come first. Each call's result
+comes back to the worker as one JSON line on the child's stdout, so the worker's ``/metrics`` keeps
+the compaction series. The child dies with the worker (PR_SET_PDEATHSIG): a compaction killed at any
 instant leaves the old chunks or the new ones, never both or neither (its write is one transaction).
 """
 
