@@ -924,24 +924,29 @@ def concurrency(data: DataSet, lp: Target, progress: Say) -> dict[str, Any]:
     long_params = query_params(name, query, data)
     alone = [timed(lp, "/api/v1/query", short)[0] for _ in range(5)]
     long_ms: list[float] = []
+    stop = threading.Event()
 
     def heavy() -> None:
-        long_ms.append(timed(lp, path, long_params)[0])
+        # again and again until the short ones are done: a single run (~100 ms now) ended before
+        # the first short query was sent, which then measured nothing
+        while not stop.is_set():
+            long_ms.append(timed(lp, path, long_params)[0])
 
     th = threading.Thread(target=heavy, daemon=True)
     th.start()
-    time.sleep(0.2)
-    during: list[float] = []
-    while th.is_alive() and len(during) < 5:
-        during.append(timed(lp, "/api/v1/query", short)[0])
-    th.join()
+    time.sleep(0.02)  # the long query is under way
+    try:
+        during = [timed(lp, "/api/v1/query", short)[0] for _ in range(5)]
+    finally:
+        stop.set()
+        th.join()
     out = {
         "short_query": short["query"],
         "long_query": query,
         "short_alone_ms": round(statistics.median(alone), 1),
-        "short_during_long_ms": round(statistics.median(during), 1) if during else None,
+        "short_during_long_ms": round(statistics.median(during), 1),
         "short_during_samples": len(during),
-        "long_ms": round(long_ms[0], 1) if long_ms else None,
+        "long_ms": round(statistics.median(long_ms), 1) if long_ms else None,
     }
     progress(
         f"concurrency lossproof: {out['short_query']} alone {out['short_alone_ms']} ms, during "
