@@ -40,13 +40,27 @@ const ABI: u32 = 14;
 // order), the key of the store's series cache (a dict). Building that tuple per point (a 2-tuple
 // per label, then hashing every fresh string) was most of the cost; here the key's text is looked
 // up in a table of the key tuples already built (`KEYS`), and the store's dict is then asked with
-// that same tuple object (found by identity, its strings' hashes cached). `KEYS` holds key objects
-// only, never series ids: whatever the store's cache holds or forgets is asked of it every time, so
-// a rolled-back or evicted id is never used from here.
+// that same tuple object (found by identity, its strings' hashes cached).
+//
+// Asking the store's dict was then most of what a known series cost (hashing the nested tuple,
+// a probe into a table of every series: cache misses), so `KEYS` also keeps the id the dict gave
+// for a key, with the dict's `token` (lossproof.store.base.SeriesCache): a number never used twice,
+// replaced whenever the cache forgets anything. An id is taken from here only while the cache
+// still has the token it was read under. The cache holds committed ids only and never changes the
+// id of a key it holds, so such an id is the one the dict would give; a rolled-back or forgotten
+// id is never used from here. A plain dict (no token) is asked every time.
 
-/// Key text (see `key_text`) -> the key tuple first built for it.
+/// What `KEYS` holds for a key text: the key tuple first built for it and the last id the store's
+/// cache gave for it, with that cache's token (0: none).
+pub(crate) struct KeyEntry {
+    key: Py<PyTuple>,
+    sid: i64,
+    token: u64,
+}
+
+/// Key text (see `key_text`) -> its entry.
 pub(crate) struct Keys {
-    map: FxHashMap<Box<[u8]>, Py<PyTuple>>,
+    map: FxHashMap<Box<[u8]>, KeyEntry>,
     bytes: usize,
     known_len: usize, // the store's cache's length when last seen
 }
@@ -67,7 +81,7 @@ pub(crate) static KEYS: LazyLock<Mutex<Keys>> = LazyLock::new(|| {
 const KEYS_BYTES: usize = 128 << 20;
 
 pub(crate) fn entry_bytes(text: usize, labels: usize) -> usize {
-    64 + text + 200 + 57 * (2 + labels) + 154 * labels
+    80 + text + 200 + 57 * (2 + labels) + 154 * labels
 }
 
 pub(crate) fn lock_keys() -> MutexGuard<'static, Keys> {
@@ -91,14 +105,53 @@ pub(crate) fn keys_note_known(known_len: usize) {
     drop(unused);
 }
 
-/// The key tuple `KEYS` holds for the key text `text`, if any.
-pub(crate) fn keys_get(py: Python<'_>, text: &[u8]) -> Option<Py<PyTuple>> {
-    lock_keys().map.get(text).map(|k| k.clone_ref(py))
+/// The store cache's token (`SeriesCache.token`), 0 for a dict without one (never matched).
+pub(crate) fn cache_token(known: &Bound<'_, PyDict>) -> PyResult<u64> {
+    match known.getattr(intern!(known.py(), "token")) {
+        Ok(t) => t.extract(),
+        Err(_) => Ok(0),
+    }
+}
+
+/// What `KEYS` knows of a key text.
+pub(crate) enum Known {
+    /// the id the store's cache gave, under the token asked with
+    Sid(i64),
+    /// the key tuple, to ask the cache with
+    Key(Py<PyTuple>),
+    Nothing,
+}
+
+impl Keys {
+    pub(crate) fn find(&self, py: Python<'_>, text: &[u8], token: u64) -> Known {
+        match self.map.get(text) {
+            Some(e) if token != 0 && e.token == token => Known::Sid(e.sid),
+            Some(e) => Known::Key(e.key.clone_ref(py)),
+            None => Known::Nothing,
+        }
+    }
+
+    /// Remember that the cache of `token` gave `sid` for the key text `text` (if it is held).
+    pub(crate) fn learn(&mut self, text: &[u8], token: u64, sid: i64) {
+        if token == 0 {
+            return;
+        }
+        if let Some(e) = self.map.get_mut(text) {
+            e.sid = sid;
+            e.token = token;
+        }
+    }
+}
+
+/// What `KEYS` knows of the key text `text`, asked with the store cache's token.
+pub(crate) fn keys_get(py: Python<'_>, text: &[u8], token: u64) -> Known {
+    lock_keys().find(py, text, token)
 }
 
 /// Remember `key` for the key text `text` (of `n_labels` labels), starting over when full.
 pub(crate) fn keys_put(text: &[u8], n_labels: usize, key: Py<PyTuple>) {
     let size = entry_bytes(text.len(), n_labels);
+    let entry = KeyEntry { key, sid: 0, token: 0 };
     let (unused, replaced) = {
         let mut keys = lock_keys();
         let unused = if keys.bytes + size > KEYS_BYTES {
@@ -108,13 +161,53 @@ pub(crate) fn keys_put(text: &[u8], n_labels: usize, key: Py<PyTuple>) {
             FxHashMap::default()
         };
         keys.bytes += size;
-        let replaced = keys.map.insert(text.into(), key);
+        let replaced = keys.map.insert(text.into(), entry);
         (unused, replaced)
     };
     // the old keys' references released outside the lock (a release may run Python code, which
     // may call back in here)
     drop(unused);
     drop(replaced);
+}
+
+/// The key tuple `(tenant, metric, (name, value), ...)` of a key text without its tenant (`put_text`
+/// of the metric, then of each label's name and value), remembered in `KEYS` for `text` (the key
+/// text with the tenant, of `n_labels` labels).
+pub(crate) fn key_from_text<'py>(
+    py: Python<'py>,
+    tenant: &Bound<'py, PyString>,
+    series_text: &[u8],
+    n_labels: usize,
+    text: &[u8],
+) -> PyResult<Bound<'py, PyTuple>> {
+    let mut items: Vec<Bound<'py, PyAny>> = Vec::with_capacity(2 + n_labels);
+    items.push(tenant.clone().into_any());
+    let mut it = texts(series_text);
+    items.push(PyString::new(py, it.next().unwrap_or("")).into_any());
+    while let (Some(name), Some(value)) = (it.next(), it.next()) {
+        items.push(PyTuple::new(py, [PyString::new(py, name), PyString::new(py, value)])?.into_any());
+    }
+    let key = PyTuple::new(py, items)?;
+    keys_put(text, n_labels, key.clone().unbind());
+    Ok(key)
+}
+
+/// The id the store's cache `known` gives for `key` (None: not there), remembered in `KEYS` for
+/// the key text `text` under the cache's `token`.
+pub(crate) fn ask_known(
+    known: &Bound<'_, PyDict>,
+    key: &Bound<'_, PyTuple>,
+    text: &[u8],
+    token: u64,
+) -> PyResult<Option<i64>> {
+    match known.get_item(key)? {
+        Some(got) => {
+            let sid: i64 = got.extract()?;
+            lock_keys().learn(text, token, sid);
+            Ok(Some(sid))
+        }
+        None => Ok(None),
+    }
 }
 
 pub(crate) fn put_text(buf: &mut Vec<u8>, s: &str) {
@@ -220,6 +313,7 @@ fn point_columns<'py>(
     let mut sid: i64 = 0;
     let mut buf: Vec<u8> = Vec::with_capacity(256);
     keys_note_known(known.len());
+    let token = cache_token(known)?;
     for p in points.iter() {
         ts.extend_from_slice(&p.getattr(a_t)?.extract::<i64>()?.to_ne_bytes());
         vs.extend_from_slice(&p.getattr(a_v)?.extract::<f64>()?.to_ne_bytes());
@@ -236,22 +330,29 @@ fn point_columns<'py>(
             };
             // The table is locked only while it is read or written, never across Python code.
             let found = match texted {
-                Some(_) => keys_get(py, &buf),
-                None => None,
+                Some(_) => keys_get(py, &buf, token),
+                None => Known::Nothing,
             };
-            let key = match found {
-                Some(k) => k.into_bound(py),
-                None => {
-                    let k = build_key(tenant, &metric, &labels)?;
-                    if let Some(n_labels) = texted {
-                        keys_put(&buf, n_labels, k.clone().unbind());
+            sid = match found {
+                Known::Sid(got) => got,
+                found => {
+                    let key = match found {
+                        Known::Key(k) => k.into_bound(py),
+                        _ => {
+                            let k = build_key(tenant, &metric, &labels)?;
+                            if let Some(n_labels) = texted {
+                                keys_put(&buf, n_labels, k.clone().unbind());
+                            }
+                            k
+                        }
+                    };
+                    // a key without a text (labels not a dict) is not in KEYS: nothing to learn
+                    let token = if texted.is_some() { token } else { 0 };
+                    match ask_known(known, &key, &buf, token)? {
+                        Some(got) => got,
+                        None => resolve.call1((&key, tenant, &metric, &labels))?.extract()?,
                     }
-                    k
                 }
-            };
-            sid = match known.get_item(&key)? {
-                Some(got) => got.extract()?,
-                None => resolve.call1((&key, tenant, &metric, &labels))?.extract()?,
             };
             last = Some((labels, metric));
         }

@@ -117,6 +117,9 @@ pub(crate) trait Src<'a> {
     fn key(&mut self, m: &mut Self::Open) -> Option<Option<&'a [u8]>>;
     fn array(&mut self) -> Option<Self::Open>;
     fn next(&mut self, m: &mut Self::Open) -> Option<bool>;
+    /// How many elements an opened array holds, where the format says so (else 0): room to
+    /// reserve.
+    fn count(&self, m: &Self::Open) -> usize;
     /// The next label (name, value) of a map of strings, or None at its end.
     fn entry(&mut self, m: &mut Self::Open) -> Option<Option<(&'a str, &'a str)>>;
     fn string(&mut self) -> Option<&'a str>;
@@ -148,6 +151,9 @@ impl<'a> Src<'a> for Rd<'a> {
         let n = self.array_len()?;
         // each element takes at least a byte: a count past the end is malformed
         (n <= self.left()).then_some(n)
+    }
+    fn count(&self, m: &usize) -> usize {
+        *m
     }
     fn next(&mut self, m: &mut usize) -> Option<bool> {
         if *m == 0 {
@@ -267,6 +273,9 @@ impl<'a> Src<'a> for Js<'a> {
     }
     fn array(&mut self) -> Option<bool> {
         self.eat(b'[').map(|_| true)
+    }
+    fn count(&self, _: &bool) -> usize {
+        0
     }
     fn next(&mut self, m: &mut bool) -> Option<bool> {
         self.more(m, b']')

@@ -16,13 +16,15 @@
 use blake2b_simd::Params;
 use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 use std::hash::Hasher;
 
 use rustc_hash::{FxHashMap, FxHasher};
 
 use crate::mpjson::{Js, Rd, Src};
-use crate::{key_metric_labels, keys_note_known, keys_put, lock_keys, put_text, texts};
+use crate::{
+    ask_known, cache_token, key_from_text, key_metric_labels, keys_note_known, lock_keys, put_text, Known,
+};
 
 /// msgspec's msgpack encoding of the smallest width (its `mpack_encode_long`).
 fn put_int(out: &mut Vec<u8>, x: i64) {
@@ -182,9 +184,13 @@ fn read_report<'a, S: Src<'a>>(r: &mut S) -> Option<(i64, i64, ReportBlock)> {
 
 fn read_points<'a, S: Src<'a>>(r: &mut S, blk: &mut ReportBlock) -> Option<()> {
     let mut arr = r.array()?;
+    let n = r.count(&arr); // bounded by the input's length (`array`)
+    blk.ts.reserve(n);
+    blk.vs.reserve(n);
+    blk.series_of.reserve(n);
     // the series seen, by their key text's hash: a hit is compared with the text (two texts of one
     // hash only cost a second entry for the same series, which is looked up twice, never a wrong id)
-    let mut index: FxHashMap<u64, u32> = FxHashMap::default();
+    let mut index: FxHashMap<u64, u32> = FxHashMap::with_capacity_and_hasher(n, Default::default());
     let mut sorted: Vec<(&str, &str)> = Vec::with_capacity(16);
     let mut kb: Vec<u8> = Vec::with_capacity(256);
     let mut labels: Vec<(&str, &str)> = Vec::with_capacity(16);
@@ -378,37 +384,24 @@ pub fn report_columns<'py>(
         text.extend_from_slice(b.key(k));
         at.push(text.len());
     }
-    let found: Vec<Option<Py<PyTuple>>> = {
+    let token = cache_token(known)?;
+    let found: Vec<Known> = {
         let keys = lock_keys();
-        (0..ns)
-            .map(|k| keys.map.get(&text[at[k]..at[k + 1]]).map(|t| t.clone_ref(py)))
-            .collect()
+        (0..ns).map(|k| keys.find(py, &text[at[k]..at[k + 1]], token)).collect()
     };
     let mut ids: Vec<i64> = Vec::with_capacity(ns);
     for (k, got) in found.into_iter().enumerate() {
+        let text = &text[at[k]..at[k + 1]];
         let key = match got {
-            Some(key) => key.into_bound(py),
-            None => {
-                let mut items: Vec<Bound<'py, PyAny>> = Vec::with_capacity(2 + b.n_labels[k] as usize);
-                items.push(tenant.clone().into_any());
-                let mut it = texts(b.key(k));
-                items.push(PyString::new(py, it.next().unwrap_or("")).into_any());
-                while let (Some(name), Some(value)) = (it.next(), it.next()) {
-                    items.push(
-                        PyTuple::new(py, [PyString::new(py, name), PyString::new(py, value)])?.into_any(),
-                    );
-                }
-                let key = PyTuple::new(py, items)?;
-                keys_put(
-                    &text[at[k]..at[k + 1]],
-                    b.n_labels[k] as usize,
-                    key.clone().unbind(),
-                );
-                key
+            Known::Sid(sid) => {
+                ids.push(sid);
+                continue;
             }
+            Known::Key(key) => key.into_bound(py),
+            Known::Nothing => key_from_text(py, tenant, b.key(k), b.n_labels[k] as usize, text)?,
         };
-        let sid: i64 = match known.get_item(&key)? {
-            Some(got) => got.extract()?,
+        let sid = match ask_known(known, &key, text, token)? {
+            Some(sid) => sid,
             None => {
                 let (metric, labels) = b.metric_labels(py, k)?;
                 resolve.call1((&key, tenant, metric, labels))?.extract()?

@@ -17,9 +17,12 @@
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
-use crate::{key_metric_labels, keys_get, keys_note_known, keys_put, put_text, rw_series, texts, Malformed};
+use crate::{
+    ask_known, cache_token, key_from_text, key_metric_labels, keys_get, keys_note_known, put_text, rw_series, Known,
+    Malformed,
+};
 
 /// What `RwBlock.plan` returns: the events, and the series, `n_out` and `size` it stopped at.
 type Plan = (Vec<(i64, i64)>, usize, usize, usize);
@@ -293,6 +296,7 @@ pub fn block_columns<'py>(
     b.check_range(first, last)?;
     let tenant_text = tenant.to_str()?;
     keys_note_known(known.len());
+    let token = cache_token(known)?;
     let mut sids: Vec<i64> = Vec::with_capacity(last - first);
     let mut buf: Vec<u8> = Vec::with_capacity(256);
     if first < last {
@@ -306,35 +310,20 @@ pub fn block_columns<'py>(
                 buf.clear();
                 put_text(&mut buf, tenant_text);
                 buf.extend_from_slice(b.key(k));
-                let key = match keys_get(py, &buf) {
-                    Some(key) => key.into_bound(py),
-                    None => {
-                        let mut items: Vec<Bound<'py, PyAny>> =
-                            Vec::with_capacity(2 + b.n_labels[k] as usize);
-                        items.push(tenant.clone().into_any());
-                        let mut it = texts(b.key(k));
-                        items.push(PyString::new(py, it.next().unwrap_or("")).into_any());
-                        while let (Some(name), Some(value)) = (it.next(), it.next()) {
-                            items.push(
-                                PyTuple::new(py, [PyString::new(py, name), PyString::new(py, value)])?
-                                    .into_any(),
-                            );
+                let sid = match keys_get(py, &buf, token) {
+                    Known::Sid(sid) => sid,
+                    found => {
+                        let key = match found {
+                            Known::Key(key) => key.into_bound(py),
+                            _ => key_from_text(py, tenant, b.key(k), b.n_labels[k] as usize, &buf)?,
+                        };
+                        match ask_known(known, &key, &buf, token)? {
+                            Some(sid) => sid,
+                            None => {
+                                let (metric, labels) = key_metric_labels(py, b.key(k))?;
+                                resolve.call1((&key, tenant, metric, labels))?.extract()?
+                            }
                         }
-                        let key = PyTuple::new(py, items)?;
-                        keys_put(&buf, b.n_labels[k] as usize, key.clone().unbind());
-                        key
-                    }
-                };
-                let sid: i64 = match known.get_item(&key)? {
-                    Some(got) => got.extract()?,
-                    None => {
-                        let metric = key.get_item(1)?;
-                        let labels = PyDict::new(py);
-                        for item in key.iter().skip(2) {
-                            let pair = item.cast::<PyTuple>()?;
-                            labels.set_item(pair.get_item(0)?, pair.get_item(1)?)?;
-                        }
-                        resolve.call1((&key, tenant, metric, labels))?.extract()?
                     }
                 };
                 sids.resize(sids.len() + (hi - lo), sid);

@@ -46,6 +46,7 @@ Tenancy
 from __future__ import annotations
 
 import abc
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -115,14 +116,53 @@ def series_key_bytes(key: tuple[Any, ...]) -> int:
 SERIES_CACHE_MAX = 2_000_000  # entries, whatever their size
 
 
+_cache_tokens = itertools.count(1)
+
+
 class SeriesCache(dict[tuple[Any, ...], int]):
     """Series ids by in-memory key (see :func:`series_key_bytes`), bounded in length and in an
     estimate of the memory it keeps alive: it starts over rather than grow past either. Only ids of
-    committed series go in (:meth:`add_committed`): a rolled-back id could be handed out again."""
+    committed series go in (:meth:`add_committed`): a rolled-back id could be handed out again.
+
+    ``token`` is a number no other cache, nor this one before, had: a new one whenever the cache
+    forgets anything. The native code that turns points into columns remembers the ids it was
+    given under a token and uses them only while the cache still has it (native/src/lib.rs,
+    ``KEYS``): an id, once in, is never changed while it is held (a key is one row of the store's
+    series table)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.bytes = 0
+        self.token = next(_cache_tokens)
+
+    def _forgets(self) -> None:
+        self.token = next(_cache_tokens)
+
+    def __setitem__(self, key: tuple[Any, ...], sid: int) -> None:
+        if self.get(key, sid) != sid:
+            self._forgets()
+        super().__setitem__(key, sid)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for key, sid in dict(*args, **kwargs).items():
+            self[key] = sid
+
+    def clear(self) -> None:
+        super().clear()
+        self.bytes = 0
+        self._forgets()
+
+    def __delitem__(self, key: tuple[Any, ...]) -> None:
+        super().__delitem__(key)
+        self._forgets()
+
+    def pop(self, key: tuple[Any, ...], *default: Any) -> Any:
+        self._forgets()
+        return super().pop(key, *default)
+
+    def popitem(self) -> tuple[tuple[Any, ...], int]:
+        self._forgets()
+        return super().popitem()
 
     def add_committed(self, new: dict[tuple[Any, ...], int]) -> None:
         if not new:
@@ -130,8 +170,8 @@ class SeriesCache(dict[tuple[Any, ...], int]):
         size = sum(map(series_key_bytes, new))
         if len(self) + len(new) > SERIES_CACHE_MAX or self.bytes + size > SERIES_CACHE_BYTES:
             self.clear()
-            self.bytes = 0
-        self.update(new)
+        for key, sid in new.items():
+            self[key] = sid
         self.bytes += size
 
 
