@@ -4,16 +4,16 @@
 //! keeps as `msgspec.Raw`, lossproof.protocol.decode) into a `ReportBlock`: every point's time and
 //! value in two columns and, per distinct series in the report, only the text of its store key
 //! (metric, then its labels in the sender's order) and its canonical encoding. No Python object is
-//! made per point. The report's content digest (`lossproof.points.report_digest`: blake2b-16 of the
-//! points encoded as msgspec encodes them with `order="sorted"`) is computed here from the same
-//! bytes that encoding gives, so a resend still compares equal to what the Python path stored.
+//! made per point. The report's content digest (`lossproof.points.report_digest`: a kind byte, then
+//! the first 16 bytes of BLAKE3 of the points encoded as msgspec encodes them with `order="sorted"`)
+//! is computed here from the same bytes that encoding gives, so a resend still compares equal to
+//! what the Python path stored.
 //!
 //! Only what is certain to decode as msgspec decodes it (into `decode._Report`) is read: anything
 //! else (another type for a field, an unknown or repeated field, a repeated label name, an integer
 //! outside int64, an int `v` past 2^53, a float32 NaN, trailing bytes) gives None, and the caller
 //! takes the Python path, which stores, refuses or dead-letters it as before.
 
-use blake2b_simd::Params;
 use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
@@ -25,6 +25,9 @@ use crate::mpjson::{Js, Rd, Src};
 use crate::{
     ask_known, cache_token, key_from_text, key_metric_labels, keys_note_known, lock_keys, put_text, Known,
 };
+
+/// The first byte of a digest: which hash made it (`lossproof.points.DIGEST_KIND`).
+const DIGEST_KIND: u8 = 3;
 
 /// msgspec's msgpack encoding of the smallest width (its `mpack_encode_long`).
 fn put_int(out: &mut Vec<u8>, x: i64) {
@@ -104,7 +107,7 @@ pub struct ReportBlock {
     /// per series (and one more): the canonical encoding of a point of it up to its `t`'s value
     prefixes: Vec<u8>,
     prefix_at: Vec<usize>,
-    digest: [u8; 16],
+    digest: [u8; 17],
 }
 
 impl ReportBlock {
@@ -150,7 +153,7 @@ fn empty_block() -> ReportBlock {
         n_labels: Vec::new(),
         prefixes: Vec::new(),
         prefix_at: vec![0],
-        digest: [0; 16],
+        digest: [0; 17],
     }
 }
 
@@ -173,12 +176,9 @@ fn read_report<'a, S: Src<'a>>(r: &mut S) -> Option<(i64, i64, ReportBlock)> {
     if !r.at_end() || !got_points {
         return None;
     }
-    blk.digest = Params::new()
-        .hash_length(16)
-        .hash(&blk.canonical())
-        .as_bytes()
-        .try_into()
-        .expect("16 bytes");
+    blk.digest[0] = DIGEST_KIND;
+    let hash = blake3::hash(&blk.canonical());
+    blk.digest[1..].copy_from_slice(&hash.as_bytes()[..16]);
     Some((seq?, time.unwrap_or(0), blk))
 }
 

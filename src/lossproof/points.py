@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, overload
 
+import blake3
 import msgspec
 
 
@@ -142,11 +143,27 @@ def decode_points(data: bytes) -> list[Point]:
     return _points_dec.decode(data)
 
 
+# A digest's first byte: the hash that made it. Digests stored before it are 16 bytes of BLAKE2b,
+# without it (BLAKE2b was ~10 % of the worker's time; BLAKE3 hashes the same bytes ~5x faster).
+DIGEST_KIND = b"\x03"
+_LEGACY_DIGEST_BYTES = 16
+
+
 def report_digest(points: Sequence[PointLike]) -> bytes:
-    """A report's content digest: what tells a resend (same digest) from a reused seq (another one)."""
+    """A report's content digest: what tells a resend (same digest) from a reused seq (another one).
+    ``DIGEST_KIND``, then the first 16 bytes of BLAKE3 of the points' canonical bytes."""
     if isinstance(points, PointsBlock):
         return bytes(points.block.digest())
-    return hashlib.blake2b(encode_points(points), digest_size=16).digest()
+    return DIGEST_KIND + blake3.blake3(encode_points(points)).digest(16)
+
+
+def same_report(points: Sequence[PointLike], digest: bytes, mine: bytes | None = None) -> bool:
+    """Whether ``points`` are the content a stored ``digest`` was made of, whichever hash made it
+    (``mine``: ``report_digest(points)`` if already computed). A store written before
+    ``DIGEST_KIND`` holds BLAKE2b digests: a resend of such a report is still a duplicate."""
+    if len(digest) == _LEGACY_DIGEST_BYTES:
+        return hashlib.blake2b(encode_points(points), digest_size=16).digest() == digest
+    return (mine if mine is not None else report_digest(points)) == digest
 
 
 _labels_json = msgspec.json.Encoder(order="sorted")

@@ -12,7 +12,7 @@ from typing import Annotated
 import msgspec
 
 from lossproof.native_ext import _native
-from lossproof.points import report_digest
+from lossproof.points import same_report
 from lossproof.ranges import from_seqs
 
 # 1970 .. 2100 in unix ms: anything outside is a unit mistake (seconds, ns), not telemetry.
@@ -221,7 +221,7 @@ def conflicting(req: RequestIn, stored: dict[int, bytes]) -> list[tuple[int, int
     encoded and hashed: a request of new seqs costs nothing here."""
     if not stored:
         return []
-    bad = {r.seq for r in req.reports if r.seq in stored and report_digest(r.points) != stored[r.seq]}
+    bad = {r.seq for r in req.reports if r.seq in stored and not same_report(r.points, stored[r.seq])}
     return from_seqs(bad)
 
 

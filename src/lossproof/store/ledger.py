@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from lossproof.points import same_report
 from lossproof.ranges import (
     SeqRange,
     contains,
@@ -184,7 +185,7 @@ def sort_reports(
         else:
             out.new[r.seq] = (r, d)
             continue
-        if prev == d:
+        if prev == d or same_report(r.points, prev, d):
             out.duplicates += 1
         else:
             out.conflicts.append((r, d))
