@@ -31,7 +31,7 @@ mod rwcols;
 /// The version of this module's interface, checked by the Python side (lossproof/native_ext.py):
 /// an extension built from other sources than the Python code that calls it fails at import, not
 /// half-way through a batch.
-const ABI: u32 = 14;
+const ABI: u32 = 15;
 
 // ---------------------------------------------------------------------------------------------
 // Points to store columns (lossproof.store.columns.Columns.add).
@@ -704,6 +704,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(groupsum::group_sums, m)?)?;
     m.add_class::<stored_times::StoredTimes>()?;
     m.add_function(wrap_pyfunction!(reports::native_report, m)?)?;
+    m.add_function(wrap_pyfunction!(reports::native_request, m)?)?;
     m.add_function(wrap_pyfunction!(reports::native_report_json, m)?)?;
     m.add_function(wrap_pyfunction!(reports::report_columns, m)?)?;
     m.add_class::<reports::ReportBlock>()?;

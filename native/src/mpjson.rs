@@ -59,6 +59,56 @@ impl<'a> Rd<'a> {
         std::str::from_utf8(self.str_bytes()?).ok()
     }
 
+    /// Where the next byte is read.
+    pub(crate) fn pos(&self) -> usize {
+        self.p
+    }
+
+    /// Pass over one whole value of any type, nested at most `depth` deep (None past it, or for a
+    /// value that is not msgpack: 0xc1, a length past the end).
+    pub(crate) fn skip(&mut self, depth: u32) -> Option<()> {
+        let m = self.byte()?;
+        let (fixed, items): (usize, usize) = match m {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
+            0x80..=0x8f => (0, 2 * (m - 0x80) as usize),
+            0x90..=0x9f => (0, (m - 0x90) as usize),
+            0xa0..=0xbf => ((m - 0xa0) as usize, 0),
+            0xc4 | 0xd9 => (self.byte()? as usize, 0),
+            0xc5 | 0xda => (u16::from_be_bytes(self.be()?) as usize, 0),
+            0xc6 | 0xdb => (u32::from_be_bytes(self.be()?) as usize, 0),
+            0xc7 => (1 + self.byte()? as usize, 0),
+            0xc8 => (1 + u16::from_be_bytes(self.be()?) as usize, 0),
+            0xc9 => (1 + u32::from_be_bytes(self.be()?) as usize, 0),
+            0xca => (4, 0),
+            0xcb => (8, 0),
+            0xcc | 0xd0 => (1, 0),
+            0xcd | 0xd1 => (2, 0),
+            0xce | 0xd2 => (4, 0),
+            0xcf | 0xd3 => (8, 0),
+            0xd4 => (2, 0),
+            0xd5 => (3, 0),
+            0xd6 => (5, 0),
+            0xd7 => (9, 0),
+            0xd8 => (17, 0),
+            0xdc => (0, u16::from_be_bytes(self.be()?) as usize),
+            0xdd => (0, u32::from_be_bytes(self.be()?) as usize),
+            0xde => (0, 2 * u16::from_be_bytes(self.be()?) as usize),
+            0xdf => (0, 2 * u32::from_be_bytes(self.be()?) as usize),
+            0xc1 => return None,
+        };
+        self.take(fixed)?;
+        if items > 0 {
+            // each item takes a byte at least: a count past the end is malformed
+            if depth == 0 || items > self.left() {
+                return None;
+            }
+            for _ in 0..items {
+                self.skip(depth - 1)?;
+            }
+        }
+        Some(())
+    }
+
     fn map_len(&mut self) -> Option<usize> {
         let m = self.byte()?;
         self.len_of(m, 0x80, 0x8f, 0xde, 0xdf)

@@ -82,6 +82,10 @@ def pack(obj: Any, rnd: random.Random) -> bytes:
         if n >= 2**16:
             options.append(b"\xdb" + struct.pack(">I", n))
         return rnd.choice(options) + b
+    if isinstance(obj, bytes):  # bin8/16/32, or ext8 of type 1 (a request field the worker skips)
+        n = len(obj)
+        options = [b"\xc4" + bytes([n]), b"\xc5" + struct.pack(">H", n), b"\xc6" + struct.pack(">I", n)]
+        return rnd.choice([*options, b"\xc7" + bytes([n, 1])]) + obj
     if isinstance(obj, list):
         return _len(len(obj), 0x90, 0xDC, 0xDD, rnd) + b"".join(pack(x, rnd) for x in obj)
     if isinstance(obj, dict):
@@ -238,6 +242,12 @@ def _record(reports: list[bytes], content_type: str = native.MSGPACK) -> LogReco
     return LogRecord(0, 0, b"", native.encode_envelope(env), 0)
 
 
+def python_path(mp: pytest.MonkeyPatch) -> None:
+    """Decode requests and reports with msgspec only (the reference the Rust readers must match)."""
+    mp.setattr(decode, "_FAST", {})
+    mp.setattr(decode, "_WHOLE", {})
+
+
 def _stored(record: LogRecord) -> list[Any]:
     """What the parts of ``record`` would store: reports' (seq, time, digest, points), dead letters."""
     out: list[Any] = []
@@ -256,7 +266,7 @@ def test_a_record_is_stored_or_refused_as_the_python_path_does(
 ) -> None:
     record = _record([ENC(_r(seq=1)), raw, ENC(_r(seq=3))])
     fast = _stored(record)
-    monkeypatch.setattr(decode, "_FAST", {})
+    python_path(monkeypatch)
     assert fast == _stored(record)
 
 
@@ -268,12 +278,9 @@ def test_records_are_stored_as_the_python_path_stores_them(reports: list[Any], r
     ]
     record = _record(raws)
     fast = _stored(record)
-    real = decode._FAST
-    try:
-        decode._FAST = {}
+    with pytest.MonkeyPatch.context() as mp:
+        python_path(mp)
         slow = _stored(record)
-    finally:
-        decode._FAST = real
     assert fast == slow
     assert all(
         isinstance(p, PointsBlock)
@@ -422,7 +429,7 @@ def test_json_it_is_not_sure_of_is_left_to_python(raw: bytes, monkeypatch: pytes
     ok = b'{"seq": 9, "points": [{"metric": "m", "t": 1, "v": 1}]}'
     record = _record([ok, raw, ok.replace(b"9", b"10")], native.JSON)
     fast = _stored(record)
-    monkeypatch.setattr(decode, "_FAST", {})
+    python_path(monkeypatch)
     assert fast == _stored(record)
 
 
@@ -438,12 +445,9 @@ def test_the_series_limit_counts_the_series_the_python_path_counts(
     ]
     record = _record(raws).value
     fast = record_series(record)
-    real = decode._FAST
-    try:
-        decode._FAST = {}
+    with pytest.MonkeyPatch.context() as mp:
+        python_path(mp)
         assert fast == record_series(record)
-    finally:
-        decode._FAST = real
 
 
 def test_long_strings_and_many_labels_and_points_keep_msgspecs_widths() -> None:
@@ -501,3 +505,113 @@ def test_a_store_tells_resends_from_conflicts_across_the_two_paths(tmp_path: Any
         assert c.seq == 1 and c.digest == report_digest(changed_python)
     finally:
         store.close()
+
+
+# --- whole requests read in Rust (native_request) -------------------------------------------------
+
+
+def _parts(record: LogRecord) -> list[Any]:
+    """Everything the parts of ``record`` hand the store, reports as in ``_stored``."""
+    out: list[Any] = []
+    for part in record_parts(record):
+        b = part.batch
+        out.append((part.points, part.size, b.incarnations, b.lost, b.spool, len(b.reports)))
+    return out + _stored(record)
+
+
+_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "agent": st.sampled_from(["a", "", "ü" * 40]),
+        "dropped": st.lists(
+            st.fixed_dictionaries(
+                {"first": st.integers(1, 9), "last": st.integers(1, 9), "reason": st.just("r")}
+            ),
+            max_size=2,
+        ),
+        "spool": st.none()
+        | st.fixed_dictionaries(
+            {
+                "pending_reports": st.integers(0, 5),
+                "pending_bytes": st.integers(0, 5),
+                "oldest_pending_ms": st.integers(0, 5),
+                "first_pending_seq": st.integers(0, 5),
+                "last_seq": st.integers(0, 5),
+            }
+        ),
+        "incarnation": st.sampled_from(["", "inc-1"]),
+        "first_seq": st.integers(1, 5),
+        # fields the worker does not know: skipped, whatever they hold
+        "extra": st.recursive(
+            st.none()
+            | st.booleans()
+            | st.integers(-(2**63), 2**64 - 1)
+            | st.floats()
+            | st.text(max_size=3)
+            | st.binary(max_size=3),
+            lambda inner: (
+                st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=2), inner, max_size=3)
+            ),
+            max_leaves=8,
+        ),
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    _fields,
+    st.lists(st.lists(point, max_size=6), max_size=4),
+    st.integers(0, 7),
+    st.sampled_from(["", "twice", "missing", "trailing", "not a map", "int key"]),
+    st.randoms(use_true_random=False),
+)
+def test_whole_requests_are_stored_as_the_python_path_stores_them(
+    fields: dict[str, Any], reports: list[Any], at: int, odd: str, rnd: random.Random
+) -> None:
+    raws = [
+        pack({"seq": i + 1, "points": [_point_map(*p) for p in pts]}, rnd) for i, pts in enumerate(reports)
+    ]
+    pairs = [pack(k, rnd) + pack(v, rnd) for k, v in fields.items()]
+    reports_pair = pack("reports", rnd) + _len(len(raws), 0x90, 0xDC, 0xDD, rnd) + b"".join(raws)
+    if odd != "missing":
+        pairs.insert(min(at, len(pairs)), reports_pair)
+    if odd == "twice":
+        pairs.append(reports_pair)
+    if odd == "int key":
+        pairs.append(b"\x01\x02")
+    body = _len(len(pairs), 0x80, 0xDE, 0xDF, rnd) + b"".join(pairs)
+    if odd == "trailing":
+        body += b"\xc0"
+    if odd == "not a map":
+        body = _len(len(pairs), 0x90, 0xDC, 0xDD, rnd) + b"".join(pairs)
+    env = native.Envelope(1, "t", "native", native.MSGPACK, "identity", 0, "a", [(1, 1)], body)
+    record = LogRecord(0, 0, b"", native.encode_envelope(env), 0)
+    whole = _native.native_request(body)
+    fast = _parts(record)
+    with pytest.MonkeyPatch.context() as mp:
+        python_path(mp)
+        assert fast == _parts(record)
+    if odd in ("twice", "missing", "trailing", "not a map", "int key"):
+        assert whole is None  # left to msgspec, whose rule it is
+    elif all(_native.native_report(r) is not None for r in raws):
+        assert whole is not None  # read in Rust: the reports as native_report reads each
+        head, blocks = whole
+        if "agent" in fields:
+            assert msgspec.msgpack.decode(head, type=decode._Request).reports == []
+        assert [(s, t, n) for s, t, _, n in blocks] == [
+            (g[0], g[1], len(r)) for g, r in ((_native.native_report(r), r) for r in raws) if g is not None
+        ]
+
+
+def test_what_the_agent_sends_is_read_whole_in_rust() -> None:
+    from lossproof.agent.report import Point as AgentPoint
+    from lossproof.agent.report import encode_encoded_report, encode_points
+    from lossproof.agent.request import encode_request
+
+    pts = msgspec.Raw(encode_points([AgentPoint("m", {"h": "1"}, 5, 1.5)]))
+    body = bytes(
+        encode_request("a", [encode_encoded_report(1, 5, pts), encode_encoded_report(2, 6, pts)], [], None)
+    )
+    got = _native.native_request(body)
+    assert got is not None and [(s, t) for s, t, _, _ in got[1]] == [(1, 5), (2, 6)]

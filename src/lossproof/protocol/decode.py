@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import msgspec
 
@@ -85,13 +85,36 @@ class Part(NamedTuple):
     size: int  # the decoded (uncompressed) bytes it came from: what the worker's batch cap counts
 
 
-def _decode_native(env: native.Envelope) -> tuple[_Request, int]:
+_WHOLE: dict[str, Callable[[bytes], tuple[bytes, list[tuple[int, int, Any, int]]] | None]] = {
+    native.MSGPACK: _native.native_request,
+}
+
+# A report of a request: its bytes in the body, and either its (seq, time, points) decoded already
+# or its bytes (msgspec.Raw) to decode in turn.
+_ReportItem = tuple[int, "tuple[int, int, Sequence[PointLike]] | msgspec.Raw"]
+
+
+def _decode_native(env: native.Envelope) -> tuple[_Request, int, list[_ReportItem], bool]:
+    """The request, the body's decoded size, its reports, and whether they are decoded already.
+
+    A msgpack request (what the agent sends) is read whole in Rust (``_native.native_request``,
+    native/src/reports.rs): every report into a block, and the body less its reports left for
+    msgspec to decode the other fields from. Before, msgspec walked every report's bytes to find
+    where it ends (a ``msgspec.Raw``), then Rust read them again. A request it is not certain to
+    read exactly as msgspec does (None) is decoded as before, a report at a time."""
     decoder = _decoders.get(env.content_type)
     if decoder is None:
         raise DecodeError(f"unknown content type {env.content_type!r}")
     body = decompress(env.body, env.encoding, MAX_DECODED)
+    read_whole = _WHOLE.get(env.content_type)
+    whole = read_whole(body) if read_whole is not None else None
+    if whole is not None:
+        head, blocks = whole
+        req = decoder.decode(head)
+        return req, len(body), [(n, (seq, t, PointsBlock(b))) for seq, t, b, n in blocks], True
     # the reports' Raw slices keep ``body`` alive until the last report is decoded
-    return decoder.decode(body), len(body)
+    req = decoder.decode(body)
+    return req, len(body), [(len(raw), raw) for raw in req.reports], False
 
 
 _FAST: dict[str, Callable[[Any], tuple[int, int, Any] | None]] = {
@@ -191,7 +214,7 @@ def record_parts(
                     part.metadata = [MetricMetadata(tenant, *m) for m in metadata]
                 yield Part(part, len(points) + sum(map(sample_count, series)), size)
             return
-        req, body_size = _decode_native(env)
+        req, body_size, reports, decoded = _decode_native(env)
     except Exception as e:  # any failure to decode is poison data, never a reason to stop
         yield _dead(record, tenant, e)
         return
@@ -217,21 +240,23 @@ def record_parts(
             )
         )
     part, n = first, 0
-    raws = req.reports
     # the first part also carries the envelope-level size (the body less its reports)
-    size = body_size - sum(len(r) for r in raws)
-    for raw in raws:
-        try:
-            seq, time_ms, report_points = decode_report(raw, env.content_type)
-        except Exception as e:
-            yield _dead(record, tenant, e)
-            return
-        if part.reports and (n + len(report_points) > max_points or size + len(raw) > max_bytes):
+    size = body_size - sum(nbytes for nbytes, _ in reports)
+    for nbytes, item in reports:
+        if decoded:
+            seq, time_ms, report_points = cast("tuple[int, int, Sequence[PointLike]]", item)
+        else:
+            try:
+                seq, time_ms, report_points = decode_report(item, env.content_type)
+            except Exception as e:
+                yield _dead(record, tenant, e)
+                return
+        if part.reports and (n + len(report_points) > max_points or size + nbytes > max_bytes):
             yield Part(part, n, size)
             part, n, size = WriteBatch(), 0, 0
         part.reports.append(ReportWrite(env.tenant, env.agent, seq, report_points, inc, time_ms))
         n += len(report_points)
-        size += len(raw)
+        size += nbytes
     yield Part(part, n, size)
 
 
