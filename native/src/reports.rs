@@ -197,7 +197,8 @@ fn read_points<'a, S: Src<'a>>(r: &mut S, blk: &mut ReportBlock) -> Option<()> {
     blk.series_of.reserve(n);
     // the series seen, by their key text's hash: a hit is compared with the text (two texts of one
     // hash only cost a second entry for the same series, which is looked up twice, never a wrong id)
-    let mut index: FxHashMap<u64, u32> = FxHashMap::with_capacity_and_hasher(n, Default::default());
+    // sized for a report of distinct series, at most a few pages (a long report of few series)
+    let mut index: FxHashMap<u64, u32> = FxHashMap::with_capacity_and_hasher(n.min(4096), Default::default());
     let mut sorted: Vec<(&str, &str)> = Vec::with_capacity(16);
     let mut kb: Vec<u8> = Vec::with_capacity(256);
     let mut labels: Vec<(&str, &str)> = Vec::with_capacity(16);

@@ -149,6 +149,9 @@ def test_a_cache_token_changes_whenever_the_cache_forgets_or_changes_an_id() -> 
         (lambda: c.update({("t", "p"): 4}), False),
         (lambda: c.__setitem__(("t", "m"), 5), True),
         (lambda: c.update({("t", "m"): 6}), True),
+        (lambda: c.__ior__({("t", "m"): 7}), True),
+        (lambda: c.__ior__({("t", "m"): 7}), False),
+        (lambda: c.setdefault(("t", "m"), 8), False),  # inserts only what is not there
         (lambda: c.pop(("t", "m")), True),
         (lambda: c.__delitem__(("t", "n")), True),
         (c.popitem, True),
@@ -186,3 +189,19 @@ def test_an_id_changed_in_place_is_taken_from_the_cache() -> None:
         assert columns(how, "t", [0], d, Resolver()) == [5]
         d[key_of("t", 0)] = 6
         assert columns(how, "t", [0], d, Resolver()) == [6]
+
+
+def test_a_copy_of_a_cache_is_another_cache() -> None:
+    import copy
+    import pickle
+
+    c = SeriesCache()
+    c.add_committed({key_of("t", 0): 1})
+    for other in (copy.copy(c), copy.deepcopy(c), pickle.loads(pickle.dumps(c))):
+        assert isinstance(other, SeriesCache) and other == c and other.bytes == c.bytes
+        assert other.token != c.token
+        # the copy learns an id the original does not hold: the original still asks its resolver
+        other[key_of("t", 1)] = 42
+        assert columns("report", "t", [1], other, Resolver()) == [42]
+        res = Resolver()
+        assert columns("report", "t", [1], c, res) != [42] and res.calls == [key_of("t", 1)]

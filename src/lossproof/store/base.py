@@ -136,16 +136,26 @@ class SeriesCache(dict[tuple[Any, ...], int]):
         self.token = next(_cache_tokens)
 
     def _forgets(self) -> None:
+        # after the change: an id read meanwhile was read under the old token
         self.token = next(_cache_tokens)
 
     def __setitem__(self, key: tuple[Any, ...], sid: int) -> None:
-        if self.get(key, sid) != sid:
-            self._forgets()
+        changed = self.get(key, sid) != sid
         super().__setitem__(key, sid)
+        if changed:
+            self._forgets()
 
     def update(self, *args: Any, **kwargs: Any) -> None:
         for key, sid in dict(*args, **kwargs).items():
             self[key] = sid
+
+    def __ior__(self, other: Any) -> SeriesCache:  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # a copy (copy, deepcopy, pickle) is another cache: a token of its own
+        return (_rebuilt, (dict(self), self.bytes))
 
     def clear(self) -> None:
         super().clear()
@@ -157,12 +167,16 @@ class SeriesCache(dict[tuple[Any, ...], int]):
         self._forgets()
 
     def pop(self, key: tuple[Any, ...], *default: Any) -> Any:
-        self._forgets()
-        return super().pop(key, *default)
+        try:
+            return super().pop(key, *default)
+        finally:
+            self._forgets()
 
     def popitem(self) -> tuple[tuple[Any, ...], int]:
-        self._forgets()
-        return super().popitem()
+        try:
+            return super().popitem()
+        finally:
+            self._forgets()
 
     def add_committed(self, new: dict[tuple[Any, ...], int]) -> None:
         if not new:
@@ -173,6 +187,13 @@ class SeriesCache(dict[tuple[Any, ...], int]):
         for key, sid in new.items():
             self[key] = sid
         self.bytes += size
+
+
+def _rebuilt(items: dict[tuple[Any, ...], int], size: int) -> SeriesCache:
+    c = SeriesCache()
+    dict.update(c, items)
+    c.bytes = size
+    return c
 
 
 @dataclass(slots=True)

@@ -19,10 +19,11 @@ had delayed lost (``spool_reset``), unless the same batch writes to them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from lossproof.points import same_report
 from lossproof.store import ledger as lg
 from lossproof.store.base import Ledger, ReportWrite, SpoolState, encode_points
 
@@ -116,10 +117,23 @@ class Plan:
         """Rows of ``reports``: (tenant, agent, incarnation, seq, digest, time_ms)."""
         return [(*k, r.seq, d, r.time_ms) for k, r, d in self.reports]
 
-    def conflict_rows(self) -> list[tuple[str, str, str, int, bytes, bytes, int, int]]:
-        """Rows of ``conflicts``: (tenant, agent, incarnation, seq, digest, points, n_points, detected_ms)."""
+    def conflict_rows(
+        self, recorded: Callable[[tuple[str, str, str, int]], list[bytes]]
+    ) -> list[tuple[str, str, str, int, bytes, bytes, int, int]]:
+        """Rows of ``conflicts``: (tenant, agent, incarnation, seq, digest, points, n_points, detected_ms).
+
+        The table keeps a conflict read again once by its key, digest included. One recorded with a
+        digest of the kind made before ``points.DIGEST_KIND`` (16 bytes of BLAKE2b) would be
+        recorded again: it is left out when ``recorded`` (the digests recorded for a seq, asked
+        only of seqs in conflict) names it."""
         now = self.now_ms
-        return [(*k, r.seq, d, encode_points(r.points), len(r.points), now) for k, r, d in self.conflicts]
+        rows = []
+        for k, r, d in self.conflicts:
+            key = (*k, r.seq)
+            if any(len(old) != len(d) and same_report(r.points, old) for old in recorded(key)):
+                continue
+            rows.append((*key, d, encode_points(r.points), len(r.points), now))
+        return rows
 
     def ledger_deletes(self) -> list[tuple[str, str, str, str, int]]:
         return [(*u.key, kind, first) for u in self.agents for kind, first in u.gone]

@@ -128,7 +128,7 @@ class SqliteWriter(SqliteCore):
             con.executemany(
                 "INSERT INTO conflicts (tenant, agent, incarnation, seq, digest, points, n_points,"
                 " detected_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                plan.conflict_rows(),
+                plan.conflict_rows(self._conflict_digests),
             )
         self._save_plan(plan)
         for tenant, group in itertools.groupby(batch.samples, key=operator.itemgetter(0)):
@@ -154,6 +154,10 @@ class SqliteWriter(SqliteCore):
                 [(m.tenant, m.metric, m.type, m.help, m.unit) for m in latest_metadata(batch.metadata)],
             )
         return WriteResult(written, plan.stored, plan.duplicates, plan.conflicted)
+
+    def _conflict_digests(self, key: tuple[str, str, str, int]) -> list[bytes]:
+        sql = "SELECT digest FROM conflicts WHERE tenant = ? AND agent = ? AND incarnation = ? AND seq = ?"
+        return [d for (d,) in self._con.execute(sql, key)]
 
     def _prior(self, work: dict[_AgentKey, lg.AgentWork]) -> Prior:
         """What :func:`plan_batch` needs, agent by agent: the summary and ledger rows of the batch's

@@ -111,7 +111,7 @@ class PgWriter(PgCore):
             cols.add(tenant, r.points, self._series, resolve)
         conflict_counts: dict[_AgentKey, int] = {}
         if plan.conflicts:
-            conflict_rows = sorted(plan.conflict_rows(), key=lambda r: r[:5])
+            conflict_rows = sorted(plan.conflict_rows(partial(_conflict_digests, cur)), key=lambda r: r[:5])
             cur.executemany(
                 "INSERT INTO conflicts (tenant, agent, incarnation, seq, digest, points, n_points,"
                 " detected_ms) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
@@ -468,3 +468,10 @@ class PgWriter(PgCore):
 def _lock_key(schema: str, tenant: str, agent: str) -> int:
     digest = hashlib.blake2b(f"{schema}\0{tenant}\0{agent}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+def _conflict_digests(cur: Any, key: tuple[str, str, str, int]) -> list[bytes]:
+    cur.execute(
+        "SELECT digest FROM conflicts WHERE tenant = %s AND agent = %s AND incarnation = %s AND seq = %s", key
+    )
+    return [bytes(d) for (d,) in cur.fetchall()]
