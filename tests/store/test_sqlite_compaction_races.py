@@ -10,7 +10,8 @@ from pathlib import Path
 from lossproof.bench.compare import compaction_state
 from lossproof.points import SeriesSamples
 from lossproof.store import chunks
-from lossproof.store.base import Matcher, WriteBatch
+from lossproof.store.base import COMPACT_WINDOW_MS, Matcher, WriteBatch
+from lossproof.store.embedded.compact import _Pack
 from lossproof.store.sqlite import SqliteStore
 
 T0 = 1_700_000_000_000
@@ -339,3 +340,44 @@ def test_kill_9_during_store_migrate_vacuum_leaves_the_store_whole(tmp_path: Pat
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         con.close()
         assert len(_points(path)) == 40 * 50 * 10
+
+
+def test_a_raw_chunk_reaching_past_the_windows_scanned_has_those_windows_packed_whole(tmp_path: Path) -> None:
+    """A raw chunk flushed after the scan may reach a window the pack step was not asked for. Its
+    piece there must rank against every chunk there: here a raw chunk written after it holds one of
+    its (series, t) with another value, which must not win (first write wins)."""
+    import numpy as np
+
+    W = COMPACT_WINDOW_MS
+    path = tmp_path / "s.db"
+    SqliteStore(path).close()
+    w = T0 // W
+    t_next = (w + 1) * W + 1000  # in the next window
+
+    def raw(cid: int, ts: list[int], v: float) -> tuple[int, int, int, int, int, bytes]:
+        (c,) = chunks.encode_batch(np.ones(len(ts), dtype=np.int64), np.array(ts), np.full(len(ts), v))
+        return (cid, 1, c.t_min, c.t_max, c.n, c.data)
+
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("INSERT INTO series VALUES (1, 't', 'm', '{}')")
+    con.executemany(
+        "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?)",
+        [raw(10, [T0, t_next], 0.0), raw(11, [t_next], 7.0), raw(12, [T0 + 1], 0.0)],
+    )
+    con.execute("INSERT OR REPLACE INTO meta VALUES ('chunk_id_top', '12')")
+    con.close()
+    store = SqliteStore(path)
+    try:
+        store._pack_queue = [(1, w, w, 3)]  # the scan saw window w only
+        store._con.execute("BEGIN")
+        try:
+            job = store._compact_read(T0, 2000)
+        finally:
+            store._rollback()
+        assert isinstance(job, _Pack) and sorted(cid for cid, _ in job.found) == [10, 11, 12]
+        with store._write({}, "store.compact_before_commit"):
+            store._compact_write(job, T0)
+        (s,) = store.select_arrays("t", [Matcher("__name__", "=", "m")], T0 - W, T0 + 3 * W)
+        assert s.t.tolist() == [T0, T0 + 1, t_next] and s.v.tolist() == [0.0, 0.0, 0.0]
+    finally:
+        store.close()

@@ -34,7 +34,7 @@ from __future__ import annotations
 import itertools
 import struct
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -440,6 +440,28 @@ class PackRow(NamedTuple):
     t_max: int
     n: int
     data: bytes
+
+
+def widen(
+    reach: dict[int, tuple[int, int]], spans: Iterable[tuple[int, int, int]], window_ms: int
+) -> bool:
+    """Widen each series' windows ``reach`` (first, last) in place to every window that one of its
+    chunks ``spans`` (series, t_min, t_max) reaches; whether any was widened.
+
+    A pack step reads the chunks of the windows the scan found, but a raw chunk flushed since may
+    reach past them. :func:`pack` makes a piece of it for each window it reaches, and gives it an
+    id from the chunks it read; in a window not read, that id could rank above a chunk written
+    after it, whose point of the same (series, t) would then win. Read again with the windows
+    widened until every chunk read lies within them: each piece is made with all of its window's
+    chunks. (Found by a helper's tiered-packing work, which hit it.)"""
+    wider = False
+    for sid, t_min, t_max in spans:
+        lo, hi = reach[sid]
+        a, b = t_min // window_ms, t_max // window_ms
+        if a < lo or b > hi:
+            reach[sid] = (min(lo, a), max(hi, b))
+            wider = True
+    return wider
 
 
 def pack(found: Sequence[tuple[int, int, bytes]], window_ms: int) -> tuple[list[PackRow], int]:

@@ -199,7 +199,7 @@ _PACK_AGE_MS = 300_000
 _PACK_IDLE_MS = 120_000
 # The chunks to pack for a JSON array of [series, from, to]: an index range each.
 _PACK_READ = (
-    "SELECT c.id, c.series_id, c.data FROM json_each(?) j CROSS JOIN chunks c"
+    "SELECT c.id, c.series_id, c.t_min, c.t_max, c.data FROM json_each(?) j CROSS JOIN chunks c"
     " ON c.series_id = j.value ->> 0 AND c.t_max >= j.value ->> 1 AND c.t_min < j.value ->> 2"
 )
 # The positions in a JSON array of [series, from, to] of those where a chunk of the series holds a

@@ -158,9 +158,15 @@ class SqliteCompaction(SqliteCore):
             k += 1
         take = queue[:k]
         del queue[:k]
-        items = [(sid, lo * COMPACT_WINDOW_MS, (hi + 1) * COMPACT_WINDOW_MS) for sid, lo, hi, _ in take]
-        found = self._con.execute(_PACK_READ, (msgspec.json.encode(items),)).fetchall() if items else []
-        out, points = chunks.pack(found, COMPACT_WINDOW_MS)
+        w_ms = COMPACT_WINDOW_MS
+        reach = {sid: (lo, hi) for sid, lo, hi, _ in take}
+        while True:  # see chunks.widen
+            items = [(sid, lo * w_ms, (hi + 1) * w_ms) for sid, (lo, hi) in reach.items()]
+            read = self._con.execute(_PACK_READ, (msgspec.json.encode(items),)).fetchall() if items else []
+            if not chunks.widen(reach, ((sid, a, b) for _, sid, a, b, _ in read), w_ms):
+                break
+        found = [(cid, sid, data) for cid, sid, _, _, data in read]
+        out, points = chunks.pack(found, w_ms)
         gen = int(self._meta("compact_gen") or 0)
         return _Pack(take, [(cid, len(data)) for cid, _, data in found], out, points, gen)
 

@@ -71,7 +71,7 @@ _COMPACT_BATCHES = 16  # compact_batches rows (batches) worked off per round of 
 _PACK_AGE_MS = 300_000  # a batch's chunks are packed at the latest this long after it was written
 # The chunks to pack of series s[i] between a[i] and b[i] (end excluded): an index range each.
 _PACK_READ = (
-    "SELECT c.id, c.series_id, c.data FROM unnest(%b, %b, %b) AS q(s, a, b)"
+    "SELECT c.id, c.series_id, c.t_min, c.t_max, c.data FROM unnest(%b, %b, %b) AS q(s, a, b)"
     " JOIN chunks c ON c.series_id = q.s AND c.t_max >= q.a AND c.t_min < q.b"
 )
 _PACK_INSERT = (

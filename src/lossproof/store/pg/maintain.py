@@ -170,15 +170,21 @@ class PgMaintenance(PgCore):
         if not items:
             return
         cur = conn.cursor(binary=True)
-        cur.execute(
-            _PACK_READ,
-            (
-                Int8Array([s for s, _, _ in items]),
-                Int8Array([lo * COMPACT_WINDOW_MS for _, lo, _ in items]),
-                Int8Array([(hi + 1) * COMPACT_WINDOW_MS for _, _, hi in items]),
-            ),
-        )
-        found = [(int(cid), int(sid), bytes(data)) for cid, sid, data in cur]
+        w_ms = COMPACT_WINDOW_MS
+        reach = {sid: (lo, hi) for sid, lo, hi in items}
+        while True:  # see chunks.widen
+            cur.execute(
+                _PACK_READ,
+                (
+                    Int8Array(list(reach)),
+                    Int8Array([lo * w_ms for lo, _ in reach.values()]),
+                    Int8Array([(hi + 1) * w_ms for _, hi in reach.values()]),
+                ),
+            )
+            read = [(int(cid), int(sid), int(a), int(b), bytes(data)) for cid, sid, a, b, data in cur]
+            if not chunks.widen(reach, ((sid, a, b) for _, sid, a, b, _ in read), w_ms):
+                break
+        found = [(cid, sid, data) for cid, sid, _, _, data in read]
         by_series: dict[int, list[tuple[int, bytes]]] = {}
         for cid, sid, data in found:
             by_series.setdefault(sid, []).append((cid, data))
