@@ -328,7 +328,14 @@ pub fn native_request<'py>(
     }
     // SAFETY: as in native_report
     let data = unsafe { std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes()) };
-    let Some((start, end, reports)) = read_request(data) else {
+    // Without the GIL when nothing can change the bytes meanwhile (a bytes object): a big body
+    // takes a while, and ingest reads requests in a thread beside its event loop.
+    let got = if body.is_instance_of::<PyBytes>() {
+        py.detach(|| read_request(data))
+    } else {
+        read_request(data)
+    };
+    let Some((start, end, reports)) = got else {
         return Ok(None);
     };
     let head = PyBytes::new_with(py, data.len() - (end - start) + 1, |out| {
@@ -357,7 +364,7 @@ fn read_request(data: &[u8]) -> Option<(usize, usize, Vec<(i64, i64, ReportBlock
         }
         let start = r.pos();
         let mut arr = r.array()?;
-        reports.reserve(r.count(&arr));
+        reports.reserve(r.count(&arr).min(1024)); // a count is only bounded by the bytes left
         while r.next(&mut arr)? {
             let at = r.pos();
             let (seq, time, blk) = read_report_value(&mut r)?;
