@@ -453,7 +453,7 @@ def widen(
     id from the chunks it read; in a window not read, that id could rank above a chunk written
     after it, whose point of the same (series, t) would then win. Read again with the windows
     widened until every chunk read lies within them: each piece is made with all of its window's
-    chunks. (Found by a helper's tiered-packing work, which hit it.)"""
+    chunks."""
     wider = False
     for sid, t_min, t_max in spans:
         lo, hi = reach[sid]
