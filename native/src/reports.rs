@@ -191,12 +191,14 @@ fn read_report_value<'a, S: Src<'a>>(r: &mut S) -> Option<(i64, i64, ReportBlock
 
 fn read_points<'a, S: Src<'a>>(r: &mut S, blk: &mut ReportBlock) -> Option<()> {
     let mut arr = r.array()?;
-    let n = r.count(&arr); // bounded by the input's length (`array`)
+    // room for the points up front, but not for any count: a count is only bounded by the bytes
+    // left, and 20 bytes reserved per byte of a hostile body could fail to allocate, which aborts
+    let n = r.count(&arr).min(1 << 16);
     blk.ts.reserve(n);
     blk.vs.reserve(n);
     blk.series_of.reserve(n);
     // the series seen, by their key text's hash: a hit is compared with the text (two texts of one
-    // hash only cost a second entry for the same series, which is looked up twice, never a wrong id)
+    // hash only cost a second entry for the same series, which is looked up twice, never a wrong id);
     // sized for a report of distinct series, at most a few pages (a long report of few series)
     let mut index: FxHashMap<u64, u32> = FxHashMap::with_capacity_and_hasher(n.min(4096), Default::default());
     let mut sorted: Vec<(&str, &str)> = Vec::with_capacity(16);

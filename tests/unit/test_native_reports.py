@@ -617,27 +617,31 @@ def test_what_the_agent_sends_is_read_whole_in_rust() -> None:
     assert got is not None and [(s, t) for s, t, _, _ in got[1]] == [(1, 5), (2, 6)]
 
 
-def test_a_huge_report_count_is_refused_as_the_python_path_refuses_it_not_an_abort() -> None:
-    """A count of reports is only bounded by the bytes left: reserving room for it up front asked
-    for ~240 bytes a byte of body, and a failed allocation aborts the process (a worker re-reading
-    the record would crash in a loop). In a child process under a memory limit: it must end."""
+def test_a_huge_count_is_refused_as_the_python_path_refuses_it_not_an_abort() -> None:
+    """A count of reports, or of a report's points, is only bounded by the bytes left: reserving
+    room for it up front asked for ~240 (reports) or ~20 (points) bytes a byte of body, and a failed
+    allocation aborts the process (a worker re-reading the record would crash in a loop). In a
+    child process under a memory limit: it must end, each record dead-lettered."""
     import subprocess
     import sys
     import textwrap
 
     code = textwrap.dedent(
-        """
+        r"""
         import resource, struct
-        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
         from lossproof.log.base import LogRecord
         from lossproof.protocol import decode, native
-        n = 20_000_000
-        body = b"\\x82\\xa5agent\\xa1a\\xa7reports\\xdd" + struct.pack(">I", n) + b"\\x00" * n
-        env = native.Envelope(1, "t", "native", native.MSGPACK, "identity", 0, "a", [(1, 1)], body)
-        parts = list(decode.record_parts(LogRecord(0, 0, b"", native.encode_envelope(env), 0)))
-        print("dead letters", sum(len(p.batch.dead_letters) for p in parts))
+        n = 110_000_000
+        head = b"\x82\xa5agent\xa1a\xa7reports"
+        many_reports = head + b"\xdd" + struct.pack(">I", n) + bytes(n)
+        many_points = head + b"\x91\x82\xa3seq\x01\xa6points\xdd" + struct.pack(">I", n) + bytes(n)
+        for body in (many_reports, many_points):
+            env = native.Envelope(1, "t", "native", native.MSGPACK, "identity", 0, "a", [(1, 1)], body)
+            parts = list(decode.record_parts(LogRecord(0, 0, b"", native.encode_envelope(env), 0)))
+            print("dead letters", sum(len(p.batch.dead_letters) for p in parts), flush=True)
         """
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "dead letters 1" in done.stdout
+    assert done.stdout.splitlines() == ["dead letters 1", "dead letters 1"], done.stdout
