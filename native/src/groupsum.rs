@@ -128,7 +128,7 @@ const PARALLEL_CELLS: usize = 200_000;
 const STEPS_A_BLOCK: usize = 64;
 
 /// A C-contiguous buffer in place, as a slice (sound while it is held and nobody writes to it).
-fn in_place<'a, T: pyo3::buffer::Element>(b: &'a PyBuffer<T>, what: &str) -> PyResult<&'a [T]> {
+pub(crate) fn in_place<'a, T: pyo3::buffer::Element>(b: &'a PyBuffer<T>, what: &str) -> PyResult<&'a [T]> {
     if !b.is_c_contiguous() {
         return Err(PyValueError::new_err(format!("{what}: not C-contiguous")));
     }

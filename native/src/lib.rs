@@ -19,6 +19,7 @@ mod flush;
 mod fsum;
 mod groupsum;
 mod mpjson;
+mod pointsjson;
 mod raterows;
 mod ratewin;
 mod rawchunks;
@@ -31,7 +32,7 @@ mod rwcols;
 /// The version of this module's interface, checked by the Python side (lossproof/native_ext.py):
 /// an extension built from other sources than the Python code that calls it fails at import, not
 /// half-way through a batch.
-const ABI: u32 = 15;
+const ABI: u32 = 16;
 
 // ---------------------------------------------------------------------------------------------
 // Points to store columns (lossproof.store.columns.Columns.add).
@@ -709,6 +710,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(reports::report_columns, m)?)?;
     m.add_class::<reports::ReportBlock>()?;
     m.add_function(wrap_pyfunction!(flush::flush_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(pointsjson::points_json, m)?)?;
     Ok(())
 }
 

@@ -222,6 +222,33 @@ def test_matrix_rows_are_the_json_as_before() -> None:
     assert msgspec.json.encode(got) == msgspec.json.encode([({"x": "y"}, before)])
 
 
+def test_matrix_rows_write_every_value_as_format_value() -> None:
+    """The extension's text of each point (``_native.points_json``) is :func:`format_value`'s, for
+    values across the whole float range, the specials, and present cells chosen at random."""
+    r = np.random.default_rng(12)
+    n = 3_000
+    pools = [
+        r.normal(size=n) * 10.0 ** r.integers(-320, 308, n),
+        r.integers(-(10**7), 10**7, n).astype(float),
+        np.round(r.uniform(-100, 100, n), 3),
+        np.ldexp(r.integers(1, 2**52, n).astype(float), r.integers(-1126, -1074, n)),  # subnormals
+        r.choice(
+            np.array([0.0, -0.0, 1e16, 1e21, 1e22, 1.5e-7, 5e-324, 2.0**63, math.nan, math.inf, -math.inf]), n
+        ),
+    ]
+    values = np.vstack(pools)
+    present = r.random(values.shape) < 0.9
+    times = [1_700_000_000_000 + 15_000 * k + (500 if k % 7 == 0 else 0) for k in range(n)]
+    labels = [{"pool": str(i)} for i in range(len(pools))]
+    rows = promql.matrix_rows(promql.Vector(labels, values, present), times, _ts)
+    assert [lab for lab, _ in rows] == labels
+    for i, (_, pts) in enumerate(rows):
+        want = [
+            [_ts(t), promql.format_value(v)] for t, v, p in zip(times, values[i].tolist(), present[i]) if p
+        ]
+        assert msgspec.json.decode(pts) == want
+
+
 def test_native_fsum_windows_is_fsum_or_says_it_is_not() -> None:
     """``exact.fsum_windows`` (CPython's fsum in the extension): fsum's float for every window fsum
     sums; flagged where fsum would not (a NaN or an infinity: ``_sum`` takes those) or raises

@@ -1277,23 +1277,22 @@ def matrix_rows(
     one series without labels), its labels and its points ``[[ts(t), "value"], ...]`` over the steps
     with a value, as JSON already (``msgspec.Raw``: encoded as it is, where a tuple per point cost
     more to build and to encode than the numbers cost to format); series without any are left out.
-    Each time is written as msgspec writes ``ts(t)``, each value as :func:`format_values` (digits,
-    signs, ``.``, ``NaN``, ``+Inf``: nothing JSON escapes)."""
-    stamps = np.array(_FLOATS.encode([ts(t) for t in times])[1:-1].decode().split(","), dtype=object)
-    rows: list[tuple[dict[str, str], F64, Mask]]
+    Each time is written as msgspec writes ``ts(t)``, each value as :func:`format_value` (by the
+    native extension: ``_native.points_json``; digits, signs, ``.``, ``NaN``, ``+Inf``: nothing JSON
+    escapes)."""
+    stamps = _FLOATS.encode([ts(t) for t in times])[1:-1].decode().split(",") if times else []
     if isinstance(value, Scalar):
-        rows = [({}, np.array(value.values, dtype=np.float64), np.ones(len(times), dtype=bool))]
+        labels: list[Labels] = [{}]
+        values = np.array([value.values], dtype=np.float64)
+        present = np.ones((1, len(times)), dtype=np.uint8)
+        order = [0]
     else:
-        order = sorted(range(len(value.labels)), key=lambda i: key_of(value.labels[i]))
-        rows = [(value.labels[i], value.values[i], value.present[i]) for i in order]
-    out = []
-    for labels, vals, pres in rows:
-        if not pres.any():
-            continue
-        strs = format_values(vals[pres].tolist())
-        pts = '"],['.join(map(',"'.join, zip(stamps[pres].tolist(), strs, strict=True)))
-        out.append((labels, msgspec.Raw(f'[[{pts}"]]'.encode())))
-    return out
+        labels = value.labels
+        values = np.ascontiguousarray(value.values, dtype=np.float64)
+        present = np.ascontiguousarray(value.present, dtype=bool).view(np.uint8)
+        order = sorted(range(len(labels)), key=lambda i: key_of(labels[i]))
+    texts = _native.points_json(values, present, stamps, order)
+    return [(labels[i], msgspec.Raw(t)) for i, t in zip(order, texts, strict=True) if t is not None]
 
 
 def iter_points(values: Iterable[float | None], times: list[int]) -> list[tuple[int, float]]:

@@ -608,7 +608,9 @@ class SqliteReader(SqliteCore):
         three threads for two CPUs, and the GIL passed between the two Python ones.)"""
         with self._lock, self._snapshot():
             found = self._matching(tenant, matchers)
-            step = max(1, series_per_call)
+            # at least two pieces from 64 series: the second's rows are read while the other
+            # thread computes the first (one piece's rows were read with the other CPU idle)
+            step = max(1, min(series_per_call, max(32, -(-len(found) // 2))))
             plain = not self._parts_dirs(from_ms, to_ms) if found else False
             scratch = [bytearray()]  # the arrays' pieces' columns, as select_arrays_each has them
 
