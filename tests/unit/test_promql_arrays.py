@@ -244,7 +244,9 @@ def test_matrix_rows_write_every_value_as_format_value() -> None:
     assert [lab for lab, _ in rows] == labels
     for i, (_, pts) in enumerate(rows):
         want = [
-            [_ts(t), promql.format_value(v)] for t, v, p in zip(times, values[i].tolist(), present[i]) if p
+            [_ts(t), promql.format_value(v)]
+            for t, v, p in zip(times, values[i].tolist(), present[i], strict=True)
+            if p
         ]
         assert msgspec.json.decode(pts) == want
 
