@@ -55,6 +55,7 @@ struct Run {
 struct Windows<'a> {
     at: &'a [i64],
     rng: i64,
+    closed: bool,
     is_rate: bool,
     is_counter: bool,
     from_ms: i64,
@@ -142,6 +143,7 @@ fn runs_windows(
                 &[(&t[a..b], &v[a..b])],
                 w.at,
                 w.rng,
+                w.closed,
                 w.is_rate,
                 w.is_counter,
                 true,
@@ -252,6 +254,7 @@ struct Shared {
     runs: Vec<Run>,
     at: Vec<i64>,
     rng: i64,
+    closed: bool,
     is_rate: bool,
     is_counter: bool,
     from_ms: i64,
@@ -277,6 +280,7 @@ impl Shared {
         let w = Windows {
             at: &self.at,
             rng: self.rng,
+            closed: self.closed,
             is_rate: self.is_rate,
             is_counter: self.is_counter,
             from_ms: self.from_ms,
@@ -385,13 +389,14 @@ impl RateJob {
 /// (A finished job's verdict: not one a call answers.)
 const DONE: u8 = 255;
 
-/// `rate_rows_start(rows, at, run_first, run_last, from_ms, to_ms, grid, rng, is_rate, is_counter)
-/// -> RateJob`: for chunk rows `(series_id, id, t_min, t_max, data)` (what `assemble_rows` takes)
-/// whose points go to the places `at[i]..` (native-endian int64 bytes, one a row) of one column,
-/// and series whose points are the places `run_first[j]..run_last[j]` (equal: none), each series'
-/// points in `[from_ms, to_ms]` and its `rate` / `increase` / `delta` windows `(grid[k] - rng,
-/// grid[k]]` with its staleness markers left out: what `rate_windows(..., skip_stale=True)`
-/// answers for the series `assemble_rows_into` and `chunks.search_runs` give, written into
+/// `rate_rows_start(rows, at, run_first, run_last, from_ms, to_ms, grid, rng, is_rate, is_counter,
+/// closed=False) -> RateJob`: for chunk rows `(series_id, id, t_min, t_max, data)` (what
+/// `assemble_rows` takes) whose points go to the places `at[i]..` (native-endian int64 bytes, one a
+/// row) of one column, and series whose points are the places `run_first[j]..run_last[j]` (equal:
+/// none), each series' points in `[from_ms, to_ms]` and its `rate` / `increase` / `delta` windows
+/// `(grid[k] - rng, grid[k]]` (`closed`: `[grid[k] - rng, grid[k]]`) with its staleness markers left
+/// out: what `rate_windows(..., skip_stale=True, closed=closed)` answers for the series
+/// `assemble_rows_into` and `chunks.search_runs` give, written into
 /// `values` (float64, (series, steps), C-contiguous: rate_windows' values where a window has one,
 /// untouched elsewhere), `present` (uint8, 1 where a window has a value, untouched elsewhere) and
 /// `counts` (int64, each series' points in the range). The job's `finish` answers the verdict (0:
@@ -405,6 +410,10 @@ const DONE: u8 = 255;
 /// the store (the job holds the rows' bytes, which it only reads); `finish` takes the series left
 /// on the caller's thread.
 #[pyfunction]
+#[pyo3(signature = (
+    values, present, counts, rows, at, run_first, run_last, from_ms, to_ms, grid, rng, is_rate,
+    is_counter, closed=false
+))]
 #[allow(clippy::too_many_arguments)]
 pub fn rate_rows_start(
     values: PyBuffer<f64>,
@@ -420,6 +429,7 @@ pub fn rate_rows_start(
     rng: i64,
     is_rate: bool,
     is_counter: bool,
+    closed: bool,
 ) -> PyResult<RateJob> {
     let (at, grid, firsts, lasts) = columns(rows.len(), at, run_first, run_last, grid)?;
     let (m, n) = (firsts.len(), grid.len());
@@ -473,6 +483,7 @@ pub fn rate_rows_start(
         runs,
         at: grid,
         rng,
+        closed,
         is_rate,
         is_counter,
         from_ms,
@@ -595,6 +606,7 @@ mod tests {
             let w = Windows {
                 at: &grid,
                 rng: 300_000,
+                closed: trial % 4 == 1,
                 is_rate: trial % 2 == 0,
                 is_counter: trial % 3 != 0,
                 from_ms,
@@ -626,6 +638,7 @@ mod tests {
                     &[(&t[a..b], &v[a..b])],
                     &grid,
                     w.rng,
+                    w.closed,
                     w.is_rate,
                     w.is_counter,
                     true,
@@ -678,6 +691,7 @@ mod tests {
         let w = Windows {
             at: &grid,
             rng: 10,
+            closed: false,
             is_rate: true,
             is_counter: true,
             from_ms: 0,
@@ -717,6 +731,7 @@ mod tests {
         let w = Windows {
             at: &grid,
             rng: 300_000,
+            closed: false,
             is_rate: true,
             is_counter: true,
             from_ms: 1_100_000,
@@ -736,6 +751,7 @@ mod tests {
             runs,
             at: grid.clone(),
             rng: w.rng,
+            closed: w.closed,
             is_rate: w.is_rate,
             is_counter: w.is_counter,
             from_ms: w.from_ms,

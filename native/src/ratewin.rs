@@ -279,6 +279,7 @@ pub(crate) fn rows_windows(
     series: &[(&[i64], &[f64])],
     at: &[i64],
     rng: i64,
+    closed: bool,
     is_rate: bool,
     is_counter: bool,
     skip_stale: bool,
@@ -331,12 +332,16 @@ pub(crate) fn rows_windows(
         for k in 0..n {
             let end = at[k];
             let start = end.wrapping_sub(rng);
+            // the points before the window: up to its start (left-open), or before it (closed:
+            // times are whole ms, so `x < start` is `x <= start - 1`); its start is the same float
+            // either way, where the extrapolation reaches
+            let before = if closed { start.saturating_sub(1) } else { start };
             if sorted {
                 hi = advance(ts, hi, end);
-                lo = advance(ts, lo, start);
+                lo = advance(ts, lo, before);
             } else {
                 hi = ts.partition_point(|&x| x <= end);
-                lo = ts.partition_point(|&x| x <= start);
+                lo = ts.partition_point(|&x| x <= before);
             }
             if hi < lo + 2 {
                 continue;
@@ -386,8 +391,9 @@ pub(crate) fn rows_windows(
 ///
 /// `skip_stale`: each series' staleness markers (the NaN of bits 0x7FF0000000000002) left out
 /// first, as `promql.without_stale` does (a series of nothing else then has no window).
+/// `closed`: the windows are `[at[k] - rng, at[k]]` (Prometheus 2), the extrapolation the same.
 #[pyfunction]
-#[pyo3(signature = (ts_list, vs_list, at, rng, is_rate, is_counter, skip_stale=false))]
+#[pyo3(signature = (ts_list, vs_list, at, rng, is_rate, is_counter, skip_stale=false, closed=false))]
 #[allow(clippy::too_many_arguments)]
 pub fn rate_windows<'py>(
     py: Python<'py>,
@@ -398,6 +404,7 @@ pub fn rate_windows<'py>(
     is_rate: bool,
     is_counter: bool,
     skip_stale: bool,
+    closed: bool,
 ) -> PyResult<(Bound<'py, PyByteArray>, Bound<'py, PyByteArray>)> {
     let at = column::<i64, 8>(at, "at", i64::from_ne_bytes)?;
     if ts_list.len() != vs_list.len() {
@@ -429,7 +436,8 @@ pub fn rate_windows<'py>(
     let out = PyByteArray::new_with(py, 8 * m * n, |values| {
         py.detach(|| {
             if !two || m < 2 || m * n < PARALLEL_WINDOWS {
-                rows_windows(&series, &at, rng, is_rate, is_counter, skip_stale, values, &mut present);
+                let (series, present) = (&series[..], &mut present[..]);
+                rows_windows(series, &at, rng, closed, is_rate, is_counter, skip_stale, values, present);
                 return;
             }
             let half = m / 2;
@@ -438,8 +446,8 @@ pub fn rate_windows<'py>(
             let (s1, s2) = series.split_at(half);
             let at = &at[..];
             crate::join2(
-                || rows_windows(s2, at, rng, is_rate, is_counter, skip_stale, v2, p2),
-                || rows_windows(s1, at, rng, is_rate, is_counter, skip_stale, v1, p1),
+                || rows_windows(s2, at, rng, closed, is_rate, is_counter, skip_stale, v2, p2),
+                || rows_windows(s1, at, rng, closed, is_rate, is_counter, skip_stale, v1, p1),
             );
         });
         Ok(())
@@ -502,6 +510,7 @@ mod tests {
                 at.sort_unstable();
             }
             let rng = [1i64, 1000, 15_000, 300_000, 3_600_000][trial % 5];
+            let closed = trial % 4 == 1;
             for (is_rate, is_counter) in [(true, true), (false, true), (false, false)] {
                 let drops: Vec<usize> = (1..len).filter(|&p| is_counter && v[p] < v[p - 1]).collect();
                 let series = [(&t[..], &v[..])];
@@ -509,13 +518,16 @@ mod tests {
                     let mut values = vec![0u8; 8 * n];
                     let mut present = vec![0u8; n];
                     if avx2 {
-                        rows_windows(&series, &at, rng, is_rate, is_counter, false, &mut values, &mut present);
+                        let (v, p) = (&mut values[..], &mut present[..]);
+                        rows_windows(&series, &at, rng, closed, is_rate, is_counter, false, v, p);
                     } else {
-                        rows_windows_plain(&series, &at, rng, is_rate, is_counter, &mut values, &mut present);
+                        let (v, p) = (&mut values[..], &mut present[..]);
+                        rows_windows_plain(&series, &at, rng, closed, is_rate, is_counter, v, p);
                     }
                     for k in 0..n {
                         let hi = t.partition_point(|&x| x <= at[k]);
-                        let lo = t.partition_point(|&x| x <= at[k].wrapping_sub(rng));
+                        let start = at[k].wrapping_sub(rng);
+                        let lo = t.partition_point(|&x| if closed { x < start } else { x <= start });
                         let want = if hi < lo + 2 {
                             None
                         } else {
@@ -604,7 +616,8 @@ mod tests {
                 let drops: Vec<usize> = (1..kv.len()).filter(|&p| is_counter && kv[p] < kv[p - 1]).collect();
                 let mut values = vec![0u8; 8 * n];
                 let mut present = vec![0u8; n];
-                rows_windows(&[(&t[..], &v[..])], &at, rng, is_rate, is_counter, true, &mut values, &mut present);
+                let (vals, pres) = (&mut values[..], &mut present[..]);
+                rows_windows(&[(&t[..], &v[..])], &at, rng, false, is_rate, is_counter, true, vals, pres);
                 for k in 0..n {
                     let hi = kt.partition_point(|&x| x <= at[k]);
                     let lo = kt.partition_point(|&x| x <= at[k] - rng);
@@ -624,17 +637,19 @@ mod tests {
     }
 
     /// `rows_windows` without AVX2 (the same code, SSE2 only).
+    #[allow(clippy::too_many_arguments)]
     fn rows_windows_plain(
         series: &[(&[i64], &[f64])],
         at: &[i64],
         rng: i64,
+        closed: bool,
         is_rate: bool,
         is_counter: bool,
         values: &mut [u8],
         present: &mut [u8],
     ) {
         FORCE_PLAIN.with(|f| f.set(true));
-        rows_windows(series, at, rng, is_rate, is_counter, false, values, present);
+        rows_windows(series, at, rng, closed, is_rate, is_counter, false, values, present);
         FORCE_PLAIN.with(|f| f.set(false));
     }
 }

@@ -35,6 +35,7 @@ def rate_windows(
     is_rate: bool,
     is_counter: bool,
     skip_stale: bool = False,
+    closed: bool = False,
 ) -> tuple[bytearray, bytearray]: ...
 def rate_rows_start(
     values: Any,
@@ -50,6 +51,7 @@ def rate_rows_start(
     rng: int,
     is_rate: bool,
     is_counter: bool,
+    closed: bool = False,
 ) -> RateJob: ...
 
 class RateJob:

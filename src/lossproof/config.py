@@ -354,8 +354,9 @@ class HealthConfig(_Section):
 
 
 class QueryConfig(_Section):
-    """``[query]``: what one PromQL query may cost (``/api/v1/query``, ``/api/v1/query_range``).
-    Past a limit the query ends with a 422 naming it, never an out-of-memory or a stuck read thread."""
+    """``[query]``: what one PromQL query may cost (``/api/v1/query``, ``/api/v1/query_range``), and
+    whose window boundaries it has. Past a limit the query ends with a 422 naming it, never an
+    out-of-memory or a stuck read thread."""
 
     max_samples: int = Field(
         default=50_000_000,
@@ -371,6 +372,14 @@ class QueryConfig(_Section):
         le=MAX_SECONDS,
         description="How long one query may evaluate (Prometheus' query.timeout): checked between the "
         "steps of the evaluation and after each store read; 422 with errorType timeout.",
+    )
+    # For alert rules and dashboards written against 2.x: a sample exactly on a window's start
+    # counts there, so their thresholds see the values they were tuned on.
+    windows: Literal["prometheus3", "prometheus2"] = Field(
+        default="prometheus3",
+        description="Window boundaries: `prometheus3` (a range [d] at T is (T-d, T], the lookback "
+        "(T-5m, T], a subquery's first step after T-range) or `prometheus2` (closed: [T-d, T], "
+        "[T-5m, T], a subquery's first step at or after T-range), as docs/dashboard.md describes.",
     )
 
 

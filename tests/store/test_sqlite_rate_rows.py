@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from lossproof.points import SeriesSamples
 from lossproof.query import promql
 from lossproof.query.promql import STALE_NAN
-from lossproof.query.promwindows import NATIVE_RATE, rate_windows
+from lossproof.query.promwindows import NATIVE_RATE, rate_windows, window_first
 from lossproof.store import chunks
 from lossproof.store.base import Matcher, RatePiece, RateWindows, SeriesArrays, StoreReader, WriteBatch
 from lossproof.store.embedded.read import _assemble, _rate_rows
@@ -32,11 +32,11 @@ def raw(ts: list[int], vs: list[float]) -> bytes:
     return bytes((chunks.RAW,)) + np.array(ts, "<i8").tobytes() + np.array(vs, "<f8").tobytes()
 
 
-def windows(fn: str, at: np.ndarray, rng: int) -> RateWindows:
+def windows(fn: str, at: np.ndarray, rng: int, closed: bool = False) -> RateWindows:
     def of_arrays(piece: list[SeriesArrays]) -> tuple[np.ndarray, np.ndarray]:
-        return rate_windows(piece, at, rng, *NATIVE_RATE[fn], skip_stale=True)
+        return rate_windows(piece, at, rng, *NATIVE_RATE[fn], skip_stale=True, closed=closed)
 
-    return RateWindows(at, rng, *NATIVE_RATE[fn], of_arrays)
+    return RateWindows(at, rng, *NATIVE_RATE[fn], of_arrays, closed=closed)
 
 
 def two_calls(found: list[Found], rows: list[Row], from_ms: int, to_ms: int, rate: RateWindows) -> RatePiece:
@@ -98,14 +98,16 @@ def pieces(draw: st.DrawFn) -> tuple[list[Found], list[Row]]:
     st.integers(0, 3_000_000),
     st.integers(0, 3_000_000),
     st.sampled_from([15_000, 60_000, 300_000]),
+    st.booleans(),
 )
 def test_rate_rows_are_the_two_call_way(
-    piece: tuple[list[Found], list[Row]], fn: str, a: int, b: int, rng: int
+    piece: tuple[list[Found], list[Row]], fn: str, a: int, b: int, rng: int, closed: bool
 ) -> None:
+    """(``closed``: Prometheus 2's windows, ``[query] windows``)"""
     found, rows = piece
     at = T0 + np.arange(min(a, b), max(a, b) + 1, 60_000, dtype=np.int64)
-    from_ms, to_ms = int(at[0]) - rng + 1, int(at[-1])
-    rate = windows(fn, at, rng)
+    from_ms, to_ms = window_first(int(at[0]), rng, closed), int(at[-1])
+    rate = windows(fn, at, rng, closed)
     got = _rate_rows(found, rows, from_ms, to_ms, rate)
     if not rows:
         assert got is None

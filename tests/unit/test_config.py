@@ -46,6 +46,7 @@ def test_env_overrides(tmp_path: Path) -> None:
         ("[server]\nhost = 'a..b'\n", "server.host"),
         ("[server]\ningest_processes = 0\n", "server.ingest_processes"),
         ("[server]\ningest_processes = 2\n", "server.ingest_processes = 2 needs log.partitions >= 2"),
+        ("[query]\nwindows = 'prometheus4'\n", "query.windows: Input should be 'prometheus3' or"),
     ],
 )
 def test_bad_config_names_the_key_and_file(tmp_path: Path, text: str, needle: str) -> None:
@@ -54,6 +55,13 @@ def test_bad_config_names_the_key_and_file(tmp_path: Path, text: str, needle: st
         config.load(tmp_path, env={})
     msg = str(e.value)
     assert needle in msg and "lossproof.toml" in msg and "\n" not in msg
+
+
+def test_query_windows_default_to_prometheus3(tmp_path: Path) -> None:
+    config.init_data_dir(tmp_path, "k")
+    assert config.load(tmp_path, env={}).query.windows == "prometheus3"
+    cfg = config.load(tmp_path, env={"LOSSPROOF_QUERY_WINDOWS": "prometheus2"})
+    assert cfg.query.windows == "prometheus2"
 
 
 def test_ingest_processes_share_kafka_or_need_a_partition_each(tmp_path: Path) -> None:

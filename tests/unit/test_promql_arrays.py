@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 import struct
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 
 import msgspec
@@ -58,9 +58,10 @@ def _series(r: np.random.Generator, gen: Gen, t0: int) -> SeriesArrays:
 
 
 def _reference(
-    name: str, found: list[SeriesArrays], at: list[int], rng: int, q: float
+    name: str, found: list[SeriesArrays], at: list[int], rng: int, q: float, closed: bool = False
 ) -> list[list[float | None]]:
-    """The evaluator's loop before it was vectorised: bisect per step, ``_range_fn`` per window."""
+    """The evaluator's loop before it was vectorised: bisect per step, ``_range_fn`` per window
+    (``(a - rng, a]``, or ``[a - rng, a]`` when ``closed``)."""
     fn = promref._range_fn("count_over_time" if name == "quantile_over_time" else name, [])
     if name == "quantile_over_time":
 
@@ -73,7 +74,7 @@ def _reference(
         row: list[float | None] = []
         for a in at:
             hi = bisect_right(ts, a)
-            lo = bisect_right(ts, a - rng, 0, hi)
+            lo = (bisect_left if closed else bisect_right)(ts, a - rng, 0, hi)
             row.append(fn(ts, vs, lo, hi, a, rng) if hi > lo else None)
         out.append(row)
     return out
@@ -109,13 +110,15 @@ def test_range_functions_match_the_python_definitions(name: str, kind: str, bloc
         start = t0 + int(r.integers(-400_000, 1_000_000))
         at = [start + k * step for k in range(n)]
         q = float(r.choice([0.0, 0.25, 0.5, 0.9, 1.0, -1.0, 2.0, math.nan]))
-        values, present = promwindows.range_function(name, found, np.array(at, dtype=np.int64), rng, q)
+        closed = bool(r.integers(0, 2))
+        at_a = np.array(at, dtype=np.int64)
+        values, present = promwindows.range_function(name, found, at_a, rng, q, closed=closed)
         got = [
             [_bits(v if p else None) for v, p in zip(vr, pr, strict=True)]
             for vr, pr in zip(values.tolist(), present.tolist(), strict=True)
         ]
-        want = [[_bits(v) for v in row] for row in _reference(name, found, at, rng, q)]
-        assert got == want, (name, kind, rng, step, [s.v.tolist() for s in found])
+        want = [[_bits(v) for v in row] for row in _reference(name, found, at, rng, q, closed)]
+        assert got == want, (name, kind, rng, step, closed, [s.v.tolist() for s in found])
 
 
 @pytest.mark.parametrize("op", promql.AGGREGATIONS)
@@ -325,8 +328,9 @@ def test_native_rate_windows_are_the_numpy_ones(name: str, kind: str) -> None:
         at = t0 + np.sort(r.integers(-400_000, 3_000_000, int(r.integers(1, 40))))
         if r.random() < 0.3:
             r.shuffle(at)
-        got = promwindows.range_function(name, found, at, rng)
-        want = promwindows.range_function(name, found, at, rng, fn=promwindows._RANGE[name])
+        closed = bool(r.integers(0, 2))
+        got = promwindows.range_function(name, found, at, rng, closed=closed)
+        want = promwindows.range_function(name, found, at, rng, fn=promwindows._RANGE[name], closed=closed)
         assert got[1].tolist() == want[1].tolist()
         assert [_bits(x) for x in got[0][got[1]].tolist()] == [_bits(x) for x in want[0][want[1]].tolist()]
 
@@ -354,9 +358,9 @@ def test_native_rate_windows_of_many_series_are_the_numpy_ones(name: str, shuffl
     at = t0 + np.sort(r.integers(-400_000, 3_000_000, 300))
     if shuffled:
         r.shuffle(at)
-    for rng in (15_000, 300_000):
-        got = promwindows.range_function(name, found, at, rng)
-        want = promwindows.range_function(name, found, at, rng, fn=promwindows._RANGE[name])
+    for rng, closed in ((15_000, False), (300_000, False), (300_000, True)):
+        got = promwindows.range_function(name, found, at, rng, closed=closed)
+        want = promwindows.range_function(name, found, at, rng, fn=promwindows._RANGE[name], closed=closed)
         assert got[0].shape == (401, 300)
         assert got[1].tolist() == want[1].tolist()
         assert [_bits(x) for x in got[0][got[1]].tolist()] == [_bits(x) for x in want[0][want[1]].tolist()]

@@ -1,7 +1,7 @@
 """Property tests of the native PromQL kernels against the plain-Python references, on adversarial
 inputs: windows bounded exactly on samples, NaN, the infinities, -0.0, subnormals, counter resets
-(``rate_windows`` vs ``promref._extrapolated_rate``); values spanning few or many binary places,
-cancelling signs, overflow (``fsum_windows`` vs ``math.fsum``)."""
+(``rate_windows`` vs ``promref._extrapolated_rate``, windows left-open and closed); values spanning
+few or many binary places, cancelling signs, overflow (``fsum_windows`` vs ``math.fsum``)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ def _bits(x: float) -> bytes:
     st.sampled_from([(True, True), (False, True), (False, False)]),
     st.integers(-(1 << 40), 1 << 40),
     st.integers(1, 10**6),
+    st.booleans(),
 )
 def test_rate_windows_are_the_reference(
     ts: list[int],
@@ -47,17 +48,19 @@ def test_rate_windows_are_the_reference(
     mode: tuple[bool, bool],
     shift: int,
     scale: int,
+    closed: bool,
 ) -> None:
     ts = [t * scale + shift for t in ts]
     at = [a * scale + shift for a in at]
     rng *= scale
     vs = data.draw(st.lists(_VALS, min_size=len(ts), max_size=len(ts)))
-    out, pres = _native.rate_windows(
-        [np.array(ts, dtype=np.int64)], [np.array(vs)], np.array(at, dtype=np.int64).tobytes(), rng, *mode
-    )
+    columns = [np.array(ts, dtype=np.int64)], [np.array(vs)], np.array(at, dtype=np.int64).tobytes()
+    out, pres = _native.rate_windows(*columns, rng, *mode, closed=closed)
     got = np.frombuffer(out).tolist()
     for k, a in enumerate(at):
-        lo, hi = bisect.bisect_right(ts, a - rng), bisect.bisect_right(ts, a)
+        # (a - rng, a], or [a - rng, a]
+        lo = (bisect.bisect_left if closed else bisect.bisect_right)(ts, a - rng)
+        hi = bisect.bisect_right(ts, a)
         want = promref._extrapolated_rate(ts, vs, lo, hi, a, rng, mode[0], is_counter=mode[1])
         assert pres[k] == (want is not None)
         if want is not None:

@@ -7,7 +7,8 @@ Covered: instant selectors (lookback, staleness markers), the range functions wi
 (rate, increase, delta) and the ``*_over_time`` family, changes/resets/deriv/idelta, aggregations
 (with ``by``/``without``, topk/bottomk/quantile), binary operators between vectors with
 ``on``/``ignoring`` and ``group_left``, with scalars, and the set operators — over range queries
-whose steps, ranges and data are all drawn at random."""
+whose steps, ranges and data are all drawn at random; each with Prometheus 3's left-open windows and
+with Prometheus 2's closed ones (``closed``: ``[query] windows = "prometheus2"``)."""
 
 from __future__ import annotations
 
@@ -42,21 +43,27 @@ def is_stale(v: float) -> bool:
 # --- the reference -----------------------------------------------------------------------------------
 
 
+def inside(ts: int, t: int, length: int, closed: bool) -> bool:
+    """Whether a sample at ``ts`` is in the window of ``length`` ending at ``t``: ``(t - length, t]``
+    (Prometheus 3), or ``[t - length, t]`` (Prometheus 2, ``closed``)."""
+    return (t - length <= ts if closed else t - length < ts) and ts <= t
+
+
 def select(data: Data, name: str) -> Data:
     return {lab: pts for lab, pts in data.items() if dict(lab)["__name__"] == name}
 
 
-def instant(data: Data, name: str, t: int) -> Result:
+def instant(data: Data, name: str, t: int, closed: bool = False) -> Result:
     out = {}
     for lab, pts in select(data, name).items():
-        inside = [(ts, v) for ts, v in pts if t - LOOKBACK < ts <= t]
-        if inside and not is_stale(inside[-1][1]):
-            out[lab] = inside[-1][1]
+        found = [(ts, v) for ts, v in pts if inside(ts, t, LOOKBACK, closed)]
+        if found and not is_stale(found[-1][1]):
+            out[lab] = found[-1][1]
     return out
 
 
-def window(pts: Samples, t: int, rng: int) -> Samples:
-    return [(ts, v) for ts, v in pts if t - rng < ts <= t and not is_stale(v)]
+def window(pts: Samples, t: int, rng: int, closed: bool = False) -> Samples:
+    return [(ts, v) for ts, v in pts if inside(ts, t, rng, closed) and not is_stale(v)]
 
 
 def extrapolated_rate(pts: Samples, t: int, rng: int, is_counter: bool, is_rate: bool) -> float | None:
@@ -167,10 +174,10 @@ def drop_name(lab: Labels) -> Labels:
     return tuple((k, v) for k, v in lab if k != "__name__")
 
 
-def range_ref(data: Data, fn: str, name: str, rng: int, t: int) -> Result:
+def range_ref(data: Data, fn: str, name: str, rng: int, t: int, closed: bool = False) -> Result:
     out = {}
     for lab, pts in select(data, name).items():
-        w = window(pts, t, rng)
+        w = window(pts, t, rng, closed)
         if not w:
             continue
         got = RANGE_REF[fn](w, t, rng)
@@ -398,11 +405,13 @@ grids = st.tuples(starts, st.integers(0, 12), st.sampled_from([1, 5, 7, 10, 30])
 )
 
 
-def evaluate(stores: Stores, data: Data, query: str, grid: tuple[int, int, int]) -> list[Result] | str:
+def evaluate(
+    stores: Stores, data: Data, query: str, grid: tuple[int, int, int], closed: bool = False
+) -> list[Result] | str:
     tenant = stores.load(data)
     g = promql.Grid(*grid)
     try:
-        v = promql.Evaluator(stores.store, tenant, g).eval(promql.parse(query))
+        v = promql.Evaluator(stores.store, tenant, g, closed=closed).eval(promql.parse(query))
     except promql.ExecutionError:
         return "error"
     assert isinstance(v, promql.Vector)
@@ -443,21 +452,24 @@ SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[Heal
     grid=grids,
     fn=st.sampled_from(sorted(RANGE_REF)),
     rng_s=st.sampled_from([5, 10, 20, 30, 60, 90, 300]),
+    closed=st.booleans(),
 )
-def test_range_functions(stores: Stores, data: Data, grid: tuple[int, int, int], fn: str, rng_s: int) -> None:
+def test_range_functions(
+    stores: Stores, data: Data, grid: tuple[int, int, int], fn: str, rng_s: int, closed: bool
+) -> None:
     arg = "0.3, " if fn == "quantile_over_time" else ""
     query = f"{fn}({arg}m[{rng_s}s])"
-    want = [range_ref(data, fn, "m", rng_s * 1000, t) for t in steps(grid)]
-    got = evaluate(stores, data, query, grid)
+    want = [range_ref(data, fn, "m", rng_s * 1000, t, closed) for t in steps(grid)]
+    got = evaluate(stores, data, query, grid, closed)
     rel = 1e-6 if fn == "deriv" else 1e-9
     assert same(got, want, rel), (query, got, want)
 
 
 @SETTINGS
-@given(data=series_data(counter=False), grid=grids)
-def test_instant_selectors(stores: Stores, data: Data, grid: tuple[int, int, int]) -> None:
-    want = [instant(data, "m", t) for t in steps(grid)]
-    assert same(evaluate(stores, data, "m", grid), want)
+@given(data=series_data(counter=False), grid=grids, closed=st.booleans())
+def test_instant_selectors(stores: Stores, data: Data, grid: tuple[int, int, int], closed: bool) -> None:
+    want = [instant(data, "m", t, closed) for t in steps(grid)]
+    assert same(evaluate(stores, data, "m", grid, closed), want)
 
 
 @SETTINGS
@@ -483,6 +495,7 @@ def test_instant_selectors(stores: Stores, data: Data, grid: tuple[int, int, int
     ),
     mod=st.sampled_from([None, ("by", ["a"]), ("by", []), ("without", ["b"]), ("by", ["a", "b"])]),
     param=st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.0, -0.3, -0.7]),
+    closed=st.booleans(),
 )
 def test_aggregations(
     stores: Stores,
@@ -491,6 +504,7 @@ def test_aggregations(
     op: str,
     mod: tuple[str, list[str]] | None,
     param: float,
+    closed: bool,
 ) -> None:
     by = mod[1] if mod and mod[0] == "by" else None
     without = mod[1] if mod and mod[0] == "without" else None
@@ -498,8 +512,8 @@ def test_aggregations(
     p = f"{param}, " if op in ("topk", "bottomk", "quantile", "limit_ratio") else ""
     p = '"v", ' if op == "count_values" else p
     query = f"{op}{clause} ({p}m)"
-    want = [aggregate_ref(op, instant(data, "m", t), by, without, param) for t in steps(grid)]
-    got = evaluate(stores, data, query, grid)
+    want = [aggregate_ref(op, instant(data, "m", t, closed), by, without, param) for t in steps(grid)]
+    got = evaluate(stores, data, query, grid, closed)
     assert same(got, want), (query, got, want)
 
 
@@ -512,6 +526,7 @@ def test_aggregations(
         [("", None, []), (" on(a)", ["a"], []), (" ignoring(b)", None, ["b"]), (" on(a, b)", ["a", "b"], [])]
     ),
     group_left=st.booleans(),
+    closed=st.booleans(),
 )
 def test_binary_operators(
     stores: Stores,
@@ -520,6 +535,7 @@ def test_binary_operators(
     op: str,
     matching: tuple[str, list[str] | None, list[str]],
     group_left: bool,
+    closed: bool,
 ) -> None:
     text, on, ignoring = matching
     gl = " group_left(b)" if group_left and text and "b" not in (on or []) else ""
@@ -528,12 +544,13 @@ def test_binary_operators(
     try:
         rows = []
         for t in steps(grid):
-            rhs = aggregate_ref("sum", instant(data, "n", t), ["a", "b"], None, 0)
-            rows.append(binary_ref(op, instant(data, "m", t), rhs, on, ignoring, ["b"] if gl else None))
+            rhs = aggregate_ref("sum", instant(data, "n", t, closed), ["a", "b"], None, 0)
+            lhs = instant(data, "m", t, closed)
+            rows.append(binary_ref(op, lhs, rhs, on, ignoring, ["b"] if gl else None))
         want = rows
     except MatchingError:
         want = "error"
-    got = evaluate(stores, data, query, grid)
+    got = evaluate(stores, data, query, grid, closed)
     assert same(got, want), (query, got, want)
 
 
@@ -544,23 +561,30 @@ def test_binary_operators(
     op=st.sampled_from(["and", "or", "unless"]),
     on=st.sampled_from([None, ["a"], ["b"], []]),
     scalar_op=st.sampled_from(["+", "*", ">", "/"]),
+    closed=st.booleans(),
 )
 def test_set_operators_and_scalars(
-    stores: Stores, data: Data, grid: tuple[int, int, int], op: str, on: list[str] | None, scalar_op: str
+    stores: Stores,
+    data: Data,
+    grid: tuple[int, int, int],
+    op: str,
+    on: list[str] | None,
+    scalar_op: str,
+    closed: bool,
 ) -> None:
     clause = "" if on is None else f" on({', '.join(on)})"
     query = f"(m {scalar_op} 2) {op}{clause} n"
     want = []
     for t in steps(grid):
         lhs: Result = {}
-        for lab, v in instant(data, "m", t).items():
+        for lab, v in instant(data, "m", t, closed).items():
             if scalar_op in CMP:
                 if CMP[scalar_op](v, 2.0):
                     lhs[lab] = v
             else:
                 lhs[drop_name(lab)] = ARITH[scalar_op](v, 2.0)
-        want.append(set_ref(op, lhs, instant(data, "n", t), on))
-    got = evaluate(stores, data, query, grid)
+        want.append(set_ref(op, lhs, instant(data, "n", t, closed), on))
+    got = evaluate(stores, data, query, grid, closed)
     if op == "or" and isinstance(got, str):
         pytest.fail(f"{query}: {got}")
     assert same(got, want), (query, got, want)
@@ -574,21 +598,31 @@ def test_set_operators_and_scalars(
     rng_s=st.sampled_from([10, 30, 60, 95]),
     step_s=st.sampled_from([5, 7, 10, 60]),
     offset_s=st.sampled_from([0, 10, -10]),
+    closed=st.booleans(),
 )
 def test_subqueries(
-    stores: Stores, data: Data, grid: tuple[int, int, int], fn: str, rng_s: int, step_s: int, offset_s: int
+    stores: Stores,
+    data: Data,
+    grid: tuple[int, int, int],
+    fn: str,
+    rng_s: int,
+    step_s: int,
+    offset_s: int,
+    closed: bool,
 ) -> None:
     """``fn(m[range:step] offset o)``: the inner query at every multiple of the step in
-    ``(t - o - range, t - o]``, then ``fn`` over those points."""
+    ``(t - o - range, t - o]`` (closed: ``[t - o - range, t - o]``), then ``fn`` over those points."""
     offset = f" offset {offset_s}s" if offset_s else ""  # (the parser refuses "offset 0s")
     query = f"{fn}(m[{rng_s}s:{step_s}s]{offset})"
     want = []
     for t in steps(grid):
         end = t - offset_s * 1000
-        inner = [u for u in range(end - end % (step_s * 1000), end - rng_s * 1000, -step_s * 1000)][::-1]
+        step = step_s * 1000
+        inner = [u for u in range(end - end % step, end - rng_s * 1000 - 1, -step)][::-1]
+        inner = [u for u in inner if inside(u, end, rng_s * 1000, closed)]
         points: dict[Labels, Samples] = {}
         for u in inner:
-            for lab, v in instant(data, "m", u).items():
+            for lab, v in instant(data, "m", u, closed).items():
                 points.setdefault(lab, []).append((u, v))
         row: Result = {}
         for lab, pts in points.items():
@@ -596,7 +630,7 @@ def test_subqueries(
             if got is not None:
                 row[lab if fn in KEEPS_NAME else drop_name(lab)] = got
         want.append(row)
-    got = evaluate(stores, data, query, grid)
+    got = evaluate(stores, data, query, grid, closed)
     assert same(got, want), (query, got, want)
 
 
@@ -667,19 +701,26 @@ def histograms(draw: st.DrawFn) -> Data:
 
 
 @SETTINGS
-@given(data=histograms(), grid=grids, q=st.sampled_from([0.0, 0.1, 0.5, 0.9, 0.99, 1.0, -0.5, 1.5, math.nan]))
-def test_histogram_quantile(stores: Stores, data: Data, grid: tuple[int, int, int], q: float) -> None:
+@given(
+    data=histograms(),
+    grid=grids,
+    q=st.sampled_from([0.0, 0.1, 0.5, 0.9, 0.99, 1.0, -0.5, 1.5, math.nan]),
+    closed=st.booleans(),
+)
+def test_histogram_quantile(
+    stores: Stores, data: Data, grid: tuple[int, int, int], q: float, closed: bool
+) -> None:
     want = []
     for t in steps(grid):
         groups: dict[Labels, list[tuple[float, float]]] = {}
-        for lab, v in instant(data, "h_bucket", t).items():
+        for lab, v in instant(data, "h_bucket", t, closed).items():
             try:
                 le = float(dict(lab)["le"])
             except ValueError:
                 continue  # not a bound: Prometheus leaves the series out
             groups.setdefault((("job", dict(lab)["job"]),), []).append((le, v))
         want.append({g: bucket_quantile(q, b) for g, b in groups.items()})
-    got = evaluate(stores, data, f"histogram_quantile({q}, h_bucket)", grid)
+    got = evaluate(stores, data, f"histogram_quantile({q}, h_bucket)", grid, closed)
     assert same(got, want), (q, got, want)
 
 
@@ -717,13 +758,17 @@ IDENT = ("instance", "job")
 
 
 def info_ref(
-    data: Data, selector: list[tuple[str, str, Callable[[str], bool]]], t: int, ids: dict[str, set[str]]
+    data: Data,
+    selector: list[tuple[str, str, Callable[[str], bool]]],
+    t: int,
+    ids: dict[str, set[str]],
+    closed: bool,
 ) -> Result | str:
     """Prometheus 3's info.go, for one step: the info series read (name matchers, or target_info;
     the identifying labels' values of the base series over the whole query; the data matchers),
     the newest sample of each within the lookback, then per base series the data labels of the info
     series of each name with the same identifying labels."""
-    if not instant(data, "m", t):
+    if not instant(data, "m", t, closed):
         return {}  # nothing to enrich: Prometheus looks no further (no duplicate error either)
     names = [m for m in selector if m[0] == "__name__"]
     data_ms = [m for m in selector if m[0] != "__name__"]
@@ -738,10 +783,10 @@ def info_ref(
                 continue
             if not all(d.get(k, "") in vals for k, vals in ids.items()):
                 continue
-            inside = [(ts, v) for ts, v in pts if t - LOOKBACK < ts <= t]
-            if not inside or is_stale(inside[-1][1]):
+            found = [(ts, v) for ts, v in pts if inside(ts, t, LOOKBACK, closed)]
+            if not found or is_stale(found[-1][1]):
                 continue
-            ts = inside[-1][0]
+            ts = found[-1][0]
             sig = (d["__name__"], tuple((k, d[k]) for k in IDENT if d.get(k)))
             if sig in info:
                 if info[sig][1] == ts:
@@ -755,7 +800,7 @@ def info_ref(
     )
     del info_names
     fetched_names = {sig[0] for sig in info}
-    for lab, v in instant(data, "m", t).items():
+    for lab, v in instant(data, "m", t, closed).items():
         d = dict(lab)
         added: dict[str, str] = {}
         matched = False
@@ -790,16 +835,16 @@ SELECTORS: dict[str, list[tuple[str, str, Callable[[str], bool]]]] = {
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=info_data(), grid=grids, selector=st.sampled_from(sorted(SELECTORS)))
-def test_info(stores: Stores, data: Data, grid: tuple[int, int, int], selector: str) -> None:
+@given(data=info_data(), grid=grids, selector=st.sampled_from(sorted(SELECTORS)), closed=st.booleans())
+def test_info(stores: Stores, data: Data, grid: tuple[int, int, int], selector: str, closed: bool) -> None:
     query = f"info(m, {selector})" if selector else "info(m)"
     ids: dict[str, set[str]] = {}
     for t in steps(grid):
-        for lab in instant(data, "m", t):
+        for lab in instant(data, "m", t, closed):
             for k, x in lab:
                 if k in IDENT:
                     ids.setdefault(k, set()).add(x)
-    rows = [info_ref(data, SELECTORS[selector], t, ids) for t in steps(grid)]
+    rows = [info_ref(data, SELECTORS[selector], t, ids, closed) for t in steps(grid)]
     want: list[Result] | str = "error" if "error" in rows else [r for r in rows if not isinstance(r, str)]
-    got = evaluate(stores, data, query, grid)
+    got = evaluate(stores, data, query, grid, closed)
     assert same(got, want), (query, got, want)

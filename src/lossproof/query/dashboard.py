@@ -72,7 +72,8 @@ def register(
     dash = Dashboard(cfg, keys, store, registry)
     q = cfg.query
     limits = promql.Limits(q.max_samples, q.max_series, q.timeout_seconds)
-    app.add_routes([*dash.routes(), *PromApi(keys, store, limits).routes()])
+    closed = q.windows == "prometheus2"
+    app.add_routes([*dash.routes(), *PromApi(keys, store, limits, closed).routes()])
     app.on_startup.append(dash.start)
     app.on_cleanup.append(dash.stop)
 

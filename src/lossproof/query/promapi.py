@@ -63,10 +63,18 @@ def _ts(ms: int) -> float | int:
 
 
 class PromApi:
-    def __init__(self, keys: KeyRing, store: StoreAccess, limits: promql.Limits | None = None) -> None:
+    def __init__(
+        self,
+        keys: KeyRing,
+        store: StoreAccess,
+        limits: promql.Limits | None = None,
+        closed_windows: bool = False,
+    ) -> None:
         self.keys = keys
         self.store = store
         self.limits = limits or promql.Limits()
+        # Prometheus 2's closed windows rather than 3's left-open ones ([query] windows)
+        self.closed = closed_windows
 
     def routes(self) -> list[web.RouteDef]:
         out: list[web.RouteDef] = []
@@ -126,15 +134,15 @@ class PromApi:
         at = parse_time(q["time"], "time") if q.get("time") else int(time.time() * 1000)
         lookback = _lookback(q)
         inner = unparen(expr)
-        limits = self.limits
+        limits, closed = self.limits, self.closed
         if isinstance(inner, pp.StringLiteral):
             return _success({"resultType": "string", "result": [_ts(at), str(inner.val)]})
         if isinstance(inner, (pp.MatrixSelector, pp.SubqueryExpr)):
-            raw = await self._run(lambda s: promql.instant_raw(s, tenant, inner, at, limits))
+            raw = await self._run(lambda s: promql.instant_raw(s, tenant, inner, at, limits, closed))
             rows = await asyncio.to_thread(_raw_rows, raw)
             return _success({"resultType": "matrix", "result": rows})
         grid = promql.Grid(at, at, 1)
-        value = await self._run(lambda s: promql.Evaluator(s, tenant, grid, lookback, limits).eval(expr))
+        value = await self._run(lambda s: _evaluator(s, tenant, grid, lookback, limits, closed).eval(expr))
         if isinstance(value, promql.Scalar):
             return _success(
                 {"resultType": "scalar", "result": [_ts(at), promql.format_value(value.values[0])]}
@@ -175,8 +183,8 @@ class PromApi:
             )
         grid = promql.Grid(start, end, step)
         lookback = _lookback(q)
-        limits = self.limits
-        value = await self._run(lambda s: promql.Evaluator(s, tenant, grid, lookback, limits).eval(expr))
+        limits, closed = self.limits, self.closed
+        value = await self._run(lambda s: _evaluator(s, tenant, grid, lookback, limits, closed).eval(expr))
         rows = await asyncio.to_thread(promql.matrix_rows, value, grid.times(), _ts)
         result = [{"metric": labels, "values": pts} for labels, pts in rows]
         return _success({"resultType": "matrix", "result": result})
@@ -302,6 +310,12 @@ def _check_range(q: MultiDictProxy[str]) -> None:
     for name in ("start", "end"):
         if q.get(name):
             parse_time(q[name], name)
+
+
+def _evaluator(
+    s: StoreReader, tenant: str, grid: promql.Grid, lookback: int, limits: promql.Limits, closed: bool
+) -> promql.Evaluator:
+    return promql.Evaluator(s, tenant, grid, lookback, limits, closed=closed)
 
 
 def _lookback(q: MultiDictProxy[str]) -> int:

@@ -11,7 +11,9 @@ Semantics follow Prometheus 3: an instant selector takes, at each evaluation tim
 in ``(T - lookback, T]`` (lookback 5 minutes), none if that sample is a staleness marker; a range
 selector ``[d]`` takes the samples in ``(T - d, T]``, staleness markers left out; a subquery's steps are
 the multiples of its step after ``T - range``; ``rate``/``increase``/``delta`` extrapolate like
-Prometheus (counter resets included).
+Prometheus (counter resets included). With ``closed`` windows (``[query] windows = "prometheus2"``)
+the windows are Prometheus 2's instead: ``[T - lookback, T]``, ``[T - d, T]``, and a subquery's
+steps the multiples of its step from ``T - range`` on (:func:`promwindows.window_first`).
 
 Evaluation is on numpy arrays (a :class:`Vector` is a (series x steps) array of values and one of
 presence): a range function is computed for every window of every series at once, aggregations and
@@ -144,7 +146,14 @@ from lossproof.query.promvalues import (
     key_of,
     make_vector,
 )
-from lossproof.query.promwindows import BLOCK, NATIVE_RATE, RangeArrays, range_function, rate_windows
+from lossproof.query.promwindows import (
+    BLOCK,
+    NATIVE_RATE,
+    RangeArrays,
+    range_function,
+    rate_windows,
+    window_first,
+)
 from lossproof.store.base import InvalidMatcher, Matcher, RatePiece, RateWindows, SeriesArrays, StoreReader
 
 # re-exported: the values and operators live in their own modules; callers use them from here
@@ -194,7 +203,11 @@ class Evaluator:
     functions are computed for every step of every series at once (:func:`range_function`), with
     the same results, bit for bit, as the per-window Python definitions (``_range_fn``).
     A subquery is another evaluator over its own grid (aligned to its step, as Prometheus aligns
-    it), whose answer becomes the points of a range vector."""
+    it), whose answer becomes the points of a range vector.
+
+    ``closed``: Prometheus 2's closed windows (the sample exactly at a window's start, the
+    lookback's start or a subquery's start counts) instead of Prometheus 3's left-open ones; what
+    users of rules and dashboards written for 2.x may want (``[query] windows``)."""
 
     def __init__(
         self,
@@ -206,6 +219,7 @@ class Evaluator:
         *,
         budget: Budget | None = None,
         query_grid: Grid | None = None,
+        closed: bool = False,
     ) -> None:
         self.store = store
         self.tenant = tenant
@@ -213,6 +227,7 @@ class Evaluator:
         self.lookback_ms = lookback_ms
         self.budget = budget if budget is not None else Budget(limits or Limits())
         self.query_grid = query_grid or grid  # start() and end() of @
+        self.closed = closed
         self._names: list[str] | None = None
 
     def eval(self, expr: pp.Expr) -> Value:
@@ -328,33 +343,35 @@ class Evaluator:
         """An instant selector (:func:`lookup` per series); with ``sample_times`` the value is the
         time of the sample taken, in seconds (``timestamp()``)."""
         at = self._times(vs.at) - _ms(vs.offset)
-        found = self._read(vs, int(at[0]) - self.lookback_ms + 1, int(at[-1]))
+        found = self._read(vs, window_first(int(at[0]), self.lookback_ms, self.closed), int(at[-1]))
         labels = [{**s.labels, NAME: promql_name(s.metric)} for s in found]
         values = np.empty((len(found), len(at)))
         present = np.zeros((len(found), len(at)), dtype=bool)
         for i, s in enumerate(found):
-            values[i], present[i] = lookup(s.t, s.v, at, self.lookback_ms, times=sample_times)
+            values[i], present[i] = lookup(s.t, s.v, at, self.lookback_ms, sample_times, self.closed)
         if sample_times:
             values /= 1000
         return make_vector(labels, *self._widen(values, present))
 
     def raw_arrays(self, ms: pp.MatrixSelector) -> list[SeriesArrays]:
         """Samples a range selector needs over the whole grid: ``(start - range - offset, end - offset]``
-        (staleness markers left out)."""
+        (closed: ``[start - range - offset, ...``; staleness markers left out)."""
         vs = ms.vector_selector
         ends = self._times(vs.at) - _ms(vs.offset)
-        return without_stale(self._read(vs, int(ends[0]) - _ms(ms.range) + 1, int(ends[-1])))
+        first = window_first(int(ends[0]), _ms(ms.range), self.closed)
+        return without_stale(self._read(vs, first, int(ends[-1])))
 
     def raw(
         self, e: pp.MatrixSelector | pp.SubqueryExpr
     ) -> list[tuple[dict[str, str], list[tuple[int, float]]]]:
-        """A range vector's points in ``(T - range, T]`` of the grid's one time T, as
-        ``(labels, [(t, v), ...])`` (the labels with ``__name__``)."""
+        """A range vector's points in ``(T - range, T]`` (closed: ``[T - range, T]``) of the grid's one
+        time T, as ``(labels, [(t, v), ...])`` (the labels with ``__name__``)."""
         found, ends, rng = self._range_arg(e)
         end = int(ends[-1])
+        first = window_first(end, rng, self.closed)
         out = []
         for s in found:
-            keep = (s.t > end - rng) & (s.t <= end)
+            keep = (s.t >= first) & (s.t <= end)
             if keep.any():
                 pts = list(zip(s.t[keep].tolist(), s.v[keep].tolist(), strict=True))
                 out.append((_full_labels(s), pts))
@@ -376,11 +393,10 @@ class Evaluator:
         rng, off = _ms(sq.range), _ms(sq.offset)
         step = _ms(sq.step) or SUBQUERY_STEP_MS
         ends = self._times(sq.at) - off
-        first = int(ends[0]) - rng
-        # Prometheus 3: the first multiple of the step after the first window's (open) start
-        start = step * (first // step)
-        if start <= first:
-            start += step
+        # the first multiple of the step in the first window: after its start (Prometheus 3), or
+        # at it (Prometheus 2)
+        first = window_first(int(ends[0]), rng, self.closed)
+        start = -(-first // step) * step
         end = int(ends[-1])
         if start > end:
             return [], ends, rng
@@ -388,7 +404,13 @@ class Evaluator:
         if inner.n > self.budget.limits.max_samples:
             self.budget.add(0, inner.n)
         ev = Evaluator(
-            self.store, self.tenant, inner, self.lookback_ms, budget=self.budget, query_grid=self.query_grid
+            self.store,
+            self.tenant,
+            inner,
+            self.lookback_ms,
+            budget=self.budget,
+            query_grid=self.query_grid,
+            closed=self.closed,
         )
         v = ev.vector(sq.expr)
         times = inner.array()
@@ -477,7 +499,7 @@ class Evaluator:
             raise PromQLError("range must be positive")
         extra = [self.scalar(a) for i, a in enumerate(args) if i != arg_at]
         if name == "absent_over_time":
-            _, present = range_function("present_over_time", found, ends, rng)
+            _, present = range_function("present_over_time", found, ends, rng, closed=self.closed)
             nothing: Mask = present.sum(axis=0) == 0
             none = nothing[None, :]
             return make_vector([_absent_labels(args[0])], *self._widen(np.ones(none.shape), none))
@@ -490,15 +512,16 @@ class Evaluator:
         off = _range_offset(args[arg_at])
         for key, cols in cols_by.items():
             fn = _parametrised(name, key, off)
+            q = key[0] if key else 0.0
             if len(cols_by) == 1 and len(ends) == g.n:  # one computation for every step
-                values, present = range_function(name, found, ends, rng, key[0] if key else 0.0, fn)
+                values, present = range_function(name, found, ends, rng, q, fn, self.closed)
                 break
             if len(ends) == 1:
-                v1, p1 = range_function(name, found, ends, rng, key[0] if key else 0.0, fn)
+                v1, p1 = range_function(name, found, ends, rng, q, fn, self.closed)
                 values[:, cols], present[:, cols] = v1, p1
             else:
                 idx = np.array(cols)
-                vk, pk = range_function(name, found, ends[idx], rng, key[0] if key else 0.0, fn)
+                vk, pk = range_function(name, found, ends[idx], rng, q, fn, self.closed)
                 values[:, idx], present[:, idx] = vk, pk
         keep_name = name in ("last_over_time", "first_over_time")
         labels = [_full_labels(s) if keep_name else dict(s.labels) for s in found]
@@ -519,7 +542,7 @@ class Evaluator:
         ends = self._times(None) - _ms(vs.offset)
         rng = _ms(ms.range)
         matchers = self.matchers(vs)
-        from_ms, to_ms = int(ends[0]) - rng + 1, int(ends[-1])
+        from_ms, to_ms = window_first(int(ends[0]), rng, self.closed), int(ends[-1])
         lim = self.budget.limits
         labels: list[Labels] = []
         values: list[F64] = []
@@ -537,7 +560,7 @@ class Evaluator:
                 return np.zeros(shape), np.zeros(shape, dtype=bool)
             # (the staleness markers left out natively, as without_stale would: a series of
             # nothing else has no window, and make_vector drops its row)
-            return rate_windows(piece, ends, rng, *NATIVE_RATE[name], skip_stale=True)
+            return rate_windows(piece, ends, rng, *NATIVE_RATE[name], skip_stale=True, closed=self.closed)
 
         def each(piece: RatePiece) -> None:
             counted[0] += len(piece.labels)
@@ -550,7 +573,9 @@ class Evaluator:
                 labels.extend(piece.labels)
 
         if matchers is not None and to_ms >= from_ms:
-            rate = RateWindows(ends, rng, *NATIVE_RATE[name], of_arrays, lambda: within(*counted))
+            rate = RateWindows(
+                ends, rng, *NATIVE_RATE[name], of_arrays, lambda: within(*counted), closed=self.closed
+            )
             self.store.select_rate_each(self.tenant, matchers, from_ms, to_ms, rate, each)
             self.budget.add(*counted)
         if rng <= 0:
@@ -655,7 +680,7 @@ class Evaluator:
             ms = self.store_matchers(want)
             at, off = _info_hints(args[0])
             ends = self._times(at)
-            start = int(ends[0]) - self.lookback_ms + 1 - off
+            start = window_first(int(ends[0]), self.lookback_ms, self.closed) - off
             end = int(ends[-1]) - off
             found = []
             if ms is not None and start <= end:
@@ -667,7 +692,7 @@ class Evaluator:
             info_t = np.empty((len(found), len(grid)))
             info_p = np.zeros((len(found), len(grid)), dtype=bool)
             for i, s in enumerate(found):
-                info_t[i], info_p[i] = lookup(s.t, s.v, grid, self.lookback_ms, times=True)
+                info_t[i], info_p[i] = lookup(s.t, s.v, grid, self.lookback_ms, True, self.closed)
                 info_labels.append({**s.labels, NAME: promql_name(s.metric)})
         names = sorted({lab[NAME] for lab in info_labels})
 
@@ -893,8 +918,8 @@ def _rows_of_one(parts: Sequence[np.ndarray]) -> np.ndarray | None:
     return base[first : first + rows]
 
 
-def evaluate(store: StoreReader, tenant: str, expr: pp.Expr, grid: Grid) -> Value:
-    return Evaluator(store, tenant, grid).eval(expr)
+def evaluate(store: StoreReader, tenant: str, expr: pp.Expr, grid: Grid, closed: bool = False) -> Value:
+    return Evaluator(store, tenant, grid, closed=closed).eval(expr)
 
 
 def instant_raw(
@@ -903,9 +928,11 @@ def instant_raw(
     expr: pp.MatrixSelector | pp.SubqueryExpr,
     at_ms: int,
     limits: Limits | None = None,
+    closed: bool = False,
 ) -> RawMatrix:
-    """A range vector at the top of an instant query: its points in ``(at - range, at]``."""
-    ev = Evaluator(store, tenant, Grid(at_ms, at_ms, 1), limits=limits)
+    """A range vector at the top of an instant query: its points in ``(at - range, at]`` (closed:
+    ``[at - range, at]``)."""
+    ev = Evaluator(store, tenant, Grid(at_ms, at_ms, 1), limits=limits, closed=closed)
     return RawMatrix(ev.raw(expr))
 
 
@@ -1096,16 +1123,19 @@ def without_stale(found: list[SeriesArrays]) -> list[SeriesArrays]:
     return out
 
 
-def lookup(t: I64, v: F64, at: I64, lookback_ms: int, times: bool = False) -> tuple[F64, Mask]:
+def lookup(
+    t: I64, v: F64, at: I64, lookback_ms: int, times: bool = False, closed: bool = False
+) -> tuple[F64, Mask]:
     """An instant selector over one series' points: at each ``at[k]`` the newest point in
-    ``(at[k] - lookback_ms, at[k]]``, absent when there is none or when it is a staleness marker.
-    With ``times``, the values are the points' times (ms)."""
+    ``(at[k] - lookback_ms, at[k]]`` (``closed``: ``[at[k] - lookback_ms, at[k]]``), absent when
+    there is none or when it is a staleness marker. With ``times``, the values are the points'
+    times (ms)."""
     idx = np.searchsorted(t, at, side="right") - 1
     ok = idx >= 0
     j = np.where(ok, idx, 0)
     if len(t) == 0:
         return np.full(len(at), math.nan), np.zeros(len(at), dtype=bool)
-    ok &= t[j] > at - lookback_ms
+    ok &= t[j] >= window_first(at, lookback_ms, closed)
     vals = v[j]
     ok &= ~is_stale(vals)
     if times:

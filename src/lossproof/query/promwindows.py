@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
 
@@ -23,10 +24,12 @@ def range_function(
     rng: int,
     q: float = 0.0,
     fn: RangeArrays | None = None,
+    closed: bool = False,
 ) -> tuple[F64, Mask]:
     """``name`` (a range function) over the windows ``(at[k] - rng, at[k]]`` of every series of
-    ``found``: values and presence, shaped (series, steps). Exactly (bit for bit) what ``_range_fn``
-    answers window by window.
+    ``found`` (``closed``: ``[at[k] - rng, at[k]]``, see :func:`window_first`): values and
+    presence, shaped (series, steps). Exactly (bit for bit) what ``_range_fn`` answers window by
+    window.
 
     The series are concatenated (series i's points are ``t[starts[i]:starts[i + 1]]``) with one
     sentinel point at the end (t 0, v NaN), so that ``lo`` and ``hi - 1`` of any window, empty or
@@ -34,14 +37,25 @@ def range_function(
     m, n = len(found), len(at)
     native = NATIVE_RATE.get(name) if fn is None else None
     if native is not None:
-        return rate_windows(found, at, rng, *native)
+        return rate_windows(found, at, rng, *native, closed=closed)
     values = np.empty((m, n))
     present = np.zeros((m, n), dtype=bool)
     block = max(1, BLOCK // n)  # series at a time: the temporaries stay in the CPU's cache
     for r0 in range(0, m, block):
         r1 = min(m, r0 + block)
-        values[r0:r1], present[r0:r1] = _range_block(fn or _RANGE[name], found[r0:r1], at, rng, q)
+        values[r0:r1], present[r0:r1] = _range_block(fn or _RANGE[name], found[r0:r1], at, rng, q, closed)
     return values, present
+
+
+_End = TypeVar("_End", int, I64)
+
+
+def window_first(end: _End, length: int, closed: bool) -> _End:
+    """The first millisecond of the window of ``length`` ms that ends at ``end``: Prometheus 3's
+    windows are left-open, ``(end - length, end]`` (``closed`` false); Prometheus 2's are closed,
+    ``[end - length, end]``. Times are whole ms, so either is ``[window_first, end]``: the one place
+    the two differ (range selectors, the lookback, subquery steps, store reads)."""
+    return end - length + (0 if closed else 1)
 
 
 BLOCK = 16_384  # windows computed at a time
@@ -57,23 +71,25 @@ def rate_windows(
     is_rate: bool,
     is_counter: bool,
     skip_stale: bool = False,
+    closed: bool = False,
 ) -> tuple[F64, Mask]:
     """``rate`` / ``increase`` / ``delta`` of every window by the native extension
     (``_native.rate_windows``): each series walked once, each window computed with
     ``_extrapolated_rate``'s operations in its order (the numpy :func:`_rate_arrays` is the same
     computation, kept for the tests). ``skip_stale``: of ``found`` without its staleness markers
-    (what ``promql.without_stale`` makes of it, a row of no window for a series left empty)."""
+    (what ``promql.without_stale`` makes of it, a row of no window for a series left empty).
+    ``closed``: the windows are ``[at[k] - rng, at[k]]``, extrapolated to the same start."""
     m, n = len(found), len(at)
     # (read in place by the extension, without the GIL: these arrays are this read's own)
     ts = [np.ascontiguousarray(s.t, dtype=np.int64) for s in found]
     vs = [np.ascontiguousarray(s.v, dtype=np.float64) for s in found]
     at_b = np.ascontiguousarray(at, dtype=np.int64).tobytes()
-    vals, pres = _native.rate_windows(ts, vs, at_b, rng, is_rate, is_counter, skip_stale)
+    vals, pres = _native.rate_windows(ts, vs, at_b, rng, is_rate, is_counter, skip_stale, closed)
     return np.frombuffer(vals, dtype=np.float64).reshape(m, n), np.frombuffer(pres, dtype=bool).reshape(m, n)
 
 
 def _range_block(
-    fn: RangeArrays, found: Sequence[SeriesArrays], at: I64, rng: int, q: float
+    fn: RangeArrays, found: Sequence[SeriesArrays], at: I64, rng: int, q: float, closed: bool
 ) -> tuple[F64, Mask]:
     m = len(found)
     starts = np.zeros(m + 1, dtype=np.int64)
@@ -81,9 +97,9 @@ def _range_block(
     t = np.concatenate([*(s.t for s in found), np.zeros(1, dtype=np.int64)]).astype(np.int64, copy=False)
     v = np.concatenate([*(s.v for s in found), np.full(1, math.nan)]).astype(np.float64, copy=False)
     if len(at) <= FEW_STEPS:
-        lo, hi = _bounds_few(t, starts, at, rng)
+        lo, hi = _bounds_few(t, starts, at, rng, closed)
     else:
-        lo, hi = _bounds(found, at, rng, starts[:-1, None])
+        lo, hi = _bounds(found, at, rng, starts[:-1, None], closed)
     with np.errstate(all="ignore"):
         return fn(t, v, starts, lo, hi, at, rng, q)
 
@@ -91,28 +107,29 @@ def _range_block(
 FEW_STEPS = 4  # up to this many evaluation times, window bounds are searched in every series at once
 
 
-def _bounds_few(t: I64, starts: I64, at: I64, rng: int) -> tuple[I64, I64]:
+def _bounds_few(t: I64, starts: I64, at: I64, rng: int, closed: bool) -> tuple[I64, I64]:
     """:func:`_bounds` for a few evaluation times (an instant query): per time and bound, one binary
     search over every series at once (``chunks.search_runs``) instead of a search per series."""
     m, n = len(starts) - 1, len(at)
     lo = np.empty((m, n), dtype=np.int64)
     hi = np.empty((m, n), dtype=np.int64)
-    start_at = at - rng
+    first = window_first(at, rng, closed)
     for k in range(n):
-        lo[:, k] = chunks.search_runs(t, starts[:-1], starts[1:], int(start_at[k]), right=True)
+        lo[:, k] = chunks.search_runs(t, starts[:-1], starts[1:], int(first[k]), right=False)
         hi[:, k] = chunks.search_runs(t, starts[:-1], starts[1:], int(at[k]), right=True)
     return lo, hi
 
 
-def _bounds(found: Sequence[SeriesArrays], at: I64, rng: int, offset: I64) -> tuple[I64, I64]:
-    """Each window ``(at[k] - rng, at[k]]`` of each series i as indexes ``[lo, hi)`` into its points,
-    plus ``offset[i]`` (lo and hi may be views of one array).
-    When the range is a multiple ``r`` of the (regular) step, ``at[k] - rng`` is ``at[k - r]``: one
-    search over the grid extended ``r`` steps back answers both."""
+def _bounds(found: Sequence[SeriesArrays], at: I64, rng: int, offset: I64, closed: bool) -> tuple[I64, I64]:
+    """Each window ``[window_first(at[k], rng, closed), at[k]]`` of each series i as indexes
+    ``[lo, hi)`` into its points, plus ``offset[i]`` (lo and hi may be views of one array).
+    When the range is a multiple ``r`` of the (regular) step and the windows are left-open,
+    ``at[k] - rng`` is ``at[k - r]``: one search over the grid extended ``r`` steps back answers
+    both (not for closed windows: ``at[k - r]`` is then their first ms, not the last before them)."""
     m, n = len(found), len(at)
     step = int(at[1] - at[0]) if n > 1 else 0
     r = rng // step if step > 0 and rng % step == 0 else 0
-    if 0 < r <= n and bool(np.all(np.diff(at) == step)):
+    if not closed and 0 < r <= n and bool(np.all(np.diff(at) == step)):
         ext = int(at[0]) - rng + step * np.arange(n + r, dtype=np.int64)
         both = np.empty((m, n + r), dtype=np.int64)
         for i in range(m):  # per series: its points stay in the cache while searched
@@ -121,10 +138,10 @@ def _bounds(found: Sequence[SeriesArrays], at: I64, rng: int, offset: I64) -> tu
         return both[:, :n], both[:, r:]
     lo = np.empty((m, n), dtype=np.int64)
     hi = np.empty((m, n), dtype=np.int64)
-    start_at = at - rng
+    first = window_first(at, rng, closed)
     for i in range(m):
         hi[i] = np.searchsorted(found[i].t, at, side="right")
-        lo[i] = np.searchsorted(found[i].t, start_at, side="right")
+        lo[i] = np.searchsorted(found[i].t, first, side="left")
     lo += offset
     hi += offset
     return lo, hi

@@ -457,8 +457,9 @@ class SeriesArrays:
 class RateWindows:
     """What :meth:`StoreReader.select_rate_each` computes of each series: PromQL's ``rate``
     (``is_rate`` and ``is_counter``), ``increase`` (``is_counter``) or ``delta`` (neither) over the
-    windows ``(at[k] - rng, at[k]]``, staleness markers left out; ``of_arrays`` computes them from a
-    piece's arrays (``promwindows.rate_windows``), for what a store does not compute itself. A store
+    windows ``(at[k] - rng, at[k]]`` (``closed``: ``[at[k] - rng, at[k]]``, Prometheus 2's),
+    staleness markers left out; ``of_arrays`` computes them from a piece's arrays
+    (``promwindows.rate_windows``), for what a store does not compute itself. A store
     that does must answer exactly what ``of_arrays`` would, and must not compute the windows of a
     piece once ``wanted()`` is false (the pieces given to ``each`` so far are past a limit of the
     caller's: the query fails, and its windows would only cost memory and time; ``of_arrays`` then
@@ -470,6 +471,7 @@ class RateWindows:
     is_counter: bool
     of_arrays: Callable[[list[SeriesArrays]], tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]]
     wanted: Callable[[], bool] = lambda: True
+    closed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

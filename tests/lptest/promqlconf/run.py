@@ -30,6 +30,7 @@ class Outcome:
 @dataclass
 class Report:
     prometheus: str
+    windows: str  # lossproof's [query] windows
     series: int
     samples: int
     stale_markers: int
@@ -54,7 +55,8 @@ class Report:
             row[0] += o.verdict == compare.PASS
             row[1] += 1
         out = [
-            f"PromQL conformance: lossproof against {self.prometheus or 'prometheus'}",
+            f"PromQL conformance: lossproof (windows = {self.windows}) against "
+            f"{self.prometheus or 'prometheus'}",
             f"data: {self.series} series, {self.samples:,} samples ({self.stale_markers} staleness markers); "
             f"count_over_time answers " + ", ".join(f"{k} {v:,.0f}" for k, v in self.counts.items()),
             f"queries: each as an instant query at {data.END_MS / 1000:.0f} and a range query over the "
@@ -85,6 +87,7 @@ class Report:
     def as_dict(self) -> dict[str, Any]:
         return {
             "prometheus": self.prometheus,
+            "windows": self.windows,
             "total": len(self.outcomes),
             **{v: len(self.by_verdict(v)) for v in compare.RANK},
             "outcomes": [
@@ -141,10 +144,21 @@ def evaluate(q: Query, prom: servers.Server, lp: servers.Server) -> Outcome:
     return Outcome(q, worst, vi, vr, _empty(ref_i) and _empty(ref_r), _points(ref_r))
 
 
-def run(work: Path, queries: list[Query], say: Say = lambda s: None, workers: int = 4) -> Report:
+def run(
+    work: Path,
+    queries: list[Query],
+    say: Say = lambda s: None,
+    workers: int = 4,
+    windows: str = "prometheus3",
+) -> Report:
+    """Every query asked of Prometheus and of lossproof with ``[query] windows = windows``."""
     ds = data.build()
-    report = Report(servers.prometheus_version(), len(ds.series), ds.samples, ds.stale_markers, {})
-    with servers.prometheus(work / "prometheus") as prom, servers.lossproof(work / "lossproof") as lp:
+    version = servers.prometheus_version()
+    report = Report(version, windows, len(ds.series), ds.samples, ds.stale_markers, {})
+    with (
+        servers.prometheus(work / "prometheus") as prom,
+        servers.lossproof(work / "lossproof", windows) as lp,
+    ):
         say(f"loading {ds.samples:,} samples of {len(ds.series)} series into both …")
         t0 = time.monotonic()
         report.counts = servers.load([prom, lp], ds)

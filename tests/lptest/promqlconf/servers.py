@@ -121,8 +121,12 @@ def prometheus(work: Path, out_of_order_window: str = "") -> Iterator[Server]:
 
 
 @contextlib.contextmanager
-def lossproof(work: Path) -> Iterator[Server]:
+def lossproof(work: Path, windows: str = "prometheus3") -> Iterator[Server]:
+    """``lossproof up`` on embedded defaults but for ``[query] windows`` (written to its config file
+    first, as a user would; the key comes from the environment)."""
     work.mkdir(parents=True, exist_ok=True)
+    (work / "data").mkdir(exist_ok=True)
+    (work / "data" / "lossproof.toml").write_text(f'[query]\nwindows = "{windows}"\n')
     try:
         with spawned_pipeline(work / "data", log_file=work / "up.log") as (url, key):
             yield Server("lossproof", url, {"Authorization": f"Bearer {key}"})

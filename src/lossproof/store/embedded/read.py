@@ -304,6 +304,7 @@ def _rate_rows_start(
         rate.rng,
         rate.is_rate,
         rate.is_counter,
+        rate.closed,
     )
     return _Begun(job, values, present, points)
 
