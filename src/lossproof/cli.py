@@ -214,8 +214,8 @@ def worker(data_dir: Path, http_port: int | None, log_format: str) -> None:
 @log_format_option
 def compactor(data_dir: Path, parent_pid: int, log_format: str) -> None:
     """The worker's compactor process (the worker starts it): store compaction, each step a JSON
-    line on stdout for the worker's metrics. Its store settings come on stdin, as JSON (the worker's
-    own ``[store]`` section)."""
+    line on stdout for the worker's metrics. Its store settings come on stdin's first line, as JSON
+    (the worker's own ``[store]`` section); the lines after it say when the worker is behind."""
     from pydantic import ValidationError
 
     from lossproof.config import StoreConfig
@@ -224,10 +224,10 @@ def compactor(data_dir: Path, parent_pid: int, log_format: str) -> None:
 
     setup("compactor", fmt=log_format)
     try:
-        store = StoreConfig.model_validate_json(sys.stdin.buffer.read())
+        store = StoreConfig.model_validate_json(sys.stdin.buffer.readline())
     except ValidationError as e:
         raise click.ClickException(f"store settings on stdin: {e.errors()[0]['msg']}") from None
-    run_process(Config(store=store, data_dir=data_dir), parent_pid)
+    run_process(Config(store=store, data_dir=data_dir), parent_pid, sys.stdin.buffer)
 
 
 @cli.command()

@@ -7,6 +7,7 @@ its compactor with it (no orphan left compacting); nothing stored is lost or dou
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -20,7 +21,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from lossproof.config import Config, StoreConfig
-from lossproof.worker.compactor import CompactorProcess
+from lossproof.store.base import CompactResult
+from lossproof.worker.compactor import Compactor, CompactorProcess
 from lptest.pipeline import Pipeline, _alive, _children, report
 from lptest.proto import metric_value
 
@@ -165,3 +167,77 @@ def test_the_compactor_command_takes_its_settings_from_stdin(tmp_path: Path) -> 
     assert bad.returncode != 0
     err = bad.stderr.decode().strip().splitlines()
     assert len(err) == 1 and err[0].startswith("Error: store settings on stdin:"), err
+
+
+def test_the_compactor_steps_aside_while_its_worker_says_it_is_behind(tmp_path: Path) -> None:
+    """The real `lossproof compactor`: each call is a JSON line on stdout, one every interval with
+    nothing to do; after the worker's ``behind`` line none comes (one step every
+    BEHIND_STEP_EVERY = 10 s at most), after ``caught-up`` they come again, and when the worker's
+    lines end (it is gone or closed them) compaction goes on as usual."""
+    settings = StoreConfig(compact_interval_seconds=0.05).model_dump_json().encode()
+    argv = [sys.executable, "-m", "lossproof", "compactor", "--data-dir", str(tmp_path)]
+    proc = subprocess.Popen(
+        [*argv, "--parent-pid", str(os.getpid())], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    lines: list[float] = []
+    threading.Thread(
+        target=lambda: [lines.append(time.monotonic()) for _ in proc.stdout], daemon=True
+    ).start()
+
+    def steps_within(seconds: float) -> int:
+        t0 = time.monotonic()
+        time.sleep(seconds)
+        return sum(t0 <= t for t in lines)
+
+    try:
+        proc.stdin.write(settings + b"\n")
+        proc.stdin.flush()
+        wait_for("the compactor's first steps", lambda: len(lines) >= 3, timeout=30)
+        assert steps_within(1.0) >= 5
+        proc.stdin.write(b"behind\n")
+        proc.stdin.flush()
+        time.sleep(0.3)  # (a step under way when it was told)
+        assert steps_within(1.5) == 0
+        proc.stdin.write(b"caught-up\n")
+        proc.stdin.flush()
+        assert steps_within(1.0) >= 5
+        proc.stdin.write(b"behind\n")
+        proc.stdin.flush()
+        time.sleep(0.3)
+        assert steps_within(1.0) == 0
+        proc.stdin.close()  # the worker's lines end: as if it had caught up
+        assert steps_within(1.0) >= 5
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_behind_the_compactor_still_takes_a_step_every_so_often() -> None:
+    """A long overload does not stop compaction: one step every ``behind_step_every`` while the
+    worker is behind (a store that always has more to do), back to back once it has caught up."""
+    calls: list[float] = []
+
+    class Busy:  # (a store with endless compaction work: only compact and close are called)
+        def compact(self, now_ms: int, max_series: int = 2000) -> CompactResult:
+            calls.append(time.monotonic())
+            return CompactResult(more=True)
+
+        def close(self) -> None:
+            pass
+
+    stop, behind = threading.Event(), threading.Event()
+    behind.set()
+    c = Compactor(lambda: Busy(), lambda step: None, 0.05, stop, behind, behind_step_every=0.3)  # type: ignore[arg-type,return-value]
+    c.start()
+    try:
+        time.sleep(1.45)
+        assert 4 <= len(calls) <= 6, calls  # at 0, 0.3, 0.6, 0.9, 1.2 s
+        assert all(b - a >= 0.29 for a, b in itertools.pairwise(calls))
+        behind.clear()
+        n = len(calls)
+        time.sleep(0.3)
+        assert len(calls) - n > 20
+    finally:
+        stop.set()
+        c.join(5)

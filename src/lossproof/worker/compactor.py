@@ -13,11 +13,19 @@ It runs at nice 10: when CPU is short, acknowledging and storing come first. Eac
 comes back to the worker as one JSON line on the child's stdout, so the worker's ``/metrics`` keeps
 the compaction series. The child dies with the worker (PR_SET_PDEATHSIG): a compaction killed at any
 instant leaves the old chunks or the new ones, never both or neither (its write is one transaction).
+
+While the worker is behind (a backlog in the log), the compactor steps aside: at most one step every
+``BEHIND_STEP_EVERY`` seconds, the worker telling it on the child's stdin (``behind`` /
+``caught-up`` lines). Its steps hold the store's write lock, and a worker draining a backlog spent
+~17 % of its time waiting for it; storing comes first, and compaction catches up once the backlog is
+gone (the points are stored and queryable either way: compaction only changes their layout). The
+one step every few seconds keeps compaction going through a long overload.
 """
 
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import signal
 import subprocess
@@ -26,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import msgspec
 from prometheus_client import CollectorRegistry, Counter
@@ -82,6 +90,10 @@ class CompactorMetrics:
 
 
 _NICE = 10
+# While the worker is behind: at most one compaction step this often (see the module's doc).
+BEHIND_STEP_EVERY = 10.0
+_BEHIND = b"behind\n"
+_CAUGHT_UP = b"caught-up\n"
 
 
 class Step(msgspec.Struct, frozen=True):
@@ -120,11 +132,16 @@ class Compactor:
         report: Callable[[Step], None],
         interval: float,
         stop: threading.Event,
+        behind: threading.Event | None = None,
+        behind_step_every: float = BEHIND_STEP_EVERY,
     ) -> None:
         self._open = open_store
         self.report = report
         self.interval = interval
         self.stop = stop
+        self.behind = behind or threading.Event()
+        self.behind_step_every = behind_step_every
+        self._last_step = -math.inf
         self._thread = threading.Thread(target=self.run, name="compactor", daemon=True)
 
     def start(self) -> None:
@@ -137,7 +154,10 @@ class Compactor:
         store: StoreWriter | None = None
         while not self.stop.is_set():
             more = False
-            started = time.monotonic()
+            self._step_aside()
+            if self.stop.is_set():
+                break
+            started = self._last_step = time.monotonic()
             try:
                 if store is None:
                     store = self._open()
@@ -154,6 +174,15 @@ class Compactor:
                 self.stop.wait(self.interval)
         if store is not None:
             store.close()
+
+    def _step_aside(self) -> None:
+        """Wait while the worker is behind, until ``behind_step_every`` has passed since the last
+        step (or it has caught up, or the process stops)."""
+        while self.behind.is_set() and not self.stop.is_set():
+            left = self._last_step + self.behind_step_every - time.monotonic()
+            if left <= 0:
+                return
+            self.stop.wait(min(left, 0.05))
 
     def once(self, store: StoreWriter) -> bool:
         """One compaction call; whether it left work for another one."""
@@ -175,9 +204,21 @@ class Compactor:
         return res.more
 
 
-def run_process(cfg: Config, parent_pid: int) -> None:
+def follow_worker(lines: BinaryIO, behind: threading.Event) -> None:
+    """Set ``behind`` while the worker says it is (its ``behind`` / ``caught-up`` lines on
+    ``lines``), until they end (the worker closed them or is gone: compaction goes on as usual)."""
+    for line in lines:
+        if line == _BEHIND:
+            behind.set()
+        elif line == _CAUGHT_UP:
+            behind.clear()
+    behind.clear()
+
+
+def run_process(cfg: Config, parent_pid: int, worker_lines: BinaryIO | None = None) -> None:
     """``lossproof compactor``: the loop above until SIGTERM, each step a JSON line on stdout. It
-    ends with its parent, the worker (``parent_pid``), or at once if that is already gone."""
+    ends with its parent, the worker (``parent_pid``), or at once if that is already gone. The
+    worker says on ``worker_lines`` when it is behind (:func:`follow_worker`)."""
     from lossproof.store.factory import open_store
 
     die_with_parent()
@@ -210,8 +251,11 @@ def run_process(cfg: Config, parent_pid: int) -> None:
         except (BrokenPipeError, ValueError):  # the worker is gone: so are we
             stop.set()
 
+    behind = threading.Event()
+    if worker_lines is not None:
+        threading.Thread(target=follow_worker, args=(worker_lines, behind), daemon=True).start()
     log.info("compactor.started", interval=interval)
-    Compactor(lambda: open_store(cfg, compactor=True), report, interval, stop).run()
+    Compactor(lambda: open_store(cfg, compactor=True), report, interval, stop, behind).run()
     log.info("compactor.stopped")
 
 
@@ -233,6 +277,7 @@ class CompactorProcess:
         self._stop = threading.Event()  # join() was called
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
+        self._behind = False  # what the worker said last (told again to a restarted child)
         self._thread = threading.Thread(target=self._watch, name="compactor-watch", daemon=True)
 
     @property
@@ -272,11 +317,8 @@ class CompactorProcess:
                 return
             proc = self._proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         assert proc.stdin is not None and proc.stdout is not None
-        try:
-            with proc.stdin:
-                proc.stdin.write(self.settings)
-        except BrokenPipeError:
-            pass  # it ended at once: its exit code says why
+        with self._lock:
+            self._tell(proc, self.settings + b"\n" + (_BEHIND if self._behind else b""))
         decode = msgspec.json.Decoder(Step).decode
         for line in proc.stdout:
             try:
@@ -284,11 +326,32 @@ class CompactorProcess:
             except msgspec.DecodeError:
                 log.warning("compaction.bad_report", line=line[:200].decode("utf-8", "replace"))
         proc.stdout.close()
+        with self._lock:
+            proc.stdin.close()
         code = proc.wait()
         if code != 0:
             raise RuntimeError(f"lossproof compactor exited with code {code}")
         if not self._stopping():
             raise RuntimeError("lossproof compactor exited")
+
+    def behind(self, behind: bool) -> None:
+        """The worker is behind (a backlog in the log) or has caught up: the child steps aside while
+        it is (see the module's doc)."""
+        with self._lock:
+            if behind == self._behind:
+                return
+            self._behind = behind
+            if self._proc is not None:
+                self._tell(self._proc, _BEHIND if behind else _CAUGHT_UP)
+
+    @staticmethod
+    def _tell(proc: subprocess.Popen[bytes], line: bytes) -> None:
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(line)
+            proc.stdin.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            pass  # it ended (or is ending): its exit code says why, and a new one is told again
 
     def join(self, timeout: float) -> None:
         """Stop the process: SIGTERM, then SIGKILL once ``timeout`` has passed (a step cut short is

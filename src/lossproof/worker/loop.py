@@ -31,6 +31,10 @@ from lossproof.store.base import DeadLetter, Store, StoreUnavailable, WriteBatch
 
 log = get(__name__)
 
+# The worker is behind when its oldest record not committed is older than this: a backlog, not the
+# batch it is gathering (batch_wait) or writing (a transaction: tens of ms).
+BEHIND_S = 2.0
+
 MiB = 1 << 20
 
 
@@ -131,6 +135,9 @@ class Worker:
         self.stop = threading.Event()
         self.last_error = ""
         self._lag_checked = 0.0
+        # told whether the worker is behind (its oldest record not committed is older than
+        # BEHIND_S), on every lag update: the compactor steps aside meanwhile
+        self.on_behind: Callable[[bool], None] | None = None
 
     def run(self) -> None:
         pending: PollResult | None = None
@@ -330,3 +337,5 @@ class Worker:
             return
         self.metrics.lag_records.set(lag.records)
         self.metrics.lag_seconds.set(lag.seconds)
+        if self.on_behind is not None:
+            self.on_behind(lag.seconds > BEHIND_S)

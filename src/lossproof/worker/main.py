@@ -61,6 +61,7 @@ def run(cfg: Config) -> None:
     compactor = None
     if cfg.store.compact_interval_seconds > 0:
         compactor = CompactorProcess(cfg, registry, worker.stop)
+        worker.on_behind = compactor.behind
         compactor.start()
     log.info("worker.started", metrics=f"http://{host}:{port}/metrics", log_dir=str(cfg.log_dir))
     try:
