@@ -346,12 +346,16 @@ class CompactorProcess:
 
     @staticmethod
     def _tell(proc: subprocess.Popen[bytes], line: bytes) -> None:
+        """``line`` to the child's stdin without ever blocking the worker (a child that stopped
+        reading, e.g. stopped by a debugger, would otherwise stall the worker once the pipe is
+        full): a line that does not fit is dropped, and the child goes on as it was told last."""
         try:
             assert proc.stdin is not None
-            proc.stdin.write(line)
-            proc.stdin.flush()
-        except (BrokenPipeError, ValueError, OSError):
-            pass  # it ended (or is ending): its exit code says why, and a new one is told again
+            fd = proc.stdin.fileno()
+            os.set_blocking(fd, False)
+            os.write(fd, line)
+        except (BlockingIOError, BrokenPipeError, ValueError, OSError):
+            pass  # full, or it ended (or is ending): its exit code says why, and a new one is told again
 
     def join(self, timeout: float) -> None:
         """Stop the process: SIGTERM, then SIGKILL once ``timeout`` has passed (a step cut short is
