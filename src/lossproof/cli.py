@@ -220,14 +220,15 @@ def compactor(data_dir: Path, parent_pid: int, log_format: str) -> None:
 
     from lossproof.config import StoreConfig
     from lossproof.obs.logging import setup
-    from lossproof.worker.compactor import run_process
+    from lossproof.worker.compactor import WorkerLines, run_process
 
     setup("compactor", fmt=log_format)
+    lines = WorkerLines(sys.stdin.fileno())
     try:
-        store = StoreConfig.model_validate_json(sys.stdin.buffer.readline())
+        store = StoreConfig.model_validate_json(lines.readline())
     except ValidationError as e:
         raise click.ClickException(f"store settings on stdin: {e.errors()[0]['msg']}") from None
-    run_process(Config(store=store, data_dir=data_dir), parent_pid, sys.stdin.buffer)
+    run_process(Config(store=store, data_dir=data_dir), parent_pid, lines)
 
 
 @cli.command()

@@ -145,11 +145,16 @@ def test_join_stops_the_compactor_even_when_the_worker_did_not_ask(tmp_path: Pat
         )
         pid = cp.pid
         assert pid is not None
+        cp.behind(True)  # (its stdin open and read by a thread of the child's when it is stopped)
+        time.sleep(0.2)
     finally:
         started = time.monotonic()
         cp.join(10)
     assert time.monotonic() - started < 5
     assert not _alive(pid) and cp.pid == pid and not cp._thread.is_alive()
+    # it ended as SIGTERM asks, not by an abort at its interpreter's exit (-6: a daemon thread
+    # blocked in sys.stdin's buffered reader held its lock)
+    assert cp._proc is not None and cp._proc.returncode == 0
     assert (registry.get_sample_value("lossproof_store_compaction_errors_total") or 0) == 0
 
 

@@ -32,9 +32,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 import msgspec
 from prometheus_client import CollectorRegistry, Counter
@@ -94,6 +94,10 @@ _NICE = 10
 BEHIND_STEP_EVERY = 10.0
 _BEHIND = b"behind\n"
 _CAUGHT_UP = b"caught-up\n"
+
+
+def _line(behind: bool) -> bytes:
+    return _BEHIND if behind else _CAUGHT_UP
 
 
 class Step(msgspec.Struct, frozen=True):
@@ -157,7 +161,7 @@ class Compactor:
             self._step_aside()
             if self.stop.is_set():
                 break
-            started = self._last_step = time.monotonic()
+            started = time.monotonic()
             try:
                 if store is None:
                     store = self._open()
@@ -170,6 +174,7 @@ class Compactor:
                 # a dead compactor would leave parts to pile up for good
                 self.report(Step(time.monotonic() - started, error=True))
                 log.error("compaction.failed", error=f"{type(e).__name__}: {e}")
+            self._last_step = time.monotonic()  # (from its end: a long step is not followed at once)
             if not more:
                 self.stop.wait(self.interval)
         if store is not None:
@@ -204,7 +209,35 @@ class Compactor:
         return res.more
 
 
-def follow_worker(lines: BinaryIO, behind: threading.Event) -> None:
+class WorkerLines:
+    """The lines the worker writes on the compactor's stdin, read from the descriptor itself, not
+    ``sys.stdin``: a thread blocked in a buffered reader holds its lock, and the interpreter aborts
+    at exit on a lock a daemon thread holds (SIGABRT at every stop)."""
+
+    def __init__(self, fd: int = 0) -> None:
+        self.fd = fd
+        self._buf = b""
+
+    def readline(self) -> bytes:
+        """The next line with its ``\n``; at the end, what is left (b"" once nothing is)."""
+        while b"\n" not in self._buf:
+            try:
+                got = os.read(self.fd, 65536)
+            except OSError:
+                got = b""
+            if not got:
+                line, self._buf = self._buf, b""
+                return line
+            self._buf += got
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line + b"\n"
+
+    def __iter__(self) -> Iterator[bytes]:
+        while line := self.readline():
+            yield line
+
+
+def follow_worker(lines: Iterable[bytes], behind: threading.Event) -> None:
     """Set ``behind`` while the worker says it is (its ``behind`` / ``caught-up`` lines on
     ``lines``), until they end (the worker closed them or is gone: compaction goes on as usual)."""
     for line in lines:
@@ -215,7 +248,7 @@ def follow_worker(lines: BinaryIO, behind: threading.Event) -> None:
     behind.clear()
 
 
-def run_process(cfg: Config, parent_pid: int, worker_lines: BinaryIO | None = None) -> None:
+def run_process(cfg: Config, parent_pid: int, worker_lines: Iterable[bytes] | None = None) -> None:
     """``lossproof compactor``: the loop above until SIGTERM, each step a JSON line on stdout. It
     ends with its parent, the worker (``parent_pid``), or at once if that is already gone. The
     worker says on ``worker_lines`` when it is behind (:func:`follow_worker`)."""
@@ -278,6 +311,7 @@ class CompactorProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._behind = False  # what the worker said last (told again to a restarted child)
+        self._told: bool | None = None  # what the child was told last (None: nothing, or not whole)
         self._thread = threading.Thread(target=self._watch, name="compactor-watch", daemon=True)
 
     @property
@@ -316,9 +350,10 @@ class CompactorProcess:
             if self._stopping():
                 return
             proc = self._proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            # the settings first, before behind() can write to the new child (same lock)
+            told = self._tell(proc, self.settings + b"\n" + _line(self._behind))
+            self._told = self._behind if told else None
         assert proc.stdin is not None and proc.stdout is not None
-        with self._lock:
-            self._tell(proc, self.settings + b"\n" + (_BEHIND if self._behind else b""))
         decode = msgspec.json.Decoder(Step).decode
         for line in proc.stdout:
             try:
@@ -338,24 +373,23 @@ class CompactorProcess:
         """The worker is behind (a backlog in the log) or has caught up: the child steps aside while
         it is (see the module's doc)."""
         with self._lock:
-            if behind == self._behind:
-                return
             self._behind = behind
-            if self._proc is not None:
-                self._tell(self._proc, _BEHIND if behind else _CAUGHT_UP)
+            proc, told = self._proc, self._told
+            if proc is not None and told is not None and behind != told and self._tell(proc, _line(behind)):
+                self._told = behind
 
     @staticmethod
-    def _tell(proc: subprocess.Popen[bytes], line: bytes) -> None:
+    def _tell(proc: subprocess.Popen[bytes], line: bytes) -> bool:
         """``line`` to the child's stdin without ever blocking the worker (a child that stopped
         reading, e.g. stopped by a debugger, would otherwise stall the worker once the pipe is
-        full): a line that does not fit is dropped, and the child goes on as it was told last."""
+        full); whether it was written whole. One that is not is told again on the next change."""
         try:
             assert proc.stdin is not None
             fd = proc.stdin.fileno()
             os.set_blocking(fd, False)
-            os.write(fd, line)
+            return os.write(fd, line) == len(line)
         except (BlockingIOError, BrokenPipeError, ValueError, OSError):
-            pass  # full, or it ended (or is ending): its exit code says why, and a new one is told again
+            return False  # full, or it ended (or is ending): its exit code says why
 
     def join(self, timeout: float) -> None:
         """Stop the process: SIGTERM, then SIGKILL once ``timeout`` has passed (a step cut short is

@@ -32,8 +32,10 @@ from lossproof.store.base import DeadLetter, Store, StoreUnavailable, WriteBatch
 log = get(__name__)
 
 # The worker is behind when its oldest record not committed is older than this: a backlog, not the
-# batch it is gathering (batch_wait) or writing (a transaction: tens of ms).
+# batch it is gathering (batch_wait) or writing (a transaction: tens of ms); and has caught up when
+# it is younger than CAUGHT_UP_S (apart: a lag about one of them does not flip it every update).
 BEHIND_S = 2.0
+CAUGHT_UP_S = 1.0
 
 MiB = 1 << 20
 
@@ -138,6 +140,7 @@ class Worker:
         # told whether the worker is behind (its oldest record not committed is older than
         # BEHIND_S), on every lag update: the compactor steps aside meanwhile
         self.on_behind: Callable[[bool], None] | None = None
+        self._behind = False
 
     def run(self) -> None:
         pending: PollResult | None = None
@@ -337,5 +340,9 @@ class Worker:
             return
         self.metrics.lag_records.set(lag.records)
         self.metrics.lag_seconds.set(lag.seconds)
+        if lag.seconds > BEHIND_S:
+            self._behind = True
+        elif lag.seconds < CAUGHT_UP_S:
+            self._behind = False
         if self.on_behind is not None:
-            self.on_behind(lag.seconds > BEHIND_S)
+            self.on_behind(self._behind)
