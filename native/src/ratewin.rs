@@ -27,8 +27,9 @@ fn column<T, const N: usize>(b: &[u8], what: &str, from: fn([u8; N]) -> T) -> Py
 
 /// The value of one window `[lo, hi)` (at least two points) of one series' points `t`, `v`
 /// (`drops`: the positions p of the series with `v[p] < v[p - 1]`, ascending, from `d0` on), or
-/// None where `_extrapolated_rate` answers nothing. (The reference `finish` is tested against:
-/// `rows_windows` computes windows a block at a time.)
+/// None where `_extrapolated_rate` answers nothing; `prom2`: Prometheus 2's extrapolation, else
+/// Prometheus 3's (see `finish_body`). (The reference `finish` is tested against: `rows_windows`
+/// computes windows a block at a time.)
 #[cfg(test)]
 #[allow(clippy::too_many_arguments)]
 fn window(
@@ -41,6 +42,7 @@ fn window(
     rng: i64,
     is_rate: bool,
     is_counter: bool,
+    prom2: bool,
 ) -> Option<f64> {
     let cnt = hi - lo;
     let last = hi - 1;
@@ -65,30 +67,36 @@ fn window(
         return None;
     }
     let average_between = sampled / ((cnt - 1).max(1) as f64);
-    let mut duration_to_zero = first_v / result;
-    duration_to_zero *= sampled;
-    if is_counter && result > 0.0 && first_v >= 0.0 && duration_to_zero < duration_to_start {
-        duration_to_start = duration_to_zero;
-    }
+    let duration_to_zero = sampled * (first_v / result);
+    let zero_first = is_counter && result > 0.0 && first_v >= 0.0;
     let threshold = average_between * 1.1;
     let half = average_between / 2.0;
-    let mut interval = if duration_to_start < threshold {
-        duration_to_start
-    } else {
-        half
-    };
-    interval += sampled;
-    interval += if duration_to_end < threshold {
-        duration_to_end
-    } else {
-        half
-    };
-    interval /= sampled;
-    result *= interval;
-    if is_rate {
-        result /= rng as f64 / 1000.0;
+    if prom2 {
+        if zero_first && duration_to_zero < duration_to_start {
+            duration_to_start = duration_to_zero;
+        }
+        let to_start = if duration_to_start < threshold { duration_to_start } else { half };
+        let to_end = if duration_to_end < threshold { duration_to_end } else { half };
+        result *= (sampled + to_start + to_end) / sampled;
+        if is_rate {
+            result /= rng as f64 / 1000.0;
+        }
+        return Some(result);
     }
-    Some(result)
+    if duration_to_start >= threshold {
+        duration_to_start = half;
+    }
+    if zero_first && duration_to_zero < duration_to_start {
+        duration_to_start = duration_to_zero;
+    }
+    if duration_to_end >= threshold {
+        duration_to_end = half;
+    }
+    let mut factor = (sampled + duration_to_start + duration_to_end) / sampled;
+    if is_rate {
+        factor /= rng as f64 / 1000.0;
+    }
+    Some(result * factor)
 }
 
 /// A series' column in place, as a slice: `b` must be C-contiguous (PyBuffer checked its item
@@ -150,7 +158,7 @@ impl Block {
 /// once in vector registers, where a division is as exact as alone). `b.result` becomes the
 /// window's value, `b.ok` whether it has one (what `window` answers None for: not ok).
 #[inline(always)]
-fn finish_body(b: &mut Block, len: usize, per_s: f64, is_rate: bool, is_counter: bool) {
+fn finish_body(b: &mut Block, len: usize, per_s: f64, is_rate: bool, is_counter: bool, prom2: bool) {
     for j in 0..len.min(BLOCK) {
         let first_t = b.first_t[j];
         let last_t = b.last_t[j];
@@ -166,26 +174,50 @@ fn finish_body(b: &mut Block, len: usize, per_s: f64, is_rate: bool, is_counter:
         let average_between = sampled / b.between[j];
         let mut duration_to_zero = first_v / result;
         duration_to_zero *= sampled;
-        if is_counter && result > 0.0 && first_v >= 0.0 && duration_to_zero < duration_to_start {
-            duration_to_start = duration_to_zero;
-        }
+        let zero_first = is_counter && result > 0.0 && first_v >= 0.0;
         let threshold = average_between * 1.1;
         let half = average_between / 2.0;
-        let mut interval = if duration_to_start < threshold {
-            duration_to_start
+        if prom2 {
+            // Prometheus 2: the start moved to the counter's zero point first, then the threshold
+            if zero_first && duration_to_zero < duration_to_start {
+                duration_to_start = duration_to_zero;
+            }
+            let mut interval = if duration_to_start < threshold {
+                duration_to_start
+            } else {
+                half
+            };
+            interval += sampled;
+            interval += if duration_to_end < threshold {
+                duration_to_end
+            } else {
+                half
+            };
+            interval /= sampled;
+            result *= interval;
+            if is_rate {
+                result /= per_s;
+            }
         } else {
-            half
-        };
-        interval += sampled;
-        interval += if duration_to_end < threshold {
-            duration_to_end
-        } else {
-            half
-        };
-        interval /= sampled;
-        result *= interval;
-        if is_rate {
-            result /= per_s;
+            // Prometheus 3 (since its PR 13725): the threshold first, then the zero point, which
+            // only ever shortens the extrapolation; the factor divided by the range before it
+            // multiplies the result
+            if duration_to_start >= threshold {
+                duration_to_start = half;
+            }
+            if zero_first && duration_to_zero < duration_to_start {
+                duration_to_start = duration_to_zero;
+            }
+            if duration_to_end >= threshold {
+                duration_to_end = half;
+            }
+            let mut factor = sampled + duration_to_start;
+            factor += duration_to_end;
+            factor /= sampled;
+            if is_rate {
+                factor /= per_s;
+            }
+            result *= factor;
         }
         b.result[j] = result;
     }
@@ -193,21 +225,22 @@ fn finish_body(b: &mut Block, len: usize, per_s: f64, is_rate: bool, is_counter:
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn finish_avx2(b: &mut Block, len: usize, per_s: f64, is_rate: bool, is_counter: bool) {
-    finish_body(b, len, per_s, is_rate, is_counter)
+fn finish_avx2(b: &mut Block, len: usize, per_s: f64, is_rate: bool, is_counter: bool, prom2: bool) {
+    finish_body(b, len, per_s, is_rate, is_counter, prom2)
 }
 
 /// `finish_body`, with AVX2's 4-wide registers where the CPU has them (IEEE arithmetic either way:
 /// Rust never fuses a multiply and an add, nor reorders float operations).
-fn finish(b: &mut Block, len: usize, per_s: f64, is_rate: bool, is_counter: bool, avx2: bool) {
+#[allow(clippy::too_many_arguments)]
+fn finish(b: &mut Block, len: usize, per_s: f64, is_rate: bool, is_counter: bool, prom2: bool, avx2: bool) {
     #[cfg(target_arch = "x86_64")]
     if avx2 {
         // SAFETY: the CPU has AVX2 (the caller asked is_x86_feature_detected)
-        unsafe { finish_avx2(b, len, per_s, is_rate, is_counter) };
+        unsafe { finish_avx2(b, len, per_s, is_rate, is_counter, prom2) };
         return;
     }
     let _ = avx2;
-    finish_body(b, len, per_s, is_rate, is_counter)
+    finish_body(b, len, per_s, is_rate, is_counter, prom2)
 }
 
 fn has_avx2() -> bool {
@@ -320,7 +353,7 @@ pub(crate) fn rows_windows(
         let mut len = 0usize;
         let row = i * n;
         let mut flush = |b: &mut Block, len: usize, ks: &[usize; BLOCK]| {
-            finish(b, len, per_s, is_rate, is_counter, avx2);
+            finish(b, len, per_s, is_rate, is_counter, closed, avx2);
             for j in 0..len {
                 if b.ok[j] {
                     let cell = row + ks[j];
@@ -531,7 +564,7 @@ mod tests {
                         let want = if hi < lo + 2 {
                             None
                         } else {
-                            window(&t, &v, &drops, lo, hi, at[k], rng, is_rate, is_counter)
+                            window(&t, &v, &drops, lo, hi, at[k], rng, is_rate, is_counter, closed)
                         };
                         let got = f64::from_ne_bytes(values[8 * k..8 * k + 8].try_into().unwrap());
                         assert_eq!(present[k] == 1, want.is_some(), "trial {trial} k {k}");
@@ -624,7 +657,7 @@ mod tests {
                     let want = if hi < lo + 2 {
                         None
                     } else {
-                        window(&kt, &kv, &drops, lo, hi, at[k], rng, is_rate, is_counter)
+                        window(&kt, &kv, &drops, lo, hi, at[k], rng, is_rate, is_counter, false)
                     };
                     let got = f64::from_ne_bytes(values[8 * k..8 * k + 8].try_into().unwrap());
                     assert_eq!(present[k] == 1, want.is_some(), "trial {trial} k {k}");

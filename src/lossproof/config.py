@@ -379,7 +379,8 @@ class QueryConfig(_Section):
         default="prometheus3",
         description="Window boundaries: `prometheus3` (a range [d] at T is (T-d, T], the lookback "
         "(T-5m, T], a subquery's first step after T-range) or `prometheus2` (closed: [T-d, T], "
-        "[T-5m, T], a subquery's first step at or after T-range), as docs/dashboard.md describes.",
+        "[T-5m, T], a subquery's first step at or after T-range, and 2.x's extrapolation of rate, "
+        "increase and delta), as docs/dashboard.md describes.",
     )
 
 

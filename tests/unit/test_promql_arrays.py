@@ -62,7 +62,7 @@ def _reference(
 ) -> list[list[float | None]]:
     """The evaluator's loop before it was vectorised: bisect per step, ``_range_fn`` per window
     (``(a - rng, a]``, or ``[a - rng, a]`` when ``closed``)."""
-    fn = promref._range_fn("count_over_time" if name == "quantile_over_time" else name, [])
+    fn = promref._range_fn("count_over_time" if name == "quantile_over_time" else name, [], prom2=closed)
     if name == "quantile_over_time":
 
         def fn(ts: list[int], vs: list[float], lo: int, hi: int, at: int, rng: int) -> float | None:
@@ -330,7 +330,9 @@ def test_native_rate_windows_are_the_numpy_ones(name: str, kind: str) -> None:
             r.shuffle(at)
         closed = bool(r.integers(0, 2))
         got = promwindows.range_function(name, found, at, rng, closed=closed)
-        want = promwindows.range_function(name, found, at, rng, fn=promwindows._RANGE[name], closed=closed)
+        want = promwindows.range_function(
+            name, found, at, rng, fn=promwindows.rate_arrays(name, closed), closed=closed
+        )
         assert got[1].tolist() == want[1].tolist()
         assert [_bits(x) for x in got[0][got[1]].tolist()] == [_bits(x) for x in want[0][want[1]].tolist()]
 
@@ -360,7 +362,9 @@ def test_native_rate_windows_of_many_series_are_the_numpy_ones(name: str, shuffl
         r.shuffle(at)
     for rng, closed in ((15_000, False), (300_000, False), (300_000, True)):
         got = promwindows.range_function(name, found, at, rng, closed=closed)
-        want = promwindows.range_function(name, found, at, rng, fn=promwindows._RANGE[name], closed=closed)
+        want = promwindows.range_function(
+            name, found, at, rng, fn=promwindows.rate_arrays(name, closed), closed=closed
+        )
         assert got[0].shape == (401, 300)
         assert got[1].tolist() == want[1].tolist()
         assert [_bits(x) for x in got[0][got[1]].tolist()] == [_bits(x) for x in want[0][want[1]].tolist()]

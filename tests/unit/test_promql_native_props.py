@@ -61,7 +61,7 @@ def test_rate_windows_are_the_reference(
         # (a - rng, a], or [a - rng, a]
         lo = (bisect.bisect_left if closed else bisect.bisect_right)(ts, a - rng)
         hi = bisect.bisect_right(ts, a)
-        want = promref._extrapolated_rate(ts, vs, lo, hi, a, rng, mode[0], is_counter=mode[1])
+        want = promref._extrapolated_rate(ts, vs, lo, hi, a, rng, mode[0], is_counter=mode[1], prom2=closed)
         assert pres[k] == (want is not None)
         if want is not None:
             assert _bits(got[k]) == _bits(want) or (math.isnan(got[k]) and math.isnan(want))

@@ -66,8 +66,12 @@ def window(pts: Samples, t: int, rng: int, closed: bool = False) -> Samples:
     return [(ts, v) for ts, v in pts if inside(ts, t, rng, closed) and not is_stale(v)]
 
 
-def extrapolated_rate(pts: Samples, t: int, rng: int, is_counter: bool, is_rate: bool) -> float | None:
-    """Go's extrapolatedRate, statement by statement."""
+def extrapolated_rate(
+    pts: Samples, t: int, rng: int, is_counter: bool, is_rate: bool, prom2: bool = False
+) -> float | None:
+    """Go's extrapolatedRate, statement by statement: Prometheus 3's (since its PR 13725: the
+    threshold first, then the counter's zero point), or 2's (``prom2``: the other way round, and
+    the result divided by the range after it is multiplied)."""
     if len(pts) < 2:
         return None
     result = pts[-1][1] - pts[0][1]
@@ -81,17 +85,30 @@ def extrapolated_rate(pts: Samples, t: int, rng: int, is_counter: bool, is_rate:
     to_end = (t - pts[-1][0]) / 1000
     sampled = (pts[-1][0] - pts[0][0]) / 1000
     avg = sampled / (len(pts) - 1)
+    threshold = avg * 1.1
+    if prom2:
+        if is_counter and result > 0 and pts[0][1] >= 0:
+            to_zero = sampled * (pts[0][1] / result)
+            to_start = min(to_start, to_zero)
+        interval = (
+            sampled
+            + (to_start if to_start < threshold else avg / 2)
+            + (to_end if to_end < threshold else avg / 2)
+        )
+        result = result * (interval / sampled)
+        return result / (rng / 1000) if is_rate else result
+    if to_start >= threshold:
+        to_start = avg / 2
     if is_counter and result > 0 and pts[0][1] >= 0:
         to_zero = sampled * (pts[0][1] / result)
-        to_start = min(to_start, to_zero)
-    threshold = avg * 1.1
-    interval = (
-        sampled
-        + (to_start if to_start < threshold else avg / 2)
-        + (to_end if to_end < threshold else avg / 2)
-    )
-    result = result * (interval / sampled)
-    return result / (rng / 1000) if is_rate else result
+        if to_zero < to_start:
+            to_start = to_zero
+    if to_end >= threshold:
+        to_end = avg / 2
+    factor = (sampled + to_start + to_end) / sampled
+    if is_rate:
+        factor /= rng / 1000
+    return result * factor
 
 
 def quantile(q: float, xs: list[float]) -> float:
@@ -180,7 +197,10 @@ def range_ref(data: Data, fn: str, name: str, rng: int, t: int, closed: bool = F
         w = window(pts, t, rng, closed)
         if not w:
             continue
-        got = RANGE_REF[fn](w, t, rng)
+        if fn in ("rate", "increase", "delta"):  # (their extrapolation differs between the modes)
+            got = extrapolated_rate(w, t, rng, fn != "delta", fn == "rate", prom2=closed)
+        else:
+            got = RANGE_REF[fn](w, t, rng)
         if got is not None:
             out[lab if fn in KEEPS_NAME else drop_name(lab)] = got
     return out

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from lossproof.query import promql
-from lossproof.store.base import Point, WriteBatch
+from lossproof.query import promql, promwindows
+from lossproof.store.base import Point, SeriesArrays, WriteBatch
 from lossproof.store.sqlite import SqliteStore
 
 T = 1_767_225_600_000
@@ -68,6 +69,38 @@ def test_a_sample_on_a_windows_start_counts_only_with_prometheus2_windows(
 ) -> None:
     assert at(store, query, sec, closed=False) == ([] if prometheus3 is None else [prometheus3])
     assert at(store, query, sec, closed=True) == [prometheus2]
+
+
+def test_the_extrapolation_to_a_counters_start_is_each_versions(tmp_path: Path) -> None:
+    """A counter that starts 30 s into a 60 s window, at 1, rising by 1 every 10 s. Prometheus 2
+    moves the window's start to the counter's zero point first (10 s before its first sample),
+    then finds that within the threshold (1.1 x 10 s): it extrapolates 10 s, 3 x 40 / 30 = 4.
+    Prometheus 3 (PR 13725) applies the threshold first (30 s is past it: half a step, 5 s), then
+    the zero point (10 s, not shorter): 3 x 35 / 30 = 3.5. Both store paths of rate windows (the
+    store's native rows, and windows of arrays: the @ modifier) and the numpy functions agree."""
+    s = SqliteStore(tmp_path / "store.db")
+    s.write_batch(
+        WriteBatch(
+            samples=[
+                ("t", Point("late", {}, T + sec * S, float(k + 1))) for k, sec in enumerate((30, 40, 50, 60))
+            ],
+            now_ms=T,
+        )
+    )
+    for q in ("increase(late[60s])", f"increase(late[60s] @ {(T + 60 * S) / 1000})"):
+        assert at(s, q, 60, closed=False) == [pytest.approx(3.5, rel=1e-15)], q
+        assert at(s, q, 60, closed=True) == [pytest.approx(4.0, rel=1e-15)], q
+    assert at(s, "rate(late[60s])", 60, closed=False) == [pytest.approx(3.5 / 60, rel=1e-15)]
+    assert at(s, "rate(late[60s])", 60, closed=True) == [pytest.approx(4.0 / 60, rel=1e-15)]
+    found = [
+        SeriesArrays("late", {}, np.array([T + sec * S for sec in (30, 40, 50, 60)]), np.arange(1.0, 5.0))
+    ]
+    end = np.array([T + 60 * S])
+    for closed, want in ((False, 3.5), (True, 4.0)):
+        got, _ = promwindows.range_function(
+            "increase", found, end, 60 * S, fn=promwindows.rate_arrays("increase", closed), closed=closed
+        )
+        assert got[0, 0] == pytest.approx(want, rel=1e-15)
 
 
 def test_a_range_query_has_the_windows_at_every_step(store: SqliteStore) -> None:

@@ -36,18 +36,20 @@ def _agg(op: str, xs: list[float]) -> float:
 RangeFn = Callable[[list[int], list[float], int, int, int, int], "float | None"]
 
 
-def _range_fn(name: str, args: Sequence[pp.Expr]) -> RangeFn:
+def _range_fn(name: str, args: Sequence[pp.Expr], prom2: bool = False) -> RangeFn:
+    """``prom2``: Prometheus 2's extrapolation for rate, increase and delta (see
+    :func:`_extrapolated_rate`)."""
     if name in ("rate", "increase"):
         is_rate = name == "rate"
 
         def rate(ts: list[int], vs: list[float], lo: int, hi: int, at: int, rng: int) -> float | None:
-            return _extrapolated_rate(ts, vs, lo, hi, at, rng, is_rate)
+            return _extrapolated_rate(ts, vs, lo, hi, at, rng, is_rate, prom2=prom2)
 
         return rate
     if name == "delta":
 
         def delta(ts: list[int], vs: list[float], lo: int, hi: int, at: int, rng: int) -> float | None:
-            return _extrapolated_rate(ts, vs, lo, hi, at, rng, False, is_counter=False)
+            return _extrapolated_rate(ts, vs, lo, hi, at, rng, False, is_counter=False, prom2=prom2)
 
         return delta
     if name == "irate":
@@ -134,8 +136,12 @@ def _extrapolated_rate(
     rng: int,
     is_rate: bool,
     is_counter: bool = True,
+    prom2: bool = False,
 ) -> float | None:
-    """Prometheus' extrapolatedRate: for counters (rate and increase) and gauges (delta)."""
+    """Prometheus' extrapolatedRate: for counters (rate and increase) and gauges (delta).
+    ``prom2``: Prometheus 2's (the start moved to the counter's zero point before the threshold is
+    applied), else Prometheus 3's (the threshold first, then the zero point, which only shortens;
+    since its PR 13725)."""
     if hi - lo < 2:
         return None
     first_t, last_t = ts[lo], ts[hi - 1]
@@ -154,18 +160,29 @@ def _extrapolated_rate(
     if sampled <= 0:
         return None
     average_between = sampled / (hi - lo - 1)
-    if is_counter and result > 0 and first_v >= 0:
-        duration_to_zero = sampled * (first_v / result)
-        if duration_to_zero < duration_to_start:
-            duration_to_start = duration_to_zero
     threshold = average_between * 1.1
-    interval = sampled
-    interval += duration_to_start if duration_to_start < threshold else average_between / 2
-    interval += duration_to_end if duration_to_end < threshold else average_between / 2
-    result *= interval / sampled
+    if prom2:
+        if is_counter and result > 0 and first_v >= 0:
+            duration_to_zero = sampled * (first_v / result)
+            if duration_to_zero < duration_to_start:
+                duration_to_start = duration_to_zero
+        interval = sampled
+        interval += duration_to_start if duration_to_start < threshold else average_between / 2
+        interval += duration_to_end if duration_to_end < threshold else average_between / 2
+        result *= interval / sampled
+        if is_rate:
+            result /= rng / 1000
+        return result
+    if duration_to_start >= threshold:
+        duration_to_start = average_between / 2
+    if is_counter and result > 0 and first_v >= 0:
+        duration_to_start = min(duration_to_start, sampled * (first_v / result))
+    if duration_to_end >= threshold:
+        duration_to_end = average_between / 2
+    factor = (sampled + duration_to_start + duration_to_end) / sampled
     if is_rate:
-        result /= rng / 1000
-    return result
+        factor /= rng / 1000
+    return result * factor
 
 
 def _idelta(ts: list[int], vs: list[float], lo: int, hi: int, at: int, rng: int) -> float | None:

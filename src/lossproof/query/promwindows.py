@@ -150,7 +150,7 @@ def _bounds(found: Sequence[SeriesArrays], at: I64, rng: int, offset: I64, close
 RangeArrays = Callable[[I64, F64, I64, I64, I64, I64, int, float], tuple[F64, Mask]]
 
 
-def _rate_arrays(is_rate: bool, is_counter: bool = True) -> RangeArrays:
+def _rate_arrays(is_rate: bool, is_counter: bool = True, prom2: bool = False) -> RangeArrays:
     def rate(t: I64, v: F64, starts: I64, lo: I64, hi: I64, at: I64, rng: int, q: float) -> tuple[F64, Mask]:
         """``_extrapolated_rate`` for every window, the same operations in the same order."""
         cnt = hi - lo
@@ -176,21 +176,41 @@ def _rate_arrays(is_rate: bool, is_counter: bool = True) -> RangeArrays:
         average_between = sampled / np.maximum(cnt - 1, 1)
         duration_to_zero = first_v / result
         duration_to_zero *= sampled
-        if is_counter:
-            shorter = (result > 0) & (first_v >= 0) & (duration_to_zero < duration_to_start)
-            np.copyto(duration_to_start, duration_to_zero, where=shorter)
+        zero_first = (result > 0) & (first_v >= 0) if is_counter else np.zeros(result.shape, dtype=bool)
         threshold = average_between * 1.1
         half = average_between / 2
-        interval = np.where(duration_to_start < threshold, duration_to_start, half)
-        interval += sampled  # (sampled + to start) + to end, as _extrapolated_rate adds them
-        interval += np.where(duration_to_end < threshold, duration_to_end, half)
-        interval /= sampled
-        result *= interval
+        if prom2:
+            np.copyto(
+                duration_to_start, duration_to_zero, where=zero_first & (duration_to_zero < duration_to_start)
+            )
+            interval = np.where(duration_to_start < threshold, duration_to_start, half)
+            interval += sampled  # (sampled + to start) + to end, as _extrapolated_rate adds them
+            interval += np.where(duration_to_end < threshold, duration_to_end, half)
+            interval /= sampled
+            result *= interval
+            if is_rate:
+                result /= rng / 1000
+            return result, ok
+        duration_to_start = np.where(duration_to_start < threshold, duration_to_start, half)
+        np.copyto(
+            duration_to_start, duration_to_zero, where=zero_first & (duration_to_zero < duration_to_start)
+        )
+        factor = sampled + duration_to_start
+        factor += np.where(duration_to_end < threshold, duration_to_end, half)
+        factor /= sampled
         if is_rate:
-            result /= rng / 1000
+            factor /= rng / 1000
+        result *= factor
         return result, ok
 
     return rate
+
+
+def rate_arrays(name: str, closed: bool) -> RangeArrays:
+    """The numpy ``rate`` / ``increase`` / ``delta`` of a window mode (``closed``: Prometheus 2's
+    windows and extrapolation): what the extension computes (``NATIVE_RATE``), for its tests."""
+    is_rate, is_counter = NATIVE_RATE[name]
+    return _rate_arrays(is_rate, is_counter, prom2=closed)
 
 
 def _add_resets(result: F64, v: F64, starts: I64, lo: I64, hi: I64, ok: Mask) -> None:
