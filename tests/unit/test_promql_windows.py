@@ -128,3 +128,17 @@ def test_a_range_vector_at_the_top_of_an_instant_query(store: SqliteStore) -> No
 
     assert points(False) == [(T + 10 * S, 2.0), (T + 20 * S, 3.0)]
     assert points(True) == [(T, 1.0), (T + 10 * S, 2.0), (T + 20 * S, 3.0)]
+
+
+def test_a_subquery_at_the_top_of_an_instant_query_takes_the_lookback_asked(store: SqliteStore) -> None:
+    """``lookback_delta`` reaches a top-level subquery's instant selectors (it took 5 minutes)."""
+    sub = promql.parse("g[30s:10s]")
+    assert isinstance(sub, promql.pp.SubqueryExpr)
+
+    def points(lookback_ms: int) -> list[tuple[int, float]]:
+        raw = promql.instant_raw(store, "t", sub, T + 35 * S, lookback_ms=lookback_ms)
+        return [pt for _, pts in raw.series for pt in pts]
+
+    # steps at 10, 20 and 30 s; at 30 s the newest sample (20 s) is 10 s old
+    assert points(promql.LOOKBACK_MS) == [(T + 10 * S, 2.0), (T + 20 * S, 3.0), (T + 30 * S, 3.0)]
+    assert points(5 * S) == [(T + 10 * S, 2.0), (T + 20 * S, 3.0)]

@@ -138,7 +138,9 @@ class PromApi:
         if isinstance(inner, pp.StringLiteral):
             return _success({"resultType": "string", "result": [_ts(at), str(inner.val)]})
         if isinstance(inner, (pp.MatrixSelector, pp.SubqueryExpr)):
-            raw = await self._run(lambda s: promql.instant_raw(s, tenant, inner, at, limits, closed))
+            raw = await self._run(
+                lambda s: promql.instant_raw(s, tenant, inner, at, limits, closed, lookback)
+            )
             rows = await asyncio.to_thread(_raw_rows, raw)
             return _success({"resultType": "matrix", "result": rows})
         grid = promql.Grid(at, at, 1)

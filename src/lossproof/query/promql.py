@@ -929,10 +929,11 @@ def instant_raw(
     at_ms: int,
     limits: Limits | None = None,
     closed: bool = False,
+    lookback_ms: int = LOOKBACK_MS,
 ) -> RawMatrix:
     """A range vector at the top of an instant query: its points in ``(at - range, at]`` (closed:
-    ``[at - range, at]``)."""
-    ev = Evaluator(store, tenant, Grid(at_ms, at_ms, 1), limits=limits, closed=closed)
+    ``[at - range, at]``); ``lookback_ms`` that of a subquery's instant selectors."""
+    ev = Evaluator(store, tenant, Grid(at_ms, at_ms, 1), lookback_ms, limits=limits, closed=closed)
     return RawMatrix(ev.raw(expr))
 
 
