@@ -112,7 +112,8 @@ pub fn points_json<'py>(
     // every row's text into one buffer without the GIL (the arrays are the caller's, not written
     // meanwhile), then a bytes object each
     let (text, ends) = py.detach(|| {
-        let mut text = Vec::with_capacity(rows.len() * n * 24);
+        // (room for a typical answer, not for the worst: a failed allocation aborts the process)
+        let mut text = Vec::with_capacity(rows.len().saturating_mul(n).saturating_mul(24).min(1 << 24));
         let mut ends: Vec<Option<usize>> = Vec::with_capacity(rows.len());
         for &i in &rows {
             let wrote = row_json(&mut text, &v[i * n..(i + 1) * n], &p[i * n..(i + 1) * n], &stamps);
