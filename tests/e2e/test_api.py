@@ -241,6 +241,7 @@ def test_healthz_and_metrics(pipeline: Pipeline) -> None:
         "lossproof_log_bytes",
         "lossproof_worker_lag_records",
         "lossproof_worker_lag_seconds",
+        "lossproof_worker_behind",
         "lossproof_worker_dead_letters_total",
     ):
         assert name in text, name

@@ -98,6 +98,12 @@ class WorkerMetrics:
         self.lag_seconds = Gauge(
             "lossproof_worker_lag_seconds", "Age of the oldest record not yet committed.", registry=registry
         )
+        self.behind = Gauge(
+            "lossproof_worker_behind",
+            "1 while the worker is behind (its oldest record not committed older than 2 s, until it is "
+            "under 1 s again): compaction then takes a step every 10 s at most.",
+            registry=registry,
+        )
         self.e2e_seconds = Histogram(
             "lossproof_worker_end_to_end_seconds",
             "From ingest receiving a record to it being stored.",
@@ -344,5 +350,6 @@ class Worker:
             self._behind = True
         elif lag.seconds < CAUGHT_UP_S:
             self._behind = False
+        self.metrics.behind.set(self._behind)
         if self.on_behind is not None:
             self.on_behind(self._behind)
