@@ -7,6 +7,7 @@ range vector, subquery steps)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -118,27 +119,22 @@ def test_a_range_query_has_the_windows_at_every_step(store: SqliteStore) -> None
     assert rows("increase(c[10s])", True) == [[5.0, 20.0, None]]
 
 
+def raw_points(store: SqliteStore, q: str, sec: int, **kw: Any) -> list[tuple[int, float]]:
+    """The points of the range vector ``q`` at the top of an instant query at ``T + sec``."""
+    expr = promql.parse(q)
+    assert isinstance(expr, (promql.pp.MatrixSelector, promql.pp.SubqueryExpr))
+    raw = promql.instant_raw(store, "t", expr, T + sec * S, **kw)
+    return [pt for _, pts in raw.series for pt in pts]
+
+
 def test_a_range_vector_at_the_top_of_an_instant_query(store: SqliteStore) -> None:
-    sel = promql.parse("g[20s]")
-    assert isinstance(sel, promql.pp.MatrixSelector)
-
-    def points(closed: bool) -> list[tuple[int, float]]:
-        raw = promql.instant_raw(store, "t", sel, T + 20 * S, closed=closed)
-        return [pt for _, pts in raw.series for pt in pts]
-
-    assert points(False) == [(T + 10 * S, 2.0), (T + 20 * S, 3.0)]
-    assert points(True) == [(T, 1.0), (T + 10 * S, 2.0), (T + 20 * S, 3.0)]
+    assert raw_points(store, "g[20s]", 20, closed=False) == [(T + 10 * S, 2.0), (T + 20 * S, 3.0)]
+    assert raw_points(store, "g[20s]", 20, closed=True) == [(T, 1.0), (T + 10 * S, 2.0), (T + 20 * S, 3.0)]
 
 
 def test_a_subquery_at_the_top_of_an_instant_query_takes_the_lookback_asked(store: SqliteStore) -> None:
     """``lookback_delta`` reaches a top-level subquery's instant selectors (it took 5 minutes)."""
-    sub = promql.parse("g[30s:10s]")
-    assert isinstance(sub, promql.pp.SubqueryExpr)
-
-    def points(lookback_ms: int) -> list[tuple[int, float]]:
-        raw = promql.instant_raw(store, "t", sub, T + 35 * S, lookback_ms=lookback_ms)
-        return [pt for _, pts in raw.series for pt in pts]
-
     # steps at 10, 20 and 30 s; at 30 s the newest sample (20 s) is 10 s old
-    assert points(promql.LOOKBACK_MS) == [(T + 10 * S, 2.0), (T + 20 * S, 3.0), (T + 30 * S, 3.0)]
-    assert points(5 * S) == [(T + 10 * S, 2.0), (T + 20 * S, 3.0)]
+    three = [(T + 10 * S, 2.0), (T + 20 * S, 3.0), (T + 30 * S, 3.0)]
+    assert raw_points(store, "g[30s:10s]", 35, lookback_ms=promql.LOOKBACK_MS) == three
+    assert raw_points(store, "g[30s:10s]", 35, lookback_ms=5 * S) == three[:2]

@@ -144,7 +144,9 @@ class PromApi:
             rows = await asyncio.to_thread(_raw_rows, raw)
             return _success({"resultType": "matrix", "result": rows})
         grid = promql.Grid(at, at, 1)
-        value = await self._run(lambda s: _evaluator(s, tenant, grid, lookback, limits, closed).eval(expr))
+        value = await self._run(
+            lambda s: promql.Evaluator(s, tenant, grid, lookback, limits, closed=closed).eval(expr)
+        )
         if isinstance(value, promql.Scalar):
             return _success(
                 {"resultType": "scalar", "result": [_ts(at), promql.format_value(value.values[0])]}
@@ -186,7 +188,9 @@ class PromApi:
         grid = promql.Grid(start, end, step)
         lookback = _lookback(q)
         limits, closed = self.limits, self.closed
-        value = await self._run(lambda s: _evaluator(s, tenant, grid, lookback, limits, closed).eval(expr))
+        value = await self._run(
+            lambda s: promql.Evaluator(s, tenant, grid, lookback, limits, closed=closed).eval(expr)
+        )
         rows = await asyncio.to_thread(promql.matrix_rows, value, grid.times(), _ts)
         result = [{"metric": labels, "values": pts} for labels, pts in rows]
         return _success({"resultType": "matrix", "result": result})
@@ -312,12 +316,6 @@ def _check_range(q: MultiDictProxy[str]) -> None:
     for name in ("start", "end"):
         if q.get(name):
             parse_time(q[name], name)
-
-
-def _evaluator(
-    s: StoreReader, tenant: str, grid: promql.Grid, lookback: int, limits: promql.Limits, closed: bool
-) -> promql.Evaluator:
-    return promql.Evaluator(s, tenant, grid, lookback, limits, closed=closed)
 
 
 def _lookback(q: MultiDictProxy[str]) -> int:
