@@ -39,6 +39,7 @@ from lossproof.bench.ingest import T_MARK, points_template
 from lossproof.bench.scrape import scrape, total
 from lossproof.cliutil import finite_float
 from lossproof.fallback import journal as jn
+from lossproof.fallback.pacing import DEFAULT_CONCURRENCY
 from lossproof.fallback.replay import Replay, ReplayOptions
 from lossproof.protocol.compression import compress
 from lossproof.protocol.native import JSON, MSGPACK
@@ -221,11 +222,11 @@ def _cpu(p: psutil.Process) -> float:
 
 def _wait_compacted(data_dir: Path, timeout: float) -> float | None:
     """When the embedded store's compaction had packed every point (monotonic), or inf; None for
-    another store."""
+    another store, or with compaction turned off."""
     from lossproof.bench.compare import packing_done
 
     cfg = config_mod.load(data_dir)
-    if cfg.store.backend != "embedded":
+    if cfg.store.backend != "embedded" or not cfg.store.compact_interval_seconds:
         return None
     store = cfg.store_path
     deadline = time.monotonic() + timeout
@@ -252,7 +253,7 @@ def run_replay_bench(
     agents: int = 100,
     reports: int = 600,
     points: int = 500,
-    concurrency: int = 16,
+    concurrency: int = DEFAULT_CONCURRENCY,
     rate: float | None = None,
     encoding: str = "zstd",
     progress: Callable[[str], None] = lambda _m: None,
@@ -343,7 +344,7 @@ def run_replay_bench(
 @click.option("--agents", type=click.IntRange(1, 100_000), default=100, show_default=True)
 @click.option("--reports", type=click.IntRange(1, 10_000_000), default=600, show_default=True)
 @click.option("--points", type=click.IntRange(0, 100_000), default=500, show_default=True)
-@click.option("--concurrency", type=click.IntRange(1, 256), default=16, show_default=True)
+@click.option("--concurrency", type=click.IntRange(1, 256), default=DEFAULT_CONCURRENCY, show_default=True)
 @click.option("--rate", type=finite_float(0, min_open=True), default=None, help="Replay --rate (requests/s).")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
 @click.option(

@@ -11,6 +11,7 @@ import click
 from lossproof import config as config_mod
 from lossproof.cliutil import finite_float
 from lossproof.config import MAX_SECONDS
+from lossproof.fallback.pacing import DEFAULT_CONCURRENCY
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
@@ -167,7 +168,7 @@ def fallback_command(
     help="At most this many requests/s (token bucket). Default: no limit but --concurrency.",
 )
 @click.option("--rate-bytes", type=ByteSize(), default=None, help="At most this many body bytes/s, e.g. 50M.")
-@click.option("--concurrency", type=click.IntRange(1, 256), default=8, show_default=True)
+@click.option("--concurrency", type=click.IntRange(1, 256), default=DEFAULT_CONCURRENCY, show_default=True)
 @click.option("--follow", is_flag=True, help="Keep replaying what the receiver accepts until stopped.")
 @click.option("--prune", is_flag=True, help="Afterwards delete replayed segments older than --retention.")
 @click.option("--retention", type=Duration(), default="24h", show_default=True)

@@ -51,7 +51,7 @@ import msgspec
 from lossproof.durable import fsync_dir, make_dirs
 from lossproof.fallback import journal as jn
 from lossproof.fallback import progress as pg
-from lossproof.fallback.pacing import TokenBucket, backoff_delay
+from lossproof.fallback.pacing import DEFAULT_CONCURRENCY, TokenBucket, backoff_delay
 from lossproof.fallback.pacing import retry_after as parse_retry_after
 from lossproof.fallback.rejected import LOST_RANGES_PER_REQUEST, lost_ranges
 from lossproof.fallback.tracker import Slot, Tracker
@@ -74,7 +74,7 @@ class ReplayOptions:
     api_key: str
     rate: float | None = None  # requests/s
     rate_bytes: float | None = None  # body bytes/s
-    concurrency: int = 8
+    concurrency: int = DEFAULT_CONCURRENCY
     follow: bool = False
     prune: bool = False
     retention_seconds: float = 86400.0
