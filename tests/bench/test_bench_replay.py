@@ -37,6 +37,9 @@ def test_bench_replay_stores_the_journal_and_says_how_fast(
         else r"^all stored by the worker: [\d.]+ s after the replay started"
     )
     assert re.search(stored, r.stdout, re.M), r.stdout
+    # a live agent posted beside the replay; its points were stored too (the bench waits for them)
+    live = re.search(r"^a live agent beside the replay .*\((\d+) acknowledged, 0 failed\)$", r.stdout, re.M)
+    assert live and int(live.group(1)) >= 1, r.stdout
 
 
 def test_bench_replay_backlog_needs_a_pipeline_it_starts() -> None:

@@ -18,13 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import io
 import math
+import multiprocessing
 import os
+import statistics
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import click
@@ -35,6 +40,7 @@ from lossproof import config as config_mod
 from lossproof.agent.report import Point as AgentPoint
 from lossproof.agent.report import encode_encoded_report, encode_points
 from lossproof.agent.request import encode_request
+from lossproof.auth import TENANT_HEADER
 from lossproof.bench.ingest import T_MARK, points_template
 from lossproof.bench.scrape import scrape, total
 from lossproof.cliutil import finite_float
@@ -62,6 +68,7 @@ class ReplayBenchResult:
     # --spawn: from the start of the drain (replay, or the worker resumed) until compaction was done
     compacted_seconds: float | None = None
     compacted_points: float = 0.0  # points compaction wrote (flushed and packed), meanwhile
+    live: LiveResult | None = None  # a live agent's requests during the replay
 
     @property
     def total_reports(self) -> int:
@@ -97,6 +104,8 @@ class ReplayBenchResult:
                 + (f"every point packed {c:.1f} s after the drain began" if math.isfinite(c) else "NOT done")
                 + f"; it wrote {self.compacted_points / max(self.total_points, 1):.2f} points a point stored"
             )
+        if self.live is not None:
+            out.append(self.live.line())
         if self.cpu_seconds:
             per = ", ".join(
                 f"{k} {v:.1f} s ({v / self.total_reports * 1e3:.2f} ms/report)"
@@ -106,6 +115,95 @@ class ReplayBenchResult:
                 f"CPU time: {per}; host load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
             )
         return out
+
+
+@dataclass
+class LiveResult:
+    every: float
+    ms: list[float]  # each acknowledged request's time until its 200
+    failed: int  # answered other than 2xx, or not at all
+
+    @property
+    def points(self) -> int:  # one a request
+        return len(self.ms)
+
+    def line(self) -> str:
+        if not self.ms:
+            return f"a live agent beside the replay: no request acknowledged ({self.failed} failed)"
+        cuts = statistics.quantiles(self.ms, n=100, method="inclusive") if len(self.ms) > 1 else self.ms * 99
+        return (
+            f"a live agent beside the replay (a 1-point report every {self.every:g} s): "
+            f"p50 {cuts[49]:.1f} ms, p99 {cuts[98]:.1f} ms, max {max(self.ms):.1f} ms "
+            f"({len(self.ms)} acknowledged, {self.failed} failed)"
+        )
+
+
+class LiveAgent:
+    """An agent sending live while the replay runs: one report of one point every ``every`` s on
+    a connection of its own, each timed until its 200. Whether a replay starves live traffic is
+    how long these wait (the replay shares ingest's event loop, log and CPU with them). It runs in
+    a process of its own: in the replay's, its times would include waits for the replay's GIL."""
+
+    def __init__(self, url: str, key: str, every: float = 0.1, tenant: str = "default") -> None:
+        u = urllib.parse.urlsplit(url)
+        self._host, self._port = u.hostname or "127.0.0.1", u.port or 80
+        self._headers = {
+            "Authorization": f"Bearer {key}",
+            TENANT_HEADER: tenant,
+            "Content-Type": JSON,
+        }
+        self._agent = f"live-{os.getpid()}-{int(time.time())}"
+        self.every = every
+        self.ms: list[float] = []
+        self.failed = 0
+        ctx = multiprocessing.get_context("fork")  # (started before the replay's threads and loop)
+        self._stop = ctx.Event()
+        self._results, child_end = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(target=self._run, args=(child_end,), name="live-agent", daemon=True)
+
+    def start(self) -> None:
+        self._proc.start()
+
+    def stop(self) -> LiveResult:
+        self._stop.set()
+        got: tuple[list[float], int] = self._results.recv() if self._results.poll(60) else ([], -1)
+        self._proc.join(10)
+        return LiveResult(self.every, *got)
+
+    def _run(self, results: Connection) -> None:
+        try:
+            self._send()
+        finally:
+            results.send((self.ms, self.failed))
+
+    def _send(self) -> None:
+        conn: http.client.HTTPConnection | None = None
+        seq = 0
+        while seq == 0 or not self._stop.wait(self.every):  # (one request at least)
+            seq += 1
+            t = int(time.time() * 1000)
+            body = b'{"agent":"%s","reports":[{"seq":%d,"time":%d,"points":[{"metric":"bench.live","labels":{},"v":1,"t":%d}]}]}' % (  # noqa: E501
+                self._agent.encode(), seq, t, t
+            )
+            started = time.perf_counter()
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection(self._host, self._port, timeout=30)
+                conn.request("POST", "/v1/reports", body, self._headers)
+                resp = conn.getresponse()
+                resp.read()
+                ok = 200 <= resp.status < 300
+            except (OSError, http.client.HTTPException):
+                ok = False
+                if conn is not None:
+                    conn.close()
+                conn = None
+            if ok:
+                self.ms.append((time.perf_counter() - started) * 1000)
+            else:
+                self.failed += 1
+        if conn is not None:
+            conn.close()
 
 
 async def build_journal(
@@ -261,6 +359,7 @@ def run_replay_bench(
     pipeline_dir: Path | None = None,
     backlog: bool = False,
     body_format: str = "json",
+    live: bool = True,
 ) -> ReplayBenchResult:
     """Build a journal in ``work_dir`` and replay it into the pipeline at ``url`` with ``key``
     (a replay key, or the default tenant's key). ``backlog``: the worker (of ``pipeline_dir``) is
@@ -294,9 +393,15 @@ def run_replay_bench(
     paused = [procs[k] for k in ("worker", "compactor") if backlog and k in procs]
     for p in paused:
         p.suspend()
+    live_agent = LiveAgent(url, key) if live else None
     try:
         started = time.monotonic()
-        summary = asyncio.run(Replay(opts, _Lines(progress)).run())
+        if live_agent is not None:
+            live_agent.start()
+        try:
+            summary = asyncio.run(Replay(opts, _Lines(progress)).run())
+        finally:
+            live_res = live_agent.stop() if live_agent is not None else None
         replay_s = time.monotonic() - started
     finally:
         for p in paused:
@@ -307,7 +412,9 @@ def run_replay_bench(
     if summary.requests <= summary.rejected:
         raise RuntimeError(f"replay failed: nothing acknowledged ({summary.rejected} requests rejected)")
     progress("waiting for the worker to store everything ...")
-    ok = _wait_stored(url, before + agents * reports * points, timeout)
+    # (the live agent's points are stored too)
+    extra = live_res.points if live_res is not None else 0
+    ok = _wait_stored(url, before + agents * reports * points + extra, timeout)
     stored_s = time.monotonic() - started if ok else math.inf
     drain_s = (time.monotonic() - resumed if ok else math.inf) if backlog else None
     cpu = {k: _cpu(p) - cpu0[k] for k, p in procs.items()}  # until everything is stored
@@ -334,6 +441,7 @@ def run_replay_bench(
         drain_s,
         compacted_s,
         compacted,
+        live_res,
     )
 
 
