@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
+from lossproof import aio
 from lossproof import config as config_mod
 from lossproof.cliutil import finite_float
 from lossproof.config import Config, ConfigError
@@ -45,17 +46,6 @@ def _load(data_dir: Path) -> Config:
         return config_mod.load(data_dir)
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
-
-
-def _run_async(main: Any) -> None:
-    import asyncio
-
-    try:
-        import uvloop
-
-        uvloop.run(main)
-    except ImportError:
-        asyncio.run(main)
 
 
 class LazyGroup(click.Group):
@@ -173,7 +163,7 @@ def run_ingest(
     if host is not None:
         cfg.server.host = host
     try:
-        _run_async(serve(cfg, wrap_writer))
+        aio.run(serve(cfg, wrap_writer))
     except LogError as e:
         raise click.ClickException(f"log: {e}") from None
     except StoreError as e:

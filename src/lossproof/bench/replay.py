@@ -36,6 +36,7 @@ import click
 import msgspec
 import psutil  # type: ignore[import-untyped]  # no stubs installed; calls are plain
 
+from lossproof import aio
 from lossproof import config as config_mod
 from lossproof.agent.report import Point as AgentPoint
 from lossproof.agent.report import encode_encoded_report, encode_points
@@ -368,7 +369,7 @@ def run_replay_bench(
         f"building the journal: {agents} agents x {reports} reports x {points} points ({body_format}) ..."
     )
     t = time.monotonic()
-    requests, nbytes = asyncio.run(
+    requests, nbytes = aio.run(
         build_journal(jn.journal_dir(work_dir), agents, reports, points, encoding, body_format=body_format)
     )
     build = time.monotonic() - t
@@ -399,7 +400,7 @@ def run_replay_bench(
         if live_agent is not None:
             live_agent.start()
         try:
-            summary = asyncio.run(Replay(opts, _Lines(progress)).run())
+            summary = aio.run(Replay(opts, _Lines(progress)).run())
         finally:
             live_res = live_agent.stop() if live_agent is not None else None
         replay_s = time.monotonic() - started

@@ -108,8 +108,7 @@ def fallback_command(
     prune_interval: float,
 ) -> None:
     """Run the fallback receiver: the native protocol into a local journal, 200 only after fsync."""
-    import asyncio
-
+    from lossproof import aio
     from lossproof.fallback import journal as jn
     from lossproof.fallback.receiver import ReceiverOptions, serve
     from lossproof.obs.logging import setup
@@ -135,7 +134,7 @@ def fallback_command(
         sys.stdout.flush()
 
     try:
-        asyncio.run(serve(cfg, data_dir, opts, ready))
+        aio.run(serve(cfg, data_dir, opts, ready))
     except jn.JournalError as e:
         raise click.ClickException(
             f"{e} (refusing to start: move the damaged segment aside to accept data again)"

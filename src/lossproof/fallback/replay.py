@@ -48,6 +48,7 @@ from typing import Any, TextIO
 import aiohttp
 import msgspec
 
+from lossproof import aio
 from lossproof.durable import fsync_dir, make_dirs
 from lossproof.fallback import journal as jn
 from lossproof.fallback import progress as pg
@@ -621,4 +622,4 @@ def _error_text(answer: bytes) -> str:
 
 def run_replay(opts: ReplayOptions, err: TextIO | None = None) -> Summary:
     """Run a replay to completion (or until stopped); raises ReplayError for setup problems."""
-    return asyncio.run(Replay(opts, err).run())
+    return aio.run(Replay(opts, err).run())
