@@ -24,7 +24,6 @@ one step every few seconds keeps compaction going through a long overload.
 
 from __future__ import annotations
 
-import ctypes
 import math
 import os
 import signal
@@ -42,6 +41,7 @@ from prometheus_client import CollectorRegistry, Counter
 from lossproof.children import die_with_parent
 from lossproof.obs.logging import get
 from lossproof.store.base import StoreUnavailable, StoreWriter
+from lossproof.worker.memory import release_memory
 
 if TYPE_CHECKING:
     from lossproof.config import Config
@@ -49,21 +49,12 @@ if TYPE_CHECKING:
 log = get(__name__)
 
 
-def _libc_malloc_trim() -> Callable[[int], int] | None:
-    try:
-        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-    return trim
-
-
 # A compaction step decodes, sorts and encodes up to ~500,000 points in this thread (tens of MiB of
 # numpy arrays). glibc keeps what this thread freed in its own arena, where the worker's main thread
 # does not reuse it, so it came on top of the main thread's biggest batch: the worker's peak RSS
 # with big remote-write bodies went from 319 MiB without compaction to 358-398 MiB with it. Giving
-# it back after each step brought that to ~290 MiB (tests/worker/test_worker_memory.py); the
-# call costs far less than the step.
-_MALLOC_TRIM = _libc_malloc_trim()
+# it back after each step (release_memory) brought that to ~290 MiB
+# (tests/worker/test_worker_memory.py); the call costs far less than the step.
 
 
 class CompactorMetrics:
@@ -193,8 +184,8 @@ class Compactor:
         """One compaction call; whether it left work for another one."""
         started = time.monotonic()
         res = store.compact(int(time.time() * 1000))
-        if _MALLOC_TRIM is not None and (res.series or res.more):
-            _MALLOC_TRIM(0)
+        if res.series or res.more:
+            release_memory()
         self.report(
             Step(
                 time.monotonic() - started,

@@ -16,8 +16,6 @@ and timestamp) and native requests of several reports may be stored over several
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +26,7 @@ from lossproof.log.base import LogGap, LogReader, LogRecord, PollResult
 from lossproof.obs.logging import get
 from lossproof.protocol.decode import merge, record_parts
 from lossproof.store.base import DeadLetter, Store, StoreUnavailable, WriteBatch, WriteResult
+from lossproof.worker.memory import release_memory
 
 log = get(__name__)
 
@@ -40,25 +39,6 @@ CAUGHT_UP_S = 1.0
 MiB = 1 << 20
 
 
-def _malloc_trim() -> Callable[[], None]:
-    """glibc's ``malloc_trim(0)``, or a no-op elsewhere. Freed memory of a big batch otherwise stays
-    in the process (glibc keeps freed heap and, after a large free, raises its mmap threshold)."""
-    name = ctypes.util.find_library("c")
-    try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):
-        trim = None
-    if trim is None:
-        return lambda: None
-    trim.argtypes = [ctypes.c_size_t]
-
-    def release() -> None:
-        trim(0)
-
-    return release
-
-
-release_memory = _malloc_trim()
 
 
 class WorkerMetrics:
