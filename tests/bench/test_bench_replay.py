@@ -38,7 +38,8 @@ def test_bench_replay_stores_the_journal_and_says_how_fast(
     )
     assert re.search(stored, r.stdout, re.M), r.stdout
     # a live agent posted beside the replay; its points were stored too (the bench waits for them)
-    live = re.search(r"^a live agent beside the replay .*\((\d+) acknowledged, 0 failed\)$", r.stdout, re.M)
+    live_line = r"^a live agent beside the replay .*\((\d+) acknowledged, 0 refused or failed"
+    live = re.search(live_line, r.stdout, re.M)
     assert live and int(live.group(1)) >= 1, r.stdout
 
 

@@ -121,33 +121,40 @@ class ReplayBenchResult:
 @dataclass
 class LiveResult:
     every: float
-    ms: list[float]  # each acknowledged request's time until its 200
-    failed: int  # answered other than 2xx, or not at all
+    ms: list[float]  # each report's time from when it was due until its 200
+    failed: int  # requests answered other than 2xx, or not at all (each sent again)
+    died: int | None = None  # the agent's process ended without an answer (its exit code)
 
     @property
     def points(self) -> int:  # one a request
         return len(self.ms)
 
     def line(self) -> str:
+        if self.died is not None:
+            return f"a live agent beside the replay: its process died (exit code {self.died})"
         if not self.ms:
             return f"a live agent beside the replay: no request acknowledged ({self.failed} failed)"
         cuts = statistics.quantiles(self.ms, n=100, method="inclusive") if len(self.ms) > 1 else self.ms * 99
         return (
             f"a live agent beside the replay (a 1-point report every {self.every:g} s): "
             f"p50 {cuts[49]:.1f} ms, p99 {cuts[98]:.1f} ms, max {max(self.ms):.1f} ms "
-            f"({len(self.ms)} acknowledged, {self.failed} failed)"
+            f"({len(self.ms)} acknowledged, {self.failed} refused or failed, each sent again)"
         )
 
 
 class LiveAgent:
     """An agent sending live while the replay runs: one report of one point every ``every`` s on
-    a connection of its own, each timed until its 200. Whether a replay starves live traffic is
-    how long these wait (the replay shares ingest's event loop, log and CPU with them). It runs in
-    a process of its own: in the replay's, its times would include waits for the replay's GIL."""
+    a connection of its own. Whether a replay starves live traffic is how long these wait (the
+    replay shares ingest's event loop, log and CPU with them). Each report is due at its tick (the
+    k-th at start + k x ``every``) and timed from then until its 200, so a stall counts for every
+    report it delays, not once; a refused report is sent again with its seq, as an agent would. It
+    runs in a process of its own: in the replay's, its times would include waits for its GIL."""
 
     def __init__(self, url: str, key: str, every: float = 0.1, tenant: str = "default") -> None:
         u = urllib.parse.urlsplit(url)
-        self._host, self._port = u.hostname or "127.0.0.1", u.port or 80
+        self._https = u.scheme == "https"
+        self._host, self._port = u.hostname or "127.0.0.1", u.port
+        self._path = u.path.rstrip("/") + "/v1/reports"
         self._headers = {
             "Authorization": f"Bearer {key}",
             TENANT_HEADER: tenant,
@@ -159,15 +166,22 @@ class LiveAgent:
         self.failed = 0
         ctx = multiprocessing.get_context("fork")  # (started before the replay's threads and loop)
         self._stop = ctx.Event()
-        self._results, child_end = ctx.Pipe(duplex=False)
-        self._proc = ctx.Process(target=self._run, args=(child_end,), name="live-agent", daemon=True)
+        self._results, self._child_end = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(target=self._run, args=(self._child_end,), name="live-agent", daemon=True)
 
     def start(self) -> None:
         self._proc.start()
+        self._child_end.close()  # (the child's: once it is gone, recv sees the end)
 
     def stop(self) -> LiveResult:
         self._stop.set()
-        got: tuple[list[float], int] = self._results.recv() if self._results.poll(60) else ([], -1)
+        try:
+            got: tuple[list[float], int] = self._results.recv()
+        except EOFError:  # it died without an answer
+            self._proc.join(10)
+            return LiveResult(self.every, [], 0, died=self._proc.exitcode)
+        finally:
+            self._results.close()
         self._proc.join(10)
         return LiveResult(self.every, *got)
 
@@ -177,32 +191,46 @@ class LiveAgent:
         finally:
             results.send((self.ms, self.failed))
 
+    def _connect(self) -> http.client.HTTPConnection:
+        if self._https:
+            return http.client.HTTPSConnection(self._host, self._port, timeout=30)
+        return http.client.HTTPConnection(self._host, self._port, timeout=30)
+
+    def _post(self, conn: http.client.HTTPConnection, seq: int, t: int) -> bool:
+        body = b'{"agent":"%s","reports":[{"seq":%d,"time":%d,"points":[{"metric":"bench.live","labels":{},"v":1,"t":%d}]}]}' % (  # noqa: E501
+            self._agent.encode(), seq, t, t
+        )
+        conn.request("POST", self._path, body, self._headers)
+        resp = conn.getresponse()
+        resp.read()
+        return 200 <= resp.status < 300
+
     def _send(self) -> None:
         conn: http.client.HTTPConnection | None = None
-        seq = 0
-        while seq == 0 or not self._stop.wait(self.every):  # (one request at least)
-            seq += 1
+        t0 = time.perf_counter()
+        k = 0
+        while True:  # one report at least
+            due = t0 + k * self.every
+            if k and self._stop.wait(max(0.0, due - time.perf_counter())):
+                break
             t = int(time.time() * 1000)
-            body = b'{"agent":"%s","reports":[{"seq":%d,"time":%d,"points":[{"metric":"bench.live","labels":{},"v":1,"t":%d}]}]}' % (  # noqa: E501
-                self._agent.encode(), seq, t, t
-            )
-            started = time.perf_counter()
-            try:
-                if conn is None:
-                    conn = http.client.HTTPConnection(self._host, self._port, timeout=30)
-                conn.request("POST", "/v1/reports", body, self._headers)
-                resp = conn.getresponse()
-                resp.read()
-                ok = 200 <= resp.status < 300
-            except (OSError, http.client.HTTPException):
-                ok = False
-                if conn is not None:
-                    conn.close()
-                conn = None
-            if ok:
-                self.ms.append((time.perf_counter() - started) * 1000)
-            else:
+            while True:  # until acknowledged (the same seq: the store keeps it once)
+                try:
+                    if conn is None:
+                        conn = self._connect()
+                    if self._post(conn, k + 1, t):
+                        break
+                except (OSError, http.client.HTTPException):
+                    if conn is not None:
+                        conn.close()
+                    conn = None
                 self.failed += 1
+                if self._stop.wait(min(1.0, self.every)):
+                    if conn is not None:
+                        conn.close()
+                    return
+            self.ms.append((time.perf_counter() - due) * 1000)
+            k += 1
         if conn is not None:
             conn.close()
 
@@ -395,15 +423,15 @@ def run_replay_bench(
     for p in paused:
         p.suspend()
     live_agent = LiveAgent(url, key) if live else None
+    if live_agent is not None:
+        live_agent.start()
     try:
         started = time.monotonic()
-        if live_agent is not None:
-            live_agent.start()
         try:
             summary = aio.run(Replay(opts, _Lines(progress)).run())
+            replay_s = time.monotonic() - started
         finally:
             live_res = live_agent.stop() if live_agent is not None else None
-        replay_s = time.monotonic() - started
     finally:
         for p in paused:
             p.resume()

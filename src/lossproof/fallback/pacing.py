@@ -15,8 +15,32 @@ RETRY_AFTER_CAP = 60.0  # a Retry-After longer than this is taken as this
 # Requests in flight by default. The main ingest commits its log a group at a time, one fsync for
 # every append waiting: a journal of 500-point reports drained in 33 s with 16 in flight, 29 s
 # with 32, 27 s with 64 (ingest's CPU per request 0.38 -> 0.30 ms; docs/fallback.md). The agents the
-# journal stands for had one request in flight each; the ingest's 503/429 push back when it is full.
+# journal stands for had one request in flight each. The main ingest has no admission control of
+# its own (it answers 503 only once an append waited append_timeout_seconds): on a pipeline busy
+# with live traffic, bound a replay with --concurrency and --rate.
 DEFAULT_CONCURRENCY = 64
+# Journal bytes read ahead and in flight at most: the records queued for the requests, whatever
+# their size (4 x concurrency records of agents' 4 MiB catch-up batches were GBs).
+READ_AHEAD_BYTES = 64 * 2**20
+
+
+class ByteBudget:
+    """At most ``limit`` bytes held at once; one item larger than the limit passes alone."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._cond = asyncio.Condition()
+
+    async def take(self, n: int) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.held == 0 or self.held + n <= self.limit)
+            self.held += n
+
+    async def give(self, n: int) -> None:
+        async with self._cond:
+            self.held -= n
+            self._cond.notify_all()
 
 
 class TokenBucket:

@@ -25,7 +25,8 @@ sending a record twice is harmless; skipping one is not, so:
 
 Progress is the journal position of the first request not yet done; everything before it is done.
 It is saved atomically about once a second and at the end, so an interrupted replay resumes where
-it stopped (re-sending at most the last second's requests, harmlessly).
+it stopped (re-sending, harmlessly, at most the requests in flight then and those done in its last
+second).
 """
 
 from __future__ import annotations
@@ -52,7 +53,13 @@ from lossproof import aio
 from lossproof.durable import fsync_dir, make_dirs
 from lossproof.fallback import journal as jn
 from lossproof.fallback import progress as pg
-from lossproof.fallback.pacing import DEFAULT_CONCURRENCY, TokenBucket, backoff_delay
+from lossproof.fallback.pacing import (
+    DEFAULT_CONCURRENCY,
+    READ_AHEAD_BYTES,
+    ByteBudget,
+    TokenBucket,
+    backoff_delay,
+)
 from lossproof.fallback.pacing import retry_after as parse_retry_after
 from lossproof.fallback.rejected import LOST_RANGES_PER_REQUEST, lost_ranges
 from lossproof.fallback.tracker import Slot, Tracker
@@ -168,6 +175,7 @@ class Replay:
         )
         self.progress: pg.Progress | None = None
         self.tracker: Tracker | None = None
+        self.budget = ByteBudget(READ_AHEAD_BYTES)  # records queued and in flight
 
     # --- checks ----------------------------------------------------------------------------------
 
@@ -270,6 +278,7 @@ class Replay:
                         if isinstance(it, jn.Boundary):
                             self.tracker.done(self.tracker.add(it.next_position, it.left))
                             continue
+                        await self.budget.take(it.size)
                         slot = self.tracker.add(it.next_position)
                         self.read_bytes += it.size
                         await queue.put((it, slot))
@@ -297,7 +306,10 @@ class Replay:
             if item is None or self.stop.is_set():
                 return
             rec, slot = item
-            ok = await self.send(session, rec)
+            try:
+                ok = await self.send(session, rec)
+            finally:
+                await self.budget.give(rec.size)
             if not ok:
                 return  # fatal: stop without marking it done
             self._count(rec)

@@ -5,9 +5,10 @@ How an append becomes durable
     the writes and syncs go through the :mod:`lossproof.segments.fs` file system it is handed.)
     ``append`` queues the record and awaits a future. One writer thread takes *everything* queued
     (a group), assigns consecutive offsets, writes the group with ``os.writev`` and makes it durable
-    with one ``fdatasync`` (both release the GIL), then writes and fsyncs the durable watermark and resolves
-    the group's futures on the event loop (``call_soon_threadsafe``). While one group is being
-    fsync'd the next one accumulates, so concurrent appends share fsyncs.
+    with one ``fdatasync`` (both release the GIL), then writes the durable watermark and makes it
+    durable (``fdatasync`` too) and resolves the group's futures on the event loop
+    (``call_soon_threadsafe``). While one group is being fsync'd the next one accumulates, so
+    concurrent appends share fsyncs.
 
 Failure
     If a write or fsync fails, every append of that group raises :class:`LogUnavailable`, ``healthy()``
