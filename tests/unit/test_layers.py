@@ -37,6 +37,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "credentials",
             "segments",
             "native_ext",
+            "aio",
         },
     ),
     ("log", {"log"}),
