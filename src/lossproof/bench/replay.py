@@ -46,7 +46,7 @@ from lossproof.bench.ingest import T_MARK, points_template
 from lossproof.bench.scrape import scrape, total
 from lossproof.cliutil import finite_float
 from lossproof.fallback import journal as jn
-from lossproof.fallback.pacing import DEFAULT_CONCURRENCY
+from lossproof.fallback.pacing import DEFAULT_BATCH_POINTS, DEFAULT_CONCURRENCY
 from lossproof.fallback.replay import Replay, ReplayOptions
 from lossproof.protocol.compression import compress
 from lossproof.protocol.native import JSON, MSGPACK
@@ -197,8 +197,14 @@ class LiveAgent:
         return http.client.HTTPConnection(self._host, self._port, timeout=30)
 
     def _post(self, conn: http.client.HTTPConnection, seq: int, t: int) -> bool:
-        body = b'{"agent":"%s","reports":[{"seq":%d,"time":%d,"points":[{"metric":"bench.live","labels":{},"v":1,"t":%d}]}]}' % (  # noqa: E501
-            self._agent.encode(), seq, t, t
+        body = (
+            b'{"agent":"%s","reports":[{"seq":%d,"time":%d,"points":[{"metric":"bench.live","labels":{},"v":1,"t":%d}]}]}'
+            % (  # noqa: E501
+                self._agent.encode(),
+                seq,
+                t,
+                t,
+            )
         )
         conn.request("POST", self._path, body, self._headers)
         resp = conn.getresponse()
@@ -389,6 +395,7 @@ def run_replay_bench(
     backlog: bool = False,
     body_format: str = "json",
     live: bool = True,
+    batch_points: int = DEFAULT_BATCH_POINTS,
 ) -> ReplayBenchResult:
     """Build a journal in ``work_dir`` and replay it into the pipeline at ``url`` with ``key``
     (a replay key, or the default tenant's key). ``backlog``: the worker (of ``pipeline_dir``) is
@@ -416,6 +423,7 @@ def run_replay_bench(
         api_key=key,
         rate=rate,
         concurrency=concurrency,
+        batch_points=batch_points,
         progress_interval=5.0,
     )
     # a worker that is down: its compactor (a child of it) is down too
@@ -483,6 +491,13 @@ def run_replay_bench(
 @click.option("--points", type=click.IntRange(0, 100_000), default=500, show_default=True)
 @click.option("--concurrency", type=click.IntRange(1, 256), default=DEFAULT_CONCURRENCY, show_default=True)
 @click.option("--rate", type=finite_float(0, min_open=True), default=None, help="Replay --rate (requests/s).")
+@click.option(
+    "--batch-points",
+    type=click.IntRange(0, 10_000_000),
+    default=DEFAULT_BATCH_POINTS,
+    show_default=True,
+    help="Replay --batch-points (0: a request per journal record).",
+)
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
 @click.option(
     "--format",
@@ -506,6 +521,7 @@ def main(
     points: int,
     concurrency: int,
     rate: float | None,
+    batch_points: int,
     work_dir: Path | None,
     body_format: str,
     backlog: bool,
@@ -547,6 +563,7 @@ def main(
                     pipeline_dir=pipeline_dir,
                     backlog=backlog,
                     body_format=body_format,
+                    batch_points=batch_points,
                 )
         except RuntimeError as e:
             raise click.ClickException(str(e)) from None

@@ -11,7 +11,7 @@ import click
 from lossproof import config as config_mod
 from lossproof.cliutil import finite_float
 from lossproof.config import MAX_SECONDS
-from lossproof.fallback.pacing import DEFAULT_CONCURRENCY
+from lossproof.fallback.pacing import DEFAULT_BATCH_POINTS, DEFAULT_CONCURRENCY
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
@@ -168,6 +168,13 @@ def fallback_command(
 )
 @click.option("--rate-bytes", type=ByteSize(), default=None, help="At most this many body bytes/s, e.g. 50M.")
 @click.option("--concurrency", type=click.IntRange(1, 256), default=DEFAULT_CONCURRENCY, show_default=True)
+@click.option(
+    "--batch-points",
+    type=click.IntRange(0, 10_000_000),
+    default=DEFAULT_BATCH_POINTS,
+    show_default=True,
+    help="Merge one agent's records into requests of up to this many points (0: a request per record).",
+)
 @click.option("--follow", is_flag=True, help="Keep replaying what the receiver accepts until stopped.")
 @click.option("--prune", is_flag=True, help="Afterwards delete replayed segments older than --retention.")
 @click.option("--retention", type=Duration(), default="24h", show_default=True)
@@ -179,6 +186,7 @@ def replay_command(
     rate: float | None,
     rate_bytes: int | None,
     concurrency: int,
+    batch_points: int,
     follow: bool,
     prune: bool,
     retention: float,
@@ -198,6 +206,7 @@ def replay_command(
         rate=rate,
         rate_bytes=float(rate_bytes) if rate_bytes else None,
         concurrency=concurrency,
+        batch_points=batch_points,
         follow=follow,
         prune=prune,
         retention_seconds=retention,

@@ -51,9 +51,12 @@ import msgspec
 
 from lossproof import aio
 from lossproof.durable import fsync_dir, make_dirs
+from lossproof.fallback import batching
 from lossproof.fallback import journal as jn
 from lossproof.fallback import progress as pg
 from lossproof.fallback.pacing import (
+    BATCHES_IN_FLIGHT,
+    DEFAULT_BATCH_POINTS,
     DEFAULT_CONCURRENCY,
     READ_AHEAD_BYTES,
     ByteBudget,
@@ -83,6 +86,7 @@ class ReplayOptions:
     rate: float | None = None  # requests/s
     rate_bytes: float | None = None  # body bytes/s
     concurrency: int = DEFAULT_CONCURRENCY
+    batch_points: int = DEFAULT_BATCH_POINTS  # 0: one request per record
     follow: bool = False
     prune: bool = False
     retention_seconds: float = 86400.0
@@ -95,7 +99,8 @@ class ReplayOptions:
 @dataclass
 class Summary:
     url: str
-    requests: int = 0
+    requests: int = 0  # journal records done (the requests the fallback received)
+    posts: int = 0  # requests that carried them to the main ingest (fewer: merged, batching.py)
     reports: int = 0
     points: int = 0
     bytes: int = 0
@@ -113,8 +118,8 @@ class Summary:
         rate = self.requests / self.seconds if self.seconds > 0 else 0.0
         text = (
             f"replayed {self.requests:,} requests ({self.reports:,} reports, {self.points:,} points, "
-            f"{self.bytes / 2**20:,.1f} MiB) to {self.url} in {self.seconds:.1f} s: "
-            f"{rate:,.0f} requests/s"
+            f"{self.bytes / 2**20:,.1f} MiB) to {self.url} in {self.posts:,} requests, {self.seconds:.1f} s: "
+            f"{rate:,.0f} journal requests/s"
         )
         if self.retries:
             text += f"; {self.retries:,} retries"
@@ -147,7 +152,7 @@ def _fmt_eta(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
-_Queue = asyncio.Queue[tuple[jn.Record, Slot] | None]
+_Queue = asyncio.Queue[list[tuple[jn.Record, Slot]] | None]
 
 
 class Replay:
@@ -176,6 +181,10 @@ class Replay:
         self.progress: pg.Progress | None = None
         self.tracker: Tracker | None = None
         self.budget = ByteBudget(READ_AHEAD_BYTES)  # records queued and in flight
+        # points in flight: as many merged requests as BATCHES_IN_FLIGHT full ones, however many
+        # --concurrency allows (each is checked in one go by the main ingest's event loop, where
+        # a live agent's request waits behind those before it: pacing.py)
+        self.points_budget = ByteBudget(BATCHES_IN_FLIGHT * opts.batch_points) if opts.batch_points else None
 
     # --- checks ----------------------------------------------------------------------------------
 
@@ -262,11 +271,17 @@ class Replay:
         s.bytes += len(rec.entry.body)
         s.journal_bytes += rec.size
 
-    async def produce(
-        self, queue: asyncio.Queue[tuple[jn.Record, Slot] | None], start: jn.Position | None
-    ) -> None:
+    async def flush(self, queue: _Queue, pending: list[tuple[jn.Record, Slot]]) -> None:
+        """Queue the records read: those of one agent together, a request each
+        (:func:`batching.batches`)."""
+        for batch in batching.batches([rec for rec, _ in pending], self.opts.batch_points):
+            await queue.put([pending[i] for i in batch])
+        pending.clear()
+
+    async def produce(self, queue: _Queue, start: jn.Position | None) -> None:
         assert self.tracker is not None
         reader = jn.JournalReader(self.journal, start)
+        pending: list[tuple[jn.Record, Slot]] = []  # read, not yet queued
         try:
             while not self.stop.is_set():
                 await asyncio.to_thread(reader.refresh)
@@ -278,10 +293,12 @@ class Replay:
                         if isinstance(it, jn.Boundary):
                             self.tracker.done(self.tracker.add(it.next_position, it.left))
                             continue
+                        if not self.budget.fits(it.size):
+                            await self.flush(queue, pending)  # (what it holds frees the budget)
                         await self.budget.take(it.size)
-                        slot = self.tracker.add(it.next_position)
+                        pending.append((it, self.tracker.add(it.next_position)))
                         self.read_bytes += it.size
-                        await queue.put((it, slot))
+                    await self.flush(queue, pending)
                     if at_end:
                         break
                 if not self.opts.follow:
@@ -305,15 +322,47 @@ class Replay:
             item = await queue.get()
             if item is None or self.stop.is_set():
                 return
-            rec, slot = item
+            points = sum(rec.entry.points for rec, _ in item)
             try:
-                ok = await self.send(session, rec)
+                if self.points_budget is not None:
+                    await self.points_budget.take(points)
+                try:
+                    ok = await self.send_batch(session, [rec for rec, _ in item])
+                finally:
+                    if self.points_budget is not None:
+                        await self.points_budget.give(points)
             finally:
-                await self.budget.give(rec.size)
+                await self.budget.give(sum(rec.size for rec, _ in item))
             if not ok:
-                return  # fatal: stop without marking it done
-            self._count(rec)
-            self.tracker.done(slot)
+                return  # fatal: stop without marking them done
+            for rec, slot in item:
+                self._count(rec)
+                self.tracker.done(slot)
+
+    async def send_batch(self, session: aiohttp.ClientSession, recs: list[jn.Record]) -> bool:
+        """:meth:`send` of each record of ``recs`` (one agent's, :func:`batching.batches`), all
+        in one request where they merge (:func:`batching.merge`) and the main ingest takes that
+        request. A merged request refused with a 4xx is sent again as its records, one by one:
+        each then gets its own answer, and its own rejection if it has to."""
+        if len(recs) > 1:
+            first = recs[0].entry
+            try:
+                body = batching.merge([r.entry for r in recs], batching.MAX_DECODED)
+            except batching.CannotMerge:
+                body = None
+            if body is not None:
+                seqs = sorted({s for r in recs for a, b in r.entry.seqs for s in range(a, b + 1)})
+                answer = await self.post(
+                    session, first.tenant, body, first.content_type, first.encoding, seqs, len(recs)
+                )
+                if answer is None:
+                    return False
+                if 200 <= answer[0] < 300:
+                    return True
+        for rec in recs:
+            if not await self.send(session, rec):
+                return False
+        return True
 
     async def send(self, session: aiohttp.ClientSession, rec: jn.Record) -> bool:
         """True once the request is acknowledged or its rejection recorded (ledger report and
@@ -336,11 +385,13 @@ class Replay:
         content_type: str,
         encoding: str,
         seqs: list[int],
+        records: int = 1,
     ) -> tuple[int, str] | None:
         """POST ``body`` (carrying ``seqs``) for ``tenant`` until a final answer: ``(status, error)``
         for an acknowledgement of every seq or a 4xx that will never change; None when stopped (a
         fatal answer sets ``self.fatal``: among them a 2xx that is not a lossproof acknowledgement,
-        :mod:`lossproof.protocol.ack`). Transient failures are retried, never given up on."""
+        :mod:`lossproof.protocol.ack`). Transient failures are retried, never given up on.
+        ``records``: the journal records the body carries (what ``--rate`` counts)."""
         headers = {
             "Authorization": f"Bearer {self.opts.api_key}",
             "X-Lossproof-Tenant": tenant,
@@ -350,9 +401,10 @@ class Replay:
             headers["Content-Encoding"] = encoding
         attempt = 0
         timeout = aiohttp.ClientTimeout(total=self.opts.request_timeout)
+        self.summary.posts += 1
         while not self.stop.is_set():
             if self._req_bucket is not None:
-                await self._req_bucket.take(1)
+                await self._req_bucket.take(records)
             if self._byte_bucket is not None:
                 await self._byte_bucket.take(len(body))
             retry_after: float | None = None

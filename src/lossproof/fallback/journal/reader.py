@@ -222,5 +222,3 @@ def journal_bytes(directory: Path) -> tuple[int, int]:
             total += segment_path(directory, base).stat().st_size
             n += 1
     return n, total
-
-
