@@ -20,7 +20,9 @@ import pytest
 from lossproof import config as config_mod
 from lossproof.fallback import journal as jn
 from lossproof.fallback import progress as pg
+from lossproof.protocol import native
 from lossproof.protocol.ack import ACK_HEADERS, PROTOCOL_HEADER
+from lossproof.protocol.compression import decompress
 from lptest.fallback import (
     Fallback,
     ack_of_raw,
@@ -33,6 +35,7 @@ from lptest.fallback import (
 from lptest.pipeline import Pipeline, expand, report
 
 T0 = 1_767_225_600_000
+ONE_A_REQUEST = ("--batch-points", "0")  # each journal record in a request of its own
 
 
 def numbered(seq: int, agent: str, n: int = 5) -> dict[str, Any]:
@@ -325,7 +328,8 @@ def test_headers_retries_and_rejections_against_a_scripted_target(fallback: Fall
 
     target = Target(script)
     try:
-        out = run_replay(fb.data_dir, target.url, "lp_replay_key", "--concurrency", "2")
+        # a request per record (merged requests: test_merged_requests_...)
+        out = run_replay(fb.data_dir, target.url, "lp_replay_key", "--concurrency", "2", *ONE_A_REQUEST)
     finally:
         target.close()
     assert out.returncode == 3, (out.stdout, out.stderr)
@@ -363,7 +367,7 @@ def test_wrong_key_stops_without_skipping_anything(fallback: Fallback) -> None:
 
     target = Target(script)
     try:
-        out = run_replay(fallback.data_dir, target.url, "lp_wrong", "--concurrency", "1")
+        out = run_replay(fallback.data_dir, target.url, "lp_wrong", "--concurrency", "1", *ONE_A_REQUEST)
     finally:
         target.close()
     assert out.returncode == 1
@@ -387,8 +391,8 @@ def test_wrong_key_stops_without_skipping_anything(fallback: Fallback) -> None:
 def test_an_answer_that_is_not_lossproof_s_stops_without_skipping(
     fallback: Fallback, answer: tuple[int, dict[str, str], bytes]
 ) -> None:
-    for i in range(1, 4):
-        assert fallback.post("n", [report(i)]).status == 200
+    for i in range(1, 4):  # (three agents: a request each, none merged)
+        assert fallback.post(f"n{i}", [report(i)]).status == 200
 
     def script(n: int, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
         return ack_of_raw(headers, body) if n < 1 else answer
@@ -457,7 +461,83 @@ def test_corrupt_record_stops_replay_after_everything_before_it(
     assert out.returncode == 1, out
     last = out.stderr.strip().splitlines()[-1]
     assert last == f"Error: journal corrupt: {path} at byte {victim.pos}: CRC mismatch", last
-    got = {body for _h, body in target.requests}
-    assert got == {r.entry.body for r in records[: records.index(victim)]}
+    # (merged: test_merged_requests_...)
+    assert sorted(sent_seqs(target.requests)) == sorted(record_seqs(records[: records.index(victim)]))
     progress = pg.load_progress(fb.data_dir)
     assert progress is not None and progress.position == victim.position
+
+
+def sent_seqs(requests: list[tuple[dict[str, str], bytes]]) -> list[tuple[str, int]]:
+    """(agent, seq) of every report in the requests a scripted target received."""
+    out = []
+    for headers, body in requests:
+        raw = decompress(body, headers.get("Content-Encoding", ""), 2**30)
+        req = native.decode(raw, headers.get("Content-Type", native.JSON))
+        out += [(req.agent, r.seq) for r in req.reports]
+    return out
+
+
+def record_seqs(records: list[jn.Record]) -> list[tuple[str, int]]:
+    return [(r.entry.agent, s) for r in records for a, b in r.entry.seqs for s in range(a, b + 1)]
+
+
+def test_merged_requests_carry_one_agent_s_records_and_a_refused_one_is_split(fallback: Fallback) -> None:
+    """One agent's records go in one request (up to --batch-points), encoded as they came (zstd
+    again at the replay's level, identity as is; gzip records each alone); a transient answer to a
+    merged request is retried as it is; a 4xx to one is answered by sending its records one by
+    one, so that only the record the main ingest refuses is rejected."""
+    fb = fallback
+    encodings = {"z": "zstd", "i": "identity", "g": "gzip"}
+    bad = ("i", 12)  # the main ingest refuses any request holding this report (409)
+    for seq in range(1, 21):
+        for agent, enc in encodings.items():
+            body, _ = encode_body({"agent": agent, "reports": [report(seq)]}, enc)
+            assert post_raw(fb.url, body, enc, fb.key).status == 200
+    answered: list[tuple[int, list[tuple[str, int]]]] = []
+
+    def script(n: int, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+        got = sent_seqs([(headers, body)])
+        if n < 2:
+            status, extra, answer = 503, {"Retry-After": "0"}, b'{"error": "log cannot accept data durably"}'
+        elif bad in got:
+            status, extra, answer = 409, {}, b'{"error": "seq conflict", "reason": "seq_conflict"}'
+        else:
+            status, extra, answer = ack_of_raw(headers, body)
+        answered.append((status, got))
+        return status, extra, answer
+
+    target = Target(script)
+    try:
+        out = run_replay(fb.data_dir, target.url, "lp_replay_key", "--batch-points", "24", "--concurrency=2")
+    finally:
+        target.close()
+    assert out.returncode == 3, (out.stdout, out.stderr)
+    assert "60 requests" in out.stdout and "1 REJECTED" in out.stdout, out.stdout
+    # every report was acknowledged, but the refused one, which is rejected alone
+    acked = [s for status, got in answered if status == 200 for s in got]
+    assert sorted(set(acked)) == sorted(set(record_seqs(jn.read_all(fb.journal))) - {bad})
+    [line] = [json.loads(x) for x in (fb.data_dir / "replay" / "rejected.jsonl").read_text().splitlines()]
+    assert (line["status"], line["agent"], line["seqs"]) == (409, "i", [[12, 12]])
+    by_agent: dict[str, list[int]] = {}
+    for (headers, _body), (status, got) in zip(target.requests, answered, strict=True):
+        if not got:
+            continue  # the ledger's report of the rejected seq (test_replay_rejected.py)
+        agents = {a for a, _ in got}
+        assert len(agents) == 1, got  # one agent's records a request
+        agent = agents.pop()
+        assert headers.get("Content-Encoding", "identity") == encodings[agent]
+        if agent == "g":
+            assert len(got) == 1, got  # gzip: never merged
+        if status == 200:
+            by_agent.setdefault(agent, []).append(len(got))
+    # merged at --batch-points 24 (reports of 3 points: 8 a request)
+    assert max(by_agent["z"]) == 8 and max(by_agent["i"]) == 8, by_agent
+    first_two = [got for _s, got in answered[:2]]
+    assert all(len(got) > 1 for got in first_two)  # the 503s were answered to merged requests...
+    assert all(got in [g for s, g in answered[2:]] for got in first_two)  # ...sent again as they were
+    # the refused merged request was sent again as its records, one by one
+    split = [got for status, got in answered if status == 409 and len(got) > 1]
+    assert len(split) == 1 and all([s] in [g for _st, g in answered] for s in split[0]), answered
+    records = jn.read_all(fb.journal)
+    progress = pg.load_progress(fb.data_dir)
+    assert progress is not None and progress.position == records[-1].next_position

@@ -267,7 +267,8 @@ def test_ledger_report_shape_retries_and_split(
 
     def script(kind: str, body: dict[str, Any]) -> tuple[int, dict[str, str], dict[str, Any]]:
         if kind == "data":
-            if [r["seq"] for r in body["reports"]] == [1, 2, 4, 7, 8, 9]:
+            # as the main ingest refuses a request holding a malformed report, merged or not
+            if {1, 2, 4, 7, 8, 9} & {r["seq"] for r in body["reports"]}:
                 return 400, {}, {"error": error}
             return ack_of(body)
         if len(lost_answers) < 2:  # the ledger report is retried like any request
