@@ -197,14 +197,8 @@ class LiveAgent:
         return http.client.HTTPConnection(self._host, self._port, timeout=30)
 
     def _post(self, conn: http.client.HTTPConnection, seq: int, t: int) -> bool:
-        body = (
-            b'{"agent":"%s","reports":[{"seq":%d,"time":%d,"points":[{"metric":"bench.live","labels":{},"v":1,"t":%d}]}]}'
-            % (  # noqa: E501
-                self._agent.encode(),
-                seq,
-                t,
-                t,
-            )
+        body = b'{"agent":"%s","reports":[{"seq":%d,"time":%d,"points":[{"metric":"bench.live","labels":{},"v":1,"t":%d}]}]}' % (  # noqa: E501
+            self._agent.encode(), seq, t, t
         )
         conn.request("POST", self._path, body, self._headers)
         resp = conn.getresponse()

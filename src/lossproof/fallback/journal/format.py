@@ -287,3 +287,5 @@ def scan_tail(path: Path, base: int, verify_until: int) -> TailScan:
         )
     after = sc.valid_after.pos if sc.valid_after is not None else None
     return TailScan(path, base, sc.count, sc.last, sc.end_pos, sc.file_size, sc.bad_pos, sc.bad_reason, after)
+
+

@@ -222,3 +222,5 @@ def journal_bytes(directory: Path) -> tuple[int, int]:
             total += segment_path(directory, base).stat().st_size
             n += 1
     return n, total
+
+
