@@ -541,3 +541,58 @@ def test_merged_requests_carry_one_agent_s_records_and_a_refused_one_is_split(fa
     records = jn.read_all(fb.journal)
     progress = pg.load_progress(fb.data_dir)
     assert progress is not None and progress.position == records[-1].next_position
+
+
+def test_a_merged_request_stops_as_one_alone_does_and_a_split_one_is_done_record_by_record(
+    fallback: Fallback,
+) -> None:
+    """A fatal answer (401) to a merged request stops the replay, nothing rejected nor skipped, as
+    for a request alone. A merged request refused (400) is split; its records are done one by one:
+    when the replay stops after the first was rejected, the next run does not reject it again."""
+    fb = fallback
+    for seq in range(1, 5):
+        body, enc = encode_body({"agent": "m", "reports": [report(seq)]}, "zstd")
+        assert post_raw(fb.url, body, enc, fb.key).status == 200
+    records = jn.read_all(fb.journal)
+    unauthorized = 401, {}, b'{"error": "missing or unknown API key (Authorization: Bearer <key>)"}'
+    run = ["fatal"]
+
+    def script(n: int, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+        got = sent_seqs([(headers, body)])
+        if run[0] == "fatal":
+            return unauthorized
+        if run[0] == "split" and (len(got) > 1 or got == [("m", 1)]):
+            return 400, {}, b'{"error": "malformed: something - at `$.reports[0]`"}'
+        if run[0] == "split" and got == [("m", 2)]:
+            return unauthorized
+        return ack_of_raw(headers, body)  # (and the ledger's report of seq 1)
+
+    target = Target(script)
+    try:
+        out = run_replay(fb.data_dir, target.url, "lp_wrong")
+        assert out.returncode == 1 and "nothing was skipped" in out.stderr, (out.stdout, out.stderr)
+        assert [len(sent_seqs([r])) for r in target.requests] == [4]  # one merged request, not split
+        assert not (fb.data_dir / "replay" / "rejected.jsonl").exists()
+        progress = pg.load_progress(fb.data_dir)
+        assert progress is None or progress.position < records[0].next_position
+
+        run[0] = "split"
+        target.requests.clear()
+        out = run_replay(fb.data_dir, target.url, "lp_replay_key")
+        assert out.returncode == 1, (out.stdout, out.stderr)
+        # merged (400), seq 1 alone (400), the ledger's report of seq 1, seq 2 alone (401)
+        assert [len(sent_seqs([r])) for r in target.requests] == [4, 1, 0, 1]
+        progress = pg.load_progress(fb.data_dir)
+        assert progress is not None and progress.position == records[0].next_position  # seq 1: done
+
+        run[0] = "ack"
+        target.requests.clear()
+        out = run_replay(fb.data_dir, target.url, "lp_replay_key")
+        assert out.returncode == 0, (out.stdout, out.stderr)
+        assert [sent_seqs([r]) for r in target.requests] == [[("m", 2), ("m", 3), ("m", 4)]]  # merged
+    finally:
+        target.close()
+    lines = (fb.data_dir / "replay" / "rejected.jsonl").read_text().splitlines()
+    assert [json.loads(x)["seqs"] for x in lines] == [[[1, 1]]]  # rejected once
+    progress = pg.load_progress(fb.data_dir)
+    assert progress is not None and progress.position == records[-1].next_position

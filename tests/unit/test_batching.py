@@ -156,3 +156,24 @@ def test_batches_group_one_agent_s_records_in_journal_order_up_to_the_limits() -
     big = entry([8], agent="a", raw=b"x" * (batching.MAX_BATCH_BYTES + 1), enc="identity")
     small = entry([9], agent="a", enc="identity")
     assert batching.batches([record(small), record(big), record(small)], 10**6) == [[0], [1], [2]]
+
+
+@pytest.mark.parametrize("ctype", [native.MSGPACK, native.JSON])
+def test_a_null_spool_is_no_spool_and_a_repeated_dropped_range_goes_once(ctype: str) -> None:
+    # an agent repeats a dropped range until a request with it is acknowledged; a null spool (a
+    # client that writes absent fields as null) changes nothing in the ledger, sent alone or merged
+    d = [{"first": 9, "last": 9, "reason": "spool_full"}]
+    es = [
+        entry([1], ctype=ctype, spool=SPOOL, dropped=d),
+        entry([2], ctype=ctype, spool=None, dropped=d),
+        entry([3], ctype=ctype, dropped=[{"first": 10, "last": 11, "reason": "x"}]),
+    ]
+    got = decoded(batching.merge(es, 2**20), ctype, "zstd")
+    assert got.spool is not None and got.spool.first_pending_seq == 2
+    assert [(x.first, x.last) for x in got.dropped] == [(9, 9), (10, 11)]
+
+
+def test_a_body_nested_too_deeply_is_not_merged() -> None:
+    deep = b'{"agent":"a","reports":[],"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(batching.CannotMerge):
+        batching.merge([entry([1], ctype=native.JSON), entry([2], ctype=native.JSON, raw=deep)], 2**24)

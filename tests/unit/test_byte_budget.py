@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from lossproof.fallback.pacing import ByteBudget
+from lossproof.fallback.pacing import Budget
 
 
-async def _taken(budget: ByteBudget, n: int) -> bool:
+async def _taken(budget: Budget, n: int) -> bool:
     """Whether ``take(n)`` got through without anyone giving back (it is cancelled if not)."""
     task = asyncio.create_task(budget.take(n))
     await asyncio.sleep(0.01)
@@ -19,7 +19,7 @@ async def _taken(budget: ByteBudget, n: int) -> bool:
 
 def test_takes_wait_while_the_limit_is_held_and_go_on_once_given_back() -> None:
     async def main() -> None:
-        b = ByteBudget(100)
+        b = Budget(100)
         assert await _taken(b, 60)
         assert await _taken(b, 40)  # exactly the limit
         assert not await _taken(b, 1)
@@ -35,7 +35,7 @@ def test_takes_wait_while_the_limit_is_held_and_go_on_once_given_back() -> None:
 
 def test_an_item_larger_than_the_limit_passes_alone() -> None:
     async def main() -> None:
-        b = ByteBudget(100)
+        b = Budget(100)
         assert await _taken(b, 10)
         assert not await _taken(b, 500)  # not beside another
         await b.give(10)

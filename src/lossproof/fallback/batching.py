@@ -11,7 +11,8 @@ Records merge only when nothing but their reports could differ in meaning: the s
 Content-Type and Content-Encoding (the group's key) and, in the body, byte for byte the same fields
 other than ``reports``, ``dropped`` and ``spool`` (``agent``, ``incarnation``, ``first_seq``, and any
 field this version does not know). The merged body holds every record's reports and dropped ranges
-in journal order and the spool of the last record that has one: what the main ingest would hold
+in journal order (a dropped range repeated, once) and the spool of the last record that has one
+(a null spool is none): what the main ingest would hold
 had it received the records one after the other, each acknowledged before the next (the fallback
 acknowledged each in that order). Reports are copied as encoded (``msgspec.Raw``): never decoded,
 so never changed.
@@ -29,7 +30,6 @@ import msgspec
 import zstandard
 
 from lossproof.fallback import journal as jn
-from lossproof.fallback.pacing import DEFAULT_BATCH_POINTS
 from lossproof.protocol import native
 from lossproof.protocol.compression import BadEncoding, TooLarge, decompress
 
@@ -37,9 +37,8 @@ MAX_BATCH_BYTES = 2**20  # bodies as stored (compressed) a merged request holds 
 MAX_RECORDS = 1000  # records a merged request holds at most (and so seqs its answer names)
 MAX_DECODED = 32 * 2**20  # decoded body bytes a merged request holds at most (ingest: 64 MiB)
 
-__all__ = ["DEFAULT_BATCH_POINTS", "CannotMerge", "batches", "group_key", "merge"]
-
 _MERGED = ("reports", "dropped", "spool")
+_NULLS = (b"null", b"\xc0")  # JSON's and msgpack's
 _Fields = dict[str, msgspec.Raw]
 _decoders: dict[str, msgspec.json.Decoder[_Fields] | msgspec.msgpack.Decoder[_Fields]] = {
     native.JSON: msgspec.json.Decoder(_Fields),
@@ -92,7 +91,7 @@ def batches(records: Sequence[jn.Record], max_points: int) -> list[list[int]]:
 
 
 class CannotMerge(Exception):
-    """These records are sent one by one (the message says why, for the log)."""
+    """These records are to be sent one by one (the message says why)."""
 
 
 def merge(entries: Sequence[jn.Entry], max_decoded: int) -> bytes:
@@ -100,42 +99,44 @@ def merge(entries: Sequence[jn.Entry], max_decoded: int) -> bytes:
     one :func:`group_key`, in journal order), encoded as they were (Content-Type and -Encoding of
     the first). Raises :class:`CannotMerge` where they may not be merged: a body that does not
     decode, fields that differ, more than ``max_decoded`` bytes decoded."""
-    first = entries[0]
-    ctype = first.content_type
+    key = group_key(entries[0])
+    if key is None or any(group_key(e) != key for e in entries):
+        raise CannotMerge("records of different agents or encodings")
+    ctype, encoding = key[2], key[3]
     decode, decode_list = _decoders[ctype], _list_decoders[ctype]
-    same: dict[str, bytes] | None = None  # the first record's other fields, as encoded
-    fields: _Fields = {}
+    fields: _Fields | None = None  # the first record's fields but the merged ones
     reports: list[msgspec.Raw] = []
-    dropped: list[msgspec.Raw] = []
+    dropped: dict[bytes, msgspec.Raw] = {}  # (an agent repeats a range until a request with it is acked)
     spool: msgspec.Raw | None = None
     left = max_decoded
     for e in entries:
-        if group_key(e) != group_key(first):
-            raise CannotMerge("records of different agents or encodings")
         try:
             raw = decompress(e.body, e.encoding, left)
             body = decode.decode(raw)
             if "reports" not in body:
                 raise CannotMerge("a record without reports")  # (refused alone: 400)
             reports += decode_list.decode(body["reports"])
-            dropped += decode_list.decode(body["dropped"]) if "dropped" in body else []
-        except (BadEncoding, TooLarge, msgspec.DecodeError) as exc:
-            raise CannotMerge(str(exc)) from None
+            for d in decode_list.decode(body["dropped"]) if "dropped" in body else []:
+                dropped.setdefault(bytes(d), d)
+        except (BadEncoding, TooLarge, msgspec.DecodeError, RecursionError) as exc:
+            raise CannotMerge(str(exc) or type(exc).__name__) from None
         left -= len(raw)
-        spool = body.get("spool", spool)
-        rest = {k: bytes(v) for k, v in body.items() if k not in _MERGED}
-        if same is None:
-            same, fields = rest, {k: v for k, v in body.items() if k not in _MERGED}
-        elif rest != same:
+        if "spool" in body and bytes(body["spool"]).strip() not in _NULLS:
+            spool = body["spool"]  # (a null spool is no spool: it changes nothing in the ledger)
+        rest = {k: v for k, v in body.items() if k not in _MERGED}
+        if fields is None:
+            fields = rest
+        elif {k: bytes(v) for k, v in rest.items()} != {k: bytes(v) for k, v in fields.items()}:
             raise CannotMerge("fields other than reports, dropped and spool differ")
+    assert fields is not None
     encode = _encoders[ctype].encode
     out: _Fields = {**fields, "reports": msgspec.Raw(encode(reports))}
     if dropped:
-        out["dropped"] = msgspec.Raw(encode(dropped))
+        out["dropped"] = msgspec.Raw(encode(list(dropped.values())))
     if spool is not None:
         out["spool"] = spool
     body_out = encode(out)
-    if first.encoding == "zstd":
+    if encoding == "zstd":
         cctx = getattr(_local, "zstd", None)
         if cctx is None:
             # level 1: the records were compressed by their agents; this is only the way back

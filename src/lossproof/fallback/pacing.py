@@ -20,13 +20,13 @@ RETRY_AFTER_CAP = 60.0  # a Retry-After longer than this is taken as this
 # with live traffic, bound a replay with --concurrency and --rate.
 DEFAULT_CONCURRENCY = 64
 # Points one request of a replay carries at most, the records of one agent merged
-# (lossproof.fallback.batching), and the points in flight at most: BATCHES_IN_FLIGHT such requests,
-# whatever --concurrency allows. The main ingest checks a request's points in one go on its event
-# loop (~0.4 us a point), where a live agent's request waits behind those that came before it:
-# that wait grows with the points in flight, its CPU per point falls with the points per request.
-# A journal of 500-point reports (docs/fallback.md) drained in 38 s one record a request (64 in
-# flight), in 21 s merged at 10,000 points with 8 in flight (a live agent's p99 32 ms, against 73
-# ms before) and in 21 s with 64 in flight (its p99 151 ms).
+# (lossproof.fallback.batching), and the points in such merged requests in flight at most:
+# BATCHES_IN_FLIGHT full ones, whatever --concurrency allows. The main ingest checks a request's
+# points in one go on its event loop (~0.4 us a point), where a live agent's request waits behind
+# those that came before it: that wait grows with the points in flight, the CPU per point falls
+# with the points per request. A journal of 100 agents x 600 reports x 500 points (docs/fallback.md)
+# drained in 38 s one record a request, 64 in flight (a live agent's p99 73 ms); merged, 64 in
+# flight: 21 s (p99 151 ms); merged, with this bound: 25 s (p99 37 ms).
 DEFAULT_BATCH_POINTS = 10_000
 BATCHES_IN_FLIGHT = 8
 # Journal bytes read ahead and in flight at most: the records queued for the requests, whatever
@@ -34,8 +34,9 @@ BATCHES_IN_FLIGHT = 8
 READ_AHEAD_BYTES = 64 * 2**20
 
 
-class ByteBudget:
-    """At most ``limit`` bytes held at once; one item larger than the limit passes alone."""
+class Budget:
+    """At most ``limit`` units (bytes, points) held at once; one item larger than the limit
+    passes alone."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit

@@ -59,7 +59,7 @@ from lossproof.fallback.pacing import (
     DEFAULT_BATCH_POINTS,
     DEFAULT_CONCURRENCY,
     READ_AHEAD_BYTES,
-    ByteBudget,
+    Budget,
     TokenBucket,
     backoff_delay,
 )
@@ -100,7 +100,7 @@ class ReplayOptions:
 class Summary:
     url: str
     requests: int = 0  # journal records done (the requests the fallback received)
-    posts: int = 0  # requests that carried them to the main ingest (fewer: merged, batching.py)
+    posts: int = 0  # requests sent to the main ingest, retries not counted (merged: batching.py)
     reports: int = 0
     points: int = 0
     bytes: int = 0
@@ -180,11 +180,11 @@ class Replay:
         )
         self.progress: pg.Progress | None = None
         self.tracker: Tracker | None = None
-        self.budget = ByteBudget(READ_AHEAD_BYTES)  # records queued and in flight
-        # points in flight: as many merged requests as BATCHES_IN_FLIGHT full ones, however many
-        # --concurrency allows (each is checked in one go by the main ingest's event loop, where
-        # a live agent's request waits behind those before it: pacing.py)
-        self.points_budget = ByteBudget(BATCHES_IN_FLIGHT * opts.batch_points) if opts.batch_points else None
+        self.budget = Budget(READ_AHEAD_BYTES)  # records queued and in flight
+        # points in merged requests in flight: as many as BATCHES_IN_FLIGHT full ones, however
+        # many --concurrency allows (each is checked in one go by the main ingest's event loop,
+        # where a live agent's request waits behind those before it: pacing.py)
+        self.points_budget = Budget(BATCHES_IN_FLIGHT * opts.batch_points) if opts.batch_points else None
 
     # --- checks ----------------------------------------------------------------------------------
 
@@ -317,59 +317,66 @@ class Replay:
             await queue.put(None)
 
     async def work(self, session: aiohttp.ClientSession, queue: _Queue) -> None:
-        assert self.tracker is not None
         while True:
             item = await queue.get()
             if item is None or self.stop.is_set():
                 return
-            points = sum(rec.entry.points for rec, _ in item)
+            # (only merged requests: a record alone is one request, as big as its agent made it)
+            points = sum(rec.entry.points for rec, _ in item) if len(item) > 1 else 0
+            if self.points_budget is not None:
+                points = min(points, self.points_budget.limit)  # (one that large passes alone)
             try:
-                if self.points_budget is not None:
+                if points and self.points_budget is not None:
                     await self.points_budget.take(points)
                 try:
-                    ok = await self.send_batch(session, [rec for rec, _ in item])
+                    ok = await self.send_batch(session, item)
                 finally:
-                    if self.points_budget is not None:
+                    if points and self.points_budget is not None:
                         await self.points_budget.give(points)
             finally:
                 await self.budget.give(sum(rec.size for rec, _ in item))
             if not ok:
-                return  # fatal: stop without marking them done
-            for rec, slot in item:
-                self._count(rec)
-                self.tracker.done(slot)
+                return  # fatal: stop without marking the rest done
 
-    async def send_batch(self, session: aiohttp.ClientSession, recs: list[jn.Record]) -> bool:
-        """:meth:`send` of each record of ``recs`` (one agent's, :func:`batching.batches`), all
+    def _done(self, rec: jn.Record, slot: Slot) -> None:
+        assert self.tracker is not None
+        self._count(rec)
+        self.tracker.done(slot)
+
+    async def send_batch(self, session: aiohttp.ClientSession, item: list[tuple[jn.Record, Slot]]) -> bool:
+        """:meth:`send` of each record of ``item`` (one agent's, :func:`batching.batches`), all
         in one request where they merge (:func:`batching.merge`) and the main ingest takes that
         request. A merged request refused with a 4xx is sent again as its records, one by one:
-        each then gets its own answer, and its own rejection if it has to."""
-        if len(recs) > 1:
-            first = recs[0].entry
+        each then gets its own answer, and its own rejection if it has to, and is done as soon as
+        it has (a replay stopped meanwhile does not reject it twice). False when stopped."""
+        if len(item) > 1:
+            first = item[0][0].entry
             try:
-                body = batching.merge([r.entry for r in recs], batching.MAX_DECODED)
+                body = batching.merge([rec.entry for rec, _ in item], batching.MAX_DECODED)
             except batching.CannotMerge:
                 body = None
             if body is not None:
-                seqs = sorted({s for r in recs for a, b in r.entry.seqs for s in range(a, b + 1)})
+                seqs = sorted({s for rec, _ in item for s in _seqs(rec.entry)})
                 answer = await self.post(
-                    session, first.tenant, body, first.content_type, first.encoding, seqs, len(recs)
+                    session, first.tenant, body, first.content_type, first.encoding, seqs, len(item)
                 )
                 if answer is None:
                     return False
                 if 200 <= answer[0] < 300:
+                    for rec, slot in item:
+                        self._done(rec, slot)
                     return True
-        for rec in recs:
+        for rec, slot in item:
             if not await self.send(session, rec):
                 return False
+            self._done(rec, slot)
         return True
 
     async def send(self, session: aiohttp.ClientSession, rec: jn.Record) -> bool:
         """True once the request is acknowledged or its rejection recorded (ledger report and
         ``rejected.jsonl``); False when stopped (fatal answer, signal) before that."""
         e = rec.entry
-        seqs = [s for a, b in e.seqs for s in range(a, b + 1)]
-        answer = await self.post(session, e.tenant, e.body, e.content_type, e.encoding, seqs)
+        answer = await self.post(session, e.tenant, e.body, e.content_type, e.encoding, _seqs(e))
         if answer is None:
             return False
         status, reason = answer
@@ -672,6 +679,10 @@ class Replay:
             self.summary.pruned = len(deleted)
         self.summary.error = self.fatal
         return self.summary
+
+
+def _seqs(entry: jn.Entry) -> list[int]:
+    return [s for a, b in entry.seqs for s in range(a, b + 1)]
 
 
 def _error_text(answer: bytes) -> str:
