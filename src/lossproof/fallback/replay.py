@@ -2,8 +2,10 @@
 
 Each journal record is POSTed to ``URL/v1/reports`` with its original Content-Type,
 Content-Encoding and body, ``Authorization: Bearer <replay key>`` and ``X-Lossproof-Tenant: <the
-tenant the fallback authenticated>``. The main ingest is idempotent per (tenant, agent, seq), so
-sending a record twice is harmless; skipping one is not, so:
+tenant the fallback authenticated>``; records of one agent read together go in one request where
+they merge (:mod:`lossproof.fallback.batching`; a merged request refused with a 4xx is sent again
+as its records, one by one, each then answered as below). The main ingest is idempotent per
+(tenant, agent, seq), so sending a record twice is harmless; skipping one is not, so:
 
 - 2xx: acknowledged durable by the main ingest.
 - 408, 425, 429, 5xx, connection errors, timeouts: transient. Retried with exponential backoff
