@@ -493,7 +493,7 @@ def test_merged_requests_carry_one_agent_s_records_and_a_refused_one_is_split(fa
         for agent, enc in encodings.items():
             body, _ = encode_body({"agent": agent, "reports": [report(seq)]}, enc)
             assert post_raw(fb.url, body, enc, fb.key).status == 200
-    answered: list[tuple[int, list[tuple[str, int]]]] = []
+    by_n: dict[int, tuple[int, list[tuple[str, int]]]] = {}  # request n (target.requests[n]): answer
 
     def script(n: int, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
         got = sent_seqs([(headers, body)])
@@ -503,7 +503,7 @@ def test_merged_requests_carry_one_agent_s_records_and_a_refused_one_is_split(fa
             status, extra, answer = 409, {}, b'{"error": "seq conflict", "reason": "seq_conflict"}'
         else:
             status, extra, answer = ack_of_raw(headers, body)
-        answered.append((status, got))
+        by_n[n] = (status, got)
         return status, extra, answer
 
     target = Target(script)
@@ -513,6 +513,7 @@ def test_merged_requests_carry_one_agent_s_records_and_a_refused_one_is_split(fa
         target.close()
     assert out.returncode == 3, (out.stdout, out.stderr)
     assert "60 requests" in out.stdout and "1 REJECTED" in out.stdout, out.stdout
+    answered = [by_n[n] for n in range(len(target.requests))]
     # every report was acknowledged, but the refused one, which is rejected alone
     acked = [s for status, got in answered if status == 200 for s in got]
     assert sorted(set(acked)) == sorted(set(record_seqs(jn.read_all(fb.journal))) - {bad})
@@ -532,7 +533,7 @@ def test_merged_requests_carry_one_agent_s_records_and_a_refused_one_is_split(fa
             by_agent.setdefault(agent, []).append(len(got))
     # merged at --batch-points 24 (reports of 3 points: 8 a request)
     assert max(by_agent["z"]) == 8 and max(by_agent["i"]) == 8, by_agent
-    first_two = [got for _s, got in answered[:2]]
+    first_two = [got for _s, got in answered[:2]]  # (requests 0 and 1: the 503s)
     assert all(len(got) > 1 for got in first_two)  # the 503s were answered to merged requests...
     assert all(got in [g for s, g in answered[2:]] for got in first_two)  # ...sent again as they were
     # the refused merged request was sent again as its records, one by one
@@ -596,3 +597,33 @@ def test_a_merged_request_stops_as_one_alone_does_and_a_split_one_is_done_record
     assert [json.loads(x)["seqs"] for x in lines] == [[[1, 1]]]  # rejected once
     progress = pg.load_progress(fb.data_dir)
     assert progress is not None and progress.position == records[-1].next_position
+
+
+def test_merged_requests_in_flight_are_bounded_by_their_points(fallback: Fallback) -> None:
+    """At most 8 x --batch-points points in flight: a target that holds each request 50 ms never
+    has more than 8 full merged ones at once (64 may be in flight by --concurrency), and the replay
+    still finishes (each request's points are given back)."""
+    fb = fallback
+    for seq in range(1, 41):
+        body, enc = encode_body({"agent": "p", "reports": [report(seq)]}, "zstd")  # 3 points each
+        assert post_raw(fb.url, body, enc, fb.key).status == 200
+    lock = threading.Lock()
+    inside = [0, 0]  # now, most
+
+    def script(n: int, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+        with lock:
+            inside[0] += 1
+            inside[1] = max(inside[1], inside[0])
+        time.sleep(0.05)  # (requests in flight pile up meanwhile, up to the bound)
+        with lock:
+            inside[0] -= 1
+        return ack_of_raw(headers, body)
+
+    target = Target(script)
+    try:
+        out = run_replay(fb.data_dir, target.url, "lp_replay_key", "--batch-points", "6", timeout=60)
+    finally:
+        target.close()
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    assert [len(sent_seqs([r])) for r in target.requests] == [2] * 20  # 6 points: 2 reports a request
+    assert 2 <= inside[1] <= 8, inside  # 8 x 6 points in flight at most: 8 requests of 6

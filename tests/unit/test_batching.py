@@ -126,6 +126,26 @@ def test_records_that_may_not_be_merged_are_not(second: jn.Entry, why: str) -> N
         batching.merge([entry([1]), second], 2**20)
 
 
+@pytest.mark.parametrize(
+    "field, a, b", [("incarnation", "x", "y"), ("first_seq", 1, 5), ("incarnation", "x", None)]
+)
+def test_records_whose_fields_have_other_values_are_not_merged(field: str, a: Any, b: Any) -> None:
+    with pytest.raises(batching.CannotMerge, match="differ"):
+        batching.merge([entry([1], **{field: a}), entry([2], **{field: b})], 2**20)
+    batching.merge([entry([1], **{field: a}), entry([2], **{field: a})], 2**20)
+
+
+def test_a_record_refused_alone_for_what_merging_hides_is_not_merged() -> None:
+    # only the last spool is sent, so each other one is checked as the main ingest would; a record
+    # with nothing to do (no reports, no dropped, no spool) is refused alone
+    bad = {**SPOOL, "first_pending_seq": 9, "last_seq": 2}
+    with pytest.raises(batching.CannotMerge, match="first_pending_seq 9 > last_seq 2"):
+        batching.merge([entry([1], spool=bad), entry([2], spool=SPOOL)], 2**20)
+    with pytest.raises(batching.CannotMerge, match="nothing to do"):
+        batching.merge([entry([1]), entry([])], 2**20)
+    batching.merge([entry([1]), entry([], spool=SPOOL)], 2**20)  # a spool alone is something
+
+
 def test_a_merged_body_is_bounded() -> None:
     es = [entry([s], points=200) for s in range(1, 6)]
     one = len(decompress(es[0].body, "zstd", 2**30))
@@ -170,6 +190,9 @@ def test_a_null_spool_is_no_spool_and_a_repeated_dropped_range_goes_once(ctype: 
     ]
     got = decoded(batching.merge(es, 2**20), ctype, "zstd")
     assert got.spool is not None and got.spool.first_pending_seq == 2
+    es.insert(1, entry([4], ctype=ctype, spool={**SPOOL, "first_pending_seq": 4, "last_seq": 4}))
+    got = decoded(batching.merge(es, 2**20), ctype, "zstd")
+    assert got.spool is not None and got.spool.first_pending_seq == 4  # the last one given wins
     assert [(x.first, x.last) for x in got.dropped] == [(9, 9), (10, 11)]
 
 

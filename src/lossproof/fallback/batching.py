@@ -34,7 +34,7 @@ from lossproof.protocol import native
 from lossproof.protocol.compression import BadEncoding, TooLarge, decompress
 
 MAX_BATCH_BYTES = 2**20  # bodies as stored (compressed) a merged request holds at most
-MAX_RECORDS = 1000  # records a merged request holds at most (and so seqs its answer names)
+MAX_RECORDS = 1000  # records a merged request holds at most
 MAX_DECODED = 32 * 2**20  # decoded body bytes a merged request holds at most (ingest: 64 MiB)
 
 _MERGED = ("reports", "dropped", "spool")
@@ -48,6 +48,10 @@ _Raws = list[msgspec.Raw]
 _list_decoders: dict[str, msgspec.json.Decoder[_Raws] | msgspec.msgpack.Decoder[_Raws]] = {
     native.JSON: msgspec.json.Decoder(_Raws),
     native.MSGPACK: msgspec.msgpack.Decoder(_Raws),
+}
+_spool_decoders: dict[str, msgspec.json.Decoder[native.SpoolIn] | msgspec.msgpack.Decoder[native.SpoolIn]] = {
+    native.JSON: msgspec.json.Decoder(native.SpoolIn),
+    native.MSGPACK: msgspec.msgpack.Decoder(native.SpoolIn),
 }
 _encoders: dict[str, msgspec.json.Encoder | msgspec.msgpack.Encoder] = {
     native.JSON: msgspec.json.Encoder(),
@@ -115,14 +119,21 @@ def merge(entries: Sequence[jn.Entry], max_decoded: int) -> bytes:
             body = decode.decode(raw)
             if "reports" not in body:
                 raise CannotMerge("a record without reports")  # (refused alone: 400)
-            reports += decode_list.decode(body["reports"])
-            for d in decode_list.decode(body["dropped"]) if "dropped" in body else []:
-                dropped.setdefault(bytes(d), d)
-        except (BadEncoding, TooLarge, msgspec.DecodeError, RecursionError) as exc:
+            got = decode_list.decode(body["reports"])
+            some = decode_list.decode(body["dropped"]) if "dropped" in body else []
+            if "spool" in body and bytes(body["spool"]).strip() not in _NULLS:
+                # (a null spool is no spool: it changes nothing in the ledger.) Only the last
+                # one is sent: each is checked here as the main ingest would check it alone
+                spool = body["spool"]
+                native.check_spool(_spool_decoders[ctype].decode(spool))
+            elif not got and not some:
+                raise CannotMerge("a record with nothing to do")  # (refused alone: 400)
+        except (BadEncoding, TooLarge, msgspec.DecodeError, RecursionError, native.BadRequest) as exc:
             raise CannotMerge(str(exc) or type(exc).__name__) from None
+        reports += got
+        for d in some:
+            dropped.setdefault(bytes(d), d)
         left -= len(raw)
-        if "spool" in body and bytes(body["spool"]).strip() not in _NULLS:
-            spool = body["spool"]  # (a null spool is no spool: it changes nothing in the ledger)
         rest = {k: v for k, v in body.items() if k not in _MERGED}
         if fields is None:
             fields = rest

@@ -8,6 +8,7 @@ import asyncio
 import math
 import random
 import time
+from collections import deque
 
 BACKOFF_BASE = 0.1
 BACKOFF_CAP = 10.0
@@ -20,13 +21,14 @@ RETRY_AFTER_CAP = 60.0  # a Retry-After longer than this is taken as this
 # with live traffic, bound a replay with --concurrency and --rate.
 DEFAULT_CONCURRENCY = 64
 # Points one request of a replay carries at most, the records of one agent merged
-# (lossproof.fallback.batching), and the points in such merged requests in flight at most:
-# BATCHES_IN_FLIGHT full ones, whatever --concurrency allows. The main ingest checks a request's
-# points in one go on its event loop (~0.4 us a point), where a live agent's request waits behind
-# those that came before it: that wait grows with the points in flight, the CPU per point falls
-# with the points per request. A journal of 100 agents x 600 reports x 500 points (docs/fallback.md)
-# drained in 38 s one record a request, 64 in flight (a live agent's p99 73 ms); merged, 64 in
-# flight: 21 s (p99 151 ms); merged, with this bound: 25 s (p99 37 ms).
+# (lossproof.fallback.batching), and the points in flight at most: BATCHES_IN_FLIGHT such requests'
+# (a record of more points than that counts as that many), whatever --concurrency allows. The main
+# ingest checks a request's points in one go on its event loop (~0.4 us a point), where a live
+# agent's request waits behind those that came before it: that wait grows with the points in
+# flight, the CPU per point falls with the points per request. A journal of 100 agents x 600
+# reports x 500 points (docs/fallback.md) drained in 36-38 s one record a request, 64 in flight (a
+# live agent's p99 71-73 ms); merged, 64 in flight: 21 s (p99 151 ms); merged, with this bound:
+# 23 s (p99 27-40 ms).
 DEFAULT_BATCH_POINTS = 10_000
 BATCHES_IN_FLIGHT = 8
 # Journal bytes read ahead and in flight at most: the records queued for the requests, whatever
@@ -35,27 +37,48 @@ READ_AHEAD_BYTES = 64 * 2**20
 
 
 class Budget:
-    """At most ``limit`` units (bytes, points) held at once; one item larger than the limit
-    passes alone."""
+    """At most ``limit`` units (bytes, points) held at once; one item larger than the limit passes
+    alone. First come, first served: a take waits behind those before it, so a large one is not
+    passed over for ever by smaller ones that keep fitting."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.held = 0
-        self._cond = asyncio.Condition()
-
-    async def take(self, n: int) -> None:
-        async with self._cond:
-            await self._cond.wait_for(lambda: self.fits(n))
-            self.held += n
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
 
     def fits(self, n: int) -> bool:
         """Whether :meth:`take` of ``n`` would go on without waiting."""
-        return self.held == 0 or self.held + n <= self.limit
+        return not self._waiting and (self.held == 0 or self.held + n <= self.limit)
+
+    async def take(self, n: int) -> None:
+        if self.fits(n):
+            self.held += n
+            return
+        got: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((n, got))
+        try:
+            await got
+        except asyncio.CancelledError:
+            if got.done() and not got.cancelled():
+                self.held -= n  # granted as it was cancelled: given back
+            self._wake()
+            raise
 
     async def give(self, n: int) -> None:
-        async with self._cond:
-            self.held -= n
-            self._cond.notify_all()
+        self.held -= n
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiting:
+            n, got = self._waiting[0]
+            if got.done():  # (cancelled)
+                self._waiting.popleft()
+                continue
+            if self.held and self.held + n > self.limit:
+                return
+            self._waiting.popleft()
+            self.held += n
+            got.set_result(None)
 
 
 class TokenBucket:

@@ -183,9 +183,9 @@ class Replay:
         self.progress: pg.Progress | None = None
         self.tracker: Tracker | None = None
         self.budget = Budget(READ_AHEAD_BYTES)  # records queued and in flight
-        # points in merged requests in flight: as many as BATCHES_IN_FLIGHT full ones, however
-        # many --concurrency allows (each is checked in one go by the main ingest's event loop,
-        # where a live agent's request waits behind those before it: pacing.py)
+        # points in flight: as many as BATCHES_IN_FLIGHT full merged requests, however many
+        # --concurrency allows (each request is checked in one go by the main ingest's event
+        # loop, where a live agent's request waits behind those before it: pacing.py)
         self.points_budget = Budget(BATCHES_IN_FLIGHT * opts.batch_points) if opts.batch_points else None
 
     # --- checks ----------------------------------------------------------------------------------
@@ -323,10 +323,9 @@ class Replay:
             item = await queue.get()
             if item is None or self.stop.is_set():
                 return
-            # (only merged requests: a record alone is one request, as big as its agent made it)
-            points = sum(rec.entry.points for rec, _ in item) if len(item) > 1 else 0
+            points = sum(rec.entry.points for rec, _ in item)
             if self.points_budget is not None:
-                points = min(points, self.points_budget.limit)  # (one that large passes alone)
+                points = min(points, self.points_budget.limit)  # (one that large: alone)
             try:
                 if points and self.points_budget is not None:
                     await self.points_budget.take(points)

@@ -126,14 +126,19 @@ def decode(body: bytes, content_type: str) -> RequestIn:
             raise BadRequest(f"first > last - at `$.dropped[{i}]`")
         if "\x00" in d.reason:
             raise BadRequest(f"NUL character in the reason - at `$.dropped[{i}].reason`")
-    sp = req.spool
-    if sp is not None and sp.last_seq and sp.first_pending_seq > sp.last_seq:
+    if req.spool is not None:
+        check_spool(req.spool)
+    return req
+
+
+def check_spool(sp: SpoolIn) -> None:
+    """What :func:`decode` refuses in a spool beyond its types (BadRequest)."""
+    if sp.last_seq and sp.first_pending_seq > sp.last_seq:
         # The lowest pending seq cannot be above the highest seq the agent ever created.
         raise BadRequest(
             f"first_pending_seq {sp.first_pending_seq} > last_seq {sp.last_seq} - at "
             "`$.spool.first_pending_seq`"
         )
-    return req
 
 
 _TOO_EARLY = f"Expected `int` >= {MIN_POINT_TIME_MS} - at "
