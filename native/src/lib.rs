@@ -28,6 +28,7 @@ mod reports;
 mod rowdecode;
 mod rwcheck;
 mod rwcols;
+mod sortcols;
 
 /// The version of this module's interface, checked by the Python side (lossproof/native_ext.py):
 /// an extension built from other sources than the Python code that calls it fails at import, not
@@ -703,6 +704,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(rowdecode::assemble_rows, m)?)?;
     m.add_function(wrap_pyfunction!(rowdecode::assemble_rows_into, m)?)?;
     m.add_function(wrap_pyfunction!(groupsum::group_sums, m)?)?;
+    m.add_function(wrap_pyfunction!(sortcols::sort_dedup, m)?)?;
     m.add_class::<stored_times::StoredTimes>()?;
     m.add_function(wrap_pyfunction!(reports::native_report, m)?)?;
     m.add_function(wrap_pyfunction!(reports::native_request, m)?)?;

@@ -57,6 +57,28 @@ def test_batch_sort_dedup_first_occurrence_wins() -> None:
     assert [(c.series_id, c.t_min, c.t_max, c.n) for c in out] == [(1, 5, 6, 2), (2, 9, 10, 2)]
 
 
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(-3, 3) | st.sampled_from([-(1 << 63), (1 << 63) - 1]), st.integers(0, 8)),
+        max_size=60,
+    ),
+    st.booleans(),
+)
+def test_sort_dedup_is_a_stable_sort_keeping_each_first(keys: list[tuple[int, int]], bodies: bool) -> None:
+    """Against the obvious way (numpy's stable lexsort, then the first of each key), for any input,
+    and for inputs made of runs as a batch of bodies is (the native sort orders runs, not points)."""
+    if bodies:  # each key a body of its own series and times 10*t .. 10*t + 4
+        keys = [(s, 10 * t + k) for s, t in keys for k in range(5)]
+    sids = np.array([s for s, _ in keys], dtype=np.int64)
+    ts = np.array([t for _, t in keys], dtype=np.int64)
+    vs = np.arange(len(keys), dtype=np.float64)
+    order = np.lexsort((ts, sids))
+    want = chunks.dedup_sorted(sids[order], ts[order], vs[order])
+    got = chunks.sort_dedup(sids, ts, vs)
+    assert [x.tolist() for x in got] == [x.tolist() for x in want]
+
+
 def test_merge_keeps_the_first_written_and_the_range() -> None:
     a = chunks.encode(np.array([1, 2, 3]), np.array([1.0, 1.0, 1.0]))
     later = np.array([9.0, 9.0, math.nan])

@@ -107,9 +107,22 @@ class EncodedChunk(NamedTuple):
 
 def sort_dedup(sids: I64, ts: I64, vs: F64) -> tuple[I64, I64, F64]:
     """The columns sorted by (series, t), keeping only the first occurrence of each (series, t) in
-    the input order: the batch's own first write wins."""
-    order = np.lexsort((ts, sids))  # stable: equal keys keep their input order
-    return dedup_sorted(sids[order], ts[order], vs[order])
+    the input order: the batch's own first write wins. By the native extension
+    (``_native.sort_dedup``: it orders the runs a batch is made of, each body's series already in
+    time order, not the points; numpy's ``lexsort`` cost ~15 % of the worker). Columns already in
+    that order come back as they are."""
+    sids, ts, vs = (
+        np.require(x, dt, ("C", "A")) for x, dt in ((sids, np.int64), (ts, np.int64), (vs, np.float64))
+    )
+    got = _native.sort_dedup(sids, ts, vs)
+    if got is None:
+        return sids, ts, vs
+    s, t, v = got
+    return (
+        np.frombuffer(s, dtype=np.int64),
+        np.frombuffer(t, dtype=np.int64),
+        np.frombuffer(v, dtype=np.float64),
+    )
 
 
 def dedup_sorted(sids: I64, ts: I64, vs: F64) -> tuple[I64, I64, F64]:
