@@ -271,6 +271,7 @@ def old_add_series(cols: Columns, tenant: str, series: list[SeriesSamples], know
     """``Columns.add_series`` as it was: a key tuple per series."""
     ids: list[int] = []
     counts: list[int] = []
+    ts, vs = array("q"), array("d")
     try:
         for s in series:
             key = (tenant, s.metric, *s.labels.items())
@@ -278,12 +279,13 @@ def old_add_series(cols: Columns, tenant: str, series: list[SeriesSamples], know
             if sid is None:
                 sid = resolve(key, tenant, s.metric, s.labels)
             n = len(s.t)
-            cols._ts.extend(s.t)
-            cols._vs.extend(s.v)
+            ts.extend(s.t)
+            vs.extend(s.v)
             ids.append(sid)
             counts.append(n)
     finally:
-        cols._sids.frombytes(np.repeat(np.array(ids, dtype=np.int64), counts).tobytes())
+        sids = np.repeat(np.array(ids, dtype=np.int64), counts).tobytes()
+        cols._put(sids, ts.tobytes(), vs.tobytes())
 
 
 class Resolver:
@@ -324,7 +326,8 @@ def columns_of(
             cols.add_series(tenant, c.series, known, resolve)
         else:
             old_add_series(cols, tenant, c.series, known, resolve)  # type: ignore[arg-type]
-        out.append((list(cols._sids), list(cols._ts), [struct.pack("<d", v) for v in cols._vs]))
+        sids, ts, vs = cols.in_order()
+        out.append((list(sids), list(ts), [struct.pack("<d", v) for v in vs]))
     return out, resolve.calls
 
 

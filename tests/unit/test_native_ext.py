@@ -62,7 +62,7 @@ def reference(tenant: str, points: list[Any], known: dict[tuple[Any, ...], int],
 def native(tenant: str, points: list[Any], known: dict[tuple[Any, ...], int], resolve: Resolver) -> Any:
     cols = Columns()
     cols.add(tenant, points, known, resolve)
-    return cols._sids, cols._ts, cols._vs
+    return cols.in_order()
 
 
 class Labels(Mapping[str, str]):
@@ -173,7 +173,7 @@ def test_a_point_that_cannot_be_stored_fails_as_before_and_appends_nothing(
     cols.add("t", [ok], {}, Resolver({}))
     with pytest.raises(type(ref_err.value)):
         cols.add("t", pts, {}, Resolver({}))
-    assert len(cols._sids) == len(cols._ts) == len(cols._vs) == 1
+    assert [len(c) for c in cols.in_order()] == [1, 1, 1]
 
 
 def test_non_str_labels_take_the_general_path() -> None:
@@ -191,7 +191,7 @@ def test_a_resolver_that_fails_leaves_the_columns_as_they_were() -> None:
     cols = Columns()
     with pytest.raises(RuntimeError, match="series limit"):
         cols.add("t", [Point("m", {}, 1, 1.0)], {}, fail)
-    assert len(cols) == 0 and len(cols._sids) == 0
+    assert len(cols) == 0 and [len(c) for c in cols.in_order()] == [0, 0, 0]
 
 
 def _i64(xs: list[int]) -> bytes:

@@ -81,7 +81,7 @@ def columns(how: str, tenant: str, picks: list[int], known: dict[Any, int], res:
         assert error is None
         sids, _, _ = _native.block_columns(tenant, block, 0, block.samples(), known, res)
         return list(memoryview(sids).cast("q"))
-    return list(cols._sids)
+    return list(cols.in_order()[0])
 
 
 ops = st.one_of(

@@ -297,8 +297,10 @@ class SqliteCompaction(SqliteCore):
         idle call tries again."""
         con = self._con
         con.execute(f"PRAGMA busy_timeout = {_TRUNCATE_WAIT_MS}")
+        ours = self._checkpointer.lock if self._checkpointer is not None else contextlib.nullcontext()
         try:
-            busy = con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            with ours:
+                busy = con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
         finally:
             con.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
         return not busy

@@ -22,6 +22,7 @@ from lossproof.store.base import (
     StoreSchemaError,
     StoreUnavailable,
 )
+from lossproof.store.embedded.checkpoint import FALLBACK_PAGES, Checkpointer
 from lossproof.store.embedded.common import (
     _AGENT_COLUMNS,
     _INSERT_CHUNK,
@@ -100,6 +101,12 @@ class SqliteCore(Store):
             self._con = self._connect(busy_timeout_ms)
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path}: cannot open the store: {e}") from e
+        # the writer's WAL checkpoints, off its thread (see checkpoint.py); not the compactor's
+        # (a process of its own already) nor a reader's
+        self._checkpointer: Checkpointer | None = None
+        if not readonly and sync_commits:
+            self._con.execute(f"PRAGMA wal_autocheckpoint = {FALLBACK_PAGES}")
+            self._checkpointer = Checkpointer(self.path, busy_timeout_ms)
         # The read side's series index, one per file in this process (see store/series_index.py).
         st = self.path.stat()
         self._index = series_index.shared(("sqlite", str(self.path.resolve()), st.st_dev, st.st_ino))
@@ -356,6 +363,8 @@ class SqliteCore(Store):
             self._con.execute("ROLLBACK")
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         self._con.close()
 
     # --- helpers of the write and the read path ----------------------------------------------------

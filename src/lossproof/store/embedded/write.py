@@ -89,6 +89,8 @@ class SqliteWriter(SqliteCore):
                 raise
             self._series.add_committed(pending)
             self._committed_newest()
+            if self._checkpointer is not None:
+                self._checkpointer.poke()
 
     def _begin_immediate(self) -> None:
         """BEGIN IMMEDIATE, asking for the write lock again every millisecond while another
