@@ -586,7 +586,7 @@ fn rw_one<'a>(
 ) -> Wire<RwSeries<'a>> {
     let first = ts.len();
     let mut s = RwSeries {
-        labels: Vec::new(),
+        labels: Vec::with_capacity(8), // one allocation for a series' labels, not three or four
         first,
         last: first,
         start,

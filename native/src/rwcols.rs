@@ -246,7 +246,11 @@ impl RwBlock {
 /// says why, None when every series was read).
 #[pyfunction]
 pub fn rw1_block(body: &[u8]) -> PyResult<(RwBlock, Option<&'static str>)> {
-    let (mut ts, mut vs) = (Vec::new(), Vec::new());
+    // a sample as senders write it takes 13 bytes of the body or more (tags, lengths, the double,
+    // the time's varint): sized once for those, not grown a doubling at a time (reallocations were
+    // ~4 % of the worker); a body of smaller ones (fields left out) grows them as before
+    let cap = body.len() / 13;
+    let (mut ts, mut vs) = (Vec::with_capacity(cap), Vec::with_capacity(cap));
     let (series, error) =
         rw_series(body, &mut ts, &mut vs).map_err(|Malformed(why)| PyValueError::new_err(why))?;
     let n = series.len();
