@@ -33,7 +33,7 @@ mod sortcols;
 /// The version of this module's interface, checked by the Python side (lossproof/native_ext.py):
 /// an extension built from other sources than the Python code that calls it fails at import, not
 /// half-way through a batch.
-const ABI: u32 = 16;
+const ABI: u32 = 17;
 
 // ---------------------------------------------------------------------------------------------
 // Points to store columns (lossproof.store.columns.Columns.add).

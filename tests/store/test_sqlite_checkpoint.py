@@ -1,17 +1,17 @@
 """The embedded store's WAL checkpoints on a thread of their own (store/embedded/checkpoint.py):
 the WAL stays small while batches are written, every point is there after, the thread ends with
-the store, and a checkpoint that cannot run never fails a write (the writer's own autocheckpoint
-is the fallback)."""
+the store (closed or collected), the writer bounds the WAL itself once the thread finds it large,
+and a checkpoint that cannot copy everything never fails a write."""
 
 from __future__ import annotations
 
+import gc
 import sqlite3
-import threading
 from pathlib import Path
 
 from lossproof.points import SeriesSamples
 from lossproof.store.base import Matcher, WriteBatch
-from lossproof.store.embedded.checkpoint import FALLBACK_PAGES
+from lossproof.store.embedded.checkpoint import LIMIT_FRAMES
 from lossproof.store.sqlite import SqliteStore
 
 T0 = 1_700_000_000_000
@@ -35,8 +35,15 @@ def _count(path: Path) -> int:
         store.close()
 
 
-def _threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "sqlite-checkpoint"]
+def _wal_frames(store: SqliteStore) -> int:
+    con = sqlite3.connect(store.path)
+    try:
+        # (a PASSIVE checkpoint that copies what it can and says how many frames the WAL holds;
+        # not while the store's thread runs one: it would be refused, busy)
+        with store._checkpointer.lock:  # type: ignore[union-attr]
+            return int(con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
+    finally:
+        con.close()
 
 
 def test_the_wal_stays_small_and_every_point_is_stored(tmp_path: Path) -> None:
@@ -45,18 +52,56 @@ def test_the_wal_stays_small_and_every_point_is_stored(tmp_path: Path) -> None:
     store = SqliteStore(path)
     biggest = 0
     try:
-        assert store._con.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == FALLBACK_PAGES
+        assert store._con.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == LIMIT_FRAMES
         for b in range(40):  # ~80 MB of parts, one batch right after the other
             store.write_batch(_batch(b))
             biggest = max(biggest, wal.stat().st_size)
-        assert store._checkpointer is not None and store._checkpointer.checkpoints > 0
-        assert len(_threads()) == 1
+        state = store._checkpointer._state  # type: ignore[union-attr]
+        assert store._checkpointer.checkpoints > 0  # type: ignore[union-attr]
+        thread = state.thread
+        assert thread is not None and thread.is_alive()
     finally:
         store.close()
-    assert not _threads()  # ended with the store
-    # the WAL starts over at the latest when the writer's own checkpoint (the fallback) runs
-    assert biggest < (FALLBACK_PAGES * 4096) + 8 * 1024 * 1024, biggest
+    assert not thread.is_alive()  # ended with the store
+    # the WAL starts over at the latest at the writer's bound (plus the batch that crossed it)
+    assert biggest < LIMIT_FRAMES * 4096 + 8 * 1024 * 1024, biggest
     assert _count(path) == 40 * SERIES * SAMPLES
+
+
+def test_a_store_never_closed_stops_its_thread_when_collected(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    for b in range(3):
+        store.write_batch(_batch(b))
+    state = store._checkpointer._state  # type: ignore[union-attr]
+    thread = state.thread
+    assert thread is not None and thread.is_alive()
+    del store
+    gc.collect()
+    assert state.stopping and not thread.is_alive()
+
+
+def test_the_writer_bounds_the_wal_once_the_thread_found_it_large(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = SqliteStore(path)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    try:
+        store.write_batch(_batch(0))
+        # a reader pins the WAL: nothing after its snapshot is copied back, the WAL grows
+        blocker.execute("BEGIN")
+        blocker.execute("SELECT count(*) FROM chunks").fetchone()
+        for b in range(1, 12):
+            store.write_batch(_batch(b))
+        blocker.execute("COMMIT")
+        assert _wal_frames(store) >= LIMIT_FRAMES
+        state = store._checkpointer._state  # type: ignore[union-attr]
+        state.frames = LIMIT_FRAMES  # what the thread would have found
+        store.write_batch(_batch(12))  # checkpoints what is left first: the WAL starts over
+        assert state.frames == 0
+        assert _wal_frames(store) < LIMIT_FRAMES // 2
+    finally:
+        blocker.close()
+        store.close()
+    assert _count(path) == 13 * SERIES * SAMPLES
 
 
 def test_a_checkpoint_that_cannot_run_fails_no_write(tmp_path: Path) -> None:

@@ -110,7 +110,7 @@ def sort_dedup(sids: I64, ts: I64, vs: F64) -> tuple[I64, I64, F64]:
     the input order: the batch's own first write wins. By the native extension
     (``_native.sort_dedup``: it orders the runs a batch is made of, each body's series already in
     time order, not the points; numpy's ``lexsort`` cost ~15 % of the worker). Columns already in
-    that order come back as they are."""
+    that order come back as they are: the arrays returned may be the inputs, or read-only."""
     sids, ts, vs = (
         np.require(x, dt, ("C", "A")) for x, dt in ((sids, np.int64), (ts, np.int64), (vs, np.float64))
     )

@@ -103,11 +103,13 @@ class Columns:
                 sid = known.get(key)
                 if sid is None:
                     sid = resolve(key, tenant, s.metric, s.labels)
-                n = len(s.t)
-                if len(s.v) != n:
-                    raise ValueError(f"series {s.metric}: {n} timestamps, {len(s.v)} values")
-                ts_extend(s.t)
-                vs_extend(s.v)
+                # converted first: a bad value refuses the series before either column grows
+                ts_s, vs_s = array("q", s.t), array("d", s.v)
+                n = len(ts_s)
+                if len(vs_s) != n:
+                    raise ValueError(f"series {s.metric}: {n} timestamps, {len(vs_s)} values")
+                ts_extend(ts_s)
+                vs_extend(vs_s)
                 ids.append(sid)
                 counts.append(n)
         finally:  # the ids of the series appended (the columns stay aligned)
@@ -124,13 +126,14 @@ class Columns:
         return sids, ts, vs
 
     def sorted(self, provisional: Sequence[int] = ()) -> tuple[chunks.I64, chunks.I64, chunks.F64]:
-        """(series ids, timestamps, values) sorted by (series, t), one point per (series, t).
+        """(series ids, timestamps, values) sorted by (series, t), one point per (series, t); the
+        arrays may be read-only and share the columns' memory (never write into them).
 
         A resolver may hand out provisional ids for series it resolves later in bulk (PostgreSQL):
         ``-1 - k`` stands for ``provisional[k]``, replaced before sorting (so the batch's first
         write still wins when two keys, labels in another order, turn out to be one series)."""
         self._spill()
-        if len(self._pieces) > 1:  # (one copy; writable, as the arrays were)
+        if len(self._pieces) > 1:  # (one copy)
             s, t, v = zip(*self._pieces, strict=True)
             self._pieces[:] = [(bytearray().join(s), bytearray().join(t), bytearray().join(v))]
         sids_b, ts_b, vs_b = self._pieces[0] if self._pieces else (b"", b"", b"")

@@ -6,8 +6,16 @@ worker's batches of remote write (a part of ~2.6 MB each) crossed it at nearly e
 the checkpoint was ~9 % of the worker's time, on its one busy thread (an in-process drain of 10 M
 samples: 211-221 ns a sample with it, 197-199 without). A PASSIVE checkpoint never takes the write
 lock, and SQLite releases the GIL while it runs: on a thread of its own, with its own connection,
-it runs on another CPU while the worker decodes its next batch. The writer's own autocheckpoint
-stays, at :data:`FALLBACK_PAGES`, should this thread fall behind or fail.
+it runs on another CPU while the worker decodes its next batch.
+
+The writer asks for one (:meth:`Checkpointer.wrote`) once it has written about as much as SQLite's
+default autocheckpoint would wait for, not after every COMMIT: a checkpoint costs two fsyncs, and
+small batches would pay them each. SQLite starts the WAL over only at a write that finds every
+frame already copied back, so a writer that commits again while the thread copies keeps it growing;
+and SQLite's own autocheckpoint gives up at once while the thread holds the checkpoint lock. So the
+writer sees to the bound itself: once the thread has found the WAL at :data:`LIMIT_FRAMES` or more,
+the writer's next write first waits for the thread's checkpoint and checkpoints what is left
+(:meth:`Checkpointer.bound`), and the WAL starts over at its COMMIT.
 
 Durability is the same: a COMMIT is durable once its WAL frames are fsync'd (``synchronous=FULL``),
 whoever checkpoints them later; a checkpoint fsyncs the database file before SQLite may reuse the
@@ -19,78 +27,134 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+import weakref
 from pathlib import Path
 
 from lossproof.obs.logging import get
 
 log = get(__name__)
 
-# The writer's own autocheckpoint (pages of 4 KiB: 16 MiB), the fallback. A writer that commits
-# again before the thread's checkpoint is done keeps SQLite from starting the WAL over (it restarts
-# only once every frame is back in the file), and the WAL grows; at this size the writer's own
-# checkpoint copies what is left (little: the thread did the rest), and the WAL starts over.
-FALLBACK_PAGES = 4096
+# Bytes written (about) between two checkpoints: SQLite's default autocheckpoint, 1,000 pages.
+POKE_BYTES = 4 << 20
+# WAL frames from which the writer checkpoints what is left itself (4 KiB pages: 16 MiB).
+LIMIT_FRAMES = 4096
 # At most one failure logged in this many seconds (a full disk fails every checkpoint).
 _LOG_EVERY_S = 60.0
 
 
 class Checkpointer:
-    """PASSIVE checkpoints of the WAL of the database at ``path``, one after each :meth:`poke`
-    (pokes while one runs make one more, not one each)."""
+    """PASSIVE checkpoints of the WAL of the database at ``path``, on a thread started at the first
+    :meth:`wrote` that asks for one (asks while one runs make one more, not one each). Stopped by
+    :meth:`close`, or when its owner is garbage-collected (``owner``)."""
 
-    def __init__(self, path: Path, busy_timeout_ms: int) -> None:
-        self.path = path
+    def __init__(self, path: Path, busy_timeout_ms: int, owner: object) -> None:
+        # resolved now (a later chdir must not move it), opened read-write only: a file deleted
+        # meanwhile is an error, not a new empty database checkpointed in its place
+        self._uri = f"{Path(path).resolve().as_uri()}?mode=rw"
         self._busy_timeout_ms = int(busy_timeout_ms)
-        self._wake = threading.Event()
-        self._stop = False
-        self._thread: threading.Thread | None = None
-        self._logged = 0.0
-        self.checkpoints = 0  # done (for tests and metrics)
-        # held while a checkpoint runs: this process' own TRUNCATE checkpoint (compaction in the
-        # same process, as in tests) waits for it rather than fail on the checkpoint lock
-        self.lock = threading.Lock()
+        self._state = _State()
+        self._unsaved = 0  # bytes written since the last ask (the writer's thread only)
+        self.lock = self._state.lock
+        weakref.finalize(owner, self._state.stop)
 
-    def poke(self) -> None:
-        """The writer committed: checkpoint what the WAL holds (started on the first call)."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
-            self._thread.start()
-        self._wake.set()
+    @property
+    def checkpoints(self) -> int:
+        """Checkpoints the thread completed (every frame then in the WAL copied back)."""
+        return self._state.checkpoints
+
+    def wrote(self, nbytes: int) -> None:
+        """The writer committed about ``nbytes`` to the WAL: a checkpoint once enough is written.
+        Never raises: a thread that cannot start leaves the writer's :meth:`bound` to do it."""
+        self._unsaved += nbytes
+        if self._unsaved < POKE_BYTES:
+            return
+        self._unsaved = 0
+        try:
+            self._state.ask(self._uri, self._busy_timeout_ms)
+        except Exception as e:  # (a thread refused: EAGAIN, a pids limit)
+            self._state.failed(e)
+
+    def bound(self, con: sqlite3.Connection) -> None:
+        """Before a write on the writer's connection ``con`` (outside a transaction): when the WAL
+        was found at :data:`LIMIT_FRAMES` or more, wait for the thread's checkpoint and copy what
+        is left on ``con``, so that the write starts the WAL over."""
+        if self._state.frames < LIMIT_FRAMES:
+            return
+        try:
+            with self.lock:
+                busy, frames, done = con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as e:  # the write itself says whether the file is usable
+            self._state.failed(e)
+            return
+        self._state.frames = frames if busy or frames != done else 0
 
     def close(self) -> None:
         """Stop the thread (after the checkpoint it may be running)."""
-        self._stop = True
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self._state.stop()
 
-    def _run(self) -> None:
+
+class _State:
+    """What the thread shares with the writer (not the :class:`Checkpointer` itself, which the
+    thread would then keep alive)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # held while a checkpoint runs (this process' TRUNCATE waits)
+        self.wake = threading.Event()
+        self.stopping = False
+        self.thread: threading.Thread | None = None
+        self.checkpoints = 0
+        self.frames = 0  # WAL frames at the last checkpoint (the writer's bound)
+        self._logged = 0.0
+
+    def ask(self, uri: str, busy_timeout_ms: int) -> None:
+        if self.stopping:
+            return
+        if self.thread is None or not self.thread.is_alive():
+            thread = threading.Thread(
+                target=self._run, args=(uri, busy_timeout_ms), name="sqlite-checkpoint", daemon=True
+            )
+            thread.start()
+            self.thread = thread
+        self.wake.set()
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.wake.set()
+        thread, self.thread = self.thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def failed(self, e: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._logged >= _LOG_EVERY_S:
+            self._logged = now
+            log.warning("store.checkpoint_failed", error=f"{type(e).__name__}: {e}")
+
+    def _run(self, uri: str, busy_timeout_ms: int) -> None:
         con: sqlite3.Connection | None = None
         try:
             while True:
-                self._wake.wait()
-                self._wake.clear()
-                if self._stop:
+                self.wake.wait()
+                self.wake.clear()
+                if self.stopping:
                     return
                 try:
                     if con is None:
-                        con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-                        con.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+                        con = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+                        con.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
                         # (the file is fsync'd before the WAL may be reused: never skipped)
                         con.execute("PRAGMA synchronous = FULL")
                     with self.lock:
-                        con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    self.checkpoints += 1
+                        busy, frames, done = con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    self.frames = frames
+                    if not busy and frames == done:
+                        self.checkpoints += 1
                 except Exception as e:  # (sqlite3's and the OS's): never the writer's problem
-                    # the writer's autocheckpoint still runs; a connection that failed is made anew
+                    # the writer's bound still holds; a connection that failed is made anew
                     if con is not None:
                         con.close()
                         con = None
-                    now = time.monotonic()
-                    if now - self._logged >= _LOG_EVERY_S:
-                        self._logged = now
-                        log.warning("store.checkpoint_failed", path=str(self.path), error=str(e))
+                    self.failed(e)
         finally:
             if con is not None:
                 con.close()

@@ -22,7 +22,7 @@ from lossproof.store.base import (
     StoreSchemaError,
     StoreUnavailable,
 )
-from lossproof.store.embedded.checkpoint import FALLBACK_PAGES, Checkpointer
+from lossproof.store.embedded.checkpoint import LIMIT_FRAMES, Checkpointer
 from lossproof.store.embedded.common import (
     _AGENT_COLUMNS,
     _INSERT_CHUNK,
@@ -80,6 +80,7 @@ class SqliteCore(Store):
         self._parts_seq = -1  # the parts' AUTOINCREMENT sequence it is valid for
         # this transaction's points written (series, t, part id), until COMMIT
         self._newest_new: list[tuple[chunks.I64, chunks.I64, int]] = []
+        self._txn_bytes = 0  # what this transaction wrote to the WAL, about (checkpoint.py)
         # Parsed part directories by part id (parts never change; a deleted one is forgotten).
         self._dirs: dict[int, tuple[chunks.PartLayout, chunks.I64, chunks.I64, chunks.I64]] = {}
         # Compaction's packing work, (series, first window, last window), done a slice per call;
@@ -103,10 +104,11 @@ class SqliteCore(Store):
             raise StoreError(f"{self.path}: cannot open the store: {e}") from e
         # the writer's WAL checkpoints, off its thread (see checkpoint.py); not the compactor's
         # (a process of its own already) nor a reader's
+        # (SQLite's own autocheckpoint stays, at the bound: it is what runs should the thread die)
         self._checkpointer: Checkpointer | None = None
         if not readonly and sync_commits:
-            self._con.execute(f"PRAGMA wal_autocheckpoint = {FALLBACK_PAGES}")
-            self._checkpointer = Checkpointer(self.path, busy_timeout_ms)
+            self._con.execute(f"PRAGMA wal_autocheckpoint = {LIMIT_FRAMES}")
+            self._checkpointer = Checkpointer(self.path, busy_timeout_ms, owner=self)
         # The read side's series index, one per file in this process (see store/series_index.py).
         st = self.path.stat()
         self._index = series_index.shared(("sqlite", str(self.path.resolve()), st.st_dev, st.st_ino))
@@ -363,9 +365,11 @@ class SqliteCore(Store):
             self._con.execute("ROLLBACK")
 
     def close(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.close()
-        self._con.close()
+        try:
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+        finally:
+            self._con.close()
 
     # --- helpers of the write and the read path ----------------------------------------------------
 

@@ -43,6 +43,9 @@ from lossproof.store.plan import Plan, Prior, Summary, digests_wanted, plan_batc
 from lossproof.store.series_index import Found
 
 _BEGIN_POLL_S = 0.001
+# What a transaction writes to the WAL besides its part, about (ledger, index and meta pages): the
+# checkpoint thread's measure of when to run (store/embedded/checkpoint.py).
+_COMMIT_BYTES = 16384
 
 
 class SqliteWriter(SqliteCore):
@@ -75,7 +78,10 @@ class SqliteWriter(SqliteCore):
             raise StoreError("store opened readonly")
         with self._lock:
             self._newest_new.clear()
+            self._txn_bytes = _COMMIT_BYTES
             try:
+                if self._checkpointer is not None:
+                    self._checkpointer.bound(self._con)
                 self._begin_immediate()
                 self._check_stored_cache()
                 yield
@@ -90,7 +96,7 @@ class SqliteWriter(SqliteCore):
             self._series.add_committed(pending)
             self._committed_newest()
             if self._checkpointer is not None:
-                self._checkpointer.poke()
+                self._checkpointer.wrote(self._txn_bytes)
 
     def _begin_immediate(self) -> None:
         """BEGIN IMMEDIATE, asking for the write lock again every millisecond while another
@@ -284,10 +290,12 @@ class SqliteWriter(SqliteCore):
             if not keep.any():
                 return 0
             sids, ts, vs = sids[keep], ts[keep], vs[keep]
+        data = chunks.encode_part(sids, ts, vs)
         cur = self._con.execute(
             "INSERT INTO parts (t_min, t_max, n, at_ms, data) VALUES (?, ?, ?, ?, ?)",
-            (int(ts.min()), int(ts.max()), len(ts), now_ms, chunks.encode_part(sids, ts, vs)),
+            (int(ts.min()), int(ts.max()), len(ts), now_ms, data),
         )
+        self._txn_bytes += len(data)
         # remembered once committed (rolled back, they were not stored)
         self._newest_new.append((sids, ts, int(cur.lastrowid or 0)))
         return len(ts)
