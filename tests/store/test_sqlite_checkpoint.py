@@ -86,7 +86,8 @@ def test_the_writer_bounds_the_wal_once_the_thread_found_it_large(tmp_path: Path
     blocker = sqlite3.connect(path, isolation_level=None)
     try:
         store.write_batch(_batch(0))
-        # a reader pins the WAL: nothing after its snapshot is copied back, the WAL grows
+        # a reader pins the WAL: nothing after its snapshot is copied back, the WAL grows (and
+        # every write still succeeds)
         blocker.execute("BEGIN")
         blocker.execute("SELECT count(*) FROM chunks").fetchone()
         for b in range(1, 12):
@@ -102,25 +103,6 @@ def test_the_writer_bounds_the_wal_once_the_thread_found_it_large(tmp_path: Path
         blocker.close()
         store.close()
     assert _count(path) == 13 * SERIES * SAMPLES
-
-
-def test_a_checkpoint_that_cannot_run_fails_no_write(tmp_path: Path) -> None:
-    path = tmp_path / "s.db"
-    store = SqliteStore(path)
-    blocker = sqlite3.connect(path, isolation_level=None)
-    try:
-        store.write_batch(_batch(0))
-        # another connection's read transaction pins the WAL: checkpoints copy nothing past it
-        blocker.execute("BEGIN")
-        blocker.execute("SELECT count(*) FROM chunks").fetchone()
-        for b in range(1, 6):
-            store.write_batch(_batch(b))
-        blocker.execute("COMMIT")
-        store.write_batch(_batch(6))
-    finally:
-        blocker.close()
-        store.close()
-    assert _count(path) == 7 * SERIES * SAMPLES
 
 
 def test_readers_and_the_compactors_handle_start_no_thread(tmp_path: Path) -> None:
