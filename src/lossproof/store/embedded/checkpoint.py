@@ -24,6 +24,7 @@ WAL, and one cut short by a crash is redone from the WAL on the next open.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -54,8 +55,14 @@ class Checkpointer:
         self._busy_timeout_ms = int(busy_timeout_ms)
         self._state = _State()
         self._unsaved = 0  # bytes written since the last ask (the writer's thread only)
-        self.lock = self._state.lock
-        weakref.finalize(owner, self._state.stop)
+        # a store never closed: its collection only tells the thread to end (joining it there
+        # would stall, or hang, whatever thread the collection happens on)
+        self._finalizer = weakref.finalize(owner, self._state.signal_stop)
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Held while a checkpoint runs (this process' TRUNCATE checkpoint waits for it)."""
+        return self._state.lock
 
     @property
     def checkpoints(self) -> int:
@@ -64,7 +71,8 @@ class Checkpointer:
 
     def wrote(self, nbytes: int) -> None:
         """The writer committed about ``nbytes`` to the WAL: a checkpoint once enough is written.
-        Never raises: a thread that cannot start leaves the writer's :meth:`bound` to do it."""
+        Never raises: without the thread, SQLite's own autocheckpoint (at the same bound, set by
+        the store) checkpoints in the writer, as it did before."""
         self._unsaved += nbytes
         if self._unsaved < POKE_BYTES:
             return
@@ -83,14 +91,30 @@ class Checkpointer:
         try:
             with self.lock:
                 busy, frames, done = con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if not busy:  # (busy: another process' checkpoint ran; the next write tries again)
+                    self._state.frames = frames if frames != done else 0
         except sqlite3.Error as e:  # the write itself says whether the file is usable
             self._state.failed(e)
-            return
-        self._state.frames = frames if busy or frames != done else 0
 
     def close(self) -> None:
         """Stop the thread (after the checkpoint it may be running)."""
+        self._finalizer.detach()
         self._state.stop()
+
+
+_STATES: weakref.WeakSet[_State] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # the thread is not in the child, and a lock it held would stay held: the child's handles
+    # (it should not use them: a forked SQLite connection is not safe) never checkpoint or wait
+    for state in list(_STATES):
+        state.lock = threading.Lock()
+        state.thread = None
+        state.stopping = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _State:
@@ -98,6 +122,7 @@ class _State:
     thread would then keep alive)."""
 
     def __init__(self) -> None:
+        _STATES.add(self)
         self.lock = threading.Lock()  # held while a checkpoint runs (this process' TRUNCATE waits)
         self.wake = threading.Event()
         self.stopping = False
@@ -117,9 +142,12 @@ class _State:
             self.thread = thread
         self.wake.set()
 
-    def stop(self) -> None:
+    def signal_stop(self) -> None:
         self.stopping = True
         self.wake.set()
+
+    def stop(self) -> None:
+        self.signal_stop()
         thread, self.thread = self.thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join()
@@ -146,9 +174,9 @@ class _State:
                         con.execute("PRAGMA synchronous = FULL")
                     with self.lock:
                         busy, frames, done = con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                    self.frames = frames
-                    if not busy and frames == done:
-                        self.checkpoints += 1
+                        if not busy:  # (busy: another process' checkpoint ran; frames is -1)
+                            self.frames = frames
+                            self.checkpoints += frames == done
                 except Exception as e:  # (sqlite3's and the OS's): never the writer's problem
                     # the writer's bound still holds; a connection that failed is made anew
                     if con is not None:
