@@ -143,14 +143,19 @@ def _compact_all(store: SqliteStore, now: int) -> None:
             raise AssertionError("compaction never finished")
 
 
-def _counters_store(tmp_path: Path, compacted: bool) -> SqliteStore:
+def _counters_store(tmp_path: Path, state: str) -> SqliteStore:
     """40 series of 600 points at 15 s: counters with resets, some with a staleness marker, some
-    gauges; compacted (packed chunks, no parts) or as written."""
+    gauges. ``state``: "compacted" (packed chunks, no parts), "parts" (as written: parts only),
+    "mixed" (the first 400 points compacted, the newest in parts: a store while points arrive) or
+    "between" (mixed, and then points between stored ones in parts: a series' part slice and chunk
+    overlap in time)."""
     store = SqliteStore(tmp_path / "s.db")
     rng_ = np.random.default_rng(7)
     now = T0
-    for b in range(30):
-        ts = [T0 + (20 * b + k) * 15_000 for k in range(20)]
+
+    def write(b: int, shift: int = 0) -> None:
+        nonlocal now
+        ts = [T0 + (20 * b + k) * 15_000 + shift for k in range(20)]
         batch = []
         for i in range(40):
             vs = np.cumsum(rng_.integers(0, 5, 20)).astype(float) + 100.0 * b
@@ -161,18 +166,28 @@ def _counters_store(tmp_path: Path, compacted: bool) -> SqliteStore:
             batch.append(("t", SeriesSamples("m", {"i": str(i), "j": str(i % 3)}, ts, vs.tolist())))
         store.write_batch(WriteBatch(series=batch, now_ms=now))
         now += 1000
-    if compacted:
+
+    for b in range(30):
+        if b == 20 and state in ("mixed", "between"):
+            _compact_all(store, now)
+        write(b)
+    if state == "between":
+        write(3, shift=7_000)
+    if state == "compacted":
         _compact_all(store, now)
-        assert not store._parts_dirs(0, 1 << 62)  # (the rows' way is taken)
+        assert not store._parts_dirs(0, 1 << 62)
+    else:
+        assert store._parts_dirs(0, 1 << 62)
     return store
 
 
-@pytest.mark.parametrize("compacted", [True, False])
-def test_select_rate_each_is_the_default_on_arrays(tmp_path: Path, compacted: bool) -> None:
+@pytest.mark.parametrize("state", ["compacted", "parts", "mixed", "between"])
+def test_select_rate_each_is_the_default_on_arrays(tmp_path: Path, state: str) -> None:
     """A store of counters with resets, staleness markers and gauges, compacted (packed chunks, no
-    parts: windows from the rows) or as written (parts: from arrays): the pieces' windows are
-    those of the default select_rate_each, in pieces of any size."""
-    store = _counters_store(tmp_path, compacted)
+    parts), as written (parts), both (chunks and, newer, parts: the parts' slices read as rows
+    too) or with part slices overlapping chunks (those series from arrays): the pieces' windows
+    are those of the default select_rate_each, in pieces of any size."""
+    store = _counters_store(tmp_path, state)
     ends = T0 + np.arange(0, 600 * 15_000, 60_000, dtype=np.int64)
     ms = [Matcher("__name__", "=", "m"), Matcher("j", "!=", "2")]
     for fn in ("rate", "increase", "delta"):
@@ -194,6 +209,55 @@ def test_select_rate_each_is_the_default_on_arrays(tmp_path: Path, compacted: bo
                     want[0],
                 )
     store.close()
+
+
+def test_part_slices_are_read_as_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While points arrive (chunks, and newer points in parts), a rate read takes the rows' way for
+    every piece, the parts' slices among its rows; where a part slice overlaps a chunk, that
+    piece is read from arrays."""
+    from lossproof.store.embedded import read as rd
+
+    calls = {"rows": 0, "arrays": 0}
+    real_finish, real_arrays = rd._rate_rows_finish, rd.SqliteReader._arrays
+
+    def finish(*a: object) -> object:
+        got = real_finish(*a)  # type: ignore[arg-type]
+        calls["rows"] += got is not None
+        return got
+
+    def arrays(self: rd.SqliteReader, *a: object) -> object:
+        calls["arrays"] += 1
+        return real_arrays(self, *a)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rd, "_rate_rows_finish", finish)
+    monkeypatch.setattr(rd.SqliteReader, "_arrays", arrays)
+    ends = T0 + np.arange(0, 600 * 15_000, 60_000, dtype=np.int64)
+    rate = windows("rate", ends, 300_000)
+    for state, want_rows, want_arrays in (("mixed", 4, 0), ("between", 0, 4)):
+        calls.update(rows=0, arrays=0)
+        store = _counters_store(tmp_path / state, state)
+        store.select_rate_each(
+            "t", [Matcher("__name__", "=", "m")], T0, int(ends[-1]), rate, lambda p: None, 10
+        )
+        store.close()
+        assert (calls["rows"], calls["arrays"]) == (want_rows, want_arrays), state
+
+
+def test_part_rows_only_overlapping_slices() -> None:
+    """A part slice outside the read's range is not a row (the chunks' rows are selected alike);
+    the others are RAW rows of their points, ranked as the part."""
+    from lossproof.store.embedded.read import PartBlock, _part_rows
+
+    found: list[Found] = [(5, "m", ()), (6, "m", ()), (7, "m", ())]
+    ts = np.array([10, 20, 30, 40, 50], dtype=np.int64)
+    vs = ts * 1.5
+    block = PartBlock(np.array([0, 1]), 99, ts, vs, np.array([0, 2]), np.array([2, 3]))
+    extra = {2: [(98, np.array([5], dtype=np.int64), np.array([STALE_NAN]))]}
+    got = _part_rows(found, extra, [block], 25, 45)
+    assert got == [(6, 99, 30, 50, raw([30, 40, 50], [45.0, 60.0, 75.0]))]
+    got = _part_rows(found, extra, [block], 0, 100)
+    assert [r[:4] for r in got] == [(7, 98, 5, 5), (5, 99, 10, 20), (6, 99, 30, 50)]
+    assert got[0][4] == raw([5], [STALE_NAN])  # bit for bit: the staleness marker's payload kept
 
 
 def test_rate_rows_on_two_threads_are_the_two_call_way() -> None:
@@ -220,14 +284,14 @@ def test_rate_rows_on_two_threads_are_the_two_call_way() -> None:
         same(got, two_calls(found, rows, from_ms, to_ms, rate))
 
 
-@pytest.mark.parametrize("compacted", [True, False])
+@pytest.mark.parametrize("state", ["compacted", "parts", "mixed", "between"])
 def test_rate_queries_are_the_generic_range_functions(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compacted: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state: str
 ) -> None:
     """rate / increase / delta and their sums, read in pieces of any size (one array for all of
     them, or the pieces concatenated), answer what the generic range-function path computes from
     one read of arrays."""
-    store = _counters_store(tmp_path, compacted)
+    store = _counters_store(tmp_path, state)
     grid = promql.Grid(T0, T0 + 599 * 15_000, 60_000)
     queries = ["rate(m[5m])", "sum by (j) (increase(m[2m]))", "delta(m[5m] offset 1m)", "avg(rate(m[1m]))"]
 
@@ -258,10 +322,10 @@ def test_rate_queries_are_the_generic_range_functions(
     store.close()
 
 
-@pytest.mark.parametrize("compacted", [True, False])
-def test_limits_refuse_rate_read_the_rows_way_as_the_arrays_way(tmp_path: Path, compacted: bool) -> None:
+@pytest.mark.parametrize("state", ["compacted", "mixed"])
+def test_limits_refuse_rate_read_the_rows_way_as_the_arrays_way(tmp_path: Path, state: str) -> None:
     """The limits count a piece computed from rows as one read as arrays: the same errors."""
-    store = _counters_store(tmp_path, compacted)
+    store = _counters_store(tmp_path, state)
     grid = promql.Grid(T0, T0 + 599 * 15_000, 60_000)
 
     def run(q: str, limits: promql.Limits) -> object:
@@ -281,7 +345,7 @@ def test_no_piece_windows_are_computed_past_a_limit(tmp_path: Path, monkeypatch:
     rows (a refused day of 40,000 series once computed every window, ~600 MB, before its 422)."""
     from lossproof.store.embedded import read
 
-    store = _counters_store(tmp_path, compacted=True)
+    store = _counters_store(tmp_path, "compacted")
     started: list[int] = []
     real = read._rate_rows_start
 

@@ -52,6 +52,10 @@ class PartBlock(NamedTuple):
     lens: npt.NDArray[np.int64]
 
 
+# A live part's (id, layout, (series ids, each one's newest t, where each one's points start)).
+_PartDir = tuple[int, chunks.PartLayout, tuple[chunks.I64, chunks.I64, chunks.I64]]
+
+
 def _assemble(
     found: Sequence[Found],
     rows: list[tuple[int, int, int, int, bytes]],
@@ -234,13 +238,14 @@ def _rate_rows(
     rate: RateWindows,
 ) -> RatePiece | None:
     """The windows of the series ``found`` from their chunk rows (all the points they have in
-    ``[from_ms, to_ms]``: no part holds any), by ``_native.rate_rows_start``: each series decoded and its
-    windows computed while its points are in the CPU's cache, which a piece's columns are not
-    (:func:`_assemble` writes them all, then ``rate`` reads them all back). The answer is the same
-    as ``rate.of_arrays`` of what :func:`_assemble` makes of the rows. None where that plain case
-    does not hold (a row the extension does not read, a chunk without points, two chunks of a
-    series that overlap in time, a chunk that does not decode as its row says): the caller then
-    reads the piece as arrays, which says what is wrong if anything is."""
+    ``[from_ms, to_ms]``, their slices of parts as rows of their own: :func:`_part_rows`), by
+    ``_native.rate_rows_start``: each series decoded and its windows computed while its points are
+    in the CPU's cache, which a piece's columns are not (:func:`_assemble` writes them all, then
+    ``rate`` reads them all back). The answer is the same as ``rate.of_arrays`` of what
+    :func:`_assemble` makes of the rows. None where that plain case does not hold (a row the
+    extension does not read, a chunk without points, two chunks of a series that overlap in time,
+    a chunk that does not decode as its row says): the caller then reads the piece as arrays,
+    which says what is wrong if anything is."""
     begun = _rate_rows_start(found, rows, from_ms, to_ms, rate)
     return None if begun is None else _rate_rows_finish(found, begun)
 
@@ -335,6 +340,38 @@ def _rate_rows_finish(found: Sequence[Found], begun: _Begun) -> RatePiece | None
     if len(keep) < m:
         values, present = values[keep], present[keep]
     return RatePiece([dict(found[i][2]) for i in keep.tolist()], int(points.sum()), values, present)
+
+
+def _part_rows(
+    found: Sequence[Found],
+    extra: dict[int, list[tuple[int, chunks.I64, chunks.F64]]],
+    blocks: Sequence[PartBlock],
+    from_ms: int,
+    to_ms: int,
+) -> list[tuple[int, int, int, int, bytes]]:
+    """The series' slices of live parts (:meth:`SqliteReader._part_slices`) as the chunk rows
+    ``(series_id, rank, t_min, t_max, RAW data)`` that :func:`_rate_rows_start` reads alongside
+    the series' chunk rows, each ranked after every chunk as :func:`_assemble` ranks it; only the
+    slices that overlap ``[from_ms, to_ms]``, as the chunk rows are selected. A series has its
+    newest points in parts for the first seconds after they are stored, so every query up to
+    "now" meets them while points arrive."""
+    raw = bytes((chunks.RAW,))
+    out: list[tuple[int, int, int, int, bytes]] = []
+
+    def add(sid: int, order: int, ts: chunks.I64, vs: chunks.F64) -> None:
+        lo, hi = int(ts[0]), int(ts[-1])
+        if hi >= from_ms and lo <= to_ms:
+            out.append((sid, order, lo, hi, raw + ts.astype("<i8").tobytes() + vs.astype("<f8").tobytes()))
+
+    for i, segs in extra.items():
+        for order, ts, vs in segs:
+            if len(ts):
+                add(found[i][0], order, ts, vs)
+    for b in blocks:
+        for i, a, n in zip(b.found.tolist(), b.starts.tolist(), b.lens.tolist(), strict=True):
+            if n:
+                add(found[i][0], b.order, b.ts[a : a + n], b.vs[a : a + n])
+    return out
 
 
 class SqliteReader(SqliteCore):
@@ -598,8 +635,9 @@ class SqliteReader(SqliteCore):
         series_per_call: int = 256,
     ) -> None:
         """See :meth:`StoreReader.select_rate_each`: :meth:`select_arrays_each`'s pieces, each
-        piece's windows computed from its chunk rows as they are decoded (:func:`_rate_rows`) when
-        no part overlaps the range (a compacted store's case), else from the piece's arrays.
+        piece's windows computed from its chunk rows as they are decoded (:func:`_rate_rows`),
+        its slices of live parts read as rows too (:func:`_part_rows`), or from the piece's arrays
+        where that plain case does not hold (a series' chunks or part slices overlapping in time).
 
         A piece's windows are begun on another thread before the next piece's rows are read here
         (:func:`_rate_rows_start`), and this thread then takes its share of them
@@ -612,7 +650,7 @@ class SqliteReader(SqliteCore):
             # at least two pieces from 64 series: the second's rows are read while the other
             # thread computes the first (one piece's rows were read with the other CPU idle)
             step = max(1, min(series_per_call, max(32, -(-len(found) // 2))))
-            plain = not self._parts_dirs(from_ms, to_ms) if found else False
+            parts = self._parts_dirs(from_ms, to_ms) if found else []
             scratch = [bytearray()]  # the arrays' pieces' columns, as select_arrays_each has them
 
             def done(piece: Sequence[Found], job: _Begun | None) -> RatePiece:
@@ -629,7 +667,7 @@ class SqliteReader(SqliteCore):
             # pieces (18 MB for a day of 1,400 series: fresh memory, then a copy). Not for reads
             # so large that their limits (max_series) are the caller's to refuse first.
             whole = None
-            if plain and len(found) * len(rate.at) <= _WHOLE_CELLS:
+            if found and len(found) * len(rate.at) <= _WHOLE_CELLS:
                 m, n = len(found), len(rate.at)
                 whole = (np.zeros((m, n)), np.zeros((m, n), dtype=bool), np.zeros(m, dtype=np.int64))
             begun: tuple[Sequence[Found], _Begun | None] | None = None
@@ -639,15 +677,17 @@ class SqliteReader(SqliteCore):
                 if whole is not None:
                     rows_out = (whole[0][k : k + step], whole[1][k : k + step], whole[2][k : k + step])
                 rows: list[tuple[int, int, int, int, bytes]] = []
-                if plain:  # (read while the previous piece is computed)
+                if found:  # (read while the previous piece is computed)
                     ids = msgspec.json.encode([sid for sid, _, _ in piece])
                     rows = self._con.execute(_SELECT_CHUNKS_OF, (ids, from_ms, to_ms)).fetchall()
+                    if parts:
+                        rows += _part_rows(piece, *self._part_slices(piece, parts), from_ms, to_ms)
                 if begun is not None:
                     each(done(*begun))
                 # (past a limit: counted from arrays, of_arrays computing nothing; a refused query
                 # once wrote every piece's windows, hundreds of MB, before its error)
                 job = None
-                if plain and rate.wanted():
+                if found and rate.wanted():
                     job = _rate_rows_start(piece, rows, from_ms, to_ms, rate, rows_out)
                 begun = (piece, job)
             if begun is not None:
@@ -670,53 +710,61 @@ class SqliteReader(SqliteCore):
     ) -> list[tuple[chunks.I64, chunks.F64]]:
         """Each series' points in [from_ms, to_ms]: its chunks that overlap the range (an index
         range each) and its slices of the parts that do (a seek into each part's directory)."""
-        con = self._con
-        extra: dict[int, list[tuple[int, chunks.I64, chunks.F64]]] = {}
-        blocks: list[PartBlock] = []
-        if found:
-            want = np.array([sid for sid, _, _ in found], dtype=np.int64)
-            for pid, layout, (psids, _, pstarts) in self._parts_dirs(from_ms, to_ms):
-                if not len(psids):
-                    continue
-                idx = np.minimum(np.searchsorted(psids, want), len(psids) - 1)
-                hits = np.flatnonzero(psids[idx] == want)
-                if not len(hits):
-                    continue
-                with con.blobopen("parts", "data", pid, readonly=True) as blob:
-                    whole = len(hits) * 16 > layout.series  # many series: one read beats many seeks
-                    if whole:
-                        # the hit series' ranges of the columns, gathered at once from one read of
-                        # each column from the first hit series to the last (a metric's series were
-                        # mostly created together: their ids, and so their points, are near)
-                        lo_, hi_ = pstarts[idx[hits]], pstarts[idx[hits] + 1]
-                        a0, span = int(lo_.min()), int(hi_.max() - lo_.min())
-                        blob.seek(layout.ts_offset + 8 * a0)
-                        p_ts = np.frombuffer(blob.read(8 * span), "<i8")
-                        blob.seek(layout.vs_offset + 8 * a0)
-                        p_vs = np.frombuffer(blob.read(8 * span), "<f8")
-                        if len(p_ts) != span or len(p_vs) != span:
-                            raise chunks.ChunkError(f"part {pid} cut short")
-                        # the slices stay where they are in what was read (_assemble copies them)
-                        g_ts = p_ts.astype(np.int64, copy=False)
-                        g_vs = p_vs.astype(np.float64, copy=False)
-                        blocks.append(PartBlock(hits, _PART_ORDER + pid, g_ts, g_vs, lo_ - a0, hi_ - lo_))
-                        continue
-                    for i in hits.tolist():
-                        a, b = int(pstarts[idx[i]]), int(pstarts[idx[i] + 1])
-                        blob.seek(layout.ts_offset + 8 * a)
-                        tb = blob.read(8 * (b - a))
-                        blob.seek(layout.vs_offset + 8 * a)
-                        vb = blob.read(8 * (b - a))
-                        ts = np.frombuffer(tb, "<i8").astype(np.int64)
-                        vs = np.frombuffer(vb, "<f8").astype(np.float64)
-                        extra.setdefault(i, []).append((_PART_ORDER + pid, ts, vs))
+        extra, blocks = self._part_slices(found, self._parts_dirs(from_ms, to_ms) if found else [])
         ids = msgspec.json.encode([sid for sid, _, _ in found])
-        rows = con.execute(_SELECT_CHUNKS_OF, (ids, from_ms, to_ms)).fetchall()
+        rows = self._con.execute(_SELECT_CHUNKS_OF, (ids, from_ms, to_ms)).fetchall()
         return _assemble(found, rows, extra, from_ms, to_ms, blocks, scratch)
 
-    def _parts_dirs(
-        self, from_ms: int, to_ms: int
-    ) -> list[tuple[int, chunks.PartLayout, tuple[chunks.I64, chunks.I64, chunks.I64]]]:
+    def _part_slices(
+        self, found: Sequence[Found], parts: Sequence[_PartDir]
+    ) -> tuple[dict[int, list[tuple[int, chunks.I64, chunks.F64]]], list[PartBlock]]:
+        """The slices of the parts ``parts`` (:meth:`_parts_dirs`) of the series ``found``, as
+        :func:`_assemble` takes them: ``extra`` (by position in ``found``: (order, ts, vs)) and
+        ``blocks``."""
+        extra: dict[int, list[tuple[int, chunks.I64, chunks.F64]]] = {}
+        blocks: list[PartBlock] = []
+        if not found:
+            return extra, blocks
+        con = self._con
+        want = np.array([sid for sid, _, _ in found], dtype=np.int64)
+        for pid, layout, (psids, _, pstarts) in parts:
+            if not len(psids):
+                continue
+            idx = np.minimum(np.searchsorted(psids, want), len(psids) - 1)
+            hits = np.flatnonzero(psids[idx] == want)
+            if not len(hits):
+                continue
+            with con.blobopen("parts", "data", pid, readonly=True) as blob:
+                whole = len(hits) * 16 > layout.series  # many series: one read beats many seeks
+                if whole:
+                    # the hit series' ranges of the columns, gathered at once from one read of
+                    # each column from the first hit series to the last (a metric's series were
+                    # mostly created together: their ids, and so their points, are near)
+                    lo_, hi_ = pstarts[idx[hits]], pstarts[idx[hits] + 1]
+                    a0, span = int(lo_.min()), int(hi_.max() - lo_.min())
+                    blob.seek(layout.ts_offset + 8 * a0)
+                    p_ts = np.frombuffer(blob.read(8 * span), "<i8")
+                    blob.seek(layout.vs_offset + 8 * a0)
+                    p_vs = np.frombuffer(blob.read(8 * span), "<f8")
+                    if len(p_ts) != span or len(p_vs) != span:
+                        raise chunks.ChunkError(f"part {pid} cut short")
+                    # the slices stay where they are in what was read (_assemble copies them)
+                    g_ts = p_ts.astype(np.int64, copy=False)
+                    g_vs = p_vs.astype(np.float64, copy=False)
+                    blocks.append(PartBlock(hits, _PART_ORDER + pid, g_ts, g_vs, lo_ - a0, hi_ - lo_))
+                    continue
+                for i in hits.tolist():
+                    a, b = int(pstarts[idx[i]]), int(pstarts[idx[i] + 1])
+                    blob.seek(layout.ts_offset + 8 * a)
+                    tb = blob.read(8 * (b - a))
+                    blob.seek(layout.vs_offset + 8 * a)
+                    vb = blob.read(8 * (b - a))
+                    ts = np.frombuffer(tb, "<i8").astype(np.int64)
+                    vs = np.frombuffer(vb, "<f8").astype(np.float64)
+                    extra.setdefault(i, []).append((_PART_ORDER + pid, ts, vs))
+        return extra, blocks
+
+    def _parts_dirs(self, from_ms: int, to_ms: int) -> list[_PartDir]:
         """(id, layout, (sids, tmax, starts)) of the parts overlapping [from_ms, to_ms]."""
         out = []
         live = self._con.execute("SELECT id, t_min, t_max FROM parts ORDER BY id").fetchall()
