@@ -394,7 +394,20 @@ impl<'a> Reader<'a> {
         self.pos >= self.buf.len()
     }
 
+    #[inline(always)]
     fn varint(&mut self) -> Wire<u64> {
+        // one byte: every tag and length of a remote-write body but a few
+        if let Some(&b) = self.buf.get(self.pos) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(b as u64);
+            }
+        }
+        self.varint_long()
+    }
+
+    #[inline(never)]
+    fn varint_long(&mut self) -> Wire<u64> {
         let mut out: u64 = 0;
         for i in 0..10 {
             let Some(&b) = self.buf.get(self.pos) else {
@@ -521,6 +534,17 @@ fn rw_label(buf: &[u8]) -> Wire<(&str, &str)> {
 
 /// A Sample: (timestamp, value bits), each 0 when absent.
 fn rw_sample(buf: &[u8]) -> Wire<(i64, u64)> {
+    // the layout every encoder writes, value then timestamp, read straight; anything else (fields
+    // absent, repeated, reordered or unknown) by the loop below, which reads it as upb does
+    if buf.len() >= 11 && buf[0] == 0x09 && buf[9] == 0x10 {
+        let v = u64::from_le_bytes(buf[1..9].try_into().expect("8 bytes"));
+        let mut r = Reader { buf, pos: 10 };
+        if let Ok(t) = r.varint() {
+            if r.done() {
+                return Ok((t as i64, v));
+            }
+        }
+    }
     let mut r = Reader::new(buf);
     let (mut t, mut v) = (0i64, 0u64);
     while !r.done() {

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from google.protobuf import message
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -27,7 +28,7 @@ from lossproof.store.base import Matcher
 from lossproof.store.columns import Columns
 from lossproof.store.sqlite import SqliteStore
 from lossproof.worker.loop import Worker
-from lptest.proto import damaged, ld, varint
+from lptest.proto import damaged, key, ld, varint
 
 WriteRequest = promrw._message("prometheus.WriteRequest")
 
@@ -170,6 +171,35 @@ def test_damaged_bodies_fail_or_decode_as_the_message_classes_say(body: bytes, d
 @example(b"\x0a\x0c\x12\x0a\x10" + b"\xff" * 10 + b"\x01")  # an 11-byte varint
 def test_any_bytes_fail_or_decode_as_the_message_classes_say(body: bytes) -> None:
     same(body)
+
+
+_VALUE = key(1, 1) + struct.pack("<d", 2.5)
+_T = key(2, 0) + varint(1_700_000_000_123)
+
+
+@pytest.mark.parametrize(
+    "sample",
+    [
+        _VALUE + _T,  # as every encoder writes it (read straight)
+        _T + _VALUE,  # the fields the other way round
+        _VALUE + _T + key(2, 0) + varint(42),  # a repeated field: the last one wins
+        _VALUE + key(1, 1) + struct.pack("<d", -1.0) + _T,
+        _VALUE + _T + key(9, 0) + varint(5),  # an unknown field after them
+        _VALUE + key(2, 0) + varint(7),  # a one-byte time
+        _VALUE + key(2, 0) + varint(2**64 - 5),  # a 10-byte (negative) time
+        _VALUE + key(2, 0) + b"\x80\x80",  # a time cut short
+        _VALUE + key(2, 0) + b"\xff" * 10 + b"\x01",  # an 11-byte varint
+        _VALUE,  # no time
+        _T,  # no value
+        _VALUE[:-1] + _T,  # a value one byte short
+        key(1, 0) + varint(3) + _T,  # the value as a varint: unknown, the value is 0
+    ],
+)
+def test_sample_layouts_decode_as_the_message_classes_read_them(sample: bytes) -> None:
+    """A Sample in the layout encoders write is read straight; any other layout (reordered,
+    repeated, extra, short fields) as the message classes read it."""
+    series = ld(1, ld(1, b"__name__") + ld(2, b"up")) + ld(2, sample) + ld(2, _VALUE + _T)
+    same(ld(1, series))
 
 
 def _groups(depth: int, field: int = 15) -> bytes:
