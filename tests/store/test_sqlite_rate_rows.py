@@ -146,9 +146,9 @@ def _compact_all(store: SqliteStore, now: int) -> None:
 def _counters_store(tmp_path: Path, state: str) -> SqliteStore:
     """40 series of 600 points at 15 s: counters with resets, some with a staleness marker, some
     gauges. ``state``: "compacted" (packed chunks, no parts), "parts" (as written: parts only),
-    "mixed" (the first 400 points compacted, the newest in parts: a store while points arrive) or
+    "mixed" (the first 400 points compacted, the newest in parts: a store while points arrive),
     "between" (mixed, and then points between stored ones in parts: a series' part slice and chunk
-    overlap in time)."""
+    overlap in time) or "parts-between" (mixed, and points between those of a part in another)."""
     store = SqliteStore(tmp_path / "s.db")
     rng_ = np.random.default_rng(7)
     now = T0
@@ -168,11 +168,13 @@ def _counters_store(tmp_path: Path, state: str) -> SqliteStore:
         now += 1000
 
     for b in range(30):
-        if b == 20 and state in ("mixed", "between"):
+        if b == 20 and state in ("mixed", "between", "parts-between"):
             _compact_all(store, now)
         write(b)
     if state == "between":
         write(3, shift=7_000)
+    if state == "parts-between":
+        write(25, shift=7_000)
     if state == "compacted":
         _compact_all(store, now)
         assert not store._parts_dirs(0, 1 << 62)
@@ -181,7 +183,7 @@ def _counters_store(tmp_path: Path, state: str) -> SqliteStore:
     return store
 
 
-@pytest.mark.parametrize("state", ["compacted", "parts", "mixed", "between"])
+@pytest.mark.parametrize("state", ["compacted", "parts", "mixed", "between", "parts-between"])
 def test_select_rate_each_is_the_default_on_arrays(tmp_path: Path, state: str) -> None:
     """A store of counters with resets, staleness markers and gauges, compacted (packed chunks, no
     parts), as written (parts), both (chunks and, newer, parts: the parts' slices read as rows
@@ -218,22 +220,22 @@ def test_part_slices_are_read_as_rows(tmp_path: Path, monkeypatch: pytest.Monkey
     from lossproof.store.embedded import read as rd
 
     calls = {"rows": 0, "arrays": 0}
-    real_finish, real_arrays = rd._rate_rows_finish, rd.SqliteReader._arrays
+    real_finish, real_arrays = rd._rate_rows_finish, rd._series_arrays
 
     def finish(*a: object) -> object:
         got = real_finish(*a)  # type: ignore[arg-type]
         calls["rows"] += got is not None
         return got
 
-    def arrays(self: rd.SqliteReader, *a: object) -> object:
+    def arrays(*a: object) -> object:
         calls["arrays"] += 1
-        return real_arrays(self, *a)  # type: ignore[arg-type]
+        return real_arrays(*a)  # type: ignore[arg-type]
 
     monkeypatch.setattr(rd, "_rate_rows_finish", finish)
-    monkeypatch.setattr(rd.SqliteReader, "_arrays", arrays)
+    monkeypatch.setattr(rd, "_series_arrays", arrays)
     ends = T0 + np.arange(0, 600 * 15_000, 60_000, dtype=np.int64)
     rate = windows("rate", ends, 300_000)
-    for state, want_rows, want_arrays in (("mixed", 4, 0), ("between", 0, 4)):
+    for state, want_rows, want_arrays in (("mixed", 4, 0), ("between", 0, 4), ("parts-between", 0, 4)):
         calls.update(rows=0, arrays=0)
         store = _counters_store(tmp_path / state, state)
         store.select_rate_each(
@@ -241,6 +243,39 @@ def test_part_slices_are_read_as_rows(tmp_path: Path, monkeypatch: pytest.Monkey
         )
         store.close()
         assert (calls["rows"], calls["arrays"]) == (want_rows, want_arrays), state
+
+
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_a_damaged_part_slice_outside_the_range_is_still_damage(tmp_path: Path, where: str) -> None:
+    """A part slice whose times do not increase is a ChunkError whatever its first and last t say
+    of its range (the arrays' way says so of every slice it reads): damage that put its first t
+    past the read's end, or its last before the read's start, is not read as a slice outside it."""
+    import sqlite3
+
+    store = SqliteStore(tmp_path / "s.db")
+    ts = [T0 + k * 15_000 for k in range(40)]
+    series = [("t", SeriesSamples("m", {"i": str(i)}, ts, [float(k) for k in range(40)])) for i in range(3)]
+    store.write_batch(WriteBatch(series=series, now_ms=T0))
+    store.close()
+    con = sqlite3.connect(tmp_path / "s.db")
+    pid, data = con.execute("SELECT id, data FROM parts").fetchone()
+    layout = chunks.part_layout(data[:64])
+    _, _, starts = chunks.part_directory(data, layout)
+    at = int(starts[0]) if where == "first" else int(starts[1]) - 1  # series 0's first or last t
+    bad = T0 + 10**9 if where == "first" else T0 - 10**9
+    b = bytearray(data)
+    b[layout.ts_offset + 8 * at : layout.ts_offset + 8 * at + 8] = np.int64(bad).tobytes()
+    con.execute("UPDATE parts SET data = ? WHERE id = ?", (bytes(b), pid))
+    con.commit()
+    con.close()
+    store = SqliteStore(tmp_path / "s.db")
+    ends = T0 + np.arange(300_000, 500_000, 60_000, dtype=np.int64)
+    rate = windows("rate", ends, 300_000)
+    ms = [Matcher("__name__", "=", "m")]
+    for read in (StoreReader.select_rate_each, SqliteStore.select_rate_each):
+        with pytest.raises(chunks.ChunkError, match="not increasing"):
+            read(store, "t", ms, int(ends[0]) - 300_000 + 1, int(ends[-1]), rate, lambda p: None)
+    store.close()
 
 
 def test_part_rows_only_overlapping_slices() -> None:
@@ -284,7 +319,7 @@ def test_rate_rows_on_two_threads_are_the_two_call_way() -> None:
         same(got, two_calls(found, rows, from_ms, to_ms, rate))
 
 
-@pytest.mark.parametrize("state", ["compacted", "parts", "mixed", "between"])
+@pytest.mark.parametrize("state", ["compacted", "parts", "mixed", "between", "parts-between"])
 def test_rate_queries_are_the_generic_range_functions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state: str
 ) -> None:

@@ -360,8 +360,13 @@ def _part_rows(
 
     def add(sid: int, order: int, ts: chunks.I64, vs: chunks.F64) -> None:
         lo, hi = int(ts[0]), int(ts[-1])
-        if hi >= from_ms and lo <= to_ms:
-            out.append((sid, order, lo, hi, raw + ts.astype("<i8").tobytes() + vs.astype("<f8").tobytes()))
+        # a slice whose times do not increase is damage, whatever its range: kept, so that the
+        # piece goes the arrays' way, which says so (as it says it of any slice it reads)
+        if (hi >= from_ms and lo <= to_ms) or not bool((ts[1:] > ts[:-1]).all()):
+            data = b"".join(
+                (raw, ts.astype("<i8", copy=False).tobytes(), vs.astype("<f8", copy=False).tobytes())
+            )
+            out.append((sid, order, lo, hi, data))
 
     for i, segs in extra.items():
         for order, ts, vs in segs:
@@ -372,6 +377,24 @@ def _part_rows(
             if n:
                 add(found[i][0], b.order, b.ts[a : a + n], b.vs[a : a + n])
     return out
+
+
+class _PieceRead(NamedTuple):
+    """What :meth:`SqliteReader.select_rate_each` read of a piece, as :func:`_assemble` takes it:
+    its chunk rows and its slices of the live parts."""
+
+    rows: list[tuple[int, int, int, int, bytes]]
+    extra: dict[int, list[tuple[int, chunks.I64, chunks.F64]]]
+    blocks: list[PartBlock]
+
+
+def _series_arrays(found: Sequence[Found], points: list[tuple[chunks.I64, chunks.F64]]) -> list[SeriesArrays]:
+    """The series ``found`` with their ``points`` (:func:`_assemble`'s), those without any left out."""
+    return [
+        SeriesArrays(metric, dict(lab), ts, vs)
+        for (_, metric, lab), (ts, vs) in zip(found, points, strict=True)
+        if len(ts)
+    ]
 
 
 class SqliteReader(SqliteCore):
@@ -653,10 +676,11 @@ class SqliteReader(SqliteCore):
             parts = self._parts_dirs(from_ms, to_ms) if found else []
             scratch = [bytearray()]  # the arrays' pieces' columns, as select_arrays_each has them
 
-            def done(piece: Sequence[Found], job: _Begun | None) -> RatePiece:
+            def done(piece: Sequence[Found], job: _Begun | None, read: _PieceRead) -> RatePiece:
                 got = None if job is None else _rate_rows_finish(piece, job)
-                if got is None:
-                    arrays = self._arrays(piece, from_ms, to_ms, scratch)
+                if got is None:  # (from what was read for the rows, not read again)
+                    points_of = _assemble(piece, read.rows, read.extra, from_ms, to_ms, read.blocks, scratch)
+                    arrays = _series_arrays(piece, points_of)
                     points = sum(len(s.t) for s in arrays)
                     got = RatePiece([dict(s.labels) for s in arrays], points, *rate.of_arrays(arrays))
                 return got
@@ -670,18 +694,17 @@ class SqliteReader(SqliteCore):
             if found and len(found) * len(rate.at) <= _WHOLE_CELLS:
                 m, n = len(found), len(rate.at)
                 whole = (np.zeros((m, n)), np.zeros((m, n), dtype=bool), np.zeros(m, dtype=np.int64))
-            begun: tuple[Sequence[Found], _Begun | None] | None = None
+            begun: tuple[Sequence[Found], _Begun | None, _PieceRead] | None = None
             for k in range(0, max(1, len(found)), step):
                 piece = found[k : k + step]
                 rows_out = None
                 if whole is not None:
                     rows_out = (whole[0][k : k + step], whole[1][k : k + step], whole[2][k : k + step])
-                rows: list[tuple[int, int, int, int, bytes]] = []
-                if found:  # (read while the previous piece is computed)
-                    ids = msgspec.json.encode([sid for sid, _, _ in piece])
-                    rows = self._con.execute(_SELECT_CHUNKS_OF, (ids, from_ms, to_ms)).fetchall()
-                    if parts:
-                        rows += _part_rows(piece, *self._part_slices(piece, parts), from_ms, to_ms)
+                # (read while the previous piece is computed)
+                ids = msgspec.json.encode([sid for sid, _, _ in piece])
+                chunk_rows = self._con.execute(_SELECT_CHUNKS_OF, (ids, from_ms, to_ms)).fetchall()
+                read = _PieceRead(chunk_rows, *self._part_slices(piece, parts))
+                rows = chunk_rows + _part_rows(piece, read.extra, read.blocks, from_ms, to_ms)
                 if begun is not None:
                     each(done(*begun))
                 # (past a limit: counted from arrays, of_arrays computing nothing; a refused query
@@ -689,7 +712,7 @@ class SqliteReader(SqliteCore):
                 job = None
                 if found and rate.wanted():
                     job = _rate_rows_start(piece, rows, from_ms, to_ms, rate, rows_out)
-                begun = (piece, job)
+                begun = (piece, job, read)
             if begun is not None:
                 each(done(*begun))
 
@@ -698,12 +721,7 @@ class SqliteReader(SqliteCore):
     ) -> list[SeriesArrays]:
         """The points in [from_ms, to_ms] of the series ``found``; series without any are left
         out (``scratch``: see :func:`_assemble`). Call under the lock, in a snapshot."""
-        out: list[SeriesArrays] = []
-        points = self._series_points(found, from_ms, to_ms, scratch)
-        for (_, metric, lab), (ts, vs) in zip(found, points, strict=True):
-            if len(ts):
-                out.append(SeriesArrays(metric, dict(lab), ts, vs))
-        return out
+        return _series_arrays(found, self._series_points(found, from_ms, to_ms, scratch))
 
     def _series_points(
         self, found: Sequence[Found], from_ms: int, to_ms: int, scratch: list[bytearray] | None = None
