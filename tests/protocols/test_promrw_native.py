@@ -190,7 +190,10 @@ _T = key(2, 0) + varint(1_700_000_000_123)
         _VALUE + key(2, 0) + b"\x80\x80",  # a time cut short
         _VALUE + key(2, 0) + b"\xff" * 10 + b"\x01",  # an 11-byte varint
         _VALUE,  # no time
-        _T,  # no value
+        _T,  # no value (encoders leave out a 0): read straight too
+        _T + key(2, 0) + varint(42),  # ... with the time repeated
+        _T + _VALUE,  # ... with the value after it
+        key(2, 0) + b"\x80",  # ... with the time cut short
         _VALUE[:-1] + _T,  # a value one byte short
         key(1, 0) + varint(3) + _T,  # the value as a varint: unknown, the value is 0
     ],
