@@ -352,9 +352,9 @@ def _part_rows(
     """The series' slices of live parts (:meth:`SqliteReader._part_slices`) as the chunk rows
     ``(series_id, rank, t_min, t_max, RAW data)`` that :func:`_rate_rows_start` reads alongside
     the series' chunk rows, each ranked after every chunk as :func:`_assemble` ranks it; only the
-    slices that overlap ``[from_ms, to_ms]``, as the chunk rows are selected. A series has its
-    newest points in parts for the first seconds after they are stored, so every query up to
-    "now" meets them while points arrive."""
+    slices that overlap ``[from_ms, to_ms]``, as the chunk rows are selected, and damaged ones. A
+    series has its newest points in parts for the first seconds after they are stored, so every
+    query up to "now" meets them while points arrive."""
     raw = bytes((chunks.RAW,))
     out: list[tuple[int, int, int, int, bytes]] = []
 
