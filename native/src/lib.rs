@@ -534,22 +534,20 @@ fn rw_label(buf: &[u8]) -> Wire<(&str, &str)> {
 
 /// A Sample: (timestamp, value bits), each 0 when absent.
 fn rw_sample(buf: &[u8]) -> Wire<(i64, u64)> {
-    // the layouts encoders write, value (unless 0) then timestamp, read straight; anything else
-    // (fields absent, repeated, reordered or unknown) by the loop below, which reads it as upb does
-    if buf.len() >= 11 && buf[0] == 0x09 && buf[9] == 0x10 {
-        let v = u64::from_le_bytes(buf[1..9].try_into().expect("8 bytes"));
-        let mut r = Reader { buf, pos: 10 };
+    // the layouts encoders write, value (left out when 0) then timestamp, read straight; anything
+    // else (fields absent, repeated, reordered or unknown) by the loop below, as upb reads it
+    let head = if buf.len() >= 11 && buf[0] == 0x09 && buf[9] == 0x10 {
+        Some((10, u64::from_le_bytes(buf[1..9].try_into().expect("8 bytes"))))
+    } else if buf.first() == Some(&0x10) {
+        Some((1, 0))
+    } else {
+        None
+    };
+    if let Some((pos, v)) = head {
+        let mut r = Reader { buf, pos };
         if let Ok(t) = r.varint() {
             if r.done() {
                 return Ok((t as i64, v));
-            }
-        }
-    } else if buf.len() >= 2 && buf[0] == 0x10 {
-        // the value left out: encoders leave out a 0 (a counter that has not counted yet)
-        let mut r = Reader { buf, pos: 1 };
-        if let Ok(t) = r.varint() {
-            if r.done() {
-                return Ok((t as i64, 0));
             }
         }
     }

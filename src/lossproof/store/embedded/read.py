@@ -700,11 +700,8 @@ class SqliteReader(SqliteCore):
                 rows_out = None
                 if whole is not None:
                     rows_out = (whole[0][k : k + step], whole[1][k : k + step], whole[2][k : k + step])
-                # (read while the previous piece is computed)
-                ids = msgspec.json.encode([sid for sid, _, _ in piece])
-                chunk_rows = self._con.execute(_SELECT_CHUNKS_OF, (ids, from_ms, to_ms)).fetchall()
-                read = _PieceRead(chunk_rows, *self._part_slices(piece, parts))
-                rows = chunk_rows + _part_rows(piece, read.extra, read.blocks, from_ms, to_ms)
+                read = self._read_piece(piece, parts, from_ms, to_ms)  # (while the last is computed)
+                rows = read.rows + _part_rows(piece, read.extra, read.blocks, from_ms, to_ms)
                 if begun is not None:
                     each(done(*begun))
                 # (past a limit: counted from arrays, of_arrays computing nothing; a refused query
@@ -728,10 +725,17 @@ class SqliteReader(SqliteCore):
     ) -> list[tuple[chunks.I64, chunks.F64]]:
         """Each series' points in [from_ms, to_ms]: its chunks that overlap the range (an index
         range each) and its slices of the parts that do (a seek into each part's directory)."""
-        extra, blocks = self._part_slices(found, self._parts_dirs(from_ms, to_ms) if found else [])
+        read = self._read_piece(found, self._parts_dirs(from_ms, to_ms) if found else [], from_ms, to_ms)
+        return _assemble(found, read.rows, read.extra, from_ms, to_ms, read.blocks, scratch)
+
+    def _read_piece(
+        self, found: Sequence[Found], parts: Sequence[_PartDir], from_ms: int, to_ms: int
+    ) -> _PieceRead:
+        """The chunk rows of the series ``found`` that overlap [from_ms, to_ms] and their slices of
+        the parts ``parts`` (:meth:`_parts_dirs`)."""
         ids = msgspec.json.encode([sid for sid, _, _ in found])
         rows = self._con.execute(_SELECT_CHUNKS_OF, (ids, from_ms, to_ms)).fetchall()
-        return _assemble(found, rows, extra, from_ms, to_ms, blocks, scratch)
+        return _PieceRead(rows, *self._part_slices(found, parts))
 
     def _part_slices(
         self, found: Sequence[Found], parts: Sequence[_PartDir]
