@@ -362,7 +362,11 @@ def _packable(mod: int) -> chunks.PackableWindows:
 
 
 def _flush_reference(
-    datas: list[bytes], first_id: int, pack_min: int, window: int, packable: chunks.PackableWindows
+    datas: list[bytes],
+    first_id: int,
+    pack_min: int,
+    windows: chunks.Windows,
+    packable: chunks.PackableWindows,
 ) -> list[chunks.ChunkRow]:
     """What the flush made before the native merge: every part decoded, concatenated oldest first,
     sorted by (series, t) keeping the first of each pair (the oldest part's), one RAW chunk per
@@ -378,11 +382,12 @@ def _flush_reference(
             raw.append(tuple(r))
             continue
         rts, rvs = chunks.decode(r.data)
-        for w in np.unique(rts // window):
-            at = rts // window == w
+        of = windows.of(rts)
+        for w in np.unique(of).tolist():
+            at = of == w
             wts, wvs = rts[at], rvs[at]
             ok = packable(
-                np.array([r.series_id]), np.array([w * window]), np.array([w * window + window - 1])
+                np.array([r.series_id]), np.array([windows.start(w)]), np.array([windows.end(w) - 1])
             )[0]
             data = chunks.encode(wts, wvs) if ok else bytes((chunks.RAW,)) + wts.tobytes() + wvs.tobytes()
             (packed if ok else pieces).append((r.series_id, int(wts[0]), int(wts[-1]), len(wts), data))
@@ -398,6 +403,15 @@ def _part(points: dict[tuple[int, int], float]) -> bytes:
 
 
 _values = st.sampled_from([0.0, -0.0, 1.5, math.inf, -math.inf, math.nan, 2.0**60, -3.25])
+# small windows only; and large ones below a time (merged: 0, 21 or far, or below a negative time)
+_WINDOWS = [
+    chunks.Windows(7),
+    chunks.Windows(2**61),
+    chunks.Windows(7, 21, 0),
+    chunks.Windows(7, 21, 21),
+    chunks.Windows(7, 28, -28),
+    chunks.Windows(7, 21, 2**62 // 21 * 21),
+]
 
 
 @settings(max_examples=200, deadline=None)
@@ -413,15 +427,19 @@ _values = st.sampled_from([0.0, -0.0, 1.5, math.inf, -math.inf, math.nan, 2.0**6
     ),
     st.integers(1, 2**40),
     st.sampled_from([1, 3, 10**9]),
-    st.sampled_from([7, 2**61]),
+    st.sampled_from(_WINDOWS),
     st.sampled_from([1, 2, 3]),
 )
 def test_flush_is_the_sorted_merge_of_its_parts_oldest_first(
-    parts: list[dict[tuple[int, int], float]], first_id: int, pack_min: int, window: int, mod: int
+    parts: list[dict[tuple[int, int], float]],
+    first_id: int,
+    pack_min: int,
+    windows: chunks.Windows,
+    mod: int,
 ) -> None:
     datas = [_part(p) for p in parts]
-    rows, points, size = chunks.flush_parts(datas, first_id, pack_min, window, _packable(mod))
-    want = _flush_reference(datas, first_id, pack_min, window, _packable(mod))
+    rows, points, size = chunks.flush_parts(datas, first_id, pack_min, windows, _packable(mod))
+    want = _flush_reference(datas, first_id, pack_min, windows, _packable(mod))
     assert rows == want  # bytes equal: NaN payloads and -0.0 kept bit for bit
     assert points == sum(r[4] for r in want)
     assert size == sum(len(r[5]) for r in want)
@@ -430,7 +448,7 @@ def test_flush_is_the_sorted_merge_of_its_parts_oldest_first(
 def test_flush_keeps_the_oldest_parts_value_of_a_time() -> None:
     old = _part({(7, 10): 1.0, (7, 20): 2.0})
     new = _part({(7, 20): 99.0, (7, 30): 3.0, (8, 5): 4.0})
-    rows, points, _ = chunks.flush_parts([old, new], 100, 10**9, 10**9, _packable(1))
+    rows, points, _ = chunks.flush_parts([old, new], 100, 10**9, chunks.Windows(10**9), _packable(1))
     assert points == 4
     assert [(r[0], r[1], r[2], r[3], r[4]) for r in rows] == [(100, 7, 10, 30, 3), (101, 8, 5, 5, 1)]
     ts, vs = chunks.decode(rows[0][5])
@@ -467,7 +485,7 @@ def _damaged_parts() -> list[bytes]:
 def test_flush_refuses_a_damaged_part(damaged: bytes) -> None:
     good = _part({(1, 10): 1.0})
     with pytest.raises(chunks.ChunkError):
-        chunks.flush_parts([good, damaged], 1, 1, 10**9, _packable(1))
+        chunks.flush_parts([good, damaged], 1, 1, chunks.Windows(10**9), _packable(1))
 
 
 def test_flush_packs_big_series_a_slice_at_a_time_as_it_would_at_once(
@@ -482,7 +500,7 @@ def test_flush_packs_big_series_a_slice_at_a_time_as_it_would_at_once(
         for _ in range(4)
     ]
     datas = [_part(p) for p in parts]
-    whole = chunks.flush_parts(datas, 1, 4, 50, _packable(3))
+    whole = chunks.flush_parts(datas, 1, 4, chunks.Windows(50), _packable(3))
     monkeypatch.setattr(chunks, "_ENCODE_MAX_POINTS", 7)
-    assert chunks.flush_parts(datas, 1, 4, 50, _packable(3)) == whole
-    assert whole == (_flush_reference(datas, 1, 4, 50, _packable(3)), *whole[1:])
+    assert chunks.flush_parts(datas, 1, 4, chunks.Windows(50), _packable(3)) == whole
+    assert whole == (_flush_reference(datas, 1, 4, chunks.Windows(50), _packable(3)), *whole[1:])

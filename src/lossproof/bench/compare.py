@@ -1050,7 +1050,8 @@ def packing_done(store: Path) -> bool:
 def compaction_state(store: Path) -> dict[str, Any]:
     """What the embedded store's compaction has left to do, read from the file (readonly, a read
     transaction of its own): ``done`` when no part is left to flush into chunks, no flush waits
-    to be packed, free pages were given back and the WAL truncated (the compactor then does
+    to be packed, no pass merges windows, free pages were given back and the WAL truncated (the
+    compactor then does
     nothing until new points come), with the raw chunks still
     there (compaction should have packed them all), the chunks' payload bytes and SQLite's page
     counts."""
@@ -1070,6 +1071,8 @@ def compaction_state(store: Path) -> dict[str, Any]:
             kinds[int(kind, 16)] = (count, points, size)
         row = con.execute("SELECT value FROM meta WHERE key = 'unpacked_flushes'").fetchone()
         unpacked_flushes = int(row[0]) if row else 0
+        row = con.execute("SELECT value FROM meta WHERE key = 'merge_sid'").fetchone()
+        merging = bool(row and int(row[0]) >= 0)  # a pass merging windows runs (compact.py)
         page = con.execute("PRAGMA page_size").fetchone()[0]
         pages = con.execute("PRAGMA page_count").fetchone()[0]
         free = con.execute("PRAGMA freelist_count").fetchone()[0]
@@ -1083,10 +1086,11 @@ def compaction_state(store: Path) -> dict[str, Any]:
     # store/embedded/compact.py, _reclaim) and truncates the WAL.
     space_done = wal_bytes == 0 and (not reclaims or free <= max(2048, pages // 4))
     return {
-        "done": parts == 0 and unpacked_flushes == 0 and space_done,
+        "done": parts == 0 and unpacked_flushes == 0 and not merging and space_done,
         "wal_bytes": wal_bytes,
         "parts": parts,
         "unpacked_flushes": unpacked_flushes,
+        "merging": merging,
         "raw_chunks": kinds[RAW][0],
         "raw_points": kinds[RAW][1] or 0,
         "packed_chunks": kinds[PACKED][0],

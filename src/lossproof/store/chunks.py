@@ -455,11 +455,50 @@ class PackRow(NamedTuple):
     data: bytes
 
 
-def widen(
-    reach: dict[int, tuple[int, int]], spans: Iterable[tuple[int, int, int]], window_ms: int
-) -> bool:
-    """Widen each series' windows ``reach`` (first, last) in place to every window that one of its
-    chunks ``spans`` (series, t_min, t_max) reaches; whether any was widened.
+class Windows(NamedTuple):
+    """The windows compaction packs each series' points into, one chunk per series and window:
+    ``small_ms`` long, and below ``merged_until`` (a multiple of ``large_ms``) ``large_ms`` long,
+    ``large_ms`` a multiple of ``small_ms``. A window is named by the index of its first small
+    window (``t // small_ms`` for a small one), so indices grow with time whichever the size.
+
+    Packing and widening in one compaction step must take the same windows; which ones does not
+    matter to what a query sees (each step reads every chunk of the windows it packs: see
+    :func:`widen`), only to how many chunks a series has."""
+
+    small_ms: int
+    large_ms: int = 0
+    merged_until: int = -(1 << 63)
+
+    def of(self, t: I64) -> I64:
+        """The window of each time."""
+        small = t // self.small_ms
+        if not self.large_ms:
+            return small
+        per = self.large_ms // self.small_ms
+        return np.where(t < self.merged_until, small // per * per, small)
+
+    def of_one(self, t: int) -> int:
+        return int(self.of(np.array([t], dtype=np.int64))[0])
+
+    def start(self, index: int) -> int:
+        """The first ms of window ``index``."""
+        return index * self.small_ms
+
+    def end(self, index: int) -> int:
+        """The first ms after window ``index``."""
+        return int(self.ends(np.array([index], dtype=np.int64))[0])
+
+    def ends(self, index: I64) -> I64:
+        """The first ms after each window."""
+        first = index * self.small_ms
+        if not self.large_ms:
+            return first + self.small_ms
+        return first + np.where(first < self.merged_until, self.large_ms, self.small_ms)
+
+
+def widen(reach: dict[int, tuple[int, int]], spans: Iterable[tuple[int, int, int]], windows: Windows) -> bool:
+    """Widen each series' windows ``reach`` (first, last: :meth:`Windows.of`) in place to every
+    window that one of its chunks ``spans`` (series, t_min, t_max) reaches; whether any was widened.
 
     A pack step reads the chunks of the windows the scan found, but a raw chunk flushed since may
     reach past them. :func:`pack` makes a piece of it for each window it reaches, and gives it an
@@ -470,14 +509,14 @@ def widen(
     wider = False
     for sid, t_min, t_max in spans:
         lo, hi = reach[sid]
-        a, b = t_min // window_ms, t_max // window_ms
+        a, b = windows.of_one(t_min), windows.of_one(t_max)
         if a < lo or b > hi:
             reach[sid] = (min(lo, a), max(hi, b))
             wider = True
     return wider
 
 
-def pack(found: Sequence[tuple[int, int, bytes]], window_ms: int) -> tuple[list[PackRow], int]:
+def pack(found: Sequence[tuple[int, int, bytes]], windows: Windows) -> tuple[list[PackRow], int]:
     """Merge chunks ``(id, series, data)`` into one packed chunk per series and window (first write
     wins); returns the rows, those that keep an id first, and the number of points. Each series'
     lowest ids go to its oldest windows: which write came first is kept. All the series at once:
@@ -492,8 +531,8 @@ def pack(found: Sequence[tuple[int, int, bytes]], window_ms: int) -> tuple[list[
     sids = np.repeat(np.array([r[1] for r in found], dtype=np.int64), sizes)
     pick = np.lexsort((order, ts, sids))  # by series and t, the chunk written first first
     sids, ts, vs = dedup_sorted(sids[pick], ts[pick], vs[pick])
-    windows = ts // window_ms
-    cut = np.flatnonzero((sids[1:] != sids[:-1]) | (windows[1:] != windows[:-1])) + 1
+    index = windows.of(ts)
+    cut = np.flatnonzero((sids[1:] != sids[:-1]) | (index[1:] != index[:-1])) + 1
     starts = np.concatenate(([0], cut)).astype(np.int64)
     ends = np.append(cut, len(ts)).astype(np.int64)
     datas = encode_many(ts, vs, starts, ends)
@@ -572,12 +611,12 @@ PackableWindows = Callable[[I64, I64, I64], npt.NDArray[np.bool_]]
 
 
 def flush_parts(
-    datas: list[bytes], first_id: int, pack_min: int, window_ms: int, packable: PackableWindows
+    datas: list[bytes], first_id: int, pack_min: int, windows: Windows, packable: PackableWindows
 ) -> tuple[list[ChunkRow], int, int]:
     """Parts (oldest first) merged into chunk rows, ids from ``first_id`` on; the points and the
     rows' data bytes in all. Of two points of a series with the same t, the older part's is kept
     (first write wins). A series of fewer than ``pack_min`` points becomes one RAW chunk (packing
-    merges it later with the next flushes' ones). A longer one is cut per window of ``window_ms``,
+    merges it later with the next flushes' ones). A longer one is cut per window (``windows``),
     and each piece is packed now where ``packable`` says that window holds none of the series'
     chunks yet (written once, not raw and then again packed; a window the flush does not open is
     left to packing, which keeps one chunk per series and window: only raw chunks are scanned for
@@ -593,15 +632,15 @@ def flush_parts(
         return rows, points, size
     ts, vs = ts_b.astype(np.int64, copy=False), vs_b.view("<f8").astype(np.float64, copy=False)
     # the pieces: one per series and window, as pack() cuts them
-    windows = ts // window_ms
+    index = windows.of(ts)
     cut = np.zeros(len(ts), dtype=bool)
     cut[run_ends[:-1]] = True
-    cut[1:] |= windows[1:] != windows[:-1]
+    cut[1:] |= index[1:] != index[:-1]
     starts = np.flatnonzero(np.concatenate(([True], cut[1:])))
     ends = np.append(starts[1:], len(ts))
     sid_of = np.repeat(sids, np.diff(run_ends, prepend=0))
-    w_lo = windows[starts] * window_ms
-    pack_now = packable(sid_of[starts], w_lo, w_lo + (window_ms - 1))
+    first = index[starts]
+    pack_now = packable(sid_of[starts], first * windows.small_ms, windows.ends(first) - 1)
     for a, b in zip(starts[~pack_now].tolist(), ends[~pack_now].tolist(), strict=True):
         data = bytes((RAW,)) + ts[a:b].astype("<i8").tobytes() + vs[a:b].astype("<f8").tobytes()
         rows.append((first_id + len(rows), int(sid_of[a]), int(ts[a]), int(ts[b - 1]), b - a, data))

@@ -21,6 +21,11 @@ from lossproof.store.base import (
 from lossproof.store.embedded.common import (
     _FLUSH_MAX_POINTS,
     _INSERT_CHUNK_AT,
+    _MERGE_AFTER_MS,
+    _MERGE_HEADS,
+    _MERGE_MAX_POINTS,
+    _MERGE_PASS_WINDOWS,
+    _MERGE_WINDOW_MS,
     _PACK_AGE_MS,
     _PACK_AT_FLUSH,
     _PACK_IDLE_MS,
@@ -35,6 +40,9 @@ from lossproof.store.embedded.common import (
     _SeriesKey,
 )
 from lossproof.store.embedded.core import SqliteCore
+
+_PACKED = chunks.Windows(COMPACT_WINDOW_MS)  # the windows flushes and packing cut chunks at
+_NO_REMERGE = 1 << 62  # meta.remerge_from when no late chunk went into a merged window
 
 # Free pages given back per write transaction once all is packed (8 MiB of 4 KiB pages: ~0.1 s
 # of the worker's writes waiting), and kept at least (what a few batches will soon use again).
@@ -59,6 +67,7 @@ class _Pack(NamedTuple):
     rows: list[chunks.PackRow]
     points: int
     gen: int  # meta.compact_gen when read
+    merge: tuple[tuple[str, int], ...] = ()  # a merge step's: meta to set (see _merge_read)
 
 
 class SqliteCompaction(SqliteCore):
@@ -119,9 +128,7 @@ class SqliteCompaction(SqliteCore):
             n += count
         datas = [con.execute("SELECT data FROM parts WHERE id = ?", (pid,)).fetchone()[0] for pid in take]
         first = self._next_chunk_id()
-        rows, points, out = chunks.flush_parts(
-            datas, first, _PACK_AT_FLUSH, COMPACT_WINDOW_MS, self._windows_empty
-        )
+        rows, points, out = chunks.flush_parts(datas, first, _PACK_AT_FLUSH, _PACKED, self._windows_empty)
         size = sum(len(d) for d in datas)
         return _Flush(take, rows, first, size, out, points, int(self._meta("compact_gen") or 0))
 
@@ -141,6 +148,20 @@ class SqliteCompaction(SqliteCore):
         top = self._con.execute("SELECT coalesce(max(id), 0) FROM chunks").fetchone()[0]
         return max(int(top), int(self._meta("chunk_id_top") or 0)) + 1
 
+    def _pack_reach(
+        self, reach: dict[int, tuple[int, int]], windows: chunks.Windows
+    ) -> tuple[list[tuple[int, int, bytes]], list[chunks.PackRow], int]:
+        """Every chunk of the windows ``reach`` (series: first, last window), read and packed
+        one per series and window: (chunks read, rows, points)."""
+        while True:  # see chunks.widen
+            items = [(sid, windows.start(lo), windows.end(hi)) for sid, (lo, hi) in reach.items()]
+            read = self._con.execute(_PACK_READ, (msgspec.json.encode(items),)).fetchall() if items else []
+            if not chunks.widen(reach, ((sid, a, b) for _, sid, a, b, _ in read), windows):
+                break
+        found = [(cid, sid, data) for cid, sid, _, _, data in read]
+        out, points = chunks.pack(found, windows)
+        return found, out, points
+
     def _compact_read(self, now_ms: int, max_series: int) -> _Flush | _Pack | None:
         """The next step's work, computed in a read transaction (see :meth:`compact`)."""
         flush = self._flush_parts(now_ms)
@@ -148,7 +169,7 @@ class SqliteCompaction(SqliteCore):
             return flush
         if not self._pack_queue:
             if not self._pack_due(now_ms):
-                return None
+                return self._merge_read(now_ms, max_series)
             self._scan_unpacked()
         # at most max_series series, and about _PACK_MAX_POINTS raw points (memory: ~150 B a point)
         k, n = 0, 0
@@ -158,17 +179,95 @@ class SqliteCompaction(SqliteCore):
             k += 1
         take = queue[:k]
         del queue[:k]
-        w_ms = COMPACT_WINDOW_MS
-        reach = {sid: (lo, hi) for sid, lo, hi, _ in take}
-        while True:  # see chunks.widen
-            items = [(sid, lo * w_ms, (hi + 1) * w_ms) for sid, (lo, hi) in reach.items()]
-            read = self._con.execute(_PACK_READ, (msgspec.json.encode(items),)).fetchall() if items else []
-            if not chunks.widen(reach, ((sid, a, b) for _, sid, a, b, _ in read), w_ms):
-                break
-        found = [(cid, sid, data) for cid, sid, _, _, data in read]
-        out, points = chunks.pack(found, w_ms)
+        found, out, points = self._pack_reach({sid: (lo, hi) for sid, lo, hi, _ in take}, _PACKED)
         gen = int(self._meta("compact_gen") or 0)
         return _Pack(take, [(cid, len(data)) for cid, _, data in found], out, points, gen)
+
+    def _merge_read(self, now_ms: int, max_series: int) -> _Pack | None:
+        """The next step of merging windows (see ``_MERGE_WINDOW_MS``), once packing has nothing
+        to do; None when nothing is due. A pass merges the windows in ``[meta.merge_from,
+        meta.merged_until)`` series by series (``meta.merge_sid``: the last series done, -1 when
+        no pass runs): its first step sets the range (from the oldest chunk on, the first time;
+        then the windows that ended since, and those a late chunk went into,
+        ``meta.remerge_from``), then each step merges the windows of the next ``max_series``
+        series that hold more than one chunk, about ``_PACK_MAX_POINTS`` points at most. A series
+        of more than ``_MERGE_MAX_POINTS`` points in one of them keeps its chunks.
+
+        Packing and flushing keep to 2 h windows: a late chunk in a merged window is packed with
+        the window's chunk cut back to 2 h pieces (every chunk of the windows a step packs is read:
+        see :func:`chunks.widen`), which the next pass merges again. Under 12 h windows they would
+        rewrite a whole 12 h of a series at each pack of a load of old points (``bench compare``'s
+        ingest: 111 h of points 1 s apart)."""
+        con = self._con
+        large = _MERGE_WINDOW_MS
+        merged = self._meta("merged_until")
+        cursor = int(self._meta("merge_sid") or -1)
+        gen = int(self._meta("compact_gen") or 0)
+        if cursor < 0:
+            target = (now_ms - _MERGE_AFTER_MS) // large * large
+            if merged is None:  # the first pass: from the oldest chunk on
+                oldest = con.execute("SELECT min(t_min) FROM chunks").fetchone()[0]
+                start = target if oldest is None else min(target, oldest // large * large)
+            else:
+                again = self._meta("remerge_from")
+                start = min(int(merged), target if again is None else int(again))
+                target = max(target, int(merged))
+                if start >= target:
+                    return None
+            # (a first pass over a long history in several: the points of one series that one
+            # step merges stay bounded)
+            until = min(target, start + _MERGE_PASS_WINDOWS * large)
+            meta = (
+                ("merged_until", until),
+                ("merge_from", start),
+                ("merge_sid", 0 if start < until else -1),
+                ("remerge_from", _NO_REMERGE),
+            )
+            return _Pack([], [], [], 0, gen, meta)
+        until, since = int(merged or 0), int(self._meta("merge_from") or 0)
+        sids = [
+            sid
+            for (sid,) in con.execute(
+                "SELECT id FROM series WHERE id > ? ORDER BY id LIMIT ?", (cursor, max_series)
+            )
+        ]
+        if not sids:
+            return _Pack([], [], [], 0, gen, (("merge_sid", -1),))
+        windows = chunks.Windows(COMPACT_WINDOW_MS, large, until)
+        held: dict[int, dict[int, list[int]]] = {}  # series: window: [chunks, points]
+        for sid, t_min, _, n in con.execute(_MERGE_HEADS, (msgspec.json.encode(sids), since, until)):
+            w = held.setdefault(sid, {}).setdefault(windows.of_one(max(t_min, since)), [0, 0])
+            w[0] += 1
+            w[1] += n
+        reach: dict[int, tuple[int, int]] = {}
+        points, done = 0, sids[-1]
+        for k, sid in enumerate(sids):
+            mine = held.get(sid, {})
+            if any(n > _MERGE_MAX_POINTS for _, n in mine.values()):
+                continue  # (a series of many points a window: see _MERGE_MAX_POINTS)
+            due = [w for w, (c, _) in mine.items() if c > 1]
+            if not due:
+                continue
+            more = sum(n for _, n in mine.values())
+            if reach and points + more > _PACK_MAX_POINTS:
+                done = sids[k - 1]
+                break
+            reach[sid] = (min(due), max(due))
+            points += more
+        found, out, points = self._pack_reach(reach, windows)
+        merge = (("merge_sid", done),)
+        return _Pack([], [(cid, len(data)) for cid, _, data in found], out, points, gen, merge)
+
+    def _late(self, t_mins: list[int]) -> None:
+        """Chunks of the times ``t_mins`` were written: those in merged windows make the next pass
+        merge them again (``meta.remerge_from``). In the write transaction."""
+        merged = self._meta("merged_until")
+        if merged is None or not t_mins or min(t_mins) >= int(merged):
+            return
+        first = min(t_mins) // _MERGE_WINDOW_MS * _MERGE_WINDOW_MS
+        again = self._meta("remerge_from")
+        if again is None or first < int(again):
+            self._meta_set(remerge_from=first)
 
     def _compact_write(self, job: _Flush | _Pack, now_ms: int) -> CompactResult:
         """Apply a step computed by :meth:`_compact_read`, in the write transaction, if its inputs
@@ -189,6 +288,7 @@ class SqliteCompaction(SqliteCore):
             rows = job.rows if base == job.first_id else [(base + i, *r[1:]) for i, r in enumerate(job.rows)]
             con.executemany(_INSERT_CHUNK_AT, rows)
             self._meta_set(chunk_id_top=base + len(rows) - 1)
+            self._late([r[2] for r in rows])
             con.execute("DELETE FROM parts WHERE id <= ?", (job.take[-1],))
             flushes = int(self._meta("unpacked_flushes") or 0)
             self._meta_set(unpacked_flushes=flushes + 1)
@@ -201,6 +301,11 @@ class SqliteCompaction(SqliteCore):
         if job.found:
             con.executemany("DELETE FROM chunks WHERE id = ?", [(cid,) for cid, _ in job.found])
             con.executemany(_INSERT_CHUNK_AT, job.rows)
+        if job.merge:
+            self._meta_set(**dict(job.merge))
+            self._wal_small = False  # (what it wrote: the WAL is truncated again once all is done)
+            return self._packed(job, more=True)
+        self._late([r.t_min for r in job.rows])
         more = bool(self._pack_queue)
         if not more:
             self._meta_set(compact_after=self._pack_mark)
@@ -211,6 +316,10 @@ class SqliteCompaction(SqliteCore):
                 self._meta_set(unpacked_flushes=0, unpacked_since_ms=0)
             # more: the rest of the scan, or (all packed) giving free space back, ``_reclaim``
             more = True
+        return self._packed(job, more)
+
+    @staticmethod
+    def _packed(job: _Pack, more: bool) -> CompactResult:
         return CompactResult(
             len(job.take),
             len(job.found),
@@ -247,8 +356,8 @@ class SqliteCompaction(SqliteCore):
         cols = np.array(rows, dtype=np.int64)
         cols = cols[np.lexsort((cols[:, 0], cols[:, 1]))]
         starts, _ = chunks.series_bounds(cols[:, 1].copy())
-        lo = np.minimum.reduceat(cols[:, 2] // COMPACT_WINDOW_MS, starts)
-        hi = np.maximum.reduceat(cols[:, 3] // COMPACT_WINDOW_MS, starts)
+        lo = np.minimum.reduceat(_PACKED.of(cols[:, 2]), starts)
+        hi = np.maximum.reduceat(_PACKED.of(cols[:, 3]), starts)
         points = np.add.reduceat(cols[:, 4], starts)
         self._pack_queue = list(
             zip(cols[starts, 1].tolist(), lo.tolist(), hi.tolist(), points.tolist(), strict=True)

@@ -170,19 +170,19 @@ class PgMaintenance(PgCore):
         if not items:
             return
         cur = conn.cursor(binary=True)
-        w_ms = COMPACT_WINDOW_MS
+        windows = chunks.Windows(COMPACT_WINDOW_MS)
         reach = {sid: (lo, hi) for sid, lo, hi in items}
         while True:  # see chunks.widen
             cur.execute(
                 _PACK_READ,
                 (
                     Int8Array(list(reach)),
-                    Int8Array([lo * w_ms for lo, _ in reach.values()]),
-                    Int8Array([(hi + 1) * w_ms for _, hi in reach.values()]),
+                    Int8Array([windows.start(lo) for lo, _ in reach.values()]),
+                    Int8Array([windows.end(hi) for _, hi in reach.values()]),
                 ),
             )
             read = [(int(cid), int(sid), int(a), int(b), bytes(data)) for cid, sid, a, b, data in cur]
-            if not chunks.widen(reach, ((sid, a, b) for _, sid, a, b, _ in read), w_ms):
+            if not chunks.widen(reach, ((sid, a, b) for _, sid, a, b, _ in read), windows):
                 break
         found = [(cid, sid, data) for cid, sid, _, _, data in read]
         by_series: dict[int, list[tuple[int, bytes]]] = {}
@@ -196,7 +196,7 @@ class PgMaintenance(PgCore):
         ]
         if not found:
             return
-        rows, points = chunks.pack([(cid, sid, data) for cid, sid, data in found], COMPACT_WINDOW_MS)
+        rows, points = chunks.pack([(cid, sid, data) for cid, sid, data in found], windows)
         conn.execute("DELETE FROM chunks WHERE id = ANY(%b)", (Int8Array([r[0] for r in found]),))
         conn.execute(
             _PACK_INSERT,
