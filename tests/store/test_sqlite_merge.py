@@ -44,7 +44,7 @@ def _points(path: Path) -> dict[tuple[str, int], float]:
     store = SqliteStore(path, readonly=True)
     try:
         out: dict[tuple[str, int], float] = {}
-        for s in store.select("t", [Matcher("__name__", "=", "m")], 0, 1 << 62):
+        for s in store.select("t", [Matcher("__name__", "=", "m")], -(1 << 63), (1 << 63) - 1):
             for t, v in s.points:
                 assert (s.labels["i"], t) not in out, "a point twice"
                 out[(s.labels["i"], t)] = v
@@ -114,6 +114,41 @@ def test_a_series_of_many_points_a_window_keeps_its_chunks(tmp_path: Path) -> No
     got = _chunks(path)
     assert got[(ids["fast"], T0 // W)] == 6  # its 2 h chunks of the first window
     assert got[(ids["slow"], T0 // W)] == 1
+    assert _points(path) == want
+
+
+def test_one_window_of_many_points_keeps_its_chunks_and_the_others_of_the_series_merge(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.db"
+    store = SqliteStore(path)
+    try:
+        for b in range(4 * 12 * 6):  # 4 windows in batches of 10 min
+            every = 4000 if b < 72 else 60_000  # the first window: 10,800 points, then 720 each
+            ts = list(range(T0 + b * 600_000, T0 + (b + 1) * 600_000, every))
+            store.write_batch(_batch(["x"], ts, 0.0, ts[-1]))
+            store.compact(ts[-1])
+        _drain(store, T0 + 4 * W - 1)
+        _drain(store, T0 + 5 * W)
+    finally:
+        store.close()
+    assert sorted((w - T0 // W, n) for (_, w), n in _chunks(path).items()) == [(0, 6), (1, 1), (2, 1), (3, 1)]
+
+
+@pytest.mark.parametrize("far", [-(1 << 63) + 1000, -(1 << 62), 0, 86_400_000])
+def test_points_far_in_the_past_end_the_passes_soon(tmp_path: Path, far: int) -> None:
+    # a pass walks no empty years, and windows before 1970 are not merged: compaction settles
+    path = tmp_path / "s.db"
+    store = SqliteStore(path)
+    try:
+        want = _load(store, ["a"], 30, 15_000)
+        now = T0 + 30 * H + W
+        _drain(store, now, limit=50)
+        store.write_batch(_batch(["a", "b"], [far, far + 1000], 0.0, now))
+        want.update({(i, t): t / 1000 for i in ("a", "b") for t in (far, far + 1000)})
+        _drain(store, now, limit=50)
+    finally:
+        store.close()
     assert _points(path) == want
 
 

@@ -485,8 +485,9 @@ class Windows(NamedTuple):
         return index * self.small_ms
 
     def end(self, index: int) -> int:
-        """The first ms after window ``index``."""
-        return int(self.ends(np.array([index], dtype=np.int64))[0])
+        """The first ms after window ``index`` (a Python int: past int64's end for the last)."""
+        first = self.start(index)
+        return first + (self.large_ms if self.large_ms and first < self.merged_until else self.small_ms)
 
     def ends(self, index: I64) -> I64:
         """The first ms after each window."""
@@ -516,11 +517,14 @@ def widen(reach: dict[int, tuple[int, int]], spans: Iterable[tuple[int, int, int
     return wider
 
 
-def pack(found: Sequence[tuple[int, int, bytes]], windows: Windows) -> tuple[list[PackRow], int]:
+def pack(
+    found: Sequence[tuple[int, int, bytes]], windows: Windows, cap: int = 0
+) -> tuple[list[PackRow], int]:
     """Merge chunks ``(id, series, data)`` into one packed chunk per series and window (first write
     wins); returns the rows, those that keep an id first, and the number of points. Each series'
     lowest ids go to its oldest windows: which write came first is kept. All the series at once:
-    the columns are merged and encoded together (:func:`encode_many`)."""
+    the columns are merged and encoded together (:func:`encode_many`). ``cap``: a series' large
+    window (``windows.large_ms``) of more points is cut at the small windows in it."""
     if not found:
         return [], 0
     ids = np.array([r[0] for r in found], dtype=np.int64)
@@ -533,6 +537,13 @@ def pack(found: Sequence[tuple[int, int, bytes]], windows: Windows) -> tuple[lis
     sids, ts, vs = dedup_sorted(sids[pick], ts[pick], vs[pick])
     index = windows.of(ts)
     cut = np.flatnonzero((sids[1:] != sids[:-1]) | (index[1:] != index[:-1])) + 1
+    if cap and windows.large_ms:
+        # a series' large window of more than ``cap`` points: cut at the small windows instead
+        sizes = np.diff(np.concatenate(([0], cut, [len(ts)])))
+        big = (sizes > cap) & (index[np.concatenate(([0], cut))] * windows.small_ms < windows.merged_until)
+        if big.any():
+            index = np.where(np.repeat(big, sizes), ts // windows.small_ms, index)
+            cut = np.flatnonzero((sids[1:] != sids[:-1]) | (index[1:] != index[:-1])) + 1
     starts = np.concatenate(([0], cut)).astype(np.int64)
     ends = np.append(cut, len(ts)).astype(np.int64)
     datas = encode_many(ts, vs, starts, ends)

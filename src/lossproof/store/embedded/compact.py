@@ -42,7 +42,7 @@ from lossproof.store.embedded.common import (
 from lossproof.store.embedded.core import SqliteCore
 
 _PACKED = chunks.Windows(COMPACT_WINDOW_MS)  # the windows flushes and packing cut chunks at
-_NO_REMERGE = 1 << 62  # meta.remerge_from when no late chunk went into a merged window
+_MERGE_END = 1 << 62  # windows from here on are never merged (meta.remerge_from: none due)
 
 # Free pages given back per write transaction once all is packed (8 MiB of 4 KiB pages: ~0.1 s
 # of the worker's writes waiting), and kept at least (what a few batches will soon use again).
@@ -149,7 +149,7 @@ class SqliteCompaction(SqliteCore):
         return max(int(top), int(self._meta("chunk_id_top") or 0)) + 1
 
     def _pack_reach(
-        self, reach: dict[int, tuple[int, int]], windows: chunks.Windows
+        self, reach: dict[int, tuple[int, int]], windows: chunks.Windows, cap: int = 0
     ) -> tuple[list[tuple[int, int, bytes]], list[chunks.PackRow], int]:
         """Every chunk of the windows ``reach`` (series: first, last window), read and packed
         one per series and window: (chunks read, rows, points)."""
@@ -159,7 +159,7 @@ class SqliteCompaction(SqliteCore):
             if not chunks.widen(reach, ((sid, a, b) for _, sid, a, b, _ in read), windows):
                 break
         found = [(cid, sid, data) for cid, sid, _, _, data in read]
-        out, points = chunks.pack(found, windows)
+        out, points = chunks.pack(found, windows, cap)
         return found, out, points
 
     def _compact_read(self, now_ms: int, max_series: int) -> _Flush | _Pack | None:
@@ -186,16 +186,19 @@ class SqliteCompaction(SqliteCore):
     def _merge_read(self, now_ms: int, max_series: int) -> _Pack | None:
         """The next step of merging windows (see ``_MERGE_WINDOW_MS``), once packing has nothing
         to do; None when nothing is due. A pass merges the windows in ``[meta.merge_from,
-        meta.merged_until)`` series by series (``meta.merge_sid``: the last series done, -1 when
-        no pass runs): its first step sets the range (from the oldest chunk on, the first time;
-        then the windows that ended since, and those a late chunk went into,
-        ``meta.remerge_from``), then each step merges the windows of the next ``max_series``
-        series that hold more than one chunk, about ``_PACK_MAX_POINTS`` points at most. A series
-        of more than ``_MERGE_MAX_POINTS`` points in one of them keeps its chunks.
+        meta.merge_to)`` series by series (``meta.merge_sid``: the last series done, -1 when no
+        pass runs): its first step picks the windows, at most ``_MERGE_PASS_WINDOWS`` from the
+        first that holds a chunk: those a late chunk went into (``meta.remerge_from``, below
+        ``meta.merged_until``), else those that ended since ``meta.merged_until`` (from the
+        oldest chunk on, the first time), which it then raises; then each step merges the windows
+        of the next ``max_series`` series that hold more than one chunk, about
+        ``_PACK_MAX_POINTS`` points at most. A window of more than ``_MERGE_MAX_POINTS`` points of
+        a series keeps that series' chunks (``chunks.pack``'s ``cap``). Windows before 1970 or past
+        2^62 ms are not merged.
 
         Packing and flushing keep to 2 h windows: a late chunk in a merged window is packed with
         the window's chunk cut back to 2 h pieces (every chunk of the windows a step packs is read:
-        see :func:`chunks.widen`), which the next pass merges again. Under 12 h windows they would
+        see :func:`chunks.widen`), which a pass merges again. Under 12 h windows they would
         rewrite a whole 12 h of a series at each pack of a load of old points (``bench compare``'s
         ingest: 111 h of points 1 s apart)."""
         con = self._con
@@ -204,27 +207,26 @@ class SqliteCompaction(SqliteCore):
         cursor = int(self._meta("merge_sid") or -1)
         gen = int(self._meta("compact_gen") or 0)
         if cursor < 0:
-            target = (now_ms - _MERGE_AFTER_MS) // large * large
-            if merged is None:  # the first pass: from the oldest chunk on
-                oldest = con.execute("SELECT min(t_min) FROM chunks").fetchone()[0]
-                start = target if oldest is None else min(target, oldest // large * large)
+            target = min(max(0, (now_ms - _MERGE_AFTER_MS) // large * large), _MERGE_END)
+            high = 0 if merged is None else int(merged)
+            again = int(self._meta("remerge_from") or _MERGE_END)
+            meta: list[tuple[str, int]] = []
+            if again < high:
+                start, end = self._merge_start(again, high), high
+                meta.append(("remerge_from", _MERGE_END))
+            elif target > high:
+                start, end = self._merge_start(high, target), target
             else:
-                again = self._meta("remerge_from")
-                start = min(int(merged), target if again is None else int(again))
-                target = max(target, int(merged))
-                if start >= target:
-                    return None
-            # (a first pass over a long history in several: the points of one series that one
-            # step merges stay bounded)
-            until = min(target, start + _MERGE_PASS_WINDOWS * large)
-            meta = (
-                ("merged_until", until),
-                ("merge_from", start),
-                ("merge_sid", 0 if start < until else -1),
-                ("remerge_from", _NO_REMERGE),
-            )
-            return _Pack([], [], [], 0, gen, meta)
-        until, since = int(merged or 0), int(self._meta("merge_from") or 0)
+                return None
+            until = min(end, start + _MERGE_PASS_WINDOWS * large)
+            if again < high:
+                if until < high:  # (the rest of the late windows: the next pass)
+                    meta[0] = ("remerge_from", until)
+            else:
+                meta.append(("merged_until", until))
+            meta += [("merge_from", start), ("merge_to", until), ("merge_sid", 0 if start < until else -1)]
+            return _Pack([], [], [], 0, gen, tuple(meta))
+        since, until = int(self._meta("merge_from") or 0), int(self._meta("merge_to") or 0)
         sids = [
             sid
             for (sid,) in con.execute(
@@ -243,30 +245,36 @@ class SqliteCompaction(SqliteCore):
         points, done = 0, sids[-1]
         for k, sid in enumerate(sids):
             mine = held.get(sid, {})
-            if any(n > _MERGE_MAX_POINTS for _, n in mine.values()):
-                continue  # (a series of many points a window: see _MERGE_MAX_POINTS)
-            due = [w for w, (c, _) in mine.items() if c > 1]
+            due = [w for w, (c, n) in mine.items() if c > 1 and n <= _MERGE_MAX_POINTS]
             if not due:
                 continue
-            more = sum(n for _, n in mine.values())
+            lo, hi = min(due), max(due)
+            more = sum(n for w, (_, n) in mine.items() if lo <= w <= hi)
             if reach and points + more > _PACK_MAX_POINTS:
                 done = sids[k - 1]
                 break
-            reach[sid] = (min(due), max(due))
+            reach[sid] = (lo, hi)
             points += more
-        found, out, points = self._pack_reach(reach, windows)
+        found, out, points = self._pack_reach(reach, windows, _MERGE_MAX_POINTS)
         merge = (("merge_sid", done),)
         return _Pack([], [(cid, len(data)) for cid, _, data in found], out, points, gen, merge)
+
+    def _merge_start(self, lo: int, hi: int) -> int:
+        """The first window from ``lo`` on (below ``hi``) that holds a chunk, else ``hi``: a pass
+        never walks empty years (a point of 1970 and the rest of today's). One scan of the chunks'
+        index."""
+        first = self._con.execute("SELECT min(t_min) FROM chunks WHERE t_max >= ?", (lo,)).fetchone()[0]
+        return hi if first is None else min(hi, max(lo, int(first) // _MERGE_WINDOW_MS * _MERGE_WINDOW_MS))
 
     def _late(self, t_mins: list[int]) -> None:
         """Chunks of the times ``t_mins`` were written: those in merged windows make the next pass
         merge them again (``meta.remerge_from``). In the write transaction."""
         merged = self._meta("merged_until")
+        t_mins = [t for t in t_mins if t >= 0]  # (never merged: see _merge_read)
         if merged is None or not t_mins or min(t_mins) >= int(merged):
             return
         first = min(t_mins) // _MERGE_WINDOW_MS * _MERGE_WINDOW_MS
-        again = self._meta("remerge_from")
-        if again is None or first < int(again):
+        if first < int(self._meta("remerge_from") or _MERGE_END):
             self._meta_set(remerge_from=first)
 
     def _compact_write(self, job: _Flush | _Pack, now_ms: int) -> CompactResult:
