@@ -1051,8 +1051,8 @@ def compaction_state(store: Path) -> dict[str, Any]:
     """What the embedded store's compaction has left to do, read from the file (readonly, a read
     transaction of its own): ``done`` when no part is left to flush into chunks, no flush waits
     to be packed, no pass merges windows, free pages were given back and the WAL truncated (the
-    compactor then does
-    nothing until new points come), with the raw chunks still
+    compactor then does nothing until new points come or a 12 h window ends; a merge pass due but
+    not begun yet is not seen), with the raw chunks still
     there (compaction should have packed them all), the chunks' payload bytes and SQLite's page
     counts."""
     import sqlite3

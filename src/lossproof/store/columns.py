@@ -159,7 +159,8 @@ def time_spans(
     stored. Points from a few far-apart times (bodies resent from the start and the end of a
     backlog) become a span each, so the read skips what is stored between them; closer ones stay
     one span, as a packed chunk holds a window of ``COMPACT_WINDOW_MS`` (two spans in one window
-    would decode it twice)."""
+    would decode it twice; the embedded store's merged chunks hold 12 h, which spans 2-12 h apart
+    then decode more than once: only for points older than the writer remembers)."""
     u = np.unique(ts)
     if not len(u):
         return []

@@ -228,12 +228,12 @@ _PACK_MAX_POINTS = 200_000
 # eight flushes' worth together (a zstd frame of a few points compresses badly and costs more to
 # open than it saves).
 _PACK_AT_FLUSH = 128
-# Once every point of a MERGE_WINDOW_MS window is packed and the window ended _MERGE_AFTER_MS ago,
-# its chunks (one per series and COMPACT_WINDOW_MS window) are merged into one per series: a day
+# Once a _MERGE_WINDOW_MS window ended _MERGE_AFTER_MS ago (and packing has nothing due), its
+# chunks (one per series and COMPACT_WINDOW_MS window) are merged into one per series: a day
 # of a series is then 2-3 rows, not 12-13, and a query over it reads and decodes that much less
 # (a day-long histogram_quantile over 200 series: 15.4 -> 12.1 ms; a row costs more to read in
-# Python than its points cost to decode). A series with more points than _MERGE_MAX_POINTS in a
-# window keeps its chunks (a short query of old data would decode all of one).
+# Python than its points cost to decode). A window of more than _MERGE_MAX_POINTS points of a
+# series keeps its chunks (a short query of old data would decode all of one).
 _MERGE_WINDOW_MS = 12 * 3600 * 1000
 _MERGE_AFTER_MS = 600_000
 _MERGE_MAX_POINTS = 8192
