@@ -228,7 +228,7 @@ _PACK_MAX_POINTS = 200_000
 # eight flushes' worth together (a zstd frame of a few points compresses badly and costs more to
 # open than it saves).
 _PACK_AT_FLUSH = 128
-# Once a _MERGE_WINDOW_MS window ended _MERGE_AFTER_MS ago (and packing has nothing due), its
+# Once a _MERGE_WINDOW_MS window ended _MERGE_AFTER_MS ago (and every flush is packed), its
 # chunks (one per series and COMPACT_WINDOW_MS window) are merged into one per series: a day
 # of a series is then 2-3 rows, not 12-13, and a query over it reads and decodes that much less
 # (a day-long histogram_quantile over 200 series: 15.4 -> 12.1 ms; a row costs more to read in

@@ -184,8 +184,8 @@ class SqliteCompaction(SqliteCore):
         return _Pack(take, [(cid, len(data)) for cid, _, data in found], out, points, gen)
 
     def _merge_read(self, now_ms: int, max_series: int) -> _Pack | None:
-        """The next step of merging windows (see ``_MERGE_WINDOW_MS``), once packing has nothing
-        to do; None when nothing is due. A pass merges the windows in ``[meta.merge_from,
+        """The next step of merging windows (see ``_MERGE_WINDOW_MS``), once every flush is packed;
+        None when nothing is due. A pass merges the windows in ``[meta.merge_from,
         meta.merge_to)`` series by series (``meta.merge_sid``: the last series done, -1 when no
         pass runs): its first step picks the windows, at most ``_MERGE_PASS_WINDOWS`` from the
         first that holds a chunk: those a late chunk went into (``meta.remerge_from``, below
@@ -202,6 +202,10 @@ class SqliteCompaction(SqliteCore):
         rewrite a whole 12 h of a series at each pack of a load of old points (``bench compare``'s
         ingest: 111 h of points 1 s apart)."""
         con = self._con
+        if int(self._meta("unpacked_flushes") or 0):
+            # raw chunks wait to be packed: a load of old points (a backfill, `bench compare`'s) had
+            # its windows merged, then cut back by packing, then merged again, all while queried
+            return None
         large = _MERGE_WINDOW_MS
         merged = self._meta("merged_until")
         cursor = int(self._meta("merge_sid") or -1)
