@@ -504,3 +504,12 @@ def test_flush_packs_big_series_a_slice_at_a_time_as_it_would_at_once(
     monkeypatch.setattr(chunks, "_ENCODE_MAX_POINTS", 7)
     assert chunks.flush_parts(datas, 1, 4, chunks.Windows(50), _packable(3)) == whole
     assert whole == (_flush_reference(datas, 1, 4, chunks.Windows(50), _packable(3)), *whole[1:])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(_WINDOWS), st.lists(st.integers(-(2**62), 2**62), min_size=1, max_size=20))
+def test_a_window_of_one_time_is_the_window_of_it_among_many(windows: chunks.Windows, ts: list[int]) -> None:
+    many = windows.of(np.array(ts, dtype=np.int64)).tolist()
+    assert [windows.of_one(t) for t in ts] == many
+    for i, t in zip(many, ts, strict=True):
+        assert windows.start(i) <= t < windows.end(i)
