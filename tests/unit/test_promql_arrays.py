@@ -14,6 +14,8 @@ from collections.abc import Callable
 import msgspec
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lossproof.query import exact, promql, promref, promwindows
 from lossproof.query.promapi import _ts
@@ -468,3 +470,51 @@ def test_native_group_sums_refuse_shapes_unlike_and_groups_out_of_range() -> Non
     sums, counts, flags = _native.group_sums(v + 1.5, p, gid, 2)
     assert np.frombuffer(sums).tolist() == [3.0, 3.0, 1.5, 1.5]
     assert np.frombuffer(counts, dtype=np.int64).tolist() == [2, 2, 1, 1] and bytes(flags) == bytes(4)
+
+
+# values whose sums round (ties to even at 2**-53 of 1.0), cancel to zero, reach the i128's reach
+# (exponents 2**-40 .. 2**60 apart) or pass it, are subnormal, or are not finite
+_SUM_ATOMS = [1.0, -1.0, 2.0**-53, -(2.0**-53), 2.0**-54, 3 * 2.0**-53, 0.1, 1e-30, 2.0**60, -(2.0**60)]
+_SUM_ATOMS += [1e300, -1e-300, 5e-324, 2.2250738585072014e-308, 0.0, -0.0, math.nan, math.inf, -math.inf]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(1, 40),
+    st.integers(1, 300),
+    st.integers(1, 6),
+    st.lists(st.integers(0, len(_SUM_ATOMS) - 1), min_size=1, max_size=64),
+    st.integers(0, 2**32 - 1),
+)
+def test_native_group_sums_are_fsum_cell_by_cell(
+    m: int, n: int, groups: int, atoms: list[int], seed: int
+) -> None:
+    """``group_sums`` against ``math.fsum`` of each cell's run (the group's present finite values in
+    series order): the same float, bit for bit, where neither flags it; the counts; flag 1 exactly
+    where a present value is a NaN or an infinity, flag 2 exactly where fsum overflows. Rows of
+    more than 256 steps cross its blocks of steps (the two threads: the large-matrix test)."""
+    from lossproof import _native
+
+    r = np.random.default_rng(seed)
+    pool = np.array([_SUM_ATOMS[i] for i in atoms])
+    values = r.choice(pool, (m, n)) * r.choice([1.0, 1.0, 3.0, 2.0**-30], (m, 1))
+    present = (r.random((m, n)) < 0.8).astype(np.uint8)
+    groups = min(groups, m)
+    gid = np.concatenate([np.arange(groups), r.integers(0, groups, m - groups)]).astype(np.int64)
+    sums_b, counts_b, flags_b = _native.group_sums(values, present, gid.tobytes(), groups)
+    sums = np.frombuffer(sums_b).reshape(groups, n)
+    counts = np.frombuffer(counts_b, dtype=np.int64).reshape(groups, n)
+    flags = np.frombuffer(bytes(flags_b), dtype=np.uint8).reshape(groups, n)
+    for g in range(groups):
+        rows = np.flatnonzero(gid == g)
+        for k in range(n):
+            run = [float(values[i, k]) for i in rows if present[i, k]]
+            assert counts[g, k] == len(run)
+            assert bool(flags[g, k] & 1) == any(not math.isfinite(x) for x in run)
+            try:
+                want = math.fsum(x if math.isfinite(x) else 0.0 for x in run)
+            except OverflowError:
+                assert flags[g, k] & 2, (g, k, run)
+                continue
+            assert not flags[g, k] & 2, (g, k, run)
+            assert _bits(float(sums[g, k])) == _bits(want), (g, k, run)
