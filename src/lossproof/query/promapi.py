@@ -144,19 +144,20 @@ class PromApi:
             rows = await asyncio.to_thread(_raw_rows, raw)
             return _success({"resultType": "matrix", "result": rows})
         grid = promql.Grid(at, at, 1)
-        value = await self._run(
-            lambda s: promql.Evaluator(s, tenant, grid, lookback, limits, closed=closed).eval(expr)
-        )
-        if isinstance(value, promql.Scalar):
-            return _success(
-                {"resultType": "scalar", "result": [_ts(at), promql.format_value(value.values[0])]}
-            )
-        result = [
-            {"metric": value.labels[i], "value": [_ts(at), promql.format_value(float(value.values[i, 0]))]}
-            for i in promql.instant_order(expr, value)
-            if value.present[i, 0]
-        ]
-        return _success({"resultType": "vector", "result": result})
+
+        def run(s: StoreReader) -> dict[str, Any]:
+            # the answer's rows built here too, off the event loop (a vector of many series takes
+            # milliseconds, which acknowledgements would wait for)
+            value = promql.Evaluator(s, tenant, grid, lookback, limits, closed=closed).eval(expr)
+            if isinstance(value, promql.Scalar):
+                return {"resultType": "scalar", "result": [_ts(at), promql.format_value(value.values[0])]}
+            order = [i for i in promql.instant_order(expr, value) if value.present[i, 0]]
+            texts = promql.format_values(value.values[order, 0].tolist())
+            t = _ts(at)
+            rows = [{"metric": value.labels[i], "value": [t, v]} for i, v in zip(order, texts, strict=True)]
+            return {"resultType": "vector", "result": rows}
+
+        return _success(await self._run(run))
 
     async def query_range(self, request: web.Request, tenant: str, q: MultiDictProxy[str]) -> web.Response:
         for name in ("start", "end", "step"):
@@ -191,7 +192,7 @@ class PromApi:
         value = await self._run(
             lambda s: promql.Evaluator(s, tenant, grid, lookback, limits, closed=closed).eval(expr)
         )
-        rows = await asyncio.to_thread(promql.matrix_rows, value, grid.times(), _ts)
+        rows = await asyncio.to_thread(lambda: promql.matrix_rows(value, grid.times(), _ts))
         result = [{"metric": labels, "values": pts} for labels, pts in rows]
         return _success({"resultType": "matrix", "result": result})
 

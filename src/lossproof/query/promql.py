@@ -1109,6 +1109,10 @@ def without_stale(found: list[SeriesArrays]) -> list[SeriesArrays]:
     """``found`` without its staleness markers (and without the series left with no point)."""
     out = []
     with np.errstate(invalid="ignore", over="ignore"):  # once: entering it costs microseconds
+        # the usual case, no NaN in any series, in one sum over all of them (one a series cost
+        # ~2.5 us each: half a millisecond of an instant query over 200 series)
+        if len(found) > 1 and not math.isnan(float(np.add.reduce(np.concatenate([s.v for s in found])))):
+            return list(found)
         for s in found:
             if not math.isnan(
                 float(np.add.reduce(s.v))
