@@ -36,7 +36,9 @@ fn exact_sum(xs: &[f64]) -> Option<f64> {
         return Some(0.0); // fsum of zeros: +0.0
     }
     let growth = 64 - (xs.len() as u64).leading_zeros() as i32; // the sum of n terms: log2(n) more bits
-    if emax - emin + growth > 126 || emin < -1022 || emax > 1023 {
+    // (emax + growth: any running sum's bound; CPython's fsum overflows, and raises, where a running
+    // sum does, even if the later values bring it back)
+    if emax - emin + growth > 126 || emin < -1022 || emax + growth > 1022 {
         return None;
     }
     let mut s: i128 = 0;

@@ -228,8 +228,8 @@ struct Block {
 impl Block {
     /// The first pass: counts, flags and magnitude ranges of steps `k0..k0 + b`, and which steps
     /// the integer sum takes (`exact`, as `fsum::exact_sum` decides: the terms' bits with
-    /// `growth` more fit an i128, and the lowest place and the sum's highest are normal floats'
-    /// exponents; the lowest place here is the smallest exponent's, not its lowest set bit, which
+    /// `growth` more fit an i128, the lowest place is a normal float's exponent, and no running
+    /// sum can reach 2**1022, where fsum's could overflow; the lowest place here is the smallest exponent's, not its lowest set bit, which
     /// takes fewer steps but not others).
     #[allow(clippy::too_many_arguments)]
     fn scan(&mut self, v: &[f64], p: &[u8], n: usize, rows: &[usize], k0: usize, b: usize, growth: i32) {
@@ -271,7 +271,9 @@ impl Block {
             let emin = lo as i32 - 1075; // the lowest place: 2**emin
             let emax = hi as i32 - 1075 + 53; // above the highest value's top bit
             self.lo[d] = lo;
-            self.exact[d] = emax - emin + growth <= 126 && emin >= -1022 && emax <= 1023;
+            // (the sum of the group's magnitudes below 2**1022 too: fsum overflows where a running
+            // sum does, even if the later values bring it back, and flags it)
+            self.exact[d] = emax - emin + growth <= 126 && emin >= -1022 && emax + growth <= 1022;
         }
     }
 

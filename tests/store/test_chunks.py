@@ -109,6 +109,33 @@ def test_part_round_trip_and_directory() -> None:
         chunks.decode_part(blob[:-1])
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        ("starts", 1, 4),  # series 1's points after series 2's start: bounds out of order
+        ("starts", 0, 1),  # not from the part's first point
+        ("starts", 3, 5),  # not to its last
+        ("sids", 1, 1),  # ids not ascending (a repeat)
+        ("sids", 2, 0),  # ids not ascending
+    ],
+)
+def test_a_damaged_part_directory_is_a_chunk_error(damage: tuple[str, int, int]) -> None:
+    """A directory that encode_part would not write is damage, said at once (readers search its
+    ids and cut its columns by its bounds: a bound going backwards made a slice of negative length,
+    skipped without a word)."""
+    blob = bytearray(
+        chunks.encode_part(np.array([1, 1, 4, 9, 9, 9]), np.array([5, 6, 1, 2, 3, 10]), np.ones(6))
+    )
+    layout = chunks.part_layout(bytes(blob[:16]))
+    column, k, value = damage
+    at = 16 + (0 if column == "sids" else 16 * layout.series) + 8 * k
+    blob[at : at + 8] = np.int64(value).tobytes()
+    with pytest.raises(chunks.ChunkError, match="part directory damaged"):
+        chunks.part_directory(bytes(blob[: layout.dir_bytes]), layout)
+    with pytest.raises(chunks.ChunkError):
+        chunks.decode_part(bytes(blob))
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(_ts, min_size=1, max_size=8), st.data())
 def test_encode_many_round_trips_each_run(runs: list[list[int]], data: st.DataObject) -> None:

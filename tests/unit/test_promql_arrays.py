@@ -476,6 +476,7 @@ def test_native_group_sums_refuse_shapes_unlike_and_groups_out_of_range() -> Non
 # (exponents 2**-40 .. 2**60 apart) or pass it, are subnormal, or are not finite
 _SUM_ATOMS = [1.0, -1.0, 2.0**-53, -(2.0**-53), 2.0**-54, 3 * 2.0**-53, 0.1, 1e-30, 2.0**60, -(2.0**60)]
 _SUM_ATOMS += [1e300, -1e-300, 5e-324, 2.2250738585072014e-308, 0.0, -0.0, math.nan, math.inf, -math.inf]
+_SUM_ATOMS += [1.5 * 2.0**1022, -1.5 * 2.0**1022, 1e307, -1e307]  # running sums past the float range
 
 
 @settings(max_examples=300, deadline=None)
@@ -497,7 +498,8 @@ def test_native_group_sums_are_fsum_cell_by_cell(
 
     r = np.random.default_rng(seed)
     pool = np.array([_SUM_ATOMS[i] for i in atoms])
-    values = r.choice(pool, (m, n)) * r.choice([1.0, 1.0, 3.0, 2.0**-30], (m, 1))
+    with np.errstate(over="ignore"):  # (3 * 1.5 * 2**1022: an infinity, as wanted)
+        values = r.choice(pool, (m, n)) * r.choice([1.0, 1.0, 3.0, 2.0**-30], (m, 1))
     present = (r.random((m, n)) < 0.8).astype(np.uint8)
     groups = min(groups, m)
     gid = np.concatenate([np.arange(groups), r.integers(0, groups, m - groups)]).astype(np.int64)
@@ -518,3 +520,30 @@ def test_native_group_sums_are_fsum_cell_by_cell(
                 continue
             assert not flags[g, k] & 2, (g, k, run)
             assert _bits(float(sums[g, k])) == _bits(want), (g, k, run)
+
+
+def test_native_sums_flag_a_running_sum_past_the_float_range() -> None:
+    """``math.fsum`` raises where a running sum overflows, even when later values bring the sum back
+    into range (and PromQL's sum then answers the plain sum, +Inf here): ``group_sums`` and
+    ``fsum_windows`` flag those sums rather than answer the exact one (a reviewer's case: an exact
+    i128 sum had answered 6.7e307 for x, x, x, -x, -x with x = 1.5 * 2**1022)."""
+    from lossproof import _native
+
+    x = 1.5 * 2.0**1022
+    for run in ([x, x, x, -x, -x], [1e307] * 18 + [-1e307] * 17):
+        with pytest.raises(OverflowError):
+            math.fsum(run)
+        values = np.array(run).reshape(-1, 1)
+        present = np.ones_like(values, dtype=np.uint8)
+        _, _, flags = _native.group_sums(values, present, np.zeros(len(run), dtype=np.int64).tobytes(), 1)
+        assert bytes(flags) == b"\x02"
+        v = np.array(run).tobytes()
+        _, wflags = _native.fsum_windows(
+            v, np.array([0], dtype=np.int64).tobytes(), np.array([len(run)]).tobytes()
+        )
+        assert bytes(wflags) == b"\x01"
+        vals = np.array(run).reshape(-1, 1)
+        got, present_out = promql._sum_by_group(
+            "sum", vals, np.ones_like(vals, dtype=bool), np.zeros(len(run), dtype=np.int64), 1
+        )
+        assert present_out[0, 0] and got[0, 0] == promref._sum(run) == math.inf

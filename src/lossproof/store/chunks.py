@@ -697,6 +697,12 @@ def part_directory(data: bytes, layout: PartLayout) -> tuple[I64, I64, I64]:
     sids = np.frombuffer(data, "<i8", s, o).astype(np.int64)
     tmax = np.frombuffer(data, "<i8", s, o + 8 * s).astype(np.int64)
     starts = np.frombuffer(data, "<i8", s + 1, o + 16 * s).astype(np.int64)
+    # what encode_part writes: series in ascending order, each one's points after the last one's,
+    # all of the part's points; readers search the ids and cut slices by these bounds
+    if starts[0] != 0 or starts[-1] != layout.points or (starts[1:] < starts[:-1]).any():
+        raise ChunkError("part directory damaged: its series' bounds are out of order")
+    if (sids[1:] <= sids[:-1]).any():
+        raise ChunkError("part directory damaged: its series ids are out of order")
     return sids, tmax, starts
 
 
