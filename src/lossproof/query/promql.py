@@ -1105,13 +1105,21 @@ def is_stale(v: F64) -> Mask:
     return out
 
 
+_STALE_CHECK_AT_ONCE = 1 << 20  # points (8 MiB of values copied at most)
+
+
 def without_stale(found: list[SeriesArrays]) -> list[SeriesArrays]:
     """``found`` without its staleness markers (and without the series left with no point)."""
     out = []
     with np.errstate(invalid="ignore", over="ignore"):  # once: entering it costs microseconds
         # the usual case, no NaN in any series, in one sum over all of them (one a series cost
-        # ~2.5 us each: half a millisecond of an instant query over 200 series)
-        if len(found) > 1 and not math.isnan(float(np.add.reduce(np.concatenate([s.v for s in found])))):
+        # ~2.5 us each: half a millisecond of an instant query over 200 series); not for reads so
+        # large that the copy would be a memory spike of its own (max_samples allows 50 M)
+        if (
+            len(found) > 1
+            and sum(len(s.v) for s in found) <= _STALE_CHECK_AT_ONCE
+            and not math.isnan(float(np.add.reduce(np.concatenate([s.v for s in found]))))
+        ):
             return list(found)
         for s in found:
             if not math.isnan(
