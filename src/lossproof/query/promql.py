@@ -148,12 +148,14 @@ from lossproof.query.promvalues import (
 )
 from lossproof.query.promwindows import (
     BLOCK,
+    FEW_STEPS,
     NATIVE_RATE,
     RangeArrays,
     range_function,
     rate_windows,
     window_first,
 )
+from lossproof.store import chunks
 from lossproof.store.base import InvalidMatcher, Matcher, RatePiece, RateWindows, SeriesArrays, StoreReader
 
 # re-exported: the values and operators live in their own modules; callers use them from here
@@ -345,10 +347,7 @@ class Evaluator:
         at = self._times(vs.at) - _ms(vs.offset)
         found = self._read(vs, window_first(int(at[0]), self.lookback_ms, self.closed), int(at[-1]))
         labels = [{**s.labels, NAME: promql_name(s.metric)} for s in found]
-        values = np.empty((len(found), len(at)))
-        present = np.zeros((len(found), len(at)), dtype=bool)
-        for i, s in enumerate(found):
-            values[i], present[i] = lookup(s.t, s.v, at, self.lookback_ms, sample_times, self.closed)
+        values, present = lookup_all(found, at, self.lookback_ms, sample_times, self.closed)
         if sample_times:
             values /= 1000
         return make_vector(labels, *self._widen(values, present))
@@ -688,12 +687,8 @@ class Evaluator:
                 self.budget.add(len(found), sum(len(s.t) for s in found))
             # the info series as Prometheus evaluates them: at every step (no offset), the time of
             # the newest sample within the lookback, of the samples inside the read's bounds
-            grid = self.grid.array()
-            info_t = np.empty((len(found), len(grid)))
-            info_p = np.zeros((len(found), len(grid)), dtype=bool)
-            for i, s in enumerate(found):
-                info_t[i], info_p[i] = lookup(s.t, s.v, grid, self.lookback_ms, True, self.closed)
-                info_labels.append({**s.labels, NAME: promql_name(s.metric)})
+            info_t, info_p = lookup_all(found, self.grid.array(), self.lookback_ms, True, self.closed)
+            info_labels.extend({**s.labels, NAME: promql_name(s.metric)} for s in found)
         names = sorted({lab[NAME] for lab in info_labels})
 
         def sig(name: str, lab: Labels) -> Key:
@@ -1134,6 +1129,40 @@ def without_stale(found: list[SeriesArrays]) -> list[SeriesArrays]:
                 keep = ~stale
                 out.append(SeriesArrays(s.metric, s.labels, s.t[keep], s.v[keep]))
     return out
+
+
+def lookup_all(
+    found: Sequence[SeriesArrays], at: I64, lookback_ms: int, times: bool = False, closed: bool = False
+) -> tuple[F64, Mask]:
+    """:func:`lookup` of every series of ``found``, shaped (series, steps). For a few steps (an
+    instant query), each step's newest points searched in every series at once
+    (:func:`chunks.search_runs`): a lookup a series cost ~10 us of numpy calls, 2 ms of a plain
+    instant selector over 200 series."""
+    m, n = len(found), len(at)
+    values = np.empty((m, n))
+    present = np.zeros((m, n), dtype=bool)
+    if n > FEW_STEPS or m < 2:
+        for i, s in enumerate(found):
+            values[i], present[i] = lookup(s.t, s.v, at, lookback_ms, times, closed)
+        return values, present
+    starts = np.zeros(m + 1, dtype=np.int64)
+    np.cumsum([len(s.t) for s in found], out=starts[1:])
+    if not starts[-1]:
+        values.fill(math.nan)
+        return values, present
+    t = np.concatenate([s.t for s in found]).astype(np.int64, copy=False)
+    v = np.concatenate([s.v for s in found]).astype(np.float64, copy=False)
+    first = window_first(at, lookback_ms, closed)
+    for k in range(n):
+        newest = chunks.search_runs(t, starts[:-1], starts[1:], int(at[k]), right=True) - 1
+        ok = newest >= starts[:-1]  # (else the series has no point at or before at[k])
+        j = np.where(ok, newest, 0)
+        ok &= t[j] >= first[k]
+        vals = v[j]
+        ok &= ~is_stale(vals)
+        values[:, k] = t[j] if times else vals
+        present[:, k] = ok
+    return values, present
 
 
 def lookup(
