@@ -731,6 +731,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(rawchunks::decode_checked, m)?)?;
     m.add_function(wrap_pyfunction!(rawchunks::search_runs, m)?)?;
     m.add_function(wrap_pyfunction!(rowdecode::row_heads, m)?)?;
+    m.add_function(wrap_pyfunction!(rowdecode::slice_rows, m)?)?;
     m.add_function(wrap_pyfunction!(rowdecode::assemble_rows, m)?)?;
     m.add_function(wrap_pyfunction!(rowdecode::assemble_rows_into, m)?)?;
     m.add_function(wrap_pyfunction!(groupsum::group_sums, m)?)?;

@@ -74,6 +74,63 @@ pub(crate) fn row_data<'py>(row: &Bound<'py, PyTuple>, i: usize) -> PyResult<Bou
     Ok(row.get_item(4)?.cast_into::<PyBytes>()?)
 }
 
+/// `slice_rows(sids, order, ts, vs, starts, lens, from_ms, to_ms) -> list`: slices of a part's
+/// columns as the chunk rows `(series_id, order, t_min, t_max, data)` of RAW chunks that the rows'
+/// readers take (lossproof.store.embedded.read's `_block_rows`): slice k of series `sids[k]` is
+/// the points `starts[k] .. starts[k] + lens[k]` of `ts` and `vs` (little-endian int64 and float64
+/// bytes), its range its first and last t. Only the slices with points that overlap
+/// `[from_ms, to_ms]`, and those whose times do not increase (damage: kept, so that the reader
+/// that takes the rows says so). `sids`, `starts`, `lens`: native-endian int64 bytes. A slice
+/// outside the columns is a ValueError. (In Python, a slice cost ~1 us: a millisecond of a query
+/// over 200 series right after a load, with six parts live.)
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+pub fn slice_rows<'py>(
+    py: Python<'py>,
+    sids: &[u8],
+    order: i64,
+    ts: &[u8],
+    vs: &[u8],
+    starts: &[u8],
+    lens: &[u8],
+    from_ms: i64,
+    to_ms: i64,
+) -> PyResult<Bound<'py, PyList>> {
+    let (sids, starts, lens) = (ints(sids, "sids")?, ints(starts, "starts")?, ints(lens, "lens")?);
+    if sids.len() != starts.len() || sids.len() != lens.len() {
+        return Err(PyValueError::new_err("sids, starts and lens differ in length"));
+    }
+    if !ts.len().is_multiple_of(8) || ts.len() != vs.len() {
+        return Err(PyValueError::new_err(format!("columns of {} and {} bytes", ts.len(), vs.len())));
+    }
+    let points = (ts.len() / 8) as i64;
+    let t_at = |k: usize| i64::from_le_bytes(ts[8 * k..8 * k + 8].try_into().unwrap());
+    let out = PyList::empty(py);
+    for (k, ((&sid, &a), &n)) in sids.iter().zip(&starts).zip(&lens).enumerate() {
+        if a < 0 || n < 0 || n > points - a {
+            return Err(PyValueError::new_err(format!("slice {k}: {n} points from {a} of {points}")));
+        }
+        if n == 0 {
+            continue;
+        }
+        let (a, n) = (a as usize, n as usize);
+        let (t_min, t_max) = (t_at(a), t_at(a + n - 1));
+        let overlaps = t_max >= from_ms && t_min <= to_ms;
+        if !overlaps && (a + 1..a + n).all(|i| t_at(i) > t_at(i - 1)) {
+            continue;
+        }
+        let (t, v) = (&ts[8 * a..8 * (a + n)], &vs[8 * a..8 * (a + n)]);
+        let data = PyBytes::new_with(py, 1 + 16 * n, |b| {
+            b[0] = RAW;
+            b[1..1 + 8 * n].copy_from_slice(t);
+            b[1 + 8 * n..].copy_from_slice(v);
+            Ok(())
+        })?;
+        out.append((sid, order, t_min, t_max, data))?;
+    }
+    Ok(out)
+}
+
 /// `row_heads(rows) -> bytearray | None`: for rows `(series_id, id, t_min, t_max, data)` (tuples;
 /// ints and bytes) of raw and packed chunks alike, five columns of native-endian int64 (series ids, chunk ids, t_mins, t_maxes, each
 /// chunk's number of points from its header). None when any row's header is not one that

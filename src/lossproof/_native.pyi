@@ -58,6 +58,9 @@ class RateJob:
     def finish(self) -> int: ...
 
 def row_heads(rows: list[tuple[int, int, int, int, bytes]]) -> bytearray | None: ...
+def slice_rows(
+    sids: bytes, order: int, ts: bytes, vs: bytes, starts: bytes, lens: bytes, from_ms: int, to_ms: int
+) -> list[tuple[int, int, int, int, bytes]]: ...
 def assemble_rows(
     rows: list[tuple[int, int, int, int, bytes]],
     at: bytes,

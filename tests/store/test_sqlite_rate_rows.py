@@ -293,6 +293,15 @@ def test_part_rows_only_overlapping_slices() -> None:
     got = _part_rows(found, extra, [block], 0, 100)
     assert [r[:4] for r in got] == [(7, 98, 5, 5), (5, 99, 10, 20), (6, 99, 30, 50)]
     assert got[0][4] == raw([5], [STALE_NAN])  # bit for bit: the staleness marker's payload kept
+    # outside the range but not increasing (damage): kept, for the arrays' way to say so; a slice
+    # of no point is no row; one past the part's columns is a bug, said at once
+    bad_ts = np.array([60, 70, 70, 80, 90], dtype=np.int64)
+    bad = PartBlock(np.array([0, 1, 2]), 97, bad_ts, bad_ts * 1.0, np.array([0, 2, 4]), np.array([3, 0, 1]))
+    got = _part_rows(found, {}, [bad], 0, 50)
+    assert got == [(5, 97, 60, 70, raw([60, 70, 70], [60.0, 70.0, 70.0]))]
+    past = PartBlock(np.array([0]), 97, bad_ts, bad_ts * 1.0, np.array([4]), np.array([2]))
+    with pytest.raises(ValueError, match="slice 0"):
+        _part_rows(found, {}, [past], 0, 100)
 
 
 def test_rate_rows_on_two_threads_are_the_two_call_way() -> None:
