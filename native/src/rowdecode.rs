@@ -25,6 +25,7 @@ use crate::rawchunks::{cells, ints};
 
 const RAW: u8 = 1;
 const PACKED: u8 = 2;
+const PENDING: u8 = 4;
 const V_XOR: u8 = 0;
 const V_DECIMAL: u8 = 1;
 const MAX_DECIMALS: u8 = 9;
@@ -43,7 +44,8 @@ const MAX_BLOCK: u64 = 128 * 1024;
 pub(crate) fn head(data: &[u8]) -> Option<(u8, usize, u8, i64, &[u8])> {
     match *data.first()? {
         RAW if (data.len() - 1).is_multiple_of(16) => Some((RAW, (data.len() - 1) / 16, 0, 0, data)),
-        PACKED if data.len() > HEAD => {
+        // (a PENDING chunk is a PACKED one that packing is still to merge: read alike)
+        PACKED | PENDING if data.len() > HEAD => {
             let mode = data[1];
             let n = u32::from_le_bytes(data[2..6].try_into().unwrap()) as usize;
             let first = i64::from_le_bytes(data[6..14].try_into().unwrap());

@@ -397,9 +397,9 @@ def _flush_reference(
 ) -> list[chunks.ChunkRow]:
     """What the flush made before the native merge: every part decoded, concatenated oldest first,
     sorted by (series, t) keeping the first of each pair (the oldest part's), one RAW chunk per
-    series; then the series of at least ``pack_min`` points cut per window instead, each piece raw
-    where ``packable`` says no, else packed; numbered raw ones first, then the raw pieces, then the
-    packed ones."""
+    series; then the series of at least ``pack_min`` points cut per window instead, each piece
+    PENDING where ``packable`` says no, else PACKED; numbered raw ones first, then the pending
+    pieces, then the packed ones."""
     cols = [chunks.decode_part(d) for d in datas]
     sids, ts, vs = (np.concatenate([c[k] for c in cols]) for k in range(3))
     sids, ts, vs = chunks.sort_dedup(sids, ts, vs)
@@ -416,7 +416,9 @@ def _flush_reference(
             ok = packable(
                 np.array([r.series_id]), np.array([windows.start(w)]), np.array([windows.end(w) - 1])
             )[0]
-            data = chunks.encode(wts, wvs) if ok else bytes((chunks.RAW,)) + wts.tobytes() + wvs.tobytes()
+            data = chunks.encode(wts, wvs)
+            if not ok:  # the same bytes but the kind
+                data = bytes((chunks.PENDING,)) + data[1:]
             (packed if ok else pieces).append((r.series_id, int(wts[0]), int(wts[-1]), len(wts), data))
     return [(first_id + i, *r) for i, r in enumerate([*raw, *pieces, *packed])]
 

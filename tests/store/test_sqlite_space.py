@@ -13,7 +13,7 @@ import pytest
 from lossproof import config as config_mod
 from lossproof.points import SeriesSamples
 from lossproof.store import chunks
-from lossproof.store.base import COMPACT_WINDOW_MS, Matcher, WriteBatch
+from lossproof.store.base import Matcher, WriteBatch
 from lossproof.store.embedded import compact as compact_mod
 from lossproof.store.sqlite import SqliteStore
 from lptest import subprocess_env
@@ -153,24 +153,40 @@ def test_store_migrate_converts_a_store_without_auto_vacuum(tmp_path: Path) -> N
 
 
 def test_a_window_filled_by_several_flushes_ends_as_one_chunk(tmp_path: Path) -> None:
-    """Review: a flush packs a series of 128 points or more itself, but only into a window none of
-    the series' chunks is in yet; the next flushes' points of that window are written raw, and
-    packing merges them (it scans raw chunks only: packed chunks of six flushes in one window used to
-    stay six for good)."""
+    """Review: a flush packs a series of 128 points or more itself, as PACKED into a window none of
+    the series' chunks is in yet; the next flushes' points of that window are written PENDING
+    (packed, but marked for packing, which merges them: it scans raw and pending chunks only, and
+    packed chunks of six flushes in one window used to stay six for good). Until then the pending
+    chunks are read as any other. (Packed here well before the 12 h window ends, so that it is
+    packing that merges them, not the pass that merges ended windows.)"""
+    from lossproof.store.embedded.common import _PACK_AGE_MS, _PART_FLUSH_AGE_MS
+
     path = tmp_path / "s.db"
     s = SqliteStore(path)
-    now = T0 + 10 * COMPACT_WINDOW_MS
+    now = T0 + 1_300_000  # (T0's 12 h window ends 6,400 s after it)
     for k in range(6):  # six batches of 200 points of one series in one window, a flush after each
         ts = [T0 + 1000 * (200 * k + i) for i in range(200)]
-        s.write_batch(WriteBatch(series=[("t", SeriesSamples("m", {}, ts, [1.0] * 200))], now_ms=now))
-        while s.compact(now + 10**9).more:
+        vs = [float(200 * k + i) / 8 for i in range(200)]
+        s.write_batch(WriteBatch(series=[("t", SeriesSamples("m", {}, ts, vs))], now_ms=now))
+        while s.compact(now + _PART_FLUSH_AGE_MS).more:  # flushed (its age), not packed yet
             pass
-    _compact_all(s, now + 10**10)
+
+    def kinds() -> list[tuple[int, int]]:
+        con = sqlite3.connect(path)
+        try:
+            return con.execute("SELECT n, unicode(substr(data, 1, 1)) FROM chunks ORDER BY id").fetchall()
+        finally:
+            con.close()
+
+    assert kinds() == [(200, chunks.PACKED)] + [(200, chunks.PENDING)] * 5
+    want = [(T0 + 1000 * i, i / 8) for i in range(1200)]
+    ms = [Matcher("__name__", "=", "m")]
+    assert [p for ser in s.select("t", ms, 0, 1 << 62) for p in ser.points] == want
+    while s.compact(now + _PACK_AGE_MS + _PART_FLUSH_AGE_MS).more:
+        pass
+    assert kinds() == [(1200, chunks.PACKED)]
+    assert [p for ser in s.select("t", ms, 0, 1 << 62) for p in ser.points] == want
     s.close()
-    con = sqlite3.connect(path)
-    got = con.execute("SELECT n, unicode(substr(data, 1, 1)) FROM chunks").fetchall()
-    con.close()
-    assert got == [(1200, chunks.PACKED)]
 
 
 def test_a_flush_is_packed_once_no_part_comes_for_a_while_not_before(tmp_path: Path) -> None:

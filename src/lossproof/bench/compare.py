@@ -1057,14 +1057,14 @@ def compaction_state(store: Path) -> dict[str, Any]:
     counts."""
     import sqlite3
 
-    from lossproof.store.chunks import PACKED, RAW
+    from lossproof.store.chunks import PACKED, PENDING, RAW
 
     con = sqlite3.connect(f"{store.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
     try:
         con.execute("PRAGMA busy_timeout = 10000")
         con.execute("BEGIN")
         parts = con.execute("SELECT count(*) FROM parts").fetchone()[0]
-        kinds = dict.fromkeys((RAW, PACKED), (0, 0, 0))
+        kinds = dict.fromkeys((RAW, PACKED, PENDING), (0, 0, 0))
         for kind, count, points, size in con.execute(
             "SELECT hex(substr(data, 1, 1)), count(*), sum(n), sum(length(data)) FROM chunks GROUP BY 1"
         ):
@@ -1091,8 +1091,9 @@ def compaction_state(store: Path) -> dict[str, Any]:
         "parts": parts,
         "unpacked_flushes": unpacked_flushes,
         "merging": merging,
-        "raw_chunks": kinds[RAW][0],
-        "raw_points": kinds[RAW][1] or 0,
+        # (pending chunks too: packed by a flush, still to be merged by packing)
+        "raw_chunks": kinds[RAW][0] + kinds[PENDING][0],
+        "raw_points": (kinds[RAW][1] or 0) + (kinds[PENDING][1] or 0),
         "packed_chunks": kinds[PACKED][0],
         "packed_points": kinds[PACKED][1],
         "chunk_bytes": sum(size or 0 for _, _, size in kinds.values()),

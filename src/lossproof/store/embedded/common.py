@@ -186,10 +186,10 @@ _SELECT_CHUNKS_OF = (
 )
 # The newest t stored of each series in a JSON array: one index seek each (max() of an index suffix).
 _NEWEST = "SELECT value, (SELECT max(t_max) FROM chunks WHERE series_id = value) FROM json_each(?)"
-# Unpacked chunks after ?1, in id order, with the first byte of their data (the encoding).
+# Unpacked chunks (their first byte, the encoding, ?2 or ?3: RAW or PENDING) after ?1, in id order.
 _SCAN_RAW = (
-    "SELECT id, series_id, t_min, t_max, n FROM chunks WHERE id > ?1 AND substr(data, 1, 1) = ?2"
-    " ORDER BY id LIMIT ?3"
+    "SELECT id, series_id, t_min, t_max, n FROM chunks WHERE id > ?1 AND substr(data, 1, 1) IN (?2, ?3)"
+    " ORDER BY id LIMIT ?4"
 )
 _SCAN_LIMIT = 200_000
 _PACK_AGE_MS = 300_000

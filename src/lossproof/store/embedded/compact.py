@@ -356,11 +356,12 @@ class SqliteCompaction(SqliteCore):
         return flushes >= COMPACT_MIN_CHUNKS or since <= now_ms - _PACK_AGE_MS or idle
 
     def _scan_unpacked(self) -> None:
-        """Queue every series with raw chunks written after ``meta.compact_after`` (ids only grow),
+        """Queue every series with raw or pending chunks written after ``meta.compact_after`` (ids only grow),
         with the windows they reach, ``_SCAN_LIMIT`` chunks at a time."""
         after = int(self._meta("compact_after") or 0)
         self._pack_top = int(self._meta("chunk_id_top") or 0)
-        rows = self._con.execute(_SCAN_RAW, (after, bytes((chunks.RAW,)), _SCAN_LIMIT)).fetchall()
+        kinds = bytes((chunks.RAW,)), bytes((chunks.PENDING,))
+        rows = self._con.execute(_SCAN_RAW, (after, *kinds, _SCAN_LIMIT)).fetchall()
         self._pack_scan_done = len(rows) < _SCAN_LIMIT
         self._pack_mark = rows[-1][0] if rows else after
         if not rows:
