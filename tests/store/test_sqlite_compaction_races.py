@@ -13,6 +13,7 @@ from lossproof.store import chunks
 from lossproof.store.base import COMPACT_WINDOW_MS, Matcher, WriteBatch
 from lossproof.store.embedded.compact import _Pack
 from lossproof.store.sqlite import SqliteStore
+from lptest.sqlite_files import unpacked_points
 
 T0 = 1_700_000_000_000
 
@@ -40,18 +41,6 @@ def _points(path: Path) -> dict[tuple[str, int], float]:
         return out
     finally:
         store.close()
-
-
-def _raw_points(path: Path) -> int:
-    con = sqlite3.connect(path)
-    try:
-        return int(
-            con.execute(
-                "SELECT coalesce(sum(n), 0) FROM chunks WHERE substr(data, 1, 1) = ?", (bytes((chunks.RAW,)),)
-            ).fetchone()[0]
-        )
-    finally:
-        con.close()
 
 
 def _drain(store: SqliteStore, now: int, limit: int = 5000) -> int:
@@ -112,7 +101,7 @@ def test_two_connections_compacting_and_writing_interleaved_keep_every_point_onc
     got = _points(path)
     assert len(got) == 120 * 50 * 10
     assert all(v < 1000.0 for v in got.values())
-    assert _raw_points(path) == 0
+    assert unpacked_points(path) == 0
 
 
 def test_compaction_finishes_while_a_reader_holds_a_snapshot_and_the_reader_sees_its_snapshot(
@@ -151,7 +140,7 @@ def test_a_store_of_auto_vacuum_0_compacts_to_the_end(tmp_path: Path) -> None:
         _drain_all(store, now)
     finally:
         store.close()
-    assert _raw_points(path) == 0
+    assert unpacked_points(path) == 0
     assert len(_points(path)) == 60 * 50 * 10
 
 
@@ -183,7 +172,7 @@ def test_migrate_while_the_worker_has_the_store_open_and_writes_on(tmp_path: Pat
     con.close()
     got = _points(path)
     assert len(got) == 120 * 50 * 10 and all(v < 1000.0 for v in got.values())
-    assert _raw_points(path) == 0
+    assert unpacked_points(path) == 0
 
 
 def test_reclaim_from_a_second_thread_does_not_race_the_writer(tmp_path: Path) -> None:
@@ -220,7 +209,7 @@ def test_reclaim_from_a_second_thread_does_not_race_the_writer(tmp_path: Path) -
     store.close()
     assert not errors, errors
     assert len(_points(path)) == 250 * 50 * 10
-    assert _raw_points(path) == 0
+    assert unpacked_points(path) == 0
 
 
 def test_a_flush_between_two_pack_steps_is_not_forgotten_one_worker(tmp_path: Path) -> None:
@@ -253,7 +242,7 @@ def test_a_flush_between_two_pack_steps_is_not_forgotten_one_worker(tmp_path: Pa
     assert len(_points(path)) == k * 50 * 10
     # bench compare's done condition must not say done with raw chunks left
     assert state["done"] and state["raw_chunks"] == 0, state
-    assert _raw_points(path) == 0
+    assert unpacked_points(path) == 0
 
 
 def test_enable_reclaim_does_not_build_the_vacuum_copy_in_memory(tmp_path: Path) -> None:

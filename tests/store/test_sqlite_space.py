@@ -17,6 +17,7 @@ from lossproof.store.base import Matcher, WriteBatch
 from lossproof.store.embedded import compact as compact_mod
 from lossproof.store.sqlite import SqliteStore
 from lptest import subprocess_env
+from lptest.sqlite_files import unpacked_points
 
 T0 = 1_700_000_000_000
 
@@ -38,19 +39,6 @@ def _compact_all(store: SqliteStore, now: int) -> None:
                 break
         else:
             raise AssertionError("compaction never finished")
-
-
-def _raw_points(path: Path) -> int:
-    con = sqlite3.connect(path)
-    try:
-        raw = bytes((chunks.RAW,))
-        return int(
-            con.execute(
-                "SELECT coalesce(sum(n), 0) FROM chunks WHERE substr(data, 1, 1) = ?", (raw,)
-            ).fetchone()[0]
-        )
-    finally:
-        con.close()
 
 
 def _stored(path: Path) -> int:
@@ -80,7 +68,7 @@ def test_raw_chunks_written_after_packing_deleted_the_top_ids_are_packed_too(tmp
     now = _load(store, 400, compact_each=True)
     _compact_all(store, now)
     store.close()
-    assert _raw_points(tmp_path / "s.db") == 0
+    assert unpacked_points(tmp_path / "s.db") == 0
     assert _stored(tmp_path / "s.db") == 400 * 100 * 10
 
 
@@ -95,7 +83,7 @@ def test_a_store_with_stranded_raw_chunks_is_rescanned_once_when_opened(
     while store.compact(now).more:  # parts flushed into raw chunks, nothing packed yet
         pass
     store.close()
-    assert _raw_points(path) > 0
+    assert unpacked_points(path) > 0
     # What an older lossproof left: the mark past raw chunks it will never scan, no chunk_id_top.
     con = sqlite3.connect(path)
     con.execute("INSERT OR REPLACE INTO meta VALUES ('compact_after', '999999999')")
@@ -106,7 +94,7 @@ def test_a_store_with_stranded_raw_chunks_is_rescanned_once_when_opened(
     store = SqliteStore(path)
     _compact_all(store, now + 10 * 3_600_000)
     store.close()
-    assert _raw_points(path) == 0
+    assert unpacked_points(path) == 0
 
 
 def test_compaction_gives_free_pages_back_and_truncates_the_wal(tmp_path: Path) -> None:
@@ -208,12 +196,12 @@ def test_a_flush_is_packed_once_no_part_comes_for_a_while_not_before(tmp_path: P
                 pass
             assert not packing_done(path)
         n = 2000 * _PART_FLUSH_COUNT
-        assert _raw_points(path) == n
+        assert unpacked_points(path) == n
         assert not store.compact(now + _PACK_IDLE_MS - 1).more
-        assert _raw_points(path) == n and _PACK_IDLE_MS < _PACK_AGE_MS
+        assert unpacked_points(path) == n and _PACK_IDLE_MS < _PACK_AGE_MS
         while store.compact(now + _PACK_IDLE_MS).more:
             pass
-        assert _raw_points(path) == 0 and packing_done(path)
+        assert unpacked_points(path) == 0 and packing_done(path)
         assert _stored(path) == n
     finally:
         store.close()

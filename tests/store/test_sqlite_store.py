@@ -133,7 +133,7 @@ def test_version_2_points_move_into_chunks_on_open(tmp_path: Path) -> None:
     want = make_v2(tmp_path / "s.db", series=5, points=3000)  # 3 s of points per 1.02 s bucket
     s = SqliteStore(tmp_path / "s.db")
     try:
-        assert s._meta("schema_version") == "4" and s._meta("bucket_shift") is None
+        assert s._meta("schema_version") == str(SCHEMA_VERSION) and s._meta("bucket_shift") is None
         assert not s._con.execute("SELECT 1 FROM sqlite_schema WHERE name = 'points'").fetchone()
         got = {int(x.labels["s"]): x.points for x in s.query("t1", "cpu", *ALL, {})}
         assert got.keys() == want.keys()
@@ -356,7 +356,7 @@ def test_version_1_file_is_upgraded_keeping_its_ledgers(tmp_path: Path, first_op
         store.close()
     writer = SqliteStore(path)
     try:
-        assert writer._meta("schema_version") == str(SCHEMA_VERSION) == "4"
+        assert writer._meta("schema_version") == str(SCHEMA_VERSION) == "5"
         point = Point("cpu", {}, 1_700_000_000_000, 1.0)
         r = writer.write_batch(WriteBatch(reports=[ReportWrite("t1", "a1", 4, [point])], now_ms=1000))
         assert r.reports_stored == 1
@@ -387,7 +387,7 @@ def test_version_3_reports_gain_their_time_on_open(tmp_path: Path) -> None:
         reader.close()
     s = SqliteStore(path)
     try:
-        assert s._meta("schema_version") == "4"
+        assert s._meta("schema_version") == str(SCHEMA_VERSION)
         later = ReportWrite("t1", "a1", 3, [point], time_ms=1_700_000_000_500)
         s.write_batch(WriteBatch(reports=[later], now_ms=2000))
         assert s.report_times_around("t1", "a1", "", [(2, 2)]) == [(0, 1_700_000_000_500)]
@@ -701,3 +701,27 @@ def test_a_part_slice_whose_times_are_not_increasing_is_damage(ts: list[int]) ->
             _assemble([(7, "m", {})], [], {}, lo, hi, [block])
         with pytest.raises(chunks.ChunkError):
             _assemble([(7, "m", {})], [], {0: [(1 << 40, t, t * 1.0)]}, lo, hi)
+
+
+def test_version_4_is_read_as_it_is_and_upgraded_by_a_writer(tmp_path: Path) -> None:
+    """Schema 5 only adds PENDING chunks, which a lossproof of version 4 cannot read: a writer marks
+    the store 5 on open (so that an older one refuses it, saying so, instead of calling those
+    chunks damage); a reader reads a version 4 store as it is."""
+    path = tmp_path / "store.db"
+    s = SqliteStore(path)
+    s.write_batch(WriteBatch(samples=[("t1", Point("cpu", {}, 1_700_000_000_000, 1.0))], now_ms=1000))
+    s.close()
+    con = sqlite3.connect(path)
+    con.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    con.commit()
+    con.close()
+    reader = SqliteStore(path, readonly=True)
+    try:
+        assert reader._meta("schema_version") == "4"
+        assert [x.points for x in reader.query("t1", "cpu", 0, 1 << 62, {})] == [[(1_700_000_000_000, 1.0)]]
+    finally:
+        reader.close()
+    SqliteStore(path).close()
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("5",)
+    con.close()

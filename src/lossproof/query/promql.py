@@ -1155,13 +1155,8 @@ def lookup_all(
     first = window_first(at, lookback_ms, closed)
     for k in range(n):
         newest = chunks.search_runs(t, starts[:-1], starts[1:], int(at[k]), right=True) - 1
-        ok = newest >= starts[:-1]  # (else the series has no point at or before at[k])
-        j = np.where(ok, newest, 0)
-        ok &= t[j] >= first[k]
-        vals = v[j]
-        ok &= ~is_stale(vals)
-        values[:, k] = t[j] if times else vals
-        present[:, k] = ok
+        # (a series whose newest is before its own first point has none at or before at[k])
+        values[:, k], present[:, k] = _newest(t, v, newest, newest >= starts[:-1], first[k], times)
     return values, present
 
 
@@ -1172,17 +1167,21 @@ def lookup(
     ``(at[k] - lookback_ms, at[k]]`` (``closed``: ``[at[k] - lookback_ms, at[k]]``), absent when
     there is none or when it is a staleness marker. With ``times``, the values are the points'
     times (ms)."""
-    idx = np.searchsorted(t, at, side="right") - 1
-    ok = idx >= 0
-    j = np.where(ok, idx, 0)
     if len(t) == 0:
         return np.full(len(at), math.nan), np.zeros(len(at), dtype=bool)
-    ok &= t[j] >= window_first(at, lookback_ms, closed)
+    idx = np.searchsorted(t, at, side="right") - 1
+    return _newest(t, v, idx, idx >= 0, window_first(at, lookback_ms, closed), times)
+
+
+def _newest(t: I64, v: F64, idx: I64, has: Mask, first: I64 | int, times: bool) -> tuple[F64, Mask]:
+    """The points ``idx`` of ``t``/``v`` (where ``has``: else none) as an instant selector takes
+    them: present when at or after ``first`` and not a staleness marker; their values, or with
+    ``times`` their times."""
+    j = np.where(has, idx, 0)
+    ok = has & (t[j] >= first)
     vals = v[j]
     ok &= ~is_stale(vals)
-    if times:
-        return t[j].astype(np.float64), ok
-    return vals, ok
+    return (t[j].astype(np.float64) if times else vals), ok
 
 
 # --- aggregation and binary operators, vectorised ----------------------------------------------------

@@ -4,7 +4,7 @@ A chunk holds the points of one series over a time range, as two columns: timest
 strictly increasing) and values (float64, bit-exact: NaN payloads such as Prometheus' staleness
 marker survive). A store keeps one row per chunk: ``(series_id, t_min, t_max, n, data)``.
 
-Two encodings, told apart by the first byte:
+Three kinds, told apart by the first byte (two encodings: PENDING is PACKED's):
 
 ``RAW`` (written by the worker)
     ``n`` little-endian int64 timestamps, then ``n`` float64 values. Encoding a whole batch costs a
@@ -237,6 +237,8 @@ def encode_many(ts: I64, vs: F64, starts: I64, ends: I64, kind: int = PACKED) ->
     in t), computed for all runs at once: the per-run Python work is a few slices and one zstd call,
     which is what makes packing a million series affordable. ``kind``: PACKED, or PENDING (the
     same bytes but the first)."""
+    if kind not in (PACKED, PENDING):
+        raise ValueError(f"chunk kind {kind} is not a packed one")
     n_all = len(ts)
     if not len(starts):
         return []

@@ -11,10 +11,13 @@ from lossproof.store import ledger as lg
 
 log = get("lossproof.store.sqlite")  # one logger name for the whole backend, as before the split
 
-SCHEMA_VERSION = 4
+# Version 5: chunks of kind PENDING (chunks.PENDING), which a lossproof of version 4 cannot read:
+# it refuses the store, saying so, rather than calling every such chunk damage.
+SCHEMA_VERSION = 5
 # The oldest schema a reader works with as it is (version 4 only adds report times, which a reader
-# of version 3 does without).
+# of version 3 does without; version 5 only a chunk kind).
 READABLE_FROM = 3
+REPORT_TIMES_FROM = 4  # the schema that keeps each report's time
 APPLICATION_ID = 0x4C505346  # "LPSF": marks the file as a lossproof store
 
 # Metric metadata, one row per (tenant, metric); the last write wins. Also created in a store written
@@ -187,7 +190,7 @@ _SELECT_CHUNKS_OF = (
 # The newest t stored of each series in a JSON array: one index seek each (max() of an index suffix).
 _NEWEST = "SELECT value, (SELECT max(t_max) FROM chunks WHERE series_id = value) FROM json_each(?)"
 # Unpacked chunks (their first byte, the encoding, ?2 or ?3: RAW or PENDING) after ?1, in id order.
-_SCAN_RAW = (
+_SCAN_UNPACKED = (
     "SELECT id, series_id, t_min, t_max, n FROM chunks WHERE id > ?1 AND substr(data, 1, 1) IN (?2, ?3)"
     " ORDER BY id LIMIT ?4"
 )

@@ -35,7 +35,7 @@ from lossproof.store.embedded.common import (
     _PART_FLUSH_COUNT,
     _PART_FLUSH_POINTS,
     _SCAN_LIMIT,
-    _SCAN_RAW,
+    _SCAN_UNPACKED,
     _WINDOWS_TAKEN,
     _SeriesKey,
 )
@@ -82,8 +82,9 @@ class SqliteCompaction(SqliteCore):
     # --- compaction ----------------------------------------------------------------------------
 
     def compact(self, now_ms: int, max_series: int = 2000) -> CompactResult:
-        """See :meth:`Store.compact`. Two steps: parts become one raw chunk per series (a flush,
-        ``_flush_parts``), and raw chunks are packed per series and window (``_pack_due``).
+        """See :meth:`Store.compact`. Two steps: parts become chunks per series (a flush,
+        ``_flush_parts``: raw, pending or packed, see :func:`chunks.flush_parts`), and raw and
+        pending chunks are packed per series and window (``_pack_due``).
 
         The step's inputs are read and its outputs computed in a read transaction (WAL: writers go
         on meanwhile); only deleting the inputs and inserting the outputs takes the write lock, once
@@ -106,8 +107,8 @@ class SqliteCompaction(SqliteCore):
             return self._compact_write(job, now_ms)
 
     def _flush_parts(self, now_ms: int) -> _Flush | None:
-        """The oldest parts turned into one raw chunk per series, if they are due (see
-        ``_PART_FLUSH_*``); None when they are not. Reads only."""
+        """The oldest parts turned into chunks per series (:func:`chunks.flush_parts`), if they are
+        due (see ``_PART_FLUSH_*``); None when they are not. Reads only."""
         con = self._con
         live = con.execute("SELECT id, n, at_ms FROM parts ORDER BY id").fetchall()
         self._parts_left = bool(live)
@@ -142,9 +143,10 @@ class SqliteCompaction(SqliteCore):
         return empty
 
     def _next_chunk_id(self) -> int:
-        """The id a new raw chunk takes: above every id a chunk ever had (meta.chunk_id_top), not
-        SQLite's max(id) + 1: packing deletes the highest ids, and a raw chunk given one of those
-        again would sit at or below meta.compact_after, where the scan for raw chunks never looks."""
+        """The id a flush's chunk takes: above every id a chunk ever had (meta.chunk_id_top), not
+        SQLite's max(id) + 1: packing deletes the highest ids, and a raw or pending chunk given one
+        of those again would sit at or below meta.compact_after, where the scan for them never
+        looks."""
         top = self._con.execute("SELECT coalesce(max(id), 0) FROM chunks").fetchone()[0]
         return max(int(top), int(self._meta("chunk_id_top") or 0)) + 1
 
@@ -344,7 +346,7 @@ class SqliteCompaction(SqliteCore):
 
     def _pack_due(self, now_ms: int) -> bool:
         """Packing runs after every ``COMPACT_MIN_CHUNKS`` flushes (a series then has about that
-        many raw chunks in its open window), or ``_PACK_AGE_MS`` after the first flush not packed
+        many raw or pending chunks in its open window), or ``_PACK_AGE_MS`` after the first flush not packed
         yet, so that slow series and closed windows get packed too, or once no part is left and none
         was written for ``_PACK_IDLE_MS`` (the load stopped: a drained backlog waited up to 5
         minutes for its last flushes to be packed)."""
@@ -356,12 +358,12 @@ class SqliteCompaction(SqliteCore):
         return flushes >= COMPACT_MIN_CHUNKS or since <= now_ms - _PACK_AGE_MS or idle
 
     def _scan_unpacked(self) -> None:
-        """Queue every series with raw or pending chunks written after ``meta.compact_after`` (ids only grow),
-        with the windows they reach, ``_SCAN_LIMIT`` chunks at a time."""
+        """Queue every series with raw or pending chunks written after ``meta.compact_after`` (ids
+        only grow), with the windows they reach, ``_SCAN_LIMIT`` chunks at a time."""
         after = int(self._meta("compact_after") or 0)
         self._pack_top = int(self._meta("chunk_id_top") or 0)
         kinds = bytes((chunks.RAW,)), bytes((chunks.PENDING,))
-        rows = self._con.execute(_SCAN_RAW, (after, *kinds, _SCAN_LIMIT)).fetchall()
+        rows = self._con.execute(_SCAN_UNPACKED, (after, *kinds, _SCAN_LIMIT)).fetchall()
         self._pack_scan_done = len(rows) < _SCAN_LIMIT
         self._pack_mark = rows[-1][0] if rows else after
         if not rows:
@@ -377,7 +379,7 @@ class SqliteCompaction(SqliteCore):
         )
 
     def _reclaim(self) -> CompactResult:
-        """Once every point is packed (no part, no raw chunk due), give the file's free pages back,
+        """Once every point is packed (no part, no raw or pending chunk due), give the file's free pages back,
         ``_RECLAIM_STEP_PAGES`` per write transaction (``more`` while some are left), then shrink
         the WAL. The pages a load's parts and raw chunks used were left free by compaction: 13 of a
         store's 14 bytes per sample after a 24 h load. Under steady load the next batches reuse

@@ -196,6 +196,8 @@ class SqliteCore(Store):
             self._upgrade_v2()
         if version is not None and version < 4:
             self._upgrade_v3()
+        if version is not None and version < 5:
+            self._set_version(5)
         self._rescan_raw_once()
 
     def enable_reclaim(self) -> bool:
@@ -253,6 +255,18 @@ class SqliteCore(Store):
             if "time_ms" not in columns:  # a version 1 store got it when its tables were rebuilt
                 con.execute("ALTER TABLE reports ADD COLUMN time_ms INTEGER NOT NULL DEFAULT 0")
             con.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+            con.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _set_version(self, version: int) -> None:
+        """An upgrade that changes nothing stored, only what may be written from now on (version 4
+        -> 5: PENDING chunks)."""
+        con = self._con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
             con.execute("COMMIT")
         except BaseException:
             self._rollback()

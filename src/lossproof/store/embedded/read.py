@@ -32,7 +32,7 @@ from lossproof.store.embedded.common import (
     _LABELS_DECODER,
     _PART_ORDER,
     _SELECT_CHUNKS_OF,
-    SCHEMA_VERSION,
+    REPORT_TIMES_FROM,
     _LedgerRow,
 )
 from lossproof.store.embedded.core import SqliteCore
@@ -511,7 +511,7 @@ class SqliteReader(SqliteCore):
         pick = "SELECT time_ms FROM reports WHERE tenant = ? AND agent = ? AND incarnation = ?"
         out: list[tuple[int, int]] = []
         with self._lock:
-            if self._older_than(SCHEMA_VERSION):  # a reader ahead of the writer's upgrade: no times yet
+            if self._older_than(REPORT_TIMES_FROM):  # a reader ahead of the writer's upgrade: no times yet
                 return [(0, 0)] * len(runs)
             self._con.execute("BEGIN")
             try:
