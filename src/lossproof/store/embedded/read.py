@@ -355,26 +355,17 @@ def _part_rows(
     slices that overlap ``[from_ms, to_ms]``, as the chunk rows are selected, and damaged ones. A
     series has its newest points in parts for the first seconds after they are stored, so every
     query up to "now" meets them while points arrive."""
-    raw = bytes((chunks.RAW,))
     out: list[tuple[int, int, int, int, bytes]] = []
-
-    def add(sid: int, order: int, ts: chunks.I64, vs: chunks.F64) -> None:
-        lo, hi = int(ts[0]), int(ts[-1])
-        # a slice whose times do not increase is damage, whatever its range: kept, so that the
-        # piece goes the arrays' way, which says so (as it says it of any slice it reads)
-        if (hi >= from_ms and lo <= to_ms) or not bool((ts[1:] > ts[:-1]).all()):
-            data = b"".join(
-                (raw, ts.astype("<i8", copy=False).tobytes(), vs.astype("<f8", copy=False).tobytes())
-            )
-            out.append((sid, order, lo, hi, data))
-
-    for i, segs in extra.items():
-        for order, ts, vs in segs:
-            if len(ts):
-                add(found[i][0], order, ts, vs)
-    if blocks:
+    one, zero = np.ones(1, dtype=np.int64), np.zeros(1, dtype=np.int64)
+    # a slice read alone is a block of one slice
+    alone = [
+        PartBlock(i * one, order, ts, vs, zero, len(ts) * one)
+        for i, segs in extra.items()
+        for order, ts, vs in segs
+    ]
+    if alone or blocks:
         sid_of = np.array([sid for sid, _, _ in found], dtype=np.int64)
-        for b in blocks:
+        for b in (*alone, *blocks):
             out.extend(_block_rows(sid_of, b, from_ms, to_ms))
     return out
 
