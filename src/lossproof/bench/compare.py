@@ -30,13 +30,14 @@ queries
     counters, ``m3``/``m4`` gauges; samples at 7 s past a 15 s mark, so no evaluation step falls on
     a sample), and besides them a classic histogram ``m5_bucket`` (one per hundred series, at least
     one, each of 10 ``le`` buckets: 1,000 more series, 5.76 M more samples by default). Once both
-    have stored all of it, each query runs ``--repeat`` times, one at a time, uncached
+    have stored all of it, each query runs ``--repeat`` times on each, one at a time, uncached
     (``nocache=1`` and ``-search.disableCache`` for VictoriaMetrics; lossproof has no result cache),
-    and the median is reported. Results must agree: the same series (label sets), and values within
-    1e-6 relative at every common timestamp, leaving out the first 6 minutes of the data (there
-    ``rate`` differs by design: VictoriaMetrics does not extrapolate to the window's edges as
-    Prometheus, and so lossproof, do). A query lossproof refuses as unsupported PromQL (4xx naming
-    it) is reported so, timed for VictoriaMetrics only, and does not count as a disagreement. A
+    the runs alternating between the two, and each one's median is reported. Results must agree:
+    the same series (label sets), and values within 1e-6 relative at every common timestamp,
+    leaving out the first 6 minutes of the data (there ``rate`` differs by design: VictoriaMetrics
+    does not extrapolate to the window's edges as Prometheus, and so lossproof, do). A query
+    lossproof refuses as unsupported PromQL (4xx naming it) is reported so, timed for
+    VictoriaMetrics only, and does not count as a disagreement. A
     concurrency check times a one-series instant query against lossproof alone and while the
     heaviest query runs. The queries run twice: *as loaded*, right after both have stored the
     data (lossproof's background compaction still flushing and packing then), and *at rest*, after
@@ -893,15 +894,20 @@ def run_queries(data: DataSet, vm: Target, lp: Target, repeat: int, progress: Sa
         shown = query if path in ("/api/v1/query", "/api/v1/query_range") else f"{path} {query}".strip()
         row: dict[str, Any] = {"query": shown, "path": path}
         answers = {}
-        for t in (vm, lp):
-            ms = []
-            try:
-                for _ in range(repeat):
+        ms: dict[str, list[float]] = {vm.name: [], lp.name: []}
+        # the runs alternate between the two, so that both see the same background work (as
+        # loaded: lossproof's packing and VictoriaMetrics' merges, both ending during the pass)
+        for _ in range(repeat):
+            for t in (vm, lp):
+                if t.name == lp.name and "unsupported" in row:
+                    continue
+                try:
                     took, answers[t.name] = timed(t, path, params)
-                    ms.append(took)
-            except QueryUnsupported as e:
-                row["unsupported"] = str(e)
-            row[f"{t.name}_ms"] = round(statistics.median(ms), 1) if ms else None
+                    ms[t.name].append(took)
+                except QueryUnsupported as e:
+                    row["unsupported"] = str(e)
+        for t in (vm, lp):
+            row[f"{t.name}_ms"] = round(statistics.median(ms[t.name]), 1) if ms[t.name] else None
         if "unsupported" in row:
             row["ratio"], row["agree"], row["detail"] = None, None, row["unsupported"]
             progress(f"query {name}: vm {row['vm_ms']:,.1f} ms, lossproof: unsupported ({row['detail']})")
