@@ -9,18 +9,23 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cramjam
 import pytest
 
+from lossproof.bench import compare
 from lossproof.bench.compare import (
     HISTOGRAM_LE,
+    QUERIES,
     VM_BINARY,
     DataSet,
+    Target,
     _data_value,
     compaction_state,
     ingest_series,
+    run_queries,
     summary_lines,
 )
 from lossproof.bench.rwbodies import SeriesSet, body_path, write_pool
@@ -107,6 +112,38 @@ def test_compaction_state_is_done_once_the_compactor_has_nothing_left(tmp_path: 
     assert state["done"] and state["parts"] == 0 and state["unpacked_flushes"] == 0, state
     assert state["raw_chunks"] == 0 and state["packed_chunks"] == 5 and state["packed_points"] == 150, state
     assert 0 < state["chunk_bytes"] < 150 * 16 and state["page_size"] > 0 and state["pages"] > 0
+
+
+class _Answers(Target):
+    """A target that answers every query at once with an empty answer of its shape, and notes who
+    was asked in which order (``asked``, shared by both)."""
+
+    asked: list[str]
+
+    def fetch(self, path: str, params: dict[str, object] | None = None) -> bytes:
+        self.asked.append(self.name)
+        empty = {"resultType": "matrix", "result": []} if path.startswith("/api/v1/query") else []
+        return json.dumps({"status": "success", "data": empty}).encode()
+
+
+def test_query_runs_alternate_and_exclude_the_clients_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each query's runs alternate between the two (both see the same background work), and a run is
+    timed until its answer is received: this client's JSON parsing (made slow here) is not in it."""
+    asked: list[str] = []
+    vm, lp = (_Answers(name, "http://unused", {}, Path("unused")) for name in ("vm", "lossproof"))
+    vm.asked = lp.asked = asked
+    loads = json.loads
+
+    def slow_loads(raw: str | bytes) -> object:
+        time.sleep(0.05)
+        return loads(raw)
+
+    monkeypatch.setattr(compare.json, "loads", slow_loads)
+    rows = run_queries(DataSet(10, 1, 3_600_000 * 100), vm, lp, 3, lambda _: None)
+    assert asked == ["vm", "lossproof"] * 3 * len(QUERIES)
+    for row in rows.values():
+        assert row["agree"] is True
+        assert row["vm_ms"] < 25 and row["lossproof_ms"] < 25, row
 
 
 def _rows(vm_ms: float, lp_ms: float) -> dict[str, object]:
