@@ -1254,7 +1254,7 @@ def summary_lines(res: dict[str, Any]) -> list[str]:
     if q:
         lines.append(
             f"queries: {q['series']:,} series x {q['hours']:g} h at 15 s ({q['samples']:,} samples), "
-            f"median of runs, uncached"
+            "median of runs alternating between the two, each to its last byte received, uncached"
         )
         passes = (
             ("as loaded: right after the load, lossproof's compaction still at work", "as_loaded", "queries"),
