@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import cramjam
 import pytest
@@ -23,6 +24,7 @@ from lossproof.bench.compare import (
     DataSet,
     Target,
     _data_value,
+    _vcpu_pack,
     compaction_state,
     ingest_series,
     run_queries,
@@ -203,6 +205,19 @@ def test_summary_shows_both_query_passes_labelled() -> None:
     assert "lossproof compaction NOT done" in "\n".join(
         summary_lines({"queries": q, "load_average": [1] * 3, "cores": 2})
     )
+
+
+def test_summary_says_when_the_kernel_packs_vcpus(tmp_path: Path) -> None:
+    res: dict[str, Any] = {"load_average": [1, 1, 1], "cores": 2}
+    assert "sched_vcpu_pack" not in summary_lines(res)[-1]
+    assert "sched_vcpu_pack" not in summary_lines({**res, "vcpu_pack": 0})[-1]
+    assert summary_lines({**res, "vcpu_pack": 15})[-1].endswith("fewer vCPUs (sched_vcpu_pack=15)")
+    knob = tmp_path / "sched_vcpu_pack"
+    assert _vcpu_pack(knob) is None  # no such setting: a mainline kernel
+    knob.write_text("15\n")
+    assert _vcpu_pack(knob) == 15
+    knob.write_text("")
+    assert _vcpu_pack(knob) is None
 
 
 @pytest.mark.process

@@ -1191,7 +1191,7 @@ class Options:
 
 
 def run(opts: Options) -> dict[str, Any]:
-    out: dict[str, Any] = {"cores": os.cpu_count()}
+    out: dict[str, Any] = {"cores": os.cpu_count(), "vcpu_pack": _vcpu_pack()}
     with tempfile.TemporaryDirectory(prefix="lossproof-compare-", dir=opts.work_dir) as tmp:
         work = Path(tmp)
         if opts.phase in ("ingest", "all"):
@@ -1207,6 +1207,16 @@ def run(opts: Options) -> dict[str, Any]:
 
 def _load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
+
+
+def _vcpu_pack(path: Path = Path("/proc/sys/kernel/sched_vcpu_pack")) -> int | None:
+    """The guest kernel's vCPU packing setting where it has one (Firecracker guests), else None.
+    Non-zero, a short burst of work runs on fewer vCPUs than the machine has: the first runs of
+    a query after a pause, all of whose threads then share one (docs/compare.md, session 23)."""
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def summary_lines(res: dict[str, Any]) -> list[str]:
@@ -1296,7 +1306,11 @@ def summary_lines(res: dict[str, Any]) -> list[str]:
             f"WAL {d['lossproof_store_wal_bytes'] / d['samples']:.2f} B"
         )
     la = res["load_average"]
-    lines.append(f"load average {la[0]:.1f} {la[1]:.1f} {la[2]:.1f} on {res['cores']} cores")
+    pack = res.get("vcpu_pack")
+    lines.append(
+        f"load average {la[0]:.1f} {la[1]:.1f} {la[2]:.1f} on {res['cores']} cores"
+        + (f"; the kernel packs short bursts onto fewer vCPUs (sched_vcpu_pack={pack})" if pack else "")
+    )
     return lines
 
 
