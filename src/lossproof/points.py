@@ -7,6 +7,7 @@ check, the agent's relay) does not load the store's dependencies. ``store.base``
 from __future__ import annotations
 
 import hashlib
+import struct
 from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,20 @@ class PointLike(Protocol):
     def t(self) -> int: ...
     @property
     def v(self) -> float: ...
+
+
+# Prometheus' staleness marker: the NaN (one bit pattern of many) that a scraper writes when a target
+# or series disappears. It is not a value: range windows skip it, and it ends an instant selector's
+# lookback (the series has no value until its next real sample). Any other NaN is a value.
+STALE_NAN_BITS = 0x7FF0000000000002
+
+
+def is_stale_nan(v: float) -> bool:
+    """Whether ``v`` is the staleness marker (by its bits: NaN equals nothing)."""
+    return v != v and struct.pack("<d", v) == _STALE_NAN_BYTES
+
+
+_STALE_NAN_BYTES = struct.pack("<Q", STALE_NAN_BITS)
 
 
 class Point(msgspec.Struct, gc=False):

@@ -20,7 +20,7 @@ from aiohttp import web
 from lossproof.credentials import presented_key as presented_key  # the relay's and ingest's one rule
 from lossproof.httputil import ApiError, json_response
 from lossproof.protocol import influx, otlp, promrw
-from lossproof.protocol.compression import BadEncoding, TooLarge, decompress
+from lossproof.protocol.compression import BadEncoding, TooLarge, decompress, is_known
 from lossproof.protocol.thirdparty import BadBody, Checked, UnsupportedBody
 
 # A body larger than this is checked in a thread, so the event loop keeps serving other requests
@@ -139,7 +139,7 @@ class RemoteWrite(Endpoint):
 
 
 class Otlp(Endpoint):
-    """``POST /v1/metrics``: OTLP/HTTP, protobuf or JSON, identity or gzip."""
+    """``POST /v1/metrics``: OTLP/HTTP, protobuf or JSON, identity, gzip, deflate or zstd."""
 
     protocol = "otlp"
     # The Python SDK retries 429/502/503/504 within its export timeout (10 s by default) and sleeps
@@ -155,6 +155,10 @@ class Otlp(Endpoint):
     async def decode(self, request: web.Request, state: Attempt, read: Reader, max_decoded: int) -> Decoded:
         ctype = state.ctype = otlp.content_type_of(request.headers.get("Content-Type", ""))
         encoding = encoding_of(request)
+        if not is_known(encoding):  # OTLP/HTTP: an encoding the server does not take is a 415
+            raise UnsupportedBody(
+                f"unsupported Content-Encoding {encoding!r}: use gzip, deflate, zstd or identity"
+            )
         raw = state.raw = await read(request)
         body = decompress(raw, encoding, max_decoded)
         return Decoded(ctype, encoding, body, lambda b: otlp.check(b, ctype))
@@ -267,5 +271,3 @@ async def health(request: web.Request) -> web.Response:
         200,
         INFLUX_HEADERS,
     )
-
-

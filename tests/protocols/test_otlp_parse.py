@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import pytest
@@ -161,6 +162,58 @@ def test_partial_success_and_no_recorded_value() -> None:
     resp = ExportMetricsServiceResponse.FromString(otlp.response(checked, otlp.PROTOBUF))
     assert resp.partial_success.rejected_data_points == 2
     assert b'"rejectedDataPoints": "2"' in otlp.response(checked, otlp.JSON)
+
+
+@pytest.mark.parametrize(
+    ("bounds", "counts", "count", "says"),
+    [
+        ([1.0, 1.0], [1, 1, 0], 2, "increase strictly"),  # two le="1" series before, one dropped
+        ([5.0, 1.0], [1, 1, 0], 2, "increase strictly"),  # buckets not cumulative before
+        ([1.0, math.inf], [1, 1, 1], 3, r"bound 1 is \+Inf"),  # two le="+Inf" series before
+        ([math.nan], [1, 0], 1, "bound 0 is NaN"),  # an le="NaN" series before
+        ([1.0, 2.0], [2, 2, 0], 3, "count 3 is less than its buckets' 4"),  # le="+Inf" < le="2"
+    ],
+)
+def test_histograms_with_bad_bounds_or_count_are_refused_points(
+    bounds: list[float], counts: list[int], count: int, says: str
+) -> None:
+    req, sm = request()
+    m = sm.metrics.add()
+    m.name = "h"
+    p = m.histogram.data_points.add()
+    p.time_unix_nano, p.count, p.sum = T0_NS, count, 1.0
+    p.explicit_bounds.extend(bounds)
+    p.bucket_counts.extend(counts)
+    ok = m.histogram.data_points.add()
+    ok.time_unix_nano, ok.count, ok.sum = T0_NS + 1_000_000, 3, 1.0
+    ok.explicit_bounds.extend([-math.inf, 1.0])  # -Inf is a bound like any other
+    ok.bucket_counts.extend([0, 2, 1])
+    body = req.SerializeToString()
+    checked = otlp.check(body, otlp.PROTOBUF)
+    assert (checked.points, checked.rejected) == (1, 1)
+    assert re.search(says, checked.reject_reason), checked.reject_reason
+    got = {(x.metric, x.labels.get("le")): x.v for x in otlp.to_points(body, otlp.PROTOBUF)}
+    assert got == {
+        ("h_count", None): 3.0,
+        ("h_sum", None): 1.0,
+        ("h_bucket", "-Inf"): 0.0,
+        ("h_bucket", "1"): 2.0,
+        ("h_bucket", "+Inf"): 3.0,
+    }
+
+
+def test_exponential_histogram_with_a_count_below_its_buckets_is_refused() -> None:
+    req, sm = request()
+    m = sm.metrics.add()
+    m.name = "e"
+    p = m.exponential_histogram.data_points.add()
+    p.time_unix_nano, p.count, p.sum, p.scale, p.zero_count = T0_NS, 3, 1.0, 0, 1
+    p.positive.bucket_counts.extend([1, 2])
+    checked = otlp.check(req.SerializeToString(), otlp.PROTOBUF)
+    assert (checked.points, checked.rejected) == (0, 1)
+    assert "count 3 is less than its buckets' 4" in checked.reject_reason
+    p.count = 4
+    assert otlp.check(req.SerializeToString(), otlp.PROTOBUF).rejected == 0
 
 
 def hostile() -> list[tuple[str, bytes, str, str]]:

@@ -7,6 +7,7 @@ stored under the wrong ``le``)."""
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lossproof.log.base import LogRecord
+from lossproof.points import STALE_NAN_BITS
 from lossproof.protocol import native, promrw
 from lossproof.protocol.decode import add_record
 from lossproof.protocol.thirdparty import BadBody, check_points
@@ -42,6 +44,7 @@ class Spec:
     negative: list[float]
     custom: list[float]
     name: str = "h"
+    timestamp: int = T0
 
 
 def body_of(specs: list[Spec], proto: str = promrw.V1) -> bytes:
@@ -55,7 +58,12 @@ def body_of(specs: list[Spec], proto: str = promrw.V1) -> bytes:
             req.symbols.extend(["", "__name__", spec.name])
             ts.labels_refs.extend([len(req.symbols) - 2, len(req.symbols) - 1])
         h = ts.histograms.add()
-        h.schema, h.sum, h.timestamp, h.zero_threshold = spec.schema, spec.sum, T0, spec.zero_threshold
+        h.schema, h.sum, h.timestamp, h.zero_threshold = (
+            spec.schema,
+            spec.sum,
+            spec.timestamp,
+            spec.zero_threshold,
+        )
         if spec.is_float:
             h.count_float, h.zero_count_float = spec.count, spec.zero_count
             h.positive_counts.extend(spec.positive)
@@ -146,7 +154,8 @@ def test_every_histogram_the_check_accepts_is_stored_without_a_dead_letter(
     add_record(batch, record_of(body, proto))
     assert batch.dead_letters == [], batch.dead_letters[0].reason
     assert checked.histograms == len(specs)
-    points = [p for _, p in batch.samples]
+    points = [p for _, p in batch.samples] + [p for _, s in batch.series for p in s.points()]
+    assert points or not checked.histograms
     check_points(points, "stored")  # the documented bounds hold for what is stored
     for p in points:
         if p.metric.endswith("_bucket"):
@@ -221,3 +230,32 @@ def test_a_valid_custom_histogram_is_stored_under_its_bounds() -> None:
         ("h_bucket", "2.5"): 3.0,
         ("h_bucket", "+Inf"): 4.0,
     }
+
+
+@pytest.mark.parametrize("proto", [promrw.V1, promrw.V2])
+def test_a_histogram_without_a_timestamp_is_refused(proto: str) -> None:
+    ok = Spec(0, False, 1.0, 1.0, 0.0, 1.0, [], [], [], [], [])
+    promrw.check(body_of([ok], proto), proto)
+    with pytest.raises(BadBody, match="without a timestamp"):  # stored at 1970-01-01 before
+        promrw.check(body_of([Spec(**{**ok.__dict__, "timestamp": 0})], proto), proto)
+
+
+@pytest.mark.parametrize("proto", [promrw.V1, promrw.V2])
+def test_a_stale_histogram_is_the_marker_of_its_series_not_zeros(store: SqliteStore, proto: str) -> None:
+    """What Prometheus sends when a native histogram's target goes away: the sum the staleness
+    marker, nothing else set. Before, _count, the zero bucket and +Inf were stored as 0.0."""
+    stale_nan = struct.unpack("<d", struct.pack("<Q", STALE_NAN_BITS))[0]
+    marker = Spec(0, False, 0.0, stale_nan, 0.0, 0.0, [], [], [], [], [], name=f"gone_{proto[-2:]}")
+    body = body_of([marker], proto)
+    assert promrw.check(body, proto).histograms == 1
+    batch = WriteBatch(now_ms=T0)
+    add_record(batch, record_of(body, proto))
+    points = [p for _, p in batch.samples] + [p for _, s in batch.series for p in s.points()]
+    got = {(p.metric, p.labels.get("le")): p.v for p in points}
+    assert len(points) == 3 and set(got) == {
+        (f"{marker.name}_count", None),
+        (f"{marker.name}_sum", None),
+        (f"{marker.name}_bucket", "+Inf"),
+    }
+    assert all(struct.pack("<d", v) == struct.pack("<Q", STALE_NAN_BITS) for v in got.values())
+    store.write_batch(batch)

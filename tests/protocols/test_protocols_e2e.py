@@ -186,6 +186,14 @@ def test_hostile_bodies_get_a_clear_4xx_and_store_nothing(pipeline: Pipeline) ->
             "gzip",
         ),
         ("otlp text", "/v1/metrics", b"hi", {**otlp_h, "Content-Type": "text/plain"}, 415, "Content-Type"),
+        (
+            "otlp brotli",
+            "/v1/metrics",
+            otlp_gauge("hostile_otlp", NOW, 1.0),
+            {**otlp_h, "Content-Encoding": "br"},
+            415,
+            "gzip, deflate, zstd or identity",
+        ),
         # InfluxDB
         ("influx nan", "/write?db=h", b"hostile_influx v=NaN", influx_h, 400, "NaN"),
         ("influx inf", "/write?db=h", b"hostile_influx v=1\nhostile_influx v=+Inf", influx_h, 400, "line 2"),

@@ -18,6 +18,13 @@ class BadEncoding(Exception):
 
 
 ENCODINGS = ("identity", "gzip", "zstd", "deflate")
+_KNOWN = ("", "identity", "gzip", "x-gzip", "deflate", "zstd")
+
+
+def is_known(encoding: str) -> bool:
+    """Whether :func:`decompress` decodes this Content-Encoding (an endpoint that answers 415 for
+    the others asks before it reads the body)."""
+    return encoding.strip().lower() in _KNOWN
 
 
 def decompress(data: bytes, encoding: str, limit: int) -> bytes:
@@ -43,7 +50,7 @@ def decompress(data: bytes, encoding: str, limit: int) -> bytes:
         return out
     if enc == "zstd":
         return _zstd(data, limit)
-    raise BadEncoding(f"unsupported Content-Encoding {encoding!r} (use gzip, zstd or identity)")
+    raise BadEncoding(f"unsupported Content-Encoding {encoding!r} (use gzip, deflate, zstd or identity)")
 
 
 _local = threading.local()

@@ -25,6 +25,7 @@ refuse the whole request with 400.
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -352,13 +353,27 @@ def _histogram(name: str, labels: dict[str, str], t: int, p: Any) -> list[Point]
         raise BadBody(f"histogram with {len(bounds)} bucket bounds, at most {MAX_BUCKETS}")
     if counts and len(counts) != len(bounds) + 1:
         raise _Refused(f"histogram with {len(bounds)} bounds needs {len(bounds) + 1} bucket counts")
+    # OTLP: bounds strictly increasing; the last bucket is (last bound, +Inf), so a bound of +Inf
+    # would give two le="+Inf" buckets. Refused as remote write refuses custom bounds.
+    for i, b in enumerate(bounds):
+        if math.isnan(b) or b == math.inf:
+            raise _Refused(f"histogram bucket bound {i} is {fmt_float(b)}")
+        if i and not b > bounds[i - 1]:
+            raise _Refused(f"histogram bucket bounds must increase strictly ({bounds[i - 1]!r}, then {b!r})")
     pairs: list[tuple[str, float]] = []
     acc = 0
     for b, c in zip(bounds, counts, strict=False):
         acc += c
         pairs.append((fmt_float(b), float(acc)))
+    _check_count(p.count, acc)
     pairs.append(("+Inf", float(p.count)))
     return _stats(name, labels, t, p) + _buckets(name, labels, t, pairs)
+
+
+def _check_count(count: int, in_buckets: int) -> None:
+    """le="+Inf" is the count: below the buckets' observations, the buckets would not be cumulative."""
+    if in_buckets > count:
+        raise _Refused(f"histogram count {count} is less than its buckets' {in_buckets} observations")
 
 
 def _exponential(name: str, labels: dict[str, str], t: int, p: Any) -> list[Point]:
@@ -376,6 +391,7 @@ def _exponential(name: str, labels: dict[str, str], t: int, p: Any) -> list[Poin
         [(pos.offset + i, float(c)) for i, c in enumerate(pos.bucket_counts)],
         [(neg.offset + i, float(c)) for i, c in enumerate(neg.bucket_counts)],
     )
+    _check_count(p.count, p.zero_count + sum(pos.bucket_counts) + sum(neg.bucket_counts))
     pairs.append(("+Inf", float(p.count)))
     return _stats(name, labels, t, p) + _buckets(name, labels, t, pairs)
 

@@ -32,7 +32,7 @@ import cramjam
 from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory
 
 from lossproof.native_ext import _native
-from lossproof.points import Point, SeriesBlock, SeriesSamples
+from lossproof.points import Point, SeriesBlock, SeriesSamples, is_stale_nan
 from lossproof.protocol.thirdparty import (
     MAX_BUCKETS,
     MAX_LABEL_VALUE,
@@ -591,6 +591,8 @@ def _check_times(lo: int, hi: int, where: str) -> None:
 
 def _check_histogram(h: Any, where: str) -> None:
     histogram_buckets(h, where)  # the worker's own decoding: what passes here, it stores
+    if h.timestamp == 0:  # as for a sample: 0 is what an absent timestamp reads as
+        raise BadBody(f"{where}: a native histogram without a timestamp (or timestamp 0)")
     _check_times(h.timestamp, h.timestamp, where)
 
 
@@ -920,6 +922,15 @@ def _absolute(
 
 def _histogram_points(name: str, labels: dict[str, str], h: Any) -> list[Point]:
     t = h.timestamp
+    if is_stale_nan(h.sum):
+        # Prometheus' staleness marker for a native histogram (its sum the marker, no count, no
+        # bucket): the marker for the series it becomes, not a histogram of zeros. Its earlier
+        # finite buckets are not known here: they end with the lookback (docs/protocols.md).
+        return [
+            Point(f"{name}_count", labels, t, h.sum),
+            Point(f"{name}_sum", labels, t, h.sum),
+            Point(f"{name}_bucket", {**labels, "le": "+Inf"}, t, h.sum),
+        ]
     pairs = histogram_buckets(h, name)
     out = [Point(f"{name}_count", labels, t, pairs[-1][1]), Point(f"{name}_sum", labels, t, h.sum)]
     bucket = f"{name}_bucket"

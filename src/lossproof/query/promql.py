@@ -44,6 +44,7 @@ import promql_parser as pp
 import re2
 
 from lossproof.native_ext import _native
+from lossproof.points import STALE_NAN_BITS
 from lossproof.query import exact, promagg, promfuncs, promhash, promrange, vecmatch
 from lossproof.query.binops import binop, binop_arrays
 from lossproof.query.promparse import (
@@ -1087,10 +1088,7 @@ def _names_dropped(v: Vector) -> list[Labels]:
     return [drop_name(lab) for lab in v.labels]
 
 
-# Prometheus' staleness marker: the NaN (one bit pattern of many) that a scraper writes when a target
-# or series disappears. It is not a value: range windows skip it, and it ends an instant selector's
-# lookback (the series has no value until its next real sample). Any other NaN is a value.
-STALE_NAN_BITS = 0x7FF0000000000002
+# the staleness marker (STALE_NAN_BITS: defined with the points, decoders need it too) as a float
 STALE_NAN = float(np.array([STALE_NAN_BITS], dtype=np.uint64).view(np.float64)[0])
 
 
