@@ -77,11 +77,11 @@ fn window(
         }
         let to_start = if duration_to_start < threshold { duration_to_start } else { half };
         let to_end = if duration_to_end < threshold { duration_to_end } else { half };
-        result *= (sampled + to_start + to_end) / sampled;
+        let mut factor = (sampled + to_start + to_end) / sampled;
         if is_rate {
-            result /= rng as f64 / 1000.0;
+            factor /= rng as f64 / 1000.0;
         }
-        return Some(result);
+        return Some(result * factor);
     }
     if duration_to_start >= threshold {
         duration_to_start = half;
@@ -193,11 +193,13 @@ fn finish_body(b: &mut Block, len: usize, per_s: f64, is_rate: bool, is_counter:
             } else {
                 half
             };
+            // Prometheus 2.40+: one factor (it also scales native histograms), the range
+            // divided into it before it multiplies the result
             interval /= sampled;
-            result *= interval;
             if is_rate {
-                result /= per_s;
+                interval /= per_s;
             }
+            result *= interval;
         } else {
             // Prometheus 3 (since its PR 13725): the threshold first, then the zero point, which
             // only ever shortens the extrapolation; the factor divided by the range before it

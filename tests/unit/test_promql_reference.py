@@ -70,8 +70,7 @@ def extrapolated_rate(
     pts: Samples, t: int, rng: int, is_counter: bool, is_rate: bool, prom2: bool = False
 ) -> float | None:
     """Go's extrapolatedRate, statement by statement: Prometheus 3's (since its PR 13725: the
-    threshold first, then the counter's zero point), or 2's (``prom2``: the other way round, and
-    the result divided by the range after it is multiplied)."""
+    threshold first, then the counter's zero point), or 2's (``prom2``: the other way round)."""
     if len(pts) < 2:
         return None
     result = pts[-1][1] - pts[0][1]
@@ -95,8 +94,10 @@ def extrapolated_rate(
             + (to_start if to_start < threshold else avg / 2)
             + (to_end if to_end < threshold else avg / 2)
         )
-        result = result * (interval / sampled)
-        return result / (rng / 1000) if is_rate else result
+        factor = interval / sampled  # (2.40+: one factor, the range divided into it first)
+        if is_rate:
+            factor /= rng / 1000
+        return result * factor
     if to_start >= threshold:
         to_start = avg / 2
     if is_counter and result > 0 and pts[0][1] >= 0:
@@ -897,3 +898,28 @@ def test_info(stores: Stores, data: Data, grid: tuple[int, int, int], selector: 
     want: list[Result] | str = "error" if "error" in rows else [r for r in rows if not isinstance(r, str)]
     got = evaluate(stores, data, query, grid, closed)
     assert same(got, want), (query, got, want)
+
+
+def test_prometheus2_rate_divides_its_factor_by_the_range_first(stores: Stores) -> None:
+    """Prometheus 2.40+ (Debian's 2.42, the conformance reference) computes one factor, divides it by
+    the range and multiplies the result by it; lossproof multiplied, then divided. Equal to 1e-15,
+    but a rate of rates saw a one-ulp "reset" in one and not the other (0.0207 against 0.00167)."""
+    pts = [(0, 2.83), (13760, 9.39), (24879, 43.28), (42703, 76.23), (51690, 83.58)]
+    at = T0 + 51759
+    got = evaluate(
+        stores, {(("__name__", "m"),): [(T0 + t, v) for t, v in pts]}, "rate(m[1m])", (at, at, 1000), True
+    )
+    assert not isinstance(got, str) and len(got[0]) == 1
+    value = next(iter(got[0].values()))
+    # Go's extrapolatedRate, statement by statement, for this window of [at - 1m, at]
+    result, sampled = 83.58 - 2.83, 51.69
+    avg = sampled / 4
+    to_start = min((0 - (51759 - 60000)) / 1000, sampled * (2.83 / result))
+    to_end = (51759 - 51690) / 1000
+    interval = sampled
+    interval += to_start if to_start < avg * 1.1 else avg / 2
+    interval += to_end if to_end < avg * 1.1 else avg / 2
+    factor = interval / sampled
+    factor /= 60
+    assert value == result * factor
+    assert value != result * (interval / sampled) / 60  # the order before: this case tells them apart

@@ -169,10 +169,11 @@ def _extrapolated_rate(
         interval = sampled
         interval += duration_to_start if duration_to_start < threshold else average_between / 2
         interval += duration_to_end if duration_to_end < threshold else average_between / 2
-        result *= interval / sampled
+        # 2.40+: one factor (native histograms are scaled by it), the range divided into it first
+        factor = interval / sampled
         if is_rate:
-            result /= rng / 1000
-        return result
+            factor /= rng / 1000
+        return result * factor
     if duration_to_start >= threshold:
         duration_to_start = average_between / 2
     if is_counter and result > 0 and first_v >= 0:

@@ -186,10 +186,10 @@ def _rate_arrays(is_rate: bool, is_counter: bool = True, prom2: bool = False) ->
             interval = np.where(duration_to_start < threshold, duration_to_start, half)
             interval += sampled  # (sampled + to start) + to end, as _extrapolated_rate adds them
             interval += np.where(duration_to_end < threshold, duration_to_end, half)
-            interval /= sampled
-            result *= interval
+            interval /= sampled  # the factor, divided by the range before it scales the result (2.40+)
             if is_rate:
-                result /= rng / 1000
+                interval /= rng / 1000
+            result *= interval
             return result, ok
         duration_to_start = np.where(duration_to_start < threshold, duration_to_start, half)
         np.copyto(
