@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from lossproof.log.embedded import EmbeddedLogReader, EmbeddedLogWriter
 from lossproof.protocol import native
+from lossproof.store.base import StoreUnavailable
 from lossproof.store.sqlite import SqliteStore
 from lossproof.worker.loop import Worker
 
@@ -64,4 +67,45 @@ def test_poison_records_are_dead_lettered_and_the_rest_stored(tmp_path: Path) ->
     reader = EmbeddedLogReader(log_dir)
     assert reader.poll(100, 0.2).records == []
     reader.close()
+    store.close()
+
+
+def _damage_root_page(db: Path, table: str) -> None:
+    """Zero the b-tree header of ``table``'s root page: what a torn or rotted page reads as
+    ("database disk image is malformed" on the next write that reaches it)."""
+    con = sqlite3.connect(db)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    page_size = con.execute("PRAGMA page_size").fetchone()[0]
+    (root,) = con.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()
+    con.close()
+    with open(db, "r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(bytes(8))
+
+
+def test_a_damaged_store_keeps_the_records_instead_of_dead_lettering_them(tmp_path: Path) -> None:
+    """A write that fails because the store file is damaged is the store's failure, not the
+    records': before, the worker dead-lettered every record of every batch and committed past
+    them, with the ledger saying nothing was missing (acknowledged points gone)."""
+    log_dir, db = tmp_path / "log", tmp_path / "store.db"
+    _append_all(log_dir, [_record("a", 1, 1000)])
+    store = SqliteStore(db)
+    reader = EmbeddedLogReader(log_dir)
+    Worker(reader, store, CollectorRegistry()).process(reader.poll(100, 1.0))
+    reader.close()
+    store.close()
+    _damage_root_page(db, "parts")
+    _append_all(log_dir, [_record("a", 2, 2000), _record("a", 3, 3000)])
+
+    store = SqliteStore(db)
+    reader = EmbeddedLogReader(log_dir)
+    polled = reader.poll(100, 1.0)
+    assert [r.offset for r in polled.records] == [1, 2]
+    with pytest.raises(StoreUnavailable, match="malformed"):
+        Worker(reader, store, CollectorRegistry()).process(polled)
+    reader.close()
+    reader = EmbeddedLogReader(log_dir)  # nothing committed past them: read again once repaired
+    assert [r.offset for r in reader.poll(100, 1.0).records] == [1, 2]
+    reader.close()
+    assert store.dead_letter_count() == 0
     store.close()

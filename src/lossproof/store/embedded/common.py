@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 import msgspec
 
 from lossproof.obs.logging import get
+from lossproof.store import chunks
 from lossproof.store import ledger as lg
 
 log = get("lossproof.store.sqlite")  # one logger name for the whole backend, as before the split
@@ -253,6 +255,30 @@ _NEWEST_MAX = 2_000_000  # series the writer's stored-times table knows, at most
 # 458,752 entries before took ~9 MiB).
 _STORED_MAX = 4 * 458_752
 _V2_SHIFT_DEFAULT = 16
+
+# The errors a write raises because of the batch's data, not the store: a value SQLite cannot bind
+# (an int past 64 bits, a string with a lone surrogate), a constraint the data breaks, or a check of
+# the store's own code on the data (ValueError: a chunk of columns that disagree). The worker
+# dead-letters the record that causes one. Any other error is the store's: a damaged file
+# ("database disk image is malformed" is a plain sqlite3.DatabaseError), SQLite's internal errors,
+# no memory, or a bug in this code; dead-lettering on those threw away acknowledged records with a
+# damaged store (every batch "rejected"). Those keep the batch, and the worker retries it.
+_BATCH_ERRORS = (
+    ValueError,
+    OverflowError,
+    TypeError,
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.ProgrammingError,
+    sqlite3.InterfaceError,
+)
+
+
+def batch_error(e: BaseException) -> bool:
+    """Whether a write's failure comes from the batch's data (see ``_BATCH_ERRORS``). A stored chunk
+    that does not decode (ChunkError, a ValueError) is the store's damage, not the batch's."""
+    return isinstance(e, _BATCH_ERRORS) and not isinstance(e, chunks.ChunkError)
+
 
 _LABELS_DECODER = msgspec.json.Decoder(dict[str, str])
 

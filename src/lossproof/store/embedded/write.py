@@ -37,6 +37,7 @@ from lossproof.store.embedded.common import (
     _UPSERT_METADATA,
     _AgentKey,
     _SeriesKey,
+    batch_error,
 )
 from lossproof.store.embedded.core import SqliteCore
 from lossproof.store.plan import Plan, Prior, Summary, digests_wanted, plan_batch
@@ -64,9 +65,20 @@ class SqliteWriter(SqliteCore):
     # --- writes --------------------------------------------------------------------------------
 
     def write_batch(self, batch: WriteBatch) -> WriteResult:
+        """See :meth:`Store.write_batch`. Only an error the batch's own data causes goes out as it
+        is (:func:`batch_error`: the worker dead-letters the record); any other is the store's
+        (a damaged file, no memory, a bug here) and becomes :class:`StoreUnavailable`: the batch is
+        kept and retried, never given up."""
         pending: dict[_SeriesKey, int] = {}
-        with self._write(pending, "store.before_commit"):  # chaos scenario 2 kills -9 there
-            return self._apply(batch, pending)
+        try:
+            with self._write(pending, "store.before_commit"):  # chaos scenario 2 kills -9 there
+                return self._apply(batch, pending)
+        except StoreError:
+            raise
+        except Exception as e:
+            if batch_error(e):
+                raise
+            raise StoreUnavailable(f"sqlite {self.path}: {type(e).__name__}: {e}") from e
 
     @contextlib.contextmanager
     def _write(self, pending: dict[_SeriesKey, int], crash_at: str) -> Iterator[None]:
