@@ -295,9 +295,19 @@ def sig(lab: Labels, on: list[str] | None, ignoring: list[str]) -> Labels:
 
 
 def binary_ref(
-    op: str, lhs: Result, rhs: Result, on: list[str] | None, ignoring: list[str], group_left: list[str] | None
+    op: str,
+    lhs: Result,
+    rhs: Result,
+    on: list[str] | None,
+    ignoring: list[str],
+    group_left: list[str] | None,
+    return_bool: bool = False,
 ) -> Result:
-    """One-to-one, or many-to-one with group_left; None marks an error the evaluator must raise."""
+    """One-to-one, or many-to-one with group_left; None marks an error the evaluator must raise.
+    Prometheus' order (``VectorBinop``): nothing when either side is empty, before any check; the
+    right side's duplicates; one-to-one, the duplicates among the samples a comparison keeps."""
+    if not lhs or not rhs:
+        return {}
     right: dict[Labels, Labels] = {}
     for lab in rhs:
         s = sig(lab, on, ignoring)
@@ -312,11 +322,10 @@ def binary_ref(
             continue
         rlab = right[s]
         rv = rhs[rlab]
-        if group_left is None:
-            if s in seen:
-                raise MatchingError
-            seen.add(s)
-        if op in CMP:
+        if op in CMP and return_bool:
+            value = 1.0 if CMP[op](lv, rv) else 0.0
+            res = dict(lab)
+        elif op in CMP:
             if not CMP[op](lv, rv):
                 continue
             value = lv
@@ -324,6 +333,10 @@ def binary_ref(
         else:
             value = ARITH[op](lv, rv)
             res = dict(drop_name(lab))
+        if group_left is None:
+            if s in seen:
+                raise MatchingError
+            seen.add(s)
         if group_left is not None:
             for k in group_left:
                 if dict(rlab).get(k):
@@ -334,6 +347,8 @@ def binary_ref(
             res = {k: v for k, v in res.items() if k in on}
         else:
             res = {k: v for k, v in res.items() if k not in ignoring}
+        if return_bool:
+            res.pop("__name__", None)
         key = tuple(sorted(res.items()))
         if key in out:
             raise MatchingError
@@ -571,11 +586,12 @@ def test_aggregations(
 @given(
     data=series_data(counter=False),
     grid=grids,
-    op=st.sampled_from(["+", "-", "*", "/", ">", "<=", "=="]),
+    op=st.sampled_from(["+", "-", "*", "/", ">", "<=", "==", "> bool", "== bool"]),
     matching=st.sampled_from(
         [("", None, []), (" on(a)", ["a"], []), (" ignoring(b)", None, ["b"]), (" on(a, b)", ["a", "b"], [])]
     ),
-    group_left=st.booleans(),
+    group_left=st.sampled_from(["", "b", "__name__"]),
+    summed=st.booleans(),
     closed=st.booleans(),
 )
 def test_binary_operators(
@@ -584,19 +600,25 @@ def test_binary_operators(
     grid: tuple[int, int, int],
     op: str,
     matching: tuple[str, list[str] | None, list[str]],
-    group_left: bool,
+    group_left: str,
+    summed: bool,
     closed: bool,
 ) -> None:
     text, on, ignoring = matching
-    gl = " group_left(b)" if group_left and text and "b" not in (on or []) else ""
-    query = f"m {op}{text}{gl} sum by (a, b) (n)"
+    gl = f" group_left({group_left})" if group_left and text and group_left not in (on or []) else ""
+    # the right side without its name (sum) or with it (for group_left(__name__) to copy)
+    query = f"m {op}{text}{gl} {'sum by (a, b) (n)' if summed else 'n'}"
+    cmp, _, with_bool = op.partition(" ")
     want: list[Result] | str = []
     try:
         rows = []
         for t in steps(grid):
-            rhs = aggregate_ref("sum", instant(data, "n", t, closed), ["a", "b"], None, 0)
+            rhs = instant(data, "n", t, closed)
+            if summed:
+                rhs = aggregate_ref("sum", rhs, ["a", "b"], None, 0)
             lhs = instant(data, "m", t, closed)
-            rows.append(binary_ref(op, lhs, rhs, on, ignoring, ["b"] if gl else None))
+            include = [group_left] if gl else None
+            rows.append(binary_ref(cmp, lhs, rhs, on, ignoring, include, bool(with_bool)))
         want = rows
     except MatchingError:
         want = "error"
