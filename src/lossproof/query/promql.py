@@ -1240,6 +1240,8 @@ def _aggregate_block(op: str, values: F64, present: Mask, gid: I64, groups: int)
         _agg_cells("sum", out, slow, vals, pres, first)
         if op == "avg":
             out = out / np.maximum(count, 1)
+            # an infinite mean again by _agg, which keeps the mean of finite values finite
+            _agg_cells("avg", out, out_present & ~np.isfinite(out), vals, pres, first)
         return out, out_present
 
 
@@ -1259,13 +1261,13 @@ def _sum_by_group(op: str, values: F64, present: Mask, gid: I64, groups: int) ->
     count = np.frombuffer(counts_b, dtype=np.int64).reshape(groups, n)
     out_present = count > 0
     slow = out_present & (np.frombuffer(flags_b, dtype=np.uint8).reshape(groups, n) != 0)
-    if slow.any():
+    if op == "avg":
+        out = out / np.maximum(count, 1)
+    if slow.any():  # (avg: by _agg's mean, which keeps the mean of finite values past the range finite)
         order = np.argsort(gid, kind="stable")
         gsorted = gid[order]
         first = np.flatnonzero(np.r_[True, gsorted[1:] != gsorted[:-1]])
-        _agg_cells("sum", out, slow, values[order], present[order], first)
-    if op == "avg":
-        out = out / np.maximum(count, 1)
+        _agg_cells(op, out, slow, values[order], present[order], first)
     return out, out_present
 
 

@@ -22,7 +22,7 @@ def _agg(op: str, xs: list[float]) -> float:
     if op == "sum":
         return _sum(xs)
     if op == "avg":
-        return _sum(xs) / len(xs)
+        return _mean(xs)
     if op == "count":
         return float(len(xs))
     if op == "min":
@@ -66,7 +66,7 @@ def _range_fn(name: str, args: Sequence[pp.Expr], prom2: bool = False) -> RangeF
 
         return quantile
     simple: dict[str, Callable[[list[float]], float]] = {
-        "avg_over_time": lambda xs: _sum(xs) / len(xs),
+        "avg_over_time": _mean,
         "min_over_time": lambda xs: min((x for x in xs if not math.isnan(x)), default=math.nan),
         "max_over_time": lambda xs: max((x for x in xs if not math.isnan(x)), default=math.nan),
         "sum_over_time": _sum,
@@ -96,8 +96,26 @@ def _sum(xs: list[float]) -> float:
         return sum(xs)
 
 
+def _mean(xs: list[float]) -> float:
+    """The sum over the count, but finite where every value is: where the sum of finite values
+    leaves the float range (two of 1e308), the values scaled down by a power of two first (exact, but
+    for bits below the smallest normal, far below the sum's last bit), as Prometheus, which switches
+    to an incremental mean there, answers a finite mean (1e308, not +Inf)."""
+    total = _sum(xs)
+    if math.isfinite(total) or not all(map(math.isfinite, xs)):
+        return total / len(xs)
+    k = len(xs).bit_length() + 1  # sum(|x| / 2**k) < len(xs) * 2**1024 / 2**k <= 2**1023: no overflow
+    return math.ldexp(math.fsum(math.ldexp(x, -k) for x in xs) / len(xs), k)
+
+
 def _stdvar(xs: list[float]) -> float:
-    mean = _sum(xs) / len(xs)
+    """The mean squared deviation from :func:`_mean`, but exactly 0 for a window of one finite value
+    repeated: the mean of equal values is rounded (0.1 six times sums to 0.6000000000000001), and a
+    deviation of an ulp squared is not 0 (``stddev_over_time(x) == 0`` alerts on a flat line) and may
+    overflow for large values (1e300). Prometheus' running (Welford) mean stays exactly the value."""
+    if math.isfinite(xs[0]) and all(x == xs[0] for x in xs):
+        return 0.0
+    mean = _mean(xs)
     # d * d, not d ** 2: float ** raises OverflowError where * gives +Inf
     return sum((x - mean) * (x - mean) for x in xs) / len(xs)
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from lossproof.native_ext import _native
 from lossproof.query import exact, promrange
-from lossproof.query.promref import _quantile, _sum
+from lossproof.query.promref import _mean, _quantile, _sum
 from lossproof.query.promvalues import F64, I64, Mask
 from lossproof.store import chunks
 from lossproof.store.base import SeriesArrays
@@ -305,10 +305,24 @@ def window_extremes(v: F64, lo: I64, hi: I64, ok: Mask, is_min: bool) -> F64:
 def _sum_arrays(is_avg: bool) -> RangeArrays:
     def total(t: I64, v: F64, starts: I64, lo: I64, hi: I64, at: I64, rng: int, q: float) -> tuple[F64, Mask]:
         ok = hi > lo
-        sums = window_sums(v, starts, lo, hi, ok)
-        return (sums / np.where(ok, hi - lo, 1) if is_avg else sums), ok
+        if is_avg:
+            return window_means(v, starts, lo, hi, ok), ok
+        return window_sums(v, starts, lo, hi, ok), ok
 
     return total
+
+
+def window_means(v: F64, starts: I64, lo: I64, hi: I64, ok: Mask) -> F64:
+    """``_mean(v[lo:hi])`` for the windows ``ok``: :func:`window_sums` over the count, and the few
+    windows whose mean that makes infinite (an infinity in them, or a sum of finite values past the
+    float range) again by ``_mean``, one by one, which keeps the latter finite."""
+    means = window_sums(v, starts, lo, hi, ok) / np.where(ok, hi - lo, 1)
+    redo = ok & ~np.isfinite(means)
+    if redo.any():
+        rows_i, cols_k = np.nonzero(redo)
+        lo_l, hi_l = lo[rows_i, cols_k].tolist(), hi[rows_i, cols_k].tolist()
+        means[rows_i, cols_k] = [_mean(v[a:b].tolist()) for a, b in zip(lo_l, hi_l, strict=True)]
+    return means
 
 
 FSUM_EACH = 8  # windows summing up to this many points a point are summed one by one (exact.fsum_windows)
@@ -365,16 +379,21 @@ def _stdvar_arrays(is_dev: bool) -> RangeArrays:
         t: I64, v: F64, starts: I64, lo: I64, hi: I64, at: I64, rng: int, q: float
     ) -> tuple[F64, Mask]:
         """``_stdvar``: the mean as ``avg_over_time``, then the squared deviations summed in order,
-        one sample position at a time over every window."""
+        one sample position at a time over every window; exactly 0 for a window of one finite value
+        repeated (its rounded mean would leave a deviation of an ulp)."""
         ok = hi > lo
         cnt = np.where(ok, hi - lo, 0)
-        mean = window_sums(v, starts, lo, hi, ok) / np.maximum(cnt, 1)
+        mean = window_means(v, starts, lo, hi, ok)
         acc = np.zeros(lo.shape)
         for j in range(int(cnt.max(initial=0))):
             sel = cnt > j
             d = v[lo[sel] + j] - mean[sel]
             acc[sel] += d * d
         var = acc / np.maximum(cnt, 1)
+        # a point unlike the one before it (NaN is unlike anything) anywhere inside the window
+        # (pairs within it only: never across two series)
+        flat = (promrange._pair_counts(np.r_[True, v[1:] != v[:-1]], lo, hi) == 0) & np.isfinite(v[lo])
+        var[flat] = 0.0
         return (np.sqrt(var) if is_dev else var), ok
 
     return spread

@@ -1,0 +1,89 @@
+"""PromQL functions at their edges, as Debian's Prometheus 2.42 answers them (a differential test
+found each): the spread of a flat line, means past the float range, ``clamp`` with NaN bounds (Go's
+``math.Max``/``math.Min``), the labels of ``absent``, and ``predict_linear`` under ``@``."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import pytest
+
+from lossproof.query import promql
+from lossproof.store.base import Point, WriteBatch
+from lossproof.store.sqlite import SqliteStore
+
+T0 = 1_772_323_000_000  # ms
+Result = dict[tuple[tuple[str, str], ...], list[float | None]]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> SqliteStore:
+    """``gg{inst="1"}``: a gauge rising unevenly every 15 s for 20 minutes from T0; ``flat``: 0.1 and
+    1e15 + 0.5 every 15 s; ``huge``: 1e308 (twice) and 1.7e308."""
+    s = SqliteStore(tmp_path_factory.mktemp("edges") / "store.db")
+    pts = []
+    for i in range(81):
+        t = T0 + i * 15_000
+        pts.append(("t", Point("gg", {"inst": "1"}, t, float(i * i % 17 + i))))
+        pts.append(("t", Point("flat", {"case": "tenth"}, t, 0.1)))
+        pts.append(("t", Point("flat", {"case": "big"}, t, 1e15 + 0.5)))
+        pts.append(("t", Point("huge", {"case": "a"}, t, 1e308)))
+        pts.append(("t", Point("huge", {"case": "b"}, t, 1e308)))
+        pts.append(("t", Point("huge", {"case": "c"}, t, 1.7e308)))
+    s.write_batch(WriteBatch(samples=pts, now_ms=T0))
+    return s
+
+
+def run(
+    store: SqliteStore, query: str, start_s: float, end_s: float | None = None, step_s: int = 60
+) -> Result:
+    """The query's series (labels sorted) and their values at each step (None: none)."""
+    end = start_s if end_s is None else end_s
+    g = promql.Grid(round(start_s * 1000), round(end * 1000), step_s * 1000)
+    v = promql.Evaluator(store, "t", g).eval(promql.parse(query))
+    assert isinstance(v, promql.Vector)
+    return {tuple(sorted(lab.items())): list(vals) for lab, vals in v.series.values()}
+
+
+E = T0 / 1000 + 1000  # a time with 16 minutes of data before it
+
+
+@pytest.mark.parametrize("fn", ["stddev_over_time", "stdvar_over_time"])
+@pytest.mark.parametrize("case", ["tenth", "big"])
+def test_the_spread_of_a_flat_line_is_exactly_zero(store: SqliteStore, fn: str, case: str) -> None:
+    # six times 0.1 over six is not 0.1: a mean an ulp off, a spread of 1.4e-17 (0.125 for 1e15 + 0.5)
+    got = run(store, f'{fn}(flat{{case="{case}"}}[90s])', E - 600, E, 30)
+    assert got == {(("case", case),): [0.0] * 21}
+    sub = run(store, f'{fn}((flat{{case="{case}"}} * 0 + 0.1)[6m:1m]) > 0', E)
+    assert sub == {}
+
+
+@pytest.mark.parametrize("fn", ["stddev_over_time", "stdvar_over_time"])
+def test_the_spread_of_huge_equal_values_is_zero_not_infinite(store: SqliteStore, fn: str) -> None:
+    got = run(store, f"{fn}(huge[5m])", E)
+    assert got == {(("case", c),): [0.0] for c in "abc"}
+    assert run(store, f"{fn}((vector(1e300))[5m:1m])", E) == {(): [0.0]}
+
+
+def test_a_window_with_a_nan_or_an_infinity_still_spreads_as_before(store: SqliteStore) -> None:
+    got = run(store, "stddev_over_time((vector(1/0))[5m:1m])", E)
+    assert math.isnan(got[()][0])  # inf - inf, as Prometheus' running mean gives
+    got = run(store, "stdvar_over_time((vector(time()))[5m:1m])", E)
+    assert got == {(): [7200.0]}  # 5 steps a minute apart (Prometheus 3's left-open window)
+
+
+def test_a_mean_of_finite_values_past_the_float_range_is_finite(store: SqliteStore) -> None:
+    got = run(store, "avg_over_time(huge[5m])", E - 120, E, 60)
+    assert got == {
+        (("case", "a"),): [1e308] * 3,
+        (("case", "b"),): [1e308] * 3,
+        (("case", "c"),): [1.7e308] * 3,
+    }
+    assert run(store, 'avg(huge{case!="c"})', E - 120, E, 60) == {(): [1e308] * 3}
+    assert run(store, "avg(huge)", E) == {
+        (): [pytest.approx(float((2 * Fraction(1e308) + Fraction(1.7e308)) / 3), rel=1e-15)]
+    }
+    # an infinity in it still makes it infinite; the sum is not a mean
+    assert run(store, "avg_over_time((vector(1/0))[5m:1m])", E) == {(): [math.inf]}
+    assert run(store, "sum(huge)", E) == {(): [math.inf]}
