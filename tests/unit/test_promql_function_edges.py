@@ -87,3 +87,62 @@ def test_a_mean_of_finite_values_past_the_float_range_is_finite(store: SqliteSto
     # an infinity in it still makes it infinite; the sum is not a mean
     assert run(store, "avg_over_time((vector(1/0))[5m:1m])", E) == {(): [math.inf]}
     assert run(store, "sum(huge)", E) == {(): [math.inf]}
+
+
+SPECIAL = [-math.inf, -1.0, -0.0, 0.0, 2.5, math.inf, math.nan]
+
+
+def go_max(a: float, b: float) -> float:
+    """Go's math.Max by its documented special cases: Max(x, +Inf) = Max(+Inf, x) = +Inf, Max(x, NaN)
+    = Max(NaN, x) = NaN, Max(+0, ±0) = Max(±0, +0) = +0, Max(-0, -0) = -0."""
+    if math.inf in (a, b):
+        return math.inf
+    if math.isnan(a) or math.isnan(b):
+        return math.nan
+    if a == 0 and b == 0:
+        return a if not math.copysign(1, a) < 0 else b
+    return a if a > b else b
+
+
+def go_min(a: float, b: float) -> float:
+    """Go's math.Min: Min(x, -Inf) = Min(-Inf, x) = -Inf, Min(x, NaN) = Min(NaN, x) = NaN, Min(-0, ±0)
+    = Min(±0, -0) = -0."""
+    if -math.inf in (a, b):
+        return -math.inf
+    if math.isnan(a) or math.isnan(b):
+        return math.nan
+    if a == 0 and b == 0:
+        return a if math.copysign(1, a) < 0 else b
+    return a if a < b else b
+
+
+def bits(x: float) -> str:
+    return "NaN" if math.isnan(x) else repr(x)  # repr tells -0.0 from 0.0
+
+
+@pytest.mark.parametrize("v", SPECIAL, ids=bits)
+def test_clamp_is_go_max_of_min_with_every_special_value(store: SqliteStore, v: float) -> None:
+    def one(q: str) -> str:
+        got = run(store, q, E)
+        assert list(got) == [()]
+        x = got[()][0]
+        assert x is not None
+        return bits(x)
+
+    lit = {math.inf: "(1/0)", -math.inf: "(-1/0)"}
+    for lo in SPECIAL:
+        for hi in SPECIAL:
+            args = [lit.get(x, "(0/0)" if math.isnan(x) else f"({x!r})") for x in (v, lo, hi)]
+            vec = f"vector{args[0]}"
+            assert one(f"clamp_min({vec}, {args[1]})") == bits(go_max(lo, v))
+            assert one(f"clamp_max({vec}, {args[2]})") == bits(go_min(hi, v))
+            if not hi < lo:  # (else none: clamp's max below its min)
+                assert one(f"clamp({vec}, {args[1]}, {args[2]})") == bits(go_max(lo, go_min(hi, v)))
+
+
+def test_clamp_with_nan_bounds_as_prometheus_answers(store: SqliteStore) -> None:
+    # Debian's Prometheus 2.42
+    assert run(store, "clamp_max(vector(-1/0), 0/0)", E) == {(): [-math.inf]}
+    assert run(store, "clamp(vector(-1/0), 1, 0/0)", E) == {(): [1.0]}
+    assert run(store, "clamp_max(vector(0/0), -1/0)", E) == {(): [-math.inf]}
+    assert run(store, "clamp_min(vector(0/0), 1/0)", E) == {(): [math.inf]}

@@ -77,8 +77,26 @@ def round_to(x: F64, to_nearest: F64) -> F64:
 
 
 def clamp(x: F64, lo: F64, hi: F64) -> F64:
-    """Go's ``math.Max(lo, math.Min(hi, v))``: NaN anywhere gives NaN."""
-    out: F64 = np.maximum(lo, np.minimum(hi, x))
+    """Go's ``math.Max(lo, math.Min(hi, v))`` (see :func:`go_max`, :func:`go_min`)."""
+    return go_max(lo, go_min(hi, x))
+
+
+def go_max(a: F64, b: F64) -> F64:
+    """Go's ``math.Max``, element-wise: +Inf if either is +Inf (even with a NaN: Go checks the infinity
+    first, so ``clamp_min(NaN, +Inf)`` is +Inf), else NaN if either is NaN, else the larger (+0 over
+    -0)."""
+    with np.errstate(invalid="ignore"):
+        larger = np.where((a == 0) & (b == 0), np.where(np.signbit(a), b, a), np.maximum(a, b))
+    out: F64 = np.where((a == math.inf) | (b == math.inf), math.inf, larger)
+    return out
+
+
+def go_min(a: F64, b: F64) -> F64:
+    """Go's ``math.Min``, element-wise: -Inf if either is -Inf (even with a NaN), else NaN if either is
+    NaN, else the smaller (-0 under +0)."""
+    with np.errstate(invalid="ignore"):
+        smaller = np.where((a == 0) & (b == 0), np.where(np.signbit(a), a, b), np.minimum(a, b))
+    out: F64 = np.where((a == -math.inf) | (b == -math.inf), -math.inf, smaller)
     return out
 
 

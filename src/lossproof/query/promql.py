@@ -596,9 +596,9 @@ class Evaluator:
         lo = self.scalar(args[1]) if name in ("clamp", "clamp_min") else np.full(n, -math.inf)
         hi = self.scalar(args[-1]) if name in ("clamp", "clamp_max") else np.full(n, math.inf)
         if name == "clamp_min":
-            out = np.maximum(lo[None, :], v.values)  # Go: math.Max(min, v)
+            out = promfuncs.go_max(lo[None, :], v.values)  # Go: math.Max(min, v)
         elif name == "clamp_max":
-            out = np.minimum(hi[None, :], v.values)
+            out = promfuncs.go_min(hi[None, :], v.values)
         else:
             out = promfuncs.clamp(v.values, lo[None, :], hi[None, :])
         present = v.present & ~(hi < lo)[None, :] if name == "clamp" else v.present
