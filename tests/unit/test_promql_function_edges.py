@@ -146,3 +146,22 @@ def test_clamp_with_nan_bounds_as_prometheus_answers(store: SqliteStore) -> None
     assert run(store, "clamp(vector(-1/0), 1, 0/0)", E) == {(): [1.0]}
     assert run(store, "clamp_max(vector(0/0), -1/0)", E) == {(): [-math.inf]}
     assert run(store, "clamp_min(vector(0/0), 1/0)", E) == {(): [math.inf]}
+
+
+@pytest.mark.parametrize(
+    ("query", "labels"),
+    [  # Debian's Prometheus 2.42 answers
+        ('absent(nonexistent{a=""})', {}),
+        ('absent(nonexistent{a="", b="x"})', {"b": "x"}),
+        ('absent(nonexistent{a="", a="y"})', {}),
+        ('absent(nonexistent{a!="z", a="y"})', {"a": "y"}),
+        ('absent(nonexistent{a="x", a!="z", a="y"})', {}),
+        ('absent((nonexistent{a="y"}))', {"a": "y"}),
+        ('absent_over_time(nonexistent{a="b"}[5m])', {"a": "b"}),
+        ('absent_over_time((nonexistent{a="b"}[5m]))', {"a": "b"}),
+        ('absent_over_time(nonexistent{a="b"}[5m:1m])', {}),
+        ('absent_over_time((nonexistent{a="b"})[5m:1m])', {}),
+    ],
+)
+def test_absent_labels_as_prometheus(store: SqliteStore, query: str, labels: dict[str, str]) -> None:
+    assert run(store, query, E) == {tuple(sorted(labels.items())): [1.0]}

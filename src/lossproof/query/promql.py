@@ -1004,21 +1004,25 @@ def _check_k(k: F64) -> None:
 
 
 def _absent_labels(arg: pp.Expr) -> Labels:
-    """The labels ``absent()`` answers with: those of the selector's equality matchers (as
-    Prometheus: a label with any other matcher, or with two, gets none)."""
+    """The labels ``absent()`` / ``absent_over_time()`` answer with, Prometheus'
+    ``createLabelsForAbsentFunction``: of a plain selector or range selector only (a subquery, even of
+    a selector, gives none), a label's first equality matcher sets it, and any later matcher of that
+    label, or any other matcher before it, removes it; an empty value sets no label (a label set has
+    no empty labels) but still counts as the first."""
     e = unparen(arg)
     if isinstance(e, pp.MatrixSelector):
         e = e.vector_selector
-    elif isinstance(e, pp.SubqueryExpr) and isinstance(unparen(e.expr), pp.VectorSelector):
-        e = unparen(e.expr)
     if not isinstance(e, pp.VectorSelector):
         return {}
     out: Labels = {}
+    has: set[str] = set()  # Go's ``has``: the labels whose first equality matcher was seen
     for m in e.matchers.matchers:
         if m.name == NAME:
             continue
-        if _op(m.op) == "=" and m.name not in out:
-            out[m.name] = m.value
+        if _op(m.op) == "=" and m.name not in has:
+            has.add(m.name)
+            if m.value:
+                out[m.name] = m.value
         else:
             out.pop(m.name, None)
     return out
