@@ -9,7 +9,7 @@ from fractions import Fraction
 
 import pytest
 
-from lossproof.query import promql
+from lossproof.query import promql, promref
 from lossproof.store.base import Point, WriteBatch
 from lossproof.store.sqlite import SqliteStore
 
@@ -165,3 +165,29 @@ def test_clamp_with_nan_bounds_as_prometheus_answers(store: SqliteStore) -> None
 )
 def test_absent_labels_as_prometheus(store: SqliteStore, query: str, labels: dict[str, str]) -> None:
     assert run(store, query, E) == {tuple(sorted(labels.items())): [1.0]}
+
+
+def test_predict_linear_under_at_predicts_from_each_step_not_from_the_at_time(store: SqliteStore) -> None:
+    # Debian's Prometheus 2.42: the line through 2 * time() predicted 30 s before each step's time
+    q = "predict_linear((vector(time()) * 2)[5m:1m] @ 1772323000, -30)"
+    assert run(store, q, 1772323440) == {(): [2 * (1772323440 - 30)]}
+    assert run(store, q, 1772323400, 1772323520, 60) == {
+        (): [2 * (t - 30) for t in (1772323400, 1772323460, 1772323520)]
+    }
+    q = "predict_linear((vector(time()) * 2)[5m:1m] offset 10m, -30)"
+    assert run(store, q, 1772323440) == {(): [2 * (1772323440 - 30)]}
+
+
+def test_predict_linear_of_a_selector_under_at_is_the_regression_at_each_step(store: SqliteStore) -> None:
+    at_s = T0 // 1000 + 600
+    steps = [at_s + 440, at_s + 500, at_s + 560]
+    got = run(store, f'predict_linear(gg{{inst="1"}}[1m] @ {at_s}, -30)', steps[0], steps[-1], 60)
+    # the window's points (left-open: after at - 1m, up to at), by Prometheus' linearRegression
+    pts = [(T0 + i * 15_000, float(i * i % 17 + i)) for i in range(81)]
+    w = [(t, v) for t, v in pts if at_s * 1000 - 60_000 < t <= at_s * 1000]
+    want = []
+    for s in steps:
+        slope, intercept = promref.linear_regression([t for t, _ in w], [v for _, v in w], s * 1000)
+        want.append(slope * -30 + intercept)
+    assert got == {(("inst", "1"),): want}
+    assert len(set(want)) == 3

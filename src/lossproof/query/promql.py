@@ -498,6 +498,10 @@ class Evaluator:
         if rng <= 0:
             raise PromQLError("range must be positive")
         extra = [self.scalar(a) for i, a in enumerate(args) if i != arg_at]
+        if name == "predict_linear" and len(ends) < g.n:
+            # fixed by @, the window is the same at every step, but the prediction is not: it starts
+            # from each step's own time (Prometheus' enh.Ts), so each step computes its own
+            ends = np.repeat(ends, g.n)
         if name == "absent_over_time":
             _, present = range_function("present_over_time", found, ends, rng, closed=self.closed)
             nothing: Mask = present.sum(axis=0) == 0
@@ -509,9 +513,9 @@ class Evaluator:
         cols_by: dict[tuple[float, ...], list[int]] = {}
         for k in range(g.n):
             cols_by.setdefault(tuple(float(x[k]) for x in extra), []).append(k)
-        off = _range_offset(args[arg_at])
+        times = g.array()
         for key, cols in cols_by.items():
-            fn = _parametrised(name, key, off)
+            fn = _parametrised(name, key, times[cols])
             q = key[0] if key else 0.0
             if len(cols_by) == 1 and len(ends) == g.n:  # one computation for every step
                 values, present = range_function(name, found, ends, rng, q, fn, self.closed)
@@ -1059,19 +1063,11 @@ def _first_selector_in(e: pp.Expr) -> bool:
     return any(isinstance(n, pp.VectorSelector) for n in _walk(e))
 
 
-def _range_offset(e: pp.Expr) -> int:
-    e = unparen(e)
-    if isinstance(e, pp.MatrixSelector):
-        return _ms(e.vector_selector.offset)
-    if isinstance(e, pp.SubqueryExpr):
-        return _ms(e.offset)
-    return 0
-
-
-def _parametrised(name: str, key: tuple[float, ...], offset_ms: int) -> RangeArrays | None:
-    """The array function of a range function with scalar arguments, for one value of them."""
+def _parametrised(name: str, key: tuple[float, ...], eval_ms: I64) -> RangeArrays | None:
+    """The array function of a range function with scalar arguments, for one value of them, at the
+    steps whose evaluation times are ``eval_ms``."""
     if name == "predict_linear":
-        return promrange.predict_linear(key[0], offset_ms)
+        return promrange.predict_linear(key[0], eval_ms)
     if name in ("double_exponential_smoothing", "holt_winters"):
         sf, tf = key
         if not 0 < sf < 1:

@@ -153,15 +153,15 @@ def deriv(t: I64, v: F64, starts: I64, lo: I64, hi: I64, at: I64, rng: int, q: f
     return slope, ok
 
 
-def predict_linear(duration_s: float, offset_ms: int) -> RangeArrays:
-    """``slope * duration + intercept``, the intercept at the evaluation time (the window's end plus
-    the selector's offset, as Prometheus' ``enh.Ts``)."""
+def predict_linear(duration_s: float, eval_ms: I64) -> RangeArrays:
+    """``slope * duration + intercept``, the intercept at each step's evaluation time ``eval_ms``
+    (one a window column; Prometheus' ``enh.Ts``): not the window's end, which an offset moves back
+    and an ``@`` fixes (predict_linear is one of the functions ``@`` does not make step-invariant)."""
 
     def predict(
         t: I64, v: F64, starts: I64, lo: I64, hi: I64, at: I64, rng: int, q: float
     ) -> tuple[F64, Mask]:
-        eval_ms = np.broadcast_to(at + offset_ms, lo.shape)
-        slope, intercept, ok = regression(t, v, lo, hi, eval_ms)
+        slope, intercept, ok = regression(t, v, lo, hi, np.broadcast_to(eval_ms, lo.shape))
         out: F64 = slope * duration_s + intercept
         return out, ok
 
