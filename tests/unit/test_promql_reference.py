@@ -219,18 +219,14 @@ def group_key(lab: Labels, by: list[str] | None, without: list[str] | None) -> L
 def aggregate_ref(
     op: str, vec: Result, by: list[str] | None, without: list[str] | None, param: float
 ) -> Result:
+    if op == "count_values":
+        return count_values_ref(vec, by, without, "v" if param >= 0 else "a")
     groups: dict[Labels, list[tuple[Labels, float]]] = {}
     for lab in sorted(vec):
         groups.setdefault(group_key(lab, by, without), []).append((lab, vec[lab]))
     out: Result = {}
     for g, members in groups.items():
         xs = [v for _, v in members]
-        if op == "count_values":
-            for x in xs:
-                text = "NaN" if math.isnan(x) else repr(x).removesuffix(".0")
-                key = tuple(sorted((*g, ("v", text))))
-                out[key] = out.get(key, 0.0) + 1
-            continue
         if op == "limit_ratio":
             r = max(-1.0, min(1.0, param))
             for lab, v in members:
@@ -246,6 +242,18 @@ def aggregate_ref(
             out.update(ranked[: int(param)])
             continue
         out[g] = reduce_group(op, xs, param)
+    return out
+
+
+def count_values_ref(vec: Result, by: list[str] | None, without: list[str] | None, label: str) -> Result:
+    """Prometheus' count_values: the value label set on each series first, then the grouping key (by
+    the ``by`` labels and the value label, or all but the ``without`` ones and the name)."""
+    out: Result = {}
+    for lab, x in vec.items():
+        text = "NaN" if math.isnan(x) else repr(x).removesuffix(".0")
+        lab = tuple(sorted((*((k, v) for k, v in lab if k != label), (label, text))))
+        key = group_key(lab, [*(by or []), label], None) if without is None else group_key(lab, None, without)
+        out[key] = out.get(key, 0.0) + 1
     return out
 
 
@@ -558,7 +566,9 @@ def test_instant_selectors(stores: Stores, data: Data, grid: tuple[int, int, int
             "limit_ratio",
         ]
     ),
-    mod=st.sampled_from([None, ("by", ["a"]), ("by", []), ("without", ["b"]), ("by", ["a", "b"])]),
+    mod=st.sampled_from(
+        [None, ("by", ["a"]), ("by", []), ("without", ["b"]), ("without", ["a"]), ("by", ["a", "b"])]
+    ),
     param=st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.0, -0.3, -0.7]),
     closed=st.booleans(),
 )
@@ -575,7 +585,8 @@ def test_aggregations(
     without = mod[1] if mod and mod[0] == "without" else None
     clause = f" {mod[0]} ({', '.join(mod[1])})" if mod else ""
     p = f"{param}, " if op in ("topk", "bottomk", "quantile", "limit_ratio") else ""
-    p = '"v", ' if op == "count_values" else p
+    # (a negative param: the value label is one the series have, "a")
+    p = ('"v", ' if param >= 0 else '"a", ') if op == "count_values" else p
     query = f"{op}{clause} ({p}m)"
     want = [aggregate_ref(op, instant(data, "m", t, closed), by, without, param) for t in steps(grid)]
     got = evaluate(stores, data, query, grid, closed)

@@ -805,6 +805,17 @@ class Evaluator:
                 by = set(agg.modifier.labels)
             else:
                 without = {*agg.modifier.labels, NAME}
+        value_kept = True
+        if op == "count_values":
+            # Prometheus sets the value label on each series before it computes the grouping key
+            # (engine.go, aggregationCountValues): the series' own value of that label never
+            # separates groups; ``by`` keeps the value label whether named or not, ``without`` drops
+            # it only when named (then the series of a group are counted whatever their values).
+            if by is not None:
+                by = by - {label}
+            elif without:
+                value_kept = label not in without
+                without = without | {label}
         groups: dict[Key, int] = {}
         glabels: list[dict[str, str]] = []
         gid = np.empty(len(inner.labels), dtype=np.int64)
@@ -845,6 +856,9 @@ class Evaluator:
                 keep = promagg.top(param, inner.values, inner.present, gid, ng, op == "topk")
             return make_vector(inner.labels, inner.values, keep)
         elif op == "count_values":
+            if not value_kept:
+                counted, _ = aggregate("count", inner.values, inner.present, gid, ng)
+                return make_vector(glabels, counted, counted > 0)
             return self._count_values(label, inner, gid, glabels)
         else:
             raise Unsupported(f"aggregation {op}")
