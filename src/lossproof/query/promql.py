@@ -47,6 +47,7 @@ from lossproof.native_ext import _native
 from lossproof.points import STALE_NAN_BITS
 from lossproof.query import exact, promagg, promfuncs, promhash, promrange, vecmatch
 from lossproof.query.binops import binop, binop_arrays
+from lossproof.query.gofloat import parse_go_float
 from lossproof.query.promparse import (
     AGGREGATIONS as AGGREGATIONS,
 )
@@ -1006,12 +1007,9 @@ def _string(e: pp.Expr) -> str:
 
 
 def _parse_le(raw: str | None) -> float | None:
-    if raw is None:
-        return None
-    try:
-        return float(raw)
-    except ValueError:
-        return None
+    """A bucket's bound as Prometheus reads it (``strconv.ParseFloat``, not ``float()``: see
+    :mod:`~lossproof.query.gofloat`); None where it does not parse, and Prometheus ignores the bucket."""
+    return None if raw is None else parse_go_float(raw)
 
 
 def _check_k(k: F64) -> None:

@@ -8,6 +8,7 @@ import math
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from lossproof.query.gofloat import parse_go_float
 from lossproof.query.healthhistory import Sample
 
 
@@ -41,7 +42,11 @@ def hist_quantile(a: Sample, b: Sample, name: str, q: float) -> float | None:
     for (n, labels), v in b.items():
         if n == name + "_bucket":
             le = dict(labels).get("le", "+Inf")
-            bound = math.inf if le == "+Inf" else float(le)
+            # as histogram_quantile reads it (Go's ParseFloat); a bucket whose bound does not parse
+            # is left out, as there, rather than failing the whole page
+            bound = parse_go_float(le)
+            if bound is None:
+                continue
             buckets[bound] = buckets.get(bound, 0.0) + v - a.get((n, labels), 0.0)
     if not buckets:
         return None
