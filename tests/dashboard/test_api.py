@@ -119,6 +119,18 @@ def test_unsupported_and_invalid_give_400(dash: Dash) -> None:
     assert status == 400 and "11,000" in body["error"]
 
 
+def test_an_invalid_timeout_is_a_400_as_in_prometheus(dash: Dash) -> None:
+    """Prometheus' API refuses a ``timeout`` its parseDuration does not take; lossproof ran the query
+    as if the parameter were not there."""
+    for path, extra in [("/api/v1/query", {}), ("/api/v1/query_range", {"start": 0, "end": 60, "step": 15})]:
+        for bad in ("abc", "1e10", "30s1m"):
+            status, body = get(dash, path, query="1", timeout=bad, **extra)
+            assert status == 400 and body["errorType"] == "bad_data", (path, bad, body)
+            assert "'timeout'" in body["error"]
+        status, body = get(dash, path, query="1", timeout="1m30s", **extra)
+        assert status == 200, body
+
+
 def test_tenancy(dash: Dash) -> None:
     status, body = get(dash, "/api/v1/query", key="lp_nobody", query="cpu_user")
     assert status == 401 and body["status"] == "error"

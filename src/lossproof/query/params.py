@@ -21,6 +21,8 @@ import math
 import re
 from datetime import datetime, timedelta
 
+from lossproof.query.gofloat import parse_go_float
+
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_TIME_S = 10**15
 MAX_TIME_MS = MAX_TIME_S * 1000
@@ -129,6 +131,31 @@ def parse_duration(raw: str, name: str) -> int:
             )
         raise ParamError(name, "zero or negative durations are not accepted; try a positive number")
     return ms
+
+
+# Prometheus' model.ParseDuration: the units in this order, each at most once ("0" alone too)
+_MODEL_DURATION = re.compile(
+    "0|" + "".join(f"(?:([0-9]+){unit})?" for unit in ("y", "w", "d", "h", "m", "s", "ms"))
+)
+_MODEL_UNITS_MS = (_UNIT_MS["y"], _UNIT_MS["w"], _UNIT_MS["d"], _UNIT_MS["h"], _UNIT_MS["m"], 1000, 1)
+
+
+def check_timeout(raw: str) -> None:
+    """The ``timeout`` parameter is checked as Prometheus' API checks it (its ``parseDuration``: Go
+    float seconds that fit a ``time.Duration``, else ``model.ParseDuration``): what it refuses is a
+    400 here too, rather than a query run as if it were not there. (The server's own
+    ``timeout_seconds`` still bounds the query: a valid value is not applied.)"""
+    secs = parse_go_float(raw)
+    if secs is not None:
+        if not abs(secs) * 1e9 > 2**63:  # (NaN passes, as Go's comparisons let it)
+            return
+        raise ParamError("timeout", f"cannot parse {clip(raw)!r} to a valid duration. It overflows int64")
+    m = _MODEL_DURATION.fullmatch(raw) if raw else None
+    if m is not None and all(len(g) <= _MAX_DURATION_DIGITS for g in m.groups() if g):
+        ms = sum(int(g) * u for g, u in zip(m.groups(), _MODEL_UNITS_MS, strict=True) if g)
+        if ms <= MAX_DURATION_MS:
+            return
+    raise ParamError("timeout", f"cannot parse {clip(raw)!r} to a valid duration")
 
 
 def duration_literal_ms(lit: str) -> int:

@@ -132,6 +132,8 @@ class PromApi:
     async def query(self, request: web.Request, tenant: str, q: MultiDictProxy[str]) -> web.Response:
         expr = await promql.parse_async(q.get("query", ""))
         at = parse_time(q["time"], "time") if q.get("time") else int(time.time() * 1000)
+        if q.get("timeout"):  # (Prometheus checks it after the time, before the query)
+            params.check_timeout(q["timeout"])
         lookback = _lookback(q)
         inner = unparen(expr)
         limits, closed = self.limits, self.closed
@@ -177,6 +179,8 @@ class PromApi:
                 "exceeded maximum resolution of 11,000 points per timeseries. "
                 "Try decreasing the query resolution (?step=XX)",
             )
+        if q.get("timeout"):
+            params.check_timeout(q["timeout"])
         expr = await promql.parse_async(q.get("query", ""))
         top = unparen(expr)
         if isinstance(top, (pp.MatrixSelector, pp.SubqueryExpr, pp.StringLiteral)):
