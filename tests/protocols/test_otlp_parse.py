@@ -172,6 +172,7 @@ def test_partial_success_and_no_recorded_value() -> None:
         ([1.0, math.inf], [1, 1, 1], 3, r"bound 1 is \+Inf"),  # two le="+Inf" series before
         ([math.nan], [1, 0], 1, "bound 0 is NaN"),  # an le="NaN" series before
         ([1.0, 2.0], [2, 2, 0], 3, "count 3 is less than its buckets' 4"),  # le="+Inf" < le="2"
+        ([1.0, 2.0], [1, 1, 5], 3, "count 3 is less than its buckets' 7"),  # the last bucket counts too
     ],
 )
 def test_histograms_with_bad_bounds_or_count_are_refused_points(

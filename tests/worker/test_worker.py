@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -83,29 +84,45 @@ def _damage_root_page(db: Path, table: str) -> None:
         f.write(bytes(8))
 
 
-def test_a_damaged_store_keeps_the_records_instead_of_dead_lettering_them(tmp_path: Path) -> None:
-    """A write that fails because the store file is damaged is the store's failure, not the
-    records': before, the worker dead-lettered every record of every batch and committed past
-    them, with the ledger saying nothing was missing (acknowledged points gone)."""
+def _cut_parts_short(db: Path) -> None:
+    """Cut every part's blob after its directory: its columns gone (a torn write of its pages)."""
+    con = sqlite3.connect(db)
+    con.execute("UPDATE parts SET data = substr(data, 1, 72)")
+    con.commit()
+    con.close()
+
+
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [(lambda db: _damage_root_page(db, "parts"), "malformed"), (_cut_parts_short, "stored data unreadable")],
+)
+def test_a_damaged_store_keeps_the_records_instead_of_dead_lettering_them(
+    tmp_path: Path, damage: Callable[[Path], None], says: str
+) -> None:
+    """A write that fails because the store is damaged (SQLite's "malformed" on a zeroed page, or a
+    part whose columns are cut short, which the write reads to tell stored points apart) is the
+    store's failure, not the records': before, the worker dead-lettered every record of every batch
+    and committed past them, with the ledger saying nothing was missing."""
     log_dir, db = tmp_path / "log", tmp_path / "store.db"
-    _append_all(log_dir, [_record("a", 1, 1000)])
+    _append_all(log_dir, [_record("a", 1, 1000), _record("a", 2, 1050)])
     store = SqliteStore(db)
     reader = EmbeddedLogReader(log_dir)
     Worker(reader, store, CollectorRegistry()).process(reader.poll(100, 1.0))
     reader.close()
     store.close()
-    _damage_root_page(db, "parts")
-    _append_all(log_dir, [_record("a", 2, 2000), _record("a", 3, 3000)])
+    damage(db)
+    # older than the newest point stored: the write reads the stored points of the series
+    _append_all(log_dir, [_record("a", 3, 1010), _record("a", 4, 1011)])
 
     store = SqliteStore(db)
     reader = EmbeddedLogReader(log_dir)
     polled = reader.poll(100, 1.0)
-    assert [r.offset for r in polled.records] == [1, 2]
-    with pytest.raises(StoreUnavailable, match="malformed"):
+    assert [r.offset for r in polled.records] == [2, 3]
+    with pytest.raises(StoreUnavailable, match=says):
         Worker(reader, store, CollectorRegistry()).process(polled)
     reader.close()
     reader = EmbeddedLogReader(log_dir)  # nothing committed past them: read again once repaired
-    assert [r.offset for r in reader.poll(100, 1.0).records] == [1, 2]
+    assert [r.offset for r in reader.poll(100, 1.0).records] == [2, 3]
     reader.close()
     assert store.dead_letter_count() == 0
     store.close()

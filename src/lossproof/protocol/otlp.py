@@ -365,7 +365,7 @@ def _histogram(name: str, labels: dict[str, str], t: int, p: Any) -> list[Point]
     for b, c in zip(bounds, counts, strict=False):
         acc += c
         pairs.append((fmt_float(b), float(acc)))
-    _check_count(p.count, acc)
+    _check_count(p.count, sum(counts))  # (the last bucket, above the last bound, too)
     pairs.append(("+Inf", float(p.count)))
     return _stats(name, labels, t, p) + _buckets(name, labels, t, pairs)
 

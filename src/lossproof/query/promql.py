@@ -1022,9 +1022,9 @@ def _check_k(k: F64) -> None:
 def _absent_labels(arg: pp.Expr) -> Labels:
     """The labels ``absent()`` / ``absent_over_time()`` answer with, Prometheus'
     ``createLabelsForAbsentFunction``: of a plain selector or range selector only (a subquery, even of
-    a selector, gives none), a label's first equality matcher sets it, and any later matcher of that
-    label, or any other matcher before it, removes it; an empty value sets no label (a label set has
-    no empty labels) but still counts as the first."""
+    a selector, gives none), a label's first equality matcher sets it, and any matcher of that label
+    after it removes it (one before it does nothing: ``{a!="z",a="y"}`` gives ``{a="y"}``); an empty
+    value sets no label (a label set has no empty labels) but still counts as the first."""
     e = unparen(arg)
     if isinstance(e, pp.MatrixSelector):
         e = e.vector_selector
