@@ -192,8 +192,15 @@ def test_invalid(query: str) -> None:
 def test_format_value() -> None:
     assert promql.format_value(1.0) == "1"
     assert promql.format_value(0.1) == "0.1"
-    assert promql.format_value(1e21) == "1000000000000000000000"
-    assert promql.format_value(1.5e-7) == "0.00000015"
+    # Prometheus' jsonutil.MarshalValue: 'f', but 'e' below 1e-6 and from 1e21 on
+    assert promql.format_value(1e20) == "100000000000000000000"
+    assert promql.format_value(123456789012345680.0) == "123456789012345680"
+    assert promql.format_value(1e21) == "1e+21"
+    assert promql.format_value(-1.5e300) == "-1.5e+300"
+    assert promql.format_value(1e-6) == "0.000001"
+    assert promql.format_value(1.5e-7) == "1.5e-07"
+    assert promql.format_value(5e-324) == "5e-324"
+    assert promql.format_value(-0.0) == "-0"
     assert promql.format_value(math.nan) == "NaN"
     assert promql.format_value(-math.inf) == "-Inf"
 

@@ -1319,12 +1319,18 @@ def _unary_minus(v: Value) -> Value:
 
 
 def format_value(v: float) -> str:
-    """A sample value the way Prometheus prints it (Go's FormatFloat(v, 'f', -1, 64))."""
+    """A sample value the way Prometheus prints it (its jsonutil.MarshalValue: Go's FormatFloat(v,
+    'f', -1, 64), but 'e' below 1e-6 and from 1e21 on, as encoding/json does: ``1e+308``, not 309
+    digits)."""
     if math.isnan(v):
         return "NaN"
     if math.isinf(v):
         return "+Inf" if v > 0 else "-Inf"
     r = repr(v)
+    if v and not 1e-6 <= abs(v) < 1e21:
+        # repr writes these with an exponent, of Go's 'e' form: the same shortest digits, a sign,
+        # two digits at least (1e-07, 1.5e+21)
+        return r
     if "e" in r or "E" in r:
         from decimal import Decimal
 
