@@ -18,7 +18,7 @@ class BadEncoding(Exception):
 
 
 ENCODINGS = ("identity", "gzip", "zstd", "deflate")
-_KNOWN = ("", "identity", "gzip", "x-gzip", "deflate", "zstd")
+_KNOWN = ("", "x-gzip", *ENCODINGS)  # what decompress() takes: no header, and gzip's old name too
 
 
 def is_known(encoding: str) -> bool:
