@@ -108,6 +108,13 @@ class ServerConfig(_Section):
         description="`lossproof up` starts this many ingest processes, all on `port`. The embedded log "
         "needs log.partitions >= this (one writer per partition); on Kafka they share the topic.",
     )
+    liveness_timeout_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        le=MAX_SECONDS,
+        description="`lossproof up` kills (SIGKILL) and restarts a child whose work loop has not beaten "
+        "for this long: stuck, not dead (0: only children that exit are restarted).",
+    )
     max_series_per_tenant: int = Field(
         default=0,
         ge=0,

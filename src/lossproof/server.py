@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from lossproof.auth import KeyReloader, KeyRing
 from lossproof.config import Config
+from lossproof.heartbeat import EVERY_SECONDS, Heartbeat
 from lossproof.httpguard import Guard, GuardedSite, Limits
 from lossproof.httputil import ApiError, client_reason, errors_as_json, json_response, protocol_header
 from lossproof.ingest import IngestMetrics
@@ -134,6 +135,13 @@ async def listen(app: web.Application, cfg: Config, host: str, port: int) -> web
     return runner
 
 
+async def _beat(heartbeat: Heartbeat) -> None:
+    """Beats while the event loop runs: a loop blocked by a call that never returns stops it."""
+    while heartbeat.fd is not None:
+        heartbeat()
+        await asyncio.sleep(EVERY_SECONDS)
+
+
 async def serve(cfg: Config, wrap_writer: Callable[[LogWriter], LogWriter] | None = None) -> None:
     """Serve until SIGINT/SIGTERM. ``wrap_writer``: a wrapper around the log writer, handed in by a
     test harness (chaos: a writer that acknowledges without writing); production passes none."""
@@ -159,8 +167,10 @@ async def serve(cfg: Config, wrap_writer: Callable[[LogWriter], LogWriter] | Non
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: reloader.check(force=True))
     polling = asyncio.create_task(reloader.poll())
+    beating = asyncio.create_task(_beat(Heartbeat.from_env()))
     await stop.wait()
     polling.cancel()
+    beating.cancel()
     log.info("ingest.stopping")
     # Stop accepting, let in-flight requests get their durable answer, then close the log.
     await runner.cleanup()

@@ -6,6 +6,7 @@ holding the port or the log; the next ``up`` recovers the log and carries on.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from lossproof.children import die_with_parent
 from lossproof.config import Config
+from lossproof.heartbeat import ENV, Watch
 from lossproof.obs.logging import get
 
 log = get(__name__)
@@ -33,13 +35,37 @@ class Child:
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     startup_failures: int = 0  # error exits in a row, each within STARTUP_SECONDS of its start
+    ran: bool = False  # it once got past starting: beat, or ran STARTUP_SECONDS
     started: float = 0.0
     backoff: float = field(default=0.5)
+    watch: Watch | None = None  # its heartbeat (lossproof.heartbeat)
+    killed: bool = False  # by kill_if_stuck, and not exited yet
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv, preexec_fn=die_with_parent)
+        if self.watch is None:
+            self.proc = subprocess.Popen(self.argv, preexec_fn=die_with_parent)
+        else:
+            beat = self.watch.renew()
+            try:
+                env = {**os.environ, ENV: str(beat)}
+                self.proc = subprocess.Popen(self.argv, preexec_fn=die_with_parent, env=env, pass_fds=(beat,))
+            finally:
+                os.close(beat)
+        self.killed = False
         self.started = time.monotonic()
         log.info("up.child_started", child=self.name, pid=self.proc.pid)
+
+    def kill_if_stuck(self) -> None:
+        """SIGKILL a child whose heartbeat stopped: the restart below then treats it as crashed."""
+        if self.watch is None or self.proc is None or self.killed:
+            return
+        silent = self.watch.stuck()
+        if silent is not None and self.proc.poll() is None:
+            log.error("up.child_stuck", child=self.name, pid=self.proc.pid, silent_seconds=round(silent, 1))
+            # not waited for here: a process in an uninterruptible sleep dies only when that ends,
+            # and ``up`` keeps watching the others meanwhile
+            self.proc.kill()
+            self.killed = True
 
 
 class PortInUse(Exception):
@@ -96,6 +122,9 @@ def run(cfg: Config, data_dir: Path, banner: Banner | None = None) -> int:
     n = cfg.server.ingest_processes
     children = [Child("ingest" if n == 1 else f"ingest{i}", ingest) for i in range(n)]
     children.append(Child("worker", [*exe, "worker", "--data-dir", str(data_dir)]))
+    if cfg.server.liveness_timeout_seconds > 0:
+        for c in children:
+            c.watch = Watch(cfg.server.liveness_timeout_seconds)
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -127,14 +156,19 @@ def run(cfg: Config, data_dir: Path, banner: Banner | None = None) -> int:
         time.sleep(0.2)
         for c in children:
             assert c.proc is not None
+            if not stopping:
+                c.kill_if_stuck()
             code = c.proc.poll()
             if code is None or stopping:
                 continue
             # A child that died is restarted with backoff; it never takes the others down. One that
             # cannot even start (it exits with an error within seconds, again and again: a lock
             # held by another pipeline, a read-only data dir) is a setup problem: say so and stop.
+            # Not once it has run: then a quick exit is an outage (PostgreSQL down while the
+            # worker restarts), and ingest must keep acknowledging into the log meanwhile.
             quick = time.monotonic() - c.started < STARTUP_SECONDS
-            c.startup_failures = c.startup_failures + 1 if quick and code > 0 else 0
+            c.ran = c.ran or not quick or (c.watch is not None and c.watch.beating)
+            c.startup_failures = c.startup_failures + 1 if quick and code > 0 and not c.ran else 0
             if c.startup_failures >= STARTUP_ATTEMPTS:
                 failed = (
                     f"the {c.name} process exited with code {code} {c.startup_failures} times "

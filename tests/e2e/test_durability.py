@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import subprocess
+import sys
 import threading
 import time
+from typing import Any
+
+import pytest
 
 from lptest import require
 from lptest.pipeline import HTTP, Pipeline, Sender, expand, report
@@ -187,3 +193,74 @@ def test_a_crashed_worker_is_restarted_and_ctrl_c_stops_cleanly(pipeline: Pipeli
     logs = p.logs()
     assert '"up.child_exited"' in logs and '"ingest.stopped"' in logs and '"worker.stopped"' in logs
     assert "Traceback" not in logs
+
+
+def _child(p: Pipeline, role: str) -> Any:
+    import psutil
+
+    assert p.proc is not None
+    found = [c for c in psutil.Process(p.proc.pid).children() if c.cmdline()[3:4] == [role]]
+    assert len(found) == 1, found
+    return found[0]
+
+
+@pytest.mark.parametrize("role", ["worker", "ingest"])
+def test_a_stuck_child_is_killed_and_restarted(pipeline_factory, role: str) -> None:  # type: ignore[no-untyped-def]
+    """A child that neither exits nor works (stopped here with SIGSTOP, as a deadlock or a thread
+    start that never returns would leave it) is killed once its heartbeat is silent for
+    server.liveness_timeout_seconds, and the restarted one stores what was acknowledged."""
+    p = pipeline_factory()
+    p.start(extra_env={"LOSSPROOF_SERVER_LIVENESS_TIMEOUT_SECONDS": "3"})
+    assert p.post_reports("s", [report(1)]).status == 200
+    p.wait_stored("s", {1})
+    time.sleep(4)  # longer than the timeout: a child that works is left alone
+    stuck = _child(p, role)
+    stuck.suspend()
+    if role == "worker":  # ingest still acknowledges; nothing is stored until the worker is replaced
+        for seq in range(2, 6):
+            assert p.post_reports("s", [report(seq)]).status == 200
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and stuck.is_running() and stuck.status() != "zombie":
+        time.sleep(0.2)
+    assert not stuck.is_running() or stuck.status() == "zombie", "the stuck child was left as it was"
+    p.wait_ready()
+    for seq in range(6, 9):
+        assert p.post_reports("s", [report(seq)]).status == 200
+    p.wait_stored("s", set(range(1, 9)) if role == "worker" else {1, 6, 7, 8})
+    assert _child(p, role).pid != stuck.pid
+    assert p.stop() == 0
+    logs = p.logs()
+    stuck_events = [e for e in _events(logs) if e.get("event") == "up.child_stuck"]
+    assert [(e["child"], e["pid"]) for e in stuck_events] == [(role, stuck.pid)], logs[-3000:]
+    assert "Traceback" not in logs
+
+
+def _events(logs: str) -> list[dict[str, Any]]:
+    out = []
+    for line in logs.splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+    return out
+
+
+def test_liveness_off_leaves_a_stopped_child_alone(pipeline_factory) -> None:  # type: ignore[no-untyped-def]
+    p = pipeline_factory()
+    p.start(extra_env={"LOSSPROOF_SERVER_LIVENESS_TIMEOUT_SECONDS": "0"})
+    stuck = _child(p, "worker")
+    stuck.suspend()
+    time.sleep(5)
+    assert stuck.status() == "stopped"
+    stuck.resume()
+    assert p.post_reports("s", [report(1)]).status == 200
+    p.wait_stored("s", {1})
+    assert not [e for e in _events(p.logs()) if e.get("event") == "up.child_stuck"]
+
+
+def test_a_child_that_cannot_start_stops_up_with_a_clear_error(pipeline: Pipeline) -> None:
+    """A setup problem (here the data dir's log held by another `up`) is not restarted forever."""
+    argv = [sys.executable, "-m", "lossproof", "up", "--data-dir", str(pipeline.data_dir), "--port", "0"]
+    second = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 1
+    assert "exited with code 1 3 times while starting" in second.stderr.splitlines()[-1]
+    assert pipeline.post_reports("s", [report(1)]).status == 200  # the first one is untouched

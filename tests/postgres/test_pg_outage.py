@@ -76,3 +76,34 @@ def test_postgres_down_for_20s_acks_go_on_lag_grows_then_drains(
     finally:
         store.close()
     p.stop()
+
+
+def test_a_worker_that_restarts_while_postgres_is_down_keeps_the_pipeline_up(
+    own_cluster: PgCluster, pipeline_factory: Any
+) -> None:
+    """The worker crashes during the outage: each restart fails at once (connection refused),
+    again and again. `up` must not take that for a setup problem and stop: ingest keeps
+    acknowledging, and once PostgreSQL is back the worker stores everything."""
+    import psutil
+
+    p: Pipeline = pipeline_factory()
+    env = {"LOSSPROOF_STORE_BACKEND": "postgres", "LOSSPROOF_STORE_DSN": own_cluster.dsn()}
+    p.start(extra_env=env)
+    _post(p, range(1, 6))
+    p.wait_stored("pg-agent", set(range(1, 6)))
+    own_cluster.stop("fast")
+    assert p.proc is not None
+    [worker] = [c for c in psutil.Process(p.proc.pid).children() if c.cmdline()[3:4] == ["worker"]]
+    worker.kill()
+    seq = 6
+    down_at = time.monotonic()
+    while time.monotonic() - down_at < 25:  # long enough for more than 3 failed starts
+        _post(p, range(seq, seq + 2))
+        seq += 2
+        assert p.proc.poll() is None, p.logs()[-3000:]
+        time.sleep(0.5)
+    logs = p.logs()
+    assert logs.count('"up.child_exited"') >= 4, "the worker's starts did not fail: the test tested nothing"
+    own_cluster.start()
+    p.wait_stored("pg-agent", set(range(1, seq)), timeout=60)
+    assert p.stop() == 0

@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "obs",
             "durable",
             "children",
+            "heartbeat",
             "faults",
             "urls",
             "ranges",

@@ -127,11 +127,14 @@ class Worker:
         # BEHIND_S), on every lag update: the compactor steps aside meanwhile
         self.on_behind: Callable[[bool], None] | None = None
         self._behind = False
+        # proves to ``up`` that this loop still runs (lossproof.heartbeat); nothing on its own
+        self.beat: Callable[[], None] = lambda: None
 
     def run(self) -> None:
         pending: PollResult | None = None
         backoff = 0.1
         while not self.stop.is_set():
+            self.beat()
             if pending is None:
                 pending = self._gather()
             if pending.records or pending.gaps:
@@ -210,6 +213,7 @@ class Worker:
         first = 0  # records[first:] are not committed; records[first] may be partly stored
         points = decoded = total_decoded = 0
         for i, record in enumerate(records):
+            self.beat()
             for part in record_parts(record, self.part_points, self.part_bytes):
                 over = points + part.points > self.batch_points
                 if (over or decoded + part.size > self.batch_decoded_bytes) and (points or decoded):
@@ -288,6 +292,7 @@ class Worker:
         rejected = WriteBatch(gaps=list(gaps), now_ms=now_ms)
         dead: list[DeadLetter] = []
         for record in records:
+            self.beat()
             for part in record_parts(record, self.part_points, self.part_bytes):
                 one = part.batch
                 one.now_ms = now_ms

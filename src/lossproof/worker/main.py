@@ -11,6 +11,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from lossproof.config import Config
+from lossproof.heartbeat import Heartbeat
 from lossproof.log.factory import open_reader
 from lossproof.obs.logging import get
 from lossproof.obs.status_http import StatusServer
@@ -38,6 +39,7 @@ def run(cfg: Config) -> None:
         batch_points=w.batch_points,
         batch_decoded_bytes=w.batch_decoded_bytes,
     )
+    worker.beat = Heartbeat.from_env()
 
     def health() -> tuple[bool, dict[str, Any]]:
         if worker.last_error:
