@@ -505,25 +505,22 @@ pub(crate) fn decode_run_with(
                 .ok()
                 .filter(|&size| size <= payload.len());
             let decompressed = whole.and_then(|size| dctx.decompress(body, &payload[..size]).ok());
-            decompressed == Some(want)
-                && body.len() == want
-                && decode_one(PACKED, n, mode, first, body, t, v, words).is_ok()
+            if decompressed == Some(want) && body.len() == want {
+                decode_one(PACKED, n, mode, first, body, t, v, words).ok()
+            } else {
+                None
+            }
         } else {
-            decode_one(RAW, n, 0, 0, payload, t, v, words).is_ok()
+            decode_one(RAW, n, 0, 0, payload, t, v, words).ok()
         };
-        if !decoded {
+        let Some(increases) = decoded else {
             return (increasing, ranges, true);
-        }
+        };
+        increasing &= increases;
         if n == 0 {
             continue;
         }
         let tk = |k: usize| i64::from_le_bytes(t[8 * k..8 * k + 8].try_into().unwrap());
-        let mut prev = tk(0);
-        for k in 1..n {
-            let x = tk(k);
-            increasing &= x > prev;
-            prev = x;
-        }
         ranges &= tk(0) == c.t_min && tk(n - 1) == c.t_max;
     }
     (increasing, ranges, false)
