@@ -113,7 +113,8 @@ class ServerConfig(_Section):
         ge=0,
         le=MAX_SECONDS,
         description="`lossproof up` kills (SIGKILL) and restarts a child whose work loop has not beaten "
-        "for this long: stuck, not dead (0: only children that exit are restarted).",
+        "for this long: stuck, not dead (0: only children that exit are restarted). With the Kafka log, "
+        "at least 3 x log.kafka.session_timeout_seconds.",
     )
     max_series_per_tenant: int = Field(
         default=0,
@@ -413,6 +414,19 @@ class Config(_Section):
             raise ValueError(
                 f"server.ingest_processes = {n} needs log.partitions >= {n} with the embedded log "
                 "(one ingest process writes each partition)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _liveness_outlasts_a_kafka_commit(self) -> Config:
+        # a worker's commit waits up to the session timeout when no broker answers; a rebalance
+        # asks the brokers about each partition in turn (beating between them)
+        live, session = self.server.liveness_timeout_seconds, self.log.kafka.session_timeout_seconds
+        if self.log.backend == "kafka" and 0 < live < 3 * session:
+            raise ValueError(
+                f"server.liveness_timeout_seconds = {live:g} must be 0 or at least 3 x "
+                f"log.kafka.session_timeout_seconds ({3 * session:g}): a worker waiting on the brokers "
+                "would be killed as stuck"
             )
         return self
 

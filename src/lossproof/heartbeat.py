@@ -36,12 +36,15 @@ class Heartbeat:
 
     @classmethod
     def from_env(cls) -> Heartbeat:
-        """The pipe ``up`` handed over, or a heartbeat that does nothing (the child runs on its own)."""
+        """The pipe ``up`` handed over, or a heartbeat that does nothing (the child runs on its own);
+        :func:`beat` beats it too."""
+        global _installed
         value = os.environ.pop(ENV, "")  # popped: the child's own children are not judged by it
         try:
-            return cls(int(value)) if value else cls(None)
+            _installed = cls(int(value)) if value else cls(None)
         except (ValueError, OSError):
-            return cls(None)
+            _installed = cls(None)
+        return _installed
 
     def __call__(self) -> None:
         if self.fd is None:
@@ -53,6 +56,17 @@ class Heartbeat:
         # full (``up`` is busy) or closed (``up`` is gone, and this child with it)
         with contextlib.suppress(OSError):
             os.write(self.fd, b".")
+
+
+_installed: Heartbeat | None = None
+
+
+def beat() -> None:
+    """Beat this process's heartbeat (:meth:`Heartbeat.from_env`'s), if it has one: for a step deep
+    inside one turn of the work loop that can take long on its own (a Kafka rebalance asks the
+    brokers about every partition, each with its own timeout). Only from the work loop's thread."""
+    if _installed is not None:
+        _installed()
 
 
 class Watch:
@@ -87,6 +101,10 @@ class Watch:
             pass
         silent = now - self._last
         return silent if self.beating and self.timeout > 0 and silent > self.timeout else None
+
+    def excuse(self) -> None:
+        """Count silence from now on: ``up`` itself was not running to hear the beats."""
+        self._last = time.monotonic()
 
     def close(self) -> None:
         if self._read is not None:

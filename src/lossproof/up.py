@@ -26,6 +26,7 @@ log = get(__name__)
 
 STARTUP_SECONDS = 10.0
 STARTUP_ATTEMPTS = 3
+PAUSED_SECONDS = 2.0  # a gap this long in ``up``'s own 0.2 s loop: it was stopped or starved
 
 
 @dataclass
@@ -34,8 +35,9 @@ class Child:
     argv: list[str]
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
-    startup_failures: int = 0  # error exits in a row, each within STARTUP_SECONDS of its start
+    quick_exits: int = 0  # error exits in a row, each within STARTUP_SECONDS of its start
     ran: bool = False  # it once got past starting: beat, or ran STARTUP_SECONDS
+    restart_at: float | None = None  # exited: started again at this time (monotonic)
     started: float = 0.0
     backoff: float = field(default=0.5)
     watch: Watch | None = None  # its heartbeat (lossproof.heartbeat)
@@ -146,6 +148,7 @@ def run(cfg: Config, data_dir: Path, banner: Banner | None = None) -> int:
     url = f"http://{cfg.server.host}:{cfg.server.port}"
     ready = False
     failed: str | None = None
+    tick = time.monotonic()
     while not stopping:
         if not ready and _healthy(url):
             ready = True
@@ -154,35 +157,54 @@ def run(cfg: Config, data_dir: Path, banner: Banner | None = None) -> int:
             else:
                 print(f"lossproof is up: {url} (data dir {data_dir}); Ctrl-C stops it", flush=True)
         time.sleep(0.2)
+        now = time.monotonic()
+        if now - tick > PAUSED_SECONDS:
+            # ``up`` itself did not run (Ctrl-Z, a frozen cgroup, a stalled VM), its children most
+            # likely neither: their silence meanwhile says nothing of them
+            for c in children:
+                if c.watch is not None:
+                    c.watch.excuse()
+        tick = now
         for c in children:
+            if stopping:
+                break
             assert c.proc is not None
-            if not stopping:
-                c.kill_if_stuck()
+            if c.restart_at is not None:
+                if now >= c.restart_at:
+                    c.restart_at = None
+                    c.restarts += 1
+                    c.start()
+                continue
+            c.kill_if_stuck()
             code = c.proc.poll()
-            if code is None or stopping:
+            if code is None:
                 continue
             # A child that died is restarted with backoff; it never takes the others down. One that
             # cannot even start (it exits with an error within seconds, again and again: a lock
             # held by another pipeline, a read-only data dir) is a setup problem: say so and stop.
             # Not once it has run: then a quick exit is an outage (PostgreSQL down while the
             # worker restarts), and ingest must keep acknowledging into the log meanwhile.
-            quick = time.monotonic() - c.started < STARTUP_SECONDS
+            quick = now - c.started < STARTUP_SECONDS
             c.ran = c.ran or not quick or (c.watch is not None and c.watch.beating)
-            c.startup_failures = c.startup_failures + 1 if quick and code > 0 and not c.ran else 0
-            if c.startup_failures >= STARTUP_ATTEMPTS:
+            c.quick_exits = c.quick_exits + 1 if quick and code > 0 else 0
+            if c.quick_exits >= STARTUP_ATTEMPTS and not c.ran:
                 failed = (
-                    f"the {c.name} process exited with code {code} {c.startup_failures} times "
+                    f"the {c.name} process exited with code {code} {c.quick_exits} times "
                     "while starting (its error is above)"
                 )
                 stopping = True
                 break
-            if time.monotonic() - c.started > 30:
+            if now - c.started > 30:
                 c.backoff = 0.5
-            log.error("up.child_exited", child=c.name, code=code, restart_in=c.backoff)
-            time.sleep(c.backoff)
+            log.error(
+                "up.child_exited",
+                child=c.name,
+                code=code,
+                restart_in=c.backoff,
+                **({"quick_exits_in_a_row": c.quick_exits} if c.quick_exits > 1 else {}),
+            )
+            c.restart_at = now + c.backoff
             c.backoff = min(c.backoff * 2, 10.0)
-            c.restarts += 1
-            c.start()
     log.info("up.stopping")
     for c in children:
         if c.proc and c.proc.poll() is None:

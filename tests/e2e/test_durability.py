@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from lossproof.heartbeat import ENV as HEARTBEAT_ENV
 from lptest import require
 from lptest.pipeline import HTTP, Pipeline, Sender, expand, report
 
@@ -210,11 +211,13 @@ def test_a_stuck_child_is_killed_and_restarted(pipeline_factory, role: str) -> N
     start that never returns would leave it) is killed once its heartbeat is silent for
     server.liveness_timeout_seconds, and the restarted one stores what was acknowledged."""
     p = pipeline_factory()
-    p.start(extra_env={"LOSSPROOF_SERVER_LIVENESS_TIMEOUT_SECONDS": "3"})
+    # (long enough that no stall of a working child on a loaded machine reaches it)
+    p.start(extra_env={"LOSSPROOF_SERVER_LIVENESS_TIMEOUT_SECONDS": "8"})
     assert p.post_reports("s", [report(1)]).status == 200
     p.wait_stored("s", {1})
-    time.sleep(4)  # longer than the timeout: a child that works is left alone
+    time.sleep(9)  # longer than the timeout: a child that works is left alone
     stuck = _child(p, role)
+    assert HEARTBEAT_ENV in stuck.environ()
     stuck.suspend()
     if role == "worker":  # ingest still acknowledges; nothing is stored until the worker is replaced
         for seq in range(2, 6):
@@ -248,6 +251,8 @@ def test_liveness_off_leaves_a_stopped_child_alone(pipeline_factory) -> None:  #
     p = pipeline_factory()
     p.start(extra_env={"LOSSPROOF_SERVER_LIVENESS_TIMEOUT_SECONDS": "0"})
     stuck = _child(p, "worker")
+    # no heartbeat handed over at all (a 5 s stop alone would not tell it from the 60 s default)
+    assert HEARTBEAT_ENV not in stuck.environ() and HEARTBEAT_ENV not in _child(p, "ingest").environ()
     stuck.suspend()
     time.sleep(5)
     assert stuck.status() == "stopped"
@@ -264,3 +269,30 @@ def test_a_child_that_cannot_start_stops_up_with_a_clear_error(pipeline: Pipelin
     assert second.returncode == 1
     assert "exited with code 1 3 times while starting" in second.stderr.splitlines()[-1]
     assert pipeline.post_reports("s", [report(1)]).status == 200  # the first one is untouched
+
+
+def test_a_child_that_ran_is_restarted_until_it_can_start_again(pipeline: Pipeline) -> None:
+    """Once ingest has run, failing to start again (here its port taken by another process after a
+    crash) is an outage, not a setup problem: `up` keeps trying, and ingest is back once the port is
+    free. The same would stop `up` on a first start (test above)."""
+    import socket
+
+    p = pipeline
+    ingest = _child(p, "ingest")
+    ingest.kill()
+    ingest.wait(10)
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", p.port))
+        taken.listen()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            quick = [e for e in _events(p.logs()) if e.get("quick_exits_in_a_row", 0) >= 3]
+            if quick:
+                break
+            assert p.proc is not None and p.proc.poll() is None, p.logs()[-3000:]
+            time.sleep(0.2)
+        assert quick, "ingest did not fail to start 3 times in a row: the test tested nothing"
+    p.wait_ready(timeout=60)
+    assert p.post_reports("s", [report(1)]).status == 200
+    p.wait_stored("s", {1})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import time
 from types import FrameType
 from typing import Any
 
@@ -15,6 +16,7 @@ from lossproof.heartbeat import Heartbeat
 from lossproof.log.factory import open_reader
 from lossproof.obs.logging import get
 from lossproof.obs.status_http import StatusServer
+from lossproof.store.base import Store, StoreUnavailable
 from lossproof.store.factory import open_store
 from lossproof.worker.compactor import CompactorProcess
 from lossproof.worker.loop import Worker
@@ -22,11 +24,28 @@ from lossproof.worker.loop import Worker
 log = get(__name__)
 
 
+def _open_store(cfg: Config, beat: Heartbeat) -> Store:
+    """The store, waiting for it while it is unavailable (PostgreSQL down or still recovering when
+    the host comes back): exiting would make ``up`` take it for a setup problem and stop ingest too,
+    while the log can keep acknowledging. What waiting does not mend (a bad DSN or password, a
+    schema too new) raises at once."""
+    backoff = 0.5
+    while True:
+        try:
+            return open_store(cfg)
+        except StoreUnavailable as e:
+            log.error("worker.store_unavailable", error=str(e), retry_in=backoff)
+            beat()
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+
 def run(cfg: Config) -> None:
     gc.freeze()  # see lossproof.server: the same allocation pattern
     gc.set_threshold(50_000, 20, 20)
     registry = CollectorRegistry()
-    store = open_store(cfg)
+    beat = Heartbeat.from_env()
+    store = _open_store(cfg, beat)
     reader = open_reader(cfg, registry)
     w = cfg.worker
     worker = Worker(
@@ -39,7 +58,7 @@ def run(cfg: Config) -> None:
         batch_points=w.batch_points,
         batch_decoded_bytes=w.batch_decoded_bytes,
     )
-    worker.beat = Heartbeat.from_env()
+    worker.beat = beat
 
     def health() -> tuple[bool, dict[str, Any]]:
         if worker.last_error:

@@ -65,6 +65,7 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client import CollectorRegistry
 
+from lossproof import heartbeat
 from lossproof.config import KafkaLogConfig
 from lossproof.log.base import LogError, LogGap, LogLag, LogReader, LogRecord, LogUnavailable, PollResult
 from lossproof.log.kafka.common import OFFSET_INVALID, base_conf, group_id
@@ -641,6 +642,7 @@ class KafkaLogReader(LogReader):
             return
         starts = []
         for tp in mine:
+            heartbeat.beat()  # each partition may take the brokers' timeouts: see heartbeat.beat
             p = tp.partition
             ctp = committed.get(p)
             c = int(ctp.offset) if ctp is not None else OFFSET_INVALID

@@ -16,6 +16,7 @@ from lossproof.store import ledger as lg
 from lossproof.store import pg_migrations as mig
 from lossproof.store.base import (
     StoreError,
+    StoreUnavailable,
 )
 
 log = get("lossproof.store.postgres")  # one logger name for the whole backend, as before the split
@@ -132,12 +133,35 @@ _LIBPQ_NOISE = re.compile(
 )
 
 
+# A server that is there but cannot take a connection now: starting up, shutting down or
+# recovering (57P03), out of connection slots (53300). libpq reports a refusal at connect time as
+# the server's FATAL message, without its SQLSTATE, so the English messages are matched too.
+_BUSY_STATES = ("57P03", "53")
+_BUSY_FATAL = re.compile(
+    r"the database system is (?:starting up|shutting down|in recovery mode|not (?:yet )?accepting"
+    r" connections)|too many clients|remaining connection slots",
+    re.IGNORECASE,
+)
+
+
 def connect_error(dsn: str, e: BaseException) -> StoreError:
-    """One line for a failure to connect at start-up (bad DSN, password, database, server down)."""
+    """One line for a failure to connect at start-up. :class:`StoreUnavailable` when the server
+    did not answer (down, unreachable, still recovering) or cannot take a connection now: worth
+    waiting for, as a host's reboot brings PostgreSQL up after lossproof. A plain
+    :class:`StoreError` for what waiting does not mend (bad DSN, password, database)."""
     if isinstance(e, psycopg.ProgrammingError) and "connection info" in str(e).lower():
         return StoreError(f"store.dsn is not a valid PostgreSQL connection string: {_one_line(e)}")
     why = _LIBPQ_NOISE.sub("", _one_line(e))
-    return StoreError(f"cannot connect to PostgreSQL {describe_dsn(dsn)}: {why}")
+    message = f"cannot connect to PostgreSQL {describe_dsn(dsn)}: {why}"
+    state = getattr(e, "sqlstate", None)
+    raw = str(e)
+    # no answer at all (refused, timed out, no route, no DNS), or the server's "not now"
+    waiting_helps = (state is not None and state.startswith(_BUSY_STATES)) or (
+        state is None and ("FATAL:" not in raw or _BUSY_FATAL.search(raw) is not None)
+    )
+    if isinstance(e, psycopg.OperationalError) and waiting_helps:
+        return StoreUnavailable(message)
+    return StoreError(message)
 
 
 def open_connection(dsn: str, connect_timeout: float) -> _Conn:

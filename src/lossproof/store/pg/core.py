@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -32,6 +33,10 @@ from lossproof.store.pg.common import (
     open_connection,
 )
 from lossproof.store.pg.migrate import move_points
+
+# Seconds a writer's statement waits for a lock before it fails (and is retried): well under
+# server.liveness_timeout_seconds' default.
+WRITE_LOCK_TIMEOUT_S = 10
 
 
 class PgCore(Store):
@@ -98,6 +103,15 @@ class PgCore(Store):
             row = conn.execute("SHOW synchronous_commit").fetchone()
             if row is not None and row[0] == "off":
                 conn.execute("SET synchronous_commit = on")
+            # A write waiting on a lock (another session's stranded transaction, VACUUM FULL, a
+            # migration) gives up and is retried, with the worker's heartbeat in between; waiting
+            # on, it would be killed as stuck and leave its session queued for the lock.
+            conn.execute(f"SET lock_timeout = '{WRITE_LOCK_TIMEOUT_S}s'")
+        # A session whose client died (killed as stuck, or by an operator) ends while it waits on
+        # a lock or runs, instead of holding its place until it would next write to the socket.
+        # PostgreSQL 14 and later; older servers do without.
+        with contextlib.suppress(psycopg.errors.UndefinedObject):
+            conn.execute("SET client_connection_check_interval = '5s'")
         conn.autocommit = False
 
     def _warn_if_not_durable(self, conn: _Conn) -> None:

@@ -1,0 +1,43 @@
+"""Which failures to connect at start-up the worker waits out (StoreUnavailable) and which are a
+setup problem (StoreError): libpq gives the server's refusal as its FATAL message, no SQLSTATE."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from lossproof.store.base import StoreUnavailable
+from lossproof.store.pg.common import connect_error
+
+DSN = "postgresql://lossproof@127.0.0.1:5432/lossproof"
+AT = 'connection failed: connection to server at "127.0.0.1", port 5432 failed: '
+
+
+@pytest.mark.parametrize(
+    "why",
+    [
+        "Connection refused\n\tIs the server running on that host and accepting TCP/IP connections?",
+        "timeout expired",
+        "FATAL:  the database system is starting up",
+        "FATAL:  the database system is in recovery mode",
+        "FATAL:  sorry, too many clients already",
+    ],
+)
+def test_waiting_helps(why: str) -> None:
+    err = connect_error(DSN, psycopg.OperationalError(AT + why))
+    assert isinstance(err, StoreUnavailable)
+    assert "failed:" not in str(err) and why.split("\n")[0].replace("FATAL:  ", "") in str(err)
+
+
+@pytest.mark.parametrize(
+    "why",
+    [
+        'FATAL:  password authentication failed for user "lossproof"',
+        'FATAL:  database "nope" does not exist',
+        'FATAL:  no pg_hba.conf entry for host "127.0.0.1", user "lossproof"',
+    ],
+)
+def test_a_setup_problem_is_not_waited_for(why: str) -> None:
+    err = connect_error(DSN, psycopg.OperationalError(AT + why))
+    assert not isinstance(err, StoreUnavailable)
+    assert "cannot connect to PostgreSQL" in str(err)
