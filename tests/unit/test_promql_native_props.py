@@ -54,6 +54,13 @@ def test_rate_windows_are_the_reference(
     at = [a * scale + shift for a in at]
     rng *= scale
     vs = data.draw(st.lists(_VALS, min_size=len(ts), max_size=len(ts)))
+    _check_rate_windows(ts, vs, at, rng, mode, closed)
+
+
+def _check_rate_windows(
+    ts: list[int], vs: list[float], at: list[int], rng: int, mode: tuple[bool, bool], closed: bool
+) -> None:
+    """rate_windows of one series is the reference's window by window, bit for bit."""
     columns = [np.array(ts, dtype=np.int64)], [np.array(vs)], np.array(at, dtype=np.int64).tobytes()
     out, pres = _native.rate_windows(*columns, rng, *mode, closed=closed)
     got = np.frombuffer(out).tolist()
@@ -62,7 +69,7 @@ def test_rate_windows_are_the_reference(
         lo = (bisect.bisect_left if closed else bisect.bisect_right)(ts, a - rng)
         hi = bisect.bisect_right(ts, a)
         want = promref._extrapolated_rate(ts, vs, lo, hi, a, rng, mode[0], is_counter=mode[1], prom2=closed)
-        assert pres[k] == (want is not None)
+        assert pres[k] == (want is not None), (k, a)
         if want is not None:
             assert _bits(got[k]) == _bits(want) or (math.isnan(got[k]) and math.isnan(want))
 
@@ -97,17 +104,7 @@ def test_rate_windows_on_a_step_grid_are_the_reference(
         at = [a + (3 if k >= i else 0) for k, a in enumerate(at)]
     ts = [t * step // 2 for t in ts]
     vs = data.draw(st.lists(_VALS, min_size=len(ts), max_size=len(ts)))
-    rng = lag * step
-    columns = [np.array(ts, dtype=np.int64)], [np.array(vs)], np.array(at, dtype=np.int64).tobytes()
-    out, pres = _native.rate_windows(*columns, rng, *mode, closed=closed)
-    got = np.frombuffer(out).tolist()
-    for k, a in enumerate(at):
-        lo = (bisect.bisect_left if closed else bisect.bisect_right)(ts, a - rng)
-        hi = bisect.bisect_right(ts, a)
-        want = promref._extrapolated_rate(ts, vs, lo, hi, a, rng, mode[0], is_counter=mode[1], prom2=closed)
-        assert pres[k] == (want is not None), (k, a)
-        if want is not None:
-            assert _bits(got[k]) == _bits(want) or (math.isnan(got[k]) and math.isnan(want))
+    _check_rate_windows(ts, vs, at, lag * step, mode, closed)
 
 
 def _check_fsum(xs: list[float]) -> None:
