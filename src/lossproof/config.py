@@ -30,6 +30,14 @@ CONFIG_NAME = "lossproof.toml"
 MiB = 2**20
 
 
+# How long a PostgreSQL write waits for a lock before it fails and is retried (store/pg/core.py).
+PG_WRITE_LOCK_TIMEOUT_S = 10
+# The Kafka reader's waits between two of the worker's beats (log/kafka/reader.py): joining the
+# consumer group, and one request to the brokers.
+KAFKA_JOIN_WAIT_S = 30.0
+KAFKA_REQUEST_WAIT_S = 10.0
+
+
 class ConfigError(Exception):
     """A configuration problem, with a one-line message naming the key and the file."""
 
@@ -418,16 +426,27 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
-    def _liveness_outlasts_a_kafka_commit(self) -> Config:
-        # a worker's commit waits up to the session timeout when no broker answers; a rebalance
-        # asks the brokers about each partition in turn (beating between them)
-        live, session = self.server.liveness_timeout_seconds, self.log.kafka.session_timeout_seconds
-        if self.log.backend == "kafka" and 0 < live < 3 * session:
-            raise ValueError(
-                f"server.liveness_timeout_seconds = {live:g} must be 0 or at least 3 x "
-                f"log.kafka.session_timeout_seconds ({3 * session:g}): a worker waiting on the brokers "
-                "would be killed as stuck"
-            )
+    def _liveness_outlasts_a_wait(self) -> Config:
+        """A worker that waits as long as it may on the brokers or the database between two beats
+        must not be killed as stuck (docs/reliability.md: the table of waits)."""
+        live = self.server.liveness_timeout_seconds
+        waits: list[tuple[float, str]] = []
+        if self.log.backend == "kafka":
+            # a commit waits up to the session timeout with no broker answering; joining the group
+            # up to KAFKA_JOIN_WAIT_S, then one request (KAFKA_REQUEST_WAIT_S) before the next beat
+            session = self.log.kafka.session_timeout_seconds
+            waits.append((3 * session, f"3 x log.kafka.session_timeout_seconds ({3 * session:g})"))
+            join = KAFKA_JOIN_WAIT_S + 2 * KAFKA_REQUEST_WAIT_S
+            waits.append((join, f"a Kafka group join and its first requests ({join:g} s)"))
+        if self.store.backend == "postgres":
+            lock = 2 * PG_WRITE_LOCK_TIMEOUT_S + self.store.connect_timeout_seconds
+            waits.append((lock, f"a PostgreSQL lock wait, twice, and a connect ({lock:g} s)"))
+        for least, what in waits:
+            if 0 < live < least:
+                raise ValueError(
+                    f"server.liveness_timeout_seconds = {live:g} must be 0 or at least {what}: a "
+                    "worker waiting that long would be killed as stuck"
+                )
         return self
 
     def path(self, relative: str) -> Path:

@@ -44,15 +44,26 @@ class Child:
     killed: bool = False  # by kill_if_stuck, and not exited yet
 
     def start(self) -> None:
-        if self.watch is None:
-            self.proc = subprocess.Popen(self.argv, preexec_fn=die_with_parent)
-        else:
-            beat = self.watch.renew()
-            try:
-                env = {**os.environ, ENV: str(beat)}
-                self.proc = subprocess.Popen(self.argv, preexec_fn=die_with_parent, env=env, pass_fds=(beat,))
-            finally:
-                os.close(beat)
+        """Start it; should that fail (no memory or PIDs left for a moment), try again after the
+        backoff rather than let ``up`` die and take the other children with it."""
+        self.restart_at = None
+        try:
+            if self.watch is None:
+                self.proc = subprocess.Popen(self.argv, preexec_fn=die_with_parent)
+            else:
+                beat = self.watch.renew()
+                try:
+                    env = {**os.environ, ENV: str(beat)}
+                    self.proc = subprocess.Popen(
+                        self.argv, preexec_fn=die_with_parent, env=env, pass_fds=(beat,)
+                    )
+                finally:
+                    os.close(beat)
+        except OSError as e:
+            log.error("up.child_start_failed", child=self.name, error=str(e), retry_in=self.backoff)
+            self.restart_at = time.monotonic() + self.backoff
+            self.backoff = min(self.backoff * 2, 10.0)
+            return
         self.killed = False
         self.started = time.monotonic()
         log.info("up.child_started", child=self.name, pid=self.proc.pid)
@@ -168,13 +179,12 @@ def run(cfg: Config, data_dir: Path, banner: Banner | None = None) -> int:
         for c in children:
             if stopping:
                 break
-            assert c.proc is not None
             if c.restart_at is not None:
                 if now >= c.restart_at:
-                    c.restart_at = None
                     c.restarts += 1
                     c.start()
                 continue
+            assert c.proc is not None
             c.kill_if_stuck()
             code = c.proc.poll()
             if code is None:

@@ -139,8 +139,9 @@ def test_a_write_waiting_on_a_lock_retries_instead_of_being_killed(
     own_cluster: PgCluster, pipeline_factory: Any
 ) -> None:
     """Another session holds the agent's lock (a stranded transaction, an operator) for longer than
-    the liveness timeout. The worker's write gives up after lock_timeout and is retried, beating in
-    between: it is not killed as stuck, which left its session queued for the lock each time."""
+    the liveness timeout (33 s against 23). The worker's write gives up after lock_timeout and is
+    retried, beating in between: it is not killed as stuck, which left its session queued for the
+    lock each time."""
     import psycopg
 
     from lossproof.store.pg.write import _lock_key
@@ -149,7 +150,9 @@ def test_a_write_waiting_on_a_lock_retries_instead_of_being_killed(
     env = {
         "LOSSPROOF_STORE_BACKEND": "postgres",
         "LOSSPROOF_STORE_DSN": own_cluster.dsn(),
-        "LOSSPROOF_SERVER_LIVENESS_TIMEOUT_SECONDS": "15",
+        # the least the configuration allows with these: twice the lock timeout and a connect
+        "LOSSPROOF_SERVER_LIVENESS_TIMEOUT_SECONDS": "23",
+        "LOSSPROOF_STORE_CONNECT_TIMEOUT_SECONDS": "3",
     }
     p.start(extra_env=env)
     _post(p, range(1, 2))
@@ -158,7 +161,7 @@ def test_a_write_waiting_on_a_lock_retries_instead_of_being_killed(
         key = _lock_key("lossproof", "default", "pg-agent")
         admin.execute("SELECT pg_advisory_lock(%s)", (key,))
         _post(p, range(2, 4))
-        time.sleep(25)
+        time.sleep(33)
         logs = p.logs()
         assert "lock timeout" in logs, "the write never waited on the lock: the test tested nothing"
         # the current retry may be waiting right now; none left over from earlier attempts

@@ -3,6 +3,8 @@ setup problem (StoreError): libpq gives the server's refusal as its FATAL messag
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
 import pytest
 
@@ -21,6 +23,9 @@ AT = 'connection failed: connection to server at "127.0.0.1", port 5432 failed: 
         "FATAL:  the database system is starting up",
         "FATAL:  the database system is in recovery mode",
         "FATAL:  sorry, too many clients already",
+        'FATAL:  too many connections for role "lossproof"',
+        "could not translate host name \"db\" to address: Temporary failure in name resolution",
+        "server closed the connection unexpectedly",
     ],
 )
 def test_waiting_helps(why: str) -> None:
@@ -35,9 +40,33 @@ def test_waiting_helps(why: str) -> None:
         'FATAL:  password authentication failed for user "lossproof"',
         'FATAL:  database "nope" does not exist',
         'FATAL:  no pg_hba.conf entry for host "127.0.0.1", user "lossproof"',
+        # libpq's own refusals, no FATAL: (the reviewer's list)
+        "fe_sendauth: no password supplied",
+        "server does not support SSL, but SSL was required",
+        'invalid sslmode value: "foo"',
+        "could not translate host name \"nope\" to address: Name or service not known",
     ],
 )
 def test_a_setup_problem_is_not_waited_for(why: str) -> None:
     err = connect_error(DSN, psycopg.OperationalError(AT + why))
     assert not isinstance(err, StoreUnavailable)
     assert "cannot connect to PostgreSQL" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("section", "env", "least"),
+    [
+        ("kafka", {"log": {"backend": "kafka", "kafka": {"session_timeout_seconds": 30}}}, "90"),
+        ("kafka join", {"log": {"backend": "kafka", "kafka": {"session_timeout_seconds": 1}}}, "50"),
+        ("postgres", {"store": {"backend": "postgres", "dsn": "postgresql://h/db"}}, "30"),
+    ],
+)
+def test_the_liveness_timeout_outlasts_the_longest_wait(
+    section: str, env: dict[str, Any], least: str
+) -> None:
+    from lossproof.config import Config
+
+    with pytest.raises(ValueError, match=f"at least .*{least}"):
+        Config.model_validate({**env, "server": {"liveness_timeout_seconds": float(least) - 1}})
+    Config.model_validate({**env, "server": {"liveness_timeout_seconds": float(least)}})
+    Config.model_validate({**env, "server": {"liveness_timeout_seconds": 0}})

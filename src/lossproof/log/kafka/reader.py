@@ -66,7 +66,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from prometheus_client import CollectorRegistry
 
 from lossproof import heartbeat
-from lossproof.config import KafkaLogConfig
+from lossproof.config import KAFKA_JOIN_WAIT_S, KAFKA_REQUEST_WAIT_S, KafkaLogConfig
 from lossproof.log.base import LogError, LogGap, LogLag, LogReader, LogRecord, LogUnavailable, PollResult
 from lossproof.log.kafka.common import OFFSET_INVALID, base_conf, group_id
 from lossproof.log.kafka.metrics import KafkaReaderMetrics
@@ -150,9 +150,9 @@ class KafkaLogReader(LogReader):
         group: str = "workers",
         *,
         registry: CollectorRegistry | None = None,
-        join_timeout: float = 30.0,
+        join_timeout: float = KAFKA_JOIN_WAIT_S,
         data_grace: float = 5.0,
-        request_timeout: float = 10.0,
+        request_timeout: float = KAFKA_REQUEST_WAIT_S,
     ) -> None:
         self.cfg = cfg
         self.topic = cfg.topic

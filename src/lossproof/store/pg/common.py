@@ -133,13 +133,20 @@ _LIBPQ_NOISE = re.compile(
 )
 
 
-# A server that is there but cannot take a connection now: starting up, shutting down or
-# recovering (57P03), out of connection slots (53300). libpq reports a refusal at connect time as
-# the server's FATAL message, without its SQLSTATE, so the English messages are matched too.
-_BUSY_STATES = ("57P03", "53")
-_BUSY_FATAL = re.compile(
-    r"the database system is (?:starting up|shutting down|in recovery mode|not (?:yet )?accepting"
-    r" connections)|too many clients|remaining connection slots",
+# What waiting mends, by libpq's words (it gives a refusal at connect time as the server's FATAL
+# message, without its SQLSTATE): no server answering (refused, timed out, unreachable, no socket,
+# the connection dropped, a DNS failure that is temporary), or a server that cannot take a connection
+# now (starting up, shutting down, recovering, out of connection slots for all, the role or the
+# database). Anything else (a password, a database or role that does not exist, pg_hba, SSL or
+# GSSAPI settings, a DSN option libpq refuses) is a setup problem. A server answering in another
+# language than English is taken at its word less: its "not now" counts as a setup problem.
+_WAIT_FOR = re.compile(
+    r"Connection refused|timeout expired|timed out|No route to host|Network is unreachable"
+    r"|No such file or directory|server closed the connection unexpectedly|Connection reset"
+    r"|Temporary failure in name resolution"
+    r"|the database system is (?:starting up|shutting down|in recovery mode|not (?:yet )?accepting"
+    r" connections)|too many clients|too many connections for (?:role|database)"
+    r"|remaining connection slots",
     re.IGNORECASE,
 )
 
@@ -153,13 +160,7 @@ def connect_error(dsn: str, e: BaseException) -> StoreError:
         return StoreError(f"store.dsn is not a valid PostgreSQL connection string: {_one_line(e)}")
     why = _LIBPQ_NOISE.sub("", _one_line(e))
     message = f"cannot connect to PostgreSQL {describe_dsn(dsn)}: {why}"
-    state = getattr(e, "sqlstate", None)
-    raw = str(e)
-    # no answer at all (refused, timed out, no route, no DNS), or the server's "not now"
-    waiting_helps = (state is not None and state.startswith(_BUSY_STATES)) or (
-        state is None and ("FATAL:" not in raw or _BUSY_FATAL.search(raw) is not None)
-    )
-    if isinstance(e, psycopg.OperationalError) and waiting_helps:
+    if isinstance(e, psycopg.OperationalError) and _WAIT_FOR.search(str(e)):
         return StoreUnavailable(message)
     return StoreError(message)
 

@@ -13,6 +13,7 @@ import psycopg
 import psycopg_pool
 from psycopg import sql
 
+from lossproof.config import PG_WRITE_LOCK_TIMEOUT_S
 from lossproof.store import pg_migrations as mig
 from lossproof.store import series_index
 from lossproof.store.base import (
@@ -33,10 +34,6 @@ from lossproof.store.pg.common import (
     open_connection,
 )
 from lossproof.store.pg.migrate import move_points
-
-# Seconds a writer's statement waits for a lock before it fails (and is retried): well under
-# server.liveness_timeout_seconds' default.
-WRITE_LOCK_TIMEOUT_S = 10
 
 
 class PgCore(Store):
@@ -73,11 +70,17 @@ class PgCore(Store):
 
         conn = open_connection(dsn, connect_timeout)
         try:
+            # the schema check waits on a migration's or a stranded session's lock no longer than a
+            # write does; then it is an outage, waited out (worker/main.py), not a setup problem
+            conn.execute(f"SET lock_timeout = '{PG_WRITE_LOCK_TIMEOUT_S}s'")
             self._check_schema(conn)
             if not readonly:
                 self._warn_if_not_durable(conn)
         except psycopg.Error as e:
-            raise StoreError(f"PostgreSQL {self._where}: {_one_line(e)}") from None
+            transient = isinstance(e, psycopg.OperationalError | psycopg.errors.LockNotAvailable)
+            raise (StoreUnavailable if transient else StoreError)(
+                f"PostgreSQL {self._where}: {_one_line(e)}"
+            ) from None
         finally:
             conn.close()
 
@@ -106,11 +109,12 @@ class PgCore(Store):
             # A write waiting on a lock (another session's stranded transaction, VACUUM FULL, a
             # migration) gives up and is retried, with the worker's heartbeat in between; waiting
             # on, it would be killed as stuck and leave its session queued for the lock.
-            conn.execute(f"SET lock_timeout = '{WRITE_LOCK_TIMEOUT_S}s'")
+            conn.execute(f"SET lock_timeout = '{PG_WRITE_LOCK_TIMEOUT_S}s'")
         # A session whose client died (killed as stuck, or by an operator) ends while it waits on
         # a lock or runs, instead of holding its place until it would next write to the socket.
         # PostgreSQL 14 and later; older servers do without.
-        with contextlib.suppress(psycopg.errors.UndefinedObject):
+        # (a server built without the check, e.g. on Windows, knows the name but refuses a value)
+        with contextlib.suppress(psycopg.errors.UndefinedObject, psycopg.errors.InvalidParameterValue):
             conn.execute("SET client_connection_check_interval = '5s'")
         conn.autocommit = False
 
