@@ -121,8 +121,9 @@ class ServerConfig(_Section):
         ge=0,
         le=MAX_SECONDS,
         description="`lossproof up` kills (SIGKILL) and restarts a child whose work loop has not beaten "
-        "for this long: stuck, not dead (0: only children that exit are restarted). With the Kafka log, "
-        "at least 3 x log.kafka.session_timeout_seconds.",
+        "for this long: stuck, not dead (0: only children that exit are restarted). At least the longest "
+        "wait of the log and store in use (Kafka: 50 s and 3 x its session timeout; PostgreSQL: 20 s "
+        "plus store.connect_timeout_seconds).",
     )
     max_series_per_tenant: int = Field(
         default=0,
