@@ -13,6 +13,8 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from lossproof.auth import KeyReloader, KeyRing
 from lossproof.config import Config
@@ -29,6 +31,24 @@ from lossproof.store import StoreAccess, open_store
 
 log = get(__name__)
 GUARD = web.AppKey("guard", Guard)
+
+
+class _BriefReads(Collector):
+    """How the metadata endpoints' reads went: answered on the event loop, or handed to a read
+    thread (the store was busy, the tenant too large, the index far behind: see StoreAccess.run_brief)."""
+
+    def __init__(self, store: StoreAccess) -> None:
+        self._store = store
+
+    def collect(self) -> list[Metric]:
+        c = CounterMetricFamily(
+            "lossproof_query_metadata_reads",
+            "Metadata endpoint reads, by where they were answered.",
+            labels=["answered_on"],
+        )
+        c.add_metric(["event_loop"], self._store.brief_answered)
+        c.add_metric(["read_thread"], self._store.brief_handed_on)
+        return [c]
 
 
 def worker_addr_file(cfg: Config) -> Path:
@@ -56,6 +76,7 @@ def build_app(
 ) -> web.Application:
     keys = KeyRing(cfg)
     metrics = IngestMetrics(registry)
+    registry.register(_BriefReads(store))
     sc = cfg.server
     guard = Guard(
         Limits(sc.header_timeout_seconds, sc.max_connections, sc.max_connections_per_ip), registry

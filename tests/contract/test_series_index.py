@@ -10,6 +10,7 @@ and series added after the index was built, by another handle (connection) and b
 from __future__ import annotations
 
 import random
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -19,9 +20,9 @@ import msgspec
 import pytest
 
 from lossproof.store import series_index
-from lossproof.store.base import Matcher, SeriesSamples, Store, WriteBatch, matches_all
+from lossproof.store.base import Matcher, SeriesSamples, Store, StoreWouldWait, WriteBatch, matches_all
 from lptest import subprocess_env
-from lptest.store_backends import BACKENDS, StoreBackend
+from lptest.store_backends import BACKENDS, PostgresBackend, SqliteBackend, StoreBackend
 
 T0 = 1_700_000_000_000
 Model = dict[str, list[tuple[str, dict[str, str]]]]  # tenant -> (metric, labels), every series
@@ -245,3 +246,78 @@ def test_sqlite_store_restored_in_place_is_read_again(tmp_path: Path) -> None:
         assert reader.label_names("t1") == ["__name__", "n", "s"]
     finally:
         b.close_all()
+
+
+def test_a_brief_handle_answers_as_a_normal_one(backend: StoreBackend) -> None:
+    """A handle switched to brief reads (the query process's event loop's: StoreAccess.run_brief)
+    answers the metadata reads as any other handle, series stored since by another handle included;
+    every other read is refused, never made without its waits. PostgreSQL has no brief reads."""
+    rng = random.Random(5)
+    writer, brief = backend.open(), backend.open(readonly=True)
+    if isinstance(backend, PostgresBackend):
+        assert not brief.brief_reads()
+        return
+    assert brief.brief_reads() and brief.brief_reads()  # switching twice is harmless
+    model: Model = {}
+    write(writer, random_series(rng, 50), model)
+    check(brief, model, rng)
+    write(backend.open(), random_series(rng, 50), model)
+    check(brief, model, rng)
+    with pytest.raises(StoreWouldWait):
+        brief.agents("t1")
+    with pytest.raises(StoreWouldWait):
+        brief.select_arrays("t1", [], T0, T0)
+
+
+def _brief_sqlite(tmp_path: Path) -> tuple[StoreBackend, Store, Store, Model]:
+    backend = SqliteBackend(tmp_path)
+    writer, brief = backend.open(), backend.open(readonly=True)
+    assert brief.brief_reads()
+    model: Model = {}
+    write(writer, [("t1", "m", {"i": str(i)}) for i in range(20)], model)
+    assert len(brief.series("t1", [])) == 20
+    return backend, writer, brief, model
+
+
+def test_a_brief_read_hands_on_what_it_cannot_do_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever would make the event loop wait or work long is refused (StoreWouldWait), and the next
+    brief read after a normal handle has done it is answered again."""
+    from lossproof.store.embedded import read
+
+    backend, writer, brief, model = _brief_sqlite(tmp_path)
+    normal = backend.open(readonly=True)
+    index = brief._index  # type: ignore[attr-defined]
+    assert brief._brief.con.execute("PRAGMA busy_timeout").fetchone() == (0,)  # type: ignore[attr-defined]
+    # the series index in use by a read thread (a long match, a long catch-up)
+    with index.lock:
+        with pytest.raises(StoreWouldWait):
+            brief.label_names("t1")
+    assert brief.label_names("t1") == ["__name__", "i"]
+    # many series new since the index caught up: reading them is a read thread's work
+    monkeypatch.setattr(read, "BRIEF_MAX_NEW", 5)
+    write(writer, [("t1", "m", {"i": f"n{i}"}) for i in range(8)], model)
+    with pytest.raises(StoreWouldWait):
+        brief.label_values("t1", "i")
+    assert len(normal.series("t1", [])) == 28
+    assert brief.label_values("t1", "i") == sorted(lab["i"] for _, lab in model["t1"])
+    # a tenant too large to list on the event loop
+    monkeypatch.setattr(read, "BRIEF_MAX_SERIES", 27)
+    with pytest.raises(StoreWouldWait):
+        brief.series("t1", [Matcher("i", "=", "1")])
+    assert brief.metric_names("t2") == []  # another, small tenant still is
+    # SQLite busy (a WAL being recovered): refused at once, not waited for
+    monkeypatch.setattr(read, "BRIEF_MAX_SERIES", 20_000)
+    real = brief._brief.con  # type: ignore[attr-defined]
+
+    class Busy:
+        def execute(self, *args: object) -> None:
+            raise sqlite3.OperationalError("database is locked")
+
+    brief._brief.con = Busy()  # type: ignore[attr-defined]
+    write(writer, [("t1", "m", {"i": "late"})], model)
+    with pytest.raises(StoreWouldWait):
+        brief.series("t1", [])
+    brief._brief.con = real  # type: ignore[attr-defined]
+    assert len(brief.series("t1", [])) == 29

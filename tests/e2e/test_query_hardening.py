@@ -341,6 +341,40 @@ def test_unknown_vendor_file_is_a_plain_404(env: Env) -> None:
     assert "not found" in r.data.decode(), r.data
 
 
+def _metadata_reads(p: InProcess) -> dict[str, float]:
+    out = {}
+    for line in p.metrics().splitlines():
+        if line.startswith("lossproof_query_metadata_reads_total{"):
+            where = line.split('answered_on="')[1].split('"')[0]
+            out[where] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def test_metadata_endpoints_are_answered_on_the_event_loop(env: Env) -> None:
+    """``/api/v1/labels``, ``/series`` and ``/label/<name>/values`` are answered from the series index
+    without a hop to a read thread (store/access.py, run_brief), and answer each tenant its own series,
+    one stored since the last call included."""
+    p = env.p
+    for _ in range(50):  # the first call opens the event loop's handle on a read thread
+        assert _get(p, "/api/v1/labels")[0] == 200
+        if _metadata_reads(p).get("event_loop"):
+            break
+        time.sleep(0.1)
+    before = _metadata_reads(p)
+    assert _get(p, "/api/v1/labels")[1]["data"] == ["__name__", "k"]
+    assert _get(p, "/api/v1/labels", key=env.other_key)[1]["data"] == ["__name__"]
+    assert _get(p, "/api/v1/label/__name__/values")[1]["data"] == ["nanm", "rx"]
+    status, body, raw = _get(p, "/api/v1/series?match[]=" + _q('rx{k="b"}'))
+    assert status == 200 and body["data"] == [{"__name__": "rx", "k": "b"}], raw
+    r = p.post_reports("h2", [{"seq": 1, "points": [{"metric": "late", "labels": {"z": "1"}, "t": env.t, "v": 1}]}])
+    assert r.status == 200, r.data
+    p.wait_stored("h2", {1})
+    assert _get(p, "/api/v1/label/z/values")[1]["data"] == ["1"]
+    after = _metadata_reads(p)
+    assert after["event_loop"] - before["event_loop"] == 5, (before, after)
+    assert after["read_thread"] == before["read_thread"]
+
+
 def test_still_serving(env: Env) -> None:
     assert HTTP.request("GET", env.p.url + "/healthz").status == 200
     assert "Traceback" not in env.p.logs()

@@ -242,7 +242,7 @@ class PromApi:
                     seen.setdefault(promql.key_of(full), full)
             return [seen[k] for k in sorted(seen)]
 
-        return await self._run(run)
+        return await self.store.run_brief(run)
 
     async def series(self, request: web.Request, tenant: str, q: MultiDictProxy[str]) -> web.Response:
         _check_range(q)
@@ -251,7 +251,9 @@ class PromApi:
     async def labels(self, request: web.Request, tenant: str, q: MultiDictProxy[str]) -> web.Response:
         _check_range(q)
         parsed = await self._selectors(q, required=False)
-        names = await self._run(lambda s: s.label_names(tenant, self._matcher_sets(s, tenant, parsed)))
+        names = await self.store.run_brief(
+            lambda s: s.label_names(tenant, self._matcher_sets(s, tenant, parsed))
+        )
         return _success(names)
 
     async def label_values(self, request: web.Request, tenant: str, q: MultiDictProxy[str]) -> web.Response:
@@ -259,9 +261,9 @@ class PromApi:
         name = request.match_info["name"]
         parsed = await self._selectors(q, required=False)
         if name == promql.NAME and parsed is None:
-            metrics = await self._run(lambda s: s.metric_names(tenant))
+            metrics = await self.store.run_brief(lambda s: s.metric_names(tenant))
             return _success(sorted({promql.promql_name(m) for m in metrics}))
-        values = await self._run(
+        values = await self.store.run_brief(
             lambda s: s.label_values(tenant, name, self._matcher_sets(s, tenant, parsed))
         )
         if name == promql.NAME:

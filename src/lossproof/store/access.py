@@ -6,6 +6,10 @@ with a store handle of its own (SQLite readers and PostgreSQL connections read i
 chunks with numpy and SQLite's own work release the GIL), so a short query is not stuck behind a long
 one. The ledger look-ups ingest makes before acknowledging have a thread of their own: a slow query
 never delays an acknowledgement.
+
+The metadata endpoints (``/api/v1/labels``, ``/series``, ``/label/<name>/values``) are answered on the
+event loop itself when the store can answer them at once from memory (:meth:`StoreAccess.run_brief`):
+they cost ~0.2 ms, and the hop to a read thread and back (two thread wake-ups) cost as much again.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from lossproof.obs.logging import get
-from lossproof.store.base import SeqRange, StoreReader, StoreUnavailable
+from lossproof.store.base import SeqRange, StoreReader, StoreUnavailable, StoreWouldWait
 
 __all__ = ["StoreAccess", "StoreUnavailable"]
 
@@ -43,6 +47,11 @@ class StoreAccess:
         self._top: dict[tuple[str, str, str], tuple[float, int]] = {}  # highest stored seq, when read
         self._acked: dict[tuple[str, str, str], int] = {}  # highest seq this process acknowledged
         self._skip_until = 0.0
+        # the event loop's own handle, switched to brief reads; None until opened, False: the backend
+        # has none (PostgreSQL: every read is a network round trip)
+        self._brief: StoreReader | bool | None = None
+        self.brief_answered = 0  # run_brief's calls answered on the event loop
+        self.brief_handed_on = 0  # and those answered on a read thread
 
     def _get(self) -> StoreReader:
         store: StoreReader | None = getattr(self._local, "store", None)
@@ -60,6 +69,39 @@ class StoreAccess:
         """``fn(store)`` on one of the read threads."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, lambda: fn(self._get()))
+
+    async def run_brief(self, fn: Callable[[StoreReader], T]) -> T:
+        """``fn(store)`` on the event loop when it is a brief read (:meth:`StoreReader.brief_reads`)
+        the store can answer at once, else on a read thread as :meth:`run`. ``fn`` may only make
+        the reads a brief handle answers. The handle is opened on a read thread (opening may create
+        or upgrade the store): the first call, and any call while it is opening, go to a thread."""
+        brief = self._brief
+        if brief is None:
+            self._brief = False
+            asyncio.get_running_loop().run_in_executor(self._pool, self._open_brief)
+        elif brief is not False:
+            assert isinstance(brief, StoreReader)
+            try:
+                got = fn(brief)
+                self.brief_answered += 1
+                return got
+            except StoreWouldWait:
+                pass
+        self.brief_handed_on += 1
+        return await self.run(fn)
+
+    def _open_brief(self) -> None:
+        try:
+            store = self._open()
+        except Exception:
+            self._brief = None  # the store is not there yet: tried again on the next call
+            return
+        if store.brief_reads():
+            with self._opened_lock:
+                self._opened.append(store)
+            self._brief = store
+        else:
+            store.close()
 
     async def _ledger(self, fn: Callable[[StoreReader], T]) -> T:
         loop = asyncio.get_running_loop()

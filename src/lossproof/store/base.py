@@ -82,6 +82,12 @@ class StoreUnavailable(StoreError):
     the batch itself cannot be stored."""
 
 
+class StoreWouldWait(Exception):
+    """A read on a handle switched to brief reads (:meth:`StoreReader.brief_reads`) that it cannot
+    answer at once: it would wait (a lock, a busy database) or have much work to do. Nothing is
+    wrong; the caller asks again on a handle that may wait."""
+
+
 class StoreSchemaError(StoreError):
     """The database was written by a newer lossproof (or is not a lossproof store): refuse to touch it."""
 
@@ -575,6 +581,17 @@ class StoreReader(abc.ABC):
             for a in self.select_arrays(tenant, matchers, from_ms, to_ms)
             if want <= a.labels.items()
         ]
+
+    def brief_reads(self) -> bool:
+        """Switch this handle to brief reads, if the backend has them, and say whether it did. A
+        brief handle answers :meth:`series`, :meth:`label_names`, :meth:`label_values` and
+        :meth:`metric_names` only when it can at once, from what it holds in memory: it never waits
+        (for a lock, a busy database, the network) and does a bounded amount of work; anything else
+        raises :class:`StoreWouldWait`, and so does every other read. What such a handle answers is
+        what a normal one would answer at that moment. For the metadata endpoints, which are answered
+        on the event loop with one (see :meth:`lossproof.store.access.StoreAccess.run_brief`). This
+        default has no brief reads."""
+        return False
 
     @abc.abstractmethod
     def agents(self, tenant: str) -> list[AgentSummary]:

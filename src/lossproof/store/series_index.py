@@ -392,14 +392,15 @@ class SeriesIndex:
 
     # --- keeping up with the store --------------------------------------------------------------------
 
-    def sync_sqlite(self, execute: Callable[..., Any]) -> None:
+    def sync_sqlite(self, execute: Callable[..., Any], most: int | None = None) -> bool:
         """Catch up with a SQLite series table (``execute``: a connection's). Two index seeks when
         nothing changed. SQLite has one writer at a time and hands out ids above the highest, so
         committed ids only grow: the rows above the highest id seen are all that can be new. A table
         whose row at the highest id seen is no longer that series was replaced (a backup restored
-        into the file, ids reused for other series since): read again from zero."""
+        into the file, ids reused for other series since): read again from zero. With ``most``, more
+        new series than that are left unread and False returned (the index is then behind)."""
         if self.disabled:
-            return
+            return True
         if self.last_id:
             top, same = execute(
                 "SELECT max(id), EXISTS(SELECT 1 FROM series WHERE id = ? AND tenant = ? AND metric = ?"
@@ -411,6 +412,8 @@ class SeriesIndex:
         else:
             top = execute("SELECT max(id) FROM series").fetchone()[0]
         top = top or 0
+        if most is not None and top - self.last_id > most:  # ids are dense: about that many new
+            return False
         if top > self.last_id:
             if self.count + top - self.last_id > INDEX_MAX_SERIES:  # ids are dense: at most that many
                 n = self.count + int(
@@ -418,7 +421,7 @@ class SeriesIndex:
                 )
                 if n > INDEX_MAX_SERIES:
                     self._disable(n)
-                    return
+                    return True
             cur = execute(
                 "SELECT id, tenant, metric, labels_json FROM series WHERE id > ? ORDER BY id", (self.last_id,)
             )
@@ -428,6 +431,7 @@ class SeriesIndex:
                     self._last_row = tuple(rows[-1][1:])  # rows in id order: the one at last_id
             finally:
                 cur.close()
+        return True
 
     def sync_pg(self, execute: Callable[..., Any]) -> None:
         """Catch up with a PostgreSQL series table (``execute``: a connection's). Concurrent writers
