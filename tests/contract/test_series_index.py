@@ -291,9 +291,8 @@ def test_a_brief_read_hands_on_what_it_cannot_do_at_once(
     index = brief._index  # type: ignore[attr-defined]
     assert brief._brief.con.execute("PRAGMA busy_timeout").fetchone() == (0,)  # type: ignore[attr-defined]
     # the series index in use by a read thread (a long match, a long catch-up)
-    with index.lock:
-        with pytest.raises(StoreWouldWait):
-            brief.label_names("t1")
+    with index.lock, pytest.raises(StoreWouldWait):
+        brief.label_names("t1")
     assert brief.label_names("t1") == ["__name__", "i"]
     # many series new since the index caught up: reading them is a read thread's work
     monkeypatch.setattr(read, "BRIEF_MAX_NEW", 5)
@@ -307,8 +306,17 @@ def test_a_brief_read_hands_on_what_it_cannot_do_at_once(
     with pytest.raises(StoreWouldWait):
         brief.series("t1", [Matcher("i", "=", "1")])
     assert brief.metric_names("t2") == []  # another, small tenant still is
-    # SQLite busy (a WAL being recovered): refused at once, not waited for
+    # work past the read's budget (~1 us a unit): refused before it is done
     monkeypatch.setattr(read, "BRIEF_MAX_SERIES", 20_000)
+    monkeypatch.setattr(read, "BRIEF_BUDGET", 40)
+    with pytest.raises(StoreWouldWait):
+        brief.series("t1", [])  # 28 series listed: 56 units
+    with pytest.raises(StoreWouldWait):
+        brief.label_values("t1", "i", [[Matcher("i", "=~", "n.*")]])  # 28 values matched: 84
+    assert normal.label_values("t1", "i", [[Matcher("i", "=~", "n.*")]]) == [f"n{i}" for i in range(8)]
+    assert len(brief.series("t1", [Matcher("i", "=~", "n.*")])) == 8  # matched once by normal: 16 units
+    monkeypatch.setattr(read, "BRIEF_BUDGET", 2_000)
+    # SQLite busy (a WAL being recovered): refused at once, not waited for
     real = brief._brief.con  # type: ignore[attr-defined]
 
     class Busy:

@@ -366,7 +366,8 @@ def test_metadata_endpoints_are_answered_on_the_event_loop(env: Env) -> None:
     assert _get(p, "/api/v1/label/__name__/values")[1]["data"] == ["nanm", "rx"]
     status, body, raw = _get(p, "/api/v1/series?match[]=" + _q('rx{k="b"}'))
     assert status == 200 and body["data"] == [{"__name__": "rx", "k": "b"}], raw
-    r = p.post_reports("h2", [{"seq": 1, "points": [{"metric": "late", "labels": {"z": "1"}, "t": env.t, "v": 1}]}])
+    late = [{"metric": "late", "labels": {"z": "1"}, "t": env.t, "v": 1}]
+    r = p.post_reports("h2", [{"seq": 1, "points": late}])
     assert r.status == 200, r.data
     p.wait_stored("h2", {1})
     assert _get(p, "/api/v1/label/z/values")[1]["data"] == ["1"]

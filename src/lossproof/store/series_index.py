@@ -44,7 +44,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lossproof.obs.logging import get
-from lossproof.store.base import Matcher
+from lossproof.store.base import Matcher, StoreWouldWait
 
 log = get(__name__)
 
@@ -83,9 +83,21 @@ class TenantIndex:
         self._matched_size = 0  # values held there in all (bounded by _MATCHED_MAX)
         # sorted label names (key None) and values of every series, with what they were made from
         self._sorted: dict[str | None, tuple[Any, list[str]]] = {}
+        # what a brief read may still spend (see charge), None: no bound
+        self.budget: int | None = None
 
     def __len__(self) -> int:
         return len(self.sids)
+
+    def charge(self, units: int) -> None:
+        """Spend ``units`` of :attr:`budget`, before the work they stand for: a unit is about a
+        microsecond (a regex asked of a value, a series sorted or listed). A brief read
+        (:meth:`lossproof.store.base.StoreReader.brief_reads`) sets a budget; past it the read is
+        handed on (:class:`StoreWouldWait`) before the work is done."""
+        if self.budget is not None:
+            self.budget -= units
+            if self.budget < 0:
+                raise StoreWouldWait("too much work for a brief read")
 
     def add(self, sid: int, metric: str, pairs: Pairs) -> None:
         pos = len(self.sids)
@@ -160,6 +172,7 @@ class TenantIndex:
         got = self._matched.get(ck)
         if got is not None and got[0] == len(table):
             return got[1]
+        self.charge(3 * len(table))  # a regex asked of a value: ~2.5 us
         values = [v for v in table if m.matches(v) != negative]
         self._matched_size += len(values)
         if len(self._matched) >= 1024 or self._matched_size > _MATCHED_MAX:
@@ -208,6 +221,7 @@ class TenantIndex:
 
     def sorted_found(self, pos: I64) -> list[Found]:
         """``(id, metric, labels)`` of the series at ``pos``, sorted by metric, then labels."""
+        self.charge(2 * len(pos))  # and as much again for the caller's use of each
         if len(pos) >= _SORT_RANK_FROM:
             rank = self._ranks()
             pos = pos[np.argsort(rank[pos], kind="stable")]
@@ -229,6 +243,7 @@ class TenantIndex:
             def key(p: int) -> tuple[str, Pairs]:
                 return metrics[p], pairs[p]
 
+            self.charge(n - len(order) if (n - len(order)) * 64 < len(order) else n)
             if (n - len(order)) * 64 < len(order):
                 # a few new series: each put in its place (log n keys), not all n keys made again
                 for p in range(len(order), n):
@@ -251,9 +266,11 @@ class TenantIndex:
         else:
             pos_n = len(pos)
             if pos_n < 4 * len(self.postings) or pos_n < 64:
+                self.charge(pos_n)
                 pairs = self.pairs
                 names = {name for p in pos.tolist() for name, _ in pairs[p]}
             else:
+                self.charge(sum(min(len(values), 16) for values in self.postings.values()))
                 mask = np.zeros(len(self.sids), dtype=bool)
                 mask[pos] = True
                 names = set()
@@ -279,6 +296,7 @@ class TenantIndex:
             return set(table)
         if not len(pos) or not table:
             return set()
+        self.charge(min(len(pos), len(table)))
         if len(pos) < 4 * len(table):
             if name == "__name__":
                 metrics = self.metrics
@@ -309,6 +327,7 @@ class TenantIndex:
             return []  # kept only for names some series has: a client can ask any name
         got = self._sorted.get(name)
         if got is None or got[0] != n:
+            self.charge(n)
             got = self._sorted[name] = (n, sorted(self.label_values(name, None)))
         return list(got[1])
 
