@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import pytest
 
 from lossproof.agent.spool import DAMAGED, SPOOL_FULL, WINDOW_EXPIRED, Spool, SpoolError, SpoolLimits
-from lossproof.agent.spool.format import list_segments, read_all, segment_path
+from lossproof.agent.spool.format import list_segments, read_all, scan_segment, segment_path
 
 
 class Clock:
@@ -95,8 +96,82 @@ def test_corrupt_record_in_the_middle(tmp_path: Path) -> None:
     data[200] ^= 0xFF  # inside record 2
     seg.write_bytes(bytes(data))
     with Spool(tmp_path) as s:
+        # the damaged record is lost; the one after it is intact and kept
+        assert s.recovery.lost == [(2, 2, DAMAGED)]
+        assert s.recovery.truncated_bytes == 0 and s.recovery.damaged_bytes > 0
+        assert s.pending_seqs(10) == [1, 3]
+        assert dict(s.read([3]))[3].startswith(b"a:3:")
+
+
+def test_damage_inside_a_file_costs_only_the_records_it_hit(tmp_path: Path) -> None:
+    """One bad sector in a closed spool file: the reports it held are lost (and said so), every
+    intact report before and after it is kept and sent, in this and every later start."""
+    limits = SpoolLimits(segment_bytes=4096)
+    with Spool(tmp_path, limits) as s:
+        for _ in range(30):
+            s.append([body("x", 200)])  # ~282 bytes a record: 15 a file
+    first, second = (segment_path(tmp_path, i) for i in list_segments(tmp_path)[:2])
+
+    def hit(path: Path, at: int) -> int:
+        return next(r.seq for r in scan_segment(path).records if r.pos <= at < r.pos + r.size)
+
+    gone = {hit(first, 2000), hit(first, 2015), hit(second, 1500)}
+    assert len(gone) >= 2 and max(gone) < 30  # two files, neither record the last of its file
+    with open(first, "r+b") as f:
+        f.seek(2000)
+        f.write(bytes(16))
+    data = bytearray(second.read_bytes())
+    data[1500] ^= 0xFF
+    second.write_bytes(bytes(data))
+    for newly_lost in (gone, set()):  # and again: the damage is skipped the same way, known lost
+        with Spool(tmp_path, limits) as s:
+            lost = [(a, b) for a, b, why in s.recovery.lost if why == DAMAGED]
+            assert {q for a, b in lost for q in range(a, b + 1)} == newly_lost
+            assert {q for a, b, why in s.dropped() if why == DAMAGED for q in range(a, b + 1)} == gone
+            assert s.recovery.truncated_bytes == 0
+            assert s.pending_seqs(100) == [q for q in range(1, 31) if q not in gone]
+            got = dict(s.read(range(1, 31)))
+            assert sorted(got) == s.pending_seqs(100)
+            assert all(got[q].startswith(f"x:{q}:".encode()) for q in got)
+            # a replay request for a lost seq answers with its reason, never its damaged bytes
+            assert s.plan_replay([(max(gone), max(gone))]) == []
+    with Spool(tmp_path, limits) as s:
+        assert s.append([body("y")]) == [31]
+        s.ack(range(1, 32))
+        s.limits = SpoolLimits(segment_bytes=4096, window_seconds=0, window_bytes=0)
+        assert s.maintain() == 2  # the damaged files go once everything in them is resolved
+
+
+def test_damage_then_only_garbage_is_a_torn_tail(tmp_path: Path) -> None:
+    with Spool(tmp_path) as s:
+        s.append([body("a", 100) for _ in range(3)])
+    seg = segment_path(tmp_path, list_segments(tmp_path)[-1])
+    size = seg.stat().st_size
+    second = scan_segment(seg).records[1]
+    with open(seg, "r+b") as f:
+        f.seek(second.pos + 20)  # record 2, then record 3 torn
+        f.write(bytes(20))
+    os.truncate(seg, size - 10)
+    with Spool(tmp_path) as s:
         assert s.recovery.lost == [(2, 3, DAMAGED)]
+        assert s.recovery.truncated_bytes == size - 10 - second.pos and s.recovery.damaged_bytes == 0
         assert s.pending_seqs(10) == [1]
+
+
+def test_a_foreign_record_past_damage_is_not_adopted(tmp_path: Path) -> None:
+    """A valid record far past the seqs this spool handed out (stale bytes of another spool that a
+    file system showed after a crash) is not taken for one of its reports."""
+    from lossproof.agent.spool.format import Codec
+
+    with Spool(tmp_path) as s:
+        s.append([body("a", 100) for _ in range(2)])
+    seg = segment_path(tmp_path, list_segments(tmp_path)[-1])
+    with open(seg, "ab") as f:
+        f.write(bytes(40) + Codec().encode(10**9, 0, b"not mine"))
+    with Spool(tmp_path) as s:
+        assert s.recovery.lost == [] and s.recovery.last_seq == 2
+        assert s.pending_seqs(10) == [1, 2]
+        assert s.append([body("b")]) == [3]
 
 
 def test_spool_full_drops_exactly_the_oldest_pending(tmp_path: Path) -> None:
@@ -257,3 +332,71 @@ def test_new_incarnation_starts_at_the_lowest_pending_seq(tmp_path: Path) -> Non
         assert s.new_incarnation(old) == (new, 2)  # a second 409 for the old one: no third
     with Spool(tmp_path) as s:
         assert s.incarnation == (new, 2)
+
+
+def test_a_missing_state_file_is_refused_not_guessed(tmp_path: Path) -> None:
+    """Without ``state`` the spool cannot tell what was acknowledged nor the incarnation the seqs
+    belong to: starting anyway (as a spool made before incarnations) counted stored reports twice
+    and reported acknowledged ones lost. A spool never used is still made from nothing."""
+    with Spool(tmp_path) as s:
+        s.append([body("a") for _ in range(3)])
+        s.ack([1])
+    (tmp_path / "state").unlink()
+    with pytest.raises(SpoolError, match="state is missing, but the spool holds reports"):
+        Spool(tmp_path)
+    fresh = tmp_path / "fresh"
+    with Spool(fresh) as s:
+        assert s.incarnation[0]
+        assert s.append([body("b")]) == [1]
+
+
+def test_the_spool_opens_on_a_full_disk(tmp_path: Path) -> None:
+    """An agent restarted on a full disk must start, to send what it holds: opening writes nothing
+    that did not change, and a state it cannot save is saved later."""
+    import subprocess
+
+    from lptest import require
+
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)]).returncode == 0
+    require(mounted, "a small tmpfs mount (needs root)")
+    try:
+        limits = SpoolLimits(segment_bytes=64 * 1024)
+        (mnt / "filler").write_bytes(bytes(128 * 1024))  # freed at the end, to make room
+        with Spool(mnt / "spool", limits) as s:
+            appended = s.append([body("x", 1000) for _ in range(5)])
+            s.ack(appended)
+            with pytest.raises(SpoolError):
+                for _ in range(10_000):
+                    appended += s.append([body("x", 1000)])
+
+        def fill(name: str) -> None:
+            fd = os.open(mnt / name, os.O_WRONLY | os.O_CREAT, 0o644)  # whatever room is left
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, bytes(512))
+            os.close(fd)
+
+        fill("rest")
+        with Spool(mnt / "spool", limits) as s:
+            assert s.pending_seqs(100_000) == appended[5:]
+            assert dict(s.read(appended[-1:]))[appended[-1]].startswith(f"x:{appended[-1]}:".encode())
+        # a change found on opening (a damaged record) cannot be saved: logged, and it opens
+        seg = segment_path(mnt / "spool", list_segments(mnt / "spool")[-1])
+        hit = scan_segment(seg).records[-2]
+        with open(seg, "r+b") as f:
+            f.seek(hit.pos + 40)
+            f.write(b"\xff")
+        lost = [(hit.seq, hit.seq, DAMAGED)]
+        with Spool(mnt / "spool", limits) as s:
+            assert s.recovery.lost == lost
+            assert s.pending_seqs(100_000) == [q for q in appended[5:] if q != hit.seq]
+        (mnt / "filler").unlink()
+        with Spool(mnt / "spool", limits) as s:  # found again, and saved now
+            assert s.recovery.lost == lost
+        with Spool(mnt / "spool", limits) as s:
+            assert s.recovery.lost == []
+            assert s.unreported_drops() == lost
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])

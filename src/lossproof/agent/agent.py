@@ -99,6 +99,7 @@ class Agent:
                 next_seq=rec.last_seq + 1,
                 pending=rec.pending,
                 truncated_bytes=rec.truncated_bytes,
+                damaged_bytes=rec.damaged_bytes,
                 lost_on_recovery=[[a, b] for a, b, _ in rec.lost],
                 window_reports=stats.window_reports,
                 primary=cfg.primary_url,

@@ -19,20 +19,26 @@ header then payload; byte for byte the format written before that module existed
     24  8  created_ms  i64, when the report was made (unix ms)
     32  .  payload     the report ``{"seq", "time", "points"}`` exactly as it goes on the wire
 
-Seqs inside one segment are consecutive as written. A scan stops at the first record that is
-short, has a bad magic or CRC, or breaks the run of seqs: everything from there on is a torn tail
-(or damage) and is cut off on recovery (the spool has no durable mark past its records: nothing in
-a segment is vouched for but the records themselves, see :func:`lossproof.segments.framing.verdict`).
+Seqs inside one segment are consecutive as written. A scan (:func:`scan_segment`) walks the run
+of valid records; at a record that is short, has a bad magic or CRC, or breaks the run of seqs, it
+searches the rest of the file for the next valid record with a higher seq (:meth:`Framing.find_valid_after`)
+and goes on from there: the bytes between are *damage*, and the seqs they held are lost, but the
+records after them are intact and kept (one bad sector must not cost the rest of an 8 MiB file of
+reports never sent). Bad bytes with no valid record after them are a *torn tail* (a crash
+mid-append, or damage to the end) and are cut off on recovery: the spool has no durable mark past
+its records, so nothing in a segment is vouched for but the records themselves (see
+:func:`lossproof.segments.framing.verdict`).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import zstandard
 
-from lossproof.segments.framing import FRAME, HEADER_SIZE, MAX_PAYLOAD, Framing
+from lossproof.segments.framing import FRAME, HEADER_SIZE, MAX_PAYLOAD, FileWindow, Framing
 from lossproof.segments.names import SegmentNames
 
 __all__ = ["FRAMING", "HEADER_SIZE", "MAGIC", "MAX_PAYLOAD", "Codec", "RecordInfo", "Scan"]
@@ -97,9 +103,10 @@ class RecordInfo:
 
 @dataclass(slots=True)
 class Scan:
-    records: list[RecordInfo]
-    valid_end: int  # bytes of the file holding whole, valid records
+    records: list[RecordInfo]  # seqs ascending; a gap where damage was skipped
+    valid_end: int  # end of the last valid record: what follows is a torn tail
     file_size: int
+    damaged: list[tuple[int, int]]  # (position, bytes) of each stretch of damage skipped
 
 
 def check_record(data: bytes | memoryview, pos: int) -> RecordInfo | None:
@@ -108,10 +115,27 @@ def check_record(data: bytes | memoryview, pos: int) -> RecordInfo | None:
     return None if h is None else RecordInfo(h.number, h.pos, h.size, h.ts_ms)
 
 
-def scan_segment(path: Path) -> Scan:
-    """Every valid record of a segment, in order, up to the first bad byte or break in the seqs."""
-    s = FRAMING.scan_path(path, consecutive=True, collect=True)
-    return Scan([RecordInfo(h.number, h.pos, h.size, h.ts_ms) for h in s.records], s.end_pos, s.file_size)
+def scan_segment(path: Path, max_seq: int | None = None) -> Scan:
+    """Every valid record of a segment, in order, past any damage (see the module docstring).
+    ``max_seq``: a record found past damage with a higher seq is not this spool's (the file system
+    showed stale bytes): the search for records stops there, as at a torn tail."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        win = FileWindow(fd)
+        s = FRAMING.scan(win, consecutive=True, collect=True)
+        headers = list(s.records)
+        damaged: list[tuple[int, int]] = []
+        while s.bad_pos is not None and s.valid_after is not None:
+            found = s.valid_after
+            if max_seq is not None and found.number > max_seq:
+                break
+            damaged.append((s.bad_pos, found.pos - s.bad_pos))
+            s = FRAMING.scan(win, start=found.pos, after=found.number - 1, consecutive=True, collect=True)
+            headers += s.records
+        records = [RecordInfo(h.number, h.pos, h.size, h.ts_ms) for h in headers]
+        return Scan(records, s.end_pos, s.file_size, damaged)
+    finally:
+        os.close(fd)
 
 
 def read_all(directory: Path) -> list[tuple[int, RecordInfo, bytes]]:

@@ -33,6 +33,7 @@ from lossproof.agent.ranges import SeqRange, Tagged
 from lossproof.agent.spool import state as state_mod
 from lossproof.agent.spool.counter import SeqCounter
 from lossproof.agent.spool.format import (
+    HEADER_SIZE,
     SEGMENT_DIR,
     Codec,
     check_record,
@@ -94,12 +95,14 @@ class Recovery:
     pending: int
     truncated_bytes: int  # torn or damaged bytes cut off segment tails
     lost: list[Tagged] = field(default_factory=list)  # seqs with no intact record, now dropped
+    damaged_bytes: int = 0  # damaged bytes inside segments, skipped (the records after them kept)
 
 
 class _Segment:
-    """One segment file and the index of its records (seq = first_seq + index)."""
+    """One segment file and the index of its records (seq = first_seq + index). A seq whose record
+    was lost to damage inside the file (a *hole*) has an entry of size 0 at the next record."""
 
-    __slots__ = ("acked", "created", "end", "fd", "first_seq", "id", "path", "pending", "positions")
+    __slots__ = ("acked", "created", "end", "fd", "first_seq", "holes", "id", "path", "pending", "positions")
 
     def __init__(self, seg_id: int, path: Path, fd: int, first_seq: int) -> None:
         self.id = seg_id
@@ -111,6 +114,7 @@ class _Segment:
         self.end = 0  # bytes holding valid records; the next append goes here
         self.pending = 0  # records not yet acknowledged or dropped
         self.acked = 0  # records acknowledged (they need the replay window)
+        self.holes: list[SeqRange] = []  # seqs among first_seq..last_seq with no record
 
     @property
     def n(self) -> int:
@@ -135,6 +139,11 @@ class _Segment:
             self.end = self.positions[keep]
             del self.positions[keep:]
             del self.created[keep:]
+            self.holes = rg.clip(self.holes, 0, seq - 1)
+
+    def on_disk(self) -> list[SeqRange]:
+        """The seqs this file holds a record of."""
+        return rg.subtract([(self.first_seq, self.last_seq)], self.holes) if self.n else []
 
 
 def new_incarnation_id() -> str:
@@ -200,17 +209,33 @@ class Spool:
         except state_mod.StateError as e:
             raise SpoolError(str(e)) from None
         fresh = st is None and self._counter.value == 0 and not list_segments(self.dir)
+        if st is None and not fresh:
+            # Without it, which reports were acknowledged, and the incarnation their seqs belong to,
+            # are unknown: resending them under a made-up incarnation would count stored reports
+            # twice and leave the real one's unacknowledged seqs missing for good.
+            raise SpoolError(
+                f"{self.dir / state_mod.NAME} is missing, but the spool holds reports (seq counter at"
+                f" {self._counter.value}, {len(list_segments(self.dir))} segment files): restore the"
+                " file, or move the spool directory aside to start a new incarnation"
+            )
         self._st = st or state_mod.SpoolState()
         if fresh:
             # Made with the spool and saved (fsync'd) below before any seq is handed out.
             self._st.incarnation = new_incarnation_id()
         floor = self._st.floor
-        truncated = 0
+        truncated = damaged = 0
         for seg_id in list_segments(self.dir):
             path = segment_path(self.dir, seg_id)
-            scan = scan_segment(path)
+            # a file holds fewer records than it has headers' room for: a seq further than that
+            # past the counter is no record of this spool
+            scan = scan_segment(path, max_seq=self._counter.value + path.stat().st_size // HEADER_SIZE)
+            for at, size in scan.damaged:
+                # damage inside the file: its records are lost (recorded below, with the reason),
+                # those after it are intact and kept; the bytes stay, to be skipped again
+                damaged += size
+                log.warning("spool.damaged", segment=str(path), at=at, skipped=size)
             if scan.valid_end < scan.file_size:
-                # A torn tail (crash mid-append) or damage: nothing after the first bad byte is trusted.
+                # A torn tail (crash mid-append), or damage with nothing valid after it.
                 truncated += scan.file_size - scan.valid_end
                 log.warning(
                     "spool.truncated",
@@ -231,6 +256,11 @@ class Spool:
             fdatasync_path(path)
             seg = _Segment(seg_id, path, -1, recs[0].seq)
             for r in recs:
+                missing = r.seq - seg.first_seq - seg.n
+                if missing:
+                    seg.holes.append((r.seq - missing, r.seq - 1))
+                    seg.positions.extend([r.pos] * missing)
+                    seg.created.extend([r.created_ms] * missing)
                 seg.positions.append(r.pos)
                 seg.created.append(r.created_ms)
             seg.end = scan.valid_end
@@ -241,7 +271,7 @@ class Spool:
             self._segments.append(seg)
         fsync_dir(self.dir / SEGMENT_DIR)
 
-        on_disk = rg.normalize((s.first_seq, s.last_seq) for s in self._segments if s.n)
+        on_disk = rg.normalize(r for s in self._segments for r in s.on_disk())
         top_record = on_disk[-1][1] if on_disk else 0
         st_top = max(
             [b for _, b in self._st.acked] + [b for _, b, _ in self._st.dropped] + [floor - 1], default=0
@@ -282,10 +312,18 @@ class Spool:
         live = {s.id for s in self._segments}
         self._st.acked_at = {k: v for k, v in self._st.acked_at.items() if k in live}
         self._st.acked = rg.clip(acked, floor, 2**63)
-        self._save()
+        try:
+            self._save()
+        except SpoolError as e:
+            if fresh:
+                raise  # the incarnation must be durable before any seq of it is handed out
+            # On a full disk the agent must still start, to send what it holds: what changed (seqs
+            # found lost, files found resolved) is found again at the next start, and made durable
+            # by the next save that works.
+            log.error("spool.state_save_failed", error=str(e))
         self._counter.advance(self.last_seq)
         self._next_id = max([s.id for s in self._segments] + list_segments(self.dir) + [0]) + 1
-        return Recovery(self.last_seq, len(self._pending), truncated, lost)
+        return Recovery(self.last_seq, len(self._pending), truncated, lost, damaged)
 
     # -- writing ------------------------------------------------------------------------------------
 
