@@ -379,7 +379,8 @@ class QueryConfig(_Section):
         default=50_000_000,
         ge=1,
         description="Points one query may read from the store plus the points its subqueries make "
-        "(Prometheus' query.max-samples).",
+        "(Prometheus' query.max-samples); also the most values (series x steps) one array of its "
+        "evaluation or its answer may hold, checked before the array is made.",
     )
     max_series: int = Field(default=500_000, ge=1, description="Series one selector may read.")
     # checked cooperatively: a numpy call in progress is not interrupted, max_samples bounds it
@@ -388,7 +389,8 @@ class QueryConfig(_Section):
         gt=0,
         le=MAX_SECONDS,
         description="How long one query may evaluate (Prometheus' query.timeout): checked between the "
-        "steps of the evaluation and after each store read; 422 with errorType timeout.",
+        "steps of the evaluation, inside its long loops and after each store read; 422 with errorType "
+        "timeout.",
     )
     # For alert rules and dashboards written against 2.x: a sample exactly on a window's start
     # counts there, so their thresholds see the values they were tuned on.

@@ -33,13 +33,17 @@ async def protocol_header(request: web.Request, response: web.StreamResponse) ->
     response.headers[PROTOCOL_HEADER] = PROTOCOL_VERSION
 
 
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def json_body(data: Any) -> bytes:
     try:
-        body = msgspec.json.encode(data)
+        return msgspec.json.encode(data)
     except UnicodeEncodeError:
         # A message quoting the request can hold a lone surrogate (a JSON "\\ud800" escape, a
         # header byte aiohttp kept as one), which UTF-8 cannot carry: written as its escape.
-        body = msgspec.json.encode(_utf8_safe(data))
+        return msgspec.json.encode(_utf8_safe(data))
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    body = json_body(data)
     return web.Response(
         body=body,
         status=status,

@@ -426,3 +426,85 @@ def test_rate_in_pieces(store: SqliteStore, monkeypatch: pytest.MonkeyPatch, q: 
         assert v.labels == whole.labels
         assert np.array_equal(v.present, whole.present)
         assert np.array_equal(v.values[v.present], whole.values[whole.present])
+
+
+def _peak_bytes(fn: object) -> tuple[BaseException | None, int]:
+    """What ``fn()`` raised, and the most memory it held at once (numpy's arrays included: numpy
+    reports them to tracemalloc)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()  # type: ignore[operator]
+        raised = None
+    except BaseException as e:
+        raised = e
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return raised, peak
+
+
+@pytest.mark.parametrize(
+    "q",
+    [
+        "max_over_time(cpu[1h:1ms])",  # a subquery of 3.6 M steps over 3 series: 10.8 M values
+        "max_over_time((cpu @ 1767225630)[1h:1ms])",  # the same, fixed by @ and widened
+        "count_values(\"v\", cpu + time())",  # a series per distinct value: 15 x 6,001 steps
+        "last_over_time(cpu[1h])",  # an answer of 3 series x 6,001 steps
+    ],
+)
+def test_arrays_past_max_samples_are_refused_before_they_are_made(store: SqliteStore, q: str) -> None:
+    """A (series x steps) array larger than max_samples ends the query with the limit's 422 before
+    its memory is taken: a subquery with a tiny step took gigabytes (or a 500 from numpy's
+    allocation failure) before the limit was checked, and count_values or the answer itself had
+    no bound at all."""
+    limits = promql.Limits(max_samples=5_000_000)  # more than the subquery's steps
+    grid = promql.Grid(T, T + 6000 * S, S) if "1h:" not in q else promql.Grid(T + 30 * S, T + 30 * S, S)
+    if q.startswith("count_values") or q.startswith("last_over"):
+        limits = promql.Limits(max_samples=15_000)  # 3 series x 6,001 steps is 18,003
+
+    def run() -> None:
+        promql.Evaluator(store, "t", grid, limits=limits).eval(promql.parse(q))
+
+    raised, peak = _peak_bytes(run)
+    assert isinstance(raised, promql.LimitExceeded) and "max_samples" in str(raised), raised
+    # the refused arrays would be 9 bytes a value (97 MB for the subqueries); the subquery's step
+    # times (8 bytes a step: 29 MB) are made before its series are known, within max_samples
+    assert peak < 40 * 2**20, peak
+
+
+def test_a_long_function_stops_at_the_timeout_and_when_cancelled(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The timeout is checked inside a function's work (a block of windows at a time), not only
+    between the nodes of the expression: one slow ``quantile_over_time`` ran to its end, 7x past
+    the timeout. A cancelled query (its client gone) stops the same way."""
+    import time
+
+    from lossproof.query import promwindows
+
+    monkeypatch.setattr(promwindows, "BLOCK", 1)  # a series a block
+    real = promwindows._range_block
+    calls = [0]
+
+    def slow(*args: object, **kw: object) -> object:
+        calls[0] += 1
+        time.sleep(0.25)
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(promwindows, "_range_block", slow)
+    grid = promql.Grid(T, T + 600 * S, S)  # 3 series: 3 blocks, 0.75 s
+    q = promql.parse("quantile_over_time(0.5, cpu[1m])")
+    t0 = time.monotonic()
+    with pytest.raises(promql.LimitExceeded, match="timed out"):
+        promql.Evaluator(store, "t", grid, limits=promql.Limits(timeout_s=0.3)).eval(q)
+    assert time.monotonic() - t0 < 0.7 and calls[0] == 2
+    budget = promql.Budget(promql.Limits())
+    ev = promql.Evaluator(store, "t", grid, budget=budget)
+    calls[0] = 0
+    import threading
+
+    threading.Timer(0.1, budget.cancel).start()
+    with pytest.raises(promql.QueryCancelled):
+        ev.eval(q)
+    assert calls[0] == 1

@@ -11,6 +11,7 @@ They follow Prometheus' ``promql/engine.go`` (``aggregation``): the variance is 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -131,11 +132,14 @@ def ratio_keep(ratio: F64, offsets: F64) -> Mask:
     return keep
 
 
-def count_values(values: F64, present: Mask, gid: I64) -> tuple[I64, F64, F64]:
+def count_values(
+    values: F64, present: Mask, gid: I64, cells: Callable[[int, int], None]
+) -> tuple[I64, F64, F64]:
     """``count_values``: per distinct (group, value) the number of series with it at each step, from
     one sort of the present cells (not one pass per distinct value). Answers each pair's group,
     value and counts (pairs x steps). Values are told apart by their bits (``-0`` is not ``0``, as
-    Prometheus prints them apart), all NaN being one."""
+    Prometheus prints them apart), all NaN being one. ``cells(pairs, steps)`` is asked before the
+    counts are made (a value that changes at every step makes a series of each)."""
     n = values.shape[1]
     ii, kk = np.nonzero(present)
     vals = values[ii, kk]
@@ -144,6 +148,7 @@ def count_values(values: F64, present: Mask, gid: I64) -> tuple[I64, F64, F64]:
     if not pairs.shape[1]:
         return np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros((0, n))
     uniq, inverse = np.unique(pairs, axis=1, return_inverse=True)
+    cells(uniq.shape[1], n)
     counts = np.zeros((uniq.shape[1], n))
     np.add.at(counts, (inverse.reshape(-1), kk), 1.0)
     return uniq[0].astype(np.int64), uniq[1].view(np.float64), counts

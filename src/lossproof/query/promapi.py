@@ -22,7 +22,7 @@ from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
 
 from lossproof.auth import KeyRing
-from lossproof.httputil import client_reason, json_response
+from lossproof.httputil import client_reason, json_body, json_response
 from lossproof.query import params, promql
 from lossproof.query.promref import unparen
 from lossproof.store.access import StoreAccess, StoreUnavailable
@@ -30,6 +30,7 @@ from lossproof.store.base import Matcher, StoreReader
 
 T = TypeVar("T")
 MAX_MATCH = 256  # match[] selectors in one request: each is parsed and read on its own
+CLIENT_CHECK_SECONDS = 0.5  # how often a running query looks whether its client is still there
 
 
 class ApiFailure(Exception):
@@ -46,6 +47,13 @@ def _error(status: int, error_type: str, message: str) -> web.Response:
 
 def _success(data: Any) -> web.Response:
     return json_response({"status": "success", "data": data})
+
+
+async def _success_off_loop(data: Any) -> web.Response:
+    """:func:`_success` of a query's answer, encoded on a thread: an answer can be hundreds of MB,
+    which the event loop that acknowledges writes would otherwise spend a second or more on."""
+    body = await asyncio.to_thread(json_body, {"status": "success", "data": data})
+    return web.Response(body=body, content_type="application/json")
 
 
 def parse_time(raw: str, name: str) -> int:
@@ -127,6 +135,23 @@ class PromApi:
     async def _run(self, fn: Callable[[StoreReader], T]) -> T:
         return await self.store.run(fn)
 
+    async def _evaluate(self, request: web.Request, fn: Callable[[StoreReader, promql.Budget], T]) -> T:
+        """``fn(store, budget)`` on a read thread, with a budget of this API's limits that is
+        cancelled once the client has gone away (or the handler is cancelled): the evaluation then
+        stops at its next check instead of holding a read thread for an answer nobody reads."""
+        budget = promql.Budget(self.limits)
+        task = asyncio.ensure_future(self.store.run(lambda s: fn(s, budget)))
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=CLIENT_CHECK_SECONDS)
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    budget.cancel()
+            return task.result()
+        except asyncio.CancelledError:
+            budget.cancel()
+            raise
+
     # --- queries -----------------------------------------------------------------------------------
 
     async def query(self, request: web.Request, tenant: str, q: MultiDictProxy[str]) -> web.Response:
@@ -140,17 +165,17 @@ class PromApi:
         if isinstance(inner, pp.StringLiteral):
             return _success({"resultType": "string", "result": [_ts(at), str(inner.val)]})
         if isinstance(inner, (pp.MatrixSelector, pp.SubqueryExpr)):
-            raw = await self._run(
-                lambda s: promql.instant_raw(s, tenant, inner, at, limits, closed, lookback)
+            raw = await self._evaluate(
+                request, lambda s, b: promql.instant_raw(s, tenant, inner, at, limits, closed, lookback, b)
             )
             rows = await asyncio.to_thread(_raw_rows, raw)
-            return _success({"resultType": "matrix", "result": rows})
+            return await _success_off_loop({"resultType": "matrix", "result": rows})
         grid = promql.Grid(at, at, 1)
 
-        def run(s: StoreReader) -> dict[str, Any]:
+        def run(s: StoreReader, budget: promql.Budget) -> dict[str, Any]:
             # the answer's rows built here too, off the event loop (a vector of many series takes
             # milliseconds, which acknowledgements would wait for)
-            value = promql.Evaluator(s, tenant, grid, lookback, limits, closed=closed).eval(expr)
+            value = promql.Evaluator(s, tenant, grid, lookback, budget=budget, closed=closed).eval(expr)
             if isinstance(value, promql.Scalar):
                 return {"resultType": "scalar", "result": [_ts(at), promql.format_value(value.values[0])]}
             order = [i for i in promql.instant_order(expr, value) if value.present[i, 0]]
@@ -159,7 +184,7 @@ class PromApi:
             rows = [{"metric": value.labels[i], "value": [t, v]} for i, v in zip(order, texts, strict=True)]
             return {"resultType": "vector", "result": rows}
 
-        return _success(await self._run(run))
+        return await _success_off_loop(await self._evaluate(request, run))
 
     async def query_range(self, request: web.Request, tenant: str, q: MultiDictProxy[str]) -> web.Response:
         for name in ("start", "end", "step"):
@@ -192,13 +217,14 @@ class PromApi:
             )
         grid = promql.Grid(start, end, step)
         lookback = _lookback(q)
-        limits, closed = self.limits, self.closed
-        value = await self._run(
-            lambda s: promql.Evaluator(s, tenant, grid, lookback, limits, closed=closed).eval(expr)
+        closed = self.closed
+        value = await self._evaluate(
+            request,
+            lambda s, b: promql.Evaluator(s, tenant, grid, lookback, budget=b, closed=closed).eval(expr),
         )
         rows = await asyncio.to_thread(lambda: promql.matrix_rows(value, grid.times(), _ts))
         result = [{"metric": labels, "values": pts} for labels, pts in rows]
-        return _success({"resultType": "matrix", "result": result})
+        return await _success_off_loop({"resultType": "matrix", "result": result})
 
     # --- metadata ----------------------------------------------------------------------------------
 

@@ -329,7 +329,9 @@ class Limits:
     """What one query may cost (``[query]`` in the configuration); each, when exceeded, ends the
     query with a 422 naming it, before the memory or the read thread is gone."""
 
-    max_samples: int = 50_000_000  # points read, plus points a subquery makes (Prometheus' default)
+    # points read, plus points a subquery makes; also the most values one (series x steps) array of the
+    # evaluation or the answer may hold (Prometheus' default, which counts a result's points too)
+    max_samples: int = 50_000_000
     max_series: int = 500_000  # series one selector may read
     timeout_s: float = 120.0  # checked between the steps of the evaluation (Prometheus: 2 minutes)
 
@@ -338,15 +340,28 @@ class LimitExceeded(ExecutionError):
     """A query over one of its :class:`Limits` (422, ``execution``; ``timeout`` for the time)."""
 
 
+class QueryCancelled(ExecutionError):
+    """The query's client went away (or the server is stopping): its evaluation stops at the next
+    check, and nobody reads the answer."""
+
+
 class Budget:
-    """What a query has used so far, shared by its subqueries."""
+    """What a query has used so far, shared by its subqueries. :meth:`check_time` is called between
+    the steps of the evaluation and inside its long loops: it also stops a query that was
+    cancelled (:meth:`cancel`, from another thread)."""
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.samples = 0
         self.deadline = time.monotonic() + limits.timeout_s
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
     def check_time(self) -> None:
+        if self.cancelled:
+            raise QueryCancelled("query cancelled: its client went away")
         if time.monotonic() > self.deadline:
             e = LimitExceeded(
                 f"query timed out in expression evaluation (timeout_seconds = {self.limits.timeout_s:g}, "
@@ -364,11 +379,22 @@ class Budget:
             )
         self.samples += samples
         if self.samples > lim.max_samples:
-            raise LimitExceeded(
-                "query processing would load too many samples into memory in query execution "
-                f"(more than max_samples = {lim.max_samples}, [query] in lossproof.toml)"
-            )
+            raise self._too_many()
         self.check_time()
+
+    def cells(self, series: int, steps: int) -> None:
+        """Before an array of ``series`` x ``steps`` values is made (a selector's lookups over a
+        subquery's steps, a range function's answer, ``count_values``'s series): past
+        ``max_samples`` the query ends here, before the memory is taken."""
+        if series * steps > self.limits.max_samples:
+            raise self._too_many()
+        self.check_time()
+
+    def _too_many(self) -> LimitExceeded:
+        return LimitExceeded(
+            "query processing would load too many samples into memory in query execution "
+            f"(more than max_samples = {self.limits.max_samples}, [query] in lossproof.toml)"
+        )
 
 
 # --- evaluation --------------------------------------------------------------------------------------

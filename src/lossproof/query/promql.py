@@ -106,6 +106,9 @@ from lossproof.query.promparse import (
     Limits as Limits,
 )
 from lossproof.query.promparse import (
+    QueryCancelled as QueryCancelled,
+)
+from lossproof.query.promparse import (
     _walk,
 )
 from lossproof.query.promparse import (
@@ -341,6 +344,7 @@ class Evaluator:
         n = self.grid.n
         if values.shape[1] == n:
             return values, present
+        self.budget.cells(values.shape[0], n)
         return np.repeat(values, n, axis=1), np.repeat(present, n, axis=1)
 
     def _instant(self, vs: pp.VectorSelector, sample_times: bool = False) -> Vector:
@@ -348,6 +352,7 @@ class Evaluator:
         time of the sample taken, in seconds (``timestamp()``)."""
         at = self._times(vs.at) - _ms(vs.offset)
         found = self._read(vs, window_first(int(at[0]), self.lookback_ms, self.closed), int(at[-1]))
+        self.budget.cells(len(found), self.grid.n)
         labels = [{**s.labels, NAME: promql_name(s.metric)} for s in found]
         values, present = lookup_all(found, at, self.lookback_ms, sample_times, self.closed)
         if sample_times:
@@ -499,6 +504,7 @@ class Evaluator:
         if rng <= 0:
             raise PromQLError("range must be positive")
         extra = [self.scalar(a) for i, a in enumerate(args) if i != arg_at]
+        self.budget.cells(len(found), g.n)
         if name == "predict_linear" and len(ends) < g.n:
             # fixed by @, the window is the same at every step, but the prediction is not: it starts
             # from each step's own time (Prometheus' enh.Ts), so each step computes its own
@@ -515,18 +521,20 @@ class Evaluator:
         for k in range(g.n):
             cols_by.setdefault(tuple(float(x[k]) for x in extra), []).append(k)
         times = g.array()
+        tick = self.budget.check_time
         for key, cols in cols_by.items():
+            tick()
             fn = _parametrised(name, key, times[cols])
             q = key[0] if key else 0.0
             if len(cols_by) == 1 and len(ends) == g.n:  # one computation for every step
-                values, present = range_function(name, found, ends, rng, q, fn, self.closed)
+                values, present = range_function(name, found, ends, rng, q, fn, self.closed, tick)
                 break
             if len(ends) == 1:
-                v1, p1 = range_function(name, found, ends, rng, q, fn, self.closed)
+                v1, p1 = range_function(name, found, ends, rng, q, fn, self.closed, tick)
                 values[:, cols], present[:, cols] = v1, p1
             else:
                 idx = np.array(cols)
-                vk, pk = range_function(name, found, ends[idx], rng, q, fn, self.closed)
+                vk, pk = range_function(name, found, ends[idx], rng, q, fn, self.closed, tick)
                 values[:, idx], present[:, idx] = vk, pk
         keep_name = name in ("last_over_time", "first_over_time")
         labels = [_full_labels(s) if keep_name else dict(s.labels) for s in found]
@@ -555,7 +563,11 @@ class Evaluator:
         counted = [0, 0]  # series, samples
 
         def within(series: int, samples: int) -> bool:
-            return series <= lim.max_series and self.budget.samples + samples <= lim.max_samples
+            return (
+                series <= lim.max_series
+                and self.budget.samples + samples <= lim.max_samples
+                and series * len(ends) <= lim.max_samples  # the answer's values (Budget.cells)
+            )
 
         def of_arrays(piece: list[SeriesArrays]) -> tuple[F64, Mask]:
             if not within(counted[0] + len(piece), counted[1] + sum(len(s.t) for s in piece)):
@@ -583,6 +595,7 @@ class Evaluator:
             )
             self.store.select_rate_each(self.tenant, matchers, from_ms, to_ms, rate, each)
             self.budget.add(*counted)
+            self.budget.cells(counted[0], len(ends))
         if rng <= 0:
             raise PromQLError("range must be positive")
         n = self.grid.n
@@ -868,7 +881,7 @@ class Evaluator:
     def _count_values(self, label: str, inner: Vector, gid: I64, glabels: list[Labels]) -> Vector:
         """Per group and step, how many series have each value; one series per (group, value), the
         value (printed as Prometheus prints it) in ``label``."""
-        groups, values, counts = promagg.count_values(inner.values, inner.present, gid)
+        groups, values, counts = promagg.count_values(inner.values, inner.present, gid, self.budget.cells)
         if not len(groups):
             return Vector.empty(self.grid.n)
         texts = format_values(values.tolist())
@@ -945,10 +958,13 @@ def instant_raw(
     limits: Limits | None = None,
     closed: bool = False,
     lookback_ms: int = LOOKBACK_MS,
+    budget: Budget | None = None,
 ) -> RawMatrix:
     """A range vector at the top of an instant query: its points in ``(at - range, at]`` (closed:
     ``[at - range, at]``); ``lookback_ms`` that of a subquery's instant selectors."""
-    ev = Evaluator(store, tenant, Grid(at_ms, at_ms, 1), lookback_ms, limits=limits, closed=closed)
+    ev = Evaluator(
+        store, tenant, Grid(at_ms, at_ms, 1), lookback_ms, limits=limits, budget=budget, closed=closed
+    )
     return RawMatrix(ev.raw(expr))
 
 

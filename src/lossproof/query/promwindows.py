@@ -25,11 +25,12 @@ def range_function(
     q: float = 0.0,
     fn: RangeArrays | None = None,
     closed: bool = False,
+    tick: Callable[[], None] | None = None,
 ) -> tuple[F64, Mask]:
     """``name`` (a range function) over the windows ``(at[k] - rng, at[k]]`` of every series of
     ``found`` (``closed``: ``[at[k] - rng, at[k]]``, see :func:`window_first`): values and
     presence, shaped (series, steps). Exactly (bit for bit) what ``_range_fn`` answers window by
-    window.
+    window. ``tick`` is called before each block of windows (the query's timeout and cancellation).
 
     The series are concatenated (series i's points are ``t[starts[i]:starts[i + 1]]``) with one
     sentinel point at the end (t 0, v NaN), so that ``lo`` and ``hi - 1`` of any window, empty or
@@ -42,6 +43,8 @@ def range_function(
     present = np.zeros((m, n), dtype=bool)
     block = max(1, BLOCK // n)  # series at a time: the temporaries stay in the CPU's cache
     for r0 in range(0, m, block):
+        if tick is not None:
+            tick()
         r1 = min(m, r0 + block)
         values[r0:r1], present[r0:r1] = _range_block(fn or _RANGE[name], found[r0:r1], at, rng, q, closed)
     return values, present

@@ -1,11 +1,14 @@
 """Read access to the store from the asyncio HTTP process.
 
 Store reads are blocking (a database driver), so they run on threads; the event loop that waits
-for log durability is never blocked by a query. Queries run on a pool of ``read_threads`` threads, each
-with a store handle of its own (SQLite readers and PostgreSQL connections read in parallel, and decoding
-chunks with numpy and SQLite's own work release the GIL), so a short query is not stuck behind a long
-one. The ledger look-ups ingest makes before acknowledging have a thread of their own: a slow query
-never delays an acknowledgement.
+for log durability is never blocked by a query. Queries run on a pool of up to ``read_threads`` threads
+(16, as Prometheus runs 20 queries at once), each with a store handle of its own (SQLite readers and
+PostgreSQL connections read in parallel, and decoding chunks with numpy and SQLite's own work release
+the GIL), so a short query is not stuck behind long ones: it shares the CPU with them at once instead
+of waiting for one to end. Threads (and handles) are made only when every one is busy, so a quiet
+server keeps a few. Each query's own limits (``[query]``: samples, series, timeout) bound what it
+holds, and a query whose client went away stops (``promapi``). The ledger look-ups ingest makes
+before acknowledging have a thread of their own: a slow query never delays an acknowledgement.
 
 The metadata endpoints (``/api/v1/labels``, ``/series``, ``/label/<name>/values``) are answered on the
 event loop itself when the store can answer them at once from memory (:meth:`StoreAccess.run_brief`):
@@ -34,7 +37,7 @@ log = get(__name__)
 
 class StoreAccess:
     def __init__(
-        self, open_store: Callable[[], StoreReader], replay_cache_seconds: float = 1.0, read_threads: int = 4
+        self, open_store: Callable[[], StoreReader], replay_cache_seconds: float = 1.0, read_threads: int = 16
     ) -> None:
         self._open = open_store
         self._local = threading.local()  # each thread's store handle
