@@ -108,6 +108,7 @@ PROCESS_GOOD = GOOD.replace("8080", "9") + "statsd_port = 0\nmetrics_port = 0\n"
             "backoff_initial_seconds = 60.0\n",
             "backoff_initial_seconds = 60 must be at most backoff_max_seconds",
         ),
+        ('[relay]\nlisten = "0.0.0.0:4318"\n', ": relay: listen '0.0.0.0:4318' is not a loopback address"),
     ],
 )
 def test_bad_value_is_one_line_from_the_process(tmp_path: Path, extra: str, needle: str) -> None:
@@ -119,6 +120,7 @@ def test_bad_value_is_one_line_from_the_process(tmp_path: Path, extra: str, need
     assert r.returncode != 0 and "Traceback" not in err, err
     assert len(err.splitlines()) == 1, err
     assert needle in err and str(path) in err, err
+    assert "relay: relay:" not in err, err  # the location is said once
 
 
 # (setting, least accepted, just below it, most accepted, just above it)

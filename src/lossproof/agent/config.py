@@ -92,11 +92,10 @@ class RelayConfig(BaseModel):
     @model_validator(mode="after")
     def _key_source(self) -> RelayConfig:
         if self.api_key is not None and self.api_key_env is not None:
-            raise ValueError("relay: set at most one of api_key and api_key_env")
+            # no "relay: " here: the message is located at relay already ("agent.toml: relay: ...")
+            raise ValueError("set at most one of api_key and api_key_env")
         if self.listen and not _is_loopback(self.host) and self.api_key is None and self.api_key_env is None:
-            raise ValueError(
-                f"relay: listen {self.listen!r} is not a loopback address: set api_key or api_key_env"
-            )
+            raise ValueError(f"listen {self.listen!r} is not a loopback address: set api_key or api_key_env")
         return self
 
     @property
