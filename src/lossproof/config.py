@@ -17,11 +17,19 @@ import tomllib
 import typing
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, Literal
+from pathlib import Path, PurePath
+from typing import Annotated, Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from lossproof.durable import make_dirs, write_atomic
 from lossproof.urls import check_base_url
@@ -44,6 +52,23 @@ class ConfigError(Exception):
 
 # Durations are bounded so every derived value (milliseconds, deadlines) stays a sane int64.
 MAX_SECONDS = 10 * 365 * 86400
+
+
+def check_path(value: object) -> object:
+    """A path setting as written in the file: refused here, naming the setting, rather than as a
+    ``ValueError`` from the first ``open``/``mkdir`` (the OS takes no NUL byte in a path), and never
+    empty (``Path("")`` is ``.``: the data would silently go into the config's own directory)."""
+    if isinstance(value, str | PurePath):
+        text = str(value) if isinstance(value, PurePath) else value
+        if "\x00" in text:
+            raise ValueError(f"{text!r} contains a NUL byte: not a usable path")
+        if not text.strip():
+            raise ValueError("must not be empty (use '.' for the directory itself)")
+    return value  # anything else: the field's type refuses it with its own message
+
+
+# A str or Path setting that names a file or directory (checked by check_path before its type).
+PathSetting = BeforeValidator(check_path)
 
 
 class _Section(BaseModel):
@@ -187,9 +212,10 @@ class KafkaLogConfig(_Section):
         le=MAX_SECONDS,
         description="Consumer group session: how soon a dead worker's partitions move to another worker.",
     )
+    # Each check asks the brokers for every group's committed offsets: not a thing to do in a loop.
     retention_check_seconds: float = Field(
         default=60.0,
-        gt=0,
+        ge=1,
         le=MAX_SECONDS,
         description="How often the writer deletes records every lossproof consumer group has committed past.",
     )
@@ -209,7 +235,9 @@ class LogConfig(_Section):
         default="embedded",
         description="`embedded` (segment files here) or `kafka` ([log.kafka], docs/kafka.md).",
     )
-    dir: str = Field(default="log", description="embedded: the log directory (relative: in the data dir).")
+    dir: Annotated[str, PathSetting] = Field(
+        default="log", description="embedded: the log directory (relative: in the data dir)."
+    )
     segment_bytes: int = Field(default=64 * MiB, ge=4096, description="embedded: size of a segment file.")
     retention_seconds: float = Field(
         default=3600.0,
@@ -234,7 +262,9 @@ class StoreConfig(_Section):
     backend: Literal["embedded", "postgres"] = Field(
         default="embedded", description="`embedded` (SQLite in the data dir) or `postgres` (needs `dsn`)."
     )
-    path: str = Field(default="store.db", description="embedded: the SQLite file (WAL, synchronous=FULL).")
+    path: Annotated[str, PathSetting] = Field(
+        default="store.db", description="embedded: the SQLite file (WAL, synchronous=FULL)."
+    )
     dsn: str = Field(
         default="",
         description="postgres: a libpq connection string or URI, e.g. "
@@ -553,7 +583,9 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 def _describe(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     where = ".".join(str(p) for p in first["loc"])
-    return f"{source}: {where}: {first['msg']}" if where else f"{source}: {first['msg']}"
+    # a validator's own message says what is wrong; pydantic's "Value error, " adds nothing
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"{source}: {where}: {msg}" if where else f"{source}: {msg}"
 
 
 def load(data_dir: Path, env: Mapping[str, str] | None = None) -> Config:

@@ -100,6 +100,35 @@ def test_finite_float_type() -> None:
             t.convert(bad, None, None)
 
 
+# --- path settings of the server's config (lossproof.toml) ----------------------------------------
+
+# A NUL byte reached the first open/mkdir: `up`'s worker died on it three times, the fallback receiver
+# served with a config naming an unusable path. Now every command that loads the file refuses it.
+NUL_PATHS = [
+    ('[store]\npath = "a\\u0000b"\n', "store.path: 'a\\x00b' contains a NUL byte"),
+    ('[log]\ndir = "a\\u0000b"\n', "log.dir: 'a\\x00b' contains a NUL byte"),
+    ('[log]\ndir = ""\n', "log.dir: must not be empty"),
+]
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("command", [["up", "--port", "0"], ["fallback", "--port", "0"]])
+@pytest.mark.parametrize(("text", "needle"), NUL_PATHS)
+def test_bad_path_settings_refused_at_start(
+    tmp_path: Path, command: list[str], text: str, needle: str
+) -> None:
+    (tmp_path / "lossproof.toml").write_text(text)
+    line = fails_process(tmp_path, command[0], "--data-dir", str(tmp_path), *command[1:], timeout=30)
+    assert needle in line and "lossproof.toml" in line, line
+
+
+@pytest.mark.parametrize(("text", "needle"), NUL_PATHS)
+def test_bad_path_settings_refused_by_keys(fails: Fails, tmp_path: Path, text: str, needle: str) -> None:
+    (tmp_path / "lossproof.toml").write_text(text)
+    line = fails(tmp_path, "keys", "list", "--data-dir", str(tmp_path))
+    assert needle in line, line
+
+
 # --- B3 / C7: kafka init ----------------------------------------------------------------------------
 
 

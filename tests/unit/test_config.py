@@ -47,6 +47,10 @@ def test_env_overrides(tmp_path: Path) -> None:
         ("[server]\ningest_processes = 0\n", "server.ingest_processes"),
         ("[server]\ningest_processes = 2\n", "server.ingest_processes = 2 needs log.partitions >= 2"),
         ("[query]\nwindows = 'prometheus4'\n", "query.windows: Input should be 'prometheus3' or"),
+        ('[store]\npath = "a\\u0000b"\n', "store.path: 'a\\x00b' contains a NUL byte: not a usable path"),
+        ('[log]\ndir = "a\\u0000b"\n', "log.dir: 'a\\x00b' contains a NUL byte"),
+        ("[log]\ndir = ' '\n", "log.dir: must not be empty"),
+        ("[log.kafka]\nretention_check_seconds = 1e-300\n", "log.kafka.retention_check_seconds"),
     ],
 )
 def test_bad_config_names_the_key_and_file(tmp_path: Path, text: str, needle: str) -> None:

@@ -12,15 +12,36 @@ import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lossproof.config import ConfigError
+from lossproof.agent.backoff import MAX_RETRY_AFTER
+from lossproof.config import ConfigError, PathSetting
 from lossproof.urls import check_base_url
 
 MiB = 2**20
 GiB = 2**30
+TiB = 2**40
+HOUR = 3600.0
+DAY = 24 * HOUR
+YEAR = 365 * DAY
+
+# Every duration and size has a floor and a ceiling (docs/agent.md, "Configuration"): a value far
+# outside them is a typo, never a setting, and the agent must not spin on it (an interval of 1e-300 s)
+# or wait on it forever (a drain of 1e308 s). NaN and ±inf are refused by allow_inf_nan=False.
+
+# The shortest interval: a host collection takes ~1 ms and each report two fsyncs (segment and seq
+# counter); at 10 ms the agent uses ~10% of a core, below it would do little but collect and fsync.
+MIN_INTERVAL = 0.01
+# Backoff and probes below 10 ms / 100 ms would retry or probe a failing server in a tight loop.
+MIN_BACKOFF = 0.01
+MIN_PROBE = 0.1
+# A request waits for the server's fsync before its 200: a timeout below 0.1 s fails healthy requests.
+MIN_REQUEST_TIMEOUT = 0.1
+# Bytes read or built in memory (a request body, a batch) vs kept on disk (spools, the replay window).
+MAX_MEMORY_BYTES = 1 * GiB
+MAX_DISK_BYTES = 1 * TiB
 
 
 def _check_url(url: str) -> str:
@@ -49,11 +70,12 @@ class RelayConfig(BaseModel):
     # new ones share "<protocol>/other".
     max_senders: int = Field(default=16, ge=1, le=256)
     # Pending bytes per local sender's spool; past it the relay answers 503 (the client retries).
-    max_spool_bytes: int = Field(default=256 * MiB, ge=4096)
-    max_body_bytes: int = Field(default=16 * MiB, ge=1024)
-    max_decoded_bytes: int = Field(default=64 * MiB, ge=1024)
-    body_idle_seconds: float = Field(default=30.0, gt=0, le=3600)
-    body_read_max_seconds: float = Field(default=300.0, gt=0, le=3600)
+    max_spool_bytes: int = Field(default=256 * MiB, ge=4096, le=MAX_DISK_BYTES)
+    # A body is held in memory while it is read and decoded.
+    max_body_bytes: int = Field(default=16 * MiB, ge=1024, le=MAX_MEMORY_BYTES)
+    max_decoded_bytes: int = Field(default=64 * MiB, ge=1024, le=MAX_MEMORY_BYTES)
+    body_idle_seconds: float = Field(default=30.0, gt=0, le=HOUR)
+    body_read_max_seconds: float = Field(default=300.0, gt=0, le=HOUR)
 
     @field_validator("listen")
     @classmethod
@@ -70,11 +92,10 @@ class RelayConfig(BaseModel):
     @model_validator(mode="after")
     def _key_source(self) -> RelayConfig:
         if self.api_key is not None and self.api_key_env is not None:
-            raise ValueError("relay: set at most one of api_key and api_key_env")
+            # no "relay: " here: the message is located at relay already ("agent.toml: relay: ...")
+            raise ValueError("set at most one of api_key and api_key_env")
         if self.listen and not _is_loopback(self.host) and self.api_key is None and self.api_key_env is None:
-            raise ValueError(
-                f"relay: listen {self.listen!r} is not a loopback address: set api_key or api_key_env"
-            )
+            raise ValueError(f"listen {self.listen!r} is not a loopback address: set api_key or api_key_env")
         return self
 
     @property
@@ -106,36 +127,40 @@ class AgentConfig(BaseModel):
     api_key_env: str | None = Field(default=None, min_length=1)
     primary_url: str
     fallback_urls: list[str] = Field(default_factory=list)
-    spool_dir: Path = Path("lossproof-agent-spool")
+    spool_dir: Annotated[Path, PathSetting] = Path("lossproof-agent-spool")
 
-    interval_seconds: float = Field(default=10.0, gt=0, le=3600)
+    interval_seconds: float = Field(default=10.0, ge=MIN_INTERVAL, le=HOUR)
     # Upper bound on a single report; a busier interval is cut into several reports.
     max_points_per_report: int = Field(default=10_000, ge=1, le=1_000_000)
 
     # Unacknowledged data kept on disk; beyond it the oldest unacked reports are dropped (and reported).
-    max_spool_bytes: int = Field(default=256 * MiB, ge=4096)
+    max_spool_bytes: int = Field(default=256 * MiB, ge=4096, le=MAX_DISK_BYTES)
     # Acknowledged reports stay this long / this much for replays the server asks for.
-    replay_window_seconds: float = Field(default=6 * 3600.0, ge=0)
-    replay_window_bytes: int = Field(default=1 * GiB, ge=0)
-    spool_segment_bytes: int = Field(default=8 * MiB, ge=4096)
+    replay_window_seconds: float = Field(default=6 * HOUR, ge=0, le=YEAR)
+    replay_window_bytes: int = Field(default=1 * GiB, ge=0, le=MAX_DISK_BYTES)
+    # Files are deleted whole: a huge one would hold its acknowledged reports long past the window.
+    spool_segment_bytes: int = Field(default=8 * MiB, ge=4096, le=1 * GiB)
 
-    max_batch_bytes: int = Field(default=4 * MiB, ge=1024)
+    # A batch is built in memory (max_in_flight of them at once).
+    max_batch_bytes: int = Field(default=4 * MiB, ge=1024, le=MAX_MEMORY_BYTES)
     max_batch_reports: int = Field(default=500, ge=1)
     max_in_flight: int = Field(default=2, ge=1, le=64)
     compression: Literal["zstd", "gzip", "identity"] = "zstd"
-    request_timeout_seconds: float = Field(default=30.0, gt=0)
-    backoff_initial_seconds: float = Field(default=0.5, gt=0)
-    backoff_max_seconds: float = Field(default=30.0, gt=0)
+    request_timeout_seconds: float = Field(default=30.0, ge=MIN_REQUEST_TIMEOUT, le=HOUR)
+    # The server's Retry-After is capped at MAX_RETRY_AFTER (1 h); the agent's own backoff too.
+    backoff_initial_seconds: float = Field(default=0.5, ge=MIN_BACKOFF, le=MAX_RETRY_AFTER)
+    backoff_max_seconds: float = Field(default=30.0, ge=MIN_BACKOFF, le=MAX_RETRY_AFTER)
 
-    fallback_after_seconds: float = Field(default=30.0, ge=0)
-    probe_interval_seconds: float = Field(default=10.0, gt=0)
+    fallback_after_seconds: float = Field(default=30.0, ge=0, le=DAY)
+    probe_interval_seconds: float = Field(default=10.0, ge=MIN_PROBE, le=DAY)
 
     statsd_port: int = Field(default=8125, ge=0, le=65535)
     metrics_port: int = Field(default=9431, ge=0, le=65535)
     labels: dict[str, str] = Field(default_factory=lambda: {"host": socket.gethostname()})
     collect_host: bool = True
     # How long `stop()` keeps sending what is pending before it exits (it stays in the spool anyway).
-    shutdown_drain_seconds: float = Field(default=5.0, ge=0)
+    # Bounded so a stop always ends (systemd's default stop timeout is 90 s; the rest stays spooled).
+    shutdown_drain_seconds: float = Field(default=5.0, ge=0, le=HOUR)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     relay: RelayConfig = Field(default_factory=RelayConfig)
 
@@ -163,6 +188,16 @@ class AgentConfig(BaseModel):
         # a local sender's agent id is "<agent_id>/<protocol>/<product>" (64 characters at most)
         if self.relay.listen and len(self.agent_id) > 180:
             raise ValueError("agent_id: at most 180 characters with a [relay] (its senders' ids add to it)")
+        return self
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> AgentConfig:
+        # the cap would silently win over the initial delay, so the file would not mean what it says
+        if self.backoff_initial_seconds > self.backoff_max_seconds:
+            raise ValueError(
+                f"backoff_initial_seconds = {self.backoff_initial_seconds:g} must be at most "
+                f"backoff_max_seconds = {self.backoff_max_seconds:g}"
+            )
         return self
 
     def key(self, env: Mapping[str, str] | None = None) -> str:
