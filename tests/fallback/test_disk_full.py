@@ -1,15 +1,18 @@
 """The fallback on a disk that is really full (a small tmpfs): the receiver refuses without piling up
-files.
+files, and `lossproof replay` still drains its journal.
 
-Injected faults (``fallback.write``) fail every write alike; only a real file system has room for a
-32-byte segment header and none for a record.
+The fallback's disk is the one that fills during an outage, so both must work there. Injected
+faults (``fallback.write``) fail every write alike; only a real file system has room for a 32-byte
+segment header and none for a record, or room for a journal read and none for a progress file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +20,18 @@ from pathlib import Path
 import pytest
 
 from lossproof.fallback import journal as jn
-from lptest.fallback import HTTP, Fallback, journal_seqs
+from lossproof.fallback import progress as pg
+from lptest.fallback import (
+    HTTP,
+    Fallback,
+    Target,
+    ack_of_raw,
+    encode_body,
+    journal_seqs,
+    lossproof,
+    post_raw,
+    run_replay,
+)
 from lptest.pipeline import report
 
 
@@ -76,6 +90,121 @@ def test_a_full_disk_costs_no_new_segment_file_per_refused_write(
     # exactly what was acknowledged, nothing of the refused writes
     assert [s for _t, _a, s in journal_seqs(fb.journal)] == [1, 40, 41]
     assert len(jn.list_segments(fb.journal)) <= files_before + 1
+
+
+def _journal_of(fb: Fallback, requests: int) -> list[bytes]:
+    """``requests`` acknowledged requests of a few agents in the journal; their bodies."""
+    bodies = []
+    for i in range(1, requests + 1):
+        body, enc = encode_body({"agent": f"a{i % 3}", "reports": [report(i)]}, "identity")
+        assert post_raw(fb.url, body, enc, fb.key).status == 200
+        bodies.append(body)
+    return bodies
+
+
+def test_replay_drains_a_journal_whose_disk_is_full(
+    tiny_fs: Path, fallback_factory: Callable[..., Fallback]
+) -> None:
+    fb = fallback_factory("tiny")
+    fb.start()
+    bodies = _journal_of(fb, 20)
+    fill_up(tiny_fs)
+    assert fb.post("more", [report(99, 4000)]).status == 503  # full indeed (a small one may fit)
+
+    def slow(n: int, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+        time.sleep(0.1)  # long enough for a second replay to try meanwhile
+        return ack_of_raw(headers, body)
+
+    target = Target(slow)
+    try:
+        first = subprocess.Popen(
+            lossproof(
+                "replay",
+                "--from",
+                str(fb.data_dir),
+                "--to",
+                target.url,
+                "--api-key",
+                "lp_replay",
+                "--batch-points",
+                "0",
+                "--concurrency",
+                "1",
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={k: v for k, v in os.environ.items() if not k.startswith("LOSSPROOF_")},
+        )
+        deadline = time.monotonic() + 30
+        while not target.requests:
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        # one replay per data dir, and the lock needs no room either
+        second = run_replay(fb.data_dir, target.url, "lp_replay")
+        assert second.returncode == 1, (second.stdout, second.stderr)
+        assert f"another replay (pid {first.pid}) is running from {fb.data_dir}" in second.stderr
+        out, err = first.communicate(timeout=120)
+    finally:
+        target.close()
+    assert first.returncode == 0, (out, err)
+    assert "replayed 20 requests" in out and "progress NOT saved" in out, out
+    # each failed save is logged as an event of its own (the first one at least), on one line
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    unsaved = [e for e in events if e["event"] == "replay.progress_not_saved"]
+    assert unsaved and unsaved[0]["errno"] == "ENOSPC" and unsaved[0]["component"] == "replay", err
+    # everything was sent, in journal order; nothing was written next to the journal
+    sent = [body for _headers, body in target.requests]
+    assert sent == bodies
+    assert not pg.progress_path(fb.data_dir).exists()
+
+
+def test_replay_state_elsewhere_when_the_fallback_disk_is_full(
+    tiny_fs: Path, tmp_path: Path, fallback_factory: Callable[..., Fallback]
+) -> None:
+    """A rejected request must be written down before it counts as done: on a full disk the replay
+    stops before it (nothing skipped), and ``--state-dir`` puts that record, and the progress, on
+    a disk with room."""
+    fb = fallback_factory("tiny")
+    fb.start()
+    bodies = _journal_of(fb, 6)
+    fill_up(tiny_fs)
+    refused = bodies[3]
+
+    def script(n: int, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+        if body == refused:
+            return 400, {}, b'{"error": "malformed: refused for the test"}'
+        return ack_of_raw(headers, body)
+
+    state = tmp_path / "replay-state"
+    target = Target(script)
+    try:
+        one_by_one = ("--batch-points", "0", "--concurrency", "1")
+        stopped = run_replay(fb.data_dir, target.url, "lp_replay", *one_by_one)
+        assert stopped.returncode == 1, (stopped.stdout, stopped.stderr)
+        last = stopped.stderr.strip().splitlines()[-1]
+        assert "cannot record a rejected request in" in last and "No space left" in last, last
+        assert "--state-dir" in last and "nothing was skipped" in last, last
+        n = len(target.requests)
+
+        done = run_replay(
+            fb.data_dir, target.url, "lp_replay", "--batch-points", "0", "--state-dir", str(state)
+        )
+        assert done.returncode == 3, (done.stdout, done.stderr)
+        assert "1 REJECTED" in done.stdout and "NOT saved" not in done.stdout, done.stdout
+        again = run_replay(fb.data_dir, target.url, "lp_replay", "--state-dir", str(state))
+    finally:
+        target.close()
+    assert again.returncode == 0 and "replayed 0 requests" in again.stdout, (again.stdout, again.stderr)
+    # the refused request was never counted as done without its record: sent again, then recorded
+    assert [b for _h, b in target.requests[:n]].count(refused) == 1
+    assert [b for _h, b in target.requests[n:]].count(refused) == 1
+    lines = (state / pg.REJECTED_FILE).read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["ledger"]["reported"] is True
+    progress = pg.load_progress(fb.data_dir, state)
+    assert progress is not None and progress.position == jn.read_all(fb.journal)[-1].next_position
+    assert not pg.progress_path(fb.data_dir).exists()
 
 
 def _entry(n: int, size: int) -> jn.Entry:
