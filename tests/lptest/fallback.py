@@ -10,8 +10,11 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -208,3 +211,54 @@ def ack_of_raw(headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str
     checked = native.check(raw, headers.get("Content-Type", native.JSON))
     answer = {"acked": [list(r) for r in checked.seqs], "replay": []}
     return 200, dict(ACK_HEADERS), json.dumps(answer).encode()
+
+
+class Target:
+    """A tiny real HTTP server that answers as scripted and records every request."""
+
+    def __init__(self, script: Callable[[int, dict[str, str], bytes], tuple[int, dict[str, str], bytes]]):
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.lock = threading.Lock()
+        target = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self._answer(200, {}, b'{"status":"ok"}')
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                headers = {k: v for k, v in self.headers.items()}
+                with target.lock:
+                    n = len(target.requests)
+                    target.requests.append((headers, body))
+                status, extra, answer = script(n, headers, body)
+                if status == 0:  # drop the connection without answering
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                self._answer(status, extra, answer)
+
+            def _answer(self, status: int, extra: dict[str, str], body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                # it plays lossproof: the protocol header, unless the script leaves it out ("")
+                for k, v in {**ACK_HEADERS, **extra}.items():
+                    if v != "":
+                        self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -179,6 +179,13 @@ def fallback_command(
 @click.option("--prune", is_flag=True, help="Afterwards delete replayed segments older than --retention.")
 @click.option("--retention", type=Duration(), default="24h", show_default=True)
 @click.option("--from-start", is_flag=True, help="Ignore saved progress and replay the whole journal.")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Keep replay's progress and rejected.jsonl here instead of in DIR/replay (e.g. when the "
+    "fallback's disk is full; the receiver then neither prunes nor counts what was replayed).",
+)
 def replay_command(
     from_dir: Path,
     to_url: str,
@@ -191,13 +198,19 @@ def replay_command(
     prune: bool,
     retention: float,
     from_start: bool,
+    state_dir: Path | None,
 ) -> None:
     """Drain a fallback receiver's journal into the main ingest, resumably, at a bounded rate.
 
     Exit status: 0 done, 1 error (nothing skipped), 3 done but some requests were rejected with a
-    4xx (kept in DIR/replay/rejected.jsonl), 130 interrupted (run again to continue).
+    4xx (kept in DIR/replay/rejected.jsonl, or in --state-dir), 130 interrupted (run again to
+    continue). A full disk under DIR does not stop it: progress is then not saved (logged), a rerun
+    sends again what was sent since the last save.
     """
     from lossproof.fallback.replay import ReplayError, ReplayOptions, run_replay
+    from lossproof.obs.logging import setup
+
+    setup("replay")  # its events (a progress save the disk refused) as the receiver's: one a line
 
     opts = ReplayOptions(
         data_dir=from_dir,
@@ -211,6 +224,7 @@ def replay_command(
         prune=prune,
         retention_seconds=retention,
         from_start=from_start,
+        state_dir=state_dir,
     )
     try:
         summary = run_replay(opts)

@@ -1,11 +1,14 @@
 """Replay progress: how far into a fallback journal the main ingest has acknowledged, and pruning.
 
-``D/replay/progress.json`` is written atomically (temporary file, fsync, rename, fsync of the
+``progress.json`` in replay's state directory (``D/replay/`` unless ``lossproof replay
+--state-dir`` names another) is written atomically (temporary file, fsync, rename, fsync of the
 directory) by ``lossproof replay``. It holds the journal position of the first request *not yet*
 acknowledged by the main ingest (everything before it was acknowledged, or rejected with a 4xx,
-its seqs reported to the main ingest's ledger as lost, and recorded in ``D/replay/rejected.jsonl``;
-see ``lossproof.fallback.replay``), the URL it was replayed to, and when each segment was
-completely replayed. The receiver reads it for its pending-bytes metric and for pruning.
+its seqs reported to the main ingest's ledger as lost, and recorded in ``rejected.jsonl`` next to
+it; see ``lossproof.fallback.replay``), the URL it was replayed to, and when each segment was
+completely replayed. The receiver reads ``D/replay/progress.json`` for its pending-bytes metric and
+for pruning. It is a resume point, not a record of what was sent: the main ingest is idempotent, so
+a replay whose progress could not be saved (its disk full) only sends again what it had sent.
 
 Pruning deletes a segment only when all of these hold: it is not the newest segment (the newest
 one carries the journal's next index and is the one being written), the progress position is in a
@@ -31,7 +34,6 @@ from lossproof.segments import state as cells
 REPLAY_DIR = "replay"
 PROGRESS_FILE = "progress.json"
 REJECTED_FILE = "rejected.jsonl"
-LOCK_FILE = "lock"
 
 
 class ProgressError(Exception):
@@ -53,15 +55,16 @@ class Progress:
 
 
 def replay_dir(data_dir: Path) -> Path:
+    """Replay's state directory when ``--state-dir`` does not name another one."""
     return data_dir / REPLAY_DIR
 
 
-def progress_path(data_dir: Path) -> Path:
-    return replay_dir(data_dir) / PROGRESS_FILE
+def progress_path(data_dir: Path, state_dir: Path | None = None) -> Path:
+    return (state_dir or replay_dir(data_dir)) / PROGRESS_FILE
 
 
-def load_progress(data_dir: Path) -> Progress | None:
-    path = progress_path(data_dir)
+def load_progress(data_dir: Path, state_dir: Path | None = None) -> Progress | None:
+    path = progress_path(data_dir, state_dir)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -81,8 +84,8 @@ def load_progress(data_dir: Path) -> Progress | None:
         raise ProgressError(f"{path}: malformed replay progress ({e!r})") from None
 
 
-def save_progress(data_dir: Path, p: Progress) -> None:
-    d = replay_dir(data_dir)
+def save_progress(data_dir: Path, p: Progress, state_dir: Path | None = None) -> None:
+    d = state_dir or replay_dir(data_dir)
     make_dirs(d)
     p.updated_ms = int(time.time() * 1000)
     data = json.dumps(

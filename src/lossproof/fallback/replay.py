@@ -20,15 +20,25 @@ as its records, one by one, each then answered as below). The main ingest is ide
   ranges the agent had put in the rejected body, with their own reasons) is sent, with the same
   retries; the ledger records those seqs as lost with that reason (a seq that is, or later gets,
   stored stays stored: the ledger's "stored wins"). Then the request is appended (with its body,
-  base64, and the outcome of that report under ``ledger``) to ``D/replay/rejected.jsonl`` and
-  fsync'd, and only then counted as done. If the ledger report itself is refused with a 4xx, the
-  line says so (``ledger.reported: false`` with the answer): the record of the loss is kept
-  either way. A replay stopped before that point sends the request again next time.
+  base64, and the outcome of that report under ``ledger``) to ``rejected.jsonl`` in the state
+  directory (``D/replay/`` unless ``--state-dir`` names another) and fsync'd, and only then counted
+  as done (if that write fails, the replay stops there: a loss nobody can find is no account). If
+  the ledger report itself is refused with a 4xx, the line says so (``ledger.reported: false``
+  with the answer): the record of the loss is kept either way. A replay stopped before that point
+  sends the request again next time.
 
 Progress is the journal position of the first request not yet done; everything before it is done.
 It is saved atomically about once a second and at the end, so an interrupted replay resumes where
 it stopped (re-sending, harmlessly, at most the requests in flight then and those done in its last
 second).
+
+A full disk does not stop a replay. The fallback's disk is the one that fills during an outage,
+and the journal on it must still be drained, so replay needs no new space there: one replay per
+data dir is a ``flock`` on the data dir itself (no lock file), and saving progress is best effort
+where the disk refuses for want of room (ENOSPC, EDQUOT, EROFS): logged
+(``replay.progress_not_saved``), then the replay goes on. That costs only sending again, after a
+restart, what was sent since the last progress saved (the main ingest is idempotent); nothing is
+skipped, since only a save that succeeded ever moves the resume point.
 """
 
 from __future__ import annotations
@@ -37,6 +47,8 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import errno
+import fcntl
 import json
 import os
 import signal
@@ -68,12 +80,17 @@ from lossproof.fallback.pacing import (
 from lossproof.fallback.pacing import retry_after as parse_retry_after
 from lossproof.fallback.rejected import LOST_RANGES_PER_REQUEST, lost_ranges
 from lossproof.fallback.tracker import Slot, Tracker
+from lossproof.obs.logging import get
 from lossproof.protocol import native
 from lossproof.protocol.ack import PROTOCOL_HEADER, NotAcknowledged, acknowledged, from_lossproof
-from lossproof.segments.lock import try_lock
+
+log = get(__name__)
 
 FATAL = frozenset({401, 403, 404, 405})
 MAX_REJECTED_SHOWN = 20
+# a progress save that fails with one of these is skipped (logged): the disk has no room for it
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+NO_ROOM_LOG_EVERY = 60.0  # seconds between two logs of progress saves failing in a row
 
 
 class ReplayError(Exception):
@@ -93,6 +110,7 @@ class ReplayOptions:
     prune: bool = False
     retention_seconds: float = 86400.0
     from_start: bool = False
+    state_dir: Path | None = None  # progress and rejected.jsonl; None: data_dir/replay
     request_timeout: float = 60.0
     save_interval: float = 1.0
     progress_interval: float | None = None  # default: 0.2 s on a tty, 5 s otherwise
@@ -115,6 +133,7 @@ class Summary:
     interrupted: bool = False
     error: str | None = None
     rejected_path: Path | None = None
+    progress_unsaved: str | None = None  # why the last progress save failed, if it did
 
     def line(self) -> str:
         rate = self.requests / self.seconds if self.seconds > 0 else 0.0
@@ -132,6 +151,8 @@ class Summary:
                     f"; {self.unreported:,} of them could NOT be recorded as lost in the ledger "
                     "(ledger.reported false)"
                 )
+        if self.progress_unsaved:
+            text += f"; progress NOT saved ({self.progress_unsaved}: a rerun sends again, harmlessly)"
         if self.pruned:
             text += f"; pruned {self.pruned} segments"
         if self.interrupted:
@@ -139,12 +160,38 @@ class Summary:
         return text
 
 
-def _acquire_lock(path: Path) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, other = try_lock(path)
-    if fd is None:
-        raise ReplayError(f"another replay (pid {other}) is running from {path.parent.parent}")
+def _acquire_lock(data_dir: Path) -> int:
+    """One replay per data dir: an exclusive ``flock`` on the directory itself, which exists
+    already, so that taking it needs no disk space (a lock file needs an inode, and a pid written
+    into it a block, on the disk an outage fills)."""
+    try:
+        fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise ReplayError(f"{data_dir}: {e.strerror or e}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        holder = _flock_holder(fd)
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            who = f"pid {holder}" if holder else "another process"
+            raise ReplayError(f"another replay ({who}) is running from {data_dir}") from None
+        raise ReplayError(f"cannot lock {data_dir} (one replay at a time): {e.strerror or e}") from None
     return fd
+
+
+def _flock_holder(fd: int) -> str:
+    """The pid holding a flock on ``fd``'s file, from /proc/locks ("" if it cannot be told): for the
+    error message only, since no pid is written anywhere."""
+    st = os.fstat(fd)
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    with contextlib.suppress(OSError), open("/proc/locks", encoding="ascii", errors="replace") as f:
+        for line in f:
+            # "1: FLOCK  ADVISORY  WRITE 1234 00:2f:5678 0 EOF" (waiters have "->" after the number)
+            parts = line.split()
+            if "FLOCK" in parts[1:3] and where in parts:
+                return parts[parts.index(where) - 1]
+    return ""
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -165,7 +212,8 @@ class Replay:
         self.journal = jn.journal_dir(opts.data_dir)
         self.err = err if err is not None else sys.stderr
         self.tty = self.err.isatty()
-        self.summary = Summary(self.url, rejected_path=pg.replay_dir(opts.data_dir) / pg.REJECTED_FILE)
+        self.state_dir = opts.state_dir or pg.replay_dir(opts.data_dir)
+        self.summary = Summary(self.url, rejected_path=self.state_dir / pg.REJECTED_FILE)
         self.stop = asyncio.Event()
         self.fatal: str | None = None
         self.total_bytes = 0  # journal bytes from the start position to the end seen so far
@@ -174,6 +222,8 @@ class Replay:
         self._save_lock = threading.Lock()
         self._last_position: jn.Position | None = None
         self._saved_position = jn.Position(-1, -1)
+        self._unsaved = 0  # progress saves that failed in a row for want of room
+        self._unsaved_logged = 0.0
         self._last_warn = 0.0
         self._last_transient = ""
         self._req_bucket = TokenBucket(opts.rate, max(1.0, opts.rate / 10)) if opts.rate else None
@@ -518,7 +568,17 @@ class Replay:
                 return False
         else:
             ledger = {"reported": False, "error": "not a native request with seqs: nothing to record"}
-        await asyncio.to_thread(self._write_rejected, rec, status, reason, ledger)
+        try:
+            await asyncio.to_thread(self._write_rejected, rec, status, reason, ledger)
+        except OSError as exc:
+            # not done: without its line the loss would be in the ledger only, the body nowhere
+            self.fatal = (
+                f"cannot record a rejected request in {self.summary.rejected_path}: "
+                f"{exc.strerror or exc} (free space there or choose another --state-dir; the request "
+                "counts as not done and is sent again next time; nothing was skipped)"
+            )
+            self.stop.set()
+            return False
         self.summary.rejected += 1
         if ranges and not ledger["reported"]:
             self.summary.unreported += 1
@@ -594,12 +654,50 @@ class Replay:
         with self._save_lock:
             if snapshot.position < self._saved_position:
                 return
-            pg.save_progress(self.opts.data_dir, snapshot)
+            try:
+                pg.save_progress(self.opts.data_dir, snapshot, self.state_dir)
+            except OSError as e:
+                if e.errno not in NO_ROOM:
+                    raise
+                self._save_failed(snapshot, e)
+                return
+            if self._unsaved:
+                log.info(
+                    "replay.progress_saved_again",
+                    path=str(pg.progress_path(self.opts.data_dir, self.state_dir)),
+                    failed_saves=self._unsaved,
+                )
+            self._unsaved = 0
+            self.summary.progress_unsaved = None
             self._saved_position = snapshot.position
+
+    def _save_failed(self, snapshot: pg.Progress, e: OSError) -> None:
+        """A save the disk had no room for: the resume point stays where the last save left it,
+        which costs a restart only re-sending (the main ingest is idempotent), so the replay goes on
+        (the journal is on that same disk, and must be drained). The next save tries again."""
+        self._unsaved += 1
+        self._last_position = None  # the final save tries again even if nothing moved since
+        self.summary.progress_unsaved = e.strerror or str(e)
+        now = time.monotonic()
+        if self._unsaved == 1 or now - self._unsaved_logged >= NO_ROOM_LOG_EVERY:
+            self._unsaved_logged = now
+            log.warning(
+                "replay.progress_not_saved",
+                path=str(pg.progress_path(self.opts.data_dir, self.state_dir)),
+                error=str(e),
+                errno=errno.errorcode.get(e.errno or 0, "?"),
+                failed_saves=self._unsaved,
+                resume_at=f"{self._saved_position.segment}:{self._saved_position.pos}"
+                if self._saved_position.segment >= 0
+                else "as before this replay",
+                position=f"{snapshot.segment}:{snapshot.pos}",
+                consequence="the replay goes on; a restart sends again what was sent since the "
+                "resume point (harmless: the main ingest is idempotent)",
+            )
 
     async def run(self) -> Summary:
         self.preflight()
-        lock = _acquire_lock(pg.replay_dir(self.opts.data_dir) / pg.LOCK_FILE)
+        lock = _acquire_lock(self.opts.data_dir)
         try:
             return await self._run()
         finally:
@@ -607,13 +705,13 @@ class Replay:
 
     async def _run(self) -> Summary:
         try:
-            prev = pg.load_progress(self.opts.data_dir)
+            prev = pg.load_progress(self.opts.data_dir, self.state_dir)
         except pg.ProgressError as e:
             raise ReplayError(f"{e}; use --from-start to replay everything again") from None
         if prev is not None and prev.target != self.url and not self.opts.from_start:
             raise ReplayError(
-                f"{pg.progress_path(self.opts.data_dir)} records a replay to {prev.target}, not "
-                f"{self.url}: use --from-start to replay everything to {self.url}"
+                f"{pg.progress_path(self.opts.data_dir, self.state_dir)} records a replay to "
+                f"{prev.target}, not {self.url}: use --from-start to replay everything to {self.url}"
             )
         if prev is None or self.opts.from_start:
             self.progress = pg.Progress(self.url, 0, 0)
@@ -674,9 +772,15 @@ class Replay:
         if self.fatal is None and not interrupted and self.tracker.in_flight:
             self.fatal = f"internal error: {self.tracker.in_flight} requests were read but not finished"
         if self.fatal is None and not interrupted and self.opts.prune:
-            deleted = await asyncio.to_thread(
-                pg.prune, self.journal, self.progress, self.opts.retention_seconds
-            )
+            basis: pg.Progress | None = self.progress
+            if self.summary.progress_unsaved:
+                # only what the saved resume point is past: the next replay starts from there, and
+                # stops if its segment is gone
+                try:
+                    basis = await asyncio.to_thread(pg.load_progress, self.opts.data_dir, self.state_dir)
+                except pg.ProgressError:
+                    basis = None  # nothing vouched for: nothing pruned
+            deleted = await asyncio.to_thread(pg.prune, self.journal, basis, self.opts.retention_seconds)
             self.summary.pruned = len(deleted)
         self.summary.error = self.fatal
         return self.summary

@@ -41,11 +41,14 @@ after every fsync, itself not fsync'd)::
 Which bytes are trusted
     A segment is created with its header written to a temporary file, fsync'd, renamed into place
     and the directory fsync'd, so every segment file starts with a valid header. The writer leaves
-    a segment (rolls) when it is full, after any failed write or fsync, and on every start; the new
+    a segment (rolls) when it is full, after a failed write or fsync, and on every start; the new
     segment's ``prev_end`` says how many bytes of the previous one hold durable records. Bytes after
-    ``prev_end`` (a write that failed, a torn tail) are never read. So for every segment but the
-    last, ``[32, prev_end)`` must hold valid records only: anything else there is corruption of
-    acknowledged data, and readers refuse with :class:`JournalCorrupt` naming the file and byte.
+    ``prev_end`` (a write that failed, a torn tail) are never read. (A segment that holds no record
+    yet is not left after a failed write but cut back to its header and written again, so a full
+    disk does not get a new file per refused request: ``JournalWriter._after_failed_write``.) So
+    for every segment but the last, ``[32, prev_end)`` must hold valid records only: anything else
+    there is corruption of acknowledged data, and readers refuse with :class:`JournalCorrupt` naming
+    the file and byte.
 
     The last segment has no successor to vouch for it. While the receiver runs (its lock is held)
     readers read it up to the durable watermark only, i.e. only what was fsync'd. After a crash,

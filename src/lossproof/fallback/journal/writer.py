@@ -36,6 +36,10 @@ from lossproof.segments.fs import FS, REAL, InjectedFault
 
 log = get(__name__)
 
+# What the probe of an unhealthy writer writes (then cuts off again): as much as the write that
+# failed, so that it is healthy again once that write would fit, within these bounds.
+PROBE_BYTES = (4096, 2**20)
+
 # --- writing -------------------------------------------------------------------------------------
 
 
@@ -55,7 +59,10 @@ class JournalWriter:
     One writer per journal directory (an exclusive flock). ``append`` raises
     :class:`JournalUnavailable` when the write or the fsync fails (disk full included): the request
     must then be refused, never acknowledged. After a failure the writer moves to a new segment, so
-    bytes of a failed write are never read; while unhealthy it probes the disk every second. The
+    bytes of a failed write are never read, unless its segment holds no record yet: that one is cut
+    back to its header and written again, so a full disk costs at most one new (header-only) file
+    however long it lasts (:meth:`_after_failed_write`). While unhealthy it probes the disk every
+    second (:meth:`_probe`), without creating a file unless it must leave its segment. The
     group commit is :mod:`lossproof.segments.commit` (one writer thread), the writes and syncs go
     through the :mod:`lossproof.segments.fs` file system it is handed.
     """
@@ -83,7 +90,7 @@ class JournalWriter:
             self._commit_group,
             JournalUnavailable,
             limits,
-            CommitHooks(probe=self._roll, on_bug=self._on_bug, on_health=self._on_health),
+            CommitHooks(probe=self._probe, on_bug=self._on_bug, on_health=self._on_health),
             closed_message="journal is not open",
         )
         self._lock_fd: int | None = None
@@ -98,6 +105,7 @@ class JournalWriter:
         self._next_index = 1
         self._needs_roll = True
         self._started_once = False
+        self._probe_bytes = PROBE_BYTES[0]
 
     # --- public ----------------------------------------------------------------------------------
 
@@ -189,24 +197,65 @@ class JournalWriter:
             positions.append(Position(self._base, pos))
             pos += HEADER_SIZE + len(a.payload)
         self._next_index = first + len(batch)  # handed out even if the write fails: never reused
+        self._probe_bytes = min(max(pos - self._seg_size, PROBE_BYTES[0]), PROBE_BYTES[1])
         try:
             self._seg_size += self._fs.writev(self._fd, bufs)
             t = time.perf_counter()
             self._fs.fdatasync(self._fd)
             took = time.perf_counter() - t
         except OSError:
-            # Never acknowledged: cut them off (best effort; if that fails too, a restart may find
-            # them and replay them, which is harmless), and leave this segment: the next header's
-            # prev_end excludes them for good.
-            self._needs_roll = True
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, self._durable_pos)
+            self._after_failed_write()
             raise
         self._durable_pos = self._seg_size
         self._publish_watermark()
         if self._on_commit is not None:
             self._on_commit(len(batch), took)
         return positions
+
+    def _after_failed_write(self) -> None:
+        """Make sure the bytes of a failed write (never acknowledged) are never read.
+
+        A segment that holds no record yet is kept: cut back to its header, it is written again from
+        there. Everything it held before the failed write is its header, fsync'd before the file got
+        its name, so no acknowledged byte can have gone with pages a failed fsync dropped, and the
+        next records (new indices, after any byte the cut missed) must be fsync'd before they count.
+        Rolling instead would leave a header-only file behind per attempt for as long as the disk
+        stays full. Any other segment is left (its failed bytes cut off, best effort: if that fails
+        too, a restart may find them and replay them, which is harmless): the next segment's
+        ``prev_end`` excludes them for good."""
+        assert self._fd is not None
+        if self._durable_pos == HEADER_SIZE:
+            try:
+                os.ftruncate(self._fd, HEADER_SIZE)
+                os.lseek(self._fd, HEADER_SIZE, os.SEEK_SET)  # (writev writes at the file offset)
+            except OSError:
+                pass  # the failed bytes may still be there: leave the segment after all
+            else:
+                self._seg_size = HEADER_SIZE
+                return
+        self._needs_roll = True
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, self._durable_pos)
+
+    def _probe(self) -> None:
+        """Raises while the disk still refuses (the group-commit engine calls it every second while
+        unhealthy). A writer that must leave its segment tries to roll (a failed roll leaves no
+        file); one that may stay writes as many zeros as the last write (:data:`PROBE_BYTES`) after
+        the segment's durable end, fsyncs them and cuts them off again, so a disk that stays full gets
+        no new file at all. (Zeros left by a crash before the cut are a torn tail, never a record.)"""
+        if self._needs_roll or self._fd is None:
+            self._roll()
+            return
+        fd, end = self._fd, self._durable_pos
+        try:
+            self._fs.pwrite_all(fd, bytes(self._probe_bytes), end)
+            self._fs.fdatasync(fd)
+        finally:
+            try:
+                os.ftruncate(fd, end)  # on a full disk, also the part a short write did allocate
+            except OSError:
+                self._needs_roll = True  # the zeros stay: the next header's prev_end excludes them
+                raise
 
     def _roll(self) -> None:
         """Start a new segment whose header vouches for the durable part of the current one."""
