@@ -108,7 +108,8 @@ class ServerConfig(_Section):
         default=30.0,
         gt=0,
         le=MAX_SECONDS,
-        description="A body that stalls this long without a byte gets a 408 and the connection closed.",
+        description="A body that stalls this long without a byte gets a 408 and the connection closed "
+        "(every body: ingest, and the Prometheus API's form POSTs).",
     )
     body_read_max_seconds: float = Field(
         default=300.0,
@@ -122,7 +123,8 @@ class ServerConfig(_Section):
         gt=0,
         le=MAX_SECONDS,
         description="A request's headers must arrive within this of its first byte (or of the connection "
-        "opening); else the connection is closed.",
+        "opening); else the connection is closed. The worker's /metrics and /healthz server too (of its "
+        "opening).",
     )
     keepalive_timeout_seconds: float = Field(
         default=75.0, gt=0, le=MAX_SECONDS, description="An idle keep-alive connection is closed after this."

@@ -9,9 +9,14 @@ requests it refuses before any handler runs.
 - **Connection caps**: at most ``max_connections`` open connections, and ``max_per_ip`` from one
   address. One over the cap gets ``503`` with ``Retry-After`` and is closed: nothing was acknowledged,
   so a client retries later and loses nothing.
+- **Request line and header lengths**: a URL may be up to ``MAX_LINE_BYTES`` (aiohttp's default,
+  8,190, is shorter than a valid PromQL GET: 16,384 characters, percent-encoded), a header line up to
+  ``MAX_FIELD_BYTES``. Longer is a protocol error.
 - **Protocol errors** (a bad header byte, a line over the limit, a bad chunk size): aiohttp answers
   400 and logs each at error level with a traceback, for anyone who can open a socket. They become
-  one warning line per ``LOG_INTERVAL`` (with the number suppressed) and a counter.
+  one warning line per ``LOG_INTERVAL`` (with the number suppressed) and a counter, and the 400's body
+  is JSON in Prometheus' error shape (``{"status": "error", "errorType": "bad_data", "error": ...}``,
+  which has the ``error`` every other JSON error of the server has) instead of aiohttp's plain text.
 
 Everything is counted in ``lossproof_http_refused_total{reason}``.
 """
@@ -27,14 +32,22 @@ from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from lossproof.httputil import Handler
+from lossproof.httputil import Handler, json_response
 from lossproof.obs.logging import get
 
 log = get(__name__)
 
 LOG_INTERVAL = 10.0  # seconds between two warnings of one kind
+# The request line: a PromQL query of 16,384 characters, each up to 4 UTF-8 bytes percent-encoded
+# (12 bytes: 196,608), plus start/end/step/timeout and the path, fits with room to spare. aiohttp
+# buffers at most this per connection while the line arrives (within the header timeout).
+MAX_LINE_BYTES = 256 * 1024
+# One header line (a long Cookie or Referer carrying a query); headers stay at aiohttp's 128 lines.
+MAX_FIELD_BYTES = 64 * 1024
 _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\n"
     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
@@ -90,7 +103,7 @@ class Guard:
         }
 
     def factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
-        return lambda: _Conn(self, inner())
+        return lambda: _Conn(self, _json_errors(inner()))
 
     def count(self, reason: str, **fields: Any) -> None:
         self.refused.labels(reason).inc()
@@ -145,6 +158,38 @@ class Guard:
         self.open.set(self._total)
         if conn.transport is not None:
             self._by_transport.pop(conn.transport, None)
+
+
+class _JsonErrors(RequestHandler):
+    """aiohttp's protocol, whose own 4xx (a request it could not parse: an over-long line, a bad
+    byte) have a JSON body; its 5xx are left as they are."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        resp = super().handle_error(request, status, exc, message)  # logs, checks nothing was sent
+        if not 400 <= status < 500:
+            return resp
+        text = message or (exc.message if isinstance(exc, HttpProcessingError) else str(exc or ""))
+        out = json_response(
+            {"status": "error", "errorType": "bad_data", "error": text or "bad request"}, status
+        )
+        out.force_close()  # as aiohttp's: the connection's state is unknown after a parse error
+        return out
+
+
+def _json_errors(protocol: asyncio.Protocol) -> asyncio.Protocol:
+    # aiohttp's Server makes the RequestHandler and has no hook for its class: the instance's class is
+    # swapped for the subclass (same slots, only handle_error differs).
+    if type(protocol) is RequestHandler:
+        protocol.__class__ = _JsonErrors
+    return protocol
 
 
 class _Conn(asyncio.Protocol):

@@ -12,13 +12,19 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import aiohttp
 import msgspec
 from aiohttp import HttpVersion11, web
+from aiohttp.base_protocol import BaseProtocol
+from multidict import MultiDict
 from prometheus_client import Counter, Histogram
 
+from lossproof.config import ServerConfig
 from lossproof.protocol import native
 from lossproof.protocol.ack import PROTOCOL_HEADER, PROTOCOL_VERSION
 
@@ -170,6 +176,86 @@ async def read_body(request: web.Request, limit: int, idle_seconds: float, max_s
             raise ApiError(413, f"body exceeds limit of {limit} bytes", "too_large")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+@dataclass(frozen=True)
+class BodyLimits:
+    """The bounds of every request body the server reads (``[server]``: ``max_body_bytes``,
+    ``body_idle_seconds``, ``body_read_max_seconds``), for handlers that have no config of their own."""
+
+    max_bytes: int
+    idle_seconds: float
+    max_seconds: float
+
+    @classmethod
+    def of(cls, srv: ServerConfig) -> BodyLimits:
+        return cls(srv.max_body_bytes, srv.body_idle_seconds, srv.body_read_max_seconds)
+
+    async def read(self, request: web.Request) -> bytes:
+        return await read_body(request, self.max_bytes, self.idle_seconds, self.max_seconds)
+
+
+# Form fields in one body: aiohttp's default, kept; a form with more is a 400 naming this number.
+MAX_FORM_FIELDS = 1000
+FORM_TYPES = frozenset(("", "application/x-www-form-urlencoded", "multipart/form-data"))
+
+
+async def read_form(request: web.Request, limits: BodyLimits) -> MultiDict[str]:
+    """The text fields of a form body (urlencoded or multipart; file parts and non-text parts are left
+    out, as Go's ``FormValue``), read with :func:`read_body`'s bounds: aiohttp's ``request.post()``
+    waits for a stalled body forever. Another content type's body is read (bounded) and ignored.
+    Errors are :class:`ApiError`: 408/413 from the read, 400 for a malformed form or one of more than
+    :data:`MAX_FORM_FIELDS` fields."""
+    body = await limits.read(request)
+    ctype = request.content_type
+    if ctype not in FORM_TYPES or not body:
+        return MultiDict()
+    try:
+        if ctype == "multipart/form-data":
+            return await _multipart(request, body)
+        charset = request.charset or "utf-8"
+        text = body.rstrip().decode(charset)
+        _check_fields(text.count("&") + 1 if text else 0)
+        return MultiDict(
+            urllib.parse.parse_qsl(text, keep_blank_values=True, encoding=charset, errors="strict")
+        )
+    except ApiError:
+        raise
+    except Exception as e:  # malformed multipart, bad charset, undecodable bytes, ...
+        raise ApiError(
+            400, f"cannot parse the form body: {str(e) or type(e).__name__}", "bad_request"
+        ) from None
+
+
+def _check_fields(n: int) -> None:
+    if n > MAX_FORM_FIELDS:
+        raise ApiError(
+            400, f"form body of {n} fields exceeds the limit of {MAX_FORM_FIELDS} fields", "bad_request"
+        )
+
+
+async def _multipart(request: web.Request, body: bytes) -> MultiDict[str]:
+    # The body is already in memory: aiohttp's multipart reader reads it from a stream of its own,
+    # not from the connection (whose protocol it must not pause or resume).
+    loop = asyncio.get_running_loop()
+    stream = aiohttp.StreamReader(BaseProtocol(loop), len(body) + 1, loop=loop)
+    stream.feed_data(body)
+    stream.feed_eof()
+    reader = aiohttp.MultipartReader(request.headers, stream)
+    out: MultiDict[str] = MultiDict()
+    n = 0
+    while (part := await reader.next()) is not None:
+        n += 1
+        _check_fields(n)
+        if not isinstance(part, aiohttp.BodyPartReader):
+            raise ValueError("nested multipart bodies are not supported")
+        if part.name is None:
+            raise ValueError("multipart field without a name")
+        value = await part.read(decode=True)
+        ctype = part.headers.get("Content-Type")
+        if part.filename is None and (ctype is None or ctype.startswith("text/")):
+            out.add(part.name, value.decode(part.get_charset(default="utf-8")))
+    return out
 
 
 def header_text(value: str, limit: int = 64) -> str:

@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 from lossproof.auth import KeyReloader, KeyRing
 from lossproof.config import Config
 from lossproof.heartbeat import EVERY_SECONDS, Heartbeat
-from lossproof.httpguard import Guard, GuardedSite, Limits
+from lossproof.httpguard import MAX_FIELD_BYTES, MAX_LINE_BYTES, Guard, GuardedSite, Limits
 from lossproof.httputil import ApiError, client_reason, errors_as_json, json_response, protocol_header
 from lossproof.ingest import IngestMetrics
 from lossproof.ingest import routes as ingest_routes
@@ -78,9 +78,7 @@ def build_app(
     metrics = IngestMetrics(registry)
     registry.register(_BriefReads(store))
     sc = cfg.server
-    guard = Guard(
-        Limits(sc.header_timeout_seconds, sc.max_connections, sc.max_connections_per_ip), registry
-    )
+    guard = Guard(Limits(sc.header_timeout_seconds, sc.max_connections, sc.max_connections_per_ip), registry)
     app = web.Application(
         middlewares=[guard.middleware, errors_as_json], client_max_size=cfg.server.max_body_bytes
     )
@@ -148,6 +146,9 @@ async def listen(app: web.Application, cfg: Config, host: str, port: int) -> web
         access_log=None,
         auto_decompress=False,
         keepalive_timeout=cfg.server.keepalive_timeout_seconds,
+        # a PromQL GET of the longest valid query (httpguard); aiohttp's 8,190 would be a text 400
+        max_line_size=MAX_LINE_BYTES,
+        max_field_size=MAX_FIELD_BYTES,
     )
     await runner.setup()
     # Several ingest processes of one `up` share the port (server.ingest_processes).

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from lossproof.httpguard import MAX_FIELD_BYTES
 from lptest.inproc import InProcess
 from lptest.pipeline import HTTP
 
@@ -121,7 +122,7 @@ def test_connections_over_the_per_address_cap_get_503(p: InProcess) -> None:
     "request_bytes",
     [
         b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Bad: a\x01b\r\n\r\n",
-        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 9000 + b"\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * (MAX_FIELD_BYTES + 100) + b"\r\n\r\n",
         b"POST /v1/reports HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
         b"POST /v1/reports HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n",
     ],

@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from lossproof.auth import KeyRing
 from lossproof.config import Config
-from lossproof.httputil import ApiError, client_reason, json_response
+from lossproof.httputil import ApiError, BodyLimits, client_reason, json_response
 from lossproof.obs.logging import get
 from lossproof.query import holes, params, promql, uplot, utf8names
 from lossproof.query.healthhistory import Entry, HistoryFile, Sample
@@ -73,7 +73,8 @@ def register(
     q = cfg.query
     limits = promql.Limits(q.max_samples, q.max_series, q.timeout_seconds)
     closed = q.windows == "prometheus2"
-    app.add_routes([*dash.routes(), *PromApi(keys, store, limits, closed).routes()])
+    prom = PromApi(keys, store, limits, closed, body=BodyLimits.of(cfg.server))
+    app.add_routes([*dash.routes(), *prom.routes()])
     app.on_startup.append(dash.start)
     app.on_cleanup.append(dash.stop)
 

@@ -22,7 +22,17 @@ from aiohttp import web
 from multidict import MultiDict, MultiDictProxy
 
 from lossproof.auth import KeyRing
-from lossproof.httputil import client_reason, json_body, json_response
+from lossproof.config import ServerConfig
+from lossproof.httputil import (
+    CLOSE_STATUSES,
+    ApiError,
+    BodyLimits,
+    client_reason,
+    close_after,
+    json_body,
+    json_response,
+    read_form,
+)
 from lossproof.query import params, promql
 from lossproof.query.promref import unparen
 from lossproof.store.access import StoreAccess, StoreUnavailable
@@ -31,6 +41,9 @@ from lossproof.store.base import Matcher, StoreReader
 T = TypeVar("T")
 MAX_MATCH = 256  # match[] selectors in one request: each is parsed and read on its own
 CLIENT_CHECK_SECONDS = 0.5  # how often a running query looks whether its client is still there
+# errorType of a body that could not be read (read_form's ApiError), by status: Prometheus has no
+# 408/413 of its own; "timeout" tells a client the request was not evaluated.
+_BODY_ERROR_TYPES = {408: "timeout", 413: "bad_data", 400: "bad_data"}
 
 
 class ApiFailure(Exception):
@@ -77,10 +90,13 @@ class PromApi:
         store: StoreAccess,
         limits: promql.Limits | None = None,
         closed_windows: bool = False,
+        body: BodyLimits | None = None,
     ) -> None:
+        """``body``: how a form body is read (``[server]``'s body limits; their defaults if None)."""
         self.keys = keys
         self.store = store
         self.limits = limits or promql.Limits()
+        self.body = body or BodyLimits.of(ServerConfig())
         # Prometheus 2's closed windows rather than 3's left-open ones ([query] windows)
         self.closed = closed_windows
 
@@ -108,16 +124,17 @@ class PromApi:
                 return _error(401, "unauthorized", "missing or unknown API key (Authorization: Bearer <key>)")
             q: MultiDict[str] = MultiDict(request.query)
             if request.method == "POST":
+                # Bounded as every body the server reads: a stalled or dribbled form gets its 408
+                # instead of holding the connection (and one of max_connections) forever.
                 try:
-                    form = await request.post()
-                except web.HTTPException:
-                    raise  # e.g. 413, body too large: already a clear 4xx
-                except Exception as e:  # malformed multipart, bad charset, undecodable bytes, ...
-                    why = str(e) or type(e).__name__
-                    return _error(400, "bad_data", f"cannot parse the form body: {why}")
+                    form = await read_form(request, self.body)
+                except ApiError as e:
+                    resp = _error(e.status, _BODY_ERROR_TYPES.get(e.status, "bad_data"), e.message)
+                    if resp.status in CLOSE_STATUSES:  # the rest of the body is not worth waiting for
+                        await close_after(request, resp)
+                    return resp
                 for k, v in form.items():
-                    if isinstance(v, str):
-                        q.add(k, v)
+                    q.add(k, v)
             try:
                 result: web.Response = await handler(request, tenant, MultiDictProxy(q))
                 return result

@@ -65,7 +65,9 @@ def run(cfg: Config) -> None:
             return False, {"status": "unavailable", "error": worker.last_error}
         return True, {"status": "ok"}
 
-    server = StatusServer(cfg.worker.http_host, cfg.worker.http_port, registry, health)
+    # a header timeout as the main server's, so a slow client cannot hold the status threads
+    timeout = cfg.server.header_timeout_seconds
+    server = StatusServer(cfg.worker.http_host, cfg.worker.http_port, registry, health, timeout=timeout)
     server.start()
     host, port = server.host, server.port
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
