@@ -410,9 +410,15 @@ class QueryConfig(_Section):
     max_samples: int = Field(
         default=50_000_000,
         ge=1,
-        description="Points one query may read from the store plus the points its subqueries make "
-        "(Prometheus' query.max-samples); also the most values (series x steps) one array of its "
-        "evaluation or its answer may hold, checked before the array is made.",
+        description="Points one query may read from the store plus the points its subqueries make, "
+        "and, apart, the points of its answer (Prometheus' query.max-samples).",
+    )
+    max_values: int = Field(
+        default=100_000_000,
+        ge=1,
+        description="Values (series x steps, 9 bytes each) one array of a query's evaluation may hold, "
+        "present or not, checked before the array is made: what bounds a query's memory where "
+        "max_samples, which counts points, cannot (a subquery with a tiny step, count_values).",
     )
     max_series: int = Field(default=500_000, ge=1, description="Series one selector may read.")
     # checked cooperatively: a numpy call in progress is not interrupted, max_samples bounds it

@@ -248,6 +248,22 @@ def test_sqlite_store_restored_in_place_is_read_again(tmp_path: Path) -> None:
         b.close_all()
 
 
+def fresh(store: Store) -> Store:
+    """``store`` with a new brief budget, as StoreAccess.run_brief starts one for each request."""
+    store.brief_reads()
+    return store
+
+
+class Fresh:
+    """A brief handle whose every read is a request of its own (a new budget each)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(fresh(self._store), name)
+
+
 def test_a_brief_handle_answers_as_a_normal_one(backend: StoreBackend) -> None:
     """A handle switched to brief reads (the query process's event loop's: StoreAccess.run_brief)
     answers the metadata reads as any other handle, series stored since by another handle included;
@@ -260,13 +276,13 @@ def test_a_brief_handle_answers_as_a_normal_one(backend: StoreBackend) -> None:
     assert brief.brief_reads() and brief.brief_reads()  # switching twice is harmless
     model: Model = {}
     write(writer, random_series(rng, 50), model)
-    check(brief, model, rng)
+    check(Fresh(brief), model, rng)
     write(backend.open(), random_series(rng, 50), model)
-    check(brief, model, rng)
+    check(Fresh(brief), model, rng)
     with pytest.raises(StoreWouldWait):
-        brief.agents("t1")
+        fresh(brief).agents("t1")
     with pytest.raises(StoreWouldWait):
-        brief.select_arrays("t1", [], T0, T0)
+        fresh(brief).select_arrays("t1", [], T0, T0)
 
 
 def _brief_sqlite(tmp_path: Path) -> tuple[StoreBackend, Store, Store, Model]:
@@ -275,7 +291,7 @@ def _brief_sqlite(tmp_path: Path) -> tuple[StoreBackend, Store, Store, Model]:
     assert brief.brief_reads()
     model: Model = {}
     write(writer, [("t1", "m", {"i": str(i)}) for i in range(20)], model)
-    assert len(brief.series("t1", [])) == 20
+    assert len(fresh(brief).series("t1", [])) == 20
     return backend, writer, brief, model
 
 
@@ -292,29 +308,29 @@ def test_a_brief_read_hands_on_what_it_cannot_do_at_once(
     assert brief._brief.con.execute("PRAGMA busy_timeout").fetchone() == (0,)  # type: ignore[attr-defined]
     # the series index in use by a read thread (a long match, a long catch-up)
     with index.lock, pytest.raises(StoreWouldWait):
-        brief.label_names("t1")
-    assert brief.label_names("t1") == ["__name__", "i"]
+        fresh(brief).label_names("t1")
+    assert fresh(brief).label_names("t1") == ["__name__", "i"]
     # many series new since the index caught up: reading them is a read thread's work
     monkeypatch.setattr(read, "BRIEF_MAX_NEW", 5)
     write(writer, [("t1", "m", {"i": f"n{i}"}) for i in range(8)], model)
     with pytest.raises(StoreWouldWait):
-        brief.label_values("t1", "i")
+        fresh(brief).label_values("t1", "i")
     assert len(normal.series("t1", [])) == 28
-    assert brief.label_values("t1", "i") == sorted(lab["i"] for _, lab in model["t1"])
+    assert fresh(brief).label_values("t1", "i") == sorted(lab["i"] for _, lab in model["t1"])
     # a tenant too large to list on the event loop
     monkeypatch.setattr(read, "BRIEF_MAX_SERIES", 27)
     with pytest.raises(StoreWouldWait):
-        brief.series("t1", [Matcher("i", "=", "1")])
-    assert brief.metric_names("t2") == []  # another, small tenant still is
+        fresh(brief).series("t1", [Matcher("i", "=", "1")])
+    assert fresh(brief).metric_names("t2") == []  # another, small tenant still is
     # work past the read's budget (~1 us a unit): refused before it is done
     monkeypatch.setattr(read, "BRIEF_MAX_SERIES", 20_000)
     monkeypatch.setattr(read, "BRIEF_BUDGET", 40)
     with pytest.raises(StoreWouldWait):
-        brief.series("t1", [])  # 28 series listed: 56 units
+        fresh(brief).series("t1", [])  # 28 series listed: 56 units
     with pytest.raises(StoreWouldWait):
-        brief.label_values("t1", "i", [[Matcher("i", "=~", "n.*")]])  # 28 values matched: 84
+        fresh(brief).label_values("t1", "i", [[Matcher("i", "=~", "n.*")]])  # 28 values matched: 84
     assert normal.label_values("t1", "i", [[Matcher("i", "=~", "n.*")]]) == [f"n{i}" for i in range(8)]
-    assert len(brief.series("t1", [Matcher("i", "=~", "n.*")])) == 8  # matched once by normal: 16 units
+    assert len(fresh(brief).series("t1", [Matcher("i", "=~", "n.*")])) == 8  # matched by normal: 16 units
     monkeypatch.setattr(read, "BRIEF_BUDGET", 2_000)
     # SQLite busy (a WAL being recovered): refused at once, not waited for
     real = brief._brief.con  # type: ignore[attr-defined]
@@ -326,6 +342,31 @@ def test_a_brief_read_hands_on_what_it_cannot_do_at_once(
     brief._brief.con = Busy()  # type: ignore[attr-defined]
     write(writer, [("t1", "m", {"i": "late"})], model)
     with pytest.raises(StoreWouldWait):
-        brief.series("t1", [])
+        fresh(brief).series("t1", [])
     brief._brief.con = real  # type: ignore[attr-defined]
-    assert len(brief.series("t1", [])) == 29
+    assert len(fresh(brief).series("t1", [])) == 29
+
+
+def test_a_brief_request_has_one_budget_for_all_its_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The budget is the request's (StoreAccess.run_brief starts one), not each read's: a request of
+    256 selectors made 256 reads of a budget each and held the event loop for seconds. Work its
+    caller does with what the store handed it (a regex over every metric name) is charged too."""
+    from lossproof.query.promapi import PromApi, _selector
+    from lossproof.store.embedded import read
+
+    backend, writer, brief, model = _brief_sqlite(tmp_path)
+    write(writer, [("t1", f"name_{i}", {}) for i in range(200)], model)
+    assert len(fresh(brief).metric_names("t1")) == 201
+    monkeypatch.setattr(read, "BRIEF_BUDGET", 100)
+    fresh(brief)
+    with pytest.raises(StoreWouldWait):
+        for i in range(200):  # a few units each
+            brief.label_names("t1", [[Matcher("i", "=", str(i % 20))]])
+    assert fresh(brief).label_names("t1", [[Matcher("i", "=", "1")]]) == ["__name__", "i"]
+    monkeypatch.setattr(read, "BRIEF_BUDGET", 1_000)
+    selectors = [_selector(f'{{__name__=~"x{i}.*"}}') for i in range(10)]  # 10 x 201 names, 3 units each
+    with pytest.raises(StoreWouldWait):
+        PromApi._matcher_sets(fresh(brief), "t1", selectors)
+    assert PromApi._matcher_sets(backend.open(readonly=True), "t1", selectors) == []

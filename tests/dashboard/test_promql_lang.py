@@ -450,27 +450,44 @@ def _peak_bytes(fn: object) -> tuple[BaseException | None, int]:
         "max_over_time(cpu[1h:1ms])",  # a subquery of 3.6 M steps over 3 series: 10.8 M values
         "max_over_time((cpu @ 1767225630)[1h:1ms])",  # the same, fixed by @ and widened
         "count_values(\"v\", cpu + time())",  # a series per distinct value: 15 x 6,001 steps
-        "last_over_time(cpu[1h])",  # an answer of 3 series x 6,001 steps
+        "last_over_time(cpu[1h])",  # 3 series x 6,001 steps
+        " or ".join(f'label_replace(vector(1), "k", "{i}", "", "")' for i in range(40)),  # 40 x 6,001
     ],
 )
-def test_arrays_past_max_samples_are_refused_before_they_are_made(store: SqliteStore, q: str) -> None:
-    """A (series x steps) array larger than max_samples ends the query with the limit's 422 before
-    its memory is taken: a subquery with a tiny step took gigabytes (or a 500 from numpy's
-    allocation failure) before the limit was checked, and count_values or the answer itself had
-    no bound at all."""
-    limits = promql.Limits(max_samples=5_000_000)  # more than the subquery's steps
+def test_arrays_past_max_values_are_refused_before_they_are_made(store: SqliteStore, q: str) -> None:
+    """A (series x steps) array larger than max_values ends the query with a 422 naming the limit
+    before its memory is taken (or, for an operator, once it has made it: `or` adds the series of
+    both sides): a subquery with a tiny step took gigabytes (or a 500 from numpy's allocation
+    failure) before any limit was checked, and count_values or a chain of `or` had no bound."""
+    limits = promql.Limits(max_values=5_000_000)  # more than the subquery's steps
     grid = promql.Grid(T, T + 6000 * S, S) if "1h:" not in q else promql.Grid(T + 30 * S, T + 30 * S, S)
-    if q.startswith("count_values") or q.startswith("last_over"):
-        limits = promql.Limits(max_samples=15_000)  # 3 series x 6,001 steps is 18,003
+    if "1h:" not in q:
+        limits = promql.Limits(max_values=15_000)  # 3 series x 6,001 steps is 18,003
 
     def run() -> None:
         promql.Evaluator(store, "t", grid, limits=limits).eval(promql.parse(q))
 
     raised, peak = _peak_bytes(run)
-    assert isinstance(raised, promql.LimitExceeded) and "max_samples" in str(raised), raised
+    assert isinstance(raised, promql.LimitExceeded) and "max_values" in str(raised), raised
     # the refused arrays would be 9 bytes a value (97 MB for the subqueries); the subquery's step
     # times (8 bytes a step: 29 MB) are made before its series are known, within max_samples
     assert peak < 40 * 2**20, peak
+
+
+def test_sparse_series_are_not_refused_for_the_steps_they_do_not_fill(store: SqliteStore) -> None:
+    """max_samples counts points, as Prometheus does: series that each hold a point at a few steps of
+    a long range query are answered, though their (series x steps) arrays are larger (those count
+    against max_values). The answer's points count too."""
+    grid = promql.Grid(T, T + 6000 * S, S)  # cpu: 3 series, points in the first 30 s only
+
+    def run(q: str, limits: promql.Limits) -> promql.Value:
+        return promql.Evaluator(store, "t", grid, limits=limits).answer(promql.parse(q))
+
+    for q in ("cpu", "max_over_time(cpu[1m])", "cpu > 0"):
+        v = run(q, promql.Limits(max_samples=1_000))  # 18,003 values, at most 3 x 330 points
+        assert isinstance(v, promql.Vector) and 0 < v.present.sum() <= 1_000, q
+    with pytest.raises(promql.LimitExceeded, match="max_samples = 500"):
+        run("max_over_time(cpu[5m])", promql.Limits(max_samples=500))  # the answer: 3 x ~320 points
 
 
 def test_a_long_function_stops_at_the_timeout_and_when_cancelled(

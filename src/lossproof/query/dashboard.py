@@ -71,7 +71,7 @@ def register(
     """Add the UI, its JSON API and the Prometheus API to the HTTP process."""
     dash = Dashboard(cfg, keys, store, registry)
     q = cfg.query
-    limits = promql.Limits(q.max_samples, q.max_series, q.timeout_seconds)
+    limits = promql.Limits(q.max_samples, q.max_series, q.timeout_seconds, q.max_values)
     closed = q.windows == "prometheus2"
     prom = PromApi(keys, store, limits, closed, body=BodyLimits.of(cfg.server))
     app.add_routes([*dash.routes(), *prom.routes()])

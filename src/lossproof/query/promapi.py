@@ -192,7 +192,7 @@ class PromApi:
         def run(s: StoreReader, budget: promql.Budget) -> dict[str, Any]:
             # the answer's rows built here too, off the event loop (a vector of many series takes
             # milliseconds, which acknowledgements would wait for)
-            value = promql.Evaluator(s, tenant, grid, lookback, budget=budget, closed=closed).eval(expr)
+            value = promql.Evaluator(s, tenant, grid, lookback, budget=budget, closed=closed).answer(expr)
             if isinstance(value, promql.Scalar):
                 return {"resultType": "scalar", "result": [_ts(at), promql.format_value(value.values[0])]}
             order = [i for i in promql.instant_order(expr, value) if value.present[i, 0]]
@@ -237,7 +237,7 @@ class PromApi:
         closed = self.closed
         value = await self._evaluate(
             request,
-            lambda s, b: promql.Evaluator(s, tenant, grid, lookback, budget=b, closed=closed).eval(expr),
+            lambda s, b: promql.Evaluator(s, tenant, grid, lookback, budget=b, closed=closed).answer(expr),
         )
         rows = await asyncio.to_thread(lambda: promql.matrix_rows(value, grid.times(), _ts))
         result = [{"metric": labels, "values": pts} for labels, pts in rows]

@@ -329,11 +329,15 @@ class Limits:
     """What one query may cost (``[query]`` in the configuration); each, when exceeded, ends the
     query with a 422 naming it, before the memory or the read thread is gone."""
 
-    # points read, plus points a subquery makes; also the most values one (series x steps) array of the
-    # evaluation or the answer may hold (Prometheus' default, which counts a result's points too)
+    # points read plus points a subquery makes; and, apart, the points of the answer (Prometheus'
+    # default; it counts a result's points too)
     max_samples: int = 50_000_000
     max_series: int = 500_000  # series one selector may read
     timeout_s: float = 120.0  # checked between the steps of the evaluation (Prometheus: 2 minutes)
+    # values one (series x steps) array of the evaluation may hold, present or not (9 bytes each):
+    # the evaluation is dense, so this bounds its memory where max_samples, which counts points,
+    # cannot (1,000 series over a subquery of 3.6 M steps hold few points and 32 GB of arrays)
+    max_values: int = 100_000_000
 
 
 class LimitExceeded(ExecutionError):
@@ -384,11 +388,20 @@ class Budget:
 
     def cells(self, series: int, steps: int) -> None:
         """Before an array of ``series`` x ``steps`` values is made (a selector's lookups over a
-        subquery's steps, a range function's answer, ``count_values``'s series): past
-        ``max_samples`` the query ends here, before the memory is taken."""
-        if series * steps > self.limits.max_samples:
-            raise self._too_many()
+        subquery's steps, a range function's answer, ``count_values``'s series), or once an operator
+        has made one (``or`` adds series): past ``max_values`` the query ends here."""
+        if series * steps > self.limits.max_values:
+            raise LimitExceeded(
+                f"query would hold {series} series x {steps} steps = {series * steps} values in one "
+                f"array, more than max_values = {self.limits.max_values} ([query] in lossproof.toml)"
+            )
         self.check_time()
+
+    def answer(self, points: int) -> None:
+        """The answer's points (present values), counted apart from what was read, as Prometheus
+        counts a result's samples against its limit."""
+        if points > self.limits.max_samples:
+            raise self._too_many()
 
     def _too_many(self) -> LimitExceeded:
         return LimitExceeded(

@@ -268,6 +268,14 @@ class Evaluator:
             raise PromQLError("expected a scalar")
         return np.array(v.values, dtype=np.float64)
 
+    def answer(self, expr: pp.Expr) -> Value:
+        """:meth:`eval` of a query's whole expression, its answer's points counted against
+        ``max_samples`` (:meth:`Budget.answer`)."""
+        v = self.eval(expr)
+        if isinstance(v, Vector):
+            self.budget.answer(int(np.count_nonzero(v.present)))
+        return v
+
     def vector(self, expr: pp.Expr) -> Vector:
         v = self.eval(expr)
         if not isinstance(v, Vector):
@@ -314,6 +322,7 @@ class Evaluator:
             m = Matcher(NAME, op, value)
         except InvalidMatcher as e:
             raise PromQLError(str(e)) from None
+        self.store.charge_brief(3 * len(self._names))  # a regex (or two compares) a name
         if op == "=":
             return [n for n in self._names if n == value or promql_name(n) == value]
         return [n for n in self._names if m.matches(promql_name(n))]
@@ -566,7 +575,7 @@ class Evaluator:
             return (
                 series <= lim.max_series
                 and self.budget.samples + samples <= lim.max_samples
-                and series * len(ends) <= lim.max_samples  # the answer's values (Budget.cells)
+                and series * len(ends) <= lim.max_values  # the answer's values (Budget.cells)
             )
 
         def of_arrays(piece: list[SeriesArrays]) -> tuple[F64, Mask]:
@@ -903,8 +912,13 @@ class Evaluator:
             return Scalar([fn(x, y) for x, y in zip(lhs.values, rhs.values, strict=True)])
         if isinstance(lhs, Vector) and isinstance(rhs, Vector):
             if op in SET_OPS:
-                return vecmatch.set_operation(op, lhs, rhs, mod)
-            return vecmatch.vector_binop(op, lhs, rhs, mod, return_bool)
+                out = vecmatch.set_operation(op, lhs, rhs, mod)
+            else:
+                out = vecmatch.vector_binop(op, lhs, rhs, mod, return_bool)
+            # `or` adds the series of both sides, many-to-one matching repeats the one side's: a chain
+            # of them grows past what each operand was checked for
+            self.budget.cells(len(out.labels), self.grid.n)
+            return out
         vec, sc, scalar_left = (lhs, rhs, False) if isinstance(lhs, Vector) else (rhs, lhs, True)
         assert isinstance(vec, Vector) and isinstance(sc, Scalar)
         s = np.array(sc.values, dtype=np.float64)[None, :]
@@ -965,7 +979,9 @@ def instant_raw(
     ev = Evaluator(
         store, tenant, Grid(at_ms, at_ms, 1), lookback_ms, limits=limits, budget=budget, closed=closed
     )
-    return RawMatrix(ev.raw(expr))
+    rows = ev.raw(expr)
+    ev.budget.answer(sum(len(points) for _, points in rows))
+    return RawMatrix(rows)
 
 
 def instant_order(expr: pp.Expr, v: Vector) -> list[int]:

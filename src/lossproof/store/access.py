@@ -85,6 +85,7 @@ class StoreAccess:
         elif brief is not False:
             assert isinstance(brief, StoreReader)
             try:
+                brief.brief_reads()  # a new budget for this request
                 got = fn(brief)
                 self.brief_answered += 1
                 return got

@@ -589,9 +589,16 @@ class StoreReader(abc.ABC):
         (for a lock, a busy database, the network) and does a bounded amount of work; anything else
         raises :class:`StoreWouldWait`, and so does every other read. What such a handle answers is
         what a normal one would answer at that moment. For the metadata endpoints, which are answered
-        on the event loop with one (see :meth:`lossproof.store.access.StoreAccess.run_brief`). This
-        default has no brief reads."""
+        on the event loop with one (see :meth:`lossproof.store.access.StoreAccess.run_brief`). Each
+        call starts a new budget of work, shared by the reads until the next call (one request's).
+        This default has no brief reads."""
         return False
+
+    def charge_brief(self, units: int) -> None:
+        """Work a brief read's caller does with what the store handed it (a regex asked of every
+        metric name, about a microsecond a unit), charged to the budget :meth:`brief_reads` started:
+        past it, :class:`StoreWouldWait`. Nothing on a handle without brief reads."""
+        return None
 
     @abc.abstractmethod
     def agents(self, tenant: str) -> list[AgentSummary]:

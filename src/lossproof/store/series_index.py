@@ -125,6 +125,7 @@ class TenantIndex:
         got = self._np.get(key)
         if got is not None and got[0] == len(post):
             return got[1]
+        self.charge(len(post) // 64)  # copied
         out = np.frombuffer(post.tobytes(), dtype=np.int64)
         if len(self._np) > 4096:
             self._np.clear()
@@ -137,6 +138,7 @@ class TenantIndex:
             return _EMPTY
         if len(items) == 1:
             return self._posting(name, *items[0])
+        self.charge(sum(len(p) for _, p in items) // 16)  # joined and sorted
         out = np.frombuffer(b"".join(p for _, p in items), dtype=np.int64).copy()
         out.sort()
         return out
@@ -186,6 +188,7 @@ class TenantIndex:
         n = len(self.sids)
         if not n:
             return _EMPTY
+        self.charge(len(matchers) * (1 + n // 64))  # a mask of the tenant's series a matcher
         parts = [self._one(m) for m in matchers]
         keep: I64 | None = None
         for _, pos in sorted((p for p in parts if p[0]), key=lambda p: len(p[1])):
@@ -217,6 +220,7 @@ class TenantIndex:
             return _EMPTY
         if len(got) == 1:
             return got[0]
+        self.charge(sum(len(g) for g in got) // 4)  # sorted
         return np.unique(np.concatenate(got))
 
     def sorted_found(self, pos: I64) -> list[Found]:

@@ -447,6 +447,7 @@ class SqliteReader(SqliteCore):
     """The read path of the embedded store."""
 
     _brief: _NoWaiting | None = None
+    _brief_left = 0  # what the current brief request may still spend (TenantIndex.charge units)
 
     def brief_reads(self) -> bool:
         """See :meth:`StoreReader.brief_reads`: the series index's reads, without SQLite's busy wait
@@ -456,7 +457,14 @@ class SqliteReader(SqliteCore):
         if self._brief is None and self.readonly:
             self._con.execute("PRAGMA busy_timeout = 0")
             self._brief = self._con = _NoWaiting(self._con)  # type: ignore[assignment]
+        self._brief_left = BRIEF_BUDGET
         return self._brief is not None
+
+    def charge_brief(self, units: int) -> None:
+        if self._brief is not None:
+            self._brief_left -= units
+            if self._brief_left < 0:
+                raise StoreWouldWait("too much work for a brief read")
 
     # --- reads ---------------------------------------------------------------------------------
 
@@ -627,11 +635,11 @@ class SqliteReader(SqliteCore):
             t = index.tenant(tenant)
             if not current or t is None or len(t) > BRIEF_MAX_SERIES:
                 raise StoreWouldWait("too much to do for a brief read")
-            t.budget = BRIEF_BUDGET
+            t.budget = self._brief_left  # one budget for all of the request's reads
             try:
                 yield t
             finally:
-                t.budget = None
+                self._brief_left, t.budget = t.budget, None
         finally:
             index.lock.release()
 
