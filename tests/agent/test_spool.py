@@ -166,12 +166,33 @@ def test_a_foreign_record_past_damage_is_not_adopted(tmp_path: Path) -> None:
     with Spool(tmp_path) as s:
         s.append([body("a", 100) for _ in range(2)])
     seg = segment_path(tmp_path, list_segments(tmp_path)[-1])
-    with open(seg, "ab") as f:
-        f.write(bytes(40) + Codec().encode(10**9, 0, b"not mine"))
+    for foreign in (9, 10**9):  # a seq this spool could not have handed out (its counter is at 2)
+        with open(seg, "ab") as f:
+            f.write(bytes(40) + Codec().encode(foreign, 0, b"not mine"))
+        with Spool(tmp_path) as s:
+            assert s.recovery.lost == [] and s.recovery.last_seq == 2
+            assert s.pending_seqs(10) == [1, 2]
+            assert s.read([foreign]) == []
     with Spool(tmp_path) as s:
-        assert s.recovery.lost == [] and s.recovery.last_seq == 2
-        assert s.pending_seqs(10) == [1, 2]
         assert s.append([body("b")]) == [3]
+
+
+def test_an_acknowledged_report_lost_to_damage_is_answered_as_lost_on_replay(tmp_path: Path) -> None:
+    """The server asks again for a report it lost after acknowledging it; the spool's copy was
+    damaged since: it is not promised (and then silently not sent), it is reported lost."""
+    with Spool(tmp_path) as s:
+        s.append([body("a", 100) for _ in range(5)])
+        s.ack(range(1, 6))
+    seg = segment_path(tmp_path, list_segments(tmp_path)[-1])
+    third = next(r for r in scan_segment(seg).records if r.seq == 3)
+    data = bytearray(seg.read_bytes())
+    data[third.pos + 40] ^= 0xFF
+    seg.write_bytes(bytes(data))
+    with Spool(tmp_path) as s:
+        assert s.recovery.lost == [] and s.pending_seqs(10) == []  # acknowledged: nothing to send
+        assert s.plan_replay([(2, 4)]) == [2, 4]
+        assert s.unreported_drops() == [(3, 3, DAMAGED)]
+        assert s.stats().pending_bytes == 0
 
 
 def test_spool_full_drops_exactly_the_oldest_pending(tmp_path: Path) -> None:

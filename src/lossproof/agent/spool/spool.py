@@ -33,7 +33,6 @@ from lossproof.agent.ranges import SeqRange, Tagged
 from lossproof.agent.spool import state as state_mod
 from lossproof.agent.spool.counter import SeqCounter
 from lossproof.agent.spool.format import (
-    HEADER_SIZE,
     SEGMENT_DIR,
     Codec,
     check_record,
@@ -125,8 +124,11 @@ class _Segment:
         return self.first_seq + len(self.positions) - 1
 
     def index(self, seq: int) -> int | None:
+        """Where ``seq``'s record is in this file; None if it holds none (a hole is none)."""
         i = seq - self.first_seq
-        return i if 0 <= i < len(self.positions) else None
+        if not 0 <= i < len(self.positions):
+            return None
+        return None if self.holes and rg.contains(self.holes, seq) else i
 
     def size_of(self, i: int) -> int:
         nxt = self.positions[i + 1] if i + 1 < len(self.positions) else self.end
@@ -226,9 +228,10 @@ class Spool:
         truncated = damaged = 0
         for seg_id in list_segments(self.dir):
             path = segment_path(self.dir, seg_id)
-            # a file holds fewer records than it has headers' room for: a seq further than that
-            # past the counter is no record of this spool
-            scan = scan_segment(path, max_seq=self._counter.value + path.stat().st_size // HEADER_SIZE)
+            # past damage, a record above the counter is no report of this spool (stale bytes of
+            # another one that a file system showed after a crash): only the last append, in the
+            # newest file, can be above it, and damage ends that file's run of records anyway
+            scan = scan_segment(path, max_seq=self._counter.value)
             for at, size in scan.damaged:
                 # damage inside the file: its records are lost (recorded below, with the reason),
                 # those after it are intact and kept; the bytes stay, to be skipped again
@@ -255,14 +258,17 @@ class Spool:
             # they are adopted (and the seq counter moves past them), so make them durable now.
             fdatasync_path(path)
             seg = _Segment(seg_id, path, -1, recs[0].seq)
+            prev_end = recs[0].pos
             for r in recs:
                 missing = r.seq - seg.first_seq - seg.n
                 if missing:
+                    # entries of the damaged bytes, none a record: the record before keeps its size
                     seg.holes.append((r.seq - missing, r.seq - 1))
-                    seg.positions.extend([r.pos] * missing)
+                    seg.positions.extend([prev_end] * missing)
                     seg.created.extend([r.created_ms] * missing)
                 seg.positions.append(r.pos)
                 seg.created.append(r.created_ms)
+                prev_end = r.pos + r.size
             seg.end = scan.valid_end
             # An append that failed was retried in a newer file with the same seqs: that copy wins.
             for prev in self._segments:
@@ -284,6 +290,11 @@ class Spool:
         # any other was handed out and its report is gone: say so rather than lose it silently.
         lost_ranges = rg.subtract(rg.subtract([(floor, self.last_seq)], on_disk), resolved)
         lost: list[Tagged] = [(a, b, DAMAGED) for a, b in lost_ranges]
+        # acknowledged reports whose records damage took: resolved already, but a later replay
+        # request for one must be answered with why it is gone
+        damaged_acked = rg.intersect(rg.normalize(h for s in self._segments for h in s.holes), acked)
+        if damaged_acked:
+            self._st.dropped = rg.add_tagged(self._st.dropped, [(a, b, DAMAGED) for a, b in damaged_acked])
         if lost:
             log.warning("spool.lost_on_recovery", ranges=[[a, b] for a, b, _ in lost], reason=DAMAGED)
             if self._on_drop is not None:
