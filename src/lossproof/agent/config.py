@@ -151,7 +151,7 @@ class AgentConfig(BaseModel):
     backoff_initial_seconds: float = Field(default=0.5, ge=MIN_BACKOFF, le=MAX_RETRY_AFTER)
     backoff_max_seconds: float = Field(default=30.0, ge=MIN_BACKOFF, le=MAX_RETRY_AFTER)
 
-    fallback_after_seconds: float = Field(default=30.0, ge=0, le=DAY)
+    fallback_after_seconds: float = Field(default=30.0, ge=0, le=YEAR)
     probe_interval_seconds: float = Field(default=10.0, ge=MIN_PROBE, le=DAY)
 
     statsd_port: int = Field(default=8125, ge=0, le=65535)
@@ -192,12 +192,10 @@ class AgentConfig(BaseModel):
 
     @model_validator(mode="after")
     def _backoff_order(self) -> AgentConfig:
-        # the cap would silently win over the initial delay, so the file would not mean what it says
-        if self.backoff_initial_seconds > self.backoff_max_seconds:
-            raise ValueError(
-                f"backoff_initial_seconds = {self.backoff_initial_seconds:g} must be at most "
-                f"backoff_max_seconds = {self.backoff_max_seconds:g}"
-            )
+        # The cap wins over an initial delay above it (min(max, initial * 2^n)): taken as the cap, as
+        # it always was, rather than refused, so that a file that worked before still starts the
+        # agent (an agent that does not start sends nothing of what it holds).
+        self.backoff_initial_seconds = min(self.backoff_initial_seconds, self.backoff_max_seconds)
         return self
 
     def key(self, env: Mapping[str, str] | None = None) -> str:
