@@ -19,9 +19,7 @@ import pytest
 from lossproof import config as config_mod
 from lossproof.fallback import journal as jn
 from lossproof.fallback import progress as pg
-from lossproof.protocol import native
 from lossproof.protocol.ack import PROTOCOL_HEADER
-from lossproof.protocol.compression import decompress
 from lptest.fallback import (
     Fallback,
     Target,
@@ -30,7 +28,9 @@ from lptest.fallback import (
     encode_body,
     lossproof,
     post_raw,
+    record_seqs,
     run_replay,
+    sent_seqs,
 )
 from lptest.pipeline import Pipeline, expand, report
 
@@ -409,25 +409,12 @@ def test_corrupt_record_stops_replay_after_everything_before_it(
         target.close()
     assert out.returncode == 1, out
     last = out.stderr.strip().splitlines()[-1]
-    assert last == f"Error: journal corrupt: {path} at byte {victim.pos}: CRC mismatch", last
+    assert last.startswith(f"Error: journal corrupt: {path} at byte {victim.pos}: CRC mismatch ("), last
+    assert "run again with --skip-damaged" in last, last  # (test_replay_damaged.py)
     # (merged: test_merged_requests_...)
     assert sorted(sent_seqs(target.requests)) == sorted(record_seqs(records[: records.index(victim)]))
     progress = pg.load_progress(fb.data_dir)
     assert progress is not None and progress.position == victim.position
-
-
-def sent_seqs(requests: list[tuple[dict[str, str], bytes]]) -> list[tuple[str, int]]:
-    """(agent, seq) of every report in the requests a scripted target received."""
-    out = []
-    for headers, body in requests:
-        raw = decompress(body, headers.get("Content-Encoding", ""), 2**30)
-        req = native.decode(raw, headers.get("Content-Type", native.JSON))
-        out += [(req.agent, r.seq) for r in req.reports]
-    return out
-
-
-def record_seqs(records: list[jn.Record]) -> list[tuple[str, int]]:
-    return [(r.entry.agent, s) for r in records for a, b in r.entry.seqs for s in range(a, b + 1)]
 
 
 def test_merged_requests_carry_one_agent_s_records_and_a_refused_one_is_split(fallback: Fallback) -> None:

@@ -168,6 +168,20 @@ def journal_seqs(journal: Path) -> list[tuple[str, str, int]]:
     return out
 
 
+def sent_seqs(requests: list[tuple[dict[str, str], bytes]]) -> list[tuple[str, int]]:
+    """(agent, seq) of every report in the requests a scripted target received."""
+    out = []
+    for headers, body in requests:
+        raw = decompress(body, headers.get("Content-Encoding", ""), 2**30)
+        req = native.decode(raw, headers.get("Content-Type", native.JSON))
+        out += [(req.agent, r.seq) for r in req.reports]
+    return out
+
+
+def record_seqs(records: list[jn.Record]) -> list[tuple[str, int]]:
+    return [(r.entry.agent, s) for r in records for a, b in r.entry.seqs for s in range(a, b + 1)]
+
+
 def run_replay(
     data_dir: Path, url: str, key: str, *args: str, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:

@@ -16,6 +16,7 @@ from lossproof.fallback.pacing import DEFAULT_BATCH_POINTS, DEFAULT_CONCURRENCY
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+EXIT_SKIPPED_DAMAGE = 4  # `lossproof replay --skip-damaged` finished, damaged journal bytes were skipped
 
 
 class Duration(click.ParamType):  # type: ignore[type-arg]
@@ -186,6 +187,12 @@ def fallback_command(
     help="Keep replay's progress and rejected.jsonl here instead of in DIR/replay (e.g. when the "
     "fallback's disk is full; the receiver then neither prunes nor counts what was replayed).",
 )
+@click.option(
+    "--skip-damaged",
+    is_flag=True,
+    help="Go on past damaged journal bytes (each stretch logged and counted; their reports are not "
+    "sent, the pipeline's ledger finds them missing) instead of stopping there. Exit status 4.",
+)
 def replay_command(
     from_dir: Path,
     to_url: str,
@@ -199,13 +206,16 @@ def replay_command(
     retention: float,
     from_start: bool,
     state_dir: Path | None,
+    skip_damaged: bool,
 ) -> None:
     """Drain a fallback receiver's journal into the main ingest, resumably, at a bounded rate.
 
-    Exit status: 0 done, 1 error (nothing skipped), 3 done but some requests were rejected with a
-    4xx (kept in DIR/replay/rejected.jsonl, or in --state-dir), 130 interrupted (run again to
-    continue). A full disk under DIR does not stop it: progress is then not saved (logged), a rerun
-    sends again what was sent since the last save.
+    Exit status: 0 done, 1 error (nothing skipped; a damaged journal without --skip-damaged), 3 done
+    but some requests were rejected with a 4xx (kept in DIR/replay/rejected.jsonl, or in
+    --state-dir), 4 done but damaged journal bytes were skipped (--skip-damaged; before 3: the
+    summary line tells of rejections too), 130 interrupted (run again to continue). A full disk
+    under DIR does not stop it: progress is then not saved (logged), a rerun sends again what was
+    sent since the last save.
     """
     from lossproof.fallback.replay import ReplayError, ReplayOptions, run_replay
     from lossproof.obs.logging import setup
@@ -225,6 +235,7 @@ def replay_command(
         retention_seconds=retention,
         from_start=from_start,
         state_dir=state_dir,
+        skip_damaged=skip_damaged,
     )
     try:
         summary = run_replay(opts)
@@ -237,5 +248,9 @@ def replay_command(
         raise click.ClickException(summary.error)
     if summary.interrupted:
         sys.exit(130)
+    if summary.skipped:
+        # done, but not everything the fallback acknowledged was sent: a status of its own, so that
+        # neither an operator nor a script takes it for a clean run, nor for an error
+        sys.exit(EXIT_SKIPPED_DAMAGE)
     if summary.rejected:
         sys.exit(3)

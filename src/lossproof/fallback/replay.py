@@ -39,6 +39,14 @@ where the disk refuses for want of room (ENOSPC, EDQUOT, EROFS): logged
 (``replay.progress_not_saved``), then the replay goes on. That costs only sending again, after a
 restart, what was sent since the last progress saved (the main ingest is idempotent); nothing is
 skipped, since only a save that succeeded ever moves the resume point.
+
+Damaged journal bytes (a CRC mismatch, a payload that does not decode, a bad segment header: the
+reader's :class:`~lossproof.fallback.journal.JournalCorrupt`) stop the replay once everything
+before them is done, unless ``--skip-damaged``: then each damaged stretch, up to the next intact
+record (:class:`~lossproof.fallback.journal.Skipped`), is logged (``replay.skipped_damage``) and
+counted, and the progress passes it in journal order, as it passes a record that is done. Its
+reports are not sent; the main ingest's ledger finds their seqs as holes in each agent's seqs once
+the agent's later reports arrive, and asks the agent for them (docs/fallback.md, "Damage").
 """
 
 from __future__ import annotations
@@ -114,6 +122,7 @@ class ReplayOptions:
     request_timeout: float = 60.0
     save_interval: float = 1.0
     progress_interval: float | None = None  # default: 0.2 s on a tty, 5 s otherwise
+    skip_damaged: bool = False  # go on past damaged journal bytes (logged, counted) instead of stopping
 
 
 @dataclass
@@ -134,6 +143,8 @@ class Summary:
     error: str | None = None
     rejected_path: Path | None = None
     progress_unsaved: str | None = None  # why the last progress save failed, if it did
+    skipped: int = 0  # damaged stretches of the journal passed over (--skip-damaged)
+    skipped_bytes: int = 0
 
     def line(self) -> str:
         rate = self.requests / self.seconds if self.seconds > 0 else 0.0
@@ -151,6 +162,12 @@ class Summary:
                     f"; {self.unreported:,} of them could NOT be recorded as lost in the ledger "
                     "(ledger.reported false)"
                 )
+        if self.skipped:
+            text += (
+                f"; SKIPPED {self.skipped:,} damaged stretch{'es' if self.skipped != 1 else ''} of the "
+                f"journal ({self.skipped_bytes:,} bytes; their reports were not sent: see the "
+                "replay.skipped_damage events)"
+            )
         if self.progress_unsaved:
             text += f"; progress NOT saved ({self.progress_unsaved}: a rerun sends again, harmlessly)"
         if self.pruned:
@@ -305,6 +322,8 @@ class Replay:
             )
             if s.rejected:
                 line += f"  {s.rejected} rejected"
+            if s.skipped:
+                line += f"  {s.skipped} damaged skipped"
             if self._last_transient and now - self._last_warn < 10:
                 line += "  (retrying)"
             if self.tty:
@@ -323,6 +342,28 @@ class Replay:
         s.bytes += len(rec.entry.body)
         s.journal_bytes += rec.size
 
+    def _skipped(self, it: jn.Skipped) -> None:
+        """Account for damaged journal bytes passed over: one event each, and the summary's count.
+        The reports in them are not sent; the main ingest's ledger finds their seqs as holes once
+        the agent's later reports arrive (docs/fallback.md, "Damage")."""
+        s = self.summary
+        s.skipped += 1
+        s.skipped_bytes += it.size
+        s.journal_bytes += it.size
+        self.read_bytes += it.size
+        log.warning(
+            "replay.skipped_damage",
+            file=str(it.path),
+            from_byte=it.pos,
+            to_byte=it.end,
+            bytes=it.size,
+            reason=it.reason,
+            after_index=it.after_index,
+            next_index=it.next_index,
+            consequence="the reports in these bytes are not sent; the pipeline's ledger shows their "
+            "seqs missing once the agents' later reports arrive, and asks the agents to resend them",
+        )
+
     async def flush(self, queue: _Queue, pending: list[tuple[jn.Record, Slot]]) -> None:
         """Queue the records read: those of one agent together, a request each
         (:func:`batching.batches`)."""
@@ -332,7 +373,7 @@ class Replay:
 
     async def produce(self, queue: _Queue, start: jn.Position | None) -> None:
         assert self.tracker is not None
-        reader = jn.JournalReader(self.journal, start)
+        reader = jn.JournalReader(self.journal, start, skip_damaged=self.opts.skip_damaged)
         pending: list[tuple[jn.Record, Slot]] = []  # read, not yet queued
         try:
             while not self.stop.is_set():
@@ -344,6 +385,12 @@ class Replay:
                     for it in items:
                         if isinstance(it, jn.Boundary):
                             self.tracker.done(self.tracker.add(it.next_position, it.left))
+                            continue
+                        if isinstance(it, jn.Skipped):
+                            # done as soon as it is read, but the progress passes it only once
+                            # every record before it is done (the tracker's order), like a record
+                            self._skipped(it)
+                            self.tracker.done(self.tracker.add(it.next_position))
                             continue
                         if not self.budget.fits(it.size):
                             await self.flush(queue, pending)  # (what it holds frees the budget)
@@ -357,8 +404,13 @@ class Replay:
                     break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stop.wait(), 0.5)
-        except jn.JournalError as e:
+        except jn.JournalCorrupt as e:
             # everything read before the damage is still sent; then the replay stops
+            self.fatal = (
+                f"{e} (replay stops at damage; to skip the damaged bytes and replay what follows them, "
+                "run again with --skip-damaged: docs/fallback.md)"
+            )
+        except jn.JournalError as e:
             self.fatal = str(e)
         except OSError as e:
             self.fatal = f"cannot read the journal in {self.journal}: {e}"

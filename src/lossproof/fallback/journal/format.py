@@ -126,7 +126,30 @@ class Boundary:
     next_position: Position
 
 
-Item = Record | Boundary
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """Damaged bytes ``[pos, end)`` of a segment that a reader with ``skip_damaged`` passed over: a
+    damaged segment header (``pos`` 0), or the bytes from a record that is not valid (or does not
+    decode) up to the next intact record numbered after the last good one (or the segment's end)."""
+
+    segment: int
+    path: Path
+    pos: int
+    end: int
+    reason: str
+    after_index: int  # the last intact record's index before these bytes (the segment's base - 1: none)
+    next_index: int | None  # the intact record they end at; None: they run to the segment's end
+
+    @property
+    def next_position(self) -> Position:
+        return Position(self.segment, self.end)
+
+    @property
+    def size(self) -> int:
+        return self.end - self.pos
+
+
+Item = Record | Boundary | Skipped
 
 
 # --- files ---------------------------------------------------------------------------------------
