@@ -62,10 +62,14 @@ def _success(data: Any) -> web.Response:
     return json_response({"status": "success", "data": data})
 
 
-async def _success_off_loop(data: Any) -> web.Response:
-    """:func:`_success` of a query's answer, encoded on a thread: an answer can be hundreds of MB,
-    which the event loop that acknowledges writes would otherwise spend a second or more on."""
-    body = await asyncio.to_thread(json_body, {"status": "success", "data": data})
+def _success_body(data: Any) -> bytes:
+    """:func:`_success`'s body, for the thread that builds a query's answer to encode it too: an
+    answer can be hundreds of MB, which the event loop that acknowledges writes would otherwise spend
+    a second or more on (and a hop to a thread of its own would cost a small answer more than that)."""
+    return json_body({"status": "success", "data": data})
+
+
+def _answer(body: bytes) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
@@ -185,23 +189,27 @@ class PromApi:
             raw = await self._evaluate(
                 request, lambda s, b: promql.instant_raw(s, tenant, inner, at, limits, closed, lookback, b)
             )
-            rows = await asyncio.to_thread(_raw_rows, raw)
-            return await _success_off_loop({"resultType": "matrix", "result": rows})
+            matrix = await asyncio.to_thread(
+                lambda: _success_body({"resultType": "matrix", "result": _raw_rows(raw)})
+            )
+            return _answer(matrix)
         grid = promql.Grid(at, at, 1)
 
-        def run(s: StoreReader, budget: promql.Budget) -> dict[str, Any]:
+        def run(s: StoreReader, budget: promql.Budget) -> bytes:
             # the answer's rows built here too, off the event loop (a vector of many series takes
             # milliseconds, which acknowledgements would wait for)
             value = promql.Evaluator(s, tenant, grid, lookback, budget=budget, closed=closed).answer(expr)
             if isinstance(value, promql.Scalar):
-                return {"resultType": "scalar", "result": [_ts(at), promql.format_value(value.values[0])]}
+                return _success_body(
+                    {"resultType": "scalar", "result": [_ts(at), promql.format_value(value.values[0])]}
+                )
             order = [i for i in promql.instant_order(expr, value) if value.present[i, 0]]
             texts = promql.format_values(value.values[order, 0].tolist())
             t = _ts(at)
             rows = [{"metric": value.labels[i], "value": [t, v]} for i, v in zip(order, texts, strict=True)]
-            return {"resultType": "vector", "result": rows}
+            return _success_body({"resultType": "vector", "result": rows})
 
-        return await _success_off_loop(await self._evaluate(request, run))
+        return _answer(await self._evaluate(request, run))
 
     async def query_range(self, request: web.Request, tenant: str, q: MultiDictProxy[str]) -> web.Response:
         for name in ("start", "end", "step"):
@@ -239,9 +247,12 @@ class PromApi:
             request,
             lambda s, b: promql.Evaluator(s, tenant, grid, lookback, budget=b, closed=closed).answer(expr),
         )
-        rows = await asyncio.to_thread(lambda: promql.matrix_rows(value, grid.times(), _ts))
-        result = [{"metric": labels, "values": pts} for labels, pts in rows]
-        return await _success_off_loop({"resultType": "matrix", "result": result})
+        def encode() -> bytes:
+            rows = promql.matrix_rows(value, grid.times(), _ts)
+            result = [{"metric": labels, "values": pts} for labels, pts in rows]
+            return _success_body({"resultType": "matrix", "result": result})
+
+        return _answer(await asyncio.to_thread(encode))
 
     # --- metadata ----------------------------------------------------------------------------------
 
