@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from lossproof.agent.spool import DAMAGED, SPOOL_FULL, WINDOW_EXPIRED, Spool, SpoolError, SpoolLimits
+from lossproof.agent.spool import (
+    DAMAGED,
+    SPOOL_FULL,
+    UNSPOOLED,
+    WINDOW_EXPIRED,
+    Spool,
+    SpoolError,
+    SpoolLimits,
+)
 from lossproof.agent.spool.format import list_segments, read_all, scan_segment, segment_path
 
 
@@ -421,3 +429,45 @@ def test_the_spool_opens_on_a_full_disk(tmp_path: Path) -> None:
             assert s.unreported_drops() == lost
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_unspooled_points_get_a_seq_recorded_as_dropped(tmp_path: Path) -> None:
+    with Spool(tmp_path) as s:
+        s.append([body("a"), body("b")])
+        seq = s.record_unspooled(120, "cannot write the spool: No space left on device")
+        assert seq == 3 and s.last_seq == 3
+        assert s.unreported_drops() == [
+            (3, 3, "unspooled: 120 points dropped in the agent before they could be spooled"
+             " (cannot write the spool: No space left on device)")
+        ]
+        assert s.append([body("c")]) == [4]  # in a new file: a file's seqs follow one another
+        assert s.pending_seqs(10) == [1, 2, 4]
+        assert s.plan_replay([(3, 3)]) == []  # never sent: it has no record, and is lost with why
+    with Spool(tmp_path) as s:
+        # no damage found in the files, no other loss: the drop was durable with its reason
+        assert s.recovery.lost == [] and s.recovery.damaged_bytes == 0 and s.recovery.truncated_bytes == 0
+        assert [d[:2] for d in s.unreported_drops()] == [(3, 3)]
+        assert s.unreported_drops()[0][2].startswith(f"{UNSPOOLED}: 120 points")
+        assert s.pending_seqs(10) == [1, 2, 4]
+        assert s.append([body("d")]) == [5]
+
+
+def test_unspooled_points_are_recorded_on_a_full_disk_and_stay_counted_after_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lossproof.agent.spool import state as state_mod
+
+    with Spool(tmp_path) as s:
+        s.append([body("a")])
+
+        def full(directory: Path, st: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(state_mod, "save", full)
+        # the counter is written in place: the seq is handed out and the drop carried from memory
+        assert s.record_unspooled(7, "full") == 2
+        assert [d[:2] for d in s.unreported_drops()] == [(2, 2)]
+        monkeypatch.undo()
+    with Spool(tmp_path) as s:
+        # the state never said why: the seq without a record is still reported lost, not forgotten
+        assert s.recovery.lost == [(2, 2, DAMAGED)]

@@ -3,7 +3,10 @@
 Each interval the buffered points (``Agent.record``, host metrics) and the StatsD aggregates become
 one report; a burst larger than ``max_points_per_report`` is cut into several reports at once, and
 their spool appends share one fsync. If the spool cannot be written, the points wait in memory (up
-to a bound, then the oldest are dropped and counted) and the next interval tries again.
+to a bound, then the oldest are dropped) and the next interval tries again. Dropped points never got
+a seq, so the server could not know of them: they are given one, recorded as dropped with their
+count and why (:meth:`Spool.record_unspooled`), and so reach the server's per-agent accounting as
+lost like any dropped report.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ log = get(__name__)
 
 # Points kept in memory while the spool cannot be written, in reports' worth.
 MAX_BACKLOG_REPORTS = 10
+# While appends keep failing, dropped points are recorded at most this often: one seq for a whole
+# outage's drops rather than one per interval (each a lost range the server keeps).
+UNSPOOLED_RECORD_SECONDS = 60.0
 
 
 class Reporter:
@@ -47,6 +53,10 @@ class Reporter:
         self._thread = threading.Thread(target=self._run, name="agent-reporter", daemon=True)
         self._last_error = 0.0
         self.spool_ok = True
+        # points dropped (and why) that no seq records yet, and when that was last tried
+        self._unspooled = 0
+        self._unspooled_error = ""
+        self._unspooled_tried = time.monotonic()
 
     def start(self) -> None:
         self._thread.start()
@@ -60,7 +70,20 @@ class Reporter:
         self._stop.set()
         self._kick.set()
         self._thread.join(timeout=5)
-        return self.report(include_sources=True)
+        seqs = self.report(include_sources=True)
+        with self._lock:
+            # points the spool would not take die with the process: recorded as dropped like the rest
+            left = self.buffer.drain()
+            if left:
+                self._unspooled += len(left)
+                self._unspooled_error = self._unspooled_error or "the agent stopped"
+                self.metrics.points_dropped.inc(len(left))
+            self._record_unspooled()
+            if self._unspooled:
+                log.error(
+                    "agent.unspooled_points_unrecorded", points=self._unspooled, error=self._unspooled_error
+                )
+        return seqs
 
     def _run(self) -> None:
         next_at = time.monotonic() + self.interval
@@ -90,6 +113,7 @@ class Reporter:
                 for src in self.sources:
                     points.extend(src(now))
             if not points:
+                self._record_unspooled()
                 return []
             chunks = [points[i : i + self.max_points] for i in range(0, len(points), self.max_points)]
             builders = [self._builder(now, chunk) for chunk in chunks]
@@ -97,12 +121,29 @@ class Reporter:
                 seqs = self.spool.append(builders)
             except SpoolError as e:
                 self._keep(points, str(e))
+                if time.monotonic() - self._unspooled_tried >= UNSPOOLED_RECORD_SECONDS:
+                    self._record_unspooled()
                 return []
             self.spool_ok = True
+            self._record_unspooled()
             self.metrics.reports_created.inc(len(seqs))
             self.metrics.points.inc(len(points))
             self.on_spooled()
             return seqs
+
+    def _record_unspooled(self) -> None:
+        """Give the points dropped so far a seq, recorded as dropped (call under the lock)."""
+        if not self._unspooled:
+            return
+        self._unspooled_tried = time.monotonic()
+        try:
+            seq = self.spool.record_unspooled(self._unspooled, self._unspooled_error)
+        except SpoolError as e:
+            log.error("agent.unspooled_record_failed", error=str(e), points=self._unspooled)
+            return
+        log.warning("agent.unspooled_recorded", seq=seq, points=self._unspooled)
+        self._unspooled, self._unspooled_error = 0, ""
+        self.on_spooled()  # the sender carries the drop to the server
 
     @staticmethod
     def _builder(now: int, chunk: list[Point]) -> Callable[[int], bytes]:
@@ -122,3 +163,5 @@ class Reporter:
             log.error("agent.spool_write_failed", error=error, points_waiting=len(kept), points_dropped=lost)
         if lost:
             self.metrics.points_dropped.inc(lost)
+            self._unspooled += lost
+            self._unspooled_error = self._unspooled_error or error

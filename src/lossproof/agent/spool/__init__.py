@@ -3,6 +3,7 @@
 from lossproof.agent.spool.spool import (
     DAMAGED,
     SPOOL_FULL,
+    UNSPOOLED,
     WINDOW_EXPIRED,
     Recovery,
     Spool,
@@ -15,6 +16,7 @@ from lossproof.agent.spool.spool import (
 __all__ = [
     "DAMAGED",
     "SPOOL_FULL",
+    "UNSPOOLED",
     "WINDOW_EXPIRED",
     "Recovery",
     "Spool",

@@ -54,6 +54,8 @@ SPOOL_FULL = "spool_full"
 WINDOW_EXPIRED = "replay_window_expired"
 # A seq the counter says was handed out has no intact record: the disk lost or damaged it.
 DAMAGED = "spool_damaged"
+# Points dropped in the agent's memory before they could be spooled (Spool.record_unspooled).
+UNSPOOLED = "unspooled"
 
 
 class SpoolError(Exception):
@@ -599,6 +601,37 @@ class Spool:
             if gone:
                 self._record_drop(rg.from_seqs(gone), reason)
             return len(was_pending)
+
+    def record_unspooled(self, points: int, error: str) -> int:
+        """Give ``points`` that were dropped before they could be spooled (the spool could not be
+        written and the agent's memory for them was full) a seq of their own, recorded as dropped
+        with how many they were and why: the server then counts them lost, as any dropped report,
+        where without a seq it could never know of them. Returns the seq.
+
+        Raises :class:`SpoolError`, recording nothing, if the seq counter cannot be written (it is
+        written in place, so a full disk does not stop it). If only the state cannot be saved, the
+        drop is still carried to the server from memory, and the next save makes it durable; an
+        agent restarted before then finds the seq without a record and reports it lost as damaged."""
+        with self._lock:
+            self._check_open()
+            seq = self.last_seq + 1
+            try:
+                self._counter.advance(seq)
+            except OSError as e:
+                raise SpoolError(f"cannot write the spool's seq counter in {self.dir}: {e}") from None
+            self.last_seq = seq
+            # A file's records have consecutive seqs (a gap in one reads as damage): the next append
+            # starts a new file, after this seq that has no record.
+            if self._active is not None and self._active.n:
+                self._close_fd(self._active)
+                self._active = None
+            reason = f"{UNSPOOLED}: {points} points dropped in the agent before they could be spooled"
+            reason += f" ({error})"
+            try:
+                self._record_drop([(seq, seq)], reason)
+            except SpoolError as e:
+                log.error("spool.state_save_failed", error=str(e), unspooled_seq=seq)
+            return seq
 
     def unreported_drops(self) -> list[Tagged]:
         """Dropped ranges to carry in requests until a 200 answers one that carried them."""
