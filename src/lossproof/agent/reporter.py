@@ -76,7 +76,8 @@ class Reporter:
             left = self.buffer.drain()
             if left:
                 self._unspooled += len(left)
-                self._unspooled_error = self._unspooled_error or "the agent stopped"
+                why = "the agent stopped while its spool could not be written"
+                self._unspooled_error = self._unspooled_error or why
                 self.metrics.points_dropped.inc(len(left))
             self._record_unspooled()
             if self._unspooled:
