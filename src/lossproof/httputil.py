@@ -147,7 +147,17 @@ async def continue_or(request: web.Request, refusal: web.StreamResponse | None) 
 
 async def read_body(request: web.Request, limit: int, idle_seconds: float, max_seconds: float) -> bytes:
     """The raw body, refusing more than ``limit`` bytes before reading them when possible, and a
-    408 for a body that stalls for ``idle_seconds`` or takes over ``max_seconds`` in all."""
+    408 for a body that stalls for ``idle_seconds`` or takes over ``max_seconds`` in all. A body in
+    a transfer coding other than chunked (``Transfer-Encoding: gzip, chunked``) is refused with a
+    400 that says so: aiohttp only undoes the chunking, so it was read as if it were plain."""
+    codings = request.headers.get("Transfer-Encoding", "").split(",")
+    if any(c.strip().lower() not in ("chunked", "") for c in codings):
+        raise ApiError(
+            400,
+            f"unsupported Transfer-Encoding {header_text(request.headers['Transfer-Encoding'])!r}: only"
+            " chunked is read (compress the body with Content-Encoding instead)",
+            "bad_request",
+        )
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, f"body of {request.content_length} bytes exceeds limit of {limit}", "too_large")
     chunks: list[bytes] = []
