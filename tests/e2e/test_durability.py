@@ -278,12 +278,14 @@ def test_ingest_whose_log_is_stuck_stops_beating_and_is_restarted(pipeline_facto
     """The log's group-commit thread hangs in an fsync (a dead disk): ingest's event loop still turns
     and answers 503s after the append timeout, but nothing gets durable any more. Ingest stops
     beating once an append has waited for the liveness timeout, and `up` restarts it; an idle log
-    (before the fault, and the 9 s below) is never taken for a stuck one."""
+    (before the fault, and the 7 s below) is never taken for a stuck one."""
     p: Pipeline = pipeline_factory()
-    p.start(extra_env={"LOSSPROOF_SERVER_LIVENESS_TIMEOUT_SECONDS": "8"})
+    # (shorter than the stuck-child test's 8 s: a stuck log is silenced after one timeout, and
+    # killed after a second)
+    p.start(extra_env={"LOSSPROOF_SERVER_LIVENESS_TIMEOUT_SECONDS": "6"})
     assert p.post_reports("d", [report(1)]).status == 200
     p.wait_stored("d", {1})
-    time.sleep(9)  # idle longer than the timeout: not stuck
+    time.sleep(7)  # idle longer than the timeout: not stuck
     ingest = _child(p, "ingest")
     p.faults({"log.fsync": {"mode": "hang"}})
     answers: list[int] = []
