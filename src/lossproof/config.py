@@ -148,9 +148,21 @@ class ServerConfig(_Section):
         ge=0,
         le=MAX_SECONDS,
         description="`lossproof up` kills (SIGKILL) and restarts a child whose work loop has not beaten "
-        "for this long: stuck, not dead (0: only children that exit are restarted). At least the longest "
-        "wait of the log and store in use (Kafka: 50 s and 3 x its session timeout; PostgreSQL: 20 s "
-        "plus store.connect_timeout_seconds).",
+        "for this long: stuck, not dead (0: a child that has started is restarted only when it exits). "
+        "Ingest does not beat while appends have waited this long on a log that answers none of them "
+        "(an fsync that never returns). At least the longest wait of the log and store in use (Kafka: "
+        "50 s and 3 x its session timeout; PostgreSQL: 20 s plus store.connect_timeout_seconds).",
+    )
+    # A start-up step that can legitimately take long (a store upgrade, a log recovery) beats as it
+    # makes progress, so the default need not cover the worst case, only one step and the imports.
+    startup_timeout_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        le=MAX_SECONDS,
+        description="`lossproof up` kills (SIGKILL) and restarts a child that has not beaten for the first "
+        "time this long after it started: hung while starting (blocked opening its log or store, on a "
+        "lock, a hung mount). A long start-up step (a store upgrade, a log recovery) beats as it goes "
+        "(0: a starting child is never judged). At least the same waits as liveness_timeout_seconds.",
     )
     max_series_per_tenant: int = Field(
         default=0,
@@ -468,9 +480,11 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _liveness_outlasts_a_wait(self) -> Config:
-        """A worker that waits as long as it may on the brokers or the database between two beats
-        must not be killed as stuck (docs/reliability.md: the table of waits)."""
+        """A worker that waits as long as it may on the brokers or the database between two beats,
+        or before its first (the same waits: a group join, a lock), must not be killed as stuck
+        (docs/reliability.md: the table of waits)."""
         live = self.server.liveness_timeout_seconds
+        startup = self.server.startup_timeout_seconds
         waits: list[tuple[float, str]] = []
         if self.log.backend == "kafka":
             # a commit waits up to the session timeout with no broker answering; joining the group
@@ -483,11 +497,12 @@ class Config(_Section):
             lock = 2 * PG_WRITE_LOCK_TIMEOUT_S + self.store.connect_timeout_seconds
             waits.append((lock, f"a PostgreSQL lock wait, twice, and a connect ({lock:g} s)"))
         for least, what in waits:
-            if 0 < live < least:
-                raise ValueError(
-                    f"server.liveness_timeout_seconds = {live:g} must be 0 or at least {what}: a "
-                    "worker waiting that long would be killed as stuck"
-                )
+            for name, value in (("liveness_timeout_seconds", live), ("startup_timeout_seconds", startup)):
+                if 0 < value < least:
+                    raise ValueError(
+                        f"server.{name} = {value:g} must be 0 or at least {what}: a "
+                        "worker waiting that long would be killed as stuck"
+                    )
         return self
 
     def path(self, relative: str) -> Path:

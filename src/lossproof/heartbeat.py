@@ -10,9 +10,23 @@ that does its work (the worker's batch loop, ingest's event loop), never from a 
 which would keep beating while the work is stuck. A pipe, not a file, so that a full or read-only
 disk does not silence a child that works. ``up`` kills a child whose pipe stayed empty for
 ``server.liveness_timeout_seconds`` with SIGKILL and restarts it as if it had crashed: what it had
-not committed is still in the log, and storing it again is idempotent. A child that has not beaten
-yet (still starting: opening or upgrading its store) is not judged, like a Kubernetes liveness probe
-that waits for the startup probe.
+not committed is still in the log, and storing it again is idempotent.
+
+A loop that turns is not always a child that works: ingest's event loop stays responsive while its
+log's group-commit thread hangs in an fsync on a dead disk, and every append waits. So ingest beats
+only while its log answers: appends waiting longer than the liveness timeout with no answer
+(``LogWriter.stalled_seconds``; an idle log never) silence it, and ``up`` restarts it after one more
+timeout of silence.
+
+Starting
+    A child that has not beaten yet is still starting (recovering its log, opening or upgrading its
+    store) and is judged by ``server.startup_timeout_seconds`` instead, as a Kubernetes startup
+    probe or systemd's ``TimeoutStartSec``: a child that has not beaten that long after it started
+    (blocked opening its store, on a lock, on a hung mount) is killed and restarted as a stuck one.
+    A start-up step that can legitimately take long (an embedded store's upgrade, a log recovery
+    reading every segment) beats as it makes progress, :func:`beat` from the thread doing it, rather
+    than the deadline being made long enough for the worst case: its first beat makes the child
+    started, and the liveness timeout then bounds each step. Either timeout at 0 is off.
 """
 
 from __future__ import annotations
@@ -20,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from dataclasses import dataclass
 
 ENV = "LOSSPROOF_HEARTBEAT_FD"
 EVERY_SECONDS = 1.0
@@ -64,20 +79,34 @@ _installed: Heartbeat | None = None
 def beat() -> None:
     """Beat this process's heartbeat (:meth:`Heartbeat.from_env`'s), if it has one: for a step deep
     inside one turn of the work loop that can take long on its own (a Kafka rebalance asks the
-    brokers about every partition, each with its own timeout). Only from the work loop's thread."""
+    brokers about every partition, each with its own timeout), or for each step of progress of a long
+    start-up (see the module docstring). Only from the thread doing that work, never from one that
+    beats on its own."""
     if _installed is not None:
         _installed()
 
 
+@dataclass(frozen=True, slots=True)
+class Silence:
+    """Why ``up`` should kill a child: ``seconds`` without a beat, ``starting`` when it never beat
+    since it started (past the start-up deadline), else since its last beat (past the timeout)."""
+
+    seconds: float
+    starting: bool
+
+
 class Watch:
     """``up``'s side for one child: whether its beats stopped for longer than ``timeout`` seconds,
-    on ``up``'s monotonic clock."""
+    or never came within ``startup_timeout`` seconds of its start, on ``up``'s monotonic clock
+    (0: that check is off)."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, startup_timeout: float = 0.0) -> None:
         self.timeout = timeout
+        self.startup_timeout = startup_timeout
         self._read: int | None = None
         self.beating = False  # this child has beaten since it started
         self._last = 0.0
+        self._started = 0.0
 
     def renew(self) -> int:
         """Before the child (re)starts: a new pipe; returns the write end, for the child to inherit
@@ -86,10 +115,12 @@ class Watch:
         self._read, write = os.pipe()
         os.set_blocking(self._read, False)
         self.beating = False
+        self._started = time.monotonic()
         return write
 
-    def stuck(self) -> float | None:
-        """Seconds since the last beat when that is over ``timeout``; None while beating or starting."""
+    def stuck(self) -> Silence | None:
+        """The silence when it is over ``timeout`` (or, never having beaten, over ``startup_timeout``);
+        None while beating or within the deadline."""
         if self._read is None:
             return None
         now = time.monotonic()
@@ -99,12 +130,15 @@ class Watch:
                 return None
         except BlockingIOError:
             pass
-        silent = now - self._last
-        return silent if self.beating and self.timeout > 0 and silent > self.timeout else None
+        if self.beating:
+            silent = now - self._last
+            return Silence(silent, False) if 0 < self.timeout < silent else None
+        starting = now - self._started
+        return Silence(starting, True) if 0 < self.startup_timeout < starting else None
 
     def excuse(self) -> None:
-        """Count silence from now on: ``up`` itself was not running to hear the beats."""
-        self._last = time.monotonic()
+        """Count silence (and a start-up) from now on: ``up`` itself was not running to hear the beats."""
+        self._last = self._started = time.monotonic()
 
     def close(self) -> None:
         if self._read is not None:

@@ -157,10 +157,23 @@ async def listen(app: web.Application, cfg: Config, host: str, port: int) -> web
     return runner
 
 
-async def _beat(heartbeat: Heartbeat) -> None:
-    """Beats while the event loop runs: a loop blocked by a call that never returns stops it."""
+async def _beat(heartbeat: Heartbeat, writer: LogWriter, stuck_after: float) -> None:
+    """Beats while the event loop runs (a loop blocked by a call that never returns stops it) and
+    the log answers the appends: the loop stays responsive while the log's group-commit thread hangs
+    in an fsync on a dead disk, and every append would wait for good. Appends that waited
+    ``stuck_after`` seconds (the liveness timeout) with no answer silence it, so that ``up`` restarts
+    this process; an idle log is never stuck."""
+    stuck = False
     while heartbeat.fd is not None:
-        heartbeat()
+        stalled = writer.stalled_seconds()
+        if stuck_after <= 0 or stalled <= stuck_after:
+            if stuck:
+                stuck = False
+                log.warning("ingest.log_moving_again", stalled_seconds=round(stalled, 1))
+            heartbeat()
+        elif not stuck:
+            stuck = True
+            log.error("ingest.log_stuck", stalled_seconds=round(stalled, 1), beating=False)
         await asyncio.sleep(EVERY_SECONDS)
 
 
@@ -172,6 +185,8 @@ async def serve(cfg: Config, wrap_writer: Callable[[LogWriter], LogWriter] | Non
     # collect less often.
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
+    # taken first: the log's recovery beats as it makes progress (a long log is a slow start)
+    beat = Heartbeat.from_env()
     registry = CollectorRegistry()
     writer = open_writer(cfg, registry)
     if wrap_writer is not None:
@@ -189,7 +204,7 @@ async def serve(cfg: Config, wrap_writer: Callable[[LogWriter], LogWriter] | Non
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: reloader.check(force=True))
     polling = asyncio.create_task(reloader.poll())
-    beating = asyncio.create_task(_beat(Heartbeat.from_env()))
+    beating = asyncio.create_task(_beat(beat, writer, cfg.server.liveness_timeout_seconds))
     await stop.wait()
     polling.cancel()
     beating.cancel()

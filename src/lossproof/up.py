@@ -42,6 +42,7 @@ class Child:
     backoff: float = field(default=0.5)
     watch: Watch | None = None  # its heartbeat (lossproof.heartbeat)
     killed: bool = False  # by kill_if_stuck, and not exited yet
+    start_timeouts: int = 0  # killed for not starting within the deadline, in a row
 
     def start(self) -> None:
         """Start it; should that fail (no memory or PIDs left for a moment), try again after the
@@ -69,16 +70,33 @@ class Child:
         log.info("up.child_started", child=self.name, pid=self.proc.pid)
 
     def kill_if_stuck(self) -> None:
-        """SIGKILL a child whose heartbeat stopped: the restart below then treats it as crashed."""
+        """SIGKILL a child whose heartbeat stopped, or never started within the start-up deadline:
+        the restart below then treats it as crashed."""
         if self.watch is None or self.proc is None or self.killed:
             return
-        silent = self.watch.stuck()
-        if silent is not None and self.proc.poll() is None:
-            log.error("up.child_stuck", child=self.name, pid=self.proc.pid, silent_seconds=round(silent, 1))
-            # not waited for here: a process in an uninterruptible sleep dies only when that ends,
-            # and ``up`` keeps watching the others meanwhile
-            self.proc.kill()
-            self.killed = True
+        if self.watch.beating:
+            self.start_timeouts = 0
+        silence = self.watch.stuck()
+        if silence is None or self.proc.poll() is not None:
+            return
+        if silence.starting:
+            self.start_timeouts += 1
+            log.error(
+                "up.child_start_timeout",
+                child=self.name,
+                pid=self.proc.pid,
+                starting_seconds=round(silence.seconds, 1),
+                startup_timeout_seconds=self.watch.startup_timeout,
+                start_timeouts_in_a_row=self.start_timeouts,
+            )
+        else:
+            log.error(
+                "up.child_stuck", child=self.name, pid=self.proc.pid, silent_seconds=round(silence.seconds, 1)
+            )
+        # not waited for here: a process in an uninterruptible sleep dies only when that ends,
+        # and ``up`` keeps watching the others meanwhile
+        self.proc.kill()
+        self.killed = True
 
 
 class PortInUse(Exception):
@@ -135,9 +153,10 @@ def run(cfg: Config, data_dir: Path, banner: Banner | None = None) -> int:
     n = cfg.server.ingest_processes
     children = [Child("ingest" if n == 1 else f"ingest{i}", ingest) for i in range(n)]
     children.append(Child("worker", [*exe, "worker", "--data-dir", str(data_dir)]))
-    if cfg.server.liveness_timeout_seconds > 0:
+    live, startup = cfg.server.liveness_timeout_seconds, cfg.server.startup_timeout_seconds
+    if live > 0 or startup > 0:
         for c in children:
-            c.watch = Watch(cfg.server.liveness_timeout_seconds)
+            c.watch = Watch(live, startup)
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:

@@ -238,6 +238,78 @@ def test_a_stuck_child_is_killed_and_restarted(pipeline_factory, role: str) -> N
     assert "Traceback" not in logs
 
 
+def _wait_event(p: Pipeline, pred: Any, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [e for e in _events(p.logs()) if pred(e)]
+        if found:
+            return found[0]
+        assert p.proc is not None and p.proc.poll() is None, p.logs()[-3000:]
+        time.sleep(0.2)
+    raise AssertionError(f"no such event after {timeout} s: {p.logs()[-3000:]}")
+
+
+def test_a_child_hung_while_starting_is_killed_and_restarted(pipeline_factory) -> None:  # type: ignore[no-untyped-def]
+    """A child that hangs before its first beat (here ingest's log recovery, its fsync blocked as on
+    a dead disk or a hung mount) is killed once server.startup_timeout_seconds have passed, and
+    restarted until it starts; a child that never beat used to be left starting for good."""
+    p: Pipeline = pipeline_factory()
+    # (long enough for a start of ingest on a loaded machine: Python's imports alone take seconds)
+    p.start(extra_env={"LOSSPROOF_SERVER_STARTUP_TIMEOUT_SECONDS": "8"})
+    assert p.post_reports("h", [report(1)]).status == 200
+    ingest = _child(p, "ingest")
+    p.faults({"log.fsync": {"mode": "hang"}})
+    ingest.kill()
+    ingest.wait(10)
+    timed_out = _wait_event(p, lambda e: e.get("event") == "up.child_start_timeout", 25)
+    assert timed_out["child"] == "ingest" and timed_out["starting_seconds"] >= 8, timed_out
+    hung = timed_out["pid"]
+    assert hung != ingest.pid
+    p.faults({})  # the disk is back: the next start gets through
+    p.wait_ready()
+    assert _child(p, "ingest").pid != hung
+    assert p.post_reports("h", [report(2)]).status == 200
+    p.wait_stored("h", {1, 2})
+    assert p.stop() == 0
+    assert "Traceback" not in p.logs()
+
+
+def test_ingest_whose_log_is_stuck_stops_beating_and_is_restarted(pipeline_factory) -> None:  # type: ignore[no-untyped-def]
+    """The log's group-commit thread hangs in an fsync (a dead disk): ingest's event loop still turns
+    and answers 503s after the append timeout, but nothing gets durable any more. Ingest stops
+    beating once an append has waited for the liveness timeout, and `up` restarts it; an idle log
+    (before the fault, and the 7 s below) is never taken for a stuck one."""
+    p: Pipeline = pipeline_factory()
+    # (shorter than the stuck-child test's 8 s: a stuck log is silenced after one timeout, and
+    # killed after a second)
+    p.start(extra_env={"LOSSPROOF_SERVER_LIVENESS_TIMEOUT_SECONDS": "6"})
+    assert p.post_reports("d", [report(1)]).status == 200
+    p.wait_stored("d", {1})
+    time.sleep(7)  # idle longer than the timeout: not stuck
+    ingest = _child(p, "ingest")
+    p.faults({"log.fsync": {"mode": "hang"}})
+    answers: list[int] = []
+
+    def send() -> None:
+        with contextlib.suppress(Exception):  # the connection may die with the process
+            answers.append(p.post_reports("d", [report(2)], timeout=40).status)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    stuck = _wait_event(p, lambda e: e.get("event") == "up.child_stuck", 30)
+    assert (stuck["child"], stuck["pid"]) == ("ingest", ingest.pid), stuck
+    p.faults({})
+    p.wait_ready()
+    sender.join(40)
+    assert 200 not in answers, answers  # never durable while the disk hung
+    assert p.post_reports("d", [report(2)]).status == 200
+    p.wait_stored("d", {1, 2})
+    assert p.stop() == 0
+    logs = p.logs()
+    assert [e for e in _events(logs) if e.get("event") == "ingest.log_stuck"], logs[-3000:]
+    assert "Traceback" not in logs
+
+
 def _events(logs: str) -> list[dict[str, Any]]:
     out = []
     for line in logs.splitlines():
@@ -249,7 +321,14 @@ def _events(logs: str) -> list[dict[str, Any]]:
 
 def test_liveness_off_leaves_a_stopped_child_alone(pipeline_factory) -> None:  # type: ignore[no-untyped-def]
     p = pipeline_factory()
-    p.start(extra_env={"LOSSPROOF_SERVER_LIVENESS_TIMEOUT_SECONDS": "0"})
+    # (the start-up deadline off too: it would need the heartbeat; tests/unit/test_heartbeat_watch.py
+    # shows that it never judges a child that has started)
+    p.start(
+        extra_env={
+            "LOSSPROOF_SERVER_LIVENESS_TIMEOUT_SECONDS": "0",
+            "LOSSPROOF_SERVER_STARTUP_TIMEOUT_SECONDS": "0",
+        }
+    )
     stuck = _child(p, "worker")
     # no heartbeat handed over at all (a 5 s stop alone would not tell it from the 60 s default)
     assert HEARTBEAT_ENV not in stuck.environ() and HEARTBEAT_ENV not in _child(p, "ingest").environ()

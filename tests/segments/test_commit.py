@@ -124,3 +124,34 @@ def test_close_answers_everything_queued() -> None:
 
     asyncio.run(main())
     assert sum(len(g) for g in o.groups) == 300 and max(len(g) for g in o.groups) <= 100
+
+
+def test_stalled_counts_only_while_requests_wait_with_no_cycle_completed() -> None:
+    """What ingest's heartbeat asks (lossproof.heartbeat): an idle engine is never stalled, one whose
+    commit hangs (an fsync on a dead disk) is stalled for as long as its requests wait, and a group
+    that commits restarts the count."""
+    o = Owner()
+
+    async def main() -> None:
+        gc = o.engine()
+        gc.start(asyncio.get_running_loop())
+        await asyncio.sleep(0.3)
+        assert gc.stalled_seconds() == 0.0  # idle
+        o.gate.clear()  # the commit hangs
+        first = gc.submit(Req(1))
+        await asyncio.sleep(0.3)
+        late = gc.submit(Req(2))  # queued behind the hung group: counted from the first
+        await asyncio.sleep(0.2)
+        assert gc.stalled_seconds() >= 0.45
+        o.gate.set()
+        assert await first == 10 and await late == 20
+        await asyncio.sleep(0.05)
+        assert gc.stalled_seconds() == 0.0
+        o.fail = "io"  # failing fast is an answer (a 503), not a stall
+        with pytest.raises(Refused):
+            await gc.submit(Req(3))
+        await asyncio.sleep(0.05)
+        assert gc.stalled_seconds() == 0.0
+        await gc.close()
+
+    asyncio.run(main())

@@ -66,7 +66,12 @@ def test_the_liveness_timeout_outlasts_the_longest_wait(
 ) -> None:
     from lossproof.config import Config
 
-    with pytest.raises(ValueError, match=f"at least .*{least}"):
-        Config.model_validate({**env, "server": {"liveness_timeout_seconds": float(least) - 1}})
-    Config.model_validate({**env, "server": {"liveness_timeout_seconds": float(least)}})
-    Config.model_validate({**env, "server": {"liveness_timeout_seconds": 0}})
+    # the start-up deadline too: a worker may wait as long before its first beat
+    for name, other in (
+        ("liveness_timeout_seconds", "startup_timeout_seconds"),
+        ("startup_timeout_seconds", "liveness_timeout_seconds"),
+    ):
+        with pytest.raises(ValueError, match=f"{name} = .* at least .*{least}"):
+            Config.model_validate({**env, "server": {name: float(least) - 1, other: 0}})
+        Config.model_validate({**env, "server": {name: float(least), other: 0}})
+        Config.model_validate({**env, "server": {name: 0, other: 0}})

@@ -42,6 +42,9 @@ class EarlyAckWriter(LogWriter):
     def healthy(self) -> tuple[bool, str]:
         return self.inner.healthy()
 
+    def stalled_seconds(self) -> float:
+        return self.inner.stalled_seconds()
+
     async def close(self) -> None:
         await self.inner.close()
 

@@ -151,6 +151,14 @@ class LogWriter(ReceiptIssuer, abc.ABC):
     async def close(self) -> None:
         """Wait for in-flight appends to finish (or fail), then release files/connections."""
 
+    def stalled_seconds(self) -> float:
+        """For how long appends have been waiting on a log that answers none of them, beyond the time
+        within which it answers when it works (its group-commit thread or its producer's delivery
+        thread stuck); 0 while none waits, or while answers (acks or errors) keep coming. Ingest
+        stops beating its heartbeat once this passes the liveness timeout (``lossproof.heartbeat``),
+        so that ``up`` restarts it."""
+        return 0.0
+
 
 class LogReader(abc.ABC):
     """Reads durable records for one consumer group. Not thread-safe; one per worker."""

@@ -14,6 +14,13 @@ Unhealthy after a failed write or fsync
     commits or the *probe* succeeds: while unhealthy the engine calls ``probe()`` (e.g. "start a new
     segment") with exponential backoff, so health comes back even without traffic.
 
+Stalled
+    ``stalled_seconds()`` says for how long requests have been waiting while the thread completed no
+    cycle (a group committed or failed, then the housekeeping): an fsync that never returns on a
+    dead disk, a probe or housekeeping stuck the same way. Zero while nothing waits, so an idle
+    writer is never stalled, and a busy one that keeps committing restarts the count with every
+    group. Ingest stops beating its heartbeat on it (``lossproof.heartbeat``).
+
 Closing
     ``close`` lets the thread finish every queued request (each gets its answer), calls
     ``on_close`` in the thread, and joins it. A thread that dies of a bug fails whatever is queued
@@ -117,6 +124,8 @@ class GroupCommitter(Generic[Req, Res]):
         self._closing = False
         self._abandoned = False
         self._dead: str | None = None
+        # (monotonic) since when requests wait with no cycle of the thread completed; None: none wait
+        self._waiting_since: float | None = None
         self.unhealthy: str | None = "not started"
         self._probe_at = 0.0
         self._backoff = self._backoff0
@@ -167,8 +176,16 @@ class GroupCommitter(Generic[Req, Res]):
             if self._dead is not None:
                 raise self._error(self._dead)
             self._pending.append((req, fut))
+            if self._waiting_since is None:
+                self._waiting_since = time.monotonic()
             self._cond.notify()
         return fut
+
+    def stalled_seconds(self) -> float:
+        """How long requests have been waiting with no cycle of the thread completed (0: none wait);
+        see the module docstring."""
+        since = self._waiting_since  # one read: the thread may clear it meanwhile
+        return 0.0 if since is None else max(0.0, time.monotonic() - since)
 
     async def close(self) -> None:
         with self._cond:
@@ -202,6 +219,9 @@ class GroupCommitter(Generic[Req, Res]):
                 if batch:
                     self._commit_group(batch)
                 self._maintain()
+                with self._cond:
+                    # a cycle completed: what still waits has waited only since now
+                    self._waiting_since = time.monotonic() if self._pending else None
                 if done:
                     if self.hooks.on_close is not None:
                         try:
@@ -214,6 +234,7 @@ class GroupCommitter(Generic[Req, Res]):
             with self._cond:
                 self._dead = f"{self.name} thread died: {e!r}"
                 rest, self._pending = self._pending, []
+                self._waiting_since = None  # failed below: nothing waits any more
             self._fail(rest, self._dead)
 
     def _idle_timeout(self) -> float:

@@ -10,7 +10,9 @@ a dict in a test), with ``PREFIX`` the writer's (``log``, ``fallback`` or ``spoo
 
 * ``PREFIX.write``: ``{"mode": "enospc"}`` or ``{"mode": "fail"}`` (EIO) — every write fails;
 * ``PREFIX.fsync``: ``{"mode": "fail"}`` (EIO) or ``{"mode": "delay", "seconds": s}`` — every
-  fsync/fdatasync fails or takes ``s`` seconds longer (an atomic small-file replace only fails).
+  fsync/fdatasync fails or takes ``s`` seconds longer (an atomic small-file replace only fails);
+  ``{"mode": "hang"}`` — every fsync/fdatasync blocks for as long as the fault is there (a dead disk
+  or a hung mount, which may come back), then runs.
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ class FaultSource(Protocol):
     def get(self, name: str) -> dict[str, Any] | None: ...
 
 
+HANG_POLL_SECONDS = 0.05  # how soon a "hang" fault lifted lets the blocked call go on
+
+
 class InjectedFault(OSError):
     """An OSError a :class:`FaultyFS` raised (so logs can say it was injected)."""
 
@@ -84,6 +89,9 @@ class FaultyFS(FS):
             raise InjectedFault(errno.EIO, f"Input/output error (injected {stage})")
         if mode == "delay" and stage == "fsync" and delay:
             time.sleep(float(f.get("seconds", 1.0)))
+        if mode == "hang" and stage == "fsync" and delay:
+            while (self._fault(stage) or {}).get("mode") == "hang":
+                time.sleep(HANG_POLL_SECONDS)
 
     def writev(self, fd: int, bufs: list[bytes]) -> int:
         self._check("write")

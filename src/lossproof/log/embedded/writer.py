@@ -59,6 +59,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from lossproof import heartbeat
 from lossproof.durable import fsync_dir, make_dirs
 from lossproof.log.base import LogCorrupt, LogError, LogUnavailable, LogWriter, Position, Receipt
 from lossproof.log.embedded import segment as seg
@@ -194,6 +195,9 @@ class EmbeddedLogWriter(LogWriter):
 
     def healthy(self) -> tuple[bool, str]:
         return self._gc.healthy()
+
+    def stalled_seconds(self) -> float:
+        return self._gc.stalled_seconds()
 
     async def close(self) -> None:
         if self._closed:
@@ -451,6 +455,8 @@ class EmbeddedLogWriter(LogWriter):
         sealed_bytes = 0
         for i, base in enumerate(bases[:-1]):
             sealed_bytes += self._check_sealed(base, bases[i + 1])
+            # progress: a long log (full_verify reads every byte) is a slow start, not a hung one
+            heartbeat.beat()
 
         if not bases:
             self._next_offset = wm
@@ -521,7 +527,9 @@ class EmbeddedLogWriter(LogWriter):
                     )
                 fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
                 try:
-                    os.fdatasync(fd)  # whatever a killed writer left in the page cache is durable now
+                    # whatever a killed writer left in the page cache is durable now (through the
+                    # file-system seam: a dead disk hangs a start here, as a test needs)
+                    self._fs.fdatasync(fd)
                 except BaseException:
                     os.close(fd)
                     raise

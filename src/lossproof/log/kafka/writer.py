@@ -18,6 +18,13 @@ Safety checks
     ``log.kafka.unsafe`` is set. If the cluster cannot be reached (or the topic does not exist
     yet), the writer starts but refuses appends until a background check succeeds.
 
+Stalled
+    Every record handed to the producer gets its delivery report within ``delivery.timeout.ms``
+    (an error, if no broker answers), served by the poll thread. Appends waiting longer than that
+    with no report served meanwhile mean that thread (or librdkafka) is stuck: ``stalled_seconds``
+    counts from there, and ingest stops beating its heartbeat on it, as on a stuck fsync of the
+    embedded log.
+
 Retention
     A background thread deletes (``delete_records``) records every lossproof consumer group of the
     topic has committed past and that are older than ``log.retention_seconds``.
@@ -104,6 +111,8 @@ class KafkaLogWriter(LogWriter):
         self._last_fail_reason = ""
         self._brokers_up: int | None = None
         self._in_flight = 0
+        # (monotonic) since when records wait with no delivery report settled; None: none in flight
+        self._waiting_since: float | None = None
 
     def _make_producer_conf(self) -> dict[str, Any]:
         conf = producer_conf(self.cfg, self.delivery_timeout)
@@ -177,6 +186,8 @@ class KafkaLogWriter(LogWriter):
             raise LogUnavailable(f"Kafka refused the record: {err.str()}") from None
         with self._lock:
             self._in_flight += 1
+            if self._waiting_since is None:
+                self._waiting_since = time.monotonic()
         pos = await fut
         return self._receipt(pos.partition, pos.offset, seqs)
 
@@ -197,6 +208,14 @@ class KafkaLogWriter(LogWriter):
         if self._last_fail > self._last_ok and time.monotonic() - self._last_fail < FAILURE_WINDOW:
             return False, f"recent Kafka delivery failure: {self._last_fail_reason}"
         return True, ""
+
+    def stalled_seconds(self) -> float:
+        since = self._waiting_since
+        if since is None:
+            return 0.0
+        # a working producer answers every record within the delivery timeout (1 s for the report's
+        # way to the event loop)
+        return max(0.0, time.monotonic() - since - self.delivery_timeout - 1.0)
 
     async def close(self) -> None:
         if self._closed:
@@ -227,6 +246,8 @@ class KafkaLogWriter(LogWriter):
     ) -> None:
         with self._lock:
             self._in_flight -= 1
+            # a report came: the producer moves; what is still in flight waits only from now
+            self._waiting_since = time.monotonic() if self._in_flight > 0 else None
         if fut.done():
             return
         if err is None and offset >= 0:

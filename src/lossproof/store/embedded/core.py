@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lossproof import heartbeat
 from lossproof.durable import make_dirs
 from lossproof.native_ext import _native
 from lossproof.store import chunks, series_index
@@ -323,6 +324,7 @@ class SqliteCore(Store):
                 raise
             moved += len(rows)
             log.info("store.upgrade_progress", path=str(self.path), points=moved, of=total, t=first << shift)
+            heartbeat.beat()  # an upgrade of a large store takes minutes: a slow start, not a hung one
         log.info("store.upgrade_done", path=str(self.path), points=moved)
 
     def _upgrade_v1(self) -> None:
