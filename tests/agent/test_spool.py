@@ -431,15 +431,12 @@ def test_the_spool_opens_on_a_full_disk(tmp_path: Path) -> None:
         subprocess.run(["umount", "-l", str(mnt)])
 
 
-def test_unspooled_points_get_a_seq_recorded_as_dropped(tmp_path: Path) -> None:
+def test_a_loss_before_the_spool_gets_a_seq_recorded_as_dropped(tmp_path: Path) -> None:
     with Spool(tmp_path) as s:
         s.append([body("a"), body("b")])
-        seq = s.record_unspooled(120, "cannot write the spool: No space left on device")
+        seq = s.record_lost(f"{UNSPOOLED}: 120 points dropped (No space left on device)")
         assert seq == 3 and s.last_seq == 3
-        assert s.unreported_drops() == [
-            (3, 3, "unspooled: 120 points dropped in the agent before they could be spooled"
-             " (cannot write the spool: No space left on device)")
-        ]
+        assert s.unreported_drops() == [(3, 3, f"{UNSPOOLED}: 120 points dropped (No space left on device)")]
         assert s.append([body("c")]) == [4]  # in a new file: a file's seqs follow one another
         assert s.pending_seqs(10) == [1, 2, 4]
         assert s.plan_replay([(3, 3)]) == []  # never sent: it has no record, and is lost with why
@@ -452,7 +449,7 @@ def test_unspooled_points_get_a_seq_recorded_as_dropped(tmp_path: Path) -> None:
         assert s.append([body("d")]) == [5]
 
 
-def test_unspooled_points_are_recorded_on_a_full_disk_and_stay_counted_after_a_restart(
+def test_a_loss_is_recorded_on_a_full_disk_and_stays_counted_after_a_restart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from lossproof.agent.spool import state as state_mod
@@ -465,7 +462,7 @@ def test_unspooled_points_are_recorded_on_a_full_disk_and_stay_counted_after_a_r
 
         monkeypatch.setattr(state_mod, "save", full)
         # the counter is written in place: the seq is handed out and the drop carried from memory
-        assert s.record_unspooled(7, "full") == 2
+        assert s.record_lost(f"{UNSPOOLED}: 7 points") == 2
         assert [d[:2] for d in s.unreported_drops()] == [(2, 2)]
         monkeypatch.undo()
     with Spool(tmp_path) as s:

@@ -124,6 +124,7 @@ class Agent:
                     self.metrics.statsd_lines.inc,
                     self.metrics.statsd_malformed.inc,
                     max_tags=MAX_LABELS - len(self.labels),
+                    on_dropped=self._reporter.statsd_dropped,
                 )
             if cfg.relay.listen:
                 # imported only when used: the protocols' decoders are most of the relay's memory

@@ -74,6 +74,12 @@ class AgentMetrics:
             registry=r,
         )
         self.statsd_lines = Counter("lossproof_agent_statsd_lines", "StatsD lines accepted.", registry=r)
+        self.statsd_dropped = Counter(
+            "lossproof_agent_statsd_packets_dropped",
+            "StatsD packets the kernel dropped because the agent did not read them in time (its receive"
+            " buffer was full); reported to the server as lost (reason statsd_dropped).",
+            registry=r,
+        )
         self.statsd_malformed = Counter(
             "lossproof_agent_statsd_malformed", "StatsD lines ignored because they are malformed.", registry=r
         )

@@ -3,10 +3,12 @@
 Each interval the buffered points (``Agent.record``, host metrics) and the StatsD aggregates become
 one report; a burst larger than ``max_points_per_report`` is cut into several reports at once, and
 their spool appends share one fsync. If the spool cannot be written, the points wait in memory (up
-to a bound, then the oldest are dropped) and the next interval tries again. Dropped points never got
-a seq, so the server could not know of them: they are given one, recorded as dropped with their
-count and why (:meth:`Spool.record_unspooled`), and so reach the server's per-agent accounting as
-lost like any dropped report.
+to a bound, then the oldest are dropped) and the next interval tries again.
+
+Data lost before it was spooled (those dropped points; StatsD packets the kernel dropped because the
+agent did not read them in time) never got a seq, so the server could not know of it: each loss is
+given one, recorded as dropped with how much and why (:meth:`Spool.record_lost`), and so reaches the
+server's per-agent accounting as lost like any dropped report.
 """
 
 from __future__ import annotations
@@ -17,16 +19,16 @@ from collections.abc import Callable
 
 from lossproof.agent.metrics import AgentMetrics
 from lossproof.agent.report import Buffer, Point, encode_report
-from lossproof.agent.spool import Spool, SpoolError
+from lossproof.agent.spool import STATSD_DROPPED, UNSPOOLED, Spool, SpoolError
 from lossproof.obs.logging import get
 
 log = get(__name__)
 
 # Points kept in memory while the spool cannot be written, in reports' worth.
 MAX_BACKLOG_REPORTS = 10
-# While appends keep failing, dropped points are recorded at most this often: one seq for a whole
-# outage's drops rather than one per interval (each a lost range the server keeps).
-UNSPOOLED_RECORD_SECONDS = 60.0
+# While appends keep failing, losses are recorded at most this often: one seq for a whole outage's
+# drops rather than one per interval (each a lost range the server keeps).
+LOSS_RECORD_SECONDS = 60.0
 
 
 class Reporter:
@@ -53,10 +55,14 @@ class Reporter:
         self._thread = threading.Thread(target=self._run, name="agent-reporter", daemon=True)
         self._last_error = 0.0
         self.spool_ok = True
-        # points dropped (and why) that no seq records yet, and when that was last tried
+        # losses no seq records yet: points dropped from memory (and the first error), StatsD packets
+        # dropped by the kernel; under a lock of their own, which no fsync holds (the StatsD thread
+        # must not wait for one: it would drop more)
+        self._loss_lock = threading.Lock()
         self._unspooled = 0
         self._unspooled_error = ""
-        self._unspooled_tried = time.monotonic()
+        self._statsd_dropped = 0
+        self._losses_tried = time.monotonic()
 
     def start(self) -> None:
         self._thread.start()
@@ -75,16 +81,25 @@ class Reporter:
             # points the spool would not take die with the process: recorded as dropped like the rest
             left = self.buffer.drain()
             if left:
-                self._unspooled += len(left)
-                why = "the agent stopped while its spool could not be written"
-                self._unspooled_error = self._unspooled_error or why
-                self.metrics.points_dropped.inc(len(left))
-            self._record_unspooled()
-            if self._unspooled:
-                log.error(
-                    "agent.unspooled_points_unrecorded", points=self._unspooled, error=self._unspooled_error
-                )
+                self._points_lost(len(left), "the agent stopped while its spool could not be written")
+            self._record_losses()
+            with self._loss_lock:
+                if self._unspooled or self._statsd_dropped:
+                    log.error(
+                        "agent.losses_unrecorded",
+                        points=self._unspooled,
+                        statsd_packets=self._statsd_dropped,
+                        error=self._unspooled_error,
+                    )
         return seqs
+
+    def statsd_dropped(self, packets: int) -> None:
+        """The kernel dropped ``packets`` StatsD packets (the agent's receive buffer was full): from
+        the StatsD thread. Recorded as lost with the next report."""
+        self.metrics.statsd_dropped.inc(packets)
+        with self._loss_lock:
+            self._statsd_dropped += packets
+        log.warning("agent.statsd_packets_dropped", packets=packets)
 
     def _run(self) -> None:
         next_at = time.monotonic() + self.interval
@@ -114,7 +129,7 @@ class Reporter:
                 for src in self.sources:
                     points.extend(src(now))
             if not points:
-                self._record_unspooled()
+                self._record_losses()
                 return []
             chunks = [points[i : i + self.max_points] for i in range(0, len(points), self.max_points)]
             builders = [self._builder(now, chunk) for chunk in chunks]
@@ -122,29 +137,53 @@ class Reporter:
                 seqs = self.spool.append(builders)
             except SpoolError as e:
                 self._keep(points, str(e))
-                if time.monotonic() - self._unspooled_tried >= UNSPOOLED_RECORD_SECONDS:
-                    self._record_unspooled()
+                if time.monotonic() - self._losses_tried >= LOSS_RECORD_SECONDS:
+                    self._record_losses()
                 return []
             self.spool_ok = True
-            self._record_unspooled()
+            self._record_losses()
             self.metrics.reports_created.inc(len(seqs))
             self.metrics.points.inc(len(points))
             self.on_spooled()
             return seqs
 
-    def _record_unspooled(self) -> None:
-        """Give the points dropped so far a seq, recorded as dropped (call under the lock)."""
-        if not self._unspooled:
+    def _record_losses(self) -> None:
+        """Give each loss no seq records yet a seq, recorded as dropped (call under ``_lock``)."""
+        with self._loss_lock:
+            points, error, packets = self._unspooled, self._unspooled_error, self._statsd_dropped
+        if not points and not packets:
             return
-        self._unspooled_tried = time.monotonic()
+        self._losses_tried = time.monotonic()
+        if points:
+            reason = f"{UNSPOOLED}: {_n(points, 'point')} dropped in the agent before they could be spooled"
+            if not self._record(f"{reason} ({error})"):
+                return
+            with self._loss_lock:
+                self._unspooled -= points
+                if not self._unspooled:
+                    self._unspooled_error = ""
+        if packets:
+            reason = f"{STATSD_DROPPED}: {_n(packets, 'StatsD packet')} dropped by the kernel"
+            if not self._record(f"{reason} before the agent read them (its receive buffer was full)"):
+                return
+            with self._loss_lock:
+                self._statsd_dropped -= packets
+        self.on_spooled()  # the sender carries the drops to the server
+
+    def _record(self, reason: str) -> bool:
         try:
-            seq = self.spool.record_unspooled(self._unspooled, self._unspooled_error)
+            seq = self.spool.record_lost(reason)
         except SpoolError as e:
-            log.error("agent.unspooled_record_failed", error=str(e), points=self._unspooled)
-            return
-        log.warning("agent.unspooled_recorded", seq=seq, points=self._unspooled)
-        self._unspooled, self._unspooled_error = 0, ""
-        self.on_spooled()  # the sender carries the drop to the server
+            log.error("agent.loss_record_failed", error=str(e), reason=reason)
+            return False
+        log.warning("agent.loss_recorded", seq=seq, reason=reason)
+        return True
+
+    def _points_lost(self, n: int, error: str) -> None:
+        self.metrics.points_dropped.inc(n)
+        with self._loss_lock:
+            self._unspooled += n
+            self._unspooled_error = self._unspooled_error or error
 
     @staticmethod
     def _builder(now: int, chunk: list[Point]) -> Callable[[int], bytes]:
@@ -163,6 +202,8 @@ class Reporter:
             # These points never got a seq, so the server cannot account for them: say it here.
             log.error("agent.spool_write_failed", error=error, points_waiting=len(kept), points_dropped=lost)
         if lost:
-            self.metrics.points_dropped.inc(lost)
-            self._unspooled += lost
-            self._unspooled_error = self._unspooled_error or error
+            self._points_lost(lost, error)
+
+
+def _n(n: int, what: str) -> str:
+    return f"{n} {what}" if n == 1 else f"{n} {what}s"

@@ -21,9 +21,11 @@ the listener. Events (``_e{``) and service checks (``_sc|``) are not metrics and
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -222,6 +224,10 @@ class Aggregator:
         return out
 
 
+# <asm-generic/socket.h> (x86, arm, riscv, ...): Python's socket module does not name it
+SO_RXQ_OVFL = 40
+
+
 class StatsdListener:
     """Receives UDP packets in a background thread and feeds the aggregator."""
 
@@ -233,10 +239,12 @@ class StatsdListener:
         on_malformed: Callable[[], None],
         max_tags: int = MAX_LABELS,
         host: str = "127.0.0.1",
+        on_dropped: Callable[[int], None] | None = None,
     ) -> None:
         self.aggregator = aggregator
         self._on_lines = on_lines
         self._on_malformed = on_malformed
+        self._on_dropped = on_dropped
         self._max_tags = max_tags
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
@@ -246,6 +254,14 @@ class StatsdListener:
         except OSError as e:
             self._sock.close()
             raise OSError(f"cannot listen for StatsD on {host}:{port}: {e.strerror or e}") from None
+        # Linux counts the packets it drops on a full receive buffer and, asked to, hands the count
+        # over with every packet received: the agent's only way to know of them.
+        self._drops_seen = 0
+        self._counts_drops = False
+        if sys.platform == "linux":  # (other systems give the number other meanings)
+            with contextlib.suppress(OSError):
+                self._sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+                self._counts_drops = True
         self._sock.settimeout(0.25)
         self.port = int(self._sock.getsockname()[1])
         self._stop = threading.Event()
@@ -261,16 +277,28 @@ class StatsdListener:
         self._sock.close()
 
     def _run(self) -> None:
+        ancillary = socket.CMSG_SPACE(4) if self._counts_drops else 0
         while not self._stop.is_set():
             try:
-                data = self._sock.recv(65535)
+                data, cmsgs, _, _ = self._sock.recvmsg(65535, ancillary)
             except TimeoutError:
                 continue
             except OSError:
                 if self._stop.is_set():
                     return
                 continue
+            for level, kind, value in cmsgs:
+                if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(value) >= 4:
+                    self._dropped_so_far(int.from_bytes(value[:4], sys.byteorder))
             self.handle_packet(data)
+
+    def _dropped_so_far(self, total: int) -> None:
+        """The socket's count of dropped packets, as a received packet carried it (a u32 that wraps)."""
+        new = (total - self._drops_seen) % 2**32
+        if new:
+            self._drops_seen = total
+            if self._on_dropped is not None:
+                self._on_dropped(new)
 
     def handle_packet(self, data: bytes) -> None:
         try:

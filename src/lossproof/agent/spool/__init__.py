@@ -3,6 +3,7 @@
 from lossproof.agent.spool.spool import (
     DAMAGED,
     SPOOL_FULL,
+    STATSD_DROPPED,
     UNSPOOLED,
     WINDOW_EXPIRED,
     Recovery,
@@ -16,6 +17,7 @@ from lossproof.agent.spool.spool import (
 __all__ = [
     "DAMAGED",
     "SPOOL_FULL",
+    "STATSD_DROPPED",
     "UNSPOOLED",
     "WINDOW_EXPIRED",
     "Recovery",

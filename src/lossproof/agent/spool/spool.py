@@ -54,8 +54,10 @@ SPOOL_FULL = "spool_full"
 WINDOW_EXPIRED = "replay_window_expired"
 # A seq the counter says was handed out has no intact record: the disk lost or damaged it.
 DAMAGED = "spool_damaged"
-# Points dropped in the agent's memory before they could be spooled (Spool.record_unspooled).
+# Points dropped in the agent's memory before they could be spooled (Spool.record_lost).
 UNSPOOLED = "unspooled"
+# StatsD packets the kernel dropped because the agent did not read them in time (Spool.record_lost).
+STATSD_DROPPED = "statsd_dropped"
 
 
 class SpoolError(Exception):
@@ -602,11 +604,11 @@ class Spool:
                 self._record_drop(rg.from_seqs(gone), reason)
             return len(was_pending)
 
-    def record_unspooled(self, points: int, error: str) -> int:
-        """Give ``points`` that were dropped before they could be spooled (the spool could not be
-        written and the agent's memory for them was full) a seq of their own, recorded as dropped
-        with how many they were and why: the server then counts them lost, as any dropped report,
-        where without a seq it could never know of them. Returns the seq.
+    def record_lost(self, reason: str) -> int:
+        """Give data the agent lost before it could be spooled (points dropped from memory while the
+        spool could not be written, StatsD packets the kernel dropped) a seq of its own, with no
+        record, dropped with ``reason`` (how much, and why): the server then counts it lost, as any
+        dropped report, where without a seq it could never know of it. Returns the seq.
 
         Raises :class:`SpoolError`, recording nothing, if the seq counter cannot be written (it is
         written in place, so a full disk does not stop it). If only the state cannot be saved, the
@@ -625,12 +627,10 @@ class Spool:
             if self._active is not None and self._active.n:
                 self._close_fd(self._active)
                 self._active = None
-            reason = f"{UNSPOOLED}: {points} points dropped in the agent before they could be spooled"
-            reason += f" ({error})"
             try:
                 self._record_drop([(seq, seq)], reason)
             except SpoolError as e:
-                log.error("spool.state_save_failed", error=str(e), unspooled_seq=seq)
+                log.error("spool.state_save_failed", error=str(e), lost_seq=seq)
             return seq
 
     def unreported_drops(self) -> list[Tagged]:
