@@ -44,6 +44,9 @@ PG_WRITE_LOCK_TIMEOUT_S = 10
 # consumer group, and one request to the brokers.
 KAFKA_JOIN_WAIT_S = 30.0
 KAFKA_REQUEST_WAIT_S = 10.0
+# server.startup_timeout_seconds when unset (Config.startup_timeout): long enough for a cold start
+# (a large log's recovery and a store upgrade beat as they go).
+STARTUP_TIMEOUT_S = 300.0
 
 
 class ConfigError(Exception):
@@ -155,14 +158,16 @@ class ServerConfig(_Section):
     )
     # A start-up step that can legitimately take long (a store upgrade, a log recovery) beats as it
     # makes progress, so the default need not cover the worst case, only one step and the imports.
-    startup_timeout_seconds: float = Field(
-        default=300.0,
+    startup_timeout_seconds: float | None = Field(
+        default=None,
         ge=0,
         le=MAX_SECONDS,
         description="`lossproof up` kills (SIGKILL) and restarts a child that has not beaten for the first "
         "time this long after it started: hung while starting (blocked opening its log or store, on a "
-        "lock, a hung mount). A long start-up step (a store upgrade, a log recovery) beats as it goes "
-        "(0: a starting child is never judged). At least the same waits as liveness_timeout_seconds.",
+        "lock, a hung mount). A long start-up step (a store upgrade, a log recovery) beats as it goes. "
+        "0: a starting child is never judged. Unset: 300 s, or the longest wait of the log and store in "
+        "use if longer (as for liveness_timeout_seconds), and off when liveness_timeout_seconds is 0. "
+        "Set, it must be 0 or at least those waits.",
     )
     max_series_per_tenant: int = Field(
         default=0,
@@ -482,9 +487,21 @@ class Config(_Section):
     def _liveness_outlasts_a_wait(self) -> Config:
         """A worker that waits as long as it may on the brokers or the database between two beats,
         or before its first (the same waits: a group join, a lock), must not be killed as stuck
-        (docs/reliability.md: the table of waits)."""
+        (docs/reliability.md: the table of waits). The start-up deadline is checked only when set:
+        unset, it is made long enough (:meth:`startup_timeout`)."""
         live = self.server.liveness_timeout_seconds
         startup = self.server.startup_timeout_seconds
+        for least, what in self._waits():
+            for name, value in (("liveness_timeout_seconds", live), ("startup_timeout_seconds", startup)):
+                if value is not None and 0 < value < least:
+                    raise ValueError(
+                        f"server.{name} = {value:g} must be 0 or at least {what}: a "
+                        "worker waiting that long would be killed as stuck"
+                    )
+        return self
+
+    def _waits(self) -> list[tuple[float, str]]:
+        """The longest a worker of this log and store may wait between two beats, and what for."""
         waits: list[tuple[float, str]] = []
         if self.log.backend == "kafka":
             # a commit waits up to the session timeout with no broker answering; joining the group
@@ -496,14 +513,18 @@ class Config(_Section):
         if self.store.backend == "postgres":
             lock = 2 * PG_WRITE_LOCK_TIMEOUT_S + self.store.connect_timeout_seconds
             waits.append((lock, f"a PostgreSQL lock wait, twice, and a connect ({lock:g} s)"))
-        for least, what in waits:
-            for name, value in (("liveness_timeout_seconds", live), ("startup_timeout_seconds", startup)):
-                if 0 < value < least:
-                    raise ValueError(
-                        f"server.{name} = {value:g} must be 0 or at least {what}: a "
-                        "worker waiting that long would be killed as stuck"
-                    )
-        return self
+        return waits
+
+    def startup_timeout(self) -> float:
+        """``server.startup_timeout_seconds`` as ``up`` applies it (0: off): unset, it is
+        :data:`STARTUP_TIMEOUT_S` or the longest wait if longer, and off with liveness off (a config
+        that turned kills off before the deadline existed keeps them off)."""
+        set_to = self.server.startup_timeout_seconds
+        if set_to is not None:
+            return set_to
+        if self.server.liveness_timeout_seconds == 0:
+            return 0.0
+        return max([STARTUP_TIMEOUT_S] + [least for least, _ in self._waits()])
 
     def path(self, relative: str) -> Path:
         p = Path(relative)

@@ -153,7 +153,7 @@ def run(cfg: Config, data_dir: Path, banner: Banner | None = None) -> int:
     n = cfg.server.ingest_processes
     children = [Child("ingest" if n == 1 else f"ingest{i}", ingest) for i in range(n)]
     children.append(Child("worker", [*exe, "worker", "--data-dir", str(data_dir)]))
-    live, startup = cfg.server.liveness_timeout_seconds, cfg.server.startup_timeout_seconds
+    live, startup = cfg.server.liveness_timeout_seconds, cfg.startup_timeout()
     if live > 0 or startup > 0:
         for c in children:
             c.watch = Watch(live, startup)

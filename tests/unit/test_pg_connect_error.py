@@ -75,3 +75,30 @@ def test_the_liveness_timeout_outlasts_the_longest_wait(
             Config.model_validate({**env, "server": {name: float(least) - 1, other: 0}})
         Config.model_validate({**env, "server": {name: float(least), other: 0}})
         Config.model_validate({**env, "server": {name: 0, other: 0}})
+
+
+@pytest.mark.parametrize("liveness", [0.0, 400.0])
+def test_a_config_valid_before_the_start_up_deadline_still_loads(liveness: float) -> None:
+    from lossproof.config import Config
+
+    # 3 x 120 s of Kafka waits: liveness off, or at 400 s, was valid; the deadline's default is not
+    # the user's choice and must not make it invalid (found by review)
+    cfg = Config.model_validate(
+        {
+            "log": {"backend": "kafka", "kafka": {"session_timeout_seconds": 120}},
+            "server": {"liveness_timeout_seconds": liveness},
+        }
+    )
+    # unset: as long as the longest wait, and off where the user turned the liveness kills off
+    assert cfg.startup_timeout() == (0.0 if liveness == 0 else 360.0)
+
+
+def test_the_start_up_deadline_unset_set_and_off() -> None:
+    from lossproof.config import STARTUP_TIMEOUT_S, Config
+
+    assert Config().startup_timeout() == STARTUP_TIMEOUT_S
+    assert Config.model_validate({"server": {"startup_timeout_seconds": 8}}).startup_timeout() == 8
+    assert Config.model_validate({"server": {"startup_timeout_seconds": 0}}).startup_timeout() == 0
+    # set explicitly, it applies even with liveness off
+    off = {"liveness_timeout_seconds": 0, "startup_timeout_seconds": 20}
+    assert Config.model_validate({"server": off}).startup_timeout() == 20

@@ -19,7 +19,9 @@ Stalled
     cycle (a group committed or failed, then the housekeeping): an fsync that never returns on a
     dead disk, a probe or housekeeping stuck the same way. Zero while nothing waits, so an idle
     writer is never stalled, and a busy one that keeps committing restarts the count with every
-    group. Ingest stops beating its heartbeat on it (``lossproof.heartbeat``).
+    group. A thread that died of a bug counts from its death: it refuses every request at once, so
+    none waits, but none will ever be committed again. Ingest stops beating its heartbeat on it
+    (``lossproof.heartbeat``), so that ``up`` restarts it.
 
 Closing
     ``close`` lets the thread finish every queued request (each gets its answer), calls
@@ -126,6 +128,7 @@ class GroupCommitter(Generic[Req, Res]):
         self._dead: str | None = None
         # (monotonic) since when requests wait with no cycle of the thread completed; None: none wait
         self._waiting_since: float | None = None
+        self._died_at: float | None = None  # (monotonic) when the thread died of a bug
         self.unhealthy: str | None = "not started"
         self._probe_at = 0.0
         self._backoff = self._backoff0
@@ -182,8 +185,12 @@ class GroupCommitter(Generic[Req, Res]):
         return fut
 
     def stalled_seconds(self) -> float:
-        """How long requests have been waiting with no cycle of the thread completed (0: none wait);
-        see the module docstring."""
+        """How long requests have been waiting with no cycle of the thread completed (0: none wait),
+        or since the thread died (every request refused at once from then on, for good: only a
+        restart mends it); see the module docstring."""
+        died = self._died_at
+        if died is not None:
+            return max(0.0, time.monotonic() - died)
         since = self._waiting_since  # one read: the thread may clear it meanwhile
         return 0.0 if since is None else max(0.0, time.monotonic() - since)
 
@@ -233,6 +240,7 @@ class GroupCommitter(Generic[Req, Res]):
             log.exception("segments.writer_died", writer=self.name)
             with self._cond:
                 self._dead = f"{self.name} thread died: {e!r}"
+                self._died_at = time.monotonic()
                 rest, self._pending = self._pending, []
                 self._waiting_since = None  # failed below: nothing waits any more
             self._fail(rest, self._dead)

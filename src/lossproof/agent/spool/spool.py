@@ -444,6 +444,9 @@ class Spool:
                 self._st.acked_at[seg.id] = now
 
     def _record_drop(self, dropped: list[SeqRange], reason: str) -> None:
+        # a reason may carry a path that is not UTF-8 (surrogate-escaped by Python): the state and
+        # the requests are msgpack, which refuses such text, and would then refuse every save
+        reason = reason.encode("utf-8", "backslashreplace").decode("utf-8")
         tagged = [(a, b, reason) for a, b in dropped]
         for a, b in dropped:
             log.warning("spool.dropped", first=a, last=b, reason=reason)

@@ -289,7 +289,9 @@ class SqliteCore(Store):
             self._rollback()
             raise
         shift = int(self._meta("bucket_shift") or _V2_SHIFT_DEFAULT)
+        heartbeat.beat()  # (what comes before the first batch's beat can be slow on a cold disk)
         total = con.execute("SELECT count(*) FROM points").fetchone()[0]
+        heartbeat.beat()
         log.info("store.upgrade_started", path=str(self.path), from_version=2, to_version=3, points=total)
         moved = 0
         while True:
