@@ -99,7 +99,8 @@ def test_same_batch_three_times_equals_once(store: Store) -> None:
     )
     for _ in range(2):
         again = store.write_batch(b)
-        assert again == WriteResult(points_written=0, reports_stored=0, reports_duplicate=3)
+        # the samples, replayed, are counted skipped (a duplicate report's points are not offered)
+        assert again == WriteResult(points_written=0, reports_stored=0, reports_duplicate=3, points_skipped=2)
         assert (
             store.query("t1", "cpu", *ALL, {}),
             store.query("t1", "temp", *ALL, {}),
@@ -275,6 +276,7 @@ def test_samples_first_write_wins(store: Store) -> None:
         )
     )
     assert res.points_written == 1
+    assert res.points_skipped == 2  # counted, not dropped silently
     [series] = store.query("t1", "cpu", *ALL, {})
     assert series.labels == {"a": "1", "b": "2"}
     assert series.points == [(T0, 1.0), (T0 + 1, 3.0)]
@@ -284,7 +286,7 @@ def test_samples_first_write_wins(store: Store) -> None:
 def test_point_of_a_new_report_colliding_with_a_stored_point_keeps_the_first(store: Store) -> None:
     store.write_batch(WriteBatch(samples=[("t1", pt(T0 + 2000, 7.0, agent="a1"))], now_ms=1))
     res = store.write_batch(batch(report(2, n=2)))
-    assert res == WriteResult(points_written=1, reports_stored=1, reports_duplicate=0)
+    assert res == WriteResult(points_written=1, reports_stored=1, reports_duplicate=0, points_skipped=1)
     [series] = store.query("t1", "cpu", *ALL, {})
     assert series.points == [(T0 + 2000, 7.0), (T0 + 2001, 2.0)]
 

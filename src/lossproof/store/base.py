@@ -307,6 +307,9 @@ class WriteResult:
     reports_stored: int
     reports_duplicate: int
     reports_conflict: int = 0  # same seq, other content: kept in the conflicts table
+    # points of the batch not written because the store (or the batch, earlier) holds a point of that
+    # series at that timestamp: first write wins (a replay's, harmless, or another value, not kept)
+    points_skipped: int = 0
 
 
 @dataclass(frozen=True, slots=True)

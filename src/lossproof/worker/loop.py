@@ -47,6 +47,12 @@ class WorkerMetrics:
         self.points = Counter(
             "lossproof_worker_points_total", "Points written to the store.", registry=registry
         )
+        self.points_skipped = Counter(
+            "lossproof_worker_points_skipped_total",
+            "Points not written because the store already holds a point of that series at that timestamp"
+            " (first write wins): a replay's, harmless, or a different value for it, which is not kept.",
+            registry=registry,
+        )
         self.reports = Counter(
             "lossproof_worker_reports_total",
             "Reports by outcome (stored; duplicate = already stored with the same content, skipped"
@@ -265,6 +271,7 @@ class Worker:
             log.error("worker.batch_rejected", error=f"{type(e).__name__}: {e}", records=len(records))
             batch.dead_letters, result = self._isolate(records, batch.gaps, batch.now_ms)
         self.metrics.points.inc(result.points_written)
+        self.metrics.points_skipped.inc(result.points_skipped)
         self.metrics.reports.labels("stored").inc(result.reports_stored)
         self.metrics.reports.labels("duplicate").inc(result.reports_duplicate)
         if result.reports_conflict:
@@ -288,7 +295,7 @@ class Worker:
         """Write the records one by one (a big one a part per transaction, as it was decoded);
         returns every dead letter written and the totals. A record the store refuses is dead-lettered
         whole, though parts of it stored before stay (idempotent samples or whole reports)."""
-        points = stored = duplicate = conflict = 0
+        points = stored = duplicate = conflict = skipped = 0
         rejected = WriteBatch(gaps=list(gaps), now_ms=now_ms)
         dead: list[DeadLetter] = []
         for record in records:
@@ -316,8 +323,9 @@ class Worker:
                 stored += r.reports_stored
                 duplicate += r.reports_duplicate
                 conflict += r.reports_conflict
+                skipped += r.points_skipped
         self.store.write_batch(rejected)
-        return dead + rejected.dead_letters, WriteResult(points, stored, duplicate, conflict)
+        return dead + rejected.dead_letters, WriteResult(points, stored, duplicate, conflict, skipped)
 
     def _update_lag(self) -> None:
         now = time.monotonic()

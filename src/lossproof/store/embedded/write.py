@@ -202,6 +202,7 @@ class SqliteWriter(SqliteCore):
             cols.add(tenant, (p for _, p in group), self._series, resolve)
         for tenant, runs in itertools.groupby(batch.series, key=operator.itemgetter(0)):
             cols.add_series(tenant, (x for _, x in runs), self._series, resolve)
+        offered = len(cols)
         written = self._write_points(cols, now)
 
         if batch.dead_letters:
@@ -220,7 +221,7 @@ class SqliteWriter(SqliteCore):
                 _UPSERT_METADATA,
                 [(m.tenant, m.metric, m.type, m.help, m.unit) for m in latest_metadata(batch.metadata)],
             )
-        return WriteResult(written, plan.stored, plan.duplicates, plan.conflicted)
+        return WriteResult(written, plan.stored, plan.duplicates, plan.conflicted, offered - written)
 
     def _conflict_digests(self, key: tuple[str, str, str, int]) -> list[bytes]:
         sql = "SELECT digest FROM conflicts WHERE tenant = ? AND agent = ? AND incarnation = ? AND seq = ?"

@@ -139,6 +139,7 @@ class PgWriter(PgCore):
             cols.add_series(tenant, (x for _, x in runs), self._series, resolve)
         if unresolved:
             self._resolve_series(cur, unresolved, pending)
+        offered = len(cols)
         written, part = self._new_part(cur, cols, [pending[u[0]] for u in unresolved])
 
         # The rest needs no answer but the part's id: one round trip (pipeline mode) for all of it.
@@ -151,7 +152,7 @@ class PgWriter(PgCore):
             row = pcur.fetchone()
             assert row is not None
             self._tops.seen.add(int(row[0]))
-        return WriteResult(written, plan.stored, plan.duplicates, plan.conflicted)
+        return WriteResult(written, plan.stored, plan.duplicates, plan.conflicted, offered - written)
 
     def _write_rows(
         self,
