@@ -9,12 +9,13 @@ parametrized with (``kafka``, ``postgres``), by a fixture that starts processes,
 from __future__ import annotations
 
 import secrets
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from lptest import TESTS
+from lptest import TESTS, require
 from lptest.pipeline import Pipeline, free_port
 
 DIRECTORY_MARKS = {"kafka": "kafka", "postgres": "postgres"}
@@ -65,3 +66,18 @@ def pipeline(pipeline_factory) -> Pipeline:  # type: ignore[no-untyped-def]
     p: Pipeline = pipeline_factory()
     p.start()
     return p
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """``tmp_path/tiny``: a real file system that fills up (a 2 MiB tmpfs, as in the disk-full test
+    of the pipeline; needs root), unmounted afterwards. (tests/fallback: name a fallback ``tiny`` to
+    put its data dir there; its logs and fault file stay in ``tmp_path``.)"""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)]).returncode == 0
+    require(mounted, "a small tmpfs mount (needs root)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])

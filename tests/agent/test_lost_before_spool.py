@@ -14,32 +14,17 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from lptest import require
 from lptest.agent import AgentProc, base_config, free_port, wait_for, write_config
 from lptest.pipeline import Pipeline
 
 pytestmark = pytest.mark.process
 
 AGENT = "tiny-disk-agent"
-
-
-@pytest.fixture
-def tiny(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)]).returncode == 0
-    require(mounted, "a small tmpfs mount (needs root)")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)])
 
 
 def fill(mnt: Path) -> Path:
@@ -64,14 +49,14 @@ def lost(p: Pipeline, kind: str = "unspooled", agent: str = AGENT) -> int:
 
 
 def test_points_dropped_before_the_spool_are_counted_lost_by_the_server(
-    pipeline: Pipeline, tiny: Path, tmp_path: Path
+    pipeline: Pipeline, tiny_fs: Path, tmp_path: Path
 ) -> None:
     cfg = base_config(
         tmp_path,
         pipeline.url,
         pipeline.key,
         agent_id=AGENT,
-        spool_dir=str(tiny / "spool"),
+        spool_dir=str(tiny_fs / "spool"),
         max_points_per_report=5,  # a memory bound of 50 points: host metrics pass it at once
     )
     agent = AgentProc(write_config(tmp_path / "agent.toml", **cfg), cfg)
@@ -81,7 +66,7 @@ def test_points_dropped_before_the_spool_are_counted_lost_by_the_server(
         wait_for(
             lambda: pipeline.get(f"/v1/agents/{AGENT}/ledger")[0] == 200, 30, "the agent's first reports"
         )
-        filler = fill(tiny)
+        filler = fill(tiny_fs)
         dropped = wait_for(
             lambda: agent.metrics().get("lossproof_agent_points_dropped_total", 0) or None,
             30,

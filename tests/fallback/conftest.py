@@ -1,13 +1,11 @@
 from __future__ import annotations
 
 import secrets
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from lptest import require
 from lptest.fallback import Fallback, kill_quietly
 
 
@@ -30,18 +28,3 @@ def fallback(fallback_factory: Callable[..., Fallback]) -> Fallback:
     fb = fallback_factory()
     fb.start()
     return fb
-
-
-@pytest.fixture
-def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    """``tmp_path/tiny``: a real file system that fills up (a 2 MiB tmpfs, as in the disk-full test
-    of the pipeline; needs root), unmounted afterwards. Name a fallback ``tiny`` to put its data dir
-    there (its logs and fault file stay in ``tmp_path``)."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)]).returncode == 0
-    require(mounted, "a small tmpfs mount (needs root)")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)])

@@ -155,3 +155,27 @@ def test_stalled_counts_only_while_requests_wait_with_no_cycle_completed() -> No
         await gc.close()
 
     asyncio.run(main())
+
+
+# A dead thread answers every append with an error at once, for good (ingest: 503s forever); it counts
+# as stalled from its death, so ingest stops beating and `up` restarts it (found by review: it was 0).
+def test_a_dead_commit_thread_counts_as_stalled() -> None:
+    def housekeeping() -> None:
+        raise RuntimeError("a bug in housekeeping")  # outside commit(): kills the thread
+
+    async def main() -> None:
+        gc: GroupCommitter[Req, int] = GroupCommitter(
+            "w",
+            lambda b: [int(x) for x in b],
+            Refused,
+            CommitLimits(),
+            CommitHooks(housekeeping=housekeeping),
+        )
+        gc.start(asyncio.get_running_loop())
+        await asyncio.sleep(1.5)  # the first idle cycle runs housekeeping
+        with pytest.raises(Refused):
+            await gc.submit(Req(1))  # thread died: every append refused from now on
+        assert not gc.healthy()[0]
+        assert gc.stalled_seconds() > 0, "ingest would beat forever over a log that can never answer"
+
+    asyncio.run(main())
