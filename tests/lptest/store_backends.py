@@ -41,6 +41,10 @@ class StoreBackend(abc.ABC):
             s.close()
         self.opened.clear()
 
+    @abc.abstractmethod
+    def damage_first_chunk(self) -> None:
+        """Flip a byte in the middle of the oldest chunk row's data (a bad sector, a bit flip)."""
+
 
 class SqliteBackend(StoreBackend):
     def _open(self, readonly: bool) -> Store:
@@ -50,6 +54,17 @@ class SqliteBackend(StoreBackend):
 
     def child_args(self) -> list[str]:
         return ["sqlite", str(self.tmp_path / "store.db")]
+
+    def damage_first_chunk(self) -> None:
+        import sqlite3
+
+        con = sqlite3.connect(self.tmp_path / "store.db")
+        try:
+            rid, data = con.execute("SELECT id, data FROM chunks ORDER BY id LIMIT 1").fetchone()
+            con.execute("UPDATE chunks SET data = ? WHERE id = ?", (_flipped(data), rid))
+            con.commit()
+        finally:
+            con.close()
 
 
 def postgres_dsn() -> str:
@@ -80,6 +95,18 @@ class PostgresBackend(StoreBackend):
     def child_args(self) -> list[str]:
         return ["postgres", self.dsn, self.schema]
 
+    def damage_first_chunk(self) -> None:
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            table = sql.Identifier(self.schema, "chunks")
+            q = sql.SQL("SELECT id, data FROM {} ORDER BY id LIMIT 1").format(table)
+            row = conn.execute(q).fetchone()
+            assert row is not None
+            u = sql.SQL("UPDATE {} SET data = %s WHERE id = %s").format(table)
+            conn.execute(u, (_flipped(bytes(row[1])), row[0]))
+
     def close_all(self) -> None:
         super().close_all()
         import psycopg
@@ -87,6 +114,12 @@ class PostgresBackend(StoreBackend):
 
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.schema)))
+
+
+def _flipped(data: bytes) -> bytes:
+    d = bytearray(data)
+    d[len(d) // 2] ^= 0xFF
+    return bytes(d)
 
 
 BACKENDS: dict[str, Callable[[Path], StoreBackend]] = {

@@ -327,6 +327,28 @@ def decode(data: bytes) -> tuple[I64, F64]:
     return ts, vs
 
 
+def decode_stored(data: bytes, t_min: int, t_max: int) -> tuple[I64, F64]:
+    """:func:`decode` of a stored chunk, checked against the time range its row says it holds."""
+    ts, vs, offsets = decode_many([data])
+    check_stored(ts, offsets, [t_min], [t_max])
+    return ts, vs
+
+
+def check_stored(ts: I64, offsets: I64, t_mins: Sequence[int], t_maxs: Sequence[int]) -> None:
+    """Raise :class:`ChunkError` unless each decoded chunk (``ts[offsets[i]:offsets[i + 1]]``)
+    begins at its row's ``t_min`` and ends at its ``t_max``: a damaged body can decode to points
+    that were never written (a flipped byte of a delta), and a read or a packing would otherwise
+    answer or keep them as data. (Times increasing are checked by the decode.)"""
+    starts, ends = offsets[:-1], offsets[1:]
+    if (ends <= starts).any():
+        raise ChunkError("a stored chunk of no points")
+    if not (
+        np.array_equal(ts[starts], np.asarray(t_mins, dtype=np.int64))
+        and np.array_equal(ts[ends - 1], np.asarray(t_maxs, dtype=np.int64))
+    ):
+        raise ChunkError("a chunk's points are not its stored time range")
+
+
 OpenedChunk = tuple[int, int, int, int, bytes]  # kind, points, value mode, first t, payload
 
 
@@ -536,18 +558,21 @@ def widen(reach: dict[int, tuple[int, int]], spans: Iterable[tuple[int, int, int
 
 
 def pack(
-    found: Sequence[tuple[int, int, bytes]], windows: Windows, cap: int = 0
+    found: Sequence[tuple[int, int, int, int, bytes]], windows: Windows, cap: int = 0
 ) -> tuple[list[PackRow], int]:
-    """Merge chunks ``(id, series, data)`` into one packed chunk per series and window (first write
-    wins); returns the rows, those that keep an id first, and the number of points. Each series'
-    lowest ids go to its oldest windows: which write came first is kept. All the series at once:
-    the columns are merged and encoded together (:func:`encode_many`). ``cap``: a series' large
-    window (``windows.large_ms``) of more points is cut at the small windows in it."""
+    """Merge chunks ``(id, series, t_min, t_max, data)`` into one packed chunk per series and window
+    (first write wins); returns the rows, those that keep an id first, and the number of points.
+    Each series' lowest ids go to its oldest windows: which write came first is kept. All the
+    series at once: the columns are merged and encoded together (:func:`encode_many`). ``cap``: a
+    series' large window (``windows.large_ms``) of more points is cut at the small windows in it.
+    A chunk that does not decode to its stored range is a :class:`ChunkError`: packing it would
+    make its damage a valid chunk."""
     if not found:
         return [], 0
     ids = np.array([r[0] for r in found], dtype=np.int64)
     # every chunk in one native pass (a decode call per chunk cost more than its points here)
-    ts, vs, offsets = decode_many([r[2] for r in found])
+    ts, vs, offsets = decode_many([r[4] for r in found])
+    check_stored(ts, offsets, [r[2] for r in found], [r[3] for r in found])
     sizes = np.diff(offsets)
     order = np.repeat(ids, sizes)
     sids = np.repeat(np.array([r[1] for r in found], dtype=np.int64), sizes)
@@ -566,7 +591,7 @@ def pack(
     ends = np.append(cut, len(ts)).astype(np.int64)
     datas = encode_many(ts, vs, starts, ends)
     free: dict[int, list[int]] = {}
-    for cid, sid, _ in found:
+    for cid, sid, *_ in found:
         free.setdefault(sid, []).append(cid)
     for left in free.values():
         left.sort(reverse=True)

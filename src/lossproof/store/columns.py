@@ -7,9 +7,10 @@ Series ids come from the store through ``resolve``; a series seen before costs o
 
 from __future__ import annotations
 
+import functools
 from array import array
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -17,7 +18,7 @@ import numpy.typing as npt
 from lossproof.native_ext import _native
 from lossproof.points import PointsBlock
 from lossproof.store import chunks
-from lossproof.store.base import COMPACT_WINDOW_MS, PointLike, SeriesBlock, SeriesSamples
+from lossproof.store.base import COMPACT_WINDOW_MS, PointLike, SeriesBlock, SeriesSamples, StoreUnavailable
 
 SeriesKey = tuple[Any, ...]  # (tenant, metric, *labels.items()) in the order the sender gave them
 # resolve(key, tenant, metric, labels) -> series id: the store's cache, then its series table
@@ -175,6 +176,29 @@ def time_spans(
 
 # stored_ts(series ids, lo, hi) -> the stored timestamps of each in [lo, hi], sorted
 StoredTimes = Callable[[list[int], int, int], list[chunks.I64]]
+
+
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
+
+
+def reads_stored(read: Callable[_P, _T]) -> Callable[_P, _T]:
+    """A write's read of what is already stored (the ledger, the newest times, stored points), in
+    either store: a failure there is the store's (a damaged part or chunk), never the batch's,
+    whatever its type (a part cut short raised ValueError, which the worker took for the batch's
+    fault and dead-lettered acknowledged records on). It becomes :class:`StoreUnavailable`: the
+    batch is kept."""
+
+    @functools.wraps(read)
+    def reading(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return read(*args, **kwargs)
+        except StoreUnavailable:
+            raise
+        except Exception as e:
+            raise StoreUnavailable(f"stored data unreadable: {type(e).__name__}: {e}") from e
+
+    return reading
 
 
 def not_stored(sids: chunks.I64, ts: chunks.I64, stored_ts: StoredTimes) -> npt.NDArray[np.bool_]:

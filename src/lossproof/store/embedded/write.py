@@ -5,14 +5,13 @@ loads the prior state agent by agent, applies the plan and writes the points as 
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import operator
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING
 
 import msgspec
 import numpy as np
@@ -28,7 +27,7 @@ from lossproof.store.base import (
     labels_text,
     latest_metadata,
 )
-from lossproof.store.columns import Columns, not_stored
+from lossproof.store.columns import Columns, not_stored, reads_stored
 from lossproof.store.embedded.common import (
     _AGENT_COLUMNS,
     _NEWEST,
@@ -48,28 +47,6 @@ _BEGIN_POLL_S = 0.001
 # What a transaction writes to the WAL besides its part, about (ledger, index and meta pages): the
 # checkpoint thread's measure of when to run (store/embedded/checkpoint.py).
 _COMMIT_BYTES = 16384
-
-
-_T = TypeVar("_T")
-_P = ParamSpec("_P")
-
-
-def _reads_stored(read: Callable[_P, _T]) -> Callable[_P, _T]:
-    """A write's read of what is already stored (the ledger, the newest times, stored points): a
-    failure there is the store's (a damaged part or row), never the batch's, whatever its type (a
-    part cut short raised ValueError, which the worker took for the batch's fault and dead-lettered
-    acknowledged records on). It becomes :class:`StoreUnavailable`: the batch is kept."""
-
-    @functools.wraps(read)
-    def reading(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-        try:
-            return read(*args, **kwargs)
-        except StoreUnavailable:
-            raise
-        except Exception as e:
-            raise StoreUnavailable(f"stored data unreadable: {type(e).__name__}: {e}") from e
-
-    return reading
 
 
 class SqliteWriter(SqliteCore):
@@ -227,7 +204,7 @@ class SqliteWriter(SqliteCore):
         sql = "SELECT digest FROM conflicts WHERE tenant = ? AND agent = ? AND incarnation = ? AND seq = ?"
         return [d for (d,) in self._con.execute(sql, key)]
 
-    @_reads_stored
+    @reads_stored
     def _prior(self, work: dict[_AgentKey, lg.AgentWork]) -> Prior:
         """What :func:`plan_batch` needs, agent by agent: the summary and ledger rows of the batch's
         incarnations; of the other incarnations, with seqs still delayed, of an agent id that gets a
@@ -337,7 +314,7 @@ class SqliteWriter(SqliteCore):
         self._newest_new.append((sids, ts, int(cur.lastrowid or 0)))
         return len(ts)
 
-    @_reads_stored
+    @reads_stored
     def _learn(self, sids: chunks.I64) -> None:
         """Make the series of ``sids`` known to ``self._stored``, with the newest t stored of each
         (_NONE: none) as its floor: one index seek per series for the chunks, plus a look into the
@@ -354,7 +331,7 @@ class SqliteWriter(SqliteCore):
                 top[hit] = np.maximum(top[hit], ptmax[idx[hit]])
         self._stored.learn(missing.tobytes(), top.tobytes())
 
-    @_reads_stored
+    @reads_stored
     def _stored_ts(self, sids: list[int], lo: int, hi: int) -> list[chunks.I64]:
         """The stored timestamps in [lo, hi] of each series (``columns.not_stored``)."""
         return [ts for ts, _ in self._series_points([(sid, "", ()) for sid in sids], lo, hi)]

@@ -82,7 +82,7 @@ _PACK_INSERT = (
 )
 # The chunks of series s[i] that may hold points in [a[i], b[i]]: an index range per series.
 _CHUNKS_IN = (
-    "SELECT c.series_id, c.id, c.data FROM unnest(%b, %b, %b) AS q(s, a, b)"
+    "SELECT c.series_id, c.id, c.t_min, c.t_max, c.data FROM unnest(%b, %b, %b) AS q(s, a, b)"
     " JOIN chunks c ON c.series_id = q.s AND c.t_max >= q.a AND c.t_min <= q.b"
 )
 # The last write wins; an unchanged row is not rewritten (senders repeat their metadata every minute).

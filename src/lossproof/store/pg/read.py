@@ -134,12 +134,13 @@ class PgReader(PgCore):
                 # one index range per series: the chunks that may hold points in the range
                 cur = conn.cursor(binary=True)
                 cur.execute(
-                    "SELECT series_id, id, data FROM chunks WHERE series_id = ANY(%b)"
+                    "SELECT series_id, id, t_min, t_max, data FROM chunks WHERE series_id = ANY(%b)"
                     " AND t_max >= %s AND t_min <= %s",
                     (Int8Array([sid for sid, _, _ in found]), from_ms, to_ms),
                 )
-                for sid, cid, data in cur:
-                    by_series.setdefault(sid, []).append((cid, *chunks.decode(bytes(data))))
+                for sid, cid, t_min, t_max, data in cur:
+                    got = chunks.decode_stored(bytes(data), t_min, t_max)
+                    by_series.setdefault(sid, []).append((cid, *got))
                 wanted = np.unique(np.array([sid for sid, _, _ in found], dtype=np.int64))
                 for sid, slices in parts.part_points(conn, self._part_dirs, wanted, from_ms, to_ms).items():
                     by_series.setdefault(sid, []).extend(slices)

@@ -39,7 +39,7 @@ from lossproof.store.base import (
     labels_text,
     latest_metadata,
 )
-from lossproof.store.columns import Columns, not_stored
+from lossproof.store.columns import Columns, not_stored, reads_stored
 from lossproof.store.pg import parts
 from lossproof.store.pg.binary import Int8Array
 from lossproof.store.pg.common import (
@@ -389,6 +389,7 @@ class PgWriter(PgCore):
         idx, hit = tops.find(usids)
         return np.where(hit, tops.top[idx], parts.NONE)
 
+    @reads_stored
     def _stored_ts(self, conn: _Conn, sids: list[int], lo: int, hi: int) -> list[chunks.I64]:
         """The stored timestamps in [lo, hi] of each series of ``sids`` (sorted, unique;
         ``columns.not_stored``): the chunks overlapping (one statement), and the parts' slices."""
@@ -398,8 +399,9 @@ class PgWriter(PgCore):
         bcur = conn.cursor(binary=True)
         n = len(wanted)
         bcur.execute(_CHUNKS_IN, (Int8Array(wanted), Int8Array(np.full(n, lo)), Int8Array(np.full(n, hi))))
-        for sid, cid, data in bcur:
-            segs.setdefault(int(sid), []).append((int(cid), *chunks.decode(bytes(data))))
+        for sid, cid, t_min, t_max, data in bcur:
+            got = chunks.decode_stored(bytes(data), t_min, t_max)
+            segs.setdefault(int(sid), []).append((int(cid), *got))
         return [chunks.merge_arrays(segs.get(sid, ()), lo, hi)[0] for sid in sids]
 
     def _resolve_series(
