@@ -97,9 +97,8 @@ class Reporter:
         """The kernel dropped ``packets`` StatsD packets (the agent's receive buffer was full): from
         the StatsD thread. Recorded as lost with the next report."""
         self.metrics.statsd_dropped.inc(packets)
-        with self._loss_lock:
+        with self._loss_lock:  # (logged when recorded, once a report: a drop storm logs no storm)
             self._statsd_dropped += packets
-        log.warning("agent.statsd_packets_dropped", packets=packets)
 
     def _run(self) -> None:
         next_at = time.monotonic() + self.interval
