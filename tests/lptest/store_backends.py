@@ -42,8 +42,9 @@ class StoreBackend(abc.ABC):
         self.opened.clear()
 
     @abc.abstractmethod
-    def damage_first_chunk(self) -> None:
-        """Flip a byte in the middle of the oldest chunk row's data (a bad sector, a bit flip)."""
+    def damage_first(self, table: str, at: int | None = None) -> None:
+        """Flip a bit of the oldest row's data in ``table`` (``chunks``, ``parts``), at byte ``at``
+        or in the middle (a bad sector, a bit flip)."""
 
 
 class SqliteBackend(StoreBackend):
@@ -55,13 +56,13 @@ class SqliteBackend(StoreBackend):
     def child_args(self) -> list[str]:
         return ["sqlite", str(self.tmp_path / "store.db")]
 
-    def damage_first_chunk(self) -> None:
+    def damage_first(self, table: str, at: int | None = None) -> None:
         import sqlite3
 
         con = sqlite3.connect(self.tmp_path / "store.db")
         try:
-            rid, data = con.execute("SELECT id, data FROM chunks ORDER BY id LIMIT 1").fetchone()
-            con.execute("UPDATE chunks SET data = ? WHERE id = ?", (_flipped(data), rid))
+            rid, data = con.execute(f"SELECT id, data FROM {table} ORDER BY id LIMIT 1").fetchone()
+            con.execute(f"UPDATE {table} SET data = ? WHERE id = ?", (_flipped(data, at), rid))
             con.commit()
         finally:
             con.close()
@@ -95,17 +96,17 @@ class PostgresBackend(StoreBackend):
     def child_args(self) -> list[str]:
         return ["postgres", self.dsn, self.schema]
 
-    def damage_first_chunk(self) -> None:
+    def damage_first(self, table: str, at: int | None = None) -> None:
         import psycopg
         from psycopg import sql
 
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            table = sql.Identifier(self.schema, "chunks")
-            q = sql.SQL("SELECT id, data FROM {} ORDER BY id LIMIT 1").format(table)
+            name = sql.Identifier(self.schema, table)
+            q = sql.SQL("SELECT id, data FROM {} ORDER BY id LIMIT 1").format(name)
             row = conn.execute(q).fetchone()
             assert row is not None
-            u = sql.SQL("UPDATE {} SET data = %s WHERE id = %s").format(table)
-            conn.execute(u, (_flipped(bytes(row[1])), row[0]))
+            u = sql.SQL("UPDATE {} SET data = %s WHERE id = %s").format(name)
+            conn.execute(u, (_flipped(bytes(row[1]), at), row[0]))
 
     def close_all(self) -> None:
         super().close_all()
@@ -116,9 +117,12 @@ class PostgresBackend(StoreBackend):
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.schema)))
 
 
-def _flipped(data: bytes) -> bytes:
+def _flipped(data: bytes, at: int | None) -> bytes:
     d = bytearray(data)
-    d[len(d) // 2] ^= 0xFF
+    if at is None:
+        d[len(d) // 2] ^= 0xFF
+    else:
+        d[at] ^= 0x40
     return bytes(d)
 
 

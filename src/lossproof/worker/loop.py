@@ -49,8 +49,8 @@ class WorkerMetrics:
         )
         self.points_skipped = Counter(
             "lossproof_worker_points_skipped_total",
-            "Points not written because the store already holds a point of that series at that timestamp"
-            " (first write wins): a replay's, harmless, or a different value for it, which is not kept.",
+            "Points not written because the store (or the same batch, earlier) holds a point of that series"
+            " at that timestamp (first write wins): a replay's, harmless, or a different value, not kept.",
             registry=registry,
         )
         self.reports = Counter(

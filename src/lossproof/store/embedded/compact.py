@@ -161,7 +161,7 @@ class SqliteCompaction(SqliteCore):
             if not chunks.widen(reach, ((sid, a, b) for _, sid, a, b, _ in read), windows):
                 break
         found = [(cid, sid, data) for cid, sid, _, _, data in read]
-        out, points = chunks.pack(read, windows, cap)
+        out, points = chunks.pack(found, windows, cap)
         return found, out, points
 
     def _compact_read(self, now_ms: int, max_series: int) -> _Flush | _Pack | None:

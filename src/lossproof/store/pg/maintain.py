@@ -184,15 +184,19 @@ class PgMaintenance(PgCore):
             read = [(int(cid), int(sid), int(a), int(b), bytes(data)) for cid, sid, a, b, data in cur]
             if not chunks.widen(reach, ((sid, a, b) for _, sid, a, b, _ in read), windows):
                 break
+        found = [(cid, sid, data) for cid, sid, _, _, data in read]
         by_series: dict[int, list[tuple[int, bytes]]] = {}
-        for cid, sid, _, _, data in read:
+        for cid, sid, data in found:
             by_series.setdefault(sid, []).append((cid, data))
         # a window already packed into one chunk is left as it is
-        packed = bytes((chunks.PACKED,))
-        found = [r for r in read if len(by_series[r[1]]) > 1 or by_series[r[1]][0][1][:1] != packed]
+        found = [
+            (cid, sid, data)
+            for cid, sid, data in found
+            if len(by_series[sid]) > 1 or by_series[sid][0][1][:1] != bytes((chunks.PACKED,))
+        ]
         if not found:
             return
-        rows, points = chunks.pack(found, windows)
+        rows, points = chunks.pack([(cid, sid, data) for cid, sid, data in found], windows)
         conn.execute("DELETE FROM chunks WHERE id = ANY(%b)", (Int8Array([r[0] for r in found]),))
         conn.execute(
             _PACK_INSERT,
@@ -207,7 +211,7 @@ class PgMaintenance(PgCore):
         )
         res[0] += len(found)
         res[1] += len(rows)
-        res[2] += sum(len(r[4]) for r in found)
+        res[2] += sum(len(r[2]) for r in found)
         res[3] += sum(len(r.data) for r in rows)
         res[4] += points
 

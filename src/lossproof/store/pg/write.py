@@ -221,6 +221,7 @@ class PgWriter(PgCore):
                 ],
             )
 
+    @reads_stored
     def _prior(self, cur: psycopg.Cursor[Any], work: dict[_AgentKey, lg.AgentWork]) -> Prior:
         """What :func:`plan_batch` needs, in bulk for all agents of the batch, under their locks: the
         summary and ledger rows of the batch's incarnations; of the other incarnations, with seqs
@@ -351,6 +352,7 @@ class PgWriter(PgCore):
             data,
         )
 
+    @reads_stored
     def _stored_tops(self, cur: psycopg.Cursor[Any], usids: chunks.I64) -> chunks.I64:
         """For each series of ``usids`` (sorted, unique), a t at or after the newest stored of it
         (``parts.NONE``: nothing stored); see the module docstring, *Stored times*."""
@@ -399,9 +401,10 @@ class PgWriter(PgCore):
         bcur = conn.cursor(binary=True)
         n = len(wanted)
         bcur.execute(_CHUNKS_IN, (Int8Array(wanted), Int8Array(np.full(n, lo)), Int8Array(np.full(n, hi))))
-        for sid, cid, t_min, t_max, data in bcur:
-            got = chunks.decode_stored(bytes(data), t_min, t_max)
-            segs.setdefault(int(sid), []).append((int(cid), *got))
+        rows = bcur.fetchall()
+        decoded = chunks.decode_stored([(a, b, bytes(data)) for _, _, a, b, data in rows])
+        for (sid, cid, *_), (ts, vs) in zip(rows, decoded, strict=True):
+            segs.setdefault(int(sid), []).append((int(cid), ts, vs))
         return [chunks.merge_arrays(segs.get(sid, ()), lo, hi)[0] for sid in sids]
 
     def _resolve_series(
