@@ -26,8 +26,9 @@ log = get(__name__)
 
 # Points kept in memory while the spool cannot be written, in reports' worth.
 MAX_BACKLOG_REPORTS = 10
-# While appends keep failing, losses are recorded at most this often: one seq for a whole outage's
-# drops rather than one per interval (each a lost range the server keeps).
+# While appends keep failing, losses are recorded at most this often, and StatsD drops always: one
+# seq for a whole outage's (or drop storm's) drops rather than one per interval (each a lost range
+# the server keeps).
 LOSS_RECORD_SECONDS = 60.0
 
 
@@ -63,6 +64,7 @@ class Reporter:
         self._unspooled_error = ""
         self._statsd_dropped = 0
         self._losses_tried = time.monotonic()
+        self._statsd_recorded = -LOSS_RECORD_SECONDS  # (monotonic) the first is recorded at once
 
     def start(self) -> None:
         self._thread.start()
@@ -82,7 +84,7 @@ class Reporter:
             left = self.buffer.drain()
             if left:
                 self._points_lost(len(left), "the agent stopped while its spool could not be written")
-            self._record_losses()
+            self._record_losses(stopping=True)
             with self._loss_lock:
                 if self._unspooled or self._statsd_dropped:
                     log.error(
@@ -146,10 +148,12 @@ class Reporter:
             self.on_spooled()
             return seqs
 
-    def _record_losses(self) -> None:
+    def _record_losses(self, stopping: bool = False) -> None:
         """Give each loss no seq records yet a seq, recorded as dropped (call under ``_lock``)."""
         with self._loss_lock:
             points, error, packets = self._unspooled, self._unspooled_error, self._statsd_dropped
+        if not stopping and time.monotonic() - self._statsd_recorded < LOSS_RECORD_SECONDS:
+            packets = 0  # (counted on: recorded with the next ones)
         if not points and not packets:
             return
         self._losses_tried = time.monotonic()
@@ -167,6 +171,7 @@ class Reporter:
                 return
             with self._loss_lock:
                 self._statsd_dropped -= packets
+            self._statsd_recorded = time.monotonic()
         self.on_spooled()  # the sender carries the drops to the server
 
     def _record(self, reason: str) -> bool:

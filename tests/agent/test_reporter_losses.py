@@ -1,5 +1,7 @@
-"""A loss's reason carries the spool's OSError text, which carries its path: a path that is not UTF-8
-must not poison the spool's state (msgpack refuses surrogate-escaped text; found by review)."""
+"""The reporter's losses before the spool, recorded as dropped seqs: a loss's reason carries the
+spool's OSError text, which carries its path, and a path that is not UTF-8 must not poison the
+spool's state (msgpack refuses surrogate-escaped text; found by review); a StatsD drop storm is
+recorded once a minute, not once a report."""
 from __future__ import annotations
 
 import os
@@ -39,4 +41,25 @@ def test_a_spool_dir_whose_name_is_not_utf8_keeps_the_agent_reporting(tmp_path: 
     assert drops
     encode_request("a", [], drops, spool.stats())  # what every later request carries
     spool.ack(seqs)  # every later state save
+    spool.close()
+
+
+def test_statsd_drops_are_recorded_at_once_then_at_most_once_a_minute(tmp_path: Path) -> None:
+    # a drop storm while the spool works: one lost range a minute, not one per report interval
+    spool = Spool(tmp_path / "spool")
+    r = Reporter(3600, 5, Buffer(1000), spool, AgentMetrics(), lambda: None, [])
+    r.start()
+    r.statsd_dropped(5)
+    r.report(include_sources=False)
+    assert [d[2][:32] for d in spool.unreported_drops()] == ["statsd_dropped: 5 StatsD packets"]
+    r.statsd_dropped(3)
+    r.report(include_sources=False)
+    r.statsd_dropped(4)
+    r.report(include_sources=False)
+    assert len(spool.unreported_drops()) == 1  # counted on, not recorded yet
+    r.stop()  # the agent stops: what it counted is recorded
+    assert [d[2][:32] for d in spool.unreported_drops()] == [
+        "statsd_dropped: 5 StatsD packets",
+        "statsd_dropped: 7 StatsD packets",
+    ]
     spool.close()
