@@ -376,6 +376,31 @@ def test_metadata_endpoints_are_answered_on_the_event_loop(env: Env) -> None:
     assert after["read_thread"] == before["read_thread"]
 
 
+@pytest.mark.parametrize(
+    "path",
+    ["/api/v1/labels", "/api/v1/label/__name__/values", "/api/v1/series?match[]=" + _q("rx")],
+    ids=["labels", "values", "series"],
+)
+def test_metadata_limit_cuts_the_sorted_answer_with_a_warning(env: Env, path: str) -> None:
+    """Prometheus 2.49+'s ``limit=``: the first N of the sorted answer and a warning when cut; 0 or
+    a limit at least the answer's length: all of it, no warning; negative or not a number: 400."""
+    sep = "&" if "?" in path else "?"
+    status, body, raw = _get(env.p, path)
+    assert status == 200 and "warnings" not in body, raw
+    whole = body["data"]
+    assert len(whole) >= 2, raw
+    status, body, raw = _get(env.p, f"{path}{sep}limit=1")
+    assert status == 200, raw
+    assert body["data"] == whole[:1] and body["warnings"] == ["results truncated due to limit"], raw
+    for same in ("0", str(len(whole))):
+        status, body, raw = _get(env.p, f"{path}{sep}limit={same}")
+        assert status == 200 and body["data"] == whole and "warnings" not in body, raw
+    for bad in ("-1", "x", "1.5"):
+        status, body, raw = _get(env.p, f"{path}{sep}limit={bad}")
+        _bad_data(status, body, raw)
+        assert "limit" in body["error"], raw
+
+
 def test_still_serving(env: Env) -> None:
     assert HTTP.request("GET", env.p.url + "/healthz").status == 200
     assert "Traceback" not in env.p.logs()

@@ -39,6 +39,7 @@ from lossproof.store.access import StoreAccess, StoreUnavailable
 from lossproof.store.base import Matcher, StoreReader
 
 T = TypeVar("T")
+TRUNCATED = "results truncated due to limit"  # Prometheus' warning for a metadata answer cut at limit=
 MAX_MATCH = 256  # match[] selectors in one request: each is parsed and read on its own
 CLIENT_CHECK_SECONDS = 0.5  # how often a running query looks whether its client is still there
 # errorType of a body that could not be read (read_form's ApiError), by status: Prometheus has no
@@ -299,30 +300,30 @@ class PromApi:
         return await self.store.run_brief(run)
 
     async def series(self, request: web.Request, tenant: str, q: MultiDictProxy[str]) -> web.Response:
-        _check_range(q)
-        return _success(await self._series(tenant, q, required=True))
+        limit = _metadata_args(q)
+        return _success_limited(await self._series(tenant, q, required=True), limit)
 
     async def labels(self, request: web.Request, tenant: str, q: MultiDictProxy[str]) -> web.Response:
-        _check_range(q)
+        limit = _metadata_args(q)
         parsed = await self._selectors(q, required=False)
         names = await self.store.run_brief(
             lambda s: s.label_names(tenant, self._matcher_sets(s, tenant, parsed))
         )
-        return _success(names)
+        return _success_limited(names, limit)
 
     async def label_values(self, request: web.Request, tenant: str, q: MultiDictProxy[str]) -> web.Response:
-        _check_range(q)
+        limit = _metadata_args(q)
         name = request.match_info["name"]
         parsed = await self._selectors(q, required=False)
         if name == promql.NAME and parsed is None:
             metrics = await self.store.run_brief(lambda s: s.metric_names(tenant))
-            return _success(sorted({promql.promql_name(m) for m in metrics}))
+            return _success_limited(sorted({promql.promql_name(m) for m in metrics}), limit)
         values = await self.store.run_brief(
             lambda s: s.label_values(tenant, name, self._matcher_sets(s, tenant, parsed))
         )
         if name == promql.NAME:
             values = sorted({promql.promql_name(m) for m in values})
-        return _success(values)
+        return _success_limited(values, limit)
 
     async def metadata(self, request: web.Request, tenant: str, q: MultiDictProxy[str]) -> web.Response:
         """Metric metadata sent by remote write: ``{"<metric>": [{"type", "help", "unit"}]}``.
@@ -372,11 +373,26 @@ def _selector(sel: str) -> pp.VectorSelector:
     return e
 
 
-def _check_range(q: MultiDictProxy[str]) -> None:
-    # start/end are accepted and validated; series and labels are answered over all time.
+def _metadata_args(q: MultiDictProxy[str]) -> int | None:
+    """The ``limit`` of a metadata endpoint (None: all), after checking ``start``/``end``: they are
+    accepted and validated, and series and labels are answered over all time."""
     for name in ("start", "end"):
         if q.get(name):
             parse_time(q[name], name)
+    if not q.get("limit"):
+        return None
+    limit = params.parse_int(q["limit"], "limit")
+    if limit < 0:
+        raise params.ParamError("limit", "limit must be non-negative")  # Prometheus' words
+    return limit or None  # 0: no limit, as in Prometheus
+
+
+def _success_limited(items: list[Any], limit: int | None) -> web.Response:
+    """Prometheus 2.49+'s ``limit``: the first ``limit`` items of the sorted answer, and a warning
+    when some were left out (a client can tell a cut list from a whole one)."""
+    if limit is None or len(items) <= limit:
+        return _success(items)
+    return json_response({"status": "success", "data": items[:limit], "warnings": [TRUNCATED]})
 
 
 def _lookback(q: MultiDictProxy[str]) -> int:
