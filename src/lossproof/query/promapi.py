@@ -290,6 +290,10 @@ class PromApi:
 
         def run(s: StoreReader) -> list[dict[str, str]]:
             sets = self._matcher_sets(s, tenant, parsed)
+            if sets is not None and len(sets) == 1:
+                ordered = _in_label_order(s.series(tenant, sets[0]))
+                if ordered is not None:
+                    return ordered
             seen: dict[promql.Key, dict[str, str]] = {}
             for ms in [[]] if sets is None else sets:
                 for metric, labels in s.series(tenant, ms):
@@ -371,6 +375,21 @@ def _selector(sel: str) -> pp.VectorSelector:
                 _SELECTORS.pop(next(iter(_SELECTORS)))  # the oldest: dicts keep insertion order
             _SELECTORS[sel] = e = parsed
     return e
+
+
+def _in_label_order(found: list[tuple[str, dict[str, str]]]) -> list[dict[str, str]] | None:
+    """One selector's series (the store's order: by metric, then labels) as Prometheus orders them
+    (by the whole label set, ``__name__`` included), when those orders are the same: every metric
+    name is its own PromQL spelling and no label name sorts before ``__name__`` (only one starting
+    with an upper-case letter does). None when they may differ. A series' key built and sorted was
+    a third of ``/api/v1/series``' time (85 of 250 us for 111 series)."""
+    out = []
+    for metric, labels in found:
+        if promql.promql_name(metric) != metric or (labels and min(labels) < promql.NAME):
+            return None
+        labels[promql.NAME] = metric
+        out.append(labels)
+    return out
 
 
 def _metadata_args(q: MultiDictProxy[str]) -> int | None:
