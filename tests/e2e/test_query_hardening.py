@@ -401,6 +401,31 @@ def test_metadata_limit_cuts_the_sorted_answer_with_a_warning(env: Env, path: st
         assert "limit" in body["error"], raw
 
 
+@pytest.mark.parametrize("kind", ["vector", "range-selector", "range-query"])
+def test_query_limit_cuts_the_series_with_a_warning(env: Env, kind: str) -> None:
+    """Prometheus 3's ``limit=`` on queries: at most that many series, in the answer's order, and a
+    warning when some were left out; a scalar is never cut; a negative limit is a 400."""
+    t = env.t / 1000
+    path = {
+        "vector": f"/api/v1/query?time={t}&query=" + _q('{__name__=~"nanm|rx"}'),
+        "range-selector": f"/api/v1/query?time={t}&query=" + _q("rx[1m]"),
+        "range-query": f"/api/v1/query_range?start={t - 60}&end={t}&step=15&query=" + _q("rx"),
+    }[kind]
+    status, body, raw = _get(env.p, path)
+    assert status == 200 and "warnings" not in body, raw
+    whole = body["data"]["result"]
+    assert len(whole) >= 2, raw
+    status, body, raw = _get(env.p, path + "&limit=1")
+    assert status == 200 and body["data"]["result"] == whole[:1], raw
+    assert body["warnings"] == ["results truncated due to limit"], raw
+    status, body, raw = _get(env.p, path + f"&limit={len(whole)}")
+    assert status == 200 and body["data"]["result"] == whole and "warnings" not in body, raw
+    status, body, raw = _get(env.p, path + "&limit=-1")
+    _bad_data(status, body, raw)
+    status, body, raw = _get(env.p, f"/api/v1/query?time={t}&limit=1&query=" + _q("1 + 1"))
+    assert status == 200 and body["data"]["resultType"] == "scalar" and "warnings" not in body, raw
+
+
 def test_still_serving(env: Env) -> None:
     assert HTTP.request("GET", env.p.url + "/healthz").status == 200
     assert "Traceback" not in env.p.logs()

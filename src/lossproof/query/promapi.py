@@ -59,14 +59,16 @@ def _error(status: int, error_type: str, message: str) -> web.Response:
     return json_response({"status": "error", "errorType": error_type, "error": message}, status)
 
 
-def _success(data: Any) -> web.Response:
-    return json_response({"status": "success", "data": data})
+def _success(data: Any, warnings: list[str] | None = None) -> web.Response:
+    return web.Response(body=_success_body(data, warnings), content_type="application/json")
 
 
-def _success_body(data: Any) -> bytes:
+def _success_body(data: Any, warnings: list[str] | None = None) -> bytes:
     """:func:`_success`'s body, for the thread that builds a query's answer to encode it too: an
     answer can be hundreds of MB, which the event loop that acknowledges writes would otherwise spend
     a second or more on (and a hop to a thread of its own would cost a small answer more than that)."""
+    if warnings:
+        return json_body({"status": "success", "data": data, "warnings": warnings})
     return json_body({"status": "success", "data": data})
 
 
@@ -182,6 +184,7 @@ class PromApi:
         if q.get("timeout"):  # (Prometheus checks it after the time, before the query)
             params.check_timeout(q["timeout"])
         lookback = _lookback(q)
+        limit = _limit(q)
         inner = unparen(expr)
         limits, closed = self.limits, self.closed
         if isinstance(inner, pp.StringLiteral):
@@ -190,10 +193,12 @@ class PromApi:
             raw = await self._evaluate(
                 request, lambda s, b: promql.instant_raw(s, tenant, inner, at, limits, closed, lookback, b)
             )
-            matrix = await asyncio.to_thread(
-                lambda: _success_body({"resultType": "matrix", "result": _raw_rows(raw)})
-            )
-            return _answer(matrix)
+
+            def encode_raw() -> bytes:
+                rows, warnings = _cut(_raw_rows(raw), limit)
+                return _success_body({"resultType": "matrix", "result": rows}, warnings)
+
+            return _answer(await asyncio.to_thread(encode_raw))
         grid = promql.Grid(at, at, 1)
 
         def run(s: StoreReader, budget: promql.Budget) -> bytes:
@@ -204,11 +209,12 @@ class PromApi:
                 return _success_body(
                     {"resultType": "scalar", "result": [_ts(at), promql.format_value(value.values[0])]}
                 )
-            order = [i for i in promql.instant_order(expr, value) if value.present[i, 0]]
+            present = [i for i in promql.instant_order(expr, value) if value.present[i, 0]]
+            order, warnings = _cut(present, limit)
             texts = promql.format_values(value.values[order, 0].tolist())
             t = _ts(at)
             rows = [{"metric": value.labels[i], "value": [t, v]} for i, v in zip(order, texts, strict=True)]
-            return _success_body({"resultType": "vector", "result": rows})
+            return _success_body({"resultType": "vector", "result": rows}, warnings)
 
         return _answer(await self._evaluate(request, run))
 
@@ -243,15 +249,16 @@ class PromApi:
             )
         grid = promql.Grid(start, end, step)
         lookback = _lookback(q)
+        limit = _limit(q)
         closed = self.closed
         value = await self._evaluate(
             request,
             lambda s, b: promql.Evaluator(s, tenant, grid, lookback, budget=b, closed=closed).answer(expr),
         )
         def encode() -> bytes:
-            rows = promql.matrix_rows(value, grid.times(), _ts)
+            rows, warnings = _cut(promql.matrix_rows(value, grid.times(), _ts), limit)
             result = [{"metric": labels, "values": pts} for labels, pts in rows]
-            return _success_body({"resultType": "matrix", "result": result})
+            return _success_body({"resultType": "matrix", "result": result}, warnings)
 
         return _answer(await asyncio.to_thread(encode))
 
@@ -393,25 +400,36 @@ def _in_label_order(found: list[tuple[str, dict[str, str]]]) -> list[dict[str, s
 
 
 def _metadata_args(q: MultiDictProxy[str]) -> int | None:
-    """The ``limit`` of a metadata endpoint (None: all), after checking ``start``/``end``: they are
-    accepted and validated, and series and labels are answered over all time."""
+    """The ``limit`` of a metadata endpoint (:func:`_limit`), after checking ``start``/``end``: they
+    are accepted and validated, and series and labels are answered over all time."""
     for name in ("start", "end"):
         if q.get(name):
             parse_time(q[name], name)
+    return _limit(q)
+
+
+def _limit(q: MultiDictProxy[str]) -> int | None:
+    """``limit=``, as Prometheus has it on the metadata endpoints (2.49) and the queries (3.x): at
+    most that many entries or series, None (no limit) for 0 or none; negative is bad data."""
     if not q.get("limit"):
         return None
     limit = params.parse_int(q["limit"], "limit")
     if limit < 0:
         raise params.ParamError("limit", "limit must be non-negative")  # Prometheus' words
-    return limit or None  # 0: no limit, as in Prometheus
+    return limit or None
+
+
+def _cut(items: list[T], limit: int | None) -> tuple[list[T], list[str]]:
+    """The first ``limit`` of ``items`` (in the answer's order) and, when some were left out,
+    Prometheus' warning: a client can tell a cut answer from a whole one."""
+    if limit is None or len(items) <= limit:
+        return items, []
+    return items[:limit], [TRUNCATED]
 
 
 def _success_limited(items: list[Any], limit: int | None) -> web.Response:
-    """Prometheus 2.49+'s ``limit``: the first ``limit`` items of the sorted answer, and a warning
-    when some were left out (a client can tell a cut list from a whole one)."""
-    if limit is None or len(items) <= limit:
-        return _success(items)
-    return json_response({"status": "success", "data": items[:limit], "warnings": [TRUNCATED]})
+    kept, warnings = _cut(items, limit)
+    return _success(kept, warnings)
 
 
 def _lookback(q: MultiDictProxy[str]) -> int:
