@@ -12,8 +12,8 @@ import abc
 import os
 import uuid
 from collections.abc import Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from lossproof.store.base import Store
 from lptest import require
@@ -129,7 +129,8 @@ class PostgresBackend(StoreBackend):
 
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
-            return [tuple(bytes(v) if isinstance(v, memoryview) else v for v in r) for r in conn.execute(query)]
+            rows = conn.execute(query).fetchall()
+            return [tuple(bytes(v) if isinstance(v, memoryview) else v for v in r) for r in rows]
 
     def close_all(self) -> None:
         super().close_all()

@@ -60,9 +60,8 @@ def compact_all(store: Store, now: int) -> int:
 
 def stored(store: Store) -> dict[str, tuple[list[int], list[float]]]:
     """Each series' points (by its label ``i``), every one of them."""
-    return {
-        s.labels["i"]: ([t for t, _ in s.points], [v for _, v in s.points]) for s in store.select("t", M, 0, 1 << 62)
-    }
+    got = store.select("t", M, 0, 1 << 62)
+    return {s.labels["i"]: ([t for t, _ in s.points], [v for _, v in s.points]) for s in got}
 
 
 def first_chunk(backend: StoreBackend) -> tuple[int, str]:
@@ -79,7 +78,7 @@ def test_a_damaged_chunk_fails_reads_and_a_replay_over_it_sets_it_aside(backend:
         store.write_batch(batch(b))
     compact_all(store, T0 + 30 * HOUR)
     cid, hit = first_chunk(backend)
-    [(sid, t_min, t_max, n)] = backend.fetch(f"SELECT series_id, t_min, t_max, n FROM chunks WHERE id = {cid}")
+    [(sid, t_min, t_max, n)] = backend.fetch(f"SELECT series_id, t_min, t_max, n FROM chunks WHERE id={cid}")
     backend.damage_first("chunks")
     [(damaged,)] = backend.fetch(f"SELECT data FROM chunks WHERE id = {cid}")
     # reads move nothing: a query of the metric fails, never answers other points
