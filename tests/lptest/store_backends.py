@@ -13,6 +13,7 @@ import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from lossproof.store.base import Store
 from lptest import require
@@ -46,6 +47,11 @@ class StoreBackend(abc.ABC):
         """Flip a bit of the oldest row's data in ``table`` (``chunks``, ``parts``), at byte ``at``
         or in the middle (a bad sector, a bit flip)."""
 
+    @abc.abstractmethod
+    def fetch(self, query: str) -> list[tuple[Any, ...]]:
+        """The rows of ``query`` (plain SQL both databases take; no parameters) on this test's
+        database, outside any store handle (a blob as ``bytes``)."""
+
 
 class SqliteBackend(StoreBackend):
     def _open(self, readonly: bool) -> Store:
@@ -64,6 +70,15 @@ class SqliteBackend(StoreBackend):
             rid, data = con.execute(f"SELECT id, data FROM {table} ORDER BY id LIMIT 1").fetchone()
             con.execute(f"UPDATE {table} SET data = ? WHERE id = ?", (_flipped(data, at), rid))
             con.commit()
+        finally:
+            con.close()
+
+    def fetch(self, query: str) -> list[tuple[Any, ...]]:
+        import sqlite3
+
+        con = sqlite3.connect(self.tmp_path / "store.db")
+        try:
+            return con.execute(query).fetchall()
         finally:
             con.close()
 
@@ -107,6 +122,15 @@ class PostgresBackend(StoreBackend):
             assert row is not None
             u = sql.SQL("UPDATE {} SET data = %s WHERE id = %s").format(name)
             conn.execute(u, (_flipped(bytes(row[1]), at), row[0]))
+
+    def fetch(self, query: str) -> list[tuple[Any, ...]]:
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
+            rows = conn.execute(query).fetchall()
+            return [tuple(bytes(v) if isinstance(v, memoryview) else v for v in r) for r in rows]
 
     def close_all(self) -> None:
         super().close_all()

@@ -380,3 +380,28 @@ def test_a_version_5_writer_cannot_commit_points_after_migration_6(
         assert wrote.points_written == 0
     finally:
         store.close()
+
+
+def test_migration_7_adds_the_quarantine_table(
+    monkeypatch: pytest.MonkeyPatch, pg_dsn: str, pg_schema: str
+) -> None:
+    """A version 6 store (before damaged rows were set aside) needs `store migrate`, which adds
+    ``damaged_chunks`` and leaves what is stored as it was."""
+    with monkeypatch.context() as m:
+        m.setattr(mig, "MIGRATIONS", mig.MIGRATIONS[:6])
+        m.setattr(mig, "LATEST", 6)
+        assert pg.migrate(pg_dsn, pg_schema) == (0, 6)
+        store = pg.PostgresStore(pg_dsn, schema=pg_schema)
+        store.write_batch(WriteBatch(samples=[("t1", Point("cpu", {}, T0, 1.0))], now_ms=T0))
+        store.close()
+    with pytest.raises(StoreSchemaError, match="run `lossproof store migrate`"):
+        pg.PostgresStore(pg_dsn, schema=pg_schema)
+    assert pg.migrate(pg_dsn, pg_schema) == (6, 7)
+    store = pg.PostgresStore(pg_dsn, schema=pg_schema)
+    try:
+        assert [s.points for s in store.query("t1", "cpu", 0, 2 * T0, {})] == [[(T0, 1.0)]]
+    finally:
+        store.close()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(pg_schema)))
+        assert conn.execute("SELECT count(*) FROM damaged_chunks").fetchone() == (0,)

@@ -92,17 +92,13 @@ def _cut_parts_short(db: Path) -> None:
     con.close()
 
 
-@pytest.mark.parametrize(
-    ("damage", "says"),
-    [(lambda db: _damage_root_page(db, "parts"), "malformed"), (_cut_parts_short, "stored data unreadable")],
-)
+@pytest.mark.parametrize(("damage", "says"), [(lambda db: _damage_root_page(db, "parts"), "malformed")])
 def test_a_damaged_store_keeps_the_records_instead_of_dead_lettering_them(
     tmp_path: Path, damage: Callable[[Path], None], says: str
 ) -> None:
-    """A write that fails because the store is damaged (SQLite's "malformed" on a zeroed page, or a
-    part whose columns are cut short, which the write reads to tell stored points apart) is the
-    store's failure, not the records': before, the worker dead-lettered every record of every batch
-    and committed past them, with the ledger saying nothing was missing."""
+    """A write that fails because the store is damaged (SQLite's "malformed" on a zeroed page) is
+    the store's failure, not the records': before, the worker dead-lettered every record of every
+    batch and committed past them, with the ledger saying nothing was missing."""
     log_dir, db = tmp_path / "log", tmp_path / "store.db"
     _append_all(log_dir, [_record("a", 1, 1000), _record("a", 2, 1050)])
     store = SqliteStore(db)
@@ -124,5 +120,38 @@ def test_a_damaged_store_keeps_the_records_instead_of_dead_lettering_them(
     reader = EmbeddedLogReader(log_dir)  # nothing committed past them: read again once repaired
     assert [r.offset for r in reader.poll(100, 1.0).records] == [2, 3]
     reader.close()
+    assert store.dead_letter_count() == 0
+    store.close()
+
+
+def test_a_damaged_part_a_write_reads_is_set_aside_and_counted(tmp_path: Path) -> None:
+    """A part whose columns are cut short, which a write reads to tell stored points apart: set
+    aside into damaged_chunks, and the records stored (before: StoreUnavailable, the batch retried
+    for as long as the part was there, the partition stopped), counted on the worker's /metrics."""
+    log_dir, db = tmp_path / "log", tmp_path / "store.db"
+    _append_all(log_dir, [_record("a", 1, 1000), _record("a", 2, 1050)])
+    store = SqliteStore(db)
+    reader = EmbeddedLogReader(log_dir)
+    Worker(reader, store, CollectorRegistry()).process(reader.poll(100, 1.0))
+    reader.close()
+    store.close()
+    _cut_parts_short(db)
+    # older than the newest point stored: the write reads the stored points of the series
+    _append_all(log_dir, [_record("a", 3, 1010), _record("a", 4, 1011)])
+
+    store = SqliteStore(db)
+    reader = EmbeddedLogReader(log_dir)
+    registry = CollectorRegistry()
+    Worker(reader, store, registry).process(reader.poll(100, 1.0))
+    reader.close()
+    assert registry.get_sample_value("lossproof_store_chunks_quarantined_total", {"by": "write"}) == 1
+    assert registry.get_sample_value("lossproof_store_chunks_quarantined_total", {"by": "compaction"}) == 0
+    ledger = store.ledger("default", "a")
+    assert ledger is not None and ledger.stored == [(1, 4)]
+    # the cut part's points (reports 1 and 2) are in the quarantine table, not answered
+    assert [p[0] for s in store.query("default", "m", 0, 10_000, {}) for p in s.points] == [1010, 1011]
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT source, n FROM damaged_chunks").fetchall() == [("parts", 2)]
+    con.close()
     assert store.dead_letter_count() == 0
     store.close()

@@ -246,3 +246,26 @@ def test_behind_the_compactor_still_takes_a_step_every_so_often() -> None:
     finally:
         stop.set()
         c.join(5)
+
+
+def test_damaged_rows_a_step_set_aside_are_counted_with_the_writes_ones() -> None:
+    """A compaction step's damaged rows set aside come back in its report line and count in the
+    worker's one counter, next to its writes' (both register in the worker's registry)."""
+    from lossproof.worker.compactor import CompactorMetrics, Step, record
+    from lossproof.worker.loop import WorkerMetrics
+
+    registry = CollectorRegistry()
+    WorkerMetrics(registry)
+    m = CompactorMetrics(registry)
+    steps: list[Step] = []
+
+    class Store:
+        def compact(self, now_ms: int) -> CompactResult:
+            return CompactResult(series=3, quarantined=2)
+
+    Compactor(Store, steps.append, 1.0, threading.Event()).once(Store())  # type: ignore[arg-type]
+    assert [s.quarantined for s in steps] == [2]
+    record(m, steps[0])
+    name = "lossproof_store_chunks_quarantined_total"
+    assert registry.get_sample_value(name, {"by": "compaction"}) == 2
+    assert registry.get_sample_value(name, {"by": "write"}) == 0

@@ -111,9 +111,10 @@ def test_a_big_record_spans_transactions_and_commits_only_when_whole(tmp_path: P
     store.close()
 
 
-def test_a_part_the_flush_refuses_does_not_end_the_compactor(tmp_path: Path) -> None:
-    """A damaged part is refused (ChunkError) on every try; the compactor thread logs it and goes on
-    (it used to die of a panic in the native flush, which is a BaseException)."""
+def test_a_part_the_flush_refuses_is_set_aside_by_the_compactor(tmp_path: Path) -> None:
+    """A damaged part is set aside into damaged_chunks by the flush, which goes on (counted by the
+    compactor's steps). It was refused (ChunkError) on every try, for as long as it was there, and no
+    other part was flushed; before that the compactor died of a panic in the native flush."""
     path = tmp_path / "s.db"
     s = SqliteStore(path)
     s.write_batch(WriteBatch(series=[("t", SeriesSamples("m", {}, [1_700_000_000_000], [1.0]))], now_ms=0))
@@ -134,10 +135,16 @@ def test_a_part_the_flush_refuses_does_not_end_the_compactor(tmp_path: Path) -> 
     c.start()
     try:
         deadline = time.monotonic() + 10
-        while (registry.get_sample_value("lossproof_store_compaction_errors_total") or 0) < 2:
-            assert time.monotonic() < deadline, "the flush was not tried twice"
+        name = "lossproof_store_chunks_quarantined_total"
+        while (registry.get_sample_value(name, {"by": "compaction"}) or 0) < 1:
+            assert time.monotonic() < deadline, "the part was not set aside"
             time.sleep(0.05)
         assert c._thread.is_alive()
+        assert (registry.get_sample_value("lossproof_store_compaction_errors_total") or 0) == 0
     finally:
         stop.set()
         c.join(5)
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT source, data FROM damaged_chunks").fetchall() == [("parts", bytes(bad))]
+    assert con.execute("SELECT count(*) FROM parts").fetchone() == (0,)
+    con.close()

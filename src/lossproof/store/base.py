@@ -310,6 +310,9 @@ class WriteResult:
     # points of the batch not written because the store (or the batch, earlier) holds a point of that
     # series at that timestamp: first write wins (a replay's, harmless, or another value, not kept)
     points_skipped: int = 0
+    # damaged chunks or parts the write had to read, moved to the quarantine table in its transaction
+    # (docs/store.md, "A damaged chunk"): their points are no longer stored
+    chunks_quarantined: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +326,7 @@ class CompactResult:
     bytes_out: int = 0
     points: int = 0
     more: bool = False  # work was left over: call again soon
+    quarantined: int = 0  # damaged chunks or parts set aside (see WriteResult.chunks_quarantined)
 
 
 COMPACT_WINDOW_MS = 2 * 3600 * 1000  # a packed chunk holds one series' points of one window

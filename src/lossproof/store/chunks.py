@@ -562,22 +562,23 @@ def widen(reach: dict[int, tuple[int, int]], spans: Iterable[tuple[int, int, int
 
 
 def pack(
-    found: Sequence[tuple[int, int, bytes]], windows: Windows, cap: int = 0
+    found: Sequence[tuple[int, int, int, int, bytes]], windows: Windows, cap: int = 0
 ) -> tuple[list[PackRow], int]:
-    """Merge chunks ``(id, series, data)`` into one packed chunk per series and window (first write
-    wins); returns the rows, those that keep an id first, and the number of points. Each series'
-    lowest ids go to its oldest windows: which write came first is kept. All the series at once:
-    the columns are merged and encoded together (:func:`encode_many`). ``cap``: a series' large
-    window (``windows.large_ms``) of more points is cut at the small windows in it.
+    """Merge chunks ``(id, series, t_min, t_max, data)`` into one packed chunk per series and window
+    (first write wins); returns the rows, those that keep an id first, and the number of points.
+    Each series' lowest ids go to its oldest windows: which write came first is kept. All the series
+    at once: the columns are merged and encoded together (:func:`encode_many`). ``cap``: a series'
+    large window (``windows.large_ms``) of more points is cut at the small windows in it.
 
-    A chunk is not checked against its stored range here (reads check it): one damaged chunk would
-    then fail every step that packs it, and so the packing of every series queued with it, until
-    damaged rows can be set aside (docs/store.md, "A damaged chunk")."""
+    Every chunk is checked against its stored range (:func:`check_stored`), else a ChunkError:
+    packing re-encoded damage into a chunk that looked valid. The stores set the damaged rows aside
+    and pack the others (:func:`lossproof.store.quarantine.pack_checked`)."""
     if not found:
         return [], 0
     ids = np.array([r[0] for r in found], dtype=np.int64)
     # every chunk in one native pass (a decode call per chunk cost more than its points here)
-    ts, vs, offsets = decode_many([r[2] for r in found])
+    ts, vs, offsets = decode_many([r[4] for r in found])
+    check_stored(ts, offsets, [r[2] for r in found], [r[3] for r in found])
     sizes = np.diff(offsets)
     order = np.repeat(ids, sizes)
     sids = np.repeat(np.array([r[1] for r in found], dtype=np.int64), sizes)
@@ -596,7 +597,7 @@ def pack(
     ends = np.append(cut, len(ts)).astype(np.int64)
     datas = encode_many(ts, vs, starts, ends)
     free: dict[int, list[int]] = {}
-    for cid, sid, _ in found:
+    for cid, sid, *_ in found:
         free.setdefault(sid, []).append(cid)
     for left in free.values():
         left.sort(reverse=True)

@@ -19,6 +19,7 @@ from lossproof.native_ext import _native
 from lossproof.points import PointsBlock
 from lossproof.store import chunks
 from lossproof.store.base import COMPACT_WINDOW_MS, PointLike, SeriesBlock, SeriesSamples, StoreUnavailable
+from lossproof.store.quarantine import SetAside
 
 SeriesKey = tuple[Any, ...]  # (tenant, metric, *labels.items()) in the order the sender gave them
 # resolve(key, tenant, metric, labels) -> series id: the store's cache, then its series table
@@ -187,13 +188,14 @@ def reads_stored(read: Callable[_P, _T]) -> Callable[_P, _T]:
     either store: a failure there is the store's (a damaged part or chunk), never the batch's,
     whatever its type (a part cut short raised ValueError, which the worker took for the batch's
     fault and dead-lettered acknowledged records on). It becomes :class:`StoreUnavailable`: the
-    batch is kept."""
+    batch is kept. (:class:`~lossproof.store.quarantine.SetAside` goes through: damaged rows were
+    set aside, the write reads again.)"""
 
     @functools.wraps(read)
     def reading(*args: _P.args, **kwargs: _P.kwargs) -> _T:
         try:
             return read(*args, **kwargs)
-        except StoreUnavailable:
+        except (StoreUnavailable, SetAside):
             raise
         except Exception as e:
             raise StoreUnavailable(f"stored data unreadable: {type(e).__name__}: {e}") from e

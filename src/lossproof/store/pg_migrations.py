@@ -223,6 +223,24 @@ INSERT INTO meta VALUES ('parts_removed', '0');
 ALTER TABLE compact_log RENAME TO compact_batches;
 """
 
+# Damaged chunks and parts set aside by a writer or compaction (store/quarantine.py), byte for byte
+# with their key columns and the reason; the embedded store's table of the same name and columns.
+V7 = """
+CREATE TABLE damaged_chunks (
+    id             bigint  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    source         text    NOT NULL CHECK (source IN ('chunks', 'parts')),
+    source_id      bigint  NOT NULL,  -- its id in that table
+    series_id      bigint,            -- a chunk's series; NULL for a part (many series)
+    t_min          bigint  NOT NULL,
+    t_max          bigint  NOT NULL,
+    n              integer NOT NULL,
+    at_ms          bigint,            -- a part's batch time; NULL for a chunk
+    data           bytea   NOT NULL,
+    reason         text    NOT NULL,
+    quarantined_ms bigint  NOT NULL
+);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", V1),
     Migration(2, "metric metadata", V2),
@@ -230,6 +248,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "columnar chunks", V4),
     Migration(5, "report times", V5),
     Migration(6, "parts: one row per batch", V6),
+    Migration(7, "damaged_chunks: damaged rows set aside", V7),
 )
 LATEST = MIGRATIONS[-1].version
 

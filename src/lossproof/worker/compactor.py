@@ -42,6 +42,7 @@ from lossproof.children import die_with_parent
 from lossproof.obs.logging import get
 from lossproof.store.base import StoreUnavailable, StoreWriter
 from lossproof.worker.memory import release_memory
+from lossproof.worker.quarantine_metric import quarantined_counter
 
 if TYPE_CHECKING:
     from lossproof.config import Config
@@ -78,6 +79,7 @@ class CompactorMetrics:
         self.errors = Counter(
             "lossproof_store_compaction_errors", "Compaction calls that failed.", registry=registry
         )
+        self.quarantined = quarantined_counter(registry)
 
 
 _NICE = 10
@@ -102,6 +104,7 @@ class Step(msgspec.Struct, frozen=True):
     bytes_in: int = 0
     bytes_out: int = 0
     points: int = 0
+    quarantined: int = 0  # damaged chunks or parts set aside
 
 
 def record(m: CompactorMetrics, step: Step) -> None:
@@ -114,6 +117,8 @@ def record(m: CompactorMetrics, step: Step) -> None:
         m.bytes.labels("in").inc(step.bytes_in)
         m.bytes.labels("out").inc(step.bytes_out)
         m.points.inc(step.points)
+    if step.quarantined:
+        m.quarantined.labels("compaction").inc(step.quarantined)
 
 
 class Compactor:
@@ -195,6 +200,7 @@ class Compactor:
                 bytes_in=res.bytes_in,
                 bytes_out=res.bytes_out,
                 points=res.points,
+                quarantined=res.quarantined,
             )
         )
         return res.more

@@ -27,6 +27,7 @@ from lossproof.obs.logging import get
 from lossproof.protocol.decode import merge, record_parts
 from lossproof.store.base import DeadLetter, Store, StoreUnavailable, WriteBatch, WriteResult
 from lossproof.worker.memory import release_memory
+from lossproof.worker.quarantine_metric import quarantined_counter
 
 log = get(__name__)
 
@@ -53,6 +54,9 @@ class WorkerMetrics:
             " at that timestamp (first write wins): a replay's, harmless, or a different value, not kept.",
             registry=registry,
         )
+        # one counter for the worker's writes and its compactor's steps (CompactorProcess records
+        # into it): an operator alerts on any increase
+        self.quarantined = quarantined_counter(registry)
         self.reports = Counter(
             "lossproof_worker_reports_total",
             "Reports by outcome (stored; duplicate = already stored with the same content, skipped"
@@ -272,6 +276,7 @@ class Worker:
             batch.dead_letters, result = self._isolate(records, batch.gaps, batch.now_ms)
         self.metrics.points.inc(result.points_written)
         self.metrics.points_skipped.inc(result.points_skipped)
+        self.metrics.quarantined.labels("write").inc(result.chunks_quarantined)
         self.metrics.reports.labels("stored").inc(result.reports_stored)
         self.metrics.reports.labels("duplicate").inc(result.reports_duplicate)
         if result.reports_conflict:
@@ -295,7 +300,7 @@ class Worker:
         """Write the records one by one (a big one a part per transaction, as it was decoded);
         returns every dead letter written and the totals. A record the store refuses is dead-lettered
         whole, though parts of it stored before stay (idempotent samples or whole reports)."""
-        points = stored = duplicate = conflict = skipped = 0
+        points = stored = duplicate = conflict = skipped = quarantined = 0
         rejected = WriteBatch(gaps=list(gaps), now_ms=now_ms)
         dead: list[DeadLetter] = []
         for record in records:
@@ -324,8 +329,10 @@ class Worker:
                 duplicate += r.reports_duplicate
                 conflict += r.reports_conflict
                 skipped += r.points_skipped
+                quarantined += r.chunks_quarantined
         self.store.write_batch(rejected)
-        return dead + rejected.dead_letters, WriteResult(points, stored, duplicate, conflict, skipped)
+        result = WriteResult(points, stored, duplicate, conflict, skipped, quarantined)
+        return dead + rejected.dead_letters, result
 
     def _update_lag(self) -> None:
         now = time.monotonic()

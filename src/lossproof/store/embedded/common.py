@@ -34,6 +34,29 @@ CREATE TABLE IF NOT EXISTS metadata (
     PRIMARY KEY (tenant, metric)
 ) STRICT, WITHOUT ROWID
 """
+# Damaged chunks and parts set aside by a writer or compaction (store/quarantine.py), byte for byte
+# with their key columns. Created by the writer in a store written before it existed (same schema
+# version, as ``metadata``: an added table, which an older lossproof leaves alone; a read-only handle
+# never needs it). Rows stay until an operator removes them.
+QUARANTINE_TABLE = """
+CREATE TABLE IF NOT EXISTS damaged_chunks (
+    id             INTEGER PRIMARY KEY,
+    source         TEXT NOT NULL CHECK (source IN ('chunks', 'parts')),
+    source_id      INTEGER NOT NULL,  -- its id in that table
+    series_id      INTEGER,           -- a chunk's series; NULL for a part (many series)
+    t_min          INTEGER NOT NULL,
+    t_max          INTEGER NOT NULL,
+    n              INTEGER NOT NULL,
+    at_ms          INTEGER,           -- a part's batch time; NULL for a chunk
+    data           BLOB NOT NULL,
+    reason         TEXT NOT NULL,
+    quarantined_ms INTEGER NOT NULL
+) STRICT
+"""
+_QUARANTINE_FROM = {
+    "chunks": "'chunks', id, series_id, t_min, t_max, n, NULL, data, ?, ? FROM chunks WHERE id = ?",
+    "parts": "'parts', id, NULL, t_min, t_max, n, at_ms, data, ?, ? FROM parts WHERE id = ?",
+}
 # An unchanged row is not rewritten (senders repeat their metadata every minute or so).
 _UPSERT_METADATA = (
     "INSERT INTO metadata VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant, metric) DO UPDATE"

@@ -10,7 +10,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from lossproof.store import chunks
+from lossproof.store import chunks, quarantine
 from lossproof.store.base import (
     COMPACT_MIN_CHUNKS,
     COMPACT_WINDOW_MS,
@@ -59,6 +59,7 @@ class _Flush(NamedTuple):
     out: int  # bytes written
     points: int
     gen: int  # meta.compact_gen when read
+    damaged: list[quarantine.Damaged]  # parts taken that are set aside, not flushed
 
 
 class _Pack(NamedTuple):
@@ -68,6 +69,7 @@ class _Pack(NamedTuple):
     points: int
     gen: int  # meta.compact_gen when read
     merge: tuple[tuple[str, int], ...] = ()  # a merge step's: meta to set (see _merge_read)
+    damaged: tuple[quarantine.Damaged, ...] = ()  # chunks read that are set aside, not packed
 
 
 class SqliteCompaction(SqliteCore):
@@ -76,7 +78,7 @@ class SqliteCompaction(SqliteCore):
     if TYPE_CHECKING:  # the write path's (SqliteWriter)
 
         def _write(
-            self, pending: dict[_SeriesKey, int], crash_at: str
+            self, pending: dict[_SeriesKey, int], crash_at: str, by: str = "write"
         ) -> contextlib.AbstractContextManager[None]: ...
 
     # --- compaction ----------------------------------------------------------------------------
@@ -103,7 +105,7 @@ class SqliteCompaction(SqliteCore):
                 self._rollback()
         if job is None:
             return self._reclaim()
-        with self._write({}, "store.compact_before_commit"):
+        with self._write({}, "store.compact_before_commit", by="compaction"):
             return self._compact_write(job, now_ms)
 
     def _flush_parts(self, now_ms: int) -> _Flush | None:
@@ -127,11 +129,22 @@ class SqliteCompaction(SqliteCore):
                 break
             take.append(pid)
             n += count
-        datas = [con.execute("SELECT data FROM parts WHERE id = ?", (pid,)).fetchone()[0] for pid in take]
+        got = [
+            (pid, *con.execute("SELECT t_min, t_max, n, data FROM parts WHERE id = ?", (pid,)).fetchone())
+            for pid in take
+        ]
+        # every part checked whole first: a damaged one is set aside (one would fail every flush, or
+        # be flushed into chunks that read as damaged); the others are flushed
+        damaged = quarantine.damaged_parts(got)
+        gone = {d.id for d in damaged}
+        datas = [data for pid, _, _, _, data in got if pid not in gone]
         first = self._next_chunk_id()
-        rows, points, out = chunks.flush_parts(datas, first, _PACK_AT_FLUSH, _PACKED, self._windows_empty)
+        rows: list[chunks.ChunkRow] = []
+        points = out = 0
+        if datas:
+            rows, points, out = chunks.flush_parts(datas, first, _PACK_AT_FLUSH, _PACKED, self._windows_empty)
         size = sum(len(d) for d in datas)
-        return _Flush(take, rows, first, size, out, points, int(self._meta("compact_gen") or 0))
+        return _Flush(take, rows, first, size, out, points, int(self._meta("compact_gen") or 0), damaged)
 
     def _windows_empty(self, sids: chunks.I64, lo: chunks.I64, hi: chunks.I64) -> npt.NDArray[np.bool_]:
         """For each (series, lo, hi): whether none of the series' chunks holds a point in it (one
@@ -152,17 +165,18 @@ class SqliteCompaction(SqliteCore):
 
     def _pack_reach(
         self, reach: dict[int, tuple[int, int]], windows: chunks.Windows, cap: int = 0
-    ) -> tuple[list[tuple[int, int, bytes]], list[chunks.PackRow], int]:
+    ) -> tuple[list[tuple[int, int, int, int, bytes]], list[chunks.PackRow], int, list[quarantine.Damaged]]:
         """Every chunk of the windows ``reach`` (series: first, last window), read and packed
-        one per series and window: (chunks read, rows, points)."""
+        one per series and window: (chunks packed, rows, points, chunks read that are damaged: set
+        aside by the step, not packed)."""
         while True:  # see chunks.widen
             items = [(sid, windows.start(lo), windows.end(hi)) for sid, (lo, hi) in reach.items()]
             read = self._con.execute(_PACK_READ, (msgspec.json.encode(items),)).fetchall() if items else []
             if not chunks.widen(reach, ((sid, a, b) for _, sid, a, b, _ in read), windows):
                 break
-        found = [(cid, sid, data) for cid, sid, _, _, data in read]
-        out, points = chunks.pack(found, windows, cap)
-        return found, out, points
+        out, points, damaged = quarantine.pack_checked(read, windows, cap)
+        gone = {d.id for d in damaged}
+        return [r for r in read if r[0] not in gone], out, points, damaged
 
     def _compact_read(self, now_ms: int, max_series: int) -> _Flush | _Pack | None:
         """The next step's work, computed in a read transaction (see :meth:`compact`)."""
@@ -181,9 +195,10 @@ class SqliteCompaction(SqliteCore):
             k += 1
         take = queue[:k]
         del queue[:k]
-        found, out, points = self._pack_reach({sid: (lo, hi) for sid, lo, hi, _ in take}, _PACKED)
+        found, out, points, damaged = self._pack_reach({sid: (lo, hi) for sid, lo, hi, _ in take}, _PACKED)
         gen = int(self._meta("compact_gen") or 0)
-        return _Pack(take, [(cid, len(data)) for cid, _, data in found], out, points, gen)
+        sizes = [(cid, len(data)) for cid, _, _, _, data in found]
+        return _Pack(take, sizes, out, points, gen, damaged=tuple(damaged))
 
     def _merge_read(self, now_ms: int, max_series: int) -> _Pack | None:
         """The next step of merging windows (see ``_MERGE_WINDOW_MS``), once every flush is packed;
@@ -261,9 +276,10 @@ class SqliteCompaction(SqliteCore):
                 break
             reach[sid] = (lo, hi)
             points += more
-        found, out, points = self._pack_reach(reach, windows, _MERGE_MAX_POINTS)
+        found, out, points, damaged = self._pack_reach(reach, windows, _MERGE_MAX_POINTS)
         merge = (("merge_sid", done),)
-        return _Pack([], [(cid, len(data)) for cid, _, data in found], out, points, gen, merge)
+        sizes = [(cid, len(data)) for cid, _, _, _, data in found]
+        return _Pack([], sizes, out, points, gen, merge, tuple(damaged))
 
     def _merge_start(self, lo: int, hi: int) -> int:
         """The first window from ``lo`` on (below ``hi``) that holds a chunk, else ``hi``: a pass
@@ -295,13 +311,14 @@ class SqliteCompaction(SqliteCore):
                 self._pack_queue[:0] = job.take
             return CompactResult(more=True)
         self._meta_set(compact_gen=gen + 1)
+        aside = self._set_aside(job.damaged)
         if isinstance(job, _Flush):
             # The rows were numbered in the read transaction; only a chunk inserted since (not by a
             # compaction: gen is unchanged; an upgrade's) makes them renumbered.
             base = self._next_chunk_id()
             rows = job.rows if base == job.first_id else [(base + i, *r[1:]) for i, r in enumerate(job.rows)]
             con.executemany(_INSERT_CHUNK_AT, rows)
-            self._meta_set(chunk_id_top=base + len(rows) - 1)
+            self._meta_set(chunk_id_top=max(base - 1, base + len(rows) - 1))
             self._late([r[2] for r in rows])
             con.execute("DELETE FROM parts WHERE id <= ?", (job.take[-1],))
             flushes = int(self._meta("unpacked_flushes") or 0)
@@ -310,7 +327,7 @@ class SqliteCompaction(SqliteCore):
                 self._meta_set(unpacked_since_ms=now_ms)
             # more: the parts left, and the chunks just made may fill a window to pack
             return CompactResult(
-                len(job.rows), len(job.take), len(job.rows), job.size, job.out, job.points, more=True
+                len(job.rows), len(job.take), len(job.rows), job.size, job.out, job.points, True, aside
             )
         if job.found:
             con.executemany("DELETE FROM chunks WHERE id = ?", [(cid,) for cid, _ in job.found])
@@ -318,7 +335,7 @@ class SqliteCompaction(SqliteCore):
         if job.merge:
             self._meta_set(**dict(job.merge))
             self._wal_small = False  # (what it wrote: the WAL is truncated again once all is done)
-            return self._packed(job, more=True)
+            return self._packed(job, True, aside)
         self._late([r.t_min for r in job.rows])
         more = bool(self._pack_queue)
         if not more:
@@ -330,10 +347,10 @@ class SqliteCompaction(SqliteCore):
                 self._meta_set(unpacked_flushes=0, unpacked_since_ms=0)
             # more: the rest of the scan, or (all packed) giving free space back, ``_reclaim``
             more = True
-        return self._packed(job, more)
+        return self._packed(job, more, aside)
 
     @staticmethod
-    def _packed(job: _Pack, more: bool) -> CompactResult:
+    def _packed(job: _Pack, more: bool, aside: int) -> CompactResult:
         return CompactResult(
             len(job.take),
             len(job.found),
@@ -342,6 +359,7 @@ class SqliteCompaction(SqliteCore):
             sum(len(r.data) for r in job.rows),
             job.points,
             more,
+            aside,
         )
 
     def _pack_due(self, now_ms: int) -> bool:

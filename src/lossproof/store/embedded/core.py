@@ -14,7 +14,7 @@ import numpy as np
 from lossproof import heartbeat
 from lossproof.durable import make_dirs
 from lossproof.native_ext import _native
-from lossproof.store import chunks, series_index
+from lossproof.store import chunks, quarantine, series_index
 from lossproof.store.base import (
     SeqRange,
     SeriesCache,
@@ -27,6 +27,7 @@ from lossproof.store.embedded.checkpoint import LIMIT_FRAMES, Checkpointer
 from lossproof.store.embedded.common import (
     _AGENT_COLUMNS,
     _INSERT_CHUNK,
+    _QUARANTINE_FROM,
     _STORED_MAX,
     _V1_AGENT_COLUMNS,
     _V2_SHIFT_DEFAULT,
@@ -34,6 +35,7 @@ from lossproof.store.embedded.common import (
     APPLICATION_ID,
     CHUNKS_TABLE,
     METADATA_TABLE,
+    QUARANTINE_TABLE,
     READABLE_FROM,
     SCHEMA,
     SCHEMA_VERSION,
@@ -82,6 +84,10 @@ class SqliteCore(Store):
         # this transaction's points written (series, t, part id), until COMMIT
         self._newest_new: list[tuple[chunks.I64, chunks.I64, int]] = []
         self._txn_bytes = 0  # what this transaction wrote to the WAL, about (checkpoint.py)
+        # damaged rows this transaction set aside (logged once it commits), and the quarantine
+        # table's newest id when the stored-times cache was last checked (see write.py)
+        self._aside: list[quarantine.Damaged] = []
+        self._aside_top = -1
         # Parsed part directories by part id (parts never change; a deleted one is forgotten).
         self._dirs: dict[int, tuple[chunks.PartLayout, chunks.I64, chunks.I64, chunks.I64]] = {}
         # Compaction's packing work, (series, first window, last window), done a slice per call;
@@ -189,6 +195,7 @@ class SqliteCore(Store):
                 if version == 1:
                     self._upgrade_v1()
             con.execute(METADATA_TABLE)
+            con.execute(QUARANTINE_TABLE)
             con.execute("COMMIT")
         except BaseException:
             self._rollback()
@@ -390,6 +397,30 @@ class SqliteCore(Store):
             self._con.close()
 
     # --- helpers of the write and the read path ----------------------------------------------------
+
+    def _set_aside(self, damaged: Sequence[quarantine.Damaged]) -> int:
+        """Move the damaged rows into the quarantine table (store/quarantine.py), in the write
+        transaction; how many were moved. What this writer knows it stored is forgotten (its points
+        in them are no longer stored: a replay must store them again), and ``compact_gen`` counted
+        up, so that a compaction step computed from them meanwhile is made again."""
+        now = time.time_ns() // 1_000_000
+        moved = 0
+        for d in damaged:
+            cur = self._con.execute(
+                f"INSERT INTO {quarantine.TABLE} ({quarantine.COLUMNS}) SELECT {_QUARANTINE_FROM[d.table]}",
+                (d.reason, now, d.id),
+            )
+            if cur.rowcount:
+                self._con.execute(f"DELETE FROM {d.table} WHERE id = ?", (d.id,))
+                self._aside.append(d)
+                moved += 1
+            if d.table == "parts":
+                self._dirs.pop(d.id, None)
+        if moved:
+            self._stored.clear()
+            gen = int(self._meta("compact_gen") or 0)
+            self._con.execute("INSERT OR REPLACE INTO meta VALUES ('compact_gen', ?)", (str(gen + 1),))
+        return moved
 
     def _ledger_rows(self, key: _AgentKey) -> list[_LedgerRow]:
         return self._con.execute(

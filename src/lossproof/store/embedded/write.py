@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 
 from lossproof.faults import crash_point
-from lossproof.store import chunks
+from lossproof.store import chunks, quarantine
 from lossproof.store import ledger as lg
 from lossproof.store.base import (
     StoreError,
@@ -33,6 +34,7 @@ from lossproof.store.embedded.common import (
     _NEWEST,
     _NEWEST_MAX,
     _NONE,
+    _SELECT_CHUNKS_OF,
     _SUMMARY,
     _UPSERT_METADATA,
     _AgentKey,
@@ -81,15 +83,17 @@ class SqliteWriter(SqliteCore):
             raise StoreUnavailable(f"sqlite {self.path}: {type(e).__name__}: {e}") from e
 
     @contextlib.contextmanager
-    def _write(self, pending: dict[_SeriesKey, int], crash_at: str) -> Iterator[None]:
+    def _write(self, pending: dict[_SeriesKey, int], crash_at: str, by: str = "write") -> Iterator[None]:
         """One write transaction (BEGIN IMMEDIATE ... COMMIT, rolled back on any error; SQLite's
         and the OS's errors become :class:`StoreUnavailable`), under the lock. After COMMIT, and
         only then, the series ids in ``pending`` and the newest t of what was written are cached:
-        a rolled-back id could be handed out again."""
+        a rolled-back id could be handed out again; and the damaged rows it set aside are logged
+        (``by``: what set them aside)."""
         if self.readonly:
             raise StoreError("store opened readonly")
         with self._lock:
             self._newest_new.clear()
+            self._aside = []
             self._txn_bytes = _COMMIT_BYTES
             try:
                 if self._checkpointer is not None:
@@ -107,6 +111,7 @@ class SqliteWriter(SqliteCore):
                 raise
             self._series.add_committed(pending)
             self._committed_newest()
+            quarantine.logged(self._aside, "sqlite", by)
             if self._checkpointer is not None:
                 self._checkpointer.wrote(self._txn_bytes)
 
@@ -136,16 +141,22 @@ class SqliteWriter(SqliteCore):
         since it last wrote (or the table knows too many series). Another connection's commit
         changes ``PRAGMA data_version``; of those, only one that inserted a part stored points (a
         compaction moves points from parts into chunks, keeping the same (series, t) stored, and
-        the parts' ids are never reused): the parts' AUTOINCREMENT sequence tells."""
+        the parts' ids are never reused): the parts' AUTOINCREMENT sequence tells. A connection that
+        set damaged rows aside (quarantine.py: the quarantine table's newest id tells) unstored
+        points, which a replay must then store again."""
         con = self._con
         seen = con.execute("PRAGMA data_version").fetchone()[0]
         if seen != self._newest_seen:
             self._newest_seen = seen
-            row = con.execute("SELECT seq FROM sqlite_sequence WHERE name = 'parts'").fetchone()
-            top = int(row[0]) if row else 0
-            if top != self._parts_seq:
+            row = con.execute(
+                "SELECT (SELECT seq FROM sqlite_sequence WHERE name = 'parts'),"
+                f" (SELECT max(id) FROM {quarantine.TABLE})"
+            ).fetchone()
+            top, aside = int(row[0] or 0), int(row[1] or 0)
+            if top != self._parts_seq or aside != self._aside_top:
                 self._stored.clear()  # another connection stored points: what it stored is unknown here
                 self._parts_seq = top
+                self._aside_top = aside
         if self._stored.series() > _NEWEST_MAX:
             self._stored.clear()
 
@@ -181,6 +192,7 @@ class SqliteWriter(SqliteCore):
             cols.add_series(tenant, (x for _, x in runs), self._series, resolve)
         offered = len(cols)
         written = self._write_points(cols, now)
+        quarantined = len(self._aside)
 
         if batch.dead_letters:
             con.executemany(
@@ -198,7 +210,9 @@ class SqliteWriter(SqliteCore):
                 _UPSERT_METADATA,
                 [(m.tenant, m.metric, m.type, m.help, m.unit) for m in latest_metadata(batch.metadata)],
             )
-        return WriteResult(written, plan.stored, plan.duplicates, plan.conflicted, offered - written)
+        return WriteResult(
+            written, plan.stored, plan.duplicates, plan.conflicted, offered - written, quarantined
+        )
 
     def _conflict_digests(self, key: tuple[str, str, str, int]) -> list[bytes]:
         sql = "SELECT digest FROM conflicts WHERE tenant = ? AND agent = ? AND incarnation = ? AND seq = ?"
@@ -293,14 +307,15 @@ class SqliteWriter(SqliteCore):
         if not len(cols):
             return 0
         sids, ts, vs = cols.sorted()
-        starts, _ = chunks.series_bounds(sids)
-        self._learn(sids[starts])
-        verdict = np.frombuffer(self._stored.check(sids.tobytes(), ts.tobytes()), dtype=np.uint8)
-        if verdict.any():
-            keep = verdict == 0
-            unknown = np.flatnonzero(verdict == 2)
-            if len(unknown):
-                keep[unknown] = not_stored(sids[unknown], ts[unknown], self._stored_ts)
+        for _ in range(quarantine.ATTEMPTS):
+            try:
+                keep = self._not_stored(sids, ts)
+                break
+            except quarantine.SetAside:
+                continue  # damaged rows moved aside: what is stored is asked again, without them
+        else:
+            raise StoreUnavailable(f"sqlite {self.path}: damaged rows keep turning up")
+        if keep is not None:
             if not keep.any():
                 return 0
             sids, ts, vs = sids[keep], ts[keep], vs[keep]
@@ -314,6 +329,37 @@ class SqliteWriter(SqliteCore):
         self._newest_new.append((sids, ts, int(cur.lastrowid or 0)))
         return len(ts)
 
+    def _not_stored(self, sids: chunks.I64, ts: chunks.I64) -> npt.NDArray[np.bool_] | None:
+        """Which of the points (sorted by series, then t) are not stored yet (None: all of them).
+        Raises :class:`quarantine.SetAside` when it had to set damaged rows aside."""
+        starts, _ = chunks.series_bounds(sids)
+        self._learn(sids[starts])
+        verdict = np.frombuffer(self._stored.check(sids.tobytes(), ts.tobytes()), dtype=np.uint8)
+        if not verdict.any():
+            return None
+        keep: npt.NDArray[np.bool_] = verdict == 0
+        unknown = np.flatnonzero(verdict == 2)
+        if len(unknown):
+            keep[unknown] = not_stored(sids[unknown], ts[unknown], self._stored_ts)
+        return keep
+
+    def _set_aside_in(self, sids: Sequence[int], lo: int, hi: int) -> None:
+        """After a read of what is stored failed: set aside the damaged chunks of the series
+        ``sids`` and the damaged parts that overlap [lo, hi], each decoded alone
+        (:mod:`~lossproof.store.quarantine`), and raise :class:`quarantine.SetAside` when there
+        were some; else return (the failure was not the data's: the caller raises it)."""
+        con = self._con
+        damaged = []
+        if sids:
+            rows = con.execute(_SELECT_CHUNKS_OF, (msgspec.json.encode(list(sids)), lo, hi)).fetchall()
+            damaged += quarantine.damaged_chunks([(cid, a, b, data) for _, cid, a, b, data in rows])
+        parts = con.execute(
+            "SELECT id, t_min, t_max, n, data FROM parts WHERE t_max >= ? AND t_min <= ?", (lo, hi)
+        ).fetchall()
+        damaged += quarantine.damaged_parts(parts)
+        if self._set_aside(damaged):
+            raise quarantine.SetAside()
+
     @reads_stored
     def _learn(self, sids: chunks.I64) -> None:
         """Make the series of ``sids`` known to ``self._stored``, with the newest t stored of each
@@ -324,7 +370,12 @@ class SqliteWriter(SqliteCore):
             return
         rows = self._con.execute(_NEWEST, (msgspec.json.encode(missing.tolist()),))
         top = np.array([_NONE if t is None else t for _, t in rows], dtype=np.int64)
-        for _, _, (psids, ptmax, _) in self._parts_dirs(-(1 << 63), (1 << 63) - 1):
+        try:
+            dirs = self._parts_dirs(-(1 << 63), (1 << 63) - 1)
+        except ValueError:  # a damaged part's directory (ChunkError, or numpy's on one cut short)
+            self._set_aside_in((), -(1 << 63), (1 << 63) - 1)
+            raise
+        for _, _, (psids, ptmax, _) in dirs:
             if len(psids):
                 idx = np.minimum(np.searchsorted(psids, missing), len(psids) - 1)
                 hit = psids[idx] == missing
@@ -334,7 +385,11 @@ class SqliteWriter(SqliteCore):
     @reads_stored
     def _stored_ts(self, sids: list[int], lo: int, hi: int) -> list[chunks.I64]:
         """The stored timestamps in [lo, hi] of each series (``columns.not_stored``)."""
-        return [ts for ts, _ in self._series_points([(sid, "", ()) for sid in sids], lo, hi)]
+        try:
+            return [ts for ts, _ in self._series_points([(sid, "", ()) for sid in sids], lo, hi)]
+        except ValueError:  # a damaged chunk or part (ChunkError), or numpy's on one cut short
+            self._set_aside_in(sids, lo, hi)
+            raise
 
     def _series_id(
         self,

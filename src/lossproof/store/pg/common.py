@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import re
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import msgspec
@@ -14,6 +16,7 @@ from psycopg.conninfo import conninfo_to_dict
 from lossproof.obs.logging import get
 from lossproof.store import ledger as lg
 from lossproof.store import pg_migrations as mig
+from lossproof.store import quarantine
 from lossproof.store.base import (
     StoreError,
     StoreUnavailable,
@@ -85,6 +88,44 @@ _CHUNKS_IN = (
     "SELECT c.series_id, c.id, c.t_min, c.t_max, c.data FROM unnest(%b, %b, %b) AS q(s, a, b)"
     " JOIN chunks c ON c.series_id = q.s AND c.t_max >= q.a AND c.t_min <= q.b"
 )
+# Damaged rows moved into the quarantine table (store/quarantine.py) in one statement each table,
+# answering the ids moved. A chunk only if it is still the row read (packing reuses chunk ids: its
+# data tells); a part's id is never reused.
+_SET_ASIDE_CHUNKS = (
+    "WITH gone AS (DELETE FROM chunks c USING unnest(%s::bigint[], %s::text[], %s::bytea[])"
+    " AS d(id, reason, data) WHERE c.id = d.id AND c.data = d.data"
+    " RETURNING c.id, c.series_id, c.t_min, c.t_max, c.n, c.data, d.reason)"
+    f" INSERT INTO {quarantine.TABLE} ({quarantine.COLUMNS})"
+    " SELECT 'chunks', id, series_id, t_min, t_max, n, NULL, data, reason, %s FROM gone RETURNING source_id"
+)
+_SET_ASIDE_PARTS = (
+    "WITH gone AS (DELETE FROM parts p USING unnest(%s::bigint[], %s::text[]) AS d(id, reason)"
+    " WHERE p.id = d.id RETURNING p.id, p.t_min, p.t_max, p.n, p.at_ms, p.data, d.reason)"
+    f" INSERT INTO {quarantine.TABLE} ({quarantine.COLUMNS})"
+    " SELECT 'parts', id, NULL, t_min, t_max, n, at_ms, data, reason, %s FROM gone RETURNING source_id"
+)
+
+
+def set_aside(
+    conn: _Conn, damaged: Sequence[quarantine.Damaged], data: Mapping[int, bytes]
+) -> list[quarantine.Damaged]:
+    """Move the damaged rows (a chunk's bytes as read: ``data`` by id) into the quarantine table,
+    in the caller's transaction; those moved (a row another transaction moved or packed meanwhile
+    is left to it)."""
+    now = time.time_ns() // 1_000_000
+    moved: set[tuple[str, int]] = set()
+    for table in ("chunks", "parts"):
+        mine = [d for d in damaged if d.table == table]
+        if not mine:
+            continue
+        args: list[Any] = [[d.id for d in mine], [d.reason for d in mine]]
+        if table == "chunks":
+            args.append([data[d.id] for d in mine])
+        rows = conn.execute(_SET_ASIDE_CHUNKS if table == "chunks" else _SET_ASIDE_PARTS, (*args, now))
+        moved.update((table, int(r[0])) for r in rows.fetchall())
+    return [d for d in damaged if (d.table, d.id) in moved]
+
+
 # The last write wins; an unchanged row is not rewritten (senders repeat their metadata every minute).
 _UPSERT_METADATA = (
     "INSERT INTO metadata VALUES (%s, %s, %s, %s, %s) ON CONFLICT (tenant, metric) DO UPDATE"

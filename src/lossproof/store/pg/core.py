@@ -15,7 +15,7 @@ from psycopg import sql
 
 from lossproof.config import PG_WRITE_LOCK_TIMEOUT_S
 from lossproof.store import pg_migrations as mig
-from lossproof.store import series_index
+from lossproof.store import quarantine, series_index
 from lossproof.store.base import (
     SeriesCache,
     Store,
@@ -66,6 +66,7 @@ class PgCore(Store):
         self._lock = threading.Lock()  # one write at a time
         self._tops = parts.StoredTops()  # the write path's, under _lock
         self._part_dirs = parts.PartDirectories()
+        self._aside: list[quarantine.Damaged] = []  # damaged rows the write transaction set aside
         self._next_maintenance = 0.0
 
         conn = open_connection(dsn, connect_timeout)

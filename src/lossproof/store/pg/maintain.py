@@ -9,7 +9,7 @@ import numpy as np
 from psycopg import sql
 
 from lossproof.faults import crash_point
-from lossproof.store import chunks
+from lossproof.store import chunks, quarantine
 from lossproof.store import pg_migrations as mig
 from lossproof.store.base import (
     COMPACT_MIN_CHUNKS,
@@ -35,6 +35,7 @@ from lossproof.store.pg.common import (
     Retention,
     _Conn,
     log,
+    set_aside,
 )
 from lossproof.store.pg.core import PgCore
 from lossproof.store.pg.parts import PARTS_REMOVED
@@ -70,39 +71,47 @@ class PgMaintenance(PgCore):
         holds its packed chunk and the raw chunks of at most a round's batches)."""
         if self.readonly:
             raise StoreError("store opened readonly")
+        aside: list[quarantine.Damaged] = []  # damaged rows the step set aside
         with self._conn() as conn, conn.transaction():
             locked = conn.execute(
                 "SELECT pg_try_advisory_xact_lock(%s, %s)", (mig.LOCK_CLASS, mig.LOCK_COMPACT)
             ).fetchone()
             if not locked or not locked[0]:
                 return CompactResult(more=bool(self._pack_queue))
-            parts_left = False
-            if not self._pack_queue:
-                turned, parts_left = self._unpart(conn, now_ms)
-                # parts turned were due, so are their chunks (one compact_batches row for many batches)
-                if not self._queue_round(conn, now_ms, due=turned):
-                    return CompactResult(more=parts_left)
-            take = self._pack_queue[:max_series]
-            del self._pack_queue[:max_series]
-            res = [0, 0, 0, 0, 0]  # chunks in, chunks out, bytes in, bytes out, points
-            self._pack(conn, take, res)
-            more = bool(self._pack_queue)
-            if not more:
-                conn.execute(
-                    "DELETE FROM compact_batches WHERE first_id = ANY(%b)", (Int8Array(self._pack_log),)
-                )
-                self._pack_log = []
-                more = True  # more batches may be due: the next call looks
+            done = self._compact_step(conn, now_ms, max_series, aside)
             crash_point("store.compact_before_commit")
-        return CompactResult(len(take), res[0], res[1], res[2], res[3], res[4], more)
+        quarantine.logged(aside, "postgres", "compaction")
+        return done
 
-    def _unpart(self, conn: _Conn, now_ms: int) -> tuple[bool, bool]:
+    def _compact_step(
+        self, conn: _Conn, now_ms: int, max_series: int, aside: list[quarantine.Damaged]
+    ) -> CompactResult:
+        """:meth:`compact`'s work, in its transaction (the damaged rows it sets aside added to
+        ``aside``)."""
+        if not self._pack_queue:
+            turned, parts_left = self._unpart(conn, now_ms, aside)
+            # parts turned were due, so are their chunks (one compact_batches row for many batches)
+            if not self._queue_round(conn, now_ms, due=turned):
+                return CompactResult(more=parts_left, quarantined=len(aside))
+        take = self._pack_queue[:max_series]
+        del self._pack_queue[:max_series]
+        res = [0, 0, 0, 0, 0]  # chunks in, chunks out, bytes in, bytes out, points
+        self._pack(conn, take, res, aside)
+        more = bool(self._pack_queue)
+        if not more:
+            conn.execute("DELETE FROM compact_batches WHERE first_id = ANY(%b)", (Int8Array(self._pack_log),))
+            self._pack_log = []
+            more = True  # more batches may be due: the next call looks
+        return CompactResult(len(take), res[0], res[1], res[2], res[3], res[4], more, len(aside))
+
+    def _unpart(self, conn: _Conn, now_ms: int, aside: list[quarantine.Damaged]) -> tuple[bool, bool]:
         """Turn the oldest parts into chunks, when due (as batches are for packing: enough of them,
         or one old enough): their points, merged (of one (series, t) the lowest part's wins), one
         raw chunk per series, with ids above every chunk's (parts come after chunks) and a
         compact_batches row so that packing finds them; the parts deleted, ``parts_removed`` counted up
         (writers that did not see them probe the chunks again). Whether some were turned, and whether
-        parts are left to turn."""
+        parts are left to turn. Each part is checked whole first: a damaged one is set aside (into
+        ``aside``), the others turned."""
         rows = conn.execute("SELECT id, at_ms FROM parts ORDER BY id LIMIT %s", (_UNPART_PARTS,)).fetchall()
         if not rows:
             return False, False
@@ -110,9 +119,18 @@ class PgMaintenance(PgCore):
             return False, False
         ids = [int(r[0]) for r in rows]
         cur = conn.cursor(binary=True)
-        cur.execute("SELECT data FROM parts WHERE id = ANY(%b) ORDER BY id", (Int8Array(ids),))
-        cols = [chunks.decode_part(bytes(d)) for (d,) in cur]
-        sids, ts, vs = chunks.sort_dedup(*(np.concatenate([c[k] for c in cols]) for k in range(3)))
+        cur.execute(
+            "SELECT id, t_min, t_max, n, data FROM parts WHERE id = ANY(%b) ORDER BY id", (Int8Array(ids),)
+        )
+        got = [(int(i), int(a), int(b), int(n), bytes(d)) for i, a, b, n, d in cur]
+        damaged = quarantine.damaged_parts(got)
+        aside += set_aside(conn, damaged, {})
+        gone = {d.id for d in damaged}
+        cols = [chunks.decode_part(data) for pid, _, _, _, data in got if pid not in gone]
+        # (the empty columns first: every part may have been set aside)
+        none = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64))
+        joined = (np.concatenate([none[k], *(c[k] for c in cols)]) for k in range(3))
+        sids, ts, vs = chunks.sort_dedup(*joined)
         if len(ts):
             first = conn.execute(f"SELECT nextval({_ID_SEQ})").fetchone()
             assert first is not None
@@ -160,13 +178,19 @@ class PgMaintenance(PgCore):
         self._pack_queue = list(zip(sids[starts].tolist(), lo.tolist(), hi.tolist(), strict=True))
         return True
 
-    def _pack(self, conn: _Conn, items: Sequence[tuple[int, int, int]], res: list[int]) -> None:
+    def _pack(
+        self,
+        conn: _Conn,
+        items: Sequence[tuple[int, int, int]],
+        res: list[int],
+        aside: list[quarantine.Damaged],
+    ) -> None:
         """For each ``(series, first window, last window)``: merge the series' chunks overlapping
         those windows into one packed chunk per window (a chunk reaching outside takes its other
         windows along), as the embedded store does: one read, columns merged and encoded together
         (:func:`chunks.encode_many`), one delete and one insert statement. Each series' lowest
         input ids go to its oldest windows (first write wins on), a merge yielding more chunks than
-        it read gives the rest new ids."""
+        it read gives the rest new ids. A damaged chunk read is set aside (into ``aside``), not packed."""
         if not items:
             return
         cur = conn.cursor(binary=True)
@@ -184,19 +208,20 @@ class PgMaintenance(PgCore):
             read = [(int(cid), int(sid), int(a), int(b), bytes(data)) for cid, sid, a, b, data in cur]
             if not chunks.widen(reach, ((sid, a, b) for _, sid, a, b, _ in read), windows):
                 break
-        found = [(cid, sid, data) for cid, sid, _, _, data in read]
-        by_series: dict[int, list[tuple[int, bytes]]] = {}
-        for cid, sid, data in found:
-            by_series.setdefault(sid, []).append((cid, data))
+        by_series: dict[int, list[bytes]] = {}
+        for _, sid, _, _, data in read:
+            by_series.setdefault(sid, []).append(data)
         # a window already packed into one chunk is left as it is
         found = [
-            (cid, sid, data)
-            for cid, sid, data in found
-            if len(by_series[sid]) > 1 or by_series[sid][0][1][:1] != bytes((chunks.PACKED,))
+            r for r in read if len(by_series[r[1]]) > 1 or by_series[r[1]][0][:1] != bytes((chunks.PACKED,))
         ]
         if not found:
             return
-        rows, points = chunks.pack([(cid, sid, data) for cid, sid, data in found], windows)
+        rows, points, damaged = quarantine.pack_checked(found, windows)
+        if damaged:
+            aside += set_aside(conn, damaged, {r[0]: r[4] for r in found})
+            gone = {d.id for d in damaged}
+            found = [r for r in found if r[0] not in gone]
         conn.execute("DELETE FROM chunks WHERE id = ANY(%b)", (Int8Array([r[0] for r in found]),))
         conn.execute(
             _PACK_INSERT,
@@ -211,7 +236,7 @@ class PgMaintenance(PgCore):
         )
         res[0] += len(found)
         res[1] += len(rows)
-        res[2] += sum(len(r[2]) for r in found)
+        res[2] += sum(len(r[4]) for r in found)
         res[3] += sum(len(r.data) for r in rows)
         res[4] += points
 

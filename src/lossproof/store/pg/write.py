@@ -29,7 +29,7 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from lossproof.faults import crash_point
-from lossproof.store import chunks
+from lossproof.store import chunks, quarantine
 from lossproof.store import ledger as lg
 from lossproof.store.base import (
     StoreError,
@@ -54,6 +54,7 @@ from lossproof.store.pg.common import (
     _Unresolved,
     log,
     pg_text,
+    set_aside,
 )
 from lossproof.store.pg.core import PgCore
 from lossproof.store.plan import Plan, Prior, Summary, digests_wanted, plan_batch
@@ -94,12 +95,14 @@ class PgWriter(PgCore):
                         continue
                 # Only ids of committed series may be cached.
                 self._series.add_committed(pending)
+                quarantine.logged(self._aside, "postgres", "write")
                 self._maybe_maintain()
                 return result
         raise AssertionError("unreachable")
 
     def _apply(self, conn: _Conn, batch: WriteBatch, pending: dict[_SeriesKey, int]) -> WriteResult:
         now = batch.now_ms
+        self._aside = []
         work = lg.group_batch(batch)
         cur = conn.cursor()
         plan = plan_batch(work, self._prior(cur, work), now)
@@ -152,7 +155,9 @@ class PgWriter(PgCore):
             row = pcur.fetchone()
             assert row is not None
             self._tops.seen.add(int(row[0]))
-        return WriteResult(written, plan.stored, plan.duplicates, plan.conflicted, offered - written)
+        return WriteResult(
+            written, plan.stored, plan.duplicates, plan.conflicted, offered - written, len(self._aside)
+        )
 
     def _write_rows(
         self,
@@ -374,7 +379,7 @@ class PgWriter(PgCore):
                 if found:
                     newest = np.array([found.get(s, parts.NONE) for s in probe.tolist()], dtype=np.int64)
                 tops.raise_to(probe, newest, True)
-            removed, live, dirs = parts.look(cur.connection, tops.seen)
+            removed, live, dirs = self._look(cur.connection, tops.seen)
             for psids, ptmax, _ in dirs.values():
                 tops.raise_to(psids, ptmax, None)
             tops.seen.intersection_update(live)
@@ -391,10 +396,60 @@ class PgWriter(PgCore):
         idx, hit = tops.find(usids)
         return np.where(hit, tops.top[idx], parts.NONE)
 
+    def _look(self, conn: _Conn, seen: set[int]) -> tuple[str, list[int], dict[int, parts.Directory]]:
+        """:func:`parts.look`, a part whose directory is damaged set aside first."""
+        for _ in range(quarantine.ATTEMPTS):
+            try:
+                return parts.look(conn, seen)
+            except ValueError:  # ChunkError, or numpy's on a directory cut short
+                if not self._set_aside_in(conn, [], -(1 << 63), (1 << 63) - 1, seen):
+                    raise
+        raise StoreUnavailable(f"PostgreSQL {self._where}: damaged parts keep turning up")
+
     @reads_stored
     def _stored_ts(self, conn: _Conn, sids: list[int], lo: int, hi: int) -> list[chunks.I64]:
         """The stored timestamps in [lo, hi] of each series of ``sids`` (sorted, unique;
-        ``columns.not_stored``): the chunks overlapping (one statement), and the parts' slices."""
+        ``columns.not_stored``), the damaged chunks and parts among them set aside first (their
+        points are then not stored: the batch's are written)."""
+        for _ in range(quarantine.ATTEMPTS):
+            try:
+                return self._read_stored_ts(conn, sids, lo, hi)
+            except ValueError:  # ChunkError, or numpy's on a part cut short
+                if not self._set_aside_in(conn, sids, lo, hi):
+                    raise
+        raise StoreUnavailable(f"PostgreSQL {self._where}: damaged rows keep turning up")
+
+    def _set_aside_in(
+        self, conn: _Conn, sids: Sequence[int], lo: int, hi: int, skip_parts: set[int] | None = None
+    ) -> bool:
+        """After a read of what is stored failed: set aside the damaged chunks of ``sids`` and the
+        damaged parts (but ``skip_parts``) that overlap [lo, hi], each decoded alone
+        (:mod:`~lossproof.store.quarantine`); whether there were some."""
+        bcur = conn.cursor(binary=True)
+        damaged: list[quarantine.Damaged] = []
+        data: dict[int, bytes] = {}
+        if len(sids):
+            n = len(sids)
+            bcur.execute(_CHUNKS_IN, (Int8Array(sids), Int8Array(np.full(n, lo)), Int8Array(np.full(n, hi))))
+            rows = [(int(cid), int(a), int(b), bytes(d)) for _, cid, a, b, d in bcur.fetchall()]
+            damaged += quarantine.damaged_chunks(rows)
+            data = {cid: d for cid, _, _, d in rows}
+        got = [
+            (int(i), int(a), int(b), int(n), bytes(d))
+            for i, a, b, n, d in conn.execute(
+                "SELECT id, t_min, t_max, n, data FROM parts"
+                " WHERE t_max >= %s::bigint AND t_min <= %s::bigint AND NOT id = ANY(%s::bigint[])",
+                (lo, hi, sorted(skip_parts or ())),
+            ).fetchall()
+        ]
+        damaged += quarantine.damaged_parts(got)
+        moved = set_aside(conn, damaged, data)
+        self._aside += moved
+        return bool(moved)
+
+    def _read_stored_ts(self, conn: _Conn, sids: list[int], lo: int, hi: int) -> list[chunks.I64]:
+        """The stored timestamps in [lo, hi] of each series of ``sids``: the chunks overlapping
+        (one statement), and the parts' slices."""
         wanted = np.array(sids, dtype=np.int64)
         # parts first: one removed meanwhile has become chunks, committed before the chunks are read
         segs = parts.part_points(conn, self._part_dirs, wanted, lo, hi)
