@@ -48,6 +48,10 @@ class StoreBackend(abc.ABC):
         or in the middle (a bad sector, a bit flip)."""
 
     @abc.abstractmethod
+    def rewrite(self, table: str, rid: int, data: bytes) -> None:
+        """Set the data of row ``rid`` of ``table`` (a damage made to measure)."""
+
+    @abc.abstractmethod
     def fetch(self, query: str) -> list[tuple[Any, ...]]:
         """The rows of ``query`` (plain SQL both databases take; no parameters) on this test's
         database, outside any store handle (a blob as ``bytes``)."""
@@ -69,6 +73,16 @@ class SqliteBackend(StoreBackend):
         try:
             rid, data = con.execute(f"SELECT id, data FROM {table} ORDER BY id LIMIT 1").fetchone()
             con.execute(f"UPDATE {table} SET data = ? WHERE id = ?", (_flipped(data, at), rid))
+            con.commit()
+        finally:
+            con.close()
+
+    def rewrite(self, table: str, rid: int, data: bytes) -> None:
+        import sqlite3
+
+        con = sqlite3.connect(self.tmp_path / "store.db")
+        try:
+            con.execute(f"UPDATE {table} SET data = ? WHERE id = ?", (data, rid))
             con.commit()
         finally:
             con.close()
@@ -122,6 +136,14 @@ class PostgresBackend(StoreBackend):
             assert row is not None
             u = sql.SQL("UPDATE {} SET data = %s WHERE id = %s").format(name)
             conn.execute(u, (_flipped(bytes(row[1]), at), row[0]))
+
+    def rewrite(self, table: str, rid: int, data: bytes) -> None:
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            u = sql.SQL("UPDATE {} SET data = %s WHERE id = %s").format(sql.Identifier(self.schema, table))
+            conn.execute(u, (data, rid))
 
     def fetch(self, query: str) -> list[tuple[Any, ...]]:
         import psycopg

@@ -12,15 +12,17 @@ into a chunk that looked valid."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lossproof.points import SeriesSamples
 from lossproof.store import chunks
 from lossproof.store.base import Matcher, Store, WriteBatch
-from lptest.store_backends import BACKENDS, StoreBackend
+from lptest.store_backends import BACKENDS, SqliteBackend, StoreBackend
 
 T0 = 1_700_000_000_000  # the batches' points all lie in one 2 h (and one 12 h) window
 HOUR = 3_600_000
@@ -181,3 +183,69 @@ def test_an_embedded_store_from_before_gets_the_quarantine_table(tmp_path: Path)
         assert res.chunks_quarantined == 1 and len(backend.fetch(_QUARANTINED)) == 1
     finally:
         backend.close_all()
+
+
+# --- found by a review (session 27) -----------------------------------------------------------------
+
+
+def test_a_replay_over_two_spans_stores_again_what_a_later_span_set_aside(backend: StoreBackend) -> None:
+    """A write's look-up of what is stored goes span by span (gaps over 2 h). A part read healthy
+    in the first span (series a's slice) and found damaged in the second (series b's) is set aside
+    whole: a's points, judged stored in the first span, are then stored nowhere unless the whole
+    look-up is made again. PostgreSQL retried only the failing span and skipped a's replay."""
+    a_ts = [T0 + k * 15_000 for k in range(10)]  # span 1
+    b_ts = [T0 + 10 * HOUR + k * 15_000 for k in range(10)]  # span 2
+    b_old = [t + 7_500 for t in b_ts]  # b's older points, compacted into a chunk
+    store = backend.open()
+    old = WriteBatch(series=[("t", SeriesSamples("m", {"i": "b"}, b_old, [0.0] * 10))], now_ms=T0)
+    store.write_batch(old)
+    compact_all(store, T0 + 30 * HOUR)
+    both = WriteBatch(
+        series=[
+            ("t", SeriesSamples("m", {"i": "a"}, a_ts, [1.0] * 10)),
+            ("t", SeriesSamples("m", {"i": "b"}, b_ts, [2.0] * 10)),
+        ],
+        now_ms=T0 + 11 * HOUR,
+    )
+    store.write_batch(both)
+    [(pid, data)] = backend.fetch("SELECT id, data FROM parts")
+    data = bytes(data)
+    backend.damage_first("chunks")  # b's chunk
+    # and in the part, b's last time (a's slice stays whole)
+    b_sid = next(int(i) for i, lab in backend.fetch("SELECT id, labels_json FROM series") if '"b"' in lab)
+    layout = chunks.part_layout(data[:16])
+    sids, _, starts = chunks.part_directory(data, layout)
+    j = int(np.flatnonzero(sids == b_sid)[0])
+    at = layout.ts_offset + 8 * (int(starts[j + 1]) - 1)
+    t = int.from_bytes(data[at : at + 8], "little") - 1
+    backend.rewrite("parts", int(pid), data[:at] + t.to_bytes(8, "little") + data[at + 8 :])
+
+    res = backend.open().write_batch(both)  # the replay, by a writer that must read what is stored
+    assert res.chunks_quarantined == 2  # b's chunk, and the part
+    got = {s.labels["i"]: [t for t, _ in s.points] for s in store.select("t", M, 0, 1 << 62)}
+    assert got == {"a": a_ts, "b": b_ts}, res
+
+
+def test_a_set_aside_after_an_operator_emptied_the_table_still_reaches_the_writer(tmp_path: Path) -> None:
+    """The embedded writer keeps its memory of what it stored until it sees a set-aside by another
+    connection (the compactor's), by the quarantine table's ids. Were they reused (no AUTOINCREMENT),
+    an operator emptying the table would make the next set-aside look like none, and a replay of
+    the points it took would be skipped as already stored."""
+    b = SqliteBackend(tmp_path)
+    try:
+        worker, compactor = b.open(), b.open()
+        worker.write_batch(batch(0, series=5))
+        b.damage_first("parts", at=16 + 8 + 7)
+        assert compact_all(compactor, T0 + 30 * HOUR) == 1
+        assert worker.write_batch(batch(1, series=5)).points_written == 50  # it sees that set-aside
+        con = sqlite3.connect(tmp_path / "store.db")  # the operator
+        con.execute("DELETE FROM damaged_chunks")
+        con.commit()
+        con.close()
+        b.damage_first("parts", at=16 + 8 + 7)  # batch 1's part
+        assert compact_all(compactor, T0 + 60 * HOUR) == 1
+        res = worker.write_batch(batch(1, series=5))  # the replay
+        assert res.points_written == 50, res
+        assert stored(worker) == {str(i): points(1) for i in range(5)}
+    finally:
+        b.close_all()

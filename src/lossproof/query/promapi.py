@@ -297,13 +297,14 @@ class PromApi:
 
         def run(s: StoreReader) -> list[dict[str, str]]:
             sets = self._matcher_sets(s, tenant, parsed)
-            if sets is not None and len(sets) == 1:
-                ordered = _in_label_order(s.series(tenant, sets[0]))
+            found = [s.series(tenant, ms) for ms in ([[]] if sets is None else sets)]
+            if len(found) == 1:
+                ordered = _in_label_order(found[0])
                 if ordered is not None:
                     return ordered
             seen: dict[promql.Key, dict[str, str]] = {}
-            for ms in [[]] if sets is None else sets:
-                for metric, labels in s.series(tenant, ms):
+            for one in found:
+                for metric, labels in one:
                     full = {**labels, promql.NAME: promql.promql_name(metric)}
                     seen.setdefault(promql.key_of(full), full)
             return [seen[k] for k in sorted(seen)]
@@ -390,13 +391,11 @@ def _in_label_order(found: list[tuple[str, dict[str, str]]]) -> list[dict[str, s
     name is its own PromQL spelling and no label name sorts before ``__name__`` (only one starting
     with an upper-case letter does). None when they may differ. A series' key built and sorted was
     a third of ``/api/v1/series``' time (85 of 250 us for 111 series)."""
-    out = []
+    if any(promql.promql_name(m) != m or (labels and min(labels) < promql.NAME) for m, labels in found):
+        return None
     for metric, labels in found:
-        if promql.promql_name(metric) != metric or (labels and min(labels) < promql.NAME):
-            return None
         labels[promql.NAME] = metric
-        out.append(labels)
-    return out
+    return [labels for _, labels in found]
 
 
 def _metadata_args(q: MultiDictProxy[str]) -> int | None:

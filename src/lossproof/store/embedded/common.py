@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS metadata (
 # never needs it). Rows stay until an operator removes them.
 QUARANTINE_TABLE = """
 CREATE TABLE IF NOT EXISTS damaged_chunks (
-    id             INTEGER PRIMARY KEY,
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: writers watch its sequence
     source         TEXT NOT NULL CHECK (source IN ('chunks', 'parts')),
     source_id      INTEGER NOT NULL,  -- its id in that table
     series_id      INTEGER,           -- a chunk's series; NULL for a part (many series)

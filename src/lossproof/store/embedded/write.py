@@ -142,7 +142,8 @@ class SqliteWriter(SqliteCore):
         changes ``PRAGMA data_version``; of those, only one that inserted a part stored points (a
         compaction moves points from parts into chunks, keeping the same (series, t) stored, and
         the parts' ids are never reused): the parts' AUTOINCREMENT sequence tells. A connection that
-        set damaged rows aside (quarantine.py: the quarantine table's newest id tells) unstored
+        set damaged rows aside (quarantine.py: the quarantine table's AUTOINCREMENT sequence tells: an
+        operator deleting its rows does not make an id seen before come back) unstored
         points, which a replay must then store again."""
         con = self._con
         seen = con.execute("PRAGMA data_version").fetchone()[0]
@@ -150,7 +151,7 @@ class SqliteWriter(SqliteCore):
             self._newest_seen = seen
             row = con.execute(
                 "SELECT (SELECT seq FROM sqlite_sequence WHERE name = 'parts'),"
-                f" (SELECT max(id) FROM {quarantine.TABLE})"
+                f" (SELECT seq FROM sqlite_sequence WHERE name = '{quarantine.TABLE}')"
             ).fetchone()
             top, aside = int(row[0] or 0), int(row[1] or 0)
             if top != self._parts_seq or aside != self._aside_top:

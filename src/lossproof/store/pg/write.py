@@ -337,9 +337,18 @@ class PgWriter(PgCore):
         if len(check):
             keep = np.ones(len(ts), dtype=bool)
             conn = cur.connection
-            keep[check] = not_stored(
-                sids[check], ts[check], lambda ids, lo, hi: self._stored_ts(conn, ids, lo, hi)
-            )
+            for _ in range(quarantine.ATTEMPTS):
+                try:
+                    keep[check] = not_stored(
+                        sids[check], ts[check], lambda ids, lo, hi: self._stored_ts(conn, ids, lo, hi)
+                    )
+                    break
+                except quarantine.SetAside:
+                    # the whole look-up again: a span judged before may have read a part set aside
+                    # now (its points were "stored" there, and are no longer)
+                    continue
+            else:
+                raise StoreUnavailable(f"PostgreSQL {self._where}: damaged rows keep turning up")
             if not keep.all():
                 sids, ts, vs = sids[keep], ts[keep], vs[keep]
                 if not len(ts):
@@ -409,15 +418,14 @@ class PgWriter(PgCore):
     @reads_stored
     def _stored_ts(self, conn: _Conn, sids: list[int], lo: int, hi: int) -> list[chunks.I64]:
         """The stored timestamps in [lo, hi] of each series of ``sids`` (sorted, unique;
-        ``columns.not_stored``), the damaged chunks and parts among them set aside first (their
-        points are then not stored: the batch's are written)."""
-        for _ in range(quarantine.ATTEMPTS):
-            try:
-                return self._read_stored_ts(conn, sids, lo, hi)
-            except ValueError:  # ChunkError, or numpy's on a part cut short
-                if not self._set_aside_in(conn, sids, lo, hi):
-                    raise
-        raise StoreUnavailable(f"PostgreSQL {self._where}: damaged rows keep turning up")
+        ``columns.not_stored``). A damaged chunk or part among them is set aside and
+        :class:`quarantine.SetAside` raised: the caller asks again, for every span."""
+        try:
+            return self._read_stored_ts(conn, sids, lo, hi)
+        except ValueError:  # ChunkError, or numpy's on a part cut short
+            if self._set_aside_in(conn, sids, lo, hi):
+                raise quarantine.SetAside() from None
+            raise
 
     def _set_aside_in(
         self, conn: _Conn, sids: Sequence[int], lo: int, hi: int, skip_parts: set[int] | None = None
