@@ -203,4 +203,4 @@ def check_cmd(data_dir: Path, set_aside: bool) -> None:
 
 
 def _counts(checked: dict[str, int]) -> str:
-    return ", ".join(f"{n} {table} rows" for table, n in checked.items())
+    return " and ".join(f"{n} {table.removesuffix('s')} rows" for table, n in checked.items())
