@@ -68,6 +68,7 @@ from lossproof.points import decode_points as decode_points
 from lossproof.points import encode_points as encode_points
 from lossproof.points import labels_text as labels_text
 from lossproof.points import report_digest as report_digest
+from lossproof.store.quarantine import Damaged
 
 SeqRange = tuple[int, int]
 
@@ -327,6 +328,18 @@ class CompactResult:
     points: int = 0
     more: bool = False  # work was left over: call again soon
     quarantined: int = 0  # damaged chunks or parts set aside (see WriteResult.chunks_quarantined)
+
+
+@dataclass(frozen=True, slots=True)
+class RowsChecked:
+    """What one :meth:`Store.check_rows` call read."""
+
+    checked: int  # rows read and checked
+    last_id: int | None  # the highest id read: the next call's ``after_id`` (None: no row was left)
+    damaged: list[Damaged]  # those of them that are damaged, in id order
+
+
+CHECKED_TABLES = ("chunks", "parts")  # the tables of stored points that :meth:`Store.check_rows` walks
 
 
 COMPACT_WINDOW_MS = 2 * 3600 * 1000  # a packed chunk holds one series' points of one window
@@ -818,3 +831,32 @@ class StoreReader(abc.ABC):
 class Store(StoreWriter, StoreReader):
     """Points, the ledger, dead letters and log gaps: the writer and the reader in one handle (what
     both backends are). Code that only reads takes a :class:`StoreReader`."""
+
+    # --- the operator's check of every stored row (``lossproof store check``; docs/store.md,
+    # "A damaged chunk"): for damaged rows that no write or compaction reads, which would fail
+    # every query of their metric for good
+
+    @abc.abstractmethod
+    def check_rows(self, table: str, after_id: int | None, limit: int) -> RowsChecked:
+        """Check the rows of ``table`` (``chunks`` or ``parts``: :data:`CHECKED_TABLES`) whose id is
+        above ``after_id`` (None: from the first), at most ``limit`` of them, in id order, with the
+        checks every read makes (a chunk: :func:`~lossproof.store.quarantine.check_chunk_rows`, its
+        points against its row's range; a part: :func:`~lossproof.store.quarantine.damaged_parts`),
+        and name the damaged ones. Guarantee: it only reads (a readonly handle may call it), in
+        one short read of at most ``limit`` rows, so memory is bounded by ``limit`` and a running
+        worker is not held up; calls from ``after_id=None``, each given the last one's
+        ``last_id``, until ``last_id`` is None, see every row committed before the first call and
+        still there when its batch is read (rows written meanwhile may or may not be seen)."""
+
+    @abc.abstractmethod
+    def set_aside_rows(self, rows: Sequence[Damaged], by: str = "check") -> list[Damaged]:
+        """Move those of ``rows`` (as :meth:`check_rows` named them) that are still damaged into the
+        quarantine table, as a worker does with the damaged rows it meets: in one write
+        transaction, each row read and checked again inside it first, so a row gone meanwhile (set
+        aside or packed by a worker, deleted by retention) or no longer damaged is left alone. Same
+        effects as a worker's set-aside (the backend's caches of what is stored are told; its
+        compaction plans made again). Returns the rows moved, each logged
+        (``store.chunk_quarantined``, ``by``) once the transaction has committed. Safe beside a
+        running worker: a bounded transaction (the embedded store waits for the write lock up to
+        its busy timeout; PostgreSQL locks only the rows it moves). Raises :class:`StoreError` on
+        a readonly handle."""

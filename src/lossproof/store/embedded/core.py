@@ -16,6 +16,8 @@ from lossproof.durable import make_dirs
 from lossproof.native_ext import _native
 from lossproof.store import chunks, quarantine, series_index
 from lossproof.store.base import (
+    CHECKED_TABLES,
+    RowsChecked,
     SeqRange,
     SeriesCache,
     Store,
@@ -421,6 +423,24 @@ class SqliteCore(Store):
             gen = int(self._meta("compact_gen") or 0)
             self._con.execute("INSERT OR REPLACE INTO meta VALUES ('compact_gen', ?)", (str(gen + 1),))
         return moved
+
+    def check_rows(self, table: str, after_id: int | None, limit: int) -> RowsChecked:
+        """See :meth:`Store.check_rows`: one read (its own snapshot) of up to ``limit`` rows, by
+        the rowid."""
+        if table not in CHECKED_TABLES:
+            raise ValueError(f"no such table to check: {table!r}")
+        lo = -(1 << 63) if after_id is None else after_id
+        with self._lock:
+            try:
+                rows = self._con.execute(
+                    f"SELECT {quarantine.ROW_COLUMNS[table]} FROM {table} WHERE id > ? ORDER BY id LIMIT ?",
+                    (lo, max(1, limit)),
+                ).fetchall()
+            except sqlite3.OperationalError as e:
+                raise StoreUnavailable(f"sqlite {self.path}: {e}") from e
+        if not rows:
+            return RowsChecked(0, None, [])
+        return RowsChecked(len(rows), int(rows[-1][0]), quarantine.damaged_rows(table, rows))
 
     def _ledger_rows(self, key: _AgentKey) -> list[_LedgerRow]:
         return self._con.execute(

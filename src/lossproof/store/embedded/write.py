@@ -21,6 +21,7 @@ from lossproof.faults import crash_point
 from lossproof.store import chunks, quarantine
 from lossproof.store import ledger as lg
 from lossproof.store.base import (
+    CHECKED_TABLES,
     StoreError,
     StoreUnavailable,
     WriteBatch,
@@ -360,6 +361,31 @@ class SqliteWriter(SqliteCore):
         damaged += quarantine.damaged_parts(parts)
         if self._set_aside(damaged):
             raise quarantine.SetAside()
+
+    def set_aside_rows(
+        self, rows: Sequence[quarantine.Damaged], by: str = "check"
+    ) -> list[quarantine.Damaged]:
+        """See :meth:`Store.set_aside_rows`: one write transaction (``_write``: logged after COMMIT,
+        and ``_set_aside``: this writer's stored times forgotten, ``compact_gen`` counted up, which
+        the worker's handles see through the quarantine table's newest id and ``compact_gen``)."""
+        if not rows:
+            return []
+        with self._write({}, "store.set_aside_before_commit", by=by):
+            still: list[quarantine.Damaged] = []
+            for table in CHECKED_TABLES:
+                ids = sorted({d.id for d in rows if d.table == table})
+                if not ids:
+                    continue
+                # read again inside the transaction: a row packed, set aside or deleted since the
+                # check is gone; a chunk id reused by packing holds a new, checked chunk
+                now = self._con.execute(
+                    f"SELECT {quarantine.ROW_COLUMNS[table]} FROM {table}"
+                    " WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
+                    (msgspec.json.encode(ids),),
+                ).fetchall()
+                still += quarantine.damaged_rows(table, now)
+            self._set_aside(still)
+        return list(self._aside)
 
     @reads_stored
     def _learn(self, sids: chunks.I64) -> None:

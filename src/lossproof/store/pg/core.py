@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 import psycopg_pool
@@ -17,6 +18,8 @@ from lossproof.config import PG_WRITE_LOCK_TIMEOUT_S
 from lossproof.store import pg_migrations as mig
 from lossproof.store import quarantine, series_index
 from lossproof.store.base import (
+    CHECKED_TABLES,
+    RowsChecked,
     SeriesCache,
     Store,
     StoreError,
@@ -26,6 +29,7 @@ from lossproof.store.base import (
 from lossproof.store.pg import parts
 from lossproof.store.pg.common import (
     _LIBPQ_NOISE,
+    INT8_MIN,
     _Conn,
     _is_data_error,
     _one_line,
@@ -226,6 +230,24 @@ class PgCore(Store):
         if _is_data_error(e):
             return StoreError(msg)
         return StoreUnavailable(msg)
+
+    def check_rows(self, table: str, after_id: int | None, limit: int) -> RowsChecked:
+        """See :meth:`Store.check_rows`: one statement (its own snapshot, READ COMMITTED) of up to
+        ``limit`` rows by the primary key, in binary (no bytea as hex text)."""
+        if table not in CHECKED_TABLES:
+            raise ValueError(f"no such table to check: {table!r}")
+        lo = INT8_MIN if after_id is None else after_id
+        with self._conn() as conn:
+            bcur = conn.cursor(binary=True)
+            bcur.execute(
+                f"SELECT {quarantine.ROW_COLUMNS[table]} FROM {table}"
+                " WHERE id > %s::bigint ORDER BY id LIMIT %s::bigint",
+                (lo, max(1, limit)),
+            )
+            rows: list[tuple[Any, ...]] = [(*(int(v) for v in r[:-1]), bytes(r[-1])) for r in bcur.fetchall()]
+        if not rows:
+            return RowsChecked(0, None, [])
+        return RowsChecked(len(rows), int(rows[-1][0]), quarantine.damaged_rows(table, rows))
 
     def close(self) -> None:
         self._pool.close()

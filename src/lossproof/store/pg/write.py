@@ -32,6 +32,7 @@ from lossproof.faults import crash_point
 from lossproof.store import chunks, quarantine
 from lossproof.store import ledger as lg
 from lossproof.store.base import (
+    CHECKED_TABLES,
     StoreError,
     StoreUnavailable,
     WriteBatch,
@@ -99,6 +100,53 @@ class PgWriter(PgCore):
                 self._maybe_maintain()
                 return result
         raise AssertionError("unreachable")
+
+    def set_aside_rows(
+        self, rows: Sequence[quarantine.Damaged], by: str = "check"
+    ) -> list[quarantine.Damaged]:
+        """See :meth:`Store.set_aside_rows`: one READ COMMITTED transaction that reads the rows
+        again and moves those still damaged (:func:`set_aside`: a chunk only if it is still the
+        row read), retried like a write on a deadlock. The writers' caches stay valid (they keep
+        upper bounds of what is stored, which a row gone leaves true)."""
+        if self.readonly:
+            raise StoreError("store opened readonly")
+        if not rows:
+            return []
+        with self._lock:
+            for attempt in range(1, TX_ATTEMPTS + 1):
+                with self._conn() as conn:
+                    try:
+                        with conn.transaction():
+                            moved = self._set_aside_rows(conn, rows)
+                            crash_point("store.set_aside_before_commit")
+                    except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as e:
+                        if attempt == TX_ATTEMPTS:
+                            raise
+                        log.warning("store.tx_retry", error=_one_line(e), attempt=attempt)
+                        continue
+                quarantine.logged(moved, "postgres", by)
+                return moved
+        raise AssertionError("unreachable")
+
+    def _set_aside_rows(self, conn: _Conn, rows: Sequence[quarantine.Damaged]) -> list[quarantine.Damaged]:
+        still: list[quarantine.Damaged] = []
+        data: dict[int, bytes] = {}
+        bcur = conn.cursor(binary=True)
+        for table in CHECKED_TABLES:
+            ids = sorted({d.id for d in rows if d.table == table})
+            if not ids:
+                continue
+            # read again in the transaction: a row packed, set aside or deleted since the check is
+            # gone; a chunk id reused by packing holds a new chunk, checked as it is now
+            bcur.execute(
+                f"SELECT {quarantine.ROW_COLUMNS[table]} FROM {table} WHERE id = ANY(%b) ORDER BY id",
+                (Int8Array(ids),),
+            )
+            now: list[tuple[Any, ...]] = [(*(int(v) for v in r[:-1]), bytes(r[-1])) for r in bcur.fetchall()]
+            still += quarantine.damaged_rows(table, now)
+            if table == "chunks":
+                data.update((int(r[0]), r[-1]) for r in now)
+        return set_aside(conn, still, data)
 
     def _apply(self, conn: _Conn, batch: WriteBatch, pending: dict[_SeriesKey, int]) -> WriteResult:
         now = batch.now_ms
