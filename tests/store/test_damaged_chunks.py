@@ -11,7 +11,6 @@ into a chunk that looked valid."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,13 +20,10 @@ import pytest
 
 from lossproof.points import SeriesSamples
 from lossproof.store import chunks
-from lossproof.store.base import Matcher, Store, WriteBatch
+from lossproof.store.base import WriteBatch
+from lptest.damaged_store import HOUR, SERIES, T0, M, batch, compact_all, first_chunk, points, stored
 from lptest.store_backends import BACKENDS, SqliteBackend, StoreBackend
 
-T0 = 1_700_000_000_000  # the batches' points all lie in one 2 h (and one 12 h) window
-HOUR = 3_600_000
-SERIES = 20
-M = [Matcher("__name__", "=", "m")]
 _QUARANTINED = "SELECT source, source_id, series_id, t_min, t_max, n, data, reason FROM damaged_chunks"
 
 
@@ -36,42 +32,6 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreBac
     b: StoreBackend = BACKENDS[request.param](tmp_path)
     yield b
     b.close_all()
-
-
-def batch(b: int, series: int = SERIES) -> WriteBatch:
-    runs = [("t", SeriesSamples("m", {"i": str(i)}, *points(b))) for i in range(series)]
-    return WriteBatch(series=runs, now_ms=T0)
-
-
-def points(*bs: int) -> tuple[list[int], list[float]]:
-    """Every series' points of the batches ``bs``: (times, values)."""
-    ts = [T0 + (10 * b + k) * 15_000 for b in bs for k in range(10)]
-    return ts, [b * 100.0 + k for b in bs for k in range(10)]
-
-
-def compact_all(store: Store, now: int) -> int:
-    """Compact until nothing is left to do; the damaged rows set aside on the way."""
-    aside = 0
-    for k in range(200):
-        res = store.compact(now + k)
-        aside += getattr(res, "quarantined", 0)  # (so that the old code fails on what it did)
-        if not res.more:
-            return aside
-    raise AssertionError("compaction never ran out of work")
-
-
-def stored(store: Store) -> dict[str, tuple[list[int], list[float]]]:
-    """Each series' points (by its label ``i``), every one of them."""
-    got = store.select("t", M, 0, 1 << 62)
-    return {s.labels["i"]: ([t for t, _ in s.points], [v for _, v in s.points]) for s in got}
-
-
-def first_chunk(backend: StoreBackend) -> tuple[int, str]:
-    """(id, series label ``i``) of the oldest chunk row: the one ``damage_first`` damages."""
-    [(cid, labels)] = backend.fetch(
-        "SELECT c.id, s.labels_json FROM chunks c JOIN series s ON s.id = c.series_id ORDER BY c.id LIMIT 1"
-    )
-    return int(cid), json.loads(labels)["i"]
 
 
 def test_a_damaged_chunk_fails_reads_and_a_replay_over_it_sets_it_aside(backend: StoreBackend) -> None:

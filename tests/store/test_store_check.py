@@ -7,7 +7,6 @@ operator deleted it by hand: the command did not exist."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,48 +17,13 @@ import pytest
 from lossproof import config as config_mod
 from lossproof.points import SeriesSamples
 from lossproof.store import chunks
-from lossproof.store.base import Matcher, Store, WriteBatch
+from lossproof.store.base import Matcher, WriteBatch
 from lossproof.store.quarantine import Damaged
 from lptest import subprocess_env
+from lptest.damaged_store import HOUR, SERIES, T0, M, batch, compact_all, first_chunk, points, stored
 from lptest.store_backends import BACKENDS, PostgresBackend, SqliteBackend, StoreBackend
 
-T0 = 1_700_000_000_000  # the batches' points all lie in one 2 h (and one 12 h) window
-HOUR = 3_600_000
-SERIES = 20
-M = [Matcher("__name__", "=", "m")]
 _QUARANTINED = "SELECT source, source_id, series_id FROM damaged_chunks ORDER BY source, source_id"
-
-
-def batch(b: int, series: int = SERIES) -> WriteBatch:
-    runs = [("t", SeriesSamples("m", {"i": str(i)}, *points(b))) for i in range(series)]
-    return WriteBatch(series=runs, now_ms=T0)
-
-
-def points(*bs: int) -> tuple[list[int], list[float]]:
-    """Every series' points of the batches ``bs``: (times, values)."""
-    ts = [T0 + (10 * b + k) * 15_000 for b in bs for k in range(10)]
-    return ts, [b * 100.0 + k for b in bs for k in range(10)]
-
-
-def compact_all(store: Store, now: int) -> None:
-    for k in range(200):
-        if not store.compact(now + k).more:
-            return
-    raise AssertionError("compaction never ran out of work")
-
-
-def stored(store: Store) -> dict[str, tuple[list[int], list[float]]]:
-    """Each series' points of m (by its label ``i``), every one of them."""
-    got = store.select("t", M, 0, 1 << 62)
-    return {s.labels["i"]: ([t for t, _ in s.points], [v for _, v in s.points]) for s in got}
-
-
-def first_chunk(backend: StoreBackend) -> tuple[int, str]:
-    """(id, series label ``i``) of the oldest chunk row: the one ``damage_first`` damages."""
-    [(cid, labels)] = backend.fetch(
-        "SELECT c.id, s.labels_json FROM chunks c JOIN series s ON s.id = c.series_id ORDER BY c.id LIMIT 1"
-    )
-    return int(cid), json.loads(labels)["i"]
 
 
 @pytest.fixture(params=sorted(BACKENDS))
