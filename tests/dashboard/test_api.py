@@ -211,6 +211,8 @@ def test_health_and_ledger_metrics(dash: Dash) -> None:
     status, body = get(dash, "/ui/api/health")
     assert status == 200
     assert body["log"]["healthy"] == 1 and body["dead_letters"] == 0 and body["log_gaps"] == []
+    assert body["damaged"] is None  # a part holds many tenants' points: operators see them
+    assert get(dash, "/ui/api/health", key=dash.p.operator_key)[1]["damaged"] == {"rows": 0, "points": 0}
     assert body["worker"]["lag_records"] is not None
     assert body["ingest"]["by_status"] is not None and body["agents"] == 2
     deadline = time.monotonic() + 30
@@ -221,6 +223,7 @@ def test_health_and_ledger_metrics(dash: Dash) -> None:
         time.sleep(0.5)
     assert 'lossproof_ledger_reports{state="missing",tenant="default"} 10.0' in text
     assert 'lossproof_agents{tenant="other"} 1.0' in text
+    assert "lossproof_store_damaged_rows 0.0" in text and "lossproof_store_damaged_points 0.0" in text
     # #15: cardinality, the tenant's own on the dashboard and per tenant on /metrics
     assert body["series"] > 0
     assert f'lossproof_store_series{{tenant="default"}} {float(body["series"])}' in text

@@ -205,6 +205,7 @@ def test_health_page(browser: Any, dash: Dash, artifacts: Path) -> None:
     loaded(d, "health")
     assert "healthy" in d.find_element(By.ID, "h-log").text
     assert "dead letters" in d.find_element(By.ID, "h-store").text
+    assert "damaged rows set aside" in d.find_element(By.ID, "h-store").text
     assert "lag (records)" in d.find_element(By.ID, "h-worker").text
     # seconds on the sparklines' value axes keep their unit: a sub-millisecond fsync is not "0"
     assert d.execute_script("return [secs(0.0004), secs(0.012), secs(2)]") == ["400 µs", "12.00 ms", "2.00 s"]

@@ -100,9 +100,12 @@ def test_packing_sets_a_damaged_chunk_aside_and_packs_the_others(backend: StoreB
         store.write_batch(batch(b))
     # packing reads the damaged chunk with the window's new ones: set aside, not re-encoded into a
     # valid-looking chunk (before, the query below answered the damage's made-up times); the others packed
+    assert store.set_aside_count() == (0, 0)
     assert compact_all(backend.open(), T0 + 60 * HOUR) == 1
-    [(source, _, _, _, _, _, _, reason)] = backend.fetch(_QUARANTINED)
+    [(source, _, _, _, _, n, _, reason)] = backend.fetch(_QUARANTINED)
     assert source == "chunks" and reason  # (what is wrong depends on the bytes flipped)
+    # what /metrics (lossproof_store_damaged_rows, _points) and the dashboard's health show
+    assert backend.open(readonly=True).set_aside_count() == (1, n) and n == 50
     got = stored(store)
     assert got.pop(hit) == points(*range(5, 10))
     assert got == {str(i): points(*range(10)) for i in range(SERIES) if str(i) != hit}
@@ -135,6 +138,7 @@ def test_an_embedded_store_from_before_gets_the_quarantine_table(tmp_path: Path)
     con.close()
     reader = SqliteStore(db, readonly=True)
     assert len(stored(reader)) == SERIES
+    assert reader.set_aside_count() == (0, 0)  # none set aside: no table yet
     reader.close()
     backend = BACKENDS["sqlite"](tmp_path)
     try:

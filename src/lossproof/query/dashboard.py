@@ -514,9 +514,11 @@ class Dashboard:
 
         def run(s: StoreReader) -> dict[str, Any]:
             if tenant is None:
+                rows, points = s.set_aside_count()
                 return {
                     "series": sum(s.series_counts().values()),
                     "dead_letters": s.dead_letter_count(),
+                    "damaged": {"rows": rows, "points": points},
                     "log_gaps": [_gap_json(g) for g in s.log_gaps()],
                     "silent_agents": [],
                     "agents": None,
@@ -530,6 +532,7 @@ class Dashboard:
             return {
                 "series": s.series_counts().get(tenant, 0),
                 "dead_letters": s.dead_letter_count(tenant),
+                "damaged": None,  # a part holds many tenants' points: operators see them
                 "log_gaps": [],  # log ranges are the pipeline's: operators see them
                 "silent_agents": silent,
                 "agents": len(agents),

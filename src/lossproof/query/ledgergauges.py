@@ -1,6 +1,6 @@
 """Ledger gauges on ``/metrics`` (``lossproof_ledger_reports{tenant,state}``, agents silent, dead
-letters, log gaps), read from the store in the background so a scrape never waits for it;
-``deploy/alerts.yml`` alerts on them."""
+letters, damaged store rows set aside, log gaps), read from the store in the background so a scrape
+never waits for it; ``deploy/alerts.yml`` alerts on them."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ class LedgerSnapshot:
     last_seen: dict[tuple[str, str], float] = field(default_factory=dict)
     series: dict[str, int] = field(default_factory=dict)  # per tenant: its cardinality
     dead_letters: int = 0
+    set_aside_rows: int = 0  # damaged store rows moved into damaged_chunks
+    set_aside_points: int = 0
     log_gaps: int = 0
     log_gap_records: int = 0
 
@@ -78,6 +80,17 @@ class LedgerCollector(Collector):
         yield GaugeMetricFamily(
             "lossproof_store_dead_letters", "Log records kept in the dead-letter table.", value=s.dead_letters
         )
+        yield GaugeMetricFamily(
+            "lossproof_store_damaged_rows",
+            "Damaged chunks and parts the store set aside into its damaged_chunks table (their points are"
+            " no longer stored until replayed; docs/store.md, 'A damaged chunk').",
+            value=s.set_aside_rows,
+        )
+        yield GaugeMetricFamily(
+            "lossproof_store_damaged_points",
+            "Points in the damaged rows set aside (lossproof_store_damaged_rows).",
+            value=s.set_aside_points,
+        )
         yield GaugeMetricFamily("lossproof_store_log_gaps", "Missing log ranges recorded.", value=s.log_gaps)
         yield GaugeMetricFamily(
             "lossproof_store_log_gap_records", "Log records inside missing ranges.", value=s.log_gap_records
@@ -110,6 +123,7 @@ def ledger_snapshot(store: StoreReader, tenants: list[str]) -> LedgerSnapshot:
         snap.silent[tenant] = silent
     snap.series = store.series_counts()
     snap.dead_letters = store.dead_letter_count()
+    snap.set_aside_rows, snap.set_aside_points = store.set_aside_count()
     gaps = store.log_gaps()
     snap.log_gaps = len(gaps)
     snap.log_gap_records = sum(g.last - g.first + 1 for g in gaps)

@@ -665,6 +665,12 @@ class StoreReader(abc.ABC):
         tenant could not be read have none)."""
 
     @abc.abstractmethod
+    def set_aside_count(self) -> tuple[int, int]:
+        """Damaged rows the store set aside into ``damaged_chunks`` (docs/store.md, "A damaged
+        chunk"), and the points they held: no longer stored until replayed. (0, 0) for a store
+        without that table yet (written by a lossproof from before it)."""
+
+    @abc.abstractmethod
     def log_gaps(self) -> list[LogGap]: ...
 
     @abc.abstractmethod

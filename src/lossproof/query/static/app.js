@@ -588,6 +588,7 @@ async function loadHealth() {
   ]));
   $("#h-store").replaceChildren(...kv("Losses and backlog", [
     ["dead letters", num(d.dead_letters, 0), d.dead_letters ? "bad" : "ok"],
+    d.damaged ? ["damaged rows set aside", d.damaged.rows ? `${num(d.damaged.rows, 0)} (${num(d.damaged.points, 0)} points)` : "0", d.damaged.rows ? "bad" : "ok"] : ["damaged rows set aside", "shown to operators"],
     ["series", d.series_limit ? `${num(d.series, 0)} of ${num(d.series_limit, 0)} allowed` : num(d.series, 0), d.series_limit && d.series >= 0.9 * d.series_limit ? "bad" : "ok"],
     d.scope === "tenant" ? ["log gaps", "shown to operators"] : ["log gaps", String(d.log_gaps.length), d.log_gaps.length ? "bad" : "ok"],
     fallbackTotal(d.fallback),

@@ -38,6 +38,7 @@ from lossproof.store.embedded.common import (
     _LedgerRow,
 )
 from lossproof.store.embedded.core import SqliteCore
+from lossproof.store.quarantine import TABLE
 from lossproof.store.series_index import Found, TenantIndex
 
 
@@ -588,6 +589,16 @@ class SqliteReader(SqliteCore):
             if tenant is None:
                 return int(self._read("SELECT count(*) FROM dead_letters", ())[0][0])
             return int(self._read("SELECT count(*) FROM dead_letters WHERE tenant = ?", (tenant,))[0][0])
+
+    def set_aside_count(self) -> tuple[int, int]:
+        with self._lock:
+            try:
+                [(rows, points)] = self._read(f"SELECT count(*), coalesce(sum(n), 0) FROM {TABLE}", ())
+            except sqlite3.OperationalError as e:
+                if "no such table" not in str(e):
+                    raise
+                return 0, 0  # (a writer adds it when it opens the store)
+        return int(rows), int(points)
 
     def log_gaps(self) -> list[LogGap]:
         with self._lock:

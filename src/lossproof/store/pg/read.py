@@ -32,6 +32,7 @@ from lossproof.store.pg.common import (
     _LedgerRow,
 )
 from lossproof.store.pg.core import PgCore
+from lossproof.store.quarantine import TABLE
 from lossproof.store.series_index import Found, TenantIndex
 
 
@@ -263,6 +264,10 @@ class PgReader(PgCore):
         if tenant is None:
             return int(self._fetch("SELECT count(*) FROM dead_letters", ())[0][0])
         return int(self._fetch("SELECT count(*) FROM dead_letters WHERE tenant = %s", (tenant,))[0][0])
+
+    def set_aside_count(self) -> tuple[int, int]:
+        rows, points = self._fetch(f"SELECT count(*), coalesce(sum(n), 0) FROM {TABLE}", ())[0]
+        return int(rows), int(points)
 
     def metadata(
         self, tenant: str, metric: str | None = None, limit: int | None = None
