@@ -211,6 +211,11 @@ BAD_PROM_PARAMS = [
     "/api/v1/label/k/values?end=1e30",
     "/api/v1/metadata?limit=99999999999999999999999",
     "/api/v1/metadata?limit=1e3",
+    "/api/v1/metadata?limit_per_metric=x",
+    "/api/v1/series?match[]=nanm&limit=x",
+    "/api/v1/series?match[]=nanm&limit=-1",
+    "/api/v1/query?query=nanm&limit=1.5",
+    "/api/v1/query_range?query=nanm&start=0&end=100&step=15&limit=-3",
     "/api/v1/query?query=" + _q("nanm offset 99999999999y"),
     "/api/v1/query?query=" + _q("nanm offset 1000000y"),
     "/api/v1/query?query=" + _q("nanm[1000000y]"),
@@ -258,6 +263,7 @@ def test_wide_but_valid_parameters_still_work(env: Env) -> None:
         "/api/v1/query_range?query=nanm&start=-1e15&end=-999999999999000&step=1",
         "/api/v1/metadata?limit=9223372036854775807",
         "/api/v1/metadata?limit=-1",
+        "/api/v1/metadata?limit_per_metric=1",
     ):
         status, body, raw = _get(p, path)
         assert status == 200 and body["status"] == "success", (path, raw)

@@ -339,12 +339,16 @@ class PromApi:
 
     async def metadata(self, request: web.Request, tenant: str, q: MultiDictProxy[str]) -> web.Response:
         """Metric metadata sent by remote write: ``{"<metric>": [{"type", "help", "unit"}]}``.
-        ``metric=`` narrows to one metric, ``limit=`` caps the number of metrics (negative: all)."""
+        ``metric=`` narrows to one metric, ``limit=`` caps the number of metrics (negative: all).
+        ``limit_per_metric=`` is checked and has nothing to cut: a metric has one entry here (the
+        last sent), where Prometheus keeps one per target."""
         limit: int | None = None
         if q.get("limit"):
             limit = params.parse_int(q["limit"], "limit")
             if limit < 0:
                 limit = None
+        if q.get("limit_per_metric"):
+            params.parse_int(q["limit_per_metric"], "limit_per_metric")
         metric = q.get("metric") or None
         found = await self._run(lambda s: s.metadata(tenant, metric, limit))
         data: dict[str, list[dict[str, str]]] = {}
