@@ -436,7 +436,7 @@ class SqliteCore(Store):
                     f"SELECT {quarantine.ROW_COLUMNS[table]} FROM {table} WHERE id > ? ORDER BY id LIMIT ?",
                     (lo, max(1, limit)),
                 ).fetchall()
-            except sqlite3.OperationalError as e:
+            except sqlite3.DatabaseError as e:  # busy, or SQLite's own pages damaged ("malformed")
                 raise StoreUnavailable(f"sqlite {self.path}: {e}") from e
         if not rows:
             return RowsChecked(0, None, [])

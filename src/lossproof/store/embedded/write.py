@@ -107,6 +107,12 @@ class SqliteWriter(SqliteCore):
             except (sqlite3.OperationalError, OSError) as e:
                 self._rollback()
                 raise StoreUnavailable(f"sqlite {self.path}: {e}") from e
+            except sqlite3.DatabaseError as e:
+                self._rollback()
+                if type(e) is not sqlite3.DatabaseError:  # integrity, data, programming: not the file's
+                    raise
+                # the file itself damaged ("database disk image is malformed"): the store's failure
+                raise StoreUnavailable(f"sqlite {self.path}: {e}") from e
             except BaseException:
                 self._rollback()
                 raise
@@ -152,7 +158,8 @@ class SqliteWriter(SqliteCore):
             self._newest_seen = seen
             row = con.execute(
                 "SELECT (SELECT seq FROM sqlite_sequence WHERE name = 'parts'),"
-                f" (SELECT seq FROM sqlite_sequence WHERE name = '{quarantine.TABLE}')"
+                f" coalesce((SELECT seq FROM sqlite_sequence WHERE name = '{quarantine.TABLE}'),"
+                f" (SELECT max(id) FROM {quarantine.TABLE}))"
             ).fetchone()
             top, aside = int(row[0] or 0), int(row[1] or 0)
             if top != self._parts_seq or aside != self._aside_top:
@@ -359,7 +366,8 @@ class SqliteWriter(SqliteCore):
             "SELECT id, t_min, t_max, n, data FROM parts WHERE t_max >= ? AND t_min <= ?", (lo, hi)
         ).fetchall()
         damaged += quarantine.damaged_parts(parts)
-        if self._set_aside(damaged):
+        if damaged:  # (moved here, or by another connection first: either way, read again)
+            self._set_aside(damaged)
             raise quarantine.SetAside()
 
     def set_aside_rows(

@@ -499,9 +499,9 @@ class PgWriter(PgCore):
             ).fetchall()
         ]
         damaged += quarantine.damaged_parts(got)
-        moved = set_aside(conn, damaged, data)
-        self._aside += moved
-        return bool(moved)
+        self._aside += set_aside(conn, damaged, data)
+        # (a row another session moved first is gone all the same: read again)
+        return bool(damaged)
 
     def _read_stored_ts(self, conn: _Conn, sids: list[int], lo: int, hi: int) -> list[chunks.I64]:
         """The stored timestamps in [lo, hi] of each series of ``sids``: the chunks overlapping
