@@ -12,7 +12,7 @@ from aiohttp import web
 from lossproof.auth import UNAUTHORIZED, KeyRing
 from lossproof.httputil import ApiError, client_reason, json_response
 from lossproof.query import params
-from lossproof.store.access import StoreAccess, StoreUnavailable
+from lossproof.store.access import StoreAccess, StoreDamaged, StoreUnavailable
 from lossproof.store.base import SpoolState, StoreReader
 
 T = TypeVar("T")
@@ -139,6 +139,8 @@ class QueryApi:
             return await self.store.run(fn)
         except StoreUnavailable as e:
             raise ApiError(503, client_reason(str(e)), "unavailable", {"Retry-After": "1"}) from None
+        except StoreDamaged as e:
+            raise ApiError(500, client_reason(str(e)), "damaged") from None
 
 
 def _spool(s: SpoolState) -> dict[str, int]:

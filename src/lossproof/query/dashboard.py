@@ -37,7 +37,7 @@ from lossproof.query.ledgergauges import SILENT_AFTER_S, LedgerCollector, Ledger
 from lossproof.query.promapi import PromApi
 from lossproof.query.samples import hist_quantile, parse_metrics, sum_of, value_of
 from lossproof.query.unconfirmed import unconfirmed
-from lossproof.store.access import StoreAccess, StoreUnavailable
+from lossproof.store.access import StoreAccess, StoreDamaged, StoreUnavailable
 from lossproof.store.base import AgentSummary, Ledger, LogGap, SteppedArrays, StoreReader
 
 T = TypeVar("T")
@@ -227,6 +227,8 @@ class Dashboard:
             return await self.store.run(fn)
         except StoreUnavailable as e:
             raise _fail(503, client_reason(str(e))) from None
+        except StoreDamaged as e:
+            raise _fail(500, client_reason(str(e))) from None
         except promql.PromQLError as e:  # e.g. a regex RE2 refuses, found when matchers are built
             raise _fail(e.status, str(e)) from None
 

@@ -35,7 +35,7 @@ from lossproof.httputil import (
 )
 from lossproof.query import params, promql
 from lossproof.query.promref import unparen
-from lossproof.store.access import StoreAccess, StoreUnavailable
+from lossproof.store.access import StoreAccess, StoreDamaged, StoreUnavailable
 from lossproof.store.base import Matcher, StoreReader
 
 T = TypeVar("T")
@@ -153,6 +153,8 @@ class PromApi:
                 return _error(e.status, e.error_type, str(e))
             except StoreUnavailable as e:
                 return _error(503, "unavailable", client_reason(str(e)))
+            except StoreDamaged as e:  # (Prometheus answers its storage's failures as "internal")
+                return _error(500, "internal", client_reason(str(e)))
 
         return run
 

@@ -25,9 +25,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from lossproof.obs.logging import get
-from lossproof.store.base import SeqRange, StoreReader, StoreUnavailable, StoreWouldWait
+from lossproof.store.base import SeqRange, StoreDamaged, StoreReader, StoreUnavailable, StoreWouldWait
+from lossproof.store.chunks import ChunkError
 
-__all__ = ["StoreAccess", "StoreUnavailable"]
+__all__ = ["StoreAccess", "StoreDamaged", "StoreUnavailable"]
 
 T = TypeVar("T")
 REPLAY_LOOKUP_TIMEOUT = 0.5
@@ -69,9 +70,10 @@ class StoreAccess:
         return store
 
     async def run(self, fn: Callable[[StoreReader], T]) -> T:
-        """``fn(store)`` on one of the read threads."""
+        """``fn(store)`` on one of the read threads. Damaged stored data it reads is
+        :class:`StoreDamaged` (logged), for the APIs to answer as such."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: fn(self._get()))
+        return await loop.run_in_executor(self._pool, lambda: _reading(fn, self._get()))
 
     async def run_brief(self, fn: Callable[[StoreReader], T]) -> T:
         """``fn(store)`` on the event loop when it is a brief read (:meth:`StoreReader.brief_reads`)
@@ -86,7 +88,7 @@ class StoreAccess:
             assert isinstance(brief, StoreReader)
             try:
                 brief.brief_reads()  # a new budget for this request
-                got = fn(brief)
+                got = _reading(fn, brief)
                 self.brief_answered += 1
                 return got
             except StoreWouldWait:
@@ -193,3 +195,15 @@ class StoreAccess:
         for store in self._opened:  # the threads are gone: nothing uses these any more
             store.close()
         self._opened.clear()
+
+
+def _reading(fn: Callable[[StoreReader], T], store: StoreReader) -> T:
+    try:
+        return fn(store)
+    except ChunkError as e:
+        # the store's own data, not the request's: an error event for the operator, a clear answer
+        # for the client (the query process moves nothing; the worker or `store check` sets it aside)
+        log.error("query.stored_data_damaged", error=str(e))
+        raise StoreDamaged(
+            f"stored data is damaged ({e}); `lossproof store check --set-aside` sets the damaged rows aside"
+        ) from e

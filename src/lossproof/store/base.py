@@ -83,6 +83,13 @@ class StoreUnavailable(StoreError):
     the batch itself cannot be stored."""
 
 
+class StoreDamaged(StoreError):
+    """A read met stored data that is damaged (a chunk or part that is not what its row says:
+    :class:`~lossproof.store.chunks.ChunkError`), on the query side, which moves nothing: the
+    answer is an error, never made-up points, until the row is set aside (docs/store.md, "A
+    damaged chunk")."""
+
+
 class StoreWouldWait(Exception):
     """A read on a handle switched to brief reads (:meth:`StoreReader.brief_reads`) that it cannot
     answer at once: it would wait (a lock, a busy database) or have much work to do. Nothing is
