@@ -447,7 +447,3 @@ class SqliteCompaction(SqliteCore):
             con.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
         return not busy
 
-    def _meta_set(self, **values: int) -> None:
-        self._con.executemany(
-            "INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in values.items()]
-        )

@@ -369,6 +369,11 @@ class SqliteCore(Store):
         row = self._con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
+    def _meta_set(self, **values: int) -> None:
+        self._con.executemany(
+            "INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in values.items()]
+        )
+
     def _read_version(self) -> int | None:
         has_meta = self._con.execute(
             "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'meta'"
@@ -420,8 +425,7 @@ class SqliteCore(Store):
                 self._dirs.pop(d.id, None)
         if moved:
             self._stored.clear()
-            gen = int(self._meta("compact_gen") or 0)
-            self._con.execute("INSERT OR REPLACE INTO meta VALUES ('compact_gen', ?)", (str(gen + 1),))
+            self._meta_set(compact_gen=int(self._meta("compact_gen") or 0) + 1)
         return moved
 
     def check_rows(self, table: str, after_id: int | None, limit: int) -> RowsChecked:
