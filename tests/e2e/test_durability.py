@@ -274,6 +274,73 @@ def test_a_child_hung_while_starting_is_killed_and_restarted(pipeline_factory) -
     assert "Traceback" not in p.logs()
 
 
+def test_a_worker_hung_on_the_store_lock_while_starting_is_restarted_and_stores_all(pipeline_factory) -> None:  # type: ignore[no-untyped-def]
+    """A real hang, no fault hook: another process holds the embedded store's write lock (an open
+    BEGIN IMMEDIATE, as a `lossproof store check --set-aside` beside the pipeline would), and the
+    worker, killed -9, is restarted into it: its store open waits in SQLite's busy handler (30 s,
+    then it would exit with "database is locked") and never beats. `up` kills it at the start-up
+    deadline and restarts it, ingest acknowledges meanwhile, and once the lock is released every
+    acknowledged point is stored and queryable exactly once, with the same `up`."""
+    import sqlite3
+
+    import psutil
+
+    from lossproof import config as config_mod
+
+    p: Pipeline = pipeline_factory()
+    # (long enough for a start on a loaded machine; well under SQLite's 30 s busy timeout)
+    deadline_s = 8
+    p.start(extra_env={"LOSSPROOF_SERVER_STARTUP_TIMEOUT_SECONDS": str(deadline_s)})
+    assert p.proc is not None
+    up_pid = p.proc.pid
+
+    def post(seq: int) -> None:
+        r = p.post_reports("hang", [report(seq, host="hang")], timeout=10)
+        assert r.status == 200, (r.status, r.data)
+
+    post(1)
+    p.wait_stored("hang", {1})
+    holder = sqlite3.connect(config_mod.load(p.data_dir).store_path, timeout=30, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # the write lock, until ROLLBACK
+        first = _child(p, "worker")
+        first.kill()
+        first.wait(10)
+        for seq in range(2, 6):  # ingest does not need the worker
+            post(seq)
+        timed_out = _wait_event(
+            p, lambda e: e.get("event") == "up.child_start_timeout" and e.get("child") == "worker", 40
+        )
+        assert timed_out["starting_seconds"] >= deadline_s and timed_out["pid"] != first.pid, timed_out
+        hung = psutil.Process(timed_out["pid"]) if psutil.pid_exists(timed_out["pid"]) else None
+        for seq in range(6, 9):
+            post(seq)
+        # the hung worker is gone (killed by `up`), and nothing was stored while the lock was held
+        end = time.monotonic() + 20
+        while hung is not None and time.monotonic() < end and hung.is_running() and hung.status() != "zombie":
+            time.sleep(0.1)
+        assert hung is None or not hung.is_running() or hung.status() == "zombie", "left hung"
+        assert p.ledger("hang")["stored"] == [[1, 1]]
+    finally:
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")  # the lock is released: the next start gets through
+        holder.close()
+    ledger = p.wait_stored("hang", set(range(1, 9)), timeout=45)
+    assert ledger["stored"] == [[1, 8]] and ledger["missing"] == [] and ledger["lost"] == [], ledger
+    for i in range(3):  # exactly once: each point of each acknowledged report, once
+        status, q = p.get(f"/v1/query?metric=cpu.user&from=0&to=9999999999999&label=host:hang&label=i:{i}")
+        assert status == 200 and len(q["series"]) == 1, q
+        got = [(pt[0], pt[1]) for pt in q["series"][0]["points"]]
+        assert got == [(1_767_225_600_000 + s * 1000, s + i / 10) for s in range(1, 9)], got
+    assert p.proc.poll() is None and p.proc.pid == up_pid and p.starts == 1  # the same `up` throughout
+    events = _events(p.logs())
+    hung_pids = {e["pid"] for e in events if e.get("event") == "up.child_start_timeout"}
+    assert hung_pids and _child(p, "worker").pid not in hung_pids | {first.pid}
+    assert not [e for e in events if e.get("event") == "up.gave_up"]
+    assert p.stop() == 0
+    assert "Traceback" not in p.logs()
+
+
 def test_ingest_whose_log_is_stuck_stops_beating_and_is_restarted(pipeline_factory) -> None:  # type: ignore[no-untyped-def]
     """The log's group-commit thread hangs in an fsync (a dead disk): ingest's event loop still turns
     and answers 503s after the append timeout, but nothing gets durable any more. Ingest stops
