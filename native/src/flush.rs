@@ -1,5 +1,5 @@
 //! Compaction's flush: parts (one row per batch, many series: `chunks.encode_part`) merged into one
-//! RAW chunk per series, the rows to insert built here.
+//! RAW chunk per series (sealed: seal.rs), the rows to insert built here.
 //!
 //! Each part is sorted by series, and each series' times increase (the writer made it so); parts are
 //! given oldest first. A k-way merge per series therefore replaces the concatenate + lexsort + dedup
@@ -13,6 +13,8 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
+
+use crate::seal;
 
 const PART: u8 = 3;
 const RAW: u8 = 1;
@@ -42,7 +44,13 @@ impl Part<'_> {
 
 /// A part's sections, its layout checked (sizes, series ascending, each series' times increasing).
 fn open(data: &[u8], k: usize) -> Result<Part<'_>, String> {
-    if data.len() < HEAD || data[0] != PART {
+    if !seal::intact(data) {
+        return Err(format!("part {k}: its checksum does not match its bytes"));
+    }
+    let Some((PART, data, _)) = seal::unsealed(data) else {
+        return Err(format!("part {k}: not a part"));
+    };
+    if data.len() < HEAD {
         return Err(format!("part {k}: not a part"));
     }
     let series = u32::from_le_bytes(data[4..8].try_into().expect("4 bytes")) as usize;
@@ -222,14 +230,17 @@ pub fn flush_rows<'py>(
             big_ends.push(big_ts.len() as i64);
             continue;
         }
-        let data = PyBytes::new_with(py, 1 + 16 * r.n, |b| {
-            b[0] = RAW;
-            let (tb, vb) = b[1..].split_at_mut(8 * r.n);
+        let len = 1 + 16 * r.n;
+        let data = PyBytes::new_with(py, len + 4, |b| {
+            b[0] = RAW | seal::SEALED;
+            let (tb, vb) = b[1..len].split_at_mut(8 * r.n);
             put_le(tb, ts[r.at..r.at + r.n].iter().map(|t| t.to_le_bytes()));
             put_le(vb, vs[r.at..r.at + r.n].iter().map(|v| v.to_le_bytes()));
+            let sum = crc32c::crc32c(&b[..len]);
+            b[len..].copy_from_slice(&sum.to_le_bytes());
             Ok(())
         })?;
-        size += 1 + 16 * r.n;
+        size += len + 4;
         let row = (first_id + out.len() as i64, r.sid, r.t_min, r.t_max, r.n, data);
         out.append(row.into_pyobject(py)?.cast_into::<PyTuple>()?)?;
     }

@@ -28,12 +28,13 @@ mod reports;
 mod rowdecode;
 mod rwcheck;
 mod rwcols;
+mod seal;
 mod sortcols;
 
 /// The version of this module's interface, checked by the Python side (lossproof/native_ext.py):
 /// an extension built from other sources than the Python code that calls it fails at import, not
 /// half-way through a batch.
-const ABI: u32 = 17;
+const ABI: u32 = 18;
 
 // ---------------------------------------------------------------------------------------------
 // Points to store columns (lossproof.store.columns.Columns.add).
@@ -743,6 +744,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(reports::report_columns, m)?)?;
     m.add_class::<reports::ReportBlock>()?;
     m.add_function(wrap_pyfunction!(flush::flush_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(seal::crc32c, m)?)?;
+    m.add_function(wrap_pyfunction!(seal::seal, m)?)?;
+    m.add_function(wrap_pyfunction!(seal::first_broken, m)?)?;
+    m.add_function(wrap_pyfunction!(seal::raw_sums, m)?)?;
     m.add_function(wrap_pyfunction!(pointsjson::points_json, m)?)?;
     Ok(())
 }

@@ -41,8 +41,11 @@ const MAX_BLOCK: u64 = 128 * 1024;
 /// bytes, nor a packed one with a known mode, n > 0, and a frame declaring 16 n - 8 bytes, as many
 /// as a frame of its size can hold (`chunks._frame_can_hold`: a damaged n of a 30-byte chunk is not
 /// GBs of columns allocated and zeroed before its frame is found out).
+/// A sealed chunk (`seal.rs`) is read without its checksum, which this does not verify: the decode
+/// does (`decode_run_with`), once.
 pub(crate) fn head(data: &[u8]) -> Option<(u8, usize, u8, i64, &[u8])> {
-    match *data.first()? {
+    let (kind, data, _) = crate::seal::unsealed(data)?;
+    match kind {
         RAW if (data.len() - 1).is_multiple_of(16) => Some((RAW, (data.len() - 1) / 16, 0, 0, data)),
         // (a PENDING chunk is a PACKED one that packing is still to merge: read alike)
         PACKED | PENDING if data.len() > HEAD => {
@@ -490,6 +493,9 @@ pub(crate) fn decode_run_with(
     let (mut increasing, mut ranges) = (true, true);
     let Decoder { dctx, body, words } = d;
     for c in chunks {
+        if !crate::seal::intact(c.data) {
+            return (increasing, ranges, true);
+        }
         let Some((kind, n, mode, first, payload)) = head(c.data) else {
             return (increasing, ranges, true); // (assemble_rows checked every head)
         };

@@ -12,8 +12,8 @@ def unpacked_points(path: Path) -> int:
     """The points in chunks packing has still to merge: RAW and PENDING ones."""
     con = sqlite3.connect(path)
     try:
-        kinds = bytes((chunks.RAW,)), bytes((chunks.PENDING,))
-        sql = "SELECT coalesce(sum(n), 0) FROM chunks WHERE substr(data, 1, 1) IN (?, ?)"
+        kinds = [bytes((k | sealed,)) for k in (chunks.RAW, chunks.PENDING) for sealed in (0, chunks.SEALED)]
+        sql = "SELECT coalesce(sum(n), 0) FROM chunks WHERE substr(data, 1, 1) IN (?, ?, ?, ?)"
         return int(con.execute(sql, kinds).fetchone()[0])
     finally:
         con.close()

@@ -43,9 +43,11 @@ class StoreBackend(abc.ABC):
         self.opened.clear()
 
     @abc.abstractmethod
-    def damage_first(self, table: str, at: int | None = None) -> None:
+    def damage_first(self, table: str, at: int | None = None, unsealed: bool = False) -> None:
         """Flip a bit of the oldest row's data in ``table`` (``chunks``, ``parts``), at byte ``at``
-        or in the middle (a bad sector, a bit flip)."""
+        or in the middle (a bad sector, a bit flip). ``unsealed``: the row is first made what a
+        lossproof from before checksums wrote (its seal taken off: chunks, "Sealed"), so that what
+        finds the damage is the structural checks, not the checksum."""
 
     @abc.abstractmethod
     def rewrite(self, table: str, rid: int, data: bytes) -> None:
@@ -66,13 +68,13 @@ class SqliteBackend(StoreBackend):
     def child_args(self) -> list[str]:
         return ["sqlite", str(self.tmp_path / "store.db")]
 
-    def damage_first(self, table: str, at: int | None = None) -> None:
+    def damage_first(self, table: str, at: int | None = None, unsealed: bool = False) -> None:
         import sqlite3
 
         con = sqlite3.connect(self.tmp_path / "store.db")
         try:
             rid, data = con.execute(f"SELECT id, data FROM {table} ORDER BY id LIMIT 1").fetchone()
-            con.execute(f"UPDATE {table} SET data = ? WHERE id = ?", (_flipped(data, at), rid))
+            con.execute(f"UPDATE {table} SET data = ? WHERE id = ?", (_flipped(data, at, unsealed), rid))
             con.commit()
         finally:
             con.close()
@@ -125,7 +127,7 @@ class PostgresBackend(StoreBackend):
     def child_args(self) -> list[str]:
         return ["postgres", self.dsn, self.schema]
 
-    def damage_first(self, table: str, at: int | None = None) -> None:
+    def damage_first(self, table: str, at: int | None = None, unsealed: bool = False) -> None:
         import psycopg
         from psycopg import sql
 
@@ -135,7 +137,7 @@ class PostgresBackend(StoreBackend):
             row = conn.execute(q).fetchone()
             assert row is not None
             u = sql.SQL("UPDATE {} SET data = %s WHERE id = %s").format(name)
-            conn.execute(u, (_flipped(bytes(row[1]), at), row[0]))
+            conn.execute(u, (_flipped(bytes(row[1]), at, unsealed), row[0]))
 
     def rewrite(self, table: str, rid: int, data: bytes) -> None:
         import psycopg
@@ -163,8 +165,16 @@ class PostgresBackend(StoreBackend):
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.schema)))
 
 
-def _flipped(data: bytes, at: int | None) -> bytes:
-    d = bytearray(data)
+def unseal(data: bytes) -> bytes:
+    """A sealed chunk or part as a lossproof from before checksums wrote it."""
+    from lossproof.store import chunks
+
+    assert data[0] & chunks.SEALED, "not sealed"
+    return bytes((data[0] & ~chunks.SEALED,)) + data[1:-4]
+
+
+def _flipped(data: bytes, at: int | None, unsealed: bool) -> bytes:
+    d = bytearray(unseal(data) if unsealed else data)
     if at is None:
         d[len(d) // 2] ^= 0xFF
     else:

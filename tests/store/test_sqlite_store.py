@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lossproof.store import chunks
 from lossproof.store.base import (
     CompactResult,
     Point,
@@ -356,7 +357,7 @@ def test_version_1_file_is_upgraded_keeping_its_ledgers(tmp_path: Path, first_op
         store.close()
     writer = SqliteStore(path)
     try:
-        assert writer._meta("schema_version") == str(SCHEMA_VERSION) == "5"
+        assert writer._meta("schema_version") == str(SCHEMA_VERSION) == "6"
         point = Point("cpu", {}, 1_700_000_000_000, 1.0)
         r = writer.write_batch(WriteBatch(reports=[ReportWrite("t1", "a1", 4, [point])], now_ms=1000))
         assert r.reports_stored == 1
@@ -422,7 +423,7 @@ def test_batches_land_in_parts_then_chunks_then_one_packed_chunk_per_window(tmp_
             assert [p for x in s.query("t1", "cpu", *ALL, {"h": "0"}) for p in x.points] == seen
         assert s._con.execute("SELECT count(*), min(substr(data, 1, 1)) FROM chunks").fetchone() == (
             3,
-            b"\x02",
+            bytes((chunks.PACKED | chunks.SEALED,)),
         )
         assert s._con.execute("SELECT count(*) FROM parts").fetchone()[0] == 0
     finally:

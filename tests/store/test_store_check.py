@@ -71,7 +71,8 @@ def test_check_names_a_damaged_chunk_and_part_and_set_aside_moves_them(backend: 
     [(sid,)] = backend.fetch(f"SELECT series_id FROM chunks WHERE id = {cid}")
     [(pid,), (healthy_pid,)] = backend.fetch("SELECT id FROM parts ORDER BY id")
     backend.damage_first("chunks")
-    backend.damage_first("parts", at=16 + 8 + 7)  # the part's second series id: out of order
+    # the part's second series id (in a part without a checksum, as before there was one): out of order
+    backend.damage_first("parts", at=16 + 8 + 7, unsealed=True)
     tables = {t: f"SELECT id, data FROM {t} ORDER BY id" for t in ("chunks", "parts")}
     tables["series"] = "SELECT id, tenant, metric FROM series ORDER BY id"
     before = {t: backend.fetch(q) for t, q in tables.items()}
@@ -84,7 +85,7 @@ def test_check_names_a_damaged_chunk_and_part_and_set_aside_moves_them(backend: 
     assert got.returncode == 1, got.stdout + got.stderr
     assert f"checked {SERIES} chunk rows and 2 part rows" in got.stdout
     assert "2 damaged:" in got.stdout
-    assert f"  chunks id {cid} series {sid}: " in got.stdout
+    assert f"  chunks id {cid} series {sid}: a chunk's checksum does not match its bytes" in got.stdout
     assert f"  parts id {pid}: " in got.stdout and "ids are out of order" in got.stdout
     assert f"parts id {healthy_pid}" not in got.stdout and "--set-aside" in got.stdout
     assert "Traceback" not in got.stderr

@@ -19,7 +19,7 @@ from lossproof.store.columns import Columns
 
 
 def test_the_extension_is_built_and_matches_this_checkout() -> None:
-    assert _native.ABI == native_ext.ABI == 17
+    assert _native.ABI == native_ext.ABI == 18
 
 
 class Resolver:

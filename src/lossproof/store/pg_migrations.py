@@ -241,6 +241,16 @@ CREATE TABLE damaged_chunks (
 );
 """
 
+# Chunks and parts sealed (chunks.py, "Sealed": a checksum at the end of each): nothing in the tables
+# changes, but a lossproof from before cannot read a sealed row, and its compaction would set every
+# one aside as damaged. The version makes it refuse the schema at start-up instead. (Its workers
+# that are already running check the version only when they open the store: stop them before
+# migrating.)
+V8 = """
+COMMENT ON TABLE chunks IS 'one row per series and window; data sealed: kind | 0x80, crc32c at the end';
+COMMENT ON TABLE parts IS 'one row per batch of many series; data sealed: kind | 0x80, crc32c at the end';
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", V1),
     Migration(2, "metric metadata", V2),
@@ -249,6 +259,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "report times", V5),
     Migration(6, "parts: one row per batch", V6),
     Migration(7, "damaged_chunks: damaged rows set aside", V7),
+    Migration(8, "sealed chunks and parts", V8),
 )
 LATEST = MIGRATIONS[-1].version
 

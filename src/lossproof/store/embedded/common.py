@@ -14,10 +14,12 @@ from lossproof.store import ledger as lg
 log = get("lossproof.store.sqlite")  # one logger name for the whole backend, as before the split
 
 # Version 5: chunks of kind PENDING (chunks.PENDING), which a lossproof of version 4 cannot read:
-# it refuses the store, saying so, rather than calling every such chunk damage.
-SCHEMA_VERSION = 5
+# it refuses the store, saying so, rather than calling every such chunk damage. Version 6: sealed
+# chunks and parts (chunks.py, "Sealed"), the same for a lossproof of version 5, whose writer would
+# otherwise set every sealed row aside as damaged.
+SCHEMA_VERSION = 6
 # The oldest schema a reader works with as it is (version 4 only adds report times, which a reader
-# of version 3 does without; version 5 only a chunk kind).
+# of version 3 does without; versions 5 and 6 only chunk kinds).
 READABLE_FROM = 3
 REPORT_TIMES_FROM = 4  # the schema that keeps each report's time
 APPLICATION_ID = 0x4C505346  # "LPSF": marks the file as a lossproof store
@@ -214,10 +216,11 @@ _SELECT_CHUNKS_OF = (
 )
 # The newest t stored of each series in a JSON array: one index seek each (max() of an index suffix).
 _NEWEST = "SELECT value, (SELECT max(t_max) FROM chunks WHERE series_id = value) FROM json_each(?)"
-# Unpacked chunks (their first byte, the encoding, ?2 or ?3: RAW or PENDING) after ?1, in id order.
+# Unpacked chunks (their first byte, the encoding, ?2 to ?5: RAW or PENDING, unsealed or sealed) after
+# ?1, in id order.
 _SCAN_UNPACKED = (
-    "SELECT id, series_id, t_min, t_max, n FROM chunks WHERE id > ?1 AND substr(data, 1, 1) IN (?2, ?3)"
-    " ORDER BY id LIMIT ?4"
+    "SELECT id, series_id, t_min, t_max, n FROM chunks"
+    " WHERE id > ?1 AND substr(data, 1, 1) IN (?2, ?3, ?4, ?5) ORDER BY id LIMIT ?6"
 )
 _SCAN_LIMIT = 200_000
 _PACK_AGE_MS = 300_000

@@ -380,7 +380,7 @@ class SqliteCompaction(SqliteCore):
         only grow), with the windows they reach, ``_SCAN_LIMIT`` chunks at a time."""
         after = int(self._meta("compact_after") or 0)
         self._pack_top = int(self._meta("chunk_id_top") or 0)
-        kinds = bytes((chunks.RAW,)), bytes((chunks.PENDING,))
+        kinds = [bytes((k | sealed,)) for k in (chunks.RAW, chunks.PENDING) for sealed in (0, chunks.SEALED)]
         rows = self._con.execute(_SCAN_UNPACKED, (after, *kinds, _SCAN_LIMIT)).fetchall()
         self._pack_scan_done = len(rows) < _SCAN_LIMIT
         self._pack_mark = rows[-1][0] if rows else after

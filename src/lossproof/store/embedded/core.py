@@ -206,8 +206,8 @@ class SqliteCore(Store):
             self._upgrade_v2()
         if version is not None and version < 4:
             self._upgrade_v3()
-        if version is not None and version < 5:
-            self._set_version(5)
+        if version is not None and version < SCHEMA_VERSION:
+            self._set_version(SCHEMA_VERSION)
         self._rescan_raw_once()
 
     def enable_reclaim(self) -> bool:
@@ -272,7 +272,7 @@ class SqliteCore(Store):
 
     def _set_version(self, version: int) -> None:
         """An upgrade that changes nothing stored, only what may be written from now on (version 4
-        -> 5: PENDING chunks)."""
+        -> 5: PENDING chunks; 5 -> 6: sealed chunks and parts)."""
         con = self._con
         con.execute("BEGIN IMMEDIATE")
         try:

@@ -13,6 +13,7 @@ from psycopg import sql
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
+from lossproof.native_ext import _native
 from lossproof.store import chunks
 from lossproof.store.base import (
     StoreError,
@@ -22,7 +23,8 @@ from lossproof.store.pg.common import (
 )
 
 # The head of a chunk row in binary COPY: field count, then each field's length and value
-# (big-endian), up to the data's first byte, its kind (RAW); then the timestamps and the values.
+# (big-endian), up to the data's first byte, its kind (RAW, sealed); then the timestamps, the values
+# and the checksum (chunks: "Sealed").
 _CHUNK_ROW_HEAD = np.dtype(
     [
         ("nf", ">i2"),
@@ -58,10 +60,16 @@ def chunk_rows(sids: chunks.I64, ts: chunks.I64, vs: chunks.F64) -> bytes:
     head["a"] = ts[starts]
     head["b"] = ts[ends - 1]
     head["n"] = n
-    head["l5"] = 1 + 16 * n
-    head["kind"] = chunks.RAW
+    head["l5"] = 1 + 16 * n + 4
+    head["kind"] = chunks.RAW | chunks.SEALED
     tl = ts.astype("<i8", copy=False)
     vl = vs.astype("<f8", copy=False)
+    sums = np.frombuffer(
+        _native.raw_sums(
+            tl.tobytes(), vl.tobytes(), starts.astype(np.int64).tobytes(), ends.astype(np.int64).tobytes()
+        ),
+        dtype=np.uint8,
+    ).reshape(len(starts), 4)
     parts = [_COPY_HEADER, bytes(8)]  # flags, header extension length
     order = np.argsort(n, kind="stable")
     sizes = n[order]
@@ -76,6 +84,7 @@ def chunk_rows(sids: chunks.I64, ts: chunks.I64, vs: chunks.F64) -> bytes:
                 head[rows].view(np.uint8).reshape(len(rows), _CHUNK_ROW_HEAD.itemsize),
                 tl[idx].view(np.uint8).reshape(len(rows), 8 * k),
                 vl[idx].view(np.uint8).reshape(len(rows), 8 * k),
+                sums[rows],
             )
         )
         parts.append(block.tobytes())

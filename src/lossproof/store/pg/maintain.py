@@ -213,7 +213,7 @@ class PgMaintenance(PgCore):
             by_series.setdefault(sid, []).append(data)
         # a window already packed into one chunk is left as it is
         found = [
-            r for r in read if len(by_series[r[1]]) > 1 or by_series[r[1]][0][:1] != bytes((chunks.PACKED,))
+            r for r in read if len(by_series[r[1]]) > 1 or chunks.kind_of(by_series[r[1]][0]) != chunks.PACKED
         ]
         if not found:
             return
