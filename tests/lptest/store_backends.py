@@ -54,6 +54,11 @@ class StoreBackend(abc.ABC):
         """Set the data of row ``rid`` of ``table`` (a damage made to measure)."""
 
     @abc.abstractmethod
+    def execute(self, statement: str) -> None:
+        """Run ``statement`` (plain SQL both databases take) on this test's database and commit it,
+        outside any store handle (what another process, or an operator, does)."""
+
+    @abc.abstractmethod
     def fetch(self, query: str) -> list[tuple[Any, ...]]:
         """The rows of ``query`` (plain SQL both databases take; no parameters) on this test's
         database, outside any store handle (a blob as ``bytes``)."""
@@ -85,6 +90,16 @@ class SqliteBackend(StoreBackend):
         con = sqlite3.connect(self.tmp_path / "store.db")
         try:
             con.execute(f"UPDATE {table} SET data = ? WHERE id = ?", (data, rid))
+            con.commit()
+        finally:
+            con.close()
+
+    def execute(self, statement: str) -> None:
+        import sqlite3
+
+        con = sqlite3.connect(self.tmp_path / "store.db")
+        try:
+            con.execute(statement)
             con.commit()
         finally:
             con.close()
@@ -146,6 +161,14 @@ class PostgresBackend(StoreBackend):
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             u = sql.SQL("UPDATE {} SET data = %s WHERE id = %s").format(sql.Identifier(self.schema, table))
             conn.execute(u, (data, rid))
+
+    def execute(self, statement: str) -> None:
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
+            conn.execute(statement.encode())
 
     def fetch(self, query: str) -> list[tuple[Any, ...]]:
         import psycopg

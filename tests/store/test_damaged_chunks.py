@@ -12,7 +12,6 @@ into a chunk that looked valid."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +24,6 @@ from lptest.damaged_store import HOUR, SERIES, T0, M, batch, compact_all, first_
 from lptest.store_backends import BACKENDS, SqliteBackend, StoreBackend
 
 _QUARANTINED = "SELECT source, source_id, series_id, t_min, t_max, n, data, reason FROM damaged_chunks"
-
-
-@pytest.fixture(params=sorted(BACKENDS))
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreBackend]:
-    b: StoreBackend = BACKENDS[request.param](tmp_path)
-    yield b
-    b.close_all()
 
 
 def test_a_damaged_chunk_fails_reads_and_a_replay_over_it_sets_it_aside(backend: StoreBackend) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,16 +20,9 @@ from lossproof.store.base import Matcher, WriteBatch
 from lossproof.store.quarantine import Damaged
 from lptest import subprocess_env
 from lptest.damaged_store import HOUR, SERIES, T0, M, batch, compact_all, first_chunk, points, stored
-from lptest.store_backends import BACKENDS, PostgresBackend, SqliteBackend, StoreBackend
+from lptest.store_backends import PostgresBackend, SqliteBackend, StoreBackend
 
 _QUARANTINED = "SELECT source, source_id, series_id FROM damaged_chunks ORDER BY source, source_id"
-
-
-@pytest.fixture(params=sorted(BACKENDS))
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreBackend]:
-    b: StoreBackend = BACKENDS[request.param](tmp_path)
-    yield b
-    b.close_all()
 
 
 def data_dir_for(backend: StoreBackend) -> tuple[Path, dict[str, str]]:

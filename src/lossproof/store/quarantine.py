@@ -82,8 +82,8 @@ def check_chunk_rows(rows: Sequence[tuple[int, int, int, int, bytes]]) -> list[D
 def part_damage(data: bytes, t_min: int, t_max: int, n: int) -> str | None:
     """Why the part row ``(t_min, t_max, n, data)`` is damaged, or None: its layout, its directory
     (:func:`chunks.part_directory`), each series' times strictly increasing and ending at the
-    directory's newest t, and the row's range and count those of its points. (A damaged value that
-    is still a float is not seen: a part has no checksum.)"""
+    directory's newest t, the row's range and count those of its points, and a sealed part's
+    checksum (chunks.py, "Sealed"), which finds a damaged value too."""
     try:
         sids, ts, _ = chunks.decode_part(data)
         layout = chunks.part_layout(data[:16])

@@ -409,7 +409,10 @@ class SqliteCore(Store):
         """Move the damaged rows into the quarantine table (store/quarantine.py), in the write
         transaction; how many were moved. What this writer knows it stored is forgotten (its points
         in them are no longer stored: a replay must store them again), and ``compact_gen`` counted
-        up, so that a compaction step computed from them meanwhile is made again."""
+        up, so that a compaction step computed from them meanwhile is made again. Refused if a newer
+        lossproof upgraded the store since it was opened: rows this code takes for damage may be
+        ones it cannot read (a format it does not know, as sealed rows were to version 5)."""
+        self._refuse_newer(self._read_version() or 0)
         now = time.time_ns() // 1_000_000
         moved = 0
         for d in damaged:

@@ -19,6 +19,7 @@ from lossproof.store import pg_migrations as mig
 from lossproof.store import quarantine
 from lossproof.store.base import (
     StoreError,
+    StoreSchemaError,
     StoreUnavailable,
 )
 
@@ -111,7 +112,15 @@ def set_aside(
 ) -> list[quarantine.Damaged]:
     """Move the damaged rows (a chunk's bytes as read: ``data`` by id) into the quarantine table,
     in the caller's transaction; those moved (a row another transaction moved or packed meanwhile
-    is left to it)."""
+    is left to it). Refused if a newer lossproof migrated the schema since this one checked it:
+    rows this code takes for damage may be ones it cannot read (a format it does not know, as
+    sealed rows were to migration 7)."""
+    got = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+    if got is not None and got[0] is not None and int(got[0]) > mig.LATEST:
+        raise StoreSchemaError(
+            f"the schema is at version {got[0]}, newer than this lossproof knows ({mig.LATEST}),"
+            " since it started: upgrade lossproof; nothing set aside"
+        )
     now = time.time_ns() // 1_000_000
     moved: set[tuple[str, int]] = set()
     for table in ("chunks", "parts"):
