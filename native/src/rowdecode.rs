@@ -502,14 +502,16 @@ pub(crate) fn decode_run_with(
         let at = c.at - base;
         let (t, v) = (&mut ts[8 * at..8 * (at + n)], &mut vs[8 * at..8 * (at + n)]);
         let decoded = if kind == PACKED {
-            // the first frame only, as python-zstandard's decompress() reads (it ignores what
-            // follows); its size is what the header declared, checked by `head`
+            // one frame and nothing after it, as chunks._opened reads it (allow_extra_data=False):
+            // a sealed chunk whose seal bit was cleared is otherwise read without its checksum,
+            // the checksum taken for bytes after the frame; its size is what the header declared,
+            // checked by `head`
             let want = 16 * n - 8;
             body.clear();
             body.reserve(want);
             let whole = zstd_safe::find_frame_compressed_size(payload)
                 .ok()
-                .filter(|&size| size <= payload.len());
+                .filter(|&size| size == payload.len());
             let decompressed = whole.and_then(|size| dctx.decompress(body, &payload[..size]).ok());
             if decompressed == Some(want) && body.len() == want {
                 decode_one(PACKED, n, mode, first, body, t, v, words).ok()

@@ -124,8 +124,8 @@ mod tests {
             let mut c = b.clone();
             c[i / 8] ^= 1 << (i % 8);
             // (the SEALED bit itself flipped off: the rest reads as an unsealed chunk 4 bytes
-            // longer, which the size checks of raw chunks and parts refuse, and in which a packed
-            // chunk's decoder reads the same points: it reads its zstd frame, not what follows)
+            // longer, which the size checks of raw chunks and parts refuse, and a packed chunk's
+            // decoders too: nothing may follow its zstd frame, rowdecode.rs and chunks._opened)
             assert!(!intact(&c) || c[0] & SEALED == 0, "bit {i}");
         }
     }

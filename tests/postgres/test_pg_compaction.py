@@ -24,7 +24,7 @@ def _layout(dsn: str, schema: str) -> list[tuple[int, int, int, int]]:
     """(series, window, chunks, raw chunks) of every series and window with chunks."""
     with psycopg.connect(dsn) as conn:
         q = sql.SQL(
-            "SELECT series_id, t_min / %s, count(*), count(*) FILTER (WHERE get_byte(data, 0) = %s)"
+            "SELECT series_id, t_min / %s, count(*), count(*) FILTER (WHERE get_byte(data, 0) & 127 = %s)"
             " FROM {}.chunks GROUP BY 1, 2 ORDER BY 1, 2"
         ).format(sql.Identifier(schema))
         return [tuple(r) for r in conn.execute(q, (W, chunks.RAW))]

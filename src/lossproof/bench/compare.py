@@ -1073,7 +1073,7 @@ def compaction_state(store: Path) -> dict[str, Any]:
     counts."""
     import sqlite3
 
-    from lossproof.store.chunks import PACKED, PENDING, RAW
+    from lossproof.store.chunks import PACKED, PENDING, RAW, kind_of
 
     con = sqlite3.connect(f"{store.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
     try:
@@ -1084,7 +1084,10 @@ def compaction_state(store: Path) -> dict[str, Any]:
         for kind, count, points, size in con.execute(
             "SELECT hex(substr(data, 1, 1)), count(*), sum(n), sum(length(data)) FROM chunks GROUP BY 1"
         ):
-            kinds[int(kind, 16)] = (count, points, size)
+            # (sealed or not: chunks.py, "Sealed"; the same kind either way)
+            k = kind_of(bytes.fromhex(kind))
+            had = kinds.get(k, (0, 0, 0))
+            kinds[k] = (had[0] + count, (had[1] or 0) + (points or 0), (had[2] or 0) + (size or 0))
         row = con.execute("SELECT value FROM meta WHERE key = 'unpacked_flushes'").fetchone()
         unpacked_flushes = int(row[0]) if row else 0
         row = con.execute("SELECT value FROM meta WHERE key = 'merge_sid'").fetchone()

@@ -345,7 +345,9 @@ def _opened(data: bytes) -> tuple[int, int, int, int, bytes]:
             raise ChunkError(f"chunk body declaring {declared} bytes for {n} points")
         if not _frame_can_hold(declared, len(frame)):
             raise ChunkError(f"chunk of {n} points in a frame of {len(frame)} bytes")
-        body = _decompressor().decompress(frame, max_output_size=16 * n)
+        # (nothing after the frame: no writer put bytes there; a sealed chunk whose seal bit was
+        # cleared would otherwise be read with its checksum taken for trailing bytes, unverified)
+        body = _decompressor().decompress(frame, max_output_size=16 * n, allow_extra_data=False)
     except zstandard.ZstdError as e:
         raise ChunkError(f"damaged chunk: {e}") from None
     if len(body) != 8 * (n - 1) + 8 * n:
@@ -423,7 +425,7 @@ def open_many(datas: Sequence[bytes]) -> tuple[list[OpenedChunk], I64]:
                 try:
                     # (_frame_can_hold inlined)
                     ok = declared_size(frame) == 16 * n - 8 <= block * (len(frame) // 4 + 1)
-                    body = decompress(frame, max_output_size=16 * n) if ok else b""
+                    body = decompress(frame, max_output_size=16 * n, allow_extra_data=False) if ok else b""
                 except zstandard.ZstdError:
                     ok = False
                 if ok and len(body) == 16 * n - 8:
