@@ -98,6 +98,43 @@ def _chunk_any(data: bytes) -> np.ndarray:
     return np.concatenate((ts, vs.view(np.int64)))
 
 
+@pytest.mark.parametrize("kind", [chunks.PACKED, chunks.PENDING])
+def test_a_packed_chunk_whose_seal_bit_is_cleared_is_not_read_unverified(kind: int) -> None:
+    """The seal is declared by a bit of the data itself: damage that clears it turns a sealed packed
+    chunk into an "old" one, read without its checksum (its 4 checksum bytes are taken for what
+    follows the zstd frame, which python-zstandard and the Rust path both ignore). A raw chunk or a
+    part so damaged fails its size check; a packed one is then open to any further damage, such as
+    its value mode (values read as hundredths). No writer ever put bytes after a packed chunk's
+    frame: refusing them closes this."""
+    [sealed] = chunks.encode_many(_TS, _VS, np.array([0]), np.array([len(_TS)]), kind)
+    d = bytearray(sealed)
+    d[0] &= ~chunks.SEALED  # one bit: the seal gone
+    d[1] ^= 0x02  # and the value mode: decimal k=0 read as k=2
+    with pytest.raises(chunks.ChunkError):
+        chunks.decode_stored([(int(_TS[0]), int(_TS[-1]), bytes(d))])
+
+
+def test_a_stored_packed_chunk_whose_seal_bit_is_cleared_fails_every_read(backend: StoreBackend) -> None:
+    """The same through each store's reads (the embedded store's native assemble and the rate's
+    path; PostgreSQL's decode in Python) and its check."""
+    store = backend.open()
+    for b in range(10):
+        store.write_batch(batch(b))
+    compact_all(store, T0 + 30 * HOUR)
+    cid, _ = first_chunk(backend)
+    [(data,)] = backend.fetch(f"SELECT data FROM chunks WHERE id = {cid}")
+    d = bytearray(_mode_flipped(bytes(data)))
+    d[0] &= ~chunks.SEALED
+    backend.rewrite("chunks", cid, bytes(d))
+    reader = backend.open(readonly=True)
+    with pytest.raises(chunks.ChunkError):
+        stored(reader)
+    grid = promql.Grid(T0 + 10 * 60_000, T0 + 30 * 60_000, 60_000)
+    with pytest.raises(chunks.ChunkError):
+        promql.Evaluator(reader, "t", grid).eval(promql.parse("rate(m[5m])"))
+    assert [x.id for x in reader.check_rows("chunks", None, 100).damaged] == [cid]
+
+
 def _mode_flipped(data: bytes) -> bytes:
     """A packed chunk of integers with its value mode's second bit flipped: the decimal mode of
     k = 0 read as k = 2 (every value a hundredth of what was stored), which no structural check can

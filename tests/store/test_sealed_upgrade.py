@@ -1,5 +1,6 @@
-"""Review of the seals (bee8761): a store written before them (every row unsealed, schema 5) opened by
-this version, written to and compacted, with its old and new rows mixed in every read path."""
+"""A store written before the seals (every row unsealed: schema 5, PostgreSQL migration 7) opened by
+this version, written to and compacted: its old and new rows mixed in every read path, none taken
+for damage, and every row sealed once packing has merged them."""
 
 from __future__ import annotations
 
@@ -47,7 +48,9 @@ def _rate(store: SqliteStore) -> np.ndarray:
 
 
 @pytest.mark.parametrize("old_parts_left", [False, True])
-def test_a_store_from_before_the_seals_reads_packs_and_checks_clean(tmp_path: Path, old_parts_left: bool) -> None:
+def test_a_store_from_before_the_seals_reads_packs_and_checks_clean(
+    tmp_path: Path, old_parts_left: bool
+) -> None:
     path = tmp_path / "s.db"
     store = SqliteStore(path)
     for b in range(4):
@@ -81,52 +84,6 @@ def test_a_store_from_before_the_seals_reads_packs_and_checks_clean(tmp_path: Pa
     assert all(k & chunks.SEALED for k in _kinds(path)), _kinds(path)
     store.close()
     reader.close()
-
-
-_TS = np.array([T0 + 15_000 * k for k in range(12)], dtype=np.int64)
-_VS = np.array([100.0 + k for k in range(12)])  # integers: the decimal value mode
-
-
-@pytest.mark.parametrize("kind", [chunks.PACKED, chunks.PENDING])
-def test_a_packed_chunk_whose_seal_bit_is_cleared_is_not_read_unverified(kind: int) -> None:
-    """The seal is declared by a bit of the data itself: damage that clears it turns a sealed packed
-    chunk into an "old" one, read without its checksum (its 4 checksum bytes are taken for what
-    follows the zstd frame, which python-zstandard and the Rust path both ignore). A raw chunk or a
-    part so damaged fails its size check; a packed one is then open to any further damage, such as
-    its value mode (values read as hundredths). No writer ever put bytes after a packed chunk's
-    frame: refusing them closes this."""
-    [sealed] = chunks.encode_many(_TS, _VS, np.array([0]), np.array([len(_TS)]), kind)
-    d = bytearray(sealed)
-    d[0] &= ~chunks.SEALED  # one bit: the seal gone
-    d[1] ^= 0x02  # and the value mode: decimal k=0 read as k=2
-    with pytest.raises(chunks.ChunkError):
-        chunks.decode_stored([(int(_TS[0]), int(_TS[-1]), bytes(d))])
-
-
-def test_a_stored_packed_chunk_whose_seal_bit_is_cleared_fails_every_read(tmp_path: Path) -> None:
-    """The same through the embedded store's reads (the native assemble and the rate's path)."""
-    path = tmp_path / "s.db"
-    store = SqliteStore(path)
-    for b in range(10):
-        store.write_batch(batch(b))
-    compact_all(store, T0 + 30 * HOUR)
-    con = sqlite3.connect(path)
-    cid, data = con.execute("SELECT id, data FROM chunks ORDER BY id LIMIT 1").fetchone()
-    assert chunks.kind_of(data) == chunks.PACKED and data[1] == 1, data[:2]
-    d = bytearray(data)
-    d[0] &= ~chunks.SEALED
-    d[1] ^= 0x02
-    con.execute("UPDATE chunks SET data = ? WHERE id = ?", (bytes(d), cid))
-    con.commit()
-    con.close()
-    reader = SqliteStore(path, readonly=True)
-    with pytest.raises(chunks.ChunkError):
-        stored(reader)
-    with pytest.raises(chunks.ChunkError):
-        _rate(reader)
-    assert [x.id for x in reader.check_rows("chunks", None, 100).damaged] == [cid]
-    reader.close()
-    store.close()
 
 
 def test_a_postgres_store_from_before_the_seals_is_migrated_and_reads_packs_and_checks_clean(
