@@ -725,5 +725,6 @@ def test_version_4_is_read_as_it_is_and_upgraded_by_a_writer(tmp_path: Path) -> 
     SqliteStore(path).close()
     con = sqlite3.connect(path)
     # (and on to 6: sealed chunks, which version 5 cannot read either)
-    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
+    got = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    assert got == (str(SCHEMA_VERSION),)
     con.close()
