@@ -312,6 +312,16 @@ class StoreConfig(_Section):
         le=MAX_SECONDS,
         description="How often each worker packs the store's small chunks; 0 turns it off (docs/store.md).",
     )
+    scrub_interval_seconds: float = Field(
+        default=86400.0,
+        ge=0,
+        le=MAX_SECONDS,
+        description="Each worker's compactor checks every stored chunk and part again (checksum and "
+        "structure, as `lossproof store check`) and sets the damaged ones aside, starting a pass this "
+        "long after the last one began, the first one 10 minutes after it starts; when it has no "
+        "compaction to do, at most ~0.1 s of checking a round. 0 turns it off (docs/store.md, "
+        "\"A damaged chunk\"). Needs compaction on (compact_interval_seconds > 0).",
+    )
 
     @model_validator(mode="after")
     def _dsn_for_postgres(self) -> StoreConfig:

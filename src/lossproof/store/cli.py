@@ -14,13 +14,9 @@ import click
 
 from lossproof import config as config_mod
 from lossproof.config import Config, ConfigError
-from lossproof.store.base import CHECKED_TABLES, Store, StoreError
+from lossproof.store.base import CHECK_BATCH, CHECKED_TABLES, Store, StoreError
 
-# store check: rows read a call (each a short read beside a running worker; memory bounded by the
-# batch: a 2 h chunk of a 1 s scrape holds 7,200 points, and 2,000 of them decoded at once took
-# ~440 MB more RSS, 256 ~60 MB; a part is up to a few MB), the progress line's period, and the
-# damaged rows listed by name
-CHECK_BATCH = {"chunks": 256, "parts": 16}
+# store check: the progress line's period, and the damaged rows listed by name
 PROGRESS_EVERY_S = 5.0
 LIST_AT_MOST = 50
 

@@ -20,6 +20,9 @@ While the worker is behind (a backlog in the log), the compactor steps aside: at
 ~17 % of its time waiting for it; storing comes first, and compaction catches up once the backlog is
 gone (the points are stored and queryable either way: compaction only changes their layout). The
 one step every few seconds keeps compaction going through a long overload.
+
+When it has nothing to compact and the worker is not behind, it scrubs: every stored chunk and part
+checked again and the damaged ones set aside (:mod:`lossproof.worker.scrub`).
 """
 
 from __future__ import annotations
@@ -40,9 +43,10 @@ from prometheus_client import CollectorRegistry, Counter
 
 from lossproof.children import die_with_parent
 from lossproof.obs.logging import get
-from lossproof.store.base import StoreUnavailable, StoreWriter
+from lossproof.store.base import Store, StoreUnavailable
 from lossproof.worker.memory import release_memory
 from lossproof.worker.quarantine_metric import quarantined_counter
+from lossproof.worker.scrub import Scrub
 
 if TYPE_CHECKING:
     from lossproof.config import Config
@@ -80,6 +84,18 @@ class CompactorMetrics:
             "lossproof_store_compaction_errors", "Compaction calls that failed.", registry=registry
         )
         self.quarantined = quarantined_counter(registry)
+        self.scrubbed = Counter(
+            "lossproof_store_scrubbed_rows",
+            "Stored rows the compactor's scrub checked again (checksum and structure).",
+            ["table"],
+            registry=registry,
+        )
+        self.scrub_passes = Counter(
+            "lossproof_store_scrub_passes", "Scrub passes over every stored row finished.", registry=registry
+        )
+        self.scrub_seconds = Counter(
+            "lossproof_store_scrub_seconds", "Time spent scrubbing.", registry=registry
+        )
 
 
 _NICE = 10
@@ -105,6 +121,12 @@ class Step(msgspec.Struct, frozen=True):
     bytes_out: int = 0
     points: int = 0
     quarantined: int = 0  # damaged chunks or parts set aside
+    # a scrub round instead (worker/scrub.py): its time is in scrub_seconds, not seconds
+    scrub_seconds: float = 0.0
+    scrubbed_chunks: int = 0
+    scrubbed_parts: int = 0
+    scrub_quarantined: int = 0
+    scrub_passes: int = 0
 
 
 def record(m: CompactorMetrics, step: Step) -> None:
@@ -119,6 +141,13 @@ def record(m: CompactorMetrics, step: Step) -> None:
         m.points.inc(step.points)
     if step.quarantined:
         m.quarantined.labels("compaction").inc(step.quarantined)
+    if step.scrub_seconds:
+        m.scrub_seconds.inc(step.scrub_seconds)
+        m.scrubbed.labels("chunks").inc(step.scrubbed_chunks)
+        m.scrubbed.labels("parts").inc(step.scrubbed_parts)
+        m.scrub_passes.inc(step.scrub_passes)
+    if step.scrub_quarantined:
+        m.quarantined.labels("scrub").inc(step.scrub_quarantined)
 
 
 class Compactor:
@@ -128,12 +157,13 @@ class Compactor:
 
     def __init__(
         self,
-        open_store: Callable[[], StoreWriter],
+        open_store: Callable[[], Store],
         report: Callable[[Step], None],
         interval: float,
         stop: threading.Event,
         behind: threading.Event | None = None,
         behind_step_every: float = BEHIND_STEP_EVERY,
+        scrub: Scrub | None = None,
     ) -> None:
         self._open = open_store
         self.report = report
@@ -141,6 +171,7 @@ class Compactor:
         self.stop = stop
         self.behind = behind or threading.Event()
         self.behind_step_every = behind_step_every
+        self.scrub = scrub
         self._last_step = -math.inf
         self._thread = threading.Thread(target=self.run, name="compactor", daemon=True)
 
@@ -151,7 +182,7 @@ class Compactor:
         self._thread.join(timeout)
 
     def run(self) -> None:
-        store: StoreWriter | None = None
+        store: Store | None = None
         while not self.stop.is_set():
             more = False
             self._step_aside()
@@ -171,10 +202,35 @@ class Compactor:
                 self.report(Step(time.monotonic() - started, error=True))
                 log.error("compaction.failed", error=f"{type(e).__name__}: {e}")
             self._last_step = time.monotonic()  # (from its end: a long step is not followed at once)
+            if not more and store is not None:
+                self._scrub(store)
             if not more:
                 self.stop.wait(self.interval)
         if store is not None:
             store.close()
+
+    def _scrub(self, store: Store) -> None:
+        """A round of the scrub, if one is due and the worker is not behind; a failure is logged and
+        the round tried again later, from where the pass was."""
+        now = time.monotonic()
+        if self.scrub is None or self.behind.is_set() or not self.scrub.due(now):
+            return
+        try:
+            got = self.scrub.run(store, now)
+        except BaseException as e:  # (as a compaction step's: a native panic is one)
+            self.report(Step(0.0, error=True, scrub_seconds=time.monotonic() - now))
+            log.error("store.scrub_failed", error=f"{type(e).__name__}: {e}")
+            return
+        self.report(
+            Step(
+                0.0,
+                scrub_seconds=time.monotonic() - now,
+                scrubbed_chunks=got.checked["chunks"],
+                scrubbed_parts=got.checked["parts"],
+                scrub_quarantined=got.moved,
+                scrub_passes=got.passes,
+            )
+        )
 
     def _step_aside(self) -> None:
         """Wait while the worker is behind, until ``behind_step_every`` has passed since the last
@@ -185,7 +241,7 @@ class Compactor:
                 return
             self.stop.wait(min(left, 0.05))
 
-    def once(self, store: StoreWriter) -> bool:
+    def once(self, store: Store) -> bool:
         """One compaction call; whether it left work for another one."""
         started = time.monotonic()
         res = store.compact(int(time.time() * 1000))
@@ -284,8 +340,9 @@ def run_process(cfg: Config, parent_pid: int, worker_lines: Iterable[bytes] | No
     behind = threading.Event()
     if worker_lines is not None:
         threading.Thread(target=follow_worker, args=(worker_lines, behind), daemon=True).start()
-    log.info("compactor.started", interval=interval)
-    Compactor(lambda: open_store(cfg, compactor=True), report, interval, stop, behind).run()
+    log.info("compactor.started", interval=interval, scrub_interval=cfg.store.scrub_interval_seconds)
+    scrub = Scrub(cfg.store.scrub_interval_seconds) if cfg.store.scrub_interval_seconds > 0 else None
+    Compactor(lambda: open_store(cfg, compactor=True), report, interval, stop, behind, scrub=scrub).run()
     log.info("compactor.stopped")
 
 
