@@ -215,15 +215,16 @@ class Compactor:
         now = time.monotonic()
         if self.scrub is None or self.behind.is_set() or not self.scrub.due(now):
             return
+        error = False
         try:
             got = self.scrub.run(store, now)
         except BaseException as e:  # (as a compaction step's: a native panic is one)
-            self.report(Step(0.0, error=True, scrub_seconds=time.monotonic() - now))
+            got, error = self.scrub.take(), True  # (rows moved before it failed are counted)
             log.error("store.scrub_failed", error=f"{type(e).__name__}: {e}")
-            return
         self.report(
             Step(
                 0.0,
+                error=error,
                 scrub_seconds=time.monotonic() - now,
                 scrubbed_chunks=got.checked["chunks"],
                 scrubbed_parts=got.checked["parts"],

@@ -14,18 +14,20 @@ _lock = threading.Lock()
 
 
 def quarantined_counter(registry: CollectorRegistry) -> Counter:
-    """``lossproof_store_chunks_quarantined_total{by}`` in ``registry`` (made once; ``by``: write or
-    compaction)."""
+    """``lossproof_store_chunks_quarantined_total{by}`` in ``registry`` (made once; ``by``: write,
+    compaction or scrub)."""
     with _lock:
         c = _made.get(registry)
         if c is None:
             c = _made[registry] = Counter(
                 "lossproof_store_chunks_quarantined",
                 "Damaged chunks or parts moved into the store's damaged_chunks table (their points are no"
-                " longer stored: a replay stores them again), by what found them: a write or compaction.",
+                " longer stored: a replay stores them again), by what found them: a write, compaction or"
+                " the compactor's scrub.",
                 ["by"],
                 registry=registry,
             )
-            for by in ("write", "compaction"):  # shown at 0 from the start: an alert sees the rise
+            # shown at 0 from the start: an alert sees the rise
+            for by in ("write", "compaction", "scrub"):
                 c.labels(by)
         return c

@@ -45,6 +45,16 @@ class Scrub:
         self._after: int | None = None
         self._pass = {t: 0 for t in CHECKED_TABLES}
         self._pass_moved = 0
+        # done but not yet returned: what a round that failed part-way did before it failed
+        self._checked = {t: 0 for t in CHECKED_TABLES}
+        self._moved = 0
+        self._passes = 0
+
+    def take(self) -> ScrubStep:
+        """What the rounds did since the last call (or :meth:`run`'s return), a failed one's too."""
+        got = ScrubStep(self._checked, self._moved, self._passes)
+        self._checked, self._moved, self._passes = {t: 0 for t in CHECKED_TABLES}, 0, 0
+        return got
 
     def due(self, now: float) -> bool:
         return self.interval > 0 and (self._running or now >= self._next)
@@ -55,15 +65,13 @@ class Scrub:
             self._running = True
             self._next = now + self.interval
             log.info("store.scrub_started")
-        checked = {t: 0 for t in CHECKED_TABLES}
-        moved = passes = 0
         until = time.monotonic() + slice_s
         while self._running:  # (one batch at least)
             table = CHECKED_TABLES[self._table]
             got = store.check_rows(table, self._after, CHECK_BATCH[table])
             aside = len(store.set_aside_rows(got.damaged, by="scrub")) if got.damaged else 0
-            checked[table] += got.checked
-            moved += aside
+            self._checked[table] += got.checked
+            self._moved += aside
             self._pass[table] += got.checked
             self._pass_moved += aside
             if got.last_id is not None:
@@ -73,7 +81,7 @@ class Scrub:
                 continue
             self._table, self._after = self._table + 1, None
             if self._table == len(CHECKED_TABLES):
-                passes += 1
+                self._passes += 1
                 log.info(
                     "store.scrub_done",
                     chunks=self._pass["chunks"],
@@ -83,4 +91,4 @@ class Scrub:
                 self._running, self._table = False, 0
                 self._pass = {t: 0 for t in CHECKED_TABLES}
                 self._pass_moved = 0
-        return ScrubStep(checked, moved, passes)
+        return self.take()
