@@ -6,6 +6,7 @@ metric without an operator. Before, only that command found such a row."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -14,8 +15,9 @@ from lossproof.points import SeriesSamples
 from lossproof.store import chunks
 from lossproof.store.base import CompactResult, RowsChecked, Store, StoreUnavailable, WriteBatch
 from lossproof.store.quarantine import Damaged
+from lossproof.worker import scrub as scrub_mod
 from lossproof.worker.compactor import Compactor, CompactorMetrics, Step, record
-from lossproof.worker.scrub import FIRST_PASS_AFTER_S, Scrub
+from lossproof.worker.scrub import BACKOFF_S, FIRST_PASS_AFTER_S, Scrub
 from lptest.damaged_store import HOUR, SERIES, T0, batch, compact_all, first_chunk, points, stored
 from lptest.store_backends import StoreBackend
 
@@ -37,6 +39,27 @@ def _damaged_store(backend: StoreBackend) -> tuple[int, str, int]:
     return cid, hit, int(pid)
 
 
+def _pass(
+    scrub: Scrub, store: Store, now: float, slice_s: float = 0.0
+) -> tuple[dict[str, int], int, int, float]:
+    """Rounds of the scrub until a pass ends, the clock 100 s on at each (its rest after a round is
+    20 times the round): rows checked by table, rows set aside, rounds, the clock at the last."""
+    total = {"chunks": 0, "parts": 0}
+    moved = rounds = 0
+    while True:
+        assert scrub.due(now)
+        got = scrub.run(store, now, slice_s=slice_s)
+        rounds += 1
+        moved += got.moved
+        for t, n in got.checked.items():
+            total[t] += n
+        if got.passes:
+            assert not scrub.running
+            return total, moved, rounds, now
+        assert scrub.running
+        now += 100.0
+
+
 def test_a_pass_sets_aside_the_damaged_rows_and_the_next_starts_an_interval_later(
     backend: StoreBackend,
 ) -> None:
@@ -47,15 +70,7 @@ def test_a_pass_sets_aside_the_damaged_rows_and_the_next_starts_an_interval_late
     scrub = Scrub(3600.0, now=0.0)
     assert not scrub.due(0.0) and not scrub.due(FIRST_PASS_AFTER_S - 1) and scrub.due(FIRST_PASS_AFTER_S)
     # one batch a round at most here: a pass is several rounds, each going on from the last
-    total = {"chunks": 0, "parts": 0}
-    moved = rounds = 0
-    while scrub.due(FIRST_PASS_AFTER_S):
-        got = scrub.run(store, FIRST_PASS_AFTER_S, slice_s=0.0)
-        rounds += 1
-        moved += got.moved
-        for t, n in got.checked.items():
-            total[t] += n
-        assert got.passes == (0 if scrub.due(FIRST_PASS_AFTER_S) else 1)
+    total, moved, rounds, _ = _pass(scrub, store, FIRST_PASS_AFTER_S)
     assert total == {"chunks": SERIES, "parts": 1} and moved == 2 and rounds > 2
     got_rows = backend.fetch(_QUARANTINED)
     assert [(s, int(i)) for s, i, _ in got_rows] == [("chunks", cid), ("parts", pid)]
@@ -71,7 +86,10 @@ def test_a_pass_sets_aside_the_damaged_rows_and_the_next_starts_an_interval_late
     assert (again.checked, again.moved, again.passes) == ({"chunks": SERIES - 1, "parts": 0}, 0, 1)
 
 
-def test_the_compactor_scrubs_only_when_idle_and_the_worker_is_not_behind(backend: StoreBackend) -> None:
+def test_the_compactor_scrubs_only_when_idle_and_the_worker_is_not_behind(
+    backend: StoreBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scrub_mod, "REST", 0.0)  # (the rounds back to back)
     cid, _, pid = _damaged_store(backend)
     steps: list[Step] = []
     behind = threading.Event()
@@ -83,7 +101,8 @@ def test_the_compactor_scrubs_only_when_idle_and_the_worker_is_not_behind(backen
     compactor._scrub(store)
     assert steps == [] and backend.fetch(_QUARANTINED) == []
     behind.clear()
-    while compactor.scrub is not None and compactor.scrub.due(0.0):
+    compactor._scrub(store)
+    while compactor.scrub is not None and compactor.scrub.running:
         compactor._scrub(store)
     assert [(s, int(i)) for s, i, _ in backend.fetch(_QUARANTINED)] == [("chunks", cid), ("parts", pid)]
     registry = CollectorRegistry()
@@ -108,7 +127,7 @@ def test_no_scrub_with_an_interval_of_0() -> None:
     assert not Scrub(0.0, now=0.0).due(1e12)
 
 
-def test_a_scrub_that_fails_is_tried_again_from_where_it_was(backend: StoreBackend) -> None:
+def test_a_scrub_that_fails_is_tried_again_from_where_it_was_after_a_backoff(backend: StoreBackend) -> None:
     _damaged_store(backend)
     store = backend.open()
     scrub = Scrub(3600.0, now=-FIRST_PASS_AFTER_S)
@@ -120,8 +139,12 @@ def test_a_scrub_that_fails_is_tried_again_from_where_it_was(backend: StoreBacke
             raise chunks.ChunkError("boom")
 
     with pytest.raises(chunks.ChunkError):
-        scrub.run(Failing(), 1.0)  # type: ignore[arg-type]
-    rest = scrub.run(store, 2.0, slice_s=60.0)
+        scrub.run(Failing(), 100.0)  # type: ignore[arg-type]
+    scrub.failed(100.0)
+    assert not scrub.due(100.0 + BACKOFF_S - 0.01) and scrub.due(100.0 + BACKOFF_S)
+    scrub.failed(200.0)  # (again: twice as long)
+    assert not scrub.due(200.0 + 2 * BACKOFF_S - 0.01) and scrub.due(200.0 + 2 * BACKOFF_S)
+    rest = scrub.run(store, 300.0, slice_s=60.0)
     assert first.checked["chunks"] + rest.checked["chunks"] == SERIES and rest.passes == 1
     assert len(backend.fetch(_QUARANTINED)) == 2
 
@@ -167,21 +190,61 @@ def test_the_compactors_loop_scrubs_only_once_compaction_has_nothing_left(backen
     assert store.calls[:4] == ["compact"] * 3 + ["check"], store.calls
 
 
-def test_a_round_that_fails_part_way_is_reported_with_what_it_did(backend: StoreBackend) -> None:
+def test_a_round_that_fails_part_way_is_reported_with_what_it_did(
+    backend: StoreBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The chunk set aside before the round failed is counted (it was not: the failed round's Step
     carried nothing), and the failure is logged, not raised out of the compactor's loop."""
+    monkeypatch.setattr(scrub_mod, "REST", 0.0)
+    monkeypatch.setattr(scrub_mod, "BACKOFF_S", 0.0)
     _damaged_store(backend)
     steps: list[Step] = []
     compactor = Compactor(
         backend.open, steps.append, 2.0, threading.Event(), threading.Event(), scrub=Scrub(10.0, now=-20.0)
     )
     store = _Recorded(backend.open(), busy=0, fail_check=2)
-    while compactor.scrub is not None and compactor.scrub.due(0.0):
+    compactor._scrub(store)  # type: ignore[arg-type]
+    while compactor.scrub is not None and compactor.scrub.running:
         compactor._scrub(store)  # type: ignore[arg-type]
-    assert len(backend.fetch(_QUARANTINED)) == 2 and any(s.error for s in steps)
+    assert len(backend.fetch(_QUARANTINED)) == 2 and any(s.scrub_error for s in steps)
     registry = CollectorRegistry()
     metrics = CompactorMetrics(registry)
     for step in steps:
         record(metrics, step)
     assert registry.get_sample_value("lossproof_store_chunks_quarantined_total", {"by": "scrub"}) == 2
     assert registry.get_sample_value("lossproof_store_scrubbed_rows_total", {"table": "chunks"}) == SERIES
+    assert registry.get_sample_value("lossproof_store_scrub_errors_total") == 1
+    assert registry.get_sample_value("lossproof_store_compaction_errors_total") == 0
+
+
+def test_a_pass_sets_aside_at_most_its_limit_and_leaves_the_rest_counted(
+    backend: StoreBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More damage in one pass than a write would set aside (a failing disk, or a reader taking good
+    rows for damaged) is not all moved out of the queries' sight: the rest is counted and left."""
+    monkeypatch.setattr(scrub_mod, "MAX_ASIDE", 1)
+    cid, _, _ = _damaged_store(backend)
+    total, moved, _, now = _pass(Scrub(3600.0, now=-FIRST_PASS_AFTER_S), backend.open(), 0.0, slice_s=60.0)
+    assert total == {"chunks": SERIES, "parts": 1} and moved == 1
+    assert [(s, int(i)) for s, i, _ in backend.fetch(_QUARANTINED)] == [("chunks", cid)]
+    assert backend.fetch("SELECT count(*) FROM parts") == [(1,)]  # the damaged part, left
+    scrub = Scrub(3600.0, now=-FIRST_PASS_AFTER_S)
+    got = scrub.run(backend.open(), now, slice_s=60.0)
+    assert (got.moved, got.left, got.passes) == (1, 0, 1)  # the next pass: its own limit
+    steps = [Step(0.0, scrub_seconds=1.0, scrub_left=1)]
+    registry = CollectorRegistry()
+    metrics = CompactorMetrics(registry)
+    for step in steps:
+        record(metrics, step)
+    assert registry.get_sample_value("lossproof_store_scrub_damaged_left_total") == 1
+
+
+def test_a_round_rests_twenty_times_as_long_as_it_took() -> None:
+    class Slow:
+        def check_rows(self, table: str, after_id: int | None, limit: int) -> RowsChecked:
+            time.sleep(0.05)
+            return RowsChecked(1, None if after_id else 1, [])
+
+    scrub = Scrub(3600.0, now=-FIRST_PASS_AFTER_S)
+    scrub.run(Slow(), 1000.0, slice_s=0.0)  # type: ignore[arg-type]
+    assert scrub.running and not scrub.due(1000.0 + 20 * 0.05 - 0.01) and scrub.due(1000.0 + 20 * 5.0)

@@ -96,6 +96,17 @@ class CompactorMetrics:
         self.scrub_seconds = Counter(
             "lossproof_store_scrub_seconds", "Time spent scrubbing.", registry=registry
         )
+        self.scrub_errors = Counter(
+            "lossproof_store_scrub_errors",
+            "Scrub rounds that failed (tried again from where the pass was, after a backoff).",
+            registry=registry,
+        )
+        self.scrub_left = Counter(
+            "lossproof_store_scrub_damaged_left",
+            "Damaged rows the scrub found but left where they are: over its limit of rows set aside a pass"
+            " (a failing disk, or a bug). Their metrics' queries fail: run `lossproof store check`.",
+            registry=registry,
+        )
 
 
 _NICE = 10
@@ -126,7 +137,9 @@ class Step(msgspec.Struct, frozen=True):
     scrubbed_chunks: int = 0
     scrubbed_parts: int = 0
     scrub_quarantined: int = 0
+    scrub_left: int = 0
     scrub_passes: int = 0
+    scrub_error: bool = False
 
 
 def record(m: CompactorMetrics, step: Step) -> None:
@@ -148,6 +161,10 @@ def record(m: CompactorMetrics, step: Step) -> None:
         m.scrub_passes.inc(step.scrub_passes)
     if step.scrub_quarantined:
         m.quarantined.labels("scrub").inc(step.scrub_quarantined)
+    if step.scrub_left:
+        m.scrub_left.inc(step.scrub_left)
+    if step.scrub_error:
+        m.scrub_errors.inc()
 
 
 class Compactor:
@@ -184,7 +201,7 @@ class Compactor:
     def run(self) -> None:
         store: Store | None = None
         while not self.stop.is_set():
-            more = False
+            more = failed = False
             self._step_aside()
             if self.stop.is_set():
                 break
@@ -194,15 +211,17 @@ class Compactor:
                     store = self._open()
                 more = self.once(store)
             except StoreUnavailable as e:
+                failed = True
                 self.report(Step(time.monotonic() - started, error=True))
                 log.warning("compaction.unavailable", error=str(e))
             except BaseException as e:  # logged; the next round tries again
+                failed = True
                 # BaseException: a panic in the native extension (pyo3's PanicException) is one, and
                 # a dead compactor would leave parts to pile up for good
                 self.report(Step(time.monotonic() - started, error=True))
                 log.error("compaction.failed", error=f"{type(e).__name__}: {e}")
             self._last_step = time.monotonic()  # (from its end: a long step is not followed at once)
-            if not more and store is not None:
+            if not more and not failed and store is not None:
                 self._scrub(store)
             if not more:
                 self.stop.wait(self.interval)
@@ -211,7 +230,7 @@ class Compactor:
 
     def _scrub(self, store: Store) -> None:
         """A round of the scrub, if one is due and the worker is not behind; a failure is logged and
-        the round tried again later, from where the pass was."""
+        the round tried again after a backoff, from where the pass was."""
         now = time.monotonic()
         if self.scrub is None or self.behind.is_set() or not self.scrub.due(now):
             return
@@ -220,15 +239,18 @@ class Compactor:
             got = self.scrub.run(store, now)
         except BaseException as e:  # (as a compaction step's: a native panic is one)
             got, error = self.scrub.take(), True  # (rows moved before it failed are counted)
+            self.scrub.failed(now)
             log.error("store.scrub_failed", error=f"{type(e).__name__}: {e}")
+        release_memory()  # (a batch decodes up to tens of MB: see the note above)
         self.report(
             Step(
                 0.0,
-                error=error,
+                scrub_error=error,
                 scrub_seconds=time.monotonic() - now,
                 scrubbed_chunks=got.checked["chunks"],
                 scrubbed_parts=got.checked["parts"],
                 scrub_quarantined=got.moved,
+                scrub_left=got.left,
                 scrub_passes=got.passes,
             )
         )

@@ -82,6 +82,13 @@ def run(cfg: Config) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     compactor = None
+    if cfg.store.compact_interval_seconds <= 0 and cfg.store.scrub_interval_seconds > 0:
+        # (not a config error: a config that turned compaction off before the scrub existed is valid)
+        log.warning(
+            "store.scrub_off",
+            why="store.compact_interval_seconds is 0: the compactor, which scrubs, is not started; "
+            "damaged rows nothing reads are found only by `lossproof store check`",
+        )
     if cfg.store.compact_interval_seconds > 0:
         compactor = CompactorProcess(cfg, registry, worker.stop)
         worker.on_behind = compactor.behind
